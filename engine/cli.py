@@ -1,0 +1,54 @@
+"""The `setapay` console command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _cmd_rate(args: argparse.Namespace) -> int:
+    from engine import rating, vectors
+
+    if args.engine and args.engine not in rating.ENGINES:
+        print(f"engine {args.engine!r} is not available (built: {sorted(rating.ENGINES)})", file=sys.stderr)
+        return 2
+    if not args.check:
+        if len(args.files) != 1:
+            print("rate prints one file's results; use --check for several", file=sys.stderr)
+            return 2
+        results = vectors.rate_file(vectors.load(args.files[0]), args.engine)
+        json.dump({"results": results}, sys.stdout, ensure_ascii=False, indent=1)
+        print()
+        return 0
+    failed = 0
+    for path in args.files:
+        vector = vectors.load(path)
+        diffs = vectors.differences(vector.expected, vectors.rate_file(vector, args.engine))
+        status = "ok" if not diffs else "FAIL"
+        print(f"{status} {path} [{args.engine or rating.ENGINE}]")
+        for line in diffs:
+            print(f"  {line}")
+        failed += bool(diffs)
+    return 1 if failed else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="setapay", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("rate", help="rate a vector file; --check compares with its expected results")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--engine", choices=["python", "cython"], default=None)
+    p.add_argument("--check", action="store_true")
+    p.set_defaults(func=_cmd_rate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The records of SPEC §3 and the transactions of SPEC §4, validated.
+
+Records are immutable pydantic models with unknown fields forbidden and
+strict types (a string "100" or a float is not an amount), so a bad record is
+refused with an error that names its field. The same models are the HTTP
+request bodies, so the API and the core can never disagree on what is valid.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from engine import limits
+
+__all__ = [
+    "Campaign",
+    "Certification",
+    "Credit",
+    "Merchant",
+    "Purchase",
+    "Refund",
+    "Item",
+    "Match",
+    "Tier",
+    "ValidationError",
+    "Transaction",
+]
+
+Id = Annotated[str, StringConstraints(strict=True, pattern=limits.ID_PATTERN)]
+Tag = Annotated[str, StringConstraints(strict=True, pattern=limits.TAG_PATTERN)]
+Points = Annotated[StrictInt, Field(ge=0, le=limits.POINTS_MAX)]
+AmountYen = Annotated[StrictInt, Field(ge=limits.AMOUNT_YEN_MIN, le=limits.AMOUNT_YEN_MAX)]
+MerchantClass = Literal["small", "semi_large", "large"]
+
+_FUNDING_PATTERN = r"^(ward_general|national_grant|climate_fund|merchant:[A-Za-z0-9_-]{1,64})$"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Certification(Record):
+    scheme: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    valid_from: AwareDatetime
+    valid_until: AwareDatetime
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "Certification":
+        if self.valid_until <= self.valid_from:
+            raise ValueError("valid_until must be after valid_from")
+        return self
+
+    def covers(self, instant: dt.datetime) -> bool:
+        return self.valid_from <= instant < self.valid_until
+
+
+class BankAccount(Record):
+    bank_code: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}$")]
+    branch_code: Annotated[str, StringConstraints(pattern=r"^[0-9]{3}$")]
+    account_type: Literal["ordinary", "checking", "savings"]
+    account_number: Annotated[str, StringConstraints(pattern=r"^[0-9]{7}$")]
+    # Zengin files carry the holder in half-width katakana, digits, upper-case
+    # letters and a few symbols; anything else could not be transmitted.
+    holder_kana: Annotated[str, StringConstraints(pattern=r"^[ｦ-ﾟ0-9A-Z ().,\-/]{1,30}$")]
+
+
+class Merchant(Record):
+    id: Id
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    merchant_class: MerchantClass
+    shotengai_id: Id | None = None
+    ward_local: StrictBool = False
+    ethical_certifications: Annotated[
+        tuple[Certification, ...], Field(max_length=limits.CERTIFICATIONS_PER_MERCHANT_MAX)
+    ] = ()
+    fee_bp: Annotated[StrictInt, Field(ge=0, le=limits.RATE_BP_MAX)] = 0
+    bank_account: BankAccount | None = None
+
+    def certified_at(self, instant: dt.datetime) -> bool:
+        return any(c.covers(instant) for c in self.ethical_certifications)
+
+
+class Match(Record):
+    """Conditions of a tier; every key given must hold, an empty match always holds."""
+
+    merchant_classes: tuple[MerchantClass, ...] | None = None
+    shotengai_member: StrictBool | None = None
+    ethical_certified: StrictBool | None = None
+    ward_local: StrictBool | None = None
+    merchant_ids: tuple[Id, ...] | None = None
+
+    def holds(self, merchant: Merchant, instant: dt.datetime) -> bool:
+        if self.merchant_classes is not None and merchant.merchant_class not in self.merchant_classes:
+            return False
+        if self.shotengai_member is not None and (merchant.shotengai_id is not None) != self.shotengai_member:
+            return False
+        if self.ethical_certified is not None and merchant.certified_at(instant) != self.ethical_certified:
+            return False
+        if self.ward_local is not None and merchant.ward_local != self.ward_local:
+            return False
+        if self.merchant_ids is not None and merchant.id not in self.merchant_ids:
+            return False
+        return True
+
+
+class Tier(Record):
+    match: Match = Match()
+    rate_bp: Annotated[StrictInt, Field(ge=0, le=limits.RATE_BP_MAX)]
+
+
+class Credit(Record):
+    schedule: Literal["immediate", "dekad"] = "immediate"
+    delay_business_days: Annotated[StrictInt, Field(ge=0, le=limits.DELAY_BUSINESS_DAYS_MAX)] = 0
+
+
+class Campaign(Record):
+    id: Id
+    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    funding_source: Annotated[str, StringConstraints(pattern=_FUNDING_PATTERN)] = "ward_general"
+    starts_at: AwareDatetime
+    ends_at: AwareDatetime
+    tiers: Annotated[tuple[Tier, ...], Field(min_length=1, max_length=limits.TIERS_PER_CAMPAIGN_MAX)]
+    item_tags: Annotated[tuple[Tag, ...], Field(max_length=limits.CAMPAIGN_TAGS_DISTINCT_MAX)] | None = None
+    fixed_points: Points = 0
+    min_base: Points = 0
+    per_tx_cap: Points | None = None
+    per_wallet_cap: Points | None = None
+    per_wallet_cap_period: Literal["campaign", "month", "day"] = "campaign"
+    budget: Points | None = None
+    stacking: Literal["stack", "exclusive"] = "stack"
+    priority: Annotated[StrictInt, Field(ge=-1_000_000, le=1_000_000)] = 0
+    credit: Credit = Credit()
+    validity_months: Annotated[StrictInt, Field(ge=1, le=limits.VALIDITY_MONTHS_MAX)] = 6
+    # The server numbers versions; a record read from a vector file is version 1.
+    version: Annotated[StrictInt, Field(ge=1)] = 1
+
+    @model_validator(mode="after")
+    def _window(self) -> "Campaign":
+        if self.ends_at <= self.starts_at:
+            raise ValueError("ends_at must be after starts_at")
+        return self
+
+    @property
+    def exclusive(self) -> bool:
+        return self.stacking == "exclusive"
+
+    def active_at(self, instant: dt.datetime) -> bool:
+        return self.starts_at <= instant < self.ends_at
+
+
+def campaign_order(campaign: Campaign) -> tuple[int, str]:
+    """SPEC §4: campaigns are evaluated by (priority desc, id asc)."""
+    return (-campaign.priority, campaign.id)
+
+
+class Item(Record):
+    amount: Annotated[StrictInt, Field(ge=0, le=limits.AMOUNT_YEN_MAX)]
+    tags: Annotated[tuple[Tag, ...], Field(max_length=limits.TAGS_PER_ITEM_MAX)] = ()
+
+
+class Purchase(Record):
+    type: Literal["purchase"] = "purchase"
+    wallet_id: Id
+    merchant_id: Id
+    terminal_id: Id
+    occurred_at: AwareDatetime
+    amount: AmountYen
+    points_used: Annotated[StrictInt, Field(ge=0, le=limits.AMOUNT_YEN_MAX)] = 0
+    items: Annotated[tuple[Item, ...], Field(max_length=limits.ITEMS_PER_TRANSACTION_MAX)] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Purchase":
+        if self.points_used > self.amount:
+            raise ValueError("points_used must not exceed amount")
+        if self.items is not None and self.items and sum(i.amount for i in self.items) != self.amount:
+            raise ValueError("item amounts must sum to amount")
+        return self
+
+    @property
+    def coin(self) -> int:
+        return self.amount - self.points_used
+
+
+class Refund(Record):
+    type: Literal["refund"] = "refund"
+    original_id: Id
+    amount: AmountYen
+    occurred_at: AwareDatetime
+
+
+Transaction = Annotated[Purchase | Refund, Field(discriminator="type")]
+
+

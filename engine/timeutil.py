@@ -1,0 +1,50 @@
+"""Instants and the Asia/Tokyo calendar as integers.
+
+Every instant inside the engine is an integer count of microseconds since the
+Unix epoch (UTC), so comparisons are exact whatever offset a client wrote.
+Calendar windows (day, month) follow Asia/Tokyo, which has had a fixed +09:00
+offset with no daylight saving since 1951, so a day or month key is plain
+integer arithmetic and the kernel needs no time-zone database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from zoneinfo import ZoneInfo
+
+TOKYO = ZoneInfo("Asia/Tokyo")
+US_PER_S = 1_000_000
+TOKYO_OFFSET_S = 9 * 3600
+S_PER_DAY = 86_400
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+
+
+def to_us(instant: dt.datetime) -> int:
+    """Microseconds since the epoch of an offset-aware instant (exact, no float)."""
+    assert instant.tzinfo is not None, "instants must carry an offset"
+    delta = instant - _EPOCH
+    return (delta.days * S_PER_DAY + delta.seconds) * US_PER_S + delta.microseconds
+
+
+def from_us(us: int) -> dt.datetime:
+    return _EPOCH + dt.timedelta(microseconds=us)
+
+
+def tokyo_day_key(us: int) -> int:
+    """Days since 1970-01-01 of the Asia/Tokyo calendar day containing `us`."""
+    return (us // US_PER_S + TOKYO_OFFSET_S) // S_PER_DAY
+
+
+def tokyo_month_key(us: int) -> int:
+    """Months since 1970-01 of the Asia/Tokyo calendar month containing `us`."""
+    local = from_us(us).astimezone(TOKYO)
+    return (local.year - 1970) * 12 + local.month - 1
+
+
+def format_instant(us: int) -> str:
+    """RFC 3339 in Asia/Tokyo, the way the ward reads instants."""
+    return from_us(us).astimezone(TOKYO).isoformat()
+
+
+def now_us() -> int:
+    return to_us(dt.datetime.now(dt.timezone.utc))
