@@ -33,6 +33,30 @@ def _cmd_rate(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from engine import demo, rating
+
+    if args.engine and args.engine not in rating.ENGINES:
+        print(f"engine {args.engine!r} is not available (built: {sorted(rating.ENGINES)})", file=sys.stderr)
+        return 2
+    if args.transactions < 1 or args.batch_size < 1:
+        print("--transactions and --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    columns = (TextColumn("rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns) as bar:
+
+        def progress(total: int):
+            task = bar.add_task("rating", total=total)
+            return lambda done: bar.advance(task, done)
+
+        summary = demo.run_rating_demo(args.transactions, args.seed, batch_size=args.batch_size,
+                                       engine=args.engine, progress=progress)
+    demo.print_summary(summary)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="setapay", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -42,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["python", "cython"], default=None)
     p.add_argument("--check", action="store_true")
     p.set_defaults(func=_cmd_rate)
+
+    p = sub.add_parser("demo", help="rate a synthetic Setagaya ward day and print what each campaign paid")
+    p.add_argument("--transactions", type=int, default=30_000, help="purchases in the day (default 30000)")
+    p.add_argument("--seed", type=int, default=20261215)
+    p.add_argument("--batch-size", type=int, default=1_000)
+    p.add_argument("--engine", choices=["python", "cython"], default=None)
+    p.set_defaults(func=_cmd_demo)
     return parser
 
 
