@@ -1,0 +1,49 @@
+# Set-up and test commands of setapay-engine; README.md explains them.
+#
+# Everything runs in ./.venv, created on first use. The install is remembered
+# in a stamp file so that a second `make test` goes straight to the tests; it
+# is redone when the package description or the kernel sources change.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+SETAPAY := $(VENV)/bin/setapay
+STAMP := $(VENV)/.setapay-installed
+# The shared rating vectors live beside the repository; CI and clones elsewhere point this at them.
+SETAPAY_VECTORS_DIR ?= ../shared/vectors
+# The build needs these in the venv because the package is built without an
+# isolated environment (faster, and works offline once they are installed).
+BUILD_REQUIREMENTS := "setuptools>=68" wheel "Cython>=3.0,<3.4" "numpy>=1.26"
+
+.PHONY: install test test-vectors demo bench clean
+
+install: $(STAMP)
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): $(PY) pyproject.toml setup.py $(wildcard ext/*.pyx ext/*.pxd ext/*.h MANIFEST.in)
+	$(PY) -m pip install --quiet $(BUILD_REQUIREMENTS)
+	$(PY) -m pip install --quiet --no-build-isolation -e '.[test]'
+	touch $@
+
+# The suite runs twice: with the compiled kernel (the default when it is
+# built) and with the pure-Python twin forced, so both engines pass everything.
+test: $(STAMP)
+	$(PY) -m pytest
+	SETAPAY_PURE_PYTHON=1 $(PY) -m pytest
+	$(MAKE) --no-print-directory test-vectors
+
+test-vectors: $(STAMP)
+	@test -d "$(SETAPAY_VECTORS_DIR)" || { echo "no rating vectors at $(SETAPAY_VECTORS_DIR); set SETAPAY_VECTORS_DIR" >&2; exit 1; }
+	$(SETAPAY) rate --check --engine python $(SETAPAY_VECTORS_DIR)/*.json
+	$(SETAPAY) rate --check --engine cython $(SETAPAY_VECTORS_DIR)/*.json
+
+demo: $(STAMP)
+	$(SETAPAY) demo
+
+bench: $(STAMP)
+	$(PY) bench/rating.py
+
+clean:
+	rm -rf build *.egg-info engine/rating/_kernel_c*.so ext/_kernel_c.c $(STAMP)
