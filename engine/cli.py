@@ -76,8 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _with_operations(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    from engine import cli_ops
+
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    cli_ops.add_commands(sub)
+    return parser
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = _with_operations(build_parser()).parse_args(argv)
     return args.func(args) or 0
 
 

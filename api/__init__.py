@@ -1,0 +1,1 @@
+"""The HTTP API of setapay-engine (FastAPI): thin routers over the engine."""

@@ -1,0 +1,285 @@
+"""FastAPI application: authentication, scopes, idempotency headers, problem+json.
+
+Routers validate, call the engine and render; every failure is an
+`EngineError` rendered by one handler as RFC 9457 problem+json with a stable
+`code`. Validation failures are 422 `invalid_request` (400 `malformed_json`
+when the body is not JSON); nothing a client sends can produce a 500.
+"""
+
+
+import datetime as dt
+import hashlib
+import re
+import threading
+from typing import Annotated, Any
+
+from fastapi import Body, Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine import limits
+from engine.errors import EngineError, problem
+from engine.model import Campaign, Merchant, Transaction
+from engine.settings import Settings
+from engine.store import queries
+from engine.store.config import Config, Principal
+from engine.store.db import make_engine, upgrade
+from engine.store.ledger import Ledger, Submission
+from engine.timeutil import now_us, to_us
+
+PROBLEM_JSON = "application/problem+json"
+_PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,%d}$" % limits.IDEMPOTENCY_KEY_LENGTH_MAX)
+
+
+def _problem_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _json_safe(errors: list[dict]) -> list[dict]:
+    out = []
+    for e in errors:
+        out.append({"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")})
+    return out
+
+
+
+def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAPI:
+    settings = settings or Settings()
+    if migrate:
+        upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    ledger = Ledger(engine)
+    config = Config(engine)
+    in_flight: set[tuple[str, str]] = set()
+    in_flight_lock = threading.Lock()
+
+    app = FastAPI(title="setapay-engine", version="0.1.0",
+                  description="Points and settlement engine of Setagaya PAY (せたがやPay)")
+    app.state.settings = settings
+    app.state.ledger = ledger
+    app.state.config = config
+    app.state.engine = engine
+
+    # -- errors ------------------------------------------------------------
+
+    @app.exception_handler(EngineError)
+    async def _engine_error(_request: Request, exc: EngineError):
+        return _problem_response(exc.status, exc.problem())
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_request: Request, exc: RequestValidationError):
+        errors = exc.errors()
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return _problem_response(400, problem(400, "malformed_json"))
+        return _problem_response(422, problem(422, "invalid_request", errors=_json_safe(errors)))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            return _problem_response(404, problem(404, "not_found"))
+        return _problem_response(exc.status_code, {"type": "about:blank", "title": str(exc.detail),
+                                                   "status": exc.status_code, "code": "http_error"})
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception):  # pragma: no cover - a bug if reached
+        return _problem_response(500, problem(500, "internal_error"))
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limits.BODY_BYTES_MAX):
+            return _problem_response(413, problem(413, "body_too_large"))
+        return await call_next(request)
+
+    # -- authentication ----------------------------------------------------
+
+    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+        if not authorization or not authorization.startswith("Bearer "):
+            raise EngineError(401, "unauthenticated")
+        found = config.authenticate(authorization[len("Bearer "):].strip())
+        if found is None:
+            raise EngineError(401, "unauthenticated")
+        return found
+
+    def role(*roles: str):
+        def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
+            if p.role not in roles:
+                raise EngineError(403, "forbidden", f"this endpoint needs a {' or '.join(roles)} key")
+            return p
+
+        return check
+
+    Admin = Annotated[Principal, Depends(role("admin"))]
+
+    # -- health ------------------------------------------------------------
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        checks = {}
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+            checks["database"] = "ok"
+        except Exception as exc:  # readiness reports, it does not raise
+            checks["database"] = f"error: {type(exc).__name__}"
+        if settings.redis_url:
+            try:
+                import redis
+
+                redis.Redis.from_url(settings.redis_url, socket_timeout=1).ping()
+                checks["redis"] = "ok"
+            except Exception as exc:
+                checks["redis"] = f"error: {type(exc).__name__}"
+        ready = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
+                            status_code=200 if ready else 503)
+
+    # -- transactions ------------------------------------------------------
+
+    def _check_instant(occurred_at: dt.datetime) -> None:
+        at, now = to_us(occurred_at), now_us()
+        if at > now + settings.occurred_at_max_future_s * 1_000_000 or \
+                at < now - settings.occurred_at_max_past_days * 86_400_000_000:
+            raise EngineError(422, "occurred_at_out_of_range",
+                              f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
+                              f"{settings.occurred_at_max_past_days} days behind the engine's clock")
+
+    def _submission(p: Principal, key: str, body) -> Submission:
+        if body.type == "purchase" and body.terminal_id != p.terminal_id:
+            raise EngineError(403, "forbidden", "a terminal key posts only for its own terminal")
+        terminal = config.get_terminal(p.terminal_id)
+        if body.type == "purchase" and body.merchant_id != terminal["merchant_id"]:
+            raise EngineError(403, "forbidden", "a terminal key posts only for its own merchant")
+        _check_instant(body.occurred_at)
+        canonical = body.model_dump_json()
+        return Submission(p.terminal_id, terminal["merchant_id"], key,
+                          hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+
+    def _idempotency_key(value: str | None) -> str:
+        if value is None:
+            raise EngineError(400, "idempotency_key_missing")
+        if not _PRINTABLE_ASCII.match(value):
+            raise EngineError(400, "idempotency_key_invalid",
+                              f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters")
+        return value
+
+    @app.post("/v1/transactions", status_code=201)
+    def post_transaction(
+        body: Annotated[Transaction, Body()],
+        p: Annotated[Principal, Depends(role("terminal"))],
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+    ):
+        key = _idempotency_key(idempotency_key)
+        submission = _submission(p, key, body)
+        scope = (p.terminal_id, key)
+        with in_flight_lock:
+            if scope in in_flight:
+                raise EngineError(409, "request_in_progress")
+            in_flight.add(scope)
+        try:
+            (result,) = ledger.submit([submission])
+        finally:
+            with in_flight_lock:
+                in_flight.discard(scope)
+        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+        media = "application/json" if result.status < 400 else PROBLEM_JSON
+        return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)
+
+    @app.get("/v1/transactions/{transaction_id}")
+    def get_transaction(transaction_id: str, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]):
+        scope = queries.payment_scope(engine, transaction_id)
+        if scope is None:
+            raise EngineError(404, "not_found", f"transaction {transaction_id} is not known")
+        merchant_id, terminal_id = scope
+        if p.role == "merchant" and p.merchant_id != merchant_id:
+            raise EngineError(403, "forbidden", "a merchant key reads only its own merchant")
+        if p.role == "terminal" and p.terminal_id != terminal_id:
+            raise EngineError(403, "forbidden", "a terminal key reads only its own transactions")
+        return queries.get_payment(engine, transaction_id)
+
+    @app.get("/v1/wallets/{wallet_id}/points")
+    def wallet_points(wallet_id: str, p: Annotated[Principal, Depends(role("terminal", "finance"))]):
+        if not re.match(limits.ID_PATTERN, wallet_id):
+            raise EngineError(422, "invalid_request", "wallet id is not valid")
+        return queries.wallet_points(engine, wallet_id)
+
+    # -- configuration -----------------------------------------------------
+
+    @app.post("/v1/merchants", status_code=201)
+    def create_merchant(body: Merchant, _: Admin) -> Any:
+        return config.create_merchant(body).model_dump(mode="json")
+
+    @app.get("/v1/merchants")
+    def list_merchants(_: Admin) -> Any:
+        return [m.model_dump(mode="json") for m in config.list_merchants()]
+
+    @app.get("/v1/merchants/{merchant_id}")
+    def get_merchant(merchant_id: str, _: Admin) -> Any:
+        return config.get_merchant(merchant_id).model_dump(mode="json")
+
+    @app.patch("/v1/merchants/{merchant_id}")
+    def patch_merchant(merchant_id: str, patch: Annotated[dict[str, Any], Body()], _: Admin) -> Any:
+        return _validated(lambda: config.update_merchant(merchant_id, patch)).model_dump(mode="json")
+
+    @app.post("/v1/campaigns", status_code=201)
+    def create_campaign(body: Campaign, _: Admin) -> Any:
+        return config.create_campaign(body).model_dump(mode="json")
+
+    @app.get("/v1/campaigns")
+    def list_campaigns(_: Annotated[Principal, Depends(role("admin", "finance"))]) -> Any:
+        return [c.model_dump(mode="json") for c in config.list_campaigns()]
+
+    @app.get("/v1/campaigns/{campaign_id}")
+    def get_campaign(campaign_id: str, _: Annotated[Principal, Depends(role("admin", "finance"))],
+                     version: int | None = None) -> Any:
+        return config.get_campaign(campaign_id, version).model_dump(mode="json")
+
+    @app.patch("/v1/campaigns/{campaign_id}")
+    def patch_campaign(campaign_id: str, patch: Annotated[dict[str, Any], Body()], _: Admin) -> Any:
+        return _validated(lambda: config.update_campaign(campaign_id, patch)).model_dump(mode="json")
+
+    @app.post("/v1/terminals", status_code=201)
+    def create_terminal(body: TerminalRecord, _: Admin) -> Any:
+        return config.create_terminal(body.id, body.merchant_id)
+
+    @app.get("/v1/terminals")
+    def list_terminals(_: Admin) -> Any:
+        return config.list_terminals()
+
+    @app.get("/v1/terminals/{terminal_id}")
+    def get_terminal(terminal_id: str, _: Admin) -> Any:
+        return config.get_terminal(terminal_id)
+
+    @app.patch("/v1/terminals/{terminal_id}")
+    def patch_terminal(terminal_id: str, body: TerminalPatch, _: Admin) -> Any:
+        return config.update_terminal(terminal_id, body.model_dump(exclude_none=True))
+
+    return app
+
+
+def _validated(action):
+    """Run a PATCH; a merged record that fails validation is a 422 naming the field."""
+    from pydantic import ValidationError
+
+    try:
+        return action()
+    except ValidationError as exc:
+        raise EngineError(422, "invalid_request", errors=_json_safe(exc.errors())) from None
+
+
+from engine.model import Record, Id  # noqa: E402
+
+
+class TerminalRecord(Record):
+    id: Id
+    merchant_id: Id
+
+
+class TerminalPatch(Record):
+    merchant_id: Id | None = None

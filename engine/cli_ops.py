@@ -1,0 +1,81 @@
+"""Operational subcommands of `setapay`: database migrations, serving, keys."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _settings():
+    from engine.settings import Settings
+
+    return Settings()
+
+
+def _cmd_db(args: argparse.Namespace) -> int:
+    from engine.store import db
+
+    settings = _settings()
+    if args.action == "upgrade":
+        db.upgrade(settings.database_url)
+    else:
+        db.downgrade(settings.database_url, args.revision or "base")
+    print(f"database {args.action}d: {_redacted(settings.database_url)}", file=sys.stderr)
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from engine.store import db
+
+    # Migrate once here so that several workers do not race to migrate.
+    db.upgrade(_settings().database_url)
+    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    return 0
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from engine.errors import EngineError
+    from engine.store import db
+    from engine.store.config import Config
+
+    settings = _settings()
+    db.upgrade(settings.database_url)
+    try:
+        secret = Config(db.make_engine(settings.database_url)).create_key(args.role, args.merchant, args.terminal)
+    except EngineError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 2
+    # The key is shown once, alone on stdout, so scripts can capture it.
+    print(secret)
+    return 0
+
+
+def _redacted(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+def add_commands(sub) -> None:
+    p = sub.add_parser("db", help="apply or revert database migrations")
+    p.add_argument("action", choices=["upgrade", "downgrade"])
+    p.add_argument("revision", nargs="?")
+    p.set_defaults(func=_cmd_db)
+
+    p = sub.add_parser("serve", help="run the HTTP API with uvicorn")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--log-level", default="warning")
+    p.set_defaults(func=_cmd_serve)
+
+    keys = sub.add_parser("keys", help="API keys")
+    keys_sub = keys.add_subparsers(dest="keys_command", required=True)
+    p = keys_sub.add_parser("create", help="create a key and print it once")
+    p.add_argument("--role", required=True, choices=["admin", "finance", "merchant", "terminal"])
+    p.add_argument("--merchant")
+    p.add_argument("--terminal")
+    p.set_defaults(func=_cmd_keys)

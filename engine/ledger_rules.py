@@ -1,0 +1,135 @@
+"""Ledger rules of SPEC §5 as pure functions: accounts, postings, the hash chain.
+
+A posting moves a positive integer amount from one account (`debit`) to
+another (`credit`): the debit account's balance goes down, the credit
+account's goes up, so the sum of all balances is zero by construction.
+
+Accounts:
+- `campaign:<id>:funding`            source of a campaign's points (goes negative as it issues)
+- `wallet:<id>:<campaign>:pending`   awarded, not yet credited
+- `wallet:<id>:<campaign>:available` credited, spendable; negative is debt
+- `merchant:<id>:payable`            what the ward owes the merchant
+- `coin:clearing`                    coin paid by wallets (the app's prepaid float)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+GENESIS_HASH = hashlib.sha256(b"").hexdigest()
+COIN_CLEARING = "coin:clearing"
+
+# Reasons, a closed set: reconciliation groups postings by them.
+AWARD = "award"
+CLAWBACK = "clawback"
+COIN_SALE = "coin_sale"
+COIN_REFUND = "coin_refund"
+REDEMPTION = "redemption"
+POINTS_RETURN = "points_return"
+CREDIT = "credit"
+EXPIRY = "expiry"
+GRANT = "grant"
+REASONS = (AWARD, CLAWBACK, COIN_SALE, COIN_REFUND, REDEMPTION, POINTS_RETURN, CREDIT, EXPIRY, GRANT)
+
+
+def funding_account(campaign_id: str) -> str:
+    return f"campaign:{campaign_id}:funding"
+
+
+def pending_account(wallet_id: str, campaign_id: str) -> str:
+    return f"wallet:{wallet_id}:{campaign_id}:pending"
+
+
+def available_account(wallet_id: str, campaign_id: str) -> str:
+    return f"wallet:{wallet_id}:{campaign_id}:available"
+
+
+def payable_account(merchant_id: str) -> str:
+    return f"merchant:{merchant_id}:payable"
+
+
+def account_parts(account_id: str) -> dict:
+    """Kind and owners of an account id, for the account table's columns."""
+    parts = account_id.split(":")
+    if parts[0] == "wallet":
+        return {"kind": "wallet_" + parts[3], "wallet_id": parts[1], "campaign_id": parts[2], "merchant_id": None}
+    if parts[0] == "campaign":
+        return {"kind": "campaign_funding", "wallet_id": None, "campaign_id": parts[1], "merchant_id": None}
+    if parts[0] == "merchant":
+        return {"kind": "merchant_payable", "wallet_id": None, "campaign_id": None, "merchant_id": parts[1]}
+    assert account_id == COIN_CLEARING, account_id
+    return {"kind": "coin_clearing", "wallet_id": None, "campaign_id": None, "merchant_id": None}
+
+
+@dataclasses.dataclass(frozen=True)
+class Posting:
+    reason: str
+    debit_account_id: str
+    credit_account_id: str
+    amount: int
+    payment_id: str | None = None
+    campaign_id: str | None = None
+    campaign_version: int | None = None
+
+    def __post_init__(self) -> None:
+        assert self.amount > 0, self
+        assert self.debit_account_id != self.credit_account_id, self
+        assert self.reason in REASONS, self.reason
+
+
+def canonical_bytes(sequence: int, posting: Posting, posted_at_us: int) -> bytes:
+    fields = (
+        sequence,
+        posting.payment_id or "",
+        posting.campaign_id or "",
+        "" if posting.campaign_version is None else posting.campaign_version,
+        posting.reason,
+        posting.debit_account_id,
+        posting.credit_account_id,
+        posting.amount,
+        posted_at_us,
+    )
+    return "\x1f".join(str(f) for f in fields).encode()
+
+
+def chain_hash(previous_hash: str, sequence: int, posting: Posting, posted_at_us: int) -> str:
+    """SHA-256 over the previous hash and the posting's canonical bytes."""
+    return hashlib.sha256(previous_hash.encode() + canonical_bytes(sequence, posting, posted_at_us)).hexdigest()
+
+
+def take_from_buckets(buckets: dict[str, int], points: int) -> list[tuple[str, int]]:
+    """Legs that take `points` from a wallet's positive per-campaign balances.
+
+    Buckets are taken in campaign id order so the choice is deterministic.
+    The caller has checked that the wallet's net balance covers `points`;
+    the positive buckets then always do too.
+    """
+    legs = []
+    remaining = points
+    for campaign_id in sorted(buckets):
+        if remaining == 0:
+            break
+        take = min(buckets[campaign_id], remaining)
+        if take > 0:
+            legs.append((campaign_id, take))
+            remaining -= take
+    assert remaining == 0, "net balance covered the redemption but positive buckets did not"
+    return legs
+
+
+def split_in_order(legs: list[tuple[str, int]], start: int, amount: int) -> list[tuple[str, int]]:
+    """The part [start, start + amount) of the concatenated legs, leg by leg.
+
+    Points returned by successive refunds go back to the buckets the purchase
+    took them from, in the same order, so the sum over refunds is exact.
+    """
+    out = []
+    position = 0
+    for campaign_id, leg in legs:
+        lo, hi = max(start, position), min(start + amount, position + leg)
+        if hi > lo:
+            out.append((campaign_id, hi - lo))
+        position += leg
+    assert sum(a for _, a in out) == amount
+    return out

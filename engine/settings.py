@@ -1,0 +1,31 @@
+"""Settings from the environment (prefix SETAPAY_), with units in their names.
+
+With nothing set the engine runs embedded: a SQLite file ./setapay.db and
+in-process caches. Production sets a PostgreSQL URL and a Redis URL.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from engine import limits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SETAPAY_", extra="ignore")
+
+    database_url: str = "sqlite+pysqlite:///./setapay.db"
+    redis_url: str | None = None
+    occurred_at_max_future_s: int = Field(default=limits.OCCURRED_AT_MAX_FUTURE_S, ge=0)
+    occurred_at_max_past_days: int = Field(default=limits.OCCURRED_AT_MAX_PAST_DAYS, ge=0)
+    # Group commit: how long the first request of a group waits for company.
+    group_commit_wait_ms: float = Field(default=2.0, ge=0)
+    group_commit_size_max: int = Field(default=1000, ge=1, le=limits.BATCH_TRANSACTIONS_MAX)
+    idempotency_retention_days: int = Field(default=30, ge=30)
+    # 32 bytes, base64; seals merchant bank details (AES-GCM). Never stored in the database.
+    data_key_b64: str | None = None
+
+
+def load() -> Settings:
+    return Settings()

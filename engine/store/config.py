@@ -1,0 +1,227 @@
+"""Configuration records (merchants, campaigns with versions, terminals) and API keys.
+
+Every change to merchants or campaigns bumps `ledger_head.catalog_version`
+under the sequencer lock, so each process reloads its cached catalog before
+it rates the next group and no group is rated against a stale catalog.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from engine.errors import EngineError
+from engine.model import Campaign, Merchant
+from engine.store.models import ApiKeyRow, CampaignRow, CampaignVersionRow, LedgerHead, MerchantRow, TerminalRow
+from engine.timeutil import now_us, to_us
+
+ROLES = ("admin", "finance", "merchant", "terminal")
+
+
+@dataclasses.dataclass(frozen=True)
+class Principal:
+    key_id: str
+    role: str
+    merchant_id: str | None
+    terminal_id: str | None
+
+
+def _bump(session: Session) -> None:
+    stmt = select(LedgerHead).where(LedgerHead.id == 1)
+    if session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    head = session.execute(stmt).scalar_one()
+    head.catalog_version += 1
+
+
+def _dump(record) -> str:
+    return record.model_dump_json()
+
+
+class Config:
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._principals: dict[str, Principal] = {}
+
+    # -- merchants ---------------------------------------------------------
+
+    def create_merchant(self, merchant: Merchant) -> Merchant:
+        with Session(self.engine) as session, session.begin():
+            _bump(session)
+            if session.get(MerchantRow, merchant.id) is not None:
+                raise EngineError(409, "already_exists", f"merchant {merchant.id} exists")
+            now = now_us()
+            session.add(MerchantRow(id=merchant.id, record_json=_dump(merchant), created_at_us=now, updated_at_us=now))
+        return merchant
+
+    def update_merchant(self, merchant_id: str, patch: dict) -> Merchant:
+        with Session(self.engine) as session, session.begin():
+            _bump(session)
+            row = session.get(MerchantRow, merchant_id)
+            if row is None:
+                raise EngineError(404, "not_found", f"merchant {merchant_id} is not known")
+            current = json.loads(row.record_json)
+            if "id" in patch and patch["id"] != merchant_id:
+                raise EngineError(422, "invalid_request", "id cannot change")
+            merchant = Merchant.model_validate({**current, **patch})
+            row.record_json = _dump(merchant)
+            row.updated_at_us = now_us()
+        return merchant
+
+    def get_merchant(self, merchant_id: str) -> Merchant:
+        with Session(self.engine) as session:
+            row = session.get(MerchantRow, merchant_id)
+            if row is None:
+                raise EngineError(404, "not_found", f"merchant {merchant_id} is not known")
+            return Merchant.model_validate_json(row.record_json)
+
+    def list_merchants(self) -> list[Merchant]:
+        with Session(self.engine) as session:
+            rows = session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
+            return [Merchant.model_validate_json(r.record_json) for r in rows]
+
+    # -- campaigns ---------------------------------------------------------
+
+    def create_campaign(self, campaign: Campaign) -> Campaign:
+        campaign = campaign.model_copy(update={"version": 1})
+        with Session(self.engine) as session, session.begin():
+            _bump(session)
+            if session.get(CampaignRow, campaign.id) is not None:
+                raise EngineError(409, "already_exists", f"campaign {campaign.id} exists")
+            now = now_us()
+            session.add(CampaignRow(id=campaign.id, current_version=1, issued_net=0, created_at_us=now))
+            session.flush()
+            session.add(CampaignVersionRow(campaign_id=campaign.id, version=1, record_json=_dump(campaign),
+                                           created_at_us=now))
+        return campaign
+
+    def update_campaign(self, campaign_id: str, patch: dict) -> Campaign:
+        """A new version; a started campaign may not end before now nor budget below what it issued."""
+        with Session(self.engine) as session, session.begin():
+            _bump(session)
+            row = session.get(CampaignRow, campaign_id)
+            if row is None:
+                raise EngineError(404, "not_found", f"campaign {campaign_id} is not known")
+            current_row = session.get(CampaignVersionRow, (campaign_id, row.current_version))
+            current = Campaign.model_validate_json(current_row.record_json)
+            if "id" in patch and patch["id"] != campaign_id:
+                raise EngineError(422, "invalid_request", "id cannot change")
+            patch = {k: v for k, v in patch.items() if k != "version"}
+            updated = Campaign.model_validate(
+                {**json.loads(current_row.record_json), **patch, "version": row.current_version + 1}
+            )
+            now = now_us()
+            if to_us(current.starts_at) <= now:
+                if to_us(updated.starts_at) != to_us(current.starts_at):
+                    raise EngineError(422, "campaign_started", "starts_at of a started campaign cannot change")
+                if to_us(updated.ends_at) != to_us(current.ends_at) and to_us(updated.ends_at) < now:
+                    raise EngineError(422, "campaign_started", "a campaign cannot end before now")
+            if updated.budget is not None and updated.budget < row.issued_net:
+                raise EngineError(422, "campaign_started", f"budget below the {row.issued_net} points already issued")
+            row.current_version = updated.version
+            session.add(CampaignVersionRow(campaign_id=campaign_id, version=updated.version,
+                                           record_json=_dump(updated), created_at_us=now))
+        return updated
+
+    def get_campaign(self, campaign_id: str, version: int | None = None) -> Campaign:
+        with Session(self.engine) as session:
+            row = session.get(CampaignRow, campaign_id)
+            if row is None:
+                raise EngineError(404, "not_found", f"campaign {campaign_id} is not known")
+            v = session.get(CampaignVersionRow, (campaign_id, version or row.current_version))
+            if v is None:
+                raise EngineError(404, "not_found", f"campaign {campaign_id} has no version {version}")
+            return Campaign.model_validate_json(v.record_json)
+
+    def list_campaigns(self) -> list[Campaign]:
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(CampaignVersionRow)
+                .join(CampaignRow, CampaignRow.id == CampaignVersionRow.campaign_id)
+                .where(CampaignVersionRow.version == CampaignRow.current_version)
+                .order_by(CampaignRow.id)
+            ).scalars()
+            return [Campaign.model_validate_json(r.record_json) for r in rows]
+
+    # -- terminals ---------------------------------------------------------
+
+    def create_terminal(self, terminal_id: str, merchant_id: str) -> dict:
+        with Session(self.engine) as session, session.begin():
+            if session.get(MerchantRow, merchant_id) is None:
+                raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
+            if session.get(TerminalRow, terminal_id) is not None:
+                raise EngineError(409, "already_exists", f"terminal {terminal_id} exists")
+            session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=now_us()))
+        return {"id": terminal_id, "merchant_id": merchant_id}
+
+    def get_terminal(self, terminal_id: str) -> dict:
+        with Session(self.engine) as session:
+            row = session.get(TerminalRow, terminal_id)
+            if row is None:
+                raise EngineError(404, "not_found", f"terminal {terminal_id} is not known")
+            return {"id": row.id, "merchant_id": row.merchant_id}
+
+    def update_terminal(self, terminal_id: str, patch: dict) -> dict:
+        with Session(self.engine) as session, session.begin():
+            row = session.get(TerminalRow, terminal_id)
+            if row is None:
+                raise EngineError(404, "not_found", f"terminal {terminal_id} is not known")
+            merchant_id = patch.get("merchant_id", row.merchant_id)
+            if session.get(MerchantRow, merchant_id) is None:
+                raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
+            row.merchant_id = merchant_id
+            return {"id": row.id, "merchant_id": row.merchant_id}
+
+    def list_terminals(self) -> list[dict]:
+        with Session(self.engine) as session:
+            rows = session.execute(select(TerminalRow).order_by(TerminalRow.id)).scalars()
+            return [{"id": r.id, "merchant_id": r.merchant_id} for r in rows]
+
+    # -- keys --------------------------------------------------------------
+
+    def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None) -> str:
+        """A new key, returned once; only its SHA-256 is stored."""
+        if role not in ROLES:
+            raise EngineError(422, "invalid_request", f"role must be one of {ROLES}")
+        with Session(self.engine) as session, session.begin():
+            if role == "terminal":
+                if terminal_id is None:
+                    raise EngineError(422, "invalid_request", "a terminal key needs --terminal")
+                terminal = session.get(TerminalRow, terminal_id)
+                if terminal is None:
+                    raise EngineError(422, "unknown_terminal", f"terminal {terminal_id} is not known")
+                merchant_id = terminal.merchant_id
+            elif role == "merchant":
+                if merchant_id is None or session.get(MerchantRow, merchant_id) is None:
+                    raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
+                terminal_id = None
+            else:
+                merchant_id = terminal_id = None
+            key_id = secrets.token_hex(8)
+            secret = f"sp_{role}_{key_id}_{secrets.token_urlsafe(32)}"
+            session.add(ApiKeyRow(id=key_id, key_hash=hash_key(secret), role=role, merchant_id=merchant_id,
+                                  terminal_id=terminal_id, created_at_us=now_us()))
+        return secret
+
+    def authenticate(self, secret: str) -> Principal | None:
+        digest = hash_key(secret)
+        principal = self._principals.get(digest)
+        if principal is None:
+            with Session(self.engine) as session:
+                row = session.execute(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)).scalar_one_or_none()
+                if row is None:
+                    return None
+                principal = Principal(row.id, row.role, row.merchant_id, row.terminal_id)
+                self._principals[digest] = principal
+        return principal
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()

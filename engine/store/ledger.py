@@ -1,0 +1,539 @@
+"""The ledger unit of work: rate a group of requests and post it in one transaction.
+
+`Ledger.submit` is the one place that owns a database transaction on the
+money path. It takes the sequencer lock (the `ledger_head` row: FOR UPDATE on
+PostgreSQL, BEGIN IMMEDIATE on SQLite), answers remembered idempotency keys,
+loads exactly the rating state the group needs, rates the whole group with one
+kernel call, and writes payments, awards, postings (hash-chained), cached
+balances, cap usage, budget meters and idempotent answers before committing.
+Nothing is acknowledged before that commit, and because every writer of every
+process holds the same lock while it rates, caps and budgets stay exact and
+the acceptance sequence stays gapless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import secrets
+from collections import defaultdict
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from engine import crediting, ledger_rules as rules
+from engine.errors import EngineError, problem
+from engine.model import Campaign, Merchant, Purchase, Refund
+from engine.rating._kernel_py import share_target
+from engine.rating import AwardState, Catalog, PurchaseState, RatingState, build_catalog, rate, window_key
+from engine.store.models import (
+    AccountRow,
+    AwardRow,
+    CampaignRow,
+    CampaignVersionRow,
+    IdempotencyRow,
+    LedgerHead,
+    MerchantRow,
+    PaymentRow,
+    PostingRow,
+    TerminalRow,
+    WalletWindowUsageRow,
+)
+from engine.timeutil import format_instant, now_us, to_us
+
+DECLINE_STATUS = {
+    "unknown_merchant": 422,
+    "original_not_found": 404,
+    "refund_merchant_mismatch": 422,
+    "refund_exceeds_original": 422,
+    "insufficient_points": 422,
+}
+
+
+@dataclasses.dataclass
+class Submission:
+    """One purchase or refund as a terminal sent it, already validated."""
+
+    terminal_id: str
+    merchant_id: str  # the merchant the terminal belongs to
+    idempotency_key: str
+    request_hash: str
+    body: Purchase | Refund
+    request_json: str
+
+
+@dataclasses.dataclass
+class Result:
+    status: int
+    body: dict
+    replayed: bool = False
+
+
+def _dialect_insert(session: Session):
+    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
+
+
+class Ledger:
+    """Storage-backed engine operations; one instance per process."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._catalog: tuple[int, Catalog, dict[str, Campaign], dict[str, Merchant]] | None = None
+
+    # -- the sequencer -----------------------------------------------------
+
+    def _lock_head(self, session: Session) -> LedgerHead:
+        stmt = select(LedgerHead).where(LedgerHead.id == 1)
+        if session.bind.dialect.name == "postgresql":
+            stmt = stmt.with_for_update()
+        head = session.execute(stmt).scalar_one()
+        return head
+
+    def _catalog_for(self, session: Session, version: int):
+        if self._catalog is None or self._catalog[0] != version:
+            campaigns = [
+                Campaign.model_validate_json(row.record_json)
+                for row in session.execute(
+                    select(CampaignVersionRow)
+                    .join(CampaignRow, CampaignRow.id == CampaignVersionRow.campaign_id)
+                    .where(CampaignVersionRow.version == CampaignRow.current_version)
+                ).scalars()
+            ]
+            merchants = [
+                Merchant.model_validate_json(row.record_json)
+                for row in session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
+            ]
+            self._catalog = (
+                version,
+                build_catalog(merchants, campaigns),
+                {c.id: c for c in campaigns},
+                {m.id: m for m in merchants},
+            )
+        return self._catalog
+
+    # -- the money path ----------------------------------------------------
+
+    def submit(self, submissions: list[Submission]) -> list[Result]:
+        """Accept, decline or replay each submission in order, in one transaction."""
+        with Session(self.engine) as session, session.begin():
+            head = self._lock_head(session)
+            _, catalog, campaigns, merchants = self._catalog_for(session, head.catalog_version)
+            results: list[Result | None] = [None] * len(submissions)
+
+            # 1. Remembered keys answer first; a key twice in one group answers like a retry.
+            keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
+            remembered = {
+                (row.terminal_id, row.key): row
+                for row in session.execute(
+                    select(IdempotencyRow).where(
+                        tuple_(IdempotencyRow.terminal_id, IdempotencyRow.key).in_(list(keys))
+                    )
+                ).scalars()
+            }
+            first_in_group: dict[tuple[str, str], int] = {}
+            fresh: list[int] = []
+            for i, s in enumerate(submissions):
+                key = (s.terminal_id, s.idempotency_key)
+                row = remembered.get(key)
+                if row is not None:
+                    results[i] = self._replay(row.request_hash, row.response_status, row.response_json, s)
+                elif key in first_in_group:
+                    continue  # answered after the group is rated, from the first one's result
+                else:
+                    first_in_group[key] = i
+                    fresh.append(i)
+
+            # 2. References the rating kernel cannot see: originals and their merchant.
+            originals = self._load_originals(
+                session, {submissions[i].body.original_id for i in fresh if submissions[i].body.type == "refund"}
+            )
+            events = []
+            payment_ids: dict[int, str] = {}
+            for i in fresh:
+                s = submissions[i]
+                if s.body.type == "refund":
+                    original = originals.get(s.body.original_id)
+                    if original is None:
+                        results[i] = self._decline("original_not_found", s)
+                        continue
+                    if original["merchant_id"] != s.merchant_id:
+                        results[i] = self._decline("refund_merchant_mismatch", s)
+                        continue
+                payment_ids[i] = "tx_" + secrets.token_hex(12)
+                events.append((payment_ids[i], s.body))
+
+            accepted_at = now_us()
+            if events:
+                state = self._load_state(session, catalog, events, originals)
+                pending_before = {
+                    (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
+                }
+                buckets = self._load_buckets(session, {w for w in state.balance})
+                outcomes = rate(catalog, events, state)
+                writer = _GroupWriter(session, head, accepted_at, campaigns, buckets)
+                by_payment = dict(zip((pid for pid, _ in events), outcomes))
+                for i in fresh:
+                    if results[i] is not None:
+                        continue
+                    s = submissions[i]
+                    outcome = by_payment[payment_ids[i]]
+                    if outcome.declined:
+                        results[i] = self._decline(outcome.declined, s)
+                    elif s.body.type == "purchase":
+                        results[i] = Result(201, writer.purchase(payment_ids[i], s, outcome, state))
+                    else:
+                        results[i] = Result(
+                            201,
+                            writer.refund(payment_ids[i], s, outcome, state, originals[s.body.original_id],
+                                          pending_before),
+                        )
+                writer.flush(state)
+
+            # 3. Duplicates inside the group, then remember every answer.
+            for i, s in enumerate(submissions):
+                first = first_in_group.get((s.terminal_id, s.idempotency_key))
+                if results[i] is None:
+                    base = submissions[first]
+                    done = results[first]
+                    results[i] = self._replay(base.request_hash, done.status, json.dumps(done.body), s)
+            remember = []
+            for key, i in first_in_group.items():
+                r = results[i]
+                remember.append(
+                    dict(
+                        terminal_id=key[0],
+                        key=key[1],
+                        request_hash=submissions[i].request_hash,
+                        response_status=r.status,
+                        response_json=json.dumps(r.body, ensure_ascii=False),
+                        payment_id=r.body.get("id") if r.status == 201 else None,
+                        created_at_us=accepted_at,
+                    )
+                )
+            if remember:
+                session.execute(IdempotencyRow.__table__.insert(), remember)
+        return results  # type: ignore[return-value]
+
+    @staticmethod
+    def _replay(request_hash: str, status: int, response_json: str, s: Submission) -> Result:
+        if request_hash != s.request_hash:
+            return Result(422, problem(422, "idempotency_key_reused"))
+        return Result(status, json.loads(response_json), replayed=True)
+
+    @staticmethod
+    def _decline(code: str, s: Submission) -> Result:
+        status = DECLINE_STATUS[code]
+        return Result(status, problem(status, code))
+
+    def _load_originals(self, session: Session, ids: set[str]) -> dict[str, dict]:
+        if not ids:
+            return {}
+        out: dict[str, dict] = {}
+        for row in session.execute(
+            select(PaymentRow).where(PaymentRow.id.in_(ids), PaymentRow.type == "purchase")
+        ).scalars():
+            out[row.id] = dict(
+                merchant_id=row.merchant_id,
+                wallet_id=row.wallet_id,
+                amount=row.amount,
+                points_used=row.points_used,
+                refunded=row.refunded_amount,
+                awards={},
+                redemption_legs=[],
+            )
+        for award in session.execute(select(AwardRow).where(AwardRow.payment_id.in_(list(out)))).scalars():
+            out[award.payment_id]["awards"][award.campaign_id] = award
+        for posting in session.execute(
+            select(PostingRow)
+            .where(PostingRow.payment_id.in_(list(out)), PostingRow.reason == rules.REDEMPTION)
+            .order_by(PostingRow.sequence)
+        ).scalars():
+            out[posting.payment_id]["redemption_legs"].append((posting.campaign_id, posting.amount))
+        return out
+
+    def _load_state(self, session: Session, catalog: Catalog, events: list, originals: dict) -> RatingState:
+        state = RatingState(balance={})
+        usage_keys: set[tuple[str, str, int]] = set()
+        wallets: set[str] = set()
+        for _, body in events:
+            if body.type == "purchase":
+                wallets.add(body.wallet_id)
+                at = to_us(body.occurred_at)
+                for c in catalog.campaigns:
+                    usage_keys.add((c.id, body.wallet_id, window_key(c.per_wallet_cap_period, at)))
+            else:
+                o = originals[body.original_id]
+                if body.original_id in state.purchases:
+                    continue
+                wallets.add(o["wallet_id"])
+                awards = {
+                    cid: AwardState(cid, a.campaign_version, a.points, a.pending, a.window_key)
+                    for cid, a in sorted(o["awards"].items(), key=lambda kv: _order(catalog, kv[0]))
+                }
+                for cid, a in awards.items():
+                    usage_keys.add((cid, o["wallet_id"], a.window_key))
+                state.purchases[body.original_id] = PurchaseState(
+                    o["wallet_id"], o["merchant_id"], o["amount"], o["points_used"], o["refunded"], awards
+                )
+        if usage_keys:
+            for row in session.execute(
+                select(WalletWindowUsageRow).where(
+                    tuple_(
+                        WalletWindowUsageRow.campaign_id, WalletWindowUsageRow.wallet_id, WalletWindowUsageRow.window_key
+                    ).in_(list(usage_keys))
+                )
+            ).scalars():
+                state.usage[(row.campaign_id, row.wallet_id, row.window_key)] = row.points
+        for row in session.execute(select(CampaignRow.id, CampaignRow.issued_net)):
+            state.spend[row.id] = row.issued_net
+        state.balance = {w: 0 for w in wallets}
+        for row in session.execute(
+            select(AccountRow.wallet_id, AccountRow.balance).where(
+                AccountRow.kind == "wallet_available", AccountRow.wallet_id.in_(list(wallets))
+            )
+        ):
+            state.balance[row.wallet_id] += row.balance
+        return state
+
+    def _load_buckets(self, session: Session, wallets: set[str]) -> dict[str, dict[str, int]]:
+        buckets: dict[str, dict[str, int]] = defaultdict(dict)
+        if wallets:
+            for row in session.execute(
+                select(AccountRow.wallet_id, AccountRow.campaign_id, AccountRow.balance).where(
+                    AccountRow.kind == "wallet_available", AccountRow.wallet_id.in_(list(wallets))
+                )
+            ):
+                buckets[row.wallet_id][row.campaign_id] = row.balance
+        return buckets
+
+
+def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:
+    ids = catalog.campaign_ids
+    return (ids.index(campaign_id), "") if campaign_id in ids else (len(ids), campaign_id)
+
+
+class _GroupWriter:
+    """Turns one group's outcomes into rows, postings and balance deltas, then writes them."""
+
+    def __init__(self, session, head, accepted_at, campaigns, buckets) -> None:
+        self.session = session
+        self.head = head
+        self.accepted_at = accepted_at
+        self.campaigns = campaigns
+        self.buckets = buckets  # wallet -> campaign -> available balance, kept current in order
+        self.payments: list[dict] = []
+        self.awards: list[dict] = []
+        self.award_updates: list[dict] = []
+        self.refunded_updates: dict[str, int] = {}
+        self.postings: list[dict] = []
+        self.deltas: dict[str, int] = defaultdict(int)
+
+    def post(self, posting: rules.Posting) -> None:
+        self.head.last_posting_sequence += 1
+        sequence = self.head.last_posting_sequence
+        digest = rules.chain_hash(self.head.last_hash, sequence, posting, self.accepted_at)
+        self.head.last_hash = digest
+        self.postings.append(
+            dict(
+                sequence=sequence,
+                payment_id=posting.payment_id,
+                campaign_id=posting.campaign_id,
+                campaign_version=posting.campaign_version,
+                reason=posting.reason,
+                debit_account_id=posting.debit_account_id,
+                credit_account_id=posting.credit_account_id,
+                amount=posting.amount,
+                posted_at_us=self.accepted_at,
+                hash=digest,
+            )
+        )
+        self.deltas[posting.debit_account_id] -= posting.amount
+        self.deltas[posting.credit_account_id] += posting.amount
+
+    def _next_sequence(self) -> int:
+        self.head.last_payment_sequence += 1
+        return self.head.last_payment_sequence
+
+    def purchase(self, pid: str, s: Submission, outcome, state: RatingState) -> dict:
+        body: Purchase = s.body
+        sequence = self._next_sequence()
+        at = to_us(body.occurred_at)
+        wallet = self.buckets[body.wallet_id]
+        if body.coin:
+            self.post(rules.Posting(rules.COIN_SALE, rules.COIN_CLEARING, rules.payable_account(body.merchant_id),
+                                    body.coin, pid))
+        for cid, amount in (rules.take_from_buckets(wallet, body.points_used) if body.points_used else []):
+            wallet[cid] -= amount
+            self.post(rules.Posting(rules.REDEMPTION, rules.available_account(body.wallet_id, cid),
+                                    rules.payable_account(body.merchant_id), amount, pid, cid))
+        awards = []
+        for award in outcome.awards:
+            campaign = self.campaigns[award.campaign_id]
+            credit_at = crediting.credit_at_us(campaign.credit.schedule, campaign.credit.delay_business_days, at,
+                                               self.accepted_at)
+            immediate = campaign.credit.schedule == "immediate"
+            target = (rules.available_account if immediate else rules.pending_account)(body.wallet_id, award.campaign_id)
+            self.post(rules.Posting(rules.AWARD, rules.funding_account(award.campaign_id), target, award.points, pid,
+                                    award.campaign_id, award.campaign_version))
+            if immediate:
+                wallet[award.campaign_id] = wallet.get(award.campaign_id, 0) + award.points
+            self.awards.append(
+                dict(
+                    payment_id=pid,
+                    campaign_id=award.campaign_id,
+                    campaign_version=award.campaign_version,
+                    wallet_id=body.wallet_id,
+                    points=award.points,
+                    pending=0 if immediate else award.points,
+                    clawed_back=0,
+                    capped_by=award.capped_by,
+                    window_key=state.purchases[pid].awards[award.campaign_id].window_key,
+                    credit_at_us=credit_at,
+                )
+            )
+            awards.append(
+                {
+                    "campaign_id": award.campaign_id,
+                    "campaign_version": award.campaign_version,
+                    "points": award.points,
+                    "capped_by": award.capped_by,
+                    "status": "credited" if immediate else "pending",
+                    "credit_at": format_instant(credit_at),
+                    "expires_at": format_instant(crediting.expires_at_us(credit_at, campaign.validity_months)),
+                }
+            )
+        response = {
+            "id": pid,
+            "sequence": sequence,
+            "type": "purchase",
+            "wallet_id": body.wallet_id,
+            "merchant_id": body.merchant_id,
+            "terminal_id": body.terminal_id,
+            "occurred_at": body.occurred_at.isoformat(),
+            "accepted_at": format_instant(self.accepted_at),
+            "amount": body.amount,
+            "points_used": body.points_used,
+            "points_awarded": outcome.points_awarded,
+            "awards": awards,
+        }
+        self.payments.append(self._payment_row(pid, sequence, s, body.wallet_id, at, None, response))
+        return response
+
+    def refund(self, pid: str, s: Submission, outcome, state: RatingState, original: dict, pending_before) -> dict:
+        body: Refund = s.body
+        sequence = self._next_sequence()
+        oid = body.original_id
+        wallet_id, merchant_id = original["wallet_id"], original["merchant_id"]
+        wallet = self.buckets[wallet_id]
+        purchase_state = state.purchases[oid]
+        refunded_before = purchase_state.refunded - body.amount
+        coin_refunded = body.amount - outcome.points_returned
+        if coin_refunded:
+            self.post(rules.Posting(rules.COIN_REFUND, rules.payable_account(merchant_id), rules.COIN_CLEARING,
+                                    coin_refunded, pid))
+        if outcome.points_returned:
+            used = original["points_used"]
+            returned_before = share_target(used, refunded_before, original["amount"])
+            for cid, amount in rules.split_in_order(original["redemption_legs"], returned_before,
+                                                    outcome.points_returned):
+                wallet[cid] = wallet.get(cid, 0) + amount
+                self.post(rules.Posting(rules.POINTS_RETURN, rules.payable_account(merchant_id),
+                                        rules.available_account(wallet_id, cid), amount, pid, cid))
+        for clawback in outcome.clawbacks:
+            cid = clawback.campaign_id
+            award_state = purchase_state.awards[cid]
+            from_pending = pending_before[(oid, cid)] - award_state.pending
+            pending_before[(oid, cid)] = award_state.pending
+            from_available = clawback.points - from_pending
+            version = award_state.campaign_version
+            if from_pending:
+                self.post(rules.Posting(rules.CLAWBACK, rules.pending_account(wallet_id, cid),
+                                        rules.funding_account(cid), from_pending, pid, cid, version))
+            if from_available:
+                wallet[cid] = wallet.get(cid, 0) - from_available
+                self.post(rules.Posting(rules.CLAWBACK, rules.available_account(wallet_id, cid),
+                                        rules.funding_account(cid), from_available, pid, cid, version))
+            self.award_updates.append(
+                dict(p_id=oid, c_id=cid, pending=award_state.pending, clawed=clawback.points)
+            )
+        self.refunded_updates[oid] = purchase_state.refunded
+        response = {
+            "id": pid,
+            "sequence": sequence,
+            "type": "refund",
+            "original_id": oid,
+            "wallet_id": wallet_id,
+            "merchant_id": merchant_id,
+            "terminal_id": s.terminal_id,
+            "occurred_at": body.occurred_at.isoformat(),
+            "accepted_at": format_instant(self.accepted_at),
+            "amount": body.amount,
+            "points_used": 0,
+            "points_awarded": 0,
+            "awards": [],
+            "clawbacks": [{"campaign_id": c.campaign_id, "points": c.points} for c in outcome.clawbacks],
+            "points_clawed_back": outcome.points_clawed_back,
+            "points_returned": outcome.points_returned,
+            "coin_refunded": coin_refunded,
+        }
+        self.payments.append(self._payment_row(pid, sequence, s, wallet_id, to_us(body.occurred_at), oid, response))
+        return response
+
+    def _payment_row(self, pid, sequence, s: Submission, wallet_id, at, original_id, response) -> dict:
+        return dict(
+            id=pid,
+            sequence=sequence,
+            type=s.body.type,
+            terminal_id=s.terminal_id,
+            merchant_id=s.merchant_id,
+            wallet_id=wallet_id,
+            occurred_at_us=at,
+            accepted_at_us=self.accepted_at,
+            amount=s.body.amount,
+            points_used=getattr(s.body, "points_used", 0),
+            original_id=original_id,
+            refunded_amount=0,
+            request_json=s.request_json,
+            response_json=json.dumps(response, ensure_ascii=False),
+        )
+
+    def flush(self, state: RatingState) -> None:
+        # The kernel decided redemptions on net balances; the buckets posted here must agree.
+        for wallet_id, wallet in self.buckets.items():
+            assert sum(wallet.values()) == state.balance[wallet_id], (wallet_id, wallet, state.balance[wallet_id])
+        session = self.session
+        insert = _dialect_insert(session)
+        if self.payments:
+            session.execute(PaymentRow.__table__.insert(), self.payments)
+        if self.awards:
+            session.execute(AwardRow.__table__.insert(), self.awards)
+        for u in self.award_updates:
+            session.execute(
+                update(AwardRow)
+                .where(AwardRow.payment_id == u["p_id"], AwardRow.campaign_id == u["c_id"])
+                .values(pending=u["pending"], clawed_back=AwardRow.clawed_back + u["clawed"])
+            )
+        for oid, refunded in self.refunded_updates.items():
+            session.execute(update(PaymentRow).where(PaymentRow.id == oid).values(refunded_amount=refunded))
+        if self.postings:
+            session.execute(PostingRow.__table__.insert(), self.postings)
+        if self.deltas:
+            rows = [dict(id=a, balance=d, **rules.account_parts(a)) for a, d in sorted(self.deltas.items()) if d]
+            if rows:
+                stmt = insert(AccountRow.__table__)
+                stmt = stmt.on_conflict_do_update(
+                    index_elements=["id"], set_={"balance": AccountRow.__table__.c.balance + stmt.excluded.balance}
+                )
+                session.execute(stmt, rows)
+        usage = [dict(campaign_id=c, wallet_id=w, window_key=k, points=v) for (c, w, k), v in state.usage.items()]
+        if usage:
+            stmt = insert(WalletWindowUsageRow.__table__)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["campaign_id", "wallet_id", "window_key"], set_={"points": stmt.excluded.points}
+            )
+            session.execute(stmt, usage)
+        for cid, issued in state.spend.items():
+            session.execute(update(CampaignRow).where(CampaignRow.id == cid).values(issued_net=issued))
+

@@ -1,0 +1,196 @@
+"""SQLAlchemy 2 typed models of the ledger and its configuration.
+
+Instants are stored as integer microseconds since the epoch (`*_at_us`) so
+that SQLite and PostgreSQL compare them identically and exactly. Amounts and
+points are BigInteger. Constraints mirror the ledger invariants: a posting
+moves a positive amount between two different accounts, and on PostgreSQL
+(and SQLite) triggers refuse any UPDATE or DELETE of a posting.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class LedgerHead(Base):
+    """One row: the sequencer. Every writer locks it, so acceptance order,
+    the posting chain and every cap are decided by one writer at a time."""
+
+    __tablename__ = "ledger_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_payment_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_posting_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    catalog_version: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class MerchantRow(Base):
+    __tablename__ = "merchant"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    record_json: Mapped[str] = mapped_column(Text)
+    bank_account_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    updated_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class CampaignRow(Base):
+    __tablename__ = "campaign"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    current_version: Mapped[int] = mapped_column(Integer)
+    # Net points issued (awards and grants minus clawbacks): the budget's meter.
+    issued_net: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (CheckConstraint("issued_net >= 0", name="issued_net_nonnegative"),)
+
+
+class CampaignVersionRow(Base):
+    __tablename__ = "campaign_version"
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaign.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_json: Mapped[str] = mapped_column(Text)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class TerminalRow(Base):
+    __tablename__ = "terminal"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchant.id"), index=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ApiKeyRow(Base):
+    __tablename__ = "api_key"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    merchant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    terminal_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        CheckConstraint("role IN ('admin', 'finance', 'merchant', 'terminal')", name="role_known"),
+    )
+
+
+class PaymentRow(Base):
+    """An accepted purchase or refund, in acceptance order (`sequence`)."""
+
+    __tablename__ = "payment"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    sequence: Mapped[int] = mapped_column(BigInteger, unique=True)
+    type: Mapped[str] = mapped_column(String(8))
+    terminal_id: Mapped[str] = mapped_column(String(64))
+    merchant_id: Mapped[str] = mapped_column(String(64))
+    wallet_id: Mapped[str] = mapped_column(String(64), index=True)
+    occurred_at_us: Mapped[int] = mapped_column(BigInteger)
+    accepted_at_us: Mapped[int] = mapped_column(BigInteger)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    points_used: Mapped[int] = mapped_column(BigInteger)
+    original_id: Mapped[str | None] = mapped_column(ForeignKey("payment.id"), nullable=True, index=True)
+    # Purchases only: the cumulative refunded amount (rating state of refunds).
+    refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0)
+    request_json: Mapped[str] = mapped_column(Text)
+    response_json: Mapped[str] = mapped_column(Text)
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("points_used >= 0 AND points_used <= amount", name="points_used_within_amount"),
+        CheckConstraint("refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"),
+        CheckConstraint("type IN ('purchase', 'refund')", name="type_known"),
+        Index("ix_payment_merchant_sequence", "merchant_id", "sequence"),
+    )
+
+
+class AwardRow(Base):
+    __tablename__ = "award"
+    payment_id: Mapped[str] = mapped_column(ForeignKey("payment.id"), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaign.id"), primary_key=True)
+    campaign_version: Mapped[int] = mapped_column(Integer)
+    wallet_id: Mapped[str] = mapped_column(String(64))
+    points: Mapped[int] = mapped_column(BigInteger)
+    pending: Mapped[int] = mapped_column(BigInteger)
+    clawed_back: Mapped[int] = mapped_column(BigInteger, default=0)
+    capped_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    window_key: Mapped[int] = mapped_column(BigInteger)
+    credit_at_us: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        CheckConstraint("points > 0", name="points_positive"),
+        CheckConstraint("pending >= 0 AND pending <= points", name="pending_within_points"),
+        CheckConstraint("clawed_back >= 0 AND clawed_back <= points", name="clawed_back_within_points"),
+    )
+
+
+class WalletWindowUsageRow(Base):
+    __tablename__ = "wallet_window_usage"
+    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    wallet_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    window_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    points: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (CheckConstraint("points >= 0", name="points_nonnegative"),)
+
+
+class AccountRow(Base):
+    """Cached balance of one account; always equal to the sum of its postings."""
+
+    __tablename__ = "account"
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(24))
+    wallet_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    campaign_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    merchant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    balance: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class PostingRow(Base):
+    """One movement of a positive amount from one account to another. Never
+    updated or deleted; hash-chained in `sequence` order."""
+
+    __tablename__ = "posting"
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    payment_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    campaign_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    campaign_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    reason: Mapped[str] = mapped_column(String(24))
+    debit_account_id: Mapped[str] = mapped_column(String(200))
+    credit_account_id: Mapped[str] = mapped_column(String(200))
+    amount: Mapped[int] = mapped_column(BigInteger)
+    posted_at_us: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (
+        CheckConstraint("amount > 0", name="amount_positive"),
+        CheckConstraint("debit_account_id <> credit_account_id", name="accounts_differ"),
+    )
+
+
+class IdempotencyRow(Base):
+    """A remembered answer, scoped to the terminal that sent the key."""
+
+    __tablename__ = "idempotency_key"
+    terminal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    response_status: Mapped[int] = mapped_column(Integer)
+    response_json: Mapped[str] = mapped_column(Text)
+    payment_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
