@@ -7,12 +7,14 @@ when the body is not JSON); nothing a client sends can produce a 500.
 """
 
 
+import contextlib
 import datetime as dt
 import hashlib
 import re
 import threading
 from typing import Annotated, Any
 
+from pydantic import Field, TypeAdapter, ValidationError
 from fastapi import Body, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -26,10 +28,12 @@ from engine.settings import Settings
 from engine.store import queries
 from engine.store.config import Config, Principal
 from engine.store.db import make_engine, upgrade
-from engine.store.ledger import Ledger, Submission
+from engine.store.group_commit import GroupCommitter
+from engine.store.ledger import Ledger, Result, Submission
 from engine.timeutil import now_us, to_us
 
 PROBLEM_JSON = "application/problem+json"
+_transaction = TypeAdapter(Transaction)
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,%d}$" % limits.IDEMPOTENCY_KEY_LENGTH_MAX)
 
 
@@ -52,6 +56,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     engine = make_engine(settings.database_url)
     ledger = Ledger(engine)
     config = Config(engine)
+    committer = GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max)
     in_flight: set[tuple[str, str]] = set()
     in_flight_lock = threading.Lock()
 
@@ -177,16 +182,52 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     ):
         key = _idempotency_key(idempotency_key)
         submission = _submission(p, key, body)
-        scope = (p.terminal_id, key)
-        with in_flight_lock:
-            if scope in in_flight:
+        with _claimed([(p.terminal_id, key)]) as fresh:
+            if not fresh:
                 raise EngineError(409, "request_in_progress")
-            in_flight.add(scope)
+            result = _guarded(lambda: committer.submit(submission))
+        return _render(result)
+
+    @app.post("/v1/transactions/batch", status_code=200)
+    def post_batch(
+        body: Annotated[BatchRequest, Body()],
+        p: Annotated[Principal, Depends(role("terminal"))],
+    ):
+        """Up to 1,000 transactions, each with its own `idempotency_key`, answered in order."""
+        answers: list[Result | None] = [None] * len(body.transactions)
+        indexed: list[tuple[int, Submission]] = []
+        for i, item in enumerate(body.transactions):
+            try:
+                fields = dict(item)
+                key = _idempotency_key(fields.pop("idempotency_key", None))
+                indexed.append((i, _submission(p, key, _transaction.validate_python(fields))))
+            except EngineError as exc:
+                answers[i] = Result(exc.status, exc.problem())
+            except ValidationError as exc:
+                answers[i] = Result(422, problem(422, "invalid_request", errors=_json_safe(exc.errors())))
+        with _claimed([(p.terminal_id, s.idempotency_key) for _, s in indexed]) as fresh:
+            posted = [(i, s) for i, s in indexed if (p.terminal_id, s.idempotency_key) in fresh]
+            for i, s in indexed:
+                if (p.terminal_id, s.idempotency_key) not in fresh:
+                    answers[i] = Result(409, problem(409, "request_in_progress"))
+            if posted:
+                for (i, _), result in zip(posted, _guarded(lambda: ledger.submit([s for _, s in posted]))):
+                    answers[i] = result
+        return {"results": [{"status": r.status, "replayed": r.replayed, "body": r.body} for r in answers]}
+
+    @contextlib.contextmanager
+    def _claimed(scopes: list[tuple[str, str]]):
+        """Claim idempotency scopes for this process; yields those not already in flight here."""
+        with in_flight_lock:
+            fresh = {sc for sc in scopes if sc not in in_flight}
+            in_flight.update(fresh)
         try:
-            (result,) = ledger.submit([submission])
+            yield fresh
         finally:
             with in_flight_lock:
-                in_flight.discard(scope)
+                in_flight.difference_update(fresh)
+
+    def _render(result: Result) -> JSONResponse:
         headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
         media = "application/json" if result.status < 400 else PROBLEM_JSON
         return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)
@@ -263,6 +304,17 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     return app
 
 
+def _guarded(action):
+    """Run a ledger call; a database that cannot be reached is a 503 the client may retry."""
+    from sqlalchemy.exc import OperationalError, InterfaceError
+    from concurrent.futures import TimeoutError as FutureTimeout
+
+    try:
+        return action()
+    except (OperationalError, InterfaceError, FutureTimeout) as exc:
+        raise EngineError(503, "service_unavailable", type(exc).__name__) from None
+
+
 def _validated(action):
     """Run a PATCH; a merged record that fails validation is a 422 naming the field."""
     from pydantic import ValidationError
@@ -279,6 +331,10 @@ from engine.model import Record, Id  # noqa: E402
 class TerminalRecord(Record):
     id: Id
     merchant_id: Id
+
+
+class BatchRequest(Record):
+    transactions: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=limits.BATCH_TRANSACTIONS_MAX)]
 
 
 class TerminalPatch(Record):

@@ -26,6 +26,8 @@ TITLES = {
     "insufficient_points": "The wallet does not have enough available points",
     "occurred_at_out_of_range": "occurred_at is too far in the future or the past",
     "campaign_started": "A started campaign can only end earlier or raise its budget",
+    "service_unavailable": "The ledger is not reachable; retry with the same Idempotency-Key",
+    "batch_too_large": "The batch holds more transactions than allowed",
     "internal_error": "Internal error",
 }
 

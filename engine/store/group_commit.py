@@ -1,0 +1,64 @@
+"""Group commit: concurrent single requests share one sequenced database transaction.
+
+Request threads hand their submission to `GroupCommitter.submit` and block on
+a future. One committer thread per process takes the first waiting
+submission, lets company gather for at most `wait_ms` (or until `size_max`),
+and posts the whole group with one `Ledger.submit` call: one lock, one kernel
+call, one commit. Every future is resolved only after that commit returned,
+so nothing is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+
+from engine.store.ledger import Ledger, Result, Submission
+
+log = logging.getLogger(__name__)
+
+
+class GroupCommitter:
+    def __init__(self, ledger: Ledger, wait_ms: float = 2.0, size_max: int = 1000) -> None:
+        self.ledger = ledger
+        self.wait_s = wait_ms / 1000
+        self.size_max = size_max
+        self._queue: queue.Queue[tuple[Submission, Future]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+        self._thread.start()
+
+    def submit(self, submission: Submission, timeout_s: float = 60.0) -> Result:
+        future: Future = Future()
+        self._queue.put((submission, future))
+        return future.result(timeout=timeout_s)
+
+    def _gather(self) -> list[tuple[Submission, Future]]:
+        group = [self._queue.get()]
+        deadline = time.monotonic() + self.wait_s
+        while len(group) < self.size_max:
+            remaining = deadline - time.monotonic()
+            try:
+                group.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return group
+
+    def _run(self) -> None:
+        while True:
+            group = self._gather()
+            try:
+                results = self.ledger.submit([s for s, _ in group])
+            except Exception:
+                # One bad submission must not fail its neighbours: post them one by one.
+                log.exception("group of %d failed; posting its submissions singly", len(group))
+                for submission, future in group:
+                    try:
+                        future.set_result(self.ledger.submit([submission])[0])
+                    except Exception as exc:  # the single one fails on its own
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(group, results):
+                future.set_result(result)
