@@ -279,8 +279,15 @@ def opening_state(camps: list[Campaign], events: list, seed: int = DEMO_SEED,
     wallets = sorted({ev.wallet_id for _, ev in events if isinstance(ev, Purchase)})
     state = RatingState(balance={})
     noon_us = to_us(_at(date, 12))
+    # The app offers only the points a wallet has, so each wallet holds at least
+    # what it redeems today; awards made today only add to that, and refunds
+    # take back no more than today's awards.
+    redeemed = collections.Counter()
+    for _, ev in events:
+        if isinstance(ev, Purchase):
+            redeemed[ev.wallet_id] += ev.points_used
     for w in wallets:
-        state.balance[w] = rng.choice((0, 300, 1_500, 3_000, 3_000, 6_000, 12_000))
+        state.balance[w] = redeemed[w] + rng.choice((0, 300, 1_500, 3_000, 6_000, 12_000))
     spent_share = {"ETHICAL_BONUS": 0.93, "LOCAL_PRODUCE": 0.6, "WELCOME_SHIMOKITA": 0.55}
     for c in camps:
         if c.per_wallet_cap is not None and c.starts_at < _at(date):
