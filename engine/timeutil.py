@@ -37,8 +37,15 @@ def tokyo_day_key(us: int) -> int:
 
 def tokyo_month_key(us: int) -> int:
     """Months since 1970-01 of the Asia/Tokyo calendar month containing `us`."""
-    local = from_us(us).astimezone(TOKYO)
-    return (local.year - 1970) * 12 + local.month - 1
+    # Civil-from-days (H. Hinnant's algorithm): integer arithmetic, no tz lookups.
+    z = tokyo_day_key(us) + 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    mp = (5 * (doe - (365 * yoe + yoe // 4 - yoe // 100)) + 2) // 153
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (month <= 2)
+    return (year - 1970) * 12 + month - 1
 
 
 def format_instant(us: int) -> str:

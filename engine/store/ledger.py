@@ -18,8 +18,7 @@ import json
 import secrets
 from collections import defaultdict
 
-from sqlalchemy import select, tuple_, update
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -28,6 +27,7 @@ from engine.errors import EngineError, problem
 from engine.model import Campaign, Merchant, Purchase, Refund
 from engine.rating._kernel_py import share_target
 from engine.rating import AwardState, Catalog, PurchaseState, RatingState, build_catalog, rate, window_key
+from engine.store import bulk
 from engine.store.models import (
     AccountRow,
     AwardRow,
@@ -69,10 +69,6 @@ class Result:
     status: int
     body: dict
     replayed: bool = False
-
-
-def _dialect_insert(session: Session):
-    return postgresql.insert if session.bind.dialect.name == "postgresql" else sqlite.insert
 
 
 class Ledger:
@@ -125,12 +121,13 @@ class Ledger:
             # 1. Remembered keys answer first; a key twice in one group answers like a retry.
             keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
             remembered = {
-                (row.terminal_id, row.key): row
-                for row in session.execute(
-                    select(IdempotencyRow).where(
-                        tuple_(IdempotencyRow.terminal_id, IdempotencyRow.key).in_(list(keys))
-                    )
-                ).scalars()
+                (row[0], row[1]): row
+                for row in bulk.select_where_in(
+                    session, IdempotencyRow.__table__,
+                    ["terminal_id", "key", "request_hash", "response_status", "response_json"],
+                    "key", sorted({k for _, k in keys}),
+                )
+                if (row[0], row[1]) in keys
             }
             first_in_group: dict[tuple[str, str], int] = {}
             fresh: list[int] = []
@@ -138,7 +135,7 @@ class Ledger:
                 key = (s.terminal_id, s.idempotency_key)
                 row = remembered.get(key)
                 if row is not None:
-                    results[i] = self._replay(row.request_hash, row.response_status, row.response_json, s)
+                    results[i] = self._replay(row[2], row[3], row[4], s)
                 elif key in first_in_group:
                     continue  # answered after the group is rated, from the first one's result
                 else:
@@ -166,11 +163,11 @@ class Ledger:
 
             accepted_at = now_us()
             if events:
-                state = self._load_state(session, catalog, events, originals)
+                state, buckets = self._load_state(session, catalog, events, originals)
+                usage_before, spend_before = dict(state.usage), dict(state.spend)
                 pending_before = {
                     (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
                 }
-                buckets = self._load_buckets(session, {w for w in state.balance})
                 outcomes = rate(catalog, events, state)
                 writer = _GroupWriter(session, head, accepted_at, campaigns, buckets)
                 by_payment = dict(zip((pid for pid, _ in events), outcomes))
@@ -189,7 +186,7 @@ class Ledger:
                             writer.refund(payment_ids[i], s, outcome, state, originals[s.body.original_id],
                                           pending_before),
                         )
-                writer.flush(state)
+                writer.flush(state, usage_before, spend_before)
 
             # 3. Duplicates inside the group, then remember every answer.
             for i, s in enumerate(submissions):
@@ -213,7 +210,7 @@ class Ledger:
                     )
                 )
             if remember:
-                session.execute(IdempotencyRow.__table__.insert(), remember)
+                bulk.insert_rows(session, IdempotencyRow.__table__, remember)
         return results  # type: ignore[return-value]
 
     @staticmethod
@@ -253,7 +250,7 @@ class Ledger:
             out[posting.payment_id]["redemption_legs"].append((posting.campaign_id, posting.amount))
         return out
 
-    def _load_state(self, session: Session, catalog: Catalog, events: list, originals: dict) -> RatingState:
+    def _load_state(self, session: Session, catalog: Catalog, events: list, originals: dict):
         state = RatingState(balance={})
         usage_keys: set[tuple[str, str, int]] = set()
         wallets: set[str] = set()
@@ -277,35 +274,25 @@ class Ledger:
                 state.purchases[body.original_id] = PurchaseState(
                     o["wallet_id"], o["merchant_id"], o["amount"], o["points_used"], o["refunded"], awards
                 )
-        if usage_keys:
-            for row in session.execute(
-                select(WalletWindowUsageRow).where(
-                    tuple_(
-                        WalletWindowUsageRow.campaign_id, WalletWindowUsageRow.wallet_id, WalletWindowUsageRow.window_key
-                    ).in_(list(usage_keys))
-                )
-            ).scalars():
-                state.usage[(row.campaign_id, row.wallet_id, row.window_key)] = row.points
+        for cid, wid, wkey, points in bulk.select_where_in(
+            session, WalletWindowUsageRow.__table__, ["campaign_id", "wallet_id", "window_key", "points"],
+            "wallet_id", sorted({w for _, w, _ in usage_keys}),
+        ):
+            if (cid, wid, wkey) in usage_keys:
+                state.usage[(cid, wid, wkey)] = points
         for row in session.execute(select(CampaignRow.id, CampaignRow.issued_net)):
             state.spend[row.id] = row.issued_net
-        state.balance = {w: 0 for w in wallets}
-        for row in session.execute(
-            select(AccountRow.wallet_id, AccountRow.balance).where(
-                AccountRow.kind == "wallet_available", AccountRow.wallet_id.in_(list(wallets))
-            )
-        ):
-            state.balance[row.wallet_id] += row.balance
-        return state
+        buckets = self._load_buckets(session, wallets)
+        state.balance = {w: sum(buckets[w].values()) for w in wallets}
+        return state, buckets
 
     def _load_buckets(self, session: Session, wallets: set[str]) -> dict[str, dict[str, int]]:
         buckets: dict[str, dict[str, int]] = defaultdict(dict)
-        if wallets:
-            for row in session.execute(
-                select(AccountRow.wallet_id, AccountRow.campaign_id, AccountRow.balance).where(
-                    AccountRow.kind == "wallet_available", AccountRow.wallet_id.in_(list(wallets))
-                )
-            ):
-                buckets[row.wallet_id][row.campaign_id] = row.balance
+        for wallet_id, campaign_id, balance in bulk.select_where_in(
+            session, AccountRow.__table__, ["wallet_id", "campaign_id", "balance"], "wallet_id", sorted(wallets),
+            extra="kind = 'wallet_available'",
+        ):
+            buckets[wallet_id][campaign_id] = balance
         return buckets
 
 
@@ -499,16 +486,13 @@ class _GroupWriter:
             response_json=json.dumps(response, ensure_ascii=False),
         )
 
-    def flush(self, state: RatingState) -> None:
+    def flush(self, state: RatingState, usage_before: dict, spend_before: dict) -> None:
         # The kernel decided redemptions on net balances; the buckets posted here must agree.
         for wallet_id, wallet in self.buckets.items():
             assert sum(wallet.values()) == state.balance[wallet_id], (wallet_id, wallet, state.balance[wallet_id])
         session = self.session
-        insert = _dialect_insert(session)
-        if self.payments:
-            session.execute(PaymentRow.__table__.insert(), self.payments)
-        if self.awards:
-            session.execute(AwardRow.__table__.insert(), self.awards)
+        bulk.insert_rows(session, PaymentRow.__table__, self.payments)
+        bulk.insert_rows(session, AwardRow.__table__, self.awards)
         for u in self.award_updates:
             session.execute(
                 update(AwardRow)
@@ -517,23 +501,21 @@ class _GroupWriter:
             )
         for oid, refunded in self.refunded_updates.items():
             session.execute(update(PaymentRow).where(PaymentRow.id == oid).values(refunded_amount=refunded))
-        if self.postings:
-            session.execute(PostingRow.__table__.insert(), self.postings)
-        if self.deltas:
-            rows = [dict(id=a, balance=d, **rules.account_parts(a)) for a, d in sorted(self.deltas.items()) if d]
-            if rows:
-                stmt = insert(AccountRow.__table__)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["id"], set_={"balance": AccountRow.__table__.c.balance + stmt.excluded.balance}
-                )
-                session.execute(stmt, rows)
-        usage = [dict(campaign_id=c, wallet_id=w, window_key=k, points=v) for (c, w, k), v in state.usage.items()]
-        if usage:
-            stmt = insert(WalletWindowUsageRow.__table__)
-            stmt = stmt.on_conflict_do_update(
-                index_elements=["campaign_id", "wallet_id", "window_key"], set_={"points": stmt.excluded.points}
-            )
-            session.execute(stmt, usage)
+        bulk.insert_rows(session, PostingRow.__table__, self.postings)
+        bulk.upsert(
+            session, AccountRow.__table__,
+            [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self.deltas.items()) if d],
+            key=["id"], add="balance",
+            pg_types=dict(id="text", kind="text", wallet_id="text", campaign_id="text", merchant_id="text",
+                          balance="bigint"),
+        )
+        bulk.upsert(
+            session, WalletWindowUsageRow.__table__,
+            [dict(campaign_id=c, wallet_id=w, window_key=k, points=v)
+             for (c, w, k), v in sorted(state.usage.items()) if v != usage_before.get((c, w, k), 0)],
+            key=["campaign_id", "wallet_id", "window_key"], replace="points",
+            pg_types=dict(campaign_id="text", wallet_id="text", window_key="bigint", points="bigint"),
+        )
         for cid, issued in state.spend.items():
-            session.execute(update(CampaignRow).where(CampaignRow.id == cid).values(issued_net=issued))
-
+            if issued != spend_before.get(cid):
+                session.execute(update(CampaignRow).where(CampaignRow.id == cid).values(issued_net=issued))

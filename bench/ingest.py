@@ -1,0 +1,243 @@
+"""Ingest benchmark on PostgreSQL: our API against a minimal baseline, in one run.
+
+(a) baseline: a minimal FastAPI app doing one INSERT ... ON CONFLICT DO NOTHING
+    per request, and a raw batched insert of 1,000 rows per commit;
+(b) our POST /v1/transactions at 64 concurrent clients (group commit);
+(c) our POST /v1/transactions/batch with 1,000 transactions per request.
+
+Every server runs as a real uvicorn process on 127.0.0.1; the load generator
+is a small asyncio HTTP/1.1 client with keep-alive (cheaper than a general
+client, so the servers, not the generator, are what is measured). The last
+line is `single_ratio=<f> batch_ratio=<f> single_p99_ms=<f>`.
+
+    .venv/bin/python bench/ingest.py [--seconds 10] [--clients 64] [--workers 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def fresh_database(name: str) -> str:
+    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(app: str, port: int, workers: int, env: dict) -> subprocess.Popen:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
+         "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
+        cwd=ROOT, env={**os.environ, **env},
+    )
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return process
+        except OSError:
+            time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"{app} did not start")
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection speaking just enough of the protocol."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader = self.writer = None
+
+    async def request(self, method: str, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+        if self.writer is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+        head += f"Content-Length: {len(body)}\r\n\r\n"
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readline()
+        status = int(status_line.split()[1])
+        length = 0
+        while True:
+            line = await self.reader.readline()
+            if line in (b"\r\n", b""):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.lower() == "content-length":
+                length = int(value)
+        payload = await self.reader.readexactly(length)
+        return status, payload
+
+
+async def drive(port: int, clients: int, seconds: float, make_request) -> dict:
+    """`clients` loops sending requests for `seconds`; returns throughput and latencies."""
+    latencies: list[float] = []
+    counts = {"requests": 0, "errors": 0}
+    stop = time.monotonic() + seconds
+
+    async def client(n: int) -> None:
+        connection = Connection(port)
+        i = 0
+        while time.monotonic() < stop:
+            method, path, body, headers, weight = make_request(n, i)
+            t0 = time.perf_counter()
+            status, payload = await connection.request(method, path, body, headers)
+            latencies.append(time.perf_counter() - t0)
+            if status >= 300:
+                counts["errors"] += 1
+                if counts["errors"] < 3:
+                    print(f"  error {status}: {payload[:200]!r}", file=sys.stderr)
+            counts["requests"] += weight
+            i += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(n) for n in range(clients)))
+    elapsed = time.monotonic() - started
+    latencies.sort()
+    return {
+        "tx_per_s": counts["requests"] / elapsed,
+        "p50_ms": 1000 * latencies[len(latencies) // 2],
+        "p99_ms": 1000 * latencies[int(len(latencies) * 0.99)],
+        "errors": counts["errors"],
+    }
+
+
+def baseline_batched_insert(url: str, seconds: float) -> dict:
+    conninfo = url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS raw_tx (key text PRIMARY KEY, body text NOT NULL)")
+        conn.commit()
+        rows, commits = 0, []
+        stop = time.monotonic() + seconds
+        started = time.monotonic()
+        while time.monotonic() < stop:
+            batch = [(f"k{rows + i}", '{"amount": 1000}') for i in range(1000)]
+            t0 = time.perf_counter()
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO raw_tx (key, body) VALUES (%s, %s) ON CONFLICT DO NOTHING", batch)
+            conn.commit()
+            commits.append(time.perf_counter() - t0)
+            rows += len(batch)
+        elapsed = time.monotonic() - started
+    commits.sort()
+    return {"tx_per_s": rows / elapsed, "p50_ms": 1000 * commits[len(commits) // 2],
+            "p99_ms": 1000 * commits[int(len(commits) * 0.99)], "errors": 0}
+
+
+def seed_ward(url: str, terminals: int) -> list[tuple[str, str, str]]:
+    """Merchants, campaigns and terminals of a small ward; returns (terminal, merchant, key)."""
+    from engine.demo import ward
+    from engine.store import db
+    from engine.store.config import Config
+
+    db.upgrade(url)
+    config = Config(db.make_engine(url))
+    merchants, campaigns = ward(7)
+    for m in merchants:
+        config.create_merchant(m)
+    for c in campaigns:
+        config.create_campaign(c)
+    out = []
+    for i in range(terminals):
+        merchant = merchants[i % len(merchants)]
+        terminal_id = f"T_BENCH_{i}"
+        config.create_terminal(terminal_id, merchant.id)
+        out.append((terminal_id, merchant.id, config.create_key("terminal", terminal_id=terminal_id)))
+    config.engine.dispose()
+    return out
+
+
+def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: str) -> dict:
+    return {"type": "purchase", "wallet_id": f"W{(n * 7919 + i * 104729) % 50_000}", "merchant_id": merchant_id,
+            "terminal_id": terminal_id, "occurred_at": occurred_at, "amount": 500 + (i * 37) % 9500,
+            "points_used": 0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--clients", type=int, default=64)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--batch-clients", type=int, default=4)
+    args = parser.parse_args()
+    occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    results = {}
+
+    # (a) baseline: minimal app, one idempotent insert per request.
+    url = fresh_database("setapay_bench_baseline")
+    port = free_port()
+    server = start_server("bench.baseline_app:app", port, args.workers, {"BASELINE_DATABASE_URL": url})
+    try:
+        body = json.dumps({"amount": 1000}).encode()
+        results["baseline_single"] = asyncio.run(drive(
+            port, args.clients, args.seconds,
+            lambda n, i: ("POST", "/tx", body, {"Idempotency-Key": f"{n}-{i}"}, 1)))
+    finally:
+        server.terminate()
+        server.wait()
+    results["baseline_batched_insert"] = baseline_batched_insert(url, args.seconds)
+
+    # (b) and (c): our API.
+    url = fresh_database("setapay_bench_ours")
+    terminals = seed_ward(url, args.clients)
+    port = free_port()
+    env = {"SETAPAY_DATABASE_URL": url}
+    server = start_server("api.main:app", port, args.workers, env)
+    try:
+        def single(n: int, i: int):
+            terminal_id, merchant_id, key = terminals[n]
+            body = json.dumps(purchase(terminal_id, merchant_id, n, i, occurred_at)).encode()
+            return "POST", "/v1/transactions", body, {"Authorization": f"Bearer {key}",
+                                                      "Idempotency-Key": f"s-{n}-{i}"}, 1
+
+        results["ours_single"] = asyncio.run(drive(port, args.clients, args.seconds, single))
+
+        def batch(n: int, i: int):
+            terminal_id, merchant_id, key = terminals[n]
+            items = [dict(purchase(terminal_id, merchant_id, n, i * 1000 + j, occurred_at),
+                          idempotency_key=f"b-{n}-{i}-{j}") for j in range(1000)]
+            return ("POST", "/v1/transactions/batch", json.dumps({"transactions": items}).encode(),
+                    {"Authorization": f"Bearer {key}"}, 1000)
+
+        results["ours_batch"] = asyncio.run(drive(port, args.batch_clients, args.seconds, batch))
+    finally:
+        server.terminate()
+        server.wait()
+
+    for name, r in results.items():
+        print(f"{name:26s} tx_per_s={r['tx_per_s']:10.0f} p50_ms={r['p50_ms']:8.2f} "
+              f"p99_ms={r['p99_ms']:8.2f} errors={r['errors']}")
+    single_ratio = results["ours_single"]["tx_per_s"] / results["baseline_single"]["tx_per_s"]
+    batch_ratio = results["ours_batch"]["tx_per_s"] / results["baseline_batched_insert"]["tx_per_s"]
+    print(f"single_ratio={single_ratio:.3f} batch_ratio={batch_ratio:.3f} "
+          f"single_p99_ms={results['ours_single']['p99_ms']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
