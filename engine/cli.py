@@ -54,7 +54,22 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         summary = demo.run_rating_demo(args.transactions, args.seed, batch_size=args.batch_size,
                                        engine=args.engine, progress=progress)
     demo.print_summary(summary)
-    return 0
+    if args.ledger_transactions <= 0:
+        return 0
+    # The second half posts part of the same day through the HTTP API into the
+    # embedded ledger and checks the ledger from its postings.
+    from api.demo import print_ledger_summary, run_ledger_demo
+
+    with Progress(TextColumn("posting through the API"), BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn()) as bar:
+
+        def posting(total: int):
+            task = bar.add_task("posting", total=total)
+            return lambda done: bar.advance(task, done)
+
+        ledger_summary = run_ledger_demo(args.ledger_transactions, args.seed, progress=posting)
+    print_ledger_summary(ledger_summary)
+    return 0 if ledger_summary["check"]["ok"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=20261215)
     p.add_argument("--batch-size", type=int, default=1_000)
     p.add_argument("--engine", choices=["python", "cython"], default=None)
+    p.add_argument("--ledger-transactions", type=int, default=2_000,
+                   help="how many of the day's purchases to post through the API into ./setapay-demo.db (0: skip)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,0 +1,135 @@
+"""The ledger half of `setapay demo`: a synthetic ward day posted through the HTTP API.
+
+Seeds the demo ward (merchants, campaigns, one terminal and key per merchant)
+through the admin API of a fresh embedded database, posts the first part of
+the day's purchases, refunds and redemptions to `POST /v1/transactions` as
+terminals would (each with its Idempotency-Key, a few retried), and ends with
+the ledger check computed from the postings alone.
+
+The day is a synthetic one in December 2026, so the demo widens the accepted
+`occurred_at` window the way a history import does.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+from pathlib import Path
+from typing import Callable
+
+from engine import demo as ward_demo
+from engine.settings import Settings
+from engine.store import queries
+
+DEMO_DATABASE = "setapay-demo.db"
+
+
+def _fresh_sqlite(path: Path) -> str:
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.remove(f"{path}{suffix}")
+        except FileNotFoundError:
+            pass
+    return f"sqlite+pysqlite:///{path}"
+
+
+def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database_url: str | None = None,
+                    progress: Callable[[int], Callable[[int], None]] | None = None) -> dict:
+    import warnings
+
+    with warnings.catch_warnings():
+        # Starlette's notice about its httpx-based client is not for the demo's audience.
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    url = database_url or _fresh_sqlite(Path.cwd() / DEMO_DATABASE)
+    settings = Settings(database_url=url, occurred_at_max_future_s=10**9, occurred_at_max_past_days=100_000,
+                        group_commit_wait_ms=0)
+    app = create_app(settings)
+    config = app.state.config
+    members, camps = ward_demo.ward(seed)
+    events = ward_demo.day(members, transactions, seed)
+    counts: collections.Counter = collections.Counter()
+    with TestClient(app) as client:
+        admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
+        for m in members:
+            _ok(client.post("/v1/merchants", json=m.model_dump(mode="json"), headers=admin))
+        for c in camps:
+            _ok(client.post("/v1/campaigns", json=c.model_dump(mode="json", exclude={"version"}), headers=admin))
+        terminal_keys = {}
+        for m in members:
+            terminal_id = f"T{m.id[1:]}01"
+            _ok(client.post("/v1/terminals", json={"id": terminal_id, "merchant_id": m.id}, headers=admin))
+            terminal_keys[terminal_id] = config.create_key("terminal", terminal_id=terminal_id)
+
+        posted: dict[str, tuple[str, str]] = {}  # event key -> (transaction id, terminal)
+        spendable: collections.Counter = collections.Counter()  # what each wallet has earned so far
+        advance = progress(len(events)) if progress else None
+        sample_wallet = None
+        for n, (key, event) in enumerate(events):
+            body = event.model_dump(mode="json", exclude_none=True)
+            if event.type == "purchase":
+                terminal_id = event.terminal_id
+                # Wallets start empty here: redeem only what the day has earned them so far.
+                body["points_used"] = min(event.points_used, spendable[event.wallet_id])
+            else:
+                if event.original_id not in posted:
+                    continue
+                body["original_id"], terminal_id = posted[event.original_id]
+            headers = {"Authorization": f"Bearer {terminal_keys[terminal_id]}", "Idempotency-Key": key}
+            response = client.post("/v1/transactions", json=body, headers=headers)
+            if n % 97 == 0:  # a terminal that lost the answer retries; it must be a replay
+                retry = client.post("/v1/transactions", json=body, headers=headers)
+                assert retry.headers.get("Idempotent-Replayed") == "true" and retry.json() == response.json()
+                counts["retries replayed"] += 1
+            answer = response.json()
+            if response.status_code == 201:
+                counts[f"{event.type}s accepted"] += 1
+                if event.type == "purchase":
+                    posted[key] = (answer["id"], terminal_id)
+                    spendable[event.wallet_id] += answer["points_awarded"] - body["points_used"]
+                    counts["redemptions"] += body["points_used"] > 0
+                    if answer["points_awarded"] and sample_wallet is None:
+                        sample_wallet = event.wallet_id
+                else:
+                    wallet = answer["wallet_id"]
+                    spendable[wallet] += answer["points_returned"] - answer["points_clawed_back"]
+            else:
+                counts[f"declined: {answer['code']}"] += 1
+            if advance:
+                advance(1)
+        finance = {"Authorization": f"Bearer {config.create_key('finance')}"}
+        wallet = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json() if sample_wallet else None
+    check = queries.ledger_check(app.state.engine)
+    app.state.engine.dispose()
+    return {"database_url": url, "counts": dict(counts), "check": check, "sample_wallet": wallet}
+
+
+def _ok(response) -> None:
+    assert response.status_code == 201, response.text
+
+
+def print_ledger_summary(summary: dict, console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    console.print(f"\n[bold]Posted through the API[/bold] ({summary['database_url']})")
+    for name, value in sorted(summary["counts"].items()):
+        console.print(f"  {name}: {value:,}")
+    check = summary["check"]
+    table = Table(title="Ledger check (from the postings)")
+    for column in ("campaign", "issued", "clawed back", "redeemed (net)", "outstanding", "identity"):
+        table.add_column(column, justify="right" if column != "campaign" else "left")
+    for cid, c in check["campaigns"].items():
+        table.add_row(cid, f"{c['issued']:,}", f"{c['clawed_back']:,}", f"{c['redeemed']:,}",
+                      f"{c['outstanding']:,}", "holds" if c["identity_holds"] else "BROKEN")
+    console.print(table)
+    for name, ok in check["checks"].items():
+        console.print(f"  {'✓' if ok else '✗'} {name.replace('_', ' ')}")
+    console.print(f"  postings: {check['postings']:,}, trial balance: {check['trial_balance']}")
+    if summary["sample_wallet"]:
+        w = summary["sample_wallet"]
+        console.print(f"  wallet {w['wallet_id']}: pending {w['pending']}, available {w['available']}, debt {w['debt']}")
