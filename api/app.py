@@ -155,10 +155,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
                               f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
                               f"{settings.occurred_at_max_past_days} days behind the engine's clock")
 
-    def _submission(p: Principal, key: str, body) -> Submission:
+    def _submission(p: Principal, key: str, body, terminal: dict | None = None) -> Submission:
         if body.type == "purchase" and body.terminal_id != p.terminal_id:
             raise EngineError(403, "forbidden", "a terminal key posts only for its own terminal")
-        terminal = config.get_terminal(p.terminal_id)
+        terminal = terminal or config.get_terminal(p.terminal_id)
         if body.type == "purchase" and body.merchant_id != terminal["merchant_id"]:
             raise EngineError(403, "forbidden", "a terminal key posts only for its own merchant")
         _check_instant(body.occurred_at)
@@ -196,11 +196,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         """Up to 1,000 transactions, each with its own `idempotency_key`, answered in order."""
         answers: list[Result | None] = [None] * len(body.transactions)
         indexed: list[tuple[int, Submission]] = []
+        terminal = config.get_terminal(p.terminal_id)
         for i, item in enumerate(body.transactions):
             try:
                 fields = dict(item)
                 key = _idempotency_key(fields.pop("idempotency_key", None))
-                indexed.append((i, _submission(p, key, _transaction.validate_python(fields))))
+                indexed.append((i, _submission(p, key, _transaction.validate_python(fields), terminal)))
             except EngineError as exc:
                 answers[i] = Result(exc.status, exc.problem())
             except ValidationError as exc:
