@@ -7,6 +7,7 @@ when the body is not JSON); nothing a client sends can produce a 500.
 """
 
 
+import asyncio
 import contextlib
 import datetime as dt
 import hashlib
@@ -19,6 +20,7 @@ from fastapi import Body, Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
+from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import limits
@@ -82,6 +84,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep): not JSON
+            return _problem_response(400, problem(400, "malformed_json"))
         if exc.status_code == 404:
             return _problem_response(404, problem(404, "not_found"))
         return _problem_response(exc.status_code, {"type": "about:blank", "title": str(exc.detail),
@@ -100,7 +104,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
 
     # -- authentication ----------------------------------------------------
 
-    def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+    # Async dependencies run on the event loop: no thread hop per request. Keys
+    # are cached after their first look-up, so the loop rarely touches the database.
+    async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
             raise EngineError(401, "unauthenticated")
         found = config.authenticate(authorization[len("Bearer "):].strip())
@@ -109,7 +115,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         return found
 
     def role(*roles: str):
-        def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
+        async def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
             if p.role not in roles:
                 raise EngineError(403, "forbidden", f"this endpoint needs a {' or '.join(roles)} key")
             return p
@@ -155,16 +161,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
                               f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
                               f"{settings.occurred_at_max_past_days} days behind the engine's clock")
 
-    def _submission(p: Principal, key: str, body, terminal: dict | None = None) -> Submission:
+    def _submission(p: Principal, key: str, body) -> Submission:
+        # The terminal's merchant is checked by the ledger under its lock, against the catalog.
         if body.type == "purchase" and body.terminal_id != p.terminal_id:
             raise EngineError(403, "forbidden", "a terminal key posts only for its own terminal")
-        terminal = terminal or config.get_terminal(p.terminal_id)
-        if body.type == "purchase" and body.merchant_id != terminal["merchant_id"]:
-            raise EngineError(403, "forbidden", "a terminal key posts only for its own merchant")
         _check_instant(body.occurred_at)
         canonical = body.model_dump_json()
-        return Submission(p.terminal_id, terminal["merchant_id"], key,
-                          hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+        return Submission(p.terminal_id, key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
 
     def _idempotency_key(value: str | None) -> str:
         if value is None:
@@ -175,7 +178,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         return value
 
     @app.post("/v1/transactions", status_code=201)
-    def post_transaction(
+    async def post_transaction(
         body: Annotated[Transaction, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
@@ -185,7 +188,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         with _claimed([(p.terminal_id, key)]) as fresh:
             if not fresh:
                 raise EngineError(409, "request_in_progress")
-            result = _guarded(lambda: committer.submit(submission))
+            try:
+                result = await asyncio.wait_for(asyncio.wrap_future(committer.enqueue(submission)), 60)
+            except (OperationalError, InterfaceError, asyncio.TimeoutError) as exc:
+                raise EngineError(503, "service_unavailable", type(exc).__name__) from None
         return _render(result)
 
     @app.post("/v1/transactions/batch", status_code=200)
@@ -196,12 +202,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         """Up to 1,000 transactions, each with its own `idempotency_key`, answered in order."""
         answers: list[Result | None] = [None] * len(body.transactions)
         indexed: list[tuple[int, Submission]] = []
-        terminal = config.get_terminal(p.terminal_id)
         for i, item in enumerate(body.transactions):
             try:
                 fields = dict(item)
                 key = _idempotency_key(fields.pop("idempotency_key", None))
-                indexed.append((i, _submission(p, key, _transaction.validate_python(fields), terminal)))
+                indexed.append((i, _submission(p, key, _transaction.validate_python(fields))))
             except EngineError as exc:
                 answers[i] = Result(exc.status, exc.problem())
             except ValidationError as exc:
@@ -307,12 +312,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
 
 def _guarded(action):
     """Run a ledger call; a database that cannot be reached is a 503 the client may retry."""
-    from sqlalchemy.exc import OperationalError, InterfaceError
-    from concurrent.futures import TimeoutError as FutureTimeout
-
     try:
         return action()
-    except (OperationalError, InterfaceError, FutureTimeout) as exc:
+    except (OperationalError, InterfaceError) as exc:
         raise EngineError(503, "service_unavailable", type(exc).__name__) from None
 
 

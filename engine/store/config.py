@@ -154,6 +154,7 @@ class Config:
 
     def create_terminal(self, terminal_id: str, merchant_id: str) -> dict:
         with Session(self.engine) as session, session.begin():
+            _bump(session)
             if session.get(MerchantRow, merchant_id) is None:
                 raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
             if session.get(TerminalRow, terminal_id) is not None:
@@ -170,6 +171,7 @@ class Config:
 
     def update_terminal(self, terminal_id: str, patch: dict) -> dict:
         with Session(self.engine) as session, session.begin():
+            _bump(session)
             row = session.get(TerminalRow, terminal_id)
             if row is None:
                 raise EngineError(404, "not_found", f"terminal {terminal_id} is not known")

@@ -31,9 +31,13 @@ class GroupCommitter:
         self._thread.start()
 
     def submit(self, submission: Submission, timeout_s: float = 60.0) -> Result:
+        return self.enqueue(submission).result(timeout=timeout_s)
+
+    def enqueue(self, submission: Submission) -> Future:
+        """Queue a submission; the future resolves after its group committed."""
         future: Future = Future()
         self._queue.put((submission, future))
-        return future.result(timeout=timeout_s)
+        return future
 
     def _gather(self) -> list[tuple[Submission, Future]]:
         group = [self._queue.get()]

@@ -57,11 +57,11 @@ class Submission:
     """One purchase or refund as a terminal sent it, already validated."""
 
     terminal_id: str
-    merchant_id: str  # the merchant the terminal belongs to
     idempotency_key: str
     request_hash: str
     body: Purchase | Refund
     request_json: str
+    merchant_id: str | None = None  # the terminal's merchant, resolved under the lock
 
 
 @dataclasses.dataclass
@@ -69,6 +69,7 @@ class Result:
     status: int
     body: dict
     replayed: bool = False
+    remember: bool = True  # scope failures are not business outcomes and are not remembered
 
 
 class Ledger:
@@ -76,7 +77,7 @@ class Ledger:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self._catalog: tuple[int, Catalog, dict[str, Campaign], dict[str, Merchant]] | None = None
+        self._catalog: tuple | None = None
 
     # -- the sequencer -----------------------------------------------------
 
@@ -101,11 +102,13 @@ class Ledger:
                 Merchant.model_validate_json(row.record_json)
                 for row in session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
             ]
+            terminals = {r.id: r.merchant_id for r in session.execute(select(TerminalRow.id, TerminalRow.merchant_id))}
             self._catalog = (
                 version,
                 build_catalog(merchants, campaigns),
                 {c.id: c for c in campaigns},
                 {m.id: m for m in merchants},
+                terminals,
             )
         return self._catalog
 
@@ -115,7 +118,7 @@ class Ledger:
         """Accept, decline or replay each submission in order, in one transaction."""
         with Session(self.engine) as session, session.begin():
             head = self._lock_head(session)
-            _, catalog, campaigns, merchants = self._catalog_for(session, head.catalog_version)
+            _, catalog, campaigns, merchants, terminals = self._catalog_for(session, head.catalog_version)
             results: list[Result | None] = [None] * len(submissions)
 
             # 1. Remembered keys answer first; a key twice in one group answers like a retry.
@@ -150,6 +153,11 @@ class Ledger:
             payment_ids: dict[int, str] = {}
             for i in fresh:
                 s = submissions[i]
+                s.merchant_id = terminals.get(s.terminal_id)
+                if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
+                    results[i] = Result(403, problem(403, "forbidden", "a terminal posts only for its own merchant"),
+                                        remember=False)
+                    continue
                 if s.body.type == "refund":
                     original = originals.get(s.body.original_id)
                     if original is None:
@@ -198,6 +206,8 @@ class Ledger:
             remember = []
             for key, i in first_in_group.items():
                 r = results[i]
+                if not r.remember:
+                    continue
                 remember.append(
                     dict(
                         terminal_id=key[0],
