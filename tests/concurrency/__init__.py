@@ -1,0 +1,1 @@
+"""Concurrency tests: several real server processes against one PostgreSQL database."""
