@@ -6,6 +6,7 @@ account's goes up, so the sum of all balances is zero by construction.
 
 Accounts:
 - `campaign:<id>:funding`            source of a campaign's points (goes negative as it issues)
+- `campaign:<id>:expired`            points that expired unused
 - `wallet:<id>:<campaign>:pending`   awarded, not yet credited
 - `wallet:<id>:<campaign>:available` credited, spendable; negative is debt
 - `merchant:<id>:payable`            what the ward owes the merchant
@@ -30,11 +31,16 @@ POINTS_RETURN = "points_return"
 CREDIT = "credit"
 EXPIRY = "expiry"
 GRANT = "grant"
-REASONS = (AWARD, CLAWBACK, COIN_SALE, COIN_REFUND, REDEMPTION, POINTS_RETURN, CREDIT, EXPIRY, GRANT)
+DEBT_SETTLEMENT = "debt_settlement"
+REASONS = (AWARD, CLAWBACK, COIN_SALE, COIN_REFUND, REDEMPTION, POINTS_RETURN, CREDIT, EXPIRY, GRANT, DEBT_SETTLEMENT)
 
 
 def funding_account(campaign_id: str) -> str:
     return f"campaign:{campaign_id}:funding"
+
+
+def expired_account(campaign_id: str) -> str:
+    return f"campaign:{campaign_id}:expired"
 
 
 def pending_account(wallet_id: str, campaign_id: str) -> str:
@@ -55,7 +61,7 @@ def account_parts(account_id: str) -> dict:
     if parts[0] == "wallet":
         return {"kind": "wallet_" + parts[3], "wallet_id": parts[1], "campaign_id": parts[2], "merchant_id": None}
     if parts[0] == "campaign":
-        return {"kind": "campaign_funding", "wallet_id": None, "campaign_id": parts[1], "merchant_id": None}
+        return {"kind": "campaign_" + parts[2], "wallet_id": None, "campaign_id": parts[1], "merchant_id": None}
     if parts[0] == "merchant":
         return {"kind": "merchant_payable", "wallet_id": None, "campaign_id": None, "merchant_id": parts[1]}
     assert account_id == COIN_CLEARING, account_id

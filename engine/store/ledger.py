@@ -28,7 +28,10 @@ from engine.model import Campaign, Merchant, Purchase, Refund
 from engine.rating._kernel_py import share_target
 from engine.rating import AwardState, Catalog, PurchaseState, RatingState, build_catalog, rate, window_key
 from engine.store import bulk
+from engine.store.books import load_books, save_books
+from engine.wallet_book import Lot, WalletBook, lot_id
 from engine.store.models import (
+    RedemptionLegRow,
     AccountRow,
     AwardRow,
     CampaignRow,
@@ -171,13 +174,13 @@ class Ledger:
 
             accepted_at = now_us()
             if events:
-                state, buckets = self._load_state(session, catalog, events, originals)
+                state, books = self._load_state(session, catalog, events, originals)
                 usage_before, spend_before = dict(state.usage), dict(state.spend)
                 pending_before = {
                     (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
                 }
                 outcomes = rate(catalog, events, state)
-                writer = _GroupWriter(session, head, accepted_at, campaigns, buckets)
+                writer = _GroupWriter(session, head, accepted_at, campaigns, books)
                 by_payment = dict(zip((pid for pid, _ in events), outcomes))
                 for i in fresh:
                     if results[i] is not None:
@@ -252,12 +255,12 @@ class Ledger:
             )
         for award in session.execute(select(AwardRow).where(AwardRow.payment_id.in_(list(out)))).scalars():
             out[award.payment_id]["awards"][award.campaign_id] = award
-        for posting in session.execute(
-            select(PostingRow)
-            .where(PostingRow.payment_id.in_(list(out)), PostingRow.reason == rules.REDEMPTION)
-            .order_by(PostingRow.sequence)
+        for leg in session.execute(
+            select(RedemptionLegRow)
+            .where(RedemptionLegRow.payment_id.in_(list(out)))
+            .order_by(RedemptionLegRow.payment_id, RedemptionLegRow.position)
         ).scalars():
-            out[posting.payment_id]["redemption_legs"].append((posting.campaign_id, posting.amount))
+            out[leg.payment_id]["redemption_legs"].append((leg.lot_id, leg.points))
         return out
 
     def _load_state(self, session: Session, catalog: Catalog, events: list, originals: dict):
@@ -292,18 +295,15 @@ class Ledger:
                 state.usage[(cid, wid, wkey)] = points
         for row in session.execute(select(CampaignRow.id, CampaignRow.issued_net)):
             state.spend[row.id] = row.issued_net
-        buckets = self._load_buckets(session, wallets)
-        state.balance = {w: sum(buckets[w].values()) for w in wallets}
-        return state, buckets
-
-    def _load_buckets(self, session: Session, wallets: set[str]) -> dict[str, dict[str, int]]:
-        buckets: dict[str, dict[str, int]] = defaultdict(dict)
-        for wallet_id, campaign_id, balance in bulk.select_where_in(
-            session, AccountRow.__table__, ["wallet_id", "campaign_id", "balance"], "wallet_id", sorted(wallets),
-            extra="kind = 'wallet_available'",
-        ):
-            buckets[wallet_id][campaign_id] = balance
-        return buckets
+        lot_ids = set()
+        for _, body in events:
+            if body.type == "refund":
+                o = originals[body.original_id]
+                lot_ids.update(lot for lot, _ in o["redemption_legs"])
+                lot_ids.update(lot_id(body.original_id, cid) for cid in o["awards"])
+        books = load_books(session, wallets, lot_ids)
+        state.balance = {w: books[w].spendable() for w in wallets}
+        return state, books
 
 
 def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:
@@ -314,12 +314,13 @@ def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:
 class _GroupWriter:
     """Turns one group's outcomes into rows, postings and balance deltas, then writes them."""
 
-    def __init__(self, session, head, accepted_at, campaigns, buckets) -> None:
+    def __init__(self, session, head, accepted_at, campaigns, books: dict[str, WalletBook]) -> None:
         self.session = session
         self.head = head
         self.accepted_at = accepted_at
         self.campaigns = campaigns
-        self.buckets = buckets  # wallet -> campaign -> available balance, kept current in order
+        self.books = books  # wallet -> its lots and debt, kept current in acceptance order
+        self.redemption_legs: list[dict] = []
         self.payments: list[dict] = []
         self.awards: list[dict] = []
         self.award_updates: list[dict] = []
@@ -349,6 +350,24 @@ class _GroupWriter:
         self.deltas[posting.debit_account_id] -= posting.amount
         self.deltas[posting.credit_account_id] += posting.amount
 
+    def drain(self, book: WalletBook) -> None:
+        """Post what the wallet book decided (settlements between its campaign buckets)."""
+        for posting in book.postings:
+            self.post(posting)
+        book.postings.clear()
+
+    def new_lot(self, source_id: str, wallet_id: str, campaign_id: str, credit_at: int) -> Lot:
+        campaign = self.campaigns.get(campaign_id)
+        validity = campaign.validity_months if campaign else 6
+        return Lot(lot_id(source_id, campaign_id), wallet_id, campaign_id, source_id, credit_at,
+                   crediting.expires_at_us(credit_at, validity), 0, 0, new=True)
+
+    def credit_points(self, book: WalletBook, lot: Lot, points: int, payment_id: str | None) -> None:
+        """Points just posted into available(w, c): repay debt, then fill the lot."""
+        lot.points += points if lot.new else 0
+        book.inflow(lot, points, payment_id)
+        self.drain(book)
+
     def _next_sequence(self) -> int:
         self.head.last_payment_sequence += 1
         return self.head.last_payment_sequence
@@ -357,14 +376,15 @@ class _GroupWriter:
         body: Purchase = s.body
         sequence = self._next_sequence()
         at = to_us(body.occurred_at)
-        wallet = self.buckets[body.wallet_id]
+        book = self.books[body.wallet_id]
         if body.coin:
             self.post(rules.Posting(rules.COIN_SALE, rules.COIN_CLEARING, rules.payable_account(body.merchant_id),
                                     body.coin, pid))
-        for cid, amount in (rules.take_from_buckets(wallet, body.points_used) if body.points_used else []):
-            wallet[cid] -= amount
-            self.post(rules.Posting(rules.REDEMPTION, rules.available_account(body.wallet_id, cid),
-                                    rules.payable_account(body.merchant_id), amount, pid, cid))
+        for position, (lot, amount) in enumerate(book.consume(body.points_used) if body.points_used else []):
+            self.post(rules.Posting(rules.REDEMPTION, rules.available_account(body.wallet_id, lot.campaign_id),
+                                    rules.payable_account(body.merchant_id), amount, pid, lot.campaign_id))
+            self.redemption_legs.append(dict(payment_id=pid, position=position, lot_id=lot.id,
+                                             campaign_id=lot.campaign_id, points=amount))
         awards = []
         for award in outcome.awards:
             campaign = self.campaigns[award.campaign_id]
@@ -375,7 +395,8 @@ class _GroupWriter:
             self.post(rules.Posting(rules.AWARD, rules.funding_account(award.campaign_id), target, award.points, pid,
                                     award.campaign_id, award.campaign_version))
             if immediate:
-                wallet[award.campaign_id] = wallet.get(award.campaign_id, 0) + award.points
+                lot = self.new_lot(pid, body.wallet_id, award.campaign_id, credit_at)
+                self.credit_points(book, lot, award.points, pid)
             self.awards.append(
                 dict(
                     payment_id=pid,
@@ -423,7 +444,7 @@ class _GroupWriter:
         sequence = self._next_sequence()
         oid = body.original_id
         wallet_id, merchant_id = original["wallet_id"], original["merchant_id"]
-        wallet = self.buckets[wallet_id]
+        book = self.books[wallet_id]
         purchase_state = state.purchases[oid]
         refunded_before = purchase_state.refunded - body.amount
         coin_refunded = body.amount - outcome.points_returned
@@ -433,11 +454,14 @@ class _GroupWriter:
         if outcome.points_returned:
             used = original["points_used"]
             returned_before = share_target(used, refunded_before, original["amount"])
-            for cid, amount in rules.split_in_order(original["redemption_legs"], returned_before,
-                                                    outcome.points_returned):
-                wallet[cid] = wallet.get(cid, 0) + amount
+            # Returned points go back to the lots they were taken from, with their expiry.
+            for returned_lot_id, amount in rules.split_in_order(original["redemption_legs"], returned_before,
+                                                                outcome.points_returned):
+                lot = book.lots[returned_lot_id]
                 self.post(rules.Posting(rules.POINTS_RETURN, rules.payable_account(merchant_id),
-                                        rules.available_account(wallet_id, cid), amount, pid, cid))
+                                        rules.available_account(wallet_id, lot.campaign_id), amount, pid,
+                                        lot.campaign_id))
+                self.credit_points(book, lot, amount, pid)
         for clawback in outcome.clawbacks:
             cid = clawback.campaign_id
             award_state = purchase_state.awards[cid]
@@ -449,7 +473,8 @@ class _GroupWriter:
                 self.post(rules.Posting(rules.CLAWBACK, rules.pending_account(wallet_id, cid),
                                         rules.funding_account(cid), from_pending, pid, cid, version))
             if from_available:
-                wallet[cid] = wallet.get(cid, 0) - from_available
+                book.claw_available(cid, from_available, lot_id(oid, cid), pid)
+                self.drain(book)
                 self.post(rules.Posting(rules.CLAWBACK, rules.available_account(wallet_id, cid),
                                         rules.funding_account(cid), from_available, pid, cid, version))
             self.award_updates.append(
@@ -497,10 +522,12 @@ class _GroupWriter:
         )
 
     def flush(self, state: RatingState, usage_before: dict, spend_before: dict) -> None:
-        # The kernel decided redemptions on net balances; the buckets posted here must agree.
-        for wallet_id, wallet in self.buckets.items():
-            assert sum(wallet.values()) == state.balance[wallet_id], (wallet_id, wallet, state.balance[wallet_id])
+        # The kernel decided redemptions on net balances; the wallet books posted here must agree.
+        for wallet_id, book in self.books.items():
+            assert book.spendable() == state.balance[wallet_id], (wallet_id, book.spendable(), state.balance[wallet_id])
         session = self.session
+        save_books(session, self.books)
+        bulk.insert_rows(session, RedemptionLegRow.__table__, self.redemption_legs)
         bulk.insert_rows(session, PaymentRow.__table__, self.payments)
         bulk.insert_rows(session, AwardRow.__table__, self.awards)
         for u in self.award_updates:

@@ -194,3 +194,71 @@ class IdempotencyRow(Base):
     response_json: Mapped[str] = mapped_column(Text)
     payment_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class PointLotRow(Base):
+    """Credited points of one award or grant, spent earliest-expiring first."""
+
+    __tablename__ = "point_lot"
+    id: Mapped[str] = mapped_column(String(120), primary_key=True)
+    wallet_id: Mapped[str] = mapped_column(String(64))
+    campaign_id: Mapped[str] = mapped_column(String(64))
+    source_id: Mapped[str] = mapped_column(String(64))
+    credited_at_us: Mapped[int] = mapped_column(BigInteger)
+    expires_at_us: Mapped[int] = mapped_column(BigInteger)
+    points: Mapped[int] = mapped_column(BigInteger)
+    remaining: Mapped[int] = mapped_column(BigInteger)
+    expired: Mapped[int] = mapped_column(BigInteger, default=0)
+    __table_args__ = (
+        CheckConstraint("points > 0", name="points_positive"),
+        CheckConstraint("remaining >= 0", name="remaining_nonnegative"),
+        CheckConstraint("expired >= 0", name="expired_nonnegative"),
+        Index("ix_point_lot_wallet_remaining", "wallet_id", "remaining"),
+        Index("ix_point_lot_expires_at_us", "expires_at_us"),
+    )
+
+
+class RedemptionLegRow(Base):
+    """Which lot a redemption took points from, so a refund returns them with their expiry."""
+
+    __tablename__ = "redemption_leg"
+    payment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    lot_id: Mapped[str] = mapped_column(String(120))
+    campaign_id: Mapped[str] = mapped_column(String(64))
+    points: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (CheckConstraint("points > 0", name="points_positive"),)
+
+
+class WalletDebtRow(Base):
+    __tablename__ = "wallet_debt"
+    wallet_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    points: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (CheckConstraint("points >= 0", name="points_nonnegative"),)
+
+
+class GrantRow(Base):
+    """Points granted by finance outside purchases, against a campaign's budget."""
+
+    __tablename__ = "point_grant"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    wallet_id: Mapped[str] = mapped_column(String(64), index=True)
+    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaign.id"))
+    campaign_version: Mapped[int] = mapped_column(Integer)
+    points: Mapped[int] = mapped_column(BigInteger)
+    reason: Mapped[str] = mapped_column(String(200))
+    granted_at_us: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (CheckConstraint("points > 0", name="points_positive"),)
+
+
+class LifecycleRunRow(Base):
+    """A crediting or expiry run: what it was asked and what it posted."""
+
+    __tablename__ = "lifecycle_run"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    as_of_us: Mapped[int] = mapped_column(BigInteger)
+    started_at_us: Mapped[int] = mapped_column(BigInteger)
+    items: Mapped[int] = mapped_column(BigInteger)
+    points: Mapped[int] = mapped_column(BigInteger)

@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
 from engine.errors import EngineError
-from engine.store.models import AccountRow, AwardRow, CampaignRow, PaymentRow, PostingRow
+from engine.store.models import (
+    AccountRow,
+    AwardRow,
+    CampaignRow,
+    PaymentRow,
+    PointLotRow,
+    PostingRow,
+    WalletDebtRow,
+)
 
 
 def award_status(award: AwardRow) -> str:
@@ -69,14 +77,13 @@ def wallet_points(engine: Engine, wallet_id: str) -> dict:
 
 
 def ledger_check(engine: Engine) -> dict:
-    """Trial balance, cached balances against postings, the hash chain, and
-    issued - clawed back - redeemed = outstanding per campaign and in total."""
+    """Trial balance, cached balances against postings, the hash chain, lots against
+    balances, and the liability identity per campaign, per wallet and in total:
+    issued - clawed back - redeemed - expired = pending + available (debt negative)."""
     with Session(engine) as session:
         computed: dict[str, int] = defaultdict(int)
-        issued: dict[str, int] = defaultdict(int)
-        clawed: dict[str, int] = defaultdict(int)
-        redeemed: dict[str, int] = defaultdict(int)
-        returned: dict[str, int] = defaultdict(int)
+        flows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # campaign -> category -> points
+        wallet_flows: dict[str, int] = defaultdict(int)  # wallet -> issued - clawed - redeemed - expired
         previous = rules.GENESIS_HASH
         chain_breaks: list[int] = []
         expected_sequence = 1
@@ -89,52 +96,71 @@ def ledger_check(engine: Engine) -> dict:
             expected_sequence = p.sequence + 1
             posting = rules.Posting(p.reason, p.debit_account_id, p.credit_account_id, p.amount, p.payment_id,
                                     p.campaign_id, p.campaign_version)
-            digest = rules.chain_hash(previous, p.sequence, posting, p.posted_at_us)
-            if digest != p.hash:
+            if rules.chain_hash(previous, p.sequence, posting, p.posted_at_us) != p.hash:
                 chain_breaks.append(p.sequence)
             previous = p.hash
             computed[p.debit_account_id] -= p.amount
             computed[p.credit_account_id] += p.amount
-            if p.reason in (rules.AWARD, rules.GRANT):
-                issued[p.campaign_id] += p.amount
-            elif p.reason == rules.CLAWBACK:
-                clawed[p.campaign_id] += p.amount
-            elif p.reason == rules.REDEMPTION:
-                redeemed[p.campaign_id] += p.amount
-            elif p.reason == rules.POINTS_RETURN:
-                returned[p.campaign_id] += p.amount
-        cached = {a.id: a for a in session.execute(select(AccountRow)).scalars()}
-        mismatched = sorted(
-            a for a in set(cached) | set(computed) if (cached[a].balance if a in cached else 0) != computed.get(a, 0)
-        )
+            debit, credit = rules.account_parts(p.debit_account_id), rules.account_parts(p.credit_account_id)
+            category = _CATEGORY.get(p.reason)
+            if p.reason == rules.DEBT_SETTLEMENT:
+                flows[debit["campaign_id"]]["settled_out"] += p.amount
+                flows[credit["campaign_id"]]["settled_in"] += p.amount
+            elif category:
+                flows[p.campaign_id][category] += p.amount
+                wallet = debit["wallet_id"] or credit["wallet_id"]
+                sign = 1 if category in ("issued", "returned") else -1
+                wallet_flows[wallet] += sign * p.amount
+        accounts = list(session.execute(select(AccountRow)).scalars())
+        cached = {a.id: a.balance for a in accounts}
+        mismatched = sorted(a for a in set(cached) | set(computed) if cached.get(a, 0) != computed.get(a, 0))
         outstanding: dict[str, int] = defaultdict(int)
-        for a in cached.values():
+        wallet_outstanding: dict[str, int] = defaultdict(int)
+        available: dict[tuple[str, str], int] = defaultdict(int)
+        for a in accounts:
             if a.kind in ("wallet_pending", "wallet_available"):
                 outstanding[a.campaign_id] += a.balance
+                wallet_outstanding[a.wallet_id] += a.balance
+            if a.kind == "wallet_available":
+                available[(a.wallet_id, a.campaign_id)] += a.balance
+        in_lots: dict[tuple[str, str], int] = defaultdict(int)
+        for lot in session.execute(select(PointLotRow)).scalars():
+            in_lots[(lot.wallet_id, lot.campaign_id)] += lot.remaining
+        for debt in session.execute(select(WalletDebtRow)).scalars():
+            in_lots[(debt.wallet_id, debt.campaign_id)] -= debt.points
+        lots_mismatched = sorted(f"{w}:{c}" for w, c in set(available) | set(in_lots)
+                                 if available.get((w, c), 0) != in_lots.get((w, c), 0))
         meters = {r.id: r.issued_net for r in session.execute(select(CampaignRow)).scalars()}
         campaigns = {}
-        for cid in sorted(set(issued) | set(outstanding) | set(meters)):
-            # Points returned by refunds undo redemptions, so they count against `redeemed`.
-            net_redeemed = redeemed[cid] - returned[cid]
-            lhs = issued[cid] - clawed[cid] - net_redeemed
+        for cid in sorted(set(flows) | set(outstanding) | set(meters)):
+            f = flows[cid]
+            redeemed = f["redeemed"] - f["returned"]
+            lhs = f["issued"] - f["clawed_back"] - redeemed - f["expired"] - f["settled_out"] + f["settled_in"]
             campaigns[cid] = {
-                "issued": issued[cid],
-                "clawed_back": clawed[cid],
-                "redeemed": net_redeemed,
+                "issued": f["issued"],
+                "clawed_back": f["clawed_back"],
+                "redeemed": redeemed,
+                "expired": f["expired"],
+                "settled_in": f["settled_in"],
+                "settled_out": f["settled_out"],
                 "outstanding": outstanding[cid],
                 "identity_holds": lhs == outstanding[cid],
-                "meter_matches": meters.get(cid, 0) == issued[cid] - clawed[cid],
+                "meter_matches": meters.get(cid, 0) == f["issued"] - f["clawed_back"],
             }
-        total_lhs = sum(v["issued"] - v["clawed_back"] - v["redeemed"] for v in campaigns.values())
+        wallets_broken = sorted(w for w in set(wallet_flows) | set(wallet_outstanding)
+                                if wallet_flows.get(w, 0) != wallet_outstanding.get(w, 0))
+        total_lhs = sum(wallet_flows.values())
         total_outstanding = sum(outstanding.values())
         trial_balance = sum(computed.values())
         checks = {
             "trial_balance_zero": trial_balance == 0,
             "cached_balances_match": not mismatched,
-            "hash_chain_intact": not chain_breaks and (session.execute(
-                select(func.count()).select_from(PostingRow)).scalar_one() == count),
+            "hash_chain_intact": not chain_breaks
+            and session.execute(select(func.count()).select_from(PostingRow)).scalar_one() == count,
             "posting_sequence_gapless": not gaps,
+            "lots_match_balances": not lots_mismatched,
             "liability_identity_per_campaign": all(v["identity_holds"] for v in campaigns.values()),
+            "liability_identity_per_wallet": not wallets_broken,
             "liability_identity_total": total_lhs == total_outstanding,
             "budget_meters_match": all(v["meter_matches"] for v in campaigns.values()),
         }
@@ -146,6 +172,18 @@ def ledger_check(engine: Engine) -> dict:
             "mismatched_accounts": mismatched[:50],
             "chain_breaks": chain_breaks[:50],
             "sequence_gaps": gaps[:50],
+            "lots_mismatched": lots_mismatched[:50],
+            "wallets_broken": wallets_broken[:50],
             "campaigns": campaigns,
-            "total": {"issued_net_of_clawbacks_and_redemptions": total_lhs, "outstanding": total_outstanding},
+            "total": {"issued_net_of_clawbacks_redemptions_expiry": total_lhs, "outstanding": total_outstanding},
         }
+
+
+_CATEGORY = {
+    rules.AWARD: "issued",
+    rules.GRANT: "issued",
+    rules.CLAWBACK: "clawed_back",
+    rules.REDEMPTION: "redeemed",
+    rules.POINTS_RETURN: "returned",
+    rules.EXPIRY: "expired",
+}

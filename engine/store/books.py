@@ -1,0 +1,60 @@
+"""Loading and saving wallet books (point lots and debt) for a unit of work."""
+
+from __future__ import annotations
+
+from sqlalchemy import bindparam, update
+from sqlalchemy.orm import Session
+
+from engine.store import bulk
+from engine.store.models import PointLotRow, WalletDebtRow
+from engine.wallet_book import Lot, WalletBook
+
+_LOT_COLUMNS = ["id", "wallet_id", "campaign_id", "source_id", "credited_at_us", "expires_at_us", "points",
+                "remaining", "expired"]
+
+
+def load_books(session: Session, wallets: set[str], lot_ids: set[str] = frozenset()) -> dict[str, WalletBook]:
+    """Books of `wallets`: their spendable lots, their debt, and the named lots (spent or not)."""
+    lots: dict[str, Lot] = {}
+    for row in bulk.select_where_in(session, PointLotRow.__table__, _LOT_COLUMNS, "wallet_id", sorted(wallets),
+                                    extra="remaining > 0"):
+        lots[row[0]] = Lot(*row)
+    missing = sorted(set(lot_ids) - set(lots))
+    for row in bulk.select_where_in(session, PointLotRow.__table__, _LOT_COLUMNS, "id", missing):
+        lots[row[0]] = Lot(*row)
+    debts: dict[str, dict[str, int]] = {w: {} for w in wallets}
+    for wallet_id, campaign_id, points in bulk.select_where_in(
+        session, WalletDebtRow.__table__, ["wallet_id", "campaign_id", "points"], "wallet_id", sorted(wallets),
+        extra="points > 0",
+    ):
+        debts[wallet_id][campaign_id] = points
+    by_wallet: dict[str, list[Lot]] = {w: [] for w in wallets}
+    for lot in lots.values():
+        by_wallet.setdefault(lot.wallet_id, []).append(lot)
+    return {w: WalletBook(w, by_wallet.get(w, []), debts.get(w, {})) for w in set(wallets) | set(by_wallet)}
+
+
+def save_books(session: Session, books: dict[str, WalletBook]) -> None:
+    new, changed, debts = [], [], []
+    for book in books.values():
+        for lot in book.lots.values():
+            if lot.new:
+                new.append({c: getattr(lot, c) for c in _LOT_COLUMNS})
+                lot.new = lot.dirty = False
+            elif lot.dirty:
+                changed.append({"lot_id": lot.id, "new_remaining": lot.remaining, "new_expired": lot.expired})
+                lot.dirty = False
+        for campaign_id in sorted(book.dirty_debts):
+            debts.append(dict(wallet_id=book.wallet_id, campaign_id=campaign_id,
+                              points=book.debts.get(campaign_id, 0)))
+        book.dirty_debts.clear()
+    bulk.insert_rows(session, PointLotRow.__table__, new)
+    if changed:
+        session.execute(
+            update(PointLotRow.__table__)
+            .where(PointLotRow.__table__.c.id == bindparam("lot_id"))
+            .values(remaining=bindparam("new_remaining"), expired=bindparam("new_expired")),
+            changed,
+        )
+    bulk.upsert(session, WalletDebtRow.__table__, debts, key=["wallet_id", "campaign_id"], replace="points",
+                pg_types=dict(wallet_id="text", campaign_id="text", points="bigint"))

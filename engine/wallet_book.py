@@ -1,0 +1,165 @@
+"""A wallet's available points as lots, debt, and the postings that move them (SPEC §4).
+
+Credited points live in *lots*: one per credited award or grant, each with
+the instant it expires. The wallet's per-campaign available accounts always
+equal its lots' remaining points minus its debt, campaign by campaign:
+
+    available(w, c) = sum(lot.remaining for lots of c) - debt(w, c)
+
+and a wallet never holds debt and spendable lots at once: debt appears only
+when a clawback has exhausted every lot, and any later inflow (a credit, a
+grant, returned points) repays debt before it becomes spendable.
+
+Moves between a wallet's campaign buckets (repaying one campaign's debt with
+another campaign's points, or clawing back one campaign's award from another
+campaign's lot) are `debt_settlement` postings, so every account still equals
+the sum of its postings. `WalletBook` is pure: it returns postings and changes
+lots in memory; the storage layer persists both.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from engine import ledger_rules as rules
+
+
+@dataclasses.dataclass
+class Lot:
+    id: str
+    wallet_id: str
+    campaign_id: str
+    source_id: str
+    credited_at_us: int
+    expires_at_us: int
+    points: int
+    remaining: int
+    expired: int = 0
+    new: bool = False
+    dirty: bool = False
+
+    def order(self) -> tuple[int, str]:
+        """Earliest-expiring first; ties by id so the order is total."""
+        return (self.expires_at_us, self.id)
+
+
+class WalletBook:
+    def __init__(self, wallet_id: str, lots: list[Lot], debts: dict[str, int]) -> None:
+        self.wallet_id = wallet_id
+        self.lots = {lot.id: lot for lot in lots}
+        self.debts = {c: d for c, d in debts.items() if d}
+        self.dirty_debts: set[str] = set()
+        self.postings: list[rules.Posting] = []
+        assert not (self.debts and any(lot.remaining for lot in lots)), "debt and spendable lots at once"
+
+    # -- reading -----------------------------------------------------------
+
+    def spendable(self) -> int:
+        return sum(lot.remaining for lot in self.lots.values()) - sum(self.debts.values())
+
+    def available_by_campaign(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for lot in self.lots.values():
+            out[lot.campaign_id] = out.get(lot.campaign_id, 0) + lot.remaining
+        for c, d in self.debts.items():
+            out[c] = out.get(c, 0) - d
+        return out
+
+    # -- inflows -----------------------------------------------------------
+
+    def inflow(self, lot: Lot, points: int, payment_id: str | None) -> int:
+        """`points` just posted into available(w, lot.campaign) go to `lot`, after repaying debt.
+
+        Returns the points that reached the lot.
+        """
+        assert points > 0
+        for debt_campaign in sorted(self.debts):
+            if points == 0:
+                break
+            settled = min(points, self.debts[debt_campaign])
+            if debt_campaign != lot.campaign_id:
+                self._post(rules.DEBT_SETTLEMENT, lot.campaign_id, debt_campaign, settled, payment_id)
+            self._reduce_debt(debt_campaign, settled)
+            points -= settled
+        if points:
+            if lot.id not in self.lots:
+                self.lots[lot.id] = lot
+            lot.remaining += points
+            lot.dirty = True
+        return points
+
+    # -- outflows ----------------------------------------------------------
+
+    def consume(self, points: int) -> list[tuple[Lot, int]]:
+        """Take `points` for a redemption, earliest-expiring lots first."""
+        assert 0 < points <= self.spendable(), (points, self.spendable())
+        legs = []
+        for lot in sorted(self.lots.values(), key=Lot.order):
+            if points == 0:
+                break
+            take = min(lot.remaining, points)
+            if take:
+                lot.remaining -= take
+                lot.dirty = True
+                legs.append((lot, take))
+                points -= take
+        return legs
+
+    def claw_available(self, campaign_id: str, points: int, own_lot_id: str | None, payment_id: str) -> None:
+        """Make `points` of campaign `campaign_id` leave available(w, c) for a clawback.
+
+        The award's own lot goes first, then other lots earliest-expiring first
+        (their points move into the campaign's bucket by settlement), and what
+        is still missing becomes debt. The caller posts the clawback itself.
+        """
+        own = self.lots.get(own_lot_id) if own_lot_id else None
+        order = ([own] if own else []) + sorted((lot for lot in self.lots.values() if lot is not own), key=Lot.order)
+        for lot in order:
+            if points == 0:
+                break
+            take = min(lot.remaining, points)
+            if not take:
+                continue
+            if lot.campaign_id != campaign_id:
+                self._post(rules.DEBT_SETTLEMENT, lot.campaign_id, campaign_id, take, payment_id)
+            lot.remaining -= take
+            lot.dirty = True
+            points -= take
+        if points:
+            self.debts[campaign_id] = self.debts.get(campaign_id, 0) + points
+            self.dirty_debts.add(campaign_id)
+
+    def expire(self, as_of_us: int) -> list[tuple[Lot, int]]:
+        """Lots whose expiry has come: their remaining points leave the wallet."""
+        out = []
+        for lot in sorted(self.lots.values(), key=Lot.order):
+            if lot.expires_at_us <= as_of_us and lot.remaining:
+                out.append((lot, lot.remaining))
+                lot.expired += lot.remaining
+                lot.remaining = 0
+                lot.dirty = True
+        return out
+
+    # -- helpers -----------------------------------------------------------
+
+    def _reduce_debt(self, campaign_id: str, points: int) -> None:
+        self.debts[campaign_id] -= points
+        self.dirty_debts.add(campaign_id)
+        if not self.debts[campaign_id]:
+            del self.debts[campaign_id]
+
+    def _post(self, reason: str, from_campaign: str, to_campaign: str, points: int, payment_id: str | None) -> None:
+        self.postings.append(
+            rules.Posting(
+                reason,
+                rules.available_account(self.wallet_id, from_campaign),
+                rules.available_account(self.wallet_id, to_campaign),
+                points,
+                payment_id,
+                from_campaign,
+            )
+        )
+
+
+def lot_id(source_id: str, campaign_id: str) -> str:
+    return f"{source_id}:{campaign_id}"
