@@ -8,15 +8,17 @@ when the body is not JSON); nothing a client sends can produce a 500.
 
 
 import asyncio
+import base64
 import contextlib
 import datetime as dt
 import hashlib
 import re
 import threading
+import time
 from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError
-from fastapi import Body, Depends, FastAPI, Header, Request
+from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
+from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -27,7 +29,7 @@ from engine import limits
 from engine.errors import EngineError, problem
 from engine.model import Campaign, Merchant, Transaction
 from engine.settings import Settings
-from engine.store import queries
+from engine.store import lifecycle, queries
 from engine.store.config import Config, Principal
 from engine.store.db import make_engine, upgrade
 from engine.store.group_commit import GroupCommitter
@@ -61,6 +63,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     committer = GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max)
     in_flight: set[tuple[str, str]] = set()
     in_flight_lock = threading.Lock()
+
+    if settings.lifecycle_interval_s > 0:
+        _start_lifecycle_scheduler(ledger, settings.lifecycle_interval_s)
 
     app = FastAPI(title="setapay-engine", version="0.1.0",
                   description="Points and settlement engine of Setagaya PAY (せたがやPay)")
@@ -252,9 +257,43 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
 
     @app.get("/v1/wallets/{wallet_id}/points")
     def wallet_points(wallet_id: str, p: Annotated[Principal, Depends(role("terminal", "finance"))]):
-        if not re.match(limits.ID_PATTERN, wallet_id):
-            raise EngineError(422, "invalid_request", "wallet id is not valid")
-        return queries.wallet_points(engine, wallet_id)
+        _check_id(wallet_id, "wallet id")
+        return queries.wallet_detail(engine, wallet_id)
+
+    # -- merchants' reward status ------------------------------------------
+
+    def _merchant_scope(p: Principal, merchant_id: str) -> None:
+        _check_id(merchant_id, "merchant id")
+        if p.role == "merchant" and p.merchant_id != merchant_id:
+            raise EngineError(403, "forbidden", "a merchant key reads only its own merchant")
+
+    @app.get("/v1/merchants/{merchant_id}/rewards")
+    def merchant_rewards(merchant_id: str, p: Annotated[Principal, Depends(role("merchant", "finance"))],
+                         from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+                         to: Annotated[AwareDatetime | None, Query()] = None):
+        _merchant_scope(p, merchant_id)
+        return queries.merchant_rewards(engine, merchant_id, _opt_us(from_), _opt_us(to))
+
+    @app.get("/v1/merchants/{merchant_id}/transactions")
+    def merchant_transactions(merchant_id: str, p: Annotated[Principal, Depends(role("merchant", "finance"))],
+                              from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
+                              to: Annotated[AwareDatetime | None, Query()] = None,
+                              cursor: Annotated[str | None, Query(max_length=64)] = None,
+                              limit: Annotated[int, Query(ge=1, le=500)] = 100):
+        _merchant_scope(p, merchant_id)
+        page, last = queries.merchant_transactions(engine, merchant_id, _opt_us(from_), _opt_us(to),
+                                                   _decode_cursor(cursor), limit)
+        return {"transactions": page, "next_cursor": _encode_cursor(last) if last is not None else None}
+
+    # -- finance: grants ---------------------------------------------------
+
+    @app.post("/v1/grants", status_code=201)
+    def post_grant(body: GrantRequest, p: Annotated[Principal, Depends(role("finance"))],
+                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+        key = _idempotency_key(idempotency_key)
+        result = _guarded(lambda: lifecycle.grant(ledger, f"finance:{p.key_id}", key, body.wallet_id,
+                                                  body.campaign_id, body.points, body.reason))
+        return _render(result)
 
     # -- configuration -----------------------------------------------------
 
@@ -318,6 +357,49 @@ def _guarded(action):
         raise EngineError(503, "service_unavailable", type(exc).__name__) from None
 
 
+def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float) -> None:
+    """Credit due awards and expire due lots every `interval_s`; runs are idempotent, so
+    several processes doing this at once post nothing twice."""
+    import logging
+
+    def loop() -> None:
+        while True:
+            time.sleep(interval_s)
+            try:
+                lifecycle.credit_due(ledger, now_us())
+                lifecycle.expire_due(ledger, now_us())
+            except Exception:  # keep the scheduler alive; the next tick retries
+                logging.getLogger(__name__).exception("lifecycle run failed")
+
+    threading.Thread(target=loop, name="lifecycle", daemon=True).start()
+
+
+def _check_id(value: str, what: str) -> None:
+    if not re.match(limits.ID_PATTERN, value):
+        raise EngineError(422, "invalid_request", f"{what} is not valid")
+
+
+def _opt_us(instant: dt.datetime | None) -> int | None:
+    return None if instant is None else to_us(instant)
+
+
+def _encode_cursor(sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"seq:{sequence}".encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str | None) -> int:
+    if cursor is None:
+        return 0
+    try:
+        text_value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+        prefix, _, number = text_value.partition(":")
+        if prefix != "seq" or not number.isdigit():
+            raise ValueError(cursor)
+        return int(number)
+    except ValueError:
+        raise EngineError(422, "invalid_request", "cursor is not valid") from None
+
+
 def _validated(action):
     """Run a PATCH; a merged record that fails validation is a 422 naming the field."""
     from pydantic import ValidationError
@@ -338,6 +420,13 @@ class TerminalRecord(Record):
 
 class BatchRequest(Record):
     transactions: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=limits.BATCH_TRANSACTIONS_MAX)]
+
+
+class GrantRequest(Record):
+    wallet_id: Id
+    campaign_id: Id
+    points: Annotated[int, Field(strict=True, ge=1, le=limits.POINTS_MAX)]
+    reason: Annotated[str, Field(min_length=1, max_length=200)]
 
 
 class TerminalPatch(Record):

@@ -52,6 +52,30 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_lifecycle(args: argparse.Namespace) -> int:
+    import datetime as dt
+    import json
+
+    from engine.store import db, lifecycle
+    from engine.store.ledger import Ledger
+    from engine.timeutil import now_us, to_us
+
+    settings = _settings()
+    db.upgrade(settings.database_url)
+    if args.as_of:
+        instant = dt.datetime.fromisoformat(args.as_of)
+        if instant.tzinfo is None:
+            print("--as-of needs an offset, e.g. 2027-01-08T00:00:00+09:00", file=sys.stderr)
+            return 2
+        as_of = to_us(instant)
+    else:
+        as_of = now_us()
+    ledger = Ledger(db.make_engine(settings.database_url))
+    run = lifecycle.credit_due if args.command == "credit" else lifecycle.expire_due
+    print(json.dumps(run(ledger, as_of), ensure_ascii=False))
+    return 0
+
+
 def _redacted(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -71,6 +95,12 @@ def add_commands(sub) -> None:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_cmd_serve)
+
+    for name, text in (("credit", "credit pending awards due by --as-of (idempotent)"),
+                       ("expire", "expire points whose validity ended by --as-of (idempotent)")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--as-of", help="RFC 3339 instant with offset (default: now)")
+        p.set_defaults(func=_cmd_lifecycle)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

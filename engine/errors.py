@@ -23,6 +23,7 @@ TITLES = {
     "original_not_found": "The original purchase is not known",
     "refund_merchant_mismatch": "The original purchase was made at another merchant",
     "refund_exceeds_original": "Refunds would exceed the original amount",
+    "budget_exceeded": "The campaign's budget does not cover this",
     "insufficient_points": "The wallet does not have enough available points",
     "occurred_at_out_of_range": "occurred_at is too far in the future or the past",
     "campaign_started": "A started campaign can only end earlier or raise its budget",

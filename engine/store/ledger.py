@@ -521,10 +521,14 @@ class _GroupWriter:
             response_json=json.dumps(response, ensure_ascii=False),
         )
 
-    def flush(self, state: RatingState, usage_before: dict, spend_before: dict) -> None:
-        # The kernel decided redemptions on net balances; the wallet books posted here must agree.
-        for wallet_id, book in self.books.items():
-            assert book.spendable() == state.balance[wallet_id], (wallet_id, book.spendable(), state.balance[wallet_id])
+    def flush(self, state: RatingState | None = None, usage_before: dict | None = None,
+              spend_before: dict | None = None) -> None:
+        """Write everything the group decided; `state` is given when the group was rated."""
+        if state is not None:
+            # The kernel decided redemptions on net balances; the wallet books posted here must agree.
+            for wallet_id, book in self.books.items():
+                assert book.spendable() == state.balance[wallet_id], (wallet_id, book.spendable(),
+                                                                      state.balance[wallet_id])
         session = self.session
         save_books(session, self.books)
         bulk.insert_rows(session, RedemptionLegRow.__table__, self.redemption_legs)
@@ -546,6 +550,8 @@ class _GroupWriter:
             pg_types=dict(id="text", kind="text", wallet_id="text", campaign_id="text", merchant_id="text",
                           balance="bigint"),
         )
+        if state is None:
+            return
         bulk.upsert(
             session, WalletWindowUsageRow.__table__,
             [dict(campaign_id=c, wallet_id=w, window_key=k, points=v)

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
 from engine.errors import EngineError
+from engine.timeutil import format_instant
 from engine.store.models import (
     AccountRow,
     AwardRow,
@@ -187,3 +188,90 @@ _CATEGORY = {
     rules.POINTS_RETURN: "returned",
     rules.EXPIRY: "expired",
 }
+
+
+def wallet_detail(engine: Engine, wallet_id: str) -> dict:
+    """Pending points with when they will be credited, available, debt, and expiring amounts by date."""
+    base = wallet_points(engine, wallet_id)
+    with Session(engine) as session:
+        pending: dict[tuple[str, int], int] = defaultdict(int)
+        for award in session.execute(
+            select(AwardRow).where(AwardRow.wallet_id == wallet_id, AwardRow.pending > 0)
+        ).scalars():
+            pending[(award.campaign_id, award.credit_at_us)] += award.pending
+        expiring: dict[int, int] = defaultdict(int)
+        for lot in session.execute(
+            select(PointLotRow).where(PointLotRow.wallet_id == wallet_id, PointLotRow.remaining > 0)
+        ).scalars():
+            expiring[lot.expires_at_us] += lot.remaining
+    base["pending_by_credit_date"] = [
+        {"campaign_id": c, "credit_at": format_instant(at), "points": p} for (c, at), p in sorted(pending.items(),
+                                                                                              key=lambda kv: kv[0][1])
+    ]
+    base["expiring"] = [{"expires_at": format_instant(at), "points": p} for at, p in sorted(expiring.items())]
+    return base
+
+
+def merchant_rewards(engine: Engine, merchant_id: str, from_us: int | None, to_us: int | None) -> dict:
+    """Counts, coin sales, points redeemed, and customers' points per campaign by status."""
+    with Session(engine) as session:
+        where = [PaymentRow.merchant_id == merchant_id]
+        if from_us is not None:
+            where.append(PaymentRow.occurred_at_us >= from_us)
+        if to_us is not None:
+            where.append(PaymentRow.occurred_at_us < to_us)
+        totals = defaultdict(int)
+        ids = []
+        for p in session.execute(select(PaymentRow).where(*where)).scalars():
+            if p.type == "purchase":
+                ids.append(p.id)
+                totals["purchases"] += 1
+                totals["coin_sales"] += p.amount - p.points_used
+                totals["points_redeemed"] += p.points_used
+            else:
+                body = json.loads(p.response_json)
+                totals["refunds"] += 1
+                totals["coin_refunded"] += body["coin_refunded"]
+                totals["points_returned"] += body["points_returned"]
+        campaigns: dict[str, dict[str, int]] = defaultdict(lambda: {"awarded": 0, "pending": 0, "credited": 0,
+                                                                    "clawed_back": 0})
+        for chunk_start in range(0, len(ids), 1000):
+            for a in session.execute(
+                select(AwardRow).where(AwardRow.payment_id.in_(ids[chunk_start:chunk_start + 1000]))
+            ).scalars():
+                c = campaigns[a.campaign_id]
+                c["awarded"] += a.points
+                c["pending"] += a.pending
+                c["clawed_back"] += a.clawed_back
+                c["credited"] += a.points - a.pending - a.clawed_back
+    return {
+        "merchant_id": merchant_id,
+        "from": format_instant(from_us) if from_us is not None else None,
+        "to": format_instant(to_us) if to_us is not None else None,
+        "transactions": totals["purchases"] + totals["refunds"],
+        **{k: totals[k] for k in ("purchases", "refunds", "coin_sales", "coin_refunded", "points_redeemed",
+                                  "points_returned")},
+        "campaigns": [{"campaign_id": c, **v} for c, v in sorted(campaigns.items())],
+        "points": {k: sum(v[k] for v in campaigns.values()) for k in ("awarded", "pending", "credited",
+                                                                        "clawed_back")},
+    }
+
+
+def merchant_transactions(engine: Engine, merchant_id: str, from_us: int | None, to_us: int | None,
+                          after_sequence: int, limit: int) -> tuple[list[dict], int | None]:
+    """One page in acceptance order after `after_sequence`; the next cursor, or None at the end.
+
+    Keyset pagination on the gapless sequence: a transaction accepted while a
+    client pages gets a higher sequence, so every transaction appears exactly once.
+    """
+    with Session(engine) as session:
+        where = [PaymentRow.merchant_id == merchant_id, PaymentRow.sequence > after_sequence]
+        if from_us is not None:
+            where.append(PaymentRow.occurred_at_us >= from_us)
+        if to_us is not None:
+            where.append(PaymentRow.occurred_at_us < to_us)
+        rows = list(session.execute(
+            select(PaymentRow.id, PaymentRow.sequence).where(*where).order_by(PaymentRow.sequence).limit(limit + 1)
+        ))
+    page = [get_payment(engine, r.id) for r in rows[:limit]]
+    return page, (rows[limit - 1].sequence if len(rows) > limit else None)

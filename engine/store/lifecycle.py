@@ -1,0 +1,145 @@
+"""Wallet lifecycle runs and grants: crediting pending awards, expiring lots, finance grants.
+
+Each run works in chunks, each chunk one database transaction under the
+sequencer lock, so it is safe to run while terminals post and while another
+run is going: whatever one chunk credited or expired is no longer due for the
+next, so a run repeated with the same `as_of` posts nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from engine import ledger_rules as rules
+from engine.errors import problem
+from engine.store.books import load_books
+from engine.store.ledger import Ledger, Result, _GroupWriter
+from engine.store.models import (
+    AwardRow,
+    CampaignRow,
+    GrantRow,
+    IdempotencyRow,
+    LifecycleRunRow,
+    PointLotRow,
+)
+from engine.timeutil import format_instant, now_us
+
+CHUNK_MAX = 2_000
+
+
+def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
+    """Post every pending award due by `as_of_us` from pending to available."""
+    credited = points = 0
+    started = now_us()
+    while True:
+        with Session(ledger.engine) as session, session.begin():
+            head = ledger._lock_head(session)
+            _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+            due = list(session.execute(
+                select(AwardRow)
+                .where(AwardRow.pending > 0, AwardRow.credit_at_us <= as_of_us)
+                .order_by(AwardRow.credit_at_us, AwardRow.payment_id, AwardRow.campaign_id)
+                .limit(chunk)
+            ).scalars())
+            if not due:
+                session.add(LifecycleRunRow(kind="credit", as_of_us=as_of_us, started_at_us=started,
+                                            items=credited, points=points))
+                break
+            books = load_books(session, {a.wallet_id for a in due})
+            writer = _GroupWriter(session, head, now_us(), campaigns, books)
+            for award in due:
+                amount = award.pending
+                writer.post(rules.Posting(rules.CREDIT, rules.pending_account(award.wallet_id, award.campaign_id),
+                                          rules.available_account(award.wallet_id, award.campaign_id), amount,
+                                          award.payment_id, award.campaign_id, award.campaign_version))
+                lot = writer.new_lot(award.payment_id, award.wallet_id, award.campaign_id, award.credit_at_us)
+                writer.credit_points(books[award.wallet_id], lot, amount, award.payment_id)
+                award.pending = 0
+                credited += 1
+                points += amount
+            writer.flush()
+    return {"kind": "credit", "as_of": format_instant(as_of_us), "awards_credited": credited, "points": points}
+
+
+def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
+    """Post the remaining points of every lot expired by `as_of_us` out of its wallet."""
+    expired_lots = points = 0
+    started = now_us()
+    while True:
+        with Session(ledger.engine) as session, session.begin():
+            head = ledger._lock_head(session)
+            wallets = [r[0] for r in session.execute(
+                select(PointLotRow.wallet_id)
+                .where(PointLotRow.remaining > 0, PointLotRow.expires_at_us <= as_of_us)
+                .group_by(PointLotRow.wallet_id)
+                .order_by(PointLotRow.wallet_id)
+                .limit(chunk)
+            )]
+            if not wallets:
+                session.add(LifecycleRunRow(kind="expiry", as_of_us=as_of_us, started_at_us=started,
+                                            items=expired_lots, points=points))
+                break
+            books = load_books(session, set(wallets))
+            writer = _GroupWriter(session, head, now_us(), {}, books)
+            for wallet_id in wallets:
+                for lot, amount in books[wallet_id].expire(as_of_us):
+                    writer.post(rules.Posting(rules.EXPIRY, rules.available_account(wallet_id, lot.campaign_id),
+                                              rules.expired_account(lot.campaign_id), amount, lot.source_id,
+                                              lot.campaign_id))
+                    expired_lots += 1
+                    points += amount
+            writer.flush()
+    return {"kind": "expiry", "as_of": format_instant(as_of_us), "lots_expired": expired_lots, "points": points}
+
+
+def grant(ledger: Ledger, scope: str, idempotency_key: str, wallet_id: str, campaign_id: str, points: int,
+          reason: str) -> Result:
+    """Points to a wallet against a campaign's budget, exactly and idempotently."""
+    request = {"wallet_id": wallet_id, "campaign_id": campaign_id, "points": points, "reason": reason}
+    request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
+    with Session(ledger.engine) as session, session.begin():
+        head = ledger._lock_head(session)
+        _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+        remembered = session.get(IdempotencyRow, (scope, idempotency_key))
+        if remembered is not None:
+            return Ledger._replay(remembered.request_hash, remembered.response_status, remembered.response_json,
+                                  _Hash(request_hash))
+        meter = session.get(CampaignRow, campaign_id)
+        if meter is None:
+            return Result(404, problem(404, "not_found", f"campaign {campaign_id} is not known"), remember=False)
+        campaign = campaigns[campaign_id]
+        now = now_us()
+        if campaign.budget is not None and meter.issued_net + points > campaign.budget:
+            result = Result(422, problem(422, "budget_exceeded",
+                                         f"{campaign.budget - meter.issued_net} points left in the budget"))
+        else:
+            grant_id = "gr_" + secrets.token_hex(12)
+            books = load_books(session, {wallet_id})
+            writer = _GroupWriter(session, head, now, campaigns, books)
+            writer.post(rules.Posting(rules.GRANT, rules.funding_account(campaign_id),
+                                      rules.available_account(wallet_id, campaign_id), points, grant_id, campaign_id,
+                                      campaign.version))
+            lot = writer.new_lot(grant_id, wallet_id, campaign_id, now)
+            writer.credit_points(books[wallet_id], lot, points, grant_id)
+            writer.flush()
+            meter.issued_net += points
+            session.add(GrantRow(id=grant_id, wallet_id=wallet_id, campaign_id=campaign_id,
+                                 campaign_version=campaign.version, points=points, reason=reason, granted_at_us=now))
+            result = Result(201, {"id": grant_id, **request, "campaign_version": campaign.version,
+                                  "granted_at": format_instant(now), "expires_at": format_instant(lot.expires_at_us)})
+        session.add(IdempotencyRow(terminal_id=scope, key=idempotency_key, request_hash=request_hash,
+                                   response_status=result.status, response_json=json.dumps(result.body),
+                                   payment_id=result.body.get("id"), created_at_us=now))
+        return result
+
+
+class _Hash:
+    """The one field `Ledger._replay` reads from a submission."""
+
+    def __init__(self, request_hash: str) -> None:
+        self.request_hash = request_hash
