@@ -1,0 +1,1 @@
+"""Tests of engine.settlement: Zengin payout files and signed documents."""
