@@ -17,7 +17,12 @@ import os
 from pathlib import Path
 from typing import Callable
 
+import datetime as dt
+
 from engine import demo as ward_demo
+from engine.model import Credit
+from engine.store import lifecycle
+from engine.timeutil import to_us
 from engine.settings import Settings
 from engine.store import queries
 
@@ -50,6 +55,10 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
     app = create_app(settings)
     config = app.state.config
     members, camps = ward_demo.ward(seed)
+    # The ward credits its main point-back three times a month, five business
+    # days after each dekad closes; the bonuses stay immediate.
+    camps = [c.model_copy(update={"credit": Credit(schedule="dekad", delay_business_days=5)})
+             if c.id.startswith("PB_") else c for c in camps]
     events = ward_demo.day(members, transactions, seed)
     counts: collections.Counter = collections.Counter()
     with TestClient(app) as client:
@@ -68,6 +77,7 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
         spendable: collections.Counter = collections.Counter()  # what each wallet has earned so far
         advance = progress(len(events)) if progress else None
         sample_wallet = None
+        counts_by_merchant: collections.Counter = collections.Counter()
         for n, (key, event) in enumerate(events):
             body = event.model_dump(mode="json", exclude_none=True)
             if event.type == "purchase":
@@ -87,24 +97,35 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
             answer = response.json()
             if response.status_code == 201:
                 counts[f"{event.type}s accepted"] += 1
+                counts_by_merchant[answer["merchant_id"]] += 1
                 if event.type == "purchase":
                     posted[key] = (answer["id"], terminal_id)
-                    spendable[event.wallet_id] += answer["points_awarded"] - body["points_used"]
+                    credited = sum(a["points"] for a in answer["awards"] if a["status"] == "credited")
+                    spendable[event.wallet_id] += credited - body["points_used"]
                     counts["redemptions"] += body["points_used"] > 0
-                    if answer["points_awarded"] and sample_wallet is None:
+                    pending = any(a["status"] == "pending" for a in answer["awards"])
+                    if pending and credited and sample_wallet is None:
                         sample_wallet = event.wallet_id
                 else:
                     wallet = answer["wallet_id"]
-                    spendable[wallet] += answer["points_returned"] - answer["points_clawed_back"]
+                    spendable[wallet] = max(0, spendable[wallet] + answer["points_returned"]
+                                            - answer["points_clawed_back"])
             else:
                 counts[f"declined: {answer['code']}"] += 1
             if advance:
                 advance(1)
         finance = {"Authorization": f"Bearer {config.create_key('finance')}"}
-        wallet = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json() if sample_wallet else None
+        wallet_before = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json()
+        # The crediting run of the day's dekad: every pending point-back becomes available.
+        due = [p["credit_at"] for p in wallet_before["pending_by_credit_date"]]
+        credit_run = lifecycle.credit_due(app.state.ledger, to_us(dt.datetime.fromisoformat(max(due)))) if due else None
+        wallet_after = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json()
+        busiest = max(members, key=lambda m: counts_by_merchant[m.id]).id if counts_by_merchant else members[0].id
+        rewards = client.get(f"/v1/merchants/{busiest}/rewards", headers=finance).json()
     check = queries.ledger_check(app.state.engine)
     app.state.engine.dispose()
-    return {"database_url": url, "counts": dict(counts), "check": check, "sample_wallet": wallet}
+    return {"database_url": url, "counts": dict(counts), "check": check, "sample_wallet": wallet_before,
+            "sample_wallet_after_credit": wallet_after, "credit_run": credit_run, "merchant_rewards": rewards}
 
 
 def _ok(response) -> None:
@@ -130,6 +151,20 @@ def print_ledger_summary(summary: dict, console=None) -> None:
     for name, ok in check["checks"].items():
         console.print(f"  {'✓' if ok else '✗'} {name.replace('_', ' ')}")
     console.print(f"  postings: {check['postings']:,}, trial balance: {check['trial_balance']}")
-    if summary["sample_wallet"]:
-        w = summary["sample_wallet"]
-        console.print(f"  wallet {w['wallet_id']}: pending {w['pending']}, available {w['available']}, debt {w['debt']}")
+    for label, w in (("after the day", summary["sample_wallet"]),
+                     ("after the crediting run", summary["sample_wallet_after_credit"])):
+        console.print(f"\n[bold]Wallet {w['wallet_id']}[/bold] {label}: pending {w['pending']:,}, "
+                      f"available {w['available']:,}, debt {w['debt']:,}")
+        for p in w["pending_by_credit_date"]:
+            console.print(f"  pending {p['points']:,} pt of {p['campaign_id']}, credited at {p['credit_at']}")
+        for e in w["expiring"]:
+            console.print(f"  {e['points']:,} pt expire at {e['expires_at']}")
+    if summary["credit_run"]:
+        run = summary["credit_run"]
+        console.print(f"\ncrediting run as of {run['as_of']}: {run['awards_credited']:,} awards, {run['points']:,} pt")
+    r = summary["merchant_rewards"]
+    console.print(f"\n[bold]Merchant {r['merchant_id']}[/bold]: {r['transactions']:,} transactions, coin sales "
+                  f"¥{r['coin_sales']:,}, points redeemed {r['points_redeemed']:,}")
+    for c in r["campaigns"]:
+        console.print(f"  {c['campaign_id']}: awarded {c['awarded']:,}, pending {c['pending']:,}, "
+                      f"credited {c['credited']:,}, clawed back {c['clawed_back']:,}")
