@@ -139,3 +139,19 @@ def split_in_order(legs: list[tuple[str, int]], start: int, amount: int) -> list
         position += leg
     assert sum(a for _, a in out) == amount
     return out
+
+
+PAYMENT_HASHED_FIELDS = (
+    "sequence", "id", "type", "terminal_id", "merchant_id", "wallet_id", "occurred_at_us", "accepted_at_us",
+    "amount", "points_used", "original_id", "request_json", "response_json",
+)
+
+
+def payment_hash(previous_hash: str, payment: dict) -> str:
+    """SHA-256 over the previous payment's hash and this payment's immutable fields.
+
+    The stored request and answer are part of it, so re-rating from stored
+    requests rests on requests nobody can have edited unnoticed.
+    """
+    body = "\x1f".join("" if payment[f] is None else str(payment[f]) for f in PAYMENT_HASHED_FIELDS)
+    return hashlib.sha256(previous_hash.encode() + body.encode()).hexdigest()

@@ -504,7 +504,7 @@ class _GroupWriter:
         return response
 
     def _payment_row(self, pid, sequence, s: Submission, wallet_id, at, original_id, response) -> dict:
-        return dict(
+        row = dict(
             id=pid,
             sequence=sequence,
             type=s.body.type,
@@ -520,6 +520,8 @@ class _GroupWriter:
             request_json=s.request_json,
             response_json=json.dumps(response, ensure_ascii=False),
         )
+        row["hash"] = self.head.last_payment_hash = rules.payment_hash(self.head.last_payment_hash, row)
+        return row
 
     def flush(self, state: RatingState | None = None, usage_before: dict | None = None,
               spend_before: dict | None = None) -> None:

@@ -44,6 +44,11 @@ class LedgerHead(Base):
     last_payment_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     last_posting_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
+    # Payments are chained too, over their stored request and answer, so an
+    # edited request is as detectable as an edited posting.
+    last_payment_hash: Mapped[str] = mapped_column(
+        String(64), default="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+    )
     catalog_version: Mapped[int] = mapped_column(BigInteger, default=0)
 
 
@@ -113,6 +118,7 @@ class PaymentRow(Base):
     refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0)
     request_json: Mapped[str] = mapped_column(Text)
     response_json: Mapped[str] = mapped_column(Text)
+    hash: Mapped[str] = mapped_column(String(64))
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("points_used >= 0 AND points_used <= amount", name="points_used_within_amount"),
@@ -262,3 +268,56 @@ class LifecycleRunRow(Base):
     started_at_us: Mapped[int] = mapped_column(BigInteger)
     items: Mapped[int] = mapped_column(BigInteger)
     points: Mapped[int] = mapped_column(BigInteger)
+
+
+class SettlementRunRow(Base):
+    """One settled period: closed for good once written."""
+
+    __tablename__ = "settlement_run"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    period_start_us: Mapped[int] = mapped_column(BigInteger, unique=True)
+    period_end_us: Mapped[int] = mapped_column(BigInteger)
+    period_kind: Mapped[str] = mapped_column(String(16))
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    last_posting_sequence: Mapped[int] = mapped_column(BigInteger)
+    statement_json: Mapped[str] = mapped_column(Text)
+    csv_text: Mapped[str] = mapped_column(Text)
+    zengin_file: Mapped[bytes] = mapped_column(LargeBinary)
+    __table_args__ = (CheckConstraint("period_end_us > period_start_us", name="period_ordered"),)
+
+
+class SettlementLineRow(Base):
+    __tablename__ = "settlement_line"
+    run_id: Mapped[str] = mapped_column(ForeignKey("settlement_run.id"), primary_key=True)
+    merchant_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    coin_sales: Mapped[int] = mapped_column(BigInteger)
+    coin_refunds: Mapped[int] = mapped_column(BigInteger)
+    points_redeemed: Mapped[int] = mapped_column(BigInteger)
+    points_returned: Mapped[int] = mapped_column(BigInteger)
+    merchant_funded_points: Mapped[int] = mapped_column(BigInteger)
+    fee: Mapped[int] = mapped_column(BigInteger)
+    carried_in: Mapped[int] = mapped_column(BigInteger)
+    net_payout: Mapped[int] = mapped_column(BigInteger)
+    payout_status: Mapped[str] = mapped_column(String(16))
+    __table_args__ = (
+        CheckConstraint("payout_status IN ('pending', 'paid', 'failed', 'nothing_due')", name="payout_status_known"),
+    )
+
+
+class CloseoutRow(Base):
+    __tablename__ = "closeout"
+    terminal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    business_date: Mapped[str] = mapped_column(String(10), primary_key=True)
+    count: Mapped[int] = mapped_column(BigInteger)
+    total: Mapped[int] = mapped_column(BigInteger)
+    submitted_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class ChainHeadRow(Base):
+    """The posting chain head at the end of a business day, signed by the ward's key."""
+
+    __tablename__ = "chain_head"
+    business_date: Mapped[str] = mapped_column(String(10), primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    signed_json: Mapped[str] = mapped_column(Text)

@@ -16,6 +16,7 @@ from engine.store.models import (
     AccountRow,
     AwardRow,
     CampaignRow,
+    LedgerHead,
     PaymentRow,
     PointLotRow,
     PostingRow,
@@ -112,6 +113,7 @@ def ledger_check(engine: Engine) -> dict:
                 wallet = debit["wallet_id"] or credit["wallet_id"]
                 sign = 1 if category in ("issued", "returned") else -1
                 wallet_flows[wallet] += sign * p.amount
+        payment_breaks = verify_payment_chain(session)
         accounts = list(session.execute(select(AccountRow)).scalars())
         cached = {a.id: a.balance for a in accounts}
         mismatched = sorted(a for a in set(cached) | set(computed) if cached.get(a, 0) != computed.get(a, 0))
@@ -159,6 +161,7 @@ def ledger_check(engine: Engine) -> dict:
             "hash_chain_intact": not chain_breaks
             and session.execute(select(func.count()).select_from(PostingRow)).scalar_one() == count,
             "posting_sequence_gapless": not gaps,
+            "payment_chain_intact": not payment_breaks,
             "lots_match_balances": not lots_mismatched,
             "liability_identity_per_campaign": all(v["identity_holds"] for v in campaigns.values()),
             "liability_identity_per_wallet": not wallets_broken,
@@ -173,11 +176,30 @@ def ledger_check(engine: Engine) -> dict:
             "mismatched_accounts": mismatched[:50],
             "chain_breaks": chain_breaks[:50],
             "sequence_gaps": gaps[:50],
+            "payment_chain_breaks": payment_breaks[:50],
             "lots_mismatched": lots_mismatched[:50],
             "wallets_broken": wallets_broken[:50],
             "campaigns": campaigns,
             "total": {"issued_net_of_clawbacks_redemptions_expiry": total_lhs, "outstanding": total_outstanding},
         }
+
+
+def verify_payment_chain(session: Session) -> list[str]:
+    """Ids of payments whose hash does not follow from their fields and predecessor, or out of sequence."""
+    previous = rules.GENESIS_HASH
+    expected = 1
+    breaks = []
+    columns = [getattr(PaymentRow, f) for f in rules.PAYMENT_HASHED_FIELDS] + [PaymentRow.hash]
+    for row in session.execute(select(*columns).order_by(PaymentRow.sequence)):
+        payment = row._asdict()
+        if payment["sequence"] != expected or rules.payment_hash(previous, payment) != payment["hash"]:
+            breaks.append(payment["id"])
+        expected = payment["sequence"] + 1
+        previous = payment["hash"]
+    head = session.execute(select(LedgerHead)).scalar_one()
+    if head.last_payment_sequence != expected - 1 or head.last_payment_hash != previous:
+        breaks.append("ledger_head")
+    return breaks
 
 
 _CATEGORY = {
