@@ -59,7 +59,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
         upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     ledger = Ledger(engine)
-    config = Config(engine)
+    config = Config(engine, settings)
     committer = GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max)
     in_flight: set[tuple[str, str]] = set()
     in_flight_lock = threading.Lock()
@@ -299,19 +299,19 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
 
     @app.post("/v1/merchants", status_code=201)
     def create_merchant(body: Merchant, _: Admin) -> Any:
-        return config.create_merchant(body).model_dump(mode="json")
+        return config.create_merchant(body)
 
     @app.get("/v1/merchants")
     def list_merchants(_: Admin) -> Any:
-        return [m.model_dump(mode="json") for m in config.list_merchants()]
+        return config.list_merchants()
 
     @app.get("/v1/merchants/{merchant_id}")
     def get_merchant(merchant_id: str, _: Admin) -> Any:
-        return config.get_merchant(merchant_id).model_dump(mode="json")
+        return config.get_merchant(merchant_id)
 
     @app.patch("/v1/merchants/{merchant_id}")
     def patch_merchant(merchant_id: str, patch: Annotated[dict[str, Any], Body()], _: Admin) -> Any:
-        return _validated(lambda: config.update_merchant(merchant_id, patch)).model_dump(mode="json")
+        return _validated(lambda: config.update_merchant(merchant_id, patch))
 
     @app.post("/v1/campaigns", status_code=201)
     def create_campaign(body: Campaign, _: Admin) -> Any:

@@ -27,6 +27,15 @@ class Settings(BaseSettings):
     idempotency_retention_days: int = Field(default=30, ge=30)
     # 32 bytes, base64; seals merchant bank details (AES-GCM). Never stored in the database.
     data_key_b64: str | None = None
+    # Ed25519 private key (raw 32-byte seed, base64, or PKCS#8 PEM) that signs statements and chain heads.
+    signing_key_b64: str | None = None
+    # Settlement: period kind, and the ward's own account for Zengin payout files.
+    settlement_period: str = Field(default="monthly", pattern="^(monthly|semi_monthly)$")
+    payout_requester_code: str = Field(default="0000000001", pattern="^[0-9]{10}$")
+    payout_requester_name: str = "ｾﾀｶﾞﾔｸ"
+    payout_bank_code: str = Field(default="0001", pattern="^[0-9]{4}$")
+    payout_branch_code: str = Field(default="001", pattern="^[0-9]{3}$")
+    payout_account_number: str = Field(default="0000001", pattern="^[0-9]{7}$")
 
 
 def load() -> Settings:

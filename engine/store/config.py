@@ -17,6 +17,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from engine import sealing
 from engine.errors import EngineError
 from engine.model import Campaign, Merchant
 from engine.store.models import ApiKeyRow, CampaignRow, CampaignVersionRow, LedgerHead, MerchantRow, TerminalRow
@@ -46,22 +47,53 @@ def _dump(record) -> str:
 
 
 class Config:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, settings=None) -> None:
         self.engine = engine
+        self.settings = settings
         self._principals: dict[str, Principal] = {}
+
+    # -- bank details: sealed at rest, never in record_json ----------------
+
+    def _data_key(self):
+        from engine import keyring
+        from engine.settings import Settings
+
+        return keyring.data_key(self.settings or Settings())
+
+    def _store_record(self, row: MerchantRow, merchant: Merchant) -> None:
+        if merchant.bank_account is not None:
+            row.bank_account_sealed = sealing.seal_bank_account(self._data_key(), merchant.id, merchant.bank_account)
+        row.record_json = merchant.model_copy(update={"bank_account": None}).model_dump_json()
+
+    def bank_account(self, merchant_id: str):
+        """The merchant's payout account, opened from its sealed form (None when not on file)."""
+        with Session(self.engine) as session:
+            row = session.get(MerchantRow, merchant_id)
+            if row is None or row.bank_account_sealed is None:
+                return None
+            return sealing.open_bank_account(self._data_key(), merchant_id, row.bank_account_sealed)
+
+    @staticmethod
+    def public_record(row: MerchantRow) -> dict:
+        record = json.loads(row.record_json)
+        record.pop("bank_account", None)
+        record["bank_account_on_file"] = row.bank_account_sealed is not None
+        return record
 
     # -- merchants ---------------------------------------------------------
 
-    def create_merchant(self, merchant: Merchant) -> Merchant:
+    def create_merchant(self, merchant: Merchant) -> dict:
         with Session(self.engine) as session, session.begin():
             _bump(session)
             if session.get(MerchantRow, merchant.id) is not None:
                 raise EngineError(409, "already_exists", f"merchant {merchant.id} exists")
             now = now_us()
-            session.add(MerchantRow(id=merchant.id, record_json=_dump(merchant), created_at_us=now, updated_at_us=now))
-        return merchant
+            row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now)
+            self._store_record(row, merchant)
+            session.add(row)
+            return self.public_record(row)
 
-    def update_merchant(self, merchant_id: str, patch: dict) -> Merchant:
+    def update_merchant(self, merchant_id: str, patch: dict) -> dict:
         with Session(self.engine) as session, session.begin():
             _bump(session)
             row = session.get(MerchantRow, merchant_id)
@@ -71,21 +103,21 @@ class Config:
             if "id" in patch and patch["id"] != merchant_id:
                 raise EngineError(422, "invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
-            row.record_json = _dump(merchant)
+            self._store_record(row, merchant)
             row.updated_at_us = now_us()
-        return merchant
+            return self.public_record(row)
 
-    def get_merchant(self, merchant_id: str) -> Merchant:
+    def get_merchant(self, merchant_id: str) -> dict:
         with Session(self.engine) as session:
             row = session.get(MerchantRow, merchant_id)
             if row is None:
                 raise EngineError(404, "not_found", f"merchant {merchant_id} is not known")
-            return Merchant.model_validate_json(row.record_json)
+            return self.public_record(row)
 
-    def list_merchants(self) -> list[Merchant]:
+    def list_merchants(self) -> list[dict]:
         with Session(self.engine) as session:
             rows = session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
-            return [Merchant.model_validate_json(r.record_json) for r in rows]
+            return [self.public_record(r) for r in rows]
 
     # -- campaigns ---------------------------------------------------------
 

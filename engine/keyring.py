@@ -1,0 +1,44 @@
+"""The ward's keys: the data key that seals bank details and the Ed25519 signing key.
+
+Production sets both in the environment (SETAPAY_DATA_KEY_B64,
+SETAPAY_SIGNING_KEY_B64); they never enter the database or the logs. So that
+the embedded default works with nothing set, a missing key is created once in
+a private file beside the working directory (`./setapay-keys/`, mode 0600)
+and reused from then on. That fallback is for a newcomer's laptop, not for
+the ward: settings always win.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from engine import sealing
+from engine.settlement import signing
+
+KEY_DIR = Path("setapay-keys")
+
+
+def _local(name: str, make) -> str:
+    path = KEY_DIR / name
+    if path.exists():
+        return path.read_text().strip()
+    KEY_DIR.mkdir(mode=0o700, exist_ok=True)
+    value = make()
+    # Create with 0600 from the start so the key is never readable by others.
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+    return value
+
+
+def data_key(settings) -> sealing.DataKey:
+    b64 = settings.data_key_b64 or _local("data.key", sealing.generate_key_b64)
+    return sealing.load_key(b64)
+
+
+def signing_key(settings):
+    b64 = settings.signing_key_b64 or _local(
+        "signing.key", lambda: signing.private_key_b64(signing.generate_private_key())
+    )
+    return signing.load_private_key(b64)
