@@ -100,12 +100,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     async def _unexpected(_request: Request, exc: Exception):  # pragma: no cover - a bug if reached
         return _problem_response(500, problem(500, "internal_error"))
 
-    @app.middleware("http")
-    async def _limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limits.BODY_BYTES_MAX):
-            return _problem_response(413, problem(413, "body_too_large"))
-        return await call_next(request)
+    app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
 
     # -- authentication ----------------------------------------------------
 
@@ -346,7 +341,66 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     def patch_terminal(terminal_id: str, body: TerminalPatch, _: Admin) -> Any:
         return config.update_terminal(terminal_id, body.model_dump(exclude_none=True))
 
+    from api import finance
+
+    finance.install(app, role, ledger, config, settings)
     return app
+
+
+class BodyTooLarge(EngineError):
+    def __init__(self) -> None:
+        super().__init__(413, "body_too_large", f"bodies are limited to {limits.BODY_BYTES_MAX} bytes")
+
+
+class BodyLimit:
+    """Refuse bodies over the limit, whether announced by Content-Length or streamed in chunks.
+
+    A chunked body is counted as it arrives; the moment it passes the limit the
+    read fails with `BodyTooLarge`, which the error handler renders as 413, so no
+    handler ever sees (let alone posts) an oversized request.
+    """
+
+    def __init__(self, app, limit_bytes: int) -> None:
+        self.app = app
+        self.limit_bytes = limit_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit_bytes):
+            response = _problem_response(413, BodyTooLarge().problem())
+            return await response(scope, receive, send)
+        # Read the whole body first (never more than the limit plus one chunk), so a
+        # streamed body over the limit is refused before any handler sees it.
+        chunks, received, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            more = message.get("more_body", False)
+            if received > self.limit_bytes:
+                response = _problem_response(413, BodyTooLarge().problem())
+                return await response(scope, receive, send)
+        body = b"".join(chunks)
+        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
+                              send)
+
+
+def _replay(messages: list, then=None):
+    """A `receive` that hands out `messages`, then defers to `then` (e.g. for disconnects)."""
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 def _guarded(action):

@@ -29,6 +29,9 @@ TITLES = {
     "campaign_started": "A started campaign can only end earlier or raise its budget",
     "service_unavailable": "The ledger is not reachable; retry with the same Idempotency-Key",
     "batch_too_large": "The batch holds more transactions than allowed",
+    "period_open": "The settlement period has not ended yet",
+    "period_overlaps": "The period overlaps a settled one",
+    "payout_already_settled": "The payout has a different result already",
     "internal_error": "Internal error",
 }
 

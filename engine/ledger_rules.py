@@ -10,7 +10,10 @@ Accounts:
 - `wallet:<id>:<campaign>:pending`   awarded, not yet credited
 - `wallet:<id>:<campaign>:available` credited, spendable; negative is debt
 - `merchant:<id>:payable`            what the ward owes the merchant
+- `merchant:<id>:payout`             payouts handed to the bank, awaiting its result
 - `coin:clearing`                    coin paid by wallets (the app's prepaid float)
+- `ward:fees`                        settlement fees the ward keeps
+- `bank:payouts`                     payouts the bank confirmed paid
 """
 
 from __future__ import annotations
@@ -32,7 +35,15 @@ CREDIT = "credit"
 EXPIRY = "expiry"
 GRANT = "grant"
 DEBT_SETTLEMENT = "debt_settlement"
-REASONS = (AWARD, CLAWBACK, COIN_SALE, COIN_REFUND, REDEMPTION, POINTS_RETURN, CREDIT, EXPIRY, GRANT, DEBT_SETTLEMENT)
+SETTLEMENT_FEE = "settlement_fee"
+MERCHANT_FUNDING = "merchant_funding"
+PAYOUT = "payout"
+PAYOUT_PAID = "payout_paid"
+PAYOUT_FAILED = "payout_failed"
+REASONS = (AWARD, CLAWBACK, COIN_SALE, COIN_REFUND, REDEMPTION, POINTS_RETURN, CREDIT, EXPIRY, GRANT, DEBT_SETTLEMENT,
+           SETTLEMENT_FEE, MERCHANT_FUNDING, PAYOUT, PAYOUT_PAID, PAYOUT_FAILED)
+WARD_FEES = "ward:fees"
+BANK_PAYOUTS = "bank:payouts"
 
 
 def funding_account(campaign_id: str) -> str:
@@ -55,6 +66,11 @@ def payable_account(merchant_id: str) -> str:
     return f"merchant:{merchant_id}:payable"
 
 
+def payout_account(merchant_id: str) -> str:
+    """Payouts handed to the bank and not yet confirmed paid or failed."""
+    return f"merchant:{merchant_id}:payout"
+
+
 def account_parts(account_id: str) -> dict:
     """Kind and owners of an account id, for the account table's columns."""
     parts = account_id.split(":")
@@ -63,9 +79,9 @@ def account_parts(account_id: str) -> dict:
     if parts[0] == "campaign":
         return {"kind": "campaign_" + parts[2], "wallet_id": None, "campaign_id": parts[1], "merchant_id": None}
     if parts[0] == "merchant":
-        return {"kind": "merchant_payable", "wallet_id": None, "campaign_id": None, "merchant_id": parts[1]}
-    assert account_id == COIN_CLEARING, account_id
-    return {"kind": "coin_clearing", "wallet_id": None, "campaign_id": None, "merchant_id": None}
+        return {"kind": "merchant_" + parts[2], "wallet_id": None, "campaign_id": None, "merchant_id": parts[1]}
+    assert account_id in (COIN_CLEARING, WARD_FEES, BANK_PAYOUTS), account_id
+    return {"kind": account_id.replace(":", "_"), "wallet_id": None, "campaign_id": None, "merchant_id": None}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -91,6 +91,10 @@ class Ledger:
         head = session.execute(stmt).scalar_one()
         return head
 
+    def _lock_head_readonly(self, session: Session) -> LedgerHead:
+        """The head for readers: no lock, a consistent snapshot of the catalog version."""
+        return session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
+
     def _catalog_for(self, session: Session, version: int):
         if self._catalog is None or self._catalog[0] != version:
             campaigns = [

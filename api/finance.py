@@ -1,0 +1,89 @@
+"""Ward finance endpoints: budget burn, settlement runs and payout results, terminal
+closeouts, signed chain heads and the reconciliation report (SPEC §6, §7)."""
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+from fastapi import Depends, FastAPI, Header
+from fastapi.responses import JSONResponse, Response
+from pydantic import Field, field_validator
+
+from engine import limits
+from engine.errors import EngineError
+from engine.model import Id, Record
+from engine.store import finance, settlement
+
+
+class SettlementRequest(Record):
+    period: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}(-H[12])?$")]
+
+
+class PayoutResult(Record):
+    merchant_id: Id
+    status: Literal["paid", "failed"]
+
+
+class PayoutResults(Record):
+    results: Annotated[list[PayoutResult], Field(min_length=1, max_length=100_000)]
+
+
+class CloseoutRequest(Record):
+    business_date: dt.date
+    count: Annotated[int, Field(strict=True, ge=0, le=10_000_000)]
+    total: Annotated[int, Field(strict=True, ge=-limits.AMOUNT_YEN_MAX * 10_000_000,
+                                le=limits.AMOUNT_YEN_MAX * 10_000_000)]
+
+    @field_validator("business_date", mode="before")
+    @classmethod
+    def _iso_date(cls, value):
+        if not isinstance(value, str):
+            raise ValueError("business_date must be a YYYY-MM-DD string")
+        return value
+
+
+def install(app: FastAPI, role, ledger, config, settings) -> None:
+    Finance = Annotated[Any, Depends(role("finance"))]
+
+    @app.get("/v1/campaigns/{campaign_id}/budget")
+    def campaign_budget(campaign_id: str, _: Finance):
+        return finance.budget(ledger, campaign_id)
+
+    @app.post("/v1/settlement-runs", status_code=201)
+    def create_settlement_run(body: SettlementRequest, _: Finance):
+        created, view = settlement.run(ledger, config, settings, body.period)
+        return JSONResponse(view, status_code=201 if created else 200)
+
+    @app.get("/v1/settlement-runs/{run_id}")
+    def get_settlement_run(run_id: str, _: Finance):
+        return settlement.get_view(ledger, run_id)
+
+    @app.get("/v1/settlement-runs/{run_id}/statement.csv")
+    def settlement_csv(run_id: str, _: Finance):
+        return Response(settlement.get(ledger, run_id).csv_text, media_type="text/csv; charset=utf-8")
+
+    @app.get("/v1/settlement-runs/{run_id}/zengin")
+    def settlement_zengin(run_id: str, _: Finance):
+        row = settlement.get(ledger, run_id)
+        if not row.zengin_file:
+            raise EngineError(404, "not_found", "this run pays nobody, so it has no payout file")
+        return Response(row.zengin_file, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{run_id}.zengin.txt"'})
+
+    @app.post("/v1/settlement-runs/{run_id}/payout-results")
+    def payout_results(run_id: str, body: PayoutResults, _: Finance):
+        return settlement.import_payout_results(ledger, run_id, [r.model_dump() for r in body.results])
+
+    @app.post("/v1/chain-heads", status_code=201)
+    def sign_chain_heads(_: Finance):
+        return {"signed": finance.sign_chain_heads(ledger, settings)}
+
+    @app.get("/v1/reconciliation")
+    def reconciliation(_: Finance):
+        report = finance.reconcile(ledger, settings)
+        return JSONResponse(report, status_code=200)
+
+    @app.post("/v1/terminals/{terminal_id}/closeouts", status_code=201)
+    def post_closeout(terminal_id: str, body: CloseoutRequest, p: Annotated[Any, Depends(role("terminal"))]):
+        if p.terminal_id != terminal_id:
+            raise EngineError(403, "forbidden", "a terminal key closes out only its own terminal")
+        return finance.closeout(ledger, terminal_id, body.business_date.isoformat(), body.count, body.total)

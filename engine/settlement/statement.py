@@ -1,0 +1,121 @@
+"""Settlement statements (SPEC §7) as pure arithmetic over ledger aggregates.
+
+For each merchant and period, from postings by posting time:
+
+    activity   = coin_sales - coin_refunds + points_redeemed - points_returned
+    fee        = max(activity, 0) * fee_bp // 10000          (rounding: fee_floor)
+    balance    = the payable account's balance at the period's end
+    carried_in = balance - activity   (unpaid or failed payouts of earlier periods)
+    net_payout = balance - fee - merchant_funded_points
+
+A positive net payout is paid (when a bank account is on file); anything
+else stays in the payable account and is carried into the next period.
+"""
+
+from __future__ import annotations
+
+import calendar
+import dataclasses
+import datetime as dt
+
+from engine.timeutil import TOKYO, to_us
+
+
+@dataclasses.dataclass(frozen=True)
+class MerchantActivity:
+    merchant_id: str
+    coin_sales: int = 0
+    coin_refunds: int = 0
+    points_redeemed: int = 0
+    points_returned: int = 0
+    merchant_funded_points: int = 0
+    payable_balance_at_end: int = 0
+    fee_bp: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class StatementLine:
+    merchant_id: str
+    coin_sales: int
+    coin_refunds: int
+    points_redeemed: int
+    points_returned: int
+    merchant_funded_points: int
+    fee_bp: int
+    fee: int
+    carried_in: int
+    net_payout: int
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def line_for(a: MerchantActivity) -> StatementLine:
+    activity = a.coin_sales - a.coin_refunds + a.points_redeemed - a.points_returned
+    fee = max(activity, 0) * a.fee_bp // 10_000
+    return StatementLine(
+        merchant_id=a.merchant_id,
+        coin_sales=a.coin_sales,
+        coin_refunds=a.coin_refunds,
+        points_redeemed=a.points_redeemed,
+        points_returned=a.points_returned,
+        merchant_funded_points=a.merchant_funded_points,
+        fee_bp=a.fee_bp,
+        fee=fee,
+        carried_in=a.payable_balance_at_end - activity,
+        net_payout=a.payable_balance_at_end - fee - a.merchant_funded_points,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Period:
+    name: str  # "2026-12" (monthly) or "2026-12-H1" / "2026-12-H2" (semi-monthly)
+    kind: str
+    start: dt.datetime
+    end: dt.datetime
+
+    @property
+    def start_us(self) -> int:
+        return to_us(self.start)
+
+    @property
+    def end_us(self) -> int:
+        return to_us(self.end)
+
+
+def parse_period(name: str) -> Period:
+    """A period by its name; bounds are Asia/Tokyo midnights, end exclusive."""
+    parts = name.split("-")
+    try:
+        year, month = int(parts[0]), int(parts[1])
+        if len(parts[0]) != 4 or len(parts[1]) != 2 or not 1 <= month <= 12 or len(parts) > 3:
+            raise ValueError(name)
+    except (ValueError, IndexError):
+        raise ValueError(f"period must look like 2026-12 or 2026-12-H1, got {name!r}") from None
+    first = dt.datetime(year, month, 1, tzinfo=TOKYO)
+    last_day = calendar.monthrange(year, month)[1]
+    following = first + dt.timedelta(days=last_day)
+    if len(parts) == 2:
+        return Period(name, "monthly", first, following)
+    middle = dt.datetime(year, month, 16, tzinfo=TOKYO)
+    if parts[2] == "H1":
+        return Period(name, "semi_monthly", first, middle)
+    if parts[2] == "H2":
+        return Period(name, "semi_monthly", middle, following)
+    raise ValueError(f"half must be H1 or H2, got {parts[2]!r}")
+
+
+CSV_COLUMNS = ("merchant_id", "coin_sales", "coin_refunds", "points_redeemed", "points_returned",
+               "merchant_funded_points", "fee_bp", "fee", "carried_in", "net_payout", "payout_status")
+
+
+def to_csv(rows: list[dict]) -> str:
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow(row)
+    return out.getvalue()

@@ -1,0 +1,264 @@
+"""Ward finance reads and checks: budget burn, terminal closeouts, signed daily chain
+heads, and the reconciliation report that gathers every invariant of SPEC §5 and §7."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine import keyring, ledger_rules as rules
+from engine.errors import EngineError
+from engine.settlement import signing, statement
+from engine.store import queries, rerate, settlement
+from engine.store.ledger import Ledger
+from engine.store.models import (
+    CampaignRow,
+    ChainHeadRow,
+    CloseoutRow,
+    MerchantRow,
+    PaymentRow,
+    PostingRow,
+    SettlementLineRow,
+    SettlementRunRow,
+)
+from engine.timeutil import TOKYO, format_instant, from_us, now_us, to_us
+
+HOUR_US = 3_600_000_000
+DAY_US = 24 * HOUR_US
+
+
+# -- budget --------------------------------------------------------------------
+
+
+def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict:
+    """Budget, issued, clawed back, net, remaining, recent burn and the forecast exhaustion instant."""
+    now = now or now_us()
+    with Session(ledger.engine) as session:
+        head = ledger._lock_head_readonly(session)
+        _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+        meter = session.get(CampaignRow, campaign_id)
+        if meter is None or campaign_id not in campaigns:
+            raise EngineError(404, "not_found", f"campaign {campaign_id} is not known")
+        campaign = campaigns[campaign_id]
+
+        def net_since(since: int | None) -> tuple[int, int]:
+            issued = clawed = 0
+            where = [PostingRow.campaign_id == campaign_id,
+                     PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK])]
+            if since is not None:
+                where.append(PostingRow.posted_at_us >= since)
+            for reason, total in session.execute(
+                select(PostingRow.reason, func.sum(PostingRow.amount)).where(*where).group_by(PostingRow.reason)
+            ):
+                if reason == rules.CLAWBACK:
+                    clawed += int(total)
+                else:
+                    issued += int(total)
+            return issued, clawed
+
+        issued, clawed = net_since(None)
+        hour_issued, hour_clawed = net_since(now - HOUR_US)
+        day_issued, day_clawed = net_since(now - DAY_US)
+    remaining = None if campaign.budget is None else campaign.budget - meter.issued_net
+    burn_hour, burn_day = hour_issued - hour_clawed, day_issued - day_clawed
+    forecast = None
+    # The last hour is the freshest signal; a quiet hour falls back to the day.
+    if remaining is not None and remaining > 0:
+        rate_per_us = burn_hour / HOUR_US if burn_hour > 0 else (burn_day / DAY_US if burn_day > 0 else 0)
+        if rate_per_us > 0:
+            forecast = format_instant(now + int(remaining / rate_per_us))
+    return {
+        "campaign_id": campaign_id,
+        "campaign_version": campaign.version,
+        "budget": campaign.budget,
+        "issued": issued,
+        "clawed_back": clawed,
+        "net_issued": meter.issued_net,
+        "remaining": remaining,
+        "exhausted": remaining == 0,
+        "burn_last_hour": burn_hour,
+        "burn_last_day": burn_day,
+        "forecast_exhaustion_at": forecast,
+        "as_of": format_instant(now),
+    }
+
+
+# -- closeouts -----------------------------------------------------------------
+
+
+def _day_bounds(business_date: str) -> tuple[int, int]:
+    day = dt.date.fromisoformat(business_date)
+    start = dt.datetime.combine(day, dt.time(), TOKYO)
+    return to_us(start), to_us(start + dt.timedelta(days=1))
+
+
+def ledger_day(session: Session, terminal_id: str, business_date: str) -> dict:
+    """The terminal's transactions of one Asia/Tokyo day (by occurred_at) as the ledger holds them."""
+    start, end = _day_bounds(business_date)
+    rows = list(session.execute(
+        select(PaymentRow.id, PaymentRow.type, PaymentRow.amount, PaymentRow.occurred_at_us)
+        .where(PaymentRow.terminal_id == terminal_id, PaymentRow.occurred_at_us >= start,
+               PaymentRow.occurred_at_us < end)
+        .order_by(PaymentRow.sequence)
+    ))
+    total = sum(r.amount if r.type == "purchase" else -r.amount for r in rows)
+    return {"count": len(rows), "total": total, "transactions": [
+        {"id": r.id, "type": r.type, "amount": r.amount, "occurred_at": format_instant(r.occurred_at_us)}
+        for r in rows]}
+
+
+def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, total: int) -> dict:
+    """Store a terminal's end-of-day count and net total and compare them with the ledger."""
+    with Session(ledger.engine) as session, session.begin():
+        row = session.get(CloseoutRow, (terminal_id, business_date))
+        if row is None:
+            session.add(CloseoutRow(terminal_id=terminal_id, business_date=business_date, count=count, total=total,
+                                    submitted_at_us=now_us()))
+        else:  # a corrected count replaces the earlier one; the comparison is always against the ledger
+            row.count, row.total, row.submitted_at_us = count, total, now_us()
+        held = ledger_day(session, terminal_id, business_date)
+    matches = held["count"] == count and held["total"] == total
+    report = {"terminal_id": terminal_id, "business_date": business_date,
+              "submitted": {"count": count, "total": total},
+              "ledger": {"count": held["count"], "total": held["total"]}, "matches": matches}
+    if not matches:
+        report["transactions"] = held["transactions"]
+    return report
+
+
+# -- signed chain heads ------------------------------------------------------------
+
+
+def sign_chain_heads(ledger: Ledger, settings, as_of: int | None = None) -> list[str]:
+    """Sign the posting chain head at the end of every finished business day not yet signed."""
+    as_of = as_of or now_us()
+    today = from_us(as_of).astimezone(TOKYO).date()
+    key = keyring.signing_key(settings)
+    signed_days = []
+    with Session(ledger.engine) as session, session.begin():
+        first = session.execute(select(func.min(PostingRow.posted_at_us))).scalar_one()
+        if first is None:
+            return []
+        done = {r[0] for r in session.execute(select(ChainHeadRow.business_date))}
+        day = from_us(first).astimezone(TOKYO).date()
+        while day < today:
+            name = day.isoformat()
+            if name not in done:
+                _, end = _day_bounds(name)
+                last = session.execute(
+                    select(PostingRow.sequence, PostingRow.hash).where(PostingRow.posted_at_us < end)
+                    .order_by(PostingRow.sequence.desc()).limit(1)
+                ).first()
+                document = {"business_date": name, "last_sequence": last.sequence, "hash": last.hash}
+                session.add(ChainHeadRow(business_date=name, last_sequence=last.sequence, hash=last.hash,
+                                         signed_json=json.dumps(signing.sign_document(key, document))))
+                signed_days.append(name)
+            day += dt.timedelta(days=1)
+    return signed_days
+
+
+def _check_chain_heads(session: Session, public_key) -> list[dict]:
+    bad = []
+    for head in session.execute(select(ChainHeadRow).order_by(ChainHeadRow.business_date)).scalars():
+        signed = json.loads(head.signed_json)
+        posting = session.get(PostingRow, head.last_sequence)
+        document = signed.get("document", {})
+        if not signing.verify_document(public_key, signed):
+            bad.append({"business_date": head.business_date, "problem": "signature does not verify"})
+        elif document != {"business_date": head.business_date, "last_sequence": head.last_sequence,
+                          "hash": head.hash}:
+            bad.append({"business_date": head.business_date, "problem": "row differs from the signed document"})
+        elif posting is None or posting.hash != head.hash:
+            bad.append({"business_date": head.business_date, "problem": "posting chain no longer ends there"})
+    return bad
+
+
+# -- reconciliation ------------------------------------------------------------------
+
+
+def _check_statements(ledger: Ledger, session: Session, public_key) -> list[dict]:
+    bad = []
+    merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
+    head = ledger._lock_head_readonly(session)
+    funded_by = settlement._funded_by(ledger, session, head)
+    for run in session.execute(select(SettlementRunRow).order_by(SettlementRunRow.period_start_us)).scalars():
+        signed = json.loads(run.statement_json)
+        if not signing.verify_document(public_key, signed):
+            bad.append({"run_id": run.id, "problem": "statement signature does not verify"})
+            continue
+        activities, _ = settlement.aggregate(session, run.period_start_us, run.period_end_us, merchants, funded_by)
+        recomputed = {a.merchant_id: statement.line_for(a).as_dict() for a in activities}
+        stored = {line.merchant_id: line for line in session.execute(
+            select(SettlementLineRow).where(SettlementLineRow.run_id == run.id)).scalars()}
+        signed_lines = {line["merchant_id"]: line for line in signed["document"]["lines"]}
+        for merchant_id in sorted(set(recomputed) | set(stored) | set(signed_lines)):
+            again, line, doc = recomputed.get(merchant_id), stored.get(merchant_id), signed_lines.get(merchant_id)
+            fields = ("coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points",
+                      "fee", "carried_in", "net_payout")
+            if again is None or line is None or doc is None or any(
+                again[f] != getattr(line, f) or again[f] != doc[f] for f in fields
+            ):
+                bad.append({"run_id": run.id, "merchant_id": merchant_id,
+                            "problem": "statement line differs from the ledger"})
+    return bad
+
+
+def _check_closeouts(session: Session) -> list[dict]:
+    bad = []
+    for c in session.execute(select(CloseoutRow)).scalars():
+        held = ledger_day(session, c.terminal_id, c.business_date)
+        if (held["count"], held["total"]) != (c.count, c.total):
+            bad.append({"terminal_id": c.terminal_id, "business_date": c.business_date,
+                        "submitted": {"count": c.count, "total": c.total},
+                        "ledger": {"count": held["count"], "total": held["total"]},
+                        "transactions": held["transactions"]})
+    return bad
+
+
+def _check_budgets(ledger: Ledger, session: Session) -> list[dict]:
+    head = ledger._lock_head_readonly(session)
+    _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+    bad = []
+    for meter in session.execute(select(CampaignRow)).scalars():
+        campaign = campaigns.get(meter.id)
+        if campaign and campaign.budget is not None and meter.issued_net > campaign.budget:
+            bad.append({"campaign_id": meter.id, "budget": campaign.budget, "net_issued": meter.issued_net})
+    return bad
+
+
+def reconcile(ledger: Ledger, settings, progress=None) -> dict:
+    """Every invariant, each pass or fail with the offending rows."""
+    public_key = keyring.signing_key(settings).public_key()
+    ledger_report = queries.ledger_check(ledger.engine)
+    with Session(ledger.engine) as session:
+        budgets = _check_budgets(ledger, session)
+        heads = _check_chain_heads(session, public_key)
+        statements = _check_statements(ledger, session, public_key)
+        closeouts = _check_closeouts(session)
+    rerated = rerate.rerate_check(ledger.engine, progress)
+    checks = {name: {"pass": ok} for name, ok in ledger_report["checks"].items()}
+    details = {
+        "cached_balances_match": ledger_report["mismatched_accounts"],
+        "hash_chain_intact": ledger_report["chain_breaks"],
+        "posting_sequence_gapless": ledger_report["sequence_gaps"],
+        "payment_chain_intact": ledger_report["payment_chain_breaks"],
+        "lots_match_balances": ledger_report["lots_mismatched"],
+        "liability_identity_per_wallet": ledger_report["wallets_broken"],
+        "liability_identity_per_campaign": [
+            {"campaign_id": c, **v} for c, v in ledger_report["campaigns"].items() if not v["identity_holds"]],
+        "budget_meters_match": [
+            {"campaign_id": c, **v} for c, v in ledger_report["campaigns"].items() if not v["meter_matches"]],
+    }
+    for name, rows in details.items():
+        checks[name]["rows"] = rows
+    checks["budget_never_exceeded"] = {"pass": not budgets, "rows": budgets}
+    checks["signed_chain_heads_valid"] = {"pass": not heads, "rows": heads}
+    checks["statements_match_ledger"] = {"pass": not statements, "rows": statements}
+    checks["closeouts_match_ledger"] = {"pass": not closeouts, "rows": closeouts}
+    checks["rerate_matches_ledger"] = {"pass": rerated["ok"], "rows": rerated["mismatches"],
+                                       "checked": rerated["checked"]}
+    return {"ok": all(c["pass"] for c in checks.values()), "as_of": format_instant(now_us()),
+            "postings": ledger_report["postings"], "checks": checks}

@@ -1,0 +1,263 @@
+"""Settlement runs (SPEC §7): aggregate a closed period, post fees, merchant funding and
+payouts, and keep the signed statement, its CSV and the Zengin payout file.
+
+A run takes the sequencer lock, so no posting can land in the period while
+it is read: every group stamps its postings with the instant it took the
+lock, and a period is settled only once that instant has passed its end.
+A run is idempotent per period (a second request returns the first run) and
+a settled period never changes: its lines, statement and files are stored.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import secrets
+from collections import defaultdict
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.orm import Session
+
+from engine import keyring, ledger_rules as rules
+from engine.crediting import add_business_days
+from engine.errors import EngineError
+from engine.settlement import signing, statement, zengin
+from engine.store.config import Config
+from engine.store.ledger import Ledger, _GroupWriter
+from engine.store.models import MerchantRow, PostingRow, SettlementLineRow, SettlementRunRow
+from engine.timeutil import TOKYO, format_instant, from_us, now_us
+
+SALE_REASONS = {
+    rules.COIN_SALE: "coin_sales",
+    rules.COIN_REFUND: "coin_refunds",
+    rules.REDEMPTION: "points_redeemed",
+    rules.POINTS_RETURN: "points_returned",
+}
+
+
+def _payable_merchant(account_id: str) -> str | None:
+    parts = account_id.split(":")
+    return parts[1] if len(parts) == 3 and parts[0] == "merchant" and parts[2] == "payable" else None
+
+
+def aggregate(session: Session, start_us: int, end_us: int, merchants: dict,
+              funded_by: dict[str, str]) -> tuple[list, dict[str, dict[str, int]]]:
+    """Each merchant's activity in [start, end) and payable balance at `end`, from the postings,
+    and the net points each merchant-funded campaign issued in the period, by merchant."""
+    values: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    funded: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    payable = PostingRow.credit_account_id.like("merchant:%:payable")
+    for account, total in session.execute(
+        select(PostingRow.credit_account_id, func.sum(PostingRow.amount))
+        .where(PostingRow.posted_at_us < end_us, payable).group_by(PostingRow.credit_account_id)
+    ):
+        values[_payable_merchant(account)]["payable_balance_at_end"] += int(total)
+    for account, total in session.execute(
+        select(PostingRow.debit_account_id, func.sum(PostingRow.amount))
+        .where(PostingRow.posted_at_us < end_us, PostingRow.debit_account_id.like("merchant:%:payable"))
+        .group_by(PostingRow.debit_account_id)
+    ):
+        values[_payable_merchant(account)]["payable_balance_at_end"] -= int(total)
+    in_period = and_(PostingRow.posted_at_us >= start_us, PostingRow.posted_at_us < end_us)
+    for reason, debit, credit, total in session.execute(
+        select(PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id, func.sum(PostingRow.amount))
+        .where(in_period, PostingRow.reason.in_(list(SALE_REASONS)))
+        .group_by(PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id)
+    ):
+        merchant_id = _payable_merchant(credit) or _payable_merchant(debit)
+        values[merchant_id][SALE_REASONS[reason]] += int(total)
+    if funded_by:
+        for campaign_id, reason, total in session.execute(
+            select(PostingRow.campaign_id, PostingRow.reason, func.sum(PostingRow.amount))
+            .where(in_period, PostingRow.campaign_id.in_(list(funded_by)),
+                   PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]))
+            .group_by(PostingRow.campaign_id, PostingRow.reason)
+        ):
+            sign = -1 if reason == rules.CLAWBACK else 1
+            values[funded_by[campaign_id]]["merchant_funded_points"] += sign * int(total)
+            funded[funded_by[campaign_id]][campaign_id] += sign * int(total)
+    activities = [
+        statement.MerchantActivity(merchant_id=m, fee_bp=merchants.get(m, {}).get("fee_bp", 0), **v)
+        for m, v in sorted(values.items())
+    ]
+    return activities, funded
+
+
+def _funded_by(ledger: Ledger, session: Session, head) -> dict[str, str]:
+    _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+    return {c.id: c.funding_source.split(":", 1)[1] for c in campaigns.values()
+            if c.funding_source.startswith("merchant:")}
+
+
+def run(ledger: Ledger, config: Config, settings, period_name: str) -> tuple[bool, dict]:
+    """Settle a period; returns (created, run view). Idempotent per period."""
+    try:
+        period = statement.parse_period(period_name)
+    except ValueError as exc:
+        raise EngineError(422, "invalid_request", str(exc)) from None
+    with Session(ledger.engine) as session, session.begin():
+        head = ledger._lock_head(session)
+        existing = session.execute(
+            select(SettlementRunRow).where(SettlementRunRow.period_start_us == period.start_us)
+        ).scalar_one_or_none()
+        if existing is not None:
+            if existing.period_end_us != period.end_us:
+                raise EngineError(409, "period_overlaps", f"settled already as part of run {existing.id}")
+            return False, view(session, existing)
+        overlapping = session.execute(
+            select(SettlementRunRow.id).where(SettlementRunRow.period_start_us < period.end_us,
+                                              SettlementRunRow.period_end_us > period.start_us)
+        ).first()
+        if overlapping:
+            raise EngineError(409, "period_overlaps", f"overlaps settled run {overlapping[0]}")
+        now = now_us()
+        if now < period.end_us:
+            raise EngineError(422, "period_open", f"{period.name} ends at {format_instant(period.end_us)}")
+        merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
+        activities, funded = aggregate(session, period.start_us, period.end_us, merchants,
+                                       _funded_by(ledger, session, head))
+        run_id = "st_" + secrets.token_hex(12)
+        writer = _GroupWriter(session, head, now, {}, {})
+        lines, transfers = [], []
+        for activity in activities:
+            line = statement.line_for(activity)
+            m = line.merchant_id
+            if line.fee:
+                writer.post(rules.Posting(rules.SETTLEMENT_FEE, rules.payable_account(m), rules.WARD_FEES, line.fee,
+                                          run_id))
+            # The merchant pays for the points its own campaigns issued (net of clawbacks).
+            for campaign_id, points in sorted(funded.get(m, {}).items()):
+                if points > 0:
+                    writer.post(rules.Posting(rules.MERCHANT_FUNDING, rules.payable_account(m),
+                                              rules.funding_account(campaign_id), points, run_id, campaign_id))
+                elif points < 0:
+                    writer.post(rules.Posting(rules.MERCHANT_FUNDING, rules.funding_account(campaign_id),
+                                              rules.payable_account(m), -points, run_id, campaign_id))
+            status = "nothing_due"
+            if line.net_payout > 0:
+                account = config.bank_account(m)
+                if account is None:
+                    status = "failed"  # nothing can be sent; the amount stays payable and carries over
+                else:
+                    status = "pending"
+                    writer.post(rules.Posting(rules.PAYOUT, rules.payable_account(m), rules.payout_account(m),
+                                              line.net_payout, run_id))
+                    transfers.append(zengin.transfer_from_account(account, line.net_payout,
+                                                                  customer_code_1=_customer_code(m)))
+            lines.append({**line.as_dict(), "name": merchants.get(m, {}).get("name", ""), "payout_status": status})
+        writer.flush()
+        document = {
+            "run_id": run_id,
+            "period": {"name": period.name, "kind": period.kind, "start": period.start.isoformat(),
+                       "end": period.end.isoformat()},
+            "generated_at": format_instant(now),
+            "currency": "JPY",
+            "ledger": {"last_posting_sequence": head.last_posting_sequence, "last_hash": head.last_hash},
+            "lines": lines,
+            "totals": {k: sum(line[k] for line in lines) for k in (
+                "coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points", "fee",
+                "net_payout")},
+        }
+        signed = signing.sign_document(keyring.signing_key(settings), document)
+        zengin_file = _zengin(settings, transfers, now) if transfers else b""
+        row = SettlementRunRow(id=run_id, period_start_us=period.start_us, period_end_us=period.end_us,
+                               period_kind=period.kind, created_at_us=now,
+                               last_posting_sequence=head.last_posting_sequence,
+                               statement_json=json.dumps(signed, ensure_ascii=False),
+                               csv_text=statement.to_csv(lines), zengin_file=zengin_file)
+        session.add(row)
+        session.flush()
+        for line in lines:
+            session.add(SettlementLineRow(run_id=run_id, **{k: line[k] for k in (
+                "merchant_id", "coin_sales", "coin_refunds", "points_redeemed", "points_returned",
+                "merchant_funded_points", "fee", "carried_in", "net_payout", "payout_status")}))
+        session.flush()
+        return True, view(session, row)
+
+
+def _customer_code(merchant_id: str) -> str:
+    digits = "".join(ch for ch in merchant_id if ch.isdigit())[-10:]
+    return digits
+
+
+def _zengin(settings, transfers: list, now: int) -> bytes:
+    transfer_day = add_business_days(from_us(now).astimezone(TOKYO).date() + dt.timedelta(days=1), 0)
+    header = zengin.Header(
+        requester_code=settings.payout_requester_code,
+        requester_name=settings.payout_requester_name,
+        transfer_mmdd=zengin.mmdd(transfer_day),
+        bank_code=settings.payout_bank_code,
+        branch_code=settings.payout_branch_code,
+        account_type="ordinary",
+        account_number=settings.payout_account_number,
+    )
+    return zengin.write(header, transfers)
+
+
+def view(session: Session, row: SettlementRunRow) -> dict:
+    lines = session.execute(
+        select(SettlementLineRow).where(SettlementLineRow.run_id == row.id).order_by(SettlementLineRow.merchant_id)
+    ).scalars()
+    return {
+        "id": row.id,
+        "period": {"kind": row.period_kind, "start": format_instant(row.period_start_us),
+                   "end": format_instant(row.period_end_us)},
+        "created_at": format_instant(row.created_at_us),
+        "statement": json.loads(row.statement_json),
+        "payouts": [{"merchant_id": line.merchant_id, "net_payout": line.net_payout,
+                     "payout_status": line.payout_status} for line in lines],
+        "zengin_bytes": len(row.zengin_file),
+    }
+
+
+def get(ledger: Ledger, run_id: str) -> SettlementRunRow:
+    with Session(ledger.engine) as session:
+        row = session.get(SettlementRunRow, run_id)
+        if row is None:
+            raise EngineError(404, "not_found", f"settlement run {run_id} is not known")
+        session.expunge(row)
+        return row
+
+
+def get_view(ledger: Ledger, run_id: str) -> dict:
+    with Session(ledger.engine) as session:
+        row = session.get(SettlementRunRow, run_id)
+        if row is None:
+            raise EngineError(404, "not_found", f"settlement run {run_id} is not known")
+        return view(session, row)
+
+
+def import_payout_results(ledger: Ledger, run_id: str, results: list[dict]) -> dict:
+    """The bank's answer per merchant: paid payouts close, failed ones return to payable
+    and so are carried into the next period. Re-importing the same answer changes nothing."""
+    with Session(ledger.engine) as session, session.begin():
+        head = ledger._lock_head(session)
+        if session.get(SettlementRunRow, run_id) is None:
+            raise EngineError(404, "not_found", f"settlement run {run_id} is not known")
+        lines = {line.merchant_id: line for line in session.execute(
+            select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)).scalars()}
+        writer = _GroupWriter(session, head, now_us(), {}, {})
+        applied = unchanged = 0
+        for result in results:
+            line = lines.get(result["merchant_id"])
+            if line is None:
+                raise EngineError(422, "invalid_request", f"merchant {result['merchant_id']} has no line in {run_id}")
+            if line.payout_status == result["status"]:
+                unchanged += 1
+                continue
+            if line.payout_status != "pending":
+                raise EngineError(409, "payout_already_settled",
+                                  f"{line.merchant_id} is {line.payout_status}, not {result['status']}")
+            m = line.merchant_id
+            if result["status"] == "paid":
+                writer.post(rules.Posting(rules.PAYOUT_PAID, rules.payout_account(m), rules.BANK_PAYOUTS,
+                                          line.net_payout, run_id))
+            else:
+                writer.post(rules.Posting(rules.PAYOUT_FAILED, rules.payout_account(m), rules.payable_account(m),
+                                          line.net_payout, run_id))
+            line.payout_status = result["status"]
+            applied += 1
+        writer.flush()
+        return {"run_id": run_id, "applied": applied, "unchanged": unchanged,
+                "payouts": [{"merchant_id": m, "payout_status": line.payout_status} for m, line in sorted(lines.items())]}
+
