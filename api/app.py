@@ -29,12 +29,13 @@ from engine import limits
 from engine.errors import EngineError, problem
 from engine.model import Campaign, Merchant, Transaction
 from engine.settings import Settings
+from engine.clock import SystemClock
 from engine.store import lifecycle, queries
 from engine.store.config import Config, Principal
 from engine.store.db import make_engine, upgrade
 from engine.store.group_commit import GroupCommitter
 from engine.store.ledger import Ledger, Result, Submission
-from engine.timeutil import now_us, to_us
+from engine.timeutil import to_us
 
 PROBLEM_JSON = "application/problem+json"
 _transaction = TypeAdapter(Transaction)
@@ -53,13 +54,14 @@ def _json_safe(errors: list[dict]) -> list[dict]:
 
 
 
-def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAPI:
+def create_app(settings: Settings | None = None, migrate: bool = True, clock=None) -> FastAPI:
     settings = settings or Settings()
     if migrate:
         upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
-    ledger = Ledger(engine)
-    config = Config(engine, settings)
+    clock = clock or SystemClock(settings.clock_offset_s)
+    ledger = Ledger(engine, clock)
+    config = Config(engine, settings, clock)
     committer = GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max)
     in_flight: set[tuple[str, str]] = set()
     in_flight_lock = threading.Lock()
@@ -154,7 +156,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True) -> FastAP
     # -- transactions ------------------------------------------------------
 
     def _check_instant(occurred_at: dt.datetime) -> None:
-        at, now = to_us(occurred_at), now_us()
+        at, now = to_us(occurred_at), clock.now_us()
         if at > now + settings.occurred_at_max_future_s * 1_000_000 or \
                 at < now - settings.occurred_at_max_past_days * 86_400_000_000:
             raise EngineError(422, "occurred_at_out_of_range",
@@ -420,8 +422,8 @@ def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float) -> None:
         while True:
             time.sleep(interval_s)
             try:
-                lifecycle.credit_due(ledger, now_us())
-                lifecycle.expire_due(ledger, now_us())
+                lifecycle.credit_due(ledger, ledger.clock.now_us())
+                lifecycle.expire_due(ledger, ledger.clock.now_us())
             except Exception:  # keep the scheduler alive; the next tick retries
                 logging.getLogger(__name__).exception("lifecycle run failed")
 

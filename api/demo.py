@@ -18,11 +18,13 @@ from pathlib import Path
 from typing import Callable
 
 import datetime as dt
+import json
 
 from engine import demo as ward_demo
-from engine.model import Credit
+from engine.clock import ManualClock
+from engine.model import BankAccount, Credit
 from engine.store import lifecycle
-from engine.timeutil import to_us
+from engine.timeutil import TOKYO, to_us
 from engine.settings import Settings
 from engine.store import queries
 
@@ -39,7 +41,8 @@ def _fresh_sqlite(path: Path) -> str:
 
 
 def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database_url: str | None = None,
-                    progress: Callable[[int], Callable[[int], None]] | None = None) -> dict:
+                    progress: Callable[[int], Callable[[int], None]] | None = None,
+                    out_dir: str | None = None) -> dict:
     import warnings
 
     with warnings.catch_warnings():
@@ -50,11 +53,15 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
     from api.app import create_app
 
     url = database_url or _fresh_sqlite(Path.cwd() / DEMO_DATABASE)
-    settings = Settings(database_url=url, occurred_at_max_future_s=10**9, occurred_at_max_past_days=100_000,
-                        group_commit_wait_ms=0)
-    app = create_app(settings)
-    config = app.state.config
+    settings = Settings(database_url=url, group_commit_wait_ms=0)
     members, camps = ward_demo.ward(seed)
+    # The day runs on its own clock: configuration the evening before, each
+    # transaction a few seconds after it happened, runs on their due dates.
+    day_start = dt.datetime.combine(ward_demo.DEMO_DATE, dt.time(), TOKYO)
+    clock = ManualClock(to_us(day_start - dt.timedelta(days=1)))
+    app = create_app(settings, clock=clock)
+    config = app.state.config
+    members = [m.model_copy(update={"bank_account": _bank_account(i)}) for i, m in enumerate(members)]
     # The ward credits its main point-back three times a month, five business
     # days after each dekad closes; the bonuses stay immediate.
     camps = [c.model_copy(update={"credit": Credit(schedule="dekad", delay_business_days=5)})
@@ -79,6 +86,7 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
         sample_wallet = None
         counts_by_merchant: collections.Counter = collections.Counter()
         for n, (key, event) in enumerate(events):
+            clock.set(to_us(event.occurred_at) + 3_000_000)
             body = event.model_dump(mode="json", exclude_none=True)
             if event.type == "purchase":
                 terminal_id = event.terminal_id
@@ -118,14 +126,39 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
         wallet_before = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json()
         # The crediting run of the day's dekad: every pending point-back becomes available.
         due = [p["credit_at"] for p in wallet_before["pending_by_credit_date"]]
-        credit_run = lifecycle.credit_due(app.state.ledger, to_us(dt.datetime.fromisoformat(max(due)))) if due else None
+        credit_run = None
+        if due:
+            clock.set(to_us(dt.datetime.fromisoformat(max(due))))
+            credit_run = lifecycle.credit_due(app.state.ledger, to_us(dt.datetime.fromisoformat(max(due))))
         wallet_after = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json()
         busiest = max(members, key=lambda m: counts_by_merchant[m.id]).id if counts_by_merchant else members[0].id
         rewards = client.get(f"/v1/merchants/{busiest}/rewards", headers=finance).json()
+
+        # Month end: settle December, write the payout file, sign the chain heads, reconcile.
+        period = ward_demo.DEMO_DATE.strftime("%Y-%m")
+        clock.set(to_us(dt.datetime(ward_demo.DEMO_DATE.year + (ward_demo.DEMO_DATE.month == 12),
+                                    ward_demo.DEMO_DATE.month % 12 + 1, 2, 9, tzinfo=TOKYO)))
+        run = client.post("/v1/settlement-runs", json={"period": period}, headers=finance).json()
+        out_dir = Path(out_dir or Path.cwd() / "setapay-demo-out")
+        out_dir.mkdir(exist_ok=True)
+        zengin_path = out_dir / f"payout-{period}.zengin.txt"
+        zengin_path.write_bytes(client.get(f"/v1/settlement-runs/{run['id']}/zengin", headers=finance).content)
+        (out_dir / f"statement-{period}.json").write_text(json.dumps(run["statement"], ensure_ascii=False, indent=1))
+        (out_dir / f"statement-{period}.csv").write_text(
+            client.get(f"/v1/settlement-runs/{run['id']}/statement.csv", headers=finance).text)
+        client.post("/v1/chain-heads", headers=finance)
+        reconciliation = client.get("/v1/reconciliation", headers=finance).json()
     check = queries.ledger_check(app.state.engine)
     app.state.engine.dispose()
     return {"database_url": url, "counts": dict(counts), "check": check, "sample_wallet": wallet_before,
-            "sample_wallet_after_credit": wallet_after, "credit_run": credit_run, "merchant_rewards": rewards}
+            "sample_wallet_after_credit": wallet_after, "credit_run": credit_run, "merchant_rewards": rewards,
+            "settlement": run, "zengin_path": str(zengin_path), "reconciliation": reconciliation}
+
+
+def _bank_account(i: int) -> BankAccount:
+    """A plausible payout account per demo merchant (made-up numbers)."""
+    return BankAccount(bank_code="0159", branch_code=f"{100 + i % 50:03d}", account_type="ordinary",
+                       account_number=f"{1_000_000 + i * 7919 % 8_999_999:07d}", holder_kana=f"ｾﾀｶﾞﾔｼｮｳﾃﾝ{i:04d}")
 
 
 def _ok(response) -> None:
@@ -162,6 +195,18 @@ def print_ledger_summary(summary: dict, console=None) -> None:
     if summary["credit_run"]:
         run = summary["credit_run"]
         console.print(f"\ncrediting run as of {run['as_of']}: {run['awards_credited']:,} awards, {run['points']:,} pt")
+    run = summary["settlement"]
+    totals = run["statement"]["document"]["totals"]
+    paid = [p for p in run["payouts"] if p["payout_status"] == "pending"]
+    console.print(f"\n[bold]Settlement {run['statement']['document']['period']['name']}[/bold] ({run['id']}): "
+                  f"coin sales ¥{totals['coin_sales']:,}, points redeemed {totals['points_redeemed']:,}, "
+                  f"net payouts ¥{totals['net_payout']:,} to {len(paid)} merchants; statement signed "
+                  f"(key {run['statement']['signature']['key_id']})")
+    console.print(f"  Zengin payout file: {summary['zengin_path']}")
+    rec = summary["reconciliation"]
+    console.print(f"\n[bold]Reconciliation[/bold]: {'PASS' if rec['ok'] else 'FAIL'}")
+    for name, c in rec["checks"].items():
+        console.print(f"  {'✓' if c['pass'] else '✗'} {name.replace('_', ' ')}")
     r = summary["merchant_rewards"]
     console.print(f"\n[bold]Merchant {r['merchant_id']}[/bold]: {r['transactions']:,} transactions, coin sales "
                   f"¥{r['coin_sales']:,}, points redeemed {r['points_redeemed']:,}")

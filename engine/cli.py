@@ -69,7 +69,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         ledger_summary = run_ledger_demo(args.ledger_transactions, args.seed, progress=posting)
     print_ledger_summary(ledger_summary)
-    return 0 if ledger_summary["check"]["ok"] else 1
+    return 0 if ledger_summary["check"]["ok"] and ledger_summary["reconciliation"]["ok"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:

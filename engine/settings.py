@@ -24,6 +24,8 @@ class Settings(BaseSettings):
     group_commit_size_max: int = Field(default=1000, ge=1, le=limits.BATCH_TRANSACTIONS_MAX)
     # In-process scheduler of crediting and expiry runs; 0 leaves them to `setapay credit|expire`.
     lifecycle_interval_s: float = Field(default=0, ge=0)
+    # Shifts the engine's clock; for demos and end-to-end tests, never for the ward.
+    clock_offset_s: int = 0
     idempotency_retention_days: int = Field(default=30, ge=30)
     # 32 bytes, base64; seals merchant bank details (AES-GCM). Never stored in the database.
     data_key_b64: str | None = None

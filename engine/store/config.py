@@ -18,10 +18,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from engine import sealing
+from engine.clock import SystemClock
 from engine.errors import EngineError
 from engine.model import Campaign, Merchant
 from engine.store.models import ApiKeyRow, CampaignRow, CampaignVersionRow, LedgerHead, MerchantRow, TerminalRow
-from engine.timeutil import now_us, to_us
+from engine.timeutil import to_us
 
 ROLES = ("admin", "finance", "merchant", "terminal")
 
@@ -47,9 +48,10 @@ def _dump(record) -> str:
 
 
 class Config:
-    def __init__(self, engine: Engine, settings=None) -> None:
+    def __init__(self, engine: Engine, settings=None, clock=None) -> None:
         self.engine = engine
         self.settings = settings
+        self.clock = clock or SystemClock()
         self._principals: dict[str, Principal] = {}
 
     # -- bank details: sealed at rest, never in record_json ----------------
@@ -65,13 +67,19 @@ class Config:
             row.bank_account_sealed = sealing.seal_bank_account(self._data_key(), merchant.id, merchant.bank_account)
         row.record_json = merchant.model_copy(update={"bank_account": None}).model_dump_json()
 
-    def bank_account(self, merchant_id: str):
-        """The merchant's payout account, opened from its sealed form (None when not on file)."""
-        with Session(self.engine) as session:
-            row = session.get(MerchantRow, merchant_id)
-            if row is None or row.bank_account_sealed is None:
-                return None
-            return sealing.open_bank_account(self._data_key(), merchant_id, row.bank_account_sealed)
+    def bank_account(self, merchant_id: str, session: Session | None = None):
+        """The merchant's payout account, opened from its sealed form (None when not on file).
+
+        Pass the caller's session when it holds the write lock: on SQLite a second
+        session would wait for that lock forever.
+        """
+        if session is None:
+            with Session(self.engine) as own:
+                return self.bank_account(merchant_id, own)
+        row = session.get(MerchantRow, merchant_id)
+        if row is None or row.bank_account_sealed is None:
+            return None
+        return sealing.open_bank_account(self._data_key(), merchant_id, row.bank_account_sealed)
 
     @staticmethod
     def public_record(row: MerchantRow) -> dict:
@@ -87,7 +95,7 @@ class Config:
             _bump(session)
             if session.get(MerchantRow, merchant.id) is not None:
                 raise EngineError(409, "already_exists", f"merchant {merchant.id} exists")
-            now = now_us()
+            now = self.clock.now_us()
             row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now)
             self._store_record(row, merchant)
             session.add(row)
@@ -104,7 +112,7 @@ class Config:
                 raise EngineError(422, "invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
             self._store_record(row, merchant)
-            row.updated_at_us = now_us()
+            row.updated_at_us = self.clock.now_us()
             return self.public_record(row)
 
     def get_merchant(self, merchant_id: str) -> dict:
@@ -127,7 +135,7 @@ class Config:
             _bump(session)
             if session.get(CampaignRow, campaign.id) is not None:
                 raise EngineError(409, "already_exists", f"campaign {campaign.id} exists")
-            now = now_us()
+            now = self.clock.now_us()
             session.add(CampaignRow(id=campaign.id, current_version=1, issued_net=0, created_at_us=now))
             session.flush()
             session.add(CampaignVersionRow(campaign_id=campaign.id, version=1, record_json=_dump(campaign),
@@ -149,7 +157,7 @@ class Config:
             updated = Campaign.model_validate(
                 {**json.loads(current_row.record_json), **patch, "version": row.current_version + 1}
             )
-            now = now_us()
+            now = self.clock.now_us()
             if to_us(current.starts_at) <= now:
                 if to_us(updated.starts_at) != to_us(current.starts_at):
                     raise EngineError(422, "campaign_started", "starts_at of a started campaign cannot change")
@@ -191,7 +199,7 @@ class Config:
                 raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
             if session.get(TerminalRow, terminal_id) is not None:
                 raise EngineError(409, "already_exists", f"terminal {terminal_id} exists")
-            session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=now_us()))
+            session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=self.clock.now_us()))
         return {"id": terminal_id, "merchant_id": merchant_id}
 
     def get_terminal(self, terminal_id: str) -> dict:
@@ -241,7 +249,7 @@ class Config:
             key_id = secrets.token_hex(8)
             secret = f"sp_{role}_{key_id}_{secrets.token_urlsafe(32)}"
             session.add(ApiKeyRow(id=key_id, key_hash=hash_key(secret), role=role, merchant_id=merchant_id,
-                                  terminal_id=terminal_id, created_at_us=now_us()))
+                                  terminal_id=terminal_id, created_at_us=self.clock.now_us()))
         return secret
 
     def authenticate(self, secret: str) -> Principal | None:

@@ -24,7 +24,7 @@ from engine.store.models import (
     SettlementLineRow,
     SettlementRunRow,
 )
-from engine.timeutil import TOKYO, format_instant, from_us, now_us, to_us
+from engine.timeutil import TOKYO, format_instant, from_us, to_us
 
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
@@ -35,7 +35,7 @@ DAY_US = 24 * HOUR_US
 
 def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict:
     """Budget, issued, clawed back, net, remaining, recent burn and the forecast exhaustion instant."""
-    now = now or now_us()
+    now = now or ledger.clock.now_us()
     with Session(ledger.engine) as session:
         head = ledger._lock_head_readonly(session)
         _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
@@ -116,9 +116,9 @@ def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, t
         row = session.get(CloseoutRow, (terminal_id, business_date))
         if row is None:
             session.add(CloseoutRow(terminal_id=terminal_id, business_date=business_date, count=count, total=total,
-                                    submitted_at_us=now_us()))
+                                    submitted_at_us=ledger.clock.now_us()))
         else:  # a corrected count replaces the earlier one; the comparison is always against the ledger
-            row.count, row.total, row.submitted_at_us = count, total, now_us()
+            row.count, row.total, row.submitted_at_us = count, total, ledger.clock.now_us()
         held = ledger_day(session, terminal_id, business_date)
     matches = held["count"] == count and held["total"] == total
     report = {"terminal_id": terminal_id, "business_date": business_date,
@@ -134,7 +134,7 @@ def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, t
 
 def sign_chain_heads(ledger: Ledger, settings, as_of: int | None = None) -> list[str]:
     """Sign the posting chain head at the end of every finished business day not yet signed."""
-    as_of = as_of or now_us()
+    as_of = as_of or ledger.clock.now_us()
     today = from_us(as_of).astimezone(TOKYO).date()
     key = keyring.signing_key(settings)
     signed_days = []
@@ -260,5 +260,5 @@ def reconcile(ledger: Ledger, settings, progress=None) -> dict:
     checks["closeouts_match_ledger"] = {"pass": not closeouts, "rows": closeouts}
     checks["rerate_matches_ledger"] = {"pass": rerated["ok"], "rows": rerated["mismatches"],
                                        "checked": rerated["checked"]}
-    return {"ok": all(c["pass"] for c in checks.values()), "as_of": format_instant(now_us()),
+    return {"ok": all(c["pass"] for c in checks.values()), "as_of": format_instant(ledger.clock.now_us()),
             "postings": ledger_report["postings"], "checks": checks}

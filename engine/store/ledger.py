@@ -44,7 +44,8 @@ from engine.store.models import (
     TerminalRow,
     WalletWindowUsageRow,
 )
-from engine.timeutil import format_instant, now_us, to_us
+from engine.clock import SystemClock
+from engine.timeutil import format_instant, to_us
 
 DECLINE_STATUS = {
     "unknown_merchant": 422,
@@ -78,8 +79,9 @@ class Result:
 class Ledger:
     """Storage-backed engine operations; one instance per process."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, clock=None) -> None:
         self.engine = engine
+        self.clock = clock or SystemClock()
         self._catalog: tuple | None = None
 
     # -- the sequencer -----------------------------------------------------
@@ -176,7 +178,7 @@ class Ledger:
                 payment_ids[i] = "tx_" + secrets.token_hex(12)
                 events.append((payment_ids[i], s.body))
 
-            accepted_at = now_us()
+            accepted_at = self.clock.now_us()
             if events:
                 state, books = self._load_state(session, catalog, events, originals)
                 usage_before, spend_before = dict(state.usage), dict(state.spend)

@@ -27,7 +27,7 @@ from engine.store.models import (
     LifecycleRunRow,
     PointLotRow,
 )
-from engine.timeutil import format_instant, now_us
+from engine.timeutil import format_instant
 
 CHUNK_MAX = 2_000
 
@@ -35,7 +35,7 @@ CHUNK_MAX = 2_000
 def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
     """Post every pending award due by `as_of_us` from pending to available."""
     credited = points = 0
-    started = now_us()
+    started = ledger.clock.now_us()
     while True:
         with Session(ledger.engine) as session, session.begin():
             head = ledger._lock_head(session)
@@ -51,7 +51,7 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
                                             items=credited, points=points))
                 break
             books = load_books(session, {a.wallet_id for a in due})
-            writer = _GroupWriter(session, head, now_us(), campaigns, books)
+            writer = _GroupWriter(session, head, ledger.clock.now_us(), campaigns, books)
             for award in due:
                 amount = award.pending
                 writer.post(rules.Posting(rules.CREDIT, rules.pending_account(award.wallet_id, award.campaign_id),
@@ -69,7 +69,7 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
 def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
     """Post the remaining points of every lot expired by `as_of_us` out of its wallet."""
     expired_lots = points = 0
-    started = now_us()
+    started = ledger.clock.now_us()
     while True:
         with Session(ledger.engine) as session, session.begin():
             head = ledger._lock_head(session)
@@ -85,7 +85,7 @@ def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
                                             items=expired_lots, points=points))
                 break
             books = load_books(session, set(wallets))
-            writer = _GroupWriter(session, head, now_us(), {}, books)
+            writer = _GroupWriter(session, head, ledger.clock.now_us(), {}, books)
             for wallet_id in wallets:
                 for lot, amount in books[wallet_id].expire(as_of_us):
                     writer.post(rules.Posting(rules.EXPIRY, rules.available_account(wallet_id, lot.campaign_id),
@@ -113,7 +113,7 @@ def grant(ledger: Ledger, scope: str, idempotency_key: str, wallet_id: str, camp
         if meter is None:
             return Result(404, problem(404, "not_found", f"campaign {campaign_id} is not known"), remember=False)
         campaign = campaigns[campaign_id]
-        now = now_us()
+        now = ledger.clock.now_us()
         if campaign.budget is not None and meter.issued_net + points > campaign.budget:
             result = Result(422, problem(422, "budget_exceeded",
                                          f"{campaign.budget - meter.issued_net} points left in the budget"))

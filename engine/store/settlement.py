@@ -25,7 +25,7 @@ from engine.settlement import signing, statement, zengin
 from engine.store.config import Config
 from engine.store.ledger import Ledger, _GroupWriter
 from engine.store.models import MerchantRow, PostingRow, SettlementLineRow, SettlementRunRow
-from engine.timeutil import TOKYO, format_instant, from_us, now_us
+from engine.timeutil import TOKYO, format_instant, from_us
 
 SALE_REASONS = {
     rules.COIN_SALE: "coin_sales",
@@ -110,7 +110,7 @@ def run(ledger: Ledger, config: Config, settings, period_name: str) -> tuple[boo
         ).first()
         if overlapping:
             raise EngineError(409, "period_overlaps", f"overlaps settled run {overlapping[0]}")
-        now = now_us()
+        now = ledger.clock.now_us()
         if now < period.end_us:
             raise EngineError(422, "period_open", f"{period.name} ends at {format_instant(period.end_us)}")
         merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
@@ -135,7 +135,7 @@ def run(ledger: Ledger, config: Config, settings, period_name: str) -> tuple[boo
                                               rules.payable_account(m), -points, run_id, campaign_id))
             status = "nothing_due"
             if line.net_payout > 0:
-                account = config.bank_account(m)
+                account = config.bank_account(m, session)
                 if account is None:
                     status = "failed"  # nothing can be sent; the amount stays payable and carries over
                 else:
@@ -176,8 +176,9 @@ def run(ledger: Ledger, config: Config, settings, period_name: str) -> tuple[boo
 
 
 def _customer_code(merchant_id: str) -> str:
+    # 顧客コード1 is ten digits: the merchant id's digits, zero-filled, as the ward's own reference.
     digits = "".join(ch for ch in merchant_id if ch.isdigit())[-10:]
-    return digits
+    return digits.zfill(10) if digits else ""
 
 
 def _zengin(settings, transfers: list, now: int) -> bytes:
@@ -236,7 +237,7 @@ def import_payout_results(ledger: Ledger, run_id: str, results: list[dict]) -> d
             raise EngineError(404, "not_found", f"settlement run {run_id} is not known")
         lines = {line.merchant_id: line for line in session.execute(
             select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)).scalars()}
-        writer = _GroupWriter(session, head, now_us(), {}, {})
+        writer = _GroupWriter(session, head, ledger.clock.now_us(), {}, {})
         applied = unchanged = 0
         for result in results:
             line = lines.get(result["merchant_id"])
