@@ -61,6 +61,9 @@ cdef struct Batch:
     const int32_t* m_cert_start
     const int64_t* cert_from
     const int64_t* cert_until
+    # Derived per batch [M*C]: the rate of each campaign for each merchant
+    # when static match keys decide it, else where to start (see _merchant_rates).
+    const int64_t* mc_rate
 
     # Transactions [N], items via x_item_start [N+1].
     const int8_t* x_kind
