@@ -76,6 +76,91 @@ def _cmd_lifecycle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finance_context():
+    from engine.store import db
+    from engine.store.config import Config
+    from engine.store.ledger import Ledger
+
+    settings = _settings()
+    db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    return settings, Ledger(engine), Config(engine, settings)
+
+
+def _cmd_settle(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from engine.errors import EngineError
+    from engine.store import settlement
+
+    settings, ledger, config = _finance_context()
+    try:
+        created, view = settlement.run(ledger, config, settings, args.period)
+    except EngineError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 2
+    row = settlement.get(ledger, view["id"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"statement-{args.period}.json").write_text(json.dumps(view["statement"], ensure_ascii=False, indent=1))
+    (out / f"statement-{args.period}.csv").write_text(row.csv_text)
+    if row.zengin_file:
+        (out / f"payout-{args.period}.zengin.txt").write_bytes(row.zengin_file)
+    print(json.dumps({"run_id": view["id"], "created": created, "out": str(out),
+                      "totals": view["statement"]["document"]["totals"]}, ensure_ascii=False))
+    return 0
+
+
+def _cmd_verify_statement(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from engine import keyring
+    from engine.settlement import signing
+
+    signed = json.loads(Path(args.file).read_text())
+    key = signing.load_public_key(args.public_key) if args.public_key else keyring.signing_key(_settings()).public_key()
+    ok = signing.verify_document(key, signed)
+    print("valid" if ok else "INVALID: the statement or its signature was altered, or another key signed it")
+    return 0 if ok else 1
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from sqlalchemy import func, select
+    from sqlalchemy.orm import Session
+
+    from engine.store import finance
+    from engine.store.models import PaymentRow
+
+    settings, ledger, _ = _finance_context()
+    with Session(ledger.engine) as session:
+        total = session.execute(select(func.count()).select_from(PaymentRow)).scalar_one()
+    with Progress(TextColumn("re-rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+        task = bar.add_task("re-rating", total=total)
+        report = finance.reconcile(ledger, settings, progress=lambda n: bar.advance(task, n))
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False, indent=1))
+    else:
+        for name, check in report["checks"].items():
+            print(f"{'PASS' if check['pass'] else 'FAIL'} {name}")
+            for row in (check.get("rows") or [])[:10]:
+                print(f"     {json.dumps(row, ensure_ascii=False)}")
+    return 0 if report["ok"] else 1
+
+
+def _cmd_sign_heads(args: argparse.Namespace) -> int:
+    from engine.store import finance
+
+    settings, ledger, _ = _finance_context()
+    for day in finance.sign_chain_heads(ledger, settings):
+        print(f"signed the chain head of {day}")
+    return 0
+
+
 def _redacted(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -101,6 +186,23 @@ def add_commands(sub) -> None:
         p = sub.add_parser(name, help=text)
         p.add_argument("--as-of", help="RFC 3339 instant with offset (default: now)")
         p.set_defaults(func=_cmd_lifecycle)
+
+    p = sub.add_parser("settle", help="settle a period (idempotent) and write statement, CSV and Zengin file")
+    p.add_argument("--period", required=True, help="2026-12 (monthly) or 2026-12-H1 / 2026-12-H2 (semi-monthly)")
+    p.add_argument("--out", default="settlement-out")
+    p.set_defaults(func=_cmd_settle)
+
+    p = sub.add_parser("verify-statement", help="check a signed settlement statement")
+    p.add_argument("file")
+    p.add_argument("--public-key", help="the ward's Ed25519 public key (base64 or PEM); default: from settings")
+    p.set_defaults(func=_cmd_verify_statement)
+
+    p = sub.add_parser("reconcile", help="every ledger and settlement invariant, with a full re-rate")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_reconcile)
+
+    p = sub.add_parser("sign-heads", help="sign the posting chain head of every finished business day")
+    p.set_defaults(func=_cmd_sign_heads)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
