@@ -16,6 +16,7 @@ line is `single_ratio=<f> batch_ratio=<f> single_p99_ms=<f>`.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import asyncio
 import json
 import os
@@ -27,6 +28,8 @@ import time
 from pathlib import Path
 
 import psycopg
+
+from engine.timeutil import TOKYO
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -157,7 +160,8 @@ def seed_ward(url: str, terminals: int) -> list[tuple[str, str, str]]:
 
     db.upgrade(url)
     config = Config(db.make_engine(url))
-    merchants, campaigns = ward(7)
+    # Campaigns of the current month, so every posted purchase is rated for real.
+    merchants, campaigns = ward(7, dt.datetime.now(TOKYO).date())
     for m in merchants:
         config.create_merchant(m)
     for c in campaigns:
