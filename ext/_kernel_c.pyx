@@ -23,7 +23,6 @@ encodes a fresh batch for each call.
 """
 
 from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
-from libc.string cimport memset
 
 import numpy as np
 
@@ -204,6 +203,24 @@ cdef inline int64_t _tier_rate(const Batch* b, Py_ssize_t c, Py_ssize_t m, int64
     return -1
 
 
+cdef inline void _clear_outputs(Batch* b, Py_ssize_t i) noexcept nogil:
+    """Zero the output row of transaction `i`, writing only cells that are not zero.
+
+    Outputs arrive zeroed from `encode`, and a clean cache line read costs
+    half the memory traffic of one written back, so check before writing.
+    """
+    cdef Py_ssize_t c
+    cdef int64_t* clawback = b.out_clawback + i * b.C
+    cdef int8_t* capped = b.out_capped + i * b.C
+    for c in range(b.C):
+        if clawback[c]:
+            clawback[c] = 0
+        if capped[c]:
+            capped[c] = 0
+    if b.out_returned[i]:
+        b.out_returned[i] = 0
+
+
 cdef int _purchase(Batch* b, Py_ssize_t i) except -1 nogil:
     cdef Py_ssize_t C = b.C
     cdef Py_ssize_t c, k, slot
@@ -222,12 +239,9 @@ cdef int _purchase(Batch* b, Py_ssize_t i) except -1 nogil:
     cdef int64_t* r_pending
     cdef const int32_t* r_slot
 
-    # The twin builds its outputs from zeros; every transaction writes its
+    # The twin builds its outputs from zeros; every transaction clears its
     # whole output row here, so stale values in the arrays never survive.
-    if C:
-        memset(b.out_clawback + i * C, 0, C * sizeof(int64_t))
-        memset(out_capped, 0, C * sizeof(int8_t))
-    b.out_returned[i] = 0
+    _clear_outputs(b, i)
     b.out_status[i] = STATUS_ACCEPTED_C
     if m < 0:
         b.out_status[i] = STATUS_UNKNOWN_MERCHANT_C
@@ -263,7 +277,14 @@ cdef int _purchase(Batch* b, Py_ssize_t i) except -1 nogil:
                     tagged += b.item_amount[k]
             if amount == 0:
                 return _raise_zero_division()
-            base = _floordiv(tagged * coin, amount)
+            # A 64-bit division costs tens of cycles; most purchases list no
+            # tagged item (or only tagged ones), where the quotient is known.
+            if tagged == 0:
+                base = 0
+            elif tagged == amount:
+                base = coin
+            else:
+                base = _floordiv(tagged * coin, amount)
         else:
             base = coin
         # 4. Below the minimum base (or nothing to earn on): no award.
@@ -314,10 +335,7 @@ cdef int _refund(Batch* b, Py_ssize_t i) except -1 nogil:
     cdef int64_t w
     cdef int64_t* out_clawback = b.out_clawback + i * C
 
-    if C:
-        memset(out_clawback, 0, C * sizeof(int64_t))
-        memset(b.out_capped + i * C, 0, C * sizeof(int8_t))
-    b.out_returned[i] = 0
+    _clear_outputs(b, i)
     b.out_status[i] = STATUS_ACCEPTED_C
     if row < 0 or not b.r_valid[row]:
         b.out_status[i] = STATUS_ORIGINAL_NOT_FOUND_C
