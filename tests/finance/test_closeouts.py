@@ -1,0 +1,86 @@
+"""Terminal closeouts (SPEC §6, §7): the end-of-day count and net total against the ledger's
+transactions of that terminal and Asia/Tokyo day."""
+
+from __future__ import annotations
+
+from tests.finance.support import Ward
+
+
+def _closeout(ward: Ward, terminal_id: str, day: str, count: int, total: int, headers=None, expect: int = 201):
+    r = ward.client.post(f"/v1/terminals/{terminal_id}/closeouts",
+                         json={"business_date": day, "count": count, "total": total},
+                         headers=headers if headers is not None else ward.terminal_keys[terminal_id])
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def _day(ward: Ward) -> list[dict]:
+    """TM001's 5 December (Tokyo), surrounded by what must not count in it."""
+    ward.merchant("M001", bank=1)
+    ward.terminal("TM001B", "M001")  # a second terminal of the same shop
+    ward.merchant("M002", bank=2)
+    ward.campaign("PB", 1000)
+    ward.purchase("M001", "W1", "2026-12-04T23:59:50", 999)  # the day before
+    day = [
+        ward.purchase("M001", "W1", "2026-12-05T00:00:00", 1_000),
+        ward.purchase("M001", "W1", "2026-12-05T12:00", 2_500, points_used=100),
+    ]
+    ward.purchase("M001", "W3", "2026-12-05T12:30", 7_000, terminal_id="TM001B")  # another terminal
+    ward.purchase("M002", "W3", "2026-12-05T13:00", 6_000)  # another shop
+    day.append(ward.refund(day[1], "2026-12-05T18:00", 500))
+    # Happened at 23:59:59 in Tokyo, reached the engine after midnight: still the 5th's.
+    day.append(ward.purchase("M001", "W1", "2026-12-05T23:59:59", 300, accepted="2026-12-06T00:00:20"))
+    ward.purchase("M001", "W1", "2026-12-06T00:00:01", 444)  # the day after
+    return day
+
+
+def test_a_matching_closeout(ward: Ward):
+    day = _day(ward)
+    total = 1_000 + 2_500 - 500 + 300
+    report = _closeout(ward, "TM001", "2026-12-05", len(day), total)
+    assert report["matches"] is True
+    assert report["ledger"] == {"count": 4, "total": total} and report["submitted"] == {"count": 4, "total": total}
+    assert "transactions" not in report
+    assert ward.reconcile()["checks"]["closeouts_match_ledger"] == {"pass": True, "rows": []}
+
+
+def test_a_mismatch_lists_the_ledgers_transactions_of_that_terminal_and_day(ward: Ward):
+    day = _day(ward)
+    total = 1_000 + 2_500 - 500 + 300
+    for count, submitted_total in ((3, total - 300), (4, total + 1), (5, total)):
+        report = _closeout(ward, "TM001", "2026-12-05", count, submitted_total)
+        assert report["matches"] is False
+        assert report["ledger"] == {"count": 4, "total": total}
+        assert report["submitted"] == {"count": count, "total": submitted_total}
+        assert [t["id"] for t in report["transactions"]] == [t["id"] for t in day]
+        assert [(t["type"], t["amount"]) for t in report["transactions"]] == [
+            ("purchase", 1_000), ("purchase", 2_500), ("refund", 500), ("purchase", 300)]
+    # The stored mismatch fails reconciliation, naming the terminal and the day.
+    check = ward.reconcile()["checks"]["closeouts_match_ledger"]
+    assert check["pass"] is False
+    assert [(r["terminal_id"], r["business_date"]) for r in check["rows"]] == [("TM001", "2026-12-05")]
+    # A corrected count replaces it.
+    assert _closeout(ward, "TM001", "2026-12-05", 4, total)["matches"] is True
+    assert ward.reconcile()["checks"]["closeouts_match_ledger"]["pass"] is True
+    # A day without transactions closes out at zero.
+    assert _closeout(ward, "TM001", "2026-12-07", 0, 0)["matches"] is True
+    empty = _closeout(ward, "TM001", "2026-12-08", 1, 100)
+    assert empty["matches"] is False and empty["transactions"] == [] and empty["ledger"] == {"count": 0, "total": 0}
+
+
+def test_only_the_terminals_own_key_closes_it_out(ward: Ward):
+    _day(ward)
+    for headers in (ward.terminal_keys["TM001B"], ward.terminal_keys["TM002"]):
+        problem = _closeout(ward, "TM001", "2026-12-05", 4, 3_300, headers=headers, expect=403)
+        assert problem["code"] == "forbidden"
+    for headers in (ward.finance, ward.admin):
+        _closeout(ward, "TM001", "2026-12-05", 4, 3_300, headers=headers, expect=403)
+    _closeout(ward, "TM001", "2026-12-05", 4, 3_300, headers={}, expect=401)
+    for bad in ({"business_date": "2026-13-01", "count": 1, "total": 1},
+                {"business_date": "2026-12-05", "count": -1, "total": 1},
+                {"business_date": "2026-12-05", "count": "4", "total": 1},
+                {"business_date": 20261205, "count": 4, "total": 1}):
+        r = ward.client.post("/v1/terminals/TM001/closeouts", json=bad, headers=ward.terminal_keys["TM001"])
+        assert r.status_code == 422, (bad, r.text)
+    # Nothing was stored by the refused requests.
+    assert ward.reconcile()["checks"]["closeouts_match_ledger"] == {"pass": True, "rows": []}

@@ -1,0 +1,115 @@
+"""Payout results (SPEC §7): paid payouts close, failed ones return to payable and are
+carried into the next period; a re-import changes nothing, a contradiction is 409."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.settlement import zengin
+from engine.store import queries
+from engine.store.models import AccountRow, PostingRow
+from tests.finance.support import Sale, Ward, expected_line, lines_by_merchant, pick, record
+
+
+def _balances(ward: Ward) -> dict[str, int]:
+    with Session(ward.engine) as s:
+        return {a.id: a.balance for a in s.execute(select(AccountRow)).scalars()}
+
+
+def _postings(ward: Ward) -> int:
+    with Session(ward.engine) as s:
+        return s.execute(select(func.count()).select_from(PostingRow)).scalar_one()
+
+
+def _results(ward: Ward, run_id: str, results: list[tuple[str, str]], expect: int = 200) -> dict:
+    r = ward.client.post(f"/v1/settlement-runs/{run_id}/payout-results", headers=ward.finance,
+                         json={"results": [{"merchant_id": m, "status": s} for m, s in results]})
+    assert r.status_code == expect, r.text
+    return r.json()
+
+
+def test_paid_close_failed_carry_over_and_reimport_changes_nothing(ward: Ward):
+    ward.merchant("M001", bank=1)
+    ward.merchant("M002", fee_bp=200, bank=2)
+    ward.merchant("M003")  # no bank account: nothing can be sent
+    dec: dict[str, Sale] = {}
+    record(dec, "M001", ward.purchase("M001", "W1", "2026-12-01T10:00", 5_000))
+    record(dec, "M002", ward.purchase("M002", "W1", "2026-12-02T10:00", 3_001))
+    record(dec, "M003", ward.purchase("M003", "W1", "2026-12-03T10:00", 700))
+    ward.at("2027-01-02T09:00")
+    december = ward.settle("2026-12")
+    owed = {m: line["net_payout"] for m, line in lines_by_merchant(december).items()}
+    assert owed == {"M001": 5_000, "M002": 3_001 - 60, "M003": 700}
+    assert {p["merchant_id"]: p["payout_status"] for p in december["payouts"]} == {
+        "M001": "pending", "M002": "pending", "M003": "failed"}
+    balances = _balances(ward)
+    assert balances["merchant:M001:payout"] == 5_000 and balances["merchant:M001:payable"] == 0
+    assert balances["merchant:M002:payout"] == owed["M002"] and balances["merchant:M002:payable"] == 0
+    assert balances["merchant:M003:payable"] == 700
+
+    ward.at("2027-01-06T15:00")
+    answer = _results(ward, december["id"], [("M001", "paid"), ("M002", "failed")])
+    assert (answer["applied"], answer["unchanged"]) == (2, 0)
+    assert {p["merchant_id"]: p["payout_status"] for p in answer["payouts"]} == {
+        "M001": "paid", "M002": "failed", "M003": "failed"}
+    balances = _balances(ward)
+    assert balances["merchant:M001:payout"] == 0 and balances["merchant:M001:payable"] == 0
+    assert balances["bank:payouts"] == 5_000
+    # The failed payout is owed again: back in the payable account, out of the payout account.
+    assert balances["merchant:M002:payout"] == 0 and balances["merchant:M002:payable"] == owed["M002"]
+    view = ward.get(f"/v1/settlement-runs/{december['id']}").json()
+    assert {p["merchant_id"]: p["payout_status"] for p in view["payouts"]} == {
+        "M001": "paid", "M002": "failed", "M003": "failed"}
+
+    # The bank sends the same file again: nothing changes.
+    postings, before = _postings(ward), _balances(ward)
+    again = _results(ward, december["id"], [("M001", "paid"), ("M002", "failed"), ("M003", "failed")])
+    assert (again["applied"], again["unchanged"]) == (0, 3)
+    assert (_postings(ward), _balances(ward)) == (postings, before)
+    # A contradicting answer is refused and changes nothing either.
+    for merchant, status in (("M001", "failed"), ("M002", "paid"), ("M003", "paid")):
+        problem = _results(ward, december["id"], [(merchant, status)], expect=409)
+        assert problem["code"] == "payout_already_settled", problem
+    mixed = _results(ward, december["id"], [("M002", "failed"), ("M001", "failed")], expect=409)
+    assert mixed["code"] == "payout_already_settled"
+    assert (_postings(ward), _balances(ward)) == (postings, before)
+    assert _results(ward, december["id"], [("M999", "paid")], expect=422)["code"] == "invalid_request"
+    assert _results(ward, "st_unknown", [("M001", "paid")], expect=404)["code"] == "not_found"
+
+    # January: the failed payouts are carried into the net payout, the paid one is not.
+    jan: dict[str, Sale] = {}
+    record(jan, "M001", ward.purchase("M001", "W2", "2027-01-10T10:00", 200))
+    record(jan, "M002", ward.purchase("M002", "W2", "2027-01-11T10:00", 1_000))
+    ward.at("2027-02-01T09:00")
+    january = ward.settle("2027-01")
+    lines = lines_by_merchant(january)
+    assert pick(lines["M001"]) == expected_line(jan["M001"], 0, carried_in=0)
+    assert pick(lines["M002"]) == expected_line(jan["M002"], 200, carried_in=owed["M002"])
+    assert lines["M002"]["net_payout"] == 2_941 + 1_000 - 20
+    assert pick(lines["M003"]) == expected_line(Sale(), 0, carried_in=700)
+    assert lines["M003"]["payout_status"] == "failed"
+    parsed = zengin.parse(ward.get(f"/v1/settlement-runs/{january['id']}/zengin").content)
+    assert sorted(t.amount_yen for t in parsed.transfers) == sorted([200, lines["M002"]["net_payout"]])
+    # The carried payout is paid this time; both months close.
+    _results(ward, january["id"], [("M001", "paid"), ("M002", "paid")])
+    balances = _balances(ward)
+    assert balances["merchant:M002:payable"] == 0 and balances["merchant:M002:payout"] == 0
+    assert balances["bank:payouts"] == 5_000 + 200 + lines["M002"]["net_payout"]
+    assert queries.ledger_check(ward.engine)["ok"]
+    report = ward.reconcile()
+    assert report["ok"], {k: v for k, v in report["checks"].items() if not v["pass"]}
+
+
+def test_payout_results_are_for_finance_and_validated(ward: Ward):
+    ward.merchant("M001", bank=1)
+    ward.purchase("M001", "W1", "2026-12-01T10:00", 1_000)
+    ward.at("2027-01-02T09:00")
+    run = ward.settle("2026-12")
+    url = f"/v1/settlement-runs/{run['id']}/payout-results"
+    body = {"results": [{"merchant_id": "M001", "status": "paid"}]}
+    assert ward.client.post(url, json=body, headers=ward.admin).status_code == 403
+    assert ward.client.post(url, json=body, headers=ward.terminal_keys["TM001"]).status_code == 403
+    for bad in ({"results": []}, {"results": [{"merchant_id": "M001", "status": "returned"}]}, {}):
+        assert ward.client.post(url, json=bad, headers=ward.finance).status_code == 422, bad
+    assert ward.get(f"/v1/settlement-runs/{run['id']}").json()["payouts"][0]["payout_status"] == "pending"

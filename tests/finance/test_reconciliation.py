@@ -1,0 +1,192 @@
+"""`GET /v1/reconciliation` (SPEC §7): every check passes on a clean ledger; each kind of
+tampering directly in the database fails its check and names the offending row."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
+
+from engine.store.models import PaymentRow, PostingRow
+from tests.finance.support import Ward
+
+CHECKS = {
+    "trial_balance_zero", "cached_balances_match", "hash_chain_intact", "posting_sequence_gapless",
+    "payment_chain_intact", "lots_match_balances", "liability_identity_per_campaign",
+    "liability_identity_per_wallet", "liability_identity_total", "budget_meters_match", "budget_never_exceeded",
+    "signed_chain_heads_valid", "statements_match_ledger", "closeouts_match_ledger", "rerate_matches_ledger",
+}
+
+
+def _history(ward: Ward) -> dict:
+    """Two days of purchases, refunds and redemptions, a closeout, December settled, heads signed."""
+    ward.merchant("M001", fee_bp=100, bank=1)
+    ward.merchant("M002", bank=2)
+    ward.campaign("PB", 1000, budget=50_000)
+    ward.campaign("MF2", 300, funding_source="merchant:M002",
+                  tiers=[{"match": {"merchant_ids": ["M002"]}, "rate_bp": 300}])
+    ward.campaign("DK", 200, credit={"schedule": "dekad", "delay_business_days": 2})
+    tx = {
+        "a": ward.purchase("M001", "W1", "2026-12-01T10:00", 5_000),
+        "b": ward.purchase("M002", "W2", "2026-12-01T11:00", 3_000),
+        "c": ward.purchase("M002", "W1", "2026-12-02T09:00", 1_000, points_used=200),
+        "d": ward.purchase("M001", "W3", "2026-12-02T12:00", 7_777),
+    }
+    tx["e"] = ward.refund(tx["b"], "2026-12-02T15:00", 1_000)
+    tx["f"] = ward.refund(tx["c"], "2026-12-02T16:00", 1_000)
+    r = ward.client.post("/v1/terminals/TM001/closeouts", headers=ward.terminal_keys["TM001"],
+                         json={"business_date": "2026-12-02", "count": 1, "total": 7_777})
+    assert r.status_code == 201 and r.json()["matches"], r.text
+    ward.at("2027-01-01T00:30")
+    tx["run"] = ward.settle("2026-12")
+    r = ward.client.post("/v1/chain-heads", headers=ward.finance)
+    assert r.status_code == 201, r.text
+    tx["signed"] = r.json()["signed"]
+    return tx
+
+
+def _failing(report: dict) -> dict[str, list]:
+    return {name: check.get("rows") for name, check in report["checks"].items() if not check["pass"]}
+
+
+def _tamper(ward: Ward, sql: str, **params) -> None:
+    """Edit rows behind the engine's back, past the append-only triggers on postings."""
+    with ward.engine.begin() as c:
+        if c.dialect.name == "postgresql":  # the tests connect as a superuser
+            c.execute(text("ALTER TABLE posting DISABLE TRIGGER USER"))
+        else:
+            c.execute(text("DROP TRIGGER IF EXISTS posting_no_update"))
+            c.execute(text("DROP TRIGGER IF EXISTS posting_no_delete"))
+        c.execute(text(sql), params)
+        if c.dialect.name == "postgresql":
+            c.execute(text("ALTER TABLE posting ENABLE TRIGGER USER"))
+
+
+def _posting(ward: Ward, payment_id: str, reason: str) -> PostingRow:
+    with Session(ward.engine) as s:
+        row = s.execute(select(PostingRow).where(PostingRow.payment_id == payment_id, PostingRow.reason == reason)
+                        ).scalars().first()
+        s.expunge(row)
+        return row
+
+
+def test_a_clean_ledger_passes_every_check(ward: Ward):
+    tx = _history(ward)
+    assert tx["signed"] == [f"2026-12-{d:02d}" for d in range(1, 32)]
+    # Signing is idempotent: the finished days are signed already.
+    assert ward.client.post("/v1/chain-heads", headers=ward.finance).json() == {"signed": []}
+    report = ward.reconcile()
+    assert set(report["checks"]) == CHECKS
+    assert report["ok"] is True, _failing(report)
+    assert all(c["pass"] and not c.get("rows") for c in report["checks"].values())
+    with Session(ward.engine) as s:
+        payments = len(s.execute(select(PaymentRow.id)).all())
+        assert report["postings"] == len(s.execute(select(PostingRow.sequence)).all())
+    assert report["checks"]["rerate_matches_ledger"]["checked"] == payments == 6
+    # Finance only.
+    for headers in (ward.admin, ward.terminal_keys["TM001"]):
+        assert ward.client.get("/v1/reconciliation", headers=headers).status_code == 403
+        assert ward.client.post("/v1/chain-heads", headers=headers).status_code == 403
+
+
+def test_a_changed_posting_amount_is_named(ward: Ward):
+    tx = _history(ward)
+    sale = _posting(ward, tx["a"]["id"], "coin_sale")
+    _tamper(ward, "UPDATE posting SET amount = amount + 1 WHERE sequence = :s", s=sale.sequence)
+    report = ward.reconcile()
+    assert report["ok"] is False
+    failing = _failing(report)
+    assert sale.sequence in failing["hash_chain_intact"]
+    assert {sale.debit_account_id, sale.credit_account_id} <= set(failing["cached_balances_match"])
+    assert {(r["run_id"], r["merchant_id"]) for r in failing["statements_match_ledger"]} == {
+        (tx["run"]["id"], "M001")}
+
+
+def test_a_deleted_posting_is_named(ward: Ward):
+    tx = _history(ward)
+    award = _posting(ward, tx["d"]["id"], "award")
+    _tamper(ward, "DELETE FROM posting WHERE sequence = :s", s=award.sequence)
+    report = ward.reconcile()
+    assert report["ok"] is False
+    failing = _failing(report)
+    assert failing["posting_sequence_gapless"] == [award.sequence]
+    assert "hash_chain_intact" in failing
+    assert {award.debit_account_id, award.credit_account_id} <= set(failing["cached_balances_match"])
+
+
+def test_an_altered_stored_request_is_named(ward: Ward):
+    tx = _history(ward)
+    with Session(ward.engine) as s:
+        request = json.loads(s.get(PaymentRow, tx["d"]["id"]).request_json)
+    assert request["amount"] == 7_777
+    request["amount"] = 8_777
+    _tamper(ward, "UPDATE payment SET request_json = :r WHERE id = :id", r=json.dumps(request), id=tx["d"]["id"])
+    report = ward.reconcile()
+    failing = _failing(report)
+    assert report["ok"] is False
+    assert set(failing) == {"payment_chain_intact", "rerate_matches_ledger"}, failing
+    assert failing["payment_chain_intact"] == [tx["d"]["id"]]
+    assert {r["payment_id"] for r in failing["rerate_matches_ledger"]} == {tx["d"]["id"]}
+    row = next(r for r in failing["rerate_matches_ledger"] if r["problem"] == "awards differ")
+    assert row["rerated"]["PB"][0] == 877 and row["ledger"]["PB"][0] == 777
+
+
+def test_a_campaign_version_changed_after_the_fact_is_named(ward: Ward):
+    tx = _history(ward)
+    with ward.engine.connect() as c:
+        record = json.loads(c.execute(text(
+            "SELECT record_json FROM campaign_version WHERE campaign_id = 'PB' AND version = 1")).scalar_one())
+    record["tiers"][0]["rate_bp"] = 1500
+    _tamper(ward, "UPDATE campaign_version SET record_json = :r WHERE campaign_id = 'PB' AND version = 1",
+            r=json.dumps(record))
+    report = ward.reconcile()
+    failing = _failing(report)
+    assert report["ok"] is False
+    assert set(failing) == {"rerate_matches_ledger"}, failing
+    named = {r["payment_id"] for r in failing["rerate_matches_ledger"]}
+    # Every purchase PB awarded, and the refunds that clawed PB back.
+    assert named == {tx[k]["id"] for k in "abcdef"}
+    differ = [r for r in failing["rerate_matches_ledger"] if "rerated" in r]
+    assert {r["payment_id"] for r in differ} == named
+    for row in differ:
+        assert row["rerated"]["PB"] != row["ledger"]["PB"]
+
+
+def test_a_tampered_signed_chain_head_is_named(ward: Ward):
+    _history(ward)
+    with ward.engine.connect() as c:
+        heads = {r.business_date: r for r in c.execute(text("SELECT * FROM chain_head"))}
+    fake = "0" * 64
+    # The row no longer says what was signed...
+    _tamper(ward, "UPDATE chain_head SET hash = :h WHERE business_date = '2026-12-01'", h=fake)
+    # ...and a document edited together with its row no longer verifies.
+    signed = json.loads(heads["2026-12-02"].signed_json)
+    signed["document"]["hash"] = fake
+    _tamper(ward, "UPDATE chain_head SET hash = :h, signed_json = :j WHERE business_date = '2026-12-02'",
+            h=fake, j=json.dumps(signed))
+    report = ward.reconcile()
+    failing = _failing(report)
+    assert set(failing) == {"signed_chain_heads_valid"}, failing
+    rows = {r["business_date"]: r["problem"] for r in failing["signed_chain_heads_valid"]}
+    assert rows == {"2026-12-01": "row differs from the signed document",
+                    "2026-12-02": "signature does not verify"}
+
+
+def test_a_tampered_statement_line_is_named(ward: Ward):
+    tx = _history(ward)
+    _tamper(ward, "UPDATE settlement_line SET net_payout = net_payout + 1000 WHERE merchant_id = 'M002'")
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"statements_match_ledger"}, failing
+    assert [(r["run_id"], r["merchant_id"]) for r in failing["statements_match_ledger"]] == [
+        (tx["run"]["id"], "M002")]
+
+
+def test_a_fee_change_after_settlement_leaves_the_closed_statement_reconciled(ward: Ward):
+    """A new fee rate agreed in January applies from then on; December's statement stays what it was."""
+    tx = _history(ward)
+    r = ward.client.patch("/v1/merchants/M001", json={"fee_bp": 300}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    assert ward.get(f"/v1/settlement-runs/{tx['run']['id']}").json() == tx["run"]
+    report = ward.reconcile()
+    assert report["ok"] is True, _failing(report)

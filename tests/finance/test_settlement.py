@@ -1,0 +1,234 @@
+"""Settlement runs (SPEC §7): periods by posting time in Asia/Tokyo, idempotent runs, closed
+periods that never change, and per-merchant lines computed here from what was posted."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.store import queries
+from engine.store.models import PostingRow, SettlementLineRow, SettlementRunRow
+from tests.finance.support import Sale, Ward, expected_line, lines_by_merchant, pick, record
+
+
+def _postings(ward: Ward) -> int:
+    with Session(ward.engine) as s:
+        return s.execute(select(func.count()).select_from(PostingRow)).scalar_one()
+
+
+def _stored(ward: Ward, run_id: str) -> tuple:
+    with Session(ward.engine) as s:
+        run = s.get(SettlementRunRow, run_id)
+        lines = [(l.merchant_id, l.coin_sales, l.coin_refunds, l.points_redeemed, l.points_returned,
+                  l.merchant_funded_points, l.fee, l.carried_in, l.net_payout)
+                 for l in s.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)
+                                    .order_by(SettlementLineRow.merchant_id)).scalars()]
+        return run.statement_json, run.csv_text, bytes(run.zengin_file), lines
+
+
+def _december(ward: Ward) -> dict[str, Sale]:
+    """Three merchants' December by acceptance time, with the edges of the month around it."""
+    ward.merchant("M001", fee_bp=250, bank=1)
+    ward.merchant("M002", bank=2)
+    ward.merchant("M003", fee_bp=333, bank=3)
+    ward.campaign("PB", 1000)  # ward-funded 10% point-back everywhere
+    # Merchant M003 pays for its own 5% bonus at its shop.
+    ward.campaign("MF3", 500, funding_source="merchant:M003",
+                  tiers=[{"match": {"merchant_ids": ["M003"]}, "rate_bp": 500}])
+    book: dict[str, Sale] = {}
+    # Accepted on 30 November (Tokyo): not December's.
+    ward.purchase("M002", "W9", "2026-11-30T23:59:00", 7777, accepted="2026-11-30T23:59:58")
+    # Happened in November, reached the engine on 1 December: December's, by posting time.
+    record(book, "M002", ward.purchase("M002", "W9", "2026-11-30T23:59:30", 1000, accepted="2026-12-01T00:00:05"))
+    record(book, "M001", ward.purchase("M001", "W1", "2026-12-01T10:00", 5000))  # PB 500, credited at once
+    record(book, "M002", ward.purchase("M002", "W1", "2026-12-03T12:00", 2000, points_used=300))
+    p3 = record(book, "M003", ward.purchase("M003", "W2", "2026-12-05T15:00", 3333))  # PB 333, MF3 166
+    p4 = record(book, "M001", ward.purchase("M001", "W2", "2026-12-10T09:00", 1234, points_used=100))
+    r4 = record(book, "M001", ward.refund(p4, "2026-12-12T09:00", 617))
+    assert r4["points_returned"] == 100 * 617 // 1234 == 50
+    r3 = record(book, "M003", ward.refund(p3, "2026-12-20T11:00", 1111))
+    mf3 = {a["campaign_id"]: a["points"] for a in p3["awards"]}["MF3"]
+    assert mf3 == 3333 * 500 // 10_000 == 166
+    clawed = {c["campaign_id"]: c["points"] for c in r3["clawbacks"]}["MF3"]
+    assert clawed == 166 * 1111 // 3333 == 55
+    book["M003"].funded = mf3 - clawed
+    # Happened on 31 December, accepted at 00:00:30 on 1 January (Tokyo): January's.
+    ward.purchase("M001", "W3", "2026-12-31T23:59:00", 4321, accepted="2027-01-01T00:00:30")
+    return book
+
+
+def test_monthly_lines_by_posting_time_computed_independently(ward: Ward):
+    book = _december(ward)
+    ward.at("2027-01-01T00:05")
+    run = ward.settle("2026-12")
+    assert run["period"] == {"kind": "monthly", "start": "2026-12-01T00:00:00+09:00",
+                             "end": "2027-01-01T00:00:00+09:00"}
+    lines = lines_by_merchant(run)
+    fees = {"M001": 250, "M002": 0, "M003": 333}
+    assert sorted(lines) == ["M001", "M002", "M003"]
+    # November was never settled: M002's November sale is carried into December, not counted as its activity.
+    carried = {"M001": 0, "M002": 7777, "M003": 0}
+    for m, sale in book.items():
+        assert pick(lines[m]) == expected_line(sale, fees[m], carried[m]), m
+    # The figures, spelled out once: coin 5000 + 1134 - 567, points 100 - 50; fee 5617 * 2.5% = 140.425 -> 140.
+    assert pick(lines["M001"]) == {"coin_sales": 6134, "coin_refunds": 567, "points_redeemed": 100,
+                                   "points_returned": 50, "merchant_funded_points": 0, "fee_bp": 250, "fee": 140,
+                                   "carried_in": 0, "net_payout": 5477}
+    # M003: 3333 - 1111 = 2222; fee 2222 * 3.33% = 73.99 -> 73 (floor); it pays its own 166 - 55 = 111 points.
+    assert pick(lines["M003"])["fee"] == 73 and pick(lines["M003"])["net_payout"] == 2222 - 73 - 111
+    # November's late arrival is in, the 31 December purchase accepted in January is not.
+    assert lines["M002"]["coin_sales"] == 1000 + 1700 and lines["M002"]["points_redeemed"] == 300
+    totals = run["statement"]["document"]["totals"]
+    for k in ("coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points", "fee",
+              "net_payout"):
+        assert totals[k] == sum(line[k] for line in lines.values())
+    assert {p["merchant_id"]: (p["net_payout"], p["payout_status"]) for p in run["payouts"]} == {
+        m: (lines[m]["net_payout"], "pending") for m in lines}
+    # The settlement is posted to the ledger (fees, merchant funding, payouts) and the ledger still checks.
+    check = queries.ledger_check(ward.engine)
+    assert check["ok"], {k: v for k, v in check.items() if k != "campaigns"}
+    with Session(ward.engine) as s:
+        posted = dict(s.execute(select(PostingRow.reason, func.sum(PostingRow.amount))
+                                .where(PostingRow.payment_id == run["id"]).group_by(PostingRow.reason)).all())
+    assert posted == {"settlement_fee": 140 + 73, "merchant_funding": 111,
+                      "payout": sum(line["net_payout"] for line in lines.values())}
+    assert ward.reconcile()["ok"]
+
+
+def test_run_before_the_period_ends_is_422_period_open(ward: Ward):
+    ward.merchant("M001", bank=1)
+    ward.purchase("M001", "W1", "2026-12-31T23:00", 1000)
+    ward.at("2026-12-31T23:59:59")  # one second before midnight in Tokyo (14:59:59 UTC)
+    problem = ward.settle("2026-12", expect=422)
+    assert problem["code"] == "period_open"
+    with Session(ward.engine) as s:
+        assert s.execute(select(func.count()).select_from(SettlementRunRow)).scalar_one() == 0
+    ward.at("2027-01-01T00:00:01")
+    assert ward.settle("2026-12")["payouts"] == [{"merchant_id": "M001", "net_payout": 1000,
+                                                  "payout_status": "pending"}]
+
+
+def test_semi_monthly_halves_and_overlaps(ward: Ward):
+    ward.merchant("M001", fee_bp=150, bank=1)
+    ward.campaign("PB", 1000)
+    h1, h2 = Sale(), Sale()
+    record({"M": h1}, "M", ward.purchase("M001", "W1", "2026-12-02T10:00", 3000))
+    p = record({"M": h1}, "M", ward.purchase("M001", "W1", "2026-12-15T23:59", 999, accepted="2026-12-15T23:59:58"))
+    ward.at("2026-12-15T23:59:59")
+    assert ward.settle("2026-12-H1", expect=422)["code"] == "period_open"
+    # Happened in the first half, accepted in the second: the second half's.
+    record({"M": h2}, "M", ward.purchase("M001", "W1", "2026-12-15T23:59:59", 1001, accepted="2026-12-16T00:00:02"))
+    ward.at("2026-12-16T00:10")
+    first = ward.settle("2026-12-H1")
+    record({"M": h2}, "M", ward.refund(p, "2026-12-17T10:00", 499))
+    assert first["period"] == {"kind": "semi_monthly", "start": "2026-12-01T00:00:00+09:00",
+                               "end": "2026-12-16T00:00:00+09:00"}
+    assert pick(lines_by_merchant(first)["M001"]) == expected_line(h1, 150)
+    assert pick(lines_by_merchant(first)["M001"])["fee"] == 3999 * 150 // 10_000 == 59  # 59.985 -> 59
+    ward.at("2026-12-31T23:00")
+    assert ward.settle("2026-12-H2", expect=422)["code"] == "period_open"
+    ward.at("2027-01-01T00:10")
+    # The month overlaps both halves.
+    assert ward.settle("2026-12", expect=409)["code"] == "period_overlaps"
+    second = ward.settle("2026-12-H2")
+    assert second["period"]["start"] == "2026-12-16T00:00:00+09:00"
+    # H1 was paid out in full, so nothing is carried into H2.
+    assert pick(lines_by_merchant(second)["M001"]) == expected_line(h2, 150)
+    assert ward.settle("2026-12", expect=409)["code"] == "period_overlaps"
+    assert ward.settle("2026-12-H1", expect=200)["id"] == first["id"]
+    assert queries.ledger_check(ward.engine)["ok"]
+
+
+def test_monthly_run_blocks_its_halves(ward: Ward):
+    ward.merchant("M001", bank=1)
+    ward.purchase("M001", "W1", "2026-12-02T10:00", 3000)
+    ward.at("2027-01-02T09:00")
+    ward.settle("2026-12")
+    for half in ("2026-12-H1", "2026-12-H2"):
+        assert ward.settle(half, expect=409)["code"] == "period_overlaps"
+
+
+def test_a_run_is_idempotent_per_period(ward: Ward):
+    ward.merchant("M001", fee_bp=100, bank=1)
+    ward.merchant("M002", bank=2)
+    ward.purchase("M001", "W1", "2026-12-02T10:00", 3000)
+    ward.purchase("M002", "W1", "2026-12-03T10:00", 5000)
+    ward.at("2027-01-02T09:00")
+    first = ward.settle("2026-12")
+    before = (_postings(ward), _stored(ward, first["id"]))
+    zengin = ward.get(f"/v1/settlement-runs/{first['id']}/zengin").content
+    ward.at("2027-01-03T09:00")
+    again = ward.settle("2026-12", expect=200)
+    assert again == first
+    assert (_postings(ward), _stored(ward, first["id"])) == before
+    assert ward.get(f"/v1/settlement-runs/{first['id']}/zengin").content == zengin
+    assert ward.get(f"/v1/settlement-runs/{first['id']}").json() == first
+    with Session(ward.engine) as s:
+        assert s.execute(select(func.count()).select_from(SettlementRunRow)).scalar_one() == 1
+
+
+def test_a_closed_period_never_changes_and_late_postings_fall_into_the_next(ward: Ward):
+    ward.merchant("M001", fee_bp=250, bank=1)
+    ward.merchant("M002", bank=2)
+    ward.campaign("PB", 1000)
+    dec: dict[str, Sale] = {}
+    p1 = record(dec, "M001", ward.purchase("M001", "W1", "2026-12-10T10:00", 8000))
+    record(dec, "M002", ward.purchase("M002", "W1", "2026-12-11T10:00", 2000, points_used=500))
+    ward.at("2027-01-01T09:00")
+    run = ward.settle("2026-12")
+    stored = _stored(ward, run["id"])
+    csv_text = ward.get(f"/v1/settlement-runs/{run['id']}/statement.csv").text
+    # January: a December purchase that reached the engine late, a refund of a December
+    # purchase and a redemption, all accepted after December was closed.
+    jan: dict[str, Sale] = {}
+    ward.at("2027-01-02T00:00")
+    record(jan, "M002", ward.purchase("M002", "W2", "2026-12-31T22:00", 1500, accepted="2027-01-02T00:00"))
+    record(jan, "M001", ward.refund(p1, "2027-01-03T10:00", 2000))
+    record(jan, "M001", ward.purchase("M001", "W1", "2027-01-04T10:00", 600, points_used=200))
+    # December is as it was, in every stored form and in its view.
+    assert _stored(ward, run["id"]) == stored
+    assert ward.get(f"/v1/settlement-runs/{run['id']}/statement.csv").text == csv_text
+    assert ward.get(f"/v1/settlement-runs/{run['id']}").json() == run
+    assert ward.settle("2026-12", expect=200) == run
+    assert ward.reconcile()["checks"]["statements_match_ledger"] == {"pass": True, "rows": []}
+    ward.at("2027-02-01T09:00")
+    january = ward.settle("2027-01")
+    lines = lines_by_merchant(january)
+    assert sorted(lines) == ["M001", "M002"]
+    # December was paid in full: January carries nothing in and pays exactly January's activity.
+    assert pick(lines["M001"]) == expected_line(jan["M001"], 250)
+    assert pick(lines["M002"]) == expected_line(jan["M002"], 0)
+    assert lines["M002"]["coin_sales"] == 1500
+    assert lines["M001"]["coin_refunds"] == 2000 and lines["M001"]["points_redeemed"] == 200
+    assert ward.reconcile()["ok"]
+
+
+def test_catching_up_two_months_pays_each_sale_once(ward: Ward):
+    """December and January settled together after an outage, on 2 February: each yen is paid once.
+
+    December's own settlement postings (fee, payout) are stamped 2 February, after
+    January ended; January's statement must still not pay December's sales again.
+    """
+    ward.merchant("M001", fee_bp=100, bank=1)
+    dec, jan = Sale(), Sale()
+    record({"M": dec}, "M", ward.purchase("M001", "W1", "2026-12-10T10:00", 10_000))
+    record({"M": jan}, "M", ward.purchase("M001", "W1", "2027-01-10T10:00", 3_000))
+    ward.at("2027-02-02T09:00")
+    december = ward.settle("2026-12")
+    january = ward.settle("2027-01")
+    assert pick(lines_by_merchant(december)["M001"]) == expected_line(dec, 100)
+    paid = lines_by_merchant(december)["M001"]["net_payout"] + lines_by_merchant(january)["M001"]["net_payout"]
+    assert paid == 10_000 - 100 + 3_000 - 30, json.dumps(lines_by_merchant(january)["M001"])
+    assert pick(lines_by_merchant(january)["M001"]) == expected_line(jan, 100)
+
+
+def test_an_unknown_or_malformed_period_is_refused(ward: Ward):
+    ward.at("2027-01-02T09:00")
+    for period in ("2026-13", "2026-12-H3", "26-12", "2026-12-01"):
+        r = ward.client.post("/v1/settlement-runs", json={"period": period}, headers=ward.finance)
+        assert r.status_code == 422, (period, r.text)
+    r = ward.client.post("/v1/settlement-runs", json={"period": "2026-12"}, headers=ward.admin)
+    assert r.status_code == 403
+    assert ward.get("/v1/settlement-runs/st_nope", expect=404).json()["code"] == "not_found"
