@@ -39,6 +39,8 @@ cdef struct Batch:
     Py_ssize_t T
     Py_ssize_t N
     bint check_balance
+    # Debug builds check every index the loop follows (see DEBUG in the .pyx).
+    bint debug
 
     # Campaigns [C] in evaluation order, tiers [T] via c_tier_start [C+1].
     const int64_t* c_starts_at

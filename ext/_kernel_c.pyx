@@ -14,8 +14,10 @@ number as the twin's comment for it. Where the C code differs in shape it
 is for speed and gives the same result, and each such place says why.
 
 Programmer errors (an index out of range, a column of the wrong length) are
-checked once per batch for the sizes; per-element index checks are compiled
-in only with SETAPAY_KERNEL_DEBUG=1, like Cython's own bounds checks. A
+checked once per batch for the sizes; the indices stored in the columns are
+checked per transaction only in builds made with SETAPAY_KERNEL_DEBUG=1,
+which turn Cython's own bounds checks on (`DEBUG` says which build this is).
+A release build trusts the indices `encode` wrote, as boundscheck=False does. A
 division by zero, which only corrupt columns can cause, raises
 ZeroDivisionError as the twin does; the arrays are then half-written and the
 batch must be thrown away, which every caller does anyway because it
@@ -46,18 +48,6 @@ from _kernel cimport (
 
 cdef extern from *:
     """
-    /* Per-element index checks cost a compare per array access; setup.py
-       defines NDEBUG for release builds, so they vanish there. */
-    #ifdef NDEBUG
-    #define SETAPAY_KERNEL_DEBUG 0
-    #else
-    #define SETAPAY_KERNEL_DEBUG 1
-    #endif
-    """
-    const bint SETAPAY_KERNEL_DEBUG
-
-cdef extern from *:
-    """
     /* A hint that a cache line will soon be read and written; a no-op where
        the compiler has no such builtin. It never changes a result. */
     #if defined(__GNUC__) || defined(__clang__)
@@ -79,7 +69,26 @@ cdef enum:
     DYNAMIC_FROM = -2
 
 ENGINE = "cython"
-DEBUG = bool(SETAPAY_KERNEL_DEBUG)
+
+
+def _bounds_checked() -> bool:
+    """Whether this build has Cython's bounds checks on (SETAPAY_KERNEL_DEBUG=1 in setup.py).
+
+    CPython compiles every extension with -DNDEBUG, so no C macro tells a
+    debug build apart; reading one element past a view of a longer array
+    (memory that exists) raises IndexError only when bounds are checked.
+    """
+    cdef int64_t[::1] probe = np.zeros(2, dtype=np.int64)[:1]
+    cdef int64_t value
+    try:
+        value = probe[1]
+    except IndexError:
+        return True
+    return False
+
+
+# Debug builds also check every index the C loop follows, per transaction.
+DEBUG = _bounds_checked()
 
 KIND_PURCHASE = KIND_PURCHASE_C
 KIND_REFUND = KIND_REFUND_C
@@ -403,7 +412,7 @@ cdef int _check_indices(const Batch* b, Py_ssize_t i, Py_ssize_t M, Py_ssize_t R
 cdef int _rate(Batch* b, Py_ssize_t M, Py_ssize_t R, Py_ssize_t S, Py_ssize_t W, Py_ssize_t K) except -1 nogil:
     cdef Py_ssize_t i, ahead, row, c, slot
     for i in range(b.N):
-        if SETAPAY_KERNEL_DEBUG:
+        if b.debug:
             _check_indices(b, i, M, R, S, W, K)
         elif i + PREFETCH_DISTANCE < b.N:
             # Ask for the scattered cache lines a later transaction will touch.
@@ -524,6 +533,7 @@ def rate_columns(cols) -> None:
 
     b.C, b.T, b.N = C, T, N
     b.check_balance = bool(cols.check_balance)
+    b.debug = DEBUG
     b.c_starts_at = &c_starts_at[0] if C else NULL
     b.c_ends_at = &c_ends_at[0] if C else NULL
     b.c_uses_tags = &c_uses_tags[0] if C else NULL

@@ -130,3 +130,16 @@ def test_empty_batch_is_a_no_op(engine_name: str) -> None:
     catalog = rating.build_catalog(vector.merchants, vector.campaigns)
     state = rating.RatingState()
     assert rating.rate(catalog, [], state, engine_name) == []
+
+
+def test_debug_build_checks_indices() -> None:
+    # Release builds trust the indices encode wrote (like boundscheck=False);
+    # a SETAPAY_KERNEL_DEBUG=1 build must refuse one that points outside.
+    kernel = _compiled()
+    if not kernel.DEBUG:
+        pytest.skip("release build: per-transaction index checks are compiled out")
+    cols = _encoded(VECTOR_FILES[0])
+    cols.x_row = cols.x_row.copy()
+    cols.x_row[0] = len(cols.r_wallet)
+    with pytest.raises(IndexError, match="x_row"):
+        kernel.rate_columns(cols)
