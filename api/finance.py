@@ -15,7 +15,8 @@ from engine.store import finance, settlement
 
 
 class SettlementRequest(Record):
-    period: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}(-H[12])?$")]
+    # Omitted: the last closed period of the configured kind (SETAPAY_SETTLEMENT_PERIOD).
+    period: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}(-H[12])?$")] | None = None
 
 
 class PayoutResult(Record):

@@ -31,6 +31,7 @@ TITLES = {
     "batch_too_large": "The batch holds more transactions than allowed",
     "period_open": "The settlement period has not ended yet",
     "period_overlaps": "The period overlaps a settled one",
+    "period_out_of_order": "Periods settle in order and a later one is settled already",
     "payout_already_settled": "The payout has a different result already",
     "internal_error": "Internal error",
 }

@@ -105,6 +105,17 @@ def parse_period(name: str) -> Period:
     raise ValueError(f"half must be H1 or H2, got {parts[2]!r}")
 
 
+def last_closed(now: dt.datetime, kind: str) -> Period:
+    """The most recent period of `kind` that has ended by `now`."""
+    local = now.astimezone(TOKYO)
+    previous = (local.replace(day=1) - dt.timedelta(days=1))
+    if kind == "semi_monthly":
+        if local.day >= 16:
+            return parse_period(f"{local.year:04d}-{local.month:02d}-H1")
+        return parse_period(f"{previous.year:04d}-{previous.month:02d}-H2")
+    return parse_period(f"{previous.year:04d}-{previous.month:02d}")
+
+
 CSV_COLUMNS = ("merchant_id", "coin_sales", "coin_refunds", "points_redeemed", "points_returned",
                "merchant_funded_points", "fee_bp", "fee", "carried_in", "net_payout", "payout_status")
 

@@ -189,11 +189,14 @@ def _check_statements(ledger: Ledger, session: Session, public_key) -> list[dict
         if not signing.verify_document(public_key, signed):
             bad.append({"run_id": run.id, "problem": "statement signature does not verify"})
             continue
-        activities, _ = settlement.aggregate(session, run.period_start_us, run.period_end_us, merchants, funded_by)
+        signed_lines = {line["merchant_id"]: line for line in signed["document"]["lines"]}
+        # Recompute with the fee rates the run used: a later fee change does not reopen a closed period.
+        rates = {m: {"fee_bp": line["fee_bp"]} for m, line in signed_lines.items()}
+        activities, _ = settlement.aggregate(session, run.period_start_us, run.period_end_us,
+                                             {**merchants, **rates}, funded_by, run.last_posting_sequence)
         recomputed = {a.merchant_id: statement.line_for(a).as_dict() for a in activities}
         stored = {line.merchant_id: line for line in session.execute(
             select(SettlementLineRow).where(SettlementLineRow.run_id == run.id)).scalars()}
-        signed_lines = {line["merchant_id"]: line for line in signed["document"]["lines"]}
         for merchant_id in sorted(set(recomputed) | set(stored) | set(signed_lines)):
             again, line, doc = recomputed.get(merchant_id), stored.get(merchant_id), signed_lines.get(merchant_id)
             fields = ("coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points",

@@ -15,7 +15,7 @@ import json
 import secrets
 from collections import defaultdict
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine import keyring, ledger_rules as rules
@@ -40,24 +40,29 @@ def _payable_merchant(account_id: str) -> str | None:
     return parts[1] if len(parts) == 3 and parts[0] == "merchant" and parts[2] == "payable" else None
 
 
-def aggregate(session: Session, start_us: int, end_us: int, merchants: dict,
-              funded_by: dict[str, str]) -> tuple[list, dict[str, dict[str, int]]]:
+SETTLEMENT_REASONS = [rules.SETTLEMENT_FEE, rules.MERCHANT_FUNDING, rules.PAYOUT, rules.PAYOUT_FAILED]
+
+
+def aggregate(session: Session, start_us: int, end_us: int, merchants: dict, funded_by: dict[str, str],
+              settled_until_sequence: int) -> tuple[list, dict[str, dict[str, int]]]:
     """Each merchant's activity in [start, end) and payable balance at `end`, from the postings,
-    and the net points each merchant-funded campaign issued in the period, by merchant."""
+    and the net points each merchant-funded campaign issued in the period, by merchant.
+
+    The balance counts business postings stamped before `end`, and the postings of
+    earlier settlement runs (fees, funding, payouts, failed payouts) up to
+    `settled_until_sequence` whenever they were stamped: a run posts after its
+    period ended, so its postings carry a later stamp than the sales they settle.
+    """
     values: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     funded: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    payable = PostingRow.credit_account_id.like("merchant:%:payable")
-    for account, total in session.execute(
-        select(PostingRow.credit_account_id, func.sum(PostingRow.amount))
-        .where(PostingRow.posted_at_us < end_us, payable).group_by(PostingRow.credit_account_id)
-    ):
-        values[_payable_merchant(account)]["payable_balance_at_end"] += int(total)
-    for account, total in session.execute(
-        select(PostingRow.debit_account_id, func.sum(PostingRow.amount))
-        .where(PostingRow.posted_at_us < end_us, PostingRow.debit_account_id.like("merchant:%:payable"))
-        .group_by(PostingRow.debit_account_id)
-    ):
-        values[_payable_merchant(account)]["payable_balance_at_end"] -= int(total)
+    business = and_(PostingRow.posted_at_us < end_us, PostingRow.reason.not_in(SETTLEMENT_REASONS))
+    settled = and_(PostingRow.reason.in_(SETTLEMENT_REASONS), PostingRow.sequence <= settled_until_sequence)
+    for side, sign in ((PostingRow.credit_account_id, 1), (PostingRow.debit_account_id, -1)):
+        for account, total in session.execute(
+            select(side, func.sum(PostingRow.amount))
+            .where(side.like("merchant:%:payable"), or_(business, settled)).group_by(side)
+        ):
+            values[_payable_merchant(account)]["payable_balance_at_end"] += sign * int(total)
     in_period = and_(PostingRow.posted_at_us >= start_us, PostingRow.posted_at_us < end_us)
     for reason, debit, credit, total in session.execute(
         select(PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id, func.sum(PostingRow.amount))
@@ -89,10 +94,14 @@ def _funded_by(ledger: Ledger, session: Session, head) -> dict[str, str]:
             if c.funding_source.startswith("merchant:")}
 
 
-def run(ledger: Ledger, config: Config, settings, period_name: str) -> tuple[bool, dict]:
-    """Settle a period; returns (created, run view). Idempotent per period."""
+def run(ledger: Ledger, config: Config, settings, period_name: str | None = None) -> tuple[bool, dict]:
+    """Settle a period (by default the last one closed, of the configured kind); returns
+    (created, run view). Idempotent per period."""
     try:
-        period = statement.parse_period(period_name)
+        if period_name is None:
+            period = statement.last_closed(from_us(ledger.clock.now_us()), settings.settlement_period)
+        else:
+            period = statement.parse_period(period_name)
     except ValueError as exc:
         raise EngineError(422, "invalid_request", str(exc)) from None
     with Session(ledger.engine) as session, session.begin():
@@ -110,12 +119,20 @@ def run(ledger: Ledger, config: Config, settings, period_name: str) -> tuple[boo
         ).first()
         if overlapping:
             raise EngineError(409, "period_overlaps", f"overlaps settled run {overlapping[0]}")
+        # Periods settle in order: what an earlier period left unpaid is carried into the
+        # next, which only works when the next is settled after it.
+        later = session.execute(
+            select(SettlementRunRow.id).where(SettlementRunRow.period_start_us >= period.end_us)
+        ).first()
+        if later:
+            raise EngineError(409, "period_out_of_order", f"a later period is settled already ({later[0]})")
         now = ledger.clock.now_us()
         if now < period.end_us:
             raise EngineError(422, "period_open", f"{period.name} ends at {format_instant(period.end_us)}")
         merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
+        settled_until = head.last_posting_sequence
         activities, funded = aggregate(session, period.start_us, period.end_us, merchants,
-                                       _funded_by(ledger, session, head))
+                                       _funded_by(ledger, session, head), settled_until)
         run_id = "st_" + secrets.token_hex(12)
         writer = _GroupWriter(session, head, now, {}, {})
         lines, transfers = [], []
@@ -152,7 +169,8 @@ def run(ledger: Ledger, config: Config, settings, period_name: str) -> tuple[boo
                        "end": period.end.isoformat()},
             "generated_at": format_instant(now),
             "currency": "JPY",
-            "ledger": {"last_posting_sequence": head.last_posting_sequence, "last_hash": head.last_hash},
+            "ledger": {"settled_until_sequence": settled_until, "last_posting_sequence": head.last_posting_sequence,
+                       "last_hash": head.last_hash},
             "lines": lines,
             "totals": {k: sum(line[k] for line in lines) for k in (
                 "coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points", "fee",
@@ -162,7 +180,7 @@ def run(ledger: Ledger, config: Config, settings, period_name: str) -> tuple[boo
         zengin_file = _zengin(settings, transfers, now) if transfers else b""
         row = SettlementRunRow(id=run_id, period_start_us=period.start_us, period_end_us=period.end_us,
                                period_kind=period.kind, created_at_us=now,
-                               last_posting_sequence=head.last_posting_sequence,
+                               last_posting_sequence=settled_until,
                                statement_json=json.dumps(signed, ensure_ascii=False),
                                csv_text=statement.to_csv(lines), zengin_file=zengin_file)
         session.add(row)
