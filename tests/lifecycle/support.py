@@ -1,0 +1,257 @@
+"""Helpers for the wallet-lifecycle tests: a ledger on a real database, a controlled
+clock for in-process writes, independent sums from the posting table, and a real
+`setapay serve` subprocess for the HTTP tests.
+
+The clock: the ledger stamps acceptance (and so an `immediate` award's crediting
+instant, a grant's lot and every posting's `posted_at`) with its clock. The
+timelines run in December 2026 and the months after, so in-process writes use
+the engine's `ManualClock`, set by the test as if each purchase were accepted a
+minute after it happened. The database, the rating kernel and the calendar are
+the real ones.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+import httpx
+from sqlalchemy import select
+
+from engine.clock import ManualClock
+from engine.model import Campaign, Merchant, Purchase, Refund
+from engine.store import db, lifecycle, queries
+from engine.store.config import Config
+from engine.store.ledger import Ledger, Result, Submission
+from engine.store.models import AwardRow, PointLotRow, PostingRow
+from engine.timeutil import to_us
+
+REPO = Path(__file__).resolve().parents[2]
+JST = dt.timezone(dt.timedelta(hours=9))
+SERVER_START_TIMEOUT_S = 60
+
+
+def jst(text: str) -> dt.datetime:
+    """`2026-12-05T12:00` (or with seconds) as an Asia/Tokyo instant."""
+    return dt.datetime.fromisoformat(text).replace(tzinfo=JST)
+
+
+def us(text: str) -> int:
+    return to_us(jst(text))
+
+
+def iso(instant: dt.datetime) -> str:
+    return instant.isoformat()
+
+
+# -- a ledger on a real database ---------------------------------------------------
+
+
+def merchant(merchant_id: str) -> Merchant:
+    return Merchant(id=merchant_id, name=f"店 {merchant_id}", merchant_class="small", shotengai_id="S_SANCHA",
+                    ward_local=True)
+
+
+def campaign(campaign_id: str, **fields) -> Campaign:
+    record = {"id": campaign_id, "name": campaign_id, "starts_at": "2026-01-01T00:00:00+09:00",
+              "ends_at": "2036-01-01T00:00:00+09:00", "tiers": [{"match": {}, "rate_bp": 1000}]}
+    record.update(fields)
+    return Campaign.model_validate(record)
+
+
+class Books:
+    """Config, Ledger and the read queries of one database, with short-hand submissions."""
+
+    def __init__(self, url: str, migrate: bool = True, start: dt.datetime | None = None) -> None:
+        if migrate:
+            db.upgrade(url)
+        self.url = url
+        self.engine = db.make_engine(url)
+        # Without `start`, the system clock (the HTTP tests post near now).
+        self.clock = ManualClock(to_us(start)) if start is not None else None
+        self.config = Config(self.engine, clock=self.clock)
+        self.ledger = Ledger(self.engine, clock=self.clock)
+        self.terminals: dict[str, str] = {}
+
+    def at(self, instant: dt.datetime | int) -> None:
+        """Move the manual clock forward to `instant` (it never moves back)."""
+        self.clock.set(instant if isinstance(instant, int) else to_us(instant))
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- configuration --
+
+    def setup(self, merchants: dict[str, list[str]], campaigns: list[Campaign]) -> None:
+        """`merchants`: merchant id -> its terminal ids."""
+        for merchant_id, terminal_ids in merchants.items():
+            self.config.create_merchant(merchant(merchant_id))
+            for terminal_id in terminal_ids:
+                self.config.create_terminal(terminal_id, merchant_id)
+                self.terminals[terminal_id] = merchant_id
+        for c in campaigns:
+            self.config.create_campaign(c)
+
+    # -- writes --
+
+    def submit(self, terminal_id: str, body: dict, key: str | None = None) -> Result:
+        record = (Purchase if body.get("type", "purchase") == "purchase" else Refund).model_validate(body)
+        canonical = record.model_dump_json()
+        submission = Submission(terminal_id, key or uuid.uuid4().hex, hashlib.sha256(canonical.encode()).hexdigest(),
+                                record, canonical)
+        return self.ledger.submit([submission])[0]
+
+    def purchase(self, terminal_id: str, wallet_id: str, amount: int, occurred_at: dt.datetime,
+                 points_used: int = 0, key: str | None = None) -> Result:
+        body = {"type": "purchase", "wallet_id": wallet_id, "merchant_id": self.terminals[terminal_id],
+                "terminal_id": terminal_id, "occurred_at": iso(occurred_at), "amount": amount,
+                "points_used": points_used}
+        return self.submit(terminal_id, body, key)
+
+    def refund(self, terminal_id: str, original_id: str, amount: int, occurred_at: dt.datetime,
+               key: str | None = None) -> Result:
+        body = {"type": "refund", "original_id": original_id, "amount": amount, "occurred_at": iso(occurred_at)}
+        return self.submit(terminal_id, body, key)
+
+    def grant(self, wallet_id: str, campaign_id: str, points: int, key: str | None = None,
+              reason: str = "省エネ還元") -> Result:
+        return lifecycle.grant(self.ledger, "finance:test", key or uuid.uuid4().hex, wallet_id, campaign_id, points,
+                               reason)
+
+    def credit(self, as_of: dt.datetime | int) -> dict:
+        return lifecycle.credit_due(self.ledger, as_of if isinstance(as_of, int) else to_us(as_of))
+
+    def expire(self, as_of: dt.datetime | int) -> dict:
+        return lifecycle.expire_due(self.ledger, as_of if isinstance(as_of, int) else to_us(as_of))
+
+    # -- reads --
+
+    def wallet(self, wallet_id: str) -> dict:
+        return queries.wallet_detail(self.engine, wallet_id)
+
+    def expiring(self, wallet_id: str) -> dict[str, int]:
+        return {e["expires_at"]: e["points"] for e in self.wallet(wallet_id)["expiring"]}
+
+    def check(self) -> dict:
+        report = queries.ledger_check(self.engine)
+        assert report["ok"] and all(report["checks"].values()), report
+        return report
+
+    def postings(self) -> list[PostingRow]:
+        with self.engine.connect() as c:
+            return list(c.execute(select(PostingRow.__table__).order_by(PostingRow.sequence)))
+
+    def awards(self) -> list:
+        with self.engine.connect() as c:
+            return list(c.execute(select(AwardRow.__table__)))
+
+    def lots(self) -> list:
+        with self.engine.connect() as c:
+            return list(c.execute(select(PointLotRow.__table__)))
+
+
+def account_sums(postings) -> dict[str, int]:
+    """Balance of every account recomputed from the postings alone."""
+    out: dict[str, int] = defaultdict(int)
+    for p in postings:
+        out[p.debit_account_id] -= p.amount
+        out[p.credit_account_id] += p.amount
+    return out
+
+
+def wallet_sums(postings, wallet_id: str) -> tuple[int, int]:
+    """(pending, available − debt) of a wallet from the postings alone."""
+    pending = available = 0
+    prefix = f"wallet:{wallet_id}:"
+    for account, balance in account_sums(postings).items():
+        if account.startswith(prefix):
+            if account.endswith(":pending"):
+                pending += balance
+            elif account.endswith(":available"):
+                available += balance
+    return pending, available
+
+
+# -- the CLI and a real server -----------------------------------------------------
+
+
+def server_env(database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
+    if "SETAPAY_PURE_PYTHON" in os.environ:
+        env["SETAPAY_PURE_PYTHON"] = os.environ["SETAPAY_PURE_PYTHON"]
+    env["SETAPAY_DATABASE_URL"] = database_url
+    env.update(extra or {})
+    return env
+
+
+def cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
+    """`setapay <args>` in a process of its own, as an operator or a cron job runs it."""
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=server_env(database_url),
+                          capture_output=True, text=True, timeout=120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ApiServer:
+    """`setapay serve` in a subprocess (its own process group) on the given database."""
+
+    def __init__(self, database_url: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
+        self.database_url = database_url
+        self.env = server_env(database_url, env)
+        self.log_path = log_dir / f"server_{uuid.uuid4().hex[:8]}.log"
+        self.process: subprocess.Popen | None = None
+        self.base_url = ""
+
+    def __enter__(self) -> "ApiServer":
+        port = _free_port()
+        self.base_url = f"http://127.0.0.1:{port}"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"setapay serve exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return self
+            time.sleep(0.05)
+        self.__exit__()
+        raise RuntimeError(f"setapay serve did not answer within {SERVER_START_TIMEOUT_S}s:\n{self.log()}")
+
+    def __exit__(self, *exc) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=15)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-4000:]
+        except OSError:
+            return ""
+
+    def client(self, key: str) -> httpx.Client:
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)

@@ -1,0 +1,337 @@
+"""Wallet timelines across New Year 2026/27 (SPEC §4, issue 5), on SQLite and PostgreSQL.
+
+A dekad campaign with a delay of 5 business days: the crediting dates are
+computed here from a small explicit calendar (weekends, the Japanese national
+holidays of the months involved, the bank holidays of 31 December to
+3 January), not by asking `engine.crediting`. Expiry is the end (Asia/Tokyo)
+of the 6th month after the crediting month, as the exclusive instant
+00:00 JST of the next day.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+
+import pytest
+
+from tests.lifecycle.support import JST, ApiServer, Books, account_sums, campaign, cli, jst, wallet_sums
+
+# Japanese national holidays from November 2026 to March 2027 (Cabinet Office list).
+JP_HOLIDAYS = {
+    dt.date(2026, 11, 3),   # 文化の日
+    dt.date(2026, 11, 23),  # 勤労感謝の日
+    dt.date(2027, 1, 1),    # 元日
+    dt.date(2027, 1, 11),   # 成人の日 (second Monday of January)
+    dt.date(2027, 2, 11),   # 建国記念の日
+    dt.date(2027, 2, 23),   # 天皇誕生日
+}
+DELAY = 5
+VALIDITY = 6
+TERMINAL = "T_SANCHA"
+CAMPAIGN = "C_DEKAD"
+
+
+def is_business_day(day: dt.date) -> bool:
+    bank_holiday = (day.month == 12 and day.day == 31) or (day.month == 1 and day.day <= 3)
+    return day.weekday() < 5 and day not in JP_HOLIDAYS and not bank_holiday
+
+
+def dekad_last_day(day: dt.date) -> dt.date:
+    if day.day <= 10:
+        return day.replace(day=10)
+    if day.day <= 20:
+        return day.replace(day=20)
+    first_of_next = (day.replace(day=1) + dt.timedelta(days=32)).replace(day=1)
+    return first_of_next - dt.timedelta(days=1)
+
+
+def expected_credit_instant(occurred: dt.date, delay: int = DELAY) -> dt.datetime:
+    day, left = dekad_last_day(occurred), delay
+    while left:
+        day += dt.timedelta(days=1)
+        left -= is_business_day(day)
+    return dt.datetime.combine(day, dt.time(), JST)
+
+
+def expected_expiry(credited: dt.datetime, months: int = VALIDITY) -> dt.datetime:
+    index = credited.year * 12 + credited.month - 1 + months + 1  # the month after the N-th month
+    return dt.datetime(index // 12, index % 12 + 1, 1, tzinfo=JST)
+
+
+def stamp(instant: dt.datetime) -> str:
+    return instant.isoformat()
+
+
+def test_the_explicit_calendar_says_what_the_dates_are():
+    """The hand calendar of this module agrees with what a person reads off a 2026/27 calendar."""
+    assert expected_credit_instant(dt.date(2026, 12, 5)) == jst("2026-12-17T00:00")   # window closes Thu 10th
+    assert expected_credit_instant(dt.date(2026, 12, 15)) == jst("2026-12-25T00:00")  # closes Sun 20th
+    assert expected_credit_instant(dt.date(2026, 12, 25)) == jst("2027-01-08T00:00")  # 31st, 1-3 Jan skipped
+    assert expected_credit_instant(dt.date(2027, 1, 5)) == jst("2027-01-18T00:00")    # 成人の日 skipped
+    assert expected_credit_instant(dt.date(2027, 2, 12)) == jst("2027-03-01T00:00")   # 天皇誕生日 skipped
+    assert expected_expiry(jst("2027-01-08T00:00")) == jst("2027-08-01T00:00")        # end of July 2027
+    assert expected_expiry(jst("2026-12-17T00:00")) == jst("2027-07-01T00:00")        # end of June 2027
+
+
+@pytest.fixture
+def books(database_url):
+    made = Books(database_url, start=jst("2026-12-01T00:00"))
+    made.setup({"M_SANCHA": [TERMINAL]},
+               [campaign(CAMPAIGN, starts_at="2026-12-01T00:00:00+09:00", ends_at="2027-03-01T00:00:00+09:00",
+                         credit={"schedule": "dekad", "delay_business_days": DELAY}, validity_months=VALIDITY)])
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+def buy(books: Books, wallet: str, amount: int, at: str, points_used: int = 0):
+    """A purchase at `at` (JST) accepted a minute later; must be accepted."""
+    occurred = jst(at)
+    books.at(occurred + dt.timedelta(minutes=1))
+    result = books.purchase(TERMINAL, wallet, amount, occurred, points_used)
+    assert result.status == 201, result.body
+    return result.body
+
+
+def give_back(books: Books, original_id: str, amount: int, at: str):
+    occurred = jst(at)
+    books.at(occurred + dt.timedelta(minutes=1))
+    result = books.refund(TERMINAL, original_id, amount, occurred)
+    assert result.status == 201, result.body
+    return result.body
+
+
+def consistent(books: Books, wallet: str) -> dict:
+    """The ledger checks, and the wallet's figures equal the sums of its postings."""
+    books.check()
+    detail = books.wallet(wallet)
+    pending, net_available = wallet_sums(books.postings(), wallet)
+    assert (detail["pending"], detail["available"] - detail["debt"]) == (pending, net_available), detail
+    assert sum(p["points"] for p in detail["pending_by_credit_date"]) == detail["pending"]
+    assert sum(e["points"] for e in detail["expiring"]) == detail["available"]
+    return detail
+
+
+# -- crediting ---------------------------------------------------------------------
+
+
+def test_dekad_awards_credit_on_the_calendar_dates_across_new_year(books, database_url):
+    purchases = {day: buy(books, "W_TIME", amount, f"{day}T12:00")
+                 for day, amount in (("2026-12-05", 10_000), ("2026-12-15", 20_000), ("2026-12-25", 30_000),
+                                     ("2027-01-05", 40_000))}
+    expected = {day: expected_credit_instant(dt.date.fromisoformat(day)) for day in purchases}
+    for day, body in purchases.items():
+        (award,) = body["awards"]
+        assert award["status"] == "pending"
+        assert award["credit_at"] == stamp(expected[day]), day
+        assert award["expires_at"] == stamp(expected_expiry(expected[day])), day
+    detail = consistent(books, "W_TIME")
+    assert detail["pending"] == 10_000 and detail["available"] == 0
+    assert [(p["credit_at"], p["points"]) for p in detail["pending_by_credit_date"]] == [
+        (stamp(expected[d]), p) for d, p in (("2026-12-05", 1000), ("2026-12-15", 2000), ("2026-12-25", 3000),
+                                             ("2027-01-05", 4000))]
+
+    one_us = dt.timedelta(microseconds=1)
+    available = 0
+    for day, points in (("2026-12-05", 1000), ("2026-12-15", 2000), ("2026-12-25", 3000), ("2027-01-05", 4000)):
+        due = expected[day]
+        assert books.credit(due - one_us)["points"] == 0, f"credited before {due}"
+        assert consistent(books, "W_TIME")["available"] == available
+        if day == "2026-12-25":
+            # This one through the command, as the operator's cron job runs it; twice.
+            first = cli(database_url, "credit", "--as-of", stamp(due))
+            assert first.returncode == 0, first.stderr
+            assert json.loads(first.stdout.strip().splitlines()[-1])["awards_credited"] == 1
+            assert json.loads(first.stdout.strip().splitlines()[-1])["points"] == points
+            again = cli(database_url, "credit", "--as-of", stamp(due))
+            assert again.returncode == 0, again.stderr
+            assert json.loads(again.stdout.strip().splitlines()[-1]) == {
+                "kind": "credit", "as_of": stamp(due), "awards_credited": 0, "points": 0}
+        else:
+            assert books.credit(due) == {"kind": "credit", "as_of": stamp(due), "awards_credited": 1,
+                                         "points": points}
+            assert books.credit(due)["awards_credited"] == 0, "re-running the same --as-of credited again"
+        available += points
+        detail = consistent(books, "W_TIME")
+        assert detail["available"] == available and detail["pending"] == 10_000 - available
+    # Exactly one credit posting per award, of its full points.
+    credits = [p for p in books.postings() if p.reason == "credit"]
+    assert sorted(p.amount for p in credits) == [1000, 2000, 3000, 4000]
+    assert len({p.payment_id for p in credits}) == 4
+
+
+def test_january_credits_expire_at_the_end_of_july(books, database_url):
+    for day, amount in (("2026-12-05", 10_000), ("2026-12-15", 20_000), ("2026-12-25", 30_000),
+                        ("2027-01-05", 40_000)):
+        buy(books, "W_EXP", amount, f"{day}T12:00")
+    assert books.credit(jst("2027-01-18T00:00"))["points"] == 10_000
+    end_of_june, end_of_july = "2027-07-01T00:00:00+09:00", "2027-08-01T00:00:00+09:00"
+    assert books.expiring("W_EXP") == {end_of_june: 3000, end_of_july: 7000}
+
+    assert books.expire(jst("2027-06-30T23:59:59"))["points"] == 0
+    assert books.expire(jst("2027-07-01T00:00")) == {"kind": "expiry", "as_of": end_of_june, "lots_expired": 2,
+                                                     "points": 3000}
+    assert books.expire(jst("2027-07-01T00:00"))["points"] == 0, "re-running the same --as-of expired again"
+    assert consistent(books, "W_EXP")["available"] == 7000
+
+    # The points credited in January are still there at the last second of July ...
+    assert books.expire(jst("2027-07-31T23:59:59"))["lots_expired"] == 0
+    assert books.expiring("W_EXP") == {end_of_july: 7000}
+    # ... and leave at 00:00 JST on 1 August (through the command, twice).
+    first = cli(database_url, "expire", "--as-of", "2027-08-01T00:00:00+09:00")
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == {"kind": "expiry", "as_of": end_of_july,
+                                                                 "lots_expired": 2, "points": 7000}
+    again = cli(database_url, "expire", "--as-of", "2027-08-01T00:00:00+09:00")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.strip().splitlines()[-1])["points"] == 0
+    detail = consistent(books, "W_EXP")
+    assert (detail["available"], detail["debt"], detail["expiring"]) == (0, 0, [])
+    report = books.check()
+    assert report["campaigns"][CAMPAIGN]["expired"] == 10_000
+    expiries = [p for p in books.postings() if p.reason == "expiry"]
+    assert len(expiries) == len({(p.payment_id, p.campaign_id) for p in expiries}) == 4
+    assert account_sums(books.postings())[f"campaign:{CAMPAIGN}:expired"] == 10_000
+
+
+# -- redemption order and returned points --------------------------------------------
+
+
+def test_redemption_takes_the_earliest_expiring_points_and_returns_restore_their_expiry(books, database_url,
+                                                                                         tmp_path):
+    first = buy(books, "W_REDEEM", 10_000, "2026-12-05T10:00")   # 1000, credited 12-17, expires end of June
+    buy(books, "W_REDEEM", 30_000, "2026-12-25T10:00")           # 3000, credited 01-08, expires end of July
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 4000
+    books.at(jst("2027-02-10T10:00"))                     # a grant credited in February: end of August
+    grant = books.grant("W_REDEEM", CAMPAIGN, 500)
+    assert grant.status == 201, grant.body
+    assert grant.body["expires_at"] == "2027-09-01T00:00:00+09:00"
+    june, july, august = "2027-07-01T00:00:00+09:00", "2027-08-01T00:00:00+09:00", "2027-09-01T00:00:00+09:00"
+
+    finance = books.config.create_key("finance")
+    with ApiServer(database_url, tmp_path) as server, server.client(finance) as http:
+
+        def expiring() -> dict[str, int]:
+            r = http.get("/v1/wallets/W_REDEEM/points")
+            assert r.status_code == 200, r.text
+            assert r.json() == books.wallet("W_REDEEM")
+            return {e["expires_at"]: e["points"] for e in r.json()["expiring"]}
+
+        assert expiring() == {june: 1000, july: 3000, august: 500}
+        redeem = buy(books, "W_REDEEM", 3000, "2027-02-12T10:00", points_used=2500)
+        assert redeem["awards"][0]["credit_at"] == stamp(expected_credit_instant(dt.date(2027, 2, 12)))
+        # June's 1000 first, then 1500 of July's; August's grant untouched.
+        assert expiring() == {july: 1500, august: 500}
+        assert [p.amount for p in books.postings() if p.reason == "redemption"] == [1000, 1500]
+
+        # Half the purchase back: 1250 points return, to the lots they came from, in order.
+        back = give_back(books, redeem["id"], 1500, "2027-02-13T10:00")
+        assert back["points_returned"] == 1250
+        assert expiring() == {june: 1000, july: 1750, august: 500}
+        back = give_back(books, redeem["id"], 1500, "2027-02-14T10:00")
+        assert back["points_returned"] == 1250
+        assert expiring() == {june: 1000, july: 3000, august: 500}
+        detail = consistent(books, "W_REDEEM")
+        assert detail["available"] == 4500 and detail["pending"] == 0  # the 50-point award is clawed back whole
+
+        # Returned points keep their original expiry: June's go at the end of June.
+        assert books.expire(jst("2027-07-01T00:00"))["points"] == 1000
+        assert expiring() == {july: 3000, august: 500}
+    assert first["awards"][0]["credit_at"] == "2026-12-17T00:00:00+09:00"
+    consistent(books, "W_REDEEM")
+
+
+# -- refunds, clawbacks and debt --------------------------------------------------------
+
+
+def test_refund_after_crediting_claws_back_then_debt_which_later_awards_repay(books):
+    wallet = "W_DEBT"
+    original = buy(books, wallet, 10_000, "2026-12-05T10:00")
+    assert books.credit(jst("2026-12-17T00:00"))["points"] == 1000
+    assert consistent(books, wallet)["available"] == 1000
+
+    # A refund of half after crediting takes 500 available points back.
+    back = give_back(books, original["id"], 5000, "2026-12-18T10:00")
+    assert back["clawbacks"] == [{"campaign_id": CAMPAIGN, "points": 500}]
+    clawbacks = [p for p in books.postings() if p.reason == "clawback"]
+    assert [(p.debit_account_id, p.amount) for p in clawbacks] == [(f"wallet:{wallet}:{CAMPAIGN}:available", 500)]
+    detail = consistent(books, wallet)
+    assert (detail["available"], detail["debt"]) == (500, 0)
+
+    # Spend the rest; then the other half is refunded: the points are gone, so the wallet owes them.
+    buy(books, wallet, 500, "2026-12-19T10:00", points_used=500)
+    assert consistent(books, wallet)["available"] == 0
+    give_back(books, original["id"], 5000, "2026-12-20T10:00")
+    detail = consistent(books, wallet)
+    assert (detail["available"], detail["debt"], detail["expiring"]) == (0, 500, [])
+
+    # In debt nothing can be redeemed, and nothing is written for the attempt.
+    before = len(books.postings())
+    books.at(jst("2026-12-21T09:00"))
+    declined = books.purchase(TERMINAL, wallet, 100, jst("2026-12-21T08:59"), points_used=1)
+    assert (declined.status, declined.body["code"]) == (422, "insufficient_points")
+    assert len(books.postings()) == before
+
+    # A grant repays debt before anything becomes spendable ...
+    books.at(jst("2026-12-21T10:00"))
+    assert books.grant(wallet, CAMPAIGN, 200).status == 201
+    detail = consistent(books, wallet)
+    assert (detail["available"], detail["debt"], detail["expiring"]) == (0, 300, [])
+    # ... and so does a later award when it is credited.
+    buy(books, wallet, 10_000, "2026-12-22T10:00")
+    detail = consistent(books, wallet)
+    assert (detail["pending"], detail["available"], detail["debt"]) == (1000, 0, 300)
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 1000
+    detail = consistent(books, wallet)
+    assert (detail["pending"], detail["available"], detail["debt"]) == (0, 700, 0)
+    assert detail["expiring"] == [{"expires_at": "2027-08-01T00:00:00+09:00", "points": 700}]
+    report = books.check()
+    assert report["campaigns"][CAMPAIGN]["clawed_back"] == 1000
+
+
+def test_refund_before_crediting_cancels_pending_points_first(books):
+    wallet = "W_PENDING"
+    original = buy(books, wallet, 10_000, "2026-12-05T10:00")
+    back = give_back(books, original["id"], 4000, "2026-12-08T10:00")
+    assert back["clawbacks"] == [{"campaign_id": CAMPAIGN, "points": 400}]
+    assert [p.debit_account_id for p in books.postings() if p.reason == "clawback"] == [
+        f"wallet:{wallet}:{CAMPAIGN}:pending"]
+    detail = consistent(books, wallet)
+    assert (detail["pending"], detail["available"], detail["debt"]) == (600, 0, 0)
+    assert books.credit(jst("2026-12-17T00:00")) == {"kind": "credit", "as_of": "2026-12-17T00:00:00+09:00",
+                                                     "awards_credited": 1, "points": 600}
+    detail = consistent(books, wallet)
+    assert (detail["pending"], detail["available"]) == (0, 600)
+    # The rest refunded after crediting: the 600 come back out of the available points.
+    give_back(books, original["id"], 6000, "2026-12-18T10:00")
+    detail = consistent(books, wallet)
+    assert (detail["pending"], detail["available"], detail["debt"], detail["expiring"]) == (0, 0, 0, [])
+
+
+def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_at_the_next_run(books):
+    wallet = "W_LATE"
+    buy(books, wallet, 10_000, "2026-12-05T10:00")               # 1000, credited 12-17, expires end of June
+    buy(books, wallet, 30_000, "2026-12-25T10:00")               # 3000, credited 01-08, expires end of July
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 4000
+    redeem = buy(books, wallet, 1500, "2027-02-26T10:00", points_used=1500)  # 1000 of June's, 500 of July's
+    june, july = "2027-07-01T00:00:00+09:00", "2027-08-01T00:00:00+09:00"
+    assert books.expiring(wallet) == {july: 2500}
+    assert books.expire(jst("2027-07-01T00:00"))["points"] == 0  # June's lot is empty by then
+
+    # The purchase is refunded in mid-July (a refund may come late): 1000 of the points
+    # go back to June's lot, whose end has passed, and 500 to July's.
+    books.at(jst("2027-07-15T10:01"))
+    back = books.refund(TERMINAL, redeem["id"], 1500, jst("2027-07-15T10:00"))
+    assert back.status == 201, back.body
+    assert back.body["points_returned"] == 1500
+    assert books.expiring(wallet) == {june: 1000, july: 3000}
+    consistent(books, wallet)
+    # The next run takes June's returned points out; July's stay until 1 August.
+    assert books.expire(jst("2027-07-15T11:00")) == {"kind": "expiry", "as_of": "2027-07-15T11:00:00+09:00",
+                                                     "lots_expired": 1, "points": 1000}
+    assert books.expire(jst("2027-07-15T11:00"))["points"] == 0
+    assert books.expiring(wallet) == {july: 3000}
+    detail = consistent(books, wallet)
+    assert detail["available"] == 3000
