@@ -33,6 +33,7 @@ from engine.clock import SystemClock
 from engine.store import lifecycle, queries
 from engine.store.config import Config, Principal
 from engine.store.db import make_engine, upgrade
+from engine.store.answer_cache import AnswerCache
 from engine.store.group_commit import GroupCommitter
 from engine.store.ledger import Ledger, Result, Submission
 from engine.timeutil import to_us
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     ledger = Ledger(engine, clock)
     config = Config(engine, settings, clock)
     committer = GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max)
+    answers = AnswerCache(settings.redis_url) if settings.redis_url else None
     in_flight: set[tuple[str, str]] = set()
     in_flight_lock = threading.Lock()
 
@@ -187,6 +189,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     ):
         key = _idempotency_key(idempotency_key)
         submission = _submission(p, key, body)
+        if answers is not None:
+            cached = await answers.get(p.terminal_id, key)
+            if cached is not None:
+                request_hash, status, answer = cached
+                if request_hash != submission.request_hash:
+                    return _render(Result(422, problem(422, "idempotency_key_reused")))
+                return _render(Result(status, answer, replayed=True))
         with _claimed([(p.terminal_id, key)]) as fresh:
             if not fresh:
                 raise EngineError(409, "request_in_progress")
@@ -194,6 +203,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
                 result = await asyncio.wait_for(asyncio.wrap_future(committer.enqueue(submission)), 60)
             except (OperationalError, InterfaceError, asyncio.TimeoutError) as exc:
                 raise EngineError(503, "service_unavailable", type(exc).__name__) from None
+        # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
+        if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
+            await answers.put(p.terminal_id, key, submission.request_hash, result.status, result.body)
         return _render(result)
 
     @app.post("/v1/transactions/batch", status_code=200)

@@ -1,0 +1,59 @@
+"""Idempotency fast path in Redis: remembered answers served without the database.
+
+The database is the record of every remembered answer (`idempotency_key`,
+kept 30 days and more). Redis only holds recent answers for a day, written
+after the commit that made them durable, so a terminal retrying in a storm
+gets its replay without waiting for the sequencer lock. A miss, an evicted
+key or Redis being down simply falls through to the database path: correctness
+never depends on Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+log = logging.getLogger(__name__)
+
+TTL_S = 24 * 3600
+
+
+class AnswerCache:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._clients: dict[int, object] = {}
+
+    @property
+    def client(self):
+        """One asyncio client per event loop: a connection belongs to the loop that opened it."""
+        import asyncio
+
+        import redis.asyncio as redis
+
+        loop = id(asyncio.get_running_loop())
+        if loop not in self._clients:
+            self._clients[loop] = redis.Redis.from_url(self.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+        return self._clients[loop]
+
+    @staticmethod
+    def _key(terminal_id: str, idempotency_key: str) -> str:
+        return f"setapay:answer:{terminal_id}:{idempotency_key}"
+
+    async def get(self, terminal_id: str, idempotency_key: str) -> tuple[str, int, dict] | None:
+        """(request hash, status, body) of a remembered answer, or None."""
+        try:
+            raw = await self.client.get(self._key(terminal_id, idempotency_key))
+        except Exception:  # Redis is an optimisation; the database path answers instead
+            log.warning("answer cache unavailable", exc_info=True)
+            return None
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        return entry["hash"], entry["status"], entry["body"]
+
+    async def put(self, terminal_id: str, idempotency_key: str, request_hash: str, status: int, body: dict) -> None:
+        try:
+            await self.client.set(self._key(terminal_id, idempotency_key),
+                                  json.dumps({"hash": request_hash, "status": status, "body": body}), ex=TTL_S)
+        except Exception:
+            log.warning("answer cache unavailable", exc_info=True)

@@ -1,0 +1,90 @@
+"""The Redis idempotency fast path: replays without the database, never at the cost of correctness."""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+from fastapi.testclient import TestClient
+
+from api.app import create_app
+from engine.settings import Settings
+
+VECTORS = Path(os.environ.get("SETAPAY_VECTORS_DIR") or
+               Path(__file__).resolve().parents[2].parent / "shared" / "vectors")
+
+
+def _app(database_url: str, redis_url: str | None):
+    app = create_app(Settings(database_url=database_url, redis_url=redis_url, occurred_at_max_future_s=10**9,
+                              occurred_at_max_past_days=100_000))
+    client = TestClient(app)
+    config = app.state.config
+    admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
+    vector = json.loads((VECTORS / "tiered-rates.json").read_text())
+    for m in vector["merchants"]:
+        assert client.post("/v1/merchants", json=m, headers=admin).status_code == 201
+    for c in vector["campaigns"]:
+        assert client.post("/v1/campaigns", json=c, headers=admin).status_code == 201
+    client.post("/v1/terminals", json={"id": "T1", "merchant_id": "M_SHOTEN"}, headers=admin)
+    key = config.create_key("terminal", terminal_id="T1")
+    body = {k: v for k, v in vector["events"][0].items() if k != "id"} | {"terminal_id": "T1"}
+    return app, client, key, body
+
+
+def test_replay_is_served_while_the_sequencer_is_locked(postgres_url, redis_url):
+    app, client, key, body = _app(postgres_url, redis_url)
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "storm-1"}
+    first = client.post("/v1/transactions", json=body, headers=headers)
+    assert first.status_code == 201
+    # Hold the sequencer lock from another connection: the database path would wait on it.
+    conninfo = postgres_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(conninfo) as blocker:
+        blocker.execute("SELECT 1 FROM ledger_head WHERE id = 1 FOR UPDATE")
+        started = time.monotonic()
+        replay = client.post("/v1/transactions", json=body, headers=headers)
+        elapsed = time.monotonic() - started
+        reused = client.post("/v1/transactions", json=body | {"amount": 7}, headers=headers)
+        blocker.rollback()
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+    assert reused.status_code == 422 and reused.json()["code"] == "idempotency_key_reused"
+    assert elapsed < 5, "the replay waited for the sequencer lock instead of coming from Redis"
+    app.state.engine.dispose()
+
+
+def test_unreachable_redis_falls_back_to_the_database(sqlite_url):
+    # Nothing listens on this port: every cache call fails and the database answers.
+    app, client, key, body = _app(sqlite_url, "redis://127.0.0.1:1/0")
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "k-1"}
+    first = client.post("/v1/transactions", json=body, headers=headers)
+    replay = client.post("/v1/transactions", json=body, headers=headers)
+    assert first.status_code == 201
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    assert replay.json() == first.json()
+    app.state.engine.dispose()
+
+
+def test_concurrent_first_requests_apply_once_with_the_cache(postgres_url, redis_url):
+    app, client, key, body = _app(postgres_url, redis_url)
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "race-1"}
+    answers = []
+
+    def post():
+        response = client.post("/v1/transactions", json=body, headers=headers)
+        answers.append((response.status_code, response.json().get("id")))
+
+    threads = [threading.Thread(target=post) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = {i for status, i in answers if status == 201}
+    assert len(ids) == 1
+    assert all(status in (201, 409) for status, _ in answers)
+    with app.state.engine.connect() as connection:
+        from sqlalchemy import text
+
+        assert connection.execute(text("SELECT count(*) FROM payment")).scalar_one() == 1
+    app.state.engine.dispose()
