@@ -1,8 +1,8 @@
 """Benchmark of the rating loop: the compiled kernel against its pure-Python twin.
 
-Builds one month of Setagaya PAY traffic directly as columns with numpy
-(building a million pydantic records would time the validator, not the
-loop): 1,000,000 transactions, about 2% of them refunds of earlier
+Builds one month of Setagaya PAY traffic as numpy arrays and turns them into
+columns with the shared vectorized encoder (`engine.rating.vectorized`;
+building a million pydantic records would time the validator, not the loop): 1,000,000 transactions, about 2% of them refunds of earlier
 purchases, over 100,000 wallets and 5,000 merchants, rated against a
 realistic campaign set:
 
@@ -33,7 +33,8 @@ import numpy as np
 from engine import rating
 from engine.model import Campaign, Merchant
 from engine.rating import _kernel_py
-from engine.rating.columns import Columns, build_catalog, window_keys_us
+from engine.rating.columns import Columns, build_catalog
+from engine.rating.vectorized import Batch, Opening, build_columns
 from engine.timeutil import to_us
 
 TRANSACTIONS = 1_000_000
@@ -141,7 +142,6 @@ def campaigns() -> list[Campaign]:
 def transactions(rng: np.random.Generator, catalog) -> Columns:
     """One month of traffic as columns, in acceptance (time) order."""
     N = TRANSACTIONS
-    a = catalog.arrays
     C = len(catalog.campaigns)
     start_us, end_us = to_us(MONTH_START), to_us(MONTH_END)
     occurred_at = np.sort(rng.integers(start_us, end_us, size=N, dtype=np.int64))
@@ -179,48 +179,18 @@ def transactions(rng: np.random.Generator, catalog) -> Columns:
     item_amount[0::2], item_amount[1::2] = first, amount[itemised] - first
     item_mask = np.where(rng.random(item_amount.size) < 0.5, np.uint64(1 << catalog.tag_bits[LOCAL_TAG]), np.uint64(0))
 
-    # Wallet-window slots of each (purchase row, campaign): one int64 key per
-    # (campaign, wallet, window), numbered by np.unique.
-    row_at = occurred_at[is_purchase]
-    keys = np.empty((R, C), np.int64)
-    for c, campaign in enumerate(catalog.campaigns):
-        window = window_keys_us(row_at, campaign.per_wallet_cap_period)
-        keys[:, c] = (np.int64(c) << 56) | (r_wallet.astype(np.int64) << 24) | (window - window.min())
-    slot_keys, r_slot = np.unique(keys.ravel(), return_inverse=True)
-
-    return Columns(
-        **{name: a[name] for name in (
-            "c_starts_at", "c_ends_at", "c_uses_tags", "c_tag_mask", "c_fixed_points", "c_min_base", "c_per_tx_cap",
-            "c_wallet_cap", "c_budget", "c_exclusive", "c_immediate", "c_tier_start", "t_rate_bp", "t_cert_required",
-            "mt_static_ok", "m_cert_start", "cert_from", "cert_until",
-        )},
-        x_kind=kind,
-        x_merchant=merchant,
-        x_occurred_at=occurred_at,
-        x_amount=amount,
-        x_points_used=points_used,
-        x_row=row,
-        x_item_start=item_start,
-        item_amount=item_amount,
-        item_mask=item_mask,
-        r_wallet=r_wallet,
-        r_amount=r_amount,
-        r_points_used=r_points_used,
-        r_refunded=np.zeros(R, np.int64),
-        r_valid=np.zeros(R, np.int8),
-        r_award=np.zeros(R * C, np.int64),
-        r_pending=np.zeros(R * C, np.int64),
-        r_slot=r_slot.astype(np.int32),
-        usage=np.zeros(slot_keys.size, np.int64),
-        spend=np.zeros(C, np.int64),
-        # Balance checking on: wallets start with some points, so a few redemptions are declined.
-        balance=rng.integers(0, 3_000, WALLETS).astype(np.int64),
-        check_balance=1,
-        out_status=np.zeros(N, np.int8),
-        out_capped=np.zeros(N * C, np.int8),
-        out_clawback=np.zeros(N * C, np.int64),
-        out_returned=np.zeros(N, np.int64),
-    )
+    wallet = np.zeros(N, np.int64)
+    wallet[is_purchase] = r_wallet
+    # The shared vectorized encoder numbers the wallet-window slots with np.unique
+    # (the same code the re-rate and the simulation use).
+    batch = Batch(kind=kind, merchant=merchant, wallet=wallet, occurred_at_us=occurred_at, amount=amount,
+                  points_used=points_used, original_row=np.where(is_purchase, -1, row), item_start=item_start,
+                  item_amount=item_amount, item_mask=item_mask)
+    opening = Opening.empty(C)
+    # Balance checking on: wallets start with some points, so a few redemptions are declined.
+    opening.balance = rng.integers(0, 3_000, WALLETS).astype(np.int64)
+    cols, _ = build_columns(catalog, batch, opening)
+    return cols
 
 
 def time_engine(rate_columns, cols: Columns, runs: int) -> tuple[list[float], list[float], Columns]:
