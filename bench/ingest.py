@@ -3,7 +3,8 @@
 (a) baseline: a minimal FastAPI app doing one INSERT ... ON CONFLICT DO NOTHING
     per request, and a raw batched insert of 1,000 rows per commit;
 (b) our POST /v1/transactions at 64 concurrent clients (group commit);
-(c) our POST /v1/transactions/batch with 1,000 transactions per request.
+(c) our POST /v1/transactions/batch with 1,000 transactions per request;
+(d) a retry storm (requests already answered) without and with Redis.
 
 Every server runs as a real uvicorn process on 127.0.0.1; the load generator
 is a small asyncio HTTP/1.1 client with keep-alive (cheaper than a general
@@ -188,6 +189,8 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch-clients", type=int, default=4)
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
+    parser.add_argument("--no-redis", action="store_true")
     args = parser.parse_args()
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     results = {}
@@ -229,15 +232,38 @@ def main() -> int:
                     {"Authorization": f"Bearer {key}"}, 1000)
 
         results["ours_batch"] = asyncio.run(drive(port, args.batch_clients, args.seconds, batch))
+
+        # (d) a retry storm: terminals re-sending requests already answered, database path.
+        def replay(n: int, i: int):
+            method, path, body, headers, weight = single(n, i % 50)
+            return method, path, body, headers, weight
+
+        results["replay_database"] = asyncio.run(drive(port, args.clients, args.seconds / 2, replay))
     finally:
         server.terminate()
         server.wait()
+
+    # (d) the same storm with Redis configured: replays never touch the database.
+    if not args.no_redis:
+        import redis
+
+        redis.Redis.from_url(args.redis_url).flushdb()
+        port = free_port()
+        server = start_server("api.main:app", port, args.workers, {**env, "SETAPAY_REDIS_URL": args.redis_url})
+        try:
+            asyncio.run(drive(port, args.clients, 1.0, replay))  # first pass fills the cache
+            results["replay_redis"] = asyncio.run(drive(port, args.clients, args.seconds / 2, replay))
+        finally:
+            server.terminate()
+            server.wait()
 
     for name, r in results.items():
         print(f"{name:26s} tx_per_s={r['tx_per_s']:10.0f} p50_ms={r['p50_ms']:8.2f} "
               f"p99_ms={r['p99_ms']:8.2f} errors={r['errors']}")
     single_ratio = results["ours_single"]["tx_per_s"] / results["baseline_single"]["tx_per_s"]
     batch_ratio = results["ours_batch"]["tx_per_s"] / results["baseline_batched_insert"]["tx_per_s"]
+    if "replay_redis" in results:
+        print(f"replay_redis_over_database={results['replay_redis']['tx_per_s'] / results['replay_database']['tx_per_s']:.2f}")
     print(f"single_ratio={single_ratio:.3f} batch_ratio={batch_ratio:.3f} "
           f"single_p99_ms={results['ours_single']['p99_ms']:.2f}")
     return 0

@@ -32,7 +32,7 @@ class AnswerCache:
 
         loop = id(asyncio.get_running_loop())
         if loop not in self._clients:
-            self._clients[loop] = redis.Redis.from_url(self.url, socket_timeout=0.2, socket_connect_timeout=0.2)
+            self._clients[loop] = redis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
         return self._clients[loop]
 
     @staticmethod
