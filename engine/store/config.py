@@ -12,7 +12,7 @@ import hashlib
 import json
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -21,7 +21,15 @@ from engine import sealing
 from engine.clock import SystemClock
 from engine.errors import EngineError
 from engine.model import Campaign, Merchant
-from engine.store.models import ApiKeyRow, CampaignRow, CampaignVersionRow, LedgerHead, MerchantRow, TerminalRow
+from engine.store.models import (
+    ApiKeyRow,
+    CampaignRow,
+    CampaignVersionRow,
+    LedgerHead,
+    MerchantRow,
+    MerchantVersionRow,
+    TerminalRow,
+)
 from engine.timeutil import to_us
 
 ROLES = ("admin", "finance", "merchant", "terminal")
@@ -99,6 +107,8 @@ class Config:
             row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now)
             self._store_record(row, merchant)
             session.add(row)
+            session.flush()
+            self._add_version(session, row, now)
             return self.public_record(row)
 
     def update_merchant(self, merchant_id: str, patch: dict) -> dict:
@@ -113,7 +123,17 @@ class Config:
             merchant = Merchant.model_validate({**current, **patch})
             self._store_record(row, merchant)
             row.updated_at_us = self.clock.now_us()
+            self._add_version(session, row, row.updated_at_us)
             return self.public_record(row)
+
+    @staticmethod
+    def _add_version(session: Session, row: MerchantRow, now: int) -> None:
+        """Keep the record as of `now`, so re-rating uses the one in force at each acceptance."""
+        latest = session.execute(
+            select(func.max(MerchantVersionRow.version)).where(MerchantVersionRow.merchant_id == row.id)
+        ).scalar_one()
+        session.add(MerchantVersionRow(merchant_id=row.id, version=(latest or 0) + 1, record_json=row.record_json,
+                                       created_at_us=now))
 
     def get_merchant(self, merchant_id: str) -> dict:
         with Session(self.engine) as session:

@@ -525,6 +525,7 @@ class _GroupWriter:
             refunded_amount=0,
             request_json=s.request_json,
             response_json=json.dumps(response, ensure_ascii=False),
+            has_items=getattr(s.body, "items", None) is not None,
         )
         row["hash"] = self.head.last_payment_hash = rules.payment_hash(self.head.last_payment_hash, row)
         return row

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     ForeignKey,
     Index,
@@ -119,6 +120,8 @@ class PaymentRow(Base):
     request_json: Mapped[str] = mapped_column(Text)
     response_json: Mapped[str] = mapped_column(Text)
     hash: Mapped[str] = mapped_column(String(64))
+    # Whether request_json lists items, so a re-rate parses only those requests (NULL: not known).
+    has_items: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("points_used >= 0 AND points_used <= amount", name="points_used_within_amount"),
@@ -181,7 +184,7 @@ class PostingRow(Base):
     debit_account_id: Mapped[str] = mapped_column(String(200))
     credit_account_id: Mapped[str] = mapped_column(String(200))
     amount: Mapped[int] = mapped_column(BigInteger)
-    posted_at_us: Mapped[int] = mapped_column(BigInteger)
+    posted_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
     hash: Mapped[str] = mapped_column(String(64))
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
@@ -321,3 +324,14 @@ class ChainHeadRow(Base):
     last_sequence: Mapped[int] = mapped_column(BigInteger)
     hash: Mapped[str] = mapped_column(String(64))
     signed_json: Mapped[str] = mapped_column(Text)
+
+
+class MerchantVersionRow(Base):
+    """A merchant record as it was from `created_at_us` on: re-rating and simulation
+    use the version in force when a payment was accepted, as for campaigns."""
+
+    __tablename__ = "merchant_version"
+    merchant_id: Mapped[str] = mapped_column(ForeignKey("merchant.id"), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, primary_key=True)
+    record_json: Mapped[str] = mapped_column(Text)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
