@@ -355,9 +355,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     def patch_terminal(terminal_id: str, body: TerminalPatch, _: Admin) -> Any:
         return config.update_terminal(terminal_id, body.model_dump(exclude_none=True))
 
-    from api import finance
+    from api import finance, simulate
 
     finance.install(app, role, ledger, config, settings)
+    simulate.install(app, role, ledger, config, settings)
     return app
 
 

@@ -152,6 +152,33 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    """Rate a historical window under a draft campaign (a JSON file), writing nothing."""
+    import datetime as dt
+    import json
+    from pathlib import Path
+
+    from pydantic import ValidationError
+
+    from engine.model import Campaign
+    from engine.store import simulate
+    from engine.timeutil import to_us
+
+    try:
+        draft = Campaign.model_validate_json(Path(args.campaign).read_text())
+        window = [dt.datetime.fromisoformat(v) for v in (args.from_, args.to)]
+    except (OSError, ValueError, ValidationError) as error:
+        print(f"invalid draft or window: {error}")
+        return 2
+    if any(w.tzinfo is None for w in window) or window[0] >= window[1]:
+        print("--from and --to need offsets, and --to must be after --from")
+        return 2
+    settings, ledger, _ = _finance_context()
+    print(json.dumps(simulate.simulate(ledger.engine, draft, to_us(window[0]), to_us(window[1])),
+                     ensure_ascii=False, indent=1))
+    return 0
+
+
 def _cmd_sign_heads(args: argparse.Namespace) -> int:
     from engine.store import finance
 
@@ -200,6 +227,12 @@ def add_commands(sub) -> None:
     p = sub.add_parser("reconcile", help="every ledger and settlement invariant, with a full re-rate")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_reconcile)
+
+    p = sub.add_parser("simulate", help="rate a historical window under a draft campaign, writing nothing")
+    p.add_argument("--campaign", required=True, help="the draft campaign record (JSON file)")
+    p.add_argument("--from", dest="from_", required=True, help="RFC 3339 instant with offset (inclusive)")
+    p.add_argument("--to", required=True, help="RFC 3339 instant with offset (exclusive)")
+    p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("sign-heads", help="sign the posting chain head of every finished business day")
     p.set_defaults(func=_cmd_sign_heads)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import struct
+import time
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -258,6 +259,9 @@ class Rated:
     returned: np.ndarray  # [N]
     spend: np.ndarray  # [G]
     eras: int
+    era: np.ndarray  # [N] index into `catalogs` of the era each payment was rated in
+    catalogs: dict  # era -> (Catalog, campaigns in force, merchants in force)
+    timings_s: dict  # "encode" (catalogs, slots, columns, folding back) and "rate" (the kernel calls)
 
 
 def _segments(history: History, changes: np.ndarray) -> list[tuple[int, int, int]]:
@@ -279,6 +283,8 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
     (the simulation swaps in a draft); grants made before a payment count
     against the budgets unless `grants` is False.
     """
+    started = time.perf_counter()
+    kernel_s = 0.0
     changes = versions.changes()
     segments = _segments(history, changes)
     in_force = override or versions.in_force
@@ -286,8 +292,8 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
     for _, _, era in segments:
         if era not in catalogs:
             campaigns, merchants = in_force(int(changes[era]) if era >= 0 else -(1 << 62))
-            catalogs[era] = (build_catalog(merchants, campaigns), campaigns)
-    campaign_ids = sorted({c.id for cat, _ in catalogs.values() for c in cat.campaigns} | set(versions.campaigns))
+            catalogs[era] = (build_catalog(merchants, campaigns), campaigns, merchants)
+    campaign_ids = sorted({c.id for cat, *_ in catalogs.values() for c in cat.campaigns} | set(versions.campaigns))
     G = len(campaign_ids)
     gindex = {cid: g for g, cid in enumerate(campaign_ids)}
     N = len(history)
@@ -299,7 +305,7 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
 
     # Column order of each era: its campaigns in evaluation order, then the absent ones (never active).
     perms: dict[int, np.ndarray] = {}
-    for era, (cat, _) in catalogs.items():
+    for era, (cat, *_) in catalogs.items():
         present = [gindex[c.id] for c in cat.campaigns]
         absent = sorted(set(range(G)) - set(present))
         perms[era] = np.array(present + absent, I64)
@@ -320,7 +326,7 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
     # Slots: every (purchase, campaign in force) is keyed by its global campaign, wallet and window.
     keys = np.full((P, G), -1, I64)
     for a, b, era in segments:
-        cat, _ = catalogs[era]
+        cat = catalogs[era][0]
         p = np.flatnonzero(is_purchase[a:b]) + a
         if not p.size or not cat.campaigns:
             continue
@@ -346,7 +352,7 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
     granted = 0
 
     for a, b, era in segments:
-        cat, _ = catalogs[era]
+        cat = catalogs[era][0]
         perm = perms[era]
         instant = int(changes[era]) if era >= 0 else -(1 << 62)
         while granted < len(grant_list) and grant_list[granted][0] <= instant:
@@ -384,7 +390,9 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
                       item_start=item_start[a:b + 1] - lo, item_amount=item_amount[lo:hi], item_mask=masks)
         cols = assemble(cat, batch, opening, G, slot_g[rows][:, perm].ravel(), usage, wallets=W)
         cols.r_valid[:R0] = accepted[prior]
+        mark = time.perf_counter()
         rate_columns(cols, engine)
+        kernel_s += time.perf_counter() - mark
 
         # Fold the era's results back into the global arrays.
         C = len(cat.campaigns)
@@ -402,8 +410,12 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
         if progress:
             progress(b - a)
     version[award == 0] = 0
+    era_of = np.zeros(N, I64)
+    for a, b, era in segments:
+        era_of[a:b] = era
     return Rated(campaign_ids, status, np.where(is_purchase, row_of, -1), award, capped, version, clawback, returned,
-                 spend, len(catalogs))
+                 spend, len(catalogs), era_of, catalogs,
+                 {"encode": time.perf_counter() - started - kernel_s, "rate": kernel_s})
 
 
 def _masks(catalog: Catalog, tags: list[tuple]) -> np.ndarray:
@@ -533,8 +545,6 @@ def load_ledger(conn: Connection, history: History, campaign_ids: list[str]) -> 
 
 def rerate_check(engine: Engine, progress=None, kernel: str | None = None) -> dict:
     """Re-rate everything; returns {"ok", "checked", "mismatches": [...], "mismatch_count", "timings_s"}."""
-    import time
-
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with engine.connect() as conn:

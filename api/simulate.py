@@ -1,0 +1,39 @@
+"""`POST /v1/campaigns/{id}/simulate` (admin, finance): a draft campaign over a historical window.
+
+The body is {"campaign": <draft campaign record>, "from": instant, "to":
+instant}. The draft is validated like a campaign record (a bad one is 422
+`invalid_request` naming the field), its id must be the path's, and the
+window must be non-empty; the answer is `engine.store.simulate.simulate`'s.
+Nothing is written.
+"""
+
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI
+from pydantic import AwareDatetime, Field
+
+from engine.errors import EngineError
+from engine.model import Campaign, Record
+from engine.store import simulate
+from engine.timeutil import to_us
+
+
+class SimulateRequest(Record):
+    campaign: Campaign
+    from_: Annotated[AwareDatetime, Field(alias="from")]
+    to: AwareDatetime
+
+
+def install(app: FastAPI, role, ledger, config, settings) -> None:
+    Planner = Annotated[Any, Depends(role("admin", "finance"))]
+
+    @app.post("/v1/campaigns/{campaign_id}/simulate")
+    def simulate_campaign(campaign_id: str, body: SimulateRequest, _: Planner):
+        if body.campaign.id != campaign_id:
+            raise EngineError(422, "invalid_request", "campaign.id must be the campaign of the path",
+                              errors=[{"loc": ["body", "campaign", "id"], "msg": "differs from the path",
+                                       "type": "value_error"}])
+        if to_us(body.to) <= to_us(body.from_):
+            raise EngineError(422, "invalid_request", "to must be after from",
+                              errors=[{"loc": ["body", "to"], "msg": "must be after from", "type": "value_error"}])
+        return simulate.simulate(ledger.engine, body.campaign, to_us(body.from_), to_us(body.to))
