@@ -9,16 +9,9 @@ with `setapay keys create` under the server's environment.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import io
 import os
-import signal
-import socket
-import subprocess
-import sys
 import threading
-import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,21 +23,18 @@ from sqlalchemy import func, select
 from engine.store.db import make_engine
 from engine.store.models import PaymentRow, PostingRow
 from tests.conftest import CONNECT_TIMEOUT_S, PG_HOST, PG_PORT, PG_USER, _unavailable
+from tests.server import ServerProcess
 
 REPO = Path(__file__).resolve().parents[2]
 VECTORS_DIR = Path(os.environ.get("SETAPAY_VECTORS_DIR") or REPO.parent / "shared" / "vectors").resolve()
 VECTOR_FILES = sorted(VECTORS_DIR.glob("*.json"))
 
-SERVER_START_TIMEOUT_S = 60
-REQUEST_TIMEOUT_S = 60
 # Vectors are dated December 2026 and later; replaying them needs the
 # occurred_at window opened wide, as importing history would.
 WIDE_OCCURRED_AT_ENV = {
     "SETAPAY_OCCURRED_AT_MAX_FUTURE_S": str(10**9),
     "SETAPAY_OCCURRED_AT_MAX_PAST_DAYS": "100000",
 }
-# `setapay keys create` in this process patches os.environ and sys.stdout, so one at a time.
-_IN_PROCESS_CLI_LOCK = threading.Lock()
 BACKENDS = ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)]
 TOKYO = dt.timezone(dt.timedelta(hours=9))
 
@@ -94,121 +84,21 @@ class Databases:
                 admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`setapay serve` in a subprocess of its own on a database of its own."""
+class Server(ServerProcess):
+    """`setapay serve` in a subprocess of its own on a database of its own, with the admin API and
+    the database at hand."""
 
     def __init__(self, database_url: str, log_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
                  cli_in_process: bool = False) -> None:
-        self.database_url = database_url
-        self.workers = workers
-        self.cli_in_process = cli_in_process
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
-        # The kernel choice is the suite's (make test runs it twice); keep it for the server too.
-        if "SETAPAY_PURE_PYTHON" in os.environ:
-            self.env["SETAPAY_PURE_PYTHON"] = os.environ["SETAPAY_PURE_PYTHON"]
-        self.env.update(env or {})
-        self.env["SETAPAY_DATABASE_URL"] = database_url
-        self.log_path = log_dir / f"server_{uuid.uuid4().hex[:8]}.log"
-        self.process: subprocess.Popen | None = None
-        self.base_url = ""
+        super().__init__(database_url, log_dir, env, workers, cli_in_process=cli_in_process)
         self._db = None
         self._admin_key: str | None = None
-
-    # -- lifecycle -----------------------------------------------------------
-
-    def start(self) -> "Server":
-        port = _free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
-                 "--workers", str(self.workers)],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                # A group of its own, so that stopping it also stops the uvicorn workers it forked.
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"setapay serve exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.05)
-        self.stop()
-        raise RuntimeError(f"setapay serve did not answer /healthz within {SERVER_START_TIMEOUT_S}s:\n{self.log()}")
 
     def stop(self) -> None:
         if self._db is not None:
             self._db.dispose()
             self._db = None
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    # -- the CLI, under the server's environment -------------------------------
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        if self.cli_in_process:
-            return self._cli_in_process(list(args))
-        return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=self.env,
-                              capture_output=True, text=True, timeout=120)
-
-    def _cli_in_process(self, args: list[str]) -> subprocess.CompletedProcess:
-        """The same `setapay` entry point and environment, without a new interpreter.
-
-        Starting Python and importing the stack costs about as much as the
-        rest of a vector file's replay; the vector module, which needs dozens
-        of keys, takes this path. The other modules run the real command.
-        """
-        from engine import cli
-
-        ours = {k: v for k, v in self.env.items() if k.startswith("SETAPAY_")}
-        out, err = io.StringIO(), io.StringIO()
-        with _IN_PROCESS_CLI_LOCK:
-            saved = {k: os.environ.get(k) for k in ours}
-            os.environ.update(ours)
-            try:
-                with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-                    code = cli.main(args)
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
-        return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
-
-    def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None) -> str:
-        args = ["keys", "create", "--role", role]
-        if merchant_id:
-            args += ["--merchant", merchant_id]
-        if terminal_id:
-            args += ["--terminal", terminal_id]
-        done = self.cli(*args)
-        assert done.returncode == 0, (args, done.stdout, done.stderr)
-        key = done.stdout.strip()
-        assert key and "\n" not in key, done.stdout
-        return key
+        super().stop()
 
     def create_keys(self, requests: list[tuple[str, str | None, str | None]]) -> list[str]:
         """Several `setapay keys create` at once; each is a process that mostly waits on imports."""
@@ -222,10 +112,6 @@ class Server:
         return self._admin_key
 
     # -- HTTP ------------------------------------------------------------------
-
-    def client(self, key: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=REQUEST_TIMEOUT_S)
 
     def admin_post(self, path: str, body: dict) -> dict:
         with self.client(self.admin_key) as c:

@@ -30,22 +30,15 @@ engine's own ledger check (trial balance, cached balances, hash chain).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import json
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -63,14 +56,13 @@ from engine.store.models import (
     WalletWindowUsageRow,
 )
 from engine.store.queries import ledger_check
+from tests.server import ServerProcess
 
-REPO = Path(__file__).resolve().parents[2]
 TOKYO = dt.timezone(dt.timedelta(hours=9))
 
 CLIENT_THREADS = 48
 PHASE1_OPS_PER_THREAD = 30
 PHASE2_ROUNDS = 2
-SERVER_START_TIMEOUT_S = 60
 REQUEST_TIMEOUT_S = 30
 # A client keeps retrying a key (transport error, 5xx, 409 in progress) for at most this long.
 ANSWER_DEADLINE_S = 30
@@ -148,86 +140,6 @@ def purchase_body(terminal: str, wallet: str, amount: int) -> dict:
 
 def refund_body(original_id: str, amount: int) -> dict:
     return {"type": "refund", "original_id": original_id, "amount": amount, "occurred_at": now_iso(-5)}
-
-
-# -- servers -------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(database_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
-    # The suite also runs with the pure-Python kernel forced; the servers follow it.
-    if "SETAPAY_PURE_PYTHON" in os.environ:
-        env["SETAPAY_PURE_PYTHON"] = os.environ["SETAPAY_PURE_PYTHON"]
-    env["SETAPAY_DATABASE_URL"] = database_url
-    return env
-
-
-class ServerProcess:
-    """`setapay serve` in a process group of its own (so stopping it stops its uvicorn workers)."""
-
-    def __init__(self, name: str, database_url: str, workers: int, log_dir: Path) -> None:
-        self.name = name
-        self.database_url = database_url
-        self.workers = workers
-        self.log_path = log_dir / f"server_{name}.log"
-        self.port = _free_port()
-        self.base_url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                 "--workers", str(self.workers)],
-                cwd=REPO, env=_env(self.database_url), stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-
-    def wait_ready(self) -> None:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server {self.name} exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
-                    return
-            time.sleep(0.05)
-        raise RuntimeError(f"server {self.name} did not answer /healthz in {SERVER_START_TIMEOUT_S}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-3000:]
-        except OSError:
-            return ""
-
-
-def create_key(database_url: str, role: str, terminal: str | None = None) -> str:
-    """A key made the way an operator makes one: `setapay keys create`, key alone on stdout."""
-    args = [sys.executable, "-m", "engine.cli", "keys", "create", "--role", role]
-    if terminal:
-        args += ["--terminal", terminal]
-    done = subprocess.run(args, cwd=REPO, env=_env(database_url), capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, (args, done.stdout, done.stderr)
-    key = done.stdout.strip()
-    assert key and "\n" not in key, done.stdout
-    return key
 
 
 # -- what the clients were told ------------------------------------------------------
@@ -594,16 +506,15 @@ def recompute(payments: list[PaymentRow]) -> dict[str, dict]:
 
 def test_caps_budgets_and_idempotency_exact_across_processes(postgres_url, tmp_path):
     started = time.monotonic()
-    server_a = ServerProcess("A", postgres_url, 2, tmp_path)
-    server_b = ServerProcess("B", postgres_url, 1, tmp_path)
+    server_a = ServerProcess(postgres_url, tmp_path, workers=2, name="A", log_tail=3000)
+    server_b = ServerProcess(postgres_url, tmp_path, workers=1, name="B", log_tail=3000)
     servers = [server_a, server_b]
     db = make_engine(postgres_url)
     try:
         # A migrates the fresh database; B starts only then, so two servers never race to migrate.
         server_a.start()
-        server_a.wait_ready()
-        server_b.start()
-        admin = create_key(postgres_url, "admin")
+        server_b.launch()
+        admin = server_a.create_key("admin")
         with httpx.Client(base_url=server_a.base_url, timeout=REQUEST_TIMEOUT_S,
                           headers={"Authorization": f"Bearer {admin}"}) as c:
             for path, records in [("/v1/merchants", MERCHANTS), ("/v1/campaigns", campaign_records(dt.datetime.now(TOKYO))),
@@ -612,7 +523,7 @@ def test_caps_budgets_and_idempotency_exact_across_processes(postgres_url, tmp_p
                     r = c.post(path, json=record)
                     assert r.status_code == 201, (path, r.status_code, r.text)
         with ThreadPoolExecutor(max_workers=len(TERMINALS)) as pool:
-            keys = dict(zip(TERMINALS, pool.map(lambda t: create_key(postgres_url, "terminal", t), TERMINALS)))
+            keys = dict(zip(TERMINALS, pool.map(lambda t: server_a.create_key("terminal", terminal_id=t), TERMINALS)))
         server_b.wait_ready()
         setup_s = time.monotonic() - started
 

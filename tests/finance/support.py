@@ -15,7 +15,6 @@ expected figure from what they posted.
 
 from __future__ import annotations
 
-import datetime as dt
 import warnings
 from dataclasses import dataclass, field
 
@@ -23,19 +22,9 @@ from engine.clock import ManualClock
 from engine.sealing import generate_key_b64
 from engine.settings import Settings
 from engine.settlement import signing
-from engine.timeutil import to_us
+from tests.tokyo import jst, us
 
-JST = dt.timezone(dt.timedelta(hours=9))
 HOUR_US = 3_600_000_000
-
-
-def jst(text: str) -> dt.datetime:
-    """`2026-12-05T12:00` (or with seconds) as an Asia/Tokyo instant."""
-    return dt.datetime.fromisoformat(text).replace(tzinfo=JST)
-
-
-def us(text: str) -> int:
-    return to_us(jst(text))
 
 
 def bank_account(n: int) -> dict:

@@ -1,6 +1,7 @@
 """Helpers for the wallet-lifecycle tests: a ledger on a real database, a controlled
-clock for in-process writes, independent sums from the posting table, and a real
-`setapay serve` subprocess for the HTTP tests.
+clock for in-process writes, independent sums from the posting table, and
+`setapay <command>` run as an operator runs it. The HTTP tests' real
+`setapay serve` subprocess is `ServerProcess` from tests/server.py.
 
 The clock: the ledger stamps acceptance (and so an `immediate` award's crediting
 instant, a grant's lot and every posting's `posted_at`) with its clock. The
@@ -12,20 +13,12 @@ the real ones.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
-import os
-import signal
-import socket
 import subprocess
-import sys
-import time
 import uuid
 from collections import defaultdict
-from pathlib import Path
 
-import httpx
 from sqlalchemy import select
 
 from engine.clock import ManualClock
@@ -35,19 +28,7 @@ from engine.store.config import Config
 from engine.store.ledger import Ledger, Result, Submission
 from engine.store.models import AwardRow, PointLotRow, PostingRow
 from engine.timeutil import to_us
-
-REPO = Path(__file__).resolve().parents[2]
-JST = dt.timezone(dt.timedelta(hours=9))
-SERVER_START_TIMEOUT_S = 60
-
-
-def jst(text: str) -> dt.datetime:
-    """`2026-12-05T12:00` (or with seconds) as an Asia/Tokyo instant."""
-    return dt.datetime.fromisoformat(text).replace(tzinfo=JST)
-
-
-def us(text: str) -> int:
-    return to_us(jst(text))
+from tests.server import run_cli, setapay_env
 
 
 def iso(instant: dt.datetime) -> str:
@@ -182,76 +163,9 @@ def wallet_sums(postings, wallet_id: str) -> tuple[int, int]:
     return pending, available
 
 
-# -- the CLI and a real server -----------------------------------------------------
-
-
-def server_env(database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
-    if "SETAPAY_PURE_PYTHON" in os.environ:
-        env["SETAPAY_PURE_PYTHON"] = os.environ["SETAPAY_PURE_PYTHON"]
-    env["SETAPAY_DATABASE_URL"] = database_url
-    env.update(extra or {})
-    return env
+# -- the CLI ---------------------------------------------------------------------
 
 
 def cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
     """`setapay <args>` in a process of its own, as an operator or a cron job runs it."""
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=server_env(database_url),
-                          capture_output=True, text=True, timeout=120)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class ApiServer:
-    """`setapay serve` in a subprocess (its own process group) on the given database."""
-
-    def __init__(self, database_url: str, log_dir: Path, env: dict[str, str] | None = None) -> None:
-        self.database_url = database_url
-        self.env = server_env(database_url, env)
-        self.log_path = log_dir / f"server_{uuid.uuid4().hex[:8]}.log"
-        self.process: subprocess.Popen | None = None
-        self.base_url = ""
-
-    def __enter__(self) -> "ApiServer":
-        port = _free_port()
-        self.base_url = f"http://127.0.0.1:{port}"
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-            )
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"setapay serve exited with {self.process.returncode}:\n{self.log()}")
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
-                    return self
-            time.sleep(0.05)
-        self.__exit__()
-        raise RuntimeError(f"setapay serve did not answer within {SERVER_START_TIMEOUT_S}s:\n{self.log()}")
-
-    def __exit__(self, *exc) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=15)
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-    def client(self, key: str) -> httpx.Client:
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
+    return run_cli(setapay_env(database_url), *args)

@@ -36,7 +36,8 @@ from sqlalchemy.engine import make_url
 from engine.store.models import PaymentRow, RedemptionLegRow
 from engine.timeutil import to_us
 from tests.conftest import CONNECT_TIMEOUT_S, PG_HOST, PG_PORT, PG_USER
-from tests.lifecycle.support import Books, account_sums, campaign, jst, wallet_sums
+from tests.lifecycle.support import Books, account_sums, campaign, wallet_sums
+from tests.tokyo import jst
 
 HOUR_US = 3_600_000_000
 START = jst("2026-12-01T09:00")
@@ -306,7 +307,7 @@ class Run:
 
 
 def _instant(at_us: int) -> dt.datetime:
-    from tests.lifecycle.support import JST
+    from tests.tokyo import JST
 
     return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=at_us)).astimezone(JST)
 

@@ -13,7 +13,9 @@ from collections import defaultdict
 
 import pytest
 
-from tests.lifecycle.support import JST, ApiServer, Books, campaign
+from tests.lifecycle.support import Books, campaign
+from tests.server import ServerProcess
+from tests.tokyo import JST
 
 MERCHANTS = {"M_SANCHA": ["T_SANCHA"], "M_KYODO": ["T_KYODO"]}
 BUDGET_GRANTS = 1000
@@ -32,7 +34,7 @@ def now_jst(offset_s: float = 0) -> str:
 class Ward:
     """A running server with two merchants and a key of every kind."""
 
-    def __init__(self, books: Books, server: ApiServer) -> None:
+    def __init__(self, books: Books, server: ServerProcess) -> None:
         self.books = books
         self.server = server
         create = books.config.create_key
@@ -79,7 +81,7 @@ class Ward:
 def ward(database_url, tmp_path):
     books = Books(database_url)
     books.setup(MERCHANTS, CAMPAIGNS)
-    with ApiServer(database_url, tmp_path) as server:
+    with ServerProcess(database_url, tmp_path) as server:
         w = Ward(books, server)
         try:
             yield w

@@ -15,7 +15,9 @@ import json
 
 import pytest
 
-from tests.lifecycle.support import JST, ApiServer, Books, account_sums, campaign, cli, jst, wallet_sums
+from tests.lifecycle.support import Books, account_sums, campaign, cli, wallet_sums
+from tests.server import ServerProcess
+from tests.tokyo import JST, jst
 
 # Japanese national holidays from November 2026 to March 2027 (Cabinet Office list).
 JP_HOLIDAYS = {
@@ -211,7 +213,7 @@ def test_redemption_takes_the_earliest_expiring_points_and_returns_restore_their
     june, july, august = "2027-07-01T00:00:00+09:00", "2027-08-01T00:00:00+09:00", "2027-09-01T00:00:00+09:00"
 
     finance = books.config.create_key("finance")
-    with ApiServer(database_url, tmp_path) as server, server.client(finance) as http:
+    with ServerProcess(database_url, tmp_path) as server, server.client(finance) as http:
 
         def expiring() -> dict[str, int]:
             r = http.get("/v1/wallets/W_REDEEM/points")

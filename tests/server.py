@@ -1,0 +1,201 @@
+"""A real `setapay serve` in a subprocess, and `setapay` commands as an operator runs them.
+
+Shared by the HTTP tests (tests/api), the lifecycle tests and the multi-process
+concurrency test. The server runs `python -m engine.cli serve` on a free port
+of 127.0.0.1 in a process group of its own, so that stopping it (SIGTERM, then
+SIGKILL after 15 s, to the whole group) also stops the uvicorn workers it
+forked. Its output goes to a log file whose tail goes into failure messages.
+
+The environment of the server and of the CLI is the test process's without any
+`SETAPAY_*` variable, except `SETAPAY_PURE_PYTHON` (the suite runs once with the
+pure-Python kernel forced, and the server follows it), plus the database URL
+and whatever a test adds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+SERVER_START_TIMEOUT_S = 60
+SERVER_STOP_TIMEOUT_S = 15
+CLI_TIMEOUT_S = 120
+CLIENT_TIMEOUT_S = 60
+LOG_TAIL_CHARS = 4000
+# `setapay keys create` in this process patches os.environ and sys.stdout, so one at a time.
+_IN_PROCESS_CLI_LOCK = threading.Lock()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def setapay_env(database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment `setapay serve` and `setapay <command>` run under, on `database_url`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
+    if "SETAPAY_PURE_PYTHON" in os.environ:
+        env["SETAPAY_PURE_PYTHON"] = os.environ["SETAPAY_PURE_PYTHON"]
+    env.update(extra or {})
+    env["SETAPAY_DATABASE_URL"] = database_url
+    return env
+
+
+# -- the CLI ---------------------------------------------------------------------------
+
+
+def run_cli(env: dict[str, str], *args: str, in_process: bool = False) -> subprocess.CompletedProcess:
+    """`setapay <args>` under `env`: in a process of its own, as an operator or a cron job runs it,
+    or (`in_process`) through the same entry point in this interpreter."""
+    if in_process:
+        return _run_cli_in_process(env, list(args))
+    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+
+
+def _run_cli_in_process(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess:
+    """The same `setapay` entry point and `SETAPAY_*` environment, without a new interpreter.
+
+    Starting Python and importing the stack costs about as much as the rest of a
+    vector file's replay; the vector module, which needs dozens of keys, takes
+    this path. Everything else runs the real command.
+    """
+    from engine import cli
+
+    ours = {k: v for k, v in env.items() if k.startswith("SETAPAY_")}
+    out, err = io.StringIO(), io.StringIO()
+    with _IN_PROCESS_CLI_LOCK:
+        saved = {k: os.environ.get(k) for k in ours}
+        os.environ.update(ours)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = cli.main(args)
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+    return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
+
+
+def create_key(env: dict[str, str], role: str, merchant_id: str | None = None, terminal_id: str | None = None,
+               in_process: bool = False) -> str:
+    """A key made the way an operator makes one: `setapay keys create`, the key alone on stdout."""
+    args = ["keys", "create", "--role", role]
+    if merchant_id:
+        args += ["--merchant", merchant_id]
+    if terminal_id:
+        args += ["--terminal", terminal_id]
+    done = run_cli(env, *args, in_process=in_process)
+    assert done.returncode == 0, (args, done.stdout, done.stderr)
+    key = done.stdout.strip()
+    assert key and "\n" not in key, done.stdout
+    return key
+
+
+# -- the server ------------------------------------------------------------------------
+
+
+class ServerProcess:
+    """`setapay serve` in a subprocess and process group of its own, on the given database.
+
+    `start()` launches it and waits for /healthz (stopping it if it never answers);
+    `launch()` and `wait_ready()` do the two halves, for a test that does something
+    between them. Also a context manager: started on entry, stopped on exit.
+    """
+
+    def __init__(self, database_url: str, log_dir: Path, env: dict[str, str] | None = None, workers: int | None = None,
+                 name: str | None = None, cli_in_process: bool = False, log_tail: int = LOG_TAIL_CHARS) -> None:
+        self.database_url = database_url
+        self.workers = workers
+        self.name = name
+        self.cli_in_process = cli_in_process
+        self.log_tail = log_tail
+        self.env = setapay_env(database_url, env)
+        self.log_path = log_dir / f"server_{name or uuid.uuid4().hex[:8]}.log"
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def _what(self) -> str:
+        return f"setapay serve {self.name}" if self.name else "setapay serve"
+
+    # -- lifecycle --
+
+    def launch(self) -> None:
+        args = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
+        if self.workers is not None:  # else the command's own default (one)
+            args += ["--workers", str(self.workers)]
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"{self._what()} exited with {self.process.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"{self._what()} did not answer /healthz within {SERVER_START_TIMEOUT_S}s:\n{self.log()}")
+
+    def start(self):
+        self.launch()
+        try:
+            self.wait_ready()
+        except RuntimeError:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=SERVER_STOP_TIMEOUT_S)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-self.log_tail:]
+        except OSError:
+            return ""
+
+    # -- the CLI under the server's environment, and HTTP --
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        return run_cli(self.env, *args, in_process=self.cli_in_process)
+
+    def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None) -> str:
+        return create_key(self.env, role, merchant_id, terminal_id, in_process=self.cli_in_process)
+
+    def client(self, key: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=CLIENT_TIMEOUT_S)
