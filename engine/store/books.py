@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sqlalchemy import bindparam, update
 from sqlalchemy.orm import Session
 
 from engine.store import bulk
@@ -34,7 +33,7 @@ def load_books(session: Session, wallets: set[str], lot_ids: set[str] = frozense
     return {w: WalletBook(w, by_wallet.get(w, []), debts.get(w, {})) for w in set(wallets) | set(by_wallet)}
 
 
-def save_books(session: Session, books: dict[str, WalletBook]) -> None:
+def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> None:
     new, changed, debts = [], [], []
     for book in books.values():
         for lot in book.lots.values():
@@ -42,19 +41,12 @@ def save_books(session: Session, books: dict[str, WalletBook]) -> None:
                 new.append({c: getattr(lot, c) for c in _LOT_COLUMNS})
                 lot.new = lot.dirty = False
             elif lot.dirty:
-                changed.append({"lot_id": lot.id, "new_remaining": lot.remaining, "new_expired": lot.expired})
+                changed.append({"id": lot.id, "remaining": lot.remaining, "expired": lot.expired})
                 lot.dirty = False
         for campaign_id in sorted(book.dirty_debts):
             debts.append(dict(wallet_id=book.wallet_id, campaign_id=campaign_id,
                               points=book.debts.get(campaign_id, 0)))
         book.dirty_debts.clear()
-    bulk.insert_rows(session, PointLotRow.__table__, new)
-    if changed:
-        session.execute(
-            update(PointLotRow.__table__)
-            .where(PointLotRow.__table__.c.id == bindparam("lot_id"))
-            .values(remaining=bindparam("new_remaining"), expired=bindparam("new_expired")),
-            changed,
-        )
-    bulk.upsert(session, WalletDebtRow.__table__, debts, key=["wallet_id", "campaign_id"], replace="points",
-                pg_types=dict(wallet_id="text", campaign_id="text", points="bigint"))
+    batch.insert(PointLotRow.__table__, new)
+    batch.update(PointLotRow.__table__, ["id"], changed)
+    batch.upsert(WalletDebtRow.__table__, debts, key=["wallet_id", "campaign_id"], replace="points")

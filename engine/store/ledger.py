@@ -203,7 +203,10 @@ class Ledger:
                             writer.refund(payment_ids[i], s, outcome, state, originals[s.body.original_id],
                                           pending_before),
                         )
-                writer.flush(state, usage_before, spend_before)
+                writer.flush(state, usage_before, spend_before, send=False)
+                batch = writer.batch
+            else:
+                batch = bulk.WriteBatch(session)
 
             # 3. Duplicates inside the group, then remember every answer.
             for i, s in enumerate(submissions):
@@ -228,8 +231,8 @@ class Ledger:
                         created_at_us=accepted_at,
                     )
                 )
-            if remember:
-                bulk.insert_rows(session, IdempotencyRow.__table__, remember)
+            batch.insert(IdempotencyRow.__table__, remember)
+            batch.send()
         return results  # type: ignore[return-value]
 
     @staticmethod
@@ -326,6 +329,7 @@ class _GroupWriter:
         self.accepted_at = accepted_at
         self.campaigns = campaigns
         self.books = books  # wallet -> its lots and debt, kept current in acceptance order
+        self.batch = bulk.WriteBatch(session)
         self.redemption_legs: list[dict] = []
         self.payments: list[dict] = []
         self.awards: list[dict] = []
@@ -531,43 +535,40 @@ class _GroupWriter:
         return row
 
     def flush(self, state: RatingState | None = None, usage_before: dict | None = None,
-              spend_before: dict | None = None) -> None:
-        """Write everything the group decided; `state` is given when the group was rated."""
+              spend_before: dict | None = None, send: bool = True) -> None:
+        """Queue everything the group decided (and send it unless the caller adds more);
+        `state` is given when the group was rated."""
         if state is not None:
             # The kernel decided redemptions on net balances; the wallet books posted here must agree.
             for wallet_id, book in self.books.items():
                 assert book.spendable() == state.balance[wallet_id], (wallet_id, book.spendable(),
                                                                       state.balance[wallet_id])
-        session = self.session
-        save_books(session, self.books)
-        bulk.insert_rows(session, RedemptionLegRow.__table__, self.redemption_legs)
-        bulk.insert_rows(session, PaymentRow.__table__, self.payments)
-        bulk.insert_rows(session, AwardRow.__table__, self.awards)
+        batch = self.batch
+        save_books(batch, self.books)
+        batch.insert(RedemptionLegRow.__table__, self.redemption_legs)
+        batch.insert(PaymentRow.__table__, self.payments)
+        batch.insert(AwardRow.__table__, self.awards)
+        # Two refunds of one purchase in a group touch its awards twice: fold them into one update.
+        award_updates: dict[tuple[str, str], dict] = {}
         for u in self.award_updates:
-            session.execute(
-                update(AwardRow)
-                .where(AwardRow.payment_id == u["p_id"], AwardRow.campaign_id == u["c_id"])
-                .values(pending=u["pending"], clawed_back=AwardRow.clawed_back + u["clawed"])
-            )
-        for oid, refunded in self.refunded_updates.items():
-            session.execute(update(PaymentRow).where(PaymentRow.id == oid).values(refunded_amount=refunded))
-        bulk.insert_rows(session, PostingRow.__table__, self.postings)
-        bulk.upsert(
-            session, AccountRow.__table__,
-            [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self.deltas.items()) if d],
-            key=["id"], add="balance",
-            pg_types=dict(id="text", kind="text", wallet_id="text", campaign_id="text", merchant_id="text",
-                          balance="bigint"),
-        )
-        if state is None:
-            return
-        bulk.upsert(
-            session, WalletWindowUsageRow.__table__,
-            [dict(campaign_id=c, wallet_id=w, window_key=k, points=v)
-             for (c, w, k), v in sorted(state.usage.items()) if v != usage_before.get((c, w, k), 0)],
-            key=["campaign_id", "wallet_id", "window_key"], replace="points",
-            pg_types=dict(campaign_id="text", wallet_id="text", window_key="bigint", points="bigint"),
-        )
-        for cid, issued in state.spend.items():
-            if issued != spend_before.get(cid):
-                session.execute(update(CampaignRow).where(CampaignRow.id == cid).values(issued_net=issued))
+            previous = award_updates.get((u["p_id"], u["c_id"]))
+            award_updates[(u["p_id"], u["c_id"])] = dict(
+                payment_id=u["p_id"], campaign_id=u["c_id"], pending=u["pending"],
+                clawed_back=u["clawed"] + (previous["clawed_back"] if previous else 0))
+        batch.update(AwardRow.__table__, ["payment_id", "campaign_id"], list(award_updates.values()),
+                     add=("clawed_back",))
+        batch.update(PaymentRow.__table__, ["id"],
+                     [dict(id=oid, refunded_amount=r) for oid, r in self.refunded_updates.items()])
+        batch.insert(PostingRow.__table__, self.postings)
+        batch.upsert(AccountRow.__table__,
+                     [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self.deltas.items()) if d],
+                     key=["id"], add="balance")
+        if state is not None:
+            batch.upsert(WalletWindowUsageRow.__table__,
+                         [dict(campaign_id=c, wallet_id=w, window_key=k, points=v)
+                          for (c, w, k), v in sorted(state.usage.items()) if v != usage_before.get((c, w, k), 0)],
+                         key=["campaign_id", "wallet_id", "window_key"], replace="points")
+            batch.update(CampaignRow.__table__, ["id"],
+                         [dict(id=cid, issued_net=v) for cid, v in state.spend.items() if v != spend_before.get(cid)])
+        if send:
+            batch.send()
