@@ -99,7 +99,8 @@ class WriteBatch:
         self.statements: list[tuple[str, list]] = []
 
     def _arrays(self, table: Table, columns: list[str], rows: list[dict]) -> tuple[str, list]:
-        types = ", ".join(f"%s::{_pg_type(table, c)}[]" for c in columns)
+        # %b: binary parameters, so arrays travel without text quoting and escaping.
+        types = ", ".join(f"%b::{_pg_type(table, c)}[]" for c in columns)
         return f"unnest({types})", [[row[c] for row in rows] for c in columns]
 
     def insert(self, table: Table, rows: list[dict]) -> None:
