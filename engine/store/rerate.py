@@ -76,7 +76,7 @@ def _int_columns(conn: Connection, sql: str, names: list[str], params: dict | No
 
 
 def _text_column(conn: Connection, sql: str, params: dict | None = None) -> list[str]:
-    """One text column of a query, in order."""
+    """Text columns of a query, in order: one line per row, columns joined by tabs."""
     if _is_pg(conn):
         raw = conn.connection.dbapi_connection
         buffer = bytearray()
@@ -86,7 +86,7 @@ def _text_column(conn: Connection, sql: str, params: dict | None = None) -> list
                     buffer += chunk
         # Identifiers never hold tabs, newlines or backslashes (engine.model.Id), so no unescaping.
         return bytes(buffer).decode().split("\n")[:-1]
-    return [r[0] for r in conn.execute(text(sql), params or {})]
+    return ["\t".join(r) for r in conn.execute(text(sql), params or {})]
 
 
 def _codes(values: list[str]) -> tuple[np.ndarray, list[str]]:
@@ -138,10 +138,11 @@ def load_history(conn: Connection, where: str = "", params: dict | None = None) 
         "CAST(CASE WHEN has_items IS NULL THEN -1 WHEN has_items THEN 1 ELSE 0 END AS BIGINT) "
         f"FROM payment{condition} ORDER BY sequence"),
         ["sequence", "kind", "occurred_at_us", "accepted_at_us", "amount", "points_used", "has_items"], params)
-    merchant, merchant_names = _codes(_text_column(conn, f"SELECT merchant_id FROM payment{condition} ORDER BY sequence",
-                                                   params))
-    wallet, wallet_names = _codes(_text_column(conn, f"SELECT wallet_id FROM payment{condition} ORDER BY sequence",
-                                               params))
+    # Both identifiers in one pass: `wallet<TAB>merchant` lines, split into one flat list.
+    lines = _text_column(conn, f"SELECT wallet_id, merchant_id FROM payment{condition} ORDER BY sequence", params)
+    flat = "\t".join(lines).split("\t") if lines else []
+    wallet, wallet_names = _codes(flat[0::2])
+    merchant, merchant_names = _codes(flat[1::2])
     pairs = _int_columns(conn, (
         f"SELECT p.sequence, o.sequence FROM (SELECT sequence, original_id FROM payment{condition}) p "
         "JOIN payment o ON o.id = p.original_id WHERE p.original_id IS NOT NULL"),
@@ -430,31 +431,42 @@ def _masks(catalog: Catalog, tags: list[tuple]) -> np.ndarray:
 # -- stored requests against payment rows -------------------------------------------
 
 
+# One JSON parse per request (json_to_record), not one per field: PostgreSQL re-parses `json`
+# text at every ->> operator.
 _PG_SUSPECTS = """
-SELECT sequence FROM (SELECT sequence, type, amount, points_used, wallet_id, merchant_id, terminal_id,
-                             occurred_at_us, has_items, request_json::json AS j FROM payment) p
-WHERE (j->>'type') IS DISTINCT FROM type
-   OR (j->>'amount')::numeric IS DISTINCT FROM amount
-   OR (j->>'occurred_at')::timestamptz
-        IS DISTINCT FROM timestamptz 'epoch' + occurred_at_us * interval '1 microsecond'
-   OR (type = 'purchase' AND (
-          coalesce((j->>'points_used')::numeric, 0) IS DISTINCT FROM points_used
-       OR (j->>'wallet_id') IS DISTINCT FROM wallet_id
-       OR (j->>'merchant_id') IS DISTINCT FROM merchant_id
-       OR (j->>'terminal_id') IS DISTINCT FROM terminal_id
-       OR (has_items IS NOT NULL AND (coalesce(json_typeof(j->'items'), 'null') <> 'null') <> has_items)))
+SELECT p.sequence FROM payment p, json_to_record(p.request_json::json) AS r(
+    type text, amount numeric, points_used numeric, wallet_id text, merchant_id text, terminal_id text,
+    occurred_at timestamptz, original_id text, items json)
+WHERE r.type IS DISTINCT FROM p.type
+   OR r.amount IS DISTINCT FROM p.amount
+   OR r.occurred_at IS DISTINCT FROM timestamptz 'epoch' + p.occurred_at_us * interval '1 microsecond'
+   OR (p.type = 'purchase' AND (
+          coalesce(r.points_used, 0) IS DISTINCT FROM p.points_used
+       OR r.wallet_id IS DISTINCT FROM p.wallet_id
+       OR r.merchant_id IS DISTINCT FROM p.merchant_id
+       OR r.terminal_id IS DISTINCT FROM p.terminal_id
+       OR (p.has_items IS NOT NULL AND (coalesce(json_typeof(r.items), 'null') <> 'null') <> p.has_items)))
+   OR (p.type = 'refund' AND r.original_id IS DISTINCT FROM p.original_id)
 """
 
 
-def check_requests(conn: Connection, history: History) -> tuple[list[dict], dict[int, dict]]:
-    """Payments whose stored request differs from their row: problems, and the request's values by position."""
-    suspects = None
-    if _is_pg(conn):
-        try:
-            with conn.begin_nested():
-                suspects = [int(s) for (s,) in conn.execute(text(_PG_SUSPECTS))]
-        except Exception:  # noqa: BLE001 - a request that is not JSON: let Python say which
-            suspects = None
+def request_suspects(engine: Engine) -> list[int] | None:
+    """Sequences whose stored request may differ from the row (PostgreSQL), or None: check every one in Python."""
+    if engine.dialect.name != "postgresql":
+        return None
+    try:
+        with engine.connect() as conn:
+            return [int(s) for (s,) in conn.execute(text(_PG_SUSPECTS))]
+    except Exception:  # noqa: BLE001 - a request that is not JSON stops the query: let Python say which
+        return None
+
+
+def check_requests(conn: Connection, history: History, suspects: list[int] | None = None
+                   ) -> tuple[list[dict], dict[int, dict]]:
+    """Payments whose stored request differs from their row: problems, and the request's values by position.
+
+    `suspects` (from `request_suspects`) narrows the Python check to those payments; None checks all.
+    """
     condition = "" if suspects is None else f" WHERE sequence IN ({', '.join(map(str, suspects)) or 'NULL'})"
     problems: list[dict] = []
     values: dict[int, dict] = {}
@@ -545,13 +557,18 @@ def load_ledger(conn: Connection, history: History, campaign_ids: list[str]) -> 
 
 def rerate_check(engine: Engine, progress=None, kernel: str | None = None) -> dict:
     """Re-rate everything; returns {"ok", "checked", "mismatches": [...], "mismatch_count", "timings_s"}."""
+    from concurrent.futures import ThreadPoolExecutor
+
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    with engine.connect() as conn:
+    with ThreadPoolExecutor(1) as pool, engine.connect() as conn:
+        # The database compares every stored request with its row (its own JSON parser, on its
+        # own cores) while this process loads and decodes the columns.
+        suspects = pool.submit(request_suspects, engine)
         history = load_history(conn)
         versions = load_versions(conn)
         load_items(conn, history)
-        request_problems, request_values = check_requests(conn, history)
+        request_problems, request_values = check_requests(conn, history, suspects.result())
         timings["load"] = time.perf_counter() - started
         _apply_request_values(history, request_values)
         mark = time.perf_counter()
