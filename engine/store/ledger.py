@@ -456,7 +456,8 @@ class _GroupWriter:
         wallet_id, merchant_id = original["wallet_id"], original["merchant_id"]
         book = self.books[wallet_id]
         purchase_state = state.purchases[oid]
-        refunded_before = purchase_state.refunded - body.amount
+        # Running totals, not the group's final state: two refunds of one purchase may share a group.
+        refunded_before = self.refunded_updates.get(oid, original["refunded"])
         coin_refunded = body.amount - outcome.points_returned
         if coin_refunded:
             self.post(rules.Posting(rules.COIN_REFUND, rules.payable_account(merchant_id), rules.COIN_CLEARING,
@@ -475,8 +476,9 @@ class _GroupWriter:
         for clawback in outcome.clawbacks:
             cid = clawback.campaign_id
             award_state = purchase_state.awards[cid]
-            from_pending = pending_before[(oid, cid)] - award_state.pending
-            pending_before[(oid, cid)] = award_state.pending
+            # Pending points are cancelled first (as the kernel decided), then available ones.
+            from_pending = min(clawback.points, pending_before[(oid, cid)])
+            pending_before[(oid, cid)] -= from_pending
             from_available = clawback.points - from_pending
             version = award_state.campaign_version
             if from_pending:
@@ -488,9 +490,9 @@ class _GroupWriter:
                 self.post(rules.Posting(rules.CLAWBACK, rules.available_account(wallet_id, cid),
                                         rules.funding_account(cid), from_available, pid, cid, version))
             self.award_updates.append(
-                dict(p_id=oid, c_id=cid, pending=award_state.pending, clawed=clawback.points)
+                dict(p_id=oid, c_id=cid, pending=pending_before[(oid, cid)], clawed=clawback.points)
             )
-        self.refunded_updates[oid] = purchase_state.refunded
+        self.refunded_updates[oid] = refunded_before + body.amount
         response = {
             "id": pid,
             "sequence": sequence,
