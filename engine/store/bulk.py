@@ -75,6 +75,26 @@ def select_where_in(session: Session, table: Table, columns: list[str], column: 
     return [tuple(r) for r in session.execute(stmt, {"values": list(values)})]
 
 
+def select_where_tuples(session: Session, table: Table, columns: list[str], key: list[str],
+                        tuples: list[tuple]) -> list[tuple]:
+    """Rows of `table` whose `key` columns equal one of `tuples`: a join on the primary key,
+    so the look-up uses its index however large the table grows."""
+    if not tuples:
+        return []
+    if _is_pg(session):
+        arrays = ", ".join(f"%b::{_pg_type(table, k)}[]" for k in key)
+        on = " AND ".join(f"t.{k} = v.{k}" for k in key)
+        sql = (f"SELECT {', '.join('t.' + c for c in columns)} FROM {table.name} AS t "
+               f"JOIN unnest({arrays}) AS v({', '.join(key)}) ON {on}")
+        with _raw(session).cursor() as cursor:
+            cursor.execute(sql, [[t[i] for t in tuples] for i in range(len(key))])
+            return cursor.fetchall()
+    from sqlalchemy import select, tuple_
+
+    stmt = select(*[table.c[c] for c in columns]).where(tuple_(*[table.c[k] for k in key]).in_(list(tuples)))
+    return [tuple(r) for r in session.execute(stmt)]
+
+
 _PG_TYPES = {"BIGINT": "bigint", "INTEGER": "integer", "VARCHAR": "text", "TEXT": "text", "BLOB": "bytea",
              "BYTEA": "bytea", "BOOLEAN": "boolean"}
 

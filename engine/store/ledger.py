@@ -134,12 +134,11 @@ class Ledger:
             keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
             remembered = {
                 (row[0], row[1]): row
-                for row in bulk.select_where_in(
+                for row in bulk.select_where_tuples(
                     session, IdempotencyRow.__table__,
                     ["terminal_id", "key", "request_hash", "response_status", "response_json"],
-                    "key", sorted({k for _, k in keys}),
+                    ["terminal_id", "key"], sorted(keys),
                 )
-                if (row[0], row[1]) in keys
             }
             first_in_group: dict[tuple[str, str], int] = {}
             fresh: list[int] = []
@@ -296,12 +295,11 @@ class Ledger:
                 state.purchases[body.original_id] = PurchaseState(
                     o["wallet_id"], o["merchant_id"], o["amount"], o["points_used"], o["refunded"], awards
                 )
-        for cid, wid, wkey, points in bulk.select_where_in(
+        for cid, wid, wkey, points in bulk.select_where_tuples(
             session, WalletWindowUsageRow.__table__, ["campaign_id", "wallet_id", "window_key", "points"],
-            "wallet_id", sorted({w for _, w, _ in usage_keys}),
+            ["campaign_id", "wallet_id", "window_key"], sorted(usage_keys),
         ):
-            if (cid, wid, wkey) in usage_keys:
-                state.usage[(cid, wid, wkey)] = points
+            state.usage[(cid, wid, wkey)] = points
         for row in session.execute(select(CampaignRow.id, CampaignRow.issued_net)):
             state.spend[row.id] = row.issued_net
         lot_ids = set()
