@@ -100,24 +100,21 @@ class Posting:
         assert self.reason in REASONS, self.reason
 
 
-def canonical_bytes(sequence: int, posting: Posting, posted_at_us: int) -> bytes:
-    fields = (
-        sequence,
-        posting.payment_id or "",
-        posting.campaign_id or "",
-        "" if posting.campaign_version is None else posting.campaign_version,
-        posting.reason,
-        posting.debit_account_id,
-        posting.credit_account_id,
-        posting.amount,
-        posted_at_us,
-    )
-    return "\x1f".join(str(f) for f in fields).encode()
+def chain_hash_of(previous_hash: str, sequence: int, payment_id: str | None, campaign_id: str | None,
+                  campaign_version: int | None, reason: str, debit_account_id: str, credit_account_id: str,
+                  amount: int, posted_at_us: int) -> str:
+    """SHA-256 over the previous hash and a posting's canonical bytes (its fields, unit-separated)."""
+    canonical = "\x1f".join((
+        str(sequence), payment_id or "", campaign_id or "", "" if campaign_version is None else str(campaign_version),
+        reason, debit_account_id, credit_account_id, str(amount), str(posted_at_us),
+    ))
+    return hashlib.sha256(previous_hash.encode() + canonical.encode()).hexdigest()
 
 
 def chain_hash(previous_hash: str, sequence: int, posting: Posting, posted_at_us: int) -> str:
-    """SHA-256 over the previous hash and the posting's canonical bytes."""
-    return hashlib.sha256(previous_hash.encode() + canonical_bytes(sequence, posting, posted_at_us)).hexdigest()
+    return chain_hash_of(previous_hash, sequence, posting.payment_id, posting.campaign_id, posting.campaign_version,
+                         posting.reason, posting.debit_account_id, posting.credit_account_id, posting.amount,
+                         posted_at_us)
 
 
 def take_from_buckets(buckets: dict[str, int], points: int) -> list[tuple[str, int]]:

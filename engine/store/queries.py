@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
 
@@ -91,28 +92,34 @@ def ledger_check(engine: Engine) -> dict:
         expected_sequence = 1
         gaps: list[int] = []
         count = 0
-        for p in session.execute(select(PostingRow).order_by(PostingRow.sequence)).scalars():
+        parts = functools.lru_cache(maxsize=None)(rules.account_parts)
+        rows = session.execute(
+            select(PostingRow.sequence, PostingRow.payment_id, PostingRow.campaign_id, PostingRow.campaign_version,
+                   PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id, PostingRow.amount,
+                   PostingRow.posted_at_us, PostingRow.hash)
+            .order_by(PostingRow.sequence).execution_options(yield_per=50_000)
+        )
+        # Plain tuples, not ORM objects: this walks every posting ever made.
+        for sequence, payment_id, campaign_id, version, reason, debit_id, credit_id, amount, posted_at, digest in rows:
             count += 1
-            if p.sequence != expected_sequence:
+            if sequence != expected_sequence:
                 gaps.append(expected_sequence)
-            expected_sequence = p.sequence + 1
-            posting = rules.Posting(p.reason, p.debit_account_id, p.credit_account_id, p.amount, p.payment_id,
-                                    p.campaign_id, p.campaign_version)
-            if rules.chain_hash(previous, p.sequence, posting, p.posted_at_us) != p.hash:
-                chain_breaks.append(p.sequence)
-            previous = p.hash
-            computed[p.debit_account_id] -= p.amount
-            computed[p.credit_account_id] += p.amount
-            debit, credit = rules.account_parts(p.debit_account_id), rules.account_parts(p.credit_account_id)
-            category = _CATEGORY.get(p.reason)
-            if p.reason == rules.DEBT_SETTLEMENT:
-                flows[debit["campaign_id"]]["settled_out"] += p.amount
-                flows[credit["campaign_id"]]["settled_in"] += p.amount
+            expected_sequence = sequence + 1
+            if rules.chain_hash_of(previous, sequence, payment_id, campaign_id, version, reason, debit_id, credit_id,
+                                   amount, posted_at) != digest:
+                chain_breaks.append(sequence)
+            previous = digest
+            computed[debit_id] -= amount
+            computed[credit_id] += amount
+            category = _CATEGORY.get(reason)
+            if reason == rules.DEBT_SETTLEMENT:
+                flows[parts(debit_id)["campaign_id"]]["settled_out"] += amount
+                flows[parts(credit_id)["campaign_id"]]["settled_in"] += amount
             elif category:
-                flows[p.campaign_id][category] += p.amount
-                wallet = debit["wallet_id"] or credit["wallet_id"]
+                flows[campaign_id][category] += amount
+                wallet = parts(debit_id)["wallet_id"] or parts(credit_id)["wallet_id"]
                 sign = 1 if category in ("issued", "returned") else -1
-                wallet_flows[wallet] += sign * p.amount
+                wallet_flows[wallet] += sign * amount
         payment_breaks = verify_payment_chain(session)
         accounts = list(session.execute(select(AccountRow)).scalars())
         cached = {a.id: a.balance for a in accounts}
