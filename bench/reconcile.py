@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 import time
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from bench import history
 from engine.clock import SystemClock
 from engine.sealing import generate_key_b64

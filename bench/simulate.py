@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
+from pathlib import Path
 import time
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from bench import history
 from bench.reconcile import settings
 from engine.model import Campaign

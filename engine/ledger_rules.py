@@ -166,5 +166,10 @@ def payment_hash(previous_hash: str, payment: dict) -> str:
     The stored request and answer are part of it, so re-rating from stored
     requests rests on requests nobody can have edited unnoticed.
     """
-    body = "\x1f".join("" if payment[f] is None else str(payment[f]) for f in PAYMENT_HASHED_FIELDS)
+    return payment_hash_of(previous_hash, tuple(payment[f] for f in PAYMENT_HASHED_FIELDS))
+
+
+def payment_hash_of(previous_hash: str, values: tuple) -> str:
+    """`payment_hash` over the values of PAYMENT_HASHED_FIELDS, in that order."""
+    body = "\x1f".join(["" if v is None else str(v) for v in values])
     return hashlib.sha256(previous_hash.encode() + body.encode()).hexdigest()

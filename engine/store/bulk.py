@@ -95,6 +95,22 @@ def select_where_tuples(session: Session, table: Table, columns: list[str], key:
     return [tuple(r) for r in session.execute(stmt)]
 
 
+def stream(session: Session, sql: str, chunk_rows: int = 50_000):
+    """Rows of a read-only query as plain tuples, streamed in large chunks.
+
+    For whole-ledger walks (reconciliation): on PostgreSQL a server-side cursor
+    without any ORM row processing, which is most of the cost at a million rows.
+    """
+    if _is_pg(session):
+        raw = _raw(session)
+        with raw.cursor(name="setapay_stream") as cursor:
+            cursor.itersize = chunk_rows
+            cursor.execute(sql)
+            yield from cursor
+        return
+    yield from session.connection().exec_driver_sql(sql)
+
+
 _PG_TYPES = {"BIGINT": "bigint", "INTEGER": "integer", "VARCHAR": "text", "TEXT": "text", "BLOB": "bytea",
              "BYTEA": "bytea", "BOOLEAN": "boolean"}
 

@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 from engine import ledger_rules as rules
 from engine.errors import EngineError
 from engine.timeutil import format_instant
+from engine.store import bulk
 from engine.store.models import (
     AccountRow,
     AwardRow,
@@ -93,12 +94,9 @@ def ledger_check(engine: Engine) -> dict:
         gaps: list[int] = []
         count = 0
         parts = functools.lru_cache(maxsize=None)(rules.account_parts)
-        rows = session.execute(
-            select(PostingRow.sequence, PostingRow.payment_id, PostingRow.campaign_id, PostingRow.campaign_version,
-                   PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id, PostingRow.amount,
-                   PostingRow.posted_at_us, PostingRow.hash)
-            .order_by(PostingRow.sequence).execution_options(yield_per=50_000)
-        )
+        rows = bulk.stream(session, (
+            "SELECT sequence, payment_id, campaign_id, campaign_version, reason, debit_account_id, "
+            "credit_account_id, amount, posted_at_us, hash FROM posting ORDER BY sequence"))
         # Plain tuples, not ORM objects: this walks every posting ever made.
         for sequence, payment_id, campaign_id, version, reason, debit_id, credit_id, amount, posted_at, digest in rows:
             count += 1
@@ -121,7 +119,8 @@ def ledger_check(engine: Engine) -> dict:
                 sign = 1 if category in ("issued", "returned") else -1
                 wallet_flows[wallet] += sign * amount
         payment_breaks = verify_payment_chain(session)
-        accounts = list(session.execute(select(AccountRow)).scalars())
+        accounts = list(session.execute(select(AccountRow.id, AccountRow.kind, AccountRow.wallet_id,
+                                                AccountRow.campaign_id, AccountRow.balance)))
         cached = {a.id: a.balance for a in accounts}
         mismatched = sorted(a for a in set(cached) | set(computed) if cached.get(a, 0) != computed.get(a, 0))
         outstanding: dict[str, int] = defaultdict(int)
@@ -134,10 +133,15 @@ def ledger_check(engine: Engine) -> dict:
             if a.kind == "wallet_available":
                 available[(a.wallet_id, a.campaign_id)] += a.balance
         in_lots: dict[tuple[str, str], int] = defaultdict(int)
-        for lot in session.execute(select(PointLotRow)).scalars():
-            in_lots[(lot.wallet_id, lot.campaign_id)] += lot.remaining
-        for debt in session.execute(select(WalletDebtRow)).scalars():
-            in_lots[(debt.wallet_id, debt.campaign_id)] -= debt.points
+        for wallet_id, campaign_id, remaining in session.execute(
+            select(PointLotRow.wallet_id, PointLotRow.campaign_id, PointLotRow.remaining)
+            .where(PointLotRow.remaining > 0)
+        ):
+            in_lots[(wallet_id, campaign_id)] += remaining
+        for wallet_id, campaign_id, points in session.execute(
+            select(WalletDebtRow.wallet_id, WalletDebtRow.campaign_id, WalletDebtRow.points)
+        ):
+            in_lots[(wallet_id, campaign_id)] -= points
         lots_mismatched = sorted(f"{w}:{c}" for w, c in set(available) | set(in_lots)
                                  if available.get((w, c), 0) != in_lots.get((w, c), 0))
         meters = {r.id: r.issued_net for r in session.execute(select(CampaignRow)).scalars()}
@@ -196,13 +200,15 @@ def verify_payment_chain(session: Session) -> list[str]:
     previous = rules.GENESIS_HASH
     expected = 1
     breaks = []
-    columns = [getattr(PaymentRow, f) for f in rules.PAYMENT_HASHED_FIELDS] + [PaymentRow.hash]
-    for row in session.execute(select(*columns).order_by(PaymentRow.sequence)):
-        payment = row._asdict()
-        if payment["sequence"] != expected or rules.payment_hash(previous, payment) != payment["hash"]:
-            breaks.append(payment["id"])
-        expected = payment["sequence"] + 1
-        previous = payment["hash"]
+    # Plain tuples streamed in chunks: this reads every request and answer ever stored.
+    rows = bulk.stream(session, f"SELECT {', '.join(rules.PAYMENT_HASHED_FIELDS)}, hash FROM payment "
+                                "ORDER BY sequence", chunk_rows=20_000)
+    for row in rows:
+        values, digest = row[:-1], row[-1]
+        if values[0] != expected or rules.payment_hash_of(previous, values) != digest:
+            breaks.append(values[1])
+        expected = values[0] + 1
+        previous = digest
     head = session.execute(select(LedgerHead)).scalar_one()
     if head.last_payment_sequence != expected - 1 or head.last_payment_hash != previous:
         breaks.append("ledger_head")
