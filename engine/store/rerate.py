@@ -106,6 +106,7 @@ class History:
     amount: np.ndarray
     points_used: np.ndarray
     original: np.ndarray  # refunds: position of the original in this history, -1 none
+    original_sequence: np.ndarray  # refunds: sequence of the original (wherever it is), -1 none
     has_items: np.ndarray  # 1, 0, or -1 (not known)
     merchant: np.ndarray
     wallet: np.ndarray
@@ -154,10 +155,41 @@ def load_history(conn: Connection, where: str = "", params: dict | None = None) 
     found_ok = (found < len(sequence)) & (sequence[np.minimum(found, len(sequence) - 1)] == pairs["original"]) \
         if len(sequence) else np.zeros(0, bool)
     original[at[found_ok]] = found[found_ok]
+    original_sequence = np.full(len(sequence), -1, I64)
+    original_sequence[at] = pairs["original"]
     return History(sequence=sequence, kind=ints["kind"].astype(np.int8), occurred_at_us=ints["occurred_at_us"],
                    accepted_at_us=ints["accepted_at_us"], amount=ints["amount"], points_used=ints["points_used"],
-                   original=original, has_items=ints["has_items"], merchant=merchant, wallet=wallet,
+                   original=original, original_sequence=original_sequence, has_items=ints["has_items"],
+                   merchant=merchant, wallet=wallet,
                    merchant_names=merchant_names, wallet_names=wallet_names)
+
+
+def extend(old: History, new: History) -> History:
+    """`old` followed by `new` (payments accepted after it), with one code space for ids."""
+    if not len(old):
+        return new
+    names = {"merchant": list(old.merchant_names), "wallet": list(old.wallet_names)}
+    codes = {}
+    for field in ("merchant", "wallet"):
+        index = {name: i for i, name in enumerate(names[field])}
+        remap = np.array([index.setdefault(name, len(index)) for name in getattr(new, f"{field}_names")], I64)
+        names[field] = list(index)
+        codes[field] = np.concatenate([getattr(old, field), remap[getattr(new, field)] if remap.size
+                                       else getattr(new, field)])
+    fields = {f.name: np.concatenate([getattr(old, f.name), getattr(new, f.name)]) for f in dataclasses.fields(old)
+              if isinstance(getattr(old, f.name), np.ndarray)}
+    fields.update(codes)
+    sequence = fields["sequence"]
+    original = np.full(len(sequence), -1, I64)
+    refunds = np.flatnonzero(fields["original_sequence"] >= 0)
+    found = np.searchsorted(sequence, fields["original_sequence"][refunds])
+    ok = (found < len(sequence)) & (sequence[np.minimum(found, len(sequence) - 1)] ==
+                                    fields["original_sequence"][refunds])
+    original[refunds[ok]] = found[ok]
+    fields["original"] = original
+    items = dict(old.items)
+    items.update({position + len(old): value for position, value in new.items.items()})
+    return History(**fields, merchant_names=names["merchant"], wallet_names=names["wallet"], items=items)
 
 
 def payment_ids(conn: Connection, sequences) -> dict[int, str]:

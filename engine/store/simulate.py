@@ -19,9 +19,11 @@ the award that met its budget — if the budget was met.
 from __future__ import annotations
 
 import datetime as dt
+import threading
 import time
 
 import numpy as np
+from sqlalchemy import text
 
 from engine.model import Campaign
 from engine.rating import _kernel_py as k
@@ -38,12 +40,12 @@ def simulate(engine, draft: Campaign, from_us: int, to_us: int, kernel: str | No
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with engine.connect() as conn:
-        # Integers only in the condition: nothing to quote.
-        history = rerate.load_history(conn, f"occurred_at_us >= {int(from_us)} AND occurred_at_us < {int(to_us)}")
+        everything = _cache_for(engine).get(conn)
+        window = (everything.occurred_at_us >= from_us) & (everything.occurred_at_us < to_us)
+        history = everything.select(window)
         # Refunds count only when their purchase is in the window (the original is known there).
         history = history.select((history.kind == k.KIND_PURCHASE) | (history.original >= 0))
         versions = rerate.load_versions(conn)
-        rerate.load_items(conn, history)
         conn.rollback()
     timings["load"] = time.perf_counter() - started
 
@@ -59,6 +61,45 @@ def simulate(engine, draft: Campaign, from_us: int, to_us: int, kernel: str | No
     result.update({"campaign_id": draft.id, "from": format_instant(from_us), "to": format_instant(to_us),
                    "timings_s": {name: round(v, 4) for name, v in timings.items()}})
     return result
+
+
+class HistoryCache:
+    """The decoded payment history of one database, kept between simulations.
+
+    Accepted payments never change (the payment hash chain would show it), so
+    the history only grows: each simulation tops it up with the payments
+    accepted since the last one instead of decoding the whole history again.
+    If the database no longer ends where the cache does (restored, or
+    another database), the cache starts over.
+    """
+
+    def __init__(self) -> None:
+        self.history: rerate.History | None = None
+        self.last_hash: str | None = None
+        self.lock = threading.Lock()
+
+    def get(self, conn) -> rerate.History:
+        with self.lock:
+            if self.history is not None and len(self.history):
+                last = int(self.history.sequence[-1])
+                held = conn.execute(text("SELECT hash FROM payment WHERE sequence = :s"), {"s": last}).scalar()
+                if held != self.last_hash:
+                    self.history = None
+            last = int(self.history.sequence[-1]) if self.history is not None and len(self.history) else 0
+            new = rerate.load_history(conn, f"sequence > {last}")
+            rerate.load_items(conn, new)
+            self.history = new if self.history is None else rerate.extend(self.history, new)
+            if len(self.history):
+                self.last_hash = conn.execute(text("SELECT hash FROM payment WHERE sequence = :s"),
+                                              {"s": int(self.history.sequence[-1])}).scalar()
+            return self.history
+
+
+_caches: dict[str, HistoryCache] = {}
+
+
+def _cache_for(engine) -> HistoryCache:
+    return _caches.setdefault(engine.url.render_as_string(hide_password=False), HistoryCache())
 
 
 def _aggregate(history: rerate.History, rated: rerate.Rated, draft: Campaign) -> dict:

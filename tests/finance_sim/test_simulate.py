@@ -158,3 +158,22 @@ def test_bad_drafts_are_named_and_only_admin_and_finance_may_simulate(ward: Ward
     assert any("tiers" in e["loc"] for e in problem["errors"]), problem
     assert _simulate(ward, DRAFT, "2026-12-01T00:00", "2026-12-04T00:00", headers=ward.admin)["campaign_id"] == "PB"
     _simulate(ward, DRAFT, "2026-12-01T00:00", "2026-12-04T00:00", headers=ward.terminal_keys["TM001"], expect=403)
+
+
+def test_the_history_cache_tops_up_and_equals_a_cold_load(ward: Ward):
+    """Payments accepted after a simulation (a refund of an early purchase, a new purchase) are
+    picked up by the next one; the warm answer equals a cold one from a fresh cache."""
+    from engine.store import simulate
+
+    built = history.build(ward)
+    window = ("2026-11-30T00:00", "2026-12-31T00:00")
+    _simulate(ward, DRAFT, *window)  # fills the cache
+    ward.refund(built["first"], "2026-12-03T12:00", 1_000)
+    ward.clock.set(ward.clock.now_us() + 60_000_000)
+    warm = _simulate(ward, DRAFT, *window)
+    simulate._caches.clear()
+    cold = _simulate(ward, DRAFT, *window)
+    for answer in (warm, cold):
+        answer.pop("timings_s")
+    assert warm == cold
+    assert warm["transactions"]["refunds"] == 2
