@@ -4,7 +4,7 @@ closeouts, signed chain heads and the reconciliation report (SPEC §6, §7)."""
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from fastapi import Depends, FastAPI, Header
+from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
 from pydantic import Field, field_validator
 

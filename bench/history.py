@@ -170,7 +170,6 @@ def build(settings_factory, transactions: int = TRANSACTIONS) -> None:
                     items = [{"amount": a // 2, "tags": [LOCAL_TAG]}, {"amount": a - a // 2, "tags": []}]
                 body = Purchase(wallet_id=f"W{int(wallet[i]):06d}", merchant_id=m, terminal_id=f"T{m}",
                                 occurred_at=at, amount=a, points_used=min(int(used[i]), a), items=items)
-                terminal = f"T{m}"
                 sent.append(None)
             canonical = body.model_dump_json()
             terminal_id = body.terminal_id if body.type == "purchase" else terminal_of[body.original_id]

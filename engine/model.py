@@ -20,7 +20,6 @@ from pydantic import (
     StrictInt,
     StringConstraints,
     ValidationError,
-    field_validator,
     model_validator,
 )
 

@@ -328,7 +328,7 @@ def encode(catalog: Catalog, events: list, state: RatingState) -> tuple[Columns,
     return cols, ctx
 
 
-def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -> list["Outcome"]:
+def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -> list:
     """Outcomes of a rated batch, folding the batch's effects into `state`."""
     from . import Award, Clawback, Outcome
 

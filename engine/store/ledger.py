@@ -18,12 +18,12 @@ import json
 import secrets
 from collections import defaultdict
 
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import crediting, ledger_rules as rules
-from engine.errors import EngineError, problem
+from engine.errors import problem
 from engine.model import Campaign, Merchant, Purchase, Refund
 from engine.rating._kernel_py import share_target
 from engine.rating import AwardState, Catalog, PurchaseState, RatingState, build_catalog, rate, window_key
