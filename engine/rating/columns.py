@@ -167,6 +167,32 @@ def build_catalog(merchants: list[Merchant], campaigns: list[Campaign]) -> Catal
     return Catalog(campaigns, {m.id: i for i, m in enumerate(merchants)}, tag_bits, arrays)
 
 
+def catalog_columns(catalog: Catalog, extra: int = 0) -> dict[str, np.ndarray]:
+    """The catalog's campaign, tier and merchant columns, with `extra` placeholder
+    campaigns (awards of campaigns no longer in the catalog) that are never active."""
+    a = catalog.arrays
+
+    def pad(name: str, value) -> np.ndarray:
+        return np.concatenate([a[name], np.full(extra, value, a[name].dtype)])
+
+    return dict(
+        c_starts_at=pad("c_starts_at", 0),
+        c_ends_at=pad("c_ends_at", 0),
+        c_uses_tags=pad("c_uses_tags", 0),
+        c_tag_mask=pad("c_tag_mask", 0),
+        c_fixed_points=pad("c_fixed_points", 0),
+        c_min_base=pad("c_min_base", 0),
+        c_per_tx_cap=pad("c_per_tx_cap", k.UNLIMITED),
+        c_wallet_cap=pad("c_wallet_cap", k.UNLIMITED),
+        c_budget=pad("c_budget", k.UNLIMITED),
+        c_exclusive=pad("c_exclusive", 0),
+        c_immediate=pad("c_immediate", 1),
+        c_tier_start=pad("c_tier_start", a["c_tier_start"][-1]),
+        **{name: a[name] for name in ("t_rate_bp", "t_cert_required", "mt_static_ok", "m_cert_start", "cert_from",
+                                      "cert_until")},
+    )
+
+
 def window_keys_us(occurred_at_us: np.ndarray, period: str) -> np.ndarray:
     """Vectorised `state.window_key`: Asia/Tokyo day or month keys of many instants."""
     days = (occurred_at_us // US_PER_S + TOKYO_OFFSET_S) // S_PER_DAY
@@ -275,28 +301,9 @@ def encode(catalog: Catalog, events: list, state: RatingState) -> tuple[Columns,
             x_row[i] = row_index.get(ev.original_id, -1)
         x_item_start[i + 1] = len(item_amount)
 
-    a = catalog.arrays
-    pad = lambda name, value: np.concatenate([a[name], np.full(extra, value, a[name].dtype)])  # noqa: E731
     wallet_ids = list(wallet_index)
     cols = Columns(
-        c_starts_at=pad("c_starts_at", 0),
-        c_ends_at=pad("c_ends_at", 0),  # placeholders are never active
-        c_uses_tags=pad("c_uses_tags", 0),
-        c_tag_mask=pad("c_tag_mask", 0),
-        c_fixed_points=pad("c_fixed_points", 0),
-        c_min_base=pad("c_min_base", 0),
-        c_per_tx_cap=pad("c_per_tx_cap", k.UNLIMITED),
-        c_wallet_cap=pad("c_wallet_cap", k.UNLIMITED),
-        c_budget=pad("c_budget", k.UNLIMITED),
-        c_exclusive=pad("c_exclusive", 0),
-        c_immediate=pad("c_immediate", 1),
-        c_tier_start=pad("c_tier_start", a["c_tier_start"][-1]),
-        t_rate_bp=a["t_rate_bp"],
-        t_cert_required=a["t_cert_required"],
-        mt_static_ok=a["mt_static_ok"],
-        m_cert_start=a["m_cert_start"],
-        cert_from=a["cert_from"],
-        cert_until=a["cert_until"],
+        **catalog_columns(catalog, extra),
         x_kind=x_kind,
         x_merchant=x_merchant,
         x_occurred_at=x_occurred_at,

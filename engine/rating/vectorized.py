@@ -23,7 +23,7 @@ import dataclasses
 import numpy as np
 
 from . import _kernel_py as k
-from .columns import Catalog, Columns, window_keys_us
+from .columns import Catalog, Columns, catalog_columns, window_keys_us
 
 I64 = np.int64
 
@@ -186,34 +186,12 @@ def assemble(catalog: Catalog, batch: Batch, opening: Opening, C: int, r_slot: n
     def cat(old, new, dtype):
         return np.concatenate([np.asarray(old, dtype), np.asarray(new, dtype)])
 
-    a = catalog.arrays
-
-    def pad(name, value):
-        return np.concatenate([a[name], np.full(extra, value, a[name].dtype)]) if extra else a[name]
-
     r_award = np.zeros(R * C, I64)
     r_award[: R0 * C] = opening.r_award
     r_pending = np.zeros(R * C, I64)
     r_pending[: R0 * C] = opening.r_pending
     return Columns(
-        c_starts_at=pad("c_starts_at", 0),
-        c_ends_at=pad("c_ends_at", 0),  # placeholders are never active
-        c_uses_tags=pad("c_uses_tags", 0),
-        c_tag_mask=pad("c_tag_mask", 0),
-        c_fixed_points=pad("c_fixed_points", 0),
-        c_min_base=pad("c_min_base", 0),
-        c_per_tx_cap=pad("c_per_tx_cap", k.UNLIMITED),
-        c_wallet_cap=pad("c_wallet_cap", k.UNLIMITED),
-        c_budget=pad("c_budget", k.UNLIMITED),
-        c_exclusive=pad("c_exclusive", 0),
-        c_immediate=pad("c_immediate", 1),
-        c_tier_start=pad("c_tier_start", a["c_tier_start"][-1]),
-        t_rate_bp=a["t_rate_bp"],
-        t_cert_required=a["t_cert_required"],
-        mt_static_ok=a["mt_static_ok"],
-        m_cert_start=a["m_cert_start"],
-        cert_from=a["cert_from"],
-        cert_until=a["cert_until"],
+        **catalog_columns(catalog, extra),
         x_kind=np.asarray(batch.kind, np.int8),
         x_merchant=np.where(is_purchase, batch.merchant, -1).astype(np.int32),
         x_occurred_at=np.asarray(batch.occurred_at_us, I64),
