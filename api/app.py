@@ -68,10 +68,16 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     in_flight: set[tuple[str, str]] = set()
     in_flight_lock = threading.Lock()
 
-    if settings.lifecycle_interval_s > 0:
-        _start_lifecycle_scheduler(ledger, settings.lifecycle_interval_s)
+    stop = threading.Event()
 
-    app = FastAPI(title="setapay-engine", version="0.1.0",
+    @contextlib.asynccontextmanager
+    async def lifespan(_app):
+        if settings.lifecycle_interval_s > 0:
+            _start_lifecycle_scheduler(ledger, settings.lifecycle_interval_s, stop)
+        yield
+        stop.set()
+
+    app = FastAPI(title="setapay-engine", version="0.1.0", lifespan=lifespan,
                   description="Points and settlement engine of Setagaya PAY (せたがやPay)")
     app.state.settings = settings
     app.state.ledger = ledger
@@ -426,14 +432,13 @@ def _guarded(action):
         raise EngineError(503, "service_unavailable", type(exc).__name__) from None
 
 
-def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float) -> None:
-    """Credit due awards and expire due lots every `interval_s`; runs are idempotent, so
-    several processes doing this at once post nothing twice."""
+def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threading.Event) -> None:
+    """Credit due awards and expire due lots every `interval_s` until the app stops; runs are
+    idempotent, so several processes doing this at once post nothing twice."""
     import logging
 
     def loop() -> None:
-        while True:
-            time.sleep(interval_s)
+        while not stop.wait(interval_s):
             try:
                 lifecycle.credit_due(ledger, ledger.clock.now_us())
                 lifecycle.expire_due(ledger, ledger.clock.now_us())
