@@ -14,7 +14,6 @@ import datetime as dt
 import hashlib
 import re
 import threading
-import time
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
