@@ -117,26 +117,6 @@ def chain_hash(previous_hash: str, sequence: int, posting: Posting, posted_at_us
                          posted_at_us)
 
 
-def take_from_buckets(buckets: dict[str, int], points: int) -> list[tuple[str, int]]:
-    """Legs that take `points` from a wallet's positive per-campaign balances.
-
-    Buckets are taken in campaign id order so the choice is deterministic.
-    The caller has checked that the wallet's net balance covers `points`;
-    the positive buckets then always do too.
-    """
-    legs = []
-    remaining = points
-    for campaign_id in sorted(buckets):
-        if remaining == 0:
-            break
-        take = min(buckets[campaign_id], remaining)
-        if take > 0:
-            legs.append((campaign_id, take))
-            remaining -= take
-    assert remaining == 0, "net balance covered the redemption but positive buckets did not"
-    return legs
-
-
 def split_in_order(legs: list[tuple[str, int]], start: int, amount: int) -> list[tuple[str, int]]:
     """The part [start, start + amount) of the concatenated legs, leg by leg.
 
