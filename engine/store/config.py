@@ -155,7 +155,8 @@ class Config:
             if session.get(CampaignRow, campaign.id) is not None:
                 raise EngineError(409, "already_exists", f"campaign {campaign.id} exists")
             now = self.clock.now_us()
-            session.add(CampaignRow(id=campaign.id, current_version=1, issued_net=0, created_at_us=now))
+            session.add(CampaignRow(id=campaign.id, current_version=1, issued_net=0, budget=campaign.budget,
+                                    created_at_us=now))
             session.flush()
             session.add(CampaignVersionRow(campaign_id=campaign.id, version=1, record_json=_dump(campaign),
                                            created_at_us=now))
@@ -185,6 +186,7 @@ class Config:
             if updated.budget is not None and updated.budget < row.issued_net:
                 raise EngineError(422, "campaign_started", f"budget below the {row.issued_net} points already issued")
             row.current_version = updated.version
+            row.budget = updated.budget
             session.add(CampaignVersionRow(campaign_id=campaign_id, version=updated.version,
                                            record_json=_dump(updated), created_at_us=now))
         return updated

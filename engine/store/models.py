@@ -68,8 +68,14 @@ class CampaignRow(Base):
     current_version: Mapped[int] = mapped_column(Integer)
     # Net points issued (awards and grants minus clawbacks): the budget's meter.
     issued_net: Mapped[int] = mapped_column(BigInteger, default=0)
+    # The current version's budget (null: none), kept here so the database itself
+    # refuses a meter above it, whatever code writes the meter.
+    budget: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
-    __table_args__ = (CheckConstraint("issued_net >= 0", name="issued_net_nonnegative"),)
+    __table_args__ = (
+        CheckConstraint("issued_net >= 0", name="issued_net_nonnegative"),
+        CheckConstraint("budget IS NULL OR issued_net <= budget", name="issued_within_budget"),
+    )
 
 
 class CampaignVersionRow(Base):
