@@ -24,12 +24,13 @@ from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine import limits
+from engine import limits, receipts
 from engine.errors import EngineError, problem
 from engine.model import Campaign, Merchant, Transaction
 from engine.settings import Settings
 from engine.clock import SystemClock
 from engine.store import lifecycle, queries
+from engine.store.apps import Apps
 from engine.store.config import Config, Principal
 from engine.store.db import make_engine, upgrade
 from engine.store.answer_cache import AnswerCache
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     clock = clock or SystemClock(settings.clock_offset_s)
     ledger = Ledger(engine, clock)
     config = Config(engine, settings, clock)
+    apps = Apps(engine, settings, clock)
     committer = GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max)
     answers = AnswerCache(settings.redis_url) if settings.redis_url else None
     in_flight: set[tuple[str, str]] = set()
@@ -81,6 +83,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     app.state.settings = settings
     app.state.ledger = ledger
     app.state.config = config
+    app.state.apps = apps
     app.state.engine = engine
 
     # -- errors ------------------------------------------------------------
@@ -107,6 +110,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):  # pragma: no cover - a bug if reached
+        import logging
+
+        logging.getLogger("setapay.api").error("unexpected %s", type(exc).__name__, exc_info=exc)
         return _problem_response(500, problem(500, "internal_error"))
 
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
@@ -175,8 +181,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         if body.type == "purchase" and body.terminal_id != p.terminal_id:
             raise EngineError(403, "forbidden", "a terminal key posts only for its own terminal")
         _check_instant(body.occurred_at)
+        # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
+        receipt = receipts.verify(body.receipt, body, apps.secrets_for, clock.now_us())
         canonical = body.model_dump_json()
-        return Submission(p.terminal_id, key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+        return Submission(p.terminal_id, key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical,
+                          receipt=receipt)
 
     def _idempotency_key(value: str | None) -> str:
         if value is None:
@@ -265,12 +274,15 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         merchant_id, terminal_id = scope
         if p.role == "merchant" and p.merchant_id != merchant_id:
             raise EngineError(403, "forbidden", "a merchant key reads only its own merchant")
-        if p.role == "terminal" and p.terminal_id != terminal_id:
-            raise EngineError(403, "forbidden", "a terminal key reads only its own transactions")
+        # A terminal reads its own transactions while it is still with their merchant: a terminal
+        # moved to another merchant leaves its old merchant's transactions behind.
+        if p.role == "terminal" and (p.terminal_id != terminal_id
+                                     or config.terminal_merchant(p.terminal_id) != merchant_id):
+            raise EngineError(403, "forbidden", "a terminal key reads only its own transactions at its merchant")
         return queries.get_payment(engine, transaction_id)
 
     @app.get("/v1/wallets/{wallet_id}/points")
-    def wallet_points(wallet_id: str, p: Annotated[Principal, Depends(role("terminal", "finance"))]):
+    def wallet_points(wallet_id: str, p: Annotated[Principal, Depends(role("app", "finance"))]):
         _check_id(wallet_id, "wallet id")
         return queries.wallet_detail(engine, wallet_id)
 

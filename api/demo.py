@@ -13,22 +13,22 @@ The day is a synthetic one in December 2026, so the demo widens the accepted
 from __future__ import annotations
 
 import collections
-import os
-from pathlib import Path
-from typing import Callable
-
 import datetime as dt
 import json
+import os
+from collections.abc import Callable
+from pathlib import Path
 
 from engine import demo as ward_demo
 from engine.clock import ManualClock
 from engine.model import BankAccount, Credit
-from engine.store import lifecycle
-from engine.timeutil import TOKYO, to_us
+from engine.receipts import PaymentApp
 from engine.settings import Settings
-from engine.store import queries
+from engine.store import lifecycle, queries
+from engine.timeutil import TOKYO, to_us
 
 DEMO_DATABASE = "setapay-demo.db"
+DEMO_APP_ID = "SETAGAYA_PAY"
 
 
 def _fresh_sqlite(path: Path) -> str:
@@ -79,6 +79,10 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
             terminal_id = f"T{m.id[1:]}01"
             _ok(client.post("/v1/terminals", json={"id": terminal_id, "merchant_id": m.id}, headers=admin))
             terminal_keys[terminal_id] = config.create_key("terminal", terminal_id=terminal_id)
+        # The demo plays the ward's payment app too: it moves the coins and signs a receipt
+        # (SPEC §9.1) for every purchase and refund, which the terminal carries.
+        payment_app = PaymentApp(DEMO_APP_ID, app.state.apps.add(DEMO_APP_ID),
+                                 now_s=lambda: clock.now_us() // 1_000_000)
 
         posted: dict[str, tuple[str, str]] = {}  # event key -> (transaction id, terminal)
         spendable: collections.Counter = collections.Counter()  # what each wallet has earned so far
@@ -96,8 +100,11 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
                 if event.original_id not in posted:
                     continue
                 body["original_id"], terminal_id = posted[event.original_id]
+            body = (payment_app.sign_purchase(body, jti=f"pay_{key}") if event.type == "purchase"
+                    else payment_app.sign_refund(body, jti=f"ref_{key}"))
             headers = {"Authorization": f"Bearer {terminal_keys[terminal_id]}", "Idempotency-Key": key}
             response = client.post("/v1/transactions", json=body, headers=headers)
+            payment_app.accepted(body, response.json())
             if n % 97 == 0:  # a terminal that lost the answer retries; it must be a replay
                 retry = client.post("/v1/transactions", json=body, headers=headers)
                 assert retry.headers.get("Idempotent-Replayed") == "true" and retry.json() == response.json()

@@ -17,8 +17,8 @@ line is `single_ratio=<f> batch_ratio=<f> single_p99_ms=<f>`.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import asyncio
+import datetime as dt
 import json
 import os
 import socket
@@ -152,10 +152,17 @@ def baseline_batched_insert(url: str, seconds: float) -> dict:
             "p99_ms": 1000 * commits[int(len(commits) * 0.99)], "errors": 0}
 
 
-def seed_ward(url: str, terminals: int) -> list[tuple[str, str, str]]:
-    """Merchants, campaigns and terminals of a small ward; returns (terminal, merchant, key)."""
+BENCH_APP_ID = "BENCH_APP"
+
+
+def seed_ward(url: str, terminals: int):
+    """Merchants, campaigns, terminals and the payment app of a small ward;
+    returns (terminal, merchant, key) per terminal and the app that signs receipts."""
     from engine.demo import ward
+    from engine.receipts import PaymentApp
+    from engine.settings import Settings
     from engine.store import db
+    from engine.store.apps import Apps
     from engine.store.config import Config
 
     db.upgrade(url)
@@ -172,8 +179,25 @@ def seed_ward(url: str, terminals: int) -> list[tuple[str, str, str]]:
         terminal_id = f"T_BENCH_{i}"
         config.create_terminal(terminal_id, merchant.id)
         out.append((terminal_id, merchant.id, config.create_key("terminal", terminal_id=terminal_id)))
+    app = PaymentApp(BENCH_APP_ID, Apps(config.engine, Settings(database_url=url)).add(BENCH_APP_ID))
     config.engine.dispose()
-    return out
+    return out, app
+
+
+def receipt_verify_us(app, samples: int = 20_000) -> float:
+    """Server-side cost of one receipt check (signature, claims against the body), in microseconds."""
+    from engine import receipts
+    from engine.model import Purchase
+
+    body = purchase("T_BENCH_0", "M0001", 0, 0, time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
+    signed = app.sign_purchase(body, jti="pay_bench")
+    parsed = Purchase.model_validate(signed)
+    raw = [receipts.decode_secret(app.secret)]
+    now = int(time.time() * 1_000_000)
+    started = time.perf_counter()
+    for _ in range(samples):
+        receipts.verify(signed["receipt"], parsed, lambda _app_id: raw, now)
+    return (time.perf_counter() - started) / samples * 1e6
 
 
 def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: str) -> dict:
@@ -210,14 +234,15 @@ def main() -> int:
 
     # (b) and (c): our API.
     url = fresh_database("setapay_bench_ours")
-    terminals = seed_ward(url, args.clients)
+    terminals, payment_app = seed_ward(url, args.clients)
     port = free_port()
     env = {"SETAPAY_DATABASE_URL": url}
     server = start_server("api.main:app", port, args.workers, env)
     try:
         def single(n: int, i: int):
             terminal_id, merchant_id, key = terminals[n]
-            body = json.dumps(purchase(terminal_id, merchant_id, n, i, occurred_at)).encode()
+            body = json.dumps(payment_app.sign_purchase(purchase(terminal_id, merchant_id, n, i, occurred_at),
+                                                        jti=f"pay_s_{n}_{i}")).encode()
             return "POST", "/v1/transactions", body, {"Authorization": f"Bearer {key}",
                                                       "Idempotency-Key": f"s-{n}-{i}"}, 1
 
@@ -225,7 +250,8 @@ def main() -> int:
 
         def batch(n: int, i: int):
             terminal_id, merchant_id, key = terminals[n]
-            items = [dict(purchase(terminal_id, merchant_id, n, i * 1000 + j, occurred_at),
+            items = [dict(payment_app.sign_purchase(purchase(terminal_id, merchant_id, n, i * 1000 + j, occurred_at),
+                                                    jti=f"pay_b_{n}_{i}_{j}"),
                           idempotency_key=f"b-{n}-{i}-{j}") for j in range(1000)]
             return ("POST", "/v1/transactions/batch", json.dumps({"transactions": items}).encode(),
                     {"Authorization": f"Bearer {key}"}, 1000)
@@ -265,6 +291,12 @@ def main() -> int:
         print(f"replay_redis_over_database={results['replay_redis']['tx_per_s'] / results['replay_database']['tx_per_s']:.2f}")
     print(f"single_ratio={single_ratio:.3f} batch_ratio={batch_ratio:.3f} "
           f"single_p99_ms={results['ours_single']['p99_ms']:.2f}")
+    # What receipts cost the server: one check's CPU time times the accepted rate, as a share of
+    # the time the server has (SPEC §9.1 wants under 10%).
+    verify_us = receipt_verify_us(payment_app)
+    print(f"receipt_verify_us={verify_us:.1f} "
+          f"receipt_share_single={verify_us * results['ours_single']['tx_per_s'] / 1e6:.4f} "
+          f"receipt_share_batch={verify_us * results['ours_batch']['tx_per_s'] / 1e6:.4f}")
     return 0
 
 

@@ -52,6 +52,32 @@ def _cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_apps(args: argparse.Namespace) -> int:
+    """`setapay apps add|rotate|revoke|list`: payment apps and their receipt secrets (SPEC §9.1)."""
+    import json
+
+    from engine.errors import EngineError
+    from engine.store import db
+    from engine.store.apps import Apps
+
+    settings = _settings()
+    db.upgrade(settings.database_url)
+    apps = Apps(db.make_engine(settings.database_url), settings)
+    try:
+        if args.apps_command == "list":
+            for record in apps.list():
+                print(json.dumps(record))
+        elif args.apps_command == "revoke":
+            print(json.dumps(apps.revoke(args.app_id)))
+        else:
+            # The secret is shown once, alone on stdout, so the app's operator can capture it.
+            print(apps.add(args.app_id) if args.apps_command == "add" else apps.rotate(args.app_id))
+    except EngineError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _cmd_lifecycle(args: argparse.Namespace) -> int:
     import datetime as dt
     import json
@@ -237,10 +263,21 @@ def add_commands(sub) -> None:
     p = sub.add_parser("sign-heads", help="sign the posting chain head of every finished business day")
     p.set_defaults(func=_cmd_sign_heads)
 
+    apps = sub.add_parser("apps", help="payment apps whose receipts the engine accepts")
+    apps_sub = apps.add_subparsers(dest="apps_command", required=True)
+    for name, text in (("add", "register an app and print its receipt secret once"),
+                       ("rotate", "add a new secret and print it once; older ones stay valid 24 h"),
+                       ("revoke", "end every secret of the app at once")):
+        p = apps_sub.add_parser(name, help=text)
+        p.add_argument("app_id")
+        p.set_defaults(func=_cmd_apps)
+    p = apps_sub.add_parser("list", help="the apps, never their secrets")
+    p.set_defaults(func=_cmd_apps)
+
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
     p = keys_sub.add_parser("create", help="create a key and print it once")
-    p.add_argument("--role", required=True, choices=["admin", "finance", "merchant", "terminal"])
+    p.add_argument("--role", required=True, choices=["admin", "finance", "merchant", "terminal", "app"])
     p.add_argument("--merchant")
     p.add_argument("--terminal")
     p.set_defaults(func=_cmd_keys)

@@ -33,6 +33,11 @@ TITLES = {
     "period_overlaps": "The period overlaps a settled one",
     "period_out_of_order": "Periods settle in order and a later one is settled already",
     "payout_already_settled": "The payout has a different result already",
+    "receipt_required": "A payment receipt from the payment app is required",
+    "receipt_invalid": "The payment receipt is not valid",
+    "receipt_mismatch": "The payment receipt does not match the transaction",
+    "receipt_already_used": "The payment receipt was used by an accepted transaction",
+    "app_revoked": "The payment app is revoked",
     "internal_error": "Internal error",
 }
 

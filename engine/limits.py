@@ -14,6 +14,8 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 BATCH_TRANSACTIONS_MAX = 1_000
 BODY_BYTES_MAX = 1_048_576
+# A payment receipt (compact JWS over a handful of claims) is a few hundred characters.
+RECEIPT_CHARS_MAX = 4096
 OCCURRED_AT_MAX_FUTURE_S = 300
 OCCURRED_AT_MAX_PAST_DAYS = 7
 

@@ -43,6 +43,7 @@ Id = Annotated[str, StringConstraints(strict=True, pattern=limits.ID_PATTERN)]
 Tag = Annotated[str, StringConstraints(strict=True, pattern=limits.TAG_PATTERN)]
 Points = Annotated[StrictInt, Field(ge=0, le=limits.POINTS_MAX)]
 AmountYen = Annotated[StrictInt, Field(ge=limits.AMOUNT_YEN_MIN, le=limits.AMOUNT_YEN_MAX)]
+Receipt = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=limits.RECEIPT_CHARS_MAX)]
 MerchantClass = Literal["small", "semi_large", "large"]
 
 _FUNDING_PATTERN = r"^(ward_general|national_grant|climate_fund|merchant:[A-Za-z0-9_-]{1,64})$"
@@ -180,6 +181,7 @@ class Purchase(Record):
     amount: AmountYen
     points_used: Annotated[StrictInt, Field(ge=0, le=limits.AMOUNT_YEN_MAX)] = 0
     items: Annotated[tuple[Item, ...], Field(max_length=limits.ITEMS_PER_TRANSACTION_MAX)] | None = None
+    receipt: Receipt | None = None  # the payment app's JWS (SPEC §9.1), checked by the API before rating
 
     @model_validator(mode="after")
     def _consistent(self) -> "Purchase":
@@ -199,6 +201,7 @@ class Refund(Record):
     original_id: Id
     amount: AmountYen
     occurred_at: AwareDatetime
+    receipt: Receipt | None = None
 
 
 Transaction = Annotated[Purchase | Refund, Field(discriminator="type")]

@@ -9,7 +9,7 @@ The mix (weights are per user class; see loadtests/README.md for the command):
 * BatchUser (few): an offline terminal uploading its backlog with
   `POST /v1/transactions/batch`, 100-1,000 items per request;
 * MerchantUser: a merchant reading its own transactions, `GET /v1/transactions/{id}`;
-* WalletUser: the wallet app reading `GET /v1/wallets/{id}/points` (finance key).
+* WalletUser: the wallet app reading `GET /v1/wallets/{id}/points` (app key).
 
 Only http://127.0.0.1 is ever targeted: any other host is refused at start-up,
 so the test cannot be pointed at a shared or production server by mistake.
@@ -55,6 +55,8 @@ import requests
 from locust import HttpUser, between, events, task
 from locust.exception import StopUser
 
+from engine.receipts import PaymentApp
+
 REPO = Path(__file__).resolve().parents[1]
 TOKYO = dt.timezone(dt.timedelta(hours=9))
 ALLOWED_HOSTNAME = "127.0.0.1"
@@ -75,6 +77,7 @@ _rng = random.Random(int(SEED) if SEED else None)
 
 # Filled at init (from the keys file or by seeding) and shared by every user of this process.
 CONFIG: dict = {}
+PAYMENT_APP: list = []  # the one PaymentApp of the run, made at init from the keys file
 # Purchases this process saw accepted, per merchant, for refunds and merchant reads; bounded.
 ACCEPTED: dict[str, deque] = defaultdict(lambda: deque(maxlen=5000))
 _terminal_cycle = None
@@ -157,12 +160,22 @@ def seed(host: str) -> dict:
             r = session.post(host + path, json=record, timeout=30)
             if r.status_code != 201:
                 raise SystemExit(f"loadtests: POST {path} answered {r.status_code}: {r.text[:300]}")
+    # The payment app whose receipts the terminals carry (SPEC §9.1); this file plays the app too.
+    app_id = f"LAPP_{tag}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
+    env["SETAPAY_DATABASE_URL"] = database_url
+    added = subprocess.run([sys.executable, "-m", "engine.cli", "apps", "add", app_id], cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=120, check=False)
+    if added.returncode != 0:
+        raise SystemExit(f"loadtests: apps add failed: {added.stderr.strip()}")
     keys = _keys(database_url, [("terminal", None, t["id"]) for t in terminals]
-                 + [("merchant", m["id"], None) for m in merchants] + [("finance", None, None)])
+                 + [("merchant", m["id"], None) for m in merchants] + [("finance", None, None), ("app", None, None)])
     return {
         "terminals": [{**t, "key": k} for t, k in zip(terminals, keys[:n_terminals])],
-        "merchants": [{"id": m["id"], "key": k} for m, k in zip(merchants, keys[n_terminals:-1])],
-        "finance_key": keys[-1],
+        "merchants": [{"id": m["id"], "key": k} for m, k in zip(merchants, keys[n_terminals:-2])],
+        "finance_key": keys[-2],
+        "app_key": keys[-1],
+        "app": {"id": app_id, "secret": added.stdout.strip()},
         "wallet_prefix": f"LW{tag}",
     }
 
@@ -188,6 +201,9 @@ def _init(environment, **_kwargs) -> None:
     if not CONFIG.get("terminals"):
         raise SystemExit("loadtests: the keys file names no terminals")
     CONFIG.setdefault("wallet_prefix", "LW")
+    if not CONFIG.get("app"):
+        raise SystemExit("loadtests: the keys file names no payment app (seed again with LOAD_TEST_SETUP=1)")
+    PAYMENT_APP.append(PaymentApp(CONFIG["app"]["id"], CONFIG["app"]["secret"]))
     _terminal_cycle = itertools.cycle(CONFIG["terminals"])
 
 
@@ -250,10 +266,11 @@ class TerminalUser(HttpUser):
 
     @task(20)
     def purchase(self) -> None:
-        body, key = _purchase(self.terminal, _now(-1)), uuid.uuid4().hex
+        jti = "pay_" + uuid.uuid4().hex
+        body, key = PAYMENT_APP[0].sign_purchase(_purchase(self.terminal, _now(-1)), jti=jti), uuid.uuid4().hex
         answer = self._post(body, key, "POST /v1/transactions [purchase]")
         if answer:
-            self.mine.append((answer["id"], body["amount"]))
+            self.mine.append((answer["id"], body["amount"], jti))
             ACCEPTED[self.terminal["merchant_id"]].append(answer["id"])
             if _rng.random() < 0.05:  # missed the answer: the same key again must replay it
                 replay = self._post(body, key, "POST /v1/transactions [retry]")
@@ -266,9 +283,10 @@ class TerminalUser(HttpUser):
     def refund(self) -> None:
         if not self.mine:
             return
-        pid, amount = _rng.choice(self.mine)
+        pid, amount, jti = _rng.choice(self.mine)
         refund_amount = amount if _rng.random() < 0.5 else _rng.randint(1, amount)
-        body = {"type": "refund", "original_id": pid, "amount": refund_amount, "occurred_at": _now(-1)}
+        body = PAYMENT_APP[0].sign_refund({"type": "refund", "original_id": pid, "amount": refund_amount,
+                                           "occurred_at": _now(-1)}, original_jti=jti)
         self._post(body, uuid.uuid4().hex, "POST /v1/transactions [refund]", ok_codes=("refund_exceeds_original",))
 
 
@@ -286,8 +304,8 @@ class BatchUser(HttpUser):
     def upload_backlog(self) -> None:
         n = _rng.randint(BATCH_MIN, BATCH_MAX)
         # Spread over the last hours, in order, as the terminal recorded them.
-        items = [{**_purchase(self.terminal, _now(-3 * 3600 * (n - i) / n)), "idempotency_key": uuid.uuid4().hex}
-                 for i in range(n)]
+        items = [{**PAYMENT_APP[0].sign_purchase(_purchase(self.terminal, _now(-3 * 3600 * (n - i) / n))),
+                  "idempotency_key": uuid.uuid4().hex} for i in range(n)]
         with self.client.post("/v1/transactions/batch", json={"transactions": items}, headers=self.headers,
                               name=f"POST /v1/transactions/batch [{BATCH_MIN}-{BATCH_MAX}]", catch_response=True) as r:
             _count_posted(n, self.environment)
@@ -338,9 +356,9 @@ class WalletUser(HttpUser):
     wait_time = between(0.2, 1.0)
 
     def on_start(self) -> None:
-        if not CONFIG.get("finance_key"):
+        if not CONFIG.get("app_key"):
             raise StopUser()
-        self.headers = {"Authorization": f"Bearer {CONFIG['finance_key']}"}
+        self.headers = {"Authorization": f"Bearer {CONFIG['app_key']}"}
 
     @task
     def read_points(self) -> None:

@@ -107,6 +107,16 @@ def create_key(env: dict[str, str], role: str, merchant_id: str | None = None, t
     return key
 
 
+def register_payment_app(env: dict[str, str], app_id: str | None = None, in_process: bool = False):
+    """`setapay apps add` as the ward's operator runs it; the app's side of receipts for the tests."""
+    from tests.receipts import TEST_APP_ID, payment_app
+
+    app_id = app_id or TEST_APP_ID
+    done = run_cli(env, "apps", "add", app_id, in_process=in_process)
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return payment_app(app_id, done.stdout.strip())
+
+
 # -- the server ------------------------------------------------------------------------
 
 
@@ -130,6 +140,8 @@ class ServerProcess:
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
+        self._payment_app = None
+        self._payment_app_lock = threading.Lock()
 
     def _what(self) -> str:
         return f"setapay serve {self.name}" if self.name else "setapay serve"
@@ -199,3 +211,18 @@ class ServerProcess:
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
         return httpx.Client(base_url=self.base_url, headers=headers, timeout=CLIENT_TIMEOUT_S)
+
+    @property
+    def payment_app(self):
+        """The test payment app registered on this server's database (`setapay apps add`), made once."""
+        with self._payment_app_lock:
+            if self._payment_app is None:
+                self._payment_app = register_payment_app(self.env, in_process=self.cli_in_process)
+            return self._payment_app
+
+    def terminal_client(self, key: str, payment_app=None) -> httpx.Client:
+        """A terminal's client whose transactions carry the payment app's receipts (tests/receipts.py)."""
+        from tests.receipts import SigningTransport
+
+        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {key}"},
+                            timeout=CLIENT_TIMEOUT_S, transport=SigningTransport(payment_app or self.payment_app))

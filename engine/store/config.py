@@ -31,7 +31,7 @@ from engine.store.models import (
 )
 from engine.timeutil import to_us
 
-ROLES = ("admin", "finance", "merchant", "terminal")
+ROLES = ("admin", "finance", "merchant", "terminal", "app")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -241,6 +241,12 @@ class Config:
                 raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
             row.merchant_id = merchant_id
             return {"id": row.id, "merchant_id": row.merchant_id}
+
+    def terminal_merchant(self, terminal_id: str | None) -> str | None:
+        """The terminal's merchant now (None for an unknown terminal)."""
+        with Session(self.engine) as session:
+            row = session.get(TerminalRow, terminal_id) if terminal_id else None
+            return row.merchant_id if row is not None else None
 
     def list_terminals(self) -> list[dict]:
         with Session(self.engine) as session:

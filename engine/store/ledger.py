@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from engine import crediting, ledger_rules as rules
 from engine.errors import problem
 from engine.model import Campaign, Merchant, Purchase, Refund
+from engine.receipts import Receipt
 from engine.rating._kernel_py import share_target
 from engine.rating import AwardState, Catalog, PurchaseState, RatingState, build_catalog, rate, window_key
 from engine.store import bulk
@@ -53,6 +54,7 @@ DECLINE_STATUS = {
     "refund_merchant_mismatch": 422,
     "refund_exceeds_original": 422,
     "insufficient_points": 422,
+    "receipt_already_used": 409,
 }
 
 
@@ -66,6 +68,11 @@ class Submission:
     body: Purchase | Refund
     request_json: str
     merchant_id: str | None = None  # the terminal's merchant, resolved under the lock
+    receipt: Receipt | None = None  # the payment app's verified receipt (the API requires one)
+
+    @property
+    def receipt_key(self) -> tuple[str, str] | None:
+        return (self.receipt.app_id, self.receipt.jti) if self.receipt is not None else None
 
 
 @dataclasses.dataclass
@@ -124,6 +131,24 @@ class Ledger:
     # -- the money path ----------------------------------------------------
 
     def submit(self, submissions: list[Submission]) -> list[Result]:
+        """Accept, decline or replay each submission in order.
+
+        A group is one transaction, except that a receipt used again in the group
+        under another idempotency key starts a new transaction from there on: whether
+        the later use is `receipt_already_used` depends on whether the earlier one was
+        accepted, which is known only once it has been rated.
+        """
+        seen: dict[tuple[str, str], tuple[str, str]] = {}
+        for i, s in enumerate(submissions):
+            rk = s.receipt_key
+            if rk is None:
+                continue
+            if rk in seen and seen[rk] != (s.terminal_id, s.idempotency_key):
+                return self._submit_one(submissions[:i]) + self.submit(submissions[i:])
+            seen.setdefault(rk, (s.terminal_id, s.idempotency_key))
+        return self._submit_one(submissions)
+
+    def _submit_one(self, submissions: list[Submission]) -> list[Result]:
         """Accept, decline or replay each submission in order, in one transaction."""
         keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
         with Session(self.engine) as session, session.begin():
@@ -157,6 +182,7 @@ class Ledger:
             originals = self._load_originals(
                 session, {submissions[i].body.original_id for i in fresh if submissions[i].body.type == "refund"}
             )
+            used_receipts = self._used_receipts(session, {submissions[i].receipt_key for i in fresh} - {None})
             events = []
             payment_ids: dict[int, str] = {}
             for i in fresh:
@@ -174,6 +200,15 @@ class Ledger:
                     if original["merchant_id"] != s.merchant_id:
                         results[i] = self._decline("refund_merchant_mismatch", s)
                         continue
+                    if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != \
+                            (s.receipt.app_id, s.receipt.original_jti):
+                        results[i] = Result(422, problem(422, "receipt_mismatch",
+                                                         "the receipt's original_jti is not the purchase's receipt"),
+                                            remember=False)
+                        continue
+                if s.receipt_key in used_receipts:
+                    results[i] = self._decline("receipt_already_used", s)
+                    continue
                 payment_ids[i] = "tx_" + secrets.token_hex(12)
                 events.append((payment_ids[i], s.body))
 
@@ -246,6 +281,15 @@ class Ledger:
         }
 
     @staticmethod
+    def _used_receipts(session: Session, receipt_keys: set) -> set[tuple[str, str]]:
+        """Which of these (app, jti) an accepted transaction carries already."""
+        if not receipt_keys:
+            return set()
+        return {(row[0], row[1]) for row in bulk.select_where_tuples(
+            session, PaymentRow.__table__, ["receipt_app_id", "receipt_jti"], ["receipt_app_id", "receipt_jti"],
+            sorted(receipt_keys))}
+
+    @staticmethod
     def _replay(request_hash: str, status: int, response_json: str, s: Submission) -> Result:
         if request_hash != s.request_hash:
             return Result(422, problem(422, "idempotency_key_reused"))
@@ -269,6 +313,8 @@ class Ledger:
                 amount=row.amount,
                 points_used=row.points_used,
                 refunded=row.refunded_amount,
+                receipt_app_id=row.receipt_app_id,
+                receipt_jti=row.receipt_jti,
                 awards={},
                 redemption_legs=[],
             )
@@ -541,6 +587,8 @@ class _GroupWriter:
             request_json=s.request_json,
             response_json=json.dumps(response, ensure_ascii=False),
             has_items=getattr(s.body, "items", None) is not None,
+            receipt_app_id=s.receipt.app_id if s.receipt is not None else None,
+            receipt_jti=s.receipt.jti if s.receipt is not None else None,
         )
         row["hash"] = self.head.last_payment_hash = rules.payment_hash(self.head.last_payment_hash, row)
         return row

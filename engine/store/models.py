@@ -20,6 +20,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -102,7 +103,7 @@ class ApiKeyRow(Base):
     terminal_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (
-        CheckConstraint("role IN ('admin', 'finance', 'merchant', 'terminal')", name="role_known"),
+        CheckConstraint("role IN ('admin', 'finance', 'merchant', 'terminal', 'app')", name="role_known"),
     )
 
 
@@ -128,7 +129,11 @@ class PaymentRow(Base):
     hash: Mapped[str] = mapped_column(String(64))
     # Whether request_json lists items, so a re-rate parses only those requests (NULL: not known).
     has_items: Mapped[bool | None] = mapped_column(Boolean, nullable=True)
+    # The payment app's receipt (SPEC §9.1): its app and id, accepted once per app.
+    receipt_app_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    receipt_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
     __table_args__ = (
+        UniqueConstraint("receipt_app_id", "receipt_jti", name="uq_payment_receipt"),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("points_used >= 0 AND points_used <= amount", name="points_used_within_amount"),
         CheckConstraint("refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"),
@@ -341,3 +346,24 @@ class MerchantVersionRow(Base):
     version: Mapped[int] = mapped_column(Integer, primary_key=True)
     record_json: Mapped[str] = mapped_column(Text)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
+
+
+class PaymentAppRow(Base):
+    """A payment app whose receipts the engine accepts (SPEC §9.1)."""
+
+    __tablename__ = "payment_app"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    revoked_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AppSecretRow(Base):
+    """One receipt secret of an app, sealed like bank details; a rotated-out secret
+    stays valid until `valid_until_us`."""
+
+    __tablename__ = "app_secret"
+    app_id: Mapped[str] = mapped_column(ForeignKey("payment_app.id"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    valid_until_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -252,9 +252,17 @@ class Ward:
         return self.key("terminal", None, terminal_id)
 
     def terminal(self, terminal_id: str) -> httpx.Client:
+        """The terminal's client; its transactions carry the test payment app's receipts."""
         if terminal_id not in self._clients:
-            self._clients[terminal_id] = self.server.client(self.terminal_key(terminal_id))
+            self._clients[terminal_id] = self.server.terminal_client(self.terminal_key(terminal_id))
         return self._clients[terminal_id]
+
+    @property
+    def app_client(self) -> httpx.Client:
+        """The payment app's backend (role `app`): it reads wallets."""
+        if "app" not in self._clients:
+            self._clients["app"] = self.server.client(self.key("app"))
+        return self._clients["app"]
 
     def post(self, terminal_id: str, body, key: str | None = None) -> httpx.Response:
         headers = {"Idempotency-Key": key or uuid.uuid4().hex}

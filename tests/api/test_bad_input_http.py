@@ -195,23 +195,23 @@ def test_idempotency_key_limits(ward: Ward, key, accepted: bool) -> None:
         assert_refused(ward, send, 400, "idempotency_key_invalid")
 
 
-def _padded(size: int) -> bytes:
-    """A valid purchase, padded with insignificant whitespace to exactly `size` bytes."""
-    body = json.dumps(purchase("T_SHOTEN_1", "W_BIG", 500)).encode()
+def _padded(ward: Ward, size: int) -> bytes:
+    """A valid purchase with its receipt, padded with insignificant whitespace to exactly `size` bytes."""
+    body = json.dumps(ward.server.payment_app.sign_purchase(purchase("T_SHOTEN_1", "W_BIG", 500))).encode()
     return body[:-1] + b" " * (size - len(body)) + b"}"
 
 
 def test_body_at_max_is_accepted(ward: Ward) -> None:
-    assert_accepted(ward.post("T_SHOTEN_1", _padded(limits.BODY_BYTES_MAX)))
+    assert_accepted(ward.post("T_SHOTEN_1", _padded(ward, limits.BODY_BYTES_MAX)))
 
 
 def test_body_above_max_is_refused(ward: Ward) -> None:
-    assert_refused(ward, lambda: ward.post("T_SHOTEN_1", _padded(limits.BODY_BYTES_MAX + 1)), 413, "body_too_large")
+    assert_refused(ward, lambda: ward.post("T_SHOTEN_1", _padded(ward, limits.BODY_BYTES_MAX + 1)), 413, "body_too_large")
 
 
 def test_body_above_max_without_content_length_is_refused(ward: Ward) -> None:
     """Chunked transfer carries no Content-Length; the limit must hold all the same."""
-    raw = _padded(limits.BODY_BYTES_MAX + 1)
+    raw = _padded(ward, limits.BODY_BYTES_MAX + 1)
 
     def send() -> httpx.Response:
         chunks = (raw[i:i + 65536] for i in range(0, len(raw), 65536))
@@ -344,10 +344,13 @@ def test_keys_read_only_their_own_scope(ward: Ward) -> None:
         assert (r.status_code, r.json()["code"]) == (404, "not_found")
         r = finance.get("/v1/wallets/W.bad/points")
         assert (r.status_code, r.json()["code"]) == (422, "invalid_request")
-    for key in (ward.key("merchant", "M_SHOTEN"), ward.server.admin_key):
+    # Wallets are the payment app's and finance's to read: not a merchant's, an admin's or a terminal's
+    # (a terminal key alone must not learn what a resident holds).
+    for key in (ward.key("merchant", "M_SHOTEN"), ward.server.admin_key, ward.terminal_key("T_SHOTEN_1")):
         with ward.server.client(key) as c:
             r = c.get("/v1/wallets/W_SCOPED/points")
         assert (r.status_code, r.json()["code"]) == (403, "forbidden")
+    assert ward.app_client.get("/v1/wallets/W_SCOPED/points").status_code == 200
 
 
 # -- nothing a client sends yields a 500 ----------------------------------------------

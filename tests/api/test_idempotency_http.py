@@ -131,7 +131,7 @@ def _storm(ward: Ward, terminal_id: str, body: dict, key: str) -> list[httpx.Res
     responses: list[httpx.Response | BaseException] = [None] * CONCURRENT_REQUESTS  # type: ignore[list-item]
 
     def send(i: int) -> None:
-        with ward.server.client(secret) as c:
+        with ward.server.terminal_client(secret) as c:
             barrier.wait()
             try:
                 responses[i] = c.post("/v1/transactions", json=body, headers={"Idempotency-Key": key})

@@ -63,7 +63,7 @@ def _random_purchase(rng: random.Random, terminal_id: str, wallet_id: str) -> di
 
 
 def _available(ward: Ward, terminal_id: str, wallet_id: str) -> int:
-    r = ward.terminal(terminal_id).get(f"/v1/wallets/{wallet_id}/points")
+    r = ward.app_client.get(f"/v1/wallets/{wallet_id}/points")
     assert r.status_code == 200, r.text
     return r.json()["available"]
 
@@ -112,7 +112,7 @@ def _concurrent_purchases(ward: Ward, rng: random.Random, run: Run) -> None:
     failures: list[str] = []
 
     def send(part: list[dict]) -> None:
-        clients = {t: ward.server.client(ward.terminal_key(t)) for t in WARD_TERMINALS}
+        clients = {t: ward.server.terminal_client(ward.terminal_key(t)) for t in WARD_TERMINALS}
         try:
             for body in part:
                 r = clients[body["terminal_id"]].post("/v1/transactions", json=body,

@@ -56,7 +56,7 @@ def replay(server: Server, raw: dict) -> Replay:
     out = Replay()
     keys = server.configure(raw["merchants"], raw["campaigns"], _terminals(raw))
     transaction_ids: dict[str, tuple[str, str]] = {}  # event id -> (transaction id, terminal)
-    clients = {t: server.client(k) for t, k in keys.items()}
+    clients = {t: server.terminal_client(k) for t, k in keys.items()}
     try:
         for event in raw["events"]:
             body = {k: v for k, v in event.items() if k != "id"}

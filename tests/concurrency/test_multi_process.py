@@ -56,6 +56,7 @@ from engine.store.models import (
     WalletWindowUsageRow,
 )
 from engine.store.queries import ledger_check
+from tests.receipts import SigningTransport
 from tests.server import ServerProcess
 
 TOKYO = dt.timezone(dt.timedelta(hours=9))
@@ -224,7 +225,9 @@ class Client:
         self.keys = keys
         self.journal = journal
         self.rng = random.Random(seed)
-        self.http = [httpx.Client(base_url=s.base_url, timeout=REQUEST_TIMEOUT_S) for s in servers]
+        # The payment app (registered once on the shared database) signs every transaction's receipt.
+        self.http = [httpx.Client(base_url=s.base_url, timeout=REQUEST_TIMEOUT_S,
+                                  transport=SigningTransport(servers[0].payment_app)) for s in servers]
 
     def close(self) -> None:
         for h in self.http:
@@ -416,6 +419,7 @@ class Client:
 def _run_clients(servers, keys, journal) -> None:
     barrier = threading.Barrier(CLIENT_THREADS, timeout=PHASE_TIMEOUT_S)
     phase2 = [(wallet, n) for n in range(PHASE2_ROUNDS) for wallet in WALLETS]
+    servers[0].payment_app  # registered once, before the client threads share it
 
     def work(index: int) -> None:
         client = Client(servers, keys, journal, seed=1000 + index)

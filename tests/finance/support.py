@@ -22,6 +22,7 @@ from engine.clock import ManualClock
 from engine.sealing import generate_key_b64
 from engine.settings import Settings
 from engine.settlement import signing
+from tests.receipts import register_in_process
 from tests.tokyo import jst, us
 
 HOUR_US = 3_600_000_000
@@ -73,6 +74,7 @@ class Ward:
         self.client.__enter__()
         self.admin = {"Authorization": f"Bearer {self.config.create_key('admin')}"}
         self.finance = {"Authorization": f"Bearer {self.config.create_key('finance')}"}
+        self.payment_app = register_in_process(self.app)
         self.terminal_keys: dict[str, dict] = {}
         self.terminal_merchant: dict[str, str] = {}
         self._keys = 0
@@ -126,8 +128,10 @@ class Ward:
     def _post(self, terminal_id: str, body: dict, expect: int = 201) -> dict:
         self._keys += 1
         headers = {**self.terminal_keys[terminal_id], "Idempotency-Key": f"k{self._keys}"}
+        body = self.payment_app.sign_body(body)
         r = self.client.post("/v1/transactions", json=body, headers=headers)
         assert r.status_code == expect, r.text
+        self.payment_app.accepted(body, r.json())
         return r.json()
 
     def purchase(self, merchant_id: str, wallet: str, occurred: str, amount: int, points_used: int = 0,

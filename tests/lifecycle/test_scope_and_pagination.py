@@ -44,8 +44,10 @@ class Ward:
             "merchant:M_KYODO": create("merchant", merchant_id="M_KYODO"),
             "terminal:T_SANCHA": create("terminal", terminal_id="T_SANCHA"),
             "terminal:T_KYODO": create("terminal", terminal_id="T_KYODO"),
+            "app": create("app"),
         }
-        self.clients = {name: server.client(key) for name, key in self.keys.items()}
+        self.clients = {name: server.terminal_client(key) if name.startswith("terminal:") else server.client(key)
+                        for name, key in self.keys.items()}
         self.merchant_of = {t: m for m, ts in MERCHANTS.items() for t in ts}
 
     def __getitem__(self, name: str):
@@ -112,10 +114,11 @@ def test_merchant_keys_read_only_their_own_merchant_and_finance_reads_all(ward):
     assert ward["merchant:M_SANCHA"].get(f"/v1/transactions/{sancha['id']}").status_code == 200
     assert forbidden(ward["merchant:M_SANCHA"].get(f"/v1/transactions/{kyodo['id']}"))
 
-    # Terminals post and read wallets, but reward status is for merchants and finance.
-    for path in ("/v1/merchants/M_SANCHA/rewards", "/v1/merchants/M_SANCHA/transactions"):
+    # Terminals post; reward status is for merchants and finance, wallets for the payment app and finance.
+    for path in ("/v1/merchants/M_SANCHA/rewards", "/v1/merchants/M_SANCHA/transactions",
+                 "/v1/wallets/W_SCOPE/points"):
         assert forbidden(ward["terminal:T_SANCHA"].get(path)), path
-    assert ward["terminal:T_SANCHA"].get("/v1/wallets/W_SCOPE/points").status_code == 200
+    assert ward["app"].get("/v1/wallets/W_SCOPE/points").status_code == 200
     assert forbidden(ward["merchant:M_SANCHA"].get("/v1/wallets/W_SCOPE/points"))
     # Only finance grants.
     for name in ("merchant:M_SANCHA", "terminal:T_SANCHA"):
@@ -321,7 +324,7 @@ def test_grants_are_idempotent_and_obey_the_budget_exactly(ward):
     assert (ward.grant("W_G2", 1).json()["code"]) == "budget_exceeded"
     assert ward.grant("W_G", 10, campaign_id="C_UNKNOWN").status_code == 404
 
-    points = ward["terminal:T_SANCHA"].get("/v1/wallets/W_G2/points").json()
+    points = ward["app"].get("/v1/wallets/W_G2/points").json()
     assert (points["available"], points["debt"], points["pending"]) == (BUDGET_GRANTS - 400, 0, 0)
     assert points["expiring"] == [{"expires_at": exact.json()["expires_at"], "points": BUDGET_GRANTS - 400}]
     report = ward.books.check()

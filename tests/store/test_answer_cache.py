@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 
 from api.app import create_app
 from engine.settings import Settings
+from tests.receipts import register_in_process
 
 VECTORS = Path(os.environ.get("SETAPAY_VECTORS_DIR") or
                Path(__file__).resolve().parents[2].parent / "shared" / "vectors")
@@ -30,7 +31,9 @@ def _app(database_url: str, redis_url: str | None):
     client.post("/v1/terminals", json={"id": "T1", "merchant_id": "M_SHOTEN"}, headers=admin)
     key = config.create_key("terminal", terminal_id="T1")
     body = {k: v for k, v in vector["events"][0].items() if k != "id"} | {"terminal_id": "T1"}
-    return app, client, key, body
+    payment_app = register_in_process(app)
+    app.state.test_payment_app = payment_app  # for a test that signs a changed body
+    return app, client, key, payment_app.sign_purchase(body, jti="pay_cache_1")
 
 
 def test_replay_is_served_while_the_sequencer_is_locked(postgres_url, redis_url):
@@ -45,7 +48,9 @@ def test_replay_is_served_while_the_sequencer_is_locked(postgres_url, redis_url)
         started = time.monotonic()
         replay = client.post("/v1/transactions", json=body, headers=headers)
         elapsed = time.monotonic() - started
-        reused = client.post("/v1/transactions", json=body | {"amount": 7}, headers=headers)
+        changed = app.state.test_payment_app.sign_purchase(
+            {k: v for k, v in body.items() if k != "receipt"} | {"amount": 7}, jti="pay_cache_2")
+        reused = client.post("/v1/transactions", json=changed, headers=headers)
         blocker.rollback()
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
     assert replay.json() == first.json()

@@ -9,6 +9,7 @@ from api.app import create_app
 from engine.clock import ManualClock
 from engine.settings import Settings
 from engine.timeutil import TOKYO, to_us
+from tests.receipts import register_in_process
 
 DAY = dt.datetime(2026, 12, 3, 12, tzinfo=TOKYO)
 
@@ -28,9 +29,9 @@ def test_scheduler_credits_due_awards(sqlite_url):
         terminal = {"Authorization": f"Bearer {config.create_key('terminal', terminal_id='T1')}",
                     "Idempotency-Key": "k1"}
         clock.set(to_us(DAY))
-        answer = client.post("/v1/transactions", headers=terminal, json={
+        answer = client.post("/v1/transactions", headers=terminal, json=register_in_process(app).sign_purchase({
             "type": "purchase", "wallet_id": "W1", "merchant_id": "M1", "terminal_id": "T1",
-            "occurred_at": DAY.isoformat(), "amount": 1000}).json()
+            "occurred_at": DAY.isoformat(), "amount": 1000})).json()
         award = answer["awards"][0]
         assert award["status"] == "pending" and award["points"] == 100
         finance = {"Authorization": f"Bearer {config.create_key('finance')}"}

@@ -1,0 +1,202 @@
+"""Payment receipts (SPEC §9.1): the payment app's signed word for a purchase or refund.
+
+The payment app's backend moves the coins; a terminal that posts a purchase or
+refund must carry the app's receipt for it, a JWS compact serialization
+(RFC 7515) signed with HMAC-SHA256 under one of the app's receipt secrets.
+The receipt binds what the terminal cannot be trusted with: the wallet, the
+merchant, the amount and the points used. Its `jti` (the app's payment or
+refund id) is accepted once per app (the ledger checks it under its lock and
+the database holds a unique constraint on it).
+
+This module is pure: it signs (for the payment app, the demo, tests and
+benchmarks) and checks a token against a body. Finding the app's secrets is
+the caller's business (`secrets_for`); checking the `jti` against the ledger
+and a refund's `original_jti` against the original purchase happens in the
+ledger, which is the only place that knows them.
+
+Codes (all 422, none remembered under the idempotency key):
+`receipt_required` (no receipt), `receipt_invalid` (unknown or revoked app, bad
+signature, anything malformed), `receipt_mismatch` (a claim differs from the body).
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import re
+import secrets
+import uuid
+from collections.abc import Callable, Sequence
+
+from joserfc import jws
+from joserfc.errors import JoseError
+from joserfc.jwk import OctKey
+
+from engine import limits
+from engine.errors import EngineError
+from engine.model import Purchase, Refund
+
+SECRET_BYTES = 32
+ALGORITHM = "HS256"
+# `iat` may be at most this far after the engine's clock; it is not otherwise
+# checked, so an offline backlog can be uploaded later (SPEC §9.1).
+IAT_MAX_FUTURE_S = 300
+_ID = re.compile(limits.ID_PATTERN)
+_HS256 = jws.JWSRegistry.algorithms[ALGORITHM]
+_PURCHASE_CLAIMS = frozenset({"typ", "jti", "wallet_id", "merchant_id", "amount", "points_used", "iat"})
+_REFUND_CLAIMS = frozenset({"typ", "jti", "original_jti", "amount", "iat"})
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """A verified receipt: which app vouched for the transaction, under which id."""
+
+    app_id: str
+    jti: str
+    original_jti: str | None = None  # refunds: the purchase receipt's jti
+
+
+def new_secret() -> str:
+    """A fresh receipt secret: 32 random bytes, base64url without padding."""
+    return base64.urlsafe_b64encode(secrets.token_bytes(SECRET_BYTES)).decode().rstrip("=")
+
+
+def decode_secret(secret: str) -> bytes:
+    raw = base64.urlsafe_b64decode(secret + "=" * (-len(secret) % 4))
+    if len(raw) != SECRET_BYTES:
+        raise ValueError(f"a receipt secret decodes to {SECRET_BYTES} bytes")
+    return raw
+
+
+def sign(app_id: str, secret: str, claims: dict) -> str:
+    """A receipt for `claims`, signed as the payment app does."""
+    payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
+    return jws.serialize_compact({"alg": ALGORITHM, "kid": app_id}, payload, OctKey.import_key(decode_secret(secret)))
+
+
+def purchase_claims(body: dict, jti: str, iat: int) -> dict:
+    return {"typ": "purchase", "jti": jti, "wallet_id": body["wallet_id"], "merchant_id": body["merchant_id"],
+            "amount": body["amount"], "points_used": body.get("points_used", 0), "iat": iat}
+
+
+def refund_claims(body: dict, jti: str, original_jti: str, iat: int) -> dict:
+    return {"typ": "refund", "jti": jti, "original_jti": original_jti, "amount": body["amount"], "iat": iat}
+
+
+class PaymentApp:
+    """The payment app's side of receipts, for the demo, tests, benchmarks and load tests.
+
+    It signs each purchase under a new payment id and remembers which id it gave
+    each transaction the engine accepted (`accepted`), so a refund names its
+    purchase's receipt as the real app would.
+    """
+
+    def __init__(self, app_id: str, secret: str, now_s: Callable[[], int] | None = None) -> None:
+        import time
+
+        self.app_id = app_id
+        self.secret = secret
+        self.now_s = now_s or (lambda: int(time.time()))
+        self.jti_of: dict[str, str] = {}  # engine transaction id -> the jti of its receipt
+
+    def sign_purchase(self, body: dict, jti: str | None = None) -> dict:
+        """`body` with a receipt for it (a new payment id unless `jti` is given)."""
+        jti = jti or "pay_" + uuid.uuid4().hex
+        return {**body, "receipt": sign(self.app_id, self.secret, purchase_claims(body, jti, self.now_s()))}
+
+    def sign_refund(self, body: dict, original_jti: str | None = None, jti: str | None = None) -> dict:
+        """`body` with a receipt naming its purchase's receipt (looked up from `accepted` when not given)."""
+        original_jti = original_jti or self.jti_of.get(body["original_id"]) or "pay_unknown"
+        jti = jti or "ref_" + uuid.uuid4().hex
+        return {**body, "receipt": sign(self.app_id, self.secret,
+                                        refund_claims(body, jti, original_jti, self.now_s()))}
+
+    def sign_body(self, body: dict) -> dict:
+        if "receipt" in body:
+            return body
+        return self.sign_purchase(body) if body.get("type", "purchase") == "purchase" else self.sign_refund(body)
+
+    def accepted(self, body: dict, answer: dict) -> None:
+        """Note the engine's id for a transaction this app signed (call it with 201 answers)."""
+        receipt = body.get("receipt")
+        if receipt and "id" in answer:
+            self.jti_of[answer["id"]] = json.loads(jws.extract_compact(receipt.encode()).payload)["jti"]
+
+
+def _invalid(detail: str) -> EngineError:
+    return EngineError(422, "receipt_invalid", detail)
+
+
+def _mismatch(claim: str) -> EngineError:
+    return EngineError(422, "receipt_mismatch", f"the receipt's {claim} differs from the transaction")
+
+
+def verify(token: str | None, body: Purchase | Refund, secrets_for: Callable[[str], Sequence[bytes]],
+           now_us: int) -> Receipt:
+    """The receipt of `body`, checked: signed by a live secret of its app, claims equal to the body.
+
+    `secrets_for(app_id)` gives the app's secrets valid now (none for an unknown or
+    revoked app). Raises `EngineError` with the codes of SPEC §9.1.
+    """
+    if token is None:
+        raise EngineError(422, "receipt_required")
+    if not isinstance(token, str) or len(token) > limits.RECEIPT_CHARS_MAX:
+        raise _invalid("the receipt is not a compact JWS")
+    try:
+        signed = jws.extract_compact(token.encode("ascii"))
+    except (JoseError, ValueError, UnicodeError):
+        raise _invalid("the receipt is not a compact JWS") from None
+    header = signed.headers()
+    app_id = header.get("kid")
+    if header.get("alg") != ALGORITHM or set(header) != {"alg", "kid"} or not isinstance(app_id, str) \
+            or not _ID.fullmatch(app_id):
+        raise _invalid('the receipt header must be {"alg": "HS256", "kid": "<app id>"}')
+    keys = secrets_for(app_id)
+    if not any(_verifies(signed, raw) for raw in keys):
+        raise _invalid("the receipt's signature does not verify under a live secret of its app")
+    try:
+        claims = json.loads(signed.payload)
+    except (ValueError, UnicodeError):
+        raise _invalid("the receipt's claims are not JSON") from None
+    receipt = _claims(app_id, claims, body, now_us)
+    return receipt
+
+
+def _verifies(signed: jws.CompactSignature, raw: bytes) -> bool:
+    try:
+        return jws.verify_compact(signed, _HS256, OctKey.import_key(raw))
+    except (JoseError, ValueError):
+        return False
+
+
+def _int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _claims(app_id: str, claims, body: Purchase | Refund, now_us: int) -> Receipt:
+    if not isinstance(claims, dict):
+        raise _invalid("the receipt's claims are not an object")
+    expected = _PURCHASE_CLAIMS if claims.get("typ") == "purchase" else _REFUND_CLAIMS
+    if claims.get("typ") not in ("purchase", "refund") or set(claims) != expected:
+        raise _invalid(f"a {claims.get('typ')} receipt has exactly the claims {sorted(expected)}")
+    jti = claims["jti"]
+    if not isinstance(jti, str) or not _ID.fullmatch(jti):
+        raise _invalid("the receipt's jti is not a valid id")
+    iat = claims["iat"]
+    if not _int(iat) or iat < 0:
+        raise _invalid("the receipt's iat is not Unix seconds")
+    if iat * 1_000_000 > now_us + IAT_MAX_FUTURE_S * 1_000_000:
+        raise _invalid(f"the receipt's iat is more than {IAT_MAX_FUTURE_S} s after the engine's clock")
+    if claims["typ"] != body.type:
+        raise _mismatch("typ")
+    for claim in ("amount",) + (("wallet_id", "merchant_id", "points_used") if body.type == "purchase" else ()):
+        value = claims[claim]
+        if (claim in ("amount", "points_used") and not _int(value)) or value != getattr(body, claim):
+            raise _mismatch(claim)
+    original_jti = None
+    if body.type == "refund":
+        original_jti = claims["original_jti"]
+        if not isinstance(original_jti, str) or not _ID.fullmatch(original_jti):
+            raise _invalid("the receipt's original_jti is not a valid id")
+    return Receipt(app_id, jti, original_jti)

@@ -1,0 +1,146 @@
+"""Payment apps and their receipt secrets (SPEC §9.1).
+
+`setapay apps add APP_ID` makes an app and prints its first secret once;
+`rotate` adds a new secret and leaves the older ones valid for 24 hours;
+`revoke` ends all of them. Secrets are sealed with the ward's data key, bound
+to their app, exactly like bank details; the database never holds one in the
+clear and no listing shows one.
+
+Each API process keeps the opened secrets of every app for at most
+`CACHE_TTL_S`, so a revocation or rotation reaches every process within that.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from sqlalchemy import func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from engine import limits, receipts, sealing
+from engine.clock import SystemClock
+from engine.errors import EngineError
+from engine.store.models import AppSecretRow, PaymentAppRow
+
+ROTATION_GRACE_US = 24 * 3600 * 1_000_000
+CACHE_TTL_S = 2.0
+
+
+def _associated(app_id: str) -> bytes:
+    return b"setapay:app-receipt-secret:" + app_id.encode()
+
+
+class Apps:
+    def __init__(self, engine: Engine, settings=None, clock=None) -> None:
+        self.engine = engine
+        self.settings = settings
+        self.clock = clock or SystemClock()
+        self._lock = threading.Lock()
+        self._cache: dict[str, list[tuple[bytes, int | None]]] = {}
+        self._loaded_at = float("-inf")
+
+    def _data_key(self) -> sealing.DataKey:
+        from engine import keyring
+        from engine.settings import Settings
+
+        return keyring.data_key(self.settings or Settings())
+
+    @staticmethod
+    def _check_id(app_id: str) -> None:
+        import re
+
+        if not isinstance(app_id, str) or not re.fullmatch(limits.ID_PATTERN, app_id):
+            raise EngineError(422, "invalid_request", "an app id matches " + limits.ID_PATTERN)
+
+    def _add_secret(self, session: Session, app_id: str, now: int) -> str:
+        secret = receipts.new_secret()
+        position = session.execute(
+            select(func.coalesce(func.max(AppSecretRow.position), 0)).where(AppSecretRow.app_id == app_id)
+        ).scalar_one() + 1
+        session.add(AppSecretRow(app_id=app_id, position=position, created_at_us=now, valid_until_us=None,
+                                 secret_sealed=sealing.seal(self._data_key(), secret.encode(), _associated(app_id))))
+        return secret
+
+    def add(self, app_id: str) -> str:
+        """A new app; its first secret, returned once."""
+        self._check_id(app_id)
+        with Session(self.engine) as session, session.begin():
+            if session.get(PaymentAppRow, app_id) is not None:
+                raise EngineError(409, "already_exists", f"app {app_id} exists")
+            now = self.clock.now_us()
+            session.add(PaymentAppRow(id=app_id, created_at_us=now))
+            session.flush()
+            return self._add_secret(session, app_id, now)
+
+    def rotate(self, app_id: str) -> str:
+        """A new secret; the app's older secrets stay valid for 24 hours from now."""
+        with Session(self.engine) as session, session.begin():
+            self._live(session, app_id)
+            now = self.clock.now_us()
+            until = now + ROTATION_GRACE_US
+            session.execute(update(AppSecretRow).where(
+                AppSecretRow.app_id == app_id,
+                (AppSecretRow.valid_until_us.is_(None)) | (AppSecretRow.valid_until_us > until),
+            ).values(valid_until_us=until))
+            return self._add_secret(session, app_id, now)
+
+    def revoke(self, app_id: str) -> dict:
+        """End every secret of the app at once; revoking twice keeps the first instant."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(PaymentAppRow, app_id)
+            if row is None:
+                raise EngineError(404, "not_found", f"app {app_id} is not known")
+            if row.revoked_at_us is None:
+                row.revoked_at_us = self.clock.now_us()
+            return self._public(session, row)
+
+    def _live(self, session: Session, app_id: str) -> PaymentAppRow:
+        row = session.get(PaymentAppRow, app_id)
+        if row is None:
+            raise EngineError(404, "not_found", f"app {app_id} is not known")
+        if row.revoked_at_us is not None:
+            raise EngineError(409, "app_revoked", f"app {app_id} is revoked")
+        return row
+
+    def list(self) -> list[dict]:
+        with Session(self.engine) as session:
+            return [self._public(session, r) for r in
+                    session.execute(select(PaymentAppRow).order_by(PaymentAppRow.id)).scalars()]
+
+    def _public(self, session: Session, row: PaymentAppRow) -> dict:
+        now = self.clock.now_us()
+        secrets = session.execute(select(AppSecretRow.position, AppSecretRow.created_at_us,
+                                         AppSecretRow.valid_until_us)
+                                  .where(AppSecretRow.app_id == row.id).order_by(AppSecretRow.position)).all()
+        live = 0 if row.revoked_at_us is not None else sum(1 for s in secrets if s[2] is None or s[2] > now)
+        return {"id": row.id, "created_at_us": row.created_at_us, "revoked_at_us": row.revoked_at_us,
+                "secrets": len(secrets), "live_secrets": live}
+
+    # -- the API's look-up -------------------------------------------------------
+
+    def secrets_for(self, app_id: str) -> list[bytes]:
+        """The raw secrets of `app_id` valid now (none for an unknown or revoked app)."""
+        if time.monotonic() - self._loaded_at > CACHE_TTL_S:
+            self._reload()
+        now = self.clock.now_us()
+        return [raw for raw, until in self._cache.get(app_id, ()) if until is None or until > now]
+
+    def _reload(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._loaded_at <= CACHE_TTL_S:
+                return
+            key = self._data_key()
+            cache: dict[str, list[tuple[bytes, int | None]]] = {}
+            with Session(self.engine) as session:
+                rows = session.execute(
+                    select(AppSecretRow.app_id, AppSecretRow.secret_sealed, AppSecretRow.valid_until_us)
+                    .join(PaymentAppRow, PaymentAppRow.id == AppSecretRow.app_id)
+                    .where(PaymentAppRow.revoked_at_us.is_(None))
+                ).all()
+            for app_id, sealed, until in rows:
+                secret = sealing.open_sealed(key, sealed, _associated(app_id)).decode()
+                cache.setdefault(app_id, []).append((receipts.decode_secret(secret), until))
+            self._cache = cache
+            self._loaded_at = time.monotonic()
