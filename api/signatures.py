@@ -148,7 +148,10 @@ class TerminalSignatures:
         try:
             results = verifier.verify(message, max_age=None, body=body)
         except HTTPMessageSignaturesException as exc:
-            raise _invalid(str(exc) or type(exc).__name__) from None
+            detail = str(exc)
+            if not detail or detail == "InvalidSignature":  # the package wraps cryptography's bare exception
+                detail = "the signature does not verify with the terminal's registered key"
+            raise _invalid(detail) from None
         except Exception as exc:  # noqa: BLE001 - whatever a hostile header provokes is still just invalid
             raise _invalid(type(exc).__name__) from None
         if len(results) != 1 or results[0].label != LABEL:
