@@ -2,7 +2,7 @@
 
 `TerminalSignatures.verify` is called by the bearer-key dependency (`principal`
 in api/app.py) for every request made with a terminal key, whatever the route
-(single and batch transactions, reads, quotes, closeouts, ...), before the
+(single and batch transactions, reads, closeouts, ...), before the
 route's own checks. A terminal without a registered public key is bearer-only
 and passes untouched. With a key, the request must carry one signature,
 labelled `sig1`, over exactly the components `engine.http_signing.covered_components`

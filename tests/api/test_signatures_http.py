@@ -265,6 +265,12 @@ def _replay_across_processes(start_server, tmp_path, env: dict[str, str]) -> War
                                                created=int(time.time()) + int(env.get("SETAPAY_CLOCK_OFFSET_S", 0))))
         r = b.post("/v1/transactions", content=body, headers=fresh)
         assert r.status_code == 201 and r.headers.get("Idempotent-Replayed") == "true", r.text
+        # The key removed through A reaches B within 5 s: unsigned requests pass there again.
+        register(ward, SIGNED, None)
+        deadline = time.monotonic() + 5
+        while b.get("/v1/wallets/W_SIGX/points").status_code == 401:
+            assert time.monotonic() < deadline, "B still wants a signature 5 s after the key was removed"
+            time.sleep(0.1)
     assert ward.server.count(PaymentRow) == 1
     return ward
 
