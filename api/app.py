@@ -16,7 +16,7 @@ import re
 import threading
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError
+from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError, field_validator
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -36,6 +36,9 @@ from engine.store.db import make_engine, upgrade
 from engine.store.answer_cache import AnswerCache
 from engine.store.group_commit import GroupCommitter
 from engine.store.ledger import Ledger, Result, Submission
+from engine.store.nonces import nonce_store
+from engine.http_signing import parse_public_key
+from api.signatures import TerminalSignatures
 from engine.timeutil import to_us
 
 PROBLEM_JSON = "application/problem+json"
@@ -66,6 +69,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     apps = Apps(engine, settings, clock)
     committer = GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max)
     answers = AnswerCache(settings.redis_url) if settings.redis_url else None
+    signatures = TerminalSignatures(config, nonce_store(engine, settings.redis_url), clock)  # SPEC §9.2
     in_flight: set[tuple[str, str]] = set()
     in_flight_lock = threading.Lock()
 
@@ -121,12 +125,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # Async dependencies run on the event loop: no thread hop per request. Keys
     # are cached after their first look-up, so the loop rarely touches the database.
-    async def principal(authorization: Annotated[str | None, Header()] = None) -> Principal:
+    async def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
         if not authorization or not authorization.startswith("Bearer "):
             raise EngineError(401, "unauthenticated")
         found = config.authenticate(authorization[len("Bearer "):].strip())
         if found is None:
             raise EngineError(401, "unauthenticated")
+        if found.role == "terminal":  # every route a terminal key can call: its signature, if it has a key
+            await signatures.verify(request, found.terminal_id)
         return found
 
     def role(*roles: str):
@@ -370,7 +376,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     @app.patch("/v1/terminals/{terminal_id}")
     def patch_terminal(terminal_id: str, body: TerminalPatch, _: Admin) -> Any:
-        return config.update_terminal(terminal_id, body.model_dump(exclude_none=True))
+        patch = body.model_dump(exclude_unset=True)  # "public_key": null removes the key
+        if patch.get("merchant_id", "") is None:
+            del patch["merchant_id"]
+        try:
+            return config.update_terminal(terminal_id, patch)
+        finally:
+            signatures.forget(terminal_id)
 
     from api import finance, simulate
 
@@ -516,3 +528,10 @@ class GrantRequest(Record):
 
 class TerminalPatch(Record):
     merchant_id: Id | None = None
+    # SPEC §9.2: base64 of the raw 32-byte Ed25519 public key; null removes it (bearer-only again).
+    public_key: Annotated[str, Field(strict=True, max_length=64)] | None = None
+
+    @field_validator("public_key")
+    @classmethod
+    def _ed25519(cls, value: str | None) -> str | None:
+        return None if value is None else parse_public_key(value)

@@ -221,16 +221,23 @@ class Config:
             if session.get(TerminalRow, terminal_id) is not None:
                 raise EngineError(409, "already_exists", f"terminal {terminal_id} exists")
             session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=self.clock.now_us()))
-        return {"id": terminal_id, "merchant_id": merchant_id}
+        return {"id": terminal_id, "merchant_id": merchant_id, "public_key": None}
+
+    @staticmethod
+    def terminal_record(row: TerminalRow) -> dict:
+        """A terminal as the API shows it (and as an audit record would hold it: the key is public)."""
+        return {"id": row.id, "merchant_id": row.merchant_id, "public_key": row.public_key}
 
     def get_terminal(self, terminal_id: str) -> dict:
         with Session(self.engine) as session:
             row = session.get(TerminalRow, terminal_id)
             if row is None:
                 raise EngineError(404, "not_found", f"terminal {terminal_id} is not known")
-            return {"id": row.id, "merchant_id": row.merchant_id}
+            return self.terminal_record(row)
 
     def update_terminal(self, terminal_id: str, patch: dict) -> dict:
+        """Move a terminal to a merchant and/or set (`public_key`: canonical base64, already
+        checked) or remove (`public_key`: None) its request-signing key."""
         with Session(self.engine) as session, session.begin():
             _bump(session)
             row = session.get(TerminalRow, terminal_id)
@@ -240,7 +247,9 @@ class Config:
             if session.get(MerchantRow, merchant_id) is None:
                 raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
             row.merchant_id = merchant_id
-            return {"id": row.id, "merchant_id": row.merchant_id}
+            if "public_key" in patch:
+                row.public_key = patch["public_key"]
+            return self.terminal_record(row)
 
     def terminal_merchant(self, terminal_id: str | None) -> str | None:
         """The terminal's merchant now (None for an unknown terminal)."""
@@ -251,7 +260,13 @@ class Config:
     def list_terminals(self) -> list[dict]:
         with Session(self.engine) as session:
             rows = session.execute(select(TerminalRow).order_by(TerminalRow.id)).scalars()
-            return [{"id": r.id, "merchant_id": r.merchant_id} for r in rows]
+            return [self.terminal_record(r) for r in rows]
+
+    def terminal_public_key(self, terminal_id: str) -> str | None:
+        """The terminal's registered signing key (base64), or None: bearer-only."""
+        with Session(self.engine) as session:
+            return session.execute(select(TerminalRow.public_key).where(TerminalRow.id == terminal_id)
+                                   ).scalar_one_or_none()
 
     # -- keys --------------------------------------------------------------
 

@@ -92,6 +92,17 @@ class TerminalRow(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     merchant_id: Mapped[str] = mapped_column(ForeignKey("merchant.id"), index=True)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
+    # SPEC §9.2: base64 of the raw 32-byte Ed25519 key; set, every request of the terminal's keys is signed.
+    public_key: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+class SignatureNonceRow(Base):
+    """A nonce a terminal signed with, refused again until `expires_at_us` (SPEC §9.2; without Redis)."""
+
+    __tablename__ = "signature_nonce"
+    terminal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    nonce: Mapped[str] = mapped_column(String(64), primary_key=True)
+    expires_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
 class ApiKeyRow(Base):

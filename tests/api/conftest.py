@@ -10,6 +10,7 @@ with `setapay keys create` under the server's environment.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import threading
 import uuid
@@ -270,6 +271,25 @@ class Ward:
             return self.terminal(terminal_id).post("/v1/transactions", content=body,
                                                    headers={**headers, "Content-Type": "application/json"})
         return self.terminal(terminal_id).post("/v1/transactions", json=body, headers=headers)
+
+    def send_signed(self, terminal_id: str, private_key, method: str, target: str, body: bytes | None = None,
+                    headers: dict[str, str] | None = None, **sign) -> httpx.Response:
+        """A request of the terminal's key signed as SPEC §9.2 says. `body` is the final bytes sent and
+        `headers` the request's own (an Idempotency-Key among them is covered); `sign` goes to
+        `engine.http_signing.sign_request` (`created=`, `nonce=`)."""
+        from engine.http_signing import sign_request
+
+        headers = dict(headers or {})
+        if body:
+            headers.setdefault("Content-Type", "application/json")
+        headers.update(sign_request(private_key, terminal_id, method, target, headers, body, **sign))
+        return self.terminal(terminal_id).request(method, target, content=body, headers=headers)
+
+    def post_signed(self, terminal_id: str, private_key, body, key: str | None = None, **sign) -> httpx.Response:
+        """`post`, signed: a dict body is sent as its JSON bytes, bytes as they are."""
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        return self.send_signed(terminal_id, private_key, "POST", "/v1/transactions", content,
+                                {"Idempotency-Key": key or uuid.uuid4().hex}, **sign)
 
     def close(self) -> None:
         for c in self._clients.values():
