@@ -9,7 +9,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = '20261201_terminal_public_key'
-down_revision = '20261129_budget_check'
+down_revision = '20261201_receipts'
 branch_labels = None
 depends_on = None
 
