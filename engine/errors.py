@@ -33,6 +33,8 @@ TITLES = {
     "period_overlaps": "The period overlaps a settled one",
     "period_out_of_order": "Periods settle in order and a later one is settled already",
     "payout_already_settled": "The payout has a different result already",
+    "bank_change_not_pending": "No bank account change awaits confirmation",
+    "bank_change_same_key": "A bank account change must be confirmed by a different key",
     "internal_error": "Internal error",
 }
 
