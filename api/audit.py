@@ -6,15 +6,12 @@ sequence order, keyset-paginated: `next_cursor` is set while more may follow.
 payout account change; the key that made the change may not confirm it.
 """
 
-from __future__ import annotations
-
 import base64
 import datetime as dt
 import re
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query
-from pydantic import AwareDatetime
 
 from engine import limits
 from engine.errors import EngineError
@@ -43,13 +40,20 @@ def decode_cursor(cursor: str | None) -> int:
         raise EngineError(422, "invalid_request", "cursor is not valid") from None
 
 
-def _instant(value: dt.datetime | None, name: str) -> int | None:
+# RFC 3339 with an offset (SPEC §2: instants are strings, never numbers).
+_RFC3339 = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?([Zz]|[+-][0-9]{2}:[0-9]{2})$")
+
+
+def _instant(value: str | None, name: str) -> int | None:
     if value is None:
         return None
     try:
-        return to_us(value)
+        if not _RFC3339.match(value):
+            raise ValueError(value)
+        instant = dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        return to_us(instant)
     except (OverflowError, ValueError):
-        raise EngineError(422, "invalid_request", f"{name} is out of range") from None
+        raise EngineError(422, "invalid_request", f"{name} must be an RFC 3339 instant with an offset") from None
 
 
 def install(app: FastAPI, role, ledger, config, settings) -> None:
@@ -57,8 +61,8 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
 
     @app.get("/v1/audit")
     def audit_log(_: Reader,
-                  from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-                  to: Annotated[AwareDatetime | None, Query()] = None,
+                  from_: Annotated[str | None, Query(alias="from", max_length=40)] = None,
+                  to: Annotated[str | None, Query(max_length=40)] = None,
                   target: Annotated[str | None, Query(max_length=200, pattern=TARGET_PATTERN)] = None,
                   cursor: Annotated[str | None, Query(max_length=64)] = None,
                   limit: Annotated[int, Query(ge=1, le=500)] = 100):

@@ -51,7 +51,8 @@ def mask_account_number(number: str) -> str:
 
 
 # What of a payout account may be shown and logged; the holder's name stays sealed like the number.
-SHOWN_ACCOUNT_FIELDS = ("bank_code", "branch_code", "account_type")
+# (Masking a masked account keeps it as it is.)
+SHOWN_ACCOUNT_FIELDS = ("bank_code", "branch_code", "account_type", "account_number_last4", "set_at")
 
 
 def mask_bank_account(account: dict | None) -> dict | None:
