@@ -88,9 +88,10 @@ def downgrade() -> None:
     with op.batch_alter_table('settlement_line', schema=None) as batch_op:
         batch_op.drop_constraint(op.f('ck_settlement_line_payout_status_known'), type_='check')
         batch_op.create_check_constraint('payout_status_known', STATUSES_BEFORE)
-    with op.batch_alter_table('merchant', schema=None) as batch_op:
-        batch_op.drop_column('bank_change_at_us')
-        batch_op.drop_column('bank_change_by')
+    # A plain ALTER TABLE … DROP COLUMN (SQLite 3.35+): a batch rebuild of `merchant` would
+    # trip the foreign keys of its terminals and versions.
+    op.drop_column('merchant', 'bank_change_at_us')
+    op.drop_column('merchant', 'bank_change_by')
     with op.batch_alter_table('audit_log', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_log_target_sequence')
         batch_op.drop_index(batch_op.f('ix_audit_log_at_us'))
