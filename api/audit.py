@@ -50,7 +50,7 @@ def _instant(value: str | None, name: str) -> int | None:
     try:
         if not _RFC3339.match(value):
             raise ValueError(value)
-        instant = dt.datetime.fromisoformat(value.upper().replace("Z", "+00:00"))
+        instant = dt.datetime.fromisoformat(value.upper())
         return to_us(instant)
     except (OverflowError, ValueError):
         raise EngineError(422, "invalid_request", f"{name} must be an RFC 3339 instant with an offset") from None

@@ -93,7 +93,7 @@ class Merchant(Record):
         return any(c.covers(instant) for c in self.ethical_certifications)
 
     @classmethod
-    def from_stored(cls, record_json: str) -> "Merchant":
+    def from_stored(cls, record_json: str) -> Merchant:
         """A stored merchant record (`merchant.record_json`, `merchant_version.record_json`),
         without the fields only the store keeps (the masked payout account, SPEC §9.6)."""
         import json
