@@ -428,3 +428,11 @@ def test_merchant_funding_is_charged_by_the_issuing_campaign_version(ward: Ward)
     assert line["net_payout"] == 50_000 - 10_000 - 5_000
     assert ward.reconcile()["ok"] is True
 
+
+
+def test_a_first_account_added_later_is_held_too(ward: Ward):
+    ward.merchant("M1")  # no account at creation
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(4)}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
