@@ -324,14 +324,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
                    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
         key = _idempotency_key(idempotency_key)
         result = _guarded(lambda: lifecycle.grant(ledger, f"finance:{p.key_id}", key, body.wallet_id,
-                                                  body.campaign_id, body.points, body.reason))
+                                                  body.campaign_id, body.points, body.reason, actor=p))
         return _render(result)
 
     # -- configuration -----------------------------------------------------
 
     @app.post("/v1/merchants", status_code=201)
-    def create_merchant(body: Merchant, _: Admin) -> Any:
-        return config.create_merchant(body)
+    def create_merchant(body: Merchant, p: Admin) -> Any:
+        return config.create_merchant(body, actor=p)
 
     @app.get("/v1/merchants")
     def list_merchants(_: Admin) -> Any:
@@ -342,12 +342,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return config.get_merchant(merchant_id)
 
     @app.patch("/v1/merchants/{merchant_id}")
-    def patch_merchant(merchant_id: str, patch: Annotated[dict[str, Any], Body()], _: Admin) -> Any:
-        return _validated(lambda: config.update_merchant(merchant_id, patch))
+    def patch_merchant(merchant_id: str, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
+        return _validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
     @app.post("/v1/campaigns", status_code=201)
-    def create_campaign(body: Campaign, _: Admin) -> Any:
-        return config.create_campaign(body).model_dump(mode="json")
+    def create_campaign(body: Campaign, p: Admin) -> Any:
+        return config.create_campaign(body, actor=p).model_dump(mode="json")
 
     @app.get("/v1/campaigns")
     def list_campaigns(_: Annotated[Principal, Depends(role("admin", "finance"))]) -> Any:
@@ -359,12 +359,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return config.get_campaign(campaign_id, version).model_dump(mode="json")
 
     @app.patch("/v1/campaigns/{campaign_id}")
-    def patch_campaign(campaign_id: str, patch: Annotated[dict[str, Any], Body()], _: Admin) -> Any:
-        return _validated(lambda: config.update_campaign(campaign_id, patch)).model_dump(mode="json")
+    def patch_campaign(campaign_id: str, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
+        return _validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
 
     @app.post("/v1/terminals", status_code=201)
-    def create_terminal(body: TerminalRecord, _: Admin) -> Any:
-        return config.create_terminal(body.id, body.merchant_id)
+    def create_terminal(body: TerminalRecord, p: Admin) -> Any:
+        return config.create_terminal(body.id, body.merchant_id, actor=p)
 
     @app.get("/v1/terminals")
     def list_terminals(_: Admin) -> Any:
@@ -375,19 +375,20 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return config.get_terminal(terminal_id)
 
     @app.patch("/v1/terminals/{terminal_id}")
-    def patch_terminal(terminal_id: str, body: TerminalPatch, _: Admin) -> Any:
+    def patch_terminal(terminal_id: str, body: TerminalPatch, p: Admin) -> Any:
         patch = body.model_dump(exclude_unset=True)  # "public_key": null removes the key
         if patch.get("merchant_id", "") is None:
             del patch["merchant_id"]
         try:
-            return config.update_terminal(terminal_id, patch)
+            return config.update_terminal(terminal_id, patch, actor=p)
         finally:
             signatures.forget(terminal_id)
 
-    from api import finance, simulate
+    from api import audit, finance, simulate
 
     finance.install(app, role, ledger, config, settings)
     simulate.install(app, role, ledger, config, settings)
+    audit.install(app, role, ledger, config, settings)
     return app
 
 

@@ -50,8 +50,8 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
         return finance.budget(ledger, campaign_id)
 
     @app.post("/v1/settlement-runs", status_code=201)
-    def create_settlement_run(body: SettlementRequest, _: Finance):
-        created, view = settlement.run(ledger, config, settings, body.period)
+    def create_settlement_run(body: SettlementRequest, p: Finance):
+        created, view = settlement.run(ledger, config, settings, body.period, actor=p)
         return JSONResponse(view, status_code=201 if created else 200)
 
     @app.get("/v1/settlement-runs/{run_id}")
@@ -71,8 +71,8 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
                         headers={"Content-Disposition": f'attachment; filename="{run_id}.zengin.txt"'})
 
     @app.post("/v1/settlement-runs/{run_id}/payout-results")
-    def payout_results(run_id: str, body: PayoutResults, _: Finance):
-        return settlement.import_payout_results(ledger, run_id, [r.model_dump() for r in body.results])
+    def payout_results(run_id: str, body: PayoutResults, p: Finance):
+        return settlement.import_payout_results(ledger, run_id, [r.model_dump() for r in body.results], actor=p)
 
     @app.post("/v1/chain-heads", status_code=201)
     def sign_chain_heads(_: Finance):
@@ -87,4 +87,5 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
     def post_closeout(terminal_id: str, body: CloseoutRequest, p: Annotated[Any, Depends(role("terminal"))]):
         if p.terminal_id != terminal_id:
             raise EngineError(403, "forbidden", "a terminal key closes out only its own terminal")
-        return finance.closeout(ledger, terminal_id, body.business_date.isoformat(), body.count, body.total)
+        return finance.closeout(ledger, terminal_id, body.business_date.isoformat(), body.count, body.total,
+                                actor=p)

@@ -214,6 +214,39 @@ def _cmd_sign_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    """Print the audit log as JSON lines, oldest first, filtered by instant and target."""
+    import datetime as dt
+    import json
+
+    from engine.store import audit
+    from engine.timeutil import to_us
+
+    bounds = []
+    for name, value in (("--from", args.from_), ("--to", args.to)):
+        if value is None:
+            bounds.append(None)
+            continue
+        try:
+            instant = dt.datetime.fromisoformat(value)
+        except ValueError:
+            print(f"{name} is not an RFC 3339 instant", file=sys.stderr)
+            return 2
+        if instant.tzinfo is None:
+            print(f"{name} needs an offset, e.g. 2026-12-01T00:00:00+09:00", file=sys.stderr)
+            return 2
+        bounds.append(to_us(instant))
+    _, ledger, _ = _finance_context()
+    after = 0
+    while True:
+        page, last = audit.entries(ledger.engine, bounds[0], bounds[1], args.target, after, 1_000)
+        for entry in page:
+            print(json.dumps(entry, ensure_ascii=False))
+        if last is None:
+            return 0
+        after = last
+
+
 def _redacted(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -273,6 +306,12 @@ def add_commands(sub) -> None:
         p.set_defaults(func=_cmd_apps)
     p = apps_sub.add_parser("list", help="the apps, never their secrets")
     p.set_defaults(func=_cmd_apps)
+
+    p = sub.add_parser("audit", help="print the audit log as JSON lines, oldest first")
+    p.add_argument("--from", dest="from_", help="RFC 3339 instant with offset (inclusive)")
+    p.add_argument("--to", help="RFC 3339 instant with offset (exclusive)")
+    p.add_argument("--target", help="only entries about this target, e.g. merchant:M001")
+    p.set_defaults(func=_cmd_audit)
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)

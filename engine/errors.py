@@ -42,6 +42,8 @@ TITLES = {
     "receipt_mismatch": "The payment receipt does not match the transaction",
     "receipt_already_used": "The payment receipt was used by an accepted transaction",
     "app_revoked": "The payment app is revoked",
+    "bank_change_not_pending": "No bank account change awaits confirmation",
+    "bank_change_same_key": "A bank account change must be confirmed by a different key",
     "internal_error": "Internal error",
 }
 

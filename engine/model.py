@@ -93,6 +93,23 @@ class Merchant(Record):
     def certified_at(self, instant: dt.datetime) -> bool:
         return any(c.covers(instant) for c in self.ethical_certifications)
 
+    @classmethod
+    def from_stored(cls, record_json: str) -> Merchant:
+        """A stored merchant record (`merchant.record_json`, `merchant_version.record_json`),
+        without the fields only the store keeps (the masked payout account, SPEC §9.6)."""
+        import json
+
+        record = json.loads(record_json)
+        for key in STORED_ONLY_MERCHANT_FIELDS:
+            record.pop(key, None)
+        return cls.model_validate(record)
+
+
+# Kept in a stored merchant record beside the model's fields: the payout account as it may
+# be shown (number cut to its last 4 digits) and when it was set, so that a change of
+# account makes a new, different merchant version.
+STORED_ONLY_MERCHANT_FIELDS = ("bank_account_masked",)
+
 
 class Match(Record):
     """Conditions of a tier; every key given must hold, an empty match always holds."""

@@ -17,9 +17,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import sealing
+from engine.audit import OPERATOR, Actor, mask_bank_account
 from engine.clock import SystemClock
 from engine.errors import EngineError
 from engine.model import Campaign, Merchant
+from engine.store import audit
 from engine.store.models import (
     ApiKeyRow,
     CampaignRow,
@@ -29,7 +31,7 @@ from engine.store.models import (
     MerchantVersionRow,
     TerminalRow,
 )
-from engine.timeutil import to_us
+from engine.timeutil import format_instant, to_us
 
 ROLES = ("admin", "finance", "merchant", "terminal", "app")
 
@@ -54,6 +56,17 @@ def _dump(record) -> str:
     return record.model_dump_json()
 
 
+def _lock(session: Session) -> None:
+    """The sequencer lock without a catalog change (PostgreSQL; SQLite's BEGIN IMMEDIATE is the lock)."""
+    stmt = select(LedgerHead).where(LedgerHead.id == 1)
+    if session.bind.dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    session.execute(stmt).scalar_one()
+
+
+MASKED_ACCOUNT = "bank_account_masked"
+
+
 class Config:
     def __init__(self, engine: Engine, settings=None, clock=None) -> None:
         self.engine = engine
@@ -69,10 +82,20 @@ class Config:
 
         return keyring.data_key(self.settings or Settings())
 
-    def _store_record(self, row: MerchantRow, merchant: Merchant) -> None:
-        if merchant.bank_account is not None:
+    def _store_record(self, row: MerchantRow, merchant: Merchant, account_set_at: int | None,
+                      masked_before: dict | None = None) -> None:
+        """Seal a newly set payout account (`account_set_at`: when) and keep its masked form
+        in the record, so a change of account is a new, different merchant version."""
+        masked = masked_before
+        if merchant.bank_account is not None and account_set_at is not None:
             row.bank_account_sealed = sealing.seal_bank_account(self._data_key(), merchant.id, merchant.bank_account)
-        row.record_json = merchant.model_copy(update={"bank_account": None}).model_dump_json()
+            masked = {**mask_bank_account(merchant.bank_account.model_dump()), "set_at": format_instant(account_set_at)}
+        record_json = merchant.model_copy(update={"bank_account": None}).model_dump_json()
+        if masked is not None:
+            record = json.loads(record_json)
+            record[MASKED_ACCOUNT] = masked
+            record_json = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
+        row.record_json = record_json
 
     def bank_account(self, merchant_id: str, session: Session | None = None):
         """The merchant's payout account, opened from its sealed form (None when not on file).
@@ -93,36 +116,78 @@ class Config:
         record = json.loads(row.record_json)
         record.pop("bank_account", None)
         record["bank_account_on_file"] = row.bank_account_sealed is not None
+        record["bank_account_pending_confirmation"] = row.bank_change_by is not None
         return record
 
     # -- merchants ---------------------------------------------------------
 
-    def create_merchant(self, merchant: Merchant) -> dict:
+    def create_merchant(self, merchant: Merchant, actor: Actor = OPERATOR) -> dict:
+        """A new merchant; its first payout account, set here, needs no confirmation."""
         with Session(self.engine) as session, session.begin():
             _bump(session)
             if session.get(MerchantRow, merchant.id) is not None:
                 raise EngineError(409, "already_exists", f"merchant {merchant.id} exists")
             now = self.clock.now_us()
             row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now)
-            self._store_record(row, merchant)
+            self._store_record(row, merchant, now)
             session.add(row)
             session.flush()
             self._add_version(session, row, now)
-            return self.public_record(row)
+            after = self.public_record(row)
+            audit.record(session, actor, "merchant.create", f"merchant:{merchant.id}", None, after, at_us=now)
+            return after
 
-    def update_merchant(self, merchant_id: str, patch: dict) -> dict:
+    def update_merchant(self, merchant_id: str, patch: dict, actor: Actor = OPERATOR) -> dict:
+        """A new merchant version. A new payout account (SPEC §9.6) holds the merchant's
+        payouts until a different admin or finance key confirms it."""
         with Session(self.engine) as session, session.begin():
             _bump(session)
             row = session.get(MerchantRow, merchant_id)
             if row is None:
                 raise EngineError(404, "not_found", f"merchant {merchant_id} is not known")
+            before = self.public_record(row)
             current = json.loads(row.record_json)
+            masked_before = current.pop(MASKED_ACCOUNT, None)
             if "id" in patch and patch["id"] != merchant_id:
                 raise EngineError(422, "invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
-            self._store_record(row, merchant)
-            row.updated_at_us = self.clock.now_us()
+            now = self.clock.now_us()
+            changed = merchant.bank_account is not None and merchant.bank_account != self.bank_account(merchant_id,
+                                                                                                      session)
+            self._store_record(row, merchant, now if changed else None, masked_before)
+            if changed:
+                row.bank_change_by, row.bank_change_at_us = actor.key_id, now
+            row.updated_at_us = now
             self._add_version(session, row, row.updated_at_us)
+            after = self.public_record(row)
+            audit.record(session, actor, "merchant.update", f"merchant:{merchant_id}", before, after, at_us=now)
+            if changed:
+                audit.record(session, actor, "merchant.bank_account.change", f"merchant:{merchant_id}",
+                             {"bank_account": masked_before}, {"bank_account": after[MASKED_ACCOUNT],
+                                                               "pending_confirmation": True}, at_us=now)
+            return after
+
+    def confirm_bank_account(self, merchant_id: str, actor: Actor = OPERATOR) -> dict:
+        """Release a held payout account change; only a key other than the one that made it may."""
+        with Session(self.engine) as session, session.begin():
+            _lock(session)
+            row = session.get(MerchantRow, merchant_id)
+            if row is None:
+                raise EngineError(404, "not_found", f"merchant {merchant_id} is not known")
+            if row.bank_change_by is None:
+                raise EngineError(409, "bank_change_not_pending",
+                                  f"merchant {merchant_id} has no bank account change awaiting confirmation")
+            if row.bank_change_by == actor.key_id:
+                raise EngineError(403, "bank_change_same_key",
+                                  "a bank account change must be confirmed by a different key than made it")
+            masked = json.loads(row.record_json).get(MASKED_ACCOUNT)
+            before = {"bank_account": masked, "changed_by": row.bank_change_by,
+                      "changed_at": format_instant(row.bank_change_at_us), "pending_confirmation": True}
+            row.bank_change_by = row.bank_change_at_us = None
+            now = self.clock.now_us()
+            after = {"bank_account": masked, "pending_confirmation": False}
+            audit.record(session, actor, "merchant.bank_account.confirm", f"merchant:{merchant_id}", before, after,
+                         at_us=now)
             return self.public_record(row)
 
     @staticmethod
@@ -148,7 +213,7 @@ class Config:
 
     # -- campaigns ---------------------------------------------------------
 
-    def create_campaign(self, campaign: Campaign) -> Campaign:
+    def create_campaign(self, campaign: Campaign, actor: Actor = OPERATOR) -> Campaign:
         campaign = campaign.model_copy(update={"version": 1})
         with Session(self.engine) as session, session.begin():
             _bump(session)
@@ -160,9 +225,11 @@ class Config:
             session.flush()
             session.add(CampaignVersionRow(campaign_id=campaign.id, version=1, record_json=_dump(campaign),
                                            created_at_us=now))
+            audit.record(session, actor, "campaign.create", f"campaign:{campaign.id}", None,
+                         campaign.model_dump(mode="json"), at_us=now)
         return campaign
 
-    def update_campaign(self, campaign_id: str, patch: dict) -> Campaign:
+    def update_campaign(self, campaign_id: str, patch: dict, actor: Actor = OPERATOR) -> Campaign:
         """A new version; a started campaign may not end before now nor budget below what it issued."""
         with Session(self.engine) as session, session.begin():
             _bump(session)
@@ -189,6 +256,8 @@ class Config:
             row.budget = updated.budget
             session.add(CampaignVersionRow(campaign_id=campaign_id, version=updated.version,
                                            record_json=_dump(updated), created_at_us=now))
+            audit.record(session, actor, "campaign.update", f"campaign:{campaign_id}",
+                         current.model_dump(mode="json"), updated.model_dump(mode="json"), at_us=now)
         return updated
 
     def get_campaign(self, campaign_id: str, version: int | None = None) -> Campaign:
@@ -213,19 +282,22 @@ class Config:
 
     # -- terminals ---------------------------------------------------------
 
-    def create_terminal(self, terminal_id: str, merchant_id: str) -> dict:
+    def create_terminal(self, terminal_id: str, merchant_id: str, actor: Actor = OPERATOR) -> dict:
         with Session(self.engine) as session, session.begin():
             _bump(session)
             if session.get(MerchantRow, merchant_id) is None:
                 raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
             if session.get(TerminalRow, terminal_id) is not None:
                 raise EngineError(409, "already_exists", f"terminal {terminal_id} exists")
-            session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=self.clock.now_us()))
+            now = self.clock.now_us()
+            session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=now))
+            audit.record(session, actor, "terminal.create", f"terminal:{terminal_id}", None,
+                         {"id": terminal_id, "merchant_id": merchant_id, "public_key": None}, at_us=now)
         return {"id": terminal_id, "merchant_id": merchant_id, "public_key": None}
 
     @staticmethod
     def terminal_record(row: TerminalRow) -> dict:
-        """A terminal as the API shows it (and as an audit record would hold it: the key is public)."""
+        """A terminal as the API shows it (and as the audit log holds it: the key is public)."""
         return {"id": row.id, "merchant_id": row.merchant_id, "public_key": row.public_key}
 
     def get_terminal(self, terminal_id: str) -> dict:
@@ -235,7 +307,7 @@ class Config:
                 raise EngineError(404, "not_found", f"terminal {terminal_id} is not known")
             return self.terminal_record(row)
 
-    def update_terminal(self, terminal_id: str, patch: dict) -> dict:
+    def update_terminal(self, terminal_id: str, patch: dict, actor: Actor = OPERATOR) -> dict:
         """Move a terminal to a merchant and/or set (`public_key`: canonical base64, already
         checked) or remove (`public_key`: None) its request-signing key."""
         with Session(self.engine) as session, session.begin():
@@ -246,10 +318,15 @@ class Config:
             merchant_id = patch.get("merchant_id", row.merchant_id)
             if session.get(MerchantRow, merchant_id) is None:
                 raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
+            before = self.terminal_record(row)
             row.merchant_id = merchant_id
             if "public_key" in patch:
                 row.public_key = patch["public_key"]
-            return self.terminal_record(row)
+            after = self.terminal_record(row)
+            action = ("terminal.move" if before["merchant_id"] != after["merchant_id"]
+                      else "terminal.public_key" if before["public_key"] != after["public_key"] else "terminal.update")
+            audit.record(session, actor, action, f"terminal:{terminal_id}", before, after, at_us=self.clock.now_us())
+            return after
 
     def terminal_merchant(self, terminal_id: str | None) -> str | None:
         """The terminal's merchant now (None for an unknown terminal)."""

@@ -10,9 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine import keyring, ledger_rules as rules
+from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
 from engine.settlement import signing, statement
-from engine.store import queries, rerate, settlement
+from engine.store import audit, queries, rerate, settlement
 from engine.store.ledger import Ledger
 from engine.store.models import (
     CampaignRow,
@@ -110,17 +111,23 @@ def ledger_day(session: Session, terminal_id: str, business_date: str) -> dict:
         for r in rows]}
 
 
-def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, total: int) -> dict:
+def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, total: int,
+             actor: Actor = OPERATOR) -> dict:
     """Store a terminal's end-of-day count and net total and compare them with the ledger."""
     with Session(ledger.engine) as session, session.begin():
+        now = ledger.clock.now_us()
         row = session.get(CloseoutRow, (terminal_id, business_date))
+        before = None
         if row is None:
             session.add(CloseoutRow(terminal_id=terminal_id, business_date=business_date, count=count, total=total,
-                                    submitted_at_us=ledger.clock.now_us()))
+                                    submitted_at_us=now))
         else:  # a corrected count replaces the earlier one; the comparison is always against the ledger
-            row.count, row.total, row.submitted_at_us = count, total, ledger.clock.now_us()
+            before = {"business_date": business_date, "count": row.count, "total": row.total}
+            row.count, row.total, row.submitted_at_us = count, total, now
         held = ledger_day(session, terminal_id, business_date)
-    matches = held["count"] == count and held["total"] == total
+        matches = held["count"] == count and held["total"] == total
+        audit.record(session, actor, "closeout.submit", f"terminal:{terminal_id}", before,
+                     {"business_date": business_date, "count": count, "total": total, "matches": matches}, at_us=now)
     report = {"terminal_id": terminal_id, "business_date": business_date,
               "submitted": {"count": count, "total": total},
               "ledger": {"count": held["count"], "total": held["total"]}, "matches": matches}
@@ -241,6 +248,7 @@ def reconcile(ledger: Ledger, settings, progress=None) -> dict:
         heads = _check_chain_heads(session, public_key)
         statements = _check_statements(ledger, session, public_key)
         closeouts = _check_closeouts(session)
+        audit_report = audit.check(session)
     rerated = rerate.rerate_check(ledger.engine, progress)
     checks = {name: {"pass": ok} for name, ok in ledger_report["checks"].items()}
     details = {
@@ -261,6 +269,8 @@ def reconcile(ledger: Ledger, settings, progress=None) -> dict:
     checks["signed_chain_heads_valid"] = {"pass": not heads, "rows": heads}
     checks["statements_match_ledger"] = {"pass": not statements, "rows": statements}
     checks["closeouts_match_ledger"] = {"pass": not closeouts, "rows": closeouts}
+    checks["audit_chain_intact"] = {"pass": not audit_report["breaks"], "rows": audit_report["breaks"]}
+    checks["audit_sequence_gapless"] = {"pass": not audit_report["gaps"], "rows": audit_report["gaps"]}
     checks["rerate_matches_ledger"] = {"pass": rerated["ok"], "rows": rerated["mismatches"],
                                        "checked": rerated["checked"]}
     return {"ok": all(c["pass"] for c in checks.values()), "as_of": format_instant(ledger.clock.now_us()),

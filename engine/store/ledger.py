@@ -115,7 +115,7 @@ class Ledger:
                 ).scalars()
             ]
             merchants = [
-                Merchant.model_validate_json(row.record_json)
+                Merchant.from_stored(row.record_json)
                 for row in session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
             ]
             terminals = {r.id: r.merchant_id for r in session.execute(select(TerminalRow.id, TerminalRow.merchant_id))}

@@ -16,7 +16,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
+from engine.audit import OPERATOR, Actor
 from engine.errors import problem
+from engine.store import audit
 from engine.store.books import load_books
 from engine.store.ledger import Ledger, Result, _GroupWriter
 from engine.store.models import (
@@ -98,8 +100,8 @@ def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
 
 
 def grant(ledger: Ledger, scope: str, idempotency_key: str, wallet_id: str, campaign_id: str, points: int,
-          reason: str) -> Result:
-    """Points to a wallet against a campaign's budget, exactly and idempotently."""
+          reason: str, actor: Actor = OPERATOR) -> Result:
+    """Points to a wallet against a campaign's budget, exactly and idempotently (audited)."""
     request = {"wallet_id": wallet_id, "campaign_id": campaign_id, "points": points, "reason": reason}
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
     with Session(ledger.engine) as session, session.begin():
@@ -132,6 +134,7 @@ def grant(ledger: Ledger, scope: str, idempotency_key: str, wallet_id: str, camp
                                  campaign_version=campaign.version, points=points, reason=reason, granted_at_us=now))
             result = Result(201, {"id": grant_id, **request, "campaign_version": campaign.version,
                                   "granted_at": format_instant(now), "expires_at": format_instant(lot.expires_at_us)})
+            audit.record(session, actor, "grant.create", f"wallet:{wallet_id}", None, result.body, at_us=now)
         session.add(IdempotencyRow(terminal_id=scope, key=idempotency_key, request_hash=request_hash,
                                    response_status=result.status, response_json=json.dumps(result.body),
                                    payment_id=result.body.get("id"), created_at_us=now))

@@ -61,6 +61,10 @@ class MerchantRow(Base):
     bank_account_sealed: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
     updated_at_us: Mapped[int] = mapped_column(BigInteger)
+    # A changed payout account awaiting confirmation by another key (SPEC §9.6): the key
+    # that made the change and when; payouts are held while it is set.
+    bank_change_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    bank_change_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
 
 
 class CampaignRow(Base):
@@ -325,7 +329,8 @@ class SettlementLineRow(Base):
     net_payout: Mapped[int] = mapped_column(BigInteger)
     payout_status: Mapped[str] = mapped_column(String(16))
     __table_args__ = (
-        CheckConstraint("payout_status IN ('pending', 'paid', 'failed', 'nothing_due')", name="payout_status_known"),
+        CheckConstraint("payout_status IN ('pending', 'paid', 'failed', 'nothing_due', 'held_bank_change')",
+                        name="payout_status_known"),
     )
 
 
@@ -378,3 +383,29 @@ class AppSecretRow(Base):
     secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
     valid_until_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class AuditHeadRow(Base):
+    """One row: the audit chain's head. `record` locks it, so appends are linear and gapless."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_sequence: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditLogRow(Base):
+    """One change that can move money or widen access (SPEC §9.5). Never updated or
+    deleted (triggers refuse it); hash-chained in `sequence` order."""
+
+    __tablename__ = "audit_log"
+    sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    at_us: Mapped[int] = mapped_column(BigInteger, index=True)
+    actor_key_id: Mapped[str] = mapped_column(String(64))
+    actor_role: Mapped[str] = mapped_column(String(16))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(200))
+    before_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    after_json: Mapped[str | None] = mapped_column(Text, nullable=True)
+    hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (Index("ix_audit_log_target_sequence", "target", "sequence"),)

@@ -242,7 +242,7 @@ def load_versions(conn: Connection) -> Versions:
     merchants: dict[str, list] = {}
     for mid, at, record in conn.execute(text(
             "SELECT merchant_id, created_at_us, record_json FROM merchant_version ORDER BY merchant_id, version")):
-        merchants.setdefault(mid, []).append((int(at), Merchant.model_validate_json(record)))
+        merchants.setdefault(mid, []).append((int(at), Merchant.from_stored(record)))
     grants = [(int(at), cid, int(points)) for at, cid, points in conn.execute(text(
         "SELECT granted_at_us, campaign_id, points FROM point_grant ORDER BY granted_at_us"))]
     return Versions(campaigns, merchants, grants)

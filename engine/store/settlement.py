@@ -19,12 +19,22 @@ from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from engine import keyring, ledger_rules as rules
+from engine.audit import OPERATOR, Actor
 from engine.crediting import add_business_days
 from engine.errors import EngineError
+from engine.model import Campaign
 from engine.settlement import signing, statement, zengin
+from engine.store import audit
 from engine.store.config import Config
 from engine.store.ledger import Ledger, _GroupWriter
-from engine.store.models import MerchantRow, PostingRow, SettlementLineRow, SettlementRunRow
+from engine.store.models import (
+    CampaignRow,
+    CampaignVersionRow,
+    MerchantRow,
+    PostingRow,
+    SettlementLineRow,
+    SettlementRunRow,
+)
 from engine.timeutil import TOKYO, format_instant, from_us
 
 SALE_REASONS = {
@@ -43,10 +53,15 @@ def _payable_merchant(account_id: str) -> str | None:
 SETTLEMENT_REASONS = [rules.SETTLEMENT_FEE, rules.MERCHANT_FUNDING, rules.PAYOUT, rules.PAYOUT_FAILED]
 
 
-def aggregate(session: Session, start_us: int, end_us: int, merchants: dict, funded_by: dict[str, str],
+def aggregate(session: Session, start_us: int, end_us: int, merchants: dict,
+              funded_by: dict[tuple[str, int | None], str],
               settled_until_sequence: int) -> tuple[list, dict[str, dict[str, int]]]:
     """Each merchant's activity in [start, end) and payable balance at `end`, from the postings,
     and the net points each merchant-funded campaign issued in the period, by merchant.
+
+    `funded_by` maps (campaign, version) to the merchant funding it: points are charged
+    to the funding source of the version that issued them (the version each award,
+    grant and clawback posting records), never to a later version's (SPEC §9.6).
 
     The balance counts business postings stamped before `end`, and the postings of
     earlier settlement runs (fees, funding, payouts, failed payouts) up to
@@ -72,15 +87,18 @@ def aggregate(session: Session, start_us: int, end_us: int, merchants: dict, fun
         merchant_id = _payable_merchant(credit) or _payable_merchant(debit)
         values[merchant_id][SALE_REASONS[reason]] += int(total)
     if funded_by:
-        for campaign_id, reason, total in session.execute(
-            select(PostingRow.campaign_id, PostingRow.reason, func.sum(PostingRow.amount))
-            .where(in_period, PostingRow.campaign_id.in_(list(funded_by)),
+        for campaign_id, version, reason, total in session.execute(
+            select(PostingRow.campaign_id, PostingRow.campaign_version, PostingRow.reason, func.sum(PostingRow.amount))
+            .where(in_period, PostingRow.campaign_id.in_(sorted({c for c, _ in funded_by})),
                    PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]))
-            .group_by(PostingRow.campaign_id, PostingRow.reason)
+            .group_by(PostingRow.campaign_id, PostingRow.campaign_version, PostingRow.reason)
         ):
+            merchant_id = funded_by.get((campaign_id, version))
+            if merchant_id is None:
+                continue  # that version was funded by the ward or a fund, not by a merchant
             sign = -1 if reason == rules.CLAWBACK else 1
-            values[funded_by[campaign_id]]["merchant_funded_points"] += sign * int(total)
-            funded[funded_by[campaign_id]][campaign_id] += sign * int(total)
+            values[merchant_id]["merchant_funded_points"] += sign * int(total)
+            funded[merchant_id][campaign_id] += sign * int(total)
     activities = [
         statement.MerchantActivity(merchant_id=m, fee_bp=merchants.get(m, {}).get("fee_bp", 0), **v)
         for m, v in sorted(values.items())
@@ -88,15 +106,29 @@ def aggregate(session: Session, start_us: int, end_us: int, merchants: dict, fun
     return activities, funded
 
 
-def _funded_by(ledger: Ledger, session: Session, head) -> dict[str, str]:
-    _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
-    return {c.id: c.funding_source.split(":", 1)[1] for c in campaigns.values()
-            if c.funding_source.startswith("merchant:")}
+def _funded_by(ledger: Ledger, session: Session, head) -> dict[tuple[str, int | None], str]:
+    """(campaign, version) → the merchant funding that version, for every merchant-funded
+    version of every campaign; (campaign, None), for postings without a version, follows
+    the current version."""
+    current = dict(session.execute(select(CampaignRow.id, CampaignRow.current_version)).all())
+    out: dict[tuple[str, int | None], str] = {}
+    for campaign_id, version, record_json in session.execute(
+        select(CampaignVersionRow.campaign_id, CampaignVersionRow.version, CampaignVersionRow.record_json)
+    ):
+        source = Campaign.model_validate_json(record_json).funding_source
+        if source.startswith("merchant:"):
+            out[(campaign_id, version)] = source.split(":", 1)[1]
+            if current.get(campaign_id) == version:
+                out[(campaign_id, None)] = source.split(":", 1)[1]
+    return out
 
 
-def run(ledger: Ledger, config: Config, settings, period_name: str | None = None) -> tuple[bool, dict]:
+def run(ledger: Ledger, config: Config, settings, period_name: str | None = None,
+        actor: Actor = OPERATOR) -> tuple[bool, dict]:
     """Settle a period (by default the last one closed, of the configured kind); returns
-    (created, run view). Idempotent per period."""
+    (created, run view). Idempotent per period. A merchant whose payout account change
+    awaits confirmation (SPEC §9.6) is not paid: its line is `held_bank_change` and the
+    amount stays payable, carried into the next period."""
     try:
         if period_name is None:
             period = statement.last_closed(from_us(ledger.clock.now_us()), settings.settlement_period)
@@ -129,7 +161,9 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
         now = ledger.clock.now_us()
         if now < period.end_us:
             raise EngineError(422, "period_open", f"{period.name} ends at {format_instant(period.end_us)}")
-        merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
+        merchant_rows = list(session.execute(select(MerchantRow)).scalars())
+        merchants = {r.id: json.loads(r.record_json) for r in merchant_rows}
+        held = {r.id for r in merchant_rows if r.bank_change_by is not None}
         settled_until = head.last_posting_sequence
         activities, funded = aggregate(session, period.start_us, period.end_us, merchants,
                                        _funded_by(ledger, session, head), settled_until)
@@ -153,7 +187,9 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
             status = "nothing_due"
             if line.net_payout > 0:
                 account = config.bank_account(m, session)
-                if account is None:
+                if m in held:
+                    status = "held_bank_change"  # stays payable until another key confirms the new account
+                elif account is None:
                     status = "failed"  # nothing can be sent; the amount stays payable and carries over
                 else:
                     status = "pending"
@@ -190,6 +226,10 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
                 "merchant_id", "coin_sales", "coin_refunds", "points_redeemed", "points_returned",
                 "merchant_funded_points", "fee", "carried_in", "net_payout", "payout_status")}))
         session.flush()
+        audit.record(session, actor, "settlement.run", f"settlement_run:{run_id}", None, {
+            "period": document["period"], "totals": document["totals"],
+            "payouts": [{"merchant_id": line["merchant_id"], "net_payout": line["net_payout"],
+                         "payout_status": line["payout_status"]} for line in lines]}, at_us=now)
         return True, view(session, row)
 
 
@@ -246,7 +286,7 @@ def get_view(ledger: Ledger, run_id: str) -> dict:
         return view(session, row)
 
 
-def import_payout_results(ledger: Ledger, run_id: str, results: list[dict]) -> dict:
+def import_payout_results(ledger: Ledger, run_id: str, results: list[dict], actor: Actor = OPERATOR) -> dict:
     """The bank's answer per merchant: paid payouts close, failed ones return to payable
     and so are carried into the next period. Re-importing the same answer changes nothing."""
     with Session(ledger.engine) as session, session.begin():
@@ -255,7 +295,9 @@ def import_payout_results(ledger: Ledger, run_id: str, results: list[dict]) -> d
             raise EngineError(404, "not_found", f"settlement run {run_id} is not known")
         lines = {line.merchant_id: line for line in session.execute(
             select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)).scalars()}
-        writer = _GroupWriter(session, head, ledger.clock.now_us(), {}, {})
+        now = ledger.clock.now_us()
+        writer = _GroupWriter(session, head, now, {}, {})
+        before = {m: line.payout_status for m, line in sorted(lines.items())}
         applied = unchanged = 0
         for result in results:
             line = lines.get(result["merchant_id"])
@@ -277,6 +319,10 @@ def import_payout_results(ledger: Ledger, run_id: str, results: list[dict]) -> d
             line.payout_status = result["status"]
             applied += 1
         writer.flush()
+        if applied:
+            audit.record(session, actor, "settlement.payout_results", f"settlement_run:{run_id}",
+                         {"payouts": before}, {"payouts": {m: line.payout_status for m, line in sorted(lines.items())},
+                                               "results": results}, at_us=now)
         return {"run_id": run_id, "applied": applied, "unchanged": unchanged,
                 "payouts": [{"merchant_id": m, "payout_status": line.payout_status} for m, line in sorted(lines.items())]}
 

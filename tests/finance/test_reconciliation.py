@@ -16,6 +16,7 @@ CHECKS = {
     "payment_chain_intact", "lots_match_balances", "liability_identity_per_campaign",
     "liability_identity_per_wallet", "liability_identity_total", "budget_meters_match", "budget_never_exceeded",
     "signed_chain_heads_valid", "statements_match_ledger", "closeouts_match_ledger", "rerate_matches_ledger",
+    "audit_chain_intact", "audit_sequence_gapless",
 }
 
 

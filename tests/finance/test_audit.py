@@ -1,0 +1,438 @@
+"""The audit log (SPEC §9.5) and changes that redirect money (SPEC §9.6), on a real database,
+through the real routes: who changed what, masked; append-only; the chain checked by
+reconciliation; a new payout account held until another key confirms it; merchant
+funding charged by the campaign version that issued the points."""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+
+import pytest
+from sqlalchemy import select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.orm import Session
+
+from engine.store import audit
+from engine.store.config import Config
+from engine.store.db import make_engine
+from engine.store.models import AuditLogRow, MerchantVersionRow
+from tests.finance.support import Ward, bank_account, lines_by_merchant
+from tests.tokyo import jst
+
+
+def key_id(headers: dict) -> str:
+    """An API key's id, from the key itself (`sp_<role>_<id>_<secret>`)."""
+    return headers["Authorization"].split(" ", 1)[1].split("_")[2]
+
+
+def entries(ward: Ward, headers: dict | None = None, **params) -> list[dict]:
+    """Every entry the API lists for the filter, following the cursor."""
+    out, cursor = [], None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        r = ward.client.get("/v1/audit", params=query, headers=headers or ward.finance)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        out.extend(body["entries"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return out
+
+
+def _tamper(ward: Ward, sql: str, **params) -> None:
+    """Edit audit rows behind the engine's back, past the append-only triggers."""
+    with ward.engine.begin() as c:
+        if c.dialect.name == "postgresql":  # the tests connect as a superuser
+            c.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        else:
+            c.execute(text("DROP TRIGGER IF EXISTS audit_log_no_update"))
+            c.execute(text("DROP TRIGGER IF EXISTS audit_log_no_delete"))
+        c.execute(text(sql), params)
+        if c.dialect.name == "postgresql":
+            c.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+
+
+def _raw_audit(ward: Ward) -> str:
+    with ward.engine.connect() as c:
+        return "\n".join(str(tuple(r)) for r in c.execute(text("SELECT * FROM audit_log")))
+
+
+def _secrets_of(n: int) -> list[str]:
+    account = bank_account(n)
+    return [account["account_number"], account["holder_kana"]]
+
+
+# -- what is recorded -----------------------------------------------------------------------------
+
+
+def test_every_covered_change_is_recorded_with_actor_before_and_after(ward: Ward):
+    admin, finance = key_id(ward.admin), key_id(ward.finance)
+    ward.merchant("M1", bank=1)  # and its terminal TM1
+    ward.merchant("M2", terminal=False)
+    ward.campaign("C1", 1000, funding_source="ward_general")
+    cert = {"scheme": "ethical", "valid_from": jst("2026-11-01T00:00").isoformat(),
+            "valid_until": jst("2027-11-01T00:00").isoformat()}
+    r = ward.client.patch("/v1/merchants/M1", json={"ethical_certifications": [cert], "fee_bp": 100},
+                          headers=ward.admin)
+    assert r.status_code == 200, r.text
+    r = ward.client.patch("/v1/campaigns/C1", json={"funding_source": "merchant:M1"}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    r = ward.client.patch("/v1/terminals/TM1", json={"merchant_id": "M2"}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    r = ward.client.patch("/v1/terminals/TM1", json={"merchant_id": "M1"}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    r = ward.client.post("/v1/grants", json={"wallet_id": "W1", "campaign_id": "C1", "points": 300,
+                                             "reason": "energy saving"},
+                         headers={**ward.finance, "Idempotency-Key": "g1"})
+    assert r.status_code == 201, r.text
+    ward.purchase("M1", "W1", "2026-12-05T10:00", 5_000)
+    r = ward.client.post("/v1/terminals/TM1/closeouts", json={"business_date": "2026-12-05", "count": 1,
+                                                              "total": 5_000}, headers=ward.terminal_keys["TM1"])
+    assert r.status_code == 201, r.text
+    ward.at("2027-01-01T00:30")
+    run = ward.settle("2026-12")
+    r = ward.client.post(f"/v1/settlement-runs/{run['id']}/payout-results",
+                         json={"results": [{"merchant_id": "M1", "status": "paid"}]}, headers=ward.finance)
+    assert r.status_code == 200, r.text
+
+    log = entries(ward)
+    assert [e["sequence"] for e in log] == list(range(1, len(log) + 1))
+    by_action: dict[str, list[dict]] = {}
+    for e in log:
+        by_action.setdefault(e["action"], []).append(e)
+
+    created = {e["target"]: e for e in by_action["merchant.create"]}
+    assert created["merchant:M1"]["actor"] == {"key_id": admin, "role": "admin"}
+    assert created["merchant:M1"]["before"] is None
+    assert created["merchant:M1"]["after"]["name"] == "Shop M1"
+    assert created["merchant:M1"]["after"]["bank_account_masked"]["account_number_last4"] == "4501"
+    update = by_action["merchant.update"][0]
+    assert update["target"] == "merchant:M1" and update["actor"]["key_id"] == admin
+    assert update["before"]["ethical_certifications"] == [] and update["before"]["fee_bp"] == 0
+    assert update["after"]["ethical_certifications"][0]["scheme"] == "ethical" and update["after"]["fee_bp"] == 100
+
+    campaign_update = by_action["campaign.update"][0]
+    assert campaign_update["target"] == "campaign:C1"
+    assert campaign_update["before"]["funding_source"] == "ward_general"
+    assert campaign_update["after"]["funding_source"] == "merchant:M1"
+    assert campaign_update["after"]["version"] == 2
+    assert by_action["campaign.create"][0]["after"]["id"] == "C1"
+
+    assert {e["target"] for e in by_action["terminal.create"]} == {"terminal:TM1"}
+    moves = by_action["terminal.move"]
+    assert [(m["before"]["merchant_id"], m["after"]["merchant_id"]) for m in moves] == [("M1", "M2"), ("M2", "M1")]
+
+    grant = by_action["grant.create"][0]
+    assert grant["actor"] == {"key_id": finance, "role": "finance"} and grant["target"] == "wallet:W1"
+    assert grant["after"]["points"] == 300 and grant["after"]["campaign_id"] == "C1"
+
+    closeout = by_action["closeout.submit"][0]
+    assert closeout["actor"]["role"] == "terminal" and closeout["target"] == "terminal:TM1"
+    assert closeout["after"] == {"business_date": "2026-12-05", "count": 1, "total": 5_000, "matches": True}
+
+    settled = by_action["settlement.run"][0]
+    assert settled["actor"] == {"key_id": finance, "role": "finance"}
+    assert settled["target"] == f"settlement_run:{run['id']}"
+    assert settled["after"]["payouts"][0]["payout_status"] == "pending"
+    results = by_action["settlement.payout_results"][0]
+    assert results["before"]["payouts"]["M1"] == "pending" and results["after"]["payouts"]["M1"] == "paid"
+
+    # Entries are chained, and reconciliation finds the chain whole.
+    report = ward.reconcile()
+    assert report["checks"]["audit_chain_intact"] == {"pass": True, "rows": []}
+    assert report["checks"]["audit_sequence_gapless"] == {"pass": True, "rows": []}
+
+
+def test_the_command_line_is_its_own_actor(database_url):
+    engine = make_engine(database_url)
+    from engine.store.db import upgrade
+
+    upgrade(database_url)
+    from engine.model import Merchant
+
+    Config(engine).create_merchant(Merchant(id="M9", name="x", merchant_class="small"))
+    with Session(engine) as s:
+        row = s.execute(select(AuditLogRow)).scalar_one()
+        assert (row.actor_key_id, row.actor_role, row.action, row.target) == ("cli", "operator", "merchant.create",
+                                                                               "merchant:M9")
+    engine.dispose()
+
+
+# -- masking --------------------------------------------------------------------------------------
+
+
+def test_bank_accounts_are_masked_in_the_log_and_in_answers(ward: Ward):
+    ward.merchant("M1", bank=1)
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(2)}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    answers = [r.text]
+    assert r.json()["bank_account_masked"]["account_number_last4"] == "4502"
+    assert r.json()["bank_account_pending_confirmation"] is True
+    answers.append(ward.client.get("/v1/merchants/M1", headers=ward.admin).text)
+    answers.append(ward.client.get("/v1/merchants", headers=ward.admin).text)
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    assert r.status_code == 200, r.text
+    answers.append(r.text)
+    answers.append(ward.client.get("/v1/audit", headers=ward.finance).text)
+    raw = _raw_audit(ward)
+    for secret in _secrets_of(1) + _secrets_of(2):
+        assert secret not in raw
+        for answer in answers:
+            assert secret not in answer
+    change = [e for e in entries(ward) if e["action"] == "merchant.bank_account.change"]
+    assert change[0]["before"]["bank_account"]["account_number_last4"] == "4501"
+    assert change[0]["after"]["bank_account"]["account_number_last4"] == "4502"
+    # Keys never reach the log either.
+    for headers in (ward.admin, ward.finance):
+        assert headers["Authorization"].split(" ", 1)[1] not in raw
+
+
+def test_masking_redacts_secrets_at_any_depth():
+    from engine import audit as core
+
+    masked = core.mask({"id": "APP1", "secret": "s3cr3t", "nested": [{"receipt_secret": "x", "key_hash": "ab",
+                                                                      "bank_account": bank_account(5)}],
+                        "shown": "sp_admin_0123_abcdef", "account_number": "1234567"})
+    text_form = json.dumps(masked, ensure_ascii=False)
+    for secret in ("s3cr3t", '"x"', '"ab"', "1234505", "sp_admin_0123_abcdef", "1234567", bank_account(5)["holder_kana"]):
+        assert secret not in text_form
+    assert masked["nested"][0]["bank_account"]["account_number_last4"] == "4505"
+    assert masked["account_number"] == "***4567"
+
+
+# -- append-only, chain, reconciliation -----------------------------------------------------------
+
+
+def test_the_database_refuses_to_update_or_delete_audit_entries(ward: Ward):
+    ward.merchant("M1")
+    for sql in ("UPDATE audit_log SET action = 'nothing' WHERE sequence = 1", "DELETE FROM audit_log"):
+        with pytest.raises((IntegrityError, DBAPIError)), ward.engine.begin() as c:
+            c.execute(text(sql))
+    if ward.engine.dialect.name == "postgresql":
+        with pytest.raises(DBAPIError), ward.engine.begin() as c:
+            c.execute(text("TRUNCATE audit_log"))
+    with ward.engine.connect() as c:
+        assert c.execute(text("SELECT action FROM audit_log ORDER BY sequence")).scalars().all() == [
+            "merchant.create", "terminal.create"]
+
+
+def test_reconciliation_names_an_altered_entry(ward: Ward):
+    ward.merchant("M1", bank=1)
+    ward.campaign("C1", 1000)
+    assert ward.reconcile()["ok"] is True
+    _tamper(ward, "UPDATE audit_log SET after_json = REPLACE(after_json, 'C1', 'C2') WHERE sequence = 3")
+    report = ward.reconcile()
+    assert report["ok"] is False
+    assert report["checks"]["audit_chain_intact"]["pass"] is False
+    assert [row["sequence"] for row in report["checks"]["audit_chain_intact"]["rows"]] == [3]
+    assert report["checks"]["audit_sequence_gapless"]["pass"] is True
+
+
+def test_reconciliation_finds_a_removed_entry(ward: Ward):
+    ward.merchant("M1")
+    ward.campaign("C1", 1000)
+    _tamper(ward, "DELETE FROM audit_log WHERE sequence = 2")
+    report = ward.reconcile()
+    assert report["checks"]["audit_sequence_gapless"]["rows"] == [{"expected_sequence": 2, "found_sequence": 3}]
+    assert report["checks"]["audit_chain_intact"]["pass"] is False
+    assert report["checks"]["audit_chain_intact"]["rows"][0]["sequence"] == 3
+
+
+def test_appends_from_several_processes_stay_gapless_and_linear(database_url):
+    """Four writers with engines of their own (as four API processes would) change config at once."""
+    from engine.model import Merchant
+    from engine.store.db import upgrade
+
+    upgrade(database_url)
+    engines = [make_engine(database_url) for _ in range(4)]
+    errors = []
+
+    def work(i: int) -> None:
+        try:
+            config = Config(engines[i])
+            for n in range(8):
+                config.create_merchant(Merchant(id=f"M{i}_{n}", name="x", merchant_class="small"))
+                config.update_merchant(f"M{i}_{n}", {"fee_bp": n})
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    with Session(engines[0]) as s:
+        report = audit.check(s)
+        sequences = s.execute(select(AuditLogRow.sequence).order_by(AuditLogRow.sequence)).scalars().all()
+    assert report == {"breaks": [], "gaps": []}
+    assert sequences == list(range(1, 65))
+    for e in engines:
+        e.dispose()
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+
+def test_get_audit_filters_and_paginates(ward: Ward):
+    ward.at("2026-12-01T10:00")
+    ward.merchant("M1", terminal=False)
+    ward.at("2026-12-02T10:00")
+    ward.merchant("M2", terminal=False)
+    for fee in (10, 20, 30):
+        ward.at(f"2026-12-03T10:{fee}")
+        assert ward.client.patch("/v1/merchants/M1", json={"fee_bp": fee}, headers=ward.admin).status_code == 200
+    everything = entries(ward)
+    assert [e["sequence"] for e in everything] == [1, 2, 3, 4, 5]
+    # Keyset pages of two, in order, none twice.
+    r = ward.client.get("/v1/audit", params={"limit": 2}, headers=ward.admin)
+    assert r.status_code == 200 and [e["sequence"] for e in r.json()["entries"]] == [1, 2]
+    assert [e["sequence"] for e in entries(ward, limit=2)] == [1, 2, 3, 4, 5]
+    assert [e["sequence"] for e in entries(ward, limit=500)] == [1, 2, 3, 4, 5]
+    # By target, and by instant [from, to).
+    assert [e["sequence"] for e in entries(ward, target="merchant:M1")] == [1, 3, 4, 5]
+    assert [e["sequence"] for e in entries(ward, target="merchant:M9")] == []
+    window = {"from": jst("2026-12-02T00:00").isoformat(), "to": jst("2026-12-03T10:20").isoformat()}
+    assert [e["sequence"] for e in entries(ward, **window)] == [2, 3]
+    assert [e["sequence"] for e in entries(ward, target="merchant:M1", limit=1, **window)] == [3]
+    assert everything[0]["at"].startswith("2026-12-01T10:00")
+
+
+@pytest.mark.parametrize("params", [
+    {"limit": 0}, {"limit": 501}, {"limit": "x"}, {"limit": 2**70},
+    {"cursor": "!!!"}, {"cursor": "a" * 65}, {"cursor": "c2VxOjE"},
+    {"cursor": base64.urlsafe_b64encode(b"aud:99999999999999999999").decode().rstrip("=")},
+    {"cursor": base64.urlsafe_b64encode(b"aud:-1").decode().rstrip("=")},
+    {"cursor": base64.urlsafe_b64encode(b"\xff\xfe").decode()},
+    {"target": "merchant:M1\x00"}, {"target": "x" * 201}, {"target": ""}, {"target": "a b"},
+    {"from": "1700000000"}, {"from": "2026-12-01T00:00:00"}, {"from": "10000-01-01T00:00:00+09:00"},
+    {"to": "not a date"},
+])
+def test_get_audit_refuses_bad_parameters_with_a_4xx(ward: Ward, params):
+    r = ward.client.get("/v1/audit", params=params, headers=ward.finance)
+    assert 400 <= r.status_code < 500, (params, r.status_code, r.text)
+    assert r.json()["code"] == "invalid_request"
+
+
+def test_get_audit_at_the_edges_of_time_answers(ward: Ward):
+    ward.merchant("M1", terminal=False)
+    for params in ({"from": "0001-01-01T00:00:00+14:00", "to": "9999-12-31T23:59:59-12:00"},
+                   {"from": "9999-12-31T23:59:59-12:00"}):
+        r = ward.client.get("/v1/audit", params=params, headers=ward.finance)
+        assert r.status_code in (200, 422), r.text
+
+
+def test_only_admin_and_finance_read_the_audit_log(ward: Ward):
+    ward.merchant("M1")
+    merchant_key = {"Authorization": f"Bearer {ward.config.create_key('merchant', merchant_id='M1')}"}
+    for headers in (ward.terminal_keys["TM1"], merchant_key):
+        assert ward.client.get("/v1/audit", headers=headers).status_code == 403
+    assert ward.client.get("/v1/audit").status_code == 401
+    assert ward.client.get("/v1/audit", headers=ward.admin).status_code == 200
+
+
+# -- §9.6: a new payout account is held until another key confirms it -------------------------------
+
+
+def test_a_bank_account_change_holds_payouts_until_another_key_confirms(ward: Ward):
+    ward.merchant("M1", bank=1)  # the first account, set at creation, needs no confirmation
+    ward.merchant("M2", bank=3)
+    ward.purchase("M1", "W1", "2026-12-05T10:00", 10_000)
+    ward.purchase("M2", "W2", "2026-12-05T11:00", 7_000)
+    ward.at("2027-01-01T00:30")
+    december = ward.settle("2026-12")
+    assert {p["merchant_id"]: p["payout_status"] for p in december["payouts"]} == {"M1": "pending", "M2": "pending"}
+
+    ward.at("2027-01-05T09:00")
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(2)}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    assert r.json()["bank_account_pending_confirmation"] is True
+    with Session(ward.engine) as s:
+        versions = s.execute(select(MerchantVersionRow.record_json).where(MerchantVersionRow.merchant_id == "M1")
+                             .order_by(MerchantVersionRow.version)).scalars().all()
+    assert len(versions) == 2 and versions[0] != versions[1]
+    assert json.loads(versions[1])["bank_account_masked"]["account_number_last4"] == "4502"
+
+    ward.purchase("M1", "W1", "2027-01-10T10:00", 4_000)
+    ward.purchase("M2", "W2", "2027-01-10T11:00", 3_000)
+    ward.at("2027-02-01T00:30")
+    january = ward.settle("2027-01")
+    lines = lines_by_merchant(january)
+    statuses = {p["merchant_id"]: p["payout_status"] for p in january["payouts"]}
+    assert statuses == {"M1": "held_bank_change", "M2": "pending"}
+    assert lines["M1"]["net_payout"] == 4_000
+    zengin = ward.get(f"/v1/settlement-runs/{january['id']}/zengin").content
+    assert bank_account(2)["account_number"].encode() not in zengin  # nobody paid to the unconfirmed account
+    assert bank_account(1)["account_number"].encode() not in zengin
+    assert bank_account(3)["account_number"].encode() in zengin
+
+    # The key that made the change cannot confirm it; another can, once.
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.admin)
+    assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.terminal_keys["TM1"])
+    assert r.status_code == 403 and r.json()["code"] == "forbidden"
+    ward.at("2027-02-02T09:00")
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    assert r.status_code == 409 and r.json()["code"] == "bank_change_not_pending"
+    r = ward.client.post("/v1/merchants/M9/bank-account/confirm", headers=ward.finance)
+    assert r.status_code == 404
+    confirmed = [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]
+    assert confirmed[0]["actor"] == {"key_id": key_id(ward.finance), "role": "finance"}
+    assert confirmed[0]["before"]["changed_by"] == key_id(ward.admin)
+
+    # The held amount is carried into the next period and paid to the confirmed account.
+    ward.purchase("M1", "W1", "2027-02-10T10:00", 1_000)
+    ward.at("2027-03-01T00:30")
+    february = ward.settle("2027-02")
+    line = lines_by_merchant(february)["M1"]
+    assert line["carried_in"] == 4_000 and line["net_payout"] == 5_000
+    assert {p["merchant_id"]: p["payout_status"] for p in february["payouts"]}["M1"] == "pending"
+    zengin = ward.get(f"/v1/settlement-runs/{february['id']}/zengin").content
+    assert bank_account(2)["account_number"].encode() in zengin
+    assert ward.reconcile()["ok"] is True
+
+
+def test_the_same_account_again_is_no_change(ward: Ward):
+    ward.merchant("M1", bank=1)
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(1)}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    assert r.status_code == 409 and r.json()["code"] == "bank_change_not_pending"
+
+
+# -- §9.6: merchant funding follows the campaign version that issued the points ----------------------
+
+
+def test_merchant_funding_is_charged_by_the_issuing_campaign_version(ward: Ward):
+    ward.merchant("M1", bank=1)
+    ward.campaign("C1", 1000, funding_source="ward_general")
+    december = ward.purchase("M1", "W1", "2026-12-05T10:00", 100_000)
+    assert december["points_awarded"] == 10_000
+    ward.at("2027-01-02T09:00")
+    r = ward.client.patch("/v1/campaigns/C1", json={"funding_source": "merchant:M1"}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["version"] == 2, r.text
+    lines = lines_by_merchant(ward.settle("2026-12"))
+    assert lines["M1"]["merchant_funded_points"] == 0  # version 1 was the ward's
+    assert lines["M1"]["net_payout"] == 100_000
+
+    january = ward.purchase("M1", "W1", "2027-01-10T10:00", 50_000)
+    assert january["awards"][0]["campaign_version"] == 2 and january["points_awarded"] == 5_000
+    ward.refund(december, "2027-01-11T10:00", 10_000)  # claws back 1,000 points of version 1
+    ward.at("2027-02-01T00:30")
+    line = lines_by_merchant(ward.settle("2027-01"))["M1"]
+    assert line["merchant_funded_points"] == 5_000  # only the points version 2 issued
+    assert line["net_payout"] == 50_000 - 10_000 - 5_000
+    assert ward.reconcile()["ok"] is True
+
+
+
+def test_a_first_account_added_later_is_held_too(ward: Ward):
+    ward.merchant("M1")  # no account at creation
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(4)}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
