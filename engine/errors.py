@@ -33,6 +33,7 @@ TITLES = {
     "period_overlaps": "The period overlaps a settled one",
     "period_out_of_order": "Periods settle in order and a later one is settled already",
     "payout_already_settled": "The payout has a different result already",
+    "rate_limited": "Too many requests; retry after the number of seconds in Retry-After",
     "internal_error": "Internal error",
 }
 
