@@ -18,9 +18,11 @@
 Failed authentications are counted per client address
 (`SETAPAY_AUTH_FAILURES_PER_IP`). A key this process has never seen succeed
 is looked up only while its address is under that limit: over it, the answer
-is 429 before any database look-up, and the look-ups of one address are
-serialised (per process), so guessing keys reaches the database at most
-`limit` times per window and process. Keys that authenticated here before
+is 429 before any database look-up. Such a key is counted as a failure before
+its look-up (an atomic increment, in Redis shared by every process) and the
+count is given back when it proves good, so however many guesses arrive at
+once, from however many processes, at most `limit` of them per window reach
+the database. Keys that authenticated here before
 (still in the cache, even if stale) are looked up regardless, so a terminal
 behind the same NAT as a misbehaving one keeps working.
 
@@ -29,15 +31,12 @@ Limits count in fixed windows starting at the first hit, in Redis when
 otherwise, and in process memory for a few seconds whenever Redis fails.
 """
 
-from __future__ import annotations
-
 import asyncio
 import collections
 import logging
 import math
 import threading
 import time
-import zlib
 from typing import Annotated
 
 import anyio
@@ -56,7 +55,6 @@ SECRET_LENGTH_MAX = 256
 PRINCIPAL_CACHE_SIZE_MAX = 10_000
 LAST_USED_FLUSH_INTERVAL_S = 1.0
 REDIS_RETRY_AFTER_FAILURE_S = 5.0
-ADDRESS_LOCK_STRIPES = 64
 
 
 class RateLimited(EngineError):
@@ -104,22 +102,31 @@ class Limit:
         return found[1]
 
     async def _call(self, name: str, identifier: str):
+        """`name` of the fixed-window limiter (`refund`: give one back), on Redis or in memory."""
         if self.redis_url and time.monotonic() >= self._redis_down_until:
             try:
-                return await getattr(self._redis(), name)(self.item, self.namespace, identifier)
+                limiter = self._redis()
+                if name == "refund":
+                    return await limiter.storage.incr(self.item.key_for(self.namespace, identifier),
+                                                      self.item.get_expiry(), amount=-1)
+                return await getattr(limiter, name)(self.item, self.namespace, identifier)
             except Exception:  # Redis is shared state for limits, never a reason to fail a request
                 log.warning("rate limit storage unavailable; counting in this process for %s s",
                             REDIS_RETRY_AFTER_FAILURE_S, exc_info=True)
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_FAILURE_S
+        if name == "refund":
+            return self._memory.storage.incr(self.item.key_for(self.namespace, identifier),
+                                             self.item.get_expiry(), amount=-1)
         return getattr(self._memory, name)(self.item, self.namespace, identifier)
 
     async def hit(self, identifier: str) -> bool:
-        """Count one; False when that went over the limit."""
+        """Count one (atomically, in Redis across processes); False when that went over the limit."""
         return True if self.item is None else await self._call("hit", identifier)
 
-    async def test(self, identifier: str) -> bool:
-        """Whether one more would be within the limit (counts nothing)."""
-        return True if self.item is None else await self._call("test", identifier)
+    async def refund(self, identifier: str) -> None:
+        """Give back one counted by `hit` (it turned out not to count)."""
+        if self.item is not None:
+            await self._call("refund", identifier)
 
     async def retry_after_s(self, identifier: str) -> int:
         stats = await self._call("get_window_stats", identifier)
@@ -220,7 +227,6 @@ class Auth:
         self.per_key = Limit(settings.rate_limit_per_key, settings.redis_url, "key")
         self.failures = Limit(settings.auth_failures_per_ip, settings.redis_url, "auth-failure")
         self.last_used = LastUsed(keys, clock)
-        self._address_locks: dict[int, tuple[object, list[asyncio.Lock]]] = {}
 
     def close(self) -> None:
         self.last_used.close()
@@ -238,17 +244,6 @@ class Auth:
         if not await self.failures.hit(address):
             return await self._over_failure_limit(address)
         return EngineError(401, "unauthenticated")
-
-    def _address_lock(self, address: str) -> asyncio.Lock:
-        """Look-ups of never-seen keys from one address go one at a time (asyncio locks, per loop)."""
-        loop = asyncio.get_running_loop()
-        found = self._address_locks.get(id(loop))
-        if found is None or found[0] is not loop:
-            if len(self._address_locks) > 8:
-                self._address_locks.clear()
-            found = (loop, [asyncio.Lock() for _ in range(ADDRESS_LOCK_STRIPES)])
-            self._address_locks[id(loop)] = found
-        return found[1][zlib.crc32(address.encode()) % ADDRESS_LOCK_STRIPES]
 
     async def _lookup(self, digest: str) -> KeyLookup | None:
         found = await anyio.to_thread.run_sync(self.keys.lookup, digest)
@@ -272,12 +267,15 @@ class Auth:
             if found is None:
                 raise await self._failed(address)
         elif found is None:
-            async with self._address_lock(address):
-                if self.failures.enabled and not await self.failures.test(address):
-                    raise await self._over_failure_limit(address)
-                found = await self._lookup(digest)
-                if found is None:
-                    raise await self._failed(address)
+            # Never seen here: count it as a failure first (atomically, so concurrent guesses and
+            # other processes cannot slip past the limit), look it up only while under the limit,
+            # and give the count back if the key turns out to be good.
+            if not await self.failures.hit(address):
+                raise await self._over_failure_limit(address)
+            found = await self._lookup(digest)
+            if found is None:
+                raise EngineError(401, "unauthenticated")
+            await self.failures.refund(address)
         if found.expires_at_us is not None and found.expires_at_us <= self.clock.now_us():
             raise await self._failed(address)
         p = found.principal

@@ -5,8 +5,6 @@ this process's principal cache at once; every other API process stops
 accepting it within `SETAPAY_KEY_CACHE_TTL_S` (≤ 5 s).
 """
 
-from __future__ import annotations
-
 import re
 from typing import Annotated, Any
 
