@@ -33,6 +33,7 @@ otherwise, and in process memory for a few seconds whenever Redis fails.
 
 import asyncio
 import collections
+import concurrent.futures
 import logging
 import math
 import threading
@@ -41,6 +42,7 @@ from typing import Annotated
 
 import anyio
 from fastapi import Depends, Header, Request
+from redis.exceptions import RedisError
 
 from engine.errors import EngineError
 from engine.settings import Settings
@@ -110,9 +112,9 @@ class Limit:
                     return await limiter.storage.incr(self.item.key_for(self.namespace, identifier),
                                                       self.item.get_expiry(), amount=-1)
                 return await getattr(limiter, name)(self.item, self.namespace, identifier)
-            except Exception:  # Redis is shared state for limits, never a reason to fail a request
-                log.warning("rate limit storage unavailable; counting in this process for %s s",
-                            REDIS_RETRY_AFTER_FAILURE_S, exc_info=True)
+            except (RedisError, OSError) as exc:  # shared state for limits, never a reason to fail a request
+                log.warning("rate limit storage unavailable (%s: %s); counting in this process for %s s",
+                            type(exc).__name__, exc, REDIS_RETRY_AFTER_FAILURE_S)
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_FAILURE_S
         if name == "refund":
             return self._memory.storage.incr(self.item.key_for(self.namespace, identifier),
@@ -227,6 +229,8 @@ class Auth:
         self.per_key = Limit(settings.rate_limit_per_key, settings.redis_url, "key")
         self.failures = Limit(settings.auth_failures_per_ip, settings.redis_url, "auth-failure")
         self.last_used = LastUsed(keys, clock)
+        self._in_flight: dict[str, concurrent.futures.Future] = {}
+        self._in_flight_lock = threading.Lock()
 
     def close(self) -> None:
         self.last_used.close()
@@ -253,6 +257,45 @@ class Auth:
             self.cache.put(digest, found)
         return found
 
+    async def _first_lookup(self, digest: str, address: str) -> KeyLookup:
+        """Look up a key never seen here, counted against its address's failures.
+
+        It is counted as a failure first (atomically, so concurrent guesses and other
+        processes cannot slip past the limit), looked up only while the address is
+        under the limit, and the count is given back when the key proves good.
+        Concurrent first requests with one key share one look-up (and one count).
+        """
+        for _ in range(3):
+            with self._in_flight_lock:
+                shared = self._in_flight.get(digest)
+                if shared is None:
+                    mine = self._in_flight[digest] = concurrent.futures.Future()
+            if shared is not None:
+                try:
+                    found = await asyncio.wrap_future(shared)
+                except RateLimited:
+                    continue  # the leader's address was over its limit; this request's may not be
+                if found is None:
+                    raise await self._failed(address)
+                return found
+            try:
+                if not await self.failures.hit(address):
+                    raise await self._over_failure_limit(address)
+                found = await self._lookup(digest)
+                if found is not None:
+                    await self.failures.refund(address)
+                mine.set_result(found)
+            except BaseException as exc:
+                mine.set_exception(exc)
+                raise
+            finally:
+                with self._in_flight_lock:
+                    self._in_flight.pop(digest, None)
+            if found is None:
+                raise EngineError(401, "unauthenticated")
+            return found
+        raise await self._over_failure_limit(address)
+
     async def principal(self, request: Request,
                         authorization: Annotated[str | None, Header()] = None) -> Principal:
         address = request.client.host if request.client else "unknown"
@@ -267,15 +310,7 @@ class Auth:
             if found is None:
                 raise await self._failed(address)
         elif found is None:
-            # Never seen here: count it as a failure first (atomically, so concurrent guesses and
-            # other processes cannot slip past the limit), look it up only while under the limit,
-            # and give the count back if the key turns out to be good.
-            if not await self.failures.hit(address):
-                raise await self._over_failure_limit(address)
-            found = await self._lookup(digest)
-            if found is None:
-                raise EngineError(401, "unauthenticated")
-            await self.failures.refund(address)
+            found = await self._first_lookup(digest, address)
         if found.expires_at_us is not None and found.expires_at_us <= self.clock.now_us():
             raise await self._failed(address)
         p = found.principal
