@@ -43,6 +43,7 @@ from typing import Annotated
 import anyio
 from fastapi import Depends, Header, Request
 from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine.errors import EngineError
 from engine.settings import Settings
@@ -105,21 +106,23 @@ class Limit:
 
     async def _call(self, name: str, identifier: str):
         """`name` of the fixed-window limiter (`refund`: give one back), on Redis or in memory."""
+        item = self.item
+        assert item is not None, "only called for a limit that is on"
         if self.redis_url and time.monotonic() >= self._redis_down_until:
             try:
                 limiter = self._redis()
                 if name == "refund":
-                    return await limiter.storage.incr(self.item.key_for(self.namespace, identifier),
-                                                      self.item.get_expiry(), amount=-1)
-                return await getattr(limiter, name)(self.item, self.namespace, identifier)
+                    return await limiter.storage.incr(item.key_for(self.namespace, identifier),
+                                                      item.get_expiry(), amount=-1)
+                return await getattr(limiter, name)(item, self.namespace, identifier)
             except (RedisError, OSError) as exc:  # shared state for limits, never a reason to fail a request
                 log.warning("rate limit storage unavailable (%s: %s); counting in this process for %s s",
                             type(exc).__name__, exc, REDIS_RETRY_AFTER_FAILURE_S)
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_FAILURE_S
         if name == "refund":
-            return self._memory.storage.incr(self.item.key_for(self.namespace, identifier),
-                                             self.item.get_expiry(), amount=-1)
-        return getattr(self._memory, name)(self.item, self.namespace, identifier)
+            return self._memory.storage.incr(item.key_for(self.namespace, identifier),
+                                             item.get_expiry(), amount=-1)
+        return getattr(self._memory, name)(item, self.namespace, identifier)
 
     async def hit(self, identifier: str) -> bool:
         """Count one (atomically, in Redis across processes); False when that went over the limit."""
@@ -250,7 +253,10 @@ class Auth:
         return EngineError(401, "unauthenticated")
 
     async def _lookup(self, digest: str) -> KeyLookup | None:
-        found = await anyio.to_thread.run_sync(self.keys.lookup, digest)
+        try:
+            found = await anyio.to_thread.run_sync(self.keys.lookup, digest)
+        except (OperationalError, InterfaceError) as exc:
+            raise EngineError(503, "service_unavailable", type(exc).__name__) from None
         if found is None:
             self.cache.drop(digest)
         else:
