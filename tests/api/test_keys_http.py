@@ -254,6 +254,7 @@ def test_revocation_reaches_another_process_within_5_s(servers, ward, address: s
     assert status(a, key, address) == 401
     took = poll_until_refused(b, key, address, REVOCATION_BOUND_S)
     assert took <= REVOCATION_BOUND_S, f"B accepted a key revoked through A for {took:.2f} s"
+    print(f"revoked through A's API: B refused it after {took:.2f} s")
 
     # Revoked by the CLI, which no process hears of: both stop within the bound.
     key, key_id = cli_key(a, "--role", "finance")
@@ -263,6 +264,7 @@ def test_revocation_reaches_another_process_within_5_s(servers, ward, address: s
     with ThreadPoolExecutor(2) as pool:
         took = list(pool.map(lambda s: poll_until_refused(s, key, address, REVOCATION_BOUND_S), (a, b)))
     assert max(took) <= REVOCATION_BOUND_S, took
+    print(f"revoked through the CLI: A and B refused it after {took[0]:.2f} s and {took[1]:.2f} s")
     listed = json.loads(a.cli("keys", "list", "--json").stdout)
     assert next(k for k in listed if k["id"] == key_id)["revoked_at"] is not None
     assert a.cli("keys", "revoke", "0123456789abcdef").returncode == 2
@@ -279,6 +281,7 @@ def test_deleted_key_row_stops_working_within_5_s(servers, ward, address: str) -
     with ThreadPoolExecutor(2) as pool:
         took = list(pool.map(lambda s: poll_until_refused(s, key, address, REVOCATION_BOUND_S), (a, b)))
     assert max(took) <= REVOCATION_BOUND_S, took
+    print(f"row deleted: A and B refused the key after {took[0]:.2f} s and {took[1]:.2f} s")
 
 
 # -- failed authentications per address -------------------------------------------------
@@ -317,6 +320,8 @@ def test_guessed_keys_are_limited_before_the_database(servers, ward) -> None:
     after = api_key_scans(a)
     # Every 401 was one index look-up of api_key; the 2,990-odd 429s asked nothing.
     assert after - before <= FAILURES_N, (before, after, len(refused))
+    print(f"{len(guesses)} guesses in {elapsed:.1f} s: {len(refused)} × 401, {len(limited)} × 429, "
+          f"{after - before} scans of api_key")
 
     # The address stays held back for keys it has not used here, not for one it has.
     with client(a, known, address) as c:
