@@ -24,6 +24,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.auth import Auth
 from engine import limits, receipts
 from engine.errors import EngineError, problem
 from engine.model import Campaign, Merchant, Transaction
@@ -32,6 +33,7 @@ from engine.clock import SystemClock
 from engine.store import lifecycle, queries
 from engine.store.apps import Apps
 from engine.store.config import Config, Principal
+from engine.store.keys import Keys
 from engine.store.db import make_engine, upgrade
 from engine.store.answer_cache import AnswerCache
 from engine.store.group_commit import GroupCommitter
@@ -67,9 +69,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     ledger = Ledger(engine, clock)
     config = Config(engine, settings, clock)
     apps = Apps(engine, settings, clock)
+    keys = Keys(engine, clock)
     committer = GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max)
     answers = AnswerCache(settings.redis_url) if settings.redis_url else None
     signatures = TerminalSignatures(config, nonce_store(engine, settings.redis_url), clock)  # SPEC §9.2
+    auth = Auth(keys, settings, clock, signatures)
     in_flight: set[tuple[str, str]] = set()
     in_flight_lock = threading.Lock()
 
@@ -81,6 +85,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             _start_lifecycle_scheduler(ledger, settings.lifecycle_interval_s, stop)
         yield
         stop.set()
+        auth.close()
 
     app = FastAPI(title="setapay-engine", version="0.1.0", lifespan=lifespan,
                   description="Points and settlement engine of Setagaya PAY (せたがやPay)")
@@ -89,12 +94,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     app.state.config = config
     app.state.apps = apps
     app.state.engine = engine
+    app.state.keys = keys
+    app.state.auth = auth
 
     # -- errors ------------------------------------------------------------
 
     @app.exception_handler(EngineError)
     async def _engine_error(_request: Request, exc: EngineError):
-        return _problem_response(exc.status, exc.problem())
+        return _problem_response(exc.status, exc.problem(), getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_request: Request, exc: RequestValidationError):
@@ -121,27 +128,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
 
-    # -- authentication ----------------------------------------------------
+    # -- authentication (api/auth.py) ---------------------------------------
 
-    # Async dependencies run on the event loop: no thread hop per request. Keys
-    # are cached after their first look-up, so the loop rarely touches the database.
-    async def principal(request: Request, authorization: Annotated[str | None, Header()] = None) -> Principal:
-        if not authorization or not authorization.startswith("Bearer "):
-            raise EngineError(401, "unauthenticated")
-        found = config.authenticate(authorization[len("Bearer "):].strip())
-        if found is None:
-            raise EngineError(401, "unauthenticated")
-        if found.role == "terminal":  # every route a terminal key can call: its signature, if it has a key
-            await signatures.verify(request, found.terminal_id)
-        return found
-
-    def role(*roles: str):
-        async def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
-            if p.role not in roles:
-                raise EngineError(403, "forbidden", f"this endpoint needs a {' or '.join(roles)} key")
-            return p
-
-        return check
+    role = auth.role
 
     Admin = Annotated[Principal, Depends(role("admin"))]
 
@@ -385,10 +374,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             signatures.forget(terminal_id)
 
     from api import audit, finance, simulate
+    from api import keys as keys_api
 
     finance.install(app, role, ledger, config, settings)
     simulate.install(app, role, ledger, config, settings)
     audit.install(app, role, ledger, config, settings)
+    keys_api.install(app, role, keys, auth)
     return app
 
 

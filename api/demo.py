@@ -53,7 +53,8 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
     from api.app import create_app
 
     url = database_url or _fresh_sqlite(Path.cwd() / DEMO_DATABASE)
-    settings = Settings(database_url=url, group_commit_wait_ms=0)
+    # A synthetic day posted as fast as the machine goes: no per-key rate limit.
+    settings = Settings(database_url=url, group_commit_wait_ms=0, rate_limit_per_key="off")
     members, camps = ward_demo.ward(seed)
     # The day runs on its own clock: configuration the evening before, each
     # transaction a few seconds after it happened, runs on their due dates.

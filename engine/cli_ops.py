@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from engine.audit import OPERATOR
+
 
 def _settings():
     from engine.settings import Settings
@@ -35,20 +37,62 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_keys(args: argparse.Namespace) -> int:
-    from engine.errors import EngineError
+def _keys_store():
+    from engine.clock import SystemClock
     from engine.store import db
-    from engine.store.config import Config
+    from engine.store.keys import Keys
 
     settings = _settings()
     db.upgrade(settings.database_url)
+    return Keys(db.make_engine(settings.database_url), SystemClock(settings.clock_offset_s))
+
+
+def _cmd_keys(args: argparse.Namespace) -> int:
+    from engine.errors import EngineError
+
+    keys = _keys_store()
     try:
-        secret = Config(db.make_engine(settings.database_url)).create_key(args.role, args.merchant, args.terminal)
+        secret, record = keys.create(args.role, args.merchant, args.terminal, args.expires_in_days,
+                                     actor=OPERATOR)
     except EngineError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return 2
-    # The key is shown once, alone on stdout, so scripts can capture it.
+    # The key is shown once, alone on stdout, so scripts can capture it; its id goes to stderr.
     print(secret)
+    print(f"key id: {record['id']}", file=sys.stderr)
+    return 0
+
+
+def _cmd_keys_list(args: argparse.Namespace) -> int:
+    import json
+
+    listing = _keys_store().list()
+    if args.json:
+        print(json.dumps(listing, ensure_ascii=False, indent=1))
+        return 0
+    columns = ["id", "role", "merchant_id", "terminal_id", "created_at", "expires_at", "revoked_at", "last_used_at"]
+    rows = [[str(k[c]) if k[c] is not None else "-" for c in columns] for k in listing]
+    widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+    for row in [columns, *rows]:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cmd_keys_revoke(args: argparse.Namespace) -> int:
+    import re
+
+    from engine import limits
+    from engine.errors import EngineError
+
+    if not re.match(limits.ID_PATTERN, args.id):
+        print("error: invalid_request: key id is not valid", file=sys.stderr)
+        return 2
+    try:
+        record = _keys_store().revoke(args.id, actor=OPERATOR)
+    except EngineError as exc:
+        print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 2
+    print(f"revoked key {record['id']} at {record['revoked_at']}")
     return 0
 
 
@@ -315,8 +359,15 @@ def add_commands(sub) -> None:
 
     keys = sub.add_parser("keys", help="API keys")
     keys_sub = keys.add_subparsers(dest="keys_command", required=True)
-    p = keys_sub.add_parser("create", help="create a key and print it once")
-    p.add_argument("--role", required=True, choices=["admin", "finance", "merchant", "terminal", "app"])
+    p = keys_sub.add_parser("create", help="create a key and print it once (its id on stderr)")
+    p.add_argument("--role", required=True, help="admin, finance, merchant, terminal, ...")
     p.add_argument("--merchant")
     p.add_argument("--terminal")
+    p.add_argument("--expires-in-days", type=int, help="the key stops working after N days (1 to 3650)")
     p.set_defaults(func=_cmd_keys)
+    p = keys_sub.add_parser("list", help="every key: id, role, scope, created, expires, revoked, last used")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_keys_list)
+    p = keys_sub.add_parser("revoke", help="revoke a key by its id (API processes refuse it within 5 s)")
+    p.add_argument("id")
+    p.set_defaults(func=_cmd_keys_revoke)

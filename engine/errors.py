@@ -44,6 +44,7 @@ TITLES = {
     "app_revoked": "The payment app is revoked",
     "bank_change_not_pending": "No bank account change awaits confirmation",
     "bank_change_same_key": "A bank account change must be confirmed by a different key",
+    "rate_limited": "Too many requests; retry after the number of seconds in Retry-After",
     "internal_error": "Internal error",
 }
 

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from engine import limits
 
+_RATE = r"^(off|[0-9]{1,9} ?(/|per) ?([0-9]{1,6} )?(second|minute|hour|day)s?)$"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SETAPAY_", extra="ignore")
@@ -26,6 +28,12 @@ class Settings(BaseSettings):
     lifecycle_interval_s: float = Field(default=0, ge=0)
     # Shifts the engine's clock; for demos and end-to-end tests, never for the ward.
     clock_offset_s: int = 0
+    # SPEC §9.4 rate limits, in the `limits` package's notation ("50/second", "10/minute"); "off"
+    # disables one (for importing history or a demo day, never for the ward's terminals).
+    rate_limit_per_key: str = Field(default="50/second", pattern=_RATE)
+    auth_failures_per_ip: str = Field(default="10/minute", pattern=_RATE)
+    # How long an API process trusts a key it looked up (revocation reaches every process within it).
+    key_cache_ttl_s: float = Field(default=2.0, gt=0, le=5)
     idempotency_retention_days: int = Field(default=30, ge=30)
     # 32 bytes, base64; seals merchant bank details (AES-GCM). Never stored in the database.
     data_key_b64: str | None = None

@@ -8,8 +8,8 @@ forked. Its output goes to a log file whose tail goes into failure messages.
 
 The environment of the server and of the CLI is the test process's without any
 `SETAPAY_*` variable, except `SETAPAY_PURE_PYTHON` (the suite runs once with the
-pure-Python kernel forced, and the server follows it), plus the database URL
-and whatever a test adds.
+pure-Python kernel forced, and the server follows it), plus the database URL,
+the §9.4 rate limits turned off, and whatever a test adds.
 """
 
 from __future__ import annotations
@@ -49,6 +49,10 @@ def setapay_env(database_url: str, extra: dict[str, str] | None = None) -> dict[
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
     if "SETAPAY_PURE_PYTHON" in os.environ:
         env["SETAPAY_PURE_PYTHON"] = os.environ["SETAPAY_PURE_PYTHON"]
+    # Tests post far faster than a terminal and send bad keys on purpose: the §9.4 limits are off
+    # unless a test sets them (tests/api/test_keys_http.py does).
+    env["SETAPAY_RATE_LIMIT_PER_KEY"] = "off"
+    env["SETAPAY_AUTH_FAILURES_PER_IP"] = "off"
     env.update(extra or {})
     env["SETAPAY_DATABASE_URL"] = database_url
     return env

@@ -21,7 +21,9 @@ from sqlalchemy.orm import Session
 
 from engine import limits, receipts, sealing
 from engine.clock import SystemClock
+from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
+from engine.store import audit
 from engine.store.models import AppSecretRow, PaymentAppRow
 
 ROTATION_GRACE_US = 24 * 3600 * 1_000_000
@@ -63,7 +65,7 @@ class Apps:
                                  secret_sealed=sealing.seal(self._data_key(), secret.encode(), _associated(app_id))))
         return secret
 
-    def add(self, app_id: str) -> str:
+    def add(self, app_id: str, actor: Actor = OPERATOR) -> str:
         """A new app; its first secret, returned once."""
         self._check_id(app_id)
         with Session(self.engine) as session, session.begin():
@@ -72,28 +74,38 @@ class Apps:
             now = self.clock.now_us()
             session.add(PaymentAppRow(id=app_id, created_at_us=now))
             session.flush()
-            return self._add_secret(session, app_id, now)
+            secret = self._add_secret(session, app_id, now)
+            audit.record(session, actor, "app.add", f"app:{app_id}", None,
+                         self._public(session, session.get(PaymentAppRow, app_id)), at_us=now)
+            return secret
 
-    def rotate(self, app_id: str) -> str:
+    def rotate(self, app_id: str, actor: Actor = OPERATOR) -> str:
         """A new secret; the app's older secrets stay valid for 24 hours from now."""
         with Session(self.engine) as session, session.begin():
-            self._live(session, app_id)
+            row = self._live(session, app_id)
+            before = self._public(session, row)
             now = self.clock.now_us()
             until = now + ROTATION_GRACE_US
             session.execute(update(AppSecretRow).where(
                 AppSecretRow.app_id == app_id,
                 (AppSecretRow.valid_until_us.is_(None)) | (AppSecretRow.valid_until_us > until),
             ).values(valid_until_us=until))
-            return self._add_secret(session, app_id, now)
+            secret = self._add_secret(session, app_id, now)
+            session.flush()
+            audit.record(session, actor, "app.rotate", f"app:{app_id}", before, self._public(session, row), at_us=now)
+            return secret
 
-    def revoke(self, app_id: str) -> dict:
+    def revoke(self, app_id: str, actor: Actor = OPERATOR) -> dict:
         """End every secret of the app at once; revoking twice keeps the first instant."""
         with Session(self.engine) as session, session.begin():
             row = session.get(PaymentAppRow, app_id)
             if row is None:
                 raise EngineError(404, "not_found", f"app {app_id} is not known")
             if row.revoked_at_us is None:
+                before = self._public(session, row)
                 row.revoked_at_us = self.clock.now_us()
+                audit.record(session, actor, "app.revoke", f"app:{app_id}", before, self._public(session, row),
+                             at_us=row.revoked_at_us)
             return self._public(session, row)
 
     def _live(self, session: Session, app_id: str) -> PaymentAppRow:

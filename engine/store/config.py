@@ -1,4 +1,5 @@
-"""Configuration records (merchants, campaigns with versions, terminals) and API keys.
+"""Configuration records (merchants, campaigns with versions, terminals); API keys live in
+`engine/store/keys.py` (`create_key` and `authenticate` here delegate to it).
 
 Every change to merchants or campaigns bumps `ledger_head.catalog_version`
 under the sequencer lock, so each process reloads its cached catalog before
@@ -8,9 +9,7 @@ it rates the next group and no group is rated against a stale catalog.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import secrets
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -23,7 +22,6 @@ from engine.errors import EngineError
 from engine.model import Campaign, Merchant
 from engine.store import audit
 from engine.store.models import (
-    ApiKeyRow,
     CampaignRow,
     CampaignVersionRow,
     LedgerHead,
@@ -72,7 +70,6 @@ class Config:
         self.engine = engine
         self.settings = settings
         self.clock = clock or SystemClock()
-        self._principals: dict[str, Principal] = {}
 
     # -- bank details: sealed at rest, never in record_json ----------------
 
@@ -345,44 +342,21 @@ class Config:
             return session.execute(select(TerminalRow.public_key).where(TerminalRow.id == terminal_id)
                                    ).scalar_one_or_none()
 
-    # -- keys --------------------------------------------------------------
+    # -- keys (engine/store/keys.py) ----------------------------------------
 
-    def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None) -> str:
-        """A new key, returned once; only its SHA-256 is stored."""
-        if role not in ROLES:
-            raise EngineError(422, "invalid_request", f"role must be one of {ROLES}")
-        with Session(self.engine) as session, session.begin():
-            if role == "terminal":
-                if terminal_id is None:
-                    raise EngineError(422, "invalid_request", "a terminal key needs --terminal")
-                terminal = session.get(TerminalRow, terminal_id)
-                if terminal is None:
-                    raise EngineError(422, "unknown_terminal", f"terminal {terminal_id} is not known")
-                merchant_id = terminal.merchant_id
-            elif role == "merchant":
-                if merchant_id is None or session.get(MerchantRow, merchant_id) is None:
-                    raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
-                terminal_id = None
-            else:
-                merchant_id = terminal_id = None
-            key_id = secrets.token_hex(8)
-            secret = f"sp_{role}_{key_id}_{secrets.token_urlsafe(32)}"
-            session.add(ApiKeyRow(id=key_id, key_hash=hash_key(secret), role=role, merchant_id=merchant_id,
-                                  terminal_id=terminal_id, created_at_us=self.clock.now_us()))
-        return secret
+    def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None,
+                   expires_in_days: int | None = None, actor: str | None = None) -> str:
+        """A new key, returned once; only its SHA-256 is stored. See `engine.store.keys.Keys.create`."""
+        from engine.store.keys import Keys
+
+        return Keys(self.engine, self.clock).create(role, merchant_id, terminal_id, expires_in_days, actor)[0]
 
     def authenticate(self, secret: str) -> Principal | None:
-        digest = hash_key(secret)
-        principal = self._principals.get(digest)
-        if principal is None:
-            with Session(self.engine) as session:
-                row = session.execute(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest)).scalar_one_or_none()
-                if row is None:
-                    return None
-                principal = Principal(row.id, row.role, row.merchant_id, row.terminal_id)
-                self._principals[digest] = principal
-        return principal
+        """The key's principal, or None when it is unknown, revoked or expired (uncached: the API
+        caches in `api.auth`)."""
+        from engine.store.keys import Keys, hash_key
 
-
-def hash_key(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+        found = Keys(self.engine, self.clock).lookup(hash_key(secret))
+        if found is None or (found.expires_at_us is not None and found.expires_at_us <= self.clock.now_us()):
+            return None
+        return found.principal

@@ -116,6 +116,10 @@ class ApiKeyRow(Base):
     role: Mapped[str] = mapped_column(String(16))
     merchant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     terminal_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Key lifecycle (SPEC §9.3): optional expiry, first revocation, last use (at most once a minute).
+    expires_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    revoked_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_used_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
     __table_args__ = (
         CheckConstraint("role IN ('admin', 'finance', 'merchant', 'terminal', 'app')", name="role_known"),

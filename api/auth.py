@@ -1,0 +1,338 @@
+"""Bearer authentication, role checks and rate limits (SPEC §6, §9.3, §9.4).
+
+`Auth.principal` is the FastAPI dependency every `/v1` route reaches through
+`Auth.role(...)`. For each request it:
+
+1. reads `Authorization: Bearer <key>` and hashes the key (SHA-256);
+2. takes the key from this process's principal cache when it was looked up
+   less than `SETAPAY_KEY_CACHE_TTL_S` (≤ 5 s) ago, else looks it up in the
+   database (`engine.store.keys.Keys.lookup`, in a worker thread): unknown and
+   revoked keys are refused, and a terminal key's merchant is the terminal's
+   merchant as the row says now. So a revocation, a deleted key row or a moved
+   terminal reaches every API process within the TTL;
+3. checks the expiry against the engine's clock on every request (never cached);
+4. counts the request against the key's limit (`SETAPAY_RATE_LIMIT_PER_KEY`);
+5. notes the use, written to `api_key.last_used_at_us` by a background thread
+   at most once a minute per key.
+
+Failed authentications are counted per client address
+(`SETAPAY_AUTH_FAILURES_PER_IP`). A key this process has never seen succeed
+is looked up only while its address is under that limit: over it, the answer
+is 429 before any database look-up. Such a key is counted as a failure before
+its look-up (an atomic increment, in Redis shared by every process) and the
+count is given back when it proves good, so however many guesses arrive at
+once, from however many processes, at most `limit` of them per window reach
+the database. Keys that authenticated here before
+(still in the cache, even if stale) are looked up regardless, so a terminal
+behind the same NAT as a misbehaving one keeps working.
+
+Limits count in fixed windows starting at the first hit, in Redis when
+`SETAPAY_REDIS_URL` is set (shared by every process), in process memory
+otherwise, and in process memory for a few seconds whenever Redis fails.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import math
+import threading
+import time
+from typing import Annotated
+
+import anyio
+from fastapi import Depends, Header, Request
+from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from engine.errors import EngineError
+from engine.settings import Settings
+from engine.store.config import Principal
+from engine.store.keys import LAST_USED_RESOLUTION_US, KeyLookup, Keys, hash_key
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Auth", "Principal", "RateLimited"]
+
+SECRET_LENGTH_MAX = 256
+PRINCIPAL_CACHE_SIZE_MAX = 10_000
+LAST_USED_FLUSH_INTERVAL_S = 1.0
+REDIS_RETRY_AFTER_FAILURE_S = 5.0
+
+
+class RateLimited(EngineError):
+    """429 `rate_limited`, with the seconds to wait in `Retry-After`."""
+
+    def __init__(self, retry_after_s: int, detail: str) -> None:
+        super().__init__(429, "rate_limited", detail)
+        self.headers = {"Retry-After": str(retry_after_s)}
+
+
+class Limit:
+    """One rate limit ("50/second") over fixed windows, in Redis when configured, else in memory."""
+
+    def __init__(self, spec: str, redis_url: str | None, namespace: str) -> None:
+        from limits import parse
+        from limits.storage import MemoryStorage
+        from limits.strategies import FixedWindowRateLimiter
+
+        self.item = None if spec == "off" else parse(spec)
+        self.namespace = namespace
+        self.redis_url = redis_url
+        self._memory = FixedWindowRateLimiter(MemoryStorage())
+        self._per_loop: dict[int, tuple[object, object]] = {}
+        self._redis_down_until = 0.0
+
+    @property
+    def enabled(self) -> bool:
+        return self.item is not None
+
+    def _redis(self):
+        """One asyncio limiter per event loop: a Redis connection belongs to the loop that opened it."""
+        from limits.aio.strategies import FixedWindowRateLimiter
+        from limits.storage import storage_from_string
+
+        loop = asyncio.get_running_loop()
+        found = self._per_loop.get(id(loop))
+        if found is None or found[0] is not loop:
+            if len(self._per_loop) > 8:
+                self._per_loop.clear()
+            storage = storage_from_string("async+" + self.redis_url, implementation="redispy",
+                                          key_prefix="setapay:limits", socket_timeout=0.5,
+                                          socket_connect_timeout=0.5)
+            found = (loop, FixedWindowRateLimiter(storage))
+            self._per_loop[id(loop)] = found
+        return found[1]
+
+    async def _call(self, name: str, identifier: str):
+        """`name` of the fixed-window limiter (`refund`: give one back), on Redis or in memory."""
+        item = self.item
+        assert item is not None, "only called for a limit that is on"
+        if self.redis_url and time.monotonic() >= self._redis_down_until:
+            try:
+                limiter = self._redis()
+                if name == "refund":
+                    return await limiter.storage.incr(item.key_for(self.namespace, identifier),
+                                                      item.get_expiry(), amount=-1)
+                return await getattr(limiter, name)(item, self.namespace, identifier)
+            except (RedisError, OSError) as exc:  # shared state for limits, never a reason to fail a request
+                log.warning("rate limit storage unavailable (%s: %s); counting in this process for %s s",
+                            type(exc).__name__, exc, REDIS_RETRY_AFTER_FAILURE_S)
+                self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_FAILURE_S
+        if name == "refund":
+            return self._memory.storage.incr(item.key_for(self.namespace, identifier),
+                                             item.get_expiry(), amount=-1)
+        return getattr(self._memory, name)(item, self.namespace, identifier)
+
+    async def hit(self, identifier: str) -> bool:
+        """Count one (atomically, in Redis across processes); False when that went over the limit."""
+        return True if self.item is None else await self._call("hit", identifier)
+
+    async def refund(self, identifier: str) -> None:
+        """Give back one counted by `hit` (it turned out not to count)."""
+        if self.item is not None:
+            await self._call("refund", identifier)
+
+    async def retry_after_s(self, identifier: str) -> int:
+        stats = await self._call("get_window_stats", identifier)
+        return max(1, math.ceil(stats.reset_time - time.time()))
+
+
+class PrincipalCache:
+    """Key look-ups by SHA-256, trusted for `ttl_s`; at most `size_max`, least recently used first out.
+
+    An entry older than the TTL is not trusted (the key is looked up again) but
+    still says "this key authenticated here before".
+    """
+
+    def __init__(self, ttl_s: float, size_max: int = PRINCIPAL_CACHE_SIZE_MAX) -> None:
+        self.ttl_s = ttl_s
+        self.size_max = size_max
+        self._entries: collections.OrderedDict[str, tuple[KeyLookup, float]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, digest: str) -> tuple[KeyLookup | None, bool]:
+        """(the cached look-up or None, whether it is fresh)."""
+        with self._lock:
+            found = self._entries.get(digest)
+            if found is None:
+                return None, False
+            self._entries.move_to_end(digest)
+            return found[0], time.monotonic() - found[1] < self.ttl_s
+
+    def put(self, digest: str, lookup: KeyLookup) -> None:
+        with self._lock:
+            self._entries[digest] = (lookup, time.monotonic())
+            self._entries.move_to_end(digest)
+            while len(self._entries) > self.size_max:
+                self._entries.popitem(last=False)
+
+    def drop(self, digest: str) -> None:
+        with self._lock:
+            self._entries.pop(digest, None)
+
+    def drop_key(self, key_id: str) -> None:
+        with self._lock:
+            for digest in [d for d, (e, _) in self._entries.items() if e.principal.key_id == key_id]:
+                del self._entries[digest]
+
+
+class LastUsed:
+    """Notes key uses and writes them from a background thread, at most once a minute per key per
+    process (and `Keys.touch` refuses rewrites within a minute across processes)."""
+
+    def __init__(self, keys: Keys, clock) -> None:
+        self.keys = keys
+        self.clock = clock
+        self._noted: dict[str, float] = {}
+        self._pending: dict[str, int] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def note(self, key_id: str) -> None:
+        now = time.monotonic()
+        with self._lock:
+            if now - self._noted.get(key_id, -math.inf) < LAST_USED_RESOLUTION_US / 1e6:
+                return
+            if len(self._noted) > PRINCIPAL_CACHE_SIZE_MAX:
+                horizon = now - LAST_USED_RESOLUTION_US / 1e6
+                self._noted = {k: t for k, t in self._noted.items() if t >= horizon}
+            self._noted[key_id] = now
+            self._pending[key_id] = self.clock.now_us()
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="key-last-used", daemon=True)
+                self._thread.start()
+
+    def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, {}
+        try:
+            self.keys.touch(pending)
+        except Exception:  # a missed note is not worth failing anything; the next use notes again
+            log.warning("could not note key use", exc_info=True)
+            with self._lock:
+                for key_id in pending:
+                    self._noted.pop(key_id, None)
+
+    def _run(self) -> None:
+        while not self._stop.wait(LAST_USED_FLUSH_INTERVAL_S):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+
+
+class Auth:
+    def __init__(self, keys: Keys, settings: Settings, clock, signatures=None) -> None:
+        self.keys = keys
+        self.signatures = signatures  # api.signatures.TerminalSignatures (SPEC §9.2), when wired
+        self.clock = clock
+        self.cache = PrincipalCache(settings.key_cache_ttl_s)
+        self.per_key = Limit(settings.rate_limit_per_key, settings.redis_url, "key")
+        self.failures = Limit(settings.auth_failures_per_ip, settings.redis_url, "auth-failure")
+        self.last_used = LastUsed(keys, clock)
+        self._in_flight: dict[str, concurrent.futures.Future] = {}
+        self._in_flight_lock = threading.Lock()
+
+    def close(self) -> None:
+        self.last_used.close()
+
+    def forget(self, key_id: str) -> None:
+        """Drop a key from this process's cache at once (other processes drop it within the TTL)."""
+        self.cache.drop_key(key_id)
+
+    async def _over_failure_limit(self, address: str) -> RateLimited:
+        return RateLimited(await self.failures.retry_after_s(address),
+                           "too many failed authentications from this address")
+
+    async def _failed(self, address: str) -> EngineError:
+        """Count a failed authentication: 401, or 429 once the address is over its limit."""
+        if not await self.failures.hit(address):
+            return await self._over_failure_limit(address)
+        return EngineError(401, "unauthenticated")
+
+    async def _lookup(self, digest: str) -> KeyLookup | None:
+        try:
+            found = await anyio.to_thread.run_sync(self.keys.lookup, digest)
+        except (OperationalError, InterfaceError) as exc:
+            raise EngineError(503, "service_unavailable", type(exc).__name__) from None
+        if found is None:
+            self.cache.drop(digest)
+        else:
+            self.cache.put(digest, found)
+        return found
+
+    async def _first_lookup(self, digest: str, address: str) -> KeyLookup:
+        """Look up a key never seen here, counted against its address's failures.
+
+        It is counted as a failure first (atomically, so concurrent guesses and other
+        processes cannot slip past the limit), looked up only while the address is
+        under the limit, and the count is given back when the key proves good.
+        Concurrent first requests with one key share one look-up (and one count).
+        """
+        for _ in range(3):
+            with self._in_flight_lock:
+                shared = self._in_flight.get(digest)
+                if shared is None:
+                    mine = self._in_flight[digest] = concurrent.futures.Future()
+            if shared is not None:
+                try:
+                    found = await asyncio.wrap_future(shared)
+                except RateLimited:
+                    continue  # the leader's address was over its limit; this request's may not be
+                if found is None:
+                    raise await self._failed(address)
+                return found
+            try:
+                if not await self.failures.hit(address):
+                    raise await self._over_failure_limit(address)
+                found = await self._lookup(digest)
+                if found is not None:
+                    await self.failures.refund(address)
+                mine.set_result(found)
+            except BaseException as exc:
+                mine.set_exception(exc)
+                raise
+            finally:
+                with self._in_flight_lock:
+                    self._in_flight.pop(digest, None)
+            if found is None:
+                raise EngineError(401, "unauthenticated")
+            return found
+        raise await self._over_failure_limit(address)
+
+    async def principal(self, request: Request,
+                        authorization: Annotated[str | None, Header()] = None) -> Principal:
+        address = request.client.host if request.client else "unknown"
+        secret = authorization[len("Bearer "):].strip() if authorization and authorization.startswith("Bearer ") \
+            else ""
+        if not secret or len(secret) > SECRET_LENGTH_MAX:
+            raise await self._failed(address)
+        digest = hash_key(secret)
+        found, fresh = self.cache.get(digest)
+        if found is not None and not fresh:
+            found = await self._lookup(digest)  # known here: not held back by its address's failures
+            if found is None:
+                raise await self._failed(address)
+        elif found is None:
+            found = await self._first_lookup(digest, address)
+        if found.expires_at_us is not None and found.expires_at_us <= self.clock.now_us():
+            raise await self._failed(address)
+        p = found.principal
+        if not await self.per_key.hit(p.key_id):
+            raise RateLimited(await self.per_key.retry_after_s(p.key_id), "this key is over its request rate")
+        if p.role == "terminal" and self.signatures is not None:
+            # Every route a terminal key can call: its request signature, if the terminal has a key.
+            await self.signatures.verify(request, p.terminal_id)
+        self.last_used.note(p.key_id)
+        return p
+
+    def role(self, *roles: str):
+        async def check(p: Annotated[Principal, Depends(self.principal)]) -> Principal:
+            if p.role not in roles:
+                raise EngineError(403, "forbidden", f"this endpoint needs a {' or '.join(roles)} key")
+            return p
+
+        return check

@@ -1,0 +1,53 @@
+"""Key lifecycle for admins (SPEC §9.3): list, create (the secret shown once), revoke.
+
+Listings never carry a secret or its hash. A revocation drops the key from
+this process's principal cache at once; every other API process stops
+accepting it within `SETAPAY_KEY_CACHE_TTL_S` (≤ 5 s).
+"""
+
+import re
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI
+from pydantic import Field
+
+from engine import limits
+from engine.errors import EngineError
+from engine.model import Id, Record
+from engine.store.keys import EXPIRES_IN_DAYS_MAX, Keys
+
+
+class KeyRequest(Record):
+    role: Annotated[str, Field(strict=True, min_length=1, max_length=16)]
+    merchant_id: Id | None = None
+    terminal_id: Id | None = None
+    expires_in_days: Annotated[int, Field(strict=True, ge=1, le=EXPIRES_IN_DAYS_MAX)] | None = None
+
+
+def _check_key_id(key_id: str) -> None:
+    if not re.match(limits.ID_PATTERN, key_id):
+        raise EngineError(422, "invalid_request", "key id is not valid")
+
+
+def install(app: FastAPI, role, keys: Keys, auth) -> None:
+    Admin = Annotated[Any, Depends(role("admin"))]
+
+    @app.get("/v1/keys")
+    def list_keys(_: Admin) -> Any:
+        """Every key with its role, scope and lifecycle instants; never a secret or a hash."""
+        return keys.list()
+
+    @app.post("/v1/keys", status_code=201)
+    def create_key(body: KeyRequest, p: Admin) -> Any:
+        """A new key; `key` is the secret, shown this once."""
+        secret, record = keys.create(body.role, body.merchant_id, body.terminal_id, body.expires_in_days,
+                                     actor=p)
+        return {**record, "key": secret}
+
+    @app.post("/v1/keys/{key_id}/revoke")
+    def revoke_key(key_id: str, p: Admin) -> Any:
+        """Revoke a key (again: no change, the first instant stays); 404 when unknown."""
+        _check_key_id(key_id)
+        record = keys.revoke(key_id, actor=p)
+        auth.forget(key_id)
+        return record

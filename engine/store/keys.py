@@ -1,0 +1,170 @@
+"""API keys (SPEC §9.3): create, list, revoke, look up, and note when a key was last used.
+
+A key is `sp_<role>_<id>_<random>`; only its SHA-256 is stored (`api_key.key_hash`),
+so a secret is shown once, when it is made, and never again. A key may expire
+(`expires_at_us`) and may be revoked (`revoked_at_us`, the first revocation's
+instant, kept on later ones). `last_used_at_us` is written at most once a minute
+per key, by `touch`, off the request path.
+
+`lookup` resolves a terminal key's merchant from the terminal row as it is now,
+so a terminal moved to another merchant posts for its new merchant.
+
+Create and revoke are recorded in the audit log (SPEC §9.5) with their actor,
+in the same transaction; the record never holds the secret or its hash.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import secrets
+
+from sqlalchemy import and_, or_, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from engine.clock import SystemClock
+from engine.audit import OPERATOR, Actor
+from engine.errors import EngineError
+from engine.store import audit
+from engine.store.config import ROLES, Principal
+from engine.store.models import ApiKeyRow, MerchantRow, TerminalRow
+from engine.timeutil import format_instant
+
+DAY_US = 86_400_000_000
+# `last_used_at_us` is rewritten at most this often per key, by any number of processes.
+LAST_USED_RESOLUTION_US = 60_000_000
+EXPIRES_IN_DAYS_MAX = 3650
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyLookup:
+    """What authenticating a key needs: who it is and until when (None: no expiry)."""
+
+    principal: Principal
+    expires_at_us: int | None
+
+
+def _instant(us: int | None) -> str | None:
+    return None if us is None else format_instant(us)
+
+
+def _listing(row: ApiKeyRow, merchant_id: str | None) -> dict:
+    """A key as listings show it: never the secret, never its hash."""
+    return {
+        "id": row.id,
+        "role": row.role,
+        "merchant_id": merchant_id,
+        "terminal_id": row.terminal_id,
+        "created_at": _instant(row.created_at_us),
+        "expires_at": _instant(row.expires_at_us),
+        "revoked_at": _instant(row.revoked_at_us),
+        "last_used_at": _instant(row.last_used_at_us),
+    }
+
+
+class Keys:
+    def __init__(self, engine: Engine, clock=None) -> None:
+        self.engine = engine
+        self.clock = clock or SystemClock()
+
+    def create(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None,
+               expires_in_days: int | None = None, actor: Actor = OPERATOR) -> tuple[str, dict]:
+        """A new key: (the secret, returned this once; its listing). Only the SHA-256 is stored."""
+        if role not in ROLES:
+            raise EngineError(422, "invalid_request", f"role must be one of {', '.join(ROLES)}")
+        if expires_in_days is not None and not (
+                isinstance(expires_in_days, int) and 1 <= expires_in_days <= EXPIRES_IN_DAYS_MAX):
+            raise EngineError(422, "invalid_request", f"expires_in_days must be 1 to {EXPIRES_IN_DAYS_MAX}")
+        with Session(self.engine) as session, session.begin():
+            if role == "terminal":
+                if terminal_id is None:
+                    raise EngineError(422, "invalid_request", "a terminal key needs a terminal")
+                terminal = session.get(TerminalRow, terminal_id)
+                if terminal is None:
+                    raise EngineError(422, "unknown_terminal", f"terminal {terminal_id} is not known")
+                merchant_id = terminal.merchant_id
+            elif role == "merchant":
+                if merchant_id is None or session.get(MerchantRow, merchant_id) is None:
+                    raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
+                terminal_id = None
+            else:
+                merchant_id = terminal_id = None
+            key_id = secrets.token_hex(8)
+            secret = f"sp_{role}_{key_id}_{secrets.token_urlsafe(32)}"
+            now = self.clock.now_us()
+            row = ApiKeyRow(id=key_id, key_hash=hash_key(secret), role=role, merchant_id=merchant_id,
+                            terminal_id=terminal_id, created_at_us=now,
+                            expires_at_us=None if expires_in_days is None else now + expires_in_days * DAY_US)
+            session.add(row)
+            session.flush()
+            listing = _listing(row, merchant_id)
+            audit.record(session, actor, "key.create", f"key:{key_id}", None, listing, at_us=now)
+            return secret, listing
+
+    def list(self) -> list[dict]:
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(ApiKeyRow, TerminalRow.merchant_id)
+                .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
+                .order_by(ApiKeyRow.created_at_us, ApiKeyRow.id)
+            ).all()
+            return [_listing(row, terminal_merchant or row.merchant_id) for row, terminal_merchant in rows]
+
+    def revoke(self, key_id: str, actor: Actor = OPERATOR) -> dict:
+        """Revoke a key; revoking it again changes nothing and keeps the first instant. Unknown: 404."""
+        with Session(self.engine) as session, session.begin():
+            revoked = session.execute(update(ApiKeyRow)
+                                      .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at_us.is_(None))
+                                      .values(revoked_at_us=self.clock.now_us())).rowcount
+            found = session.execute(
+                select(ApiKeyRow, TerminalRow.merchant_id)
+                .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
+                .where(ApiKeyRow.id == key_id)
+            ).one_or_none()
+            if found is None:
+                raise EngineError(404, "not_found", f"key {key_id} is not known")
+            row, terminal_merchant = found
+            listing = _listing(row, terminal_merchant or row.merchant_id)
+            if revoked:
+                audit.record(session, actor, "key.revoke", f"key:{key_id}", {**listing, "revoked_at_us": None},
+                             listing, at_us=row.revoked_at_us)
+            return listing
+
+    def lookup(self, digest: str) -> KeyLookup | None:
+        """The key with this SHA-256, unless unknown or revoked; expiry is the caller's to check
+        against its clock on every request."""
+        with Session(self.engine) as session:
+            found = session.execute(
+                select(ApiKeyRow.id, ApiKeyRow.role, ApiKeyRow.merchant_id, ApiKeyRow.terminal_id,
+                       ApiKeyRow.expires_at_us, ApiKeyRow.revoked_at_us, TerminalRow.merchant_id)
+                .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
+                .where(ApiKeyRow.key_hash == digest)
+            ).one_or_none()
+        if found is None:
+            return None
+        key_id, role, merchant_id, terminal_id, expires_at_us, revoked_at_us, terminal_merchant = found
+        if revoked_at_us is not None:
+            return None
+        if role == "terminal":
+            merchant_id = terminal_merchant  # the terminal's merchant now, not when the key was made
+        return KeyLookup(Principal(key_id, role, merchant_id, terminal_id), expires_at_us)
+
+    def touch(self, used: dict[str, int]) -> None:
+        """Note `last_used_at_us` for keys used at the given instants, unless a process noted a
+        use less than a minute before (so a row is rewritten at most once a minute)."""
+        if not used:
+            return
+        with Session(self.engine) as session, session.begin():
+            for key_id, at_us in sorted(used.items()):
+                session.execute(
+                    update(ApiKeyRow)
+                    .where(ApiKeyRow.id == key_id,
+                           or_(ApiKeyRow.last_used_at_us.is_(None),
+                               and_(ApiKeyRow.last_used_at_us <= at_us - LAST_USED_RESOLUTION_US)))
+                    .values(last_used_at_us=at_us)
+                )
