@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import json
 import re
 import secrets
@@ -163,9 +164,14 @@ def verify(token: str | None, body: Purchase | Refund, secrets_for: Callable[[st
     return receipt
 
 
+@functools.lru_cache(maxsize=256)
+def _key(raw: bytes) -> OctKey:
+    return OctKey.import_key(raw)
+
+
 def _verifies(signed: jws.CompactSignature, raw: bytes) -> bool:
     try:
-        return jws.verify_compact(signed, _HS256, OctKey.import_key(raw))
+        return jws.verify_compact(signed, _HS256, _key(raw))
     except (JoseError, ValueError):
         return False
 

@@ -62,6 +62,21 @@ def sign_item(app: PaymentApp, body, idempotency_key: str):
     return body
 
 
+def sign_payload(app: PaymentApp, payload, batch: bool, seed: str, idempotency_key: str = ""):
+    """A single or batch transaction payload with receipts on every item that has none
+    (the same object when there was nothing to sign)."""
+    if batch:
+        if not (isinstance(payload, dict) and isinstance(payload.get("transactions"), list)):
+            return payload
+        items = [
+            sign_item(app, {k: v for k, v in item.items() if k != "idempotency_key"},
+                      seed + str(item.get("idempotency_key"))) | {"idempotency_key": item["idempotency_key"]}
+            if isinstance(item, dict) and "idempotency_key" in item and "receipt" not in item else item
+            for item in payload["transactions"]]
+        return payload if items == payload["transactions"] else {**payload, "transactions": items}
+    return sign_item(app, payload, seed + idempotency_key)
+
+
 def _answered(app: PaymentApp, body, status: int, answer) -> None:
     if status == 201 and isinstance(body, dict) and isinstance(answer, dict):
         app.accepted(body, answer)
@@ -85,14 +100,8 @@ class SigningTransport(httpx.BaseTransport):
         signed_payload = payload
         # The terminal's credential is part of the seed: two terminals may use one idempotency key.
         seed = request.headers.get("Authorization", "") + "\x1f"
-        if batch and isinstance(payload, dict) and isinstance(payload.get("transactions"), list):
-            signed_payload = {**payload, "transactions": [
-                sign_item(self.app, {k: v for k, v in item.items() if k != "idempotency_key"},
-                          seed + str(item.get("idempotency_key"))) | {"idempotency_key": item["idempotency_key"]}
-                if isinstance(item, dict) and "idempotency_key" in item and "receipt" not in item else item
-                for item in payload["transactions"]]}
-        elif not batch:
-            signed_payload = sign_item(self.app, payload, seed + request.headers.get("Idempotency-Key", ""))
+        batch = request.url.path.endswith("/batch")
+        signed_payload = sign_payload(self.app, payload, batch, seed, request.headers.get("Idempotency-Key", ""))
         if signed_payload is payload:  # nothing to sign: the request goes out byte for byte as written
             signed = request
         else:

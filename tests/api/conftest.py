@@ -237,6 +237,7 @@ class Ward:
         self._keys: dict[tuple, str] = {}
         self._keys_lock = threading.Lock()
         self._clients: dict[str, httpx.Client] = {}
+        self._plain: dict[str, httpx.Client] = {}  # terminals' clients that send bodies exactly as given
 
     def key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None) -> str:
         wanted = (role, merchant_id, terminal_id)
@@ -278,12 +279,26 @@ class Ward:
         `headers` the request's own (an Idempotency-Key among them is covered); `sign` goes to
         `engine.http_signing.sign_request` (`created=`, `nonce=`)."""
         from engine.http_signing import sign_request
+        from tests.receipts import TRANSACTION_PATHS, sign_payload
 
         headers = dict(headers or {})
+        path = target.split("?")[0]
+        if body and method == "POST" and path in TRANSACTION_PATHS:
+            # The payment app's receipts go into the body first: the signature covers the bytes sent.
+            try:
+                payload = json.loads(body)
+            except ValueError:
+                payload = None
+            signed = sign_payload(self.server.payment_app, payload, path.endswith("/batch"), terminal_id + "\x1f",
+                                  headers.get("Idempotency-Key", ""))
+            if signed is not payload:
+                body = json.dumps(signed).encode()
         if body:
             headers.setdefault("Content-Type", "application/json")
         headers.update(sign_request(private_key, terminal_id, method, target, headers, body, **sign))
-        return self.terminal(terminal_id).request(method, target, content=body, headers=headers)
+        if terminal_id not in self._plain:
+            self._plain[terminal_id] = self.server.client(self.terminal_key(terminal_id))
+        return self._plain[terminal_id].request(method, target, content=body, headers=headers)
 
     def post_signed(self, terminal_id: str, private_key, body, key: str | None = None, **sign) -> httpx.Response:
         """`post`, signed: a dict body is sent as its JSON bytes, bytes as they are."""
@@ -292,7 +307,7 @@ class Ward:
                                 {"Idempotency-Key": key or uuid.uuid4().hex}, **sign)
 
     def close(self) -> None:
-        for c in self._clients.values():
+        for c in [*self._clients.values(), *self._plain.values()]:
             c.close()
 
 

@@ -390,7 +390,7 @@ def test_per_key_limit_is_shared_by_processes_and_a_batch_counts_once(servers, w
     terminal_key = ward.terminal_key("T_CONV")
     items = [{**purchase("T_CONV", f"W_BATCH_{i}", 500, occurred_at=now_tokyo(-60)), "idempotency_key": f"b{i}"}
              for i in range(PER_KEY_N + 20)]
-    with a.client(terminal_key) as c:
+    with a.terminal_client(terminal_key) as c:
         r = c.post("/v1/transactions/batch", json={"transactions": items})
         assert r.status_code == 200, r.text
         assert all(x["status"] == 201 for x in r.json()["results"]), r.text[:500]

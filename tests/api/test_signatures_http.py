@@ -52,8 +52,9 @@ def assert_problem(r, code: str, status: int = 401) -> None:
     assert r.json()["code"] == code, r.text
 
 
-def _body(wallet: str = "W_SIG", amount: int = 1100) -> bytes:
-    return json.dumps(purchase(SIGNED, wallet, amount)).encode()
+def _body(ward: Ward, wallet: str = "W_SIG", amount: int = 1100) -> bytes:
+    """A purchase's exact bytes, with the payment app's receipt in it (the signature covers them)."""
+    return json.dumps(ward.server.payment_app.sign_purchase(purchase(SIGNED, wallet, amount))).encode()
 
 
 # -- registering a key -----------------------------------------------------------------
@@ -196,7 +197,7 @@ def _invalid_cases(key: Ed25519PrivateKey, body: bytes) -> dict[str, tuple[dict,
 
 
 def test_each_broken_signature_is_signature_invalid(ward, key):
-    body = _body("W_SIG5")
+    body = _body(ward, "W_SIG5")
     before = ward.server.payments()
     for name, (headers, sent) in _invalid_cases(key, body).items():
         r = ward.terminal(SIGNED).post("/v1/transactions", content=sent,
@@ -207,13 +208,13 @@ def test_each_broken_signature_is_signature_invalid(ward, key):
 
 def test_a_signature_too_old_or_too_new_is_signature_expired(ward, key):
     now = int(time.time())
-    assert_problem(ward.post_signed(SIGNED, key, _body("W_SIG6"), created=now - 360), "signature_expired")
-    assert_problem(ward.post_signed(SIGNED, key, _body("W_SIG6"), created=now + 360), "signature_expired")
-    assert ward.post_signed(SIGNED, key, _body("W_SIG6"), created=now - 250).status_code == 201
+    assert_problem(ward.post_signed(SIGNED, key, _body(ward, "W_SIG6"), created=now - 360), "signature_expired")
+    assert_problem(ward.post_signed(SIGNED, key, _body(ward, "W_SIG6"), created=now + 360), "signature_expired")
+    assert ward.post_signed(SIGNED, key, _body(ward, "W_SIG6"), created=now - 250).status_code == 201
 
 
 def test_a_replayed_nonce_is_signature_replayed(ward, key):
-    body = _body("W_SIG7")
+    body = _body(ward, "W_SIG7")
     headers = {"Idempotency-Key": uuid.uuid4().hex, "Content-Type": "application/json"}
     headers.update(http_signing.sign_request(key, SIGNED, "POST", "/v1/transactions", headers, body))
     client = ward.terminal(SIGNED)
@@ -251,7 +252,7 @@ def _replay_across_processes(start_server, tmp_path, env: dict[str, str]) -> War
     ward = Ward(start_server("postgresql", env=env))
     private = Ed25519PrivateKey.generate()
     register(ward, SIGNED, private)
-    body = _body("W_SIGX")
+    body = _body(ward, "W_SIGX")
     headers = {"Idempotency-Key": uuid.uuid4().hex, "Content-Type": "application/json"}
     headers.update(http_signing.sign_request(private, SIGNED, "POST", "/v1/transactions", headers, body,
                                              created=int(time.time()) + int(env.get("SETAPAY_CLOCK_OFFSET_S", 0))))
@@ -283,7 +284,7 @@ def test_replay_to_a_second_process_database_nonces(start_server, tmp_path):
     assert ward.server.count(SignatureNonceRow) == 2
     key = Ed25519PrivateKey.generate()
     register(ward, SIGNED, key)
-    assert_problem(ward.post_signed(SIGNED, key, _body("W_SIGY")), "signature_expired")  # the wall clock's now
+    assert_problem(ward.post_signed(SIGNED, key, _body(ward, "W_SIGY")), "signature_expired")  # the wall clock's now
     ward.close()
 
 

@@ -1,0 +1,352 @@
+"""The authorization matrix (SPEC §6, §9): every route × every principal, over HTTP.
+
+`MATRIX` below is the whole contract in one table: a row per route of the
+application (method and path template, as `app.routes` spells it), a column per
+principal, and in each cell what the SPEC says that principal gets:
+
+- `401`, `403`, `200`: exactly that status;
+- `OK`: allowed, i.e. neither 401 nor 403, and below 500 (an allowed request
+  may still be a 404, 409 or 422 for reasons of its own: nothing pending, no
+  payout file, a period already settled).
+
+The principals (columns):
+
+| column | who |
+| --- | --- |
+| none | no `Authorization` header |
+| bad | a well-formed key the engine never issued |
+| revoked | a real admin key, used once, then revoked with `setapay keys revoke ID` |
+| expired | a real admin key made with `--expires-in-days 1` by a CLI whose clock runs two days behind |
+| admin, finance, app | keys of those roles |
+| merchant_own, merchant_other | the merchant M_SHOTEN / M_CONV |
+| terminal_own, terminal_other | T_SHOTEN_1 (at M_SHOTEN) / T_CONV (another merchant's terminal) |
+
+Every request names the *own* resources: a transaction posted by T_SHOTEN_1 at
+M_SHOTEN, the merchant M_SHOTEN, the terminal T_SHOTEN_1, the wallet of that
+transaction; a POST carries a body the route would accept, so a denied cell is
+denied for who asks, not for what they sent. For the batch route the cell is
+the status of the batch's one item when the batch itself answers 200 (a batch
+refuses a terminal item by item).
+
+`test_every_route_is_in_the_matrix` reads the routes from the application
+itself (`create_app(...).routes`, less FastAPI's own docs routes): a route
+missing from the table, or a row for a route that no longer exists, fails, so
+a new route cannot skip the matrix. Each route then runs all principals in
+`test_route_authorization[<route>]`, on SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import secrets
+import time
+import uuid
+from typing import Callable
+
+import httpx
+import pytest
+from fastapi.routing import APIRoute
+
+from tests.api.conftest import CAMPAIGN_WINDOW, TOKYO, Server, Ward, now_tokyo, purchase
+from tests.server import run_cli
+
+PRINCIPALS = ("none", "bad", "revoked", "expired", "admin", "finance", "app",
+              "merchant_own", "merchant_other", "terminal_own", "terminal_other")
+
+# SPEC §6's table and §9: who may call what. One row per route; columns in PRINCIPALS' order.
+MATRIX = """
+route                                              | none bad revoked expired | admin finance app | merchant_own merchant_other | terminal_own terminal_other
+GET    /healthz                                    | 200  200  200     200    | 200   200     200 | 200          200            | 200          200
+GET    /readyz                                     | 200  200  200     200    | 200   200     200 | 200          200            | 200          200
+POST   /v1/transactions                            | 401  401  401     401    | 403   403     403 | 403          403            | OK           403
+POST   /v1/transactions/batch                      | 401  401  401     401    | 403   403     403 | 403          403            | OK           403
+GET    /v1/transactions/{transaction_id}           | 401  401  401     401    | 403   OK      403 | OK           403            | OK           403
+GET    /v1/wallets/{wallet_id}/points              | 401  401  401     401    | 403   OK      OK  | 403          403            | 403          403
+GET    /v1/merchants/{merchant_id}/rewards         | 401  401  401     401    | 403   OK      403 | OK           403            | 403          403
+GET    /v1/merchants/{merchant_id}/transactions    | 401  401  401     401    | 403   OK      403 | OK           403            | 403          403
+POST   /v1/grants                                  | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+POST   /v1/merchants                               | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/merchants                               | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/merchants/{merchant_id}                 | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+PATCH  /v1/merchants/{merchant_id}                 | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+POST   /v1/merchants/{merchant_id}/bank-account/confirm | 401 401 401   401    | OK    OK      403 | 403          403            | 403          403
+POST   /v1/campaigns                               | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/campaigns                               | 401  401  401     401    | OK    OK      403 | 403          403            | 403          403
+GET    /v1/campaigns/{campaign_id}                 | 401  401  401     401    | OK    OK      403 | 403          403            | 403          403
+PATCH  /v1/campaigns/{campaign_id}                 | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/campaigns/{campaign_id}/budget          | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+POST   /v1/campaigns/{campaign_id}/simulate        | 401  401  401     401    | OK    OK      403 | 403          403            | 403          403
+POST   /v1/terminals                               | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/terminals                               | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/terminals/{terminal_id}                 | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+PATCH  /v1/terminals/{terminal_id}                 | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+POST   /v1/terminals/{terminal_id}/closeouts       | 401  401  401     401    | 403   403     403 | 403          403            | OK           403
+POST   /v1/settlement-runs                         | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+GET    /v1/settlement-runs/{run_id}                | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+GET    /v1/settlement-runs/{run_id}/statement.csv  | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+GET    /v1/settlement-runs/{run_id}/zengin         | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+POST   /v1/settlement-runs/{run_id}/payout-results | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+POST   /v1/chain-heads                             | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+GET    /v1/reconciliation                          | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
+GET    /v1/audit                                   | 401  401  401     401    | OK    OK      403 | 403          403            | 403          403
+GET    /v1/keys                                    | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+POST   /v1/keys                                    | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+POST   /v1/keys/{key_id}/revoke                    | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+"""
+
+# FastAPI's own routes: not the application's, and public by design (SPEC §6: OpenAPI and docs).
+FASTAPI_DOCS_ROUTES = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+
+
+def parse_matrix(text: str) -> dict[str, dict[str, str]]:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    header = [c for c in lines[0].replace("|", " ").split()]
+    assert header[0] == "route" and tuple(header[1:]) == PRINCIPALS, header
+    table: dict[str, dict[str, str]] = {}
+    for line in lines[1:]:
+        method, path, *cells = line.replace("|", " ").split()
+        route = f"{method} {path}"
+        assert route not in table, f"{route} appears twice in the matrix"
+        assert len(cells) == len(PRINCIPALS), f"{route}: {len(cells)} cells for {len(PRINCIPALS)} principals"
+        assert all(c in ("OK", "200", "401", "403") for c in cells), (route, cells)
+        table[route] = dict(zip(PRINCIPALS, cells))
+    return table
+
+
+EXPECTED = parse_matrix(MATRIX)
+
+
+def application_routes(tmp_path) -> set[str]:
+    """`METHOD /path` for every route the real application serves, less FastAPI's docs."""
+    from api.app import create_app
+    from engine.settings import Settings
+
+    app = create_app(Settings(database_url=f"sqlite+pysqlite:///{tmp_path}/routes.db"), migrate=False)
+    found = set()
+    for route in app.routes:
+        path = getattr(route, "path", None)
+        if path in FASTAPI_DOCS_ROUTES and not isinstance(route, APIRoute):
+            continue
+        methods = getattr(route, "methods", None) or {"*"}  # a mount or websocket: still a route to list
+        found |= {f"{m} {path}" for m in methods if m != "HEAD"}
+    return found
+
+
+def test_every_route_is_in_the_matrix(tmp_path) -> None:
+    served = application_routes(tmp_path)
+    missing = sorted(served - EXPECTED.keys())
+    gone = sorted(EXPECTED.keys() - served)
+    assert not missing, "routes with no row in the authorization matrix (add them to MATRIX): " + ", ".join(missing)
+    assert not gone, "matrix rows for routes the application no longer serves: " + ", ".join(gone)
+    assert not (EXPECTED.keys() - REQUESTS.keys()), "matrix rows with no request: " + \
+        ", ".join(sorted(EXPECTED.keys() - REQUESTS.keys()))
+
+
+# -- the ward the matrix runs against ------------------------------------------------
+
+OWN_MERCHANT, OTHER_MERCHANT = "M_SHOTEN", "M_CONV"
+OWN_TERMINAL, OTHER_TERMINAL = "T_SHOTEN_1", "T_CONV"
+MATRIX_CAMPAIGN = "C_MATRIX"
+TWO_DAYS_S = 2 * 86_400
+
+
+@dataclasses.dataclass
+class Context:
+    server: Server
+    keys: dict[str, str | None]
+    transaction_id: str
+    wallet_id: str
+    run_id: str
+    throwaway_key_id: str
+    clients: dict[str, httpx.Client] = dataclasses.field(default_factory=dict)
+
+    def client(self, principal: str) -> httpx.Client:
+        if principal not in self.clients:
+            self.clients[principal] = self.server.client(self.keys[principal])
+        return self.clients[principal]
+
+
+def _key_id(secret: str) -> str:
+    return secret.split("_")[2]  # sp_<role>_<id>_<random>
+
+
+def _unused_key() -> str:
+    """Shaped like a real key (sp_<role>_<16 hex>_<43 urlsafe>), never issued."""
+    return f"sp_admin_{secrets.token_hex(8)}_{secrets.token_urlsafe(32)}"
+
+
+def _matrix_campaign(campaign_id: str) -> dict:
+    # Matches no merchant of the ward, so creating or simulating it changes no award.
+    return {"id": campaign_id, "name": "authorization matrix", "funding_source": "ward_general", **CAMPAIGN_WINDOW,
+            "tiers": [{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}]}
+
+
+def _revoked_key(server: Server) -> str:
+    """An admin key that worked, then `setapay keys revoke ID`; 401 everywhere within 5 s (SPEC §9.3)."""
+    key = server.create_key("admin")
+    with server.client(key) as c:
+        assert c.get("/v1/keys").status_code == 200
+        done = server.cli("keys", "revoke", _key_id(key))
+        assert done.returncode == 0, (done.stdout, done.stderr)
+        deadline = time.monotonic() + 5
+        while (status := c.get("/v1/keys").status_code) != 401 and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert status == 401, f"a revoked key still answers {status} 5 s after `setapay keys revoke`"
+    return key
+
+
+def _expired_key(server: Server) -> str:
+    """An admin key made two days ago (a CLI whose clock runs behind) to last one day."""
+    env = {**server.env, "SETAPAY_CLOCK_OFFSET_S": str(-TWO_DAYS_S)}
+    done = run_cli(env, "keys", "create", "--role", "admin", "--expires-in-days", "1")
+    assert done.returncode == 0, (done.stdout, done.stderr)
+    return done.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def ctx(ward: Ward) -> Context:
+    server = ward.server
+    wanted = {"finance": ("finance", None, None), "app": ("app", None, None),
+              "merchant_own": ("merchant", OWN_MERCHANT, None), "merchant_other": ("merchant", OTHER_MERCHANT, None),
+              "terminal_own": ("terminal", None, OWN_TERMINAL), "terminal_other": ("terminal", None, OTHER_TERMINAL)}
+    keys: dict[str, str | None] = dict(zip(wanted, server.create_keys(list(wanted.values()))))
+    keys.update(none=None, bad=_unused_key(), admin=server.admin_key, revoked=_revoked_key(server),
+                expired=_expired_key(server))
+    with server.terminal_client(keys["terminal_own"]) as terminal:
+        bought = terminal.post("/v1/transactions", json=purchase(OWN_TERMINAL, "W_MATRIX", 1000),
+                               headers={"Idempotency-Key": uuid.uuid4().hex})
+    assert bought.status_code == 201, bought.text
+    server.admin_post("/v1/campaigns", _matrix_campaign(MATRIX_CAMPAIGN))
+    throwaway = server.admin_post("/v1/keys", {"role": "app"})
+    with server.client(keys["finance"]) as finance:
+        run = finance.post("/v1/settlement-runs", json={})
+    assert run.status_code in (200, 201), run.text
+    context = Context(server, keys, bought.json()["id"], "W_MATRIX", run.json()["id"], throwaway["id"])
+    try:
+        yield context
+    finally:
+        for c in context.clients.values():
+            c.close()
+
+
+# -- one request per route, naming the own resources, with a body the route accepts --------
+
+Request = tuple[str, dict]  # (path with ids, httpx keyword arguments)
+
+
+def _idem() -> dict:
+    return {"Idempotency-Key": uuid.uuid4().hex}
+
+
+def _signed_purchase(c: Context, amount: int = 100) -> dict:
+    return c.server.payment_app.sign_purchase(purchase(OWN_TERMINAL, c.wallet_id, amount))
+
+
+def _today_tokyo() -> str:
+    return dt.datetime.now(TOKYO).date().isoformat()
+
+
+REQUESTS: dict[str, Callable[[Context], Request]] = {
+    "GET /healthz": lambda c: ("/healthz", {}),
+    "GET /readyz": lambda c: ("/readyz", {}),
+    "POST /v1/transactions": lambda c: ("/v1/transactions", {"json": _signed_purchase(c), "headers": _idem()}),
+    "POST /v1/transactions/batch": lambda c: (
+        "/v1/transactions/batch",
+        {"json": {"transactions": [{**_signed_purchase(c), "idempotency_key": uuid.uuid4().hex}]}}),
+    "GET /v1/transactions/{transaction_id}": lambda c: (f"/v1/transactions/{c.transaction_id}", {}),
+    "GET /v1/wallets/{wallet_id}/points": lambda c: (f"/v1/wallets/{c.wallet_id}/points", {}),
+    "GET /v1/merchants/{merchant_id}/rewards": lambda c: (f"/v1/merchants/{OWN_MERCHANT}/rewards", {}),
+    "GET /v1/merchants/{merchant_id}/transactions": lambda c: (
+        f"/v1/merchants/{OWN_MERCHANT}/transactions", {"params": {"limit": 1}}),
+    "POST /v1/grants": lambda c: ("/v1/grants", {
+        "json": {"wallet_id": c.wallet_id, "campaign_id": "C_POINTBACK", "points": 1, "reason": "authorization matrix"},
+        "headers": _idem()}),
+    "POST /v1/merchants": lambda c: ("/v1/merchants", {"json": {
+        "id": "M_MATRIX_" + uuid.uuid4().hex[:8], "name": "authorization matrix", "merchant_class": "small",
+        "shotengai_id": None, "ward_local": True, "ethical_certifications": []}}),
+    "GET /v1/merchants": lambda c: ("/v1/merchants", {}),
+    "GET /v1/merchants/{merchant_id}": lambda c: (f"/v1/merchants/{OWN_MERCHANT}", {}),
+    "PATCH /v1/merchants/{merchant_id}": lambda c: (f"/v1/merchants/{OWN_MERCHANT}", {"json": {"name": "三茶八百屋"}}),
+    "POST /v1/merchants/{merchant_id}/bank-account/confirm": lambda c: (
+        f"/v1/merchants/{OWN_MERCHANT}/bank-account/confirm", {}),  # nothing pending: 409 when allowed
+    "POST /v1/campaigns": lambda c: ("/v1/campaigns", {"json": _matrix_campaign("C_MATRIX_" + uuid.uuid4().hex[:8])}),
+    "GET /v1/campaigns": lambda c: ("/v1/campaigns", {}),
+    "GET /v1/campaigns/{campaign_id}": lambda c: ("/v1/campaigns/C_POINTBACK", {}),
+    "PATCH /v1/campaigns/{campaign_id}": lambda c: (f"/v1/campaigns/{MATRIX_CAMPAIGN}",
+                                                    {"json": {"name": "authorization matrix"}}),
+    "GET /v1/campaigns/{campaign_id}/budget": lambda c: ("/v1/campaigns/C_POINTBACK/budget", {}),
+    "POST /v1/campaigns/{campaign_id}/simulate": lambda c: (f"/v1/campaigns/{MATRIX_CAMPAIGN}/simulate", {"json": {
+        "campaign": _matrix_campaign(MATRIX_CAMPAIGN), "from": now_tokyo(-86_400), "to": now_tokyo()}}),
+    "POST /v1/terminals": lambda c: ("/v1/terminals", {"json": {"id": "T_MATRIX_" + uuid.uuid4().hex[:8],
+                                                               "merchant_id": OWN_MERCHANT}}),
+    "GET /v1/terminals": lambda c: ("/v1/terminals", {}),
+    "GET /v1/terminals/{terminal_id}": lambda c: (f"/v1/terminals/{OWN_TERMINAL}", {}),
+    # Where the terminal already is: allowed or not, nothing moves.
+    "PATCH /v1/terminals/{terminal_id}": lambda c: (f"/v1/terminals/{OWN_TERMINAL}",
+                                                    {"json": {"merchant_id": OWN_MERCHANT}}),
+    "POST /v1/terminals/{terminal_id}/closeouts": lambda c: (f"/v1/terminals/{OWN_TERMINAL}/closeouts", {
+        "json": {"business_date": _today_tokyo(), "count": 0, "total": 0}}),
+    "POST /v1/settlement-runs": lambda c: ("/v1/settlement-runs", {"json": {}}),  # the last closed period, again
+    "GET /v1/settlement-runs/{run_id}": lambda c: (f"/v1/settlement-runs/{c.run_id}", {}),
+    "GET /v1/settlement-runs/{run_id}/statement.csv": lambda c: (f"/v1/settlement-runs/{c.run_id}/statement.csv", {}),
+    "GET /v1/settlement-runs/{run_id}/zengin": lambda c: (f"/v1/settlement-runs/{c.run_id}/zengin", {}),
+    "POST /v1/settlement-runs/{run_id}/payout-results": lambda c: (
+        f"/v1/settlement-runs/{c.run_id}/payout-results",
+        {"json": {"results": [{"merchant_id": OWN_MERCHANT, "status": "paid"}]}}),
+    "POST /v1/chain-heads": lambda c: ("/v1/chain-heads", {}),
+    "GET /v1/reconciliation": lambda c: ("/v1/reconciliation", {}),
+    "GET /v1/audit": lambda c: ("/v1/audit", {"params": {"limit": 1}}),
+    "GET /v1/keys": lambda c: ("/v1/keys", {}),
+    "POST /v1/keys": lambda c: ("/v1/keys", {"json": {"role": "merchant", "merchant_id": OWN_MERCHANT}}),
+    "POST /v1/keys/{key_id}/revoke": lambda c: (f"/v1/keys/{c.throwaway_key_id}/revoke", {}),
+}
+
+
+def _status(route: str, response: httpx.Response) -> int:
+    """The status the cell is about: the batch's one item when the batch itself was accepted."""
+    if route == "POST /v1/transactions/batch" and response.status_code == 200:
+        return response.json()["results"][0]["status"]
+    return response.status_code
+
+
+def _agrees(expected: str, got: int) -> bool:
+    if expected == "OK":
+        return got not in (401, 403) and got < 500
+    return got == int(expected)
+
+
+@pytest.mark.parametrize("route", list(EXPECTED))
+def test_route_authorization(ctx: Context, route: str) -> None:
+    method = route.split(" ", 1)[0]
+    disagreements = []
+    for principal in PRINCIPALS:
+        path, kwargs = REQUESTS[route](ctx)
+        response = ctx.client(principal).request(method, path, **kwargs)
+        got, expected = _status(route, response), EXPECTED[route][principal]
+        if not _agrees(expected, got):
+            disagreements.append(f"  {principal:<15} got {got}, expected {expected}: {response.text[:200]}")
+    assert not disagreements, f"{route} ({method} {path}) disagrees with the matrix:\n" + "\n".join(disagreements)
+
+
+def test_authorization_is_decided_before_the_body_is_validated(ctx: Context) -> None:
+    """A body that fails validation does not change who gets 401 and 403: FastAPI runs the
+    authentication dependency before it validates the body against the route's model, so an
+    allowed cell may be sent a body that fails validation and still show its 401/403.
+
+    (A body that is not JSON at all, or not UTF-8, is a different matter: FastAPI parses it
+    before any dependency runs, so it is answered 400 `malformed_json` even without a key.)"""
+    disagreements = []
+    for route, expected in EXPECTED.items():
+        method, template = route.split(" ", 1)
+        if method not in ("POST", "PATCH", "PUT"):
+            continue
+        path, _ = REQUESTS[route](ctx)
+        denied = [p for p in PRINCIPALS if expected[p] in ("401", "403")]
+        for principal in denied:
+            response = ctx.client(principal).request(method, path, json={"not": ["a", "valid", "body"]},
+                                                     headers=_idem())
+            got = _status(route, response)
+            if got != int(expected[principal]):
+                disagreements.append(f"  {route} {principal}: got {got}, expected {expected[principal]}")
+    assert not disagreements, "a body that fails validation changed the answer:\n" + "\n".join(disagreements)
