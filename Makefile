@@ -15,7 +15,7 @@ SETAPAY_VECTORS_DIR ?= ../shared/vectors
 # isolated environment (faster, and works offline once they are installed).
 BUILD_REQUIREMENTS := "setuptools>=68" wheel "Cython>=3.0,<3.4" "numpy>=1.26"
 
-.PHONY: install test test-vectors demo bench clean
+.PHONY: install lint test test-vectors demo bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,9 @@ test: $(STAMP)
 	$(PY) -m pytest
 	SETAPAY_PURE_PYTHON=1 $(PY) -m pytest
 	$(MAKE) --no-print-directory test-vectors
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 test-vectors: $(STAMP)
 	@test -d "$(SETAPAY_VECTORS_DIR)" || { echo "no rating vectors at $(SETAPAY_VECTORS_DIR); set SETAPAY_VECTORS_DIR" >&2; exit 1; }

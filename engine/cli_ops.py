@@ -33,7 +33,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     # Migrate once here so that several workers do not race to migrate.
     db.upgrade(_settings().database_url)
-    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level)
+    trusted = _settings().trusted_proxies
+    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
+                proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
     return 0
 
 

@@ -19,6 +19,9 @@ class Settings(BaseSettings):
 
     database_url: str = "sqlite+pysqlite:///./setapay.db"
     redis_url: str | None = None
+    # Proxies whose X-Forwarded-For is believed (comma-separated addresses): unset, none is, and the
+    # client address (which failed authentications are counted by) is the connection's own.
+    trusted_proxies: str | None = None
     occurred_at_max_future_s: int = Field(default=limits.OCCURRED_AT_MAX_FUTURE_S, ge=0)
     occurred_at_max_past_days: int = Field(default=limits.OCCURRED_AT_MAX_PAST_DAYS, ge=0)
     # Group commit: how long the first request of a group waits for company.

@@ -242,7 +242,7 @@ def test_unknown_merchant_or_terminal_in_a_purchase_is_forbidden(ward: Ward) -> 
     for changes in ({"merchant_id": "M_NOPE"}, {"terminal_id": "T_NOPE"},
                     {"merchant_id": "M_CONV"}, {"terminal_id": "T_SHOTEN_2"}):
         body = {**purchase("T_SHOTEN_1", "W_FOREIGN", 500), **changes}
-        assert_refused(ward, lambda: ward.post("T_SHOTEN_1", body), 403, "forbidden")
+        assert_refused(ward, lambda body=body: ward.post("T_SHOTEN_1", body), 403, "forbidden")
 
 
 def test_terminal_of_an_unknown_merchant_is_refused(ward: Ward) -> None:

@@ -51,3 +51,15 @@ def test_failed_authentications_per_address(server) -> None:
 
 def test_requests_per_key(server) -> None:
     _assert_limited(_one_window_burst([server], PER_KEY_N + 20))
+
+
+def test_a_forwarded_for_header_does_not_pick_the_counted_address(server) -> None:
+    """Without SETAPAY_TRUSTED_PROXIES nobody's X-Forwarded-For is believed: a guesser cannot
+    spread its failures over made-up addresses."""
+    answers = []
+    with client(server, None, "127.0.0.1") as c:  # the address uvicorn would trust by default
+        for i in range(FAILURES_N + 3):
+            r = c.get("/v1/campaigns", headers={"Authorization": f"Bearer sp_admin_{uuid.uuid4().hex}",
+                                                "X-Forwarded-For": f"10.9.{i}.1"})
+            answers.append(r.status_code)
+    assert answers == [401] * FAILURES_N + [429] * 3, answers

@@ -419,7 +419,7 @@ class Client:
 def _run_clients(servers, keys, journal) -> None:
     barrier = threading.Barrier(CLIENT_THREADS, timeout=PHASE_TIMEOUT_S)
     phase2 = [(wallet, n) for n in range(PHASE2_ROUNDS) for wallet in WALLETS]
-    servers[0].payment_app  # registered once, before the client threads share it
+    _ = servers[0].payment_app  # registered once, before the client threads share it
 
     def work(index: int) -> None:
         client = Client(servers, keys, journal, seed=1000 + index)
@@ -493,8 +493,8 @@ def recompute(payments: list[PaymentRow]) -> dict[str, dict]:
             original["refunded"] = after
             clawbacks = {}
             for cid, (share, _) in original["awards"].items():
-                def target(r: int) -> int:
-                    return share if r == original["amount"] else share * r // original["amount"]
+                def target(r: int, share: int = share, amount: int = original["amount"]) -> int:
+                    return share if r == amount else share * r // amount
 
                 delta = target(after) - target(before)
                 if delta:

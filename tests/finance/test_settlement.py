@@ -21,9 +21,9 @@ def _postings(ward: Ward) -> int:
 def _stored(ward: Ward, run_id: str) -> tuple:
     with Session(ward.engine) as s:
         run = s.get(SettlementRunRow, run_id)
-        lines = [(l.merchant_id, l.coin_sales, l.coin_refunds, l.points_redeemed, l.points_returned,
-                  l.merchant_funded_points, l.fee, l.carried_in, l.net_payout)
-                 for l in s.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)
+        lines = [(x.merchant_id, x.coin_sales, x.coin_refunds, x.points_redeemed, x.points_returned,
+                  x.merchant_funded_points, x.fee, x.carried_in, x.net_payout)
+                 for x in s.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)
                                     .order_by(SettlementLineRow.merchant_id)).scalars()]
         return run.statement_json, run.csv_text, bytes(run.zengin_file), lines
 
