@@ -345,7 +345,7 @@ class Config:
     # -- keys (engine/store/keys.py) ----------------------------------------
 
     def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None,
-                   expires_in_days: int | None = None, actor: str | None = None) -> str:
+                   expires_in_days: int | None = None, actor: Actor = OPERATOR) -> str:
         """A new key, returned once; only its SHA-256 is stored. See `engine.store.keys.Keys.create`."""
         from engine.store.keys import Keys
 

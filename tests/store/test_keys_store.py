@@ -3,6 +3,8 @@ expiry as data, `last_used_at_us` at most once a minute, and the migration both 
 
 from __future__ import annotations
 
+from engine.audit import Actor
+
 import pytest
 from sqlalchemy import select
 
@@ -46,7 +48,7 @@ def test_a_terminal_key_follows_its_terminal_to_another_merchant(store) -> None:
 def test_revoke_is_idempotent_and_unknown_is_404(store) -> None:
     keys, config, clock = store
     secret, record = keys.create("finance")
-    first = keys.revoke(record["id"], actor="admin:x")
+    first = keys.revoke(record["id"], actor=Actor("k_admin", "admin"))
     clock.set(START_US + DAY_US)
     assert keys.revoke(record["id"])["revoked_at"] == first["revoked_at"] is not None
     assert keys.lookup(hash_key(secret)) is None and config.authenticate(secret) is None
