@@ -171,21 +171,30 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
                               f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
                               f"{settings.occurred_at_max_past_days} days behind the engine's clock")
 
-    def _submission(p: Principal, key: str, body) -> Submission:
-        # The terminal's merchant is checked by the ledger under its lock, against the catalog.
-        if body.type == "purchase" and body.terminal_id != p.terminal_id:
-            raise EngineError(403, "forbidden", "a terminal key posts only for its own terminal")
-        _check_instant(body.occurred_at)
-        # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
-        receipt = receipts.verify(body.receipt, body, apps.secrets_for, clock.now_us())
+    def _submission(p: Principal, key: str, body) -> Submission | Result:
+        """The checked submission, or the remembered answer when a retry of an answered request
+        no longer passes the checks (its app revoked or rotated out, its occurred_at now too old):
+        a retry with the same key and body gets the original answer (SPEC §6)."""
         canonical = body.model_dump_json()
-        return Submission(p.terminal_id, key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical,
-                          receipt=receipt)
+        request_hash = hashlib.sha256(canonical.encode()).hexdigest()
+        try:
+            # The terminal's merchant is checked by the ledger under its lock, against the catalog.
+            if body.type == "purchase" and body.terminal_id != p.terminal_id:
+                raise EngineError(403, "forbidden", "a terminal key posts only for its own terminal")
+            _check_instant(body.occurred_at)
+            # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
+            receipt = receipts.verify(body.receipt, body, apps.secrets_for, clock.now_us())
+        except EngineError:
+            replay = _guarded(lambda: ledger.remembered_answer(p.terminal_id, key, request_hash))
+            if replay is None:
+                raise
+            return replay
+        return Submission(p.terminal_id, key, request_hash, body, canonical, receipt=receipt)
 
-    def _idempotency_key(value: str | None) -> str:
+    def _idempotency_key(value: object) -> str:
         if value is None:
             raise EngineError(400, "idempotency_key_missing")
-        if not _PRINTABLE_ASCII.match(value):
+        if not isinstance(value, str) or not _PRINTABLE_ASCII.fullmatch(value):
             raise EngineError(400, "idempotency_key_invalid",
                               f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters")
         return value
@@ -198,6 +207,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     ):
         key = _idempotency_key(idempotency_key)
         submission = _submission(p, key, body)
+        if isinstance(submission, Result):
+            return _render(submission)
         if answers is not None:
             cached = await answers.get(p.terminal_id, key)
             if cached is not None:
@@ -229,7 +240,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             try:
                 fields = dict(item)
                 key = _idempotency_key(fields.pop("idempotency_key", None))
-                indexed.append((i, _submission(p, key, _transaction.validate_python(fields))))
+                submission = _submission(p, key, _transaction.validate_python(fields))
+                if isinstance(submission, Result):
+                    answers[i] = submission
+                else:
+                    indexed.append((i, submission))
             except EngineError as exc:
                 answers[i] = Result(exc.status, exc.problem())
             except ValidationError as exc:

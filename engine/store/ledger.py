@@ -133,23 +133,23 @@ class Ledger:
     def submit(self, submissions: list[Submission]) -> list[Result]:
         """Accept, decline or replay each submission in order.
 
-        A group is one transaction, except that a receipt used again in the group
-        under another idempotency key starts a new transaction from there on: whether
-        the later use is `receipt_already_used` depends on whether the earlier one was
-        accepted, which is known only once it has been rated.
+        A group is one transaction, except for a receipt used again in the group under
+        another idempotency key: whether that later use is `receipt_already_used` depends
+        on whether the earlier one is accepted. When it is, the later use is declined in
+        the same transaction; when the earlier one is declined, the later use is rated in
+        a next transaction (a loop, each round deciding at least its first submission).
         """
-        seen: dict[tuple[str, str], tuple[str, str]] = {}
-        for i, s in enumerate(submissions):
-            rk = s.receipt_key
-            if rk is None:
-                continue
-            if rk in seen and seen[rk] != (s.terminal_id, s.idempotency_key):
-                return self._submit_one(submissions[:i]) + self.submit(submissions[i:])
-            seen.setdefault(rk, (s.terminal_id, s.idempotency_key))
-        return self._submit_one(submissions)
+        results: list[Result | None] = [None] * len(submissions)
+        todo = list(range(len(submissions)))
+        while todo:
+            for i, result in zip(todo, self._submit_one([submissions[i] for i in todo])):
+                results[i] = result
+            todo = [i for i in todo if results[i] is None]
+        return results  # type: ignore[return-value]
 
-    def _submit_one(self, submissions: list[Submission]) -> list[Result]:
-        """Accept, decline or replay each submission in order, in one transaction."""
+    def _submit_one(self, submissions: list[Submission]) -> list[Result | None]:
+        """Accept, decline or replay each submission in order, in one transaction; None for
+        a submission left to the next round (its receipt's earlier use here was not accepted)."""
         keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
         with Session(self.engine) as session, session.begin():
             if session.bind.dialect.name == "postgresql":
@@ -183,6 +183,8 @@ class Ledger:
                 session, {submissions[i].body.original_id for i in fresh if submissions[i].body.type == "refund"}
             )
             used_receipts = self._used_receipts(session, {submissions[i].receipt_key for i in fresh} - {None})
+            claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
+            deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
             events = []
             payment_ids: dict[int, str] = {}
             for i in fresh:
@@ -209,6 +211,11 @@ class Ledger:
                 if s.receipt_key in used_receipts:
                     results[i] = self._decline("receipt_already_used", s)
                     continue
+                if s.receipt_key is not None:
+                    if s.receipt_key in claimed:
+                        deferred[i] = claimed[s.receipt_key]
+                        continue
+                    claimed[s.receipt_key] = i
                 payment_ids[i] = "tx_" + secrets.token_hex(12)
                 events.append((payment_ids[i], s.body))
 
@@ -223,7 +230,7 @@ class Ledger:
                 writer = _GroupWriter(session, head, accepted_at, campaigns, books)
                 by_payment = dict(zip((pid for pid, _ in events), outcomes))
                 for i in fresh:
-                    if results[i] is not None:
+                    if results[i] is not None or i in deferred:
                         continue
                     s = submissions[i]
                     outcome = by_payment[payment_ids[i]]
@@ -242,17 +249,21 @@ class Ledger:
             else:
                 batch = bulk.WriteBatch(session)
 
-            # 3. Duplicates inside the group, then remember every answer.
+            # 3. A receipt's later uses: declined if its first use here was accepted, else left
+            # to the next round. Then duplicates of keys inside the group, and remember every answer.
+            for i, first_use in deferred.items():
+                if results[first_use] is not None and results[first_use].status == 201:
+                    results[i] = self._decline("receipt_already_used", submissions[i])
             for i, s in enumerate(submissions):
                 first = first_in_group.get((s.terminal_id, s.idempotency_key))
-                if results[i] is None:
+                if results[i] is None and first != i and results[first] is not None:
                     base = submissions[first]
                     done = results[first]
                     results[i] = self._replay(base.request_hash, done.status, json.dumps(done.body), s)
             remember = []
             for key, i in first_in_group.items():
                 r = results[i]
-                if not r.remember:
+                if r is None or not r.remember:
                     continue
                 remember.append(
                     dict(
@@ -267,7 +278,7 @@ class Ledger:
                 )
             batch.insert(IdempotencyRow.__table__, remember)
             batch.send()
-        return results  # type: ignore[return-value]
+        return results
 
     @staticmethod
     def _remembered(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
@@ -279,6 +290,15 @@ class Ledger:
                 ["terminal_id", "key"], sorted(keys),
             )
         }
+
+    def remembered_answer(self, terminal_id: str, key: str, request_hash: str) -> Result | None:
+        """The answer remembered under (terminal, key) for this very request, as a replay; None when
+        nothing is remembered or another request used the key. Reads committed rows; takes no lock."""
+        with Session(self.engine) as session:
+            row = self._remembered(session, {(terminal_id, key)}).get((terminal_id, key))
+        if row is None or row[2] != request_hash:
+            return None
+        return Result(row[3], json.loads(row[4]), replayed=True)
 
     @staticmethod
     def _used_receipts(session: Session, receipt_keys: set) -> set[tuple[str, str]]:

@@ -306,3 +306,52 @@ def purchase_at(terminal_id: str, wallet_id: str, amount: int) -> dict:
 
     return {"type": "purchase", "wallet_id": wallet_id, "merchant_id": "M1", "terminal_id": terminal_id,
             "occurred_at": now_tokyo(-60), "amount": amount, "points_used": 0}
+
+
+def test_a_batch_of_one_receipt_many_times_is_answered_whole(ward: Ward, app: PaymentApp) -> None:
+    """1,000 items carrying one receipt: the first accepted, every other one `receipt_already_used`,
+    in one transaction and one answer (no 500, nothing half-written); copies whose first use is
+    declined are each rated in turn."""
+    shared = app.sign_purchase(purchase("T_SHOTEN_1", "W_MANY", 700), jti="pay_many")
+    greedy = app.sign_purchase(purchase("T_SHOTEN_1", "W_MANY_EMPTY", 700, points_used=700), jti="pay_greedy")
+    items = [{**shared, "idempotency_key": f"many-{i}"} for i in range(1000)]
+    items[500:520] = [{**greedy, "idempotency_key": f"greedy-{i}"} for i in range(20)]
+    payments_before = ward.server.payments()
+    with ward.server.client(ward.terminal_key("T_SHOTEN_1")) as c:
+        r = c.post("/v1/transactions/batch", json={"transactions": items})
+        assert r.status_code == 200, r.text[:300]
+        got = [(x["status"], x["body"].get("code")) for x in r.json()["results"]]
+        again = c.post("/v1/transactions/batch", json={"transactions": items})
+    assert got[0] == (201, None)
+    assert got[500:520] == [(422, "insufficient_points")] * 20
+    assert got[1:500] + got[520:] == [(409, "receipt_already_used")] * 979
+    assert ward.server.payments() == payments_before + 1
+    # The retry of the whole batch replays every answer.
+    assert [(x["status"], x["body"].get("code"), x["replayed"]) for x in again.json()["results"]] == \
+        [(s, c, True) for s, c in got]
+
+
+def test_a_retry_still_replays_after_its_app_is_revoked(ward: Ward) -> None:
+    """A remembered answer is final: the terminal's retry gets it even once the receipt would no
+    longer pass (its app revoked), single and in a batch; a new request is refused."""
+    from tests.server import run_cli
+
+    env, in_process = ward.server.env, ward.server.cli_in_process
+    leaving = register_payment_app(env, "LEAVING_APP", in_process=in_process)
+    time.sleep(CACHE_TTL_S + 0.5)
+    body = leaving.sign_purchase(purchase("T_SHOTEN_1", "W_LEAVING", 900))
+    first = _post(ward, "T_SHOTEN_1", body, key="leaving-1")
+    assert first.status_code == 201, first.text
+    with ward.server.client(ward.terminal_key("T_SHOTEN_1")) as c:
+        batch = {"transactions": [{**leaving.sign_purchase(purchase("T_SHOTEN_1", "W_LEAVING", 901)),
+                                   "idempotency_key": "leaving-2"}]}
+        assert c.post("/v1/transactions/batch", json=batch).json()["results"][0]["status"] == 201
+        assert run_cli(env, "apps", "revoke", "LEAVING_APP", in_process=in_process).returncode == 0
+        time.sleep(CACHE_TTL_S + 0.5)
+        again = _post(ward, "T_SHOTEN_1", body, key="leaving-1")
+        assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (201, "true")
+        assert again.json() == first.json()
+        replayed = c.post("/v1/transactions/batch", json=batch).json()["results"][0]
+        assert (replayed["status"], replayed["replayed"]) == (201, True)
+    fresh = leaving.sign_purchase(purchase("T_SHOTEN_1", "W_LEAVING", 902))
+    assert _code(_post(ward, "T_SHOTEN_1", fresh, key="leaving-3")) == (422, "receipt_invalid")
