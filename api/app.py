@@ -479,7 +479,7 @@ def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threadin
 
 
 def _check_id(value: str, what: str) -> None:
-    if not re.match(limits.ID_PATTERN, value):
+    if not re.fullmatch(limits.ID_PATTERN, value):
         raise EngineError(422, "invalid_request", f"{what} is not valid")
 
 

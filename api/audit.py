@@ -72,6 +72,6 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
 
     @app.post("/v1/merchants/{merchant_id}/bank-account/confirm")
     def confirm_bank_account(merchant_id: str, p: Reader):
-        if not re.match(limits.ID_PATTERN, merchant_id):
+        if not re.fullmatch(limits.ID_PATTERN, merchant_id):
             raise EngineError(422, "invalid_request", "merchant id is not valid")
         return config.confirm_bank_account(merchant_id, actor=p)

@@ -25,7 +25,7 @@ class KeyRequest(Record):
 
 
 def _check_key_id(key_id: str) -> None:
-    if not re.match(limits.ID_PATTERN, key_id):
+    if not re.fullmatch(limits.ID_PATTERN, key_id):
         raise EngineError(422, "invalid_request", "key id is not valid")
 
 

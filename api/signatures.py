@@ -130,7 +130,9 @@ class TerminalSignatures:
                               f"terminal {terminal_id} has a registered key: sign the request (RFC 9421, {LABEL})")
         body = await request.body()
         created, nonce = self.check(request, body, terminal_id, key)
-        if abs(created - self.clock.now_us() // 1_000_000) > CREATED_SKEW_S:
+        # Compared in microseconds, not whole seconds: a signature is valid for at most 600 s in all
+        # (created ± 300 s), so a nonce kept 600 s from its first use outlives every valid replay.
+        if abs(created * 1_000_000 - self.clock.now_us()) > CREATED_SKEW_S * 1_000_000:
             raise EngineError(401, "signature_expired",
                               f"created must be within {CREATED_SKEW_S} s of the engine's clock")
         if not await self.nonces.claim(terminal_id, nonce, self.clock.now_us()):

@@ -86,7 +86,7 @@ def _cmd_keys_revoke(args: argparse.Namespace) -> int:
     from engine import limits
     from engine.errors import EngineError
 
-    if not re.match(limits.ID_PATTERN, args.id):
+    if not re.fullmatch(limits.ID_PATTERN, args.id):
         print("error: invalid_request: key id is not valid", file=sys.stderr)
         return 2
     try:
@@ -211,7 +211,11 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     settings, ledger, _ = _finance_context()
     with Session(ledger.engine) as session:
         total = session.execute(select(func.count()).select_from(PaymentRow)).scalar_one()
-    with Progress(TextColumn("re-rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
+    from rich.console import Console
+
+    # The bar goes to stderr, so `--json` output on stdout parses.
+    with Progress(TextColumn("re-rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                  console=Console(stderr=True)) as bar:
         task = bar.add_task("re-rating", total=total)
         report = finance.reconcile(ledger, settings, progress=lambda n: bar.advance(task, n))
     if args.json:

@@ -146,7 +146,7 @@ def verify(token: str | None, body: Purchase | Refund, secrets_for: Callable[[st
         raise _invalid("the receipt is not a compact JWS")
     try:
         signed = jws.extract_compact(token.encode("ascii"))
-    except (JoseError, ValueError, UnicodeError):
+    except (JoseError, ValueError, UnicodeError, RecursionError):
         raise _invalid("the receipt is not a compact JWS") from None
     header = signed.headers()
     app_id = header.get("kid")
@@ -158,7 +158,7 @@ def verify(token: str | None, body: Purchase | Refund, secrets_for: Callable[[st
         raise _invalid("the receipt's signature does not verify under a live secret of its app")
     try:
         claims = json.loads(signed.payload)
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         raise _invalid("the receipt's claims are not JSON") from None
     receipt = _claims(app_id, claims, body, now_us)
     return receipt

@@ -22,6 +22,7 @@ from engine.errors import EngineError
 from engine.model import Campaign, Merchant
 from engine.store import audit
 from engine.store.models import (
+    ApiKeyRow,
     CampaignRow,
     CampaignVersionRow,
     LedgerHead,
@@ -177,6 +178,12 @@ class Config:
             if row.bank_change_by == actor.key_id:
                 raise EngineError(403, "bank_change_same_key",
                                   "a bank account change must be confirmed by a different key than made it")
+            # A key made after the change cannot confirm it: whoever made the change could otherwise
+            # make a second key and confirm with it.
+            confirming = session.get(ApiKeyRow, actor.key_id)
+            if confirming is None or confirming.created_at_us >= row.bank_change_at_us:
+                raise EngineError(403, "bank_change_same_key",
+                                  "a bank account change must be confirmed by another key that existed before it")
             masked = json.loads(row.record_json).get(MASKED_ACCOUNT)
             before = {"bank_account": masked, "changed_by": row.bank_change_by,
                       "changed_at": format_instant(row.bank_change_at_us), "pending_confirmation": True}

@@ -24,6 +24,7 @@ from engine.store.models import (
     PostingRow,
     SettlementLineRow,
     SettlementRunRow,
+    TerminalRow,
 )
 from engine.timeutil import TOKYO, format_instant, from_us, to_us
 
@@ -96,15 +97,16 @@ def _day_bounds(business_date: str) -> tuple[int, int]:
     return to_us(start), to_us(start + dt.timedelta(days=1))
 
 
-def ledger_day(session: Session, terminal_id: str, business_date: str) -> dict:
-    """The terminal's transactions of one Asia/Tokyo day (by occurred_at) as the ledger holds them."""
+def ledger_day(session: Session, terminal_id: str, business_date: str, merchant_id: str | None = None) -> dict:
+    """The terminal's transactions of one Asia/Tokyo day (by occurred_at) as the ledger holds them;
+    with `merchant_id`, only those made at that merchant."""
     start, end = _day_bounds(business_date)
-    rows = list(session.execute(
-        select(PaymentRow.id, PaymentRow.type, PaymentRow.amount, PaymentRow.occurred_at_us)
-        .where(PaymentRow.terminal_id == terminal_id, PaymentRow.occurred_at_us >= start,
-               PaymentRow.occurred_at_us < end)
-        .order_by(PaymentRow.sequence)
-    ))
+    stmt = (select(PaymentRow.id, PaymentRow.type, PaymentRow.amount, PaymentRow.occurred_at_us)
+            .where(PaymentRow.terminal_id == terminal_id, PaymentRow.occurred_at_us >= start,
+                   PaymentRow.occurred_at_us < end))
+    if merchant_id is not None:
+        stmt = stmt.where(PaymentRow.merchant_id == merchant_id)
+    rows = list(session.execute(stmt.order_by(PaymentRow.sequence)))
     total = sum(r.amount if r.type == "purchase" else -r.amount for r in rows)
     return {"count": len(rows), "total": total, "transactions": [
         {"id": r.id, "type": r.type, "amount": r.amount, "occurred_at": format_instant(r.occurred_at_us)}
@@ -124,7 +126,10 @@ def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, t
         else:  # a corrected count replaces the earlier one; the comparison is always against the ledger
             before = {"business_date": business_date, "count": row.count, "total": row.total}
             row.count, row.total, row.submitted_at_us = count, total, now
-        held = ledger_day(session, terminal_id, business_date)
+        # The terminal's day at its merchant now: a terminal moved from another merchant is not
+        # shown that merchant's sales.
+        terminal = session.get(TerminalRow, terminal_id)
+        held = ledger_day(session, terminal_id, business_date, terminal.merchant_id if terminal else "")
         matches = held["count"] == count and held["total"] == total
         audit.record(session, actor, "closeout.submit", f"terminal:{terminal_id}", before,
                      {"business_date": business_date, "count": count, "total": total, "matches": matches}, at_us=now)

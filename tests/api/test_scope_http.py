@@ -63,3 +63,24 @@ def test_the_app_role_moves_no_money(ward: Ward) -> None:
         ):
             r = c.request(method, path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
             assert (r.status_code, r.json()["code"]) == (403, "forbidden"), (path, r.text)
+
+
+def test_a_moved_terminals_closeout_shows_only_its_new_merchants_sales(ward: Ward) -> None:
+    admin = ward.server.client(ward.server.admin_key)
+    terminal_id = "T_CLOSING_" + uuid.uuid4().hex[:6]
+    assert admin.post("/v1/terminals", json={"id": terminal_id, "merchant_id": "M_SHOTEN"}).status_code == 201
+    client = ward.server.terminal_client(ward.terminal_key(terminal_id))
+    body = {**purchase("T_SHOTEN_1", "W_CLOSING", 1234), "terminal_id": terminal_id}
+    sold = client.post("/v1/transactions", json=body, headers={"Idempotency-Key": "closing-1"})
+    assert sold.status_code == 201, sold.text
+    day = body["occurred_at"][:10]
+    mismatch = client.post(f"/v1/terminals/{terminal_id}/closeouts",
+                           json={"business_date": day, "count": 0, "total": 0})
+    assert mismatch.json()["transactions"][0]["id"] == sold.json()["id"]  # at its merchant it sees its day
+    assert admin.patch(f"/v1/terminals/{terminal_id}", json={"merchant_id": "M_CONV"}).status_code == 200
+    r = client.post(f"/v1/terminals/{terminal_id}/closeouts", json={"business_date": day, "count": 1,
+                                                                  "total": 1234})
+    assert r.status_code == 201, r.text
+    assert r.json()["ledger"] == {"count": 0, "total": 0} and sold.json()["id"] not in r.text
+    client.close()
+    admin.close()

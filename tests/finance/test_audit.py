@@ -384,6 +384,13 @@ def test_a_bank_account_change_holds_payouts_until_another_key_confirms(ward: Wa
     assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
     r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.terminal_keys["TM1"])
     assert r.status_code == 403 and r.json()["code"] == "forbidden"
+    # Nor can a key made after the change (the changer could make a second key and confirm with it).
+    ward.at("2027-02-01T09:00")
+    made = ward.client.post("/v1/keys", json={"role": "admin"}, headers=ward.admin)
+    assert made.status_code == 201, made.text
+    r = ward.client.post("/v1/merchants/M1/bank-account/confirm",
+                         headers={"Authorization": f"Bearer {made.json()['key']}"})
+    assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
     ward.at("2027-02-02T09:00")
     r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
