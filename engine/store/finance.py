@@ -16,6 +16,7 @@ from engine.settlement import signing, statement
 from engine.store import audit, queries, rerate, settlement
 from engine.store.ledger import Ledger
 from engine.store.models import (
+    AuditLogRow,
     CampaignRow,
     ChainHeadRow,
     CloseoutRow,
@@ -145,7 +146,9 @@ def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, t
 
 
 def sign_chain_heads(ledger: Ledger, settings, as_of: int | None = None) -> list[str]:
-    """Sign the posting chain head at the end of every finished business day not yet signed."""
+    """Sign the posting chain head at the end of every finished business day not yet signed, and
+    with it the audit log's head at that instant, so a rewritten audit chain (re-hashed by someone
+    who can drop its triggers) no longer matches what the ward's key signed."""
     as_of = as_of or ledger.clock.now_us()
     today = from_us(as_of).astimezone(TOKYO).date()
     key = keyring.signing_key(settings)
@@ -164,7 +167,13 @@ def sign_chain_heads(ledger: Ledger, settings, as_of: int | None = None) -> list
                     select(PostingRow.sequence, PostingRow.hash).where(PostingRow.posted_at_us < end)
                     .order_by(PostingRow.sequence.desc()).limit(1)
                 ).first()
-                document = {"business_date": name, "last_sequence": last.sequence, "hash": last.hash}
+                audit_last = session.execute(
+                    select(AuditLogRow.sequence, AuditLogRow.hash).where(AuditLogRow.at_us < end)
+                    .order_by(AuditLogRow.sequence.desc()).limit(1)
+                ).first()
+                document = {"business_date": name, "last_sequence": last.sequence, "hash": last.hash,
+                            "audit_last_sequence": audit_last.sequence if audit_last else 0,
+                            "audit_hash": audit_last.hash if audit_last else None}
                 session.add(ChainHeadRow(business_date=name, last_sequence=last.sequence, hash=last.hash,
                                          signed_json=json.dumps(signing.sign_document(key, document))))
                 signed_days.append(name)
@@ -180,11 +189,16 @@ def _check_chain_heads(session: Session, public_key) -> list[dict]:
         document = signed.get("document", {})
         if not signing.verify_document(public_key, signed):
             bad.append({"business_date": head.business_date, "problem": "signature does not verify"})
-        elif document != {"business_date": head.business_date, "last_sequence": head.last_sequence,
-                          "hash": head.hash}:
+        elif {k: document.get(k) for k in ("business_date", "last_sequence", "hash")} != {
+                "business_date": head.business_date, "last_sequence": head.last_sequence, "hash": head.hash}:
             bad.append({"business_date": head.business_date, "problem": "row differs from the signed document"})
         elif posting is None or posting.hash != head.hash:
             bad.append({"business_date": head.business_date, "problem": "posting chain no longer ends there"})
+        elif document.get("audit_last_sequence"):  # heads signed before the audit log carry none
+            entry = session.get(AuditLogRow, document["audit_last_sequence"])
+            if entry is None or entry.hash != document.get("audit_hash"):
+                bad.append({"business_date": head.business_date, "audit_sequence": document["audit_last_sequence"],
+                            "problem": "audit chain no longer ends there"})
     return bad
 
 

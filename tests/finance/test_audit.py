@@ -454,3 +454,28 @@ def test_a_first_account_added_later_is_held_too(ward: Ward):
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
     r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
+
+
+def test_a_truncated_audit_chain_is_caught_by_the_signed_chain_heads(ward: Ward):
+    """Deleting the newest audit entries leaves the chain intact and gapless; the day's signed chain
+    head holds the audit head of that day, so reconciliation still names the day."""
+    ward.merchant("M1", bank=1)
+    ward.campaign("C1", 1000)
+    ward.purchase("M1", "W1", "2026-11-30T10:00", 1_000)
+    ward.merchant("M2")  # the day's last audit entries
+    ward.at("2026-12-01T09:00")
+    r = ward.client.post("/v1/chain-heads", headers=ward.finance)
+    assert r.status_code in (200, 201) and r.json()["signed"] == ["2026-11-30"], r.text
+    assert ward.reconcile()["ok"] is True
+    with ward.engine.connect() as c:
+        first_m2 = c.execute(text("SELECT MIN(sequence) FROM audit_log WHERE target = 'merchant:M2'")).scalar_one()
+        last = c.execute(text("SELECT MAX(sequence) FROM audit_log")).scalar_one()
+    _tamper(ward, f"DELETE FROM audit_log WHERE sequence >= {first_m2}")
+    _tamper(ward, f"UPDATE audit_head SET last_sequence = {first_m2 - 1}, last_hash = "
+                  f"(SELECT hash FROM audit_log WHERE sequence = {first_m2 - 1})")
+    report = ward.reconcile()
+    assert report["checks"]["audit_chain_intact"]["pass"] and report["checks"]["audit_sequence_gapless"]["pass"]
+    heads = report["checks"]["signed_chain_heads_valid"]
+    assert heads["pass"] is False
+    assert heads["rows"] == [{"business_date": "2026-11-30", "audit_sequence": last,
+                              "problem": "audit chain no longer ends there"}]
