@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import logging
 
+from engine.store.redis_loop import LoopClients
+
 log = logging.getLogger(__name__)
 
 TTL_S = 24 * 3600
@@ -21,19 +23,11 @@ TTL_S = 24 * 3600
 class AnswerCache:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[int, object] = {}
+        self._redis = LoopClients(url)
 
     @property
     def client(self):
-        """One asyncio client per event loop: a connection belongs to the loop that opened it."""
-        import asyncio
-
-        import redis.asyncio as redis
-
-        loop = id(asyncio.get_running_loop())
-        if loop not in self._clients:
-            self._clients[loop] = redis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        return self._clients[loop]
+        return self._redis.client
 
     @staticmethod
     def _key(terminal_id: str, idempotency_key: str) -> str:

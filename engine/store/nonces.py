@@ -23,6 +23,7 @@ from sqlalchemy.engine import Engine
 from engine.errors import EngineError
 from engine.http_signing import NONCE_TTL_S
 from engine.store.models import SignatureNonceRow
+from engine.store.redis_loop import LoopClients
 
 log = logging.getLogger(__name__)
 
@@ -83,17 +84,11 @@ class RedisNonces:
     def __init__(self, url: str, ttl_s: int = NONCE_TTL_S) -> None:
         self.url = url
         self.ttl_s = ttl_s
-        self._clients: dict[int, object] = {}
+        self._redis = LoopClients(url)
 
     @property
     def client(self):
-        """One asyncio client per event loop: a connection belongs to the loop that opened it."""
-        import redis.asyncio as redis
-
-        loop = id(asyncio.get_running_loop())
-        if loop not in self._clients:
-            self._clients[loop] = redis.Redis.from_url(self.url, socket_timeout=1.0, socket_connect_timeout=1.0)
-        return self._clients[loop]
+        return self._redis.client
 
     @staticmethod
     def key(terminal_id: str, nonce: str) -> str:
