@@ -20,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import text
 
 from engine.settings import Settings
 from tests.api.conftest import Server, Ward, now_tokyo, purchase
@@ -290,10 +291,20 @@ def test_deleted_key_row_stops_working_within_5_s(servers, ward, address: str) -
 def test_guessed_keys_are_limited_before_the_database(servers, ward) -> None:
     a, b = servers
     address = "127.0.0.9"
-    known, _ = cli_key(a, "--role", "finance")
+    known, known_id = cli_key(a, "--role", "finance")
     with client(a, known, address) as c:
         assert c.get("/v1/campaigns").status_code == 200  # A has seen this key succeed from there
     fresh, _ = cli_key(a, "--role", "finance")  # made now, never used from there
+    # The use is written to last_used_at_us in the background (an UPDATE of api_key): let it land
+    # before counting, so what is counted below is look-ups alone.
+    deadline = time.monotonic() + 10
+    while True:
+        with a.db.connect() as connection:
+            if connection.execute(text("SELECT last_used_at_us FROM api_key WHERE id = :i"),
+                                  {"i": known_id}).scalar_one() is not None:
+                break
+        assert time.monotonic() < deadline, "the key's use was not written within 10 s"
+        time.sleep(0.1)
     before = api_key_scans(a)
 
     guesses = [f"sp_terminal_{uuid.uuid4().hex[:16]}_{uuid.uuid4().hex}" for _ in range(3000)]
