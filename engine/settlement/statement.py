@@ -18,6 +18,7 @@ import calendar
 import dataclasses
 import datetime as dt
 
+from engine import limits
 from engine.timeutil import TOKYO, to_us
 
 
@@ -89,6 +90,8 @@ def parse_period(name: str) -> Period:
     try:
         year, month = int(parts[0]), int(parts[1])
         if len(parts[0]) != 4 or len(parts[1]) != 2 or not 1 <= month <= 12 or len(parts) > 3:
+            raise ValueError(name)
+        if not limits.CALENDAR_YEAR_MIN <= year <= limits.CALENDAR_YEAR_MAX:  # its end must be an instant
             raise ValueError(name)
     except (ValueError, IndexError):
         raise ValueError(f"period must look like 2026-12 or 2026-12-H1, got {name!r}") from None
