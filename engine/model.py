@@ -61,7 +61,6 @@ Label = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=l
 _RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})")
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _UTC = dt.timezone.utc
-_TOKYO = dt.timezone(dt.timedelta(hours=9))  # Asia/Tokyo: +09:00 since 1951, no daylight saving
 
 
 def _rfc3339_string(value: object) -> object:
@@ -72,12 +71,15 @@ def _rfc3339_string(value: object) -> object:
     return value.upper()  # RFC 3339 allows "t" and "z"
 
 
+# The first instant whose year is INSTANT_YEAR_MIN in UTC (and so in Asia/Tokyo, which is ahead),
+# and the first whose year is past INSTANT_YEAR_MAX in Asia/Tokyo (and so past it in neither zone
+# before). Aware comparisons do not overflow, whatever the offset (9999-12-31T23:59:59-23:59).
+_INSTANT_FIRST = dt.datetime(limits.INSTANT_YEAR_MIN, 1, 1, tzinfo=_UTC)
+_INSTANT_END = dt.datetime(limits.INSTANT_YEAR_MAX, 12, 31, 15, tzinfo=_UTC)  # Tokyo's next New Year
+
+
 def _instant_in_range(value: dt.datetime) -> dt.datetime:
-    try:
-        years = (value.astimezone(_UTC).year, value.astimezone(_TOKYO).year)
-    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC
-        years = (0, 0)
-    if not all(limits.INSTANT_YEAR_MIN <= y <= limits.INSTANT_YEAR_MAX for y in years):
+    if not _INSTANT_FIRST <= value < _INSTANT_END:
         raise ValueError(f"an instant must lie in the years {limits.INSTANT_YEAR_MIN} to "
                          f"{limits.INSTANT_YEAR_MAX}, in UTC and in Asia/Tokyo")
     return value
