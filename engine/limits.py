@@ -49,4 +49,4 @@ PAGE_LIMIT_MAX = 500
 # Free text kept in a column as is (a grant's reason): no control characters (PostgreSQL text
 # cannot hold NUL), at most this many characters.
 LABEL_CHARS_MAX = 200
-LABEL_PATTERN = r"^[^\x00-\x1f\x7f]{1,200}$"
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
