@@ -94,7 +94,8 @@ def parse_period(name: str) -> Period:
         if not limits.CALENDAR_YEAR_MIN <= year <= limits.CALENDAR_YEAR_MAX:  # its end must be an instant
             raise ValueError(name)
     except (ValueError, IndexError):
-        raise ValueError(f"period must look like 2026-12 or 2026-12-H1, got {name!r}") from None
+        raise ValueError(f"period must look like 2026-12 or 2026-12-H1, in the years {limits.CALENDAR_YEAR_MIN} "
+                         f"to {limits.CALENDAR_YEAR_MAX}, got {name!r}") from None
     first = dt.datetime(year, month, 1, tzinfo=TOKYO)
     last_day = calendar.monthrange(year, month)[1]
     following = first + dt.timedelta(days=last_day)
