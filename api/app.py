@@ -3,12 +3,13 @@
 Routers validate, call the engine and render; every failure is an
 `EngineError` rendered by one handler as RFC 9457 problem+json with a stable
 `code`. Validation failures are 422 `invalid_request` (400 `malformed_json`
-when the body is not JSON); nothing a client sends can produce a 500.
+when the body is not JSON or has a duplicate key); nothing a client sends can produce a 500.
+Strict input (SPEC §2) is api/strict.py: once-only headers and duplicate JSON keys are
+refused by the `BodyLimit` middleware, path ids are `PathId`, query parameters bounded.
 """
 
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import hashlib
@@ -16,7 +17,7 @@ import re
 import threading
 from typing import Annotated, Any
 
-from pydantic import AwareDatetime, Field, TypeAdapter, ValidationError, field_validator
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -25,9 +26,11 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.auth import Auth
+from api.strict import Cursor, PageLimit, PathId, decode_cursor, duplicated_header, encode_cursor, \
+    has_duplicate_key, is_json
 from engine import limits, receipts
 from engine.errors import EngineError, problem
-from engine.model import Campaign, Merchant, Transaction
+from engine.model import Campaign, Instant, Merchant, Transaction
 from engine.settings import Settings
 from engine.clock import SystemClock
 from engine.store import lifecycle, queries
@@ -44,6 +47,7 @@ from api.signatures import TerminalSignatures
 from engine.timeutil import to_us
 
 PROBLEM_JSON = "application/problem+json"
+_CURSOR_PREFIX = "seq"  # a merchant's transactions, by payment sequence
 _transaction = TypeAdapter(Transaction)
 _PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,%d}$" % limits.IDEMPOTENCY_KEY_LENGTH_MAX)
 
@@ -52,10 +56,17 @@ def _problem_response(status: int, body: dict, headers: dict | None = None) -> J
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
+def _text(value: object) -> str:
+    """`value` as text that encodes to UTF-8: a lone surrogate a client sent (JSON "\\ud800")
+    and pydantic echoes in a message or location is shown escaped."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def _json_safe(errors: list[dict]) -> list[dict]:
     out = []
     for e in errors:
-        out.append({"loc": [str(x) for x in e.get("loc", ())], "msg": str(e.get("msg", "")), "type": e.get("type")})
+        out.append({"loc": [_text(x) for x in e.get("loc", ())], "msg": _text(e.get("msg", "")),
+                    "type": e.get("type")})
     return out
 
 
@@ -238,6 +249,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         indexed: list[tuple[int, Submission]] = []
         for i, item in enumerate(body.transactions):
             try:
+                if not isinstance(item, dict):  # answers for itself; the other items proceed
+                    raise EngineError(422, "invalid_request", "a batch item is a JSON object",
+                                      errors=[{"loc": ["body", "transactions", str(i)],
+                                               "msg": "must be an object", "type": "dict_type"}])
                 fields = dict(item)
                 key = _idempotency_key(fields.pop("idempotency_key", None))
                 submission = _submission(p, key, _transaction.validate_python(fields))
@@ -277,7 +292,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)
 
     @app.get("/v1/transactions/{transaction_id}")
-    def get_transaction(transaction_id: str, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]):
+    def get_transaction(transaction_id: PathId, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]):
         scope = queries.payment_scope(engine, transaction_id)
         if scope is None:
             raise EngineError(404, "not_found", f"transaction {transaction_id} is not known")
@@ -292,34 +307,33 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return queries.get_payment(engine, transaction_id)
 
     @app.get("/v1/wallets/{wallet_id}/points")
-    def wallet_points(wallet_id: str, p: Annotated[Principal, Depends(role("app", "finance"))]):
-        _check_id(wallet_id, "wallet id")
+    def wallet_points(wallet_id: PathId, p: Annotated[Principal, Depends(role("app", "finance"))]):
         return queries.wallet_detail(engine, wallet_id)
 
     # -- merchants' reward status ------------------------------------------
 
     def _merchant_scope(p: Principal, merchant_id: str) -> None:
-        _check_id(merchant_id, "merchant id")
         if p.role == "merchant" and p.merchant_id != merchant_id:
             raise EngineError(403, "forbidden", "a merchant key reads only its own merchant")
 
     @app.get("/v1/merchants/{merchant_id}/rewards")
-    def merchant_rewards(merchant_id: str, p: Annotated[Principal, Depends(role("merchant", "finance"))],
-                         from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-                         to: Annotated[AwareDatetime | None, Query()] = None):
+    def merchant_rewards(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
+                         from_: Annotated[Instant | None, Query(alias="from")] = None,
+                         to: Annotated[Instant | None, Query()] = None):
         _merchant_scope(p, merchant_id)
         return queries.merchant_rewards(engine, merchant_id, _opt_us(from_), _opt_us(to))
 
     @app.get("/v1/merchants/{merchant_id}/transactions")
-    def merchant_transactions(merchant_id: str, p: Annotated[Principal, Depends(role("merchant", "finance"))],
-                              from_: Annotated[AwareDatetime | None, Query(alias="from")] = None,
-                              to: Annotated[AwareDatetime | None, Query()] = None,
-                              cursor: Annotated[str | None, Query(max_length=64)] = None,
-                              limit: Annotated[int, Query(ge=1, le=500)] = 100):
+    def merchant_transactions(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
+                              from_: Annotated[Instant | None, Query(alias="from")] = None,
+                              to: Annotated[Instant | None, Query()] = None,
+                              cursor: Cursor = None,
+                              limit: PageLimit = 100):
         _merchant_scope(p, merchant_id)
         page, last = queries.merchant_transactions(engine, merchant_id, _opt_us(from_), _opt_us(to),
-                                                   _decode_cursor(cursor), limit)
-        return {"transactions": page, "next_cursor": _encode_cursor(last) if last is not None else None}
+                                                   decode_cursor(_CURSOR_PREFIX, cursor), limit)
+        return {"transactions": page,
+                "next_cursor": encode_cursor(_CURSOR_PREFIX, last) if last is not None else None}
 
     # -- finance: grants ---------------------------------------------------
 
@@ -342,11 +356,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return config.list_merchants()
 
     @app.get("/v1/merchants/{merchant_id}")
-    def get_merchant(merchant_id: str, _: Admin) -> Any:
+    def get_merchant(merchant_id: PathId, _: Admin) -> Any:
         return config.get_merchant(merchant_id)
 
     @app.patch("/v1/merchants/{merchant_id}")
-    def patch_merchant(merchant_id: str, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
+    def patch_merchant(merchant_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
     @app.post("/v1/campaigns", status_code=201)
@@ -358,12 +372,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return [c.model_dump(mode="json") for c in config.list_campaigns()]
 
     @app.get("/v1/campaigns/{campaign_id}")
-    def get_campaign(campaign_id: str, _: Annotated[Principal, Depends(role("admin", "finance"))],
-                     version: int | None = None) -> Any:
+    def get_campaign(campaign_id: PathId, _: Annotated[Principal, Depends(role("admin", "finance"))],
+                     version: Annotated[int | None, Query(ge=1, le=limits.VERSION_MAX)] = None) -> Any:
         return config.get_campaign(campaign_id, version).model_dump(mode="json")
 
     @app.patch("/v1/campaigns/{campaign_id}")
-    def patch_campaign(campaign_id: str, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
+    def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
 
     @app.post("/v1/terminals", status_code=201)
@@ -375,11 +389,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return config.list_terminals()
 
     @app.get("/v1/terminals/{terminal_id}")
-    def get_terminal(terminal_id: str, _: Admin) -> Any:
+    def get_terminal(terminal_id: PathId, _: Admin) -> Any:
         return config.get_terminal(terminal_id)
 
     @app.patch("/v1/terminals/{terminal_id}")
-    def patch_terminal(terminal_id: str, body: TerminalPatch, p: Admin) -> Any:
+    def patch_terminal(terminal_id: PathId, body: TerminalPatch, p: Admin) -> Any:
         patch = body.model_dump(exclude_unset=True)  # "public_key": null removes the key
         if patch.get("merchant_id", "") is None:
             del patch["merchant_id"]
@@ -409,6 +423,10 @@ class BodyLimit:
     A chunked body is counted as it arrives; the moment it passes the limit the
     read fails with `BodyTooLarge`, which the error handler renders as 413, so no
     handler ever sees (let alone posts) an oversized request.
+
+    Strict input (SPEC §2, api/strict.py) is checked here too, for every route: first a
+    once-only header sent twice (400 `header_duplicated`), then, once the body is whole,
+    a JSON body with a duplicate key at any depth (400 `malformed_json`).
     """
 
     def __init__(self, app, limit_bytes: int) -> None:
@@ -418,7 +436,12 @@ class BodyLimit:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        length = dict(scope["headers"]).get(b"content-length")
+        duplicated = duplicated_header(scope["headers"])  # SPEC §2: before anything else
+        if duplicated is not None:
+            response = _problem_response(400, problem(400, "header_duplicated", f"{duplicated} was sent more than once"))
+            return await response(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit_bytes):
             response = _problem_response(413, BodyTooLarge().problem())
             return await response(scope, receive, send)
@@ -436,6 +459,9 @@ class BodyLimit:
                 response = _problem_response(413, BodyTooLarge().problem())
                 return await response(scope, receive, send)
         body = b"".join(chunks)
+        if body and is_json(headers.get(b"content-type")) and has_duplicate_key(body):
+            response = _problem_response(400, problem(400, "malformed_json", "an object in the body has a key twice"))
+            return await response(scope, receive, send)
         return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
                               send)
 
@@ -478,30 +504,10 @@ def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threadin
     threading.Thread(target=loop, name="lifecycle", daemon=True).start()
 
 
-def _check_id(value: str, what: str) -> None:
-    if not re.fullmatch(limits.ID_PATTERN, value):
-        raise EngineError(422, "invalid_request", f"{what} is not valid")
-
-
 def _opt_us(instant: dt.datetime | None) -> int | None:
     return None if instant is None else to_us(instant)
 
 
-def _encode_cursor(sequence: int) -> str:
-    return base64.urlsafe_b64encode(f"seq:{sequence}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str | None) -> int:
-    if cursor is None:
-        return 0
-    try:
-        text_value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        prefix, _, number = text_value.partition(":")
-        if prefix != "seq" or not number.isdigit():
-            raise ValueError(cursor)
-        return int(number)
-    except ValueError:
-        raise EngineError(422, "invalid_request", "cursor is not valid") from None
 
 
 def _validated(action):
@@ -514,7 +520,7 @@ def _validated(action):
         raise EngineError(422, "invalid_request", errors=_json_safe(exc.errors())) from None
 
 
-from engine.model import Record, Id  # noqa: E402
+from engine.model import Record, Id, Label  # noqa: E402
 
 
 class TerminalRecord(Record):
@@ -523,14 +529,15 @@ class TerminalRecord(Record):
 
 
 class BatchRequest(Record):
-    transactions: Annotated[list[dict[str, Any]], Field(min_length=1, max_length=limits.BATCH_TRANSACTIONS_MAX)]
+    # Items are checked one by one in post_batch: a bad item answers for itself (SPEC §2).
+    transactions: Annotated[list[Any], Field(min_length=1, max_length=limits.BATCH_TRANSACTIONS_MAX)]
 
 
 class GrantRequest(Record):
     wallet_id: Id
     campaign_id: Id
     points: Annotated[int, Field(strict=True, ge=1, le=limits.POINTS_MAX)]
-    reason: Annotated[str, Field(min_length=1, max_length=200)]
+    reason: Label
 
 
 class TerminalPatch(Record):

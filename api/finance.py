@@ -1,22 +1,23 @@
 """Ward finance endpoints: budget burn, settlement runs and payout results, terminal
 closeouts, signed chain heads and the reconciliation report (SPEC §6, §7)."""
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI
 from fastapi.responses import JSONResponse, Response
-from pydantic import Field, field_validator
+from pydantic import Field
 
+from api.strict import PathId
 from engine import limits
 from engine.errors import EngineError
-from engine.model import Id, Record
+from engine.model import CalendarDate, Id, Record
 from engine.store import finance, settlement
 
 
 class SettlementRequest(Record):
-    # Omitted: the last closed period of the configured kind (SETAPAY_SETTLEMENT_PERIOD).
-    period: Annotated[str, Field(pattern=r"^[0-9]{4}-[0-9]{2}(-H[12])?$")] | None = None
+    # Omitted: the last closed period of the configured kind (SETAPAY_SETTLEMENT_PERIOD). Its year
+    # is checked against limits.CALENDAR_YEAR_MIN/MAX by `statement.parse_period` (422), before any lock.
+    period: Annotated[str, Field(strict=True, pattern=r"^[0-9]{4}-[0-9]{2}(-H[12])?$")] | None = None
 
 
 class PayoutResult(Record):
@@ -29,24 +30,17 @@ class PayoutResults(Record):
 
 
 class CloseoutRequest(Record):
-    business_date: dt.date
+    business_date: CalendarDate  # a YYYY-MM-DD string (never a number), years within the calendar limits
     count: Annotated[int, Field(strict=True, ge=0, le=10_000_000)]
     total: Annotated[int, Field(strict=True, ge=-limits.AMOUNT_YEN_MAX * 10_000_000,
                                 le=limits.AMOUNT_YEN_MAX * 10_000_000)]
-
-    @field_validator("business_date", mode="before")
-    @classmethod
-    def _iso_date(cls, value):
-        if not isinstance(value, str):
-            raise ValueError("business_date must be a YYYY-MM-DD string")
-        return value
 
 
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Finance = Annotated[Any, Depends(role("finance"))]
 
     @app.get("/v1/campaigns/{campaign_id}/budget")
-    def campaign_budget(campaign_id: str, _: Finance):
+    def campaign_budget(campaign_id: PathId, _: Finance):
         return finance.budget(ledger, campaign_id)
 
     @app.post("/v1/settlement-runs", status_code=201)
@@ -55,15 +49,15 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
         return JSONResponse(view, status_code=201 if created else 200)
 
     @app.get("/v1/settlement-runs/{run_id}")
-    def get_settlement_run(run_id: str, _: Finance):
+    def get_settlement_run(run_id: PathId, _: Finance):
         return settlement.get_view(ledger, run_id)
 
     @app.get("/v1/settlement-runs/{run_id}/statement.csv")
-    def settlement_csv(run_id: str, _: Finance):
+    def settlement_csv(run_id: PathId, _: Finance):
         return Response(settlement.get(ledger, run_id).csv_text, media_type="text/csv; charset=utf-8")
 
     @app.get("/v1/settlement-runs/{run_id}/zengin")
-    def settlement_zengin(run_id: str, _: Finance):
+    def settlement_zengin(run_id: PathId, _: Finance):
         row = settlement.get(ledger, run_id)
         if not row.zengin_file:
             raise EngineError(404, "not_found", "this run pays nobody, so it has no payout file")
@@ -71,7 +65,7 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
                         headers={"Content-Disposition": f'attachment; filename="{run_id}.zengin.txt"'})
 
     @app.post("/v1/settlement-runs/{run_id}/payout-results")
-    def payout_results(run_id: str, body: PayoutResults, p: Finance):
+    def payout_results(run_id: PathId, body: PayoutResults, p: Finance):
         return settlement.import_payout_results(ledger, run_id, [r.model_dump() for r in body.results], actor=p)
 
     @app.post("/v1/chain-heads", status_code=201)
@@ -84,7 +78,7 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
         return JSONResponse(report, status_code=200)
 
     @app.post("/v1/terminals/{terminal_id}/closeouts", status_code=201)
-    def post_closeout(terminal_id: str, body: CloseoutRequest, p: Annotated[Any, Depends(role("terminal"))]):
+    def post_closeout(terminal_id: PathId, body: CloseoutRequest, p: Annotated[Any, Depends(role("terminal"))]):
         if p.terminal_id != terminal_id:
             raise EngineError(403, "forbidden", "a terminal key closes out only its own terminal")
         return finance.closeout(ledger, terminal_id, body.business_date.isoformat(), body.count, body.total,

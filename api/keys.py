@@ -5,14 +5,12 @@ this process's principal cache at once; every other API process stops
 accepting it within `SETAPAY_KEY_CACHE_TTL_S` (≤ 5 s).
 """
 
-import re
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
 from pydantic import Field
 
-from engine import limits
-from engine.errors import EngineError
+from api.strict import PathId
 from engine.model import Id, Record
 from engine.store.keys import EXPIRES_IN_DAYS_MAX, Keys
 
@@ -22,11 +20,6 @@ class KeyRequest(Record):
     merchant_id: Id | None = None
     terminal_id: Id | None = None
     expires_in_days: Annotated[int, Field(strict=True, ge=1, le=EXPIRES_IN_DAYS_MAX)] | None = None
-
-
-def _check_key_id(key_id: str) -> None:
-    if not re.fullmatch(limits.ID_PATTERN, key_id):
-        raise EngineError(422, "invalid_request", "key id is not valid")
 
 
 def install(app: FastAPI, role, keys: Keys, auth) -> None:
@@ -45,9 +38,8 @@ def install(app: FastAPI, role, keys: Keys, auth) -> None:
         return {**record, "key": secret}
 
     @app.post("/v1/keys/{key_id}/revoke")
-    def revoke_key(key_id: str, p: Admin) -> Any:
+    def revoke_key(key_id: PathId, p: Admin) -> Any:
         """Revoke a key (again: no change, the first instant stays); 404 when unknown."""
-        _check_key_id(key_id)
         record = keys.revoke(key_id, actor=p)
         auth.forget(key_id)
         return record

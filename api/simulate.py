@@ -10,25 +10,27 @@ Nothing is written.
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
-from pydantic import AwareDatetime, Field
+from pydantic import Field
+
+from api.strict import PathId
 
 from engine.errors import EngineError
-from engine.model import Campaign, Record
+from engine.model import Campaign, Instant, Record
 from engine.store import simulate
 from engine.timeutil import to_us
 
 
 class SimulateRequest(Record):
     campaign: Campaign
-    from_: Annotated[AwareDatetime, Field(alias="from")]
-    to: AwareDatetime
+    from_: Annotated[Instant, Field(alias="from")]
+    to: Instant
 
 
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Planner = Annotated[Any, Depends(role("admin", "finance"))]
 
     @app.post("/v1/campaigns/{campaign_id}/simulate")
-    def simulate_campaign(campaign_id: str, body: SimulateRequest, _: Planner):
+    def simulate_campaign(campaign_id: PathId, body: SimulateRequest, _: Planner):
         if body.campaign.id != campaign_id:
             raise EngineError(422, "invalid_request", "campaign.id must be the campaign of the path",
                               errors=[{"loc": ["body", "campaign", "id"], "msg": "differs from the path",

@@ -10,6 +10,7 @@ TITLES = {
     "invalid_request": "The request is not valid",
     "malformed_json": "The body is not valid JSON",
     "body_too_large": "The body is larger than allowed",
+    "header_duplicated": "A header that must appear once was sent more than once",
     "unauthenticated": "A valid API key is required",
     "forbidden": "This key may not do that",
     "signature_required": "This terminal signs its requests (RFC 9421); the signature is missing",

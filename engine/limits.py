@@ -28,3 +28,25 @@ CAMPAIGNS_ACTIVE_MAX = 64
 POINTS_MAX = 10_000_000_000  # caps, budgets and fixed points stay far below int64
 DELAY_BUSINESS_DAYS_MAX = 60
 VALIDITY_MONTHS_MAX = 120
+
+# Strict input (SPEC §2): every path and query parameter, and every instant and date of a
+# body, is checked against one of these before it reaches the database.
+# RFC 3339 years have four digits. An instant must lie within these years both in UTC and in
+# Asia/Tokyo, so that it can be compared, stored (microseconds since 1970, int64) and shown in
+# either; instants of existing records are not narrowed further.
+INSTANT_YEAR_MIN = 1
+INSTANT_YEAR_MAX = 9999
+# A business day or settlement period of the ledger (Asia/Tokyo calendar): after the epoch of
+# its instants, and its end (the next midnight) must still be an instant.
+CALENDAR_YEAR_MIN = 1970
+CALENDAR_YEAR_MAX = 9998
+# Gapless sequences (payments, postings, audit entries) and the cursors that carry them: BIGINT.
+SEQUENCE_MAX = 2**63 - 1
+# Campaign and merchant versions: INTEGER columns.
+VERSION_MAX = 2**31 - 1
+CURSOR_CHARS_MAX = 64
+PAGE_LIMIT_MAX = 500
+# Free text kept in a column as is (a grant's reason): no control characters (PostgreSQL text
+# cannot hold NUL), at most this many characters.
+LABEL_CHARS_MAX = 200
+LABEL_PATTERN = r"^[^\x00-\x1f\x7f]+$"

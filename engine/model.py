@@ -9,11 +9,14 @@ request bodies, so the API and the core can never disagree on what is valid.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -26,8 +29,11 @@ from pydantic import (
 from engine import limits
 
 __all__ = [
+    "CalendarDate",
     "Campaign",
     "Certification",
+    "Instant",
+    "Label",
     "Credit",
     "Merchant",
     "Purchase",
@@ -45,6 +51,60 @@ Points = Annotated[StrictInt, Field(ge=0, le=limits.POINTS_MAX)]
 AmountYen = Annotated[StrictInt, Field(ge=limits.AMOUNT_YEN_MIN, le=limits.AMOUNT_YEN_MAX)]
 Receipt = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=limits.RECEIPT_CHARS_MAX)]
 MerchantClass = Literal["small", "semi_large", "large"]
+Label = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=limits.LABEL_CHARS_MAX,
+                                         pattern=limits.LABEL_PATTERN)]
+
+# -- instants and dates (SPEC §2 "Strict input") ------------------------------------------
+
+# RFC 3339 date-time: the offset is required; never a number (pydantic's own datetime would
+# take 1764600000 as a Unix time), never a bare date or a time without an offset.
+_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+_UTC = dt.timezone.utc
+
+
+def _rfc3339_string(value: object) -> object:
+    if isinstance(value, dt.datetime):  # built in Python by the engine itself: offset and range checked below
+        return value
+    if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+        raise ValueError("an instant is an RFC 3339 string with an offset, e.g. 2026-12-01T10:15:00+09:00")
+    return value.upper()  # RFC 3339 allows "t" and "z"
+
+
+# The first instant whose year is INSTANT_YEAR_MIN in UTC (and so in Asia/Tokyo, which is ahead),
+# and the first whose year is past INSTANT_YEAR_MAX in Asia/Tokyo (and so past it in neither zone
+# before). Aware comparisons do not overflow, whatever the offset (9999-12-31T23:59:59-23:59).
+_INSTANT_FIRST = dt.datetime(limits.INSTANT_YEAR_MIN, 1, 1, tzinfo=_UTC)
+_INSTANT_END = dt.datetime(limits.INSTANT_YEAR_MAX, 12, 31, 15, tzinfo=_UTC)  # Tokyo's next New Year
+
+
+def _instant_in_range(value: dt.datetime) -> dt.datetime:
+    if not _INSTANT_FIRST <= value < _INSTANT_END:
+        raise ValueError(f"an instant must lie in the years {limits.INSTANT_YEAR_MIN} to "
+                         f"{limits.INSTANT_YEAR_MAX}, in UTC and in Asia/Tokyo")
+    return value
+
+
+# The one instant type of every record and every query parameter (`from`, `to`).
+Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_string), AfterValidator(_instant_in_range)]
+
+
+def _iso_date_string(value: object) -> object:
+    if isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+        return value
+    if not isinstance(value, str) or not _ISO_DATE.fullmatch(value):
+        raise ValueError("a date is a YYYY-MM-DD string")
+    return value
+
+
+def _date_in_range(value: dt.date) -> dt.date:
+    if not limits.CALENDAR_YEAR_MIN <= value.year <= limits.CALENDAR_YEAR_MAX:
+        raise ValueError(f"a date must lie in the years {limits.CALENDAR_YEAR_MIN} to {limits.CALENDAR_YEAR_MAX}")
+    return value
+
+
+# An Asia/Tokyo calendar day (a closeout's business_date).
+CalendarDate = Annotated[dt.date, BeforeValidator(_iso_date_string), AfterValidator(_date_in_range)]
 
 _FUNDING_PATTERN = r"^(ward_general|national_grant|climate_fund|merchant:[A-Za-z0-9_-]{1,64})$"
 
@@ -55,8 +115,8 @@ class Record(BaseModel):
 
 class Certification(Record):
     scheme: Annotated[str, StringConstraints(min_length=1, max_length=64)]
-    valid_from: AwareDatetime
-    valid_until: AwareDatetime
+    valid_from: Instant
+    valid_until: Instant
 
     @model_validator(mode="after")
     def _ordered(self) -> "Certification":
@@ -148,8 +208,8 @@ class Campaign(Record):
     id: Id
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
     funding_source: Annotated[str, StringConstraints(pattern=_FUNDING_PATTERN)] = "ward_general"
-    starts_at: AwareDatetime
-    ends_at: AwareDatetime
+    starts_at: Instant
+    ends_at: Instant
     tiers: Annotated[tuple[Tier, ...], Field(min_length=1, max_length=limits.TIERS_PER_CAMPAIGN_MAX)]
     item_tags: Annotated[tuple[Tag, ...], Field(max_length=limits.CAMPAIGN_TAGS_DISTINCT_MAX)] | None = None
     fixed_points: Points = 0
@@ -163,7 +223,7 @@ class Campaign(Record):
     credit: Credit = Credit()
     validity_months: Annotated[StrictInt, Field(ge=1, le=limits.VALIDITY_MONTHS_MAX)] = 6
     # The server numbers versions; a record read from a vector file is version 1.
-    version: Annotated[StrictInt, Field(ge=1)] = 1
+    version: Annotated[StrictInt, Field(ge=1, le=limits.VERSION_MAX)] = 1
 
     @model_validator(mode="after")
     def _window(self) -> "Campaign":
@@ -194,7 +254,7 @@ class Purchase(Record):
     wallet_id: Id
     merchant_id: Id
     terminal_id: Id
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     amount: AmountYen
     points_used: Annotated[StrictInt, Field(ge=0, le=limits.AMOUNT_YEN_MAX)] = 0
     items: Annotated[tuple[Item, ...], Field(max_length=limits.ITEMS_PER_TRANSACTION_MAX)] | None = None
@@ -217,7 +277,7 @@ class Refund(Record):
     type: Literal["refund"] = "refund"
     original_id: Id
     amount: AmountYen
-    occurred_at: AwareDatetime
+    occurred_at: Instant
     receipt: Receipt | None = None
 
 

@@ -8,6 +8,8 @@ JSON-like dicts, the way the vector files and the API hand them over.
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import json
 
 import pytest
 
@@ -209,3 +211,42 @@ def test_refund_needs_its_original():
     assert Refund.model_validate(refund).amount == 1100
     assert "original_id" in error_text(Refund, with_change(refund, ("original_id",), ...))
     assert "amount" in error_text(Refund, with_change(refund, ("amount",), 0))
+
+
+# -- strict input (SPEC §2): instants are RFC 3339 strings, patterns match whole values -----
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1764600000, 1764600000.5, "1764600000", True, "2026-12-01", "2026-12-01T10:15:00", "2026-12-01T10:15:00+0900",
+     "2026-12-01T10:15:00+09:00\n", " 2026-12-01T10:15:00+09:00", "9999-12-31T23:59:59-23:59",
+     "9999-12-31T23:59:59Z", "0001-01-01T00:00:00+09:00", "10000-01-01T00:00:00Z"],
+    ids=["int", "float", "numeric_string", "bool", "date_only", "no_offset", "offset_without_colon",
+         "trailing_newline", "leading_space", "overflows_in_utc", "overflows_in_tokyo", "underflows_in_utc",
+         "five_digit_year"],
+)
+def test_instants_are_rfc3339_strings_within_the_named_years(value):
+    assert "occurred_at" in error_text(Purchase, with_change(PURCHASE, ("occurred_at",), value))
+    assert "starts_at" in error_text(Campaign, with_change(CAMPAIGN, ("starts_at",), value))
+    with pytest.raises(ValidationError):
+        Purchase.model_validate_json(json.dumps(with_change(PURCHASE, ("occurred_at",), value)))
+
+
+@pytest.mark.parametrize("value", ["2026-12-01T10:15:00Z", "2026-12-01t10:15:00z", "2026-12-01T10:15:00.123456789+09:00",
+                                   "2026-12-01T10:15:00-05:30", "9999-12-31T23:59:59+09:00",
+                                   "0001-01-01T00:00:00Z"])
+def test_rfc3339_instants_in_any_offset_are_accepted(value):
+    assert Purchase.model_validate(with_change(PURCHASE, ("occurred_at",), value)).occurred_at.tzinfo is not None
+    assert Purchase.model_validate_json(json.dumps(with_change(PURCHASE, ("occurred_at",), value))).occurred_at
+
+
+def test_instants_built_in_python_are_accepted_when_aware():
+    at = dt.datetime(2026, 12, 1, 10, 15, tzinfo=dt.timezone(dt.timedelta(hours=9)))
+    assert Purchase.model_validate({**PURCHASE, "occurred_at": at}).occurred_at == at
+    assert "occurred_at" in error_text(Purchase, {**PURCHASE, "occurred_at": at.replace(tzinfo=None)})
+
+
+@pytest.mark.parametrize("field", ["wallet_id", "merchant_id", "terminal_id"])
+def test_ids_with_a_trailing_newline_are_refused(field):
+    assert field in error_text(Purchase, with_change(PURCHASE, (field,), PURCHASE[field] + "\n"))
+    assert field in error_text(Purchase, with_change(PURCHASE, (field,), PURCHASE[field] + "\x00"))

@@ -18,6 +18,7 @@ import calendar
 import dataclasses
 import datetime as dt
 
+from engine import limits
 from engine.timeutil import TOKYO, to_us
 
 
@@ -90,8 +91,11 @@ def parse_period(name: str) -> Period:
         year, month = int(parts[0]), int(parts[1])
         if len(parts[0]) != 4 or len(parts[1]) != 2 or not 1 <= month <= 12 or len(parts) > 3:
             raise ValueError(name)
+        if not limits.CALENDAR_YEAR_MIN <= year <= limits.CALENDAR_YEAR_MAX:  # its end must be an instant
+            raise ValueError(name)
     except (ValueError, IndexError):
-        raise ValueError(f"period must look like 2026-12 or 2026-12-H1, got {name!r}") from None
+        raise ValueError(f"period must look like 2026-12 or 2026-12-H1, in the years {limits.CALENDAR_YEAR_MIN} "
+                         f"to {limits.CALENDAR_YEAR_MAX}, got {name!r}") from None
     first = dt.datetime(year, month, 1, tzinfo=TOKYO)
     last_day = calendar.monthrange(year, month)[1]
     following = first + dt.timedelta(days=last_day)

@@ -9,7 +9,7 @@ import json
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine import keyring, ledger_rules as rules
+from engine import keyring, limits, ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
 from engine.settlement import signing, statement
@@ -72,7 +72,10 @@ def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict:
     if remaining is not None and remaining > 0:
         rate_per_us = burn_hour / HOUR_US if burn_hour > 0 else (burn_day / DAY_US if burn_day > 0 else 0)
         if rate_per_us > 0:
-            forecast = format_instant(now + int(remaining / rate_per_us))
+            at = now + int(remaining / rate_per_us)
+            # Beyond the last instant the engine can show, the budget is as good as never exhausted.
+            if at < to_us(dt.datetime(limits.INSTANT_YEAR_MAX, 12, 31, tzinfo=TOKYO)):
+                forecast = format_instant(at)
     return {
         "campaign_id": campaign_id,
         "campaign_version": campaign.version,

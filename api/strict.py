@@ -1,0 +1,98 @@
+"""Strict input (SPEC §2): what the HTTP layer refuses before a route or the database sees it.
+
+- A header that must appear once (`Authorization`, `Idempotency-Key`) sent more than
+  once: 400 `header_duplicated`, before anything else (`duplicated_header`).
+- A JSON body holding an object with a duplicate key, at any depth (`{"amount": 1,
+  "amount": 9999999}`): 400 `malformed_json` (`has_duplicate_key`). Python's `json`
+  keeps the last value silently; so would FastAPI. Both checks run in the `BodyLimit`
+  middleware of api/app.py, which holds the whole body already, so every route is
+  covered, including those added later. The body is parsed once more there, with an
+  `object_pairs_hook`; a body that is not JSON at all is left to the route (400
+  `malformed_json` or 422, as before).
+- Path ids are `PathId` (the id pattern of SPEC §2, matched whole), cursors decode
+  to at most `limits.SEQUENCE_MAX`; the other query parameters are typed where the
+  route declares them (`engine.model.Instant`, `limits.VERSION_MAX`, `limits.PAGE_LIMIT_MAX`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from typing import Annotated
+
+from fastapi import Path, Query
+
+from engine import limits
+from engine.errors import EngineError
+
+SINGLE_HEADERS = (b"authorization", b"idempotency-key")
+
+# A path id: the id pattern, whole (no trailing newline, no NUL byte), so nothing else
+# reaches a query. FastAPI answers a mismatch 422 `invalid_request` after authentication.
+PathId = Annotated[str, Path(pattern=limits.ID_PATTERN)]
+PageLimit = Annotated[int, Query(ge=1, le=limits.PAGE_LIMIT_MAX)]
+Cursor = Annotated[str | None, Query(max_length=limits.CURSOR_CHARS_MAX)]
+
+_SEQUENCE = re.compile(r"[0-9]{1,19}")
+
+
+def duplicated_header(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The name of a once-only header that appears more than once, else None."""
+    seen: set[bytes] = set()
+    for name, _ in headers:
+        name = name.lower()
+        if name in SINGLE_HEADERS:
+            if name in seen:
+                return name.decode("ascii")
+            seen.add(name)
+    return None
+
+
+def is_json(content_type: bytes | None) -> bool:
+    """Whether FastAPI would read a body of this Content-Type as JSON (or might: none given)."""
+    if not content_type:
+        return True
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique(pairs: list[tuple[str, object]]) -> dict:
+    found = dict(pairs)
+    if len(found) != len(pairs):
+        raise _DuplicateKey
+    return found
+
+
+def has_duplicate_key(body: bytes) -> bool:
+    """Whether `body`, read as JSON, has an object with a key twice (compared after unescaping).
+    A body that is not JSON is not this check's business: False."""
+    try:
+        json.loads(body, object_pairs_hook=_unique)
+    except _DuplicateKey:
+        return True
+    except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
+        return False
+    return False
+
+
+def encode_cursor(prefix: str, sequence: int) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}:{sequence}".encode()).decode().rstrip("=")
+
+
+def decode_cursor(prefix: str, cursor: str | None) -> int:
+    """The sequence a cursor carries (0 without one); 422 unless it is ours and at most SEQUENCE_MAX."""
+    if cursor is None:
+        return 0
+    try:
+        text_value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+        found, _, number = text_value.partition(":")
+        if found != prefix or not _SEQUENCE.fullmatch(number) or int(number) > limits.SEQUENCE_MAX:
+            raise ValueError(cursor)
+        return int(number)
+    except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise EngineError(422, "invalid_request", "cursor is not valid") from None

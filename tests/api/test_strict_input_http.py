@@ -1,0 +1,505 @@
+"""Strict input (SPEC §2) over HTTP, on SQLite and PostgreSQL: the findings of issue 10.
+
+An outside tester found that duplicate JSON keys were accepted (the last one won:
+`{"amount":1,"amount":9999999}` was recorded as ¥9,999,999), that an instant could be
+a bare Unix number, that ids with a trailing newline passed, that a header sent twice
+was taken, and that a NUL byte in a path id (PostgreSQL), a cursor or version beyond
+64 bits, a closeout dated 9999-12-31, `?to=9999-12-31T23:59:59-23:59` and a batch item
+whose idempotency_key is a number answered 500. Each is a regression test here; the
+last test throws a list of hostile inputs at every route with every role's key.
+
+Every refusal is a 4xx problem+json with a stable code and writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from engine import limits
+from engine.store.models import ApiKeyRow, GrantRow, SettlementRunRow
+from tests.api.conftest import Ward, now_tokyo, purchase, refund
+from tests.api.test_bad_input_http import PROBLEM_JSON, assert_refused
+
+# -- helpers ----------------------------------------------------------------------------
+
+
+def _duplicated(body: dict, key: str, first) -> bytes:
+    """`body` as JSON with `key` written twice: first `first`, then the body's own value (which
+    a last-wins parser would keep)."""
+    rest = json.dumps(body)
+    assert rest.startswith("{") and key in body
+    return ("{" + json.dumps(key) + ": " + json.dumps(first) + ", " + rest[1:]).encode()
+
+
+def _raw_post(ward: Ward, terminal_id: str, path: str, raw: bytes, key: str | None = None,
+              content_type: str = "application/json") -> httpx.Response:
+    """POST exactly these bytes with the terminal's key (no receipt added, nothing re-serialized)."""
+    headers = {"Content-Type": content_type}
+    if key is not None:
+        headers["Idempotency-Key"] = key
+    with ward.server.client(ward.terminal_key(terminal_id)) as c:
+        return c.post(path, content=raw, headers=headers)
+
+
+def _signed(ward: Ward, body: dict) -> dict:
+    return ward.server.payment_app.sign_purchase(body)
+
+
+def _code(r: httpx.Response) -> tuple[int, str | None]:
+    return r.status_code, (r.json().get("code") if r.content else None)
+
+
+def _assert_code(r: httpx.Response, status: int, code: str) -> None:
+    assert _code(r) == (status, code), r.text
+    assert r.headers["content-type"] == PROBLEM_JSON, r.headers
+
+
+def _cursor(prefix: str, number: str) -> str:
+    return base64.urlsafe_b64encode(f"{prefix}:{number}".encode()).decode().rstrip("=")
+
+
+# -- 1. duplicate JSON keys: 400 malformed_json, anywhere, nothing written -----------------
+
+
+def test_a_duplicate_amount_is_not_recorded_as_the_last_one(ward: Ward) -> None:
+    """The finding: {"amount": 1, ..., "amount": 9999999} with a receipt for ¥9,999,999 was accepted."""
+    body = _signed(ward, purchase("T_SHOTEN_1", "W_DUP", 9_999_999))
+    key = "dup-amount-" + uuid.uuid4().hex
+    raw = _duplicated(body, "amount", 1)
+    assert_refused(ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions", raw, key), 400, "malformed_json")
+    # Not remembered: the same key with a clean body is processed afresh.
+    clean = json.dumps(_signed(ward, purchase("T_SHOTEN_1", "W_DUP", 1000))).encode()
+    r = _raw_post(ward, "T_SHOTEN_1", "/v1/transactions", clean, key)
+    assert r.status_code == 201, r.text
+    assert r.json()["points_used"] == 0 and "Idempotent-Replayed" not in r.headers
+
+
+def _item_with_duplicate(ward: Ward) -> bytes:
+    body = _signed(ward, purchase("T_SHOTEN_1", "W_DUP", 1000, items=[{"amount": 1000, "tags": ["ethical"]}]))
+    text = json.dumps(body)
+    return text.replace('"tags": ["ethical"]', '"tags": [], "tags": ["ethical"]').encode()
+
+
+DUPLICATES = {
+    "top_level": lambda w: _duplicated(_signed(w, purchase("T_SHOTEN_1", "W_DUP", 500)), "wallet_id", "W_OTHER"),
+    "nested_in_items": _item_with_duplicate,
+    "escaped_spelling": lambda w: _duplicated(_signed(w, purchase("T_SHOTEN_1", "W_DUP", 500)), "points_used", 0)
+    .replace(b'"points_used": 0, ', b'"points\\u005fused": 0, ', 1),
+    "same_value_twice": lambda w: _duplicated(_signed(w, purchase("T_SHOTEN_1", "W_DUP", 500)), "amount", 500),
+}
+
+
+@pytest.mark.parametrize("make", DUPLICATES.values(), ids=DUPLICATES.keys())
+def test_duplicate_keys_in_a_transaction_are_malformed_json(ward: Ward, make) -> None:
+    raw = make(ward)
+    assert_refused(ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions", raw, uuid.uuid4().hex),
+                   400, "malformed_json")
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/merge-patch+json",
+                                          "APPLICATION/JSON"])
+def test_duplicate_keys_are_found_whatever_the_json_media_type(ward: Ward, content_type: str) -> None:
+    raw = _duplicated(_signed(ward, purchase("T_SHOTEN_1", "W_DUP", 500)), "amount", 1)
+    assert_refused(ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions", raw, uuid.uuid4().hex,
+                                           content_type), 400, "malformed_json")
+
+
+def test_a_duplicate_key_in_a_batch_item_refuses_the_whole_batch(ward: Ward) -> None:
+    good = {**_signed(ward, purchase("T_SHOTEN_1", "W_DUP", 500)), "idempotency_key": uuid.uuid4().hex}
+    bad = {**_signed(ward, purchase("T_SHOTEN_1", "W_DUP", 9_999)), "idempotency_key": uuid.uuid4().hex}
+    items = json.dumps(good) + ", " + _duplicated(bad, "amount", 1).decode()
+    raw = ('{"transactions": [' + items + "]}").encode()
+    assert_refused(ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions/batch", raw), 400, "malformed_json")
+    twice = ('{"transactions": [], "transactions": [' + json.dumps(good) + "]}").encode()
+    assert_refused(ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions/batch", twice), 400, "malformed_json")
+
+
+def test_duplicate_keys_in_admin_and_finance_bodies(ward: Ward) -> None:
+    keys_before = ward.server.count(ApiKeyRow)
+    with ward.server.client(ward.server.admin_key) as admin:
+        r = admin.post("/v1/keys", content=b'{"role": "app", "role": "finance"}',
+                       headers={"Content-Type": "application/json"})
+        _assert_code(r, 400, "malformed_json")
+        r = admin.patch("/v1/merchants/M_SHOTEN", content=b'{"name": "a", "name": "b"}',
+                        headers={"Content-Type": "application/json"})
+        _assert_code(r, 400, "malformed_json")
+        assert admin.get("/v1/merchants/M_SHOTEN").json()["name"] == "三茶八百屋"
+    assert ward.server.count(ApiKeyRow) == keys_before
+    grants, postings = ward.server.count(GrantRow), ward.server.postings()
+    with ward.server.client(ward.finance_key) as finance:
+        r = finance.post("/v1/grants", headers={"Content-Type": "application/json", "Idempotency-Key": "dup-grant"},
+                         content=b'{"wallet_id": "W_DUP", "campaign_id": "C_POINTBACK", "points": 1, '
+                                 b'"points": 100000, "reason": "duplicate"}')
+        _assert_code(r, 400, "malformed_json")
+    assert (ward.server.count(GrantRow), ward.server.postings()) == (grants, postings)
+
+
+# -- 2. instants are RFC 3339 strings with an offset, within the named years ---------------
+
+
+@pytest.mark.parametrize("occurred_at", [1764600000, 1764600000.5, "1764600000", True, None, "2026-12-01",
+                                         "2026-12-01T10:15:00", "9999-12-31T23:59:59-23:59",
+                                         "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z",
+                                         "2026-12-01T10:15:00+09:00\n", "10000-01-01T00:00:00Z",
+                                         "2026-12-01T10:15:00+0900", "2026-12-01 10:15:00+09:00"],
+                         ids=["int", "float", "numeric_string", "bool", "null", "date_only", "no_offset",
+                              "overflows_in_utc", "underflows_in_utc", "overflows_in_tokyo", "trailing_newline",
+                              "five_digit_year", "offset_without_colon", "space_separator"])
+def test_occurred_at_must_be_an_rfc3339_string(ward: Ward, occurred_at) -> None:
+    body = {**purchase("T_SHOTEN_1", "W_INSTANT", 500), "occurred_at": occurred_at}
+    r = assert_refused(ward, lambda: ward.post("T_SHOTEN_1", body), 422, "invalid_request")
+    assert any(e["loc"][-1] == "occurred_at" for e in r.json()["errors"]), r.text
+    r = assert_refused(ward, lambda: ward.post("T_SHOTEN_1", {**refund("tx_x", 1), "occurred_at": occurred_at}),
+                       422, "invalid_request")
+
+
+def test_an_rfc3339_instant_in_any_offset_is_accepted(ward: Ward) -> None:
+    import datetime as dt
+
+    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=90)).replace(microsecond=123456)
+    for text in (at.isoformat().replace("+00:00", "Z"), at.astimezone(dt.timezone(dt.timedelta(hours=-5))).isoformat()):
+        r = ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_INSTANT_OK", 500, occurred_at=text))
+        assert r.status_code == 201, (text, r.text)
+
+
+QUERY_INSTANTS = {
+    "epoch_seconds": "1764600000",
+    "epoch_float": "1764600000.5",
+    "no_offset": "2026-12-01T00:00:00",
+    "date_only": "2026-12-01",
+    "overflows_after_offset": "9999-12-31T23:59:59-23:59",
+    "overflows_in_tokyo": "9999-12-31T23:59:59Z",
+    "underflows_after_offset": "0001-01-01T00:00:00+14:00",
+    "trailing_newline": "2026-12-01T00:00:00+09:00\n",
+    "nul": "2026-12-01T00:00:00+09:00\x00",
+}
+
+
+@pytest.mark.parametrize("value", QUERY_INSTANTS.values(), ids=QUERY_INSTANTS.keys())
+@pytest.mark.parametrize("name", ["from", "to"])
+def test_query_instants_are_rfc3339_strings_within_the_limits(ward: Ward, name: str, value: str) -> None:
+    with ward.server.client(ward.finance_key) as finance:
+        for path in ("/v1/merchants/M_SHOTEN/rewards", "/v1/merchants/M_SHOTEN/transactions", "/v1/audit"):
+            _assert_code(finance.get(path, params={name: value}), 422, "invalid_request")
+        ok = finance.get("/v1/merchants/M_SHOTEN/rewards", params={name: "2026-12-01T00:00:00+09:00"})
+        assert ok.status_code == 200, ok.text
+        assert finance.get("/v1/audit", params={name: "9999-12-31T23:59:59+09:00"}).status_code == 200
+
+
+def test_record_instants_are_rfc3339_strings(ward: Ward) -> None:
+    campaign = {"id": "C_STRICT", "name": "strict", "starts_at": 1764600000, "ends_at": "2036-01-01T00:00:00+09:00",
+                "tiers": [{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}]}
+    merchant = {"id": "M_STRICT", "name": "strict", "merchant_class": "small", "ethical_certifications": [
+        {"scheme": "setagaya_ethical", "valid_from": 1764600000, "valid_until": "2036-01-01T00:00:00+09:00"}]}
+    with ward.server.client(ward.server.admin_key) as admin:
+        _assert_code(admin.post("/v1/campaigns", json=campaign), 422, "invalid_request")
+        _assert_code(admin.post("/v1/campaigns", json={**campaign, "starts_at": "2026-01-01T00:00:00+09:00",
+                                                       "ends_at": "9999-12-31T23:59:59-23:59"}), 422, "invalid_request")
+        _assert_code(admin.post("/v1/merchants", json=merchant), 422, "invalid_request")
+        _assert_code(admin.patch("/v1/campaigns/C_POINTBACK", json={"ends_at": 2000000000}), 422, "invalid_request")
+        _assert_code(admin.get("/v1/campaigns/C_STRICT"), 404, "not_found")
+        _assert_code(admin.get("/v1/merchants/M_STRICT"), 404, "not_found")
+        simulate = {"campaign": {**campaign, "starts_at": "2026-01-01T00:00:00+09:00"}, "from": 1764600000,
+                    "to": now_tokyo()}
+        _assert_code(admin.post("/v1/campaigns/C_STRICT/simulate", json=simulate), 422, "invalid_request")
+
+
+# -- 3. patterns match the whole value: no trailing newline, anywhere ----------------------
+
+
+def test_ids_with_a_trailing_newline_fail_everywhere(ward: Ward) -> None:
+    bought = ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_NEWLINE", 500))
+    assert bought.status_code == 201, bought.text
+    tx = bought.json()["id"]
+    finance_paths = [f"/v1/transactions/{tx}%0A", "/v1/wallets/W_NEWLINE%0A/points", "/v1/merchants/M_SHOTEN%0A/rewards",
+                     "/v1/merchants/M_SHOTEN%0A/transactions", "/v1/campaigns/C_POINTBACK%0A/budget",
+                     "/v1/campaigns/C_POINTBACK%0A"]
+    admin_paths = ["/v1/merchants/M_SHOTEN%0A", "/v1/terminals/T_SHOTEN_1%0A"]
+    with ward.server.client(ward.finance_key) as finance:
+        for path in finance_paths:
+            _assert_code(finance.get(path), 422, "invalid_request")
+        assert finance.get(f"/v1/transactions/{tx}").status_code == 200
+        _assert_code(finance.get("/v1/audit", params={"target": "merchant:M_SHOTEN\n"}), 422, "invalid_request")
+    with ward.server.client(ward.server.admin_key) as admin:
+        for path in admin_paths:
+            _assert_code(admin.get(path), 422, "invalid_request")
+        _assert_code(admin.post("/v1/keys/0123456789abcdef%0A/revoke"), 422, "invalid_request")
+        _assert_code(admin.post("/v1/keys", json={"role": "merchant", "merchant_id": "M_SHOTEN\n"}),
+                     422, "invalid_request")
+    for field in ("wallet_id", "merchant_id", "terminal_id"):
+        body = purchase("T_SHOTEN_1", "W_NEWLINE", 500)
+        body[field] += "\n"
+        assert_refused(ward, lambda body=body: ward.post("T_SHOTEN_1", body), 422, "invalid_request")
+    assert_refused(ward, lambda: ward.post("T_SHOTEN_1", refund(tx + "\n", 1)), 422, "invalid_request")
+
+
+# -- 4. a header that must appear once, sent twice: 400 before anything else --------------
+
+
+def test_authorization_or_idempotency_key_sent_twice_is_400(ward: Ward) -> None:
+    terminal = f"Bearer {ward.terminal_key('T_SHOTEN_1')}"
+    body = json.dumps(_signed(ward, purchase("T_SHOTEN_1", "W_HEADERS", 500))).encode()
+    key = "headers-" + uuid.uuid4().hex
+    cases = [
+        ("authorization", [("Authorization", terminal), ("Authorization", terminal), ("Idempotency-Key", key)]),
+        ("authorization", [("Authorization", terminal), ("authorization", "Bearer sp_admin_nope"),
+                           ("Idempotency-Key", key)]),
+        ("idempotency-key", [("Authorization", terminal), ("Idempotency-Key", key), ("Idempotency-Key", key)]),
+        ("idempotency-key", [("Authorization", terminal), ("Idempotency-Key", key), ("IDEMPOTENCY-KEY", "other")]),
+        ("authorization", [("Idempotency-Key", key), ("Authorization", "Bearer x"), ("Authorization", terminal)]),
+    ]
+    with httpx.Client(base_url=ward.server.base_url) as c:
+        for name, headers in cases:
+            def send(headers=headers) -> httpx.Response:
+                return c.post("/v1/transactions", content=body,
+                              headers=[("Content-Type", "application/json"), *headers])
+
+            r = assert_refused(ward, send, 400, "header_duplicated")
+            assert name in r.json()["detail"].lower(), r.text
+        admin = f"Bearer {ward.server.admin_key}"
+        _assert_code(c.get("/v1/keys", headers=[("Authorization", admin), ("Authorization", admin)]),
+                     400, "header_duplicated")
+        # Not remembered: the same request with each header once is processed afresh.
+        r = c.post("/v1/transactions", content=body, headers={"Authorization": terminal, "Idempotency-Key": key,
+                                                             "Content-Type": "application/json"})
+        assert r.status_code == 201 and "Idempotent-Replayed" not in r.headers, r.text
+
+
+# -- 5. every path and query parameter bounded before the database -------------------------
+
+NUL_PATHS = [
+    ("finance", "GET", "/v1/transactions/tx%00x"),
+    ("app", "GET", "/v1/wallets/W%00/points"),
+    ("merchant", "GET", "/v1/merchants/M_SHOTEN%00/rewards"),
+    ("merchant", "GET", "/v1/merchants/M_SHOTEN%00/transactions"),
+    ("admin", "GET", "/v1/merchants/M%00"),
+    ("admin", "PATCH", "/v1/merchants/M%00"),
+    ("finance", "POST", "/v1/merchants/M%00/bank-account/confirm"),
+    ("finance", "GET", "/v1/campaigns/C%00"),
+    ("admin", "PATCH", "/v1/campaigns/C%00"),
+    ("finance", "GET", "/v1/campaigns/C%00/budget"),
+    ("admin", "POST", "/v1/campaigns/C%00/simulate"),
+    ("admin", "GET", "/v1/terminals/T%00"),
+    ("admin", "PATCH", "/v1/terminals/T%00"),
+    ("finance", "GET", "/v1/settlement-runs/st%00"),
+    ("finance", "GET", "/v1/settlement-runs/st%00/statement.csv"),
+    ("finance", "GET", "/v1/settlement-runs/st%00/zengin"),
+    ("finance", "POST", "/v1/settlement-runs/st%00/payout-results"),
+    ("admin", "POST", "/v1/keys/k%00/revoke"),
+]
+
+
+def _key_for(ward: Ward, role: str) -> str:
+    return {"finance": ward.finance_key, "admin": ward.server.admin_key, "app": ward.key("app"),
+            "merchant": ward.key("merchant", "M_SHOTEN"), "terminal": ward.terminal_key("T_SHOTEN_1")}[role]
+
+
+@pytest.mark.parametrize("role, method, path", NUL_PATHS, ids=[f"{m} {p}" for _, m, p in NUL_PATHS])
+def test_a_nul_byte_in_a_path_id_is_422(ward: Ward, role: str, method: str, path: str) -> None:
+    with ward.server.client(_key_for(ward, role)) as c:
+        _assert_code(c.request(method, path, json={} if method != "GET" else None), 422, "invalid_request")
+
+
+def test_a_nul_byte_in_a_terminal_path_is_refused(ward: Ward) -> None:
+    r = _raw_post(ward, "T_SHOTEN_1", "/v1/terminals/T%00/closeouts",
+                  b'{"business_date": "2026-12-01", "count": 0, "total": 0}')
+    assert r.status_code in (403, 422), r.text
+
+
+@pytest.mark.parametrize("prefix, path", [("seq", "/v1/merchants/M_SHOTEN/transactions"), ("aud", "/v1/audit")])
+def test_cursors_are_bounded_by_sequence_max(ward: Ward, prefix: str, path: str) -> None:
+    with ward.server.client(ward.finance_key) as finance:
+        for number in (str(limits.SEQUENCE_MAX + 1), "9" * 30, "-1", "１２", "1\n", ""):
+            _assert_code(finance.get(path, params={"cursor": _cursor(prefix, number)}), 422, "invalid_request")
+        for cursor in ("%00", "\x00", "a" * (limits.CURSOR_CHARS_MAX + 1), _cursor("other", "1")):
+            _assert_code(finance.get(path, params={"cursor": cursor}), 422, "invalid_request")
+        r = finance.get(path, params={"cursor": _cursor(prefix, str(limits.SEQUENCE_MAX))})
+        assert r.status_code == 200, r.text
+
+
+def test_campaign_versions_are_bounded(ward: Ward) -> None:
+    with ward.server.client(ward.finance_key) as finance:
+        for version in (str(2**63), str(2**64), str(limits.VERSION_MAX + 1), "0", "-1", "1.5", "1e3", "x"):
+            _assert_code(finance.get("/v1/campaigns/C_POINTBACK", params={"version": version}), 422,
+                         "invalid_request")
+        _assert_code(finance.get("/v1/campaigns/C_POINTBACK", params={"version": str(limits.VERSION_MAX)}),
+                     404, "not_found")
+        assert finance.get("/v1/campaigns/C_POINTBACK", params={"version": "1"}).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/v1/merchants/M_SHOTEN/transactions", "/v1/audit"])
+def test_page_limits_are_bounded(ward: Ward, path: str) -> None:
+    with ward.server.client(ward.finance_key) as finance:
+        for limit in ("0", "-1", str(limits.PAGE_LIMIT_MAX + 1), str(2**64), "1e400", "NaN"):
+            _assert_code(finance.get(path, params={"limit": limit}), 422, "invalid_request")
+        assert finance.get(path, params={"limit": str(limits.PAGE_LIMIT_MAX)}).status_code == 200
+
+
+@pytest.mark.parametrize("business_date", ["9999-12-31", "0001-01-01", "1969-12-31", 20261231, "2026-12-01T00:00:00",
+                                           "2026-12-01\n", "2026-02-30", None, "+2026-12-01"])
+def test_closeout_dates_are_bounded(ward: Ward, business_date) -> None:
+    raw = json.dumps({"business_date": business_date, "count": 0, "total": 0}).encode()
+    r = _raw_post(ward, "T_SHOTEN_1", "/v1/terminals/T_SHOTEN_1/closeouts", raw)
+    _assert_code(r, 422, "invalid_request")
+
+
+def test_a_closeout_at_the_last_calendar_day_is_answered(ward: Ward) -> None:
+    raw = json.dumps({"business_date": f"{limits.CALENDAR_YEAR_MAX}-12-31", "count": 0, "total": 0}).encode()
+    r = _raw_post(ward, "T_SHOTEN_1", "/v1/terminals/T_SHOTEN_1/closeouts", raw)
+    assert r.status_code == 201 and r.json()["matches"] is True, r.text
+
+
+@pytest.mark.parametrize("period", ["9999-12", "0001-01", "9999-12-H2", "1969-12", 202612, "2026-13", "2026-12\n"])
+def test_settlement_periods_are_bounded(ward: Ward, period) -> None:
+    runs, postings = ward.server.count(SettlementRunRow), ward.server.postings()
+    with ward.server.client(ward.finance_key) as finance:
+        _assert_code(finance.post("/v1/settlement-runs", json={"period": period}), 422, "invalid_request")
+    assert (ward.server.count(SettlementRunRow), ward.server.postings()) == (runs, postings)
+
+
+@pytest.mark.parametrize("reason", ["a\x00b", "\x00", "line\nbreak", "", "r" * (limits.LABEL_CHARS_MAX + 1), 5],
+                         ids=["nul_inside", "nul_only", "newline", "empty", "too_long", "number"])
+def test_grant_reasons_are_labels(ward: Ward, reason) -> None:
+    grants, postings = ward.server.count(GrantRow), ward.server.postings()
+    key = "grant-" + uuid.uuid4().hex
+    body = {"wallet_id": "W_GRANT_STRICT", "campaign_id": "C_POINTBACK", "points": 1, "reason": reason}
+    with ward.server.client(ward.finance_key) as finance:
+        _assert_code(finance.post("/v1/grants", json=body, headers={"Idempotency-Key": key}), 422, "invalid_request")
+        assert (ward.server.count(GrantRow), ward.server.postings()) == (grants, postings)
+        # Not remembered under the key.
+        r = finance.post("/v1/grants", json={**body, "reason": "r" * limits.LABEL_CHARS_MAX},
+                         headers={"Idempotency-Key": key})
+        assert r.status_code == 201, r.text
+
+
+# -- 6. a bad batch item answers for itself; the rest proceed ------------------------------
+
+
+def test_bad_batch_items_answer_for_themselves(ward: Ward) -> None:
+    def item(amount_yen: int, **changes) -> dict:
+        return {**purchase("T_SHOTEN_1", "W_BATCH_STRICT", amount_yen), "idempotency_key": uuid.uuid4().hex,
+                **changes}
+
+    items = [
+        item(500),
+        42,
+        "a purchase",
+        None,
+        [item(500)],
+        item(500, idempotency_key=12345),
+        item(500, idempotency_key=None),
+        item(500, idempotency_key=["k"]),
+        item(500, amount="500"),
+        item(500, occurred_at=1764600000),
+        item(500, wallet_id="W\x00"),
+        item(500, amount=10**30),
+        {"idempotency_key": uuid.uuid4().hex},
+        item(700),
+    ]
+    expected = [(201, None), (422, "invalid_request"), (422, "invalid_request"), (422, "invalid_request"),
+                (422, "invalid_request"), (400, "idempotency_key_invalid"), (400, "idempotency_key_missing"),
+                (400, "idempotency_key_invalid"), (422, "invalid_request"), (422, "invalid_request"),
+                (422, "invalid_request"), (422, "invalid_request"), (422, "invalid_request"), (201, None)]
+    payments = ward.server.payments()
+    r = ward.terminal("T_SHOTEN_1").post("/v1/transactions/batch", json={"transactions": items})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    got = [(x["status"], x["body"].get("code")) for x in results]
+    assert got == expected, got
+    assert ward.server.payments() == payments + 2
+
+
+# -- 7. hostile inputs at every route, with every role's key: never a 5xx ------------------
+
+HOSTILE_IDS = ["x\x00", "\x00", "tx_\n", "A" * 65, "A" * 3000, "ウォレット", "9223372036854775808", "-1", "..",
+               "%25", " ", "\u202e", "\t", "a;b", "{id}"]
+HOSTILE_QUERIES = [
+    {"from": "1764600000"}, {"to": "9999-12-31T23:59:59-23:59"}, {"from": "0001-01-01T00:00:00+14:00"},
+    {"to": "x" * 2000}, {"from": "\x00"},
+    {"cursor": _cursor("seq", "9" * 40)}, {"cursor": _cursor("aud", "9" * 40)}, {"cursor": "\x00"},
+    {"cursor": "%%%"}, {"limit": "0"}, {"limit": str(2**64)}, {"limit": "-1"}, {"limit": "1e400"},
+    {"version": str(2**63)}, {"version": "0"}, {"version": "NaN"}, {"target": "x\x00"}, {"target": "a" * 2000},
+    {"target": "merchant:M_SHOTEN\n"}, {"period": "9999-12"},
+]
+HOSTILE_BODIES = [
+    b"", b"null", b"[]", b"0", b'""', b"true", b"\x00", b"\xff\xfe", b'{"a": 1, "a": 2}', b"[" * 5000,
+    b'{"a":' * 3000 + b"1" + b"}" * 3000, b'{"x": ' + b"9" * 5000 + b"}", b'{"x": 1e999}', b'{"x": NaN}',
+    b'{"transactions": [1, "a", null, {"idempotency_key": 5}, {"idempotency_key": "k", "type": "refund"}]}',
+    b'{"role": 5, "merchant_id": {"$ne": 1}}', b'{"period": 202612}', b'{"period": "9999-12"}',
+    b'{"business_date": 20261231, "count": 1e400, "total": -1}', b'{"business_date": "9999-12-31", "count": 0, '
+    b'"total": 0}', b'{"name": "\\u0000\\ud800", "id": "\\ud800"}', b'{"type": "\\ud800"}',
+    b'{"type": "purchase", "wallet_id": "\\ud83d", "occurred_at": "\\udfff"}', b'{"id": "' + b"\xe3\x81\x82" * 300 + b'"}',
+    b'{"wallet_id": "W", "campaign_id": "C_POINTBACK", "points": 18446744073709551616, "reason": "x"}',
+    b'{"results": [{"merchant_id": "M_SHOTEN\\u0000", "status": "paid"}]}',
+    b'{"campaign": [], "from": 0, "to": 1e400}', b'{"public_key": "\\u0000"}', b'{"merchant_id": null}',
+    b'{"id": "M_FUZZ", "name": "\\ud800", "merchant_class": "small"}', b'{"name": "\\udfff\\ud800"}',
+    b'{"wallet_id": "W_FUZZ", "campaign_id": "C_POINTBACK", "points": 1, "reason": "\\ud800"}',
+    json.dumps({"transactions": [{"idempotency_key": "k" * 300}] * 3}).encode(),
+]
+PATH_FILLERS = {"transaction_id": "tx_nothing", "wallet_id": "W_FUZZ", "merchant_id": "M_SHOTEN",
+                "campaign_id": "C_POINTBACK", "terminal_id": "T_SHOTEN_1", "run_id": "st_nothing",
+                "key_id": "k_nothing"}
+FUZZ_ROLES = ["none", "admin", "finance", "app", "merchant", "terminal"]
+
+
+def _routes() -> list[tuple[str, str]]:
+    import tempfile
+
+    from fastapi.routing import APIRoute
+
+    from api.app import create_app
+    from engine.settings import Settings
+
+    with tempfile.TemporaryDirectory() as directory:
+        app = create_app(Settings(database_url=f"sqlite+pysqlite:///{directory}/routes.db"), migrate=False)
+        return sorted((m, r.path) for r in app.routes if isinstance(r, APIRoute)
+                      for m in r.methods if m != "HEAD")
+
+
+def _fill(template: str, **values: str) -> str:
+    import re
+
+    names = re.findall(r"\{(\w+)\}", template)
+    assert all(n in PATH_FILLERS for n in names), f"a path parameter with no filler: {template}"
+    return re.sub(r"\{(\w+)\}", lambda m: quote(values.get(m.group(1), PATH_FILLERS[m.group(1)]), safe=""), template)
+
+
+def test_hostile_inputs_at_every_route_never_yield_a_5xx(ward: Ward) -> None:
+    """Hostile path ids at every path parameter, hostile query parameters at every GET and hostile
+    bodies at every POST and PATCH, with no key and with each role's key: never a 5xx, every
+    refusal problem+json, and no posting, payment or key written."""
+    import re
+
+    postings, payments, keys = ward.server.postings(), ward.server.payments(), ward.server.count(ApiKeyRow)
+    routes = _routes()
+    failures: list[str] = []
+    sent = 0
+    for role in FUZZ_ROLES:
+        key = None if role == "none" else _key_for(ward, role)
+        with ward.server.client(key) as c:
+            for method, template in routes:
+                requests: list[tuple[str, dict]] = []
+                for name in re.findall(r"\{(\w+)\}", template):
+                    requests += [(_fill(template, **{name: v}), {}) for v in HOSTILE_IDS]
+                path = _fill(template)
+                if method == "GET":
+                    requests += [(path, {"params": q}) for q in HOSTILE_QUERIES]
+                if method in ("POST", "PATCH", "PUT"):
+                    requests += [(path, {"content": b, "headers": {"Content-Type": "application/json"}})
+                                 for b in HOSTILE_BODIES]
+                for target, kwargs in requests:
+                    headers = {"Idempotency-Key": "fuzz-" + uuid.uuid4().hex, **kwargs.pop("headers", {})}
+                    r = c.request(method, target, headers=headers, **kwargs)
+                    sent += 1
+                    problem = r.status_code >= 400 and r.headers.get("content-type") != PROBLEM_JSON
+                    if r.status_code >= 500 or problem:
+                        failures.append(f"{role} {method} {target[:80]!r} {str(kwargs)[:120]}: "
+                                        f"{r.status_code} {r.text[:200]}")
+    assert not failures, f"{len(failures)} of {sent} hostile requests:\n" + "\n".join(failures[:40])
+    assert (ward.server.postings(), ward.server.payments(), ward.server.count(ApiKeyRow)) == (postings, payments, keys)
