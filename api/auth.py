@@ -105,33 +105,26 @@ class Limit:
         return found[1]
 
     async def _call(self, name: str, identifier: str):
-        """`name` of the fixed-window limiter (`refund`: give one back), on Redis or in memory."""
+        """`name` of the fixed-window limiter (`hit`, `test`, `get_window_stats`), on Redis or in memory."""
         item = self.item
         assert item is not None, "only called for a limit that is on"
         if self.redis_url and time.monotonic() >= self._redis_down_until:
             try:
                 limiter = self._redis()
-                if name == "refund":
-                    return await limiter.storage.incr(item.key_for(self.namespace, identifier),
-                                                      item.get_expiry(), amount=-1)
                 return await getattr(limiter, name)(item, self.namespace, identifier)
             except (RedisError, OSError) as exc:  # shared state for limits, never a reason to fail a request
                 log.warning("rate limit storage unavailable (%s: %s); counting in this process for %s s",
                             type(exc).__name__, exc, REDIS_RETRY_AFTER_FAILURE_S)
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_FAILURE_S
-        if name == "refund":
-            return self._memory.storage.incr(item.key_for(self.namespace, identifier),
-                                             item.get_expiry(), amount=-1)
         return getattr(self._memory, name)(item, self.namespace, identifier)
 
     async def hit(self, identifier: str) -> bool:
         """Count one (atomically, in Redis across processes); False when that went over the limit."""
         return True if self.item is None else await self._call("hit", identifier)
 
-    async def refund(self, identifier: str) -> None:
-        """Give back one counted by `hit` (it turned out not to count)."""
-        if self.item is not None:
-            await self._call("refund", identifier)
+    async def test(self, identifier: str) -> bool:
+        """Whether one more would still be within the limit (counts nothing)."""
+        return True if self.item is None else await self._call("test", identifier)
 
     async def retry_after_s(self, identifier: str) -> int:
         stats = await self._call("get_window_stats", identifier)
@@ -265,12 +258,14 @@ class Auth:
         return found
 
     async def _first_lookup(self, digest: str, address: str) -> KeyLookup:
-        """Look up a key never seen here, counted against its address's failures.
+        """Look up a key never seen here, only while its address is under its failure limit.
 
-        It is counted as a failure first (atomically, so concurrent guesses and other
-        processes cannot slip past the limit), looked up only while the address is
-        under the limit, and the count is given back when the key proves good.
-        Concurrent first requests with one key share one look-up (and one count).
+        The address's count is tested (not consumed) before the look-up and counted only
+        when the key proves unknown, so the first requests of many good keys from one
+        address at once (a launch rush behind one NAT, every terminal after a restart)
+        are never refused for failures that did not happen. Guessed keys reach the
+        database at most the limit plus the requests in flight at once from that
+        address. Concurrent first requests with one key share one look-up.
         """
         for _ in range(3):
             with self._in_flight_lock:
@@ -286,11 +281,9 @@ class Auth:
                     raise await self._failed(address)
                 return found
             try:
-                if not await self.failures.hit(address):
+                if not await self.failures.test(address):
                     raise await self._over_failure_limit(address)
                 found = await self._lookup(digest)
-                if found is not None:
-                    await self.failures.refund(address)
                 mine.set_result(found)
             except BaseException as exc:
                 mine.set_exception(exc)
@@ -299,7 +292,7 @@ class Auth:
                 with self._in_flight_lock:
                     self._in_flight.pop(digest, None)
             if found is None:
-                raise EngineError(401, "unauthenticated")
+                raise await self._failed(address)
             return found
         raise await self._over_failure_limit(address)
 
