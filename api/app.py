@@ -178,7 +178,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         at, now = to_us(occurred_at), clock.now_us()
         if at > now + settings.occurred_at_max_future_s * 1_000_000 or \
                 at < now - settings.occurred_at_max_past_days * 86_400_000_000:
-            raise EngineError(422, "occurred_at_out_of_range",
+            raise EngineError("occurred_at_out_of_range",
                               f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
                               f"{settings.occurred_at_max_past_days} days behind the engine's clock")
 
@@ -191,7 +191,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         try:
             # The terminal's merchant is checked by the ledger under its lock, against the catalog.
             if body.type == "purchase" and body.terminal_id != p.terminal_id:
-                raise EngineError(403, "forbidden", "a terminal key posts only for its own terminal")
+                raise EngineError("forbidden", "a terminal key posts only for its own terminal")
             _check_instant(body.occurred_at)
             # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
             receipt = receipts.verify(body.receipt, body, apps.secrets_for, clock.now_us())
@@ -204,9 +204,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     def _idempotency_key(value: object) -> str:
         if value is None:
-            raise EngineError(400, "idempotency_key_missing")
+            raise EngineError("idempotency_key_missing")
         if not isinstance(value, str) or not _PRINTABLE_ASCII.fullmatch(value):
-            raise EngineError(400, "idempotency_key_invalid",
+            raise EngineError("idempotency_key_invalid",
                               f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters")
         return value
 
@@ -229,11 +229,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
                 return _render(Result(status, answer, replayed=True))
         with _claimed([(p.terminal_id, key)]) as fresh:
             if not fresh:
-                raise EngineError(409, "request_in_progress")
+                raise EngineError("request_in_progress")
             try:
                 result = await asyncio.wait_for(asyncio.wrap_future(committer.enqueue(submission)), 60)
             except (OperationalError, InterfaceError, asyncio.TimeoutError) as exc:
-                raise EngineError(503, "service_unavailable", type(exc).__name__) from None
+                raise EngineError("service_unavailable", type(exc).__name__) from None
         # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
         if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
             await answers.put(p.terminal_id, key, submission.request_hash, result.status, result.body)
@@ -250,7 +250,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         for i, item in enumerate(body.transactions):
             try:
                 if not isinstance(item, dict):  # answers for itself; the other items proceed
-                    raise EngineError(422, "invalid_request", "a batch item is a JSON object",
+                    raise EngineError("invalid_request", "a batch item is a JSON object",
                                       errors=[{"loc": ["body", "transactions", str(i)],
                                                "msg": "must be an object", "type": "dict_type"}])
                 fields = dict(item)
@@ -295,15 +295,15 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     def get_transaction(transaction_id: PathId, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]):
         scope = queries.payment_scope(engine, transaction_id)
         if scope is None:
-            raise EngineError(404, "not_found", f"transaction {transaction_id} is not known")
+            raise EngineError("not_found", f"transaction {transaction_id} is not known")
         merchant_id, terminal_id = scope
         if p.role == "merchant" and p.merchant_id != merchant_id:
-            raise EngineError(403, "forbidden", "a merchant key reads only its own merchant")
+            raise EngineError("forbidden", "a merchant key reads only its own merchant")
         # A terminal reads its own transactions while it is still with their merchant: a terminal
         # moved to another merchant leaves its old merchant's transactions behind.
         if p.role == "terminal" and (p.terminal_id != terminal_id
                                      or config.terminal_merchant(p.terminal_id) != merchant_id):
-            raise EngineError(403, "forbidden", "a terminal key reads only its own transactions at its merchant")
+            raise EngineError("forbidden", "a terminal key reads only its own transactions at its merchant")
         return queries.get_payment(engine, transaction_id)
 
     @app.get("/v1/wallets/{wallet_id}/points")
@@ -314,7 +314,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     def _merchant_scope(p: Principal, merchant_id: str) -> None:
         if p.role == "merchant" and p.merchant_id != merchant_id:
-            raise EngineError(403, "forbidden", "a merchant key reads only its own merchant")
+            raise EngineError("forbidden", "a merchant key reads only its own merchant")
 
     @app.get("/v1/merchants/{merchant_id}/rewards")
     def merchant_rewards(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
@@ -414,7 +414,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
 class BodyTooLarge(EngineError):
     def __init__(self) -> None:
-        super().__init__(413, "body_too_large", f"bodies are limited to {limits.BODY_BYTES_MAX} bytes")
+        super().__init__("body_too_large", f"bodies are limited to {limits.BODY_BYTES_MAX} bytes")
 
 
 class BodyLimit:
@@ -485,7 +485,7 @@ def _guarded(action):
     try:
         return action()
     except (OperationalError, InterfaceError) as exc:
-        raise EngineError(503, "service_unavailable", type(exc).__name__) from None
+        raise EngineError("service_unavailable", type(exc).__name__) from None
 
 
 def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threading.Event) -> None:
@@ -517,7 +517,7 @@ def _validated(action):
     try:
         return action()
     except ValidationError as exc:
-        raise EngineError(422, "invalid_request", errors=_json_safe(exc.errors())) from None
+        raise EngineError("invalid_request", errors=_json_safe(exc.errors())) from None
 
 
 from engine.model import Record, Id, Label  # noqa: E402

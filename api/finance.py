@@ -60,7 +60,7 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
     def settlement_zengin(run_id: PathId, _: Finance):
         row = settlement.get(ledger, run_id)
         if not row.zengin_file:
-            raise EngineError(404, "not_found", "this run pays nobody, so it has no payout file")
+            raise EngineError("not_found", "this run pays nobody, so it has no payout file")
         return Response(row.zengin_file, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{run_id}.zengin.txt"'})
 
@@ -80,6 +80,6 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
     @app.post("/v1/terminals/{terminal_id}/closeouts", status_code=201)
     def post_closeout(terminal_id: PathId, body: CloseoutRequest, p: Annotated[Any, Depends(role("terminal"))]):
         if p.terminal_id != terminal_id:
-            raise EngineError(403, "forbidden", "a terminal key closes out only its own terminal")
+            raise EngineError("forbidden", "a terminal key closes out only its own terminal")
         return finance.closeout(ledger, terminal_id, body.business_date.isoformat(), body.count, body.total,
                                 actor=p)
