@@ -25,7 +25,9 @@ from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import openapi
 from api.auth import Auth
+from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent, problems, terminal_headers
 from api.strict import Cursor, PageLimit, PathId, decode_cursor, duplicated_header, encode_cursor, \
     has_duplicate_key, is_json
 from engine import limits, receipts
@@ -100,6 +102,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     app = FastAPI(title="setapay-engine", version="0.1.0", lifespan=lifespan,
                   description="Points and settlement engine of Setagaya PAY (せたがやPay)")
+    openapi.install(app)
     app.state.settings = settings
     app.state.ledger = ledger
     app.state.config = config
@@ -147,11 +150,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # -- health ------------------------------------------------------------
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=problems(COMMON))
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses=problems(COMMON))
     def readyz():
         checks = {}
         try:
@@ -210,11 +213,16 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
                               f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters")
         return value
 
-    @app.post("/v1/transactions", status_code=201)
+    @app.post("/v1/transactions", status_code=201, openapi_extra=terminal_headers(idempotency=True),
+              responses=problems(TERMINAL, IDEMPOTENCY, "invalid_request", "occurred_at_out_of_range",
+                                 "receipt_required", "receipt_invalid", "receipt_mismatch", "receipt_already_used",
+                                 "unknown_merchant", "original_not_found", "refund_merchant_mismatch",
+                                 "refund_exceeds_original", "insufficient_points"))
     async def post_transaction(
         body: Annotated[Transaction, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        # Documented as required in openapi_extra; checked by `_idempotency_key` (400, not FastAPI's 422).
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
     ):
         key = _idempotency_key(idempotency_key)
         submission = _submission(p, key, body)
@@ -239,7 +247,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             await answers.put(p.terminal_id, key, submission.request_hash, result.status, result.body)
         return _render(result)
 
-    @app.post("/v1/transactions/batch", status_code=200)
+    @app.post("/v1/transactions/batch", status_code=200, openapi_extra=terminal_headers(),
+              responses=problems(TERMINAL, "invalid_request"))
     def post_batch(
         body: Annotated[BatchRequest, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
@@ -291,7 +300,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         media = "application/json" if result.status < 400 else PROBLEM_JSON
         return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)
 
-    @app.get("/v1/transactions/{transaction_id}")
+    @app.get("/v1/transactions/{transaction_id}", openapi_extra=terminal_headers(),
+             responses=problems(TERMINAL, "invalid_request", "not_found"))
     def get_transaction(transaction_id: PathId, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]):
         scope = queries.payment_scope(engine, transaction_id)
         if scope is None:
@@ -306,7 +316,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             raise EngineError("forbidden", "a terminal key reads only its own transactions at its merchant")
         return queries.get_payment(engine, transaction_id)
 
-    @app.get("/v1/wallets/{wallet_id}/points")
+    @app.get("/v1/wallets/{wallet_id}/points", responses=problems(AUTHENTICATED, "invalid_request"))
     def wallet_points(wallet_id: PathId, p: Annotated[Principal, Depends(role("app", "finance"))]):
         return queries.wallet_detail(engine, wallet_id)
 
@@ -316,14 +326,15 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         if p.role == "merchant" and p.merchant_id != merchant_id:
             raise EngineError("forbidden", "a merchant key reads only its own merchant")
 
-    @app.get("/v1/merchants/{merchant_id}/rewards")
+    @app.get("/v1/merchants/{merchant_id}/rewards", responses=problems(AUTHENTICATED, "invalid_request"))
     def merchant_rewards(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
                          from_: Annotated[Instant | None, Query(alias="from")] = None,
                          to: Annotated[Instant | None, Query()] = None):
         _merchant_scope(p, merchant_id)
         return queries.merchant_rewards(engine, merchant_id, _opt_us(from_), _opt_us(to))
 
-    @app.get("/v1/merchants/{merchant_id}/transactions")
+    @app.get("/v1/merchants/{merchant_id}/transactions",
+             responses=problems(AUTHENTICATED, "invalid_request"))
     def merchant_transactions(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
                               from_: Annotated[Instant | None, Query(alias="from")] = None,
                               to: Annotated[Instant | None, Query()] = None,
@@ -337,9 +348,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # -- finance: grants ---------------------------------------------------
 
-    @app.post("/v1/grants", status_code=201)
+    @app.post("/v1/grants", status_code=201, openapi_extra=idempotent(),
+              responses=problems(AUTHENTICATED, "idempotency_key_missing", "idempotency_key_invalid",
+                                 "idempotency_key_reused", "invalid_request", "not_found", "budget_exceeded"))
     def post_grant(body: GrantRequest, p: Annotated[Principal, Depends(role("finance"))],
-                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+                   idempotency_key: Annotated[str | None,
+                                              Header(alias="Idempotency-Key", include_in_schema=False)] = None):
         key = _idempotency_key(idempotency_key)
         result = _guarded(lambda: lifecycle.grant(ledger, f"finance:{p.key_id}", key, body.wallet_id,
                                                   body.campaign_id, body.points, body.reason, actor=p))
@@ -347,52 +361,55 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # -- configuration -----------------------------------------------------
 
-    @app.post("/v1/merchants", status_code=201)
+    @app.post("/v1/merchants", status_code=201, responses=problems(AUTHENTICATED, "invalid_request", "already_exists"))
     def create_merchant(body: Merchant, p: Admin) -> Any:
         return config.create_merchant(body, actor=p)
 
-    @app.get("/v1/merchants")
+    @app.get("/v1/merchants", responses=problems(AUTHENTICATED))
     def list_merchants(_: Admin) -> Any:
         return config.list_merchants()
 
-    @app.get("/v1/merchants/{merchant_id}")
+    @app.get("/v1/merchants/{merchant_id}", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
     def get_merchant(merchant_id: PathId, _: Admin) -> Any:
         return config.get_merchant(merchant_id)
 
-    @app.patch("/v1/merchants/{merchant_id}")
+    @app.patch("/v1/merchants/{merchant_id}", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
     def patch_merchant(merchant_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
-    @app.post("/v1/campaigns", status_code=201)
+    @app.post("/v1/campaigns", status_code=201, responses=problems(AUTHENTICATED, "invalid_request", "already_exists"))
     def create_campaign(body: Campaign, p: Admin) -> Any:
         return config.create_campaign(body, actor=p).model_dump(mode="json")
 
-    @app.get("/v1/campaigns")
+    @app.get("/v1/campaigns", responses=problems(AUTHENTICATED))
     def list_campaigns(_: Annotated[Principal, Depends(role("admin", "finance"))]) -> Any:
         return [c.model_dump(mode="json") for c in config.list_campaigns()]
 
-    @app.get("/v1/campaigns/{campaign_id}")
+    @app.get("/v1/campaigns/{campaign_id}", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
     def get_campaign(campaign_id: PathId, _: Annotated[Principal, Depends(role("admin", "finance"))],
                      version: Annotated[int | None, Query(ge=1, le=limits.VERSION_MAX)] = None) -> Any:
         return config.get_campaign(campaign_id, version).model_dump(mode="json")
 
-    @app.patch("/v1/campaigns/{campaign_id}")
+    @app.patch("/v1/campaigns/{campaign_id}",
+              responses=problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started"))
     def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
 
-    @app.post("/v1/terminals", status_code=201)
+    @app.post("/v1/terminals", status_code=201,
+              responses=problems(AUTHENTICATED, "invalid_request", "unknown_merchant", "already_exists"))
     def create_terminal(body: TerminalRecord, p: Admin) -> Any:
         return config.create_terminal(body.id, body.merchant_id, actor=p)
 
-    @app.get("/v1/terminals")
+    @app.get("/v1/terminals", responses=problems(AUTHENTICATED))
     def list_terminals(_: Admin) -> Any:
         return config.list_terminals()
 
-    @app.get("/v1/terminals/{terminal_id}")
+    @app.get("/v1/terminals/{terminal_id}", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
     def get_terminal(terminal_id: PathId, _: Admin) -> Any:
         return config.get_terminal(terminal_id)
 
-    @app.patch("/v1/terminals/{terminal_id}")
+    @app.patch("/v1/terminals/{terminal_id}",
+              responses=problems(AUTHENTICATED, "invalid_request", "not_found", "unknown_merchant"))
     def patch_terminal(terminal_id: PathId, body: TerminalPatch, p: Admin) -> Any:
         patch = body.model_dump(exclude_unset=True)  # "public_key": null removes the key
         if patch.get("merchant_id", "") is None:

@@ -41,10 +41,12 @@ import time
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from api.openapi import BEARER
 from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store.config import Principal
@@ -297,7 +299,11 @@ class Auth:
         raise await self._over_failure_limit(address)
 
     async def principal(self, request: Request,
-                        authorization: Annotated[str | None, Header()] = None) -> Principal:
+                        _documented: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+                        ) -> Principal:
+        # `BEARER` only documents the scheme in the OpenAPI (auto_error=False: it never answers);
+        # the header is read and checked here, so every failure stays our own 401/429 problem+json.
+        authorization = request.headers.get("authorization")
         address = request.client.host if request.client else "unknown"
         secret = authorization[len("Bearer "):].strip() if authorization and authorization.startswith("Bearer ") \
             else ""

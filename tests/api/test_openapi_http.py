@@ -1,0 +1,113 @@
+"""The OpenAPI document tells the truth (issue 10, deliverable 2), read from a real server process.
+
+- the `bearerAuth` HTTP bearer scheme exists and every operation but /healthz and /readyz uses it;
+- every such operation documents 401 and 403; every documented 4xx/5xx problem is
+  `application/problem+json` with the `Problem` schema, whose `code` enum is the error catalog;
+- `Idempotency-Key` is a required header of POST /v1/transactions and POST /v1/grants (while the
+  server still answers a missing one with 400 `idempotency_key_missing`, not 422);
+- the routes a terminal key calls document the RFC 9421 signature headers, optional;
+- every route of the application is in the document.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.routing import APIRoute
+
+from engine.errors import CATALOG
+
+PUBLIC = {("get", "/healthz"), ("get", "/readyz")}
+TERMINAL_ROUTES = {("post", "/v1/transactions"), ("post", "/v1/transactions/batch"),
+                   ("get", "/v1/transactions/{transaction_id}"), ("post", "/v1/terminals/{terminal_id}/closeouts")}
+IDEMPOTENT = {("post", "/v1/transactions"), ("post", "/v1/grants")}
+SIGNATURE_HEADERS = {"Signature", "Signature-Input", "Content-Digest"}
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    return start_server("sqlite")
+
+
+@pytest.fixture(scope="module")
+def document(server) -> dict:
+    with server.client() as client:
+        answer = client.get("/openapi.json")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def operations(document: dict):
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield method, path, operation
+
+
+def test_every_route_is_documented(document, tmp_path) -> None:
+    from api.app import create_app
+    from engine.settings import Settings
+
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/routes.db"))
+    routes = {(m.lower(), r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+    assert routes == {(m, p) for m, p, _ in operations(document)}
+
+
+def test_the_bearer_scheme_is_used_by_every_operation_but_health(document) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["type"] == "http" and schemes["bearerAuth"]["scheme"] == "bearer"
+    for method, path, operation in operations(document):
+        if (method, path) in PUBLIC:
+            assert not operation.get("security"), (method, path)
+        else:
+            assert operation.get("security") == [{"bearerAuth": []}], (method, path)
+            # the key travels in the scheme, not as a parameter of its own
+            assert "authorization" not in {p["name"].lower() for p in operation.get("parameters", [])}
+
+
+def test_every_operation_documents_401_and_403_unless_public(document) -> None:
+    for method, path, operation in operations(document):
+        if (method, path) not in PUBLIC:
+            assert {"401", "403", "429"} <= set(operation["responses"]), (method, path)
+        assert {"400", "413"} <= set(operation["responses"]), (method, path)  # the middleware's, anywhere
+
+
+def test_problem_responses_are_problem_json(document) -> None:
+    problem = document["components"]["schemas"]["Problem"]
+    assert set(problem["properties"]["code"]["enum"]) == set(CATALOG)
+    assert {"type", "title", "status", "code"} <= set(problem["required"])
+    for method, path, operation in operations(document):
+        for status, response in operation["responses"].items():
+            if int(status) >= 400:
+                assert list(response["content"]) == ["application/problem+json"], (method, path, status)
+                content = response["content"]["application/problem+json"]
+                assert content["schema"] == {"$ref": "#/components/schemas/Problem"}, (method, path, status)
+                for code, example in content["examples"].items():
+                    assert CATALOG[code].status == int(status) == example["value"]["status"]
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+
+
+def test_idempotency_key_is_required_where_the_spec_requires_it(document) -> None:
+    for method, path, operation in operations(document):
+        found = [p for p in operation.get("parameters", []) if p["name"].lower() == "idempotency-key"]
+        if (method, path) in IDEMPOTENT:
+            assert len(found) == 1 and found[0]["in"] == "header" and found[0]["required"] is True, (method, path)
+            assert "idempotency_key_missing" in operation["responses"]["400"]["description"]
+        else:
+            assert not found, (method, path)
+
+
+def test_terminal_routes_document_the_signature_headers(document) -> None:
+    for method, path, operation in operations(document):
+        headers = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "header"}
+        if (method, path) in TERMINAL_ROUTES:
+            assert SIGNATURE_HEADERS <= set(headers), (method, path)
+            assert not any(headers[h]["required"] for h in SIGNATURE_HEADERS)
+            assert "signature_invalid" in operation["responses"]["401"]["description"]
+        else:
+            assert not SIGNATURE_HEADERS & set(headers), (method, path)
+
+
+def test_a_missing_idempotency_key_is_still_400(server) -> None:
+    with server.client(server.create_key("finance")) as client:
+        answer = client.post("/v1/grants", json={"wallet_id": "W1", "campaign_id": "C1", "points": 1, "reason": "r"})
+    assert answer.status_code == 400 and answer.json()["code"] == "idempotency_key_missing"
+    assert answer.headers["content-type"] == "application/problem+json"
