@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import openapi
+from api import openapi, responses
 from api.auth import Auth
 from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent, problems, terminal_headers
 from api.strict import Cursor, PageLimit, PathId, decode_cursor, duplicated_header, encode_cursor, \
@@ -150,11 +150,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # -- health ------------------------------------------------------------
 
-    @app.get("/healthz", responses=problems(COMMON))
+    @app.get("/healthz", responses={200: {"model": responses.Health}, **problems(COMMON)})
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses=problems(COMMON))
+    @app.get("/readyz", responses={200: {"model": responses.Readiness},
+                                    503: {"model": responses.Readiness, "description": "The database or Redis is not reachable"},
+                                    **problems(COMMON)})
     def readyz():
         checks = {}
         try:
@@ -214,10 +216,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return value
 
     @app.post("/v1/transactions", status_code=201, openapi_extra=terminal_headers(idempotency=True),
-              responses=problems(TERMINAL, IDEMPOTENCY, "invalid_request", "occurred_at_out_of_range",
-                                 "receipt_required", "receipt_invalid", "receipt_mismatch", "receipt_already_used",
-                                 "unknown_merchant", "original_not_found", "refund_merchant_mismatch",
-                                 "refund_exceeds_original", "insufficient_points"))
+              responses={201: {"model": responses.TransactionAnswer, "headers": responses.REPLAYED_HEADER,
+                               "description": "Accepted; or, with `Idempotent-Replayed: true`, the earlier answer"},
+                         **problems(TERMINAL, IDEMPOTENCY, "invalid_request", "occurred_at_out_of_range",
+                                    "receipt_required", "receipt_invalid", "receipt_mismatch", "receipt_already_used",
+                                    "unknown_merchant", "original_not_found", "refund_merchant_mismatch",
+                                    "refund_exceeds_original", "insufficient_points")})
     async def post_transaction(
         body: Annotated[Transaction, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
@@ -248,7 +252,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return _render(result)
 
     @app.post("/v1/transactions/batch", status_code=200, openapi_extra=terminal_headers(),
-              responses=problems(TERMINAL, "invalid_request"))
+              responses={200: {"model": responses.BatchAnswer}, **problems(TERMINAL, "invalid_request")})
     def post_batch(
         body: Annotated[BatchRequest, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
@@ -301,7 +305,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)
 
     @app.get("/v1/transactions/{transaction_id}", openapi_extra=terminal_headers(),
-             responses=problems(TERMINAL, "invalid_request", "not_found"))
+             responses={200: {"model": responses.TransactionAnswer},
+                        **problems(TERMINAL, "invalid_request", "not_found")})
     def get_transaction(transaction_id: PathId, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]):
         scope = queries.payment_scope(engine, transaction_id)
         if scope is None:
@@ -316,7 +321,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             raise EngineError("forbidden", "a terminal key reads only its own transactions at its merchant")
         return queries.get_payment(engine, transaction_id)
 
-    @app.get("/v1/wallets/{wallet_id}/points", responses=problems(AUTHENTICATED, "invalid_request"))
+    @app.get("/v1/wallets/{wallet_id}/points",
+             responses={200: {"model": responses.WalletPoints}, **problems(AUTHENTICATED, "invalid_request")})
     def wallet_points(wallet_id: PathId, p: Annotated[Principal, Depends(role("app", "finance"))]):
         return queries.wallet_detail(engine, wallet_id)
 

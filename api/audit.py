@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI, Query
 
 from api import strict
 from api.openapi import AUTHENTICATED, problems
+from api.responses import AuditPage
 from api.strict import Cursor, PageLimit, PathId
 from engine.model import Instant
 from engine.store import audit
@@ -37,7 +38,7 @@ def _us(instant: dt.datetime | None) -> int | None:
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Reader = Annotated[Any, Depends(role("admin", "finance"))]
 
-    @app.get("/v1/audit", responses=problems(AUTHENTICATED, "invalid_request"))
+    @app.get("/v1/audit", responses={200: {"model": AuditPage}, **problems(AUTHENTICATED, "invalid_request")})
     def audit_log(_: Reader,
                   from_: Annotated[Instant | None, Query(alias="from")] = None,
                   to: Annotated[Instant | None, Query()] = None,

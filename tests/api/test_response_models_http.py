@@ -1,0 +1,92 @@
+"""Real answers validate against the typed 2xx models of the OpenAPI document (api/responses.py),
+on SQLite and PostgreSQL: the models describe what the API returns, they do not shape it."""
+
+from __future__ import annotations
+
+import uuid
+
+from api.openapi import Problem
+from api.responses import (
+    AuditPage,
+    BatchAnswer,
+    CreatedKey,
+    Health,
+    KeyListing,
+    KeyListings,
+    PurchaseAnswer,
+    Readiness,
+    RefundAnswer,
+    TransactionAnswer,
+    WalletPoints,
+)
+from tests.api.conftest import purchase, refund
+
+
+def _strictly(model, answer):
+    """The answer validates, and every field the model names is in it with the same value."""
+    parsed = model.model_validate(answer)
+    assert parsed.model_dump(mode="json", exclude_unset=True) == answer
+    return parsed
+
+
+def test_transactions_validate(ward) -> None:
+    wallet = "W_MODELS_" + uuid.uuid4().hex[:8]
+    key = uuid.uuid4().hex
+    body = purchase("T_SHOTEN_1", wallet, 3300, items=[{"amount": 1100, "tags": ["ethical"]}, {"amount": 2200}])
+    first = ward.post("T_SHOTEN_1", body, key=key)
+    assert first.status_code == 201, first.text
+    assert isinstance(_strictly(TransactionAnswer, first.json()).root, PurchaseAnswer)
+    assert first.json()["awards"], "the example purchase earns points"
+
+    replay = ward.post("T_SHOTEN_1", body, key=key)
+    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
+    _strictly(TransactionAnswer, replay.json())
+
+    back = ward.post("T_SHOTEN_1", refund(first.json()["id"], 1100))
+    assert back.status_code == 201, back.text
+    assert isinstance(_strictly(TransactionAnswer, back.json()).root, RefundAnswer)
+
+    declined = ward.post("T_SHOTEN_1", refund(first.json()["id"], 999_999))
+    assert declined.status_code == 422 and declined.headers["content-type"] == "application/problem+json"
+    Problem.model_validate(declined.json())
+
+    for transaction_id, kind in ((first.json()["id"], PurchaseAnswer), (back.json()["id"], RefundAnswer)):
+        read = ward.terminal("T_SHOTEN_1").get(f"/v1/transactions/{transaction_id}")
+        assert read.status_code == 200, read.text
+        assert isinstance(_strictly(TransactionAnswer, read.json()).root, kind)
+
+    batch = ward.terminal("T_SHOTEN_1").post("/v1/transactions/batch", json={"transactions": [
+        {**purchase("T_SHOTEN_1", wallet, 1200), "idempotency_key": uuid.uuid4().hex},
+        {**purchase("T_SHOTEN_1", wallet, 1200), "idempotency_key": 7},
+        "not an object",
+    ]})
+    assert batch.status_code == 200, batch.text
+    parsed = _strictly(BatchAnswer, batch.json())
+    assert [r.status for r in parsed.results] == [201, 400, 422]  # a number as key: idempotency_key_invalid
+    assert isinstance(parsed.results[0].body, TransactionAnswer)
+    assert all(isinstance(r.body, Problem) for r in parsed.results[1:])
+
+    points = ward.app_client.get(f"/v1/wallets/{wallet}/points")
+    assert points.status_code == 200, points.text
+    _strictly(WalletPoints, points.json())
+
+
+def test_keys_audit_and_health_validate(ward) -> None:
+    server = ward.server
+    with server.client(server.admin_key) as admin:
+        created = admin.post("/v1/keys", json={"role": "merchant", "merchant_id": "M_SHOTEN"})
+        assert created.status_code == 201, created.text
+        _strictly(CreatedKey, created.json())
+        listing = admin.get("/v1/keys")
+        assert listing.status_code == 200
+        _strictly(KeyListings, listing.json())
+        revoked = admin.post(f"/v1/keys/{created.json()['id']}/revoke")
+        assert revoked.status_code == 200
+        _strictly(KeyListing, revoked.json())
+        audit = admin.get("/v1/audit", params={"limit": 5})
+        assert audit.status_code == 200 and audit.json()["entries"]
+        _strictly(AuditPage, audit.json())
+        _strictly(Health, admin.get("/healthz").json())
+        ready = admin.get("/readyz")
+        assert ready.status_code == 200
+        _strictly(Readiness, ready.json())
