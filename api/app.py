@@ -322,7 +322,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return queries.get_payment(engine, transaction_id)
 
     @app.get("/v1/wallets/{wallet_id}/points",
-             responses={200: {"model": responses.WalletPoints}, **problems(AUTHENTICATED, "invalid_request")})
+             responses={200: {"model": responses.WalletPoints},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def wallet_points(wallet_id: PathId, p: Annotated[Principal, Depends(role("app", "finance"))]):
         return queries.wallet_detail(engine, wallet_id)
 
@@ -332,7 +333,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         if p.role == "merchant" and p.merchant_id != merchant_id:
             raise EngineError("forbidden", "a merchant key reads only its own merchant")
 
-    @app.get("/v1/merchants/{merchant_id}/rewards", responses=problems(AUTHENTICATED, "invalid_request"))
+    @app.get("/v1/merchants/{merchant_id}/rewards", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
     def merchant_rewards(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
                          from_: Annotated[Instant | None, Query(alias="from")] = None,
                          to: Annotated[Instant | None, Query()] = None):
@@ -340,7 +341,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return queries.merchant_rewards(engine, merchant_id, _opt_us(from_), _opt_us(to))
 
     @app.get("/v1/merchants/{merchant_id}/transactions",
-             responses=problems(AUTHENTICATED, "invalid_request"))
+             responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
     def merchant_transactions(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
                               from_: Annotated[Instant | None, Query(alias="from")] = None,
                               to: Annotated[Instant | None, Query()] = None,

@@ -89,7 +89,7 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
         return JSONResponse(report, status_code=200)
 
     @app.post("/v1/terminals/{terminal_id}/closeouts", status_code=201, openapi_extra=terminal_headers(),
-              responses=problems(TERMINAL, "invalid_request"))
+              responses=problems(TERMINAL, "invalid_request", "not_found"))
     def post_closeout(terminal_id: PathId, body: CloseoutRequest, p: Annotated[Any, Depends(role("terminal"))]):
         if p.terminal_id != terminal_id:
             raise EngineError("forbidden", "a terminal key closes out only its own terminal")

@@ -14,7 +14,9 @@
   (engine/errors.py `CATALOG` gives each its status), grouped by status, each
   `application/problem+json` with the `Problem` schema, whose `code` enum is the whole catalog.
   `COMMON` (what the middleware answers on any route), `AUTHENTICATED` and `TERMINAL` are the
-  codes every route of that kind shares; a route adds its own once.
+  codes every route of that kind shares; a route adds its own once. A route with a path id
+  documents `not_found` even when its handler never raises it: an id holding an encoded `/`
+  (`%2F`) matches no route, which Starlette answers 404 `not_found`.
 - `install(app)` puts `Problem` into the document's components.
 """
 

@@ -30,7 +30,7 @@ class SimulateRequest(Record):
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Planner = Annotated[Any, Depends(role("admin", "finance"))]
 
-    @app.post("/v1/campaigns/{campaign_id}/simulate", responses=problems(AUTHENTICATED, "invalid_request"))
+    @app.post("/v1/campaigns/{campaign_id}/simulate", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
     def simulate_campaign(campaign_id: PathId, body: SimulateRequest, _: Planner):
         if body.campaign.id != campaign_id:
             raise EngineError("invalid_request", "campaign.id must be the campaign of the path",

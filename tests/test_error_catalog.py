@@ -109,6 +109,7 @@ def _requests(c):
         ("forbidden", lambda: c.get("/v1/merchants", headers=c.finance)),
         ("not_found", lambda: c.get("/v1/merchants/M_NONE", headers=c.admin)),
         ("not_found", lambda: c.get("/v1/nowhere")),
+        ("not_found", lambda: c.get("/v1/wallets/W%2F1/points", headers=c.finance)),
         ("http_error", lambda: c.delete("/healthz")),
         ("invalid_request", lambda: c.get("/v1/merchants/bad%0A", headers=c.admin)),
         ("malformed_json", lambda: c.post("/v1/merchants", content=b"{", headers={**c.admin, "Content-Type": "application/json"})),

@@ -68,6 +68,8 @@ def test_every_operation_documents_401_and_403_unless_public(document) -> None:
         if (method, path) not in PUBLIC:
             assert {"401", "403", "429"} <= set(operation["responses"]), (method, path)
         assert {"400", "413"} <= set(operation["responses"]), (method, path)  # the middleware's, anywhere
+        if "{" in path:  # an encoded "/" in the id matches no route: 404
+            assert "404" in operation["responses"], (method, path)
 
 
 def test_problem_responses_are_problem_json(document) -> None:
