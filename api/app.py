@@ -333,7 +333,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         if p.role == "merchant" and p.merchant_id != merchant_id:
             raise EngineError("forbidden", "a merchant key reads only its own merchant")
 
-    @app.get("/v1/merchants/{merchant_id}/rewards", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
+    @app.get("/v1/merchants/{merchant_id}/rewards",
+             responses={200: {"model": responses.MerchantRewards},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def merchant_rewards(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
                          from_: Annotated[Instant | None, Query(alias="from")] = None,
                          to: Annotated[Instant | None, Query()] = None):
@@ -341,7 +343,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return queries.merchant_rewards(engine, merchant_id, _opt_us(from_), _opt_us(to))
 
     @app.get("/v1/merchants/{merchant_id}/transactions",
-             responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
+             responses={200: {"model": responses.MerchantTransactions},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def merchant_transactions(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
                               from_: Annotated[Instant | None, Query(alias="from")] = None,
                               to: Annotated[Instant | None, Query()] = None,
@@ -356,8 +359,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     # -- finance: grants ---------------------------------------------------
 
     @app.post("/v1/grants", status_code=201, openapi_extra=idempotent(),
-              responses=problems(AUTHENTICATED, "idempotency_key_missing", "idempotency_key_invalid",
-                                 "idempotency_key_reused", "invalid_request", "not_found", "budget_exceeded"))
+              responses={201: {"model": responses.GrantAnswer, "headers": responses.REPLAYED_HEADER},
+                         **problems(AUTHENTICATED, "idempotency_key_missing", "idempotency_key_invalid",
+                                    "idempotency_key_reused", "invalid_request", "not_found", "budget_exceeded")})
     def post_grant(body: GrantRequest, p: Annotated[Principal, Depends(role("finance"))],
                    idempotency_key: Annotated[str | None,
                                               Header(alias="Idempotency-Key", include_in_schema=False)] = None):

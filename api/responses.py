@@ -103,6 +103,56 @@ REPLAYED_HEADER = {"Idempotent-Replayed": {
     "schema": {"type": "string", "enum": ["true"]}}}
 
 
+# -- merchants' reward status, grants (SPEC §6) -----------------------------------
+
+class MerchantTransactions(_Answer):
+    transactions: list[TransactionAnswer] = Field(description="In acceptance order, each as GET /v1/transactions/{id}")
+    next_cursor: str | None = Field(description="Set while more may follow")
+
+
+class CampaignRewards(_Answer):
+    campaign_id: str
+    awarded: int
+    pending: int
+    credited: int
+    clawed_back: int
+
+
+class RewardPoints(_Answer):
+    awarded: int
+    pending: int
+    credited: int
+    clawed_back: int
+
+
+class MerchantRewards(_Answer):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    merchant_id: str
+    from_: str | None = Field(alias="from")
+    to: str | None
+    transactions: int
+    purchases: int
+    refunds: int
+    coin_sales: int
+    coin_refunded: int
+    points_redeemed: int
+    points_returned: int
+    campaigns: list[CampaignRewards]
+    points: RewardPoints
+
+
+class GrantAnswer(_Answer):
+    id: str
+    wallet_id: str
+    campaign_id: str
+    points: int
+    reason: str
+    campaign_version: int
+    granted_at: str
+    expires_at: str
+
+
 # -- wallets -------------------------------------------------------------------
 
 class CampaignPoints(_Answer):

@@ -123,7 +123,10 @@ TYPED = {("post", "/v1/transactions", "201"): "TransactionAnswer",
          ("get", "/v1/wallets/{wallet_id}/points", "200"): "WalletPoints",
          ("get", "/v1/keys", "200"): "KeyListings", ("post", "/v1/keys", "201"): "CreatedKey",
          ("post", "/v1/keys/{key_id}/revoke", "200"): "KeyListing", ("get", "/v1/audit", "200"): "AuditPage",
-         ("get", "/healthz", "200"): "Health", ("get", "/readyz", "200"): "Readiness"}
+         ("get", "/healthz", "200"): "Health", ("get", "/readyz", "200"): "Readiness",
+         ("get", "/v1/merchants/{merchant_id}/transactions", "200"): "MerchantTransactions",
+         ("get", "/v1/merchants/{merchant_id}/rewards", "200"): "MerchantRewards",
+         ("post", "/v1/grants", "201"): "GrantAnswer"}
 
 
 def test_typed_2xx_answers(document) -> None:

@@ -10,9 +10,12 @@ from api.responses import (
     AuditPage,
     BatchAnswer,
     CreatedKey,
+    GrantAnswer,
     Health,
     KeyListing,
     KeyListings,
+    MerchantRewards,
+    MerchantTransactions,
     PurchaseAnswer,
     Readiness,
     RefundAnswer,
@@ -25,7 +28,7 @@ from tests.api.conftest import purchase, refund
 def _strictly(model, answer):
     """The answer validates, and every field the model names is in it with the same value."""
     parsed = model.model_validate(answer)
-    assert parsed.model_dump(mode="json", exclude_unset=True) == answer
+    assert parsed.model_dump(mode="json", exclude_unset=True, by_alias=True) == answer
     return parsed
 
 
@@ -69,6 +72,19 @@ def test_transactions_validate(ward) -> None:
     points = ward.app_client.get(f"/v1/wallets/{wallet}/points")
     assert points.status_code == 200, points.text
     _strictly(WalletPoints, points.json())
+
+    with ward.server.client(ward.finance_key) as finance:
+        page = finance.get("/v1/merchants/M_SHOTEN/transactions", params={"limit": 2})
+        assert page.status_code == 200 and page.json()["transactions"], page.text
+        _strictly(MerchantTransactions, page.json())
+        rewards = finance.get("/v1/merchants/M_SHOTEN/rewards", params={"from": "2026-01-01T00:00:00+09:00"})
+        assert rewards.status_code == 200, rewards.text
+        _strictly(MerchantRewards, rewards.json())
+        grant = finance.post("/v1/grants", json={"wallet_id": wallet, "campaign_id": "C_POINTBACK", "points": 5,
+                                                 "reason": "typed answers"},
+                             headers={"Idempotency-Key": uuid.uuid4().hex})
+        assert grant.status_code == 201, grant.text
+        _strictly(GrantAnswer, grant.json())
 
 
 def test_keys_audit_and_health_validate(ward) -> None:
