@@ -372,55 +372,64 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # -- configuration -----------------------------------------------------
 
-    @app.post("/v1/merchants", status_code=201, responses=problems(AUTHENTICATED, "invalid_request", "already_exists"))
+    @app.post("/v1/merchants", status_code=201,
+              responses={201: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "already_exists")})
     def create_merchant(body: Merchant, p: Admin) -> Any:
         return config.create_merchant(body, actor=p)
 
-    @app.get("/v1/merchants", responses=problems(AUTHENTICATED))
+    @app.get("/v1/merchants", responses={200: {"model": responses.MerchantViews}, **problems(AUTHENTICATED)})
     def list_merchants(_: Admin) -> Any:
         return config.list_merchants()
 
-    @app.get("/v1/merchants/{merchant_id}", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
+    @app.get("/v1/merchants/{merchant_id}",
+             responses={200: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def get_merchant(merchant_id: PathId, _: Admin) -> Any:
         return config.get_merchant(merchant_id)
 
-    @app.patch("/v1/merchants/{merchant_id}", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
+    @app.patch("/v1/merchants/{merchant_id}",
+               responses={200: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def patch_merchant(merchant_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
-    @app.post("/v1/campaigns", status_code=201, responses=problems(AUTHENTICATED, "invalid_request", "already_exists"))
+    @app.post("/v1/campaigns", status_code=201,
+              responses={201: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "already_exists")})
     def create_campaign(body: Campaign, p: Admin) -> Any:
         return config.create_campaign(body, actor=p).model_dump(mode="json")
 
-    @app.get("/v1/campaigns", responses=problems(AUTHENTICATED))
+    @app.get("/v1/campaigns", responses={200: {"model": responses.Campaigns}, **problems(AUTHENTICATED)})
     def list_campaigns(_: Annotated[Principal, Depends(role("admin", "finance"))]) -> Any:
         return [c.model_dump(mode="json") for c in config.list_campaigns()]
 
-    @app.get("/v1/campaigns/{campaign_id}", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
+    @app.get("/v1/campaigns/{campaign_id}",
+             responses={200: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def get_campaign(campaign_id: PathId, _: Annotated[Principal, Depends(role("admin", "finance"))],
                      version: Annotated[int | None, Query(ge=1, le=limits.VERSION_MAX)] = None) -> Any:
         return config.get_campaign(campaign_id, version).model_dump(mode="json")
 
     @app.patch("/v1/campaigns/{campaign_id}",
-              responses=problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started"))
+               responses={200: {"model": Campaign},
+                          **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started")})
     def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
 
     @app.post("/v1/terminals", status_code=201,
-              responses=problems(AUTHENTICATED, "invalid_request", "unknown_merchant", "already_exists"))
+              responses={201: {"model": responses.TerminalView},
+                         **problems(AUTHENTICATED, "invalid_request", "unknown_merchant", "already_exists")})
     def create_terminal(body: TerminalRecord, p: Admin) -> Any:
         return config.create_terminal(body.id, body.merchant_id, actor=p)
 
-    @app.get("/v1/terminals", responses=problems(AUTHENTICATED))
+    @app.get("/v1/terminals", responses={200: {"model": responses.TerminalViews}, **problems(AUTHENTICATED)})
     def list_terminals(_: Admin) -> Any:
         return config.list_terminals()
 
-    @app.get("/v1/terminals/{terminal_id}", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
+    @app.get("/v1/terminals/{terminal_id}",
+             responses={200: {"model": responses.TerminalView}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def get_terminal(terminal_id: PathId, _: Admin) -> Any:
         return config.get_terminal(terminal_id)
 
     @app.patch("/v1/terminals/{terminal_id}",
-              responses=problems(AUTHENTICATED, "invalid_request", "not_found", "unknown_merchant"))
+               responses={200: {"model": responses.TerminalView},
+                          **problems(AUTHENTICATED, "invalid_request", "not_found", "unknown_merchant")})
     def patch_terminal(terminal_id: PathId, body: TerminalPatch, p: Admin) -> Any:
         patch = body.model_dump(exclude_unset=True)  # "public_key": null removes the key
         if patch.get("merchant_id", "") is None:

@@ -13,7 +13,7 @@ from fastapi import Depends, FastAPI, Query
 
 from api import strict
 from api.openapi import AUTHENTICATED, problems
-from api.responses import AuditPage
+from api.responses import AuditPage, MerchantView
 from api.strict import Cursor, PageLimit, PathId
 from engine.model import Instant
 from engine.store import audit
@@ -50,7 +50,8 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
         return {"entries": page, "next_cursor": encode_cursor(last) if last is not None else None}
 
     @app.post("/v1/merchants/{merchant_id}/bank-account/confirm",
-              responses=problems(AUTHENTICATED, "invalid_request", "not_found", "bank_change_not_pending",
-                                 "bank_change_same_key"))
+              responses={200: {"model": MerchantView},
+                         **problems(AUTHENTICATED, "invalid_request", "not_found", "bank_change_not_pending",
+                                    "bank_change_same_key")})
     def confirm_bank_account(merchant_id: PathId, p: Reader):
         return config.confirm_bank_account(merchant_id, actor=p)

@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
 from api.openapi import Problem
+from engine.model import Campaign
 
 
 class _Answer(BaseModel):
@@ -151,6 +152,42 @@ class GrantAnswer(_Answer):
     campaign_version: int
     granted_at: str
     expires_at: str
+
+
+# -- configuration (SPEC §3, §6) ------------------------------------------------
+
+class MerchantView(_Answer):
+    """A merchant record as the API shows it: never the payout account itself."""
+
+    id: str
+    name: str
+    merchant_class: str
+    shotengai_id: str | None = None
+    ward_local: bool = False
+    ethical_certifications: list[dict[str, Any]] = []
+    fee_bp: int = 0
+    bank_account_masked: dict[str, Any] = Field(
+        None, description="The payout account's bank, branch, type and last 4 digits, with when it was set")
+    bank_account_on_file: bool
+    bank_account_pending_confirmation: bool
+
+
+class MerchantViews(RootModel[list[MerchantView]]):
+    pass
+
+
+class TerminalView(_Answer):
+    id: str
+    merchant_id: str
+    public_key: str | None = Field(description="base64 of the terminal's Ed25519 public key, when registered")
+
+
+class TerminalViews(RootModel[list[TerminalView]]):
+    pass
+
+
+class Campaigns(RootModel[list[Campaign]]):
+    pass
 
 
 # -- wallets -------------------------------------------------------------------

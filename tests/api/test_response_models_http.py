@@ -6,19 +6,25 @@ from __future__ import annotations
 import uuid
 
 from api.openapi import Problem
+from engine.model import Campaign
 from api.responses import (
     AuditPage,
     BatchAnswer,
+    Campaigns,
     CreatedKey,
     GrantAnswer,
     Health,
     KeyListing,
     KeyListings,
     MerchantRewards,
+    MerchantView,
+    MerchantViews,
     MerchantTransactions,
     PurchaseAnswer,
     Readiness,
     RefundAnswer,
+    TerminalView,
+    TerminalViews,
     TransactionAnswer,
     WalletPoints,
 )
@@ -106,3 +112,22 @@ def test_keys_audit_and_health_validate(ward) -> None:
         ready = admin.get("/readyz")
         assert ready.status_code == 200
         _strictly(Readiness, ready.json())
+
+
+def test_configuration_validates(ward) -> None:
+    with ward.server.client(ward.server.admin_key) as admin:
+        _strictly(MerchantViews, admin.get("/v1/merchants").json())
+        _strictly(MerchantView, admin.get("/v1/merchants/M_SHOTEN").json())
+        _strictly(Campaigns, admin.get("/v1/campaigns").json())
+        _strictly(Campaign, admin.get("/v1/campaigns/C_POINTBACK").json())
+        _strictly(TerminalViews, admin.get("/v1/terminals").json())
+        _strictly(TerminalView, admin.get("/v1/terminals/T_SHOTEN_1").json())
+        merchant = {"id": "M_TYPED_" + uuid.uuid4().hex[:6], "name": "型付き商店", "merchant_class": "small",
+                    "bank_account": {"bank_code": "0001", "branch_code": "001", "account_type": "ordinary",
+                                     "account_number": "1234567", "holder_kana": "ｶﾀﾂｷ"}}
+        created = admin.post("/v1/merchants", json=merchant)
+        assert created.status_code == 201, created.text
+        _strictly(MerchantView, created.json())
+        patched = admin.patch(f"/v1/merchants/{merchant['id']}", json={"name": "型付き商店 2"})
+        assert patched.status_code == 200, patched.text
+        _strictly(MerchantView, patched.json())
