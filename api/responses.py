@@ -190,6 +190,110 @@ class Campaigns(RootModel[list[Campaign]]):
     pass
 
 
+# -- finance (SPEC §6, §7) ----------------------------------------------------------
+
+class CampaignBudget(_Answer):
+    campaign_id: str
+    campaign_version: int
+    budget: int | None
+    issued: int
+    clawed_back: int
+    net_issued: int
+    remaining: int | None
+    exhausted: bool
+    burn_last_hour: int
+    burn_last_day: int
+    forecast_exhaustion_at: str | None
+    as_of: str
+
+
+class Period(_Answer):
+    kind: str
+    start: str
+    end: str
+
+
+class Payout(_Answer):
+    merchant_id: str
+    net_payout: int
+    payout_status: str
+
+
+class SettlementRun(_Answer):
+    id: str
+    period: Period
+    created_at: str
+    statement: dict[str, Any] = Field(description="The signed statement of the run")
+    payouts: list[Payout]
+    zengin_bytes: int
+
+
+class PayoutStatus(_Answer):
+    merchant_id: str
+    payout_status: str
+
+
+class PayoutResultsAnswer(_Answer):
+    run_id: str
+    applied: int
+    unchanged: int
+    payouts: list[PayoutStatus]
+
+
+class SignedChainHeads(_Answer):
+    signed: list[str]
+
+
+class Check(_Answer):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    pass_: bool = Field(alias="pass")
+    rows: list[Any] = Field(None, description="The offending rows, empty when the check passes")
+    checked: int = Field(None, description="rerate_matches_ledger: the transactions re-rated")
+
+
+class Reconciliation(_Answer):
+    ok: bool
+    as_of: str
+    postings: int
+    checks: dict[str, Check]
+
+
+class CountTotal(_Answer):
+    count: int
+    total: int
+
+
+class CloseoutReport(_Answer):
+    terminal_id: str
+    business_date: str
+    submitted: CountTotal
+    ledger: CountTotal
+    matches: bool
+    transactions: list[Any] = Field(None, description="When they differ: the ledger's transactions of the day")
+
+
+class SimulatedTransactions(_Answer):
+    purchases: int
+    refunds: int
+    declined: int
+
+
+class Simulation(_Answer):
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    campaign_id: str
+    from_: str = Field(alias="from")
+    to: str
+    transactions: SimulatedTransactions
+    by_campaign: Any
+    by_merchant_class: Any
+    by_day: dict[str, dict[str, int]]
+    budget: int | None
+    budget_exhausted_at: str | None
+    timings_s: dict[str, float]
+
+
 # -- wallets -------------------------------------------------------------------
 
 class CampaignPoints(_Answer):

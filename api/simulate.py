@@ -13,6 +13,7 @@ from fastapi import Depends, FastAPI
 from pydantic import Field
 
 from api.openapi import AUTHENTICATED, problems
+from api.responses import Simulation
 from api.strict import PathId
 
 from engine.errors import EngineError
@@ -30,7 +31,8 @@ class SimulateRequest(Record):
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Planner = Annotated[Any, Depends(role("admin", "finance"))]
 
-    @app.post("/v1/campaigns/{campaign_id}/simulate", responses=problems(AUTHENTICATED, "invalid_request", "not_found"))
+    @app.post("/v1/campaigns/{campaign_id}/simulate",
+              responses={200: {"model": Simulation}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def simulate_campaign(campaign_id: PathId, body: SimulateRequest, _: Planner):
         if body.campaign.id != campaign_id:
             raise EngineError("invalid_request", "campaign.id must be the campaign of the path",

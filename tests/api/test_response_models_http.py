@@ -10,7 +10,9 @@ from engine.model import Campaign
 from api.responses import (
     AuditPage,
     BatchAnswer,
+    CampaignBudget,
     Campaigns,
+    CloseoutReport,
     CreatedKey,
     GrantAnswer,
     Health,
@@ -22,13 +24,17 @@ from api.responses import (
     MerchantTransactions,
     PurchaseAnswer,
     Readiness,
+    Reconciliation,
     RefundAnswer,
+    SettlementRun,
+    SignedChainHeads,
+    Simulation,
     TerminalView,
     TerminalViews,
     TransactionAnswer,
     WalletPoints,
 )
-from tests.api.conftest import purchase, refund
+from tests.api.conftest import WARD_CAMPAIGNS, now_tokyo, purchase, refund
 
 
 def _strictly(model, answer):
@@ -131,3 +137,33 @@ def test_configuration_validates(ward) -> None:
         patched = admin.patch(f"/v1/merchants/{merchant['id']}", json={"name": "型付き商店 2"})
         assert patched.status_code == 200, patched.text
         _strictly(MerchantView, patched.json())
+
+
+def test_finance_validates(ward) -> None:
+    ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_FINANCE_MODELS", 2200))
+    closeout = ward.terminal("T_SHOTEN_1").post("/v1/terminals/T_SHOTEN_1/closeouts",
+                                                json={"business_date": now_tokyo()[:10], "count": 0, "total": 0})
+    assert closeout.status_code == 201, closeout.text
+    assert not closeout.json()["matches"]
+    _strictly(CloseoutReport, closeout.json())
+    with ward.server.client(ward.finance_key) as finance:
+        budget = finance.get("/v1/campaigns/C_ETHICAL/budget")
+        assert budget.status_code == 200, budget.text
+        _strictly(CampaignBudget, budget.json())
+        run = finance.post("/v1/settlement-runs", json={})
+        assert run.status_code in (200, 201), run.text
+        _strictly(SettlementRun, run.json())
+        again = finance.get(f"/v1/settlement-runs/{run.json()['id']}")
+        assert again.status_code == 200
+        _strictly(SettlementRun, again.json())
+        heads = finance.post("/v1/chain-heads")
+        assert heads.status_code == 201, heads.text
+        _strictly(SignedChainHeads, heads.json())
+        report = finance.get("/v1/reconciliation")
+        assert report.status_code == 200, report.text
+        _strictly(Reconciliation, report.json())
+        draft = {**WARD_CAMPAIGNS[0], "budget": 100}
+        simulated = finance.post("/v1/campaigns/C_POINTBACK/simulate",
+                                 json={"campaign": draft, "from": "2026-01-01T00:00:00+09:00", "to": now_tokyo(60)})
+        assert simulated.status_code == 200, simulated.text
+        _strictly(Simulation, simulated.json())
