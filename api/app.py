@@ -31,7 +31,7 @@ from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent
 from api.strict import Cursor, PageLimit, PathId, decode_cursor, duplicated_header, encode_cursor, \
     has_duplicate_key, is_json
 from engine import limits, receipts
-from engine.errors import EngineError, problem
+from engine.errors import EngineError, decline
 from engine.model import Campaign, Instant, Merchant, Transaction
 from engine.settings import Settings
 from engine.clock import SystemClock
@@ -121,15 +121,15 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     async def _validation_error(_request: Request, exc: RequestValidationError):
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _problem_response(400, problem(400, "malformed_json"))
-        return _problem_response(422, problem(422, "invalid_request", errors=_json_safe(errors)))
+            return _problem_response(*decline("malformed_json"))
+        return _problem_response(*decline("invalid_request", errors=_json_safe(errors)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
         if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep): not JSON
-            return _problem_response(400, problem(400, "malformed_json"))
+            return _problem_response(*decline("malformed_json"))
         if exc.status_code == 404:
-            return _problem_response(404, problem(404, "not_found"))
+            return _problem_response(*decline("not_found"))
         return _problem_response(exc.status_code, {"type": "about:blank", "title": str(exc.detail),
                                                    "status": exc.status_code, "code": "http_error"})
 
@@ -138,7 +138,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         import logging
 
         logging.getLogger("setapay.api").error("unexpected %s", type(exc).__name__, exc_info=exc)
-        return _problem_response(500, problem(500, "internal_error"))
+        return _problem_response(*decline("internal_error"))
 
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
 
@@ -155,7 +155,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return {"status": "ok"}
 
     @app.get("/readyz", responses={200: {"model": responses.Readiness},
-                                    503: {"model": responses.Readiness, "description": "The database or Redis is not reachable"},
+                                    503: {"model": responses.Readiness,
+                                          "description": "The database or Redis is not reachable"},
                                     **problems(COMMON)})
     def readyz():
         checks = {}
@@ -237,7 +238,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             if cached is not None:
                 request_hash, status, answer = cached
                 if request_hash != submission.request_hash:
-                    return _render(Result(422, problem(422, "idempotency_key_reused")))
+                    return _render(Result(*decline("idempotency_key_reused")))
                 return _render(Result(status, answer, replayed=True))
         with _claimed([(p.terminal_id, key)]) as fresh:
             if not fresh:
@@ -276,12 +277,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             except EngineError as exc:
                 answers[i] = Result(exc.status, exc.problem())
             except ValidationError as exc:
-                answers[i] = Result(422, problem(422, "invalid_request", errors=_json_safe(exc.errors())))
+                answers[i] = Result(*decline("invalid_request", errors=_json_safe(exc.errors())))
         with _claimed([(p.terminal_id, s.idempotency_key) for _, s in indexed]) as fresh:
             posted = [(i, s) for i, s in indexed if (p.terminal_id, s.idempotency_key) in fresh]
             for i, s in indexed:
                 if (p.terminal_id, s.idempotency_key) not in fresh:
-                    answers[i] = Result(409, problem(409, "request_in_progress"))
+                    answers[i] = Result(*decline("request_in_progress"))
             if posted:
                 for (i, _), result in zip(posted, _guarded(lambda: ledger.submit([s for _, s in posted]))):
                     answers[i] = result
@@ -373,7 +374,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     # -- configuration -----------------------------------------------------
 
     @app.post("/v1/merchants", status_code=201,
-              responses={201: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "already_exists")})
+              responses={201: {"model": responses.MerchantView},
+                         **problems(AUTHENTICATED, "invalid_request", "already_exists")})
     def create_merchant(body: Merchant, p: Admin) -> Any:
         return config.create_merchant(body, actor=p)
 
@@ -382,12 +384,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return config.list_merchants()
 
     @app.get("/v1/merchants/{merchant_id}",
-             responses={200: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
+             responses={200: {"model": responses.MerchantView},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def get_merchant(merchant_id: PathId, _: Admin) -> Any:
         return config.get_merchant(merchant_id)
 
     @app.patch("/v1/merchants/{merchant_id}",
-               responses={200: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
+               responses={200: {"model": responses.MerchantView},
+                          **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def patch_merchant(merchant_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
@@ -423,7 +427,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         return config.list_terminals()
 
     @app.get("/v1/terminals/{terminal_id}",
-             responses={200: {"model": responses.TerminalView}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
+             responses={200: {"model": responses.TerminalView},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def get_terminal(terminal_id: PathId, _: Admin) -> Any:
         return config.get_terminal(terminal_id)
 
@@ -475,7 +480,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         duplicated = duplicated_header(scope["headers"])  # SPEC §2: before anything else
         if duplicated is not None:
-            response = _problem_response(400, problem(400, "header_duplicated", f"{duplicated} was sent more than once"))
+            response = _problem_response(*decline("header_duplicated", f"{duplicated} was sent more than once"))
             return await response(scope, receive, send)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
@@ -497,7 +502,7 @@ class BodyLimit:
                 return await response(scope, receive, send)
         body = b"".join(chunks)
         if body and is_json(headers.get(b"content-type")) and has_duplicate_key(body):
-            response = _problem_response(400, problem(400, "malformed_json", "an object in the body has a key twice"))
+            response = _problem_response(*decline("malformed_json", "an object in the body has a key twice"))
             return await response(scope, receive, send)
         return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
                               send)

@@ -120,7 +120,8 @@ def problem(status: int, code: str, detail: str | None = None, **extra) -> dict:
     return body
 
 
-def decline(code: str, detail: str | None = None) -> tuple[int, dict]:
-    """A decline's (status, problem document), the status being the catalog's."""
+def decline(code: str, detail: str | None = None, **extra) -> tuple[int, dict]:
+    """(status, problem document) of `code`, the status being the catalog's: what a ledger
+    decline or an API handler answers without raising (`Result(*decline(...))`)."""
     status = status_of(code)
-    return status, problem(status, code, detail)
+    return status, problem(status, code, detail, **extra)

@@ -104,6 +104,7 @@ def client(tmp_path_factory):
 
 def _requests(c):
     """(expected code, a request that must be answered with it)."""
+    as_json = {**c.admin, "Content-Type": "application/json"}
     return [
         ("unauthenticated", lambda: c.get("/v1/merchants")),
         ("forbidden", lambda: c.get("/v1/merchants", headers=c.finance)),
@@ -112,8 +113,8 @@ def _requests(c):
         ("not_found", lambda: c.get("/v1/wallets/W%2F1/points", headers=c.finance)),
         ("http_error", lambda: c.delete("/healthz")),
         ("invalid_request", lambda: c.get("/v1/merchants/bad%0A", headers=c.admin)),
-        ("malformed_json", lambda: c.post("/v1/merchants", content=b"{", headers={**c.admin, "Content-Type": "application/json"})),
-        ("malformed_json", lambda: c.post("/v1/merchants", content=b'{"a":1,"a":2}', headers={**c.admin, "Content-Type": "application/json"})),
+        ("malformed_json", lambda: c.post("/v1/merchants", content=b"{", headers=as_json)),
+        ("malformed_json", lambda: c.post("/v1/merchants", content=b'{"a":1,"a":2}', headers=as_json)),
         ("header_duplicated", lambda: c.get("/v1/merchants", headers=[("authorization", "Bearer x")] * 2)),
         ("body_too_large", lambda: c.post("/v1/merchants", content=b" " * 10_000_000, headers=c.admin)),
         ("idempotency_key_missing", lambda: c.post("/v1/grants", json={"wallet_id": "W1", "campaign_id": "C1",

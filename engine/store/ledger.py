@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import crediting, ledger_rules as rules
-from engine.errors import decline, problem
+from engine.errors import decline
 from engine.model import Campaign, Merchant, Purchase, Refund
 from engine.receipts import Receipt
 from engine.rating._kernel_py import share_target
@@ -183,7 +183,8 @@ class Ledger:
                 s = submissions[i]
                 s.merchant_id = terminals.get(s.terminal_id)
                 if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
-                    results[i] = Result(*decline("forbidden", "a terminal posts only for its own merchant"), remember=False)
+                    results[i] = Result(*decline("forbidden", "a terminal posts only for its own merchant"),
+                                        remember=False)
                     continue
                 if s.body.type == "refund":
                     original = originals.get(s.body.original_id)
@@ -195,7 +196,8 @@ class Ledger:
                         continue
                     if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != \
                             (s.receipt.app_id, s.receipt.original_jti):
-                        results[i] = Result(*decline("receipt_mismatch", "the receipt's original_jti is not the purchase's receipt"),
+                        results[i] = Result(*decline("receipt_mismatch",
+                                                     "the receipt's original_jti is not the purchase's receipt"),
                                             remember=False)
                         continue
                 if s.receipt_key in used_receipts:
@@ -302,7 +304,7 @@ class Ledger:
     @staticmethod
     def _replay(request_hash: str, status: int, response_json: str, s: Submission) -> Result:
         if request_hash != s.request_hash:
-            return Result(422, problem(422, "idempotency_key_reused"))
+            return Result(*decline("idempotency_key_reused"))
         return Result(status, json.loads(response_json), replayed=True)
 
     @staticmethod
