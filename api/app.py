@@ -27,7 +27,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import openapi, responses
 from api.auth import Auth
-from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent, problems, terminal_headers
+from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent, problems, remembered, \
+    terminal_headers
 from api.strict import Cursor, PageLimit, PathId, decode_cursor, duplicated_header, encode_cursor, \
     has_duplicate_key, is_json
 from engine import limits, receipts
@@ -219,10 +220,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     @app.post("/v1/transactions", status_code=201, openapi_extra=terminal_headers(idempotency=True),
               responses={201: {"model": responses.TransactionAnswer, "headers": responses.REPLAYED_HEADER,
                                "description": "Accepted; or, with `Idempotent-Replayed: true`, the earlier answer"},
-                         **problems(TERMINAL, IDEMPOTENCY, "invalid_request", "occurred_at_out_of_range",
-                                    "receipt_required", "receipt_invalid", "receipt_mismatch", "receipt_already_used",
-                                    "unknown_merchant", "original_not_found", "refund_merchant_mismatch",
-                                    "refund_exceeds_original", "insufficient_points")})
+                         **remembered(problems(TERMINAL, IDEMPOTENCY, "invalid_request", "occurred_at_out_of_range",
+                                               "receipt_required", "receipt_invalid", "receipt_mismatch",
+                                               "receipt_already_used", "unknown_merchant", "original_not_found",
+                                               "refund_merchant_mismatch", "refund_exceeds_original",
+                                               "insufficient_points"),
+                                      "receipt_already_used", "unknown_merchant", "original_not_found",
+                                      "refund_merchant_mismatch", "refund_exceeds_original", "insufficient_points")})
     async def post_transaction(
         body: Annotated[Transaction, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
@@ -361,8 +365,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     @app.post("/v1/grants", status_code=201, openapi_extra=idempotent(),
               responses={201: {"model": responses.GrantAnswer, "headers": responses.REPLAYED_HEADER},
-                         **problems(AUTHENTICATED, "idempotency_key_missing", "idempotency_key_invalid",
-                                    "idempotency_key_reused", "invalid_request", "not_found", "budget_exceeded")})
+                         **remembered(problems(AUTHENTICATED, "idempotency_key_missing", "idempotency_key_invalid",
+                                               "idempotency_key_reused", "invalid_request", "not_found",
+                                               "budget_exceeded"), "budget_exceeded")})
     def post_grant(body: GrantRequest, p: Annotated[Principal, Depends(role("finance"))],
                    idempotency_key: Annotated[str | None,
                                               Header(alias="Idempotency-Key", include_in_schema=False)] = None):

@@ -102,6 +102,19 @@ def problems(*codes: str | tuple[str, ...]) -> dict[int | str, dict[str, Any]]:
     return responses
 
 
+REPLAYED_HEADER = {"Idempotent-Replayed": {
+    "description": "`true` when this is the remembered answer of an earlier request with the same key and body",
+    "schema": {"type": "string", "enum": ["true"]}}}
+
+
+def remembered(responses: dict[int | str, dict[str, Any]], *codes: str) -> dict[int | str, dict[str, Any]]:
+    """`responses` with the `Idempotent-Replayed` header documented on the statuses of these
+    remembered declines (SPEC §6: a retry gets the original answer, marked replayed)."""
+    for code in codes:
+        responses[CATALOG[code].status].setdefault("headers", {}).update(REPLAYED_HEADER)
+    return responses
+
+
 def idempotency_key(required: bool = True) -> dict[str, Any]:
     return {
         "name": "Idempotency-Key", "in": "header", "required": required,

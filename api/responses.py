@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
 
+from api.openapi import REPLAYED_HEADER as REPLAYED_HEADER  # the routes' 2xx headers
 from api.openapi import Problem
 from engine.model import Campaign
 
@@ -99,9 +100,6 @@ class BatchAnswer(_Answer):
     results: list[BatchItemAnswer] = Field(description="One per transaction sent, in order")
 
 
-REPLAYED_HEADER = {"Idempotent-Replayed": {
-    "description": "`true` when this is the remembered answer of an earlier request with the same key and body",
-    "schema": {"type": "string", "enum": ["true"]}}}
 
 
 # -- merchants' reward status, grants (SPEC §6) -----------------------------------

@@ -149,5 +149,7 @@ def test_typed_2xx_answers(document) -> None:
                 assert content["schema"].get("$ref") or content["schema"].get("type") == "string", (method, path)
     transaction = document["paths"]["/v1/transactions"]["post"]["responses"]["201"]
     assert "Idempotent-Replayed" in transaction["headers"]
+    declined = document["paths"]["/v1/transactions"]["post"]["responses"]["422"]  # a remembered decline
+    assert "Idempotent-Replayed" in declined["headers"]
     purchase = document["components"]["schemas"]["PurchaseAnswer"]
     assert purchase["examples"][0]["points_awarded"] == 399  # the rating vector refunds.json, t1
