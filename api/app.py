@@ -25,11 +25,14 @@ from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api import openapi, responses
 from api.auth import Auth
+from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent, problems, remembered, \
+    terminal_headers
 from api.strict import Cursor, PageLimit, PathId, decode_cursor, duplicated_header, encode_cursor, \
     has_duplicate_key, is_json
 from engine import limits, receipts
-from engine.errors import EngineError, problem
+from engine.errors import EngineError, decline
 from engine.model import Campaign, Instant, Merchant, Transaction
 from engine.settings import Settings
 from engine.clock import SystemClock
@@ -100,6 +103,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     app = FastAPI(title="setapay-engine", version="0.1.0", lifespan=lifespan,
                   description="Points and settlement engine of Setagaya PAY (せたがやPay)")
+    openapi.install(app)
     app.state.settings = settings
     app.state.ledger = ledger
     app.state.config = config
@@ -118,15 +122,15 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     async def _validation_error(_request: Request, exc: RequestValidationError):
         errors = exc.errors()
         if any(e.get("type") == "json_invalid" for e in errors):
-            return _problem_response(400, problem(400, "malformed_json"))
-        return _problem_response(422, problem(422, "invalid_request", errors=_json_safe(errors)))
+            return _problem_response(*decline("malformed_json"))
+        return _problem_response(*decline("invalid_request", errors=_json_safe(errors)))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_request: Request, exc: StarletteHTTPException):
         if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep): not JSON
-            return _problem_response(400, problem(400, "malformed_json"))
+            return _problem_response(*decline("malformed_json"))
         if exc.status_code == 404:
-            return _problem_response(404, problem(404, "not_found"))
+            return _problem_response(*decline("not_found"))
         return _problem_response(exc.status_code, {"type": "about:blank", "title": str(exc.detail),
                                                    "status": exc.status_code, "code": "http_error"})
 
@@ -135,7 +139,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         import logging
 
         logging.getLogger("setapay.api").error("unexpected %s", type(exc).__name__, exc_info=exc)
-        return _problem_response(500, problem(500, "internal_error"))
+        return _problem_response(*decline("internal_error"))
 
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
 
@@ -147,11 +151,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # -- health ------------------------------------------------------------
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses={200: {"model": responses.Health}, **problems(COMMON)})
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={200: {"model": responses.Readiness},
+                                    503: {"model": responses.Readiness,
+                                          "description": "The database or Redis is not reachable"},
+                                    **problems(COMMON)})
     def readyz():
         checks = {}
         try:
@@ -178,7 +185,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         at, now = to_us(occurred_at), clock.now_us()
         if at > now + settings.occurred_at_max_future_s * 1_000_000 or \
                 at < now - settings.occurred_at_max_past_days * 86_400_000_000:
-            raise EngineError(422, "occurred_at_out_of_range",
+            raise EngineError("occurred_at_out_of_range",
                               f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
                               f"{settings.occurred_at_max_past_days} days behind the engine's clock")
 
@@ -191,7 +198,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         try:
             # The terminal's merchant is checked by the ledger under its lock, against the catalog.
             if body.type == "purchase" and body.terminal_id != p.terminal_id:
-                raise EngineError(403, "forbidden", "a terminal key posts only for its own terminal")
+                raise EngineError("forbidden", "a terminal key posts only for its own terminal")
             _check_instant(body.occurred_at)
             # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
             receipt = receipts.verify(body.receipt, body, apps.secrets_for, clock.now_us())
@@ -204,17 +211,27 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     def _idempotency_key(value: object) -> str:
         if value is None:
-            raise EngineError(400, "idempotency_key_missing")
+            raise EngineError("idempotency_key_missing")
         if not isinstance(value, str) or not _PRINTABLE_ASCII.fullmatch(value):
-            raise EngineError(400, "idempotency_key_invalid",
+            raise EngineError("idempotency_key_invalid",
                               f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters")
         return value
 
-    @app.post("/v1/transactions", status_code=201)
+    @app.post("/v1/transactions", status_code=201, openapi_extra=terminal_headers(idempotency=True),
+              responses={201: {"model": responses.TransactionAnswer, "headers": responses.REPLAYED_HEADER,
+                               "description": "Accepted; or, with `Idempotent-Replayed: true`, the earlier answer"},
+                         **remembered(problems(TERMINAL, IDEMPOTENCY, "invalid_request", "occurred_at_out_of_range",
+                                               "receipt_required", "receipt_invalid", "receipt_mismatch",
+                                               "receipt_already_used", "unknown_merchant", "original_not_found",
+                                               "refund_merchant_mismatch", "refund_exceeds_original",
+                                               "insufficient_points"),
+                                      "receipt_already_used", "unknown_merchant", "original_not_found",
+                                      "refund_merchant_mismatch", "refund_exceeds_original", "insufficient_points")})
     async def post_transaction(
         body: Annotated[Transaction, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
-        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
+        # Documented as required in openapi_extra; checked by `_idempotency_key` (400, not FastAPI's 422).
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
     ):
         key = _idempotency_key(idempotency_key)
         submission = _submission(p, key, body)
@@ -225,21 +242,22 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             if cached is not None:
                 request_hash, status, answer = cached
                 if request_hash != submission.request_hash:
-                    return _render(Result(422, problem(422, "idempotency_key_reused")))
+                    return _render(Result(*decline("idempotency_key_reused")))
                 return _render(Result(status, answer, replayed=True))
         with _claimed([(p.terminal_id, key)]) as fresh:
             if not fresh:
-                raise EngineError(409, "request_in_progress")
+                raise EngineError("request_in_progress")
             try:
                 result = await asyncio.wait_for(asyncio.wrap_future(committer.enqueue(submission)), 60)
             except (OperationalError, InterfaceError, asyncio.TimeoutError) as exc:
-                raise EngineError(503, "service_unavailable", type(exc).__name__) from None
+                raise EngineError("service_unavailable", type(exc).__name__) from None
         # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
         if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
             await answers.put(p.terminal_id, key, submission.request_hash, result.status, result.body)
         return _render(result)
 
-    @app.post("/v1/transactions/batch", status_code=200)
+    @app.post("/v1/transactions/batch", status_code=200, openapi_extra=terminal_headers(),
+              responses={200: {"model": responses.BatchAnswer}, **problems(TERMINAL, "invalid_request")})
     def post_batch(
         body: Annotated[BatchRequest, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
@@ -250,7 +268,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         for i, item in enumerate(body.transactions):
             try:
                 if not isinstance(item, dict):  # answers for itself; the other items proceed
-                    raise EngineError(422, "invalid_request", "a batch item is a JSON object",
+                    raise EngineError("invalid_request", "a batch item is a JSON object",
                                       errors=[{"loc": ["body", "transactions", str(i)],
                                                "msg": "must be an object", "type": "dict_type"}])
                 fields = dict(item)
@@ -263,12 +281,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             except EngineError as exc:
                 answers[i] = Result(exc.status, exc.problem())
             except ValidationError as exc:
-                answers[i] = Result(422, problem(422, "invalid_request", errors=_json_safe(exc.errors())))
+                answers[i] = Result(*decline("invalid_request", errors=_json_safe(exc.errors())))
         with _claimed([(p.terminal_id, s.idempotency_key) for _, s in indexed]) as fresh:
             posted = [(i, s) for i, s in indexed if (p.terminal_id, s.idempotency_key) in fresh]
             for i, s in indexed:
                 if (p.terminal_id, s.idempotency_key) not in fresh:
-                    answers[i] = Result(409, problem(409, "request_in_progress"))
+                    answers[i] = Result(*decline("request_in_progress"))
             if posted:
                 for (i, _), result in zip(posted, _guarded(lambda: ledger.submit([s for _, s in posted]))):
                     answers[i] = result
@@ -291,22 +309,26 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         media = "application/json" if result.status < 400 else PROBLEM_JSON
         return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)
 
-    @app.get("/v1/transactions/{transaction_id}")
+    @app.get("/v1/transactions/{transaction_id}", openapi_extra=terminal_headers(),
+             responses={200: {"model": responses.TransactionAnswer},
+                        **problems(TERMINAL, "invalid_request", "not_found")})
     def get_transaction(transaction_id: PathId, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]):
         scope = queries.payment_scope(engine, transaction_id)
         if scope is None:
-            raise EngineError(404, "not_found", f"transaction {transaction_id} is not known")
+            raise EngineError("not_found", f"transaction {transaction_id} is not known")
         merchant_id, terminal_id = scope
         if p.role == "merchant" and p.merchant_id != merchant_id:
-            raise EngineError(403, "forbidden", "a merchant key reads only its own merchant")
+            raise EngineError("forbidden", "a merchant key reads only its own merchant")
         # A terminal reads its own transactions while it is still with their merchant: a terminal
         # moved to another merchant leaves its old merchant's transactions behind.
         if p.role == "terminal" and (p.terminal_id != terminal_id
                                      or config.terminal_merchant(p.terminal_id) != merchant_id):
-            raise EngineError(403, "forbidden", "a terminal key reads only its own transactions at its merchant")
+            raise EngineError("forbidden", "a terminal key reads only its own transactions at its merchant")
         return queries.get_payment(engine, transaction_id)
 
-    @app.get("/v1/wallets/{wallet_id}/points")
+    @app.get("/v1/wallets/{wallet_id}/points",
+             responses={200: {"model": responses.WalletPoints},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def wallet_points(wallet_id: PathId, p: Annotated[Principal, Depends(role("app", "finance"))]):
         return queries.wallet_detail(engine, wallet_id)
 
@@ -314,16 +336,20 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     def _merchant_scope(p: Principal, merchant_id: str) -> None:
         if p.role == "merchant" and p.merchant_id != merchant_id:
-            raise EngineError(403, "forbidden", "a merchant key reads only its own merchant")
+            raise EngineError("forbidden", "a merchant key reads only its own merchant")
 
-    @app.get("/v1/merchants/{merchant_id}/rewards")
+    @app.get("/v1/merchants/{merchant_id}/rewards",
+             responses={200: {"model": responses.MerchantRewards},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def merchant_rewards(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
                          from_: Annotated[Instant | None, Query(alias="from")] = None,
                          to: Annotated[Instant | None, Query()] = None):
         _merchant_scope(p, merchant_id)
         return queries.merchant_rewards(engine, merchant_id, _opt_us(from_), _opt_us(to))
 
-    @app.get("/v1/merchants/{merchant_id}/transactions")
+    @app.get("/v1/merchants/{merchant_id}/transactions",
+             responses={200: {"model": responses.MerchantTransactions},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def merchant_transactions(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
                               from_: Annotated[Instant | None, Query(alias="from")] = None,
                               to: Annotated[Instant | None, Query()] = None,
@@ -337,9 +363,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # -- finance: grants ---------------------------------------------------
 
-    @app.post("/v1/grants", status_code=201)
+    @app.post("/v1/grants", status_code=201, openapi_extra=idempotent(),
+              responses={201: {"model": responses.GrantAnswer, "headers": responses.REPLAYED_HEADER},
+                         **remembered(problems(AUTHENTICATED, "idempotency_key_missing", "idempotency_key_invalid",
+                                               "idempotency_key_reused", "invalid_request", "not_found",
+                                               "budget_exceeded"), "budget_exceeded")})
     def post_grant(body: GrantRequest, p: Annotated[Principal, Depends(role("finance"))],
-                   idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None):
+                   idempotency_key: Annotated[str | None,
+                                              Header(alias="Idempotency-Key", include_in_schema=False)] = None):
         key = _idempotency_key(idempotency_key)
         result = _guarded(lambda: lifecycle.grant(ledger, f"finance:{p.key_id}", key, body.wallet_id,
                                                   body.campaign_id, body.points, body.reason, actor=p))
@@ -347,52 +378,68 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
     # -- configuration -----------------------------------------------------
 
-    @app.post("/v1/merchants", status_code=201)
+    @app.post("/v1/merchants", status_code=201,
+              responses={201: {"model": responses.MerchantView},
+                         **problems(AUTHENTICATED, "invalid_request", "already_exists")})
     def create_merchant(body: Merchant, p: Admin) -> Any:
         return config.create_merchant(body, actor=p)
 
-    @app.get("/v1/merchants")
+    @app.get("/v1/merchants", responses={200: {"model": responses.MerchantViews}, **problems(AUTHENTICATED)})
     def list_merchants(_: Admin) -> Any:
         return config.list_merchants()
 
-    @app.get("/v1/merchants/{merchant_id}")
+    @app.get("/v1/merchants/{merchant_id}",
+             responses={200: {"model": responses.MerchantView},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def get_merchant(merchant_id: PathId, _: Admin) -> Any:
         return config.get_merchant(merchant_id)
 
-    @app.patch("/v1/merchants/{merchant_id}")
+    @app.patch("/v1/merchants/{merchant_id}",
+               responses={200: {"model": responses.MerchantView},
+                          **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def patch_merchant(merchant_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
-    @app.post("/v1/campaigns", status_code=201)
+    @app.post("/v1/campaigns", status_code=201,
+              responses={201: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "already_exists")})
     def create_campaign(body: Campaign, p: Admin) -> Any:
         return config.create_campaign(body, actor=p).model_dump(mode="json")
 
-    @app.get("/v1/campaigns")
+    @app.get("/v1/campaigns", responses={200: {"model": responses.Campaigns}, **problems(AUTHENTICATED)})
     def list_campaigns(_: Annotated[Principal, Depends(role("admin", "finance"))]) -> Any:
         return [c.model_dump(mode="json") for c in config.list_campaigns()]
 
-    @app.get("/v1/campaigns/{campaign_id}")
+    @app.get("/v1/campaigns/{campaign_id}",
+             responses={200: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def get_campaign(campaign_id: PathId, _: Annotated[Principal, Depends(role("admin", "finance"))],
                      version: Annotated[int | None, Query(ge=1, le=limits.VERSION_MAX)] = None) -> Any:
         return config.get_campaign(campaign_id, version).model_dump(mode="json")
 
-    @app.patch("/v1/campaigns/{campaign_id}")
+    @app.patch("/v1/campaigns/{campaign_id}",
+               responses={200: {"model": Campaign},
+                          **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started")})
     def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
 
-    @app.post("/v1/terminals", status_code=201)
+    @app.post("/v1/terminals", status_code=201,
+              responses={201: {"model": responses.TerminalView},
+                         **problems(AUTHENTICATED, "invalid_request", "unknown_merchant", "already_exists")})
     def create_terminal(body: TerminalRecord, p: Admin) -> Any:
         return config.create_terminal(body.id, body.merchant_id, actor=p)
 
-    @app.get("/v1/terminals")
+    @app.get("/v1/terminals", responses={200: {"model": responses.TerminalViews}, **problems(AUTHENTICATED)})
     def list_terminals(_: Admin) -> Any:
         return config.list_terminals()
 
-    @app.get("/v1/terminals/{terminal_id}")
+    @app.get("/v1/terminals/{terminal_id}",
+             responses={200: {"model": responses.TerminalView},
+                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def get_terminal(terminal_id: PathId, _: Admin) -> Any:
         return config.get_terminal(terminal_id)
 
-    @app.patch("/v1/terminals/{terminal_id}")
+    @app.patch("/v1/terminals/{terminal_id}",
+               responses={200: {"model": responses.TerminalView},
+                          **problems(AUTHENTICATED, "invalid_request", "not_found", "unknown_merchant")})
     def patch_terminal(terminal_id: PathId, body: TerminalPatch, p: Admin) -> Any:
         patch = body.model_dump(exclude_unset=True)  # "public_key": null removes the key
         if patch.get("merchant_id", "") is None:
@@ -414,7 +461,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
 
 class BodyTooLarge(EngineError):
     def __init__(self) -> None:
-        super().__init__(413, "body_too_large", f"bodies are limited to {limits.BODY_BYTES_MAX} bytes")
+        super().__init__("body_too_large", f"bodies are limited to {limits.BODY_BYTES_MAX} bytes")
 
 
 class BodyLimit:
@@ -438,7 +485,7 @@ class BodyLimit:
             return await self.app(scope, receive, send)
         duplicated = duplicated_header(scope["headers"])  # SPEC §2: before anything else
         if duplicated is not None:
-            response = _problem_response(400, problem(400, "header_duplicated", f"{duplicated} was sent more than once"))
+            response = _problem_response(*decline("header_duplicated", f"{duplicated} was sent more than once"))
             return await response(scope, receive, send)
         headers = dict(scope["headers"])
         length = headers.get(b"content-length")
@@ -460,7 +507,7 @@ class BodyLimit:
                 return await response(scope, receive, send)
         body = b"".join(chunks)
         if body and is_json(headers.get(b"content-type")) and has_duplicate_key(body):
-            response = _problem_response(400, problem(400, "malformed_json", "an object in the body has a key twice"))
+            response = _problem_response(*decline("malformed_json", "an object in the body has a key twice"))
             return await response(scope, receive, send)
         return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
                               send)
@@ -485,7 +532,7 @@ def _guarded(action):
     try:
         return action()
     except (OperationalError, InterfaceError) as exc:
-        raise EngineError(503, "service_unavailable", type(exc).__name__) from None
+        raise EngineError("service_unavailable", type(exc).__name__) from None
 
 
 def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threading.Event) -> None:
@@ -517,7 +564,7 @@ def _validated(action):
     try:
         return action()
     except ValidationError as exc:
-        raise EngineError(422, "invalid_request", errors=_json_safe(exc.errors())) from None
+        raise EngineError("invalid_request", errors=_json_safe(exc.errors())) from None
 
 
 from engine.model import Record, Id, Label  # noqa: E402

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Query
 
 from api import strict
+from api.openapi import AUTHENTICATED, problems
+from api.responses import AuditPage, MerchantView
 from api.strict import Cursor, PageLimit, PathId
 from engine.model import Instant
 from engine.store import audit
@@ -36,7 +38,7 @@ def _us(instant: dt.datetime | None) -> int | None:
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Reader = Annotated[Any, Depends(role("admin", "finance"))]
 
-    @app.get("/v1/audit")
+    @app.get("/v1/audit", responses={200: {"model": AuditPage}, **problems(AUTHENTICATED, "invalid_request")})
     def audit_log(_: Reader,
                   from_: Annotated[Instant | None, Query(alias="from")] = None,
                   to: Annotated[Instant | None, Query()] = None,
@@ -47,6 +49,9 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
                                    decode_cursor(cursor), limit)
         return {"entries": page, "next_cursor": encode_cursor(last) if last is not None else None}
 
-    @app.post("/v1/merchants/{merchant_id}/bank-account/confirm")
+    @app.post("/v1/merchants/{merchant_id}/bank-account/confirm",
+              responses={200: {"model": MerchantView},
+                         **problems(AUTHENTICATED, "invalid_request", "not_found", "bank_change_not_pending",
+                                    "bank_change_same_key")})
     def confirm_bank_account(merchant_id: PathId, p: Reader):
         return config.confirm_bank_account(merchant_id, actor=p)

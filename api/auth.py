@@ -41,10 +41,12 @@ import time
 from typing import Annotated
 
 import anyio
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
+from api.openapi import BEARER
 from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store.config import Principal
@@ -64,7 +66,7 @@ class RateLimited(EngineError):
     """429 `rate_limited`, with the seconds to wait in `Retry-After`."""
 
     def __init__(self, retry_after_s: int, detail: str) -> None:
-        super().__init__(429, "rate_limited", detail)
+        super().__init__("rate_limited", detail)
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
@@ -244,13 +246,13 @@ class Auth:
         """Count a failed authentication: 401, or 429 once the address is over its limit."""
         if not await self.failures.hit(address):
             return await self._over_failure_limit(address)
-        return EngineError(401, "unauthenticated")
+        return EngineError("unauthenticated")
 
     async def _lookup(self, digest: str) -> KeyLookup | None:
         try:
             found = await anyio.to_thread.run_sync(self.keys.lookup, digest)
         except (OperationalError, InterfaceError) as exc:
-            raise EngineError(503, "service_unavailable", type(exc).__name__) from None
+            raise EngineError("service_unavailable", type(exc).__name__) from None
         if found is None:
             self.cache.drop(digest)
         else:
@@ -297,7 +299,11 @@ class Auth:
         raise await self._over_failure_limit(address)
 
     async def principal(self, request: Request,
-                        authorization: Annotated[str | None, Header()] = None) -> Principal:
+                        _documented: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+                        ) -> Principal:
+        # `BEARER` only documents the scheme in the OpenAPI (auto_error=False: it never answers);
+        # the header is read and checked here, so every failure stays our own 401/429 problem+json.
+        authorization = request.headers.get("authorization")
         address = request.client.host if request.client else "unknown"
         secret = authorization[len("Bearer "):].strip() if authorization and authorization.startswith("Bearer ") \
             else ""
@@ -325,7 +331,7 @@ class Auth:
     def role(self, *roles: str):
         async def check(p: Annotated[Principal, Depends(self.principal)]) -> Principal:
             if p.role not in roles:
-                raise EngineError(403, "forbidden", f"this endpoint needs a {' or '.join(roles)} key")
+                raise EngineError("forbidden", f"this endpoint needs a {' or '.join(roles)} key")
             return p
 
         return check

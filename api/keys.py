@@ -10,6 +10,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from pydantic import Field
 
+from api.openapi import AUTHENTICATED, problems
+from api.responses import CreatedKey, KeyListing, KeyListings
 from api.strict import PathId
 from engine.model import Id, Record
 from engine.store.keys import EXPIRES_IN_DAYS_MAX, Keys
@@ -25,19 +27,22 @@ class KeyRequest(Record):
 def install(app: FastAPI, role, keys: Keys, auth) -> None:
     Admin = Annotated[Any, Depends(role("admin"))]
 
-    @app.get("/v1/keys")
+    @app.get("/v1/keys", responses={200: {"model": KeyListings}, **problems(AUTHENTICATED)})
     def list_keys(_: Admin) -> Any:
         """Every key with its role, scope and lifecycle instants; never a secret or a hash."""
         return keys.list()
 
-    @app.post("/v1/keys", status_code=201)
+    @app.post("/v1/keys", status_code=201,
+              responses={201: {"model": CreatedKey},
+                         **problems(AUTHENTICATED, "invalid_request", "unknown_terminal", "unknown_merchant")})
     def create_key(body: KeyRequest, p: Admin) -> Any:
         """A new key; `key` is the secret, shown this once."""
         secret, record = keys.create(body.role, body.merchant_id, body.terminal_id, body.expires_in_days,
                                      actor=p)
         return {**record, "key": secret}
 
-    @app.post("/v1/keys/{key_id}/revoke")
+    @app.post("/v1/keys/{key_id}/revoke",
+              responses={200: {"model": KeyListing}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def revoke_key(key_id: PathId, p: Admin) -> Any:
         """Revoke a key (again: no change, the first instant stays); 404 when unknown."""
         record = keys.revoke(key_id, actor=p)

@@ -94,7 +94,7 @@ class _Message:
 
 
 def _invalid(detail: str) -> EngineError:
-    return EngineError(401, "signature_invalid", detail[:300])
+    return EngineError("signature_invalid", detail[:300])
 
 
 class TerminalSignatures:
@@ -126,17 +126,17 @@ class TerminalSignatures:
             return
         headers = request.headers
         if "signature" not in headers or "signature-input" not in headers:
-            raise EngineError(401, "signature_required",
+            raise EngineError("signature_required",
                               f"terminal {terminal_id} has a registered key: sign the request (RFC 9421, {LABEL})")
         body = await request.body()
         created, nonce = self.check(request, body, terminal_id, key)
         # Compared in microseconds, not whole seconds: a signature is valid for at most 600 s in all
         # (created ± 300 s), so a nonce kept 600 s from its first use outlives every valid replay.
         if abs(created * 1_000_000 - self.clock.now_us()) > CREATED_SKEW_S * 1_000_000:
-            raise EngineError(401, "signature_expired",
+            raise EngineError("signature_expired",
                               f"created must be within {CREATED_SKEW_S} s of the engine's clock")
         if not await self.nonces.claim(terminal_id, nonce, self.clock.now_us()):
-            raise EngineError(401, "signature_replayed", "this terminal used the nonce within the last 600 s")
+            raise EngineError("signature_replayed", "this terminal used the nonce within the last 600 s")
 
     @staticmethod
     def check(request: Request, body: bytes, terminal_id: str, key: Ed25519PublicKey) -> tuple[int, str]:

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI
 from pydantic import Field
 
+from api.openapi import AUTHENTICATED, problems
+from api.responses import Simulation
 from api.strict import PathId
 
 from engine.errors import EngineError
@@ -29,13 +31,14 @@ class SimulateRequest(Record):
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Planner = Annotated[Any, Depends(role("admin", "finance"))]
 
-    @app.post("/v1/campaigns/{campaign_id}/simulate")
+    @app.post("/v1/campaigns/{campaign_id}/simulate",
+              responses={200: {"model": Simulation}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
     def simulate_campaign(campaign_id: PathId, body: SimulateRequest, _: Planner):
         if body.campaign.id != campaign_id:
-            raise EngineError(422, "invalid_request", "campaign.id must be the campaign of the path",
+            raise EngineError("invalid_request", "campaign.id must be the campaign of the path",
                               errors=[{"loc": ["body", "campaign", "id"], "msg": "differs from the path",
                                        "type": "value_error"}])
         if to_us(body.to) <= to_us(body.from_):
-            raise EngineError(422, "invalid_request", "to must be after from",
+            raise EngineError("invalid_request", "to must be after from",
                               errors=[{"loc": ["body", "to"], "msg": "must be after from", "type": "value_error"}])
         return simulate.simulate(ledger.engine, body.campaign, to_us(body.from_), to_us(body.to))

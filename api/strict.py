@@ -95,4 +95,4 @@ def decode_cursor(prefix: str, cursor: str | None) -> int:
             raise ValueError(cursor)
         return int(number)
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
-        raise EngineError(422, "invalid_request", "cursor is not valid") from None
+        raise EngineError("invalid_request", "cursor is not valid") from None

@@ -126,11 +126,11 @@ class PaymentApp:
 
 
 def _invalid(detail: str) -> EngineError:
-    return EngineError(422, "receipt_invalid", detail)
+    return EngineError("receipt_invalid", detail)
 
 
 def _mismatch(claim: str) -> EngineError:
-    return EngineError(422, "receipt_mismatch", f"the receipt's {claim} differs from the transaction")
+    return EngineError("receipt_mismatch", f"the receipt's {claim} differs from the transaction")
 
 
 def verify(token: str | None, body: Purchase | Refund, secrets_for: Callable[[str], Sequence[bytes]],
@@ -141,7 +141,7 @@ def verify(token: str | None, body: Purchase | Refund, secrets_for: Callable[[st
     revoked app). Raises `EngineError` with the codes of SPEC §9.1.
     """
     if token is None:
-        raise EngineError(422, "receipt_required")
+        raise EngineError("receipt_required")
     if not isinstance(token, str) or len(token) > limits.RECEIPT_CHARS_MAX:
         raise _invalid("the receipt is not a compact JWS")
     try:

@@ -54,7 +54,7 @@ class Apps:
         import re
 
         if not isinstance(app_id, str) or not re.fullmatch(limits.ID_PATTERN, app_id):
-            raise EngineError(422, "invalid_request", "an app id matches " + limits.ID_PATTERN)
+            raise EngineError("invalid_request", "an app id matches " + limits.ID_PATTERN)
 
     def _add_secret(self, session: Session, app_id: str, now: int) -> str:
         secret = receipts.new_secret()
@@ -70,7 +70,7 @@ class Apps:
         self._check_id(app_id)
         with Session(self.engine) as session, session.begin():
             if session.get(PaymentAppRow, app_id) is not None:
-                raise EngineError(409, "already_exists", f"app {app_id} exists")
+                raise EngineError("already_exists", f"app {app_id} exists")
             now = self.clock.now_us()
             session.add(PaymentAppRow(id=app_id, created_at_us=now))
             session.flush()
@@ -100,7 +100,7 @@ class Apps:
         with Session(self.engine) as session, session.begin():
             row = session.get(PaymentAppRow, app_id)
             if row is None:
-                raise EngineError(404, "not_found", f"app {app_id} is not known")
+                raise EngineError("not_found", f"app {app_id} is not known")
             if row.revoked_at_us is None:
                 before = self._public(session, row)
                 row.revoked_at_us = self.clock.now_us()
@@ -111,9 +111,9 @@ class Apps:
     def _live(self, session: Session, app_id: str) -> PaymentAppRow:
         row = session.get(PaymentAppRow, app_id)
         if row is None:
-            raise EngineError(404, "not_found", f"app {app_id} is not known")
+            raise EngineError("not_found", f"app {app_id} is not known")
         if row.revoked_at_us is not None:
-            raise EngineError(409, "app_revoked", f"app {app_id} is revoked")
+            raise EngineError("app_revoked", f"app {app_id} is revoked")
         return row
 
     def list(self) -> list[dict]:

@@ -124,7 +124,7 @@ class Config:
         with Session(self.engine) as session, session.begin():
             _bump(session)
             if session.get(MerchantRow, merchant.id) is not None:
-                raise EngineError(409, "already_exists", f"merchant {merchant.id} exists")
+                raise EngineError("already_exists", f"merchant {merchant.id} exists")
             now = self.clock.now_us()
             row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now)
             self._store_record(row, merchant, now)
@@ -142,12 +142,12 @@ class Config:
             _bump(session)
             row = session.get(MerchantRow, merchant_id)
             if row is None:
-                raise EngineError(404, "not_found", f"merchant {merchant_id} is not known")
+                raise EngineError("not_found", f"merchant {merchant_id} is not known")
             before = self.public_record(row)
             current = json.loads(row.record_json)
             masked_before = current.pop(MASKED_ACCOUNT, None)
             if "id" in patch and patch["id"] != merchant_id:
-                raise EngineError(422, "invalid_request", "id cannot change")
+                raise EngineError("invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
             now = self.clock.now_us()
             changed = merchant.bank_account is not None and merchant.bank_account != self.bank_account(merchant_id,
@@ -171,18 +171,18 @@ class Config:
             _lock(session)
             row = session.get(MerchantRow, merchant_id)
             if row is None:
-                raise EngineError(404, "not_found", f"merchant {merchant_id} is not known")
+                raise EngineError("not_found", f"merchant {merchant_id} is not known")
             if row.bank_change_by is None:
-                raise EngineError(409, "bank_change_not_pending",
+                raise EngineError("bank_change_not_pending",
                                   f"merchant {merchant_id} has no bank account change awaiting confirmation")
             if row.bank_change_by == actor.key_id:
-                raise EngineError(403, "bank_change_same_key",
+                raise EngineError("bank_change_same_key",
                                   "a bank account change must be confirmed by a different key than made it")
             # A key made after the change cannot confirm it: whoever made the change could otherwise
             # make a second key and confirm with it.
             confirming = session.get(ApiKeyRow, actor.key_id)
             if confirming is None or confirming.created_at_us >= row.bank_change_at_us:
-                raise EngineError(403, "bank_change_same_key",
+                raise EngineError("bank_change_same_key",
                                   "a bank account change must be confirmed by another key that existed before it")
             masked = json.loads(row.record_json).get(MASKED_ACCOUNT)
             before = {"bank_account": masked, "changed_by": row.bank_change_by,
@@ -207,7 +207,7 @@ class Config:
         with Session(self.engine) as session:
             row = session.get(MerchantRow, merchant_id)
             if row is None:
-                raise EngineError(404, "not_found", f"merchant {merchant_id} is not known")
+                raise EngineError("not_found", f"merchant {merchant_id} is not known")
             return self.public_record(row)
 
     def list_merchants(self) -> list[dict]:
@@ -222,7 +222,7 @@ class Config:
         with Session(self.engine) as session, session.begin():
             _bump(session)
             if session.get(CampaignRow, campaign.id) is not None:
-                raise EngineError(409, "already_exists", f"campaign {campaign.id} exists")
+                raise EngineError("already_exists", f"campaign {campaign.id} exists")
             now = self.clock.now_us()
             session.add(CampaignRow(id=campaign.id, current_version=1, issued_net=0, budget=campaign.budget,
                                     created_at_us=now))
@@ -239,11 +239,11 @@ class Config:
             _bump(session)
             row = session.get(CampaignRow, campaign_id)
             if row is None:
-                raise EngineError(404, "not_found", f"campaign {campaign_id} is not known")
+                raise EngineError("not_found", f"campaign {campaign_id} is not known")
             current_row = session.get(CampaignVersionRow, (campaign_id, row.current_version))
             current = Campaign.model_validate_json(current_row.record_json)
             if "id" in patch and patch["id"] != campaign_id:
-                raise EngineError(422, "invalid_request", "id cannot change")
+                raise EngineError("invalid_request", "id cannot change")
             patch = {k: v for k, v in patch.items() if k != "version"}
             updated = Campaign.model_validate(
                 {**json.loads(current_row.record_json), **patch, "version": row.current_version + 1}
@@ -251,11 +251,11 @@ class Config:
             now = self.clock.now_us()
             if to_us(current.starts_at) <= now:
                 if to_us(updated.starts_at) != to_us(current.starts_at):
-                    raise EngineError(422, "campaign_started", "starts_at of a started campaign cannot change")
+                    raise EngineError("campaign_started", "starts_at of a started campaign cannot change")
                 if to_us(updated.ends_at) != to_us(current.ends_at) and to_us(updated.ends_at) < now:
-                    raise EngineError(422, "campaign_started", "a campaign cannot end before now")
+                    raise EngineError("campaign_started", "a campaign cannot end before now")
             if updated.budget is not None and updated.budget < row.issued_net:
-                raise EngineError(422, "campaign_started", f"budget below the {row.issued_net} points already issued")
+                raise EngineError("campaign_started", f"budget below the {row.issued_net} points already issued")
             row.current_version = updated.version
             row.budget = updated.budget
             session.add(CampaignVersionRow(campaign_id=campaign_id, version=updated.version,
@@ -268,10 +268,10 @@ class Config:
         with Session(self.engine) as session:
             row = session.get(CampaignRow, campaign_id)
             if row is None:
-                raise EngineError(404, "not_found", f"campaign {campaign_id} is not known")
+                raise EngineError("not_found", f"campaign {campaign_id} is not known")
             v = session.get(CampaignVersionRow, (campaign_id, version or row.current_version))
             if v is None:
-                raise EngineError(404, "not_found", f"campaign {campaign_id} has no version {version}")
+                raise EngineError("not_found", f"campaign {campaign_id} has no version {version}")
             return Campaign.model_validate_json(v.record_json)
 
     def list_campaigns(self) -> list[Campaign]:
@@ -290,9 +290,9 @@ class Config:
         with Session(self.engine) as session, session.begin():
             _bump(session)
             if session.get(MerchantRow, merchant_id) is None:
-                raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
+                raise EngineError("unknown_merchant", f"merchant {merchant_id} is not known")
             if session.get(TerminalRow, terminal_id) is not None:
-                raise EngineError(409, "already_exists", f"terminal {terminal_id} exists")
+                raise EngineError("already_exists", f"terminal {terminal_id} exists")
             now = self.clock.now_us()
             session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=now))
             audit.record(session, actor, "terminal.create", f"terminal:{terminal_id}", None,
@@ -308,7 +308,7 @@ class Config:
         with Session(self.engine) as session:
             row = session.get(TerminalRow, terminal_id)
             if row is None:
-                raise EngineError(404, "not_found", f"terminal {terminal_id} is not known")
+                raise EngineError("not_found", f"terminal {terminal_id} is not known")
             return self.terminal_record(row)
 
     def update_terminal(self, terminal_id: str, patch: dict, actor: Actor = OPERATOR) -> dict:
@@ -318,10 +318,10 @@ class Config:
             _bump(session)
             row = session.get(TerminalRow, terminal_id)
             if row is None:
-                raise EngineError(404, "not_found", f"terminal {terminal_id} is not known")
+                raise EngineError("not_found", f"terminal {terminal_id} is not known")
             merchant_id = patch.get("merchant_id", row.merchant_id)
             if session.get(MerchantRow, merchant_id) is None:
-                raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
+                raise EngineError("unknown_merchant", f"merchant {merchant_id} is not known")
             before = self.terminal_record(row)
             row.merchant_id = merchant_id
             if "public_key" in patch:

@@ -44,7 +44,7 @@ def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict:
         _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
         meter = session.get(CampaignRow, campaign_id)
         if meter is None or campaign_id not in campaigns:
-            raise EngineError(404, "not_found", f"campaign {campaign_id} is not known")
+            raise EngineError("not_found", f"campaign {campaign_id} is not known")
         campaign = campaigns[campaign_id]
 
         def net_since(since: int | None) -> tuple[int, int]:

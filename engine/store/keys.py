@@ -76,21 +76,21 @@ class Keys:
                expires_in_days: int | None = None, actor: Actor = OPERATOR) -> tuple[str, dict]:
         """A new key: (the secret, returned this once; its listing). Only the SHA-256 is stored."""
         if role not in ROLES:
-            raise EngineError(422, "invalid_request", f"role must be one of {', '.join(ROLES)}")
+            raise EngineError("invalid_request", f"role must be one of {', '.join(ROLES)}")
         if expires_in_days is not None and not (
                 isinstance(expires_in_days, int) and 1 <= expires_in_days <= EXPIRES_IN_DAYS_MAX):
-            raise EngineError(422, "invalid_request", f"expires_in_days must be 1 to {EXPIRES_IN_DAYS_MAX}")
+            raise EngineError("invalid_request", f"expires_in_days must be 1 to {EXPIRES_IN_DAYS_MAX}")
         with Session(self.engine) as session, session.begin():
             if role == "terminal":
                 if terminal_id is None:
-                    raise EngineError(422, "invalid_request", "a terminal key needs a terminal")
+                    raise EngineError("invalid_request", "a terminal key needs a terminal")
                 terminal = session.get(TerminalRow, terminal_id)
                 if terminal is None:
-                    raise EngineError(422, "unknown_terminal", f"terminal {terminal_id} is not known")
+                    raise EngineError("unknown_terminal", f"terminal {terminal_id} is not known")
                 merchant_id = terminal.merchant_id
             elif role == "merchant":
                 if merchant_id is None or session.get(MerchantRow, merchant_id) is None:
-                    raise EngineError(422, "unknown_merchant", f"merchant {merchant_id} is not known")
+                    raise EngineError("unknown_merchant", f"merchant {merchant_id} is not known")
                 terminal_id = None
             else:
                 merchant_id = terminal_id = None
@@ -127,7 +127,7 @@ class Keys:
                 .where(ApiKeyRow.id == key_id)
             ).one_or_none()
             if found is None:
-                raise EngineError(404, "not_found", f"key {key_id} is not known")
+                raise EngineError("not_found", f"key {key_id} is not known")
             row, terminal_merchant = found
             listing = _listing(row, terminal_merchant or row.merchant_id)
             if revoked:

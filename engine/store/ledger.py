@@ -23,7 +23,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import crediting, ledger_rules as rules
-from engine.errors import problem
+from engine.errors import decline
 from engine.model import Campaign, Merchant, Purchase, Refund
 from engine.receipts import Receipt
 from engine.rating._kernel_py import share_target
@@ -48,14 +48,6 @@ from engine.store.models import (
 from engine.clock import SystemClock
 from engine.timeutil import format_instant, to_us
 
-DECLINE_STATUS = {
-    "unknown_merchant": 422,
-    "original_not_found": 404,
-    "refund_merchant_mismatch": 422,
-    "refund_exceeds_original": 422,
-    "insufficient_points": 422,
-    "receipt_already_used": 409,
-}
 
 
 @dataclasses.dataclass
@@ -191,7 +183,7 @@ class Ledger:
                 s = submissions[i]
                 s.merchant_id = terminals.get(s.terminal_id)
                 if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
-                    results[i] = Result(403, problem(403, "forbidden", "a terminal posts only for its own merchant"),
+                    results[i] = Result(*decline("forbidden", "a terminal posts only for its own merchant"),
                                         remember=False)
                     continue
                 if s.body.type == "refund":
@@ -204,8 +196,8 @@ class Ledger:
                         continue
                     if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != \
                             (s.receipt.app_id, s.receipt.original_jti):
-                        results[i] = Result(422, problem(422, "receipt_mismatch",
-                                                         "the receipt's original_jti is not the purchase's receipt"),
+                        results[i] = Result(*decline("receipt_mismatch",
+                                                     "the receipt's original_jti is not the purchase's receipt"),
                                             remember=False)
                         continue
                 if s.receipt_key in used_receipts:
@@ -312,13 +304,12 @@ class Ledger:
     @staticmethod
     def _replay(request_hash: str, status: int, response_json: str, s: Submission) -> Result:
         if request_hash != s.request_hash:
-            return Result(422, problem(422, "idempotency_key_reused"))
+            return Result(*decline("idempotency_key_reused"))
         return Result(status, json.loads(response_json), replayed=True)
 
     @staticmethod
     def _decline(code: str, s: Submission) -> Result:
-        status = DECLINE_STATUS[code]
-        return Result(status, problem(status, code))
+        return Result(*decline(code))  # the status is the error catalog's (engine/errors.py)
 
     def _load_originals(self, session: Session, ids: set[str]) -> dict[str, dict]:
         if not ids:

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
-from engine.errors import problem
+from engine.errors import decline
 from engine.store import audit
 from engine.store.books import load_books
 from engine.store.ledger import Ledger, Result, _GroupWriter
@@ -113,12 +113,12 @@ def grant(ledger: Ledger, scope: str, idempotency_key: str, wallet_id: str, camp
                                   _Hash(request_hash))
         meter = session.get(CampaignRow, campaign_id)
         if meter is None:
-            return Result(404, problem(404, "not_found", f"campaign {campaign_id} is not known"), remember=False)
+            return Result(*decline("not_found", f"campaign {campaign_id} is not known"), remember=False)
         campaign = campaigns[campaign_id]
         now = ledger.clock.now_us()
         if campaign.budget is not None and meter.issued_net + points > campaign.budget:
-            result = Result(422, problem(422, "budget_exceeded",
-                                         f"{campaign.budget - meter.issued_net} points left in the budget"))
+            result = Result(*decline("budget_exceeded",
+                                     f"{campaign.budget - meter.issued_net} points left in the budget"))
         else:
             grant_id = "gr_" + secrets.token_hex(12)
             books = load_books(session, {wallet_id})

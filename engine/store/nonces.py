@@ -75,7 +75,7 @@ class DatabaseNonces:
             return await asyncio.to_thread(self.claim_now, terminal_id, nonce, now_us)
         except Exception as exc:
             log.warning("nonce store unavailable", exc_info=True)
-            raise EngineError(503, "service_unavailable", f"nonce store: {type(exc).__name__}") from None
+            raise EngineError("service_unavailable", f"nonce store: {type(exc).__name__}") from None
 
 
 class RedisNonces:
@@ -99,7 +99,7 @@ class RedisNonces:
             return bool(await self.client.set(self.key(terminal_id, nonce), 1, nx=True, ex=self.ttl_s))
         except Exception as exc:
             log.warning("nonce store unavailable", exc_info=True)
-            raise EngineError(503, "service_unavailable", f"nonce store: {type(exc).__name__}") from None
+            raise EngineError("service_unavailable", f"nonce store: {type(exc).__name__}") from None
 
 
 def nonce_store(engine: Engine, redis_url: str | None) -> DatabaseNonces | RedisNonces:

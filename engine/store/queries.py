@@ -36,7 +36,7 @@ def get_payment(engine: Engine, payment_id: str) -> dict:
     with Session(engine) as session:
         row = session.get(PaymentRow, payment_id)
         if row is None:
-            raise EngineError(404, "not_found", f"transaction {payment_id} is not known")
+            raise EngineError("not_found", f"transaction {payment_id} is not known")
         body = json.loads(row.response_json)
         awards = {a.campaign_id: a for a in session.execute(
             select(AwardRow).where(AwardRow.payment_id == payment_id)).scalars()}

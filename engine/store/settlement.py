@@ -135,7 +135,7 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
         else:
             period = statement.parse_period(period_name)
     except ValueError as exc:
-        raise EngineError(422, "invalid_request", str(exc)) from None
+        raise EngineError("invalid_request", str(exc)) from None
     with Session(ledger.engine) as session, session.begin():
         head = ledger._lock_head(session)
         existing = session.execute(
@@ -143,24 +143,24 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
         ).scalar_one_or_none()
         if existing is not None:
             if existing.period_end_us != period.end_us:
-                raise EngineError(409, "period_overlaps", f"settled already as part of run {existing.id}")
+                raise EngineError("period_overlaps", f"settled already as part of run {existing.id}")
             return False, view(session, existing)
         overlapping = session.execute(
             select(SettlementRunRow.id).where(SettlementRunRow.period_start_us < period.end_us,
                                               SettlementRunRow.period_end_us > period.start_us)
         ).first()
         if overlapping:
-            raise EngineError(409, "period_overlaps", f"overlaps settled run {overlapping[0]}")
+            raise EngineError("period_overlaps", f"overlaps settled run {overlapping[0]}")
         # Periods settle in order: what an earlier period left unpaid is carried into the
         # next, which only works when the next is settled after it.
         later = session.execute(
             select(SettlementRunRow.id).where(SettlementRunRow.period_start_us >= period.end_us)
         ).first()
         if later:
-            raise EngineError(409, "period_out_of_order", f"a later period is settled already ({later[0]})")
+            raise EngineError("period_out_of_order", f"a later period is settled already ({later[0]})")
         now = ledger.clock.now_us()
         if now < period.end_us:
-            raise EngineError(422, "period_open", f"{period.name} ends at {format_instant(period.end_us)}")
+            raise EngineError("period_open", f"{period.name} ends at {format_instant(period.end_us)}")
         merchant_rows = list(session.execute(select(MerchantRow)).scalars())
         merchants = {r.id: json.loads(r.record_json) for r in merchant_rows}
         held = {r.id for r in merchant_rows if r.bank_change_by is not None}
@@ -273,7 +273,7 @@ def get(ledger: Ledger, run_id: str) -> SettlementRunRow:
     with Session(ledger.engine) as session:
         row = session.get(SettlementRunRow, run_id)
         if row is None:
-            raise EngineError(404, "not_found", f"settlement run {run_id} is not known")
+            raise EngineError("not_found", f"settlement run {run_id} is not known")
         session.expunge(row)
         return row
 
@@ -282,7 +282,7 @@ def get_view(ledger: Ledger, run_id: str) -> dict:
     with Session(ledger.engine) as session:
         row = session.get(SettlementRunRow, run_id)
         if row is None:
-            raise EngineError(404, "not_found", f"settlement run {run_id} is not known")
+            raise EngineError("not_found", f"settlement run {run_id} is not known")
         return view(session, row)
 
 
@@ -292,7 +292,7 @@ def import_payout_results(ledger: Ledger, run_id: str, results: list[dict], acto
     with Session(ledger.engine) as session, session.begin():
         head = ledger._lock_head(session)
         if session.get(SettlementRunRow, run_id) is None:
-            raise EngineError(404, "not_found", f"settlement run {run_id} is not known")
+            raise EngineError("not_found", f"settlement run {run_id} is not known")
         lines = {line.merchant_id: line for line in session.execute(
             select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)).scalars()}
         now = ledger.clock.now_us()
@@ -302,12 +302,12 @@ def import_payout_results(ledger: Ledger, run_id: str, results: list[dict], acto
         for result in results:
             line = lines.get(result["merchant_id"])
             if line is None:
-                raise EngineError(422, "invalid_request", f"merchant {result['merchant_id']} has no line in {run_id}")
+                raise EngineError("invalid_request", f"merchant {result['merchant_id']} has no line in {run_id}")
             if line.payout_status == result["status"]:
                 unchanged += 1
                 continue
             if line.payout_status != "pending":
-                raise EngineError(409, "payout_already_settled",
+                raise EngineError("payout_already_settled",
                                   f"{line.merchant_id} is {line.payout_status}, not {result['status']}")
             m = line.merchant_id
             if result["status"] == "paid":

@@ -1,0 +1,155 @@
+"""The OpenAPI document tells the truth (issue 10, deliverable 2), read from a real server process.
+
+- the `bearerAuth` HTTP bearer scheme exists and every operation but /healthz and /readyz uses it;
+- every such operation documents 401 and 403; every documented 4xx/5xx problem is
+  `application/problem+json` with the `Problem` schema, whose `code` enum is the error catalog;
+- `Idempotency-Key` is a required header of POST /v1/transactions and POST /v1/grants (while the
+  server still answers a missing one with 400 `idempotency_key_missing`, not 422);
+- the routes a terminal key calls document the RFC 9421 signature headers, optional;
+- every route of the application is in the document.
+"""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.routing import APIRoute
+
+from engine.errors import CATALOG
+
+PUBLIC = {("get", "/healthz"), ("get", "/readyz")}
+TERMINAL_ROUTES = {("post", "/v1/transactions"), ("post", "/v1/transactions/batch"),
+                   ("get", "/v1/transactions/{transaction_id}"), ("post", "/v1/terminals/{terminal_id}/closeouts")}
+IDEMPOTENT = {("post", "/v1/transactions"), ("post", "/v1/grants")}
+SIGNATURE_HEADERS = {"Signature", "Signature-Input", "Content-Digest"}
+
+
+@pytest.fixture(scope="module")
+def server(start_server):
+    return start_server("sqlite")
+
+
+@pytest.fixture(scope="module")
+def document(server) -> dict:
+    with server.client() as client:
+        answer = client.get("/openapi.json")
+    assert answer.status_code == 200, answer.text
+    return answer.json()
+
+
+def operations(document: dict):
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            yield method, path, operation
+
+
+def test_every_route_is_documented(document, tmp_path) -> None:
+    from api.app import create_app
+    from engine.settings import Settings
+
+    app = create_app(Settings(database_url=f"sqlite:///{tmp_path}/routes.db"))
+    routes = {(m.lower(), r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods}
+    assert routes == {(m, p) for m, p, _ in operations(document)}
+
+
+def test_the_bearer_scheme_is_used_by_every_operation_but_health(document) -> None:
+    schemes = document["components"]["securitySchemes"]
+    assert schemes["bearerAuth"]["type"] == "http" and schemes["bearerAuth"]["scheme"] == "bearer"
+    for method, path, operation in operations(document):
+        if (method, path) in PUBLIC:
+            assert not operation.get("security"), (method, path)
+        else:
+            assert operation.get("security") == [{"bearerAuth": []}], (method, path)
+            # the key travels in the scheme, not as a parameter of its own
+            assert "authorization" not in {p["name"].lower() for p in operation.get("parameters", [])}
+
+
+def test_every_operation_documents_401_and_403_unless_public(document) -> None:
+    for method, path, operation in operations(document):
+        if (method, path) not in PUBLIC:
+            assert {"401", "403", "429"} <= set(operation["responses"]), (method, path)
+        assert {"400", "413"} <= set(operation["responses"]), (method, path)  # the middleware's, anywhere
+        if "{" in path:  # an encoded "/" in the id matches no route: 404
+            assert "404" in operation["responses"], (method, path)
+
+
+def test_problem_responses_are_problem_json(document) -> None:
+    problem = document["components"]["schemas"]["Problem"]
+    assert set(problem["properties"]["code"]["enum"]) == set(CATALOG)
+    assert {"type", "title", "status", "code"} <= set(problem["required"])
+    for method, path, operation in operations(document):
+        for status, response in operation["responses"].items():
+            if (method, path, status) == ("get", "/readyz", "503"):
+                continue  # readiness answers its checks as JSON, not as a problem
+            if int(status) >= 400:
+                assert list(response["content"]) == ["application/problem+json"], (method, path, status)
+                content = response["content"]["application/problem+json"]
+                assert content["schema"] == {"$ref": "#/components/schemas/Problem"}, (method, path, status)
+                for code, example in content["examples"].items():
+                    assert CATALOG[code].status == int(status) == example["value"]["status"]
+    assert "HTTPValidationError" not in document["components"]["schemas"]
+
+
+def test_idempotency_key_is_required_where_the_spec_requires_it(document) -> None:
+    for method, path, operation in operations(document):
+        found = [p for p in operation.get("parameters", []) if p["name"].lower() == "idempotency-key"]
+        if (method, path) in IDEMPOTENT:
+            assert len(found) == 1 and found[0]["in"] == "header" and found[0]["required"] is True, (method, path)
+            assert "idempotency_key_missing" in operation["responses"]["400"]["description"]
+        else:
+            assert not found, (method, path)
+
+
+def test_terminal_routes_document_the_signature_headers(document) -> None:
+    for method, path, operation in operations(document):
+        headers = {p["name"]: p for p in operation.get("parameters", []) if p["in"] == "header"}
+        if (method, path) in TERMINAL_ROUTES:
+            assert SIGNATURE_HEADERS <= set(headers), (method, path)
+            assert not any(headers[h]["required"] for h in SIGNATURE_HEADERS)
+            assert "signature_invalid" in operation["responses"]["401"]["description"]
+        else:
+            assert not SIGNATURE_HEADERS & set(headers), (method, path)
+
+
+def test_a_missing_idempotency_key_is_still_400(server) -> None:
+    with server.client(server.create_key("finance")) as client:
+        answer = client.post("/v1/grants", json={"wallet_id": "W1", "campaign_id": "C1", "points": 1, "reason": "r"})
+    assert answer.status_code == 400 and answer.json()["code"] == "idempotency_key_missing"
+    assert answer.headers["content-type"] == "application/problem+json"
+
+
+TYPED = {("post", "/v1/transactions", "201"): "TransactionAnswer",
+         ("post", "/v1/transactions/batch", "200"): "BatchAnswer",
+         ("get", "/v1/transactions/{transaction_id}", "200"): "TransactionAnswer",
+         ("get", "/v1/wallets/{wallet_id}/points", "200"): "WalletPoints",
+         ("get", "/v1/keys", "200"): "KeyListings", ("post", "/v1/keys", "201"): "CreatedKey",
+         ("post", "/v1/keys/{key_id}/revoke", "200"): "KeyListing", ("get", "/v1/audit", "200"): "AuditPage",
+         ("get", "/healthz", "200"): "Health", ("get", "/readyz", "200"): "Readiness",
+         ("get", "/v1/merchants/{merchant_id}/transactions", "200"): "MerchantTransactions",
+         ("get", "/v1/merchants/{merchant_id}/rewards", "200"): "MerchantRewards",
+         ("post", "/v1/grants", "201"): "GrantAnswer",
+         ("get", "/v1/merchants/{merchant_id}", "200"): "MerchantView",
+         ("get", "/v1/campaigns/{campaign_id}", "200"): "Campaign",
+         ("get", "/v1/terminals/{terminal_id}", "200"): "TerminalView",
+         ("get", "/v1/campaigns/{campaign_id}/budget", "200"): "CampaignBudget",
+         ("post", "/v1/settlement-runs", "201"): "SettlementRun",
+         ("post", "/v1/settlement-runs", "200"): "SettlementRun",
+         ("get", "/v1/reconciliation", "200"): "Reconciliation",
+         ("post", "/v1/terminals/{terminal_id}/closeouts", "201"): "CloseoutReport",
+         ("post", "/v1/campaigns/{campaign_id}/simulate", "200"): "Simulation"}
+
+
+def test_typed_2xx_answers(document) -> None:
+    for (method, path, status), model in TYPED.items():
+        schema = document["paths"][path][method]["responses"][status]["content"]["application/json"]["schema"]
+        assert schema["$ref"] == f"#/components/schemas/{model}", (method, path)
+    for method, path, operation in operations(document):  # every 2xx has a schema (a model or a file type)
+        for status, response in operation["responses"].items():
+            if status.startswith("2"):
+                (content,) = response["content"].values()
+                assert content["schema"].get("$ref") or content["schema"].get("type") == "string", (method, path)
+    transaction = document["paths"]["/v1/transactions"]["post"]["responses"]["201"]
+    assert "Idempotent-Replayed" in transaction["headers"]
+    declined = document["paths"]["/v1/transactions"]["post"]["responses"]["422"]  # a remembered decline
+    assert "Idempotent-Replayed" in declined["headers"]
+    purchase = document["components"]["schemas"]["PurchaseAnswer"]
+    assert purchase["examples"][0]["points_awarded"] == 399  # the rating vector refunds.json, t1
