@@ -77,9 +77,13 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
 
 
-@pytest.fixture
-def redis_url():
-    """A Redis database number nobody is using, flushed before and after the test."""
+def _free_redis_db(newest_first: bool = False):
+    """A Redis database number nobody is using, flushed before and after; yields its URL.
+
+    The function-scoped fixture starts from a number that depends on the process, so two
+    test runs at once (a developer's and CI's) rarely pick the same database; the
+    module-scoped one starts from the other end, so it rarely meets a function-scoped one
+    that is still empty."""
     import redis
 
     try:
@@ -88,10 +92,11 @@ def redis_url():
     except redis.RedisError as error:
         _unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT}", error)
     probe.close()
-    # Start from a number that depends on the process so two test runs at once
-    # (a developer's and CI's) rarely pick the same database.
-    start = os.getpid() % len(REDIS_TEST_DBS)
-    candidates = [REDIS_TEST_DBS[(start + i) % len(REDIS_TEST_DBS)] for i in range(len(REDIS_TEST_DBS))]
+    if newest_first:
+        candidates = list(reversed(REDIS_TEST_DBS))
+    else:
+        start = os.getpid() % len(REDIS_TEST_DBS)
+        candidates = [REDIS_TEST_DBS[(start + i) % len(REDIS_TEST_DBS)] for i in range(len(REDIS_TEST_DBS))]
     for db in candidates:
         client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
         if client.dbsize() == 0:
@@ -108,6 +113,18 @@ def redis_url():
         client.close()
 
 
+@pytest.fixture
+def redis_url():
+    """A Redis database number nobody is using, flushed before and after the test."""
+    yield from _free_redis_db()
+
+
+@pytest.fixture(scope="module")
+def module_redis_url():
+    """A Redis database of its own for a whole test module (servers started once per module)."""
+    yield from _free_redis_db(newest_first=True)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that reaches PostgreSQL or Redis, so `-m "not postgres"` deselects them."""
     for item in items:
@@ -116,5 +133,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         params = callspec.params if callspec else {}
         if "postgres_url" in names or params.get("database_url") == "postgresql":
             item.add_marker(pytest.mark.postgres)
-        if "redis_url" in names:
+        if "redis_url" in names or "module_redis_url" in names:
             item.add_marker(pytest.mark.redis)

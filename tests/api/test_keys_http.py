@@ -25,7 +25,6 @@ from sqlalchemy import text
 
 from engine.settings import Settings
 from tests.api.conftest import Server, Ward, now_tokyo, purchase
-from tests.conftest import REDIS_HOST, REDIS_PORT, REDIS_TEST_DBS, _unavailable
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -35,28 +34,6 @@ PER_KEY_N = int(PER_KEY.split("/")[0])
 FAILURES_N = int(FAILURES.split("/")[0])
 GUESSING_THREADS = 6
 REVOCATION_BOUND_S = 5.0
-
-
-@pytest.fixture(scope="module")
-def module_redis_url():
-    import redis
-
-    try:
-        probe = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, socket_connect_timeout=3)
-        probe.ping()
-    except redis.RedisError as error:
-        _unavailable(f"Redis at {REDIS_HOST}:{REDIS_PORT}", error)
-    for db in reversed(REDIS_TEST_DBS):
-        client = redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db)
-        if client.dbsize() == 0:
-            break
-        client.close()
-    client.flushdb()
-    try:
-        yield f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
-    finally:
-        client.flushdb()
-        client.close()
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from engine.store import audit
 from engine.store.config import Config
 from engine.store.db import make_engine
 from engine.store.models import AuditLogRow, MerchantVersionRow
-from tests.finance.support import Ward, bank_account, lines_by_merchant
+from tests.finance.support import Ward, bank_account, lines_by_merchant, tamper
 from tests.tokyo import jst
 
 
@@ -48,16 +48,7 @@ def _base(ward: Ward) -> int:
 
 
 def _tamper(ward: Ward, sql: str, **params) -> None:
-    """Edit audit rows behind the engine's back, past the append-only triggers."""
-    with ward.engine.begin() as c:
-        if c.dialect.name == "postgresql":  # the tests connect as a superuser
-            c.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
-        else:
-            c.execute(text("DROP TRIGGER IF EXISTS audit_log_no_update"))
-            c.execute(text("DROP TRIGGER IF EXISTS audit_log_no_delete"))
-        c.execute(text(sql), params)
-        if c.dialect.name == "postgresql":
-            c.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+    tamper(ward.engine, "audit_log", sql, **params)
 
 
 def _raw_audit(ward: Ward) -> str:

@@ -9,7 +9,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from engine.store.models import PaymentRow, PostingRow
-from tests.finance.support import Ward
+from tests.finance.support import Ward, tamper
 
 CHECKS = {
     "trial_balance_zero", "cached_balances_match", "hash_chain_intact", "posting_sequence_gapless",
@@ -52,16 +52,7 @@ def _failing(report: dict) -> dict[str, list]:
 
 
 def _tamper(ward: Ward, sql: str, **params) -> None:
-    """Edit rows behind the engine's back, past the append-only triggers on postings."""
-    with ward.engine.begin() as c:
-        if c.dialect.name == "postgresql":  # the tests connect as a superuser
-            c.execute(text("ALTER TABLE posting DISABLE TRIGGER USER"))
-        else:
-            c.execute(text("DROP TRIGGER IF EXISTS posting_no_update"))
-            c.execute(text("DROP TRIGGER IF EXISTS posting_no_delete"))
-        c.execute(text(sql), params)
-        if c.dialect.name == "postgresql":
-            c.execute(text("ALTER TABLE posting ENABLE TRIGGER USER"))
+    tamper(ward.engine, "posting", sql, **params)
 
 
 def _posting(ward: Ward, payment_id: str, reason: str) -> PostingRow:
