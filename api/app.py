@@ -8,7 +8,6 @@ Strict input (SPEC §2) is api/strict.py: once-only headers and duplicate JSON k
 refused by the `BodyLimit` middleware, path ids are `PathId`, query parameters bounded.
 """
 
-
 import asyncio
 import contextlib
 import datetime as dt
@@ -17,42 +16,49 @@ import re
 import threading
 from typing import Annotated, Any
 
-from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from fastapi import Body, Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import openapi, responses
 from api.auth import Auth
-from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent, problems, remembered, \
-    terminal_headers
-from api.strict import Cursor, PageLimit, PathId, decode_cursor, duplicated_header, encode_cursor, \
-    has_duplicate_key, is_json
+from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent, problems, remembered, terminal_headers
+from api.signatures import TerminalSignatures
+from api.strict import (
+    Cursor,
+    PageLimit,
+    PathId,
+    decode_cursor,
+    duplicated_header,
+    encode_cursor,
+    has_duplicate_key,
+    is_json,
+)
 from engine import limits, receipts
+from engine.clock import SystemClock
 from engine.errors import EngineError, decline
+from engine.http_signing import parse_public_key
 from engine.model import Campaign, Instant, Merchant, Transaction
 from engine.settings import Settings
-from engine.clock import SystemClock
 from engine.store import lifecycle, queries
+from engine.store.answer_cache import AnswerCache
 from engine.store.apps import Apps
 from engine.store.config import Config, Principal
-from engine.store.keys import Keys
 from engine.store.db import make_engine, upgrade
-from engine.store.answer_cache import AnswerCache
 from engine.store.group_commit import GroupCommitter
+from engine.store.keys import Keys
 from engine.store.ledger import Ledger, Result, Submission
 from engine.store.nonces import nonce_store
-from engine.http_signing import parse_public_key
-from api.signatures import TerminalSignatures
 from engine.timeutil import to_us
 
 PROBLEM_JSON = "application/problem+json"
 _CURSOR_PREFIX = "seq"  # a merchant's transactions, by payment sequence
 _transaction = TypeAdapter(Transaction)
-_PRINTABLE_ASCII = re.compile(r"^[\x20-\x7e]{1,%d}$" % limits.IDEMPOTENCY_KEY_LENGTH_MAX)
+_PRINTABLE_ASCII = re.compile(rf"^[\x20-\x7e]{{1,{limits.IDEMPOTENCY_KEY_LENGTH_MAX}}}$")
 
 
 def _problem_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
@@ -68,10 +74,8 @@ def _text(value: object) -> str:
 def _json_safe(errors: list[dict]) -> list[dict]:
     out = []
     for e in errors:
-        out.append({"loc": [_text(x) for x in e.get("loc", ())], "msg": _text(e.get("msg", "")),
-                    "type": e.get("type")})
+        out.append({"loc": [_text(x) for x in e.get("loc", ())], "msg": _text(e.get("msg", "")), "type": e.get("type")})
     return out
-
 
 
 def create_app(settings: Settings | None = None, migrate: bool = True, clock=None) -> FastAPI:
@@ -101,8 +105,12 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         stop.set()
         auth.close()
 
-    app = FastAPI(title="setapay-engine", version="0.1.0", lifespan=lifespan,
-                  description="Points and settlement engine of Setagaya PAY (せたがやPay)")
+    app = FastAPI(
+        title="setapay-engine",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Points and settlement engine of Setagaya PAY (せたがやPay)",
+    )
     openapi.install(app)
     app.state.settings = settings
     app.state.ledger = ledger
@@ -131,8 +139,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             return _problem_response(*decline("malformed_json"))
         if exc.status_code == 404:
             return _problem_response(*decline("not_found"))
-        return _problem_response(exc.status_code, {"type": "about:blank", "title": str(exc.detail),
-                                                   "status": exc.status_code, "code": "http_error"})
+        return _problem_response(
+            exc.status_code,
+            {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "code": "http_error"},
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception):  # pragma: no cover - a bug if reached
@@ -155,10 +165,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     def healthz() -> dict:
         return {"status": "ok"}
 
-    @app.get("/readyz", responses={200: {"model": responses.Readiness},
-                                    503: {"model": responses.Readiness,
-                                          "description": "The database or Redis is not reachable"},
-                                    **problems(COMMON)})
+    @app.get(
+        "/readyz",
+        responses={
+            200: {"model": responses.Readiness},
+            503: {"model": responses.Readiness, "description": "The database or Redis is not reachable"},
+            **problems(COMMON),
+        },
+    )
     def readyz():
         checks = {}
         try:
@@ -176,18 +190,23 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             except Exception as exc:
                 checks["redis"] = f"error: {type(exc).__name__}"
         ready = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ready" if ready else "not_ready", "checks": checks},
-                            status_code=200 if ready else 503)
+        return JSONResponse(
+            {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
+        )
 
     # -- transactions ------------------------------------------------------
 
     def _check_instant(occurred_at: dt.datetime) -> None:
         at, now = to_us(occurred_at), clock.now_us()
-        if at > now + settings.occurred_at_max_future_s * 1_000_000 or \
-                at < now - settings.occurred_at_max_past_days * 86_400_000_000:
-            raise EngineError("occurred_at_out_of_range",
-                              f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
-                              f"{settings.occurred_at_max_past_days} days behind the engine's clock")
+        if (
+            at > now + settings.occurred_at_max_future_s * 1_000_000
+            or at < now - settings.occurred_at_max_past_days * 86_400_000_000
+        ):
+            raise EngineError(
+                "occurred_at_out_of_range",
+                f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
+                f"{settings.occurred_at_max_past_days} days behind the engine's clock",
+            )
 
     def _submission(p: Principal, key: str, body) -> Submission | Result:
         """The checked submission, or the remembered answer when a retry of an answered request
@@ -213,20 +232,46 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         if value is None:
             raise EngineError("idempotency_key_missing")
         if not isinstance(value, str) or not _PRINTABLE_ASCII.fullmatch(value):
-            raise EngineError("idempotency_key_invalid",
-                              f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters")
+            raise EngineError(
+                "idempotency_key_invalid", f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters"
+            )
         return value
 
-    @app.post("/v1/transactions", status_code=201, openapi_extra=terminal_headers(idempotency=True),
-              responses={201: {"model": responses.TransactionAnswer, "headers": responses.REPLAYED_HEADER,
-                               "description": "Accepted; or, with `Idempotent-Replayed: true`, the earlier answer"},
-                         **remembered(problems(TERMINAL, IDEMPOTENCY, "invalid_request", "occurred_at_out_of_range",
-                                               "receipt_required", "receipt_invalid", "receipt_mismatch",
-                                               "receipt_already_used", "unknown_merchant", "original_not_found",
-                                               "refund_merchant_mismatch", "refund_exceeds_original",
-                                               "insufficient_points"),
-                                      "receipt_already_used", "unknown_merchant", "original_not_found",
-                                      "refund_merchant_mismatch", "refund_exceeds_original", "insufficient_points")})
+    @app.post(
+        "/v1/transactions",
+        status_code=201,
+        openapi_extra=terminal_headers(idempotency=True),
+        responses={
+            201: {
+                "model": responses.TransactionAnswer,
+                "headers": responses.REPLAYED_HEADER,
+                "description": "Accepted; or, with `Idempotent-Replayed: true`, the earlier answer",
+            },
+            **remembered(
+                problems(
+                    TERMINAL,
+                    IDEMPOTENCY,
+                    "invalid_request",
+                    "occurred_at_out_of_range",
+                    "receipt_required",
+                    "receipt_invalid",
+                    "receipt_mismatch",
+                    "receipt_already_used",
+                    "unknown_merchant",
+                    "original_not_found",
+                    "refund_merchant_mismatch",
+                    "refund_exceeds_original",
+                    "insufficient_points",
+                ),
+                "receipt_already_used",
+                "unknown_merchant",
+                "original_not_found",
+                "refund_merchant_mismatch",
+                "refund_exceeds_original",
+                "insufficient_points",
+            ),
+        },
+    )
     async def post_transaction(
         body: Annotated[Transaction, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
@@ -249,15 +294,19 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
                 raise EngineError("request_in_progress")
             try:
                 result = await asyncio.wait_for(asyncio.wrap_future(committer.enqueue(submission)), 60)
-            except (OperationalError, InterfaceError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OperationalError, InterfaceError) as exc:
                 raise EngineError("service_unavailable", type(exc).__name__) from None
         # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
         if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
             await answers.put(p.terminal_id, key, submission.request_hash, result.status, result.body)
         return _render(result)
 
-    @app.post("/v1/transactions/batch", status_code=200, openapi_extra=terminal_headers(),
-              responses={200: {"model": responses.BatchAnswer}, **problems(TERMINAL, "invalid_request")})
+    @app.post(
+        "/v1/transactions/batch",
+        status_code=200,
+        openapi_extra=terminal_headers(),
+        responses={200: {"model": responses.BatchAnswer}, **problems(TERMINAL, "invalid_request")},
+    )
     def post_batch(
         body: Annotated[BatchRequest, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
@@ -268,9 +317,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         for i, item in enumerate(body.transactions):
             try:
                 if not isinstance(item, dict):  # answers for itself; the other items proceed
-                    raise EngineError("invalid_request", "a batch item is a JSON object",
-                                      errors=[{"loc": ["body", "transactions", str(i)],
-                                               "msg": "must be an object", "type": "dict_type"}])
+                    raise EngineError(
+                        "invalid_request",
+                        "a batch item is a JSON object",
+                        errors=[
+                            {"loc": ["body", "transactions", str(i)], "msg": "must be an object", "type": "dict_type"}
+                        ],
+                    )
                 fields = dict(item)
                 key = _idempotency_key(fields.pop("idempotency_key", None))
                 submission = _submission(p, key, _transaction.validate_python(fields))
@@ -309,10 +362,14 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         media = "application/json" if result.status < 400 else PROBLEM_JSON
         return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)
 
-    @app.get("/v1/transactions/{transaction_id}", openapi_extra=terminal_headers(),
-             responses={200: {"model": responses.TransactionAnswer},
-                        **problems(TERMINAL, "invalid_request", "not_found")})
-    def get_transaction(transaction_id: PathId, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]):
+    @app.get(
+        "/v1/transactions/{transaction_id}",
+        openapi_extra=terminal_headers(),
+        responses={200: {"model": responses.TransactionAnswer}, **problems(TERMINAL, "invalid_request", "not_found")},
+    )
+    def get_transaction(
+        transaction_id: PathId, p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))]
+    ):
         scope = queries.payment_scope(engine, transaction_id)
         if scope is None:
             raise EngineError("not_found", f"transaction {transaction_id} is not known")
@@ -321,14 +378,16 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             raise EngineError("forbidden", "a merchant key reads only its own merchant")
         # A terminal reads its own transactions while it is still with their merchant: a terminal
         # moved to another merchant leaves its old merchant's transactions behind.
-        if p.role == "terminal" and (p.terminal_id != terminal_id
-                                     or config.terminal_merchant(p.terminal_id) != merchant_id):
+        if p.role == "terminal" and (
+            p.terminal_id != terminal_id or config.terminal_merchant(p.terminal_id) != merchant_id
+        ):
             raise EngineError("forbidden", "a terminal key reads only its own transactions at its merchant")
         return queries.get_payment(engine, transaction_id)
 
-    @app.get("/v1/wallets/{wallet_id}/points",
-             responses={200: {"model": responses.WalletPoints},
-                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.get(
+        "/v1/wallets/{wallet_id}/points",
+        responses={200: {"model": responses.WalletPoints}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
     def wallet_points(wallet_id: PathId, p: Annotated[Principal, Depends(role("app", "finance"))]):
         return queries.wallet_detail(engine, wallet_id)
 
@@ -338,49 +397,88 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         if p.role == "merchant" and p.merchant_id != merchant_id:
             raise EngineError("forbidden", "a merchant key reads only its own merchant")
 
-    @app.get("/v1/merchants/{merchant_id}/rewards",
-             responses={200: {"model": responses.MerchantRewards},
-                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
-    def merchant_rewards(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
-                         from_: Annotated[Instant | None, Query(alias="from")] = None,
-                         to: Annotated[Instant | None, Query()] = None):
+    @app.get(
+        "/v1/merchants/{merchant_id}/rewards",
+        responses={
+            200: {"model": responses.MerchantRewards},
+            **problems(AUTHENTICATED, "invalid_request", "not_found"),
+        },
+    )
+    def merchant_rewards(
+        merchant_id: PathId,
+        p: Annotated[Principal, Depends(role("merchant", "finance"))],
+        from_: Annotated[Instant | None, Query(alias="from")] = None,
+        to: Annotated[Instant | None, Query()] = None,
+    ):
         _merchant_scope(p, merchant_id)
         return queries.merchant_rewards(engine, merchant_id, _opt_us(from_), _opt_us(to))
 
-    @app.get("/v1/merchants/{merchant_id}/transactions",
-             responses={200: {"model": responses.MerchantTransactions},
-                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
-    def merchant_transactions(merchant_id: PathId, p: Annotated[Principal, Depends(role("merchant", "finance"))],
-                              from_: Annotated[Instant | None, Query(alias="from")] = None,
-                              to: Annotated[Instant | None, Query()] = None,
-                              cursor: Cursor = None,
-                              limit: PageLimit = 100):
+    @app.get(
+        "/v1/merchants/{merchant_id}/transactions",
+        responses={
+            200: {"model": responses.MerchantTransactions},
+            **problems(AUTHENTICATED, "invalid_request", "not_found"),
+        },
+    )
+    def merchant_transactions(
+        merchant_id: PathId,
+        p: Annotated[Principal, Depends(role("merchant", "finance"))],
+        from_: Annotated[Instant | None, Query(alias="from")] = None,
+        to: Annotated[Instant | None, Query()] = None,
+        cursor: Cursor = None,
+        limit: PageLimit = 100,
+    ):
         _merchant_scope(p, merchant_id)
-        page, last = queries.merchant_transactions(engine, merchant_id, _opt_us(from_), _opt_us(to),
-                                                   decode_cursor(_CURSOR_PREFIX, cursor), limit)
-        return {"transactions": page,
-                "next_cursor": encode_cursor(_CURSOR_PREFIX, last) if last is not None else None}
+        page, last = queries.merchant_transactions(
+            engine, merchant_id, _opt_us(from_), _opt_us(to), decode_cursor(_CURSOR_PREFIX, cursor), limit
+        )
+        return {"transactions": page, "next_cursor": encode_cursor(_CURSOR_PREFIX, last) if last is not None else None}
 
     # -- finance: grants ---------------------------------------------------
 
-    @app.post("/v1/grants", status_code=201, openapi_extra=idempotent(),
-              responses={201: {"model": responses.GrantAnswer, "headers": responses.REPLAYED_HEADER},
-                         **remembered(problems(AUTHENTICATED, "idempotency_key_missing", "idempotency_key_invalid",
-                                               "idempotency_key_reused", "invalid_request", "not_found",
-                                               "budget_exceeded"), "budget_exceeded")})
-    def post_grant(body: GrantRequest, p: Annotated[Principal, Depends(role("finance"))],
-                   idempotency_key: Annotated[str | None,
-                                              Header(alias="Idempotency-Key", include_in_schema=False)] = None):
+    @app.post(
+        "/v1/grants",
+        status_code=201,
+        openapi_extra=idempotent(),
+        responses={
+            201: {"model": responses.GrantAnswer, "headers": responses.REPLAYED_HEADER},
+            **remembered(
+                problems(
+                    AUTHENTICATED,
+                    "idempotency_key_missing",
+                    "idempotency_key_invalid",
+                    "idempotency_key_reused",
+                    "invalid_request",
+                    "not_found",
+                    "budget_exceeded",
+                ),
+                "budget_exceeded",
+            ),
+        },
+    )
+    def post_grant(
+        body: GrantRequest,
+        p: Annotated[Principal, Depends(role("finance"))],
+        idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
+    ):
         key = _idempotency_key(idempotency_key)
-        result = _guarded(lambda: lifecycle.grant(ledger, f"finance:{p.key_id}", key, body.wallet_id,
-                                                  body.campaign_id, body.points, body.reason, actor=p))
+        result = _guarded(
+            lambda: lifecycle.grant(
+                ledger, f"finance:{p.key_id}", key, body.wallet_id, body.campaign_id, body.points, body.reason, actor=p
+            )
+        )
         return _render(result)
 
     # -- configuration -----------------------------------------------------
 
-    @app.post("/v1/merchants", status_code=201,
-              responses={201: {"model": responses.MerchantView},
-                         **problems(AUTHENTICATED, "invalid_request", "already_exists")})
+    @app.post(
+        "/v1/merchants",
+        status_code=201,
+        responses={
+            201: {"model": responses.MerchantView},
+            **problems(AUTHENTICATED, "invalid_request", "already_exists"),
+        },
+    )
     def create_merchant(body: Merchant, p: Admin) -> Any:
         return config.create_merchant(body, actor=p)
 
@@ -388,20 +486,25 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     def list_merchants(_: Admin) -> Any:
         return config.list_merchants()
 
-    @app.get("/v1/merchants/{merchant_id}",
-             responses={200: {"model": responses.MerchantView},
-                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.get(
+        "/v1/merchants/{merchant_id}",
+        responses={200: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
     def get_merchant(merchant_id: PathId, _: Admin) -> Any:
         return config.get_merchant(merchant_id)
 
-    @app.patch("/v1/merchants/{merchant_id}",
-               responses={200: {"model": responses.MerchantView},
-                          **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.patch(
+        "/v1/merchants/{merchant_id}",
+        responses={200: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
     def patch_merchant(merchant_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
-    @app.post("/v1/campaigns", status_code=201,
-              responses={201: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "already_exists")})
+    @app.post(
+        "/v1/campaigns",
+        status_code=201,
+        responses={201: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "already_exists")},
+    )
     def create_campaign(body: Campaign, p: Admin) -> Any:
         return config.create_campaign(body, actor=p).model_dump(mode="json")
 
@@ -409,21 +512,35 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     def list_campaigns(_: Annotated[Principal, Depends(role("admin", "finance"))]) -> Any:
         return [c.model_dump(mode="json") for c in config.list_campaigns()]
 
-    @app.get("/v1/campaigns/{campaign_id}",
-             responses={200: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
-    def get_campaign(campaign_id: PathId, _: Annotated[Principal, Depends(role("admin", "finance"))],
-                     version: Annotated[int | None, Query(ge=1, le=limits.VERSION_MAX)] = None) -> Any:
+    @app.get(
+        "/v1/campaigns/{campaign_id}",
+        responses={200: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
+    def get_campaign(
+        campaign_id: PathId,
+        _: Annotated[Principal, Depends(role("admin", "finance"))],
+        version: Annotated[int | None, Query(ge=1, le=limits.VERSION_MAX)] = None,
+    ) -> Any:
         return config.get_campaign(campaign_id, version).model_dump(mode="json")
 
-    @app.patch("/v1/campaigns/{campaign_id}",
-               responses={200: {"model": Campaign},
-                          **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started")})
+    @app.patch(
+        "/v1/campaigns/{campaign_id}",
+        responses={
+            200: {"model": Campaign},
+            **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started"),
+        },
+    )
     def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
         return _validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
 
-    @app.post("/v1/terminals", status_code=201,
-              responses={201: {"model": responses.TerminalView},
-                         **problems(AUTHENTICATED, "invalid_request", "unknown_merchant", "already_exists")})
+    @app.post(
+        "/v1/terminals",
+        status_code=201,
+        responses={
+            201: {"model": responses.TerminalView},
+            **problems(AUTHENTICATED, "invalid_request", "unknown_merchant", "already_exists"),
+        },
+    )
     def create_terminal(body: TerminalRecord, p: Admin) -> Any:
         return config.create_terminal(body.id, body.merchant_id, actor=p)
 
@@ -431,15 +548,20 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     def list_terminals(_: Admin) -> Any:
         return config.list_terminals()
 
-    @app.get("/v1/terminals/{terminal_id}",
-             responses={200: {"model": responses.TerminalView},
-                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.get(
+        "/v1/terminals/{terminal_id}",
+        responses={200: {"model": responses.TerminalView}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
     def get_terminal(terminal_id: PathId, _: Admin) -> Any:
         return config.get_terminal(terminal_id)
 
-    @app.patch("/v1/terminals/{terminal_id}",
-               responses={200: {"model": responses.TerminalView},
-                          **problems(AUTHENTICATED, "invalid_request", "not_found", "unknown_merchant")})
+    @app.patch(
+        "/v1/terminals/{terminal_id}",
+        responses={
+            200: {"model": responses.TerminalView},
+            **problems(AUTHENTICATED, "invalid_request", "not_found", "unknown_merchant"),
+        },
+    )
     def patch_terminal(terminal_id: PathId, body: TerminalPatch, p: Admin) -> Any:
         patch = body.model_dump(exclude_unset=True)  # "public_key": null removes the key
         if patch.get("merchant_id", "") is None:
@@ -509,8 +631,9 @@ class BodyLimit:
         if body and is_json(headers.get(b"content-type")) and has_duplicate_key(body):
             response = _problem_response(*decline("malformed_json", "an object in the body has a key twice"))
             return await response(scope, receive, send)
-        return await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive),
-                              send)
+        return await self.app(
+            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
+        )
 
 
 def _replay(messages: list, then=None):
@@ -555,8 +678,6 @@ def _opt_us(instant: dt.datetime | None) -> int | None:
     return None if instant is None else to_us(instant)
 
 
-
-
 def _validated(action):
     """Run a PATCH; a merged record that fails validation is a 422 naming the field."""
     from pydantic import ValidationError
@@ -567,7 +688,7 @@ def _validated(action):
         raise EngineError("invalid_request", errors=_json_safe(exc.errors())) from None
 
 
-from engine.model import Record, Id, Label  # noqa: E402
+from engine.model import Id, Label, Record  # noqa: E402
 
 
 class TerminalRecord(Record):

@@ -39,19 +39,25 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
     Reader = Annotated[Any, Depends(role("admin", "finance"))]
 
     @app.get("/v1/audit", responses={200: {"model": AuditPage}, **problems(AUTHENTICATED, "invalid_request")})
-    def audit_log(_: Reader,
-                  from_: Annotated[Instant | None, Query(alias="from")] = None,
-                  to: Annotated[Instant | None, Query()] = None,
-                  target: Annotated[str | None, Query(max_length=200, pattern=TARGET_PATTERN)] = None,
-                  cursor: Cursor = None,
-                  limit: PageLimit = 100):
-        page, last = audit.entries(ledger.engine, _us(from_), _us(to), target,
-                                   decode_cursor(cursor), limit)
+    def audit_log(
+        _: Reader,
+        from_: Annotated[Instant | None, Query(alias="from")] = None,
+        to: Annotated[Instant | None, Query()] = None,
+        target: Annotated[str | None, Query(max_length=200, pattern=TARGET_PATTERN)] = None,
+        cursor: Cursor = None,
+        limit: PageLimit = 100,
+    ):
+        page, last = audit.entries(ledger.engine, _us(from_), _us(to), target, decode_cursor(cursor), limit)
         return {"entries": page, "next_cursor": encode_cursor(last) if last is not None else None}
 
-    @app.post("/v1/merchants/{merchant_id}/bank-account/confirm",
-              responses={200: {"model": MerchantView},
-                         **problems(AUTHENTICATED, "invalid_request", "not_found", "bank_change_not_pending",
-                                    "bank_change_same_key")})
+    @app.post(
+        "/v1/merchants/{merchant_id}/bank-account/confirm",
+        responses={
+            200: {"model": MerchantView},
+            **problems(
+                AUTHENTICATED, "invalid_request", "not_found", "bank_change_not_pending", "bank_change_same_key"
+            ),
+        },
+    )
     def confirm_bank_account(merchant_id: PathId, p: Reader):
         return config.confirm_bank_account(merchant_id, actor=p)

@@ -99,9 +99,13 @@ class Limit:
         if found is None or found[0] is not loop:
             if len(self._per_loop) > 8:
                 self._per_loop.clear()
-            storage = storage_from_string("async+" + self.redis_url, implementation="redispy",
-                                          key_prefix="setapay:limits", socket_timeout=0.5,
-                                          socket_connect_timeout=0.5)
+            storage = storage_from_string(
+                "async+" + self.redis_url,
+                implementation="redispy",
+                key_prefix="setapay:limits",
+                socket_timeout=0.5,
+                socket_connect_timeout=0.5,
+            )
             found = (loop, FixedWindowRateLimiter(storage))
             self._per_loop[id(loop)] = found
         return found[1]
@@ -115,8 +119,12 @@ class Limit:
                 limiter = self._redis()
                 return await getattr(limiter, name)(item, self.namespace, identifier)
             except (RedisError, OSError) as exc:  # shared state for limits, never a reason to fail a request
-                log.warning("rate limit storage unavailable (%s: %s); counting in this process for %s s",
-                            type(exc).__name__, exc, REDIS_RETRY_AFTER_FAILURE_S)
+                log.warning(
+                    "rate limit storage unavailable (%s: %s); counting in this process for %s s",
+                    type(exc).__name__,
+                    exc,
+                    REDIS_RETRY_AFTER_FAILURE_S,
+                )
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_FAILURE_S
         return getattr(self._memory, name)(item, self.namespace, identifier)
 
@@ -239,8 +247,9 @@ class Auth:
         self.cache.drop_key(key_id)
 
     async def _over_failure_limit(self, address: str) -> RateLimited:
-        return RateLimited(await self.failures.retry_after_s(address),
-                           "too many failed authentications from this address")
+        return RateLimited(
+            await self.failures.retry_after_s(address), "too many failed authentications from this address"
+        )
 
     async def _failed(self, address: str) -> EngineError:
         """Count a failed authentication: 401, or 429 once the address is over its limit."""
@@ -298,15 +307,18 @@ class Auth:
             return found
         raise await self._over_failure_limit(address)
 
-    async def principal(self, request: Request,
-                        _documented: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
-                        ) -> Principal:
+    async def principal(
+        self,
+        request: Request,
+        _documented: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
+    ) -> Principal:
         # `BEARER` only documents the scheme in the OpenAPI (auto_error=False: it never answers);
         # the header is read and checked here, so every failure stays our own 401/429 problem+json.
         authorization = request.headers.get("authorization")
         address = request.client.host if request.client else "unknown"
-        secret = authorization[len("Bearer "):].strip() if authorization and authorization.startswith("Bearer ") \
-            else ""
+        secret = (
+            authorization[len("Bearer ") :].strip() if authorization and authorization.startswith("Bearer ") else ""
+        )
         if not secret or len(secret) > SECRET_LENGTH_MAX:
             raise await self._failed(address)
         digest = hash_key(secret)

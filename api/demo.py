@@ -13,6 +13,7 @@ The day is a synthetic one in December 2026, so the demo widens the accepted
 from __future__ import annotations
 
 import collections
+import contextlib
 import datetime as dt
 import json
 import os
@@ -33,16 +34,18 @@ DEMO_APP_ID = "SETAGAYA_PAY"
 
 def _fresh_sqlite(path: Path) -> str:
     for suffix in ("", "-wal", "-shm"):
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.remove(f"{path}{suffix}")
-        except FileNotFoundError:
-            pass
     return f"sqlite+pysqlite:///{path}"
 
 
-def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database_url: str | None = None,
-                    progress: Callable[[int], Callable[[int], None]] | None = None,
-                    out_dir: str | None = None) -> dict:
+def run_ledger_demo(
+    transactions: int,
+    seed: int = ward_demo.DEMO_SEED,
+    database_url: str | None = None,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+    out_dir: str | None = None,
+) -> dict:
     import warnings
 
     with warnings.catch_warnings():
@@ -65,8 +68,12 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
     members = [m.model_copy(update={"bank_account": _bank_account(i)}) for i, m in enumerate(members)]
     # The ward credits its main point-back three times a month, five business
     # days after each dekad closes; the bonuses stay immediate.
-    camps = [c.model_copy(update={"credit": Credit(schedule="dekad", delay_business_days=5)})
-             if c.id.startswith("PB_") else c for c in camps]
+    camps = [
+        c.model_copy(update={"credit": Credit(schedule="dekad", delay_business_days=5)})
+        if c.id.startswith("PB_")
+        else c
+        for c in camps
+    ]
     events = ward_demo.day(members, transactions, seed)
     counts: collections.Counter = collections.Counter()
     with TestClient(app) as client:
@@ -82,8 +89,9 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
             terminal_keys[terminal_id] = config.create_key("terminal", terminal_id=terminal_id)
         # The demo plays the ward's payment app too: it moves the coins and signs a receipt
         # (SPEC §9.1) for every purchase and refund, which the terminal carries.
-        payment_app = PaymentApp(DEMO_APP_ID, app.state.apps.add(DEMO_APP_ID),
-                                 now_s=lambda: clock.now_us() // 1_000_000)
+        payment_app = PaymentApp(
+            DEMO_APP_ID, app.state.apps.add(DEMO_APP_ID), now_s=lambda: clock.now_us() // 1_000_000
+        )
 
         posted: dict[str, tuple[str, str]] = {}  # event key -> (transaction id, terminal)
         spendable: collections.Counter = collections.Counter()  # what each wallet has earned so far
@@ -101,8 +109,11 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
                 if event.original_id not in posted:
                     continue
                 body["original_id"], terminal_id = posted[event.original_id]
-            body = (payment_app.sign_purchase(body, jti=f"pay_{key}") if event.type == "purchase"
-                    else payment_app.sign_refund(body, jti=f"ref_{key}"))
+            body = (
+                payment_app.sign_purchase(body, jti=f"pay_{key}")
+                if event.type == "purchase"
+                else payment_app.sign_refund(body, jti=f"ref_{key}")
+            )
             headers = {"Authorization": f"Bearer {terminal_keys[terminal_id]}", "Idempotency-Key": key}
             response = client.post("/v1/transactions", json=body, headers=headers)
             payment_app.accepted(body, response.json())
@@ -124,8 +135,9 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
                         sample_wallet = event.wallet_id
                 else:
                     wallet = answer["wallet_id"]
-                    spendable[wallet] = max(0, spendable[wallet] + answer["points_returned"]
-                                            - answer["points_clawed_back"])
+                    spendable[wallet] = max(
+                        0, spendable[wallet] + answer["points_returned"] - answer["points_clawed_back"]
+                    )
             else:
                 counts[f"declined: {answer['code']}"] += 1
             if advance:
@@ -144,8 +156,17 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
 
         # Month end: settle December, write the payout file, sign the chain heads, reconcile.
         period = ward_demo.DEMO_DATE.strftime("%Y-%m")
-        clock.set(to_us(dt.datetime(ward_demo.DEMO_DATE.year + (ward_demo.DEMO_DATE.month == 12),
-                                    ward_demo.DEMO_DATE.month % 12 + 1, 2, 9, tzinfo=TOKYO)))
+        clock.set(
+            to_us(
+                dt.datetime(
+                    ward_demo.DEMO_DATE.year + (ward_demo.DEMO_DATE.month == 12),
+                    ward_demo.DEMO_DATE.month % 12 + 1,
+                    2,
+                    9,
+                    tzinfo=TOKYO,
+                )
+            )
+        )
         run = client.post("/v1/settlement-runs", json={"period": period}, headers=finance).json()
         out_dir = Path(out_dir or Path.cwd() / "setapay-demo-out")
         out_dir.mkdir(exist_ok=True)
@@ -153,20 +174,35 @@ def run_ledger_demo(transactions: int, seed: int = ward_demo.DEMO_SEED, database
         zengin_path.write_bytes(client.get(f"/v1/settlement-runs/{run['id']}/zengin", headers=finance).content)
         (out_dir / f"statement-{period}.json").write_text(json.dumps(run["statement"], ensure_ascii=False, indent=1))
         (out_dir / f"statement-{period}.csv").write_text(
-            client.get(f"/v1/settlement-runs/{run['id']}/statement.csv", headers=finance).text)
+            client.get(f"/v1/settlement-runs/{run['id']}/statement.csv", headers=finance).text
+        )
         client.post("/v1/chain-heads", headers=finance)
         reconciliation = client.get("/v1/reconciliation", headers=finance).json()
     check = queries.ledger_check(app.state.engine)
     app.state.engine.dispose()
-    return {"database_url": url, "counts": dict(counts), "check": check, "sample_wallet": wallet_before,
-            "sample_wallet_after_credit": wallet_after, "credit_run": credit_run, "merchant_rewards": rewards,
-            "settlement": run, "zengin_path": str(zengin_path), "reconciliation": reconciliation}
+    return {
+        "database_url": url,
+        "counts": dict(counts),
+        "check": check,
+        "sample_wallet": wallet_before,
+        "sample_wallet_after_credit": wallet_after,
+        "credit_run": credit_run,
+        "merchant_rewards": rewards,
+        "settlement": run,
+        "zengin_path": str(zengin_path),
+        "reconciliation": reconciliation,
+    }
 
 
 def _bank_account(i: int) -> BankAccount:
     """A plausible payout account per demo merchant (made-up numbers)."""
-    return BankAccount(bank_code="0159", branch_code=f"{100 + i % 50:03d}", account_type="ordinary",
-                       account_number=f"{1_000_000 + i * 7919 % 8_999_999:07d}", holder_kana=f"ｾﾀｶﾞﾔｼｮｳﾃﾝ{i:04d}")
+    return BankAccount(
+        bank_code="0159",
+        branch_code=f"{100 + i % 50:03d}",
+        account_type="ordinary",
+        account_number=f"{1_000_000 + i * 7919 % 8_999_999:07d}",
+        holder_kana=f"ｾﾀｶﾞﾔｼｮｳﾃﾝ{i:04d}",
+    )
 
 
 def _ok(response) -> None:
@@ -186,16 +222,26 @@ def print_ledger_summary(summary: dict, console=None) -> None:
     for column in ("campaign", "issued", "clawed back", "redeemed (net)", "outstanding", "identity"):
         table.add_column(column, justify="right" if column != "campaign" else "left")
     for cid, c in check["campaigns"].items():
-        table.add_row(cid, f"{c['issued']:,}", f"{c['clawed_back']:,}", f"{c['redeemed']:,}",
-                      f"{c['outstanding']:,}", "holds" if c["identity_holds"] else "BROKEN")
+        table.add_row(
+            cid,
+            f"{c['issued']:,}",
+            f"{c['clawed_back']:,}",
+            f"{c['redeemed']:,}",
+            f"{c['outstanding']:,}",
+            "holds" if c["identity_holds"] else "BROKEN",
+        )
     console.print(table)
     for name, ok in check["checks"].items():
         console.print(f"  {'✓' if ok else '✗'} {name.replace('_', ' ')}")
     console.print(f"  postings: {check['postings']:,}, trial balance: {check['trial_balance']}")
-    for label, w in (("after the day", summary["sample_wallet"]),
-                     ("after the crediting run", summary["sample_wallet_after_credit"])):
-        console.print(f"\n[bold]Wallet {w['wallet_id']}[/bold] {label}: pending {w['pending']:,}, "
-                      f"available {w['available']:,}, debt {w['debt']:,}")
+    for label, w in (
+        ("after the day", summary["sample_wallet"]),
+        ("after the crediting run", summary["sample_wallet_after_credit"]),
+    ):
+        console.print(
+            f"\n[bold]Wallet {w['wallet_id']}[/bold] {label}: pending {w['pending']:,}, "
+            f"available {w['available']:,}, debt {w['debt']:,}"
+        )
         for p in w["pending_by_credit_date"]:
             console.print(f"  pending {p['points']:,} pt of {p['campaign_id']}, credited at {p['credit_at']}")
         for e in w["expiring"]:
@@ -206,18 +252,24 @@ def print_ledger_summary(summary: dict, console=None) -> None:
     run = summary["settlement"]
     totals = run["statement"]["document"]["totals"]
     paid = [p for p in run["payouts"] if p["payout_status"] == "pending"]
-    console.print(f"\n[bold]Settlement {run['statement']['document']['period']['name']}[/bold] ({run['id']}): "
-                  f"coin sales ¥{totals['coin_sales']:,}, points redeemed {totals['points_redeemed']:,}, "
-                  f"net payouts ¥{totals['net_payout']:,} to {len(paid)} merchants; statement signed "
-                  f"(key {run['statement']['signature']['key_id']})")
+    console.print(
+        f"\n[bold]Settlement {run['statement']['document']['period']['name']}[/bold] ({run['id']}): "
+        f"coin sales ¥{totals['coin_sales']:,}, points redeemed {totals['points_redeemed']:,}, "
+        f"net payouts ¥{totals['net_payout']:,} to {len(paid)} merchants; statement signed "
+        f"(key {run['statement']['signature']['key_id']})"
+    )
     console.print(f"  Zengin payout file: {summary['zengin_path']}")
     rec = summary["reconciliation"]
     console.print(f"\n[bold]Reconciliation[/bold]: {'PASS' if rec['ok'] else 'FAIL'}")
     for name, c in rec["checks"].items():
         console.print(f"  {'✓' if c['pass'] else '✗'} {name.replace('_', ' ')}")
     r = summary["merchant_rewards"]
-    console.print(f"\n[bold]Merchant {r['merchant_id']}[/bold]: {r['transactions']:,} transactions, coin sales "
-                  f"¥{r['coin_sales']:,}, points redeemed {r['points_redeemed']:,}")
+    console.print(
+        f"\n[bold]Merchant {r['merchant_id']}[/bold]: {r['transactions']:,} transactions, coin sales "
+        f"¥{r['coin_sales']:,}, points redeemed {r['points_redeemed']:,}"
+    )
     for c in r["campaigns"]:
-        console.print(f"  {c['campaign_id']}: awarded {c['awarded']:,}, pending {c['pending']:,}, "
-                      f"credited {c['credited']:,}, clawed back {c['clawed_back']:,}")
+        console.print(
+            f"  {c['campaign_id']}: awarded {c['awarded']:,}, pending {c['pending']:,}, "
+            f"credited {c['credited']:,}, clawed back {c['clawed_back']:,}"
+        )

@@ -34,61 +34,94 @@ class PayoutResults(Record):
 class CloseoutRequest(Record):
     business_date: CalendarDate  # a YYYY-MM-DD string (never a number), years within the calendar limits
     count: Annotated[int, Field(strict=True, ge=0, le=10_000_000)]
-    total: Annotated[int, Field(strict=True, ge=-limits.AMOUNT_YEN_MAX * 10_000_000,
-                                le=limits.AMOUNT_YEN_MAX * 10_000_000)]
+    total: Annotated[
+        int, Field(strict=True, ge=-limits.AMOUNT_YEN_MAX * 10_000_000, le=limits.AMOUNT_YEN_MAX * 10_000_000)
+    ]
 
 
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Finance = Annotated[Any, Depends(role("finance"))]
 
-    @app.get("/v1/campaigns/{campaign_id}/budget",
-             responses={200: {"model": responses.CampaignBudget},
-                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.get(
+        "/v1/campaigns/{campaign_id}/budget",
+        responses={200: {"model": responses.CampaignBudget}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
     def campaign_budget(campaign_id: PathId, _: Finance):
         return finance.budget(ledger, campaign_id)
 
-    @app.post("/v1/settlement-runs", status_code=201,
-              responses={201: {"model": responses.SettlementRun, "description": "The run, settled now"},
-                         200: {"model": responses.SettlementRun,
-                               "description": "The period was settled already by this run: the same run"},
-                         **problems(AUTHENTICATED, "invalid_request", "period_open", "period_overlaps",
-                                    "period_out_of_order")})
+    @app.post(
+        "/v1/settlement-runs",
+        status_code=201,
+        responses={
+            201: {"model": responses.SettlementRun, "description": "The run, settled now"},
+            200: {
+                "model": responses.SettlementRun,
+                "description": "The period was settled already by this run: the same run",
+            },
+            **problems(AUTHENTICATED, "invalid_request", "period_open", "period_overlaps", "period_out_of_order"),
+        },
+    )
     def create_settlement_run(body: SettlementRequest, p: Finance):
         created, view = settlement.run(ledger, config, settings, body.period, actor=p)
         return JSONResponse(view, status_code=201 if created else 200)
 
-    @app.get("/v1/settlement-runs/{run_id}",
-             responses={200: {"model": responses.SettlementRun},
-                        **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.get(
+        "/v1/settlement-runs/{run_id}",
+        responses={200: {"model": responses.SettlementRun}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
     def get_settlement_run(run_id: PathId, _: Finance):
         return settlement.get_view(ledger, run_id)
 
-    @app.get("/v1/settlement-runs/{run_id}/statement.csv", response_class=Response,
-             responses={200: {"description": "The run's statement", "content": {
-                 "text/csv; charset=utf-8": {"schema": {"type": "string"}}}},
-                 **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.get(
+        "/v1/settlement-runs/{run_id}/statement.csv",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The run's statement",
+                "content": {"text/csv; charset=utf-8": {"schema": {"type": "string"}}},
+            },
+            **problems(AUTHENTICATED, "invalid_request", "not_found"),
+        },
+    )
     def settlement_csv(run_id: PathId, _: Finance):
         return Response(settlement.get(ledger, run_id).csv_text, media_type="text/csv; charset=utf-8")
 
-    @app.get("/v1/settlement-runs/{run_id}/zengin", response_class=Response,
-             responses={200: {"description": "The run's Zengin payout file", "content": {
-                 "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
-                 **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.get(
+        "/v1/settlement-runs/{run_id}/zengin",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "The run's Zengin payout file",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **problems(AUTHENTICATED, "invalid_request", "not_found"),
+        },
+    )
     def settlement_zengin(run_id: PathId, _: Finance):
         row = settlement.get(ledger, run_id)
         if not row.zengin_file:
             raise EngineError("not_found", "this run pays nobody, so it has no payout file")
-        return Response(row.zengin_file, media_type="application/octet-stream",
-                        headers={"Content-Disposition": f'attachment; filename="{run_id}.zengin.txt"'})
+        return Response(
+            row.zengin_file,
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{run_id}.zengin.txt"'},
+        )
 
-    @app.post("/v1/settlement-runs/{run_id}/payout-results",
-              responses={200: {"model": responses.PayoutResultsAnswer},
-                         **problems(AUTHENTICATED, "invalid_request", "not_found", "payout_already_settled")})
+    @app.post(
+        "/v1/settlement-runs/{run_id}/payout-results",
+        responses={
+            200: {"model": responses.PayoutResultsAnswer},
+            **problems(AUTHENTICATED, "invalid_request", "not_found", "payout_already_settled"),
+        },
+    )
     def payout_results(run_id: PathId, body: PayoutResults, p: Finance):
         return settlement.import_payout_results(ledger, run_id, [r.model_dump() for r in body.results], actor=p)
 
-    @app.post("/v1/chain-heads", status_code=201,
-              responses={201: {"model": responses.SignedChainHeads}, **problems(AUTHENTICATED)})
+    @app.post(
+        "/v1/chain-heads",
+        status_code=201,
+        responses={201: {"model": responses.SignedChainHeads}, **problems(AUTHENTICATED)},
+    )
     def sign_chain_heads(_: Finance):
         return {"signed": finance.sign_chain_heads(ledger, settings)}
 
@@ -97,11 +130,13 @@ def install(app: FastAPI, role, ledger, config, settings) -> None:
         report = finance.reconcile(ledger, settings)
         return JSONResponse(report, status_code=200)
 
-    @app.post("/v1/terminals/{terminal_id}/closeouts", status_code=201, openapi_extra=terminal_headers(),
-              responses={201: {"model": responses.CloseoutReport},
-                         **problems(TERMINAL, "invalid_request", "not_found")})
+    @app.post(
+        "/v1/terminals/{terminal_id}/closeouts",
+        status_code=201,
+        openapi_extra=terminal_headers(),
+        responses={201: {"model": responses.CloseoutReport}, **problems(TERMINAL, "invalid_request", "not_found")},
+    )
     def post_closeout(terminal_id: PathId, body: CloseoutRequest, p: Annotated[Any, Depends(role("terminal"))]):
         if p.terminal_id != terminal_id:
             raise EngineError("forbidden", "a terminal key closes out only its own terminal")
-        return finance.closeout(ledger, terminal_id, body.business_date.isoformat(), body.count, body.total,
-                                actor=p)
+        return finance.closeout(ledger, terminal_id, body.business_date.isoformat(), body.count, body.total, actor=p)

@@ -32,17 +32,23 @@ def install(app: FastAPI, role, keys: Keys, auth) -> None:
         """Every key with its role, scope and lifecycle instants; never a secret or a hash."""
         return keys.list()
 
-    @app.post("/v1/keys", status_code=201,
-              responses={201: {"model": CreatedKey},
-                         **problems(AUTHENTICATED, "invalid_request", "unknown_terminal", "unknown_merchant")})
+    @app.post(
+        "/v1/keys",
+        status_code=201,
+        responses={
+            201: {"model": CreatedKey},
+            **problems(AUTHENTICATED, "invalid_request", "unknown_terminal", "unknown_merchant"),
+        },
+    )
     def create_key(body: KeyRequest, p: Admin) -> Any:
         """A new key; `key` is the secret, shown this once."""
-        secret, record = keys.create(body.role, body.merchant_id, body.terminal_id, body.expires_in_days,
-                                     actor=p)
+        secret, record = keys.create(body.role, body.merchant_id, body.terminal_id, body.expires_in_days, actor=p)
         return {**record, "key": secret}
 
-    @app.post("/v1/keys/{key_id}/revoke",
-              responses={200: {"model": KeyListing}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.post(
+        "/v1/keys/{key_id}/revoke",
+        responses={200: {"model": KeyListing}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
     def revoke_key(key_id: PathId, p: Admin) -> Any:
         """Revoke a key (again: no change, the first instant stays); 404 when unknown."""
         record = keys.revoke(key_id, actor=p)

@@ -39,8 +39,8 @@ BEARER = HTTPBearer(
     scheme_name="bearerAuth",
     bearerFormat="API key",
     description="`Authorization: Bearer <api key>`. Keys carry a role (terminal, merchant, app, finance, "
-                "admin) and never reach data outside their scope (403). A missing, unknown, revoked or "
-                "expired key is 401 `unauthenticated` (SPEC §6, §9.3).",
+    "admin) and never reach data outside their scope (403). A missing, unknown, revoked or "
+    "expired key is 401 `unauthenticated` (SPEC §6, §9.3).",
     auto_error=False,
 )
 
@@ -58,7 +58,8 @@ class Problem(BaseModel):
     code: ErrorCodeName = Field(description="The stable error code")  # type: ignore[valid-type]
     detail: str | None = Field(None, description="What went wrong with this request")
     errors: list[dict[str, Any]] | None = Field(
-        None, description="`invalid_request`: the fields that failed, each with loc, msg and type")
+        None, description="`invalid_request`: the fields that failed, each with loc, msg and type"
+    )
 
 
 # What the middleware (api/app.py BodyLimit, api/strict.py) answers on any route.
@@ -67,12 +68,19 @@ COMMON = ("header_duplicated", "malformed_json", "body_too_large")
 AUTHENTICATED = (*COMMON, "unauthenticated", "forbidden", "rate_limited", "service_unavailable")
 # ... and a terminal key's request signature (SPEC §9.2).
 TERMINAL = (*AUTHENTICATED, "signature_required", "signature_invalid", "signature_expired", "signature_replayed")
-IDEMPOTENCY = ("idempotency_key_missing", "idempotency_key_invalid", "idempotency_key_reused",
-               "request_in_progress")
+IDEMPOTENCY = ("idempotency_key_missing", "idempotency_key_invalid", "idempotency_key_reused", "request_in_progress")
 
-_DESCRIPTIONS = {400: "Bad request", 401: "Not authenticated", 403: "Forbidden", 404: "Not found",
-                 409: "Conflict", 413: "Body too large", 422: "Unprocessable", 429: "Too many requests",
-                 503: "Service unavailable"}
+_DESCRIPTIONS = {
+    400: "Bad request",
+    401: "Not authenticated",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body too large",
+    422: "Unprocessable",
+    429: "Too many requests",
+    503: "Service unavailable",
+}
 
 
 def problems(*codes: str | tuple[str, ...]) -> dict[int | str, dict[str, Any]]:
@@ -91,20 +99,29 @@ def problems(*codes: str | tuple[str, ...]) -> dict[int | str, dict[str, Any]]:
         listed = by_status[status]
         responses[status] = {
             "description": f"{_DESCRIPTIONS.get(status, 'Error')}: " + ", ".join(f"`{c}`" for c in listed),
-            "content": {PROBLEM_JSON: {
-                "schema": {"$ref": PROBLEM_REF},
-                "examples": {c: {"summary": CATALOG[c].title, "value": problem(status, c)} for c in listed},
-            }},
+            "content": {
+                PROBLEM_JSON: {
+                    "schema": {"$ref": PROBLEM_REF},
+                    "examples": {c: {"summary": CATALOG[c].title, "value": problem(status, c)} for c in listed},
+                }
+            },
         }
         if status == 429:
-            responses[status]["headers"] = {"Retry-After": {
-                "description": "Seconds to wait before retrying", "schema": {"type": "integer", "minimum": 1}}}
+            responses[status]["headers"] = {
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying",
+                    "schema": {"type": "integer", "minimum": 1},
+                }
+            }
     return responses
 
 
-REPLAYED_HEADER = {"Idempotent-Replayed": {
-    "description": "`true` when this is the remembered answer of an earlier request with the same key and body",
-    "schema": {"type": "string", "enum": ["true"]}}}
+REPLAYED_HEADER = {
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the remembered answer of an earlier request with the same key and body",
+        "schema": {"type": "string", "enum": ["true"]},
+    }
+}
 
 
 def remembered(responses: dict[int | str, dict[str, Any]], *codes: str) -> dict[int | str, dict[str, Any]]:
@@ -117,28 +134,46 @@ def remembered(responses: dict[int | str, dict[str, Any]], *codes: str) -> dict[
 
 def idempotency_key(required: bool = True) -> dict[str, Any]:
     return {
-        "name": "Idempotency-Key", "in": "header", "required": required,
+        "name": "Idempotency-Key",
+        "in": "header",
+        "required": required,
         "description": "The request's idempotency key, scoped to the caller; a retry with the same key and "
-                       "body gets the original answer with `Idempotent-Replayed: true` (SPEC §6). Missing: "
-                       "400 `idempotency_key_missing`.",
-        "schema": {"type": "string", "minLength": 1, "maxLength": limits.IDEMPOTENCY_KEY_LENGTH_MAX,
-                   "pattern": "^[\\x20-\\x7e]+$"},
+        "body gets the original answer with `Idempotent-Replayed: true` (SPEC §6). Missing: "
+        "400 `idempotency_key_missing`.",
+        "schema": {
+            "type": "string",
+            "minLength": 1,
+            "maxLength": limits.IDEMPOTENCY_KEY_LENGTH_MAX,
+            "pattern": "^[\\x20-\\x7e]+$",
+        },
     }
 
 
 SIGNATURE_HEADERS = [
-    {"name": "Signature-Input", "in": "header", "required": False,
-     "description": "RFC 9421 signature input, label `sig1`: covers \"@method\", \"@path\", \"@query\" when "
-                    "there is a query, \"content-digest\" when there is a body and \"idempotency-key\" when "
-                    "sent; parameters created, keyid (the terminal id), nonce (16-64 characters), "
-                    "alg=\"ed25519\". Required once the terminal has a registered public key (SPEC §9.2).",
-     "schema": {"type": "string"}},
-    {"name": "Signature", "in": "header", "required": False,
-     "description": "RFC 9421 signature `sig1` (Ed25519) over the components Signature-Input names.",
-     "schema": {"type": "string"}},
-    {"name": "Content-Digest", "in": "header", "required": False,
-     "description": "RFC 9530 digest of the body (`sha-256`), covered by a signed request that has a body.",
-     "schema": {"type": "string"}},
+    {
+        "name": "Signature-Input",
+        "in": "header",
+        "required": False,
+        "description": 'RFC 9421 signature input, label `sig1`: covers "@method", "@path", "@query" when '
+        'there is a query, "content-digest" when there is a body and "idempotency-key" when '
+        "sent; parameters created, keyid (the terminal id), nonce (16-64 characters), "
+        'alg="ed25519". Required once the terminal has a registered public key (SPEC §9.2).',
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "Signature",
+        "in": "header",
+        "required": False,
+        "description": "RFC 9421 signature `sig1` (Ed25519) over the components Signature-Input names.",
+        "schema": {"type": "string"},
+    },
+    {
+        "name": "Content-Digest",
+        "in": "header",
+        "required": False,
+        "description": "RFC 9530 digest of the body (`sha-256`), covered by a signed request that has a body.",
+        "schema": {"type": "string"},
+    },
 ]
 
 

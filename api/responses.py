@@ -25,6 +25,7 @@ class _Answer(BaseModel):
 
 # -- transactions (SPEC §6) -----------------------------------------------------
 
+
 class Award(_Answer):
     campaign_id: str
     campaign_version: int
@@ -59,14 +60,37 @@ class PurchaseAnswer(_TransactionBase):
     type: Literal["purchase"]
     refunded_amount: int = Field(None, description="GET /v1/transactions/{id} only: yen refunded so far")
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "id": "tx_3f1c9a0d5e7b2c4a6e8f0a1b", "sequence": 1, "type": "purchase", "wallet_id": "W1",
-        "merchant_id": "M_SHOTEN", "terminal_id": "T_M_SHOTEN", "occurred_at": "2026-12-10T12:00:00+09:00",
-        "accepted_at": "2026-12-10T12:00:00.123456+09:00", "amount": 1999, "points_used": 0,
-        "points_awarded": 399,
-        "awards": [{"campaign_id": "C_POINTBACK", "campaign_version": 1, "points": 399, "capped_by": None,
-                    "status": "credited", "credit_at": "2026-12-10T12:00:00.123456+09:00",
-                    "expires_at": "2027-06-10T12:00:00.123456+09:00"}]}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "tx_3f1c9a0d5e7b2c4a6e8f0a1b",
+                    "sequence": 1,
+                    "type": "purchase",
+                    "wallet_id": "W1",
+                    "merchant_id": "M_SHOTEN",
+                    "terminal_id": "T_M_SHOTEN",
+                    "occurred_at": "2026-12-10T12:00:00+09:00",
+                    "accepted_at": "2026-12-10T12:00:00.123456+09:00",
+                    "amount": 1999,
+                    "points_used": 0,
+                    "points_awarded": 399,
+                    "awards": [
+                        {
+                            "campaign_id": "C_POINTBACK",
+                            "campaign_version": 1,
+                            "points": 399,
+                            "capped_by": None,
+                            "status": "credited",
+                            "credit_at": "2026-12-10T12:00:00.123456+09:00",
+                            "expires_at": "2027-06-10T12:00:00.123456+09:00",
+                        }
+                    ],
+                }
+            ]
+        },
+    )
 
 
 class RefundAnswer(_TransactionBase):
@@ -77,13 +101,32 @@ class RefundAnswer(_TransactionBase):
     points_returned: int
     coin_refunded: int
 
-    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [{
-        "id": "tx_9b2d4f6a8c0e1a3b5c7d9e0f", "sequence": 2, "type": "refund",
-        "original_id": "tx_3f1c9a0d5e7b2c4a6e8f0a1b", "wallet_id": "W1", "merchant_id": "M_SHOTEN",
-        "terminal_id": "T_M_SHOTEN", "occurred_at": "2026-12-20T12:00:00+09:00",
-        "accepted_at": "2026-12-20T12:00:00.654321+09:00", "amount": 1000, "points_used": 0,
-        "points_awarded": 0, "awards": [], "clawbacks": [{"campaign_id": "C_POINTBACK", "points": 199}],
-        "points_clawed_back": 199, "points_returned": 0, "coin_refunded": 1000}]})
+    model_config = ConfigDict(
+        extra="allow",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "tx_9b2d4f6a8c0e1a3b5c7d9e0f",
+                    "sequence": 2,
+                    "type": "refund",
+                    "original_id": "tx_3f1c9a0d5e7b2c4a6e8f0a1b",
+                    "wallet_id": "W1",
+                    "merchant_id": "M_SHOTEN",
+                    "terminal_id": "T_M_SHOTEN",
+                    "occurred_at": "2026-12-20T12:00:00+09:00",
+                    "accepted_at": "2026-12-20T12:00:00.654321+09:00",
+                    "amount": 1000,
+                    "points_used": 0,
+                    "points_awarded": 0,
+                    "awards": [],
+                    "clawbacks": [{"campaign_id": "C_POINTBACK", "points": 199}],
+                    "points_clawed_back": 199,
+                    "points_returned": 0,
+                    "coin_refunded": 1000,
+                }
+            ]
+        },
+    )
 
 
 class TransactionAnswer(RootModel[Annotated[PurchaseAnswer | RefundAnswer, Field(discriminator="type")]]):
@@ -100,9 +143,8 @@ class BatchAnswer(_Answer):
     results: list[BatchItemAnswer] = Field(description="One per transaction sent, in order")
 
 
-
-
 # -- merchants' reward status, grants (SPEC §6) -----------------------------------
+
 
 class MerchantTransactions(_Answer):
     transactions: list[TransactionAnswer] = Field(description="In acceptance order, each as GET /v1/transactions/{id}")
@@ -154,6 +196,7 @@ class GrantAnswer(_Answer):
 
 # -- configuration (SPEC §3, §6) ------------------------------------------------
 
+
 class MerchantView(_Answer):
     """A merchant record as the API shows it: never the payout account itself."""
 
@@ -165,7 +208,8 @@ class MerchantView(_Answer):
     ethical_certifications: list[dict[str, Any]] = []
     fee_bp: int = 0
     bank_account_masked: dict[str, Any] = Field(
-        None, description="The payout account's bank, branch, type and last 4 digits, with when it was set")
+        None, description="The payout account's bank, branch, type and last 4 digits, with when it was set"
+    )
     bank_account_on_file: bool
     bank_account_pending_confirmation: bool
 
@@ -189,6 +233,7 @@ class Campaigns(RootModel[list[Campaign]]):
 
 
 # -- finance (SPEC §6, §7) ----------------------------------------------------------
+
 
 class CampaignBudget(_Answer):
     campaign_id: str
@@ -294,6 +339,7 @@ class Simulation(_Answer):
 
 # -- wallets -------------------------------------------------------------------
 
+
 class CampaignPoints(_Answer):
     campaign_id: str
     pending: int
@@ -323,6 +369,7 @@ class WalletPoints(_Answer):
 
 # -- keys (SPEC §9.3) ----------------------------------------------------------
 
+
 class KeyListing(_Answer):
     id: str
     role: Literal["terminal", "merchant", "app", "finance", "admin"]
@@ -343,6 +390,7 @@ class CreatedKey(KeyListing):
 
 
 # -- audit (SPEC §9.5) ---------------------------------------------------------
+
 
 class AuditActor(_Answer):
     key_id: str
@@ -366,6 +414,7 @@ class AuditPage(_Answer):
 
 
 # -- health ----------------------------------------------------------------------
+
 
 class Health(_Answer):
     status: Literal["ok"]

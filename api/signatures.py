@@ -126,15 +126,16 @@ class TerminalSignatures:
             return
         headers = request.headers
         if "signature" not in headers or "signature-input" not in headers:
-            raise EngineError("signature_required",
-                              f"terminal {terminal_id} has a registered key: sign the request (RFC 9421, {LABEL})")
+            raise EngineError(
+                "signature_required",
+                f"terminal {terminal_id} has a registered key: sign the request (RFC 9421, {LABEL})",
+            )
         body = await request.body()
         created, nonce = self.check(request, body, terminal_id, key)
         # Compared in microseconds, not whole seconds: a signature is valid for at most 600 s in all
         # (created ± 300 s), so a nonce kept 600 s from its first use outlives every valid replay.
         if abs(created * 1_000_000 - self.clock.now_us()) > CREATED_SKEW_S * 1_000_000:
-            raise EngineError("signature_expired",
-                              f"created must be within {CREATED_SKEW_S} s of the engine's clock")
+            raise EngineError("signature_expired", f"created must be within {CREATED_SKEW_S} s of the engine's clock")
         if not await self.nonces.claim(terminal_id, nonce, self.clock.now_us()):
             raise EngineError("signature_replayed", "this terminal used the nonce within the last 600 s")
 
@@ -173,8 +174,9 @@ class TerminalSignatures:
             raise _invalid(f"nonce must be {NONCE_LENGTH_MIN} to {NONCE_LENGTH_MAX} characters")
         if body:
             try:
-                algorithms_sent = http_sf.parse(result.covered_components['"content-digest"'].encode("ascii"),
-                                                tltype="dictionary")
+                algorithms_sent = http_sf.parse(
+                    result.covered_components['"content-digest"'].encode("ascii"), tltype="dictionary"
+                )
             except ValueError:
                 raise _invalid("Content-Digest is malformed") from None
             if "sha-256" not in algorithms_sent:

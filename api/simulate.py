@@ -15,7 +15,6 @@ from pydantic import Field
 from api.openapi import AUTHENTICATED, problems
 from api.responses import Simulation
 from api.strict import PathId
-
 from engine.errors import EngineError
 from engine.model import Campaign, Instant, Record
 from engine.store import simulate
@@ -31,14 +30,21 @@ class SimulateRequest(Record):
 def install(app: FastAPI, role, ledger, config, settings) -> None:
     Planner = Annotated[Any, Depends(role("admin", "finance"))]
 
-    @app.post("/v1/campaigns/{campaign_id}/simulate",
-              responses={200: {"model": Simulation}, **problems(AUTHENTICATED, "invalid_request", "not_found")})
+    @app.post(
+        "/v1/campaigns/{campaign_id}/simulate",
+        responses={200: {"model": Simulation}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    )
     def simulate_campaign(campaign_id: PathId, body: SimulateRequest, _: Planner):
         if body.campaign.id != campaign_id:
-            raise EngineError("invalid_request", "campaign.id must be the campaign of the path",
-                              errors=[{"loc": ["body", "campaign", "id"], "msg": "differs from the path",
-                                       "type": "value_error"}])
+            raise EngineError(
+                "invalid_request",
+                "campaign.id must be the campaign of the path",
+                errors=[{"loc": ["body", "campaign", "id"], "msg": "differs from the path", "type": "value_error"}],
+            )
         if to_us(body.to) <= to_us(body.from_):
-            raise EngineError("invalid_request", "to must be after from",
-                              errors=[{"loc": ["body", "to"], "msg": "must be after from", "type": "value_error"}])
+            raise EngineError(
+                "invalid_request",
+                "to must be after from",
+                errors=[{"loc": ["body", "to"], "msg": "must be after from", "type": "value_error"}],
+            )
         return simulate.simulate(ledger.engine, body.campaign, to_us(body.from_), to_us(body.to))

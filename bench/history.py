@@ -51,31 +51,67 @@ LOCAL_TAG = "setagaya_sodachi"
 
 def campaigns() -> list[Campaign]:
     month = {"starts_at": MONTH_START, "ends_at": MONTH_END}
-    return [Campaign.model_validate(c) for c in (
-        {"id": "pointback", "name": "最大20%還元", **month,
-         "tiers": [{"match": {"merchant_classes": ["small"], "shotengai_member": True}, "rate_bp": 2_000},
-                   {"match": {"merchant_classes": ["small"]}, "rate_bp": 1_500},
-                   {"match": {"merchant_classes": ["semi_large"]}, "rate_bp": 1_000}],
-         "per_wallet_cap": 10_000, "per_wallet_cap_period": "month", "budget": 120_000_000, "priority": 10,
-         "credit": {"schedule": "dekad", "delay_business_days": 5}},
-        {"id": "sodachi", "name": "せたがやそだち +10%", **month, "tiers": [{"match": {"ward_local": True},
-                                                                          "rate_bp": 1_000}],
-         "item_tags": [LOCAL_TAG], "per_tx_cap": 500, "budget": 30_000_000, "priority": 5,
-         "credit": {"schedule": "dekad", "delay_business_days": 5}},
-        {"id": "festival", "name": "商店街まつり 30%", "starts_at": MONTH_START + dt.timedelta(days=20),
-         "ends_at": MONTH_START + dt.timedelta(days=22), "tiers": [{"match": {"shotengai_member": True},
-                                                                  "rate_bp": 3_000}],
-         "fixed_points": 20, "per_wallet_cap": 2_000, "per_wallet_cap_period": "day", "budget": 5_000_000,
-         "stacking": "exclusive", "priority": 100, "credit": {"schedule": "dekad", "delay_business_days": 5}},
-    )]
+    return [
+        Campaign.model_validate(c)
+        for c in (
+            {
+                "id": "pointback",
+                "name": "最大20%還元",
+                **month,
+                "tiers": [
+                    {"match": {"merchant_classes": ["small"], "shotengai_member": True}, "rate_bp": 2_000},
+                    {"match": {"merchant_classes": ["small"]}, "rate_bp": 1_500},
+                    {"match": {"merchant_classes": ["semi_large"]}, "rate_bp": 1_000},
+                ],
+                "per_wallet_cap": 10_000,
+                "per_wallet_cap_period": "month",
+                "budget": 120_000_000,
+                "priority": 10,
+                "credit": {"schedule": "dekad", "delay_business_days": 5},
+            },
+            {
+                "id": "sodachi",
+                "name": "せたがやそだち +10%",
+                **month,
+                "tiers": [{"match": {"ward_local": True}, "rate_bp": 1_000}],
+                "item_tags": [LOCAL_TAG],
+                "per_tx_cap": 500,
+                "budget": 30_000_000,
+                "priority": 5,
+                "credit": {"schedule": "dekad", "delay_business_days": 5},
+            },
+            {
+                "id": "festival",
+                "name": "商店街まつり 30%",
+                "starts_at": MONTH_START + dt.timedelta(days=20),
+                "ends_at": MONTH_START + dt.timedelta(days=22),
+                "tiers": [{"match": {"shotengai_member": True}, "rate_bp": 3_000}],
+                "fixed_points": 20,
+                "per_wallet_cap": 2_000,
+                "per_wallet_cap_period": "day",
+                "budget": 5_000_000,
+                "stacking": "exclusive",
+                "priority": 100,
+                "credit": {"schedule": "dekad", "delay_business_days": 5},
+            },
+        )
+    ]
 
 
 def merchants(rng) -> list[Merchant]:
     classes = rng.choice(["small", "semi_large", "large"], size=MERCHANTS, p=[0.7, 0.2, 0.1])
-    return [Merchant.model_validate({
-        "id": f"M{i:04d}", "name": f"shop {i}", "merchant_class": str(c),
-        "shotengai_id": f"S{i % 40:02d}" if c == "small" and rng.random() < 0.5 else None,
-        "ward_local": bool(rng.random() < 0.8)}) for i, c in enumerate(classes)]
+    return [
+        Merchant.model_validate(
+            {
+                "id": f"M{i:04d}",
+                "name": f"shop {i}",
+                "merchant_class": str(c),
+                "shotengai_id": f"S{i % 40:02d}" if c == "small" and rng.random() < 0.5 else None,
+                "ward_local": bool(rng.random() < 0.8),
+            }
+        )
+        for i, c in enumerate(classes)
+    ]
 
 
 def url(transactions: int = TRANSACTIONS) -> str:
@@ -99,8 +135,10 @@ def build(settings_factory, transactions: int = TRANSACTIONS) -> None:
     target = url(transactions)
     name = target.rsplit("/", 1)[1]
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
-                     "AND pid <> pg_backend_pid()", (name,))
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+            (name,),
+        )
         conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
         conn.execute(f'CREATE DATABASE "{name}"')
     upgrade(target)
@@ -168,13 +206,21 @@ def build(settings_factory, transactions: int = TRANSACTIONS) -> None:
                 items = None
                 if itemised[i]:
                     items = [{"amount": a // 2, "tags": [LOCAL_TAG]}, {"amount": a - a // 2, "tags": []}]
-                body = Purchase(wallet_id=f"W{int(wallet[i]):06d}", merchant_id=m, terminal_id=f"T{m}",
-                                occurred_at=at, amount=a, points_used=min(int(used[i]), a), items=items)
+                body = Purchase(
+                    wallet_id=f"W{int(wallet[i]):06d}",
+                    merchant_id=m,
+                    terminal_id=f"T{m}",
+                    occurred_at=at,
+                    amount=a,
+                    points_used=min(int(used[i]), a),
+                    items=items,
+                )
                 sent.append(None)
             canonical = body.model_dump_json()
             terminal_id = body.terminal_id if body.type == "purchase" else terminal_of[body.original_id]
-            batch.append(Submission(terminal_id, f"k{i}", hashlib.sha256(canonical.encode()).hexdigest(), body,
-                                    canonical))
+            batch.append(
+                Submission(terminal_id, f"k{i}", hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+            )
         results = ledger.submit(batch)
         for s, r, info in zip(batch, results, sent):
             if r.status != 201:

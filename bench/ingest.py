@@ -59,9 +59,23 @@ def free_port() -> int:
 
 def start_server(app: str, port: int, workers: int, env: dict) -> subprocess.Popen:
     process = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", app, "--host", "127.0.0.1", "--port", str(port),
-         "--workers", str(workers), "--log-level", "warning", "--no-access-log"],
-        cwd=ROOT, env={**os.environ, **env},
+        [
+            sys.executable,
+            "-m",
+            "uvicorn",
+            app,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+            "--no-access-log",
+        ],
+        cwd=ROOT,
+        env={**os.environ, **env},
     )
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -153,8 +167,12 @@ def baseline_batched_insert(url: str, seconds: float) -> dict:
             rows += len(batch)
         elapsed = time.monotonic() - started
     commits.sort()
-    return {"tx_per_s": rows / elapsed, "p50_ms": 1000 * commits[len(commits) // 2],
-            "p99_ms": 1000 * commits[int(len(commits) * 0.99)], "errors": 0}
+    return {
+        "tx_per_s": rows / elapsed,
+        "p50_ms": 1000 * commits[len(commits) // 2],
+        "p99_ms": 1000 * commits[int(len(commits) * 0.99)],
+        "errors": 0,
+    }
 
 
 BENCH_APP_ID = "BENCH_APP"
@@ -186,8 +204,9 @@ def seed_ward(url: str, terminals: int):
         out.append((terminal_id, merchant.id, config.create_key("terminal", terminal_id=terminal_id)))
     # Receipts issued at one instant, so the retry storm below re-sends byte-identical requests.
     issued = int(time.time())
-    app = PaymentApp(BENCH_APP_ID, Apps(config.engine, Settings(database_url=url)).add(BENCH_APP_ID),
-                     now_s=lambda: issued)
+    app = PaymentApp(
+        BENCH_APP_ID, Apps(config.engine, Settings(database_url=url)).add(BENCH_APP_ID), now_s=lambda: issued
+    )
     config.engine.dispose()
     return out, app
 
@@ -240,9 +259,15 @@ def receipt_verify_us(app, samples: int = 20_000) -> float:
 
 
 def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: str) -> dict:
-    return {"type": "purchase", "wallet_id": f"W{(n * 7919 + i * 104729) % 50_000}", "merchant_id": merchant_id,
-            "terminal_id": terminal_id, "occurred_at": occurred_at, "amount": 500 + (i * 37) % 9500,
-            "points_used": 0}
+    return {
+        "type": "purchase",
+        "wallet_id": f"W{(n * 7919 + i * 104729) % 50_000}",
+        "merchant_id": merchant_id,
+        "terminal_id": terminal_id,
+        "occurred_at": occurred_at,
+        "amount": 500 + (i * 37) % 9500,
+        "points_used": 0,
+    }
 
 
 def main() -> int:
@@ -263,9 +288,11 @@ def main() -> int:
     server = start_server("bench.baseline_app:app", port, args.workers, {"BASELINE_DATABASE_URL": url})
     try:
         body = json.dumps({"amount": 1000}).encode()
-        results["baseline_single"] = asyncio.run(drive(
-            port, args.clients, args.seconds,
-            lambda n, i: ("POST", "/tx", body, {"Idempotency-Key": f"{n}-{i}"}, 1)))
+        results["baseline_single"] = asyncio.run(
+            drive(
+                port, args.clients, args.seconds, lambda n, i: ("POST", "/tx", body, {"Idempotency-Key": f"{n}-{i}"}, 1)
+            )
+        )
     finally:
         server.terminate()
         server.wait()
@@ -280,12 +307,19 @@ def main() -> int:
     env = {"SETAPAY_DATABASE_URL": url, "SETAPAY_RATE_LIMIT_PER_KEY": "1000000/second"}
     server = start_server("api.main:app", port, args.workers, env)
     try:
+
         def single(n: int, i: int):
             terminal_id, merchant_id, key = terminals[n]
-            body = json.dumps(payment_app.sign_purchase(purchase(terminal_id, merchant_id, n, i, occurred_at),
-                                                        jti=f"pay_s_{n}_{i}")).encode()
-            return "POST", "/v1/transactions", body, {"Authorization": f"Bearer {key}",
-                                                      "Idempotency-Key": f"s-{n}-{i}"}, 1
+            body = json.dumps(
+                payment_app.sign_purchase(purchase(terminal_id, merchant_id, n, i, occurred_at), jti=f"pay_s_{n}_{i}")
+            ).encode()
+            return (
+                "POST",
+                "/v1/transactions",
+                body,
+                {"Authorization": f"Bearer {key}", "Idempotency-Key": f"s-{n}-{i}"},
+                1,
+            )
 
         results["ours_single"] = asyncio.run(drive(port, args.clients, args.seconds, single))
 
@@ -302,18 +336,30 @@ def main() -> int:
             return method, path, body, headers, weight
 
         time.sleep(SIGNATURE_KEY_CACHE_S)  # every worker's terminal-key cache has seen the new keys
-        results["ours_single_signed"] = asyncio.run(drive(port, args.clients, args.seconds,
-                                                          lambda n, i: signed_single(n, i)))
+        results["ours_single_signed"] = asyncio.run(
+            drive(port, args.clients, args.seconds, lambda n, i: signed_single(n, i))
+        )
         unregister_terminal_keys(url, terminals)
         time.sleep(SIGNATURE_KEY_CACHE_S)
 
         def batch(n: int, i: int):
             terminal_id, merchant_id, key = terminals[n]
-            items = [dict(payment_app.sign_purchase(purchase(terminal_id, merchant_id, n, i * 1000 + j, occurred_at),
-                                                    jti=f"pay_b_{n}_{i}_{j}"),
-                          idempotency_key=f"b-{n}-{i}-{j}") for j in range(1000)]
-            return ("POST", "/v1/transactions/batch", json.dumps({"transactions": items}).encode(),
-                    {"Authorization": f"Bearer {key}"}, 1000)
+            items = [
+                dict(
+                    payment_app.sign_purchase(
+                        purchase(terminal_id, merchant_id, n, i * 1000 + j, occurred_at), jti=f"pay_b_{n}_{i}_{j}"
+                    ),
+                    idempotency_key=f"b-{n}-{i}-{j}",
+                )
+                for j in range(1000)
+            ]
+            return (
+                "POST",
+                "/v1/transactions/batch",
+                json.dumps({"transactions": items}).encode(),
+                {"Authorization": f"Bearer {key}"},
+                1000,
+            )
 
         results["ours_batch"] = asyncio.run(drive(port, args.batch_clients, args.seconds, batch))
 
@@ -344,32 +390,45 @@ def main() -> int:
             def signed_single_redis(n: int, i: int):
                 return signed_single(n, 20_000_000 + i, private)
 
-            results["ours_single_signed_redis"] = asyncio.run(drive(port, args.clients, args.seconds,
-                                                                    signed_single_redis))
+            results["ours_single_signed_redis"] = asyncio.run(
+                drive(port, args.clients, args.seconds, signed_single_redis)
+            )
             unregister_terminal_keys(url, terminals)
         finally:
             server.terminate()
             server.wait()
 
     for name, r in results.items():
-        print(f"{name:26s} tx_per_s={r['tx_per_s']:10.0f} p50_ms={r['p50_ms']:8.2f} "
-              f"p99_ms={r['p99_ms']:8.2f} errors={r['errors']}")
+        print(
+            f"{name:26s} tx_per_s={r['tx_per_s']:10.0f} p50_ms={r['p50_ms']:8.2f} "
+            f"p99_ms={r['p99_ms']:8.2f} errors={r['errors']}"
+        )
     single_ratio = results["ours_single"]["tx_per_s"] / results["baseline_single"]["tx_per_s"]
     batch_ratio = results["ours_batch"]["tx_per_s"] / results["baseline_batched_insert"]["tx_per_s"]
     if "replay_redis" in results:
-        print(f"replay_redis_over_database={results['replay_redis']['tx_per_s'] / results['replay_database']['tx_per_s']:.2f}")
-    print(f"single_ratio={single_ratio:.3f} batch_ratio={batch_ratio:.3f} "
-          f"single_p99_ms={results['ours_single']['p99_ms']:.2f}")
+        replay_ratio = results["replay_redis"]["tx_per_s"] / results["replay_database"]["tx_per_s"]
+        print(f"replay_redis_over_database={replay_ratio:.2f}")
+    print(
+        f"single_ratio={single_ratio:.3f} batch_ratio={batch_ratio:.3f} "
+        f"single_p99_ms={results['ours_single']['p99_ms']:.2f}"
+    )
     # What receipts cost the server: one check's CPU time times the accepted rate, as a share of
     # the time the server has (SPEC §9.1 wants under 10%).
     bearer = results["ours_single"]["tx_per_s"]
-    print(f"signed_over_bearer_single={results['ours_single_signed']['tx_per_s'] / bearer:.3f}"
-          + (f" signed_redis_over_bearer_single={results['ours_single_signed_redis']['tx_per_s'] / bearer:.3f}"
-             if "ours_single_signed_redis" in results else ""))
+    print(
+        f"signed_over_bearer_single={results['ours_single_signed']['tx_per_s'] / bearer:.3f}"
+        + (
+            f" signed_redis_over_bearer_single={results['ours_single_signed_redis']['tx_per_s'] / bearer:.3f}"
+            if "ours_single_signed_redis" in results
+            else ""
+        )
+    )
     verify_us = receipt_verify_us(payment_app)
-    print(f"receipt_verify_us={verify_us:.1f} "
-          f"receipt_share_single={verify_us * results['ours_single']['tx_per_s'] / 1e6:.4f} "
-          f"receipt_share_batch={verify_us * results['ours_batch']['tx_per_s'] / 1e6:.4f}")
+    print(
+        f"receipt_verify_us={verify_us:.1f} "
+        f"receipt_share_single={verify_us * results['ours_single']['tx_per_s'] / 1e6:.4f} "
+        f"receipt_share_batch={verify_us * results['ours_batch']['tx_per_s'] / 1e6:.4f}"
+    )
     return 0
 
 

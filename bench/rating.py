@@ -2,7 +2,8 @@
 
 Builds one month of Setagaya PAY traffic as numpy arrays and turns them into
 columns with the shared vectorized encoder (`engine.rating.vectorized`;
-building a million pydantic records would time the validator, not the loop): 1,000,000 transactions, about 2% of them refunds of earlier
+building a million pydantic records would time the validator, not the loop):
+1,000,000 transactions, about 2% of them refunds of earlier
 purchases, over 100,000 wallets and 5,000 merchants, rated against a
 realistic campaign set:
 
@@ -58,7 +59,11 @@ def merchants(rng: np.random.Generator) -> list[Merchant]:
             # Certified from some day of the month on, so the instant matters.
             valid_from = MONTH_START + dt.timedelta(days=int(rng.integers(0, 30)))
             certifications.append(
-                {"scheme": "setagaya_ethical", "valid_from": valid_from, "valid_until": valid_from + dt.timedelta(days=365)}
+                {
+                    "scheme": "setagaya_ethical",
+                    "valid_from": valid_from,
+                    "valid_until": valid_from + dt.timedelta(days=365),
+                }
             )
         records.append(
             Merchant.model_validate(
@@ -167,7 +172,9 @@ def transactions(rng: np.random.Generator, catalog) -> Columns:
     points_used[is_purchase] = r_points_used
     refund_rows = row[~is_purchase]
     full = rng.random(refund_rows.size) < 0.5
-    amount[~is_purchase] = np.where(full, r_amount[refund_rows], 1 + (rng.random(refund_rows.size) * r_amount[refund_rows]).astype(np.int64))
+    amount[~is_purchase] = np.where(
+        full, r_amount[refund_rows], 1 + (rng.random(refund_rows.size) * r_amount[refund_rows]).astype(np.int64)
+    )
 
     # A fifth of purchases itemise two lines; half of those lines are local produce.
     itemised = is_purchase & (rng.random(N) < 0.2)
@@ -183,9 +190,18 @@ def transactions(rng: np.random.Generator, catalog) -> Columns:
     wallet[is_purchase] = r_wallet
     # The shared vectorized encoder numbers the wallet-window slots with np.unique
     # (the same code the re-rate and the simulation use).
-    batch = Batch(kind=kind, merchant=merchant, wallet=wallet, occurred_at_us=occurred_at, amount=amount,
-                  points_used=points_used, original_row=np.where(is_purchase, -1, row), item_start=item_start,
-                  item_amount=item_amount, item_mask=item_mask)
+    batch = Batch(
+        kind=kind,
+        merchant=merchant,
+        wallet=wallet,
+        occurred_at_us=occurred_at,
+        amount=amount,
+        points_used=points_used,
+        original_row=np.where(is_purchase, -1, row),
+        item_start=item_start,
+        item_amount=item_amount,
+        item_mask=item_mask,
+    )
     opening = Opening.empty(C)
     # Balance checking on: wallets start with some points, so a few redemptions are declined.
     opening.balance = rng.integers(0, 3_000, WALLETS).astype(np.int64)
@@ -221,7 +237,9 @@ def describe(cols: Columns, catalog) -> str:
     status = np.bincount(cols.out_status, minlength=5)
     awards = (cols.r_award.reshape(-1, C) > 0).sum(axis=0)
     capped = [np.bincount(cols.out_capped.reshape(-1, C)[:, c], minlength=4).tolist() for c in range(C)]
-    lines = [f"status counts (accepted, unknown merchant, original not found, exceeds, insufficient): {status.tolist()}"]
+    lines = [
+        f"status counts (accepted, unknown merchant, original not found, exceeds, insufficient): {status.tolist()}"
+    ]
     for c, campaign in enumerate(catalog.campaigns):
         lines.append(
             f"  {campaign.id}: awards={awards[c]} spend={cols.spend[c]} budget={campaign.budget} "
@@ -242,8 +260,10 @@ def main() -> None:
     started = time.perf_counter()
     catalog = build_catalog(merchants(rng), campaigns())
     cols = transactions(rng, catalog)
-    print(f"built {TRANSACTIONS:,} transactions, {len(cols.r_wallet):,} purchase rows, {len(cols.usage):,} wallet-window "
-          f"slots, {len(catalog.campaigns)} campaigns in {time.perf_counter() - started:.1f} s")
+    print(
+        f"built {TRANSACTIONS:,} transactions, {len(cols.r_wallet):,} purchase rows, {len(cols.usage):,} wallet-window "
+        f"slots, {len(catalog.campaigns)} campaigns in {time.perf_counter() - started:.1f} s"
+    )
 
     kernel_s, kernel_cpu_s, kernel_cols = time_engine(rating.ENGINES["cython"].rate_columns, cols, args.runs)
     twin_s, twin_cpu_s, twin_cols = time_engine(_kernel_py.rate_columns, cols, args.twin_runs)
@@ -252,13 +272,18 @@ def main() -> None:
     print("both engines produced identical arrays")
 
     kernel_median, twin_median = statistics.median(kernel_s), statistics.median(twin_s)
-    print(f"kernel: {args.runs} runs, median {kernel_median * 1e3:.1f} ms wall (min {min(kernel_s) * 1e3:.1f} ms), "
-          f"median {statistics.median(kernel_cpu_s) * 1e3:.1f} ms CPU")
-    print(f"twin:   {args.twin_runs} runs, median {twin_median:.2f} s wall (min {min(twin_s):.2f} s), "
-          f"median {statistics.median(twin_cpu_s):.2f} s CPU")
+    print(
+        f"kernel: {args.runs} runs, median {kernel_median * 1e3:.1f} ms wall (min {min(kernel_s) * 1e3:.1f} ms), "
+        f"median {statistics.median(kernel_cpu_s) * 1e3:.1f} ms CPU"
+    )
+    print(
+        f"twin:   {args.twin_runs} runs, median {twin_median:.2f} s wall (min {min(twin_s):.2f} s), "
+        f"median {statistics.median(twin_cpu_s):.2f} s CPU"
+    )
     kernel_rate = int(TRANSACTIONS / kernel_median)
     twin_rate = int(TRANSACTIONS / twin_median)
     print(f"kernel_tx_per_s={kernel_rate} twin_tx_per_s={twin_rate} ratio={twin_median / kernel_median:.1f}")
+
 
 if __name__ == "__main__":
     main()

@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from bench import history
@@ -61,8 +61,10 @@ def main() -> None:
         result = rerate.rerate_check(engine)
         rerate_s.append(time.perf_counter() - started)
         assert result["ok"], result["mismatches"][:5]
-        print(f"re-rate run {run + 1}: {rerate_s[-1]:.2f} s {result['timings_s']} eras={result['eras']} "
-              f"checked={result['checked']:,}")
+        print(
+            f"re-rate run {run + 1}: {rerate_s[-1]:.2f} s {result['timings_s']} eras={result['eras']} "
+            f"checked={result['checked']:,}"
+        )
     for run in range(args.runs):
         started = time.perf_counter()
         report = finance.reconcile(ledger, settings(url))
@@ -70,10 +72,14 @@ def main() -> None:
         failing = [name for name, check in report["checks"].items() if not check["pass"]]
         assert report["ok"], failing
         print(f"reconcile run {run + 1}: {reconcile_s[-1]:.2f} s, every check passes")
-    print(f"re-rate median {statistics.median(rerate_s):.2f} s (min {min(rerate_s):.2f}); "
-          f"reconcile median {statistics.median(reconcile_s):.2f} s (min {min(reconcile_s):.2f})")
-    print(f"reconcile_s={statistics.median(reconcile_s):.2f} rerate_s={statistics.median(rerate_s):.2f} "
-          f"transactions={count}")
+    print(
+        f"re-rate median {statistics.median(rerate_s):.2f} s (min {min(rerate_s):.2f}); "
+        f"reconcile median {statistics.median(reconcile_s):.2f} s (min {min(reconcile_s):.2f})"
+    )
+    print(
+        f"reconcile_s={statistics.median(reconcile_s):.2f} rerate_s={statistics.median(rerate_s):.2f} "
+        f"transactions={count}"
+    )
 
 
 if __name__ == "__main__":

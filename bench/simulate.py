@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-from pathlib import Path
 import time
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 from bench import history
@@ -28,13 +28,20 @@ from engine.store import simulate
 from engine.store.db import make_engine
 from engine.timeutil import to_us
 
-DRAFT = Campaign.model_validate({
-    "id": "pointback", "name": "draft: flat 12% with a smaller budget",
-    "starts_at": history.MONTH_START, "ends_at": history.MONTH_END,
-    "tiers": [{"match": {"merchant_classes": ["small", "semi_large"]}, "rate_bp": 1_200}],
-    "per_wallet_cap": 8_000, "per_wallet_cap_period": "month", "budget": 80_000_000, "priority": 10,
-    "credit": {"schedule": "dekad", "delay_business_days": 5},
-})
+DRAFT = Campaign.model_validate(
+    {
+        "id": "pointback",
+        "name": "draft: flat 12% with a smaller budget",
+        "starts_at": history.MONTH_START,
+        "ends_at": history.MONTH_END,
+        "tiers": [{"match": {"merchant_classes": ["small", "semi_large"]}, "rate_bp": 1_200}],
+        "per_wallet_cap": 8_000,
+        "per_wallet_cap_period": "month",
+        "budget": 80_000_000,
+        "priority": 10,
+        "credit": {"schedule": "dekad", "delay_business_days": 5},
+    }
+)
 
 
 def main() -> None:
@@ -65,11 +72,15 @@ def main() -> None:
         splits.append(result["timings_s"])
         print(f"run {run + 1}: {wall[-1]:.3f} s {result['timings_s']}")
     count = sum(result["transactions"].values()) - result["transactions"]["declined"]
-    print(f"transactions {result['transactions']}; draft: {result['by_campaign']['pointback']}; "
-          f"budget exhausted at {result['budget_exhausted_at']}")
+    print(
+        f"transactions {result['transactions']}; draft: {result['by_campaign']['pointback']}; "
+        f"budget exhausted at {result['budget_exhausted_at']}"
+    )
     split = {name: statistics.median(s[name] for s in splits) for name in splits[0]}
-    print(f"median {statistics.median(wall):.3f} s (min {min(wall):.3f}); split medians "
-          + ", ".join(f"{k} {v:.3f} s" for k, v in split.items()))
+    print(
+        f"median {statistics.median(wall):.3f} s (min {min(wall):.3f}); split medians "
+        + ", ".join(f"{k} {v:.3f} s" for k, v in split.items())
+    )
     print(f"cold median {statistics.median(cold):.3f} s (min {min(cold):.3f})")
     print(f"simulate_s={statistics.median(wall):.3f} cold_s={statistics.median(cold):.3f} transactions={count}")
 

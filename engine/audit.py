@@ -22,10 +22,25 @@ GENESIS_HASH = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855
 REDACTED = "[redacted]"
 
 # Field names whose value is a secret and never reaches the log, at any depth.
-SECRET_FIELDS = frozenset({
-    "key", "api_key", "secret", "key_hash", "token", "password", "receipt_secret", "app_secret", "secrets",
-    "data_key", "data_key_b64", "signing_key", "signing_key_b64", "private_key", "bank_account_sealed",
-})
+SECRET_FIELDS = frozenset(
+    {
+        "key",
+        "api_key",
+        "secret",
+        "key_hash",
+        "token",
+        "password",
+        "receipt_secret",
+        "app_secret",
+        "secrets",
+        "data_key",
+        "data_key_b64",
+        "signing_key",
+        "signing_key_b64",
+        "private_key",
+        "bank_account_sealed",
+    }
+)
 # Prefix of the engine's API keys (``sp_<role>_<id>_<secret>``): redacted wherever it shows up.
 API_KEY_PREFIX = "sp_"
 
@@ -99,16 +114,34 @@ def canonical_json(value: Any) -> str | None:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
-def canonical_bytes(sequence: int, at_us: int, actor_key_id: str, actor_role: str, action: str, target: str,
-                    before_json: str | None, after_json: str | None) -> bytes:
+def canonical_bytes(
+    sequence: int,
+    at_us: int,
+    actor_key_id: str,
+    actor_role: str,
+    action: str,
+    target: str,
+    before_json: str | None,
+    after_json: str | None,
+) -> bytes:
     """An entry's bytes, as stored: the before/after texts are hashed exactly as kept."""
     return json.dumps(
         [sequence, at_us, actor_key_id, actor_role, action, target, before_json, after_json],
-        separators=(",", ":"), ensure_ascii=False,
+        separators=(",", ":"),
+        ensure_ascii=False,
     ).encode()
 
 
-def chain_hash(previous_hash: str, sequence: int, at_us: int, actor_key_id: str, actor_role: str, action: str,
-               target: str, before_json: str | None, after_json: str | None) -> str:
+def chain_hash(
+    previous_hash: str,
+    sequence: int,
+    at_us: int,
+    actor_key_id: str,
+    actor_role: str,
+    action: str,
+    target: str,
+    before_json: str | None,
+    after_json: str | None,
+) -> str:
     canonical = canonical_bytes(sequence, at_us, actor_key_id, actor_role, action, target, before_json, after_json)
     return hashlib.sha256(previous_hash.encode() + b"\n" + canonical).hexdigest()

@@ -51,8 +51,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
             task = bar.add_task("rating", total=total)
             return lambda done: bar.advance(task, done)
 
-        summary = demo.run_rating_demo(args.transactions, args.seed, batch_size=args.batch_size,
-                                       engine=args.engine, progress=progress)
+        summary = demo.run_rating_demo(
+            args.transactions, args.seed, batch_size=args.batch_size, engine=args.engine, progress=progress
+        )
     demo.print_summary(summary)
     if args.ledger_transactions <= 0:
         return 0
@@ -60,8 +61,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     # embedded ledger and checks the ledger from its postings.
     from api.demo import print_ledger_summary, run_ledger_demo
 
-    with Progress(TextColumn("posting through the API"), BarColumn(), MofNCompleteColumn(),
-                  TimeElapsedColumn()) as bar:
+    with Progress(TextColumn("posting through the API"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
 
         def posting(total: int):
             task = bar.add_task("posting", total=total)
@@ -87,8 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=20261215)
     p.add_argument("--batch-size", type=int, default=1_000)
     p.add_argument("--engine", choices=["python", "cython"], default=None)
-    p.add_argument("--ledger-transactions", type=int, default=2_000,
-                   help="how many of the day's purchases to post through the API into ./setapay-demo.db (0: skip)")
+    p.add_argument(
+        "--ledger-transactions",
+        type=int,
+        default=2_000,
+        help="how many of the day's purchases to post through the API into ./setapay-demo.db (0: skip)",
+    )
     p.set_defaults(func=_cmd_demo)
     return parser
 

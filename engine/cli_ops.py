@@ -34,8 +34,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # Migrate once here so that several workers do not race to migrate.
     db.upgrade(_settings().database_url)
     trusted = _settings().trusted_proxies
-    uvicorn.run("api.main:app", host=args.host, port=args.port, workers=args.workers, log_level=args.log_level,
-                proxy_headers=bool(trusted), forwarded_allow_ips=trusted or None)
+    uvicorn.run(
+        "api.main:app",
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level,
+        proxy_headers=bool(trusted),
+        forwarded_allow_ips=trusted or None,
+    )
     return 0
 
 
@@ -54,8 +61,7 @@ def _cmd_keys(args: argparse.Namespace) -> int:
 
     keys = _keys_store()
     try:
-        secret, record = keys.create(args.role, args.merchant, args.terminal, args.expires_in_days,
-                                     actor=OPERATOR)
+        secret, record = keys.create(args.role, args.merchant, args.terminal, args.expires_in_days, actor=OPERATOR)
     except EngineError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
         return 2
@@ -179,8 +185,17 @@ def _cmd_settle(args: argparse.Namespace) -> int:
     (out / f"statement-{args.period}.csv").write_text(row.csv_text)
     if row.zengin_file:
         (out / f"payout-{args.period}.zengin.txt").write_bytes(row.zengin_file)
-    print(json.dumps({"run_id": view["id"], "created": created, "out": str(out),
-                      "totals": view["statement"]["document"]["totals"]}, ensure_ascii=False))
+    print(
+        json.dumps(
+            {
+                "run_id": view["id"],
+                "created": created,
+                "out": str(out),
+                "totals": view["statement"]["document"]["totals"],
+            },
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 
@@ -214,8 +229,9 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     # The bar goes to stderr, so `--json` output on stdout parses.
-    with Progress(TextColumn("re-rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=Console(stderr=True)) as bar:
+    with Progress(
+        TextColumn("re-rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True)
+    ) as bar:
         task = bar.add_task("re-rating", total=total)
         report = finance.reconcile(ledger, settings, progress=lambda n: bar.advance(task, n))
     if args.json:
@@ -250,8 +266,11 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
         print("--from and --to need offsets, and --to must be after --from")
         return 2
     settings, ledger, _ = _finance_context()
-    print(json.dumps(simulate.simulate(ledger.engine, draft, to_us(window[0]), to_us(window[1])),
-                     ensure_ascii=False, indent=1))
+    print(
+        json.dumps(
+            simulate.simulate(ledger.engine, draft, to_us(window[0]), to_us(window[1])), ensure_ascii=False, indent=1
+        )
+    )
     return 0
 
 
@@ -317,8 +336,10 @@ def add_commands(sub) -> None:
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_cmd_serve)
 
-    for name, text in (("credit", "credit pending awards due by --as-of (idempotent)"),
-                       ("expire", "expire points whose validity ended by --as-of (idempotent)")):
+    for name, text in (
+        ("credit", "credit pending awards due by --as-of (idempotent)"),
+        ("expire", "expire points whose validity ended by --as-of (idempotent)"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--as-of", help="RFC 3339 instant with offset (default: now)")
         p.set_defaults(func=_cmd_lifecycle)
@@ -348,9 +369,11 @@ def add_commands(sub) -> None:
 
     apps = sub.add_parser("apps", help="payment apps whose receipts the engine accepts")
     apps_sub = apps.add_subparsers(dest="apps_command", required=True)
-    for name, text in (("add", "register an app and print its receipt secret once"),
-                       ("rotate", "add a new secret and print it once; older ones stay valid 24 h"),
-                       ("revoke", "end every secret of the app at once")):
+    for name, text in (
+        ("add", "register an app and print its receipt secret once"),
+        ("rotate", "add a new secret and print it once; older ones stay valid 24 h"),
+        ("revoke", "end every secret of the app at once"),
+    ):
         p = apps_sub.add_parser(name, help=text)
         p.add_argument("app_id")
         p.set_defaults(func=_cmd_apps)

@@ -23,7 +23,7 @@ import dataclasses
 import datetime as dt
 import random
 import time
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from engine import limits
 from engine.model import Campaign, Certification, Item, Match, Merchant, Purchase, Refund, Tier
@@ -46,10 +46,50 @@ SHOTENGAI = {
     "S_KARASUYAMA": "千歳烏山",
 }
 NEIGHBOURHOODS = ["用賀", "駒沢", "成城", "祖師谷", "豪徳寺", "松陰神社前", "梅ヶ丘", "等々力", "尾山台", "池尻"]
-FAMILY_NAMES = ["佐藤", "鈴木", "高橋", "田中", "伊藤", "渡辺", "山本", "中村", "小林", "加藤", "吉田", "山田",
-                "松本", "井上", "木村", "林", "清水", "山口", "森", "池田"]
-SHOP_KINDS = ["青果店", "精肉店", "鮮魚店", "豆腐店", "ベーカリー", "和菓子店", "酒店", "花店", "書店", "珈琲店",
-              "惣菜店", "米店", "茶舗", "金物店", "クリーニング", "古着店", "雑貨店", "食堂", "ラーメン店", "薬局"]
+FAMILY_NAMES = [
+    "佐藤",
+    "鈴木",
+    "高橋",
+    "田中",
+    "伊藤",
+    "渡辺",
+    "山本",
+    "中村",
+    "小林",
+    "加藤",
+    "吉田",
+    "山田",
+    "松本",
+    "井上",
+    "木村",
+    "林",
+    "清水",
+    "山口",
+    "森",
+    "池田",
+]
+SHOP_KINDS = [
+    "青果店",
+    "精肉店",
+    "鮮魚店",
+    "豆腐店",
+    "ベーカリー",
+    "和菓子店",
+    "酒店",
+    "花店",
+    "書店",
+    "珈琲店",
+    "惣菜店",
+    "米店",
+    "茶舗",
+    "金物店",
+    "クリーニング",
+    "古着店",
+    "雑貨店",
+    "食堂",
+    "ラーメン店",
+    "薬局",
+]
 CONVENIENCE_CHAINS = ["サンライズマート", "まちかどストア", "デイリーポート"]
 LARGE_STORES = ["せたがや百貨店", "玉川ショッピングセンター", "フレッシュスーパー", "ホームセンター多摩川"]
 # Tags a purchase's items may carry; the ward's campaigns name some of them.
@@ -111,11 +151,21 @@ def merchants(seed: int = DEMO_SEED, date: dt.date = DEMO_DATE) -> list[Merchant
 
     for shotengai_id, area in SHOTENGAI.items():
         for _ in range(rng.randrange(28, 40)):
-            add(f"{area} {rng.choice(FAMILY_NAMES)}{rng.choice(SHOP_KINDS)}", "small", shotengai_id,
-                rng.random() < 0.9, 0.15)
+            add(
+                f"{area} {rng.choice(FAMILY_NAMES)}{rng.choice(SHOP_KINDS)}",
+                "small",
+                shotengai_id,
+                rng.random() < 0.9,
+                0.15,
+            )
     for _ in range(60):
-        add(f"{rng.choice(NEIGHBOURHOODS)} {rng.choice(FAMILY_NAMES)}{rng.choice(SHOP_KINDS)}", "small", None,
-            rng.random() < 0.7, 0.08)
+        add(
+            f"{rng.choice(NEIGHBOURHOODS)} {rng.choice(FAMILY_NAMES)}{rng.choice(SHOP_KINDS)}",
+            "small",
+            None,
+            rng.random() < 0.7,
+            0.08,
+        )
     for area in list(SHOTENGAI.values()) + NEIGHBOURHOODS:
         for chain in rng.sample(CONVENIENCE_CHAINS, 2):
             add(f"{chain} {area}店", "semi_large", None, False, 0.0)
@@ -228,8 +278,9 @@ def wallet_ids(n: int) -> list[str]:
     return [f"W{i:07d}" for i in range(1, max(50, n // 2) + 1)]
 
 
-def day(members: list[Merchant], n: int = TRANSACTIONS_DEFAULT, seed: int = DEMO_SEED,
-        date: dt.date = DEMO_DATE) -> list[tuple[str, Purchase | Refund]]:
+def day(
+    members: list[Merchant], n: int = TRANSACTIONS_DEFAULT, seed: int = DEMO_SEED, date: dt.date = DEMO_DATE
+) -> list[tuple[str, Purchase | Refund]]:
     """`n` purchases of one day plus about 1.5% refunds of them, as (key, event) in acceptance order."""
     rng = random.Random(f"day:{seed}:{date.isoformat()}:{n}")
     wallets = wallet_ids(n)
@@ -242,8 +293,11 @@ def day(members: list[Merchant], n: int = TRANSACTIONS_DEFAULT, seed: int = DEMO
     for i, (merchant, second) in enumerate(zip(chosen, seconds)):
         amount = _amount(rng, merchant.merchant_class)
         # A few heavy users make many purchases; most wallets pay once or twice.
-        wallet = wallets[min(int(rng.paretovariate(1.2)) - 1, len(wallets) - 1)] if rng.random() < 0.1 \
+        wallet = (
+            wallets[min(int(rng.paretovariate(1.2)) - 1, len(wallets) - 1)]
+            if rng.random() < 0.1
             else rng.choice(wallets)
+        )
         with_items = merchant.merchant_class != "semi_large" and rng.random() < 0.35 and amount >= 2
         points_used = min(amount, rng.choice((100, 300, 500, 1_000, 2_000))) if rng.random() < 0.08 else 0
         key = f"P{i + 1:07d}"
@@ -268,8 +322,7 @@ def day(members: list[Merchant], n: int = TRANSACTIONS_DEFAULT, seed: int = DEMO
     return [(key, event) for _, _, key, event in timed]
 
 
-def opening_state(camps: list[Campaign], events: list, seed: int = DEMO_SEED,
-                  date: dt.date = DEMO_DATE) -> RatingState:
+def opening_state(camps: list[Campaign], events: list, seed: int = DEMO_SEED, date: dt.date = DEMO_DATE) -> RatingState:
     """What the month before `date` already used: wallet-cap usage, campaign spend, balances.
 
     Mid-month, some wallets are close to their monthly caps and some budgets
@@ -310,21 +363,28 @@ class CampaignTally:
     capped_by: collections.Counter = dataclasses.field(default_factory=collections.Counter)
 
 
-def rate_day(catalog, events: list, state: RatingState, batch_size: int = BATCH_SIZE_DEFAULT,
-             engine: str | None = None, on_batch: Callable[[int], None] | None = None) -> list[Outcome]:
+def rate_day(
+    catalog,
+    events: list,
+    state: RatingState,
+    batch_size: int = BATCH_SIZE_DEFAULT,
+    engine: str | None = None,
+    on_batch: Callable[[int], None] | None = None,
+) -> list[Outcome]:
     """Rate `events` in acceptance order, `batch_size` at a time, as ingest batches arrive."""
     assert batch_size >= 1
     outcomes: list[Outcome] = []
     for start in range(0, len(events), batch_size):
-        batch = events[start:start + batch_size]
+        batch = events[start : start + batch_size]
         outcomes.extend(rate(catalog, batch, state, engine))
         if on_batch is not None:
             on_batch(len(batch))
     return outcomes
 
 
-def summarize(camps: list[Campaign], outcomes: list[Outcome], opening_spend: dict[str, int],
-              state: RatingState) -> dict:
+def summarize(
+    camps: list[Campaign], outcomes: list[Outcome], opening_spend: dict[str, int], state: RatingState
+) -> dict:
     """Per-campaign points awarded, clawed back, budget left and cap hits, and totals."""
     tallies = {c.id: CampaignTally() for c in camps}
     declined: collections.Counter = collections.Counter()
@@ -372,9 +432,14 @@ def summarize(camps: list[Campaign], outcomes: list[Outcome], opening_spend: dic
     }
 
 
-def run_rating_demo(transactions: int = TRANSACTIONS_DEFAULT, seed: int = DEMO_SEED, date: dt.date = DEMO_DATE,
-                    batch_size: int = BATCH_SIZE_DEFAULT, engine: str | None = None,
-                    progress: Callable[[int, int], Callable[[int], None]] | None = None) -> dict:
+def run_rating_demo(
+    transactions: int = TRANSACTIONS_DEFAULT,
+    seed: int = DEMO_SEED,
+    date: dt.date = DEMO_DATE,
+    batch_size: int = BATCH_SIZE_DEFAULT,
+    engine: str | None = None,
+    progress: Callable[[int, int], Callable[[int], None]] | None = None,
+) -> dict:
     """Build the ward, generate the day, rate it in batches and return the summary.
 
     `progress(total)` may return a callback that is told each batch's size, so
@@ -412,8 +477,9 @@ def print_summary(summary: dict, console=None) -> None:
     from rich.table import Table
 
     console = console or Console()
-    table = Table(title=f"Setagaya PAY demo day {summary['date']} (seed {summary['seed']})", box=box.SIMPLE_HEAD,
-                  pad_edge=False)
+    table = Table(
+        title=f"Setagaya PAY demo day {summary['date']} (seed {summary['seed']})", box=box.SIMPLE_HEAD, pad_edge=False
+    )
     table.add_column("campaign", no_wrap=True)
     for header in ("awards", "points\nawarded", "clawed\nback", "budget\nleft", "capped by\ntx/wal/budget"):
         table.add_column(header, justify="right", no_wrap=True)

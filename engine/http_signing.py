@@ -102,9 +102,17 @@ def new_nonce() -> str:
     return secrets.token_urlsafe(18)  # 24 characters
 
 
-def sign_request(private_key: Ed25519PrivateKey | bytes, keyid: str, method: str, target: str,
-                 headers: Mapping[str, str] | None = None, body: bytes | None = None, *,
-                 created: int | None = None, nonce: str | None = None) -> dict[str, str]:
+def sign_request(
+    private_key: Ed25519PrivateKey | bytes,
+    keyid: str,
+    method: str,
+    target: str,
+    headers: Mapping[str, str] | None = None,
+    body: bytes | None = None,
+    *,
+    created: int | None = None,
+    nonce: str | None = None,
+) -> dict[str, str]:
     """The headers to add to a request so that it passes SPEC §9.2 verification.
 
     `target` is the path and query exactly as sent (`/v1/transactions/T1?x=1`);
@@ -128,12 +136,15 @@ def sign_request(private_key: Ed25519PrivateKey | bytes, keyid: str, method: str
         values.append(("content-digest", out["Content-Digest"]))
     if idempotency_key is not None:
         values.append(("idempotency-key", idempotency_key))
-    params = signature_params([name for name, _ in values], [
-        ("created", int(time.time()) if created is None else created),
-        ("keyid", keyid),
-        ("nonce", new_nonce() if nonce is None else nonce),
-        ("alg", ALG),
-    ])
+    params = signature_params(
+        [name for name, _ in values],
+        [
+            ("created", int(time.time()) if created is None else created),
+            ("keyid", keyid),
+            ("nonce", new_nonce() if nonce is None else nonce),
+            ("alg", ALG),
+        ],
+    )
     out.update(sign_base(key, LABEL, signature_base(values, params), params))
     return out
 

@@ -40,8 +40,23 @@ MERCHANT_FUNDING = "merchant_funding"
 PAYOUT = "payout"
 PAYOUT_PAID = "payout_paid"
 PAYOUT_FAILED = "payout_failed"
-REASONS = (AWARD, CLAWBACK, COIN_SALE, COIN_REFUND, REDEMPTION, POINTS_RETURN, CREDIT, EXPIRY, GRANT, DEBT_SETTLEMENT,
-           SETTLEMENT_FEE, MERCHANT_FUNDING, PAYOUT, PAYOUT_PAID, PAYOUT_FAILED)
+REASONS = (
+    AWARD,
+    CLAWBACK,
+    COIN_SALE,
+    COIN_REFUND,
+    REDEMPTION,
+    POINTS_RETURN,
+    CREDIT,
+    EXPIRY,
+    GRANT,
+    DEBT_SETTLEMENT,
+    SETTLEMENT_FEE,
+    MERCHANT_FUNDING,
+    PAYOUT,
+    PAYOUT_PAID,
+    PAYOUT_FAILED,
+)
 WARD_FEES = "ward:fees"
 BANK_PAYOUTS = "bank:payouts"
 
@@ -100,21 +115,48 @@ class Posting:
         assert self.reason in REASONS, self.reason
 
 
-def chain_hash_of(previous_hash: str, sequence: int, payment_id: str | None, campaign_id: str | None,
-                  campaign_version: int | None, reason: str, debit_account_id: str, credit_account_id: str,
-                  amount: int, posted_at_us: int) -> str:
+def chain_hash_of(
+    previous_hash: str,
+    sequence: int,
+    payment_id: str | None,
+    campaign_id: str | None,
+    campaign_version: int | None,
+    reason: str,
+    debit_account_id: str,
+    credit_account_id: str,
+    amount: int,
+    posted_at_us: int,
+) -> str:
     """SHA-256 over the previous hash and a posting's canonical bytes (its fields, unit-separated)."""
-    canonical = "\x1f".join((
-        str(sequence), payment_id or "", campaign_id or "", "" if campaign_version is None else str(campaign_version),
-        reason, debit_account_id, credit_account_id, str(amount), str(posted_at_us),
-    ))
+    canonical = "\x1f".join(
+        (
+            str(sequence),
+            payment_id or "",
+            campaign_id or "",
+            "" if campaign_version is None else str(campaign_version),
+            reason,
+            debit_account_id,
+            credit_account_id,
+            str(amount),
+            str(posted_at_us),
+        )
+    )
     return hashlib.sha256(previous_hash.encode() + canonical.encode()).hexdigest()
 
 
 def chain_hash(previous_hash: str, sequence: int, posting: Posting, posted_at_us: int) -> str:
-    return chain_hash_of(previous_hash, sequence, posting.payment_id, posting.campaign_id, posting.campaign_version,
-                         posting.reason, posting.debit_account_id, posting.credit_account_id, posting.amount,
-                         posted_at_us)
+    return chain_hash_of(
+        previous_hash,
+        sequence,
+        posting.payment_id,
+        posting.campaign_id,
+        posting.campaign_version,
+        posting.reason,
+        posting.debit_account_id,
+        posting.credit_account_id,
+        posting.amount,
+        posted_at_us,
+    )
 
 
 def split_in_order(legs: list[tuple[str, int]], start: int, amount: int) -> list[tuple[str, int]]:
@@ -135,8 +177,19 @@ def split_in_order(legs: list[tuple[str, int]], start: int, amount: int) -> list
 
 
 PAYMENT_HASHED_FIELDS = (
-    "sequence", "id", "type", "terminal_id", "merchant_id", "wallet_id", "occurred_at_us", "accepted_at_us",
-    "amount", "points_used", "original_id", "request_json", "response_json",
+    "sequence",
+    "id",
+    "type",
+    "terminal_id",
+    "merchant_id",
+    "wallet_id",
+    "occurred_at_us",
+    "accepted_at_us",
+    "amount",
+    "points_used",
+    "original_id",
+    "request_json",
+    "response_json",
 )
 
 

@@ -51,16 +51,19 @@ Points = Annotated[StrictInt, Field(ge=0, le=limits.POINTS_MAX)]
 AmountYen = Annotated[StrictInt, Field(ge=limits.AMOUNT_YEN_MIN, le=limits.AMOUNT_YEN_MAX)]
 Receipt = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=limits.RECEIPT_CHARS_MAX)]
 MerchantClass = Literal["small", "semi_large", "large"]
-Label = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=limits.LABEL_CHARS_MAX,
-                                         pattern=limits.LABEL_PATTERN)]
+Label = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=limits.LABEL_CHARS_MAX, pattern=limits.LABEL_PATTERN)
+]
 
 # -- instants and dates (SPEC §2 "Strict input") ------------------------------------------
 
 # RFC 3339 date-time: the offset is required; never a number (pydantic's own datetime would
 # take 1764600000 as a Unix time), never a bare date or a time without an offset.
-_RFC3339 = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})")
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-_UTC = dt.timezone.utc
+_UTC = dt.UTC
 
 
 def _rfc3339_string(value: object) -> object:
@@ -80,8 +83,10 @@ _INSTANT_END = dt.datetime(limits.INSTANT_YEAR_MAX, 12, 31, 15, tzinfo=_UTC)  # 
 
 def _instant_in_range(value: dt.datetime) -> dt.datetime:
     if not _INSTANT_FIRST <= value < _INSTANT_END:
-        raise ValueError(f"an instant must lie in the years {limits.INSTANT_YEAR_MIN} to "
-                         f"{limits.INSTANT_YEAR_MAX}, in UTC and in Asia/Tokyo")
+        raise ValueError(
+            f"an instant must lie in the years {limits.INSTANT_YEAR_MIN} to "
+            f"{limits.INSTANT_YEAR_MAX}, in UTC and in Asia/Tokyo"
+        )
     return value
 
 
@@ -119,7 +124,7 @@ class Certification(Record):
     valid_until: Instant
 
     @model_validator(mode="after")
-    def _ordered(self) -> "Certification":
+    def _ordered(self) -> Certification:
         if self.valid_until <= self.valid_from:
             raise ValueError("valid_until must be after valid_from")
         return self
@@ -189,9 +194,7 @@ class Match(Record):
             return False
         if self.ward_local is not None and merchant.ward_local != self.ward_local:
             return False
-        if self.merchant_ids is not None and merchant.id not in self.merchant_ids:
-            return False
-        return True
+        return self.merchant_ids is None or merchant.id in self.merchant_ids
 
 
 class Tier(Record):
@@ -226,7 +229,7 @@ class Campaign(Record):
     version: Annotated[StrictInt, Field(ge=1, le=limits.VERSION_MAX)] = 1
 
     @model_validator(mode="after")
-    def _window(self) -> "Campaign":
+    def _window(self) -> Campaign:
         if self.ends_at <= self.starts_at:
             raise ValueError("ends_at must be after starts_at")
         return self
@@ -261,7 +264,7 @@ class Purchase(Record):
     receipt: Receipt | None = None  # the payment app's JWS (SPEC §9.1), checked by the API before rating
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Purchase":
+    def _consistent(self) -> Purchase:
         if self.points_used > self.amount:
             raise ValueError("points_used must not exceed amount")
         if self.items is not None and self.items and sum(i.amount for i in self.items) != self.amount:
@@ -282,5 +285,3 @@ class Refund(Record):
 
 
 Transaction = Annotated[Purchase | Refund, Field(discriminator="type")]
-
-

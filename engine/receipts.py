@@ -77,8 +77,15 @@ def sign(app_id: str, secret: str, claims: dict) -> str:
 
 
 def purchase_claims(body: dict, jti: str, iat: int) -> dict:
-    return {"typ": "purchase", "jti": jti, "wallet_id": body["wallet_id"], "merchant_id": body["merchant_id"],
-            "amount": body["amount"], "points_used": body.get("points_used", 0), "iat": iat}
+    return {
+        "typ": "purchase",
+        "jti": jti,
+        "wallet_id": body["wallet_id"],
+        "merchant_id": body["merchant_id"],
+        "amount": body["amount"],
+        "points_used": body.get("points_used", 0),
+        "iat": iat,
+    }
 
 
 def refund_claims(body: dict, jti: str, original_jti: str, iat: int) -> dict:
@@ -110,8 +117,7 @@ class PaymentApp:
         """`body` with a receipt naming its purchase's receipt (looked up from `accepted` when not given)."""
         original_jti = original_jti or self.jti_of.get(body["original_id"]) or "pay_unknown"
         jti = jti or "ref_" + uuid.uuid4().hex
-        return {**body, "receipt": sign(self.app_id, self.secret,
-                                        refund_claims(body, jti, original_jti, self.now_s()))}
+        return {**body, "receipt": sign(self.app_id, self.secret, refund_claims(body, jti, original_jti, self.now_s()))}
 
     def sign_body(self, body: dict) -> dict:
         if "receipt" in body:
@@ -133,8 +139,9 @@ def _mismatch(claim: str) -> EngineError:
     return EngineError("receipt_mismatch", f"the receipt's {claim} differs from the transaction")
 
 
-def verify(token: str | None, body: Purchase | Refund, secrets_for: Callable[[str], Sequence[bytes]],
-           now_us: int) -> Receipt:
+def verify(
+    token: str | None, body: Purchase | Refund, secrets_for: Callable[[str], Sequence[bytes]], now_us: int
+) -> Receipt:
     """The receipt of `body`, checked: signed by a live secret of its app, claims equal to the body.
 
     `secrets_for(app_id)` gives the app's secrets valid now (none for an unknown or
@@ -150,8 +157,12 @@ def verify(token: str | None, body: Purchase | Refund, secrets_for: Callable[[st
         raise _invalid("the receipt is not a compact JWS") from None
     header = signed.headers()
     app_id = header.get("kid")
-    if header.get("alg") != ALGORITHM or set(header) != {"alg", "kid"} or not isinstance(app_id, str) \
-            or not _ID.fullmatch(app_id):
+    if (
+        header.get("alg") != ALGORITHM
+        or set(header) != {"alg", "kid"}
+        or not isinstance(app_id, str)
+        or not _ID.fullmatch(app_id)
+    ):
         raise _invalid('the receipt header must be {"alg": "HS256", "kid": "<app id>"}')
     keys = secrets_for(app_id)
     if not any(_verifies(signed, raw) for raw in keys):

@@ -16,7 +16,7 @@ TOKYO = ZoneInfo("Asia/Tokyo")
 US_PER_S = 1_000_000
 TOKYO_OFFSET_S = 9 * 3600
 S_PER_DAY = 86_400
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 def to_us(instant: dt.datetime) -> int:
@@ -54,4 +54,4 @@ def format_instant(us: int) -> str:
 
 
 def now_us() -> int:
-    return to_us(dt.datetime.now(dt.timezone.utc))
+    return to_us(dt.datetime.now(dt.UTC))

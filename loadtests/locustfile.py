@@ -98,7 +98,9 @@ def _now(offset_s: float = 0) -> str:
     return (dt.datetime.now(TOKYO) + dt.timedelta(seconds=offset_s)).isoformat(timespec="milliseconds")
 
 
-def _cli_key(database_url: str, role: str, merchant: str | None = None, terminal: str | None = None) -> subprocess.Popen:
+def _cli_key(
+    database_url: str, role: str, merchant: str | None = None, terminal: str | None = None
+) -> subprocess.Popen:
     """`setapay keys create` under the server's database URL; the key is alone on stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
     env["SETAPAY_DATABASE_URL"] = database_url
@@ -114,8 +116,8 @@ def _keys(database_url: str, requests_: list[tuple[str, str | None, str | None]]
     # A few at a time: each is a Python start-up, and this machine has two cores.
     out: list[str] = []
     for i in range(0, len(requests_), parallel):
-        procs = [_cli_key(database_url, *r) for r in requests_[i:i + parallel]]
-        for r, p in zip(requests_[i:i + parallel], procs):
+        procs = [_cli_key(database_url, *r) for r in requests_[i : i + parallel]]
+        for r, p in zip(requests_[i : i + parallel], procs):
             stdout, stderr = p.communicate(timeout=120)
             if p.returncode != 0:
                 raise SystemExit(f"loadtests: keys create {r} failed: {stderr.strip()}")
@@ -134,24 +136,49 @@ def seed(host: str) -> dict:
     n_terminals = _int_env("LOAD_TEST_TERMINALS", 10)
     classes = ["small", "small", "semi_large", "small", "large"]
     merchants = [
-        {"id": f"LM_{tag}_{i:02d}", "name": f"負荷試験店 {i}", "merchant_class": classes[i % len(classes)],
-         "shotengai_id": "S_LOAD" if i % 2 == 0 else None, "ward_local": True, "ethical_certifications": []}
+        {
+            "id": f"LM_{tag}_{i:02d}",
+            "name": f"負荷試験店 {i}",
+            "merchant_class": classes[i % len(classes)],
+            "shotengai_id": "S_LOAD" if i % 2 == 0 else None,
+            "ward_local": True,
+            "ethical_certifications": [],
+        }
         for i in range(n_merchants)
     ]
     window = {"starts_at": _now(-30 * 86400), "ends_at": _now(30 * 86400)}
     campaigns = [
         # Like the ward's real ones: 20% at small shops, 10% at convenience stores, monthly cap, big budget;
         # a tagged ethical campaign with a small budget so its exhaustion is part of the run.
-        {"id": f"LC_{tag}_POINTBACK", "name": "負荷試験 ポイント還元", "funding_source": "ward_general", **window,
-         "tiers": [{"match": {"merchant_classes": ["small"]}, "rate_bp": 2000},
-                   {"match": {"merchant_classes": ["semi_large"]}, "rate_bp": 1000}],
-         "per_wallet_cap": 10000, "per_wallet_cap_period": "month", "budget": 50_000_000, "priority": 10},
-        {"id": f"LC_{tag}_ETHICAL", "name": "負荷試験 エシカル", "funding_source": "climate_fund", **window,
-         "tiers": [{"match": {}, "rate_bp": 1000}], "item_tags": ["ethical", "local_produce"],
-         "per_tx_cap": 300, "budget": 200_000, "priority": 5},
+        {
+            "id": f"LC_{tag}_POINTBACK",
+            "name": "負荷試験 ポイント還元",
+            "funding_source": "ward_general",
+            **window,
+            "tiers": [
+                {"match": {"merchant_classes": ["small"]}, "rate_bp": 2000},
+                {"match": {"merchant_classes": ["semi_large"]}, "rate_bp": 1000},
+            ],
+            "per_wallet_cap": 10000,
+            "per_wallet_cap_period": "month",
+            "budget": 50_000_000,
+            "priority": 10,
+        },
+        {
+            "id": f"LC_{tag}_ETHICAL",
+            "name": "負荷試験 エシカル",
+            "funding_source": "climate_fund",
+            **window,
+            "tiers": [{"match": {}, "rate_bp": 1000}],
+            "item_tags": ["ethical", "local_produce"],
+            "per_tx_cap": 300,
+            "budget": 200_000,
+            "priority": 5,
+        },
     ]
-    terminals = [{"id": f"LT_{tag}_{i:03d}", "merchant_id": merchants[i % n_merchants]["id"]}
-                 for i in range(n_terminals)]
+    terminals = [
+        {"id": f"LT_{tag}_{i:03d}", "merchant_id": merchants[i % n_merchants]["id"]} for i in range(n_terminals)
+    ]
     admin = _keys(database_url, [("admin", None, None)])[0]
     session = requests.Session()
     session.headers["Authorization"] = f"Bearer {admin}"
@@ -164,12 +191,23 @@ def seed(host: str) -> dict:
     app_id = f"LAPP_{tag}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
     env["SETAPAY_DATABASE_URL"] = database_url
-    added = subprocess.run([sys.executable, "-m", "engine.cli", "apps", "add", app_id], cwd=REPO, env=env,
-                           capture_output=True, text=True, timeout=120, check=False)
+    added = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "apps", "add", app_id],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     if added.returncode != 0:
         raise SystemExit(f"loadtests: apps add failed: {added.stderr.strip()}")
-    keys = _keys(database_url, [("terminal", None, t["id"]) for t in terminals]
-                 + [("merchant", m["id"], None) for m in merchants] + [("finance", None, None), ("app", None, None)])
+    keys = _keys(
+        database_url,
+        [("terminal", None, t["id"]) for t in terminals]
+        + [("merchant", m["id"], None) for m in merchants]
+        + [("finance", None, None), ("app", None, None)],
+    )
     return {
         "terminals": [{**t, "key": k} for t, k in zip(terminals, keys[:n_terminals])],
         "merchants": [{"id": m["id"], "key": k} for m, k in zip(merchants, keys[n_terminals:-2])],
@@ -230,12 +268,21 @@ def _wallet() -> str:
 
 def _purchase(terminal: dict, occurred_at: str) -> dict:
     amount = _rng.choice([120, 280, 450, 680, 980, 1280, 1650, 2200, 3300, 5400, 8800, 15000])
-    body = {"type": "purchase", "wallet_id": _wallet(), "merchant_id": terminal["merchant_id"],
-            "terminal_id": terminal["id"], "occurred_at": occurred_at, "amount": amount, "points_used": 0}
+    body = {
+        "type": "purchase",
+        "wallet_id": _wallet(),
+        "merchant_id": terminal["merchant_id"],
+        "terminal_id": terminal["id"],
+        "occurred_at": occurred_at,
+        "amount": amount,
+        "points_used": 0,
+    }
     if _rng.random() < 0.3:  # a basket with local produce or ethical goods
         tagged = amount // 3
-        body["items"] = [{"amount": tagged, "tags": [_rng.choice(["ethical", "local_produce", "fair_trade"])]},
-                         {"amount": amount - tagged, "tags": []}]
+        body["items"] = [
+            {"amount": tagged, "tags": [_rng.choice(["ethical", "local_produce", "fair_trade"])]},
+            {"amount": amount - tagged, "tags": []},
+        ]
     return body
 
 
@@ -251,8 +298,13 @@ class TerminalUser(HttpUser):
         self.mine: deque = deque(maxlen=200)  # (id, amount) of this terminal's accepted purchases
 
     def _post(self, body: dict, key: str, name: str, ok_codes: tuple[str, ...] = ()) -> dict | None:
-        with self.client.post("/v1/transactions", json=body, headers={**self.headers, "Idempotency-Key": key},
-                              name=name, catch_response=True) as r:
+        with self.client.post(
+            "/v1/transactions",
+            json=body,
+            headers={**self.headers, "Idempotency-Key": key},
+            name=name,
+            catch_response=True,
+        ) as r:
             _count_posted(1, self.environment)
             if r.status_code == 201:
                 r.success()
@@ -276,8 +328,12 @@ class TerminalUser(HttpUser):
                 replay = self._post(body, key, "POST /v1/transactions [retry]")
                 if replay is not None and replay != answer:
                     self.environment.events.request.fire(
-                        request_type="CHECK", name="replay identical", response_time=0, response_length=0,
-                        exception=AssertionError("a replay differed from the original answer"))
+                        request_type="CHECK",
+                        name="replay identical",
+                        response_time=0,
+                        response_length=0,
+                        exception=AssertionError("a replay differed from the original answer"),
+                    )
 
     @task(2)
     def refund(self) -> None:
@@ -285,8 +341,9 @@ class TerminalUser(HttpUser):
             return
         pid, amount, jti = _rng.choice(self.mine)
         refund_amount = amount if _rng.random() < 0.5 else _rng.randint(1, amount)
-        body = PAYMENT_APP[0].sign_refund({"type": "refund", "original_id": pid, "amount": refund_amount,
-                                           "occurred_at": _now(-1)}, original_jti=jti)
+        body = PAYMENT_APP[0].sign_refund(
+            {"type": "refund", "original_id": pid, "amount": refund_amount, "occurred_at": _now(-1)}, original_jti=jti
+        )
         self._post(body, uuid.uuid4().hex, "POST /v1/transactions [refund]", ok_codes=("refund_exceeds_original",))
 
 
@@ -304,10 +361,20 @@ class BatchUser(HttpUser):
     def upload_backlog(self) -> None:
         n = _rng.randint(BATCH_MIN, BATCH_MAX)
         # Spread over the last hours, in order, as the terminal recorded them.
-        items = [{**PAYMENT_APP[0].sign_purchase(_purchase(self.terminal, _now(-3 * 3600 * (n - i) / n))),
-                  "idempotency_key": uuid.uuid4().hex} for i in range(n)]
-        with self.client.post("/v1/transactions/batch", json={"transactions": items}, headers=self.headers,
-                              name=f"POST /v1/transactions/batch [{BATCH_MIN}-{BATCH_MAX}]", catch_response=True) as r:
+        items = [
+            {
+                **PAYMENT_APP[0].sign_purchase(_purchase(self.terminal, _now(-3 * 3600 * (n - i) / n))),
+                "idempotency_key": uuid.uuid4().hex,
+            }
+            for i in range(n)
+        ]
+        with self.client.post(
+            "/v1/transactions/batch",
+            json={"transactions": items},
+            headers=self.headers,
+            name=f"POST /v1/transactions/batch [{BATCH_MIN}-{BATCH_MAX}]",
+            catch_response=True,
+        ) as r:
             _count_posted(n, self.environment)
             if r.status_code != 200:
                 r.failure(f"{r.status_code}")
@@ -341,8 +408,9 @@ class MerchantUser(HttpUser):
         if not seen:
             return
         pid = _rng.choice(seen)
-        with self.client.get(f"/v1/transactions/{pid}", headers=self.headers, name="GET /v1/transactions/[id]",
-                             catch_response=True) as r:
+        with self.client.get(
+            f"/v1/transactions/{pid}", headers=self.headers, name="GET /v1/transactions/[id]", catch_response=True
+        ) as r:
             if r.status_code == 200 and r.json().get("id") == pid:
                 r.success()
             else:
@@ -362,8 +430,12 @@ class WalletUser(HttpUser):
 
     @task
     def read_points(self) -> None:
-        with self.client.get(f"/v1/wallets/{_wallet()}/points", headers=self.headers,
-                             name="GET /v1/wallets/[id]/points", catch_response=True) as r:
+        with self.client.get(
+            f"/v1/wallets/{_wallet()}/points",
+            headers=self.headers,
+            name="GET /v1/wallets/[id]/points",
+            catch_response=True,
+        ) as r:
             if r.status_code == 200 and "available" in r.json():
                 r.success()
             else:

@@ -69,10 +69,14 @@ def sign_payload(app: PaymentApp, payload, batch: bool, seed: str, idempotency_k
         if not (isinstance(payload, dict) and isinstance(payload.get("transactions"), list)):
             return payload
         items = [
-            sign_item(app, {k: v for k, v in item.items() if k != "idempotency_key"},
-                      seed + str(item.get("idempotency_key"))) | {"idempotency_key": item["idempotency_key"]}
-            if isinstance(item, dict) and "idempotency_key" in item and "receipt" not in item else item
-            for item in payload["transactions"]]
+            sign_item(
+                app, {k: v for k, v in item.items() if k != "idempotency_key"}, seed + str(item.get("idempotency_key"))
+            )
+            | {"idempotency_key": item["idempotency_key"]}
+            if isinstance(item, dict) and "idempotency_key" in item and "receipt" not in item
+            else item
+            for item in payload["transactions"]
+        ]
         return payload if items == payload["transactions"] else {**payload, "transactions": items}
     return sign_item(app, payload, seed + idempotency_key)
 
@@ -106,9 +110,13 @@ class SigningTransport(httpx.BaseTransport):
             signed = request
         else:
             headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
-            signed = httpx.Request(request.method, request.url, headers=headers,
-                                   content=json.dumps(signed_payload, ensure_ascii=False).encode(),
-                                   extensions=request.extensions)
+            signed = httpx.Request(
+                request.method,
+                request.url,
+                headers=headers,
+                content=json.dumps(signed_payload, ensure_ascii=False).encode(),
+                extensions=request.extensions,
+            )
         payload = signed_payload
         response = self.inner.handle_request(signed)
         if response.status_code in (200, 201):

@@ -66,8 +66,14 @@ def run_cli(env: dict[str, str], *args: str, in_process: bool = False) -> subpro
     or (`in_process`) through the same entry point in this interpreter."""
     if in_process:
         return _run_cli_in_process(env, list(args))
-    return subprocess.run([sys.executable, "-m", "engine.cli", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=CLI_TIMEOUT_S)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT_S,
+    )
 
 
 def _run_cli_in_process(env: dict[str, str], args: list[str]) -> subprocess.CompletedProcess:
@@ -96,8 +102,13 @@ def _run_cli_in_process(env: dict[str, str], args: list[str]) -> subprocess.Comp
     return subprocess.CompletedProcess(args, code, out.getvalue(), err.getvalue())
 
 
-def create_key(env: dict[str, str], role: str, merchant_id: str | None = None, terminal_id: str | None = None,
-               in_process: bool = False) -> str:
+def create_key(
+    env: dict[str, str],
+    role: str,
+    merchant_id: str | None = None,
+    terminal_id: str | None = None,
+    in_process: bool = False,
+) -> str:
     """A key made the way an operator makes one: `setapay keys create`, the key alone on stdout."""
     args = ["keys", "create", "--role", role]
     if merchant_id:
@@ -132,8 +143,16 @@ class ServerProcess:
     between them. Also a context manager: started on entry, stopped on exit.
     """
 
-    def __init__(self, database_url: str, log_dir: Path, env: dict[str, str] | None = None, workers: int | None = None,
-                 name: str | None = None, cli_in_process: bool = False, log_tail: int = LOG_TAIL_CHARS) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        workers: int | None = None,
+        name: str | None = None,
+        cli_in_process: bool = False,
+        log_tail: int = LOG_TAIL_CHARS,
+    ) -> None:
         self.database_url = database_url
         self.workers = workers
         self.name = name
@@ -157,8 +176,9 @@ class ServerProcess:
         if self.workers is not None:  # else the command's own default (one)
             args += ["--workers", str(self.workers)]
         with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
 
     def wait_ready(self) -> None:
         deadline = time.monotonic() + SERVER_START_TIMEOUT_S
@@ -200,7 +220,7 @@ class ServerProcess:
 
     def log(self) -> str:
         try:
-            return self.log_path.read_text(errors="replace")[-self.log_tail:]
+            return self.log_path.read_text(errors="replace")[-self.log_tail :]
         except OSError:
             return ""
 
@@ -228,5 +248,9 @@ class ServerProcess:
         """A terminal's client whose transactions carry the payment app's receipts (tests/receipts.py)."""
         from tests.receipts import SigningTransport
 
-        return httpx.Client(base_url=self.base_url, headers={"Authorization": f"Bearer {key}"},
-                            timeout=CLIENT_TIMEOUT_S, transport=SigningTransport(payment_app or self.payment_app))
+        return httpx.Client(
+            base_url=self.base_url,
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=CLIENT_TIMEOUT_S,
+            transport=SigningTransport(payment_app or self.payment_app),
+        )

@@ -148,8 +148,9 @@ def test_the_summary_adds_up(engine_name):
     # Wallets hold what they redeem, so nothing in the demo day is declined.
     assert summary["declined"] == {}
     assert summary["points_returned"] > 0
-    assert summary["purchases_accepted"] + summary["refunds_accepted"] + sum(summary["declined"].values()) == (
-        summary["events"]
+    assert (
+        summary["purchases_accepted"] + summary["refunds_accepted"] + sum(summary["declined"].values())
+        == (summary["events"])
     )
     assert summary["points_awarded"] == sum(c["points_awarded"] for c in summary["campaigns"].values())
     assert summary["points_clawed_back"] == sum(c["points_clawed_back"] for c in summary["campaigns"].values())

@@ -49,15 +49,27 @@ def raised_codes() -> list[tuple[str, int | None, str]]:
 def test_the_scan_finds_the_raise_sites() -> None:
     codes = {code for _, _, code in raised_codes()}
     # a sanity floor: if the patterns stop matching, this test says so instead of passing vacuously
-    assert {"not_found", "forbidden", "unauthenticated", "malformed_json", "header_duplicated",
-            "idempotency_key_missing", "receipt_already_used", "rate_limited", "body_too_large"} <= codes
+    assert {
+        "not_found",
+        "forbidden",
+        "unauthenticated",
+        "malformed_json",
+        "header_duplicated",
+        "idempotency_key_missing",
+        "receipt_already_used",
+        "rate_limited",
+        "body_too_large",
+    } <= codes
 
 
 def test_every_raised_code_is_in_the_catalog_with_its_status() -> None:
     missing = [(where, code) for where, _, code in raised_codes() if code not in CATALOG]
     assert not missing, f"codes not in engine/errors.py CATALOG: {missing}"
-    wrong = [(where, status, code, CATALOG[code].status) for where, status, code in raised_codes()
-             if status is not None and status != CATALOG[code].status]
+    wrong = [
+        (where, status, code, CATALOG[code].status)
+        for where, status, code in raised_codes()
+        if status is not None and status != CATALOG[code].status
+    ]
     assert not wrong, f"a literal status differs from the catalog's: {wrong}"
 
 
@@ -117,15 +129,30 @@ def _requests(c):
         ("malformed_json", lambda: c.post("/v1/merchants", content=b'{"a":1,"a":2}', headers=as_json)),
         ("header_duplicated", lambda: c.get("/v1/merchants", headers=[("authorization", "Bearer x")] * 2)),
         ("body_too_large", lambda: c.post("/v1/merchants", content=b" " * 10_000_000, headers=c.admin)),
-        ("idempotency_key_missing", lambda: c.post("/v1/grants", json={"wallet_id": "W1", "campaign_id": "C1",
-                                                                       "points": 1, "reason": "r"},
-                                                   headers=c.finance)),
-        ("idempotency_key_invalid", lambda: c.post("/v1/grants", json={"wallet_id": "W1", "campaign_id": "C1",
-                                                                       "points": 1, "reason": "r"},
-                                                   headers={**c.finance, "Idempotency-Key": "k" * 1000})),
-        ("not_found", lambda: c.post("/v1/grants", json={"wallet_id": "W1", "campaign_id": "C1", "points": 1,
-                                                         "reason": "r"},
-                                     headers={**c.finance, "Idempotency-Key": "k1"})),
+        (
+            "idempotency_key_missing",
+            lambda: c.post(
+                "/v1/grants",
+                json={"wallet_id": "W1", "campaign_id": "C1", "points": 1, "reason": "r"},
+                headers=c.finance,
+            ),
+        ),
+        (
+            "idempotency_key_invalid",
+            lambda: c.post(
+                "/v1/grants",
+                json={"wallet_id": "W1", "campaign_id": "C1", "points": 1, "reason": "r"},
+                headers={**c.finance, "Idempotency-Key": "k" * 1000},
+            ),
+        ),
+        (
+            "not_found",
+            lambda: c.post(
+                "/v1/grants",
+                json={"wallet_id": "W1", "campaign_id": "C1", "points": 1, "reason": "r"},
+                headers={**c.finance, "Idempotency-Key": "k1"},
+            ),
+        ),
     ]
 
 

@@ -33,23 +33,31 @@ RFC_PUBLIC = base64.urlsafe_b64decode("JrQLj5P_89iXES9-vFgrIy29clF9CC_oPPsw3c5D0
 def test_rfc9421_b26_signature_is_reproduced_exactly():
     key = http_signing.private_key_from(RFC_SEED)
     assert base64.b64decode(http_signing.public_key_b64(key)) == RFC_PUBLIC
-    values = [("date", "Tue, 20 Apr 2021 02:07:55 GMT"), ("@method", "POST"), ("@path", "/foo"),
-              ("@authority", "example.com"), ("content-type", "application/json"), ("content-length", "18")]
-    params = http_signing.signature_params([n for n, _ in values],
-                                           [("created", 1618884473), ("keyid", "test-key-ed25519")])
+    values = [
+        ("date", "Tue, 20 Apr 2021 02:07:55 GMT"),
+        ("@method", "POST"),
+        ("@path", "/foo"),
+        ("@authority", "example.com"),
+        ("content-type", "application/json"),
+        ("content-length", "18"),
+    ]
+    params = http_signing.signature_params(
+        [n for n, _ in values], [("created", 1618884473), ("keyid", "test-key-ed25519")]
+    )
     headers = http_signing.sign_base(key, "sig-b26", http_signing.signature_base(values, params), params)
     assert headers == {
         "Signature-Input": 'sig-b26=("date" "@method" "@path" "@authority" "content-type" "content-length")'
-                           ';created=1618884473;keyid="test-key-ed25519"',
+        ';created=1618884473;keyid="test-key-ed25519"',
         "Signature": "sig-b26=:wqcAqbmYJ2ji2glfAMaRy4gruYYnx2nEFN2HN6jrnDnQCK1u02Gb04v9EDgwUPiu4A0w6vuQv5lIp5WPp"
-                     "BKRCw==:",
+        "BKRCw==:",
     }
 
 
 def test_rfc9530_content_digest():
     # RFC 9530 Appendix B.1: {"hello": "world"}\n
-    assert http_signing.content_digest(b'{"hello": "world"}\n') == \
-        "sha-256=:RK/0qy18MlBSVnWgjwz6lZEWjP/lF5HF9bvEF8FabDg=:"
+    assert (
+        http_signing.content_digest(b'{"hello": "world"}\n') == "sha-256=:RK/0qy18MlBSVnWgjwz6lZEWjP/lF5HF9bvEF8FabDg=:"
+    )
 
 
 class _Key(HTTPSignatureKeyResolver):
@@ -65,12 +73,15 @@ class _Message:
         self.method, self.url, self.headers = method, url, headers
 
 
-@pytest.mark.parametrize("target,body,idempotency", [
-    ("/v1/transactions", b'{"type": "purchase"}', True),
-    ("/v1/transactions/batch", b'{"transactions": []}', False),
-    ("/v1/transactions/P1?expand=awards&x=%20y", None, False),
-    ("/v1/wallets/W1/points", b"", False),
-])
+@pytest.mark.parametrize(
+    "target,body,idempotency",
+    [
+        ("/v1/transactions", b'{"type": "purchase"}', True),
+        ("/v1/transactions/batch", b'{"transactions": []}', False),
+        ("/v1/transactions/P1?expand=awards&x=%20y", None, False),
+        ("/v1/wallets/W1/points", b"", False),
+    ],
+)
 def test_signed_requests_verify_with_the_package(target, body, idempotency):
     key = Ed25519PrivateKey.generate()
     headers = {"Idempotency-Key": "k-1"} if idempotency else {}
@@ -87,8 +98,14 @@ def test_signed_requests_verify_with_the_package(target, body, idempotency):
 
 def _request(method: str, target: str, headers: dict, body: bytes) -> Request:
     path, _, query = target.partition("?")
-    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(),
-             "query_string": query.encode(), "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]}
+    scope = {
+        "type": "http",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query.encode(),
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+    }
     sent = False
 
     async def receive():
@@ -141,37 +158,45 @@ def test_the_server_path_accepts_the_signer_and_names_each_failure():
     assert _code(signatures, _request("POST", "/v1/transactions", ok, body)) is None
     assert _code(signatures, _request("POST", "/v1/transactions", ok, body)) == "signature_replayed"
     assert _code(signatures, _request("POST", "/v1/transactions?a=1", signed("/v1/transactions?a=1"), body)) is None
-    assert _code(signatures, _request("POST", "/v1/transactions", {"Idempotency-Key": "k1"}, body)) == \
-        "signature_required"
+    assert (
+        _code(signatures, _request("POST", "/v1/transactions", {"Idempotency-Key": "k1"}, body)) == "signature_required"
+    )
     assert _code(signatures, _request("POST", "/v1/transactions", signed(), body + b" ")) == "signature_invalid"
     assert _code(signatures, _request("POST", "/v1/transactions?a=1", signed(), body)) == "signature_invalid"
     assert _code(signatures, _request("POST", "/v1/transactions", signed(nonce="short"), body)) == "signature_invalid"
     other = http_signing.sign_request(key, "T2", "POST", "/v1/transactions", {"Idempotency-Key": "k1"}, body)
-    assert _code(signatures, _request("POST", "/v1/transactions", {"Idempotency-Key": "k1", **other}, body)) == \
-        "signature_invalid"
+    assert (
+        _code(signatures, _request("POST", "/v1/transactions", {"Idempotency-Key": "k1", **other}, body))
+        == "signature_invalid"
+    )
     # Signed without covering the Idempotency-Key it sends.
     uncovered = {"Idempotency-Key": "k1", **http_signing.sign_request(key, "T1", "POST", "/v1/transactions", {}, body)}
     assert _code(signatures, _request("POST", "/v1/transactions", uncovered, body)) == "signature_invalid"
     now = int(time.time())
-    assert _code(signatures, _request("POST", "/v1/transactions", signed(created=now - 301), body)) == \
-        "signature_expired"
-    assert _code(signatures, _request("POST", "/v1/transactions", signed(created=now + 301), body)) == \
-        "signature_expired"
+    assert (
+        _code(signatures, _request("POST", "/v1/transactions", signed(created=now - 301), body)) == "signature_expired"
+    )
+    assert (
+        _code(signatures, _request("POST", "/v1/transactions", signed(created=now + 301), body)) == "signature_expired"
+    )
     assert _code(signatures, _request("POST", "/v1/transactions", signed(created=now - 290), body)) is None
     # A terminal without a key is bearer-only.
     asyncio.run(signatures.verify(_request("POST", "/v1/transactions", {}, body), "T2"))
 
 
-@pytest.mark.parametrize("value,accepted", [
-    (base64.b64encode(RFC_PUBLIC).decode(), True),
-    ("not base64!", False),
-    (base64.b64encode(RFC_PUBLIC[:31]).decode(), False),
-    (base64.b64encode(RFC_PUBLIC + b"\0").decode(), False),
-    (base64.b64encode(bytes(32)).decode(), False),                        # small order (x² = -1)
-    (base64.b64encode((1).to_bytes(32, "little")).decode(), False),       # the identity
-    (base64.b64encode(b"\xff" * 32).decode(), False),                     # y ≥ p
-    (base64.b64encode((2).to_bytes(32, "little")).decode(), False),       # no x for y = 2
-])
+@pytest.mark.parametrize(
+    "value,accepted",
+    [
+        (base64.b64encode(RFC_PUBLIC).decode(), True),
+        ("not base64!", False),
+        (base64.b64encode(RFC_PUBLIC[:31]).decode(), False),
+        (base64.b64encode(RFC_PUBLIC + b"\0").decode(), False),
+        (base64.b64encode(bytes(32)).decode(), False),  # small order (x² = -1)
+        (base64.b64encode((1).to_bytes(32, "little")).decode(), False),  # the identity
+        (base64.b64encode(b"\xff" * 32).decode(), False),  # y ≥ p
+        (base64.b64encode((2).to_bytes(32, "little")).decode(), False),  # no x for y = 2
+    ],
+)
 def test_public_keys_are_checked(value, accepted):
     if accepted:
         assert http_signing.parse_public_key(value) == value

@@ -63,9 +63,13 @@ class _Imports(ast.NodeVisitor):
     def visit_Call(self, node: ast.Call) -> None:
         # importlib.import_module("sqlalchemy") would hide the dependency from the checks above.
         name = getattr(node.func, "attr", getattr(node.func, "id", None))
-        if name in ("import_module", "__import__") and node.args and isinstance(node.args[0], ast.Constant):
-            if isinstance(node.args[0].value, str):
-                self.names.add(node.args[0].value)
+        if (
+            name in ("import_module", "__import__")
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            self.names.add(node.args[0].value)
         self.generic_visit(node)
 
 
@@ -114,6 +118,13 @@ def test_the_checker_sees_every_kind_of_import(tmp_path: Path):
     )
     everything = forbidden(imported(module, root=tmp_path))
     top_level = forbidden(imported(module, top_level_only=True, root=tmp_path))
-    assert everything == {"engine.store", "engine.store.db", "engine.store.db.session", "sqlalchemy.orm", "redis",
-                          "redis.Redis", "fastapi.routing"}
+    assert everything == {
+        "engine.store",
+        "engine.store.db",
+        "engine.store.db.session",
+        "sqlalchemy.orm",
+        "redis",
+        "redis.Redis",
+        "fastapi.routing",
+    }
     assert top_level == {"engine.store", "engine.store.db", "engine.store.db.session"}

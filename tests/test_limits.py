@@ -118,8 +118,17 @@ def test_tag_pattern(tag, valid):
 
 @pytest.mark.parametrize(
     ("identifier", "valid"),
-    [("M", True), ("M" * 64, True), ("a-Z_09", True), ("M" * 65, False), ("", False), ("M.1", False),
-     ("M 1", False), ("M1\n", False), ("Ｍ1", False)],
+    [
+        ("M", True),
+        ("M" * 64, True),
+        ("a-Z_09", True),
+        ("M" * 65, False),
+        ("", False),
+        ("M.1", False),
+        ("M 1", False),
+        ("M1\n", False),
+        ("Ｍ1", False),
+    ],
 )
 def test_id_pattern(identifier, valid):
     for field in ("wallet_id", "merchant_id", "terminal_id"):
@@ -156,8 +165,12 @@ def test_tiers_and_certifications_at_max_and_max_plus_one():
     assert "tiers" in refused(Campaign, campaign)
 
     cert = {"scheme": "s", "valid_from": "2026-01-01T00:00:00+09:00", "valid_until": "2027-01-01T00:00:00+09:00"}
-    merchant = {"id": "M", "name": "M", "merchant_class": "small",
-                "ethical_certifications": [cert] * limits.CERTIFICATIONS_PER_MERCHANT_MAX}
+    merchant = {
+        "id": "M",
+        "name": "M",
+        "merchant_class": "small",
+        "ethical_certifications": [cert] * limits.CERTIFICATIONS_PER_MERCHANT_MAX,
+    }
     Merchant.model_validate(merchant)
     merchant["ethical_certifications"] = [cert] * (limits.CERTIFICATIONS_PER_MERCHANT_MAX + 1)
     assert "ethical_certifications" in refused(Merchant, merchant)

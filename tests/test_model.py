@@ -22,7 +22,11 @@ MERCHANT = {
     "shotengai_id": "S_SANCHA",
     "ward_local": True,
     "ethical_certifications": [
-        {"scheme": "setagaya_ethical", "valid_from": "2026-11-01T00:00:00+09:00", "valid_until": "2027-04-01T00:00:00+09:00"}
+        {
+            "scheme": "setagaya_ethical",
+            "valid_from": "2026-11-01T00:00:00+09:00",
+            "valid_until": "2027-04-01T00:00:00+09:00",
+        }
     ],
 }
 
@@ -114,7 +118,9 @@ CAMPAIGN_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "named"), [c[1:] for c in CAMPAIGN_CASES], ids=[c[0] for c in CAMPAIGN_CASES])
+@pytest.mark.parametrize(
+    ("path", "value", "named"), [c[1:] for c in CAMPAIGN_CASES], ids=[c[0] for c in CAMPAIGN_CASES]
+)
 def test_campaign_errors_name_the_field(path, value, named):
     assert named in error_text(Campaign, with_change(CAMPAIGN, path, value))
 
@@ -145,16 +151,26 @@ MERCHANT_CASES = [
     ("shotengai id with a slash", ("shotengai_id",), "S/SANCHA", "shotengai_id"),
     ("id with Japanese characters", ("id",), "三茶01", "id"),
     ("empty name", ("name",), "", "name"),
-    ("certification ending when it starts", ("ethical_certifications", 0, "valid_until"), "2026-11-01T00:00:00+09:00",
-     "valid_until"),
-    ("certification without an offset", ("ethical_certifications", 0, "valid_from"), "2026-11-01T00:00:00",
-     "ethical_certifications.0.valid_from"),
+    (
+        "certification ending when it starts",
+        ("ethical_certifications", 0, "valid_until"),
+        "2026-11-01T00:00:00+09:00",
+        "valid_until",
+    ),
+    (
+        "certification without an offset",
+        ("ethical_certifications", 0, "valid_from"),
+        "2026-11-01T00:00:00",
+        "ethical_certifications.0.valid_from",
+    ),
     ("unknown certification field", ("ethical_certifications", 0, "issuer"), "ward", "ethical_certifications.0.issuer"),
     ("negative fee", ("fee_bp",), -1, "fee_bp"),
 ]
 
 
-@pytest.mark.parametrize(("path", "value", "named"), [c[1:] for c in MERCHANT_CASES], ids=[c[0] for c in MERCHANT_CASES])
+@pytest.mark.parametrize(
+    ("path", "value", "named"), [c[1:] for c in MERCHANT_CASES], ids=[c[0] for c in MERCHANT_CASES]
+)
 def test_merchant_errors_name_the_field(path, value, named):
     assert named in error_text(Merchant, with_change(MERCHANT, path, value))
 
@@ -218,12 +234,36 @@ def test_refund_needs_its_original():
 
 @pytest.mark.parametrize(
     "value",
-    [1764600000, 1764600000.5, "1764600000", True, "2026-12-01", "2026-12-01T10:15:00", "2026-12-01T10:15:00+0900",
-     "2026-12-01T10:15:00+09:00\n", " 2026-12-01T10:15:00+09:00", "9999-12-31T23:59:59-23:59",
-     "9999-12-31T23:59:59Z", "0001-01-01T00:00:00+09:00", "10000-01-01T00:00:00Z"],
-    ids=["int", "float", "numeric_string", "bool", "date_only", "no_offset", "offset_without_colon",
-         "trailing_newline", "leading_space", "overflows_in_utc", "overflows_in_tokyo", "underflows_in_utc",
-         "five_digit_year"],
+    [
+        1764600000,
+        1764600000.5,
+        "1764600000",
+        True,
+        "2026-12-01",
+        "2026-12-01T10:15:00",
+        "2026-12-01T10:15:00+0900",
+        "2026-12-01T10:15:00+09:00\n",
+        " 2026-12-01T10:15:00+09:00",
+        "9999-12-31T23:59:59-23:59",
+        "9999-12-31T23:59:59Z",
+        "0001-01-01T00:00:00+09:00",
+        "10000-01-01T00:00:00Z",
+    ],
+    ids=[
+        "int",
+        "float",
+        "numeric_string",
+        "bool",
+        "date_only",
+        "no_offset",
+        "offset_without_colon",
+        "trailing_newline",
+        "leading_space",
+        "overflows_in_utc",
+        "overflows_in_tokyo",
+        "underflows_in_utc",
+        "five_digit_year",
+    ],
 )
 def test_instants_are_rfc3339_strings_within_the_named_years(value):
     assert "occurred_at" in error_text(Purchase, with_change(PURCHASE, ("occurred_at",), value))
@@ -232,9 +272,17 @@ def test_instants_are_rfc3339_strings_within_the_named_years(value):
         Purchase.model_validate_json(json.dumps(with_change(PURCHASE, ("occurred_at",), value)))
 
 
-@pytest.mark.parametrize("value", ["2026-12-01T10:15:00Z", "2026-12-01t10:15:00z", "2026-12-01T10:15:00.123456789+09:00",
-                                   "2026-12-01T10:15:00-05:30", "9999-12-31T23:59:59+09:00",
-                                   "0001-01-01T00:00:00Z"])
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2026-12-01T10:15:00Z",
+        "2026-12-01t10:15:00z",
+        "2026-12-01T10:15:00.123456789+09:00",
+        "2026-12-01T10:15:00-05:30",
+        "9999-12-31T23:59:59+09:00",
+        "0001-01-01T00:00:00Z",
+    ],
+)
 def test_rfc3339_instants_in_any_offset_are_accepted(value):
     assert Purchase.model_validate(with_change(PURCHASE, ("occurred_at",), value)).occurred_at.tzinfo is not None
     assert Purchase.model_validate_json(json.dumps(with_change(PURCHASE, ("occurred_at",), value))).occurred_at

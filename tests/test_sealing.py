@@ -21,8 +21,9 @@ KEY = DataKey(bytes(range(32)))
 OTHER_KEY = DataKey(bytes(range(1, 33)))
 AD = sealing.merchant_bank_account_associated("M001")
 SECRET = '{"bank_code":"0001","holder_kana":"ｶ)ｾﾀｶﾞﾔ"}'.encode()
-ACCOUNT = BankAccount(bank_code="0001", branch_code="123", account_type="ordinary", account_number="1234567",
-                      holder_kana="ｶ)ｾﾀｶﾞﾔ")
+ACCOUNT = BankAccount(
+    bank_code="0001", branch_code="123", account_type="ordinary", account_number="1234567", holder_kana="ｶ)ｾﾀｶﾞﾔ"
+)
 
 
 def test_round_trip():
@@ -52,8 +53,9 @@ def test_empty_plaintext_round_trips():
     assert sealing.open_sealed(KEY, sealing.seal(KEY, b"", AD), AD) == b""
 
 
-@pytest.mark.parametrize("index", [1, 12, 13, -17, -1], ids=["nonce-first", "nonce-last", "ciphertext", "tag-first",
-                                                               "tag-last"])
+@pytest.mark.parametrize(
+    "index", [1, 12, 13, -17, -1], ids=["nonce-first", "nonce-last", "ciphertext", "tag-first", "tag-last"]
+)
 def test_flipping_any_byte_fails(index):
     sealed = bytearray(sealing.seal(KEY, SECRET, AD))
     sealed[index] ^= 0x01
@@ -125,15 +127,18 @@ def test_load_key_round_trip():
     assert sealing.load_key(f"  {b64}\n") == key  # whitespace from an env file
 
 
-@pytest.mark.parametrize("value, message", [
-    (None, "SETAPAY_DATA_KEY_B64 is not set"),
-    ("", "SETAPAY_DATA_KEY_B64 is not set"),
-    ("   ", "SETAPAY_DATA_KEY_B64 is not set"),
-    ("not base64!", "not valid base64"),
-    (base64.b64encode(bytes(31)).decode(), "must decode to 32 bytes .AES-256., got 31"),
-    (base64.b64encode(bytes(33)).decode(), "got 33"),
-    (base64.b64encode(bytes(16)).decode(), "got 16"),  # AES-128 is not accepted
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "SETAPAY_DATA_KEY_B64 is not set"),
+        ("", "SETAPAY_DATA_KEY_B64 is not set"),
+        ("   ", "SETAPAY_DATA_KEY_B64 is not set"),
+        ("not base64!", "not valid base64"),
+        (base64.b64encode(bytes(31)).decode(), "must decode to 32 bytes .AES-256., got 31"),
+        (base64.b64encode(bytes(33)).decode(), "got 33"),
+        (base64.b64encode(bytes(16)).decode(), "got 16"),  # AES-128 is not accepted
+    ],
+)
 def test_load_key_errors_are_clear(value, message):
     with pytest.raises(DataKeyError, match=message):
         sealing.load_key(value)

@@ -80,7 +80,7 @@ class Columns:
     out_clawback: np.ndarray
     out_returned: np.ndarray
 
-    def copy(self) -> "Columns":
+    def copy(self) -> Columns:
         return dataclasses.replace(
             self,
             **{
@@ -188,8 +188,10 @@ def catalog_columns(catalog: Catalog, extra: int = 0) -> dict[str, np.ndarray]:
         c_exclusive=pad("c_exclusive", 0),
         c_immediate=pad("c_immediate", 1),
         c_tier_start=pad("c_tier_start", a["c_tier_start"][-1]),
-        **{name: a[name] for name in ("t_rate_bp", "t_cert_required", "mt_static_ok", "m_cert_start", "cert_from",
-                                      "cert_until")},
+        **{
+            name: a[name]
+            for name in ("t_rate_bp", "t_cert_required", "mt_static_ok", "m_cert_start", "cert_from", "cert_until")
+        },
     )
 
 
@@ -227,14 +229,18 @@ def encode(catalog: Catalog, events: list, state: RatingState) -> tuple[Columns,
     row_keys: list[str] = []
     row_index: dict[str, int] = {}
     for _, ev in events:
-        if ev.type == "refund" and ev.original_id not in batch_purchases and ev.original_id in state.purchases:
-            if ev.original_id not in row_index:
-                row_index[ev.original_id] = len(row_keys)
-                row_keys.append(ev.original_id)
-                for cid in state.purchases[ev.original_id].awards:
-                    if cid not in campaign_index:  # an award of a campaign no longer in the catalog
-                        campaign_index[cid] = len(campaign_ids)
-                        campaign_ids.append(cid)
+        if (
+            ev.type == "refund"
+            and ev.original_id not in batch_purchases
+            and ev.original_id in state.purchases
+            and ev.original_id not in row_index
+        ):
+            row_index[ev.original_id] = len(row_keys)
+            row_keys.append(ev.original_id)
+            for cid in state.purchases[ev.original_id].awards:
+                if cid not in campaign_index:  # an award of a campaign no longer in the catalog
+                    campaign_index[cid] = len(campaign_ids)
+                    campaign_ids.append(cid)
     prior_rows = len(row_keys)
     for key, ev in events:
         if isinstance(ev, Purchase):
@@ -330,8 +336,15 @@ def encode(catalog: Catalog, events: list, state: RatingState) -> tuple[Columns,
         out_clawback=np.zeros(N * C, I64),
         out_returned=np.zeros(N, I64),
     )
-    ctx = _Context([key for key, _ in events], [ev for _, ev in events], campaign_ids, row_keys, prior_rows,
-                   wallet_ids, list(slot_index))
+    ctx = _Context(
+        [key for key, _ in events],
+        [ev for _, ev in events],
+        campaign_ids,
+        row_keys,
+        prior_rows,
+        wallet_ids,
+        list(slot_index),
+    )
     return cols, ctx
 
 
@@ -372,9 +385,7 @@ def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -
                 if points:
                     cid = ctx.campaign_ids[ci]
                     awards.append(Award(cid, versions[cid], points, CAPPED_BY[capped[i * C + ci]]))
-                    purchase.awards[cid] = AwardState(
-                        cid, versions[cid], points, points, window_key(periods[cid], at)
-                    )
+                    purchase.awards[cid] = AwardState(cid, versions[cid], points, points, window_key(periods[cid], at))
             state.purchases[key] = purchase
             outcomes.append(Outcome(key, "purchase", None, awards=awards))
         else:
@@ -387,7 +398,14 @@ def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -
             order = list(purchase.awards)
             clawbacks.sort(key=lambda cb: order.index(cb.campaign_id))
             outcomes.append(
-                Outcome(key, "refund", None, clawbacks=clawbacks, points_returned=returned[i], original_key=ctx.row_keys[row])
+                Outcome(
+                    key,
+                    "refund",
+                    None,
+                    clawbacks=clawbacks,
+                    points_returned=returned[i],
+                    original_key=ctx.row_keys[row],
+                )
             )
 
     # New rows were decoded above in order; refresh pending of new rows a later refund in the batch touched.
@@ -417,4 +435,9 @@ STATUS_CODES = {
     k.STATUS_REFUND_EXCEEDS_ORIGINAL: "refund_exceeds_original",
     k.STATUS_INSUFFICIENT_POINTS: "insufficient_points",
 }
-CAPPED_BY = {k.CAPPED_NONE: None, k.CAPPED_PER_TX: "per_tx_cap", k.CAPPED_WALLET: "wallet_cap", k.CAPPED_BUDGET: "budget"}
+CAPPED_BY = {
+    k.CAPPED_NONE: None,
+    k.CAPPED_PER_TX: "per_tx_cap",
+    k.CAPPED_WALLET: "wallet_cap",
+    k.CAPPED_BUDGET: "budget",
+}

@@ -41,8 +41,11 @@ def slot_keys(campaign: np.ndarray, wallet: np.ndarray, window: np.ndarray) -> n
     """One int64 key per (campaign column, wallet index, window key)."""
     assert not wallet.size or (wallet.min() >= 0 and wallet.max() < WALLETS_MAX), "wallet index out of range"
     assert not window.size or (window.min() >= 0 and window.max() < (1 << _WINDOW_BITS)), "window key out of range"
-    return (np.asarray(campaign, I64) << _CAMPAIGN_SHIFT) | (np.asarray(wallet, I64) << _WINDOW_BITS) | np.asarray(
-        window, I64)
+    return (
+        (np.asarray(campaign, I64) << _CAMPAIGN_SHIFT)
+        | (np.asarray(wallet, I64) << _WINDOW_BITS)
+        | np.asarray(window, I64)
+    )
 
 
 def split_slot_keys(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -94,7 +97,7 @@ class Opening:
     balance: np.ndarray | None = None  # [W] spendable points per wallet index; None: not checked
 
     @classmethod
-    def empty(cls, campaigns: int) -> "Opening":
+    def empty(cls, campaigns: int) -> Opening:
         z = np.zeros(0, I64)
         return cls(z, z, z, z, z, z, z, z, z, z, z, np.zeros(campaigns, I64))
 
@@ -111,8 +114,9 @@ def purchase_windows(catalog: Catalog, occurred_at_us: np.ndarray) -> np.ndarray
     return out
 
 
-def build_columns(catalog: Catalog, batch: Batch, opening: Opening | None = None, extra_campaigns: int = 0,
-                  wallets: int | None = None) -> tuple[Columns, np.ndarray]:
+def build_columns(
+    catalog: Catalog, batch: Batch, opening: Opening | None = None, extra_campaigns: int = 0, wallets: int | None = None
+) -> tuple[Columns, np.ndarray]:
     """Columns for `batch` against `opening` (zero state when None), and the slot keys of `usage`.
 
     `extra_campaigns` placeholder columns follow the catalog's campaigns (for
@@ -138,8 +142,9 @@ def build_columns(catalog: Catalog, batch: Batch, opening: Opening | None = None
     old_award = opening.r_award.reshape(R0, C)
     old_keys = np.full((R0, C), NO_SLOT, I64)
     held = np.nonzero(old_award)
-    old_keys[held] = slot_keys(held[1], np.asarray(opening.r_wallet, I64)[held[0]],
-                               np.asarray(opening.r_window, I64).reshape(R0, C)[held])
+    old_keys[held] = slot_keys(
+        held[1], np.asarray(opening.r_wallet, I64)[held[0]], np.asarray(opening.r_window, I64).reshape(R0, C)[held]
+    )
     usage_keys = slot_keys(opening.usage_campaign, opening.usage_wallet, opening.usage_window)
     all_keys = np.concatenate([old_keys.ravel(), new_keys.ravel(), usage_keys])
     valid = all_keys != NO_SLOT
@@ -149,14 +154,21 @@ def build_columns(catalog: Catalog, batch: Batch, opening: Opening | None = None
     r_slot = slot[: R * C]
     usage = np.zeros(keys.size, I64)
     if usage_keys.size:
-        np.add.at(usage, slot[R * C:], np.asarray(opening.usage_points, I64))
+        np.add.at(usage, slot[R * C :], np.asarray(opening.usage_points, I64))
 
     cols = assemble(catalog, batch, opening, C, r_slot, usage, wallets)
     return cols, keys
 
 
-def assemble(catalog: Catalog, batch: Batch, opening: Opening, C: int, r_slot: np.ndarray, usage: np.ndarray,
-             wallets: int | None = None) -> Columns:
+def assemble(
+    catalog: Catalog,
+    batch: Batch,
+    opening: Opening,
+    C: int,
+    r_slot: np.ndarray,
+    usage: np.ndarray,
+    wallets: int | None = None,
+) -> Columns:
     """Columns from a batch whose slots are already numbered (`r_slot` [R*C] into `usage`)."""
     N = len(batch)
     R0 = len(opening.r_wallet)

@@ -86,8 +86,9 @@ def _check_canonical(value: Any, path: str) -> None:
 def canonical_json(document: Any) -> bytes:
     """The bytes that are signed: sorted keys, no whitespace, UTF-8, no floats."""
     _check_canonical(document, "$")
-    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8"
+    )
 
 
 # --- Keys --------------------------------------------------------------------------
@@ -110,8 +111,9 @@ def key_id(public_key: Ed25519PublicKey | Ed25519PrivateKey) -> str:
 
 def private_key_b64(private_key: Ed25519PrivateKey) -> str:
     """The raw 32-byte seed in base64: what `SETAPAY_SIGNING_KEY_B64` holds."""
-    raw = private_key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                    serialization.NoEncryption())
+    raw = private_key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    )
     return base64.b64encode(raw).decode("ascii")
 
 

@@ -94,8 +94,10 @@ def parse_period(name: str) -> Period:
         if not limits.CALENDAR_YEAR_MIN <= year <= limits.CALENDAR_YEAR_MAX:  # its end must be an instant
             raise ValueError(name)
     except (ValueError, IndexError):
-        raise ValueError(f"period must look like 2026-12 or 2026-12-H1, in the years {limits.CALENDAR_YEAR_MIN} "
-                         f"to {limits.CALENDAR_YEAR_MAX}, got {name!r}") from None
+        raise ValueError(
+            f"period must look like 2026-12 or 2026-12-H1, in the years {limits.CALENDAR_YEAR_MIN} "
+            f"to {limits.CALENDAR_YEAR_MAX}, got {name!r}"
+        ) from None
     first = dt.datetime(year, month, 1, tzinfo=TOKYO)
     last_day = calendar.monthrange(year, month)[1]
     following = first + dt.timedelta(days=last_day)
@@ -112,7 +114,7 @@ def parse_period(name: str) -> Period:
 def last_closed(now: dt.datetime, kind: str) -> Period:
     """The most recent period of `kind` that has ended by `now`."""
     local = now.astimezone(TOKYO)
-    previous = (local.replace(day=1) - dt.timedelta(days=1))
+    previous = local.replace(day=1) - dt.timedelta(days=1)
     if kind == "semi_monthly":
         if local.day >= 16:
             return parse_period(f"{local.year:04d}-{local.month:02d}-H1")
@@ -120,8 +122,19 @@ def last_closed(now: dt.datetime, kind: str) -> Period:
     return parse_period(f"{previous.year:04d}-{previous.month:02d}")
 
 
-CSV_COLUMNS = ("merchant_id", "coin_sales", "coin_refunds", "points_redeemed", "points_returned",
-               "merchant_funded_points", "fee_bp", "fee", "carried_in", "net_payout", "payout_status")
+CSV_COLUMNS = (
+    "merchant_id",
+    "coin_sales",
+    "coin_refunds",
+    "points_redeemed",
+    "points_returned",
+    "merchant_funded_points",
+    "fee_bp",
+    "fee",
+    "carried_in",
+    "net_payout",
+    "payout_status",
+)
 
 
 def to_csv(rows: list[dict]) -> str:

@@ -299,15 +299,19 @@ class Header:
     def __post_init__(self) -> None:
         width = _WIDTH["header"]
         _digits(self.requester_code, 10, "requester_code")
-        _set(self, "requester_name", to_zengin_text(self.requester_name, "requester_name", width["requester_name"],
-                                                    required=True))
+        _set(
+            self,
+            "requester_name",
+            to_zengin_text(self.requester_name, "requester_name", width["requester_name"], required=True),
+        )
         _check_mmdd(self.transfer_mmdd)
         _digits(self.bank_code, 4, "bank_code")
         _digits(self.branch_code, 3, "branch_code")
         _digits(self.account_number, 7, "account_number")
         if self.account_type not in _HEADER_ACCOUNT_CODE:
-            raise ZenginError(f"must be one of {sorted(_HEADER_ACCOUNT_CODE)}, got {self.account_type!r}",
-                              field="account_type")
+            raise ZenginError(
+                f"must be one of {sorted(_HEADER_ACCOUNT_CODE)}, got {self.account_type!r}", field="account_type"
+            )
         _set(self, "bank_name", to_zengin_text(self.bank_name, "bank_name", width["bank_name"]))
         _set(self, "branch_name", to_zengin_text(self.branch_name, "branch_name", width["branch_name"]))
 
@@ -339,10 +343,14 @@ class Transfer:
         _digits(self.account_number, 7, "account_number")
         _digits(self.clearing_house_code, 4, "clearing_house_code")
         if self.account_type not in _DATA_ACCOUNT_CODE:
-            raise ZenginError(f"must be one of {sorted(_DATA_ACCOUNT_CODE)}, got {self.account_type!r}",
-                              field="account_type")
-        _set(self, "recipient_name", to_zengin_text(self.recipient_name, "recipient_name", width["recipient_name"],
-                                                    required=True))
+            raise ZenginError(
+                f"must be one of {sorted(_DATA_ACCOUNT_CODE)}, got {self.account_type!r}", field="account_type"
+            )
+        _set(
+            self,
+            "recipient_name",
+            to_zengin_text(self.recipient_name, "recipient_name", width["recipient_name"], required=True),
+        )
         _amount(self.amount_yen, AMOUNT_YEN_MAX, "amount_yen")
         _set(self, "bank_name", to_zengin_text(self.bank_name, "bank_name", width["bank_name"]))
         _set(self, "branch_name", to_zengin_text(self.branch_name, "branch_name", width["branch_name"]))
@@ -351,8 +359,7 @@ class Transfer:
         _optional_digits(self.customer_code_1, 10, "customer_code_1")
         _optional_digits(self.customer_code_2, 10, "customer_code_2")
         if self.transfer_method not in ("7", "8"):
-            raise ZenginError(f"must be 7 (電信) or 8 (文書), got {self.transfer_method!r}",
-                              field="transfer_method")
+            raise ZenginError(f"must be 7 (電信) or 8 (文書), got {self.transfer_method!r}", field="transfer_method")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,49 +420,58 @@ def _record(layout: tuple[tuple[str, int], ...], values: dict[str, str]) -> byte
 
 
 def _header_record(header: Header) -> bytes:
-    return _record(HEADER_LAYOUT, {
-        "record_type": RECORD_TYPE_HEADER,
-        "kind_code": KIND_CODE_GENERAL_TRANSFER,
-        "code_division": CODE_DIVISION_SJIS,
-        "requester_code": header.requester_code,
-        "requester_name": header.requester_name.ljust(40),
-        "transfer_mmdd": header.transfer_mmdd,
-        "bank_code": header.bank_code,
-        "bank_name": header.bank_name.ljust(15),
-        "branch_code": header.branch_code,
-        "branch_name": header.branch_name.ljust(15),
-        "account_type": _HEADER_ACCOUNT_CODE[header.account_type],
-        "account_number": header.account_number,
-    })
+    return _record(
+        HEADER_LAYOUT,
+        {
+            "record_type": RECORD_TYPE_HEADER,
+            "kind_code": KIND_CODE_GENERAL_TRANSFER,
+            "code_division": CODE_DIVISION_SJIS,
+            "requester_code": header.requester_code,
+            "requester_name": header.requester_name.ljust(40),
+            "transfer_mmdd": header.transfer_mmdd,
+            "bank_code": header.bank_code,
+            "bank_name": header.bank_name.ljust(15),
+            "branch_code": header.branch_code,
+            "branch_name": header.branch_name.ljust(15),
+            "account_type": _HEADER_ACCOUNT_CODE[header.account_type],
+            "account_number": header.account_number,
+        },
+    )
 
 
 def _data_record(transfer: Transfer) -> bytes:
-    return _record(DATA_LAYOUT, {
-        "record_type": RECORD_TYPE_DATA,
-        "bank_code": transfer.bank_code,
-        "bank_name": transfer.bank_name.ljust(15),
-        "branch_code": transfer.branch_code,
-        "branch_name": transfer.branch_name.ljust(15),
-        "clearing_house_code": transfer.clearing_house_code,
-        "account_type": _DATA_ACCOUNT_CODE[transfer.account_type],
-        "account_number": transfer.account_number,
-        "recipient_name": transfer.recipient_name.ljust(30),
-        "amount_yen": f"{transfer.amount_yen:010d}",
-        "new_code": transfer.new_code,
-        "customer_code_1": transfer.customer_code_1.ljust(10),
-        "customer_code_2": transfer.customer_code_2.ljust(10),
-        "transfer_method": transfer.transfer_method,
-        # 識別表示 "Y" would turn the customer codes into EDI information; we never send EDI.
-        "identification_mark": " ",
-    })
+    return _record(
+        DATA_LAYOUT,
+        {
+            "record_type": RECORD_TYPE_DATA,
+            "bank_code": transfer.bank_code,
+            "bank_name": transfer.bank_name.ljust(15),
+            "branch_code": transfer.branch_code,
+            "branch_name": transfer.branch_name.ljust(15),
+            "clearing_house_code": transfer.clearing_house_code,
+            "account_type": _DATA_ACCOUNT_CODE[transfer.account_type],
+            "account_number": transfer.account_number,
+            "recipient_name": transfer.recipient_name.ljust(30),
+            "amount_yen": f"{transfer.amount_yen:010d}",
+            "new_code": transfer.new_code,
+            "customer_code_1": transfer.customer_code_1.ljust(10),
+            "customer_code_2": transfer.customer_code_2.ljust(10),
+            "transfer_method": transfer.transfer_method,
+            # 識別表示 "Y" would turn the customer codes into EDI information; we never send EDI.
+            "identification_mark": " ",
+        },
+    )
 
 
 def _trailer_record(trailer: Trailer) -> bytes:
-    return _record(TRAILER_LAYOUT, {
-        "record_type": RECORD_TYPE_TRAILER,
-        "record_count": f"{trailer.record_count:06d}",
-        "total_amount_yen": f"{trailer.total_amount_yen:012d}",
-    })
+    return _record(
+        TRAILER_LAYOUT,
+        {
+            "record_type": RECORD_TYPE_TRAILER,
+            "record_count": f"{trailer.record_count:06d}",
+            "total_amount_yen": f"{trailer.total_amount_yen:012d}",
+        },
+    )
 
 
 def write(header: Header, transfers: Sequence[Transfer], *, record_separator: bytes = CRLF) -> bytes:
@@ -551,17 +567,20 @@ def _parse_header(record: bytes, number: int) -> Header:
     v = _fields(record, HEADER_LAYOUT, number)
     _expect(v, "kind_code", KIND_CODE_GENERAL_TRANSFER, number)
     _expect(v, "code_division", CODE_DIVISION_SJIS, number)
-    return _with_record(number, lambda: Header(
-        requester_code=_parsed_digits(v, "requester_code", number),
-        requester_name=_parsed_text(v, "requester_name", 40, number),
-        transfer_mmdd=_parsed_digits(v, "transfer_mmdd", number),
-        bank_code=_parsed_digits(v, "bank_code", number),
-        bank_name=_parsed_text(v, "bank_name", 15, number),
-        branch_code=_parsed_digits(v, "branch_code", number),
-        branch_name=_parsed_text(v, "branch_name", 15, number),
-        account_type=_account_type(v, _HEADER_ACCOUNT_TYPE, number),  # type: ignore[arg-type]
-        account_number=_parsed_digits(v, "account_number", number),
-    ))
+    return _with_record(
+        number,
+        lambda: Header(
+            requester_code=_parsed_digits(v, "requester_code", number),
+            requester_name=_parsed_text(v, "requester_name", 40, number),
+            transfer_mmdd=_parsed_digits(v, "transfer_mmdd", number),
+            bank_code=_parsed_digits(v, "bank_code", number),
+            bank_name=_parsed_text(v, "bank_name", 15, number),
+            branch_code=_parsed_digits(v, "branch_code", number),
+            branch_name=_parsed_text(v, "branch_name", 15, number),
+            account_type=_account_type(v, _HEADER_ACCOUNT_TYPE, number),  # type: ignore[arg-type]
+            account_number=_parsed_digits(v, "account_number", number),
+        ),
+    )
 
 
 def _parse_customer_code(values: dict[str, str], name: str, number: int) -> str:
@@ -571,31 +590,40 @@ def _parse_customer_code(values: dict[str, str], name: str, number: int) -> str:
 def _parse_transfer(record: bytes, number: int) -> Transfer:
     v = _fields(record, DATA_LAYOUT, number)
     if v["identification_mark"] != " ":
-        raise ZenginError(f"must be a space (EDI records are not supported), got {v['identification_mark']!r}",
-                          field="identification_mark", record=number)
-    return _with_record(number, lambda: Transfer(
-        bank_code=_parsed_digits(v, "bank_code", number),
-        bank_name=_parsed_text(v, "bank_name", 15, number),
-        branch_code=_parsed_digits(v, "branch_code", number),
-        branch_name=_parsed_text(v, "branch_name", 15, number),
-        clearing_house_code=_parsed_digits(v, "clearing_house_code", number),
-        account_type=_account_type(v, _DATA_ACCOUNT_TYPE, number),  # type: ignore[arg-type]
-        account_number=_parsed_digits(v, "account_number", number),
-        recipient_name=_parsed_text(v, "recipient_name", 30, number),
-        amount_yen=int(_parsed_digits(v, "amount_yen", number)),
-        new_code=v["new_code"],  # type: ignore[arg-type]
-        customer_code_1=_parse_customer_code(v, "customer_code_1", number),
-        customer_code_2=_parse_customer_code(v, "customer_code_2", number),
-        transfer_method=v["transfer_method"],  # type: ignore[arg-type]
-    ))
+        raise ZenginError(
+            f"must be a space (EDI records are not supported), got {v['identification_mark']!r}",
+            field="identification_mark",
+            record=number,
+        )
+    return _with_record(
+        number,
+        lambda: Transfer(
+            bank_code=_parsed_digits(v, "bank_code", number),
+            bank_name=_parsed_text(v, "bank_name", 15, number),
+            branch_code=_parsed_digits(v, "branch_code", number),
+            branch_name=_parsed_text(v, "branch_name", 15, number),
+            clearing_house_code=_parsed_digits(v, "clearing_house_code", number),
+            account_type=_account_type(v, _DATA_ACCOUNT_TYPE, number),  # type: ignore[arg-type]
+            account_number=_parsed_digits(v, "account_number", number),
+            recipient_name=_parsed_text(v, "recipient_name", 30, number),
+            amount_yen=int(_parsed_digits(v, "amount_yen", number)),
+            new_code=v["new_code"],  # type: ignore[arg-type]
+            customer_code_1=_parse_customer_code(v, "customer_code_1", number),
+            customer_code_2=_parse_customer_code(v, "customer_code_2", number),
+            transfer_method=v["transfer_method"],  # type: ignore[arg-type]
+        ),
+    )
 
 
 def _parse_trailer(record: bytes, number: int) -> Trailer:
     v = _fields(record, TRAILER_LAYOUT, number)
-    return _with_record(number, lambda: Trailer(
-        record_count=int(_parsed_digits(v, "record_count", number)),
-        total_amount_yen=int(_parsed_digits(v, "total_amount_yen", number)),
-    ))
+    return _with_record(
+        number,
+        lambda: Trailer(
+            record_count=int(_parsed_digits(v, "record_count", number)),
+            total_amount_yen=int(_parsed_digits(v, "total_amount_yen", number)),
+        ),
+    )
 
 
 def _record_type(record: bytes) -> str:
@@ -623,13 +651,15 @@ def _check_order(records: list[bytes]) -> None:
         got, allowed = _record_type(record), _MAY_FOLLOW[previous]
         if got not in allowed:
             expected = f"{_either(allowed)} belongs" if allowed else "the end record must be the last"
-            raise ZenginError(f"has record type {got!r} where {expected} (order: 1, 2…, 8, 9)",
-                              field="record_type", record=number)
+            raise ZenginError(
+                f"has record type {got!r} where {expected} (order: 1, 2…, 8, 9)", field="record_type", record=number
+            )
         previous = got
     if _MAY_FOLLOW[previous]:
         where = f"after record {len(records)}" if records else "before any record"
-        raise ZenginError(f"the file ends {where}; record type {_either(_MAY_FOLLOW[previous])} must follow",
-                          field="record_type")
+        raise ZenginError(
+            f"the file ends {where}; record type {_either(_MAY_FOLLOW[previous])} must follow", field="record_type"
+        )
 
 
 def parse(data: bytes) -> ZenginFile:
@@ -650,9 +680,15 @@ def parse(data: bytes) -> ZenginFile:
     # Plain sums, not trailer_for: a total too wide for the trailer is reported as a mismatch.
     count, total = len(transfers), sum(t.amount_yen for t in transfers)
     if trailer.record_count != count:
-        raise ZenginError(f"says {trailer.record_count} data records, the file holds {count}",
-                          field="record_count", record=trailer_number)
+        raise ZenginError(
+            f"says {trailer.record_count} data records, the file holds {count}",
+            field="record_count",
+            record=trailer_number,
+        )
     if trailer.total_amount_yen != total:
-        raise ZenginError(f"says {trailer.total_amount_yen:,} yen, the data records sum to {total:,}",
-                          field="total_amount_yen", record=trailer_number)
+        raise ZenginError(
+            f"says {trailer.total_amount_yen:,} yen, the data records sum to {total:,}",
+            field="total_amount_yen",
+            record=trailer_number,
+        )
     return ZenginFile(header=header, transfers=transfers, trailer=trailer)

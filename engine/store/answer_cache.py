@@ -47,7 +47,10 @@ class AnswerCache:
 
     async def put(self, terminal_id: str, idempotency_key: str, request_hash: str, status: int, body: dict) -> None:
         try:
-            await self.client.set(self._key(terminal_id, idempotency_key),
-                                  json.dumps({"hash": request_hash, "status": status, "body": body}), ex=TTL_S)
+            await self.client.set(
+                self._key(terminal_id, idempotency_key),
+                json.dumps({"hash": request_hash, "status": status, "body": body}),
+                ex=TTL_S,
+            )
         except Exception:
             log.warning("answer cache unavailable", exc_info=True)

@@ -20,8 +20,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import limits, receipts, sealing
-from engine.clock import SystemClock
 from engine.audit import OPERATOR, Actor
+from engine.clock import SystemClock
 from engine.errors import EngineError
 from engine.store import audit
 from engine.store.models import AppSecretRow, PaymentAppRow
@@ -58,11 +58,21 @@ class Apps:
 
     def _add_secret(self, session: Session, app_id: str, now: int) -> str:
         secret = receipts.new_secret()
-        position = session.execute(
-            select(func.coalesce(func.max(AppSecretRow.position), 0)).where(AppSecretRow.app_id == app_id)
-        ).scalar_one() + 1
-        session.add(AppSecretRow(app_id=app_id, position=position, created_at_us=now, valid_until_us=None,
-                                 secret_sealed=sealing.seal(self._data_key(), secret.encode(), _associated(app_id))))
+        position = (
+            session.execute(
+                select(func.coalesce(func.max(AppSecretRow.position), 0)).where(AppSecretRow.app_id == app_id)
+            ).scalar_one()
+            + 1
+        )
+        session.add(
+            AppSecretRow(
+                app_id=app_id,
+                position=position,
+                created_at_us=now,
+                valid_until_us=None,
+                secret_sealed=sealing.seal(self._data_key(), secret.encode(), _associated(app_id)),
+            )
+        )
         return secret
 
     def add(self, app_id: str, actor: Actor = OPERATOR) -> str:
@@ -75,8 +85,15 @@ class Apps:
             session.add(PaymentAppRow(id=app_id, created_at_us=now))
             session.flush()
             secret = self._add_secret(session, app_id, now)
-            audit.record(session, actor, "app.add", f"app:{app_id}", None,
-                         self._public(session, session.get(PaymentAppRow, app_id)), at_us=now)
+            audit.record(
+                session,
+                actor,
+                "app.add",
+                f"app:{app_id}",
+                None,
+                self._public(session, session.get(PaymentAppRow, app_id)),
+                at_us=now,
+            )
             return secret
 
     def rotate(self, app_id: str, actor: Actor = OPERATOR) -> str:
@@ -86,10 +103,14 @@ class Apps:
             before = self._public(session, row)
             now = self.clock.now_us()
             until = now + ROTATION_GRACE_US
-            session.execute(update(AppSecretRow).where(
-                AppSecretRow.app_id == app_id,
-                (AppSecretRow.valid_until_us.is_(None)) | (AppSecretRow.valid_until_us > until),
-            ).values(valid_until_us=until))
+            session.execute(
+                update(AppSecretRow)
+                .where(
+                    AppSecretRow.app_id == app_id,
+                    (AppSecretRow.valid_until_us.is_(None)) | (AppSecretRow.valid_until_us > until),
+                )
+                .values(valid_until_us=until)
+            )
             secret = self._add_secret(session, app_id, now)
             session.flush()
             audit.record(session, actor, "app.rotate", f"app:{app_id}", before, self._public(session, row), at_us=now)
@@ -104,8 +125,15 @@ class Apps:
             if row.revoked_at_us is None:
                 before = self._public(session, row)
                 row.revoked_at_us = self.clock.now_us()
-                audit.record(session, actor, "app.revoke", f"app:{app_id}", before, self._public(session, row),
-                             at_us=row.revoked_at_us)
+                audit.record(
+                    session,
+                    actor,
+                    "app.revoke",
+                    f"app:{app_id}",
+                    before,
+                    self._public(session, row),
+                    at_us=row.revoked_at_us,
+                )
             return self._public(session, row)
 
     def _live(self, session: Session, app_id: str) -> PaymentAppRow:
@@ -118,17 +146,26 @@ class Apps:
 
     def list(self) -> list[dict]:
         with Session(self.engine) as session:
-            return [self._public(session, r) for r in
-                    session.execute(select(PaymentAppRow).order_by(PaymentAppRow.id)).scalars()]
+            return [
+                self._public(session, r)
+                for r in session.execute(select(PaymentAppRow).order_by(PaymentAppRow.id)).scalars()
+            ]
 
     def _public(self, session: Session, row: PaymentAppRow) -> dict:
         now = self.clock.now_us()
-        secrets = session.execute(select(AppSecretRow.position, AppSecretRow.created_at_us,
-                                         AppSecretRow.valid_until_us)
-                                  .where(AppSecretRow.app_id == row.id).order_by(AppSecretRow.position)).all()
+        secrets = session.execute(
+            select(AppSecretRow.position, AppSecretRow.created_at_us, AppSecretRow.valid_until_us)
+            .where(AppSecretRow.app_id == row.id)
+            .order_by(AppSecretRow.position)
+        ).all()
         live = 0 if row.revoked_at_us is not None else sum(1 for s in secrets if s[2] is None or s[2] > now)
-        return {"id": row.id, "created_at_us": row.created_at_us, "revoked_at_us": row.revoked_at_us,
-                "secrets": len(secrets), "live_secrets": live}
+        return {
+            "id": row.id,
+            "created_at_us": row.created_at_us,
+            "revoked_at_us": row.revoked_at_us,
+            "secrets": len(secrets),
+            "live_secrets": live,
+        }
 
     # -- the API's look-up -------------------------------------------------------
 

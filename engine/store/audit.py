@@ -44,8 +44,9 @@ def _lock_head(session: Session) -> AuditHeadRow:
     return session.execute(stmt).scalar_one()
 
 
-def record(session: Session, actor, action: str, target: str, before: Any = None, after: Any = None,
-           at_us: int | None = None) -> int:
+def record(
+    session: Session, actor, action: str, target: str, before: Any = None, after: Any = None, at_us: int | None = None
+) -> int:
     """Append one masked entry to the chain in `session`'s transaction; returns its sequence."""
     if not action or len(action) > ACTION_MAX or not target or len(target) > TARGET_MAX:
         raise ValueError(f"audit action and target must be 1..{ACTION_MAX} and 1..{TARGET_MAX} characters")
@@ -56,8 +57,19 @@ def record(session: Session, actor, action: str, target: str, before: Any = None
     head = _lock_head(session)
     sequence = head.last_sequence + 1
     digest = core.chain_hash(head.last_hash, sequence, at_us, key_id, role, action, target, before_json, after_json)
-    session.add(AuditLogRow(sequence=sequence, at_us=at_us, actor_key_id=key_id, actor_role=role, action=action,
-                            target=target, before_json=before_json, after_json=after_json, hash=digest))
+    session.add(
+        AuditLogRow(
+            sequence=sequence,
+            at_us=at_us,
+            actor_key_id=key_id,
+            actor_role=role,
+            action=action,
+            target=target,
+            before_json=before_json,
+            after_json=after_json,
+            hash=digest,
+        )
+    )
     head.last_sequence, head.last_hash = sequence, digest
     session.flush()
     return sequence
@@ -78,8 +90,14 @@ def as_dict(row: AuditLogRow) -> dict:
     }
 
 
-def entries(engine, from_us: int | None = None, to_us: int | None = None, target: str | None = None,
-            after_sequence: int = 0, limit: int = 100) -> tuple[list[dict], int | None]:
+def entries(
+    engine,
+    from_us: int | None = None,
+    to_us: int | None = None,
+    target: str | None = None,
+    after_sequence: int = 0,
+    limit: int = 100,
+) -> tuple[list[dict], int | None]:
     """Entries in sequence order after `after_sequence` (keyset), filtered by instant
     [from, to) and exact target; returns the page and the last sequence when more may follow."""
     with Session(engine) as session:
@@ -105,8 +123,17 @@ def check(session: Session) -> dict[str, list[dict]]:
     for row in session.execute(select(AuditLogRow).order_by(AuditLogRow.sequence)).yield_per(5_000).scalars():
         if row.sequence != expected:
             gaps.append({"expected_sequence": expected, "found_sequence": row.sequence})
-        digest = core.chain_hash(previous_hash, row.sequence, row.at_us, row.actor_key_id, row.actor_role,
-                                 row.action, row.target, row.before_json, row.after_json)
+        digest = core.chain_hash(
+            previous_hash,
+            row.sequence,
+            row.at_us,
+            row.actor_key_id,
+            row.actor_role,
+            row.action,
+            row.target,
+            row.before_json,
+            row.after_json,
+        )
         if digest != row.hash:
             breaks.append({"sequence": row.sequence, "problem": "entry altered: its hash does not match its contents"})
         previous_hash, expected = row.hash, row.sequence + 1
@@ -114,4 +141,3 @@ def check(session: Session) -> dict[str, list[dict]]:
     if head is not None and (head.last_sequence != expected - 1 or head.last_hash != previous_hash):
         breaks.append({"sequence": head.last_sequence, "problem": "the audit head does not match the last entry"})
     return {"breaks": breaks, "gaps": gaps}
-

@@ -8,22 +8,36 @@ from engine.store import bulk
 from engine.store.models import PointLotRow, WalletDebtRow
 from engine.wallet_book import Lot, WalletBook
 
-_LOT_COLUMNS = ["id", "wallet_id", "campaign_id", "source_id", "credited_at_us", "expires_at_us", "points",
-                "remaining", "expired"]
+_LOT_COLUMNS = [
+    "id",
+    "wallet_id",
+    "campaign_id",
+    "source_id",
+    "credited_at_us",
+    "expires_at_us",
+    "points",
+    "remaining",
+    "expired",
+]
 
 
 def load_books(session: Session, wallets: set[str], lot_ids: set[str] = frozenset()) -> dict[str, WalletBook]:
     """Books of `wallets`: their spendable lots, their debt, and the named lots (spent or not)."""
     lots: dict[str, Lot] = {}
-    for row in bulk.select_where_in(session, PointLotRow.__table__, _LOT_COLUMNS, "wallet_id", sorted(wallets),
-                                    extra="remaining > 0"):
+    for row in bulk.select_where_in(
+        session, PointLotRow.__table__, _LOT_COLUMNS, "wallet_id", sorted(wallets), extra="remaining > 0"
+    ):
         lots[row[0]] = Lot(*row)
     missing = sorted(set(lot_ids) - set(lots))
     for row in bulk.select_where_in(session, PointLotRow.__table__, _LOT_COLUMNS, "id", missing):
         lots[row[0]] = Lot(*row)
     debts: dict[str, dict[str, int]] = {w: {} for w in wallets}
     for wallet_id, campaign_id, points in bulk.select_where_in(
-        session, WalletDebtRow.__table__, ["wallet_id", "campaign_id", "points"], "wallet_id", sorted(wallets),
+        session,
+        WalletDebtRow.__table__,
+        ["wallet_id", "campaign_id", "points"],
+        "wallet_id",
+        sorted(wallets),
         extra="points > 0",
     ):
         debts[wallet_id][campaign_id] = points
@@ -44,8 +58,7 @@ def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> None:
                 changed.append({"id": lot.id, "remaining": lot.remaining, "expired": lot.expired})
                 lot.dirty = False
         for campaign_id in sorted(book.dirty_debts):
-            debts.append(dict(wallet_id=book.wallet_id, campaign_id=campaign_id,
-                              points=book.debts.get(campaign_id, 0)))
+            debts.append(dict(wallet_id=book.wallet_id, campaign_id=campaign_id, points=book.debts.get(campaign_id, 0)))
         book.dirty_debts.clear()
     batch.insert(PointLotRow.__table__, new)
     batch.update(PointLotRow.__table__, ["id"], changed)

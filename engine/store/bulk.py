@@ -22,8 +22,15 @@ def _raw(session: Session):
     return session.connection().connection.dbapi_connection
 
 
-def select_where_in(session: Session, table: Table, columns: list[str], column: str, values: list,
-                    pg_type: str = "text", extra: str = "") -> list[tuple]:
+def select_where_in(
+    session: Session,
+    table: Table,
+    columns: list[str],
+    column: str,
+    values: list,
+    pg_type: str = "text",
+    extra: str = "",
+) -> list[tuple]:
     """Rows of `table` whose `column` is one of `values` (plus an optional SQL condition)."""
     if not values:
         return []
@@ -41,8 +48,9 @@ def select_where_in(session: Session, table: Table, columns: list[str], column: 
     return [tuple(r) for r in session.execute(stmt, {"values": list(values)})]
 
 
-def select_where_tuples(session: Session, table: Table, columns: list[str], key: list[str],
-                        tuples: list[tuple]) -> list[tuple]:
+def select_where_tuples(
+    session: Session, table: Table, columns: list[str], key: list[str], tuples: list[tuple]
+) -> list[tuple]:
     """Rows of `table` whose `key` columns equal one of `tuples`: a join on the primary key,
     so the look-up uses its index however large the table grows."""
     if not tuples:
@@ -50,8 +58,10 @@ def select_where_tuples(session: Session, table: Table, columns: list[str], key:
     if _is_pg(session):
         arrays = ", ".join(f"%b::{_pg_type(table, k)}[]" for k in key)
         on = " AND ".join(f"t.{k} = v.{k}" for k in key)
-        sql = (f"SELECT {', '.join('t.' + c for c in columns)} FROM {table.name} AS t "
-               f"JOIN unnest({arrays}) AS v({', '.join(key)}) ON {on}")
+        sql = (
+            f"SELECT {', '.join('t.' + c for c in columns)} FROM {table.name} AS t "
+            f"JOIN unnest({arrays}) AS v({', '.join(key)}) ON {on}"
+        )
         with _raw(session).cursor() as cursor:
             cursor.execute(sql, [[t[i] for t in tuples] for i in range(len(key))])
             return cursor.fetchall()
@@ -77,8 +87,15 @@ def stream(session: Session, sql: str, chunk_rows: int = 50_000):
     yield from session.connection().exec_driver_sql(sql)
 
 
-_PG_TYPES = {"BIGINT": "bigint", "INTEGER": "integer", "VARCHAR": "text", "TEXT": "text", "BLOB": "bytea",
-             "BYTEA": "bytea", "BOOLEAN": "boolean"}
+_PG_TYPES = {
+    "BIGINT": "bigint",
+    "INTEGER": "integer",
+    "VARCHAR": "text",
+    "TEXT": "text",
+    "BLOB": "bytea",
+    "BYTEA": "bytea",
+    "BOOLEAN": "boolean",
+}
 
 
 def _pg_type(table: Table, column: str) -> str:
@@ -115,8 +132,9 @@ class WriteBatch:
         source, params = self._arrays(table, columns, rows)
         self.statements.append((f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source}", params))
 
-    def upsert(self, table: Table, rows: list[dict], key: list[str], add: str | None = None,
-               replace: str | None = None) -> None:
+    def upsert(
+        self, table: Table, rows: list[dict], key: list[str], add: str | None = None, replace: str | None = None
+    ) -> None:
         """Insert rows; on a key conflict add to column `add`, or replace column `replace`."""
         if not rows:
             return
@@ -129,9 +147,13 @@ class WriteBatch:
         columns = list(rows[0])
         source, params = self._arrays(table, columns, rows)
         value = f"{table.name}.{column} + EXCLUDED.{column}" if add else f"EXCLUDED.{column}"
-        self.statements.append((
-            f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source} "
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {value}", params))
+        self.statements.append(
+            (
+                f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source} "
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {value}",
+                params,
+            )
+        )
 
     def update(self, table: Table, key: list[str], rows: list[dict], add: tuple[str, ...] = ()) -> None:
         """Set (or, for columns in `add`, increase) columns of the rows matching `key`.
@@ -144,17 +166,24 @@ class WriteBatch:
         assert len({tuple(r[k] for k in key) for r in rows}) == len(rows), "update rows must be unique by key"
         setters = [c for c in columns if c not in key]
         if not self.pg:
-            stmt = table.update().where(*[table.c[k] == bindparam(f"k_{k}") for k in key]).values(
-                {c: (table.c[c] + bindparam(f"v_{c}")) if c in add else bindparam(f"v_{c}") for c in setters})
-            self.session.execute(stmt, [{**{f"k_{k}": r[k] for k in key}, **{f"v_{c}": r[c] for c in setters}}
-                                        for r in rows])
+            stmt = (
+                table.update()
+                .where(*[table.c[k] == bindparam(f"k_{k}") for k in key])
+                .values({c: (table.c[c] + bindparam(f"v_{c}")) if c in add else bindparam(f"v_{c}") for c in setters})
+            )
+            self.session.execute(
+                stmt, [{**{f"k_{k}": r[k] for k in key}, **{f"v_{c}": r[c] for c in setters}} for r in rows]
+            )
             return
         source, params = self._arrays(table, columns, rows)
         assignments = ", ".join(f"{c} = t.{c} + v.{c}" if c in add else f"{c} = v.{c}" for c in setters)
         where = " AND ".join(f"t.{k} = v.{k}" for k in key)
-        self.statements.append((
-            f"UPDATE {table.name} AS t SET {assignments} FROM {source} AS v({', '.join(columns)}) WHERE {where}",
-            params))
+        self.statements.append(
+            (
+                f"UPDATE {table.name} AS t SET {assignments} FROM {source} AS v({', '.join(columns)}) WHERE {where}",
+                params,
+            )
+        )
 
     def send(self) -> None:
         if not self.statements:

@@ -80,8 +80,9 @@ class Config:
 
         return keyring.data_key(self.settings or Settings())
 
-    def _store_record(self, row: MerchantRow, merchant: Merchant, account_set_at: int | None,
-                      masked_before: dict | None = None) -> None:
+    def _store_record(
+        self, row: MerchantRow, merchant: Merchant, account_set_at: int | None, masked_before: dict | None = None
+    ) -> None:
         """Seal a newly set payout account (`account_set_at`: when) and keep its masked form
         in the record, so a change of account is a new, different merchant version."""
         masked = masked_before
@@ -150,8 +151,9 @@ class Config:
                 raise EngineError("invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
             now = self.clock.now_us()
-            changed = merchant.bank_account is not None and merchant.bank_account != self.bank_account(merchant_id,
-                                                                                                      session)
+            changed = merchant.bank_account is not None and merchant.bank_account != self.bank_account(
+                merchant_id, session
+            )
             self._store_record(row, merchant, now if changed else None, masked_before)
             if changed:
                 row.bank_change_by, row.bank_change_at_us = actor.key_id, now
@@ -160,9 +162,15 @@ class Config:
             after = self.public_record(row)
             audit.record(session, actor, "merchant.update", f"merchant:{merchant_id}", before, after, at_us=now)
             if changed:
-                audit.record(session, actor, "merchant.bank_account.change", f"merchant:{merchant_id}",
-                             {"bank_account": masked_before}, {"bank_account": after[MASKED_ACCOUNT],
-                                                               "pending_confirmation": True}, at_us=now)
+                audit.record(
+                    session,
+                    actor,
+                    "merchant.bank_account.change",
+                    f"merchant:{merchant_id}",
+                    {"bank_account": masked_before},
+                    {"bank_account": after[MASKED_ACCOUNT], "pending_confirmation": True},
+                    at_us=now,
+                )
             return after
 
     def confirm_bank_account(self, merchant_id: str, actor: Actor = OPERATOR) -> dict:
@@ -173,25 +181,35 @@ class Config:
             if row is None:
                 raise EngineError("not_found", f"merchant {merchant_id} is not known")
             if row.bank_change_by is None:
-                raise EngineError("bank_change_not_pending",
-                                  f"merchant {merchant_id} has no bank account change awaiting confirmation")
+                raise EngineError(
+                    "bank_change_not_pending",
+                    f"merchant {merchant_id} has no bank account change awaiting confirmation",
+                )
             if row.bank_change_by == actor.key_id:
-                raise EngineError("bank_change_same_key",
-                                  "a bank account change must be confirmed by a different key than made it")
+                raise EngineError(
+                    "bank_change_same_key", "a bank account change must be confirmed by a different key than made it"
+                )
             # A key made after the change cannot confirm it: whoever made the change could otherwise
             # make a second key and confirm with it.
             confirming = session.get(ApiKeyRow, actor.key_id)
             if confirming is None or confirming.created_at_us >= row.bank_change_at_us:
-                raise EngineError("bank_change_same_key",
-                                  "a bank account change must be confirmed by another key that existed before it")
+                raise EngineError(
+                    "bank_change_same_key",
+                    "a bank account change must be confirmed by another key that existed before it",
+                )
             masked = json.loads(row.record_json).get(MASKED_ACCOUNT)
-            before = {"bank_account": masked, "changed_by": row.bank_change_by,
-                      "changed_at": format_instant(row.bank_change_at_us), "pending_confirmation": True}
+            before = {
+                "bank_account": masked,
+                "changed_by": row.bank_change_by,
+                "changed_at": format_instant(row.bank_change_at_us),
+                "pending_confirmation": True,
+            }
             row.bank_change_by = row.bank_change_at_us = None
             now = self.clock.now_us()
             after = {"bank_account": masked, "pending_confirmation": False}
-            audit.record(session, actor, "merchant.bank_account.confirm", f"merchant:{merchant_id}", before, after,
-                         at_us=now)
+            audit.record(
+                session, actor, "merchant.bank_account.confirm", f"merchant:{merchant_id}", before, after, at_us=now
+            )
             return self.public_record(row)
 
     @staticmethod
@@ -200,8 +218,11 @@ class Config:
         latest = session.execute(
             select(func.max(MerchantVersionRow.version)).where(MerchantVersionRow.merchant_id == row.id)
         ).scalar_one()
-        session.add(MerchantVersionRow(merchant_id=row.id, version=(latest or 0) + 1, record_json=row.record_json,
-                                       created_at_us=now))
+        session.add(
+            MerchantVersionRow(
+                merchant_id=row.id, version=(latest or 0) + 1, record_json=row.record_json, created_at_us=now
+            )
+        )
 
     def get_merchant(self, merchant_id: str) -> dict:
         with Session(self.engine) as session:
@@ -224,13 +245,22 @@ class Config:
             if session.get(CampaignRow, campaign.id) is not None:
                 raise EngineError("already_exists", f"campaign {campaign.id} exists")
             now = self.clock.now_us()
-            session.add(CampaignRow(id=campaign.id, current_version=1, issued_net=0, budget=campaign.budget,
-                                    created_at_us=now))
+            session.add(
+                CampaignRow(id=campaign.id, current_version=1, issued_net=0, budget=campaign.budget, created_at_us=now)
+            )
             session.flush()
-            session.add(CampaignVersionRow(campaign_id=campaign.id, version=1, record_json=_dump(campaign),
-                                           created_at_us=now))
-            audit.record(session, actor, "campaign.create", f"campaign:{campaign.id}", None,
-                         campaign.model_dump(mode="json"), at_us=now)
+            session.add(
+                CampaignVersionRow(campaign_id=campaign.id, version=1, record_json=_dump(campaign), created_at_us=now)
+            )
+            audit.record(
+                session,
+                actor,
+                "campaign.create",
+                f"campaign:{campaign.id}",
+                None,
+                campaign.model_dump(mode="json"),
+                at_us=now,
+            )
         return campaign
 
     def update_campaign(self, campaign_id: str, patch: dict, actor: Actor = OPERATOR) -> Campaign:
@@ -258,10 +288,20 @@ class Config:
                 raise EngineError("campaign_started", f"budget below the {row.issued_net} points already issued")
             row.current_version = updated.version
             row.budget = updated.budget
-            session.add(CampaignVersionRow(campaign_id=campaign_id, version=updated.version,
-                                           record_json=_dump(updated), created_at_us=now))
-            audit.record(session, actor, "campaign.update", f"campaign:{campaign_id}",
-                         current.model_dump(mode="json"), updated.model_dump(mode="json"), at_us=now)
+            session.add(
+                CampaignVersionRow(
+                    campaign_id=campaign_id, version=updated.version, record_json=_dump(updated), created_at_us=now
+                )
+            )
+            audit.record(
+                session,
+                actor,
+                "campaign.update",
+                f"campaign:{campaign_id}",
+                current.model_dump(mode="json"),
+                updated.model_dump(mode="json"),
+                at_us=now,
+            )
         return updated
 
     def get_campaign(self, campaign_id: str, version: int | None = None) -> Campaign:
@@ -295,8 +335,15 @@ class Config:
                 raise EngineError("already_exists", f"terminal {terminal_id} exists")
             now = self.clock.now_us()
             session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=now))
-            audit.record(session, actor, "terminal.create", f"terminal:{terminal_id}", None,
-                         {"id": terminal_id, "merchant_id": merchant_id, "public_key": None}, at_us=now)
+            audit.record(
+                session,
+                actor,
+                "terminal.create",
+                f"terminal:{terminal_id}",
+                None,
+                {"id": terminal_id, "merchant_id": merchant_id, "public_key": None},
+                at_us=now,
+            )
         return {"id": terminal_id, "merchant_id": merchant_id, "public_key": None}
 
     @staticmethod
@@ -327,8 +374,13 @@ class Config:
             if "public_key" in patch:
                 row.public_key = patch["public_key"]
             after = self.terminal_record(row)
-            action = ("terminal.move" if before["merchant_id"] != after["merchant_id"]
-                      else "terminal.public_key" if before["public_key"] != after["public_key"] else "terminal.update")
+            action = (
+                "terminal.move"
+                if before["merchant_id"] != after["merchant_id"]
+                else "terminal.public_key"
+                if before["public_key"] != after["public_key"]
+                else "terminal.update"
+            )
             audit.record(session, actor, action, f"terminal:{terminal_id}", before, after, at_us=self.clock.now_us())
             return after
 
@@ -346,13 +398,20 @@ class Config:
     def terminal_public_key(self, terminal_id: str) -> str | None:
         """The terminal's registered signing key (base64), or None: bearer-only."""
         with Session(self.engine) as session:
-            return session.execute(select(TerminalRow.public_key).where(TerminalRow.id == terminal_id)
-                                   ).scalar_one_or_none()
+            return session.execute(
+                select(TerminalRow.public_key).where(TerminalRow.id == terminal_id)
+            ).scalar_one_or_none()
 
     # -- keys (engine/store/keys.py) ----------------------------------------
 
-    def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None,
-                   expires_in_days: int | None = None, actor: Actor = OPERATOR) -> str:
+    def create_key(
+        self,
+        role: str,
+        merchant_id: str | None = None,
+        terminal_id: str | None = None,
+        expires_in_days: int | None = None,
+        actor: Actor = OPERATOR,
+    ) -> str:
         """A new key, returned once; only its SHA-256 is stored. See `engine.store.keys.Keys.create`."""
         from engine.store.keys import Keys
 

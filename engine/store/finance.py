@@ -9,7 +9,8 @@ import json
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine import keyring, limits, ledger_rules as rules
+from engine import keyring, limits
+from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
 from engine.settlement import signing, statement
@@ -49,8 +50,10 @@ def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict:
 
         def net_since(since: int | None) -> tuple[int, int]:
             issued = clawed = 0
-            where = [PostingRow.campaign_id == campaign_id,
-                     PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK])]
+            where = [
+                PostingRow.campaign_id == campaign_id,
+                PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]),
+            ]
             if since is not None:
                 where.append(PostingRow.posted_at_us >= since)
             for reason, total in session.execute(
@@ -105,28 +108,37 @@ def ledger_day(session: Session, terminal_id: str, business_date: str, merchant_
     """The terminal's transactions of one Asia/Tokyo day (by occurred_at) as the ledger holds them;
     with `merchant_id`, only those made at that merchant."""
     start, end = _day_bounds(business_date)
-    stmt = (select(PaymentRow.id, PaymentRow.type, PaymentRow.amount, PaymentRow.occurred_at_us)
-            .where(PaymentRow.terminal_id == terminal_id, PaymentRow.occurred_at_us >= start,
-                   PaymentRow.occurred_at_us < end))
+    stmt = select(PaymentRow.id, PaymentRow.type, PaymentRow.amount, PaymentRow.occurred_at_us).where(
+        PaymentRow.terminal_id == terminal_id, PaymentRow.occurred_at_us >= start, PaymentRow.occurred_at_us < end
+    )
     if merchant_id is not None:
         stmt = stmt.where(PaymentRow.merchant_id == merchant_id)
     rows = list(session.execute(stmt.order_by(PaymentRow.sequence)))
     total = sum(r.amount if r.type == "purchase" else -r.amount for r in rows)
-    return {"count": len(rows), "total": total, "transactions": [
-        {"id": r.id, "type": r.type, "amount": r.amount, "occurred_at": format_instant(r.occurred_at_us)}
-        for r in rows]}
+    return {
+        "count": len(rows),
+        "total": total,
+        "transactions": [
+            {"id": r.id, "type": r.type, "amount": r.amount, "occurred_at": format_instant(r.occurred_at_us)}
+            for r in rows
+        ],
+    }
 
 
-def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, total: int,
-             actor: Actor = OPERATOR) -> dict:
+def closeout(
+    ledger: Ledger, terminal_id: str, business_date: str, count: int, total: int, actor: Actor = OPERATOR
+) -> dict:
     """Store a terminal's end-of-day count and net total and compare them with the ledger."""
     with Session(ledger.engine) as session, session.begin():
         now = ledger.clock.now_us()
         row = session.get(CloseoutRow, (terminal_id, business_date))
         before = None
         if row is None:
-            session.add(CloseoutRow(terminal_id=terminal_id, business_date=business_date, count=count, total=total,
-                                    submitted_at_us=now))
+            session.add(
+                CloseoutRow(
+                    terminal_id=terminal_id, business_date=business_date, count=count, total=total, submitted_at_us=now
+                )
+            )
         else:  # a corrected count replaces the earlier one; the comparison is always against the ledger
             before = {"business_date": business_date, "count": row.count, "total": row.total}
             row.count, row.total, row.submitted_at_us = count, total, now
@@ -135,11 +147,22 @@ def closeout(ledger: Ledger, terminal_id: str, business_date: str, count: int, t
         terminal = session.get(TerminalRow, terminal_id)
         held = ledger_day(session, terminal_id, business_date, terminal.merchant_id if terminal else "")
         matches = held["count"] == count and held["total"] == total
-        audit.record(session, actor, "closeout.submit", f"terminal:{terminal_id}", before,
-                     {"business_date": business_date, "count": count, "total": total, "matches": matches}, at_us=now)
-    report = {"terminal_id": terminal_id, "business_date": business_date,
-              "submitted": {"count": count, "total": total},
-              "ledger": {"count": held["count"], "total": held["total"]}, "matches": matches}
+        audit.record(
+            session,
+            actor,
+            "closeout.submit",
+            f"terminal:{terminal_id}",
+            before,
+            {"business_date": business_date, "count": count, "total": total, "matches": matches},
+            at_us=now,
+        )
+    report = {
+        "terminal_id": terminal_id,
+        "business_date": business_date,
+        "submitted": {"count": count, "total": total},
+        "ledger": {"count": held["count"], "total": held["total"]},
+        "matches": matches,
+    }
     if not matches:
         report["transactions"] = held["transactions"]
     return report
@@ -167,18 +190,32 @@ def sign_chain_heads(ledger: Ledger, settings, as_of: int | None = None) -> list
             if name not in done:
                 _, end = _day_bounds(name)
                 last = session.execute(
-                    select(PostingRow.sequence, PostingRow.hash).where(PostingRow.posted_at_us < end)
-                    .order_by(PostingRow.sequence.desc()).limit(1)
+                    select(PostingRow.sequence, PostingRow.hash)
+                    .where(PostingRow.posted_at_us < end)
+                    .order_by(PostingRow.sequence.desc())
+                    .limit(1)
                 ).first()
                 audit_last = session.execute(
-                    select(AuditLogRow.sequence, AuditLogRow.hash).where(AuditLogRow.at_us < end)
-                    .order_by(AuditLogRow.sequence.desc()).limit(1)
+                    select(AuditLogRow.sequence, AuditLogRow.hash)
+                    .where(AuditLogRow.at_us < end)
+                    .order_by(AuditLogRow.sequence.desc())
+                    .limit(1)
                 ).first()
-                document = {"business_date": name, "last_sequence": last.sequence, "hash": last.hash,
-                            "audit_last_sequence": audit_last.sequence if audit_last else 0,
-                            "audit_hash": audit_last.hash if audit_last else None}
-                session.add(ChainHeadRow(business_date=name, last_sequence=last.sequence, hash=last.hash,
-                                         signed_json=json.dumps(signing.sign_document(key, document))))
+                document = {
+                    "business_date": name,
+                    "last_sequence": last.sequence,
+                    "hash": last.hash,
+                    "audit_last_sequence": audit_last.sequence if audit_last else 0,
+                    "audit_hash": audit_last.hash if audit_last else None,
+                }
+                session.add(
+                    ChainHeadRow(
+                        business_date=name,
+                        last_sequence=last.sequence,
+                        hash=last.hash,
+                        signed_json=json.dumps(signing.sign_document(key, document)),
+                    )
+                )
                 signed_days.append(name)
             day += dt.timedelta(days=1)
     return signed_days
@@ -193,15 +230,23 @@ def _check_chain_heads(session: Session, public_key) -> list[dict]:
         if not signing.verify_document(public_key, signed):
             bad.append({"business_date": head.business_date, "problem": "signature does not verify"})
         elif {k: document.get(k) for k in ("business_date", "last_sequence", "hash")} != {
-                "business_date": head.business_date, "last_sequence": head.last_sequence, "hash": head.hash}:
+            "business_date": head.business_date,
+            "last_sequence": head.last_sequence,
+            "hash": head.hash,
+        }:
             bad.append({"business_date": head.business_date, "problem": "row differs from the signed document"})
         elif posting is None or posting.hash != head.hash:
             bad.append({"business_date": head.business_date, "problem": "posting chain no longer ends there"})
         elif document.get("audit_last_sequence"):  # heads signed before the audit log carry none
             entry = session.get(AuditLogRow, document["audit_last_sequence"])
             if entry is None or entry.hash != document.get("audit_hash"):
-                bad.append({"business_date": head.business_date, "audit_sequence": document["audit_last_sequence"],
-                            "problem": "audit chain no longer ends there"})
+                bad.append(
+                    {
+                        "business_date": head.business_date,
+                        "audit_sequence": document["audit_last_sequence"],
+                        "problem": "audit chain no longer ends there",
+                    }
+                )
     return bad
 
 
@@ -221,20 +266,40 @@ def _check_statements(ledger: Ledger, session: Session, public_key) -> list[dict
         signed_lines = {line["merchant_id"]: line for line in signed["document"]["lines"]}
         # Recompute with the fee rates the run used: a later fee change does not reopen a closed period.
         rates = {m: {"fee_bp": line["fee_bp"]} for m, line in signed_lines.items()}
-        activities, _ = settlement.aggregate(session, run.period_start_us, run.period_end_us,
-                                             {**merchants, **rates}, funded_by, run.last_posting_sequence)
+        activities, _ = settlement.aggregate(
+            session,
+            run.period_start_us,
+            run.period_end_us,
+            {**merchants, **rates},
+            funded_by,
+            run.last_posting_sequence,
+        )
         recomputed = {a.merchant_id: statement.line_for(a).as_dict() for a in activities}
-        stored = {line.merchant_id: line for line in session.execute(
-            select(SettlementLineRow).where(SettlementLineRow.run_id == run.id)).scalars()}
+        stored = {
+            line.merchant_id: line
+            for line in session.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run.id)).scalars()
+        }
         for merchant_id in sorted(set(recomputed) | set(stored) | set(signed_lines)):
             again, line, doc = recomputed.get(merchant_id), stored.get(merchant_id), signed_lines.get(merchant_id)
-            fields = ("coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points",
-                      "fee", "carried_in", "net_payout")
-            if again is None or line is None or doc is None or any(
-                again[f] != getattr(line, f) or again[f] != doc[f] for f in fields
+            fields = (
+                "coin_sales",
+                "coin_refunds",
+                "points_redeemed",
+                "points_returned",
+                "merchant_funded_points",
+                "fee",
+                "carried_in",
+                "net_payout",
+            )
+            if (
+                again is None
+                or line is None
+                or doc is None
+                or any(again[f] != getattr(line, f) or again[f] != doc[f] for f in fields)
             ):
-                bad.append({"run_id": run.id, "merchant_id": merchant_id,
-                            "problem": "statement line differs from the ledger"})
+                bad.append(
+                    {"run_id": run.id, "merchant_id": merchant_id, "problem": "statement line differs from the ledger"}
+                )
     return bad
 
 
@@ -243,10 +308,15 @@ def _check_closeouts(session: Session) -> list[dict]:
     for c in session.execute(select(CloseoutRow)).scalars():
         held = ledger_day(session, c.terminal_id, c.business_date)
         if (held["count"], held["total"]) != (c.count, c.total):
-            bad.append({"terminal_id": c.terminal_id, "business_date": c.business_date,
-                        "submitted": {"count": c.count, "total": c.total},
-                        "ledger": {"count": held["count"], "total": held["total"]},
-                        "transactions": held["transactions"]})
+            bad.append(
+                {
+                    "terminal_id": c.terminal_id,
+                    "business_date": c.business_date,
+                    "submitted": {"count": c.count, "total": c.total},
+                    "ledger": {"count": held["count"], "total": held["total"]},
+                    "transactions": held["transactions"],
+                }
+            )
     return bad
 
 
@@ -281,9 +351,11 @@ def reconcile(ledger: Ledger, settings, progress=None) -> dict:
         "lots_match_balances": ledger_report["lots_mismatched"],
         "liability_identity_per_wallet": ledger_report["wallets_broken"],
         "liability_identity_per_campaign": [
-            {"campaign_id": c, **v} for c, v in ledger_report["campaigns"].items() if not v["identity_holds"]],
+            {"campaign_id": c, **v} for c, v in ledger_report["campaigns"].items() if not v["identity_holds"]
+        ],
         "budget_meters_match": [
-            {"campaign_id": c, **v} for c, v in ledger_report["campaigns"].items() if not v["meter_matches"]],
+            {"campaign_id": c, **v} for c, v in ledger_report["campaigns"].items() if not v["meter_matches"]
+        ],
     }
     for name, rows in details.items():
         checks[name]["rows"] = rows
@@ -293,7 +365,14 @@ def reconcile(ledger: Ledger, settings, progress=None) -> dict:
     checks["closeouts_match_ledger"] = {"pass": not closeouts, "rows": closeouts}
     checks["audit_chain_intact"] = {"pass": not audit_report["breaks"], "rows": audit_report["breaks"]}
     checks["audit_sequence_gapless"] = {"pass": not audit_report["gaps"], "rows": audit_report["gaps"]}
-    checks["rerate_matches_ledger"] = {"pass": rerated["ok"], "rows": rerated["mismatches"],
-                                       "checked": rerated["checked"]}
-    return {"ok": all(c["pass"] for c in checks.values()), "as_of": format_instant(ledger.clock.now_us()),
-            "postings": ledger_report["postings"], "checks": checks}
+    checks["rerate_matches_ledger"] = {
+        "pass": rerated["ok"],
+        "rows": rerated["mismatches"],
+        "checked": rerated["checked"],
+    }
+    return {
+        "ok": all(c["pass"] for c in checks.values()),
+        "as_of": format_instant(ledger.clock.now_us()),
+        "postings": ledger_report["postings"],
+        "checks": checks,
+    }

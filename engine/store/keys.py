@@ -23,8 +23,8 @@ from sqlalchemy import and_, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from engine.clock import SystemClock
 from engine.audit import OPERATOR, Actor
+from engine.clock import SystemClock
 from engine.errors import EngineError
 from engine.store import audit
 from engine.store.config import ROLES, Principal
@@ -72,13 +72,20 @@ class Keys:
         self.engine = engine
         self.clock = clock or SystemClock()
 
-    def create(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None,
-               expires_in_days: int | None = None, actor: Actor = OPERATOR) -> tuple[str, dict]:
+    def create(
+        self,
+        role: str,
+        merchant_id: str | None = None,
+        terminal_id: str | None = None,
+        expires_in_days: int | None = None,
+        actor: Actor = OPERATOR,
+    ) -> tuple[str, dict]:
         """A new key: (the secret, returned this once; its listing). Only the SHA-256 is stored."""
         if role not in ROLES:
             raise EngineError("invalid_request", f"role must be one of {', '.join(ROLES)}")
         if expires_in_days is not None and not (
-                isinstance(expires_in_days, int) and 1 <= expires_in_days <= EXPIRES_IN_DAYS_MAX):
+            isinstance(expires_in_days, int) and 1 <= expires_in_days <= EXPIRES_IN_DAYS_MAX
+        ):
             raise EngineError("invalid_request", f"expires_in_days must be 1 to {EXPIRES_IN_DAYS_MAX}")
         with Session(self.engine) as session, session.begin():
             if role == "terminal":
@@ -97,9 +104,15 @@ class Keys:
             key_id = secrets.token_hex(8)
             secret = f"sp_{role}_{key_id}_{secrets.token_urlsafe(32)}"
             now = self.clock.now_us()
-            row = ApiKeyRow(id=key_id, key_hash=hash_key(secret), role=role, merchant_id=merchant_id,
-                            terminal_id=terminal_id, created_at_us=now,
-                            expires_at_us=None if expires_in_days is None else now + expires_in_days * DAY_US)
+            row = ApiKeyRow(
+                id=key_id,
+                key_hash=hash_key(secret),
+                role=role,
+                merchant_id=merchant_id,
+                terminal_id=terminal_id,
+                created_at_us=now,
+                expires_at_us=None if expires_in_days is None else now + expires_in_days * DAY_US,
+            )
             session.add(row)
             session.flush()
             listing = _listing(row, merchant_id)
@@ -118,9 +131,11 @@ class Keys:
     def revoke(self, key_id: str, actor: Actor = OPERATOR) -> dict:
         """Revoke a key; revoking it again changes nothing and keeps the first instant. Unknown: 404."""
         with Session(self.engine) as session, session.begin():
-            revoked = session.execute(update(ApiKeyRow)
-                                      .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at_us.is_(None))
-                                      .values(revoked_at_us=self.clock.now_us())).rowcount
+            revoked = session.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at_us.is_(None))
+                .values(revoked_at_us=self.clock.now_us())
+            ).rowcount
             found = session.execute(
                 select(ApiKeyRow, TerminalRow.merchant_id)
                 .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
@@ -131,8 +146,15 @@ class Keys:
             row, terminal_merchant = found
             listing = _listing(row, terminal_merchant or row.merchant_id)
             if revoked:
-                audit.record(session, actor, "key.revoke", f"key:{key_id}", {**listing, "revoked_at_us": None},
-                             listing, at_us=row.revoked_at_us)
+                audit.record(
+                    session,
+                    actor,
+                    "key.revoke",
+                    f"key:{key_id}",
+                    {**listing, "revoked_at_us": None},
+                    listing,
+                    at_us=row.revoked_at_us,
+                )
             return listing
 
     def lookup(self, digest: str) -> KeyLookup | None:
@@ -140,8 +162,15 @@ class Keys:
         against its clock on every request."""
         with Session(self.engine) as session:
             found = session.execute(
-                select(ApiKeyRow.id, ApiKeyRow.role, ApiKeyRow.merchant_id, ApiKeyRow.terminal_id,
-                       ApiKeyRow.expires_at_us, ApiKeyRow.revoked_at_us, TerminalRow.merchant_id)
+                select(
+                    ApiKeyRow.id,
+                    ApiKeyRow.role,
+                    ApiKeyRow.merchant_id,
+                    ApiKeyRow.terminal_id,
+                    ApiKeyRow.expires_at_us,
+                    ApiKeyRow.revoked_at_us,
+                    TerminalRow.merchant_id,
+                )
                 .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
                 .where(ApiKeyRow.key_hash == digest)
             ).one_or_none()
@@ -163,8 +192,12 @@ class Keys:
             for key_id, at_us in sorted(used.items()):
                 session.execute(
                     update(ApiKeyRow)
-                    .where(ApiKeyRow.id == key_id,
-                           or_(ApiKeyRow.last_used_at_us.is_(None),
-                               and_(ApiKeyRow.last_used_at_us <= at_us - LAST_USED_RESOLUTION_US)))
+                    .where(
+                        ApiKeyRow.id == key_id,
+                        or_(
+                            ApiKeyRow.last_used_at_us.is_(None),
+                            and_(ApiKeyRow.last_used_at_us <= at_us - LAST_USED_RESOLUTION_US),
+                        ),
+                    )
                     .values(last_used_at_us=at_us)
                 )

@@ -22,17 +22,17 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from engine import crediting, ledger_rules as rules
+from engine import crediting
+from engine import ledger_rules as rules
+from engine.clock import SystemClock
 from engine.errors import decline
 from engine.model import Campaign, Merchant, Purchase, Refund
-from engine.receipts import Receipt
-from engine.rating._kernel_py import share_target
 from engine.rating import AwardState, Catalog, PurchaseState, RatingState, build_catalog, rate, window_key
+from engine.rating._kernel_py import share_target
+from engine.receipts import Receipt
 from engine.store import bulk
 from engine.store.books import load_books, save_books
-from engine.wallet_book import Lot, WalletBook, lot_id
 from engine.store.models import (
-    RedemptionLegRow,
     AccountRow,
     AwardRow,
     CampaignRow,
@@ -42,12 +42,12 @@ from engine.store.models import (
     MerchantRow,
     PaymentRow,
     PostingRow,
+    RedemptionLegRow,
     TerminalRow,
     WalletWindowUsageRow,
 )
-from engine.clock import SystemClock
 from engine.timeutil import format_instant, to_us
-
+from engine.wallet_book import Lot, WalletBook, lot_id
 
 
 @dataclasses.dataclass
@@ -148,8 +148,7 @@ class Ledger:
                 # A group of pure retries needs no lock: a remembered answer is committed and final.
                 remembered = self._remembered(session, keys)
                 if len(remembered) == len(keys):
-                    return [self._replay(*remembered[(s.terminal_id, s.idempotency_key)][2:], s)
-                            for s in submissions]
+                    return [self._replay(*remembered[(s.terminal_id, s.idempotency_key)][2:], s) for s in submissions]
             head = self._lock_head(session)
             _, catalog, campaigns, merchants, terminals = self._catalog_for(session, head.catalog_version)
             results: list[Result | None] = [None] * len(submissions)
@@ -183,8 +182,9 @@ class Ledger:
                 s = submissions[i]
                 s.merchant_id = terminals.get(s.terminal_id)
                 if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
-                    results[i] = Result(*decline("forbidden", "a terminal posts only for its own merchant"),
-                                        remember=False)
+                    results[i] = Result(
+                        *decline("forbidden", "a terminal posts only for its own merchant"), remember=False
+                    )
                     continue
                 if s.body.type == "refund":
                     original = originals.get(s.body.original_id)
@@ -194,11 +194,14 @@ class Ledger:
                     if original["merchant_id"] != s.merchant_id:
                         results[i] = self._decline("refund_merchant_mismatch", s)
                         continue
-                    if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != \
-                            (s.receipt.app_id, s.receipt.original_jti):
-                        results[i] = Result(*decline("receipt_mismatch",
-                                                     "the receipt's original_jti is not the purchase's receipt"),
-                                            remember=False)
+                    if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != (
+                        s.receipt.app_id,
+                        s.receipt.original_jti,
+                    ):
+                        results[i] = Result(
+                            *decline("receipt_mismatch", "the receipt's original_jti is not the purchase's receipt"),
+                            remember=False,
+                        )
                         continue
                 if s.receipt_key in used_receipts:
                     results[i] = self._decline("receipt_already_used", s)
@@ -233,8 +236,9 @@ class Ledger:
                     else:
                         results[i] = Result(
                             201,
-                            writer.refund(payment_ids[i], s, outcome, state, originals[s.body.original_id],
-                                          pending_before),
+                            writer.refund(
+                                payment_ids[i], s, outcome, state, originals[s.body.original_id], pending_before
+                            ),
                         )
                 writer.flush(state, usage_before, spend_before, send=False)
                 batch = writer.batch
@@ -277,9 +281,11 @@ class Ledger:
         return {
             (row[0], row[1]): row
             for row in bulk.select_where_tuples(
-                session, IdempotencyRow.__table__,
+                session,
+                IdempotencyRow.__table__,
                 ["terminal_id", "key", "request_hash", "response_status", "response_json"],
-                ["terminal_id", "key"], sorted(keys),
+                ["terminal_id", "key"],
+                sorted(keys),
             )
         }
 
@@ -297,9 +303,16 @@ class Ledger:
         """Which of these (app, jti) an accepted transaction carries already."""
         if not receipt_keys:
             return set()
-        return {(row[0], row[1]) for row in bulk.select_where_tuples(
-            session, PaymentRow.__table__, ["receipt_app_id", "receipt_jti"], ["receipt_app_id", "receipt_jti"],
-            sorted(receipt_keys))}
+        return {
+            (row[0], row[1])
+            for row in bulk.select_where_tuples(
+                session,
+                PaymentRow.__table__,
+                ["receipt_app_id", "receipt_jti"],
+                ["receipt_app_id", "receipt_jti"],
+                sorted(receipt_keys),
+            )
+        }
 
     @staticmethod
     def _replay(request_hash: str, status: int, response_json: str, s: Submission) -> Result:
@@ -364,8 +377,11 @@ class Ledger:
                     o["wallet_id"], o["merchant_id"], o["amount"], o["points_used"], o["refunded"], awards
                 )
         for cid, wid, wkey, points in bulk.select_where_tuples(
-            session, WalletWindowUsageRow.__table__, ["campaign_id", "wallet_id", "window_key", "points"],
-            ["campaign_id", "wallet_id", "window_key"], sorted(usage_keys),
+            session,
+            WalletWindowUsageRow.__table__,
+            ["campaign_id", "wallet_id", "window_key", "points"],
+            ["campaign_id", "wallet_id", "window_key"],
+            sorted(usage_keys),
         ):
             state.usage[(cid, wid, wkey)] = points
         for row in session.execute(select(CampaignRow.id, CampaignRow.issued_net)):
@@ -435,8 +451,17 @@ class _GroupWriter:
     def new_lot(self, source_id: str, wallet_id: str, campaign_id: str, credit_at: int) -> Lot:
         campaign = self.campaigns.get(campaign_id)
         validity = campaign.validity_months if campaign else 6
-        return Lot(lot_id(source_id, campaign_id), wallet_id, campaign_id, source_id, credit_at,
-                   crediting.expires_at_us(credit_at, validity), 0, 0, new=True)
+        return Lot(
+            lot_id(source_id, campaign_id),
+            wallet_id,
+            campaign_id,
+            source_id,
+            credit_at,
+            crediting.expires_at_us(credit_at, validity),
+            0,
+            0,
+            new=True,
+        )
 
     def credit_points(self, book: WalletBook, lot: Lot, points: int, payment_id: str | None) -> None:
         """Points just posted into available(w, c): repay debt, then fill the lot."""
@@ -454,22 +479,46 @@ class _GroupWriter:
         at = to_us(body.occurred_at)
         book = self.books[body.wallet_id]
         if body.coin:
-            self.post(rules.Posting(rules.COIN_SALE, rules.COIN_CLEARING, rules.payable_account(body.merchant_id),
-                                    body.coin, pid))
+            self.post(
+                rules.Posting(
+                    rules.COIN_SALE, rules.COIN_CLEARING, rules.payable_account(body.merchant_id), body.coin, pid
+                )
+            )
         for position, (lot, amount) in enumerate(book.consume(body.points_used) if body.points_used else []):
-            self.post(rules.Posting(rules.REDEMPTION, rules.available_account(body.wallet_id, lot.campaign_id),
-                                    rules.payable_account(body.merchant_id), amount, pid, lot.campaign_id))
-            self.redemption_legs.append(dict(payment_id=pid, position=position, lot_id=lot.id,
-                                             campaign_id=lot.campaign_id, points=amount))
+            self.post(
+                rules.Posting(
+                    rules.REDEMPTION,
+                    rules.available_account(body.wallet_id, lot.campaign_id),
+                    rules.payable_account(body.merchant_id),
+                    amount,
+                    pid,
+                    lot.campaign_id,
+                )
+            )
+            self.redemption_legs.append(
+                dict(payment_id=pid, position=position, lot_id=lot.id, campaign_id=lot.campaign_id, points=amount)
+            )
         awards = []
         for award in outcome.awards:
             campaign = self.campaigns[award.campaign_id]
-            credit_at = crediting.credit_at_us(campaign.credit.schedule, campaign.credit.delay_business_days, at,
-                                               self.accepted_at)
+            credit_at = crediting.credit_at_us(
+                campaign.credit.schedule, campaign.credit.delay_business_days, at, self.accepted_at
+            )
             immediate = campaign.credit.schedule == "immediate"
-            target = (rules.available_account if immediate else rules.pending_account)(body.wallet_id, award.campaign_id)
-            self.post(rules.Posting(rules.AWARD, rules.funding_account(award.campaign_id), target, award.points, pid,
-                                    award.campaign_id, award.campaign_version))
+            target = (rules.available_account if immediate else rules.pending_account)(
+                body.wallet_id, award.campaign_id
+            )
+            self.post(
+                rules.Posting(
+                    rules.AWARD,
+                    rules.funding_account(award.campaign_id),
+                    target,
+                    award.points,
+                    pid,
+                    award.campaign_id,
+                    award.campaign_version,
+                )
+            )
             if immediate:
                 lot = self.new_lot(pid, body.wallet_id, award.campaign_id, credit_at)
                 self.credit_points(book, lot, award.points, pid)
@@ -526,18 +575,29 @@ class _GroupWriter:
         refunded_before = self.refunded_updates.get(oid, original["refunded"])
         coin_refunded = body.amount - outcome.points_returned
         if coin_refunded:
-            self.post(rules.Posting(rules.COIN_REFUND, rules.payable_account(merchant_id), rules.COIN_CLEARING,
-                                    coin_refunded, pid))
+            self.post(
+                rules.Posting(
+                    rules.COIN_REFUND, rules.payable_account(merchant_id), rules.COIN_CLEARING, coin_refunded, pid
+                )
+            )
         if outcome.points_returned:
             used = original["points_used"]
             returned_before = share_target(used, refunded_before, original["amount"])
             # Returned points go back to the lots they were taken from, with their expiry.
-            for returned_lot_id, amount in rules.split_in_order(original["redemption_legs"], returned_before,
-                                                                outcome.points_returned):
+            for returned_lot_id, amount in rules.split_in_order(
+                original["redemption_legs"], returned_before, outcome.points_returned
+            ):
                 lot = book.lots[returned_lot_id]
-                self.post(rules.Posting(rules.POINTS_RETURN, rules.payable_account(merchant_id),
-                                        rules.available_account(wallet_id, lot.campaign_id), amount, pid,
-                                        lot.campaign_id))
+                self.post(
+                    rules.Posting(
+                        rules.POINTS_RETURN,
+                        rules.payable_account(merchant_id),
+                        rules.available_account(wallet_id, lot.campaign_id),
+                        amount,
+                        pid,
+                        lot.campaign_id,
+                    )
+                )
                 self.credit_points(book, lot, amount, pid)
         for clawback in outcome.clawbacks:
             cid = clawback.campaign_id
@@ -548,13 +608,31 @@ class _GroupWriter:
             from_available = clawback.points - from_pending
             version = award_state.campaign_version
             if from_pending:
-                self.post(rules.Posting(rules.CLAWBACK, rules.pending_account(wallet_id, cid),
-                                        rules.funding_account(cid), from_pending, pid, cid, version))
+                self.post(
+                    rules.Posting(
+                        rules.CLAWBACK,
+                        rules.pending_account(wallet_id, cid),
+                        rules.funding_account(cid),
+                        from_pending,
+                        pid,
+                        cid,
+                        version,
+                    )
+                )
             if from_available:
                 book.claw_available(cid, from_available, lot_id(oid, cid), pid)
                 self.drain(book)
-                self.post(rules.Posting(rules.CLAWBACK, rules.available_account(wallet_id, cid),
-                                        rules.funding_account(cid), from_available, pid, cid, version))
+                self.post(
+                    rules.Posting(
+                        rules.CLAWBACK,
+                        rules.available_account(wallet_id, cid),
+                        rules.funding_account(cid),
+                        from_available,
+                        pid,
+                        cid,
+                        version,
+                    )
+                )
             self.award_updates.append(
                 dict(p_id=oid, c_id=cid, pending=pending_before[(oid, cid)], clawed=clawback.points)
             )
@@ -604,15 +682,23 @@ class _GroupWriter:
         row["hash"] = self.head.last_payment_hash = rules.payment_hash(self.head.last_payment_hash, row)
         return row
 
-    def flush(self, state: RatingState | None = None, usage_before: dict | None = None,
-              spend_before: dict | None = None, send: bool = True) -> None:
+    def flush(
+        self,
+        state: RatingState | None = None,
+        usage_before: dict | None = None,
+        spend_before: dict | None = None,
+        send: bool = True,
+    ) -> None:
         """Queue everything the group decided (and send it unless the caller adds more);
         `state` is given when the group was rated."""
         if state is not None:
             # The kernel decided redemptions on net balances; the wallet books posted here must agree.
             for wallet_id, book in self.books.items():
-                assert book.spendable() == state.balance[wallet_id], (wallet_id, book.spendable(),
-                                                                      state.balance[wallet_id])
+                assert book.spendable() == state.balance[wallet_id], (
+                    wallet_id,
+                    book.spendable(),
+                    state.balance[wallet_id],
+                )
         batch = self.batch
         save_books(batch, self.books)
         batch.insert(RedemptionLegRow.__table__, self.redemption_legs)
@@ -623,22 +709,39 @@ class _GroupWriter:
         for u in self.award_updates:
             previous = award_updates.get((u["p_id"], u["c_id"]))
             award_updates[(u["p_id"], u["c_id"])] = dict(
-                payment_id=u["p_id"], campaign_id=u["c_id"], pending=u["pending"],
-                clawed_back=u["clawed"] + (previous["clawed_back"] if previous else 0))
-        batch.update(AwardRow.__table__, ["payment_id", "campaign_id"], list(award_updates.values()),
-                     add=("clawed_back",))
-        batch.update(PaymentRow.__table__, ["id"],
-                     [dict(id=oid, refunded_amount=r) for oid, r in self.refunded_updates.items()])
+                payment_id=u["p_id"],
+                campaign_id=u["c_id"],
+                pending=u["pending"],
+                clawed_back=u["clawed"] + (previous["clawed_back"] if previous else 0),
+            )
+        batch.update(
+            AwardRow.__table__, ["payment_id", "campaign_id"], list(award_updates.values()), add=("clawed_back",)
+        )
+        batch.update(
+            PaymentRow.__table__, ["id"], [dict(id=oid, refunded_amount=r) for oid, r in self.refunded_updates.items()]
+        )
         batch.insert(PostingRow.__table__, self.postings)
-        batch.upsert(AccountRow.__table__,
-                     [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self.deltas.items()) if d],
-                     key=["id"], add="balance")
+        batch.upsert(
+            AccountRow.__table__,
+            [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self.deltas.items()) if d],
+            key=["id"],
+            add="balance",
+        )
         if state is not None:
-            batch.upsert(WalletWindowUsageRow.__table__,
-                         [dict(campaign_id=c, wallet_id=w, window_key=k, points=v)
-                          for (c, w, k), v in sorted(state.usage.items()) if v != usage_before.get((c, w, k), 0)],
-                         key=["campaign_id", "wallet_id", "window_key"], replace="points")
-            batch.update(CampaignRow.__table__, ["id"],
-                         [dict(id=cid, issued_net=v) for cid, v in state.spend.items() if v != spend_before.get(cid)])
+            batch.upsert(
+                WalletWindowUsageRow.__table__,
+                [
+                    dict(campaign_id=c, wallet_id=w, window_key=k, points=v)
+                    for (c, w, k), v in sorted(state.usage.items())
+                    if v != usage_before.get((c, w, k), 0)
+                ],
+                key=["campaign_id", "wallet_id", "window_key"],
+                replace="points",
+            )
+            batch.update(
+                CampaignRow.__table__,
+                ["id"],
+                [dict(id=cid, issued_net=v) for cid, v in state.spend.items() if v != spend_before.get(cid)],
+            )
         if send:
             batch.send()

@@ -42,23 +42,36 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
         with Session(ledger.engine) as session, session.begin():
             head = ledger._lock_head(session)
             _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
-            due = list(session.execute(
-                select(AwardRow)
-                .where(AwardRow.pending > 0, AwardRow.credit_at_us <= as_of_us)
-                .order_by(AwardRow.credit_at_us, AwardRow.payment_id, AwardRow.campaign_id)
-                .limit(chunk)
-            ).scalars())
+            due = list(
+                session.execute(
+                    select(AwardRow)
+                    .where(AwardRow.pending > 0, AwardRow.credit_at_us <= as_of_us)
+                    .order_by(AwardRow.credit_at_us, AwardRow.payment_id, AwardRow.campaign_id)
+                    .limit(chunk)
+                ).scalars()
+            )
             if not due:
-                session.add(LifecycleRunRow(kind="credit", as_of_us=as_of_us, started_at_us=started,
-                                            items=credited, points=points))
+                session.add(
+                    LifecycleRunRow(
+                        kind="credit", as_of_us=as_of_us, started_at_us=started, items=credited, points=points
+                    )
+                )
                 break
             books = load_books(session, {a.wallet_id for a in due})
             writer = _GroupWriter(session, head, ledger.clock.now_us(), campaigns, books)
             for award in due:
                 amount = award.pending
-                writer.post(rules.Posting(rules.CREDIT, rules.pending_account(award.wallet_id, award.campaign_id),
-                                          rules.available_account(award.wallet_id, award.campaign_id), amount,
-                                          award.payment_id, award.campaign_id, award.campaign_version))
+                writer.post(
+                    rules.Posting(
+                        rules.CREDIT,
+                        rules.pending_account(award.wallet_id, award.campaign_id),
+                        rules.available_account(award.wallet_id, award.campaign_id),
+                        amount,
+                        award.payment_id,
+                        award.campaign_id,
+                        award.campaign_version,
+                    )
+                )
                 lot = writer.new_lot(award.payment_id, award.wallet_id, award.campaign_id, award.credit_at_us)
                 writer.credit_points(books[award.wallet_id], lot, amount, award.payment_id)
                 award.pending = 0
@@ -75,32 +88,53 @@ def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
     while True:
         with Session(ledger.engine) as session, session.begin():
             head = ledger._lock_head(session)
-            wallets = [r[0] for r in session.execute(
-                select(PointLotRow.wallet_id)
-                .where(PointLotRow.remaining > 0, PointLotRow.expires_at_us <= as_of_us)
-                .group_by(PointLotRow.wallet_id)
-                .order_by(PointLotRow.wallet_id)
-                .limit(chunk)
-            )]
+            wallets = [
+                r[0]
+                for r in session.execute(
+                    select(PointLotRow.wallet_id)
+                    .where(PointLotRow.remaining > 0, PointLotRow.expires_at_us <= as_of_us)
+                    .group_by(PointLotRow.wallet_id)
+                    .order_by(PointLotRow.wallet_id)
+                    .limit(chunk)
+                )
+            ]
             if not wallets:
-                session.add(LifecycleRunRow(kind="expiry", as_of_us=as_of_us, started_at_us=started,
-                                            items=expired_lots, points=points))
+                session.add(
+                    LifecycleRunRow(
+                        kind="expiry", as_of_us=as_of_us, started_at_us=started, items=expired_lots, points=points
+                    )
+                )
                 break
             books = load_books(session, set(wallets))
             writer = _GroupWriter(session, head, ledger.clock.now_us(), {}, books)
             for wallet_id in wallets:
                 for lot, amount in books[wallet_id].expire(as_of_us):
-                    writer.post(rules.Posting(rules.EXPIRY, rules.available_account(wallet_id, lot.campaign_id),
-                                              rules.expired_account(lot.campaign_id), amount, lot.source_id,
-                                              lot.campaign_id))
+                    writer.post(
+                        rules.Posting(
+                            rules.EXPIRY,
+                            rules.available_account(wallet_id, lot.campaign_id),
+                            rules.expired_account(lot.campaign_id),
+                            amount,
+                            lot.source_id,
+                            lot.campaign_id,
+                        )
+                    )
                     expired_lots += 1
                     points += amount
             writer.flush()
     return {"kind": "expiry", "as_of": format_instant(as_of_us), "lots_expired": expired_lots, "points": points}
 
 
-def grant(ledger: Ledger, scope: str, idempotency_key: str, wallet_id: str, campaign_id: str, points: int,
-          reason: str, actor: Actor = OPERATOR) -> Result:
+def grant(
+    ledger: Ledger,
+    scope: str,
+    idempotency_key: str,
+    wallet_id: str,
+    campaign_id: str,
+    points: int,
+    reason: str,
+    actor: Actor = OPERATOR,
+) -> Result:
     """Points to a wallet against a campaign's budget, exactly and idempotently (audited)."""
     request = {"wallet_id": wallet_id, "campaign_id": campaign_id, "points": points, "reason": reason}
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
@@ -109,35 +143,70 @@ def grant(ledger: Ledger, scope: str, idempotency_key: str, wallet_id: str, camp
         _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
         remembered = session.get(IdempotencyRow, (scope, idempotency_key))
         if remembered is not None:
-            return Ledger._replay(remembered.request_hash, remembered.response_status, remembered.response_json,
-                                  _Hash(request_hash))
+            return Ledger._replay(
+                remembered.request_hash, remembered.response_status, remembered.response_json, _Hash(request_hash)
+            )
         meter = session.get(CampaignRow, campaign_id)
         if meter is None:
             return Result(*decline("not_found", f"campaign {campaign_id} is not known"), remember=False)
         campaign = campaigns[campaign_id]
         now = ledger.clock.now_us()
         if campaign.budget is not None and meter.issued_net + points > campaign.budget:
-            result = Result(*decline("budget_exceeded",
-                                     f"{campaign.budget - meter.issued_net} points left in the budget"))
+            result = Result(
+                *decline("budget_exceeded", f"{campaign.budget - meter.issued_net} points left in the budget")
+            )
         else:
             grant_id = "gr_" + secrets.token_hex(12)
             books = load_books(session, {wallet_id})
             writer = _GroupWriter(session, head, now, campaigns, books)
-            writer.post(rules.Posting(rules.GRANT, rules.funding_account(campaign_id),
-                                      rules.available_account(wallet_id, campaign_id), points, grant_id, campaign_id,
-                                      campaign.version))
+            writer.post(
+                rules.Posting(
+                    rules.GRANT,
+                    rules.funding_account(campaign_id),
+                    rules.available_account(wallet_id, campaign_id),
+                    points,
+                    grant_id,
+                    campaign_id,
+                    campaign.version,
+                )
+            )
             lot = writer.new_lot(grant_id, wallet_id, campaign_id, now)
             writer.credit_points(books[wallet_id], lot, points, grant_id)
             writer.flush()
             meter.issued_net += points
-            session.add(GrantRow(id=grant_id, wallet_id=wallet_id, campaign_id=campaign_id,
-                                 campaign_version=campaign.version, points=points, reason=reason, granted_at_us=now))
-            result = Result(201, {"id": grant_id, **request, "campaign_version": campaign.version,
-                                  "granted_at": format_instant(now), "expires_at": format_instant(lot.expires_at_us)})
+            session.add(
+                GrantRow(
+                    id=grant_id,
+                    wallet_id=wallet_id,
+                    campaign_id=campaign_id,
+                    campaign_version=campaign.version,
+                    points=points,
+                    reason=reason,
+                    granted_at_us=now,
+                )
+            )
+            result = Result(
+                201,
+                {
+                    "id": grant_id,
+                    **request,
+                    "campaign_version": campaign.version,
+                    "granted_at": format_instant(now),
+                    "expires_at": format_instant(lot.expires_at_us),
+                },
+            )
             audit.record(session, actor, "grant.create", f"wallet:{wallet_id}", None, result.body, at_us=now)
-        session.add(IdempotencyRow(terminal_id=scope, key=idempotency_key, request_hash=request_hash,
-                                   response_status=result.status, response_json=json.dumps(result.body),
-                                   payment_id=result.body.get("id"), created_at_us=now))
+        session.add(
+            IdempotencyRow(
+                terminal_id=scope,
+                key=idempotency_key,
+                request_hash=request_hash,
+                response_status=result.status,
+                response_json=json.dumps(result.body),
+                payment_id=result.body.get("id"),
+                created_at_us=now,
+            )
+        )
         return result
 
 

@@ -333,8 +333,10 @@ class SettlementLineRow(Base):
     net_payout: Mapped[int] = mapped_column(BigInteger)
     payout_status: Mapped[str] = mapped_column(String(16))
     __table_args__ = (
-        CheckConstraint("payout_status IN ('pending', 'paid', 'failed', 'nothing_due', 'held_bank_change')",
-                        name="payout_status_known"),
+        CheckConstraint(
+            "payout_status IN ('pending', 'paid', 'failed', 'nothing_due', 'held_bank_change')",
+            name="payout_status_known",
+        ),
     )
 
 

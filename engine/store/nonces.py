@@ -67,8 +67,9 @@ class DatabaseNonces:
 
     def prune(self, now_us: int) -> int:
         with self.engine.begin() as connection:
-            return connection.execute(delete(SignatureNonceRow).where(SignatureNonceRow.expires_at_us <= now_us)
-                                      ).rowcount
+            return connection.execute(
+                delete(SignatureNonceRow).where(SignatureNonceRow.expires_at_us <= now_us)
+            ).rowcount
 
     async def claim(self, terminal_id: str, nonce: str, now_us: int) -> bool:
         try:

@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
 from engine.errors import EngineError
-from engine.timeutil import format_instant
 from engine.store import bulk
 from engine.store.models import (
     AccountRow,
@@ -24,6 +23,7 @@ from engine.store.models import (
     PostingRow,
     WalletDebtRow,
 )
+from engine.timeutil import format_instant
 
 
 def award_status(award: AwardRow) -> str:
@@ -38,8 +38,10 @@ def get_payment(engine: Engine, payment_id: str) -> dict:
         if row is None:
             raise EngineError("not_found", f"transaction {payment_id} is not known")
         body = json.loads(row.response_json)
-        awards = {a.campaign_id: a for a in session.execute(
-            select(AwardRow).where(AwardRow.payment_id == payment_id)).scalars()}
+        awards = {
+            a.campaign_id: a
+            for a in session.execute(select(AwardRow).where(AwardRow.payment_id == payment_id)).scalars()
+        }
         for award in body.get("awards", []):
             a = awards[award["campaign_id"]]
             award["status"] = award_status(a)
@@ -94,17 +96,25 @@ def ledger_check(engine: Engine) -> dict:
         gaps: list[int] = []
         count = 0
         parts = functools.lru_cache(maxsize=None)(rules.account_parts)
-        rows = bulk.stream(session, (
-            "SELECT sequence, payment_id, campaign_id, campaign_version, reason, debit_account_id, "
-            "credit_account_id, amount, posted_at_us, hash FROM posting ORDER BY sequence"))
+        rows = bulk.stream(
+            session,
+            (
+                "SELECT sequence, payment_id, campaign_id, campaign_version, reason, debit_account_id, "
+                "credit_account_id, amount, posted_at_us, hash FROM posting ORDER BY sequence"
+            ),
+        )
         # Plain tuples, not ORM objects: this walks every posting ever made.
         for sequence, payment_id, campaign_id, version, reason, debit_id, credit_id, amount, posted_at, digest in rows:
             count += 1
             if sequence != expected_sequence:
                 gaps.append(expected_sequence)
             expected_sequence = sequence + 1
-            if rules.chain_hash_of(previous, sequence, payment_id, campaign_id, version, reason, debit_id, credit_id,
-                                   amount, posted_at) != digest:
+            if (
+                rules.chain_hash_of(
+                    previous, sequence, payment_id, campaign_id, version, reason, debit_id, credit_id, amount, posted_at
+                )
+                != digest
+            ):
                 chain_breaks.append(sequence)
             previous = digest
             computed[debit_id] -= amount
@@ -119,8 +129,11 @@ def ledger_check(engine: Engine) -> dict:
                 sign = 1 if category in ("issued", "returned") else -1
                 wallet_flows[wallet] += sign * amount
         payment_breaks = verify_payment_chain(session)
-        accounts = list(session.execute(select(AccountRow.id, AccountRow.kind, AccountRow.wallet_id,
-                                                AccountRow.campaign_id, AccountRow.balance)))
+        accounts = list(
+            session.execute(
+                select(AccountRow.id, AccountRow.kind, AccountRow.wallet_id, AccountRow.campaign_id, AccountRow.balance)
+            )
+        )
         cached = {a.id: a.balance for a in accounts}
         mismatched = sorted(a for a in set(cached) | set(computed) if cached.get(a, 0) != computed.get(a, 0))
         outstanding: dict[str, int] = defaultdict(int)
@@ -134,16 +147,18 @@ def ledger_check(engine: Engine) -> dict:
                 available[(a.wallet_id, a.campaign_id)] += a.balance
         in_lots: dict[tuple[str, str], int] = defaultdict(int)
         for wallet_id, campaign_id, remaining in session.execute(
-            select(PointLotRow.wallet_id, PointLotRow.campaign_id, PointLotRow.remaining)
-            .where(PointLotRow.remaining > 0)
+            select(PointLotRow.wallet_id, PointLotRow.campaign_id, PointLotRow.remaining).where(
+                PointLotRow.remaining > 0
+            )
         ):
             in_lots[(wallet_id, campaign_id)] += remaining
         for wallet_id, campaign_id, points in session.execute(
             select(WalletDebtRow.wallet_id, WalletDebtRow.campaign_id, WalletDebtRow.points)
         ):
             in_lots[(wallet_id, campaign_id)] -= points
-        lots_mismatched = sorted(f"{w}:{c}" for w, c in set(available) | set(in_lots)
-                                 if available.get((w, c), 0) != in_lots.get((w, c), 0))
+        lots_mismatched = sorted(
+            f"{w}:{c}" for w, c in set(available) | set(in_lots) if available.get((w, c), 0) != in_lots.get((w, c), 0)
+        )
         meters = {r.id: r.issued_net for r in session.execute(select(CampaignRow)).scalars()}
         campaigns = {}
         for cid in sorted(set(flows) | set(outstanding) | set(meters)):
@@ -161,8 +176,11 @@ def ledger_check(engine: Engine) -> dict:
                 "identity_holds": lhs == outstanding[cid],
                 "meter_matches": meters.get(cid, 0) == f["issued"] - f["clawed_back"],
             }
-        wallets_broken = sorted(w for w in set(wallet_flows) | set(wallet_outstanding)
-                                if wallet_flows.get(w, 0) != wallet_outstanding.get(w, 0))
+        wallets_broken = sorted(
+            w
+            for w in set(wallet_flows) | set(wallet_outstanding)
+            if wallet_flows.get(w, 0) != wallet_outstanding.get(w, 0)
+        )
         total_lhs = sum(wallet_flows.values())
         total_outstanding = sum(outstanding.values())
         trial_balance = sum(computed.values())
@@ -201,8 +219,11 @@ def verify_payment_chain(session: Session) -> list[str]:
     expected = 1
     breaks = []
     # Plain tuples streamed in chunks: this reads every request and answer ever stored.
-    rows = bulk.stream(session, f"SELECT {', '.join(rules.PAYMENT_HASHED_FIELDS)}, hash FROM payment "
-                                "ORDER BY sequence", chunk_rows=20_000)
+    rows = bulk.stream(
+        session,
+        f"SELECT {', '.join(rules.PAYMENT_HASHED_FIELDS)}, hash FROM payment ORDER BY sequence",
+        chunk_rows=20_000,
+    )
     for row in rows:
         values, digest = row[:-1], row[-1]
         if values[0] != expected or rules.payment_hash_of(previous, values) != digest:
@@ -240,8 +261,8 @@ def wallet_detail(engine: Engine, wallet_id: str) -> dict:
         ).scalars():
             expiring[lot.expires_at_us] += lot.remaining
     base["pending_by_credit_date"] = [
-        {"campaign_id": c, "credit_at": format_instant(at), "points": p} for (c, at), p in sorted(pending.items(),
-                                                                                              key=lambda kv: kv[0][1])
+        {"campaign_id": c, "credit_at": format_instant(at), "points": p}
+        for (c, at), p in sorted(pending.items(), key=lambda kv: kv[0][1])
     ]
     base["expiring"] = [{"expires_at": format_instant(at), "points": p} for at, p in sorted(expiring.items())]
     return base
@@ -268,11 +289,12 @@ def merchant_rewards(engine: Engine, merchant_id: str, from_us: int | None, to_u
                 totals["refunds"] += 1
                 totals["coin_refunded"] += body["coin_refunded"]
                 totals["points_returned"] += body["points_returned"]
-        campaigns: dict[str, dict[str, int]] = defaultdict(lambda: {"awarded": 0, "pending": 0, "credited": 0,
-                                                                    "clawed_back": 0})
+        campaigns: dict[str, dict[str, int]] = defaultdict(
+            lambda: {"awarded": 0, "pending": 0, "credited": 0, "clawed_back": 0}
+        )
         for chunk_start in range(0, len(ids), 1000):
             for a in session.execute(
-                select(AwardRow).where(AwardRow.payment_id.in_(ids[chunk_start:chunk_start + 1000]))
+                select(AwardRow).where(AwardRow.payment_id.in_(ids[chunk_start : chunk_start + 1000]))
             ).scalars():
                 c = campaigns[a.campaign_id]
                 c["awarded"] += a.points
@@ -284,16 +306,18 @@ def merchant_rewards(engine: Engine, merchant_id: str, from_us: int | None, to_u
         "from": format_instant(from_us) if from_us is not None else None,
         "to": format_instant(to_us) if to_us is not None else None,
         "transactions": totals["purchases"] + totals["refunds"],
-        **{k: totals[k] for k in ("purchases", "refunds", "coin_sales", "coin_refunded", "points_redeemed",
-                                  "points_returned")},
+        **{
+            k: totals[k]
+            for k in ("purchases", "refunds", "coin_sales", "coin_refunded", "points_redeemed", "points_returned")
+        },
         "campaigns": [{"campaign_id": c, **v} for c, v in sorted(campaigns.items())],
-        "points": {k: sum(v[k] for v in campaigns.values()) for k in ("awarded", "pending", "credited",
-                                                                        "clawed_back")},
+        "points": {k: sum(v[k] for v in campaigns.values()) for k in ("awarded", "pending", "credited", "clawed_back")},
     }
 
 
-def merchant_transactions(engine: Engine, merchant_id: str, from_us: int | None, to_us: int | None,
-                          after_sequence: int, limit: int) -> tuple[list[dict], int | None]:
+def merchant_transactions(
+    engine: Engine, merchant_id: str, from_us: int | None, to_us: int | None, after_sequence: int, limit: int
+) -> tuple[list[dict], int | None]:
     """One page in acceptance order after `after_sequence`; the next cursor, or None at the end.
 
     Keyset pagination on the gapless sequence: a transaction accepted while a
@@ -305,8 +329,10 @@ def merchant_transactions(engine: Engine, merchant_id: str, from_us: int | None,
             where.append(PaymentRow.occurred_at_us >= from_us)
         if to_us is not None:
             where.append(PaymentRow.occurred_at_us < to_us)
-        rows = list(session.execute(
-            select(PaymentRow.id, PaymentRow.sequence).where(*where).order_by(PaymentRow.sequence).limit(limit + 1)
-        ))
+        rows = list(
+            session.execute(
+                select(PaymentRow.id, PaymentRow.sequence).where(*where).order_by(PaymentRow.sequence).limit(limit + 1)
+            )
+        )
     page = [get_payment(engine, r.id) for r in rows[:limit]]
     return page, (rows[limit - 1].sequence if len(rows) > limit else None)

@@ -20,6 +20,7 @@ class LoopClients:
 
         loop = id(asyncio.get_running_loop())
         if loop not in self._clients:
-            self._clients[loop] = redis.Redis.from_url(self.url, socket_timeout=CLIENT_TIMEOUT_S,
-                                                       socket_connect_timeout=CLIENT_TIMEOUT_S)
+            self._clients[loop] = redis.Redis.from_url(
+                self.url, socket_timeout=CLIENT_TIMEOUT_S, socket_connect_timeout=CLIENT_TIMEOUT_S
+            )
         return self._clients[loop]

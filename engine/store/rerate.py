@@ -36,7 +36,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from engine.model import Campaign, Merchant, Transaction, campaign_order
-from engine.rating import ENGINES, _kernel_py as k, build_catalog, rate_columns
+from engine.rating import ENGINES, build_catalog, rate_columns
+from engine.rating import _kernel_py as k
 from engine.rating.columns import CAPPED_BY, STATUS_CODES, Catalog
 from engine.rating.vectorized import Batch, Opening, assemble, purchase_windows, slot_keys
 from engine.timeutil import to_us
@@ -60,13 +61,12 @@ def _int_columns(conn: Connection, sql: str, names: list[str], params: dict | No
         # Binary COPY of bigint-only rows has a fixed layout, so numpy reads it in place.
         raw = conn.connection.dbapi_connection
         buffer = bytearray()
-        with raw.cursor() as cursor:
-            with cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
-                for chunk in copy:
-                    buffer += chunk
+        with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
+            for chunk in copy:
+                buffer += chunk
         header = 11 + 4 + 4 + struct.unpack_from(">I", buffer, 15)[0]
         dtype = np.dtype([("n", ">i2")] + [f for name in names for f in ((f"l_{name}", ">i4"), (name, ">i8"))])
-        body = memoryview(buffer)[header: len(buffer) - 2]
+        body = memoryview(buffer)[header : len(buffer) - 2]
         rows = np.frombuffer(body, dtype=dtype)
         # Every field must be a non-null bigint (CAST(... AS BIGINT) in the query), or the layout is off.
         assert all((rows[f"l_{name}"] == 8).all() for name in names), "a column is null or not bigint"
@@ -80,10 +80,9 @@ def _text_column(conn: Connection, sql: str, params: dict | None = None) -> list
     if _is_pg(conn):
         raw = conn.connection.dbapi_connection
         buffer = bytearray()
-        with raw.cursor() as cursor:
-            with cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
-                for chunk in copy:
-                    buffer += chunk
+        with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
+            for chunk in copy:
+                buffer += chunk
         # Identifiers never hold tabs, newlines or backslashes (engine.model.Id), so no unescaping.
         return bytes(buffer).decode().split("\n")[:-1]
     return ["\t".join(r) for r in conn.execute(text(sql), params or {})]
@@ -117,14 +116,17 @@ class History:
     def __len__(self) -> int:
         return len(self.sequence)
 
-    def select(self, keep: np.ndarray) -> "History":
+    def select(self, keep: np.ndarray) -> History:
         """The payments where `keep` holds; refunds whose original is dropped lose it (-1)."""
         positions = np.flatnonzero(keep)
         new_position = np.full(len(self) + 1, -1, I64)
         new_position[positions] = np.arange(len(positions))
         original = np.where(self.original >= 0, new_position[self.original], -1)[positions]
-        fields = {f.name: getattr(self, f.name)[positions] for f in dataclasses.fields(self)
-                  if isinstance(getattr(self, f.name), np.ndarray)}
+        fields = {
+            f.name: getattr(self, f.name)[positions]
+            for f in dataclasses.fields(self)
+            if isinstance(getattr(self, f.name), np.ndarray)
+        }
         fields["original"] = original
         items = {int(new_position[p]): v for p, v in self.items.items() if new_position[p] >= 0}
         return History(**fields, merchant_names=self.merchant_names, wallet_names=self.wallet_names, items=items)
@@ -133,35 +135,58 @@ class History:
 def load_history(conn: Connection, where: str = "", params: dict | None = None) -> History:
     """Payments (all, or those matching a SQL condition on `payment`) in acceptance order."""
     condition = f" WHERE {where}" if where else ""
-    ints = _int_columns(conn, (
-        "SELECT sequence, CAST(CASE WHEN type = 'refund' THEN 1 ELSE 0 END AS BIGINT), occurred_at_us, "
-        "accepted_at_us, amount, points_used, "
-        "CAST(CASE WHEN has_items IS NULL THEN -1 WHEN has_items THEN 1 ELSE 0 END AS BIGINT) "
-        f"FROM payment{condition} ORDER BY sequence"),
-        ["sequence", "kind", "occurred_at_us", "accepted_at_us", "amount", "points_used", "has_items"], params)
+    ints = _int_columns(
+        conn,
+        (
+            "SELECT sequence, CAST(CASE WHEN type = 'refund' THEN 1 ELSE 0 END AS BIGINT), occurred_at_us, "
+            "accepted_at_us, amount, points_used, "
+            "CAST(CASE WHEN has_items IS NULL THEN -1 WHEN has_items THEN 1 ELSE 0 END AS BIGINT) "
+            f"FROM payment{condition} ORDER BY sequence"
+        ),
+        ["sequence", "kind", "occurred_at_us", "accepted_at_us", "amount", "points_used", "has_items"],
+        params,
+    )
     # Both identifiers in one pass: `wallet<TAB>merchant` lines, split into one flat list.
     lines = _text_column(conn, f"SELECT wallet_id, merchant_id FROM payment{condition} ORDER BY sequence", params)
     flat = "\t".join(lines).split("\t") if lines else []
     wallet, wallet_names = _codes(flat[0::2])
     merchant, merchant_names = _codes(flat[1::2])
-    pairs = _int_columns(conn, (
-        f"SELECT p.sequence, o.sequence FROM (SELECT sequence, original_id FROM payment{condition}) p "
-        "JOIN payment o ON o.id = p.original_id WHERE p.original_id IS NOT NULL"),
-        ["refund", "original"], params)
+    pairs = _int_columns(
+        conn,
+        (
+            f"SELECT p.sequence, o.sequence FROM (SELECT sequence, original_id FROM payment{condition}) p "
+            "JOIN payment o ON o.id = p.original_id WHERE p.original_id IS NOT NULL"
+        ),
+        ["refund", "original"],
+        params,
+    )
     sequence = ints["sequence"]
     original = np.full(len(sequence), -1, I64)
     at = np.searchsorted(sequence, pairs["refund"])
     found = np.searchsorted(sequence, pairs["original"])
-    found_ok = (found < len(sequence)) & (sequence[np.minimum(found, len(sequence) - 1)] == pairs["original"]) \
-        if len(sequence) else np.zeros(0, bool)
+    found_ok = (
+        (found < len(sequence)) & (sequence[np.minimum(found, len(sequence) - 1)] == pairs["original"])
+        if len(sequence)
+        else np.zeros(0, bool)
+    )
     original[at[found_ok]] = found[found_ok]
     original_sequence = np.full(len(sequence), -1, I64)
     original_sequence[at] = pairs["original"]
-    return History(sequence=sequence, kind=ints["kind"].astype(np.int8), occurred_at_us=ints["occurred_at_us"],
-                   accepted_at_us=ints["accepted_at_us"], amount=ints["amount"], points_used=ints["points_used"],
-                   original=original, original_sequence=original_sequence, has_items=ints["has_items"],
-                   merchant=merchant, wallet=wallet,
-                   merchant_names=merchant_names, wallet_names=wallet_names)
+    return History(
+        sequence=sequence,
+        kind=ints["kind"].astype(np.int8),
+        occurred_at_us=ints["occurred_at_us"],
+        accepted_at_us=ints["accepted_at_us"],
+        amount=ints["amount"],
+        points_used=ints["points_used"],
+        original=original,
+        original_sequence=original_sequence,
+        has_items=ints["has_items"],
+        merchant=merchant,
+        wallet=wallet,
+        merchant_names=merchant_names,
+        wallet_names=wallet_names,
+    )
 
 
 def extend(old: History, new: History) -> History:
@@ -174,17 +199,22 @@ def extend(old: History, new: History) -> History:
         index = {name: i for i, name in enumerate(names[field])}
         remap = np.array([index.setdefault(name, len(index)) for name in getattr(new, f"{field}_names")], I64)
         names[field] = list(index)
-        codes[field] = np.concatenate([getattr(old, field), remap[getattr(new, field)] if remap.size
-                                       else getattr(new, field)])
-    fields = {f.name: np.concatenate([getattr(old, f.name), getattr(new, f.name)]) for f in dataclasses.fields(old)
-              if isinstance(getattr(old, f.name), np.ndarray)}
+        codes[field] = np.concatenate(
+            [getattr(old, field), remap[getattr(new, field)] if remap.size else getattr(new, field)]
+        )
+    fields = {
+        f.name: np.concatenate([getattr(old, f.name), getattr(new, f.name)])
+        for f in dataclasses.fields(old)
+        if isinstance(getattr(old, f.name), np.ndarray)
+    }
     fields.update(codes)
     sequence = fields["sequence"]
     original = np.full(len(sequence), -1, I64)
     refunds = np.flatnonzero(fields["original_sequence"] >= 0)
     found = np.searchsorted(sequence, fields["original_sequence"][refunds])
-    ok = (found < len(sequence)) & (sequence[np.minimum(found, len(sequence) - 1)] ==
-                                    fields["original_sequence"][refunds])
+    ok = (found < len(sequence)) & (
+        sequence[np.minimum(found, len(sequence) - 1)] == fields["original_sequence"][refunds]
+    )
     original[refunds[ok]] = found[ok]
     fields["original"] = original
     items = dict(old.items)
@@ -196,7 +226,7 @@ def payment_ids(conn: Connection, sequences) -> dict[int, str]:
     sequences = sorted({int(s) for s in sequences})
     out: dict[int, str] = {}
     for start in range(0, len(sequences), 1000):
-        chunk = sequences[start:start + 1000]
+        chunk = sequences[start : start + 1000]
         marks = ", ".join(str(s) for s in chunk)  # integers only: nothing to quote
         for seq, pid in conn.execute(text(f"SELECT sequence, id FROM payment WHERE sequence IN ({marks})")):
             out[int(seq)] = pid
@@ -236,15 +266,21 @@ class Versions:
 
 def load_versions(conn: Connection) -> Versions:
     campaigns: dict[str, list] = {}
-    for cid, at, record in conn.execute(text(
-            "SELECT campaign_id, created_at_us, record_json FROM campaign_version ORDER BY campaign_id, version")):
+    for cid, at, record in conn.execute(
+        text("SELECT campaign_id, created_at_us, record_json FROM campaign_version ORDER BY campaign_id, version")
+    ):
         campaigns.setdefault(cid, []).append((int(at), Campaign.model_validate_json(record)))
     merchants: dict[str, list] = {}
-    for mid, at, record in conn.execute(text(
-            "SELECT merchant_id, created_at_us, record_json FROM merchant_version ORDER BY merchant_id, version")):
+    for mid, at, record in conn.execute(
+        text("SELECT merchant_id, created_at_us, record_json FROM merchant_version ORDER BY merchant_id, version")
+    ):
         merchants.setdefault(mid, []).append((int(at), Merchant.from_stored(record)))
-    grants = [(int(at), cid, int(points)) for at, cid, points in conn.execute(text(
-        "SELECT granted_at_us, campaign_id, points FROM point_grant ORDER BY granted_at_us"))]
+    grants = [
+        (int(at), cid, int(points))
+        for at, cid, points in conn.execute(
+            text("SELECT granted_at_us, campaign_id, points FROM point_grant ORDER BY granted_at_us")
+        )
+    ]
     return Versions(campaigns, merchants, grants)
 
 
@@ -258,12 +294,17 @@ def load_items(conn: Connection, history: History) -> None:
         return
     position = {int(s): i for i, s in zip(np.searchsorted(history.sequence, wanted), wanted.tolist())}
     if _is_pg(conn):
-        rows = conn.execute(text("SELECT sequence, request_json FROM payment WHERE sequence = ANY(:s)"),
-                            {"s": wanted.tolist()})
+        rows = conn.execute(
+            text("SELECT sequence, request_json FROM payment WHERE sequence = ANY(:s)"), {"s": wanted.tolist()}
+        )
     else:
         lo, hi = int(wanted.min()), int(wanted.max())
-        rows = conn.execute(text("SELECT sequence, request_json FROM payment WHERE sequence BETWEEN :lo AND :hi"
-                                 " AND has_items IS NOT 0"), {"lo": lo, "hi": hi})
+        rows = conn.execute(
+            text(
+                "SELECT sequence, request_json FROM payment WHERE sequence BETWEEN :lo AND :hi AND has_items IS NOT 0"
+            ),
+            {"lo": lo, "hi": hi},
+        )
     for seq, request in rows:
         if int(seq) not in position:
             continue
@@ -308,8 +349,14 @@ def _segments(history: History, changes: np.ndarray) -> list[tuple[int, int, int
     return [(int(a), int(b), int(era[a])) for a, b in zip(starts, ends)]
 
 
-def rate_history(history: History, versions: Versions, override: dict | None = None, engine: str | None = None,
-                 progress=None, grants: bool = True) -> Rated:
+def rate_history(
+    history: History,
+    versions: Versions,
+    override: dict | None = None,
+    engine: str | None = None,
+    progress=None,
+    grants: bool = True,
+) -> Rated:
     """Rate `history` era by era from zero state.
 
     `override(instant) -> (campaigns, merchants)` replaces what was in force
@@ -404,23 +451,38 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
         R0 = prior.size
         local = np.where(refund_rows >= first_new, R0 + refund_rows - first_new, -1)
         local[(refund_rows >= 0) & (refund_rows < first_new)] = np.searchsorted(
-            prior, refund_rows[(refund_rows >= 0) & (refund_rows < first_new)])
+            prior, refund_rows[(refund_rows >= 0) & (refund_rows < first_new)]
+        )
         rows = np.concatenate([prior, new_rows])
         merchant_map = np.array([cat.merchant_index.get(m, -1) for m in history.merchant_names], np.int32)
         opening = Opening(
             r_wallet=history.wallet[purchase_position[prior]],
             r_amount=history.amount[purchase_position[prior]],
             r_points_used=history.points_used[purchase_position[prior]],
-            r_refunded=refunded[prior], r_award=award[prior][:, perm].ravel(),
-            r_pending=np.zeros(R0 * G, I64), r_window=np.zeros(R0 * G, I64),
-            usage_campaign=np.zeros(0, I64), usage_wallet=np.zeros(0, I64), usage_window=np.zeros(0, I64),
-            usage_points=np.zeros(0, I64), spend=spend[perm])
+            r_refunded=refunded[prior],
+            r_award=award[prior][:, perm].ravel(),
+            r_pending=np.zeros(R0 * G, I64),
+            r_window=np.zeros(R0 * G, I64),
+            usage_campaign=np.zeros(0, I64),
+            usage_wallet=np.zeros(0, I64),
+            usage_window=np.zeros(0, I64),
+            usage_points=np.zeros(0, I64),
+            spend=spend[perm],
+        )
         lo, hi = int(item_start[a]), int(item_start[b])
         masks = _masks(cat, item_tags[lo:hi])
-        batch = Batch(kind=kind, merchant=merchant_map[history.merchant[seg]], wallet=history.wallet[seg],
-                      occurred_at_us=history.occurred_at_us[seg], amount=history.amount[seg],
-                      points_used=np.where(purchase, history.points_used[seg], 0), original_row=local,
-                      item_start=item_start[a:b + 1] - lo, item_amount=item_amount[lo:hi], item_mask=masks)
+        batch = Batch(
+            kind=kind,
+            merchant=merchant_map[history.merchant[seg]],
+            wallet=history.wallet[seg],
+            occurred_at_us=history.occurred_at_us[seg],
+            amount=history.amount[seg],
+            points_used=np.where(purchase, history.points_used[seg], 0),
+            original_row=local,
+            item_start=item_start[a : b + 1] - lo,
+            item_amount=item_amount[lo:hi],
+            item_mask=masks,
+        )
         cols = assemble(cat, batch, opening, G, slot_g[rows][:, perm].ravel(), usage, wallets=W)
         cols.r_valid[:R0] = accepted[prior]
         mark = time.perf_counter()
@@ -446,9 +508,21 @@ def rate_history(history: History, versions: Versions, override: dict | None = N
     era_of = np.zeros(N, I64)
     for a, b, era in segments:
         era_of[a:b] = era
-    return Rated(campaign_ids, status, np.where(is_purchase, row_of, -1), award, capped, version, clawback, returned,
-                 spend, len(catalogs), era_of, catalogs,
-                 {"encode": time.perf_counter() - started - kernel_s, "rate": kernel_s})
+    return Rated(
+        campaign_ids,
+        status,
+        np.where(is_purchase, row_of, -1),
+        award,
+        capped,
+        version,
+        clawback,
+        returned,
+        spend,
+        len(catalogs),
+        era_of,
+        catalogs,
+        {"encode": time.perf_counter() - started - kernel_s, "rate": kernel_s},
+    )
 
 
 def _masks(catalog: Catalog, tags: list[tuple]) -> np.ndarray:
@@ -456,8 +530,14 @@ def _masks(catalog: Catalog, tags: list[tuple]) -> np.ndarray:
     if not bits or not tags:
         return np.zeros(len(tags), np.uint64)
     cache: dict[tuple, int] = {}
-    return np.fromiter((cache.setdefault(t, sum(1 << bits[x] for x in set(t) if x in bits)) if t not in cache
-                        else cache[t] for t in tags), np.uint64, len(tags))
+    return np.fromiter(
+        (
+            cache.setdefault(t, sum(1 << bits[x] for x in set(t) if x in bits)) if t not in cache else cache[t]
+            for t in tags
+        ),
+        np.uint64,
+        len(tags),
+    )
 
 
 # -- stored requests against payment rows -------------------------------------------
@@ -493,8 +573,9 @@ def request_suspects(engine: Engine) -> list[int] | None:
         return None
 
 
-def check_requests(conn: Connection, history: History, suspects: list[int] | None = None
-                   ) -> tuple[list[dict], dict[int, dict]]:
+def check_requests(
+    conn: Connection, history: History, suspects: list[int] | None = None
+) -> tuple[list[dict], dict[int, dict]]:
     """Payments whose stored request differs from their row: problems, and the request's values by position.
 
     `suspects` (from `request_suspects`) narrows the Python check to those payments; None checks all.
@@ -504,9 +585,12 @@ def check_requests(conn: Connection, history: History, suspects: list[int] | Non
     values: dict[int, dict] = {}
     if suspects == []:
         return problems, values
-    rows = conn.execute(text(
-        "SELECT sequence, type, amount, points_used, wallet_id, merchant_id, terminal_id, occurred_at_us, original_id,"
-        f" has_items, request_json FROM payment{condition} ORDER BY sequence"))
+    rows = conn.execute(
+        text(
+            "SELECT sequence, type, amount, points_used, wallet_id, merchant_id, terminal_id, occurred_at_us,"
+            f" original_id, has_items, request_json FROM payment{condition} ORDER BY sequence"
+        )
+    )
     for seq, kind, amount, used, wallet, merchant, terminal, at, original, has_items, request in rows:
         try:
             body = _transaction.validate_json(request)
@@ -516,8 +600,12 @@ def check_requests(conn: Connection, history: History, suspects: list[int] | Non
         request_fields = {"type": body.type, "amount": body.amount, "occurred_at_us": to_us(body.occurred_at)}
         row_fields = {"type": kind, "amount": amount, "occurred_at_us": at}
         if body.type == "purchase":
-            request_fields |= {"points_used": body.points_used, "wallet_id": body.wallet_id,
-                               "merchant_id": body.merchant_id, "terminal_id": body.terminal_id}
+            request_fields |= {
+                "points_used": body.points_used,
+                "wallet_id": body.wallet_id,
+                "merchant_id": body.merchant_id,
+                "terminal_id": body.terminal_id,
+            }
             row_fields |= {"points_used": used, "wallet_id": wallet, "merchant_id": merchant, "terminal_id": terminal}
             if has_items is not None:
                 request_fields["has_items"] = body.items is not None
@@ -527,9 +615,15 @@ def check_requests(conn: Connection, history: History, suspects: list[int] | Non
             row_fields["original_id"] = original
         differ = sorted(f for f in request_fields if request_fields[f] != row_fields[f])
         if differ:
-            problems.append({"sequence": int(seq), "problem": "stored request differs from the payment",
-                             "fields": differ, "request": {f: request_fields[f] for f in differ},
-                             "payment": {f: row_fields[f] for f in differ}})
+            problems.append(
+                {
+                    "sequence": int(seq),
+                    "problem": "stored request differs from the payment",
+                    "fields": differ,
+                    "request": {f: request_fields[f] for f in differ},
+                    "payment": {f: row_fields[f] for f in differ},
+                }
+            )
             position = int(np.searchsorted(history.sequence, seq))
             if position < len(history) and history.sequence[position] == seq and body.type == kind:
                 values[position] = request_fields
@@ -566,19 +660,28 @@ def _campaign_code(ids: list[str]) -> str:
 def load_ledger(conn: Connection, history: History, campaign_ids: list[str]) -> dict[str, np.ndarray]:
     """Award rows and refund postings as arrays over (payment position, campaign column)."""
     capped = " ".join(f"WHEN '{name}' THEN {code}" for name, code in CAPPED_CODE.items() if name)
-    awards = _int_columns(conn, (
-        f"SELECT p.sequence, CAST({_campaign_code(campaign_ids).replace('campaign_id', 'a.campaign_id')} AS BIGINT), "
-        "CAST(a.campaign_version AS BIGINT), a.points, CAST(CASE a.capped_by " + capped + " ELSE 0 END AS BIGINT), "
-        "a.clawed_back "
-        "FROM award a JOIN payment p ON p.id = a.payment_id"),
-        ["sequence", "campaign", "version", "points", "capped", "clawed_back"])
-    moves = _int_columns(conn, (
-        f"SELECT p.sequence, CAST(CASE WHEN po.reason = 'clawback' THEN "
-        f"{_campaign_code(campaign_ids).replace('campaign_id', 'po.campaign_id')} ELSE -2 END AS BIGINT), "
-        "CAST(sum(po.amount) AS BIGINT) "
-        "FROM posting po JOIN payment p ON p.id = po.payment_id "
-        "WHERE po.reason IN ('clawback', 'points_return') GROUP BY 1, 2"),
-        ["sequence", "campaign", "points"])
+    award_code = _campaign_code(campaign_ids).replace("campaign_id", "a.campaign_id")
+    awards = _int_columns(
+        conn,
+        (
+            f"SELECT p.sequence, CAST({award_code} AS BIGINT), "
+            "CAST(a.campaign_version AS BIGINT), a.points, CAST(CASE a.capped_by " + capped + " ELSE 0 END AS BIGINT), "
+            "a.clawed_back "
+            "FROM award a JOIN payment p ON p.id = a.payment_id"
+        ),
+        ["sequence", "campaign", "version", "points", "capped", "clawed_back"],
+    )
+    moves = _int_columns(
+        conn,
+        (
+            f"SELECT p.sequence, CAST(CASE WHEN po.reason = 'clawback' THEN "
+            f"{_campaign_code(campaign_ids).replace('campaign_id', 'po.campaign_id')} ELSE -2 END AS BIGINT), "
+            "CAST(sum(po.amount) AS BIGINT) "
+            "FROM posting po JOIN payment p ON p.id = po.payment_id "
+            "WHERE po.reason IN ('clawback', 'points_return') GROUP BY 1, 2"
+        ),
+        ["sequence", "campaign", "points"],
+    )
     for part in (awards, moves):
         part["position"] = np.searchsorted(history.sequence, part["sequence"])
     return {"awards": awards, "moves": moves}
@@ -616,8 +719,14 @@ def rerate_check(engine: Engine, progress=None, kernel: str | None = None) -> di
     for row in found[:MISMATCH_ROWS_MAX]:
         seq = row.pop("sequence")
         mismatches.append({"payment_id": ids.get(seq), **row})
-    return {"ok": not found, "checked": len(history), "mismatches": mismatches, "mismatch_count": len(found),
-            "eras": rated.eras, "timings_s": {k: round(v, 3) for k, v in timings.items()}}
+    return {
+        "ok": not found,
+        "checked": len(history),
+        "mismatches": mismatches,
+        "mismatch_count": len(found),
+        "eras": rated.eras,
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
 
 
 def _compare(history: History, rated: Rated, ledger: dict) -> list[dict]:
@@ -630,8 +739,12 @@ def _compare(history: History, rated: Rated, ledger: dict) -> list[dict]:
 
     declined = np.flatnonzero(rated.status != k.STATUS_ACCEPTED)
     for pos in declined.tolist():
-        out.append({"sequence": int(history.sequence[pos]),
-                    "problem": f"re-rating declines it: {STATUS_CODES[int(rated.status[pos])]}"})
+        out.append(
+            {
+                "sequence": int(history.sequence[pos]),
+                "problem": f"re-rating declines it: {STATUS_CODES[int(rated.status[pos])]}",
+            }
+        )
 
     # Awards: the ledger's rows as [P, G] matrices beside the re-rated ones.
     a = ledger["awards"]
@@ -654,15 +767,20 @@ def _compare(history: History, rated: Rated, ledger: dict) -> list[dict]:
     differ &= accepted_rows
     differ |= stray[purchase_position]
     for row in np.flatnonzero(differ).tolist():
-        out.append({"sequence": int(history.sequence[purchase_position[row]]), "problem": "awards differ",
-                    "rerated": _awards(rated, row, rated.award, rated.capped, rated.version),
-                    "ledger": _awards(rated, row, held_points, held_capped, held_version)})
+        out.append(
+            {
+                "sequence": int(history.sequence[purchase_position[row]]),
+                "problem": "awards differ",
+                "rerated": _awards(rated, row, rated.award, rated.capped, rated.version),
+                "ledger": _awards(rated, row, held_points, held_capped, held_version),
+            }
+        )
 
     # Clawbacks and returned points of each refund, from the postings.
     m = ledger["moves"]
     held_clawback = np.zeros((N, G), I64)
     held_returned = np.zeros(N, I64)
-    placed = (m["position"] < N)
+    placed = m["position"] < N
     placed[placed] &= history.sequence[m["position"][placed]] == m["sequence"][placed]
     claw = placed & (m["campaign"] >= 0)
     np.add.at(held_clawback, (m["position"][claw], m["campaign"][claw]), m["points"][claw])
@@ -674,10 +792,15 @@ def _compare(history: History, rated: Rated, ledger: dict) -> list[dict]:
     unknown = ~placed | (m["campaign"] == -1)
     for pos in np.flatnonzero(bad).tolist():
         ids = rated.campaign_ids
-        out.append({"sequence": int(history.sequence[pos]), "problem": "clawbacks differ",
-                    "rerated": {ids[g]: int(v) for g, v in enumerate(rated.clawback[pos]) if v},
-                    "ledger": {ids[g]: int(v) for g, v in enumerate(held_clawback[pos]) if v},
-                    "points_returned": {"rerated": int(rated.returned[pos]), "ledger": int(held_returned[pos])}})
+        out.append(
+            {
+                "sequence": int(history.sequence[pos]),
+                "problem": "clawbacks differ",
+                "rerated": {ids[g]: int(v) for g, v in enumerate(rated.clawback[pos]) if v},
+                "ledger": {ids[g]: int(v) for g, v in enumerate(held_clawback[pos]) if v},
+                "points_returned": {"rerated": int(rated.returned[pos]), "ledger": int(held_returned[pos])},
+            }
+        )
     for seq in sorted(set(m["sequence"][unknown].tolist())):
         out.append({"sequence": int(seq), "problem": "a clawback posting the re-rate cannot place"})
 
@@ -686,20 +809,37 @@ def _compare(history: History, rated: Rated, ledger: dict) -> list[dict]:
     refunds = np.flatnonzero(refund & (history.original >= 0))
     np.add.at(clawed, rated.row[history.original[refunds]], rated.clawback[refunds])
     for row in np.flatnonzero(((clawed != held_clawed) & accepted_rows[:, None]).any(1)).tolist():
-        out.append({"sequence": int(history.sequence[purchase_position[row]]), "problem": "clawed back differs",
-                    "rerated": {rated.campaign_ids[g]: int(v) for g, v in enumerate(clawed[row]) if v},
-                    "ledger": {rated.campaign_ids[g]: int(v) for g, v in enumerate(held_clawed[row]) if v}})
+        out.append(
+            {
+                "sequence": int(history.sequence[purchase_position[row]]),
+                "problem": "clawed back differs",
+                "rerated": {rated.campaign_ids[g]: int(v) for g, v in enumerate(clawed[row]) if v},
+                "ledger": {rated.campaign_ids[g]: int(v) for g, v in enumerate(held_clawed[row]) if v},
+            }
+        )
     return out
 
 
 def _awards(rated: Rated, row: int, points, capped, version) -> dict:
-    return {rated.campaign_ids[g]: [int(points[row, g]), CAPPED_BY[int(capped[row, g])], int(version[row, g])]
-            for g in np.flatnonzero(points[row]).tolist()}
+    return {
+        rated.campaign_ids[g]: [int(points[row, g]), CAPPED_BY[int(capped[row, g])], int(version[row, g])]
+        for g in np.flatnonzero(points[row]).tolist()
+    }
 
 
 def kernel_names() -> list[str]:
     return sorted(ENGINES)
 
 
-__all__ = ["History", "Rated", "Versions", "check_requests", "load_history", "load_items", "load_versions",
-           "rate_history", "rerate_check", "campaign_order"]
+__all__ = [
+    "History",
+    "Rated",
+    "Versions",
+    "check_requests",
+    "load_history",
+    "load_items",
+    "load_versions",
+    "rate_history",
+    "rerate_check",
+    "campaign_order",
+]

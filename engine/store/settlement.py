@@ -18,7 +18,8 @@ from collections import defaultdict
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from engine import keyring, ledger_rules as rules
+from engine import keyring
+from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.crediting import add_business_days
 from engine.errors import EngineError
@@ -53,9 +54,14 @@ def _payable_merchant(account_id: str) -> str | None:
 SETTLEMENT_REASONS = [rules.SETTLEMENT_FEE, rules.MERCHANT_FUNDING, rules.PAYOUT, rules.PAYOUT_FAILED]
 
 
-def aggregate(session: Session, start_us: int, end_us: int, merchants: dict,
-              funded_by: dict[tuple[str, int | None], str],
-              settled_until_sequence: int) -> tuple[list, dict[str, dict[str, int]]]:
+def aggregate(
+    session: Session,
+    start_us: int,
+    end_us: int,
+    merchants: dict,
+    funded_by: dict[tuple[str, int | None], str],
+    settled_until_sequence: int,
+) -> tuple[list, dict[str, dict[str, int]]]:
     """Each merchant's activity in [start, end) and payable balance at `end`, from the postings,
     and the net points each merchant-funded campaign issued in the period, by merchant.
 
@@ -75,12 +81,15 @@ def aggregate(session: Session, start_us: int, end_us: int, merchants: dict,
     for side, sign in ((PostingRow.credit_account_id, 1), (PostingRow.debit_account_id, -1)):
         for account, total in session.execute(
             select(side, func.sum(PostingRow.amount))
-            .where(side.like("merchant:%:payable"), or_(business, settled)).group_by(side)
+            .where(side.like("merchant:%:payable"), or_(business, settled))
+            .group_by(side)
         ):
             values[_payable_merchant(account)]["payable_balance_at_end"] += sign * int(total)
     in_period = and_(PostingRow.posted_at_us >= start_us, PostingRow.posted_at_us < end_us)
     for reason, debit, credit, total in session.execute(
-        select(PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id, func.sum(PostingRow.amount))
+        select(
+            PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id, func.sum(PostingRow.amount)
+        )
         .where(in_period, PostingRow.reason.in_(list(SALE_REASONS)))
         .group_by(PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id)
     ):
@@ -89,8 +98,11 @@ def aggregate(session: Session, start_us: int, end_us: int, merchants: dict,
     if funded_by:
         for campaign_id, version, reason, total in session.execute(
             select(PostingRow.campaign_id, PostingRow.campaign_version, PostingRow.reason, func.sum(PostingRow.amount))
-            .where(in_period, PostingRow.campaign_id.in_(sorted({c for c, _ in funded_by})),
-                   PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]))
+            .where(
+                in_period,
+                PostingRow.campaign_id.in_(sorted({c for c, _ in funded_by})),
+                PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]),
+            )
             .group_by(PostingRow.campaign_id, PostingRow.campaign_version, PostingRow.reason)
         ):
             merchant_id = funded_by.get((campaign_id, version))
@@ -123,8 +135,9 @@ def _funded_by(ledger: Ledger, session: Session, head) -> dict[tuple[str, int | 
     return out
 
 
-def run(ledger: Ledger, config: Config, settings, period_name: str | None = None,
-        actor: Actor = OPERATOR) -> tuple[bool, dict]:
+def run(
+    ledger: Ledger, config: Config, settings, period_name: str | None = None, actor: Actor = OPERATOR
+) -> tuple[bool, dict]:
     """Settle a period (by default the last one closed, of the configured kind); returns
     (created, run view). Idempotent per period. A merchant whose payout account change
     awaits confirmation (SPEC §9.6) is not paid: its line is `held_bank_change` and the
@@ -146,8 +159,9 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
                 raise EngineError("period_overlaps", f"settled already as part of run {existing.id}")
             return False, view(session, existing)
         overlapping = session.execute(
-            select(SettlementRunRow.id).where(SettlementRunRow.period_start_us < period.end_us,
-                                              SettlementRunRow.period_end_us > period.start_us)
+            select(SettlementRunRow.id).where(
+                SettlementRunRow.period_start_us < period.end_us, SettlementRunRow.period_end_us > period.start_us
+            )
         ).first()
         if overlapping:
             raise EngineError("period_overlaps", f"overlaps settled run {overlapping[0]}")
@@ -165,8 +179,9 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
         merchants = {r.id: json.loads(r.record_json) for r in merchant_rows}
         held = {r.id for r in merchant_rows if r.bank_change_by is not None}
         settled_until = head.last_posting_sequence
-        activities, funded = aggregate(session, period.start_us, period.end_us, merchants,
-                                       _funded_by(ledger, session, head), settled_until)
+        activities, funded = aggregate(
+            session, period.start_us, period.end_us, merchants, _funded_by(ledger, session, head), settled_until
+        )
         run_id = "st_" + secrets.token_hex(12)
         writer = _GroupWriter(session, head, now, {}, {})
         lines, transfers = [], []
@@ -174,16 +189,33 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
             line = statement.line_for(activity)
             m = line.merchant_id
             if line.fee:
-                writer.post(rules.Posting(rules.SETTLEMENT_FEE, rules.payable_account(m), rules.WARD_FEES, line.fee,
-                                          run_id))
+                writer.post(
+                    rules.Posting(rules.SETTLEMENT_FEE, rules.payable_account(m), rules.WARD_FEES, line.fee, run_id)
+                )
             # The merchant pays for the points its own campaigns issued (net of clawbacks).
             for campaign_id, points in sorted(funded.get(m, {}).items()):
                 if points > 0:
-                    writer.post(rules.Posting(rules.MERCHANT_FUNDING, rules.payable_account(m),
-                                              rules.funding_account(campaign_id), points, run_id, campaign_id))
+                    writer.post(
+                        rules.Posting(
+                            rules.MERCHANT_FUNDING,
+                            rules.payable_account(m),
+                            rules.funding_account(campaign_id),
+                            points,
+                            run_id,
+                            campaign_id,
+                        )
+                    )
                 elif points < 0:
-                    writer.post(rules.Posting(rules.MERCHANT_FUNDING, rules.funding_account(campaign_id),
-                                              rules.payable_account(m), -points, run_id, campaign_id))
+                    writer.post(
+                        rules.Posting(
+                            rules.MERCHANT_FUNDING,
+                            rules.funding_account(campaign_id),
+                            rules.payable_account(m),
+                            -points,
+                            run_id,
+                            campaign_id,
+                        )
+                    )
             status = "nothing_due"
             if line.net_payout > 0:
                 account = config.bank_account(m, session)
@@ -193,43 +225,102 @@ def run(ledger: Ledger, config: Config, settings, period_name: str | None = None
                     status = "failed"  # nothing can be sent; the amount stays payable and carries over
                 else:
                     status = "pending"
-                    writer.post(rules.Posting(rules.PAYOUT, rules.payable_account(m), rules.payout_account(m),
-                                              line.net_payout, run_id))
-                    transfers.append(zengin.transfer_from_account(account, line.net_payout,
-                                                                  customer_code_1=_customer_code(m)))
+                    writer.post(
+                        rules.Posting(
+                            rules.PAYOUT, rules.payable_account(m), rules.payout_account(m), line.net_payout, run_id
+                        )
+                    )
+                    transfers.append(
+                        zengin.transfer_from_account(account, line.net_payout, customer_code_1=_customer_code(m))
+                    )
             lines.append({**line.as_dict(), "name": merchants.get(m, {}).get("name", ""), "payout_status": status})
         writer.flush()
         document = {
             "run_id": run_id,
-            "period": {"name": period.name, "kind": period.kind, "start": period.start.isoformat(),
-                       "end": period.end.isoformat()},
+            "period": {
+                "name": period.name,
+                "kind": period.kind,
+                "start": period.start.isoformat(),
+                "end": period.end.isoformat(),
+            },
             "generated_at": format_instant(now),
             "currency": "JPY",
-            "ledger": {"settled_until_sequence": settled_until, "last_posting_sequence": head.last_posting_sequence,
-                       "last_hash": head.last_hash},
+            "ledger": {
+                "settled_until_sequence": settled_until,
+                "last_posting_sequence": head.last_posting_sequence,
+                "last_hash": head.last_hash,
+            },
             "lines": lines,
-            "totals": {k: sum(line[k] for line in lines) for k in (
-                "coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points", "fee",
-                "net_payout")},
+            "totals": {
+                k: sum(line[k] for line in lines)
+                for k in (
+                    "coin_sales",
+                    "coin_refunds",
+                    "points_redeemed",
+                    "points_returned",
+                    "merchant_funded_points",
+                    "fee",
+                    "net_payout",
+                )
+            },
         }
         signed = signing.sign_document(keyring.signing_key(settings), document)
         zengin_file = _zengin(settings, transfers, now) if transfers else b""
-        row = SettlementRunRow(id=run_id, period_start_us=period.start_us, period_end_us=period.end_us,
-                               period_kind=period.kind, created_at_us=now,
-                               last_posting_sequence=settled_until,
-                               statement_json=json.dumps(signed, ensure_ascii=False),
-                               csv_text=statement.to_csv(lines), zengin_file=zengin_file)
+        row = SettlementRunRow(
+            id=run_id,
+            period_start_us=period.start_us,
+            period_end_us=period.end_us,
+            period_kind=period.kind,
+            created_at_us=now,
+            last_posting_sequence=settled_until,
+            statement_json=json.dumps(signed, ensure_ascii=False),
+            csv_text=statement.to_csv(lines),
+            zengin_file=zengin_file,
+        )
         session.add(row)
         session.flush()
         for line in lines:
-            session.add(SettlementLineRow(run_id=run_id, **{k: line[k] for k in (
-                "merchant_id", "coin_sales", "coin_refunds", "points_redeemed", "points_returned",
-                "merchant_funded_points", "fee", "carried_in", "net_payout", "payout_status")}))
+            session.add(
+                SettlementLineRow(
+                    run_id=run_id,
+                    **{
+                        k: line[k]
+                        for k in (
+                            "merchant_id",
+                            "coin_sales",
+                            "coin_refunds",
+                            "points_redeemed",
+                            "points_returned",
+                            "merchant_funded_points",
+                            "fee",
+                            "carried_in",
+                            "net_payout",
+                            "payout_status",
+                        )
+                    },
+                )
+            )
         session.flush()
-        audit.record(session, actor, "settlement.run", f"settlement_run:{run_id}", None, {
-            "period": document["period"], "totals": document["totals"],
-            "payouts": [{"merchant_id": line["merchant_id"], "net_payout": line["net_payout"],
-                         "payout_status": line["payout_status"]} for line in lines]}, at_us=now)
+        audit.record(
+            session,
+            actor,
+            "settlement.run",
+            f"settlement_run:{run_id}",
+            None,
+            {
+                "period": document["period"],
+                "totals": document["totals"],
+                "payouts": [
+                    {
+                        "merchant_id": line["merchant_id"],
+                        "net_payout": line["net_payout"],
+                        "payout_status": line["payout_status"],
+                    }
+                    for line in lines
+                ],
+            },
+            at_us=now,
+        )
         return True, view(session, row)
 
 
@@ -259,12 +350,17 @@ def view(session: Session, row: SettlementRunRow) -> dict:
     ).scalars()
     return {
         "id": row.id,
-        "period": {"kind": row.period_kind, "start": format_instant(row.period_start_us),
-                   "end": format_instant(row.period_end_us)},
+        "period": {
+            "kind": row.period_kind,
+            "start": format_instant(row.period_start_us),
+            "end": format_instant(row.period_end_us),
+        },
         "created_at": format_instant(row.created_at_us),
         "statement": json.loads(row.statement_json),
-        "payouts": [{"merchant_id": line.merchant_id, "net_payout": line.net_payout,
-                     "payout_status": line.payout_status} for line in lines],
+        "payouts": [
+            {"merchant_id": line.merchant_id, "net_payout": line.net_payout, "payout_status": line.payout_status}
+            for line in lines
+        ],
         "zengin_bytes": len(row.zengin_file),
     }
 
@@ -293,8 +389,10 @@ def import_payout_results(ledger: Ledger, run_id: str, results: list[dict], acto
         head = ledger._lock_head(session)
         if session.get(SettlementRunRow, run_id) is None:
             raise EngineError("not_found", f"settlement run {run_id} is not known")
-        lines = {line.merchant_id: line for line in session.execute(
-            select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)).scalars()}
+        lines = {
+            line.merchant_id: line
+            for line in session.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)).scalars()
+        }
         now = ledger.clock.now_us()
         writer = _GroupWriter(session, head, now, {}, {})
         before = {m: line.payout_status for m, line in sorted(lines.items())}
@@ -307,22 +405,38 @@ def import_payout_results(ledger: Ledger, run_id: str, results: list[dict], acto
                 unchanged += 1
                 continue
             if line.payout_status != "pending":
-                raise EngineError("payout_already_settled",
-                                  f"{line.merchant_id} is {line.payout_status}, not {result['status']}")
+                raise EngineError(
+                    "payout_already_settled", f"{line.merchant_id} is {line.payout_status}, not {result['status']}"
+                )
             m = line.merchant_id
             if result["status"] == "paid":
-                writer.post(rules.Posting(rules.PAYOUT_PAID, rules.payout_account(m), rules.BANK_PAYOUTS,
-                                          line.net_payout, run_id))
+                writer.post(
+                    rules.Posting(
+                        rules.PAYOUT_PAID, rules.payout_account(m), rules.BANK_PAYOUTS, line.net_payout, run_id
+                    )
+                )
             else:
-                writer.post(rules.Posting(rules.PAYOUT_FAILED, rules.payout_account(m), rules.payable_account(m),
-                                          line.net_payout, run_id))
+                writer.post(
+                    rules.Posting(
+                        rules.PAYOUT_FAILED, rules.payout_account(m), rules.payable_account(m), line.net_payout, run_id
+                    )
+                )
             line.payout_status = result["status"]
             applied += 1
         writer.flush()
         if applied:
-            audit.record(session, actor, "settlement.payout_results", f"settlement_run:{run_id}",
-                         {"payouts": before}, {"payouts": {m: line.payout_status for m, line in sorted(lines.items())},
-                                               "results": results}, at_us=now)
-        return {"run_id": run_id, "applied": applied, "unchanged": unchanged,
-                "payouts": [{"merchant_id": m, "payout_status": line.payout_status} for m, line in sorted(lines.items())]}
-
+            audit.record(
+                session,
+                actor,
+                "settlement.payout_results",
+                f"settlement_run:{run_id}",
+                {"payouts": before},
+                {"payouts": {m: line.payout_status for m, line in sorted(lines.items())}, "results": results},
+                at_us=now,
+            )
+        return {
+            "run_id": run_id,
+            "applied": applied,
+            "unchanged": unchanged,
+            "payouts": [{"merchant_id": m, "payout_status": line.payout_status} for m, line in sorted(lines.items())],
+        }

@@ -58,8 +58,14 @@ def simulate(engine, draft: Campaign, from_us: int, to_us: int, kernel: str | No
     mark = time.perf_counter()
     result = _aggregate(history, rated, draft)
     timings["aggregate"] = time.perf_counter() - mark
-    result.update({"campaign_id": draft.id, "from": format_instant(from_us), "to": format_instant(to_us),
-                   "timings_s": {name: round(v, 4) for name, v in timings.items()}})
+    result.update(
+        {
+            "campaign_id": draft.id,
+            "from": format_instant(from_us),
+            "to": format_instant(to_us),
+            "timings_s": {name: round(v, 4) for name, v in timings.items()},
+        }
+    )
     return result
 
 
@@ -90,8 +96,9 @@ class HistoryCache:
             rerate.load_items(conn, new)
             self.history = new if self.history is None else rerate.extend(self.history, new)
             if len(self.history):
-                self.last_hash = conn.execute(text("SELECT hash FROM payment WHERE sequence = :s"),
-                                              {"s": int(self.history.sequence[-1])}).scalar()
+                self.last_hash = conn.execute(
+                    text("SELECT hash FROM payment WHERE sequence = :s"), {"s": int(self.history.sequence[-1])}
+                ).scalar()
             return self.history
 
 
@@ -125,8 +132,7 @@ def _aggregate(history: rerate.History, rated: rerate.Rated, draft: Campaign) ->
             "points_awarded": int(awarded[:, g].sum()),
             "points_clawed_back": int(rated.clawback[:, g].sum()),
             "points_net": int(net[:, g].sum()),
-            "capped": {name: int(((capped[:, g] == code) & got).sum())
-                       for code, name in CAPPED_BY.items() if name},
+            "capped": {name: int(((capped[:, g] == code) & got).sum()) for code, name in CAPPED_BY.items() if name},
         }
 
     # Merchant class of each payment, from the merchant record in force in its era.
@@ -147,8 +153,10 @@ def _aggregate(history: rerate.History, rated: rerate.Rated, draft: Campaign) ->
     day_keys, day_of = np.unique(days, return_inverse=True)
     per_day = np.zeros((len(day_keys), G), np.int64)
     np.add.at(per_day, day_of, net)
-    by_day = {str(dt.date(1970, 1, 1) + dt.timedelta(days=int(d))): {cid: int(v) for cid, v in zip(ids, row) if v}
-              for d, row in zip(day_keys, per_day)}
+    by_day = {
+        str(dt.date(1970, 1, 1) + dt.timedelta(days=int(d))): {cid: int(v) for cid, v in zip(ids, row) if v}
+        for d, row in zip(day_keys, per_day)
+    }
 
     exhausted_at = None
     if draft.budget is not None and draft.id in ids:
@@ -157,8 +165,11 @@ def _aggregate(history: rerate.History, rated: rerate.Rated, draft: Campaign) ->
         if met.size:
             exhausted_at = format_instant(int(history.occurred_at_us[met[0]]))
     return {
-        "transactions": {"purchases": int(is_purchase.sum()), "refunds": int((~is_purchase).sum()),
-                         "declined": int((~accepted).sum())},
+        "transactions": {
+            "purchases": int(is_purchase.sum()),
+            "refunds": int((~is_purchase).sum()),
+            "declined": int((~accepted).sum()),
+        },
         "by_campaign": by_campaign,
         "by_merchant_class": by_class,
         "by_day": by_day,

@@ -89,8 +89,14 @@ class Server(ServerProcess):
     """`setapay serve` in a subprocess of its own on a database of its own, with the admin API and
     the database at hand."""
 
-    def __init__(self, database_url: str, log_dir: Path, env: dict[str, str] | None = None, workers: int = 1,
-                 cli_in_process: bool = False) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        log_dir: Path,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        cli_in_process: bool = False,
+    ) -> None:
         super().__init__(database_url, log_dir, env, workers, cli_in_process=cli_in_process)
         self._db = None
         self._admin_key: str | None = None
@@ -165,7 +171,9 @@ def start_server(databases, tmp_path_factory):
     started: list[Server] = []
     log_dir = tmp_path_factory.mktemp("logs")
 
-    def start(backend: str, env: dict[str, str] | None = None, workers: int = 1, cli_in_process: bool = False) -> Server:
+    def start(
+        backend: str, env: dict[str, str] | None = None, workers: int = 1, cli_in_process: bool = False
+    ) -> Server:
         server = Server(databases.create(backend), log_dir, env, workers, cli_in_process)
         started.append(server)
         return server.start()
@@ -187,43 +195,106 @@ def backend(request) -> str:
 
 CAMPAIGN_WINDOW = {"starts_at": "2026-01-01T00:00:00+09:00", "ends_at": "2036-01-01T00:00:00+09:00"}
 WARD_MERCHANTS = [
-    {"id": "M_SHOTEN", "name": "三茶八百屋", "merchant_class": "small", "shotengai_id": "S_SANCHA",
-     "ward_local": True, "ethical_certifications": []},
-    {"id": "M_CONV", "name": "コンビニ 桜新町店", "merchant_class": "semi_large", "shotengai_id": None,
-     "ward_local": True, "ethical_certifications": []},
-    {"id": "M_LARGE", "name": "Department Store Futako", "merchant_class": "large", "shotengai_id": None,
-     "ward_local": False, "ethical_certifications": []},
+    {
+        "id": "M_SHOTEN",
+        "name": "三茶八百屋",
+        "merchant_class": "small",
+        "shotengai_id": "S_SANCHA",
+        "ward_local": True,
+        "ethical_certifications": [],
+    },
+    {
+        "id": "M_CONV",
+        "name": "コンビニ 桜新町店",
+        "merchant_class": "semi_large",
+        "shotengai_id": None,
+        "ward_local": True,
+        "ethical_certifications": [],
+    },
+    {
+        "id": "M_LARGE",
+        "name": "Department Store Futako",
+        "merchant_class": "large",
+        "shotengai_id": None,
+        "ward_local": False,
+        "ethical_certifications": [],
+    },
 ]
 WARD_CAMPAIGNS = [
-    {"id": "C_POINTBACK", "name": "ポイント還元", "funding_source": "ward_general", **CAMPAIGN_WINDOW,
-     "tiers": [{"match": {"merchant_classes": ["small"]}, "rate_bp": 2000},
-               {"match": {"merchant_classes": ["semi_large"]}, "rate_bp": 1000}],
-     "per_wallet_cap": 5000, "per_wallet_cap_period": "month", "priority": 10},
-    {"id": "C_ETHICAL", "name": "エシカル消費", "funding_source": "climate_fund", **CAMPAIGN_WINDOW,
-     "tiers": [{"match": {}, "rate_bp": 1000}], "item_tags": ["ethical", "local_produce"],
-     "per_tx_cap": 300, "budget": 8000, "priority": 5},
-    {"id": "C_DAILY", "name": "毎日ボーナス", "funding_source": "national_grant", **CAMPAIGN_WINDOW,
-     "tiers": [{"match": {"shotengai_member": True}, "rate_bp": 500}, {"match": {}, "rate_bp": 100}],
-     "fixed_points": 5, "min_base": 300, "per_wallet_cap": 200, "per_wallet_cap_period": "day", "priority": 1},
-    {"id": "C_LARGE_ONLY", "name": "大型店限定", "funding_source": "merchant:M_LARGE", **CAMPAIGN_WINDOW,
-     "tiers": [{"match": {"merchant_ids": ["M_LARGE"]}, "rate_bp": 300}], "budget": 1500,
-     "stacking": "exclusive", "priority": 20},
+    {
+        "id": "C_POINTBACK",
+        "name": "ポイント還元",
+        "funding_source": "ward_general",
+        **CAMPAIGN_WINDOW,
+        "tiers": [
+            {"match": {"merchant_classes": ["small"]}, "rate_bp": 2000},
+            {"match": {"merchant_classes": ["semi_large"]}, "rate_bp": 1000},
+        ],
+        "per_wallet_cap": 5000,
+        "per_wallet_cap_period": "month",
+        "priority": 10,
+    },
+    {
+        "id": "C_ETHICAL",
+        "name": "エシカル消費",
+        "funding_source": "climate_fund",
+        **CAMPAIGN_WINDOW,
+        "tiers": [{"match": {}, "rate_bp": 1000}],
+        "item_tags": ["ethical", "local_produce"],
+        "per_tx_cap": 300,
+        "budget": 8000,
+        "priority": 5,
+    },
+    {
+        "id": "C_DAILY",
+        "name": "毎日ボーナス",
+        "funding_source": "national_grant",
+        **CAMPAIGN_WINDOW,
+        "tiers": [{"match": {"shotengai_member": True}, "rate_bp": 500}, {"match": {}, "rate_bp": 100}],
+        "fixed_points": 5,
+        "min_base": 300,
+        "per_wallet_cap": 200,
+        "per_wallet_cap_period": "day",
+        "priority": 1,
+    },
+    {
+        "id": "C_LARGE_ONLY",
+        "name": "大型店限定",
+        "funding_source": "merchant:M_LARGE",
+        **CAMPAIGN_WINDOW,
+        "tiers": [{"match": {"merchant_ids": ["M_LARGE"]}, "rate_bp": 300}],
+        "budget": 1500,
+        "stacking": "exclusive",
+        "priority": 20,
+    },
 ]
 WARD_TERMINALS = {"T_SHOTEN_1": "M_SHOTEN", "T_SHOTEN_2": "M_SHOTEN", "T_CONV": "M_CONV", "T_LARGE": "M_LARGE"}
 
 
-def purchase(terminal_id: str, wallet_id: str, amount: int, points_used: int = 0, items=None,
-             occurred_at: str | None = None) -> dict:
-    body = {"type": "purchase", "wallet_id": wallet_id, "merchant_id": WARD_TERMINALS[terminal_id],
-            "terminal_id": terminal_id, "occurred_at": occurred_at or now_tokyo(-60), "amount": amount,
-            "points_used": points_used}
+def purchase(
+    terminal_id: str, wallet_id: str, amount: int, points_used: int = 0, items=None, occurred_at: str | None = None
+) -> dict:
+    body = {
+        "type": "purchase",
+        "wallet_id": wallet_id,
+        "merchant_id": WARD_TERMINALS[terminal_id],
+        "terminal_id": terminal_id,
+        "occurred_at": occurred_at or now_tokyo(-60),
+        "amount": amount,
+        "points_used": points_used,
+    }
     if items is not None:
         body["items"] = items
     return body
 
 
 def refund(original_id: str, amount: int, occurred_at: str | None = None) -> dict:
-    return {"type": "refund", "original_id": original_id, "amount": amount, "occurred_at": occurred_at or now_tokyo(-30)}
+    return {
+        "type": "refund",
+        "original_id": original_id,
+        "amount": amount,
+        "occurred_at": occurred_at or now_tokyo(-30),
+    }
 
 
 class Ward:
@@ -269,12 +340,21 @@ class Ward:
     def post(self, terminal_id: str, body, key: str | None = None) -> httpx.Response:
         headers = {"Idempotency-Key": key or uuid.uuid4().hex}
         if isinstance(body, (bytes, str)):
-            return self.terminal(terminal_id).post("/v1/transactions", content=body,
-                                                   headers={**headers, "Content-Type": "application/json"})
+            return self.terminal(terminal_id).post(
+                "/v1/transactions", content=body, headers={**headers, "Content-Type": "application/json"}
+            )
         return self.terminal(terminal_id).post("/v1/transactions", json=body, headers=headers)
 
-    def send_signed(self, terminal_id: str, private_key, method: str, target: str, body: bytes | None = None,
-                    headers: dict[str, str] | None = None, **sign) -> httpx.Response:
+    def send_signed(
+        self,
+        terminal_id: str,
+        private_key,
+        method: str,
+        target: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        **sign,
+    ) -> httpx.Response:
         """A request of the terminal's key signed as SPEC §9.2 says. `body` is the final bytes sent and
         `headers` the request's own (an Idempotency-Key among them is covered); `sign` goes to
         `engine.http_signing.sign_request` (`created=`, `nonce=`)."""
@@ -289,8 +369,13 @@ class Ward:
                 payload = json.loads(body)
             except ValueError:
                 payload = None
-            signed = sign_payload(self.server.payment_app, payload, path.endswith("/batch"), terminal_id + "\x1f",
-                                  headers.get("Idempotency-Key", ""))
+            signed = sign_payload(
+                self.server.payment_app,
+                payload,
+                path.endswith("/batch"),
+                terminal_id + "\x1f",
+                headers.get("Idempotency-Key", ""),
+            )
             if signed is not payload:
                 body = json.dumps(signed).encode()
         if body:
@@ -303,8 +388,15 @@ class Ward:
     def post_signed(self, terminal_id: str, private_key, body, key: str | None = None, **sign) -> httpx.Response:
         """`post`, signed: a dict body is sent as its JSON bytes, bytes as they are."""
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
-        return self.send_signed(terminal_id, private_key, "POST", "/v1/transactions", content,
-                                {"Idempotency-Key": key or uuid.uuid4().hex}, **sign)
+        return self.send_signed(
+            terminal_id,
+            private_key,
+            "POST",
+            "/v1/transactions",
+            content,
+            {"Idempotency-Key": key or uuid.uuid4().hex},
+            **sign,
+        )
 
     def close(self) -> None:
         for c in [*self._clients.values(), *self._plain.values()]:

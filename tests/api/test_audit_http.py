@@ -11,10 +11,20 @@ import pytest
 from engine.sealing import generate_key_b64
 from engine.settlement import signing
 
-ACCOUNT_1 = {"bank_code": "0159", "branch_code": "101", "account_type": "ordinary", "account_number": "7654321",
-             "holder_kana": "ｾﾀｶﾞﾔﾔｵﾔ"}
-ACCOUNT_2 = {"bank_code": "0005", "branch_code": "202", "account_type": "ordinary", "account_number": "8765432",
-             "holder_kana": "ｾﾀｶﾞﾔﾔｵﾔ"}
+ACCOUNT_1 = {
+    "bank_code": "0159",
+    "branch_code": "101",
+    "account_type": "ordinary",
+    "account_number": "7654321",
+    "holder_kana": "ｾﾀｶﾞﾔﾔｵﾔ",
+}
+ACCOUNT_2 = {
+    "bank_code": "0005",
+    "branch_code": "202",
+    "account_type": "ordinary",
+    "account_number": "8765432",
+    "holder_kana": "ｾﾀｶﾞﾔﾔｵﾔ",
+}
 SECRETS = ("7654321", "8765432", "ｾﾀｶﾞﾔﾔｵﾔ")
 
 
@@ -24,18 +34,22 @@ def _key_id(key: str) -> str:
 
 @pytest.fixture(scope="module")
 def server(backend, start_server):
-    return start_server(backend, env={
-        "SETAPAY_DATA_KEY_B64": generate_key_b64(),
-        "SETAPAY_SIGNING_KEY_B64": signing.private_key_b64(signing.generate_private_key()),
-    })
+    return start_server(
+        backend,
+        env={
+            "SETAPAY_DATA_KEY_B64": generate_key_b64(),
+            "SETAPAY_SIGNING_KEY_B64": signing.private_key_b64(signing.generate_private_key()),
+        },
+    )
 
 
 def test_bank_change_confirmation_and_the_audit_log_over_http(server):
     first, second = server.admin_key, server.create_key("admin")
     answers = []
     with server.client(first) as c:
-        r = c.post("/v1/merchants", json={"id": "M1", "name": "八百屋", "merchant_class": "small",
-                                          "bank_account": ACCOUNT_1})
+        r = c.post(
+            "/v1/merchants", json={"id": "M1", "name": "八百屋", "merchant_class": "small", "bank_account": ACCOUNT_1}
+        )
         assert r.status_code == 201, r.text
         answers.append(r.text)
         r = c.patch("/v1/merchants/M1", json={"bank_account": ACCOUNT_2})
@@ -51,13 +65,20 @@ def test_bank_change_confirmation_and_the_audit_log_over_http(server):
         assert r.status_code == 200, r.text
         answers.append(r.text)
         log = r.json()["entries"]
-        for params in ({"target": "merchant:M1\x00"}, {"cursor": "YXVkOjk5OTk5OTk5OTk5OTk5OTk5OTk5OQ"},
-                       {"limit": "99999999999999999999999"}, {"from": "1700000000"}):
+        for params in (
+            {"target": "merchant:M1\x00"},
+            {"cursor": "YXVkOjk5OTk5OTk5OTk5OTk5OTk5OTk5OQ"},
+            {"limit": "99999999999999999999999"},
+            {"from": "1700000000"},
+        ):
             r = c.get("/v1/audit", params=params)
             assert 400 <= r.status_code < 500, (params, r.text)
     assert [(e["action"], e["actor"]["key_id"]) for e in log] == [
-        ("merchant.create", _key_id(first)), ("merchant.update", _key_id(first)),
-        ("merchant.bank_account.change", _key_id(first)), ("merchant.bank_account.confirm", _key_id(second))]
+        ("merchant.create", _key_id(first)),
+        ("merchant.update", _key_id(first)),
+        ("merchant.bank_account.change", _key_id(first)),
+        ("merchant.bank_account.confirm", _key_id(second)),
+    ]
 
     done = server.cli("audit", "--target", "merchant:M1")
     assert done.returncode == 0, done.stderr

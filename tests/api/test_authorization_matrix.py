@@ -42,7 +42,7 @@ import datetime as dt
 import secrets
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -51,8 +51,19 @@ from fastapi.routing import APIRoute
 from tests.api.conftest import CAMPAIGN_WINDOW, TOKYO, Server, Ward, now_tokyo, purchase
 from tests.server import run_cli
 
-PRINCIPALS = ("none", "bad", "revoked", "expired", "admin", "finance", "app",
-              "merchant_own", "merchant_other", "terminal_own", "terminal_other")
+PRINCIPALS = (
+    "none",
+    "bad",
+    "revoked",
+    "expired",
+    "admin",
+    "finance",
+    "app",
+    "merchant_own",
+    "merchant_other",
+    "terminal_own",
+    "terminal_other",
+)
 
 # SPEC §6's table and §9: who may call what. One row per route; columns in PRINCIPALS' order.
 MATRIX = """
@@ -139,8 +150,9 @@ def test_every_route_is_in_the_matrix(tmp_path) -> None:
     gone = sorted(EXPECTED.keys() - served)
     assert not missing, "routes with no row in the authorization matrix (add them to MATRIX): " + ", ".join(missing)
     assert not gone, "matrix rows for routes the application no longer serves: " + ", ".join(gone)
-    assert not (EXPECTED.keys() - REQUESTS.keys()), "matrix rows with no request: " + \
-        ", ".join(sorted(EXPECTED.keys() - REQUESTS.keys()))
+    assert not (EXPECTED.keys() - REQUESTS.keys()), "matrix rows with no request: " + ", ".join(
+        sorted(EXPECTED.keys() - REQUESTS.keys())
+    )
 
 
 # -- the ward the matrix runs against ------------------------------------------------
@@ -178,8 +190,13 @@ def _unused_key() -> str:
 
 def _matrix_campaign(campaign_id: str) -> dict:
     # Matches no merchant of the ward, so creating or simulating it changes no award.
-    return {"id": campaign_id, "name": "authorization matrix", "funding_source": "ward_general", **CAMPAIGN_WINDOW,
-            "tiers": [{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}]}
+    return {
+        "id": campaign_id,
+        "name": "authorization matrix",
+        "funding_source": "ward_general",
+        **CAMPAIGN_WINDOW,
+        "tiers": [{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}],
+    }
 
 
 def _revoked_key(server: Server) -> str:
@@ -207,15 +224,24 @@ def _expired_key(server: Server) -> str:
 @pytest.fixture(scope="module")
 def ctx(ward: Ward) -> Iterator[Context]:
     server = ward.server
-    wanted = {"finance": ("finance", None, None), "app": ("app", None, None),
-              "merchant_own": ("merchant", OWN_MERCHANT, None), "merchant_other": ("merchant", OTHER_MERCHANT, None),
-              "terminal_own": ("terminal", None, OWN_TERMINAL), "terminal_other": ("terminal", None, OTHER_TERMINAL)}
+    wanted = {
+        "finance": ("finance", None, None),
+        "app": ("app", None, None),
+        "merchant_own": ("merchant", OWN_MERCHANT, None),
+        "merchant_other": ("merchant", OTHER_MERCHANT, None),
+        "terminal_own": ("terminal", None, OWN_TERMINAL),
+        "terminal_other": ("terminal", None, OTHER_TERMINAL),
+    }
     keys: dict[str, str | None] = dict(zip(wanted, server.create_keys(list(wanted.values()))))
-    keys.update(none=None, bad=_unused_key(), admin=server.admin_key, revoked=_revoked_key(server),
-                expired=_expired_key(server))
+    keys.update(
+        none=None, bad=_unused_key(), admin=server.admin_key, revoked=_revoked_key(server), expired=_expired_key(server)
+    )
     with server.terminal_client(keys["terminal_own"]) as terminal:
-        bought = terminal.post("/v1/transactions", json=purchase(OWN_TERMINAL, "W_MATRIX", 1000),
-                               headers={"Idempotency-Key": uuid.uuid4().hex})
+        bought = terminal.post(
+            "/v1/transactions",
+            json=purchase(OWN_TERMINAL, "W_MATRIX", 1000),
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
     assert bought.status_code == 201, bought.text
     server.admin_post("/v1/campaigns", _matrix_campaign(MATRIX_CAMPAIGN))
     throwaway = server.admin_post("/v1/keys", {"role": "app"})
@@ -253,47 +279,82 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "POST /v1/transactions": lambda c: ("/v1/transactions", {"json": _signed_purchase(c), "headers": _idem()}),
     "POST /v1/transactions/batch": lambda c: (
         "/v1/transactions/batch",
-        {"json": {"transactions": [{**_signed_purchase(c), "idempotency_key": uuid.uuid4().hex}]}}),
+        {"json": {"transactions": [{**_signed_purchase(c), "idempotency_key": uuid.uuid4().hex}]}},
+    ),
     "GET /v1/transactions/{transaction_id}": lambda c: (f"/v1/transactions/{c.transaction_id}", {}),
     "GET /v1/wallets/{wallet_id}/points": lambda c: (f"/v1/wallets/{c.wallet_id}/points", {}),
     "GET /v1/merchants/{merchant_id}/rewards": lambda c: (f"/v1/merchants/{OWN_MERCHANT}/rewards", {}),
     "GET /v1/merchants/{merchant_id}/transactions": lambda c: (
-        f"/v1/merchants/{OWN_MERCHANT}/transactions", {"params": {"limit": 1}}),
-    "POST /v1/grants": lambda c: ("/v1/grants", {
-        "json": {"wallet_id": c.wallet_id, "campaign_id": "C_POINTBACK", "points": 1, "reason": "authorization matrix"},
-        "headers": _idem()}),
-    "POST /v1/merchants": lambda c: ("/v1/merchants", {"json": {
-        "id": "M_MATRIX_" + uuid.uuid4().hex[:8], "name": "authorization matrix", "merchant_class": "small",
-        "shotengai_id": None, "ward_local": True, "ethical_certifications": []}}),
+        f"/v1/merchants/{OWN_MERCHANT}/transactions",
+        {"params": {"limit": 1}},
+    ),
+    "POST /v1/grants": lambda c: (
+        "/v1/grants",
+        {
+            "json": {
+                "wallet_id": c.wallet_id,
+                "campaign_id": "C_POINTBACK",
+                "points": 1,
+                "reason": "authorization matrix",
+            },
+            "headers": _idem(),
+        },
+    ),
+    "POST /v1/merchants": lambda c: (
+        "/v1/merchants",
+        {
+            "json": {
+                "id": "M_MATRIX_" + uuid.uuid4().hex[:8],
+                "name": "authorization matrix",
+                "merchant_class": "small",
+                "shotengai_id": None,
+                "ward_local": True,
+                "ethical_certifications": [],
+            }
+        },
+    ),
     "GET /v1/merchants": lambda c: ("/v1/merchants", {}),
     "GET /v1/merchants/{merchant_id}": lambda c: (f"/v1/merchants/{OWN_MERCHANT}", {}),
     "PATCH /v1/merchants/{merchant_id}": lambda c: (f"/v1/merchants/{OWN_MERCHANT}", {"json": {"name": "三茶八百屋"}}),
     "POST /v1/merchants/{merchant_id}/bank-account/confirm": lambda c: (
-        f"/v1/merchants/{OWN_MERCHANT}/bank-account/confirm", {}),  # nothing pending: 409 when allowed
+        f"/v1/merchants/{OWN_MERCHANT}/bank-account/confirm",
+        {},
+    ),  # nothing pending: 409 when allowed
     "POST /v1/campaigns": lambda c: ("/v1/campaigns", {"json": _matrix_campaign("C_MATRIX_" + uuid.uuid4().hex[:8])}),
     "GET /v1/campaigns": lambda c: ("/v1/campaigns", {}),
     "GET /v1/campaigns/{campaign_id}": lambda c: ("/v1/campaigns/C_POINTBACK", {}),
-    "PATCH /v1/campaigns/{campaign_id}": lambda c: (f"/v1/campaigns/{MATRIX_CAMPAIGN}",
-                                                    {"json": {"name": "authorization matrix"}}),
+    "PATCH /v1/campaigns/{campaign_id}": lambda c: (
+        f"/v1/campaigns/{MATRIX_CAMPAIGN}",
+        {"json": {"name": "authorization matrix"}},
+    ),
     "GET /v1/campaigns/{campaign_id}/budget": lambda c: ("/v1/campaigns/C_POINTBACK/budget", {}),
-    "POST /v1/campaigns/{campaign_id}/simulate": lambda c: (f"/v1/campaigns/{MATRIX_CAMPAIGN}/simulate", {"json": {
-        "campaign": _matrix_campaign(MATRIX_CAMPAIGN), "from": now_tokyo(-86_400), "to": now_tokyo()}}),
-    "POST /v1/terminals": lambda c: ("/v1/terminals", {"json": {"id": "T_MATRIX_" + uuid.uuid4().hex[:8],
-                                                               "merchant_id": OWN_MERCHANT}}),
+    "POST /v1/campaigns/{campaign_id}/simulate": lambda c: (
+        f"/v1/campaigns/{MATRIX_CAMPAIGN}/simulate",
+        {"json": {"campaign": _matrix_campaign(MATRIX_CAMPAIGN), "from": now_tokyo(-86_400), "to": now_tokyo()}},
+    ),
+    "POST /v1/terminals": lambda c: (
+        "/v1/terminals",
+        {"json": {"id": "T_MATRIX_" + uuid.uuid4().hex[:8], "merchant_id": OWN_MERCHANT}},
+    ),
     "GET /v1/terminals": lambda c: ("/v1/terminals", {}),
     "GET /v1/terminals/{terminal_id}": lambda c: (f"/v1/terminals/{OWN_TERMINAL}", {}),
     # Where the terminal already is: allowed or not, nothing moves.
-    "PATCH /v1/terminals/{terminal_id}": lambda c: (f"/v1/terminals/{OWN_TERMINAL}",
-                                                    {"json": {"merchant_id": OWN_MERCHANT}}),
-    "POST /v1/terminals/{terminal_id}/closeouts": lambda c: (f"/v1/terminals/{OWN_TERMINAL}/closeouts", {
-        "json": {"business_date": _today_tokyo(), "count": 0, "total": 0}}),
+    "PATCH /v1/terminals/{terminal_id}": lambda c: (
+        f"/v1/terminals/{OWN_TERMINAL}",
+        {"json": {"merchant_id": OWN_MERCHANT}},
+    ),
+    "POST /v1/terminals/{terminal_id}/closeouts": lambda c: (
+        f"/v1/terminals/{OWN_TERMINAL}/closeouts",
+        {"json": {"business_date": _today_tokyo(), "count": 0, "total": 0}},
+    ),
     "POST /v1/settlement-runs": lambda c: ("/v1/settlement-runs", {"json": {}}),  # the last closed period, again
     "GET /v1/settlement-runs/{run_id}": lambda c: (f"/v1/settlement-runs/{c.run_id}", {}),
     "GET /v1/settlement-runs/{run_id}/statement.csv": lambda c: (f"/v1/settlement-runs/{c.run_id}/statement.csv", {}),
     "GET /v1/settlement-runs/{run_id}/zengin": lambda c: (f"/v1/settlement-runs/{c.run_id}/zengin", {}),
     "POST /v1/settlement-runs/{run_id}/payout-results": lambda c: (
         f"/v1/settlement-runs/{c.run_id}/payout-results",
-        {"json": {"results": [{"merchant_id": OWN_MERCHANT, "status": "paid"}]}}),
+        {"json": {"results": [{"merchant_id": OWN_MERCHANT, "status": "paid"}]}},
+    ),
     "POST /v1/chain-heads": lambda c: ("/v1/chain-heads", {}),
     "GET /v1/reconciliation": lambda c: ("/v1/reconciliation", {}),
     "GET /v1/audit": lambda c: ("/v1/audit", {"params": {"limit": 1}}),
@@ -331,10 +392,7 @@ def test_route_authorization(ctx: Context, route: str) -> None:
 
 def _scope_cell(expected: dict[str, str], principal: str) -> bool:
     """A 403 of scope, not of role: the same role is allowed on its own merchant or terminal."""
-    for role in ("merchant", "terminal"):
-        if principal == f"{role}_other" and expected[f"{role}_own"] == "OK":
-            return True
-    return False
+    return any(principal == f"{role}_other" and expected[f"{role}_own"] == "OK" for role in ("merchant", "terminal"))
 
 
 def test_authorization_is_decided_before_the_body_is_validated(ctx: Context) -> None:
@@ -355,8 +413,9 @@ def test_authorization_is_decided_before_the_body_is_validated(ctx: Context) -> 
         path, _ = REQUESTS[route](ctx)
         denied = [p for p in PRINCIPALS if expected[p] in ("401", "403") and not _scope_cell(expected, p)]
         for principal in denied:
-            response = ctx.client(principal).request(method, path, json={"not": ["a", "valid", "body"]},
-                                                     headers=_idem())
+            response = ctx.client(principal).request(
+                method, path, json={"not": ["a", "valid", "body"]}, headers=_idem()
+            )
             got = _status(route, response)
             if got != int(expected[principal]):
                 disagreements.append(f"  {route} {principal}: got {got}, expected {expected[principal]}")

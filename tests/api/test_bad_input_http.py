@@ -93,8 +93,12 @@ WRONG_TYPES = {
     "missing_wallet": {k: v for k, v in _with().items() if k != "wallet_id"},
     "nul_in_id": _with(wallet_id="W\u0000"),
     "refund_without_original": {"type": "refund", "amount": 1, "occurred_at": "2026-11-29T10:00:00+09:00"},
-    "refund_amount_zero": {"type": "refund", "original_id": "tx_x", "amount": 0,
-                           "occurred_at": "2026-11-29T10:00:00+09:00"},
+    "refund_amount_zero": {
+        "type": "refund",
+        "original_id": "tx_x",
+        "amount": 0,
+        "occurred_at": "2026-11-29T10:00:00+09:00",
+    },
 }
 
 
@@ -126,8 +130,12 @@ PAST_MAX = {
     "tag_charset": _with(items=_items(1, tag="Ethical")),
     "wallet_id_length_above_max": _with(wallet_id="W" * 65),
     "wallet_id_charset": _with(wallet_id="W.1"),
-    "original_id_length_above_max": {"type": "refund", "original_id": "t" * 65, "amount": 1,
-                                     "occurred_at": "2026-11-29T10:00:00+09:00"},
+    "original_id_length_above_max": {
+        "type": "refund",
+        "original_id": "t" * 65,
+        "amount": 1,
+        "occurred_at": "2026-11-29T10:00:00+09:00",
+    },
 }
 
 
@@ -149,8 +157,12 @@ def test_points_used_at_amount_is_accepted(ward: Ward, funded_wallet: str) -> No
 
 
 def test_redeeming_more_than_available_is_declined(ward: Ward) -> None:
-    assert_refused(ward, lambda: ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_EMPTY", 1000, points_used=1)),
-                   422, "insufficient_points")
+    assert_refused(
+        ward,
+        lambda: ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_EMPTY", 1000, points_used=1)),
+        422,
+        "insufficient_points",
+    )
 
 
 @pytest.mark.parametrize(
@@ -206,7 +218,9 @@ def test_body_at_max_is_accepted(ward: Ward) -> None:
 
 
 def test_body_above_max_is_refused(ward: Ward) -> None:
-    assert_refused(ward, lambda: ward.post("T_SHOTEN_1", _padded(ward, limits.BODY_BYTES_MAX + 1)), 413, "body_too_large")
+    assert_refused(
+        ward, lambda: ward.post("T_SHOTEN_1", _padded(ward, limits.BODY_BYTES_MAX + 1)), 413, "body_too_large"
+    )
 
 
 def test_body_above_max_without_content_length_is_refused(ward: Ward) -> None:
@@ -214,9 +228,10 @@ def test_body_above_max_without_content_length_is_refused(ward: Ward) -> None:
     raw = _padded(ward, limits.BODY_BYTES_MAX + 1)
 
     def send() -> httpx.Response:
-        chunks = (raw[i:i + 65536] for i in range(0, len(raw), 65536))
+        chunks = (raw[i : i + 65536] for i in range(0, len(raw), 65536))
         return ward.terminal("T_SHOTEN_1").post(
-            "/v1/transactions", content=chunks,
+            "/v1/transactions",
+            content=chunks,
             headers={"Idempotency-Key": "chunked-too-large", "Content-Type": "application/json"},
         )
 
@@ -239,8 +254,12 @@ def test_a_refund_is_not_an_original(ward: Ward) -> None:
 
 def test_unknown_merchant_or_terminal_in_a_purchase_is_forbidden(ward: Ward) -> None:
     # A terminal key posts only for its own terminal and merchant; an unknown one is not its own.
-    for changes in ({"merchant_id": "M_NOPE"}, {"terminal_id": "T_NOPE"},
-                    {"merchant_id": "M_CONV"}, {"terminal_id": "T_SHOTEN_2"}):
+    for changes in (
+        {"merchant_id": "M_NOPE"},
+        {"terminal_id": "T_NOPE"},
+        {"merchant_id": "M_CONV"},
+        {"terminal_id": "T_SHOTEN_2"},
+    ):
         body = {**purchase("T_SHOTEN_1", "W_FOREIGN", 500), **changes}
         assert_refused(ward, lambda body=body: ward.post("T_SHOTEN_1", body), 403, "forbidden")
 
@@ -307,8 +326,11 @@ def test_only_terminal_keys_post_transactions(ward: Ward, role: str) -> None:
 
     def send() -> httpx.Response:
         with ward.server.client(key) as c:
-            return c.post("/v1/transactions", json=purchase("T_SHOTEN_1", "W_ROLE", 500),
-                          headers={"Idempotency-Key": f"role-{role}"})
+            return c.post(
+                "/v1/transactions",
+                json=purchase("T_SHOTEN_1", "W_ROLE", 500),
+                headers={"Idempotency-Key": f"role-{role}"},
+            )
 
     assert_refused(ward, send, 403, "forbidden")
 
@@ -382,8 +404,12 @@ def test_no_input_yields_a_500(ward: Ward) -> None:
         statuses.append(r.status_code)
         assert 400 <= r.status_code < 500, (raw[:80], r.status_code, r.text[:300])
         assert r.headers["content-type"] == PROBLEM_JSON
-    for method, path in [("PUT", "/v1/transactions"), ("GET", "/v1/nothing"), ("DELETE", "/v1/merchants/M_SHOTEN"),
-                         ("GET", "/v1/transactions/" + "x" * 5000)]:
+    for method, path in [
+        ("PUT", "/v1/transactions"),
+        ("GET", "/v1/nothing"),
+        ("DELETE", "/v1/merchants/M_SHOTEN"),
+        ("GET", "/v1/transactions/" + "x" * 5000),
+    ]:
         r = ward.terminal("T_SHOTEN_1").request(method, path)
         assert 400 <= r.status_code < 500, (method, path, r.status_code, r.text[:300])
         assert r.headers["content-type"] == PROBLEM_JSON

@@ -26,8 +26,9 @@ def _counts(ward: Ward) -> tuple[int, int]:
 
 
 def test_replay_returns_the_original_answer_and_writes_nothing(ward: Ward) -> None:
-    body = purchase("T_SHOTEN_1", "W_REPLAY", 3300, items=[{"amount": 1100, "tags": ["ethical"]},
-                                                          {"amount": 2200, "tags": []}])
+    body = purchase(
+        "T_SHOTEN_1", "W_REPLAY", 3300, items=[{"amount": 1100, "tags": ["ethical"]}, {"amount": 2200, "tags": []}]
+    )
     first = ward.post("T_SHOTEN_1", body, key="replay-1")
     assert first.status_code == 201, first.text
     assert "idempotent-replayed" not in first.headers
@@ -96,9 +97,7 @@ def test_malformed_requests_are_not_remembered(ward: Ward, bad_body: bytes, stat
     bad = ward.post("T_SHOTEN_1", bad_body, key=key)
     assert (bad.status_code, bad.json()["code"]) == (status, code), bad.text
     with ward.server.db.connect() as connection:
-        assert connection.execute(
-            IdempotencyRow.__table__.select().where(IdempotencyRow.key == key)
-        ).first() is None
+        assert connection.execute(IdempotencyRow.__table__.select().where(IdempotencyRow.key == key)).first() is None
     good = ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_MALFORMED", 500), key=key)
     assert good.status_code == 201, good.text
     assert "idempotent-replayed" not in good.headers

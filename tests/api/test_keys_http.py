@@ -40,8 +40,11 @@ REVOCATION_BOUND_S = 5.0
 def servers(databases, tmp_path_factory, module_redis_url):
     """A and B: two processes on one PostgreSQL database and one Redis, limits at their defaults."""
     url = databases.create("postgresql")
-    env = {"SETAPAY_REDIS_URL": module_redis_url, "SETAPAY_RATE_LIMIT_PER_KEY": PER_KEY,
-           "SETAPAY_AUTH_FAILURES_PER_IP": FAILURES}
+    env = {
+        "SETAPAY_REDIS_URL": module_redis_url,
+        "SETAPAY_RATE_LIMIT_PER_KEY": PER_KEY,
+        "SETAPAY_AUTH_FAILURES_PER_IP": FAILURES,
+    }
     log_dir = tmp_path_factory.mktemp("logs")
     a = Server(url, log_dir, env).start()  # A migrates first; B then finds the schema at head
     b = Server(url, log_dir, env)
@@ -65,8 +68,9 @@ def ward(servers):
 def client(server: Server, key: str | None = None, address: str = "127.0.0.1") -> httpx.Client:
     """A client of `server` whose connections come from `address` (any 127.x.y.z reaches the server)."""
     headers = {"Authorization": f"Bearer {key}"} if key else {}
-    return httpx.Client(base_url=server.base_url, headers=headers, timeout=30,
-                        transport=httpx.HTTPTransport(local_address=address))
+    return httpx.Client(
+        base_url=server.base_url, headers=headers, timeout=30, transport=httpx.HTTPTransport(local_address=address)
+    )
 
 
 def cli_key(server: Server, *args: str, env: dict[str, str] | None = None) -> tuple[str, str]:
@@ -128,8 +132,9 @@ def api_key_scans(server: Server) -> int:
             assert time.monotonic() < deadline, "the servers' connections did not end"
             time.sleep(0.05)
         c.execute("SELECT pg_stat_clear_snapshot()")
-        row = c.execute("SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
-                        "WHERE relname = 'api_key'").fetchone()
+        row = c.execute(
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = 'api_key'"
+        ).fetchone()
     return row[0]
 
 
@@ -156,8 +161,16 @@ def test_keys_over_http_and_cli_never_show_a_secret(servers, ward, address: str)
         assert listing.status_code == 200
         listed = {k["id"]: k for k in listing.json()}
         assert {made["id"], cli_id} <= set(listed)
-        assert set(listed[made["id"]]) == {"id", "role", "merchant_id", "terminal_id", "created_at", "expires_at",
-                                           "revoked_at", "last_used_at"}
+        assert set(listed[made["id"]]) == {
+            "id",
+            "role",
+            "merchant_id",
+            "terminal_id",
+            "created_at",
+            "expires_at",
+            "revoked_at",
+            "last_used_at",
+        }
         cli_listing = a.cli("keys", "list")
         cli_json = a.cli("keys", "list", "--json")
         assert cli_listing.returncode == cli_json.returncode == 0
@@ -187,9 +200,15 @@ def test_keys_over_http_and_cli_never_show_a_secret(servers, ward, address: str)
         assert admin.post("/v1/keys/0123456789abcdef/revoke").status_code == 404
 
         # Bad bodies and ids are 422, never 500, and never reach the database as such.
-        for bad in ({"role": "root"}, {"role": "terminal"}, {"role": "merchant", "merchant_id": "M_NOPE"},
-                    {"role": "admin", "expires_in_days": 0}, {"role": "admin", "expires_in_days": "3"},
-                    {"role": "admin", "secret": "mine"}, {"role": "a" * 10_000}):
+        for bad in (
+            {"role": "root"},
+            {"role": "terminal"},
+            {"role": "merchant", "merchant_id": "M_NOPE"},
+            {"role": "admin", "expires_in_days": 0},
+            {"role": "admin", "expires_in_days": "3"},
+            {"role": "admin", "secret": "mine"},
+            {"role": "a" * 10_000},
+        ):
             r = admin.post("/v1/keys", json=bad)
             assert r.status_code == 422, (bad, r.status_code, r.text)
         for bad_id in ("%00", "a%00b", "x" * 5000, "..%2F..", "%F0%9F%94%91"):
@@ -206,8 +225,9 @@ def test_expired_key_is_refused(servers, ward, address: str) -> None:
     a, b = servers
     # Made by an operator whose clock is shifted: one already past its expiry, one expiring in 4 s.
     expired, _ = cli_key(a, "--role", "finance", "--expires-in-days", "1", env={"SETAPAY_CLOCK_OFFSET_S": "-172800"})
-    soon, soon_id = cli_key(a, "--role", "finance", "--expires-in-days", "1",
-                            env={"SETAPAY_CLOCK_OFFSET_S": str(-86_400 + 4)})
+    soon, soon_id = cli_key(
+        a, "--role", "finance", "--expires-in-days", "1", env={"SETAPAY_CLOCK_OFFSET_S": str(-86_400 + 4)}
+    )
     for server in (a, b):
         assert status(server, expired, address) == 401
         assert status(server, soon, address) == 200
@@ -279,8 +299,12 @@ def test_guessed_keys_are_limited_before_the_database(servers, ward) -> None:
     deadline = time.monotonic() + 10
     while True:
         with a.db.connect() as connection:
-            if connection.execute(text("SELECT last_used_at_us FROM api_key WHERE id = :i"),
-                                  {"i": known_id}).scalar_one() is not None:
+            if (
+                connection.execute(
+                    text("SELECT last_used_at_us FROM api_key WHERE id = :i"), {"i": known_id}
+                ).scalar_one()
+                is not None
+            ):
                 break
         assert time.monotonic() < deadline, "the key's use was not written within 10 s"
         time.sleep(0.1)
@@ -298,22 +322,26 @@ def test_guessed_keys_are_limited_before_the_database(servers, ward) -> None:
 
     start = time.monotonic()
     with ThreadPoolExecutor(GUESSING_THREADS) as pool:
-        answers = [x for part in pool.map(guess, [guesses[i::GUESSING_THREADS] for i in range(GUESSING_THREADS)])
-                   for x in part]
+        answers = [
+            x for part in pool.map(guess, [guesses[i::GUESSING_THREADS] for i in range(GUESSING_THREADS)]) for x in part
+        ]
     elapsed = time.monotonic() - start
     assert elapsed < 60, "the flood took longer than the window; the bound below would not apply"
     refused = [x for x in answers if x[0] == 401]
     limited = [x for x in answers if x[0] == 429]
     assert len(refused) + len(limited) == len(guesses), {x[0] for x in answers}
     assert 1 <= len(refused) <= FAILURES_N, len(refused)
-    assert all(code == "rate_limited" and ra is not None and ra.isdigit() and 1 <= int(ra) <= 60
-               for _, ra, code in limited), limited[:3]
+    assert all(
+        code == "rate_limited" and ra is not None and ra.isdigit() and 1 <= int(ra) <= 60 for _, ra, code in limited
+    ), limited[:3]
     after = api_key_scans(a)
     # Every 401 was one index look-up of api_key, plus at most the guesses in flight at once (6 threads)
     # when the address reached its limit; the 2,980-odd 429s asked nothing.
     assert after - before <= FAILURES_N + GUESSING_THREADS, (before, after, len(refused))
-    print(f"{len(guesses)} guesses in {elapsed:.1f} s: {len(refused)} × 401, {len(limited)} × 429, "
-          f"{after - before} scans of api_key")
+    print(
+        f"{len(guesses)} guesses in {elapsed:.1f} s: {len(refused)} × 401, {len(limited)} × 429, "
+        f"{after - before} scans of api_key"
+    )
 
     # The address stays held back for keys it has not used here, not for one it has.
     with client(a, known, address) as c:
@@ -380,8 +408,10 @@ def test_per_key_limit_is_shared_by_processes_and_a_batch_counts_once(servers, w
 
     # A batch of more items than the per-key limit is one request.
     terminal_key = ward.terminal_key("T_CONV")
-    items = [{**purchase("T_CONV", f"W_BATCH_{i}", 500, occurred_at=now_tokyo(-60)), "idempotency_key": f"b{i}"}
-             for i in range(PER_KEY_N + 20)]
+    items = [
+        {**purchase("T_CONV", f"W_BATCH_{i}", 500, occurred_at=now_tokyo(-60)), "idempotency_key": f"b{i}"}
+        for i in range(PER_KEY_N + 20)
+    ]
     with a.terminal_client(terminal_key) as c:
         r = c.post("/v1/transactions/batch", json={"transactions": items})
         assert r.status_code == 200, r.text
@@ -399,8 +429,9 @@ def test_last_used_appears_and_is_rewritten_at_most_once_a_minute(servers, ward,
 
     def last_used() -> int | None:
         with a.db.connect() as connection:
-            return connection.execute(text("SELECT last_used_at_us FROM api_key WHERE id = :i"),
-                                      {"i": key_id}).scalar_one()
+            return connection.execute(
+                text("SELECT last_used_at_us FROM api_key WHERE id = :i"), {"i": key_id}
+            ).scalar_one()
 
     assert last_used() is None
     assert status(a, key, address) == 200

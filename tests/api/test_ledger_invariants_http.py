@@ -57,8 +57,10 @@ def _random_purchase(rng: random.Random, terminal_id: str, wallet_id: str) -> di
     items = None
     if rng.random() < 0.5:
         cut = rng.randint(0, amount)
-        items = [{"amount": cut, "tags": rng.sample(TAGS, rng.randint(0, 2))},
-                 {"amount": amount - cut, "tags": rng.sample(TAGS, rng.randint(0, 2))}]
+        items = [
+            {"amount": cut, "tags": rng.sample(TAGS, rng.randint(0, 2))},
+            {"amount": amount - cut, "tags": rng.sample(TAGS, rng.randint(0, 2))},
+        ]
     return purchase(terminal_id, wallet_id, amount, items=items, occurred_at=now_tokyo(-rng.randint(60, SPREAD_S)))
 
 
@@ -104,8 +106,10 @@ def _step(ward: Ward, rng: random.Random, run: Run) -> None:
 
 
 def _concurrent_purchases(ward: Ward, rng: random.Random, run: Run) -> None:
-    bodies = [_random_purchase(rng, rng.choice(list(WARD_TERMINALS)), rng.choice(WALLETS))
-              for _ in range(CONCURRENT_PURCHASES)]
+    bodies = [
+        _random_purchase(rng, rng.choice(list(WARD_TERMINALS)), rng.choice(WALLETS))
+        for _ in range(CONCURRENT_PURCHASES)
+    ]
     for terminal_id in WARD_TERMINALS:
         ward.terminal_key(terminal_id)
     lock = threading.Lock()
@@ -115,8 +119,9 @@ def _concurrent_purchases(ward: Ward, rng: random.Random, run: Run) -> None:
         clients = {t: ward.server.terminal_client(ward.terminal_key(t)) for t in WARD_TERMINALS}
         try:
             for body in part:
-                r = clients[body["terminal_id"]].post("/v1/transactions", json=body,
-                                                      headers={"Idempotency-Key": f"concurrent-{id(body)}"})
+                r = clients[body["terminal_id"]].post(
+                    "/v1/transactions", json=body, headers={"Idempotency-Key": f"concurrent-{id(body)}"}
+                )
                 with lock:
                     if r.status_code == 201:
                         run.accepted[r.json()["id"]] = (body, r.json())
@@ -195,7 +200,10 @@ def test_wallet_points_equal_the_sum_of_their_postings(ward: Ward, run: Run) -> 
             got = finance.get(f"/v1/wallets/{wallet_id}/points").json()
             s = sums[wallet_id]
             assert (got["pending"], got["available"], got["debt"]) == (
-                s["pending"], max(s["available"], 0), max(-s["available"], 0)), (wallet_id, got, s)
+                s["pending"],
+                max(s["available"], 0),
+                max(-s["available"], 0),
+            ), (wallet_id, got, s)
 
 
 def test_answers_equal_the_rating_twin_in_acceptance_order(ward: Ward, run: Run) -> None:
@@ -205,14 +213,17 @@ def test_answers_equal_the_rating_twin_in_acceptance_order(ward: Ward, run: Run)
     assert sorted(order) == sorted(run.accepted)
     parse = TypeAdapter(Transaction).validate_python
     events = [(pid, parse(run.accepted[pid][0])) for pid in order]
-    catalog = build_catalog([Merchant.model_validate(m) for m in WARD_MERCHANTS],
-                            [Campaign.model_validate(c) for c in WARD_CAMPAIGNS])
+    catalog = build_catalog(
+        [Merchant.model_validate(m) for m in WARD_MERCHANTS], [Campaign.model_validate(c) for c in WARD_CAMPAIGNS]
+    )
     twin = {o.key: o.as_expected() for o in rate(catalog, events, RatingState(), "python")}
     for pid in order:
         answer = run.accepted[pid][1]
         if answer["type"] == "purchase":
-            got = {"awards": [{k: a[k] for k in ("campaign_id", "points", "capped_by")} for a in answer["awards"]],
-                   "points_awarded": answer["points_awarded"]}
+            got = {
+                "awards": [{k: a[k] for k in ("campaign_id", "points", "capped_by")} for a in answer["awards"]],
+                "points_awarded": answer["points_awarded"],
+            }
         else:
             got = {k: answer[k] for k in ("clawbacks", "points_clawed_back", "points_returned")}
         assert got == twin[pid], (pid, run.accepted[pid][0])
@@ -222,15 +233,17 @@ def test_answers_equal_the_rating_twin_in_acceptance_order(ward: Ward, run: Run)
 
 TAMPERING = {
     "update_amount": "UPDATE posting SET amount = amount + 1 WHERE sequence = 1",
-    "update_account": "UPDATE posting SET credit_account_id = 'wallet:W_THIEF:C_POINTBACK:available' WHERE sequence = 2",
+    "update_account": (
+        "UPDATE posting SET credit_account_id = 'wallet:W_THIEF:C_POINTBACK:available' WHERE sequence = 2"
+    ),
     "delete_one": "DELETE FROM posting WHERE sequence = 3",
     "delete_all": "DELETE FROM posting",
     "insert_zero_amount": "INSERT INTO posting (sequence, reason, debit_account_id, credit_account_id, amount, "
-                          "posted_at_us, hash) VALUES (999999, 'award', 'a', 'b', 0, 0, 'x')",
+    "posted_at_us, hash) VALUES (999999, 'award', 'a', 'b', 0, 0, 'x')",
     "insert_negative_amount": "INSERT INTO posting (sequence, reason, debit_account_id, credit_account_id, amount, "
-                              "posted_at_us, hash) VALUES (999999, 'award', 'a', 'b', -5, 0, 'x')",
+    "posted_at_us, hash) VALUES (999999, 'award', 'a', 'b', -5, 0, 'x')",
     "insert_same_account": "INSERT INTO posting (sequence, reason, debit_account_id, credit_account_id, amount, "
-                           "posted_at_us, hash) VALUES (999999, 'award', 'a', 'a', 5, 0, 'x')",
+    "posted_at_us, hash) VALUES (999999, 'award', 'a', 'a', 5, 0, 'x')",
 }
 
 
@@ -240,9 +253,8 @@ def test_the_database_refuses_to_rewrite_postings(ward: Ward, run: Run, statemen
     # The owner's own connection (the URL's user owns the database), not the API.
     owner = make_engine(ward.server.database_url)
     try:
-        with pytest.raises(DBAPIError):
-            with owner.begin() as connection:
-                connection.execute(text(statement))
+        with pytest.raises(DBAPIError), owner.begin() as connection:
+            connection.execute(text(statement))
     finally:
         owner.dispose()
     assert ward.server.postings() == before
@@ -254,9 +266,8 @@ def test_truncate_is_refused_on_postgresql(ward: Ward, run: Run, backend: str) -
         pytest.skip("SQLite has no TRUNCATE; its DELETE without WHERE is refused above")
     owner = make_engine(ward.server.database_url)
     try:
-        with pytest.raises(DBAPIError):
-            with owner.begin() as connection:
-                connection.execute(text("TRUNCATE posting"))
+        with pytest.raises(DBAPIError), owner.begin() as connection:
+            connection.execute(text("TRUNCATE posting"))
     finally:
         owner.dispose()
     assert queries.ledger_check(ward.server.db)["ok"]

@@ -59,7 +59,9 @@ def test_a_forwarded_for_header_does_not_pick_the_counted_address(server) -> Non
     answers = []
     with client(server, None, "127.0.0.1") as c:  # the address uvicorn would trust by default
         for i in range(FAILURES_N + 3):
-            r = c.get("/v1/campaigns", headers={"Authorization": f"Bearer sp_admin_{uuid.uuid4().hex}",
-                                                "X-Forwarded-For": f"10.9.{i}.1"})
+            r = c.get(
+                "/v1/campaigns",
+                headers={"Authorization": f"Bearer sp_admin_{uuid.uuid4().hex}", "X-Forwarded-For": f"10.9.{i}.1"},
+            )
             answers.append(r.status_code)
     assert answers == [401] * FAILURES_N + [429] * 3, answers

@@ -69,8 +69,7 @@ def test_a_terminal_cannot_spend_points_without_the_apps_receipt(ward: Ward, app
     spend = purchase("T_CONV", "W_VICTIM", 400, points_used=400)
     assert _code(_post(ward, "T_CONV", spend)) == (422, "receipt_required")
     genuine_elsewhere = app.sign_purchase(purchase("T_CONV", "W_OTHER", 400))
-    assert _code(_post(ward, "T_CONV", {**spend, "receipt": genuine_elsewhere["receipt"]})) == \
-        (422, "receipt_mismatch")
+    assert _code(_post(ward, "T_CONV", {**spend, "receipt": genuine_elsewhere["receipt"]})) == (422, "receipt_mismatch")
     forged = PaymentApp(app.app_id, receipts.new_secret()).sign_purchase(spend)
     assert _code(_post(ward, "T_CONV", forged)) == (422, "receipt_invalid")
     no_points = app.sign_purchase(purchase("T_CONV", "W_VICTIM", 400, points_used=0))
@@ -85,8 +84,10 @@ def test_invented_purchases_never_reach_the_ledger(ward: Ward, app: PaymentApp) 
     unchanged = _unchanged(ward)
     invented = [purchase("T_LARGE", f"W_INVENTED_{i}", 90_000) for i in range(5)]
     with ward.server.client(ward.terminal_key("T_LARGE")) as c:
-        r = c.post("/v1/transactions/batch", json={"transactions": [
-            {**b, "idempotency_key": f"inv-{i}"} for i, b in enumerate(invented)]})
+        r = c.post(
+            "/v1/transactions/batch",
+            json={"transactions": [{**b, "idempotency_key": f"inv-{i}"} for i, b in enumerate(invented)]},
+        )
     assert r.status_code == 200
     assert [(x["status"], x["body"]["code"]) for x in r.json()["results"]] == [(422, "receipt_required")] * 5
     assert unchanged()
@@ -101,8 +102,10 @@ def test_one_sale_cannot_be_posted_twice_under_two_keys(ward: Ward, app: Payment
     second = _post(ward, "T_SHOTEN_1", body, key="twice-b")
     assert _code(second) == (409, "receipt_already_used")
     # The receipt does not name the terminal: from the shop's other terminal it is the same sale.
-    assert _code(_post(ward, "T_SHOTEN_2", {**body, "terminal_id": "T_SHOTEN_2"}, key="twice-c")) == \
-        (409, "receipt_already_used")
+    assert _code(_post(ward, "T_SHOTEN_2", {**body, "terminal_id": "T_SHOTEN_2"}, key="twice-c")) == (
+        409,
+        "receipt_already_used",
+    )
     # A decline is remembered and replayed like other declines.
     again = _post(ward, "T_SHOTEN_1", body, key="twice-b")
     assert _code(again) == (409, "receipt_already_used") and again.headers["Idempotent-Replayed"] == "true"
@@ -115,6 +118,7 @@ def test_one_sale_cannot_be_posted_twice_under_two_keys(ward: Ward, app: Payment
 def _token(secret: str, header: dict, claims) -> str:
     """A compact JWS made by hand (HMAC-SHA256 over header.payload), so headers a JOSE library
     would refuse to write can be sent too."""
+
     def b64(raw: bytes) -> str:
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
@@ -124,18 +128,35 @@ def _token(secret: str, header: dict, claims) -> str:
     return signing_input + "." + b64(mac)
 
 
-@pytest.mark.parametrize("case", ["garbage", "alg_none", "unknown_app", "wrong_kid_header", "extra_header",
-                                  "claims_not_json", "claims_missing", "claims_extra", "jti_pattern",
-                                  "jti_newline", "iat_future", "iat_string", "amount_string"])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "garbage",
+        "alg_none",
+        "unknown_app",
+        "wrong_kid_header",
+        "extra_header",
+        "claims_not_json",
+        "claims_missing",
+        "claims_extra",
+        "jti_pattern",
+        "jti_newline",
+        "iat_future",
+        "iat_string",
+        "amount_string",
+    ],
+)
 def test_malformed_receipts_are_invalid_and_not_remembered(ward: Ward, app: PaymentApp, case: str) -> None:
     body = purchase("T_SHOTEN_1", "W_MALFORMED_RECEIPT", 700)
     claims = receipts.purchase_claims(body, "pay_" + uuid.uuid4().hex, TEST_IAT)
     header = {"alg": "HS256", "kid": app.app_id}
     token = {
         "garbage": lambda: "not.a.jws",
-        "alg_none": lambda: "eyJhbGciOiJub25lIiwia2lkIjoiU0VUQVBBWV9URVNUX0FQUCJ9."
-                            + jws.extract_compact(app.sign_purchase(body)["receipt"].encode()).segments[
-                                "payload"].decode() + ".",
+        "alg_none": lambda: (
+            "eyJhbGciOiJub25lIiwia2lkIjoiU0VUQVBBWV9URVNUX0FQUCJ9."
+            + jws.extract_compact(app.sign_purchase(body)["receipt"].encode()).segments["payload"].decode()
+            + "."
+        ),
         "unknown_app": lambda: _token(app.secret, {**header, "kid": "NO_SUCH_APP"}, claims),
         "wrong_kid_header": lambda: _token(app.secret, {"alg": "HS256", "kid": 7}, claims),
         "extra_header": lambda: _token(app.secret, {**header, "typ": "JWT"}, claims),
@@ -158,8 +179,16 @@ def test_malformed_receipts_are_invalid_and_not_remembered(ward: Ward, app: Paym
     assert _post(ward, "T_SHOTEN_1", app.sign_purchase(body), key=key).status_code == 201
 
 
-@pytest.mark.parametrize("claim, value", [("wallet_id", "W_SOMEONE_ELSE"), ("merchant_id", "M_CONV"),
-                                          ("amount", 701), ("points_used", 1), ("typ", "refund")])
+@pytest.mark.parametrize(
+    "claim, value",
+    [
+        ("wallet_id", "W_SOMEONE_ELSE"),
+        ("merchant_id", "M_CONV"),
+        ("amount", 701),
+        ("points_used", 1),
+        ("typ", "refund"),
+    ],
+)
 def test_a_claim_that_differs_from_the_body_is_a_mismatch(ward: Ward, app: PaymentApp, claim: str, value) -> None:
     body = purchase("T_SHOTEN_1", "W_MISMATCH", 700)
     claims = receipts.purchase_claims(body, "pay_" + uuid.uuid4().hex, TEST_IAT)
@@ -181,8 +210,9 @@ def test_a_declined_transaction_does_not_use_up_its_receipt(ward: Ward, app: Pay
 
 
 def test_refund_receipts_name_their_purchase(ward: Ward, app: PaymentApp) -> None:
-    bought = _post(ward, "T_SHOTEN_1", app.sign_purchase(purchase("T_SHOTEN_1", "W_REFUND_R", 3000),
-                                                         jti="pay_for_refund"))
+    bought = _post(
+        ward, "T_SHOTEN_1", app.sign_purchase(purchase("T_SHOTEN_1", "W_REFUND_R", 3000), jti="pay_for_refund")
+    )
     assert bought.status_code == 201
     pid = bought.json()["id"]
     body = refund(pid, 1000)
@@ -192,8 +222,10 @@ def test_refund_receipts_name_their_purchase(ward: Ward, app: PaymentApp) -> Non
     assert _code(_post(ward, "T_SHOTEN_1", wrong)) == (422, "receipt_mismatch")
     other_app = register_payment_app(ward.server.env, "OTHER_APP", in_process=ward.server.cli_in_process)
     time.sleep(CACHE_TTL_S + 0.5)  # each process learns of a new app within its cache's lifetime
-    assert _code(_post(ward, "T_SHOTEN_1", other_app.sign_refund(body, original_jti="pay_for_refund"))) == \
-        (422, "receipt_mismatch")
+    assert _code(_post(ward, "T_SHOTEN_1", other_app.sign_refund(body, original_jti="pay_for_refund"))) == (
+        422,
+        "receipt_mismatch",
+    )
     too_much = app.sign_refund({**body, "amount": 999}, original_jti="pay_for_refund")
     assert _code(_post(ward, "T_SHOTEN_1", {**body, "receipt": too_much["receipt"]})) == (422, "receipt_mismatch")
     assert unchanged()
@@ -234,7 +266,8 @@ def test_rotation_keeps_the_old_secret_and_revocation_ends_every_secret(ward: Wa
     listing = run_cli(env, "apps", "list", in_process=in_process)
     assert old.secret not in listing.stdout and new.secret not in listing.stdout
     assert {"id": "ROTATING_APP", "live_secrets": 2}.items() <= json.loads(
-        next(line for line in listing.stdout.splitlines() if "ROTATING_APP" in line)).items()
+        next(line for line in listing.stdout.splitlines() if "ROTATING_APP" in line)
+    ).items()
     assert run_cli(env, "apps", "revoke", "ROTATING_APP", in_process=in_process).returncode == 0
     deadline = time.monotonic() + 5
     while True:
@@ -253,12 +286,16 @@ def test_the_database_accepts_a_receipt_once_per_app(ward: Ward, app: PaymentApp
     answer = _post(ward, "T_SHOTEN_1", body)
     assert answer.status_code == 201
     with ward.server.db.connect() as connection, pytest.raises(IntegrityError):
-        connection.execute(text(
-            "INSERT INTO payment (id, sequence, type, terminal_id, merchant_id, wallet_id, occurred_at_us, "
-            "accepted_at_us, amount, points_used, refunded_amount, request_json, response_json, hash, "
-            "receipt_app_id, receipt_jti) SELECT 'tx_copy', sequence + 1000000, type, terminal_id, merchant_id, "
-            "wallet_id, occurred_at_us, accepted_at_us, amount, points_used, 0, request_json, response_json, hash, "
-            "receipt_app_id, receipt_jti FROM payment WHERE id = :id"), {"id": answer.json()["id"]})
+        connection.execute(
+            text(
+                "INSERT INTO payment (id, sequence, type, terminal_id, merchant_id, wallet_id, occurred_at_us, "
+                "accepted_at_us, amount, points_used, refunded_amount, request_json, response_json, hash, "
+                "receipt_app_id, receipt_jti) SELECT 'tx_copy', sequence + 1000000, type, terminal_id, merchant_id, "
+                "wallet_id, occurred_at_us, accepted_at_us, amount, points_used, 0, request_json, response_json, hash, "
+                "receipt_app_id, receipt_jti FROM payment WHERE id = :id"
+            ),
+            {"id": answer.json()["id"]},
+        )
 
 
 # -- across processes ---------------------------------------------------------------------
@@ -271,7 +308,9 @@ def test_a_receipt_is_accepted_once_across_two_processes(databases, tmp_path) ->
     with ServerProcess(url, tmp_path, name="a") as a, ServerProcess(url, tmp_path, name="b") as b:
         admin = a.create_key("admin")
         with a.client(admin) as c:
-            assert c.post("/v1/merchants", json={"id": "M1", "name": "店", "merchant_class": "small"}).status_code == 201
+            assert (
+                c.post("/v1/merchants", json={"id": "M1", "name": "店", "merchant_class": "small"}).status_code == 201
+            )
             for t in ("T1", "T2"):
                 assert c.post("/v1/terminals", json={"id": t, "merchant_id": "M1"}).status_code == 201
         keys = {"T1": a.create_key("terminal", terminal_id="T1"), "T2": a.create_key("terminal", terminal_id="T2")}
@@ -304,8 +343,15 @@ def test_a_receipt_is_accepted_once_across_two_processes(databases, tmp_path) ->
 def purchase_at(terminal_id: str, wallet_id: str, amount: int) -> dict:
     from tests.api.conftest import now_tokyo
 
-    return {"type": "purchase", "wallet_id": wallet_id, "merchant_id": "M1", "terminal_id": terminal_id,
-            "occurred_at": now_tokyo(-60), "amount": amount, "points_used": 0}
+    return {
+        "type": "purchase",
+        "wallet_id": wallet_id,
+        "merchant_id": "M1",
+        "terminal_id": terminal_id,
+        "occurred_at": now_tokyo(-60),
+        "amount": amount,
+        "points_used": 0,
+    }
 
 
 def test_a_batch_of_one_receipt_many_times_is_answered_whole(ward: Ward, app: PaymentApp) -> None:
@@ -327,8 +373,9 @@ def test_a_batch_of_one_receipt_many_times_is_answered_whole(ward: Ward, app: Pa
     assert got[1:500] + got[520:] == [(409, "receipt_already_used")] * 979
     assert ward.server.payments() == payments_before + 1
     # The retry of the whole batch replays every answer.
-    assert [(x["status"], x["body"].get("code"), x["replayed"]) for x in again.json()["results"]] == \
-        [(s, c, True) for s, c in got]
+    assert [(x["status"], x["body"].get("code"), x["replayed"]) for x in again.json()["results"]] == [
+        (s, c, True) for s, c in got
+    ]
 
 
 def test_a_retry_still_replays_after_its_app_is_revoked(ward: Ward) -> None:
@@ -343,8 +390,11 @@ def test_a_retry_still_replays_after_its_app_is_revoked(ward: Ward) -> None:
     first = _post(ward, "T_SHOTEN_1", body, key="leaving-1")
     assert first.status_code == 201, first.text
     with ward.server.client(ward.terminal_key("T_SHOTEN_1")) as c:
-        batch = {"transactions": [{**leaving.sign_purchase(purchase("T_SHOTEN_1", "W_LEAVING", 901)),
-                                   "idempotency_key": "leaving-2"}]}
+        batch = {
+            "transactions": [
+                {**leaving.sign_purchase(purchase("T_SHOTEN_1", "W_LEAVING", 901)), "idempotency_key": "leaving-2"}
+            ]
+        }
         assert c.post("/v1/transactions/batch", json=batch).json()["results"][0]["status"] == 201
         assert run_cli(env, "apps", "revoke", "LEAVING_APP", in_process=in_process).returncode == 0
         time.sleep(CACHE_TTL_S + 0.5)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 
 from api.openapi import Problem
-from engine.model import Campaign
 from api.responses import (
     AuditPage,
     BatchAnswer,
@@ -19,9 +18,9 @@ from api.responses import (
     KeyListing,
     KeyListings,
     MerchantRewards,
+    MerchantTransactions,
     MerchantView,
     MerchantViews,
-    MerchantTransactions,
     PurchaseAnswer,
     Readiness,
     Reconciliation,
@@ -34,6 +33,7 @@ from api.responses import (
     TransactionAnswer,
     WalletPoints,
 )
+from engine.model import Campaign
 from tests.api.conftest import WARD_CAMPAIGNS, now_tokyo, purchase, refund
 
 
@@ -70,11 +70,16 @@ def test_transactions_validate(ward) -> None:
         assert read.status_code == 200, read.text
         assert isinstance(_strictly(TransactionAnswer, read.json()).root, kind)
 
-    batch = ward.terminal("T_SHOTEN_1").post("/v1/transactions/batch", json={"transactions": [
-        {**purchase("T_SHOTEN_1", wallet, 1200), "idempotency_key": uuid.uuid4().hex},
-        {**purchase("T_SHOTEN_1", wallet, 1200), "idempotency_key": 7},
-        "not an object",
-    ]})
+    batch = ward.terminal("T_SHOTEN_1").post(
+        "/v1/transactions/batch",
+        json={
+            "transactions": [
+                {**purchase("T_SHOTEN_1", wallet, 1200), "idempotency_key": uuid.uuid4().hex},
+                {**purchase("T_SHOTEN_1", wallet, 1200), "idempotency_key": 7},
+                "not an object",
+            ]
+        },
+    )
     assert batch.status_code == 200, batch.text
     parsed = _strictly(BatchAnswer, batch.json())
     assert [r.status for r in parsed.results] == [201, 400, 422]  # a number as key: idempotency_key_invalid
@@ -92,9 +97,11 @@ def test_transactions_validate(ward) -> None:
         rewards = finance.get("/v1/merchants/M_SHOTEN/rewards", params={"from": "2026-01-01T00:00:00+09:00"})
         assert rewards.status_code == 200, rewards.text
         _strictly(MerchantRewards, rewards.json())
-        grant = finance.post("/v1/grants", json={"wallet_id": wallet, "campaign_id": "C_POINTBACK", "points": 5,
-                                                 "reason": "typed answers"},
-                             headers={"Idempotency-Key": uuid.uuid4().hex})
+        grant = finance.post(
+            "/v1/grants",
+            json={"wallet_id": wallet, "campaign_id": "C_POINTBACK", "points": 5, "reason": "typed answers"},
+            headers={"Idempotency-Key": uuid.uuid4().hex},
+        )
         assert grant.status_code == 201, grant.text
         _strictly(GrantAnswer, grant.json())
 
@@ -128,9 +135,18 @@ def test_configuration_validates(ward) -> None:
         _strictly(Campaign, admin.get("/v1/campaigns/C_POINTBACK").json())
         _strictly(TerminalViews, admin.get("/v1/terminals").json())
         _strictly(TerminalView, admin.get("/v1/terminals/T_SHOTEN_1").json())
-        merchant = {"id": "M_TYPED_" + uuid.uuid4().hex[:6], "name": "型付き商店", "merchant_class": "small",
-                    "bank_account": {"bank_code": "0001", "branch_code": "001", "account_type": "ordinary",
-                                     "account_number": "1234567", "holder_kana": "ｶﾀﾂｷ"}}
+        merchant = {
+            "id": "M_TYPED_" + uuid.uuid4().hex[:6],
+            "name": "型付き商店",
+            "merchant_class": "small",
+            "bank_account": {
+                "bank_code": "0001",
+                "branch_code": "001",
+                "account_type": "ordinary",
+                "account_number": "1234567",
+                "holder_kana": "ｶﾀﾂｷ",
+            },
+        }
         created = admin.post("/v1/merchants", json=merchant)
         assert created.status_code == 201, created.text
         _strictly(MerchantView, created.json())
@@ -141,8 +157,9 @@ def test_configuration_validates(ward) -> None:
 
 def test_finance_validates(ward) -> None:
     ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_FINANCE_MODELS", 2200))
-    closeout = ward.terminal("T_SHOTEN_1").post("/v1/terminals/T_SHOTEN_1/closeouts",
-                                                json={"business_date": now_tokyo()[:10], "count": 0, "total": 0})
+    closeout = ward.terminal("T_SHOTEN_1").post(
+        "/v1/terminals/T_SHOTEN_1/closeouts", json={"business_date": now_tokyo()[:10], "count": 0, "total": 0}
+    )
     assert closeout.status_code == 201, closeout.text
     assert not closeout.json()["matches"]
     _strictly(CloseoutReport, closeout.json())
@@ -163,7 +180,9 @@ def test_finance_validates(ward) -> None:
         assert report.status_code == 200, report.text
         _strictly(Reconciliation, report.json())
         draft = {**WARD_CAMPAIGNS[0], "budget": 100}
-        simulated = finance.post("/v1/campaigns/C_POINTBACK/simulate",
-                                 json={"campaign": draft, "from": "2026-01-01T00:00:00+09:00", "to": now_tokyo(60)})
+        simulated = finance.post(
+            "/v1/campaigns/C_POINTBACK/simulate",
+            json={"campaign": draft, "from": "2026-01-01T00:00:00+09:00", "to": now_tokyo(60)},
+        )
         assert simulated.status_code == 200, simulated.text
         _strictly(Simulation, simulated.json())

@@ -26,11 +26,13 @@ def test_a_moved_terminal_leaves_its_old_merchants_transactions_behind(ward: War
     r = client.get(path)
     assert (r.status_code, r.json()["code"]) == (403, "forbidden"), r.text
     # It now posts for its new merchant, and not for the old one.
-    moved = client.post("/v1/transactions", json={**body, "merchant_id": "M_CONV"},
-                        headers={"Idempotency-Key": "moving-2"})
+    moved = client.post(
+        "/v1/transactions", json={**body, "merchant_id": "M_CONV"}, headers={"Idempotency-Key": "moving-2"}
+    )
     assert moved.status_code == 201, moved.text
-    old = client.post("/v1/transactions", json={**body, "wallet_id": "W_MOVED_2"},
-                      headers={"Idempotency-Key": "moving-3"})
+    old = client.post(
+        "/v1/transactions", json={**body, "wallet_id": "W_MOVED_2"}, headers={"Idempotency-Key": "moving-3"}
+    )
     assert (old.status_code, old.json()["code"]) == (403, "forbidden")
     client.close()
     admin.close()
@@ -39,8 +41,12 @@ def test_a_moved_terminal_leaves_its_old_merchants_transactions_behind(ward: War
 def test_wallets_are_read_by_the_app_and_finance_only(ward: Ward) -> None:
     assert ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_PRIVATE", 2000)).status_code == 201
     path = "/v1/wallets/W_PRIVATE/points"
-    for key in (ward.terminal_key("T_SHOTEN_1"), ward.terminal_key("T_CONV"), ward.key("merchant", "M_SHOTEN"),
-                ward.server.admin_key):
+    for key in (
+        ward.terminal_key("T_SHOTEN_1"),
+        ward.terminal_key("T_CONV"),
+        ward.key("merchant", "M_SHOTEN"),
+        ward.server.admin_key,
+    ):
         with ward.server.client(key) as c:
             r = c.get(path)
         assert (r.status_code, r.json()["code"]) == (403, "forbidden"), key.split("_")[1]
@@ -55,8 +61,7 @@ def test_the_app_role_moves_no_money(ward: Ward) -> None:
     with ward.server.client(app_key) as c:
         for method, path, body in (
             ("POST", "/v1/transactions", ward.server.payment_app.sign_purchase(purchase("T_SHOTEN_1", "W_APP", 100))),
-            ("POST", "/v1/grants", {"wallet_id": "W_APP", "campaign_id": "C_POINTBACK", "points": 10,
-                                    "reason": "app"}),
+            ("POST", "/v1/grants", {"wallet_id": "W_APP", "campaign_id": "C_POINTBACK", "points": 10, "reason": "app"}),
             ("POST", "/v1/settlement-runs", {"period": "2026-11"}),
             ("GET", "/v1/merchants/M_SHOTEN/transactions", None),
             ("POST", "/v1/merchants", {"id": "M_APP", "name": "x", "merchant_class": "small"}),
@@ -74,12 +79,12 @@ def test_a_moved_terminals_closeout_shows_only_its_new_merchants_sales(ward: War
     sold = client.post("/v1/transactions", json=body, headers={"Idempotency-Key": "closing-1"})
     assert sold.status_code == 201, sold.text
     day = body["occurred_at"][:10]
-    mismatch = client.post(f"/v1/terminals/{terminal_id}/closeouts",
-                           json={"business_date": day, "count": 0, "total": 0})
+    mismatch = client.post(
+        f"/v1/terminals/{terminal_id}/closeouts", json={"business_date": day, "count": 0, "total": 0}
+    )
     assert mismatch.json()["transactions"][0]["id"] == sold.json()["id"]  # at its merchant it sees its day
     assert admin.patch(f"/v1/terminals/{terminal_id}", json={"merchant_id": "M_CONV"}).status_code == 200
-    r = client.post(f"/v1/terminals/{terminal_id}/closeouts", json={"business_date": day, "count": 1,
-                                                                  "total": 1234})
+    r = client.post(f"/v1/terminals/{terminal_id}/closeouts", json={"business_date": day, "count": 1, "total": 1234})
     assert r.status_code == 201, r.text
     assert r.json()["ledger"] == {"count": 0, "total": 0} and sold.json()["id"] not in r.text
     client.close()

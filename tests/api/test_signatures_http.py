@@ -17,8 +17,8 @@ from engine import http_signing
 from engine.store.models import PaymentRow, SignatureNonceRow
 from tests.api.conftest import Server, Ward, purchase
 
-SIGNED = "T_SHOTEN_1"     # gets a key in these tests
-BEARER = "T_CONV"         # never gets one
+SIGNED = "T_SHOTEN_1"  # gets a key in these tests
+BEARER = "T_CONV"  # never gets one
 PROBLEM_JSON = "application/problem+json"
 
 
@@ -59,14 +59,18 @@ def _body(ward: Ward, wallet: str = "W_SIG", amount: int = 1100) -> bytes:
 
 # -- registering a key -----------------------------------------------------------------
 
-@pytest.mark.parametrize("value,why", [
-    ("not base64 at all!", "base64"),
-    (base64.b64encode(bytes(31)).decode(), "32 bytes"),
-    (base64.b64encode(bytes(33)).decode(), "32 bytes"),
-    (base64.b64encode(b"\xff" * 32).decode(), "not an Ed25519"),
-    (base64.b64encode(bytes(32)).decode(), "small-order"),
-    (12345, None),
-])
+
+@pytest.mark.parametrize(
+    "value,why",
+    [
+        ("not base64 at all!", "base64"),
+        (base64.b64encode(bytes(31)).decode(), "32 bytes"),
+        (base64.b64encode(bytes(33)).decode(), "32 bytes"),
+        (base64.b64encode(b"\xff" * 32).decode(), "not an Ed25519"),
+        (base64.b64encode(bytes(32)).decode(), "small-order"),
+        (12345, None),
+    ],
+)
 def test_a_bad_public_key_is_422_naming_the_field(ward, value, why):
     with _admin(ward) as admin:
         r = admin.patch(f"/v1/terminals/{SIGNED}", json={"public_key": value})
@@ -95,6 +99,7 @@ def test_a_registered_key_is_shown_and_removed(ward):
 
 
 # -- signed requests pass --------------------------------------------------------------
+
 
 def test_signed_single_post(ward, key):
     before = ward.server.payments()
@@ -127,18 +132,27 @@ def test_signed_closeout(ward, key):
 
 # -- and each failure has its code -----------------------------------------------------
 
+
 def test_unsigned_requests_of_a_terminal_with_a_key_are_signature_required(ward, key):
     client = ward.terminal(SIGNED)
     assert_problem(ward.post(SIGNED, purchase(SIGNED, "W_SIG4", 1100)), "signature_required")
-    assert_problem(client.post("/v1/transactions/batch", json={"transactions": [
-        {**purchase(SIGNED, "W_SIG4", 500), "idempotency_key": "b1"}]}), "signature_required")
+    assert_problem(
+        client.post(
+            "/v1/transactions/batch",
+            json={"transactions": [{**purchase(SIGNED, "W_SIG4", 500), "idempotency_key": "b1"}]},
+        ),
+        "signature_required",
+    )
     assert_problem(client.get("/v1/transactions/P_ANY"), "signature_required")
-    assert_problem(client.post(f"/v1/terminals/{SIGNED}/closeouts",
-                               json={"business_date": "2026-12-01", "count": 0, "total": 0}), "signature_required")
+    assert_problem(
+        client.post(f"/v1/terminals/{SIGNED}/closeouts", json={"business_date": "2026-12-01", "count": 0, "total": 0}),
+        "signature_required",
+    )
     # Half the headers is still no signature.
     signed = http_signing.sign_request(key, SIGNED, "GET", "/v1/transactions/P_ANY")
-    assert_problem(client.get("/v1/transactions/P_ANY", headers={"Signature": signed["Signature"]}),
-                   "signature_required")
+    assert_problem(
+        client.get("/v1/transactions/P_ANY", headers={"Signature": signed["Signature"]}), "signature_required"
+    )
 
 
 def _custom(key, values, params, label="sig1") -> dict[str, str]:
@@ -159,7 +173,7 @@ def _invalid_cases(key: Ed25519PrivateKey, body: bytes) -> dict[str, tuple[dict,
     full = [("@method", "POST"), ("@path", "/v1/transactions"), ("content-digest", digest), ("idempotency-key", idem)]
     base = {"Idempotency-Key": idem, "Content-Digest": digest}
     good = http_signing.sign_request(key, SIGNED, "POST", "/v1/transactions", {"Idempotency-Key": idem}, body)
-    flipped = bytearray(base64.b64decode(good["Signature"][len("sig1=:"):-1]))
+    flipped = bytearray(base64.b64decode(good["Signature"][len("sig1=:") : -1]))
     flipped[0] ^= 1
     other_key = Ed25519PrivateKey.generate()
     sha512 = "sha-512=:" + base64.b64encode(hashlib.sha512(body).digest()).decode() + ":"
@@ -169,8 +183,14 @@ def _invalid_cases(key: Ed25519PrivateKey, body: bytes) -> dict[str, tuple[dict,
         "wrong keyid": ({**base, **_custom(key, full, _params(keyid=BEARER))}, body),
         "idempotency-key not covered": ({**base, **_custom(key, full[:3], _params())}, body),
         "content-digest not covered": ({**base, **_custom(key, full[:2] + full[3:], _params())}, body),
-        "an extra component": ({**base, "Content-Type": "application/json",
-                                **_custom(key, [*full, ("content-type", "application/json")], _params())}, body),
+        "an extra component": (
+            {
+                **base,
+                "Content-Type": "application/json",
+                **_custom(key, [*full, ("content-type", "application/json")], _params()),
+            },
+            body,
+        ),
         "@query without a query": ({**base, **_custom(key, [*full, ("@query", "?")], _params())}, body),
         "no nonce": ({**base, **_custom(key, full, _params(nonce=None))}, body),
         "no created": ({**base, **_custom(key, full, _params(created=None))}, body),
@@ -182,17 +202,34 @@ def _invalid_cases(key: Ed25519PrivateKey, body: bytes) -> dict[str, tuple[dict,
         "nonce too long": ({**base, **_custom(key, full, _params(nonce="a" * 65))}, body),
         "another label": ({**base, **_custom(key, full, _params(), label="sig2")}, body),
         "body altered after signing": ({**base, **good}, body.replace(b"1100", b"9900")),
-        "digest of another body": ({**base, "Content-Digest": http_signing.content_digest(b"{}"),
-                                    **_custom(key, [*full[:2], ("content-digest", http_signing.content_digest(b"{}")),
-                                                    full[3]], _params())}, body),
-        "sha-512 digest only": ({**base, "Content-Digest": sha512, **_custom(
-            key, [*full[:2], ("content-digest", sha512), full[3]], _params())}, body),
+        "digest of another body": (
+            {
+                **base,
+                "Content-Digest": http_signing.content_digest(b"{}"),
+                **_custom(key, [*full[:2], ("content-digest", http_signing.content_digest(b"{}")), full[3]], _params()),
+            },
+            body,
+        ),
+        "sha-512 digest only": (
+            {
+                **base,
+                "Content-Digest": sha512,
+                **_custom(key, [*full[:2], ("content-digest", sha512), full[3]], _params()),
+            },
+            body,
+        ),
         "malformed Signature-Input": ({**base, **good, "Signature-Input": "sig1=(((("}, body),
         "malformed Signature": ({**base, **good, "Signature": "sig1=not-bytes"}, body),
-        "two signatures": ({**base, "Signature-Input": good["Signature-Input"] + ", " +
-                            good["Signature-Input"].replace("sig1=", "sig2=", 1),
-                            "Signature": good["Signature"] + ", " + good["Signature"].replace("sig1=", "sig2=", 1)},
-                           body),
+        "two signatures": (
+            {
+                **base,
+                "Signature-Input": good["Signature-Input"]
+                + ", "
+                + good["Signature-Input"].replace("sig1=", "sig2=", 1),
+                "Signature": good["Signature"] + ", " + good["Signature"].replace("sig1=", "sig2=", 1),
+            },
+            body,
+        ),
     }
 
 
@@ -200,8 +237,9 @@ def test_each_broken_signature_is_signature_invalid(ward, key):
     body = _body(ward, "W_SIG5")
     before = ward.server.payments()
     for name, (headers, sent) in _invalid_cases(key, body).items():
-        r = ward.terminal(SIGNED).post("/v1/transactions", content=sent,
-                                       headers={"Content-Type": "application/json", **headers})
+        r = ward.terminal(SIGNED).post(
+            "/v1/transactions", content=sent, headers={"Content-Type": "application/json", **headers}
+        )
         assert r.status_code == 401 and r.json()["code"] == "signature_invalid", (name, r.status_code, r.text)
     assert ward.server.payments() == before
 
@@ -223,8 +261,7 @@ def test_a_replayed_nonce_is_signature_replayed(ward, key):
     assert_problem(client.post("/v1/transactions", content=body, headers=headers), "signature_replayed")
     # The same nonce on another request is as used up.
     nonce = headers["Signature-Input"].split('nonce="')[1].split('"')[0]
-    assert_problem(ward.send_signed(SIGNED, key, "GET", "/v1/wallets/W_SIG7/points", nonce=nonce),
-                   "signature_replayed")
+    assert_problem(ward.send_signed(SIGNED, key, "GET", "/v1/wallets/W_SIG7/points", nonce=nonce), "signature_replayed")
     assert ward.server.payments() == before
 
 
@@ -246,6 +283,7 @@ def test_removing_the_key_returns_to_bearer_only(ward):
 
 # -- across processes ------------------------------------------------------------------
 
+
 def _replay_across_processes(start_server, tmp_path, env: dict[str, str]) -> Ward:
     """Server A registers the key and takes a signed purchase; the very same request sent to
     server B (another process, same PostgreSQL database) is `signature_replayed`."""
@@ -254,16 +292,34 @@ def _replay_across_processes(start_server, tmp_path, env: dict[str, str]) -> War
     register(ward, SIGNED, private)
     body = _body(ward, "W_SIGX")
     headers = {"Idempotency-Key": uuid.uuid4().hex, "Content-Type": "application/json"}
-    headers.update(http_signing.sign_request(private, SIGNED, "POST", "/v1/transactions", headers, body,
-                                             created=int(time.time()) + int(env.get("SETAPAY_CLOCK_OFFSET_S", 0))))
+    headers.update(
+        http_signing.sign_request(
+            private,
+            SIGNED,
+            "POST",
+            "/v1/transactions",
+            headers,
+            body,
+            created=int(time.time()) + int(env.get("SETAPAY_CLOCK_OFFSET_S", 0)),
+        )
+    )
     assert ward.terminal(SIGNED).post("/v1/transactions", content=body, headers=headers).status_code == 201
     with Server(ward.server.database_url, tmp_path, env) as other, other.client(ward.terminal_key(SIGNED)) as b:
         r = b.post("/v1/transactions", content=body, headers=headers)
         assert_problem(r, "signature_replayed")
         # A fresh signature of the same key is accepted there (and answered as an idempotent replay).
         fresh = {k: v for k, v in headers.items() if k in ("Idempotency-Key", "Content-Type")}
-        fresh.update(http_signing.sign_request(private, SIGNED, "POST", "/v1/transactions", fresh, body,
-                                               created=int(time.time()) + int(env.get("SETAPAY_CLOCK_OFFSET_S", 0))))
+        fresh.update(
+            http_signing.sign_request(
+                private,
+                SIGNED,
+                "POST",
+                "/v1/transactions",
+                fresh,
+                body,
+                created=int(time.time()) + int(env.get("SETAPAY_CLOCK_OFFSET_S", 0)),
+            )
+        )
         r = b.post("/v1/transactions", content=body, headers=fresh)
         assert r.status_code == 201 and r.headers.get("Idempotent-Replayed") == "true", r.text
         # The key removed through A reaches B within 5 s: unsigned requests pass there again.

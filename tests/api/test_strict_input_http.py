@@ -37,8 +37,9 @@ def _duplicated(body: dict, key: str, first) -> bytes:
     return ("{" + json.dumps(key) + ": " + json.dumps(first) + ", " + rest[1:]).encode()
 
 
-def _raw_post(ward: Ward, terminal_id: str, path: str, raw: bytes, key: str | None = None,
-              content_type: str = "application/json") -> httpx.Response:
+def _raw_post(
+    ward: Ward, terminal_id: str, path: str, raw: bytes, key: str | None = None, content_type: str = "application/json"
+) -> httpx.Response:
     """POST exactly these bytes with the terminal's key (no receipt added, nothing re-serialized)."""
     headers = {"Content-Type": content_type}
     if key is not None:
@@ -89,8 +90,9 @@ def _item_with_duplicate(ward: Ward) -> bytes:
 DUPLICATES = {
     "top_level": lambda w: _duplicated(_signed(w, purchase("T_SHOTEN_1", "W_DUP", 500)), "wallet_id", "W_OTHER"),
     "nested_in_items": _item_with_duplicate,
-    "escaped_spelling": lambda w: _duplicated(_signed(w, purchase("T_SHOTEN_1", "W_DUP", 500)), "points_used", 0)
-    .replace(b'"points_used": 0, ', b'"points\\u005fused": 0, ', 1),
+    "escaped_spelling": lambda w: _duplicated(
+        _signed(w, purchase("T_SHOTEN_1", "W_DUP", 500)), "points_used", 0
+    ).replace(b'"points_used": 0, ', b'"points\\u005fused": 0, ', 1),
     "same_value_twice": lambda w: _duplicated(_signed(w, purchase("T_SHOTEN_1", "W_DUP", 500)), "amount", 500),
 }
 
@@ -98,16 +100,22 @@ DUPLICATES = {
 @pytest.mark.parametrize("make", DUPLICATES.values(), ids=DUPLICATES.keys())
 def test_duplicate_keys_in_a_transaction_are_malformed_json(ward: Ward, make) -> None:
     raw = make(ward)
-    assert_refused(ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions", raw, uuid.uuid4().hex),
-                   400, "malformed_json")
+    assert_refused(
+        ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions", raw, uuid.uuid4().hex), 400, "malformed_json"
+    )
 
 
-@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/merge-patch+json",
-                                          "APPLICATION/JSON"])
+@pytest.mark.parametrize(
+    "content_type", ["application/json; charset=utf-8", "application/merge-patch+json", "APPLICATION/JSON"]
+)
 def test_duplicate_keys_are_found_whatever_the_json_media_type(ward: Ward, content_type: str) -> None:
     raw = _duplicated(_signed(ward, purchase("T_SHOTEN_1", "W_DUP", 500)), "amount", 1)
-    assert_refused(ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions", raw, uuid.uuid4().hex,
-                                           content_type), 400, "malformed_json")
+    assert_refused(
+        ward,
+        lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions", raw, uuid.uuid4().hex, content_type),
+        400,
+        "malformed_json",
+    )
 
 
 def test_a_duplicate_key_in_a_batch_item_refuses_the_whole_batch(ward: Ward) -> None:
@@ -123,19 +131,26 @@ def test_a_duplicate_key_in_a_batch_item_refuses_the_whole_batch(ward: Ward) -> 
 def test_duplicate_keys_in_admin_and_finance_bodies(ward: Ward) -> None:
     keys_before = ward.server.count(ApiKeyRow)
     with ward.server.client(ward.server.admin_key) as admin:
-        r = admin.post("/v1/keys", content=b'{"role": "app", "role": "finance"}',
-                       headers={"Content-Type": "application/json"})
+        r = admin.post(
+            "/v1/keys", content=b'{"role": "app", "role": "finance"}', headers={"Content-Type": "application/json"}
+        )
         _assert_code(r, 400, "malformed_json")
-        r = admin.patch("/v1/merchants/M_SHOTEN", content=b'{"name": "a", "name": "b"}',
-                        headers={"Content-Type": "application/json"})
+        r = admin.patch(
+            "/v1/merchants/M_SHOTEN",
+            content=b'{"name": "a", "name": "b"}',
+            headers={"Content-Type": "application/json"},
+        )
         _assert_code(r, 400, "malformed_json")
         assert admin.get("/v1/merchants/M_SHOTEN").json()["name"] == "三茶八百屋"
     assert ward.server.count(ApiKeyRow) == keys_before
     grants, postings = ward.server.count(GrantRow), ward.server.postings()
     with ward.server.client(ward.finance_key) as finance:
-        r = finance.post("/v1/grants", headers={"Content-Type": "application/json", "Idempotency-Key": "dup-grant"},
-                         content=b'{"wallet_id": "W_DUP", "campaign_id": "C_POINTBACK", "points": 1, '
-                                 b'"points": 100000, "reason": "duplicate"}')
+        r = finance.post(
+            "/v1/grants",
+            headers={"Content-Type": "application/json", "Idempotency-Key": "dup-grant"},
+            content=b'{"wallet_id": "W_DUP", "campaign_id": "C_POINTBACK", "points": 1, '
+            b'"points": 100000, "reason": "duplicate"}',
+        )
         _assert_code(r, 400, "malformed_json")
     assert (ward.server.count(GrantRow), ward.server.postings()) == (grants, postings)
 
@@ -143,26 +158,54 @@ def test_duplicate_keys_in_admin_and_finance_bodies(ward: Ward) -> None:
 # -- 2. instants are RFC 3339 strings with an offset, within the named years ---------------
 
 
-@pytest.mark.parametrize("occurred_at", [1764600000, 1764600000.5, "1764600000", True, None, "2026-12-01",
-                                         "2026-12-01T10:15:00", "9999-12-31T23:59:59-23:59",
-                                         "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59Z",
-                                         "2026-12-01T10:15:00+09:00\n", "10000-01-01T00:00:00Z",
-                                         "2026-12-01T10:15:00+0900", "2026-12-01 10:15:00+09:00"],
-                         ids=["int", "float", "numeric_string", "bool", "null", "date_only", "no_offset",
-                              "overflows_in_utc", "underflows_in_utc", "overflows_in_tokyo", "trailing_newline",
-                              "five_digit_year", "offset_without_colon", "space_separator"])
+@pytest.mark.parametrize(
+    "occurred_at",
+    [
+        1764600000,
+        1764600000.5,
+        "1764600000",
+        True,
+        None,
+        "2026-12-01",
+        "2026-12-01T10:15:00",
+        "9999-12-31T23:59:59-23:59",
+        "0001-01-01T00:00:00+14:00",
+        "9999-12-31T23:59:59Z",
+        "2026-12-01T10:15:00+09:00\n",
+        "10000-01-01T00:00:00Z",
+        "2026-12-01T10:15:00+0900",
+        "2026-12-01 10:15:00+09:00",
+    ],
+    ids=[
+        "int",
+        "float",
+        "numeric_string",
+        "bool",
+        "null",
+        "date_only",
+        "no_offset",
+        "overflows_in_utc",
+        "underflows_in_utc",
+        "overflows_in_tokyo",
+        "trailing_newline",
+        "five_digit_year",
+        "offset_without_colon",
+        "space_separator",
+    ],
+)
 def test_occurred_at_must_be_an_rfc3339_string(ward: Ward, occurred_at) -> None:
     body = {**purchase("T_SHOTEN_1", "W_INSTANT", 500), "occurred_at": occurred_at}
     r = assert_refused(ward, lambda: ward.post("T_SHOTEN_1", body), 422, "invalid_request")
     assert any(e["loc"][-1] == "occurred_at" for e in r.json()["errors"]), r.text
-    r = assert_refused(ward, lambda: ward.post("T_SHOTEN_1", {**refund("tx_x", 1), "occurred_at": occurred_at}),
-                       422, "invalid_request")
+    r = assert_refused(
+        ward, lambda: ward.post("T_SHOTEN_1", {**refund("tx_x", 1), "occurred_at": occurred_at}), 422, "invalid_request"
+    )
 
 
 def test_an_rfc3339_instant_in_any_offset_is_accepted(ward: Ward) -> None:
     import datetime as dt
 
-    at = (dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=90)).replace(microsecond=123456)
+    at = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=90)).replace(microsecond=123456)
     for text in (at.isoformat().replace("+00:00", "Z"), at.astimezone(dt.timezone(dt.timedelta(hours=-5))).isoformat()):
         r = ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_INSTANT_OK", 500, occurred_at=text))
         assert r.status_code == 201, (text, r.text)
@@ -193,20 +236,40 @@ def test_query_instants_are_rfc3339_strings_within_the_limits(ward: Ward, name: 
 
 
 def test_record_instants_are_rfc3339_strings(ward: Ward) -> None:
-    campaign = {"id": "C_STRICT", "name": "strict", "starts_at": 1764600000, "ends_at": "2036-01-01T00:00:00+09:00",
-                "tiers": [{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}]}
-    merchant = {"id": "M_STRICT", "name": "strict", "merchant_class": "small", "ethical_certifications": [
-        {"scheme": "setagaya_ethical", "valid_from": 1764600000, "valid_until": "2036-01-01T00:00:00+09:00"}]}
+    campaign = {
+        "id": "C_STRICT",
+        "name": "strict",
+        "starts_at": 1764600000,
+        "ends_at": "2036-01-01T00:00:00+09:00",
+        "tiers": [{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}],
+    }
+    merchant = {
+        "id": "M_STRICT",
+        "name": "strict",
+        "merchant_class": "small",
+        "ethical_certifications": [
+            {"scheme": "setagaya_ethical", "valid_from": 1764600000, "valid_until": "2036-01-01T00:00:00+09:00"}
+        ],
+    }
     with ward.server.client(ward.server.admin_key) as admin:
         _assert_code(admin.post("/v1/campaigns", json=campaign), 422, "invalid_request")
-        _assert_code(admin.post("/v1/campaigns", json={**campaign, "starts_at": "2026-01-01T00:00:00+09:00",
-                                                       "ends_at": "9999-12-31T23:59:59-23:59"}), 422, "invalid_request")
+        _assert_code(
+            admin.post(
+                "/v1/campaigns",
+                json={**campaign, "starts_at": "2026-01-01T00:00:00+09:00", "ends_at": "9999-12-31T23:59:59-23:59"},
+            ),
+            422,
+            "invalid_request",
+        )
         _assert_code(admin.post("/v1/merchants", json=merchant), 422, "invalid_request")
         _assert_code(admin.patch("/v1/campaigns/C_POINTBACK", json={"ends_at": 2000000000}), 422, "invalid_request")
         _assert_code(admin.get("/v1/campaigns/C_STRICT"), 404, "not_found")
         _assert_code(admin.get("/v1/merchants/M_STRICT"), 404, "not_found")
-        simulate = {"campaign": {**campaign, "starts_at": "2026-01-01T00:00:00+09:00"}, "from": 1764600000,
-                    "to": now_tokyo()}
+        simulate = {
+            "campaign": {**campaign, "starts_at": "2026-01-01T00:00:00+09:00"},
+            "from": 1764600000,
+            "to": now_tokyo(),
+        }
         _assert_code(admin.post("/v1/campaigns/C_STRICT/simulate", json=simulate), 422, "invalid_request")
 
 
@@ -217,9 +280,14 @@ def test_ids_with_a_trailing_newline_fail_everywhere(ward: Ward) -> None:
     bought = ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_NEWLINE", 500))
     assert bought.status_code == 201, bought.text
     tx = bought.json()["id"]
-    finance_paths = [f"/v1/transactions/{tx}%0A", "/v1/wallets/W_NEWLINE%0A/points", "/v1/merchants/M_SHOTEN%0A/rewards",
-                     "/v1/merchants/M_SHOTEN%0A/transactions", "/v1/campaigns/C_POINTBACK%0A/budget",
-                     "/v1/campaigns/C_POINTBACK%0A"]
+    finance_paths = [
+        f"/v1/transactions/{tx}%0A",
+        "/v1/wallets/W_NEWLINE%0A/points",
+        "/v1/merchants/M_SHOTEN%0A/rewards",
+        "/v1/merchants/M_SHOTEN%0A/transactions",
+        "/v1/campaigns/C_POINTBACK%0A/budget",
+        "/v1/campaigns/C_POINTBACK%0A",
+    ]
     admin_paths = ["/v1/merchants/M_SHOTEN%0A", "/v1/terminals/T_SHOTEN_1%0A"]
     with ward.server.client(ward.finance_key) as finance:
         for path in finance_paths:
@@ -230,8 +298,9 @@ def test_ids_with_a_trailing_newline_fail_everywhere(ward: Ward) -> None:
         for path in admin_paths:
             _assert_code(admin.get(path), 422, "invalid_request")
         _assert_code(admin.post("/v1/keys/0123456789abcdef%0A/revoke"), 422, "invalid_request")
-        _assert_code(admin.post("/v1/keys", json={"role": "merchant", "merchant_id": "M_SHOTEN\n"}),
-                     422, "invalid_request")
+        _assert_code(
+            admin.post("/v1/keys", json={"role": "merchant", "merchant_id": "M_SHOTEN\n"}), 422, "invalid_request"
+        )
     for field in ("wallet_id", "merchant_id", "terminal_id"):
         body = purchase("T_SHOTEN_1", "W_NEWLINE", 500)
         body[field] += "\n"
@@ -248,26 +317,34 @@ def test_authorization_or_idempotency_key_sent_twice_is_400(ward: Ward) -> None:
     key = "headers-" + uuid.uuid4().hex
     cases = [
         ("authorization", [("Authorization", terminal), ("Authorization", terminal), ("Idempotency-Key", key)]),
-        ("authorization", [("Authorization", terminal), ("authorization", "Bearer sp_admin_nope"),
-                           ("Idempotency-Key", key)]),
+        (
+            "authorization",
+            [("Authorization", terminal), ("authorization", "Bearer sp_admin_nope"), ("Idempotency-Key", key)],
+        ),
         ("idempotency-key", [("Authorization", terminal), ("Idempotency-Key", key), ("Idempotency-Key", key)]),
         ("idempotency-key", [("Authorization", terminal), ("Idempotency-Key", key), ("IDEMPOTENCY-KEY", "other")]),
         ("authorization", [("Idempotency-Key", key), ("Authorization", "Bearer x"), ("Authorization", terminal)]),
     ]
     with httpx.Client(base_url=ward.server.base_url) as c:
         for name, headers in cases:
+
             def send(headers=headers) -> httpx.Response:
-                return c.post("/v1/transactions", content=body,
-                              headers=[("Content-Type", "application/json"), *headers])
+                return c.post(
+                    "/v1/transactions", content=body, headers=[("Content-Type", "application/json"), *headers]
+                )
 
             r = assert_refused(ward, send, 400, "header_duplicated")
             assert name in r.json()["detail"].lower(), r.text
         admin = f"Bearer {ward.server.admin_key}"
-        _assert_code(c.get("/v1/keys", headers=[("Authorization", admin), ("Authorization", admin)]),
-                     400, "header_duplicated")
+        _assert_code(
+            c.get("/v1/keys", headers=[("Authorization", admin), ("Authorization", admin)]), 400, "header_duplicated"
+        )
         # Not remembered: the same request with each header once is processed afresh.
-        r = c.post("/v1/transactions", content=body, headers={"Authorization": terminal, "Idempotency-Key": key,
-                                                             "Content-Type": "application/json"})
+        r = c.post(
+            "/v1/transactions",
+            content=body,
+            headers={"Authorization": terminal, "Idempotency-Key": key, "Content-Type": "application/json"},
+        )
         assert r.status_code == 201 and "Idempotent-Replayed" not in r.headers, r.text
 
 
@@ -296,8 +373,13 @@ NUL_PATHS = [
 
 
 def _key_for(ward: Ward, role: str) -> str:
-    return {"finance": ward.finance_key, "admin": ward.server.admin_key, "app": ward.key("app"),
-            "merchant": ward.key("merchant", "M_SHOTEN"), "terminal": ward.terminal_key("T_SHOTEN_1")}[role]
+    return {
+        "finance": ward.finance_key,
+        "admin": ward.server.admin_key,
+        "app": ward.key("app"),
+        "merchant": ward.key("merchant", "M_SHOTEN"),
+        "terminal": ward.terminal_key("T_SHOTEN_1"),
+    }[role]
 
 
 @pytest.mark.parametrize("role, method, path", NUL_PATHS, ids=[f"{m} {p}" for _, m, p in NUL_PATHS])
@@ -307,8 +389,9 @@ def test_a_nul_byte_in_a_path_id_is_422(ward: Ward, role: str, method: str, path
 
 
 def test_a_nul_byte_in_a_terminal_path_is_refused(ward: Ward) -> None:
-    r = _raw_post(ward, "T_SHOTEN_1", "/v1/terminals/T%00/closeouts",
-                  b'{"business_date": "2026-12-01", "count": 0, "total": 0}')
+    r = _raw_post(
+        ward, "T_SHOTEN_1", "/v1/terminals/T%00/closeouts", b'{"business_date": "2026-12-01", "count": 0, "total": 0}'
+    )
     assert r.status_code in (403, 422), r.text
 
 
@@ -326,10 +409,10 @@ def test_cursors_are_bounded_by_sequence_max(ward: Ward, prefix: str, path: str)
 def test_campaign_versions_are_bounded(ward: Ward) -> None:
     with ward.server.client(ward.finance_key) as finance:
         for version in (str(2**63), str(2**64), str(limits.VERSION_MAX + 1), "0", "-1", "1.5", "1e3", "x"):
-            _assert_code(finance.get("/v1/campaigns/C_POINTBACK", params={"version": version}), 422,
-                         "invalid_request")
-        _assert_code(finance.get("/v1/campaigns/C_POINTBACK", params={"version": str(limits.VERSION_MAX)}),
-                     404, "not_found")
+            _assert_code(finance.get("/v1/campaigns/C_POINTBACK", params={"version": version}), 422, "invalid_request")
+        _assert_code(
+            finance.get("/v1/campaigns/C_POINTBACK", params={"version": str(limits.VERSION_MAX)}), 404, "not_found"
+        )
         assert finance.get("/v1/campaigns/C_POINTBACK", params={"version": "1"}).status_code == 200
 
 
@@ -341,8 +424,20 @@ def test_page_limits_are_bounded(ward: Ward, path: str) -> None:
         assert finance.get(path, params={"limit": str(limits.PAGE_LIMIT_MAX)}).status_code == 200
 
 
-@pytest.mark.parametrize("business_date", ["9999-12-31", "0001-01-01", "1969-12-31", 20261231, "2026-12-01T00:00:00",
-                                           "2026-12-01\n", "2026-02-30", None, "+2026-12-01"])
+@pytest.mark.parametrize(
+    "business_date",
+    [
+        "9999-12-31",
+        "0001-01-01",
+        "1969-12-31",
+        20261231,
+        "2026-12-01T00:00:00",
+        "2026-12-01\n",
+        "2026-02-30",
+        None,
+        "+2026-12-01",
+    ],
+)
 def test_closeout_dates_are_bounded(ward: Ward, business_date) -> None:
     raw = json.dumps({"business_date": business_date, "count": 0, "total": 0}).encode()
     r = _raw_post(ward, "T_SHOTEN_1", "/v1/terminals/T_SHOTEN_1/closeouts", raw)
@@ -363,8 +458,11 @@ def test_settlement_periods_are_bounded(ward: Ward, period) -> None:
     assert (ward.server.count(SettlementRunRow), ward.server.postings()) == (runs, postings)
 
 
-@pytest.mark.parametrize("reason", ["a\x00b", "\x00", "line\nbreak", "", "r" * (limits.LABEL_CHARS_MAX + 1), 5],
-                         ids=["nul_inside", "nul_only", "newline", "empty", "too_long", "number"])
+@pytest.mark.parametrize(
+    "reason",
+    ["a\x00b", "\x00", "line\nbreak", "", "r" * (limits.LABEL_CHARS_MAX + 1), 5],
+    ids=["nul_inside", "nul_only", "newline", "empty", "too_long", "number"],
+)
 def test_grant_reasons_are_labels(ward: Ward, reason) -> None:
     grants, postings = ward.server.count(GrantRow), ward.server.postings()
     key = "grant-" + uuid.uuid4().hex
@@ -373,8 +471,9 @@ def test_grant_reasons_are_labels(ward: Ward, reason) -> None:
         _assert_code(finance.post("/v1/grants", json=body, headers={"Idempotency-Key": key}), 422, "invalid_request")
         assert (ward.server.count(GrantRow), ward.server.postings()) == (grants, postings)
         # Not remembered under the key.
-        r = finance.post("/v1/grants", json={**body, "reason": "r" * limits.LABEL_CHARS_MAX},
-                         headers={"Idempotency-Key": key})
+        r = finance.post(
+            "/v1/grants", json={**body, "reason": "r" * limits.LABEL_CHARS_MAX}, headers={"Idempotency-Key": key}
+        )
         assert r.status_code == 201, r.text
 
 
@@ -383,8 +482,7 @@ def test_grant_reasons_are_labels(ward: Ward, reason) -> None:
 
 def test_bad_batch_items_answer_for_themselves(ward: Ward) -> None:
     def item(amount_yen: int, **changes) -> dict:
-        return {**purchase("T_SHOTEN_1", "W_BATCH_STRICT", amount_yen), "idempotency_key": uuid.uuid4().hex,
-                **changes}
+        return {**purchase("T_SHOTEN_1", "W_BATCH_STRICT", amount_yen), "idempotency_key": uuid.uuid4().hex, **changes}
 
     items = [
         item(500),
@@ -402,10 +500,22 @@ def test_bad_batch_items_answer_for_themselves(ward: Ward) -> None:
         {"idempotency_key": uuid.uuid4().hex},
         item(700),
     ]
-    expected = [(201, None), (422, "invalid_request"), (422, "invalid_request"), (422, "invalid_request"),
-                (422, "invalid_request"), (400, "idempotency_key_invalid"), (400, "idempotency_key_missing"),
-                (400, "idempotency_key_invalid"), (422, "invalid_request"), (422, "invalid_request"),
-                (422, "invalid_request"), (422, "invalid_request"), (422, "invalid_request"), (201, None)]
+    expected = [
+        (201, None),
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+        (400, "idempotency_key_invalid"),
+        (400, "idempotency_key_missing"),
+        (400, "idempotency_key_invalid"),
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+        (422, "invalid_request"),
+        (201, None),
+    ]
     payments = ward.server.payments()
     r = ward.terminal("T_SHOTEN_1").post("/v1/transactions/batch", json={"transactions": items})
     assert r.status_code == 200, r.text
@@ -417,34 +527,89 @@ def test_bad_batch_items_answer_for_themselves(ward: Ward) -> None:
 
 # -- 7. hostile inputs at every route, with every role's key: never a 5xx ------------------
 
-HOSTILE_IDS = ["x\x00", "\x00", "tx_\n", "A" * 65, "A" * 3000, "ウォレット", "9223372036854775808", "-1", "..",
-               "%25", " ", "\u202e", "\t", "a;b", "{id}"]
+HOSTILE_IDS = [
+    "x\x00",
+    "\x00",
+    "tx_\n",
+    "A" * 65,
+    "A" * 3000,
+    "ウォレット",
+    "9223372036854775808",
+    "-1",
+    "..",
+    "%25",
+    " ",
+    "\u202e",
+    "\t",
+    "a;b",
+    "{id}",
+]
 HOSTILE_QUERIES = [
-    {"from": "1764600000"}, {"to": "9999-12-31T23:59:59-23:59"}, {"from": "0001-01-01T00:00:00+14:00"},
-    {"to": "x" * 2000}, {"from": "\x00"},
-    {"cursor": _cursor("seq", "9" * 40)}, {"cursor": _cursor("aud", "9" * 40)}, {"cursor": "\x00"},
-    {"cursor": "%%%"}, {"limit": "0"}, {"limit": str(2**64)}, {"limit": "-1"}, {"limit": "1e400"},
-    {"version": str(2**63)}, {"version": "0"}, {"version": "NaN"}, {"target": "x\x00"}, {"target": "a" * 2000},
-    {"target": "merchant:M_SHOTEN\n"}, {"period": "9999-12"},
+    {"from": "1764600000"},
+    {"to": "9999-12-31T23:59:59-23:59"},
+    {"from": "0001-01-01T00:00:00+14:00"},
+    {"to": "x" * 2000},
+    {"from": "\x00"},
+    {"cursor": _cursor("seq", "9" * 40)},
+    {"cursor": _cursor("aud", "9" * 40)},
+    {"cursor": "\x00"},
+    {"cursor": "%%%"},
+    {"limit": "0"},
+    {"limit": str(2**64)},
+    {"limit": "-1"},
+    {"limit": "1e400"},
+    {"version": str(2**63)},
+    {"version": "0"},
+    {"version": "NaN"},
+    {"target": "x\x00"},
+    {"target": "a" * 2000},
+    {"target": "merchant:M_SHOTEN\n"},
+    {"period": "9999-12"},
 ]
 HOSTILE_BODIES = [
-    b"", b"null", b"[]", b"0", b'""', b"true", b"\x00", b"\xff\xfe", b'{"a": 1, "a": 2}', b"[" * 5000,
-    b'{"a":' * 3000 + b"1" + b"}" * 3000, b'{"x": ' + b"9" * 5000 + b"}", b'{"x": 1e999}', b'{"x": NaN}',
+    b"",
+    b"null",
+    b"[]",
+    b"0",
+    b'""',
+    b"true",
+    b"\x00",
+    b"\xff\xfe",
+    b'{"a": 1, "a": 2}',
+    b"[" * 5000,
+    b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    b'{"x": ' + b"9" * 5000 + b"}",
+    b'{"x": 1e999}',
+    b'{"x": NaN}',
     b'{"transactions": [1, "a", null, {"idempotency_key": 5}, {"idempotency_key": "k", "type": "refund"}]}',
-    b'{"role": 5, "merchant_id": {"$ne": 1}}', b'{"period": 202612}', b'{"period": "9999-12"}',
-    b'{"business_date": 20261231, "count": 1e400, "total": -1}', b'{"business_date": "9999-12-31", "count": 0, '
-    b'"total": 0}', b'{"name": "\\u0000\\ud800", "id": "\\ud800"}', b'{"type": "\\ud800"}',
-    b'{"type": "purchase", "wallet_id": "\\ud83d", "occurred_at": "\\udfff"}', b'{"id": "' + b"\xe3\x81\x82" * 300 + b'"}',
+    b'{"role": 5, "merchant_id": {"$ne": 1}}',
+    b'{"period": 202612}',
+    b'{"period": "9999-12"}',
+    b'{"business_date": 20261231, "count": 1e400, "total": -1}',
+    b'{"business_date": "9999-12-31", "count": 0, "total": 0}',
+    b'{"name": "\\u0000\\ud800", "id": "\\ud800"}',
+    b'{"type": "\\ud800"}',
+    b'{"type": "purchase", "wallet_id": "\\ud83d", "occurred_at": "\\udfff"}',
+    b'{"id": "' + b"\xe3\x81\x82" * 300 + b'"}',
     b'{"wallet_id": "W", "campaign_id": "C_POINTBACK", "points": 18446744073709551616, "reason": "x"}',
     b'{"results": [{"merchant_id": "M_SHOTEN\\u0000", "status": "paid"}]}',
-    b'{"campaign": [], "from": 0, "to": 1e400}', b'{"public_key": "\\u0000"}', b'{"merchant_id": null}',
-    b'{"id": "M_FUZZ", "name": "\\ud800", "merchant_class": "small"}', b'{"name": "\\udfff\\ud800"}',
+    b'{"campaign": [], "from": 0, "to": 1e400}',
+    b'{"public_key": "\\u0000"}',
+    b'{"merchant_id": null}',
+    b'{"id": "M_FUZZ", "name": "\\ud800", "merchant_class": "small"}',
+    b'{"name": "\\udfff\\ud800"}',
     b'{"wallet_id": "W_FUZZ", "campaign_id": "C_POINTBACK", "points": 1, "reason": "\\ud800"}',
     json.dumps({"transactions": [{"idempotency_key": "k" * 300}] * 3}).encode(),
 ]
-PATH_FILLERS = {"transaction_id": "tx_nothing", "wallet_id": "W_FUZZ", "merchant_id": "M_SHOTEN",
-                "campaign_id": "C_POINTBACK", "terminal_id": "T_SHOTEN_1", "run_id": "st_nothing",
-                "key_id": "k_nothing"}
+PATH_FILLERS = {
+    "transaction_id": "tx_nothing",
+    "wallet_id": "W_FUZZ",
+    "merchant_id": "M_SHOTEN",
+    "campaign_id": "C_POINTBACK",
+    "terminal_id": "T_SHOTEN_1",
+    "run_id": "st_nothing",
+    "key_id": "k_nothing",
+}
 FUZZ_ROLES = ["none", "admin", "finance", "app", "merchant", "terminal"]
 
 
@@ -458,8 +623,7 @@ def _routes() -> list[tuple[str, str]]:
 
     with tempfile.TemporaryDirectory() as directory:
         app = create_app(Settings(database_url=f"sqlite+pysqlite:///{directory}/routes.db"), migrate=False)
-        return sorted((m, r.path) for r in app.routes if isinstance(r, APIRoute)
-                      for m in r.methods if m != "HEAD")
+        return sorted((m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods if m != "HEAD")
 
 
 def _fill(template: str, **values: str) -> str:
@@ -491,15 +655,17 @@ def test_hostile_inputs_at_every_route_never_yield_a_5xx(ward: Ward) -> None:
                 if method == "GET":
                     requests += [(path, {"params": q}) for q in HOSTILE_QUERIES]
                 if method in ("POST", "PATCH", "PUT"):
-                    requests += [(path, {"content": b, "headers": {"Content-Type": "application/json"}})
-                                 for b in HOSTILE_BODIES]
+                    requests += [
+                        (path, {"content": b, "headers": {"Content-Type": "application/json"}}) for b in HOSTILE_BODIES
+                    ]
                 for target, kwargs in requests:
                     headers = {"Idempotency-Key": "fuzz-" + uuid.uuid4().hex, **kwargs.pop("headers", {})}
                     r = c.request(method, target, headers=headers, **kwargs)
                     sent += 1
                     problem = r.status_code >= 400 and r.headers.get("content-type") != PROBLEM_JSON
                     if r.status_code >= 500 or problem:
-                        failures.append(f"{role} {method} {target[:80]!r} {str(kwargs)[:120]}: "
-                                        f"{r.status_code} {r.text[:200]}")
+                        failures.append(
+                            f"{role} {method} {target[:80]!r} {str(kwargs)[:120]}: {r.status_code} {r.text[:200]}"
+                        )
     assert not failures, f"{len(failures)} of {sent} hostile requests:\n" + "\n".join(failures[:40])
     assert (ward.server.postings(), ward.server.payments(), ward.server.count(ApiKeyRow)) == (postings, payments, keys)

@@ -70,16 +70,40 @@ ANSWER_DEADLINE_S = 30
 PHASE_TIMEOUT_S = 90
 
 MERCHANTS = [
-    {"id": "M_SHOTEN", "name": "三茶八百屋", "merchant_class": "small", "shotengai_id": "S_SANCHA",
-     "ward_local": True, "ethical_certifications": []},
-    {"id": "M_BAKERY", "name": "用賀ベーカリー", "merchant_class": "small", "shotengai_id": None,
-     "ward_local": True, "ethical_certifications": []},
-    {"id": "M_CONV", "name": "コンビニ 桜新町店", "merchant_class": "semi_large", "shotengai_id": None,
-     "ward_local": True, "ethical_certifications": []},
+    {
+        "id": "M_SHOTEN",
+        "name": "三茶八百屋",
+        "merchant_class": "small",
+        "shotengai_id": "S_SANCHA",
+        "ward_local": True,
+        "ethical_certifications": [],
+    },
+    {
+        "id": "M_BAKERY",
+        "name": "用賀ベーカリー",
+        "merchant_class": "small",
+        "shotengai_id": None,
+        "ward_local": True,
+        "ethical_certifications": [],
+    },
+    {
+        "id": "M_CONV",
+        "name": "コンビニ 桜新町店",
+        "merchant_class": "semi_large",
+        "shotengai_id": None,
+        "ward_local": True,
+        "ethical_certifications": [],
+    },
 ]
 MERCHANT_CLASS = {m["id"]: m["merchant_class"] for m in MERCHANTS}
-TERMINALS = {"T_SHOTEN_1": "M_SHOTEN", "T_SHOTEN_2": "M_SHOTEN", "T_BAKERY_1": "M_BAKERY",
-             "T_BAKERY_2": "M_BAKERY", "T_CONV_1": "M_CONV", "T_CONV_2": "M_CONV"}
+TERMINALS = {
+    "T_SHOTEN_1": "M_SHOTEN",
+    "T_SHOTEN_2": "M_SHOTEN",
+    "T_BAKERY_1": "M_BAKERY",
+    "T_BAKERY_2": "M_BAKERY",
+    "T_CONV_1": "M_CONV",
+    "T_CONV_2": "M_CONV",
+}
 TERMINALS_OF = defaultdict(list)
 for _t, _m in TERMINALS.items():
     TERMINALS_OF[_m].append(_t)
@@ -114,18 +138,46 @@ RULE = {r.id: r for r in RULES}
 
 def campaign_records(now: dt.datetime) -> list[dict]:
     # Instants near now: the engine's default occurred_at window then accepts the load as it is.
-    window = {"starts_at": (now - dt.timedelta(days=1)).isoformat(timespec="seconds"),
-              "ends_at": (now + dt.timedelta(days=1)).isoformat(timespec="seconds")}
-    common = {"item_tags": None, "fixed_points": 0, "min_base": 0, "per_tx_cap": None, "stacking": "stack",
-              "credit": {"schedule": "immediate", "delay_business_days": 0}, "validity_months": 6, **window}
+    window = {
+        "starts_at": (now - dt.timedelta(days=1)).isoformat(timespec="seconds"),
+        "ends_at": (now + dt.timedelta(days=1)).isoformat(timespec="seconds"),
+    }
+    common = {
+        "item_tags": None,
+        "fixed_points": 0,
+        "min_base": 0,
+        "per_tx_cap": None,
+        "stacking": "stack",
+        "credit": {"schedule": "immediate", "delay_business_days": 0},
+        "validity_months": 6,
+        **window,
+    }
     return [
-        {"id": "C_RUSH", "name": "開始記念 20%還元", "funding_source": "ward_general",
-         "tiers": [{"match": {"merchant_classes": ["small"]}, "rate_bp": 2000},
-                   {"match": {"merchant_classes": ["semi_large"]}, "rate_bp": 1000}],
-         "per_wallet_cap": 300, "per_wallet_cap_period": "campaign", "budget": 5000, "priority": 10, **common},
-        {"id": "C_DAILY", "name": "毎日10%", "funding_source": "national_grant",
-         "tiers": [{"match": {}, "rate_bp": 1000}],
-         "per_wallet_cap": 150, "per_wallet_cap_period": "day", "budget": 3000, "priority": 5, **common},
+        {
+            "id": "C_RUSH",
+            "name": "開始記念 20%還元",
+            "funding_source": "ward_general",
+            "tiers": [
+                {"match": {"merchant_classes": ["small"]}, "rate_bp": 2000},
+                {"match": {"merchant_classes": ["semi_large"]}, "rate_bp": 1000},
+            ],
+            "per_wallet_cap": 300,
+            "per_wallet_cap_period": "campaign",
+            "budget": 5000,
+            "priority": 10,
+            **common,
+        },
+        {
+            "id": "C_DAILY",
+            "name": "毎日10%",
+            "funding_source": "national_grant",
+            "tiers": [{"match": {}, "rate_bp": 1000}],
+            "per_wallet_cap": 150,
+            "per_wallet_cap_period": "day",
+            "budget": 3000,
+            "priority": 5,
+            **common,
+        },
     ]
 
 
@@ -135,8 +187,15 @@ def now_iso(offset_s: float = -20) -> str:
 
 
 def purchase_body(terminal: str, wallet: str, amount: int) -> dict:
-    return {"type": "purchase", "wallet_id": wallet, "merchant_id": TERMINALS[terminal], "terminal_id": terminal,
-            "occurred_at": now_iso(), "amount": amount, "points_used": 0}
+    return {
+        "type": "purchase",
+        "wallet_id": wallet,
+        "merchant_id": TERMINALS[terminal],
+        "terminal_id": terminal,
+        "occurred_at": now_iso(),
+        "amount": amount,
+        "points_used": 0,
+    }
 
 
 def refund_body(original_id: str, amount: int) -> dict:
@@ -226,8 +285,12 @@ class Client:
         self.journal = journal
         self.rng = random.Random(seed)
         # The payment app (registered once on the shared database) signs every transaction's receipt.
-        self.http = [httpx.Client(base_url=s.base_url, timeout=REQUEST_TIMEOUT_S,
-                                  transport=SigningTransport(servers[0].payment_app)) for s in servers]
+        self.http = [
+            httpx.Client(
+                base_url=s.base_url, timeout=REQUEST_TIMEOUT_S, transport=SigningTransport(servers[0].payment_app)
+            )
+            for s in servers
+        ]
 
     def close(self) -> None:
         for h in self.http:
@@ -261,8 +324,13 @@ class Client:
                 server = 1 - server
                 time.sleep(0.05)
                 continue
-            return Answer(r.status_code, r.json(), r.headers.get("Idempotent-Replayed") == "true",
-                          self.servers[server].name, "single")
+            return Answer(
+                r.status_code,
+                r.json(),
+                r.headers.get("Idempotent-Replayed") == "true",
+                self.servers[server].name,
+                "single",
+            )
 
     def single(self, server: int, terminal: str, key: str, body: dict) -> Answer:
         self.journal.open(terminal, key, body)
@@ -355,8 +423,10 @@ class Client:
         rng = self.rng
         terminal = rng.choice(list(TERMINALS))
         merchant = TERMINALS[terminal]
-        items = [(uuid.uuid4().hex, purchase_body(terminal, rng.choice(WALLETS), rng.randrange(500, 3001, 10)))
-                 for _ in range(rng.randrange(10, 41))]
+        items = [
+            (uuid.uuid4().hex, purchase_body(terminal, rng.choice(WALLETS), rng.randrange(500, 3001, 10)))
+            for _ in range(rng.randrange(10, 41))
+        ]
         for _ in range(rng.randrange(0, 3)):
             picked = self.journal.pick_purchase(rng, merchant)
             if picked:
@@ -403,8 +473,9 @@ class Client:
         while True:
             assert time.monotonic() < deadline, f"no answer for the reused key {terminal}/{key}"
             try:
-                r = self.http[rng.randrange(2)].post("/v1/transactions", json=changed,
-                                                     headers=self._headers(terminal, key))
+                r = self.http[rng.randrange(2)].post(
+                    "/v1/transactions", json=changed, headers=self._headers(terminal, key)
+                )
             except httpx.TransportError:
                 return
             # Another thread may be retrying the original body with this key right now.
@@ -430,8 +501,9 @@ def _run_clients(servers, keys, journal) -> None:
             barrier.wait()
             for wallet, n in phase2[index::CLIENT_THREADS]:
                 terminal = SMALL_SHOP_TERMINALS[(index + n) % len(SMALL_SHOP_TERMINALS)]
-                client.single((index + n) % 2, terminal, uuid.uuid4().hex,
-                              purchase_body(terminal, wallet, PHASE2_AMOUNT))
+                client.single(
+                    (index + n) % 2, terminal, uuid.uuid4().hex, purchase_body(terminal, wallet, PHASE2_AMOUNT)
+                )
         except BaseException:
             barrier.abort()  # the other threads must not wait for this one forever
             raise
@@ -482,9 +554,12 @@ def recompute(payments: list[PaymentRow]) -> dict[str, dict]:
                 usage[slot] += points
                 spend[rule.id] += points
                 assert usage[slot] <= rule.per_wallet_cap and spend[rule.id] <= rule.budget
-            purchases[row.id] = {"amount": row.amount, "refunded": 0, "awards": awards,
-                                 "slots": {c: (c, request["wallet_id"], _window(RULE[c], request["occurred_at"]))
-                                           for c in awards}}
+            purchases[row.id] = {
+                "amount": row.amount,
+                "refunded": 0,
+                "awards": awards,
+                "slots": {c: (c, request["wallet_id"], _window(RULE[c], request["occurred_at"])) for c in awards},
+            }
             expected[row.id] = {"awards": awards}
         else:
             original = purchases[request["original_id"]]
@@ -493,6 +568,7 @@ def recompute(payments: list[PaymentRow]) -> dict[str, dict]:
             original["refunded"] = after
             clawbacks = {}
             for cid, (share, _) in original["awards"].items():
+
                 def target(r: int, share: int = share, amount: int = original["amount"]) -> int:
                     return share if r == amount else share * r // amount
 
@@ -519,10 +595,14 @@ def test_caps_budgets_and_idempotency_exact_across_processes(postgres_url, tmp_p
         server_a.start()
         server_b.launch()
         admin = server_a.create_key("admin")
-        with httpx.Client(base_url=server_a.base_url, timeout=REQUEST_TIMEOUT_S,
-                          headers={"Authorization": f"Bearer {admin}"}) as c:
-            for path, records in [("/v1/merchants", MERCHANTS), ("/v1/campaigns", campaign_records(dt.datetime.now(TOKYO))),
-                                  ("/v1/terminals", [{"id": t, "merchant_id": m} for t, m in TERMINALS.items()])]:
+        with httpx.Client(
+            base_url=server_a.base_url, timeout=REQUEST_TIMEOUT_S, headers={"Authorization": f"Bearer {admin}"}
+        ) as c:
+            for path, records in [
+                ("/v1/merchants", MERCHANTS),
+                ("/v1/campaigns", campaign_records(dt.datetime.now(TOKYO))),
+                ("/v1/terminals", [{"id": t, "merchant_id": m} for t, m in TERMINALS.items()]),
+            ]:
                 for record in records:
                     r = c.post(path, json=record)
                     assert r.status_code == 201, (path, r.status_code, r.text)
@@ -538,8 +618,10 @@ def test_caps_budgets_and_idempotency_exact_across_processes(postgres_url, tmp_p
         for s in servers:
             assert s.process.poll() is None, f"server {s.name} died under load:\n{s.log()}"
         _verify(db, journal)
-        print(f"\nsetup {setup_s:.1f}s, load {load_s:.1f}s, total {time.monotonic() - started:.1f}s, "
-              f"{len(journal.scopes)} keys, {sum(len(s.answers) for s in journal.scopes.values())} answers")
+        print(
+            f"\nsetup {setup_s:.1f}s, load {load_s:.1f}s, total {time.monotonic() - started:.1f}s, "
+            f"{len(journal.scopes)} keys, {sum(len(s.answers) for s in journal.scopes.values())} answers"
+        )
     except BaseException:
         for s in servers:
             print(f"--- server {s.name} log tail ---\n{s.log()}")
@@ -560,8 +642,9 @@ def _verify(db, journal: Journal) -> None:
         assert scope.answers, f"{terminal}/{key} never got a definitive answer"
         first = scope.answers[0]
         for a in scope.answers:
-            assert (a.status, a.body) == (first.status, first.body), \
+            assert (a.status, a.body) == (first.status, first.body), (
                 f"{terminal}/{key}: answers differ between attempts: {first} vs {a}"
+            )
         originals = [a for a in scope.answers if not a.replayed]
         assert len(originals) <= 1, f"{terminal}/{key} was processed {len(originals)} times: {scope.answers}"
         if not scope.uncertain:
@@ -576,8 +659,9 @@ def _verify(db, journal: Journal) -> None:
         elif kind == "purchase":
             pytest.fail(f"purchase {terminal}/{key} declined: {first.status} {first.body}")
         else:
-            assert first.body.get("code") in ("refund_exceeds_original", "refund_merchant_mismatch"), \
+            assert first.body.get("code") in ("refund_exceeds_original", "refund_merchant_mismatch"), (
                 f"refund {terminal}/{key} declined unexpectedly: {first.status} {first.body}"
+            )
     for scope_key, answer in journal.reuses:
         assert answer.status == 422 and answer.body.get("code") == "idempotency_key_reused", (scope_key, answer)
 
@@ -595,15 +679,19 @@ def _verify(db, journal: Journal) -> None:
     assert len(by_id) == len(payments)
     assert set(by_id) == set(acknowledged), (
         f"written but never acknowledged: {sorted(set(by_id) - set(acknowledged))[:10]}; "
-        f"acknowledged but not written: {sorted(set(acknowledged) - set(by_id))[:10]}")
+        f"acknowledged but not written: {sorted(set(acknowledged) - set(by_id))[:10]}"
+    )
     sequences = [p.sequence for p in payments]
     assert sequences == list(range(1, len(payments) + 1)), "payment sequence is not gapless 1..N"
     assert head.last_payment_sequence == len(payments)
     for pid, (scope, body) in acknowledged.items():
         row = by_id[pid]
         assert body["sequence"] == row.sequence
-        assert (row.type, row.terminal_id, row.amount) == (scope.request["type"], scope.terminal,
-                                                            scope.request["amount"])
+        assert (row.type, row.terminal_id, row.amount) == (
+            scope.request["type"],
+            scope.terminal,
+            scope.request["amount"],
+        )
         assert json.loads(row.response_json) == body, f"{pid}: stored answer differs from the acknowledged one"
     assert set(remembered) == set(journal.scopes), "remembered keys differ from the keys that were answered"
     for scope_key, scope in journal.scopes.items():
@@ -642,8 +730,7 @@ def _verify(db, journal: Journal) -> None:
         else:
             assert pid not in awards_of
             answered = {c["campaign_id"]: c["points"] for c in body["clawbacks"]}
-            assert set(reasons) <= {"coin_refund", "clawback"} and reasons["coin_refund"] == row.amount, \
-                (pid, reasons)
+            assert set(reasons) <= {"coin_refund", "clawback"} and reasons["coin_refund"] == row.amount, (pid, reasons)
             assert dict(per_campaign) == answered, (pid, per_campaign, answered)
             assert body["points_clawed_back"] == sum(answered.values())
             for c, p in answered.items():
@@ -686,15 +773,17 @@ def _verify(db, journal: Journal) -> None:
     for rule in RULES:
         assert net[rule.id] == meters[rule.id] == oracle["spend"][rule.id] == rule.budget, (
             f"{rule.id}: postings net {net[rule.id]}, meter {meters[rule.id]}, "
-            f"recomputed {oracle['spend'][rule.id]}, budget {rule.budget}")
+            f"recomputed {oracle['spend'][rule.id]}, budget {rule.budget}"
+        )
 
     check = ledger_check(db)
     assert check["ok"], {k: v for k, v in check.items() if k != "campaigns"}
 
     # -- the load did what this test claims to exercise --------------------------------
     capped = Counter(a.capped_by for a in awards)
-    refunds_with_clawbacks = sum(1 for pid, row in by_id.items() if row.type == "refund"
-                                 and acknowledged[pid][1]["clawbacks"])
+    refunds_with_clawbacks = sum(
+        1 for pid, row in by_id.items() if row.type == "refund" and acknowledged[pid][1]["clawbacks"]
+    )
     declined = Counter(s.answers[0].body.get("code") for s in journal.scopes.values() if s.answers[0].status != 201)
     replays = sum(1 for s in journal.scopes.values() for a in s.answers if a.replayed)
     vias = Counter(a.via for s in journal.scopes.values() for a in s.answers)
@@ -702,6 +791,8 @@ def _verify(db, journal: Journal) -> None:
     assert refunds_with_clawbacks > 0 and declined["refund_exceeds_original"] > 0, declined
     assert declined["refund_merchant_mismatch"] > 0 and journal.reuses
     assert cross_server_replays > 0 and replays > 0 and vias["batch"] > 0 and vias["single"] > 0
-    print(f"\npayments {len(payments)} (refunds {sum(1 for p in payments if p.type == 'refund')}), "
-          f"postings {len(postings)}, capped_by {dict(capped)}, declines {dict(declined)}, replays {replays}, "
-          f"cross-server {cross_server_replays}, answers by {dict(vias)}, key reuses {len(journal.reuses)}")
+    print(
+        f"\npayments {len(payments)} (refunds {sum(1 for p in payments if p.type == 'refund')}), "
+        f"postings {len(postings)}, capped_by {dict(capped)}, declines {dict(declined)}, replays {replays}, "
+        f"cross-server {cross_server_replays}, answers by {dict(vias)}, key reuses {len(journal.reuses)}"
+    )

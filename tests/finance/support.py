@@ -29,8 +29,13 @@ HOUR_US = 3_600_000_000
 
 
 def bank_account(n: int) -> dict:
-    return {"bank_code": "0159", "branch_code": f"{100 + n:03d}", "account_type": "ordinary",
-            "account_number": f"{1234500 + n:07d}", "holder_kana": f"ｾﾀｶﾞﾔｼｮｳﾃﾝ{n:02d}"}
+    return {
+        "bank_code": "0159",
+        "branch_code": f"{100 + n:03d}",
+        "account_type": "ordinary",
+        "account_number": f"{1234500 + n:07d}",
+        "holder_kana": f"ｾﾀｶﾞﾔｼｮｳﾃﾝ{n:02d}",
+    }
 
 
 def signing_key_b64() -> str:
@@ -63,8 +68,13 @@ class Ward:
 
         self.data_key_b64 = settings.pop("data_key_b64", None) or generate_key_b64()
         self.signing_key_b64 = settings.pop("signing_key_b64", None) or signing_key_b64()
-        self.settings = Settings(database_url=database_url, group_commit_wait_ms=0,
-                                 data_key_b64=self.data_key_b64, signing_key_b64=self.signing_key_b64, **settings)
+        self.settings = Settings(
+            database_url=database_url,
+            group_commit_wait_ms=0,
+            data_key_b64=self.data_key_b64,
+            signing_key_b64=self.signing_key_b64,
+            **settings,
+        )
         self.clock = ManualClock(us(start))
         self.app = create_app(self.settings, clock=self.clock)
         self.ledger = self.app.state.ledger
@@ -95,10 +105,10 @@ class Ward:
 
     # -- configuration ----------------------------------------------------------
 
-    def merchant(self, merchant_id: str, *, fee_bp: int = 0, bank: int | None = None, terminal: bool = True,
-                 **fields) -> str:
-        body = {"id": merchant_id, "name": f"Shop {merchant_id}", "merchant_class": "small", "fee_bp": fee_bp,
-                **fields}
+    def merchant(
+        self, merchant_id: str, *, fee_bp: int = 0, bank: int | None = None, terminal: bool = True, **fields
+    ) -> str:
+        body = {"id": merchant_id, "name": f"Shop {merchant_id}", "merchant_class": "small", "fee_bp": fee_bp, **fields}
         if bank is not None:
             body["bank_account"] = bank_account(bank)
         r = self.client.post("/v1/merchants", json=body, headers=self.admin)
@@ -108,17 +118,29 @@ class Ward:
         return merchant_id
 
     def terminal(self, terminal_id: str, merchant_id: str) -> None:
-        r = self.client.post("/v1/terminals", json={"id": terminal_id, "merchant_id": merchant_id},
-                             headers=self.admin)
+        r = self.client.post("/v1/terminals", json={"id": terminal_id, "merchant_id": merchant_id}, headers=self.admin)
         assert r.status_code == 201, r.text
         key = self.config.create_key("terminal", terminal_id=terminal_id)
         self.terminal_keys[terminal_id] = {"Authorization": f"Bearer {key}"}
         self.terminal_merchant[terminal_id] = merchant_id
 
-    def campaign(self, campaign_id: str, rate_bp: int, *, starts: str = "2026-11-01T00:00",
-                 ends: str = "2027-06-01T00:00", **fields) -> dict:
-        body = {"id": campaign_id, "name": f"Campaign {campaign_id}", "starts_at": jst(starts).isoformat(),
-                "ends_at": jst(ends).isoformat(), "tiers": [{"match": {}, "rate_bp": rate_bp}], **fields}
+    def campaign(
+        self,
+        campaign_id: str,
+        rate_bp: int,
+        *,
+        starts: str = "2026-11-01T00:00",
+        ends: str = "2027-06-01T00:00",
+        **fields,
+    ) -> dict:
+        body = {
+            "id": campaign_id,
+            "name": f"Campaign {campaign_id}",
+            "starts_at": jst(starts).isoformat(),
+            "ends_at": jst(ends).isoformat(),
+            "tiers": [{"match": {}, "rate_bp": rate_bp}],
+            **fields,
+        }
         r = self.client.post("/v1/campaigns", json=body, headers=self.admin)
         assert r.status_code == 201, r.text
         return r.json()
@@ -134,26 +156,49 @@ class Ward:
         self.payment_app.accepted(body, r.json())
         return r.json()
 
-    def purchase(self, merchant_id: str, wallet: str, occurred: str, amount: int, points_used: int = 0,
-                 accepted: str | None = None, terminal_id: str | None = None) -> dict:
+    def purchase(
+        self,
+        merchant_id: str,
+        wallet: str,
+        occurred: str,
+        amount: int,
+        points_used: int = 0,
+        accepted: str | None = None,
+        terminal_id: str | None = None,
+    ) -> dict:
         """A purchase that happened at `occurred` and reached the engine at `accepted` (default: 2 s later)."""
         if accepted:
             self.at(accepted)
         else:
             self.clock.set(us(occurred) + 2_000_000)
         terminal_id = terminal_id or f"T{merchant_id}"
-        return self._post(terminal_id, {
-            "type": "purchase", "wallet_id": wallet, "merchant_id": merchant_id, "terminal_id": terminal_id,
-            "occurred_at": jst(occurred).isoformat(), "amount": amount, "points_used": points_used})
+        return self._post(
+            terminal_id,
+            {
+                "type": "purchase",
+                "wallet_id": wallet,
+                "merchant_id": merchant_id,
+                "terminal_id": terminal_id,
+                "occurred_at": jst(occurred).isoformat(),
+                "amount": amount,
+                "points_used": points_used,
+            },
+        )
 
     def refund(self, original: dict, occurred: str, amount: int, accepted: str | None = None) -> dict:
         if accepted:
             self.at(accepted)
         else:
             self.clock.set(us(occurred) + 2_000_000)
-        return self._post(original["terminal_id"], {
-            "type": "refund", "original_id": original["id"], "amount": amount,
-            "occurred_at": jst(occurred).isoformat()})
+        return self._post(
+            original["terminal_id"],
+            {
+                "type": "refund",
+                "original_id": original["id"],
+                "amount": amount,
+                "occurred_at": jst(occurred).isoformat(),
+            },
+        )
 
     # -- finance --------------------------------------------------------------------
 
@@ -187,10 +232,17 @@ def record(book: dict[str, Sale], merchant_id: str, answer: dict) -> dict:
 def expected_line(sale: Sale, fee_bp: int, carried_in: int = 0) -> dict:
     activity = sale.activity()
     fee = max(activity, 0) * fee_bp // 10_000
-    return {"coin_sales": sale.coin_sales, "coin_refunds": sale.coin_refunds,
-            "points_redeemed": sale.points_redeemed, "points_returned": sale.points_returned,
-            "merchant_funded_points": sale.funded, "fee_bp": fee_bp, "fee": fee, "carried_in": carried_in,
-            "net_payout": carried_in + activity - fee - sale.funded}
+    return {
+        "coin_sales": sale.coin_sales,
+        "coin_refunds": sale.coin_refunds,
+        "points_redeemed": sale.points_redeemed,
+        "points_returned": sale.points_returned,
+        "merchant_funded_points": sale.funded,
+        "fee_bp": fee_bp,
+        "fee": fee,
+        "carried_in": carried_in,
+        "net_payout": carried_in + activity - fee - sale.funded,
+    }
 
 
 def lines_by_merchant(run: dict) -> dict[str, dict]:
@@ -198,8 +250,20 @@ def lines_by_merchant(run: dict) -> dict[str, dict]:
 
 
 def pick(line: dict) -> dict:
-    return {k: line[k] for k in ("coin_sales", "coin_refunds", "points_redeemed", "points_returned",
-                                 "merchant_funded_points", "fee_bp", "fee", "carried_in", "net_payout")}
+    return {
+        k: line[k]
+        for k in (
+            "coin_sales",
+            "coin_refunds",
+            "points_redeemed",
+            "points_returned",
+            "merchant_funded_points",
+            "fee_bp",
+            "fee",
+            "carried_in",
+            "net_payout",
+        )
+    }
 
 
 def tamper(engine, table: str, sql: str, **params) -> None:

@@ -69,10 +69,14 @@ def test_every_covered_change_is_recorded_with_actor_before_and_after(ward: Ward
     ward.merchant("M1", bank=1)  # and its terminal TM1
     ward.merchant("M2", terminal=False)
     ward.campaign("C1", 1000, funding_source="ward_general")
-    cert = {"scheme": "ethical", "valid_from": jst("2026-11-01T00:00").isoformat(),
-            "valid_until": jst("2027-11-01T00:00").isoformat()}
-    r = ward.client.patch("/v1/merchants/M1", json={"ethical_certifications": [cert], "fee_bp": 100},
-                          headers=ward.admin)
+    cert = {
+        "scheme": "ethical",
+        "valid_from": jst("2026-11-01T00:00").isoformat(),
+        "valid_until": jst("2027-11-01T00:00").isoformat(),
+    }
+    r = ward.client.patch(
+        "/v1/merchants/M1", json={"ethical_certifications": [cert], "fee_bp": 100}, headers=ward.admin
+    )
     assert r.status_code == 200, r.text
     r = ward.client.patch("/v1/campaigns/C1", json={"funding_source": "merchant:M1"}, headers=ward.admin)
     assert r.status_code == 200, r.text
@@ -80,18 +84,26 @@ def test_every_covered_change_is_recorded_with_actor_before_and_after(ward: Ward
     assert r.status_code == 200, r.text
     r = ward.client.patch("/v1/terminals/TM1", json={"merchant_id": "M1"}, headers=ward.admin)
     assert r.status_code == 200, r.text
-    r = ward.client.post("/v1/grants", json={"wallet_id": "W1", "campaign_id": "C1", "points": 300,
-                                             "reason": "energy saving"},
-                         headers={**ward.finance, "Idempotency-Key": "g1"})
+    r = ward.client.post(
+        "/v1/grants",
+        json={"wallet_id": "W1", "campaign_id": "C1", "points": 300, "reason": "energy saving"},
+        headers={**ward.finance, "Idempotency-Key": "g1"},
+    )
     assert r.status_code == 201, r.text
     ward.purchase("M1", "W1", "2026-12-05T10:00", 5_000)
-    r = ward.client.post("/v1/terminals/TM1/closeouts", json={"business_date": "2026-12-05", "count": 1,
-                                                              "total": 5_000}, headers=ward.terminal_keys["TM1"])
+    r = ward.client.post(
+        "/v1/terminals/TM1/closeouts",
+        json={"business_date": "2026-12-05", "count": 1, "total": 5_000},
+        headers=ward.terminal_keys["TM1"],
+    )
     assert r.status_code == 201, r.text
     ward.at("2027-01-01T00:30")
     run = ward.settle("2026-12")
-    r = ward.client.post(f"/v1/settlement-runs/{run['id']}/payout-results",
-                         json={"results": [{"merchant_id": "M1", "status": "paid"}]}, headers=ward.finance)
+    r = ward.client.post(
+        f"/v1/settlement-runs/{run['id']}/payout-results",
+        json={"results": [{"merchant_id": "M1", "status": "paid"}]},
+        headers=ward.finance,
+    )
     assert r.status_code == 200, r.text
 
     log = entries(ward)
@@ -152,8 +164,12 @@ def test_the_command_line_is_its_own_actor(database_url):
     Config(engine).create_merchant(Merchant(id="M9", name="x", merchant_class="small"))
     with Session(engine) as s:
         row = s.execute(select(AuditLogRow)).scalar_one()
-        assert (row.actor_key_id, row.actor_role, row.action, row.target) == ("cli", "operator", "merchant.create",
-                                                                               "merchant:M9")
+        assert (row.actor_key_id, row.actor_role, row.action, row.target) == (
+            "cli",
+            "operator",
+            "merchant.create",
+            "merchant:M9",
+        )
     engine.dispose()
 
 
@@ -189,11 +205,25 @@ def test_bank_accounts_are_masked_in_the_log_and_in_answers(ward: Ward):
 def test_masking_redacts_secrets_at_any_depth():
     from engine import audit as core
 
-    masked = core.mask({"id": "APP1", "secret": "s3cr3t", "nested": [{"receipt_secret": "x", "key_hash": "ab",
-                                                                      "bank_account": bank_account(5)}],
-                        "shown": "sp_admin_0123_abcdef", "account_number": "1234567"})
+    masked = core.mask(
+        {
+            "id": "APP1",
+            "secret": "s3cr3t",
+            "nested": [{"receipt_secret": "x", "key_hash": "ab", "bank_account": bank_account(5)}],
+            "shown": "sp_admin_0123_abcdef",
+            "account_number": "1234567",
+        }
+    )
     text_form = json.dumps(masked, ensure_ascii=False)
-    for secret in ("s3cr3t", '"x"', '"ab"', "1234505", "sp_admin_0123_abcdef", "1234567", bank_account(5)["holder_kana"]):
+    for secret in (
+        "s3cr3t",
+        '"x"',
+        '"ab"',
+        "1234505",
+        "sp_admin_0123_abcdef",
+        "1234567",
+        bank_account(5)["holder_kana"],
+    ):
         assert secret not in text_form
     assert masked["nested"][0]["bank_account"]["account_number_last4"] == "4505"
     assert masked["account_number"] == "***4567"
@@ -235,8 +265,7 @@ def test_reconciliation_finds_a_removed_entry(ward: Ward):
     ward.campaign("C1", 1000)
     _tamper(ward, f"DELETE FROM audit_log WHERE sequence = {b + 2}")
     report = ward.reconcile()
-    assert report["checks"]["audit_sequence_gapless"]["rows"] == [{"expected_sequence": b + 2,
-                                                                  "found_sequence": b + 3}]
+    assert report["checks"]["audit_sequence_gapless"]["rows"] == [{"expected_sequence": b + 2, "found_sequence": b + 3}]
     assert report["checks"]["audit_chain_intact"]["pass"] is False
     assert report["checks"]["audit_chain_intact"]["rows"][0]["sequence"] == b + 3
 
@@ -302,16 +331,29 @@ def test_get_audit_filters_and_paginates(ward: Ward):
     assert everything[0]["at"].startswith("2026-12-01T10:00")
 
 
-@pytest.mark.parametrize("params", [
-    {"limit": 0}, {"limit": 501}, {"limit": "x"}, {"limit": 2**70},
-    {"cursor": "!!!"}, {"cursor": "a" * 65}, {"cursor": "c2VxOjE"},
-    {"cursor": base64.urlsafe_b64encode(b"aud:99999999999999999999").decode().rstrip("=")},
-    {"cursor": base64.urlsafe_b64encode(b"aud:-1").decode().rstrip("=")},
-    {"cursor": base64.urlsafe_b64encode(b"\xff\xfe").decode()},
-    {"target": "merchant:M1\x00"}, {"target": "x" * 201}, {"target": ""}, {"target": "a b"},
-    {"from": "1700000000"}, {"from": "2026-12-01T00:00:00"}, {"from": "10000-01-01T00:00:00+09:00"},
-    {"to": "not a date"},
-])
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"limit": 0},
+        {"limit": 501},
+        {"limit": "x"},
+        {"limit": 2**70},
+        {"cursor": "!!!"},
+        {"cursor": "a" * 65},
+        {"cursor": "c2VxOjE"},
+        {"cursor": base64.urlsafe_b64encode(b"aud:99999999999999999999").decode().rstrip("=")},
+        {"cursor": base64.urlsafe_b64encode(b"aud:-1").decode().rstrip("=")},
+        {"cursor": base64.urlsafe_b64encode(b"\xff\xfe").decode()},
+        {"target": "merchant:M1\x00"},
+        {"target": "x" * 201},
+        {"target": ""},
+        {"target": "a b"},
+        {"from": "1700000000"},
+        {"from": "2026-12-01T00:00:00"},
+        {"from": "10000-01-01T00:00:00+09:00"},
+        {"to": "not a date"},
+    ],
+)
 def test_get_audit_refuses_bad_parameters_with_a_4xx(ward: Ward, params):
     r = ward.client.get("/v1/audit", params=params, headers=ward.finance)
     assert 400 <= r.status_code < 500, (params, r.status_code, r.text)
@@ -320,8 +362,10 @@ def test_get_audit_refuses_bad_parameters_with_a_4xx(ward: Ward, params):
 
 def test_get_audit_at_the_edges_of_time_answers(ward: Ward):
     ward.merchant("M1", terminal=False)
-    for params in ({"from": "0001-01-01T00:00:00+14:00", "to": "9999-12-31T23:59:59-12:00"},
-                   {"from": "9999-12-31T23:59:59-12:00"}):
+    for params in (
+        {"from": "0001-01-01T00:00:00+14:00", "to": "9999-12-31T23:59:59-12:00"},
+        {"from": "9999-12-31T23:59:59-12:00"},
+    ):
         r = ward.client.get("/v1/audit", params=params, headers=ward.finance)
         assert r.status_code in (200, 422), r.text
 
@@ -352,8 +396,15 @@ def test_a_bank_account_change_holds_payouts_until_another_key_confirms(ward: Wa
     assert r.status_code == 200, r.text
     assert r.json()["bank_account_pending_confirmation"] is True
     with Session(ward.engine) as s:
-        versions = s.execute(select(MerchantVersionRow.record_json).where(MerchantVersionRow.merchant_id == "M1")
-                             .order_by(MerchantVersionRow.version)).scalars().all()
+        versions = (
+            s.execute(
+                select(MerchantVersionRow.record_json)
+                .where(MerchantVersionRow.merchant_id == "M1")
+                .order_by(MerchantVersionRow.version)
+            )
+            .scalars()
+            .all()
+        )
     assert len(versions) == 2 and versions[0] != versions[1]
     assert json.loads(versions[1])["bank_account_masked"]["account_number_last4"] == "4502"
 
@@ -379,8 +430,9 @@ def test_a_bank_account_change_holds_payouts_until_another_key_confirms(ward: Wa
     ward.at("2027-02-01T09:00")
     made = ward.client.post("/v1/keys", json={"role": "admin"}, headers=ward.admin)
     assert made.status_code == 201, made.text
-    r = ward.client.post("/v1/merchants/M1/bank-account/confirm",
-                         headers={"Authorization": f"Bearer {made.json()['key']}"})
+    r = ward.client.post(
+        "/v1/merchants/M1/bank-account/confirm", headers={"Authorization": f"Bearer {made.json()['key']}"}
+    )
     assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
     ward.at("2027-02-02T09:00")
     r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
@@ -438,7 +490,6 @@ def test_merchant_funding_is_charged_by_the_issuing_campaign_version(ward: Ward)
     assert ward.reconcile()["ok"] is True
 
 
-
 def test_a_first_account_added_later_is_held_too(ward: Ward):
     ward.merchant("M1")  # no account at creation
     r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(4)}, headers=ward.admin)
@@ -462,11 +513,15 @@ def test_a_truncated_audit_chain_is_caught_by_the_signed_chain_heads(ward: Ward)
         first_m2 = c.execute(text("SELECT MIN(sequence) FROM audit_log WHERE target = 'merchant:M2'")).scalar_one()
         last = c.execute(text("SELECT MAX(sequence) FROM audit_log")).scalar_one()
     _tamper(ward, f"DELETE FROM audit_log WHERE sequence >= {first_m2}")
-    _tamper(ward, f"UPDATE audit_head SET last_sequence = {first_m2 - 1}, last_hash = "
-                  f"(SELECT hash FROM audit_log WHERE sequence = {first_m2 - 1})")
+    _tamper(
+        ward,
+        f"UPDATE audit_head SET last_sequence = {first_m2 - 1}, last_hash = "
+        f"(SELECT hash FROM audit_log WHERE sequence = {first_m2 - 1})",
+    )
     report = ward.reconcile()
     assert report["checks"]["audit_chain_intact"]["pass"] and report["checks"]["audit_sequence_gapless"]["pass"]
     heads = report["checks"]["signed_chain_heads_valid"]
     assert heads["pass"] is False
-    assert heads["rows"] == [{"business_date": "2026-11-30", "audit_sequence": last,
-                              "problem": "audit chain no longer ends there"}]
+    assert heads["rows"] == [
+        {"business_date": "2026-11-30", "audit_sequence": last, "problem": "audit chain no longer ends there"}
+    ]

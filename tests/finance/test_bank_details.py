@@ -34,8 +34,13 @@ def _raw_rows(ward: Ward) -> list[bytes]:
 
 
 def _secrets(account: dict, ward: Ward) -> list[bytes]:
-    return [account["account_number"].encode(), account["holder_kana"].encode("utf-8"),
-            account["holder_kana"].encode("cp932"), ward.data_key_b64.encode(), base64.b64decode(ward.data_key_b64)]
+    return [
+        account["account_number"].encode(),
+        account["holder_kana"].encode("utf-8"),
+        account["holder_kana"].encode("cp932"),
+        ward.data_key_b64.encode(),
+        base64.b64decode(ward.data_key_b64),
+    ]
 
 
 def test_bank_details_are_sealed_at_rest(ward: Ward, database_url):
@@ -66,8 +71,14 @@ def test_bank_details_are_sealed_at_rest(ward: Ward, database_url):
 def test_another_data_key_cannot_open_them(ward: Ward):
     ward.merchant("M001", bank=7)
     ward.merchant("M002", bank=8)
-    other = Config(ward.engine, Settings(database_url=ward.settings.database_url, data_key_b64=generate_key_b64(),
-                                         signing_key_b64=ward.signing_key_b64))
+    other = Config(
+        ward.engine,
+        Settings(
+            database_url=ward.settings.database_url,
+            data_key_b64=generate_key_b64(),
+            signing_key_b64=ward.signing_key_b64,
+        ),
+    )
     with pytest.raises(SealingError):
         other.bank_account("M001")
     # A sealed account copied onto another merchant's row does not open as that merchant's.

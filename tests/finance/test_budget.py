@@ -33,7 +33,12 @@ def test_budget_burn_and_forecast(ward: Ward):
     b = _budget(ward, "B")
     issued, clawed = 1_000 + 500 + 300, 250
     assert (b["campaign_id"], b["budget"], b["issued"], b["clawed_back"], b["net_issued"]) == (
-        "B", 10_000, issued, clawed, issued - clawed)
+        "B",
+        10_000,
+        issued,
+        clawed,
+        issued - clawed,
+    )
     assert b["remaining"] == 10_000 - (issued - clawed) == 8_450 and b["exhausted"] is False
     # The last hour holds 20:45, 21:10 and the refund at 21:20; the day holds 08:00 too.
     assert b["burn_last_hour"] == 500 + 300 - 250 == 550
@@ -81,7 +86,12 @@ def test_an_exhausted_campaign_has_nothing_remaining(ward: Ward):
     ward.at("2026-12-10T11:40")
     b = _budget(ward, "X")
     assert (b["issued"], b["clawed_back"], b["net_issued"], b["remaining"], b["exhausted"]) == (
-        700, 100, 600, 100, False)
+        700,
+        100,
+        600,
+        100,
+        False,
+    )
     # The last hour (since 10:40) holds only the clawback: a negative burn, so the day's rate forecasts.
     assert (b["burn_last_hour"], b["burn_last_day"]) == (-100, 600)
     assert abs(_instant(b["forecast_exhaustion_at"]) - (_instant(b["as_of"]) + 100 * DAY_US // 600)) <= 1_000

@@ -7,9 +7,11 @@ from tests.finance.support import Ward
 
 
 def _closeout(ward: Ward, terminal_id: str, day: str, count: int, total: int, headers=None, expect: int = 201):
-    r = ward.client.post(f"/v1/terminals/{terminal_id}/closeouts",
-                         json={"business_date": day, "count": count, "total": total},
-                         headers=headers if headers is not None else ward.terminal_keys[terminal_id])
+    r = ward.client.post(
+        f"/v1/terminals/{terminal_id}/closeouts",
+        json={"business_date": day, "count": count, "total": total},
+        headers=headers if headers is not None else ward.terminal_keys[terminal_id],
+    )
     assert r.status_code == expect, r.text
     return r.json()
 
@@ -54,7 +56,11 @@ def test_a_mismatch_lists_the_ledgers_transactions_of_that_terminal_and_day(ward
         assert report["submitted"] == {"count": count, "total": submitted_total}
         assert [t["id"] for t in report["transactions"]] == [t["id"] for t in day]
         assert [(t["type"], t["amount"]) for t in report["transactions"]] == [
-            ("purchase", 1_000), ("purchase", 2_500), ("refund", 500), ("purchase", 300)]
+            ("purchase", 1_000),
+            ("purchase", 2_500),
+            ("refund", 500),
+            ("purchase", 300),
+        ]
     # The stored mismatch fails reconciliation, naming the terminal and the day.
     check = ward.reconcile()["checks"]["closeouts_match_ledger"]
     assert check["pass"] is False
@@ -76,10 +82,12 @@ def test_only_the_terminals_own_key_closes_it_out(ward: Ward):
     for headers in (ward.finance, ward.admin):
         _closeout(ward, "TM001", "2026-12-05", 4, 3_300, headers=headers, expect=403)
     _closeout(ward, "TM001", "2026-12-05", 4, 3_300, headers={}, expect=401)
-    for bad in ({"business_date": "2026-13-01", "count": 1, "total": 1},
-                {"business_date": "2026-12-05", "count": -1, "total": 1},
-                {"business_date": "2026-12-05", "count": "4", "total": 1},
-                {"business_date": 20261205, "count": 4, "total": 1}):
+    for bad in (
+        {"business_date": "2026-13-01", "count": 1, "total": 1},
+        {"business_date": "2026-12-05", "count": -1, "total": 1},
+        {"business_date": "2026-12-05", "count": "4", "total": 1},
+        {"business_date": 20261205, "count": 4, "total": 1},
+    ):
         r = ward.client.post("/v1/terminals/TM001/closeouts", json=bad, headers=ward.terminal_keys["TM001"])
         assert r.status_code == 422, (bad, r.text)
     # Nothing was stored by the refused requests.

@@ -17,8 +17,17 @@ from engine.settlement import signing, statement, zengin
 from tests.finance.support import Ward, bank_account, lines_by_merchant
 
 REPO = Path(__file__).resolve().parents[2]
-NUMBERS = ("coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points", "fee_bp",
-           "fee", "carried_in", "net_payout")
+NUMBERS = (
+    "coin_sales",
+    "coin_refunds",
+    "points_redeemed",
+    "points_returned",
+    "merchant_funded_points",
+    "fee_bp",
+    "fee",
+    "carried_in",
+    "net_payout",
+)
 
 
 def _month(ward: Ward) -> dict:
@@ -29,8 +38,13 @@ def _month(ward: Ward) -> dict:
     ward.merchant("M004", bank=4)  # funds a bonus worth more than its sales
     ward.merchant("M005", bank=5)  # sells nothing
     ward.campaign("PB", 1000)
-    ward.campaign("MF4", 0, funding_source="merchant:M004", fixed_points=500,
-                  tiers=[{"match": {"merchant_ids": ["M004"]}, "rate_bp": 0}])
+    ward.campaign(
+        "MF4",
+        0,
+        funding_source="merchant:M004",
+        fixed_points=500,
+        tiers=[{"match": {"merchant_ids": ["M004"]}, "rate_bp": 0}],
+    )
     p = ward.purchase("M001", "W1", "2026-12-01T10:00", 12_345)
     ward.purchase("M001", "W2", "2026-12-02T10:00", 999)
     ward.refund(p, "2026-12-03T10:00", 2_345)
@@ -48,13 +62,18 @@ def test_csv_parses_and_equals_the_lines(ward: Ward):
     rows = list(csv.DictReader(io.StringIO(response.text)))
     assert tuple(csv.DictReader(io.StringIO(response.text)).fieldnames) == statement.CSV_COLUMNS
     lines = run["statement"]["document"]["lines"]
-    assert [r["merchant_id"] for r in rows] == [line["merchant_id"] for line in lines] == [
-        "M001", "M002", "M003", "M004"]
+    assert (
+        [r["merchant_id"] for r in rows] == [line["merchant_id"] for line in lines] == ["M001", "M002", "M003", "M004"]
+    )
     for row, line in zip(rows, lines):
         assert {k: int(row[k]) for k in NUMBERS} == {k: line[k] for k in NUMBERS}
         assert row["payout_status"] == line["payout_status"]
     assert {r["merchant_id"]: r["payout_status"] for r in rows} == {
-        "M001": "pending", "M002": "pending", "M003": "failed", "M004": "nothing_due"}
+        "M001": "pending",
+        "M002": "pending",
+        "M003": "failed",
+        "M004": "nothing_due",
+    }
 
 
 def test_signed_statement_verifies_and_any_changed_number_fails(ward: Ward):
@@ -83,8 +102,14 @@ def test_signed_statement_verifies_and_any_changed_number_fails(ward: Ward):
 
 def _verify_cli(path: Path, *args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
-    return subprocess.run([sys.executable, "-m", "engine.cli", "verify-statement", str(path), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "engine.cli", "verify-statement", str(path), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def test_verify_statement_cli_exit_codes(ward: Ward, tmp_path):
@@ -116,8 +141,11 @@ def test_settle_cli_writes_statement_csv_and_zengin(database_url, tmp_path, monk
         ward.purchase("M001", "W1", "2026-10-05T10:00", 8_001)
     finally:
         ward.close()
-    for name, value in (("DATABASE_URL", database_url), ("DATA_KEY_B64", ward.data_key_b64),
-                        ("SIGNING_KEY_B64", ward.signing_key_b64)):
+    for name, value in (
+        ("DATABASE_URL", database_url),
+        ("DATA_KEY_B64", ward.data_key_b64),
+        ("SIGNING_KEY_B64", ward.signing_key_b64),
+    ):
         monkeypatch.setenv(f"SETAPAY_{name}", value)
     monkeypatch.chdir(tmp_path)  # ./setapay-keys/ must not be needed
     out = tmp_path / "out"
@@ -162,17 +190,46 @@ def test_zengin_file_parses_back_to_the_positive_payouts(ward: Ward):
     parsed = zengin.parse(data)
     header = parsed.header
     s = ward.settings
-    assert (header.requester_code, header.requester_name, header.bank_code, header.branch_code,
-            header.account_number) == (s.payout_requester_code, s.payout_requester_name, s.payout_bank_code,
-                                       s.payout_branch_code, s.payout_account_number)
+    assert (
+        header.requester_code,
+        header.requester_name,
+        header.bank_code,
+        header.branch_code,
+        header.account_number,
+    ) == (
+        s.payout_requester_code,
+        s.payout_requester_name,
+        s.payout_bank_code,
+        s.payout_branch_code,
+        s.payout_account_number,
+    )
     assert header.transfer_mmdd == "0105"  # the business day after the run (Monday 4 January 2027)
-    got = [(t.bank_code, t.branch_code, t.account_type, t.account_number, t.recipient_name, t.amount_yen,
-            t.customer_code_1) for t in parsed.transfers]
+    got = [
+        (
+            t.bank_code,
+            t.branch_code,
+            t.account_type,
+            t.account_number,
+            t.recipient_name,
+            t.amount_yen,
+            t.customer_code_1,
+        )
+        for t in parsed.transfers
+    ]
     want = []
     for n, m in ((1, "M001"), (2, "M002")):
         account = bank_account(n)
-        want.append((account["bank_code"], account["branch_code"], account["account_type"],
-                     account["account_number"], zengin.to_zengin_text(account["holder_kana"], "holder", 30), paid[m]["net_payout"], f"{n:010d}"))
+        want.append(
+            (
+                account["bank_code"],
+                account["branch_code"],
+                account["account_type"],
+                account["account_number"],
+                zengin.to_zengin_text(account["holder_kana"], "holder", 30),
+                paid[m]["net_payout"],
+                f"{n:010d}",
+            )
+        )
     assert got == want
     assert parsed.trailer.record_count == len(paid)
     assert parsed.trailer.total_amount_yen == sum(line["net_payout"] for line in paid.values())

@@ -23,8 +23,11 @@ def _postings(ward: Ward) -> int:
 
 
 def _results(ward: Ward, run_id: str, results: list[tuple[str, str]], expect: int = 200) -> dict:
-    r = ward.client.post(f"/v1/settlement-runs/{run_id}/payout-results", headers=ward.finance,
-                         json={"results": [{"merchant_id": m, "status": s} for m, s in results]})
+    r = ward.client.post(
+        f"/v1/settlement-runs/{run_id}/payout-results",
+        headers=ward.finance,
+        json={"results": [{"merchant_id": m, "status": s} for m, s in results]},
+    )
     assert r.status_code == expect, r.text
     return r.json()
 
@@ -42,7 +45,10 @@ def test_paid_close_failed_carry_over_and_reimport_changes_nothing(ward: Ward):
     owed = {m: line["net_payout"] for m, line in lines_by_merchant(december).items()}
     assert owed == {"M001": 5_000, "M002": 3_001 - 60, "M003": 700}
     assert {p["merchant_id"]: p["payout_status"] for p in december["payouts"]} == {
-        "M001": "pending", "M002": "pending", "M003": "failed"}
+        "M001": "pending",
+        "M002": "pending",
+        "M003": "failed",
+    }
     balances = _balances(ward)
     assert balances["merchant:M001:payout"] == 5_000 and balances["merchant:M001:payable"] == 0
     assert balances["merchant:M002:payout"] == owed["M002"] and balances["merchant:M002:payable"] == 0
@@ -52,7 +58,10 @@ def test_paid_close_failed_carry_over_and_reimport_changes_nothing(ward: Ward):
     answer = _results(ward, december["id"], [("M001", "paid"), ("M002", "failed")])
     assert (answer["applied"], answer["unchanged"]) == (2, 0)
     assert {p["merchant_id"]: p["payout_status"] for p in answer["payouts"]} == {
-        "M001": "paid", "M002": "failed", "M003": "failed"}
+        "M001": "paid",
+        "M002": "failed",
+        "M003": "failed",
+    }
     balances = _balances(ward)
     assert balances["merchant:M001:payout"] == 0 and balances["merchant:M001:payable"] == 0
     assert balances["bank:payouts"] == 5_000
@@ -60,7 +69,10 @@ def test_paid_close_failed_carry_over_and_reimport_changes_nothing(ward: Ward):
     assert balances["merchant:M002:payout"] == 0 and balances["merchant:M002:payable"] == owed["M002"]
     view = ward.get(f"/v1/settlement-runs/{december['id']}").json()
     assert {p["merchant_id"]: p["payout_status"] for p in view["payouts"]} == {
-        "M001": "paid", "M002": "failed", "M003": "failed"}
+        "M001": "paid",
+        "M002": "failed",
+        "M003": "failed",
+    }
 
     # The bank sends the same file again: nothing changes.
     postings, before = _postings(ward), _balances(ward)

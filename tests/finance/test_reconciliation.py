@@ -12,11 +12,23 @@ from engine.store.models import PaymentRow, PostingRow
 from tests.finance.support import Ward, tamper
 
 CHECKS = {
-    "trial_balance_zero", "cached_balances_match", "hash_chain_intact", "posting_sequence_gapless",
-    "payment_chain_intact", "lots_match_balances", "liability_identity_per_campaign",
-    "liability_identity_per_wallet", "liability_identity_total", "budget_meters_match", "budget_never_exceeded",
-    "signed_chain_heads_valid", "statements_match_ledger", "closeouts_match_ledger", "rerate_matches_ledger",
-    "audit_chain_intact", "audit_sequence_gapless",
+    "trial_balance_zero",
+    "cached_balances_match",
+    "hash_chain_intact",
+    "posting_sequence_gapless",
+    "payment_chain_intact",
+    "lots_match_balances",
+    "liability_identity_per_campaign",
+    "liability_identity_per_wallet",
+    "liability_identity_total",
+    "budget_meters_match",
+    "budget_never_exceeded",
+    "signed_chain_heads_valid",
+    "statements_match_ledger",
+    "closeouts_match_ledger",
+    "rerate_matches_ledger",
+    "audit_chain_intact",
+    "audit_sequence_gapless",
 }
 
 
@@ -25,8 +37,9 @@ def _history(ward: Ward) -> dict:
     ward.merchant("M001", fee_bp=100, bank=1)
     ward.merchant("M002", bank=2)
     ward.campaign("PB", 1000, budget=50_000)
-    ward.campaign("MF2", 300, funding_source="merchant:M002",
-                  tiers=[{"match": {"merchant_ids": ["M002"]}, "rate_bp": 300}])
+    ward.campaign(
+        "MF2", 300, funding_source="merchant:M002", tiers=[{"match": {"merchant_ids": ["M002"]}, "rate_bp": 300}]
+    )
     ward.campaign("DK", 200, credit={"schedule": "dekad", "delay_business_days": 2})
     tx = {
         "a": ward.purchase("M001", "W1", "2026-12-01T10:00", 5_000),
@@ -36,8 +49,11 @@ def _history(ward: Ward) -> dict:
     }
     tx["e"] = ward.refund(tx["b"], "2026-12-02T15:00", 1_000)
     tx["f"] = ward.refund(tx["c"], "2026-12-02T16:00", 1_000)
-    r = ward.client.post("/v1/terminals/TM001/closeouts", headers=ward.terminal_keys["TM001"],
-                         json={"business_date": "2026-12-02", "count": 1, "total": 7_777})
+    r = ward.client.post(
+        "/v1/terminals/TM001/closeouts",
+        headers=ward.terminal_keys["TM001"],
+        json={"business_date": "2026-12-02", "count": 1, "total": 7_777},
+    )
     assert r.status_code == 201 and r.json()["matches"], r.text
     ward.at("2027-01-01T00:30")
     tx["run"] = ward.settle("2026-12")
@@ -57,8 +73,11 @@ def _tamper(ward: Ward, sql: str, **params) -> None:
 
 def _posting(ward: Ward, payment_id: str, reason: str) -> PostingRow:
     with Session(ward.engine) as s:
-        row = s.execute(select(PostingRow).where(PostingRow.payment_id == payment_id, PostingRow.reason == reason)
-                        ).scalars().first()
+        row = (
+            s.execute(select(PostingRow).where(PostingRow.payment_id == payment_id, PostingRow.reason == reason))
+            .scalars()
+            .first()
+        )
         s.expunge(row)
         return row
 
@@ -91,8 +110,7 @@ def test_a_changed_posting_amount_is_named(ward: Ward):
     failing = _failing(report)
     assert sale.sequence in failing["hash_chain_intact"]
     assert {sale.debit_account_id, sale.credit_account_id} <= set(failing["cached_balances_match"])
-    assert {(r["run_id"], r["merchant_id"]) for r in failing["statements_match_ledger"]} == {
-        (tx["run"]["id"], "M001")}
+    assert {(r["run_id"], r["merchant_id"]) for r in failing["statements_match_ledger"]} == {(tx["run"]["id"], "M001")}
 
 
 def test_a_deleted_posting_is_named(ward: Ward):
@@ -127,11 +145,17 @@ def test_an_altered_stored_request_is_named(ward: Ward):
 def test_a_campaign_version_changed_after_the_fact_is_named(ward: Ward):
     tx = _history(ward)
     with ward.engine.connect() as c:
-        record = json.loads(c.execute(text(
-            "SELECT record_json FROM campaign_version WHERE campaign_id = 'PB' AND version = 1")).scalar_one())
+        record = json.loads(
+            c.execute(
+                text("SELECT record_json FROM campaign_version WHERE campaign_id = 'PB' AND version = 1")
+            ).scalar_one()
+        )
     record["tiers"][0]["rate_bp"] = 1500
-    _tamper(ward, "UPDATE campaign_version SET record_json = :r WHERE campaign_id = 'PB' AND version = 1",
-            r=json.dumps(record))
+    _tamper(
+        ward,
+        "UPDATE campaign_version SET record_json = :r WHERE campaign_id = 'PB' AND version = 1",
+        r=json.dumps(record),
+    )
     report = ward.reconcile()
     failing = _failing(report)
     assert report["ok"] is False
@@ -155,14 +179,17 @@ def test_a_tampered_signed_chain_head_is_named(ward: Ward):
     # ...and a document edited together with its row no longer verifies.
     signed = json.loads(heads["2026-12-02"].signed_json)
     signed["document"]["hash"] = fake
-    _tamper(ward, "UPDATE chain_head SET hash = :h, signed_json = :j WHERE business_date = '2026-12-02'",
-            h=fake, j=json.dumps(signed))
+    _tamper(
+        ward,
+        "UPDATE chain_head SET hash = :h, signed_json = :j WHERE business_date = '2026-12-02'",
+        h=fake,
+        j=json.dumps(signed),
+    )
     report = ward.reconcile()
     failing = _failing(report)
     assert set(failing) == {"signed_chain_heads_valid"}, failing
     rows = {r["business_date"]: r["problem"] for r in failing["signed_chain_heads_valid"]}
-    assert rows == {"2026-12-01": "row differs from the signed document",
-                    "2026-12-02": "signature does not verify"}
+    assert rows == {"2026-12-01": "row differs from the signed document", "2026-12-02": "signature does not verify"}
 
 
 def test_a_tampered_statement_line_is_named(ward: Ward):
@@ -170,8 +197,7 @@ def test_a_tampered_statement_line_is_named(ward: Ward):
     _tamper(ward, "UPDATE settlement_line SET net_payout = net_payout + 1000 WHERE merchant_id = 'M002'")
     failing = _failing(ward.reconcile())
     assert set(failing) == {"statements_match_ledger"}, failing
-    assert [(r["run_id"], r["merchant_id"]) for r in failing["statements_match_ledger"]] == [
-        (tx["run"]["id"], "M002")]
+    assert [(r["run_id"], r["merchant_id"]) for r in failing["statements_match_ledger"]] == [(tx["run"]["id"], "M002")]
 
 
 def test_a_fee_change_after_settlement_leaves_the_closed_statement_reconciled(ward: Ward):

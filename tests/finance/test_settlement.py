@@ -21,10 +21,24 @@ def _postings(ward: Ward) -> int:
 def _stored(ward: Ward, run_id: str) -> tuple:
     with Session(ward.engine) as s:
         run = s.get(SettlementRunRow, run_id)
-        lines = [(x.merchant_id, x.coin_sales, x.coin_refunds, x.points_redeemed, x.points_returned,
-                  x.merchant_funded_points, x.fee, x.carried_in, x.net_payout)
-                 for x in s.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)
-                                    .order_by(SettlementLineRow.merchant_id)).scalars()]
+        lines = [
+            (
+                x.merchant_id,
+                x.coin_sales,
+                x.coin_refunds,
+                x.points_redeemed,
+                x.points_returned,
+                x.merchant_funded_points,
+                x.fee,
+                x.carried_in,
+                x.net_payout,
+            )
+            for x in s.execute(
+                select(SettlementLineRow)
+                .where(SettlementLineRow.run_id == run_id)
+                .order_by(SettlementLineRow.merchant_id)
+            ).scalars()
+        ]
         return run.statement_json, run.csv_text, bytes(run.zengin_file), lines
 
 
@@ -35,8 +49,9 @@ def _december(ward: Ward) -> dict[str, Sale]:
     ward.merchant("M003", fee_bp=333, bank=3)
     ward.campaign("PB", 1000)  # ward-funded 10% point-back everywhere
     # Merchant M003 pays for its own 5% bonus at its shop.
-    ward.campaign("MF3", 500, funding_source="merchant:M003",
-                  tiers=[{"match": {"merchant_ids": ["M003"]}, "rate_bp": 500}])
+    ward.campaign(
+        "MF3", 500, funding_source="merchant:M003", tiers=[{"match": {"merchant_ids": ["M003"]}, "rate_bp": 500}]
+    )
     book: dict[str, Sale] = {}
     # Accepted on 30 November (Tokyo): not December's.
     ward.purchase("M002", "W9", "2026-11-30T23:59:00", 7777, accepted="2026-11-30T23:59:58")
@@ -63,8 +78,11 @@ def test_monthly_lines_by_posting_time_computed_independently(ward: Ward):
     book = _december(ward)
     ward.at("2027-01-01T00:05")
     run = ward.settle("2026-12")
-    assert run["period"] == {"kind": "monthly", "start": "2026-12-01T00:00:00+09:00",
-                             "end": "2027-01-01T00:00:00+09:00"}
+    assert run["period"] == {
+        "kind": "monthly",
+        "start": "2026-12-01T00:00:00+09:00",
+        "end": "2027-01-01T00:00:00+09:00",
+    }
     lines = lines_by_merchant(run)
     fees = {"M001": 250, "M002": 0, "M003": 333}
     assert sorted(lines) == ["M001", "M002", "M003"]
@@ -73,27 +91,51 @@ def test_monthly_lines_by_posting_time_computed_independently(ward: Ward):
     for m, sale in book.items():
         assert pick(lines[m]) == expected_line(sale, fees[m], carried[m]), m
     # The figures, spelled out once: coin 5000 + 1134 - 567, points 100 - 50; fee 5617 * 2.5% = 140.425 -> 140.
-    assert pick(lines["M001"]) == {"coin_sales": 6134, "coin_refunds": 567, "points_redeemed": 100,
-                                   "points_returned": 50, "merchant_funded_points": 0, "fee_bp": 250, "fee": 140,
-                                   "carried_in": 0, "net_payout": 5477}
+    assert pick(lines["M001"]) == {
+        "coin_sales": 6134,
+        "coin_refunds": 567,
+        "points_redeemed": 100,
+        "points_returned": 50,
+        "merchant_funded_points": 0,
+        "fee_bp": 250,
+        "fee": 140,
+        "carried_in": 0,
+        "net_payout": 5477,
+    }
     # M003: 3333 - 1111 = 2222; fee 2222 * 3.33% = 73.99 -> 73 (floor); it pays its own 166 - 55 = 111 points.
     assert pick(lines["M003"])["fee"] == 73 and pick(lines["M003"])["net_payout"] == 2222 - 73 - 111
     # November's late arrival is in, the 31 December purchase accepted in January is not.
     assert lines["M002"]["coin_sales"] == 1000 + 1700 and lines["M002"]["points_redeemed"] == 300
     totals = run["statement"]["document"]["totals"]
-    for k in ("coin_sales", "coin_refunds", "points_redeemed", "points_returned", "merchant_funded_points", "fee",
-              "net_payout"):
+    for k in (
+        "coin_sales",
+        "coin_refunds",
+        "points_redeemed",
+        "points_returned",
+        "merchant_funded_points",
+        "fee",
+        "net_payout",
+    ):
         assert totals[k] == sum(line[k] for line in lines.values())
     assert {p["merchant_id"]: (p["net_payout"], p["payout_status"]) for p in run["payouts"]} == {
-        m: (lines[m]["net_payout"], "pending") for m in lines}
+        m: (lines[m]["net_payout"], "pending") for m in lines
+    }
     # The settlement is posted to the ledger (fees, merchant funding, payouts) and the ledger still checks.
     check = queries.ledger_check(ward.engine)
     assert check["ok"], {k: v for k, v in check.items() if k != "campaigns"}
     with Session(ward.engine) as s:
-        posted = dict(s.execute(select(PostingRow.reason, func.sum(PostingRow.amount))
-                                .where(PostingRow.payment_id == run["id"]).group_by(PostingRow.reason)).all())
-    assert posted == {"settlement_fee": 140 + 73, "merchant_funding": 111,
-                      "payout": sum(line["net_payout"] for line in lines.values())}
+        posted = dict(
+            s.execute(
+                select(PostingRow.reason, func.sum(PostingRow.amount))
+                .where(PostingRow.payment_id == run["id"])
+                .group_by(PostingRow.reason)
+            ).all()
+        )
+    assert posted == {
+        "settlement_fee": 140 + 73,
+        "merchant_funding": 111,
+        "payout": sum(line["net_payout"] for line in lines.values()),
+    }
     assert ward.reconcile()["ok"]
 
 
@@ -106,8 +148,9 @@ def test_run_before_the_period_ends_is_422_period_open(ward: Ward):
     with Session(ward.engine) as s:
         assert s.execute(select(func.count()).select_from(SettlementRunRow)).scalar_one() == 0
     ward.at("2027-01-01T00:00:01")
-    assert ward.settle("2026-12")["payouts"] == [{"merchant_id": "M001", "net_payout": 1000,
-                                                  "payout_status": "pending"}]
+    assert ward.settle("2026-12")["payouts"] == [
+        {"merchant_id": "M001", "net_payout": 1000, "payout_status": "pending"}
+    ]
 
 
 def test_semi_monthly_halves_and_overlaps(ward: Ward):
@@ -123,8 +166,11 @@ def test_semi_monthly_halves_and_overlaps(ward: Ward):
     ward.at("2026-12-16T00:10")
     first = ward.settle("2026-12-H1")
     record({"M": h2}, "M", ward.refund(p, "2026-12-17T10:00", 499))
-    assert first["period"] == {"kind": "semi_monthly", "start": "2026-12-01T00:00:00+09:00",
-                               "end": "2026-12-16T00:00:00+09:00"}
+    assert first["period"] == {
+        "kind": "semi_monthly",
+        "start": "2026-12-01T00:00:00+09:00",
+        "end": "2026-12-16T00:00:00+09:00",
+    }
     assert pick(lines_by_merchant(first)["M001"]) == expected_line(h1, 150)
     assert pick(lines_by_merchant(first)["M001"])["fee"] == 3999 * 150 // 10_000 == 59  # 59.985 -> 59
     ward.at("2026-12-31T23:00")

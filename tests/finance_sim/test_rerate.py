@@ -29,8 +29,11 @@ def _named(report: dict) -> dict[str, set]:
 def _built(ward: Ward) -> dict:
     def grant():
         # Granted before the purchase that meets PB's budget, which is then smaller by the grant.
-        r = ward.client.post("/v1/grants", headers={**ward.finance, "Idempotency-Key": "g1"},
-                             json={"wallet_id": "W9", "campaign_id": "PB", "points": 100, "reason": "energy saving"})
+        r = ward.client.post(
+            "/v1/grants",
+            headers={**ward.finance, "Idempotency-Key": "g1"},
+            json={"wallet_id": "W9", "campaign_id": "PB", "points": 100, "reason": "energy saving"},
+        )
         assert r.status_code == 201, r.text
 
     built = history.build(ward, grant)
@@ -55,7 +58,9 @@ def test_an_altered_request_is_named(ward: Ward):
     built = _built(ward)
     target = built["sent"][5]["id"]  # W4's purchase, which met the budget
     with ward.engine.connect() as c:
-        request = json.loads(c.execute(text("SELECT request_json FROM payment WHERE id = :i"), {"i": target}).scalar_one())
+        request = json.loads(
+            c.execute(text("SELECT request_json FROM payment WHERE id = :i"), {"i": target}).scalar_one()
+        )
     request["amount"] = 9_500
     _tamper(ward, "UPDATE payment SET request_json = :r WHERE id = :i", r=json.dumps(request), i=target)
     report = rerate.rerate_check(ward.engine)
@@ -69,7 +74,9 @@ def test_altered_items_change_the_award_and_are_named(ward: Ward):
     built = _built(ward)
     target = built["sent"][1]["id"]  # M002's itemised purchase
     with ward.engine.connect() as c:
-        request = json.loads(c.execute(text("SELECT request_json FROM payment WHERE id = :i"), {"i": target}).scalar_one())
+        request = json.loads(
+            c.execute(text("SELECT request_json FROM payment WHERE id = :i"), {"i": target}).scalar_one()
+        )
     request["items"][1]["tags"] = [history.TAG]
     _tamper(ward, "UPDATE payment SET request_json = :r WHERE id = :i", r=json.dumps(request), i=target)
     assert _named(rerate.rerate_check(ward.engine)) == {"awards differ": {target}}
@@ -78,14 +85,21 @@ def test_altered_items_change_the_award_and_are_named(ward: Ward):
 def test_a_campaign_version_changed_after_the_fact_is_named(ward: Ward):
     built = _built(ward)
     with ward.engine.connect() as c:
-        record = json.loads(c.execute(text(
-            "SELECT record_json FROM campaign_version WHERE campaign_id = 'TAGGED' AND version = 1")).scalar_one())
+        record = json.loads(
+            c.execute(
+                text("SELECT record_json FROM campaign_version WHERE campaign_id = 'TAGGED' AND version = 1")
+            ).scalar_one()
+        )
     record["tiers"][0]["rate_bp"] = 2500
-    _tamper(ward, "UPDATE campaign_version SET record_json = :r WHERE campaign_id = 'TAGGED' AND version = 1",
-            r=json.dumps(record))
+    _tamper(
+        ward,
+        "UPDATE campaign_version SET record_json = :r WHERE campaign_id = 'TAGGED' AND version = 1",
+        r=json.dumps(record),
+    )
     # The two itemised purchases, the only ones TAGGED awarded.
-    assert _named(rerate.rerate_check(ward.engine)) == {"awards differ": {built["sent"][1]["id"],
-                                                                         built["sent"][3]["id"]}}
+    assert _named(rerate.rerate_check(ward.engine)) == {
+        "awards differ": {built["sent"][1]["id"], built["sent"][3]["id"]}
+    }
 
 
 def test_a_changed_award_is_named(ward: Ward):
@@ -102,21 +116,28 @@ def test_a_merchant_version_changed_after_the_fact_is_named(ward: Ward):
     built = _built(ward)
     # M002 was semi_large until its second version: say it was small all along.
     with ward.engine.connect() as c:
-        record = json.loads(c.execute(text(
-            "SELECT record_json FROM merchant_version WHERE merchant_id = 'M002' AND version = 1")).scalar_one())
+        record = json.loads(
+            c.execute(
+                text("SELECT record_json FROM merchant_version WHERE merchant_id = 'M002' AND version = 1")
+            ).scalar_one()
+        )
     assert record["merchant_class"] == "semi_large"
     record["merchant_class"] = "small"
-    _tamper(ward, "UPDATE merchant_version SET record_json = :r WHERE merchant_id = 'M002' AND version = 1",
-            r=json.dumps(record))
+    _tamper(
+        ward,
+        "UPDATE merchant_version SET record_json = :r WHERE merchant_id = 'M002' AND version = 1",
+        r=json.dumps(record),
+    )
     # Its first purchase earns more under the forged class, so PB's budget runs out one purchase earlier.
-    assert _named(rerate.rerate_check(ward.engine)) == {"awards differ": {built["sent"][1]["id"],
-                                                                         built["sent"][5]["id"]}}
+    assert _named(rerate.rerate_check(ward.engine)) == {
+        "awards differ": {built["sent"][1]["id"], built["sent"][5]["id"]}
+    }
 
 
 def test_merchant_versions_are_kept_and_migrations_revert(database_url):
+    from engine.model import Merchant
     from engine.store.config import Config
     from engine.store.db import downgrade, make_engine, upgrade
-    from engine.model import Merchant
 
     upgrade(database_url)
     engine = make_engine(database_url)

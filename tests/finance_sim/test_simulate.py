@@ -20,18 +20,29 @@ from engine.timeutil import TOKYO
 from tests.finance.support import Ward, jst
 from tests.finance_sim import history
 
-DRAFT = {"id": "PB", "name": "draft", "starts_at": jst("2026-11-01T00:00").isoformat(),
-         "ends_at": jst("2027-06-01T00:00").isoformat(), "budget": 1_500,
-         "tiers": [{"match": {"merchant_classes": ["small"]}, "rate_bp": 800}]}
-NEW = {"id": "NEW", "name": "new", "starts_at": jst("2026-11-01T00:00").isoformat(),
-       "ends_at": jst("2027-06-01T00:00").isoformat(), "tiers": [{"match": {}, "rate_bp": 300}],
-       "per_tx_cap": 100}
+DRAFT = {
+    "id": "PB",
+    "name": "draft",
+    "starts_at": jst("2026-11-01T00:00").isoformat(),
+    "ends_at": jst("2027-06-01T00:00").isoformat(),
+    "budget": 1_500,
+    "tiers": [{"match": {"merchant_classes": ["small"]}, "rate_bp": 800}],
+}
+NEW = {
+    "id": "NEW",
+    "name": "new",
+    "starts_at": jst("2026-11-01T00:00").isoformat(),
+    "ends_at": jst("2027-06-01T00:00").isoformat(),
+    "tiers": [{"match": {}, "rate_bp": 300}],
+    "per_tx_cap": 100,
+}
 
 
 def _counts(ward: Ward) -> dict[str, int]:
     with ward.engine.connect() as c:
-        return {t: c.execute(text(f"SELECT count(*) FROM {t}")).scalar_one()
-                for t in inspect(ward.engine).get_table_names()}
+        return {
+            t: c.execute(text(f"SELECT count(*) FROM {t}")).scalar_one() for t in inspect(ward.engine).get_table_names()
+        }
 
 
 def _independent(ward: Ward, built: dict, draft: Campaign, start: str, end: str) -> dict:
@@ -59,9 +70,14 @@ def _independent(ward: Ward, built: dict, draft: Campaign, start: str, end: str)
         campaigns = [c for c in live if c.id != draft.id] + [draft]
         merchants = [m1, m2_after if after else m2_before]
         if answer["type"] == "purchase":
-            event = Purchase(wallet_id=answer["wallet_id"], merchant_id=answer["merchant_id"],
-                             terminal_id=answer["terminal_id"], occurred_at=occurred, amount=answer["amount"],
-                             items=_items(ward, answer["id"]))
+            event = Purchase(
+                wallet_id=answer["wallet_id"],
+                merchant_id=answer["merchant_id"],
+                terminal_id=answer["terminal_id"],
+                occurred_at=occurred,
+                amount=answer["amount"],
+                items=_items(ward, answer["id"]),
+            )
             in_window.add(answer["id"])
         elif answer["original_id"] in in_window:
             event = Refund(original_id=answer["original_id"], amount=answer["amount"], occurred_at=occurred)
@@ -86,14 +102,19 @@ def _independent(ward: Ward, built: dict, draft: Campaign, start: str, end: str)
             by_day[day][claw.campaign_id] -= claw.points
             if claw.campaign_id == draft.id:
                 spend -= claw.points
-    return {"points": dict(points), "by_class": {k: {c: v for c, v in d.items() if v} for k, d in by_class.items()},
-            "by_day": {k: {c: v for c, v in d.items() if v} for k, d in by_day.items()}, "capped": dict(capped),
-            "exhausted": exhausted}
+    return {
+        "points": dict(points),
+        "by_class": {k: {c: v for c, v in d.items() if v} for k, d in by_class.items()},
+        "by_day": {k: {c: v for c, v in d.items() if v} for k, d in by_day.items()},
+        "capped": dict(capped),
+        "exhausted": exhausted,
+    }
 
 
 def _items(ward: Ward, payment_id: str):
-    from engine.store.models import PaymentRow
     from sqlalchemy.orm import Session
+
+    from engine.store.models import PaymentRow
 
     with Session(ward.engine) as s:
         import json
@@ -102,8 +123,11 @@ def _items(ward: Ward, payment_id: str):
 
 
 def _simulate(ward: Ward, draft: dict, start: str, end: str, headers=None, expect: int = 200) -> dict:
-    r = ward.client.post(f"/v1/campaigns/{draft['id']}/simulate", headers=headers or ward.finance,
-                         json={"campaign": draft, "from": jst(start).isoformat(), "to": jst(end).isoformat()})
+    r = ward.client.post(
+        f"/v1/campaigns/{draft['id']}/simulate",
+        headers=headers or ward.finance,
+        json={"campaign": draft, "from": jst(start).isoformat(), "to": jst(end).isoformat()},
+    )
     assert r.status_code == expect, r.text
     return r.json()
 
@@ -114,12 +138,15 @@ def _check(ward: Ward, built: dict, draft: dict, start: str, end: str) -> dict:
     assert _counts(ward) == before  # nothing written
     want = _independent(ward, built, Campaign.model_validate(draft), start, end)
     assert {cid: v["points_net"] for cid, v in got["by_campaign"].items() if v["points_net"]} == {
-        cid: v for cid, v in want["points"].items() if v}
+        cid: v for cid, v in want["points"].items() if v
+    }
     assert got["by_merchant_class"] == {k: v for k, v in want["by_class"].items() if v} | {
-        k: {} for k in got["by_merchant_class"] if k not in want["by_class"] or not want["by_class"][k]}
+        k: {} for k in got["by_merchant_class"] if k not in want["by_class"] or not want["by_class"][k]
+    }
     assert {d: v for d, v in got["by_day"].items() if v} == {d: v for d, v in want["by_day"].items() if v}
-    assert {(cid, cap): n for cid, v in got["by_campaign"].items() for cap, n in v["capped"].items() if n} == \
-        want["capped"]
+    assert {(cid, cap): n for cid, v in got["by_campaign"].items() for cap, n in v["capped"].items() if n} == want[
+        "capped"
+    ]
     exhausted = want["exhausted"]
     assert got["budget_exhausted_at"] == (exhausted.astimezone(TOKYO).isoformat() if exhausted else None)
     return got
@@ -148,13 +175,21 @@ def test_bad_drafts_are_named_and_only_admin_and_finance_may_simulate(ward: Ward
     problem = _simulate(ward, bad, "2026-12-01T00:00", "2026-12-02T00:00", expect=422)
     assert problem["code"] == "invalid_request"
     assert any(e["loc"][:3] == ["body", "campaign", "tiers"] for e in problem["errors"]), problem
-    r = ward.client.post("/v1/campaigns/OTHER/simulate", headers=ward.admin, json={
-        "campaign": DRAFT, "from": jst("2026-12-01T00:00").isoformat(), "to": jst("2026-12-02T00:00").isoformat()})
+    r = ward.client.post(
+        "/v1/campaigns/OTHER/simulate",
+        headers=ward.admin,
+        json={
+            "campaign": DRAFT,
+            "from": jst("2026-12-01T00:00").isoformat(),
+            "to": jst("2026-12-02T00:00").isoformat(),
+        },
+    )
     assert r.status_code == 422 and r.json()["errors"][0]["loc"] == ["body", "campaign", "id"], r.text
     problem = _simulate(ward, DRAFT, "2026-12-02T00:00", "2026-12-01T00:00", expect=422)
     assert problem["errors"][0]["loc"] == ["body", "to"]
-    problem = _simulate(ward, {k: v for k, v in DRAFT.items() if k != "tiers"}, "2026-12-01T00:00",
-                        "2026-12-02T00:00", expect=422)
+    problem = _simulate(
+        ward, {k: v for k, v in DRAFT.items() if k != "tiers"}, "2026-12-01T00:00", "2026-12-02T00:00", expect=422
+    )
     assert any("tiers" in e["loc"] for e in problem["errors"]), problem
     assert _simulate(ward, DRAFT, "2026-12-01T00:00", "2026-12-04T00:00", headers=ward.admin)["campaign_id"] == "PB"
     _simulate(ward, DRAFT, "2026-12-01T00:00", "2026-12-04T00:00", headers=ward.terminal_keys["TM001"], expect=403)

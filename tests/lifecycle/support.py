@@ -39,13 +39,19 @@ def iso(instant: dt.datetime) -> str:
 
 
 def merchant(merchant_id: str) -> Merchant:
-    return Merchant(id=merchant_id, name=f"店 {merchant_id}", merchant_class="small", shotengai_id="S_SANCHA",
-                    ward_local=True)
+    return Merchant(
+        id=merchant_id, name=f"店 {merchant_id}", merchant_class="small", shotengai_id="S_SANCHA", ward_local=True
+    )
 
 
 def campaign(campaign_id: str, **fields) -> Campaign:
-    record = {"id": campaign_id, "name": campaign_id, "starts_at": "2026-01-01T00:00:00+09:00",
-              "ends_at": "2036-01-01T00:00:00+09:00", "tiers": [{"match": {}, "rate_bp": 1000}]}
+    record = {
+        "id": campaign_id,
+        "name": campaign_id,
+        "starts_at": "2026-01-01T00:00:00+09:00",
+        "ends_at": "2036-01-01T00:00:00+09:00",
+        "tiers": [{"match": {}, "rate_bp": 1000}],
+    }
     record.update(fields)
     return Campaign.model_validate(record)
 
@@ -88,26 +94,43 @@ class Books:
     def submit(self, terminal_id: str, body: dict, key: str | None = None) -> Result:
         record = (Purchase if body.get("type", "purchase") == "purchase" else Refund).model_validate(body)
         canonical = record.model_dump_json()
-        submission = Submission(terminal_id, key or uuid.uuid4().hex, hashlib.sha256(canonical.encode()).hexdigest(),
-                                record, canonical)
+        submission = Submission(
+            terminal_id, key or uuid.uuid4().hex, hashlib.sha256(canonical.encode()).hexdigest(), record, canonical
+        )
         return self.ledger.submit([submission])[0]
 
-    def purchase(self, terminal_id: str, wallet_id: str, amount: int, occurred_at: dt.datetime,
-                 points_used: int = 0, key: str | None = None) -> Result:
-        body = {"type": "purchase", "wallet_id": wallet_id, "merchant_id": self.terminals[terminal_id],
-                "terminal_id": terminal_id, "occurred_at": iso(occurred_at), "amount": amount,
-                "points_used": points_used}
+    def purchase(
+        self,
+        terminal_id: str,
+        wallet_id: str,
+        amount: int,
+        occurred_at: dt.datetime,
+        points_used: int = 0,
+        key: str | None = None,
+    ) -> Result:
+        body = {
+            "type": "purchase",
+            "wallet_id": wallet_id,
+            "merchant_id": self.terminals[terminal_id],
+            "terminal_id": terminal_id,
+            "occurred_at": iso(occurred_at),
+            "amount": amount,
+            "points_used": points_used,
+        }
         return self.submit(terminal_id, body, key)
 
-    def refund(self, terminal_id: str, original_id: str, amount: int, occurred_at: dt.datetime,
-               key: str | None = None) -> Result:
+    def refund(
+        self, terminal_id: str, original_id: str, amount: int, occurred_at: dt.datetime, key: str | None = None
+    ) -> Result:
         body = {"type": "refund", "original_id": original_id, "amount": amount, "occurred_at": iso(occurred_at)}
         return self.submit(terminal_id, body, key)
 
-    def grant(self, wallet_id: str, campaign_id: str, points: int, key: str | None = None,
-              reason: str = "省エネ還元") -> Result:
-        return lifecycle.grant(self.ledger, "finance:test", key or uuid.uuid4().hex, wallet_id, campaign_id, points,
-                               reason)
+    def grant(
+        self, wallet_id: str, campaign_id: str, points: int, key: str | None = None, reason: str = "省エネ還元"
+    ) -> Result:
+        return lifecycle.grant(
+            self.ledger, "finance:test", key or uuid.uuid4().hex, wallet_id, campaign_id, points, reason
+        )
 
     def credit(self, as_of: dt.datetime | int) -> dict:
         return lifecycle.credit_due(self.ledger, as_of if isinstance(as_of, int) else to_us(as_of))

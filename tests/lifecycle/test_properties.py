@@ -29,7 +29,8 @@ import shutil
 import uuid
 from collections import defaultdict
 
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
@@ -45,30 +46,70 @@ WALLETS = ["W_1", "W_2", "W_3"]
 TERMINALS = ["T_A", "T_B"]
 BUDGETS = {"C_IMM": 2000, "C_DEK": 1500}
 CAMPAIGNS = [
-    campaign("C_IMM", starts_at="2026-11-01T00:00:00+09:00", ends_at="2027-03-01T00:00:00+09:00",
-             tiers=[{"match": {}, "rate_bp": 1000}], per_wallet_cap=400, per_wallet_cap_period="month",
-             budget=BUDGETS["C_IMM"], validity_months=1, priority=10),
-    campaign("C_DEK", starts_at="2026-11-01T00:00:00+09:00", ends_at="2027-03-01T00:00:00+09:00",
-             tiers=[{"match": {}, "rate_bp": 500}], per_tx_cap=150, budget=BUDGETS["C_DEK"],
-             credit={"schedule": "dekad", "delay_business_days": 2}, validity_months=1, priority=5),
+    campaign(
+        "C_IMM",
+        starts_at="2026-11-01T00:00:00+09:00",
+        ends_at="2027-03-01T00:00:00+09:00",
+        tiers=[{"match": {}, "rate_bp": 1000}],
+        per_wallet_cap=400,
+        per_wallet_cap_period="month",
+        budget=BUDGETS["C_IMM"],
+        validity_months=1,
+        priority=10,
+    ),
+    campaign(
+        "C_DEK",
+        starts_at="2026-11-01T00:00:00+09:00",
+        ends_at="2027-03-01T00:00:00+09:00",
+        tiers=[{"match": {}, "rate_bp": 500}],
+        per_tx_cap=150,
+        budget=BUDGETS["C_DEK"],
+        credit={"schedule": "dekad", "delay_business_days": 2},
+        validity_months=1,
+        priority=5,
+    ),
 ]
 EXAMPLES = {"sqlite": 60, "postgresql": 10}
 
 advance = st.sampled_from([0, 0, 1, 6, 24, 72, 168, 240])
-buy = st.tuples(st.just("buy"), st.sampled_from(WALLETS), st.sampled_from(TERMINALS), st.integers(1, 6000),
-                st.sampled_from(["none", "none", "some", "all", "over"]), st.integers(0, 100),
-                st.sampled_from([0, 0, 0, 2, 30, 300]), advance)
-refund = st.tuples(st.just("refund"), st.integers(0, 1000), st.sampled_from(["part", "part", "rest", "over"]),
-                   st.integers(1, 99), advance)
-grant = st.tuples(st.just("grant"), st.sampled_from(WALLETS), st.sampled_from(sorted(BUDGETS)),
-                  st.integers(1, 900), st.sampled_from([False, False, False, True]), advance)
+buy = st.tuples(
+    st.just("buy"),
+    st.sampled_from(WALLETS),
+    st.sampled_from(TERMINALS),
+    st.integers(1, 6000),
+    st.sampled_from(["none", "none", "some", "all", "over"]),
+    st.integers(0, 100),
+    st.sampled_from([0, 0, 0, 2, 30, 300]),
+    advance,
+)
+refund = st.tuples(
+    st.just("refund"),
+    st.integers(0, 1000),
+    st.sampled_from(["part", "part", "rest", "over"]),
+    st.integers(1, 99),
+    advance,
+)
+grant = st.tuples(
+    st.just("grant"),
+    st.sampled_from(WALLETS),
+    st.sampled_from(sorted(BUDGETS)),
+    st.integers(1, 900),
+    st.sampled_from([False, False, False, True]),
+    advance,
+)
 # as_of relative to the clock, in hours: from ten days back to almost three months ahead (lots credited in
 # December expire on 1 February); or an earlier run's instant.
 # Or an instant at a month's end, where lots of a month expire (an exclusive instant: 00:00 JST), or just before.
-BOUNDARIES = [to_us(jst(day)) + delta for day in ("2027-01-01T00:00", "2027-02-01T00:00", "2027-03-01T00:00",
-                                                   "2027-04-01T00:00") for delta in (-1, 0)]
-as_of = st.one_of(st.integers(-240, 2000), st.integers(0, 50).map(lambda i: ("again", i)),
-                  st.sampled_from(BOUNDARIES).map(lambda at: ("at", at)))
+BOUNDARIES = [
+    to_us(jst(day)) + delta
+    for day in ("2027-01-01T00:00", "2027-02-01T00:00", "2027-03-01T00:00", "2027-04-01T00:00")
+    for delta in (-1, 0)
+]
+as_of = st.one_of(
+    st.integers(-240, 2000),
+    st.integers(0, 50).map(lambda i: ("again", i)),
+    st.sampled_from(BOUNDARIES).map(lambda at: ("at", at)),
+)
 run = st.tuples(st.sampled_from(["credit", "expire"]), as_of, advance)
 OPERATIONS = st.lists(st.one_of(buy, buy, buy, refund, refund, grant, run, run), min_size=10, max_size=30)
 
@@ -91,8 +132,10 @@ class Template:
     def _admin(self):
         import psycopg
 
-        return psycopg.connect(f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres "
-                               f"connect_timeout={CONNECT_TIMEOUT_S}", autocommit=True)
+        return psycopg.connect(
+            f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres connect_timeout={CONNECT_TIMEOUT_S}",
+            autocommit=True,
+        )
 
     def copy(self) -> str:
         if self.sqlite:
@@ -110,8 +153,10 @@ class Template:
             return
         name = make_url(url).database
         with self._admin() as admin:
-            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+            admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
             admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
 
 
@@ -146,15 +191,16 @@ def check_invariants(books: Books) -> None:
         award = by_award[key]
         assert 0 < amounts[0] <= award.points, (key, amounts, award)
     for a in awards:
-        assert 0 <= a.pending and 0 <= a.clawed_back <= a.points, a
+        assert a.pending >= 0 and 0 <= a.clawed_back <= a.points, a
         if (a.payment_id, a.campaign_id) in credits:
             assert a.pending == 0, f"award credited yet still pending: {a}"
 
     # Expiry: a lot's points leave once; a second expiry only after a refund returned points into it.
     with books.engine.connect() as c:
         legs = list(c.execute(select(RedemptionLegRow.payment_id, RedemptionLegRow.lot_id)))
-        originals = dict(c.execute(select(PaymentRow.id, PaymentRow.original_id)
-                                   .where(PaymentRow.original_id.is_not(None))).all())
+        originals = dict(
+            c.execute(select(PaymentRow.id, PaymentRow.original_id).where(PaymentRow.original_id.is_not(None))).all()
+        )
     lots_of_purchase: dict[str, set[str]] = defaultdict(set)
     for payment_id, lot in legs:
         lots_of_purchase[payment_id].add(lot)
@@ -174,7 +220,8 @@ def check_invariants(books: Books) -> None:
         for earlier, later in zip(posted, posted[1:]):
             assert any(earlier.sequence < s < later.sequence for s in returns_into[lot_id]), (
                 f"lot {lot_id} expired twice with no points returned into it in between: "
-                f"{[(p.sequence, p.amount) for p in posted]}")
+                f"{[(p.sequence, p.amount) for p in posted]}"
+            )
         assert sum(p.amount for p in posted) == lot_rows[lot_id].expired, (lot_id, posted, lot_rows[lot_id])
 
     # Wallets: the read query equals the postings.
@@ -189,7 +236,8 @@ def check_invariants(books: Books) -> None:
         assert sum(e["points"] for e in detail["expiring"]) == detail["available"], detail
         buckets = [sums[f"wallet:{wallet}:{c}:available"] for c in BUDGETS]
         assert not (any(b > 0 for b in buckets) and any(b < 0 for b in buckets)), (
-            f"{wallet} holds spendable points in one campaign and debt in another: {buckets}")
+            f"{wallet} holds spendable points in one campaign and debt in another: {buckets}"
+        )
 
     # Budgets bind exactly: net issued never above the budget.
     for campaign_id, issued in campaign_meters(postings).items():
@@ -219,8 +267,12 @@ class Run:
     def do_buy(self, wallet, terminal, amount, mode, percent, backdate_h) -> None:
         before = self._postings()
         available = max(wallet_sums(before, wallet)[1], 0)
-        points_used = {"none": 0, "some": available * percent // 100, "all": available,
-                       "over": available + 1 + percent}[mode]
+        points_used = {
+            "none": 0,
+            "some": available * percent // 100,
+            "all": available,
+            "over": available + 1 + percent,
+        }[mode]
         amount = max(amount, points_used)
         occurred = self.now - backdate_h * HOUR_US - 60_000_000
         result = self.books.purchase(terminal, wallet, amount, _instant(occurred), points_used)
@@ -309,16 +361,20 @@ class Run:
 def _instant(at_us: int) -> dt.datetime:
     from tests.tokyo import JST
 
-    return (dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc) + dt.timedelta(microseconds=at_us)).astimezone(JST)
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=at_us)).astimezone(JST)
 
 
 def test_random_lifecycles_keep_the_ledger_exact(database_url, tmp_path, request):
     backend = request.node.callspec.params["database_url"]
     template = Template(database_url, tmp_path)
 
-    @settings(max_examples=EXAMPLES[backend], deadline=None, derandomize=False, database=None,
-              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                     HealthCheck.function_scoped_fixture])
+    @settings(
+        max_examples=EXAMPLES[backend],
+        deadline=None,
+        derandomize=False,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.function_scoped_fixture],
+    )
     @given(operations=OPERATIONS)
     def example(operations):
         url = template.copy()

@@ -21,8 +21,12 @@ MERCHANTS = {"M_SANCHA": ["T_SANCHA"], "M_KYODO": ["T_KYODO"]}
 BUDGET_GRANTS = 1000
 CAMPAIGNS = [
     campaign("C_NOW", tiers=[{"match": {}, "rate_bp": 1000}], priority=10),
-    campaign("C_DEKAD", tiers=[{"match": {}, "rate_bp": 300}], credit={"schedule": "dekad", "delay_business_days": 5},
-             priority=5),
+    campaign(
+        "C_DEKAD",
+        tiers=[{"match": {}, "rate_bp": 300}],
+        credit={"schedule": "dekad", "delay_business_days": 5},
+        priority=5,
+    ),
     campaign("C_ENERGY", tiers=[{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}], budget=BUDGET_GRANTS),
 ]
 
@@ -46,8 +50,10 @@ class Ward:
             "terminal:T_KYODO": create("terminal", terminal_id="T_KYODO"),
             "app": create("app"),
         }
-        self.clients = {name: server.terminal_client(key) if name.startswith("terminal:") else server.client(key)
-                        for name, key in self.keys.items()}
+        self.clients = {
+            name: server.terminal_client(key) if name.startswith("terminal:") else server.client(key)
+            for name, key in self.keys.items()
+        }
         self.merchant_of = {t: m for m, ts in MERCHANTS.items() for t in ts}
 
     def __getitem__(self, name: str):
@@ -58,25 +64,42 @@ class Ward:
             c.close()
 
     def post(self, terminal: str, body: dict, expect: int = 201) -> dict:
-        r = self[f"terminal:{terminal}"].post("/v1/transactions", json=body,
-                                              headers={"Idempotency-Key": uuid.uuid4().hex})
+        r = self[f"terminal:{terminal}"].post(
+            "/v1/transactions", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}
+        )
         assert r.status_code == expect, (body, r.status_code, r.text)
         return r.json()
 
     def buy(self, terminal: str, wallet: str, amount: int, points_used: int = 0, expect: int = 201) -> dict:
-        return self.post(terminal, {"type": "purchase", "wallet_id": wallet, "merchant_id": self.merchant_of[terminal],
-                                    "terminal_id": terminal, "occurred_at": now_jst(-60), "amount": amount,
-                                    "points_used": points_used}, expect)
+        return self.post(
+            terminal,
+            {
+                "type": "purchase",
+                "wallet_id": wallet,
+                "merchant_id": self.merchant_of[terminal],
+                "terminal_id": terminal,
+                "occurred_at": now_jst(-60),
+                "amount": amount,
+                "points_used": points_used,
+            },
+            expect,
+        )
 
     def refund(self, terminal: str, original_id: str, amount: int, expect: int = 201) -> dict:
-        return self.post(terminal, {"type": "refund", "original_id": original_id, "amount": amount,
-                                    "occurred_at": now_jst(-30)}, expect)
+        return self.post(
+            terminal,
+            {"type": "refund", "original_id": original_id, "amount": amount, "occurred_at": now_jst(-30)},
+            expect,
+        )
 
-    def grant(self, wallet: str, points: int, key: str | None = None, client: str = "finance",
-              campaign_id: str = "C_ENERGY"):
-        return self[client].post("/v1/grants", json={"wallet_id": wallet, "campaign_id": campaign_id,
-                                                     "points": points, "reason": "省エネ家電の買い替え"},
-                                 headers={"Idempotency-Key": key or uuid.uuid4().hex})
+    def grant(
+        self, wallet: str, points: int, key: str | None = None, client: str = "finance", campaign_id: str = "C_ENERGY"
+    ):
+        return self[client].post(
+            "/v1/grants",
+            json={"wallet_id": wallet, "campaign_id": campaign_id, "points": points, "reason": "省エネ家電の買い替え"},
+            headers={"Idempotency-Key": key or uuid.uuid4().hex},
+        )
 
 
 @pytest.fixture
@@ -93,8 +116,11 @@ def ward(database_url, tmp_path):
 
 
 def forbidden(r) -> bool:
-    return r.status_code == 403 and r.json()["code"] == "forbidden" and \
-        r.headers["content-type"].startswith("application/problem+json")
+    return (
+        r.status_code == 403
+        and r.json()["code"] == "forbidden"
+        and r.headers["content-type"].startswith("application/problem+json")
+    )
 
 
 # -- scope ----------------------------------------------------------------------------
@@ -115,8 +141,7 @@ def test_merchant_keys_read_only_their_own_merchant_and_finance_reads_all(ward):
     assert forbidden(ward["merchant:M_SANCHA"].get(f"/v1/transactions/{kyodo['id']}"))
 
     # Terminals post; reward status is for merchants and finance, wallets for the payment app and finance.
-    for path in ("/v1/merchants/M_SANCHA/rewards", "/v1/merchants/M_SANCHA/transactions",
-                 "/v1/wallets/W_SCOPE/points"):
+    for path in ("/v1/merchants/M_SANCHA/rewards", "/v1/merchants/M_SANCHA/transactions", "/v1/wallets/W_SCOPE/points"):
         assert forbidden(ward["terminal:T_SANCHA"].get(path)), path
     assert ward["app"].get("/v1/wallets/W_SCOPE/points").status_code == 200
     assert forbidden(ward["merchant:M_SANCHA"].get("/v1/wallets/W_SCOPE/points"))
@@ -179,8 +204,11 @@ def test_pagination_returns_every_transaction_exactly_once_while_new_ones_arrive
     # Finance pages the same way and sees the same transactions.
     finance_seen, cursor = [], None
     while True:
-        page = ward["finance"].get("/v1/merchants/M_SANCHA/transactions",
-                                   params={"limit": 3} | ({"cursor": cursor} if cursor else {})).json()
+        page = (
+            ward["finance"]
+            .get("/v1/merchants/M_SANCHA/transactions", params={"limit": 3} | ({"cursor": cursor} if cursor else {}))
+            .json()
+        )
         finance_seen += [t["id"] for t in page["transactions"]]
         cursor = page["next_cursor"]
         if cursor is None:
@@ -213,8 +241,9 @@ def test_an_invalid_cursor_is_a_422(ward):
 
 
 def expected_rewards(purchases: list[dict], refunds: list[dict], credited: bool) -> dict:
-    campaigns: dict[str, dict[str, int]] = defaultdict(lambda: {"awarded": 0, "pending": 0, "credited": 0,
-                                                                "clawed_back": 0})
+    campaigns: dict[str, dict[str, int]] = defaultdict(
+        lambda: {"awarded": 0, "pending": 0, "credited": 0, "clawed_back": 0}
+    )
     clawed: dict[tuple[str, str], int] = defaultdict(int)
     for r in refunds:
         for c in r["clawbacks"]:
@@ -239,13 +268,12 @@ def expected_rewards(purchases: list[dict], refunds: list[dict], credited: bool)
         "points_redeemed": sum(p["points_used"] for p in purchases),
         "points_returned": sum(r["points_returned"] for r in refunds),
         "campaigns": [{"campaign_id": c, **v} for c, v in sorted(campaigns.items())],
-        "points": {k: sum(v[k] for v in campaigns.values()) for k in ("awarded", "pending", "credited",
-                                                                       "clawed_back")},
+        "points": {k: sum(v[k] for v in campaigns.values()) for k in ("awarded", "pending", "credited", "clawed_back")},
     }
 
 
 def test_reward_totals_equal_what_was_posted(ward):
-    assert ward.grant("W_R1", 600).status_code == 201       # points to redeem from the start
+    assert ward.grant("W_R1", 600).status_code == 201  # points to redeem from the start
     assert ward.grant("W_R2", 300).status_code == 201
     purchases = {"M_SANCHA": [], "M_KYODO": []}
     refunds = {"M_SANCHA": [], "M_KYODO": []}
@@ -279,21 +307,28 @@ def test_reward_totals_equal_what_was_posted(ward):
                 assert {k: body[k] for k in want} == want, (merchant_id, credited)
 
     check(credited=False)
-    pending = sum(c["pending"] for m in MERCHANTS
-                  for c in expected_rewards(purchases[m], refunds[m], False)["campaigns"])
+    pending = sum(
+        c["pending"] for m in MERCHANTS for c in expected_rewards(purchases[m], refunds[m], False)["campaigns"]
+    )
     assert pending > 0, "nothing pending: the dekad campaign did not award"
 
     # The transactions list shows each award's status and what was clawed back.
-    listed = {t["id"]: t for t in ward["finance"].get("/v1/merchants/M_SANCHA/transactions",
-                                                      params={"limit": 500}).json()["transactions"]}
+    listed = {
+        t["id"]: t
+        for t in ward["finance"]
+        .get("/v1/merchants/M_SANCHA/transactions", params={"limit": 500})
+        .json()["transactions"]
+    }
     assert set(listed) == {p["id"] for p in purchases["M_SANCHA"]} | {r["id"] for r in refunds["M_SANCHA"]}
     second_awards = {a["campaign_id"]: a for a in listed[second["id"]]["awards"]}
     assert all(a["status"] == "clawed_back" for a in second_awards.values()), second_awards
     assert listed[first["id"]]["refunded_amount"] == first["amount"]
 
     # A window outside every transaction counts nothing.
-    empty = ward["finance"].get("/v1/merchants/M_SANCHA/rewards",
-                                params={"from": "2030-01-01T00:00:00+09:00", "to": "2030-02-01T00:00:00+09:00"})
+    empty = ward["finance"].get(
+        "/v1/merchants/M_SANCHA/rewards",
+        params={"from": "2030-01-01T00:00:00+09:00", "to": "2030-02-01T00:00:00+09:00"},
+    )
     assert empty.status_code == 200 and empty.json()["transactions"] == 0 and empty.json()["campaigns"] == []
 
     # After the crediting run the pending points are credited (those not clawed back).

@@ -21,12 +21,12 @@ from tests.tokyo import JST, jst
 
 # Japanese national holidays from November 2026 to March 2027 (Cabinet Office list).
 JP_HOLIDAYS = {
-    dt.date(2026, 11, 3),   # 文化の日
+    dt.date(2026, 11, 3),  # 文化の日
     dt.date(2026, 11, 23),  # 勤労感謝の日
-    dt.date(2027, 1, 1),    # 元日
-    dt.date(2027, 1, 11),   # 成人の日 (second Monday of January)
-    dt.date(2027, 2, 11),   # 建国記念の日
-    dt.date(2027, 2, 23),   # 天皇誕生日
+    dt.date(2027, 1, 1),  # 元日
+    dt.date(2027, 1, 11),  # 成人の日 (second Monday of January)
+    dt.date(2027, 2, 11),  # 建国記念の日
+    dt.date(2027, 2, 23),  # 天皇誕生日
 }
 DELAY = 5
 VALIDITY = 6
@@ -67,21 +67,30 @@ def stamp(instant: dt.datetime) -> str:
 
 def test_the_explicit_calendar_says_what_the_dates_are():
     """The hand calendar of this module agrees with what a person reads off a 2026/27 calendar."""
-    assert expected_credit_instant(dt.date(2026, 12, 5)) == jst("2026-12-17T00:00")   # window closes Thu 10th
+    assert expected_credit_instant(dt.date(2026, 12, 5)) == jst("2026-12-17T00:00")  # window closes Thu 10th
     assert expected_credit_instant(dt.date(2026, 12, 15)) == jst("2026-12-25T00:00")  # closes Sun 20th
     assert expected_credit_instant(dt.date(2026, 12, 25)) == jst("2027-01-08T00:00")  # 31st, 1-3 Jan skipped
-    assert expected_credit_instant(dt.date(2027, 1, 5)) == jst("2027-01-18T00:00")    # 成人の日 skipped
-    assert expected_credit_instant(dt.date(2027, 2, 12)) == jst("2027-03-01T00:00")   # 天皇誕生日 skipped
-    assert expected_expiry(jst("2027-01-08T00:00")) == jst("2027-08-01T00:00")        # end of July 2027
-    assert expected_expiry(jst("2026-12-17T00:00")) == jst("2027-07-01T00:00")        # end of June 2027
+    assert expected_credit_instant(dt.date(2027, 1, 5)) == jst("2027-01-18T00:00")  # 成人の日 skipped
+    assert expected_credit_instant(dt.date(2027, 2, 12)) == jst("2027-03-01T00:00")  # 天皇誕生日 skipped
+    assert expected_expiry(jst("2027-01-08T00:00")) == jst("2027-08-01T00:00")  # end of July 2027
+    assert expected_expiry(jst("2026-12-17T00:00")) == jst("2027-07-01T00:00")  # end of June 2027
 
 
 @pytest.fixture
 def books(database_url):
     made = Books(database_url, start=jst("2026-12-01T00:00"))
-    made.setup({"M_SANCHA": [TERMINAL]},
-               [campaign(CAMPAIGN, starts_at="2026-12-01T00:00:00+09:00", ends_at="2027-03-01T00:00:00+09:00",
-                         credit={"schedule": "dekad", "delay_business_days": DELAY}, validity_months=VALIDITY)])
+    made.setup(
+        {"M_SANCHA": [TERMINAL]},
+        [
+            campaign(
+                CAMPAIGN,
+                starts_at="2026-12-01T00:00:00+09:00",
+                ends_at="2027-03-01T00:00:00+09:00",
+                credit={"schedule": "dekad", "delay_business_days": DELAY},
+                validity_months=VALIDITY,
+            )
+        ],
+    )
     try:
         yield made
     finally:
@@ -120,9 +129,15 @@ def consistent(books: Books, wallet: str) -> dict:
 
 
 def test_dekad_awards_credit_on_the_calendar_dates_across_new_year(books, database_url):
-    purchases = {day: buy(books, "W_TIME", amount, f"{day}T12:00")
-                 for day, amount in (("2026-12-05", 10_000), ("2026-12-15", 20_000), ("2026-12-25", 30_000),
-                                     ("2027-01-05", 40_000))}
+    purchases = {
+        day: buy(books, "W_TIME", amount, f"{day}T12:00")
+        for day, amount in (
+            ("2026-12-05", 10_000),
+            ("2026-12-15", 20_000),
+            ("2026-12-25", 30_000),
+            ("2027-01-05", 40_000),
+        )
+    }
     expected = {day: expected_credit_instant(dt.date.fromisoformat(day)) for day in purchases}
     for day, body in purchases.items():
         (award,) = body["awards"]
@@ -132,8 +147,9 @@ def test_dekad_awards_credit_on_the_calendar_dates_across_new_year(books, databa
     detail = consistent(books, "W_TIME")
     assert detail["pending"] == 10_000 and detail["available"] == 0
     assert [(p["credit_at"], p["points"]) for p in detail["pending_by_credit_date"]] == [
-        (stamp(expected[d]), p) for d, p in (("2026-12-05", 1000), ("2026-12-15", 2000), ("2026-12-25", 3000),
-                                             ("2027-01-05", 4000))]
+        (stamp(expected[d]), p)
+        for d, p in (("2026-12-05", 1000), ("2026-12-15", 2000), ("2026-12-25", 3000), ("2027-01-05", 4000))
+    ]
 
     one_us = dt.timedelta(microseconds=1)
     available = 0
@@ -150,10 +166,13 @@ def test_dekad_awards_credit_on_the_calendar_dates_across_new_year(books, databa
             again = cli(database_url, "credit", "--as-of", stamp(due))
             assert again.returncode == 0, again.stderr
             assert json.loads(again.stdout.strip().splitlines()[-1]) == {
-                "kind": "credit", "as_of": stamp(due), "awards_credited": 0, "points": 0}
+                "kind": "credit",
+                "as_of": stamp(due),
+                "awards_credited": 0,
+                "points": 0,
+            }
         else:
-            assert books.credit(due) == {"kind": "credit", "as_of": stamp(due), "awards_credited": 1,
-                                         "points": points}
+            assert books.credit(due) == {"kind": "credit", "as_of": stamp(due), "awards_credited": 1, "points": points}
             assert books.credit(due)["awards_credited"] == 0, "re-running the same --as-of credited again"
         available += points
         detail = consistent(books, "W_TIME")
@@ -165,16 +184,19 @@ def test_dekad_awards_credit_on_the_calendar_dates_across_new_year(books, databa
 
 
 def test_january_credits_expire_at_the_end_of_july(books, database_url):
-    for day, amount in (("2026-12-05", 10_000), ("2026-12-15", 20_000), ("2026-12-25", 30_000),
-                        ("2027-01-05", 40_000)):
+    for day, amount in (("2026-12-05", 10_000), ("2026-12-15", 20_000), ("2026-12-25", 30_000), ("2027-01-05", 40_000)):
         buy(books, "W_EXP", amount, f"{day}T12:00")
     assert books.credit(jst("2027-01-18T00:00"))["points"] == 10_000
     end_of_june, end_of_july = "2027-07-01T00:00:00+09:00", "2027-08-01T00:00:00+09:00"
     assert books.expiring("W_EXP") == {end_of_june: 3000, end_of_july: 7000}
 
     assert books.expire(jst("2027-06-30T23:59:59"))["points"] == 0
-    assert books.expire(jst("2027-07-01T00:00")) == {"kind": "expiry", "as_of": end_of_june, "lots_expired": 2,
-                                                     "points": 3000}
+    assert books.expire(jst("2027-07-01T00:00")) == {
+        "kind": "expiry",
+        "as_of": end_of_june,
+        "lots_expired": 2,
+        "points": 3000,
+    }
     assert books.expire(jst("2027-07-01T00:00"))["points"] == 0, "re-running the same --as-of expired again"
     assert consistent(books, "W_EXP")["available"] == 7000
 
@@ -184,8 +206,12 @@ def test_january_credits_expire_at_the_end_of_july(books, database_url):
     # ... and leave at 00:00 JST on 1 August (through the command, twice).
     first = cli(database_url, "expire", "--as-of", "2027-08-01T00:00:00+09:00")
     assert first.returncode == 0, first.stderr
-    assert json.loads(first.stdout.strip().splitlines()[-1]) == {"kind": "expiry", "as_of": end_of_july,
-                                                                 "lots_expired": 2, "points": 7000}
+    assert json.loads(first.stdout.strip().splitlines()[-1]) == {
+        "kind": "expiry",
+        "as_of": end_of_july,
+        "lots_expired": 2,
+        "points": 7000,
+    }
     again = cli(database_url, "expire", "--as-of", "2027-08-01T00:00:00+09:00")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["points"] == 0
@@ -201,12 +227,11 @@ def test_january_credits_expire_at_the_end_of_july(books, database_url):
 # -- redemption order and returned points --------------------------------------------
 
 
-def test_redemption_takes_the_earliest_expiring_points_and_returns_restore_their_expiry(books, database_url,
-                                                                                         tmp_path):
-    first = buy(books, "W_REDEEM", 10_000, "2026-12-05T10:00")   # 1000, credited 12-17, expires end of June
-    buy(books, "W_REDEEM", 30_000, "2026-12-25T10:00")           # 3000, credited 01-08, expires end of July
+def test_redemption_takes_the_earliest_expiring_points_and_returns_restore_their_expiry(books, database_url, tmp_path):
+    first = buy(books, "W_REDEEM", 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
+    buy(books, "W_REDEEM", 30_000, "2026-12-25T10:00")  # 3000, credited 01-08, expires end of July
     assert books.credit(jst("2027-01-08T00:00"))["points"] == 4000
-    books.at(jst("2027-02-10T10:00"))                     # a grant credited in February: end of August
+    books.at(jst("2027-02-10T10:00"))  # a grant credited in February: end of August
     grant = books.grant("W_REDEEM", CAMPAIGN, 500)
     assert grant.status == 201, grant.body
     assert grant.body["expires_at"] == "2027-09-01T00:00:00+09:00"
@@ -299,11 +324,16 @@ def test_refund_before_crediting_cancels_pending_points_first(books):
     back = give_back(books, original["id"], 4000, "2026-12-08T10:00")
     assert back["clawbacks"] == [{"campaign_id": CAMPAIGN, "points": 400}]
     assert [p.debit_account_id for p in books.postings() if p.reason == "clawback"] == [
-        f"wallet:{wallet}:{CAMPAIGN}:pending"]
+        f"wallet:{wallet}:{CAMPAIGN}:pending"
+    ]
     detail = consistent(books, wallet)
     assert (detail["pending"], detail["available"], detail["debt"]) == (600, 0, 0)
-    assert books.credit(jst("2026-12-17T00:00")) == {"kind": "credit", "as_of": "2026-12-17T00:00:00+09:00",
-                                                     "awards_credited": 1, "points": 600}
+    assert books.credit(jst("2026-12-17T00:00")) == {
+        "kind": "credit",
+        "as_of": "2026-12-17T00:00:00+09:00",
+        "awards_credited": 1,
+        "points": 600,
+    }
     detail = consistent(books, wallet)
     assert (detail["pending"], detail["available"]) == (0, 600)
     # The rest refunded after crediting: the 600 come back out of the available points.
@@ -314,8 +344,8 @@ def test_refund_before_crediting_cancels_pending_points_first(books):
 
 def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_at_the_next_run(books):
     wallet = "W_LATE"
-    buy(books, wallet, 10_000, "2026-12-05T10:00")               # 1000, credited 12-17, expires end of June
-    buy(books, wallet, 30_000, "2026-12-25T10:00")               # 3000, credited 01-08, expires end of July
+    buy(books, wallet, 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
+    buy(books, wallet, 30_000, "2026-12-25T10:00")  # 3000, credited 01-08, expires end of July
     assert books.credit(jst("2027-01-08T00:00"))["points"] == 4000
     redeem = buy(books, wallet, 1500, "2027-02-26T10:00", points_used=1500)  # 1000 of June's, 500 of July's
     june, july = "2027-07-01T00:00:00+09:00", "2027-08-01T00:00:00+09:00"
@@ -331,8 +361,12 @@ def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_at_t
     assert books.expiring(wallet) == {june: 1000, july: 3000}
     consistent(books, wallet)
     # The next run takes June's returned points out; July's stay until 1 August.
-    assert books.expire(jst("2027-07-15T11:00")) == {"kind": "expiry", "as_of": "2027-07-15T11:00:00+09:00",
-                                                     "lots_expired": 1, "points": 1000}
+    assert books.expire(jst("2027-07-15T11:00")) == {
+        "kind": "expiry",
+        "as_of": "2027-07-15T11:00:00+09:00",
+        "lots_expired": 1,
+        "points": 1000,
+    }
     assert books.expire(jst("2027-07-15T11:00"))["points"] == 0
     assert books.expiring(wallet) == {july: 3000}
     detail = consistent(books, wallet)

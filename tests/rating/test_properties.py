@@ -37,23 +37,27 @@ PROPERTY_SETTINGS = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 
-UTC = dt.timezone.utc
+UTC = dt.UTC
 # Asia/Tokyo midnights (15:00 UTC the day before): a month end, a dekad edge, a day edge.
 BOUNDARIES = [
     dt.datetime(2026, 1, 31, 15, tzinfo=UTC),  # 2026-02-01 00:00 JST
     dt.datetime(2026, 2, 10, 15, tzinfo=UTC),  # 2026-02-11 00:00 JST
     dt.datetime(2026, 2, 28, 15, tzinfo=UTC),  # 2026-03-01 00:00 JST
 ]
-OFFSETS = [dt.timedelta(0), dt.timedelta(hours=9), dt.timedelta(hours=-5), dt.timedelta(hours=5, minutes=30),
-           dt.timedelta(hours=14), dt.timedelta(hours=-12)]
+OFFSETS = [
+    dt.timedelta(0),
+    dt.timedelta(hours=9),
+    dt.timedelta(hours=-5),
+    dt.timedelta(hours=5, minutes=30),
+    dt.timedelta(hours=14),
+    dt.timedelta(hours=-12),
+]
 TAGS = ["local_produce", "fair_trade", "eco", "workshop"]
 MERCHANT_IDS = ["m0", "m1", "m2", "m3"]
 WALLET_IDS = ["w0", "w1", "w2"]
 
 instants = st.builds(
-    lambda boundary, delta_us, offset: (boundary + dt.timedelta(microseconds=delta_us)).astimezone(
-        dt.timezone(offset)
-    ),
+    lambda boundary, delta_us, offset: (boundary + dt.timedelta(microseconds=delta_us)).astimezone(dt.timezone(offset)),
     st.sampled_from(BOUNDARIES),
     st.one_of(st.sampled_from([-1, 0, 1, -1_000_000, 1_000_000]), st.integers(-3 * 86_400_000_000, 3 * 86_400_000_000)),
     st.sampled_from(OFFSETS),
@@ -117,7 +121,10 @@ def campaigns(draw, campaign_id: str) -> Campaign:
             "tiers": draw(
                 st.lists(
                     st.fixed_dictionaries(
-                        {"match": matches, "rate_bp": st.one_of(st.integers(0, 10_000), st.sampled_from([2_000, 1_000]))}
+                        {
+                            "match": matches,
+                            "rate_bp": st.one_of(st.integers(0, 10_000), st.sampled_from([2_000, 1_000])),
+                        }
                     ),
                     min_size=1,
                     max_size=4,
@@ -142,7 +149,10 @@ def purchases(draw, merchant_ids: list[str]) -> Purchase:
     items = None
     if draw(st.booleans()):
         items = [
-            {"amount": draw(st.integers(0, 5_000)), "tags": draw(st.lists(st.sampled_from(TAGS + ["other"]), max_size=3))}
+            {
+                "amount": draw(st.integers(0, 5_000)),
+                "tags": draw(st.lists(st.sampled_from(TAGS + ["other"]), max_size=3)),
+            }
             for _ in range(draw(st.integers(1, 4)))
         ]
         if sum(i["amount"] for i in items) == 0:

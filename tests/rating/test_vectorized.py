@@ -19,7 +19,8 @@ import pytest
 
 from engine import rating
 from engine.model import Campaign, Merchant, Purchase, Refund
-from engine.rating import RatingState, _kernel_py as k
+from engine.rating import RatingState
+from engine.rating import _kernel_py as k
 from engine.rating.columns import build_catalog, encode
 from engine.rating.vectorized import Batch, Opening, build_columns, item_masks, split_slot_keys
 from engine.timeutil import to_us
@@ -37,25 +38,38 @@ def _merchants(rng) -> list[Merchant]:
         certs = []
         if rng.random() < 0.4:
             start = START + dt.timedelta(days=int(rng.integers(0, 8)))
-            certs.append({"scheme": "setagaya_ethical", "valid_from": start, "valid_until": start + dt.timedelta(days=3)})
-        out.append(Merchant.model_validate({
-            "id": f"m{i}", "name": f"shop {i}", "merchant_class": ["small", "semi_large", "large"][i % 3],
-            "shotengai_id": "S1" if rng.random() < 0.5 else None, "ward_local": bool(rng.random() < 0.6),
-            "ethical_certifications": certs}))
+            certs.append(
+                {"scheme": "setagaya_ethical", "valid_from": start, "valid_until": start + dt.timedelta(days=3)}
+            )
+        out.append(
+            Merchant.model_validate(
+                {
+                    "id": f"m{i}",
+                    "name": f"shop {i}",
+                    "merchant_class": ["small", "semi_large", "large"][i % 3],
+                    "shotengai_id": "S1" if rng.random() < 0.5 else None,
+                    "ward_local": bool(rng.random() < 0.6),
+                    "ethical_certifications": certs,
+                }
+            )
+        )
     return out
 
 
 def _campaigns(rng) -> list[Campaign]:
     out = []
     for i in range(int(rng.integers(1, 5))):
-        tiers = [{"match": {"merchant_classes": ["small"], "shotengai_member": True}, "rate_bp": 2000},
-                 {"match": {"ethical_certified": True}, "rate_bp": 700},
-                 {"match": {}, "rate_bp": int(rng.integers(0, 1500))}]
+        tiers = [
+            {"match": {"merchant_classes": ["small"], "shotengai_member": True}, "rate_bp": 2000},
+            {"match": {"ethical_certified": True}, "rate_bp": 700},
+            {"match": {}, "rate_bp": int(rng.integers(0, 1500))},
+        ]
         record = {
-            "id": f"c{i}", "name": f"campaign {i}",
+            "id": f"c{i}",
+            "name": f"campaign {i}",
             "starts_at": START + dt.timedelta(days=int(rng.integers(0, 3))),
             "ends_at": START + dt.timedelta(days=int(rng.integers(5, 10))),
-            "tiers": tiers[int(rng.integers(0, 3)):],
+            "tiers": tiers[int(rng.integers(0, 3)) :],
             "priority": int(rng.integers(0, 3)),
             "fixed_points": int(rng.integers(0, 3)) * 5,
             "min_base": int(rng.choice([0, 0, 300])),
@@ -91,13 +105,25 @@ def _events(rng, n: int, prefix: str, earlier: list[str], amounts: dict[str, int
         items = None
         if rng.random() < 0.4:
             first = int(rng.integers(0, amount + 1))
-            items = [{"amount": first, "tags": [str(t) for t in rng.choice(TAGS, int(rng.integers(0, 3)))]},
-                     {"amount": amount - first, "tags": []}]
+            items = [
+                {"amount": first, "tags": [str(t) for t in rng.choice(TAGS, int(rng.integers(0, 3)))]},
+                {"amount": amount - first, "tags": []},
+            ]
         merchant = f"m{int(rng.integers(0, 6))}" if rng.random() < 0.97 else "unknown"
-        events.append((key, Purchase(wallet_id=f"w{int(rng.integers(0, 5))}", merchant_id=merchant,
-                                     terminal_id="t", occurred_at=at, amount=amount,
-                                     points_used=int(rng.integers(0, min(200, amount))) if rng.random() < 0.3 else 0,
-                                     items=items)))
+        events.append(
+            (
+                key,
+                Purchase(
+                    wallet_id=f"w{int(rng.integers(0, 5))}",
+                    merchant_id=merchant,
+                    terminal_id="t",
+                    occurred_at=at,
+                    amount=amount,
+                    points_used=int(rng.integers(0, min(200, amount))) if rng.random() < 0.3 else 0,
+                    items=items,
+                ),
+            )
+        )
         purchases.append(key)
         amounts[key] = amount
     return events
@@ -125,8 +151,18 @@ def _batch(catalog, events, wallet_of: dict[str, int], row_of: dict[str, int]) -
             kind[i] = k.KIND_REFUND
             original[i] = row_of.get(ev.original_id, -1)
         item_start[i + 1] = len(item_amount)
-    return Batch(kind, merchant, wallet, at, amount, used, original, item_start, np.array(item_amount, np.int64),
-                 item_masks(catalog, tags))
+    return Batch(
+        kind,
+        merchant,
+        wallet,
+        at,
+        amount,
+        used,
+        original,
+        item_start,
+        np.array(item_amount, np.int64),
+        item_masks(catalog, tags),
+    )
 
 
 def _opening(catalog, state: RatingState, wallet_of, row_of, periods) -> Opening:
@@ -148,8 +184,16 @@ def _opening(catalog, state: RatingState, wallet_of, row_of, periods) -> Opening
         np.array([state.purchases[key].amount for key in keys], np.int64),
         np.array([state.purchases[key].points_used for key in keys], np.int64),
         np.array([state.purchases[key].refunded for key in keys], np.int64),
-        award, pending, window, u[:, 0], u[:, 1], u[:, 2], u[:, 3],
-        np.array([state.spend.get(cid, 0) for cid in catalog.campaign_ids], np.int64), balance)
+        award,
+        pending,
+        window,
+        u[:, 0],
+        u[:, 1],
+        u[:, 2],
+        u[:, 3],
+        np.array([state.spend.get(cid, 0) for cid in catalog.campaign_ids], np.int64),
+        balance,
+    )
 
 
 def _outcomes(cols, catalog, events, slot_keys, wallet_names) -> tuple[list, dict, list]:
@@ -163,15 +207,32 @@ def _outcomes(cols, catalog, events, slot_keys, wallet_names) -> tuple[list, dic
             continue
         row = int(cols.x_row[i])
         if ev.type == "purchase":
-            out.append({"awards": [(catalog.campaign_ids[c], int(cols.r_award[row * C + c]),
-                                    int(cols.out_capped[i * C + c])) for c in range(C) if cols.r_award[row * C + c]]})
+            out.append(
+                {
+                    "awards": [
+                        (catalog.campaign_ids[c], int(cols.r_award[row * C + c]), int(cols.out_capped[i * C + c]))
+                        for c in range(C)
+                        if cols.r_award[row * C + c]
+                    ]
+                }
+            )
         else:
-            out.append({"clawbacks": sorted((catalog.campaign_ids[c], int(cols.out_clawback[i * C + c]))
-                                            for c in range(C) if cols.out_clawback[i * C + c]),
-                        "returned": int(cols.out_returned[i])})
+            out.append(
+                {
+                    "clawbacks": sorted(
+                        (catalog.campaign_ids[c], int(cols.out_clawback[i * C + c]))
+                        for c in range(C)
+                        if cols.out_clawback[i * C + c]
+                    ),
+                    "returned": int(cols.out_returned[i]),
+                }
+            )
     campaign, wallet, window = split_slot_keys(slot_keys)
-    usage = {(catalog.campaign_ids[c], wallet_names[w], wk): int(v)
-             for c, w, wk, v in zip(campaign, wallet, window, cols.usage) if v}
+    usage = {
+        (catalog.campaign_ids[c], wallet_names[w], wk): int(v)
+        for c, w, wk, v in zip(campaign, wallet, window, cols.usage)
+        if v
+    }
     return out, usage, cols.spend.tolist()
 
 
@@ -188,8 +249,9 @@ def _reference(catalog, events, state, engine_name) -> tuple[list, dict, list]:
         elif o.type == "purchase":
             out.append({"awards": [(a.campaign_id, a.points, _CAPPED[a.capped_by]) for a in o.awards]})
         else:
-            out.append({"clawbacks": sorted((c.campaign_id, c.points) for c in o.clawbacks),
-                        "returned": o.points_returned})
+            out.append(
+                {"clawbacks": sorted((c.campaign_id, c.points) for c in o.clawbacks), "returned": o.points_returned}
+            )
     usage = {key: v for key, v in state.usage.items() if v}
     return out, usage, [state.spend.get(cid, 0) for cid in catalog.campaign_ids]
 
@@ -238,8 +300,22 @@ def test_columns_identical_to_encode_from_zero_state(engine_name: str) -> None:
     events = _events(rng, 200, "x", [], {})
     reference, _ = encode(catalog, events, RatingState())
     cols, _ = build_columns(catalog, _batch(catalog, events, {}, {}))
-    for name in ("x_kind", "x_merchant", "x_occurred_at", "x_amount", "x_points_used", "x_row", "x_item_start",
-                 "item_amount", "item_mask", "r_amount", "r_points_used", "r_valid", "c_budget", "c_tier_start"):
+    for name in (
+        "x_kind",
+        "x_merchant",
+        "x_occurred_at",
+        "x_amount",
+        "x_points_used",
+        "x_row",
+        "x_item_start",
+        "item_amount",
+        "item_mask",
+        "r_amount",
+        "r_points_used",
+        "r_valid",
+        "c_budget",
+        "c_tier_start",
+    ):
         np.testing.assert_array_equal(getattr(cols, name), getattr(reference, name), err_msg=name)
     rating.rate_columns(reference, engine_name)
     rating.rate_columns(cols, engine_name)

@@ -47,7 +47,8 @@ CHAIN_HEAD = {"business_day": "2026-12-01", "sequence": 41_000, "hash": "ab" * 3
 
 def test_canonical_json_is_sorted_compact_utf8():
     assert signing.canonical_json({"b": 1, "a": [True, None, "ｶﾅ"], "é": {"y": 2, "x": 1}}) == (
-        '{"a":[true,null,"ｶﾅ"],"b":1,"é":{"x":1,"y":2}}'.encode("utf-8"))
+        '{"a":[true,null,"ｶﾅ"],"b":1,"é":{"x":1,"y":2}}'.encode()
+    )
 
 
 def test_canonical_form_is_stable_under_key_order():
@@ -64,13 +65,16 @@ def test_canonical_form_survives_a_trip_through_pretty_json():
     assert signing.canonical_json(json.loads(text)) == signing.canonical_json(STATEMENT)
 
 
-@pytest.mark.parametrize("document, where", [
-    ({"amount": 1.5}, r"\$\.amount: floats"),
-    ({"lines": [{"rate": 0.1}]}, r"\$\.lines\[0\]\.rate: floats"),
-    ({1: "a"}, "keys must be strings"),
-    ({"at": object()}, "object is not a JSON value"),
-    ({"nan": float("nan")}, "floats"),
-])
+@pytest.mark.parametrize(
+    "document, where",
+    [
+        ({"amount": 1.5}, r"\$\.amount: floats"),
+        ({"lines": [{"rate": 0.1}]}, r"\$\.lines\[0\]\.rate: floats"),
+        ({1: "a"}, "keys must be strings"),
+        ({"at": object()}, "object is not a JSON value"),
+        ({"nan": float("nan")}, "floats"),
+    ],
+)
 def test_canonical_form_refuses_what_has_no_single_encoding(document, where):
     with pytest.raises(TypeError, match=where):
         signing.canonical_json(document)
@@ -131,14 +135,18 @@ def test_tampering_with_any_field_fails(path):
     assert not signing.verify_document(PUBLIC, signed)
 
 
-@pytest.mark.parametrize("change", [
-    lambda d: d.update(extra=1),  # a member added
-    lambda d: d.pop("fee_bp"),  # a member removed
-    lambda d: d["lines"].append({"campaign_id": "C3", "points": 1}),
-    lambda d: d["lines"].reverse(),  # arrays are ordered
-    lambda d: d.update(coin_sales_yen=str(d["coin_sales_yen"])),  # same digits, another type
-    lambda d: d.update(closed=1),  # true is not 1
-], ids=["added", "removed", "appended", "reordered", "retyped", "bool-as-int"])
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda d: d.update(extra=1),  # a member added
+        lambda d: d.pop("fee_bp"),  # a member removed
+        lambda d: d["lines"].append({"campaign_id": "C3", "points": 1}),
+        lambda d: d["lines"].reverse(),  # arrays are ordered
+        lambda d: d.update(coin_sales_yen=str(d["coin_sales_yen"])),  # same digits, another type
+        lambda d: d.update(closed=1),  # true is not 1
+    ],
+    ids=["added", "removed", "appended", "reordered", "retyped", "bool-as-int"],
+)
 def test_structural_changes_to_the_document_fail(change):
     signed = copy.deepcopy(SIGNED)
     change(signed["document"])
@@ -166,18 +174,26 @@ def test_signature_from_another_document_fails():
     assert not signing.verify_document(PUBLIC, {"document": STATEMENT, "signature": other["signature"]})
 
 
-@pytest.mark.parametrize("signed", [
-    None, "text", [], {}, {"document": STATEMENT},
-    {"document": STATEMENT, "signature": SIGNED["signature"], "note": "extra"},
-    {"document": [1], "signature": SIGNED["signature"]},
-    {"document": STATEMENT, "signature": "abc"},
-    {"document": STATEMENT, "signature": {**SIGNED["signature"], "algorithm": "ed25519"}},
-    {"document": STATEMENT, "signature": {**SIGNED["signature"], "value": "***"}},
-    {"document": STATEMENT, "signature": {**SIGNED["signature"], "value": base64.b64encode(bytes(63)).decode()}},
-    {"document": STATEMENT, "signature": {**SIGNED["signature"], "value": 7}},
-    {"document": {**STATEMENT, "fee_bp": 0.0}, "signature": SIGNED["signature"]},
-    {"document": STATEMENT, "signature": {k: v for k, v in SIGNED["signature"].items() if k != "key_id"}},
-], ids=lambda s: "malformed")
+@pytest.mark.parametrize(
+    "signed",
+    [
+        None,
+        "text",
+        [],
+        {},
+        {"document": STATEMENT},
+        {"document": STATEMENT, "signature": SIGNED["signature"], "note": "extra"},
+        {"document": [1], "signature": SIGNED["signature"]},
+        {"document": STATEMENT, "signature": "abc"},
+        {"document": STATEMENT, "signature": {**SIGNED["signature"], "algorithm": "ed25519"}},
+        {"document": STATEMENT, "signature": {**SIGNED["signature"], "value": "***"}},
+        {"document": STATEMENT, "signature": {**SIGNED["signature"], "value": base64.b64encode(bytes(63)).decode()}},
+        {"document": STATEMENT, "signature": {**SIGNED["signature"], "value": 7}},
+        {"document": {**STATEMENT, "fee_bp": 0.0}, "signature": SIGNED["signature"]},
+        {"document": STATEMENT, "signature": {k: v for k, v in SIGNED["signature"].items() if k != "key_id"}},
+    ],
+    ids=lambda s: "malformed",
+)
 def test_malformed_envelopes_are_invalid_not_errors(signed):
     assert signing.verify_document(PUBLIC, signed) is False
 
@@ -207,10 +223,15 @@ def test_generated_keys_sign_and_verify():
 def test_private_key_round_trips_through_raw_base64_and_pem():
     b64 = signing.private_key_b64(PRIVATE)
     assert base64.b64decode(b64) == bytes(range(32))
-    pem = PRIVATE.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode()
-    for loaded in (signing.load_private_key(b64), signing.load_private_key(f"{b64}\n"),
-                   signing.load_private_key(pem), signing.load_private_key(pem.encode())):
+    pem = PRIVATE.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    for loaded in (
+        signing.load_private_key(b64),
+        signing.load_private_key(f"{b64}\n"),
+        signing.load_private_key(pem),
+        signing.load_private_key(pem.encode()),
+    ):
         assert signing.key_id(loaded) == signing.key_id(PUBLIC)
         assert signing.verify_document(PUBLIC, signing.sign_document(loaded, CHAIN_HEAD))
 
@@ -227,14 +248,17 @@ def test_signatures_are_deterministic():
     assert signing.sign_document(PRIVATE, STATEMENT) == signing.sign_document(PRIVATE, dict(STATEMENT))
 
 
-@pytest.mark.parametrize("value, message", [
-    (None, "SETAPAY_SIGNING_KEY_B64 is not set"),
-    ("", "SETAPAY_SIGNING_KEY_B64 is not set"),
-    ("not base64!", "neither PEM nor valid base64"),
-    (base64.b64encode(bytes(31)).decode(), "32 bytes, got 31"),
-    (base64.b64encode(bytes(64)).decode(), "32 bytes, got 64"),
-    ("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "PEM cannot be read"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        (None, "SETAPAY_SIGNING_KEY_B64 is not set"),
+        ("", "SETAPAY_SIGNING_KEY_B64 is not set"),
+        ("not base64!", "neither PEM nor valid base64"),
+        (base64.b64encode(bytes(31)).decode(), "32 bytes, got 31"),
+        (base64.b64encode(bytes(64)).decode(), "32 bytes, got 64"),
+        ("-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", "PEM cannot be read"),
+    ],
+)
 def test_private_key_errors_are_clear(value, message):
     with pytest.raises(SigningKeyError, match=message):
         signing.load_private_key(value)
@@ -244,12 +268,16 @@ def test_a_non_ed25519_pem_is_refused():
     from cryptography.hazmat.primitives.asymmetric import ec
 
     other = ec.generate_private_key(ec.SECP256R1())
-    pem = other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                              serialization.NoEncryption()).decode()
+    pem = other.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
     with pytest.raises(SigningKeyError, match="not Ed25519"):
         signing.load_private_key(pem)
-    public_pem = other.public_key().public_bytes(serialization.Encoding.PEM,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    public_pem = (
+        other.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     with pytest.raises(SigningKeyError, match="not Ed25519"):
         signing.load_public_key(public_pem)
 

@@ -51,10 +51,23 @@ def transfer(**changes) -> Transfer:
 
 TRANSFERS = (
     transfer(),
-    transfer(account_type="savings", account_number="0000001", recipient_name="ﾔﾏﾀﾞ ﾀﾛｳ", amount_yen=1,
-             customer_code_1="0000000042", customer_code_2="2026120001", new_code="1"),
-    transfer(account_type="checking", recipient_name="ﾕ)ｷﾀｻﾞﾜ ﾊﾟﾝ", amount_yen=zengin.AMOUNT_YEN_MAX,
-             transfer_method="8", bank_name="", branch_name=""),
+    transfer(
+        account_type="savings",
+        account_number="0000001",
+        recipient_name="ﾔﾏﾀﾞ ﾀﾛｳ",
+        amount_yen=1,
+        customer_code_1="0000000042",
+        customer_code_2="2026120001",
+        new_code="1",
+    ),
+    transfer(
+        account_type="checking",
+        recipient_name="ﾕ)ｷﾀｻﾞﾜ ﾊﾟﾝ",
+        amount_yen=zengin.AMOUNT_YEN_MAX,
+        transfer_method="8",
+        bank_name="",
+        branch_name="",
+    ),
 )
 
 
@@ -70,8 +83,7 @@ def join(records: list[bytes]) -> bytes:
 # --- Layout ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("layout", [zengin.HEADER_LAYOUT, zengin.DATA_LAYOUT, zengin.TRAILER_LAYOUT,
-                                    zengin.END_LAYOUT])
+@pytest.mark.parametrize("layout", [zengin.HEADER_LAYOUT, zengin.DATA_LAYOUT, zengin.TRAILER_LAYOUT, zengin.END_LAYOUT])
 def test_every_layout_is_120_bytes(layout):
     assert sum(width for _, width in layout) == zengin.RECORD_BYTES
 
@@ -87,7 +99,8 @@ def test_field_offsets_follow_the_zengin_layout():
     assert header[58:62] == "0001" and header[62:77] == "ﾐｽﾞﾎ".ljust(15)
     assert header[77:80] == "123" and header[80:95] == "ｾﾀｶﾞﾔ".ljust(15)
     assert header[95] == "2" and header[96:103] == "1234567" and header[103:] == " " * 17
-    # Data: 2 | 銀行 4+15 | 支店 3+15 | 手形交換所 4 | 種目 | 口座 7 | 受取人 30 | 金額 10 | 新規 | 顧客1 | 顧客2 | 区分 | 識別 | dummy 7
+    # Data: 2 | 銀行 4+15 | 支店 3+15 | 手形交換所 4 | 種目 | 口座 7 | 受取人 30 | 金額 10
+    #       | 新規 | 顧客1 | 顧客2 | 区分 | 識別 | dummy 7
     assert record[0] == "2"
     assert record[1:5] == "0005" and record[5:20] == "ﾐﾂﾋﾞｼﾕ-ｴﾌｼﾞｴｲ".ljust(15)
     assert record[20:23] == "001" and record[23:38] == "ﾎﾝﾃﾝ".ljust(15)
@@ -141,11 +154,19 @@ def test_many_records_round_trip_and_total():
 
 
 def test_transfer_from_a_merchant_bank_account():
-    account = BankAccount(bank_code="0009", branch_code="456", account_type="savings", account_number="1111111",
-                          holder_kana="ｶ)ｴｼｶﾙ ｽﾄｱ")
+    account = BankAccount(
+        bank_code="0009", branch_code="456", account_type="savings", account_number="1111111", holder_kana="ｶ)ｴｼｶﾙ ｽﾄｱ"
+    )
     made = zengin.transfer_from_account(account, 5_000, customer_code_1="0000000007")
-    assert made == Transfer(bank_code="0009", branch_code="456", account_type="savings", account_number="1111111",
-                            recipient_name="ｶ)ｴｼｶﾙ ｽﾄｱ", amount_yen=5_000, customer_code_1="0000000007")
+    assert made == Transfer(
+        bank_code="0009",
+        branch_code="456",
+        account_type="savings",
+        account_number="1111111",
+        recipient_name="ｶ)ｴｼｶﾙ ｽﾄｱ",
+        amount_yen=5_000,
+        customer_code_1="0000000007",
+    )
     assert zengin.parse(zengin.write(HEADER, [made])).transfers == (made,)
 
 
@@ -157,19 +178,22 @@ def test_mmdd():
 # --- Names: conversion and widths --------------------------------------------------
 
 
-@pytest.mark.parametrize("given, written", [
-    ("カ)セタガヤ", "ｶ)ｾﾀｶﾞﾔ"),  # full-width katakana; ガ becomes ｶﾞ, two characters
-    ("ｶ)ｾﾀｶﾞﾔ", "ｶ)ｾﾀｶﾞﾔ"),  # already half-width: unchanged
-    ("ｶ)ｾﾀｶ\uff9eﾔ", "ｶ)ｾﾀｶﾞﾔ"),
-    ("せたがや ぱん", "ｾﾀｶﾞﾔ ﾊﾟﾝ"),  # hiragana, with handakuten
-    ("ヴィーガン", "ｳﾞｲ-ｶﾞﾝ"),  # ヴ, small ィ made large, long vowel as hyphen
-    ("キャッシュ", "ｷﾔﾂｼﾕ"),  # small kana are not in the bank character set
-    ("ｷｬｯｼｭ", "ｷﾔﾂｼﾕ"),
-    ("ＡＢＣ　ｓｈｏｐ　１２３", "ABC SHOP 123"),  # full-width letters, digits, space; upper-cased
-    ("（カ）タナカ．／－", "(ｶ)ﾀﾅｶ./-"),
-    ("「ミセ」", "｢ﾐｾ｣"),
-    ("ﾀﾅｶ   ", "ﾀﾅｶ"),  # trailing spaces are padding, not part of the name
-])
+@pytest.mark.parametrize(
+    "given, written",
+    [
+        ("カ)セタガヤ", "ｶ)ｾﾀｶﾞﾔ"),  # full-width katakana; ガ becomes ｶﾞ, two characters
+        ("ｶ)ｾﾀｶﾞﾔ", "ｶ)ｾﾀｶﾞﾔ"),  # already half-width: unchanged
+        ("ｶ)ｾﾀｶ\uff9eﾔ", "ｶ)ｾﾀｶﾞﾔ"),
+        ("せたがや ぱん", "ｾﾀｶﾞﾔ ﾊﾟﾝ"),  # hiragana, with handakuten
+        ("ヴィーガン", "ｳﾞｲ-ｶﾞﾝ"),  # ヴ, small ィ made large, long vowel as hyphen
+        ("キャッシュ", "ｷﾔﾂｼﾕ"),  # small kana are not in the bank character set
+        ("ｷｬｯｼｭ", "ｷﾔﾂｼﾕ"),
+        ("ＡＢＣ　ｓｈｏｐ　１２３", "ABC SHOP 123"),  # full-width letters, digits, space; upper-cased
+        ("（カ）タナカ．／－", "(ｶ)ﾀﾅｶ./-"),
+        ("「ミセ」", "｢ﾐｾ｣"),
+        ("ﾀﾅｶ   ", "ﾀﾅｶ"),  # trailing spaces are padding, not part of the name
+    ],
+)
 def test_names_are_converted_to_half_width_kana(given, written):
     assert transfer(recipient_name=given).recipient_name == written
     assert zengin.parse(zengin.write(HEADER, [transfer(recipient_name=given)])).transfers[0].recipient_name == written
@@ -197,17 +221,20 @@ def test_truncation_then_padding_in_the_record():
     assert record[50:80] == "ｱ" * 30 and record[80:90] == "0000123456"
 
 
-@pytest.mark.parametrize("field, value", [
-    ("recipient_name", "世田谷商店"),  # kanji
-    ("recipient_name", "ﾀﾅｶ・ﾊﾅｺ"),  # middle dot
-    ("recipient_name", "A&B"),
-    ("recipient_name", "ﾀﾅｶ\tﾊﾅｺ"),
-    ("recipient_name", "¥"),
-    ("recipient_name", ""),  # required
-    ("recipient_name", "   "),
-    ("bank_name", "銀行"),
-    ("branch_name", "支店"),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("recipient_name", "世田谷商店"),  # kanji
+        ("recipient_name", "ﾀﾅｶ・ﾊﾅｺ"),  # middle dot
+        ("recipient_name", "A&B"),
+        ("recipient_name", "ﾀﾅｶ\tﾊﾅｺ"),
+        ("recipient_name", "¥"),
+        ("recipient_name", ""),  # required
+        ("recipient_name", "   "),
+        ("bank_name", "銀行"),
+        ("branch_name", "支店"),
+    ],
+)
 def test_name_that_cannot_be_represented_is_refused_by_field(field, value):
     with pytest.raises(ZenginError) as caught:
         transfer(**{field: value})
@@ -256,22 +283,40 @@ def test_empty_file_is_refused():
         zengin.write(HEADER, [])
 
 
-@pytest.mark.parametrize("field, value", [
-    ("bank_code", "123"), ("bank_code", "12345"), ("bank_code", "12a4"), ("bank_code", "１２３４"),
-    ("branch_code", "12"), ("account_number", "123456"), ("account_number", 1234567),
-    ("clearing_house_code", "0"), ("customer_code_1", "42"), ("customer_code_2", "ABCDEFGHIJ"),
-    ("account_type", "current"), ("new_code", "3"), ("transfer_method", " "),
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("bank_code", "123"),
+        ("bank_code", "12345"),
+        ("bank_code", "12a4"),
+        ("bank_code", "１２３４"),
+        ("branch_code", "12"),
+        ("account_number", "123456"),
+        ("account_number", 1234567),
+        ("clearing_house_code", "0"),
+        ("customer_code_1", "42"),
+        ("customer_code_2", "ABCDEFGHIJ"),
+        ("account_type", "current"),
+        ("new_code", "3"),
+        ("transfer_method", " "),
+    ],
+)
 def test_transfer_fields_are_validated(field, value):
     with pytest.raises(ZenginError) as caught:
         transfer(**{field: value})
     assert caught.value.field == field
 
 
-@pytest.mark.parametrize("field, value", [
-    ("requester_code", "12345"), ("transfer_mmdd", "1332"), ("transfer_mmdd", "0230"), ("transfer_mmdd", "125"),
-    ("account_type", "savings"),  # the requester's account is never 貯蓄
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("requester_code", "12345"),
+        ("transfer_mmdd", "1332"),
+        ("transfer_mmdd", "0230"),
+        ("transfer_mmdd", "125"),
+        ("account_type", "savings"),  # the requester's account is never 貯蓄
+    ],
+)
 def test_header_fields_are_validated(field, value):
     with pytest.raises(ZenginError) as caught:
         dataclasses.replace(HEADER, **{field: value})
@@ -333,18 +378,21 @@ def test_amount_changed_in_a_data_record_breaks_the_total():
         zengin.parse(join(records))
 
 
-@pytest.mark.parametrize("order, message", [
-    ([1, 0, 2, 3, 4, 5], "record 1, record_type: has record type '2' where '1' belongs"),
-    ([0, 4, 5], "record 2, record_type: has record type '8' where '2' belongs"),  # no data records
-    ([0, 0, 1, 2, 3, 4, 5], "record 2, record_type: has record type '1' where '2' belongs"),
-    ([0, 1, 2, 5, 3, 4], "record 4, record_type: has record type '9' where '2' or '8' belongs"),
-    ([0, 1, 2, 3, 5, 4], "record 5, record_type: has record type '9' where '2' or '8' belongs"),
-    ([0, 1, 2, 3, 4, 4, 5], "record 6, record_type: has record type '8' where '9' belongs"),
-    ([0, 1, 2, 3, 4, 5, 1], "record 7, record_type: has record type '2' where the end record must be the last"),
-    ([0, 1, 2, 3, 4], "record_type: the file ends after record 5; record type '9' must follow"),
-    ([0, 1, 2, 3], "record_type: the file ends after record 4; record type '2' or '8' must follow"),
-    ([], "record_type: the file ends before any record; record type '1' must follow"),
-])
+@pytest.mark.parametrize(
+    "order, message",
+    [
+        ([1, 0, 2, 3, 4, 5], "record 1, record_type: has record type '2' where '1' belongs"),
+        ([0, 4, 5], "record 2, record_type: has record type '8' where '2' belongs"),  # no data records
+        ([0, 0, 1, 2, 3, 4, 5], "record 2, record_type: has record type '1' where '2' belongs"),
+        ([0, 1, 2, 5, 3, 4], "record 4, record_type: has record type '9' where '2' or '8' belongs"),
+        ([0, 1, 2, 3, 5, 4], "record 5, record_type: has record type '9' where '2' or '8' belongs"),
+        ([0, 1, 2, 3, 4, 4, 5], "record 6, record_type: has record type '8' where '9' belongs"),
+        ([0, 1, 2, 3, 4, 5, 1], "record 7, record_type: has record type '2' where the end record must be the last"),
+        ([0, 1, 2, 3, 4], "record_type: the file ends after record 5; record type '9' must follow"),
+        ([0, 1, 2, 3], "record_type: the file ends after record 4; record type '2' or '8' must follow"),
+        ([], "record_type: the file ends before any record; record type '1' must follow"),
+    ],
+)
 def test_record_types_out_of_order_are_refused(order, message):
     records = records_of(GOOD)
     data = join([records[i] for i in order])
@@ -370,16 +418,19 @@ def test_bytes_that_are_not_cp932_are_refused():
         zengin.parse(join(records))
 
 
-@pytest.mark.parametrize("offset, raw, field", [
-    (80, b"00001234x6", "amount_yen"),
-    (80, b"0000000000", "amount_yen"),
-    (1, b"00a5", "bank_code"),
-    (42, b"3", "account_type"),
-    (50, b"\xa7", "recipient_name"),  # ｧ: a small kana, not in the bank character set
-    (50, b" " * 30, "recipient_name"),
-    (112, b"Y", "identification_mark"),
-    (113, b"X", "dummy"),
-])
+@pytest.mark.parametrize(
+    "offset, raw, field",
+    [
+        (80, b"00001234x6", "amount_yen"),
+        (80, b"0000000000", "amount_yen"),
+        (1, b"00a5", "bank_code"),
+        (42, b"3", "account_type"),
+        (50, b"\xa7", "recipient_name"),  # ｧ: a small kana, not in the bank character set
+        (50, b" " * 30, "recipient_name"),
+        (112, b"Y", "identification_mark"),
+        (113, b"X", "dummy"),
+    ],
+)
 def test_malformed_data_fields_are_refused_by_record_and_field(offset, raw, field):
     records = records_of(GOOD)
     records[1] = records[1][:offset] + raw + records[1][offset + len(raw) :]
@@ -388,12 +439,15 @@ def test_malformed_data_fields_are_refused_by_record_and_field(offset, raw, fiel
     assert (caught.value.record, caught.value.field) == (2, field)
 
 
-@pytest.mark.parametrize("offset, raw, field", [
-    (1, b"11", "kind_code"),  # 給与振込, not 総合振込
-    (3, b"1", "code_division"),  # EBCDIC
-    (54, b"1301", "transfer_mmdd"),
-    (95, b"4", "account_type"),
-])
+@pytest.mark.parametrize(
+    "offset, raw, field",
+    [
+        (1, b"11", "kind_code"),  # 給与振込, not 総合振込
+        (3, b"1", "code_division"),  # EBCDIC
+        (54, b"1301", "transfer_mmdd"),
+        (95, b"4", "account_type"),
+    ],
+)
 def test_malformed_header_fields_are_refused(offset, raw, field):
     records = records_of(GOOD)
     records[0] = records[0][:offset] + raw + records[0][offset + len(raw) :]

@@ -13,13 +13,20 @@ from api.app import create_app
 from engine.settings import Settings
 from tests.receipts import register_in_process
 
-VECTORS = Path(os.environ.get("SETAPAY_VECTORS_DIR") or
-               Path(__file__).resolve().parents[2].parent / "shared" / "vectors")
+VECTORS = Path(
+    os.environ.get("SETAPAY_VECTORS_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+)
 
 
 def _app(database_url: str, redis_url: str | None):
-    app = create_app(Settings(database_url=database_url, redis_url=redis_url, occurred_at_max_future_s=10**9,
-                              occurred_at_max_past_days=100_000))
+    app = create_app(
+        Settings(
+            database_url=database_url,
+            redis_url=redis_url,
+            occurred_at_max_future_s=10**9,
+            occurred_at_max_past_days=100_000,
+        )
+    )
     client = TestClient(app)
     config = app.state.config
     admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
@@ -49,7 +56,8 @@ def test_replay_is_served_while_the_sequencer_is_locked(postgres_url, redis_url)
         replay = client.post("/v1/transactions", json=body, headers=headers)
         elapsed = time.monotonic() - started
         changed = app.state.test_payment_app.sign_purchase(
-            {k: v for k, v in body.items() if k != "receipt"} | {"amount": 7}, jti="pay_cache_2")
+            {k: v for k, v in body.items() if k != "receipt"} | {"amount": 7}, jti="pay_cache_2"
+        )
         reused = client.post("/v1/transactions", json=changed, headers=headers)
         blocker.rollback()
     assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"

@@ -10,9 +10,16 @@ from engine.store.config import Config
 
 
 def _campaign(budget):
-    return Campaign.model_validate(dict(
-        id="C1", name="c", starts_at="2030-01-01T00:00:00+09:00", ends_at="2030-02-01T00:00:00+09:00",
-        tiers=[{"match": {}, "rate_bp": 1000}], budget=budget))
+    return Campaign.model_validate(
+        dict(
+            id="C1",
+            name="c",
+            starts_at="2030-01-01T00:00:00+09:00",
+            ends_at="2030-02-01T00:00:00+09:00",
+            tiers=[{"match": {}, "rate_bp": 1000}],
+            budget=budget,
+        )
+    )
 
 
 def _set_meter(engine, points: int) -> None:

@@ -19,9 +19,18 @@ def _ledger(url: str) -> Ledger:
     config = Config(engine, clock=clock)
     config.create_merchant(Merchant(id="M1", name="八百屋", merchant_class="small", shotengai_id="S1"))
     for cid, schedule in (("C_DEKAD", "dekad"), ("C_NOW", "immediate")):
-        config.create_campaign(Campaign.model_validate(dict(
-            id=cid, name=cid, starts_at="2026-12-01T00:00:00+09:00", ends_at="2027-01-01T00:00:00+09:00",
-            tiers=[{"match": {}, "rate_bp": 1000}], credit={"schedule": schedule, "delay_business_days": 5})))
+        config.create_campaign(
+            Campaign.model_validate(
+                dict(
+                    id=cid,
+                    name=cid,
+                    starts_at="2026-12-01T00:00:00+09:00",
+                    ends_at="2027-01-01T00:00:00+09:00",
+                    tiers=[{"match": {}, "rate_bp": 1000}],
+                    credit={"schedule": schedule, "delay_business_days": 5},
+                )
+            )
+        )
     config.create_terminal("T1", "M1")
     clock.set(to_us(START))
     return Ledger(engine, clock)
@@ -34,22 +43,35 @@ def _submission(key: str, body) -> Submission:
 def _story(url: str, together: bool) -> tuple[list[dict], dict]:
     ledger = _ledger(url)
     # Earn immediate points, then buy partly with them so refunds also return points.
-    (earn,) = ledger.submit([_submission("p0", Purchase(wallet_id="W1", merchant_id="M1", terminal_id="T1",
-                                                          occurred_at=START, amount=5000))])
-    (buy,) = ledger.submit([_submission("p1", Purchase(wallet_id="W1", merchant_id="M1", terminal_id="T1",
-                                                         occurred_at=START, amount=3001, points_used=401))])
+    (earn,) = ledger.submit(
+        [
+            _submission(
+                "p0", Purchase(wallet_id="W1", merchant_id="M1", terminal_id="T1", occurred_at=START, amount=5000)
+            )
+        ]
+    )
+    (buy,) = ledger.submit(
+        [
+            _submission(
+                "p1",
+                Purchase(
+                    wallet_id="W1", merchant_id="M1", terminal_id="T1", occurred_at=START, amount=3001, points_used=401
+                ),
+            )
+        ]
+    )
     assert earn.status == buy.status == 201, (earn.body, buy.body)
-    refunds = [_submission(f"r{i}", Refund(original_id=buy.body["id"], amount=amount, occurred_at=START))
-               for i, amount in enumerate((1000, 2001))]
-    if together:
-        results = ledger.submit(refunds)
-    else:
-        results = [ledger.submit([r])[0] for r in refunds]
+    refunds = [
+        _submission(f"r{i}", Refund(original_id=buy.body["id"], amount=amount, occurred_at=START))
+        for i, amount in enumerate((1000, 2001))
+    ]
+    results = ledger.submit(refunds) if together else [ledger.submit([r])[0] for r in refunds]
     check = queries.ledger_check(ledger.engine)
     wallet = queries.wallet_points(ledger.engine, "W1")
     ledger.engine.dispose()
-    answers = [{k: r.body[k] for k in ("clawbacks", "points_clawed_back", "points_returned", "coin_refunded")}
-               for r in results]
+    answers = [
+        {k: r.body[k] for k in ("clawbacks", "points_clawed_back", "points_returned", "coin_refunded")} for r in results
+    ]
     assert all(r.status == 201 for r in results), [r.body for r in results]
     assert check["ok"], check["checks"]
     return answers, {k: wallet[k] for k in ("pending", "available", "debt")}

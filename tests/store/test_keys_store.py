@@ -3,11 +3,10 @@ expiry as data, `last_used_at_us` at most once a minute, and the migration both 
 
 from __future__ import annotations
 
-from engine.audit import Actor
-
 import pytest
 from sqlalchemy import select
 
+from engine.audit import Actor
 from engine.clock import ManualClock
 from engine.errors import EngineError
 from engine.model import Merchant

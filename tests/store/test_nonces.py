@@ -20,9 +20,9 @@ def test_database_nonces_are_single_use_until_they_expire(database_url):
     nonces = DatabaseNonces(engine)
     assert nonces.claim_now("T1", "n" * 16, T0)
     assert not nonces.claim_now("T1", "n" * 16, T0 + 1)
-    assert nonces.claim_now("T2", "n" * 16, T0 + 2)            # per terminal
+    assert nonces.claim_now("T2", "n" * 16, T0 + 2)  # per terminal
     assert not nonces.claim_now("T1", "n" * 16, T0 + 599 * S)
-    assert nonces.claim_now("T1", "n" * 16, T0 + 600 * S)      # expired, not pruned yet: taken over
+    assert nonces.claim_now("T1", "n" * 16, T0 + 600 * S)  # expired, not pruned yet: taken over
     assert not nonces.claim_now("T1", "n" * 16, T0 + 601 * S)
     assert asyncio.run(nonces.claim("T1", "m" * 16, T0)) is True
     assert asyncio.run(nonces.claim("T1", "m" * 16, T0)) is False
@@ -36,7 +36,7 @@ def test_expired_nonces_are_pruned_at_most_once_a_minute(database_url):
     for i in range(5):
         nonces.claim_now("T1", f"nonce-{i:010d}", T0)
     assert nonces.prune(T0 + 599 * S) == 0
-    nonces.claim_now("T1", "later-000000000", T0 + 700 * S)   # prunes the five on the way
+    nonces.claim_now("T1", "later-000000000", T0 + 700 * S)  # prunes the five on the way
     with engine.connect() as c:
         assert c.execute(SignatureNonceRow.__table__.select()).fetchall() == [("T1", "later-000000000", T0 + 1300 * S)]
     nonces.claim_now("T1", "later-000000001", T0 + 2000 * S)  # within a minute of the last prune? no: prunes
@@ -62,8 +62,11 @@ def test_redis_nonces(redis_url):
     nonces = RedisNonces(redis_url)
 
     async def run():
-        return [await nonces.claim("T1", "n" * 16, T0), await nonces.claim("T1", "n" * 16, T0),
-                await nonces.claim("T2", "n" * 16, T0)]
+        return [
+            await nonces.claim("T1", "n" * 16, T0),
+            await nonces.claim("T1", "n" * 16, T0),
+            await nonces.claim("T2", "n" * 16, T0),
+        ]
 
     assert asyncio.run(run()) == [True, False, True]
     client = redis.Redis.from_url(redis_url)

@@ -21,17 +21,38 @@ def test_scheduler_credits_due_awards(sqlite_url):
     with TestClient(app) as client:
         admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
         client.post("/v1/merchants", json={"id": "M1", "name": "八百屋", "merchant_class": "small"}, headers=admin)
-        client.post("/v1/campaigns", headers=admin, json={
-            "id": "C1", "name": "dekad", "starts_at": "2026-12-01T00:00:00+09:00",
-            "ends_at": "2027-01-01T00:00:00+09:00", "tiers": [{"match": {}, "rate_bp": 1000}],
-            "credit": {"schedule": "dekad", "delay_business_days": 5}})
+        client.post(
+            "/v1/campaigns",
+            headers=admin,
+            json={
+                "id": "C1",
+                "name": "dekad",
+                "starts_at": "2026-12-01T00:00:00+09:00",
+                "ends_at": "2027-01-01T00:00:00+09:00",
+                "tiers": [{"match": {}, "rate_bp": 1000}],
+                "credit": {"schedule": "dekad", "delay_business_days": 5},
+            },
+        )
         client.post("/v1/terminals", json={"id": "T1", "merchant_id": "M1"}, headers=admin)
-        terminal = {"Authorization": f"Bearer {config.create_key('terminal', terminal_id='T1')}",
-                    "Idempotency-Key": "k1"}
+        terminal = {
+            "Authorization": f"Bearer {config.create_key('terminal', terminal_id='T1')}",
+            "Idempotency-Key": "k1",
+        }
         clock.set(to_us(DAY))
-        answer = client.post("/v1/transactions", headers=terminal, json=register_in_process(app).sign_purchase({
-            "type": "purchase", "wallet_id": "W1", "merchant_id": "M1", "terminal_id": "T1",
-            "occurred_at": DAY.isoformat(), "amount": 1000})).json()
+        answer = client.post(
+            "/v1/transactions",
+            headers=terminal,
+            json=register_in_process(app).sign_purchase(
+                {
+                    "type": "purchase",
+                    "wallet_id": "W1",
+                    "merchant_id": "M1",
+                    "terminal_id": "T1",
+                    "occurred_at": DAY.isoformat(),
+                    "amount": 1000,
+                }
+            ),
+        ).json()
         award = answer["awards"][0]
         assert award["status"] == "pending" and award["points"] == 100
         finance = {"Authorization": f"Bearer {config.create_key('finance')}"}
