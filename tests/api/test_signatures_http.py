@@ -356,6 +356,8 @@ def test_replay_to_a_second_process_redis_nonces(start_server, tmp_path, redis_u
     try:
         keys = client.keys(f"setapay:nonce:{SIGNED}:*")
         assert len(keys) == 2
-        assert 590 <= client.ttl(keys[0]) <= 600
+        # Kept for the 600 s window and no longer; the lower bound leaves room for a loaded machine
+        # (the TTL counts down while the two processes start and answer).
+        assert 300 < client.ttl(keys[0]) <= 600
     finally:
         client.close()
