@@ -15,7 +15,7 @@ import dataclasses
 import hashlib
 import json
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, overload
 
 # SHA-256 of nothing: the hash before the first entry (as for postings).
 GENESIS_HASH = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -71,6 +71,10 @@ def mask_account_number(number: str) -> str:
 SHOWN_ACCOUNT_FIELDS = ("bank_code", "branch_code", "account_type", "account_number_last4", "set_at")
 
 
+@overload
+def mask_bank_account(account: Mapping[str, Any]) -> dict[str, Any]: ...
+@overload
+def mask_bank_account(account: None) -> None: ...
 def mask_bank_account(account: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A payout account as it may be shown and logged: bank, branch, type and the number's
     last 4 digits; never the full number nor the holder's name."""
