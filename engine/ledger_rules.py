@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 GENESIS_HASH = hashlib.sha256(b"").hexdigest()
 COIN_CLEARING = "coin:clearing"
@@ -203,7 +203,7 @@ def payment_hash(previous_hash: str, payment: Mapping[str, object]) -> str:
     return payment_hash_of(previous_hash, tuple(payment[f] for f in PAYMENT_HASHED_FIELDS))
 
 
-def payment_hash_of(previous_hash: str, values: tuple[object, ...]) -> str:
+def payment_hash_of(previous_hash: str, values: Sequence[object]) -> str:
     """`payment_hash` over the values of PAYMENT_HASHED_FIELDS, in that order."""
     body = "\x1f".join(["" if v is None else str(v) for v in values])
     return hashlib.sha256(previous_hash.encode() + body.encode()).hexdigest()
