@@ -144,7 +144,7 @@ def build_catalog(merchants: list[Merchant], campaigns: list[Campaign]) -> Catal
         for ti, (_, tier) in enumerate(tiers):
             # Certification depends on the instant; the kernel checks it per purchase.
             static = tier.match.model_copy(update={"ethical_certified": None})
-            static_ok[mi * len(tiers) + ti] = static.holds(merchant, None)  # type: ignore[arg-type]
+            static_ok[mi * len(tiers) + ti] = static.holds(merchant, None)
         for cert in merchant.ethical_certifications:
             cert_from.append(to_us(cert.valid_from))
             cert_until.append(to_us(cert.valid_until))
