@@ -37,6 +37,7 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 test-vectors: $(STAMP)
 	@test -d "$(SETAPAY_VECTORS_DIR)" || { echo "no rating vectors at $(SETAPAY_VECTORS_DIR); set SETAPAY_VECTORS_DIR" >&2; exit 1; }

@@ -14,7 +14,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, overload
 
 # SHA-256 of nothing: the hash before the first entry (as for postings).
 GENESIS_HASH = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -70,7 +71,11 @@ def mask_account_number(number: str) -> str:
 SHOWN_ACCOUNT_FIELDS = ("bank_code", "branch_code", "account_type", "account_number_last4", "set_at")
 
 
-def mask_bank_account(account: dict | None) -> dict | None:
+@overload
+def mask_bank_account(account: Mapping[str, Any]) -> dict[str, Any]: ...
+@overload
+def mask_bank_account(account: None) -> None: ...
+def mask_bank_account(account: Mapping[str, Any] | None) -> dict[str, Any] | None:
     """A payout account as it may be shown and logged: bank, branch, type and the number's
     last 4 digits; never the full number nor the holder's name."""
     if account is None:
@@ -89,7 +94,7 @@ def _is_secret_name(name: str) -> bool:
 def mask(value: Any) -> Any:
     """A copy of `value` fit for the log: bank accounts masked, secrets redacted, at any depth."""
     if isinstance(value, dict):
-        out = {}
+        out: dict[object, Any] = {}
         for k, v in value.items():
             if _is_secret_name(str(k)):
                 out[k] = REDACTED

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 
 
 def _cmd_rate(args: argparse.Namespace) -> int:
@@ -47,7 +48,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     columns = (TextColumn("rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns) as bar:
 
-        def progress(total: int):
+        def progress(total: int) -> Callable[[int], None]:
             task = bar.add_task("rating", total=total)
             return lambda done: bar.advance(task, done)
 
@@ -63,7 +64,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     with Progress(TextColumn("posting through the API"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
 
-        def posting(total: int):
+        def posting(total: int) -> Callable[[int], None]:
             task = bar.add_task("posting", total=total)
             return lambda done: bar.advance(task, done)
 

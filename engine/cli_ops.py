@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from engine.audit import OPERATOR
 
+if TYPE_CHECKING:
+    from engine.settings import Settings
+    from engine.store.config import Config
+    from engine.store.keys import Keys
+    from engine.store.ledger import Ledger
 
-def _settings():
+
+def _settings() -> Settings:
     from engine.settings import Settings
 
     return Settings()
@@ -46,7 +53,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys_store():
+def _keys_store() -> Keys:
     from engine.clock import SystemClock
     from engine.store import db
     from engine.store.keys import Keys
@@ -154,7 +161,7 @@ def _cmd_lifecycle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _finance_context():
+def _finance_context() -> tuple[Settings, Ledger, Config]:
     from engine.store import db
     from engine.store.config import Config
     from engine.store.ledger import Ledger
@@ -291,7 +298,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from engine.store import audit
     from engine.timeutil import to_us
 
-    bounds = []
+    bounds: list[int | None] = []
     for name, value in (("--from", args.from_), ("--to", args.to)):
         if value is None:
             bounds.append(None)
@@ -323,7 +330,7 @@ def _redacted(url: str) -> str:
     return url
 
 
-def add_commands(sub) -> None:
+def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("db", help="apply or revert database migrations")
     p.add_argument("action", choices=["upgrade", "downgrade"])
     p.add_argument("revision", nargs="?")

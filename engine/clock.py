@@ -9,8 +9,15 @@ shifts it for demos and end-to-end tests only.
 from __future__ import annotations
 
 import threading
+from typing import Protocol
 
 from engine.timeutil import now_us as system_now_us
+
+
+class Clock(Protocol):
+    def now_us(self) -> int:
+        """The current instant, in microseconds since the epoch."""
+        ...
 
 
 class SystemClock:

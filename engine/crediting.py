@@ -14,14 +14,15 @@ from __future__ import annotations
 import datetime as dt
 import functools
 
-import holidays
+from holidays import HolidayBase
+from holidays.countries.japan import Japan
 
 from engine.timeutil import TOKYO, from_us, to_us
 
 
 @functools.lru_cache(maxsize=64)
-def _national_holidays(year: int) -> holidays.HolidayBase:
-    return holidays.Japan(years=year)
+def _national_holidays(year: int) -> HolidayBase:
+    return Japan(years=year)
 
 
 def is_business_day(day: dt.date) -> bool:

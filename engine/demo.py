@@ -23,12 +23,17 @@ import dataclasses
 import datetime as dt
 import random
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from engine import limits
-from engine.model import Campaign, Certification, Item, Match, Merchant, Purchase, Refund, Tier
-from engine.rating import Outcome, RatingState, build_catalog, rate, window_key
+from engine.model import Campaign, Certification, Item, Match, Merchant, MerchantClass, Purchase, Refund, Tier
+from engine.rating import Catalog, Outcome, RatingState, build_catalog, rate, window_key
+from engine.rating.columns import Event
 from engine.timeutil import TOKYO, to_us
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 DEMO_DATE = dt.date(2026, 12, 15)
 DEMO_SEED = 20261215
@@ -137,7 +142,9 @@ def merchants(seed: int = DEMO_SEED, date: dt.date = DEMO_DATE) -> list[Merchant
     rng = random.Random(f"merchants:{seed}")
     out: list[Merchant] = []
 
-    def add(name: str, merchant_class: str, shotengai_id: str | None, ward_local: bool, cert_share: float) -> None:
+    def add(
+        name: str, merchant_class: MerchantClass, shotengai_id: str | None, ward_local: bool, cert_share: float
+    ) -> None:
         out.append(
             Merchant(
                 id=f"M{len(out) + 1:04d}",
@@ -280,7 +287,7 @@ def wallet_ids(n: int) -> list[str]:
 
 def day(
     members: list[Merchant], n: int = TRANSACTIONS_DEFAULT, seed: int = DEMO_SEED, date: dt.date = DEMO_DATE
-) -> list[tuple[str, Purchase | Refund]]:
+) -> list[Event]:
     """`n` purchases of one day plus about 1.5% refunds of them, as (key, event) in acceptance order."""
     rng = random.Random(f"day:{seed}:{date.isoformat()}:{n}")
     wallets = wallet_ids(n)
@@ -322,7 +329,9 @@ def day(
     return [(key, event) for _, _, key, event in timed]
 
 
-def opening_state(camps: list[Campaign], events: list, seed: int = DEMO_SEED, date: dt.date = DEMO_DATE) -> RatingState:
+def opening_state(
+    camps: list[Campaign], events: Sequence[Event], seed: int = DEMO_SEED, date: dt.date = DEMO_DATE
+) -> RatingState:
     """What the month before `date` already used: wallet-cap usage, campaign spend, balances.
 
     Mid-month, some wallets are close to their monthly caps and some budgets
@@ -330,17 +339,18 @@ def opening_state(camps: list[Campaign], events: list, seed: int = DEMO_SEED, da
     """
     rng = random.Random(f"opening:{seed}:{date.isoformat()}")
     wallets = sorted({ev.wallet_id for _, ev in events if isinstance(ev, Purchase)})
-    state = RatingState(balance={})
+    balance: dict[str, int] = {}
+    state = RatingState(balance=balance)
     noon_us = to_us(_at(date, 12))
     # The app offers only the points a wallet has, so each wallet holds at least
     # what it redeems today; awards made today only add to that, and refunds
     # take back no more than today's awards.
-    redeemed = collections.Counter()
+    redeemed: collections.Counter[str] = collections.Counter()
     for _, ev in events:
         if isinstance(ev, Purchase):
             redeemed[ev.wallet_id] += ev.points_used
     for w in wallets:
-        state.balance[w] = redeemed[w] + rng.choice((0, 300, 1_500, 3_000, 6_000, 12_000))
+        balance[w] = redeemed[w] + rng.choice((0, 300, 1_500, 3_000, 6_000, 12_000))
     spent_share = {"ETHICAL_BONUS": 0.93, "LOCAL_PRODUCE": 0.6, "WELCOME_SHIMOKITA": 0.55}
     for c in camps:
         if c.per_wallet_cap is not None and c.starts_at < _at(date):
@@ -360,12 +370,12 @@ class CampaignTally:
     awarded: int = 0
     clawed_back: int = 0
     awards: int = 0
-    capped_by: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+    capped_by: collections.Counter[str] = dataclasses.field(default_factory=collections.Counter)
 
 
 def rate_day(
-    catalog,
-    events: list,
+    catalog: Catalog,
+    events: Sequence[Event],
     state: RatingState,
     batch_size: int = BATCH_SIZE_DEFAULT,
     engine: str | None = None,
@@ -384,10 +394,10 @@ def rate_day(
 
 def summarize(
     camps: list[Campaign], outcomes: list[Outcome], opening_spend: dict[str, int], state: RatingState
-) -> dict:
+) -> dict[str, Any]:
     """Per-campaign points awarded, clawed back, budget left and cap hits, and totals."""
     tallies = {c.id: CampaignTally() for c in camps}
-    declined: collections.Counter = collections.Counter()
+    declined: collections.Counter[str] = collections.Counter()
     purchases = refunds = points_returned = 0
     for o in outcomes:
         if o.declined:
@@ -406,7 +416,7 @@ def summarize(
             points_returned += o.points_returned
             for cb in o.clawbacks:
                 tallies[cb.campaign_id].clawed_back += cb.points
-    per_campaign = {}
+    per_campaign: dict[str, dict[str, Any]] = {}
     for c in camps:
         t = tallies[c.id]
         spend = state.spend.get(c.id, 0)
@@ -438,8 +448,8 @@ def run_rating_demo(
     date: dt.date = DEMO_DATE,
     batch_size: int = BATCH_SIZE_DEFAULT,
     engine: str | None = None,
-    progress: Callable[[int, int], Callable[[int], None]] | None = None,
-) -> dict:
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+) -> dict[str, Any]:
     """Build the ward, generate the day, rate it in batches and return the summary.
 
     `progress(total)` may return a callback that is told each batch's size, so
@@ -470,7 +480,7 @@ def run_rating_demo(
     return summary
 
 
-def print_summary(summary: dict, console=None) -> None:
+def print_summary(summary: dict[str, Any], console: Console | None = None) -> None:
     """Render a summary as the table a ward finance officer would read."""
     from rich import box
     from rich.console import Console

@@ -11,7 +11,7 @@ remembered idempotent answers, so they never change once published.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 class ErrorCode(NamedTuple):
@@ -90,26 +90,27 @@ class EngineError(Exception):
     literal status in the code is the catalog's).
     """
 
-    def __init__(self, *args, status: int | None = None, **extra) -> None:
+    def __init__(self, *args: int | str | None, status: int | None = None, **extra: Any) -> None:
         if args and isinstance(args[0], int):
-            status, *args = args
+            status, args = args[0], args[1:]
         code, *rest = args
         detail = rest[0] if rest else extra.pop("detail", None)
-        assert code in CATALOG, code
+        assert isinstance(code, str) and code in CATALOG, code
+        assert detail is None or isinstance(detail, str), detail
         super().__init__(detail or TITLES[code])
         self.status = status_of(code) if status is None else status
         self.code = code
         self.detail = detail or TITLES[code]
         self.extra = extra
 
-    def problem(self) -> dict:
+    def problem(self) -> dict[str, Any]:
         return problem(self.status, self.code, self.detail, **self.extra)
 
 
-def problem(status: int, code: str, detail: str | None = None, **extra) -> dict:
+def problem(status: int, code: str, detail: str | None = None, **extra: Any) -> dict[str, Any]:
     """An RFC 9457 problem document with our stable `code`; `status` is the catalog's
     (`status_of(code)`) everywhere today."""
-    body = {
+    body: dict[str, Any] = {
         "type": f"https://setapay.city.setagaya.example/problems/{code}",
         "title": TITLES[code],
         "status": status,
@@ -120,7 +121,7 @@ def problem(status: int, code: str, detail: str | None = None, **extra) -> dict:
     return body
 
 
-def decline(code: str, detail: str | None = None, **extra) -> tuple[int, dict]:
+def decline(code: str, detail: str | None = None, **extra: Any) -> tuple[int, dict[str, Any]]:
     """(status, problem document) of `code`, the status being the catalog's: what a ledger
     decline or an API handler answers without raising (`Result(*decline(...))`)."""
     status = status_of(code)

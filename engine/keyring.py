@@ -11,15 +11,19 @@ the ward: settings always win.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from engine import sealing
+from engine.settings import Settings
 from engine.settlement import signing
 
 KEY_DIR = Path("setapay-keys")
 
 
-def _local(name: str, make) -> str:
+def _local(name: str, make: Callable[[], str]) -> str:
     path = KEY_DIR / name
     if path.exists():
         return path.read_text().strip()
@@ -32,12 +36,12 @@ def _local(name: str, make) -> str:
     return value
 
 
-def data_key(settings) -> sealing.DataKey:
+def data_key(settings: Settings) -> sealing.DataKey:
     b64 = settings.data_key_b64 or _local("data.key", sealing.generate_key_b64)
     return sealing.load_key(b64)
 
 
-def signing_key(settings):
+def signing_key(settings: Settings) -> Ed25519PrivateKey:
     b64 = settings.signing_key_b64 or _local(
         "signing.key", lambda: signing.private_key_b64(signing.generate_private_key())
     )

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Mapping, Sequence
 
 GENESIS_HASH = hashlib.sha256(b"").hexdigest()
 COIN_CLEARING = "coin:clearing"
@@ -86,7 +87,7 @@ def payout_account(merchant_id: str) -> str:
     return f"merchant:{merchant_id}:payout"
 
 
-def account_parts(account_id: str) -> dict:
+def account_parts(account_id: str) -> dict[str, str | None]:
     """Kind and owners of an account id, for the account table's columns."""
     parts = account_id.split(":")
     if parts[0] == "wallet":
@@ -193,7 +194,7 @@ PAYMENT_HASHED_FIELDS = (
 )
 
 
-def payment_hash(previous_hash: str, payment: dict) -> str:
+def payment_hash(previous_hash: str, payment: Mapping[str, object]) -> str:
     """SHA-256 over the previous payment's hash and this payment's immutable fields.
 
     The stored request and answer are part of it, so re-rating from stored
@@ -202,7 +203,7 @@ def payment_hash(previous_hash: str, payment: dict) -> str:
     return payment_hash_of(previous_hash, tuple(payment[f] for f in PAYMENT_HASHED_FIELDS))
 
 
-def payment_hash_of(previous_hash: str, values: tuple) -> str:
+def payment_hash_of(previous_hash: str, values: Sequence[object]) -> str:
     """`payment_hash` over the values of PAYMENT_HASHED_FIELDS, in that order."""
     body = "\x1f".join(["" if v is None else str(v) for v in values])
     return hashlib.sha256(previous_hash.encode() + body.encode()).hexdigest()

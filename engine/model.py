@@ -185,13 +185,16 @@ class Match(Record):
     ward_local: StrictBool | None = None
     merchant_ids: tuple[Id, ...] | None = None
 
-    def holds(self, merchant: Merchant, instant: dt.datetime) -> bool:
+    def holds(self, merchant: Merchant, instant: dt.datetime | None) -> bool:
+        """Whether `merchant` matches at `instant` (None: a match that ignores certification)."""
         if self.merchant_classes is not None and merchant.merchant_class not in self.merchant_classes:
             return False
         if self.shotengai_member is not None and (merchant.shotengai_id is not None) != self.shotengai_member:
             return False
-        if self.ethical_certified is not None and merchant.certified_at(instant) != self.ethical_certified:
-            return False
+        if self.ethical_certified is not None:
+            assert instant is not None, "certification is held at an instant"
+            if merchant.certified_at(instant) != self.ethical_certified:
+                return False
         if self.ward_local is not None and merchant.ward_local != self.ward_local:
             return False
         return self.merchant_ids is None or merchant.id in self.merchant_ids

@@ -28,7 +28,8 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeGuard
 
 from joserfc import jws
 from joserfc.errors import JoseError
@@ -70,13 +71,13 @@ def decode_secret(secret: str) -> bytes:
     return raw
 
 
-def sign(app_id: str, secret: str, claims: dict) -> str:
+def sign(app_id: str, secret: str, claims: Mapping[str, object]) -> str:
     """A receipt for `claims`, signed as the payment app does."""
     payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
     return jws.serialize_compact({"alg": ALGORITHM, "kid": app_id}, payload, OctKey.import_key(decode_secret(secret)))
 
 
-def purchase_claims(body: dict, jti: str, iat: int) -> dict:
+def purchase_claims(body: Mapping[str, Any], jti: str, iat: int) -> dict[str, Any]:
     return {
         "typ": "purchase",
         "jti": jti,
@@ -88,7 +89,7 @@ def purchase_claims(body: dict, jti: str, iat: int) -> dict:
     }
 
 
-def refund_claims(body: dict, jti: str, original_jti: str, iat: int) -> dict:
+def refund_claims(body: Mapping[str, Any], jti: str, original_jti: str, iat: int) -> dict[str, Any]:
     return {"typ": "refund", "jti": jti, "original_jti": original_jti, "amount": body["amount"], "iat": iat}
 
 
@@ -108,23 +109,25 @@ class PaymentApp:
         self.now_s = now_s or (lambda: int(time.time()))
         self.jti_of: dict[str, str] = {}  # engine transaction id -> the jti of its receipt
 
-    def sign_purchase(self, body: dict, jti: str | None = None) -> dict:
+    def sign_purchase(self, body: Mapping[str, Any], jti: str | None = None) -> dict[str, Any]:
         """`body` with a receipt for it (a new payment id unless `jti` is given)."""
         jti = jti or "pay_" + uuid.uuid4().hex
         return {**body, "receipt": sign(self.app_id, self.secret, purchase_claims(body, jti, self.now_s()))}
 
-    def sign_refund(self, body: dict, original_jti: str | None = None, jti: str | None = None) -> dict:
+    def sign_refund(
+        self, body: Mapping[str, Any], original_jti: str | None = None, jti: str | None = None
+    ) -> dict[str, Any]:
         """`body` with a receipt naming its purchase's receipt (looked up from `accepted` when not given)."""
         original_jti = original_jti or self.jti_of.get(body["original_id"]) or "pay_unknown"
         jti = jti or "ref_" + uuid.uuid4().hex
         return {**body, "receipt": sign(self.app_id, self.secret, refund_claims(body, jti, original_jti, self.now_s()))}
 
-    def sign_body(self, body: dict) -> dict:
+    def sign_body(self, body: dict[str, Any]) -> dict[str, Any]:
         if "receipt" in body:
             return body
         return self.sign_purchase(body) if body.get("type", "purchase") == "purchase" else self.sign_refund(body)
 
-    def accepted(self, body: dict, answer: dict) -> None:
+    def accepted(self, body: Mapping[str, Any], answer: Mapping[str, Any]) -> None:
         """Note the engine's id for a transaction this app signed (call it with 201 answers)."""
         receipt = body.get("receipt")
         if receipt and "id" in answer:
@@ -187,11 +190,11 @@ def _verifies(signed: jws.CompactSignature, raw: bytes) -> bool:
         return False
 
 
-def _int(value) -> bool:
+def _int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _claims(app_id: str, claims, body: Purchase | Refund, now_us: int) -> Receipt:
+def _claims(app_id: str, claims: object, body: Purchase | Refund, now_us: int) -> Receipt:
     if not isinstance(claims, dict):
         raise _invalid("the receipt's claims are not an object")
     expected = _PURCHASE_CLAIMS if claims.get("typ") == "purchase" else _REFUND_CLAIMS

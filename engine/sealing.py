@@ -24,6 +24,7 @@ import base64
 import binascii
 import hmac
 import os
+from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -83,7 +84,7 @@ class DataKey:
 
     __hash__ = None  # type: ignore[assignment]  # a key is not something to put in a set
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         # Pickling would write the key to wherever the pickle goes (a cache, a queue).
         raise TypeError("a DataKey cannot be pickled")
 

@@ -8,8 +8,9 @@ may not import those either.
 
 The command-line modules are the one exception: `setapay serve` and
 `setapay db` must reach uvicorn and the store. They may do so only inside the
-command functions, so importing `engine.cli` (or running `setapay rate`)
-still loads nothing but the core.
+command functions (or, for their annotations, under `if TYPE_CHECKING:`), so
+importing `engine.cli` (or running `setapay rate`) still loads nothing but
+the core.
 """
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ COMMAND_LINE = {"engine/cli.py", "engine/cli_ops.py"}
 
 def core_modules() -> list[Path]:
     return sorted(path for directory in CORE_DIRS for path in directory.glob("*.py"))
+
+
+def _is_type_checking(test: ast.expr) -> bool:
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _absolute(package: list[str], node: ast.ImportFrom) -> str:
@@ -50,6 +57,14 @@ class _Imports(ast.NodeVisitor):
             self.generic_visit(node)
 
     visit_AsyncFunctionDef = visit_FunctionDef
+
+    def visit_If(self, node: ast.If) -> None:
+        # `if TYPE_CHECKING:` imports are for the type checker and never run.
+        if self.top_level_only and _is_type_checking(node.test):
+            for child in node.orelse:
+                self.visit(child)
+            return
+        self.generic_visit(node)
 
     def visit_Import(self, node: ast.Import) -> None:
         self.names.update(alias.name for alias in node.names)
@@ -113,7 +128,9 @@ def test_the_checker_sees_every_kind_of_import(tmp_path: Path):
         "def f():\n"
         "    import sqlalchemy.orm\n"
         "    from redis import Redis\n"
-        "    importlib.import_module('fastapi.routing')\n",
+        "    importlib.import_module('fastapi.routing')\n"
+        "if TYPE_CHECKING:\n"
+        "    from engine.store.ledger import Ledger\n",
         encoding="utf-8",
     )
     everything = forbidden(imported(module, root=tmp_path))
@@ -126,5 +143,7 @@ def test_the_checker_sees_every_kind_of_import(tmp_path: Path):
         "redis",
         "redis.Redis",
         "fastapi.routing",
+        "engine.store.ledger",
+        "engine.store.ledger.Ledger",
     }
     assert top_level == {"engine.store", "engine.store.db", "engine.store.db.session"}

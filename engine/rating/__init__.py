@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Sequence
+from typing import Any
 
 from . import _kernel_py
-from .columns import Catalog, Columns, build_catalog, decode, encode
+from .columns import Catalog, Columns, Event, build_catalog, decode, encode
 from .state import AwardState, PurchaseState, RatingState, window_key
 
 PURE_PYTHON_FORCED = os.environ.get("SETAPAY_PURE_PYTHON", "") not in ("", "0")
@@ -22,7 +24,7 @@ if PURE_PYTHON_FORCED:
     _kernel = _kernel_py
 else:
     try:
-        from . import _kernel_c as _kernel  # type: ignore[no-redef]
+        from . import _kernel_c as _kernel  # type: ignore[no-redef]  # the compiled twin: same names, see _kernel_c.pyi
     except ImportError:  # pragma: no cover - the tests fail if this happens unforced
         _kernel = _kernel_py
 
@@ -85,7 +87,7 @@ class Outcome:
     def points_clawed_back(self) -> int:
         return sum(c.points for c in self.clawbacks)
 
-    def as_expected(self) -> dict:
+    def as_expected(self) -> dict[str, Any]:
         """The shape of a vector file's `expected` entry."""
         if self.declined:
             return {"declined": self.declined}
@@ -108,7 +110,7 @@ def rate_columns(cols: Columns, engine: str | None = None) -> None:
     (ENGINES[engine] if engine else _kernel).rate_columns(cols)
 
 
-def rate(catalog: Catalog, events: list, state: RatingState, engine: str | None = None) -> list[Outcome]:
+def rate(catalog: Catalog, events: Sequence[Event], state: RatingState, engine: str | None = None) -> list[Outcome]:
     """Rate `events` ((key, Purchase | Refund) in acceptance order) against `state`."""
     cols, ctx = encode(catalog, events, state)
     rate_columns(cols, engine)

@@ -10,6 +10,11 @@ Cython one to see how they are made fast.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .columns import Columns
+
 KIND_PURCHASE = 0
 KIND_REFUND = 1
 
@@ -38,14 +43,14 @@ def share_target(share: int, refunded: int, amount: int) -> int:
     return share * refunded // amount
 
 
-def _certified(m: int, instant: int, m_cert_start, cert_from, cert_until) -> bool:
+def _certified(m: int, instant: int, m_cert_start: list[int], cert_from: list[int], cert_until: list[int]) -> bool:
     for k in range(m_cert_start[m], m_cert_start[m + 1]):  # noqa: SIM110 (the twin's hot loop; any() over a generator is slower)
         if cert_from[k] <= instant < cert_until[k]:
             return True
     return False
 
 
-def rate_columns(cols) -> None:
+def rate_columns(cols: Columns) -> None:
     """Rate the batch `cols` in place (see `engine.rating.columns.Columns`)."""
     C = len(cols.c_starts_at)
     T = len(cols.t_rate_bp)

@@ -22,16 +22,25 @@ R purchase rows, S wallet-window slots); matrices are flattened row-major:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
-from engine.model import Campaign, Merchant, campaign_order
+from engine.model import Campaign, Merchant, Purchase, Refund, campaign_order
 from engine.timeutil import S_PER_DAY, TOKYO_OFFSET_S, US_PER_S, to_us
 
 from . import _kernel_py as k
 from .state import AwardState, PurchaseState, RatingState, window_key
 
+if TYPE_CHECKING:
+    from . import Outcome
+
 I64 = np.int64
+
+# One transaction of a batch: its key (the engine's transaction id) and its record.
+Event = tuple[str, Purchase | Refund]
 
 
 @dataclasses.dataclass
@@ -91,7 +100,7 @@ class Columns:
         )
 
 
-def _a(values, dtype=I64) -> np.ndarray:
+def _a(values: ArrayLike, dtype: DTypeLike = I64) -> np.ndarray:
     return np.asarray(values, dtype=dtype)
 
 
@@ -135,7 +144,7 @@ def build_catalog(merchants: list[Merchant], campaigns: list[Campaign]) -> Catal
         for ti, (_, tier) in enumerate(tiers):
             # Certification depends on the instant; the kernel checks it per purchase.
             static = tier.match.model_copy(update={"ethical_certified": None})
-            static_ok[mi * len(tiers) + ti] = static.holds(merchant, None)  # type: ignore[arg-type]
+            static_ok[mi * len(tiers) + ti] = static.holds(merchant, None)
         for cert in merchant.ethical_certifications:
             cert_from.append(to_us(cert.valid_from))
             cert_until.append(to_us(cert.valid_until))
@@ -172,7 +181,7 @@ def catalog_columns(catalog: Catalog, extra: int = 0) -> dict[str, np.ndarray]:
     campaigns (awards of campaigns no longer in the catalog) that are never active."""
     a = catalog.arrays
 
-    def pad(name: str, value) -> np.ndarray:
+    def pad(name: str, value: int) -> np.ndarray:
         return np.concatenate([a[name], np.full(extra, value, a[name].dtype)])
 
     return dict(
@@ -208,7 +217,7 @@ def window_keys_us(occurred_at_us: np.ndarray, period: str) -> np.ndarray:
 @dataclasses.dataclass
 class _Context:
     keys: list[str]
-    events: list
+    events: list[Purchase | Refund]
     campaign_ids: list[str]
     row_keys: list[str]
     prior_rows: int
@@ -216,10 +225,8 @@ class _Context:
     slot_keys: list[tuple[str, str, int]]
 
 
-def encode(catalog: Catalog, events: list, state: RatingState) -> tuple[Columns, _Context]:
+def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tuple[Columns, _Context]:
     """Columns for `events` (a list of (key, Purchase | Refund)) against `state`."""
-    from engine.model import Purchase
-
     campaigns = catalog.campaigns
     campaign_ids = list(catalog.campaign_ids)
     campaign_index = {cid: i for i, cid in enumerate(campaign_ids)}
@@ -348,7 +355,7 @@ def encode(catalog: Catalog, events: list, state: RatingState) -> tuple[Columns,
     return cols, ctx
 
 
-def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -> list:
+def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -> list[Outcome]:
     """Outcomes of a rated batch, folding the batch's effects into `state`."""
     from . import Award, Clawback, Outcome
 
@@ -411,11 +418,11 @@ def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -
     # New rows were decoded above in order; refresh pending of new rows a later refund in the batch touched.
     for row in range(ctx.prior_rows, len(ctx.row_keys)):
         key = ctx.row_keys[row]
-        p = state.purchases.get(key)
-        if p is None:
+        new = state.purchases.get(key)
+        if new is None:
             continue
-        p.refunded = int(cols.r_refunded[row])
-        for cid, award in p.awards.items():
+        new.refunded = int(cols.r_refunded[row])
+        for cid, award in new.awards.items():
             award.pending = r_pending[row * C + ctx.campaign_ids.index(cid)]
 
     for s, value in zip(ctx.slot_keys, cols.usage.tolist()):

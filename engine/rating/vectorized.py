@@ -19,8 +19,10 @@ on random batches, for both engines.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import _kernel_py as k
 from .columns import Catalog, Columns, catalog_columns, window_keys_us
@@ -195,7 +197,7 @@ def assemble(
         item_amount = np.asarray(batch.item_amount, I64)
         item_mask = np.asarray(batch.item_mask, np.uint64)
 
-    def cat(old, new, dtype):
+    def cat(old: ArrayLike, new: ArrayLike, dtype: DTypeLike) -> np.ndarray:
         return np.concatenate([np.asarray(old, dtype), np.asarray(new, dtype)])
 
     r_award = np.zeros(R * C, I64)
@@ -232,7 +234,7 @@ def assemble(
     )
 
 
-def item_masks(catalog: Catalog, tags_per_item: list) -> np.ndarray:
+def item_masks(catalog: Catalog, tags_per_item: Iterable[Iterable[str]]) -> np.ndarray:
     """uint64 tag bits of each item's tags (tags no campaign of the catalog names count for nothing)."""
     bits = catalog.tag_bits
     return np.array([sum(1 << bits[t] for t in set(tags) if t in bits) for tags in tags_per_item], np.uint64)

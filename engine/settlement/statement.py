@@ -17,6 +17,8 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime as dt
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from engine import limits
 from engine.timeutil import TOKYO, to_us
@@ -47,7 +49,7 @@ class StatementLine:
     carried_in: int
     net_payout: int
 
-    def as_dict(self) -> dict:
+    def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
@@ -137,7 +139,7 @@ CSV_COLUMNS = (
 )
 
 
-def to_csv(rows: list[dict]) -> str:
+def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     import csv
     import io
 

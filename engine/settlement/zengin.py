@@ -42,8 +42,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import unicodedata
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from typing import Literal, TypedDict, TypeVar, Unpack, cast
 
 from engine.model import BankAccount
 
@@ -139,13 +139,15 @@ _WIDTH = {
 AccountType = Literal["ordinary", "checking", "savings", "other"]
 # 預金種目. The requester's own account is never a savings (貯蓄) account:
 # the header admits 1, 2 and 9 only.
-_DATA_ACCOUNT_CODE: dict[str, str] = {"ordinary": "1", "checking": "2", "savings": "4", "other": "9"}
-_HEADER_ACCOUNT_CODE: dict[str, str] = {"ordinary": "1", "checking": "2", "other": "9"}
+_DATA_ACCOUNT_CODE: dict[AccountType, str] = {"ordinary": "1", "checking": "2", "savings": "4", "other": "9"}
+_HEADER_ACCOUNT_CODE: dict[AccountType, str] = {"ordinary": "1", "checking": "2", "other": "9"}
 _DATA_ACCOUNT_TYPE = {code: name for name, code in _DATA_ACCOUNT_CODE.items()}
 _HEADER_ACCOUNT_TYPE = {code: name for name, code in _HEADER_ACCOUNT_CODE.items()}
 
 NewCode = Literal["0", "1", "2"]  # 新規コード: 0 other, 1 first transfer, 2 changed details
 TransferMethod = Literal["7", "8"]  # 振込指定区分: 7 電信 (telegraphic), 8 文書 (by document)
+
+_Record = TypeVar("_Record")
 
 
 class ZenginError(ValueError):
@@ -383,7 +385,19 @@ class ZenginFile:
     trailer: Trailer
 
 
-def transfer_from_account(account: BankAccount, amount_yen: int, **fields: object) -> Transfer:
+class TransferOptions(TypedDict, total=False):
+    """The fields of a `Transfer` that a payout account does not give."""
+
+    bank_name: str
+    branch_name: str
+    clearing_house_code: str
+    new_code: NewCode
+    customer_code_1: str
+    customer_code_2: str
+    transfer_method: TransferMethod
+
+
+def transfer_from_account(account: BankAccount, amount_yen: int, **fields: Unpack[TransferOptions]) -> Transfer:
     """The data record paying `amount_yen` into a merchant's payout account (engine.model)."""
     return Transfer(
         bank_code=account.bank_code,
@@ -392,7 +406,7 @@ def transfer_from_account(account: BankAccount, amount_yen: int, **fields: objec
         account_number=account.account_number,
         recipient_name=account.holder_kana,
         amount_yen=amount_yen,
-        **fields,  # type: ignore[arg-type]
+        **fields,
     )
 
 
@@ -546,14 +560,14 @@ def _expect(values: dict[str, str], name: str, expected: str, number: int) -> No
         raise ZenginError(f"must be {expected!r}, got {values[name]!r}", field=name, record=number)
 
 
-def _account_type(values: dict[str, str], table: dict[str, str], number: int) -> str:
+def _account_type(values: dict[str, str], table: dict[str, AccountType], number: int) -> AccountType:
     code = values["account_type"]
     if code not in table:
         raise ZenginError(f"must be one of {sorted(table)}, got {code!r}", field="account_type", record=number)
     return table[code]
 
 
-def _with_record(number: int, build):
+def _with_record(number: int, build: Callable[[], _Record]) -> _Record:
     """Run `build`, stamping any validation error with the record number."""
     try:
         return build()
@@ -577,7 +591,7 @@ def _parse_header(record: bytes, number: int) -> Header:
             bank_name=_parsed_text(v, "bank_name", 15, number),
             branch_code=_parsed_digits(v, "branch_code", number),
             branch_name=_parsed_text(v, "branch_name", 15, number),
-            account_type=_account_type(v, _HEADER_ACCOUNT_TYPE, number),  # type: ignore[arg-type]
+            account_type=_account_type(v, _HEADER_ACCOUNT_TYPE, number),
             account_number=_parsed_digits(v, "account_number", number),
         ),
     )
@@ -603,14 +617,14 @@ def _parse_transfer(record: bytes, number: int) -> Transfer:
             branch_code=_parsed_digits(v, "branch_code", number),
             branch_name=_parsed_text(v, "branch_name", 15, number),
             clearing_house_code=_parsed_digits(v, "clearing_house_code", number),
-            account_type=_account_type(v, _DATA_ACCOUNT_TYPE, number),  # type: ignore[arg-type]
+            account_type=_account_type(v, _DATA_ACCOUNT_TYPE, number),
             account_number=_parsed_digits(v, "account_number", number),
             recipient_name=_parsed_text(v, "recipient_name", 30, number),
             amount_yen=int(_parsed_digits(v, "amount_yen", number)),
-            new_code=v["new_code"],  # type: ignore[arg-type]
+            new_code=cast(NewCode, v["new_code"]),  # checked by Transfer.__post_init__
             customer_code_1=_parse_customer_code(v, "customer_code_1", number),
             customer_code_2=_parse_customer_code(v, "customer_code_2", number),
-            transfer_method=v["transfer_method"],  # type: ignore[arg-type]
+            transfer_method=cast(TransferMethod, v["transfer_method"]),  # checked likewise
         ),
     )
 

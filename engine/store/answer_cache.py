@@ -12,8 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 from engine.store.redis_loop import LoopClients
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 log = logging.getLogger(__name__)
 
@@ -26,14 +31,14 @@ class AnswerCache:
         self._redis = LoopClients(url)
 
     @property
-    def client(self):
+    def client(self) -> redis.asyncio.Redis:
         return self._redis.client
 
     @staticmethod
     def _key(terminal_id: str, idempotency_key: str) -> str:
         return f"setapay:answer:{terminal_id}:{idempotency_key}"
 
-    async def get(self, terminal_id: str, idempotency_key: str) -> tuple[str, int, dict] | None:
+    async def get(self, terminal_id: str, idempotency_key: str) -> tuple[str, int, dict[str, Any]] | None:
         """(request hash, status, body) of a remembered answer, or None."""
         try:
             raw = await self.client.get(self._key(terminal_id, idempotency_key))
@@ -45,7 +50,9 @@ class AnswerCache:
         entry = json.loads(raw)
         return entry["hash"], entry["status"], entry["body"]
 
-    async def put(self, terminal_id: str, idempotency_key: str, request_hash: str, status: int, body: dict) -> None:
+    async def put(
+        self, terminal_id: str, idempotency_key: str, request_hash: str, status: int, body: Mapping[str, Any]
+    ) -> None:
         try:
             await self.client.set(
                 self._key(terminal_id, idempotency_key),

@@ -12,8 +12,10 @@ Each API process keeps the opened secrets of every app for at most
 
 from __future__ import annotations
 
+import builtins
 import threading
 import time
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import Engine
@@ -21,10 +23,13 @@ from sqlalchemy.orm import Session
 
 from engine import limits, receipts, sealing
 from engine.audit import OPERATOR, Actor
-from engine.clock import SystemClock
+from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
 from engine.store import audit
 from engine.store.models import AppSecretRow, PaymentAppRow
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 ROTATION_GRACE_US = 24 * 3600 * 1_000_000
 CACHE_TTL_S = 2.0
@@ -35,10 +40,10 @@ def _associated(app_id: str) -> bytes:
 
 
 class Apps:
-    def __init__(self, engine: Engine, settings=None, clock=None) -> None:
+    def __init__(self, engine: Engine, settings: Settings | None = None, clock: Clock | None = None) -> None:
         self.engine = engine
         self.settings = settings
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()
         self._cache: dict[str, list[tuple[bytes, int | None]]] = {}
         self._loaded_at = float("-inf")
@@ -82,7 +87,8 @@ class Apps:
             if session.get(PaymentAppRow, app_id) is not None:
                 raise EngineError("already_exists", f"app {app_id} exists")
             now = self.clock.now_us()
-            session.add(PaymentAppRow(id=app_id, created_at_us=now))
+            app = PaymentAppRow(id=app_id, created_at_us=now)
+            session.add(app)
             session.flush()
             secret = self._add_secret(session, app_id, now)
             audit.record(
@@ -91,7 +97,7 @@ class Apps:
                 "app.add",
                 f"app:{app_id}",
                 None,
-                self._public(session, session.get(PaymentAppRow, app_id)),
+                self._public(session, app),
                 at_us=now,
             )
             return secret
@@ -116,7 +122,7 @@ class Apps:
             audit.record(session, actor, "app.rotate", f"app:{app_id}", before, self._public(session, row), at_us=now)
             return secret
 
-    def revoke(self, app_id: str, actor: Actor = OPERATOR) -> dict:
+    def revoke(self, app_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
         """End every secret of the app at once; revoking twice keeps the first instant."""
         with Session(self.engine) as session, session.begin():
             row = session.get(PaymentAppRow, app_id)
@@ -144,14 +150,14 @@ class Apps:
             raise EngineError("app_revoked", f"app {app_id} is revoked")
         return row
 
-    def list(self) -> list[dict]:
+    def list(self) -> builtins.list[dict[str, Any]]:
         with Session(self.engine) as session:
             return [
                 self._public(session, r)
                 for r in session.execute(select(PaymentAppRow).order_by(PaymentAppRow.id)).scalars()
             ]
 
-    def _public(self, session: Session, row: PaymentAppRow) -> dict:
+    def _public(self, session: Session, row: PaymentAppRow) -> dict[str, Any]:
         now = self.clock.now_us()
         secrets = session.execute(
             select(AppSecretRow.position, AppSecretRow.created_at_us, AppSecretRow.valid_until_us)
@@ -169,7 +175,7 @@ class Apps:
 
     # -- the API's look-up -------------------------------------------------------
 
-    def secrets_for(self, app_id: str) -> list[bytes]:
+    def secrets_for(self, app_id: str) -> builtins.list[bytes]:
         """The raw secrets of `app_id` valid now (none for an unknown or revoked app)."""
         if time.monotonic() - self._loaded_at > CACHE_TTL_S:
             self._reload()

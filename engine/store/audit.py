@@ -27,9 +27,11 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import audit as core
+from engine.audit import Actor
 from engine.store.models import AuditHeadRow, AuditLogRow
 from engine.timeutil import format_instant, now_us
 
@@ -39,13 +41,19 @@ ACTION_MAX = 64
 
 def _lock_head(session: Session) -> AuditHeadRow:
     stmt = select(AuditHeadRow).where(AuditHeadRow.id == 1)
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return session.execute(stmt).scalar_one()
 
 
 def record(
-    session: Session, actor, action: str, target: str, before: Any = None, after: Any = None, at_us: int | None = None
+    session: Session,
+    actor: Actor,
+    action: str,
+    target: str,
+    before: Any = None,
+    after: Any = None,
+    at_us: int | None = None,
 ) -> int:
     """Append one masked entry to the chain in `session`'s transaction; returns its sequence."""
     if not action or len(action) > ACTION_MAX or not target or len(target) > TARGET_MAX:
@@ -75,7 +83,7 @@ def record(
     return sequence
 
 
-def as_dict(row: AuditLogRow) -> dict:
+def as_dict(row: AuditLogRow) -> dict[str, Any]:
     import json
 
     return {
@@ -91,13 +99,13 @@ def as_dict(row: AuditLogRow) -> dict:
 
 
 def entries(
-    engine,
+    engine: Engine,
     from_us: int | None = None,
     to_us: int | None = None,
     target: str | None = None,
     after_sequence: int = 0,
     limit: int = 100,
-) -> tuple[list[dict], int | None]:
+) -> tuple[list[dict[str, Any]], int | None]:
     """Entries in sequence order after `after_sequence` (keyset), filtered by instant
     [from, to) and exact target; returns the page and the last sequence when more may follow."""
     with Session(engine) as session:
@@ -114,11 +122,11 @@ def entries(
         return [as_dict(r) for r in rows], (rows[-1].sequence if more and rows else None)
 
 
-def check(session: Session) -> dict[str, list[dict]]:
+def check(session: Session) -> dict[str, list[dict[str, Any]]]:
     """Recompute the chain from the entries: altered entries (by sequence), gaps, and a head
     that does not end where the entries do."""
-    breaks: list[dict] = []
-    gaps: list[dict] = []
+    breaks: list[dict[str, Any]] = []
+    gaps: list[dict[str, Any]] = []
     previous_hash, expected = core.GENESIS_HASH, 1
     for row in session.execute(select(AuditLogRow).order_by(AuditLogRow.sequence)).yield_per(5_000).scalars():
         if row.sequence != expected:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
+
 from sqlalchemy.orm import Session
 
 from engine.store import bulk
@@ -21,7 +23,9 @@ _LOT_COLUMNS = [
 ]
 
 
-def load_books(session: Session, wallets: set[str], lot_ids: set[str] = frozenset()) -> dict[str, WalletBook]:
+def load_books(
+    session: Session, wallets: AbstractSet[str], lot_ids: AbstractSet[str] = frozenset()
+) -> dict[str, WalletBook]:
     """Books of `wallets`: their spendable lots, their debt, and the named lots (spent or not)."""
     lots: dict[str, Lot] = {}
     for row in bulk.select_where_in(

@@ -9,17 +9,28 @@ executemany.
 
 from __future__ import annotations
 
-from sqlalchemy import Table, bindparam, text
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import ColumnElement, Table, bindparam, text
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
+from engine.store.db import psycopg_connection
+
+if TYPE_CHECKING:
+    import psycopg
+
+# A row to write: column name -> value.
+Values = Mapping[str, Any]
+
 
 def _is_pg(session: Session) -> bool:
-    return session.bind.dialect.name == "postgresql"
+    return session.get_bind().dialect.name == "postgresql"
 
 
-def _raw(session: Session):
-    return session.connection().connection.dbapi_connection
+def _raw(session: Session) -> psycopg.Connection[tuple[Any, ...]]:
+    return psycopg_connection(session.connection())
 
 
 def select_where_in(
@@ -27,10 +38,10 @@ def select_where_in(
     table: Table,
     columns: list[str],
     column: str,
-    values: list,
+    values: Sequence[object],
     pg_type: str = "text",
     extra: str = "",
-) -> list[tuple]:
+) -> list[tuple[Any, ...]]:
     """Rows of `table` whose `column` is one of `values` (plus an optional SQL condition)."""
     if not values:
         return []
@@ -49,8 +60,8 @@ def select_where_in(
 
 
 def select_where_tuples(
-    session: Session, table: Table, columns: list[str], key: list[str], tuples: list[tuple]
-) -> list[tuple]:
+    session: Session, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]
+) -> list[tuple[Any, ...]]:
     """Rows of `table` whose `key` columns equal one of `tuples`: a join on the primary key,
     so the look-up uses its index however large the table grows."""
     if not tuples:
@@ -71,7 +82,7 @@ def select_where_tuples(
     return [tuple(r) for r in session.execute(stmt)]
 
 
-def stream(session: Session, sql: str, chunk_rows: int = 50_000):
+def stream(session: Session, sql: str, chunk_rows: int = 50_000) -> Iterator[Sequence[Any]]:
     """Rows of a read-only query as plain tuples, streamed in large chunks.
 
     For whole-ledger walks (reconciliation): on PostgreSQL a server-side cursor
@@ -115,14 +126,14 @@ class WriteBatch:
     def __init__(self, session: Session) -> None:
         self.session = session
         self.pg = _is_pg(session)
-        self.statements: list[tuple[str, list]] = []
+        self.statements: list[tuple[str, list[list[Any]]]] = []
 
-    def _arrays(self, table: Table, columns: list[str], rows: list[dict]) -> tuple[str, list]:
+    def _arrays(self, table: Table, columns: list[str], rows: Sequence[Values]) -> tuple[str, list[list[Any]]]:
         # %b: binary parameters, so arrays travel without text quoting and escaping.
         types = ", ".join(f"%b::{_pg_type(table, c)}[]" for c in columns)
         return f"unnest({types})", [[row[c] for row in rows] for c in columns]
 
-    def insert(self, table: Table, rows: list[dict]) -> None:
+    def insert(self, table: Table, rows: Sequence[Values]) -> None:
         if not rows:
             return
         if not self.pg:
@@ -133,29 +144,30 @@ class WriteBatch:
         self.statements.append((f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source}", params))
 
     def upsert(
-        self, table: Table, rows: list[dict], key: list[str], add: str | None = None, replace: str | None = None
+        self, table: Table, rows: Sequence[Values], key: list[str], add: str | None = None, replace: str | None = None
     ) -> None:
         """Insert rows; on a key conflict add to column `add`, or replace column `replace`."""
         if not rows:
             return
         column = add or replace
+        assert column is not None, "upsert needs add= or replace="
         if not self.pg:
             stmt = sqlite.insert(table)
-            value = table.c[column] + stmt.excluded[column] if add else stmt.excluded[column]
+            value: ColumnElement[Any] = table.c[column] + stmt.excluded[column] if add else stmt.excluded[column]
             self.session.execute(stmt.on_conflict_do_update(index_elements=key, set_={column: value}), rows)
             return
         columns = list(rows[0])
         source, params = self._arrays(table, columns, rows)
-        value = f"{table.name}.{column} + EXCLUDED.{column}" if add else f"EXCLUDED.{column}"
+        sql_value = f"{table.name}.{column} + EXCLUDED.{column}" if add else f"EXCLUDED.{column}"
         self.statements.append(
             (
                 f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source} "
-                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {value}",
+                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {sql_value}",
                 params,
             )
         )
 
-    def update(self, table: Table, key: list[str], rows: list[dict], add: tuple[str, ...] = ()) -> None:
+    def update(self, table: Table, key: list[str], rows: Sequence[Values], add: tuple[str, ...] = ()) -> None:
         """Set (or, for columns in `add`, increase) columns of the rows matching `key`.
 
         Rows must be unique by key: one statement updates a row at most once.

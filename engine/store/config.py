@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
+from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import sealing
 from engine.audit import OPERATOR, Actor, mask_bank_account
-from engine.clock import SystemClock
+from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
-from engine.model import Campaign, Merchant
+from engine.model import BankAccount, Campaign, Merchant
 from engine.store import audit
 from engine.store.models import (
     ApiKeyRow,
@@ -32,33 +35,36 @@ from engine.store.models import (
 )
 from engine.timeutil import format_instant, to_us
 
+if TYPE_CHECKING:
+    from engine.settings import Settings
+
 ROLES = ("admin", "finance", "merchant", "terminal", "app")
 
 
 @dataclasses.dataclass(frozen=True)
-class Principal:
-    key_id: str
-    role: str
+class Principal(Actor):
+    """An authenticated API key: the actor of what it changes, with its merchant and terminal."""
+
     merchant_id: str | None
     terminal_id: str | None
 
 
 def _bump(session: Session) -> None:
     stmt = select(LedgerHead).where(LedgerHead.id == 1)
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     head = session.execute(stmt).scalar_one()
     head.catalog_version += 1
 
 
-def _dump(record) -> str:
+def _dump(record: BaseModel) -> str:
     return record.model_dump_json()
 
 
 def _lock(session: Session) -> None:
     """The sequencer lock without a catalog change (PostgreSQL; SQLite's BEGIN IMMEDIATE is the lock)."""
     stmt = select(LedgerHead).where(LedgerHead.id == 1)
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     session.execute(stmt).scalar_one()
 
@@ -67,21 +73,25 @@ MASKED_ACCOUNT = "bank_account_masked"
 
 
 class Config:
-    def __init__(self, engine: Engine, settings=None, clock=None) -> None:
+    def __init__(self, engine: Engine, settings: Settings | None = None, clock: Clock | None = None) -> None:
         self.engine = engine
         self.settings = settings
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
 
     # -- bank details: sealed at rest, never in record_json ----------------
 
-    def _data_key(self):
+    def _data_key(self) -> sealing.DataKey:
         from engine import keyring
         from engine.settings import Settings
 
         return keyring.data_key(self.settings or Settings())
 
     def _store_record(
-        self, row: MerchantRow, merchant: Merchant, account_set_at: int | None, masked_before: dict | None = None
+        self,
+        row: MerchantRow,
+        merchant: Merchant,
+        account_set_at: int | None,
+        masked_before: dict[str, Any] | None = None,
     ) -> None:
         """Seal a newly set payout account (`account_set_at`: when) and keep its masked form
         in the record, so a change of account is a new, different merchant version."""
@@ -96,7 +106,7 @@ class Config:
             record_json = json.dumps(record, ensure_ascii=False, separators=(",", ":"))
         row.record_json = record_json
 
-    def bank_account(self, merchant_id: str, session: Session | None = None):
+    def bank_account(self, merchant_id: str, session: Session | None = None) -> BankAccount | None:
         """The merchant's payout account, opened from its sealed form (None when not on file).
 
         Pass the caller's session when it holds the write lock: on SQLite a second
@@ -111,8 +121,8 @@ class Config:
         return sealing.open_bank_account(self._data_key(), merchant_id, row.bank_account_sealed)
 
     @staticmethod
-    def public_record(row: MerchantRow) -> dict:
-        record = json.loads(row.record_json)
+    def public_record(row: MerchantRow) -> dict[str, Any]:
+        record: dict[str, Any] = json.loads(row.record_json)
         record.pop("bank_account", None)
         record["bank_account_on_file"] = row.bank_account_sealed is not None
         record["bank_account_pending_confirmation"] = row.bank_change_by is not None
@@ -120,7 +130,7 @@ class Config:
 
     # -- merchants ---------------------------------------------------------
 
-    def create_merchant(self, merchant: Merchant, actor: Actor = OPERATOR) -> dict:
+    def create_merchant(self, merchant: Merchant, actor: Actor = OPERATOR) -> dict[str, Any]:
         """A new merchant; its first payout account, set here, needs no confirmation."""
         with Session(self.engine) as session, session.begin():
             _bump(session)
@@ -136,7 +146,7 @@ class Config:
             audit.record(session, actor, "merchant.create", f"merchant:{merchant.id}", None, after, at_us=now)
             return after
 
-    def update_merchant(self, merchant_id: str, patch: dict, actor: Actor = OPERATOR) -> dict:
+    def update_merchant(self, merchant_id: str, patch: Mapping[str, Any], actor: Actor = OPERATOR) -> dict[str, Any]:
         """A new merchant version. A new payout account (SPEC §9.6) holds the merchant's
         payouts until a different admin or finance key confirms it."""
         with Session(self.engine) as session, session.begin():
@@ -173,7 +183,7 @@ class Config:
                 )
             return after
 
-    def confirm_bank_account(self, merchant_id: str, actor: Actor = OPERATOR) -> dict:
+    def confirm_bank_account(self, merchant_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
         """Release a held payout account change; only a key other than the one that made it may."""
         with Session(self.engine) as session, session.begin():
             _lock(session)
@@ -191,8 +201,10 @@ class Config:
                 )
             # A key made after the change cannot confirm it: whoever made the change could otherwise
             # make a second key and confirm with it.
+            changed_at = row.bank_change_at_us
+            assert changed_at is not None, merchant_id  # set and cleared with bank_change_by
             confirming = session.get(ApiKeyRow, actor.key_id)
-            if confirming is None or confirming.created_at_us >= row.bank_change_at_us:
+            if confirming is None or confirming.created_at_us >= changed_at:
                 raise EngineError(
                     "bank_change_same_key",
                     "a bank account change must be confirmed by another key that existed before it",
@@ -201,7 +213,7 @@ class Config:
             before = {
                 "bank_account": masked,
                 "changed_by": row.bank_change_by,
-                "changed_at": format_instant(row.bank_change_at_us),
+                "changed_at": format_instant(changed_at),
                 "pending_confirmation": True,
             }
             row.bank_change_by = row.bank_change_at_us = None
@@ -224,14 +236,14 @@ class Config:
             )
         )
 
-    def get_merchant(self, merchant_id: str) -> dict:
+    def get_merchant(self, merchant_id: str) -> dict[str, Any]:
         with Session(self.engine) as session:
             row = session.get(MerchantRow, merchant_id)
             if row is None:
                 raise EngineError("not_found", f"merchant {merchant_id} is not known")
             return self.public_record(row)
 
-    def list_merchants(self) -> list[dict]:
+    def list_merchants(self) -> list[dict[str, Any]]:
         with Session(self.engine) as session:
             rows = session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
             return [self.public_record(r) for r in rows]
@@ -263,7 +275,7 @@ class Config:
             )
         return campaign
 
-    def update_campaign(self, campaign_id: str, patch: dict, actor: Actor = OPERATOR) -> Campaign:
+    def update_campaign(self, campaign_id: str, patch: Mapping[str, Any], actor: Actor = OPERATOR) -> Campaign:
         """A new version; a started campaign may not end before now nor budget below what it issued."""
         with Session(self.engine) as session, session.begin():
             _bump(session)
@@ -271,6 +283,7 @@ class Config:
             if row is None:
                 raise EngineError("not_found", f"campaign {campaign_id} is not known")
             current_row = session.get(CampaignVersionRow, (campaign_id, row.current_version))
+            assert current_row is not None, (campaign_id, row.current_version)  # written with current_version
             current = Campaign.model_validate_json(current_row.record_json)
             if "id" in patch and patch["id"] != campaign_id:
                 raise EngineError("invalid_request", "id cannot change")
@@ -326,7 +339,7 @@ class Config:
 
     # -- terminals ---------------------------------------------------------
 
-    def create_terminal(self, terminal_id: str, merchant_id: str, actor: Actor = OPERATOR) -> dict:
+    def create_terminal(self, terminal_id: str, merchant_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
         with Session(self.engine) as session, session.begin():
             _bump(session)
             if session.get(MerchantRow, merchant_id) is None:
@@ -347,18 +360,18 @@ class Config:
         return {"id": terminal_id, "merchant_id": merchant_id, "public_key": None}
 
     @staticmethod
-    def terminal_record(row: TerminalRow) -> dict:
+    def terminal_record(row: TerminalRow) -> dict[str, Any]:
         """A terminal as the API shows it (and as the audit log holds it: the key is public)."""
         return {"id": row.id, "merchant_id": row.merchant_id, "public_key": row.public_key}
 
-    def get_terminal(self, terminal_id: str) -> dict:
+    def get_terminal(self, terminal_id: str) -> dict[str, Any]:
         with Session(self.engine) as session:
             row = session.get(TerminalRow, terminal_id)
             if row is None:
                 raise EngineError("not_found", f"terminal {terminal_id} is not known")
             return self.terminal_record(row)
 
-    def update_terminal(self, terminal_id: str, patch: dict, actor: Actor = OPERATOR) -> dict:
+    def update_terminal(self, terminal_id: str, patch: Mapping[str, Any], actor: Actor = OPERATOR) -> dict[str, Any]:
         """Move a terminal to a merchant and/or set (`public_key`: canonical base64, already
         checked) or remove (`public_key`: None) its request-signing key."""
         with Session(self.engine) as session, session.begin():
@@ -390,7 +403,7 @@ class Config:
             row = session.get(TerminalRow, terminal_id) if terminal_id else None
             return row.merchant_id if row is not None else None
 
-    def list_terminals(self) -> list[dict]:
+    def list_terminals(self) -> list[dict[str, Any]]:
         with Session(self.engine) as session:
             rows = session.execute(select(TerminalRow).order_by(TerminalRow.id)).scalars()
             return [self.terminal_record(r) for r in rows]

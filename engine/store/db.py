@@ -7,10 +7,17 @@ upgrade halfway through. PostgreSQL runs through psycopg 3.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import create_engine, event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import ConnectionPoolEntry
+
+if TYPE_CHECKING:
+    import psycopg
+    from alembic.config import Config
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
@@ -19,12 +26,18 @@ def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+def psycopg_connection(connection: Connection) -> psycopg.Connection[tuple[Any, ...]]:
+    """The psycopg connection under a PostgreSQL `connection` (the caller checked the dialect),
+    for what SQLAlchemy does not expose: COPY, binary array parameters, pipelines."""
+    return cast("psycopg.Connection[tuple[Any, ...]]", connection.connection.dbapi_connection)
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
         @event.listens_for(engine, "connect")
-        def _connect(dbapi_connection, _record):  # noqa: ANN001
+        def _connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
             # Let SQLAlchemy's "begin" event decide how a transaction starts.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
@@ -35,7 +48,7 @@ def make_engine(url: str) -> Engine:
             cursor.close()
 
         @event.listens_for(engine, "begin")
-        def _begin(connection):  # noqa: ANN001
+        def _begin(connection: Connection) -> None:
             connection.exec_driver_sql("BEGIN IMMEDIATE")
 
         return engine
@@ -44,7 +57,7 @@ def make_engine(url: str) -> Engine:
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
 
 
-def alembic_config(url: str):
+def alembic_config(url: str) -> Config:
     from alembic.config import Config
 
     config = Config()

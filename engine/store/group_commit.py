@@ -26,20 +26,20 @@ class GroupCommitter:
         self.ledger = ledger
         self.wait_s = wait_ms / 1000
         self.size_max = size_max
-        self._queue: queue.Queue[tuple[Submission, Future]] = queue.Queue()
+        self._queue: queue.Queue[tuple[Submission, Future[Result]]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
         self._thread.start()
 
     def submit(self, submission: Submission, timeout_s: float = 60.0) -> Result:
         return self.enqueue(submission).result(timeout=timeout_s)
 
-    def enqueue(self, submission: Submission) -> Future:
+    def enqueue(self, submission: Submission) -> Future[Result]:
         """Queue a submission; the future resolves after its group committed."""
-        future: Future = Future()
+        future: Future[Result] = Future()
         self._queue.put((submission, future))
         return future
 
-    def _gather(self) -> list[tuple[Submission, Future]]:
+    def _gather(self) -> list[tuple[Submission, Future[Result]]]:
         group = [self._queue.get()]
         deadline = time.monotonic() + self.wait_s
         while len(group) < self.size_max:

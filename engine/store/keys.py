@@ -18,13 +18,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+from typing import Any, cast
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import CursorResult, and_, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine.audit import OPERATOR, Actor
-from engine.clock import SystemClock
+from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
 from engine.store import audit
 from engine.store.config import ROLES, Principal
@@ -53,7 +54,7 @@ def _instant(us: int | None) -> str | None:
     return None if us is None else format_instant(us)
 
 
-def _listing(row: ApiKeyRow, merchant_id: str | None) -> dict:
+def _listing(row: ApiKeyRow, merchant_id: str | None) -> dict[str, Any]:
     """A key as listings show it: never the secret, never its hash."""
     return {
         "id": row.id,
@@ -68,9 +69,9 @@ def _listing(row: ApiKeyRow, merchant_id: str | None) -> dict:
 
 
 class Keys:
-    def __init__(self, engine: Engine, clock=None) -> None:
+    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
         self.engine = engine
-        self.clock = clock or SystemClock()
+        self.clock: Clock = clock or SystemClock()
 
     def create(
         self,
@@ -79,7 +80,7 @@ class Keys:
         terminal_id: str | None = None,
         expires_in_days: int | None = None,
         actor: Actor = OPERATOR,
-    ) -> tuple[str, dict]:
+    ) -> tuple[str, dict[str, Any]]:
         """A new key: (the secret, returned this once; its listing). Only the SHA-256 is stored."""
         if role not in ROLES:
             raise EngineError("invalid_request", f"role must be one of {', '.join(ROLES)}")
@@ -119,7 +120,7 @@ class Keys:
             audit.record(session, actor, "key.create", f"key:{key_id}", None, listing, at_us=now)
             return secret, listing
 
-    def list(self) -> list[dict]:
+    def list(self) -> list[dict[str, Any]]:
         with Session(self.engine) as session:
             rows = session.execute(
                 select(ApiKeyRow, TerminalRow.merchant_id)
@@ -128,14 +129,16 @@ class Keys:
             ).all()
             return [_listing(row, terminal_merchant or row.merchant_id) for row, terminal_merchant in rows]
 
-    def revoke(self, key_id: str, actor: Actor = OPERATOR) -> dict:
+    def revoke(self, key_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
         """Revoke a key; revoking it again changes nothing and keeps the first instant. Unknown: 404."""
         with Session(self.engine) as session, session.begin():
-            revoked = session.execute(
+            result = session.execute(
                 update(ApiKeyRow)
                 .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at_us.is_(None))
                 .values(revoked_at_us=self.clock.now_us())
-            ).rowcount
+            )
+            # An UPDATE answers a CursorResult; Session.execute is typed for any statement.
+            revoked = cast("CursorResult[Any]", result).rowcount
             found = session.execute(
                 select(ApiKeyRow, TerminalRow.merchant_id)
                 .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)

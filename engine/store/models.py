@@ -9,6 +9,8 @@ moves a positive amount between two different accounts, and on PostgreSQL
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 from sqlalchemy import (
     BigInteger,
     Boolean,
@@ -19,6 +21,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -35,6 +38,11 @@ NAMING_CONVENTION = {
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+    if TYPE_CHECKING:
+        # Every model maps a plain Table (DeclarativeBase says FromClause, which also covers
+        # classes mapped to a select or a join); the bulk helpers need a Table's name and columns.
+        __table__: ClassVar[Table]
 
 
 class LedgerHead(Base):

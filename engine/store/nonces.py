@@ -16,14 +16,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
-from sqlalchemy import delete
+from sqlalchemy import Table, delete
 from sqlalchemy.engine import Engine
 
 from engine.errors import EngineError
 from engine.http_signing import NONCE_TTL_S
 from engine.store.models import SignatureNonceRow
 from engine.store.redis_loop import LoopClients
+
+if TYPE_CHECKING:
+    import redis.asyncio
+    from sqlalchemy.dialects import postgresql, sqlite
 
 log = logging.getLogger(__name__)
 
@@ -38,19 +44,24 @@ class DatabaseNonces:
         self.ttl_us = ttl_s * 1_000_000
         self._last_prune_us = 0
         self._prune_lock = threading.Lock()
+        # Both dialects' INSERT have ON CONFLICT DO UPDATE ... RETURNING, alike.
+        self._insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
         if engine.dialect.name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
+            from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+            self._insert = pg_insert
         else:
-            from sqlalchemy.dialects.sqlite import insert
-        self._insert = insert
+            from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+            self._insert = sqlite_insert
 
     def claim_now(self, terminal_id: str, nonce: str, now_us: int) -> bool:
         """True if `nonce` is fresh for `terminal_id` (and is now used up), False if it is a replay."""
         table = SignatureNonceRow.__table__
-        stmt = self._insert(table).values(terminal_id=terminal_id, nonce=nonce, expires_at_us=now_us + self.ttl_us)
-        stmt = stmt.on_conflict_do_update(
+        insert = self._insert(table).values(terminal_id=terminal_id, nonce=nonce, expires_at_us=now_us + self.ttl_us)
+        stmt = insert.on_conflict_do_update(
             index_elements=[table.c.terminal_id, table.c.nonce],
-            set_={"expires_at_us": stmt.excluded.expires_at_us},
+            set_={"expires_at_us": insert.excluded.expires_at_us},
             where=table.c.expires_at_us <= now_us,  # only an expired use is taken over
         ).returning(table.c.terminal_id)
         with self.engine.begin() as connection:
@@ -88,7 +99,7 @@ class RedisNonces:
         self._redis = LoopClients(url)
 
     @property
-    def client(self):
+    def client(self) -> redis.asyncio.Redis:
         return self._redis.client
 
     @staticmethod

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
@@ -32,12 +33,12 @@ def award_status(award: AwardRow) -> str:
     return "pending" if award.pending > 0 else "credited"
 
 
-def get_payment(engine: Engine, payment_id: str) -> dict:
+def get_payment(engine: Engine, payment_id: str) -> dict[str, Any]:
     with Session(engine) as session:
         row = session.get(PaymentRow, payment_id)
         if row is None:
             raise EngineError("not_found", f"transaction {payment_id} is not known")
-        body = json.loads(row.response_json)
+        body: dict[str, Any] = json.loads(row.response_json)
         awards = {
             a.campaign_id: a
             for a in session.execute(select(AwardRow).where(AwardRow.payment_id == payment_id)).scalars()
@@ -60,7 +61,7 @@ def payment_scope(engine: Engine, payment_id: str) -> tuple[str, str] | None:
         return (row.merchant_id, row.terminal_id) if row else None
 
 
-def wallet_points(engine: Engine, wallet_id: str) -> dict:
+def wallet_points(engine: Engine, wallet_id: str) -> dict[str, Any]:
     with Session(engine) as session:
         pending = available = 0
         by_campaign: dict[str, dict[str, int]] = defaultdict(lambda: {"pending": 0, "available": 0})
@@ -82,7 +83,7 @@ def wallet_points(engine: Engine, wallet_id: str) -> dict:
         }
 
 
-def ledger_check(engine: Engine) -> dict:
+def ledger_check(engine: Engine) -> dict[str, Any]:
     """Trial balance, cached balances against postings, the hash chain, lots against
     balances, and the liability identity per campaign, per wallet and in total:
     issued - clawed back - redeemed - expired = pending + available (debt negative)."""
@@ -121,11 +122,15 @@ def ledger_check(engine: Engine) -> dict:
             computed[credit_id] += amount
             category = _CATEGORY.get(reason)
             if reason == rules.DEBT_SETTLEMENT:
-                flows[parts(debit_id)["campaign_id"]]["settled_out"] += amount
-                flows[parts(credit_id)["campaign_id"]]["settled_in"] += amount
+                # Between two wallet accounts, each of a campaign.
+                settled_from, settled_to = parts(debit_id)["campaign_id"], parts(credit_id)["campaign_id"]
+                assert settled_from is not None and settled_to is not None, sequence
+                flows[settled_from]["settled_out"] += amount
+                flows[settled_to]["settled_in"] += amount
             elif category:
                 flows[campaign_id][category] += amount
                 wallet = parts(debit_id)["wallet_id"] or parts(credit_id)["wallet_id"]
+                assert wallet is not None, sequence  # every categorised posting moves a wallet's points
                 sign = 1 if category in ("issued", "returned") else -1
                 wallet_flows[wallet] += sign * amount
         payment_breaks = verify_payment_chain(session)
@@ -160,7 +165,7 @@ def ledger_check(engine: Engine) -> dict:
             f"{w}:{c}" for w, c in set(available) | set(in_lots) if available.get((w, c), 0) != in_lots.get((w, c), 0)
         )
         meters = {r.id: r.issued_net for r in session.execute(select(CampaignRow)).scalars()}
-        campaigns = {}
+        campaigns: dict[str, dict[str, Any]] = {}
         for cid in sorted(set(flows) | set(outstanding) | set(meters)):
             f = flows[cid]
             redeemed = f["redeemed"] - f["returned"]
@@ -217,7 +222,7 @@ def verify_payment_chain(session: Session) -> list[str]:
     """Ids of payments whose hash does not follow from their fields and predecessor, or out of sequence."""
     previous = rules.GENESIS_HASH
     expected = 1
-    breaks = []
+    breaks: list[str] = []
     # Plain tuples streamed in chunks: this reads every request and answer ever stored.
     rows = bulk.stream(
         session,
@@ -246,7 +251,7 @@ _CATEGORY = {
 }
 
 
-def wallet_detail(engine: Engine, wallet_id: str) -> dict:
+def wallet_detail(engine: Engine, wallet_id: str) -> dict[str, Any]:
     """Pending points with when they will be credited, available, debt, and expiring amounts by date."""
     base = wallet_points(engine, wallet_id)
     with Session(engine) as session:
@@ -268,7 +273,7 @@ def wallet_detail(engine: Engine, wallet_id: str) -> dict:
     return base
 
 
-def merchant_rewards(engine: Engine, merchant_id: str, from_us: int | None, to_us: int | None) -> dict:
+def merchant_rewards(engine: Engine, merchant_id: str, from_us: int | None, to_us: int | None) -> dict[str, Any]:
     """Counts, coin sales, points redeemed, and customers' points per campaign by status."""
     with Session(engine) as session:
         where = [PaymentRow.merchant_id == merchant_id]
@@ -276,8 +281,8 @@ def merchant_rewards(engine: Engine, merchant_id: str, from_us: int | None, to_u
             where.append(PaymentRow.occurred_at_us >= from_us)
         if to_us is not None:
             where.append(PaymentRow.occurred_at_us < to_us)
-        totals = defaultdict(int)
-        ids = []
+        totals: dict[str, int] = defaultdict(int)
+        ids: list[str] = []
         for p in session.execute(select(PaymentRow).where(*where)).scalars():
             if p.type == "purchase":
                 ids.append(p.id)
@@ -317,7 +322,7 @@ def merchant_rewards(engine: Engine, merchant_id: str, from_us: int | None, to_u
 
 def merchant_transactions(
     engine: Engine, merchant_id: str, from_us: int | None, to_us: int | None, after_sequence: int, limit: int
-) -> tuple[list[dict], int | None]:
+) -> tuple[list[dict[str, Any]], int | None]:
     """One page in acceptance order after `after_sequence`; the next cursor, or None at the end.
 
     Keyset pagination on the gapless sequence: a transaction accepted while a

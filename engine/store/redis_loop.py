@@ -5,6 +5,10 @@ several loops (uvicorn's, a test client's)."""
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import redis.asyncio
 
 CLIENT_TIMEOUT_S = 1.0
 
@@ -12,10 +16,10 @@ CLIENT_TIMEOUT_S = 1.0
 class LoopClients:
     def __init__(self, url: str) -> None:
         self.url = url
-        self._clients: dict[int, object] = {}
+        self._clients: dict[int, redis.asyncio.Redis] = {}
 
     @property
-    def client(self):
+    def client(self) -> redis.asyncio.Redis:
         import redis.asyncio as redis
 
         loop = id(asyncio.get_running_loop())

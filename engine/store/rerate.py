@@ -29,6 +29,8 @@ import dataclasses
 import json
 import struct
 import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import TypeAdapter, ValidationError
@@ -40,12 +42,25 @@ from engine.rating import ENGINES, build_catalog, rate_columns
 from engine.rating import _kernel_py as k
 from engine.rating.columns import CAPPED_BY, STATUS_CODES, Catalog
 from engine.rating.vectorized import Batch, Opening, assemble, purchase_windows, slot_keys
+from engine.store.db import psycopg_connection
 from engine.timeutil import to_us
 
 _transaction = TypeAdapter(Transaction)
 I64 = np.int64
 MISMATCH_ROWS_MAX = 100
 CAPPED_CODE = {name: code for code, name in CAPPED_BY.items()}
+
+# Query parameters by name.
+Params = Mapping[str, Any]
+# A purchase's items as rated: (amount, tags) each.
+Items = list[tuple[int, tuple[str, ...]]]
+# What was in force at an instant: (campaigns, merchants).
+InForce = Callable[[int], tuple[list[Campaign], list[Merchant]]]
+# An era's catalog and what it was built from: (catalog, campaigns in force, merchants in force).
+EraCatalog = tuple[Catalog, list[Campaign], list[Merchant]]
+# Told the number of payments rated after each era.
+Progress = Callable[[int], object]
+_Record = TypeVar("_Record")
 
 
 # -- loading ------------------------------------------------------------------
@@ -55,11 +70,11 @@ def _is_pg(conn: Connection) -> bool:
     return conn.dialect.name == "postgresql"
 
 
-def _int_columns(conn: Connection, sql: str, names: list[str], params: dict | None = None) -> dict[str, np.ndarray]:
+def _int_columns(conn: Connection, sql: str, names: list[str], params: Params | None = None) -> dict[str, np.ndarray]:
     """Integer columns of a query as numpy arrays (every value non-null and castable to bigint)."""
     if _is_pg(conn):
         # Binary COPY of bigint-only rows has a fixed layout, so numpy reads it in place.
-        raw = conn.connection.dbapi_connection
+        raw = psycopg_connection(conn)
         buffer = bytearray()
         with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT (FORMAT BINARY)", params) as copy:
             for chunk in copy:
@@ -71,14 +86,14 @@ def _int_columns(conn: Connection, sql: str, names: list[str], params: dict | No
         # Every field must be a non-null bigint (CAST(... AS BIGINT) in the query), or the layout is off.
         assert all((rows[f"l_{name}"] == 8).all() for name in names), "a column is null or not bigint"
         return {name: rows[name].astype(I64) for name in names}
-    rows = conn.execute(text(sql), params or {}).fetchall()
-    return {name: np.array([r[i] for r in rows], I64) for i, name in enumerate(names)}
+    fetched = conn.execute(text(sql), params or {}).fetchall()
+    return {name: np.array([r[i] for r in fetched], I64) for i, name in enumerate(names)}
 
 
-def _text_column(conn: Connection, sql: str, params: dict | None = None) -> list[str]:
+def _text_column(conn: Connection, sql: str, params: Params | None = None) -> list[str]:
     """Text columns of a query, in order: one line per row, columns joined by tabs."""
     if _is_pg(conn):
-        raw = conn.connection.dbapi_connection
+        raw = psycopg_connection(conn)
         buffer = bytearray()
         with raw.cursor() as cursor, cursor.copy(f"COPY ({sql}) TO STDOUT", params) as copy:
             for chunk in copy:
@@ -111,7 +126,7 @@ class History:
     wallet: np.ndarray
     merchant_names: list[str]
     wallet_names: list[str]
-    items: dict[int, list] = dataclasses.field(default_factory=dict)  # position -> [(amount, tags)]
+    items: dict[int, Items] = dataclasses.field(default_factory=dict)  # position -> [(amount, tags)]
 
     def __len__(self) -> int:
         return len(self.sequence)
@@ -132,7 +147,7 @@ class History:
         return History(**fields, merchant_names=self.merchant_names, wallet_names=self.wallet_names, items=items)
 
 
-def load_history(conn: Connection, where: str = "", params: dict | None = None) -> History:
+def load_history(conn: Connection, where: str = "", params: Params | None = None) -> History:
     """Payments (all, or those matching a SQL condition on `payment`) in acceptance order."""
     condition = f" WHERE {where}" if where else ""
     ints = _int_columns(
@@ -194,7 +209,7 @@ def extend(old: History, new: History) -> History:
     if not len(old):
         return new
     names = {"merchant": list(old.merchant_names), "wallet": list(old.wallet_names)}
-    codes = {}
+    codes: dict[str, np.ndarray] = {}
     for field in ("merchant", "wallet"):
         index = {name: i for i, name in enumerate(names[field])}
         remap = np.array([index.setdefault(name, len(index)) for name in getattr(new, f"{field}_names")], I64)
@@ -222,11 +237,11 @@ def extend(old: History, new: History) -> History:
     return History(**fields, merchant_names=names["merchant"], wallet_names=names["wallet"], items=items)
 
 
-def payment_ids(conn: Connection, sequences) -> dict[int, str]:
-    sequences = sorted({int(s) for s in sequences})
+def payment_ids(conn: Connection, sequences: Iterable[int]) -> dict[int, str]:
+    ordered = sorted({int(s) for s in sequences})
     out: dict[int, str] = {}
-    for start in range(0, len(sequences), 1000):
-        chunk = sequences[start : start + 1000]
+    for start in range(0, len(ordered), 1000):
+        chunk = ordered[start : start + 1000]
         marks = ", ".join(str(s) for s in chunk)  # integers only: nothing to quote
         for seq, pid in conn.execute(text(f"SELECT sequence, id FROM payment WHERE sequence IN ({marks})")):
             out[int(seq)] = pid
@@ -251,7 +266,7 @@ class Versions:
         return np.array(sorted(instants), I64)
 
     @staticmethod
-    def _at(versions, instant: int):
+    def _at(versions: list[tuple[int, _Record]], instant: int) -> _Record | None:
         current = None
         for at, record in versions:
             if at <= instant:
@@ -265,12 +280,12 @@ class Versions:
 
 
 def load_versions(conn: Connection) -> Versions:
-    campaigns: dict[str, list] = {}
+    campaigns: dict[str, list[tuple[int, Campaign]]] = {}
     for cid, at, record in conn.execute(
         text("SELECT campaign_id, created_at_us, record_json FROM campaign_version ORDER BY campaign_id, version")
     ):
         campaigns.setdefault(cid, []).append((int(at), Campaign.model_validate_json(record)))
-    merchants: dict[str, list] = {}
+    merchants: dict[str, list[tuple[int, Merchant]]] = {}
     for mid, at, record in conn.execute(
         text("SELECT merchant_id, created_at_us, record_json FROM merchant_version ORDER BY merchant_id, version")
     ):
@@ -334,8 +349,8 @@ class Rated:
     spend: np.ndarray  # [G]
     eras: int
     era: np.ndarray  # [N] index into `catalogs` of the era each payment was rated in
-    catalogs: dict  # era -> (Catalog, campaigns in force, merchants in force)
-    timings_s: dict  # "encode" (catalogs, slots, columns, folding back) and "rate" (the kernel calls)
+    catalogs: dict[int, EraCatalog]  # era -> (Catalog, campaigns in force, merchants in force)
+    timings_s: dict[str, float]  # "encode" (catalogs, slots, columns, folding back) and "rate" (the kernel calls)
 
 
 def _segments(history: History, changes: np.ndarray) -> list[tuple[int, int, int]]:
@@ -352,9 +367,9 @@ def _segments(history: History, changes: np.ndarray) -> list[tuple[int, int, int
 def rate_history(
     history: History,
     versions: Versions,
-    override: dict | None = None,
+    override: InForce | None = None,
     engine: str | None = None,
-    progress=None,
+    progress: Progress | None = None,
     grants: bool = True,
 ) -> Rated:
     """Rate `history` era by era from zero state.
@@ -368,7 +383,7 @@ def rate_history(
     changes = versions.changes()
     segments = _segments(history, changes)
     in_force = override or versions.in_force
-    catalogs: dict[int, tuple] = {}
+    catalogs: dict[int, EraCatalog] = {}
     for _, _, era in segments:
         if era not in catalogs:
             campaigns, merchants = in_force(int(changes[era]) if era >= 0 else -(1 << 62))
@@ -397,7 +412,7 @@ def rate_history(
         counts[pos] = len(items)
     np.cumsum(counts, out=item_start[1:])
     item_amount = np.zeros(int(item_start[-1]), I64)
-    item_tags: list[tuple] = [()] * int(item_start[-1])
+    item_tags: list[tuple[str, ...]] = [()] * int(item_start[-1])
     for pos, items in history.items.items():
         for j, (amount, tags) in enumerate(items):
             item_amount[item_start[pos] + j] = amount
@@ -525,11 +540,11 @@ def rate_history(
     )
 
 
-def _masks(catalog: Catalog, tags: list[tuple]) -> np.ndarray:
+def _masks(catalog: Catalog, tags: list[tuple[str, ...]]) -> np.ndarray:
     bits = catalog.tag_bits
     if not bits or not tags:
         return np.zeros(len(tags), np.uint64)
-    cache: dict[tuple, int] = {}
+    cache: dict[tuple[str, ...], int] = {}
     return np.fromiter(
         (
             cache.setdefault(t, sum(1 << bits[x] for x in set(t) if x in bits)) if t not in cache else cache[t]
@@ -575,14 +590,14 @@ def request_suspects(engine: Engine) -> list[int] | None:
 
 def check_requests(
     conn: Connection, history: History, suspects: list[int] | None = None
-) -> tuple[list[dict], dict[int, dict]]:
+) -> tuple[list[dict[str, Any]], dict[int, dict[str, Any]]]:
     """Payments whose stored request differs from their row: problems, and the request's values by position.
 
     `suspects` (from `request_suspects`) narrows the Python check to those payments; None checks all.
     """
     condition = "" if suspects is None else f" WHERE sequence IN ({', '.join(map(str, suspects)) or 'NULL'})"
-    problems: list[dict] = []
-    values: dict[int, dict] = {}
+    problems: list[dict[str, Any]] = []
+    values: dict[int, dict[str, Any]] = {}
     if suspects == []:
         return problems, values
     rows = conn.execute(
@@ -597,8 +612,12 @@ def check_requests(
         except ValidationError:
             problems.append({"sequence": int(seq), "problem": "stored request is not a valid transaction"})
             continue
-        request_fields = {"type": body.type, "amount": body.amount, "occurred_at_us": to_us(body.occurred_at)}
-        row_fields = {"type": kind, "amount": amount, "occurred_at_us": at}
+        request_fields: dict[str, Any] = {
+            "type": body.type,
+            "amount": body.amount,
+            "occurred_at_us": to_us(body.occurred_at),
+        }
+        row_fields: dict[str, Any] = {"type": kind, "amount": amount, "occurred_at_us": at}
         if body.type == "purchase":
             request_fields |= {
                 "points_used": body.points_used,
@@ -630,7 +649,7 @@ def check_requests(
     return problems, values
 
 
-def _apply_request_values(history: History, values: dict[int, dict]) -> None:
+def _apply_request_values(history: History, values: dict[int, dict[str, Any]]) -> None:
     """Rate from what the stored request says where it differs from its row."""
     merchants = {m: i for i, m in enumerate(history.merchant_names)}
     wallets = {w: i for i, w in enumerate(history.wallet_names)}
@@ -657,7 +676,7 @@ def _campaign_code(ids: list[str]) -> str:
     return f"CASE campaign_id {cases} ELSE -1 END" if ids else "-1"
 
 
-def load_ledger(conn: Connection, history: History, campaign_ids: list[str]) -> dict[str, np.ndarray]:
+def load_ledger(conn: Connection, history: History, campaign_ids: list[str]) -> dict[str, dict[str, np.ndarray]]:
     """Award rows and refund postings as arrays over (payment position, campaign column)."""
     capped = " ".join(f"WHEN '{name}' THEN {code}" for name, code in CAPPED_CODE.items() if name)
     award_code = _campaign_code(campaign_ids).replace("campaign_id", "a.campaign_id")
@@ -690,7 +709,7 @@ def load_ledger(conn: Connection, history: History, campaign_ids: list[str]) -> 
 # -- comparing -------------------------------------------------------------------------
 
 
-def rerate_check(engine: Engine, progress=None, kernel: str | None = None) -> dict:
+def rerate_check(engine: Engine, progress: Progress | None = None, kernel: str | None = None) -> dict[str, Any]:
     """Re-rate everything; returns {"ok", "checked", "mismatches": [...], "mismatch_count", "timings_s"}."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -729,13 +748,13 @@ def rerate_check(engine: Engine, progress=None, kernel: str | None = None) -> di
     }
 
 
-def _compare(history: History, rated: Rated, ledger: dict) -> list[dict]:
+def _compare(history: History, rated: Rated, ledger: dict[str, dict[str, np.ndarray]]) -> list[dict[str, Any]]:
     G = len(rated.campaign_ids)
     N = len(history)
     P = rated.award.shape[0]
     is_purchase = history.kind == k.KIND_PURCHASE
     purchase_position = np.flatnonzero(is_purchase)
-    out: list[dict] = []
+    out: list[dict[str, Any]] = []
 
     declined = np.flatnonzero(rated.status != k.STATUS_ACCEPTED)
     for pos in declined.tolist():
@@ -820,7 +839,9 @@ def _compare(history: History, rated: Rated, ledger: dict) -> list[dict]:
     return out
 
 
-def _awards(rated: Rated, row: int, points, capped, version) -> dict:
+def _awards(
+    rated: Rated, row: int, points: np.ndarray, capped: np.ndarray, version: np.ndarray
+) -> dict[str, list[int | str | None]]:
     return {
         rated.campaign_ids[g]: [int(points[row, g]), CAPPED_BY[int(capped[row, g])], int(version[row, g])]
         for g in np.flatnonzero(points[row]).tolist()

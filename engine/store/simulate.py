@@ -21,11 +21,13 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
+from typing import Any
 
 import numpy as np
 from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
 
-from engine.model import Campaign
+from engine.model import Campaign, Merchant
 from engine.rating import _kernel_py as k
 from engine.rating.columns import CAPPED_BY, window_keys_us
 from engine.store import rerate
@@ -34,7 +36,7 @@ from engine.timeutil import format_instant
 CAPS = [name for name in CAPPED_BY.values() if name]
 
 
-def simulate(engine, draft: Campaign, from_us: int, to_us: int, kernel: str | None = None) -> dict:
+def simulate(engine: Engine, draft: Campaign, from_us: int, to_us: int, kernel: str | None = None) -> dict[str, Any]:
     """Rate the window [from_us, to_us) under `draft` with the live campaigns as they were."""
     assert from_us < to_us, "an empty window"
     timings: dict[str, float] = {}
@@ -49,7 +51,7 @@ def simulate(engine, draft: Campaign, from_us: int, to_us: int, kernel: str | No
         conn.rollback()
     timings["load"] = time.perf_counter() - started
 
-    def in_force(instant: int):
+    def in_force(instant: int) -> tuple[list[Campaign], list[Merchant]]:
         campaigns, merchants = versions.in_force(instant)
         return [c for c in campaigns if c.id != draft.id] + [draft], merchants
 
@@ -84,7 +86,7 @@ class HistoryCache:
         self.last_hash: str | None = None
         self.lock = threading.Lock()
 
-    def get(self, conn) -> rerate.History:
+    def get(self, conn: Connection) -> rerate.History:
         with self.lock:
             if self.history is not None and len(self.history):
                 last = int(self.history.sequence[-1])
@@ -105,11 +107,11 @@ class HistoryCache:
 _caches: dict[str, HistoryCache] = {}
 
 
-def _cache_for(engine) -> HistoryCache:
+def _cache_for(engine: Engine) -> HistoryCache:
     return _caches.setdefault(engine.url.render_as_string(hide_password=False), HistoryCache())
 
 
-def _aggregate(history: rerate.History, rated: rerate.Rated, draft: Campaign) -> dict:
+def _aggregate(history: rerate.History, rated: rerate.Rated, draft: Campaign) -> dict[str, Any]:
     ids = rated.campaign_ids
     G = len(ids)
     N = len(history)
@@ -124,7 +126,7 @@ def _aggregate(history: rerate.History, rated: rerate.Rated, draft: Campaign) ->
 
     capped = np.zeros((N, G), np.int8)
     capped[purchases] = rated.capped[rated.row[purchases]]
-    by_campaign = {}
+    by_campaign: dict[str, dict[str, Any]] = {}
     for g, cid in enumerate(ids):
         got = awarded[:, g] > 0
         by_campaign[cid] = {
@@ -144,7 +146,7 @@ def _aggregate(history: rerate.History, rated: rerate.Rated, draft: Campaign) ->
         table = np.array([by_id.get(name, -1) for name in history.merchant_names], np.int64)
         here = rated.era == era
         class_of[here] = table[history.merchant[here]]
-    by_class = {}
+    by_class: dict[str, dict[str, int]] = {}
     for i, name in enumerate(classes):
         totals = net[class_of == i].sum(axis=0)
         by_class[name] = {cid: int(v) for cid, v in zip(ids, totals) if v}
