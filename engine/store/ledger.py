@@ -149,131 +149,133 @@ class Ledger:
                 remembered = self._remembered(session, keys)
                 if len(remembered) == len(keys):
                     return [self._replay(*remembered[(s.terminal_id, s.idempotency_key)][2:], s) for s in submissions]
-            head = self._lock_head(session)
-            _, catalog, campaigns, merchants, terminals = self._catalog_for(session, head.catalog_version)
-            results: list[Result | None] = [None] * len(submissions)
+            return self._post_group(session, submissions, keys)
 
-            # 1. Remembered keys answer first (looked up again under the lock); a key twice
-            # in one group answers like a retry.
-            remembered = self._remembered(session, keys)
-            first_in_group: dict[tuple[str, str], int] = {}
-            fresh: list[int] = []
-            for i, s in enumerate(submissions):
-                key = (s.terminal_id, s.idempotency_key)
-                row = remembered.get(key)
-                if row is not None:
-                    results[i] = self._replay(row[2], row[3], row[4], s)
-                elif key in first_in_group:
-                    continue  # answered after the group is rated, from the first one's result
-                else:
-                    first_in_group[key] = i
-                    fresh.append(i)
+    def _post_group(
+        self, session: Session, submissions: list[Submission], keys: set[tuple[str, str]]
+    ) -> list[Result | None]:
+        """`_submit_one` from the sequencer lock on."""
+        head = self._lock_head(session)
+        _, catalog, campaigns, merchants, terminals = self._catalog_for(session, head.catalog_version)
+        results: list[Result | None] = [None] * len(submissions)
 
-            # 2. References the rating kernel cannot see: originals and their merchant.
-            originals = self._load_originals(
-                session, {submissions[i].body.original_id for i in fresh if submissions[i].body.type == "refund"}
-            )
-            used_receipts = self._used_receipts(session, {submissions[i].receipt_key for i in fresh} - {None})
-            claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
-            deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
-            events = []
-            payment_ids: dict[int, str] = {}
-            for i in fresh:
-                s = submissions[i]
-                s.merchant_id = terminals.get(s.terminal_id)
-                if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
-                    results[i] = Result(
-                        *decline("forbidden", "a terminal posts only for its own merchant"), remember=False
-                    )
-                    continue
-                if s.body.type == "refund":
-                    original = originals.get(s.body.original_id)
-                    if original is None:
-                        results[i] = self._decline("original_not_found", s)
-                        continue
-                    if original["merchant_id"] != s.merchant_id:
-                        results[i] = self._decline("refund_merchant_mismatch", s)
-                        continue
-                    if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != (
-                        s.receipt.app_id,
-                        s.receipt.original_jti,
-                    ):
-                        results[i] = Result(
-                            *decline("receipt_mismatch", "the receipt's original_jti is not the purchase's receipt"),
-                            remember=False,
-                        )
-                        continue
-                if s.receipt_key in used_receipts:
-                    results[i] = self._decline("receipt_already_used", s)
-                    continue
-                if s.receipt_key is not None:
-                    if s.receipt_key in claimed:
-                        deferred[i] = claimed[s.receipt_key]
-                        continue
-                    claimed[s.receipt_key] = i
-                payment_ids[i] = "tx_" + secrets.token_hex(12)
-                events.append((payment_ids[i], s.body))
-
-            accepted_at = self.clock.now_us()
-            if events:
-                state, books = self._load_state(session, catalog, events, originals)
-                usage_before, spend_before = dict(state.usage), dict(state.spend)
-                pending_before = {
-                    (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
-                }
-                outcomes = rate(catalog, events, state)
-                writer = _GroupWriter(session, head, accepted_at, campaigns, books)
-                by_payment = dict(zip((pid for pid, _ in events), outcomes))
-                for i in fresh:
-                    if results[i] is not None or i in deferred:
-                        continue
-                    s = submissions[i]
-                    outcome = by_payment[payment_ids[i]]
-                    if outcome.declined:
-                        results[i] = self._decline(outcome.declined, s)
-                    elif s.body.type == "purchase":
-                        results[i] = Result(201, writer.purchase(payment_ids[i], s, outcome, state))
-                    else:
-                        results[i] = Result(
-                            201,
-                            writer.refund(
-                                payment_ids[i], s, outcome, state, originals[s.body.original_id], pending_before
-                            ),
-                        )
-                writer.flush(state, usage_before, spend_before, send=False)
-                batch = writer.batch
+        # 1. Remembered keys answer first (looked up again under the lock); a key twice
+        # in one group answers like a retry.
+        remembered = self._remembered(session, keys)
+        first_in_group: dict[tuple[str, str], int] = {}
+        fresh: list[int] = []
+        for i, s in enumerate(submissions):
+            key = (s.terminal_id, s.idempotency_key)
+            row = remembered.get(key)
+            if row is not None:
+                results[i] = self._replay(row[2], row[3], row[4], s)
+            elif key in first_in_group:
+                continue  # answered after the group is rated, from the first one's result
             else:
-                batch = bulk.WriteBatch(session)
+                first_in_group[key] = i
+                fresh.append(i)
 
-            # 3. A receipt's later uses: declined if its first use here was accepted, else left
-            # to the next round. Then duplicates of keys inside the group, and remember every answer.
-            for i, first_use in deferred.items():
-                if results[first_use] is not None and results[first_use].status == 201:
-                    results[i] = self._decline("receipt_already_used", submissions[i])
-            for i, s in enumerate(submissions):
-                first = first_in_group.get((s.terminal_id, s.idempotency_key))
-                if results[i] is None and first != i and results[first] is not None:
-                    base = submissions[first]
-                    done = results[first]
-                    results[i] = self._replay(base.request_hash, done.status, json.dumps(done.body), s)
-            remember = []
-            for key, i in first_in_group.items():
-                r = results[i]
-                if r is None or not r.remember:
+        # 2. References the rating kernel cannot see: originals and their merchant.
+        originals = self._load_originals(
+            session, {submissions[i].body.original_id for i in fresh if submissions[i].body.type == "refund"}
+        )
+        used_receipts = self._used_receipts(session, {submissions[i].receipt_key for i in fresh} - {None})
+        claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
+        deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
+        events = []
+        payment_ids: dict[int, str] = {}
+        for i in fresh:
+            s = submissions[i]
+            s.merchant_id = terminals.get(s.terminal_id)
+            if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
+                results[i] = Result(*decline("forbidden", "a terminal posts only for its own merchant"), remember=False)
+                continue
+            if s.body.type == "refund":
+                original = originals.get(s.body.original_id)
+                if original is None:
+                    results[i] = self._decline("original_not_found", s)
                     continue
-                remember.append(
-                    dict(
-                        terminal_id=key[0],
-                        key=key[1],
-                        request_hash=submissions[i].request_hash,
-                        response_status=r.status,
-                        response_json=json.dumps(r.body, ensure_ascii=False),
-                        payment_id=r.body.get("id") if r.status == 201 else None,
-                        created_at_us=accepted_at,
+                if original["merchant_id"] != s.merchant_id:
+                    results[i] = self._decline("refund_merchant_mismatch", s)
+                    continue
+                if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != (
+                    s.receipt.app_id,
+                    s.receipt.original_jti,
+                ):
+                    results[i] = Result(
+                        *decline("receipt_mismatch", "the receipt's original_jti is not the purchase's receipt"),
+                        remember=False,
                     )
+                    continue
+            if s.receipt_key in used_receipts:
+                results[i] = self._decline("receipt_already_used", s)
+                continue
+            if s.receipt_key is not None:
+                if s.receipt_key in claimed:
+                    deferred[i] = claimed[s.receipt_key]
+                    continue
+                claimed[s.receipt_key] = i
+            payment_ids[i] = "tx_" + secrets.token_hex(12)
+            events.append((payment_ids[i], s.body))
+
+        accepted_at = self.clock.now_us()
+        if events:
+            state, books = self._load_state(session, catalog, events, originals)
+            usage_before, spend_before = dict(state.usage), dict(state.spend)
+            pending_before = {
+                (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
+            }
+            outcomes = rate(catalog, events, state)
+            writer = _GroupWriter(session, head, accepted_at, campaigns, books)
+            by_payment = dict(zip((pid for pid, _ in events), outcomes))
+            for i in fresh:
+                if results[i] is not None or i in deferred:
+                    continue
+                s = submissions[i]
+                outcome = by_payment[payment_ids[i]]
+                if outcome.declined:
+                    results[i] = self._decline(outcome.declined, s)
+                elif s.body.type == "purchase":
+                    results[i] = Result(201, writer.purchase(payment_ids[i], s, outcome, state))
+                else:
+                    results[i] = Result(
+                        201,
+                        writer.refund(payment_ids[i], s, outcome, state, originals[s.body.original_id], pending_before),
+                    )
+            writer.flush(state, usage_before, spend_before, send=False)
+            batch = writer.batch
+        else:
+            batch = bulk.WriteBatch(session)
+
+        # 3. A receipt's later uses: declined if its first use here was accepted, else left
+        # to the next round. Then duplicates of keys inside the group, and remember every answer.
+        for i, first_use in deferred.items():
+            if results[first_use] is not None and results[first_use].status == 201:
+                results[i] = self._decline("receipt_already_used", submissions[i])
+        for i, s in enumerate(submissions):
+            first = first_in_group.get((s.terminal_id, s.idempotency_key))
+            if results[i] is None and first != i and results[first] is not None:
+                base = submissions[first]
+                done = results[first]
+                results[i] = self._replay(base.request_hash, done.status, json.dumps(done.body), s)
+        remember = []
+        for key, i in first_in_group.items():
+            r = results[i]
+            if r is None or not r.remember:
+                continue
+            remember.append(
+                dict(
+                    terminal_id=key[0],
+                    key=key[1],
+                    request_hash=submissions[i].request_hash,
+                    response_status=r.status,
+                    response_json=json.dumps(r.body, ensure_ascii=False),
+                    payment_id=r.body.get("id") if r.status == 201 else None,
+                    created_at_us=accepted_at,
                 )
-            batch.insert(IdempotencyRow.__table__, remember)
-            batch.send()
+            )
+        batch.insert(IdempotencyRow.__table__, remember)
+        batch.send()
         return results
 
     @staticmethod
