@@ -40,9 +40,9 @@ DAY_US = 24 * HOUR_US
 def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict:
     """Budget, issued, clawed back, net, remaining, recent burn and the forecast exhaustion instant."""
     now = now or ledger.clock.now_us()
-    with Session(ledger.engine) as session:
-        head = ledger._lock_head_readonly(session)
-        _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+    with ledger.read_view() as view:
+        session = view.session
+        campaigns = view.catalog.campaigns
         meter = session.get(CampaignRow, campaign_id)
         if meter is None or campaign_id not in campaigns:
             raise EngineError("not_found", f"campaign {campaign_id} is not known")
@@ -253,11 +253,10 @@ def _check_chain_heads(session: Session, public_key) -> list[dict]:
 # -- reconciliation ------------------------------------------------------------------
 
 
-def _check_statements(ledger: Ledger, session: Session, public_key) -> list[dict]:
+def _check_statements(session: Session, public_key) -> list[dict]:
     bad = []
     merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
-    head = ledger._lock_head_readonly(session)
-    funded_by = settlement._funded_by(ledger, session, head)
+    funded_by = settlement._funded_by(session)
     for run in session.execute(select(SettlementRunRow).order_by(SettlementRunRow.period_start_us)).scalars():
         signed = json.loads(run.statement_json)
         if not signing.verify_document(public_key, signed):
@@ -321,8 +320,8 @@ def _check_closeouts(session: Session) -> list[dict]:
 
 
 def _check_budgets(ledger: Ledger, session: Session) -> list[dict]:
-    head = ledger._lock_head_readonly(session)
-    _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+    with ledger.read_view(session) as view:
+        campaigns = view.catalog.campaigns
     bad = []
     for meter in session.execute(select(CampaignRow)).scalars():
         campaign = campaigns.get(meter.id)
@@ -338,7 +337,7 @@ def reconcile(ledger: Ledger, settings, progress=None) -> dict:
     with Session(ledger.engine) as session:
         budgets = _check_budgets(ledger, session)
         heads = _check_chain_heads(session, public_key)
-        statements = _check_statements(ledger, session, public_key)
+        statements = _check_statements(session, public_key)
         closeouts = _check_closeouts(session)
         audit_report = audit.check(session)
     rerated = rerate.rerate_check(ledger.engine, progress)

@@ -1,22 +1,33 @@
-"""The ledger unit of work: rate a group of requests and post it in one transaction.
+"""The ledger's unit of work: every change that posts runs in one, under the sequencer lock.
 
-`Ledger.submit` is the one place that owns a database transaction on the
-money path. It takes the sequencer lock (the `ledger_head` row: FOR UPDATE on
-PostgreSQL, BEGIN IMMEDIATE on SQLite), answers remembered idempotency keys,
-loads exactly the rating state the group needs, rates the whole group with one
-kernel call, and writes payments, awards, postings (hash-chained), cached
-balances, cap usage, budget meters and idempotent answers before committing.
-Nothing is acknowledged before that commit, and because every writer of every
-process holds the same lock while it rates, caps and budgets stay exact and
-the acceptance sequence stays gapless.
+`Ledger.unit_of_work()` is the one way into a posting transaction, for the
+money path (`Ledger.submit`) and for everything else that posts (crediting,
+expiry, grants, settlement runs, payout results). It opens the session and
+its transaction, takes the sequencer lock (the `ledger_head` row: FOR UPDATE
+on PostgreSQL, BEGIN IMMEDIATE on SQLite), and hands out a `UnitOfWork`: the
+session, the `CatalogSnapshot` of the locked catalog version, and a
+`PostingWriter` that hash-chains postings and writes them, with the rows that
+go with them, in one batch before the commit. `Ledger.read_view()` is its
+read-only twin for readers that want the same catalog without the lock.
+
+`Ledger.submit` rates a group of requests inside one unit of work: it answers
+remembered idempotency keys, loads exactly the rating state the group needs,
+rates the whole group with one kernel call, and writes payments, awards,
+postings, cached balances, cap usage, budget meters and idempotent answers
+before committing. Nothing is acknowledged before that commit, and because
+every writer of every process holds the same lock while it rates, caps and
+budgets stay exact and the acceptance sequence stays gapless.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import secrets
 from collections import defaultdict
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
@@ -27,7 +38,7 @@ from engine import ledger_rules as rules
 from engine.clock import SystemClock
 from engine.errors import decline
 from engine.model import Campaign, Merchant, Purchase, Refund
-from engine.rating import AwardState, Catalog, PurchaseState, RatingState, build_catalog, rate, window_key
+from engine.rating import AwardState, Catalog, Outcome, PurchaseState, RatingState, build_catalog, rate, window_key
 from engine.rating._kernel_py import share_target
 from engine.receipts import Receipt
 from engine.store import bulk
@@ -48,6 +59,8 @@ from engine.store.models import (
 )
 from engine.timeutil import format_instant, to_us
 from engine.wallet_book import Lot, WalletBook, lot_id
+
+Row = dict[str, Any]  # one row to write, or one answer's JSON body
 
 
 @dataclasses.dataclass
@@ -75,29 +88,151 @@ class Result:
     remember: bool = True  # scope failures are not business outcomes and are not remembered
 
 
+def replay_answer(remembered_hash: str, status: int, response_json: str, request_hash: str) -> Result:
+    """The answer remembered under an idempotency key, for a request hashing to `request_hash`:
+    the stored status and body, replayed, for the same request; `idempotency_key_reused` else."""
+    if remembered_hash != request_hash:
+        return Result(*decline("idempotency_key_reused"))
+    return Result(status, json.loads(response_json), replayed=True)
+
+
+@dataclasses.dataclass(frozen=True)
+class CatalogSnapshot:
+    """The catalog one `ledger_head.catalog_version` names, as the ledger rates and posts against it.
+
+    Loaded once per version and shared by every unit of work of the process until
+    the version moves (each change of merchants, campaigns or terminals bumps it),
+    so it is read-only: nothing may change it in place.
+    """
+
+    version: int  # the ledger_head.catalog_version it was loaded for
+    rating: Catalog  # merchants and campaigns in the rating kernel's form
+    campaigns: Mapping[str, Campaign]  # campaign id -> its current version
+    merchants: Mapping[str, Merchant]  # merchant id -> merchant
+    merchant_by_terminal: Mapping[str, str]  # terminal id -> the merchant it posts for
+
+
+class UnitOfWork:
+    """One posting transaction of the ledger, under the sequencer lock; see `Ledger.unit_of_work`.
+
+    - `session`: the transaction's session, for whatever else the change reads and
+      writes (the ledger commits it when the `with` block ends, rolls it back on an
+      exception);
+    - `catalog`: the `CatalogSnapshot` of the locked head's catalog version, loaded
+      on first use (most runs that only move existing points never need it);
+    - `writer(at_us, books)`: the `PostingWriter` that chains and writes postings;
+    - `last_posting_sequence`, `last_hash`: the posting chain's head as it stands,
+      including what a writer has posted so far.
+
+    Every instant a unit of work stamps must be read from the clock inside it, after
+    the lock: a settlement run relies on every later posting carrying a later stamp.
+    """
+
+    def __init__(self, session: Session, head: LedgerHead, ledger: Ledger) -> None:
+        self.session = session
+        self._head = head
+        self._ledger = ledger
+        self._catalog: CatalogSnapshot | None = None
+        self._writers: list[PostingWriter] = []
+
+    @property
+    def catalog(self) -> CatalogSnapshot:
+        if self._catalog is None:
+            self._catalog = self._ledger._catalog_snapshot(self.session, self._head.catalog_version)
+        return self._catalog
+
+    @property
+    def last_posting_sequence(self) -> int:
+        return self._head.last_posting_sequence
+
+    @property
+    def last_hash(self) -> str:
+        return self._head.last_hash
+
+    def writer(self, at_us: int, books: dict[str, WalletBook] | None = None) -> PostingWriter:
+        """A writer whose postings are stamped `at_us`; `books` are the wallet books
+        (`engine.store.books.load_books`) of every wallet whose points it moves."""
+        writer = PostingWriter(self, at_us, {} if books is None else books)
+        self._writers.append(writer)
+        return writer
+
+    def _check_flushed(self) -> None:
+        # A posting advances the chain's head at once; one never flushed would leave
+        # a gap in the sequence and a head hash no stored posting carries.
+        for writer in self._writers:
+            assert not writer.pending, "a PostingWriter posted but was never flushed"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReadView:
+    """A read-only look at the ledger, without the sequencer lock; see `Ledger.read_view`.
+
+    `session` to read in, `catalog` the `CatalogSnapshot` of the head's catalog version."""
+
+    session: Session
+    catalog: CatalogSnapshot
+
+
 class Ledger:
     """Storage-backed engine operations; one instance per process."""
 
     def __init__(self, engine: Engine, clock=None) -> None:
         self.engine = engine
         self.clock = clock or SystemClock()
-        self._catalog: tuple | None = None
+        self._catalog: CatalogSnapshot | None = None
+
+    # -- units of work -----------------------------------------------------
+
+    @contextlib.contextmanager
+    def unit_of_work(self) -> Iterator[UnitOfWork]:
+        """A posting transaction: open a session and its transaction, take the sequencer
+        lock, yield the `UnitOfWork`; commit when the block ends, roll back on an exception.
+
+        Whatever the block reads under the lock is what the block's writes are decided
+        against: every writer of every process takes this lock first and holds it to
+        its commit, so postings, payments and their sequences are one linear chain.
+        """
+        with self._transaction() as session, self._locked(session) as unit:
+            yield unit
+
+    @contextlib.contextmanager
+    def read_view(self, session: Session | None = None) -> Iterator[ReadView]:
+        """A `ReadView` for readers: the head is read without the sequencer lock (on SQLite,
+        where every transaction begins IMMEDIATE, a reader still waits for a writer), and
+        the catalog is the one its version names. With `session`, read in it (the caller
+        owns it); else in a new session, closed (never committed) when the block ends."""
+        if session is not None:
+            yield self._read_view(session)
+            return
+        with Session(self.engine) as own:
+            yield self._read_view(own)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[Session]:
+        with Session(self.engine) as session, session.begin():
+            yield session
+
+    @contextlib.contextmanager
+    def _locked(self, session: Session) -> Iterator[UnitOfWork]:
+        unit = UnitOfWork(session, self._lock_head(session), self)
+        yield unit
+        unit._check_flushed()
+
+    def _read_view(self, session: Session) -> ReadView:
+        head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
+        return ReadView(session, self._catalog_snapshot(session, head.catalog_version))
 
     # -- the sequencer -----------------------------------------------------
 
-    def _lock_head(self, session: Session) -> LedgerHead:
+    @staticmethod
+    def _lock_head(session: Session) -> LedgerHead:
         stmt = select(LedgerHead).where(LedgerHead.id == 1)
-        if session.bind.dialect.name == "postgresql":
+        if session.get_bind().dialect.name == "postgresql":
             stmt = stmt.with_for_update()
-        head = session.execute(stmt).scalar_one()
-        return head
+        return session.execute(stmt).scalar_one()
 
-    def _lock_head_readonly(self, session: Session) -> LedgerHead:
-        """The head for readers: no lock, a consistent snapshot of the catalog version."""
-        return session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
-
-    def _catalog_for(self, session: Session, version: int):
-        if self._catalog is None or self._catalog[0] != version:
+    def _catalog_snapshot(self, session: Session, version: int) -> CatalogSnapshot:
+        if self._catalog is None or self._catalog.version != version:
             campaigns = [
                 Campaign.model_validate_json(row.record_json)
                 for row in session.execute(
@@ -111,12 +246,12 @@ class Ledger:
                 for row in session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
             ]
             terminals = {r.id: r.merchant_id for r in session.execute(select(TerminalRow.id, TerminalRow.merchant_id))}
-            self._catalog = (
-                version,
-                build_catalog(merchants, campaigns),
-                {c.id: c for c in campaigns},
-                {m.id: m for m in merchants},
-                terminals,
+            self._catalog = CatalogSnapshot(
+                version=version,
+                rating=build_catalog(merchants, campaigns),
+                campaigns={c.id: c for c in campaigns},
+                merchants={m.id: m for m in merchants},
+                merchant_by_terminal=terminals,
             )
         return self._catalog
 
@@ -143,137 +278,141 @@ class Ledger:
         """Accept, decline or replay each submission in order, in one transaction; None for
         a submission left to the next round (its receipt's earlier use here was not accepted)."""
         keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
-        with Session(self.engine) as session, session.begin():
-            if session.bind.dialect.name == "postgresql":
+        with self._transaction() as session:
+            if session.get_bind().dialect.name == "postgresql":
                 # A group of pure retries needs no lock: a remembered answer is committed and final.
                 remembered = self._remembered(session, keys)
                 if len(remembered) == len(keys):
-                    return [self._replay(*remembered[(s.terminal_id, s.idempotency_key)][2:], s) for s in submissions]
-            head = self._lock_head(session)
-            _, catalog, campaigns, merchants, terminals = self._catalog_for(session, head.catalog_version)
-            results: list[Result | None] = [None] * len(submissions)
+                    rows = [remembered[(s.terminal_id, s.idempotency_key)] for s in submissions]
+                    return [replay_answer(r[2], r[3], r[4], s.request_hash) for r, s in zip(rows, submissions)]
+            with self._locked(session) as unit:
+                return self._post_group(unit, submissions, keys)
 
-            # 1. Remembered keys answer first (looked up again under the lock); a key twice
-            # in one group answers like a retry.
-            remembered = self._remembered(session, keys)
-            first_in_group: dict[tuple[str, str], int] = {}
-            fresh: list[int] = []
-            for i, s in enumerate(submissions):
-                key = (s.terminal_id, s.idempotency_key)
-                row = remembered.get(key)
-                if row is not None:
-                    results[i] = self._replay(row[2], row[3], row[4], s)
-                elif key in first_in_group:
-                    continue  # answered after the group is rated, from the first one's result
-                else:
-                    first_in_group[key] = i
-                    fresh.append(i)
+    def _post_group(
+        self, unit: UnitOfWork, submissions: list[Submission], keys: set[tuple[str, str]]
+    ) -> list[Result | None]:
+        """`_submit_one` under the sequencer lock."""
+        session = unit.session
+        catalog = unit.catalog.rating
+        terminals = unit.catalog.merchant_by_terminal
+        results: list[Result | None] = [None] * len(submissions)
 
-            # 2. References the rating kernel cannot see: originals and their merchant.
-            originals = self._load_originals(
-                session, {submissions[i].body.original_id for i in fresh if submissions[i].body.type == "refund"}
-            )
-            used_receipts = self._used_receipts(session, {submissions[i].receipt_key for i in fresh} - {None})
-            claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
-            deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
-            events = []
-            payment_ids: dict[int, str] = {}
-            for i in fresh:
-                s = submissions[i]
-                s.merchant_id = terminals.get(s.terminal_id)
-                if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
-                    results[i] = Result(
-                        *decline("forbidden", "a terminal posts only for its own merchant"), remember=False
-                    )
-                    continue
-                if s.body.type == "refund":
-                    original = originals.get(s.body.original_id)
-                    if original is None:
-                        results[i] = self._decline("original_not_found", s)
-                        continue
-                    if original["merchant_id"] != s.merchant_id:
-                        results[i] = self._decline("refund_merchant_mismatch", s)
-                        continue
-                    if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != (
-                        s.receipt.app_id,
-                        s.receipt.original_jti,
-                    ):
-                        results[i] = Result(
-                            *decline("receipt_mismatch", "the receipt's original_jti is not the purchase's receipt"),
-                            remember=False,
-                        )
-                        continue
-                if s.receipt_key in used_receipts:
-                    results[i] = self._decline("receipt_already_used", s)
-                    continue
-                if s.receipt_key is not None:
-                    if s.receipt_key in claimed:
-                        deferred[i] = claimed[s.receipt_key]
-                        continue
-                    claimed[s.receipt_key] = i
-                payment_ids[i] = "tx_" + secrets.token_hex(12)
-                events.append((payment_ids[i], s.body))
-
-            accepted_at = self.clock.now_us()
-            if events:
-                state, books = self._load_state(session, catalog, events, originals)
-                usage_before, spend_before = dict(state.usage), dict(state.spend)
-                pending_before = {
-                    (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
-                }
-                outcomes = rate(catalog, events, state)
-                writer = _GroupWriter(session, head, accepted_at, campaigns, books)
-                by_payment = dict(zip((pid for pid, _ in events), outcomes))
-                for i in fresh:
-                    if results[i] is not None or i in deferred:
-                        continue
-                    s = submissions[i]
-                    outcome = by_payment[payment_ids[i]]
-                    if outcome.declined:
-                        results[i] = self._decline(outcome.declined, s)
-                    elif s.body.type == "purchase":
-                        results[i] = Result(201, writer.purchase(payment_ids[i], s, outcome, state))
-                    else:
-                        results[i] = Result(
-                            201,
-                            writer.refund(
-                                payment_ids[i], s, outcome, state, originals[s.body.original_id], pending_before
-                            ),
-                        )
-                writer.flush(state, usage_before, spend_before, send=False)
-                batch = writer.batch
+        # 1. Remembered keys answer first (looked up again under the lock); a key twice
+        # in one group answers like a retry.
+        remembered = self._remembered(session, keys)
+        first_in_group: dict[tuple[str, str], int] = {}
+        fresh: list[int] = []
+        for i, s in enumerate(submissions):
+            key = (s.terminal_id, s.idempotency_key)
+            row = remembered.get(key)
+            if row is not None:
+                results[i] = replay_answer(row[2], row[3], row[4], s.request_hash)
+            elif key in first_in_group:
+                continue  # answered after the group is rated, from the first one's result
             else:
-                batch = bulk.WriteBatch(session)
+                first_in_group[key] = i
+                fresh.append(i)
 
-            # 3. A receipt's later uses: declined if its first use here was accepted, else left
-            # to the next round. Then duplicates of keys inside the group, and remember every answer.
-            for i, first_use in deferred.items():
-                if results[first_use] is not None and results[first_use].status == 201:
-                    results[i] = self._decline("receipt_already_used", submissions[i])
-            for i, s in enumerate(submissions):
-                first = first_in_group.get((s.terminal_id, s.idempotency_key))
-                if results[i] is None and first != i and results[first] is not None:
-                    base = submissions[first]
-                    done = results[first]
-                    results[i] = self._replay(base.request_hash, done.status, json.dumps(done.body), s)
-            remember = []
-            for key, i in first_in_group.items():
-                r = results[i]
-                if r is None or not r.remember:
+        # 2. References the rating kernel cannot see: originals and their merchant.
+        originals = self._load_originals(
+            session, {submissions[i].body.original_id for i in fresh if submissions[i].body.type == "refund"}
+        )
+        used_receipts = self._used_receipts(session, {submissions[i].receipt_key for i in fresh} - {None})
+        claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
+        deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
+        events = []
+        payment_ids: dict[int, str] = {}
+        for i in fresh:
+            s = submissions[i]
+            s.merchant_id = terminals.get(s.terminal_id)
+            if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
+                results[i] = Result(*decline("forbidden", "a terminal posts only for its own merchant"), remember=False)
+                continue
+            if s.body.type == "refund":
+                original = originals.get(s.body.original_id)
+                if original is None:
+                    results[i] = self._decline("original_not_found", s)
                     continue
-                remember.append(
-                    dict(
-                        terminal_id=key[0],
-                        key=key[1],
-                        request_hash=submissions[i].request_hash,
-                        response_status=r.status,
-                        response_json=json.dumps(r.body, ensure_ascii=False),
-                        payment_id=r.body.get("id") if r.status == 201 else None,
-                        created_at_us=accepted_at,
+                if original["merchant_id"] != s.merchant_id:
+                    results[i] = self._decline("refund_merchant_mismatch", s)
+                    continue
+                if s.receipt is not None and (original["receipt_app_id"], original["receipt_jti"]) != (
+                    s.receipt.app_id,
+                    s.receipt.original_jti,
+                ):
+                    results[i] = Result(
+                        *decline("receipt_mismatch", "the receipt's original_jti is not the purchase's receipt"),
+                        remember=False,
                     )
+                    continue
+            if s.receipt_key in used_receipts:
+                results[i] = self._decline("receipt_already_used", s)
+                continue
+            if s.receipt_key is not None:
+                if s.receipt_key in claimed:
+                    deferred[i] = claimed[s.receipt_key]
+                    continue
+                claimed[s.receipt_key] = i
+            payment_ids[i] = "tx_" + secrets.token_hex(12)
+            events.append((payment_ids[i], s.body))
+
+        accepted_at = self.clock.now_us()
+        if events:
+            state, books = self._load_state(session, catalog, events, originals)
+            usage_before, spend_before = dict(state.usage), dict(state.spend)
+            pending_before = {
+                (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
+            }
+            outcomes = rate(catalog, events, state)
+            writer = unit.writer(accepted_at, books)
+            by_payment = dict(zip((pid for pid, _ in events), outcomes))
+            for i in fresh:
+                if results[i] is not None or i in deferred:
+                    continue
+                s = submissions[i]
+                outcome = by_payment[payment_ids[i]]
+                if outcome.declined:
+                    results[i] = self._decline(outcome.declined, s)
+                elif s.body.type == "purchase":
+                    results[i] = Result(201, writer.purchase(payment_ids[i], s, outcome, state))
+                else:
+                    results[i] = Result(
+                        201,
+                        writer.refund(payment_ids[i], s, outcome, state, originals[s.body.original_id], pending_before),
+                    )
+            batch = writer.flush(state, usage_before, spend_before, send=False)
+        else:
+            batch = bulk.WriteBatch(session)
+
+        # 3. A receipt's later uses: declined if its first use here was accepted, else left
+        # to the next round. Then duplicates of keys inside the group, and remember every answer.
+        for i, first_use in deferred.items():
+            if results[first_use] is not None and results[first_use].status == 201:
+                results[i] = self._decline("receipt_already_used", submissions[i])
+        for i, s in enumerate(submissions):
+            first = first_in_group.get((s.terminal_id, s.idempotency_key))
+            if results[i] is None and first != i and results[first] is not None:
+                base = submissions[first]
+                done = results[first]
+                results[i] = replay_answer(base.request_hash, done.status, json.dumps(done.body), s.request_hash)
+        remember = []
+        for key, i in first_in_group.items():
+            r = results[i]
+            if r is None or not r.remember:
+                continue
+            remember.append(
+                dict(
+                    terminal_id=key[0],
+                    key=key[1],
+                    request_hash=submissions[i].request_hash,
+                    response_status=r.status,
+                    response_json=json.dumps(r.body, ensure_ascii=False),
+                    payment_id=r.body.get("id") if r.status == 201 else None,
+                    created_at_us=accepted_at,
                 )
-            batch.insert(IdempotencyRow.__table__, remember)
-            batch.send()
+            )
+        batch.insert(IdempotencyRow.__table__, remember)
+        batch.send()
         return results
 
     @staticmethod
@@ -313,12 +452,6 @@ class Ledger:
                 sorted(receipt_keys),
             )
         }
-
-    @staticmethod
-    def _replay(request_hash: str, status: int, response_json: str, s: Submission) -> Result:
-        if request_hash != s.request_hash:
-            return Result(*decline("idempotency_key_reused"))
-        return Result(status, json.loads(response_json), replayed=True)
 
     @staticmethod
     def _decline(code: str, s: Submission) -> Result:
@@ -402,30 +535,54 @@ def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:
     return (ids.index(campaign_id), "") if campaign_id in ids else (len(ids), campaign_id)
 
 
-class _GroupWriter:
-    """Turns one group's outcomes into rows, postings and balance deltas, then writes them."""
+class PostingWriter:
+    """Turns what a unit of work decides into postings, rows and balance deltas, then writes them.
 
-    def __init__(self, session, head, accepted_at, campaigns, books: dict[str, WalletBook]) -> None:
-        self.session = session
-        self.head = head
-        self.accepted_at = accepted_at
-        self.campaigns = campaigns
+    Obtained from `UnitOfWork.writer`, never constructed: the unit of work decides
+    which writer posts (a columnar one can take this one's place behind the same
+    calls) and checks at its end that every writer that posted was flushed.
+
+    - `post(posting)`: append one posting to the chain: the next sequence, chained to
+      the head's hash, stamped `at_us`, and its amount moved between the two
+      accounts' cached balances;
+    - `new_lot(source_id, wallet_id, campaign_id, credit_at_us)` and
+      `credit_points(book, lot, points, payment_id)`: points just posted into
+      available(w, c) go into a lot (repaying the wallet's debt first);
+    - `drain(book)`: post what a wallet book decided between its campaign buckets;
+    - `purchase(...)`, `refund(...)`: the money path's rows for one accepted payment;
+    - `flush()`: queue everything and send it; once, before the unit of work ends.
+    """
+
+    def __init__(self, unit: UnitOfWork, at_us: int, books: dict[str, WalletBook]) -> None:
+        self.at_us = at_us  # the instant every posting, payment and lot of this writer carries
         self.books = books  # wallet -> its lots and debt, kept current in acceptance order
-        self.batch = bulk.WriteBatch(session)
-        self.redemption_legs: list[dict] = []
-        self.payments: list[dict] = []
-        self.awards: list[dict] = []
-        self.award_updates: list[dict] = []
-        self.refunded_updates: dict[str, int] = {}
-        self.postings: list[dict] = []
-        self.deltas: dict[str, int] = defaultdict(int)
+        self.flushed = False
+        self._unit = unit
+        self._head = unit._head
+        self._batch = bulk.WriteBatch(unit.session)
+        self._redemption_legs: list[Row] = []
+        self._payments: list[Row] = []
+        self._awards: list[Row] = []
+        self._award_updates: list[Row] = []
+        self._refunded_updates: dict[str, int] = {}
+        self._postings: list[Row] = []
+        self._deltas: dict[str, int] = defaultdict(int)
+
+    @property
+    def pending(self) -> bool:
+        """Whether this writer posted or recorded a payment that is not flushed yet."""
+        return not self.flushed and bool(self._postings or self._payments)
+
+    @property
+    def campaigns(self) -> Mapping[str, Campaign]:
+        return self._unit.catalog.campaigns
 
     def post(self, posting: rules.Posting) -> None:
-        self.head.last_posting_sequence += 1
-        sequence = self.head.last_posting_sequence
-        digest = rules.chain_hash(self.head.last_hash, sequence, posting, self.accepted_at)
-        self.head.last_hash = digest
-        self.postings.append(
+        self._head.last_posting_sequence += 1
+        sequence = self._head.last_posting_sequence
+        digest = rules.chain_hash(self._head.last_hash, sequence, posting, self.at_us)
+        self._head.last_hash = digest
+        self._postings.append(
             dict(
                 sequence=sequence,
                 payment_id=posting.payment_id,
@@ -435,12 +592,12 @@ class _GroupWriter:
                 debit_account_id=posting.debit_account_id,
                 credit_account_id=posting.credit_account_id,
                 amount=posting.amount,
-                posted_at_us=self.accepted_at,
+                posted_at_us=self.at_us,
                 hash=digest,
             )
         )
-        self.deltas[posting.debit_account_id] -= posting.amount
-        self.deltas[posting.credit_account_id] += posting.amount
+        self._deltas[posting.debit_account_id] -= posting.amount
+        self._deltas[posting.credit_account_id] += posting.amount
 
     def drain(self, book: WalletBook) -> None:
         """Post what the wallet book decided (settlements between its campaign buckets)."""
@@ -448,7 +605,9 @@ class _GroupWriter:
             self.post(posting)
         book.postings.clear()
 
-    def new_lot(self, source_id: str, wallet_id: str, campaign_id: str, credit_at: int) -> Lot:
+    def new_lot(self, source_id: str, wallet_id: str, campaign_id: str, credit_at_us: int) -> Lot:
+        """A new, empty lot of `source_id`'s points of `campaign_id`, credited at `credit_at_us`
+        and expiring after the campaign's validity; `credit_points` fills it."""
         campaign = self.campaigns.get(campaign_id)
         validity = campaign.validity_months if campaign else 6
         return Lot(
@@ -456,8 +615,8 @@ class _GroupWriter:
             wallet_id,
             campaign_id,
             source_id,
-            credit_at,
-            crediting.expires_at_us(credit_at, validity),
+            credit_at_us,
+            crediting.expires_at_us(credit_at_us, validity),
             0,
             0,
             new=True,
@@ -470,11 +629,14 @@ class _GroupWriter:
         self.drain(book)
 
     def _next_sequence(self) -> int:
-        self.head.last_payment_sequence += 1
-        return self.head.last_payment_sequence
+        self._head.last_payment_sequence += 1
+        return self._head.last_payment_sequence
 
-    def purchase(self, pid: str, s: Submission, outcome, state: RatingState) -> dict:
-        body: Purchase = s.body
+    def purchase(self, pid: str, s: Submission, outcome: Outcome, state: RatingState) -> Row:
+        """Post an accepted purchase `pid` as the kernel rated it; its answer."""
+        body = s.body
+        assert isinstance(body, Purchase), body
+        campaigns = self.campaigns
         sequence = self._next_sequence()
         at = to_us(body.occurred_at)
         book = self.books[body.wallet_id]
@@ -495,14 +657,14 @@ class _GroupWriter:
                     lot.campaign_id,
                 )
             )
-            self.redemption_legs.append(
+            self._redemption_legs.append(
                 dict(payment_id=pid, position=position, lot_id=lot.id, campaign_id=lot.campaign_id, points=amount)
             )
         awards = []
         for award in outcome.awards:
-            campaign = self.campaigns[award.campaign_id]
+            campaign = campaigns[award.campaign_id]
             credit_at = crediting.credit_at_us(
-                campaign.credit.schedule, campaign.credit.delay_business_days, at, self.accepted_at
+                campaign.credit.schedule, campaign.credit.delay_business_days, at, self.at_us
             )
             immediate = campaign.credit.schedule == "immediate"
             target = (rules.available_account if immediate else rules.pending_account)(
@@ -522,7 +684,7 @@ class _GroupWriter:
             if immediate:
                 lot = self.new_lot(pid, body.wallet_id, award.campaign_id, credit_at)
                 self.credit_points(book, lot, award.points, pid)
-            self.awards.append(
+            self._awards.append(
                 dict(
                     payment_id=pid,
                     campaign_id=award.campaign_id,
@@ -555,24 +717,36 @@ class _GroupWriter:
             "merchant_id": body.merchant_id,
             "terminal_id": body.terminal_id,
             "occurred_at": body.occurred_at.isoformat(),
-            "accepted_at": format_instant(self.accepted_at),
+            "accepted_at": format_instant(self.at_us),
             "amount": body.amount,
             "points_used": body.points_used,
             "points_awarded": outcome.points_awarded,
             "awards": awards,
         }
-        self.payments.append(self._payment_row(pid, sequence, s, body.wallet_id, at, None, response))
+        self._payments.append(self._payment_row(pid, sequence, s, body.wallet_id, at, None, response))
         return response
 
-    def refund(self, pid: str, s: Submission, outcome, state: RatingState, original: dict, pending_before) -> dict:
-        body: Refund = s.body
+    def refund(
+        self,
+        pid: str,
+        s: Submission,
+        outcome: Outcome,
+        state: RatingState,
+        original: Row,
+        pending_before: dict[tuple[str, str], int],
+    ) -> Row:
+        """Post an accepted refund `pid` of `original` as the kernel rated it; its answer.
+        `pending_before` (purchase, campaign) -> pending points is kept current across the group."""
+        body = s.body
+        assert isinstance(body, Refund), body
         sequence = self._next_sequence()
         oid = body.original_id
         wallet_id, merchant_id = original["wallet_id"], original["merchant_id"]
         book = self.books[wallet_id]
         purchase_state = state.purchases[oid]
         # Running totals, not the group's final state: two refunds of one purchase may share a group.
-        refunded_before = self.refunded_updates.get(oid, original["refunded"])
+        refunded_at_start: int = original["refunded"]
+        refunded_before = self._refunded_updates.get(oid, refunded_at_start)
         coin_refunded = body.amount - outcome.points_returned
         if coin_refunded:
             self.post(
@@ -633,10 +807,10 @@ class _GroupWriter:
                         version,
                     )
                 )
-            self.award_updates.append(
+            self._award_updates.append(
                 dict(p_id=oid, c_id=cid, pending=pending_before[(oid, cid)], clawed=clawback.points)
             )
-        self.refunded_updates[oid] = refunded_before + body.amount
+        self._refunded_updates[oid] = refunded_before + body.amount
         response = {
             "id": pid,
             "sequence": sequence,
@@ -646,7 +820,7 @@ class _GroupWriter:
             "merchant_id": merchant_id,
             "terminal_id": s.terminal_id,
             "occurred_at": body.occurred_at.isoformat(),
-            "accepted_at": format_instant(self.accepted_at),
+            "accepted_at": format_instant(self.at_us),
             "amount": body.amount,
             "points_used": 0,
             "points_awarded": 0,
@@ -656,10 +830,12 @@ class _GroupWriter:
             "points_returned": outcome.points_returned,
             "coin_refunded": coin_refunded,
         }
-        self.payments.append(self._payment_row(pid, sequence, s, wallet_id, to_us(body.occurred_at), oid, response))
+        self._payments.append(self._payment_row(pid, sequence, s, wallet_id, to_us(body.occurred_at), oid, response))
         return response
 
-    def _payment_row(self, pid, sequence, s: Submission, wallet_id, at, original_id, response) -> dict:
+    def _payment_row(
+        self, pid: str, sequence: int, s: Submission, wallet_id: str, at: int, original_id: str | None, response: Row
+    ) -> Row:
         row = dict(
             id=pid,
             sequence=sequence,
@@ -668,7 +844,7 @@ class _GroupWriter:
             merchant_id=s.merchant_id,
             wallet_id=wallet_id,
             occurred_at_us=at,
-            accepted_at_us=self.accepted_at,
+            accepted_at_us=self.at_us,
             amount=s.body.amount,
             points_used=getattr(s.body, "points_used", 0),
             original_id=original_id,
@@ -679,19 +855,25 @@ class _GroupWriter:
             receipt_app_id=s.receipt.app_id if s.receipt is not None else None,
             receipt_jti=s.receipt.jti if s.receipt is not None else None,
         )
-        row["hash"] = self.head.last_payment_hash = rules.payment_hash(self.head.last_payment_hash, row)
+        row["hash"] = self._head.last_payment_hash = rules.payment_hash(self._head.last_payment_hash, row)
         return row
 
     def flush(
         self,
         state: RatingState | None = None,
-        usage_before: dict | None = None,
-        spend_before: dict | None = None,
+        usage_before: Mapping[tuple[str, str, int], int] | None = None,
+        spend_before: Mapping[str, int] | None = None,
         send: bool = True,
-    ) -> None:
-        """Queue everything the group decided (and send it unless the caller adds more);
-        `state` is given when the group was rated."""
+    ) -> bulk.WriteBatch:
+        """Queue everything this writer decided and send it; once. With `send=False` the
+        batch is returned unsent, for the caller to queue more into and send.
+
+        `state`, with the usage and budget meters as they were before rating, is given
+        when a group was rated (`Ledger.submit`): the changed meters are written too."""
+        assert not self.flushed, "a PostingWriter flushes once"
+        self.flushed = True
         if state is not None:
+            assert state.balance is not None and usage_before is not None and spend_before is not None
             # The kernel decided redemptions on net balances; the wallet books posted here must agree.
             for wallet_id, book in self.books.items():
                 assert book.spendable() == state.balance[wallet_id], (
@@ -699,14 +881,14 @@ class _GroupWriter:
                     book.spendable(),
                     state.balance[wallet_id],
                 )
-        batch = self.batch
+        batch = self._batch
         save_books(batch, self.books)
-        batch.insert(RedemptionLegRow.__table__, self.redemption_legs)
-        batch.insert(PaymentRow.__table__, self.payments)
-        batch.insert(AwardRow.__table__, self.awards)
+        batch.insert(RedemptionLegRow.__table__, self._redemption_legs)
+        batch.insert(PaymentRow.__table__, self._payments)
+        batch.insert(AwardRow.__table__, self._awards)
         # Two refunds of one purchase in a group touch its awards twice: fold them into one update.
-        award_updates: dict[tuple[str, str], dict] = {}
-        for u in self.award_updates:
+        award_updates: dict[tuple[str, str], Row] = {}
+        for u in self._award_updates:
             previous = award_updates.get((u["p_id"], u["c_id"]))
             award_updates[(u["p_id"], u["c_id"])] = dict(
                 payment_id=u["p_id"],
@@ -718,16 +900,17 @@ class _GroupWriter:
             AwardRow.__table__, ["payment_id", "campaign_id"], list(award_updates.values()), add=("clawed_back",)
         )
         batch.update(
-            PaymentRow.__table__, ["id"], [dict(id=oid, refunded_amount=r) for oid, r in self.refunded_updates.items()]
+            PaymentRow.__table__, ["id"], [dict(id=oid, refunded_amount=r) for oid, r in self._refunded_updates.items()]
         )
-        batch.insert(PostingRow.__table__, self.postings)
+        batch.insert(PostingRow.__table__, self._postings)
         batch.upsert(
             AccountRow.__table__,
-            [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self.deltas.items()) if d],
+            [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self._deltas.items()) if d],
             key=["id"],
             add="balance",
         )
         if state is not None:
+            assert usage_before is not None and spend_before is not None
             batch.upsert(
                 WalletWindowUsageRow.__table__,
                 [
@@ -745,3 +928,4 @@ class _GroupWriter:
             )
         if send:
             batch.send()
+        return batch

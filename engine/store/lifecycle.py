@@ -13,14 +13,13 @@ import json
 import secrets
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import decline
 from engine.store import audit
 from engine.store.books import load_books
-from engine.store.ledger import Ledger, Result, _GroupWriter
+from engine.store.ledger import Ledger, Result, replay_answer
 from engine.store.models import (
     AwardRow,
     CampaignRow,
@@ -39,9 +38,8 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
     credited = points = 0
     started = ledger.clock.now_us()
     while True:
-        with Session(ledger.engine) as session, session.begin():
-            head = ledger._lock_head(session)
-            _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+        with ledger.unit_of_work() as unit:
+            session = unit.session
             due = list(
                 session.execute(
                     select(AwardRow)
@@ -58,7 +56,7 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
                 )
                 break
             books = load_books(session, {a.wallet_id for a in due})
-            writer = _GroupWriter(session, head, ledger.clock.now_us(), campaigns, books)
+            writer = unit.writer(ledger.clock.now_us(), books)
             for award in due:
                 amount = award.pending
                 writer.post(
@@ -86,8 +84,8 @@ def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
     expired_lots = points = 0
     started = ledger.clock.now_us()
     while True:
-        with Session(ledger.engine) as session, session.begin():
-            head = ledger._lock_head(session)
+        with ledger.unit_of_work() as unit:
+            session = unit.session
             wallets = [
                 r[0]
                 for r in session.execute(
@@ -106,7 +104,7 @@ def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
                 )
                 break
             books = load_books(session, set(wallets))
-            writer = _GroupWriter(session, head, ledger.clock.now_us(), {}, books)
+            writer = unit.writer(ledger.clock.now_us(), books)
             for wallet_id in wallets:
                 for lot, amount in books[wallet_id].expire(as_of_us):
                     writer.post(
@@ -138,13 +136,13 @@ def grant(
     """Points to a wallet against a campaign's budget, exactly and idempotently (audited)."""
     request = {"wallet_id": wallet_id, "campaign_id": campaign_id, "points": points, "reason": reason}
     request_hash = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()
-    with Session(ledger.engine) as session, session.begin():
-        head = ledger._lock_head(session)
-        _, _, campaigns, _, _ = ledger._catalog_for(session, head.catalog_version)
+    with ledger.unit_of_work() as unit:
+        session = unit.session
+        campaigns = unit.catalog.campaigns
         remembered = session.get(IdempotencyRow, (scope, idempotency_key))
         if remembered is not None:
-            return Ledger._replay(
-                remembered.request_hash, remembered.response_status, remembered.response_json, _Hash(request_hash)
+            return replay_answer(
+                remembered.request_hash, remembered.response_status, remembered.response_json, request_hash
             )
         meter = session.get(CampaignRow, campaign_id)
         if meter is None:
@@ -158,7 +156,7 @@ def grant(
         else:
             grant_id = "gr_" + secrets.token_hex(12)
             books = load_books(session, {wallet_id})
-            writer = _GroupWriter(session, head, now, campaigns, books)
+            writer = unit.writer(now, books)
             writer.post(
                 rules.Posting(
                     rules.GRANT,
@@ -208,10 +206,3 @@ def grant(
             )
         )
         return result
-
-
-class _Hash:
-    """The one field `Ledger._replay` reads from a submission."""
-
-    def __init__(self, request_hash: str) -> None:
-        self.request_hash = request_hash

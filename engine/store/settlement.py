@@ -27,7 +27,7 @@ from engine.model import Campaign
 from engine.settlement import signing, statement, zengin
 from engine.store import audit
 from engine.store.config import Config
-from engine.store.ledger import Ledger, _GroupWriter
+from engine.store.ledger import Ledger
 from engine.store.models import (
     CampaignRow,
     CampaignVersionRow,
@@ -118,7 +118,7 @@ def aggregate(
     return activities, funded
 
 
-def _funded_by(ledger: Ledger, session: Session, head) -> dict[tuple[str, int | None], str]:
+def _funded_by(session: Session) -> dict[tuple[str, int | None], str]:
     """(campaign, version) → the merchant funding that version, for every merchant-funded
     version of every campaign; (campaign, None), for postings without a version, follows
     the current version."""
@@ -149,8 +149,8 @@ def run(
             period = statement.parse_period(period_name)
     except ValueError as exc:
         raise EngineError("invalid_request", str(exc)) from None
-    with Session(ledger.engine) as session, session.begin():
-        head = ledger._lock_head(session)
+    with ledger.unit_of_work() as unit:
+        session = unit.session
         existing = session.execute(
             select(SettlementRunRow).where(SettlementRunRow.period_start_us == period.start_us)
         ).scalar_one_or_none()
@@ -178,12 +178,12 @@ def run(
         merchant_rows = list(session.execute(select(MerchantRow)).scalars())
         merchants = {r.id: json.loads(r.record_json) for r in merchant_rows}
         held = {r.id for r in merchant_rows if r.bank_change_by is not None}
-        settled_until = head.last_posting_sequence
+        settled_until = unit.last_posting_sequence
         activities, funded = aggregate(
-            session, period.start_us, period.end_us, merchants, _funded_by(ledger, session, head), settled_until
+            session, period.start_us, period.end_us, merchants, _funded_by(session), settled_until
         )
         run_id = "st_" + secrets.token_hex(12)
-        writer = _GroupWriter(session, head, now, {}, {})
+        writer = unit.writer(now)
         lines, transfers = [], []
         for activity in activities:
             line = statement.line_for(activity)
@@ -247,8 +247,8 @@ def run(
             "currency": "JPY",
             "ledger": {
                 "settled_until_sequence": settled_until,
-                "last_posting_sequence": head.last_posting_sequence,
-                "last_hash": head.last_hash,
+                "last_posting_sequence": unit.last_posting_sequence,
+                "last_hash": unit.last_hash,
             },
             "lines": lines,
             "totals": {
@@ -385,8 +385,8 @@ def get_view(ledger: Ledger, run_id: str) -> dict:
 def import_payout_results(ledger: Ledger, run_id: str, results: list[dict], actor: Actor = OPERATOR) -> dict:
     """The bank's answer per merchant: paid payouts close, failed ones return to payable
     and so are carried into the next period. Re-importing the same answer changes nothing."""
-    with Session(ledger.engine) as session, session.begin():
-        head = ledger._lock_head(session)
+    with ledger.unit_of_work() as unit:
+        session = unit.session
         if session.get(SettlementRunRow, run_id) is None:
             raise EngineError("not_found", f"settlement run {run_id} is not known")
         lines = {
@@ -394,7 +394,7 @@ def import_payout_results(ledger: Ledger, run_id: str, results: list[dict], acto
             for line in session.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)).scalars()
         }
         now = ledger.clock.now_us()
-        writer = _GroupWriter(session, head, now, {}, {})
+        writer = unit.writer(now)
         before = {m: line.payout_status for m, line in sorted(lines.items())}
         applied = unchanged = 0
         for result in results:
