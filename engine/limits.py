@@ -12,6 +12,8 @@ TAGS_PER_ITEM_MAX = 8
 TAG_PATTERN = r"^[a-z0-9_]{1,32}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
+# SPEC §6: idempotency keys are kept at least 30 days; the purge never forgets a younger answer.
+IDEMPOTENCY_RETENTION_DAYS_MIN = 30
 BATCH_TRANSACTIONS_MAX = 1_000
 BODY_BYTES_MAX = 1_048_576
 # A payment receipt (compact JWS over a handful of claims) is a few hundred characters.
