@@ -503,7 +503,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     @app.post(
         "/v1/campaigns",
         status_code=201,
-        responses={201: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "already_exists")},
+        responses={
+            201: {"model": Campaign},
+            **problems(AUTHENTICATED, "invalid_request", "already_exists", "too_many_active_campaigns"),
+        },
     )
     def create_campaign(body: Campaign, p: Admin) -> Any:
         return config.create_campaign(body, actor=p).model_dump(mode="json")
@@ -527,7 +530,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         "/v1/campaigns/{campaign_id}",
         responses={
             200: {"model": Campaign},
-            **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started"),
+            **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started", "too_many_active_campaigns"),
         },
     )
     def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:

@@ -26,6 +26,7 @@ TIERS_PER_CAMPAIGN_MAX = 32
 CERTIFICATIONS_PER_MERCHANT_MAX = 32
 # Tags named by all campaigns together; the kernel keeps them as bits of one uint64.
 CAMPAIGN_TAGS_DISTINCT_MAX = 64
+# Campaigns running or scheduled (not yet ended) at once; every one is a column of each rating.
 CAMPAIGNS_ACTIVE_MAX = 64
 POINTS_MAX = 10_000_000_000  # caps, budgets and fixed points stay far below int64
 DELAY_BUSINESS_DAYS_MAX = 60
