@@ -53,7 +53,7 @@ from engine.store.group_commit import GroupCommitter
 from engine.store.keys import Keys
 from engine.store.ledger import Ledger, Result, Submission
 from engine.store.nonces import nonce_store
-from engine.timeutil import to_us
+from engine.timeutil import to_us, tokyo_day_key
 
 PROBLEM_JSON = "application/problem+json"
 _CURSOR_PREFIX = "seq"  # a merchant's transactions, by payment sequence
@@ -100,7 +100,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     @contextlib.asynccontextmanager
     async def lifespan(_app):
         if settings.lifecycle_interval_s > 0:
-            _start_lifecycle_scheduler(ledger, settings.lifecycle_interval_s, stop)
+            _start_lifecycle_scheduler(ledger, settings.lifecycle_interval_s, stop, settings.idempotency_retention_days)
         yield
         stop.set()
         auth.close()
@@ -503,7 +503,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     @app.post(
         "/v1/campaigns",
         status_code=201,
-        responses={201: {"model": Campaign}, **problems(AUTHENTICATED, "invalid_request", "already_exists")},
+        responses={
+            201: {"model": Campaign},
+            **problems(AUTHENTICATED, "invalid_request", "already_exists", "too_many_active_campaigns"),
+        },
     )
     def create_campaign(body: Campaign, p: Admin) -> Any:
         return config.create_campaign(body, actor=p).model_dump(mode="json")
@@ -527,7 +530,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         "/v1/campaigns/{campaign_id}",
         responses={
             200: {"model": Campaign},
-            **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started"),
+            **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started", "too_many_active_campaigns"),
         },
     )
     def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
@@ -658,16 +661,22 @@ def _guarded(action):
         raise EngineError("service_unavailable", type(exc).__name__) from None
 
 
-def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threading.Event) -> None:
-    """Credit due awards and expire due lots every `interval_s` until the app stops; runs are
-    idempotent, so several processes doing this at once post nothing twice."""
+def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threading.Event, retention_days: int) -> None:
+    """Credit due awards and expire due lots every `interval_s` until the app stops, and once a
+    day (Asia/Tokyo) purge remembered answers past the retention; runs are idempotent, so several
+    processes doing this at once post nothing twice."""
     import logging
 
     def loop() -> None:
+        purged_day = None
         while not stop.wait(interval_s):
             try:
                 lifecycle.credit_due(ledger, ledger.clock.now_us())
                 lifecycle.expire_due(ledger, ledger.clock.now_us())
+                today = tokyo_day_key(ledger.clock.now_us())
+                if today != purged_day:
+                    lifecycle.purge_remembered_answers(ledger, retention_days)
+                    purged_day = today
             except Exception:  # keep the scheduler alive; the next tick retries
                 logging.getLogger(__name__).exception("lifecycle run failed")
 

@@ -161,6 +161,25 @@ def _cmd_lifecycle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_purge_answers(args: argparse.Namespace) -> int:
+    """`setapay purge-answers`: forget remembered answers older than the retention (daily, like expire)."""
+    import json
+
+    from engine.clock import SystemClock
+    from engine.store import db, lifecycle
+    from engine.store.ledger import Ledger
+
+    settings = _settings()
+    db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    try:
+        ledger = Ledger(engine, SystemClock(settings.clock_offset_s))
+        print(json.dumps(lifecycle.purge_remembered_answers(ledger, settings.idempotency_retention_days)))
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _finance_context() -> tuple[Settings, Ledger, Config]:
     from engine.store import db
     from engine.store.config import Config
@@ -350,6 +369,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         p = sub.add_parser(name, help=text)
         p.add_argument("--as-of", help="RFC 3339 instant with offset (default: now)")
         p.set_defaults(func=_cmd_lifecycle)
+
+    p = sub.add_parser(
+        "purge-answers",
+        help="forget remembered idempotency answers older than SETAPAY_IDEMPOTENCY_RETENTION_DAYS (at least 30)",
+    )
+    p.set_defaults(func=_cmd_purge_answers)
 
     p = sub.add_parser("settle", help="settle a period (idempotent) and write statement, CSV and Zengin file")
     p.add_argument("--period", required=True, help="2026-12 (monthly) or 2026-12-H1 / 2026-12-H2 (semi-monthly)")

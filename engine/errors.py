@@ -59,6 +59,7 @@ CATALOG: dict[str, ErrorCode] = {
     "app_revoked": ErrorCode(409, "The payment app is revoked"),
     # -- configuration, settlement (SPEC §7, §9.6) ------------------------------------
     "campaign_started": ErrorCode(422, "A started campaign can only end earlier or raise its budget"),
+    "too_many_active_campaigns": ErrorCode(422, "As many campaigns as allowed are running or scheduled already"),
     "period_open": ErrorCode(422, "The settlement period has not ended yet"),
     "period_overlaps": ErrorCode(409, "The period overlaps a settled one"),
     "period_out_of_order": ErrorCode(409, "Periods settle in order and a later one is settled already"),

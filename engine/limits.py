@@ -12,6 +12,8 @@ TAGS_PER_ITEM_MAX = 8
 TAG_PATTERN = r"^[a-z0-9_]{1,32}$"
 ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
+# SPEC §6: idempotency keys are kept at least 30 days; the purge never forgets a younger answer.
+IDEMPOTENCY_RETENTION_DAYS_MIN = 30
 BATCH_TRANSACTIONS_MAX = 1_000
 BODY_BYTES_MAX = 1_048_576
 # A payment receipt (compact JWS over a handful of claims) is a few hundred characters.
@@ -24,6 +26,7 @@ TIERS_PER_CAMPAIGN_MAX = 32
 CERTIFICATIONS_PER_MERCHANT_MAX = 32
 # Tags named by all campaigns together; the kernel keeps them as bits of one uint64.
 CAMPAIGN_TAGS_DISTINCT_MAX = 64
+# Campaigns running or scheduled (not yet ended) at once; every one is a column of each rating.
 CAMPAIGNS_ACTIVE_MAX = 64
 POINTS_MAX = 10_000_000_000  # caps, budgets and fixed points stay far below int64
 DELAY_BUSINESS_DAYS_MAX = 60

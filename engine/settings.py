@@ -37,7 +37,10 @@ class Settings(BaseSettings):
     auth_failures_per_ip: str = Field(default="10/minute", pattern=_RATE)
     # How long an API process trusts a key it looked up (revocation reaches every process within it).
     key_cache_ttl_s: float = Field(default=2.0, gt=0, le=5)
-    idempotency_retention_days: int = Field(default=30, ge=30)
+    # Remembered answers (idempotency keys) older than this are purged by the lifecycle runs.
+    idempotency_retention_days: int = Field(
+        default=limits.IDEMPOTENCY_RETENTION_DAYS_MIN, ge=limits.IDEMPOTENCY_RETENTION_DAYS_MIN
+    )
     # 32 bytes, base64; seals merchant bank details (AES-GCM). Never stored in the database.
     data_key_b64: str | None = None
     # Ed25519 private key (raw 32-byte seed, base64, or PKCS#8 PEM) that signs statements and chain heads.

@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -165,6 +166,8 @@ class ServerProcess:
         self.process: subprocess.Popen | None = None
         self._payment_app = None
         self._payment_app_lock = threading.Lock()
+        self._admin_key: str | None = None
+        self._admin_key_lock = threading.Lock()
 
     def _what(self) -> str:
         return f"setapay serve {self.name}" if self.name else "setapay serve"
@@ -231,6 +234,36 @@ class ServerProcess:
 
     def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None) -> str:
         return create_key(self.env, role, merchant_id, terminal_id, in_process=self.cli_in_process)
+
+    def create_keys(self, requests: list[tuple[str, str | None, str | None]]) -> list[str]:
+        """Several `setapay keys create` at once; each is a process that mostly waits on imports."""
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            return list(pool.map(lambda r: self.create_key(*r), requests))
+
+    @property
+    def admin_key(self) -> str:
+        """The server's admin key, made once (`setapay keys create --role admin`)."""
+        with self._admin_key_lock:
+            if self._admin_key is None:
+                self._admin_key = self.create_key("admin")
+            return self._admin_key
+
+    def admin_post(self, path: str, body: dict) -> dict:
+        with self.client(self.admin_key) as c:
+            r = c.post(path, json=body)
+        assert r.status_code == 201, (path, r.status_code, r.text)
+        return r.json()
+
+    def configure(self, merchants: list[dict], campaigns: list[dict], terminals: dict[str, str]) -> dict[str, str]:
+        """Merchants, campaigns and terminals through the admin API; returns a key per terminal."""
+        for merchant in merchants:
+            self.admin_post("/v1/merchants", merchant)
+        for campaign in campaigns:
+            self.admin_post("/v1/campaigns", campaign)
+        for terminal_id, merchant_id in terminals.items():
+            self.admin_post("/v1/terminals", {"id": terminal_id, "merchant_id": merchant_id})
+        ids = list(terminals)
+        return dict(zip(ids, self.create_keys([("terminal", None, t) for t in ids])))
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}

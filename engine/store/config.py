@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from engine import sealing
+from engine import limits, sealing
 from engine.audit import OPERATOR, Actor, mask_bank_account
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
@@ -250,6 +250,22 @@ class Config:
 
     # -- campaigns ---------------------------------------------------------
 
+    @staticmethod
+    def _check_active_limit(session: Session, campaign_id: str, now: int) -> None:
+        """Refuse a campaign that would become the (CAMPAIGNS_ACTIVE_MAX + 1)-th not yet ended at
+        `now` (running or scheduled). Called under the sequencer lock, so the count is exact."""
+        records = session.execute(
+            select(CampaignVersionRow.record_json)
+            .join(CampaignRow, CampaignRow.id == CampaignVersionRow.campaign_id)
+            .where(CampaignVersionRow.version == CampaignRow.current_version, CampaignRow.id != campaign_id)
+        ).scalars()
+        active = sum(to_us(Campaign.model_validate_json(r).ends_at) > now for r in records)
+        if active >= limits.CAMPAIGNS_ACTIVE_MAX:
+            raise EngineError(
+                "too_many_active_campaigns",
+                f"{active} campaigns are running or scheduled (at most {limits.CAMPAIGNS_ACTIVE_MAX}); end one first",
+            )
+
     def create_campaign(self, campaign: Campaign, actor: Actor = OPERATOR) -> Campaign:
         campaign = campaign.model_copy(update={"version": 1})
         with Session(self.engine) as session, session.begin():
@@ -257,6 +273,8 @@ class Config:
             if session.get(CampaignRow, campaign.id) is not None:
                 raise EngineError("already_exists", f"campaign {campaign.id} exists")
             now = self.clock.now_us()
+            if to_us(campaign.ends_at) > now:
+                self._check_active_limit(session, campaign.id, now)
             session.add(
                 CampaignRow(id=campaign.id, current_version=1, issued_net=0, budget=campaign.budget, created_at_us=now)
             )
@@ -299,6 +317,8 @@ class Config:
                     raise EngineError("campaign_started", "a campaign cannot end before now")
             if updated.budget is not None and updated.budget < row.issued_net:
                 raise EngineError("campaign_started", f"budget below the {row.issued_net} points already issued")
+            if to_us(current.ends_at) <= now < to_us(updated.ends_at):  # an ended campaign runs again
+                self._check_active_limit(session, campaign_id, now)
             row.current_version = updated.version
             row.budget = updated.budget
             session.add(

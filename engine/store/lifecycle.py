@@ -12,9 +12,11 @@ import hashlib
 import json
 import secrets
 
-from sqlalchemy import select
+from sqlalchemy import delete, select, tuple_
+from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
+from engine import limits
 from engine.audit import OPERATOR, Actor
 from engine.errors import decline
 from engine.store import audit
@@ -31,6 +33,7 @@ from engine.store.models import (
 from engine.timeutil import format_instant
 
 CHUNK_MAX = 2_000
+DAY_US = 86_400_000_000
 
 
 def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
@@ -206,3 +209,47 @@ def grant(
             )
         )
         return result
+
+
+def purge_remembered_answers(ledger: Ledger, retention_days: int, chunk: int = CHUNK_MAX) -> dict:
+    """Forget remembered answers (`idempotency_key` rows) older than `retention_days` by the
+    engine's clock; SPEC §6 keeps them at least 30 days, so a shorter retention is refused.
+
+    Only the answer goes. An accepted payment keeps its own row (request, answer, chain hash),
+    its awards and postings; a grant keeps its `point_grant` row. A key used again after the
+    purge is a new request: a purchase or refund sent again is then declined
+    `receipt_already_used` (its receipt's jti is unique per app in `payment`), so a sale is
+    still never posted twice. Chunked, each chunk its own short transaction, without the
+    sequencer lock: a retry racing the purge is either replayed or, once its row is gone,
+    decided afresh as above.
+    """
+    if retention_days < limits.IDEMPOTENCY_RETENTION_DAYS_MIN:
+        raise ValueError(f"remembered answers are kept at least {limits.IDEMPOTENCY_RETENTION_DAYS_MIN} days")
+    started = ledger.clock.now_us()
+    cutoff = started - retention_days * DAY_US
+    purged = 0
+    while True:
+        with Session(ledger.engine) as session, session.begin():
+            oldest = (
+                select(IdempotencyRow.terminal_id, IdempotencyRow.key)
+                .where(IdempotencyRow.created_at_us < cutoff)
+                .order_by(IdempotencyRow.created_at_us)
+                .limit(chunk)
+            )
+            keys = [tuple(row) for row in session.execute(oldest)]
+            if keys:
+                # The age again: a key another purge freed may have been used afresh meanwhile.
+                done = session.execute(
+                    delete(IdempotencyRow).where(
+                        tuple_(IdempotencyRow.terminal_id, IdempotencyRow.key).in_(keys),
+                        IdempotencyRow.created_at_us < cutoff,
+                    )
+                )
+                purged += done.rowcount
+            if len(keys) < chunk:
+                # `as_of_us`: answers remembered before this instant were purged.
+                session.add(
+                    LifecycleRunRow(kind="idempotency", as_of_us=cutoff, started_at_us=started, items=purged, points=0)
+                )
+                break
+    return {"kind": "idempotency", "before": format_instant(cutoff), "answers_purged": purged}

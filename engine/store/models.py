@@ -231,7 +231,9 @@ class PostingRow(Base):
 
 
 class IdempotencyRow(Base):
-    """A remembered answer, scoped to the terminal that sent the key."""
+    """A remembered answer, scoped to the terminal that sent the key (or to the finance key of a
+    grant). Only an answer: an accepted payment's request and answer are also in its own `payment`
+    row, so purging this row after the retention loses nothing of the ledger."""
 
     __tablename__ = "idempotency_key"
     terminal_id: Mapped[str] = mapped_column(String(64), primary_key=True)
@@ -240,7 +242,8 @@ class IdempotencyRow(Base):
     response_status: Mapped[int] = mapped_column(Integer)
     response_json: Mapped[str] = mapped_column(Text)
     payment_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
-    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    # Indexed for the purge of answers past the retention (engine/store/lifecycle.py).
+    created_at_us: Mapped[int] = mapped_column(BigInteger, index=True)
 
 
 class PointLotRow(Base):

@@ -48,8 +48,9 @@ import httpx
 import pytest
 from fastapi.routing import APIRoute
 
-from tests.api.conftest import CAMPAIGN_WINDOW, TOKYO, Server, Ward, now_tokyo, purchase
+from tests.api.conftest import Server
 from tests.server import run_cli
+from tests.ward import CAMPAIGN_WINDOW, TOKYO, Ward, now_tokyo, purchase
 
 PRINCIPALS = (
     "none",

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from engine import limits
-from tests.api.conftest import Ward, now_tokyo, purchase, refund
+from tests.ward import Ward, now_tokyo, purchase, refund
 
 PROBLEM_JSON = "application/problem+json"
 SEVEN_DAYS_S = limits.OCCURRED_AT_MAX_PAST_DAYS * 86_400

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from engine.store.models import IdempotencyRow
-from tests.api.conftest import Ward, purchase
+from tests.ward import Ward, purchase
 
 CONCURRENT_REQUESTS = 24
 

@@ -24,7 +24,8 @@ import pytest
 from sqlalchemy import text
 
 from engine.settings import Settings
-from tests.api.conftest import Server, Ward, now_tokyo, purchase
+from tests.api.conftest import Server
+from tests.ward import Ward, now_tokyo, purchase
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 

@@ -31,7 +31,7 @@ from engine.rating import RatingState, build_catalog, rate
 from engine.store import queries
 from engine.store.db import make_engine
 from engine.store.models import PaymentRow, PostingRow
-from tests.api.conftest import WARD_CAMPAIGNS, WARD_MERCHANTS, WARD_TERMINALS, Ward, now_tokyo, purchase, refund
+from tests.ward import WARD_CAMPAIGNS, WARD_MERCHANTS, WARD_TERMINALS, Ward, now_tokyo, purchase, refund
 
 SEED = 20261129
 SEQUENTIAL_OPERATIONS = 240

@@ -25,9 +25,9 @@ from engine import receipts
 from engine.receipts import PaymentApp
 from engine.store.apps import CACHE_TTL_S
 from engine.store.db import make_engine
-from tests.api.conftest import Ward, purchase, refund
 from tests.receipts import TEST_IAT, payment_app
 from tests.server import ServerProcess, register_payment_app
+from tests.ward import Ward, purchase, refund
 
 
 def _post(ward: Ward, terminal_id: str, body: dict, key: str | None = None) -> httpx.Response:
@@ -341,7 +341,7 @@ def test_a_receipt_is_accepted_once_across_two_processes(databases, tmp_path) ->
 
 
 def purchase_at(terminal_id: str, wallet_id: str, amount: int) -> dict:
-    from tests.api.conftest import now_tokyo
+    from tests.ward import now_tokyo
 
     return {
         "type": "purchase",

@@ -34,7 +34,7 @@ from api.responses import (
     WalletPoints,
 )
 from engine.model import Campaign
-from tests.api.conftest import WARD_CAMPAIGNS, now_tokyo, purchase, refund
+from tests.ward import WARD_CAMPAIGNS, now_tokyo, purchase, refund
 
 
 def _strictly(model, answer):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 
-from tests.api.conftest import Ward, purchase
+from tests.ward import Ward, purchase
 
 
 def test_a_moved_terminal_leaves_its_old_merchants_transactions_behind(ward: Ward) -> None:

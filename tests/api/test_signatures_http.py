@@ -15,7 +15,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from engine import http_signing
 from engine.store.models import PaymentRow, SignatureNonceRow
-from tests.api.conftest import Server, Ward, purchase
+from tests.api.conftest import Server
+from tests.ward import Ward, purchase
 
 SIGNED = "T_SHOTEN_1"  # gets a key in these tests
 BEARER = "T_CONV"  # never gets one

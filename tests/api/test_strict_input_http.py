@@ -23,8 +23,8 @@ import pytest
 
 from engine import limits
 from engine.store.models import ApiKeyRow, GrantRow, SettlementRunRow
-from tests.api.conftest import Ward, now_tokyo, purchase, refund
 from tests.api.test_bad_input_http import PROBLEM_JSON, assert_refused
+from tests.ward import Ward, now_tokyo, purchase, refund
 
 # -- helpers ----------------------------------------------------------------------------
 

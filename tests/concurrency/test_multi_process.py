@@ -58,6 +58,7 @@ from engine.store.models import (
 from engine.store.queries import ledger_check
 from tests.receipts import SigningTransport
 from tests.server import ServerProcess
+from tests.ward import Plan, Ward
 
 TOKYO = dt.timezone(dt.timedelta(hours=9))
 
@@ -594,20 +595,8 @@ def test_caps_budgets_and_idempotency_exact_across_processes(postgres_url, tmp_p
         # A migrates the fresh database; B starts only then, so two servers never race to migrate.
         server_a.start()
         server_b.launch()
-        admin = server_a.create_key("admin")
-        with httpx.Client(
-            base_url=server_a.base_url, timeout=REQUEST_TIMEOUT_S, headers={"Authorization": f"Bearer {admin}"}
-        ) as c:
-            for path, records in [
-                ("/v1/merchants", MERCHANTS),
-                ("/v1/campaigns", campaign_records(dt.datetime.now(TOKYO))),
-                ("/v1/terminals", [{"id": t, "merchant_id": m} for t, m in TERMINALS.items()]),
-            ]:
-                for record in records:
-                    r = c.post(path, json=record)
-                    assert r.status_code == 201, (path, r.status_code, r.text)
-        with ThreadPoolExecutor(max_workers=len(TERMINALS)) as pool:
-            keys = dict(zip(TERMINALS, pool.map(lambda t: server_a.create_key("terminal", terminal_id=t), TERMINALS)))
+        # The ward of this test (tests/ward.py), configured through A's admin API, a key per terminal.
+        keys = Ward(server_a, Plan(MERCHANTS, campaign_records(dt.datetime.now(TOKYO)), TERMINALS)).terminal_keys()
         server_b.wait_ready()
         setup_s = time.monotonic() - started
 

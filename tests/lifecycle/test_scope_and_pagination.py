@@ -13,9 +13,10 @@ from collections import defaultdict
 
 import pytest
 
-from tests.lifecycle.support import Books, campaign
+from tests.lifecycle.support import Books, campaign, merchant
 from tests.server import ServerProcess
 from tests.tokyo import JST
+from tests.ward import Plan, Ward
 
 MERCHANTS = {"M_SANCHA": ["T_SANCHA"], "M_KYODO": ["T_KYODO"]}
 BUDGET_GRANTS = 1000
@@ -31,88 +32,42 @@ CAMPAIGNS = [
 ]
 
 
-def now_jst(offset_s: float = 0) -> str:
-    return (dt.datetime.now(JST) + dt.timedelta(seconds=offset_s)).isoformat(timespec="microseconds")
+def _merchant_record(merchant_id: str) -> dict:
+    return merchant(merchant_id).model_dump(mode="json", exclude={"bank_account"})
 
 
-class Ward:
-    """A running server with two merchants and a key of every kind."""
-
-    def __init__(self, books: Books, server: ServerProcess) -> None:
-        self.books = books
-        self.server = server
-        create = books.config.create_key
-        self.keys = {
-            "finance": create("finance"),
-            "merchant:M_SANCHA": create("merchant", merchant_id="M_SANCHA"),
-            "merchant:M_KYODO": create("merchant", merchant_id="M_KYODO"),
-            "terminal:T_SANCHA": create("terminal", terminal_id="T_SANCHA"),
-            "terminal:T_KYODO": create("terminal", terminal_id="T_KYODO"),
-            "app": create("app"),
-        }
-        self.clients = {
-            name: server.terminal_client(key) if name.startswith("terminal:") else server.client(key)
-            for name, key in self.keys.items()
-        }
-        self.merchant_of = {t: m for m, ts in MERCHANTS.items() for t in ts}
-
-    def __getitem__(self, name: str):
-        return self.clients[name]
-
-    def close(self) -> None:
-        for c in self.clients.values():
-            c.close()
-
-    def post(self, terminal: str, body: dict, expect: int = 201) -> dict:
-        r = self[f"terminal:{terminal}"].post(
-            "/v1/transactions", json=body, headers={"Idempotency-Key": uuid.uuid4().hex}
-        )
-        assert r.status_code == expect, (body, r.status_code, r.text)
-        return r.json()
-
-    def buy(self, terminal: str, wallet: str, amount: int, points_used: int = 0, expect: int = 201) -> dict:
-        return self.post(
-            terminal,
-            {
-                "type": "purchase",
-                "wallet_id": wallet,
-                "merchant_id": self.merchant_of[terminal],
-                "terminal_id": terminal,
-                "occurred_at": now_jst(-60),
-                "amount": amount,
-                "points_used": points_used,
-            },
-            expect,
-        )
-
-    def refund(self, terminal: str, original_id: str, amount: int, expect: int = 201) -> dict:
-        return self.post(
-            terminal,
-            {"type": "refund", "original_id": original_id, "amount": amount, "occurred_at": now_jst(-30)},
-            expect,
-        )
-
-    def grant(
-        self, wallet: str, points: int, key: str | None = None, client: str = "finance", campaign_id: str = "C_ENERGY"
-    ):
-        return self[client].post(
-            "/v1/grants",
-            json={"wallet_id": wallet, "campaign_id": campaign_id, "points": points, "reason": "省エネ家電の買い替え"},
-            headers={"Idempotency-Key": key or uuid.uuid4().hex},
-        )
+# The ward: two merchants of one 商店街 with a terminal each, and the campaigns above.
+PLAN = Plan(
+    merchants=[_merchant_record(m) for m in MERCHANTS],
+    campaigns=[c.model_dump(mode="json") for c in CAMPAIGNS],
+    terminals={t: m for m, ts in MERCHANTS.items() for t in ts},
+)
 
 
 @pytest.fixture
 def ward(database_url, tmp_path):
-    books = Books(database_url)
-    books.setup(MERCHANTS, CAMPAIGNS)
-    with ServerProcess(database_url, tmp_path) as server:
-        w = Ward(books, server)
+    """The ward behind a real server on this test's database (keys made by the CLI in this process)."""
+    with ServerProcess(database_url, tmp_path, cli_in_process=True) as server:
+        w = Ward(server, PLAN)
         try:
             yield w
         finally:
             w.close()
-            books.close()
+
+
+@pytest.fixture
+def books(ward, database_url):
+    """The same database read in-process: wallets, the ledger check, a crediting run."""
+    b = Books(database_url, migrate=False)
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def grant(ward: Ward, wallet: str, points: int, key: str | None = None, client: str = "finance", campaign_id=None):
+    """A grant against C_ENERGY (the campaign no purchase earns from) unless another is named."""
+    return ward.grant(wallet, points, campaign_id or "C_ENERGY", key=key, client=client)
 
 
 def forbidden(r) -> bool:
@@ -126,7 +81,7 @@ def forbidden(r) -> bool:
 # -- scope ----------------------------------------------------------------------------
 
 
-def test_merchant_keys_read_only_their_own_merchant_and_finance_reads_all(ward):
+def test_merchant_keys_read_only_their_own_merchant_and_finance_reads_all(ward, books):
     sancha = ward.buy("T_SANCHA", "W_SCOPE", 2000)
     kyodo = ward.buy("T_KYODO", "W_SCOPE", 3000)
     for own, other in (("M_SANCHA", "M_KYODO"), ("M_KYODO", "M_SANCHA")):
@@ -147,8 +102,8 @@ def test_merchant_keys_read_only_their_own_merchant_and_finance_reads_all(ward):
     assert forbidden(ward["merchant:M_SANCHA"].get("/v1/wallets/W_SCOPE/points"))
     # Only finance grants.
     for name in ("merchant:M_SANCHA", "terminal:T_SANCHA"):
-        assert forbidden(ward.grant("W_SCOPE", 10, client=name)), name
-    assert ward.books.wallet("W_SCOPE")["available"] == 500  # 10 % of 5000, nothing granted
+        assert forbidden(grant(ward, "W_SCOPE", 10, client=name)), name
+    assert books.wallet("W_SCOPE")["available"] == 500  # 10 % of 5000, nothing granted
 
     finance = ward["finance"]
     for merchant_id, posted in (("M_SANCHA", sancha), ("M_KYODO", kyodo)):
@@ -163,7 +118,7 @@ def test_merchant_keys_read_only_their_own_merchant_and_finance_reads_all(ward):
     # No key, or an unknown one: 401.
     with ward.server.client("sp_merchant_nope") as stranger:
         assert stranger.get("/v1/merchants/M_SANCHA/rewards").status_code == 401
-    assert ward.books.check()["ok"]
+    assert books.check()["ok"]
 
 
 # -- pagination -------------------------------------------------------------------------
@@ -272,16 +227,16 @@ def expected_rewards(purchases: list[dict], refunds: list[dict], credited: bool)
     }
 
 
-def test_reward_totals_equal_what_was_posted(ward):
-    assert ward.grant("W_R1", 600).status_code == 201  # points to redeem from the start
-    assert ward.grant("W_R2", 300).status_code == 201
+def test_reward_totals_equal_what_was_posted(ward, books):
+    assert grant(ward, "W_R1", 600).status_code == 201  # points to redeem from the start
+    assert grant(ward, "W_R2", 300).status_code == 201
     purchases = {"M_SANCHA": [], "M_KYODO": []}
     refunds = {"M_SANCHA": [], "M_KYODO": []}
     amounts = itertools.cycle([1200, 3456, 780, 10_000, 99, 5005])
     for i in range(12):
         terminal = "T_SANCHA" if i % 3 else "T_KYODO"
         wallet = "W_R1" if i % 2 else "W_R2"
-        available = ward.books.wallet(wallet)["available"]
+        available = books.wallet(wallet)["available"]
         amount = next(amounts)
         points_used = min(amount, available, 150 * (i % 4))
         purchases[ward.merchant_of[terminal]].append(ward.buy(terminal, wallet, amount, points_used))
@@ -332,35 +287,35 @@ def test_reward_totals_equal_what_was_posted(ward):
     assert empty.status_code == 200 and empty.json()["transactions"] == 0 and empty.json()["campaigns"] == []
 
     # After the crediting run the pending points are credited (those not clawed back).
-    done = ward.books.credit(dt.datetime.now(JST) + dt.timedelta(days=60))
+    done = books.credit(dt.datetime.now(JST) + dt.timedelta(days=60))
     assert done["points"] == pending
     check(credited=True)
-    assert ward.books.check()["ok"]
+    assert books.check()["ok"]
 
 
 # -- grants -------------------------------------------------------------------------------
 
 
-def test_grants_are_idempotent_and_obey_the_budget_exactly(ward):
+def test_grants_are_idempotent_and_obey_the_budget_exactly(ward, books):
     key = uuid.uuid4().hex
-    first = ward.grant("W_G", 400, key=key)
+    first = grant(ward, "W_G", 400, key=key)
     assert first.status_code == 201, first.text
-    again = ward.grant("W_G", 400, key=key)
+    again = grant(ward, "W_G", 400, key=key)
     assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true"
     assert again.json() == first.json()
-    reused = ward.grant("W_G", 401, key=key)
+    reused = grant(ward, "W_G", 401, key=key)
     assert (reused.status_code, reused.json()["code"]) == (422, "idempotency_key_reused")
-    assert ward.books.wallet("W_G")["available"] == 400
+    assert books.wallet("W_G")["available"] == 400
 
-    over = ward.grant("W_G2", BUDGET_GRANTS - 400 + 1)
+    over = grant(ward, "W_G2", BUDGET_GRANTS - 400 + 1)
     assert (over.status_code, over.json()["code"]) == (422, "budget_exceeded")
-    exact = ward.grant("W_G2", BUDGET_GRANTS - 400)
+    exact = grant(ward, "W_G2", BUDGET_GRANTS - 400)
     assert exact.status_code == 201, exact.text
-    assert (ward.grant("W_G2", 1).json()["code"]) == "budget_exceeded"
-    assert ward.grant("W_G", 10, campaign_id="C_UNKNOWN").status_code == 404
+    assert (grant(ward, "W_G2", 1).json()["code"]) == "budget_exceeded"
+    assert grant(ward, "W_G", 10, campaign_id="C_UNKNOWN").status_code == 404
 
     points = ward["app"].get("/v1/wallets/W_G2/points").json()
     assert (points["available"], points["debt"], points["pending"]) == (BUDGET_GRANTS - 400, 0, 0)
     assert points["expiring"] == [{"expires_at": exact.json()["expires_at"], "points": BUDGET_GRANTS - 400}]
-    report = ward.books.check()
+    report = books.check()
     assert report["campaigns"]["C_ENERGY"]["issued"] == BUDGET_GRANTS

@@ -1,0 +1,190 @@
+"""Remembered answers are purged after the retention (at least 30 days, SPEC §6), and nothing else is.
+
+`lifecycle.purge_remembered_answers` deletes `idempotency_key` rows older than the retention by
+the engine's clock. The ledger keeps everything: payments (with their own request and answer),
+awards, postings, grants. Over HTTP a purchase sent again under its purged key is declined
+`receipt_already_used`, so the purge never lets a sale be posted twice; the in-process scheduler
+runs the purge once a day. On SQLite and on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+from pydantic import ValidationError
+from sqlalchemy import func, select
+
+from api.app import create_app
+from engine import limits
+from engine.clock import ManualClock
+from engine.settings import Settings
+from engine.store import lifecycle
+from engine.store.models import GrantRow, IdempotencyRow, LifecycleRunRow, PaymentRow, PostingRow
+from engine.timeutil import TOKYO, to_us
+from tests.lifecycle.support import Books, campaign, cli
+from tests.receipts import register_in_process
+
+T0 = dt.datetime(2026, 12, 1, 10, tzinfo=TOKYO)
+DAY = dt.timedelta(days=1)
+CAMPAIGN = {
+    "id": "C1",
+    "name": "10%",
+    "starts_at": "2026-01-01T00:00:00+09:00",
+    "ends_at": "2036-01-01T00:00:00+09:00",
+    "tiers": [{"match": {}, "rate_bp": 1000}],
+}
+
+
+def _keys(engine) -> set[str]:
+    with engine.connect() as c:
+        return {row[0] for row in c.execute(select(IdempotencyRow.key))}
+
+
+def _count(engine, model) -> int:
+    with engine.connect() as c:
+        return c.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+@pytest.fixture
+def books(database_url):
+    b = Books(database_url, start=T0)
+    b.setup({"M1": ["T1"]}, [campaign("C1", budget=100_000)])
+    try:
+        yield b
+    finally:
+        b.close()
+
+
+def test_answers_past_the_retention_go_and_the_ledger_stays(books: Books) -> None:
+    books.at(T0)
+    first = books.purchase("T1", "W1", 1000, T0 - dt.timedelta(minutes=1), key="k-old")
+    assert first.status == 201
+    declined = books.purchase("T1", "W2", 1000, T0, points_used=5, key="k-old-decline")
+    assert declined.body["code"] == "insufficient_points"  # a remembered decline
+    assert books.grant("W3", "C1", 50, key="g-old").status == 201
+    books.at(T0 + 20 * DAY)
+    assert books.purchase("T1", "W1", 2000, T0 + 20 * DAY, key="k-young").status == 201
+    books.at(T0 + 29 * DAY + 23 * dt.timedelta(hours=1))
+    assert books.purchase("T1", "W1", 500, T0 + 29 * DAY, key="k-almost").status == 201
+    payments, postings, grants = (_count(books.engine, m) for m in (PaymentRow, PostingRow, GrantRow))
+    assert _keys(books.engine) == {"k-old", "k-old-decline", "g-old", "k-young", "k-almost"}
+
+    # 29 days after the first ones: nothing is old enough yet.
+    assert lifecycle.purge_remembered_answers(books.ledger, 30)["answers_purged"] == 0
+    books.at(T0 + 30 * DAY + dt.timedelta(minutes=1))
+    done = lifecycle.purge_remembered_answers(books.ledger, 30, chunk=2)  # chunks of 2: two rounds
+    assert done["answers_purged"] == 3
+    assert _keys(books.engine) == {"k-young", "k-almost"}
+    # The ledger is untouched: every payment (with its own answer), posting and grant, and it checks.
+    assert (_count(books.engine, PaymentRow), _count(books.engine, PostingRow), _count(books.engine, GrantRow)) == (
+        payments,
+        postings,
+        grants,
+    )
+    with books.engine.connect() as c:
+        stored = c.execute(select(PaymentRow.response_json).where(PaymentRow.id == first.body["id"])).scalar_one()
+        runs = c.execute(
+            select(LifecycleRunRow.items).where(LifecycleRunRow.kind == "idempotency").order_by(LifecycleRunRow.id)
+        ).scalars()
+        assert list(runs) == [0, 3]  # each run is recorded with what it purged
+    assert first.body["id"] in stored
+    books.check()
+
+    # Run again: nothing more. A longer retention keeps what a shorter one would purge.
+    assert lifecycle.purge_remembered_answers(books.ledger, 30)["answers_purged"] == 0
+    books.at(T0 + 60 * DAY + dt.timedelta(hours=1))
+    assert lifecycle.purge_remembered_answers(books.ledger, 60)["answers_purged"] == 0
+    assert lifecycle.purge_remembered_answers(books.ledger, 30)["answers_purged"] == 2
+    assert _keys(books.engine) == set()
+    books.check()
+
+
+def test_a_retention_under_30_days_is_refused(books: Books) -> None:
+    assert limits.IDEMPOTENCY_RETENTION_DAYS_MIN == 30
+    with pytest.raises(ValueError, match="at least 30 days"):
+        lifecycle.purge_remembered_answers(books.ledger, 29)
+    with pytest.raises(ValidationError):
+        Settings(idempotency_retention_days=29)
+    assert Settings().idempotency_retention_days == 30
+
+
+def test_the_scheduler_purges_and_a_purged_key_cannot_post_a_sale_twice(database_url) -> None:
+    clock = ManualClock(to_us(T0))
+    settings = Settings(
+        database_url=database_url,
+        lifecycle_interval_s=0.05,
+        occurred_at_max_past_days=100_000,  # so the late retry reaches the receipt check
+        rate_limit_per_key="off",
+    )
+    app = create_app(settings, clock=clock)
+    config = app.state.config
+    with TestClient(app) as client:
+        admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
+        for path, record in (
+            ("/v1/merchants", {"id": "M1", "name": "八百屋", "merchant_class": "small"}),
+            ("/v1/campaigns", CAMPAIGN),
+            ("/v1/terminals", {"id": "T1", "merchant_id": "M1"}),
+        ):
+            made = client.post(path, json=record, headers=admin)
+            assert made.status_code == 201, made.text
+        terminal = {
+            "Authorization": f"Bearer {config.create_key('terminal', terminal_id='T1')}",
+            "Idempotency-Key": "k1",
+        }
+        body = register_in_process(app).sign_purchase(
+            {
+                "type": "purchase",
+                "wallet_id": "W1",
+                "merchant_id": "M1",
+                "terminal_id": "T1",
+                "occurred_at": T0.isoformat(),
+                "amount": 1000,
+            },
+            jti="pay_purge_1",
+        )
+        first = client.post("/v1/transactions", headers=terminal, json=body)
+        assert first.status_code == 201, first.text
+        replay = client.post("/v1/transactions", headers=terminal, json=body)
+        assert replay.headers.get("idempotent-replayed") == "true"
+
+        clock.set(to_us(T0 + 30 * DAY + dt.timedelta(hours=1)))  # a new day: the scheduler purges
+        deadline = time.monotonic() + 10
+        while _keys(app.state.engine) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _keys(app.state.engine) == set()
+
+        # The same request under the purged key is new to the engine, and its receipt is spent.
+        again = client.post("/v1/transactions", headers=terminal, json=body)
+        assert (again.status_code, again.json()["code"]) == (409, "receipt_already_used")
+        assert "idempotent-replayed" not in again.headers
+        assert _count(app.state.engine, PaymentRow) == 1
+        # That decline is remembered afresh, as every decline is.
+        assert client.post("/v1/transactions", headers=terminal, json=body).headers["idempotent-replayed"] == "true"
+    app.state.engine.dispose()
+
+
+def test_the_command_line_purges(database_url) -> None:
+    """`setapay purge-answers`, as a daily cron job runs it: on the system clock, the configured retention."""
+    books = Books(database_url)  # the system clock: answers remembered now
+    books.setup({"M1": ["T1"]}, [campaign("C1")])
+    assert books.purchase("T1", "W1", 1000, dt.datetime.now(TOKYO), key="k-now").status == 201
+    with books.engine.begin() as c:  # one answer remembered 31 days ago
+        c.execute(
+            IdempotencyRow.__table__.insert().values(
+                terminal_id="T1",
+                key="k-31-days",
+                request_hash="0" * 64,
+                response_status=422,
+                response_json="{}",
+                created_at_us=to_us(dt.datetime.now(TOKYO) - 31 * DAY),
+            )
+        )
+    done = cli(database_url, "purge-answers")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["answers_purged"] == 1
+    assert _keys(books.engine) == {"k-now"}
+    books.close()
