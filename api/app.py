@@ -5,27 +5,28 @@ Routers validate, call the engine and render; every failure is an
 `code`. Validation failures are 422 `invalid_request` (400 `malformed_json`
 when the body is not JSON or has a duplicate key); nothing a client sends can produce a 500.
 Strict input (SPEC §2) is api/strict.py: once-only headers and duplicate JSON keys are
-refused by the `BodyLimit` middleware, path ids are `PathId`, query parameters bounded.
+refused by the `BodyLimit` middleware (api/middleware.py), path ids are `PathId`, query
+parameters bounded. The exception handlers are api/errors.py; idempotency keys, this
+process's in-flight claims and the rendering of ledger results are api/idempotency.py.
 """
 
 import asyncio
 import contextlib
 import datetime as dt
 import hashlib
-import re
 import threading
 from typing import Annotated, Any
 
-from fastapi import Body, Depends, FastAPI, Header, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import Body, Depends, FastAPI, Header, Query
 from fastapi.responses import JSONResponse
 from pydantic import Field, TypeAdapter, ValidationError, field_validator
 from sqlalchemy import text
 from sqlalchemy.exc import InterfaceError, OperationalError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import openapi, responses
+from api import errors, middleware, openapi, responses
 from api.auth import Auth
+from api.errors import guarded, json_safe, validated
+from api.idempotency import InFlight, check_idempotency_key, render
 from api.openapi import AUTHENTICATED, COMMON, IDEMPOTENCY, TERMINAL, idempotent, problems, remembered, terminal_headers
 from api.signatures import TerminalSignatures
 from api.strict import (
@@ -33,10 +34,7 @@ from api.strict import (
     PageLimit,
     PathId,
     decode_cursor,
-    duplicated_header,
     encode_cursor,
-    has_duplicate_key,
-    is_json,
 )
 from engine import limits, receipts
 from engine.clock import SystemClock
@@ -55,27 +53,8 @@ from engine.store.ledger import Ledger, Result, Submission
 from engine.store.nonces import nonce_store
 from engine.timeutil import to_us
 
-PROBLEM_JSON = "application/problem+json"
 _CURSOR_PREFIX = "seq"  # a merchant's transactions, by payment sequence
 _transaction = TypeAdapter(Transaction)
-_PRINTABLE_ASCII = re.compile(rf"^[\x20-\x7e]{{1,{limits.IDEMPOTENCY_KEY_LENGTH_MAX}}}$")
-
-
-def _problem_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
-
-
-def _text(value: object) -> str:
-    """`value` as text that encodes to UTF-8: a lone surrogate a client sent (JSON "\\ud800")
-    and pydantic echoes in a message or location is shown escaped."""
-    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def _json_safe(errors: list[dict]) -> list[dict]:
-    out = []
-    for e in errors:
-        out.append({"loc": [_text(x) for x in e.get("loc", ())], "msg": _text(e.get("msg", "")), "type": e.get("type")})
-    return out
 
 
 def create_app(settings: Settings | None = None, migrate: bool = True, clock=None) -> FastAPI:
@@ -92,8 +71,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     answers = AnswerCache(settings.redis_url) if settings.redis_url else None
     signatures = TerminalSignatures(config, nonce_store(engine, settings.redis_url), clock)  # SPEC §9.2
     auth = Auth(keys, settings, clock, signatures)
-    in_flight: set[tuple[str, str]] = set()
-    in_flight_lock = threading.Lock()
+    in_flight = InFlight()
 
     stop = threading.Event()
 
@@ -120,38 +98,8 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     app.state.keys = keys
     app.state.auth = auth
 
-    # -- errors ------------------------------------------------------------
-
-    @app.exception_handler(EngineError)
-    async def _engine_error(_request: Request, exc: EngineError):
-        return _problem_response(exc.status, exc.problem(), getattr(exc, "headers", None))
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(_request: Request, exc: RequestValidationError):
-        errors = exc.errors()
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return _problem_response(*decline("malformed_json"))
-        return _problem_response(*decline("invalid_request", errors=_json_safe(errors)))
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException):
-        if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep): not JSON
-            return _problem_response(*decline("malformed_json"))
-        if exc.status_code == 404:
-            return _problem_response(*decline("not_found"))
-        return _problem_response(
-            exc.status_code,
-            {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "code": "http_error"},
-        )
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_request: Request, exc: Exception):  # pragma: no cover - a bug if reached
-        import logging
-
-        logging.getLogger("setapay.api").error("unexpected %s", type(exc).__name__, exc_info=exc)
-        return _problem_response(*decline("internal_error"))
-
-    app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
+    errors.install(app)
+    middleware.install(app)
 
     # -- authentication (api/auth.py) ---------------------------------------
 
@@ -222,20 +170,11 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
             receipt = receipts.verify(body.receipt, body, apps.secrets_for, clock.now_us())
         except EngineError:
-            replay = _guarded(lambda: ledger.remembered_answer(p.terminal_id, key, request_hash))
+            replay = guarded(lambda: ledger.remembered_answer(p.terminal_id, key, request_hash))
             if replay is None:
                 raise
             return replay
         return Submission(p.terminal_id, key, request_hash, body, canonical, receipt=receipt)
-
-    def _idempotency_key(value: object) -> str:
-        if value is None:
-            raise EngineError("idempotency_key_missing")
-        if not isinstance(value, str) or not _PRINTABLE_ASCII.fullmatch(value):
-            raise EngineError(
-                "idempotency_key_invalid", f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters"
-            )
-        return value
 
     @app.post(
         "/v1/transactions",
@@ -275,21 +214,21 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     async def post_transaction(
         body: Annotated[Transaction, Body()],
         p: Annotated[Principal, Depends(role("terminal"))],
-        # Documented as required in openapi_extra; checked by `_idempotency_key` (400, not FastAPI's 422).
+        # Documented as required in openapi_extra; checked by `check_idempotency_key` (400, not FastAPI's 422).
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
     ):
-        key = _idempotency_key(idempotency_key)
+        key = check_idempotency_key(idempotency_key)
         submission = _submission(p, key, body)
         if isinstance(submission, Result):
-            return _render(submission)
+            return render(submission)
         if answers is not None:
             cached = await answers.get(p.terminal_id, key)
             if cached is not None:
                 request_hash, status, answer = cached
                 if request_hash != submission.request_hash:
-                    return _render(Result(*decline("idempotency_key_reused")))
-                return _render(Result(status, answer, replayed=True))
-        with _claimed([(p.terminal_id, key)]) as fresh:
+                    return render(Result(*decline("idempotency_key_reused")))
+                return render(Result(status, answer, replayed=True))
+        with in_flight.claimed([(p.terminal_id, key)]) as fresh:
             if not fresh:
                 raise EngineError("request_in_progress")
             try:
@@ -299,7 +238,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
         if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
             await answers.put(p.terminal_id, key, submission.request_hash, result.status, result.body)
-        return _render(result)
+        return render(result)
 
     @app.post(
         "/v1/transactions/batch",
@@ -325,7 +264,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
                         ],
                     )
                 fields = dict(item)
-                key = _idempotency_key(fields.pop("idempotency_key", None))
+                key = check_idempotency_key(fields.pop("idempotency_key", None))
                 submission = _submission(p, key, _transaction.validate_python(fields))
                 if isinstance(submission, Result):
                     answers[i] = submission
@@ -334,33 +273,16 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
             except EngineError as exc:
                 answers[i] = Result(exc.status, exc.problem())
             except ValidationError as exc:
-                answers[i] = Result(*decline("invalid_request", errors=_json_safe(exc.errors())))
-        with _claimed([(p.terminal_id, s.idempotency_key) for _, s in indexed]) as fresh:
+                answers[i] = Result(*decline("invalid_request", errors=json_safe(exc.errors())))
+        with in_flight.claimed([(p.terminal_id, s.idempotency_key) for _, s in indexed]) as fresh:
             posted = [(i, s) for i, s in indexed if (p.terminal_id, s.idempotency_key) in fresh]
             for i, s in indexed:
                 if (p.terminal_id, s.idempotency_key) not in fresh:
                     answers[i] = Result(*decline("request_in_progress"))
             if posted:
-                for (i, _), result in zip(posted, _guarded(lambda: ledger.submit([s for _, s in posted]))):
+                for (i, _), result in zip(posted, guarded(lambda: ledger.submit([s for _, s in posted]))):
                     answers[i] = result
         return {"results": [{"status": r.status, "replayed": r.replayed, "body": r.body} for r in answers]}
-
-    @contextlib.contextmanager
-    def _claimed(scopes: list[tuple[str, str]]):
-        """Claim idempotency scopes for this process; yields those not already in flight here."""
-        with in_flight_lock:
-            fresh = {sc for sc in scopes if sc not in in_flight}
-            in_flight.update(fresh)
-        try:
-            yield fresh
-        finally:
-            with in_flight_lock:
-                in_flight.difference_update(fresh)
-
-    def _render(result: Result) -> JSONResponse:
-        headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
-        media = "application/json" if result.status < 400 else PROBLEM_JSON
-        return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)
 
     @app.get(
         "/v1/transactions/{transaction_id}",
@@ -461,13 +383,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         p: Annotated[Principal, Depends(role("finance"))],
         idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
     ):
-        key = _idempotency_key(idempotency_key)
-        result = _guarded(
+        key = check_idempotency_key(idempotency_key)
+        result = guarded(
             lambda: lifecycle.grant(
                 ledger, f"finance:{p.key_id}", key, body.wallet_id, body.campaign_id, body.points, body.reason, actor=p
             )
         )
-        return _render(result)
+        return render(result)
 
     # -- configuration -----------------------------------------------------
 
@@ -498,7 +420,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         responses={200: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
     )
     def patch_merchant(merchant_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
-        return _validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
+        return validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
     @app.post(
         "/v1/campaigns",
@@ -531,7 +453,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
         },
     )
     def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin) -> Any:
-        return _validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
+        return validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
 
     @app.post(
         "/v1/terminals",
@@ -581,83 +503,6 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     return app
 
 
-class BodyTooLarge(EngineError):
-    def __init__(self) -> None:
-        super().__init__("body_too_large", f"bodies are limited to {limits.BODY_BYTES_MAX} bytes")
-
-
-class BodyLimit:
-    """Refuse bodies over the limit, whether announced by Content-Length or streamed in chunks.
-
-    A chunked body is counted as it arrives; the moment it passes the limit the
-    read fails with `BodyTooLarge`, which the error handler renders as 413, so no
-    handler ever sees (let alone posts) an oversized request.
-
-    Strict input (SPEC §2, api/strict.py) is checked here too, for every route: first a
-    once-only header sent twice (400 `header_duplicated`), then, once the body is whole,
-    a JSON body with a duplicate key at any depth (400 `malformed_json`).
-    """
-
-    def __init__(self, app, limit_bytes: int) -> None:
-        self.app = app
-        self.limit_bytes = limit_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        duplicated = duplicated_header(scope["headers"])  # SPEC §2: before anything else
-        if duplicated is not None:
-            response = _problem_response(*decline("header_duplicated", f"{duplicated} was sent more than once"))
-            return await response(scope, receive, send)
-        headers = dict(scope["headers"])
-        length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > self.limit_bytes):
-            response = _problem_response(413, BodyTooLarge().problem())
-            return await response(scope, receive, send)
-        # Read the whole body first (never more than the limit plus one chunk), so a
-        # streamed body over the limit is refused before any handler sees it.
-        chunks, received, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                return await self.app(scope, _replay([message]), send)
-            chunks.append(message.get("body", b""))
-            received += len(chunks[-1])
-            more = message.get("more_body", False)
-            if received > self.limit_bytes:
-                response = _problem_response(413, BodyTooLarge().problem())
-                return await response(scope, receive, send)
-        body = b"".join(chunks)
-        if body and is_json(headers.get(b"content-type")) and has_duplicate_key(body):
-            response = _problem_response(*decline("malformed_json", "an object in the body has a key twice"))
-            return await response(scope, receive, send)
-        return await self.app(
-            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
-        )
-
-
-def _replay(messages: list, then=None):
-    """A `receive` that hands out `messages`, then defers to `then` (e.g. for disconnects)."""
-    pending = list(messages)
-
-    async def receive():
-        if pending:
-            return pending.pop(0)
-        if then is not None:
-            return await then()
-        return {"type": "http.disconnect"}
-
-    return receive
-
-
-def _guarded(action):
-    """Run a ledger call; a database that cannot be reached is a 503 the client may retry."""
-    try:
-        return action()
-    except (OperationalError, InterfaceError) as exc:
-        raise EngineError("service_unavailable", type(exc).__name__) from None
-
-
 def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threading.Event) -> None:
     """Credit due awards and expire due lots every `interval_s` until the app stops; runs are
     idempotent, so several processes doing this at once post nothing twice."""
@@ -676,16 +521,6 @@ def _start_lifecycle_scheduler(ledger: Ledger, interval_s: float, stop: threadin
 
 def _opt_us(instant: dt.datetime | None) -> int | None:
     return None if instant is None else to_us(instant)
-
-
-def _validated(action):
-    """Run a PATCH; a merged record that fails validation is a 422 naming the field."""
-    from pydantic import ValidationError
-
-    try:
-        return action()
-    except ValidationError as exc:
-        raise EngineError("invalid_request", errors=_json_safe(exc.errors())) from None
 
 
 from engine.model import Id, Label, Record  # noqa: E402

@@ -62,7 +62,7 @@ class Problem(BaseModel):
     )
 
 
-# What the middleware (api/app.py BodyLimit, api/strict.py) answers on any route.
+# What the middleware (api/middleware.py BodyLimit, api/strict.py) answers on any route.
 COMMON = ("header_duplicated", "malformed_json", "body_too_large")
 # ... and what authentication and authorization answer on every route behind a key.
 AUTHENTICATED = (*COMMON, "unauthenticated", "forbidden", "rate_limited", "service_unavailable")
