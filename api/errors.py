@@ -3,8 +3,9 @@
 Routers raise `EngineError` (engine/errors.py) and one handler renders it with its
 status and stable `code`. Validation failures are 422 `invalid_request` (400
 `malformed_json` when the body is not JSON); Starlette's own 400 and 404 become
-`malformed_json` and `not_found`; anything else unexpected is logged and answered
-500 `internal_error`, so nothing a client sends produces a bare error page.
+`malformed_json` and `not_found`. Nothing a client sends can produce a 500: an
+exception nobody expected is a bug, logged and answered 500 `internal_error` as
+problem+json all the same.
 `guarded` and `validated` turn a database that cannot be reached (503) and a
 merged record that fails validation (422) into `EngineError`s.
 """
