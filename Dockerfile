@@ -10,6 +10,7 @@ COPY pyproject.toml setup.py MANIFEST.in README.md ./
 COPY ext ext
 COPY engine engine
 COPY api api
+COPY setapay_demo setapay_demo
 COPY migrations migrations
 # Wheels for the package and every dependency, so the runtime stage installs offline.
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

@@ -1,7 +1,8 @@
-"""Bearer authentication, role checks and rate limits (SPEC §6, §9.3, §9.4).
+"""Bearer authentication and rate limits (SPEC §6, §9.3, §9.4).
 
-`Auth.principal` is the FastAPI dependency every `/v1` route reaches through
-`Auth.role(...)`. For each request it:
+`Auth.principal` authenticates every `/v1` request: it is called by
+`api.deps.principal`, the dependency every `/v1` route reaches through its role
+check `api.deps.role(...)`. For each request it:
 
 1. reads `Authorization: Bearer <key>` and hashes the key (SHA-256);
 2. takes the key from this process's principal cache when it was looked up
@@ -38,15 +39,12 @@ import logging
 import math
 import threading
 import time
-from typing import Annotated
 
 import anyio
-from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials
+from fastapi import Request
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
-from api.openapi import BEARER
 from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store.config import Principal
@@ -307,13 +305,9 @@ class Auth:
             return found
         raise await self._over_failure_limit(address)
 
-    async def principal(
-        self,
-        request: Request,
-        _documented: Annotated[HTTPAuthorizationCredentials | None, Security(BEARER)] = None,
-    ) -> Principal:
-        # `BEARER` only documents the scheme in the OpenAPI (auto_error=False: it never answers);
-        # the header is read and checked here, so every failure stays our own 401/429 problem+json.
+    async def principal(self, request: Request) -> Principal:
+        """The caller of `request`, else a 401, 429 or 503 `EngineError` (`api.deps.principal` is the
+        dependency that calls this and documents the bearer scheme in the OpenAPI)."""
         authorization = request.headers.get("authorization")
         address = request.client.host if request.client else "unknown"
         secret = (
@@ -339,11 +333,3 @@ class Auth:
             await self.signatures.verify(request, p.terminal_id)
         self.last_used.note(p.key_id)
         return p
-
-    def role(self, *roles: str):
-        async def check(p: Annotated[Principal, Depends(self.principal)]) -> Principal:
-            if p.role not in roles:
-                raise EngineError("forbidden", f"this endpoint needs a {' or '.join(roles)} key")
-            return p
-
-        return check

@@ -1,9 +1,9 @@
 """What /openapi.json says beyond the routes' own types (SPEC §6, §9): a truthful contract.
 
-- **Security**: `BEARER` is the `bearerAuth` HTTP bearer scheme. `Auth.principal` (api/auth.py)
+- **Security**: `BEARER` is the `bearerAuth` HTTP bearer scheme. `principal` (api/deps.py)
   takes it as a `Security` parameter that never answers by itself (`auto_error=False`): the
   dependency still reads the header and answers 401/429 problem+json on its own, so the scheme
-  only documents, on every route reached through `Auth.role`, i.e. all but /healthz and /readyz.
+  only documents, on every route reached through `role(...)`, i.e. all but /healthz and /readyz.
 - **Headers**: `terminal_headers()` documents the RFC 9421 request signature headers
   (`Signature`, `Signature-Input`, `Content-Digest`) of the routes a terminal key calls, optional
   (a terminal without a registered public key is bearer-only), and `idempotency_key()` the
@@ -62,7 +62,7 @@ class Problem(BaseModel):
     )
 
 
-# What the middleware (api/app.py BodyLimit, api/strict.py) answers on any route.
+# What the middleware (api/middleware.py BodyLimit, api/strict.py) answers on any route.
 COMMON = ("header_duplicated", "malformed_json", "body_too_large")
 # ... and what authentication and authorization answer on every route behind a key.
 AUTHENTICATED = (*COMMON, "unauthenticated", "forbidden", "rate_limited", "service_unavailable")

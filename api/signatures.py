@@ -1,7 +1,7 @@
 """Verifying signed terminal requests (SPEC §9.2, RFC 9421): the one path every terminal key takes.
 
 `TerminalSignatures.verify` is called by the bearer-key dependency (`principal`
-in api/app.py) for every request made with a terminal key, whatever the route
+in api/deps.py, through `Auth.principal`) for every request made with a terminal key, whatever the route
 (single and batch transactions, reads, closeouts, ...), before the
 route's own checks. A terminal without a registered public key is bearer-only
 and passes untouched. With a key, the request must carry one signature,

@@ -5,7 +5,7 @@
 - A JSON body holding an object with a duplicate key, at any depth (`{"amount": 1,
   "amount": 9999999}`): 400 `malformed_json` (`has_duplicate_key`). Python's `json`
   keeps the last value silently; so would FastAPI. Both checks run in the `BodyLimit`
-  middleware of api/app.py, which holds the whole body already, so every route is
+  middleware of api/middleware.py, which holds the whole body already, so every route is
   covered, including those added later. The body is parsed once more there, with an
   `object_pairs_hook`; a body that is not JSON at all is left to the route (400
   `malformed_json` or 422, as before).

@@ -60,7 +60,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
     # The second half posts part of the same day through the HTTP API into the
     # embedded ledger and checks the ledger from its postings.
-    from api.demo import print_ledger_summary, run_ledger_demo
+    from setapay_demo.ledger import print_ledger_summary, run_ledger_demo
 
     with Progress(TextColumn("posting through the API"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
 

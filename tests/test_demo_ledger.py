@@ -1,6 +1,6 @@
 """The ledger half of the demo: a ward day posted through the API leaves a whole ledger."""
 
-from api.demo import run_ledger_demo
+from setapay_demo.ledger import run_ledger_demo
 
 
 def test_ledger_demo_posts_through_the_api_and_the_ledger_checks(sqlite_url):

@@ -3,12 +3,13 @@
 The core (engine/*.py and engine/rating/) is plain values in, plain values
 out, so it can be tested, benchmarked and reused by the ledger and the API
 without dragging their dependencies in. Storage adapters live in
-engine/store/, which this test does not walk, and the API in api/; the core
-may not import those either.
+engine/store/, which this test does not walk, the API in api/ and the demo's
+HTTP driver in setapay_demo/; the core may not import those either.
 
 The command-line modules are the one exception: `setapay serve` and
 `setapay db` must reach uvicorn and the store. They may do so only inside the
-command functions (or, for their annotations, under `if TYPE_CHECKING:`), so
+command functions (or, for their annotations, under `if TYPE_CHECKING:`; `setapay
+demo` reaches setapay_demo the same way), so
 importing `engine.cli` (or running `setapay rate`) still loads nothing but
 the core.
 """
@@ -22,7 +23,18 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 CORE_DIRS = [ROOT / "engine", ROOT / "engine" / "rating"]
-FORBIDDEN_ROOTS = {"fastapi", "starlette", "sqlalchemy", "psycopg", "psycopg2", "redis", "uvicorn", "alembic", "api"}
+FORBIDDEN_ROOTS = {
+    "fastapi",
+    "starlette",
+    "sqlalchemy",
+    "psycopg",
+    "psycopg2",
+    "redis",
+    "uvicorn",
+    "alembic",
+    "api",
+    "setapay_demo",
+}
 FORBIDDEN_PACKAGES = ("engine.store", "migrations")
 COMMAND_LINE = {"engine/cli.py", "engine/cli_ops.py"}
 
@@ -147,3 +159,12 @@ def test_the_checker_sees_every_kind_of_import(tmp_path: Path):
         "engine.store.ledger.Ledger",
     }
     assert top_level == {"engine.store", "engine.store.db", "engine.store.db.session"}
+
+
+def test_the_server_does_not_carry_the_demo_driver():
+    """The demo's HTTP driver lives in setapay_demo/, outside the server package, and api/ never imports it."""
+    server = sorted((ROOT / "api").rglob("*.py"))
+    assert not [p for p in server if p.stem == "demo"]
+    for path in server:
+        names = imported(path)
+        assert not {n for n in names if n.split(".")[0] == "setapay_demo"}, path.relative_to(ROOT).as_posix()

@@ -1,0 +1,93 @@
+"""Problem responses and the exception handlers: every failure is RFC 9457 problem+json.
+
+Routers raise `EngineError` (engine/errors.py) and one handler renders it with its
+status and stable `code`. Validation failures are 422 `invalid_request` (400
+`malformed_json` when the body is not JSON); Starlette's own 400 and 404 become
+`malformed_json` and `not_found`. Nothing a client sends can produce a 500: an
+exception nobody expected is a bug, logged and answered 500 `internal_error` as
+problem+json all the same.
+`guarded` and `validated` turn a database that cannot be reached (503) and a
+merged record that fails validation (422) into `EngineError`s.
+"""
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from engine.errors import EngineError, decline
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _text(value: object) -> str:
+    """`value` as text that encodes to UTF-8: a lone surrogate a client sent (JSON "\\ud800")
+    and pydantic echoes in a message or location is shown escaped."""
+    return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def json_safe(errors: list[dict]) -> list[dict]:
+    """pydantic's errors as `invalid_request`'s `errors`: loc, msg and type, as UTF-8-safe text."""
+    out = []
+    for e in errors:
+        out.append({"loc": [_text(x) for x in e.get("loc", ())], "msg": _text(e.get("msg", "")), "type": e.get("type")})
+    return out
+
+
+def guarded(action):
+    """Run a ledger call; a database that cannot be reached is a 503 the client may retry."""
+    try:
+        return action()
+    except (OperationalError, InterfaceError) as exc:
+        raise EngineError("service_unavailable", type(exc).__name__) from None
+
+
+def validated(action):
+    """Run a PATCH; a merged record that fails validation is a 422 naming the field."""
+    try:
+        return action()
+    except ValidationError as exc:
+        raise EngineError("invalid_request", errors=json_safe(exc.errors())) from None
+
+
+async def _engine_error(_request: Request, exc: EngineError):
+    return problem_response(exc.status, exc.problem(), getattr(exc, "headers", None))
+
+
+async def _validation_error(_request: Request, exc: RequestValidationError):
+    errors = exc.errors()
+    if any(e.get("type") == "json_invalid" for e in errors):
+        return problem_response(*decline("malformed_json"))
+    return problem_response(*decline("invalid_request", errors=json_safe(errors)))
+
+
+async def _http_error(_request: Request, exc: StarletteHTTPException):
+    if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep): not JSON
+        return problem_response(*decline("malformed_json"))
+    if exc.status_code == 404:
+        return problem_response(*decline("not_found"))
+    return problem_response(
+        exc.status_code,
+        {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "code": "http_error"},
+    )
+
+
+async def _unexpected(_request: Request, exc: Exception):  # pragma: no cover - a bug if reached
+    logging.getLogger("setapay.api").error("unexpected %s", type(exc).__name__, exc_info=exc)
+    return problem_response(*decline("internal_error"))
+
+
+def install(app: FastAPI) -> None:
+    """Render every failure of `app` as problem+json."""
+    app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)

@@ -1,0 +1,61 @@
+"""Idempotency at the HTTP edge (SPEC §6): the key, this process's claims, remembered answers.
+
+- `check_idempotency_key` checks an `Idempotency-Key` (header or batch item): missing is 400
+  `idempotency_key_missing`, anything but 1 to `IDEMPOTENCY_KEY_LENGTH_MAX` printable
+  ASCII characters 400 `idempotency_key_invalid`. Routes call it in the handler (not as a
+  dependency), so a body that fails validation is still answered 422 first.
+- `InFlight` claims (caller, key) scopes while a request with them is being posted, so a
+  concurrent retry in this process is 409 `request_in_progress` rather than a second post.
+- `render` answers a ledger `Result`, marked `Idempotent-Replayed: true` when it is the
+  remembered answer of an earlier request.
+"""
+
+import contextlib
+import re
+import threading
+from collections.abc import Iterator
+
+from fastapi.responses import JSONResponse
+
+from api.errors import PROBLEM_JSON
+from engine import limits
+from engine.errors import EngineError
+from engine.store.ledger import Result
+
+_PRINTABLE_ASCII = re.compile(rf"^[\x20-\x7e]{{1,{limits.IDEMPOTENCY_KEY_LENGTH_MAX}}}$")
+
+
+def check_idempotency_key(value: object) -> str:
+    if value is None:
+        raise EngineError("idempotency_key_missing")
+    if not isinstance(value, str) or not _PRINTABLE_ASCII.fullmatch(value):
+        raise EngineError(
+            "idempotency_key_invalid", f"1 to {limits.IDEMPOTENCY_KEY_LENGTH_MAX} printable ASCII characters"
+        )
+    return value
+
+
+class InFlight:
+    """The idempotency scopes this process is posting right now."""
+
+    def __init__(self) -> None:
+        self._scopes: set[tuple[str, str]] = set()
+        self._lock = threading.Lock()
+
+    @contextlib.contextmanager
+    def claimed(self, scopes: list[tuple[str, str]]) -> Iterator[set[tuple[str, str]]]:
+        """Claim idempotency scopes for this process; yields those not already in flight here."""
+        with self._lock:
+            fresh = {sc for sc in scopes if sc not in self._scopes}
+            self._scopes.update(fresh)
+        try:
+            yield fresh
+        finally:
+            with self._lock:
+                self._scopes.difference_update(fresh)
+
+
+def render(result: Result) -> JSONResponse:
+    headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
+    media = "application/json" if result.status < 400 else PROBLEM_JSON
+    return JSONResponse(result.body, status_code=result.status, headers=headers, media_type=media)

@@ -1,0 +1,85 @@
+"""ASGI middleware that runs before any route: body size and strict input (SPEC §2).
+
+`BodyLimit` wraps the whole application, so what it refuses never reaches
+authentication, validation or a handler; its answers are problem+json like
+every other failure (api/errors.py).
+"""
+
+from api.errors import problem_response
+from api.strict import duplicated_header, has_duplicate_key, is_json
+from engine import limits
+from engine.errors import EngineError, decline
+
+
+class BodyTooLarge(EngineError):
+    def __init__(self) -> None:
+        super().__init__("body_too_large", f"bodies are limited to {limits.BODY_BYTES_MAX} bytes")
+
+
+class BodyLimit:
+    """Refuse bodies over the limit, whether announced by Content-Length or streamed in chunks.
+
+    A chunked body is counted as it arrives; the moment it passes the limit the
+    read fails with `BodyTooLarge`, which the error handler renders as 413, so no
+    handler ever sees (let alone posts) an oversized request.
+
+    Strict input (SPEC §2, api/strict.py) is checked here too, for every route: first a
+    once-only header sent twice (400 `header_duplicated`), then, once the body is whole,
+    a JSON body with a duplicate key at any depth (400 `malformed_json`).
+    """
+
+    def __init__(self, app, limit_bytes: int) -> None:
+        self.app = app
+        self.limit_bytes = limit_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        duplicated = duplicated_header(scope["headers"])  # SPEC §2: before anything else
+        if duplicated is not None:
+            response = problem_response(*decline("header_duplicated", f"{duplicated} was sent more than once"))
+            return await response(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.limit_bytes):
+            response = problem_response(413, BodyTooLarge().problem())
+            return await response(scope, receive, send)
+        # Read the whole body first (never more than the limit plus one chunk), so a
+        # streamed body over the limit is refused before any handler sees it.
+        chunks, received, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return await self.app(scope, _replay([message]), send)
+            chunks.append(message.get("body", b""))
+            received += len(chunks[-1])
+            more = message.get("more_body", False)
+            if received > self.limit_bytes:
+                response = problem_response(413, BodyTooLarge().problem())
+                return await response(scope, receive, send)
+        body = b"".join(chunks)
+        if body and is_json(headers.get(b"content-type")) and has_duplicate_key(body):
+            response = problem_response(*decline("malformed_json", "an object in the body has a key twice"))
+            return await response(scope, receive, send)
+        return await self.app(
+            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
+        )
+
+
+def _replay(messages: list, then=None):
+    """A `receive` that hands out `messages`, then defers to `then` (e.g. for disconnects)."""
+    pending = list(messages)
+
+    async def receive():
+        if pending:
+            return pending.pop(0)
+        if then is not None:
+            return await then()
+        return {"type": "http.disconnect"}
+
+    return receive
+
+
+def install(app) -> None:
+    """Put `BodyLimit` in front of every route of `app`."""
+    app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)

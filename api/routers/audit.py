@@ -1,0 +1,66 @@
+"""The audit log (SPEC §9.5) and the confirmation of payout account changes (SPEC §9.6).
+
+`GET /v1/audit?from=&to=&target=&cursor=&limit=` (admin, finance) lists entries in
+sequence order, keyset-paginated: `next_cursor` is set while more may follow.
+`POST /v1/merchants/{id}/bank-account/confirm` (admin, finance) releases a held
+payout account change; the key that made the change may not confirm it.
+"""
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from api import strict
+from api.deps import ConfigDep, DatabaseDep, role
+from api.openapi import AUTHENTICATED, problems
+from api.responses import AuditPage, MerchantView
+from api.strict import Cursor, PageLimit, PathId
+from engine.model import Instant
+from engine.store import audit
+from engine.store.config import Principal
+from engine.timeutil import to_us
+
+router = APIRouter()
+
+TARGET_PATTERN = r"^[A-Za-z0-9_:.\-]{1,200}$"
+_CURSOR_PREFIX = "aud"
+
+Reader = Annotated[Principal, Depends(role("admin", "finance"))]
+
+
+def encode_cursor(sequence: int) -> str:
+    return strict.encode_cursor(_CURSOR_PREFIX, sequence)
+
+
+def decode_cursor(cursor: str | None) -> int:
+    return strict.decode_cursor(_CURSOR_PREFIX, cursor)
+
+
+def _us(instant: dt.datetime | None) -> int | None:
+    return None if instant is None else to_us(instant)
+
+
+@router.get("/v1/audit", responses={200: {"model": AuditPage}, **problems(AUTHENTICATED, "invalid_request")})
+def audit_log(
+    _: Reader,
+    database: DatabaseDep,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Annotated[Instant | None, Query()] = None,
+    target: Annotated[str | None, Query(max_length=200, pattern=TARGET_PATTERN)] = None,
+    cursor: Cursor = None,
+    limit: PageLimit = 100,
+):
+    page, last = audit.entries(database, _us(from_), _us(to), target, decode_cursor(cursor), limit)
+    return {"entries": page, "next_cursor": encode_cursor(last) if last is not None else None}
+
+
+@router.post(
+    "/v1/merchants/{merchant_id}/bank-account/confirm",
+    responses={
+        200: {"model": MerchantView},
+        **problems(AUTHENTICATED, "invalid_request", "not_found", "bank_change_not_pending", "bank_change_same_key"),
+    },
+)
+def confirm_bank_account(merchant_id: PathId, p: Reader, config: ConfigDep):
+    return config.confirm_bank_account(merchant_id, actor=p)

@@ -1,0 +1,58 @@
+"""Key lifecycle for admins (SPEC §9.3): list, create (the secret shown once), revoke.
+
+Listings never carry a secret or its hash. A revocation drops the key from
+this process's principal cache at once; every other API process stops
+accepting it within `SETAPAY_KEY_CACHE_TTL_S` (≤ 5 s).
+"""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter
+from pydantic import Field
+
+from api.deps import Admin, KeysDep, ServicesDep
+from api.openapi import AUTHENTICATED, problems
+from api.responses import CreatedKey, KeyListing, KeyListings
+from api.strict import PathId
+from engine.model import Id, Record
+from engine.store.keys import EXPIRES_IN_DAYS_MAX
+
+router = APIRouter()
+
+
+class KeyRequest(Record):
+    role: Annotated[str, Field(strict=True, min_length=1, max_length=16)]
+    merchant_id: Id | None = None
+    terminal_id: Id | None = None
+    expires_in_days: Annotated[int, Field(strict=True, ge=1, le=EXPIRES_IN_DAYS_MAX)] | None = None
+
+
+@router.get("/v1/keys", responses={200: {"model": KeyListings}, **problems(AUTHENTICATED)})
+def list_keys(_: Admin, keys: KeysDep) -> Any:
+    """Every key with its role, scope and lifecycle instants; never a secret or a hash."""
+    return keys.list()
+
+
+@router.post(
+    "/v1/keys",
+    status_code=201,
+    responses={
+        201: {"model": CreatedKey},
+        **problems(AUTHENTICATED, "invalid_request", "unknown_terminal", "unknown_merchant"),
+    },
+)
+def create_key(body: KeyRequest, p: Admin, keys: KeysDep) -> Any:
+    """A new key; `key` is the secret, shown this once."""
+    secret, record = keys.create(body.role, body.merchant_id, body.terminal_id, body.expires_in_days, actor=p)
+    return {**record, "key": secret}
+
+
+@router.post(
+    "/v1/keys/{key_id}/revoke",
+    responses={200: {"model": KeyListing}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+)
+def revoke_key(key_id: PathId, p: Admin, services: ServicesDep) -> Any:
+    """Revoke a key (again: no change, the first instant stays); 404 when unknown."""
+    record = services.keys.revoke(key_id, actor=p)
+    services.auth.forget(key_id)
+    return record

@@ -1,0 +1,70 @@
+"""What a merchant reads about itself: its reward status and its transactions, keyset-paginated.
+
+A merchant key reads only its own merchant; a finance key reads any. The merchant
+records themselves are admin configuration (api/routers/configuration.py).
+"""
+
+import datetime as dt
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from api import responses
+from api.deps import DatabaseDep, merchant_scope, role
+from api.openapi import AUTHENTICATED, problems
+from api.strict import Cursor, PageLimit, PathId, decode_cursor, encode_cursor
+from engine.model import Instant
+from engine.store import queries
+from engine.store.config import Principal
+from engine.timeutil import to_us
+
+router = APIRouter()
+
+_CURSOR_PREFIX = "seq"  # a merchant's transactions, by payment sequence
+
+MerchantReader = Annotated[Principal, Depends(role("merchant", "finance"))]
+
+
+def _opt_us(instant: dt.datetime | None) -> int | None:
+    return None if instant is None else to_us(instant)
+
+
+@router.get(
+    "/v1/merchants/{merchant_id}/rewards",
+    responses={
+        200: {"model": responses.MerchantRewards},
+        **problems(AUTHENTICATED, "invalid_request", "not_found"),
+    },
+)
+def merchant_rewards(
+    merchant_id: PathId,
+    p: MerchantReader,
+    database: DatabaseDep,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Annotated[Instant | None, Query()] = None,
+):
+    merchant_scope(p, merchant_id)
+    return queries.merchant_rewards(database, merchant_id, _opt_us(from_), _opt_us(to))
+
+
+@router.get(
+    "/v1/merchants/{merchant_id}/transactions",
+    responses={
+        200: {"model": responses.MerchantTransactions},
+        **problems(AUTHENTICATED, "invalid_request", "not_found"),
+    },
+)
+def merchant_transactions(
+    merchant_id: PathId,
+    p: MerchantReader,
+    database: DatabaseDep,
+    from_: Annotated[Instant | None, Query(alias="from")] = None,
+    to: Annotated[Instant | None, Query()] = None,
+    cursor: Cursor = None,
+    limit: PageLimit = 100,
+):
+    merchant_scope(p, merchant_id)
+    page, last = queries.merchant_transactions(
+        database, merchant_id, _opt_us(from_), _opt_us(to), decode_cursor(_CURSOR_PREFIX, cursor), limit
+    )
+    return {"transactions": page, "next_cursor": encode_cursor(_CURSOR_PREFIX, last) if last is not None else None}

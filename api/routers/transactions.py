@@ -1,0 +1,208 @@
+"""Terminals post purchases and refunds, one at a time or in batches, and read them back (SPEC §6).
+
+`POST /v1/transactions` checks the request (the terminal is the caller's, `occurred_at`
+within the clock window, the payment app's receipt: SPEC §9.1), replays an answer
+remembered in Redis when there is one, claims the idempotency scope in this process
+and hands the submission to the group committer. A retry of an answered request that
+no longer passes the checks gets the remembered answer (SPEC §6). The batch route
+answers each item for itself, in order.
+"""
+
+import asyncio
+import datetime as dt
+import hashlib
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, Header
+from pydantic import Field, TypeAdapter, ValidationError
+from sqlalchemy.exc import InterfaceError, OperationalError
+
+from api import responses
+from api.deps import ConfigDep, DatabaseDep, Services, ServicesDep, Terminal, merchant_scope, role
+from api.errors import guarded, json_safe
+from api.idempotency import check_idempotency_key, render
+from api.openapi import IDEMPOTENCY, TERMINAL, problems, remembered, terminal_headers
+from api.strict import PathId
+from engine import limits, receipts
+from engine.errors import EngineError, decline
+from engine.model import Record, Transaction
+from engine.store import queries
+from engine.store.config import Principal
+from engine.store.ledger import Result, Submission
+from engine.timeutil import to_us
+
+router = APIRouter()
+
+_transaction = TypeAdapter(Transaction)
+
+
+class BatchRequest(Record):
+    # Items are checked one by one in post_batch: a bad item answers for itself (SPEC §2).
+    transactions: Annotated[list[Any], Field(min_length=1, max_length=limits.BATCH_TRANSACTIONS_MAX)]
+
+
+def _check_instant(services: Services, occurred_at: dt.datetime) -> None:
+    settings = services.settings
+    at, now = to_us(occurred_at), services.clock.now_us()
+    if (
+        at > now + settings.occurred_at_max_future_s * 1_000_000
+        or at < now - settings.occurred_at_max_past_days * 86_400_000_000
+    ):
+        raise EngineError(
+            "occurred_at_out_of_range",
+            f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
+            f"{settings.occurred_at_max_past_days} days behind the engine's clock",
+        )
+
+
+def _submission(services: Services, p: Principal, key: str, body) -> Submission | Result:
+    """The checked submission, or the remembered answer when a retry of an answered request
+    no longer passes the checks (its app revoked or rotated out, its occurred_at now too old):
+    a retry with the same key and body gets the original answer (SPEC §6)."""
+    canonical = body.model_dump_json()
+    request_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    try:
+        # The terminal's merchant is checked by the ledger under its lock, against the catalog.
+        if body.type == "purchase" and body.terminal_id != p.terminal_id:
+            raise EngineError("forbidden", "a terminal key posts only for its own terminal")
+        _check_instant(services, body.occurred_at)
+        # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
+        receipt = receipts.verify(body.receipt, body, services.apps.secrets_for, services.clock.now_us())
+    except EngineError:
+        replay = guarded(lambda: services.ledger.remembered_answer(p.terminal_id, key, request_hash))
+        if replay is None:
+            raise
+        return replay
+    return Submission(p.terminal_id, key, request_hash, body, canonical, receipt=receipt)
+
+
+@router.post(
+    "/v1/transactions",
+    status_code=201,
+    openapi_extra=terminal_headers(idempotency=True),
+    responses={
+        201: {
+            "model": responses.TransactionAnswer,
+            "headers": responses.REPLAYED_HEADER,
+            "description": "Accepted; or, with `Idempotent-Replayed: true`, the earlier answer",
+        },
+        **remembered(
+            problems(
+                TERMINAL,
+                IDEMPOTENCY,
+                "invalid_request",
+                "occurred_at_out_of_range",
+                "receipt_required",
+                "receipt_invalid",
+                "receipt_mismatch",
+                "receipt_already_used",
+                "unknown_merchant",
+                "original_not_found",
+                "refund_merchant_mismatch",
+                "refund_exceeds_original",
+                "insufficient_points",
+            ),
+            "receipt_already_used",
+            "unknown_merchant",
+            "original_not_found",
+            "refund_merchant_mismatch",
+            "refund_exceeds_original",
+            "insufficient_points",
+        ),
+    },
+)
+async def post_transaction(
+    body: Annotated[Transaction, Body()],
+    p: Terminal,
+    services: ServicesDep,
+    # Documented as required in openapi_extra; checked by `check_idempotency_key` (400, not FastAPI's 422).
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
+):
+    key = check_idempotency_key(idempotency_key)
+    submission = _submission(services, p, key, body)
+    if isinstance(submission, Result):
+        return render(submission)
+    answers = services.answers
+    if answers is not None:
+        cached = await answers.get(p.terminal_id, key)
+        if cached is not None:
+            request_hash, status, answer = cached
+            if request_hash != submission.request_hash:
+                return render(Result(*decline("idempotency_key_reused")))
+            return render(Result(status, answer, replayed=True))
+    with services.in_flight.claimed([(p.terminal_id, key)]) as fresh:
+        if not fresh:
+            raise EngineError("request_in_progress")
+        try:
+            result = await asyncio.wait_for(asyncio.wrap_future(services.committer.enqueue(submission)), 60)
+        except (TimeoutError, OperationalError, InterfaceError) as exc:
+            raise EngineError("service_unavailable", type(exc).__name__) from None
+    # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
+    if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
+        await answers.put(p.terminal_id, key, submission.request_hash, result.status, result.body)
+    return render(result)
+
+
+@router.post(
+    "/v1/transactions/batch",
+    status_code=200,
+    openapi_extra=terminal_headers(),
+    responses={200: {"model": responses.BatchAnswer}, **problems(TERMINAL, "invalid_request")},
+)
+def post_batch(body: Annotated[BatchRequest, Body()], p: Terminal, services: ServicesDep):
+    """Up to 1,000 transactions, each with its own `idempotency_key`, answered in order."""
+    answers: list[Result | None] = [None] * len(body.transactions)
+    indexed: list[tuple[int, Submission]] = []
+    for i, item in enumerate(body.transactions):
+        try:
+            if not isinstance(item, dict):  # answers for itself; the other items proceed
+                raise EngineError(
+                    "invalid_request",
+                    "a batch item is a JSON object",
+                    errors=[{"loc": ["body", "transactions", str(i)], "msg": "must be an object", "type": "dict_type"}],
+                )
+            fields = dict(item)
+            key = check_idempotency_key(fields.pop("idempotency_key", None))
+            submission = _submission(services, p, key, _transaction.validate_python(fields))
+            if isinstance(submission, Result):
+                answers[i] = submission
+            else:
+                indexed.append((i, submission))
+        except EngineError as exc:
+            answers[i] = Result(exc.status, exc.problem())
+        except ValidationError as exc:
+            answers[i] = Result(*decline("invalid_request", errors=json_safe(exc.errors())))
+    with services.in_flight.claimed([(p.terminal_id, s.idempotency_key) for _, s in indexed]) as fresh:
+        posted = [(i, s) for i, s in indexed if (p.terminal_id, s.idempotency_key) in fresh]
+        for i, s in indexed:
+            if (p.terminal_id, s.idempotency_key) not in fresh:
+                answers[i] = Result(*decline("request_in_progress"))
+        if posted:
+            for (i, _), result in zip(posted, guarded(lambda: services.ledger.submit([s for _, s in posted]))):
+                answers[i] = result
+    return {"results": [{"status": r.status, "replayed": r.replayed, "body": r.body} for r in answers]}
+
+
+@router.get(
+    "/v1/transactions/{transaction_id}",
+    openapi_extra=terminal_headers(),
+    responses={200: {"model": responses.TransactionAnswer}, **problems(TERMINAL, "invalid_request", "not_found")},
+)
+def get_transaction(
+    transaction_id: PathId,
+    p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))],
+    database: DatabaseDep,
+    config: ConfigDep,
+):
+    scope = queries.payment_scope(database, transaction_id)
+    if scope is None:
+        raise EngineError("not_found", f"transaction {transaction_id} is not known")
+    merchant_id, terminal_id = scope
+    merchant_scope(p, merchant_id)
+    # A terminal reads its own transactions while it is still with their merchant: a terminal
+    # moved to another merchant leaves its old merchant's transactions behind.
+    if p.role == "terminal" and (
+        p.terminal_id != terminal_id or config.terminal_merchant(p.terminal_id) != merchant_id
+    ):
+        raise EngineError("forbidden", "a terminal key reads only its own transactions at its merchant")
+    return queries.get_payment(database, transaction_id)
