@@ -9,6 +9,7 @@ unless SETAPAY_PURE_PYTHON=1 asked for the twin on purpose. Every vector of
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,10 @@ import pytest
 from engine import rating, vectors
 from engine.rating import _kernel_py
 
-VECTOR_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+# SETAPAY_VECTORS_DIR when set (as the HTTP tests and `make test-vectors` read it), else ../shared/vectors.
+VECTOR_DIR = Path(
+    os.environ.get("SETAPAY_VECTORS_DIR") or Path(__file__).resolve().parents[2].parent / "shared" / "vectors"
+)
 VECTOR_FILES = sorted(VECTOR_DIR.glob("*.json"))
 PUBLIC_CONSTANTS = [
     "ENGINE",
