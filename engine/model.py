@@ -255,7 +255,16 @@ class Item(Record):
     tags: Annotated[tuple[Tag, ...], Field(max_length=limits.TAGS_PER_ITEM_MAX)] = ()
 
 
+def _tagged(schema: dict) -> None:
+    """JSON Schema of a `Transaction`: `type` is the discriminator, so a body must carry it (an
+    untagged body is 422). Its default only serves Python code that builds the record itself."""
+    schema["properties"]["type"].pop("default", None)
+    schema["required"] = ["type", *schema.get("required", [])]
+
+
 class Purchase(Record):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_tagged)
+
     type: Literal["purchase"] = "purchase"
     wallet_id: Id
     merchant_id: Id
@@ -280,6 +289,8 @@ class Purchase(Record):
 
 
 class Refund(Record):
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_tagged)
+
     type: Literal["refund"] = "refund"
     original_id: Id
     amount: AmountYen

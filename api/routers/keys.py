@@ -15,13 +15,15 @@ from api.openapi import AUTHENTICATED, problems
 from api.responses import CreatedKey, KeyListing, KeyListings
 from api.strict import PathId
 from engine.model import Id, Record
+from engine.store.config import ROLES
 from engine.store.keys import EXPIRES_IN_DAYS_MAX
 
 router = APIRouter()
 
 
 class KeyRequest(Record):
-    role: Annotated[str, Field(strict=True, min_length=1, max_length=16)]
+    # Checked by `Keys.create` (422 naming the roles); the enum documents them.
+    role: Annotated[str, Field(strict=True, min_length=1, max_length=16, json_schema_extra={"enum": list(ROLES)})]
     merchant_id: Id | None = None
     terminal_id: Id | None = None
     expires_in_days: Annotated[int, Field(strict=True, ge=1, le=EXPIRES_IN_DAYS_MAX)] | None = None

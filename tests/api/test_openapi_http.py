@@ -162,3 +162,14 @@ def test_typed_2xx_answers(document) -> None:
     assert "Idempotent-Replayed" in declined["headers"]
     purchase = document["components"]["schemas"]["PurchaseAnswer"]
     assert purchase["examples"][0]["points_awarded"] == 399  # the rating vector refunds.json, t1
+
+
+def test_request_bodies_say_what_the_server_requires(document) -> None:
+    """`type` is the discriminator that picks Purchase or Refund, and the server answers an untagged
+    body 422 `invalid_request`: the document requires it too (schemathesis found it optional)."""
+    for name in ("Purchase", "Refund"):
+        schema = document["components"]["schemas"][name]
+        assert "type" in schema["required"] and "default" not in schema["properties"]["type"], name
+    # POST /v1/keys takes one of the five roles (422 otherwise): the document lists them.
+    role = document["components"]["schemas"]["KeyRequest"]["properties"]["role"]
+    assert set(role["enum"]) == {"admin", "finance", "merchant", "terminal", "app"}
