@@ -25,6 +25,7 @@ from pydantic import (
     ValidationError,
     model_validator,
 )
+from pydantic.config import JsonDict
 
 from engine import limits
 
@@ -255,11 +256,13 @@ class Item(Record):
     tags: Annotated[tuple[Tag, ...], Field(max_length=limits.TAGS_PER_ITEM_MAX)] = ()
 
 
-def _tagged(schema: dict) -> None:
+def _tagged(schema: JsonDict) -> None:
     """JSON Schema of a `Transaction`: `type` is the discriminator, so a body must carry it (an
     untagged body is 422). Its default only serves Python code that builds the record itself."""
-    schema["properties"]["type"].pop("default", None)
-    schema["required"] = ["type", *schema.get("required", [])]
+    properties, required = schema["properties"], schema.get("required", [])
+    assert isinstance(properties, dict) and isinstance(properties["type"], dict) and isinstance(required, list)
+    properties["type"].pop("default", None)
+    schema["required"] = ["type", *required]
 
 
 class Purchase(Record):

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from engine import demo as ward_demo
 from engine.clock import ManualClock
@@ -28,8 +29,27 @@ from engine.settings import Settings
 from engine.store import lifecycle, queries
 from engine.timeutil import TOKYO, to_us
 
+if TYPE_CHECKING:
+    import httpx
+    from rich.console import Console
+
 DEMO_DATABASE = "setapay-demo.db"
 DEMO_APP_ID = "SETAGAYA_PAY"
+
+
+class LedgerSummary(TypedDict):
+    """What `run_ledger_demo` returns: the API's JSON answers (objects) as they came back."""
+
+    database_url: str
+    counts: dict[str, int]
+    check: dict[str, Any]
+    sample_wallet: dict[str, Any]
+    sample_wallet_after_credit: dict[str, Any]
+    credit_run: dict[str, Any] | None
+    merchant_rewards: dict[str, Any]
+    settlement: dict[str, Any]
+    zengin_path: str
+    reconciliation: dict[str, Any]
 
 
 def _fresh_sqlite(path: Path) -> str:
@@ -45,7 +65,7 @@ def run_ledger_demo(
     database_url: str | None = None,
     progress: Callable[[int], Callable[[int], None]] | None = None,
     out_dir: str | None = None,
-) -> dict:
+) -> LedgerSummary:
     import warnings
 
     with warnings.catch_warnings():
@@ -75,7 +95,7 @@ def run_ledger_demo(
         for c in camps
     ]
     events = ward_demo.day(members, transactions, seed)
-    counts: collections.Counter = collections.Counter()
+    counts: collections.Counter[str] = collections.Counter()
     with TestClient(app) as client:
         admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
         for m in members:
@@ -94,10 +114,10 @@ def run_ledger_demo(
         )
 
         posted: dict[str, tuple[str, str]] = {}  # event key -> (transaction id, terminal)
-        spendable: collections.Counter = collections.Counter()  # what each wallet has earned so far
+        spendable: collections.Counter[str] = collections.Counter()  # what each wallet has earned so far
         advance = progress(len(events)) if progress else None
         sample_wallet = None
-        counts_by_merchant: collections.Counter = collections.Counter()
+        counts_by_merchant: collections.Counter[str] = collections.Counter()
         for n, (key, event) in enumerate(events):
             clock.set(to_us(event.occurred_at) + 3_000_000)
             body = event.model_dump(mode="json", exclude_none=True)
@@ -168,12 +188,12 @@ def run_ledger_demo(
             )
         )
         run = client.post("/v1/settlement-runs", json={"period": period}, headers=finance).json()
-        out_dir = Path(out_dir or Path.cwd() / "setapay-demo-out")
-        out_dir.mkdir(exist_ok=True)
-        zengin_path = out_dir / f"payout-{period}.zengin.txt"
+        out_path = Path(out_dir or Path.cwd() / "setapay-demo-out")
+        out_path.mkdir(exist_ok=True)
+        zengin_path = out_path / f"payout-{period}.zengin.txt"
         zengin_path.write_bytes(client.get(f"/v1/settlement-runs/{run['id']}/zengin", headers=finance).content)
-        (out_dir / f"statement-{period}.json").write_text(json.dumps(run["statement"], ensure_ascii=False, indent=1))
-        (out_dir / f"statement-{period}.csv").write_text(
+        (out_path / f"statement-{period}.json").write_text(json.dumps(run["statement"], ensure_ascii=False, indent=1))
+        (out_path / f"statement-{period}.csv").write_text(
             client.get(f"/v1/settlement-runs/{run['id']}/statement.csv", headers=finance).text
         )
         client.post("/v1/chain-heads", headers=finance)
@@ -205,11 +225,11 @@ def _bank_account(i: int) -> BankAccount:
     )
 
 
-def _ok(response) -> None:
+def _ok(response: httpx.Response) -> None:
     assert response.status_code == 201, response.text
 
 
-def print_ledger_summary(summary: dict, console=None) -> None:
+def print_ledger_summary(summary: LedgerSummary, console: Console | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
