@@ -96,13 +96,14 @@ def replay_answer(remembered_hash: str, status: int, response_json: str, request
     return Result(status, json.loads(response_json), replayed=True)
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class CatalogSnapshot:
     """The catalog one `ledger_head.catalog_version` names, as the ledger rates and posts against it.
 
     Loaded once per version and shared by every unit of work of the process until
     the version moves (each change of merchants, campaigns or terminals bumps it),
-    so it is read-only: nothing may change it in place.
+    so it is read-only: nothing may change it in place. Two snapshots are equal only
+    when they are the same one (comparing the kernel's arrays would be ambiguous).
     """
 
     version: int  # the ledger_head.catalog_version it was loaded for

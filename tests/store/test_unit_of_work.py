@@ -86,6 +86,7 @@ def test_the_catalog_snapshot_is_named_and_frozen(ledger: Ledger) -> None:
         catalog = unit.catalog
     with ledger.read_view() as view:
         assert view.catalog is catalog  # one snapshot per catalog version, shared
+        assert view.catalog == catalog and hash(view.catalog) == hash(catalog)
     assert isinstance(catalog, CatalogSnapshot)
     assert set(catalog.merchants) == {"M1"} and catalog.merchant_by_terminal == {"T1": "M1"}
     assert catalog.campaigns == {} and catalog.rating.campaign_ids == []
