@@ -6,7 +6,10 @@
 - `Idempotency-Key` is a required header of POST /v1/transactions and POST /v1/grants (while the
   server still answers a missing one with 400 `idempotency_key_missing`, not 422);
 - the routes a terminal key calls document the RFC 9421 signature headers, optional;
-- every route of the application is in the document.
+- every route of the application is in the document;
+- the PATCH bodies of merchants and campaigns are partial models (the fields a client may change,
+  optional, typed as in the full model, no others), and the server takes what they allow and
+  answers 422 to what they do not.
 """
 
 from __future__ import annotations

@@ -57,9 +57,9 @@ from schemathesis.specs.openapi.checks import (
 from engine import http_signing
 from engine.sealing import generate_key_b64
 from engine.settlement import signing
-from tests.ward import TOKYO, Ward, now_tokyo, purchase
 from tests.api.test_authorization_matrix import EXPECTED
 from tests.receipts import TRANSACTION_PATHS, sign_payload
+from tests.ward import TOKYO, Ward, now_tokyo, purchase
 
 pytestmark = [
     pytest.mark.fuzz,
