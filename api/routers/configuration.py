@@ -9,7 +9,9 @@ removed here; the change reaches this process's signature checks at once.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, create_model, field_validator
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from api import responses
 from api.deps import Admin, ConfigDep, ServicesDep, role
@@ -40,6 +42,70 @@ class TerminalPatch(Record):
     @classmethod
     def _ed25519(cls, value: str | None) -> str | None:
         return None if value is None else parse_public_key(value)
+
+
+# -- PATCH bodies ----------------------------------------------------------
+#
+# A PATCH body is merged into the stored record, and the result validated as a whole
+# (engine/store/config.py `update_merchant`, `update_campaign`): the handler takes the body as
+# sent, so a field absent and a field null keep their meaning there. Only the document is typed:
+# `Documented(MerchantPatch)` makes the body's schema that partial model's, every field the
+# client may change, optional, with the full model's types and constraints, and no other.
+
+
+def _no_defaults(schema: dict[str, Any]) -> None:
+    # An absent field is left as stored, not set to a default.
+    for field in schema.get("properties", {}).values():
+        field.pop("default", None)
+    schema.pop("required", None)
+
+
+def _partial(model: type[BaseModel], name: str, immutable: tuple[str, ...], doc: str) -> type[BaseModel]:
+    fields: dict[str, Any] = {
+        field: (info.rebuild_annotation(), Field(None, description=info.description))
+        for field, info in model.model_fields.items()
+        if field not in immutable
+    }
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        name,
+        __config__=ConfigDict(extra="forbid", frozen=True, json_schema_extra=_no_defaults),
+        __doc__=doc,
+        **fields,
+    )
+
+
+class Documented:
+    """Documents a body as `model` while it is still validated as the annotated type."""
+
+    def __init__(self, model: type[BaseModel]) -> None:
+        self.model = model
+
+    def __get_pydantic_json_schema__(self, _: CoreSchema, handler: GetJsonSchemaHandler) -> JsonSchemaValue:
+        return handler(self.model.__pydantic_core_schema__)
+
+
+MerchantPatch = _partial(
+    Merchant,
+    "MerchantPatch",
+    ("id",),
+    "The merchant's fields to change; an absent field keeps its stored value, and the merged record "
+    "must still be a valid merchant (422 `invalid_request` naming the field otherwise). `null` clears "
+    "`shotengai_id`; `bank_account` sets a new payout account, held until a different admin or "
+    "finance key confirms it (SPEC §9.6), and `null` leaves the account on file as it is. The id "
+    "cannot change: an `id` other than the path's is 422 `invalid_request`.",
+)
+CampaignPatch = _partial(
+    Campaign,
+    "CampaignPatch",
+    ("id", "version"),
+    "The campaign's fields to change, making a new version; an absent field keeps its stored value, "
+    "`null` clears a nullable one, and the merged record must still be a valid campaign (422 "
+    "`invalid_request` naming the field otherwise). A started campaign keeps its `starts_at`, may not "
+    "end before now nor have a budget below the points it issued (422 `campaign_started`); an ended "
+    "campaign made to run again counts towards the active campaigns (422 `too_many_active_campaigns`). The id "
+    "cannot change (an `id` other than the path's is 422 `invalid_request`) and the server numbers "
+    "versions (a `version` sent is ignored).",
+)
 
 
 # -- merchants -------------------------------------------------------------
@@ -74,7 +140,12 @@ def get_merchant(merchant_id: PathId, _: Admin, config: ConfigDep) -> Any:
     "/v1/merchants/{merchant_id}",
     responses={200: {"model": responses.MerchantView}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
 )
-def patch_merchant(merchant_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin, config: ConfigDep) -> Any:
+def patch_merchant(
+    merchant_id: PathId,
+    patch: Annotated[dict[str, Any], Documented(MerchantPatch), Body(title="MerchantPatch")],
+    p: Admin,
+    config: ConfigDep,
+) -> Any:
     return validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
 
 
@@ -118,7 +189,12 @@ def get_campaign(
         **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started", "too_many_active_campaigns"),
     },
 )
-def patch_campaign(campaign_id: PathId, patch: Annotated[dict[str, Any], Body()], p: Admin, config: ConfigDep) -> Any:
+def patch_campaign(
+    campaign_id: PathId,
+    patch: Annotated[dict[str, Any], Documented(CampaignPatch), Body(title="CampaignPatch")],
+    p: Admin,
+    config: ConfigDep,
+) -> Any:
     return validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
 
 

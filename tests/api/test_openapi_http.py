@@ -6,7 +6,10 @@
 - `Idempotency-Key` is a required header of POST /v1/transactions and POST /v1/grants (while the
   server still answers a missing one with 400 `idempotency_key_missing`, not 422);
 - the routes a terminal key calls document the RFC 9421 signature headers, optional;
-- every route of the application is in the document.
+- every route of the application is in the document;
+- the PATCH bodies of merchants and campaigns are partial models (the fields a client may change,
+  optional, typed as in the full model, no others), and the server takes what they allow and
+  answers 422 to what they do not.
 """
 
 from __future__ import annotations
@@ -173,3 +176,100 @@ def test_request_bodies_say_what_the_server_requires(document) -> None:
     # POST /v1/keys takes one of the five roles (422 otherwise): the document lists them.
     role = document["components"]["schemas"]["KeyRequest"]["properties"]["role"]
     assert set(role["enum"]) == {"admin", "finance", "merchant", "terminal", "app"}
+
+
+PATCHES = {
+    # path: (the full model, the fields a PATCH may not carry)
+    "/v1/merchants/{merchant_id}": ("Merchant", {"id"}),
+    "/v1/campaigns/{campaign_id}": ("Campaign", {"id", "version"}),
+}
+
+
+def patch_body(document: dict, path: str) -> dict:
+    body = document["paths"][path]["patch"]["requestBody"]
+    assert body["required"] is True
+    return body["content"]["application/json"]["schema"]
+
+
+def test_patch_bodies_are_partial_models(document) -> None:
+    """A PATCH body lists what a client may change, each optional and typed as in the full model,
+    and nothing else (schemathesis found them documented as any object)."""
+    schemas = document["components"]["schemas"]
+    for path, (model, immutable) in PATCHES.items():
+        schema = patch_body(document, path)
+        full = schemas[model]
+        assert schema["type"] == "object" and schema["additionalProperties"] is False, path
+        assert not schema.get("required"), path
+        assert set(schema["properties"]) == set(full["properties"]) - immutable, path
+        for name, field in schema["properties"].items():
+            assert "default" not in field, (path, name)  # absent is "unchanged", not a default
+            expected = {k: v for k, v in full["properties"][name].items() if k != "default"}
+            assert field == expected, (path, name)
+        for name in immutable:
+            assert f"`{name}`" in schema["description"], (path, name)
+    merchant = patch_body(document, "/v1/merchants/{merchant_id}")["properties"]
+    assert merchant["fee_bp"]["type"] == "integer" and merchant["fee_bp"]["maximum"] == 10_000
+    assert {"$ref": "#/components/schemas/BankAccount"} in merchant["bank_account"]["anyOf"]
+
+
+def test_patch_bodies_are_what_the_server_takes(server, document) -> None:
+    """A field the document allows is taken; one it does not list, a changed id, a string for a
+    number, are 422 `invalid_request`. `bank_account: null` leaves the account on file as it is."""
+    merchant_fields = patch_body(document, "/v1/merchants/{merchant_id}")["properties"]
+    campaign_fields = patch_body(document, "/v1/campaigns/{campaign_id}")["properties"]
+    account = {
+        "bank_code": "0159",
+        "branch_code": "101",
+        "account_type": "ordinary",
+        "account_number": "7654321",
+        "holder_kana": "ﾃｽﾄ",
+    }
+    with server.client(server.create_key("admin")) as client:
+        created = client.post("/v1/merchants", json={"id": "M_PATCH", "name": "パッチ", "merchant_class": "small"})
+        assert created.status_code == 201, created.text
+        created = client.post(
+            "/v1/campaigns",
+            json={
+                "id": "C_PATCH",
+                "name": "パッチ",
+                "starts_at": "2030-01-01T00:00:00+09:00",
+                "ends_at": "2031-01-01T00:00:00+09:00",
+                "tiers": [{"match": {}, "rate_bp": 500}],
+            },
+        )
+        assert created.status_code == 201, created.text
+
+        accepted = {
+            "/v1/merchants/M_PATCH": [
+                {"fee_bp": 25, "ward_local": True},
+                {"name": "パッチ2", "shotengai_id": "S1"},
+                {"shotengai_id": None},
+                {"bank_account": account},
+                {"bank_account": None},
+            ],
+            "/v1/campaigns/C_PATCH": [
+                {"name": "改", "budget": 1000},
+                {"budget": None, "stacking": "exclusive", "priority": 3},
+                {"ends_at": "2032-01-01T00:00:00+09:00"},
+            ],
+        }
+        for path, bodies in accepted.items():
+            fields = merchant_fields if "merchants" in path else campaign_fields
+            for body in bodies:
+                assert set(body) <= set(fields), body
+                answer = client.patch(path, json=body)
+                assert answer.status_code == 200, (path, body, answer.text)
+        merchant = client.get("/v1/merchants/M_PATCH").json()
+        assert merchant["fee_bp"] == 25 and merchant["shotengai_id"] is None
+        assert merchant["bank_account_on_file"] is True  # the null left it
+        campaign = client.get("/v1/campaigns/C_PATCH").json()
+        assert campaign["budget"] is None and campaign["version"] == 4
+
+        rejected = {
+            "/v1/merchants/M_PATCH": [{"nickname": "x"}, {"id": "M_OTHER"}, {"fee_bp": "25"}, {"name": None}],
+            "/v1/campaigns/C_PATCH": [{"colour": "red"}, {"id": "C_OTHER"}, {"budget": "10"}, {"tiers": []}],
+        }
+        for path, bodies in rejected.items():
+            for body in bodies:
+                answer = client.patch(path, json=body)
+                assert answer.status_code == 422 and answer.json()["code"] == "invalid_request", (path, body)
