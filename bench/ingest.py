@@ -6,14 +6,22 @@
     purchase with the payment app's receipt (SPEC §9.1), and again with every
     request signed by its terminal (RFC 9421, SPEC §9.2);
 (c) our POST /v1/transactions/batch with 1,000 transactions per request;
-(d) a retry storm (requests already answered) without and with Redis.
+(d) a retry storm (requests already answered) without and with Redis;
+(e) the peer ledger pgledger on the same PostgreSQL, after ours, through
+    ../shared/peers/peer_pgledger.py (one transfer per call at the same client
+    count, and 1,000 transfers per call), unless --no-peer.
 
 Every server runs as a real uvicorn process on 127.0.0.1; the load generator
 is a small asyncio HTTP/1.1 client with keep-alive (cheaper than a general
-client, so the servers, not the generator, are what is measured). It ends with
-`single_ratio=<f> batch_ratio=<f> single_p99_ms=<f>`, the signed/bearer ratio,
-and what receipt checks cost: one check's CPU time (`receipt_verify_us`) times
-the accepted rate, as a share of a core (`receipt_share_*`).
+client, so the servers, not the generator, are what is measured). It prints the
+signed/bearer ratio and what receipt checks cost: one check's CPU time
+(`receipt_verify_us`) times the accepted rate, as a share of a core
+(`receipt_share_*`). The last line is
+
+    single_ratio=<ours/baseline> batch_tps=<n> batch_ratio=<ours/raw batched insert>
+    single_p99_ms=<n> pgledger_single_ratio=<ours/pgledger single> pgledger_batch_ratio=<ours/pgledger batch>
+
+(one line; the pgledger ratios are omitted with --no-peer).
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--clients 64] [--workers 1]
 """
@@ -37,6 +45,7 @@ from engine.http_signing import sign_request
 from engine.timeutil import TOKYO
 
 ROOT = Path(__file__).resolve().parent.parent
+PEER = Path(os.environ.get("SETAPAY_PEERS_DIR") or ROOT.parent / "shared" / "peers") / "peer_pgledger.py"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 
 
@@ -278,6 +287,7 @@ def main() -> int:
     parser.add_argument("--batch-clients", type=int, default=4)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--no-redis", action="store_true")
+    parser.add_argument("--no-peer", action="store_true", help="do not run pgledger after ours")
     args = parser.parse_args()
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     results = {}
@@ -408,10 +418,6 @@ def main() -> int:
     if "replay_redis" in results:
         replay_ratio = results["replay_redis"]["tx_per_s"] / results["replay_database"]["tx_per_s"]
         print(f"replay_redis_over_database={replay_ratio:.2f}")
-    print(
-        f"single_ratio={single_ratio:.3f} batch_ratio={batch_ratio:.3f} "
-        f"single_p99_ms={results['ours_single']['p99_ms']:.2f}"
-    )
     # What receipts cost the server: one check's CPU time times the accepted rate, as a share of
     # the time the server has (SPEC §9.1 wants under 10%).
     bearer = results["ours_single"]["tx_per_s"]
@@ -429,7 +435,33 @@ def main() -> int:
         f"receipt_share_single={verify_us * results['ours_single']['tx_per_s'] / 1e6:.4f} "
         f"receipt_share_batch={verify_us * results['ours_batch']['tx_per_s'] / 1e6:.4f}"
     )
+    last = (
+        f"single_ratio={single_ratio:.3f} batch_tps={results['ours_batch']['tx_per_s']:.0f} "
+        f"batch_ratio={batch_ratio:.3f} single_p99_ms={results['ours_single']['p99_ms']:.2f}"
+    )
+    if not args.no_peer:
+        peer = run_peer(args.clients, args.seconds)
+        print(
+            f"pgledger_single_tps={peer['pgledger_single_tps']:.0f} pgledger_batch_tps={peer['pgledger_batch_tps']:.0f}"
+        )
+        last += (
+            f" pgledger_single_ratio={results['ours_single']['tx_per_s'] / peer['pgledger_single_tps']:.3f}"
+            f" pgledger_batch_ratio={results['ours_batch']['tx_per_s'] / peer['pgledger_batch_tps']:.3f}"
+        )
+    print(last)
     return 0
+
+
+def run_peer(clients: int, seconds: float) -> dict[str, float]:
+    """pgledger on the same PostgreSQL, after ours (one benchmark at a time): its last line,
+    `pgledger_single_tps=<f> pgledger_batch_tps=<f> p99_ms=<f>`, as numbers."""
+    if not PEER.exists():
+        raise SystemExit(f"no peer benchmark at {PEER}; set SETAPAY_PEERS_DIR or pass --no-peer")
+    command = [sys.executable, str(PEER), "--clients", str(clients), "--seconds", str(seconds), "--batch-size", "1000"]
+    done = subprocess.run(command, check=True, capture_output=True, text=True)
+    sys.stderr.write(done.stderr)
+    fields = dict(pair.split("=", 1) for pair in done.stdout.strip().splitlines()[-1].split())
+    return {name: float(value) for name, value in fields.items()}
 
 
 if __name__ == "__main__":
