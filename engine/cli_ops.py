@@ -180,6 +180,38 @@ def _cmd_purge_answers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backup(args: argparse.Namespace) -> int:
+    """`setapay backup OUT`: a consistent copy of the configured database (pg_dump custom format on
+    PostgreSQL, the online backup API on SQLite), safe while the API posts."""
+    from pathlib import Path
+
+    from engine.store import backup
+
+    try:
+        backup.backup(_settings().database_url, Path(args.out))
+    except backup.BackupError as error:
+        print(f"setapay backup: {error}", file=sys.stderr)
+        return 2
+    print(f"backed up to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    """`setapay restore IN`: the backup into the configured database, which must be empty; then
+    `setapay reconcile` proves the copy whole."""
+    from pathlib import Path
+
+    from engine.store import backup
+
+    try:
+        backup.restore(Path(args.backup), _settings().database_url)
+    except backup.BackupError as error:
+        print(f"setapay restore: {error}", file=sys.stderr)
+        return 2
+    print(f"restored {args.backup}; run `setapay reconcile` on it", file=sys.stderr)
+    return 0
+
+
 def _finance_context() -> tuple[Settings, Ledger, Config]:
     from engine.store import db
     from engine.store.config import Config
@@ -398,6 +430,13 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("sign-heads", help="sign the posting chain head of every finished business day")
     p.set_defaults(func=_cmd_sign_heads)
+
+    p = sub.add_parser("backup", help="write a consistent copy of the database to OUT (safe under load)")
+    p.add_argument("out", metavar="OUT")
+    p.set_defaults(func=_cmd_backup)
+    p = sub.add_parser("restore", help="restore a backup into the configured database, which must be empty")
+    p.add_argument("backup", metavar="IN")
+    p.set_defaults(func=_cmd_restore)
 
     apps = sub.add_parser("apps", help="payment apps whose receipts the engine accepts")
     apps_sub = apps.add_subparsers(dest="apps_command", required=True)
