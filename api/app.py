@@ -12,6 +12,7 @@ an `EngineError` rendered as RFC 9457 problem+json with a stable `code`.
 import contextlib
 import logging
 import threading
+from collections.abc import AsyncIterator
 
 from fastapi import APIRouter, FastAPI
 from fastapi.routing import APIRoute
@@ -22,7 +23,7 @@ from api.deps import Services
 from api.idempotency import InFlight
 from api.routers import audit, configuration, finance, health, keys, merchants, simulation, transactions, wallets
 from api.signatures import TerminalSignatures
-from engine.clock import SystemClock
+from engine.clock import Clock, SystemClock
 from engine.settings import Settings
 from engine.store import lifecycle
 from engine.store.answer_cache import AnswerCache
@@ -39,7 +40,7 @@ from engine.timeutil import tokyo_day_key
 ROUTERS = (health, transactions, wallets, merchants, configuration, finance, simulation, audit, keys)
 
 
-def create_app(settings: Settings | None = None, migrate: bool = True, clock=None) -> FastAPI:
+def create_app(settings: Settings | None = None, migrate: bool = True, clock: Clock | None = None) -> FastAPI:
     settings = settings or Settings()
     if migrate:
         upgrade(settings.database_url)
@@ -47,7 +48,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock=Non
     stop = threading.Event()
 
     @contextlib.asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if settings.lifecycle_interval_s > 0:
             _start_lifecycle_scheduler(
                 services.ledger, settings.lifecycle_interval_s, stop, settings.idempotency_retention_days
@@ -115,7 +116,7 @@ def _include(app: FastAPI, router: APIRouter) -> None:
         )
 
 
-def _build_services(settings: Settings, clock) -> Services:
+def _build_services(settings: Settings, clock: Clock) -> Services:
     engine = make_engine(settings.database_url)
     ledger = Ledger(engine, clock)
     config = Config(engine, settings, clock)

@@ -39,6 +39,7 @@ import logging
 import math
 import threading
 import time
+from typing import TYPE_CHECKING, Literal, overload
 
 import anyio
 from fastapi import Request
@@ -49,6 +50,13 @@ from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store.config import Principal
 from engine.store.keys import LAST_USED_RESOLUTION_US, KeyLookup, Keys, hash_key
+
+if TYPE_CHECKING:
+    from limits.aio.strategies import FixedWindowRateLimiter as AsyncFixedWindowRateLimiter
+    from limits.util import WindowStats
+
+    from api.signatures import TerminalSignatures
+    from engine.clock import Clock
 
 log = logging.getLogger(__name__)
 
@@ -80,14 +88,14 @@ class Limit:
         self.namespace = namespace
         self.redis_url = redis_url
         self._memory = FixedWindowRateLimiter(MemoryStorage())
-        self._per_loop: dict[int, tuple[object, object]] = {}
+        self._per_loop: dict[int, tuple[asyncio.AbstractEventLoop, AsyncFixedWindowRateLimiter]] = {}
         self._redis_down_until = 0.0
 
     @property
     def enabled(self) -> bool:
         return self.item is not None
 
-    def _redis(self):
+    def _redis(self, redis_url: str) -> "AsyncFixedWindowRateLimiter":
         """One asyncio limiter per event loop: a Redis connection belongs to the loop that opened it."""
         from limits.aio.strategies import FixedWindowRateLimiter
         from limits.storage import storage_from_string
@@ -98,7 +106,7 @@ class Limit:
             if len(self._per_loop) > 8:
                 self._per_loop.clear()
             storage = storage_from_string(
-                "async+" + self.redis_url,
+                "async+" + redis_url,
                 implementation="redispy",
                 key_prefix="setapay:limits",
                 socket_timeout=0.5,
@@ -108,14 +116,19 @@ class Limit:
             self._per_loop[id(loop)] = found
         return found[1]
 
-    async def _call(self, name: str, identifier: str):
+    @overload
+    async def _call(self, name: Literal["hit", "test"], identifier: str) -> bool: ...
+    @overload
+    async def _call(self, name: Literal["get_window_stats"], identifier: str) -> "WindowStats": ...
+    async def _call(self, name: str, identifier: str) -> "bool | WindowStats":
         """`name` of the fixed-window limiter (`hit`, `test`, `get_window_stats`), on Redis or in memory."""
         item = self.item
         assert item is not None, "only called for a limit that is on"
         if self.redis_url and time.monotonic() >= self._redis_down_until:
             try:
-                limiter = self._redis()
-                return await getattr(limiter, name)(item, self.namespace, identifier)
+                limiter = self._redis(self.redis_url)
+                answer: bool | WindowStats = await getattr(limiter, name)(item, self.namespace, identifier)
+                return answer
             except (RedisError, OSError) as exc:  # shared state for limits, never a reason to fail a request
                 log.warning(
                     "rate limit storage unavailable (%s: %s); counting in this process for %s s",
@@ -124,7 +137,8 @@ class Limit:
                     REDIS_RETRY_AFTER_FAILURE_S,
                 )
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_AFTER_FAILURE_S
-        return getattr(self._memory, name)(item, self.namespace, identifier)
+        answer = getattr(self._memory, name)(item, self.namespace, identifier)
+        return answer
 
     async def hit(self, identifier: str) -> bool:
         """Count one (atomically, in Redis across processes); False when that went over the limit."""
@@ -182,7 +196,7 @@ class LastUsed:
     """Notes key uses and writes them from a background thread, at most once a minute per key per
     process (and `Keys.touch` refuses rewrites within a minute across processes)."""
 
-    def __init__(self, keys: Keys, clock) -> None:
+    def __init__(self, keys: Keys, clock: "Clock") -> None:
         self.keys = keys
         self.clock = clock
         self._noted: dict[str, float] = {}
@@ -226,7 +240,9 @@ class LastUsed:
 
 
 class Auth:
-    def __init__(self, keys: Keys, settings: Settings, clock, signatures=None) -> None:
+    def __init__(
+        self, keys: Keys, settings: Settings, clock: "Clock", signatures: "TerminalSignatures | None" = None
+    ) -> None:
         self.keys = keys
         self.signatures = signatures  # api.signatures.TerminalSignatures (SPEC §9.2), when wired
         self.clock = clock
@@ -234,7 +250,7 @@ class Auth:
         self.per_key = Limit(settings.rate_limit_per_key, settings.redis_url, "key")
         self.failures = Limit(settings.auth_failures_per_ip, settings.redis_url, "auth-failure")
         self.last_used = LastUsed(keys, clock)
-        self._in_flight: dict[str, concurrent.futures.Future] = {}
+        self._in_flight: dict[str, concurrent.futures.Future[KeyLookup | None]] = {}
         self._in_flight_lock = threading.Lock()
 
     def close(self) -> None:
@@ -330,6 +346,7 @@ class Auth:
             raise RateLimited(await self.per_key.retry_after_s(p.key_id), "this key is over its request rate")
         if p.role == "terminal" and self.signatures is not None:
             # Every route a terminal key can call: its request signature, if the terminal has a key.
+            assert p.terminal_id is not None, "a terminal key names its terminal"
             await self.signatures.verify(request, p.terminal_id)
         self.last_used.note(p.key_id)
         return p

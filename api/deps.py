@@ -12,7 +12,8 @@ validation (`merchant_scope`).
 """
 
 import dataclasses
-from typing import Annotated, Protocol
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
@@ -55,7 +56,8 @@ class Services:
 
 
 def _services(request: Request) -> Services:
-    return request.app.state.services
+    services: Services = request.app.state.services  # set by api.app.create_app
+    return services
 
 
 async def services(request: Request) -> Services:
@@ -105,7 +107,7 @@ async def principal(
     return await _services(request).auth.principal(request)
 
 
-def role(*roles: str):
+def role(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     """A dependency admitting a key of one of `roles`, 403 `forbidden` for any other."""
 
     async def check(p: Annotated[Principal, Depends(principal)]) -> Principal:

@@ -11,20 +11,25 @@ merged record that fails validation (422) into `EngineError`s.
 """
 
 import logging
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine.errors import EngineError, decline
 
+T = TypeVar("T")
+
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem_response(status: int, body: dict, headers: dict | None = None) -> JSONResponse:
+def problem_response(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
 
 
@@ -34,7 +39,7 @@ def _text(value: object) -> str:
     return str(value).encode("utf-8", "backslashreplace").decode("utf-8")
 
 
-def json_safe(errors: list[dict]) -> list[dict]:
+def json_safe(errors: Sequence[ErrorDetails]) -> list[dict[str, Any]]:
     """pydantic's errors as `invalid_request`'s `errors`: loc, msg and type, as UTF-8-safe text."""
     out = []
     for e in errors:
@@ -42,7 +47,7 @@ def json_safe(errors: list[dict]) -> list[dict]:
     return out
 
 
-def guarded(action):
+def guarded(action: Callable[[], T]) -> T:
     """Run a ledger call; a database that cannot be reached is a 503 the client may retry."""
     try:
         return action()
@@ -50,7 +55,7 @@ def guarded(action):
         raise EngineError("service_unavailable", type(exc).__name__) from None
 
 
-def validated(action):
+def validated(action: Callable[[], T]) -> T:
     """Run a PATCH; a merged record that fails validation is a 422 naming the field."""
     try:
         return action()
@@ -58,18 +63,22 @@ def validated(action):
         raise EngineError("invalid_request", errors=json_safe(exc.errors())) from None
 
 
-async def _engine_error(_request: Request, exc: EngineError):
+# Starlette types every handler as taking any Exception; each is installed for one class only.
+async def _engine_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, EngineError)
     return problem_response(exc.status, exc.problem(), getattr(exc, "headers", None))
 
 
-async def _validation_error(_request: Request, exc: RequestValidationError):
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
     errors = exc.errors()
     if any(e.get("type") == "json_invalid" for e in errors):
         return problem_response(*decline("malformed_json"))
     return problem_response(*decline("invalid_request", errors=json_safe(errors)))
 
 
-async def _http_error(_request: Request, exc: StarletteHTTPException):
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep): not JSON
         return problem_response(*decline("malformed_json"))
     if exc.status_code == 404:
@@ -80,7 +89,7 @@ async def _http_error(_request: Request, exc: StarletteHTTPException):
     )
 
 
-async def _unexpected(_request: Request, exc: Exception):  # pragma: no cover - a bug if reached
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug if reached
     logging.getLogger("setapay.api").error("unexpected %s", type(exc).__name__, exc_info=exc)
     return problem_response(*decline("internal_error"))
 

@@ -5,6 +5,9 @@ authentication, validation or a handler; its answers are problem+json like
 every other failure (api/errors.py).
 """
 
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
 from api.errors import problem_response
 from api.strict import duplicated_header, has_duplicate_key, is_json
 from engine import limits
@@ -28,11 +31,11 @@ class BodyLimit:
     a JSON body with a duplicate key at any depth (400 `malformed_json`).
     """
 
-    def __init__(self, app, limit_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
         self.app = app
         self.limit_bytes = limit_bytes
 
-    async def __call__(self, scope, receive, send):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         duplicated = duplicated_header(scope["headers"])  # SPEC §2: before anything else
@@ -46,7 +49,8 @@ class BodyLimit:
             return await response(scope, receive, send)
         # Read the whole body first (never more than the limit plus one chunk), so a
         # streamed body over the limit is refused before any handler sees it.
-        chunks, received, more = [], 0, True
+        chunks: list[bytes] = []
+        received, more = 0, True
         while more:
             message = await receive()
             if message["type"] != "http.request":
@@ -66,11 +70,11 @@ class BodyLimit:
         )
 
 
-def _replay(messages: list, then=None):
+def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
     """A `receive` that hands out `messages`, then defers to `then` (e.g. for disconnects)."""
     pending = list(messages)
 
-    async def receive():
+    async def receive() -> Message:
         if pending:
             return pending.pop(0)
         if then is not None:
@@ -80,6 +84,6 @@ def _replay(messages: list, then=None):
     return receive
 
 
-def install(app) -> None:
+def install(app: FastAPI) -> None:
     """Put `BodyLimit` in front of every route of `app`."""
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, RootModel
+from pydantic.json_schema import SkipJsonSchema
 
 from api.openapi import REPLAYED_HEADER as REPLAYED_HEADER  # the routes' 2xx headers
 from api.openapi import Problem
@@ -34,7 +35,9 @@ class Award(_Answer):
     status: Literal["pending", "credited", "clawed_back"]
     credit_at: str = Field(description="RFC 3339 instant the points are (or were) credited")
     expires_at: str = Field(description="RFC 3339 instant the credited points expire")
-    points_clawed_back: int = Field(None, description="GET /v1/transactions/{id} only: points refunds took back")
+    points_clawed_back: int | SkipJsonSchema[None] = Field(
+        None, description="GET /v1/transactions/{id} only: points refunds took back"
+    )
 
 
 class Clawback(_Answer):
@@ -58,7 +61,9 @@ class _TransactionBase(_Answer):
 
 class PurchaseAnswer(_TransactionBase):
     type: Literal["purchase"]
-    refunded_amount: int = Field(None, description="GET /v1/transactions/{id} only: yen refunded so far")
+    refunded_amount: int | SkipJsonSchema[None] = Field(
+        None, description="GET /v1/transactions/{id} only: yen refunded so far"
+    )
 
     model_config = ConfigDict(
         extra="allow",
@@ -207,7 +212,7 @@ class MerchantView(_Answer):
     ward_local: bool = False
     ethical_certifications: list[dict[str, Any]] = []
     fee_bp: int = 0
-    bank_account_masked: dict[str, Any] = Field(
+    bank_account_masked: dict[str, Any] | SkipJsonSchema[None] = Field(
         None, description="The payout account's bank, branch, type and last 4 digits, with when it was set"
     )
     bank_account_on_file: bool
@@ -291,8 +296,8 @@ class Check(_Answer):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     pass_: bool = Field(alias="pass")
-    rows: list[Any] = Field(None, description="The offending rows, empty when the check passes")
-    checked: int = Field(None, description="rerate_matches_ledger: the transactions re-rated")
+    rows: list[Any] | SkipJsonSchema[None] = Field(None, description="The offending rows, empty when the check passes")
+    checked: int | SkipJsonSchema[None] = Field(None, description="rerate_matches_ledger: the transactions re-rated")
 
 
 class Reconciliation(_Answer):
@@ -313,7 +318,9 @@ class CloseoutReport(_Answer):
     submitted: CountTotal
     ledger: CountTotal
     matches: bool
-    transactions: list[Any] = Field(None, description="When they differ: the ledger's transactions of the day")
+    transactions: list[Any] | SkipJsonSchema[None] = Field(
+        None, description="When they differ: the ledger's transactions of the day"
+    )
 
 
 class SimulatedTransactions(_Answer):

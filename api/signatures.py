@@ -42,8 +42,10 @@ from http_message_signatures import (
     InvalidSignature,
     algorithms,
 )
+from http_sf.compat import InnerList
 from starlette.requests import Request
 
+from engine.clock import Clock
 from engine.errors import EngineError
 from engine.http_signing import (
     CREATED_SKEW_S,
@@ -53,6 +55,8 @@ from engine.http_signing import (
     PARAMETERS,
     covered_components,
 )
+from engine.store.config import Config
+from engine.store.nonces import DatabaseNonces, RedisNonces
 
 KEY_CACHE_S = 2.0
 # The scheme and authority are not covered (`@authority` is not in the profile); the
@@ -61,12 +65,13 @@ _ORIGIN = "http://terminal.invalid"
 
 
 class _Verifier(HTTPMessageVerifier):
-    def validate_created_and_expires(self, sig_input, max_age=None):
+    def validate_created_and_expires(self, sig_input: InnerList, max_age: int | None = None) -> None:
         # `created` is checked against the engine's clock after the signature verified (see below);
         # here only that it is there and an integer.
         if "created" not in sig_input.params:
             raise InvalidSignature('Signature is missing a required "created" parameter')
-        self._parse_integer_timestamp(sig_input.params["created"], field_name="created")
+        # The package leaves this helper unannotated.
+        self._parse_integer_timestamp(sig_input.params["created"], field_name="created")  # type: ignore[no-untyped-call]
 
 
 class _OneKey(HTTPSignatureKeyResolver):
@@ -76,7 +81,7 @@ class _OneKey(HTTPSignatureKeyResolver):
         self.terminal_id = terminal_id
         self.key = key
 
-    def resolve_public_key(self, key_id: str):
+    def resolve_public_key(self, key_id: str) -> Ed25519PublicKey:
         if key_id != self.terminal_id:
             raise InvalidSignature("keyid is not this key's terminal")
         return self.key
@@ -98,7 +103,9 @@ def _invalid(detail: str) -> EngineError:
 
 
 class TerminalSignatures:
-    def __init__(self, config, nonces, clock, key_cache_s: float = KEY_CACHE_S) -> None:
+    def __init__(
+        self, config: Config, nonces: DatabaseNonces | RedisNonces, clock: Clock, key_cache_s: float = KEY_CACHE_S
+    ) -> None:
         self.config = config
         self.nonces = nonces
         self.clock = clock
@@ -179,6 +186,9 @@ class TerminalSignatures:
                 )
             except ValueError:
                 raise _invalid("Content-Digest is malformed") from None
-            if "sha-256" not in algorithms_sent:
+            if not isinstance(algorithms_sent, dict) or "sha-256" not in algorithms_sent:
                 raise _invalid("Content-Digest must carry sha-256")
-        return params["created"], nonce
+        created = params["created"]
+        if not isinstance(created, int):  # _Verifier let only an integer through
+            raise _invalid("created must be an integer")
+        return created, nonce

@@ -61,7 +61,7 @@ class _DuplicateKey(Exception):
     pass
 
 
-def _unique(pairs: list[tuple[str, object]]) -> dict:
+def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
     found = dict(pairs)
     if len(found) != len(pairs):
         raise _DuplicateKey

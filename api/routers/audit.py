@@ -7,7 +7,7 @@ payout account change; the key that made the change may not confirm it.
 """
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
@@ -41,7 +41,11 @@ def _us(instant: dt.datetime | None) -> int | None:
     return None if instant is None else to_us(instant)
 
 
-@router.get("/v1/audit", responses={200: {"model": AuditPage}, **problems(AUTHENTICATED, "invalid_request")})
+@router.get(
+    "/v1/audit",
+    responses={200: {"model": AuditPage}, **problems(AUTHENTICATED, "invalid_request")},
+    response_model=None,
+)
 def audit_log(
     _: Reader,
     database: DatabaseDep,
@@ -50,7 +54,7 @@ def audit_log(
     target: Annotated[str | None, Query(max_length=200, pattern=TARGET_PATTERN)] = None,
     cursor: Cursor = None,
     limit: PageLimit = 100,
-):
+) -> dict[str, Any]:
     page, last = audit.entries(database, _us(from_), _us(to), target, decode_cursor(cursor), limit)
     return {"entries": page, "next_cursor": encode_cursor(last) if last is not None else None}
 
@@ -61,6 +65,7 @@ def audit_log(
         200: {"model": MerchantView},
         **problems(AUTHENTICATED, "invalid_request", "not_found", "bank_change_not_pending", "bank_change_same_key"),
     },
+    response_model=None,
 )
-def confirm_bank_account(merchant_id: PathId, p: Reader, config: ConfigDep):
+def confirm_bank_account(merchant_id: PathId, p: Reader, config: ConfigDep) -> dict[str, Any]:
     return config.confirm_bank_account(merchant_id, actor=p)

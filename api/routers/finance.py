@@ -1,7 +1,7 @@
 """Ward finance endpoints: point grants, budget burn, settlement runs and payout results,
 terminal closeouts, signed chain heads and the reconciliation report (SPEC §6, §7)."""
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, Response
@@ -76,7 +76,7 @@ def post_grant(
     p: Finance,
     ledger: LedgerDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
-):
+) -> JSONResponse:
     key = check_idempotency_key(idempotency_key)
     result = guarded(
         lambda: lifecycle.grant(
@@ -89,8 +89,9 @@ def post_grant(
 @router.get(
     "/v1/campaigns/{campaign_id}/budget",
     responses={200: {"model": responses.CampaignBudget}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    response_model=None,
 )
-def campaign_budget(campaign_id: PathId, _: Finance, ledger: LedgerDep):
+def campaign_budget(campaign_id: PathId, _: Finance, ledger: LedgerDep) -> dict[str, Any]:
     return finance.budget(ledger, campaign_id)
 
 
@@ -108,7 +109,7 @@ def campaign_budget(campaign_id: PathId, _: Finance, ledger: LedgerDep):
 )
 def create_settlement_run(
     body: SettlementRequest, p: Finance, ledger: LedgerDep, config: ConfigDep, settings: SettingsDep
-):
+) -> JSONResponse:
     created, view = settlement.run(ledger, config, settings, body.period, actor=p)
     return JSONResponse(view, status_code=201 if created else 200)
 
@@ -116,8 +117,9 @@ def create_settlement_run(
 @router.get(
     "/v1/settlement-runs/{run_id}",
     responses={200: {"model": responses.SettlementRun}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    response_model=None,
 )
-def get_settlement_run(run_id: PathId, _: Finance, ledger: LedgerDep):
+def get_settlement_run(run_id: PathId, _: Finance, ledger: LedgerDep) -> dict[str, Any]:
     return settlement.get_view(ledger, run_id)
 
 
@@ -132,7 +134,7 @@ def get_settlement_run(run_id: PathId, _: Finance, ledger: LedgerDep):
         **problems(AUTHENTICATED, "invalid_request", "not_found"),
     },
 )
-def settlement_csv(run_id: PathId, _: Finance, ledger: LedgerDep):
+def settlement_csv(run_id: PathId, _: Finance, ledger: LedgerDep) -> Response:
     return Response(settlement.get(ledger, run_id).csv_text, media_type="text/csv; charset=utf-8")
 
 
@@ -147,7 +149,7 @@ def settlement_csv(run_id: PathId, _: Finance, ledger: LedgerDep):
         **problems(AUTHENTICATED, "invalid_request", "not_found"),
     },
 )
-def settlement_zengin(run_id: PathId, _: Finance, ledger: LedgerDep):
+def settlement_zengin(run_id: PathId, _: Finance, ledger: LedgerDep) -> Response:
     row = settlement.get(ledger, run_id)
     if not row.zengin_file:
         raise EngineError("not_found", "this run pays nobody, so it has no payout file")
@@ -164,8 +166,9 @@ def settlement_zengin(run_id: PathId, _: Finance, ledger: LedgerDep):
         200: {"model": responses.PayoutResultsAnswer},
         **problems(AUTHENTICATED, "invalid_request", "not_found", "payout_already_settled"),
     },
+    response_model=None,
 )
-def payout_results(run_id: PathId, body: PayoutResults, p: Finance, ledger: LedgerDep):
+def payout_results(run_id: PathId, body: PayoutResults, p: Finance, ledger: LedgerDep) -> dict[str, Any]:
     return settlement.import_payout_results(ledger, run_id, [r.model_dump() for r in body.results], actor=p)
 
 
@@ -173,13 +176,14 @@ def payout_results(run_id: PathId, body: PayoutResults, p: Finance, ledger: Ledg
     "/v1/chain-heads",
     status_code=201,
     responses={201: {"model": responses.SignedChainHeads}, **problems(AUTHENTICATED)},
+    response_model=None,
 )
-def sign_chain_heads(_: Finance, ledger: LedgerDep, settings: SettingsDep):
+def sign_chain_heads(_: Finance, ledger: LedgerDep, settings: SettingsDep) -> dict[str, list[str]]:
     return {"signed": finance.sign_chain_heads(ledger, settings)}
 
 
 @router.get("/v1/reconciliation", responses={200: {"model": responses.Reconciliation}, **problems(AUTHENTICATED)})
-def reconciliation(_: Finance, ledger: LedgerDep, settings: SettingsDep):
+def reconciliation(_: Finance, ledger: LedgerDep, settings: SettingsDep) -> JSONResponse:
     report = finance.reconcile(ledger, settings)
     return JSONResponse(report, status_code=200)
 
@@ -189,8 +193,9 @@ def reconciliation(_: Finance, ledger: LedgerDep, settings: SettingsDep):
     status_code=201,
     openapi_extra=terminal_headers(),
     responses={201: {"model": responses.CloseoutReport}, **problems(TERMINAL, "invalid_request", "not_found")},
+    response_model=None,
 )
-def post_closeout(terminal_id: PathId, body: CloseoutRequest, p: Terminal, ledger: LedgerDep):
+def post_closeout(terminal_id: PathId, body: CloseoutRequest, p: Terminal, ledger: LedgerDep) -> dict[str, Any]:
     if p.terminal_id != terminal_id:
         raise EngineError("forbidden", "a terminal key closes out only its own terminal")
     return finance.closeout(ledger, terminal_id, body.business_date.isoformat(), body.count, body.total, actor=p)

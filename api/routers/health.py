@@ -1,6 +1,8 @@
 """Liveness and readiness, without a key: `/healthz` answers while the process runs,
 `/readyz` only while the database (and Redis, when configured) answer."""
 
+from typing import Any
+
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
@@ -13,7 +15,7 @@ router = APIRouter()
 
 
 @router.get("/healthz", responses={200: {"model": responses.Health}, **problems(COMMON)})
-def healthz() -> dict:
+def healthz() -> dict[str, Any]:
     return {"status": "ok"}
 
 
@@ -25,7 +27,7 @@ def healthz() -> dict:
         **problems(COMMON),
     },
 )
-def readyz(services: ServicesDep):
+def readyz(services: ServicesDep) -> JSONResponse:
     checks = {}
     try:
         with services.engine.connect() as connection:

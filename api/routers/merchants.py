@@ -5,7 +5,7 @@ records themselves are admin configuration (api/routers/configuration.py).
 """
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
 
@@ -35,6 +35,7 @@ def _opt_us(instant: dt.datetime | None) -> int | None:
         200: {"model": responses.MerchantRewards},
         **problems(AUTHENTICATED, "invalid_request", "not_found"),
     },
+    response_model=None,
 )
 def merchant_rewards(
     merchant_id: PathId,
@@ -42,7 +43,7 @@ def merchant_rewards(
     database: DatabaseDep,
     from_: Annotated[Instant | None, Query(alias="from")] = None,
     to: Annotated[Instant | None, Query()] = None,
-):
+) -> dict[str, Any]:
     merchant_scope(p, merchant_id)
     return queries.merchant_rewards(database, merchant_id, _opt_us(from_), _opt_us(to))
 
@@ -53,6 +54,7 @@ def merchant_rewards(
         200: {"model": responses.MerchantTransactions},
         **problems(AUTHENTICATED, "invalid_request", "not_found"),
     },
+    response_model=None,
 )
 def merchant_transactions(
     merchant_id: PathId,
@@ -62,7 +64,7 @@ def merchant_transactions(
     to: Annotated[Instant | None, Query()] = None,
     cursor: Cursor = None,
     limit: PageLimit = 100,
-):
+) -> dict[str, Any]:
     merchant_scope(p, merchant_id)
     page, last = queries.merchant_transactions(
         database, merchant_id, _opt_us(from_), _opt_us(to), decode_cursor(_CURSOR_PREFIX, cursor), limit

@@ -7,7 +7,7 @@ window must be non-empty; the answer is `engine.store.simulate.simulate`'s.
 Nothing is written.
 """
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from pydantic import Field
@@ -36,8 +36,9 @@ class SimulateRequest(Record):
 @router.post(
     "/v1/campaigns/{campaign_id}/simulate",
     responses={200: {"model": Simulation}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    response_model=None,
 )
-def simulate_campaign(campaign_id: PathId, body: SimulateRequest, _: Planner, database: DatabaseDep):
+def simulate_campaign(campaign_id: PathId, body: SimulateRequest, _: Planner, database: DatabaseDep) -> dict[str, Any]:
     if body.campaign.id != campaign_id:
         raise EngineError(
             "invalid_request",

@@ -14,6 +14,7 @@ import hashlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Header
+from fastapi.responses import JSONResponse
 from pydantic import Field, TypeAdapter, ValidationError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
@@ -25,7 +26,7 @@ from api.openapi import IDEMPOTENCY, TERMINAL, problems, remembered, terminal_he
 from api.strict import PathId
 from engine import limits, receipts
 from engine.errors import EngineError, decline
-from engine.model import Record, Transaction
+from engine.model import Purchase, Record, Refund, Transaction
 from engine.store import queries
 from engine.store.config import Principal
 from engine.store.ledger import Result, Submission
@@ -55,7 +56,13 @@ def _check_instant(services: Services, occurred_at: dt.datetime) -> None:
         )
 
 
-def _submission(services: Services, p: Principal, key: str, body) -> Submission | Result:
+def _terminal_of(p: Principal) -> str:
+    """The terminal of a terminal key (every one names its terminal)."""
+    assert p.terminal_id is not None, "a terminal key names its terminal"
+    return p.terminal_id
+
+
+def _submission(services: Services, p: Principal, key: str, body: Purchase | Refund) -> Submission | Result:
     """The checked submission, or the remembered answer when a retry of an answered request
     no longer passes the checks (its app revoked or rotated out, its occurred_at now too old):
     a retry with the same key and body gets the original answer (SPEC §6)."""
@@ -69,11 +76,11 @@ def _submission(services: Services, p: Principal, key: str, body) -> Submission 
         # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
         receipt = receipts.verify(body.receipt, body, services.apps.secrets_for, services.clock.now_us())
     except EngineError:
-        replay = guarded(lambda: services.ledger.remembered_answer(p.terminal_id, key, request_hash))
+        replay = guarded(lambda: services.ledger.remembered_answer(_terminal_of(p), key, request_hash))
         if replay is None:
             raise
         return replay
-    return Submission(p.terminal_id, key, request_hash, body, canonical, receipt=receipt)
+    return Submission(_terminal_of(p), key, request_hash, body, canonical, receipt=receipt)
 
 
 @router.post(
@@ -117,20 +124,21 @@ async def post_transaction(
     services: ServicesDep,
     # Documented as required in openapi_extra; checked by `check_idempotency_key` (400, not FastAPI's 422).
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
-):
+) -> JSONResponse:
     key = check_idempotency_key(idempotency_key)
+    terminal_id = _terminal_of(p)
     submission = _submission(services, p, key, body)
     if isinstance(submission, Result):
         return render(submission)
     answers = services.answers
     if answers is not None:
-        cached = await answers.get(p.terminal_id, key)
+        cached = await answers.get(terminal_id, key)
         if cached is not None:
             request_hash, status, answer = cached
             if request_hash != submission.request_hash:
                 return render(Result(*decline("idempotency_key_reused")))
             return render(Result(status, answer, replayed=True))
-    with services.in_flight.claimed([(p.terminal_id, key)]) as fresh:
+    with services.in_flight.claimed([(terminal_id, key)]) as fresh:
         if not fresh:
             raise EngineError("request_in_progress")
         try:
@@ -139,7 +147,7 @@ async def post_transaction(
             raise EngineError("service_unavailable", type(exc).__name__) from None
     # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
     if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
-        await answers.put(p.terminal_id, key, submission.request_hash, result.status, result.body)
+        await answers.put(terminal_id, key, submission.request_hash, result.status, result.body)
     return render(result)
 
 
@@ -148,9 +156,13 @@ async def post_transaction(
     status_code=200,
     openapi_extra=terminal_headers(),
     responses={200: {"model": responses.BatchAnswer}, **problems(TERMINAL, "invalid_request")},
+    response_model=None,
 )
-def post_batch(body: Annotated[BatchRequest, Body()], p: Terminal, services: ServicesDep):
+def post_batch(
+    body: Annotated[BatchRequest, Body()], p: Terminal, services: ServicesDep
+) -> dict[str, list[dict[str, Any]]]:
     """Up to 1,000 transactions, each with its own `idempotency_key`, answered in order."""
+    terminal_id = _terminal_of(p)
     answers: list[Result | None] = [None] * len(body.transactions)
     indexed: list[tuple[int, Submission]] = []
     for i, item in enumerate(body.transactions):
@@ -172,28 +184,33 @@ def post_batch(body: Annotated[BatchRequest, Body()], p: Terminal, services: Ser
             answers[i] = Result(exc.status, exc.problem())
         except ValidationError as exc:
             answers[i] = Result(*decline("invalid_request", errors=json_safe(exc.errors())))
-    with services.in_flight.claimed([(p.terminal_id, s.idempotency_key) for _, s in indexed]) as fresh:
-        posted = [(i, s) for i, s in indexed if (p.terminal_id, s.idempotency_key) in fresh]
+    with services.in_flight.claimed([(terminal_id, s.idempotency_key) for _, s in indexed]) as fresh:
+        posted = [(i, s) for i, s in indexed if (terminal_id, s.idempotency_key) in fresh]
         for i, s in indexed:
-            if (p.terminal_id, s.idempotency_key) not in fresh:
+            if (terminal_id, s.idempotency_key) not in fresh:
                 answers[i] = Result(*decline("request_in_progress"))
         if posted:
             for (i, _), result in zip(posted, guarded(lambda: services.ledger.submit([s for _, s in posted]))):
                 answers[i] = result
-    return {"results": [{"status": r.status, "replayed": r.replayed, "body": r.body} for r in answers]}
+    results = []
+    for r in answers:
+        assert r is not None, "every item is answered: checked out, in progress, or posted"
+        results.append({"status": r.status, "replayed": r.replayed, "body": r.body})
+    return {"results": results}
 
 
 @router.get(
     "/v1/transactions/{transaction_id}",
     openapi_extra=terminal_headers(),
     responses={200: {"model": responses.TransactionAnswer}, **problems(TERMINAL, "invalid_request", "not_found")},
+    response_model=None,
 )
 def get_transaction(
     transaction_id: PathId,
     p: Annotated[Principal, Depends(role("terminal", "merchant", "finance"))],
     database: DatabaseDep,
     config: ConfigDep,
-):
+) -> dict[str, Any]:
     scope = queries.payment_scope(database, transaction_id)
     if scope is None:
         raise EngineError("not_found", f"transaction {transaction_id} is not known")

@@ -1,6 +1,6 @@
 """A wallet's points (SPEC §5): available, pending and expiring, for the payment app and finance."""
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 
@@ -17,6 +17,9 @@ router = APIRouter()
 @router.get(
     "/v1/wallets/{wallet_id}/points",
     responses={200: {"model": responses.WalletPoints}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    response_model=None,
 )
-def wallet_points(wallet_id: PathId, p: Annotated[Principal, Depends(role("app", "finance"))], database: DatabaseDep):
+def wallet_points(
+    wallet_id: PathId, p: Annotated[Principal, Depends(role("app", "finance"))], database: DatabaseDep
+) -> dict[str, Any]:
     return queries.wallet_detail(database, wallet_id)

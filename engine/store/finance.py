@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -30,6 +31,12 @@ from engine.store.models import (
 )
 from engine.timeutil import TOKYO, format_instant, from_us, to_us
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from engine.settings import Settings
+    from engine.store.rerate import Progress
+
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
 
@@ -37,7 +44,7 @@ DAY_US = 24 * HOUR_US
 # -- budget --------------------------------------------------------------------
 
 
-def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict:
+def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict[str, Any]:
     """Budget, issued, clawed back, net, remaining, recent burn and the forecast exhaustion instant."""
     now = now or ledger.clock.now_us()
     with ledger.read_view() as view:
@@ -104,7 +111,9 @@ def _day_bounds(business_date: str) -> tuple[int, int]:
     return to_us(start), to_us(start + dt.timedelta(days=1))
 
 
-def ledger_day(session: Session, terminal_id: str, business_date: str, merchant_id: str | None = None) -> dict:
+def ledger_day(
+    session: Session, terminal_id: str, business_date: str, merchant_id: str | None = None
+) -> dict[str, Any]:
     """The terminal's transactions of one Asia/Tokyo day (by occurred_at) as the ledger holds them;
     with `merchant_id`, only those made at that merchant."""
     start, end = _day_bounds(business_date)
@@ -127,7 +136,7 @@ def ledger_day(session: Session, terminal_id: str, business_date: str, merchant_
 
 def closeout(
     ledger: Ledger, terminal_id: str, business_date: str, count: int, total: int, actor: Actor = OPERATOR
-) -> dict:
+) -> dict[str, Any]:
     """Store a terminal's end-of-day count and net total and compare them with the ledger."""
     with Session(ledger.engine) as session, session.begin():
         now = ledger.clock.now_us()
@@ -171,7 +180,7 @@ def closeout(
 # -- signed chain heads ------------------------------------------------------------
 
 
-def sign_chain_heads(ledger: Ledger, settings, as_of: int | None = None) -> list[str]:
+def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = None) -> list[str]:
     """Sign the posting chain head at the end of every finished business day not yet signed, and
     with it the audit log's head at that instant, so a rewritten audit chain (re-hashed by someone
     who can drop its triggers) no longer matches what the ward's key signed."""
@@ -195,6 +204,8 @@ def sign_chain_heads(ledger: Ledger, settings, as_of: int | None = None) -> list
                     .order_by(PostingRow.sequence.desc())
                     .limit(1)
                 ).first()
+                # The first posting was made before the end of its own day, so every day from it on has a last one.
+                assert last is not None
                 audit_last = session.execute(
                     select(AuditLogRow.sequence, AuditLogRow.hash)
                     .where(AuditLogRow.at_us < end)
@@ -221,7 +232,7 @@ def sign_chain_heads(ledger: Ledger, settings, as_of: int | None = None) -> list
     return signed_days
 
 
-def _check_chain_heads(session: Session, public_key) -> list[dict]:
+def _check_chain_heads(session: Session, public_key: Ed25519PublicKey) -> list[dict[str, Any]]:
     bad = []
     for head in session.execute(select(ChainHeadRow).order_by(ChainHeadRow.business_date)).scalars():
         signed = json.loads(head.signed_json)
@@ -253,7 +264,7 @@ def _check_chain_heads(session: Session, public_key) -> list[dict]:
 # -- reconciliation ------------------------------------------------------------------
 
 
-def _check_statements(session: Session, public_key) -> list[dict]:
+def _check_statements(session: Session, public_key: Ed25519PublicKey) -> list[dict[str, Any]]:
     bad = []
     merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
     funded_by = settlement._funded_by(session)
@@ -302,7 +313,7 @@ def _check_statements(session: Session, public_key) -> list[dict]:
     return bad
 
 
-def _check_closeouts(session: Session) -> list[dict]:
+def _check_closeouts(session: Session) -> list[dict[str, Any]]:
     bad = []
     for c in session.execute(select(CloseoutRow)).scalars():
         held = ledger_day(session, c.terminal_id, c.business_date)
@@ -319,7 +330,7 @@ def _check_closeouts(session: Session) -> list[dict]:
     return bad
 
 
-def _check_budgets(ledger: Ledger, session: Session) -> list[dict]:
+def _check_budgets(ledger: Ledger, session: Session) -> list[dict[str, Any]]:
     with ledger.read_view(session) as view:
         campaigns = view.catalog.campaigns
     bad = []
@@ -330,7 +341,7 @@ def _check_budgets(ledger: Ledger, session: Session) -> list[dict]:
     return bad
 
 
-def reconcile(ledger: Ledger, settings, progress=None) -> dict:
+def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
     """Every invariant, each pass or fail with the offending rows."""
     public_key = keyring.signing_key(settings).public_key()
     ledger_report = queries.ledger_check(ledger.engine)

@@ -35,11 +35,21 @@ from sqlalchemy.orm import Session
 
 from engine import crediting
 from engine import ledger_rules as rules
-from engine.clock import SystemClock
+from engine.clock import Clock, SystemClock
 from engine.errors import decline
 from engine.model import Campaign, Merchant, Purchase, Refund
-from engine.rating import AwardState, Catalog, Outcome, PurchaseState, RatingState, build_catalog, rate, window_key
+from engine.rating import (
+    AwardState,
+    Catalog,
+    Outcome,
+    PurchaseState,
+    RatingState,
+    build_catalog,
+    rate,
+    window_key,
+)
 from engine.rating._kernel_py import share_target
+from engine.rating.columns import Event
 from engine.receipts import Receipt
 from engine.store import bulk
 from engine.store.books import load_books, save_books
@@ -83,7 +93,7 @@ class Submission:
 @dataclasses.dataclass
 class Result:
     status: int
-    body: dict
+    body: Row
     replayed: bool = False
     remember: bool = True  # scope failures are not business outcomes and are not remembered
 
@@ -177,7 +187,7 @@ class ReadView:
 class Ledger:
     """Storage-backed engine operations; one instance per process."""
 
-    def __init__(self, engine: Engine, clock=None) -> None:
+    def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
         self.engine = engine
         self.clock = clock or SystemClock()
         self._catalog: CatalogSnapshot | None = None
@@ -316,12 +326,14 @@ class Ledger:
 
         # 2. References the rating kernel cannot see: originals and their merchant.
         originals = self._load_originals(
-            session, {submissions[i].body.original_id for i in fresh if submissions[i].body.type == "refund"}
+            session, {body.original_id for body in (submissions[i].body for i in fresh) if body.type == "refund"}
         )
-        used_receipts = self._used_receipts(session, {submissions[i].receipt_key for i in fresh} - {None})
+        used_receipts = self._used_receipts(
+            session, {receipt for i in fresh if (receipt := submissions[i].receipt_key) is not None}
+        )
         claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
         deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
-        events = []
+        events: list[Event] = []
         payment_ids: dict[int, str] = {}
         for i in fresh:
             s = submissions[i]
@@ -388,13 +400,16 @@ class Ledger:
         # 3. A receipt's later uses: declined if its first use here was accepted, else left
         # to the next round. Then duplicates of keys inside the group, and remember every answer.
         for i, first_use in deferred.items():
-            if results[first_use] is not None and results[first_use].status == 201:
+            first_result = results[first_use]
+            if first_result is not None and first_result.status == 201:
                 results[i] = self._decline("receipt_already_used", submissions[i])
         for i, s in enumerate(submissions):
             first = first_in_group.get((s.terminal_id, s.idempotency_key))
-            if results[i] is None and first != i and results[first] is not None:
+            if results[i] is not None or first is None or first == i:
+                continue
+            done = results[first]
+            if done is not None:
                 base = submissions[first]
-                done = results[first]
                 results[i] = replay_answer(base.request_hash, done.status, json.dumps(done.body), s.request_hash)
         remember = []
         for key, i in first_in_group.items():
@@ -417,7 +432,7 @@ class Ledger:
         return results
 
     @staticmethod
-    def _remembered(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple]:
+    def _remembered(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
         return {
             (row[0], row[1]): row
             for row in bulk.select_where_tuples(
@@ -439,7 +454,7 @@ class Ledger:
         return Result(row[3], json.loads(row[4]), replayed=True)
 
     @staticmethod
-    def _used_receipts(session: Session, receipt_keys: set) -> set[tuple[str, str]]:
+    def _used_receipts(session: Session, receipt_keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
         """Which of these (app, jti) an accepted transaction carries already."""
         if not receipt_keys:
             return set()
@@ -458,10 +473,10 @@ class Ledger:
     def _decline(code: str, s: Submission) -> Result:
         return Result(*decline(code))  # the status is the error catalog's (engine/errors.py)
 
-    def _load_originals(self, session: Session, ids: set[str]) -> dict[str, dict]:
+    def _load_originals(self, session: Session, ids: set[str]) -> dict[str, Row]:
         if not ids:
             return {}
-        out: dict[str, dict] = {}
+        out: dict[str, Row] = {}
         for row in session.execute(
             select(PaymentRow).where(PaymentRow.id.in_(ids), PaymentRow.type == "purchase")
         ).scalars():
@@ -486,7 +501,9 @@ class Ledger:
             out[leg.payment_id]["redemption_legs"].append((leg.lot_id, leg.points))
         return out
 
-    def _load_state(self, session: Session, catalog: Catalog, events: list, originals: dict):
+    def _load_state(
+        self, session: Session, catalog: Catalog, events: list[Event], originals: dict[str, Row]
+    ) -> tuple[RatingState, dict[str, WalletBook]]:
         state = RatingState(balance={})
         usage_keys: set[tuple[str, str, int]] = set()
         wallets: set[str] = set()
@@ -520,7 +537,7 @@ class Ledger:
             state.usage[(cid, wid, wkey)] = points
         for row in session.execute(select(CampaignRow.id, CampaignRow.issued_net)):
             state.spend[row.id] = row.issued_net
-        lot_ids = set()
+        lot_ids: set[str] = set()
         for _, body in events:
             if body.type == "refund":
                 o = originals[body.original_id]

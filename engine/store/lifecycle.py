@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
+from typing import Any, cast
 
-from sqlalchemy import delete, select, tuple_
+from sqlalchemy import CursorResult, delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
@@ -36,7 +37,7 @@ CHUNK_MAX = 2_000
 DAY_US = 86_400_000_000
 
 
-def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
+def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[str, str | int]:
     """Post every pending award due by `as_of_us` from pending to available."""
     credited = points = 0
     started = ledger.clock.now_us()
@@ -82,7 +83,7 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
     return {"kind": "credit", "as_of": format_instant(as_of_us), "awards_credited": credited, "points": points}
 
 
-def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict:
+def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[str, str | int]:
     """Post the remaining points of every lot expired by `as_of_us` out of its wallet."""
     expired_lots = points = 0
     started = ledger.clock.now_us()
@@ -211,7 +212,7 @@ def grant(
         return result
 
 
-def purge_remembered_answers(ledger: Ledger, retention_days: int, chunk: int = CHUNK_MAX) -> dict:
+def purge_remembered_answers(ledger: Ledger, retention_days: int, chunk: int = CHUNK_MAX) -> dict[str, str | int]:
     """Forget remembered answers (`idempotency_key` rows) older than `retention_days` by the
     engine's clock; SPEC §6 keeps them at least 30 days, so a shorter retention is refused.
 
@@ -245,7 +246,7 @@ def purge_remembered_answers(ledger: Ledger, retention_days: int, chunk: int = C
                         IdempotencyRow.created_at_us < cutoff,
                     )
                 )
-                purged += done.rowcount
+                purged += cast("CursorResult[Any]", done).rowcount  # a DML statement's result is a cursor's
             if len(keys) < chunk:
                 # `as_of_us`: answers remembered before this instant were purged.
                 session.add(

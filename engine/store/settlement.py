@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import secrets
 from collections import defaultdict
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
@@ -38,6 +39,9 @@ from engine.store.models import (
 )
 from engine.timeutil import TOKYO, format_instant, from_us
 
+if TYPE_CHECKING:
+    from engine.settings import Settings
+
 SALE_REASONS = {
     rules.COIN_SALE: "coin_sales",
     rules.COIN_REFUND: "coin_refunds",
@@ -58,10 +62,10 @@ def aggregate(
     session: Session,
     start_us: int,
     end_us: int,
-    merchants: dict,
+    merchants: dict[str, dict[str, Any]],
     funded_by: dict[tuple[str, int | None], str],
     settled_until_sequence: int,
-) -> tuple[list, dict[str, dict[str, int]]]:
+) -> tuple[list[statement.MerchantActivity], dict[str, dict[str, int]]]:
     """Each merchant's activity in [start, end) and payable balance at `end`, from the postings,
     and the net points each merchant-funded campaign issued in the period, by merchant.
 
@@ -84,7 +88,9 @@ def aggregate(
             .where(side.like("merchant:%:payable"), or_(business, settled))
             .group_by(side)
         ):
-            values[_payable_merchant(account)]["payable_balance_at_end"] += sign * int(total)
+            merchant_id = _payable_merchant(account)
+            assert merchant_id is not None, account  # the pattern matched a merchant's payable account
+            values[merchant_id]["payable_balance_at_end"] += sign * int(total)
     in_period = and_(PostingRow.posted_at_us >= start_us, PostingRow.posted_at_us < end_us)
     for reason, debit, credit, total in session.execute(
         select(
@@ -94,6 +100,7 @@ def aggregate(
         .group_by(PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id)
     ):
         merchant_id = _payable_merchant(credit) or _payable_merchant(debit)
+        assert merchant_id is not None, (debit, credit)  # every sale posting has a merchant's payable on one side
         values[merchant_id][SALE_REASONS[reason]] += int(total)
     if funded_by:
         for campaign_id, version, reason, total in session.execute(
@@ -105,6 +112,7 @@ def aggregate(
             )
             .group_by(PostingRow.campaign_id, PostingRow.campaign_version, PostingRow.reason)
         ):
+            assert campaign_id is not None  # the query selects campaigns by id
             merchant_id = funded_by.get((campaign_id, version))
             if merchant_id is None:
                 continue  # that version was funded by the ward or a fund, not by a merchant
@@ -136,8 +144,8 @@ def _funded_by(session: Session) -> dict[tuple[str, int | None], str]:
 
 
 def run(
-    ledger: Ledger, config: Config, settings, period_name: str | None = None, actor: Actor = OPERATOR
-) -> tuple[bool, dict]:
+    ledger: Ledger, config: Config, settings: Settings, period_name: str | None = None, actor: Actor = OPERATOR
+) -> tuple[bool, dict[str, Any]]:
     """Settle a period (by default the last one closed, of the configured kind); returns
     (created, run view). Idempotent per period. A merchant whose payout account change
     awaits confirmation (SPEC §9.6) is not paid: its line is `held_bank_change` and the
@@ -184,7 +192,8 @@ def run(
         )
         run_id = "st_" + secrets.token_hex(12)
         writer = unit.writer(now)
-        lines, transfers = [], []
+        lines: list[dict[str, Any]] = []
+        transfers: list[zengin.Transfer] = []
         for activity in activities:
             line = statement.line_for(activity)
             m = line.merchant_id
@@ -279,12 +288,12 @@ def run(
         )
         session.add(row)
         session.flush()
-        for line in lines:
+        for entry in lines:
             session.add(
                 SettlementLineRow(
                     run_id=run_id,
                     **{
-                        k: line[k]
+                        k: entry[k]
                         for k in (
                             "merchant_id",
                             "coin_sales",
@@ -330,7 +339,7 @@ def _customer_code(merchant_id: str) -> str:
     return digits.zfill(10) if digits else ""
 
 
-def _zengin(settings, transfers: list, now: int) -> bytes:
+def _zengin(settings: Settings, transfers: list[zengin.Transfer], now: int) -> bytes:
     transfer_day = add_business_days(from_us(now).astimezone(TOKYO).date() + dt.timedelta(days=1), 0)
     header = zengin.Header(
         requester_code=settings.payout_requester_code,
@@ -344,7 +353,7 @@ def _zengin(settings, transfers: list, now: int) -> bytes:
     return zengin.write(header, transfers)
 
 
-def view(session: Session, row: SettlementRunRow) -> dict:
+def view(session: Session, row: SettlementRunRow) -> dict[str, Any]:
     lines = session.execute(
         select(SettlementLineRow).where(SettlementLineRow.run_id == row.id).order_by(SettlementLineRow.merchant_id)
     ).scalars()
@@ -374,7 +383,7 @@ def get(ledger: Ledger, run_id: str) -> SettlementRunRow:
         return row
 
 
-def get_view(ledger: Ledger, run_id: str) -> dict:
+def get_view(ledger: Ledger, run_id: str) -> dict[str, Any]:
     with Session(ledger.engine) as session:
         row = session.get(SettlementRunRow, run_id)
         if row is None:
@@ -382,7 +391,9 @@ def get_view(ledger: Ledger, run_id: str) -> dict:
         return view(session, row)
 
 
-def import_payout_results(ledger: Ledger, run_id: str, results: list[dict], actor: Actor = OPERATOR) -> dict:
+def import_payout_results(
+    ledger: Ledger, run_id: str, results: list[dict[str, Any]], actor: Actor = OPERATOR
+) -> dict[str, Any]:
     """The bank's answer per merchant: paid payouts close, failed ones return to payable
     and so are carried into the next period. Re-importing the same answer changes nothing."""
     with ledger.unit_of_work() as unit:
