@@ -66,7 +66,7 @@ def _partial(model: type[BaseModel], name: str, immutable: tuple[str, ...], doc:
         for field, info in model.model_fields.items()
         if field not in immutable
     }
-    return create_model(  # type: ignore[call-overload, no-any-return]
+    return create_model(
         name,
         __config__=ConfigDict(extra="forbid", frozen=True, json_schema_extra=_no_defaults),
         __doc__=doc,
