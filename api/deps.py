@@ -19,6 +19,7 @@ from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy.engine import Engine
 
+from api.access_log import PRINCIPAL_STATE
 from api.auth import Auth
 from api.idempotency import InFlight
 from api.openapi import BEARER
@@ -104,7 +105,9 @@ async def principal(
     """The authenticated caller (api/auth.py). `BEARER` only documents the scheme in the
     OpenAPI (auto_error=False: it never answers); `Auth.principal` reads and checks the
     header, so every failure stays our own 401/429 problem+json."""
-    return await _services(request).auth.principal(request)
+    caller = await _services(request).auth.principal(request)
+    setattr(request.state, PRINCIPAL_STATE, caller)  # for the access log's key id and role
+    return caller
 
 
 def role(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:

@@ -8,6 +8,7 @@ every other failure (api/errors.py).
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.access_log import AccessLog
 from api.errors import problem_response
 from api.strict import duplicated_header, has_duplicate_key, is_json
 from engine import limits
@@ -85,5 +86,7 @@ def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
 
 
 def install(app: FastAPI) -> None:
-    """Put `BodyLimit` in front of every route of `app`."""
+    """Put `BodyLimit` in front of every route of `app`, and `AccessLog` in front of everything
+    (added last, so outermost: it sees every answer, `BodyLimit`'s refusals included)."""
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
+    app.add_middleware(AccessLog)

@@ -47,6 +47,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         log_level=args.log_level,
+        access_log=False,  # ours is api/access_log.py: one JSON line per request, with its id
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
     )

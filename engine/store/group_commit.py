@@ -6,6 +6,11 @@ submission, lets company gather for at most `wait_ms` (or until `size_max`),
 and posts the whole group with one `Ledger.submit` call: one lock, one kernel
 call, one commit. Every future is resolved only after that commit returned,
 so nothing is acknowledged before it is durable.
+
+A group that fails is posted again one submission at a time, so one bad submission does not fail
+its neighbours; unless the database cannot be reached at all (a `SELECT 1` on a fresh connection
+fails too): then every submission of the group fails at once with the group's error (503 at the
+API), and one line is logged for the group instead of a traceback per submission.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ import queue
 import threading
 import time
 from concurrent.futures import Future
+
+from sqlalchemy import text
 
 from engine.store.ledger import Ledger, Result, Submission
 
@@ -55,7 +62,12 @@ class GroupCommitter:
             group = self._gather()
             try:
                 results = self.ledger.submit([s for s, _ in group])
-            except Exception:
+            except Exception as failure:
+                if not self._reachable():
+                    log.warning("group of %d failed: the database cannot be reached (%s)", len(group), _name(failure))
+                    for _, future in group:
+                        future.set_exception(failure)
+                    continue
                 # One bad submission must not fail its neighbours: post them one by one.
                 log.exception("group of %d failed; posting its submissions singly", len(group))
                 for submission, future in group:
@@ -66,3 +78,19 @@ class GroupCommitter:
                 continue
             for (_, future), result in zip(group, results):
                 future.set_result(result)
+
+    def _reachable(self) -> bool:
+        """Whether a fresh connection to the database answers `SELECT 1`."""
+        try:
+            with self.ledger.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except Exception:
+            return False
+        return True
+
+
+def _name(error: BaseException) -> str:
+    """The error's class and, for a wrapped driver error, the driver's class; never its text,
+    which can quote parameters."""
+    original = getattr(error, "orig", None)
+    return type(error).__name__ + (f"/{type(original).__name__}" if original is not None else "")

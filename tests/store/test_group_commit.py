@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import logging
 import threading
 import uuid
 from collections import Counter
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 from engine.model import Purchase
+from engine.store.db import make_engine
 from engine.store.group_commit import GroupCommitter
-from engine.store.ledger import Submission
+from engine.store.ledger import Ledger, Submission
 from engine.store.models import IdempotencyRow, PaymentRow
 from engine.timeutil import TOKYO
 from tests.lifecycle.support import Books, campaign
@@ -130,3 +133,27 @@ def test_a_submission_that_breaks_its_group_fails_alone(books: Books) -> None:
         wallets = c.execute(select(PaymentRow.wallet_id)).scalars().all()
     assert sorted(wallets) == ["W1", "W3"]
     books.check()
+
+
+@pytest.mark.parametrize(
+    "unreachable",
+    ["sqlite+pysqlite:////nonexistent-setapay-dir/ledger.db", "postgresql+psycopg://postgres@127.0.0.1:1/setapay"],
+)
+def test_an_unreachable_database_fails_the_group_at_once(unreachable: str, caplog) -> None:
+    """No retry one by one against a database that cannot be reached: every submission of the group
+    gets the group's error, and the group is one log line without a traceback (issue 14)."""
+    engine = make_engine(unreachable)
+    try:
+        committer = GroupCommitter(Ledger(engine), wait_ms=1_000, size_max=3)
+        with caplog.at_level(logging.INFO, logger="engine.store.group_commit"):
+            futures = [committer.enqueue(submission(f"W{i}", 1000)) for i in range(3)]
+            for future in futures:
+                with pytest.raises(OperationalError):
+                    future.result(timeout=60)
+    finally:
+        engine.dispose()
+    records = [r for r in caplog.records if r.name == "engine.store.group_commit"]
+    assert [r.getMessage() for r in records] == [
+        "group of 3 failed: the database cannot be reached (OperationalError/OperationalError)"
+    ]
+    assert records[0].exc_info is None

@@ -1,0 +1,114 @@
+"""One JSON line per request, and the request id (issue 14, structured logs).
+
+`AccessLog` is the outermost middleware. It takes the request id from `X-Request-Id` when the
+caller sent a usable one (1–128 of `A-Z a-z 0-9 . _ : -`) or makes one, returns it in
+`X-Request-Id`, and when the answer is sent writes one line to the `setapay.access` logger:
+
+    {"event": "request", "request_id": ..., "method": "POST", "route": "/v1/transactions",
+     "path": "/v1/transactions", "status": 201, "latency_ms": 3.2, "key_id": "k_...",
+     "role": "terminal", "replayed": false}
+
+`route` is the route's template (ids not filled in), so lines group by operation. Only these
+fields are written: never a header, a query string or a body, so keys, receipt tokens,
+signatures and bank numbers cannot reach the log. The caller's key id and role come from
+`api.deps.principal`, which notes the authenticated principal in the request state.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+ACCESS = logging.getLogger("setapay.access")
+REQUEST_ID_HEADER = "x-request-id"
+_USABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+PRINCIPAL_STATE = "setapay_principal"  # the request-state key api.deps.principal fills
+
+
+def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
+    """The caller's request id when usable, else a new one (32 hex digits)."""
+    for name, value in headers:
+        if name == REQUEST_ID_HEADER.encode():
+            text = value.decode("latin-1")
+            if _USABLE_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+class AccessLog:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        request_id = request_id_from(scope["headers"])
+        scope.setdefault("state", {})["request_id"] = request_id
+        answer: dict[str, Any] = {"status": 500, "replayed": False}
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers[REQUEST_ID_HEADER] = request_id
+                answer["status"] = message["status"]
+                answer["replayed"] = headers.get("idempotent-replayed") == "true"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            if ACCESS.isEnabledFor(logging.INFO):
+                ACCESS.info(json.dumps(_line(scope, request_id, answer, started), ensure_ascii=False))
+
+
+def _line(scope: Scope, request_id: str, answer: dict[str, Any], started: float) -> dict[str, Any]:
+    route = scope.get("route")
+    principal = scope.get("state", {}).get(PRINCIPAL_STATE)
+    return {
+        "event": "request",
+        "request_id": request_id,
+        "method": scope.get("method"),
+        "route": getattr(route, "path", None),
+        "path": scope.get("path"),
+        "status": answer["status"],
+        "latency_ms": round((time.perf_counter() - started) * 1000, 2),
+        "key_id": getattr(principal, "key_id", None),
+        "role": getattr(principal, "role", None),
+        "replayed": answer["replayed"],
+    }
+
+
+class JsonLines(logging.Formatter):
+    """A record whose message is already a JSON object is written as is; any other record becomes
+    `{"event": "log", "level", "logger", "message"}`, with `error` and `traceback` (escaped, so
+    still one line) when it carries an exception."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if message.startswith("{"):
+            return message
+        line = {"event": "log", "level": record.levelname.lower(), "logger": record.name, "message": message}
+        if record.exc_info and record.exc_info[1] is not None:
+            line["error"] = type(record.exc_info[1]).__name__
+            line["traceback"] = self.formatException(record.exc_info)  # escaped: still one line
+        return json.dumps(line, ensure_ascii=False)
+
+
+def configure(level: str = "info") -> None:
+    """JSON lines on stderr for the engine's loggers (`setapay serve` calls this in each worker)."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonLines())
+    for name in ("setapay", "api", "engine"):
+        logger = logging.getLogger(name)
+        logger.handlers[:] = [handler]
+        logger.setLevel(level.upper())
+        logger.propagate = False
