@@ -26,10 +26,13 @@ from typing import Any
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from engine import metrics
+
 ACCESS = logging.getLogger("setapay.access")
 REQUEST_ID_HEADER = "x-request-id"
 _USABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 PRINCIPAL_STATE = "setapay_principal"  # the request-state key api.deps.principal fills
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "other"
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -66,8 +69,10 @@ class AccessLog:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            line = _line(scope, request_id, answer, started)
+            _count(line)
             if ACCESS.isEnabledFor(logging.INFO):
-                ACCESS.info(json.dumps(_line(scope, request_id, answer, started), ensure_ascii=False))
+                ACCESS.info(json.dumps(line, ensure_ascii=False))
 
 
 def _line(scope: Scope, request_id: str, answer: dict[str, Any], started: float) -> dict[str, Any]:
@@ -85,6 +90,19 @@ def _line(scope: Scope, request_id: str, answer: dict[str, Any], started: float)
         "role": getattr(principal, "role", None),
         "replayed": answer["replayed"],
     }
+
+
+def _count(line: dict[str, Any]) -> None:
+    """The request in the Prometheus metrics (engine/metrics.py); routes by template, so ids never
+    become labels (an unmatched path counts as `unmatched`)."""
+    route = line["route"] or "unmatched"
+    method = line["method"] if line["method"] in _METHODS else "other"
+    metrics.REQUESTS.labels(method=method, route=route, status=str(line["status"])).inc()
+    metrics.REQUEST_SECONDS.labels(method=method, route=route).observe(line["latency_ms"] / 1000)
+    if line["replayed"]:
+        metrics.REPLAYS.inc()
+    if line["status"] == 429:
+        metrics.RATE_LIMITED.labels(route=route).inc()
 
 
 class JsonLines(logging.Formatter):

@@ -22,6 +22,7 @@ from pydantic_core import ErrorDetails
 from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from engine import metrics
 from engine.errors import EngineError, decline
 
 T = TypeVar("T")
@@ -66,6 +67,7 @@ def validated(action: Callable[[], T]) -> T:
 # Starlette types every handler as taking any Exception; each is installed for one class only.
 async def _engine_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EngineError)
+    metrics.refused(exc.code)
     return problem_response(exc.status, exc.problem(), getattr(exc, "headers", None))
 
 

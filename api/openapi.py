@@ -3,7 +3,7 @@
 - **Security**: `BEARER` is the `bearerAuth` HTTP bearer scheme. `principal` (api/deps.py)
   takes it as a `Security` parameter that never answers by itself (`auto_error=False`): the
   dependency still reads the header and answers 401/429 problem+json on its own, so the scheme
-  only documents, on every route reached through `role(...)`, i.e. all but /healthz and /readyz.
+  only documents, on every route reached through `role(...)`, i.e. all but /healthz, /readyz and /metrics.
 - **Headers**: `terminal_headers()` documents the RFC 9421 request signature headers
   (`Signature`, `Signature-Input`, `Content-Digest`) of the routes a terminal key calls, optional
   (a terminal without a registered public key is bearer-only), and `idempotency_key()` the

@@ -34,6 +34,19 @@ def _cmd_db(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import os
+    import tempfile
+    from pathlib import Path
+
+    # Prometheus multiprocess mode: every worker writes its samples (*.db files) under one
+    # directory, emptied of them now (before anything imports prometheus_client), so /metrics adds
+    # up this run's workers only.
+    metrics_dir = Path(os.environ.get("SETAPAY_METRICS_DIR") or tempfile.mkdtemp(prefix="setapay-metrics-"))
+    metrics_dir.mkdir(parents=True, exist_ok=True)
+    for stale in metrics_dir.glob("*.db"):
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+
     import uvicorn
 
     from engine.store import db

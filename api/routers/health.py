@@ -1,15 +1,21 @@
-"""Liveness and readiness, without a key: `/healthz` answers while the process runs,
-`/readyz` only while the database (and Redis, when configured) answer."""
+"""Liveness, readiness and metrics, without a key: `/healthz` answers while the process runs,
+`/readyz` only while the database (and Redis, when configured) answer, `/metrics` is the
+Prometheus exposition of every worker (engine/metrics.py) and the campaigns' budget meters."""
 
+import os
 from typing import Any
 
 from fastapi import APIRouter
-from fastapi.responses import JSONResponse
-from sqlalchemy import text
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest, multiprocess
+from sqlalchemy import select, text
+from sqlalchemy.engine import Engine
 
 from api import responses
 from api.deps import ServicesDep
 from api.openapi import COMMON, problems
+from engine.metrics import CampaignBudgets
+from engine.store.models import CampaignRow
 
 router = APIRouter()
 
@@ -47,3 +53,32 @@ def readyz(services: ServicesDep) -> JSONResponse:
     return JSONResponse(
         {"status": "ready" if ready else "not_ready", "checks": checks}, status_code=200 if ready else 503
     )
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={
+        200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Prometheus text"},
+        **problems(COMMON),
+    },
+)
+def metrics(services: ServicesDep) -> Response:
+    """Every worker's samples added up (prometheus-client's multiprocess mode, when
+    PROMETHEUS_MULTIPROC_DIR is set, as `setapay serve` does), then the budget meters."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        workers = CollectorRegistry()
+        # prometheus-client leaves this constructor unannotated.
+        multiprocess.MultiProcessCollector(workers)  # type: ignore[no-untyped-call]
+        body = generate_latest(workers)
+    else:
+        body = generate_latest(REGISTRY)
+    budgets = CollectorRegistry()
+    budgets.register(CampaignBudgets(lambda: _budgets(services.engine)))
+    return Response(body + generate_latest(budgets), media_type=CONTENT_TYPE_LATEST)
+
+
+def _budgets(engine: Engine) -> dict[str, tuple[int | None, int]]:
+    with engine.connect() as connection:
+        rows = connection.execute(select(CampaignRow.id, CampaignRow.budget, CampaignRow.issued_net))
+        return {campaign_id: (budget, issued) for campaign_id, budget, issued in rows}

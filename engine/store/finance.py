@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine import keyring, limits
+from engine import keyring, limits, metrics
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
@@ -341,6 +341,7 @@ def _check_budgets(ledger: Ledger, session: Session) -> list[dict[str, Any]]:
     return bad
 
 
+@metrics.job("reconcile")
 def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
     """Every invariant, each pass or fail with the offending rows."""
     public_key = keyring.signing_key(settings).public_key()

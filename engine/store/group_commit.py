@@ -23,6 +23,7 @@ from concurrent.futures import Future
 
 from sqlalchemy import text
 
+from engine import metrics
 from engine.store.ledger import Ledger, Result, Submission
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,10 @@ class GroupCommitter:
     def _run(self) -> None:
         while True:
             group = self._gather()
+            metrics.GROUP_SIZE.observe(len(group))
             try:
-                results = self.ledger.submit([s for s, _ in group])
+                with metrics.GROUP_COMMIT_SECONDS.time():
+                    results = self.ledger.submit([s for s, _ in group])
             except Exception as failure:
                 if not self._reachable():
                     log.warning("group of %d failed: the database cannot be reached (%s)", len(group), _name(failure))

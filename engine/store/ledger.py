@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from engine import crediting
+from engine import crediting, metrics
 from engine import ledger_rules as rules
 from engine.clock import Clock, SystemClock
 from engine.errors import decline
@@ -283,6 +283,9 @@ class Ledger:
             for i, result in zip(todo, self._submit_one([submissions[i] for i in todo])):
                 results[i] = result
             todo = [i for i in todo if results[i] is None]
+        for result in results:
+            if result is not None and result.status >= 400 and not result.replayed:
+                metrics.DECLINES.labels(code=str(result.body.get("code"))).inc()
         return results  # type: ignore[return-value]
 
     def _submit_one(self, submissions: list[Submission]) -> list[Result | None]:
@@ -376,7 +379,8 @@ class Ledger:
             pending_before = {
                 (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
             }
-            outcomes = rate(catalog, events, state)
+            with metrics.KERNEL_SECONDS.time():
+                outcomes = rate(catalog, events, state)
             writer = unit.writer(accepted_at, books)
             by_payment = dict(zip((pid for pid, _ in events), outcomes))
             for i in fresh:

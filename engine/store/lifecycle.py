@@ -17,7 +17,7 @@ from sqlalchemy import CursorResult, delete, select, tuple_
 from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
-from engine import limits
+from engine import limits, metrics
 from engine.audit import OPERATOR, Actor
 from engine.errors import decline
 from engine.store import audit
@@ -37,6 +37,7 @@ CHUNK_MAX = 2_000
 DAY_US = 86_400_000_000
 
 
+@metrics.job("credit")
 def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[str, str | int]:
     """Post every pending award due by `as_of_us` from pending to available."""
     credited = points = 0
@@ -83,6 +84,7 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[st
     return {"kind": "credit", "as_of": format_instant(as_of_us), "awards_credited": credited, "points": points}
 
 
+@metrics.job("expire")
 def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[str, str | int]:
     """Post the remaining points of every lot expired by `as_of_us` out of its wallet."""
     expired_lots = points = 0
@@ -212,6 +214,7 @@ def grant(
         return result
 
 
+@metrics.job("purge_answers")
 def purge_remembered_answers(ledger: Ledger, retention_days: int, chunk: int = CHUNK_MAX) -> dict[str, str | int]:
     """Forget remembered answers (`idempotency_key` rows) older than `retention_days` by the
     engine's clock; SPEC §6 keeps them at least 30 days, so a shorter retention is refused.

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from engine import keyring
+from engine import keyring, metrics
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.crediting import add_business_days
@@ -143,6 +143,7 @@ def _funded_by(session: Session) -> dict[tuple[str, int | None], str]:
     return out
 
 
+@metrics.job("settle")
 def run(
     ledger: Ledger, config: Config, settings: Settings, period_name: str | None = None, actor: Actor = OPERATOR
 ) -> tuple[bool, dict[str, Any]]:
@@ -391,6 +392,7 @@ def get_view(ledger: Ledger, run_id: str) -> dict[str, Any]:
         return view(session, row)
 
 
+@metrics.job("payout_results")
 def import_payout_results(
     ledger: Ledger, run_id: str, results: list[dict[str, Any]], actor: Actor = OPERATOR
 ) -> dict[str, Any]:

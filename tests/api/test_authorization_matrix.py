@@ -71,6 +71,7 @@ MATRIX = """
 route                                              | none bad revoked expired | admin finance app | merchant_own merchant_other | terminal_own terminal_other
 GET    /healthz                                    | 200  200  200     200    | 200   200     200 | 200          200            | 200          200
 GET    /readyz                                     | 200  200  200     200    | 200   200     200 | 200          200            | 200          200
+GET    /metrics                                    | 200  200  200     200    | 200   200     200 | 200          200            | 200          200
 POST   /v1/transactions                            | 401  401  401     401    | 403   403     403 | 403          403            | OK           403
 POST   /v1/transactions/batch                      | 401  401  401     401    | 403   403     403 | 403          403            | OK           403
 GET    /v1/transactions/{transaction_id}           | 401  401  401     401    | 403   OK      403 | OK           403            | OK           403
@@ -277,6 +278,7 @@ def _today_tokyo() -> str:
 REQUESTS: dict[str, Callable[[Context], Request]] = {
     "GET /healthz": lambda c: ("/healthz", {}),
     "GET /readyz": lambda c: ("/readyz", {}),
+    "GET /metrics": lambda c: ("/metrics", {}),
     "POST /v1/transactions": lambda c: ("/v1/transactions", {"json": _signed_purchase(c), "headers": _idem()}),
     "POST /v1/transactions/batch": lambda c: (
         "/v1/transactions/batch",

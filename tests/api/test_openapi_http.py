@@ -1,6 +1,6 @@
 """The OpenAPI document tells the truth (issue 10, deliverable 2), read from a real server process.
 
-- the `bearerAuth` HTTP bearer scheme exists and every operation but /healthz and /readyz uses it;
+- the `bearerAuth` HTTP bearer scheme exists and every operation but /healthz, /readyz and /metrics uses it;
 - every such operation documents 401 and 403; every documented 4xx/5xx problem is
   `application/problem+json` with the `Problem` schema, whose `code` enum is the error catalog;
 - `Idempotency-Key` is a required header of POST /v1/transactions and POST /v1/grants (while the
@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 
 from engine.errors import CATALOG
 
-PUBLIC = {("get", "/healthz"), ("get", "/readyz")}
+PUBLIC = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
 TERMINAL_ROUTES = {
     ("post", "/v1/transactions"),
     ("post", "/v1/transactions/batch"),
