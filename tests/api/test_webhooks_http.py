@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from api.responses import CreatedWebhook, DeliveryPage, EventPage, WebhookView, WebhookViews
 from tests.server import free_port, run_cli
 from tests.ward import CAMPAIGN_WINDOW, Plan, Ward
 
@@ -115,6 +116,7 @@ def _register(ward: Ward, receiver: Receiver, types: list[str]) -> dict:
     r = ward["admin"].post("/v1/webhooks", json={"url": receiver.url, "event_types": types})
     assert r.status_code == 201, r.text
     created = r.json()
+    CreatedWebhook.model_validate(created)
     assert created["secret"].startswith("whsec_")
     receiver.secret = created["secret"]
     return created
@@ -147,8 +149,8 @@ def test_a_credit_run_reaches_a_flaky_receiver_signed_once_each_in_order(hooks_w
         refunded = ward.refund("T_HOOK", bought[0]["id"], 500)
         assert refunded["points_clawed_back"] > 0
         assert _credit(ward)["awards_credited"] == 9
-
-        _wait("10 events delivered", lambda: len(receiver.delivered) >= 10, log=ward.server.log)
+        # Within seconds, three failed attempts and their backoff included.
+        _wait("10 events delivered", lambda: len(receiver.delivered) >= 10, 10, log=ward.server.log)
         time.sleep(0.5)  # nothing more may come
         assert receiver.bad_signatures == 0
         kinds = collections.Counter(p["type"] for p in receiver.delivered)
@@ -167,8 +169,10 @@ def test_a_credit_run_reaches_a_flaky_receiver_signed_once_each_in_order(hooks_w
         # The feed says the same, to the app; the listing counts deliveries and never shows the secret.
         feed = ward["app"].get("/v1/events", params={"types": "award_credited,clawback", "limit": 500})
         assert feed.status_code == 200, feed.text
+        EventPage.model_validate(feed.json())
         assert {e["id"] for e in feed.json()["events"]} >= set(ids)
         listing = ward["admin"].get("/v1/webhooks").json()
+        WebhookViews.model_validate(listing)
         mine = next(h for h in listing if h["id"] == hook["id"])
         assert mine["deliveries"] == {"pending": 0, "delivered": 10, "failed": 0}
         assert "secret" not in mine and hook["secret"] not in json.dumps(listing)
@@ -187,6 +191,7 @@ def test_a_receiver_down_for_the_whole_window_gets_its_deliveries_marked_failed(
         def failed() -> list[dict]:
             r = ward["finance"].get("/v1/webhook-deliveries", params={"status": "failed"})
             assert r.status_code == 200, r.text
+            DeliveryPage.model_validate(r.json())
             return [d for d in r.json()["deliveries"] if d["webhook_id"] == hook["id"]]
 
         found = _wait("the delivery marked failed", failed)
@@ -201,6 +206,7 @@ def test_a_receiver_down_for_the_whole_window_gets_its_deliveries_marked_failed(
         # Deleting the endpoint: no more deliveries, shown as deleted; again changes nothing.
         gone = ward["admin"].delete(f"/v1/webhooks/{hook['id']}")
         assert gone.status_code == 200 and gone.json()["deleted_at"] is not None
+        WebhookView.model_validate(gone.json())
         assert ward["admin"].delete(f"/v1/webhooks/{hook['id']}").json() == gone.json()
         assert ward["admin"].delete("/v1/webhooks/wh_unknown").status_code == 404
     finally:
