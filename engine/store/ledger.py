@@ -52,6 +52,7 @@ from engine.rating._kernel_py import share_target
 from engine.rating.columns import Event
 from engine.receipts import Receipt
 from engine.store import bulk
+from engine.store import events as outbox
 from engine.store.books import load_books, save_books
 from engine.store.models import (
     AccountRow,
@@ -400,6 +401,7 @@ class Ledger:
                     )
             batch = writer.flush(state, usage_before, spend_before, send=False)
             answer_json = writer.answers_json
+            outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at)
         else:
             batch = bulk.WriteBatch(session)
             answer_json = {}
