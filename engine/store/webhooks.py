@@ -45,7 +45,7 @@ from engine import webhooks as rules
 from engine.audit import OPERATOR, Actor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
-from engine.store import audit
+from engine.store import audit, db
 from engine.store import events as outbox
 from engine.store.models import EventRow, WebhookDeliveryRow, WebhookEndpointRow
 from engine.timeutil import format_instant
@@ -122,7 +122,7 @@ class Webhooks:
 
     def list(self) -> builtins.list[dict[str, Any]]:
         """Every endpoint, deleted ones too, with its delivery counts; never a secret."""
-        with Session(self.engine) as session:
+        with Session(db.reader(self.engine)) as session:
             rows = session.execute(select(WebhookEndpointRow).order_by(WebhookEndpointRow.created_at_us)).scalars()
             return [self._public(session, row) for row in rows]
 
@@ -174,7 +174,7 @@ class Webhooks:
 
     def deliveries(self, status: str, after: int, limit: int) -> builtins.list[dict[str, Any]]:
         """Deliveries of `status` with an id above `after`, oldest first: what was (not) delivered."""
-        with Session(self.engine) as session:
+        with Session(db.reader(self.engine)) as session:
             rows = session.execute(
                 select(WebhookDeliveryRow, EventRow.type)
                 .join(EventRow, EventRow.id == WebhookDeliveryRow.event_id)
@@ -220,7 +220,7 @@ class Webhooks:
     def fan_out(self) -> int:
         """Deliveries for every live endpoint's new events of its types; how many live endpoints
         there are."""
-        with Session(self.engine) as session:
+        with Session(db.reader(self.engine)) as session:
             ids = list(
                 session.execute(
                     select(WebhookEndpointRow.id).where(WebhookEndpointRow.deleted_at_us.is_(None))
