@@ -11,6 +11,7 @@
 | `simulation` | `POST /v1/campaigns/{id}/simulate` |
 | `audit` | `GET /v1/audit`, `POST /v1/merchants/{id}/bank-account/confirm` |
 | `keys` | `/v1/keys`, `POST /v1/keys/{id}/revoke` |
+| `ui` | the pages under `/ui/` (HTML, not in the OpenAPI document; api/ui holds their templates and catalogs) |
 
 Handlers take their collaborators and the caller from api/deps.py.
 """
