@@ -168,6 +168,7 @@ class Signer:
     def csrf_token(self, cookie: str | None) -> str | None:
         return self._field(cookie, "t")
 
+
 def home_path(p: Principal) -> str:
     if p.role == "merchant":
         return f"/ui/merchants/{p.merchant_id}"
