@@ -297,7 +297,7 @@ def _burn_chart(days: list[dict[str, Any]], budget: dict[str, Any]) -> dict[str,
         cumulative.append(total)
     top = max([budget["budget"] or 0, *cumulative, *(d["net"] for d in days), 1])
     n = max(len(days), 1)
-    slot = plot_w / n
+    slot = min(plot_w / n, 60.0)  # one day alone is a bar, not a wall
     bars, points = [], []
     for i, d in enumerate(days):
         h = max(d["net"], 0) / top * plot_h
