@@ -15,13 +15,17 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
 
 from api import ui
 from api.access_log import PRINCIPAL_STATE
 from api.deps import Services, ServicesDep
 from api.strict import Cursor, PathId, decode_cursor, encode_cursor
+from engine import keyring
 from engine.errors import EngineError
-from engine.store import finance, queries, settlement
+from engine.model import Campaign
+from engine.settlement import signing
+from engine.store import finance, queries, settlement, simulate
 from engine.store.config import Principal
 from engine.store.keys import hash_key
 from engine.timeutil import TOKYO, to_us
@@ -256,6 +260,27 @@ async def ui_merchant_transactions(
     return await _guarded(request, build)
 
 
+@router.get("/ui/merchants/{merchant_id}/statements", **_HTML)  # type: ignore[arg-type]
+async def ui_merchant_statements(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+    """The merchant's line of every settlement run, its payout status, and whether the run's signed
+    statement verifies; never another merchant's line."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "merchant", "finance", "admin")
+        _merchant_scope(request, who, merchant_id)
+        rows = []
+        for run in settlement.list_runs(s.ledger):
+            view = settlement.get_view(s.ledger, run["id"])
+            line = next((x for x in view["statement"]["document"]["lines"] if x["merchant_id"] == merchant_id), None)
+            if line is None:
+                continue
+            status = next((p["payout_status"] for p in view["payouts"] if p["merchant_id"] == merchant_id), None)
+            rows.append({"run": run, "line": line, "status": status, "verified": _verified(s, view["statement"])})
+        return _page(request, "merchant_statements.html", {"rows": rows}, who)
+
+    return await _guarded(request, build)
+
+
 # -- finance pages ---------------------------------------------------------------------
 
 
@@ -327,6 +352,125 @@ def _burn_chart(days: list[dict[str, Any]], budget: dict[str, Any]) -> dict[str,
     }
 
 
+# -- what-if ---------------------------------------------------------------------------
+
+_SIMULATED_DAYS = 30  # the form's default window: the last 30 days up to tomorrow
+
+
+def _draft_fields(campaign: Campaign, today: dt.date) -> dict[str, str]:
+    fields = {f"tier_{i}": str(t.rate_bp) for i, t in enumerate(campaign.tiers)}
+    for name in ("per_tx_cap", "per_wallet_cap", "budget"):
+        value = getattr(campaign, name)
+        fields[name] = "" if value is None else str(value)
+    fields["from"] = (today - dt.timedelta(days=_SIMULATED_DAYS - 1)).isoformat()
+    fields["to"] = (today + dt.timedelta(days=1)).isoformat()
+    return fields
+
+
+def _draft(campaign: Campaign, fields: Mapping[str, str]) -> tuple[Campaign, int, int]:
+    """The live campaign with the form's rates, caps and budget, and the window; `ValueError` or
+    pydantic's `ValidationError` naming what is wrong."""
+    record = campaign.model_dump(mode="json")
+    for i, tier in enumerate(record["tiers"]):
+        tier["rate_bp"] = int(fields.get(f"tier_{i}", ""))
+    for name in ("per_tx_cap", "per_wallet_cap", "budget"):
+        text = fields.get(name, "").strip()
+        record[name] = int(text) if text else None
+    draft = Campaign.model_validate(record)
+    start = _tokyo_midnight(dt.date.fromisoformat(fields.get("from", "")))
+    end = _tokyo_midnight(dt.date.fromisoformat(fields.get("to", "")))
+    if end <= start:
+        raise ValueError("to must be after from")
+    return draft, start, end
+
+
+def _cumulative(by_day: Mapping[str, Mapping[str, int]], campaign_id: str) -> list[tuple[str, int]]:
+    total, out = 0, []
+    for day in sorted(by_day):
+        total += by_day[day].get(campaign_id, 0)
+        out.append((day, total))
+    return out
+
+
+def _comparison_chart(draft: list[tuple[str, int]], live: list[tuple[str, int]]) -> dict[str, Any]:
+    """Two cumulative lines (the draft's and the live campaign's net points) in a 640×240 box."""
+    width, height, left, top_pad, bottom = 640, 240, 56, 8, 28
+    plot_w, plot_h = width - left - 8, height - bottom - top_pad
+    days = sorted({d for d, _ in draft} | {d for d, _ in live})
+    top = max([1, *(v for _, v in draft), *(v for _, v in live)])
+    step = plot_w / max(len(days), 1)
+    x_of = {d: left + (i + 1) * step for i, d in enumerate(days)}
+
+    def line(series: list[tuple[str, int]]) -> str:
+        # From nothing at the window's start, so a window of one day is a line too.
+        points = [f"{left},{top_pad + plot_h}"]
+        points += [f"{round(x_of[d], 1)},{round(top_pad + plot_h - v / top * plot_h, 1)}" for d, v in series]
+        return " ".join(points) if series else ""
+
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "base": top_pad + plot_h,
+        "right": width - 8,
+        "top": top,
+        "draft": line(draft),
+        "live": line(live),
+    }
+
+
+@router.get("/ui/campaigns/{campaign_id}/simulate", **_HTML)  # type: ignore[arg-type]
+async def ui_simulate_form(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance", "admin")
+        try:
+            campaign = s.config.get_campaign(campaign_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        today = dt.datetime.fromtimestamp(s.clock.now_us() / 1e6, TOKYO).date()
+        context = {"campaign": campaign, "fields": _draft_fields(campaign, today), "result": None, "invalid": None}
+        return _page(request, "simulate.html", context, who)
+
+    return await _guarded(request, build)
+
+
+@router.post("/ui/campaigns/{campaign_id}/simulate", **_HTML)  # type: ignore[arg-type]
+async def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+    """The draft (the live campaign with the form's rates, caps and budget) rated over the window
+    by `engine.store.simulate`, as `POST /v1/campaigns/{id}/simulate` does, beside the live
+    campaign rated over the same window. Nothing is written."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance", "admin")
+        fields = await _checked_form(request)
+        try:
+            campaign = s.config.get_campaign(campaign_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        context: dict[str, Any] = {"campaign": campaign, "fields": fields, "result": None, "invalid": None}
+        try:
+            draft, start, end = _draft(campaign, fields)
+        except (ValueError, ValidationError) as error:
+            context["invalid"] = str(error).splitlines()[0]
+            return _page(request, "simulate.html", context, who, status=422)
+        result = await anyio.to_thread.run_sync(simulate.simulate, s.engine, draft, start, end)
+        live = await anyio.to_thread.run_sync(simulate.simulate, s.engine, campaign, start, end)
+        empty = {"awards": 0, "points_awarded": 0, "points_clawed_back": 0, "points_net": 0}
+        context["result"] = {
+            "draft": result["by_campaign"].get(campaign_id, empty),
+            "live": live["by_campaign"].get(campaign_id, empty),
+            "draft_exhausted_at": result["budget_exhausted_at"],
+            "live_exhausted_at": live["budget_exhausted_at"],
+            "transactions": result["transactions"],
+            "chart": _comparison_chart(
+                _cumulative(result["by_day"], campaign_id), _cumulative(live["by_day"], campaign_id)
+            ),
+        }
+        return _page(request, "simulate.html", context, who)
+
+    return await _guarded(request, build)
+
+
 @router.get("/ui/settlement-runs", **_HTML)  # type: ignore[arg-type]
 async def ui_settlement_runs(request: Request, s: ServicesDep) -> Response:
     async def build() -> Response:
@@ -359,7 +503,51 @@ async def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) ->
             view = settlement.get_view(s.ledger, run_id)
         except EngineError as error:
             return _store_error(request, who, error)
-        return _page(request, "settlement_run.html", {"run": view}, who)
+        context = {
+            "run": view,
+            "lines": view["statement"]["document"]["lines"],
+            "verified": _verified(s, view["statement"]),
+        }
+        return _page(request, "settlement_run.html", context, who)
+
+    return await _guarded(request, build)
+
+
+def _verified(s: Services, statement: dict[str, Any]) -> bool:
+    """Whether a run's signed statement verifies with the ward's signing key (as reconciliation checks)."""
+    return signing.verify_document(keyring.signing_key(s.settings).public_key(), statement)
+
+
+_DOWNLOADS = {
+    "statement.csv": "text/csv; charset=utf-8",
+    "statement.json": "application/json",
+    "zengin": "application/octet-stream",
+}
+
+
+@router.get("/ui/settlement-runs/{run_id}/{download}", **_HTML)  # type: ignore[arg-type]
+async def ui_settlement_download(request: Request, run_id: PathId, download: str, s: ServicesDep) -> Response:
+    """A run's statement (CSV, or the signed JSON) or its Zengin payout file, as the API gives them."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        if download not in _DOWNLOADS:
+            return _error(request, who, 404, "not_found")
+        try:
+            row = settlement.get(s.ledger, run_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        body: str | bytes = {"statement.csv": row.csv_text, "statement.json": row.statement_json}.get(
+            download, row.zengin_file
+        )
+        if not body:
+            return _error(request, who, 404, "not_found")  # a run that pays nobody has no payout file
+        name = f"{run_id}.zengin.txt" if download == "zengin" else f"{run_id}.{download}"
+        return Response(
+            body,
+            media_type=_DOWNLOADS[download],
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
 
     return await _guarded(request, build)
 

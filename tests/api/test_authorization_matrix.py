@@ -121,11 +121,15 @@ POST   /ui/login                                   | 401  401  401     401    | 
 POST   /ui/logout                                  | 303  303  303     303    | 303   303     303 | 303          303            | 303          303
 GET    /ui/merchants/{merchant_id}                 | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
 GET    /ui/merchants/{merchant_id}/transactions    | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
+GET    /ui/merchants/{merchant_id}/statements      | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
 GET    /ui/campaigns                               | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
+GET    /ui/campaigns/{campaign_id}/simulate        | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
+POST   /ui/campaigns/{campaign_id}/simulate        | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
 GET    /ui/campaigns/{campaign_id}                 | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
 GET    /ui/settlement-runs                         | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 POST   /ui/settlement-runs                         | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 GET    /ui/settlement-runs/{run_id}                | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+GET    /ui/settlement-runs/{run_id}/{download}     | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 GET    /ui/reconciliation                          | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 """
 
@@ -316,6 +320,10 @@ def _today_tokyo() -> str:
     return dt.datetime.now(TOKYO).date().isoformat()
 
 
+def _tomorrow_tokyo() -> str:
+    return (dt.datetime.now(TOKYO).date() + dt.timedelta(days=1)).isoformat()
+
+
 REQUESTS: dict[str, Callable[[Context], Request]] = {
     "GET /healthz": lambda c: ("/healthz", {}),
     "GET /readyz": lambda c: ("/readyz", {}),
@@ -412,7 +420,14 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "POST /ui/logout": lambda c: ("/ui/logout", {}),
     "GET /ui/merchants/{merchant_id}": lambda c: (f"/ui/merchants/{OWN_MERCHANT}", {}),
     "GET /ui/merchants/{merchant_id}/transactions": lambda c: (f"/ui/merchants/{OWN_MERCHANT}/transactions", {}),
+    "GET /ui/merchants/{merchant_id}/statements": lambda c: (f"/ui/merchants/{OWN_MERCHANT}/statements", {}),
     "GET /ui/campaigns": lambda c: ("/ui/campaigns", {}),
+    "GET /ui/campaigns/{campaign_id}/simulate": lambda c: (f"/ui/campaigns/{MATRIX_CAMPAIGN}/simulate", {}),
+    "POST /ui/campaigns/{campaign_id}/simulate": lambda c: (
+        f"/ui/campaigns/{MATRIX_CAMPAIGN}/simulate",
+        {"data": {"tier_0": "200", "from": _today_tokyo(), "to": _tomorrow_tokyo()}},
+    ),
+    "GET /ui/settlement-runs/{run_id}/{download}": lambda c: (f"/ui/settlement-runs/{c.run_id}/statement.csv", {}),
     "GET /ui/campaigns/{campaign_id}": lambda c: ("/ui/campaigns/C_POINTBACK", {}),
     "GET /ui/settlement-runs": lambda c: ("/ui/settlement-runs", {}),
     "POST /ui/settlement-runs": lambda c: ("/ui/settlement-runs", {"data": {"period": ""}}),  # the last closed one

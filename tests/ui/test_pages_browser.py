@@ -186,6 +186,8 @@ def test_merchant_pages_show_what_the_api_answers(ward: Ward, browser) -> None:
         shown = page.locator("[data-transaction]").evaluate_all("rows => rows.map(r => r.dataset.transaction)")
         assert shown == [t["id"] for t in api["transactions"]] and len(shown) == 3
 
+        _check_page(page, base, f"/ui/merchants/{MERCHANT_A}/statements", "merchant-statements")
+
         other = page.goto(f"{base}/ui/merchants/{MERCHANT_B}")
         assert other is not None and other.status == 403
         assert MERCHANT_B not in _visible_text(page)
@@ -231,6 +233,36 @@ def test_finance_pages_show_what_the_api_answers(ward: Ward, browser) -> None:
             cell = page.locator(f'[data-merchant="{p["merchant_id"]}"] [data-field="net_payout"]')
             assert cell.inner_text() == _yen(p["net_payout"])
         _check_page(page, base, f"/ui/settlement-runs/{run_id}", "finance-settlement-run")
+        assert _field(page, '[data-field="verified"]') == "署名を確認済み"
+        with ward.server.client(key) as api_client:
+            for download in ("statement.csv", "zengin"):
+                from_api = api_client.get(f"/v1/settlement-runs/{run_id}/{download}")
+                from_page = context.request.get(f"{base}/ui/settlement-runs/{run_id}/{download}")
+                assert from_page.status == from_api.status_code
+                if from_api.status_code == 200:
+                    assert from_page.body() == from_api.content
+        signed = context.request.get(f"{base}/ui/settlement-runs/{run_id}/statement.json").json()
+        assert signed == run["statement"]
+
+        _check_page(page, base, "/ui/campaigns/C_POINTBACK/simulate", "finance-simulate")
+        page.fill("#tier_0", "4000")  # twice the small shops' rate
+        page.click("form[action$='/simulate'] button[type=submit]")
+        page.wait_for_selector('[data-field="draft.points_net"]')
+        frm, to = page.input_value("#from"), page.input_value("#to")
+        live = _api(ward, key, "/v1/campaigns/C_POINTBACK")
+        draft = {k: v for k, v in live.items() if k != "version"}
+        draft["tiers"] = [{**draft["tiers"][0], "rate_bp": 4000}, *draft["tiers"][1:]]
+        window = {"from": f"{frm}T00:00:00+09:00", "to": f"{to}T00:00:00+09:00"}
+        with ward.server.client(key) as api_client:
+            answer = api_client.post("/v1/campaigns/C_POINTBACK/simulate", json={"campaign": draft, **window})
+        assert answer.status_code == 200, answer.text
+        simulated = answer.json()["by_campaign"]["C_POINTBACK"]
+        assert simulated["points_net"] > budget["issued"] - budget["clawed_back"] > 0  # the draft pays more
+        assert _field(page, '[data-field="draft.points_net"]') == f"{simulated['points_net']:,}"
+        assert _field(page, '[data-field="draft.awards"]') == f"{simulated['awards']:,}"
+        assert page.locator("svg polyline").count() == 2
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "finance-simulate-result-1280.png"), full_page=True)
 
         _check_page(page, base, "/ui/reconciliation", "finance-reconciliation")
         page.click("form[action='/ui/reconciliation'] button[type=submit]")
