@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from api import ui
 from api.access_log import PRINCIPAL_STATE
 from api.deps import Services, ServicesDep
-from api.strict import Cursor, PathId, decode_cursor, encode_cursor
+from api.strict import PathId, decode_cursor, encode_cursor
 from engine import keyring
 from engine.errors import EngineError
 from engine.model import Campaign
@@ -141,7 +141,7 @@ async def _guarded(request: Request, build: Callable[[], Any]) -> Response:
 
 
 def _store_error(request: Request, who: Principal, error: EngineError) -> HTMLResponse:
-    status = 404 if error.code == "not_found" else 409 if error.code.startswith("period_") else 422
+    status = 404 if error.code == "not_found" else 409 if error.code.startswith(("period_", "payout_")) else 422
     return _page(request, "error.html", {"status": status, "message": error.code, "detail": error.detail}, who, status)
 
 
@@ -235,25 +235,30 @@ def _iso(us: int) -> str:
 
 
 @router.get("/ui/merchants/{merchant_id}/transactions", **_HTML)  # type: ignore[arg-type]
-async def ui_merchant_transactions(
-    request: Request,
-    merchant_id: PathId,
-    s: ServicesDep,
-    cursor: Cursor = None,
-) -> Response:
+async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+    """A page of the merchant's transactions in acceptance order, optionally between two dates
+    (`from` included, `until` not; Asia/Tokyo), by the JSON route's query and cursor."""
+
     async def build() -> Response:
         who = await _signed_in(request, s, "merchant", "finance", "admin")
         _merchant_scope(request, who, merchant_id)
+        query = request.query_params
+        cursor = query.get("cursor") or None
+        dates = {name: query.get(name) or "" for name in ("from", "until")}
         try:
             after = decode_cursor(_CURSOR_PREFIX, cursor)
-        except EngineError as error:
-            return _store_error(request, who, error)
-        page, last = queries.merchant_transactions(s.engine, merchant_id, None, None, after, _PAGE_SIZE)
+            bounds = [_tokyo_midnight(dt.date.fromisoformat(d)) if d else None for d in dates.values()]
+        except (EngineError, ValueError):
+            return _error(request, who, 422, "invalid_request")
+        page, last = queries.merchant_transactions(s.engine, merchant_id, bounds[0], bounds[1], after, _PAGE_SIZE)
+        filters = "".join(f"&{name}={value}" for name, value in dates.items() if value)
         context = {
             "merchant_id": merchant_id,
             "transactions": page,
             "next_cursor": encode_cursor(_CURSOR_PREFIX, last) if last is not None else None,
             "first_page": cursor is None,
+            "dates": dates,
+            "filters": filters,
         }
         return _page(request, "merchant_transactions.html", context, who)
 
@@ -516,6 +521,33 @@ async def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) ->
 def _verified(s: Services, statement: dict[str, Any]) -> bool:
     """Whether a run's signed statement verifies with the ward's signing key (as reconciliation checks)."""
     return signing.verify_document(keyring.signing_key(s.settings).public_key(), statement)
+
+
+@router.post("/ui/settlement-runs/{run_id}/payout-results", **_HTML)  # type: ignore[arg-type]
+async def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) -> Response:
+    """The bank's answer for a run's transfers, one `MERCHANT_ID paid|failed` a line, imported as
+    `POST /v1/settlement-runs/{id}/payout-results` does."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        fields = await _checked_form(request)
+        results = []
+        for line in fields.get("results", "").splitlines():
+            words = line.replace(",", " ").split()
+            if not words:
+                continue
+            if len(words) != 2 or words[1] not in ("paid", "failed"):
+                return _error(request, who, 422, "invalid_request")
+            results.append({"merchant_id": words[0], "status": words[1]})
+        if not results:
+            return _error(request, who, 422, "invalid_request")
+        try:
+            settlement.import_payout_results(s.ledger, run_id, results, actor=who)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        return RedirectResponse(f"/ui/settlement-runs/{run_id}", status_code=303)
+
+    return await _guarded(request, build)
 
 
 _DOWNLOADS = {

@@ -80,6 +80,15 @@ def date_of_instant(instant: str | None, language: str) -> str:
     return long_date(dt.datetime.fromisoformat(instant).astimezone(TOKYO).date(), language)
 
 
+def last_day_before(instant: str | None, language: str) -> str:
+    """The last day an exclusive end instant covers: a period ending at midnight of 1 December ends
+    on 30 November."""
+    if instant is None:
+        return "—"
+    moment = dt.datetime.fromisoformat(instant).astimezone(TOKYO) - dt.timedelta(microseconds=1)
+    return long_date(moment.date(), language)
+
+
 def datetime_of_instant(instant: str | None, language: str) -> str:
     if instant is None:
         return "—"
@@ -101,6 +110,7 @@ def _environment(language: str) -> jinja2.Environment:
     env.filters["number"] = lambda v: number(v, language)
     env.filters["date"] = lambda v: date_of_instant(v, language)
     env.filters["datetime"] = lambda v: datetime_of_instant(v, language)
+    env.filters["enddate"] = lambda v: last_day_before(v, language)
     env.filters["longdate"] = lambda v: long_date(v, language)
     env.globals["language"] = language
     return env

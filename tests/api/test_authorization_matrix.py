@@ -130,6 +130,7 @@ GET    /ui/settlement-runs                         | 303  303  303     303    | 
 POST   /ui/settlement-runs                         | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 GET    /ui/settlement-runs/{run_id}                | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 GET    /ui/settlement-runs/{run_id}/{download}     | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+POST   /ui/settlement-runs/{run_id}/payout-results | 303 303 303     303    | 403   OK      303 | 403          403            | 303          303
 GET    /ui/reconciliation                          | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 """
 
@@ -428,6 +429,10 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
         {"data": {"tier_0": "200", "from": _today_tokyo(), "to": _tomorrow_tokyo()}},
     ),
     "GET /ui/settlement-runs/{run_id}/{download}": lambda c: (f"/ui/settlement-runs/{c.run_id}/statement.csv", {}),
+    "POST /ui/settlement-runs/{run_id}/payout-results": lambda c: (
+        f"/ui/settlement-runs/{c.run_id}/payout-results",
+        {"data": {"results": f"{OWN_MERCHANT} paid"}},
+    ),
     "GET /ui/campaigns/{campaign_id}": lambda c: ("/ui/campaigns/C_POINTBACK", {}),
     "GET /ui/settlement-runs": lambda c: ("/ui/settlement-runs", {}),
     "POST /ui/settlement-runs": lambda c: ("/ui/settlement-runs", {"data": {"period": ""}}),  # the last closed one

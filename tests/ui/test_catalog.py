@@ -52,3 +52,4 @@ def test_japanese_formats() -> None:
     assert ui.long_date(dt.date(2026, 12, 1), "en") == "December 1, 2026"
     assert ui.date_of_instant("2026-11-30T15:00:00+00:00", "ja") == "2026年12月1日"  # midnight in Tokyo
     assert ui.number(1234567, "ja") == "1,234,567"
+    assert ui.last_day_before("2026-12-01T00:00:00+09:00", "ja") == "2026年11月30日"  # a period's exclusive end

@@ -185,6 +185,12 @@ def test_merchant_pages_show_what_the_api_answers(ward: Ward, browser) -> None:
         api = _api(ward, key, f"/v1/merchants/{MERCHANT_A}/transactions?limit=25")
         shown = page.locator("[data-transaction]").evaluate_all("rows => rows.map(r => r.dataset.transaction)")
         assert shown == [t["id"] for t in api["transactions"]] and len(shown) == 3
+        page.fill("#until", "2026-01-01")  # before any transaction of the ward
+        page.click("form[action$='/transactions'] button[type=submit]")
+        page.wait_for_url(re.compile(r".*until=2026-01-01.*"))
+        assert page.locator("[data-transaction]").count() == 0
+        bad = page.goto(f"{base}/ui/merchants/{MERCHANT_A}/transactions?cursor=nonsense")
+        assert bad is not None and bad.status == 422
 
         _check_page(page, base, f"/ui/merchants/{MERCHANT_A}/statements", "merchant-statements")
 
