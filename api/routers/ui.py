@@ -25,7 +25,7 @@ from engine import keyring
 from engine.errors import EngineError
 from engine.model import Campaign
 from engine.settlement import signing
-from engine.store import finance, queries, settlement, simulate
+from engine.store import audit, finance, queries, settlement, simulate
 from engine.store.config import Principal
 from engine.store.keys import hash_key
 from engine.timeutil import TOKYO, to_us
@@ -33,6 +33,7 @@ from engine.timeutil import TOKYO, to_us
 router = APIRouter()
 
 _CURSOR_PREFIX = "seq"  # as the JSON route's cursor: a merchant's transactions by payment sequence
+_AUDIT_CURSOR_PREFIX = "aud"  # as GET /v1/audit's
 _PAGE_SIZE = 25
 _HTML = {"response_class": HTMLResponse, "include_in_schema": False}
 
@@ -592,5 +593,28 @@ async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
         if request.query_params.get("run") == "1":
             report = finance.reconcile(s.ledger, s.settings)
         return _page(request, "reconciliation.html", {"report": report}, who)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/audit", **_HTML)  # type: ignore[arg-type]
+async def ui_audit(request: Request, s: ServicesDep) -> Response:
+    """The audit log in sequence order, a page at a time, as `GET /v1/audit` lists it: who did what
+    to which target, when (the recorded before and after values stay in the API's answer)."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance", "admin")
+        cursor = request.query_params.get("cursor") or None
+        try:
+            after = decode_cursor(_AUDIT_CURSOR_PREFIX, cursor)
+        except EngineError:
+            return _error(request, who, 422, "invalid_request")
+        page, last = audit.entries(s.engine, None, None, None, after, _PAGE_SIZE)
+        context = {
+            "entries": page,
+            "next_cursor": encode_cursor(_AUDIT_CURSOR_PREFIX, last) if last is not None else None,
+            "first_page": cursor is None,
+        }
+        return _page(request, "audit.html", context, who)
 
     return await _guarded(request, build)

@@ -132,6 +132,7 @@ GET    /ui/settlement-runs/{run_id}                | 303  303  303     303    | 
 GET    /ui/settlement-runs/{run_id}/{download}     | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 POST   /ui/settlement-runs/{run_id}/payout-results | 303 303 303     303    | 403   OK      303 | 403          403            | 303          303
 GET    /ui/reconciliation                          | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+GET    /ui/audit                                   | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
 """
 
 # FastAPI's own routes: not the application's, and public by design (SPEC §6: OpenAPI and docs).
@@ -438,6 +439,7 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "POST /ui/settlement-runs": lambda c: ("/ui/settlement-runs", {"data": {"period": ""}}),  # the last closed one
     "GET /ui/settlement-runs/{run_id}": lambda c: (f"/ui/settlement-runs/{c.run_id}", {}),
     "GET /ui/reconciliation": lambda c: ("/ui/reconciliation", {}),
+    "GET /ui/audit": lambda c: ("/ui/audit", {}),
 }
 
 

@@ -278,6 +278,11 @@ def test_finance_pages_show_what_the_api_answers(ward: Ward, browser) -> None:
             cell = page.locator(f'[data-check="{name}"] td:nth-child(2)').inner_text()
             assert cell == ("合格" if check["pass"] else "不合格"), (name, check, cell)
         _check_page(page, base, "/ui/reconciliation?run=1", "finance-reconciliation-run")
+
+        _check_page(page, base, "/ui/audit", "finance-audit")
+        entries = _api(ward, key, "/v1/audit?limit=25")["entries"]
+        shown = page.locator("[data-sequence]").evaluate_all("rows => rows.map(r => Number(r.dataset.sequence))")
+        assert shown == [e["sequence"] for e in entries] and shown, "the audit page lists what GET /v1/audit does"
     finally:
         context.close()
 
