@@ -9,6 +9,7 @@ same store functions as the JSON routes (engine/store/queries.py, finance.py, se
 """
 
 import datetime as dt
+import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,12 +21,14 @@ from pydantic import ValidationError
 from api import ui
 from api.access_log import PRINCIPAL_STATE
 from api.deps import Services, ServicesDep
+from api.idempotency import check_idempotency_key
+from api.routers.finance import GrantRequest
 from api.strict import PathId, decode_cursor, encode_cursor
 from engine import keyring
 from engine.errors import EngineError
 from engine.model import Campaign
 from engine.settlement import signing
-from engine.store import audit, finance, queries, settlement, simulate
+from engine.store import audit, finance, lifecycle, queries, settlement, simulate
 from engine.store.config import Principal
 from engine.store.keys import hash_key
 from engine.timeutil import TOKYO, to_us
@@ -616,5 +619,58 @@ async def ui_audit(request: Request, s: ServicesDep) -> Response:
             "first_page": cursor is None,
         }
         return _page(request, "audit.html", context, who)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/grants", **_HTML)  # type: ignore[arg-type]
+async def ui_grant_form(request: Request, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        return _page(request, "grants.html", _grant_context(s, {}, None), who)
+
+    return await _guarded(request, build)
+
+
+def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, Any] | None) -> dict[str, Any]:
+    # A fresh idempotency key with every form: sending the same form twice grants once.
+    return {
+        "campaigns": s.config.list_campaigns(),
+        "fields": fields,
+        "outcome": outcome,
+        "idempotency_key": uuid.uuid4().hex,
+    }
+
+
+@router.post("/ui/grants", **_HTML)  # type: ignore[arg-type]
+async def ui_grant(request: Request, s: ServicesDep) -> Response:
+    """Points granted to a wallet against a campaign's budget, as `POST /v1/grants` does (the form
+    carries its idempotency key, so a form sent twice grants once)."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        fields = await _checked_form(request)
+        try:
+            body = GrantRequest.model_validate(
+                {
+                    "wallet_id": fields.get("wallet_id", ""),
+                    "campaign_id": fields.get("campaign_id", ""),
+                    "points": int(fields.get("points", "")),
+                    "reason": fields.get("reason", ""),
+                }
+            )
+        except (ValueError, ValidationError):
+            outcome = {"status": 422, "code": "invalid_request"}
+            return _page(request, "grants.html", _grant_context(s, fields, outcome), who, status=422)
+        scope = f"finance:{who.key_id}"
+        try:
+            key = check_idempotency_key(fields.get("idempotency_key"))
+            result = lifecycle.grant(
+                s.ledger, scope, key, body.wallet_id, body.campaign_id, body.points, body.reason, actor=who
+            )
+        except EngineError as error:
+            return _store_error(request, who, error)
+        outcome = {"status": result.status, "code": result.body.get("code"), "body": result.body}
+        return _page(request, "grants.html", _grant_context(s, fields, outcome), who, status=result.status)
 
     return await _guarded(request, build)

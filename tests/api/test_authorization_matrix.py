@@ -133,6 +133,8 @@ GET    /ui/settlement-runs/{run_id}/{download}     | 303  303  303     303    | 
 POST   /ui/settlement-runs/{run_id}/payout-results | 303 303 303     303    | 403   OK      303 | 403          403            | 303          303
 GET    /ui/reconciliation                          | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 GET    /ui/audit                                   | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
+GET    /ui/grants                                  | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+POST   /ui/grants                                  | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 """
 
 # FastAPI's own routes: not the application's, and public by design (SPEC §6: OpenAPI and docs).
@@ -440,6 +442,11 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "GET /ui/settlement-runs/{run_id}": lambda c: (f"/ui/settlement-runs/{c.run_id}", {}),
     "GET /ui/reconciliation": lambda c: ("/ui/reconciliation", {}),
     "GET /ui/audit": lambda c: ("/ui/audit", {}),
+    "GET /ui/grants": lambda c: ("/ui/grants", {}),
+    "POST /ui/grants": lambda c: (
+        "/ui/grants",
+        {"data": {"wallet_id": c.wallet_id, "campaign_id": "C_POINTBACK", "points": "1", "reason": "matrix"}},
+    ),
 }
 
 

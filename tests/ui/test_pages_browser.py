@@ -283,6 +283,19 @@ def test_finance_pages_show_what_the_api_answers(ward: Ward, browser) -> None:
         entries = _api(ward, key, "/v1/audit?limit=25")["entries"]
         shown = page.locator("[data-sequence]").evaluate_all("rows => rows.map(r => Number(r.dataset.sequence))")
         assert shown == [e["sequence"] for e in entries] and shown, "the audit page lists what GET /v1/audit does"
+
+        _check_page(page, base, "/ui/grants", "finance-grants")
+        before = _api(ward, key, "/v1/wallets/W_UI_1/points")
+        page.fill("#wallet_id", "W_UI_1")
+        page.select_option("#campaign_id", "C_POINTBACK")
+        page.fill("#points", "25")
+        page.fill("#reason", "browser test")
+        with page.expect_response(lambda r: r.url.endswith("/ui/grants") and r.request.method == "POST") as sent:
+            page.click("form[action='/ui/grants'] button[type=submit]")
+        assert sent.value.status == 201
+        assert _field(page, '[data-field="granted"]') == "25"
+        after = _api(ward, key, "/v1/wallets/W_UI_1/points")
+        assert after["available"] + after["pending"] == before["available"] + before["pending"] + 25
     finally:
         context.close()
 
