@@ -227,6 +227,11 @@ def test_finance_pages_show_what_the_api_answers(ward: Ward, browser) -> None:
         assert _field(page, '[data-field="issued"]') == f"{budget['issued']:,}"
         assert _field(page, '[data-field="clawed_back"]') == f"{budget['clawed_back']:,}"
         assert page.locator("svg rect").count() >= 1, "the burn chart has no bar"
+        ward.buy("T_SHOTEN_1", "W_UI_3", 5000)  # a terminal posts: the open page follows within its refresh
+        grown = _api(ward, key, "/v1/campaigns/C_POINTBACK/budget")["issued"]
+        assert grown > budget["issued"]
+        shown_issued = "n => document.querySelector('[data-field=issued]').textContent.trim() === n"
+        page.wait_for_function(shown_issued, arg=f"{grown:,}", timeout=30_000)
 
         _check_page(page, base, "/ui/settlement-runs", "finance-settlement-runs")
         page.click("form[action='/ui/settlement-runs'] button[type=submit]")
