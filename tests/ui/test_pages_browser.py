@@ -119,6 +119,7 @@ def _check_page(page, base_url: str, path: str, name: str) -> None:
     response = page.goto(base_url + _with_lang(path, "ja"))
     assert response is not None and response.status == 200, (path, response and response.status)
     assert page.evaluate("document.documentElement.lang") == "ja"
+    assert "<" not in page.title() and len(page.title()) < 80, f"{path}: the title is {page.title()!r}"
     assert JAPANESE.search(_visible_text(page)), f"{path}: no Japanese on the Japanese page"
     problems = _axe(page)
     assert not problems, f"{path}: axe-core found serious or critical violations:\n" + "\n".join(problems)
