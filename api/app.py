@@ -32,6 +32,7 @@ from api.routers import (
     merchants,
     simulation,
     transactions,
+    ui,
     wallets,
 )
 from api.signatures import TerminalSignatures
@@ -50,7 +51,7 @@ from engine.store.webhooks import Webhooks
 from engine.timeutil import tokyo_day_key
 
 # In this order: the document lists the paths in the order the routes are included.
-ROUTERS = (health, transactions, wallets, merchants, configuration, finance, simulation, audit, keys, events)
+ROUTERS = (health, transactions, wallets, merchants, configuration, finance, simulation, audit, keys, events, ui)
 
 
 def create_app(settings: Settings | None = None, migrate: bool = True, clock: Clock | None = None) -> FastAPI:

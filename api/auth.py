@@ -329,6 +329,17 @@ class Auth:
         secret = (
             authorization[len("Bearer ") :].strip() if authorization and authorization.startswith("Bearer ") else ""
         )
+        p = await self.authenticate(secret, address)
+        if p.role == "terminal" and self.signatures is not None:
+            # Every route a terminal key can call: its request signature, if the terminal has a key.
+            assert p.terminal_id is not None, "a terminal key names its terminal"
+            await self.signatures.verify(request, p.terminal_id)
+        self.last_used.note(p.key_id)
+        return p
+
+    async def authenticate(self, secret: str, address: str) -> Principal:
+        """The key `secret` sent from `address` (steps 2 to 4 above), else a 401 or 429 `EngineError`;
+        also the check of a key entered on the pages' sign-in form (api/routers/ui.py)."""
         if not secret or len(secret) > SECRET_LENGTH_MAX:
             raise await self._failed(address)
         digest = hash_key(secret)
@@ -344,9 +355,4 @@ class Auth:
         p = found.principal
         if not await self.per_key.hit(p.key_id):
             raise RateLimited(await self.per_key.retry_after_s(p.key_id), "this key is over its request rate")
-        if p.role == "terminal" and self.signatures is not None:
-            # Every route a terminal key can call: its request signature, if the terminal has a key.
-            assert p.terminal_id is not None, "a terminal key names its terminal"
-            await self.signatures.verify(request, p.terminal_id)
-        self.last_used.note(p.key_id)
         return p

@@ -45,6 +45,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.transactions < 1 or args.batch_size < 1:
         print("--transactions and --batch-size must be at least 1", file=sys.stderr)
         return 2
+    if args.serve and args.ledger_transactions <= 0:
+        print("--serve needs a ledger: --ledger-transactions must be at least 1", file=sys.stderr)
+        return 2
     columns = (TextColumn("rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns) as bar:
 
@@ -70,7 +73,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
         ledger_summary = run_ledger_demo(args.ledger_transactions, args.seed, progress=posting)
     print_ledger_summary(ledger_summary)
-    return 0 if ledger_summary["check"]["ok"] and ledger_summary["reconciliation"]["ok"] else 1
+    ok = ledger_summary["check"]["ok"] and ledger_summary["reconciliation"]["ok"]
+    if args.serve and ok:
+        from setapay_demo.ledger import serve_demo
+
+        serve_demo(ledger_summary, args.host, args.port)
+    return 0 if ok else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,6 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2_000,
         help="how many of the day's purchases to post through the API into ./setapay-demo.db (0: skip)",
     )
+    p.add_argument(
+        "--serve",
+        action="store_true",
+        help="then keep the ledger up behind the API and the pages (/ui/), printing a merchant and a finance key",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="with --serve (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="with --serve (default 8000)")
     p.set_defaults(func=_cmd_demo)
     return parser
 

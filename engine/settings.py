@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     data_key_b64: str | None = None
     # Ed25519 private key (raw 32-byte seed, base64, or PKCS#8 PEM) that signs statements and chain heads.
     signing_key_b64: str | None = None
+    # Signs the pages' session and CSRF cookies (api/ui): unset, a secret of each process, so
+    # sessions end when it stops, and a server of several workers needs it set.
+    ui_session_secret: str | None = None
     # Settlement: period kind, and the ward's own account for Zengin payout files.
     settlement_period: str = Field(default="monthly", pattern="^(monthly|semi_monthly)$")
     payout_requester_code: str = Field(default="0000000001", pattern="^[0-9]{10}$")

@@ -337,3 +337,32 @@ def print_ledger_summary(summary: LedgerSummary, console: Console | None = None)
             f"  {c['campaign_id']}: awarded {c['awarded']:,}, pending {c['pending']:,}, "
             f"credited {c['credited']:,}, clawed back {c['clawed_back']:,}"
         )
+
+
+def serve_demo(summary: LedgerSummary, host: str, port: int, console: Console | None = None) -> None:
+    """Keep the demo's ledger up behind `setapay serve`'s application until interrupted, its clock on
+    the evening of the demo day (so the pages' "today" is that day), and print where to sign in
+    with a key of the busiest merchant and a finance key, made now for the purpose."""
+    import uvicorn
+    from rich.console import Console
+
+    from api.app import create_app
+    from engine.clock import SystemClock
+    from engine.store.config import Config
+    from engine.store.db import make_engine
+
+    console = console or Console()
+    evening = dt.datetime.combine(ward_demo.DEMO_DATE, dt.time(20), TOKYO)
+    offset_s = int(evening.timestamp() - dt.datetime.now(dt.UTC).timestamp())
+    settings = Settings(database_url=summary["database_url"], clock_offset_s=offset_s)
+    engine = make_engine(settings.database_url)
+    config = Config(engine, settings, SystemClock(offset_s))
+    merchant_id = summary["merchant_rewards"]["merchant_id"]
+    merchant_key = config.create_key("merchant", merchant_id=merchant_id)
+    finance_key = config.create_key("finance")
+    engine.dispose()
+    console.print(f"\n[bold]Serving the demo's ledger[/bold] at http://{host}:{port}/ui/ (Ctrl-C stops it)")
+    console.print(f"  clock: the evening of {ward_demo.DEMO_DATE.isoformat()} (Asia/Tokyo)")
+    console.print(f"  merchant key ({merchant_id}): {merchant_key}", soft_wrap=True)
+    console.print(f"  finance key: {finance_key}", soft_wrap=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="warning", access_log=False)

@@ -12,6 +12,7 @@
 | `audit` | `GET /v1/audit`, `POST /v1/merchants/{id}/bank-account/confirm` |
 | `keys` | `/v1/keys`, `POST /v1/keys/{id}/revoke` |
 | `events` | `GET /v1/events`, `/v1/webhooks` and `DELETE /v1/webhooks/{id}`, `GET /v1/webhook-deliveries` |
+| `ui` | the pages under `/ui/` (HTML, not in the OpenAPI document; api/ui holds their templates and catalogs) |
 
 Handlers take their collaborators and the caller from api/deps.py.
 """

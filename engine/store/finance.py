@@ -102,6 +102,33 @@ def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict[str
     }
 
 
+def burn_by_day(ledger: Ledger, campaign_id: str) -> list[dict[str, Any]]:
+    """Points the campaign issued and clawed back per day (Asia/Tokyo), the days with postings in order:
+    the same postings `budget` sums (awards and grants issue, clawbacks take back)."""
+    offset = 9 * HOUR_US  # Asia/Tokyo has no daylight saving time
+    day = ((PostingRow.posted_at_us + offset) // DAY_US).label("day")
+    totals: dict[int, dict[str, int]] = {}
+    with Session(ledger.engine) as session:
+        for day_number, reason, total in session.execute(
+            select(day, PostingRow.reason, func.sum(PostingRow.amount))
+            .where(
+                PostingRow.campaign_id == campaign_id,
+                PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]),
+            )
+            .group_by(day, PostingRow.reason)
+        ):
+            entry = totals.setdefault(int(day_number), {"issued": 0, "clawed_back": 0})
+            entry["clawed_back" if reason == rules.CLAWBACK else "issued"] += int(total)
+    return [
+        {
+            "day": (dt.date(1970, 1, 1) + dt.timedelta(days=n)).isoformat(),
+            **entry,
+            "net": entry["issued"] - entry["clawed_back"],
+        }
+        for n, entry in sorted(totals.items())
+    ]
+
+
 # -- closeouts -----------------------------------------------------------------
 
 

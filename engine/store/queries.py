@@ -341,3 +341,14 @@ def merchant_transactions(
         )
     page = [get_payment(engine, r.id) for r in rows[:limit]]
     return page, (rows[limit - 1].sequence if len(rows) > limit else None)
+
+
+def merchant_next_crediting(engine: Engine, merchant_id: str) -> str | None:
+    """When the earliest award still pending at this merchant's payments falls due, if any."""
+    with Session(engine) as session:
+        at = session.execute(
+            select(func.min(AwardRow.credit_at_us))
+            .join(PaymentRow, PaymentRow.id == AwardRow.payment_id)
+            .where(PaymentRow.merchant_id == merchant_id, AwardRow.pending > 0)
+        ).scalar_one_or_none()
+    return None if at is None else format_instant(at)

@@ -390,6 +390,32 @@ def view(session: Session, row: SettlementRunRow) -> dict[str, Any]:
     }
 
 
+def list_runs(ledger: Ledger) -> list[dict[str, Any]]:
+    """Every run, newest period first: its id, period and when it was made (no lines, no files)."""
+    with Session(ledger.engine) as session:
+        rows = session.execute(
+            select(
+                SettlementRunRow.id,
+                SettlementRunRow.period_kind,
+                SettlementRunRow.period_start_us,
+                SettlementRunRow.period_end_us,
+                SettlementRunRow.created_at_us,
+            ).order_by(SettlementRunRow.period_start_us.desc())
+        ).all()
+    return [
+        {
+            "id": r.id,
+            "period": {
+                "kind": r.period_kind,
+                "start": format_instant(r.period_start_us),
+                "end": format_instant(r.period_end_us),
+            },
+            "created_at": format_instant(r.created_at_us),
+        }
+        for r in rows
+    ]
+
+
 def get(ledger: Ledger, run_id: str) -> SettlementRunRow:
     with Session(ledger.engine) as session:
         row = session.get(SettlementRunRow, run_id)

@@ -7,7 +7,15 @@ principal, and in each cell what the SPEC says that principal gets:
 - `401`, `403`, `200`: exactly that status;
 - `OK`: allowed, i.e. neither 401 nor 403, and below 500 (an allowed request
   may still be a 404, 409 or 422 for reasons of its own: nothing pending, no
-  payout file, a period already settled).
+  payout file, a period already settled);
+- `303`: the pages' redirect to their sign-in form (`/ui/login`): no session.
+
+The pages under `/ui/` (api/routers/ui.py) take no `Authorization` header but a
+session cookie: for them each principal's client first signs in with its key on
+the sign-in form (`POST /ui/login`, which admits merchant, finance and admin keys
+only) and then asks with the cookie it was given, if any; a form it posts carries
+the CSRF token of its cookie. The row of `POST /ui/login` itself is the sign-in
+of that principal's key (no key for `none`).
 
 The principals (columns):
 
@@ -39,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 import secrets
 import time
 import uuid
@@ -111,6 +120,26 @@ POST   /v1/webhooks                                | 401  401  401     401    | 
 GET    /v1/webhooks                                | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
 DELETE /v1/webhooks/{webhook_id}                   | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
 GET    /v1/webhook-deliveries                      | 401  401  401     401    | OK    OK      403 | 403          403            | 403          403
+GET    /ui/                                        | 303  303  303     303    | 303   303     303 | 303          303            | 303          303
+GET    /ui/login                                   | 200  200  200     200    | 200   200     200 | 200          200            | 200          200
+POST   /ui/login                                   | 401  401  401     401    | 303   303     403 | 303          303            | 403          403
+POST   /ui/logout                                  | 303  303  303     303    | 303   303     303 | 303          303            | 303          303
+GET    /ui/merchants/{merchant_id}                 | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
+GET    /ui/merchants/{merchant_id}/transactions    | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
+GET    /ui/merchants/{merchant_id}/statements      | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
+GET    /ui/campaigns                               | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
+GET    /ui/campaigns/{campaign_id}/simulate        | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
+POST   /ui/campaigns/{campaign_id}/simulate        | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
+GET    /ui/campaigns/{campaign_id}                 | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
+GET    /ui/settlement-runs                         | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+POST   /ui/settlement-runs                         | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+GET    /ui/settlement-runs/{run_id}                | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+GET    /ui/settlement-runs/{run_id}/{download}     | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+POST   /ui/settlement-runs/{run_id}/payout-results | 303 303 303     303    | 403   OK      303 | 403          403            | 303          303
+GET    /ui/reconciliation                          | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+GET    /ui/audit                                   | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
+GET    /ui/grants                                  | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
+POST   /ui/grants                                  | 303  303  303     303    | 403   OK      303 | 403          403            | 303          303
 """
 
 # FastAPI's own routes: not the application's, and public by design (SPEC §6: OpenAPI and docs).
@@ -127,7 +156,7 @@ def parse_matrix(text: str) -> dict[str, dict[str, str]]:
         route = f"{method} {path}"
         assert route not in table, f"{route} appears twice in the matrix"
         assert len(cells) == len(PRINCIPALS), f"{route}: {len(cells)} cells for {len(PRINCIPALS)} principals"
-        assert all(c in ("OK", "200", "401", "403") for c in cells), (route, cells)
+        assert all(c in ("OK", "200", "303", "401", "403") for c in cells), (route, cells)
         table[route] = dict(zip(PRINCIPALS, cells))
     return table
 
@@ -181,11 +210,29 @@ class Context:
     throwaway_key_id: str
     webhook_id: str
     clients: dict[str, httpx.Client] = dataclasses.field(default_factory=dict)
+    pages: dict[str, tuple[httpx.Client, str]] = dataclasses.field(default_factory=dict)
 
     def client(self, principal: str) -> httpx.Client:
         if principal not in self.clients:
             self.clients[principal] = self.server.client(self.keys[principal])
         return self.clients[principal]
+
+    def page_client(self, principal: str, sign_in: bool = True) -> tuple[httpx.Client, str]:
+        """A browser-like client of the pages (cookies kept, redirects not followed) and its CSRF
+        token, signed in with the principal's key when `sign_in` (a refused key: no session)."""
+        if sign_in and principal in self.pages:
+            return self.pages[principal]
+        c = httpx.Client(base_url=self.server.base_url, follow_redirects=False, timeout=30)
+        form = c.get("/ui/login")
+        assert form.status_code == 200, form.text
+        token = re.search(r'name="csrf" value="([^"]+)"', form.text)
+        assert token is not None, form.text
+        if sign_in:
+            c.post("/ui/login", data={"csrf": token.group(1), "key": self.keys[principal] or ""})
+            self.pages[principal] = (c, token.group(1))
+        else:
+            self.clients[f"{principal} (signing in)"] = c
+        return c, token.group(1)
 
 
 def _key_id(secret: str) -> str:
@@ -264,6 +311,8 @@ def ctx(ward: Ward) -> Iterator[Context]:
     finally:
         for c in context.clients.values():
             c.close()
+        for c, _ in context.pages.values():
+            c.close()
 
 
 # -- one request per route, naming the own resources, with a body the route accepts --------
@@ -281,6 +330,10 @@ def _signed_purchase(c: Context, amount: int = 100) -> dict:
 
 def _today_tokyo() -> str:
     return dt.datetime.now(TOKYO).date().isoformat()
+
+
+def _tomorrow_tokyo() -> str:
+    return (dt.datetime.now(TOKYO).date() + dt.timedelta(days=1)).isoformat()
 
 
 REQUESTS: dict[str, Callable[[Context], Request]] = {
@@ -378,7 +431,56 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "GET /v1/webhooks": lambda c: ("/v1/webhooks", {}),
     "DELETE /v1/webhooks/{webhook_id}": lambda c: (f"/v1/webhooks/{c.webhook_id}", {}),
     "GET /v1/webhook-deliveries": lambda c: ("/v1/webhook-deliveries", {"params": {"status": "failed"}}),
+    # The pages: the form fields besides the CSRF token (and the key, for the sign-in), which `_ask` adds.
+    "GET /ui/": lambda c: ("/ui/", {}),
+    "GET /ui/login": lambda c: ("/ui/login", {}),
+    "POST /ui/login": lambda c: ("/ui/login", {}),
+    "POST /ui/logout": lambda c: ("/ui/logout", {}),
+    "GET /ui/merchants/{merchant_id}": lambda c: (f"/ui/merchants/{OWN_MERCHANT}", {}),
+    "GET /ui/merchants/{merchant_id}/transactions": lambda c: (f"/ui/merchants/{OWN_MERCHANT}/transactions", {}),
+    "GET /ui/merchants/{merchant_id}/statements": lambda c: (f"/ui/merchants/{OWN_MERCHANT}/statements", {}),
+    "GET /ui/campaigns": lambda c: ("/ui/campaigns", {}),
+    "GET /ui/campaigns/{campaign_id}/simulate": lambda c: (f"/ui/campaigns/{MATRIX_CAMPAIGN}/simulate", {}),
+    "POST /ui/campaigns/{campaign_id}/simulate": lambda c: (
+        f"/ui/campaigns/{MATRIX_CAMPAIGN}/simulate",
+        {"data": {"tier_0": "200", "from": _today_tokyo(), "to": _tomorrow_tokyo()}},
+    ),
+    "GET /ui/settlement-runs/{run_id}/{download}": lambda c: (f"/ui/settlement-runs/{c.run_id}/statement.csv", {}),
+    "POST /ui/settlement-runs/{run_id}/payout-results": lambda c: (
+        f"/ui/settlement-runs/{c.run_id}/payout-results",
+        {"data": {"results": f"{OWN_MERCHANT} paid"}},
+    ),
+    "GET /ui/campaigns/{campaign_id}": lambda c: ("/ui/campaigns/C_POINTBACK", {}),
+    "GET /ui/settlement-runs": lambda c: ("/ui/settlement-runs", {}),
+    "POST /ui/settlement-runs": lambda c: ("/ui/settlement-runs", {"data": {"period": ""}}),  # the last closed one
+    "GET /ui/settlement-runs/{run_id}": lambda c: (f"/ui/settlement-runs/{c.run_id}", {}),
+    "GET /ui/reconciliation": lambda c: ("/ui/reconciliation", {}),
+    "GET /ui/audit": lambda c: ("/ui/audit", {}),
+    "GET /ui/grants": lambda c: ("/ui/grants", {}),
+    "POST /ui/grants": lambda c: (
+        "/ui/grants",
+        {"data": {"wallet_id": c.wallet_id, "campaign_id": "C_POINTBACK", "points": "1", "reason": "matrix"}},
+    ),
 }
+
+
+def _ask(ctx: Context, route: str, principal: str) -> httpx.Response:
+    """The route's request as `principal`: with its key, or for a page with the session its key got."""
+    method = route.split(" ", 1)[0]
+    path, kwargs = REQUESTS[route](ctx)
+    if not path.startswith("/ui/"):
+        return ctx.client(principal).request(method, path, **kwargs)
+    if route == "POST /ui/login":  # the sign-in itself, from a client with no session
+        c, token = ctx.page_client(principal, sign_in=False)
+        return c.post(path, data={"csrf": token, "key": ctx.keys[principal] or ""})
+    if route == "POST /ui/logout":  # a client of its own, so the others keep their sessions
+        c, token = ctx.page_client(principal, sign_in=False)
+        c.post("/ui/login", data={"csrf": token, "key": ctx.keys[principal] or ""})
+        return c.post(path, data={"csrf": token})
+    c, token = ctx.page_client(principal)
+    if method == "POST":
+        kwargs = {**kwargs, "data": {**kwargs.get("data", {}), "csrf": token}}
+    return c.request(method, path, **kwargs)
 
 
 def _status(route: str, response: httpx.Response) -> int:
@@ -397,10 +499,10 @@ def _agrees(expected: str, got: int) -> bool:
 @pytest.mark.parametrize("route", list(EXPECTED))
 def test_route_authorization(ctx: Context, route: str) -> None:
     method = route.split(" ", 1)[0]
+    path = REQUESTS[route](ctx)[0]
     disagreements = []
     for principal in PRINCIPALS:
-        path, kwargs = REQUESTS[route](ctx)
-        response = ctx.client(principal).request(method, path, **kwargs)
+        response = _ask(ctx, route, principal)
         got, expected = _status(route, response), EXPECTED[route][principal]
         if not _agrees(expected, got):
             disagreements.append(f"  {principal:<15} got {got}, expected {expected}: {response.text[:200]}")
@@ -425,7 +527,7 @@ def test_authorization_is_decided_before_the_body_is_validated(ctx: Context) -> 
     disagreements = []
     for route, expected in EXPECTED.items():
         method = route.split(" ", 1)[0]
-        if method not in ("POST", "PATCH", "PUT"):
+        if method not in ("POST", "PATCH", "PUT") or " /ui/" in route:  # the pages take forms, not JSON
             continue
         path, _ = REQUESTS[route](ctx)
         denied = [p for p in PRINCIPALS if expected[p] in ("401", "403") and not _scope_cell(expected, p)]

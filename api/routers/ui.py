@@ -1,0 +1,676 @@
+"""The pages under `/ui/` (issue 13): merchants read their rewards, ward finance its campaigns,
+settlement runs and reconciliation. Server-rendered HTML, left out of the OpenAPI document.
+
+Sign-in takes a merchant, finance or admin key once (`POST /ui/login`) and answers a session
+cookie (api/ui); every page then looks the key up again, so a revoked or expired key ends the
+session at once. Without a session a page redirects (303) to the sign-in form; a page of
+another role, or a merchant page of another merchant, answers 403. Every figure comes from the
+same store functions as the JSON routes (engine/store/queries.py, finance.py, settlement.py).
+"""
+
+import datetime as dt
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from pydantic import ValidationError
+
+from api import ui
+from api.access_log import PRINCIPAL_STATE
+from api.deps import Services, ServicesDep
+from api.idempotency import check_idempotency_key
+from api.routers.finance import GrantRequest
+from api.strict import PathId, decode_cursor, encode_cursor
+from engine import keyring
+from engine.errors import EngineError
+from engine.model import Campaign
+from engine.settlement import signing
+from engine.store import audit, finance, lifecycle, queries, settlement, simulate
+from engine.store.config import Principal
+from engine.store.keys import hash_key
+from engine.timeutil import TOKYO, to_us
+
+router = APIRouter()
+
+_CURSOR_PREFIX = "seq"  # as the JSON route's cursor: a merchant's transactions by payment sequence
+_AUDIT_CURSOR_PREFIX = "aud"  # as GET /v1/audit's
+_PAGE_SIZE = 25
+_HTML = {"response_class": HTMLResponse, "include_in_schema": False}
+
+
+def _signer(request: Request) -> ui.Signer:
+    signer: ui.Signer | None = getattr(request.app.state, "ui_signer", None)
+    if signer is None:
+        signer = ui.Signer(request.app.state.services.settings.ui_session_secret)
+        request.app.state.ui_signer = signer
+    return signer
+
+
+def _language(request: Request) -> str:
+    wanted = request.query_params.get("lang") or request.cookies.get(ui.LANGUAGE_COOKIE)
+    return wanted if wanted in ui.LANGUAGES else ui.DEFAULT_LANGUAGE
+
+
+def _set_cookie(response: Response, name: str, value: str, max_age: int | None = ui.SESSION_MAX_AGE_S) -> None:
+    response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True, samesite="strict")
+
+
+def _page(
+    request: Request,
+    template: str,
+    context: Mapping[str, Any],
+    who: Principal | None = None,
+    status: int = 200,
+) -> HTMLResponse:
+    """The page rendered in the caller's language, with the CSRF token its forms carry."""
+    language = _language(request)
+    signer = _signer(request)
+    token = signer.csrf_token(request.cookies.get(ui.CSRF_COOKIE))
+    fresh_cookie = None
+    if token is None:
+        token, fresh_cookie = signer.csrf_cookie()
+    html = ui.render(
+        language,
+        template,
+        {"who": who, "csrf": token, "path": request.url.path, "home": ui.home_path(who) if who else None, **context},
+    )
+    response = HTMLResponse(html, status_code=status)
+    if fresh_cookie is not None:
+        _set_cookie(response, ui.CSRF_COOKIE, fresh_cookie)
+    if request.query_params.get("lang") in ui.LANGUAGES:
+        _set_cookie(response, ui.LANGUAGE_COOKIE, language, max_age=365 * 86_400)
+    return response
+
+
+def _error(request: Request, who: Principal | None, status: int, message: str) -> HTMLResponse:
+    return _page(request, "error.html", {"status": status, "message": message}, who, status)
+
+
+class _Refused(Exception):
+    """A page that cannot be shown to this caller: the response that says so."""
+
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def _to_sign_in() -> RedirectResponse:
+    response = RedirectResponse("/ui/login", status_code=303)
+    response.delete_cookie(ui.SESSION_COOKIE, path="/ui")
+    return response
+
+
+async def _signed_in(request: Request, s: Services, *roles: str) -> Principal:
+    """The session's key as the key store says now; a redirect to sign-in or a 403 page otherwise."""
+    session = _signer(request).session(request.cookies.get(ui.SESSION_COOKIE))
+    if session is None:
+        raise _Refused(_to_sign_in())
+    found = await anyio.to_thread.run_sync(s.keys.lookup, session.digest)
+    if (
+        found is None
+        or (found.expires_at_us is not None and found.expires_at_us <= s.clock.now_us())
+        or found.principal.role not in ui.UI_ROLES
+    ):
+        raise _Refused(_to_sign_in())
+    who = found.principal
+    setattr(request.state, PRINCIPAL_STATE, who)  # for the access log's key id and role
+    if roles and who.role not in roles:
+        raise _Refused(_error(request, who, 403, "forbidden_role"))
+    return who
+
+
+def _merchant_scope(request: Request, who: Principal, merchant_id: str) -> None:
+    if who.role == "merchant" and who.merchant_id != merchant_id:
+        raise _Refused(_error(request, who, 403, "forbidden_merchant"))
+
+
+async def _checked_form(request: Request) -> dict[str, str]:
+    """The posted form, once its CSRF token equals the one of the caller's CSRF cookie."""
+    form = await request.form()
+    fields = {k: v for k, v in form.items() if isinstance(v, str)}
+    expected = _signer(request).csrf_token(request.cookies.get(ui.CSRF_COOKIE))
+    if expected is None or fields.get("csrf") != expected:
+        raise _Refused(_error(request, None, 403, "csrf"))
+    return fields
+
+
+async def _guarded(request: Request, build: Callable[[], Any]) -> Response:
+    try:
+        answer: Response = await build()
+    except _Refused as refused:
+        return refused.response
+    return answer
+
+
+def _store_error(request: Request, who: Principal, error: EngineError) -> HTMLResponse:
+    status = 404 if error.code == "not_found" else 409 if error.code.startswith(("period_", "payout_")) else 422
+    return _page(request, "error.html", {"status": status, "message": error.code, "detail": error.detail}, who, status)
+
+
+# -- sign-in ---------------------------------------------------------------------------
+
+
+@router.get("/ui/", **_HTML)  # type: ignore[arg-type]
+async def ui_root(request: Request, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s)
+        return RedirectResponse(ui.home_path(who), status_code=303)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/login", **_HTML)  # type: ignore[arg-type]
+async def ui_login_form(request: Request) -> Response:
+    return _page(request, "login.html", {"failed": False})
+
+
+@router.post("/ui/login", **_HTML)  # type: ignore[arg-type]
+async def ui_login(request: Request, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        fields = await _checked_form(request)
+        secret = fields.get("key", "").strip()
+        address = request.client.host if request.client else "unknown"
+        try:
+            who = await s.auth.authenticate(secret, address)
+        except EngineError as refused:
+            status = 429 if refused.code == "rate_limited" else 401
+            return _page(request, "login.html", {"failed": True}, status=status)
+        if who.role not in ui.UI_ROLES:
+            return _page(request, "login.html", {"failed": True}, status=403)
+        response = RedirectResponse(ui.home_path(who), status_code=303)
+        _set_cookie(response, ui.SESSION_COOKIE, _signer(request).session_cookie(hash_key(secret)))
+        return response
+
+    return await _guarded(request, build)
+
+
+@router.post("/ui/logout", **_HTML)  # type: ignore[arg-type]
+async def ui_logout(request: Request) -> Response:
+    async def build() -> Response:
+        await _checked_form(request)
+        response = RedirectResponse("/ui/login", status_code=303)
+        response.delete_cookie(ui.SESSION_COOKIE, path="/ui")
+        return response
+
+    return await _guarded(request, build)
+
+
+# -- merchant pages --------------------------------------------------------------------
+
+
+def _tokyo_midnight(day: dt.date) -> int:
+    return to_us(dt.datetime.combine(day, dt.time(), tzinfo=TOKYO))
+
+
+@router.get("/ui/merchants/{merchant_id}", **_HTML)  # type: ignore[arg-type]
+async def ui_merchant_home(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "merchant", "finance", "admin")
+        _merchant_scope(request, who, merchant_id)
+        try:
+            merchant = s.config.get_merchant(merchant_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        now = dt.datetime.fromtimestamp(s.clock.now_us() / 1e6, TOKYO)
+        today = now.date()
+        day_start = _tokyo_midnight(today)
+        month_start = _tokyo_midnight(today.replace(day=1))
+        tomorrow = _tokyo_midnight(today + dt.timedelta(days=1))
+        today_rewards = queries.merchant_rewards(s.engine, merchant_id, day_start, tomorrow)
+        month_rewards = queries.merchant_rewards(s.engine, merchant_id, month_start, tomorrow)
+        context = {
+            "merchant": merchant,
+            "today": today,
+            "today_rewards": today_rewards,
+            "month_rewards": month_rewards,
+            "next_crediting": queries.merchant_next_crediting(s.engine, merchant_id),
+            # The windows the figures are of, for whoever checks them against the JSON route.
+            "windows": {"today": (_iso(day_start), _iso(tomorrow)), "month": (_iso(month_start), _iso(tomorrow))},
+        }
+        return _page(request, "merchant_home.html", context, who)
+
+    return await _guarded(request, build)
+
+
+def _iso(us: int) -> str:
+    return dt.datetime.fromtimestamp(us / 1e6, TOKYO).isoformat()
+
+
+@router.get("/ui/merchants/{merchant_id}/transactions", **_HTML)  # type: ignore[arg-type]
+async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+    """A page of the merchant's transactions in acceptance order, optionally between two dates
+    (`from` included, `until` not; Asia/Tokyo), by the JSON route's query and cursor."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "merchant", "finance", "admin")
+        _merchant_scope(request, who, merchant_id)
+        query = request.query_params
+        cursor = query.get("cursor") or None
+        dates = {name: query.get(name) or "" for name in ("from", "until")}
+        try:
+            after = decode_cursor(_CURSOR_PREFIX, cursor)
+            bounds = [_tokyo_midnight(dt.date.fromisoformat(d)) if d else None for d in dates.values()]
+        except (EngineError, ValueError):
+            return _error(request, who, 422, "invalid_request")
+        page, last = queries.merchant_transactions(s.engine, merchant_id, bounds[0], bounds[1], after, _PAGE_SIZE)
+        filters = "".join(f"&{name}={value}" for name, value in dates.items() if value)
+        context = {
+            "merchant_id": merchant_id,
+            "transactions": page,
+            "next_cursor": encode_cursor(_CURSOR_PREFIX, last) if last is not None else None,
+            "first_page": cursor is None,
+            "dates": dates,
+            "filters": filters,
+        }
+        return _page(request, "merchant_transactions.html", context, who)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/merchants/{merchant_id}/statements", **_HTML)  # type: ignore[arg-type]
+async def ui_merchant_statements(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+    """The merchant's line of every settlement run, its payout status, and whether the run's signed
+    statement verifies; never another merchant's line."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "merchant", "finance", "admin")
+        _merchant_scope(request, who, merchant_id)
+        rows = []
+        for run in settlement.list_runs(s.ledger):
+            view = settlement.get_view(s.ledger, run["id"])
+            line = next((x for x in view["statement"]["document"]["lines"] if x["merchant_id"] == merchant_id), None)
+            if line is None:
+                continue
+            status = next((p["payout_status"] for p in view["payouts"] if p["merchant_id"] == merchant_id), None)
+            rows.append({"run": run, "line": line, "status": status, "verified": _verified(s, view["statement"])})
+        return _page(request, "merchant_statements.html", {"rows": rows}, who)
+
+    return await _guarded(request, build)
+
+
+# -- finance pages ---------------------------------------------------------------------
+
+
+@router.get("/ui/campaigns", **_HTML)  # type: ignore[arg-type]
+async def ui_campaigns(request: Request, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance", "admin")
+        rows = []
+        for campaign in s.config.list_campaigns():
+            rows.append({"campaign": campaign, "budget": finance.budget(s.ledger, campaign.id)})
+        return _page(request, "campaigns.html", {"rows": rows}, who)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/campaigns/{campaign_id}", **_HTML)  # type: ignore[arg-type]
+async def ui_campaign(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance", "admin")
+        try:
+            campaign = s.config.get_campaign(campaign_id)
+            budget = finance.budget(s.ledger, campaign_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        days = finance.burn_by_day(s.ledger, campaign_id)
+        context = {"campaign": campaign, "budget": budget, "days": days, "chart": _burn_chart(days, budget)}
+        return _page(request, "campaign.html", context, who)
+
+    return await _guarded(request, build)
+
+
+def _burn_chart(days: list[dict[str, Any]], budget: dict[str, Any]) -> dict[str, Any]:
+    """Bars of net points issued per day and the cumulative line, scaled into a 640×240 box."""
+    width, height, left, bottom = 640, 240, 56, 28
+    plot_w, plot_h = width - left - 8, height - bottom - 8
+    cumulative, total = [], 0
+    for d in days:
+        total += d["net"]
+        cumulative.append(total)
+    top = max([budget["budget"] or 0, *cumulative, *(d["net"] for d in days), 1])
+    n = max(len(days), 1)
+    slot = min(plot_w / n, 60.0)  # one day alone is a bar, not a wall
+    bars, points = [], []
+    for i, d in enumerate(days):
+        h = max(d["net"], 0) / top * plot_h
+        x = left + i * slot
+        bars.append(
+            {
+                "x": round(x + slot * 0.15, 1),
+                "y": round(8 + plot_h - h, 1),
+                "w": round(slot * 0.7, 1),
+                "h": round(h, 1),
+                "day": d["day"],
+                "net": d["net"],
+            }
+        )
+        points.append(f"{round(x + slot / 2, 1)},{round(8 + plot_h - cumulative[i] / top * plot_h, 1)}")
+    budget_y = None if not budget["budget"] else round(8 + plot_h - budget["budget"] / top * plot_h, 1)
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "base": 8 + plot_h,
+        "right": width - 8,
+        "top": top,
+        "bars": bars,
+        "line": " ".join(points),
+        "budget_y": budget_y,
+    }
+
+
+# -- what-if ---------------------------------------------------------------------------
+
+_SIMULATED_DAYS = 30  # the form's default window: the last 30 days up to tomorrow
+
+
+def _draft_fields(campaign: Campaign, today: dt.date) -> dict[str, str]:
+    fields = {f"tier_{i}": str(t.rate_bp) for i, t in enumerate(campaign.tiers)}
+    for name in ("per_tx_cap", "per_wallet_cap", "budget"):
+        value = getattr(campaign, name)
+        fields[name] = "" if value is None else str(value)
+    fields["from"] = (today - dt.timedelta(days=_SIMULATED_DAYS - 1)).isoformat()
+    fields["to"] = (today + dt.timedelta(days=1)).isoformat()
+    return fields
+
+
+def _draft(campaign: Campaign, fields: Mapping[str, str]) -> tuple[Campaign, int, int]:
+    """The live campaign with the form's rates, caps and budget, and the window; `ValueError` or
+    pydantic's `ValidationError` naming what is wrong."""
+    record = campaign.model_dump(mode="json")
+    for i, tier in enumerate(record["tiers"]):
+        tier["rate_bp"] = int(fields.get(f"tier_{i}", ""))
+    for name in ("per_tx_cap", "per_wallet_cap", "budget"):
+        text = fields.get(name, "").strip()
+        record[name] = int(text) if text else None
+    draft = Campaign.model_validate(record)
+    start = _tokyo_midnight(dt.date.fromisoformat(fields.get("from", "")))
+    end = _tokyo_midnight(dt.date.fromisoformat(fields.get("to", "")))
+    if end <= start:
+        raise ValueError("to must be after from")
+    return draft, start, end
+
+
+def _cumulative(by_day: Mapping[str, Mapping[str, int]], campaign_id: str) -> list[tuple[str, int]]:
+    total, out = 0, []
+    for day in sorted(by_day):
+        total += by_day[day].get(campaign_id, 0)
+        out.append((day, total))
+    return out
+
+
+def _comparison_chart(draft: list[tuple[str, int]], live: list[tuple[str, int]]) -> dict[str, Any]:
+    """Two cumulative lines (the draft's and the live campaign's net points) in a 640×240 box."""
+    width, height, left, top_pad, bottom = 640, 240, 56, 8, 28
+    plot_w, plot_h = width - left - 8, height - bottom - top_pad
+    days = sorted({d for d, _ in draft} | {d for d, _ in live})
+    top = max([1, *(v for _, v in draft), *(v for _, v in live)])
+    step = plot_w / max(len(days), 1)
+    x_of = {d: left + (i + 1) * step for i, d in enumerate(days)}
+
+    def line(series: list[tuple[str, int]]) -> str:
+        # From nothing at the window's start, so a window of one day is a line too.
+        points = [f"{left},{top_pad + plot_h}"]
+        points += [f"{round(x_of[d], 1)},{round(top_pad + plot_h - v / top * plot_h, 1)}" for d, v in series]
+        return " ".join(points) if series else ""
+
+    return {
+        "width": width,
+        "height": height,
+        "left": left,
+        "base": top_pad + plot_h,
+        "right": width - 8,
+        "top": top,
+        "draft": line(draft),
+        "live": line(live),
+    }
+
+
+@router.get("/ui/campaigns/{campaign_id}/simulate", **_HTML)  # type: ignore[arg-type]
+async def ui_simulate_form(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance", "admin")
+        try:
+            campaign = s.config.get_campaign(campaign_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        today = dt.datetime.fromtimestamp(s.clock.now_us() / 1e6, TOKYO).date()
+        context = {"campaign": campaign, "fields": _draft_fields(campaign, today), "result": None, "invalid": None}
+        return _page(request, "simulate.html", context, who)
+
+    return await _guarded(request, build)
+
+
+@router.post("/ui/campaigns/{campaign_id}/simulate", **_HTML)  # type: ignore[arg-type]
+async def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+    """The draft (the live campaign with the form's rates, caps and budget) rated over the window
+    by `engine.store.simulate`, as `POST /v1/campaigns/{id}/simulate` does, beside the live
+    campaign rated over the same window. Nothing is written."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance", "admin")
+        fields = await _checked_form(request)
+        try:
+            campaign = s.config.get_campaign(campaign_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        context: dict[str, Any] = {"campaign": campaign, "fields": fields, "result": None, "invalid": None}
+        try:
+            draft, start, end = _draft(campaign, fields)
+        except (ValueError, ValidationError) as error:
+            context["invalid"] = str(error).splitlines()[0]
+            return _page(request, "simulate.html", context, who, status=422)
+        result = await anyio.to_thread.run_sync(simulate.simulate, s.engine, draft, start, end)
+        live = await anyio.to_thread.run_sync(simulate.simulate, s.engine, campaign, start, end)
+        empty = {"awards": 0, "points_awarded": 0, "points_clawed_back": 0, "points_net": 0}
+        context["result"] = {
+            "draft": result["by_campaign"].get(campaign_id, empty),
+            "live": live["by_campaign"].get(campaign_id, empty),
+            "draft_exhausted_at": result["budget_exhausted_at"],
+            "live_exhausted_at": live["budget_exhausted_at"],
+            "transactions": result["transactions"],
+            "chart": _comparison_chart(
+                _cumulative(result["by_day"], campaign_id), _cumulative(live["by_day"], campaign_id)
+            ),
+        }
+        return _page(request, "simulate.html", context, who)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/settlement-runs", **_HTML)  # type: ignore[arg-type]
+async def ui_settlement_runs(request: Request, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        return _page(request, "settlement_runs.html", {"runs": settlement.list_runs(s.ledger)}, who)
+
+    return await _guarded(request, build)
+
+
+@router.post("/ui/settlement-runs", **_HTML)  # type: ignore[arg-type]
+async def ui_create_settlement_run(request: Request, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        fields = await _checked_form(request)
+        period = fields.get("period", "").strip() or None
+        try:
+            _created, view = settlement.run(s.ledger, s.config, s.settings, period, actor=who)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        return RedirectResponse(f"/ui/settlement-runs/{view['id']}", status_code=303)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/settlement-runs/{run_id}", **_HTML)  # type: ignore[arg-type]
+async def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        try:
+            view = settlement.get_view(s.ledger, run_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        context = {
+            "run": view,
+            "lines": view["statement"]["document"]["lines"],
+            "verified": _verified(s, view["statement"]),
+        }
+        return _page(request, "settlement_run.html", context, who)
+
+    return await _guarded(request, build)
+
+
+def _verified(s: Services, statement: dict[str, Any]) -> bool:
+    """Whether a run's signed statement verifies with the ward's signing key (as reconciliation checks)."""
+    return signing.verify_document(keyring.signing_key(s.settings).public_key(), statement)
+
+
+@router.post("/ui/settlement-runs/{run_id}/payout-results", **_HTML)  # type: ignore[arg-type]
+async def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) -> Response:
+    """The bank's answer for a run's transfers, one `MERCHANT_ID paid|failed` a line, imported as
+    `POST /v1/settlement-runs/{id}/payout-results` does."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        fields = await _checked_form(request)
+        results = []
+        for line in fields.get("results", "").splitlines():
+            words = line.replace(",", " ").split()
+            if not words:
+                continue
+            if len(words) != 2 or words[1] not in ("paid", "failed"):
+                return _error(request, who, 422, "invalid_request")
+            results.append({"merchant_id": words[0], "status": words[1]})
+        if not results:
+            return _error(request, who, 422, "invalid_request")
+        try:
+            settlement.import_payout_results(s.ledger, run_id, results, actor=who)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        return RedirectResponse(f"/ui/settlement-runs/{run_id}", status_code=303)
+
+    return await _guarded(request, build)
+
+
+_DOWNLOADS = {
+    "statement.csv": "text/csv; charset=utf-8",
+    "statement.json": "application/json",
+    "zengin": "application/octet-stream",
+}
+
+
+@router.get("/ui/settlement-runs/{run_id}/{download}", **_HTML)  # type: ignore[arg-type]
+async def ui_settlement_download(request: Request, run_id: PathId, download: str, s: ServicesDep) -> Response:
+    """A run's statement (CSV, or the signed JSON) or its Zengin payout file, as the API gives them."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        if download not in _DOWNLOADS:
+            return _error(request, who, 404, "not_found")
+        try:
+            row = settlement.get(s.ledger, run_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        body: str | bytes = {"statement.csv": row.csv_text, "statement.json": row.statement_json}.get(
+            download, row.zengin_file
+        )
+        if not body:
+            return _error(request, who, 404, "not_found")  # a run that pays nobody has no payout file
+        name = f"{run_id}.zengin.txt" if download == "zengin" else f"{run_id}.{download}"
+        return Response(
+            body,
+            media_type=_DOWNLOADS[download],
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/reconciliation", **_HTML)  # type: ignore[arg-type]
+async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        report = None
+        if request.query_params.get("run") == "1":
+            report = finance.reconcile(s.ledger, s.settings)
+        return _page(request, "reconciliation.html", {"report": report}, who)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/audit", **_HTML)  # type: ignore[arg-type]
+async def ui_audit(request: Request, s: ServicesDep) -> Response:
+    """The audit log in sequence order, a page at a time, as `GET /v1/audit` lists it: who did what
+    to which target, when (the recorded before and after values stay in the API's answer)."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance", "admin")
+        cursor = request.query_params.get("cursor") or None
+        try:
+            after = decode_cursor(_AUDIT_CURSOR_PREFIX, cursor)
+        except EngineError:
+            return _error(request, who, 422, "invalid_request")
+        page, last = audit.entries(s.engine, None, None, None, after, _PAGE_SIZE)
+        context = {
+            "entries": page,
+            "next_cursor": encode_cursor(_AUDIT_CURSOR_PREFIX, last) if last is not None else None,
+            "first_page": cursor is None,
+        }
+        return _page(request, "audit.html", context, who)
+
+    return await _guarded(request, build)
+
+
+@router.get("/ui/grants", **_HTML)  # type: ignore[arg-type]
+async def ui_grant_form(request: Request, s: ServicesDep) -> Response:
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        return _page(request, "grants.html", _grant_context(s, {}, None), who)
+
+    return await _guarded(request, build)
+
+
+def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, Any] | None) -> dict[str, Any]:
+    # A fresh idempotency key with every form: sending the same form twice grants once.
+    return {
+        "campaigns": s.config.list_campaigns(),
+        "fields": fields,
+        "outcome": outcome,
+        "idempotency_key": uuid.uuid4().hex,
+    }
+
+
+@router.post("/ui/grants", **_HTML)  # type: ignore[arg-type]
+async def ui_grant(request: Request, s: ServicesDep) -> Response:
+    """Points granted to a wallet against a campaign's budget, as `POST /v1/grants` does (the form
+    carries its idempotency key, so a form sent twice grants once)."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "finance")
+        fields = await _checked_form(request)
+        try:
+            body = GrantRequest.model_validate(
+                {
+                    "wallet_id": fields.get("wallet_id", ""),
+                    "campaign_id": fields.get("campaign_id", ""),
+                    "points": int(fields.get("points", "")),
+                    "reason": fields.get("reason", ""),
+                }
+            )
+        except (ValueError, ValidationError):
+            outcome = {"status": 422, "code": "invalid_request"}
+            return _page(request, "grants.html", _grant_context(s, fields, outcome), who, status=422)
+        scope = f"finance:{who.key_id}"
+        try:
+            key = check_idempotency_key(fields.get("idempotency_key"))
+            result = lifecycle.grant(
+                s.ledger, scope, key, body.wallet_id, body.campaign_id, body.points, body.reason, actor=who
+            )
+        except EngineError as error:
+            return _store_error(request, who, error)
+        outcome = {"status": result.status, "code": result.body.get("code"), "body": result.body}
+        return _page(request, "grants.html", _grant_context(s, fields, outcome), who, status=result.status)
+
+    return await _guarded(request, build)
