@@ -21,7 +21,19 @@ from api import errors, middleware, openapi
 from api.auth import Auth
 from api.deps import Services
 from api.idempotency import InFlight
-from api.routers import audit, configuration, finance, health, keys, merchants, simulation, transactions, wallets
+from api.routers import (
+    audit,
+    configuration,
+    directory,
+    finance,
+    health,
+    keys,
+    merchants,
+    quotes,
+    simulation,
+    transactions,
+    wallets,
+)
 from api.signatures import TerminalSignatures
 from engine.clock import Clock, SystemClock
 from engine.settings import Settings
@@ -37,7 +49,7 @@ from engine.store.nonces import nonce_store
 from engine.timeutil import tokyo_day_key
 
 # In this order: the document lists the paths in the order the routes are included.
-ROUTERS = (health, transactions, wallets, merchants, configuration, finance, simulation, audit, keys)
+ROUTERS = (health, transactions, wallets, quotes, directory, merchants, configuration, finance, simulation, audit, keys)
 
 
 def create_app(settings: Settings | None = None, migrate: bool = True, clock: Clock | None = None) -> FastAPI:

@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     idempotency_retention_days: int = Field(
         default=limits.IDEMPOTENCY_RETENTION_DAYS_MIN, ge=limits.IDEMPOTENCY_RETENTION_DAYS_MIN
     )
+    # The directory (GET /v1/directory/...) answers without a key when the ward publishes it.
+    directory_public: bool = False
     # 32 bytes, base64; seals merchant bank details (AES-GCM). Never stored in the database.
     data_key_b64: str | None = None
     # Ed25519 private key (raw 32-byte seed, base64, or PKCS#8 PEM) that signs statements and chain heads.
