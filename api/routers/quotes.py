@@ -6,6 +6,8 @@ sequencer lock); writes nothing and promises nothing.
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends
+from pydantic import ConfigDict
+from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
@@ -21,8 +23,29 @@ from engine.timeutil import format_instant, to_us
 router = APIRouter()
 
 
+QUOTE_EXAMPLE: JsonDict = {
+    "type": "purchase",
+    "wallet_id": "W_FUZZ",
+    "merchant_id": "M_SHOTEN",
+    "terminal_id": "T_SHOTEN_1",
+    "occurred_at": "2026-12-01T10:15:00+09:00",
+    "amount": 3300,
+    "points_used": 0,
+    "items": [{"amount": 1100, "tags": ["ethical"]}, {"amount": 2200, "tags": ["local_produce"]}],
+}
+
+
+def _schema(schema: JsonDict) -> None:
+    purchase_schema = Purchase.model_config.get("json_schema_extra")
+    assert callable(purchase_schema), "a purchase's schema requires its type"
+    purchase_schema(schema)  # type: ignore[call-arg]
+    schema["examples"] = [QUOTE_EXAMPLE]
+
+
 class QuoteRequest(Purchase):
     """A purchase body without the payment app's receipt: nothing is paid."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_schema)
 
     receipt: SkipJsonSchema[None] = None
 
