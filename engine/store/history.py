@@ -33,19 +33,30 @@ _WALLET_ACCOUNT = "LIKE 'wallet:%'"
 
 
 def _postings_below(session: Session, accounts: list[str], before: int, count: int) -> list[WalletPosting]:
-    """The `count` newest postings below sequence `before` that debit or credit one of `accounts`."""
-    parts = []
+    """The `count` newest postings below sequence `before` that debit or credit one of `accounts`:
+    for each account and side the `count` newest (a backward scan of a partial index), merged.
+    On PostgreSQL the accounts go in as one array under a LATERAL join, so the statement (and its
+    planning, which would dominate with a subquery per account) is the same for any wallet."""
     params: dict[str, Any] = {"before": before, "n": count}
-    for i, account in enumerate(accounts):
-        params[f"a{i}"] = account
-        for side in ("debit", "credit"):
+    pg = session.get_bind().dialect.name == "postgresql"
+    parts = []
+    for side in ("debit", "credit"):
+        scan = (
+            f"SELECT {_COLUMNS} FROM posting WHERE {side}_account_id = {{account}} "
+            f"AND {side}_account_id {_WALLET_ACCOUNT} AND sequence < :before ORDER BY sequence DESC LIMIT :n"
+        )
+        if pg:
+            params["accounts"] = accounts
             parts.append(
-                f"SELECT * FROM (SELECT {_COLUMNS} FROM posting WHERE {side}_account_id = :a{i} "
-                f"AND {side}_account_id {_WALLET_ACCOUNT} AND sequence < :before "
-                f"ORDER BY sequence DESC LIMIT :n) AS {side[0]}{i}"
+                f"SELECT p.* FROM unnest(CAST(:accounts AS varchar[])) AS a(id) "
+                f"CROSS JOIN LATERAL ({scan.format(account='a.id')}) AS p"
             )
+        else:
+            for i, account in enumerate(accounts):
+                params[f"a{i}"] = account
+                parts.append(f"SELECT * FROM ({scan.format(account=f':a{i}')}) AS {side[0]}{i}")
     # UNION, not UNION ALL: a credit moves points between two accounts of the same wallet.
-    sql = " UNION ".join(parts) + " ORDER BY sequence DESC LIMIT :n"
+    sql = "SELECT * FROM (" + " UNION ".join(parts) + ") AS u ORDER BY sequence DESC LIMIT :n"
     return [WalletPosting(*row) for row in session.execute(text(sql), params)]
 
 
@@ -55,7 +66,7 @@ def _events(session: Session, wallet_id: str, before: int, limit: int) -> tuple[
     if not accounts:
         return [], False
     postings: list[WalletPosting] = []
-    batch = 2 * limit + 8
+    batch = limit + 8  # most events are one posting: usually one round
     while True:
         chunk = _postings_below(session, accounts, before, batch)
         postings.extend(chunk)
@@ -76,35 +87,53 @@ def wallet_history(engine: Engine, wallet_id: str, before: int, limit: int) -> t
     return page, (events[-1].first_sequence if more and events else None)
 
 
+def _where_in(session: Session, columns: list[Any], key: Any, values: set[str], *order: Any) -> list[Any]:
+    """Rows of `columns` whose `key` is one of `values`; no query at all for none."""
+    if not values:
+        return []
+    return list(session.execute(select(*columns).where(key.in_(sorted(values))).order_by(*order)))
+
+
 def _describe(session: Session, events: list[HistoryEvent]) -> list[dict[str, Any]]:
     """Each event with its campaign terms, transaction and dates, from the rows around the postings."""
-    sources = {e.source_id for e in events if e.source_id is not None}
+
+    # One query per kind of row the page needs, none for a kind it does not.
+    def of(*types: str) -> set[str]:
+        return {e.source_id for e in events if e.source_id is not None and e.type in types}
+
+    pay, a, g, r, lot = PaymentRow, AwardRow, GrantRow, RedemptionLegRow, PointLotRow
     payments = {
-        r.id: r
-        for r in session.execute(
-            select(PaymentRow.id, PaymentRow.merchant_id, PaymentRow.original_id, PaymentRow.occurred_at_us).where(
-                PaymentRow.id.in_(sources)
-            )
+        row.id: row
+        for row in _where_in(
+            session,
+            [pay.id, pay.merchant_id, pay.original_id],
+            pay.id,
+            of("earned", "credited", "redeemed", "returned", "clawed_back", "expired"),
         )
     }
+    earned = of("earned")
     awards = {
-        (a.payment_id, a.campaign_id): a
-        for a in session.execute(select(AwardRow).where(AwardRow.payment_id.in_(sources))).scalars()
+        (row.payment_id, row.campaign_id): row
+        for row in (session.execute(select(a).where(a.payment_id.in_(sorted(earned)))).scalars() if earned else [])
     }
-    grants = {g.id: g for g in session.execute(select(GrantRow.id, GrantRow.reason).where(GrantRow.id.in_(sources)))}
-    legs: dict[str, list[RedemptionLegRow]] = defaultdict(list)
-    redeemed = [e.source_id for e in events if e.type == "redeemed"]
-    for leg in session.execute(
-        select(RedemptionLegRow)
-        .where(RedemptionLegRow.payment_id.in_(redeemed))
-        .order_by(RedemptionLegRow.payment_id, RedemptionLegRow.position)
-    ).scalars():
+    grants = {row.id: row for row in _where_in(session, [g.id, g.reason], g.id, of("granted"))}
+    legs: dict[str, list[Any]] = defaultdict(list)
+    for leg in _where_in(
+        session,
+        [r.payment_id, r.lot_id, r.campaign_id, r.points],
+        r.payment_id,
+        of("redeemed"),
+        r.payment_id,
+        r.position,
+    ):
         legs[leg.payment_id].append(leg)
     lot_ids = {leg.lot_id for ls in legs.values() for leg in ls}
-    lot_ids |= {lot_id(e.source_id, c) for e in events for p in e.postings if e.source_id and (c := p.campaign_id)}
-    expiry = dict(
-        session.execute(select(PointLotRow.id, PointLotRow.expires_at_us).where(PointLotRow.id.in_(lot_ids))).all()
-    )
+    lot_ids |= {
+        lot_id(e.source_id, e.campaign_id)
+        for e in events
+        if e.source_id and e.campaign_id and e.type in ("earned", "credited", "expired", "granted")
+    }
+    expiry = {row.id: row.expires_at_us for row in _where_in(session, [lot.id, lot.expires_at_us], lot.id, lot_ids)}
     out = []
     for e in events:
         payment = payments.get(e.source_id) if e.source_id else None
