@@ -7,7 +7,8 @@ ingestion: purchases earning a dekad point-back (pending) and, on tagged items, 
 campaign, 100 grants (lots, so the wallet has available accounts too), and twice as many
 purchases of other wallets interleaved. Then starts `uvicorn api.main:app` (one worker) and
 reads pages of 50 with an app key: the first page and pages at cursors spread over the whole
-history, one client after the other, then 4 clients at once. Prints p50/p99 per run and, as the
+history, one client after the other, then 4 clients at once; and, for reference on a shared
+machine, `GET /v1/wallets/{id}/points` of the same wallet with one client. Prints p50/p99 per run and, as the
 last line, `history_p99_ms=` of the single-client run.
 
     python -m bench.wallet_history [--seconds 10]
@@ -145,6 +146,14 @@ def main() -> int:
                 f"clients={clients} pages/s={r['tx_per_s']:.0f} p50_ms={r['p50_ms']:.2f} "
                 f"p99_ms={r['p99_ms']:.2f} errors={r['errors']}"
             )
+        # The machine's floor for an authenticated read: the wallet's points (a few small queries).
+        points = asyncio.run(
+            drive(port, 1, args.seconds / 2, lambda n, i: ("GET", f"/v1/wallets/{WALLET}/points", b"", headers, 1))
+        )
+        print(
+            f"reference GET /v1/wallets/{{id}}/points clients=1 "
+            f"p50_ms={points['p50_ms']:.2f} p99_ms={points['p99_ms']:.2f}"
+        )
         print(json.dumps({"pages": len(pages), "page_size": PAGE, "events": EVENTS}))
     finally:
         server.terminate()
