@@ -7,7 +7,7 @@ real rows. Starts `uvicorn api.main:app` (2 workers, as `setapay serve` would on
 has 16 clients post quotes flat out with an app key, each for its terminal's merchant and a
 wallet of the seeded ones, some with tagged items. Prints throughput and p50/p99 and, as the
 last line, `quote_p99_ms=`; before it, for reference on a shared machine, the same clients
-reading `GET /v1/wallets/{id}/points`.
+reading `GET /v1/directory/campaigns` (an app key's lightest read).
 
     python -m bench.quotes [--clients 16] [--seconds 10] [--workers 2]
 """
@@ -93,7 +93,7 @@ def main() -> int:
         asyncio.run(drive(port, args.clients, 2.0, quote))  # warm-up: catalogs and connections
         r = asyncio.run(drive(port, args.clients, args.seconds, quote))
         # The machine's floor for an authenticated read at the same concurrency, for reference.
-        wallet = ("GET", "/v1/wallets/W1/points", b"", headers, 1)
+        wallet = ("GET", "/v1/directory/campaigns", b"", headers, 1)
         floor = asyncio.run(drive(port, args.clients, args.seconds / 2, lambda n, i: wallet))
     finally:
         server.terminate()
@@ -103,7 +103,7 @@ def main() -> int:
         f"p50_ms={r['p50_ms']:.2f} p99_ms={r['p99_ms']:.2f} errors={r['errors']}"
     )
     print(
-        f"reference GET /v1/wallets/{{id}}/points clients={args.clients} "
+        f"reference GET /v1/directory/campaigns clients={args.clients} "
         f"p50_ms={floor['p50_ms']:.2f} p99_ms={floor['p99_ms']:.2f}"
     )
     print(f"quote_p99_ms={r['p99_ms']:.2f}")

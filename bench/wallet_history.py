@@ -8,7 +8,7 @@ campaign, 100 grants (lots, so the wallet has available accounts too), and twice
 purchases of other wallets interleaved. Then starts `uvicorn api.main:app` (one worker) and
 reads pages of 50 with an app key: the first page and pages at cursors spread over the whole
 history, one client after the other, then 4 clients at once; and, for reference on a shared
-machine, `GET /v1/wallets/{id}/points` of the same wallet with one client. Prints p50/p99 per run and, as the
+machine, `GET /v1/directory/campaigns` (an app key's lightest read) with one client. Prints p50/p99 per run and, as the
 last line, `history_p99_ms=` of the single-client run.
 
     python -m bench.wallet_history [--seconds 10]
@@ -146,13 +146,12 @@ def main() -> int:
                 f"clients={clients} pages/s={r['tx_per_s']:.0f} p50_ms={r['p50_ms']:.2f} "
                 f"p99_ms={r['p99_ms']:.2f} errors={r['errors']}"
             )
-        # The machine's floor for an authenticated read: the wallet's points (a few small queries).
-        points = asyncio.run(
-            drive(port, 1, args.seconds / 2, lambda n, i: ("GET", f"/v1/wallets/{WALLET}/points", b"", headers, 1))
-        )
+        # The machine's floor for an authenticated read: the directory's campaigns (catalog, one query).
+        floor = ("GET", "/v1/directory/campaigns", b"", headers, 1)
+        reference = asyncio.run(drive(port, 1, args.seconds / 2, lambda n, i: floor))
         print(
-            f"reference GET /v1/wallets/{{id}}/points clients=1 "
-            f"p50_ms={points['p50_ms']:.2f} p99_ms={points['p99_ms']:.2f}"
+            "reference GET /v1/directory/campaigns clients=1 "
+            f"p50_ms={reference['p50_ms']:.2f} p99_ms={reference['p99_ms']:.2f}"
         )
         print(json.dumps({"pages": len(pages), "page_size": PAGE, "events": EVENTS}))
     finally:

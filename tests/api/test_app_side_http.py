@@ -276,3 +276,32 @@ def test_directory_needs_an_app_key_unless_published(app_ward: Ward, backend, st
         assert r.status_code == 200 and [m["merchant_id"] for m in r.json()["merchants"]] == ["M_PUB"]
         assert r.headers["Cache-Control"].startswith("public, max-age=")
         assert anonymous.get("/v1/directory/campaigns").status_code == 200
+
+
+# -- last: crediting and expiry runs move every wallet's points ------------------------
+
+
+def test_history_shows_credits_and_expiries_of_the_lifecycle_runs(app_ward: Ward) -> None:
+    server: Server = app_ward.server
+    w = "W_LIFE_" + uuid.uuid4().hex[:8]
+    conv = app_ward.buy("T_CONV", w, 1000)
+    dekad = next(a for a in conv["awards"] if a["campaign_id"] == "C_DEKAD_APP")
+    done = server.cli("credit", "--as-of", dekad["credit_at"])
+    assert done.returncode == 0, done.stderr
+    events = _history(app_ward, w)["events"]
+    credited = next(e for e in events if e["type"] == "credited")
+    assert (credited["campaign_id"], credited["points"], credited["transaction_id"]) == (
+        "C_DEKAD_APP",
+        dekad["points"],
+        conv["id"],
+    )
+    assert credited["expires_at"] == dekad["expires_at"]
+    earned = next(e for e in events if e["type"] == "earned" and e["campaign_id"] == "C_DEKAD_APP")
+    assert earned["status"] == "credited", "the earned event shows the award's status now"
+    done = server.cli("expire", "--as-of", "2035-01-01T00:00:00+09:00")
+    assert done.returncode == 0, done.stderr
+    events = _history(app_ward, w)["events"]
+    expired = [e for e in events if e["type"] == "expired"]
+    assert sum(e["points"] for e in expired) == sum(a["points"] for a in conv["awards"])
+    assert {e["campaign_id"] for e in expired} == {a["campaign_id"] for a in conv["awards"]}
+    assert events[0]["type"] == "expired" and all(e["expires_at"] for e in expired)
