@@ -1,8 +1,9 @@
 """A wallet's points and history (SPEC §5, §6, §10), for the payment app and finance."""
 
+import json
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Response
 
 from api import responses, responses_app
 from api.deps import DatabaseDep, role
@@ -34,11 +35,13 @@ def wallet_points(wallet_id: PathId, p: WalletReader, database: DatabaseDep) -> 
 )
 def wallet_history(
     wallet_id: PathId, p: WalletReader, database: DatabaseDep, cursor: Cursor = None, limit: PageLimit = 50
-) -> dict[str, Any]:
+) -> Response:
     """Every event of the wallet, newest first, keyset-paginated: a page never shifts as new events arrive."""
     events, older_than = history.wallet_history(database, wallet_id, decode_cursor(_HISTORY_CURSOR, cursor), limit)
-    return {
+    body = {
         "wallet_id": wallet_id,
         "events": events,
         "next_cursor": encode_cursor(_HISTORY_CURSOR, older_than) if older_than is not None else None,
     }
+    # Plain JSON values already: dumped as they are, without FastAPI's per-value encoder.
+    return Response(json.dumps(body, ensure_ascii=False), media_type="application/json")
