@@ -62,6 +62,13 @@ class HistoryEvent:
         return None if self.type in ("redeemed", "returned") else self.postings[0].campaign_id
 
 
+def award_status(points: int, pending: int, clawed_back: int) -> str:
+    """An award's status now: all clawed back, else pending while any part awaits crediting."""
+    if clawed_back == points:
+        return "clawed_back"
+    return "pending" if pending > 0 else "credited"
+
+
 def _group_key(p: WalletPosting) -> tuple[object, ...]:
     campaign = None if p.reason in _ACROSS_CAMPAIGNS else p.campaign_id
     return (p.reason, p.payment_id, p.posted_at_us, campaign)

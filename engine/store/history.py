@@ -22,10 +22,9 @@ from sqlalchemy.orm import Session
 
 from engine import limits
 from engine.store.models import AccountRow, AwardRow, GrantRow, PaymentRow, PointLotRow, RedemptionLegRow
-from engine.store.queries import award_status
 from engine.timeutil import format_instant
 from engine.wallet_book import lot_id
-from engine.wallet_history import HistoryEvent, WalletPosting, group_events
+from engine.wallet_history import HistoryEvent, WalletPosting, award_status, group_events
 
 _COLUMNS = "sequence, payment_id, campaign_id, campaign_version, reason, amount, posted_at_us"
 # The predicate of the two partial indexes, repeated literally so the planner may use them.
@@ -111,10 +110,10 @@ def _describe(session: Session, events: list[HistoryEvent]) -> list[dict[str, An
             of("earned", "credited", "redeemed", "returned", "clawed_back", "expired"),
         )
     }
-    earned = of("earned")
+    award_columns = [a.payment_id, a.campaign_id, a.campaign_version, a.points, a.pending, a.clawed_back]
     awards = {
         (row.payment_id, row.campaign_id): row
-        for row in (session.execute(select(a).where(a.payment_id.in_(sorted(earned)))).scalars() if earned else [])
+        for row in _where_in(session, [*award_columns, a.capped_by, a.credit_at_us], a.payment_id, of("earned"))
     }
     grants = {row.id: row for row in _where_in(session, [g.id, g.reason], g.id, of("granted"))}
     legs: dict[str, list[Any]] = defaultdict(list)
@@ -152,7 +151,7 @@ def _describe(session: Session, events: list[HistoryEvent]) -> list[dict[str, An
         if e.type == "earned":
             award = awards[(e.source_id or "", e.campaign_id or "")]
             item.update(
-                status=award_status(award),
+                status=award_status(award.points, award.pending, award.clawed_back),
                 capped_by=award.capped_by,
                 credit_at=format_instant(award.credit_at_us),
                 campaign_version=award.campaign_version,
