@@ -13,7 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from api import responses_app
 from api.deps import ServicesDep, role
-from api.openapi import AUTHENTICATED, problems
+from api.openapi import TERMINAL, problems, terminal_headers
 from engine.errors import EngineError
 from engine.model import Purchase
 from engine.quotes import quote_awards
@@ -52,9 +52,10 @@ class QuoteRequest(Purchase):
 
 @router.post(
     "/v1/quotes",
+    openapi_extra=terminal_headers(),  # a terminal whose key is registered signs its quotes too (SPEC §9.2)
     responses={
         200: {"model": responses_app.Quote},
-        **problems(AUTHENTICATED, "invalid_request", "unknown_merchant", "unknown_terminal", "insufficient_points"),
+        **problems(TERMINAL, "invalid_request", "unknown_merchant", "unknown_terminal", "insufficient_points"),
     },
     response_model=None,
 )

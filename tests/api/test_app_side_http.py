@@ -4,6 +4,7 @@ wallet history, quotes and the directory."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import time
 import uuid
 
@@ -161,6 +162,27 @@ def test_quote_declines_and_scope(app_ward: Ward) -> None:
     assert r.status_code == 422 and r.json()["code"] == "unknown_terminal"
     r = _quote(app_ward.app_client, {**purchase("T_SHOTEN_1", w, 1000), "receipt": "a.b.c"})
     assert r.status_code == 422, "a quote carries no receipt"
+
+
+def test_a_terminal_that_signs_signs_its_quotes(app_ward: Ward) -> None:
+    """SPEC §9.2: every request of a terminal with a registered key is signed, quotes included."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from engine.http_signing import public_key_b64
+
+    key = Ed25519PrivateKey.generate()
+    with app_ward.server.client(app_ward.server.admin_key) as admin:
+        r = admin.patch("/v1/terminals/T_LARGE", json={"public_key": public_key_b64(key)})
+        assert r.status_code == 200, r.text
+    body = json.dumps(purchase("T_LARGE", "W_QSIGNED", 1000)).encode()
+    deadline = time.monotonic() + 5  # the terminal's key reaches every process within the key cache's TTL
+    while (unsigned := _quote(app_ward.terminal("T_LARGE"), json.loads(body))).status_code == 200:
+        assert time.monotonic() < deadline, "an unsigned quote of a signing terminal was answered"
+        time.sleep(0.3)
+    assert unsigned.status_code == 401 and unsigned.json()["code"] == "signature_required", unsigned.text
+    signed = app_ward.send_signed("T_LARGE", key, "POST", "/v1/quotes", body)
+    assert signed.status_code == 200, signed.text
+    assert [a["campaign_id"] for a in signed.json()["awards"]] == ["C_LARGE_ONLY"]
 
 
 # -- directory -----------------------------------------------------------------------
