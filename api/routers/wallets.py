@@ -30,7 +30,7 @@ def wallet_points(wallet_id: PathId, p: WalletReader, database: DatabaseDep) -> 
 
 @router.get(
     "/v1/wallets/{wallet_id}/history",
-    responses={200: {"model": responses_app.WalletHistory}, **problems(AUTHENTICATED, "invalid_request")},
+    responses={200: {"model": responses_app.WalletHistory}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
     response_model=None,
 )
 def wallet_history(

@@ -10,6 +10,7 @@ import uuid
 
 import pytest
 
+from api import responses_app
 from tests.api.conftest import Server
 from tests.ward import CAMPAIGN_WINDOW, TOKYO, Ward, purchase
 
@@ -298,6 +299,23 @@ def test_directory_needs_an_app_key_unless_published(app_ward: Ward, backend, st
         assert r.status_code == 200 and [m["merchant_id"] for m in r.json()["merchants"]] == ["M_PUB"]
         assert r.headers["Cache-Control"].startswith("public, max-age=")
         assert anonymous.get("/v1/directory/campaigns").status_code == 200
+
+
+def test_answers_validate_against_their_documented_models(app_ward: Ward) -> None:
+    """The typed 2xx models of the OpenAPI document (api/responses_app.py) describe real answers."""
+    w = "W_MODELS_" + uuid.uuid4().hex[:8]
+    bought = app_ward.buy("T_SHOTEN_1", w, 2000)
+    app_ward.buy("T_CONV", w, 1000)
+    app_ward.buy("T_SHOTEN_1", w, 300, points_used=300)
+    app_ward.refund("T_SHOTEN_1", bought["id"], 2000)
+    assert app_ward.grant(w, 5, "C_POINTBACK").status_code == 201
+    history = _history(app_ward, w)
+    assert {e["type"] for e in history["events"]} >= {"earned", "redeemed", "clawed_back", "granted"}
+    responses_app.WalletHistory.model_validate(history)
+    quote = _quote(app_ward.app_client, purchase("T_CONV", w, 1000))
+    responses_app.Quote.model_validate(quote.json())
+    responses_app.DirectoryMerchants.model_validate(app_ward.app_client.get("/v1/directory/merchants").json())
+    responses_app.DirectoryCampaigns.model_validate(app_ward.app_client.get("/v1/directory/campaigns").json())
 
 
 # -- last: crediting and expiry runs move every wallet's points ------------------------
