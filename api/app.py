@@ -4,9 +4,10 @@ It builds the collaborators once (`api.deps.Services`: the database engine, ledg
 configuration, keys, payment apps, group committer, answer cache, signature checks,
 authentication), keeps them in `app.state.services`, includes one router per area
 (api/routers/), installs the problem+json exception handlers (api/errors.py) and the
-strict-input middleware (api/middleware.py), and runs the lifecycle scheduler while
-the application is up. Routers validate, call the engine and render; every failure is
-an `EngineError` rendered as RFC 9457 problem+json with a stable `code`.
+strict-input middleware (api/middleware.py), and runs the lifecycle scheduler and the
+webhook delivery worker (engine/store/webhooks.py) while the application is up. Routers
+validate, call the engine and render; every failure is an `EngineError` rendered as RFC 9457
+problem+json with a stable `code`.
 """
 
 import contextlib
@@ -25,6 +26,7 @@ from api.routers import (
     audit,
     configuration,
     directory,
+    events,
     finance,
     health,
     keys,
@@ -46,10 +48,24 @@ from engine.store.group_commit import GroupCommitter
 from engine.store.keys import Keys
 from engine.store.ledger import Ledger
 from engine.store.nonces import nonce_store
+from engine.store.webhooks import Webhooks
 from engine.timeutil import tokyo_day_key
 
 # In this order: the document lists the paths in the order the routes are included.
-ROUTERS = (health, transactions, wallets, quotes, directory, merchants, configuration, finance, simulation, audit, keys)
+ROUTERS = (
+    health,
+    transactions,
+    wallets,
+    quotes,
+    directory,
+    merchants,
+    configuration,
+    finance,
+    simulation,
+    audit,
+    keys,
+    events,
+)
 
 
 def create_app(settings: Settings | None = None, migrate: bool = True, clock: Clock | None = None) -> FastAPI:
@@ -65,6 +81,13 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock: Cl
             _start_lifecycle_scheduler(
                 services.ledger, settings.lifecycle_interval_s, stop, settings.idempotency_retention_days
             )
+        if settings.webhook_delivery_interval_s > 0:
+            threading.Thread(
+                target=services.webhooks.run,
+                args=(stop, settings.webhook_delivery_interval_s),
+                name="webhook-delivery",
+                daemon=True,
+            ).start()
         yield
         stop.set()
         services.auth.close()
@@ -147,6 +170,7 @@ def _build_services(settings: Settings, clock: Clock) -> Services:
         signatures=signatures,
         auth=Auth(keys, settings, clock, signatures),
         in_flight=InFlight(),
+        webhooks=Webhooks(engine, settings, clock),
     )
 
 

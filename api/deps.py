@@ -32,6 +32,7 @@ from engine.store.config import Config, Principal
 from engine.store.group_commit import GroupCommitter
 from engine.store.keys import Keys
 from engine.store.ledger import Ledger
+from engine.store.webhooks import Webhooks
 
 
 class Clock(Protocol):
@@ -54,6 +55,7 @@ class Services:
     signatures: TerminalSignatures
     auth: Auth
     in_flight: InFlight
+    webhooks: Webhooks  # endpoints, deliveries and the delivery worker's steps (SPEC §10)
 
 
 def _services(request: Request) -> Services:

@@ -17,6 +17,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from api.openapi import REPLAYED_HEADER as REPLAYED_HEADER  # the routes' 2xx headers
 from api.openapi import Problem
+from engine.events import EventType
 from engine.model import Campaign
 
 
@@ -418,6 +419,65 @@ class AuditEntry(_Answer):
 class AuditPage(_Answer):
     entries: list[AuditEntry]
     next_cursor: str | None
+
+
+# -- events and webhooks (SPEC §10) ---------------------------------------------------------
+
+
+class EventView(_Answer):
+    id: int = Field(description="The feed's order: page on with `after` set to the last id read")
+    type: EventType
+    timestamp: str = Field(description="RFC 3339 instant the event was written")
+    wallet_id: str | None = Field(description="The wallet it is about, or null (campaign and settlement events)")
+    data: dict[str, Any]
+
+
+class EventPage(_Answer):
+    events: list[EventView]
+    next_after: int = Field(description="`after` for the next page (the last id listed, or the one asked)")
+
+
+class DeliveryCounts(_Answer):
+    pending: int
+    delivered: int
+    failed: int
+
+
+class WebhookView(_Answer):
+    id: str
+    url: str
+    event_types: list[str]
+    created_at: str
+    deleted_at: str | None
+    deliveries: DeliveryCounts
+
+
+class WebhookViews(RootModel[list[WebhookView]]):
+    pass
+
+
+class CreatedWebhook(WebhookView):
+    secret: str = Field(description="The signing secret (whsec_...), shown this once")
+
+
+class DeliveryView(_Answer):
+    id: int
+    webhook_id: str
+    event_id: int
+    event_type: str
+    wallet_id: str | None
+    status: Literal["pending", "delivered", "failed"]
+    attempts: int
+    last_status_code: int | None
+    last_error: str | None
+    created_at: str
+    last_attempt_at: str | None
+    finished_at: str | None
+
+
+class DeliveryPage(_Answer):
+    deliveries: list[DeliveryView]
+    next_after: int
 
 
 # -- health ----------------------------------------------------------------------

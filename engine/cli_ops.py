@@ -194,6 +194,37 @@ def _cmd_purge_answers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_deliver(args: argparse.Namespace) -> int:
+    """`setapay deliver`: the webhook delivery worker alone (SPEC §10), until SIGTERM or Ctrl-C;
+    `--once`: deliver what is due now, then exit. Safe next to `setapay serve`'s own workers."""
+    import signal
+    import threading
+
+    from engine.clock import SystemClock
+    from engine.store import db
+    from engine.store.webhooks import Webhooks
+
+    settings = _settings()
+    db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    webhooks = Webhooks(engine, settings, SystemClock(settings.clock_offset_s))
+    try:
+        if args.once:
+            with webhooks.client() as client:
+                attempts = 0
+                while done := webhooks.deliver_once(client):
+                    attempts += done
+            print(f"{attempts} delivery attempts", file=sys.stderr)
+            return 0
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.set())
+        webhooks.run(stop, settings.webhook_delivery_interval_s or 1.0)
+    finally:
+        engine.dispose()
+    return 0
+
+
 def _cmd_backup(args: argparse.Namespace) -> int:
     """`setapay backup OUT`: a consistent copy of the configured database (pg_dump custom format on
     PostgreSQL, the online backup API on SQLite), safe while the API posts."""
@@ -421,6 +452,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         help="forget remembered idempotency answers older than SETAPAY_IDEMPOTENCY_RETENTION_DAYS (at least 30)",
     )
     p.set_defaults(func=_cmd_purge_answers)
+
+    p = sub.add_parser("deliver", help="deliver webhook events (the worker `serve` also runs), until stopped")
+    p.add_argument("--once", action="store_true", help="deliver what is due now, then exit")
+    p.set_defaults(func=_cmd_deliver)
 
     p = sub.add_parser("settle", help="settle a period (idempotent) and write statement, CSV and Zengin file")
     p.add_argument("--period", required=True, help="2026-12 (monthly) or 2026-12-H1 / 2026-12-H2 (semi-monthly)")

@@ -8,6 +8,7 @@ this process's default registry.
 
 Per campaign, the budget left and the points issued are read from the database when scraped
 (`CampaignBudgets`): the meter in `campaign.issued_net` is the truth, whatever process moved it.
+So are the webhook deliveries pending and failed (`WebhookDeliveries`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,13 @@ JOB_SECONDS = Histogram(
     "Lifecycle, settlement and reconciliation runs: duration by job and outcome",
     ["job", "outcome"],
     buckets=JOB_BUCKETS_S,
+)
+
+
+WEBHOOK_ATTEMPTS = Counter(
+    "setapay_webhook_delivery_attempts",
+    "Webhook delivery attempts by outcome: delivered, retry (to be tried again), failed (retry window over)",
+    ["outcome"],
 )
 
 
@@ -87,3 +95,22 @@ class CampaignBudgets(Collector):
             issued.add_metric([campaign_id], issued_net)
         yield remaining
         yield issued
+
+
+class WebhookDeliveries(Collector):
+    """`setapay_webhook_deliveries_pending` and `setapay_webhook_deliveries_failed`, read by `read()`
+    (status → count) from the database when scraped, whatever process delivers."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self.read = read
+
+    def collect(self) -> Iterator[Any]:
+        counts = self.read()
+        yield GaugeMetricFamily(
+            "setapay_webhook_deliveries_pending", "Webhook deliveries not yet delivered", value=counts["pending"]
+        )
+        yield GaugeMetricFamily(
+            "setapay_webhook_deliveries_failed",
+            "Webhook deliveries given up after the retry window (or whose endpoint was deleted)",
+            value=counts["failed"],
+        )

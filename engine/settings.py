@@ -43,6 +43,16 @@ class Settings(BaseSettings):
     )
     # The directory (GET /v1/directory/...) answers without a key when the ward publishes it.
     directory_public: bool = False
+    # Webhooks (SPEC §10): how often each API process's delivery worker looks for work (0: none in
+    # the API; `setapay deliver` delivers), how long a delivery is retried before it is marked
+    # failed, the exponential backoff's first and longest wait (with jitter), each attempt's timeout,
+    # and whether plain http:// and local addresses may be registered (development and tests only).
+    webhook_delivery_interval_s: float = Field(default=1.0, ge=0)
+    webhook_retry_window_s: float = Field(default=86_400, gt=0)
+    webhook_backoff_base_s: float = Field(default=5.0, gt=0)
+    webhook_backoff_max_s: float = Field(default=3_600, gt=0)
+    webhook_timeout_s: float = Field(default=5.0, gt=0, le=30)
+    webhooks_allow_http: bool = False
     # 32 bytes, base64; seals merchant bank details (AES-GCM). Never stored in the database.
     data_key_b64: str | None = None
     # Ed25519 private key (raw 32-byte seed, base64, or PKCS#8 PEM) that signs statements and chain heads.

@@ -3,8 +3,9 @@
 Seeds the demo ward (merchants, campaigns, one terminal and key per merchant)
 through the admin API of a fresh embedded database, posts the first part of
 the day's purchases, refunds and redemptions to `POST /v1/transactions` as
-terminals would (each with its Idempotency-Key, a few retried), and ends with
-the ledger check computed from the postings alone.
+terminals would (each with its Idempotency-Key, a few retried; up to WAVE_MAX
+terminals at once, so the server's group commit writes them together), and
+ends with the ledger check computed from the postings alone.
 
 The day is a synthetic one in December 2026, so the demo widens the accepted
 `occurred_at` window the way a history import does.
@@ -17,13 +18,15 @@ import contextlib
 import datetime as dt
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from engine import demo as ward_demo
 from engine.clock import ManualClock
-from engine.model import BankAccount, Credit
+from engine.model import BankAccount, Credit, Purchase, Refund
+from engine.rating.columns import Event
 from engine.receipts import PaymentApp
 from engine.settings import Settings
 from engine.store import lifecycle, queries
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 
 DEMO_DATABASE = "setapay-demo.db"
 DEMO_APP_ID = "SETAGAYA_PAY"
+# Transactions in flight at once, as many terminals post them (see `_waves`).
+WAVE_MAX = 64
 
 
 class LedgerSummary(TypedDict):
@@ -77,7 +82,7 @@ def run_ledger_demo(
 
     url = database_url or _fresh_sqlite(Path.cwd() / DEMO_DATABASE)
     # A synthetic day posted as fast as the machine goes: no per-key rate limit.
-    settings = Settings(database_url=url, group_commit_wait_ms=0, rate_limit_per_key="off")
+    settings = Settings(database_url=url, rate_limit_per_key="off")
     members, camps = ward_demo.ward(seed)
     # The day runs on its own clock: configuration the evening before, each
     # transaction a few seconds after it happened, runs on their due dates.
@@ -118,50 +123,68 @@ def run_ledger_demo(
         advance = progress(len(events)) if progress else None
         sample_wallet = None
         counts_by_merchant: collections.Counter[str] = collections.Counter()
-        for n, (key, event) in enumerate(events):
-            clock.set(to_us(event.occurred_at) + 3_000_000)
+
+        def prepare(key: str, event: Purchase | Refund) -> tuple[str, dict[str, Any], dict[str, str]] | None:
+            """The signed body and headers of one event, as its terminal sends it; None for a
+            refund of a purchase the demo never posted."""
             body = event.model_dump(mode="json", exclude_none=True)
-            if event.type == "purchase":
+            if isinstance(event, Purchase):
                 terminal_id = event.terminal_id
-                # Wallets start empty here: redeem only what the day has earned them so far.
+                # Wallets start empty here: redeem only what earlier waves have earned them.
                 body["points_used"] = min(event.points_used, spendable[event.wallet_id])
+                body = payment_app.sign_purchase(body, jti=f"pay_{key}")
             else:
                 if event.original_id not in posted:
-                    continue
+                    return None
                 body["original_id"], terminal_id = posted[event.original_id]
-            body = (
-                payment_app.sign_purchase(body, jti=f"pay_{key}")
-                if event.type == "purchase"
-                else payment_app.sign_refund(body, jti=f"ref_{key}")
-            )
-            headers = {"Authorization": f"Bearer {terminal_keys[terminal_id]}", "Idempotency-Key": key}
-            response = client.post("/v1/transactions", json=body, headers=headers)
-            payment_app.accepted(body, response.json())
-            if n % 97 == 0:  # a terminal that lost the answer retries; it must be a replay
-                retry = client.post("/v1/transactions", json=body, headers=headers)
-                assert retry.headers.get("Idempotent-Replayed") == "true" and retry.json() == response.json()
-                counts["retries replayed"] += 1
-            answer = response.json()
-            if response.status_code == 201:
-                counts[f"{event.type}s accepted"] += 1
-                counts_by_merchant[answer["merchant_id"]] += 1
-                if event.type == "purchase":
-                    posted[key] = (answer["id"], terminal_id)
-                    credited = sum(a["points"] for a in answer["awards"] if a["status"] == "credited")
-                    spendable[event.wallet_id] += credited - body["points_used"]
-                    counts["redemptions"] += body["points_used"] > 0
-                    pending = any(a["status"] == "pending" for a in answer["awards"])
-                    if pending and credited and sample_wallet is None:
-                        sample_wallet = event.wallet_id
-                else:
-                    wallet = answer["wallet_id"]
-                    spendable[wallet] = max(
-                        0, spendable[wallet] + answer["points_returned"] - answer["points_clawed_back"]
-                    )
-            else:
-                counts[f"declined: {answer['code']}"] += 1
-            if advance:
-                advance(1)
+                body = payment_app.sign_refund(body, jti=f"ref_{key}")
+            return terminal_id, body, {"Authorization": f"Bearer {terminal_keys[terminal_id]}", "Idempotency-Key": key}
+
+        def post(request: tuple[str, dict[str, Any], dict[str, str]]) -> httpx.Response:
+            response: httpx.Response = client.post("/v1/transactions", json=request[1], headers=request[2])
+            return response
+
+        # Terminals post at once: a wave of events goes out concurrently and the server's
+        # group commit rates and writes them together. A wave never holds one wallet twice
+        # (its awards then do not depend on the order in the group) nor a refund of a
+        # purchase in the same wave (its terminal has not been answered yet).
+        n = 0
+        with ThreadPoolExecutor(max_workers=WAVE_MAX) as pool:
+            for wave in _waves(events):
+                # The wave's transactions reach the engine a few seconds after its last one happened.
+                clock.set(to_us(wave[-1][1].occurred_at) + 3_000_000)
+                prepared = [(key, event, prepare(key, event)) for key, event in wave]
+                ready = [(key, event, request) for key, event, request in prepared if request is not None]
+                responses = list(pool.map(post, [request for _, _, request in ready]))
+                for (key, event, request), response in zip(ready, responses):
+                    terminal_id, body, _ = request
+                    payment_app.accepted(body, response.json())
+                    if n % 97 == 0:  # a terminal that lost the answer retries; it must be a replay
+                        retry = post(request)
+                        assert retry.headers.get("Idempotent-Replayed") == "true" and retry.json() == response.json()
+                        counts["retries replayed"] += 1
+                    n += 1
+                    answer = response.json()
+                    if response.status_code == 201:
+                        counts[f"{event.type}s accepted"] += 1
+                        counts_by_merchant[answer["merchant_id"]] += 1
+                        if isinstance(event, Purchase):
+                            posted[key] = (answer["id"], terminal_id)
+                            credited = sum(a["points"] for a in answer["awards"] if a["status"] == "credited")
+                            spendable[event.wallet_id] += credited - body["points_used"]
+                            counts["redemptions"] += body["points_used"] > 0
+                            pending = any(a["status"] == "pending" for a in answer["awards"])
+                            if pending and credited and sample_wallet is None:
+                                sample_wallet = event.wallet_id
+                        else:
+                            wallet = answer["wallet_id"]
+                            spendable[wallet] = max(
+                                0, spendable[wallet] + answer["points_returned"] - answer["points_clawed_back"]
+                            )
+                    else:
+                        counts[f"declined: {answer['code']}"] += 1
+                if advance:
+                    advance(len(wave))
         finance = {"Authorization": f"Bearer {config.create_key('finance')}"}
         wallet_before = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json()
         # The crediting run of the day's dekad: every pending point-back becomes available.
@@ -212,6 +235,27 @@ def run_ledger_demo(
         "zengin_path": str(zengin_path),
         "reconciliation": reconciliation,
     }
+
+
+def _waves(events: list[Event]) -> Iterator[list[Event]]:
+    """The day's events in order, cut into waves of at most WAVE_MAX that never hold one
+    wallet twice nor a refund of a purchase in the same wave."""
+    wave: list[Event] = []
+    wallets: set[str] = set()
+    keys: set[str] = set()
+    for key, event in events:
+        wallet = event.wallet_id if isinstance(event, Purchase) else None
+        if wave and (
+            len(wave) == WAVE_MAX or wallet in wallets or (isinstance(event, Refund) and event.original_id in keys)
+        ):
+            yield wave
+            wave, wallets, keys = [], set(), set()
+        wave.append((key, event))
+        keys.add(key)
+        if wallet is not None:
+            wallets.add(wallet)
+    if wave:
+        yield wave
 
 
 def _bank_account(i: int) -> BankAccount:

@@ -178,7 +178,7 @@ class ServerProcess:
         args = [sys.executable, "-m", "engine.cli", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         if self.workers is not None:  # else the command's own default (one)
             args += ["--workers", str(self.workers)]
-        with open(self.log_path, "wb") as log:
+        with open(self.log_path, "ab") as log:  # a restarted server adds to its log
             self.process = subprocess.Popen(
                 args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )

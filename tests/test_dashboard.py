@@ -15,7 +15,11 @@ DASHBOARD = Path(__file__).resolve().parents[1] / "docs" / "ops" / "grafana-dash
 
 def exported() -> set[str]:
     names = set()
-    for collector in (REGISTRY, metrics.CampaignBudgets(lambda: {"C": (10, 1)})):
+    for collector in (
+        REGISTRY,
+        metrics.CampaignBudgets(lambda: {"C": (10, 1)}),
+        metrics.WebhookDeliveries(lambda: {"pending": 1, "failed": 0}),
+    ):
         for family in collector.collect():
             names.add(family.name)  # a labelled family exports no sample until first used
     return names

@@ -11,6 +11,7 @@
 | `simulation` | `POST /v1/campaigns/{id}/simulate` |
 | `audit` | `GET /v1/audit`, `POST /v1/merchants/{id}/bank-account/confirm` |
 | `keys` | `/v1/keys`, `POST /v1/keys/{id}/revoke` |
+| `events` | `GET /v1/events`, `/v1/webhooks` and `DELETE /v1/webhooks/{id}`, `GET /v1/webhook-deliveries` |
 
 Handlers take their collaborators and the caller from api/deps.py.
 """

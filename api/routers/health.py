@@ -1,6 +1,7 @@
 """Liveness, readiness and metrics, without a key: `/healthz` answers while the process runs,
 `/readyz` only while the database (and Redis, when configured) answer, `/metrics` is the
-Prometheus exposition of every worker (engine/metrics.py) and the campaigns' budget meters."""
+Prometheus exposition of every worker (engine/metrics.py), the campaigns' budget meters and
+the webhook deliveries pending and failed."""
 
 import os
 from typing import Any
@@ -14,7 +15,7 @@ from sqlalchemy.engine import Engine
 from api import responses
 from api.deps import ServicesDep
 from api.openapi import COMMON, problems
-from engine.metrics import CampaignBudgets
+from engine.metrics import CampaignBudgets, WebhookDeliveries
 from engine.store.models import CampaignRow
 
 router = APIRouter()
@@ -75,6 +76,7 @@ def metrics(services: ServicesDep) -> Response:
         body = generate_latest(REGISTRY)
     budgets = CollectorRegistry()
     budgets.register(CampaignBudgets(lambda: _budgets(services.engine)))
+    budgets.register(WebhookDeliveries(services.webhooks.counts))
     return Response(body + generate_latest(budgets), media_type=CONTENT_TYPE_LATEST)
 
 

@@ -3,8 +3,10 @@
 On PostgreSQL, writes and key look-ups pass whole arrays as single binary
 parameters (`unnest`, `= ANY`), and a unit of work's writes go out as one
 pipeline, so a group of 1,000 transactions costs a handful of round trips
-and no per-row statement parsing. On SQLite the same calls use ordinary
-executemany.
+and no per-row statement parsing. On SQLite the same calls are plain SQL
+text run on the driver (`exec_driver_sql`: executemany for writes, row values
+for keyed reads), so no statement goes through SQLAlchemy's compiler on the
+money path.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Table, bindparam, text
+from sqlalchemy import Table
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import Session
 
@@ -53,10 +55,12 @@ def select_where_in(
                 [list(values)],
             )
             return cursor.fetchall()
-    stmt = text(f"SELECT {', '.join(columns)} FROM {table.name} WHERE {column} IN :values{where}").bindparams(
-        bindparam("values", expanding=True)
-    )
-    return [tuple(r) for r in session.execute(stmt, {"values": list(values)})]
+    out: list[tuple[Any, ...]] = []
+    for chunk in _chunks(list(values), SQLITE_VARIABLES_MAX):
+        marks = ", ".join("?" * len(chunk))
+        sql = f"SELECT {', '.join(columns)} FROM {table.name} WHERE {column} IN ({marks}){where}"
+        out += [tuple(r) for r in session.connection().exec_driver_sql(sql, tuple(chunk))]
+    return out
 
 
 def select_where_tuples(
@@ -76,10 +80,24 @@ def select_where_tuples(
         with _raw(session).cursor() as cursor:
             cursor.execute(sql, [[t[i] for t in tuples] for i in range(len(key))])
             return cursor.fetchall()
-    from sqlalchemy import select, tuple_
+    out: list[tuple[Any, ...]] = []
+    row = "(" + ", ".join("?" * len(key)) + ")"
+    for chunk in _chunks(list(tuples), SQLITE_VARIABLES_MAX // len(key)):
+        sql = (
+            f"SELECT {', '.join(columns)} FROM {table.name} "
+            f"WHERE ({', '.join(key)}) IN (VALUES {', '.join([row] * len(chunk))})"
+        )
+        out += [tuple(r) for r in session.connection().exec_driver_sql(sql, tuple(v for t in chunk for v in t))]
+    return out
 
-    stmt = select(*[table.c[c] for c in columns]).where(tuple_(*[table.c[k] for k in key]).in_(list(tuples)))
-    return [tuple(r) for r in session.execute(stmt)]
+
+# SQLite's limit on the parameters of one statement (SQLITE_MAX_VARIABLE_NUMBER is 32,766 since 3.32).
+SQLITE_VARIABLES_MAX = 30_000
+
+
+def _chunks(values: list[Any], size: int) -> Iterator[list[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def stream(session: Session, sql: str, chunk_rows: int = 50_000) -> Iterator[Sequence[Any]]:
@@ -109,6 +127,10 @@ _PG_TYPES = {
 }
 
 
+def _marks(columns: list[str]) -> str:
+    return ", ".join("?" * len(columns))
+
+
 def _pg_type(table: Table, column: str) -> str:
     compiled = str(table.c[column].type.compile(dialect=sqlite.dialect())).split("(")[0].upper()
     return _PG_TYPES[compiled]
@@ -136,10 +158,10 @@ class WriteBatch:
     def insert(self, table: Table, rows: Sequence[Values]) -> None:
         if not rows:
             return
-        if not self.pg:
-            self.session.execute(table.insert(), rows)
-            return
         columns = list(rows[0])
+        if not self.pg:
+            self._executemany(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_marks(columns)})", rows)
+            return
         source, params = self._arrays(table, columns, rows)
         self.statements.append((f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source}", params))
 
@@ -151,20 +173,17 @@ class WriteBatch:
             return
         column = add or replace
         assert column is not None, "upsert needs add= or replace="
-        if not self.pg:
-            stmt = sqlite.insert(table)
-            value: ColumnElement[Any] = table.c[column] + stmt.excluded[column] if add else stmt.excluded[column]
-            self.session.execute(stmt.on_conflict_do_update(index_elements=key, set_={column: value}), rows)
-            return
         columns = list(rows[0])
-        source, params = self._arrays(table, columns, rows)
         sql_value = f"{table.name}.{column} + EXCLUDED.{column}" if add else f"EXCLUDED.{column}"
-        self.statements.append(
-            (
-                f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source} "
-                f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {sql_value}",
-                params,
+        conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {sql_value}"
+        if not self.pg:
+            self._executemany(
+                f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_marks(columns)}) {conflict}", rows
             )
+            return
+        source, params = self._arrays(table, columns, rows)
+        self.statements.append(
+            (f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source} {conflict}", params)
         )
 
     def update(self, table: Table, key: list[str], rows: Sequence[Values], add: tuple[str, ...] = ()) -> None:
@@ -178,14 +197,9 @@ class WriteBatch:
         assert len({tuple(r[k] for k in key) for r in rows}) == len(rows), "update rows must be unique by key"
         setters = [c for c in columns if c not in key]
         if not self.pg:
-            stmt = (
-                table.update()
-                .where(*[table.c[k] == bindparam(f"k_{k}") for k in key])
-                .values({c: (table.c[c] + bindparam(f"v_{c}")) if c in add else bindparam(f"v_{c}") for c in setters})
-            )
-            self.session.execute(
-                stmt, [{**{f"k_{k}": r[k] for k in key}, **{f"v_{c}": r[c] for c in setters}} for r in rows]
-            )
+            assignments = ", ".join(f"{c} = {c} + ?" if c in add else f"{c} = ?" for c in setters)
+            where = " AND ".join(f"{k} = ?" for k in key)
+            self._executemany(f"UPDATE {table.name} SET {assignments} WHERE {where}", rows, setters + key)
             return
         source, params = self._arrays(table, columns, rows)
         assignments = ", ".join(f"{c} = t.{c} + v.{c}" if c in add else f"{c} = v.{c}" for c in setters)
@@ -196,6 +210,10 @@ class WriteBatch:
                 params,
             )
         )
+
+    def _executemany(self, sql: str, rows: Sequence[Values], columns: list[str] | None = None) -> None:
+        names = columns or list(rows[0])
+        self.session.connection().exec_driver_sql(sql, [tuple(row[c] for c in names) for row in rows])
 
     def send(self) -> None:
         if not self.statements:

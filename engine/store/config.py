@@ -23,7 +23,7 @@ from engine.audit import OPERATOR, Actor, mask_bank_account
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
 from engine.model import BankAccount, Campaign, Merchant
-from engine.store import audit
+from engine.store import audit, db
 from engine.store.models import (
     ApiKeyRow,
     CampaignRow,
@@ -75,6 +75,7 @@ MASKED_ACCOUNT = "bank_account_masked"
 class Config:
     def __init__(self, engine: Engine, settings: Settings | None = None, clock: Clock | None = None) -> None:
         self.engine = engine
+        self._reader = db.reader(engine)  # for per-request reads (SQLite: no writer lock)
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
 
@@ -430,7 +431,7 @@ class Config:
 
     def terminal_public_key(self, terminal_id: str) -> str | None:
         """The terminal's registered signing key (base64), or None: bearer-only."""
-        with Session(self.engine) as session:
+        with Session(self._reader) as session:
             return session.execute(
                 select(TerminalRow.public_key).where(TerminalRow.id == terminal_id)
             ).scalar_one_or_none()

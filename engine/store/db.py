@@ -32,6 +32,16 @@ def psycopg_connection(connection: Connection) -> psycopg.Connection[tuple[Any, 
     return cast("psycopg.Connection[tuple[Any, ...]]", connection.connection.dbapi_connection)
 
 
+READ_ONLY_OPTION = "setapay_read_only"
+
+
+def reader(engine: Engine) -> Engine:
+    """`engine` for transactions that only read (same pool): on SQLite they begin DEFERRED
+    instead of IMMEDIATE, so a per-request read (a key, a terminal's signing key) never
+    queues behind the ledger's writer; on PostgreSQL nothing changes."""
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
+
+
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
@@ -49,7 +59,11 @@ def make_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection: Connection) -> None:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers begin IMMEDIATE (they take the write lock first, so two never deadlock
+            # upgrading); a `reader` engine's transactions only read and begin DEFERRED: under
+            # WAL they see a snapshot and never wait for a writer.
+            deferred = connection.get_execution_options().get(READ_ONLY_OPTION)
+            connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
         return engine
     if url.startswith("postgresql://") or url.startswith("postgres://"):

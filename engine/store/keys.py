@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from engine.audit import OPERATOR, Actor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
-from engine.store import audit
+from engine.store import audit, db
 from engine.store.config import ROLES, Principal
 from engine.store.models import ApiKeyRow, MerchantRow, TerminalRow
 from engine.timeutil import format_instant
@@ -71,6 +71,7 @@ def _listing(row: ApiKeyRow, merchant_id: str | None) -> dict[str, Any]:
 class Keys:
     def __init__(self, engine: Engine, clock: Clock | None = None) -> None:
         self.engine = engine
+        self._reader = db.reader(engine)  # for per-request reads (SQLite: no writer lock)
         self.clock: Clock = clock or SystemClock()
 
     def create(
@@ -163,7 +164,7 @@ class Keys:
     def lookup(self, digest: str) -> KeyLookup | None:
         """The key with this SHA-256, unless unknown or revoked; expiry is the caller's to check
         against its clock on every request."""
-        with Session(self.engine) as session:
+        with Session(self._reader) as session:
             found = session.execute(
                 select(
                     ApiKeyRow.id,

@@ -52,6 +52,7 @@ from engine.rating._kernel_py import share_target
 from engine.rating.columns import Event
 from engine.receipts import Receipt
 from engine.store import bulk
+from engine.store import events as outbox
 from engine.store.books import load_books, save_books
 from engine.store.models import (
     AccountRow,
@@ -387,6 +388,7 @@ class Ledger:
             events.append((payment_ids[i], s.body))
 
         accepted_at = self.clock.now_us()
+        answer_json: dict[str, str]  # payment id -> its answer, serialised once for its payment row
         if events:
             state, books = self._load_state(session, catalog, events, originals)
             usage_before, spend_before = dict(state.usage), dict(state.spend)
@@ -412,8 +414,11 @@ class Ledger:
                         writer.refund(payment_ids[i], s, outcome, state, originals[s.body.original_id], pending_before),
                     )
             batch = writer.flush(state, usage_before, spend_before, send=False)
+            answer_json = writer.answers_json
+            outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at)
         else:
             batch = bulk.WriteBatch(session)
+            answer_json = {}
 
         # 3. A receipt's later uses: declined if its first use here was accepted, else left
         # to the next round. Then duplicates of keys inside the group, and remember every answer.
@@ -434,13 +439,15 @@ class Ledger:
             r = results[i]
             if r is None or not r.remember:
                 continue
+            # An accepted payment's answer was serialised once already, for its payment row.
+            stored = answer_json.get(r.body["id"]) if r.status == 201 else None
             remember.append(
                 dict(
                     terminal_id=key[0],
                     key=key[1],
                     request_hash=submissions[i].request_hash,
                     response_status=r.status,
-                    response_json=json.dumps(r.body, ensure_ascii=False),
+                    response_json=stored if stored is not None else json.dumps(r.body, ensure_ascii=False),
                     payment_id=r.body.get("id") if r.status == 201 else None,
                     created_at_us=accepted_at,
                 )
@@ -598,6 +605,7 @@ class PostingWriter:
         self._batch = bulk.WriteBatch(unit.session)
         self._redemption_legs: list[Row] = []
         self._payments: list[Row] = []
+        self.answers_json: dict[str, str] = {}  # payment id -> its answer as stored on its payment row
         self._awards: list[Row] = []
         self._award_updates: list[Row] = []
         self._refunded_updates: dict[str, int] = {}
@@ -886,13 +894,17 @@ class PostingWriter:
             original_id=original_id,
             refunded_amount=0,
             request_json=s.request_json,
-            response_json=json.dumps(response, ensure_ascii=False),
+            response_json=self._answer_json(pid, response),
             has_items=getattr(s.body, "items", None) is not None,
             receipt_app_id=s.receipt.app_id if s.receipt is not None else None,
             receipt_jti=s.receipt.jti if s.receipt is not None else None,
         )
         row["hash"] = self._head.last_payment_hash = rules.payment_hash(self._head.last_payment_hash, row)
         return row
+
+    def _answer_json(self, pid: str, response: Row) -> str:
+        self.answers_json[pid] = json.dumps(response, ensure_ascii=False)
+        return self.answers_json[pid]
 
     def flush(
         self,

@@ -13,19 +13,21 @@ import json
 import secrets
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, delete, select, tuple_
+from sqlalchemy import CursorResult, delete, literal, select, tuple_
 from sqlalchemy.orm import Session
 
+from engine import events, limits, metrics
 from engine import ledger_rules as rules
-from engine import limits, metrics
 from engine.audit import OPERATOR, Actor
 from engine.errors import decline
 from engine.store import audit
+from engine.store import events as outbox
 from engine.store.books import load_books
 from engine.store.ledger import Ledger, Result, replay_answer
 from engine.store.models import (
     AwardRow,
     CampaignRow,
+    EventRow,
     GrantRow,
     IdempotencyRow,
     LifecycleRunRow,
@@ -62,6 +64,7 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[st
                 break
             books = load_books(session, {a.wallet_id for a in due})
             writer = unit.writer(ledger.clock.now_us(), books)
+            said: list[events.Event] = []
             for award in due:
                 amount = award.pending
                 writer.post(
@@ -80,7 +83,18 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[st
                 award.pending = 0
                 credited += 1
                 points += amount
+                said.append(
+                    events.award_credited(
+                        award.wallet_id,
+                        award.payment_id,
+                        award.campaign_id,
+                        award.campaign_version,
+                        amount,
+                        writer.at_us,
+                    )
+                )
             writer.flush()
+            outbox.record(session, said, writer.at_us)
     return {"kind": "credit", "as_of": format_instant(as_of_us), "awards_credited": credited, "points": points}
 
 
@@ -111,6 +125,7 @@ def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[st
                 break
             books = load_books(session, set(wallets))
             writer = unit.writer(ledger.clock.now_us(), books)
+            said = []
             for wallet_id in wallets:
                 for lot, amount in books[wallet_id].expire(as_of_us):
                     writer.post(
@@ -125,8 +140,51 @@ def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[st
                     )
                     expired_lots += 1
                     points += amount
+                    said.append(events.points_expired(wallet_id, lot.id, lot.campaign_id, amount, writer.at_us))
             writer.flush()
+            outbox.record(session, said, writer.at_us)
+    # The warnings' count is not in the answer: a run's answer is what it posted.
+    warn_expiring(ledger, as_of_us, chunk)
     return {"kind": "expiry", "as_of": format_instant(as_of_us), "lots_expired": expired_lots, "points": points}
+
+
+def warn_expiring(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> int:
+    """A `points_expiring` event for every lot with points left that expires within 30 days of
+    `as_of_us` (and another within 7), each once per lot and threshold: the outbox's unique
+    `dedupe_key` makes that exact however often the daily run repeats. Run by `expire_due`, in
+    units of work of their own (under the sequencer lock, as every writer of events is)."""
+    warned = 0
+    for days in events.EXPIRING_DAYS:
+        lower, upper = events.expiring_window_us(as_of_us, days)
+        prefix = f"{events.POINTS_EXPIRING}:{days}:"
+        while True:
+            with ledger.unit_of_work() as unit:
+                session = unit.session
+                said_already = select(EventRow.id).where(EventRow.dedupe_key == literal(prefix) + PointLotRow.id)
+                lots = list(
+                    session.execute(
+                        select(PointLotRow)
+                        .where(
+                            PointLotRow.remaining > 0,
+                            PointLotRow.expires_at_us > lower,
+                            PointLotRow.expires_at_us <= upper,
+                            ~said_already.exists(),
+                        )
+                        .order_by(PointLotRow.expires_at_us, PointLotRow.id)
+                        .limit(chunk)
+                    ).scalars()
+                )
+                found = [
+                    events.points_expiring(
+                        lot.wallet_id, lot.id, lot.campaign_id, lot.remaining, lot.expires_at_us, days
+                    )
+                    for lot in lots
+                ]
+                outbox.record(session, found, ledger.clock.now_us())
+                warned += len(found)
+            if len(lots) < chunk:
+                break
+    return warned
 
 
 def grant(
@@ -177,6 +235,16 @@ def grant(
             lot = writer.new_lot(grant_id, wallet_id, campaign_id, now)
             writer.credit_points(books[wallet_id], lot, points, grant_id)
             writer.flush()
+            outbox.record(
+                session,
+                events.budget_crossings(
+                    {campaign_id: meter.issued_net},
+                    {campaign_id: meter.issued_net + points},
+                    {campaign_id: campaign.budget},
+                    now,
+                ),
+                now,
+            )
             meter.issued_net += points
             session.add(
                 GrantRow(

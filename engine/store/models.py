@@ -439,3 +439,60 @@ class AuditLogRow(Base):
     after_json: Mapped[str | None] = mapped_column(Text, nullable=True)
     hash: Mapped[str] = mapped_column(String(64))
     __table_args__ = (Index("ix_audit_log_target_sequence", "target", "sequence"),)
+
+
+class EventRow(Base):
+    """One event of SPEC §10 (engine/events.py), written in the same transaction as the change it
+    describes (an outbox). `id` is the feed's order: every writer of events holds the sequencer
+    lock from the insert to the commit, so ids are taken in commit order and a reader that pages
+    by `id > after` never skips one committed later with a smaller id."""
+
+    __tablename__ = "event"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    type: Mapped[str] = mapped_column(String(32))
+    wallet_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # Unique where set: the event is said once (a lot's expiry warning, a budget threshold).
+    dedupe_key: Mapped[str | None] = mapped_column(String(200), nullable=True, unique=True)
+    data_json: Mapped[str] = mapped_column(Text)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (Index("ix_event_type_id", "type", "id"),)
+
+
+class WebhookEndpointRow(Base):
+    """A webhook endpoint an admin registered: its URL, the event types it wants, its signing
+    secret sealed like bank details, and `last_event_id`, how far its deliveries were fanned out."""
+
+    __tablename__ = "webhook_endpoint"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    event_types_json: Mapped[str] = mapped_column(Text)
+    secret_sealed: Mapped[bytes] = mapped_column(LargeBinary)
+    last_event_id: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    deleted_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+
+class WebhookDeliveryRow(Base):
+    """One event owed to one endpoint. `pending` until delivered (a 2xx), or `failed` when the
+    retry window ended first; `leased_until_us` is set while a worker is sending it."""
+
+    __tablename__ = "webhook_delivery"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True)
+    endpoint_id: Mapped[str] = mapped_column(ForeignKey("webhook_endpoint.id"))
+    event_id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), ForeignKey("event.id"))
+    wallet_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at_us: Mapped[int] = mapped_column(BigInteger)
+    leased_until_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_attempt_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    last_status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at_us: Mapped[int] = mapped_column(BigInteger)
+    finished_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    __table_args__ = (
+        UniqueConstraint("endpoint_id", "event_id", name="uq_webhook_delivery_endpoint_event"),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status_known"),
+        Index("ix_webhook_delivery_status_next", "status", "next_attempt_at_us"),
+        Index("ix_webhook_delivery_endpoint_wallet", "endpoint_id", "wallet_id", "status", "id"),
+    )

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from engine import keyring, metrics
+from engine import events, keyring, metrics
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.crediting import add_business_days
@@ -27,6 +27,7 @@ from engine.errors import EngineError
 from engine.model import Campaign
 from engine.settlement import signing, statement, zengin
 from engine.store import audit
+from engine.store import events as outbox
 from engine.store.config import Config
 from engine.store.ledger import Ledger
 from engine.store.models import (
@@ -245,14 +246,27 @@ def run(
                     )
             lines.append({**line.as_dict(), "name": merchants.get(m, {}).get("name", ""), "payout_status": status})
         writer.flush()
+        period_view = {
+            "name": period.name,
+            "kind": period.kind,
+            "start": period.start.isoformat(),
+            "end": period.end.isoformat(),
+        }
+        totals = {
+            k: sum(line[k] for line in lines)
+            for k in (
+                "coin_sales",
+                "coin_refunds",
+                "points_redeemed",
+                "points_returned",
+                "merchant_funded_points",
+                "fee",
+                "net_payout",
+            )
+        }
         document = {
             "run_id": run_id,
-            "period": {
-                "name": period.name,
-                "kind": period.kind,
-                "start": period.start.isoformat(),
-                "end": period.end.isoformat(),
-            },
+            "period": period_view,
             "generated_at": format_instant(now),
             "currency": "JPY",
             "ledger": {
@@ -261,18 +275,7 @@ def run(
                 "last_hash": unit.last_hash,
             },
             "lines": lines,
-            "totals": {
-                k: sum(line[k] for line in lines)
-                for k in (
-                    "coin_sales",
-                    "coin_refunds",
-                    "points_redeemed",
-                    "points_returned",
-                    "merchant_funded_points",
-                    "fee",
-                    "net_payout",
-                )
-            },
+            "totals": totals,
         }
         signed = signing.sign_document(keyring.signing_key(settings), document)
         zengin_file = _zengin(settings, transfers, now) if transfers else b""
@@ -330,6 +333,18 @@ def run(
                 ],
             },
             at_us=now,
+        )
+        outbox.record(
+            session,
+            [
+                events.settlement_completed(run_id, period_view, totals, now),
+                *(
+                    events.payout_failed(run_id, line["merchant_id"], line["net_payout"], "no_bank_account", now)
+                    for line in lines
+                    if line["payout_status"] == "failed"
+                ),
+            ],
+            now,
         )
         return True, view(session, row)
 
@@ -410,6 +425,7 @@ def import_payout_results(
         writer = unit.writer(now)
         before = {m: line.payout_status for m, line in sorted(lines.items())}
         applied = unchanged = 0
+        failed: list[events.Event] = []
         for result in results:
             line = lines.get(result["merchant_id"])
             if line is None:
@@ -436,7 +452,10 @@ def import_payout_results(
                 )
             line.payout_status = result["status"]
             applied += 1
+            if result["status"] == "failed":
+                failed.append(events.payout_failed(run_id, m, line.net_payout, "bank_rejected", now))
         writer.flush()
+        outbox.record(session, failed, now)
         if applied:
             audit.record(
                 session,

@@ -7,13 +7,13 @@ every page a few short index scans whatever the wallet's age. On PostgreSQL they
 CONCURRENTLY, so terminals keep posting while they are made.
 
 Revision ID: 20261204_wallet_history
-Revises: 20261203_idempotency_purge
+Revises: 20261204_events_webhooks
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = '20261204_wallet_history'
-down_revision = '20261203_idempotency_purge'
+down_revision = '20261204_events_webhooks'
 branch_labels = None
 depends_on = None
 

@@ -110,6 +110,11 @@ GET    /v1/audit                                   | 401  401  401     401    | 
 GET    /v1/keys                                    | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
 POST   /v1/keys                                    | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
 POST   /v1/keys/{key_id}/revoke                    | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/events                                  | 401  401  401     401    | 403   OK      OK  | 403          403            | 403          403
+POST   /v1/webhooks                                | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/webhooks                                | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+DELETE /v1/webhooks/{webhook_id}                   | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
+GET    /v1/webhook-deliveries                      | 401  401  401     401    | OK    OK      403 | 403          403            | 403          403
 """
 
 # FastAPI's own routes: not the application's, and public by design (SPEC §6: OpenAPI and docs).
@@ -166,6 +171,7 @@ def test_every_route_is_in_the_matrix(tmp_path) -> None:
 OWN_MERCHANT, OTHER_MERCHANT = "M_SHOTEN", "M_CONV"
 OWN_TERMINAL, OTHER_TERMINAL = "T_SHOTEN_1", "T_CONV"
 MATRIX_CAMPAIGN = "C_MATRIX"
+WEBHOOK_URL = "https://hooks.example.org/setapay"
 TWO_DAYS_S = 2 * 86_400
 
 
@@ -177,6 +183,7 @@ class Context:
     wallet_id: str
     run_id: str
     throwaway_key_id: str
+    webhook_id: str
     clients: dict[str, httpx.Client] = dataclasses.field(default_factory=dict)
 
     def client(self, principal: str) -> httpx.Client:
@@ -254,7 +261,8 @@ def ctx(ward: Ward) -> Iterator[Context]:
     with server.client(keys["finance"]) as finance:
         run = finance.post("/v1/settlement-runs", json={})
     assert run.status_code in (200, 201), run.text
-    context = Context(server, keys, bought.json()["id"], "W_MATRIX", run.json()["id"], throwaway["id"])
+    webhook = server.admin_post("/v1/webhooks", {"url": WEBHOOK_URL, "event_types": ["clawback"]})
+    context = Context(server, keys, bought.json()["id"], "W_MATRIX", run.json()["id"], throwaway["id"], webhook["id"])
     try:
         yield context
     finally:
@@ -372,6 +380,12 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "GET /v1/keys": lambda c: ("/v1/keys", {}),
     "POST /v1/keys": lambda c: ("/v1/keys", {"json": {"role": "merchant", "merchant_id": OWN_MERCHANT}}),
     "POST /v1/keys/{key_id}/revoke": lambda c: (f"/v1/keys/{c.throwaway_key_id}/revoke", {}),
+    "GET /v1/events": lambda c: ("/v1/events", {"params": {"limit": 1}}),
+    # https:// to a public name: accepted without SETAPAY_WEBHOOKS_ALLOW_HTTP; never reached.
+    "POST /v1/webhooks": lambda c: ("/v1/webhooks", {"json": {"url": WEBHOOK_URL, "event_types": ["clawback"]}}),
+    "GET /v1/webhooks": lambda c: ("/v1/webhooks", {}),
+    "DELETE /v1/webhooks/{webhook_id}": lambda c: (f"/v1/webhooks/{c.webhook_id}", {}),
+    "GET /v1/webhook-deliveries": lambda c: ("/v1/webhook-deliveries", {"params": {"status": "failed"}}),
 }
 
 

@@ -94,6 +94,7 @@ TERMINAL = "T_SHOTEN_1"  # the fuzzing terminal: signs its requests (SPEC §9.2)
 OTHER_TERMINAL = "T_CONV"  # bearer-only, at another merchant
 MERCHANT = "M_SHOTEN"  # the merchant key's, and the terminal's
 WALLET = "W_FUZZ"
+WEBHOOK_URL = "https://hooks.example.org/setapay"
 FUTURE_CAMPAIGN = "C_FUTURE"
 BANK_ACCOUNT = {
     "bank_code": "0159",
@@ -216,6 +217,8 @@ class FuzzWard:
             {"Idempotency-Key": uuid.uuid4().hex},
         )
         run = self._ok("finance", "POST", "/v1/settlement-runs", {})
+        # https:// to a public name: accepted without SETAPAY_WEBHOOKS_ALLOW_HTTP; never reached.
+        webhook = self._ok("admin", "POST", "/v1/webhooks", {"url": WEBHOOK_URL, "event_types": ["clawback"]})
 
         today = dt.datetime.now(TOKYO).date()
         last_month = (today.replace(day=1) - dt.timedelta(days=1)).strftime("%Y-%m")
@@ -228,6 +231,8 @@ class FuzzWard:
             "wallets": [WALLET],
             "runs": [run["id"]],
             "keys": victim_ids,
+            "webhooks": [webhook["id"]],
+            "urls": [WEBHOOK_URL],
             "instants": [now_tokyo(-60)],
             "past": [now_tokyo(-86_400)],
             "starts": ["2027-01-01T00:00:00+09:00"],
@@ -349,6 +354,7 @@ PATH_DICTIONARIES = {
     "wallet_id": "wallets",
     "run_id": "runs",
     "key_id": "keys",
+    "webhook_id": "webhooks",
 }
 QUERY_DICTIONARIES = {"from": "past", "to": "instants"}
 BODY_DICTIONARIES = {
@@ -362,6 +368,7 @@ BODY_DICTIONARIES = {
     "business_date": "dates",
     "period": "periods",
     "role": "roles",
+    "url": "urls",
     "results[*].merchant_id": "merchants",
     # a campaign that can be created, and a window to simulate one over
     "starts_at": "starts",

@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -69,6 +70,8 @@ REQUEST_TIMEOUT_S = 30
 # A client keeps retrying a key (transport error, 5xx, 409 in progress) for at most this long.
 ANSWER_DEADLINE_S = 30
 PHASE_TIMEOUT_S = 90
+# Under chaos phase 1 lasts until the chaos is over, at most this many operations per thread.
+CHAOS_OPS_PER_THREAD_MAX = 400
 
 MERCHANTS = [
     {
@@ -238,6 +241,10 @@ class Journal:
         self.problems: list[str] = []
         self.accepted: dict[str, list[tuple[str, int]]] = defaultdict(list)  # merchant -> (purchase id, amount)
         self.answered_by_terminal: dict[str, list[tuple[str, dict]]] = defaultdict(list)  # terminal -> (key, body)
+        # Under chaos (tests/concurrency/test_crash_safety.py) a server whose database connections
+        # were just ended answers 503 service_unavailable: a retry signal, counted, not a problem.
+        self.tolerate_unavailable = False
+        self.unavailable = 0
 
     def open(self, terminal: str, key: str, request: dict) -> None:
         with self.lock:
@@ -275,6 +282,13 @@ class Journal:
         with self.lock:
             done = self.answered_by_terminal.get(terminal, [])
             return rng.sample(done, min(n, len(done)))
+
+
+def _code(r: httpx.Response) -> object:
+    try:
+        return r.json().get("code")
+    except ValueError:
+        return None
 
 
 class Client:
@@ -321,6 +335,12 @@ class Client:
                 continue
             if r.status_code >= 500:
                 self.journal.uncertain(terminal, key)
+                if self.journal.tolerate_unavailable and r.status_code == 503 and _code(r) == "service_unavailable":
+                    with self.journal.lock:
+                        self.journal.unavailable += 1
+                    server = 1 - server
+                    time.sleep(0.05)
+                    continue
                 self.journal.problem(f"{r.status_code} from {self.servers[server].name}: {r.text[:300]}")
                 server = 1 - server
                 time.sleep(0.05)
@@ -488,7 +508,9 @@ class Client:
             self.journal.reuses.append(((terminal, key), Answer(r.status_code, r.json(), False, "", "single")))
 
 
-def _run_clients(servers, keys, journal) -> None:
+def _run_clients(servers, keys, journal, chaos: threading.Event | None = None) -> None:
+    """The two phases. With `chaos` (an event set once the chaos is over), phase 1 goes on past
+    its count of operations until the chaos is over, so every planned kill lands under load."""
     barrier = threading.Barrier(CLIENT_THREADS, timeout=PHASE_TIMEOUT_S)
     phase2 = [(wallet, n) for n in range(PHASE2_ROUNDS) for wallet in WALLETS]
     _ = servers[0].payment_app  # registered once, before the client threads share it
@@ -496,8 +518,12 @@ def _run_clients(servers, keys, journal) -> None:
     def work(index: int) -> None:
         client = Client(servers, keys, journal, seed=1000 + index)
         try:
-            for _ in range(PHASE1_OPS_PER_THREAD):
+            done = 0
+            while done < PHASE1_OPS_PER_THREAD or (
+                chaos is not None and not chaos.is_set() and done < CHAOS_OPS_PER_THREAD_MAX
+            ):
                 client.phase1_op()
+                done += 1
             # No refund after this point: phase 2 fills the budgets for good.
             barrier.wait()
             for wallet, n in phase2[index::CLIENT_THREADS]:
@@ -586,6 +612,13 @@ def recompute(payments: list[PaymentRow]) -> dict[str, dict]:
 
 
 def test_caps_budgets_and_idempotency_exact_across_processes(postgres_url, tmp_path):
+    exercise(postgres_url, tmp_path)
+
+
+def exercise(postgres_url, tmp_path, chaos: Callable[[list[ServerProcess], threading.Event], None] | None = None):
+    """Start the servers, configure the ward, run the clients, verify everything; returns the
+    journal. With `chaos`, it runs in a thread of its own while the clients post, given the
+    servers and an event to set when it is over."""
     started = time.monotonic()
     server_a = ServerProcess(postgres_url, tmp_path, workers=2, name="A", log_tail=3000)
     server_b = ServerProcess(postgres_url, tmp_path, workers=1, name="B", log_tail=3000)
@@ -602,15 +635,39 @@ def test_caps_budgets_and_idempotency_exact_across_processes(postgres_url, tmp_p
 
         journal = Journal()
         load_started = time.monotonic()
-        _run_clients(servers, keys, journal)
+        if chaos is None:
+            _run_clients(servers, keys, journal)
+        else:
+            journal.tolerate_unavailable = True
+            over = threading.Event()
+            failures: list[BaseException] = []
+
+            def run_chaos() -> None:
+                try:
+                    chaos(servers, over)
+                except BaseException as exc:  # reported below, after the clients stop
+                    failures.append(exc)
+                finally:
+                    over.set()
+
+            thread = threading.Thread(target=run_chaos, name="chaos")
+            thread.start()
+            try:
+                _run_clients(servers, keys, journal, over)
+            finally:
+                thread.join()
+            if failures:
+                raise failures[0]
         load_s = time.monotonic() - load_started
         for s in servers:
             assert s.process.poll() is None, f"server {s.name} died under load:\n{s.log()}"
         _verify(db, journal)
         print(
             f"\nsetup {setup_s:.1f}s, load {load_s:.1f}s, total {time.monotonic() - started:.1f}s, "
-            f"{len(journal.scopes)} keys, {sum(len(s.answers) for s in journal.scopes.values())} answers"
+            f"{len(journal.scopes)} keys, {sum(len(s.answers) for s in journal.scopes.values())} answers, "
+            f"{journal.unavailable} answers 503 service_unavailable"
         )
+        return journal
     except BaseException:
         for s in servers:
             print(f"--- server {s.name} log tail ---\n{s.log()}")

@@ -1,0 +1,110 @@
+"""Events and webhooks (SPEC §10).
+
+- `GET /v1/events?after=&types=&limit=` (app, finance): the event feed, oldest first, keyset by
+  id; `next_after` is the `after` of the next page (poll with it; an empty page keeps it).
+- `POST /v1/webhooks` (admin): register an endpoint (URL, event types); the answer carries the
+  signing secret `whsec_...` this once. `GET /v1/webhooks` lists endpoints with their delivery
+  counts (pending, delivered, failed), never a secret; `DELETE /v1/webhooks/{id}` stops
+  deliveries to one (its pending deliveries end failed).
+- `GET /v1/webhook-deliveries?status=failed&after=&limit=` (finance, admin): deliveries given up
+  after the retry window, for finance to follow up (also `pending`, `delivered`).
+"""
+
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Depends, Query
+from pydantic import Field
+
+from api import responses
+from api.deps import Admin, DatabaseDep, ServicesDep, role
+from api.openapi import AUTHENTICATED, problems
+from api.strict import PageLimit, PathId
+from engine import events, limits
+from engine.errors import EngineError
+from engine.events import EventType
+from engine.model import Record
+from engine.store import events as outbox
+from engine.store.config import Principal
+from engine.webhooks import URL_CHARS_MAX
+
+router = APIRouter()
+
+After = Annotated[int, Query(ge=0, le=limits.SEQUENCE_MAX, description="List what comes after this id")]
+TYPES_PATTERN = r"^[a-z_]{1,32}(,[a-z_]{1,32}){0,15}$"
+
+
+class WebhookRequest(Record):
+    url: Annotated[str, Field(strict=True, min_length=1, max_length=URL_CHARS_MAX)]
+    event_types: Annotated[list[EventType], Field(min_length=1, max_length=len(events.TYPES))]
+
+
+@router.get(
+    "/v1/events",
+    responses={200: {"model": responses.EventPage}, **problems(AUTHENTICATED, "invalid_request")},
+    response_model=None,
+)
+def event_feed(
+    _: Annotated[Principal, Depends(role("app", "finance"))],
+    database: DatabaseDep,
+    after: After = 0,
+    types: Annotated[
+        str | None, Query(pattern=TYPES_PATTERN, description="Comma-separated event types (default: all)")
+    ] = None,
+    limit: PageLimit = 100,
+) -> dict[str, Any]:
+    wanted = types.split(",") if types else None
+    unknown = sorted(set(wanted or ()) - set(events.TYPES))
+    if unknown:
+        raise EngineError("invalid_request", f"unknown event types {unknown}; known: {', '.join(events.TYPES)}")
+    page = outbox.page(database, after, wanted, limit)
+    return {"events": page, "next_after": page[-1]["id"] if page else after}
+
+
+@router.post(
+    "/v1/webhooks",
+    status_code=201,
+    responses={
+        201: {"model": responses.CreatedWebhook},
+        **problems(AUTHENTICATED, "invalid_request", "webhook_url_not_allowed"),
+    },
+    response_model=None,
+)
+def create_webhook(body: WebhookRequest, p: Admin, services: ServicesDep) -> dict[str, Any]:
+    """A new endpoint; `secret` signs its deliveries (Standard Webhooks) and is shown this once."""
+    secret, record = services.webhooks.create(body.url, body.event_types, actor=p)
+    return {**record, "secret": secret}
+
+
+@router.get(
+    "/v1/webhooks",
+    responses={200: {"model": responses.WebhookViews}, **problems(AUTHENTICATED)},
+    response_model=None,
+)
+def list_webhooks(_: Admin, services: ServicesDep) -> list[dict[str, Any]]:
+    return services.webhooks.list()
+
+
+@router.delete(
+    "/v1/webhooks/{webhook_id}",
+    responses={200: {"model": responses.WebhookView}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
+    response_model=None,
+)
+def delete_webhook(webhook_id: PathId, p: Admin, services: ServicesDep) -> dict[str, Any]:
+    """Stop deliveries to the endpoint (again: no change); 404 when unknown."""
+    return services.webhooks.delete(webhook_id, actor=p)
+
+
+@router.get(
+    "/v1/webhook-deliveries",
+    responses={200: {"model": responses.DeliveryPage}, **problems(AUTHENTICATED, "invalid_request")},
+    response_model=None,
+)
+def webhook_deliveries(
+    _: Annotated[Principal, Depends(role("finance", "admin"))],
+    services: ServicesDep,
+    status: Literal["failed", "pending", "delivered"] = "failed",
+    after: After = 0,
+    limit: PageLimit = 100,
+) -> dict[str, Any]:
+    page = services.webhooks.deliveries(status, after, limit)
+    return {"deliveries": page, "next_after": page[-1]["id"] if page else after}

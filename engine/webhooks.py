@@ -1,0 +1,82 @@
+"""Webhook endpoints' rules, as plain values: which URLs are accepted, secrets, signed headers.
+
+The URL rule (SPEC §10; no surprises for the ward's network):
+
+- `https://` only, with a host, no user or password in the URL, at most 2,048 characters;
+- the host may not be `localhost` nor an IP literal that is loopback, private, link-local,
+  multicast, reserved or unspecified (so an admin key cannot make the engine call the
+  database, the metadata service of a cloud or anything else inside the ward's network);
+  a name that *resolves* to such an address is refused at delivery time
+  (`engine/store/webhooks.py`), since DNS may change after registration;
+- `SETAPAY_WEBHOOKS_ALLOW_HTTP=1` lifts both (plain `http://` and local addresses) for
+  development and tests; the ward leaves it unset.
+
+Deliveries are signed per Standard Webhooks with the `standardwebhooks` package: headers
+`webhook-id` (the event's, the same on every retry), `webhook-timestamp` (Unix seconds of the
+attempt) and `webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`, under the
+endpoint's secret `whsec_<base64 of 32 random bytes>`.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import secrets
+from urllib.parse import urlsplit
+
+from standardwebhooks.webhooks import Webhook
+
+URL_CHARS_MAX = 2048
+SECRET_BYTES = 32
+SECRET_PREFIX = "whsec_"
+
+
+def url_problem(url: str, allow_http: bool) -> str | None:
+    """Why `url` may not be a webhook endpoint, or None when it may (the rule above)."""
+    if len(url) > URL_CHARS_MAX:
+        return f"the URL is longer than {URL_CHARS_MAX} characters"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a malformed port raises here
+    except ValueError:
+        return "the URL is not valid"
+    if parts.scheme not in (("https", "http") if allow_http else ("https",)):
+        return "a webhook URL is https:// (plain http:// only with SETAPAY_WEBHOOKS_ALLOW_HTTP=1)"
+    host = parts.hostname
+    if not host or parts.username is not None or parts.password is not None or parts.fragment:
+        return "a webhook URL has a host and no user, password or fragment"
+    if port == 0 or any(c.isspace() for c in url):
+        return "the URL is not valid"
+    if not allow_http and address_is_local(host):
+        return "a webhook URL may not name a local, private or reserved address"
+    return None
+
+
+def address_is_local(host: str) -> bool:
+    """Whether `host` is `localhost` or an IP address inside a host or a private network."""
+    if host.lower().rstrip(".") in ("localhost", "localhost.localdomain") or host.lower().endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False  # a name: checked again, resolved, at delivery
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return not address.is_global or address.is_multicast
+
+
+def new_secret() -> str:
+    """A signing secret as Standard Webhooks spells it: `whsec_` and base64 of 32 random bytes."""
+    return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def signed_headers(secret: str, message_id: str, at_us: int, body: str) -> dict[str, str]:
+    """The Standard Webhooks headers of one attempt to send `body` as message `message_id`."""
+    at = dt.datetime.fromtimestamp(at_us // 1_000_000, tz=dt.UTC)
+    return {
+        "webhook-id": message_id,
+        "webhook-timestamp": str(at_us // 1_000_000),
+        "webhook-signature": Webhook(secret).sign(message_id, at, body),
+        "content-type": "application/json",
+    }
