@@ -25,11 +25,13 @@ from api.idempotency import InFlight
 from api.routers import (
     audit,
     configuration,
+    directory,
     events,
     finance,
     health,
     keys,
     merchants,
+    quotes,
     simulation,
     transactions,
     ui,
@@ -51,7 +53,21 @@ from engine.store.webhooks import Webhooks
 from engine.timeutil import tokyo_day_key
 
 # In this order: the document lists the paths in the order the routes are included.
-ROUTERS = (health, transactions, wallets, merchants, configuration, finance, simulation, audit, keys, events, ui)
+ROUTERS = (
+    health,
+    transactions,
+    wallets,
+    quotes,
+    directory,
+    merchants,
+    configuration,
+    finance,
+    simulation,
+    audit,
+    keys,
+    events,
+    ui,
+)
 
 
 def create_app(settings: Settings | None = None, migrate: bool = True, clock: Clock | None = None) -> FastAPI:

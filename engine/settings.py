@@ -41,6 +41,8 @@ class Settings(BaseSettings):
     idempotency_retention_days: int = Field(
         default=limits.IDEMPOTENCY_RETENTION_DAYS_MIN, ge=limits.IDEMPOTENCY_RETENTION_DAYS_MIN
     )
+    # The directory (GET /v1/directory/...) answers without a key when the ward publishes it.
+    directory_public: bool = False
     # Webhooks (SPEC §10): how often each API process's delivery worker looks for work (0: none in
     # the API; `setapay deliver` delivers), how long a delivery is retried before it is marked
     # failed, the exponential backoff's first and longest wait (with jitter), each attempt's timeout,

@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -233,6 +233,20 @@ class Ledger:
     def _read_view(self, session: Session) -> ReadView:
         head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
         return ReadView(session, self._catalog_snapshot(session, head.catalog_version))
+
+    def quote(self, purchase: Purchase) -> tuple[Outcome, CatalogSnapshot]:
+        """Rate `purchase` as `submit` would rate it now, alone, against the committed state: the
+        same state loading and kernel, in a read-only transaction (one snapshot on PostgreSQL)
+        that takes no sequencer lock and writes nothing. The outcome and the catalog it used."""
+        with Session(self.engine) as session:
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+            view = self._read_view(session)
+            events: list[Event] = [("quote", purchase)]
+            state, _ = self._load_state(session, view.catalog.rating, events, {})
+            outcome = rate(view.catalog.rating, events, state)[0]
+            session.rollback()
+        return outcome, view.catalog
 
     # -- the sequencer -----------------------------------------------------
 

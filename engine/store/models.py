@@ -24,6 +24,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -227,6 +228,18 @@ class PostingRow(Base):
     __table_args__ = (
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("debit_account_id <> credit_account_id", name="accounts_differ"),
+        # A wallet's history (engine/store/history.py): its accounts' postings by descending
+        # sequence; partial, so postings of merchants and campaigns alone cost no index entry.
+        *(
+            Index(
+                f"ix_posting_{side}_wallet",
+                f"{side}_account_id",
+                "sequence",
+                postgresql_where=text(f"{side}_account_id LIKE 'wallet:%'"),
+                sqlite_where=text(f"{side}_account_id LIKE 'wallet:%'"),
+            )
+            for side in ("debit", "credit")
+        ),
     )
 
 

@@ -85,6 +85,10 @@ POST   /v1/transactions                            | 401  401  401     401    | 
 POST   /v1/transactions/batch                      | 401  401  401     401    | 403   403     403 | 403          403            | OK           403
 GET    /v1/transactions/{transaction_id}           | 401  401  401     401    | 403   OK      403 | OK           403            | OK           403
 GET    /v1/wallets/{wallet_id}/points              | 401  401  401     401    | 403   OK      OK  | 403          403            | 403          403
+GET    /v1/wallets/{wallet_id}/history             | 401  401  401     401    | 403   OK      OK  | 403          403            | 403          403
+POST   /v1/quotes                                  | 401  401  401     401    | 403   403     OK  | 403          403            | OK           403
+GET    /v1/directory/merchants                     | 401  401  401     401    | 403   403     OK  | 403          403            | 403          403
+GET    /v1/directory/campaigns                     | 401  401  401     401    | 403   403     OK  | 403          403            | 403          403
 GET    /v1/merchants/{merchant_id}/rewards         | 401  401  401     401    | 403   OK      403 | OK           403            | 403          403
 GET    /v1/merchants/{merchant_id}/transactions    | 401  401  401     401    | 403   OK      403 | OK           403            | 403          403
 POST   /v1/grants                                  | 401  401  401     401    | 403   OK      403 | 403          403            | 403          403
@@ -347,6 +351,10 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     ),
     "GET /v1/transactions/{transaction_id}": lambda c: (f"/v1/transactions/{c.transaction_id}", {}),
     "GET /v1/wallets/{wallet_id}/points": lambda c: (f"/v1/wallets/{c.wallet_id}/points", {}),
+    "GET /v1/wallets/{wallet_id}/history": lambda c: (f"/v1/wallets/{c.wallet_id}/history", {}),
+    "POST /v1/quotes": lambda c: ("/v1/quotes", {"json": purchase(OWN_TERMINAL, c.wallet_id, 100)}),
+    "GET /v1/directory/merchants": lambda c: ("/v1/directory/merchants", {}),
+    "GET /v1/directory/campaigns": lambda c: ("/v1/directory/campaigns", {}),
     "GET /v1/merchants/{merchant_id}/rewards": lambda c: (f"/v1/merchants/{OWN_MERCHANT}/rewards", {}),
     "GET /v1/merchants/{merchant_id}/transactions": lambda c: (
         f"/v1/merchants/{OWN_MERCHANT}/transactions",

@@ -25,6 +25,7 @@ TERMINAL_ROUTES = {
     ("post", "/v1/transactions/batch"),
     ("get", "/v1/transactions/{transaction_id}"),
     ("post", "/v1/terminals/{terminal_id}/closeouts"),
+    ("post", "/v1/quotes"),
 }
 IDEMPOTENT = {("post", "/v1/transactions"), ("post", "/v1/grants")}
 SIGNATURE_HEADERS = {"Signature", "Signature-Input", "Content-Digest"}
@@ -151,6 +152,10 @@ TYPED = {
     ("get", "/v1/reconciliation", "200"): "Reconciliation",
     ("post", "/v1/terminals/{terminal_id}/closeouts", "201"): "CloseoutReport",
     ("post", "/v1/campaigns/{campaign_id}/simulate", "200"): "Simulation",
+    ("get", "/v1/wallets/{wallet_id}/history", "200"): "WalletHistory",
+    ("post", "/v1/quotes", "200"): "Quote",
+    ("get", "/v1/directory/merchants", "200"): "DirectoryMerchants",
+    ("get", "/v1/directory/campaigns", "200"): "DirectoryCampaigns",
 }
 
 

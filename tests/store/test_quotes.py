@@ -1,0 +1,176 @@
+"""A quote (`Ledger.quote`) equals what posting the same purchase at once awards.
+
+Hypothesis draws campaigns (tiers, tagged items, fixed points, per-transaction and per-wallet
+caps of each period, small budgets that earlier purchases nearly exhaust, exclusive stacking,
+immediate and dekad crediting) and a few purchases that use them up, then a purchase that is
+quoted and posted right after: the same decline, or the same awards with the same caps,
+status and dates. On the embedded SQLite file and on PostgreSQL. Each example has a merchant of
+its own and campaigns that match only it, ended afterwards, so examples do not interfere.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import itertools
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from engine.clock import ManualClock
+from engine.model import Campaign, Merchant, Purchase
+from engine.quotes import quote_awards
+from engine.store import db
+from engine.store.config import Config
+from engine.store.ledger import Ledger, Submission
+from engine.timeutil import TOKYO, to_us
+
+START = dt.datetime(2026, 12, 14, 12, tzinfo=TOKYO)
+TAGS = ("eco", "local_produce")
+
+_ledgers: dict[str, tuple[Ledger, Config, ManualClock]] = {}
+_count = itertools.count()
+
+
+def _ledger(url: str) -> tuple[Ledger, Config, ManualClock]:
+    if url not in _ledgers:
+        db.upgrade(url)
+        engine = db.make_engine(url)
+        clock = ManualClock(to_us(START))
+        _ledgers[url] = (Ledger(engine, clock), Config(engine, clock=clock), clock)
+    return _ledgers[url]
+
+
+def _campaign(cid: str, merchant_id: str) -> st.SearchStrategy[Campaign]:
+    optional = st.none() | st.integers(1, 300)
+    fields = st.fixed_dictionaries(
+        {
+            "rate_bp": st.integers(0, 3000),
+            "item_tags": st.none() | st.just(["eco"]),
+            "fixed_points": st.integers(0, 20),
+            "per_tx_cap": optional,
+            "per_wallet_cap": optional,
+            "per_wallet_cap_period": st.sampled_from(["campaign", "month", "day"]),
+            "budget": st.none() | st.integers(1, 400),
+            "stacking": st.sampled_from(["stack", "exclusive"]),
+            "priority": st.integers(0, 3),
+            "schedule": st.sampled_from(["immediate", "dekad"]),
+        }
+    )
+    return fields.map(
+        lambda f: Campaign.model_validate(
+            {
+                "id": cid,
+                "name": cid,
+                "starts_at": "2026-12-01T00:00:00+09:00",
+                "ends_at": "2027-03-01T00:00:00+09:00",
+                "tiers": [{"match": {"merchant_ids": [merchant_id]}, "rate_bp": f["rate_bp"]}],
+                "item_tags": f["item_tags"],
+                "fixed_points": f["fixed_points"],
+                "per_tx_cap": f["per_tx_cap"],
+                "per_wallet_cap": f["per_wallet_cap"],
+                "per_wallet_cap_period": f["per_wallet_cap_period"],
+                "budget": f["budget"],
+                "stacking": f["stacking"],
+                "priority": f["priority"],
+                "credit": {"schedule": f["schedule"], "delay_business_days": 2},
+            }
+        )
+    )
+
+
+def _purchase(data: st.DataObject, at: dt.datetime, wallet_id: str, merchant_id: str, terminal_id: str) -> Purchase:
+    amount = data.draw(st.integers(1, 20_000))
+    tagged = data.draw(st.integers(0, amount))
+    items = None
+    if data.draw(st.booleans()):
+        items = [{"amount": tagged, "tags": list(TAGS)}, {"amount": amount - tagged, "tags": []}]
+    return Purchase.model_validate(
+        {
+            "wallet_id": wallet_id,
+            "merchant_id": merchant_id,
+            "terminal_id": terminal_id,
+            "occurred_at": at.isoformat(),
+            "amount": amount,
+            "points_used": data.draw(st.sampled_from([0, 0, 1, min(amount, 50), amount])),
+            "items": items,
+        }
+    )
+
+
+def _post(ledger: Ledger, body: Purchase, key: str):
+    return ledger.submit([Submission(body.terminal_id, key, key, body, body.model_dump_json())])[0]
+
+
+@settings(
+    max_examples=20,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+def test_a_quote_equals_posting_at_once(database_url, data) -> None:
+    ledger, config, clock = _ledger(database_url)
+    i = next(_count)
+    # An hour of the clock each: the campaigns of earlier examples ended before this one's start.
+    base = START + dt.timedelta(hours=i)
+    clock.set(to_us(base))
+    merchant_id, terminal_id, wallet_id = f"M{i}", f"T{i}", f"W{i}"
+    config.create_merchant(
+        Merchant(id=merchant_id, name=merchant_id, merchant_class=data.draw(st.sampled_from(["small", "large"])))
+    )
+    config.create_terminal(terminal_id, merchant_id)
+    campaigns = [data.draw(_campaign(f"C{i}_{j}", merchant_id)) for j in range(data.draw(st.integers(1, 3)))]
+    for c in campaigns:
+        config.create_campaign(c)
+    try:
+        for n in range(data.draw(st.integers(0, 4))):  # earlier purchases use up caps and budgets
+            at = base + dt.timedelta(minutes=n)
+            _post(ledger, _purchase(data, at, wallet_id, merchant_id, terminal_id), f"w{i}_{n}")
+        body = _purchase(data, base + dt.timedelta(minutes=5), wallet_id, merchant_id, terminal_id)
+        outcome, catalog = ledger.quote(body)
+        posted = _post(ledger, body, f"q{i}")
+        if outcome.declined is not None:
+            assert posted.status != 201 and posted.body["code"] == outcome.declined, (outcome, posted.body)
+            return
+        assert posted.status == 201, (outcome, posted.body)
+        quoted = quote_awards(outcome, catalog.campaigns, to_us(body.occurred_at), ledger.clock.now_us())
+        fields = ("campaign_id", "campaign_version", "points", "capped_by", "status", "expires_at")
+        assert [{k: a[k] for k in fields} for a in quoted] == [{k: a[k] for k in fields} for a in posted.body["awards"]]
+
+        # A dekad credit date follows from occurred_at; an immediate one is the instant of acceptance.
+        def pending(awards: list[dict]) -> list[tuple[str, str]]:
+            return [(a["campaign_id"], a["credit_at"]) for a in awards if a["status"] == "pending"]
+
+        assert pending(quoted) == pending(posted.body["awards"])
+    finally:
+        clock.set(to_us(base + dt.timedelta(minutes=30)))
+        ended = (base + dt.timedelta(minutes=31)).isoformat()
+        for c in campaigns:
+            config.update_campaign(c.id, {"ends_at": ended})
+
+
+def test_some_quotes_were_capped_by_a_budget(sqlite_url) -> None:
+    """The property is not vacuous: a budget about to run out cuts the quote exactly as the post."""
+    ledger, config, _ = _ledger(sqlite_url)
+    config.create_merchant(Merchant(id="MB", name="MB", merchant_class="small"))
+    config.create_terminal("TB", "MB")
+    config.create_campaign(
+        Campaign.model_validate(
+            {
+                "id": "CB",
+                "name": "CB",
+                "starts_at": "2026-12-01T00:00:00+09:00",
+                "ends_at": "2027-03-01T00:00:00+09:00",
+                "tiers": [{"match": {"merchant_ids": ["MB"]}, "rate_bp": 1000}],
+                "budget": 150,
+            }
+        )
+    )
+    first = Purchase(wallet_id="WB", merchant_id="MB", terminal_id="TB", occurred_at=START, amount=1000)
+    assert _post(ledger, first, "b1").body["points_awarded"] == 100
+    second = first.model_copy(update={"amount": 2000})
+    outcome, _ = ledger.quote(second)
+    assert [(a.points, a.capped_by) for a in outcome.awards] == [(50, "budget")]
+    posted = _post(ledger, second, "b2").body["awards"]
+    assert [(a["points"], a["capped_by"]) for a in posted] == [(50, "budget")]
