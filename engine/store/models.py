@@ -186,6 +186,15 @@ class AwardRow(Base):
         CheckConstraint("points > 0", name="points_positive"),
         CheckConstraint("pending >= 0 AND pending <= points", name="pending_within_points"),
         CheckConstraint("clawed_back >= 0 AND clawed_back <= points", name="clawed_back_within_points"),
+        # A wallet's pending points by crediting date (GET /v1/wallets/{id}/points); partial,
+        # so credited awards cost no index entry.
+        Index(
+            "ix_award_wallet_pending",
+            "wallet_id",
+            "credit_at_us",
+            postgresql_where=text("pending > 0"),
+            sqlite_where=text("pending > 0"),
+        ),
     )
 
 
