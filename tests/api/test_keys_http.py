@@ -121,15 +121,18 @@ def api_key_scans(server: Server) -> int:
 
     A backend flushes its counters to the shared statistics at most once a second
     and, when idle, only after up to 10 s; it always flushes when it exits. So the
-    servers' pooled connections are ended first (their pools reconnect on the next
-    request) and the counters read once they are gone.
+    servers' connections of this moment are ended first and the counters read once
+    those are gone. (The servers' pools reconnect on the next request, and their
+    webhook workers poll every second, so new connections may appear meanwhile: they
+    are not waited for, and none of them has looked up a key yet.)
     """
     dsn = server.database_url.replace("postgresql+psycopg://", "postgresql://")
     others = "FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()"
     with psycopg.connect(dsn, autocommit=True) as c:
-        c.execute(f"SELECT pg_terminate_backend(pid) {others}")
+        ended = [pid for (pid,) in c.execute(f"SELECT pid {others}").fetchall()]
+        c.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (ended,))
         deadline = time.monotonic() + 10
-        while c.execute(f"SELECT count(*) {others}").fetchone()[0]:
+        while c.execute(f"SELECT count(*) {others} AND pid = ANY(%s::int[])", (ended,)).fetchone()[0]:
             assert time.monotonic() < deadline, "the servers' connections did not end"
             time.sleep(0.05)
         c.execute("SELECT pg_stat_clear_snapshot()")
