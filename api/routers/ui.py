@@ -668,8 +668,8 @@ async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
         html, set_cookies = _rendered(request, "reconciliation.html", {"running": True}, who)
         head, rest = html.split(_PROGRESS_MARK, 1)
         middle, tail = rest.split(_REPORT_MARK, 1)
-        language = _language(request)
-        chunks = _reconciliation_chunks(s, language, head, middle, tail)
+        total = finance.payment_count(s.ledger)  # before the first byte: a failure here is a plain error
+        chunks = _reconciliation_chunks(s, _language(request), total, (head, middle, tail))
         response = StreamingResponse(chunks, media_type="text/html; charset=utf-8")
         set_cookies(response)
         return response
@@ -677,10 +677,11 @@ async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
     return await _guarded(request, build)
 
 
-def _reconciliation_chunks(s: Services, language: str, head: str, middle: str, tail: str) -> Iterator[str]:
-    """The streamed page: `finance.reconcile` runs in a thread of its own, its progress and then
-    its report passed back through a queue (Starlette reads this iterator in a worker thread)."""
-    total = finance.payment_count(s.ledger)
+def _reconciliation_chunks(s: Services, language: str, total: int, page: tuple[str, str, str]) -> Iterator[str]:
+    """The streamed page: `finance.reconcile` runs in a thread of its own, its progress (of `total`
+    payments) and then its report passed back through a queue (Starlette reads this iterator in a
+    worker thread)."""
+    head, middle, tail = page
     every = max(1, total // _PROGRESS_STEPS)
     updates: queue.Queue[tuple[str, Any]] = queue.Queue()
     counted = {"done": 0, "shown": 0}

@@ -416,6 +416,15 @@ def test_a_merchant_downloads_its_own_signed_statement(ward: Ward, browser, tmp_
     finally:
         context.close()
 
+    context, page = _sign_in(browser, ward, ward.key("merchant", MERCHANT_B))
+    try:
+        for download in ("statement.csv", "statement.json"):
+            refused = context.request.get(f"{base}{own}/{download}")
+            assert refused.status == 403, (download, refused.status)
+            assert tie["signature"] not in refused.text() and "net_payout" not in refused.text()
+    finally:
+        context.close()
+
     context, page = _sign_in(browser, ward, finance_key)
     try:
         answer = context.request.get(f"{base}{own}/statement.json")
