@@ -258,6 +258,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _finance_context() -> tuple[Settings, Ledger, Config]:
+    from engine.clock import SystemClock
     from engine.store import db
     from engine.store.config import Config
     from engine.store.ledger import Ledger
@@ -265,7 +266,7 @@ def _finance_context() -> tuple[Settings, Ledger, Config]:
     settings = _settings()
     db.upgrade(settings.database_url)
     engine = db.make_engine(settings.database_url)
-    return settings, Ledger(engine), Config(engine, settings)
+    return settings, Ledger(engine, SystemClock(settings.clock_offset_s)), Config(engine, settings)
 
 
 def _cmd_settle(args: argparse.Namespace) -> int:
@@ -320,15 +321,11 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     import json
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-    from sqlalchemy import func, select
-    from sqlalchemy.orm import Session
 
     from engine.store import finance
-    from engine.store.models import PaymentRow
 
     settings, ledger, _ = _finance_context()
-    with Session(ledger.engine) as session:
-        total = session.execute(select(func.count()).select_from(PaymentRow)).scalar_one()
+    total = finance.payment_count(ledger)
     from rich.console import Console
 
     # The bar goes to stderr, so `--json` output on stdout parses.

@@ -9,13 +9,17 @@ same store functions as the JSON routes (engine/store/queries.py, finance.py, se
 """
 
 import datetime as dt
+import json
+import logging
+import queue
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import anyio
 from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
 from api import ui
@@ -27,13 +31,14 @@ from api.strict import PathId, decode_cursor, encode_cursor
 from engine import keyring
 from engine.errors import EngineError
 from engine.model import Campaign
-from engine.settlement import signing
+from engine.settlement import signing, statement
 from engine.store import audit, finance, lifecycle, queries, settlement, simulate
 from engine.store.config import Principal
 from engine.store.keys import hash_key
 from engine.timeutil import TOKYO, to_us
 
 router = APIRouter()
+_LOG = logging.getLogger(__name__)
 
 _CURSOR_PREFIX = "seq"  # as the JSON route's cursor: a merchant's transactions by payment sequence
 _AUDIT_CURSOR_PREFIX = "aud"  # as GET /v1/audit's
@@ -66,6 +71,17 @@ def _page(
     status: int = 200,
 ) -> HTMLResponse:
     """The page rendered in the caller's language, with the CSRF token its forms carry."""
+    html, set_cookies = _rendered(request, template, context, who)
+    response = HTMLResponse(html, status_code=status)
+    set_cookies(response)
+    return response
+
+
+def _rendered(
+    request: Request, template: str, context: Mapping[str, Any], who: Principal | None
+) -> tuple[str, Callable[[Response], None]]:
+    """The page's HTML in the caller's language, and what sets the cookies it relies on (a fresh
+    CSRF cookie, the language chosen) on the response that carries it."""
     language = _language(request)
     signer = _signer(request)
     token = signer.csrf_token(request.cookies.get(ui.CSRF_COOKIE))
@@ -77,12 +93,14 @@ def _page(
         template,
         {"who": who, "csrf": token, "path": request.url.path, "home": ui.home_path(who) if who else None, **context},
     )
-    response = HTMLResponse(html, status_code=status)
-    if fresh_cookie is not None:
-        _set_cookie(response, ui.CSRF_COOKIE, fresh_cookie)
-    if request.query_params.get("lang") in ui.LANGUAGES:
-        _set_cookie(response, ui.LANGUAGE_COOKIE, language, max_age=365 * 86_400)
-    return response
+
+    def set_cookies(response: Response) -> None:
+        if fresh_cookie is not None:
+            _set_cookie(response, ui.CSRF_COOKIE, fresh_cookie)
+        if request.query_params.get("lang") in ui.LANGUAGES:
+            _set_cookie(response, ui.LANGUAGE_COOKIE, language, max_age=365 * 86_400)
+
+    return html, set_cookies
 
 
 def _error(request: Request, who: Principal | None, status: int, message: str) -> HTMLResponse:
@@ -271,8 +289,9 @@ async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: Ser
 
 @router.get("/ui/merchants/{merchant_id}/statements", **_HTML)  # type: ignore[arg-type]
 async def ui_merchant_statements(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
-    """The merchant's line of every settlement run, its payout status, and whether the run's signed
-    statement verifies; never another merchant's line."""
+    """The merchant's line of every settlement run, its payout status, whether the run's signed
+    statement verifies, and its own statement to download (CSV, signed JSON) with whether that
+    verifies; never another merchant's line."""
 
     async def build() -> Response:
         who = await _signed_in(request, s, "merchant", "finance", "admin")
@@ -280,12 +299,59 @@ async def ui_merchant_statements(request: Request, merchant_id: PathId, s: Servi
         rows = []
         for run in settlement.list_runs(s.ledger):
             view = settlement.get_view(s.ledger, run["id"])
-            line = next((x for x in view["statement"]["document"]["lines"] if x["merchant_id"] == merchant_id), None)
-            if line is None:
+            own = settlement.merchant_statement(s.settings, view, merchant_id)
+            if own is None:
                 continue
             status = next((p["payout_status"] for p in view["payouts"] if p["merchant_id"] == merchant_id), None)
-            rows.append({"run": run, "line": line, "status": status, "verified": _verified(s, view["statement"])})
-        return _page(request, "merchant_statements.html", {"rows": rows}, who)
+            rows.append(
+                {
+                    "run": run,
+                    "line": own["document"]["line"],
+                    "status": status,
+                    "verified": _verified(s, view["statement"]),
+                    "own_verified": _verified(s, own),
+                }
+            )
+        context = {"rows": rows, "merchant_id": merchant_id}
+        return _page(request, "merchant_statements.html", context, who)
+
+    return await _guarded(request, build)
+
+
+def _attachment(body: str | bytes, media_type: str, name: str) -> Response:
+    """A file to save, named `name` (ids and fixed words only, so no quoting is needed)."""
+    return Response(body, media_type=media_type, headers={"Content-Disposition": f'attachment; filename="{name}"'})
+
+
+_MERCHANT_DOWNLOADS = {"statement.csv": "text/csv; charset=utf-8", "statement.json": "application/json"}
+
+
+@router.get("/ui/merchants/{merchant_id}/statements/{run_id}/{download}", **_HTML)  # type: ignore[arg-type]
+async def ui_merchant_statement_download(
+    request: Request, merchant_id: PathId, run_id: PathId, download: str, s: ServicesDep
+) -> Response:
+    """The merchant's own statement of a run: its line as CSV (the run CSV's columns), or signed
+    JSON (settlement.merchant_statement) that `setapay verify-statement` checks. Never another
+    merchant's line (403), never a bank account."""
+
+    async def build() -> Response:
+        who = await _signed_in(request, s, "merchant", "finance", "admin")
+        _merchant_scope(request, who, merchant_id)
+        if download not in _MERCHANT_DOWNLOADS:
+            return _error(request, who, 404, "not_found")
+        try:
+            view = settlement.get_view(s.ledger, run_id)
+        except EngineError as error:
+            return _store_error(request, who, error)
+        own = settlement.merchant_statement(s.settings, view, merchant_id)
+        if own is None:
+            return _error(request, who, 404, "not_found")  # the run has no line for this merchant
+        body = (
+            statement.to_csv([own["document"]["line"]])
+            if download == "statement.csv"
+            else json.dumps(own, ensure_ascii=False, indent=1)
+        )
+        return _attachment(body, _MERCHANT_DOWNLOADS[download], f"{run_id}.{merchant_id}.{download}")
 
     return await _guarded(request, build)
 
@@ -579,25 +645,75 @@ async def ui_settlement_download(request: Request, run_id: PathId, download: str
         if not body:
             return _error(request, who, 404, "not_found")  # a run that pays nobody has no payout file
         name = f"{run_id}.zengin.txt" if download == "zengin" else f"{run_id}.{download}"
-        return Response(
-            body,
-            media_type=_DOWNLOADS[download],
-            headers={"Content-Disposition": f'attachment; filename="{name}"'},
-        )
+        return _attachment(body, _DOWNLOADS[download], name)
 
     return await _guarded(request, build)
+
+
+_PROGRESS_MARK, _REPORT_MARK = "<!--progress-->", "<!--report-->"
+_PROGRESS_STEPS = 20  # a progress line every 5% of the payments re-rated
 
 
 @router.get("/ui/reconciliation", **_HTML)  # type: ignore[arg-type]
 async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
+    """The form; with `?run=1` the reconciliation itself, streamed: the page's head at once, a
+    progress line as the re-rate advances (every 5% of the payments, as `setapay reconcile`
+    counts them), then every check's result. No script: each progress line hides the one before
+    it by CSS."""
+
     async def build() -> Response:
         who = await _signed_in(request, s, "finance")
-        report = None
-        if request.query_params.get("run") == "1":
-            report = finance.reconcile(s.ledger, s.settings)
-        return _page(request, "reconciliation.html", {"report": report}, who)
+        if request.query_params.get("run") != "1":
+            return _page(request, "reconciliation.html", {"running": False}, who)
+        html, set_cookies = _rendered(request, "reconciliation.html", {"running": True}, who)
+        head, rest = html.split(_PROGRESS_MARK, 1)
+        middle, tail = rest.split(_REPORT_MARK, 1)
+        total = finance.payment_count(s.ledger)  # before the first byte: a failure here is a plain error
+        chunks = _reconciliation_chunks(s, _language(request), total, (head, middle, tail))
+        response = StreamingResponse(chunks, media_type="text/html; charset=utf-8")
+        set_cookies(response)
+        return response
 
     return await _guarded(request, build)
+
+
+def _reconciliation_chunks(s: Services, language: str, total: int, page: tuple[str, str, str]) -> Iterator[str]:
+    """The streamed page: `finance.reconcile` runs in a thread of its own, its progress (of `total`
+    payments) and then its report passed back through a queue (Starlette reads this iterator in a
+    worker thread)."""
+    head, middle, tail = page
+    every = max(1, total // _PROGRESS_STEPS)
+    updates: queue.Queue[tuple[str, Any]] = queue.Queue()
+    counted = {"done": 0, "shown": 0}
+
+    def progress(n: int) -> None:
+        counted["done"] += n
+        if counted["done"] - counted["shown"] >= every or counted["done"] >= total:
+            counted["shown"] = counted["done"]
+            updates.put(("progress", counted["done"]))
+
+    def work() -> None:
+        try:
+            updates.put(("report", finance.reconcile(s.ledger, s.settings, progress=progress)))
+        except Exception:  # the page says it stopped; the log has why
+            _LOG.exception("the reconciliation of /ui/reconciliation stopped")
+            updates.put(("report", None))
+
+    def step(done: int) -> str:
+        return ui.render(language, "_reconciliation_progress.html", {"done": min(done, total), "total": total})
+
+    threading.Thread(target=work, name="ui-reconciliation", daemon=True).start()
+    yield head
+    yield step(0)
+    while True:
+        kind, value = updates.get()
+        if kind == "progress":
+            yield step(value)
+            continue
+        yield middle
+        yield ui.render(language, "_reconciliation_report.html", {"report": value})
+        yield tail
+        return
 
 
 @router.get("/ui/audit", **_HTML)  # type: ignore[arg-type]

@@ -369,6 +369,12 @@ def _check_budgets(ledger: Ledger, session: Session) -> list[dict[str, Any]]:
 
 
 @metrics.job("reconcile")
+def payment_count(ledger: Ledger) -> int:
+    """How many payments `reconcile`'s re-rate goes through: the total its `progress` counts to."""
+    with Session(ledger.engine) as session:
+        return int(session.execute(select(func.count()).select_from(PaymentRow)).scalar_one())
+
+
 def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
     """Every invariant, each pass or fail with the offending rows."""
     public_key = keyring.signing_key(settings).public_key()

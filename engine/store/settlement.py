@@ -11,6 +11,7 @@ a settled period never changes: its lines, statement and files are stored.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import secrets
 from collections import defaultdict
@@ -431,6 +432,45 @@ def get_view(ledger: Ledger, run_id: str) -> dict[str, Any]:
         if row is None:
             raise EngineError("not_found", f"settlement run {run_id} is not known")
         return view(session, row)
+
+
+MERCHANT_LINE_FIELDS = (*statement.CSV_COLUMNS, "name")
+
+
+def merchant_line(run_view: dict[str, Any], merchant_id: str) -> dict[str, Any] | None:
+    """One merchant's line of a run's signed statement, limited to the statement's own columns
+    and the merchant's name (so nothing else a line might one day carry leaves in a merchant's
+    download); None when the run has no line for it."""
+    for line in run_view["statement"]["document"]["lines"]:
+        if line["merchant_id"] == merchant_id:
+            return {k: line[k] for k in MERCHANT_LINE_FIELDS if k in line}
+    return None
+
+
+def merchant_statement(settings: Settings, run_view: dict[str, Any], merchant_id: str) -> dict[str, Any] | None:
+    """One merchant's own statement of a run, signed with the ward's statement key as the run's
+    statement is (`setapay verify-statement` checks either): the run id, period, the merchant's
+    line, and the run statement's key id, signature and SHA-256 of its canonical JSON, which tie
+    it to the run's statement. None when the run has no line for the merchant."""
+    line = merchant_line(run_view, merchant_id)
+    if line is None:
+        return None
+    run_statement = run_view["statement"]
+    document = {
+        "kind": "merchant_statement",
+        "run_id": run_view["id"],
+        "period": run_statement["document"]["period"],
+        "generated_at": run_statement["document"]["generated_at"],
+        "currency": run_statement["document"]["currency"],
+        "merchant_id": merchant_id,
+        "line": line,
+        "run_statement": {
+            "key_id": run_statement["signature"]["key_id"],
+            "signature": run_statement["signature"]["value"],
+            "sha256": hashlib.sha256(signing.canonical_json(run_statement)).hexdigest(),
+        },
+    }
+    return signing.sign_document(keyring.signing_key(settings), document)
 
 
 @metrics.job("payout_results")

@@ -131,6 +131,7 @@ POST   /ui/logout                                  | 303  303  303     303    | 
 GET    /ui/merchants/{merchant_id}                 | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
 GET    /ui/merchants/{merchant_id}/transactions    | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
 GET    /ui/merchants/{merchant_id}/statements      | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
+GET    /ui/merchants/{merchant_id}/statements/{run_id}/{download} | 303 303 303 303 | OK OK    303 | OK           403            | 303          303
 GET    /ui/campaigns                               | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
 GET    /ui/campaigns/{campaign_id}/simulate        | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
 POST   /ui/campaigns/{campaign_id}/simulate        | 303  303  303     303    | OK    OK      303 | 403          403            | 303          303
@@ -447,6 +448,10 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "GET /ui/merchants/{merchant_id}": lambda c: (f"/ui/merchants/{OWN_MERCHANT}", {}),
     "GET /ui/merchants/{merchant_id}/transactions": lambda c: (f"/ui/merchants/{OWN_MERCHANT}/transactions", {}),
     "GET /ui/merchants/{merchant_id}/statements": lambda c: (f"/ui/merchants/{OWN_MERCHANT}/statements", {}),
+    "GET /ui/merchants/{merchant_id}/statements/{run_id}/{download}": lambda c: (
+        f"/ui/merchants/{OWN_MERCHANT}/statements/{c.run_id}/statement.json",
+        {},
+    ),
     "GET /ui/campaigns": lambda c: ("/ui/campaigns", {}),
     "GET /ui/campaigns/{campaign_id}/simulate": lambda c: (f"/ui/campaigns/{MATRIX_CAMPAIGN}/simulate", {}),
     "POST /ui/campaigns/{campaign_id}/simulate": lambda c: (

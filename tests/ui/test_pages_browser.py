@@ -15,6 +15,11 @@ read what the engine stored and do not depend on the rating engine.
 
 from __future__ import annotations
 
+import csv
+import datetime as dt
+import hashlib
+import io
+import json
 import os
 import re
 import uuid
@@ -25,7 +30,9 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from tests.server import ServerProcess
+from engine.settlement.signing import canonical_json
+from engine.timeutil import TOKYO
+from tests.server import ServerProcess, run_cli
 from tests.ward import Ward
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -277,8 +284,20 @@ def test_finance_pages_show_what_the_api_answers(ward: Ward, browser) -> None:
         page.screenshot(path=str(ARTIFACTS / "finance-simulate-result-1280.png"), full_page=True)
 
         _check_page(page, base, "/ui/reconciliation", "finance-reconciliation")
-        page.click("form[action='/ui/reconciliation'] button[type=submit]")
+        with page.expect_response(lambda r: "/ui/reconciliation?run=1" in r.url) as streamed:
+            page.click("form[action='/ui/reconciliation'] button[type=submit]")
+        assert "content-length" not in streamed.value.headers, "the reconciliation page is not streamed"
         page.wait_for_selector("[data-check]")
+        steps = page.locator('[data-field="progress"] .step')
+        assert steps.count() >= 2, "no progress line before the results"  # 0 of N, then each 5%
+        shown = page.locator('[data-field="progress"] .step:visible')
+        assert shown.count() == 1, "every progress line but the last is hidden"
+        done, total = shown.get_attribute("data-done"), shown.get_attribute("data-total")
+        assert done == total and int(total or 0) >= 5, (done, total)  # every payment of the ward re-rated
+        bar = shown.locator("progress")
+        assert bar.get_attribute("value") == bar.get_attribute("max") == total
+        n = f"{int(total):,}"
+        assert _field(page, '[data-field="progress"] .step:last-child span') == f"決済の再計算：{n}件中{n}件"
         report = _api(ward, key, "/v1/reconciliation")
         for name, check in report["checks"].items():
             cell = page.locator(f'[data-check="{name}"] td:nth-child(2)').inner_text()
@@ -302,6 +321,116 @@ def test_finance_pages_show_what_the_api_answers(ward: Ward, browser) -> None:
         assert _field(page, '[data-field="granted"]') == "25"
         after = _api(ward, key, "/v1/wallets/W_UI_1/points")
         assert after["available"] + after["pending"] == before["available"] + before["pending"] + 25
+    finally:
+        context.close()
+
+
+ACCOUNT = {
+    "bank_code": "0159",
+    "branch_code": "101",
+    "account_type": "ordinary",
+    "account_number": "7654321",
+    "holder_kana": "ｾﾀｶﾞﾔﾔｵﾔ",
+}
+
+
+def _settled_this_month(ward: Ward, out: Path) -> str:
+    """The month of the ward's payments settled by `setapay settle` on a clock 40 days ahead (the
+    server's own clock has not closed it), after M_SHOTEN got a bank account; the run's id."""
+    confirmer = ward.finance_key  # made before the change: a confirming key must predate it
+    with ward.server.client(ward.server.admin_key) as c:
+        changed = c.patch(f"/v1/merchants/{MERCHANT_A}", json={"bank_account": ACCOUNT})
+    assert changed.status_code == 200, changed.text
+    if changed.json().get("bank_account_pending_confirmation"):
+        with ward.server.client(confirmer) as c:
+            confirmed = c.post(f"/v1/merchants/{MERCHANT_A}/bank-account/confirm")
+        assert confirmed.status_code == 200, confirmed.text
+    month = dt.datetime.now(TOKYO).strftime("%Y-%m")
+    ahead = {**ward.server.env, "SETAPAY_CLOCK_OFFSET_S": str(40 * 86_400)}
+    settled = run_cli(ahead, "settle", "--period", month, "--out", str(out))
+    assert settled.returncode == 0, settled.stderr
+    return json.loads(settled.stdout)["run_id"]
+
+
+def test_a_merchant_downloads_its_own_signed_statement(ward: Ward, browser, tmp_path: Path) -> None:
+    """Per run, a merchant (and finance) downloads the merchant's own line as CSV and as JSON signed
+    with the ward's statement key, which `setapay verify-statement` accepts; the figures are the
+    run statement's line; no bank account in either; another merchant's answers 403."""
+    run_id = _settled_this_month(ward, tmp_path / "settled")
+    finance_key = ward.finance_key
+    run = _api(ward, finance_key, f"/v1/settlement-runs/{run_id}")
+    line = next(x for x in run["statement"]["document"]["lines"] if x["merchant_id"] == MERCHANT_A)
+    assert line["coin_sales"] > 0 and line["net_payout"] > 0 and line["payout_status"] == "pending", line
+    with ward.server.client(finance_key) as c:
+        zengin = c.get(f"/v1/settlement-runs/{run_id}/zengin")
+    assert ACCOUNT["account_number"].encode() in zengin.content, "the run pays the account: the check below can fail"
+    base = ward.server.base_url
+    own = f"/ui/merchants/{MERCHANT_A}/statements/{run_id}"
+
+    context, page = _sign_in(browser, ward, ward.key("merchant", MERCHANT_A))
+    try:
+        _check_page(page, base, f"/ui/merchants/{MERCHANT_A}/statements", "merchant-statements-downloads")
+        row = page.locator(f'[data-run="{run_id}"]')
+        assert row.locator('[data-field="net_payout"]').inner_text() == _yen(line["net_payout"])
+        assert row.locator('[data-field="verified"]').inner_text() == "署名を確認済み"
+        assert row.locator('[data-field="own_verified"]').inner_text() == "署名を確認済み"
+
+        with page.expect_download() as csv_download:
+            row.locator("[data-download=csv]").click()
+        csv_path = tmp_path / "own.csv"
+        csv_download.value.save_as(csv_path)
+        rows = list(csv.DictReader(io.StringIO(csv_path.read_text(encoding="utf-8"))))
+        assert len(rows) == 1 and rows[0]["merchant_id"] == MERCHANT_A, rows
+        for column, value in rows[0].items():
+            assert value == str(line[column]), (column, value, line)
+
+        with page.expect_download() as json_download:
+            row.locator("[data-download=json]").click()
+        json_path = tmp_path / "own.json"
+        json_download.value.save_as(json_path)
+        signed = json.loads(json_path.read_text(encoding="utf-8"))
+        document = signed["document"]
+        assert document["run_id"] == run_id and document["merchant_id"] == MERCHANT_A
+        assert document["period"] == run["statement"]["document"]["period"]
+        assert document["line"] == {k: v for k, v in line.items() if k in document["line"]}
+        assert {"coin_sales", "fee", "net_payout", "carried_in"} <= set(document["line"])
+        tie = document["run_statement"]
+        assert tie["signature"] == run["statement"]["signature"]["value"]
+        assert tie["sha256"] == hashlib.sha256(canonical_json(run["statement"])).hexdigest()
+        verified = run_cli(ward.server.env, "verify-statement", str(json_path))
+        assert verified.returncode == 0 and verified.stdout.strip() == "valid", (verified.stdout, verified.stderr)
+        document["line"]["net_payout"] += 1
+        tampered = tmp_path / "tampered.json"
+        tampered.write_text(json.dumps(signed, ensure_ascii=False), encoding="utf-8")
+        assert run_cli(ward.server.env, "verify-statement", str(tampered)).returncode == 1
+
+        for body in (csv_path.read_text(encoding="utf-8"), json_path.read_text(encoding="utf-8")):
+            assert ACCOUNT["account_number"] not in body and ACCOUNT["holder_kana"] not in body
+            assert MERCHANT_B not in body
+
+        for download in ("statement.csv", "statement.json"):
+            other = context.request.get(f"{base}/ui/merchants/{MERCHANT_B}/statements/{run_id}/{download}")
+            assert other.status == 403 and MERCHANT_B not in other.text().replace(f"/ui/merchants/{MERCHANT_B}", "")
+        assert context.request.get(f"{base}{own}/zengin").status == 404
+        assert context.request.get(f"{base}/ui/settlement-runs/{run_id}/statement.csv").status == 403
+    finally:
+        context.close()
+
+    context, page = _sign_in(browser, ward, ward.key("merchant", MERCHANT_B))
+    try:
+        for download in ("statement.csv", "statement.json"):
+            refused = context.request.get(f"{base}{own}/{download}")
+            assert refused.status == 403, (download, refused.status)
+            assert tie["signature"] not in refused.text() and "net_payout" not in refused.text()
+    finally:
+        context.close()
+
+    context, page = _sign_in(browser, ward, finance_key)
+    try:
+        answer = context.request.get(f"{base}{own}/statement.json")
+        assert answer.status == 200 and answer.json() == json.loads(json_path.read_text(encoding="utf-8"))
+        other = context.request.get(f"{base}/ui/merchants/{MERCHANT_B}/statements/{run_id}/statement.csv")
+        assert other.status == 200 and f"\r\n{MERCHANT_B}," in other.text()
     finally:
         context.close()
 
