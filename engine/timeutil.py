@@ -10,6 +10,7 @@ integer arithmetic and the kernel needs no time-zone database.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from zoneinfo import ZoneInfo
 
 TOKYO = ZoneInfo("Asia/Tokyo")
@@ -48,6 +49,7 @@ def tokyo_month_key(us: int) -> int:
     return (year - 1970) * 12 + month - 1
 
 
+@functools.lru_cache(maxsize=4096)  # a group's instants repeat: its stamp, credit and expiry dates
 def format_instant(us: int) -> str:
     """RFC 3339 in Asia/Tokyo, the way the ward reads instants."""
     return from_us(us).astimezone(TOKYO).isoformat()

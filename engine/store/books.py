@@ -24,12 +24,26 @@ _LOT_COLUMNS = [
 
 
 def load_books(
-    session: Session, wallets: AbstractSet[str], lot_ids: AbstractSet[str] = frozenset()
+    session: Session,
+    wallets: AbstractSet[str],
+    lot_ids: AbstractSet[str] = frozenset(),
+    spending: AbstractSet[str] | None = None,
 ) -> dict[str, WalletBook]:
-    """Books of `wallets`: their spendable lots, their debt, and the named lots (spent or not)."""
+    """Books of `wallets`: their spendable lots, their debt, and the named lots (spent or not).
+
+    With `spending`, only those wallets' spendable lots are loaded: the book of any other
+    wallet holds its debt and the named lots only, enough for points flowing in (which repay
+    debt first, then fill a new lot) but not for spending, and its `spendable()` leaves out
+    the lots it does not hold. A wallet's lots grow with its history; most units of work
+    only add points to most of their wallets."""
     lots: dict[str, Lot] = {}
     for row in bulk.select_where_in(
-        session, PointLotRow.__table__, _LOT_COLUMNS, "wallet_id", sorted(wallets), extra="remaining > 0"
+        session,
+        PointLotRow.__table__,
+        _LOT_COLUMNS,
+        "wallet_id",
+        sorted(wallets if spending is None else spending),
+        extra="remaining > 0",
     ):
         lots[row[0]] = Lot(*row)
     missing = sorted(set(lot_ids) - set(lots))

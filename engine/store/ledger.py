@@ -143,6 +143,10 @@ class UnitOfWork:
     def __init__(self, session: Session, head: LedgerHead, ledger: Ledger) -> None:
         self.session = session
         self._head = head
+        # The chains' heads as plain values while the unit posts; written to the row once, at its end.
+        self._chain = _Chain(
+            head.last_posting_sequence, head.last_hash, head.last_payment_sequence, head.last_payment_hash
+        )
         self._ledger = ledger
         self._catalog: CatalogSnapshot | None = None
         self._writers: list[PostingWriter] = []
@@ -155,11 +159,11 @@ class UnitOfWork:
 
     @property
     def last_posting_sequence(self) -> int:
-        return self._head.last_posting_sequence
+        return self._chain.posting_sequence
 
     @property
     def last_hash(self) -> str:
-        return self._head.last_hash
+        return self._chain.posting_hash
 
     def writer(self, at_us: int, books: dict[str, WalletBook] | None = None) -> PostingWriter:
         """A writer whose postings are stamped `at_us`; `books` are the wallet books
@@ -173,6 +177,22 @@ class UnitOfWork:
         # a gap in the sequence and a head hash no stored posting carries.
         for writer in self._writers:
             assert not writer.pending, "a PostingWriter posted but was never flushed"
+
+    def _write_head(self) -> None:
+        chain, head = self._chain, self._head
+        if (chain.posting_sequence, chain.payment_sequence) != (head.last_posting_sequence, head.last_payment_sequence):
+            head.last_posting_sequence, head.last_hash = chain.posting_sequence, chain.posting_hash
+            head.last_payment_sequence, head.last_payment_hash = chain.payment_sequence, chain.payment_hash
+
+
+@dataclasses.dataclass
+class _Chain:
+    """The heads of the posting chain and the payment chain inside a unit of work."""
+
+    posting_sequence: int
+    posting_hash: str
+    payment_sequence: int
+    payment_hash: str
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +249,7 @@ class Ledger:
         unit = UnitOfWork(session, self._lock_head(session), self)
         yield unit
         unit._check_flushed()
+        unit._write_head()
 
     def _read_view(self, session: Session) -> ReadView:
         head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
@@ -532,9 +553,12 @@ class Ledger:
         state = RatingState(balance={})
         usage_keys: set[tuple[str, str, int]] = set()
         wallets: set[str] = set()
+        spending: set[str] = set()  # wallets whose balance the kernel checks or a refund may take back
         for _, body in events:
             if body.type == "purchase":
                 wallets.add(body.wallet_id)
+                if body.points_used:
+                    spending.add(body.wallet_id)
                 at = to_us(body.occurred_at)
                 for c in catalog.campaigns:
                     usage_keys.add((c.id, body.wallet_id, window_key(c.per_wallet_cap_period, at)))
@@ -543,6 +567,7 @@ class Ledger:
                 if body.original_id in state.purchases:
                     continue
                 wallets.add(o["wallet_id"])
+                spending.add(o["wallet_id"])
                 awards = {
                     cid: AwardState(cid, a.campaign_version, a.points, a.pending, a.window_key)
                     for cid, a in sorted(o["awards"].items(), key=lambda kv: _order(catalog, kv[0]))
@@ -568,7 +593,10 @@ class Ledger:
                 o = originals[body.original_id]
                 lot_ids.update(lot for lot, _ in o["redemption_legs"])
                 lot_ids.update(lot_id(body.original_id, cid) for cid in o["awards"])
-        books = load_books(session, wallets, lot_ids)
+        # Only the books of spending wallets hold their lots; any other wallet's balance is
+        # never consulted by the kernel (it checks balances of redemptions only) and its
+        # book and its kernel balance both leave out the same lots, so they stay equal.
+        books = load_books(session, wallets, lot_ids, spending)
         state.balance = {w: books[w].spendable() for w in wallets}
         return state, books
 
@@ -601,7 +629,7 @@ class PostingWriter:
         self.books = books  # wallet -> its lots and debt, kept current in acceptance order
         self.flushed = False
         self._unit = unit
-        self._head = unit._head
+        self._chain = unit._chain
         self._batch = bulk.WriteBatch(unit.session)
         self._redemption_legs: list[Row] = []
         self._payments: list[Row] = []
@@ -622,10 +650,10 @@ class PostingWriter:
         return self._unit.catalog.campaigns
 
     def post(self, posting: rules.Posting) -> None:
-        self._head.last_posting_sequence += 1
-        sequence = self._head.last_posting_sequence
-        digest = rules.chain_hash(self._head.last_hash, sequence, posting, self.at_us)
-        self._head.last_hash = digest
+        chain = self._chain
+        chain.posting_sequence += 1
+        sequence = chain.posting_sequence
+        digest = chain.posting_hash = rules.chain_hash(chain.posting_hash, sequence, posting, self.at_us)
         self._postings.append(
             dict(
                 sequence=sequence,
@@ -673,8 +701,8 @@ class PostingWriter:
         self.drain(book)
 
     def _next_sequence(self) -> int:
-        self._head.last_payment_sequence += 1
-        return self._head.last_payment_sequence
+        self._chain.payment_sequence += 1
+        return self._chain.payment_sequence
 
     def purchase(self, pid: str, s: Submission, outcome: Outcome, state: RatingState) -> Row:
         """Post an accepted purchase `pid` as the kernel rated it; its answer."""
@@ -899,7 +927,7 @@ class PostingWriter:
             receipt_app_id=s.receipt.app_id if s.receipt is not None else None,
             receipt_jti=s.receipt.jti if s.receipt is not None else None,
         )
-        row["hash"] = self._head.last_payment_hash = rules.payment_hash(self._head.last_payment_hash, row)
+        row["hash"] = self._chain.payment_hash = rules.payment_hash(self._chain.payment_hash, row)
         return row
 
     def _answer_json(self, pid: str, response: Row) -> str:

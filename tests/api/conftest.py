@@ -73,7 +73,7 @@ class Databases:
                     "WHERE datname = %s AND pid <> pg_backend_pid()",
                     (name,),
                 )
-                admin.execute(f'DROP DATABASE IF EXISTS "{name}"')
+                admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 class Server(ServerProcess):

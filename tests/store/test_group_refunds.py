@@ -88,7 +88,7 @@ def test_two_refunds_in_one_group_equal_two_groups(database_url, tmp_path):
         name = database_url.rsplit("/", 1)[1] + "_together"
         admin = "postgresql://postgres@127.0.0.1:5432/postgres"
         with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
         other = database_url.rsplit("/", 1)[0] + "/" + name
     together, wallet_together = _story(other, together=True)
