@@ -110,6 +110,19 @@ class Posting:
     campaign_id: str | None = None
     campaign_version: int | None = None
 
+    def columns(self) -> tuple[str | None, str | None, int | None, str, str, str, int]:
+        """(payment, campaign, campaign version, reason, debit, credit, amount): the posting's
+        own columns, between its sequence and its stamp."""
+        return (
+            self.payment_id,
+            self.campaign_id,
+            self.campaign_version,
+            self.reason,
+            self.debit_account_id,
+            self.credit_account_id,
+            self.amount,
+        )
+
     def __post_init__(self) -> None:
         assert self.amount > 0, self
         assert self.debit_account_id != self.credit_account_id, self
@@ -146,18 +159,7 @@ def chain_hash_of(
 
 
 def chain_hash(previous_hash: str, sequence: int, posting: Posting, posted_at_us: int) -> str:
-    return chain_hash_of(
-        previous_hash,
-        sequence,
-        posting.payment_id,
-        posting.campaign_id,
-        posting.campaign_version,
-        posting.reason,
-        posting.debit_account_id,
-        posting.credit_account_id,
-        posting.amount,
-        posted_at_us,
-    )
+    return chain_hash_of(previous_hash, sequence, *posting.columns(), posted_at_us)
 
 
 def split_in_order(legs: list[tuple[str, int]], start: int, amount: int) -> list[tuple[str, int]]:

@@ -23,6 +23,19 @@ import dataclasses
 
 from engine import ledger_rules as rules
 
+# A lot's stored columns, in the order of `Lot`'s first fields.
+LOT_COLUMNS = (
+    "id",
+    "wallet_id",
+    "campaign_id",
+    "source_id",
+    "credited_at_us",
+    "expires_at_us",
+    "points",
+    "remaining",
+    "expired",
+)
+
 
 @dataclasses.dataclass
 class Lot:

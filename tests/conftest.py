@@ -46,9 +46,8 @@ def sqlite_url(tmp_path) -> str:
     return f"sqlite+pysqlite:///{tmp_path}/setapay.db"
 
 
-@pytest.fixture
-def postgres_url():
-    """A freshly created PostgreSQL database, dropped after the test."""
+def _fresh_postgres():
+    """Create a PostgreSQL database of its own; yield its URL; drop it."""
     import psycopg
 
     name = f"setapay_test_{uuid.uuid4().hex[:16]}"
@@ -71,10 +70,30 @@ def postgres_url():
             admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+@pytest.fixture
+def postgres_url():
+    """A freshly created PostgreSQL database, dropped after the test."""
+    yield from _fresh_postgres()
+
+
+@pytest.fixture
+def other_postgres_url():
+    """A second fresh PostgreSQL database, for tests that compare two ledgers."""
+    yield from _fresh_postgres()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest) -> str:
     """The same test on the embedded SQLite file and on PostgreSQL."""
     return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "postgres_url")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url_pair(request: pytest.FixtureRequest, tmp_path) -> tuple[str, str]:
+    """Two fresh databases of the same kind: SQLite files, or PostgreSQL databases."""
+    if request.param == "sqlite":
+        return f"sqlite+pysqlite:///{tmp_path}/one.db", f"sqlite+pysqlite:///{tmp_path}/two.db"
+    return request.getfixturevalue("postgres_url"), request.getfixturevalue("other_postgres_url")
 
 
 def _free_redis_db(newest_first: bool = False):

@@ -8,19 +8,7 @@ from sqlalchemy.orm import Session
 
 from engine.store import bulk
 from engine.store.models import PointLotRow, WalletDebtRow
-from engine.wallet_book import Lot, WalletBook
-
-_LOT_COLUMNS = [
-    "id",
-    "wallet_id",
-    "campaign_id",
-    "source_id",
-    "credited_at_us",
-    "expires_at_us",
-    "points",
-    "remaining",
-    "expired",
-]
+from engine.wallet_book import LOT_COLUMNS, Lot, WalletBook
 
 
 def load_books(
@@ -40,14 +28,14 @@ def load_books(
     for row in bulk.select_where_in(
         session,
         PointLotRow.__table__,
-        _LOT_COLUMNS,
+        LOT_COLUMNS,
         "wallet_id",
         sorted(wallets if spending is None else spending),
         extra="remaining > 0",
     ):
         lots[row[0]] = Lot(*row)
     missing = sorted(set(lot_ids) - set(lots))
-    for row in bulk.select_where_in(session, PointLotRow.__table__, _LOT_COLUMNS, "id", missing):
+    for row in bulk.select_where_in(session, PointLotRow.__table__, LOT_COLUMNS, "id", missing):
         lots[row[0]] = Lot(*row)
     debts: dict[str, dict[str, int]] = {w: {} for w in wallets}
     for wallet_id, campaign_id, points in bulk.select_where_in(
@@ -70,7 +58,7 @@ def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> None:
     for book in books.values():
         for lot in book.lots.values():
             if lot.new:
-                new.append({c: getattr(lot, c) for c in _LOT_COLUMNS})
+                new.append(tuple(getattr(lot, c) for c in LOT_COLUMNS))
                 lot.new = lot.dirty = False
             elif lot.dirty:
                 changed.append({"id": lot.id, "remaining": lot.remaining, "expired": lot.expired})
@@ -78,6 +66,6 @@ def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> None:
         for campaign_id in sorted(book.dirty_debts):
             debts.append(dict(wallet_id=book.wallet_id, campaign_id=campaign_id, points=book.debts.get(campaign_id, 0)))
         book.dirty_debts.clear()
-    batch.insert(PointLotRow.__table__, new)
+    batch.insert_tuples(PointLotRow.__table__, LOT_COLUMNS, new)
     batch.update(PointLotRow.__table__, ["id"], changed)
     batch.upsert(WalletDebtRow.__table__, debts, key=["wallet_id", "campaign_id"], replace="points")

@@ -40,7 +40,7 @@ def _raw(session: Session) -> psycopg.Connection[tuple[Any, ...]]:
 def select_where_in(
     session: Session,
     table: Table,
-    columns: list[str],
+    columns: Sequence[str],
     column: str,
     values: Sequence[object],
     pg_type: str = "text",
@@ -164,14 +164,23 @@ class WriteBatch:
         if not rows:
             return
         columns = list(rows[0])
+        values = operator.itemgetter(*columns)  # a tuple per row, unless there is one column
+        self.insert_tuples(
+            table, columns, list(map(values, rows)) if len(columns) > 1 else [(value,) for value in map(values, rows)]
+        )
+
+    def insert_tuples(self, table: Table, columns: Sequence[str], rows: Sequence[tuple[Any, ...]]) -> None:
+        """Insert rows given as tuples of `columns`' values."""
+        if not rows:
+            return
+        names = ", ".join(columns)
         if not self.pg:
-            self._executemany(f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_marks(columns)})", rows)
+            self.session.connection().exec_driver_sql(
+                f"INSERT INTO {table.name} ({names}) VALUES ({_marks(list(columns))})", list(rows)
+            )
             return
         types = [_pg_type(table, c) for c in columns]
-        copy = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN (FORMAT BINARY)"
-        values = operator.itemgetter(*columns)  # a tuple per row, unless there is one column
-        tuples = list(map(values, rows)) if len(columns) > 1 else [(value,) for value in map(values, rows)]
-        self.statements.append((copy, (types, tuples)))
+        self.statements.append((f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)", (types, rows)))
 
     def upsert(
         self, table: Table, rows: Sequence[Values], key: list[str], add: str | None = None, replace: str | None = None

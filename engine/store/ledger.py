@@ -33,7 +33,7 @@ from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from engine import crediting, metrics
+from engine import crediting, metrics, posting_columns
 from engine import ledger_rules as rules
 from engine.clock import Clock, SystemClock
 from engine.errors import decline
@@ -72,6 +72,10 @@ from engine.timeutil import format_instant, to_us
 from engine.wallet_book import Lot, WalletBook, lot_id
 
 Row = dict[str, Any]  # one row to write, or one answer's JSON body
+
+# Runs of plain purchases post as columns (`engine.posting_columns`); off, every purchase
+# posts through `PostingWriter.purchase`, the reference the columns are tested against.
+COLUMNAR_PURCHASES = True
 
 
 @dataclasses.dataclass
@@ -304,6 +308,11 @@ class Ledger:
 
     # -- the money path ----------------------------------------------------
 
+    @staticmethod
+    def new_payment_id() -> str:
+        """A new payment's id: random, so ids tell nothing of volumes or order."""
+        return "tx_" + secrets.token_hex(12)
+
     def submit(self, submissions: list[Submission]) -> list[Result]:
         """Accept, decline or replay each submission in order.
 
@@ -405,7 +414,7 @@ class Ledger:
                     deferred[i] = claimed[s.receipt_key]
                     continue
                 claimed[s.receipt_key] = i
-            payment_ids[i] = "tx_" + secrets.token_hex(12)
+            payment_ids[i] = self.new_payment_id()
             events.append((payment_ids[i], s.body))
 
         accepted_at = self.clock.now_us()
@@ -420,6 +429,16 @@ class Ledger:
                 outcomes = rate(catalog, events, state)
             writer = unit.writer(accepted_at, books)
             by_payment = dict(zip((pid for pid, _ in events), outcomes))
+            # Runs of plain purchases (no points spent, no debt) post as columns; anything
+            # else posts alone, after the run before it, so the chains keep acceptance order.
+            run: list[tuple[int, str, Submission, Outcome]] = []
+
+            def post_run() -> None:
+                answers = writer.plain_purchases([(pid, s, outcome) for _, pid, s, outcome in run])
+                for (i, *_), answer in zip(run, answers):
+                    results[i] = Result(201, answer)
+                run.clear()
+
             for i in fresh:
                 if results[i] is not None or i in deferred:
                     continue
@@ -427,13 +446,19 @@ class Ledger:
                 outcome = by_payment[payment_ids[i]]
                 if outcome.declined:
                     results[i] = self._decline(outcome.declined, s)
-                elif s.body.type == "purchase":
+                    continue
+                if COLUMNAR_PURCHASES and writer.is_plain(s.body):
+                    run.append((i, payment_ids[i], s, outcome))
+                    continue
+                post_run()
+                if s.body.type == "purchase":
                     results[i] = Result(201, writer.purchase(payment_ids[i], s, outcome, state))
                 else:
                     results[i] = Result(
                         201,
                         writer.refund(payment_ids[i], s, outcome, state, originals[s.body.original_id], pending_before),
                     )
+            post_run()
             batch = writer.flush(state, usage_before, spend_before, send=False)
             answer_json = writer.answers_json
             outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at)
@@ -634,10 +659,10 @@ class PostingWriter:
         self._redemption_legs: list[Row] = []
         self._payments: list[Row] = []
         self.answers_json: dict[str, str] = {}  # payment id -> its answer as stored on its payment row
-        self._awards: list[Row] = []
+        self._awards: list[tuple[Any, ...]] = []  # posting_columns.AWARD_COLUMNS
         self._award_updates: list[Row] = []
         self._refunded_updates: dict[str, int] = {}
-        self._postings: list[Row] = []
+        self._postings: list[tuple[Any, ...]] = []  # posting_columns.POSTING_COLUMNS
         self._deltas: dict[str, int] = defaultdict(int)
 
     @property
@@ -654,20 +679,7 @@ class PostingWriter:
         chain.posting_sequence += 1
         sequence = chain.posting_sequence
         digest = chain.posting_hash = rules.chain_hash(chain.posting_hash, sequence, posting, self.at_us)
-        self._postings.append(
-            dict(
-                sequence=sequence,
-                payment_id=posting.payment_id,
-                campaign_id=posting.campaign_id,
-                campaign_version=posting.campaign_version,
-                reason=posting.reason,
-                debit_account_id=posting.debit_account_id,
-                credit_account_id=posting.credit_account_id,
-                amount=posting.amount,
-                posted_at_us=self.at_us,
-                hash=digest,
-            )
-        )
+        self._postings.append((sequence, *posting.columns(), self.at_us, digest))
         self._deltas[posting.debit_account_id] -= posting.amount
         self._deltas[posting.credit_account_id] += posting.amount
 
@@ -757,17 +769,17 @@ class PostingWriter:
                 lot = self.new_lot(pid, body.wallet_id, award.campaign_id, credit_at)
                 self.credit_points(book, lot, award.points, pid)
             self._awards.append(
-                dict(
-                    payment_id=pid,
-                    campaign_id=award.campaign_id,
-                    campaign_version=award.campaign_version,
-                    wallet_id=body.wallet_id,
-                    points=award.points,
-                    pending=0 if immediate else award.points,
-                    clawed_back=0,
-                    capped_by=award.capped_by,
-                    window_key=state.purchases[pid].awards[award.campaign_id].window_key,
-                    credit_at_us=credit_at,
+                (
+                    pid,
+                    award.campaign_id,
+                    award.campaign_version,
+                    body.wallet_id,
+                    award.points,
+                    0 if immediate else award.points,
+                    0,
+                    award.capped_by,
+                    state.purchases[pid].awards[award.campaign_id].window_key,
+                    credit_at,
                 )
             )
             awards.append(
@@ -797,6 +809,41 @@ class PostingWriter:
         }
         self._payments.append(self._payment_row(pid, sequence, s, body.wallet_id, at, None, response))
         return response
+
+    def is_plain(self, body: Purchase | Refund) -> bool:
+        """Whether `body` is a plain purchase (no points spent, its wallet owes none): one that
+        `plain_purchases` may post."""
+        return body.type == "purchase" and not body.points_used and not self.books[body.wallet_id].debts
+
+    def plain_purchases(self, run: list[tuple[str, Submission, Outcome]]) -> list[Row]:
+        """Post accepted plain purchases (`is_plain`) in acceptance order as columns
+        (`engine.posting_columns`); their answers."""
+        if not run:
+            return []
+        chain = self._chain
+        posted = posting_columns.plain_purchases(
+            [posting_columns.PlainPurchase(pid, s.body, outcome.awards) for pid, s, outcome in run],  # type: ignore[arg-type]
+            self.campaigns,
+            self.at_us,
+            chain.payment_sequence,
+            chain.posting_sequence,
+            chain.posting_hash,
+        )
+        chain.posting_sequence, chain.posting_hash = posted.posting_sequence, posted.posting_hash
+        self._postings += posted.postings
+        self._awards += posted.awards
+        for account, delta in posted.deltas.items():
+            self._deltas[account] += delta
+        for row in posted.lots:
+            lot = Lot(*row)
+            lot.new = lot.dirty = True
+            self.books[lot.wallet_id].lots[lot.id] = lot
+        for (pid, s, _), answer in zip(run, posted.answers):
+            sequence = self._next_sequence()
+            assert sequence == answer["sequence"], (sequence, answer["sequence"])
+            at = to_us(s.body.occurred_at)
+            self._payments.append(self._payment_row(pid, sequence, s, answer["wallet_id"], at, None, answer))
+        return posted.answers
 
     def refund(
         self,
@@ -961,7 +1008,7 @@ class PostingWriter:
         save_books(batch, self.books)
         batch.insert(RedemptionLegRow.__table__, self._redemption_legs)
         batch.insert(PaymentRow.__table__, self._payments)
-        batch.insert(AwardRow.__table__, self._awards)
+        batch.insert_tuples(AwardRow.__table__, posting_columns.AWARD_COLUMNS, self._awards)
         # Two refunds of one purchase in a group touch its awards twice: fold them into one update.
         award_updates: dict[tuple[str, str], Row] = {}
         for u in self._award_updates:
@@ -978,7 +1025,7 @@ class PostingWriter:
         batch.update(
             PaymentRow.__table__, ["id"], [dict(id=oid, refunded_amount=r) for oid, r in self._refunded_updates.items()]
         )
-        batch.insert(PostingRow.__table__, self._postings)
+        batch.insert_tuples(PostingRow.__table__, posting_columns.POSTING_COLUMNS, self._postings)
         batch.upsert(
             AccountRow.__table__,
             [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self._deltas.items()) if d],
