@@ -8,6 +8,8 @@ import os
 
 from api import access_log
 from api.app import create_app
+from engine import collector
 
 access_log.configure(os.environ.get("SETAPAY_LOG_LEVEL", "info"))
 app = create_app(migrate=False)
+collector.tune()

@@ -7,6 +7,8 @@ import json
 import sys
 from collections.abc import Callable
 
+from engine import collector
+
 
 def _cmd_rate(args: argparse.Namespace) -> int:
     from engine import rating, vectors
@@ -123,6 +125,7 @@ def _with_operations(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def main(argv: list[str] | None = None) -> int:
     args = _with_operations(build_parser()).parse_args(argv)
+    collector.tune()
     return args.func(args) or 0
 
 

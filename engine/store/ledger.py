@@ -579,14 +579,17 @@ class Ledger:
         usage_keys: set[tuple[str, str, int]] = set()
         wallets: set[str] = set()
         spending: set[str] = set()  # wallets whose balance the kernel checks or a refund may take back
+        periods = [(c.id, c.per_wallet_cap_period) for c in catalog.campaigns]
+        distinct_periods = {period for _, period in periods}
         for _, body in events:
             if body.type == "purchase":
                 wallets.add(body.wallet_id)
                 if body.points_used:
                     spending.add(body.wallet_id)
                 at = to_us(body.occurred_at)
-                for c in catalog.campaigns:
-                    usage_keys.add((c.id, body.wallet_id, window_key(c.per_wallet_cap_period, at)))
+                windows = {period: window_key(period, at) for period in distinct_periods}
+                for cid, period in periods:
+                    usage_keys.add((cid, body.wallet_id, windows[period]))
             else:
                 o = originals[body.original_id]
                 if body.original_id in state.purchases:

@@ -1,0 +1,24 @@
+"""The cyclic garbage collector, tuned for a process that moves money in groups.
+
+A group of 1,000 transactions allocates a few hundred thousand short-lived objects
+(records, rows, answers), nearly none of them in reference cycles; with CPython's default
+thresholds (a young collection every 700 allocations, older generations rescanned as they
+fill up) the collector walked the whole heap many times per group, about a fifth of a
+group's time (`docs/BENCHMARKS.md`). Processes that serve or import call `tune()` once,
+after start-up: what start-up loaded (modules, settings, the catalog) is frozen out of
+every later collection, and young collections run every `YOUNG_THRESHOLD` allocations.
+Reference counting still frees everything that is not in a cycle at once; cycles are still
+collected, just less often.
+"""
+
+from __future__ import annotations
+
+import gc
+
+YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
+OLDER_THRESHOLDS = (20, 20)  # young collections per middle one, middle ones per full one
+
+
+def tune() -> None:
+    gc.freeze()
+    gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)
