@@ -210,10 +210,8 @@ def history_file(path, n: int) -> None:
         f.write(HEADER + "\n")
         for i in range(n):
             instant = (first + step * i).isoformat()
-            if i % 50 == 49:
-                writer.writerow(
-                    row(f"R{i}", "refund", "", "", "T2", instant, 100, "", "", f"P{i - 1}")
-                )  # P{i-1} is M2's
+            if i % 50 == 49:  # a refund of the purchase just before, which is M2's (even)
+                writer.writerow(row(f"R{i}", "refund", "", "", "T2", instant, 100, "", "", f"P{i - 1}"))
             else:
                 terminal, merchant = ("T1", "M1") if i % 2 else ("T2", "M2")
                 writer.writerow(row(f"P{i}", "purchase", f"W{i % 997}", merchant, terminal, instant, 500 + i % 3000))
