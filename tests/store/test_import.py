@@ -31,7 +31,7 @@ from engine.store.importer import import_history
 from engine.store.models import AwardRow, IdempotencyRow, PaymentRow
 from engine.timeutil import TOKYO
 from tests.lifecycle.support import Books, campaign
-from tests.server import REPO, setapay_env
+from tests.server import REPO, run_cli, setapay_env
 
 START = dt.datetime(2026, 1, 5, 9, tzinfo=TOKYO)  # the configuration is entered then
 V2_AT = dt.datetime(2026, 2, 1, tzinfo=TOKYO)  # campaign C1 goes from 10% to 5%
@@ -255,5 +255,34 @@ def test_a_killed_import_resumes_to_exactly_one_payment_per_id(postgres_url, tmp
         check = rerate.rerate_check(books.engine)
         assert check["ok"], check["mismatches"]
         assert queries.ledger_check(books.engine)["ok"]
+    finally:
+        books.close()
+
+
+def test_the_command_reports_bad_lines_and_refuses_a_file_without_the_header(sqlite_url, tmp_path) -> None:
+    books = Books(sqlite_url, start=START)
+    try:
+        books.setup({"M1": ["T1"], "M2": ["T2"]}, [campaign("C1")])
+        env = setapay_env(sqlite_url)
+        path = tmp_path / "history.csv"
+        path.write_text(csv_text(ROWS[:4]), encoding="utf-8")
+        done = run_cli(env, "import", str(path), "--errors", str(tmp_path / "bad.csv"), in_process=True)
+        assert done.returncode == 1, done.stderr  # a line was refused
+        summary = json.loads(done.stdout.strip().splitlines()[-1])
+        assert (summary["imported"], summary["errors"]) == (3, 1)
+        assert summary["errors_file"] == str(tmp_path / "bad.csv")
+        report = list(csv.DictReader((tmp_path / "bad.csv").open(encoding="utf-8")))
+        assert [(r["line"], r["payment_id"], r["code"]) for r in report] == [("5", "P3", "bad_field")]
+        again = run_cli(env, "import", str(path), in_process=True)
+        assert json.loads(again.stdout.strip().splitlines()[-1])["already_imported"] == 3
+        assert (tmp_path / "history.csv.errors.csv").exists()  # the default report, next to the file
+
+        path.write_text("\n".join(HEADER.split(",")[:3]) + "\n", encoding="utf-8")
+        refused = run_cli(env, "import", str(path), in_process=True)
+        assert refused.returncode == 2 and "header" in refused.stderr
+        path.write_bytes(HEADER.encode() + b"\nP1,purchase,W\xff,M1,T1,2026-01-10T10:00:00+09:00,1,,,\n")
+        assert run_cli(env, "import", str(path), in_process=True).returncode == 2  # not UTF-8
+        assert run_cli(env, "import", str(tmp_path / "missing.csv"), in_process=True).returncode == 2
+        assert set(imported(books)) == {"P1", "P2", "R1"}
     finally:
         books.close()
