@@ -110,6 +110,7 @@ class _Importer:
         self.now_us = ledger.clock.now_us()
         self.changes: list[int] = [int(c) for c in self.versions.changes()]
         self.catalogs: dict[int, CatalogSnapshot] = {}
+        self.posted: dict[str, str] = {}  # app id -> payment id of the purchases the current chunk posted
 
     # -- reporting --
 
@@ -168,7 +169,7 @@ class _Importer:
         lines = [x for x in items if isinstance(x, Line)]
         wanted = {x.payment_id for x in lines} | {o for x in lines if (o := x.original_payment_id) is not None}
         stored = self._stored(wanted)
-        self.posted: dict[str, str] = {}  # app id -> payment id of purchases this chunk posted
+        self.posted = {}  # earlier chunks' purchases are committed: `stored` finds them
         group: list[tuple[Line, Submission]] = []
         in_group: set[str] = set()
         group_era = 0
