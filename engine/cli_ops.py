@@ -416,6 +416,71 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         after = last
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    """`setapay import FILE.csv`: the program's past transactions (docs/IMPORT.md), in groups that
+    each commit alone (a killed run re-run continues), bad lines to a per-line error report."""
+    import json
+    import re
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from engine import limits
+    from engine.importing import HeaderError
+    from engine.store import importer
+
+    path = Path(args.file)
+    if not re.fullmatch(limits.ID_PATTERN, args.source):
+        print(f"--source must match {limits.ID_PATTERN}", file=sys.stderr)
+        return 2
+    if args.group < 1:
+        print("--group must be at least 1", file=sys.stderr)
+        return 2
+    errors_path = Path(args.errors) if args.errors else path.with_name(path.name + ".errors.csv")
+    try:
+        with path.open("rb") as raw:
+            total = max(sum(chunk.count(b"\n") for chunk in iter(lambda: raw.read(1 << 20), b"")) - 1, 0)
+    except OSError as error:
+        print(f"setapay import: {error}", file=sys.stderr)
+        return 2
+    _, ledger, _ = _finance_context()
+    rate = TextColumn("{task.fields[rate]} rows/s")
+    with (
+        path.open(encoding="utf-8", newline="") as lines,
+        errors_path.open("w", encoding="utf-8", newline="") as errors,
+        Progress(
+            TextColumn("importing"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            rate,
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+        ) as bar,
+    ):
+        task = bar.add_task("importing", total=total, rate="-")
+
+        def progress(n: int) -> None:
+            bar.advance(task, n)
+            elapsed = bar.tasks[task].elapsed or 0.0
+            bar.update(task, rate=f"{bar.tasks[task].completed / elapsed:,.0f}" if elapsed else "-")
+
+        try:
+            report = importer.import_history(
+                ledger, lines, errors, source=args.source, group=args.group, progress=progress
+            )
+        except HeaderError as error:
+            print(f"setapay import: {error}", file=sys.stderr)
+            return 2
+        except UnicodeDecodeError as error:
+            print(f"setapay import: the file is not UTF-8 ({error})", file=sys.stderr)
+            return 2
+    summary = report.summary()
+    summary["errors_file"] = str(errors_path)
+    print(json.dumps(summary, ensure_ascii=False))
+    return 1 if report.errors else 0
+
+
 def _redacted(url: str) -> str:
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
@@ -480,6 +545,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p = sub.add_parser("backup", help="write a consistent copy of the database to OUT (safe under load)")
     p.add_argument("out", metavar="OUT")
     p.set_defaults(func=_cmd_backup)
+    p = sub.add_parser("import", help="import the program's past transactions from a CSV file (docs/IMPORT.md)")
+    p.add_argument("file", metavar="FILE.csv")
+    p.add_argument("--source", default="import", help="the app id the payment ids belong to (default: import)")
+    p.add_argument("--errors", help="where to write the per-line error report (default: FILE.csv.errors.csv)")
+    p.add_argument("--group", type=int, default=1000, help="payments per committed group (default 1000)")
+    p.set_defaults(func=_cmd_import)
     p = sub.add_parser("restore", help="restore a backup into the configured database, which must be empty")
     p.add_argument("backup", metavar="IN")
     p.set_defaults(func=_cmd_restore)

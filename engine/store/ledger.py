@@ -313,8 +313,20 @@ class Ledger:
         """A new payment's id: random, so ids tell nothing of volumes or order."""
         return "tx_" + secrets.token_hex(12)
 
-    def submit(self, submissions: list[Submission]) -> list[Result]:
+    def submit(
+        self,
+        submissions: list[Submission],
+        *,
+        accepted_at_us: int | None = None,
+        catalog: CatalogSnapshot | None = None,
+        remember_declines: bool = True,
+    ) -> list[Result]:
         """Accept, decline or replay each submission in order.
+
+        The history import (`engine.store.importer`) posts past payments: it stamps the group
+        `accepted_at_us` instead of the clock's now, rates it against `catalog` (what was in
+        force then) instead of the head's, and with `remember_declines=False` a declined
+        submission leaves no remembered answer (a bad row of the file writes nothing).
 
         A group is one transaction, except for a receipt used again in the group under
         another idempotency key: whether that later use is `receipt_already_used` depends
@@ -325,7 +337,8 @@ class Ledger:
         results: list[Result | None] = [None] * len(submissions)
         todo = list(range(len(submissions)))
         while todo:
-            for i, result in zip(todo, self._submit_one([submissions[i] for i in todo])):
+            group = [submissions[i] for i in todo]
+            for i, result in zip(todo, self._submit_one(group, accepted_at_us, catalog, remember_declines)):
                 results[i] = result
             todo = [i for i in todo if results[i] is None]
         for result in results:
@@ -333,7 +346,13 @@ class Ledger:
                 metrics.DECLINES.labels(code=str(result.body.get("code"))).inc()
         return results  # type: ignore[return-value]
 
-    def _submit_one(self, submissions: list[Submission]) -> list[Result | None]:
+    def _submit_one(
+        self,
+        submissions: list[Submission],
+        accepted_at_us: int | None = None,
+        catalog: CatalogSnapshot | None = None,
+        remember_declines: bool = True,
+    ) -> list[Result | None]:
         """Accept, decline or replay each submission in order, in one transaction; None for
         a submission left to the next round (its receipt's earlier use here was not accepted)."""
         keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
@@ -345,10 +364,17 @@ class Ledger:
                     rows = [remembered[(s.terminal_id, s.idempotency_key)] for s in submissions]
                     return [replay_answer(r[2], r[3], r[4], s.request_hash) for r, s in zip(rows, submissions)]
             with self._locked(session) as unit:
-                return self._post_group(unit, submissions, keys)
+                if catalog is not None:
+                    unit._catalog = catalog  # a past instant's catalog (the history import)
+                return self._post_group(unit, submissions, keys, accepted_at_us, remember_declines)
 
     def _post_group(
-        self, unit: UnitOfWork, submissions: list[Submission], keys: set[tuple[str, str]]
+        self,
+        unit: UnitOfWork,
+        submissions: list[Submission],
+        keys: set[tuple[str, str]],
+        accepted_at_us: int | None = None,
+        remember_declines: bool = True,
     ) -> list[Result | None]:
         """`_submit_one` under the sequencer lock."""
         session = unit.session
@@ -417,7 +443,7 @@ class Ledger:
             payment_ids[i] = self.new_payment_id()
             events.append((payment_ids[i], s.body))
 
-        accepted_at = self.clock.now_us()
+        accepted_at = self.clock.now_us() if accepted_at_us is None else accepted_at_us
         answer_json: dict[str, str]  # payment id -> its answer, serialised once for its payment row
         if events:
             state, books = self._load_state(session, catalog, events, originals)
@@ -483,7 +509,7 @@ class Ledger:
         remember = []
         for key, i in first_in_group.items():
             r = results[i]
-            if r is None or not r.remember:
+            if r is None or not r.remember or (r.status != 201 and not remember_declines):
                 continue
             # An accepted payment's answer was serialised once already, for its payment row.
             stored = answer_json.get(r.body["id"]) if r.status == 201 else None

@@ -1,0 +1,272 @@
+"""The history import (issue 14): past payments of the program posted through `Ledger.submit`.
+
+`import_history` reads the file's lines (`engine.importing` parses and checks each
+one with the API's own models) and posts the good ones in groups through the
+ledger's money path, so an imported payment is rated, posted, chained and
+metered exactly as a live one, with three differences a past instant needs:
+
+- a group is rated against what was in force at its payments' instants (the
+  campaign and merchant versions of `rerate.load_versions(...).in_force`), and
+  groups are cut where a version changes (`Versions.changes()`), so every
+  payment of a group falls in one configuration era;
+- a group is accepted at its latest `occurred_at` (not the clock's now), which
+  puts every payment in the era reconciliation re-rates it under (reconciliation
+  rates by acceptance instant) and keeps acceptance stamps monotonic, because
+  lines are in time order and none may be older than the ledger's last payment
+  or posting (`out_of_order`) or in the future (`in_future`);
+- a declined row leaves no remembered answer (`remember_declines=False`).
+
+Each payment carries the receipt (app = `source`, jti = the app's payment id,
+original_jti = the original's app payment id for a refund), and the ledger holds
+(app, jti) unique: a payment id is imported once. Every group commits alone, so
+a killed import re-run skips what is there (`already`) and continues. A refund's
+original is looked up by its receipt; one whose original is in the group being
+built cuts the group first (the original must be committed to be refunded).
+
+Bad lines import nothing and are reported one per line (line, payment_id, code,
+message): the reader's codes, `out_of_order`, `unknown_original`,
+and the ledger's own decline codes (insufficient_points, refund_exceeds_original,
+forbidden for a terminal of another merchant, ...).
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import dataclasses
+import hashlib
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import TextIO
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from engine.importing import Line, LineError, Reader
+from engine.model import Refund
+from engine.rating import build_catalog
+from engine.receipts import Receipt
+from engine.store import bulk
+from engine.store.ledger import CatalogSnapshot, Ledger, Submission
+from engine.store.models import PaymentRow, PostingRow, TerminalRow
+from engine.store.rerate import load_versions
+from engine.timeutil import format_instant
+
+DEFAULT_SOURCE = "import"
+DEFAULT_GROUP = 1_000
+KEY_PREFIX = "import:"  # the idempotency key of an imported payment: import:<payment id>, under its terminal
+ERROR_COLUMNS = ("line", "payment_id", "code", "message")
+_EARLIEST = -(1 << 62)
+
+
+@dataclasses.dataclass
+class ImportReport:
+    rows: int = 0
+    imported: int = 0
+    already: int = 0  # imported before (an earlier run, or a killed one)
+    errors: int = 0
+    groups: int = 0
+    seconds: float = 0.0
+    codes: Counter[str] = dataclasses.field(default_factory=Counter)
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "rows": self.rows,
+            "imported": self.imported,
+            "already_imported": self.already,
+            "errors": self.errors,
+            "error_codes": dict(sorted(self.codes.items())),
+            "groups": self.groups,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+class _Importer:
+    def __init__(
+        self,
+        ledger: Ledger,
+        source: str,
+        group: int,
+        errors: TextIO,
+        progress: Callable[[int], object] | None,
+    ) -> None:
+        self.ledger = ledger
+        self.source = source
+        self.group_max = max(1, group)
+        self.writer = csv.writer(errors)
+        self.writer.writerow(ERROR_COLUMNS)
+        self.progress = progress
+        self.report = ImportReport()
+        with Session(ledger.engine) as session:
+            self.versions = load_versions(session.connection())
+            self.terminals = {t: m for t, m in session.execute(select(TerminalRow.id, TerminalRow.merchant_id))}
+            last_payment = session.execute(
+                select(PaymentRow.accepted_at_us).order_by(PaymentRow.sequence.desc()).limit(1)
+            ).scalar()
+            last_posting = session.execute(select(func.max(PostingRow.posted_at_us))).scalar()
+        # Nothing may be stamped before what the ledger stamped last (settlement relies on it).
+        self.floor_us = max(last_payment or _EARLIEST, last_posting or _EARLIEST)
+        self.now_us = ledger.clock.now_us()
+        self.changes: list[int] = [int(c) for c in self.versions.changes()]
+        self.catalogs: dict[int, CatalogSnapshot] = {}
+        self.posted: dict[str, str] = {}  # app id -> payment id of the purchases the current chunk posted
+
+    # -- reporting --
+
+    def error(self, line: int, payment_id: str, code: str, message: str) -> None:
+        self.report.errors += 1
+        self.report.codes[code] += 1
+        self.writer.writerow((line, payment_id, code, message))
+
+    # -- configuration in force --
+
+    def era(self, at_us: int) -> int:
+        return bisect.bisect_right(self.changes, at_us) - 1
+
+    def catalog(self, era: int) -> CatalogSnapshot:
+        if era not in self.catalogs:
+            campaigns, merchants = self.versions.in_force(self.changes[era] if era >= 0 else _EARLIEST)
+            self.catalogs[era] = CatalogSnapshot(
+                version=-1,  # never the head's: a past instant's catalog, used by this import only
+                rating=build_catalog(merchants, campaigns),
+                campaigns={c.id: c for c in campaigns},
+                merchants={m.id: m for m in merchants},
+                merchant_by_terminal=self.terminals,
+            )
+        return self.catalogs[era]
+
+    # -- the run --
+
+    def run(self, lines: Iterable[str]) -> ImportReport:
+        started = time.perf_counter()
+        chunk: list[Line | LineError] = []
+        for item in Reader(self.now_us).read(lines):
+            chunk.append(item)
+            if len(chunk) >= self.group_max:
+                self.chunk(chunk)
+                chunk = []
+        if chunk:
+            self.chunk(chunk)
+        self.report.seconds = time.perf_counter() - started
+        return self.report
+
+    def _stored(self, app_ids: set[str]) -> dict[str, tuple[str, str]]:
+        """app payment id -> (payment id, type) of those already in the ledger under `source`."""
+        with Session(self.ledger.engine) as session:
+            rows = bulk.select_where_tuples(
+                session,
+                PaymentRow.__table__,
+                ["receipt_jti", "id", "type"],
+                ["receipt_app_id", "receipt_jti"],
+                sorted((self.source, a) for a in app_ids),
+            )
+        return {jti: (pid, kind) for jti, pid, kind in rows}
+
+    def chunk(self, items: list[Line | LineError]) -> None:
+        """Up to one group's worth of lines: look up what of them is in the ledger, then post
+        the rest in groups of one configuration era each."""
+        lines = [x for x in items if isinstance(x, Line)]
+        wanted = {x.payment_id for x in lines} | {o for x in lines if (o := x.original_payment_id) is not None}
+        stored = self._stored(wanted)
+        self.posted = {}  # earlier chunks' purchases are committed: `stored` finds them
+        group: list[tuple[Line, Submission]] = []
+        in_group: set[str] = set()
+        group_era = 0
+        for x in items:
+            self.report.rows += 1
+            if isinstance(x, LineError):
+                self.error(x.line, x.payment_id, x.code, x.message)
+                continue
+            if x.payment_id in stored:
+                self.report.already += 1
+                continue
+            if x.occurred_at_us < self.floor_us:
+                self.error(
+                    x.line,
+                    x.payment_id,
+                    "out_of_order",
+                    f"earlier than the ledger's last payment or posting ({format_instant(self.floor_us)})",
+                )
+                continue
+            body = x.body
+            original_app_id = x.original_payment_id
+            if original_app_id is not None:
+                if original_app_id in in_group:  # its original must be committed first
+                    self.post(group, group_era)
+                    group, in_group = [], set()
+                found = self.posted.get(original_app_id)
+                if found is None and (s := stored.get(original_app_id)) is not None and s[1] == "purchase":
+                    found = s[0]
+                if found is None:
+                    self.error(
+                        x.line,
+                        x.payment_id,
+                        "unknown_original",
+                        f"no imported purchase {original_app_id!r} (it must come on an earlier line, or be "
+                        "imported before)",
+                    )
+                    continue
+                assert isinstance(body, Refund)
+                body = body.model_copy(update={"original_id": found})
+            era = self.era(x.occurred_at_us)
+            if group and (era != group_era or len(group) >= self.group_max):
+                self.post(group, group_era)
+                group, in_group = [], set()
+            canonical = body.model_dump_json()
+            group.append(
+                (
+                    x,
+                    Submission(
+                        x.terminal_id,
+                        KEY_PREFIX + x.payment_id,
+                        hashlib.sha256(canonical.encode()).hexdigest(),
+                        body,
+                        canonical,
+                        receipt=Receipt(self.source, x.payment_id, original_app_id),
+                    ),
+                )
+            )
+            in_group.add(x.payment_id)
+            group_era = era
+        self.post(group, group_era)
+        if self.progress is not None:
+            self.progress(len(items))
+
+    def post(self, group: list[tuple[Line, Submission]], era: int) -> None:
+        if not group:
+            return
+        accepted_at = max(x.occurred_at_us for x, _ in group)
+        results = self.ledger.submit(
+            [s for _, s in group], accepted_at_us=accepted_at, catalog=self.catalog(era), remember_declines=False
+        )
+        self.report.groups += 1
+        for (x, _), r in zip(group, results):
+            if r.status == 201:
+                if r.replayed:
+                    self.report.already += 1
+                else:
+                    self.report.imported += 1
+                if x.body.type == "purchase":
+                    self.posted[x.payment_id] = r.body["id"]
+            else:
+                code = str(r.body.get("code", "declined"))
+                self.error(x.line, x.payment_id, code, str(r.body.get("detail") or r.body.get("title") or code))
+        self.floor_us = max(self.floor_us, accepted_at)
+
+
+def import_history(
+    ledger: Ledger,
+    lines: Iterable[str],
+    errors: TextIO,
+    *,
+    source: str = DEFAULT_SOURCE,
+    group: int = DEFAULT_GROUP,
+    progress: Callable[[int], object] | None = None,
+) -> ImportReport:
+    """Import the lines of a history file (header first); bad lines go to `errors` as CSV
+    (line, payment_id, code, message). Raises `engine.importing.HeaderError` on a bad header.
+
+    Run it before the ledger takes live traffic from the same period (or with the API
+    stopped): imported payments are stamped at their own instants."""
+    return _Importer(ledger, source, group, errors, progress).run(lines)
