@@ -14,7 +14,13 @@ metered exactly as a live one, with three differences a past instant needs:
   rates by acceptance instant) and keeps acceptance stamps monotonic, because
   lines are in time order and none may be older than the ledger's last payment
   or posting (`out_of_order`) or in the future (`in_future`);
-- a declined row leaves no remembered answer (`remember_declines=False`).
+- a declined row leaves no remembered answer (`remember_declines=False`);
+- the wallet lifecycle runs as it did then: groups are cut at every Asia/Tokyo
+  day, and before a day's first group the crediting and expiry runs post what
+  was due by that day's start, stamped at it (`lifecycle.credit_due`,
+  `expire_due` on a ledger whose clock is the history's), so a point-back
+  credited on a dekad's crediting day is there for the redemptions that spent
+  it, and a lot that had expired is not spent.
 
 Each payment carries the receipt (app = `source`, jti = the app's payment id,
 original_jti = the original's app payment id for a refund), and the ledger holds
@@ -43,15 +49,16 @@ from typing import TextIO
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine.clock import ManualClock
 from engine.importing import Line, LineError, Reader
 from engine.model import Refund
 from engine.rating import build_catalog
 from engine.receipts import Receipt
-from engine.store import bulk
+from engine.store import bulk, lifecycle
 from engine.store.ledger import CatalogSnapshot, Ledger, Submission
 from engine.store.models import PaymentRow, PostingRow, TerminalRow
 from engine.store.rerate import load_versions
-from engine.timeutil import format_instant
+from engine.timeutil import S_PER_DAY, TOKYO_OFFSET_S, US_PER_S, format_instant, tokyo_day_key
 
 DEFAULT_SOURCE = "import"
 DEFAULT_GROUP = 1_000
@@ -107,9 +114,15 @@ class _Importer:
             last_posting = session.execute(select(func.max(PostingRow.posted_at_us))).scalar()
         # Nothing may be stamped before what the ledger stamped last (settlement relies on it).
         self.floor_us = max(last_payment or _EARLIEST, last_posting or _EARLIEST)
+        # Rows older than what the ledger held before, or than rows already posted, are out of order.
+        self.rows_floor_us = self.floor_us
         self.now_us = ledger.clock.now_us()
         self.changes: list[int] = [int(c) for c in self.versions.changes()]
         self.catalogs: dict[int, CatalogSnapshot] = {}
+        # The lifecycle runs of the history's days, on the history's clock.
+        self.history_clock = ManualClock(self.floor_us)
+        self.history = Ledger(ledger.engine, self.history_clock)
+        self.day: int | None = None  # the Tokyo day whose runs are done
         self.posted: dict[str, str] = {}  # app id -> payment id of the purchases the current chunk posted
 
     # -- reporting --
@@ -181,12 +194,12 @@ class _Importer:
             if x.payment_id in stored:
                 self.report.already += 1
                 continue
-            if x.occurred_at_us < self.floor_us:
+            if x.occurred_at_us < self.rows_floor_us:
                 self.error(
                     x.line,
                     x.payment_id,
                     "out_of_order",
-                    f"earlier than the ledger's last payment or posting ({format_instant(self.floor_us)})",
+                    f"earlier than the ledger's last payment or posting ({format_instant(self.rows_floor_us)})",
                 )
                 continue
             body = x.body
@@ -210,9 +223,12 @@ class _Importer:
                 assert isinstance(body, Refund)
                 body = body.model_copy(update={"original_id": found})
             era = self.era(x.occurred_at_us)
-            if group and (era != group_era or len(group) >= self.group_max):
+            day = tokyo_day_key(x.occurred_at_us)
+            if group and (era != group_era or len(group) >= self.group_max or day != self.day):
                 self.post(group, group_era)
                 group, in_group = [], set()
+            if day != self.day:
+                self.lifecycle(day)
             canonical = body.model_dump_json()
             group.append(
                 (
@@ -233,10 +249,20 @@ class _Importer:
         if self.progress is not None:
             self.progress(len(items))
 
+    def lifecycle(self, day: int) -> None:
+        """The crediting and expiry runs of Tokyo day `day`, as of its start (00:00 JST)."""
+        start = (day * S_PER_DAY - TOKYO_OFFSET_S) * US_PER_S
+        if start >= self.floor_us:
+            self.history_clock.set(start)
+            lifecycle.credit_due(self.history, start)
+            lifecycle.expire_due(self.history, start)
+            self.floor_us = max(self.floor_us, self.history_clock.now_us())
+        self.day = day
+
     def post(self, group: list[tuple[Line, Submission]], era: int) -> None:
         if not group:
             return
-        accepted_at = max(x.occurred_at_us for x, _ in group)
+        accepted_at = max(self.floor_us, *(x.occurred_at_us for x, _ in group))
         results = self.ledger.submit(
             [s for _, s in group], accepted_at_us=accepted_at, catalog=self.catalog(era), remember_declines=False
         )
@@ -253,6 +279,7 @@ class _Importer:
                 code = str(r.body.get("code", "declined"))
                 self.error(x.line, x.payment_id, code, str(r.body.get("detail") or r.body.get("title") or code))
         self.floor_us = max(self.floor_us, accepted_at)
+        self.rows_floor_us = max(self.rows_floor_us, *(x.occurred_at_us for x, _ in group))
 
 
 def import_history(

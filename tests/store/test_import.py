@@ -23,7 +23,7 @@ import sys
 import time
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from engine.importing import COLUMNS, HeaderError, Line, LineError, Reader
 from engine.store import queries, rerate
@@ -286,3 +286,46 @@ def test_the_command_reports_bad_lines_and_refuses_a_file_without_the_header(sql
         assert set(imported(books)) == {"P1", "P2", "R1"}
     finally:
         books.close()
+
+
+def test_the_history_is_credited_and_expired_day_by_day_as_it_was(database_url) -> None:
+    """A dekad point-back earned in the history is credited on its crediting day before the
+    redemption that spent it; points of a lot that had expired by then cannot be spent."""
+    b = Books(database_url, start=START)
+    try:
+        b.setup(
+            {"M1": ["T1"]},
+            [
+                campaign("C_DEKAD", credit={"schedule": "dekad", "delay_business_days": 5}),
+                campaign("C_SHORT", validity_months=1),
+            ],
+        )
+        b.at(NOW)
+        rows = [
+            # W1 earns 100 pending (dekad, credited in late January) and 100 at once.
+            row("E1", "purchase", "W1", "M1", "T1", at(6), 1000),
+            # Before the crediting day only the immediate 100 are spendable.
+            row("S1", "purchase", "W1", "M1", "T1", at(8), 500, 150),  # insufficient_points
+            # After it, the dekad 100 are spendable too.
+            row("S2", "purchase", "W1", "M1", "T1", at(2, 2), 500, 150),
+            # W2's immediate points (C_SHORT, one month) expire at the end of February.
+            row("E2", "purchase", "W2", "M1", "T1", at(7), 1000),
+            row("S3", "purchase", "W2", "M1", "T1", at(5, 3), 500, 100),  # C_SHORT's 100 expired: 100 dekad left
+            row("S4", "purchase", "W2", "M1", "T1", at(6, 3), 500, 101),  # insufficient_points
+        ]
+        rows.sort(key=lambda r: r[5])
+        summary, errors = run_import(b, csv_text(rows))
+        assert {e["payment_id"]: e["code"] for e in errors} == {
+            "S1": "insufficient_points",
+            "S4": "insufficient_points",
+        }, errors
+        assert summary["imported"] == 4
+        with b.engine.connect() as c:
+            expired = c.execute(text("SELECT COALESCE(SUM(expired), 0) FROM point_lot WHERE wallet_id = 'W2'")).scalar()
+            runs = c.execute(text("SELECT kind, COUNT(*) FROM lifecycle_run GROUP BY kind")).all()
+        assert expired == 100
+        assert dict(runs)["credit"] >= 4 and dict(runs)["expiry"] >= 4
+        assert rerate.rerate_check(b.engine)["ok"]
+        assert queries.ledger_check(b.engine)["ok"]
+    finally:
+        b.close()
