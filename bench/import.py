@@ -110,6 +110,7 @@ def main() -> int:
     parser.add_argument("--database", default="setapay_bench_import")
     args = parser.parse_args()
 
+    from engine import collector
     from engine.clock import SystemClock
     from engine.store import db
     from engine.store.importer import import_history
@@ -125,6 +126,7 @@ def main() -> int:
         engine = db.make_engine(url)
         ledger = Ledger(engine, SystemClock())
         errors = io.StringIO()
+        collector.tune()  # as the `setapay` command does before it runs one
         with path.open(encoding="utf-8", newline="") as lines:
             if args.profile:
                 import cProfile

