@@ -166,11 +166,18 @@ def _pg_type(table: Table, column: str) -> str:
     return _PG_TYPES[compiled]
 
 
+# Below this many rows an insert goes as array parameters inside the pipeline (one round trip
+# for the whole batch); from it on by COPY, whose own round trip the cheaper dumping repays.
+COPY_ROWS_MIN = 100
+
+
 class WriteBatch:
     """The writes of one unit of work, sent to PostgreSQL in a few round trips.
 
     New rows go out by binary COPY (each value dumped by psycopg's C dumpers,
-    several times cheaper than the same rows as array parameters); updates and
+    several times cheaper than the same rows as array parameters), unless they are
+    few (`COPY_ROWS_MIN`): a group commit of a handful of single posts then stays one
+    round trip while it holds the sequencer lock; updates and
     upserts pass their rows as arrays (`unnest`), the statements between two
     COPYs in one pipeline. Statements run in the order they were added. On
     SQLite the statements run one by one as they are added.
@@ -204,6 +211,13 @@ class WriteBatch:
         if not self.pg:
             self.session.connection().exec_driver_sql(
                 f"INSERT INTO {table.name} ({names}) VALUES ({_marks(list(columns))})", list(rows)
+            )
+            return
+        if len(rows) < COPY_ROWS_MIN:  # a few rows ride in the pipeline instead of a round trip of their own
+            arrays = [_array(_pg_type(table, c), [row[i] for row in rows]) for i, c in enumerate(columns)]
+            source = f"unnest({', '.join(a for a, _ in arrays)})"
+            self.statements.append(
+                (f"INSERT INTO {table.name} ({names}) SELECT * FROM {source}", [v for _, v in arrays])
             )
             return
         types = [_pg_type(table, c) for c in columns]
