@@ -36,6 +36,7 @@ PREPARED_GROUPS_MAX = 40  # per writer: more than it posts in the run on this ma
 
 def writer(url: str, terminals: list, seconds: float, group: int, ready, start, out) -> None:
     """Post groups of purchases until `seconds` have passed; report (accepted, elapsed)."""
+    from engine import collector
     from engine.model import Purchase
     from engine.store import db
     from engine.store.ledger import Ledger, Submission
@@ -55,6 +56,7 @@ def writer(url: str, terminals: list, seconds: float, group: int, ready, start, 
         return out_
 
     ledger.submit(submissions(-1))  # warm: catalog snapshot, connections
+    collector.tune()  # as a serving or importing process does after start-up
     # Building requests is the front end's work, not the sequencer's: done before the clock starts.
     prepared = [submissions(r) for r in range(PREPARED_GROUPS_MAX)]
     ready.put(1)
