@@ -125,7 +125,8 @@ def _with_operations(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
 
 def main(argv: list[str] | None = None) -> int:
     args = _with_operations(build_parser()).parse_args(argv)
-    collector.tune()
+    if argv is None:  # the console command, a process of its own (not a test calling main)
+        collector.tune()
     return args.func(args) or 0
 
 

@@ -5,7 +5,8 @@ A group of 1,000 transactions allocates a few hundred thousand short-lived objec
 thresholds (a young collection every 700 allocations, older generations rescanned as they
 fill up) the collector walked the whole heap many times per group, about a fifth of a
 group's time (`docs/BENCHMARKS.md`). Processes that serve or import call `tune()` once,
-after start-up: what start-up loaded (modules, settings, the catalog) is frozen out of
+after start-up (the `setapay` console command, not `main()` called in-process by tests;
+each uvicorn worker as it loads `api/main.py`): what start-up loaded (modules, settings, the catalog) is frozen out of
 every later collection, and young collections run every `YOUNG_THRESHOLD` allocations.
 Reference counting still frees everything that is not in a cycle at once; cycles are still
 collected, just less often.
@@ -19,6 +20,16 @@ YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's def
 OLDER_THRESHOLDS = (20, 20)  # young collections per middle one, middle ones per full one
 
 
+_tuned = False
+
+
 def tune() -> None:
+    """Once per process: collect what is garbage now (frozen cycles would never be
+    collected), freeze the rest, raise the thresholds."""
+    global _tuned
+    if _tuned:
+        return
+    _tuned = True
+    gc.collect()
     gc.freeze()
     gc.set_threshold(YOUNG_THRESHOLD, *OLDER_THRESHOLDS)

@@ -17,7 +17,7 @@ import functools
 from holidays import HolidayBase
 from holidays.countries.japan import Japan
 
-from engine.timeutil import TOKYO, from_us, to_us, tokyo_day_key
+from engine.timeutil import TOKYO, from_us, to_us
 
 
 @functools.lru_cache(maxsize=64)
@@ -61,18 +61,15 @@ def credit_at_us(schedule: str, delay_business_days: int, occurred_at_us: int, a
     if schedule == "immediate":
         return accepted_at_us
     # A late (backdated) purchase whose crediting day has passed is credited on acceptance.
-    return max(_dekad_credit_us(tokyo_day_key(occurred_at_us), delay_business_days), accepted_at_us)
+    local_day = from_us(occurred_at_us).astimezone(TOKYO).date()
+    return max(_dekad_credit_us(local_day, delay_business_days), accepted_at_us)
 
 
-@functools.lru_cache(maxsize=4096)  # one value per Tokyo day and delay: a group's purchases share a few
-def _dekad_credit_us(day_key: int, delay_business_days: int) -> int:
-    """00:00 JST of the crediting day of a dekad award for a purchase of Tokyo day `day_key`."""
-    local_day = _EPOCH_DAY + dt.timedelta(days=day_key)
+@functools.lru_cache(maxsize=4096)  # one value per local day and delay: a group's purchases share a few
+def _dekad_credit_us(local_day: dt.date, delay_business_days: int) -> int:
+    """00:00 JST of the crediting day of a dekad award for a purchase of Tokyo day `local_day`."""
     credit_day = add_business_days(dekad_close(local_day), max(delay_business_days, 1))
     return to_us(dt.datetime.combine(credit_day, dt.time(), TOKYO))
-
-
-_EPOCH_DAY = dt.date(1970, 1, 1)
 
 
 @functools.lru_cache(maxsize=4096)  # credit instants repeat: a group's acceptance, a dekad's crediting day

@@ -254,8 +254,9 @@ class _Importer:
         start = (day * S_PER_DAY - TOKYO_OFFSET_S) * US_PER_S
         if start >= self.floor_us:
             self.history_clock.set(start)
-            lifecycle.credit_due(self.history, start)
-            lifecycle.expire_due(self.history, start)
+            catalog = self.catalog(self.era(start))  # lots get the validity in force then
+            lifecycle.credit_due(self.history, start, catalog=catalog)
+            lifecycle.expire_due(self.history, start, catalog=catalog)
             self.floor_us = max(self.floor_us, self.history_clock.now_us())
         self.day = day
 

@@ -220,15 +220,17 @@ class Ledger:
     # -- units of work -----------------------------------------------------
 
     @contextlib.contextmanager
-    def unit_of_work(self) -> Iterator[UnitOfWork]:
+    def unit_of_work(self, catalog: CatalogSnapshot | None = None) -> Iterator[UnitOfWork]:
         """A posting transaction: open a session and its transaction, take the sequencer
         lock, yield the `UnitOfWork`; commit when the block ends, roll back on an exception.
 
         Whatever the block reads under the lock is what the block's writes are decided
         against: every writer of every process takes this lock first and holds it to
         its commit, so postings, payments and their sequences are one linear chain.
+        With `catalog`, the unit posts against that catalog instead of the head's (the
+        history import: what was in force at a past instant).
         """
-        with self._transaction() as session, self._locked(session) as unit:
+        with self._transaction() as session, self._locked(session, catalog) as unit:
             yield unit
 
     @contextlib.contextmanager
@@ -249,8 +251,10 @@ class Ledger:
             yield session
 
     @contextlib.contextmanager
-    def _locked(self, session: Session) -> Iterator[UnitOfWork]:
+    def _locked(self, session: Session, catalog: CatalogSnapshot | None = None) -> Iterator[UnitOfWork]:
         unit = UnitOfWork(session, self._lock_head(session), self)
+        if catalog is not None:
+            unit._catalog = catalog
         yield unit
         unit._check_flushed()
         unit._write_head()
@@ -363,9 +367,7 @@ class Ledger:
                 if len(remembered) == len(keys):
                     rows = [remembered[(s.terminal_id, s.idempotency_key)] for s in submissions]
                     return [replay_answer(r[2], r[3], r[4], s.request_hash) for r, s in zip(rows, submissions)]
-            with self._locked(session) as unit:
-                if catalog is not None:
-                    unit._catalog = catalog  # a past instant's catalog (the history import)
+            with self._locked(session, catalog) as unit:
                 return self._post_group(unit, submissions, keys, accepted_at_us, remember_declines)
 
     def _post_group(

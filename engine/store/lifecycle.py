@@ -23,7 +23,7 @@ from engine.errors import decline
 from engine.store import audit
 from engine.store import events as outbox
 from engine.store.books import load_books
-from engine.store.ledger import Ledger, Result, replay_answer
+from engine.store.ledger import CatalogSnapshot, Ledger, Result, replay_answer
 from engine.store.models import (
     AwardRow,
     CampaignRow,
@@ -40,12 +40,15 @@ DAY_US = 86_400_000_000
 
 
 @metrics.job("credit")
-def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[str, str | int]:
-    """Post every pending award due by `as_of_us` from pending to available."""
+def credit_due(
+    ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX, catalog: CatalogSnapshot | None = None
+) -> dict[str, str | int]:
+    """Post every pending award due by `as_of_us` from pending to available. With `catalog`,
+    against it instead of the head's (the history import: what was in force then)."""
     credited = points = 0
     started = ledger.clock.now_us()
     while True:
-        with ledger.unit_of_work() as unit:
+        with ledger.unit_of_work(catalog) as unit:
             session = unit.session
             due = list(
                 session.execute(
@@ -99,12 +102,15 @@ def credit_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[st
 
 
 @metrics.job("expire")
-def expire_due(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> dict[str, str | int]:
-    """Post the remaining points of every lot expired by `as_of_us` out of its wallet."""
+def expire_due(
+    ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX, catalog: CatalogSnapshot | None = None
+) -> dict[str, str | int]:
+    """Post the remaining points of every lot expired by `as_of_us` out of its wallet. With
+    `catalog`, against it instead of the head's (the history import)."""
     expired_lots = points = 0
     started = ledger.clock.now_us()
     while True:
-        with ledger.unit_of_work() as unit:
+        with ledger.unit_of_work(catalog) as unit:
             session = unit.session
             wallets = [
                 r[0]

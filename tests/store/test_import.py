@@ -29,7 +29,7 @@ from engine.importing import COLUMNS, HeaderError, Line, LineError, Reader
 from engine.store import queries, rerate
 from engine.store.importer import import_history
 from engine.store.models import AwardRow, IdempotencyRow, PaymentRow
-from engine.timeutil import TOKYO
+from engine.timeutil import TOKYO, to_us
 from tests.lifecycle.support import Books, campaign
 from tests.server import REPO, run_cli, setapay_env
 
@@ -327,5 +327,32 @@ def test_the_history_is_credited_and_expired_day_by_day_as_it_was(database_url) 
         assert dict(runs)["credit"] >= 4 and dict(runs)["expiry"] >= 4
         assert rerate.rerate_check(b.engine)["ok"]
         assert queries.ledger_check(b.engine)["ok"]
+    finally:
+        b.close()
+
+
+def test_the_history_credits_lots_with_the_validity_in_force_then(database_url) -> None:
+    """A campaign's validity changed after the history: the lots its crediting runs made
+    during the import expire as the validity of then says, as the purchase's answer did."""
+    b = Books(database_url, start=START)
+    try:
+        b.setup({"M1": ["T1"]}, [campaign("C1", validity_months=1, credit={"schedule": "dekad"})])
+        b.at(V2_AT + dt.timedelta(days=60))
+        b.config.update_campaign("C1", {"validity_months": 12})
+        b.at(NOW)
+        rows = [
+            row("P1", "purchase", "W1", "M1", "T1", at(8), 1000),
+            row("P2", "purchase", "W2", "M1", "T1", at(10, 2), 1000),
+        ]
+        summary, errors = run_import(b, csv_text(rows))
+        assert summary["imported"] == 2 and not errors
+        with b.engine.connect() as c:
+            answer = json.loads(c.execute(text("SELECT response_json FROM payment WHERE receipt_jti = 'P1'")).scalar())
+            (lot_expires,) = c.execute(
+                text("SELECT expires_at_us FROM point_lot WHERE source_id = :p"), {"p": answer["id"]}
+            ).one()
+        promised = answer["awards"][0]["expires_at"]
+        assert lot_expires == to_us(dt.datetime.fromisoformat(promised))
+        assert promised.startswith("2026-03-01")  # one month after January's crediting
     finally:
         b.close()
