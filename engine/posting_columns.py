@@ -28,6 +28,7 @@ from typing import Any
 from engine import crediting
 from engine import ledger_rules as rules
 from engine.model import Campaign, Purchase
+from engine.quotes import award_answer
 from engine.rating import Award, window_key
 from engine.timeutil import format_instant, to_us
 from engine.wallet_book import lot_id
@@ -166,17 +167,7 @@ def plain_purchases(
             )
             if t.immediate:
                 lots.append((lot_id(pid, cid), wallet, cid, pid, credit_at, expires_at, award.points, award.points, 0))
-            answer_awards.append(
-                {
-                    "campaign_id": cid,
-                    "campaign_version": award.campaign_version,
-                    "points": award.points,
-                    "capped_by": award.capped_by,
-                    "status": "credited" if t.immediate else "pending",
-                    "credit_at": format_instant(credit_at),
-                    "expires_at": format_instant(expires_at),
-                }
-            )
+            answer_awards.append(award_answer(award, t.immediate, credit_at, expires_at))
         answers.append(
             {
                 "id": pid,

@@ -11,7 +11,7 @@ from typing import Any
 
 from engine import crediting
 from engine.model import Campaign
-from engine.rating import Outcome
+from engine.rating import Award, Outcome
 from engine.timeutil import format_instant
 
 
@@ -27,14 +27,21 @@ def quote_awards(
         schedule = campaign.credit.schedule
         credit_at = crediting.credit_at_us(schedule, campaign.credit.delay_business_days, occurred_at_us, now_us)
         awards.append(
-            {
-                "campaign_id": award.campaign_id,
-                "campaign_version": award.campaign_version,
-                "points": award.points,
-                "capped_by": award.capped_by,
-                "status": "credited" if schedule == "immediate" else "pending",
-                "credit_at": format_instant(credit_at),
-                "expires_at": format_instant(crediting.expires_at_us(credit_at, campaign.validity_months)),
-            }
+            award_answer(
+                award, schedule == "immediate", credit_at, crediting.expires_at_us(credit_at, campaign.validity_months)
+            )
         )
     return awards
+
+
+def award_answer(award: Award, immediate: bool, credit_at_us: int, expires_at_us: int) -> dict[str, Any]:
+    """One award as a purchase's answer (and a quote) shows it: cap, status, credit and expiry."""
+    return {
+        "campaign_id": award.campaign_id,
+        "campaign_version": award.campaign_version,
+        "points": award.points,
+        "capped_by": award.capped_by,
+        "status": "credited" if immediate else "pending",
+        "credit_at": format_instant(credit_at_us),
+        "expires_at": format_instant(expires_at_us),
+    }

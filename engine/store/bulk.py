@@ -189,10 +189,14 @@ class WriteBatch:
         # (sql, array parameters) of a statement, or (COPY sql, (column types, rows)) of new rows.
         self.statements: list[tuple[str, Any]] = []
 
-    def _arrays(self, table: Table, columns: list[str], rows: Sequence[Values]) -> tuple[str, list[list[Any]]]:
-        # %b: binary parameters, so arrays travel without text quoting and escaping.
-        arrays = [_array(_pg_type(table, c), [row[c] for row in rows]) for c in columns]
+    @staticmethod
+    def _unnest(table: Table, columns: Sequence[str], values: Sequence[Sequence[Any]]) -> tuple[str, list[Any]]:
+        """`unnest(...)` of one array parameter per column (`values[i]`: column i's values)."""
+        arrays = [_array(_pg_type(table, c), column) for c, column in zip(columns, values)]
         return f"unnest({', '.join(a for a, _ in arrays)})", [value for _, value in arrays]
+
+    def _arrays(self, table: Table, columns: list[str], rows: Sequence[Values]) -> tuple[str, list[Any]]:
+        return self._unnest(table, columns, [[row[c] for row in rows] for c in columns])
 
     def insert(self, table: Table, rows: Sequence[Values]) -> None:
         if not rows:
@@ -214,11 +218,8 @@ class WriteBatch:
             )
             return
         if len(rows) < COPY_ROWS_MIN:  # a few rows ride in the pipeline instead of a round trip of their own
-            arrays = [_array(_pg_type(table, c), [row[i] for row in rows]) for i, c in enumerate(columns)]
-            source = f"unnest({', '.join(a for a, _ in arrays)})"
-            self.statements.append(
-                (f"INSERT INTO {table.name} ({names}) SELECT * FROM {source}", [v for _, v in arrays])
-            )
+            source, params = self._unnest(table, columns, list(zip(*rows)))
+            self.statements.append((f"INSERT INTO {table.name} ({names}) SELECT * FROM {source}", params))
             return
         types = [_pg_type(table, c) for c in columns]
         self.statements.append((f"COPY {table.name} ({names}) FROM STDIN (FORMAT BINARY)", (types, rows)))
@@ -278,20 +279,24 @@ class WriteBatch:
             return
         raw = _raw(self.session)
         with raw.cursor() as cursor:
-            pending: list[tuple[str, Any]] = []
-            for sql, params in [*self.statements, ("", None)]:
-                if sql.startswith("COPY") or not sql:
-                    if pending:  # the statements since the last COPY, in one round trip
-                        with raw.pipeline():
-                            for queued in pending:
-                                cursor.execute(*queued)
-                        pending = []
-                    if sql:
-                        types, rows = params
-                        with cursor.copy(sql) as copy:
-                            copy.set_types(types)
-                            for row in rows:
-                                copy.write_row(row)
-                else:
+            pending: list[tuple[str, Any]] = []  # the statements since the last COPY
+
+            def send_pending() -> None:
+                if pending:
+                    with raw.pipeline():  # one round trip for all of them
+                        for queued in pending:
+                            cursor.execute(*queued)
+                    pending.clear()
+
+            for sql, params in self.statements:
+                if not sql.startswith("COPY"):
                     pending.append((sql, params))
+                    continue
+                send_pending()
+                types, rows = params
+                with cursor.copy(sql) as copy:
+                    copy.set_types(types)
+                    for row in rows:
+                        copy.write_row(row)
+            send_pending()
         self.statements.clear()

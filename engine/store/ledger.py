@@ -38,6 +38,7 @@ from engine import ledger_rules as rules
 from engine.clock import Clock, SystemClock
 from engine.errors import decline
 from engine.model import Campaign, Merchant, Purchase, Refund
+from engine.quotes import award_answer
 from engine.rating import (
     AwardState,
     Catalog,
@@ -814,15 +815,7 @@ class PostingWriter:
                 )
             )
             awards.append(
-                {
-                    "campaign_id": award.campaign_id,
-                    "campaign_version": award.campaign_version,
-                    "points": award.points,
-                    "capped_by": award.capped_by,
-                    "status": "credited" if immediate else "pending",
-                    "credit_at": format_instant(credit_at),
-                    "expires_at": format_instant(crediting.expires_at_us(credit_at, campaign.validity_months)),
-                }
+                award_answer(award, immediate, credit_at, crediting.expires_at_us(credit_at, campaign.validity_months))
             )
         response = {
             "id": pid,
