@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 
 from sqlalchemy.orm import Session
@@ -24,33 +25,52 @@ def load_books(
     debt first, then fill a new lot) but not for spending, and its `spendable()` leaves out
     the lots it does not hold. A wallet's lots grow with its history; most units of work
     only add points to most of their wallets."""
-    lots: dict[str, Lot] = {}
-    for row in bulk.select_where_in(
-        session,
+    reads = bulk.ReadBatch(session)
+    books = queue_books(reads, wallets, lot_ids, spending)
+    reads.run()
+    return books()
+
+
+def queue_books(
+    reads: bulk.ReadBatch,
+    wallets: AbstractSet[str],
+    lot_ids: AbstractSet[str] = frozenset(),
+    spending: AbstractSet[str] | None = None,
+) -> Callable[[], dict[str, WalletBook]]:
+    """`load_books` as reads queued on `reads` (sent with others in one round trip): the
+    books, built from their rows once `reads` has run."""
+    spendable = reads.where_in(
         PointLotRow.__table__,
         LOT_COLUMNS,
         "wallet_id",
         sorted(wallets if spending is None else spending),
         extra="remaining > 0",
-    ):
-        lots[row[0]] = Lot(*row)
-    missing = sorted(set(lot_ids) - set(lots))
-    for row in bulk.select_where_in(session, PointLotRow.__table__, LOT_COLUMNS, "id", missing):
-        lots[row[0]] = Lot(*row)
-    debts: dict[str, dict[str, int]] = {w: {} for w in wallets}
-    for wallet_id, campaign_id, points in bulk.select_where_in(
-        session,
+    )
+    named = reads.where_in(PointLotRow.__table__, LOT_COLUMNS, "id", sorted(lot_ids))
+    debt_rows = reads.where_in(
         WalletDebtRow.__table__,
         ["wallet_id", "campaign_id", "points"],
         "wallet_id",
         sorted(wallets),
         extra="points > 0",
-    ):
-        debts[wallet_id][campaign_id] = points
-    by_wallet: dict[str, list[Lot]] = {w: [] for w in wallets}
-    for lot in lots.values():
-        by_wallet.setdefault(lot.wallet_id, []).append(lot)
-    return {w: WalletBook(w, by_wallet.get(w, []), debts.get(w, {})) for w in set(wallets) | set(by_wallet)}
+    )
+
+    def build() -> dict[str, WalletBook]:
+        lots: dict[str, Lot] = {}
+        for row in spendable.rows:
+            lots[row[0]] = Lot(*row)
+        for row in named.rows:  # the same snapshot: a named lot also spendable is the same row
+            if row[0] not in lots:
+                lots[row[0]] = Lot(*row)
+        debts: dict[str, dict[str, int]] = {w: {} for w in wallets}
+        for wallet_id, campaign_id, points in debt_rows.rows:
+            debts[wallet_id][campaign_id] = points
+        by_wallet: dict[str, list[Lot]] = {w: [] for w in wallets}
+        for lot in lots.values():
+            by_wallet.setdefault(lot.wallet_id, []).append(lot)
+        return {w: WalletBook(w, by_wallet.get(w, []), debts.get(w, {})) for w in set(wallets) | set(by_wallet)}
+
+    return build
 
 
 def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> None:

@@ -47,57 +47,136 @@ def select_where_in(
     extra: str = "",
 ) -> list[tuple[Any, ...]]:
     """Rows of `table` whose `column` is one of `values` (plus an optional SQL condition)."""
-    if not values:
-        return []
-    where = f" AND {extra}" if extra else ""
-    if _is_pg(session):
-        array_sql, array_value = _array(pg_type, values)
-        with _raw(session).cursor() as cursor:
-            cursor.execute(
-                f"SELECT {', '.join(columns)} FROM {table.name} WHERE {column} = ANY({array_sql}){where}",
-                [array_value],
-            )
-            return cursor.fetchall()
-    out: list[tuple[Any, ...]] = []
-    for chunk in _chunks(list(values), SQLITE_VARIABLES_MAX):
-        marks = ", ".join("?" * len(chunk))
-        sql = f"SELECT {', '.join(columns)} FROM {table.name} WHERE {column} IN ({marks}){where}"
-        out += [tuple(r) for r in session.connection().exec_driver_sql(sql, tuple(chunk))]
-    return out
+    reads = ReadBatch(session)
+    read = reads.where_in(table, columns, column, values, pg_type, extra)
+    reads.run()
+    return read.rows
 
 
 def select_where_tuples(
     session: Session, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:
-    """Rows of `table` whose `key` columns equal one of `tuples`. `key` is the primary key
-    or a unique one: at most one row per tuple.
+    """Rows of `table` whose `key` columns equal one of `tuples` (`ReadBatch.where_tuples`)."""
+    reads = ReadBatch(session)
+    read = reads.where_tuples(table, columns, key, tuples)
+    reads.run()
+    return read.rows
 
-    On PostgreSQL one index probe per tuple (a LATERAL subquery with LIMIT 1), so the
-    look-up costs the same however large the table grows; as a plain join the planner
-    hashes the whole table once it guesses that cheaper, which it does for tables of tens
-    of thousands of rows and a thousand keys (30 ms against 7 ms, and growing with it)."""
-    if not tuples:
-        return []
-    if _is_pg(session):
-        arrays = [_array(_pg_type(table, k), [t[i] for t in tuples]) for i, k in enumerate(key)]
-        on = " AND ".join(f"t.{k} = v.{k}" for k in key)
-        sql = (
-            f"SELECT {', '.join('t.' + c for c in columns)} "
-            f"FROM unnest({', '.join(a for a, _ in arrays)}) AS v({', '.join(key)}) "
-            f"CROSS JOIN LATERAL (SELECT {', '.join(columns)} FROM {table.name} AS t WHERE {on} LIMIT 1) AS t"
-        )
-        with _raw(session).cursor() as cursor:
-            cursor.execute(sql, [value for _, value in arrays])
-            return cursor.fetchall()
-    out: list[tuple[Any, ...]] = []
-    row = "(" + ", ".join("?" * len(key)) + ")"
-    for chunk in _chunks(list(tuples), SQLITE_VARIABLES_MAX // len(key)):
-        sql = (
-            f"SELECT {', '.join(columns)} FROM {table.name} "
-            f"WHERE ({', '.join(key)}) IN (VALUES {', '.join([row] * len(chunk))})"
-        )
-        out += [tuple(r) for r in session.connection().exec_driver_sql(sql, tuple(v for t in chunk for v in t))]
-    return out
+
+class Read:
+    """One read of a `ReadBatch`: its rows once the batch has run."""
+
+    __slots__ = ("pg", "sqlite", "rows")
+
+    def __init__(self, pg: tuple[str, list[Any]] | None, sqlite: list[tuple[str, tuple[Any, ...]]]) -> None:
+        self.pg = pg  # the statement and its parameters on PostgreSQL; None: nothing to read
+        self.sqlite = sqlite  # the statements on SQLite (chunked under its parameter limit)
+        self.rows: list[tuple[Any, ...]] = []
+
+
+class ReadBatch:
+    """Reads that do not depend on one another, sent together: on PostgreSQL in one pipeline
+    (one round trip however many), on SQLite one after another. Each call returns a `Read`
+    whose `rows` are filled by `run()`; a read of no keys costs no statement at all."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.pg = _is_pg(session)
+        self.reads: list[Read] = []
+        self.settings: list[str] = []  # statements without rows that go first (PostgreSQL only)
+
+    def _add(self, read: Read) -> Read:
+        self.reads.append(read)
+        return read
+
+    def setting(self, sql: str) -> None:
+        """A statement without rows sent ahead of the reads on PostgreSQL, e.g. `SET TRANSACTION`."""
+        if self.pg:
+            self.settings.append(sql)
+
+    def query(self, sql: str) -> Read:
+        """A fixed statement without parameters, the same SQL on both databases."""
+        return self._add(Read((sql, []), [(sql, ())]))
+
+    def where_in(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        column: str,
+        values: Sequence[object],
+        pg_type: str = "text",
+        extra: str = "",
+    ) -> Read:
+        """Rows of `table` whose `column` is one of `values` (plus an optional SQL condition)."""
+        if not values:
+            return Read(None, [])
+        where = f" AND {extra}" if extra else ""
+        select = f"SELECT {', '.join(columns)} FROM {table.name} WHERE {column}"
+        if self.pg:
+            array_sql, array_value = _array(pg_type, values)
+            return self._add(Read((f"{select} = ANY({array_sql}){where}", [array_value]), []))
+        statements = [
+            (f"{select} IN ({', '.join('?' * len(chunk))}){where}", tuple(chunk))
+            for chunk in _chunks(list(values), SQLITE_VARIABLES_MAX)
+        ]
+        return self._add(Read(None, statements))
+
+    def where_tuples(self, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]) -> Read:
+        """Rows of `table` whose `key` columns equal one of `tuples`. `key` is the primary key
+        or a unique one: at most one row per tuple.
+
+        On PostgreSQL one index probe per tuple (a LATERAL subquery with LIMIT 1), so the
+        look-up costs the same however large the table grows; as a plain join the planner
+        hashes the whole table once it guesses that cheaper, which it does for tables of tens
+        of thousands of rows and a thousand keys (30 ms against 7 ms, and growing with it)."""
+        if not tuples:
+            return Read(None, [])
+        if self.pg:
+            arrays = [_array(_pg_type(table, k), [t[i] for t in tuples]) for i, k in enumerate(key)]
+            on = " AND ".join(f"t.{k} = v.{k}" for k in key)
+            sql = (
+                f"SELECT {', '.join('t.' + c for c in columns)} "
+                f"FROM unnest({', '.join(a for a, _ in arrays)}) AS v({', '.join(key)}) "
+                f"CROSS JOIN LATERAL (SELECT {', '.join(columns)} FROM {table.name} AS t WHERE {on} LIMIT 1) AS t"
+            )
+            return self._add(Read((sql, [value for _, value in arrays]), []))
+        row = "(" + ", ".join("?" * len(key)) + ")"
+        statements = [
+            (
+                f"SELECT {', '.join(columns)} FROM {table.name} "
+                f"WHERE ({', '.join(key)}) IN (VALUES {', '.join([row] * len(chunk))})",
+                tuple(v for t in chunk for v in t),
+            )
+            for chunk in _chunks(list(tuples), SQLITE_VARIABLES_MAX // len(key))
+        ]
+        return self._add(Read(None, statements))
+
+    def run(self) -> None:
+        """Run every read queued so far and fill its rows."""
+        reads, self.reads = self.reads, []
+        settings, self.settings = self.settings, []
+        if not self.pg:
+            connection = self.session.connection()
+            for read in reads:
+                read.rows = [tuple(r) for sql, params in read.sqlite for r in connection.exec_driver_sql(sql, params)]
+            return
+        raw = _raw(self.session)
+        if len(reads) + len(settings) == 1 and reads:  # one statement: no pipeline needed
+            with raw.cursor() as cursor:
+                cursor.execute(*reads[0].pg)  # type: ignore[misc]
+                reads[0].rows = cursor.fetchall()
+            return
+        cursors = []
+        with raw.pipeline():  # one round trip for all of them
+            for sql in settings:
+                raw.execute(sql)
+            for read in reads:
+                cursor = raw.cursor()
+                cursor.execute(*read.pg)  # type: ignore[misc]
+                cursors.append(cursor)
+        for read, cursor in zip(reads, cursors):
+            read.rows = cursor.fetchall()
+            cursor.close()
 
 
 # SQLite's limit on the parameters of one statement (SQLITE_MAX_VARIABLE_NUMBER is 32,766 since 3.32).

@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -54,7 +54,7 @@ from engine.rating.columns import Event
 from engine.receipts import Receipt
 from engine.store import bulk
 from engine.store import events as outbox
-from engine.store.books import load_books, save_books
+from engine.store.books import queue_books, save_books
 from engine.store.models import (
     AccountRow,
     AwardRow,
@@ -267,16 +267,26 @@ class Ledger:
     def quote(self, purchase: Purchase) -> tuple[Outcome, CatalogSnapshot]:
         """Rate `purchase` as `submit` would rate it now, alone, against the committed state: the
         same state loading and kernel, in a read-only transaction (one snapshot on PostgreSQL)
-        that takes no sequencer lock and writes nothing. The outcome and the catalog it used."""
-        with Session(self.engine) as session:
-            if session.get_bind().dialect.name == "postgresql":
-                session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-            view = self._read_view(session)
-            events: list[Event] = [("quote", purchase)]
-            state, _ = self._load_state(session, view.catalog.rating, events, {})
-            outcome = rate(view.catalog.rating, events, state)[0]
-            session.rollback()
-        return outcome, view.catalog
+        that takes no sequencer lock and writes nothing. The outcome and the catalog it used.
+
+        With the process's catalog already loaded, the head's catalog version is read in the
+        same round trip as the state (on PostgreSQL one round trip in all); should the version
+        have moved meanwhile, the quote is made again against the new catalog."""
+        events: list[Event] = [("quote", purchase)]
+        while True:
+            with Session(self.engine) as session:
+                reads = bulk.ReadBatch(session)
+                reads.setting("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+                catalog = self._catalog
+                if catalog is None:  # the process's first read: the catalog first
+                    reads.run()
+                    catalog = self._read_view(session).catalog
+                head = reads.query("SELECT catalog_version FROM ledger_head WHERE id = 1")
+                state, _ = self._load_state(session, catalog.rating, events, {}, reads)
+                session.rollback()
+            if head.rows[0][0] == catalog.version:
+                return rate(catalog.rating, events, state)[0], catalog
+            self._catalog = None  # stale: load the head's catalog and quote again
 
     # -- the sequencer -----------------------------------------------------
 
@@ -602,8 +612,15 @@ class Ledger:
         return out
 
     def _load_state(
-        self, session: Session, catalog: Catalog, events: list[Event], originals: dict[str, Row]
+        self,
+        session: Session,
+        catalog: Catalog,
+        events: list[Event],
+        originals: dict[str, Row],
+        reads: bulk.ReadBatch | None = None,
     ) -> tuple[RatingState, dict[str, WalletBook]]:
+        """The rating state and wallet books `events` need, read in one round trip on PostgreSQL
+        (with whatever `reads` already holds)."""
         state = RatingState(balance={})
         usage_keys: set[tuple[str, str, int]] = set()
         wallets: set[str] = set()
@@ -634,16 +651,6 @@ class Ledger:
                 state.purchases[body.original_id] = PurchaseState(
                     o["wallet_id"], o["merchant_id"], o["amount"], o["points_used"], o["refunded"], awards
                 )
-        for cid, wid, wkey, points in bulk.select_where_tuples(
-            session,
-            WalletWindowUsageRow.__table__,
-            ["campaign_id", "wallet_id", "window_key", "points"],
-            ["campaign_id", "wallet_id", "window_key"],
-            sorted(usage_keys),
-        ):
-            state.usage[(cid, wid, wkey)] = points
-        for row in session.execute(select(CampaignRow.id, CampaignRow.issued_net)):
-            state.spend[row.id] = row.issued_net
         lot_ids: set[str] = set()
         for _, body in events:
             if body.type == "refund":
@@ -653,7 +660,21 @@ class Ledger:
         # Only the books of spending wallets hold their lots; any other wallet's balance is
         # never consulted by the kernel (it checks balances of redemptions only) and its
         # book and its kernel balance both leave out the same lots, so they stay equal.
-        books = load_books(session, wallets, lot_ids, spending)
+        reads = reads or bulk.ReadBatch(session)
+        usage = reads.where_tuples(
+            WalletWindowUsageRow.__table__,
+            ["campaign_id", "wallet_id", "window_key", "points"],
+            ["campaign_id", "wallet_id", "window_key"],
+            sorted(usage_keys),
+        )
+        spend = reads.query("SELECT id, issued_net FROM campaign")
+        build_books = queue_books(reads, wallets, lot_ids, spending)
+        reads.run()  # one round trip on PostgreSQL
+        for cid, wid, wkey, points in usage.rows:
+            state.usage[(cid, wid, wkey)] = points
+        for campaign_id, issued_net in spend.rows:
+            state.spend[campaign_id] = issued_net
+        books = build_books()
         state.balance = {w: books[w].spendable() for w in wallets}
         return state, books
 

@@ -174,3 +174,31 @@ def test_some_quotes_were_capped_by_a_budget(sqlite_url) -> None:
     assert [(a.points, a.capped_by) for a in outcome.awards] == [(50, "budget")]
     posted = _post(ledger, second, "b2").body["awards"]
     assert [(a["points"], a["capped_by"]) for a in posted] == [(50, "budget")]
+
+
+def test_a_quote_follows_a_catalog_changed_by_another_process(database_url) -> None:
+    """A quoting process keeps its catalog between quotes; when another process changes a
+    campaign, the next quote rates against the new version, not the one it had loaded."""
+    db.upgrade(database_url)
+    clock = ManualClock(to_us(START))
+    quoting = Ledger(db.make_engine(database_url), clock)
+    other = Config(db.make_engine(database_url), clock=clock)  # another process's engine and pool
+    other.create_merchant(Merchant(id="MV", name="MV", merchant_class="small"))
+    other.create_terminal("TV", "MV")
+    terms = {
+        "id": "CV",
+        "name": "CV",
+        "starts_at": "2026-12-01T00:00:00+09:00",
+        "ends_at": "2027-03-01T00:00:00+09:00",
+        "tiers": [{"match": {"merchant_ids": ["MV"]}, "rate_bp": 100}],
+    }
+    other.create_campaign(Campaign.model_validate(terms))
+    body = Purchase(wallet_id="WV", merchant_id="MV", terminal_id="TV", occurred_at=START, amount=10_000)
+    before, catalog = quoting.quote(body)
+    assert [(a.campaign_id, a.points) for a in before.awards] == [("CV", 100)]
+    version = catalog.version
+    other.update_campaign("CV", {"tiers": [{"match": {"merchant_ids": ["MV"]}, "rate_bp": 500}]})
+    after, catalog = quoting.quote(body)
+    assert catalog.version > version
+    assert [(a.campaign_id, a.points) for a in after.awards] == [("CV", 500)]
+    assert catalog.campaigns["CV"].tiers[0].rate_bp == 500
