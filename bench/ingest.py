@@ -125,18 +125,31 @@ class Connection:
         return status, payload
 
 
-async def drive(port: int, clients: int, seconds: float, make_request) -> dict:
-    """`clients` loops sending requests for `seconds`; returns throughput and latencies."""
+async def drive(port: int, clients: int, seconds: float, make_request, rate: float | None = None) -> dict:
+    """`clients` loops sending requests for `seconds`; returns throughput and latencies.
+
+    Without `rate` each client sends its next request as soon as it has its answer (flat out:
+    the server saturated, latency mostly queueing). With `rate` (requests per second, all
+    clients together) each client sends on a fixed schedule, `clients / rate` seconds apart,
+    staggered; a request's latency counts from its scheduled instant, so an answer that
+    comes late also delays (and charges) the requests queued behind it on that client."""
     latencies: list[float] = []
     counts = {"requests": 0, "errors": 0}
     stop = time.monotonic() + seconds
+    interval = clients / rate if rate else 0.0
 
     async def client(n: int) -> None:
         connection = Connection(port)
         i = 0
+        due = time.perf_counter() + interval * n / clients
         while time.monotonic() < stop:
             method, path, body, headers, weight = make_request(n, i)
-            t0 = time.perf_counter()
+            if interval:
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                t0 = due
+                due += interval
+            else:
+                t0 = time.perf_counter()
             status, payload = await connection.request(method, path, body, headers)
             latencies.append(time.perf_counter() - t0)
             if status >= 300:

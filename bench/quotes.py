@@ -9,7 +9,14 @@ wallet of the seeded ones, some with tagged items. Prints throughput and p50/p99
 last line, `quote_p99_ms=`; before it, for reference on a shared machine, the same clients
 reading `GET /v1/directory/campaigns` (an app key's lightest read).
 
-    python -m bench.quotes [--clients 16] [--seconds 10] [--workers 2]
+Flat out (each client sends again as soon as it is answered) the server is saturated and a
+quote's latency is mostly its wait behind the other clients' (Little's law: 16 clients over
+the throughput). So the same 16 clients also quote at offered rates (`--rates`, quotes per
+second for all of them together, each client on a fixed schedule, latency counted from the
+scheduled instant): what a resident sees while the server has headroom. Launch day's
+estimate (docs/SCALING.md) is about 150 payments a second in the realistic burst.
+
+    python -m bench.quotes [--clients 16] [--seconds 10] [--workers 2] [--rates 150,300,600]
 """
 
 from __future__ import annotations
@@ -64,7 +71,9 @@ def main() -> int:
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rates", default="150,300,600", help="offered quotes/s, comma-separated ('' for none)")
     args = parser.parse_args()
+    rates = [float(r) for r in args.rates.split(",") if r]
     url = fresh_database(DATABASE)
     terminals, _ = seed_ward(url, args.clients)
     key = seed_state(url, terminals)
@@ -95,6 +104,10 @@ def main() -> int:
         # The machine's floor for an authenticated read at the same concurrency, for reference.
         wallet = ("GET", "/v1/directory/campaigns", b"", headers, 1)
         floor = asyncio.run(drive(port, args.clients, args.seconds / 2, lambda n, i: wallet))
+        paced = {rate: asyncio.run(drive(port, args.clients, args.seconds, quote, rate)) for rate in rates}
+        paced_floor = {
+            rate: asyncio.run(drive(port, args.clients, args.seconds / 2, lambda n, i: wallet, rate)) for rate in rates
+        }
     finally:
         server.terminate()
         server.wait()
@@ -106,7 +119,17 @@ def main() -> int:
         f"reference GET /v1/directory/campaigns clients={args.clients} "
         f"p50_ms={floor['p50_ms']:.2f} p99_ms={floor['p99_ms']:.2f}"
     )
-    print(f"quote_p99_ms={r['p99_ms']:.2f}")
+    for rate in rates:
+        q, f = paced[rate], paced_floor[rate]
+        print(
+            f"offered {rate:.0f}/s clients={args.clients}: quotes/s={q['tx_per_s']:.0f} p50_ms={q['p50_ms']:.2f} "
+            f"p99_ms={q['p99_ms']:.2f} errors={q['errors']}; "
+            f"reference p50_ms={f['p50_ms']:.2f} p99_ms={f['p99_ms']:.2f}"
+        )
+    print(
+        f"quote_p99_ms={r['p99_ms']:.2f}"
+        + "".join(f" quote_p99_ms_at_{rate:.0f}={paced[rate]['p99_ms']:.2f}" for rate in rates)
+    )
     return 0
 
 

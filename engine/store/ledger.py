@@ -217,6 +217,7 @@ class Ledger:
         self.engine = engine
         self.clock = clock or SystemClock()
         self._catalog: CatalogSnapshot | None = None
+        self._validity: dict[tuple[str, int], int] = {}  # (campaign, version) -> validity_months
 
     # -- units of work -----------------------------------------------------
 
@@ -320,6 +321,21 @@ class Ledger:
                 merchant_by_terminal=terminals,
             )
         return self._catalog
+
+    def validity_of_versions(self, session: Session, versions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        """The `validity_months` of each (campaign, version). A stored version never changes, so
+        each is read once per process."""
+        missing = sorted(versions - self._validity.keys())
+        if missing:
+            for row in bulk.select_where_tuples(
+                session,
+                CampaignVersionRow.__table__,
+                ["campaign_id", "version", "record_json"],
+                ["campaign_id", "version"],
+                missing,
+            ):
+                self._validity[(row[0], row[1])] = Campaign.model_validate_json(row[2]).validity_months
+        return {v: self._validity[v] for v in versions}
 
     # -- the money path ----------------------------------------------------
 
@@ -742,11 +758,15 @@ class PostingWriter:
             self.post(posting)
         book.postings.clear()
 
-    def new_lot(self, source_id: str, wallet_id: str, campaign_id: str, credit_at_us: int) -> Lot:
+    def new_lot(
+        self, source_id: str, wallet_id: str, campaign_id: str, credit_at_us: int, validity_months: int | None = None
+    ) -> Lot:
         """A new, empty lot of `source_id`'s points of `campaign_id`, credited at `credit_at_us`
-        and expiring after the campaign's validity; `credit_points` fills it."""
+        and expiring after `validity_months` (by default the current campaign version's:
+        crediting passes the validity of the version that awarded the points, the one the
+        purchase's answer promised); `credit_points` fills it."""
         campaign = self.campaigns.get(campaign_id)
-        validity = campaign.validity_months if campaign else 6
+        validity = validity_months if validity_months is not None else campaign.validity_months if campaign else 6
         return Lot(
             lot_id(source_id, campaign_id),
             wallet_id,

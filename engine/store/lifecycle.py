@@ -66,6 +66,9 @@ def credit_due(
                 )
                 break
             books = load_books(session, {a.wallet_id for a in due})
+            # The lot expires after the validity of the version that awarded the points (what
+            # the purchase's answer promised), whatever version is current when they are credited.
+            validity = ledger.validity_of_versions(session, {(a.campaign_id, a.campaign_version) for a in due})
             writer = unit.writer(ledger.clock.now_us(), books)
             said: list[events.Event] = []
             for award in due:
@@ -81,7 +84,13 @@ def credit_due(
                         award.campaign_version,
                     )
                 )
-                lot = writer.new_lot(award.payment_id, award.wallet_id, award.campaign_id, award.credit_at_us)
+                lot = writer.new_lot(
+                    award.payment_id,
+                    award.wallet_id,
+                    award.campaign_id,
+                    award.credit_at_us,
+                    validity[(award.campaign_id, award.campaign_version)],
+                )
                 writer.credit_points(books[award.wallet_id], lot, amount, award.payment_id)
                 award.pending = 0
                 credited += 1

@@ -224,6 +224,26 @@ def test_january_credits_expire_at_the_end_of_july(books, database_url):
     assert account_sums(books.postings())[f"campaign:{CAMPAIGN}:expired"] == 10_000
 
 
+def test_credited_points_keep_the_expiry_their_purchase_was_promised_after_the_validity_changes(books):
+    """A purchase answered under one campaign version is credited after a new version changed
+    the validity: its lot expires when the answer said (the awarding version's validity), and a
+    purchase made under the new version gets the new validity."""
+    promised = buy(books, "W_VER", 10_000, "2026-12-05T12:00")["awards"][0]
+    assert promised["campaign_version"] == 1
+    assert promised["expires_at"] == "2027-07-01T00:00:00+09:00"  # credited in January, 6 months
+    books.at(jst("2026-12-06T09:00"))
+    changed = books.config.update_campaign(CAMPAIGN, {"validity_months": 2})
+    assert changed.validity_months == 2
+    later = buy(books, "W_VER", 20_000, "2026-12-06T12:00")["awards"][0]
+    assert later["campaign_version"] == 2
+    assert later["expires_at"] == "2027-03-01T00:00:00+09:00"  # the same crediting day, 2 months
+    assert books.credit(jst("2027-01-18T00:00"))["points"] == 3_000
+    assert books.expiring("W_VER") == {promised["expires_at"]: 1_000, later["expires_at"]: 2_000}
+    assert consistent(books, "W_VER")["available"] == 3_000
+    assert books.expire(jst("2027-03-01T00:00"))["points"] == 2_000
+    assert books.expiring("W_VER") == {promised["expires_at"]: 1_000}
+
+
 # -- redemption order and returned points --------------------------------------------
 
 
