@@ -1,73 +1,202 @@
 """The wallet history's reads (SPEC §6 `GET /v1/wallets/{id}/history`): one keyset page, newest first.
 
 The ledger's postings are the one ordered stream of everything that moved a wallet's
-points, so the history is read from them: the wallet's accounts (`account.wallet_id`),
-then, for each account and side, the postings below the cursor in descending sequence
+points, so the history is read from them: for each of the wallet's accounts
+(`account.wallet_id`) and side, the postings below the cursor in descending sequence
 (`ix_posting_debit_wallet` / `ix_posting_credit_wallet`, partial indexes of the postings
 that touch a wallet account, migration 20261204_wallet_history), merged. Each page reads a
 few dozen postings whatever the wallet's age, and the cursor is the oldest posting sequence
 of the page's last event: postings made later get higher sequences and never shift a page.
 `engine/wallet_history.py` groups postings into events; the rows around them (awards,
 payments, redemption legs, lots, grants) add the campaign terms and dates.
+
+On PostgreSQL a page is two round trips besides the pool's ping, both plain SQL on the
+psycopg connection in autocommit (no BEGIN, no ROLLBACK): the postings, whose statement
+finds the wallet's accounts itself and scans each under a LATERAL join, so the statement is
+the same for any wallet and psycopg prepares it after a few uses of a connection (one UNION
+subquery per account planned in 6.4 ms, several times what it runs in); then the rows
+around them, every kind at once in one pipeline, the redeemed legs joined to their lots.
+SQLite, in process, reads the accounts first and the rows around one kind after the other.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import limits
+from engine.store import db
+from engine.store.db import psycopg_connection
 from engine.store.models import AccountRow, AwardRow, GrantRow, PaymentRow, PointLotRow, RedemptionLegRow
 from engine.timeutil import format_instant
 from engine.wallet_book import lot_id
 from engine.wallet_history import HistoryEvent, WalletPosting, award_status, group_events
 
+if TYPE_CHECKING:
+    import psycopg
+
 _COLUMNS = "sequence, payment_id, campaign_id, campaign_version, reason, amount, posted_at_us"
-# The predicate of the two partial indexes, repeated literally so the planner may use them.
-_WALLET_ACCOUNT = "LIKE 'wallet:%'"
 
 
-def _postings_below(session: Session, accounts: list[str], before: int, count: int) -> list[WalletPosting]:
-    """The `count` newest postings below sequence `before` that debit or credit one of `accounts`:
-    for each account and side the `count` newest (a backward scan of a partial index), merged.
-    On PostgreSQL the accounts go in as one array under a LATERAL join, so the statement (and its
-    planning, which would dominate with a subquery per account) is the same for any wallet."""
-    params: dict[str, Any] = {"before": before, "n": count}
-    pg = session.get_bind().dialect.name == "postgresql"
-    parts = []
-    for side in ("debit", "credit"):
-        scan = (
-            f"SELECT {_COLUMNS} FROM posting WHERE {side}_account_id = {{account}} "
-            f"AND {side}_account_id {_WALLET_ACCOUNT} AND sequence < :before ORDER BY sequence DESC LIMIT :n"
+def _scan(side: str, account: str, before: str, count: str, like: str) -> str:
+    """The `count` newest postings below `before` on one side of `account`: a backward scan of a
+    partial index, whose predicate (`like`) is repeated literally so the planner may use it."""
+    return (
+        f"SELECT {_COLUMNS} FROM posting WHERE {side}_account_id = {account} "
+        f"AND {side}_account_id LIKE {like} AND sequence < {before} ORDER BY sequence DESC LIMIT {count}"
+    )
+
+
+# UNION, not UNION ALL: a credit moves points between two accounts of the same wallet.
+_PG_POSTINGS = (
+    "SELECT * FROM ("
+    + " UNION ".join(
+        f"SELECT p.* FROM account AS a CROSS JOIN LATERAL ({scan}) AS p WHERE a.wallet_id = %(wallet)s"
+        for scan in (_scan(side, "a.id", "%(before)s", "%(n)s", "'wallet:%%'") for side in ("debit", "credit"))
+    )
+    + ") AS u ORDER BY sequence DESC LIMIT %(n)s"
+)
+
+# The rows around a page's postings on PostgreSQL, by kind; the one parameter: the keys, an array.
+_PG_AROUND = {
+    "payments": "SELECT id, merchant_id, original_id FROM payment WHERE id = ANY(%b::text[])",
+    "awards": (
+        "SELECT payment_id, campaign_id, campaign_version, points, pending, clawed_back, capped_by, credit_at_us "
+        "FROM award WHERE payment_id = ANY(%b::text[])"
+    ),
+    "grants": "SELECT id, reason FROM point_grant WHERE id = ANY(%b::text[])",
+    # A leg's lot by a join, rather than a second round trip once the legs are known.
+    "legs": (
+        "SELECT r.payment_id, r.lot_id, r.campaign_id, r.points, l.expires_at_us FROM redemption_leg AS r "
+        "LEFT JOIN point_lot AS l ON l.id = r.lot_id WHERE r.payment_id = ANY(%b::text[]) "
+        "ORDER BY r.payment_id, r.position"
+    ),
+    "lots": "SELECT id, expires_at_us FROM point_lot WHERE id = ANY(%b::text[])",
+}
+
+
+class _Around(NamedTuple):
+    """The rows around a page's events, each kind keyed as `_describe` looks it up."""
+
+    payments: dict[str, tuple[str, str | None]]  # id -> merchant_id, original_id
+    # (payment, campaign) -> campaign_version, points, pending, clawed_back, capped_by, credit_at_us
+    awards: dict[tuple[str, str], tuple[Any, ...]]
+    grants: dict[str, str | None]  # id -> reason
+    legs: dict[str, list[tuple[str, str, int, int | None]]]  # payment -> lot, campaign, points, expires_at_us
+    expiry: dict[str, int]  # lot id -> expires_at_us
+
+
+def _keys(events: list[HistoryEvent]) -> dict[str, set[str]]:
+    """The keys of the rows each kind the page needs: none for a kind it does not."""
+
+    def of(*types: str) -> set[str]:
+        return {e.source_id for e in events if e.source_id is not None and e.type in types}
+
+    return {
+        "payments": of("earned", "credited", "redeemed", "returned", "clawed_back", "expired"),
+        "awards": of("earned"),
+        "grants": of("granted"),
+        "legs": of("redeemed"),
+        "lots": {
+            lot_id(e.source_id, e.campaign_id)
+            for e in events
+            if e.source_id and e.campaign_id and e.type in ("earned", "credited", "expired", "granted")
+        },
+    }
+
+
+def _arrange(rows: dict[str, list[Any]]) -> _Around:
+    legs: dict[str, list[tuple[str, str, int, int | None]]] = defaultdict(list)
+    for payment_id, lot, campaign_id, points, expires_at_us in rows["legs"]:
+        legs[payment_id].append((lot, campaign_id, points, expires_at_us))
+    return _Around(
+        payments={r[0]: (r[1], r[2]) for r in rows["payments"]},
+        awards={(r[0], r[1]): tuple(r[2:]) for r in rows["awards"]},
+        grants={r[0]: r[1] for r in rows["grants"]},
+        legs=legs,
+        expiry={r[0]: r[1] for r in rows["lots"]},
+    )
+
+
+class _Postgres:
+    """A page's reads on PostgreSQL: plain SQL on the psycopg connection, one round trip per step."""
+
+    def __init__(self, raw: psycopg.Connection[tuple[Any, ...]], wallet_id: str) -> None:
+        self.raw = raw
+        self.wallet_id = wallet_id
+
+    def postings(self, before: int, count: int) -> list[WalletPosting]:
+        cursor = self.raw.execute(_PG_POSTINGS, {"wallet": self.wallet_id, "before": before, "n": count})
+        return [WalletPosting(*row) for row in cursor.fetchall()]
+
+    def around(self, keys: dict[str, set[str]]) -> _Around:
+        wanted = [kind for kind, values in keys.items() if values]
+        if not wanted:
+            return _arrange({kind: [] for kind in keys})
+        # Every kind at once: their results come back together when the pipeline ends.
+        with self.raw.pipeline():
+            cursors = {kind: self.raw.execute(_PG_AROUND[kind], [sorted(keys[kind])]) for kind in wanted}
+        return _arrange({kind: cursors[kind].fetchall() if kind in cursors else [] for kind in keys})
+
+
+class _Sqlite:
+    """A page's reads on SQLite, in process: the wallet's accounts, then statement after statement."""
+
+    def __init__(self, session: Session, wallet_id: str) -> None:
+        self.session = session
+        self.accounts = sorted(
+            session.execute(select(AccountRow.id).where(AccountRow.wallet_id == wallet_id)).scalars()
         )
-        if pg:
-            params["accounts"] = accounts
-            parts.append(
-                f"SELECT p.* FROM unnest(CAST(:accounts AS varchar[])) AS a(id) "
-                f"CROSS JOIN LATERAL ({scan.format(account='a.id')}) AS p"
-            )
-        else:
-            for i, account in enumerate(accounts):
+
+    def postings(self, before: int, count: int) -> list[WalletPosting]:
+        if not self.accounts:
+            return []
+        params: dict[str, Any] = {"before": before, "n": count}
+        parts = []
+        for side in ("debit", "credit"):
+            for i, account in enumerate(self.accounts):
                 params[f"a{i}"] = account
-                parts.append(f"SELECT * FROM ({scan.format(account=f':a{i}')}) AS {side[0]}{i}")
-    # UNION, not UNION ALL: a credit moves points between two accounts of the same wallet.
-    sql = "SELECT * FROM (" + " UNION ".join(parts) + ") AS u ORDER BY sequence DESC LIMIT :n"
-    return [WalletPosting(*row) for row in session.execute(text(sql), params)]
+                scan = _scan(side, f":a{i}", ":before", ":n", "'wallet:%'")
+                parts.append(f"SELECT * FROM ({scan}) AS {side[0]}{i}")
+        sql = "SELECT * FROM (" + " UNION ".join(parts) + ") AS u ORDER BY sequence DESC LIMIT :n"
+        return [WalletPosting(*row) for row in self.session.execute(text(sql), params)]
+
+    def _where_in(self, columns: list[Any], key: Any, values: set[str], *order: Any) -> list[Any]:
+        if not values:
+            return []
+        return list(self.session.execute(select(*columns).where(key.in_(sorted(values))).order_by(*order)))
+
+    def around(self, keys: dict[str, set[str]]) -> _Around:
+        pay, a, g, r, lot = PaymentRow, AwardRow, GrantRow, RedemptionLegRow, PointLotRow
+        leg_columns = [r.payment_id, r.lot_id, r.campaign_id, r.points]
+        legs = self._where_in(leg_columns, r.payment_id, keys["legs"], r.payment_id, r.position)
+        lots = self._where_in([lot.id, lot.expires_at_us], lot.id, keys["lots"] | {leg.lot_id for leg in legs})
+        expiry = {row.id: row.expires_at_us for row in lots}
+        award_columns = [a.campaign_version, a.points, a.pending, a.clawed_back, a.capped_by, a.credit_at_us]
+        return _arrange(
+            {
+                "payments": self._where_in([pay.id, pay.merchant_id, pay.original_id], pay.id, keys["payments"]),
+                "awards": self._where_in([a.payment_id, a.campaign_id, *award_columns], a.payment_id, keys["awards"]),
+                "grants": self._where_in([g.id, g.reason], g.id, keys["grants"]),
+                "legs": [(*leg, expiry.get(leg.lot_id)) for leg in legs],
+                "lots": lots,
+            }
+        )
 
 
-def _events(session: Session, wallet_id: str, before: int, limit: int) -> tuple[list[HistoryEvent], bool]:
+def _events(
+    postings_below: Callable[[int, int], list[WalletPosting]], before: int, limit: int
+) -> tuple[list[HistoryEvent], bool]:
     """Up to `limit` complete events below `before`, newest first, and whether more follow."""
-    accounts = sorted(session.execute(select(AccountRow.id).where(AccountRow.wallet_id == wallet_id)).scalars())
-    if not accounts:
-        return [], False
     postings: list[WalletPosting] = []
     batch = limit + 8  # most events are one posting: usually one round
     while True:
-        chunk = _postings_below(session, accounts, before, batch)
+        chunk = postings_below(before, batch)
         postings.extend(chunk)
         events = group_events(postings)
         if len(chunk) < batch:  # the stream ended: every event is complete
@@ -80,62 +209,27 @@ def _events(session: Session, wallet_id: str, before: int, limit: int) -> tuple[
 def wallet_history(engine: Engine, wallet_id: str, before: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:
     """One page of the wallet's events below posting sequence `before` (0: from the newest), and
     the next page's `before`, or None at the end."""
-    with Session(engine) as session:
-        events, more = _events(session, wallet_id, before or limits.SEQUENCE_MAX, limit)
-        page = _describe(session, events)
+    before = before or limits.SEQUENCE_MAX
+    if engine.dialect.name == "postgresql":
+        # Autocommit: no BEGIN nor ROLLBACK round trip. Under READ COMMITTED each statement read
+        # its own snapshot inside a transaction too, so the page is the same.
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            reads: _Postgres | _Sqlite = _Postgres(psycopg_connection(connection), wallet_id)
+            events, more = _events(reads.postings, before, limit)
+            page = _describe(events, reads.around(_keys(events)))
+    else:
+        with Session(db.reader(engine)) as session:  # a read: DEFERRED, no writer lock
+            reads = _Sqlite(session, wallet_id)
+            events, more = _events(reads.postings, before, limit)
+            page = _describe(events, reads.around(_keys(events)))
     return page, (events[-1].first_sequence if more and events else None)
 
 
-def _where_in(session: Session, columns: list[Any], key: Any, values: set[str], *order: Any) -> list[Any]:
-    """Rows of `columns` whose `key` is one of `values`; no query at all for none."""
-    if not values:
-        return []
-    return list(session.execute(select(*columns).where(key.in_(sorted(values))).order_by(*order)))
-
-
-def _describe(session: Session, events: list[HistoryEvent]) -> list[dict[str, Any]]:
+def _describe(events: list[HistoryEvent], around: _Around) -> list[dict[str, Any]]:
     """Each event with its campaign terms, transaction and dates, from the rows around the postings."""
-
-    # One query per kind of row the page needs, none for a kind it does not.
-    def of(*types: str) -> set[str]:
-        return {e.source_id for e in events if e.source_id is not None and e.type in types}
-
-    pay, a, g, r, lot = PaymentRow, AwardRow, GrantRow, RedemptionLegRow, PointLotRow
-    payments = {
-        row.id: row
-        for row in _where_in(
-            session,
-            [pay.id, pay.merchant_id, pay.original_id],
-            pay.id,
-            of("earned", "credited", "redeemed", "returned", "clawed_back", "expired"),
-        )
-    }
-    award_columns = [a.payment_id, a.campaign_id, a.campaign_version, a.points, a.pending, a.clawed_back]
-    awards = {
-        (row.payment_id, row.campaign_id): row
-        for row in _where_in(session, [*award_columns, a.capped_by, a.credit_at_us], a.payment_id, of("earned"))
-    }
-    grants = {row.id: row for row in _where_in(session, [g.id, g.reason], g.id, of("granted"))}
-    legs: dict[str, list[Any]] = defaultdict(list)
-    for leg in _where_in(
-        session,
-        [r.payment_id, r.lot_id, r.campaign_id, r.points],
-        r.payment_id,
-        of("redeemed"),
-        r.payment_id,
-        r.position,
-    ):
-        legs[leg.payment_id].append(leg)
-    lot_ids = {leg.lot_id for ls in legs.values() for leg in ls}
-    lot_ids |= {
-        lot_id(e.source_id, e.campaign_id)
-        for e in events
-        if e.source_id and e.campaign_id and e.type in ("earned", "credited", "expired", "granted")
-    }
-    expiry = {row.id: row.expires_at_us for row in _where_in(session, [lot.id, lot.expires_at_us], lot.id, lot_ids)}
     out = []
     for e in events:
-        payment = payments.get(e.source_id) if e.source_id else None
+        payment = around.payments.get(e.source_id) if e.source_id else None
         item: dict[str, Any] = {
             "sequence": e.sequence,
             "type": e.type,
@@ -144,34 +238,35 @@ def _describe(session: Session, events: list[HistoryEvent]) -> list[dict[str, An
             "campaign_id": e.campaign_id,
             "campaign_version": e.postings[0].campaign_version if e.campaign_id else None,
             "transaction_id": e.source_id if payment is not None else None,
-            "merchant_id": payment.merchant_id if payment is not None else None,
+            "merchant_id": payment[0] if payment is not None else None,
         }
-        if payment is not None and payment.original_id is not None:
-            item["original_id"] = payment.original_id
+        if payment is not None and payment[1] is not None:
+            item["original_id"] = payment[1]
         if e.type == "earned":
-            award = awards[(e.source_id or "", e.campaign_id or "")]
+            version, points, pending, clawed_back, capped_by, credit_at_us = around.awards[
+                (e.source_id or "", e.campaign_id or "")
+            ]
             item.update(
-                status=award_status(award.points, award.pending, award.clawed_back),
-                capped_by=award.capped_by,
-                credit_at=format_instant(award.credit_at_us),
-                campaign_version=award.campaign_version,
+                status=award_status(points, pending, clawed_back),
+                capped_by=capped_by,
+                credit_at=format_instant(credit_at_us),
+                campaign_version=version,
             )
         if e.type in ("earned", "credited", "expired", "granted") and e.source_id and e.campaign_id:
-            expires = expiry.get(lot_id(e.source_id, e.campaign_id))
+            expires = around.expiry.get(lot_id(e.source_id, e.campaign_id))
             item["expires_at"] = format_instant(expires) if expires is not None else None
         if e.type == "granted":
-            grant = grants.get(e.source_id)
             item["grant_id"] = e.source_id
-            item["reason"] = grant.reason if grant is not None else None
+            item["reason"] = around.grants.get(e.source_id) if e.source_id is not None else None
         if e.type == "redeemed":
             item["lots"] = [
                 {
-                    "lot_id": leg.lot_id,
-                    "campaign_id": leg.campaign_id,
-                    "points": leg.points,
-                    "expires_at": format_instant(expiry[leg.lot_id]) if leg.lot_id in expiry else None,
+                    "lot_id": lot,
+                    "campaign_id": campaign_id,
+                    "points": points,
+                    "expires_at": format_instant(expires_at_us) if expires_at_us is not None else None,
                 }
-                for leg in legs.get(e.source_id or "", [])
+                for lot, campaign_id, points, expires_at_us in around.legs.get(e.source_id or "", [])
             ]
         if e.type == "returned":
             by_campaign: dict[str, int] = defaultdict(int)
