@@ -37,22 +37,6 @@ def _raw(session: Session) -> psycopg.Connection[tuple[Any, ...]]:
     return psycopg_connection(session.connection())
 
 
-def select_where_in(
-    session: Session,
-    table: Table,
-    columns: Sequence[str],
-    column: str,
-    values: Sequence[object],
-    pg_type: str = "text",
-    extra: str = "",
-) -> list[tuple[Any, ...]]:
-    """Rows of `table` whose `column` is one of `values` (plus an optional SQL condition)."""
-    reads = ReadBatch(session)
-    read = reads.where_in(table, columns, column, values, pg_type, extra)
-    reads.run()
-    return read.rows
-
-
 def select_where_tuples(
     session: Session, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:

@@ -48,7 +48,10 @@ def _row(event: events.Event, at_us: int) -> dict[str, Any]:
 def _unsaid(session: Session, found: Sequence[events.Event]) -> list[events.Event]:
     """`found` less the events whose dedupe key the outbox holds already."""
     keys = [e.dedupe_key for e in found if e.dedupe_key is not None]
-    said = {r[0] for r in bulk.select_where_in(session, EventRow.__table__, ["dedupe_key"], "dedupe_key", keys)}
+    reads = bulk.ReadBatch(session)
+    known = reads.where_in(EventRow.__table__, ["dedupe_key"], "dedupe_key", keys)
+    reads.run()
+    said = {r[0] for r in known.rows}
     return [e for e in found if e.dedupe_key is None or e.dedupe_key not in said]
 
 
