@@ -35,6 +35,7 @@ from engine.timeutil import to_us
 router = APIRouter()
 
 _transaction = TypeAdapter(Transaction)
+_transactions = TypeAdapter(list[Transaction])
 
 
 class BatchRequest(Record):
@@ -164,7 +165,7 @@ def post_batch(
     """Up to 1,000 transactions, each with its own `idempotency_key`, answered in order."""
     terminal_id = _terminal_of(p)
     answers: list[Result | None] = [None] * len(body.transactions)
-    indexed: list[tuple[int, Submission]] = []
+    checked: list[tuple[int, str, dict[str, Any]]] = []  # objects with a well-formed key
     for i, item in enumerate(body.transactions):
         try:
             if not isinstance(item, dict):  # answers for itself; the other items proceed
@@ -174,8 +175,19 @@ def post_batch(
                     errors=[{"loc": ["body", "transactions", str(i)], "msg": "must be an object", "type": "dict_type"}],
                 )
             fields = dict(item)
-            key = check_idempotency_key(fields.pop("idempotency_key", None))
-            submission = _submission(services, p, key, _transaction.validate_python(fields))
+            checked.append((i, check_idempotency_key(fields.pop("idempotency_key", None)), fields))
+        except EngineError as exc:
+            answers[i] = Result(exc.status, exc.problem())
+    # One validation call for the whole body; should an item be bad, each is validated alone
+    # so that each answers for itself, as a single post would.
+    try:
+        records: list[Transaction | None] = list(_transactions.validate_python([f for _, _, f in checked]))
+    except ValidationError:
+        records = [None] * len(checked)
+    indexed: list[tuple[int, Submission]] = []
+    for (i, key, fields), record in zip(checked, records):
+        try:
+            submission = _submission(services, p, key, record or _transaction.validate_python(fields))
             if isinstance(submission, Result):
                 answers[i] = submission
             else:
