@@ -44,10 +44,10 @@ from typing import TYPE_CHECKING, Literal, overload
 import anyio
 from fastapi import Request
 from redis.exceptions import RedisError
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from engine.errors import EngineError
 from engine.settings import Settings
+from engine.store import db
 from engine.store.config import Principal
 from engine.store.keys import LAST_USED_RESOLUTION_US, KeyLookup, Keys, hash_key
 
@@ -274,7 +274,7 @@ class Auth:
     async def _lookup(self, digest: str) -> KeyLookup | None:
         try:
             found = await anyio.to_thread.run_sync(self.keys.lookup, digest)
-        except (OperationalError, InterfaceError) as exc:
+        except db.UNREACHABLE as exc:
             raise EngineError("service_unavailable", type(exc).__name__) from None
         if found is None:
             self.cache.drop(digest)

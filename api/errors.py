@@ -19,11 +19,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
-from sqlalchemy.exc import InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from engine import metrics
 from engine.errors import EngineError, decline
+from engine.store import db
 
 T = TypeVar("T")
 
@@ -52,7 +52,7 @@ def guarded(action: Callable[[], T]) -> T:
     """Run a ledger call; a database that cannot be reached is a 503 the client may retry."""
     try:
         return action()
-    except (OperationalError, InterfaceError) as exc:
+    except db.UNREACHABLE as exc:
         raise EngineError("service_unavailable", type(exc).__name__) from None
 
 

@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import JSONResponse
 from pydantic import Field, TypeAdapter, ValidationError
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from api import responses
 from api.deps import ConfigDep, DatabaseDep, Services, ServicesDep, Terminal, merchant_scope, role
@@ -27,7 +26,7 @@ from api.strict import PathId
 from engine import limits, receipts
 from engine.errors import EngineError, decline
 from engine.model import Purchase, Record, Refund, Transaction
-from engine.store import queries
+from engine.store import db, queries
 from engine.store.config import Principal
 from engine.store.ledger import Result, Submission
 from engine.timeutil import to_us
@@ -144,7 +143,7 @@ async def post_transaction(
             raise EngineError("request_in_progress")
         try:
             result = await asyncio.wait_for(asyncio.wrap_future(services.committer.enqueue(submission)), 60)
-        except (TimeoutError, OperationalError, InterfaceError) as exc:
+        except db.UNREACHABLE + (TimeoutError,) as exc:
             raise EngineError("service_unavailable", type(exc).__name__) from None
     # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
     if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":

@@ -68,6 +68,7 @@ class ReadBatch:
         self.pg = _is_pg(session)
         self.reads: list[Read] = []
         self.settings: list[str] = []  # statements without rows that go first (PostgreSQL only)
+        self.closings: list[str] = []  # and last
 
     def _add(self, read: Read) -> Read:
         self.reads.append(read)
@@ -77,6 +78,11 @@ class ReadBatch:
         """A statement without rows sent ahead of the reads on PostgreSQL, e.g. `SET TRANSACTION`."""
         if self.pg:
             self.settings.append(sql)
+
+    def closing(self, sql: str) -> None:
+        """A statement without rows sent after the reads on PostgreSQL, e.g. `ROLLBACK`."""
+        if self.pg:
+            self.closings.append(sql)
 
     def query(self, sql: str) -> Read:
         """A fixed statement without parameters, the same SQL on both databases."""
@@ -136,16 +142,19 @@ class ReadBatch:
         return self._add(Read(None, statements))
 
     def run(self) -> None:
-        """Run every read queued so far and fill its rows."""
+        """Run every statement queued so far and fill each read's rows."""
         reads, self.reads = self.reads, []
         settings, self.settings = self.settings, []
+        closings, self.closings = self.closings, []
         if not self.pg:
             connection = self.session.connection()
             for read in reads:
                 read.rows = [tuple(r) for sql, params in read.sqlite for r in connection.exec_driver_sql(sql, params)]
             return
+        if not (reads or settings or closings):
+            return
         raw = _raw(self.session)
-        if len(reads) + len(settings) == 1 and reads:  # one statement: no pipeline needed
+        if len(reads) == 1 and not (settings or closings):  # one statement: no pipeline needed
             with raw.cursor() as cursor:
                 cursor.execute(*reads[0].pg)  # type: ignore[misc]
                 reads[0].rows = cursor.fetchall()
@@ -158,6 +167,8 @@ class ReadBatch:
                 cursor = raw.cursor()
                 cursor.execute(*read.pg)  # type: ignore[misc]
                 cursors.append(cursor)
+            for sql in closings:
+                raw.execute(sql)
         for read, cursor in zip(reads, cursors):
             read.rows = cursor.fetchall()
             cursor.close()

@@ -11,13 +11,24 @@ import sqlite3
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+import psycopg
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
 
 if TYPE_CHECKING:
-    import psycopg
     from alembic.config import Config
+
+# A database that cannot be reached, or a connection that broke: SQLAlchemy's errors, and
+# psycopg's own for what runs on the driver connection (pipelines, COPY), which SQLAlchemy
+# does not wrap. The API answers them 503 `service_unavailable`, which a client may retry.
+UNREACHABLE: tuple[type[Exception], ...] = (
+    OperationalError,
+    InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 

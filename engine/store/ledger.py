@@ -52,7 +52,7 @@ from engine.rating import (
 from engine.rating._kernel_py import share_target
 from engine.rating.columns import Event
 from engine.receipts import Receipt
-from engine.store import bulk
+from engine.store import bulk, db
 from engine.store import events as outbox
 from engine.store.books import queue_books, save_books
 from engine.store.models import (
@@ -218,6 +218,7 @@ class Ledger:
         self.clock = clock or SystemClock()
         self._catalog: CatalogSnapshot | None = None
         self._validity: dict[tuple[str, int], int] = {}  # (campaign, version) -> validity_months
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # quotes on PostgreSQL
 
     # -- units of work -----------------------------------------------------
 
@@ -237,14 +238,15 @@ class Ledger:
 
     @contextlib.contextmanager
     def read_view(self, session: Session | None = None) -> Iterator[ReadView]:
-        """A `ReadView` for readers: the head is read without the sequencer lock (on SQLite,
-        where every transaction begins IMMEDIATE, a reader still waits for a writer), and
-        the catalog is the one its version names. With `session`, read in it (the caller
-        owns it); else in a new session, closed (never committed) when the block ends."""
+        """A `ReadView` for readers: the head is read without the sequencer lock, and the
+        catalog is the one its version names. With `session`, read in it (the caller owns
+        it); else in a new read-only session (`db.reader`: on SQLite a DEFERRED transaction,
+        one snapshot that never waits for the writer), closed (never committed) when the
+        block ends."""
         if session is not None:
             yield self._read_view(session)
             return
-        with Session(self.engine) as own:
+        with Session(db.reader(self.engine)) as own:
             yield self._read_view(own)
 
     @contextlib.contextmanager
@@ -267,27 +269,44 @@ class Ledger:
 
     def quote(self, purchase: Purchase) -> tuple[Outcome, CatalogSnapshot]:
         """Rate `purchase` as `submit` would rate it now, alone, against the committed state: the
-        same state loading and kernel, in a read-only transaction (one snapshot on PostgreSQL)
-        that takes no sequencer lock and writes nothing. The outcome and the catalog it used.
+        same state loading and kernel, in a read-only snapshot (`REPEATABLE READ, READ ONLY` on
+        PostgreSQL, a DEFERRED transaction on SQLite) that takes no sequencer lock and writes
+        nothing. The outcome and the catalog it used.
 
-        With the process's catalog already loaded, the head's catalog version is read in the
-        same round trip as the state (on PostgreSQL one round trip in all); should the version
-        have moved meanwhile, the quote is made again against the new catalog."""
+        Usually against the process's catalog, the head's catalog version read beside the
+        state: on PostgreSQL one pipeline that opens and ends its own snapshot, one round trip
+        besides the pool's ping. When the process has no catalog yet, or the head names another
+        version (another process changed a campaign), the quote is made again in one snapshot
+        that reads the head, loads its catalog, then the state."""
         events: list[Event] = [("quote", purchase)]
-        while True:
-            with Session(self.engine) as session:
-                reads = bulk.ReadBatch(session)
-                reads.setting("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-                catalog = self._catalog
-                if catalog is None:  # the process's first read: the catalog first
-                    reads.run()
-                    catalog = self._read_view(session).catalog
-                head = reads.query("SELECT catalog_version FROM ledger_head WHERE id = 1")
-                state, _ = self._load_state(session, catalog.rating, events, {}, reads)
-                session.rollback()
-            if head.rows[0][0] == catalog.version:
-                return rate(catalog.rating, events, state)[0], catalog
-            self._catalog = None  # stale: load the head's catalog and quote again
+        catalog = self._catalog
+        if catalog is not None:
+            outcome = self._quote_against(catalog, events)
+            if outcome is not None:
+                return outcome, catalog
+        with Session(db.reader(self.engine)) as session:
+            reads = bulk.ReadBatch(session)
+            reads.setting("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            reads.run()
+            catalog = self._read_view(session).catalog
+            state, _ = self._load_state(session, catalog.rating, events, {})
+            session.rollback()
+        return rate(catalog.rating, events, state)[0], catalog
+
+    def _quote_against(self, catalog: CatalogSnapshot, events: list[Event]) -> Outcome | None:
+        """The quote against `catalog`; None when the head names another catalog version."""
+        pg = self.engine.dialect.name == "postgresql"
+        # PostgreSQL: the driver in autocommit, the snapshot opened and ended inside the pipeline.
+        with Session(self._autocommit if pg else db.reader(self.engine)) as session:
+            reads = bulk.ReadBatch(session)
+            reads.setting("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            reads.closing("ROLLBACK")
+            head = reads.query("SELECT catalog_version FROM ledger_head WHERE id = 1")
+            state, _ = self._load_state(session, catalog.rating, events, {}, reads)
+            session.rollback()
+        if head.rows[0][0] != catalog.version:
+            return None
+        return rate(catalog.rating, events, state)[0]
 
     # -- the sequencer -----------------------------------------------------
 
@@ -299,7 +318,9 @@ class Ledger:
         return session.execute(stmt).scalar_one()
 
     def _catalog_snapshot(self, session: Session, version: int) -> CatalogSnapshot:
-        if self._catalog is None or self._catalog.version != version:
+        # Read and published once: threads (quotes, readers, the group committer) share it.
+        catalog = self._catalog
+        if catalog is None or catalog.version != version:
             campaigns = [
                 Campaign.model_validate_json(row.record_json)
                 for row in session.execute(
@@ -313,18 +334,20 @@ class Ledger:
                 for row in session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
             ]
             terminals = {r.id: r.merchant_id for r in session.execute(select(TerminalRow.id, TerminalRow.merchant_id))}
-            self._catalog = CatalogSnapshot(
+            catalog = CatalogSnapshot(
                 version=version,
                 rating=build_catalog(merchants, campaigns),
                 campaigns={c.id: c for c in campaigns},
                 merchants={m.id: m for m in merchants},
                 merchant_by_terminal=terminals,
             )
-        return self._catalog
+            self._catalog = catalog
+        return catalog
 
     def validity_of_versions(self, session: Session, versions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """The `validity_months` of each (campaign, version). A stored version never changes, so
-        each is read once per process."""
+        """The `validity_months` of each (campaign, version) stored (every writer of versions
+        stores each; one missing is left out). A stored version never changes, so each is read
+        once per process."""
         missing = sorted(versions - self._validity.keys())
         if missing:
             for row in bulk.select_where_tuples(
@@ -335,7 +358,7 @@ class Ledger:
                 missing,
             ):
                 self._validity[(row[0], row[1])] = Campaign.model_validate_json(row[2]).validity_months
-        return {v: self._validity[v] for v in versions}
+        return {v: self._validity[v] for v in versions if v in self._validity}
 
     # -- the money path ----------------------------------------------------
 
@@ -573,7 +596,7 @@ class Ledger:
     def remembered_answer(self, terminal_id: str, key: str, request_hash: str) -> Result | None:
         """The answer remembered under (terminal, key) for this very request, as a replay; None when
         nothing is remembered or another request used the key. Reads committed rows; takes no lock."""
-        with Session(self.engine) as session:
+        with Session(db.reader(self.engine)) as session:
             row = self._remembered(session, {(terminal_id, key)}).get((terminal_id, key))
         if row is None or row[2] != request_hash:
             return None

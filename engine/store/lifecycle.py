@@ -89,7 +89,7 @@ def credit_due(
                     award.wallet_id,
                     award.campaign_id,
                     award.credit_at_us,
-                    validity[(award.campaign_id, award.campaign_version)],
+                    validity.get((award.campaign_id, award.campaign_version)),
                 )
                 writer.credit_points(books[award.wallet_id], lot, amount, award.payment_id)
                 award.pending = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
+import tempfile
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -202,3 +203,47 @@ def test_a_quote_follows_a_catalog_changed_by_another_process(database_url) -> N
     assert catalog.version > version
     assert [(a.campaign_id, a.points) for a in after.awards] == [("CV", 500)]
     assert catalog.campaigns["CV"].tiers[0].rate_bp == 500
+
+
+def test_a_quote_on_postgresql_is_one_round_trip_in_its_own_read_only_snapshot(postgres_url) -> None:
+    """Against the process's catalog a quote is the pool's ping and one pipeline (BEGIN
+    REPEATABLE READ READ ONLY, the head's version, the state, ROLLBACK), and the pooled
+    connection goes back transactional."""
+    db.upgrade(postgres_url)
+    engine = db.make_engine(postgres_url)
+    config = Config(engine)
+    config.create_merchant(Merchant(id="MR", name="MR", merchant_class="small"))
+    config.create_terminal("TR", "MR")
+    config.create_campaign(
+        Campaign.model_validate(
+            {
+                "id": "CR",
+                "name": "CR",
+                "starts_at": "2026-12-01T00:00:00+09:00",
+                "ends_at": "2027-03-01T00:00:00+09:00",
+                "tiers": [{"match": {"merchant_ids": ["MR"]}, "rate_bp": 1000}],
+            }
+        )
+    )
+    engine.dispose()
+    engine = db.make_engine(postgres_url)
+    ledger = Ledger(engine, ManualClock(to_us(START)))
+    body = Purchase(wallet_id="WR", merchant_id="MR", terminal_id="TR", occurred_at=START, amount=2_000)
+    assert [a.points for a in ledger.quote(body)[0].awards] == [200]  # loads the catalog
+    with engine.connect() as connection:
+        raw = db.psycopg_connection(connection)
+    with tempfile.TemporaryFile("w+") as trace:
+        raw.pgconn.trace(trace.fileno())
+        outcome, _ = ledger.quote(body.model_copy(update={"points_used": 50}))
+        raw.pgconn.untrace()
+        trace.seek(0)
+        lines = trace.readlines()
+    assert outcome.declined == "insufficient_points"  # the wallet's books were read too
+    answers = [line for line in lines if "\tB\t" in line and "ReadyForQuery" in line]
+    assert len(answers) == 2, answers  # the pool's ping, then the one pipeline
+    sent = "".join(line for line in lines if "\tF\t" in line)
+    assert "BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY" in sent and "ROLLBACK" in sent
+    with engine.connect() as connection:
+        assert db.psycopg_connection(connection) is raw, "the same pooled connection"
+        assert raw.autocommit is False, "the quote's autocommit does not leak to the next user"
+    engine.dispose()
