@@ -59,7 +59,7 @@ def queue_books(
         lots: dict[str, Lot] = {}
         for row in spendable.rows:
             lots[row[0]] = Lot(*row)
-        for row in named.rows:  # the same snapshot: a named lot also spendable is the same row
+        for row in named.rows:  # a named lot also spendable is the same row (lots change under the lock only)
             if row[0] not in lots:
                 lots[row[0]] = Lot(*row)
         debts: dict[str, dict[str, int]] = {w: {} for w in wallets}

@@ -98,6 +98,20 @@ def _purchase(data: st.DataObject, at: dt.datetime, wallet_id: str, merchant_id:
     )
 
 
+def _plain_campaign(cid: str, merchant_id: str, rate_bp: int, **fields) -> Campaign:
+    """A campaign of one tier for one merchant, running all winter."""
+    return Campaign.model_validate(
+        {
+            "id": cid,
+            "name": cid,
+            "starts_at": "2026-12-01T00:00:00+09:00",
+            "ends_at": "2027-03-01T00:00:00+09:00",
+            "tiers": [{"match": {"merchant_ids": [merchant_id]}, "rate_bp": rate_bp}],
+            **fields,
+        }
+    )
+
+
 def _post(ledger: Ledger, body: Purchase, key: str):
     return ledger.submit([Submission(body.terminal_id, key, key, body, body.model_dump_json())])[0]
 
@@ -156,18 +170,7 @@ def test_some_quotes_were_capped_by_a_budget(sqlite_url) -> None:
     ledger, config, _ = _ledger(sqlite_url)
     config.create_merchant(Merchant(id="MB", name="MB", merchant_class="small"))
     config.create_terminal("TB", "MB")
-    config.create_campaign(
-        Campaign.model_validate(
-            {
-                "id": "CB",
-                "name": "CB",
-                "starts_at": "2026-12-01T00:00:00+09:00",
-                "ends_at": "2027-03-01T00:00:00+09:00",
-                "tiers": [{"match": {"merchant_ids": ["MB"]}, "rate_bp": 1000}],
-                "budget": 150,
-            }
-        )
-    )
+    config.create_campaign(_plain_campaign("CB", "MB", 1000, budget=150))
     first = Purchase(wallet_id="WB", merchant_id="MB", terminal_id="TB", occurred_at=START, amount=1000)
     assert _post(ledger, first, "b1").body["points_awarded"] == 100
     second = first.model_copy(update={"amount": 2000})
@@ -186,14 +189,7 @@ def test_a_quote_follows_a_catalog_changed_by_another_process(database_url) -> N
     other = Config(db.make_engine(database_url), clock=clock)  # another process's engine and pool
     other.create_merchant(Merchant(id="MV", name="MV", merchant_class="small"))
     other.create_terminal("TV", "MV")
-    terms = {
-        "id": "CV",
-        "name": "CV",
-        "starts_at": "2026-12-01T00:00:00+09:00",
-        "ends_at": "2027-03-01T00:00:00+09:00",
-        "tiers": [{"match": {"merchant_ids": ["MV"]}, "rate_bp": 100}],
-    }
-    other.create_campaign(Campaign.model_validate(terms))
+    other.create_campaign(_plain_campaign("CV", "MV", 100))
     body = Purchase(wallet_id="WV", merchant_id="MV", terminal_id="TV", occurred_at=START, amount=10_000)
     before, catalog = quoting.quote(body)
     assert [(a.campaign_id, a.points) for a in before.awards] == [("CV", 100)]
@@ -214,17 +210,7 @@ def test_a_quote_on_postgresql_is_one_round_trip_in_its_own_read_only_snapshot(p
     config = Config(engine)
     config.create_merchant(Merchant(id="MR", name="MR", merchant_class="small"))
     config.create_terminal("TR", "MR")
-    config.create_campaign(
-        Campaign.model_validate(
-            {
-                "id": "CR",
-                "name": "CR",
-                "starts_at": "2026-12-01T00:00:00+09:00",
-                "ends_at": "2027-03-01T00:00:00+09:00",
-                "tiers": [{"match": {"merchant_ids": ["MR"]}, "rate_bp": 1000}],
-            }
-        )
-    )
+    config.create_campaign(_plain_campaign("CR", "MR", 1000))
     engine.dispose()
     engine = db.make_engine(postgres_url)
     ledger = Ledger(engine, ManualClock(to_us(START)))
