@@ -3,9 +3,10 @@
 Seeds the demo ward (merchants, campaigns, one terminal and key per merchant)
 through the admin API of a fresh embedded database, posts the first part of
 the day's purchases, refunds and redemptions to `POST /v1/transactions` as
-terminals would (each with its Idempotency-Key, a few retried; up to WAVE_MAX
-terminals at once, so the server's group commit writes them together), and
-ends with the ledger check computed from the postings alone.
+terminals would (each with its Idempotency-Key, a few retried; up to
+IN_FLIGHT_MAX at once, each wallet's one at a time in the day's order, so the
+server's group commit writes many together), and ends with the ledger check
+computed from the postings alone.
 
 The day is a synthetic one in December 2026, so the demo widens the accepted
 `occurred_at` window the way a history import does.
@@ -13,15 +14,18 @@ The day is a synthetic one in December 2026, so the demo widens the accepted
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import contextlib
 import datetime as dt
+import heapq
 import json
 import os
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
+
+import httpx
 
 from engine import demo as ward_demo
 from engine.clock import ManualClock
@@ -33,13 +37,14 @@ from engine.store import lifecycle, queries
 from engine.timeutil import TOKYO, to_us
 
 if TYPE_CHECKING:
-    import httpx
     from rich.console import Console
 
 DEMO_DATABASE = "setapay-demo.db"
 DEMO_APP_ID = "SETAGAYA_PAY"
-# Transactions in flight at once, as many terminals post them (see `_waves`).
-WAVE_MAX = 64
+# Transactions in flight at once, as many terminals post them, and how far past the earliest
+# unanswered one the demo looks for transactions of other wallets to send (see `_Schedule`).
+IN_FLIGHT_MAX = 64
+LOOKAHEAD = 256
 
 
 class LedgerSummary(TypedDict):
@@ -71,18 +76,22 @@ def run_ledger_demo(
     progress: Callable[[int], Callable[[int], None]] | None = None,
     out_dir: str | None = None,
 ) -> LedgerSummary:
-    import warnings
+    return asyncio.run(_run_ledger_demo(transactions, seed, database_url, progress, out_dir))
 
-    with warnings.catch_warnings():
-        # Starlette's notice about its httpx-based client is not for the demo's audience.
-        warnings.simplefilter("ignore")
-        from fastapi.testclient import TestClient
 
+async def _run_ledger_demo(
+    transactions: int,
+    seed: int,
+    database_url: str | None,
+    progress: Callable[[int], Callable[[int], None]] | None,
+    out_dir: str | None,
+) -> LedgerSummary:
     from api.app import create_app
 
     url = database_url or _fresh_sqlite(Path.cwd() / DEMO_DATABASE)
-    # A synthetic day posted as fast as the machine goes: no per-key rate limit.
-    settings = Settings(database_url=url, rate_limit_per_key="off")
+    # A synthetic day posted as fast as the machine goes: no per-key rate limit, and the
+    # 301 terminal keys (never revoked here) trusted for the longest look-up interval allowed.
+    settings = Settings(database_url=url, rate_limit_per_key="off", key_cache_ttl_s=5)
     members, camps = ward_demo.ward(seed)
     # The day runs on its own clock: configuration the evening before, each
     # transaction a few seconds after it happened, runs on their due dates.
@@ -101,16 +110,22 @@ def run_ledger_demo(
     ]
     events = ward_demo.day(members, transactions, seed)
     counts: collections.Counter[str] = collections.Counter()
-    with TestClient(app) as client:
+    # The terminals talk HTTP to the application in this process (ASGI) on one event loop, many
+    # requests at once but no thread per request: the processor goes to the server.
+    transport = _InProcess(app)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=transport, base_url="http://testserver") as client,
+    ):
         admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
         for m in members:
-            _ok(client.post("/v1/merchants", json=m.model_dump(mode="json"), headers=admin))
+            _ok(await client.post("/v1/merchants", json=m.model_dump(mode="json"), headers=admin))
         for c in camps:
-            _ok(client.post("/v1/campaigns", json=c.model_dump(mode="json", exclude={"version"}), headers=admin))
+            _ok(await client.post("/v1/campaigns", json=c.model_dump(mode="json", exclude={"version"}), headers=admin))
         terminal_keys = {}
         for m in members:
             terminal_id = f"T{m.id[1:]}01"
-            _ok(client.post("/v1/terminals", json={"id": terminal_id, "merchant_id": m.id}, headers=admin))
+            _ok(await client.post("/v1/terminals", json={"id": terminal_id, "merchant_id": m.id}, headers=admin))
             terminal_keys[terminal_id] = config.create_key("terminal", terminal_id=terminal_id)
         # The demo plays the ward's payment app too: it moves the coins and signs a receipt
         # (SPEC §9.1) for every purchase and refund, which the terminal carries.
@@ -121,7 +136,7 @@ def run_ledger_demo(
         posted: dict[str, tuple[str, str]] = {}  # event key -> (transaction id, terminal)
         spendable: collections.Counter[str] = collections.Counter()  # what each wallet has earned so far
         advance = progress(len(events)) if progress else None
-        sample_wallet = None
+        samples: list[tuple[int, str]] = []  # (day index, wallet) of purchases with pending and credited points
         counts_by_merchant: collections.Counter[str] = collections.Counter()
 
         def prepare(key: str, event: Purchase | Refund) -> tuple[str, dict[str, Any], dict[str, str]] | None:
@@ -130,7 +145,7 @@ def run_ledger_demo(
             body = event.model_dump(mode="json", exclude_none=True)
             if isinstance(event, Purchase):
                 terminal_id = event.terminal_id
-                # Wallets start empty here: redeem only what earlier waves have earned them.
+                # Wallets start empty here: redeem only what the wallet's earlier events earned it.
                 body["points_used"] = min(event.points_used, spendable[event.wallet_id])
                 body = payment_app.sign_purchase(body, jti=f"pay_{key}")
             else:
@@ -138,64 +153,79 @@ def run_ledger_demo(
                     return None
                 body["original_id"], terminal_id = posted[event.original_id]
                 body = payment_app.sign_refund(body, jti=f"ref_{key}")
-            return terminal_id, body, {"Authorization": f"Bearer {terminal_keys[terminal_id]}", "Idempotency-Key": key}
+            headers = {
+                "Authorization": f"Bearer {terminal_keys[terminal_id]}",
+                "Idempotency-Key": key,
+                "X-Request-Id": key,
+            }
+            return terminal_id, body, headers
 
-        def post(request: tuple[str, dict[str, Any], dict[str, str]]) -> httpx.Response:
-            response: httpx.Response = client.post("/v1/transactions", json=request[1], headers=request[2])
-            return response
+        async def post(request: tuple[str, dict[str, Any], dict[str, str]]) -> _Answer:
+            return await transport.send("POST", "/v1/transactions", request[2], request[1])
 
-        # Terminals post at once: a wave of events goes out concurrently and the server's
-        # group commit rates and writes them together. A wave never holds one wallet twice
-        # (its awards then do not depend on the order in the group) nor a refund of a
-        # purchase in the same wave (its terminal has not been answered yet).
-        n = 0
-        with ThreadPoolExecutor(max_workers=WAVE_MAX) as pool:
-            for wave in _waves(events):
-                # The wave's transactions reach the engine a few seconds after its last one happened.
-                clock.set(to_us(wave[-1][1].occurred_at) + 3_000_000)
-                prepared = [(key, event, prepare(key, event)) for key, event in wave]
-                ready = [(key, event, request) for key, event, request in prepared if request is not None]
-                responses = list(pool.map(post, [request for _, _, request in ready]))
-                for (key, event, request), response in zip(ready, responses):
-                    terminal_id, body, _ = request
-                    payment_app.accepted(body, response.json())
-                    if n % 97 == 0:  # a terminal that lost the answer retries; it must be a replay
-                        retry = post(request)
-                        assert retry.headers.get("Idempotent-Replayed") == "true" and retry.json() == response.json()
-                        counts["retries replayed"] += 1
-                    n += 1
-                    answer = response.json()
-                    if response.status_code == 201:
-                        counts[f"{event.type}s accepted"] += 1
-                        counts_by_merchant[answer["merchant_id"]] += 1
-                        if isinstance(event, Purchase):
-                            posted[key] = (answer["id"], terminal_id)
-                            credited = sum(a["points"] for a in answer["awards"] if a["status"] == "credited")
-                            spendable[event.wallet_id] += credited - body["points_used"]
-                            counts["redemptions"] += body["points_used"] > 0
-                            pending = any(a["status"] == "pending" for a in answer["awards"])
-                            if pending and credited and sample_wallet is None:
-                                sample_wallet = event.wallet_id
-                        else:
-                            wallet = answer["wallet_id"]
-                            spendable[wallet] = max(
-                                0, spendable[wallet] + answer["points_returned"] - answer["points_clawed_back"]
-                            )
-                    else:
-                        counts[f"declined: {answer['code']}"] += 1
-                if advance:
-                    advance(len(wave))
+        async def transact(index: int, key: str, event: Purchase | Refund) -> None:
+            """Post one event as its terminal does (a few of them twice) and note the answer."""
+            request = prepare(key, event)
+            if request is None:
+                return
+            terminal_id, body, headers = request
+            response = await post(request)
+            answer = response.json()
+            payment_app.accepted(body, answer)
+            if index % 97 == 0:  # a terminal that lost the answer retries; it must be a replay
+                retry = await post((terminal_id, body, {**headers, "X-Request-Id": f"{key}.retry"}))
+                assert retry.headers.get("idempotent-replayed") == "true" and retry.json() == answer
+                counts["retries replayed"] += 1
+            if response.status_code == 201:
+                counts[f"{event.type}s accepted"] += 1
+                counts_by_merchant[answer["merchant_id"]] += 1
+                if isinstance(event, Purchase):
+                    posted[key] = (answer["id"], terminal_id)
+                    credited = sum(a["points"] for a in answer["awards"] if a["status"] == "credited")
+                    spendable[event.wallet_id] += credited - body["points_used"]
+                    counts["redemptions"] += body["points_used"] > 0
+                    pending = any(a["status"] == "pending" for a in answer["awards"])
+                    if pending and credited:
+                        samples.append((index, event.wallet_id))
+                else:
+                    wallet = answer["wallet_id"]
+                    spendable[wallet] = max(
+                        0, spendable[wallet] + answer["points_returned"] - answer["points_clawed_back"]
+                    )
+            else:
+                counts[f"declined: {answer['code']}"] += 1
+
+        # Terminals post at once, each transaction as soon as it may: the server's group commit
+        # rates and writes together whatever is in flight. A wallet's transactions (a refund
+        # counts for the wallet of its purchase) go out one at a time in the day's order, each
+        # after the answer to the one before, so its awards, redemptions and refunds never
+        # depend on the order within a group (see `_schedule`).
+        tasks: dict[asyncio.Task[None], int] = {}
+        schedule = _Schedule(events)
+        while not schedule.done():
+            for index in schedule.ready(IN_FLIGHT_MAX - len(tasks)):
+                key, event = events[index]
+                # The transaction reaches the engine a few seconds after it happened.
+                clock.set(to_us(event.occurred_at) + 3_000_000)
+                tasks[asyncio.create_task(transact(index, key, event))] = index
+            finished, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                task.result()
+                schedule.answered(tasks.pop(task))
+            if advance:
+                advance(len(finished))
+        sample_wallet = min(samples)[1] if samples else None
         finance = {"Authorization": f"Bearer {config.create_key('finance')}"}
-        wallet_before = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json()
+        wallet_before = (await client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance)).json()
         # The crediting run of the day's dekad: every pending point-back becomes available.
         due = [p["credit_at"] for p in wallet_before["pending_by_credit_date"]]
         credit_run = None
         if due:
             clock.set(to_us(dt.datetime.fromisoformat(max(due))))
             credit_run = lifecycle.credit_due(app.state.ledger, to_us(dt.datetime.fromisoformat(max(due))))
-        wallet_after = client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance).json()
+        wallet_after = (await client.get(f"/v1/wallets/{sample_wallet}/points", headers=finance)).json()
         busiest = max(members, key=lambda m: counts_by_merchant[m.id]).id if counts_by_merchant else members[0].id
-        rewards = client.get(f"/v1/merchants/{busiest}/rewards", headers=finance).json()
+        rewards = (await client.get(f"/v1/merchants/{busiest}/rewards", headers=finance)).json()
 
         # Month end: settle December, write the payout file, sign the chain heads, reconcile.
         period = ward_demo.DEMO_DATE.strftime("%Y-%m")
@@ -210,17 +240,17 @@ def run_ledger_demo(
                 )
             )
         )
-        run = client.post("/v1/settlement-runs", json={"period": period}, headers=finance).json()
+        run = (await client.post("/v1/settlement-runs", json={"period": period}, headers=finance)).json()
         out_path = Path(out_dir or Path.cwd() / "setapay-demo-out")
         out_path.mkdir(exist_ok=True)
         zengin_path = out_path / f"payout-{period}.zengin.txt"
-        zengin_path.write_bytes(client.get(f"/v1/settlement-runs/{run['id']}/zengin", headers=finance).content)
+        zengin_path.write_bytes((await client.get(f"/v1/settlement-runs/{run['id']}/zengin", headers=finance)).content)
         (out_path / f"statement-{period}.json").write_text(json.dumps(run["statement"], ensure_ascii=False, indent=1))
         (out_path / f"statement-{period}.csv").write_text(
-            client.get(f"/v1/settlement-runs/{run['id']}/statement.csv", headers=finance).text
+            (await client.get(f"/v1/settlement-runs/{run['id']}/statement.csv", headers=finance)).text
         )
-        client.post("/v1/chain-heads", headers=finance)
-        reconciliation = client.get("/v1/reconciliation", headers=finance).json()
+        await client.post("/v1/chain-heads", headers=finance)
+        reconciliation = (await client.get("/v1/reconciliation", headers=finance)).json()
     check = queries.ledger_check(app.state.engine)
     app.state.engine.dispose()
     return {
@@ -237,25 +267,141 @@ def run_ledger_demo(
     }
 
 
-def _waves(events: list[Event]) -> Iterator[list[Event]]:
-    """The day's events in order, cut into waves of at most WAVE_MAX that never hold one
-    wallet twice nor a refund of a purchase in the same wave."""
-    wave: list[Event] = []
-    wallets: set[str] = set()
-    keys: set[str] = set()
-    for key, event in events:
-        wallet = event.wallet_id if isinstance(event, Purchase) else None
-        if wave and (
-            len(wave) == WAVE_MAX or wallet in wallets or (isinstance(event, Refund) and event.original_id in keys)
-        ):
-            yield wave
-            wave, wallets, keys = [], set(), set()
-        wave.append((key, event))
-        keys.add(key)
-        if wallet is not None:
-            wallets.add(wallet)
-    if wave:
-        yield wave
+class _Schedule:
+    """Which of the day's events may go out now: each wallet's events one at a time in the day's
+    order (a refund belongs to its purchase's wallet), each after the answer to the one before,
+    and none more than LOOKAHEAD events after the earliest one not yet answered (so no wallet
+    falls far behind the day)."""
+
+    def __init__(self, events: list[Event]) -> None:
+        wallet_of = {key: ev.wallet_id for key, ev in events if isinstance(ev, Purchase)}
+        self.chains = [
+            ev.wallet_id if isinstance(ev, Purchase) else wallet_of.get(ev.original_id, key) for key, ev in events
+        ]
+        self.total = len(events)
+        self.scanned = 0  # events before this index are out or waiting behind their wallet
+        self.waiting: dict[str, collections.deque[int]] = {}  # wallet -> its events not yet out, in order
+        self.busy: set[str] = set()  # wallets with an event in flight
+        self.unanswered: list[int] = []  # heap of the indexes out or waiting
+        self.finished: set[int] = set()
+        self.free: list[int] = []  # heap of waiting indexes whose wallet is free
+
+    def done(self) -> bool:
+        return len(self.finished) == self.total
+
+    def ready(self, room: int) -> list[int]:
+        """Up to `room` events to send now, in the day's order."""
+        while self.unanswered and self.unanswered[0] in self.finished:
+            heapq.heappop(self.unanswered)
+        horizon = (self.unanswered[0] if self.unanswered else self.scanned) + LOOKAHEAD
+        while self.scanned < min(horizon, self.total):
+            i, chain = self.scanned, self.chains[self.scanned]
+            self.scanned += 1
+            heapq.heappush(self.unanswered, i)
+            queue = self.waiting.setdefault(chain, collections.deque())
+            queue.append(i)
+            if chain not in self.busy and len(queue) == 1:
+                heapq.heappush(self.free, i)
+        out: list[int] = []
+        while self.free and len(out) < room:
+            i = heapq.heappop(self.free)
+            chain = self.chains[i]
+            self.waiting[chain].popleft()
+            self.busy.add(chain)
+            out.append(i)
+        return out
+
+    def answered(self, index: int) -> None:
+        chain = self.chains[index]
+        self.finished.add(index)
+        self.busy.discard(chain)
+        queue = self.waiting.get(chain)
+        if queue:
+            heapq.heappush(self.free, queue[0])
+        elif queue is not None:
+            del self.waiting[chain]
+
+
+class _Answer(NamedTuple):
+    status_code: int
+    headers: dict[str, str]
+    content: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+class _InProcess(httpx.AsyncBaseTransport):
+    """HTTP to the ASGI application on the caller's event loop, as `httpx.ASGITransport` does
+    (without its per-request probe for trio: a failed import, a scan of sys.path, each time
+    when sniffio is not installed). `send` is the terminals' lean client: one request as
+    method, path, headers and JSON body, without building httpx's request and response."""
+
+    def __init__(self, app: Callable[..., Any]) -> None:
+        self.app = app
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        answer = await self._call(
+            request.method,
+            request.url.raw_path.split(b"?")[0].decode(),
+            request.url.query,
+            list(request.headers.raw),
+            await request.aread(),
+        )
+        return httpx.Response(answer.status_code, headers=answer.headers, content=answer.content)
+
+    async def send(self, method: str, path: str, headers: dict[str, str], body: Any) -> _Answer:
+        content = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
+        raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+        raw += [
+            (b"host", b"testserver"),
+            (b"content-type", b"application/json"),
+            (b"content-length", b"%d" % len(content)),
+        ]
+        return await self._call(method, path, b"", raw, content)
+
+    async def _call(
+        self, method: str, path: str, query: bytes, headers: list[tuple[bytes, bytes]], body: bytes
+    ) -> _Answer:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": method,
+            "headers": [(k.lower(), v) for k, v in headers],
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": query,
+            "server": ("testserver", 80),
+            "client": ("127.0.0.1", 50000),
+            "root_path": "",
+        }
+        done = asyncio.Event()
+        started: dict[str, Any] = {}
+        parts: list[bytes] = []
+        sent = False
+
+        async def receive() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                await done.wait()
+                return {"type": "http.disconnect"}
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started.update(message)
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+                if not message.get("more_body", False):
+                    done.set()
+
+        await self.app(scope, receive, send)
+        assert done.is_set() and started, "the application answered in full"
+        response_headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in started.get("headers", [])}
+        return _Answer(started["status"], response_headers, b"".join(parts))
 
 
 def _bank_account(i: int) -> BankAccount:

@@ -1,7 +1,7 @@
 """A ward on a real database, driven through the HTTP API on a clock the test moves.
 
 `Ward` builds the FastAPI app with `create_app(settings, clock=ManualClock(...))`
-and talks to it with FastAPI's TestClient, the way `setapay_demo/ledger.py` runs its day:
+and talks to it with FastAPI's TestClient (the demo, `setapay_demo/ledger.py`, on one event loop):
 every posting is stamped with the engine's clock, so a test decides exactly
 when each transaction is accepted (and so in which settlement period its
 postings fall), and can step past a period's end before it settles.
