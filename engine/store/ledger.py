@@ -218,6 +218,7 @@ class Ledger:
         self.clock = clock or SystemClock()
         self._catalog: CatalogSnapshot | None = None
         self._validity: dict[tuple[str, int], int] = {}  # (campaign, version) -> validity_months
+        self._reader = db.reader(engine)  # transactions that only read (SQLite: DEFERRED, no writer lock)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # quotes on PostgreSQL
 
     # -- units of work -----------------------------------------------------
@@ -246,7 +247,7 @@ class Ledger:
         if session is not None:
             yield self._read_view(session)
             return
-        with Session(db.reader(self.engine)) as own:
+        with Session(self._reader) as own:
             yield self._read_view(own)
 
     @contextlib.contextmanager
@@ -284,7 +285,7 @@ class Ledger:
             outcome = self._quote_against(catalog, events)
             if outcome is not None:
                 return outcome, catalog
-        with Session(db.reader(self.engine)) as session:
+        with Session(self._reader) as session:
             reads = bulk.ReadBatch(session)
             reads.setting("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             reads.run()
@@ -297,7 +298,7 @@ class Ledger:
         """The quote against `catalog`; None when the head names another catalog version."""
         pg = self.engine.dialect.name == "postgresql"
         # PostgreSQL: the driver in autocommit, the snapshot opened and ended inside the pipeline.
-        with Session(self._autocommit if pg else db.reader(self.engine)) as session:
+        with Session(self._autocommit if pg else self._reader) as session:
             reads = bulk.ReadBatch(session)
             reads.setting("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             reads.closing("ROLLBACK")
@@ -596,7 +597,7 @@ class Ledger:
     def remembered_answer(self, terminal_id: str, key: str, request_hash: str) -> Result | None:
         """The answer remembered under (terminal, key) for this very request, as a replay; None when
         nothing is remembered or another request used the key. Reads committed rows; takes no lock."""
-        with Session(db.reader(self.engine)) as session:
+        with Session(self._reader) as session:
             row = self._remembered(session, {(terminal_id, key)}).get((terminal_id, key))
         if row is None or row[2] != request_hash:
             return None
