@@ -65,9 +65,15 @@ async def post_quote(
     services: ServicesDep,
 ) -> dict[str, Any]:
     """The awards this purchase would get if posted now (campaign, points, the cap that bit,
-    when credited and until when); a decline answers as posting would. Not a promise."""
+    when credited and until when); a decline answers as posting would. Not a promise.
+
+    A terminal quotes what a purchase earns (`points_used` 0): a quote spending points would
+    answer whether the wallet holds that many, and a terminal reads no wallet's balance
+    (SPEC §6: the payment app and finance do); the app quotes redemptions."""
     if p.role == "terminal" and body.terminal_id != p.terminal_id:
         raise EngineError("forbidden", "a terminal key quotes only for its own terminal")
+    if p.role == "terminal" and body.points_used:
+        raise EngineError("forbidden", "a terminal quotes earning only (points_used 0); the app quotes redemptions")
     now = services.clock.now_us()
     outcome, catalog = await run_in_threadpool(services.ledger.quote, body)
     terminal_merchant = catalog.merchant_by_terminal.get(body.terminal_id)

@@ -159,6 +159,10 @@ def test_quote_declines_and_scope(app_ward: Ward) -> None:
     assert r.status_code == 422 and r.json()["code"] == "insufficient_points"
     r = _quote(app_ward.terminal("T_SHOTEN_1"), purchase("T_SHOTEN_1", w, 1000, merchant_id="M_CONV"))
     assert r.status_code == 403, r.text
+    # A terminal cannot probe a wallet's balance with quotes that spend points (it reads no balance).
+    r = _quote(app_ward.terminal("T_SHOTEN_1"), purchase("T_SHOTEN_1", w, 1000, points_used=10))
+    assert r.status_code == 403 and r.json()["code"] == "forbidden", r.text
+    assert _quote(app_ward.terminal("T_SHOTEN_1"), purchase("T_SHOTEN_1", w, 1000)).status_code == 200
     r = _quote(app_ward.app_client, purchase("T_SHOTEN_1", w, 1000, merchant_id="M_CONV"))
     assert r.status_code == 422 and r.json()["code"] == "unknown_terminal"
     r = _quote(app_ward.app_client, {**purchase("T_SHOTEN_1", w, 1000), "receipt": "a.b.c"})
