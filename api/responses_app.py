@@ -75,6 +75,10 @@ class Quote(_Answer):
     amount: int
     points_used: int
     quoted_at: str = Field(description="The engine's instant the quote was rated at")
+    wallet_caps_applied: bool = Field(
+        description="Whether the wallet's own earnings so far were applied to per-wallet caps: true for the "
+        "payment app; false for a terminal, whose quote is rated as for a wallet without history"
+    )
     points_awarded: int
     awards: list[QuotedAward]
 

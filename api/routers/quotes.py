@@ -67,15 +67,18 @@ async def post_quote(
     """The awards this purchase would get if posted now (campaign, points, the cap that bit,
     when credited and until when); a decline answers as posting would. Not a promise.
 
-    A terminal quotes what a purchase earns (`points_used` 0): a quote spending points would
-    answer whether the wallet holds that many, and a terminal reads no wallet's balance
-    (SPEC §6: the payment app and finance do); the app quotes redemptions."""
+    A terminal reads no wallet (SPEC §6: the payment app and finance do), so its quotes tell
+    nothing of one: it quotes what a purchase earns (`points_used` 0; a quote spending points
+    would answer whether the wallet holds that many) and is rated as if the wallet had no
+    history, so per-wallet caps bite as for a first purchase (`wallet_caps_applied` false)
+    whatever the wallet has earned; the app's quotes apply the wallet's own state."""
     if p.role == "terminal" and body.terminal_id != p.terminal_id:
         raise EngineError("forbidden", "a terminal key quotes only for its own terminal")
     if p.role == "terminal" and body.points_used:
         raise EngineError("forbidden", "a terminal quotes earning only (points_used 0); the app quotes redemptions")
     now = services.clock.now_us()
-    outcome, catalog = await run_in_threadpool(services.ledger.quote, body)
+    wallet_state = p.role != "terminal"
+    outcome, catalog = await run_in_threadpool(services.ledger.quote, body, wallet_state)
     terminal_merchant = catalog.merchant_by_terminal.get(body.terminal_id)
     if terminal_merchant != body.merchant_id:
         if p.role == "terminal":
@@ -90,6 +93,7 @@ async def post_quote(
         "amount": body.amount,
         "points_used": body.points_used,
         "quoted_at": format_instant(now),
+        "wallet_caps_applied": wallet_state,
         "points_awarded": outcome.points_awarded,
         "awards": quote_awards(outcome, catalog.campaigns, to_us(body.occurred_at), now),
     }

@@ -268,7 +268,7 @@ class Ledger:
         head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
         return ReadView(session, self._catalog_snapshot(session, head.catalog_version))
 
-    def quote(self, purchase: Purchase) -> tuple[Outcome, CatalogSnapshot]:
+    def quote(self, purchase: Purchase, wallet_state: bool = True) -> tuple[Outcome, CatalogSnapshot]:
         """Rate `purchase` as `submit` would rate it now, alone, against the committed state: the
         same state loading and kernel, in a read-only snapshot (`REPEATABLE READ, READ ONLY` on
         PostgreSQL, a DEFERRED transaction on SQLite) that takes no sequencer lock and writes
@@ -278,7 +278,14 @@ class Ledger:
         state: on PostgreSQL one pipeline that opens and ends its own snapshot, one round trip
         besides the pool's ping. When the process has no catalog yet, or the head names another
         version (another process changed a campaign), the quote is made again in one snapshot
-        that reads the head, loads its catalog, then the state."""
+        that reads the head, loads its catalog, then the state.
+
+        Without `wallet_state`, the purchase is rated as if its wallet had no history (no
+        window usage, no balance): per-wallet caps bite as for a first purchase, the same for
+        every wallet, so the answer tells nothing of the wallet's earnings (what a terminal,
+        which reads no wallet, is shown)."""
+        if not wallet_state:
+            purchase = purchase.model_copy(update={"wallet_id": NO_WALLET})
         events: list[Event] = [("quote", purchase)]
         catalog = self._catalog
         if catalog is not None:
@@ -722,6 +729,11 @@ class Ledger:
 def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:
     ids = catalog.campaign_ids
     return (ids.index(campaign_id), "") if campaign_id in ids else (len(ids), campaign_id)
+
+
+# The wallet of a quote rated without any wallet's state: no stored wallet has it (a wallet id
+# is never empty, `engine.limits.ID_PATTERN`), so no usage, lot or debt row is read for it.
+NO_WALLET = ""
 
 
 class PostingWriter:

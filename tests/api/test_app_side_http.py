@@ -153,6 +153,24 @@ def test_a_quote_shows_the_cap_that_bites_and_a_pending_credit(app_ward: Ward) -
     ]
 
 
+def test_a_terminals_quote_tells_nothing_of_the_wallet(app_ward: Ward) -> None:
+    """A terminal reads no wallet: its quote is rated as for a wallet without history, so a wallet
+    that has earned most of its monthly cap and one never seen get the same answer; the app's
+    quote applies the wallet's own earnings."""
+    seen, unseen = "W_QSEEN_" + uuid.uuid4().hex[:8], "W_QNEW_" + uuid.uuid4().hex[:8]
+    app_ward.buy("T_CONV", seen, 30_000)  # C_POINTBACK at 10%: 3,000 of the 5,000 a month
+    terminal = app_ward.terminal("T_CONV")
+
+    def pointback(client, wallet: str) -> tuple[int, str | None, bool]:
+        answer = _quote(client, purchase("T_CONV", wallet, 30_000)).json()
+        award = {a["campaign_id"]: a for a in answer["awards"]}["C_POINTBACK"]
+        return award["points"], award["capped_by"], answer["wallet_caps_applied"]
+
+    assert pointback(app_ward.app_client, seen) == (2_000, "wallet_cap", True)
+    assert pointback(app_ward.app_client, unseen) == (3_000, None, True)
+    assert pointback(terminal, seen) == pointback(terminal, unseen) == (3_000, None, False)
+
+
 def test_quote_declines_and_scope(app_ward: Ward) -> None:
     w = "W_QDECL_" + uuid.uuid4().hex[:8]
     r = _quote(app_ward.app_client, purchase("T_SHOTEN_1", w, 1000, points_used=10))
