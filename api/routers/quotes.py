@@ -72,12 +72,13 @@ async def post_quote(
     would answer whether the wallet holds that many) and is rated as if the wallet had no
     history, so per-wallet caps bite as for a first purchase (`wallet_caps_applied` false)
     whatever the wallet has earned; the app's quotes apply the wallet's own state."""
-    if p.role == "terminal" and body.terminal_id != p.terminal_id:
-        raise EngineError("forbidden", "a terminal key quotes only for its own terminal")
-    if p.role == "terminal" and body.points_used:
-        raise EngineError("forbidden", "a terminal quotes earning only (points_used 0); the app quotes redemptions")
-    now = services.clock.now_us()
     wallet_state = p.role != "terminal"
+    if not wallet_state:
+        if body.terminal_id != p.terminal_id:
+            raise EngineError("forbidden", "a terminal key quotes only for its own terminal")
+        if body.points_used:
+            raise EngineError("forbidden", "a terminal quotes earning only (points_used 0); the app quotes redemptions")
+    now = services.clock.now_us()
     outcome, catalog = await run_in_threadpool(services.ledger.quote, body, wallet_state)
     terminal_merchant = catalog.merchant_by_terminal.get(body.terminal_id)
     if terminal_merchant != body.merchant_id:

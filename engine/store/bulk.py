@@ -151,27 +151,42 @@ class ReadBatch:
             for read in reads:
                 read.rows = [tuple(r) for sql, params in read.sqlite for r in connection.exec_driver_sql(sql, params)]
             return
-        if not (reads or settings or closings):
-            return
-        raw = _raw(self.session)
-        if len(reads) == 1 and not (settings or closings):  # one statement: no pipeline needed
-            with raw.cursor() as cursor:
-                cursor.execute(*reads[0].pg)  # type: ignore[misc]
-                reads[0].rows = cursor.fetchall()
-            return
-        cursors = []
-        with raw.pipeline():  # one round trip for all of them
-            for sql in settings:
-                raw.execute(sql)
-            for read in reads:
-                cursor = raw.cursor()
-                cursor.execute(*read.pg)  # type: ignore[misc]
-                cursors.append(cursor)
-            for sql in closings:
-                raw.execute(sql)
-        for read, cursor in zip(reads, cursors):
-            read.rows = cursor.fetchall()
-            cursor.close()
+        if reads or settings or closings:  # nothing to send: not even the connection
+            found = pipelined(_raw(self.session), [r.pg for r in reads], settings, closings)  # type: ignore[misc]
+            for read, rows in zip(reads, found):
+                read.rows = rows
+
+
+def pipelined(
+    raw: psycopg.Connection[tuple[Any, ...]],
+    reads: Sequence[tuple[str, Sequence[Any]]],
+    before: Sequence[str] = (),
+    after: Sequence[str] = (),
+) -> list[list[tuple[Any, ...]]]:
+    """Each of `reads` (statement, parameters) run on PostgreSQL in one round trip, its rows;
+    `before` and `after`, statements without rows (`SET …`, `BEGIN …`, `ROLLBACK`), around
+    them in the same pipeline. A lone read goes without a pipeline; nothing, without a round trip."""
+    if not (reads or before or after):
+        return []
+    if len(reads) == 1 and not (before or after):
+        with raw.cursor() as cursor:
+            cursor.execute(*reads[0])
+            return [cursor.fetchall()]
+    cursors = []
+    with raw.pipeline():  # their results come back together when the pipeline ends
+        for sql in before:
+            raw.execute(sql)
+        for sql, params in reads:
+            cursor = raw.cursor()
+            cursor.execute(sql, params)
+            cursors.append(cursor)
+        for sql in after:
+            raw.execute(sql)
+    found = []
+    for cursor in cursors:
+        found.append(cursor.fetchall())
+        cursor.close()
+    return found
 
 
 # SQLite's limit on the parameters of one statement (SQLITE_MAX_VARIABLE_NUMBER is 32,766 since 3.32).

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import limits
-from engine.store import db
+from engine.store import bulk, db
 from engine.store.db import psycopg_connection
 from engine.store.models import AccountRow, AwardRow, GrantRow, PaymentRow, PointLotRow, RedemptionLegRow
 from engine.timeutil import format_instant
@@ -136,12 +136,9 @@ class _Postgres:
 
     def around(self, keys: dict[str, set[str]]) -> _Around:
         wanted = [kind for kind, values in keys.items() if values]
-        if not wanted:
-            return _arrange({kind: [] for kind in keys})
-        # Every kind at once: their results come back together when the pipeline ends.
-        with self.raw.pipeline():
-            cursors = {kind: self.raw.execute(_PG_AROUND[kind], [sorted(keys[kind])]) for kind in wanted}
-        return _arrange({kind: cursors[kind].fetchall() if kind in cursors else [] for kind in keys})
+        # Every kind at once: one round trip.
+        found = dict(zip(wanted, bulk.pipelined(self.raw, [(_PG_AROUND[k], [sorted(keys[k])]) for k in wanted])))
+        return _arrange({kind: found.get(kind, []) for kind in keys})
 
 
 class _Sqlite:
