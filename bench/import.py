@@ -108,6 +108,7 @@ def main() -> int:
     parser.add_argument("--group", type=int, default=1_000)
     parser.add_argument("--profile", action="store_true", help="run under cProfile and print where the time goes")
     parser.add_argument("--database", default="setapay_bench_import")
+    parser.add_argument("--no-pipeline", action="store_true", help="decide and write each group in turn")
     args = parser.parse_args()
 
     from engine import collector
@@ -134,7 +135,9 @@ def main() -> int:
 
                 profiler = cProfile.Profile()
                 started = time.perf_counter()
-                report = profiler.runcall(import_history, ledger, lines, errors, group=args.group)
+                report = profiler.runcall(
+                    import_history, ledger, lines, errors, group=args.group, pipelined=not args.no_pipeline
+                )
                 seconds = time.perf_counter() - started
                 stats = pstats.Stats(profiler)
                 total = stats.total_tt  # type: ignore[attr-defined]
@@ -151,7 +154,7 @@ def main() -> int:
                 stats.sort_stats("cumulative").print_stats(25)
             else:
                 started = time.perf_counter()
-                report = import_history(ledger, lines, errors, group=args.group)
+                report = import_history(ledger, lines, errors, group=args.group, pipelined=not args.no_pipeline)
                 seconds = time.perf_counter() - started
         engine.dispose()
     summary = report.summary()

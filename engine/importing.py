@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
@@ -82,6 +83,14 @@ class LineError:
     payment_id: str
     code: str
     message: str
+
+
+def imported_payment_id(source: str, app_payment_id: str) -> str:
+    """The ledger's id of the payment the app knows as `app_payment_id` (imported from `source`):
+    derived, not drawn, so the importer knows a purchase's id before its group commits (a refund
+    of it in the next group refers to it) and a group decided again gets the same ids. Shaped as
+    the ledger's random ids ("tx_" and 24 hex digits) and, being a hash, as telling of volumes."""
+    return "tx_" + hashlib.sha256(f"{source}\x00{app_payment_id}".encode()).hexdigest()[:24]
 
 
 def _int(name: str, value: str, default: int | None = None) -> int:

@@ -4,7 +4,7 @@ Writers hand the `Event`s that `engine/events.py` decided to one of two calls, i
 unit of work (every one holds the sequencer lock from the insert to the commit, which is what
 makes `event.id` the commit order the feed pages by):
 
-- `queue_group(batch, ...)`: the money path's, from `Ledger._post_group`: clawbacks of the
+- `queue_group(batch, ...)`: the money path's, from `Ledger._decide_group`: clawbacks of the
   refunds it accepted and the budget thresholds its meters crossed, queued into the group's
   `bulk.WriteBatch` so they go out with the rest of its writes;
 - `record(session, events, at_us)`: everyone else's (crediting, expiry and its warnings, grants,

@@ -25,9 +25,18 @@ metered exactly as a live one, with three differences a past instant needs:
 Each payment carries the receipt (app = `source`, jti = the app's payment id,
 original_jti = the original's app payment id for a refund), and the ledger holds
 (app, jti) unique: a payment id is imported once. Every group commits alone, so
-a killed import re-run skips what is there (`already`) and continues. A refund's
-original is looked up by its receipt; one whose original is in the group being
-built cuts the group first (the original must be committed to be refunded).
+a killed import re-run skips what is there (`already`) and continues. An imported
+payment's id is derived from the app's (`engine.importing.imported_payment_id`), so
+a refund refers to its original by that id without waiting for the original's group
+to commit (or by its stored id when it was imported before); a refund whose original
+is in the group being built cuts the group first (the original must be posted
+before it is refunded), and one whose original was declined or never imported is
+declined by the ledger as `original_not_found`, reported as `unknown_original`.
+
+Groups go through a `PostingPipeline` (`engine.store.pipeline`, PostgreSQL): the
+next group is rated and posted in memory while the last one's rows are written,
+and each group's results are taken in, in order, once it has committed; bad lines
+are written to the error report in line order.
 
 Bad lines import nothing and are reported one per line (line, payment_id, code,
 message): the reader's codes, `out_of_order`, `unknown_original`,
@@ -41,22 +50,25 @@ import bisect
 import csv
 import dataclasses
 import hashlib
+import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from typing import TextIO
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine.clock import ManualClock
-from engine.importing import Line, LineError, Reader
+from engine.importing import Line, LineError, Reader, imported_payment_id
 from engine.model import Refund
 from engine.rating import build_catalog
 from engine.receipts import Receipt
 from engine.store import bulk, lifecycle
-from engine.store.ledger import CatalogSnapshot, Ledger, Submission
+from engine.store.ledger import CatalogSnapshot, Ledger, Result, Submission
 from engine.store.models import PaymentRow, PostingRow, TerminalRow
+from engine.store.pipeline import PostingPipeline
 from engine.store.rerate import load_versions
 from engine.timeutil import S_PER_DAY, TOKYO_OFFSET_S, US_PER_S, format_instant, tokyo_day_key
 
@@ -74,6 +86,7 @@ class ImportReport:
     already: int = 0  # imported before (an earlier run, or a killed one)
     errors: int = 0
     groups: int = 0
+    redecided: int = 0  # groups decided again under the lock (`engine.store.pipeline`)
     seconds: float = 0.0
     codes: Counter[str] = dataclasses.field(default_factory=Counter)
 
@@ -85,6 +98,7 @@ class ImportReport:
             "errors": self.errors,
             "error_codes": dict(sorted(self.codes.items())),
             "groups": self.groups,
+            "groups_decided_again": self.redecided,
             "seconds": round(self.seconds, 3),
         }
 
@@ -97,6 +111,7 @@ class _Importer:
         group: int,
         errors: TextIO,
         progress: Callable[[int], object] | None,
+        pipelined: bool = True,
     ) -> None:
         self.ledger = ledger
         self.source = source
@@ -123,14 +138,31 @@ class _Importer:
         self.history_clock = ManualClock(self.floor_us)
         self.history = Ledger(ledger.engine, self.history_clock)
         self.day: int | None = None  # the Tokyo day whose runs are done
-        self.posted: dict[str, str] = {}  # app id -> payment id of the purchases the current chunk posted
+        self.pipeline = PostingPipeline(ledger, enabled=pipelined)
+        self.pending: list[tuple[list[tuple[Line, Submission]], Future[list[Result]]]] = []  # results not taken in
+        self.errors: list[tuple[int, str, str, str]] = []  # reported lines not written yet (written in line order)
 
     # -- reporting --
 
     def error(self, line: int, payment_id: str, code: str, message: str) -> None:
         self.report.errors += 1
         self.report.codes[code] += 1
-        self.writer.writerow((line, payment_id, code, message))
+        heapq.heappush(self.errors, (line, payment_id, code, message))
+
+    def unknown_original(self, x: Line) -> None:
+        self.error(
+            x.line,
+            x.payment_id,
+            "unknown_original",
+            f"no imported purchase {x.original_payment_id!r} (it must come on an earlier line and be imported, "
+            "or be imported before)",
+        )
+
+    def write_errors(self) -> None:
+        """Write the reported lines before the first line of a group still being posted."""
+        bound = self.pending[0][0][0][0].line if self.pending else None
+        while self.errors and (bound is None or self.errors[0][0] < bound):
+            self.writer.writerow(heapq.heappop(self.errors))
 
     # -- configuration in force --
 
@@ -154,13 +186,16 @@ class _Importer:
     def run(self, lines: Iterable[str]) -> ImportReport:
         started = time.perf_counter()
         chunk: list[Line | LineError] = []
-        for item in Reader(self.now_us).read(lines):
-            chunk.append(item)
-            if len(chunk) >= self.group_max:
+        with self.pipeline:
+            for item in Reader(self.now_us).read(lines):
+                chunk.append(item)
+                if len(chunk) >= self.group_max:
+                    self.chunk(chunk)
+                    chunk = []
+            if chunk:
                 self.chunk(chunk)
-                chunk = []
-        if chunk:
-            self.chunk(chunk)
+            self.take_in(wait=True)
+        self.report.redecided = self.pipeline.redecided
         self.report.seconds = time.perf_counter() - started
         return self.report
 
@@ -182,7 +217,6 @@ class _Importer:
         lines = [x for x in items if isinstance(x, Line)]
         wanted = {x.payment_id for x in lines} | {o for x in lines if (o := x.original_payment_id) is not None}
         stored = self._stored(wanted)
-        self.posted = {}  # earlier chunks' purchases are committed: `stored` finds them
         group: list[tuple[Line, Submission]] = []
         in_group: set[str] = set()
         group_era = 0
@@ -208,20 +242,17 @@ class _Importer:
                 if original_app_id in in_group:  # its original must be committed first
                     self.post(group, group_era)
                     group, in_group = [], set()
-                found = self.posted.get(original_app_id)
-                if found is None and (s := stored.get(original_app_id)) is not None and s[1] == "purchase":
-                    found = s[0]
-                if found is None:
-                    self.error(
-                        x.line,
-                        x.payment_id,
-                        "unknown_original",
-                        f"no imported purchase {original_app_id!r} (it must come on an earlier line, or be "
-                        "imported before)",
-                    )
-                    continue
+                # Imported before (its id as stored), else by this run if its line was accepted: the
+                # ledger finds no such purchase otherwise (reported as `unknown_original`).
+                found = stored.get(original_app_id)
                 assert isinstance(body, Refund)
-                body = body.model_copy(update={"original_id": found})
+                body = body.model_copy(
+                    update={
+                        "original_id": found[0]
+                        if found is not None and found[1] == "purchase"
+                        else imported_payment_id(self.source, original_app_id)
+                    }
+                )
             era = self.era(x.occurred_at_us)
             day = tokyo_day_key(x.occurred_at_us)
             if group and (era != group_era or len(group) >= self.group_max or day != self.day):
@@ -240,12 +271,14 @@ class _Importer:
                         body,
                         canonical,
                         receipt=Receipt(self.source, x.payment_id, original_app_id),
+                        payment_id=imported_payment_id(self.source, x.payment_id),
                     ),
                 )
             )
             in_group.add(x.payment_id)
             group_era = era
         self.post(group, group_era)
+        self.take_in(wait=False)
         if self.progress is not None:
             self.progress(len(items))
 
@@ -253,6 +286,7 @@ class _Importer:
         """The crediting and expiry runs of Tokyo day `day`, as of its start (00:00 JST)."""
         start = (day * S_PER_DAY - TOKYO_OFFSET_S) * US_PER_S
         if start >= self.floor_us:
+            self.take_in(wait=True)  # the runs post what the groups before them committed
             self.history_clock.set(start)
             catalog = self.catalog(self.era(start))  # lots get the validity in force then
             lifecycle.credit_due(self.history, start, catalog=catalog)
@@ -264,23 +298,31 @@ class _Importer:
         if not group:
             return
         accepted_at = max(self.floor_us, *(x.occurred_at_us for x, _ in group))
-        results = self.ledger.submit(
+        results = self.pipeline.submit(
             [s for _, s in group], accepted_at_us=accepted_at, catalog=self.catalog(era), remember_declines=False
         )
+        self.pending.append((group, results))
         self.report.groups += 1
-        for (x, _), r in zip(group, results):
-            if r.status == 201:
-                if r.replayed:
-                    self.report.already += 1
-                else:
-                    self.report.imported += 1
-                if x.body.type == "purchase":
-                    self.posted[x.payment_id] = r.body["id"]
-            else:
-                code = str(r.body.get("code", "declined"))
-                self.error(x.line, x.payment_id, code, str(r.body.get("detail") or r.body.get("title") or code))
         self.floor_us = max(self.floor_us, accepted_at)
         self.rows_floor_us = max(self.rows_floor_us, *(x.occurred_at_us for x, _ in group))
+
+    def take_in(self, wait: bool) -> None:
+        """Take in the results of the groups posted, in order: every one with `wait`, else those
+        committed already."""
+        while self.pending and (wait or self.pending[0][1].done()):
+            group, results = self.pending.pop(0)
+            for (x, _), r in zip(group, results.result()):
+                if r.status == 201:
+                    if r.replayed:
+                        self.report.already += 1
+                    else:
+                        self.report.imported += 1
+                elif r.body.get("code") == "original_not_found":  # its original's line was declined
+                    self.unknown_original(x)
+                else:
+                    code = str(r.body.get("code", "declined"))
+                    self.error(x.line, x.payment_id, code, str(r.body.get("detail") or r.body.get("title") or code))
+        self.write_errors()
 
 
 def import_history(
@@ -291,10 +333,11 @@ def import_history(
     source: str = DEFAULT_SOURCE,
     group: int = DEFAULT_GROUP,
     progress: Callable[[int], object] | None = None,
+    pipelined: bool = True,
 ) -> ImportReport:
     """Import the lines of a history file (header first); bad lines go to `errors` as CSV
     (line, payment_id, code, message). Raises `engine.importing.HeaderError` on a bad header.
 
     Run it before the ledger takes live traffic from the same period (or with the API
     stopped): imported payments are stamped at their own instants."""
-    return _Importer(ledger, source, group, errors, progress).run(lines)
+    return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)

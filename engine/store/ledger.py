@@ -29,7 +29,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -90,6 +90,7 @@ class Submission:
     request_json: str
     merchant_id: str | None = None  # the terminal's merchant, resolved under the lock
     receipt: Receipt | None = None  # the payment app's verified receipt (the API requires one)
+    payment_id: str | None = None  # the id it gets if accepted (the import's are derived); else a new random one
 
     @property
     def receipt_key(self) -> tuple[str, str] | None:
@@ -198,6 +199,70 @@ class _Chain:
     posting_hash: str
     payment_sequence: int
     payment_hash: str
+
+
+@dataclasses.dataclass
+class GroupEffects:
+    """What a decided group changes that the next group's decisions read: the final values of
+    the wallet-window usage it loaded and of every budget meter, the books of its wallets, the
+    answers it remembers, the receipts its payments carry, and its purchases and the originals
+    it refunded as a refund of them reads them. The posting pipeline lays them over a snapshot
+    that does not see the group yet."""
+
+    usage: dict[tuple[str, str, int], int] = dataclasses.field(default_factory=dict)
+    spend: dict[str, int] = dataclasses.field(default_factory=dict)
+    books: dict[str, WalletBook] = dataclasses.field(default_factory=dict)
+    remembered: dict[tuple[str, str], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
+    receipts: set[tuple[str, str]] = dataclasses.field(default_factory=set)
+    originals: dict[str, Row] = dataclasses.field(default_factory=dict)  # as `Ledger._load_originals` reads them
+
+    def lay_over(self, state: RatingState, books: dict[str, WalletBook], usage_keys: set[tuple[str, str, int]]) -> None:
+        """Make `state` and `books`, read before this group committed, what they are after it.
+
+        Values are absolute, so laying them over a snapshot that already sees the group
+        changes nothing. A book keeps the lots read (the lots this group did not touch) and
+        takes this group's version of every lot it holds (touched, added, or read with it) and
+        its debts, which every book holds in full; the lots are copies, saved only if changed
+        again."""
+        for key in usage_keys & self.usage.keys():
+            state.usage[key] = self.usage[key]
+        state.spend.update(self.spend)
+        for wallet_id in books.keys() & self.books.keys():
+            lots = dict(books[wallet_id].lots)
+            before = self.books[wallet_id]
+            for lot in before.lots.values():
+                lots[lot.id] = dataclasses.replace(lot, new=False, dirty=False)
+            books[wallet_id] = WalletBook(wallet_id, list(lots.values()), dict(before.debts))
+
+
+Head = tuple[int, str, int, str, int]  # posting sequence and hash, payment sequence and hash, catalog version
+
+
+def _head_of(row: LedgerHead) -> Head:
+    return (
+        row.last_posting_sequence,
+        row.last_hash,
+        row.last_payment_sequence,
+        row.last_payment_hash,
+        row.catalog_version,
+    )
+
+
+@dataclasses.dataclass(eq=False)
+class DecidedGroup:
+    """A group decided ahead, outside the lock (`Ledger.decide_ahead`), waiting to be written
+    (`Ledger.write_decided`): its results, its rows, the head it is chained after and the
+    head once written, its effects, and the group it was decided over (if any)."""
+
+    submissions: list[Submission]
+    options: dict[str, Any]  # `Ledger.submit`'s keyword arguments, to decide it again under the lock
+    results: list[Result]
+    batch: bulk.WriteBatch
+    base: Head
+    end: Head
+    effects: GroupEffects
+    after: DecidedGroup | None  # decided over this group's effects (it was not written yet)
+    written: bool = False  # written exactly as decided
 
 
 @dataclasses.dataclass(frozen=True)
@@ -403,10 +468,14 @@ class Ledger:
             for i, result in zip(todo, self._submit_one(group, accepted_at_us, catalog, remember_declines)):
                 results[i] = result
             todo = [i for i in todo if results[i] is None]
-        for result in results:
-            if result is not None and result.status >= 400 and not result.replayed:
-                metrics.DECLINES.labels(code=str(result.body.get("code"))).inc()
+        self.count_declines(results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
+
+    @staticmethod
+    def count_declines(results: list[Result]) -> None:
+        for result in results:
+            if result.status >= 400 and not result.replayed:
+                metrics.DECLINES.labels(code=str(result.body.get("code"))).inc()
 
     def _submit_one(
         self,
@@ -426,17 +495,25 @@ class Ledger:
                     rows = [remembered[(s.terminal_id, s.idempotency_key)] for s in submissions]
                     return [replay_answer(r[2], r[3], r[4], s.request_hash) for r, s in zip(rows, submissions)]
             with self._locked(session, catalog) as unit:
-                return self._post_group(unit, submissions, keys, accepted_at_us, remember_declines)
+                results, batch, _ = self._decide_group(unit, submissions, keys, accepted_at_us, remember_declines)
+                batch.send()
+                return results
 
-    def _post_group(
+    def _decide_group(
         self,
         unit: UnitOfWork,
         submissions: list[Submission],
         keys: set[tuple[str, str]],
         accepted_at_us: int | None = None,
         remember_declines: bool = True,
-    ) -> list[Result | None]:
-        """`_submit_one` under the sequencer lock."""
+        overlay: GroupEffects | None = None,
+    ) -> tuple[list[Result | None], bulk.WriteBatch, GroupEffects]:
+        """`_submit_one` inside `unit`: each submission's result, the batch of rows that posts
+        them (queued, not sent on PostgreSQL) and what the group leaves behind.
+
+        Under the sequencer lock, `unit` reads the state as it stands. The posting pipeline
+        (`engine.store.pipeline`) also decides a group in a read-only snapshot that may not see
+        the group before it yet: `overlay` is that group's effects, laid over what is read."""
         session = unit.session
         catalog = unit.catalog.rating
         terminals = unit.catalog.merchant_by_terminal
@@ -445,6 +522,8 @@ class Ledger:
         # 1. Remembered keys answer first (looked up again under the lock); a key twice
         # in one group answers like a retry.
         remembered = self._remembered(session, keys)
+        if overlay is not None:
+            remembered.update((k, overlay.remembered[k]) for k in keys & overlay.remembered.keys())
         first_in_group: dict[tuple[str, str], int] = {}
         fresh: list[int] = []
         for i, s in enumerate(submissions):
@@ -459,12 +538,14 @@ class Ledger:
                 fresh.append(i)
 
         # 2. References the rating kernel cannot see: originals and their merchant.
-        originals = self._load_originals(
-            session, {body.original_id for body in (submissions[i].body for i in fresh) if body.type == "refund"}
-        )
-        used_receipts = self._used_receipts(
-            session, {receipt for i in fresh if (receipt := submissions[i].receipt_key) is not None}
-        )
+        original_ids = {body.original_id for body in (submissions[i].body for i in fresh) if body.type == "refund"}
+        originals = self._load_originals(session, original_ids - (overlay.originals.keys() if overlay else set()))
+        if overlay is not None:
+            originals.update((oid, overlay.originals[oid]) for oid in original_ids & overlay.originals.keys())
+        receipt_keys = {receipt for i in fresh if (receipt := submissions[i].receipt_key) is not None}
+        used_receipts = self._used_receipts(session, receipt_keys)
+        if overlay is not None:
+            used_receipts |= receipt_keys & overlay.receipts
         claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
         deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
         events: list[Event] = []
@@ -500,13 +581,14 @@ class Ledger:
                     deferred[i] = claimed[s.receipt_key]
                     continue
                 claimed[s.receipt_key] = i
-            payment_ids[i] = self.new_payment_id()
+            payment_ids[i] = s.payment_id or self.new_payment_id()
             events.append((payment_ids[i], s.body))
 
         accepted_at = self.clock.now_us() if accepted_at_us is None else accepted_at_us
         answer_json: dict[str, str]  # payment id -> its answer, serialised once for its payment row
+        effects = GroupEffects()
         if events:
-            state, books = self._load_state(session, catalog, events, originals)
+            state, books = self._load_state(session, catalog, events, originals, overlay=overlay)
             usage_before, spend_before = dict(state.usage), dict(state.spend)
             pending_before = {
                 (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
@@ -548,6 +630,8 @@ class Ledger:
             batch = writer.flush(state, usage_before, spend_before, send=False)
             answer_json = writer.answers_json
             outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at)
+            effects.usage, effects.spend, effects.books = state.usage, state.spend, writer.books
+            effects.originals = writer.as_originals(originals)
         else:
             batch = bulk.WriteBatch(session)
             answer_json = {}
@@ -584,9 +668,84 @@ class Ledger:
                     created_at_us=accepted_at,
                 )
             )
+            kept = remember[-1]
+            effects.remembered[key] = (*key, kept["request_hash"], kept["response_status"], kept["response_json"])
         batch.insert(IdempotencyRow.__table__, remember)
-        batch.send()
-        return results
+        for i, r in enumerate(results):
+            if r is not None and r.status == 201 and not r.replayed and submissions[i].receipt_key is not None:
+                effects.receipts.add(submissions[i].receipt_key)  # type: ignore[arg-type]
+        return results, batch, effects
+
+    # -- deciding ahead (the posting pipeline, `engine.store.pipeline`) ------
+
+    def decide_ahead(
+        self,
+        submissions: list[Submission],
+        *,
+        accepted_at_us: int,
+        catalog: CatalogSnapshot | None = None,
+        remember_declines: bool = True,
+        after: DecidedGroup | None = None,
+    ) -> DecidedGroup | None:
+        """Decide a group as `submit` would, without the lock and without writing: in a
+        `REPEATABLE READ, READ ONLY` snapshot (PostgreSQL) that reads the head with the state.
+        With `after`, a group decided before and perhaps not written yet: when the snapshot
+        does not see it, its effects are laid over what is read and this group is chained after
+        it. None when the group must be decided under the lock instead (another writer moved
+        the head past `after`, or a receipt is used twice in the group: two rounds)."""
+        options: dict[str, Any] = dict(
+            accepted_at_us=accepted_at_us, catalog=catalog, remember_declines=remember_declines
+        )
+        with Session(self._reader) as session:
+            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+            head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
+            seen = _head_of(head)
+            overlay: GroupEffects | None = None
+            if after is None or seen == after.end:
+                base, after = seen, None  # nothing in flight, or the snapshot sees it written
+            elif seen == after.base:
+                base, overlay = after.end, after.effects
+            else:
+                return None
+            session.expunge(head)
+            provisional = LedgerHead(
+                id=1,
+                last_posting_sequence=base[0],
+                last_hash=base[1],
+                last_payment_sequence=base[2],
+                last_payment_hash=base[3],
+                catalog_version=base[4],
+            )
+            unit = UnitOfWork(session, provisional, self)
+            if catalog is not None:
+                unit._catalog = catalog
+            keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
+            results, batch, effects = self._decide_group(
+                unit, submissions, keys, accepted_at_us, remember_declines, overlay
+            )
+            session.rollback()
+        if any(r is None for r in results):
+            return None
+        unit._check_flushed()
+        chain = unit._chain
+        end = (chain.posting_sequence, chain.posting_hash, chain.payment_sequence, chain.payment_hash, base[4])
+        return DecidedGroup(submissions, options, results, batch, base, end, effects, after)  # type: ignore[arg-type]
+
+    def write_decided(self, decided: DecidedGroup) -> bool:
+        """Write a group decided ahead and commit, if the head under the lock is the one it was
+        chained after and the group it was decided over was written as decided; False (nothing
+        written) else. A unique key refusing a row (a key or receipt taken meanwhile) raises."""
+        with Session(self.engine) as session, session.begin():
+            head = self._lock_head(session)
+            if (decided.after is not None and not decided.after.written) or _head_of(head) != decided.base:
+                return False
+            decided.batch.session = session
+            decided.batch.send()
+            head.last_posting_sequence, head.last_hash = decided.end[0], decided.end[1]
+            head.last_payment_sequence, head.last_payment_hash = decided.end[2], decided.end[3]
+        decided.written = True
+        self.count_declines(decided.results)
+        return True
 
     @staticmethod
     def _remembered(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
@@ -665,9 +824,10 @@ class Ledger:
         events: list[Event],
         originals: dict[str, Row],
         reads: bulk.ReadBatch | None = None,
+        overlay: GroupEffects | None = None,
     ) -> tuple[RatingState, dict[str, WalletBook]]:
         """The rating state and wallet books `events` need, read in one round trip on PostgreSQL
-        (with whatever `reads` already holds)."""
+        (with whatever `reads` already holds), and `overlay`'s laid over them."""
         state = RatingState(balance={})
         usage_keys: set[tuple[str, str, int]] = set()
         wallets: set[str] = set()
@@ -722,6 +882,8 @@ class Ledger:
         for campaign_id, issued_net in spend.rows:
             state.spend[campaign_id] = issued_net
         books = build_books()
+        if overlay is not None:
+            overlay.lay_over(state, books, usage_keys)
         state.balance = {w: books[w].spendable() for w in wallets}
         return state, books
 
@@ -1077,6 +1239,39 @@ class PostingWriter:
         )
         row["hash"] = self._chain.payment_hash = rules.payment_hash(self._chain.payment_hash, row)
         return row
+
+    def as_originals(self, refunded: Mapping[str, Row]) -> dict[str, Row]:
+        """The purchases this writer posted and the originals (`refunded`, as read before) it
+        refunded, as `Ledger._load_originals` reads them once this writer's rows are stored."""
+        out: dict[str, Row] = {}
+        for row in self._payments:
+            if row["type"] == "purchase":
+                out[row["id"]] = dict(
+                    merchant_id=row["merchant_id"],
+                    wallet_id=row["wallet_id"],
+                    amount=row["amount"],
+                    points_used=row["points_used"],
+                    refunded=0,
+                    receipt_app_id=row["receipt_app_id"],
+                    receipt_jti=row["receipt_jti"],
+                    awards={},
+                    redemption_legs=[],
+                )
+        for pid, cid, version, _, points, pending, _, _, window, _ in self._awards:
+            out[pid]["awards"][cid] = AwardState(cid, version, points, pending, window)
+        for leg in sorted(self._redemption_legs, key=lambda leg: (leg["payment_id"], leg["position"])):
+            out[leg["payment_id"]]["redemption_legs"].append((leg["lot_id"], leg["points"]))
+        for oid, amount in self._refunded_updates.items():
+            before = refunded[oid]
+            awards = {
+                cid: AwardState(cid, a.campaign_version, a.points, a.pending, a.window_key)
+                for cid, a in before["awards"].items()
+            }
+            out[oid] = {**before, "refunded": amount, "awards": awards}
+        for u in self._award_updates:  # in order: the last one of an award is its final state
+            awards = out[u["p_id"]]["awards"]
+            awards[u["c_id"]] = dataclasses.replace(awards[u["c_id"]], pending=u["pending"])
+        return out
 
     def _answer_json(self, pid: str, response: Row) -> str:
         self.answers_json[pid] = json.dumps(response, ensure_ascii=False)

@@ -1,0 +1,122 @@
+"""The posting pipeline: the next group decided while the last one is written (PostgreSQL).
+
+`Ledger.submit` decides a group and writes it under the sequencer lock, so the process's
+Python work and PostgreSQL's take turns: while the database takes a group's rows, the
+process waits, and while the process rates and posts, the database idles. A caller that
+posts many groups one after the other (the history import) can overlap the two with a
+`PostingPipeline`: `submit` decides a group at once in the calling thread and hands its
+rows to one writer thread, which sends them and commits while the caller decides the next.
+
+Deciding happens without the lock, optimistically (`Ledger.decide_ahead`, `Ledger.write_decided`;
+this module only schedules):
+
+- a group is decided in a `REPEATABLE READ, READ ONLY` snapshot that reads the head with
+  the state; while the group before it is still being written, the snapshot may not see it,
+  so that group's effects (`GroupEffects`: final usage, budget meters, wallet books,
+  remembered answers, used receipts) are laid over what the snapshot reads, and the group is
+  chained after that group's end. At most one group is in flight while the next is decided;
+- the writer takes the sequencer lock and checks that the head is exactly the one the group
+  was chained after (both chains' sequences and hashes, and the catalog version) and that the
+  group before it was written as decided. Only then does it send the rows, move the head and
+  commit. Payment ids are random, so equal hashes mean the chain is this process's own;
+- when a check fails or the write fails (another writer came between, a remembered key or a
+  receipt taken meanwhile, which the database's unique keys refuse), the group is decided
+  again under the lock by `Ledger.submit`, as if there were no pipeline; the group after it
+  then fails its own check and goes the same way.
+
+So every group is either written exactly as `Ledger.submit` would have decided it at that
+point of the chain or decided again by it: caps, budgets, the gapless sequences and the
+chains stay exact, and nothing is answered before its commit. A refund of a payment the
+group in flight posted or refunded waits for that group's commit (its original must be
+read as stored), and so does a group whose receipts must be decided in two rounds. Only
+PostgreSQL queues a group's rows until they are sent; on SQLite `submit` posts synchronously.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+from engine.store.ledger import CatalogSnapshot, DecidedGroup, Ledger, Result, Submission
+
+log = logging.getLogger(__name__)
+
+
+class PostingPipeline:
+    """Posts groups through `Ledger`'s money path with deciding and writing overlapped; see the
+    module's description. One caller thread at a time; `close()` (or the `with` block's end)
+    waits for every group in flight."""
+
+    def __init__(self, ledger: Ledger, enabled: bool = True) -> None:
+        self.ledger = ledger
+        self.enabled = enabled and ledger.engine.dialect.name == "postgresql"  # else `submit` posts at once
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="posting-writer")
+        self._flight: list[tuple[DecidedGroup, Future[list[Result]]]] = []
+        self.redecided = 0  # groups whose write found the head moved and were decided again
+        self.overlaid = 0  # groups decided over the one before them, not yet written
+
+    def __enter__(self) -> PostingPipeline:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.drain()
+        self._writer.shutdown()
+
+    def drain(self) -> None:
+        """Wait until every group submitted is written (its future resolved, with an error too)."""
+        for _, future in self._flight:
+            future.exception()
+        self._flight.clear()
+
+    def submit(
+        self,
+        submissions: list[Submission],
+        *,
+        accepted_at_us: int,
+        catalog: CatalogSnapshot | None = None,
+        remember_declines: bool = True,
+    ) -> Future[list[Result]]:
+        """`Ledger.submit(submissions, ...)` whose results arrive once the group is committed;
+        the group is decided before this returns, the write goes on in the writer thread.
+
+        The acceptance instant is the caller's (the history import stamps each group with its
+        payments' own instants): the clock's now would be read outside the lock, and a
+        settlement run relies on every posting committed after it carrying a later stamp."""
+        options: dict[str, Any] = dict(
+            accepted_at_us=accepted_at_us, catalog=catalog, remember_declines=remember_declines
+        )
+        while len(self._flight) > 1:  # at most one group in flight while this one is decided
+            self._flight.pop(0)[1].exception()
+        last = self._flight[-1][0] if self._flight and not self._flight[-1][1].done() else None
+        decided = self.ledger.decide_ahead(submissions, after=last, **options) if self.enabled else None
+        if decided is None:
+            self.drain()
+            future: Future[list[Result]] = Future()
+            try:
+                future.set_result(self.ledger.submit(submissions, **options))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+        if decided.after is not None:
+            self.overlaid += 1
+        future = self._dispatch(decided)
+        self._flight.append((decided, future))
+        return future
+
+    def _dispatch(self, decided: DecidedGroup) -> Future[list[Result]]:
+        """Hand a decided group to the writer thread."""
+        return self._writer.submit(self._write, decided)
+
+    def _write(self, decided: DecidedGroup) -> list[Result]:
+        try:
+            if self.ledger.write_decided(decided):
+                return decided.results
+        except Exception as failure:  # refused by a unique key (or the database is gone: raised again below)
+            log.info("a pipelined group of %d is decided again: %s", len(decided.submissions), type(failure).__name__)
+        # Decided against a state that moved: decide it again under the lock.
+        self.redecided += 1
+        return self.ledger.submit(decided.submissions, **decided.options)

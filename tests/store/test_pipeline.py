@@ -1,0 +1,282 @@
+"""The posting pipeline (`engine/store/pipeline.py`): groups decided in a snapshot while the group
+before them is still being written leave exactly the ledger that deciding each under the lock
+leaves (`Ledger.submit`), row for row and hash for hash; a group whose head moved meanwhile is
+decided again; the history import with the pipeline equals the import without it.
+
+Payment ids are given (as the import derives them), so the two ledgers can be compared whole.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import random
+from concurrent.futures import Future
+
+from sqlalchemy import text
+
+from engine.model import Purchase, Refund
+from engine.receipts import Receipt
+from engine.store import queries, rerate
+from engine.store.importer import import_history
+from engine.store.ledger import DecidedGroup, Result, Submission
+from engine.store.pipeline import PostingPipeline
+from engine.timeutil import TOKYO, to_us
+from tests.lifecycle.support import Books, campaign
+
+START = dt.datetime(2026, 1, 5, 9, tzinfo=TOKYO)
+NOW = dt.datetime(2026, 3, 1, 9, tzinfo=TOKYO)
+CAMPAIGNS = [
+    # Credited at once, capped per wallet and month, on a budget that runs out part-way.
+    campaign("C1", per_wallet_cap=1500, per_wallet_cap_period="month", budget=25_000),
+    # Pending until the dekad's crediting day: refunds claw back pending points.
+    campaign("C2", tiers=[{"match": {}, "rate_bp": 500}], credit={"schedule": "dekad"}, priority=-1),
+]
+# Every table a group writes, with its order.
+TABLES = {
+    "ledger_head": "id",
+    "payment": "sequence",
+    "posting": "sequence",
+    "award": "payment_id, campaign_id",
+    "point_lot": "id",
+    "redemption_leg": "payment_id, position",
+    "wallet_debt": "wallet_id, campaign_id",
+    "account": "id",
+    "wallet_window_usage": "campaign_id, wallet_id, window_key",
+    "campaign": "id",
+    "idempotency_key": "terminal_id, key",
+    "event": "id",
+}
+
+
+class Lagging(PostingPipeline):
+    """Writes each group only once the next one is decided (or on `drain`): every group after
+    the first is decided over the one before it, in a snapshot that does not see it."""
+
+    def __init__(self, ledger) -> None:
+        super().__init__(ledger)
+        self.held: tuple[DecidedGroup, Future[list[Result]]] | None = None
+
+    def _dispatch(self, decided: DecidedGroup) -> Future[list[Result]]:
+        self.write_held()
+        future: Future[list[Result]] = Future()
+        self.held = (decided, future)
+        return future
+
+    def write_held(self) -> None:
+        if self.held is not None:
+            decided, future = self.held
+            self.held = None
+            future.set_result(self._write(decided))
+
+    def drain(self) -> None:
+        self.write_held()
+        super().drain()
+
+
+def payment_id(n: int) -> str:
+    return "tx_" + hashlib.sha256(str(n).encode()).hexdigest()[:24]
+
+
+def traffic(seed: int, n: int) -> list[list[Submission]]:
+    """`n` submissions in groups of 1 to 9 over January: few wallets (every group shares wallets
+    with the one before), redemptions (some beyond the balance), refunds of recent purchases
+    (often in the group before, partial, twice, or beyond the amount), retries of a key, a key
+    reused for another body, and a receipt used again under another key."""
+    rng = random.Random(seed)
+    instant = to_us(dt.datetime(2026, 1, 6, 9, tzinfo=TOKYO))
+    purchases: list[tuple[int, str, str]] = []  # (number, terminal, jti)
+    out: list[Submission] = []
+    for i in range(n):
+        instant += rng.randrange(60, 3 * 3600) * 1_000_000
+        at = dt.datetime.fromtimestamp(instant / 1e6, tz=TOKYO).isoformat()
+        roll = rng.random()
+        if out and roll < 0.04:  # a retry of a recent key, same body
+            out.append(rng.choice(out[-6:]))
+            continue
+        if out and roll < 0.06:  # a recent key with another body, or a recent receipt under a new key
+            earlier = rng.choice(out[-6:])
+            if rng.random() < 0.5:
+                out.append(Submission(earlier.terminal_id, earlier.idempotency_key, "other", earlier.body, "{}"))
+            else:
+                out.append(
+                    Submission(
+                        earlier.terminal_id,
+                        f"k{i}",
+                        earlier.request_hash,
+                        earlier.body,
+                        earlier.request_json,
+                        receipt=earlier.receipt,
+                        payment_id=payment_id(i),
+                    )
+                )
+            continue
+        if purchases and roll < 0.2:
+            number, terminal, jti = rng.choice(purchases[-12:])
+            body: Purchase | Refund = Refund(
+                type="refund",
+                original_id=payment_id(number),
+                occurred_at=at,
+                amount=rng.choice([100, 700, 2500, 9000]),
+            )
+            receipt = Receipt("app", f"j{i}", jti)
+        else:
+            terminal = rng.choice(["T1", "T2"])
+            amount = rng.randrange(500, 9000)
+            body = Purchase(
+                type="purchase",
+                wallet_id=f"W{rng.randrange(6)}",
+                merchant_id=f"M{terminal[1]}",
+                terminal_id=terminal,
+                occurred_at=at,
+                amount=amount,
+                points_used=rng.choice([0, 0, 0, 50, 300, 2000]) if amount > 2000 else 0,
+            )
+            receipt = Receipt("app", f"j{i}")
+            purchases.append((i, terminal, f"j{i}"))
+        canonical = body.model_dump_json()
+        out.append(
+            Submission(
+                terminal,
+                f"k{i}",
+                hashlib.sha256(canonical.encode()).hexdigest(),
+                body,
+                canonical,
+                receipt=receipt,
+                payment_id=payment_id(i),
+            )
+        )
+    groups, i = [], 0
+    while i < len(out):
+        size = rng.randrange(1, 10)
+        groups.append(out[i : i + size])
+        i += size
+    return groups
+
+
+def fresh(s: Submission) -> Submission:
+    """A copy as the API would hand it over (the ledger fills in the merchant)."""
+    return Submission(
+        s.terminal_id,
+        s.idempotency_key,
+        s.request_hash,
+        s.body,
+        s.request_json,
+        receipt=s.receipt,
+        payment_id=s.payment_id,
+    )
+
+
+def accepted_at(group: list[Submission]) -> int:
+    return max(to_us(s.body.occurred_at) for s in group) + 1
+
+
+def dump(books: Books) -> dict[str, list[tuple]]:
+    with books.engine.connect() as c:
+        return {t: [tuple(r) for r in c.execute(text(f"SELECT * FROM {t} ORDER BY {o}"))] for t, o in TABLES.items()}
+
+
+def answers(results: list[Result]) -> list[tuple]:
+    return [(r.status, r.body, r.replayed) for r in results]
+
+
+def setup(url: str) -> Books:
+    books = Books(url, start=START)
+    books.setup({"M1": ["T1"], "M2": ["T2"]}, CAMPAIGNS)
+    books.at(NOW)
+    return books
+
+
+def test_groups_decided_over_the_one_in_flight_leave_the_ledger_of_deciding_each_under_the_lock(
+    postgres_url, other_postgres_url
+) -> None:
+    piped, locked = setup(postgres_url), setup(other_postgres_url)
+    try:
+        groups = traffic(seed=11, n=700)
+        pipeline = Lagging(piped.ledger)
+        futures = [pipeline.submit([fresh(s) for s in g], accepted_at_us=accepted_at(g)) for g in groups]
+        pipeline.close()
+        expected = [locked.ledger.submit([fresh(s) for s in g], accepted_at_us=accepted_at(g)) for g in groups]
+        assert pipeline.redecided == 0
+        assert pipeline.overlaid >= len(groups) * 9 // 10  # all but groups decided under the lock (receipts twice)
+        for future, want in zip(futures, expected):
+            assert answers(future.result()) == answers(want)
+        codes = {r.body.get("code") for results in expected for r in results if r.status >= 400}
+        # The traffic reaches every path the overlay must carry.
+        assert {"insufficient_points", "refund_exceeds_original", "receipt_already_used"} <= codes
+        assert {"idempotency_key_reused"} <= codes
+        assert any(r.replayed for results in expected for r in results)
+        assert dump(piped) == dump(locked)
+        assert queries.ledger_check(piped.engine)["ok"]
+        check = rerate.rerate_check(piped.engine)
+        assert check["ok"], check["mismatches"]
+    finally:
+        piped.close()
+        locked.close()
+
+
+def test_a_group_whose_head_moved_before_its_write_is_decided_again(postgres_url) -> None:
+    books = setup(postgres_url)
+    try:
+        groups = traffic(seed=3, n=40)
+        pipeline = Lagging(books.ledger)
+        first = pipeline.submit([fresh(s) for s in groups[0]], accepted_at_us=accepted_at(groups[0]))
+        second = pipeline.submit([fresh(s) for s in groups[1]], accepted_at_us=accepted_at(groups[1]))
+        # Another writer posts between the second group's decision and its write.
+        other = books.purchase("T1", "W0", 5000, dt.datetime(2026, 1, 6, 23, tzinfo=TOKYO))
+        assert other.status == 201
+        pipeline.close()
+        assert first.result() and second.result()
+        assert pipeline.redecided == 1  # the second one; the first was written before the other post
+        assert all(r.status in (201, 400, 402, 404, 409, 422) for r in second.result())
+        check = queries.ledger_check(books.engine)
+        assert check["ok"], check
+        with books.engine.connect() as c:
+            sequences = [r[0] for r in c.execute(text("SELECT sequence FROM payment ORDER BY sequence"))]
+        assert sequences == list(range(1, len(sequences) + 1))
+    finally:
+        books.close()
+
+
+def history(n: int) -> str:
+    """A history file of `n` lines over three days of January: six wallets, redemptions, refunds
+    of the lines just before (so of the group in flight) and of declined purchases."""
+    rng = random.Random(5)
+    lines = [
+        "payment_id,type,wallet_id,merchant_id,terminal_id,occurred_at,amount,points_used,items,original_payment_id"
+    ]
+    instant = dt.datetime(2026, 1, 6, 9, tzinfo=TOKYO)
+    purchases: list[tuple[str, str]] = []
+    for i in range(n):
+        instant += dt.timedelta(minutes=rng.randrange(1, 12))
+        if purchases and rng.random() < 0.15:
+            original, terminal = rng.choice(purchases[-8:])
+            lines.append(f"R{i},refund,,,{terminal},{instant.isoformat()},{rng.choice([100, 900, 4000])},,,{original}")
+            continue
+        terminal = rng.choice(["T1", "T2"])
+        amount = rng.randrange(500, 9000)
+        used = rng.choice([0, 0, 40, 400, 3000]) if amount > 3000 else 0
+        lines.append(
+            f"P{i},purchase,W{rng.randrange(6)},M{terminal[1]},{terminal},{instant.isoformat()},{amount},{used},,"
+        )
+        purchases.append((f"P{i}", terminal))
+    return "\n".join(lines) + "\n"
+
+
+def test_the_import_with_the_pipeline_equals_the_import_without_it(postgres_url, other_postgres_url) -> None:
+    piped, plain = setup(postgres_url), setup(other_postgres_url)
+    try:
+        text_ = history(1500)
+        reports = []
+        for books, pipelined in ((piped, True), (plain, False)):
+            errors = io.StringIO()
+            report = import_history(books.ledger, io.StringIO(text_), errors, group=13, pipelined=pipelined)
+            reports.append((report.imported, report.errors, dict(report.codes), errors.getvalue()))
+        assert reports[0] == reports[1]
+        assert {"insufficient_points", "unknown_original"} <= reports[0][2].keys()
+        assert dump(piped) == dump(plain)
+        assert queries.ledger_check(piped.engine)["ok"]
+    finally:
+        piped.close()
+        plain.close()
