@@ -14,7 +14,9 @@ metered exactly as a live one, with three differences a past instant needs:
   rates by acceptance instant) and keeps acceptance stamps monotonic, because
   lines are in time order and none may be older than the ledger's last payment
   or posting (`out_of_order`) or in the future (`in_future`);
-- a declined row leaves no remembered answer (`remember_declines=False`);
+- no answer is remembered under an idempotency key (`remember_answers=False`):
+  a declined row writes nothing, and an accepted one is imported once by its
+  receipt, its answer kept on its payment row;
 - the wallet lifecycle runs as it did then: groups are cut at every Asia/Tokyo
   day, and before a day's first group the crediting and expiry runs post what
   was due by that day's start, stamped at it (`lifecycle.credit_due`,
@@ -299,7 +301,7 @@ class _Importer:
             return
         accepted_at = max(self.floor_us, *(x.occurred_at_us for x, _ in group))
         results = self.pipeline.submit(
-            [s for _, s in group], accepted_at_us=accepted_at, catalog=self.catalog(era), remember_declines=False
+            [s for _, s in group], accepted_at_us=accepted_at, catalog=self.catalog(era), remember_answers=False
         )
         self.pending.append((group, results))
         self.report.groups += 1

@@ -446,14 +446,16 @@ class Ledger:
         *,
         accepted_at_us: int | None = None,
         catalog: CatalogSnapshot | None = None,
-        remember_declines: bool = True,
+        remember_answers: bool = True,
     ) -> list[Result]:
         """Accept, decline or replay each submission in order.
 
         The history import (`engine.store.importer`) posts past payments: it stamps the group
         `accepted_at_us` instead of the clock's now, rates it against `catalog` (what was in
-        force then) instead of the head's, and with `remember_declines=False` a declined
-        submission leaves no remembered answer (a bad row of the file writes nothing).
+        force then) instead of the head's, and with `remember_answers=False` no answer is
+        remembered under its idempotency key: a bad row of the file writes nothing, and an
+        imported payment is imported once by its receipt (its payment row keeps its answer;
+        a remembered answer stamped in the past would go at the next purge anyway).
 
         A group is one transaction, except for a receipt used again in the group under
         another idempotency key: whether that later use is `receipt_already_used` depends
@@ -465,7 +467,7 @@ class Ledger:
         todo = list(range(len(submissions)))
         while todo:
             group = [submissions[i] for i in todo]
-            for i, result in zip(todo, self._submit_one(group, accepted_at_us, catalog, remember_declines)):
+            for i, result in zip(todo, self._submit_one(group, accepted_at_us, catalog, remember_answers)):
                 results[i] = result
             todo = [i for i in todo if results[i] is None]
         self.count_declines(results)  # type: ignore[arg-type]
@@ -482,7 +484,7 @@ class Ledger:
         submissions: list[Submission],
         accepted_at_us: int | None = None,
         catalog: CatalogSnapshot | None = None,
-        remember_declines: bool = True,
+        remember_answers: bool = True,
     ) -> list[Result | None]:
         """Accept, decline or replay each submission in order, in one transaction; None for
         a submission left to the next round (its receipt's earlier use here was not accepted)."""
@@ -495,7 +497,7 @@ class Ledger:
                     rows = [remembered[(s.terminal_id, s.idempotency_key)] for s in submissions]
                     return [replay_answer(r[2], r[3], r[4], s.request_hash) for r, s in zip(rows, submissions)]
             with self._locked(session, catalog) as unit:
-                results, batch, _ = self._decide_group(unit, submissions, keys, accepted_at_us, remember_declines)
+                results, batch, _ = self._decide_group(unit, submissions, keys, accepted_at_us, remember_answers)
                 batch.send()
                 return results
 
@@ -505,7 +507,7 @@ class Ledger:
         submissions: list[Submission],
         keys: set[tuple[str, str]],
         accepted_at_us: int | None = None,
-        remember_declines: bool = True,
+        remember_answers: bool = True,
         overlay: GroupEffects | None = None,
     ) -> tuple[list[Result | None], bulk.WriteBatch, GroupEffects]:
         """`_submit_one` inside `unit`: each submission's result, the batch of rows that posts
@@ -653,7 +655,7 @@ class Ledger:
         remember = []
         for key, i in first_in_group.items():
             r = results[i]
-            if r is None or not r.remember or (r.status != 201 and not remember_declines):
+            if r is None or not r.remember or not remember_answers:
                 continue
             # An accepted payment's answer was serialised once already, for its payment row.
             stored = answer_json.get(r.body["id"]) if r.status == 201 else None
@@ -684,7 +686,7 @@ class Ledger:
         *,
         accepted_at_us: int,
         catalog: CatalogSnapshot | None = None,
-        remember_declines: bool = True,
+        remember_answers: bool = True,
         after: DecidedGroup | None = None,
     ) -> DecidedGroup | None:
         """Decide a group as `submit` would, without the lock and without writing: in a
@@ -694,7 +696,7 @@ class Ledger:
         it. None when the group must be decided under the lock instead (another writer moved
         the head past `after`, or a receipt is used twice in the group: two rounds)."""
         options: dict[str, Any] = dict(
-            accepted_at_us=accepted_at_us, catalog=catalog, remember_declines=remember_declines
+            accepted_at_us=accepted_at_us, catalog=catalog, remember_answers=remember_answers
         )
         with Session(self._reader) as session:
             session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
@@ -721,7 +723,7 @@ class Ledger:
                 unit._catalog = catalog
             keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
             results, batch, effects = self._decide_group(
-                unit, submissions, keys, accepted_at_us, remember_declines, overlay
+                unit, submissions, keys, accepted_at_us, remember_answers, overlay
             )
             session.rollback()
         if any(r is None for r in results):

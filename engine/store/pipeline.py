@@ -78,7 +78,7 @@ class PostingPipeline:
         *,
         accepted_at_us: int,
         catalog: CatalogSnapshot | None = None,
-        remember_declines: bool = True,
+        remember_answers: bool = True,
     ) -> Future[list[Result]]:
         """`Ledger.submit(submissions, ...)` whose results arrive once the group is committed;
         the group is decided before this returns, the write goes on in the writer thread.
@@ -87,7 +87,7 @@ class PostingPipeline:
         payments' own instants): the clock's now would be read outside the lock, and a
         settlement run relies on every posting committed after it carrying a later stamp."""
         options: dict[str, Any] = dict(
-            accepted_at_us=accepted_at_us, catalog=catalog, remember_declines=remember_declines
+            accepted_at_us=accepted_at_us, catalog=catalog, remember_answers=remember_answers
         )
         while len(self._flight) > 1:  # at most one group in flight while this one is decided
             self._flight.pop(0)[1].exception()
