@@ -216,22 +216,30 @@ class GroupEffects:
     receipts: set[tuple[str, str]] = dataclasses.field(default_factory=set)
     originals: dict[str, Row] = dataclasses.field(default_factory=dict)  # as `Ledger._load_originals` reads them
 
-    def lay_over(self, state: RatingState, books: dict[str, WalletBook], usage_keys: set[tuple[str, str, int]]) -> None:
+    def lay_over(
+        self,
+        state: RatingState,
+        books: dict[str, WalletBook],
+        usage_keys: set[tuple[str, str, int]],
+        spending: set[str],
+    ) -> None:
         """Make `state` and `books`, read before this group committed, what they are after it.
 
         Values are absolute, so laying them over a snapshot that already sees the group
-        changes nothing. A book keeps the lots read (the lots this group did not touch) and
-        takes this group's version of every lot it holds (touched, added, or read with it) and
-        its debts, which every book holds in full; the lots are copies, saved only if changed
-        again."""
+        changes nothing. Every book takes this group's debts (each book holds its wallet's
+        debts in full). The book of a wallet that spends (`spending`, read with its lots) keeps
+        the lots read (those this group did not touch) and takes this group's version of every
+        lot the group held (touched, added, or read with it), as copies saved only if changed
+        again; any other book holds no lots, as read after the group."""
         for key in usage_keys & self.usage.keys():
             state.usage[key] = self.usage[key]
         state.spend.update(self.spend)
         for wallet_id in books.keys() & self.books.keys():
-            lots = dict(books[wallet_id].lots)
             before = self.books[wallet_id]
-            for lot in before.lots.values():
-                lots[lot.id] = dataclasses.replace(lot, new=False, dirty=False)
+            lots = dict(books[wallet_id].lots)
+            if wallet_id in spending:
+                for lot in before.lots.values():
+                    lots[lot.id] = dataclasses.replace(lot, new=False, dirty=False)
             books[wallet_id] = WalletBook(wallet_id, list(lots.values()), dict(before.debts))
 
 
@@ -490,7 +498,7 @@ class Ledger:
         a submission left to the next round (its receipt's earlier use here was not accepted)."""
         keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
         with self._transaction() as session:
-            if session.get_bind().dialect.name == "postgresql":
+            if remember_answers and session.get_bind().dialect.name == "postgresql":
                 # A group of pure retries needs no lock: a remembered answer is committed and final.
                 remembered = self._remembered(session, keys)
                 if len(remembered) == len(keys):
@@ -523,7 +531,8 @@ class Ledger:
 
         # 1. Remembered keys answer first (looked up again under the lock); a key twice
         # in one group answers like a retry.
-        remembered = self._remembered(session, keys)
+        # Without remembered answers (the import), keys identify nothing: none is looked up.
+        remembered = self._remembered(session, keys) if remember_answers else {}
         if overlay is not None:
             remembered.update((k, overlay.remembered[k]) for k in keys & overlay.remembered.keys())
         first_in_group: dict[tuple[str, str], int] = {}
@@ -885,7 +894,7 @@ class Ledger:
             state.spend[campaign_id] = issued_net
         books = build_books()
         if overlay is not None:
-            overlay.lay_over(state, books, usage_keys)
+            overlay.lay_over(state, books, usage_keys, spending)
         state.balance = {w: books[w].spendable() for w in wallets}
         return state, books
 
