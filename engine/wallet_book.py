@@ -62,6 +62,7 @@ class WalletBook:
         self.lots = {lot.id: lot for lot in lots}
         self.debts = {c: d for c, d in debts.items() if d}
         self.dirty_debts: set[str] = set()
+        self.touched: dict[str, Lot] = {}  # lots added or changed since the book was read (or saved)
         self.postings: list[rules.Posting] = []
         assert not (self.debts and any(lot.remaining for lot in lots)), "debt and spendable lots at once"
 
@@ -98,7 +99,7 @@ class WalletBook:
             if lot.id not in self.lots:
                 self.lots[lot.id] = lot
             lot.remaining += points
-            lot.dirty = True
+            self.touch(lot)
         return points
 
     # -- outflows ----------------------------------------------------------
@@ -113,7 +114,7 @@ class WalletBook:
             take = min(lot.remaining, points)
             if take:
                 lot.remaining -= take
-                lot.dirty = True
+                self.touch(lot)
                 legs.append((lot, take))
                 points -= take
         return legs
@@ -136,7 +137,7 @@ class WalletBook:
             if lot.campaign_id != campaign_id:
                 self._post(rules.DEBT_SETTLEMENT, lot.campaign_id, campaign_id, take, payment_id)
             lot.remaining -= take
-            lot.dirty = True
+            self.touch(lot)
             points -= take
         if points:
             self.debts[campaign_id] = self.debts.get(campaign_id, 0) + points
@@ -150,10 +151,15 @@ class WalletBook:
                 out.append((lot, lot.remaining))
                 lot.expired += lot.remaining
                 lot.remaining = 0
-                lot.dirty = True
+                self.touch(lot)
         return out
 
     # -- helpers -----------------------------------------------------------
+
+    def touch(self, lot: Lot) -> None:
+        """Mark `lot`, held by this book, changed: saved with the book."""
+        lot.dirty = True
+        self.touched[lot.id] = lot
 
     def _reduce_debt(self, campaign_id: str, points: int) -> None:
         self.debts[campaign_id] -= points

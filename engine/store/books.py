@@ -76,7 +76,7 @@ def queue_books(
 def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> None:
     new, changed, debts = [], [], []
     for book in books.values():
-        for lot in book.lots.values():
+        for lot in book.touched.values():
             if lot.new:
                 new.append(tuple(getattr(lot, c) for c in LOT_COLUMNS))
                 lot.new = lot.dirty = False
@@ -86,6 +86,7 @@ def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> None:
         for campaign_id in sorted(book.dirty_debts):
             debts.append(dict(wallet_id=book.wallet_id, campaign_id=campaign_id, points=book.debts.get(campaign_id, 0)))
         book.dirty_debts.clear()
+        book.touched.clear()
     batch.insert_tuples(PointLotRow.__table__, LOT_COLUMNS, new)
     batch.update(PointLotRow.__table__, ["id"], changed)
     batch.upsert(WalletDebtRow.__table__, debts, key=["wallet_id", "campaign_id"], replace="points")

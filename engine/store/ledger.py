@@ -1110,8 +1110,10 @@ class PostingWriter:
             self._deltas[account] += delta
         for row in posted.lots:
             lot = Lot(*row)
-            lot.new = lot.dirty = True
-            self.books[lot.wallet_id].lots[lot.id] = lot
+            lot.new = True
+            book = self.books[lot.wallet_id]
+            book.lots[lot.id] = lot
+            book.touch(lot)
         for (pid, s, _), answer in zip(run, posted.answers):
             sequence = self._next_sequence()
             assert sequence == answer["sequence"], (sequence, answer["sequence"])
