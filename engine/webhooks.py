@@ -7,7 +7,10 @@ The URL rule (SPEC §10; no surprises for the ward's network):
   multicast, reserved or unspecified (so an admin key cannot make the engine call the
   database, the metadata service of a cloud or anything else inside the ward's network);
   a name that *resolves* to such an address is refused at delivery time
-  (`engine/store/webhooks.py`), since DNS may change after registration;
+  (`engine/store/webhooks.py`), since DNS may change after registration, and the
+  delivery connects to the very address it checked (the name kept for the Host
+  header and TLS), so an answer that changes between check and connection does
+  not count;
 - `SETAPAY_WEBHOOKS_ALLOW_HTTP=1` lifts both (plain `http://` and local addresses) for
   development and tests; the ward leaves it unset.
 

@@ -32,7 +32,6 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import and_, exists, func, select, update
@@ -338,18 +337,32 @@ class Webhooks:
         ]
 
     def attempt(self, client: httpx.Client, delivery: Claimed) -> tuple[int | None, str | None]:
-        """One signed POST: (HTTP status or None, error or None); a 2xx with no error delivers."""
-        if not self.settings.webhooks_allow_http:
-            host = urlsplit(delivery.url).hostname or ""
-            try:
-                resolved = {info[4][0] for info in socket.getaddrinfo(host, None)}
-            except OSError as exc:
-                return None, f"resolve: {type(exc).__name__}"
-            if any(rules.address_is_local(str(address)) for address in resolved):
-                return None, "the host resolves to a local, private or reserved address"
+        """One signed POST: (HTTP status or None, error or None); a 2xx with no error delivers.
+
+        Unless `webhooks_allow_http`, the host is resolved once, refused if any address it
+        resolves to is local, private or reserved, and the POST connects to the first address
+        checked (the URL's host kept in the Host header and as the TLS server name the
+        certificate is verified against), on a connection not kept for another request: a
+        name whose DNS answer changes between the check and the connection (DNS rebinding)
+        cannot lead the engine into the ward's network."""
+        target: httpx.URL | str = delivery.url
         headers = rules.signed_headers(delivery.secret, delivery.message_id, self.clock.now_us(), delivery.body)
+        extensions: dict[str, Any] = {}
+        if not self.settings.webhooks_allow_http:
+            url = httpx.URL(delivery.url)
+            try:
+                resolved = [
+                    info[4][0] for info in socket.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM)
+                ]
+            except (OSError, UnicodeError) as exc:
+                return None, f"resolve: {type(exc).__name__}"
+            if not resolved or any(rules.address_is_local(str(address)) for address in resolved):
+                return None, "the host resolves to a local, private or reserved address"
+            target = url.copy_with(host=str(resolved[0]))
+            headers.update({"Host": url.netloc.decode("ascii"), "Connection": "close"})
+            extensions["sni_hostname"] = url.host
         try:
-            response = client.post(delivery.url, content=delivery.body.encode(), headers=headers)
+            response = client.post(target, content=delivery.body.encode(), headers=headers, extensions=extensions)
         except httpx.HTTPError as exc:
             return None, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS_MAX]
         if 200 <= response.status_code < 300:

@@ -1,0 +1,84 @@
+"""A webhook delivery connects to the address it checked (DNS rebinding).
+
+The host of an endpoint's URL is resolved at delivery and refused when any address is local,
+private or reserved. A name whose DNS answer changes between that check and the connection
+(a public address first, 127.0.0.1 the next time it is asked) must not lead the engine into
+the ward's network: the POST goes to the checked address, with the name kept as the Host
+header and as the TLS server name the certificate is checked against, on a connection not
+kept for another endpoint. DNS is the operating system's, so the resolver is replaced here
+by one that rebinds; the POST is captured by httpx's own mock transport.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import httpx
+import pytest
+
+from engine.settings import Settings
+from engine.store import webhooks
+from engine.store.webhooks import Claimed, Webhooks
+
+
+class Rebinding:
+    """A resolver answering `first` the first time and 127.0.0.1 every time after."""
+
+    def __init__(self, first: list[str]) -> None:
+        self.first = first
+        self.asked: list[str] = []
+
+    def __call__(self, host, port, *args, **kwargs):
+        self.asked.append(host)
+        addresses = self.first if len(self.asked) == 1 else ["127.0.0.1"]
+        family = lambda a: socket.AF_INET6 if ":" in a else socket.AF_INET  # noqa: E731
+        return [(family(a), socket.SOCK_STREAM, 6, "", (a, port)) for a in addresses]
+
+
+def delivery(url: str) -> Claimed:
+    return Claimed(1, 0, 0, 0, url, "whsec_" + "A" * 43, "evt_1", '{"type":"test"}')
+
+
+@pytest.fixture
+def store(tmp_path) -> Webhooks:
+    return Webhooks(None, Settings(database_url=f"sqlite:///{tmp_path}/w.db"))  # type: ignore[arg-type]
+
+
+def capture(requests: list[httpx.Request]) -> httpx.Client:
+    def handle(request: httpx.Request) -> httpx.Response:
+        requests.append(request)
+        return httpx.Response(204)
+
+    return httpx.Client(transport=httpx.MockTransport(handle))
+
+
+def test_the_post_goes_to_the_address_checked_with_the_name_for_host_and_tls(store, monkeypatch) -> None:
+    resolver = Rebinding(["93.184.215.14"])
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", resolver)
+    requests: list[httpx.Request] = []
+    status, error = store.attempt(capture(requests), delivery("https://Hooks.Example.com:8443/in?x=1"))
+    assert (status, error) == (204, None)
+    assert resolver.asked == ["hooks.example.com"]  # resolved once: nothing asks DNS again
+    (request,) = requests
+    assert request.url == "https://93.184.215.14:8443/in?x=1"
+    assert request.headers["host"] == "hooks.example.com:8443"
+    assert request.extensions["sni_hostname"] == "hooks.example.com"
+    assert request.headers["connection"] == "close"  # the connection is not pooled for another name
+    assert "webhook-signature" in request.headers
+
+
+def test_an_ipv6_answer_is_connected_to_in_brackets(store, monkeypatch) -> None:
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", Rebinding(["2606:2800:21f:cb07:6820:80da:af6b:8b2c"]))
+    requests: list[httpx.Request] = []
+    assert store.attempt(capture(requests), delivery("https://hooks.example.com/in")) == (204, None)
+    assert requests[0].url == "https://[2606:2800:21f:cb07:6820:80da:af6b:8b2c]/in"
+    assert requests[0].headers["host"] == "hooks.example.com"
+
+
+@pytest.mark.parametrize("answer", [["127.0.0.1"], ["93.184.215.14", "10.0.0.7"], ["::1"], ["169.254.169.254"]])
+def test_a_name_with_a_local_address_among_its_answers_gets_no_post(store, monkeypatch, answer) -> None:
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", Rebinding(answer))
+    requests: list[httpx.Request] = []
+    status, error = store.attempt(capture(requests), delivery("https://hooks.example.com/in"))
+    assert status is None and error == "the host resolves to a local, private or reserved address"
+    assert requests == []
