@@ -712,10 +712,14 @@ class Ledger:
             head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
             seen = _head_of(head)
             overlay: GroupEffects | None = None
-            if after is None or seen == after.end:
-                base, after = seen, None  # nothing in flight, or the snapshot sees it written
+            # A group that moved no head (declines only) looks the same written or not: its
+            # effects (absolute values, answers as remembered) are laid over either way.
+            if after is None:
+                base = seen
             elif seen == after.base:
                 base, overlay = after.end, after.effects
+            elif seen == after.end:
+                base, after = seen, None  # the snapshot sees it written
             else:
                 return None
             session.expunge(head)
@@ -754,6 +758,21 @@ class Ledger:
             decided.batch.send()
             head.last_posting_sequence, head.last_hash = decided.end[0], decided.end[1]
             head.last_payment_sequence, head.last_payment_hash = decided.end[2], decided.end[3]
+        decided.written = True
+        self.count_declines(decided.results)
+        return True
+
+    def wrote(self, decided: DecidedGroup) -> bool:
+        """Whether a group decided ahead whose write raised was committed all the same: its
+        first accepted payment is stored with the answer decided (one commit wrote all of it).
+        A group that accepted none cannot tell, and is taken as not written."""
+        accepted = next((r.body for r in decided.results if r.status == 201 and not r.replayed), None)
+        if accepted is None:
+            return False
+        with Session(self._reader) as session:
+            stored = session.execute(select(PaymentRow.response_json).where(PaymentRow.id == accepted["id"])).scalar()
+        if stored is None or json.loads(stored) != accepted:
+            return False
         decided.written = True
         self.count_declines(decided.results)
         return True

@@ -12,23 +12,27 @@ this module only schedules):
 
 - a group is decided in a `REPEATABLE READ, READ ONLY` snapshot that reads the head with
   the state; while the group before it is still being written, the snapshot may not see it,
-  so that group's effects (`GroupEffects`: final usage, budget meters, wallet books,
-  remembered answers, used receipts) are laid over what the snapshot reads, and the group is
-  chained after that group's end. At most one group is in flight while the next is decided;
+  so that group's effects (`GroupEffects`: final usage, budget meters, wallet books, its
+  purchases and refunded originals, remembered answers, used receipts) are laid over what
+  the snapshot reads, and the group is chained after that group's end. At most one group is
+  in flight while the next is decided;
 - the writer takes the sequencer lock and checks that the head is exactly the one the group
   was chained after (both chains' sequences and hashes, and the catalog version) and that the
   group before it was written as decided. Only then does it send the rows, move the head and
-  commit. Payment ids are random, so equal hashes mean the chain is this process's own;
+  commit;
 - when a check fails or the write fails (another writer came between, a remembered key or a
   receipt taken meanwhile, which the database's unique keys refuse), the group is decided
   again under the lock by `Ledger.submit`, as if there were no pipeline; the group after it
-  then fails its own check and goes the same way.
+  then fails its own check and goes the same way. A write that raised after its commit went
+  through (the connection lost on COMMIT) is recognised by the head it left, not decided again;
+- when a group cannot be written at all (deciding it again fails too), the pipeline stops:
+  nothing after it is written, and `submit` and `drain` raise its error, so a caller that
+  resumes from what is stored (the import) finds no gap behind it.
 
 So every group is either written exactly as `Ledger.submit` would have decided it at that
 point of the chain or decided again by it: caps, budgets, the gapless sequences and the
-chains stay exact, and nothing is answered before its commit. A refund of a payment the
-group in flight posted or refunded waits for that group's commit (its original must be
-read as stored), and so does a group whose receipts must be decided in two rounds. Only
+chains stay exact, and nothing is answered before its commit. A group whose receipts must
+be decided in two rounds goes through `Ledger.submit` after the groups before it. Only
 PostgreSQL queues a group's rows until they are sent; on SQLite `submit` posts synchronously.
 """
 
@@ -53,24 +57,34 @@ class PostingPipeline:
         self.enabled = enabled and ledger.engine.dialect.name == "postgresql"  # else `submit` posts at once
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="posting-writer")
         self._flight: list[tuple[DecidedGroup, Future[list[Result]]]] = []
+        self._failure: BaseException | None = None  # the error of a group that could not be written
         self.redecided = 0  # groups whose write found the head moved and were decided again
         self.overlaid = 0  # groups decided over the one before them, not yet written
 
     def __enter__(self) -> PostingPipeline:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is None:
+            self.close()
+            return
+        self._wait()  # the caller's own error goes on; nothing is left writing behind it
+        self._writer.shutdown()
 
     def close(self) -> None:
         self.drain()
         self._writer.shutdown()
 
-    def drain(self) -> None:
-        """Wait until every group submitted is written (its future resolved, with an error too)."""
+    def _wait(self) -> None:
         for _, future in self._flight:
             future.exception()
         self._flight.clear()
+
+    def drain(self) -> None:
+        """Wait until every group submitted is written; raise the error of one that could not be."""
+        self._wait()
+        if self._failure is not None:
+            raise self._failure
 
     def submit(
         self,
@@ -82,6 +96,7 @@ class PostingPipeline:
     ) -> Future[list[Result]]:
         """`Ledger.submit(submissions, ...)` whose results arrive once the group is committed;
         the group is decided before this returns, the write goes on in the writer thread.
+        Raises the error of an earlier group that could not be written.
 
         The acceptance instant is the caller's (the history import stamps each group with its
         payments' own instants): the clock's now would be read outside the lock, and a
@@ -91,15 +106,14 @@ class PostingPipeline:
         )
         while len(self._flight) > 1:  # at most one group in flight while this one is decided
             self._flight.pop(0)[1].exception()
+        if self._failure is not None:
+            raise self._failure
         last = self._flight[-1][0] if self._flight and not self._flight[-1][1].done() else None
         decided = self.ledger.decide_ahead(submissions, after=last, **options) if self.enabled else None
         if decided is None:
             self.drain()
             future: Future[list[Result]] = Future()
-            try:
-                future.set_result(self.ledger.submit(submissions, **options))
-            except Exception as exc:
-                future.set_exception(exc)
+            future.set_result(self.ledger.submit(submissions, **options))
             return future
         if decided.after is not None:
             self.overlaid += 1
@@ -112,11 +126,22 @@ class PostingPipeline:
         return self._writer.submit(self._write, decided)
 
     def _write(self, decided: DecidedGroup) -> list[Result]:
+        if self._failure is not None:
+            raise self._failure  # a group before it was not written: neither is this one
         try:
-            if self.ledger.write_decided(decided):
-                return decided.results
-        except Exception as failure:  # refused by a unique key (or the database is gone: raised again below)
-            log.info("a pipelined group of %d is decided again: %s", len(decided.submissions), type(failure).__name__)
-        # Decided against a state that moved: decide it again under the lock.
-        self.redecided += 1
-        return self.ledger.submit(decided.submissions, **decided.options)
+            try:
+                if self.ledger.write_decided(decided):
+                    return decided.results
+            except Exception as failure:
+                # Refused by a unique key, or lost on COMMIT (perhaps after it went through).
+                log.info(
+                    "a pipelined group of %d failed to write: %s", len(decided.submissions), type(failure).__name__
+                )
+                if self.ledger.wrote(decided):
+                    return decided.results
+            # Decided against a state that moved: decide it again under the lock.
+            self.redecided += 1
+            return self.ledger.submit(decided.submissions, **decided.options)
+        except BaseException as failure:
+            self._failure = failure
+            raise

@@ -14,6 +14,7 @@ import io
 import random
 from concurrent.futures import Future
 
+import pytest
 from sqlalchemy import text
 
 from engine.model import Purchase, Refund
@@ -188,12 +189,13 @@ def setup(url: str) -> Books:
     return books
 
 
+@pytest.mark.parametrize("seed", [1, 11])
 def test_groups_decided_over_the_one_in_flight_leave_the_ledger_of_deciding_each_under_the_lock(
-    postgres_url, other_postgres_url
+    postgres_url, other_postgres_url, seed
 ) -> None:
     piped, locked = setup(postgres_url), setup(other_postgres_url)
     try:
-        groups = traffic(seed=11, n=700)
+        groups = traffic(seed=seed, n=700)
         pipeline = Lagging(piped.ledger)
         futures = [pipeline.submit([fresh(s) for s in g], accepted_at_us=accepted_at(g)) for g in groups]
         pipeline.close()
@@ -280,3 +282,90 @@ def test_the_import_with_the_pipeline_equals_the_import_without_it(postgres_url,
     finally:
         piped.close()
         plain.close()
+
+
+def test_a_group_that_cannot_be_written_stops_the_import_with_nothing_written_after_it(postgres_url) -> None:
+    """The database refuses one payment (a trigger): its group fails when written and again
+    when decided again. Nothing after it may be written (a re-run resumes from what is stored
+    and would find the failed lines older than the ledger's end), and the import raises; once
+    the cause is gone, a re-run imports every line."""
+    books = setup(postgres_url)
+    try:
+        with books.engine.begin() as c:
+            c.execute(
+                text(
+                    "CREATE FUNCTION refuse_p40() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                    "IF NEW.receipt_jti = 'P40' THEN RAISE EXCEPTION 'refused'; END IF; RETURN NEW; END $$"
+                )
+            )
+            c.execute(
+                text("CREATE TRIGGER refuse_p40 BEFORE INSERT ON payment FOR EACH ROW EXECUTE FUNCTION refuse_p40()")
+            )
+        file = history(400)
+        lines = {line.split(",")[0]: n for n, line in enumerate(file.splitlines()[1:], start=2)}
+        with pytest.raises(Exception, match="refused"):
+            import_history(books.ledger, io.StringIO(file), io.StringIO(), group=13)
+        with books.engine.connect() as c:
+            stored = {r[0] for r in c.execute(text("SELECT receipt_jti FROM payment"))}
+        assert stored and "P40" not in stored
+        assert max(lines[j] for j in stored) < lines["P40"]  # no later line is stored
+        with books.engine.begin() as c:
+            c.execute(text("DROP TRIGGER refuse_p40 ON payment"))
+        errors = io.StringIO()
+        report = import_history(books.ledger, io.StringIO(file), errors, group=13)
+        assert report.already == len(stored)
+        # Only lines declined by the first run, before what it stored, are now out of order.
+        late = [int(line.split(",")[0]) for line in errors.getvalue().splitlines() if ",out_of_order," in line]
+        assert all(n < lines["P40"] for n in late)
+        with books.engine.connect() as c:
+            assert c.execute(text("SELECT count(*) FROM payment WHERE receipt_jti = 'P40'")).scalar() == 1
+        assert queries.ledger_check(books.engine)["ok"]
+    finally:
+        books.close()
+
+
+def test_a_group_is_known_written_by_its_stored_answers(postgres_url) -> None:
+    books = setup(postgres_url)
+    try:
+        first, second = traffic(seed=5, n=40)[:2]
+        decided = books.ledger.decide_ahead([fresh(s) for s in first], accepted_at_us=accepted_at(first))
+        assert decided is not None and any(r.status == 201 for r in decided.results)
+        assert not books.ledger.wrote(decided)
+        assert books.ledger.write_decided(decided)
+        assert books.ledger.wrote(decided)
+        # The same group decided again is another decision (other payment ids): not written.
+        again = books.ledger.decide_ahead([fresh(s) for s in second], accepted_at_us=accepted_at(second))
+        assert again is not None and not books.ledger.wrote(again)
+    finally:
+        books.close()
+
+
+def test_a_group_of_declines_only_is_laid_over_the_next_one(postgres_url) -> None:
+    """A group that declines everything moves no head, so a snapshot looks the same whether it
+    was written or not; its remembered answers must still reach the next group decided."""
+    books = setup(postgres_url)
+    try:
+
+        def submission(key: str, amount: int, points_used: int) -> Submission:
+            body = Purchase(
+                type="purchase",
+                wallet_id="W0",
+                merchant_id="M1",
+                terminal_id="T1",
+                occurred_at="2026-01-06T10:00:00+09:00",
+                amount=amount,
+                points_used=points_used,
+            )
+            canonical = body.model_dump_json()
+            return Submission("T1", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+
+        pipeline = Lagging(books.ledger)
+        at = to_us(dt.datetime(2026, 1, 6, 10, tzinfo=TOKYO))
+        declined = pipeline.submit([submission("x", 5000, 4000)], accepted_at_us=at)  # no points yet
+        reused = pipeline.submit([submission("x", 6000, 0)], accepted_at_us=at)  # the same key, another body
+        pipeline.close()
+        assert declined.result()[0].body["code"] == "insufficient_points"
+        assert reused.result()[0].body["code"] == "idempotency_key_reused"
+        assert pipeline.overlaid == 1 and pipeline.redecided == 0
+    finally:
+        books.close()
