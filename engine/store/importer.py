@@ -162,7 +162,8 @@ class _Importer:
 
     def write_errors(self) -> None:
         """Write the reported lines before the first line of a group still being posted."""
-        bound = self.pending[0][0][0][0].line if self.pending else None
+        first_pending = self.pending[0][0] if self.pending else None  # the oldest group in flight
+        bound = first_pending[0][0].line if first_pending else None
         while self.errors and (bound is None or self.errors[0][0] < bound):
             self.writer.writerow(heapq.heappop(self.errors))
 

@@ -517,9 +517,11 @@ class Ledger:
         accepted_at_us: int | None = None,
         remember_answers: bool = True,
         overlay: GroupEffects | None = None,
+        keep_effects: bool = False,
     ) -> tuple[list[Result | None], bulk.WriteBatch, GroupEffects]:
         """`_submit_one` inside `unit`: each submission's result, the batch of rows that posts
-        them (queued, not sent on PostgreSQL) and what the group leaves behind.
+        them (queued, not sent on PostgreSQL) and, with `keep_effects`, what the group leaves
+        behind (else empty: the money path under the lock does not pay for them).
 
         Under the sequencer lock, `unit` reads the state as it stands. The posting pipeline
         (`engine.store.pipeline`) also decides a group in a read-only snapshot that may not see
@@ -641,8 +643,9 @@ class Ledger:
             batch = writer.flush(state, usage_before, spend_before, send=False)
             answer_json = writer.answers_json
             outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at)
-            effects.usage, effects.spend, effects.books = state.usage, state.spend, writer.books
-            effects.originals = writer.as_originals(originals)
+            if keep_effects:
+                effects.usage, effects.spend, effects.books = state.usage, state.spend, writer.books
+                effects.originals = writer.as_originals(originals)
         else:
             batch = bulk.WriteBatch(session)
             answer_json = {}
@@ -679,12 +682,14 @@ class Ledger:
                     created_at_us=accepted_at,
                 )
             )
-            kept = remember[-1]
-            effects.remembered[key] = (*key, kept["request_hash"], kept["response_status"], kept["response_json"])
+            if keep_effects:
+                kept = remember[-1]
+                effects.remembered[key] = (*key, kept["request_hash"], kept["response_status"], kept["response_json"])
         batch.insert(IdempotencyRow.__table__, remember)
-        for i, r in enumerate(results):
-            if r is not None and r.status == 201 and not r.replayed and submissions[i].receipt_key is not None:
-                effects.receipts.add(submissions[i].receipt_key)  # type: ignore[arg-type]
+        if keep_effects:
+            for i, r in enumerate(results):
+                if r is not None and r.status == 201 and not r.replayed and submissions[i].receipt_key is not None:
+                    effects.receipts.add(submissions[i].receipt_key)  # type: ignore[arg-type]
         return results, batch, effects
 
     # -- deciding ahead (the posting pipeline, `engine.store.pipeline`) ------
@@ -736,7 +741,7 @@ class Ledger:
                 unit._catalog = catalog
             keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
             results, batch, effects = self._decide_group(
-                unit, submissions, keys, accepted_at_us, remember_answers, overlay
+                unit, submissions, keys, accepted_at_us, remember_answers, overlay, keep_effects=True
             )
             session.rollback()
         if any(r is None for r in results):
