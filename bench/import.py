@@ -22,6 +22,7 @@ import argparse
 import csv
 import datetime as dt
 import io
+import os
 import json
 import sys
 import tempfile
@@ -151,7 +152,7 @@ def main() -> int:
                         shares["already-imported look-ups"] = cumulative
                 for name, value in shares.items():
                     print(f"profile {name}: {value:.2f} s ({value / total:.0%} of {total:.2f} s)")
-                stats.sort_stats("cumulative").print_stats(25)
+                stats.sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(int(os.environ.get("PROFILE_TOP", "25")))
             else:
                 started = time.perf_counter()
                 report = import_history(ledger, lines, errors, group=args.group, pipelined=not args.no_pipeline)

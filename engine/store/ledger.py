@@ -26,9 +26,10 @@ import dataclasses
 import json
 import secrets
 from collections import defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
+import orjson
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -214,7 +215,7 @@ class GroupEffects:
     books: dict[str, WalletBook] = dataclasses.field(default_factory=dict)
     remembered: dict[tuple[str, str], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     receipts: set[tuple[str, str]] = dataclasses.field(default_factory=set)
-    originals: dict[str, Row] = dataclasses.field(default_factory=dict)  # as `Ledger._load_originals` reads them
+    originals: dict[str, Row] = dataclasses.field(default_factory=dict)  # as `Ledger._queue_originals` reads them
 
     def lay_over(
         self,
@@ -552,11 +553,16 @@ class Ledger:
 
         # 2. References the rating kernel cannot see: originals and their merchant.
         original_ids = {body.original_id for body in (submissions[i].body for i in fresh) if body.type == "refund"}
-        originals = self._load_originals(session, original_ids - (overlay.originals.keys() if overlay else set()))
+        # Both read in one round trip on PostgreSQL.
+        receipt_keys = {receipt for i in fresh if (receipt := submissions[i].receipt_key) is not None}
+        reads = bulk.ReadBatch(session)
+        read_originals = self._queue_originals(reads, original_ids - (overlay.originals.keys() if overlay else set()))
+        read_receipts = self._queue_used_receipts(reads, receipt_keys)
+        reads.run()
+        originals = read_originals()
         if overlay is not None:
             originals.update((oid, overlay.originals[oid]) for oid in original_ids & overlay.originals.keys())
-        receipt_keys = {receipt for i in fresh if (receipt := submissions[i].receipt_key) is not None}
-        used_receipts = self._used_receipts(session, receipt_keys)
+        used_receipts = {(row[0], row[1]) for row in read_receipts.rows}
         if overlay is not None:
             used_receipts |= receipt_keys & overlay.receipts
         claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
@@ -677,7 +683,7 @@ class Ledger:
                     key=key[1],
                     request_hash=submissions[i].request_hash,
                     response_status=r.status,
-                    response_json=stored if stored is not None else json.dumps(r.body, ensure_ascii=False),
+                    response_json=stored if stored is not None else orjson.dumps(r.body).decode(),
                     payment_id=r.body.get("id") if r.status == 201 else None,
                     created_at_us=accepted_at,
                 )
@@ -805,52 +811,60 @@ class Ledger:
         return Result(row[3], json.loads(row[4]), replayed=True)
 
     @staticmethod
-    def _used_receipts(session: Session, receipt_keys: set[tuple[str, str]]) -> set[tuple[str, str]]:
-        """Which of these (app, jti) an accepted transaction carries already."""
-        if not receipt_keys:
-            return set()
-        return {
-            (row[0], row[1])
-            for row in bulk.select_where_tuples(
-                session,
-                PaymentRow.__table__,
-                ["receipt_app_id", "receipt_jti"],
-                ["receipt_app_id", "receipt_jti"],
-                sorted(receipt_keys),
-            )
-        }
+    def _queue_used_receipts(reads: bulk.ReadBatch, receipt_keys: set[tuple[str, str]]) -> bulk.Read:
+        """Queue the look-up of which of these (app, jti) an accepted transaction carries already."""
+        return reads.where_tuples(PaymentRow.__table__, list(_RECEIPT), list(_RECEIPT), sorted(receipt_keys))
 
     @staticmethod
     def _decline(code: str, s: Submission) -> Result:
         return Result(*decline(code))  # the status is the error catalog's (engine/errors.py)
 
-    def _load_originals(self, session: Session, ids: set[str]) -> dict[str, Row]:
-        if not ids:
-            return {}
-        out: dict[str, Row] = {}
-        for row in session.execute(
-            select(PaymentRow).where(PaymentRow.id.in_(ids), PaymentRow.type == "purchase")
-        ).scalars():
-            out[row.id] = dict(
-                merchant_id=row.merchant_id,
-                wallet_id=row.wallet_id,
-                amount=row.amount,
-                points_used=row.points_used,
-                refunded=row.refunded_amount,
-                receipt_app_id=row.receipt_app_id,
-                receipt_jti=row.receipt_jti,
-                awards={},
-                redemption_legs=[],
-            )
-        for award in session.execute(select(AwardRow).where(AwardRow.payment_id.in_(list(out)))).scalars():
-            out[award.payment_id]["awards"][award.campaign_id] = award
-        for leg in session.execute(
-            select(RedemptionLegRow)
-            .where(RedemptionLegRow.payment_id.in_(list(out)))
-            .order_by(RedemptionLegRow.payment_id, RedemptionLegRow.position)
-        ).scalars():
-            out[leg.payment_id]["redemption_legs"].append((leg.lot_id, leg.points))
-        return out
+    @staticmethod
+    def _queue_originals(reads: bulk.ReadBatch, ids: set[str]) -> Callable[[], dict[str, Row]]:
+        """Queue the reads of the purchases `ids` a group refunds (what refunding needs of each:
+        merchant, wallet, amounts, receipt, awards, redemption legs); the originals found, once
+        `reads` has run."""
+        wanted = sorted(ids)
+        payments = reads.where_in(
+            PaymentRow.__table__,
+            ["id", "merchant_id", "wallet_id", "amount", "points_used", "refunded_amount", *_RECEIPT],
+            "id",
+            wanted,
+            extra="type = 'purchase'",
+        )
+        awards = reads.where_in(
+            AwardRow.__table__,
+            ["payment_id", "campaign_id", "campaign_version", "points", "pending", "window_key"],
+            "payment_id",
+            wanted,
+        )
+        legs = reads.where_in(
+            RedemptionLegRow.__table__, ["payment_id", "position", "lot_id", "points"], "payment_id", wanted
+        )
+
+        def build() -> dict[str, Row]:
+            out: dict[str, Row] = {}
+            for pid, merchant_id, wallet_id, amount, points_used, refunded, app_id, jti in payments.rows:
+                out[pid] = dict(
+                    merchant_id=merchant_id,
+                    wallet_id=wallet_id,
+                    amount=amount,
+                    points_used=points_used,
+                    refunded=refunded,
+                    receipt_app_id=app_id,
+                    receipt_jti=jti,
+                    awards={},
+                    redemption_legs=[],
+                )
+            for pid, cid, version, points, pending, window in sorted(awards.rows, key=lambda a: (a[0], a[1])):
+                if pid in out:
+                    out[pid]["awards"][cid] = AwardState(cid, version, points, pending, window)
+            for pid, _, lot, points in sorted(legs.rows, key=lambda leg: (leg[0], leg[1])):
+                if pid in out:
+                    out[pid]["redemption_legs"].append((lot, points))
+            return out
+
+        return build
 
     def _load_state(
         self,
@@ -927,6 +941,8 @@ def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:
     ids = catalog.campaign_ids
     return (ids.index(campaign_id), "") if campaign_id in ids else (len(ids), campaign_id)
 
+
+_RECEIPT = ("receipt_app_id", "receipt_jti")  # a payment's receipt: unique among payments
 
 # The wallet of a quote rated without any wallet's state: no stored wallet has it (a wallet id
 # is never empty, `engine.limits.ID_PATTERN`), so no usage, lot or debt row is read for it.
@@ -1279,7 +1295,7 @@ class PostingWriter:
 
     def as_originals(self, refunded: Mapping[str, Row]) -> dict[str, Row]:
         """The purchases this writer posted and the originals (`refunded`, as read before) it
-        refunded, as `Ledger._load_originals` reads them once this writer's rows are stored."""
+        refunded, as `Ledger._queue_originals` reads them once this writer's rows are stored."""
         out: dict[str, Row] = {}
         for row in self._payments:
             if row["type"] == "purchase":
@@ -1311,8 +1327,8 @@ class PostingWriter:
         return out
 
     def _answer_json(self, pid: str, response: Row) -> str:
-        self.answers_json[pid] = json.dumps(response, ensure_ascii=False)
-        return self.answers_json[pid]
+        self.answers_json[pid] = answer_text = orjson.dumps(response).decode()
+        return answer_text
 
     def flush(
         self,
