@@ -154,9 +154,10 @@ def main() -> int:
                     print(f"profile {name}: {value:.2f} s ({value / total:.0%} of {total:.2f} s)")
                 stats.sort_stats(os.environ.get("PROFILE_SORT", "cumulative")).print_stats(int(os.environ.get("PROFILE_TOP", "25")))
             else:
-                started = time.perf_counter()
+                started, thread_started = time.perf_counter(), time.thread_time()
                 report = import_history(ledger, lines, errors, group=args.group, pipelined=not args.no_pipeline)
                 seconds = time.perf_counter() - started
+                print(f"importing thread's CPU: {time.thread_time() - thread_started:.2f} s", file=sys.stderr)
         engine.dispose()
     summary = report.summary()
     print(json.dumps(summary), file=sys.stderr)

@@ -38,8 +38,19 @@ def tokyo_day_key(us: int) -> int:
 
 def tokyo_month_key(us: int) -> int:
     """Months since 1970-01 of the Asia/Tokyo calendar month containing `us`."""
+    day = tokyo_day_key(us)
+    month = _MONTH_OF_DAY.get(day)
+    if month is None:
+        month = _MONTH_OF_DAY[day] = _month_of_day(day)
+    return month
+
+
+_MONTH_OF_DAY: dict[int, int] = {}  # day key -> month key, filled as days are met (a few hundred a year)
+
+
+def _month_of_day(day: int) -> int:
     # Civil-from-days (H. Hinnant's algorithm): integer arithmetic, no tz lookups.
-    z = tokyo_day_key(us) + 719468
+    z = day + 719468
     era = z // 146097
     doe = z - era * 146097
     yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365

@@ -284,46 +284,61 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
             r_pending[row * C + ci] = award.pending
             r_slot[row * C + ci] = slot(cid, p.wallet_id, award.window_key)
 
-    x_kind = np.zeros(N, np.int8)
-    x_merchant = np.full(N, -1, np.int32)
-    x_occurred_at = np.zeros(N, I64)
-    x_amount = np.zeros(N, I64)
-    x_points_used = np.zeros(N, I64)
-    x_row = np.full(N, -1, np.int32)
-    x_item_start = np.zeros(N + 1, np.int32)
+    # Built as lists, turned into arrays once: an array's item assignment costs more.
+    x_kind = [0] * N
+    x_merchant = [-1] * N
+    x_occurred_at = [0] * N
+    x_amount = [0] * N
+    x_points_used = [0] * N
+    x_row = [-1] * N
+    x_item_start = [0] * (N + 1)
+    slots = r_slot.tolist()
+    rows_wallet = r_wallet.tolist()
+    rows_amount = r_amount.tolist()
+    rows_points_used = r_points_used.tolist()
     item_amount: list[int] = []
     item_mask: list[int] = []
+    merchant_index, tag_bits = catalog.merchant_index, catalog.tag_bits
+    cap_periods = [(ci, c.id, c.per_wallet_cap_period) for ci, c in enumerate(campaigns)]
+    distinct_periods = {period for _, _, period in cap_periods}
     for i, (key, ev) in enumerate(events):
         at = to_us(ev.occurred_at)
         x_occurred_at[i], x_amount[i] = at, ev.amount
-        if isinstance(ev, Purchase):
+        if ev.type == "purchase":
             row = row_index[key]
             x_row[i] = row
-            x_merchant[i] = catalog.merchant_index.get(ev.merchant_id, -1)
+            x_merchant[i] = merchant_index.get(ev.merchant_id, -1)
             x_points_used[i] = ev.points_used
-            r_wallet[row], r_amount[row], r_points_used[row] = wallet(ev.wallet_id), ev.amount, ev.points_used
+            wid = ev.wallet_id
+            rows_wallet[row], rows_amount[row], rows_points_used[row] = wallet(wid), ev.amount, ev.points_used
             # Usage is counted for every campaign, capped or not, so a later
             # version that adds a wallet cap still sees what was awarded.
-            for ci, c in enumerate(campaigns):
-                r_slot[row * C + ci] = slot(c.id, ev.wallet_id, window_key(c.per_wallet_cap_period, at))
+            windows = {period: window_key(period, at) for period in distinct_periods}
+            base = row * C
+            for ci, cid, period in cap_periods:
+                slots[base + ci] = slot(cid, wid, windows[period])
             for item in ev.items or ():
                 item_amount.append(item.amount)
-                item_mask.append(sum(1 << catalog.tag_bits[t] for t in set(item.tags) if t in catalog.tag_bits))
+                item_mask.append(sum(1 << tag_bits[t] for t in set(item.tags) if t in tag_bits))
         else:
             x_kind[i] = k.KIND_REFUND
             x_row[i] = row_index.get(ev.original_id, -1)
         x_item_start[i + 1] = len(item_amount)
+    r_slot = np.array(slots, np.int32)
+    r_wallet = np.array(rows_wallet, np.int32)
+    r_amount = np.array(rows_amount, I64)
+    r_points_used = np.array(rows_points_used, I64)
 
     wallet_ids = list(wallet_index)
     cols = Columns(
         **catalog_columns(catalog, extra),
-        x_kind=x_kind,
-        x_merchant=x_merchant,
-        x_occurred_at=x_occurred_at,
-        x_amount=x_amount,
-        x_points_used=x_points_used,
-        x_row=x_row,
-        x_item_start=x_item_start,
+        x_kind=np.array(x_kind, np.int8),
+        x_merchant=np.array(x_merchant, np.int32),
+        x_occurred_at=np.array(x_occurred_at, I64),
+        x_amount=np.array(x_amount, I64),
+        x_points_used=np.array(x_points_used, I64),
+        x_row=np.array(x_row, np.int32),
+        x_item_start=np.array(x_item_start, np.int32),
         item_amount=_a(item_amount),
         item_mask=_a(item_mask, np.uint64),
         r_wallet=r_wallet,
@@ -377,21 +392,25 @@ def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -
             award.pending = r_pending[row * C + ctx.campaign_ids.index(cid)]
 
     outcomes: list[Outcome] = []
+    x_row = cols.x_row.tolist()
+    x_occurred_at = cols.x_occurred_at.tolist()
+    campaign_ids = ctx.campaign_ids
     for i, (key, ev) in enumerate(zip(ctx.keys, ctx.events)):
         code = STATUS_CODES[status[i]]
         if code is not None:
             outcomes.append(Outcome(key, ev.type, code))
             continue
-        row = int(cols.x_row[i])
+        row = x_row[i]
         if ev.type == "purchase":
-            at = to_us(ev.occurred_at)
+            at = x_occurred_at[i]
             purchase = PurchaseState(ev.wallet_id, ev.merchant_id, ev.amount, ev.points_used)
             awards = []
+            base, out = row * C, i * C
             for ci in range(C):
-                points = r_award[row * C + ci]
+                points = r_award[base + ci]
                 if points:
-                    cid = ctx.campaign_ids[ci]
-                    awards.append(Award(cid, versions[cid], points, CAPPED_BY[capped[i * C + ci]]))
+                    cid = campaign_ids[ci]
+                    awards.append(Award(cid, versions[cid], points, CAPPED_BY[capped[out + ci]]))
                     purchase.awards[cid] = AwardState(cid, versions[cid], points, points, window_key(periods[cid], at))
             state.purchases[key] = purchase
             outcomes.append(Outcome(key, "purchase", None, awards=awards))

@@ -12,6 +12,7 @@ import datetime as dt
 import hashlib
 import io
 import random
+import sys
 from concurrent.futures import Future
 
 import pytest
@@ -22,7 +23,7 @@ from engine.receipts import Receipt
 from engine.store import queries, rerate
 from engine.store.importer import import_history
 from engine.store.ledger import DecidedGroup, Result, Submission
-from engine.store.pipeline import PostingPipeline
+from engine.store.pipeline import SWITCH_INTERVAL_S, PostingPipeline
 from engine.timeutil import TOKYO, to_us
 from tests.lifecycle.support import Books, campaign
 
@@ -368,4 +369,23 @@ def test_a_group_of_declines_only_is_laid_over_the_next_one(postgres_url) -> Non
         assert reused.result()[0].body["code"] == "idempotency_key_reused"
         assert pipeline.overlaid == 1 and pipeline.redecided == 0
     finally:
+        books.close()
+
+
+def test_an_open_pipeline_shortens_the_switch_interval_and_gives_the_process_its_own_back(postgres_url) -> None:
+    books = setup(postgres_url)
+    before = sys.getswitchinterval()
+    try:
+        with PostingPipeline(books.ledger) as pipeline:
+            assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+            groups = traffic(seed=3, n=10)
+            assert pipeline.submit([fresh(s) for s in groups[0]], accepted_at_us=accepted_at(groups[0])).result()
+        assert sys.getswitchinterval() == pytest.approx(before)
+        failing = PostingPipeline(books.ledger)
+        failing._failure = RuntimeError("a group that could not be written")
+        with pytest.raises(RuntimeError):
+            failing.close()
+        assert sys.getswitchinterval() == pytest.approx(before)  # given back even when closing raises
+    finally:
+        sys.setswitchinterval(before)
         books.close()
