@@ -43,9 +43,10 @@ are written to the error report in line order.
 The tables an import fills grow from nothing to millions of rows faster than autovacuum's
 analyze follows (or at all, where it is off): without statistics PostgreSQL guesses that a
 look-up of a group's fifteen refunded originals matches thousands of award rows and scans the
-whole table (60 ms a group at a million rows). So the import runs `ANALYZE` on the ledger's
-tables itself, once `ANALYZE_FIRST` rows are in and again each time the count has doubled
-(a dozen times in a million rows, about 0.2 s each).
+whole table (60 ms a group at a million rows). So the import runs `ANALYZE` on the tables a
+group's reads look up by lists of keys (`ANALYZED`) itself, once `ANALYZE_FIRST` rows are in
+and again each time the count has doubled (eight times in a million rows), in a thread of its
+own: the database works on it while the import goes on.
 
 Bad lines import nothing and are reported one per line (line, payment_id, code,
 message): the reader's codes, `out_of_order`, `unknown_original`,
@@ -63,7 +64,7 @@ import heapq
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TextIO
 
 from sqlalchemy import func, select, text
@@ -77,7 +78,6 @@ from engine.receipts import Receipt
 from engine.store import bulk, lifecycle
 from engine.store.ledger import CatalogSnapshot, Ledger, Result, Submission
 from engine.store.models import (
-    AccountRow,
     AwardRow,
     PaymentRow,
     PointLotRow,
@@ -85,7 +85,6 @@ from engine.store.models import (
     RedemptionLegRow,
     TerminalRow,
     WalletDebtRow,
-    WalletWindowUsageRow,
 )
 from engine.store.pipeline import PostingPipeline
 from engine.store.rerate import load_versions
@@ -97,17 +96,10 @@ KEY_PREFIX = "import:"  # the idempotency key of an imported payment: import:<pa
 ERROR_COLUMNS = ("line", "payment_id", "code", "message")
 _EARLIEST = -(1 << 62)
 ANALYZE_FIRST = 5_000  # rows imported before the import first analyzes the tables it fills
-# The tables a group writes (`PostingWriter.flush`), whose statistics the ledger's reads plan by.
-ANALYZED = (
-    PaymentRow,
-    AwardRow,
-    PostingRow,
-    PointLotRow,
-    RedemptionLegRow,
-    WalletWindowUsageRow,
-    AccountRow,
-    WalletDebtRow,
-)
+# The tables a group reads by lists of keys (`= ANY`: originals, their awards and legs, lots,
+# debts), whose plans follow their statistics. The others are only written, or read by one
+# index probe per key (`bulk.ReadBatch.where_tuples`), which needs none.
+ANALYZED = (PaymentRow, AwardRow, RedemptionLegRow, PointLotRow, WalletDebtRow)
 
 
 @dataclasses.dataclass
@@ -174,7 +166,10 @@ class _Importer:
         self.pipeline = PostingPipeline(ledger, enabled=pipelined)
         self.pending: list[tuple[list[tuple[Line, Submission]], Future[list[Result]]]] = []  # results not taken in
         self.errors: list[tuple[int, str, str, str]] = []  # reported lines not written yet (written in line order)
-        self.analyze_at = ANALYZE_FIRST  # rows imported at which the tables are analyzed next
+        # SQLite's planner keeps no statistics these reads need: never analyzed there.
+        self.analyze_at = ANALYZE_FIRST if ledger.engine.dialect.name == "postgresql" else 1 << 62
+        self.analyzer = ThreadPoolExecutor(1, thread_name_prefix="import-analyze")
+        self.analyzing: Future[None] | None = None
 
     # -- reporting --
 
@@ -221,15 +216,20 @@ class _Importer:
     def run(self, lines: Iterable[str]) -> ImportReport:
         started = time.perf_counter()
         chunk: list[Line | LineError] = []
-        with self.pipeline:
-            for item in Reader(self.now_us).read(lines):
-                chunk.append(item)
-                if len(chunk) >= self.group_max:
+        try:
+            with self.pipeline:
+                for item in Reader(self.now_us).read(lines):
+                    chunk.append(item)
+                    if len(chunk) >= self.group_max:
+                        self.chunk(chunk)
+                        chunk = []
+                if chunk:
                     self.chunk(chunk)
-                    chunk = []
-            if chunk:
-                self.chunk(chunk)
-            self.take_in(wait=True)
+                self.take_in(wait=True)
+        finally:
+            self.analyzer.shutdown()  # waits for an ANALYZE still running
+        if self.analyzing is not None:
+            self.analyzing.result()
         self.report.redecided = self.pipeline.redecided
         self.report.seconds = time.perf_counter() - started
         return self.report
@@ -358,14 +358,14 @@ class _Importer:
                     code = str(r.body.get("code", "declined"))
                     self.error(x.line, x.payment_id, code, str(r.body.get("detail") or r.body.get("title") or code))
         self.write_errors()
-        if self.report.imported >= self.analyze_at:
-            self.analyze()
+        if self.report.imported >= self.analyze_at and (self.analyzing is None or self.analyzing.done()):
+            if self.analyzing is not None:
+                self.analyzing.result()  # an error of the last one surfaces here
+            self.analyzing = self.analyzer.submit(self.analyze)
             self.analyze_at = 2 * self.report.imported
 
     def analyze(self) -> None:
         """Refresh PostgreSQL's statistics of the tables the import fills (see the module's text)."""
-        if self.ledger.engine.dialect.name != "postgresql":
-            return  # SQLite's planner keeps no statistics the reads need
         with self.ledger.engine.connect() as connection:
             connection.execute(text("ANALYZE " + ", ".join(row.__tablename__ for row in ANALYZED)))
             connection.commit()

@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -971,7 +972,9 @@ class PostingWriter:
         self.at_us = at_us  # the instant every posting, payment and lot of this writer carries
         self.books = books  # wallet -> its lots and debt, kept current in acceptance order
         self.flushed = False
-        self._unit = unit
+        # Not the unit itself: it keeps its writers, and the cycle would keep a group's books
+        # and rows alive until the cyclic collector walks them.
+        self._unit = weakref.ref(unit)
         self._chain = unit._chain
         self._batch = bulk.WriteBatch(unit.session)
         self._redemption_legs: list[Row] = []
@@ -990,7 +993,9 @@ class PostingWriter:
 
     @property
     def campaigns(self) -> Mapping[str, Campaign]:
-        return self._unit.catalog.campaigns
+        unit = self._unit()
+        assert unit is not None, "a PostingWriter posts inside its unit of work"
+        return unit.catalog.campaigns
 
     def post(self, posting: rules.Posting) -> None:
         chain = self._chain

@@ -167,3 +167,7 @@ class PostingPipeline:
         except BaseException as failure:
             self._failure = failure
             raise
+        finally:
+            # Only this write checked the group before it: let that one go (else every group
+            # decided over another would keep the one before it, its rows and books, alive).
+            decided.after = None

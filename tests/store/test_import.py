@@ -356,3 +356,29 @@ def test_the_history_credits_lots_with_the_validity_in_force_then(database_url) 
         assert promised.startswith("2026-03-01")  # one month after January's crediting
     finally:
         b.close()
+
+
+def test_the_import_analyzes_the_tables_it_reads_by_lists_of_keys(postgres_url, tmp_path, monkeypatch) -> None:
+    """Without statistics PostgreSQL scans the whole award table for a group's originals; the
+    import analyzes them itself (autovacuum may lag behind a bulk load, or be off)."""
+    from engine.store import importer
+
+    monkeypatch.setattr(importer, "ANALYZE_FIRST", 40)
+    b = Books(postgres_url, start=START)
+    try:
+        b.setup({"M1": ["T1"], "M2": ["T2"]}, [campaign("C1")])
+        b.at(NOW)
+        with b.engine.connect() as c:
+            c.execute(text("SELECT pg_stat_clear_snapshot()"))
+            before = dict(c.execute(text("SELECT relname, analyze_count FROM pg_stat_user_tables")).all())
+        path = tmp_path / "history.csv"
+        history_file(path, 400)
+        summary, errors = run_import(b, path.read_text(), group=50)
+        assert summary["imported"] + len(errors) == 400 and summary["tables_analyzed"] >= 2  # at 40, 80, 160, ...
+        with b.engine.connect() as c:
+            c.execute(text("SELECT pg_stat_clear_snapshot()"))
+            after = dict(c.execute(text("SELECT relname, analyze_count FROM pg_stat_user_tables")).all())
+        for table in ("payment", "award", "redemption_leg", "point_lot", "wallet_debt"):
+            assert after[table] >= before.get(table, 0) + 2, table
+    finally:
+        b.close()
