@@ -38,16 +38,10 @@ def tokyo_day_key(us: int) -> int:
 
 def tokyo_month_key(us: int) -> int:
     """Months since 1970-01 of the Asia/Tokyo calendar month containing `us`."""
-    day = tokyo_day_key(us)
-    month = _MONTH_OF_DAY.get(day)
-    if month is None:
-        month = _MONTH_OF_DAY[day] = _month_of_day(day)
-    return month
+    return _month_of_day(tokyo_day_key(us))
 
 
-_MONTH_OF_DAY: dict[int, int] = {}  # day key -> month key, filled as days are met (a few hundred a year)
-
-
+@functools.lru_cache(maxsize=1 << 16)  # a day's month is asked once per award and usage key: a few days at a time
 def _month_of_day(day: int) -> int:
     # Civil-from-days (H. Hinnant's algorithm): integer arithmetic, no tz lookups.
     z = day + 719468

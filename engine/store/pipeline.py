@@ -39,7 +39,7 @@ Both threads want the interpreter: the caller decides in Python while the writer
 and waits on the database. Each time the writer's round trip returns it waits for the caller
 to hand the interpreter over, which CPython does every `sys.getswitchinterval()` (5 ms by
 default): a group's dozen round trips would each wait that long. While a pipeline is open the
-interval is `SWITCH_INTERVAL_S` (process-wide; restored on close): the history import of
+interval is `SWITCH_INTERVAL_S` (process-wide; restored when the last one closes): the history import of
 100,000 rows went from 14.2 to 12.7 s with it (`bench/import.py`, docs/BENCHMARKS.md).
 """
 
@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -55,6 +56,33 @@ from engine.store.ledger import CatalogSnapshot, DecidedGroup, Ledger, Result, S
 log = logging.getLogger(__name__)
 
 SWITCH_INTERVAL_S = 0.0005  # while a pipeline is open: see the module's description
+
+# The process's own interval, given back when the last open pipeline closes.
+_interval_lock = threading.Lock()
+_open_pipelines = 0
+_own_interval = 0.0
+
+
+def _lower_switch_interval() -> None:
+    global _open_pipelines, _own_interval
+    with _interval_lock:
+        if _open_pipelines == 0:
+            _own_interval = sys.getswitchinterval()
+            sys.setswitchinterval(min(SWITCH_INTERVAL_S, _own_interval))
+        _open_pipelines += 1
+
+
+def _restore_switch_interval() -> None:
+    global _open_pipelines
+    with _interval_lock:
+        _open_pipelines -= 1
+        if _open_pipelines == 0:
+            sys.setswitchinterval(_own_interval)
+
+
+def open_pipelines() -> int:
+    """How many pipelines are open in this process (each lowers the switch interval until closed)."""
+    return _open_pipelines
 
 
 class PostingPipeline:
@@ -70,10 +98,10 @@ class PostingPipeline:
         self._failure: BaseException | None = None  # the error of a group that could not be written
         self.redecided = 0  # groups whose write found the head moved and were decided again
         self.overlaid = 0  # groups decided over the one before them, not yet written
-        self._switch_interval: float | None = None  # the process's own, while this pipeline is open
+        self._holds_interval = False  # whether this pipeline counts among those lowering it
         if self.enabled:
-            self._switch_interval = sys.getswitchinterval()
-            sys.setswitchinterval(min(SWITCH_INTERVAL_S, self._switch_interval))
+            _lower_switch_interval()
+            self._holds_interval = True
 
     def __enter__(self) -> PostingPipeline:
         return self
@@ -82,8 +110,10 @@ class PostingPipeline:
         if kind is None:
             self.close()
             return
-        self._wait()  # the caller's own error goes on; nothing is left writing behind it
-        self._shut()
+        try:
+            self._wait()  # the caller's own error goes on; nothing is left writing behind it
+        finally:
+            self._shut()
 
     def close(self) -> None:
         try:
@@ -93,9 +123,9 @@ class PostingPipeline:
 
     def _shut(self) -> None:
         self._writer.shutdown()
-        if self._switch_interval is not None:
-            sys.setswitchinterval(self._switch_interval)
-            self._switch_interval = None
+        if self._holds_interval:
+            self._holds_interval = False
+            _restore_switch_interval()
 
     def _wait(self) -> None:
         for _, future in self._flight:

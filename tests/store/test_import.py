@@ -382,3 +382,26 @@ def test_the_import_analyzes_the_tables_it_reads_by_lists_of_keys(postgres_url, 
             assert after[table] >= before.get(table, 0) + 2, table
     finally:
         b.close()
+
+
+def test_an_analyze_that_fails_only_costs_speed(postgres_url, tmp_path, monkeypatch, caplog) -> None:
+    from engine.store import importer
+
+    class Missing:
+        __tablename__ = "no_such_table"
+
+    monkeypatch.setattr(importer, "ANALYZE_FIRST", 40)
+    monkeypatch.setattr(importer, "ANALYZED", (PaymentRow, Missing))
+    b = Books(postgres_url, start=START)
+    try:
+        b.setup({"M1": ["T1"], "M2": ["T2"]}, [campaign("C1")])
+        b.at(NOW)
+        path = tmp_path / "history.csv"
+        history_file(path, 200)
+        summary, errors = run_import(b, path.read_text(), group=50)
+        assert summary["imported"] + len(errors) == 200 and summary["imported"] > 150
+        assert summary["tables_analyzed"] == 0
+        assert "could not analyze" in caplog.text
+        assert len(imported(b)) == summary["imported"]
+    finally:
+        b.close()

@@ -23,7 +23,7 @@ from engine.receipts import Receipt
 from engine.store import queries, rerate
 from engine.store.importer import import_history
 from engine.store.ledger import DecidedGroup, Result, Submission
-from engine.store.pipeline import SWITCH_INTERVAL_S, PostingPipeline
+from engine.store.pipeline import SWITCH_INTERVAL_S, PostingPipeline, open_pipelines
 from engine.timeutil import TOKYO, to_us
 from tests.lifecycle.support import Books, campaign
 
@@ -197,9 +197,8 @@ def test_groups_decided_over_the_one_in_flight_leave_the_ledger_of_deciding_each
     piped, locked = setup(postgres_url), setup(other_postgres_url)
     try:
         groups = traffic(seed=seed, n=700)
-        pipeline = Lagging(piped.ledger)
-        futures = [pipeline.submit([fresh(s) for s in g], accepted_at_us=accepted_at(g)) for g in groups]
-        pipeline.close()
+        with Lagging(piped.ledger) as pipeline:
+            futures = [pipeline.submit([fresh(s) for s in g], accepted_at_us=accepted_at(g)) for g in groups]
         expected = [locked.ledger.submit([fresh(s) for s in g], accepted_at_us=accepted_at(g)) for g in groups]
         assert pipeline.redecided == 0
         assert pipeline.overlaid >= len(groups) * 9 // 10  # all but groups decided under the lock (receipts twice)
@@ -223,13 +222,12 @@ def test_a_group_whose_head_moved_before_its_write_is_decided_again(postgres_url
     books = setup(postgres_url)
     try:
         groups = traffic(seed=3, n=40)
-        pipeline = Lagging(books.ledger)
-        first = pipeline.submit([fresh(s) for s in groups[0]], accepted_at_us=accepted_at(groups[0]))
-        second = pipeline.submit([fresh(s) for s in groups[1]], accepted_at_us=accepted_at(groups[1]))
-        # Another writer posts between the second group's decision and its write.
-        other = books.purchase("T1", "W0", 5000, dt.datetime(2026, 1, 6, 23, tzinfo=TOKYO))
-        assert other.status == 201
-        pipeline.close()
+        with Lagging(books.ledger) as pipeline:
+            first = pipeline.submit([fresh(s) for s in groups[0]], accepted_at_us=accepted_at(groups[0]))
+            second = pipeline.submit([fresh(s) for s in groups[1]], accepted_at_us=accepted_at(groups[1]))
+            # Another writer posts between the second group's decision and its write.
+            other = books.purchase("T1", "W0", 5000, dt.datetime(2026, 1, 6, 23, tzinfo=TOKYO))
+            assert other.status == 201
         assert first.result() and second.result()
         assert pipeline.redecided == 1  # the second one; the first was written before the other post
         assert all(r.status in (201, 400, 402, 404, 409, 422) for r in second.result())
@@ -360,11 +358,10 @@ def test_a_group_of_declines_only_is_laid_over_the_next_one(postgres_url) -> Non
             canonical = body.model_dump_json()
             return Submission("T1", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
 
-        pipeline = Lagging(books.ledger)
         at = to_us(dt.datetime(2026, 1, 6, 10, tzinfo=TOKYO))
-        declined = pipeline.submit([submission("x", 5000, 4000)], accepted_at_us=at)  # no points yet
-        reused = pipeline.submit([submission("x", 6000, 0)], accepted_at_us=at)  # the same key, another body
-        pipeline.close()
+        with Lagging(books.ledger) as pipeline:
+            declined = pipeline.submit([submission("x", 5000, 4000)], accepted_at_us=at)  # no points yet
+            reused = pipeline.submit([submission("x", 6000, 0)], accepted_at_us=at)  # the same key, another body
         assert declined.result()[0].body["code"] == "insufficient_points"
         assert reused.result()[0].body["code"] == "idempotency_key_reused"
         assert pipeline.overlaid == 1 and pipeline.redecided == 0
@@ -372,20 +369,32 @@ def test_a_group_of_declines_only_is_laid_over_the_next_one(postgres_url) -> Non
         books.close()
 
 
-def test_an_open_pipeline_shortens_the_switch_interval_and_gives_the_process_its_own_back(postgres_url) -> None:
+def test_open_pipelines_shorten_the_switch_interval_and_the_last_one_closed_gives_it_back(postgres_url) -> None:
     books = setup(postgres_url)
+    assert open_pipelines() == 0, "a test before this one left a pipeline open"
     before = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
     try:
         with PostingPipeline(books.ledger) as pipeline:
             assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
             groups = traffic(seed=3, n=10)
             assert pipeline.submit([fresh(s) for s in groups[0]], accepted_at_us=accepted_at(groups[0])).result()
-        assert sys.getswitchinterval() == pytest.approx(before)
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        # Two open at once: the first one closed leaves it short for the other.
+        first, second = PostingPipeline(books.ledger), PostingPipeline(books.ledger)
+        first.close()
+        assert sys.getswitchinterval() == pytest.approx(SWITCH_INTERVAL_S)
+        second.close()
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        # Given back when closing raises, and when the block ends in an error.
         failing = PostingPipeline(books.ledger)
         failing._failure = RuntimeError("a group that could not be written")
         with pytest.raises(RuntimeError):
             failing.close()
-        assert sys.getswitchinterval() == pytest.approx(before)  # given back even when closing raises
+        assert sys.getswitchinterval() == pytest.approx(0.005)
+        with pytest.raises(KeyError), PostingPipeline(books.ledger):
+            raise KeyError("the caller's own error")
+        assert sys.getswitchinterval() == pytest.approx(0.005) and open_pipelines() == 0
     finally:
         sys.setswitchinterval(before)
         books.close()
