@@ -126,6 +126,12 @@ def main() -> int:
         write_history(path, merchants, args.rows)
         print(f"wrote {args.rows} rows in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         engine = db.make_engine(url)
+        with engine.connect() as connection:  # figures depend on them: printed with the run
+            settings = connection.exec_driver_sql(
+                "SELECT name, current_setting(name) FROM pg_settings "
+                "WHERE name IN ('shared_buffers', 'max_wal_size', 'autovacuum', 'synchronous_commit') ORDER BY name"
+            ).all()
+        print("postgres: " + " ".join(f"{name}={value}" for name, value in settings), file=sys.stderr)
         ledger = Ledger(engine, SystemClock())
         errors = io.StringIO()
         collector.tune()  # as the `setapay` command does before it runs one
