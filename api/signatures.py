@@ -55,6 +55,7 @@ from engine.http_signing import (
     PARAMETERS,
     covered_components,
 )
+from engine.store import db
 from engine.store.config import Config
 from engine.store.nonces import DatabaseNonces, RedisNonces
 
@@ -117,7 +118,10 @@ class TerminalSignatures:
         now = time.monotonic()
         if cached is not None and cached[0] > now:
             return cached[1]
-        encoded = await asyncio.to_thread(self.config.terminal_public_key, terminal_id)
+        try:
+            encoded = await asyncio.to_thread(self.config.terminal_public_key, terminal_id)
+        except db.UNREACHABLE as exc:  # the database went away: a 503 the terminal retries, not a 500
+            raise EngineError("service_unavailable", type(exc).__name__) from None
         key = None if encoded is None else Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
         self._keys[terminal_id] = (now + self.key_cache_s, key)
         return key

@@ -209,3 +209,19 @@ def test_random_keys_are_accepted():
     for _ in range(20):
         key = Ed25519PrivateKey.generate()
         assert http_signing.parse_public_key(http_signing.public_key_b64(key))
+
+
+def test_a_terminal_key_that_cannot_be_looked_up_is_a_503_not_a_500():
+    """The database went away (a pool dropped, PostgreSQL restarting) while a terminal's key was
+    not cached: the terminal gets a 503 it retries, as for every other read of the request."""
+    from engine.store import db
+    from engine.store.config import Config
+
+    nowhere = db.make_engine("postgresql+psycopg://postgres@127.0.0.1:1/nothing_listens_here")
+    try:
+        signatures = TerminalSignatures(Config(nowhere), _Nonces(), SystemClock())
+        assert _code(signatures, _request("POST", "/v1/transactions", {"Idempotency-Key": "k1"}, b"{}")) == (
+            "service_unavailable"
+        )
+    finally:
+        nowhere.dispose()
