@@ -27,7 +27,12 @@ metered exactly as a live one, with three differences a past instant needs:
 Each payment carries the receipt (app = `source`, jti = the app's payment id,
 original_jti = the original's app payment id for a refund), and the ledger holds
 (app, jti) unique: a payment id is imported once. Every group commits alone, so
-a killed import re-run skips what is there (`already`) and continues. An imported
+a killed import re-run skips what is there (`already`) and continues. Only lines up to
+the latest acceptance instant of the payments imported from `source` before the run can
+be there (a group is accepted at its latest line's instant): those are looked up, the
+rest are not (a first import looks up nothing), and should one be there all the same
+(the same payment id on a later line of another file), the ledger's receipt check
+declines it as `receipt_already_used`, counted as `already` too. An imported
 payment's id is derived from the app's (`engine.importing.imported_payment_id`), so
 a refund refers to its original by that id without waiting for the original's group
 to commit (or by its stored id when it was imported before); a refund whose original
@@ -155,6 +160,12 @@ class _Importer:
                 select(PaymentRow.accepted_at_us).order_by(PaymentRow.sequence.desc()).limit(1)
             ).scalar()
             last_posting = session.execute(select(func.max(PostingRow.posted_at_us))).scalar()
+            # A payment imported before was accepted at its group's latest instant, so no line
+            # after the latest acceptance of an earlier import from `source` can be in the ledger:
+            # only lines up to it are looked up (none at all on a first import).
+            self.stored_until_us: int | None = session.execute(
+                select(func.max(PaymentRow.accepted_at_us)).where(PaymentRow.receipt_app_id == source)
+            ).scalar()
         # Nothing may be stamped before what the ledger stamped last (settlement relies on it).
         self.floor_us = max(last_payment or _EARLIEST, last_posting or _EARLIEST)
         # Rows older than what the ledger held before, or than rows already posted, are out of order.
@@ -251,9 +262,16 @@ class _Importer:
     def chunk(self, items: list[Line | LineError]) -> None:
         """Up to one group's worth of lines: look up what of them is in the ledger, then post
         the rest in groups of one configuration era each."""
-        lines = [x for x in items if isinstance(x, Line)]
-        wanted = {x.payment_id for x in lines} | {o for x in lines if (o := x.original_payment_id) is not None}
-        stored = self._stored(wanted)
+        until = self.stored_until_us
+        wanted: set[str] = set()
+        if until is not None:
+            for x in items:
+                if isinstance(x, Line):
+                    if x.occurred_at_us <= until:
+                        wanted.add(x.payment_id)
+                    if (original := x.original_payment_id) is not None:
+                        wanted.add(original)
+        stored = self._stored(wanted) if wanted else {}
         group: list[tuple[Line, Submission]] = []
         in_group: set[str] = set()
         group_era = 0
@@ -354,6 +372,8 @@ class _Importer:
                         self.report.already += 1
                     else:
                         self.report.imported += 1
+                elif r.body.get("code") == "receipt_already_used":  # imported before (not looked up)
+                    self.report.already += 1
                 elif r.body.get("code") == "original_not_found":  # its original's line was declined
                     self.unknown_original(x)
                 else:

@@ -175,6 +175,25 @@ def test_a_refund_of_an_earlier_import_and_rows_before_the_ledger_end(books: Boo
     assert rerate.rerate_check(books.engine)["ok"]
 
 
+def test_a_payment_id_imported_before_on_a_later_line_is_already_imported(books: Books) -> None:
+    # Lines after the latest instant imported from the source are not looked up (they cannot
+    # be there from a run of the same file); an id imported before from another file is caught
+    # by the ledger's receipt check and counted as imported already, writing nothing.
+    first, _ = run_import(books, csv_text(ROWS[:2]))
+    assert first["imported"] == 2
+    before = imported(books)
+    later = [
+        row("P1", "purchase", "W9", "M1", "T1", at(20), 3000),  # P1 again, a later instant
+        row("P30", "purchase", "W9", "M1", "T1", at(21), 1000),
+    ]
+    summary, errors = run_import(books, csv_text(later))
+    assert (summary["imported"], summary["already_imported"], errors) == (1, 1, [])
+    payments = imported(books)
+    assert set(payments) == {"P1", "P2", "P30"}
+    assert payments["P1"].id == before["P1"].id and payments["P1"].amount == 1000
+    assert queries.ledger_check(books.engine)["ok"] and rerate.rerate_check(books.engine)["ok"]
+
+
 def test_the_reader_checks_the_header_and_each_line() -> None:
     with pytest.raises(HeaderError):
         list(Reader().read(io.StringIO("payment_id,type\nP1,purchase\n")))
