@@ -111,6 +111,53 @@ class ReadBatch:
         ]
         return self._add(Read(None, statements))
 
+    def where_each(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        column: str,
+        values: Sequence[object],
+        among: Mapping[str, Sequence[object]] | None = None,
+    ) -> Read:
+        """Rows of `table` whose `column` is one of `values` and, for each (column, allowed) of
+        `among`, whose column is one of `allowed`: every row of each value, not at most one.
+
+        On PostgreSQL one index probe per value (a LATERAL subquery over an index that leads with
+        `column`, `among` checked on the rows it finds): a thousand values cost about a thousand
+        short index walks, where `= ANY` over the same index plans a bitmap scan of every
+        matching page (3.3 ms against 16.7 ms for the usage rows of 917 wallets in a table of
+        151,000). The plan of each probe follows the table's statistics."""
+        if not values:
+            return Read(None, [])
+        among = dict(among or {})
+        if any(not allowed for allowed in among.values()):
+            return Read(None, [])
+        if self.pg:
+            array_sql, array_value = _array(_pg_type(table, column), values)
+            conditions, params = ["TRUE"], [array_value]
+            for name, allowed in among.items():
+                allowed_sql, allowed_value = _array(_pg_type(table, name), allowed)
+                conditions.append(f"s.{name} = ANY({allowed_sql})")
+                params.append(allowed_value)
+            # Each OFFSET 0 fences a subquery: the outer keeps the probe a nested loop (not a join
+            # hashing the table), the inner keeps `among` out of the index condition (an array
+            # there is one index descent per element: 8 a wallet for 4 campaigns and 2 windows).
+            sql = (
+                f"SELECT {', '.join('t.' + c for c in columns)} FROM unnest({array_sql}) AS v(value) "
+                f"CROSS JOIN LATERAL (SELECT * FROM (SELECT {', '.join(columns)} FROM {table.name} "
+                f"WHERE {column} = v.value OFFSET 0) AS s WHERE {' AND '.join(conditions)} OFFSET 0) AS t"
+            )
+            return self._add(Read((sql, params), []))
+        fixed = [(name, list(allowed)) for name, allowed in among.items()]
+        where = "".join(f" AND {name} IN ({', '.join('?' * len(allowed))})" for name, allowed in fixed)
+        fixed_params = tuple(v for _, allowed in fixed for v in allowed)
+        select = f"SELECT {', '.join(columns)} FROM {table.name} WHERE {column} IN"
+        statements = [
+            (f"{select} ({', '.join('?' * len(chunk))}){where}", (*chunk, *fixed_params))
+            for chunk in _chunks(list(values), SQLITE_VARIABLES_MAX - len(fixed_params))
+        ]
+        return self._add(Read(None, statements))
+
     def where_tuples(self, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]) -> Read:
         """Rows of `table` whose `key` columns equal one of `tuples`. `key` is the primary key
         or a unique one: at most one row per tuple.

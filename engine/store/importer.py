@@ -91,6 +91,7 @@ from engine.store.models import (
     RedemptionLegRow,
     TerminalRow,
     WalletDebtRow,
+    WalletWindowUsageRow,
 )
 from engine.store.pipeline import PostingPipeline
 from engine.store.rerate import load_versions
@@ -105,9 +106,10 @@ ERROR_COLUMNS = ("line", "payment_id", "code", "message")
 _EARLIEST = -(1 << 62)
 ANALYZE_FIRST = 5_000  # rows imported before the import first analyzes the tables it fills
 # The tables a group reads by lists of keys (`= ANY`: originals, their awards and legs, lots,
-# debts), whose plans follow their statistics. The others are only written, or read by one
-# index probe per key (`bulk.ReadBatch.where_tuples`), which needs none.
-ANALYZED = (PaymentRow, AwardRow, RedemptionLegRow, PointLotRow, WalletDebtRow)
+# debts; usage by wallet, `bulk.ReadBatch.where_each`), whose plans follow their statistics.
+# The others are only written, or read by one index probe per key
+# (`bulk.ReadBatch.where_tuples`), which needs none.
+ANALYZED = (PaymentRow, AwardRow, RedemptionLegRow, PointLotRow, WalletDebtRow, WalletWindowUsageRow)
 
 
 @dataclasses.dataclass

@@ -918,17 +918,24 @@ class Ledger:
         # never consulted by the kernel (it checks balances of redemptions only) and its
         # book and its kernel balance both leave out the same lots, so they stay equal.
         reads = reads or bulk.ReadBatch(session)
-        usage = reads.where_tuples(
+        # A wallet's usage rows by one probe of the (wallet, campaign, window) key each, not one
+        # per campaign; rows of windows or campaigns not asked for are left out below.
+        usage = reads.where_each(
             WalletWindowUsageRow.__table__,
             ["campaign_id", "wallet_id", "window_key", "points"],
-            ["campaign_id", "wallet_id", "window_key"],
-            sorted(usage_keys),
+            "wallet_id",
+            sorted({wallet_id for _, wallet_id, _ in usage_keys}),
+            among={
+                "campaign_id": sorted({campaign_id for campaign_id, _, _ in usage_keys}),
+                "window_key": sorted({key for _, _, key in usage_keys}),
+            },
         )
         spend = reads.query("SELECT id, issued_net FROM campaign")
         build_books = queue_books(reads, wallets, lot_ids, spending)
         reads.run()  # one round trip on PostgreSQL
         for cid, wid, wkey, points in usage.rows:
-            state.usage[(cid, wid, wkey)] = points
+            if (cid, wid, wkey) in usage_keys:
+                state.usage[(cid, wid, wkey)] = points
         for campaign_id, issued_net in spend.rows:
             state.spend[campaign_id] = issued_net
         books = build_books()

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Table,
     Text,
@@ -199,12 +200,18 @@ class AwardRow(Base):
 
 
 class WalletWindowUsageRow(Base):
+    """Points a wallet earned from a campaign in one cap window. Keyed wallet first: a group
+    reads the rows of its wallets by one index probe each (`bulk.ReadBatch.where_each`)."""
+
     __tablename__ = "wallet_window_usage"
-    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    wallet_id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    window_key: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(64))
+    wallet_id: Mapped[str] = mapped_column(String(64))
+    window_key: Mapped[int] = mapped_column(BigInteger)
     points: Mapped[int] = mapped_column(BigInteger)
-    __table_args__ = (CheckConstraint("points >= 0", name="points_nonnegative"),)
+    __table_args__ = (
+        PrimaryKeyConstraint("wallet_id", "campaign_id", "window_key"),
+        CheckConstraint("points >= 0", name="points_nonnegative"),
+    )
 
 
 class AccountRow(Base):
