@@ -383,6 +383,7 @@ def test_the_import_analyzes_the_tables_it_reads_by_lists_of_keys(postgres_url, 
     from engine.store import importer
 
     monkeypatch.setattr(importer, "ANALYZE_FIRST", 40)
+    monkeypatch.setattr(importer, "ANALYZE_GROWTH", 2)
     b = Books(postgres_url, start=START)
     try:
         b.setup({"M1": ["T1"], "M2": ["T2"]}, [campaign("C1")])
@@ -397,7 +398,7 @@ def test_the_import_analyzes_the_tables_it_reads_by_lists_of_keys(postgres_url, 
         with b.engine.connect() as c:
             c.execute(text("SELECT pg_stat_clear_snapshot()"))
             after = dict(c.execute(text("SELECT relname, analyze_count FROM pg_stat_user_tables")).all())
-        for table in ("payment", "award", "redemption_leg", "point_lot", "wallet_debt"):
+        for table in ("payment", "award", "redemption_leg", "point_lot", "wallet_debt", "wallet_window_usage"):
             assert after[table] >= before.get(table, 0) + 2, table
     finally:
         b.close()
