@@ -360,7 +360,13 @@ class _Importer:
             return
         accepted_at = max(self.floor_us, *(x.occurred_at_us for x, _ in group))
         results = self.pipeline.submit(
-            [s for _, s in group], accepted_at_us=accepted_at, catalog=self.catalog(era), remember_answers=False
+            [s for _, s in group],
+            accepted_at_us=accepted_at,
+            catalog=self.catalog(era),
+            remember_answers=False,
+            # A first import from `source`: no payment carried one of its receipts before it, and
+            # each of its payment ids is on one line of the file.
+            receipts_unused=self.stored_until_us is None,
         )
         self.pending.append((group, results))
         self.report.groups += 1

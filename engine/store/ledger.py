@@ -520,6 +520,7 @@ class Ledger:
         remember_answers: bool = True,
         overlay: GroupEffects | None = None,
         keep_effects: bool = False,
+        look_up_receipts: bool = True,
     ) -> tuple[list[Result | None], bulk.WriteBatch, GroupEffects]:
         """`_submit_one` inside `unit`: each submission's result, the batch of rows that posts
         them (queued, not sent on PostgreSQL) and, with `keep_effects`, what the group leaves
@@ -558,7 +559,7 @@ class Ledger:
         receipt_keys = {receipt for i in fresh if (receipt := submissions[i].receipt_key) is not None}
         reads = bulk.ReadBatch(session)
         read_originals = self._queue_originals(reads, original_ids - (overlay.originals.keys() if overlay else set()))
-        read_receipts = self._queue_used_receipts(reads, receipt_keys)
+        read_receipts = self._queue_used_receipts(reads, receipt_keys if look_up_receipts else set())
         reads.run()
         originals = read_originals()
         if overlay is not None:
@@ -709,13 +710,20 @@ class Ledger:
         catalog: CatalogSnapshot | None = None,
         remember_answers: bool = True,
         after: DecidedGroup | None = None,
+        receipts_unused: bool = False,
     ) -> DecidedGroup | None:
         """Decide a group as `submit` would, without the lock and without writing: in a
         `REPEATABLE READ, READ ONLY` snapshot (PostgreSQL) that reads the head with the state.
         With `after`, a group decided before and perhaps not written yet: when the snapshot
         does not see it, its effects are laid over what is read and this group is chained after
         it. None when the group must be decided under the lock instead (another writer moved
-        the head past `after`, or a receipt is used twice in the group: two rounds)."""
+        the head past `after`, or a receipt is used twice in the group: two rounds).
+
+        With `receipts_unused`, the caller knows no payment carries any of the group's receipts
+        (the history import's first run: none from its source before it, each payment id once
+        in its file), and they are not looked up. Should one be used all the same, the
+        database's unique receipt key refuses the group's write, and it is decided again under
+        the lock, where they are."""
         options: dict[str, Any] = dict(
             accepted_at_us=accepted_at_us, catalog=catalog, remember_answers=remember_answers
         )
@@ -748,7 +756,14 @@ class Ledger:
                 unit._catalog = catalog
             keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
             results, batch, effects = self._decide_group(
-                unit, submissions, keys, accepted_at_us, remember_answers, overlay, keep_effects=True
+                unit,
+                submissions,
+                keys,
+                accepted_at_us,
+                remember_answers,
+                overlay,
+                keep_effects=True,
+                look_up_receipts=not receipts_unused,
             )
             session.rollback()
         if any(r is None for r in results):

@@ -145,6 +145,7 @@ class PostingPipeline:
         accepted_at_us: int,
         catalog: CatalogSnapshot | None = None,
         remember_answers: bool = True,
+        receipts_unused: bool = False,
     ) -> Future[list[Result]]:
         """`Ledger.submit(submissions, ...)` whose results arrive once the group is committed;
         the group is decided before this returns, the write goes on in the writer thread.
@@ -152,7 +153,9 @@ class PostingPipeline:
 
         The acceptance instant is the caller's (the history import stamps each group with its
         payments' own instants): the clock's now would be read outside the lock, and a
-        settlement run relies on every posting committed after it carrying a later stamp."""
+        settlement run relies on every posting committed after it carrying a later stamp.
+        `receipts_unused`: see `Ledger.decide_ahead` (a group decided again under the lock
+        looks its receipts up)."""
         options: dict[str, Any] = dict(
             accepted_at_us=accepted_at_us, catalog=catalog, remember_answers=remember_answers
         )
@@ -161,7 +164,11 @@ class PostingPipeline:
         if self._failure is not None:
             raise self._failure
         last = self._flight[-1][0] if self._flight and not self._flight[-1][1].done() else None
-        decided = self.ledger.decide_ahead(submissions, after=last, **options) if self.enabled else None
+        decided = (
+            self.ledger.decide_ahead(submissions, after=last, receipts_unused=receipts_unused, **options)
+            if self.enabled
+            else None
+        )
         if decided is None:
             self.drain()
             future: Future[list[Result]] = Future()

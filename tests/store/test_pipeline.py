@@ -240,6 +240,38 @@ def test_a_group_whose_head_moved_before_its_write_is_decided_again(postgres_url
         books.close()
 
 
+def test_receipts_not_looked_up_are_still_refused_once_used(postgres_url) -> None:
+    # `receipts_unused` skips the look-up of a group's receipts; a receipt used all the same is
+    # refused by the unique key at the write, and the group decided again under the lock declines it.
+    books = setup(postgres_url)
+    try:
+        groups = traffic(seed=5, n=60)
+        plain = [s for g in groups for s in g if s.body.type == "purchase" and not s.body.points_used]
+        first, again = plain[0], plain[1]
+        reused = Submission(  # the first's receipt on another purchase, under another key
+            again.terminal_id,
+            "other-key",
+            again.request_hash,
+            again.body,
+            again.request_json,
+            receipt=first.receipt,
+            payment_id=payment_id(10_000),
+        )
+        with PostingPipeline(books.ledger) as pipeline:
+            done = pipeline.submit([fresh(first)], accepted_at_us=accepted_at([first]), receipts_unused=True)
+            assert [r.status for r in done.result()] == [201]
+            refused = pipeline.submit(
+                [fresh(reused), fresh(plain[2])], accepted_at_us=accepted_at([reused, plain[2]]), receipts_unused=True
+            )
+            results = refused.result()
+        assert pipeline.redecided == 1
+        assert [r.status for r in results] == [409, 201]
+        assert results[0].body["code"] == "receipt_already_used"
+        assert queries.ledger_check(books.engine)["ok"]
+    finally:
+        books.close()
+
+
 def history(n: int) -> str:
     """A history file of `n` lines over three days of January: six wallets, redemptions, refunds
     of the lines just before (so of the group in flight) and of declined purchases."""
