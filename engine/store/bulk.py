@@ -189,8 +189,7 @@ class ReadBatch:
         return self._add(Read(None, statements))
 
     def run(self) -> None:
-        """Run every statement queued so far and fill each read's rows (those sent ahead in this
-        session by a `Prefetch`, the very same statements, from what they read)."""
+        """Run every statement queued so far and fill each read's rows."""
         reads, self.reads = self.reads, []
         settings, self.settings = self.settings, []
         closings, self.closings = self.closings, []
@@ -199,93 +198,10 @@ class ReadBatch:
             for read in reads:
                 read.rows = [tuple(r) for sql, params in read.sqlite for r in connection.exec_driver_sql(sql, params)]
             return
-        ahead: dict[tuple[Any, ...], list[tuple[Any, ...]]] = self.session.info.get(_PREFETCHED, {})
-        if ahead:
-            for read in reads:
-                rows = ahead.pop(_statement_key(read.pg), None)  # type: ignore[arg-type]
-                if rows is not None:
-                    read.rows = rows
-                    read.pg = None  # read already
-            reads = [read for read in reads if read.pg is not None]
         if reads or settings or closings:  # nothing to send: not even the connection
             found = pipelined(_raw(self.session), [r.pg for r in reads], settings, closings)  # type: ignore[misc]
             for read, rows in zip(reads, found):
                 read.rows = rows
-
-    def prefetch(self) -> Prefetch:
-        """Send every statement queued so far (PostgreSQL) and return at once; see `Prefetch`."""
-        assert self.pg and not self.closings, "a prefetch sends reads on PostgreSQL and leaves the transaction open"
-        reads, self.reads = self.reads, []
-        settings, self.settings = self.settings, []
-        return Prefetch(self.session, reads, settings)
-
-
-# `Session.info` key of the rows read ahead by a `Prefetch` and not taken yet.
-_PREFETCHED = "setapay_prefetched"
-
-
-def _statement_key(statement: tuple[str, Sequence[Any]]) -> tuple[Any, ...]:
-    sql, params = statement
-    return (sql, *(tuple(p) if isinstance(p, list) else p for p in params))
-
-
-class Prefetch:
-    """Reads sent ahead on a session's PostgreSQL connection, in a pipeline left open while the
-    caller does other work (the database executes them meanwhile); `collect()` ends the
-    pipeline, fills the reads' rows and keeps them for the session's later `ReadBatch.run`
-    calls: a read queued there that is the very same statement (SQL and parameters) takes
-    the rows read ahead and sends nothing. Only for a transaction that writes nothing and
-    reads one snapshot (`REPEATABLE READ, READ ONLY`: the posting pipeline's decisions), where
-    a statement read earlier gives what it would give later. Nothing else may use the
-    session's connection until `collect()`."""
-
-    def __init__(self, session: Session, reads: list[Read], settings: list[str]) -> None:
-        self.session = session
-        self.reads = [read for read in reads if read.pg is not None]
-        raw = _raw(session)
-        self._pipeline: Any = raw.pipeline()
-        self._pipeline.__enter__()
-        self._cursors: list[Any] = []
-        try:
-            for sql in settings:
-                raw.execute(sql)
-            for read in self.reads:
-                cursor = raw.cursor()
-                cursor.execute(*read.pg)  # type: ignore[misc]
-                self._cursors.append(cursor)
-        except BaseException as failure:
-            self._end(failure)
-            raise
-
-    def _end(self, failure: BaseException | None = None) -> None:
-        pipeline, self._pipeline = self._pipeline, None
-        if pipeline is not None:
-            if failure is None:
-                pipeline.__exit__(None, None, None)
-            else:
-                pipeline.__exit__(type(failure), failure, failure.__traceback__)
-
-    def collect(self) -> None:
-        """Wait for the reads; their rows go to each `Read` and to the session's later reads."""
-        try:
-            self._end()
-            ahead = self.session.info.setdefault(_PREFETCHED, {})
-            for read, cursor in zip(self.reads, self._cursors):
-                read.rows = cursor.fetchall()
-                ahead[_statement_key(read.pg)] = read.rows  # type: ignore[arg-type]
-        finally:
-            for cursor in self._cursors:
-                cursor.close()
-            self._cursors = []
-
-    def discard(self) -> None:
-        """Forget the reads (the session is closed or rolled back next)."""
-        try:
-            self._end()
-        except Exception:  # noqa: S110 - the session is given up next; its own error will tell
-            pass
-        finally:
-            self.session.info.pop(_PREFETCHED, None)
 
 
 def pipelined(

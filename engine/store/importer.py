@@ -376,8 +376,6 @@ class _Importer:
     def take_in(self, wait: bool) -> None:
         """Take in the results of the groups posted, in order: every one with `wait`, else those
         committed already."""
-        if wait:
-            self.pipeline.drain()  # the group begun last is decided and written too
         while self.pending and (wait or self.pending[0][1].done()):
             group, results = self.pending.pop(0)
             for (x, _), r in zip(group, results.result()):

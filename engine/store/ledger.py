@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -273,42 +273,6 @@ class DecidedGroup:
     effects: GroupEffects
     after: DecidedGroup | None  # decided over this group's effects (it was not written yet)
     written: bool = False  # written exactly as decided
-
-
-_HEAD_SQL = (
-    "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version "
-    "FROM ledger_head WHERE id = 1"
-)
-
-
-@dataclasses.dataclass
-class Ahead:
-    """A group being decided ahead (`Ledger.begin_ahead`): its snapshot is open and its reads are
-    on their way; `finish()` decides it (what `Ledger.decide_ahead` returns) and closes the
-    snapshot, `close()` gives it up."""
-
-    ledger: Ledger
-    session: Session
-    prefetch: bulk.Prefetch
-    head: bulk.Read
-    submissions: list[Submission]
-    accepted_at_us: int
-    catalog: CatalogSnapshot | None
-    remember_answers: bool
-    after: DecidedGroup | None
-    receipts_unused: bool
-
-    def finish(self) -> DecidedGroup | None:
-        try:
-            return self.ledger._finish_ahead(self)
-        finally:
-            self.close()
-
-    def close(self) -> None:
-        try:
-            self.prefetch.discard()
-        finally:
-            self.session.close()  # rolls the read-only snapshot back
 
 
 @dataclasses.dataclass(frozen=True)
@@ -759,118 +723,49 @@ class Ledger:
         (the history import's first run: none from its source before it, each payment id once
         in its file), and they are not looked up. Should one be used all the same, the
         database's unique receipt key refuses the group's write, and it is decided again under
-        the lock, where they are.
-
-        In two steps, `begin_ahead(...).finish()`: the first takes the snapshot and sends its
-        reads, the second decides; in between the caller may do other work."""
-        return self.begin_ahead(
-            submissions,
-            accepted_at_us=accepted_at_us,
-            catalog=catalog,
-            remember_answers=remember_answers,
-            after=after,
-            receipts_unused=receipts_unused,
-        ).finish()
-
-    def begin_ahead(
-        self,
-        submissions: list[Submission],
-        *,
-        accepted_at_us: int,
-        catalog: CatalogSnapshot | None = None,
-        remember_answers: bool = True,
-        after: DecidedGroup | None = None,
-        receipts_unused: bool = False,
-    ) -> Ahead:
-        """The first step of `decide_ahead`: open its snapshot and send, without waiting, the
-        head's read and the reads deciding the group will make that follow from the
-        submissions alone (remembered keys, originals, receipts, and what its purchases rate
-        against, as if none is declined before rating; `bulk.Prefetch`). The database runs
-        them while the caller goes on; `Ahead.finish()` decides with their rows and reads
-        the rest (what the refunds need, and any read that came out otherwise)."""
-        session = Session(self._reader)
-        try:
-            reads = bulk.ReadBatch(session)
-            reads.setting("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
-            head = reads.query(_HEAD_SQL)
-            fresh: list[Submission] = []
-            seen_keys: set[tuple[str, str]] = set()
-            for sub in submissions:
-                if (sub.terminal_id, sub.idempotency_key) not in seen_keys:
-                    seen_keys.add((sub.terminal_id, sub.idempotency_key))
-                    fresh.append(sub)
-            if remember_answers:
-                self._queue_remembered(reads, seen_keys)
-            overlay = after.effects if after is not None else None  # the usual case: not seen written yet
-            original_ids = {sub.body.original_id for sub in fresh if sub.body.type == "refund"}
-            self._queue_originals(reads, original_ids - (overlay.originals.keys() if overlay else set()))
-            receipts = {key for sub in fresh if (key := sub.receipt_key) is not None}
-            self._queue_used_receipts(reads, set() if receipts_unused else receipts)
-            if catalog is not None:
-                terminals = catalog.merchant_by_terminal
-                purchases = [
-                    sub.body
-                    for sub in fresh
-                    if sub.body.type == "purchase" and terminals.get(sub.terminal_id) == sub.body.merchant_id
-                ]
-                self._queue_purchase_state(reads, catalog.rating, purchases)
-            prefetch = reads.prefetch()
-        except BaseException:
-            session.close()
-            raise
-        return Ahead(
-            self,
-            session,
-            prefetch,
-            head,
-            submissions,
-            accepted_at_us,
-            catalog,
-            remember_answers,
-            after,
-            receipts_unused,
-        )
-
-    def _finish_ahead(self, ahead: Ahead) -> DecidedGroup | None:
+        the lock, where they are."""
         options: dict[str, Any] = dict(
-            accepted_at_us=ahead.accepted_at_us, catalog=ahead.catalog, remember_answers=ahead.remember_answers
+            accepted_at_us=accepted_at_us, catalog=catalog, remember_answers=remember_answers
         )
-        after, session, submissions = ahead.after, ahead.session, ahead.submissions
-        ahead.prefetch.collect()
-        seen: Head = tuple(ahead.head.rows[0])
-        overlay: GroupEffects | None = None
-        # A group that moved no head (declines only) looks the same written or not: its
-        # effects (absolute values, answers as remembered) are laid over either way.
-        if after is None:
-            base = seen
-        elif seen == after.base:
-            base, overlay = after.end, after.effects
-        elif seen == after.end:
-            base, after = seen, None  # the snapshot sees it written
-        else:
-            return None
-        provisional = LedgerHead(
-            id=1,
-            last_posting_sequence=base[0],
-            last_hash=base[1],
-            last_payment_sequence=base[2],
-            last_payment_hash=base[3],
-            catalog_version=base[4],
-        )
-        unit = UnitOfWork(session, provisional, self)
-        if ahead.catalog is not None:
-            unit._catalog = ahead.catalog
-        keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
-        results, batch, effects = self._decide_group(
-            unit,
-            submissions,
-            keys,
-            ahead.accepted_at_us,
-            ahead.remember_answers,
-            overlay,
-            keep_effects=True,
-            look_up_receipts=not ahead.receipts_unused,
-        )
+        with Session(self._reader) as session:
+            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
+            head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
+            seen = _head_of(head)
+            overlay: GroupEffects | None = None
+            # A group that moved no head (declines only) looks the same written or not: its
+            # effects (absolute values, answers as remembered) are laid over either way.
+            if after is None:
+                base = seen
+            elif seen == after.base:
+                base, overlay = after.end, after.effects
+            elif seen == after.end:
+                base, after = seen, None  # the snapshot sees it written
+            else:
+                return None
+            session.expunge(head)
+            provisional = LedgerHead(
+                id=1,
+                last_posting_sequence=base[0],
+                last_hash=base[1],
+                last_payment_sequence=base[2],
+                last_payment_hash=base[3],
+                catalog_version=base[4],
+            )
+            unit = UnitOfWork(session, provisional, self)
+            if catalog is not None:
+                unit._catalog = catalog
+            keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
+            results, batch, effects = self._decide_group(
+                unit,
+                submissions,
+                keys,
+                accepted_at_us,
+                remember_answers,
+                overlay,
+                keep_effects=True,
+                look_up_receipts=not receipts_unused,
+            )
+            session.rollback()
         if any(r is None for r in results):
             return None
         unit._check_flushed()
@@ -911,19 +806,16 @@ class Ledger:
 
     @staticmethod
     def _remembered(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
-        reads = bulk.ReadBatch(session)
-        read = Ledger._queue_remembered(reads, keys)
-        reads.run()
-        return {(row[0], row[1]): row for row in read.rows}
-
-    @staticmethod
-    def _queue_remembered(reads: bulk.ReadBatch, keys: set[tuple[str, str]]) -> bulk.Read:
-        return reads.where_tuples(
-            IdempotencyRow.__table__,
-            ["terminal_id", "key", "request_hash", "response_status", "response_json"],
-            ["terminal_id", "key"],
-            sorted(keys),
-        )
+        return {
+            (row[0], row[1]): row
+            for row in bulk.select_where_tuples(
+                session,
+                IdempotencyRow.__table__,
+                ["terminal_id", "key", "request_hash", "response_status", "response_json"],
+                ["terminal_id", "key"],
+                sorted(keys),
+            )
+        }
 
     def remembered_answer(self, terminal_id: str, key: str, request_hash: str) -> Result | None:
         """The answer remembered under (terminal, key) for this very request, as a replay; None when
@@ -1000,109 +892,72 @@ class Ledger:
         overlay: GroupEffects | None = None,
     ) -> tuple[RatingState, dict[str, WalletBook]]:
         """The rating state and wallet books `events` need, read in one round trip on PostgreSQL
-        (with whatever `reads` already holds), and `overlay`'s laid over them.
-
-        What the purchases need and what the refunds need are queued apart: the purchases'
-        part depends on the events alone, so the posting pipeline reads it ahead
-        (`Ledger.begin_ahead`), and a wallet in both gets the refunds' book, which holds
-        everything the purchases' one does (its debt and, spending, its lots)."""
+        (with whatever `reads` already holds), and `overlay`'s laid over them."""
         state = RatingState(balance={})
-        reads = reads or bulk.ReadBatch(session)
-        purchases = [body for _, body in events if body.type == "purchase"]
-        for_purchases = self._queue_purchase_state(reads, catalog, purchases)
-        usage_keys = for_purchases.usage_keys
-        wallets = {body.wallet_id for body in purchases}
-        spending = {body.wallet_id for body in purchases if body.points_used}
-        refunded: set[str] = set()  # the refunded originals' wallets (all spending: a refund may take points back)
-        refund_usage: set[tuple[str, str, int]] = set()
+        usage_keys: set[tuple[str, str, int]] = set()
+        wallets: set[str] = set()
+        spending: set[str] = set()  # wallets whose balance the kernel checks or a refund may take back
+        periods = [(c.id, c.per_wallet_cap_period) for c in catalog.campaigns]
+        distinct_periods = {period for _, period in periods}
+        for _, body in events:
+            if body.type == "purchase":
+                wallets.add(body.wallet_id)
+                if body.points_used:
+                    spending.add(body.wallet_id)
+                at = to_us(body.occurred_at)
+                windows = {period: window_key(period, at) for period in distinct_periods}
+                for cid, period in periods:
+                    usage_keys.add((cid, body.wallet_id, windows[period]))
+            else:
+                o = originals[body.original_id]
+                if body.original_id in state.purchases:
+                    continue
+                wallets.add(o["wallet_id"])
+                spending.add(o["wallet_id"])
+                awards = {
+                    cid: AwardState(cid, a.campaign_version, a.points, a.pending, a.window_key)
+                    for cid, a in sorted(o["awards"].items(), key=lambda kv: _order(catalog, kv[0]))
+                }
+                for cid, a in awards.items():
+                    usage_keys.add((cid, o["wallet_id"], a.window_key))
+                state.purchases[body.original_id] = PurchaseState(
+                    o["wallet_id"], o["merchant_id"], o["amount"], o["points_used"], o["refunded"], awards
+                )
         lot_ids: set[str] = set()
         for _, body in events:
-            if body.type != "refund":
-                continue
-            o = originals[body.original_id]
-            if body.original_id in state.purchases:
-                continue
-            refunded.add(o["wallet_id"])
-            awards = {
-                cid: AwardState(cid, a.campaign_version, a.points, a.pending, a.window_key)
-                for cid, a in sorted(o["awards"].items(), key=lambda kv: _order(catalog, kv[0]))
-            }
-            for cid, a in awards.items():
-                refund_usage.add((cid, o["wallet_id"], a.window_key))
-            state.purchases[body.original_id] = PurchaseState(
-                o["wallet_id"], o["merchant_id"], o["amount"], o["points_used"], o["refunded"], awards
-            )
-            lot_ids.update(lot for lot, _ in o["redemption_legs"])
-            lot_ids.update(lot_id(body.original_id, cid) for cid in o["awards"])
-        wallets |= refunded
-        spending |= refunded
-        usage_keys = usage_keys | refund_usage
-        refund_usage_read = _queue_usage(reads, refund_usage)
+            if body.type == "refund":
+                o = originals[body.original_id]
+                lot_ids.update(lot for lot, _ in o["redemption_legs"])
+                lot_ids.update(lot_id(body.original_id, cid) for cid in o["awards"])
         # Only the books of spending wallets hold their lots; any other wallet's balance is
         # never consulted by the kernel (it checks balances of redemptions only) and its
         # book and its kernel balance both leave out the same lots, so they stay equal.
-        build_refund_books = queue_books(reads, refunded, lot_ids, refunded) if refunded else None
+        reads = reads or bulk.ReadBatch(session)
+        # A wallet's usage rows by one probe of the (wallet, campaign, window) key each, not one
+        # per campaign; rows of windows or campaigns not asked for are left out below.
+        usage = reads.where_each(
+            WalletWindowUsageRow.__table__,
+            ["campaign_id", "wallet_id", "window_key", "points"],
+            "wallet_id",
+            sorted({wallet_id for _, wallet_id, _ in usage_keys}),
+            among={
+                "campaign_id": sorted({campaign_id for campaign_id, _, _ in usage_keys}),
+                "window_key": sorted({key for _, _, key in usage_keys}),
+            },
+        )
+        spend = reads.query("SELECT id, issued_net FROM campaign")
+        build_books = queue_books(reads, wallets, lot_ids, spending)
         reads.run()  # one round trip on PostgreSQL
-        for usage in (for_purchases.usage, refund_usage_read):
-            for cid, wid, wkey, points in usage.rows:
-                if (cid, wid, wkey) in usage_keys:
-                    state.usage[(cid, wid, wkey)] = points
-        for campaign_id, issued_net in for_purchases.spend.rows:
+        for cid, wid, wkey, points in usage.rows:
+            if (cid, wid, wkey) in usage_keys:
+                state.usage[(cid, wid, wkey)] = points
+        for campaign_id, issued_net in spend.rows:
             state.spend[campaign_id] = issued_net
-        books = for_purchases.books()
-        if build_refund_books is not None:
-            books.update(build_refund_books())
+        books = build_books()
         if overlay is not None:
             overlay.lay_over(state, books, usage_keys, spending)
         state.balance = {w: books[w].spendable() for w in wallets}
         return state, books
-
-    @staticmethod
-    def _queue_purchase_state(reads: bulk.ReadBatch, catalog: Catalog, purchases: list[Purchase]) -> _PurchaseReads:
-        """Queue what rating `purchases` reads: their wallets' usage of the windows they fall in,
-        every campaign's budget meter, and their wallets' books (lots only of those that spend)."""
-        usage_keys: set[tuple[str, str, int]] = set()
-        periods = [(c.id, c.per_wallet_cap_period) for c in catalog.campaigns]
-        distinct_periods = {period for _, period in periods}
-        for body in purchases:
-            at = to_us(body.occurred_at)
-            windows = {period: window_key(period, at) for period in distinct_periods}
-            for cid, period in periods:
-                usage_keys.add((cid, body.wallet_id, windows[period]))
-        wallets = {body.wallet_id for body in purchases}
-        spending = {body.wallet_id for body in purchases if body.points_used}
-        return _PurchaseReads(
-            usage_keys,
-            _queue_usage(reads, usage_keys),
-            reads.query("SELECT id, issued_net FROM campaign"),
-            queue_books(reads, wallets, frozenset(), spending),
-        )
-
-
-@dataclasses.dataclass
-class _PurchaseReads:
-    """The reads `Ledger._queue_purchase_state` queued, and the usage keys they are for."""
-
-    usage_keys: set[tuple[str, str, int]]
-    usage: bulk.Read
-    spend: bulk.Read
-    books: Callable[[], dict[str, WalletBook]]
-
-
-def _queue_usage(reads: bulk.ReadBatch, keys: set[tuple[str, str, int]]) -> bulk.Read:
-    """Queue the read of the usage rows of `keys` (campaign, wallet, window): by wallet, one
-    index probe each (the key leads with it), with the rows of other campaigns or windows of
-    those wallets left for the caller to drop."""
-    return reads.where_each(
-        WalletWindowUsageRow.__table__,
-        ["campaign_id", "wallet_id", "window_key", "points"],
-        "wallet_id",
-        sorted({wallet_id for _, wallet_id, _ in keys}),
-        among={
-            "campaign_id": sorted({campaign_id for campaign_id, _, _ in keys}),
-            "window_key": sorted({key for _, _, key in keys}),
-        },
-    )
 
 
 def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:

@@ -51,7 +51,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from engine.store.ledger import Ahead, CatalogSnapshot, DecidedGroup, Ledger, Result, Submission
+from engine.store.ledger import CatalogSnapshot, DecidedGroup, Ledger, Result, Submission
 
 log = logging.getLogger(__name__)
 
@@ -98,10 +98,6 @@ class PostingPipeline:
         self._failure: BaseException | None = None  # the error of a group that could not be written
         self.redecided = 0  # groups whose write found the head moved and were decided again
         self.overlaid = 0  # groups decided over the one before them, not yet written
-        # The group begun last (its snapshot open, its reads on their way), decided at the next
-        # `submit` or `drain`: the caller's work in between (the import reading its next lines)
-        # overlaps the database's reads. With its options and the future its caller holds.
-        self._begun: tuple[Ahead, dict[str, Any], Future[list[Result]]] | None = None
         self._holds_interval = False  # whether this pipeline counts among those lowering it
         if self.enabled:
             _lower_switch_interval()
@@ -115,7 +111,6 @@ class PostingPipeline:
             self.close()
             return
         try:
-            self._give_up_begun(exc[0] if isinstance(exc[0], BaseException) else RuntimeError("pipeline closed"))
             self._wait()  # the caller's own error goes on; nothing is left writing behind it
         finally:
             self._shut()
@@ -139,41 +134,9 @@ class PostingPipeline:
 
     def drain(self) -> None:
         """Wait until every group submitted is written; raise the error of one that could not be."""
-        self._finish_begun()
         self._wait()
         if self._failure is not None:
             raise self._failure
-
-    def _give_up_begun(self, failure: BaseException) -> None:
-        begun, self._begun = self._begun, None
-        if begun is not None:
-            ahead, _, result = begun
-            try:
-                ahead.close()
-            finally:
-                result.set_exception(failure)
-
-    def _finish_begun(self) -> None:
-        """Decide the group begun last and hand it to the writer (or, when it cannot be decided
-        ahead, post it under the lock once every group before it is written)."""
-        begun, self._begun = self._begun, None
-        if begun is None:
-            return
-        ahead, options, result = begun
-        try:
-            decided = ahead.finish()
-            if decided is None:
-                self.drain()  # every group before it written (`_begun` is None by now)
-                result.set_result(self.ledger.submit(ahead.submissions, **options))
-                return
-        except BaseException as failure:
-            result.set_exception(failure)
-            raise
-        if decided.after is not None:
-            self.overlaid += 1
-        written = self._dispatch(decided)
-        self._flight.append((decided, written))
-        written.add_done_callback(lambda done: _pass_on(done, result))
 
     def submit(
         self,
@@ -184,13 +147,9 @@ class PostingPipeline:
         remember_answers: bool = True,
         receipts_unused: bool = False,
     ) -> Future[list[Result]]:
-        """`Ledger.submit(submissions, ...)` whose results arrive once the group is committed.
-        Before this returns, the group's snapshot is open and its reads are sent
-        (`Ledger.begin_ahead`); it is decided at the next `submit` (or `drain`), so that what
-        the caller does in between overlaps the database's reads, and then written in the
-        writer thread. Raises the error of an earlier group that could not be decided or
-        written. Waiting on the future of the group begun last decides it first (in the
-        caller's thread, the pipeline's one).
+        """`Ledger.submit(submissions, ...)` whose results arrive once the group is committed;
+        the group is decided before this returns, the write goes on in the writer thread.
+        Raises the error of an earlier group that could not be written.
 
         The acceptance instant is the caller's (the history import stamps each group with its
         payments' own instants): the clock's now would be read outside the lock, and a
@@ -200,19 +159,25 @@ class PostingPipeline:
         options: dict[str, Any] = dict(
             accepted_at_us=accepted_at_us, catalog=catalog, remember_answers=remember_answers
         )
-        self._finish_begun()
         while len(self._flight) > 1:  # at most one group in flight while this one is decided
             self._flight.pop(0)[1].exception()
         if self._failure is not None:
             raise self._failure
-        future: Future[list[Result]] = _Results(self)
-        if not self.enabled:
+        last = self._flight[-1][0] if self._flight and not self._flight[-1][1].done() else None
+        decided = (
+            self.ledger.decide_ahead(submissions, after=last, receipts_unused=receipts_unused, **options)
+            if self.enabled
+            else None
+        )
+        if decided is None:
             self.drain()
+            future: Future[list[Result]] = Future()
             future.set_result(self.ledger.submit(submissions, **options))
             return future
-        last = self._flight[-1][0] if self._flight and not self._flight[-1][1].done() else None
-        ahead = self.ledger.begin_ahead(submissions, after=last, receipts_unused=receipts_unused, **options)
-        self._begun = (ahead, options, future)
+        if decided.after is not None:
+            self.overlaid += 1
+        future = self._dispatch(decided)
+        self._flight.append((decided, future))
         return future
 
     def _dispatch(self, decided: DecidedGroup) -> Future[list[Result]]:
@@ -243,34 +208,3 @@ class PostingPipeline:
             # Only this write checked the group before it: let that one go (else every group
             # decided over another would keep the one before it, its rows and books, alive).
             decided.after = None
-
-
-def _pass_on(done: Future[list[Result]], to: Future[list[Result]]) -> None:
-    """Give `to` (the future a caller holds) what the writer's future `done` ended with."""
-    failure = done.exception()
-    if failure is not None:
-        to.set_exception(failure)
-    else:
-        to.set_result(done.result())
-
-
-class _Results(Future[list[Result]]):
-    """The future `PostingPipeline.submit` returns: waiting on it while its group is still only
-    begun decides that group first, so a caller never waits on a group nobody will decide."""
-
-    def __init__(self, pipeline: PostingPipeline) -> None:
-        super().__init__()
-        self._pipeline = pipeline
-
-    def _decide_if_begun(self) -> None:
-        begun = self._pipeline._begun
-        if begun is not None and begun[2] is self:
-            self._pipeline._finish_begun()
-
-    def result(self, timeout: float | None = None) -> list[Result]:
-        self._decide_if_begun()
-        return super().result(timeout)
-
-    def exception(self, timeout: float | None = None) -> BaseException | None:
-        self._decide_if_begun()
-        return super().exception(timeout)
