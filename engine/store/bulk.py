@@ -134,7 +134,7 @@ class ReadBatch:
             return Read(None, [])
         if self.pg:
             array_sql, array_value = _array(_pg_type(table, column), values)
-            conditions, params = ["TRUE"], [array_value]
+            conditions, params = [], [array_value]
             for name, allowed in among.items():
                 allowed_sql, allowed_value = _array(_pg_type(table, name), allowed)
                 conditions.append(f"s.{name} = ANY({allowed_sql})")
@@ -145,7 +145,7 @@ class ReadBatch:
             sql = (
                 f"SELECT {', '.join('t.' + c for c in columns)} FROM unnest({array_sql}) AS v(value) "
                 f"CROSS JOIN LATERAL (SELECT * FROM (SELECT {', '.join(columns)} FROM {table.name} "
-                f"WHERE {column} = v.value OFFSET 0) AS s WHERE {' AND '.join(conditions)} OFFSET 0) AS t"
+                f"WHERE {column} = v.value OFFSET 0) AS s WHERE {' AND '.join(conditions) or 'TRUE'} OFFSET 0) AS t"
             )
             return self._add(Read((sql, params), []))
         fixed = [(name, list(allowed)) for name, allowed in among.items()]

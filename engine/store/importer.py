@@ -54,7 +54,7 @@ and again each time the count has grown `ANALYZE_GROWTH` times (four times in a 
 in a thread of its own: the database works on it while the import goes on. Between analyses
 the planner scales the row counts it knows by the tables' sizes, and the shape of the data
 (rows per wallet, per payment) does not change with them; each analysis costs the database
-a sample of every table (at doublings, eight in a million rows, they took 8% of its time).
+a sample of every table (at doublings, eight in a million rows, one was running 8% of the time).
 
 Bad lines import nothing and are reported one per line (line, payment_id, code,
 message): the reader's codes, `out_of_order`, `unknown_original`,
