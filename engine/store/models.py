@@ -145,12 +145,12 @@ class PaymentRow(Base):
     type: Mapped[str] = mapped_column(String(8))
     terminal_id: Mapped[str] = mapped_column(String(64))
     merchant_id: Mapped[str] = mapped_column(String(64))
-    wallet_id: Mapped[str] = mapped_column(String(64), index=True)
+    wallet_id: Mapped[str] = mapped_column(String(64))
     occurred_at_us: Mapped[int] = mapped_column(BigInteger)
     accepted_at_us: Mapped[int] = mapped_column(BigInteger)
     amount: Mapped[int] = mapped_column(BigInteger)
     points_used: Mapped[int] = mapped_column(BigInteger)
-    original_id: Mapped[str | None] = mapped_column(ForeignKey("payment.id"), nullable=True, index=True)
+    original_id: Mapped[str | None] = mapped_column(ForeignKey("payment.id"), nullable=True)
     # Purchases only: the cumulative refunded amount (rating state of refunds).
     refunded_amount: Mapped[int] = mapped_column(BigInteger, default=0)
     request_json: Mapped[str] = mapped_column(Text)
@@ -168,13 +168,24 @@ class PaymentRow(Base):
         CheckConstraint("refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"),
         CheckConstraint("type IN ('purchase', 'refund')", name="type_known"),
         Index("ix_payment_merchant_sequence", "merchant_id", "sequence"),
+        # Refunds only: a purchase has no original, and costs no entry.
+        Index(
+            "ix_payment_original_id",
+            "original_id",
+            postgresql_where=text("original_id IS NOT NULL"),
+            sqlite_where=text("original_id IS NOT NULL"),
+        ),
     )
 
 
 class AwardRow(Base):
+    """Points one payment earned from one campaign. The payment and the campaign it names exist:
+    enforced by triggers checking each statement's new rows at once (migration
+    `20261207_award_references`), not by foreign keys, which PostgreSQL checks row by row."""
+
     __tablename__ = "award"
-    payment_id: Mapped[str] = mapped_column(ForeignKey("payment.id"), primary_key=True)
-    campaign_id: Mapped[str] = mapped_column(ForeignKey("campaign.id"), primary_key=True)
+    payment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
     campaign_version: Mapped[int] = mapped_column(Integer)
     wallet_id: Mapped[str] = mapped_column(String(64))
     points: Mapped[int] = mapped_column(BigInteger)
@@ -232,7 +243,7 @@ class PostingRow(Base):
 
     __tablename__ = "posting"
     sequence: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
-    payment_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    payment_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     campaign_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     campaign_version: Mapped[int | None] = mapped_column(Integer, nullable=True)
     reason: Mapped[str] = mapped_column(String(24))
