@@ -76,7 +76,10 @@ BEGIN
      OR (TG_TABLE_NAME = 'campaign' AND EXISTS (SELECT 1 FROM award WHERE campaign_id = OLD.id)) THEN
     RAISE EXCEPTION USING ERRCODE = 'foreign_key_violation', MESSAGE = 'an award names this ' || TG_TABLE_NAME;
   END IF;
-  RETURN OLD;
+  IF TG_OP = 'DELETE' THEN
+    RETURN OLD;
+  END IF;
+  RETURN NEW;
 END $$""",
     *(
         statement

@@ -94,6 +94,8 @@ def test_what_an_award_names_stays(engine: Engine) -> None:
     with engine.begin() as c:
         # What no award names goes; an award's payment may change to another that exists.
         assert c.execute(text("DELETE FROM payment WHERE id = 'p3'")).rowcount == 1
+        assert c.execute(text("UPDATE payment SET id = 'p5x' WHERE id = 'p5'")).rowcount == 1
+        assert c.execute(text("SELECT count(*) FROM payment WHERE id = 'p5x'")).scalar_one() == 1
         assert c.execute(text("UPDATE award SET payment_id = 'p4' WHERE payment_id = 'p1'")).rowcount == 1
         assert c.execute(text("DELETE FROM payment WHERE id = 'p1'")).rowcount == 1
     assert awards(engine) == 2
