@@ -65,6 +65,8 @@ def make_engine(url: str) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
+            # A row a REPLACE removes fires delete triggers too (the award references' guards).
+            cursor.execute("PRAGMA recursive_triggers=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 

@@ -33,7 +33,7 @@ PG_UPGRADE = [
     # New awards: each statement's rows, one probe of the payment each (a LATERAL with LIMIT stays
     # a nested loop whatever the planner guesses of the transition table's size), and its few
     # distinct campaigns.
-    f"""CREATE FUNCTION award_references_check() RETURNS trigger LANGUAGE plpgsql AS $$
+    f"""CREATE FUNCTION award_references_check() RETURNS trigger LANGUAGE plpgsql SET search_path = {{SCHEMA}}, pg_temp AS $$
 BEGIN
   IF EXISTS (
     SELECT 1 FROM added AS a
@@ -50,7 +50,7 @@ END $$""",
     "CREATE TRIGGER award_references_insert AFTER INSERT ON award REFERENCING NEW TABLE AS added "
     "FOR EACH STATEMENT EXECUTE FUNCTION award_references_check()",
     # An award's payment or campaign changed (the engine never does): per row, only then.
-    f"""CREATE FUNCTION award_references_check_row() RETURNS trigger LANGUAGE plpgsql AS $$
+    f"""CREATE FUNCTION award_references_check_row() RETURNS trigger LANGUAGE plpgsql SET search_path = {{SCHEMA}}, pg_temp AS $$
 BEGIN
   IF NOT EXISTS (SELECT 1 FROM payment WHERE id = NEW.payment_id)
      OR NOT EXISTS (SELECT 1 FROM campaign WHERE id = NEW.campaign_id) THEN
@@ -63,7 +63,7 @@ END $$""",
     # A payment or campaign an award names stays. SHARE on award waits for the transactions
     # writing awards to end and keeps new ones out until this one ends; the check then reads
     # with a snapshot taken after them.
-    f"""CREATE FUNCTION award_referenced_keep() RETURNS trigger LANGUAGE plpgsql AS $$
+    f"""CREATE FUNCTION award_referenced_keep() RETURNS trigger LANGUAGE plpgsql SET search_path = {{SCHEMA}}, pg_temp AS $$
 BEGIN
   LOCK TABLE award IN SHARE MODE;
   IF TG_OP = 'TRUNCATE' THEN
@@ -133,6 +133,8 @@ def _foreign_key(column: str) -> str:
 
 def upgrade() -> None:
     pg = op.get_bind().dialect.name == "postgresql"
+    # The functions read the tables of the schema migrated, never a temporary table of the same name.
+    schema = op.get_bind().exec_driver_sql("SELECT quote_ident(current_schema())").scalar_one() if pg else ""
     with op.batch_alter_table('award', recreate='auto') as batch:
         for column in FOREIGN_KEYS:
             batch.drop_constraint(_foreign_key(column), type_='foreignkey')
@@ -148,7 +150,7 @@ def upgrade() -> None:
     with op.batch_alter_table('posting') as batch:
         batch.drop_index('ix_posting_payment_id')
     for statement in PG_UPGRADE if pg else SQLITE_UPGRADE:
-        op.execute(statement)
+        op.execute(statement.replace("{SCHEMA}", schema))
 
 
 def downgrade() -> None:

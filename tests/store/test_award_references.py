@@ -22,8 +22,10 @@ AWARD_COLUMNS = [
     "payment_id", "campaign_id", "campaign_version", "wallet_id", "points", "pending", "clawed_back", "window_key",
     "credit_at_us",
 ]  # fmt: skip
-# The refusal: SQLAlchemy's IntegrityError, or psycopg's where bulk writes on the raw connection.
+# The refusal: SQLAlchemy's IntegrityError, or psycopg's where bulk writes on the raw connection,
+# with the triggers' own message (not some other constraint's).
 REFUSED = (IntegrityError, psycopg.IntegrityError)
+BY_THE_TRIGGERS = r"an award names|awards name rows"
 PAYMENTS = 150  # more than bulk.COPY_ROWS_MIN: the awards go by COPY on PostgreSQL
 
 
@@ -67,7 +69,7 @@ def awards(engine: Engine) -> int:
 @pytest.mark.parametrize("bad", [award("nowhere"), award("p0", "C9")], ids=["payment", "campaign"])
 def test_an_award_naming_nothing_refuses_its_whole_statement(engine: Engine, size: int, bad: tuple) -> None:
     rows = [award(f"p{i}") for i in range(size - 1)] + [bad]
-    with pytest.raises(REFUSED):
+    with pytest.raises(REFUSED, match=BY_THE_TRIGGERS):
         write_awards(engine, rows)
     assert awards(engine) == 0
     write_awards(engine, [award(f"p{i}") for i in range(size)])  # the same rows, all named: written
@@ -86,10 +88,16 @@ def test_what_an_award_names_stays(engine: Engine) -> None:
     ]
     if engine.dialect.name == "postgresql":
         refused += ["TRUNCATE payment", "TRUNCATE campaign CASCADE"]
+    else:  # a REPLACE that removes the named payment by another unique key (its sequence)
+        refused += [
+            "INSERT OR REPLACE INTO payment (id, sequence, type, terminal_id, merchant_id, wallet_id, "
+            "occurred_at_us, accepted_at_us, amount, points_used, refunded_amount, request_json, response_json, "
+            "hash) VALUES ('pz', 2, 'purchase', 'T1', 'M1', 'W1', 0, 0, 100, 0, 0, '{}', '{}', 'h')"
+        ]
     for sql in refused:
         # A trigger's refusal: IntegrityError (foreign_key_violation; SQLite's RAISE(ABORT));
         # TRUNCATE campaign without CASCADE would already be refused by campaign_version's key.
-        with pytest.raises(REFUSED), engine.begin() as c:
+        with pytest.raises(REFUSED, match=BY_THE_TRIGGERS), engine.begin() as c:
             c.execute(text(sql))
     with engine.begin() as c:
         # What no award names goes; an award's payment may change to another that exists.
@@ -99,3 +107,18 @@ def test_what_an_award_names_stays(engine: Engine) -> None:
         assert c.execute(text("UPDATE award SET payment_id = 'p4' WHERE payment_id = 'p1'")).rowcount == 1
         assert c.execute(text("DELETE FROM payment WHERE id = 'p1'")).rowcount == 1
     assert awards(engine) == 2
+
+
+def test_a_temporary_table_does_not_stand_in_for_the_ledger_s(engine: Engine) -> None:
+    """The checks read the migrated schema's tables, never a session's temporary table of the same name."""
+    if engine.dialect.name != "postgresql":
+        pytest.skip("SQLite's triggers name their own schema's tables")
+    write_awards(engine, [award("p1")])
+    with pytest.raises(REFUSED, match=BY_THE_TRIGGERS), engine.begin() as c:
+        c.execute(text("CREATE TEMPORARY TABLE payment (id text)"))
+        c.execute(text("INSERT INTO payment VALUES ('ghost')"))
+        c.execute(text("INSERT INTO award VALUES ('ghost', 'C1', 1, 'W1', 10, 0, 0, NULL, 0, 0)"))
+    with pytest.raises(REFUSED, match=BY_THE_TRIGGERS), engine.begin() as c:
+        c.execute(text("CREATE TEMPORARY TABLE award (payment_id text, campaign_id text)"))
+        c.execute(text("DELETE FROM public.payment WHERE id = 'p1'"))
+    assert awards(engine) == 1
