@@ -91,6 +91,12 @@ async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _unreachable(request: Request, exc: Exception) -> JSONResponse:
+    """A database that cannot be reached, wherever a route met it (a cache reload, a read): the
+    503 a client retries, as `guarded` answers it, not a 500 with a traceback per request."""
+    return await _engine_error(request, EngineError("service_unavailable", type(exc).__name__))
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug if reached
     logging.getLogger("setapay.api").error("unexpected %s", type(exc).__name__, exc_info=exc)
     return problem_response(*decline("internal_error"))
@@ -101,4 +107,6 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(EngineError, _engine_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for unreachable in db.UNREACHABLE:
+        app.add_exception_handler(unreachable, _unreachable)
     app.add_exception_handler(Exception, _unexpected)
