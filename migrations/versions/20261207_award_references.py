@@ -5,10 +5,12 @@ row by row: a query per key and a share lock on the payment row it names (a WAL 
 award, on a payment written a moment before in the same transaction): 2.0 s of 2.7 s to insert
 180,000 awards. The same rule is now checked once per statement, over the statement's new
 rows (a transition table): one index probe of the payment each, no lock, ~0.9 s for the same
-rows. Payments and campaigns are never deleted
-by the engine; deleting one an award names is refused (after waiting for the award writers in
-flight, so no award can name a row deleted under it), and so is changing an award's payment or
-campaign to one that does not exist. On SQLite, triggers check the same per row.
+rows. Payments and campaigns are never deleted by the engine; deleting one an award names is
+refused (after waiting for the award writers in flight, so no award can name a row deleted
+under it), and so is changing an award's payment or campaign to one that does not exist. The
+functions run with the migrated schema first and `pg_temp` last, so no temporary table stands
+in. On SQLite, triggers check the same per row (the engine's connections turn on
+`recursive_triggers`, so a row a REPLACE removes meets the delete guard too).
 
 Unused on the money path's reads and written on every payment: `ix_payment_wallet_id` (no
 query reads payments by wallet: a wallet's history reads its postings) and
