@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import operator
 from collections.abc import Mapping, Sequence
 
 GENESIS_HASH = hashlib.sha256(b"").hexdigest()
@@ -87,17 +88,25 @@ def payout_account(merchant_id: str) -> str:
     return f"merchant:{merchant_id}:payout"
 
 
-def account_parts(account_id: str) -> dict[str, str | None]:
-    """Kind and owners of an account id, for the account table's columns."""
+ACCOUNT_PART_COLUMNS = ("kind", "wallet_id", "campaign_id", "merchant_id")
+
+
+def account_part_values(account_id: str) -> tuple[str, str | None, str | None, str | None]:
+    """Kind and owners of an account id (`ACCOUNT_PART_COLUMNS`), for the account table's columns."""
     parts = account_id.split(":")
     if parts[0] == "wallet":
-        return {"kind": "wallet_" + parts[3], "wallet_id": parts[1], "campaign_id": parts[2], "merchant_id": None}
+        return "wallet_" + parts[3], parts[1], parts[2], None
     if parts[0] == "campaign":
-        return {"kind": "campaign_" + parts[2], "wallet_id": None, "campaign_id": parts[1], "merchant_id": None}
+        return "campaign_" + parts[2], None, parts[1], None
     if parts[0] == "merchant":
-        return {"kind": "merchant_" + parts[2], "wallet_id": None, "campaign_id": None, "merchant_id": parts[1]}
+        return "merchant_" + parts[2], None, None, parts[1]
     assert account_id in (COIN_CLEARING, WARD_FEES, BANK_PAYOUTS), account_id
-    return {"kind": account_id.replace(":", "_"), "wallet_id": None, "campaign_id": None, "merchant_id": None}
+    return account_id.replace(":", "_"), None, None, None
+
+
+def account_parts(account_id: str) -> dict[str, str | None]:
+    """`account_part_values` by column name."""
+    return dict(zip(ACCOUNT_PART_COLUMNS, account_part_values(account_id)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,13 +205,16 @@ PAYMENT_HASHED_FIELDS = (
 )
 
 
+_hashed_values = operator.itemgetter(*PAYMENT_HASHED_FIELDS)  # a payment's hashed values, in that order
+
+
 def payment_hash(previous_hash: str, payment: Mapping[str, object]) -> str:
     """SHA-256 over the previous payment's hash and this payment's immutable fields.
 
     The stored request and answer are part of it, so re-rating from stored
     requests rests on requests nobody can have edited unnoticed.
     """
-    return payment_hash_of(previous_hash, tuple(payment[f] for f in PAYMENT_HASHED_FIELDS))
+    return payment_hash_of(previous_hash, _hashed_values(payment))
 
 
 def payment_hash_of(previous_hash: str, values: Sequence[object]) -> str:

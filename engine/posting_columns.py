@@ -59,7 +59,7 @@ AWARD_COLUMNS = (
 )
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class PlainPurchase:
     """One accepted purchase of a run: its payment id, the record, the merchant it posts for
     and the kernel's awards (in evaluation order)."""

@@ -50,7 +50,7 @@ _PURCHASE_CLAIMS = frozenset({"typ", "jti", "wallet_id", "merchant_id", "amount"
 _REFUND_CLAIMS = frozenset({"typ", "jti", "original_jti", "amount", "iat"})
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Receipt:
     """A verified receipt: which app vouched for the transaction, under which id."""
 

@@ -37,7 +37,7 @@ LOT_COLUMNS = (
 )
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Lot:
     id: str
     wallet_id: str

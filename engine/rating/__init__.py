@@ -55,7 +55,7 @@ __all__ = [
 ]
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Award:
     campaign_id: str
     campaign_version: int
@@ -63,13 +63,13 @@ class Award:
     capped_by: str | None
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class Clawback:
     campaign_id: str
     points: int
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Outcome:
     key: str
     type: str  # "purchase" | "refund"

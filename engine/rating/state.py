@@ -24,7 +24,7 @@ def window_key(period: str, occurred_at_us: int) -> int:
     return 0
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class AwardState:
     campaign_id: str
     campaign_version: int
@@ -33,7 +33,7 @@ class AwardState:
     window_key: int
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class PurchaseState:
     wallet_id: str
     merchant_id: str

@@ -366,17 +366,33 @@ class WriteBatch:
         """Insert rows; on a key conflict add to column `add`, or replace column `replace`."""
         if not rows:
             return
+        columns = list(rows[0])
+        self.upsert_columns(table, columns, [[row[c] for row in rows] for c in columns], key, add, replace)
+
+    def upsert_columns(
+        self,
+        table: Table,
+        columns: Sequence[str],
+        values: Sequence[Sequence[Any]],
+        key: list[str],
+        add: str | None = None,
+        replace: str | None = None,
+    ) -> None:
+        """`upsert` of rows given as columns: `values[i]` holds column `columns[i]`'s values."""
+        if not values or not values[0]:
+            return
         column = add or replace
         assert column is not None, "upsert needs add= or replace="
-        columns = list(rows[0])
+        columns = list(columns)
         sql_value = f"{table.name}.{column} + EXCLUDED.{column}" if add else f"EXCLUDED.{column}"
         conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {sql_value}"
         if not self.pg:
-            self._executemany(
-                f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_marks(columns)}) {conflict}", rows
+            self.session.connection().exec_driver_sql(
+                f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_marks(columns)}) {conflict}",
+                list(zip(*values)),
             )
             return
-        source, params = self._arrays(table, columns, rows)
+        source, params = self._unnest(table, columns, values)
         self.statements.append(
             (f"INSERT INTO {table.name} ({', '.join(columns)}) SELECT * FROM {source} {conflict}", params)
         )

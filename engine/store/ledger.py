@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import secrets
 import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from typing import Any
 
 import orjson
@@ -81,7 +83,7 @@ Row = dict[str, Any]  # one row to write, or one answer's JSON body
 COLUMNAR_PURCHASES = True
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Submission:
     """One purchase or refund as a terminal sent it, already validated."""
 
@@ -99,7 +101,7 @@ class Submission:
         return (self.receipt.app_id, self.receipt.jti) if self.receipt is not None else None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Result:
     status: int
     body: Row
@@ -216,7 +218,9 @@ class GroupEffects:
     books: dict[str, WalletBook] = dataclasses.field(default_factory=dict)
     remembered: dict[tuple[str, str], tuple[Any, ...]] = dataclasses.field(default_factory=dict)
     receipts: set[tuple[str, str]] = dataclasses.field(default_factory=set)
-    originals: dict[str, Row] = dataclasses.field(default_factory=dict)  # as `Ledger._queue_originals` reads them
+    # Of the purchases it posted and the originals it refunded, those asked for, as
+    # `Ledger._queue_originals` reads them: built on demand (a group refunds few of them).
+    originals: Callable[[AbstractSet[str]], dict[str, Row]] = lambda wanted: {}
 
     def lay_over(
         self,
@@ -558,12 +562,12 @@ class Ledger:
         # Both read in one round trip on PostgreSQL.
         receipt_keys = {receipt for i in fresh if (receipt := submissions[i].receipt_key) is not None}
         reads = bulk.ReadBatch(session)
-        read_originals = self._queue_originals(reads, original_ids - (overlay.originals.keys() if overlay else set()))
+        laid_over = overlay.originals(original_ids) if overlay is not None and original_ids else {}
+        read_originals = self._queue_originals(reads, original_ids - laid_over.keys())
         read_receipts = self._queue_used_receipts(reads, receipt_keys if look_up_receipts else set())
         reads.run()
         originals = read_originals()
-        if overlay is not None:
-            originals.update((oid, overlay.originals[oid]) for oid in original_ids & overlay.originals.keys())
+        originals.update(laid_over)
         used_receipts = {(row[0], row[1]) for row in read_receipts.rows}
         if overlay is not None:
             used_receipts |= receipt_keys & overlay.receipts
@@ -653,7 +657,7 @@ class Ledger:
             outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at)
             if keep_effects:
                 effects.usage, effects.spend, effects.books = state.usage, state.spend, writer.books
-                effects.originals = writer.as_originals(originals)
+                effects.originals = functools.partial(writer.as_originals, originals)
         else:
             batch = bulk.WriteBatch(session)
             answer_json = {}
@@ -1320,12 +1324,15 @@ class PostingWriter:
         row["hash"] = self._chain.payment_hash = rules.payment_hash(self._chain.payment_hash, row)
         return row
 
-    def as_originals(self, refunded: Mapping[str, Row]) -> dict[str, Row]:
-        """The purchases this writer posted and the originals (`refunded`, as read before) it
-        refunded, as `Ledger._queue_originals` reads them once this writer's rows are stored."""
+    def as_originals(self, refunded: Mapping[str, Row], wanted: AbstractSet[str]) -> dict[str, Row]:
+        """Of the purchases this writer posted and the originals (`refunded`, as read before) it
+        refunded, those in `wanted`, as `Ledger._queue_originals` reads them once this writer's
+        rows are stored. Only reads what the writer holds: callable after `flush`."""
         out: dict[str, Row] = {}
+        if not wanted:
+            return out
         for row in self._payments:
-            if row["type"] == "purchase":
+            if row["type"] == "purchase" and row["id"] in wanted:
                 out[row["id"]] = dict(
                     merchant_id=row["merchant_id"],
                     wallet_id=row["wallet_id"],
@@ -1338,10 +1345,14 @@ class PostingWriter:
                     redemption_legs=[],
                 )
         for pid, cid, version, _, points, pending, _, _, window, _ in self._awards:
-            out[pid]["awards"][cid] = AwardState(cid, version, points, pending, window)
+            if pid in out:
+                out[pid]["awards"][cid] = AwardState(cid, version, points, pending, window)
         for leg in sorted(self._redemption_legs, key=lambda leg: (leg["payment_id"], leg["position"])):
-            out[leg["payment_id"]]["redemption_legs"].append((leg["lot_id"], leg["points"]))
+            if leg["payment_id"] in out:
+                out[leg["payment_id"]]["redemption_legs"].append((leg["lot_id"], leg["points"]))
         for oid, amount in self._refunded_updates.items():
+            if oid not in wanted:
+                continue
             before = refunded[oid]
             awards = {
                 cid: AwardState(cid, a.campaign_version, a.points, a.pending, a.window_key)
@@ -1349,6 +1360,8 @@ class PostingWriter:
             }
             out[oid] = {**before, "refunded": amount, "awards": awards}
         for u in self._award_updates:  # in order: the last one of an award is its final state
+            if u["p_id"] not in out:
+                continue
             awards = out[u["p_id"]]["awards"]
             awards[u["c_id"]] = dataclasses.replace(awards[u["c_id"]], pending=u["pending"])
         return out
@@ -1402,9 +1415,15 @@ class PostingWriter:
             PaymentRow.__table__, ["id"], [dict(id=oid, refunded_amount=r) for oid, r in self._refunded_updates.items()]
         )
         batch.insert_tuples(PostingRow.__table__, posting_columns.POSTING_COLUMNS, self._postings)
-        batch.upsert(
+        moved = sorted((a, d) for a, d in self._deltas.items() if d)
+        batch.upsert_columns(
             AccountRow.__table__,
-            [dict(id=a, **rules.account_parts(a), balance=d) for a, d in sorted(self._deltas.items()) if d],
+            ["id", *rules.ACCOUNT_PART_COLUMNS, "balance"],
+            [
+                [a for a, _ in moved],
+                *(zip(*map(rules.account_part_values, (a for a, _ in moved))) if moved else ()),
+                [d for _, d in moved],
+            ],
             key=["id"],
             add="balance",
         )
@@ -1414,8 +1433,12 @@ class PostingWriter:
                 WalletWindowUsageRow.__table__,
                 [
                     dict(campaign_id=c, wallet_id=w, window_key=k, points=v)
-                    for (c, w, k), v in sorted(state.usage.items())
-                    if v != usage_before.get((c, w, k), 0)
+                    for (c, w, k), v in sorted(
+                        # Changed ones only, before sorting: most of a group's keys earned nothing.
+                        (key, v)
+                        for key, v in state.usage.items()
+                        if v != usage_before.get(key, 0)
+                    )
                 ],
                 key=["campaign_id", "wallet_id", "window_key"],
                 replace="points",
