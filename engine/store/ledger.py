@@ -1416,17 +1416,16 @@ class PostingWriter:
         )
         batch.insert_tuples(PostingRow.__table__, posting_columns.POSTING_COLUMNS, self._postings)
         moved = sorted((a, d) for a, d in self._deltas.items() if d)
-        batch.upsert_columns(
-            AccountRow.__table__,
-            ["id", *rules.ACCOUNT_PART_COLUMNS, "balance"],
-            [
-                [a for a, _ in moved],
-                *(zip(*map(rules.account_part_values, (a for a, _ in moved))) if moved else ()),
-                [d for _, d in moved],
-            ],
-            key=["id"],
-            add="balance",
-        )
+        if moved:
+            ids, balances = zip(*moved)
+            parts = zip(*map(rules.account_part_values, ids))  # kind, wallet, campaign, merchant columns
+            batch.upsert_columns(
+                AccountRow.__table__,
+                ["id", *rules.ACCOUNT_PART_COLUMNS, "balance"],
+                [ids, *parts, balances],
+                key=["id"],
+                add="balance",
+            )
         if state is not None:
             assert usage_before is not None and spend_before is not None
             batch.upsert(
