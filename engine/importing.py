@@ -31,7 +31,7 @@ import hashlib
 import json
 import re
 from collections.abc import Iterable, Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
@@ -60,9 +60,9 @@ class HeaderError(ValueError):
     """The file does not start with the layout's header row."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Line:
-    """One good line: the app's payment id, the posting terminal and the validated body."""
+class Line(NamedTuple):
+    """One good line: the app's payment id, the posting terminal and the validated body. A
+    NamedTuple, immutable and made at a third of a frozen dataclass's cost (one per line)."""
 
     line: int
     payment_id: str

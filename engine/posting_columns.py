@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from engine import crediting
 from engine import ledger_rules as rules
@@ -59,8 +59,7 @@ AWARD_COLUMNS = (
 )
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class PlainPurchase:
+class PlainPurchase(NamedTuple):
     """One accepted purchase of a run: its payment id, the record, the merchant it posts for
     and the kernel's awards (in evaluation order)."""
 

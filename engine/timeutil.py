@@ -20,6 +20,11 @@ S_PER_DAY = 86_400
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
+# A group asks each of its instants' microseconds several times (reading, rating, posting):
+# cached, a repeat is a hash of the instant (~0.2 µs) instead of the arithmetic through its
+# offset (~1.5 µs with the validated models' tzinfo). Equal instants give equal results,
+# whatever their offsets, so the cache may answer for any of them.
+@functools.lru_cache(maxsize=1 << 14)
 def to_us(instant: dt.datetime) -> int:
     """Microseconds since the epoch of an offset-aware instant (exact, no float)."""
     assert instant.tzinfo is not None, "instants must carry an offset"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from collections.abc import Set as AbstractSet
 
@@ -73,12 +74,15 @@ def queue_books(
     return build
 
 
+_lot_values = operator.attrgetter(*LOT_COLUMNS)  # a lot's stored columns, as a tuple in that order
+
+
 def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> None:
     new, changed, debts = [], [], []
     for book in books.values():
         for lot in book.touched.values():
             if lot.new:
-                new.append(tuple(getattr(lot, c) for c in LOT_COLUMNS))
+                new.append(_lot_values(lot))
                 lot.new = lot.dirty = False
             elif lot.dirty:
                 changed.append({"id": lot.id, "remaining": lot.remaining, "expired": lot.expired})
