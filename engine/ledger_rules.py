@@ -164,7 +164,7 @@ def chain_hash_of(
             str(posted_at_us),
         )
     )
-    return hashlib.sha256(previous_hash.encode() + canonical.encode()).hexdigest()
+    return hashlib.sha256((previous_hash + canonical).encode()).hexdigest()
 
 
 def chain_hash(previous_hash: str, sequence: int, posting: Posting, posted_at_us: int) -> str:
@@ -220,4 +220,4 @@ def payment_hash(previous_hash: str, payment: Mapping[str, object]) -> str:
 def payment_hash_of(previous_hash: str, values: Sequence[object]) -> str:
     """`payment_hash` over the values of PAYMENT_HASHED_FIELDS, in that order."""
     body = "\x1f".join(["" if v is None else str(v) for v in values])
-    return hashlib.sha256(previous_hash.encode() + body.encode()).hexdigest()
+    return hashlib.sha256((previous_hash + body).encode()).hexdigest()

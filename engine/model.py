@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic.config import JsonDict
 
 from engine import limits
+from engine.timeutil import to_us
 
 __all__ = [
     "CalendarDate",
@@ -80,10 +81,13 @@ def _rfc3339_string(value: object) -> object:
 # before). Aware comparisons do not overflow, whatever the offset (9999-12-31T23:59:59-23:59).
 _INSTANT_FIRST = dt.datetime(limits.INSTANT_YEAR_MIN, 1, 1, tzinfo=_UTC)
 _INSTANT_END = dt.datetime(limits.INSTANT_YEAR_MAX, 12, 31, 15, tzinfo=_UTC)  # Tokyo's next New Year
+# The same bounds in the engine's microseconds: compared as integers, and the instant's
+# microseconds, needed anyway by whoever uses the record, are then cached (`to_us`).
+_INSTANT_FIRST_US, _INSTANT_END_US = to_us(_INSTANT_FIRST), to_us(_INSTANT_END)
 
 
 def _instant_in_range(value: dt.datetime) -> dt.datetime:
-    if not _INSTANT_FIRST <= value < _INSTANT_END:
+    if not _INSTANT_FIRST_US <= to_us(value) < _INSTANT_END_US:
         raise ValueError(
             f"an instant must lie in the years {limits.INSTANT_YEAR_MIN} to "
             f"{limits.INSTANT_YEAR_MAX}, in UTC and in Asia/Tokyo"

@@ -300,7 +300,7 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
     item_mask: list[int] = []
     merchant_index, tag_bits = catalog.merchant_index, catalog.tag_bits
     cap_periods = [(ci, c.id, c.per_wallet_cap_period) for ci, c in enumerate(campaigns)]
-    distinct_periods = {period for _, _, period in cap_periods}
+    new_wallet, new_slot = wallet_index.setdefault, slot_index.setdefault  # `wallet`, `slot` without a call of ours
     for i, (key, ev) in enumerate(events):
         at = to_us(ev.occurred_at)
         x_occurred_at[i], x_amount[i] = at, ev.amount
@@ -310,13 +310,13 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
             x_merchant[i] = merchant_index.get(ev.merchant_id, -1)
             x_points_used[i] = ev.points_used
             wid = ev.wallet_id
-            rows_wallet[row], rows_amount[row], rows_points_used[row] = wallet(wid), ev.amount, ev.points_used
+            rows_wallet[row] = new_wallet(wid, len(wallet_index))
+            rows_amount[row], rows_points_used[row] = ev.amount, ev.points_used
             # Usage is counted for every campaign, capped or not, so a later
             # version that adds a wallet cap still sees what was awarded.
-            windows = {period: window_key(period, at) for period in distinct_periods}
             base = row * C
             for ci, cid, period in cap_periods:
-                slots[base + ci] = slot(cid, wid, windows[period])
+                slots[base + ci] = new_slot((cid, wid, window_key(period, at)), len(slot_index))
             for item in ev.items or ():
                 item_amount.append(item.amount)
                 item_mask.append(sum(1 << tag_bits[t] for t in set(item.tags) if t in tag_bits))

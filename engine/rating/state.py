@@ -10,10 +10,14 @@ restarted server rates exactly as an uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 from engine.timeutil import tokyo_day_key, tokyo_month_key
 
 
+# Asked for each purchase's instant several times (reading its state, encoding, decoding,
+# posting its awards): cached, a repeat is one hash of the pair.
+@functools.lru_cache(maxsize=1 << 14)
 def window_key(period: str, occurred_at_us: int) -> int:
     """Key of the wallet-cap window containing an instant (0 for a whole campaign)."""
     if period == "day":

@@ -598,14 +598,15 @@ class Ledger:
                         remember=False,
                     )
                     continue
-            if s.receipt_key in used_receipts:
+            receipt_key = s.receipt_key
+            if receipt_key in used_receipts:
                 results[i] = self._decline("receipt_already_used", s)
                 continue
-            if s.receipt_key is not None:
-                if s.receipt_key in claimed:
-                    deferred[i] = claimed[s.receipt_key]
+            if receipt_key is not None:
+                if receipt_key in claimed:
+                    deferred[i] = claimed[receipt_key]
                     continue
-                claimed[s.receipt_key] = i
+                claimed[receipt_key] = i
             payment_ids[i] = s.payment_id or self.new_payment_id()
             events.append((payment_ids[i], s.body))
 
@@ -700,8 +701,10 @@ class Ledger:
         batch.insert(IdempotencyRow.__table__, remember)
         if keep_effects:
             for i, r in enumerate(results):
-                if r is not None and r.status == 201 and not r.replayed and submissions[i].receipt_key is not None:
-                    effects.receipts.add(submissions[i].receipt_key)  # type: ignore[arg-type]
+                if r is not None and r.status == 201 and not r.replayed:
+                    receipt_key = submissions[i].receipt_key
+                    if receipt_key is not None:
+                        effects.receipts.add(receipt_key)
         return results, batch, effects
 
     # -- deciding ahead (the posting pipeline, `engine.store.pipeline`) ------
@@ -902,16 +905,15 @@ class Ledger:
         wallets: set[str] = set()
         spending: set[str] = set()  # wallets whose balance the kernel checks or a refund may take back
         periods = [(c.id, c.per_wallet_cap_period) for c in catalog.campaigns]
-        distinct_periods = {period for _, period in periods}
         for _, body in events:
             if body.type == "purchase":
-                wallets.add(body.wallet_id)
+                wallet_id = body.wallet_id
+                wallets.add(wallet_id)
                 if body.points_used:
-                    spending.add(body.wallet_id)
+                    spending.add(wallet_id)
                 at = to_us(body.occurred_at)
-                windows = {period: window_key(period, at) for period in distinct_periods}
                 for cid, period in periods:
-                    usage_keys.add((cid, body.wallet_id, windows[period]))
+                    usage_keys.add((cid, wallet_id, window_key(period, at)))
             else:
                 o = originals[body.original_id]
                 if body.original_id in state.purchases:
