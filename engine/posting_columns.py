@@ -139,6 +139,7 @@ def plain_purchases(
         credits.append(rules.payable_account(body.merchant_id))
         amounts.append(coin)
         answer_awards = []
+        awarded = 0
         for award in p.awards:
             cid, t = award.campaign_id, terms[award.campaign_id]
             credit_at = crediting.credit_at_us(t.schedule, t.delay, at, at_us)
@@ -150,6 +151,7 @@ def plain_purchases(
             debits.append(rules.funding_account(cid))
             credits.append((rules.available_account if t.immediate else rules.pending_account)(wallet, cid))
             amounts.append(award.points)
+            awarded += award.points
             awards.append(
                 (
                     pid,
@@ -179,7 +181,7 @@ def plain_purchases(
                 "accepted_at": accepted_at,
                 "amount": body.amount,
                 "points_used": body.points_used,
-                "points_awarded": sum(a.points for a in p.awards),
+                "points_awarded": awarded,
                 "awards": answer_awards,
             }
         )

@@ -1304,25 +1304,26 @@ class PostingWriter:
     def _payment_row(
         self, pid: str, sequence: int, s: Submission, wallet_id: str, at: int, original_id: str | None, response: Row
     ) -> Row:
-        row = dict(
-            id=pid,
-            sequence=sequence,
-            type=s.body.type,
-            terminal_id=s.terminal_id,
-            merchant_id=s.merchant_id,
-            wallet_id=wallet_id,
-            occurred_at_us=at,
-            accepted_at_us=self.at_us,
-            amount=s.body.amount,
-            points_used=getattr(s.body, "points_used", 0),
-            original_id=original_id,
-            refunded_amount=0,
-            request_json=s.request_json,
-            response_json=self._answer_json(pid, response),
-            has_items=getattr(s.body, "items", None) is not None,
-            receipt_app_id=s.receipt.app_id if s.receipt is not None else None,
-            receipt_jti=s.receipt.jti if s.receipt is not None else None,
-        )
+        body, receipt = s.body, s.receipt
+        row = {  # a literal, not dict(...): made once per payment
+            "id": pid,
+            "sequence": sequence,
+            "type": body.type,
+            "terminal_id": s.terminal_id,
+            "merchant_id": s.merchant_id,
+            "wallet_id": wallet_id,
+            "occurred_at_us": at,
+            "accepted_at_us": self.at_us,
+            "amount": body.amount,
+            "points_used": getattr(body, "points_used", 0),
+            "original_id": original_id,
+            "refunded_amount": 0,
+            "request_json": s.request_json,
+            "response_json": self._answer_json(pid, response),
+            "has_items": getattr(body, "items", None) is not None,
+            "receipt_app_id": receipt.app_id if receipt is not None else None,
+            "receipt_jti": receipt.jti if receipt is not None else None,
+        }
         row["hash"] = self._chain.payment_hash = rules.payment_hash(self._chain.payment_hash, row)
         return row
 
