@@ -59,8 +59,9 @@ class Lot:
 class WalletBook:
     def __init__(self, wallet_id: str, lots: list[Lot], debts: dict[str, int]) -> None:
         self.wallet_id = wallet_id
-        self.lots = {lot.id: lot for lot in lots}
-        self.debts = {c: d for c, d in debts.items() if d}
+        # (Most books a group reads hold neither: no comprehension run for nothing.)
+        self.lots = {lot.id: lot for lot in lots} if lots else {}
+        self.debts = {c: d for c, d in debts.items() if d} if debts else {}
         self.dirty_debts: set[str] = set()
         self.touched: dict[str, Lot] = {}  # lots added or changed since the book was read (or saved)
         self.postings: list[rules.Posting] = []
@@ -69,7 +70,9 @@ class WalletBook:
     # -- reading -----------------------------------------------------------
 
     def spendable(self) -> int:
-        return sum(lot.remaining for lot in self.lots.values()) - sum(self.debts.values())
+        if not self.lots and not self.debts:  # most books a group reads: wallets only earning
+            return 0
+        return sum([lot.remaining for lot in self.lots.values()]) - sum(self.debts.values())
 
     def available_by_campaign(self) -> dict[str, int]:
         out: dict[str, int] = {}

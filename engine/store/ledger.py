@@ -1431,20 +1431,17 @@ class PostingWriter:
             )
         if state is not None:
             assert usage_before is not None and spend_before is not None
-            batch.upsert(
-                WalletWindowUsageRow.__table__,
-                [
-                    dict(campaign_id=c, wallet_id=w, window_key=k, points=v)
-                    for (c, w, k), v in sorted(
-                        # Changed ones only, before sorting: most of a group's keys earned nothing.
-                        (key, v)
-                        for key, v in state.usage.items()
-                        if v != usage_before.get(key, 0)
-                    )
-                ],
-                key=["campaign_id", "wallet_id", "window_key"],
-                replace="points",
-            )
+            # Changed ones only, before sorting: most of a group's keys earned nothing.
+            changed = sorted((key, v) for key, v in state.usage.items() if v != usage_before.get(key, 0))
+            if changed:
+                keys, points = zip(*changed)
+                batch.upsert_columns(
+                    WalletWindowUsageRow.__table__,
+                    ["campaign_id", "wallet_id", "window_key", "points"],
+                    [*zip(*keys), points],
+                    key=["campaign_id", "wallet_id", "window_key"],
+                    replace="points",
+                )
             batch.update(
                 CampaignRow.__table__,
                 ["id"],
