@@ -301,6 +301,7 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
     merchant_index, tag_bits = catalog.merchant_index, catalog.tag_bits
     cap_periods = [(ci, c.id, c.per_wallet_cap_period) for ci, c in enumerate(campaigns)]
     new_wallet, new_slot = wallet_index.setdefault, slot_index.setdefault  # `wallet`, `slot` without a call of ours
+    tag_masks: dict[tuple[str, ...], int] = {}  # an item's tags -> the catalog's bits of them
     for i, (key, ev) in enumerate(events):
         at = to_us(ev.occurred_at)
         x_occurred_at[i], x_amount[i] = at, ev.amount
@@ -319,7 +320,10 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
                 slots[base + ci] = new_slot((cid, wid, window_key(period, at)), len(slot_index))
             for item in ev.items or ():
                 item_amount.append(item.amount)
-                item_mask.append(sum(1 << tag_bits[t] for t in set(item.tags) if t in tag_bits))
+                mask = tag_masks.get(item.tags)  # a batch's items carry a few tag lists, over and over
+                if mask is None:
+                    mask = tag_masks[item.tags] = sum(1 << tag_bits[t] for t in set(item.tags) if t in tag_bits)
+                item_mask.append(mask)
         else:
             x_kind[i] = k.KIND_REFUND
             x_row[i] = row_index.get(ev.original_id, -1)
