@@ -60,8 +60,8 @@ AWARD_COLUMNS = (
 
 
 class PlainPurchase(NamedTuple):
-    """One accepted purchase of a run: its payment id, the record, the merchant it posts for
-    and the kernel's awards (in evaluation order)."""
+    """One accepted purchase of a run: its payment id, the record and the kernel's awards (in
+    evaluation order)."""
 
     payment_id: str
     body: Purchase

@@ -259,12 +259,9 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
     extra = C - len(campaigns)
     wallet_index: dict[str, int] = {}
     slot_index: dict[tuple[str, str, int], int] = {}
-
-    def wallet(wid: str) -> int:
-        return wallet_index.setdefault(wid, len(wallet_index))
-
-    def slot(cid: str, wid: str, wkey: int) -> int:
-        return slot_index.setdefault((cid, wid, wkey), len(slot_index))
+    # A wallet's and a (campaign, wallet, window) slot's index, given in order of first sight:
+    # `new_wallet(wid, len(wallet_index))`, `new_slot(key, len(slot_index))`.
+    new_wallet, new_slot = wallet_index.setdefault, slot_index.setdefault
 
     r_wallet = np.zeros(R, np.int32)
     r_amount = np.zeros(R, I64)
@@ -276,13 +273,13 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
     r_slot = np.full(R * C, -1, np.int32)
     for row, key in enumerate(row_keys[:prior_rows]):
         p = state.purchases[key]
-        r_wallet[row] = wallet(p.wallet_id)
+        r_wallet[row] = new_wallet(p.wallet_id, len(wallet_index))
         r_amount[row], r_points_used[row], r_refunded[row], r_valid[row] = p.amount, p.points_used, p.refunded, 1
         for cid, award in p.awards.items():
             ci = campaign_index[cid]
             r_award[row * C + ci] = award.points
             r_pending[row * C + ci] = award.pending
-            r_slot[row * C + ci] = slot(cid, p.wallet_id, award.window_key)
+            r_slot[row * C + ci] = new_slot((cid, p.wallet_id, award.window_key), len(slot_index))
 
     # Built as lists, turned into arrays once: an array's item assignment costs more.
     x_kind = [0] * N
@@ -300,7 +297,6 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
     item_mask: list[int] = []
     merchant_index, tag_bits = catalog.merchant_index, catalog.tag_bits
     cap_periods = [(ci, c.id, c.per_wallet_cap_period) for ci, c in enumerate(campaigns)]
-    new_wallet, new_slot = wallet_index.setdefault, slot_index.setdefault  # `wallet`, `slot` without a call of ours
     tag_masks: dict[tuple[str, ...], int] = {}  # an item's tags -> the catalog's bits of them
     for i, (key, ev) in enumerate(events):
         at = to_us(ev.occurred_at)
