@@ -10,7 +10,9 @@ check `api.deps.role(...)`. For each request it:
    database (`engine.store.keys.Keys.lookup`, in a worker thread): unknown and
    revoked keys are refused, and a terminal key's merchant is the terminal's
    merchant as the row says now. So a revocation, a deleted key row or a moved
-   terminal reaches every API process within the TTL;
+   terminal reaches every API process within the TTL. A key in use is looked up
+   again ahead of its TTL by the cache's own thread, many keys in one query
+   (`api.caches.RefreshingCache`), so its requests do not wait for look-ups;
 3. checks the expiry against the engine's clock on every request (never cached);
 4. counts the request against the key's limit (`SETAPAY_RATE_LIMIT_PER_KEY`);
 5. notes the use, written to `api_key.last_used_at_us` by a background thread
@@ -33,7 +35,6 @@ otherwise, and in process memory for a few seconds whenever Redis fails.
 """
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
 import math
@@ -45,6 +46,7 @@ import anyio
 from fastapi import Request
 from redis.exceptions import RedisError
 
+from api.caches import RefreshingCache
 from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store import db
@@ -153,45 +155,6 @@ class Limit:
         return max(1, math.ceil(stats.reset_time - time.time()))
 
 
-class PrincipalCache:
-    """Key look-ups by SHA-256, trusted for `ttl_s`; at most `size_max`, least recently used first out.
-
-    An entry older than the TTL is not trusted (the key is looked up again) but
-    still says "this key authenticated here before".
-    """
-
-    def __init__(self, ttl_s: float, size_max: int = PRINCIPAL_CACHE_SIZE_MAX) -> None:
-        self.ttl_s = ttl_s
-        self.size_max = size_max
-        self._entries: collections.OrderedDict[str, tuple[KeyLookup, float]] = collections.OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, digest: str) -> tuple[KeyLookup | None, bool]:
-        """(the cached look-up or None, whether it is fresh)."""
-        with self._lock:
-            found = self._entries.get(digest)
-            if found is None:
-                return None, False
-            self._entries.move_to_end(digest)
-            return found[0], time.monotonic() - found[1] < self.ttl_s
-
-    def put(self, digest: str, lookup: KeyLookup) -> None:
-        with self._lock:
-            self._entries[digest] = (lookup, time.monotonic())
-            self._entries.move_to_end(digest)
-            while len(self._entries) > self.size_max:
-                self._entries.popitem(last=False)
-
-    def drop(self, digest: str) -> None:
-        with self._lock:
-            self._entries.pop(digest, None)
-
-    def drop_key(self, key_id: str) -> None:
-        with self._lock:
-            for digest in [d for d, (e, _) in self._entries.items() if e.principal.key_id == key_id]:
-                del self._entries[digest]
-
-
 class LastUsed:
     """Notes key uses and writes them from a background thread, at most once a minute per key per
     process (and `Keys.touch` refuses rewrites within a minute across processes)."""
@@ -246,7 +209,11 @@ class Auth:
         self.keys = keys
         self.signatures = signatures  # api.signatures.TerminalSignatures (SPEC §9.2), when wired
         self.clock = clock
-        self.cache = PrincipalCache(settings.key_cache_ttl_s)
+        # Key look-ups by SHA-256 (`api.caches`): a stale entry is looked up again before it is
+        # trusted, but still says "this key authenticated here before".
+        self.cache: RefreshingCache[str, KeyLookup] = RefreshingCache(
+            settings.key_cache_ttl_s, keys.lookup_many, size_max=PRINCIPAL_CACHE_SIZE_MAX, name="api-keys"
+        )
         self.per_key = Limit(settings.rate_limit_per_key, settings.redis_url, "key")
         self.failures = Limit(settings.auth_failures_per_ip, settings.redis_url, "auth-failure")
         self.last_used = LastUsed(keys, clock)
@@ -255,10 +222,13 @@ class Auth:
 
     def close(self) -> None:
         self.last_used.close()
+        self.cache.close()
+        if self.signatures is not None:
+            self.signatures.close()
 
     def forget(self, key_id: str) -> None:
         """Drop a key from this process's cache at once (other processes drop it within the TTL)."""
-        self.cache.drop_key(key_id)
+        self.cache.drop_where(lambda lookup: lookup.principal.key_id == key_id)
 
     async def _over_failure_limit(self, address: str) -> RateLimited:
         return RateLimited(
@@ -343,13 +313,16 @@ class Auth:
         if not secret or len(secret) > SECRET_LENGTH_MAX:
             raise await self._failed(address)
         digest = hash_key(secret)
-        found, fresh = self.cache.get(digest)
-        if found is not None and not fresh:
-            found = await self._lookup(digest)  # known here: not held back by its address's failures
-            if found is None:
-                raise await self._failed(address)
-        elif found is None:
+        cached = self.cache.get(digest)
+        if cached is None:
             found = await self._first_lookup(digest, address)
+        elif cached[1]:
+            found = cached[0]
+        else:
+            looked_up = await self._lookup(digest)  # known here: not held back by its address's failures
+            if looked_up is None:
+                raise await self._failed(address)
+            found = looked_up
         if found.expires_at_us is not None and found.expires_at_us <= self.clock.now_us():
             raise await self._failed(address)
         p = found.principal

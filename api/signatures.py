@@ -21,16 +21,17 @@ signature is known to be genuine so that `signature_expired` is never told to
 a forger; and its tolerance of unlisted components and of `expires`/`tag`
 parameters is narrowed to the exact profile below.
 
-Registered keys are cached per process for `KEY_CACHE_S` (≤ 5 s), and a
-change made through this process is seen at once: a new, changed or removed
-key reaches every API process within that time.
+Registered keys are cached per process for `KEY_CACHE_S` (≤ 5 s; a terminal in
+use has its key looked up again ahead of that by the cache's own thread,
+`api.caches`), and a change made through this process is seen at once: a new,
+changed or removed key reaches every API process within that time.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import time
+from collections.abc import Sequence
 from typing import Any
 
 import http_sf
@@ -45,6 +46,7 @@ from http_message_signatures import (
 from http_sf.compat import InnerList
 from starlette.requests import Request
 
+from api.caches import RefreshingCache
 from engine.clock import Clock
 from engine.errors import EngineError
 from engine.http_signing import (
@@ -60,6 +62,7 @@ from engine.store.config import Config
 from engine.store.nonces import DatabaseNonces, RedisNonces
 
 KEY_CACHE_S = 2.0
+KEY_CACHE_SIZE_MAX = 10_000  # terminals (the ward has ~6,200 shops)
 # The scheme and authority are not covered (`@authority` is not in the profile); the
 # library's component resolver wants an absolute URL, so the path and query get this in front.
 _ORIGIN = "http://terminal.invalid"
@@ -99,6 +102,10 @@ class _Message:
         self.headers = headers
 
 
+def _parse(encoded: str | None) -> Ed25519PublicKey | None:
+    return None if encoded is None else Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
+
+
 def _invalid(detail: str) -> EngineError:
     return EngineError("signature_invalid", detail[:300])
 
@@ -111,24 +118,34 @@ class TerminalSignatures:
         self.nonces = nonces
         self.clock = clock
         self.key_cache_s = key_cache_s
-        self._keys: dict[str, tuple[float, Ed25519PublicKey | None]] = {}
+        # A terminal's key, or None for a bearer-only terminal (`api.caches`: refreshed ahead).
+        self._keys: RefreshingCache[str, Ed25519PublicKey | None] = RefreshingCache(
+            key_cache_s, self._public_keys, size_max=KEY_CACHE_SIZE_MAX, name="terminal-keys"
+        )
+
+    def _public_keys(self, terminal_ids: Sequence[str]) -> dict[str, Ed25519PublicKey | None]:
+        encoded = self.config.terminal_public_keys(terminal_ids)
+        # A terminal not found signs nothing, as `Config.terminal_public_key` says of it.
+        return {t: _parse(encoded.get(t)) for t in terminal_ids}
 
     async def public_key(self, terminal_id: str) -> Ed25519PublicKey | None:
         cached = self._keys.get(terminal_id)
-        now = time.monotonic()
-        if cached is not None and cached[0] > now:
-            return cached[1]
+        if cached is not None and cached[1]:
+            return cached[0]
         try:
             encoded = await asyncio.to_thread(self.config.terminal_public_key, terminal_id)
         except db.UNREACHABLE as exc:  # the database went away: a 503 the terminal retries, not a 500
             raise EngineError("service_unavailable", type(exc).__name__) from None
-        key = None if encoded is None else Ed25519PublicKey.from_public_bytes(base64.b64decode(encoded))
-        self._keys[terminal_id] = (now + self.key_cache_s, key)
+        key = _parse(encoded)
+        self._keys.put(terminal_id, key)
         return key
 
     def forget(self, terminal_id: str) -> None:
         """The terminal's key changed in this process: look it up again on its next request."""
-        self._keys.pop(terminal_id, None)
+        self._keys.drop(terminal_id)
+
+    def close(self) -> None:
+        self._keys.close()
 
     async def verify(self, request: Request, terminal_id: str) -> None:
         """Raise 401 unless the request is signed as SPEC §9.2 says (no-op for a bearer-only terminal)."""

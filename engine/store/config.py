@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
@@ -430,11 +430,17 @@ class Config:
             return [self.terminal_record(r) for r in rows]
 
     def terminal_public_key(self, terminal_id: str) -> str | None:
-        """The terminal's registered signing key (base64), or None: bearer-only."""
+        """The terminal's registered signing key (base64), or None: bearer-only (or no such terminal)."""
+        return self.terminal_public_keys([terminal_id]).get(terminal_id)
+
+    def terminal_public_keys(self, terminal_ids: Sequence[str]) -> dict[str, str | None]:
+        """The registered signing key (base64, or None: bearer-only) of each terminal that exists
+        among `terminal_ids`, in one query."""
         with Session(self._reader) as session:
-            return session.execute(
-                select(TerminalRow.public_key).where(TerminalRow.id == terminal_id)
-            ).scalar_one_or_none()
+            rows = session.execute(
+                select(TerminalRow.id, TerminalRow.public_key).where(TerminalRow.id.in_(terminal_ids))
+            ).all()
+        return {terminal_id: public_key for terminal_id, public_key in rows}
 
     # -- keys (engine/store/keys.py) ----------------------------------------
 

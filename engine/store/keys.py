@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import secrets
+from collections.abc import Sequence
 from typing import Any, cast
 
 from sqlalchemy import CursorResult, and_, or_, select, update
@@ -164,9 +165,14 @@ class Keys:
     def lookup(self, digest: str) -> KeyLookup | None:
         """The key with this SHA-256, unless unknown or revoked; expiry is the caller's to check
         against its clock on every request."""
+        return self.lookup_many([digest]).get(digest)
+
+    def lookup_many(self, digests: Sequence[str]) -> dict[str, KeyLookup]:
+        """`lookup` of each digest in one query: the keys found, neither unknown nor revoked."""
         with Session(self._reader) as session:
-            found = session.execute(
+            rows = session.execute(
                 select(
+                    ApiKeyRow.key_hash,
                     ApiKeyRow.id,
                     ApiKeyRow.role,
                     ApiKeyRow.merchant_id,
@@ -176,16 +182,16 @@ class Keys:
                     TerminalRow.merchant_id,
                 )
                 .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
-                .where(ApiKeyRow.key_hash == digest)
-            ).one_or_none()
-        if found is None:
-            return None
-        key_id, role, merchant_id, terminal_id, expires_at_us, revoked_at_us, terminal_merchant = found
-        if revoked_at_us is not None:
-            return None
-        if role == "terminal":
-            merchant_id = terminal_merchant  # the terminal's merchant now, not when the key was made
-        return KeyLookup(Principal(key_id, role, merchant_id, terminal_id), expires_at_us)
+                .where(ApiKeyRow.key_hash.in_(digests))
+            ).all()
+        found = {}
+        for digest, key_id, role, merchant_id, terminal_id, expires_at_us, revoked_at_us, terminal_merchant in rows:
+            if revoked_at_us is not None:
+                continue
+            if role == "terminal":
+                merchant_id = terminal_merchant  # the terminal's merchant now, not when the key was made
+            found[digest] = KeyLookup(Principal(key_id, role, merchant_id, terminal_id), expires_at_us)
+        return found
 
     def touch(self, used: dict[str, int]) -> None:
         """Note `last_used_at_us` for keys used at the given instants, unless a process noted a

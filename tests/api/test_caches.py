@@ -1,0 +1,215 @@
+"""api/caches.py: the API's per-process look-up caches are refreshed ahead of their TTL, in
+batches, without ever serving a look-up older than the TTL; and, over the real stores on both
+databases, what the refresher brings back (a revoked key, a moved terminal, a new signing key)
+is what the requests then see, with no look-up of their own."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from api import caches
+from api.auth import Auth
+from api.caches import RefreshingCache
+from api.signatures import TerminalSignatures
+from engine import http_signing
+from engine.clock import SystemClock
+from engine.errors import EngineError
+from engine.model import Merchant
+from engine.settings import Settings
+from engine.store import db
+from engine.store.config import Config
+from engine.store.keys import Keys, hash_key
+from engine.store.nonces import DatabaseNonces
+
+TTL_S = 2.0
+
+
+class _Now:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class _Source:
+    """What the cache looks up: a dict, with every call recorded."""
+
+    def __init__(self, values: dict[str, int]) -> None:
+        self.values = values
+        self.calls: list[list[str]] = []
+        self.during = None  # run inside the next look-up (a request acting meanwhile)
+        self.fail = False
+
+    def __call__(self, keys):
+        self.calls.append(list(keys))
+        if self.during is not None:
+            during, self.during = self.during, None
+            during()
+        if self.fail:
+            raise ConnectionError("the database went away")
+        return {k: self.values[k] for k in keys if k in self.values}
+
+
+def _cache(source: _Source, now: _Now) -> RefreshingCache[str, int]:
+    return RefreshingCache(TTL_S, source, size_max=5_000, name="test", clock=now)
+
+
+def _used(values: dict[str, int]) -> tuple[_Now, _Source, RefreshingCache[str, int]]:
+    """A cache holding `values`, each read once since its look-up, half the TTL old; its
+    thread stopped (refresh() is called by hand)."""
+    now, source = _Now(), _Source(dict(values))
+    cache = _cache(source, now)
+    for key, value in values.items():
+        cache.put(key, value)
+    cache.close()
+    for key in values:
+        cache.get(key)
+    now.t += TTL_S / 2
+    return now, source, cache
+
+
+def test_used_entries_are_looked_up_again_at_half_the_ttl_in_one_batch() -> None:
+    now, source = _Now(), _Source({"a": 1, "b": 2, "c": 3})
+    cache = _cache(source, now)
+    for key in ("a", "b", "c"):
+        cache.put(key, source.values[key])
+    cache.close()  # the thread is not needed here: refresh() is called by hand
+    assert cache.get("a") == (1, True) and cache.get("b") == (2, True)  # c is never read
+    now.t += TTL_S / 2 - 0.01
+    assert cache.refresh() == 0 and source.calls == []
+    now.t += 0.01
+    source.values.update(a=10, b=20)
+    assert cache.refresh() == 2
+    assert source.calls == [["a", "b"]]  # one look-up for both, c (unused) left alone
+    now.t += TTL_S - 0.01  # fresh a whole TTL after the refresh's look-up began
+    assert cache.get("a") == (10, True) and cache.get("b") == (20, True)
+    assert cache.get("c") == (3, False)  # stale: looked up by the next request, not ahead
+    now.t += 0.01
+    assert cache.get("a") == (10, False)
+
+
+def test_a_key_the_look_up_no_longer_finds_is_dropped() -> None:
+    _, source, cache = _used({"a": 1, "b": 2})
+    del source.values["a"]  # revoked, or its row deleted, by another process
+    cache.refresh()
+    assert cache.get("a") is None and cache.get("b") == (2, True)
+
+
+def test_what_a_request_did_during_the_look_up_stands() -> None:
+    _, source, cache = _used({"a": 1, "b": 2})
+
+    def meanwhile() -> None:
+        cache.drop("a")  # revoked through this process while the look-up ran
+        cache.put("b", 99)  # looked up again by a request
+
+    source.during = meanwhile
+    cache.refresh()
+    assert cache.get("a") is None  # not brought back by a look-up that began before the revocation
+    assert cache.get("b") == (99, True)
+
+
+def test_a_failed_refresh_leaves_its_entries_to_go_stale_and_is_not_retried_until_used() -> None:
+    now, source, cache = _used({"a": 1})
+    source.fail = True
+    assert cache.refresh() == 0 and len(source.calls) == 1
+    source.fail = False
+    assert cache.refresh() == 0 and len(source.calls) == 1  # not tried again: nobody used it since
+    now.t += TTL_S / 2 - 0.01
+    assert cache.get("a") == (1, True)  # still within the TTL of its last look-up
+    now.t += 0.01
+    assert cache.get("a") == (1, False)  # never served as fresh past it
+    assert cache.refresh() == 1  # used again by the gets above: tried again, and fresh
+    assert cache.get("a") == (1, True) and len(source.calls) == 2
+
+
+def test_many_due_entries_are_looked_up_in_batches() -> None:
+    _, source, cache = _used({f"k{i}": i for i in range(1_200)})
+    assert cache.refresh() == 1_200
+    assert [len(c) for c in source.calls] == [caches.REFRESH_BATCH, caches.REFRESH_BATCH, 200]
+
+
+# -- over the real stores ------------------------------------------------------------------
+
+
+@pytest.fixture
+def ward(database_url):
+    db.upgrade(database_url)
+    engine = db.make_engine(database_url)
+    config = Config(engine)
+    for m in ("M1", "M2"):
+        config.create_merchant(Merchant(id=m, name=m, merchant_class="small"))
+    for t in ("T1", "T2"):
+        config.create_terminal(t, "M1")
+    yield engine, config, Keys(engine, SystemClock())
+    engine.dispose()
+
+
+def _auth(engine, keys: Keys, config: Config, url: str) -> Auth:
+    settings = Settings(database_url=url, key_cache_ttl_s=TTL_S, rate_limit_per_key="off")
+    signatures = TerminalSignatures(config, DatabaseNonces(engine), SystemClock(), key_cache_s=TTL_S)
+    return Auth(keys, settings, SystemClock(), signatures)
+
+
+def test_the_refresher_brings_back_revocations_and_moved_terminals(ward, database_url) -> None:
+    engine, config, keys = ward
+    auth = _auth(engine, keys, config, database_url)
+    try:
+        auth.cache.close()  # refreshed by hand below, at once instead of at half the TTL
+        one, _ = keys.create("terminal", terminal_id="T1")
+        two, record_two = keys.create("terminal", terminal_id="T2")
+        assert asyncio.run(auth.authenticate(one, "10.0.0.1")).merchant_id == "M1"
+        assert asyncio.run(auth.authenticate(two, "10.0.0.1")).terminal_id == "T2"
+        # Another process revokes one key and moves a terminal; this one has not been told.
+        keys.revoke(record_two["id"])
+        config.update_terminal("T1", {"merchant_id": "M2"})
+        assert asyncio.run(auth.authenticate(two, "10.0.0.1")).terminal_id == "T2"  # within the TTL
+        assert asyncio.run(auth.authenticate(one, "10.0.0.1")).merchant_id == "M1"  # used since its look-up
+        for digest in (hash_key(one), hash_key(two)):
+            entry = auth.cache._entries[digest]
+            entry.loaded_at -= TTL_S / 2  # half the TTL old, as the refresher finds it
+        assert auth.cache.refresh() == 2
+        assert asyncio.run(auth.authenticate(one, "10.0.0.1")).merchant_id == "M2"
+        with pytest.raises(EngineError) as refused:
+            asyncio.run(auth.authenticate(two, "10.0.0.1"))
+        assert refused.value.code == "unauthenticated"
+    finally:
+        auth.close()
+
+
+def test_busy_keys_stay_fresh_without_a_look_up_of_their_own(ward, database_url) -> None:
+    """The refresher's thread, as a server runs it: a key and a terminal key used every 50 ms for
+    more than two TTLs are found fresh on every use, and a new signing key registered by another
+    process reaches the requests within the TTL."""
+    engine, config, keys = ward
+    auth = _auth(engine, keys, config, database_url)
+    signatures = auth.signatures
+    assert signatures is not None
+    try:
+        secret, _ = keys.create("terminal", terminal_id="T1")
+        asyncio.run(auth.authenticate(secret, "10.0.0.1"))
+        assert asyncio.run(signatures.public_key("T1")) is None  # bearer-only so far
+        private = Ed25519PrivateKey.generate()
+        registered_at = seen_after = None
+        stale = []
+        started = time.monotonic()
+        while time.monotonic() - started < 2.25 * TTL_S:
+            cached = auth.cache.get(hash_key(secret))
+            terminal = signatures._keys.get("T1")
+            assert cached is not None and terminal is not None
+            if not (cached[1] and terminal[1]):
+                stale.append(round(time.monotonic() - started, 2))
+            if registered_at is None and time.monotonic() - started > TTL_S / 4:
+                config.update_terminal("T1", {"public_key": http_signing.public_key_b64(private)})
+                registered_at = time.monotonic()
+            if terminal[0] is not None and registered_at is not None and seen_after is None:
+                seen_after = time.monotonic() - registered_at
+            time.sleep(0.05)
+        assert stale == []
+        assert seen_after is not None and seen_after < TTL_S  # the new key, found by the refresher
+    finally:
+        auth.close()
