@@ -13,7 +13,8 @@
 
 Every server runs as a real uvicorn process on 127.0.0.1; the load generator
 is a small asyncio HTTP/1.1 client with keep-alive (cheaper than a general
-client, so the servers, not the generator, are what is measured). It prints the
+client, so the servers, not the generator, are what is measured); each HTTP phase
+runs `--warmup` seconds (1 by default) before its `--seconds` are measured. It prints the
 signed/bearer ratio and what receipt checks cost: one check's CPU time
 (`receipt_verify_us`) times the accepted rate, as a share of a core
 (`receipt_share_*`). The last line is
@@ -23,7 +24,7 @@ signed/bearer ratio and what receipt checks cost: one check's CPU time
 
 (one line; the pgledger ratios are omitted with --no-peer).
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--clients 64] [--workers 1]
+    .venv/bin/python bench/ingest.py [--seconds 10] [--warmup 1] [--clients 64] [--workers 1]
 """
 
 from __future__ import annotations
@@ -125,8 +126,13 @@ class Connection:
         return status, payload
 
 
-async def drive(port: int, clients: int, seconds: float, make_request, rate: float | None = None) -> dict:
-    """`clients` loops sending requests for `seconds`; returns throughput and latencies.
+async def drive(
+    port: int, clients: int, seconds: float, make_request, rate: float | None = None, warmup_s: float = 0.0
+) -> dict:
+    """`clients` loops sending requests for `warmup_s` then `seconds`; returns throughput and
+    latencies of the requests sent in the `seconds` after the warm-up (the warm-up's are answered
+    but not counted: the servers' first requests of each client open connections, look keys up
+    and load state, which is the start, not the rate, of a server).
 
     Without `rate` each client sends its next request as soon as it has its answer (flat out:
     the server saturated, latency mostly queueing). With `rate` (requests per second, all
@@ -135,7 +141,8 @@ async def drive(port: int, clients: int, seconds: float, make_request, rate: flo
     comes late also delays (and charges) the requests queued behind it on that client."""
     latencies: list[float] = []
     counts = {"requests": 0, "errors": 0}
-    stop = time.monotonic() + seconds
+    measured_from = time.monotonic() + warmup_s
+    stop = measured_from + seconds
     interval = clients / rate if rate else 0.0
 
     async def client(n: int) -> None:
@@ -150,18 +157,19 @@ async def drive(port: int, clients: int, seconds: float, make_request, rate: flo
                 due += interval
             else:
                 t0 = time.perf_counter()
+            counted = time.monotonic() >= measured_from
             status, payload = await connection.request(method, path, body, headers)
-            latencies.append(time.perf_counter() - t0)
             if status >= 300:
                 counts["errors"] += 1
                 if counts["errors"] < 3:
                     print(f"  error {status}: {payload[:200]!r}", file=sys.stderr)
-            counts["requests"] += weight
+            if counted:
+                latencies.append(time.perf_counter() - t0)
+                counts["requests"] += weight
             i += 1
 
-    started = time.monotonic()
     await asyncio.gather(*(client(n) for n in range(clients)))
-    elapsed = time.monotonic() - started
+    elapsed = time.monotonic() - measured_from
     latencies.sort()
     return {
         "tx_per_s": counts["requests"] / elapsed,
@@ -295,6 +303,7 @@ def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: st
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds each HTTP phase runs before it is measured")
     parser.add_argument("--clients", type=int, default=64)
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--batch-clients", type=int, default=4)
@@ -313,7 +322,11 @@ def main() -> int:
         body = json.dumps({"amount": 1000}).encode()
         results["baseline_single"] = asyncio.run(
             drive(
-                port, args.clients, args.seconds, lambda n, i: ("POST", "/tx", body, {"Idempotency-Key": f"{n}-{i}"}, 1)
+                port,
+                args.clients,
+                args.seconds,
+                lambda n, i: ("POST", "/tx", body, {"Idempotency-Key": f"{n}-{i}"}, 1),
+                warmup_s=args.warmup,
             )
         )
     finally:
@@ -344,7 +357,7 @@ def main() -> int:
                 1,
             )
 
-        results["ours_single"] = asyncio.run(drive(port, args.clients, args.seconds, single))
+        results["ours_single"] = asyncio.run(drive(port, args.clients, args.seconds, single, warmup_s=args.warmup))
 
         # (b') the same with every terminal signing its requests (SPEC §9.2): RFC 9421 Ed25519 plus
         # a content digest, verified by the server, nonces in the database (no Redis here). The
@@ -360,7 +373,7 @@ def main() -> int:
 
         time.sleep(SIGNATURE_KEY_CACHE_S)  # every worker's terminal-key cache has seen the new keys
         results["ours_single_signed"] = asyncio.run(
-            drive(port, args.clients, args.seconds, lambda n, i: signed_single(n, i))
+            drive(port, args.clients, args.seconds, lambda n, i: signed_single(n, i), warmup_s=args.warmup)
         )
         unregister_terminal_keys(url, terminals)
         time.sleep(SIGNATURE_KEY_CACHE_S)
@@ -384,14 +397,16 @@ def main() -> int:
                 1000,
             )
 
-        results["ours_batch"] = asyncio.run(drive(port, args.batch_clients, args.seconds, batch))
+        results["ours_batch"] = asyncio.run(drive(port, args.batch_clients, args.seconds, batch, warmup_s=args.warmup))
 
         # (d) a retry storm: terminals re-sending requests already answered, database path.
         def replay(n: int, i: int):
             method, path, body, headers, weight = single(n, i % 50)
             return method, path, body, headers, weight
 
-        results["replay_database"] = asyncio.run(drive(port, args.clients, args.seconds / 2, replay))
+        results["replay_database"] = asyncio.run(
+            drive(port, args.clients, args.seconds / 2, replay, warmup_s=args.warmup)
+        )
     finally:
         server.terminate()
         server.wait()
@@ -405,7 +420,9 @@ def main() -> int:
         server = start_server("api.main:app", port, args.workers, {**env, "SETAPAY_REDIS_URL": args.redis_url})
         try:
             asyncio.run(drive(port, args.clients, 1.0, replay))  # first pass fills the cache
-            results["replay_redis"] = asyncio.run(drive(port, args.clients, args.seconds / 2, replay))
+            results["replay_redis"] = asyncio.run(
+                drive(port, args.clients, args.seconds / 2, replay, warmup_s=args.warmup)
+            )
             # Signed requests with their nonces in Redis (SET NX EX) instead of a database row each.
             private = register_terminal_keys(url, terminals)
             time.sleep(SIGNATURE_KEY_CACHE_S)
@@ -414,7 +431,7 @@ def main() -> int:
                 return signed_single(n, 20_000_000 + i, private)
 
             results["ours_single_signed_redis"] = asyncio.run(
-                drive(port, args.clients, args.seconds, signed_single_redis)
+                drive(port, args.clients, args.seconds, signed_single_redis, warmup_s=args.warmup)
             )
             unregister_terminal_keys(url, terminals)
         finally:
