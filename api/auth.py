@@ -242,14 +242,15 @@ class Auth:
         return EngineError("unauthenticated")
 
     async def _lookup(self, digest: str) -> KeyLookup | None:
+        stamp = self.cache.stamp()  # a revocation here while it runs keeps its answer out of the cache
         try:
             found = await anyio.to_thread.run_sync(self.keys.lookup, digest)
         except db.UNREACHABLE as exc:
             raise EngineError("service_unavailable", type(exc).__name__) from None
         if found is None:
-            self.cache.drop(digest)
+            self.cache.discard(digest)
         else:
-            self.cache.put(digest, found)
+            self.cache.put(digest, found, stamp)
         return found
 
     async def _first_lookup(self, digest: str, address: str) -> KeyLookup:

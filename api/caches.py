@@ -13,9 +13,10 @@ takes the look-ups off the requests: one thread per cache looks up again, in one
 every entry a request used since it was loaded once it is half the TTL old, so busy keys are
 found fresh. An entry no request used since it was loaded is left to go stale (the next request
 looks it up itself, as before), and so is every entry of a refresh that failed (the database
-away: requests then look up themselves and answer 503 as before). An entry dropped or put by a
-request while its refresh was under way keeps the request's word: a revocation in this process
-is not undone by a look-up that started before it.
+away: requests then look up themselves and answer 503 as before). A drop (a revocation or a key
+change through this process) is not undone by a look-up that began before it, the refresher's
+or a request's (`stamp` before the look-up, `put(..., stamp)` after), and an entry's age counts
+from the start of the look-up that brought it.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,14 @@ K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 REFRESH_BATCH = 500  # keys per look-up query
+REFRESH_INTERVAL_MIN_S = 0.1  # however short the TTL, the thread wakes at most ten times a second
+
+
+class Stamp(NamedTuple):
+    """When a look-up began, and how many drops the cache had seen by then."""
+
+    at: float
+    drops: int
 
 
 class _Entry(Generic[V]):
@@ -65,6 +74,7 @@ class RefreshingCache(Generic[K, V]):
         self.name = name
         self._clock = clock
         self._entries: collections.OrderedDict[K, _Entry[V]] = collections.OrderedDict()
+        self._drops = 0  # drops so far: a look-up that began before one is not cached
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -81,20 +91,38 @@ class RefreshingCache(Generic[K, V]):
             entry.used = True
             return entry.value, self._clock() - entry.loaded_at < self.ttl_s
 
-    def put(self, key: K, value: V) -> None:
+    def stamp(self) -> Stamp:
+        """Taken before a look-up whose answer is then `put`."""
         with self._lock:
-            self._entries[key] = _Entry(value, self._clock())
+            return Stamp(self._clock(), self._drops)
+
+    def put(self, key: K, value: V, stamp: Stamp | None = None) -> None:
+        """Cache `value`, looked up since `stamp` (else just now); not if a drop came after the stamp."""
+        with self._lock:
+            if stamp is not None and stamp.drops != self._drops:
+                return  # the look-up may predate a revocation: the next request looks up again
+            self._entries[key] = _Entry(value, self._clock() if stamp is None else stamp.at)
             self._entries.move_to_end(key)
             while len(self._entries) > self.size_max:
                 self._entries.popitem(last=False)
         self._start()
 
     def drop(self, key: K) -> None:
+        """Forget `key` because it changed (a revocation, a new signing key): look-ups already
+        under way are not cached either."""
+        with self._lock:
+            self._drops += 1
+            self._entries.pop(key, None)
+
+    def discard(self, key: K) -> None:
+        """Forget `key` because its look-up found nothing (an unknown key: nothing else is stale)."""
         with self._lock:
             self._entries.pop(key, None)
 
     def drop_where(self, condition: Callable[[V], bool]) -> None:
+        """`drop` of every entry whose value meets `condition`."""
         with self._lock:
+            self._drops += 1
             for key in [k for k, e in self._entries.items() if condition(e.value)]:
                 del self._entries[key]
 
@@ -114,6 +142,8 @@ class RefreshingCache(Generic[K, V]):
             batch = keys[start : start + REFRESH_BATCH]
             with self._lock:
                 seen = {k: self._entries[k] for k in batch if k in self._entries}
+            if not seen:
+                continue
             loaded_at = self._clock()
             try:
                 found = self.lookup_many(list(seen))
@@ -144,9 +174,13 @@ class RefreshingCache(Generic[K, V]):
         self._thread.start()
 
     def _run(self) -> None:
-        # Every quarter TTL: an entry is at most half the TTL old when it becomes due and is looked
-        # up again within a quarter more, so a busy key is never found stale while refreshes work.
-        while not self._stop.wait(self.ttl_s / 4):
+        # Every quarter TTL, on fixed deadlines: an entry is at most half the TTL old when it
+        # becomes due and is looked up again within a quarter more (plus the query), so a busy
+        # key is found fresh while refreshes work.
+        interval = max(self.ttl_s / 4, REFRESH_INTERVAL_MIN_S)
+        deadline = time.monotonic() + interval
+        while not self._stop.wait(max(0.0, deadline - time.monotonic())):
+            deadline = max(deadline + interval, time.monotonic())
             try:
                 self.refresh()
             except Exception:  # noqa: BLE001 - the thread must outlive any one failure
@@ -156,4 +190,4 @@ class RefreshingCache(Generic[K, V]):
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
+            thread.join(timeout=1)  # a refresh stuck on the database does not hold up the shutdown

@@ -125,19 +125,26 @@ class TerminalSignatures:
 
     def _public_keys(self, terminal_ids: Sequence[str]) -> dict[str, Ed25519PublicKey | None]:
         encoded = self.config.terminal_public_keys(terminal_ids)
-        # A terminal not found signs nothing, as `Config.terminal_public_key` says of it.
-        return {t: _parse(encoded.get(t)) for t in terminal_ids}
+        found = {}
+        for terminal_id in terminal_ids:
+            try:
+                # A terminal not found signs nothing, as `Config.terminal_public_key` says of it.
+                found[terminal_id] = _parse(encoded.get(terminal_id))
+            except ValueError:  # a stored key that does not parse: left out (its requests look it up)
+                continue
+        return found
 
     async def public_key(self, terminal_id: str) -> Ed25519PublicKey | None:
         cached = self._keys.get(terminal_id)
         if cached is not None and cached[1]:
             return cached[0]
+        stamp = self._keys.stamp()  # a key changed here while it runs keeps its answer out of the cache
         try:
             encoded = await asyncio.to_thread(self.config.terminal_public_key, terminal_id)
         except db.UNREACHABLE as exc:  # the database went away: a 503 the terminal retries, not a 500
             raise EngineError("service_unavailable", type(exc).__name__) from None
         key = _parse(encoded)
-        self._keys.put(terminal_id, key)
+        self._keys.put(terminal_id, key, stamp)
         return key
 
     def forget(self, terminal_id: str) -> None:

@@ -113,6 +113,41 @@ def test_what_a_request_did_during_the_look_up_stands() -> None:
     assert cache.get("b") == (99, True)
 
 
+def test_an_entry_is_as_old_as_the_start_of_the_look_up_that_brought_it() -> None:
+    now, source, cache = _used({"a": 1})
+    started = now.t
+
+    def slow() -> None:
+        now.t += 0.5  # the query takes half a second
+
+    source.during = slow
+    cache.refresh()
+    now.t = started + TTL_S - 0.01
+    assert cache.get("a") == (1, True)
+    now.t = started + TTL_S
+    assert cache.get("a") == (1, False)
+    # A request's own look-up likewise, stamped before it began.
+    stamp = cache.stamp()
+    now.t += 0.5
+    cache.put("a", 2, stamp)
+    now.t = stamp.at + TTL_S
+    assert cache.get("a") == (2, False)
+
+
+def test_a_request_look_up_that_began_before_a_drop_is_not_cached() -> None:
+    now, source, cache = _used({"a": 1, "b": 2})
+    before = cache.stamp()
+    cache.drop("a")  # key "a" revoked (or its signing key changed) through this process
+    cache.put("a", 1, before)  # a request's look-up of "a" that read the row before the change
+    assert cache.get("a") is None
+    cache.put("b", 3, before)  # any look-up that began before a drop: the drop may concern it
+    assert cache.get("b") == (2, True)
+    after = cache.stamp()
+    cache.discard("zzz")  # an unknown key's look-up found nothing: nothing else is stale
+    cache.put("a", 4, after)
+    assert cache.get("a") == (4, True)
+
+
 def test_a_failed_refresh_leaves_its_entries_to_go_stale_and_is_not_retried_until_used() -> None:
     now, source, cache = _used({"a": 1})
     source.fail = True
@@ -149,15 +184,16 @@ def ward(database_url):
     engine.dispose()
 
 
-def _auth(engine, keys: Keys, config: Config, url: str) -> Auth:
-    settings = Settings(database_url=url, key_cache_ttl_s=TTL_S, rate_limit_per_key="off")
-    signatures = TerminalSignatures(config, DatabaseNonces(engine), SystemClock(), key_cache_s=TTL_S)
+def _auth(engine, keys: Keys, config: Config, url: str, ttl_s: float = TTL_S) -> Auth:
+    settings = Settings(database_url=url, key_cache_ttl_s=ttl_s, rate_limit_per_key="off")
+    signatures = TerminalSignatures(config, DatabaseNonces(engine), SystemClock(), key_cache_s=ttl_s)
     return Auth(keys, settings, SystemClock(), signatures)
 
 
 def test_the_refresher_brings_back_revocations_and_moved_terminals(ward, database_url) -> None:
     engine, config, keys = ward
-    auth = _auth(engine, keys, config, database_url)
+    ttl_s = 5.0  # the longest allowed: "within the TTL" below holds on a slow machine too
+    auth = _auth(engine, keys, config, database_url, ttl_s)
     try:
         auth.cache.close()  # refreshed by hand below, at once instead of at half the TTL
         one, _ = keys.create("terminal", terminal_id="T1")
@@ -171,7 +207,7 @@ def test_the_refresher_brings_back_revocations_and_moved_terminals(ward, databas
         assert asyncio.run(auth.authenticate(one, "10.0.0.1")).merchant_id == "M1"  # used since its look-up
         for digest in (hash_key(one), hash_key(two)):
             entry = auth.cache._entries[digest]
-            entry.loaded_at -= TTL_S / 2  # half the TTL old, as the refresher finds it
+            entry.loaded_at -= ttl_s / 2  # half the TTL old, as the refresher finds it
         assert auth.cache.refresh() == 2
         assert asyncio.run(auth.authenticate(one, "10.0.0.1")).merchant_id == "M2"
         with pytest.raises(EngineError) as refused:
