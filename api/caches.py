@@ -158,8 +158,7 @@ class RefreshingCache(Generic[K, V]):
                     if self._entries.get(key) is not entry:
                         continue  # dropped or put by a request meanwhile: its word stands
                     if key in found:
-                        fresh = _Entry(found[key], loaded_at)
-                        self._entries[key] = fresh  # keeps its place in the LRU order
+                        self._entries[key] = _Entry(found[key], loaded_at)  # keeps its place in the LRU order
                     else:
                         del self._entries[key]
         return len(keys)
@@ -167,11 +166,11 @@ class RefreshingCache(Generic[K, V]):
     def _start(self) -> None:
         if self._thread is not None or self._stop.is_set():
             return
-        with self._lock:
+        with self._lock:  # started under the lock, so `close` never joins a thread not yet started
             if self._thread is not None:
                 return
             self._thread = threading.Thread(target=self._run, name=f"refresh-{self.name}", daemon=True)
-        self._thread.start()
+            self._thread.start()
 
     def _run(self) -> None:
         # Every quarter TTL, on fixed deadlines: an entry is at most half the TTL old when it
@@ -188,6 +187,7 @@ class RefreshingCache(Generic[K, V]):
 
     def close(self) -> None:
         self._stop.set()
-        thread = self._thread
+        with self._lock:
+            thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=1)  # a refresh stuck on the database does not hold up the shutdown

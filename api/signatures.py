@@ -117,7 +117,6 @@ class TerminalSignatures:
         self.config = config
         self.nonces = nonces
         self.clock = clock
-        self.key_cache_s = key_cache_s
         # A terminal's key, or None for a bearer-only terminal (`api.caches`: refreshed ahead).
         self._keys: RefreshingCache[str, Ed25519PublicKey | None] = RefreshingCache(
             key_cache_s, self._public_keys, size_max=KEY_CACHE_SIZE_MAX, name="terminal-keys"
