@@ -93,6 +93,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock: Cl
         yield
         stop.set()
         services.auth.close()
+        services.apps.close()
 
     app = FastAPI(
         title="setapay-engine",

@@ -12,7 +12,7 @@ check `api.deps.role(...)`. For each request it:
    merchant as the row says now. So a revocation, a deleted key row or a moved
    terminal reaches every API process within the TTL. A key in use is looked up
    again ahead of its TTL by the cache's own thread, many keys in one query
-   (`api.caches.RefreshingCache`), so its requests do not wait for look-ups;
+   (`engine.store.caches.RefreshingCache`), so its requests do not wait for look-ups;
 3. checks the expiry against the engine's clock on every request (never cached);
 4. counts the request against the key's limit (`SETAPAY_RATE_LIMIT_PER_KEY`);
 5. notes the use, written to `api_key.last_used_at_us` by a background thread
@@ -46,10 +46,10 @@ import anyio
 from fastapi import Request
 from redis.exceptions import RedisError
 
-from api.caches import RefreshingCache
 from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store import db
+from engine.store.caches import RefreshingCache
 from engine.store.config import Principal
 from engine.store.keys import LAST_USED_RESOLUTION_US, KeyLookup, Keys, hash_key
 
@@ -209,7 +209,7 @@ class Auth:
         self.keys = keys
         self.signatures = signatures  # api.signatures.TerminalSignatures (SPEC §9.2), when wired
         self.clock = clock
-        # Key look-ups by SHA-256 (`api.caches`): a stale entry is looked up again before it is
+        # Key look-ups by SHA-256 (`engine.store.caches`): a stale entry is looked up again before it is
         # trusted, but still says "this key authenticated here before".
         self.cache: RefreshingCache[str, KeyLookup] = RefreshingCache(
             settings.key_cache_ttl_s, keys.lookup_many, size_max=PRINCIPAL_CACHE_SIZE_MAX, name="api-keys"

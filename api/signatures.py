@@ -23,7 +23,7 @@ parameters is narrowed to the exact profile below.
 
 Registered keys are cached per process for `KEY_CACHE_S` (≤ 5 s; a terminal in
 use has its key looked up again ahead of that by the cache's own thread,
-`api.caches`), and a change made through this process is seen at once: a new,
+`engine.store.caches`), and a change made through this process is seen at once: a new,
 changed or removed key reaches every API process within that time.
 """
 
@@ -46,7 +46,6 @@ from http_message_signatures import (
 from http_sf.compat import InnerList
 from starlette.requests import Request
 
-from api.caches import RefreshingCache
 from engine.clock import Clock
 from engine.errors import EngineError
 from engine.http_signing import (
@@ -58,6 +57,7 @@ from engine.http_signing import (
     covered_components,
 )
 from engine.store import db
+from engine.store.caches import RefreshingCache
 from engine.store.config import Config
 from engine.store.nonces import DatabaseNonces, RedisNonces
 
@@ -117,7 +117,7 @@ class TerminalSignatures:
         self.config = config
         self.nonces = nonces
         self.clock = clock
-        # A terminal's key, or None for a bearer-only terminal (`api.caches`: refreshed ahead).
+        # A terminal's key, or None for a bearer-only terminal (`engine.store.caches`: refreshed ahead).
         self._keys: RefreshingCache[str, Ed25519PublicKey | None] = RefreshingCache(
             key_cache_s, self._public_keys, size_max=KEY_CACHE_SIZE_MAX, name="terminal-keys"
         )

@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 from typing import Annotated, Any
 
+import anyio
 import orjson
 from fastapi import APIRouter, Body, Depends, Header
 from fastapi.responses import JSONResponse, Response
@@ -128,6 +129,10 @@ async def post_transaction(
 ) -> JSONResponse:
     key = check_idempotency_key(idempotency_key)
     terminal_id = _terminal_of(p)
+    if body.receipt is not None and not services.apps.fresh():
+        # Read in a worker thread, not on the event loop (the cache's thread keeps them fresh
+        # while receipts come in: only the first and those after a failed refresh read here).
+        await anyio.to_thread.run_sync(services.apps.load)
     submission = _submission(services, p, key, body)
     if isinstance(submission, Result):
         return render(submission)

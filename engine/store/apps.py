@@ -7,14 +7,19 @@ to their app, exactly like bank details; the database never holds one in the
 clear and no listing shows one.
 
 Each API process keeps the opened secrets of every app for at most
-`CACHE_TTL_S`, so a revocation or rotation reaches every process within that.
+`CACHE_TTL_S`, so a revocation or rotation reaches every process within that
+(the process that made the change sees it at once). While requests use them,
+the cache's thread reads them again ahead of the TTL (`engine.store.caches`),
+so no request waits for that read; one that finds them stale (the first, or
+after a refresh failed) reads them itself, and the single-post route does that
+in a worker thread (`load`), never on the event loop.
 """
 
 from __future__ import annotations
 
 import builtins
 import threading
-import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, update
@@ -26,6 +31,7 @@ from engine.audit import OPERATOR, Actor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
 from engine.store import audit
+from engine.store.caches import RefreshingCache
 from engine.store.models import AppSecretRow, PaymentAppRow
 
 if TYPE_CHECKING:
@@ -33,6 +39,9 @@ if TYPE_CHECKING:
 
 ROTATION_GRACE_US = 24 * 3600 * 1_000_000
 CACHE_TTL_S = 2.0
+_EVERY_APP = ""  # the cache's one entry: the opened secrets of every app not revoked
+
+_Opened = dict[str, list[tuple[bytes, int | None]]]  # app id -> (raw secret, valid until or None)
 
 
 def _associated(app_id: str) -> bytes:
@@ -40,13 +49,20 @@ def _associated(app_id: str) -> bytes:
 
 
 class Apps:
-    def __init__(self, engine: Engine, settings: Settings | None = None, clock: Clock | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        settings: Settings | None = None,
+        clock: Clock | None = None,
+        cache_ttl_s: float = CACHE_TTL_S,
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
-        self._lock = threading.Lock()
-        self._cache: dict[str, list[tuple[bytes, int | None]]] = {}
-        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()  # one request reads the secrets at a time
+        self._cache: RefreshingCache[str, _Opened] = RefreshingCache(
+            cache_ttl_s, self._read_every, size_max=1, name="app-secrets"
+        )
 
     def _data_key(self) -> sealing.DataKey:
         from engine import keyring
@@ -100,7 +116,8 @@ class Apps:
                 self._public(session, app),
                 at_us=now,
             )
-            return secret
+        self._cache.drop(_EVERY_APP)  # committed: this process reads the secrets again at once
+        return secret
 
     def rotate(self, app_id: str, actor: Actor = OPERATOR) -> str:
         """A new secret; the app's older secrets stay valid for 24 hours from now."""
@@ -120,7 +137,8 @@ class Apps:
             secret = self._add_secret(session, app_id, now)
             session.flush()
             audit.record(session, actor, "app.rotate", f"app:{app_id}", before, self._public(session, row), at_us=now)
-            return secret
+        self._cache.drop(_EVERY_APP)  # committed: this process reads the secrets again at once
+        return secret
 
     def revoke(self, app_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
         """End every secret of the app at once; revoking twice keeps the first instant."""
@@ -140,7 +158,9 @@ class Apps:
                     self._public(session, row),
                     at_us=row.revoked_at_us,
                 )
-            return self._public(session, row)
+            public = self._public(session, row)
+        self._cache.drop(_EVERY_APP)  # committed: this process refuses the app's receipts at once
+        return public
 
     def _live(self, session: Session, app_id: str) -> PaymentAppRow:
         row = session.get(PaymentAppRow, app_id)
@@ -177,25 +197,44 @@ class Apps:
 
     def secrets_for(self, app_id: str) -> builtins.list[bytes]:
         """The raw secrets of `app_id` valid now (none for an unknown or revoked app)."""
-        if time.monotonic() - self._loaded_at > CACHE_TTL_S:
-            self._reload()
+        cached = self._cache.get(_EVERY_APP)
+        opened = cached[0] if cached is not None and cached[1] else self.load()
         now = self.clock.now_us()
-        return [raw for raw, until in self._cache.get(app_id, ()) if until is None or until > now]
+        return [raw for raw, until in opened.get(app_id, ()) if until is None or until > now]
 
-    def _reload(self) -> None:
+    def fresh(self) -> bool:
+        """Whether `secrets_for` answers without reading the database."""
+        cached = self._cache.get(_EVERY_APP)
+        return cached is not None and cached[1]
+
+    def load(self) -> _Opened:
+        """Read every app's secrets now unless another caller just did; what `secrets_for` uses."""
         with self._lock:
-            if time.monotonic() - self._loaded_at <= CACHE_TTL_S:
-                return
-            key = self._data_key()
-            cache: dict[str, list[tuple[bytes, int | None]]] = {}
-            with Session(self.engine) as session:
-                rows = session.execute(
-                    select(AppSecretRow.app_id, AppSecretRow.secret_sealed, AppSecretRow.valid_until_us)
-                    .join(PaymentAppRow, PaymentAppRow.id == AppSecretRow.app_id)
-                    .where(PaymentAppRow.revoked_at_us.is_(None))
-                ).all()
-            for app_id, sealed, until in rows:
-                secret = sealing.open_sealed(key, sealed, _associated(app_id)).decode()
-                cache.setdefault(app_id, []).append((receipts.decode_secret(secret), until))
-            self._cache = cache
-            self._loaded_at = time.monotonic()
+            cached = self._cache.get(_EVERY_APP)
+            if cached is not None and cached[1]:
+                return cached[0]  # read by the request that held the lock before this one
+            stamp = self._cache.stamp()  # a change here while it reads keeps its result out
+            opened = self._read()
+            self._cache.put(_EVERY_APP, opened, stamp)
+            return opened
+
+    def close(self) -> None:
+        """Stop the cache's thread."""
+        self._cache.close()
+
+    def _read_every(self, _keys: Sequence[str]) -> dict[str, _Opened]:
+        return {_EVERY_APP: self._read()}
+
+    def _read(self) -> _Opened:
+        key = self._data_key()
+        opened: _Opened = {}
+        with Session(self.engine) as session:
+            rows = session.execute(
+                select(AppSecretRow.app_id, AppSecretRow.secret_sealed, AppSecretRow.valid_until_us)
+                .join(PaymentAppRow, PaymentAppRow.id == AppSecretRow.app_id)
+                .where(PaymentAppRow.revoked_at_us.is_(None))
+            ).all()
+        for app_id, sealed, until in rows:
+            secret = sealing.open_sealed(key, sealed, _associated(app_id)).decode()
+            opened.setdefault(app_id, []).append((receipts.decode_secret(secret), until))
+        return opened

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import psycopg
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.pool import ConnectionPoolEntry
@@ -29,6 +29,8 @@ UNREACHABLE: tuple[type[Exception], ...] = (
     psycopg.OperationalError,
     psycopg.InterfaceError,
 )
+
+CONNECT_TIMEOUT_S = 5  # PostgreSQL: how long a new connection may take before it fails (libpq's minimum is 2)
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent.parent / "migrations"
 
@@ -81,7 +83,12 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    # A server that accepts the connection and never answers (hung, or a half-dead network path)
+    # fails the connection after CONNECT_TIMEOUT_S, a 503 the client retries, instead of holding
+    # its request, and the worker thread it runs in, for as long as the OS waits. A URL that
+    # sets its own `connect_timeout` keeps it.
+    connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_S}
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
 
 
 def alembic_config(url: str) -> Config:

@@ -1,4 +1,4 @@
-"""api/caches.py: the API's per-process look-up caches are refreshed ahead of their TTL, in
+"""engine/store/caches.py: the API's per-process look-up caches are refreshed ahead of their TTL, in
 batches, without ever serving a look-up older than the TTL; and, over the real stores on both
 databases, what the refresher brings back (a revoked key, a moved terminal, a new signing key)
 is what the requests then see, with no look-up of their own."""
@@ -11,16 +11,16 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from api import caches
 from api.auth import Auth
-from api.caches import RefreshingCache
 from api.signatures import TerminalSignatures
-from engine import http_signing
+from engine import http_signing, receipts, sealing
 from engine.clock import SystemClock
 from engine.errors import EngineError
 from engine.model import Merchant
 from engine.settings import Settings
-from engine.store import db
+from engine.store import caches, db
+from engine.store.apps import Apps
+from engine.store.caches import RefreshingCache
 from engine.store.config import Config
 from engine.store.keys import Keys, hash_key
 from engine.store.nonces import DatabaseNonces
@@ -249,3 +249,63 @@ def test_busy_keys_stay_fresh_without_a_look_up_of_their_own(ward, database_url)
         assert seen_after is not None and seen_after < TTL_S  # the new key, found by the refresher
     finally:
         auth.close()
+
+
+def _apps(engine, ttl_s: float) -> Apps:
+    settings = Settings(data_key_b64=_DATA_KEY)
+    return Apps(engine, settings, SystemClock(), cache_ttl_s=ttl_s)
+
+
+_DATA_KEY = sealing.generate_key_b64()
+
+
+def test_receipt_secrets_change_here_at_once_and_elsewhere_through_the_refresher(ward, database_url) -> None:
+    """The payment apps' secrets: an app added, rotated or revoked through this process is seen
+    here at once; one revoked through another process is found by the refresher within the TTL,
+    while a request using the secrets never reads them itself."""
+    engine, _, _ = ward
+    ttl_s = 0.8
+    here, elsewhere = _apps(engine, ttl_s), _apps(engine, ttl_s)
+    try:
+        assert here.secrets_for("app-a") == []
+        first = receipts.decode_secret(here.add("app-a"))
+        assert here.secrets_for("app-a") == [first]  # added here: not hidden by the cached absence
+        second = receipts.decode_secret(here.rotate("app-a"))
+        assert sorted(here.secrets_for("app-a")) == sorted([first, second])
+        here.revoke("app-a")
+        assert here.secrets_for("app-a") == []  # revoked here: refused at once
+        third = receipts.decode_secret(elsewhere.add("app-b"))
+        assert here.secrets_for("app-b") in ([], [third])  # another process's change: within the TTL
+        elsewhere.revoke("app-b")
+        started, fresh_throughout, gone_after = time.monotonic(), True, None
+        while time.monotonic() - started < 2.5 * ttl_s:
+            fresh_throughout &= here.fresh()  # what a request checks before using them
+            if gone_after is None and here.secrets_for("app-b") == []:
+                gone_after = time.monotonic() - started
+            time.sleep(0.02)
+        assert fresh_throughout  # kept fresh by the cache's thread: no request had to read them
+        assert gone_after is not None and gone_after < ttl_s  # the revocation elsewhere, found in time
+    finally:
+        here.close()
+        elsewhere.close()
+
+
+def test_a_request_reads_the_secrets_itself_when_the_cache_is_stale(ward, database_url) -> None:
+    """Without the refresher (a refresh that failed, or nobody used them), the secrets go stale
+    after the TTL and the next use reads them again: never served past the TTL."""
+    engine, _, _ = ward
+    ttl_s = 0.3
+    here, elsewhere = _apps(engine, ttl_s), _apps(engine, ttl_s)
+    try:
+        secret = receipts.decode_secret(elsewhere.add("app-c"))
+        assert here.secrets_for("app-c") == [secret]
+        here._cache.close()  # no refreshes from here on
+        elsewhere.revoke("app-c")
+        assert here.fresh() and here.secrets_for("app-c") == [secret]  # within the TTL
+        time.sleep(ttl_s + 0.05)
+        assert not here.fresh()
+        assert here.secrets_for("app-c") == []  # read again by the request
+        assert here.fresh()
+    finally:
+        here.close()
+        elsewhere.close()

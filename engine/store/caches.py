@@ -1,8 +1,9 @@
 """Per-process caches of the database look-ups every request needs, refreshed ahead of their TTL.
 
-The API trusts a key's look-up (`api.auth`) and a terminal's registered signing key
-(`api.signatures`) for a few seconds, so a revocation, a moved terminal or a new signing key
-reaches every API process within that TTL. Looked up again by the first request that finds its
+The API trusts a key's look-up (`api.auth`), a terminal's registered signing key
+(`api.signatures`) and the payment apps' receipt secrets (`engine.store.apps`) for a few seconds,
+so a revocation, a moved terminal, a new signing key or a rotated secret reaches every API process
+within that TTL. Looked up again by the first request that finds its
 entry stale, every busy key cost a worker-thread hop and a read every TTL, and the terminals that
 had started together found their entries stale together: their requests queued behind those
 look-ups (with 64 terminals posting flat out, every ~2 s a half-second of answers came at 3 to 4
