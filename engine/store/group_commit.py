@@ -1,9 +1,9 @@
 """Group commit: concurrent single requests share one sequenced database transaction.
 
 Request threads hand their submission to `GroupCommitter.submit` and block on
-a future. One committer thread per process takes the first waiting
-submission, lets company gather for at most `wait_ms` (or until `size_max`),
-and posts the whole group with one `Ledger.submit` call: one lock, one kernel
+a future. One committer thread per process (`engine.store.gather.Gatherer`) takes
+the first waiting submission, lets company gather for at most `wait_ms` (or until
+`size_max`), and posts the whole group with one `Ledger.submit` call: one lock, one kernel
 call, one commit. Every future is resolved only after that commit returned,
 so nothing is acknowledged before it is durable.
 
@@ -16,14 +16,12 @@ API), and one line is logged for the group instead of a traceback per submission
 from __future__ import annotations
 
 import logging
-import queue
-import threading
-import time
 from concurrent.futures import Future
 
 from sqlalchemy import text
 
 from engine import metrics
+from engine.store.gather import Gatherer
 from engine.store.ledger import Ledger, Result, Submission
 
 log = logging.getLogger(__name__)
@@ -32,55 +30,38 @@ log = logging.getLogger(__name__)
 class GroupCommitter:
     def __init__(self, ledger: Ledger, wait_ms: float = 2.0, size_max: int = 1000) -> None:
         self.ledger = ledger
-        self.wait_s = wait_ms / 1000
-        self.size_max = size_max
-        self._queue: queue.Queue[tuple[Submission, Future[Result]]] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
-        self._thread.start()
+        self._gatherer: Gatherer[Submission, Result] = Gatherer(
+            self._commit, wait_ms=wait_ms, size_max=size_max, name="group-commit"
+        )
 
     def submit(self, submission: Submission, timeout_s: float = 60.0) -> Result:
         return self.enqueue(submission).result(timeout=timeout_s)
 
     def enqueue(self, submission: Submission) -> Future[Result]:
         """Queue a submission; the future resolves after its group committed."""
-        future: Future[Result] = Future()
-        self._queue.put((submission, future))
-        return future
+        return self._gatherer.enqueue(submission)
 
-    def _gather(self) -> list[tuple[Submission, Future[Result]]]:
-        group = [self._queue.get()]
-        deadline = time.monotonic() + self.wait_s
-        while len(group) < self.size_max:
-            remaining = deadline - time.monotonic()
-            try:
-                group.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-            except queue.Empty:
-                break
-        return group
-
-    def _run(self) -> None:
-        while True:
-            group = self._gather()
-            metrics.GROUP_SIZE.observe(len(group))
-            try:
-                with metrics.GROUP_COMMIT_SECONDS.time():
-                    results = self.ledger.submit([s for s, _ in group])
-            except Exception as failure:
-                if not self._reachable():
-                    log.warning("group of %d failed: the database cannot be reached (%s)", len(group), _name(failure))
-                    for _, future in group:
-                        future.set_exception(failure)
-                    continue
-                # One bad submission must not fail its neighbours: post them one by one.
-                log.exception("group of %d failed; posting its submissions singly", len(group))
-                for submission, future in group:
-                    try:
-                        future.set_result(self.ledger.submit([submission])[0])
-                    except Exception as exc:  # the single one fails on its own
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(group, results):
-                future.set_result(result)
+    def _commit(self, group: list[tuple[Submission, Future[Result]]]) -> None:
+        metrics.GROUP_SIZE.observe(len(group))
+        try:
+            with metrics.GROUP_COMMIT_SECONDS.time():
+                results = self.ledger.submit([s for s, _ in group])
+        except Exception as failure:
+            if not self._reachable():
+                log.warning("group of %d failed: the database cannot be reached (%s)", len(group), _name(failure))
+                for _, future in group:
+                    future.set_exception(failure)
+                return
+            # One bad submission must not fail its neighbours: post them one by one.
+            log.exception("group of %d failed; posting its submissions singly", len(group))
+            for submission, future in group:
+                try:
+                    future.set_result(self.ledger.submit([submission])[0])
+                except Exception as exc:  # the single one fails on its own
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(group, results):
+            future.set_result(result)
 
     def _reachable(self) -> bool:
         """Whether a fresh connection to the database answers `SELECT 1`."""

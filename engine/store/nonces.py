@@ -7,6 +7,13 @@ meets a live row is a replay; one that meets an expired row (not pruned yet)
 takes it over. Expired rows are pruned at most once a minute per process, not
 per request.
 
+In the database, the claims of concurrent requests are gathered (`engine.store.gather`)
+for at most `CLAIM_WAIT_MS` and claimed together: one statement and one commit for
+many requests, rather than a pooled connection, a round trip and a commit each
+(with 64 signing terminals posting at once, that commit per request was the
+signed path's bound). Each claim's answer is its own: two claims of one nonce in
+one batch are one use and one replay, as if one after the other.
+
 Unlike the answer cache, this is a security check: when the configured store
 cannot be reached the request is refused (503), never let through unchecked.
 """
@@ -17,6 +24,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Table, delete
@@ -24,6 +32,7 @@ from sqlalchemy.engine import Engine
 
 from engine.errors import EngineError
 from engine.http_signing import NONCE_TTL_S
+from engine.store.gather import Gatherer
 from engine.store.models import SignatureNonceRow
 from engine.store.redis_loop import LoopClients
 
@@ -34,6 +43,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PRUNE_EVERY_US = 60 * 1_000_000
+CLAIM_WAIT_MS = 1.0  # how long a claim waits for company before its batch is claimed
+CLAIM_BATCH_MAX = 500  # claims per statement
+
+Claim = tuple[str, str, int]  # terminal id, nonce, now (µs)
 
 
 class DatabaseNonces:
@@ -44,6 +57,7 @@ class DatabaseNonces:
         self.ttl_us = ttl_s * 1_000_000
         self._last_prune_us = 0
         self._prune_lock = threading.Lock()
+        self._gatherer: Gatherer[Claim, bool] | None = None
         # Both dialects' INSERT have ON CONFLICT DO UPDATE ... RETURNING, alike.
         self._insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
         if engine.dialect.name == "postgresql":
@@ -57,17 +71,48 @@ class DatabaseNonces:
 
     def claim_now(self, terminal_id: str, nonce: str, now_us: int) -> bool:
         """True if `nonce` is fresh for `terminal_id` (and is now used up), False if it is a replay."""
+        return self.claim_many([(terminal_id, nonce, now_us)])[0]
+
+    def claim_many(self, claims: list[Claim]) -> list[bool]:
+        """`claim_now` of each claim, in order, in one statement and one commit."""
+        first: dict[tuple[str, str], int] = {}  # a nonce claimed twice here: the first claim is the use
+        for i, (terminal_id, nonce, _) in enumerate(claims):
+            first.setdefault((terminal_id, nonce), i)
         table = SignatureNonceRow.__table__
-        insert = self._insert(table).values(terminal_id=terminal_id, nonce=nonce, expires_at_us=now_us + self.ttl_us)
+        insert = self._insert(table).values(
+            [
+                {"terminal_id": claims[i][0], "nonce": claims[i][1], "expires_at_us": claims[i][2] + self.ttl_us}
+                for i in first.values()
+            ]
+        )
         stmt = insert.on_conflict_do_update(
             index_elements=[table.c.terminal_id, table.c.nonce],
             set_={"expires_at_us": insert.excluded.expires_at_us},
-            where=table.c.expires_at_us <= now_us,  # only an expired use is taken over
-        ).returning(table.c.terminal_id)
+            # Only an expired use is taken over: expired by the claim's own instant (its expiry - TTL).
+            where=table.c.expires_at_us <= insert.excluded.expires_at_us - self.ttl_us,
+        ).returning(table.c.terminal_id, table.c.nonce)
         with self.engine.begin() as connection:
-            fresh = connection.execute(stmt).first() is not None
-        self._maybe_prune(now_us)
-        return fresh
+            fresh = {(terminal_id, nonce) for terminal_id, nonce in connection.execute(stmt)}
+        self._maybe_prune(max(now_us for _, _, now_us in claims))
+        return [(t, n) in fresh and first[(t, n)] == i for i, (t, n, _) in enumerate(claims)]
+
+    def _claim_batch(self, batch: list[tuple[Claim, Future[bool]]]) -> None:
+        try:
+            answers = self.claim_many([claim for claim, _ in batch])
+        except Exception as failure:  # every claim of the batch is refused (503), none let through
+            for _, future in batch:
+                future.set_exception(failure)
+            return
+        for (_, future), answer in zip(batch, answers):
+            future.set_result(answer)
+
+    def _claims(self) -> Gatherer[Claim, bool]:
+        with self._prune_lock:
+            if self._gatherer is None:  # started by the first request's claim, not by the CLI
+                self._gatherer = Gatherer(
+                    self._claim_batch, wait_ms=CLAIM_WAIT_MS, size_max=CLAIM_BATCH_MAX, name="nonce-claims"
+                )
+            return self._gatherer
 
     def _maybe_prune(self, now_us: int) -> None:
         with self._prune_lock:
@@ -84,7 +129,7 @@ class DatabaseNonces:
 
     async def claim(self, terminal_id: str, nonce: str, now_us: int) -> bool:
         try:
-            return await asyncio.to_thread(self.claim_now, terminal_id, nonce, now_us)
+            return await asyncio.wrap_future(self._claims().enqueue((terminal_id, nonce, now_us)))
         except Exception as exc:
             log.warning("nonce store unavailable", exc_info=True)
             raise EngineError("service_unavailable", f"nonce store: {type(exc).__name__}") from None

@@ -56,6 +56,68 @@ def test_one_nonce_claimed_at_once_from_many_threads_wins_once(database_url):
     engine.dispose()
 
 
+def test_claims_in_one_batch_answer_each_as_if_one_after_the_other(database_url):
+    """One statement for many claims: a nonce twice in it is one use and one replay, a live use is a
+    replay, an expired one is taken over by the claim's own instant, terminals apart."""
+    db.upgrade(database_url)
+    engine = db.make_engine(database_url)
+    nonces = DatabaseNonces(engine)
+    assert nonces.claim_now("T1", "live-00000000000", T0)
+    assert nonces.claim_now("T1", "old-000000000000", T0)
+    answers = nonces.claim_many(
+        [
+            ("T1", "twice-0000000000", T0 + 1),
+            ("T1", "live-00000000000", T0 + 599 * S),  # still live at its instant
+            ("T2", "twice-0000000000", T0 + 1),  # another terminal's nonce
+            ("T1", "twice-0000000000", T0 + 2),  # the batch's second claim of one nonce
+            ("T1", "old-000000000000", T0 + 600 * S),  # expired at its instant: taken over
+        ]
+    )
+    assert answers == [True, False, True, False, True]
+    assert nonces.claim_many([("T1", "old-000000000000", T0 + 601 * S)]) == [False]  # taken over: live again
+    engine.dispose()
+
+
+def test_concurrent_requests_claims_are_gathered_and_each_nonce_is_used_once(database_url):
+    """The API's path (`claim`): 200 requests at once, 100 nonces each sent twice; every nonce is
+    accepted exactly once, and the claims went in fewer commits than requests."""
+    db.upgrade(database_url)
+    engine = db.make_engine(database_url)
+    nonces = DatabaseNonces(engine)
+    batches: list[int] = []
+    claim_many = nonces.claim_many
+
+    def counted(claims):
+        batches.append(len(claims))
+        return claim_many(claims)
+
+    nonces.claim_many = counted  # type: ignore[method-assign]
+
+    async def storm() -> list[bool]:
+        return await asyncio.gather(*(nonces.claim("T1", f"storm-{i % 100:010d}", T0) for i in range(200)))
+
+    won = asyncio.run(storm())
+    assert sum(won) == 100
+    assert all(won[i] != won[i + 100] for i in range(100))  # one of each pair
+    assert sum(batches) == 200 and len(batches) < 200
+    engine.dispose()
+
+
+def test_a_batch_that_cannot_be_claimed_refuses_every_request(tmp_path):
+    """A database without the nonce table (or away): each request of the batch is refused, 503."""
+    engine = db.make_engine(f"sqlite+pysqlite:///{tmp_path}/empty.db")
+    nonces = DatabaseNonces(engine)
+
+    async def two() -> list[object]:
+        return await asyncio.gather(
+            nonces.claim("T1", "a" * 16, T0), nonces.claim("T1", "b" * 16, T0), return_exceptions=True
+        )
+
+    refused = asyncio.run(two())
+    assert all(isinstance(r, EngineError) and r.code == "service_unavailable" for r in refused)
+    engine.dispose()
+
+
 def test_redis_nonces(redis_url):
     import redis
 

@@ -1,0 +1,69 @@
+"""Many callers' small writes gathered into one database transaction by one thread.
+
+A caller queues an item and gets a future; one thread per `Gatherer` takes the first waiting
+item, lets company gather for at most `wait_ms` (or until `size_max` items), and hands the whole
+batch to `handle`, which resolves every item's future, each only once what it stands for is
+committed. The group commit of single posts (`engine.store.group_commit`) and the database's
+signature nonces (`engine.store.nonces`) both work this way: one lock, one statement round, one
+commit for many requests, instead of one each.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class Gatherer(Generic[T, R]):
+    def __init__(
+        self,
+        handle: Callable[[list[tuple[T, Future[R]]]], None],
+        *,
+        wait_ms: float,
+        size_max: int,
+        name: str,
+    ) -> None:
+        self.handle = handle
+        self.wait_s = wait_ms / 1000
+        self.size_max = size_max
+        self._queue: queue.Queue[tuple[T, Future[R]]] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def enqueue(self, item: T) -> Future[R]:
+        """Queue `item`; the future resolves once its batch was handled."""
+        future: Future[R] = Future()
+        self._queue.put((item, future))
+        return future
+
+    def _gather(self) -> list[tuple[T, Future[R]]]:
+        batch = [self._queue.get()]
+        deadline = time.monotonic() + self.wait_s
+        while len(batch) < self.size_max:
+            remaining = deadline - time.monotonic()
+            try:
+                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def _run(self) -> None:
+        while True:
+            batch = self._gather()
+            try:
+                self.handle(batch)
+            except BaseException as failure:  # noqa: BLE001 - the thread serves every later batch
+                log.exception("%s: a batch of %d failed", self._thread.name, len(batch))
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(failure)
