@@ -28,6 +28,7 @@ from api.strict import PathId
 from engine import limits, receipts
 from engine.errors import EngineError, decline
 from engine.model import Purchase, Record, Refund, Transaction
+from engine.receipts import Receipt
 from engine.store import db, queries
 from engine.store.config import Principal
 from engine.store.ledger import Result, Submission
@@ -64,24 +65,40 @@ def _terminal_of(p: Principal) -> str:
     return p.terminal_id
 
 
-def _submission(services: Services, p: Principal, key: str, body: Purchase | Refund) -> Submission | Result:
-    """The checked submission, or the remembered answer when a retry of an answered request
-    no longer passes the checks (its app revoked or rotated out, its occurred_at now too old):
-    a retry with the same key and body gets the original answer (SPEC §6)."""
+def _canonical(body: Purchase | Refund) -> tuple[str, str]:
+    """The body's canonical JSON and its SHA-256, the request hash an Idempotency-Key is held to."""
     canonical = body.model_dump_json()
-    request_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    return canonical, hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _checked(services: Services, p: Principal, body: Purchase | Refund) -> Receipt:
+    """The checks made before the ledger (else an `EngineError`); the verified receipt."""
+    # The terminal's merchant is checked by the ledger under its lock, against the catalog.
+    if body.type == "purchase" and body.terminal_id != p.terminal_id:
+        raise EngineError("forbidden", "a terminal key posts only for its own terminal")
+    _check_instant(services, body.occurred_at)
+    # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
+    return receipts.verify(body.receipt, body, services.apps.secrets_for, services.clock.now_us())
+
+
+def _replay(services: Services, p: Principal, key: str, request_hash: str, refused: EngineError) -> Result:
+    """The remembered answer when a retry of an answered request no longer passes the checks (its
+    app revoked or rotated out, its occurred_at now too old): a retry with the same key and body
+    gets the original answer (SPEC §6); else the refusal stands. A database read: the single-post
+    route runs it in a worker thread."""
+    replay = guarded(lambda: services.ledger.remembered_answer(_terminal_of(p), key, request_hash))
+    if replay is None:
+        raise refused
+    return replay
+
+
+def _submission(services: Services, p: Principal, key: str, body: Purchase | Refund) -> Submission | Result:
+    """The checked submission, or the remembered answer of a retry that no longer passes the checks."""
+    canonical, request_hash = _canonical(body)
     try:
-        # The terminal's merchant is checked by the ledger under its lock, against the catalog.
-        if body.type == "purchase" and body.terminal_id != p.terminal_id:
-            raise EngineError("forbidden", "a terminal key posts only for its own terminal")
-        _check_instant(services, body.occurred_at)
-        # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
-        receipt = receipts.verify(body.receipt, body, services.apps.secrets_for, services.clock.now_us())
-    except EngineError:
-        replay = guarded(lambda: services.ledger.remembered_answer(_terminal_of(p), key, request_hash))
-        if replay is None:
-            raise
-        return replay
+        receipt = _checked(services, p, body)
+    except EngineError as refused:
+        return _replay(services, p, key, request_hash, refused)
     return Submission(_terminal_of(p), key, request_hash, body, canonical, receipt=receipt)
 
 
@@ -133,15 +150,20 @@ async def post_transaction(
         # Read in a worker thread, not on the event loop (the cache's thread keeps them fresh
         # while receipts come in: only the first and those after a failed refresh read here).
         await anyio.to_thread.run_sync(services.apps.load)
-    submission = _submission(services, p, key, body)
-    if isinstance(submission, Result):
-        return render(submission)
+    canonical, request_hash = _canonical(body)
+    try:
+        receipt = _checked(services, p, body)
+    except EngineError as refused:
+        # Refused requests may come fast (a bad receipt resent): their look-up of a remembered
+        # answer must not hold the event loop, and every other terminal's request with it.
+        return render(await anyio.to_thread.run_sync(_replay, services, p, key, request_hash, refused))
+    submission = Submission(terminal_id, key, request_hash, body, canonical, receipt=receipt)
     answers = services.answers
     if answers is not None:
         cached = await answers.get(terminal_id, key)
         if cached is not None:
-            request_hash, status, answer = cached
-            if request_hash != submission.request_hash:
+            cached_hash, status, answer = cached
+            if cached_hash != request_hash:
                 return render(Result(*decline("idempotency_key_reused")))
             return render(Result(status, answer, replayed=True))
     with services.in_flight.claimed([(terminal_id, key)]) as fresh:

@@ -405,3 +405,35 @@ def test_a_retry_still_replays_after_its_app_is_revoked(ward: Ward) -> None:
         assert (replayed["status"], replayed["replayed"]) == (201, True)
     fresh = leaving.sign_purchase(purchase("T_SHOTEN_1", "W_LEAVING", 902))
     assert _code(_post(ward, "T_SHOTEN_1", fresh, key="leaving-3")) == (422, "receipt_invalid")
+
+
+def test_a_refused_requests_look_up_of_its_answer_does_not_hold_the_event_loop(ward: Ward, app: PaymentApp) -> None:
+    """A refused request (a bad receipt) looks up whether its key holds an answer to replay: a
+    database read, made in a worker thread. While that read waits (the table locked by another
+    session), the server still answers everything else at once; then the refusal arrives."""
+    if not ward.server.database_url.startswith("postgresql"):
+        pytest.skip("SQLite's readers never wait for a lock (WAL)")
+    body = app.sign_purchase(purchase("T_SHOTEN_1", "W_LOOP", 500))
+    body["receipt"] = body["receipt"][:-4] + "AAAA"  # the signature no longer matches
+    engine = make_engine(ward.server.database_url)
+    answered: list[httpx.Response] = []
+    try:
+        with engine.connect() as locker:
+            locker.execute(text("LOCK TABLE idempotency_key IN ACCESS EXCLUSIVE MODE"))
+            refused = threading.Thread(target=lambda: answered.append(_post(ward, "T_SHOTEN_1", body)))
+            refused.start()
+            deadline = time.monotonic() + 10
+            while not locker.execute(
+                text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'idempotency_key'::regclass")
+            ).scalar_one():
+                assert time.monotonic() < deadline, "the refused request never reached its look-up"
+                time.sleep(0.02)
+            started = time.monotonic()
+            health = httpx.get(ward.server.base_url + "/healthz", timeout=10)
+            assert health.status_code == 200 and time.monotonic() - started < 1.0
+            assert refused.is_alive() and not answered  # still waiting on the lock
+            locker.rollback()  # the lock goes
+        refused.join(10)
+        assert _code(answered[0]) == (422, "receipt_invalid")
+    finally:
+        engine.dispose()
