@@ -30,6 +30,7 @@ from engine.errors import EngineError, decline
 from engine.model import Purchase, Record, Refund, Transaction
 from engine.receipts import Receipt
 from engine.store import db, queries
+from engine.store.apps import OpenedSecrets
 from engine.store.config import Principal
 from engine.store.ledger import Result, Submission
 from engine.timeutil import to_us
@@ -71,14 +72,22 @@ def _canonical(body: Purchase | Refund) -> tuple[str, str]:
     return canonical, hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _checked(services: Services, p: Principal, body: Purchase | Refund) -> Receipt:
-    """The checks made before the ledger (else an `EngineError`); the verified receipt."""
+def _checked(
+    services: Services, p: Principal, body: Purchase | Refund, opened_secrets: OpenedSecrets | None = None
+) -> Receipt:
+    """The checks made before the ledger (else an `EngineError`); the verified receipt.
+    `opened_secrets`: the apps' secrets when the caller holds them (`Apps.current`, `Apps.load`)."""
     # The terminal's merchant is checked by the ledger under its lock, against the catalog.
     if body.type == "purchase" and body.terminal_id != p.terminal_id:
         raise EngineError("forbidden", "a terminal key posts only for its own terminal")
     _check_instant(services, body.occurred_at)
     # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
-    return receipts.verify(body.receipt, body, services.apps.secrets_for, services.clock.now_us())
+    return receipts.verify(
+        body.receipt,
+        body,
+        lambda app_id: services.apps.secrets_for(app_id, opened_secrets),
+        services.clock.now_us(),
+    )
 
 
 def _replay(services: Services, p: Principal, key: str, request_hash: str, refused: EngineError) -> Result:
@@ -146,13 +155,14 @@ async def post_transaction(
 ) -> JSONResponse:
     key = check_idempotency_key(idempotency_key)
     terminal_id = _terminal_of(p)
-    if body.receipt is not None and not services.apps.fresh():
+    opened = services.apps.current()
+    if opened is None and body.receipt is not None:
         # Read in a worker thread, not on the event loop (the cache's thread keeps them fresh
         # while receipts come in: only the first and those after a failed refresh read here).
-        await anyio.to_thread.run_sync(services.apps.load)
+        opened = await anyio.to_thread.run_sync(services.apps.load)
     canonical, request_hash = _canonical(body)
     try:
-        receipt = _checked(services, p, body)
+        receipt = _checked(services, p, body, opened)
     except EngineError as refused:
         # Refused requests may come fast (a bad receipt resent): their look-up of a remembered
         # answer must not hold the event loop, and every other terminal's request with it.

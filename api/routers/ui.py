@@ -6,6 +6,12 @@ cookie (api/ui); every page then looks the key up again, so a revoked or expired
 session at once. Without a session a page redirects (303) to the sign-in form; a page of
 another role, or a merchant page of another merchant, answers 403. Every figure comes from the
 same store functions as the JSON routes (engine/store/queries.py, finance.py, settlement.py).
+
+The pages are plain `def` routes: FastAPI runs each in a worker thread, so their store calls
+(reads of a month of payments, settlement runs and grants that take the ledger's sequencer lock)
+never hold the event loop and every terminal's request behind them. What must run on the loop
+(reading the posted form; the API's authentication, whose rate limits are async) is called back
+onto it with `anyio.from_thread.run`.
 """
 
 import datetime as dt
@@ -21,6 +27,7 @@ import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import ValidationError
+from starlette.datastructures import FormData
 
 from api import ui
 from api.access_log import PRINCIPAL_STATE
@@ -120,12 +127,12 @@ def _to_sign_in() -> RedirectResponse:
     return response
 
 
-async def _signed_in(request: Request, s: Services, *roles: str) -> Principal:
+def _signed_in(request: Request, s: Services, *roles: str) -> Principal:
     """The session's key as the key store says now; a redirect to sign-in or a 403 page otherwise."""
     session = _signer(request).session(request.cookies.get(ui.SESSION_COOKIE))
     if session is None:
         raise _Refused(_to_sign_in())
-    found = await anyio.to_thread.run_sync(s.keys.lookup, session.digest)
+    found = s.keys.lookup(session.digest)
     if (
         found is None
         or (found.expires_at_us is not None and found.expires_at_us <= s.clock.now_us())
@@ -144,9 +151,13 @@ def _merchant_scope(request: Request, who: Principal, merchant_id: str) -> None:
         raise _Refused(_error(request, who, 403, "forbidden_merchant"))
 
 
-async def _checked_form(request: Request) -> dict[str, str]:
+def _checked_form(request: Request) -> dict[str, str]:
     """The posted form, once its CSRF token equals the one of the caller's CSRF cookie."""
-    form = await request.form()
+
+    async def read() -> FormData:
+        return await request.form()
+
+    form = anyio.from_thread.run(read)  # the body is read on the event loop
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     expected = _signer(request).csrf_token(request.cookies.get(ui.CSRF_COOKIE))
     if expected is None or fields.get("csrf") != expected:
@@ -154,9 +165,9 @@ async def _checked_form(request: Request) -> dict[str, str]:
     return fields
 
 
-async def _guarded(request: Request, build: Callable[[], Any]) -> Response:
+def _guarded(request: Request, build: Callable[[], Any]) -> Response:
     try:
-        answer: Response = await build()
+        answer: Response = build()
     except _Refused as refused:
         return refused.response
     return answer
@@ -171,27 +182,27 @@ def _store_error(request: Request, who: Principal, error: EngineError) -> HTMLRe
 
 
 @router.get("/ui/", **_HTML)  # type: ignore[arg-type]
-async def ui_root(request: Request, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s)
+def ui_root(request: Request, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s)
         return RedirectResponse(ui.home_path(who), status_code=303)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.get("/ui/login", **_HTML)  # type: ignore[arg-type]
-async def ui_login_form(request: Request) -> Response:
+def ui_login_form(request: Request) -> Response:
     return _page(request, "login.html", {"failed": False})
 
 
 @router.post("/ui/login", **_HTML)  # type: ignore[arg-type]
-async def ui_login(request: Request, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        fields = await _checked_form(request)
+def ui_login(request: Request, s: ServicesDep) -> Response:
+    def build() -> Response:
+        fields = _checked_form(request)
         secret = fields.get("key", "").strip()
         address = request.client.host if request.client else "unknown"
         try:
-            who = await s.auth.authenticate(secret, address)
+            who = anyio.from_thread.run(s.auth.authenticate, secret, address)
         except EngineError as refused:
             status = 429 if refused.code == "rate_limited" else 401
             return _page(request, "login.html", {"failed": True}, status=status)
@@ -201,18 +212,18 @@ async def ui_login(request: Request, s: ServicesDep) -> Response:
         _set_cookie(response, ui.SESSION_COOKIE, _signer(request).session_cookie(hash_key(secret)))
         return response
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.post("/ui/logout", **_HTML)  # type: ignore[arg-type]
-async def ui_logout(request: Request) -> Response:
-    async def build() -> Response:
-        await _checked_form(request)
+def ui_logout(request: Request) -> Response:
+    def build() -> Response:
+        _checked_form(request)
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(ui.SESSION_COOKIE, path="/ui")
         return response
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 # -- merchant pages --------------------------------------------------------------------
@@ -223,9 +234,9 @@ def _tokyo_midnight(day: dt.date) -> int:
 
 
 @router.get("/ui/merchants/{merchant_id}", **_HTML)  # type: ignore[arg-type]
-async def ui_merchant_home(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s, "merchant", "finance", "admin")
+def ui_merchant_home(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s, "merchant", "finance", "admin")
         _merchant_scope(request, who, merchant_id)
         try:
             merchant = s.config.get_merchant(merchant_id)
@@ -249,7 +260,7 @@ async def ui_merchant_home(request: Request, merchant_id: PathId, s: ServicesDep
         }
         return _page(request, "merchant_home.html", context, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 def _iso(us: int) -> str:
@@ -257,12 +268,12 @@ def _iso(us: int) -> str:
 
 
 @router.get("/ui/merchants/{merchant_id}/transactions", **_HTML)  # type: ignore[arg-type]
-async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+def ui_merchant_transactions(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
     """A page of the merchant's transactions in acceptance order, optionally between two dates
     (`from` included, `until` not; Asia/Tokyo), by the JSON route's query and cursor."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "merchant", "finance", "admin")
+    def build() -> Response:
+        who = _signed_in(request, s, "merchant", "finance", "admin")
         _merchant_scope(request, who, merchant_id)
         query = request.query_params
         cursor = query.get("cursor") or None
@@ -284,17 +295,17 @@ async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: Ser
         }
         return _page(request, "merchant_transactions.html", context, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.get("/ui/merchants/{merchant_id}/statements", **_HTML)  # type: ignore[arg-type]
-async def ui_merchant_statements(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+def ui_merchant_statements(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
     """The merchant's line of every settlement run, its payout status, whether the run's signed
     statement verifies, and its own statement to download (CSV, signed JSON) with whether that
     verifies; never another merchant's line."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "merchant", "finance", "admin")
+    def build() -> Response:
+        who = _signed_in(request, s, "merchant", "finance", "admin")
         _merchant_scope(request, who, merchant_id)
         rows = []
         for run in settlement.list_runs(s.ledger):
@@ -315,7 +326,7 @@ async def ui_merchant_statements(request: Request, merchant_id: PathId, s: Servi
         context = {"rows": rows, "merchant_id": merchant_id}
         return _page(request, "merchant_statements.html", context, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 def _attachment(body: str | bytes, media_type: str, name: str) -> Response:
@@ -327,15 +338,15 @@ _MERCHANT_DOWNLOADS = {"statement.csv": "text/csv; charset=utf-8", "statement.js
 
 
 @router.get("/ui/merchants/{merchant_id}/statements/{run_id}/{download}", **_HTML)  # type: ignore[arg-type]
-async def ui_merchant_statement_download(
+def ui_merchant_statement_download(
     request: Request, merchant_id: PathId, run_id: PathId, download: str, s: ServicesDep
 ) -> Response:
     """The merchant's own statement of a run: its line as CSV (the run CSV's columns), or signed
     JSON (settlement.merchant_statement) that `setapay verify-statement` checks. Never another
     merchant's line (403), never a bank account."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "merchant", "finance", "admin")
+    def build() -> Response:
+        who = _signed_in(request, s, "merchant", "finance", "admin")
         _merchant_scope(request, who, merchant_id)
         if download not in _MERCHANT_DOWNLOADS:
             return _error(request, who, 404, "not_found")
@@ -353,28 +364,28 @@ async def ui_merchant_statement_download(
         )
         return _attachment(body, _MERCHANT_DOWNLOADS[download], f"{run_id}.{merchant_id}.{download}")
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 # -- finance pages ---------------------------------------------------------------------
 
 
 @router.get("/ui/campaigns", **_HTML)  # type: ignore[arg-type]
-async def ui_campaigns(request: Request, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance", "admin")
+def ui_campaigns(request: Request, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s, "finance", "admin")
         rows = []
         for campaign in s.config.list_campaigns():
             rows.append({"campaign": campaign, "budget": finance.budget(s.ledger, campaign.id)})
         return _page(request, "campaigns.html", {"rows": rows}, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.get("/ui/campaigns/{campaign_id}", **_HTML)  # type: ignore[arg-type]
-async def ui_campaign(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance", "admin")
+def ui_campaign(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s, "finance", "admin")
         try:
             campaign = s.config.get_campaign(campaign_id)
             budget = finance.budget(s.ledger, campaign_id)
@@ -384,7 +395,7 @@ async def ui_campaign(request: Request, campaign_id: PathId, s: ServicesDep) -> 
         context = {"campaign": campaign, "budget": budget, "days": days, "chart": _burn_chart(days, budget)}
         return _page(request, "campaign.html", context, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 def _burn_chart(days: list[dict[str, Any]], budget: dict[str, Any]) -> dict[str, Any]:
@@ -495,9 +506,9 @@ def _comparison_chart(draft: list[tuple[str, int]], live: list[tuple[str, int]])
 
 
 @router.get("/ui/campaigns/{campaign_id}/simulate", **_HTML)  # type: ignore[arg-type]
-async def ui_simulate_form(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance", "admin")
+def ui_simulate_form(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s, "finance", "admin")
         try:
             campaign = s.config.get_campaign(campaign_id)
         except EngineError as error:
@@ -506,18 +517,18 @@ async def ui_simulate_form(request: Request, campaign_id: PathId, s: ServicesDep
         context = {"campaign": campaign, "fields": _draft_fields(campaign, today), "result": None, "invalid": None}
         return _page(request, "simulate.html", context, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.post("/ui/campaigns/{campaign_id}/simulate", **_HTML)  # type: ignore[arg-type]
-async def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
     """The draft (the live campaign with the form's rates, caps and budget) rated over the window
     by `engine.store.simulate`, as `POST /v1/campaigns/{id}/simulate` does, beside the live
     campaign rated over the same window. Nothing is written."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance", "admin")
-        fields = await _checked_form(request)
+    def build() -> Response:
+        who = _signed_in(request, s, "finance", "admin")
+        fields = _checked_form(request)
         try:
             campaign = s.config.get_campaign(campaign_id)
         except EngineError as error:
@@ -528,8 +539,8 @@ async def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> 
         except (ValueError, ValidationError) as error:
             context["invalid"] = str(error).splitlines()[0]
             return _page(request, "simulate.html", context, who, status=422)
-        result = await anyio.to_thread.run_sync(simulate.simulate, s.engine, draft, start, end)
-        live = await anyio.to_thread.run_sync(simulate.simulate, s.engine, campaign, start, end)
+        result = simulate.simulate(s.engine, draft, start, end)
+        live = simulate.simulate(s.engine, campaign, start, end)
         empty = {"awards": 0, "points_awarded": 0, "points_clawed_back": 0, "points_net": 0}
         context["result"] = {
             "draft": result["by_campaign"].get(campaign_id, empty),
@@ -543,23 +554,23 @@ async def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> 
         }
         return _page(request, "simulate.html", context, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.get("/ui/settlement-runs", **_HTML)  # type: ignore[arg-type]
-async def ui_settlement_runs(request: Request, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance")
+def ui_settlement_runs(request: Request, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s, "finance")
         return _page(request, "settlement_runs.html", {"runs": settlement.list_runs(s.ledger)}, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.post("/ui/settlement-runs", **_HTML)  # type: ignore[arg-type]
-async def ui_create_settlement_run(request: Request, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance")
-        fields = await _checked_form(request)
+def ui_create_settlement_run(request: Request, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s, "finance")
+        fields = _checked_form(request)
         period = fields.get("period", "").strip() or None
         try:
             _created, view = settlement.run(s.ledger, s.config, s.settings, period, actor=who)
@@ -567,13 +578,13 @@ async def ui_create_settlement_run(request: Request, s: ServicesDep) -> Response
             return _store_error(request, who, error)
         return RedirectResponse(f"/ui/settlement-runs/{view['id']}", status_code=303)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.get("/ui/settlement-runs/{run_id}", **_HTML)  # type: ignore[arg-type]
-async def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance")
+def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s, "finance")
         try:
             view = settlement.get_view(s.ledger, run_id)
         except EngineError as error:
@@ -585,7 +596,7 @@ async def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) ->
         }
         return _page(request, "settlement_run.html", context, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 def _verified(s: Services, statement: dict[str, Any]) -> bool:
@@ -594,13 +605,13 @@ def _verified(s: Services, statement: dict[str, Any]) -> bool:
 
 
 @router.post("/ui/settlement-runs/{run_id}/payout-results", **_HTML)  # type: ignore[arg-type]
-async def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) -> Response:
+def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) -> Response:
     """The bank's answer for a run's transfers, one `MERCHANT_ID paid|failed` a line, imported as
     `POST /v1/settlement-runs/{id}/payout-results` does."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance")
-        fields = await _checked_form(request)
+    def build() -> Response:
+        who = _signed_in(request, s, "finance")
+        fields = _checked_form(request)
         results = []
         for line in fields.get("results", "").splitlines():
             words = line.replace(",", " ").split()
@@ -617,7 +628,7 @@ async def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) ->
             return _store_error(request, who, error)
         return RedirectResponse(f"/ui/settlement-runs/{run_id}", status_code=303)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 _DOWNLOADS = {
@@ -628,11 +639,11 @@ _DOWNLOADS = {
 
 
 @router.get("/ui/settlement-runs/{run_id}/{download}", **_HTML)  # type: ignore[arg-type]
-async def ui_settlement_download(request: Request, run_id: PathId, download: str, s: ServicesDep) -> Response:
+def ui_settlement_download(request: Request, run_id: PathId, download: str, s: ServicesDep) -> Response:
     """A run's statement (CSV, or the signed JSON) or its Zengin payout file, as the API gives them."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance")
+    def build() -> Response:
+        who = _signed_in(request, s, "finance")
         if download not in _DOWNLOADS:
             return _error(request, who, 404, "not_found")
         try:
@@ -647,7 +658,7 @@ async def ui_settlement_download(request: Request, run_id: PathId, download: str
         name = f"{run_id}.zengin.txt" if download == "zengin" else f"{run_id}.{download}"
         return _attachment(body, _DOWNLOADS[download], name)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 _PROGRESS_MARK, _REPORT_MARK = "<!--progress-->", "<!--report-->"
@@ -655,14 +666,14 @@ _PROGRESS_STEPS = 20  # a progress line every 5% of the payments re-rated
 
 
 @router.get("/ui/reconciliation", **_HTML)  # type: ignore[arg-type]
-async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
+def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
     """The form; with `?run=1` the reconciliation itself, streamed: the page's head at once, a
     progress line as the re-rate advances (every 5% of the payments, as `setapay reconcile`
     counts them), then every check's result. No script: each progress line hides the one before
     it by CSS."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance")
+    def build() -> Response:
+        who = _signed_in(request, s, "finance")
         if request.query_params.get("run") != "1":
             return _page(request, "reconciliation.html", {"running": False}, who)
         html, set_cookies = _rendered(request, "reconciliation.html", {"running": True}, who)
@@ -674,7 +685,7 @@ async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
         set_cookies(response)
         return response
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 def _reconciliation_chunks(s: Services, language: str, total: int, page: tuple[str, str, str]) -> Iterator[str]:
@@ -717,12 +728,12 @@ def _reconciliation_chunks(s: Services, language: str, total: int, page: tuple[s
 
 
 @router.get("/ui/audit", **_HTML)  # type: ignore[arg-type]
-async def ui_audit(request: Request, s: ServicesDep) -> Response:
+def ui_audit(request: Request, s: ServicesDep) -> Response:
     """The audit log in sequence order, a page at a time, as `GET /v1/audit` lists it: who did what
     to which target, when (the recorded before and after values stay in the API's answer)."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance", "admin")
+    def build() -> Response:
+        who = _signed_in(request, s, "finance", "admin")
         cursor = request.query_params.get("cursor") or None
         try:
             after = decode_cursor(_AUDIT_CURSOR_PREFIX, cursor)
@@ -736,16 +747,16 @@ async def ui_audit(request: Request, s: ServicesDep) -> Response:
         }
         return _page(request, "audit.html", context, who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 @router.get("/ui/grants", **_HTML)  # type: ignore[arg-type]
-async def ui_grant_form(request: Request, s: ServicesDep) -> Response:
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance")
+def ui_grant_form(request: Request, s: ServicesDep) -> Response:
+    def build() -> Response:
+        who = _signed_in(request, s, "finance")
         return _page(request, "grants.html", _grant_context(s, {}, None), who)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)
 
 
 def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, Any] | None) -> dict[str, Any]:
@@ -759,13 +770,13 @@ def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, An
 
 
 @router.post("/ui/grants", **_HTML)  # type: ignore[arg-type]
-async def ui_grant(request: Request, s: ServicesDep) -> Response:
+def ui_grant(request: Request, s: ServicesDep) -> Response:
     """Points granted to a wallet against a campaign's budget, as `POST /v1/grants` does (the form
     carries its idempotency key, so a form sent twice grants once)."""
 
-    async def build() -> Response:
-        who = await _signed_in(request, s, "finance")
-        fields = await _checked_form(request)
+    def build() -> Response:
+        who = _signed_in(request, s, "finance")
+        fields = _checked_form(request)
         try:
             body = GrantRequest.model_validate(
                 {
@@ -789,4 +800,4 @@ async def ui_grant(request: Request, s: ServicesDep) -> Response:
         outcome = {"status": result.status, "code": result.body.get("code"), "body": result.body}
         return _page(request, "grants.html", _grant_context(s, fields, outcome), who, status=result.status)
 
-    return await _guarded(request, build)
+    return _guarded(request, build)

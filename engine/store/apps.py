@@ -41,7 +41,7 @@ ROTATION_GRACE_US = 24 * 3600 * 1_000_000
 CACHE_TTL_S = 2.0
 _EVERY_APP = ""  # the cache's one entry: the opened secrets of every app not revoked
 
-_Opened = dict[str, list[tuple[bytes, int | None]]]  # app id -> (raw secret, valid until or None)
+OpenedSecrets = dict[str, list[tuple[bytes, int | None]]]  # app id -> (raw secret, valid until or None)
 
 
 def _associated(app_id: str) -> bytes:
@@ -60,7 +60,7 @@ class Apps:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()  # one request reads the secrets at a time
-        self._cache: RefreshingCache[str, _Opened] = RefreshingCache(
+        self._cache: RefreshingCache[str, OpenedSecrets] = RefreshingCache(
             cache_ttl_s, self._read_every, size_max=1, name="app-secrets"
         )
 
@@ -195,19 +195,21 @@ class Apps:
 
     # -- the API's look-up -------------------------------------------------------
 
-    def secrets_for(self, app_id: str) -> builtins.list[bytes]:
-        """The raw secrets of `app_id` valid now (none for an unknown or revoked app)."""
-        cached = self._cache.get(_EVERY_APP)
-        opened = cached[0] if cached is not None and cached[1] else self.load()
+    def secrets_for(self, app_id: str, opened: OpenedSecrets | None = None) -> builtins.list[bytes]:
+        """The raw secrets of `app_id` valid now (none for an unknown or revoked app): from
+        `opened` when the caller holds them (`current`, `load`), else from the cache, read again
+        if stale."""
+        if opened is None:
+            opened = self.current() or self.load()
         now = self.clock.now_us()
         return [raw for raw, until in opened.get(app_id, ()) if until is None or until > now]
 
-    def fresh(self) -> bool:
-        """Whether `secrets_for` answers without reading the database."""
+    def current(self) -> OpenedSecrets | None:
+        """Every app's opened secrets if the cache holds them fresh, else None (then `load`)."""
         cached = self._cache.get(_EVERY_APP)
-        return cached is not None and cached[1]
+        return cached[0] if cached is not None and cached[1] else None
 
-    def load(self) -> _Opened:
+    def load(self) -> OpenedSecrets:
         """Read every app's secrets now unless another caller just did; what `secrets_for` uses."""
         with self._lock:
             cached = self._cache.get(_EVERY_APP)
@@ -222,12 +224,12 @@ class Apps:
         """Stop the cache's thread."""
         self._cache.close()
 
-    def _read_every(self, _keys: Sequence[str]) -> dict[str, _Opened]:
+    def _read_every(self, _keys: Sequence[str]) -> dict[str, OpenedSecrets]:
         return {_EVERY_APP: self._read()}
 
-    def _read(self) -> _Opened:
+    def _read(self) -> OpenedSecrets:
         key = self._data_key()
-        opened: _Opened = {}
+        opened: OpenedSecrets = {}
         with Session(self.engine) as session:
             rows = session.execute(
                 select(AppSecretRow.app_id, AppSecretRow.secret_sealed, AppSecretRow.valid_until_us)

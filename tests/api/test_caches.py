@@ -279,7 +279,7 @@ def test_receipt_secrets_change_here_at_once_and_elsewhere_through_the_refresher
         elsewhere.revoke("app-b")
         started, fresh_throughout, gone_after = time.monotonic(), True, None
         while time.monotonic() - started < 2.5 * ttl_s:
-            fresh_throughout &= here.fresh()  # what a request checks before using them
+            fresh_throughout &= here.current() is not None  # what a request checks before using them
             if gone_after is None and here.secrets_for("app-b") == []:
                 gone_after = time.monotonic() - started
             time.sleep(0.02)
@@ -301,11 +301,11 @@ def test_a_request_reads_the_secrets_itself_when_the_cache_is_stale(ward, databa
         assert here.secrets_for("app-c") == [secret]
         here._cache.close()  # no refreshes from here on
         elsewhere.revoke("app-c")
-        assert here.fresh() and here.secrets_for("app-c") == [secret]  # within the TTL
+        assert (here.current() is not None) and here.secrets_for("app-c") == [secret]  # within the TTL
         time.sleep(ttl_s + 0.05)
-        assert not here.fresh()
+        assert not (here.current() is not None)
         assert here.secrets_for("app-c") == []  # read again by the request
-        assert here.fresh()
+        assert here.current() is not None
     finally:
         here.close()
         elsewhere.close()
