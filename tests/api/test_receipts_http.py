@@ -25,6 +25,7 @@ from engine import receipts
 from engine.receipts import PaymentApp
 from engine.store.apps import CACHE_TTL_S
 from engine.store.db import make_engine
+from tests.loop import answered_while_waiting
 from tests.receipts import TEST_IAT, payment_app
 from tests.server import ServerProcess, register_payment_app
 from tests.ward import Ward, purchase, refund
@@ -415,25 +416,7 @@ def test_a_refused_requests_look_up_of_its_answer_does_not_hold_the_event_loop(w
         pytest.skip("SQLite's readers never wait for a lock (WAL)")
     body = app.sign_purchase(purchase("T_SHOTEN_1", "W_LOOP", 500))
     body["receipt"] = body["receipt"][:-4] + "AAAA"  # the signature no longer matches
-    engine = make_engine(ward.server.database_url)
-    answered: list[httpx.Response] = []
-    try:
-        with engine.connect() as locker:
-            locker.execute(text("LOCK TABLE idempotency_key IN ACCESS EXCLUSIVE MODE"))
-            refused = threading.Thread(target=lambda: answered.append(_post(ward, "T_SHOTEN_1", body)))
-            refused.start()
-            deadline = time.monotonic() + 10
-            while not locker.execute(
-                text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = 'idempotency_key'::regclass")
-            ).scalar_one():
-                assert time.monotonic() < deadline, "the refused request never reached its look-up"
-                time.sleep(0.02)
-            started = time.monotonic()
-            health = httpx.get(ward.server.base_url + "/healthz", timeout=10)
-            assert health.status_code == 200 and time.monotonic() - started < 1.0
-            assert refused.is_alive() and not answered  # still waiting on the lock
-            locker.rollback()  # the lock goes
-        refused.join(10)
-        assert _code(answered[0]) == (422, "receipt_invalid")
-    finally:
-        engine.dispose()
+    refused = answered_while_waiting(
+        ward.server.base_url, ward.server.database_url, "idempotency_key", lambda: _post(ward, "T_SHOTEN_1", body)
+    )
+    assert _code(refused) == (422, "receipt_invalid")
