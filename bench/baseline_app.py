@@ -7,6 +7,8 @@ from sqlalchemy import create_engine, text
 
 engine = create_engine(os.environ["BASELINE_DATABASE_URL"], pool_size=20, max_overflow=20)
 with engine.begin() as connection:
+    # Several workers start at once: CREATE TABLE IF NOT EXISTS alone races in PostgreSQL's catalog.
+    connection.execute(text("SELECT pg_advisory_xact_lock(hashtext('baseline_tx'))"))
     connection.execute(text("CREATE TABLE IF NOT EXISTS baseline_tx (key text PRIMARY KEY, body text NOT NULL)"))
 app = FastAPI()
 
