@@ -7,11 +7,14 @@ session at once. Without a session a page redirects (303) to the sign-in form; a
 another role, or a merchant page of another merchant, answers 403. Every figure comes from the
 same store functions as the JSON routes (engine/store/queries.py, finance.py, settlement.py).
 
-The pages are plain `def` routes: FastAPI runs each in a worker thread, so their store calls
-(reads of a month of payments, settlement runs and grants that take the ledger's sequencer lock)
-never hold the event loop and every terminal's request behind them. What must run on the loop
-(reading the posted form; the API's authentication, whose rate limits are async) is called back
-onto it with `anyio.from_thread.run`.
+Each page is built in a worker thread of the pages' own (`_in_thread`, at most `PAGE_THREADS`
+at once), so its store calls (reads of a month of payments, settlement runs and grants that take
+the ledger's sequencer lock) never hold the event loop and every terminal's request behind them,
+and pages waiting on the database never take the threads the rest of the API needs (the sign-in's
+key look-up among them: a page thread waiting for one from the same pool could wait forever). A
+posted form is read on the loop before the thread starts; what else must run on the loop (the
+API's authentication, whose rate limits are async) is called back onto it with
+`anyio.from_thread.run`.
 """
 
 import datetime as dt
@@ -155,14 +158,28 @@ def _checked_form(request: Request) -> dict[str, str]:
     """The posted form, once its CSRF token equals the one of the caller's CSRF cookie."""
 
     async def read() -> FormData:
-        return await request.form()
+        return await request.form()  # parsed by `_in_thread` already: no body is read here
 
-    form = anyio.from_thread.run(read)  # the body is read on the event loop
+    form = anyio.from_thread.run(read)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
     expected = _signer(request).csrf_token(request.cookies.get(ui.CSRF_COOKIE))
     if expected is None or fields.get("csrf") != expected:
         raise _Refused(_error(request, None, 403, "csrf"))
     return fields
+
+
+# The pages' own worker threads: however many pages wait on the database, the threads the API's
+# other work needs (key look-ups, batch posts, FastAPI's `def` routes) stay free.
+PAGE_THREADS = 8
+_PAGE_LIMITER = anyio.CapacityLimiter(PAGE_THREADS)
+
+
+async def _in_thread(request: Request, build: Callable[[], Response]) -> Response:
+    """`build` the page in one of the pages' worker threads. A posted form is read first, here on
+    the event loop (a slow client holds no thread; `_checked_form` then finds it parsed)."""
+    if request.method == "POST":
+        await request.form()
+    return await anyio.to_thread.run_sync(_guarded, request, build, limiter=_PAGE_LIMITER)
 
 
 def _guarded(request: Request, build: Callable[[], Any]) -> Response:
@@ -182,21 +199,21 @@ def _store_error(request: Request, who: Principal, error: EngineError) -> HTMLRe
 
 
 @router.get("/ui/", **_HTML)  # type: ignore[arg-type]
-def ui_root(request: Request, s: ServicesDep) -> Response:
+async def ui_root(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s)
         return RedirectResponse(ui.home_path(who), status_code=303)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.get("/ui/login", **_HTML)  # type: ignore[arg-type]
-def ui_login_form(request: Request) -> Response:
+async def ui_login_form(request: Request) -> Response:
     return _page(request, "login.html", {"failed": False})
 
 
 @router.post("/ui/login", **_HTML)  # type: ignore[arg-type]
-def ui_login(request: Request, s: ServicesDep) -> Response:
+async def ui_login(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
         fields = _checked_form(request)
         secret = fields.get("key", "").strip()
@@ -212,18 +229,18 @@ def ui_login(request: Request, s: ServicesDep) -> Response:
         _set_cookie(response, ui.SESSION_COOKIE, _signer(request).session_cookie(hash_key(secret)))
         return response
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.post("/ui/logout", **_HTML)  # type: ignore[arg-type]
-def ui_logout(request: Request) -> Response:
+async def ui_logout(request: Request) -> Response:
     def build() -> Response:
         _checked_form(request)
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(ui.SESSION_COOKIE, path="/ui")
         return response
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 # -- merchant pages --------------------------------------------------------------------
@@ -234,7 +251,7 @@ def _tokyo_midnight(day: dt.date) -> int:
 
 
 @router.get("/ui/merchants/{merchant_id}", **_HTML)  # type: ignore[arg-type]
-def ui_merchant_home(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+async def ui_merchant_home(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "merchant", "finance", "admin")
         _merchant_scope(request, who, merchant_id)
@@ -260,7 +277,7 @@ def ui_merchant_home(request: Request, merchant_id: PathId, s: ServicesDep) -> R
         }
         return _page(request, "merchant_home.html", context, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 def _iso(us: int) -> str:
@@ -268,7 +285,7 @@ def _iso(us: int) -> str:
 
 
 @router.get("/ui/merchants/{merchant_id}/transactions", **_HTML)  # type: ignore[arg-type]
-def ui_merchant_transactions(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
     """A page of the merchant's transactions in acceptance order, optionally between two dates
     (`from` included, `until` not; Asia/Tokyo), by the JSON route's query and cursor."""
 
@@ -295,11 +312,11 @@ def ui_merchant_transactions(request: Request, merchant_id: PathId, s: ServicesD
         }
         return _page(request, "merchant_transactions.html", context, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.get("/ui/merchants/{merchant_id}/statements", **_HTML)  # type: ignore[arg-type]
-def ui_merchant_statements(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
+async def ui_merchant_statements(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
     """The merchant's line of every settlement run, its payout status, whether the run's signed
     statement verifies, and its own statement to download (CSV, signed JSON) with whether that
     verifies; never another merchant's line."""
@@ -326,7 +343,7 @@ def ui_merchant_statements(request: Request, merchant_id: PathId, s: ServicesDep
         context = {"rows": rows, "merchant_id": merchant_id}
         return _page(request, "merchant_statements.html", context, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 def _attachment(body: str | bytes, media_type: str, name: str) -> Response:
@@ -338,7 +355,7 @@ _MERCHANT_DOWNLOADS = {"statement.csv": "text/csv; charset=utf-8", "statement.js
 
 
 @router.get("/ui/merchants/{merchant_id}/statements/{run_id}/{download}", **_HTML)  # type: ignore[arg-type]
-def ui_merchant_statement_download(
+async def ui_merchant_statement_download(
     request: Request, merchant_id: PathId, run_id: PathId, download: str, s: ServicesDep
 ) -> Response:
     """The merchant's own statement of a run: its line as CSV (the run CSV's columns), or signed
@@ -364,14 +381,14 @@ def ui_merchant_statement_download(
         )
         return _attachment(body, _MERCHANT_DOWNLOADS[download], f"{run_id}.{merchant_id}.{download}")
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 # -- finance pages ---------------------------------------------------------------------
 
 
 @router.get("/ui/campaigns", **_HTML)  # type: ignore[arg-type]
-def ui_campaigns(request: Request, s: ServicesDep) -> Response:
+async def ui_campaigns(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "finance", "admin")
         rows = []
@@ -379,11 +396,11 @@ def ui_campaigns(request: Request, s: ServicesDep) -> Response:
             rows.append({"campaign": campaign, "budget": finance.budget(s.ledger, campaign.id)})
         return _page(request, "campaigns.html", {"rows": rows}, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.get("/ui/campaigns/{campaign_id}", **_HTML)  # type: ignore[arg-type]
-def ui_campaign(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+async def ui_campaign(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "finance", "admin")
         try:
@@ -395,7 +412,7 @@ def ui_campaign(request: Request, campaign_id: PathId, s: ServicesDep) -> Respon
         context = {"campaign": campaign, "budget": budget, "days": days, "chart": _burn_chart(days, budget)}
         return _page(request, "campaign.html", context, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 def _burn_chart(days: list[dict[str, Any]], budget: dict[str, Any]) -> dict[str, Any]:
@@ -506,7 +523,7 @@ def _comparison_chart(draft: list[tuple[str, int]], live: list[tuple[str, int]])
 
 
 @router.get("/ui/campaigns/{campaign_id}/simulate", **_HTML)  # type: ignore[arg-type]
-def ui_simulate_form(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+async def ui_simulate_form(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "finance", "admin")
         try:
@@ -517,11 +534,11 @@ def ui_simulate_form(request: Request, campaign_id: PathId, s: ServicesDep) -> R
         context = {"campaign": campaign, "fields": _draft_fields(campaign, today), "result": None, "invalid": None}
         return _page(request, "simulate.html", context, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.post("/ui/campaigns/{campaign_id}/simulate", **_HTML)  # type: ignore[arg-type]
-def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
+async def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
     """The draft (the live campaign with the form's rates, caps and budget) rated over the window
     by `engine.store.simulate`, as `POST /v1/campaigns/{id}/simulate` does, beside the live
     campaign rated over the same window. Nothing is written."""
@@ -554,20 +571,20 @@ def ui_simulate(request: Request, campaign_id: PathId, s: ServicesDep) -> Respon
         }
         return _page(request, "simulate.html", context, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.get("/ui/settlement-runs", **_HTML)  # type: ignore[arg-type]
-def ui_settlement_runs(request: Request, s: ServicesDep) -> Response:
+async def ui_settlement_runs(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "finance")
         return _page(request, "settlement_runs.html", {"runs": settlement.list_runs(s.ledger)}, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.post("/ui/settlement-runs", **_HTML)  # type: ignore[arg-type]
-def ui_create_settlement_run(request: Request, s: ServicesDep) -> Response:
+async def ui_create_settlement_run(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "finance")
         fields = _checked_form(request)
@@ -578,11 +595,11 @@ def ui_create_settlement_run(request: Request, s: ServicesDep) -> Response:
             return _store_error(request, who, error)
         return RedirectResponse(f"/ui/settlement-runs/{view['id']}", status_code=303)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.get("/ui/settlement-runs/{run_id}", **_HTML)  # type: ignore[arg-type]
-def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) -> Response:
+async def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "finance")
         try:
@@ -596,7 +613,7 @@ def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) -> Respo
         }
         return _page(request, "settlement_run.html", context, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 def _verified(s: Services, statement: dict[str, Any]) -> bool:
@@ -605,7 +622,7 @@ def _verified(s: Services, statement: dict[str, Any]) -> bool:
 
 
 @router.post("/ui/settlement-runs/{run_id}/payout-results", **_HTML)  # type: ignore[arg-type]
-def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) -> Response:
+async def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) -> Response:
     """The bank's answer for a run's transfers, one `MERCHANT_ID paid|failed` a line, imported as
     `POST /v1/settlement-runs/{id}/payout-results` does."""
 
@@ -628,7 +645,7 @@ def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) -> Respo
             return _store_error(request, who, error)
         return RedirectResponse(f"/ui/settlement-runs/{run_id}", status_code=303)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 _DOWNLOADS = {
@@ -639,7 +656,7 @@ _DOWNLOADS = {
 
 
 @router.get("/ui/settlement-runs/{run_id}/{download}", **_HTML)  # type: ignore[arg-type]
-def ui_settlement_download(request: Request, run_id: PathId, download: str, s: ServicesDep) -> Response:
+async def ui_settlement_download(request: Request, run_id: PathId, download: str, s: ServicesDep) -> Response:
     """A run's statement (CSV, or the signed JSON) or its Zengin payout file, as the API gives them."""
 
     def build() -> Response:
@@ -658,7 +675,7 @@ def ui_settlement_download(request: Request, run_id: PathId, download: str, s: S
         name = f"{run_id}.zengin.txt" if download == "zengin" else f"{run_id}.{download}"
         return _attachment(body, _DOWNLOADS[download], name)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 _PROGRESS_MARK, _REPORT_MARK = "<!--progress-->", "<!--report-->"
@@ -666,7 +683,7 @@ _PROGRESS_STEPS = 20  # a progress line every 5% of the payments re-rated
 
 
 @router.get("/ui/reconciliation", **_HTML)  # type: ignore[arg-type]
-def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
+async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
     """The form; with `?run=1` the reconciliation itself, streamed: the page's head at once, a
     progress line as the re-rate advances (every 5% of the payments, as `setapay reconcile`
     counts them), then every check's result. No script: each progress line hides the one before
@@ -685,7 +702,7 @@ def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
         set_cookies(response)
         return response
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 def _reconciliation_chunks(s: Services, language: str, total: int, page: tuple[str, str, str]) -> Iterator[str]:
@@ -728,7 +745,7 @@ def _reconciliation_chunks(s: Services, language: str, total: int, page: tuple[s
 
 
 @router.get("/ui/audit", **_HTML)  # type: ignore[arg-type]
-def ui_audit(request: Request, s: ServicesDep) -> Response:
+async def ui_audit(request: Request, s: ServicesDep) -> Response:
     """The audit log in sequence order, a page at a time, as `GET /v1/audit` lists it: who did what
     to which target, when (the recorded before and after values stay in the API's answer)."""
 
@@ -747,16 +764,16 @@ def ui_audit(request: Request, s: ServicesDep) -> Response:
         }
         return _page(request, "audit.html", context, who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 @router.get("/ui/grants", **_HTML)  # type: ignore[arg-type]
-def ui_grant_form(request: Request, s: ServicesDep) -> Response:
+async def ui_grant_form(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "finance")
         return _page(request, "grants.html", _grant_context(s, {}, None), who)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)
 
 
 def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, Any] | None) -> dict[str, Any]:
@@ -770,7 +787,7 @@ def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, An
 
 
 @router.post("/ui/grants", **_HTML)  # type: ignore[arg-type]
-def ui_grant(request: Request, s: ServicesDep) -> Response:
+async def ui_grant(request: Request, s: ServicesDep) -> Response:
     """Points granted to a wallet against a campaign's budget, as `POST /v1/grants` does (the form
     carries its idempotency key, so a form sent twice grants once)."""
 
@@ -800,4 +817,4 @@ def ui_grant(request: Request, s: ServicesDep) -> Response:
         outcome = {"status": result.status, "code": result.body.get("code"), "body": result.body}
         return _page(request, "grants.html", _grant_context(s, fields, outcome), who, status=result.status)
 
-    return _guarded(request, build)
+    return await _in_thread(request, build)

@@ -84,9 +84,10 @@ def make_engine(url: str) -> Engine:
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
     # A server that accepts the connection and never answers (hung, or a half-dead network path)
-    # fails the connection after CONNECT_TIMEOUT_S, a 503 the client retries, instead of holding
-    # its request, and the worker thread it runs in, for as long as the OS waits. A URL that
-    # sets its own `connect_timeout` keeps it.
+    # fails a new connection after CONNECT_TIMEOUT_S, a 503 the client retries, instead of holding
+    # its request, and the worker thread it runs in, for as long as the OS waits. (A pooled
+    # connection whose server hangs mid-session is not covered.) A URL that sets its own
+    # `connect_timeout` keeps it; this setting takes precedence over PGCONNECT_TIMEOUT.
     connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_S}
     return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
 

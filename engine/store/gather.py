@@ -3,9 +3,10 @@
 A caller queues an item and gets a future; one thread per `Gatherer` takes the first waiting
 item, lets company gather for at most `wait_ms` (or until `size_max` items), and hands the whole
 batch to `handle`, which resolves every item's future, each only once what it stands for is
-committed. The group commit of single posts (`engine.store.group_commit`) and the database's
-signature nonces (`engine.store.nonces`) both work this way: one lock, one statement round, one
-commit for many requests, instead of one each.
+committed. An item whose caller cancelled its future before the batch was handed over (it gave
+up waiting, and answered so) is left out. The group commit of single posts
+(`engine.store.group_commit`) and the database's signature nonces (`engine.store.nonces`) both
+work this way: one lock, one statement round, one commit for many requests, instead of one each.
 """
 
 from __future__ import annotations
@@ -59,7 +60,11 @@ class Gatherer(Generic[T, R]):
 
     def _run(self) -> None:
         while True:
-            batch = self._gather()
+            # A caller that gave up cancelled its future (a request's timeout): its item is left
+            # out, and every other future of the batch can no longer be cancelled from here on.
+            batch = [(item, future) for item, future in self._gather() if future.set_running_or_notify_cancel()]
+            if not batch:
+                continue
             try:
                 self.handle(batch)
             except BaseException as failure:  # noqa: BLE001 - the thread serves every later batch

@@ -58,6 +58,7 @@ class DatabaseNonces:
         self._last_prune_us = 0
         self._prune_lock = threading.Lock()
         self._gatherer: Gatherer[Claim, bool] | None = None
+        self.pruning: threading.Thread | None = None  # the last prune's thread (tests wait for it)
         # Both dialects' INSERT have ON CONFLICT DO UPDATE ... RETURNING, alike.
         self._insert: Callable[[Table], postgresql.Insert | sqlite.Insert]
         if engine.dialect.name == "postgresql":
@@ -78,6 +79,8 @@ class DatabaseNonces:
         first: dict[tuple[str, str], int] = {}  # a nonce claimed twice here: the first claim is the use
         for i, (terminal_id, nonce, _) in enumerate(claims):
             first.setdefault((terminal_id, nonce), i)
+        # Rows in key order: two processes' batches lock the rows they meet in the same order.
+        first = dict(sorted(first.items()))
         table = SignatureNonceRow.__table__
         insert = self._insert(table).values(
             [
@@ -115,11 +118,20 @@ class DatabaseNonces:
             return self._gatherer
 
     def _maybe_prune(self, now_us: int) -> None:
+        """Prune expired rows at most once a minute, in a thread of its own: the claims just
+        committed stand whatever the prune does, and the next batch does not wait for it."""
         with self._prune_lock:
             if now_us - self._last_prune_us < PRUNE_EVERY_US:
                 return
             self._last_prune_us = now_us
-        self.prune(now_us)
+        self.pruning = threading.Thread(target=self._prune_quietly, args=(now_us,), name="nonce-prune", daemon=True)
+        self.pruning.start()
+
+    def _prune_quietly(self, now_us: int) -> None:
+        try:
+            self.prune(now_us)
+        except Exception as failure:  # noqa: BLE001 - the next prune a minute later deletes them
+            log.warning("pruning expired nonces failed (%s)", type(failure).__name__)
 
     def prune(self, now_us: int) -> int:
         with self.engine.begin() as connection:

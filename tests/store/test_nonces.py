@@ -37,9 +37,12 @@ def test_expired_nonces_are_pruned_at_most_once_a_minute(database_url):
         nonces.claim_now("T1", f"nonce-{i:010d}", T0)
     assert nonces.prune(T0 + 599 * S) == 0
     nonces.claim_now("T1", "later-000000000", T0 + 700 * S)  # prunes the five on the way
+    assert nonces.pruning is not None
+    nonces.pruning.join(10)
     with engine.connect() as c:
         assert c.execute(SignatureNonceRow.__table__.select()).fetchall() == [("T1", "later-000000000", T0 + 1300 * S)]
     nonces.claim_now("T1", "later-000000001", T0 + 2000 * S)  # within a minute of the last prune? no: prunes
+    nonces.pruning.join(10)
     nonces.claim_now("T1", "later-000000002", T0 + 2001 * S)  # within a minute: does not
     with engine.connect() as c:
         assert len(c.execute(SignatureNonceRow.__table__.select()).fetchall()) == 2
