@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import builtins
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from engine import limits, receipts, sealing
 from engine.audit import OPERATOR, Actor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
-from engine.store import audit
+from engine.store import audit, db
 from engine.store.caches import RefreshingCache
 from engine.store.models import AppSecretRow, PaymentAppRow
 
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 ROTATION_GRACE_US = 24 * 3600 * 1_000_000
 CACHE_TTL_S = 2.0
+FAILED_READ_HOLD_S = 1.0  # after a failed read, how long `load` answers 503 without trying again
 _EVERY_APP = ""  # the cache's one entry: the opened secrets of every app not revoked
 
 OpenedSecrets = dict[str, list[tuple[bytes, int | None]]]  # app id -> (raw secret, valid until or None)
@@ -60,6 +62,7 @@ class Apps:
         self.settings = settings
         self.clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()  # one request reads the secrets at a time
+        self._failed_at = float("-inf")  # when a request's read last failed (monotonic)
         self._cache: RefreshingCache[str, OpenedSecrets] = RefreshingCache(
             cache_ttl_s, self._read_every, size_max=1, name="app-secrets"
         )
@@ -215,8 +218,16 @@ class Apps:
             cached = self._cache.get(_EVERY_APP)
             if cached is not None and cached[1]:
                 return cached[0]  # read by the request that held the lock before this one
+            if time.monotonic() - self._failed_at < FAILED_READ_HOLD_S:
+                # The read just failed (the database away): the requests queued behind it answer
+                # 503 at once rather than each waiting out its own connection attempt in turn.
+                raise EngineError("service_unavailable", "the payment apps' secrets could not be read")
             stamp = self._cache.stamp()  # a change here while it reads keeps its result out
-            opened = self._read()
+            try:
+                opened = self._read()
+            except db.UNREACHABLE:
+                self._failed_at = time.monotonic()
+                raise
             self._cache.put(_EVERY_APP, opened, stamp)
             return opened
 

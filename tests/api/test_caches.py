@@ -10,6 +10,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from sqlalchemy import event
 
 from api.auth import Auth
 from api.signatures import TerminalSignatures
@@ -19,7 +20,7 @@ from engine.errors import EngineError
 from engine.model import Merchant
 from engine.settings import Settings
 from engine.store import caches, db
-from engine.store.apps import Apps
+from engine.store.apps import FAILED_READ_HOLD_S, Apps
 from engine.store.caches import RefreshingCache
 from engine.store.config import Config
 from engine.store.keys import Keys, hash_key
@@ -312,3 +313,28 @@ def test_a_request_reads_the_secrets_itself_when_the_cache_is_stale(ward, databa
     finally:
         here.close()
         elsewhere.close()
+
+
+def test_a_failed_read_answers_the_requests_behind_it_at_once(tmp_path) -> None:
+    """The database away (here a file without the tables): the read fails as the database's error
+    (503), and for `FAILED_READ_HOLD_S` the requests queued behind it are refused 503 without a
+    query of their own, instead of each waiting out its own attempt; then a read is tried again."""
+    engine = db.make_engine(f"sqlite+pysqlite:///{tmp_path}/empty.db")
+    apps = _apps(engine, 2.0)
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: statements.append(statement))
+    try:
+        with pytest.raises(db.UNREACHABLE):
+            apps.load()
+        tried = len(statements)
+        assert tried >= 1
+        with pytest.raises(EngineError) as refused:
+            apps.load()
+        assert refused.value.code == "service_unavailable" and len(statements) == tried
+        time.sleep(FAILED_READ_HOLD_S + 0.05)
+        with pytest.raises(db.UNREACHABLE):
+            apps.load()
+        assert len(statements) > tried
+    finally:
+        apps.close()
+        engine.dispose()
