@@ -151,6 +151,7 @@ def _include(app: FastAPI, router: APIRouter) -> None:
             callbacks=route.callbacks,
             openapi_extra=route.openapi_extra,
             generate_unique_id_function=route.generate_unique_id_function,
+            route_class_override=type(route),  # a route of its own class keeps it (SinglePostRoute)
         )
 
 

@@ -58,13 +58,13 @@ class Services:
     webhooks: Webhooks  # endpoints, deliveries and the delivery worker's steps (SPEC §10)
 
 
-def _services(request: Request) -> Services:
+def request_services(request: Request) -> Services:
     services: Services = request.app.state.services  # set by api.app.create_app
     return services
 
 
 async def services(request: Request) -> Services:
-    return _services(request)
+    return request_services(request)
 
 
 ServicesDep = Annotated[Services, Depends(services)]
@@ -107,7 +107,7 @@ async def principal(
     """The authenticated caller (api/auth.py). `BEARER` only documents the scheme in the
     OpenAPI (auto_error=False: it never answers); `Auth.principal` reads and checks the
     header, so every failure stays our own 401/429 problem+json."""
-    caller = await _services(request).auth.principal(request)
+    caller = await request_services(request).auth.principal(request)
     setattr(request.state, PRINCIPAL_STATE, caller)  # for the access log's key id and role
     return caller
 
@@ -123,9 +123,11 @@ def role(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     return check
 
 
+terminal_only = role("terminal")  # also called directly by the single post's short way (api/routers/transactions.py)
+
 Admin = Annotated[Principal, Depends(role("admin"))]
 Finance = Annotated[Principal, Depends(role("finance"))]
-Terminal = Annotated[Principal, Depends(role("terminal"))]
+Terminal = Annotated[Principal, Depends(terminal_only)]
 
 
 # -- scope checks ----------------------------------------------------------

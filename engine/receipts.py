@@ -73,7 +73,7 @@ def decode_secret(secret: str) -> bytes:
 def sign(app_id: str, secret: str, claims: Mapping[str, object]) -> str:
     """A receipt for `claims`, signed as the payment app does."""
     payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
-    return jws.serialize_compact({"alg": ALGORITHM, "kid": app_id}, payload, OctKey.import_key(decode_secret(secret)))
+    return jws.serialize_compact({"alg": ALGORITHM, "kid": app_id}, payload, _key(decode_secret(secret)))
 
 
 def purchase_claims(body: Mapping[str, Any], jti: str, iat: int) -> dict[str, Any]:

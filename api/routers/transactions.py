@@ -10,17 +10,31 @@ answers each item for itself, in order.
 
 import asyncio
 import datetime as dt
+import email.message
 import hashlib
+from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import anyio
 import orjson
-from fastapi import APIRouter, Body, Depends, Header
+from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import JSONResponse, Response
+from fastapi.routing import APIRoute
 from pydantic import Field, TypeAdapter, ValidationError
 
 from api import responses
-from api.deps import ConfigDep, DatabaseDep, Services, ServicesDep, Terminal, merchant_scope, role
+from api.deps import (
+    ConfigDep,
+    DatabaseDep,
+    Services,
+    ServicesDep,
+    Terminal,
+    merchant_scope,
+    principal,
+    request_services,
+    role,
+    terminal_only,
+)
 from api.errors import guarded, json_safe
 from api.idempotency import check_idempotency_key, render
 from api.openapi import IDEMPOTENCY, TERMINAL, problems, remembered, terminal_headers
@@ -111,41 +125,57 @@ def _submission(services: Services, p: Principal, key: str, body: Purchase | Ref
     return Submission(_terminal_of(p), key, request_hash, body, canonical, receipt=receipt)
 
 
-@router.post(
-    "/v1/transactions",
-    status_code=201,
-    openapi_extra=terminal_headers(idempotency=True),
-    responses={
-        201: {
-            "model": responses.TransactionAnswer,
-            "headers": responses.REPLAYED_HEADER,
-            "description": "Accepted; or, with `Idempotent-Replayed: true`, the earlier answer",
-        },
-        **remembered(
-            problems(
-                TERMINAL,
-                IDEMPOTENCY,
-                "invalid_request",
-                "occurred_at_out_of_range",
-                "receipt_required",
-                "receipt_invalid",
-                "receipt_mismatch",
-                "receipt_already_used",
-                "unknown_merchant",
-                "original_not_found",
-                "refund_merchant_mismatch",
-                "refund_exceeds_original",
-                "insufficient_points",
-            ),
-            "receipt_already_used",
-            "unknown_merchant",
-            "original_not_found",
-            "refund_merchant_mismatch",
-            "refund_exceeds_original",
-            "insufficient_points",
-        ),
-    },
-)
+class SinglePostRoute(APIRoute):
+    """The route of `POST /v1/transactions`, with a short way through FastAPI for the request
+    terminals send thousands of times a second (issue 11: FastAPI's dependency resolution was
+    16% of the server's interpreter, docs/BENCHMARKS.md).
+
+    A request whose body FastAPI would read as JSON (by its Content-Type, the same test) and
+    which parses and validates as a `Transaction` is authenticated (`api.deps.principal`),
+    refused unless it is a terminal's (`api.deps.terminal_only`) and handed to
+    `post_transaction`: what FastAPI's own handler does with it, in the same order, without
+    resolving the dependencies per request. Any other request (no JSON Content-Type, an empty,
+    unparsable or invalid body) goes to FastAPI's handler as it came, before anything was
+    counted or looked up, so its answers (FastAPI's validation details, a 401 before a 400)
+    are FastAPI's own. `tests/api/test_single_post_route.py` holds the two ways equal
+    (`SHORT_WAY = False` sends everything through FastAPI's handler)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        self.general = super().get_route_handler()  # FastAPI's handler
+
+        async def handler(request: Request) -> Response:
+            body = await _well_formed(request) if SHORT_WAY else None
+            if body is None:
+                return await self.general(request)
+            p = await terminal_only(await principal(request))
+            key = request.headers.get("idempotency-key")
+            return await post_transaction(body, p, request_services(request), key)
+
+        return handler
+
+
+SHORT_WAY = True  # see SinglePostRoute
+
+
+async def _well_formed(request: Request) -> Transaction | None:
+    """The body as FastAPI would validate it for `post_transaction`, when it reads it as JSON and
+    that validates; else None (FastAPI's handler answers it)."""
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        return None
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    if message.get_content_maintype() != "application" or not (subtype == "json" or subtype.endswith("+json")):
+        return None
+    raw = await request.body()
+    try:
+        # orjson reads strict JSON only; what it refuses (NaN, integers past 64 bits, ...) FastAPI reads.
+        return _transaction.validate_python(orjson.loads(raw), from_attributes=True) if raw else None
+    except Exception:  # noqa: BLE001 - not well-formed: FastAPI's handler answers it, with its own details
+        return None
+
+
 async def post_transaction(
     body: Annotated[Transaction, Body()],
     p: Terminal,
@@ -187,6 +217,46 @@ async def post_transaction(
     if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
         await answers.put(terminal_id, key, submission.request_hash, result.status, result.body)
     return render(result)
+
+
+# The ledger's declines: remembered under the idempotency key, answered again to a retry.
+_DECLINES = (
+    "receipt_already_used",
+    "unknown_merchant",
+    "original_not_found",
+    "refund_merchant_mismatch",
+    "refund_exceeds_original",
+    "insufficient_points",
+)
+
+router.add_api_route(
+    "/v1/transactions",
+    post_transaction,
+    methods=["POST"],
+    route_class_override=SinglePostRoute,
+    status_code=201,
+    openapi_extra=terminal_headers(idempotency=True),
+    responses={
+        201: {
+            "model": responses.TransactionAnswer,
+            "headers": responses.REPLAYED_HEADER,
+            "description": "Accepted; or, with `Idempotent-Replayed: true`, the earlier answer",
+        },
+        **remembered(
+            problems(
+                TERMINAL,
+                IDEMPOTENCY,
+                "invalid_request",
+                "occurred_at_out_of_range",
+                "receipt_required",
+                "receipt_invalid",
+                "receipt_mismatch",
+                *_DECLINES,
+            ),
+            *_DECLINES,
+        ),
+    },
+)
 
 
 @router.post(
