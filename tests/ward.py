@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import re
 import threading
 import uuid
 
@@ -217,6 +218,16 @@ class Ward:
         if name not in self._clients:
             self._clients[name] = self.server.client(self.key(role, scope or None))
         return self._clients[name]
+
+    def pages(self, key: str) -> httpx.Client:
+        """A browser-like client of the pages under /ui/, signed in with `key` (the sign-in form
+        and its CSRF token); the caller closes it."""
+        client = httpx.Client(base_url=self.server.base_url, follow_redirects=False, timeout=30)
+        token = re.search(r'name="csrf" value="([^"]+)"', client.get("/ui/login").text)
+        assert token is not None
+        answer = client.post("/ui/login", data={"key": key, "csrf": token.group(1)})
+        assert answer.status_code == 303, answer.text
+        return client
 
     @property
     def app_client(self) -> httpx.Client:

@@ -3,8 +3,10 @@ settlement runs and reconciliation. Server-rendered HTML, left out of the OpenAP
 
 Sign-in takes a merchant, finance or admin key once (`POST /ui/login`) and answers a session
 cookie (api/ui); every page then looks the key up again, so a revoked or expired key ends the
-session at once. Without a session a page redirects (303) to the sign-in form; a page of
-another role, or a merchant page of another merchant, answers 403. Every figure comes from the
+session at once, and counts against the key's request rate (`SETAPAY_RATE_LIMIT_PER_KEY`, shared
+with its API calls; over it, a 429 page with `Retry-After`). Without a session a page redirects
+(303) to the sign-in form; a page of another role, or a merchant page of another merchant,
+answers 403. Every figure comes from the
 same store functions as the JSON routes (engine/store/queries.py, finance.py, settlement.py).
 
 Each page is built in a worker thread of the pages' own (`_in_thread`, at most `PAGE_THREADS`
@@ -144,6 +146,12 @@ def _signed_in(request: Request, s: Services, *roles: str) -> Principal:
         raise _Refused(_to_sign_in())
     who = found.principal
     setattr(request.state, PRINCIPAL_STATE, who)  # for the access log's key id and role
+    # Page loads count against the key's request rate like its API calls: a signed-in browser
+    # (or a script holding its cookie) cannot load expensive pages without limit.
+    if not anyio.from_thread.run(s.auth.per_key.hit, who.key_id):
+        response = _error(request, who, 429, "rate_limited")
+        response.headers["Retry-After"] = str(anyio.from_thread.run(s.auth.per_key.retry_after_s, who.key_id))
+        raise _Refused(response)
     if roles and who.role not in roles:
         raise _Refused(_error(request, who, 403, "forbidden_role"))
     return who
