@@ -22,9 +22,12 @@ signed/bearer ratio and what receipt checks cost: one check's CPU time
     single_ratio=<ours/baseline> batch_tps=<n> batch_ratio=<ours/raw batched insert>
     single_p99_ms=<n> pgledger_single_ratio=<ours/pgledger single> pgledger_batch_ratio=<ours/pgledger batch>
 
-(one line; the pgledger ratios are omitted with --no-peer).
+(one line; the pgledger ratios are omitted with --no-peer). With `--rounds N` everything runs N
+times in turn (baseline, ours, peer, again), each round's figures are printed, and the last line
+holds the median of each figure over the rounds: on a host whose speed drifts from minute to
+minute a ratio is taken within a round, and one slow minute does not decide it.
 
-    .venv/bin/python bench/ingest.py [--seconds 10] [--warmup 1] [--clients 64] [--workers 1]
+    .venv/bin/python bench/ingest.py [--seconds 10] [--warmup 1] [--clients 64] [--workers 1] [--rounds 1]
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import datetime as dt
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -310,7 +314,24 @@ def main() -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/15")
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--no-peer", action="store_true", help="do not run pgledger after ours")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="run everything this many times; the last line holds the medians"
+    )
     args = parser.parse_args()
+    rounds = [one_round(args) for _ in range(args.rounds)]
+    if args.rounds > 1:
+        for i, figures in enumerate(rounds, 1):
+            print(f"round {i}: " + " ".join(f"{k}={v:.3f}" for k, v in figures.items()))
+    print(" ".join(f"{k}={_format(k, statistics.median(r[k] for r in rounds))}" for k in rounds[0]))
+    return 0
+
+
+def _format(name: str, value: float) -> str:
+    return f"{value:.0f}" if name == "batch_tps" else f"{value:.2f}" if name.endswith("_ms") else f"{value:.3f}"
+
+
+def one_round(args: argparse.Namespace) -> dict[str, float]:
+    """Every phase once (the baseline, ours, the peer), its figures printed; the last line's figures."""
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     results = {}
 
@@ -465,21 +486,20 @@ def main() -> int:
         f"receipt_share_single={verify_us * results['ours_single']['tx_per_s'] / 1e6:.4f} "
         f"receipt_share_batch={verify_us * results['ours_batch']['tx_per_s'] / 1e6:.4f}"
     )
-    last = (
-        f"single_ratio={single_ratio:.3f} batch_tps={results['ours_batch']['tx_per_s']:.0f} "
-        f"batch_ratio={batch_ratio:.3f} single_p99_ms={results['ours_single']['p99_ms']:.2f}"
-    )
+    figures = {
+        "single_ratio": single_ratio,
+        "batch_tps": results["ours_batch"]["tx_per_s"],
+        "batch_ratio": batch_ratio,
+        "single_p99_ms": results["ours_single"]["p99_ms"],
+    }
     if not args.no_peer:
         peer = run_peer(args.clients, args.seconds)
         print(
             f"pgledger_single_tps={peer['pgledger_single_tps']:.0f} pgledger_batch_tps={peer['pgledger_batch_tps']:.0f}"
         )
-        last += (
-            f" pgledger_single_ratio={results['ours_single']['tx_per_s'] / peer['pgledger_single_tps']:.3f}"
-            f" pgledger_batch_ratio={results['ours_batch']['tx_per_s'] / peer['pgledger_batch_tps']:.3f}"
-        )
-    print(last)
-    return 0
+        figures["pgledger_single_ratio"] = results["ours_single"]["tx_per_s"] / peer["pgledger_single_tps"]
+        figures["pgledger_batch_ratio"] = results["ours_batch"]["tx_per_s"] / peer["pgledger_batch_tps"]
+    return figures
 
 
 def run_peer(clients: int, seconds: float) -> dict[str, float]:
