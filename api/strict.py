@@ -1,7 +1,8 @@
 """Strict input (SPEC §2): what the HTTP layer refuses before a route or the database sees it.
 
-- A header that must appear once (`Authorization`, `Idempotency-Key`) sent more than
-  once: 400 `header_duplicated`, before anything else (`duplicated_header`).
+- A header that must appear once (`Authorization`, `Idempotency-Key`, `Content-Type`) sent
+  more than once: 400 `header_duplicated`, before anything else (`duplicated_header`). Two
+  Content-Types would let the duplicate-key check below read one and FastAPI the other.
 - A JSON body holding an object with a duplicate key, at any depth (`{"amount": 1,
   "amount": 9999999}`): 400 `malformed_json` (`has_duplicate_key`). Python's `json`
   keeps the last value silently; so would FastAPI. Both checks run in the `BodyLimit`
@@ -17,6 +18,7 @@
 from __future__ import annotations
 
 import base64
+import email.message
 import json
 import re
 from typing import Annotated
@@ -26,7 +28,7 @@ from fastapi import Path, Query
 from engine import limits
 from engine.errors import EngineError
 
-SINGLE_HEADERS = (b"authorization", b"idempotency-key")
+SINGLE_HEADERS = (b"authorization", b"idempotency-key", b"content-type")
 
 # A path id: the id pattern, whole (no trailing newline, no NUL byte), so nothing else
 # reaches a query. FastAPI answers a mismatch 422 `invalid_request` after authentication.
@@ -51,10 +53,19 @@ def duplicated_header(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 def is_json(content_type: bytes | None) -> bool:
     """Whether FastAPI would read a body of this Content-Type as JSON (or might: none given)."""
+    return content_type is None or reads_as_json(content_type.decode("latin-1"))
+
+
+def reads_as_json(content_type: str | None) -> bool:
+    """Whether FastAPI's handler reads a body of this Content-Type as JSON: its own test (the
+    media type as `email.message` parses it, whitespace stripped as Python strips it, `application/json`
+    or `application/*+json`), so the middleware and the transaction route's short way agree with it."""
     if not content_type:
-        return True
-    media = content_type.split(b";", 1)[0].strip().lower()
-    return media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json"))
+        return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
 class _DuplicateKey(Exception):

@@ -128,6 +128,24 @@ def test_a_duplicate_key_in_a_batch_item_refuses_the_whole_batch(ward: Ward) -> 
     assert_refused(ward, lambda: _raw_post(ward, "T_SHOTEN_1", "/v1/transactions/batch", twice), 400, "malformed_json")
 
 
+def test_the_duplicate_check_reads_the_content_type_as_fastapi_does(ward: Ward) -> None:
+    """A Content-Type the check read differently from FastAPI let a duplicate key through: two
+    Content-Types (the check read the last, FastAPI the first) or one ending in a no-break space
+    (FastAPI strips it, as Python strips text). The first is refused as a duplicated header, the
+    second as the duplicate key it carries."""
+    raw = _duplicated(_signed(ward, purchase("T_SHOTEN_1", "W_DUP", 700)), "wallet_id", "W_OTHER")
+    with ward.server.client(ward.terminal_key("T_SHOTEN_1")) as c:
+        for headers, code in (
+            ([(b"Content-Type", b"application/json"), (b"Content-Type", b"text/plain")], "header_duplicated"),
+            ([(b"Content-Type", b"application/json\xa0")], "malformed_json"),
+        ):
+
+            def send(headers=headers) -> httpx.Response:
+                return c.post("/v1/transactions", content=raw, headers=[*headers, (b"Idempotency-Key", b"ct-1")])
+
+            assert_refused(ward, send, 400, code)
+
+
 def test_duplicate_keys_in_admin_and_finance_bodies(ward: Ward) -> None:
     keys_before = ward.server.count(ApiKeyRow)
     with ward.server.client(ward.server.admin_key) as admin:
