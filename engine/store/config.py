@@ -24,11 +24,11 @@ from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
 from engine.model import BankAccount, Campaign, Merchant
 from engine.store import audit, db
+from engine.store.ledger import lock_sequencer
 from engine.store.models import (
     ApiKeyRow,
     CampaignRow,
     CampaignVersionRow,
-    LedgerHead,
     MerchantRow,
     MerchantVersionRow,
     TerminalRow,
@@ -50,11 +50,7 @@ class Principal(Actor):
 
 
 def _bump(session: Session) -> None:
-    stmt = select(LedgerHead).where(LedgerHead.id == 1)
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    head = session.execute(stmt).scalar_one()
-    head.catalog_version += 1
+    lock_sequencer(session).catalog_version += 1
 
 
 def _dump(record: BaseModel) -> str:
@@ -62,11 +58,8 @@ def _dump(record: BaseModel) -> str:
 
 
 def _lock(session: Session) -> None:
-    """The sequencer lock without a catalog change (PostgreSQL; SQLite's BEGIN IMMEDIATE is the lock)."""
-    stmt = select(LedgerHead).where(LedgerHead.id == 1)
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    session.execute(stmt).scalar_one()
+    """The sequencer lock without a catalog change."""
+    lock_sequencer(session)
 
 
 MASKED_ACCOUNT = "bank_account_masked"

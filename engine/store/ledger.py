@@ -249,7 +249,8 @@ class GroupEffects:
             books[wallet_id] = WalletBook(wallet_id, list(lots.values()), dict(before.debts))
 
 
-Head = tuple[int, str, int, str, int]  # posting sequence and hash, payment sequence and hash, catalog version
+# Posting sequence and hash, payment sequence and hash, catalog version, lock version.
+Head = tuple[int, str, int, str, int, int]
 
 
 def _head_of(row: LedgerHead) -> Head:
@@ -259,7 +260,26 @@ def _head_of(row: LedgerHead) -> Head:
         row.last_payment_sequence,
         row.last_payment_hash,
         row.catalog_version,
+        row.lock_version,
     )
+
+
+def _locked_head(session: Session) -> LedgerHead:
+    stmt = select(LedgerHead).where(LedgerHead.id == 1)
+    if session.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    return session.execute(stmt).scalar_one()
+
+
+def lock_sequencer(session: Session) -> LedgerHead:
+    """Take the sequencer lock for `session`'s transaction (PostgreSQL: the head row FOR UPDATE;
+    SQLite: its `BEGIN IMMEDIATE` already is the lock) and count the transaction as one more
+    unit of work under it (`lock_version`), whatever else it changes: a group decided ahead of
+    its write (`Ledger.decide_ahead`) is written only if no unit came in between. Every writer
+    that takes the lock takes it here."""
+    head = _locked_head(session)
+    head.lock_version += 1
+    return head
 
 
 @dataclasses.dataclass(eq=False)
@@ -336,7 +356,7 @@ class Ledger:
 
     @contextlib.contextmanager
     def _locked(self, session: Session, catalog: CatalogSnapshot | None = None) -> Iterator[UnitOfWork]:
-        unit = UnitOfWork(session, self._lock_head(session), self)
+        unit = UnitOfWork(session, lock_sequencer(session), self)
         if catalog is not None:
             unit._catalog = catalog
         yield unit
@@ -396,13 +416,6 @@ class Ledger:
         return rate(catalog.rating, events, state)[0]
 
     # -- the sequencer -----------------------------------------------------
-
-    @staticmethod
-    def _lock_head(session: Session) -> LedgerHead:
-        stmt = select(LedgerHead).where(LedgerHead.id == 1)
-        if session.get_bind().dialect.name == "postgresql":
-            stmt = stmt.with_for_update()
-        return session.execute(stmt).scalar_one()
 
     def _catalog_snapshot(self, session: Session, version: int) -> CatalogSnapshot:
         # Read and published once: threads (quotes, readers, the group committer) share it.
@@ -757,6 +770,7 @@ class Ledger:
                 last_payment_sequence=base[2],
                 last_payment_hash=base[3],
                 catalog_version=base[4],
+                lock_version=base[5],
             )
             unit = UnitOfWork(session, provisional, self)
             if catalog is not None:
@@ -777,7 +791,14 @@ class Ledger:
             return None
         unit._check_flushed()
         chain = unit._chain
-        end = (chain.posting_sequence, chain.posting_hash, chain.payment_sequence, chain.payment_hash, base[4])
+        end = (
+            chain.posting_sequence,
+            chain.posting_hash,
+            chain.payment_sequence,
+            chain.payment_hash,
+            base[4],
+            base[5] + 1,  # its write is a unit of work under the lock
+        )
         return DecidedGroup(submissions, options, results, batch, base, end, effects, after)  # type: ignore[arg-type]
 
     def write_decided(self, decided: DecidedGroup) -> bool:
@@ -785,13 +806,14 @@ class Ledger:
         chained after and the group it was decided over was written as decided; False (nothing
         written) else. A unique key refusing a row (a key or receipt taken meanwhile) raises."""
         with Session(self.engine) as session, session.begin():
-            head = self._lock_head(session)
+            head = _locked_head(session)
             if (decided.after is not None and not decided.after.written) or _head_of(head) != decided.base:
                 return False
             decided.batch.session = session
             decided.batch.send()
             head.last_posting_sequence, head.last_hash = decided.end[0], decided.end[1]
             head.last_payment_sequence, head.last_payment_hash = decided.end[2], decided.end[3]
+            head.lock_version = decided.end[5]
         decided.written = True
         self.count_declines(decided.results)
         return True

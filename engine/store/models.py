@@ -62,6 +62,10 @@ class LedgerHead(Base):
         String(64), default="e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
     )
     catalog_version: Mapped[int] = mapped_column(BigInteger, default=0)
+    # Units of work committed under the lock, each adding one whatever it changed: a group
+    # decided ahead of its write is written only if no other unit came in between (see
+    # `engine.store.pipeline`).
+    lock_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
 
 
 class MerchantRow(Base):

@@ -88,7 +88,7 @@ def scanned_modules() -> list[Path]:
 def test_no_module_uses_a_private_name_of_the_ledger():
     private = private_names(LEDGER.read_text(encoding="utf-8"))
     # The names the unit of work replaced, among others: the test sees them.
-    assert {"_lock_head", "_catalog_snapshot", "_head", "_catalog"} <= private
+    assert {"_locked_head", "_catalog_snapshot", "_head", "_catalog"} <= private
     offenders = {
         path.relative_to(ROOT).as_posix(): found for path in scanned_modules() if (found := uses(path, private))
     }

@@ -175,8 +175,13 @@ def accepted_at(group: list[Submission]) -> int:
 
 
 def dump(books: Books) -> dict[str, list[tuple]]:
+    """Every table a group writes, row for row; of the head, all but how many units of work took
+    the lock (a group of replays only takes it in the pipeline's write, not in `Ledger.submit`)."""
     with books.engine.connect() as c:
-        return {t: [tuple(r) for r in c.execute(text(f"SELECT * FROM {t} ORDER BY {o}"))] for t, o in TABLES.items()}
+        tables = {t: [r._asdict() for r in c.execute(text(f"SELECT * FROM {t} ORDER BY {o}"))] for t, o in TABLES.items()}
+    for row in tables["ledger_head"]:
+        del row["lock_version"]
+    return {t: [tuple(r.values()) for r in rows] for t, rows in tables.items()}
 
 
 def answers(results: list[Result]) -> list[tuple]:
@@ -236,6 +241,40 @@ def test_a_group_whose_head_moved_before_its_write_is_decided_again(postgres_url
         with books.engine.connect() as c:
             sequences = [r[0] for r in c.execute(text("SELECT sequence FROM payment ORDER BY sequence"))]
         assert sequences == list(range(1, len(sequences) + 1))
+    finally:
+        books.close()
+
+
+def test_a_unit_of_work_that_moved_nothing_between_decision_and_write_still_has_the_group_decided_again(
+    postgres_url,
+) -> None:
+    # A settlement run that pays nothing, the expiry warnings' events: units of work under the
+    # lock that move neither chain nor the catalog. A group stamped before one of them and written
+    # after it would carry a stamp older than what that unit saw as committed.
+    books = setup(postgres_url)
+    try:
+        groups = traffic(seed=5, n=40)
+
+        def lock_version() -> int:
+            with books.engine.connect() as c:
+                return c.execute(text("SELECT lock_version FROM ledger_head")).scalar_one()
+
+        before = lock_version()
+        with Lagging(books.ledger) as pipeline:
+            first = pipeline.submit([fresh(s) for s in groups[0]], accepted_at_us=accepted_at(groups[0]))
+            second = pipeline.submit([fresh(s) for s in groups[1]], accepted_at_us=accepted_at(groups[1]))
+            with books.ledger.unit_of_work():
+                pass  # moves nothing but the lock version
+        assert first.result() and second.result()
+        assert pipeline.redecided == 1  # the second group, decided before the empty unit
+        # The first group's write, the empty unit, the second group's refused write (no unit: it
+        # rolled back) and its decision again under the lock: one each.
+        assert lock_version() == before + 3
+        with pytest.raises(ZeroDivisionError), books.ledger.unit_of_work():
+            1 / 0  # a unit rolled back counts for nothing
+        assert lock_version() == before + 3
+        check = queries.ledger_check(books.engine)
+        assert check["ok"], check
     finally:
         books.close()
 
