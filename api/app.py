@@ -169,7 +169,9 @@ def _build_services(settings: Settings, clock: Clock) -> Services:
         config=config,
         apps=Apps(engine, settings, clock),
         keys=keys,
-        committer=GroupCommitter(ledger, settings.group_commit_wait_ms, settings.group_commit_size_max),
+        committer=GroupCommitter(
+            ledger, settings.group_commit_wait_ms, settings.group_commit_size_max, settings.group_commit_ahead
+        ),
         answers=AnswerCache(settings.redis_url) if settings.redis_url else None,
         signatures=signatures,
         auth=Auth(keys, settings, clock, signatures),

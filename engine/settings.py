@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     # Group commit: how long the first request of a group waits for company.
     group_commit_wait_ms: float = Field(default=2.0, ge=0)
     group_commit_size_max: int = Field(default=1000, ge=1, le=limits.BATCH_TRANSACTIONS_MAX)
+    # PostgreSQL: decide the next group while the last one is written (engine/store/group_commit.py).
+    group_commit_ahead: bool = True
     # In-process scheduler of crediting and expiry runs; 0 leaves them to `setapay credit|expire`.
     lifecycle_interval_s: float = Field(default=0, ge=0)
     # Shifts the engine's clock; for demos and end-to-end tests, never for the ward.

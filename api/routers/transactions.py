@@ -161,6 +161,7 @@ class SinglePostRoute(APIRoute):
 
 
 SHORT_WAY = True  # see SinglePostRoute
+COMMIT_WAIT_S = 60  # a request's wait for its group's commit; then 503, and the terminal's retry is a replay
 
 
 async def _well_formed(request: Request) -> Transaction | None:
@@ -210,7 +211,7 @@ async def post_transaction(
         if not fresh:
             raise EngineError("request_in_progress")
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(services.committer.enqueue(submission)), 60)
+            result = await asyncio.wait_for(asyncio.wrap_future(services.committer.enqueue(submission)), COMMIT_WAIT_S)
         except db.UNREACHABLE + (TimeoutError,) as exc:
             raise EngineError("service_unavailable", type(exc).__name__) from None
     # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
@@ -307,7 +308,12 @@ def post_batch(body: Annotated[BatchRequest, Body()], p: Terminal, services: Ser
             if (terminal_id, s.idempotency_key) not in fresh:
                 answers[i] = Result(*decline("request_in_progress"))
         if posted:
-            for (i, _), result in zip(posted, guarded(lambda: services.ledger.submit([s for _, s in posted]))):
+            queued = services.committer.enqueue_many([s for _, s in posted])
+            try:
+                committed = guarded(lambda: queued.result(timeout=COMMIT_WAIT_S))
+            except TimeoutError:
+                raise EngineError("service_unavailable", "TimeoutError") from None
+            for (i, _), result in zip(posted, committed):
                 answers[i] = result
     results = []
     for r in answers:

@@ -33,10 +33,14 @@ class Gatherer(Generic[T, R]):
         wait_ms: float,
         size_max: int,
         name: str,
+        size_of: Callable[[T], int] | None = None,
     ) -> None:
         self.handle = handle
         self.wait_s = wait_ms / 1000
         self.size_max = size_max
+        # How much of `size_max` an item takes (1 each by default). A batch ends once it holds
+        # `size_max`; an item that would take it past is still taken, as the first always is.
+        self.size_of = size_of
         self._queue: queue.Queue[tuple[T, Future[R]]] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -49,13 +53,17 @@ class Gatherer(Generic[T, R]):
 
     def _gather(self) -> list[tuple[T, Future[R]]]:
         batch = [self._queue.get()]
+        size_of = self.size_of
+        size = size_of(batch[0][0]) if size_of else 1
         deadline = time.monotonic() + self.wait_s
-        while len(batch) < self.size_max:
+        while size < self.size_max:
             remaining = deadline - time.monotonic()
             try:
-                batch.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
+            batch.append(item)
+            size += size_of(item[0]) if size_of else 1
         return batch
 
     def _run(self) -> None:

@@ -1,0 +1,125 @@
+"""The group committer deciding ahead (engine/store/group_commit.py, PostgreSQL): each group decided
+outside the lock while the one before it is being written. The same traffic through a committer that
+decides ahead and one that decides under the lock gets the same answers, and both ledgers check; a
+unit of work that comes between a group's decision and its write has the group posted under the
+lock, and the committer stays there for a while. Real PostgreSQL, nothing of our storage replaced.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+from engine.store import queries
+from engine.store.group_commit import GroupCommitter
+from engine.store.ledger import Result
+from tests.lifecycle.support import Books
+from tests.store.test_pipeline import assert_checks, fresh, setup, traffic
+
+
+class Slowed(GroupCommitter):
+    """Each write waits a moment first, so the committer decides the next group meanwhile; with
+    `intruder_at`, a unit of work of another writer comes before that write (counted from 1)."""
+
+    def __init__(self, *args, intruder_at: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.writes = 0
+        self.intruder_at = intruder_at
+
+    def _write(self, decided, group, started) -> None:
+        self.writes += 1
+        time.sleep(0.02)
+        if self.writes == self.intruder_at:
+            with self.ledger.unit_of_work():
+                pass  # moves nothing but the lock version, as a settlement run that paid nothing
+        super()._write(decided, group, started)
+
+
+def answer(r: Result) -> tuple:
+    """What a terminal reads of an answer, but the instants (each group is stamped by the clock)."""
+    body = {k: v for k, v in r.body.items() if k not in ("accepted_at", "credit_at")}
+    if "awards" in body:
+        body["awards"] = [{k: v for k, v in a.items() if k != "credit_at"} for a in body["awards"]]
+    return (r.status, r.replayed, body)
+
+
+def post(committer: GroupCommitter, groups) -> list[Result]:
+    """Every group queued at once, each as one batch (`size_max=1`: a batch is a group of its own)."""
+    futures = [committer.enqueue_many([fresh(s) for s in g]) for g in groups]
+    return [r for f in futures for r in f.result(timeout=120)]
+
+
+@pytest.fixture
+def two(postgres_url, other_postgres_url) -> Iterator[tuple[Books, Books]]:
+    """Two ledgers set up alike: one for the committer deciding ahead, one under the lock."""
+    ahead, locked = setup(postgres_url), setup(other_postgres_url)
+    try:
+        yield ahead, locked
+    finally:
+        ahead.close()
+        locked.close()
+
+
+def both_ways(two: tuple[Books, Books], groups, **slowed: Any) -> tuple[Slowed, list[Result], list[Result]]:
+    """The groups through a committer deciding ahead and through one deciding under the lock: the
+    former and its answers, which must be the latter's."""
+    committer = Slowed(two[0].ledger, wait_ms=0, size_max=1, **slowed)
+    reference = GroupCommitter(two[1].ledger, wait_ms=0, size_max=1, ahead=False)
+    got, want = post(committer, groups), post(reference, groups)
+    assert [answer(r) for r in got] == [answer(r) for r in want]
+    assert reference.written_ahead == reference.overlaid == 0
+    return committer, got, want
+
+
+def test_groups_decided_ahead_get_the_answers_of_groups_decided_under_the_lock(two) -> None:
+    ahead, locked = two
+    groups = traffic(seed=7, n=400)
+    committer, got, want = both_ways(two, groups)
+    # Decided ahead and over the group being written, all but those posted in two rounds.
+    assert committer.redecided == 0
+    assert committer.written_ahead >= len(groups) * 9 // 10
+    assert committer.overlaid >= len(groups) * 8 // 10
+    # Retries of answered keys only: answered from the committed rows, without the lock.
+    with ahead.engine.connect() as c:
+        before = c.execute(text("SELECT lock_version FROM ledger_head")).scalar_one()
+    ends = [sum(len(g) for g in groups[: i + 1]) for i in range(len(groups))]
+    accepted = [g for g, end in zip(groups, ends) if all(r.status == 201 for r in got[end - len(g) : end])][:5]
+    assert len(accepted) == 5
+    again = post(committer, accepted)
+    first = {r.body["id"]: r.body for r in got if r.status == 201}
+    assert all(r.replayed and r.body == first[r.body["id"]] for r in again)
+    with ahead.engine.connect() as c:
+        assert c.execute(text("SELECT lock_version FROM ledger_head")).scalar_one() == before
+    codes = {r.body.get("code") for r in want if r.status >= 400}
+    assert {"insufficient_points", "refund_exceeds_original", "receipt_already_used"} <= codes
+    assert_checks(ahead)
+    assert_checks(locked)
+
+
+def test_a_unit_of_work_between_decision_and_write_has_the_group_posted_under_the_lock(two) -> None:
+    committer, _, _ = both_ways(two, traffic(seed=9, n=120), intruder_at=3)
+    # The third group found the head moved and was posted under the lock; so was the fourth,
+    # decided over it; the groups after them were decided under the lock (within the second).
+    assert committer.redecided == 2
+    assert committer.written_ahead == 2
+    assert_checks(two[0])
+
+
+def test_after_the_pause_the_committer_decides_ahead_again(postgres_url, monkeypatch) -> None:
+    from engine.store import group_commit
+
+    monkeypatch.setattr(group_commit, "LOCKED_AFTER_REFUSAL_S", 0.0)
+    books = setup(postgres_url)
+    try:
+        groups = traffic(seed=9, n=120)
+        committer = Slowed(books.ledger, wait_ms=0, size_max=1, intruder_at=3)
+        post(committer, groups)
+        assert committer.redecided == 2
+        assert committer.written_ahead >= len(groups) * 8 // 10
+        assert queries.ledger_check(books.engine)["ok"]
+    finally:
+        books.close()
