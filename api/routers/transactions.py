@@ -312,6 +312,7 @@ def post_batch(body: Annotated[BatchRequest, Body()], p: Terminal, services: Ser
             try:
                 committed = guarded(lambda: queued.result(timeout=COMMIT_WAIT_S))
             except TimeoutError:
+                queued.cancel()  # not posted unless the committer took it already
                 raise EngineError("service_unavailable", "TimeoutError") from None
             for (i, _), result in zip(posted, committed):
                 answers[i] = result

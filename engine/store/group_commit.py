@@ -3,8 +3,9 @@
 Request threads hand their submissions to `GroupCommitter.enqueue` (a single post) or
 `enqueue_many` (a batch's items, kept together and in order) and block on a future. One
 committer thread per process (`engine.store.gather.Gatherer`) takes the first waiting parcel,
-lets company gather for at most `wait_ms` (or until `size_max` submissions), and posts the whole
-group: one lock, one kernel call, one commit. Every future is resolved only after that commit
+lets company gather for at most `wait_ms` (or until it holds `size_max` submissions: a batch is
+never split, so a group may hold a few more), and posts the whole group: one lock, one kernel
+call, one commit. Every future is resolved only after that commit
 returned, so nothing is acknowledged before it is durable.
 
 **Deciding ahead** (PostgreSQL, `ahead=True`, the default). The committer thread decides a group
@@ -14,15 +15,17 @@ sequencer lock, checks that the head is the one the group was decided against, s
 and commits (`Ledger.write_decided`), while the committer gathers and decides the next group. So
 the process's Python and PostgreSQL work at once instead of taking turns under the lock. At most
 one group is being written while the next is decided. The group is stamped with the clock's
-instant read before it is decided; the head's `lock_version` moves with every unit of work under
-the lock, so if any other unit came between (another process's group, a settlement run that paid
-nothing, a lifecycle run, a catalog change), the write finds the head moved, writes nothing, and
-the group is posted under the lock by `Ledger.submit` as if it had never been decided: its stamp
-is read again after the lock, and a settlement run still sees every posting committed after it
-carrying a later stamp. After such a refusal the committer decides under the lock for
-`LOCKED_AFTER_REFUSAL_S`: with several API processes, optimistic deciding is wasted whenever
-another process wrote first. A group whose receipts must be decided in two rounds, and every group
-on SQLite, is posted by `Ledger.submit` directly, after the group in flight is written.
+instant read once its snapshot holds (after the snapshot read the head), and the head's
+`lock_version` moves with every unit of work under the lock: a unit that committed before the
+snapshot is in it, so before the stamp; any unit that commits after it (another process's group,
+a settlement run that paid nothing, a lifecycle run, a catalog change) makes the write find the
+head moved, write nothing, and the group is posted under the lock by `Ledger.submit` as if it had
+never been decided, its stamp read again after the lock. So stamps never go back along the chain,
+and a settlement run still sees every posting committed after it carrying a later stamp. After
+such a refusal the committer decides under the lock for `LOCKED_AFTER_REFUSAL_S`: with several
+API processes, optimistic deciding is wasted whenever another process wrote first. A group whose
+receipts must be decided in two rounds, and every group on SQLite, is posted by `Ledger.submit`
+directly, after the group in flight is written.
 
 A group that fails is posted again one parcel at a time (a single post alone, a batch's items
 together), so one bad submission does not fail its neighbours; unless the database cannot be
@@ -114,7 +117,8 @@ class GroupCommitter:
         with self._flight_lock:
             last = self._flight[-1][0] if self._flight and not self._flight[-1][1].done() else None
         try:
-            return self.ledger.decide_ahead(submissions, accepted_at_us=self.ledger.clock.now_us(), after=last)
+            # Stamped with the clock read inside, once the snapshot holds: see `Ledger.decide_ahead`.
+            return self.ledger.decide_ahead(submissions, accepted_at_us=None, after=last)
         except Exception:  # noqa: BLE001 - posted under the lock, where a failure is answered (and logged)
             log.debug("a group of %d could not be decided ahead", len(submissions), exc_info=True)
             return None

@@ -726,7 +726,7 @@ class Ledger:
         self,
         submissions: list[Submission],
         *,
-        accepted_at_us: int,
+        accepted_at_us: int | None,
         catalog: CatalogSnapshot | None = None,
         remember_answers: bool = True,
         after: DecidedGroup | None = None,
@@ -738,6 +738,13 @@ class Ledger:
         does not see it, its effects are laid over what is read and this group is chained after
         it. None when the group must be decided under the lock instead (another writer moved
         the head past `after`, or a receipt is used twice in the group: two rounds).
+
+        `accepted_at_us` None stamps the group with the clock's instant read once the snapshot
+        holds (after its head was read), as `submit` reads it after the lock: a unit of work that
+        committed before that instant is in the snapshot, its head the one the write checks, and
+        one that commits after it moves that head (its `lock_version`), so the write is refused.
+        An instant read before the snapshot could precede a unit the snapshot already sees (a
+        settlement run), and the group would be written after the run with an earlier stamp.
 
         With `receipts_unused`, the caller knows no payment carries any of the group's receipts
         (the history import's first run: none from its source before it, each payment id once

@@ -7,6 +7,8 @@ lock, and the committer stays there for a while. Real PostgreSQL, nothing of our
 
 from __future__ import annotations
 
+import datetime as dt
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -14,9 +16,11 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from engine.clock import ManualClock
 from engine.store import queries
 from engine.store.group_commit import GroupCommitter
 from engine.store.ledger import Result
+from engine.timeutil import TOKYO
 from tests.lifecycle.support import Books
 from tests.store.test_pipeline import assert_checks, fresh, setup, traffic
 
@@ -121,5 +125,54 @@ def test_after_the_pause_the_committer_decides_ahead_again(postgres_url, monkeyp
         assert committer.redecided == 2
         assert committer.written_ahead >= len(groups) * 8 // 10
         assert queries.ledger_check(books.engine)["ok"]
+    finally:
+        books.close()
+
+
+class Intruding(ManualClock):
+    """The manual clock of `books`: armed, the committer thread's next reading of it first lets
+    another writer post and commit (in a thread of its own, which reads this clock unhooked), then
+    answers the instant of before that post: a unit of work committing just as a group is stamped."""
+
+    def __init__(self, books: Books) -> None:
+        super().__init__(books.clock.now_us())
+        self.books = books
+        self.armed = False
+        self.intruded = 0
+
+    def now_us(self) -> int:
+        instant = super().now_us()
+        if self.armed and threading.current_thread().name.startswith("group-commit"):
+            self.armed = False
+            other = threading.Thread(target=self.intrude)
+            other.start()
+            other.join()
+        return instant
+
+    def intrude(self) -> None:
+        result = self.books.purchase("T1", "W9", 5000, dt.datetime(2026, 1, 6, 23, tzinfo=TOKYO), key="intruder")
+        self.intruded += result.status == 201
+
+
+def test_a_unit_committed_while_a_group_is_stamped_never_leaves_stamps_going_back(postgres_url) -> None:
+    # A settlement run committing between the instant a group is stamped with and the snapshot it
+    # is decided in would be in the snapshot: the group would be written after the run with an
+    # earlier stamp. The stamp is read once the snapshot holds, so such a unit moves the head.
+    books = setup(postgres_url)
+    try:
+        clock = Intruding(books)
+        books.ledger.clock = clock
+        committer = Slowed(books.ledger, wait_ms=0, size_max=1)
+        groups = traffic(seed=21, n=60)
+        post(committer, groups[:2])
+        clock.armed = True
+        post(committer, groups[2:])
+        assert clock.intruded == 1 and not clock.armed
+        with books.engine.connect() as c:
+            for table, stamp in (("posting", "posted_at_us"), ("payment", "accepted_at_us")):
+                stamps = c.execute(text(f"SELECT {stamp} FROM {table} ORDER BY sequence")).scalars().all()
+                assert stamps == sorted(stamps), f"{table} stamps go back along the chain"
+        assert committer.redecided >= 1  # the group being stamped found the intruder's head
+        assert_checks(books)
     finally:
         books.close()

@@ -1,0 +1,94 @@
+"""The group committer deciding ahead against deciding under the lock (issue 11), on PostgreSQL.
+
+A fresh database with the ward of `bench/ingest.py` (8 terminals, the current month's campaigns);
+groups of `--group` purchases are built first (the front end's work, not timed), then posted through
+`engine.store.group_commit.GroupCommitter`, each group one parcel (`enqueue_many`), all queued at
+once, `--rounds` times alternately by a committer that decides ahead (`ahead=True`: each group
+decided outside the lock while the one before it is written) and by one that decides every group
+under the lock (`ahead=False`, one `Ledger.submit` per group). No HTTP: what one API process's
+committer does with the groups it is handed. The collector is tuned as a serving process tunes it.
+
+    .venv/bin/python bench/committer.py [--group 1000] [--groups 10] [--rounds 3]
+
+Last line: `committer ahead_tx_per_s=<median> locked_tx_per_s=<median> ratio=<median of the rounds' ratios>`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.ingest import fresh_database, purchase, seed_ward  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--group", type=int, default=1000)
+    parser.add_argument("--groups", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    from engine import collector
+    from engine.model import Purchase
+    from engine.store import db
+    from engine.store.group_commit import GroupCommitter
+    from engine.store.ledger import Ledger, Submission
+
+    url = fresh_database("setapay_bench_committer")
+    terminals, _ = seed_ward(url, 8)
+    ledger = Ledger(db.make_engine(url))
+    occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
+    serial = iter(range(10**9))
+
+    def group() -> list[Submission]:
+        n = next(serial)
+        out = []
+        for j in range(args.group):
+            terminal_id, merchant_id, _ = terminals[j % len(terminals)]
+            body = Purchase.model_validate(purchase(terminal_id, merchant_id, n, j, occurred_at))
+            canonical = body.model_dump_json()
+            request_hash = hashlib.sha256(canonical.encode()).hexdigest()
+            out.append(Submission(terminal_id, f"g{n}-{j}", request_hash, body, canonical))
+        return out
+
+    committers = {
+        "ahead": GroupCommitter(ledger, wait_ms=0, size_max=args.group, ahead=True),
+        "locked": GroupCommitter(ledger, wait_ms=0, size_max=args.group, ahead=False),
+    }
+    for committer in committers.values():  # warm: catalog, connections, both paths
+        committer.enqueue_many(group()).result()
+    collector.tune()
+    rates: dict[str, list[float]] = {name: [] for name in committers}
+    for round_ in range(args.rounds):
+        for name, committer in committers.items():
+            groups = [group() for _ in range(args.groups)]
+            started = time.perf_counter()
+            futures = [committer.enqueue_many(g) for g in groups]
+            accepted = sum(r.status == 201 for f in futures for r in f.result())
+            elapsed = time.perf_counter() - started
+            assert accepted == args.group * args.groups, "every purchase is accepted"
+            rates[name].append(accepted / elapsed)
+            per_group_ms = elapsed / args.groups * 1000
+            print(f"round {round_ + 1} {name}: {accepted / elapsed:,.0f} tx/s, {per_group_ms:.0f} ms a group")
+    ahead = committers["ahead"]
+    print(
+        f"ahead: {ahead.written_ahead} groups written as decided, {ahead.overlaid} decided over the one"
+        f" being written, {ahead.redecided} decided again"
+    )
+    ledger.engine.dispose()
+    ratios = [a / b for a, b in zip(rates["ahead"], rates["locked"])]
+    print(
+        f"committer ahead_tx_per_s={statistics.median(rates['ahead']):.0f} "
+        f"locked_tx_per_s={statistics.median(rates['locked']):.0f} ratio={statistics.median(ratios):.3f}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
