@@ -16,7 +16,6 @@ Last line: `committer ahead_tx_per_s=<median> locked_tx_per_s=<median> ratio=<me
 from __future__ import annotations
 
 import argparse
-import hashlib
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import fresh_database, purchase, seed_ward  # noqa: E402
+from bench.ingest import fresh_database, seed_ward, submissions  # noqa: E402
 
 
 def main() -> int:
@@ -35,10 +34,9 @@ def main() -> int:
     args = parser.parse_args()
 
     from engine import collector
-    from engine.model import Purchase
     from engine.store import db
     from engine.store.group_commit import GroupCommitter
-    from engine.store.ledger import Ledger, Submission
+    from engine.store.ledger import Ledger
 
     url = fresh_database("setapay_bench_committer")
     terminals, _ = seed_ward(url, 8)
@@ -46,16 +44,8 @@ def main() -> int:
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     serial = iter(range(10**9))
 
-    def group() -> list[Submission]:
-        n = next(serial)
-        out = []
-        for j in range(args.group):
-            terminal_id, merchant_id, _ = terminals[j % len(terminals)]
-            body = Purchase.model_validate(purchase(terminal_id, merchant_id, n, j, occurred_at))
-            canonical = body.model_dump_json()
-            request_hash = hashlib.sha256(canonical.encode()).hexdigest()
-            out.append(Submission(terminal_id, f"g{n}-{j}", request_hash, body, canonical))
-        return out
+    def group() -> list:
+        return submissions(terminals, next(serial), args.group, occurred_at)
 
     committers = {
         "ahead": GroupCommitter(ledger, wait_ms=0, size_max=args.group, ahead=True),

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import hashlib
 import sys
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import fresh_database, purchase, seed_ward  # noqa: E402
+from bench.ingest import fresh_database, seed_ward, submissions  # noqa: E402
 
 TIMES: collections.Counter[str] = collections.Counter()
 
@@ -72,7 +71,6 @@ def main() -> int:
     args = parser.parse_args()
 
     from engine import collector, rating
-    from engine.model import Purchase
     from engine.store import bulk, db, ledger
     from engine.store import events as outbox
 
@@ -82,14 +80,7 @@ def main() -> int:
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 
     def group(round_: int) -> list[ledger.Submission]:
-        out = []
-        for j in range(args.group):
-            terminal_id, merchant_id, _ = terminals[j % len(terminals)]
-            body = Purchase.model_validate(purchase(terminal_id, merchant_id, round_, j, occurred_at))
-            canonical = body.model_dump_json()
-            request_hash = hashlib.sha256(canonical.encode()).hexdigest()
-            out.append(ledger.Submission(terminal_id, f"r{round_}-{j}", request_hash, body, canonical))
-        return out
+        return submissions(terminals, round_, args.group, occurred_at)
 
     book.submit(group(-1))  # warm: catalog snapshot, connections
     prepared = [group(r) for r in range(args.groups)]

@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import os
 import socket
@@ -302,6 +303,22 @@ def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: st
         "amount": 500 + (i * 37) % 9500,
         "points_used": 0,
     }
+
+
+def submissions(terminals, round_: int, size: int, occurred_at: str) -> list:
+    """`size` purchases of `round_` as the front end hands them to the ledger (validated, canonical
+    JSON and its hash, key `r<round>-<i>`), spread over `terminals` (`seed_ward`'s)."""
+    from engine.model import Purchase
+    from engine.store.ledger import Submission
+
+    out = []
+    for j in range(size):
+        terminal_id, merchant_id, _ = terminals[j % len(terminals)]
+        body = Purchase.model_validate(purchase(terminal_id, merchant_id, round_, j, occurred_at))
+        canonical = body.model_dump_json()
+        request_hash = hashlib.sha256(canonical.encode()).hexdigest()
+        out.append(Submission(terminal_id, f"r{round_}-{j}", request_hash, body, canonical))
+    return out
 
 
 def main() -> int:

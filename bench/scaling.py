@@ -21,7 +21,6 @@ Last line: `scaling tx_per_s_1=<n> tx_per_s_2=<n> ... speedup_<max>=<n>`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import multiprocessing as mp
 import sys
 import time
@@ -29,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import fresh_database, purchase, seed_ward  # noqa: E402
+from bench.ingest import fresh_database, seed_ward, submissions  # noqa: E402
 
 PREPARED_GROUPS_MAX = 40  # per writer: more than it posts in the run on this machine
 
@@ -37,28 +36,20 @@ PREPARED_GROUPS_MAX = 40  # per writer: more than it posts in the run on this ma
 def writer(url: str, terminals: list, seconds: float, group: int, ready, start, out) -> None:
     """Post groups of purchases until `seconds` have passed; report (accepted, elapsed)."""
     from engine import collector
-    from engine.model import Purchase
     from engine.store import db
-    from engine.store.ledger import Ledger, Submission
+    from engine.store.ledger import Ledger
 
     ledger = Ledger(db.make_engine(url.replace("postgresql+psycopg://", "postgresql://")))
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     n = 0
 
-    def submissions(round_: int) -> list:
-        out_ = []
-        for j in range(group):
-            terminal_id, merchant_id, _ = terminals[j % len(terminals)]
-            body = Purchase.model_validate(purchase(terminal_id, merchant_id, round_, j, occurred_at))
-            canonical = body.model_dump_json()
-            request_hash = hashlib.sha256(canonical.encode()).hexdigest()
-            out_.append(Submission(terminal_id, f"r{round_}-{j}", request_hash, body, canonical))
-        return out_
+    def group_of(round_: int) -> list:
+        return submissions(terminals, round_, group, occurred_at)
 
-    ledger.submit(submissions(-1))  # warm: catalog snapshot, connections
+    ledger.submit(group_of(-1))  # warm: catalog snapshot, connections
     collector.tune()  # as a serving or importing process does after start-up
     # Building requests is the front end's work, not the sequencer's: done before the clock starts.
-    prepared = [submissions(r) for r in range(PREPARED_GROUPS_MAX)]
+    prepared = [group_of(r) for r in range(PREPARED_GROUPS_MAX)]
     ready.put(1)
     start.wait()
     began = time.perf_counter()
