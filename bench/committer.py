@@ -58,14 +58,18 @@ def main() -> int:
     for round_ in range(args.rounds):
         for name, committer in committers.items():
             groups = [group() for _ in range(args.groups)]
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             futures = [committer.enqueue_many(g) for g in groups]
             accepted = sum(r.status == 201 for f in futures for r in f.result())
             elapsed = time.perf_counter() - started
+            cpu_ms = (time.process_time() - cpu_started) / args.groups * 1000
             assert accepted == args.group * args.groups, "every purchase is accepted"
             rates[name].append(accepted / elapsed)
             per_group_ms = elapsed / args.groups * 1000
-            print(f"round {round_ + 1} {name}: {accepted / elapsed:,.0f} tx/s, {per_group_ms:.0f} ms a group")
+            print(
+                f"round {round_ + 1} {name}: {accepted / elapsed:,.0f} tx/s, {per_group_ms:.0f} ms a group,"
+                f" {cpu_ms:.0f} ms of this process's CPU a group"
+            )
     ahead = committers["ahead"]
     print(
         f"ahead: {ahead.written_ahead} groups written as decided, {ahead.overlaid} decided over the one"

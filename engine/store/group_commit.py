@@ -97,9 +97,8 @@ class GroupCommitter:
             self._post_locked(group, submissions)
             metrics.GROUP_COMMIT_SECONDS.observe(time.perf_counter() - started)
             return
-        if decided.after is None and not decided.batch.statements and decided.end[:5] == decided.base[:5]:
-            # Retries of committed answers only (read from committed rows, not laid over from a
-            # group being written): final, answered without the lock, as `Ledger.submit` does.
+        if decided.writes_nothing:
+            # Retries of committed answers only: final, answered without the lock, as `Ledger.submit` does.
             self.ledger.count_declines(decided.results)
             _resolve(group, decided.results)
             metrics.GROUP_COMMIT_SECONDS.observe(time.perf_counter() - started)

@@ -298,6 +298,12 @@ class DecidedGroup:
     after: DecidedGroup | None  # decided over this group's effects (it was not written yet)
     written: bool = False  # written exactly as decided
 
+    @property
+    def writes_nothing(self) -> bool:
+        """Answered from committed rows only: nothing to write, no chain or catalog moved, and not
+        laid over a group still being written. Such answers are final without the lock."""
+        return self.after is None and not self.batch.statements and self.end[:5] == self.base[:5]
+
 
 @dataclasses.dataclass(frozen=True)
 class ReadView:
