@@ -100,6 +100,9 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock: Cl
         version="0.1.0",
         lifespan=lifespan,
         description="Points and settlement engine of Setagaya PAY (せたがやPay)",
+        # FastAPI's own OpenTelemetry hooks: we export Prometheus metrics and JSON access lines
+        # (api/access_log.py) instead, and left on they read the environment on every request.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     openapi.install(app)
     app.state.services = services

@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.access_log import AccessLog
 from api.errors import problem_response
-from api.strict import duplicated_header, has_duplicate_key, is_json
+from api.strict import DUPLICATE_KEY, PARSED_BODY, duplicated_header, is_json, parse_unique
 from engine import limits
 from engine.errors import EngineError, decline
 
@@ -55,7 +55,7 @@ class BodyLimit:
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                return await self.app(scope, _replay([message]), send)
+                return await self.app(scope, replayed([message]), send)
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
             more = message.get("more_body", False)
@@ -63,15 +63,18 @@ class BodyLimit:
                 response = problem_response(413, BodyTooLarge().problem())
                 return await response(scope, receive, send)
         body = b"".join(chunks)
-        if body and is_json(headers.get(b"content-type")) and has_duplicate_key(body):
-            response = problem_response(*decline("malformed_json", "an object in the body has a key twice"))
-            return await response(scope, receive, send)
+        if body and is_json(headers.get(b"content-type")):
+            parsed = parse_unique(body)
+            if parsed is DUPLICATE_KEY:
+                response = problem_response(*decline("malformed_json", "an object in the body has a key twice"))
+                return await response(scope, receive, send)
+            scope[PARSED_BODY] = (body, parsed)  # for a route that parses it again (`strict.parsed_body`)
         return await self.app(
-            scope, _replay([{"type": "http.request", "body": body, "more_body": False}], receive), send
+            scope, replayed([{"type": "http.request", "body": body, "more_body": False}], receive), send
         )
 
 
-def _replay(messages: list[Message], then: Receive | None = None) -> Receive:
+def replayed(messages: list[Message], then: Receive | None = None) -> Receive:
     """A `receive` that hands out `messages`, then defers to `then` (e.g. for disconnects)."""
     pending = list(messages)
 

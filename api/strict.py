@@ -4,12 +4,14 @@
   more than once: 400 `header_duplicated`, before anything else (`duplicated_header`). Two
   Content-Types would let the duplicate-key check below read one and FastAPI the other.
 - A JSON body holding an object with a duplicate key, at any depth (`{"amount": 1,
-  "amount": 9999999}`): 400 `malformed_json` (`has_duplicate_key`). Python's `json`
+  "amount": 9999999}`): 400 `malformed_json` (`parse_unique`). Python's `json`
   keeps the last value silently; so would FastAPI. Both checks run in the `BodyLimit`
   middleware of api/middleware.py, which holds the whole body already, so every route is
-  covered, including those added later. The body is parsed once more there, with an
-  `object_pairs_hook`; a body that is not JSON at all is left to the route (400
-  `malformed_json` or 422, as before).
+  covered, including those added later. The body is parsed there with an
+  `object_pairs_hook` (`parse_unique`); a body that is not JSON at all is left to the route
+  (400 `malformed_json` or 422, as before). The middleware keeps what it parsed in the
+  request's scope (`PARSED_BODY`), so the single post's short way does not parse it again
+  (`parsed_body`).
 - Path ids are `PathId` (the id pattern of SPEC §2, matched whole), cursors decode
   to at most `limits.SEQUENCE_MAX`; the other query parameters are typed where the
   route declares them (`engine.model.Instant`, `limits.VERSION_MAX`, `limits.PAGE_LIMIT_MAX`).
@@ -19,9 +21,11 @@ from __future__ import annotations
 
 import base64
 import email.message
+import functools
 import json
 import re
-from typing import Annotated
+from collections.abc import MutableMapping
+from typing import Annotated, Any
 
 from fastapi import Path, Query
 
@@ -56,6 +60,7 @@ def is_json(content_type: bytes | None) -> bool:
     return content_type is None or reads_as_json(content_type.decode("latin-1"))
 
 
+@functools.lru_cache(maxsize=256)  # a handful of distinct values in practice; parsing one costs ~20 µs
 def reads_as_json(content_type: str | None) -> bool:
     """Whether FastAPI's handler reads a body of this Content-Type as JSON: its own test (the
     media type as `email.message` parses it, whitespace stripped as Python strips it, `application/json`
@@ -79,16 +84,30 @@ def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return found
 
 
-def has_duplicate_key(body: bytes) -> bool:
-    """Whether `body`, read as JSON, has an object with a key twice (compared after unescaping).
-    A body that is not JSON is not this check's business: False."""
+NOT_JSON = object()  # `parse_unique`'s answer for a body that is not JSON
+DUPLICATE_KEY = object()  # `parse_unique`'s answer for JSON with an object holding a key twice
+PARSED_BODY = "setapay.parsed_body"  # scope key: (the body, `parse_unique`'s answer for it)
+
+
+def parse_unique(body: bytes) -> Any:
+    """`body` read as JSON by `json.loads` (the same value), else `DUPLICATE_KEY` when an object
+    has a key twice (compared after unescaping), else `NOT_JSON` (not this check's business)."""
     try:
-        json.loads(body, object_pairs_hook=_unique)
+        return json.loads(body, object_pairs_hook=_unique)
     except _DuplicateKey:
-        return True
+        return DUPLICATE_KEY
     except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
-        return False
-    return False
+        return NOT_JSON
+
+
+def parsed_body(scope: MutableMapping[str, Any], body: bytes) -> Any:
+    """`json.loads(body)`, from what the strict-input middleware parsed when it was this very body
+    (an object's keys all distinct, so the same value); raises `ValueError` for a body that is not
+    JSON, as `json.loads` does."""
+    kept = scope.get(PARSED_BODY)
+    if kept is not None and kept[0] == body and kept[1] is not NOT_JSON and kept[1] is not DUPLICATE_KEY:
+        return kept[1]
+    return json.loads(body)
 
 
 def encode_cursor(prefix: str, sequence: int) -> str:

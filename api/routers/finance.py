@@ -76,7 +76,7 @@ def post_grant(
     p: Finance,
     ledger: LedgerDep,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
-) -> JSONResponse:
+) -> Response:
     key = check_idempotency_key(idempotency_key)
     result = guarded(
         lambda: lifecycle.grant(

@@ -11,16 +11,15 @@ answers each item for itself, in order.
 import asyncio
 import datetime as dt
 import hashlib
-import json
-from collections.abc import Callable, Coroutine
 from typing import Annotated, Any
 
 import anyio
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from fastapi.routing import APIRoute
 from pydantic import Field, TypeAdapter, ValidationError
+from starlette.types import Receive, Scope, Send
 
 from api import responses
 from api.deps import (
@@ -37,8 +36,9 @@ from api.deps import (
 )
 from api.errors import guarded, json_safe
 from api.idempotency import check_idempotency_key, render
+from api.middleware import replayed
 from api.openapi import IDEMPOTENCY, TERMINAL, problems, remembered, terminal_headers
-from api.strict import PathId, reads_as_json
+from api.strict import PathId, parsed_body, reads_as_json
 from engine import limits, receipts
 from engine.errors import EngineError, decline
 from engine.model import Purchase, Record, Refund, Transaction
@@ -128,36 +128,50 @@ def _submission(services: Services, p: Principal, key: str, body: Purchase | Ref
 class SinglePostRoute(APIRoute):
     """The route of `POST /v1/transactions`, with a short way through FastAPI for the request
     terminals send thousands of times a second (issue 11: FastAPI's dependency resolution was
-    16% of the server's interpreter, docs/BENCHMARKS.md).
+    16% of the server's interpreter, and its per-request wrappers (`request_response`: two
+    `AsyncExitStack`s and a second exception layer) much of the rest, docs/BENCHMARKS.md).
 
-    A request whose body FastAPI would read as JSON (by its Content-Type, the same test) and
-    which parses (the same `json.loads`) and validates as a `Transaction` is authenticated (`api.deps.principal`),
-    refused unless it is a terminal's (`api.deps.terminal_only`) and handed to
-    `post_transaction`: what FastAPI's own handler does with it, in the same order, without
-    resolving the dependencies per request. Any other request (no JSON Content-Type, an empty,
-    unparsable or invalid body, a body the client never finished sending) goes to FastAPI's
-    handler as it came, before anything was counted or looked up, so its answers (FastAPI's
-    validation details, a 401 before a 400) are FastAPI's own. So do all requests while the
-    application's `dependency_overrides` hold anything, and the route may declare no
-    dependencies of its own (asserted), which the short way would not run.
-    `tests/api/test_single_post_route.py` holds the two ways equal (`SHORT_WAY = False` sends
-    everything through FastAPI's handler)."""
+    Once the router has matched the route, `handle` takes a request whose body FastAPI would
+    read as JSON (by its Content-Type, the same test) and which parses (the same `json.loads`)
+    and validates as a `Transaction`: it is authenticated (`api.deps.principal`), refused
+    unless it is a terminal's (`api.deps.terminal_only`) and handed to `post_transaction`:
+    what FastAPI's own handler does with it, in the same order, without resolving the
+    dependencies per request. A refusal raised on the way is answered by the application's
+    exception handlers, as FastAPI's route would have it answered. Any other request (no JSON
+    Content-Type, an empty, unparsable or invalid body, a body the client never finished
+    sending) goes to FastAPI's handler with its body as it came, before anything was counted
+    or looked up, so its answers (FastAPI's validation details, a 401 before a 400) are
+    FastAPI's own. So do all requests while the application's `dependency_overrides` hold
+    anything, and the route may declare no dependencies of its own (asserted), which the short
+    way would not run. `tests/api/test_single_post_route.py` holds the two ways equal
+    (`SHORT_WAY = False` sends everything through FastAPI's handler)."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         # The short way resolves no dependency: the route may declare none of its own.
         assert not self.dependencies, "SinglePostRoute takes no route dependencies"
-        general = super().get_route_handler()  # FastAPI's handler
 
-        async def handler(request: Request) -> Response:
-            overridden = request.app.dependency_overrides  # tests' overrides: only FastAPI's handler applies them
-            body = await _well_formed(request) if SHORT_WAY and not overridden else None
-            if body is None:
-                return await general(request)
-            p = await terminal_only(await principal(request))
-            key = request.headers.get("idempotency-key")
-            return await post_transaction(body, p, request_services(request), key)
+    async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not SHORT_WAY or scope["app"].dependency_overrides:  # tests' overrides: only FastAPI's handler applies them
+            return await super().handle(scope, receive, send)
+        request = Request(scope, receive, send)
+        body = await _well_formed(request)
+        if body is None:
+            return await super().handle(scope, await _unread(request, receive), send)
+        p = await terminal_only(await principal(request))
+        key = request.headers.get("idempotency-key")
+        response = await post_transaction(body, p, request_services(request), key)
+        await response(scope, receive, send)
 
-        return handler
+
+async def _unread(request: Request, receive: Receive) -> Receive:
+    """`receive` as it was before `request` read the body: the body read, then what follows;
+    `receive` itself when the read failed (the client gone), so FastAPI's handler fails alike."""
+    try:
+        raw = await request.body()  # read already: Starlette kept it
+    except Exception:  # noqa: BLE001 - FastAPI's handler meets the same failure and answers it
+        return receive
+    return replayed([{"type": "http.request", "body": raw, "more_body": False}], receive)
 
 
 SHORT_WAY = True  # see SinglePostRoute
@@ -166,13 +180,14 @@ COMMIT_WAIT_S = 60  # a request's wait for its group's commit; then 503, and the
 
 async def _well_formed(request: Request) -> Transaction | None:
     """The body as FastAPI would validate it for `post_transaction`, when it reads it as JSON (its
-    own test, `reads_as_json`; parsed by the same `json.loads`) and that validates; else None
-    (FastAPI's handler answers it, a body that could not be read included)."""
+    own test, `reads_as_json`; parsed by the same `json.loads`, once: `strict.parsed_body`) and
+    that validates; else None (FastAPI's handler answers it, a body that could not be read
+    included)."""
     if not reads_as_json(request.headers.get("content-type")):
         return None
     try:
         raw = await request.body()
-        return _transaction.validate_python(json.loads(raw), from_attributes=True) if raw else None
+        return _transaction.validate_python(parsed_body(request.scope, raw), from_attributes=True) if raw else None
     except Exception:  # noqa: BLE001 - not well-formed: FastAPI's handler answers it, with its own details
         return None
 
@@ -183,7 +198,7 @@ async def post_transaction(
     services: ServicesDep,
     # Documented as required in openapi_extra; checked by `check_idempotency_key` (400, not FastAPI's 422).
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
-) -> JSONResponse:
+) -> Response:
     key = check_idempotency_key(idempotency_key)
     terminal_id = _terminal_of(p)
     opened = services.apps.current()
