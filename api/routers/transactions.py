@@ -131,9 +131,10 @@ class SinglePostRoute(APIRoute):
     16% of the server's interpreter, and its per-request wrappers (`request_response`: two
     `AsyncExitStack`s and a second exception layer) much of the rest, docs/BENCHMARKS.md).
 
-    Once the router has matched the route, `handle` takes a request whose body FastAPI would
-    read as JSON (by its Content-Type, the same test) and which parses (the same `json.loads`)
-    and validates as a `Transaction`: it is authenticated (`api.deps.principal`), refused
+    Once the router has matched the route (its path and its method: the router hands a route
+    requests of other methods too, FastAPI's 405), `handle` takes a request whose body FastAPI
+    would read as JSON (by its Content-Type, the same test) and which parses (the same
+    `json.loads`) and validates as a `Transaction`: it is authenticated (`api.deps.principal`), refused
     unless it is a terminal's (`api.deps.terminal_only`) and handed to `post_transaction`:
     what FastAPI's own handler does with it, in the same order, without resolving the
     dependencies per request. A refusal raised on the way is answered by the application's
@@ -152,7 +153,11 @@ class SinglePostRoute(APIRoute):
         assert not self.dependencies, "SinglePostRoute takes no route dependencies"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if not SHORT_WAY or scope["app"].dependency_overrides:  # tests' overrides: only FastAPI's handler applies them
+        if (
+            not SHORT_WAY
+            or scope["method"] not in (self.methods or ())  # the router's partial match: FastAPI's 405
+            or scope["app"].dependency_overrides  # tests' overrides: only FastAPI's handler applies them
+        ):
             return await super().handle(scope, receive, send)
         request = Request(scope, receive, send)
         body = await _well_formed(request)

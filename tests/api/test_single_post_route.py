@@ -209,3 +209,23 @@ async def _disconnected(app: Any, headers: list[tuple[bytes, bytes]]) -> int:
     }
     await app(scope, receive, send)
     return int(sent[0]["status"])
+
+
+def test_another_method_with_a_well_formed_body_is_refused_not_posted(setup, monkeypatch) -> None:
+    """The router hands `SinglePostRoute` requests of other methods too (a partial match): each is
+    FastAPI's 405 whatever its body, and posts nothing: its receipt is still unused after."""
+    s = setup
+    body = _json(_purchase(s))
+    headers = {**JSON, **s["terminal"]}
+    for method in ("PUT", "PATCH", "DELETE"):
+        answers = []
+        for short in (True, False):
+            monkeypatch.setattr(transactions, "SHORT_WAY", short)
+            sent = {**headers, "Idempotency-Key": uuid.uuid4().hex}
+            r = s["client"].request(method, "/v1/transactions", content=body, headers=sent)
+            answers.append((r.status_code, r.headers.get("content-type"), r.json()))
+        assert answers[0] == answers[1]
+        assert answers[0][:2] == (405, "application/problem+json"), answers[0]
+    monkeypatch.setattr(transactions, "SHORT_WAY", True)
+    posted = s["client"].post("/v1/transactions", content=body, headers={**headers, "Idempotency-Key": "after-405"})
+    assert posted.status_code == 201, posted.text
