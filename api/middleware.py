@@ -10,7 +10,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.access_log import AccessLog
 from api.errors import problem_response
-from api.strict import DUPLICATE_KEY, PARSED_BODY, duplicated_header, is_json, parse_unique
+from api.strict import (
+    DUPLICATE_KEY,
+    NOT_JSON,
+    PARSED_BODY,
+    PARSED_BODY_BYTES_MAX,
+    duplicated_header,
+    is_json,
+    parse_unique,
+)
 from engine import limits
 from engine.errors import EngineError, decline
 
@@ -68,7 +76,8 @@ class BodyLimit:
             if parsed is DUPLICATE_KEY:
                 response = problem_response(*decline("malformed_json", "an object in the body has a key twice"))
                 return await response(scope, receive, send)
-            scope[PARSED_BODY] = (body, parsed)  # for a route that parses it again (`strict.parsed_body`)
+            if parsed is not NOT_JSON and len(body) <= PARSED_BODY_BYTES_MAX:
+                scope[PARSED_BODY] = (body, parsed)  # for a route that parses it again (`strict.parsed_body`)
         return await self.app(
             scope, replayed([{"type": "http.request", "body": body, "more_body": False}], receive), send
         )

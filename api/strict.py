@@ -87,6 +87,9 @@ def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
 NOT_JSON = object()  # `parse_unique`'s answer for a body that is not JSON
 DUPLICATE_KEY = object()  # `parse_unique`'s answer for JSON with an object holding a key twice
 PARSED_BODY = "setapay.parsed_body"  # scope key: (the body, `parse_unique`'s answer for it)
+# Bodies up to this size keep their parse in the scope (a single post is a few KB); a larger one
+# would hold a second copy of itself for the whole request, on routes that never use it too.
+PARSED_BODY_BYTES_MAX = 64 * 1024
 
 
 def parse_unique(body: bytes) -> Any:
@@ -102,9 +105,9 @@ def parse_unique(body: bytes) -> Any:
 
 def parsed_body(scope: MutableMapping[str, Any], body: bytes) -> Any:
     """`json.loads(body)`, from what the strict-input middleware parsed when it was this very body
-    (an object's keys all distinct, so the same value); raises `ValueError` for a body that is not
-    JSON, as `json.loads` does."""
-    kept = scope.get(PARSED_BODY)
+    (an object's keys all distinct, so the same value), which it takes out of the scope; raises
+    `ValueError` for a body that is not JSON, as `json.loads` does."""
+    kept = scope.pop(PARSED_BODY, None)  # taken once: the request holds no second copy after
     if kept is not None and kept[0] == body and kept[1] is not NOT_JSON and kept[1] is not DUPLICATE_KEY:
         return kept[1]
     return json.loads(body)

@@ -144,7 +144,8 @@ class SinglePostRoute(APIRoute):
     or looked up, so its answers (FastAPI's validation details, a 401 before a 400) are
     FastAPI's own. So do all requests while the application's `dependency_overrides` hold
     anything, and the route may declare no dependencies of its own (asserted), which the short
-    way would not run. `tests/api/test_single_post_route.py` holds the two ways equal
+    way would not run; nor may it be included with dependencies (`api.app._include` adds each
+    route to the application itself, as declared). `tests/api/test_single_post_route.py` holds the two ways equal
     (`SHORT_WAY = False` sends everything through FastAPI's handler)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:

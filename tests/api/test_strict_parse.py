@@ -4,11 +4,25 @@ the same value `json.loads` gives, and only for the very body the middleware rea
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
 
-from api.strict import DUPLICATE_KEY, NOT_JSON, PARSED_BODY, parse_unique, parsed_body, reads_as_json
+from api.idempotency import render
+from api.middleware import BodyLimit
+from api.strict import (
+    DUPLICATE_KEY,
+    NOT_JSON,
+    PARSED_BODY,
+    PARSED_BODY_BYTES_MAX,
+    parse_unique,
+    parsed_body,
+    reads_as_json,
+)
+from engine import limits
+from engine.store.ledger import Result
 
 BODIES = [
     b'{"type": "purchase", "amount": 1200, "items": [{"sku": "a", "qty": 2}], "n": null}',
@@ -42,10 +56,45 @@ def test_parsed_body_takes_what_the_middleware_parsed_for_that_body_only() -> No
     kept = parse_unique(body)
     scope = {PARSED_BODY: (body, kept)}
     assert parsed_body(scope, body) is kept
+    assert PARSED_BODY not in scope, "taken once: the request holds no second copy after"
+    assert parsed_body(scope, body) == json.loads(body) and parsed_body(scope, body) is not kept
+    scope = {PARSED_BODY: (body, kept)}
     assert parsed_body(scope, bytes(bytearray(body))) is kept  # equal bytes, another object
     other = b'{"type": "refund"}'
-    assert parsed_body(scope, other) == {"type": "refund"}  # another body: parsed afresh
-    assert parsed_body({}, body) == json.loads(body) and parsed_body({}, body) is not kept
+    assert parsed_body({PARSED_BODY: (body, kept)}, other) == {"type": "refund"}  # another body: parsed afresh
+
+
+def _middleware_scope(body: bytes) -> dict[str, Any]:
+    """The scope the strict-input middleware hands on for a JSON POST of `body`."""
+    seen: dict[str, Any] = {}
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.update(scope)
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError(f"the middleware answered: {message}")
+
+    scope = {"type": "http", "method": "POST", "path": "/x", "headers": [(b"content-type", b"application/json")]}
+    asyncio.run(BodyLimit(inner, limits.BODY_BYTES_MAX)(scope, receive, send))
+    return seen
+
+
+def test_the_middleware_keeps_the_parse_of_small_bodies_only() -> None:
+    small = json.dumps({"a": "x" * 1000}).encode()
+    assert _middleware_scope(small)[PARSED_BODY] == (small, {"a": "x" * 1000})
+    large = json.dumps({"a": "x" * PARSED_BODY_BYTES_MAX}).encode()
+    assert PARSED_BODY not in _middleware_scope(large)
+    assert PARSED_BODY not in _middleware_scope(b"{not json")
+
+
+def test_render_falls_back_to_json_dumps_for_what_orjson_refuses() -> None:
+    for body in ({"id": "p_1", "amount": 1200, "awards": [{"points": 3}], "name": "世田谷"}, {"n": 2**70}):
+        response = render(Result(201, body))
+        assert json.loads(response.body) == body
+        assert response.headers["content-type"] == "application/json"
 
 
 def test_parsed_body_fails_as_json_loads_does_for_a_body_that_is_not_json() -> None:
