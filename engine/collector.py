@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import gc
 
-YOUNG_THRESHOLD = 50_000  # allocations between young collections (CPython's default: 700)
+# Allocations (net of frees) between young collections (CPython's default: 700). A group in
+# flight holds a few hundred thousand live objects: at 50,000 a busy API process ran a young
+# collection every group or so, each walking the group's live rows (5 to 50 ms, ~7% of the
+# process's CPU in batch posting, `docs/BENCHMARKS.md`); at 500,000 a group's rise and fall of
+# allocations stays under the line and young collections come from lasting growth only.
+YOUNG_THRESHOLD = 500_000
 OLDER_THRESHOLDS = (20, 20)  # young collections per middle one, middle ones per full one
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import logging
+import re
 import threading
 import uuid
 from collections import Counter
@@ -157,3 +158,22 @@ def test_an_unreachable_database_fails_the_group_at_once(unreachable: str, caplo
         "group of 3 failed: the database cannot be reached (OperationalError/OperationalError)"
     ]
     assert records[0].exc_info is None
+
+
+def test_a_group_draws_a_distinct_random_id_for_each_payment(books: Books) -> None:
+    """The ids of a group come from one draw (`Ledger.new_payment_ids`): each `tx_` and 24 hex
+    digits (96 random bits), no two alike within the group or across groups."""
+    first = books.ledger.submit([submission(f"W{i}", 1000 + i) for i in range(300)])
+    second = books.ledger.submit([submission(f"W{i}", 2000 + i) for i in range(300)])
+    ids = [r.body["id"] for r in first + second]
+    assert all(r.status == 201 for r in first + second)
+    assert all(re.fullmatch(r"tx_[0-9a-f]{24}", i) for i in ids)
+    assert len(set(ids)) == len(ids) == 600
+    with books.engine.connect() as c:
+        assert set(c.execute(select(PaymentRow.id)).scalars()) == set(ids)
+    assert Ledger.new_payment_ids(0) == []
+    drawn = Ledger.new_payment_ids(10_000)
+    assert len(set(drawn)) == 10_000
+    # Random, not counted: the hex digits are spread evenly over the whole draw.
+    digits = Counter("".join(i[3:] for i in drawn))
+    assert set(digits) == set("0123456789abcdef") and max(digits.values()) < 1.1 * min(digits.values())
