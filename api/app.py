@@ -94,6 +94,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock: Cl
         stop.set()
         services.auth.close()
         services.apps.close()
+        services.committer.close()
 
     app = FastAPI(
         title="setapay-engine",
@@ -173,7 +174,11 @@ def _build_services(settings: Settings, clock: Clock) -> Services:
         apps=Apps(engine, settings, clock),
         keys=keys,
         committer=GroupCommitter(
-            ledger, settings.group_commit_wait_ms, settings.group_commit_size_max, settings.group_commit_ahead
+            ledger,
+            settings.group_commit_wait_ms,
+            settings.group_commit_size_max,
+            settings.group_commit_ahead,
+            settings.group_commit_writer_process,
         ),
         answers=AnswerCache(settings.redis_url) if settings.redis_url else None,
         signatures=signatures,

@@ -28,6 +28,7 @@ holds the median of each figure over the rounds: on a host whose speed drifts fr
 minute a ratio is taken within a round, and one slow minute does not decide it.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--warmup 1] [--clients 64] [--workers 1] [--rounds 1]
+        [--no-writer-process]
 """
 
 from __future__ import annotations
@@ -332,6 +333,9 @@ def main() -> int:
     parser.add_argument("--no-redis", action="store_true")
     parser.add_argument("--no-peer", action="store_true", help="do not run pgledger after ours")
     parser.add_argument(
+        "--no-writer-process", action="store_true", help="ours writes its groups from a thread, not a child process"
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="run everything this many times; the last line holds the medians"
     )
     args = parser.parse_args()
@@ -378,7 +382,12 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
     port = free_port()
     # Each client is one terminal posting flat out, far above a terminal's 50/second; the per-key
     # limit stays on (its cost is measured) but set out of reach.
-    env = {"SETAPAY_DATABASE_URL": url, "SETAPAY_RATE_LIMIT_PER_KEY": "1000000/second"}
+    env = {
+        "SETAPAY_DATABASE_URL": url,
+        "SETAPAY_RATE_LIMIT_PER_KEY": "1000000/second",
+        # As production runs it (docker-compose.yml): decided groups written by a child process.
+        "SETAPAY_GROUP_COMMIT_WRITER_PROCESS": "false" if args.no_writer_process else "true",
+    }
     server = start_server("api.main:app", port, args.workers, env)
     try:
 

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     group_commit_size_max: int = Field(default=1000, ge=1, le=limits.BATCH_TRANSACTIONS_MAX)
     # PostgreSQL: decide the next group while the last one is written (engine/store/group_commit.py).
     group_commit_ahead: bool = True
+    # With `group_commit_ahead`: the decided groups written by a child process of each API
+    # process (engine/store/write_process.py), not by a thread sharing its interpreter lock.
+    group_commit_writer_process: bool = False
     # In-process scheduler of crediting and expiry runs; 0 leaves them to `setapay credit|expire`.
     lifecycle_interval_s: float = Field(default=0, ge=0)
     # Shifts the engine's clock; for demos and end-to-end tests, never for the ward.

@@ -47,6 +47,7 @@ from sqlalchemy import text
 from engine import metrics
 from engine.store.gather import Gatherer
 from engine.store.ledger import DecidedGroup, Ledger, Result, Submission
+from engine.store.write_process import WriterProcess
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +59,24 @@ Group = list[tuple[Parcel, "Future[Any]"]]
 
 
 class GroupCommitter:
-    def __init__(self, ledger: Ledger, wait_ms: float = 2.0, size_max: int = 1000, ahead: bool = True) -> None:
+    def __init__(
+        self,
+        ledger: Ledger,
+        wait_ms: float = 2.0,
+        size_max: int = 1000,
+        ahead: bool = True,
+        writer_process: bool = False,
+    ) -> None:
         self.ledger = ledger
         self.ahead = ahead and ledger.engine.dialect.name == "postgresql"
+        # Decided groups written by a child process (`engine.store.write_process`), not a thread.
+        self.writer_process = (
+            WriterProcess(ledger.engine.url.render_as_string(hide_password=False))
+            if self.ahead and writer_process
+            else None
+        )
+        if self.writer_process is not None:
+            self.writer_process.start()  # spawned now: it loads while the first group gathers
         self.overlaid = 0  # groups decided over the one being written
         self.written_ahead = 0  # groups decided ahead and written as decided
         self.redecided = 0  # groups decided ahead whose write found the head moved (or failed)
@@ -84,6 +100,12 @@ class GroupCommitter:
         """Queue a batch's submissions, posted in order in one group; the future resolves to their
         results after that group committed."""
         return self._gatherer.enqueue((submissions, True))
+
+    def close(self) -> None:
+        """End the writer child, if any (the process's shutdown). A group decided ahead after this
+        finds no child (`WriterLost`) and is posted under the lock, in this process."""
+        if self.writer_process is not None:
+            self.writer_process.close()
 
     # -- the committer thread ------------------------------------------------
 
@@ -136,7 +158,7 @@ class GroupCommitter:
     def _write(self, decided: DecidedGroup, group: Group, started: float) -> None:
         try:
             try:
-                written = self.ledger.write_decided(decided)
+                written = self.ledger.write_decided(decided, self.writer_process)
             except Exception as failure:  # refused by a unique key, or lost on COMMIT (perhaps after it went through)
                 log.info("a group of %d decided ahead failed to write: %s", len(decided.submissions), _name(failure))
                 written = self._wrote(decided)

@@ -30,7 +30,7 @@ import weakref
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
 from collections.abc import Set as AbstractSet
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import select, text
@@ -270,6 +270,28 @@ def _locked_head(session: Session) -> LedgerHead:
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
     return session.execute(stmt).scalar_one()
+
+
+class RowWriter(Protocol):
+    """Where a group decided ahead is written: `write_rows` in a transaction of its own."""
+
+    def write(self, base: Head, end: Head, statements: list[tuple[str, Any]]) -> bool: ...
+
+
+def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[str, Any]]) -> bool:
+    """In `session`'s transaction: take the sequencer lock and, if the head is `base`, send a
+    decided group's statements (`bulk.WriteBatch.statements`) and move the head to `end`; False,
+    with nothing written, if the head is another. The caller commits."""
+    head = _locked_head(session)
+    if _head_of(head) != base:
+        return False
+    batch = bulk.WriteBatch(session)
+    batch.statements = list(statements)
+    batch.send()
+    head.last_posting_sequence, head.last_hash = end[0], end[1]
+    head.last_payment_sequence, head.last_payment_hash = end[2], end[3]
+    head.lock_version = end[5]
+    return True
 
 
 def lock_sequencer(session: Session) -> LedgerHead:
@@ -821,19 +843,21 @@ class Ledger:
         )
         return DecidedGroup(submissions, options, results, batch, base, end, effects, after)  # type: ignore[arg-type]
 
-    def write_decided(self, decided: DecidedGroup) -> bool:
+    def write_decided(self, decided: DecidedGroup, writer: RowWriter | None = None) -> bool:
         """Write a group decided ahead and commit, if the head under the lock is the one it was
         chained after and the group it was decided over was written as decided; False (nothing
-        written) else. A unique key refusing a row (a key or receipt taken meanwhile) raises."""
-        with Session(self.engine) as session, session.begin():
-            head = _locked_head(session)
-            if (decided.after is not None and not decided.after.written) or _head_of(head) != decided.base:
-                return False
-            decided.batch.session = session
-            decided.batch.send()
-            head.last_posting_sequence, head.last_hash = decided.end[0], decided.end[1]
-            head.last_payment_sequence, head.last_payment_hash = decided.end[2], decided.end[3]
-            head.lock_version = decided.end[5]
+        written) else. A unique key refusing a row (a key or receipt taken meanwhile) raises.
+        With `writer`, `write_rows` runs there (`engine.store.write_process`: another process),
+        else on a connection of this ledger's engine."""
+        if decided.after is not None and not decided.after.written:
+            return False
+        if writer is not None:
+            written = writer.write(decided.base, decided.end, decided.batch.statements)
+        else:
+            with Session(self.engine) as session, session.begin():
+                written = write_rows(session, decided.base, decided.end, decided.batch.statements)
+        if not written:
+            return False
         decided.written = True
         self.count_declines(decided.results)
         return True

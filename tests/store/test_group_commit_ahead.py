@@ -10,10 +10,8 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 from sqlalchemy import text
 
 from engine.clock import ManualClock
@@ -55,17 +53,6 @@ def post(committer: GroupCommitter, groups) -> list[Result]:
     """Every group queued at once, each as one batch (`size_max=1`: a batch is a group of its own)."""
     futures = [committer.enqueue_many([fresh(s) for s in g]) for g in groups]
     return [r for f in futures for r in f.result(timeout=120)]
-
-
-@pytest.fixture
-def two(postgres_url, other_postgres_url) -> Iterator[tuple[Books, Books]]:
-    """Two ledgers set up alike: one for the committer deciding ahead, one under the lock."""
-    ahead, locked = setup(postgres_url), setup(other_postgres_url)
-    try:
-        yield ahead, locked
-    finally:
-        ahead.close()
-        locked.close()
 
 
 def both_ways(two: tuple[Books, Books], groups, **slowed: Any) -> tuple[Slowed, list[Result], list[Result]]:

@@ -1,0 +1,145 @@
+"""The group committer's writes in a process of their own (issue 11, item 4), on PostgreSQL.
+
+An API process that decides ahead (`engine.store.group_commit`) runs three kinds of Python at
+once: request threads checking bodies, the committer thread deciding the next group, and the
+writer thread sending the last group's rows. They share one interpreter lock, and the writer
+waits for it after every round trip to PostgreSQL: measured, the writer's database session sat
+idle, waiting for its client, about half of each write (`docs/BENCHMARKS.md`). A `WriterProcess`
+moves that thread's work into a child process with its own interpreter: the writer thread hands
+it the decided group's head before and after and its statements (`bulk.WriteBatch.statements`:
+SQL, and COPY rows as plain tuples) over a pipe, and waits for one answer, releasing the lock
+once. The child runs `engine.store.ledger.write_rows` in a transaction on its own connection,
+exactly what the writer thread ran: take the sequencer lock, check the head, send the rows,
+move the head, commit.
+
+Failure keeps the writer thread's semantics. A refused write (the head moved) answers False. A
+write that raised (a unique key refused a row, the connection lost) raises `WriteFailed` with the
+error's class name only (its text can quote parameters), and so does a child that died or whose
+pipe broke (`WriterLost`); the committer then asks the database whether the group was committed
+(`Ledger.wrote`: one commit wrote all of it, or none) and posts it under the lock if not. A lost
+child is started again for the next group. The child ends when its pipe closes: when the API
+process exits, or is killed, after the group it is writing (one transaction: committed whole or
+rolled back whole).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+Statements = list[tuple[str, Any]]
+
+
+class WriteFailed(RuntimeError):
+    """The child's write raised; the message is the error's class name."""
+
+
+class WriterLost(WriteFailed):
+    """The child died or its pipe broke before it answered."""
+
+
+class WriterProcess:
+    """One child process writing decided groups for one database (`engine.store.ledger.RowWriter`).
+
+    Used by one writer thread at a time (the committer's); started on the first write."""
+
+    def __init__(self, database_url: str) -> None:
+        self.database_url = database_url
+        self.started = 0  # children started, the first one included
+        self._pipe: Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def start(self) -> None:
+        """Spawn the child now, if none runs (else the first write does)."""
+        with self._lock:
+            if self._pipe is None and not self._closed:
+                self._start()
+
+    def write(self, base: Any, end: Any, statements: Statements) -> bool:
+        with self._lock:
+            if self._closed:
+                raise WriterLost("closed")
+            if self._pipe is None:
+                self._start()
+            assert self._pipe is not None
+            try:
+                self._pipe.send((base, end, statements))
+                kind, value = self._pipe.recv()
+            except (EOFError, OSError) as lost:
+                self._stop()
+                raise WriterLost(type(lost).__name__) from None
+        if kind == "error":
+            raise WriteFailed(value)
+        return bool(value)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def close(self) -> None:
+        """End the child; a write after this raises `WriterLost`."""
+        with self._lock:
+            self._closed = True
+            self._stop()
+
+    def _start(self) -> None:
+        # Spawned, not forked: the API process runs threads (a fork would copy their locks held).
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(target=serve, args=(self.database_url, theirs), name="setapay-writer", daemon=True)
+        process.start()
+        theirs.close()
+        self._pipe, self._process = ours, process
+        self.started += 1
+
+    def _stop(self) -> None:
+        if self._pipe is not None:
+            self._pipe.close()
+        if self._process is not None:
+            self._process.join(timeout=5)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._pipe = self._process = None
+
+
+def serve(database_url: str, pipe: Connection) -> None:
+    """The child: write each group it is handed, answer ("ok", written) or ("error", class name),
+    until its pipe closes."""
+    from sqlalchemy.orm import Session
+
+    from engine import collector
+    from engine.store import db
+    from engine.store.ledger import write_rows
+
+    engine = db.make_engine(database_url)
+    collector.tune()
+    try:
+        while True:
+            try:
+                base, end, statements = pipe.recv()
+            except (EOFError, OSError):
+                return
+            try:
+                with Session(engine) as session, session.begin():
+                    written = write_rows(session, base, end, statements)
+            except Exception as failure:  # noqa: BLE001 - answered; the parent decides what follows
+                original = getattr(failure, "orig", None)
+                name = type(failure).__name__ + (f"/{type(original).__name__}" if original is not None else "")
+                log.info("setapay-writer: a group failed to write: %s", name)
+                answer: tuple[str, Any] = ("error", name)
+            else:
+                answer = ("ok", written)
+            try:
+                pipe.send(answer)
+            except OSError:
+                return
+    finally:
+        engine.dispose()
