@@ -47,7 +47,7 @@ from sqlalchemy import text
 from engine import metrics
 from engine.store.gather import Gatherer
 from engine.store.ledger import DecidedGroup, Ledger, Result, Submission
-from engine.store.write_process import WriterProcess
+from engine.store.write_process import WriteFailed, WriterProcess
 
 log = logging.getLogger(__name__)
 
@@ -235,5 +235,7 @@ def _resolve(group: Group, results: list[Result]) -> None:
 def _name(error: BaseException) -> str:
     """The error's class and, for a wrapped driver error, the driver's class; never its text,
     which can quote parameters."""
+    if isinstance(error, WriteFailed):  # the writer child's error: class names only
+        return f"{type(error).__name__}/{error}"
     original = getattr(error, "orig", None)
     return type(error).__name__ + (f"/{type(original).__name__}" if original is not None else "")

@@ -865,11 +865,17 @@ class Ledger:
     def wrote(self, decided: DecidedGroup) -> bool:
         """Whether a group decided ahead whose write raised was committed all the same: its
         first accepted payment is stored with the answer decided (one commit wrote all of it).
-        A group that accepted none cannot tell, and is taken as not written."""
+        A group that accepted none cannot tell, and is taken as not written.
+
+        It waits for the sequencer lock first (and writes nothing under it): a write whose
+        client died after sending COMMIT may still be committing, holding that lock, and a
+        read before it ends would take the group as not written and have it posted again,
+        every first answer coming back as a replay."""
         accepted = next((r.body for r in decided.results if r.status == 201 and not r.replayed), None)
         if accepted is None:
             return False
-        with Session(self._reader) as session:
+        with Session(self.engine) as session, session.begin():
+            _locked_head(session)
             stored = session.execute(select(PaymentRow.response_json).where(PaymentRow.id == accepted["id"])).scalar()
         if stored is None or json.loads(stored) != accepted:
             return False

@@ -16,21 +16,22 @@ Failure keeps the writer thread's semantics. A refused write (the head moved) an
 write that raised (a unique key refused a row, the connection lost) raises `WriteFailed` with the
 error's class name only (its text can quote parameters), and so does a child that died or whose
 pipe broke (`WriterLost`); the committer then asks the database whether the group was committed
-(`Ledger.wrote`: one commit wrote all of it, or none) and posts it under the lock if not. A lost
-child is started again for the next group. The child ends when its pipe closes: when the API
+(`Ledger.wrote`: one commit wrote all of it, or none; it waits for the sequencer lock first, so a
+commit still finishing is seen) and posts it under the lock if not. A child that has not answered
+within `WRITE_TIMEOUT_S` is killed and its write settled the same way. A lost child is started
+again for the next group (after a lost write the committer decides under the lock for a second,
+so at most about one spawn a second). The child ends when its pipe closes: when the API
 process exits, or is killed, after the group it is writing (one transaction: committed whole or
 rolled back whole).
 """
 
 from __future__ import annotations
 
-import logging
 import multiprocessing
+import signal
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
-
-log = logging.getLogger(__name__)
 
 Statements = list[tuple[str, Any]]
 
@@ -43,10 +44,15 @@ class WriterLost(WriteFailed):
     """The child died or its pipe broke before it answered."""
 
 
+WRITE_TIMEOUT_S = 60.0  # a child that has not answered by then is killed, its write uncertain
+CLOSE_WAIT_S = 5.0  # how long `close` lets a write in flight finish before it kills the child
+
+
 class WriterProcess:
     """One child process writing decided groups for one database (`engine.store.ledger.RowWriter`).
 
-    Used by one writer thread at a time (the committer's); started on the first write."""
+    Used by one writer thread at a time (the committer's); spawned by `start` or the first write,
+    again by the write after one that lost it."""
 
     def __init__(self, database_url: str) -> None:
         self.database_url = database_url
@@ -71,6 +77,12 @@ class WriterProcess:
             assert self._pipe is not None
             try:
                 self._pipe.send((base, end, statements))
+                if not self._pipe.poll(WRITE_TIMEOUT_S):
+                    # Hung: killed, so its connection closes and the lock it may hold is let go
+                    # (`Ledger.wrote`, which the caller asks next, waits for that lock).
+                    self._kill()
+                    self._stop()
+                    raise WriterLost("timeout")
                 kind, value = self._pipe.recv()
             except (EOFError, OSError) as lost:
                 self._stop()
@@ -84,10 +96,22 @@ class WriterProcess:
         return self._process.pid if self._process is not None else None
 
     def close(self) -> None:
-        """End the child; a write after this raises `WriterLost`."""
-        with self._lock:
-            self._closed = True
+        """End the child, letting a write in flight finish for up to `CLOSE_WAIT_S` (then the
+        child is killed and that write is uncertain, as any lost write); a write after this
+        raises `WriterLost`."""
+        self._closed = True
+        if not self._lock.acquire(timeout=CLOSE_WAIT_S):
+            self._kill()
+            self._lock.acquire()
+        try:
             self._stop()
+        finally:
+            self._lock.release()
+
+    def _kill(self) -> None:
+        process = self._process
+        if process is not None and process.is_alive():
+            process.kill()
 
     def _start(self) -> None:
         # Spawned, not forked: the API process runs threads (a fork would copy their locks held).
@@ -112,7 +136,10 @@ class WriterProcess:
 
 def serve(database_url: str, pipe: Connection) -> None:
     """The child: write each group it is handed, answer ("ok", written) or ("error", class name),
-    until its pipe closes."""
+    until its pipe closes. Interrupts and terminations sent to the API's process group are its
+    parent's to act on: the child ends when the parent closes the pipe, or exits."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from sqlalchemy.orm import Session
 
     from engine import collector
@@ -130,10 +157,9 @@ def serve(database_url: str, pipe: Connection) -> None:
             try:
                 with Session(engine) as session, session.begin():
                     written = write_rows(session, base, end, statements)
-            except Exception as failure:  # noqa: BLE001 - answered; the parent decides what follows
+            except Exception as failure:  # noqa: BLE001 - answered (and logged) by the parent
                 original = getattr(failure, "orig", None)
                 name = type(failure).__name__ + (f"/{type(original).__name__}" if original is not None else "")
-                log.info("setapay-writer: a group failed to write: %s", name)
                 answer: tuple[str, Any] = ("error", name)
             else:
                 answer = ("ok", written)

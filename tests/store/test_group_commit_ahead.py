@@ -55,10 +55,14 @@ def post(committer: GroupCommitter, groups) -> list[Result]:
     return [r for f in futures for r in f.result(timeout=120)]
 
 
-def both_ways(two: tuple[Books, Books], groups, **slowed: Any) -> tuple[Slowed, list[Result], list[Result]]:
+def both_ways(
+    two: tuple[Books, Books], groups, made: list[GroupCommitter] | None = None, **slowed: Any
+) -> tuple[Slowed, list[Result], list[Result]]:
     """The groups through a committer deciding ahead and through one deciding under the lock: the
-    former and its answers, which must be the latter's."""
+    former and its answers, which must be the latter's. The committer is added to `made` first."""
     committer = Slowed(two[0].ledger, wait_ms=0, size_max=1, **slowed)
+    if made is not None:
+        made.append(committer)
     reference = GroupCommitter(two[1].ledger, wait_ms=0, size_max=1, ahead=False)
     got, want = post(committer, groups), post(reference, groups)
     assert [answer(r) for r in got] == [answer(r) for r in want]
