@@ -47,7 +47,7 @@ from sqlalchemy import text
 from engine import metrics
 from engine.store.gather import Gatherer
 from engine.store.ledger import DecidedGroup, Ledger, Result, Submission
-from engine.store.write_process import WriteFailed, WriterProcess
+from engine.store.write_process import WriterProcess, error_name
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,9 @@ class GroupCommitter:
             try:
                 written = self.ledger.write_decided(decided, self.writer_process)
             except Exception as failure:  # refused by a unique key, or lost on COMMIT (perhaps after it went through)
-                log.info("a group of %d decided ahead failed to write: %s", len(decided.submissions), _name(failure))
+                log.info(
+                    "a group of %d decided ahead failed to write: %s", len(decided.submissions), error_name(failure)
+                )
                 written = self._wrote(decided)
             if written:
                 self.written_ahead += 1
@@ -194,7 +196,9 @@ class GroupCommitter:
             results = self.ledger.submit(submissions)
         except Exception as failure:
             if not self._reachable():
-                log.warning("group of %d failed: the database cannot be reached (%s)", len(submissions), _name(failure))
+                log.warning(
+                    "group of %d failed: the database cannot be reached (%s)", len(submissions), error_name(failure)
+                )
                 for _, future in group:
                     future.set_exception(failure)
                 return
@@ -230,12 +234,3 @@ def _resolve(group: Group, results: list[Result]) -> None:
         n = len(parcel)
         future.set_result(results[at : at + n] if many else results[at])
         at += n
-
-
-def _name(error: BaseException) -> str:
-    """The error's class and, for a wrapped driver error, the driver's class; never its text,
-    which can quote parameters."""
-    if isinstance(error, WriteFailed):  # the writer child's error: class names only
-        return f"{type(error).__name__}/{error}"
-    original = getattr(error, "orig", None)
-    return type(error).__name__ + (f"/{type(original).__name__}" if original is not None else "")

@@ -134,6 +134,16 @@ class WriterProcess:
         self._pipe = self._process = None
 
 
+def error_name(error: BaseException) -> str:
+    """What the writers log and answer of an error: its class and, for a wrapped driver error, the
+    driver's class, or a writer child's error's own (`WriteFailed`: class names already); never
+    an error's text, which can quote parameters."""
+    if isinstance(error, WriteFailed):
+        return f"{type(error).__name__}/{error}"
+    original = getattr(error, "orig", None)
+    return type(error).__name__ + (f"/{type(original).__name__}" if original is not None else "")
+
+
 def serve(database_url: str, pipe: Connection) -> None:
     """The child: write each group it is handed, answer ("ok", written) or ("error", class name),
     until its pipe closes. Interrupts and terminations sent to the API's process group are its
@@ -158,9 +168,7 @@ def serve(database_url: str, pipe: Connection) -> None:
                 with Session(engine) as session, session.begin():
                     written = write_rows(session, base, end, statements)
             except Exception as failure:  # noqa: BLE001 - answered (and logged) by the parent
-                original = getattr(failure, "orig", None)
-                name = type(failure).__name__ + (f"/{type(original).__name__}" if original is not None else "")
-                answer: tuple[str, Any] = ("error", name)
+                answer: tuple[str, Any] = ("error", error_name(failure))
             else:
                 answer = ("ok", written)
             try:
