@@ -116,7 +116,7 @@ def test_one_sale_cannot_be_posted_twice_under_two_keys(ward: Ward, app: Payment
 # -- the checks of §9.1, one by one ---------------------------------------------------
 
 
-def _token(secret: str, header: dict, claims) -> str:
+def _token(secret: str, header: dict | list, claims) -> str:
     """A compact JWS made by hand (HMAC-SHA256 over header.payload), so headers a JOSE library
     would refuse to write can be sent too."""
 
@@ -136,6 +136,7 @@ def _token(secret: str, header: dict, claims) -> str:
         "alg_none",
         "unknown_app",
         "wrong_kid_header",
+        "header_a_list",
         "extra_header",
         "claims_not_json",
         "claims_missing",
@@ -161,6 +162,7 @@ def test_malformed_receipts_are_invalid_and_not_remembered(ward: Ward, app: Paym
         "unknown_app": lambda: _token(app.secret, {**header, "kid": "NO_SUCH_APP"}, claims),
         "wrong_kid_header": lambda: _token(app.secret, {"alg": "HS256", "kid": 7}, claims),
         "extra_header": lambda: _token(app.secret, {**header, "typ": "JWT"}, claims),
+        "header_a_list": lambda: _token(app.secret, ["alg", "kid"], claims),  # answered 500 before 2026-12-04
         "claims_not_json": lambda: _token(app.secret, header, b"\xff\xfe"),
         "claims_missing": lambda: _token(app.secret, header, {k: v for k, v in claims.items() if k != "iat"}),
         "claims_extra": lambda: _token(app.secret, header, {**claims, "bonus": 1}),
