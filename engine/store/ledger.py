@@ -28,12 +28,12 @@ import json
 import os
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
 import orjson
-from sqlalchemy import select, text
+from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -250,8 +250,25 @@ class GroupEffects:
             books[wallet_id] = WalletBook(wallet_id, list(lots.values()), dict(before.debts))
 
 
+@dataclasses.dataclass
+class _GroupReads:
+    """A group's reads queued on one `ReadBatch` (`Ledger._queue_group_reads`), rows once it ran."""
+
+    batch: bulk.ReadBatch
+    remembered: bulk.Read
+    originals: Callable[[], dict[str, Row]]
+    original_ids: set[str]
+    receipts: bulk.Read
+    # The rating state and books, an overlay laid over them; None: read after the originals.
+    state: Callable[[GroupEffects | None], tuple[RatingState, dict[str, WalletBook]]] | None
+
+
 # Posting sequence and hash, payment sequence and hash, catalog version, lock version.
 Head = tuple[int, str, int, str, int, int]
+_HEAD_SQL = (
+    "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version"
+    " FROM ledger_head WHERE id = 1"
+)
 
 
 def _head_of(row: LedgerHead) -> Head:
@@ -562,6 +579,35 @@ class Ledger:
                 batch.send()
                 return results
 
+    def _queue_group_reads(
+        self,
+        batch: bulk.ReadBatch,
+        catalog: Catalog | None,
+        submissions: list[Submission],
+        keys: set[tuple[str, str]],
+        remember_answers: bool,
+        look_up_receipts: bool = True,
+    ) -> _GroupReads:
+        """Queue on `batch` every read deciding `submissions` needs, to go in one round trip on
+        PostgreSQL: remembered answers, receipts used, the originals of refunds and, for a
+        group without refunds, the rating state of every purchase (of retries too: which are
+        retries is known once the answers are read, and reading their wallets costs less than a
+        second round trip) against `catalog` (None: not known yet, the state is read later). A
+        group with refunds reads its state once its originals, whose wallets it needs, are read."""
+        original_ids = {s.body.original_id for s in submissions if isinstance(s.body, Refund)}
+        receipt_keys = {receipt for s in submissions if look_up_receipts and (receipt := s.receipt_key) is not None}
+        return _GroupReads(
+            batch,
+            # Without remembered answers (the import), keys identify nothing: none is looked up.
+            self._queue_remembered(batch, keys if remember_answers else set()),
+            self._queue_originals(batch, original_ids),
+            original_ids,
+            self._queue_used_receipts(batch, receipt_keys),
+            None
+            if original_ids or catalog is None
+            else self._queue_state(batch, catalog, [s.body for s in submissions], {}),
+        )
+
     def _decide_group(
         self,
         unit: UnitOfWork,
@@ -572,6 +618,7 @@ class Ledger:
         overlay: GroupEffects | None = None,
         keep_effects: bool = False,
         look_up_receipts: bool = True,
+        reads: _GroupReads | None = None,
     ) -> tuple[list[Result | None], bulk.WriteBatch, GroupEffects]:
         """`_submit_one` inside `unit`: each submission's result, the batch of rows that posts
         them (queued, not sent on PostgreSQL) and, with `keep_effects`, what the group leaves
@@ -579,16 +626,22 @@ class Ledger:
 
         Under the sequencer lock, `unit` reads the state as it stands. The posting pipeline
         (`engine.store.pipeline`) also decides a group in a read-only snapshot that may not see
-        the group before it yet: `overlay` is that group's effects, laid over what is read."""
+        the group before it yet: `overlay` is that group's effects, laid over what is read.
+        `reads`: the group's reads (`_queue_group_reads`), run already; else they are run here."""
         session = unit.session
         catalog = unit.catalog.rating
         terminals = unit.catalog.merchant_by_terminal
         results: list[Result | None] = [None] * len(submissions)
 
+        if reads is None:
+            reads = self._queue_group_reads(
+                bulk.ReadBatch(session), catalog, submissions, keys, remember_answers, look_up_receipts
+            )
+            reads.batch.run()
+
         # 1. Remembered keys answer first (looked up again under the lock); a key twice
         # in one group answers like a retry.
-        # Without remembered answers (the import), keys identify nothing: none is looked up.
-        remembered = self._remembered(session, keys) if remember_answers else {}
+        remembered = {(row[0], row[1]): row for row in reads.remembered.rows} if remember_answers else {}
         if overlay is not None:
             remembered.update((k, overlay.remembered[k]) for k in keys & overlay.remembered.keys())
         first_in_group: dict[tuple[str, str], int] = {}
@@ -605,17 +658,11 @@ class Ledger:
                 fresh.append(i)
 
         # 2. References the rating kernel cannot see: originals and their merchant.
-        original_ids = {body.original_id for body in (submissions[i].body for i in fresh) if body.type == "refund"}
-        # Both read in one round trip on PostgreSQL.
+        originals = reads.originals()
+        if overlay is not None and reads.original_ids:
+            originals.update(overlay.originals(reads.original_ids))  # its final state, over what was read
+        used_receipts = {(row[0], row[1]) for row in reads.receipts.rows}
         receipt_keys = {receipt for i in fresh if (receipt := submissions[i].receipt_key) is not None}
-        reads = bulk.ReadBatch(session)
-        laid_over = overlay.originals(original_ids) if overlay is not None and original_ids else {}
-        read_originals = self._queue_originals(reads, original_ids - laid_over.keys())
-        read_receipts = self._queue_used_receipts(reads, receipt_keys if look_up_receipts else set())
-        reads.run()
-        originals = read_originals()
-        originals.update(laid_over)
-        used_receipts = {(row[0], row[1]) for row in read_receipts.rows}
         if overlay is not None:
             used_receipts |= receipt_keys & overlay.receipts
         claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
@@ -662,7 +709,10 @@ class Ledger:
         answer_json: dict[str, str]  # payment id -> its answer, serialised once for its payment row
         effects = GroupEffects()
         if events:
-            state, books = self._load_state(session, catalog, events, originals, overlay=overlay)
+            if reads.state is not None:
+                state, books = reads.state(overlay)
+            else:
+                state, books = self._load_state(session, catalog, events, originals, overlay=overlay)
             usage_before, spend_before = dict(state.usage), dict(state.spend)
             pending_before = {
                 (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
@@ -789,46 +839,60 @@ class Ledger:
         options: dict[str, Any] = dict(
             accepted_at_us=accepted_at_us, catalog=catalog, remember_answers=remember_answers
         )
-        with Session(self._reader) as session:
-            session.execute(text("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY"))
-            head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
-            seen = _head_of(head)
-            overlay: GroupEffects | None = None
-            # A group that moved no head (declines only) looks the same written or not: its
-            # effects (absolute values, answers as remembered) are laid over either way.
-            if after is None:
-                base = seen
-            elif seen == after.base:
-                base, overlay = after.end, after.effects
-            elif seen == after.end:
-                base, after = seen, None  # the snapshot sees it written
-            else:
-                return None
-            session.expunge(head)
-            provisional = LedgerHead(
-                id=1,
-                last_posting_sequence=base[0],
-                last_hash=base[1],
-                last_payment_sequence=base[2],
-                last_payment_hash=base[3],
-                catalog_version=base[4],
-                lock_version=base[5],
+        keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
+        # The snapshot opened, its head and the group's reads in one pipeline (one round trip),
+        # the driver in autocommit; and for a group whose state is read with them (no refunds,
+        # a catalog to read it against), the snapshot ended in it too.
+        with Session(self._autocommit) as session:
+            batch = bulk.ReadBatch(session)
+            batch.setting("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            head = batch.query(_HEAD_SQL)
+            known = catalog or self._catalog
+            reads = self._queue_group_reads(
+                batch, known.rating if known else None, submissions, keys, remember_answers, not receipts_unused
             )
-            unit = UnitOfWork(session, provisional, self)
-            if catalog is not None:
-                unit._catalog = catalog
-            keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
-            results, batch, effects = self._decide_group(
-                unit,
-                submissions,
-                keys,
-                accepted_at_us,
-                remember_answers,
-                overlay,
-                keep_effects=True,
-                look_up_receipts=not receipts_unused,
-            )
-            session.rollback()
+            if reads.state is not None:
+                batch.closing("ROLLBACK")
+            try:
+                batch.run()
+                seen: Head = tuple(head.rows[0])
+                overlay: GroupEffects | None = None
+                # A group that moved no head (declines only) looks the same written or not: its
+                # effects (absolute values, answers as remembered) are laid over either way.
+                if after is None:
+                    base = seen
+                elif seen == after.base:
+                    base, overlay = after.end, after.effects
+                elif seen == after.end:
+                    base, after = seen, None  # the snapshot sees it written
+                else:
+                    return None
+                if reads.state is not None and catalog is None and base[4] != known.version:  # type: ignore[union-attr]
+                    return None  # the catalog changed: read in a snapshot already ended; under the lock
+                provisional = LedgerHead(
+                    id=1,
+                    last_posting_sequence=base[0],
+                    last_hash=base[1],
+                    last_payment_sequence=base[2],
+                    last_payment_hash=base[3],
+                    catalog_version=base[4],
+                    lock_version=base[5],
+                )
+                unit = UnitOfWork(session, provisional, self)
+                unit._catalog = catalog if catalog is not None else known if reads.state is not None else None
+                results, batch_out, effects = self._decide_group(
+                    unit,
+                    submissions,
+                    keys,
+                    accepted_at_us,
+                    remember_answers,
+                    overlay,
+                    keep_effects=True,
+                    look_up_receipts=not receipts_unused,
+                    reads=reads,
+                )
+            finally:
+                session.rollback()  # ends the snapshot unless the pipeline did (then nothing is sent)
         if any(r is None for r in results):
             return None
         unit._check_flushed()
@@ -841,7 +905,7 @@ class Ledger:
             base[4],
             base[5] + 1,  # its write is a unit of work under the lock
         )
-        return DecidedGroup(submissions, options, results, batch, base, end, effects, after)  # type: ignore[arg-type]
+        return DecidedGroup(submissions, options, results, batch_out, base, end, effects, after)  # type: ignore[arg-type]
 
     def write_decided(self, decided: DecidedGroup, writer: RowWriter | None = None) -> bool:
         """Write a group decided ahead and commit, if the head under the lock is the one it was
@@ -883,18 +947,22 @@ class Ledger:
         self.count_declines(decided.results)
         return True
 
+    @classmethod
+    def _remembered(cls, session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+        reads = bulk.ReadBatch(session)
+        read = cls._queue_remembered(reads, keys)
+        reads.run()
+        return {(row[0], row[1]): row for row in read.rows}
+
     @staticmethod
-    def _remembered(session: Session, keys: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
-        return {
-            (row[0], row[1]): row
-            for row in bulk.select_where_tuples(
-                session,
-                IdempotencyRow.__table__,
-                ["terminal_id", "key", "request_hash", "response_status", "response_json"],
-                ["terminal_id", "key"],
-                sorted(keys),
-            )
-        }
+    def _queue_remembered(reads: bulk.ReadBatch, keys: set[tuple[str, str]]) -> bulk.Read:
+        """Queue the look-up of the answers remembered under these (terminal, key)."""
+        return reads.where_tuples(
+            IdempotencyRow.__table__,
+            ["terminal_id", "key", "request_hash", "response_status", "response_json"],
+            ["terminal_id", "key"],
+            sorted(keys),
+        )
 
     def remembered_answer(self, terminal_id: str, key: str, request_hash: str) -> Result | None:
         """The answer remembered under (terminal, key) for this very request, as a replay; None when
@@ -972,12 +1040,29 @@ class Ledger:
     ) -> tuple[RatingState, dict[str, WalletBook]]:
         """The rating state and wallet books `events` need, read in one round trip on PostgreSQL
         (with whatever `reads` already holds), and `overlay`'s laid over them."""
+        reads = reads or bulk.ReadBatch(session)
+        build = self._queue_state(reads, catalog, [body for _, body in events], originals)
+        reads.run()  # one round trip on PostgreSQL
+        return build(overlay)
+
+    def _queue_state(
+        self, reads: bulk.ReadBatch, catalog: Catalog, bodies: Sequence[Purchase | Refund], originals: dict[str, Row]
+    ) -> Callable[[GroupEffects | None], tuple[RatingState, dict[str, WalletBook]]]:
+        """Queue on `reads` the reads of the rating state and wallet books that transactions
+        `bodies` need (a refund's original among `originals`); once `reads` has run, the state
+        and books, with an overlay's effects laid over them.
+
+        The state may hold more than a group rates (`_decide_group` queues it for every purchase
+        of a group before it knows which are retries): the usage of more windows, the books of
+        more wallets. Rating reads the state of its own transactions only, and the writer
+        writes what changed only; a wallet read as spending (its lots read, an overlay's lots
+        laid over them) is so throughout."""
         state = RatingState(balance={})
         usage_keys: set[tuple[str, str, int]] = set()
         wallets: set[str] = set()
         spending: set[str] = set()  # wallets whose balance the kernel checks or a refund may take back
         periods = [(c.id, c.per_wallet_cap_period) for c in catalog.campaigns]
-        for _, body in events:
+        for body in bodies:
             if body.type == "purchase":
                 wallet_id = body.wallet_id
                 wallets.add(wallet_id)
@@ -1002,7 +1087,7 @@ class Ledger:
                     o["wallet_id"], o["merchant_id"], o["amount"], o["points_used"], o["refunded"], awards
                 )
         lot_ids: set[str] = set()
-        for _, body in events:
+        for body in bodies:
             if body.type == "refund":
                 o = originals[body.original_id]
                 lot_ids.update(lot for lot, _ in o["redemption_legs"])
@@ -1010,7 +1095,6 @@ class Ledger:
         # Only the books of spending wallets hold their lots; any other wallet's balance is
         # never consulted by the kernel (it checks balances of redemptions only) and its
         # book and its kernel balance both leave out the same lots, so they stay equal.
-        reads = reads or bulk.ReadBatch(session)
         # A wallet's usage rows by one probe of the (wallet, campaign, window) key each, not one
         # per campaign; rows of windows or campaigns not asked for are left out below.
         usage = reads.where_each(
@@ -1025,17 +1109,20 @@ class Ledger:
         )
         spend = reads.query("SELECT id, issued_net FROM campaign")
         build_books = queue_books(reads, wallets, lot_ids, spending)
-        reads.run()  # one round trip on PostgreSQL
-        for cid, wid, wkey, points in usage.rows:
-            if (cid, wid, wkey) in usage_keys:
-                state.usage[(cid, wid, wkey)] = points
-        for campaign_id, issued_net in spend.rows:
-            state.spend[campaign_id] = issued_net
-        books = build_books()
-        if overlay is not None:
-            overlay.lay_over(state, books, usage_keys, spending)
-        state.balance = {w: books[w].spendable() for w in wallets}
-        return state, books
+
+        def build(overlay: GroupEffects | None) -> tuple[RatingState, dict[str, WalletBook]]:
+            for cid, wid, wkey, points in usage.rows:
+                if (cid, wid, wkey) in usage_keys:
+                    state.usage[(cid, wid, wkey)] = points
+            for campaign_id, issued_net in spend.rows:
+                state.spend[campaign_id] = issued_net
+            books = build_books()
+            if overlay is not None:
+                overlay.lay_over(state, books, usage_keys, spending)
+            state.balance = {w: books[w].spendable() for w in wallets}
+            return state, books
+
+        return build
 
 
 def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:

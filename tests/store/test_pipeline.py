@@ -13,6 +13,7 @@ import hashlib
 import io
 import random
 import sys
+import tempfile
 from concurrent.futures import Future
 
 import pytest
@@ -20,9 +21,9 @@ from sqlalchemy import text
 
 from engine.model import Purchase, Refund
 from engine.receipts import Receipt
-from engine.store import queries, rerate
+from engine.store import db, queries, rerate
 from engine.store.importer import import_history
-from engine.store.ledger import DecidedGroup, Result, Submission
+from engine.store.ledger import DecidedGroup, Ledger, Result, Submission
 from engine.store.pipeline import SWITCH_INTERVAL_S, PostingPipeline, open_pipelines
 from engine.timeutil import TOKYO, to_us
 from tests.lifecycle.support import Books, campaign
@@ -475,4 +476,40 @@ def test_open_pipelines_shorten_the_switch_interval_and_the_last_one_closed_give
         assert sys.getswitchinterval() == pytest.approx(0.005) and open_pipelines() == 0
     finally:
         sys.setswitchinterval(before)
+        books.close()
+
+
+def test_a_group_of_purchases_is_decided_in_one_round_trip(postgres_url) -> None:
+    """Deciding a group ahead opens its snapshot, reads the head, the remembered answers, the
+    receipts used and the rating state, and ends the snapshot in one pipeline: one round trip
+    besides the pool's ping (issue 11: six before, each a wait for the interpreter lock on
+    its return). A group with refunds reads its state once its originals, whose wallets it
+    needs, are read, then ends its snapshot: three. Counted on the wire (libpq's trace)."""
+    books = setup(postgres_url)
+    engine = db.make_engine(postgres_url)
+    try:
+        groups = traffic(seed=5, n=80)
+        for group in groups[:4]:  # a history to refund
+            books.ledger.submit([fresh(s) for s in group], accepted_at_us=accepted_at(group))
+        ledger = Ledger(engine, clock=books.clock)
+        ledger.decide_ahead([fresh(s) for s in groups[4]], accepted_at_us=accepted_at(groups[4]))  # one connection
+        seen = set()
+        for group in groups[5:]:
+            with engine.connect() as connection:
+                raw = db.psycopg_connection(connection)
+            with tempfile.TemporaryFile("w+") as trace:
+                raw.pgconn.trace(trace.fileno())
+                decided = ledger.decide_ahead([fresh(s) for s in group], accepted_at_us=accepted_at(group))
+                raw.pgconn.untrace()
+                trace.seek(0)
+                round_trips = sum(1 for line in trace if "\tB\t" in line and "ReadyForQuery" in line)
+            assert decided is not None
+            refunds = any(s.body.type == "refund" for s in group)
+            assert round_trips == (1 + (3 if refunds else 1)), (refunds, round_trips)
+            assert ledger.write_decided(decided)
+            seen.add(refunds)
+        assert seen == {True, False}
+        assert_checks(books)
+    finally:
+        engine.dispose()
         books.close()
