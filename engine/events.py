@@ -182,10 +182,24 @@ def budget_crossings(
                             "reached_at": format_instant(at_us),
                         },
                         None,
-                        f"{BUDGET_THRESHOLD}:{campaign_id}:{budget}:{percent}",
+                        budget_threshold_key(campaign_id, budget, percent),
                     )
                 )
     return out
+
+
+def budget_threshold_key(campaign_id: str, budget: int, percent: int) -> str:
+    return f"{BUDGET_THRESHOLD}:{campaign_id}:{budget}:{percent}"
+
+
+def budget_threshold_keys(budgets: Mapping[str, int | None]) -> list[str]:
+    """The dedupe keys of every `budget_threshold` event these budgets could give."""
+    return [
+        budget_threshold_key(campaign_id, budget, percent)
+        for campaign_id, budget in sorted(budgets.items())
+        if budget and budget > 0
+        for percent in BUDGET_THRESHOLDS_PERCENT
+    ]
 
 
 def settlement_completed(run_id: str, period: Mapping[str, Any], totals: Mapping[str, int], at_us: int) -> Event:

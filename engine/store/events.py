@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
@@ -55,6 +56,13 @@ def _unsaid(session: Session, found: Sequence[events.Event]) -> list[events.Even
     return [e for e in found if e.dedupe_key is None or e.dedupe_key not in said]
 
 
+def queue_said(reads: bulk.ReadBatch, campaigns: Mapping[str, Campaign]) -> bulk.Read:
+    """Queue the look-up of which `budget_threshold` events of these campaigns' budgets the outbox
+    holds already (a few keys a campaign): `queue_group`'s `said`, read with a group's other reads."""
+    keys = events.budget_threshold_keys({cid: c.budget for cid, c in campaigns.items()})
+    return reads.where_in(EventRow.__table__, ["dedupe_key"], "dedupe_key", keys)
+
+
 def queue_group(
     batch: bulk.WriteBatch,
     results: Iterable[Result | None],
@@ -62,18 +70,22 @@ def queue_group(
     spend_after: Mapping[str, int],
     campaigns: Mapping[str, Campaign],
     at_us: int,
+    said: AbstractSet[str] | None = None,
 ) -> None:
     """The events of one rated group of `Ledger.submit`, queued into its write batch: a
     `clawback` per accepted refund that took points back (from the answers), a
     `budget_threshold` per campaign meter that crossed 80 % or 100 % of its budget. A threshold
-    crossed again after clawbacks lowered the meter is not said twice (looked up only when a
-    crossing happened, which is rare)."""
+    crossed again after clawbacks lowered the meter is not said twice: `said` holds the threshold
+    keys the outbox holds already (`queue_said`), else they are looked up in `batch`'s session,
+    only when a crossing happened (rare)."""
     answers = [r.body for r in results if r is not None and r.status == 201 and not r.replayed]
     found = events.clawbacks(answers)
     crossings = events.budget_crossings(
         spend_before, spend_after, {cid: c.budget for cid, c in campaigns.items()}, at_us
     )
-    if crossings:
+    if crossings and said is not None:
+        found += [e for e in crossings if e.dedupe_key not in said]
+    elif crossings:
         found += _unsaid(batch.session, crossings)
     batch.insert(EventRow.__table__, [_row(e, at_us) for e in found])
 

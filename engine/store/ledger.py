@@ -261,6 +261,8 @@ class _GroupReads:
     receipts: bulk.Read
     # The rating state and books, an overlay laid over them; None: read after the originals.
     state: Callable[[GroupEffects | None], tuple[RatingState, dict[str, WalletBook]]] | None
+    # The budget-threshold events the outbox holds (`outbox.queue_said`); None: looked up if crossed.
+    said: bulk.Read | None = None
 
 
 # Posting sequence and hash, payment sequence and hash, catalog version, lock version.
@@ -582,7 +584,7 @@ class Ledger:
     def _queue_group_reads(
         self,
         batch: bulk.ReadBatch,
-        catalog: Catalog | None,
+        catalog: CatalogSnapshot | None,
         submissions: list[Submission],
         keys: set[tuple[str, str]],
         remember_answers: bool,
@@ -592,21 +594,26 @@ class Ledger:
         PostgreSQL: remembered answers, receipts used, the originals of refunds and, for a
         group without refunds, the rating state of every purchase (of retries too: which are
         retries is known once the answers are read, and reading their wallets costs less than a
-        second round trip) against `catalog` (None: not known yet, the state is read later). A
-        group with refunds reads its state once its originals, whose wallets it needs, are read."""
+        second round trip) against `catalog` (None: not known yet, the state is read later), and
+        the budget-threshold events said already (`outbox.queue_said`: nothing is read after the
+        pipeline that ends a snapshot). A group with refunds reads its state once its originals,
+        whose wallets it needs, are read."""
         original_ids = {s.body.original_id for s in submissions if isinstance(s.body, Refund)}
         receipt_keys = {receipt for s in submissions if look_up_receipts and (receipt := s.receipt_key) is not None}
-        return _GroupReads(
+        reads = _GroupReads(
             batch,
             # Without remembered answers (the import), keys identify nothing: none is looked up.
             self._queue_remembered(batch, keys if remember_answers else set()),
             self._queue_originals(batch, original_ids),
             original_ids,
             self._queue_used_receipts(batch, receipt_keys),
-            None
-            if original_ids or catalog is None
-            else self._queue_state(batch, catalog, [s.body for s in submissions], {}),
+            None,
         )
+        if catalog is not None:
+            reads.said = outbox.queue_said(batch, catalog.campaigns)
+            if not original_ids:
+                reads.state = self._queue_state(batch, catalog.rating, [s.body for s in submissions], {})
+        return reads
 
     def _decide_group(
         self,
@@ -635,7 +642,7 @@ class Ledger:
 
         if reads is None:
             reads = self._queue_group_reads(
-                bulk.ReadBatch(session), catalog, submissions, keys, remember_answers, look_up_receipts
+                bulk.ReadBatch(session), unit.catalog, submissions, keys, remember_answers, look_up_receipts
             )
             reads.batch.run()
 
@@ -753,7 +760,8 @@ class Ledger:
             post_run()
             batch = writer.flush(state, usage_before, spend_before, send=False)
             answer_json = writer.answers_json
-            outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at)
+            said = {row[0] for row in reads.said.rows} if reads.said is not None else None
+            outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at, said)
             if keep_effects:
                 effects.usage, effects.spend, effects.books = state.usage, state.spend, writer.books
                 effects.originals = functools.partial(writer.as_originals, originals)
@@ -848,9 +856,7 @@ class Ledger:
             batch.setting("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             head = batch.query(_HEAD_SQL)
             known = catalog or self._catalog
-            reads = self._queue_group_reads(
-                batch, known.rating if known else None, submissions, keys, remember_answers, not receipts_unused
-            )
+            reads = self._queue_group_reads(batch, known, submissions, keys, remember_answers, not receipts_unused)
             if reads.state is not None:
                 batch.closing("ROLLBACK")
             try:

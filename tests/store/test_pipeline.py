@@ -485,7 +485,10 @@ def test_a_group_of_purchases_is_decided_in_one_round_trip(postgres_url) -> None
     besides the pool's ping (issue 11: six before, each a wait for the interpreter lock on
     its return). A group with refunds reads its state once its originals, whose wallets it
     needs, are read, then ends its snapshot: three. Counted on the wire (libpq's trace)."""
-    books = setup(postgres_url)
+    books = Books(postgres_url, start=START)
+    # C1's budget is crossed (80 %, then 100 %) by groups measured here.
+    books.setup({"M1": ["T1"], "M2": ["T2"]}, [campaign("C1", budget=10_000), CAMPAIGNS[1]])
+    books.at(NOW)
     engine = db.make_engine(postgres_url)
     try:
         groups = traffic(seed=5, n=80)
@@ -493,6 +496,7 @@ def test_a_group_of_purchases_is_decided_in_one_round_trip(postgres_url) -> None
             books.ledger.submit([fresh(s) for s in group], accepted_at_us=accepted_at(group))
         ledger = Ledger(engine, clock=books.clock)
         ledger.decide_ahead([fresh(s) for s in groups[4]], accepted_at_us=accepted_at(groups[4]))  # one connection
+        said_before = thresholds_said(books)
         seen = set()
         for group in groups[5:]:
             with engine.connect() as connection:
@@ -509,7 +513,15 @@ def test_a_group_of_purchases_is_decided_in_one_round_trip(postgres_url) -> None
             assert ledger.write_decided(decided)
             seen.add(refunds)
         assert seen == {True, False}
+        # Thresholds crossed by groups measured here were told apart from those said already
+        # inside the same round trip.
+        assert len(thresholds_said(books)) > len(said_before)
         assert_checks(books)
     finally:
         engine.dispose()
         books.close()
+
+
+def thresholds_said(books: Books) -> list[str]:
+    with books.engine.connect() as c:
+        return [r[0] for r in c.execute(text("SELECT dedupe_key FROM event WHERE type = 'budget_threshold'"))]
