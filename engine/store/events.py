@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
@@ -56,11 +55,18 @@ def _unsaid(session: Session, found: Sequence[events.Event]) -> list[events.Even
     return [e for e in found if e.dedupe_key is None or e.dedupe_key not in said]
 
 
-def queue_said(reads: bulk.ReadBatch, campaigns: Mapping[str, Campaign]) -> bulk.Read:
+class Said(NamedTuple):
+    """Which `budget_threshold` keys were looked up with a group's reads, and the read."""
+
+    keys: frozenset[str]
+    read: bulk.Read
+
+
+def queue_said(reads: bulk.ReadBatch, campaigns: Mapping[str, Campaign]) -> Said:
     """Queue the look-up of which `budget_threshold` events of these campaigns' budgets the outbox
     holds already (a few keys a campaign): `queue_group`'s `said`, read with a group's other reads."""
     keys = events.budget_threshold_keys({cid: c.budget for cid, c in campaigns.items()})
-    return reads.where_in(EventRow.__table__, ["dedupe_key"], "dedupe_key", keys)
+    return Said(frozenset(keys), reads.where_in(EventRow.__table__, ["dedupe_key"], "dedupe_key", keys))
 
 
 def queue_group(
@@ -70,23 +76,28 @@ def queue_group(
     spend_after: Mapping[str, int],
     campaigns: Mapping[str, Campaign],
     at_us: int,
-    said: AbstractSet[str] | None = None,
+    said: Said | None = None,
 ) -> None:
     """The events of one rated group of `Ledger.submit`, queued into its write batch: a
     `clawback` per accepted refund that took points back (from the answers), a
     `budget_threshold` per campaign meter that crossed 80 % or 100 % of its budget. A threshold
-    crossed again after clawbacks lowered the meter is not said twice: `said` holds the threshold
-    keys the outbox holds already (`queue_said`), else they are looked up in `batch`'s session,
-    only when a crossing happened (rare)."""
+    crossed again after clawbacks lowered the meter is not said twice: `said` tells the threshold
+    keys the outbox held when the group's reads ran (`queue_said`); a key it did not ask about (a
+    budget changed since) is looked up in `batch`'s session, as all are without `said`, only when
+    a crossing happened (rare)."""
     answers = [r.body for r in results if r is not None and r.status == 201 and not r.replayed]
     found = events.clawbacks(answers)
     crossings = events.budget_crossings(
         spend_before, spend_after, {cid: c.budget for cid, c in campaigns.items()}, at_us
     )
-    if crossings and said is not None:
-        found += [e for e in crossings if e.dedupe_key not in said]
-    elif crossings:
-        found += _unsaid(batch.session, crossings)
+    if crossings:
+        asked = said.keys if said is not None else frozenset()
+        held = {row[0] for row in said.read.rows} if said is not None else set()
+        rest = [e for e in crossings if e.dedupe_key not in asked]
+        if rest:
+            unsaid = {e.dedupe_key for e in _unsaid(batch.session, rest)}
+            held |= {e.dedupe_key for e in rest if e.dedupe_key not in unsaid}
+        found += [e for e in crossings if e.dedupe_key not in held]
     batch.insert(EventRow.__table__, [_row(e, at_us) for e in found])
 
 

@@ -262,7 +262,7 @@ class _GroupReads:
     # The rating state and books, an overlay laid over them; None: read after the originals.
     state: Callable[[GroupEffects | None], tuple[RatingState, dict[str, WalletBook]]] | None
     # The budget-threshold events the outbox holds (`outbox.queue_said`); None: looked up if crossed.
-    said: bulk.Read | None = None
+    said: outbox.Said | None = None
 
 
 # Posting sequence and hash, payment sequence and hash, catalog version, lock version.
@@ -760,8 +760,9 @@ class Ledger:
             post_run()
             batch = writer.flush(state, usage_before, spend_before, send=False)
             answer_json = writer.answers_json
-            said = {row[0] for row in reads.said.rows} if reads.said is not None else None
-            outbox.queue_group(batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at, said)
+            outbox.queue_group(
+                batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at, reads.said
+            )
             if keep_effects:
                 effects.usage, effects.spend, effects.books = state.usage, state.spend, writer.books
                 effects.originals = functools.partial(writer.as_originals, originals)
