@@ -36,6 +36,10 @@ CLI_TIMEOUT_S = 120
 CLIENT_TIMEOUT_S = 60
 LOG_TAIL_CHARS = 4000
 # `setapay keys create` in this process patches os.environ and sys.stdout, so one at a time.
+# Other threads (the vector replays run four servers at once) must not iterate os.environ
+# meanwhile: a key the CLI removes between the iteration's listing and its lookup is a KeyError.
+# So `setapay_env` reads it under this lock, and our HTTP clients do not read it at all
+# (`trust_env=False`: the servers are on 127.0.0.1, never behind a proxy).
 _IN_PROCESS_CLI_LOCK = threading.Lock()
 
 
@@ -47,7 +51,8 @@ def free_port() -> int:
 
 def setapay_env(database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment `setapay serve` and `setapay <command>` run under, on `database_url`."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
+    with _IN_PROCESS_CLI_LOCK:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
     if "SETAPAY_PURE_PYTHON" in os.environ:
         env["SETAPAY_PURE_PYTHON"] = os.environ["SETAPAY_PURE_PYTHON"]
     # Tests post far faster than a terminal and send bad keys on purpose: the §9.4 limits are off
@@ -189,7 +194,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self._what()} exited with {self.process.returncode}:\n{self.log()}")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(self.base_url + "/healthz", timeout=1).status_code == 200:
+                if httpx.get(self.base_url + "/healthz", timeout=1, trust_env=False).status_code == 200:
                     return
             time.sleep(0.05)
         raise RuntimeError(f"{self._what()} did not answer /healthz within {SERVER_START_TIMEOUT_S}s:\n{self.log()}")
@@ -267,7 +272,7 @@ class ServerProcess:
 
     def client(self, key: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.base_url, headers=headers, timeout=CLIENT_TIMEOUT_S)
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=CLIENT_TIMEOUT_S, trust_env=False)
 
     @property
     def payment_app(self):
@@ -286,4 +291,5 @@ class ServerProcess:
             headers={"Authorization": f"Bearer {key}"},
             timeout=CLIENT_TIMEOUT_S,
             transport=SigningTransport(payment_app or self.payment_app),
+            trust_env=False,
         )
