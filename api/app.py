@@ -38,6 +38,7 @@ from api.routers import (
     wallets,
 )
 from api.signatures import TerminalSignatures
+from api.strict import ParsedBodyRoute
 from engine.clock import Clock, SystemClock
 from engine.settings import Settings
 from engine.store import lifecycle
@@ -126,9 +127,14 @@ def _include(app: FastAPI, router: APIRouter) -> None:
     """Add `router`'s routes to `app` itself, each built anew by `app.router.add_api_route`, the way
     `include_router` did before FastAPI 0.137 (which keeps an included router as one node of a
     tree instead): so `app.routes` lists every `APIRoute`, as the authorization matrix and the
-    OpenAPI tests read it, and each route is the app's own, as if declared on it."""
+    OpenAPI tests read it, and each route is the app's own, as if declared on it. Each is a
+    `strict.ParsedBodyRoute` (its JSON body parsed once, by the strict-input middleware), or keeps
+    a subclass of its own (`SinglePostRoute`)."""
     for route in router.routes:
         assert isinstance(route, APIRoute), f"{route!r}: a router here holds API routes only"
+        # A route class of its own must build on ParsedBodyRoute, or it would be lost here.
+        assert isinstance(route, ParsedBodyRoute) or type(route) is APIRoute, f"{route!r}: not a ParsedBodyRoute"
+        route_class = type(route) if isinstance(route, ParsedBodyRoute) else ParsedBodyRoute
         app.router.add_api_route(
             route.path,
             route.endpoint,
@@ -155,7 +161,7 @@ def _include(app: FastAPI, router: APIRouter) -> None:
             callbacks=route.callbacks,
             openapi_extra=route.openapi_extra,
             generate_unique_id_function=route.generate_unique_id_function,
-            route_class_override=type(route),  # a route of its own class keeps it (SinglePostRoute)
+            route_class_override=route_class,
         )
 
 

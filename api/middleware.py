@@ -14,7 +14,6 @@ from api.strict import (
     DUPLICATE_KEY,
     NOT_JSON,
     PARSED_BODY,
-    PARSED_BODY_BYTES_MAX,
     duplicated_header,
     is_json,
     parse_unique,
@@ -76,8 +75,8 @@ class BodyLimit:
             if parsed is DUPLICATE_KEY:
                 response = problem_response(*decline("malformed_json", "an object in the body has a key twice"))
                 return await response(scope, receive, send)
-            if parsed is not NOT_JSON and len(body) <= PARSED_BODY_BYTES_MAX:
-                scope[PARSED_BODY] = (body, parsed)  # for a route that parses it again (`strict.parsed_body`)
+            if parsed is not NOT_JSON:
+                scope[PARSED_BODY] = (body, parsed)  # the route's JSON (`strict.parsed_body`), not parsed again
         return await self.app(
             scope, replayed([{"type": "http.request", "body": body, "more_body": False}], receive), send
         )

@@ -17,7 +17,6 @@ import anyio
 import orjson
 from fastapi import APIRouter, Body, Depends, Header, Request
 from fastapi.responses import Response
-from fastapi.routing import APIRoute
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.types import Receive, Scope, Send
 
@@ -38,7 +37,7 @@ from api.errors import guarded, json_safe
 from api.idempotency import check_idempotency_key, render
 from api.middleware import replayed
 from api.openapi import IDEMPOTENCY, TERMINAL, problems, remembered, terminal_headers
-from api.strict import PathId, parsed_body, reads_as_json
+from api.strict import ParsedBodyRoute, PathId, parsed_body, reads_as_json
 from engine import limits, receipts
 from engine.errors import EngineError, decline
 from engine.model import Purchase, Record, Refund, Transaction
@@ -125,7 +124,7 @@ def _submission(services: Services, p: Principal, key: str, body: Purchase | Ref
     return Submission(_terminal_of(p), key, request_hash, body, canonical, receipt=receipt)
 
 
-class SinglePostRoute(APIRoute):
+class SinglePostRoute(ParsedBodyRoute):
     """The route of `POST /v1/transactions`, with a short way through FastAPI for the request
     terminals send thousands of times a second (issue 11: FastAPI's dependency resolution was
     16% of the server's interpreter, and its per-request wrappers (`request_response`: two

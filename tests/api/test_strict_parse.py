@@ -1,6 +1,7 @@
-"""The strict-input middleware parses a JSON body once (`api.strict.parse_unique`), and the single
-post's short way takes that value instead of parsing the body again (`api.strict.parsed_body`):
-the same value `json.loads` gives, and only for the very body the middleware read."""
+"""The strict-input middleware parses a JSON body once (`api.strict.parse_unique`), and the routes
+take that value instead of parsing the body again (`api.strict.parsed_body`: the single post's
+short way, FastAPI's handler through `ParsedBodyRoute`): the same value `json.loads` gives, and
+only for the very body the middleware read."""
 
 from __future__ import annotations
 
@@ -9,20 +10,25 @@ import json
 from typing import Any
 
 import pytest
+from fastapi.testclient import TestClient
 
+from api.app import create_app
 from api.idempotency import render
 from api.middleware import BodyLimit
 from api.strict import (
     DUPLICATE_KEY,
     NOT_JSON,
     PARSED_BODY,
-    PARSED_BODY_BYTES_MAX,
+    ParsedBodyRoute,
     parse_unique,
     parsed_body,
     reads_as_json,
 )
 from engine import limits
+from engine.settings import Settings
 from engine.store.ledger import Result
+from tests.receipts import register_in_process
+from tests.ward import now_tokyo
 
 BODIES = [
     b'{"type": "purchase", "amount": 1200, "items": [{"sku": "a", "qty": 2}], "n": null}',
@@ -82,12 +88,75 @@ def _middleware_scope(body: bytes) -> dict[str, Any]:
     return seen
 
 
-def test_the_middleware_keeps_the_parse_of_small_bodies_only() -> None:
+def test_the_middleware_keeps_the_parse_of_json_bodies_up_to_the_limit() -> None:
     small = json.dumps({"a": "x" * 1000}).encode()
     assert _middleware_scope(small)[PARSED_BODY] == (small, {"a": "x" * 1000})
-    large = json.dumps({"a": "x" * PARSED_BODY_BYTES_MAX}).encode()
-    assert PARSED_BODY not in _middleware_scope(large)
+    large = json.dumps({"a": "x" * (limits.BODY_BYTES_MAX - 20)}).encode()
+    assert _middleware_scope(large)[PARSED_BODY] == (large, {"a": "x" * (limits.BODY_BYTES_MAX - 20)})
     assert PARSED_BODY not in _middleware_scope(b"{not json")
+
+
+def test_every_route_of_the_application_takes_the_middlewares_parse(sqlite_url: str) -> None:
+    from fastapi.routing import APIRoute
+
+    app = create_app(Settings(database_url=sqlite_url, rate_limit_per_key="off"))
+    try:
+        routes = [r for r in app.routes if isinstance(r, APIRoute)]
+        assert routes and all(isinstance(r, ParsedBodyRoute) for r in routes)
+    finally:
+        app.state.engine.dispose()
+
+
+def test_a_batch_is_parsed_once_and_answered_as_before(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FastAPI's handler of the batch route takes the middleware's parse: `json.loads` reads the
+    700 KB body once, not twice; a body that is not JSON is still answered 400 `malformed_json`."""
+    app = create_app(Settings(database_url=sqlite_url, rate_limit_per_key="off"))
+    config = app.state.config
+    try:
+        with TestClient(app) as client:
+            admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
+            merchant = {"id": "M_PARSE", "name": "Parse", "merchant_class": "small", "ward_local": True}
+            assert client.post("/v1/merchants", json=merchant, headers=admin).status_code == 201
+            assert client.post(
+                "/v1/terminals", json={"id": "T_PARSE", "merchant_id": "M_PARSE"}, headers=admin
+            ).is_success
+            terminal = {"Authorization": f"Bearer {config.create_key('terminal', terminal_id='T_PARSE')}"}
+            signer = register_in_process(app)
+            items = [
+                {
+                    **signer.sign_purchase(
+                        {
+                            "type": "purchase",
+                            "terminal_id": "T_PARSE",
+                            "merchant_id": "M_PARSE",
+                            "wallet_id": f"W_{i}",
+                            "amount": 1000 + i,
+                            "occurred_at": now_tokyo(-5),
+                        }
+                    ),
+                    "idempotency_key": f"parse-{i}",
+                }
+                for i in range(limits.BATCH_TRANSACTIONS_MAX)
+            ]
+            body = json.dumps({"transactions": items}).encode()
+            parsed: list[bytes] = []
+            loads = json.loads
+
+            def counted(text: Any, *args: Any, **kwargs: Any) -> Any:
+                if text == body:
+                    parsed.append(text)
+                return loads(text, *args, **kwargs)
+
+            monkeypatch.setattr(json, "loads", counted)
+            headers = {**terminal, "Content-Type": "application/json"}
+            r = client.post("/v1/transactions/batch", content=body, headers=headers)
+            assert r.status_code == 200
+            assert [x["status"] for x in r.json()["results"]] == [201] * len(items)
+            assert len(parsed) == 1, "the middleware's parse only"
+            bad = client.post("/v1/transactions/batch", content=b'{"transactions": [', headers=headers)
+            assert (bad.status_code, bad.json()["code"]) == (400, "malformed_json")
+    finally:
+        app.state.engine.dispose()
 
 
 def test_render_falls_back_to_json_dumps_for_what_orjson_refuses() -> None:
