@@ -23,10 +23,14 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import fresh_database, seed_ward, submissions  # noqa: E402
+
+if TYPE_CHECKING:
+    from engine.store.ledger import Submission
 
 
 def main() -> int:
@@ -47,7 +51,7 @@ def main() -> int:
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     serial = iter(range(10**9))
 
-    def group() -> list:
+    def group() -> list[Submission]:
         return submissions(terminals, next(serial), args.group, occurred_at)
 
     committers = {

@@ -20,13 +20,16 @@ import functools
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import fresh_database, seed_ward, submissions  # noqa: E402
 
-TIMES: collections.Counter[str] = collections.Counter()
+if TYPE_CHECKING:
+    from engine.store.bulk import WriteBatch
+
+TIMES: collections.defaultdict[str, float] = collections.defaultdict(float)
 
 
 def timed(owner: Any, name: str, label: str) -> None:
@@ -44,13 +47,13 @@ def timed(owner: Any, name: str, label: str) -> None:
     setattr(owner, name, wrapper)
 
 
-def timed_send(batch: Any) -> None:
+def timed_send(self: WriteBatch) -> None:
     """`WriteBatch.send`, one statement at a time, each timed (COPY by table, others by their start)."""
     from engine.store import bulk
 
-    raw = bulk._raw(batch.session)
+    raw = bulk._raw(self.session)
     with raw.cursor() as cursor:
-        for sql, params in batch.statements:
+        for sql, params in self.statements:
             started = time.perf_counter()
             if sql.startswith("COPY"):
                 types, rows = params
@@ -61,7 +64,7 @@ def timed_send(batch: Any) -> None:
             else:
                 cursor.execute(sql, params)
             TIMES["send: " + " ".join(sql.split()[:3])] += time.perf_counter() - started
-    batch.statements.clear()
+    self.statements.clear()
 
 
 def main() -> int:

@@ -23,17 +23,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import psycopg
 
 from engine.clock import ManualClock
-from engine.model import Campaign, Merchant, Purchase, Refund
+from engine.model import Campaign, Item, Merchant, Purchase, Refund
 from engine.store import lifecycle
 from engine.store.config import Config
 from engine.store.db import make_engine, upgrade
 from engine.store.ledger import Ledger, Submission
 from engine.timeutil import to_us
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
 DATABASE = "setapay_bench_history"
@@ -98,7 +103,7 @@ def campaigns() -> list[Campaign]:
     ]
 
 
-def merchants(rng) -> list[Merchant]:
+def merchants(rng: np.random.Generator) -> list[Merchant]:
     classes = rng.choice(["small", "semi_large", "large"], size=MERCHANTS, p=[0.7, 0.2, 0.1])
     return [
         Merchant.model_validate(
@@ -125,12 +130,15 @@ def exists(transactions: int = TRANSACTIONS) -> bool:
             return False
     try:
         with psycopg.connect(url(transactions).replace("+psycopg", "")) as conn:
-            return conn.execute("SELECT count(*) FROM payment").fetchone()[0] >= transactions * 0.95
+            row = conn.execute("SELECT count(*) FROM payment").fetchone()
+            assert row is not None  # count(*) answers one row
+            count: int = row[0]
+            return count >= transactions * 0.95
     except psycopg.Error:
         return False
 
 
-def build(settings_factory, transactions: int = TRANSACTIONS) -> None:
+def build(settings_factory: Callable[[], Settings], transactions: int = TRANSACTIONS) -> None:
     """Drop and build the history database (a few minutes for a million)."""
     target = url(transactions)
     name = target.rsplit("/", 1)[1]
@@ -187,7 +195,8 @@ def build(settings_factory, transactions: int = TRANSACTIONS) -> None:
             clock.set(int(occurred[g]))
             lifecycle.grant(ledger, "bench", f"grant-{g}", "W000001", "pointback", 5_000, "energy saving")
         clock.set(int(occurred[min(g + GROUP, N) - 1]) + 1_000_000)
-        batch, sent = [], []
+        batch: list[Submission] = []
+        sent: list[tuple[str, int] | None] = []  # (refunded payment id, amount) of each refund, None for a purchase
         for i in range(g, min(g + GROUP, N)):
             at = dt.datetime.fromtimestamp(int(occurred[i]) / 1e6, JST)
             if refund[i] and purchases:
@@ -198,18 +207,18 @@ def build(settings_factory, transactions: int = TRANSACTIONS) -> None:
                 if left <= 0 or any(info and info[0] == pid for info in sent):
                     continue
                 value = left if rng.random() < 0.5 else int(rng.integers(1, left + 1))
-                body = Refund(original_id=pid, amount=value, occurred_at=at)
+                body: Purchase | Refund = Refund(original_id=pid, amount=value, occurred_at=at)
                 sent.append((pid, value))
             else:
-                m = f"M{int(merchant[i]):04d}"
+                merchant_id = f"M{int(merchant[i]):04d}"
                 a = int(amount[i])
                 items = None
                 if itemised[i]:
-                    items = [{"amount": a // 2, "tags": [LOCAL_TAG]}, {"amount": a - a // 2, "tags": []}]
+                    items = (Item(amount=a // 2, tags=(LOCAL_TAG,)), Item(amount=a - a // 2, tags=()))
                 body = Purchase(
                     wallet_id=f"W{int(wallet[i]):06d}",
-                    merchant_id=m,
-                    terminal_id=f"T{m}",
+                    merchant_id=merchant_id,
+                    terminal_id=f"T{merchant_id}",
                     occurred_at=at,
                     amount=a,
                     points_used=min(int(used[i]), a),
@@ -229,6 +238,7 @@ def build(settings_factory, transactions: int = TRANSACTIONS) -> None:
                 purchases.append((r.body["id"], s.terminal_id, s.body.amount))
                 terminal_of[r.body["id"]] = s.terminal_id
             else:
+                assert info is not None  # a refund's (payment id, amount)
                 refunded[info[0]] = refunded.get(info[0], 0) + info[1]
         if g % 50_000 == 0:
             # Fresh statistics, so the planner uses the indexes above as the tables grow.

@@ -28,15 +28,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.ingest import fresh_database  # noqa: E402
 
+if TYPE_CHECKING:
+    from engine.model import Merchant
+
 DATE = dt.date(2026, 6, 15)  # the day of the history (its month's campaigns are in force)
 
 
-def seed(url: str) -> list:
+def seed(url: str) -> list[Merchant]:
     """The ward configured at the start of DATE's month; its merchants."""
     from engine.clock import ManualClock
     from engine.demo import ward
@@ -59,7 +63,7 @@ def seed(url: str) -> list:
     return merchants
 
 
-def write_history(path: Path, merchants: list, rows: int) -> None:
+def write_history(path: Path, merchants: list[Merchant], rows: int) -> None:
     from engine.demo import day
     from engine.importing import COLUMNS
     from engine.model import Purchase

@@ -47,16 +47,28 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import psycopg
 
 from engine.http_signing import sign_request
 from engine.timeutil import TOKYO
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from engine.receipts import PaymentApp
+    from engine.store.ledger import Submission
+
 ROOT = Path(__file__).resolve().parent.parent
 PEER = Path(os.environ.get("SETAPAY_PEERS_DIR") or ROOT.parent / "shared" / "peers") / "peer_pgledger.py"
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+Terminal = tuple[str, str, str]  # (terminal id, merchant id, bearer key), as `seed_ward` makes them
+Request = tuple[str, str, bytes, dict[str, str], int]  # (method, path, body, headers, transactions it carries)
+RequestMaker = Callable[[int, int], Request]  # (client, request number) -> the request
 
 
 def fresh_database(name: str) -> str:
@@ -73,10 +85,11 @@ def fresh_database(name: str) -> str:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
-def start_server(app: str, port: int, workers: int, env: dict) -> subprocess.Popen:
+def start_server(app: str, port: int, workers: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -112,11 +125,13 @@ class Connection:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.reader = self.writer = None
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
 
-    async def request(self, method: str, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+    async def request(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
         if self.writer is None:
             self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        assert self.reader is not None  # opened with the writer
         head = f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
         head += "".join(f"{k}: {v}\r\n" for k, v in headers.items())
         head += f"Content-Length: {len(body)}\r\n\r\n"
@@ -139,11 +154,11 @@ async def drive(
     port: int,
     clients: int,
     seconds: float,
-    make_request,
+    make_request: RequestMaker,
     rate: float | None = None,
     warmup_s: float = 0.0,
     prebuilt: int = 0,
-) -> dict:
+) -> dict[str, float]:
     """`clients` loops sending requests for `warmup_s` then `seconds`; returns throughput and
     latencies of the requests sent in the `seconds` after the warm-up (the warm-up's are answered
     but not counted: the servers' first requests of each client open connections, look keys up
@@ -207,17 +222,17 @@ PREBUILT_SINGLE_PER_S = 3_000
 PREBUILT_BATCH_TX_PER_S = 12_000
 
 
-def prebuilt_requests(make_request, clients: int, count: int):
+def prebuilt_requests(make_request: RequestMaker, clients: int, count: int) -> RequestMaker:
     """`make_request` with each client's first `count` requests made now."""
     made = [[make_request(n, i) for i in range(count)] for n in range(clients)]
 
-    def request(n: int, i: int):
+    def request(n: int, i: int) -> Request:
         return made[n][i] if i < count else make_request(n, i)
 
     return request
 
 
-def baseline_batched_insert(url: str, seconds: float) -> dict:
+def baseline_batched_insert(url: str, seconds: float) -> dict[str, float]:
     conninfo = url.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(conninfo) as conn:
         conn.execute("CREATE TABLE IF NOT EXISTS raw_tx (key text PRIMARY KEY, body text NOT NULL)")
@@ -246,7 +261,7 @@ def baseline_batched_insert(url: str, seconds: float) -> dict:
 BENCH_APP_ID = "BENCH_APP"
 
 
-def seed_ward(url: str, terminals: int):
+def seed_ward(url: str, terminals: int) -> tuple[list[Terminal], PaymentApp]:
     """Merchants, campaigns, terminals and the payment app of a small ward;
     returns (terminal, merchant, key) per terminal and the app that signs receipts."""
     from engine.demo import ward
@@ -264,7 +279,7 @@ def seed_ward(url: str, terminals: int):
         config.create_merchant(m)
     for c in campaigns:
         config.create_campaign(c)
-    out = []
+    out: list[Terminal] = []
     for i in range(terminals):
         merchant = merchants[i % len(merchants)]
         terminal_id = f"T_BENCH_{i}"
@@ -282,7 +297,7 @@ def seed_ward(url: str, terminals: int):
 SIGNATURE_KEY_CACHE_S = 3.0  # longer than the API's per-process terminal-key cache (2 s)
 
 
-def register_terminal_keys(url: str, terminals) -> list:
+def register_terminal_keys(url: str, terminals: Sequence[Terminal]) -> list[Ed25519PrivateKey]:
     """An Ed25519 key pair per terminal, the public half registered as an admin would."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -300,7 +315,7 @@ def register_terminal_keys(url: str, terminals) -> list:
     return keys
 
 
-def unregister_terminal_keys(url: str, terminals) -> None:
+def unregister_terminal_keys(url: str, terminals: Sequence[Terminal]) -> None:
     from engine.store import db
     from engine.store.config import Config
 
@@ -310,7 +325,7 @@ def unregister_terminal_keys(url: str, terminals) -> None:
     config.engine.dispose()
 
 
-def receipt_verify_us(app, samples: int = 20_000) -> float:
+def receipt_verify_us(app: PaymentApp, samples: int = 20_000) -> float:
     """Server-side cost of one receipt check (signature, claims against the body), in microseconds."""
     from engine import receipts
     from engine.model import Purchase
@@ -326,7 +341,7 @@ def receipt_verify_us(app, samples: int = 20_000) -> float:
     return (time.perf_counter() - started) / samples * 1e6
 
 
-def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: str) -> dict:
+def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: str) -> dict[str, object]:
     return {
         "type": "purchase",
         "wallet_id": f"W{(n * 7919 + i * 104729) % 50_000}",
@@ -338,7 +353,7 @@ def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: st
     }
 
 
-def submissions(terminals, round_: int, size: int, occurred_at: str) -> list:
+def submissions(terminals: Sequence[Terminal], round_: int, size: int, occurred_at: str) -> list[Submission]:
     """`size` purchases of `round_` as the front end hands them to the ledger (validated, canonical
     JSON and its hash, key `r<round>-<i>`), spread over `terminals` (`seed_ward`'s)."""
     from engine.model import Purchase
@@ -386,7 +401,7 @@ def _format(name: str, value: float) -> str:
 def one_round(args: argparse.Namespace) -> dict[str, float]:
     """Every phase once (the baseline, ours, the peer), its figures printed; the last line's figures."""
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-    results = {}
+    results: dict[str, dict[str, float]] = {}
 
     # (a) baseline: minimal app, one idempotent insert per request.
     url = fresh_database("setapay_bench_baseline")
@@ -423,7 +438,7 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
     server = start_server("api.main:app", port, args.workers, env)
     try:
 
-        def single(n: int, i: int):
+        def single(n: int, i: int) -> Request:
             terminal_id, merchant_id, key = terminals[n]
             body = json.dumps(
                 payment_app.sign_purchase(purchase(terminal_id, merchant_id, n, i, occurred_at), jti=f"pay_s_{n}_{i}")
@@ -447,7 +462,7 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
         # load generator signs on the same two cores (about 50 us a request).
         private = register_terminal_keys(url, terminals)
 
-        def signed_single(n: int, i: int, keys=private):
+        def signed_single(n: int, i: int, keys: list[Ed25519PrivateKey] = private) -> Request:
             method, path, body, headers, weight = single(n, 10_000_000 + i)
             headers = {k: v for k, v in headers.items() if k != "Authorization"}
             headers.update(sign_request(keys[n], terminals[n][0], method, path, headers, body))
@@ -468,7 +483,7 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
         unregister_terminal_keys(url, terminals)
         time.sleep(SIGNATURE_KEY_CACHE_S)
 
-        def batch(n: int, i: int):
+        def batch(n: int, i: int) -> Request:
             terminal_id, merchant_id, key = terminals[n]
             items = [
                 dict(
@@ -493,7 +508,7 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
         )
 
         # (d) a retry storm: terminals re-sending requests already answered, database path.
-        def replay(n: int, i: int):
+        def replay(n: int, i: int) -> Request:
             method, path, body, headers, weight = single(n, i % 50)
             return method, path, body, headers, weight
 
@@ -520,7 +535,7 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
             private = register_terminal_keys(url, terminals)
             time.sleep(SIGNATURE_KEY_CACHE_S)
 
-            def signed_single_redis(n: int, i: int):
+            def signed_single_redis(n: int, i: int) -> Request:
                 return signed_single(n, 20_000_000 + i, private)
 
             results["ours_single_signed_redis"] = asyncio.run(

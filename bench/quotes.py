@@ -25,8 +25,9 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+from collections.abc import Sequence
 
-from bench.ingest import drive, free_port, fresh_database, seed_ward, start_server
+from bench.ingest import Request, Terminal, drive, free_port, fresh_database, seed_ward, start_server
 from engine.model import Purchase
 from engine.store import db
 from engine.store.config import Config
@@ -39,7 +40,7 @@ PURCHASES = 20_000
 GROUP = 1_000
 
 
-def seed_state(url: str, terminals) -> str:
+def seed_state(url: str, terminals: Sequence[Terminal]) -> str:
     """Purchases that give the quotes real usage, budget and balance rows; an app key."""
     engine = db.make_engine(url)
     ledger = Ledger(engine)
@@ -83,7 +84,7 @@ def main() -> int:
     headers = {"Authorization": f"Bearer {key}"}
     occurred = (dt.datetime.now(TOKYO) - dt.timedelta(minutes=1)).isoformat(timespec="seconds")
 
-    def quote(n: int, i: int):
+    def quote(n: int, i: int) -> Request:
         terminal_id, merchant_id, _ = terminals[n]
         amount = 300 + (i * 131 + n * 17) % 8000
         body = {

@@ -28,13 +28,14 @@ import dataclasses
 import datetime as dt
 import statistics
 import time
+from collections.abc import Callable
 
 import numpy as np
 
 from engine import rating
 from engine.model import Campaign, Merchant
 from engine.rating import _kernel_py
-from engine.rating.columns import Columns, build_catalog
+from engine.rating.columns import Catalog, Columns, build_catalog
 from engine.rating.vectorized import Batch, Opening, build_columns
 from engine.timeutil import to_us
 
@@ -144,7 +145,7 @@ def campaigns() -> list[Campaign]:
     ]
 
 
-def transactions(rng: np.random.Generator, catalog) -> Columns:
+def transactions(rng: np.random.Generator, catalog: Catalog) -> Columns:
     """One month of traffic as columns, in acceptance (time) order."""
     N = TRANSACTIONS
     C = len(catalog.campaigns)
@@ -209,7 +210,9 @@ def transactions(rng: np.random.Generator, catalog) -> Columns:
     return cols
 
 
-def time_engine(rate_columns, cols: Columns, runs: int) -> tuple[list[float], list[float], Columns]:
+def time_engine(
+    rate_columns: Callable[[Columns], None], cols: Columns, runs: int
+) -> tuple[list[float], list[float], Columns]:
     """Wall and CPU seconds of each run on a fresh copy, and the columns of the last run.
 
     CPU time is printed beside wall time because the benchmark machine is
@@ -232,7 +235,7 @@ def assert_identical(twin: Columns, kernel: Columns) -> None:
             np.testing.assert_array_equal(getattr(kernel, field.name), value, err_msg=field.name)
 
 
-def describe(cols: Columns, catalog) -> str:
+def describe(cols: Columns, catalog: Catalog) -> str:
     C = len(catalog.campaigns)
     status = np.bincount(cols.out_status, minlength=5)
     awards = (cols.r_award.reshape(-1, C) > 0).sum(axis=0)

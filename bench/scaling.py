@@ -25,15 +25,30 @@ import multiprocessing as mp
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.ingest import fresh_database, seed_ward, submissions  # noqa: E402
+from bench.ingest import Terminal, fresh_database, seed_ward, submissions  # noqa: E402
+
+if TYPE_CHECKING:
+    from multiprocessing.queues import Queue
+    from multiprocessing.synchronize import Event
+
+    from engine.store.ledger import Submission
 
 PREPARED_GROUPS_MAX = 40  # per writer: more than it posts in the run on this machine
 
 
-def writer(url: str, terminals: list, seconds: float, group: int, ready, start, out) -> None:
+def writer(
+    url: str,
+    terminals: list[Terminal],
+    seconds: float,
+    group: int,
+    ready: Queue[int],
+    start: Event,
+    out: Queue[tuple[str, float]],
+) -> None:
     """Post groups of purchases until `seconds` have passed; report (accepted, elapsed)."""
     from engine import collector
     from engine.store import db
@@ -43,7 +58,7 @@ def writer(url: str, terminals: list, seconds: float, group: int, ready, start, 
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
     n = 0
 
-    def group_of(round_: int) -> list:
+    def group_of(round_: int) -> list[Submission]:
         return submissions(terminals, round_, group, occurred_at)
 
     ledger.submit(group_of(-1))  # warm: catalog snapshot, connections
@@ -63,7 +78,7 @@ def writer(url: str, terminals: list, seconds: float, group: int, ready, start, 
     out.put(("done", n))
 
 
-def run(count: int, seconds: float, group: int) -> dict:
+def run(count: int, seconds: float, group: int) -> dict[str, float]:
     urls = []
     wards = []
     for i in range(count):

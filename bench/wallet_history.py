@@ -22,7 +22,7 @@ import datetime as dt
 import json
 import time
 
-from bench.ingest import drive, free_port, fresh_database, start_server
+from bench.ingest import Request, drive, free_port, fresh_database, start_server
 from engine.model import Campaign, Merchant, Purchase
 from engine.store import db, lifecycle
 from engine.store.config import Config
@@ -132,7 +132,7 @@ def main() -> int:
         pages = [None, *cursors(port, key)]
         headers = {"Authorization": f"Bearer {key}"}
 
-        def read(n: int, i: int):
+        def read(n: int, i: int) -> Request:
             cursor = pages[(i * 7 + n * 13) % len(pages)]
             query = f"?limit={PAGE}" + (f"&cursor={cursor}" if cursor else "")
             return "GET", f"/v1/wallets/{WALLET}/history{query}", b"", headers, 1
