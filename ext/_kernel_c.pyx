@@ -25,6 +25,7 @@ encodes a fresh batch for each call.
 """
 
 from libc.stdint cimport int8_t, int32_t, int64_t, uint64_t
+from libc.string cimport memset
 
 import numpy as np
 
@@ -212,24 +213,6 @@ cdef inline int64_t _tier_rate(const Batch* b, Py_ssize_t c, Py_ssize_t m, int64
     return -1
 
 
-cdef inline void _clear_outputs(Batch* b, Py_ssize_t i) noexcept nogil:
-    """Zero the output row of transaction `i`, writing only cells that are not zero.
-
-    Outputs arrive zeroed from `encode`, and a clean cache line read costs
-    half the memory traffic of one written back, so check before writing.
-    """
-    cdef Py_ssize_t c
-    cdef int64_t* clawback = b.out_clawback + i * b.C
-    cdef int8_t* capped = b.out_capped + i * b.C
-    for c in range(b.C):
-        if clawback[c]:
-            clawback[c] = 0
-        if capped[c]:
-            capped[c] = 0
-    if b.out_returned[i]:
-        b.out_returned[i] = 0
-
-
 cdef int _purchase(Batch* b, Py_ssize_t i) except -1 nogil:
     cdef Py_ssize_t C = b.C
     cdef Py_ssize_t c, k, slot
@@ -248,9 +231,6 @@ cdef int _purchase(Batch* b, Py_ssize_t i) except -1 nogil:
     cdef int64_t* r_pending
     cdef const int32_t* r_slot
 
-    # The twin builds its outputs from zeros; every transaction clears its
-    # whole output row here, so stale values in the arrays never survive.
-    _clear_outputs(b, i)
     b.out_status[i] = STATUS_ACCEPTED_C
     if m < 0:
         b.out_status[i] = STATUS_UNKNOWN_MERCHANT_C
@@ -344,7 +324,6 @@ cdef int _refund(Batch* b, Py_ssize_t i) except -1 nogil:
     cdef int64_t w
     cdef int64_t* out_clawback = b.out_clawback + i * C
 
-    _clear_outputs(b, i)
     b.out_status[i] = STATUS_ACCEPTED_C
     if row < 0 or not b.r_valid[row]:
         b.out_status[i] = STATUS_ORIGINAL_NOT_FOUND_C
@@ -579,5 +558,14 @@ def rate_columns(cols) -> None:
     cdef int64_t[::1] mc_rate = np.empty(M * C, dtype=np.int64)
     b.mc_rate = &mc_rate[0] if M * C else NULL
     with nogil:
+        # The twin builds its outputs from zeros: stale values in the output arrays must not
+        # survive. They are cleared here at once (`out_status` is written for every
+        # transaction). Clearing each transaction's row in the loop, only where a cell was not
+        # zero, read every output cache line from memory: 17% of the loop's time
+        # (bench/rating.py, perf). A large memset streams its writes past the cache instead.
+        if C:
+            memset(b.out_clawback, 0, N * C * sizeof(int64_t))
+            memset(b.out_capped, 0, N * C * sizeof(int8_t))
+        memset(b.out_returned, 0, N * sizeof(int64_t))
         _merchant_rates(&b, M, &mc_rate[0] if M * C else NULL)
         _rate(&b, M, R, usage.shape[0], balance.shape[0], K)
