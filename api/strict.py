@@ -28,7 +28,7 @@ import re
 from collections.abc import MutableMapping
 from typing import Annotated, Any
 
-from fastapi import Path, Query, Request
+from fastapi import Path, Query, Request, params
 from fastapi.routing import APIRoute
 
 from engine import limits
@@ -88,9 +88,9 @@ def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
 
 NOT_JSON = object()  # `parse_unique`'s answer for a body that is not JSON
 DUPLICATE_KEY = object()  # `parse_unique`'s answer for JSON with an object holding a key twice
-# Scope key: (the body, `parse_unique`'s answer for it). A route reading JSON takes it out as it
-# starts (`parsed_body`); one that reads none holds it until its answer, a request that is
-# answered as soon as it is authorised or refused (the body is at most `limits.BODY_BYTES_MAX`).
+# Scope key: (the body, `parse_unique`'s answer for it), taken out as the route's handler starts:
+# by FastAPI's reading of a JSON body (`parsed_body`), else dropped (`ParsedBodyRoute`), so a
+# request holds no parse (up to ~24 MiB of objects for a 1 MiB body) while its route works.
 PARSED_BODY = "setapay.parsed_body"
 
 
@@ -131,8 +131,16 @@ class ParsedBodyRoute(APIRoute):
 
     def get_route_handler(self) -> Any:
         handler = super().get_route_handler()
+        # FastAPI reads a body as JSON when the route declares one that is not a form, and the
+        # request's Content-Type says JSON (`reads_as_json`, its own test); any other request
+        # lets the middleware's parse go before the route's work (a page waiting for a thread,
+        # a download streaming), not after its answer.
+        body = self.body_field
+        reads_json = body is not None and not isinstance(body.field_info, params.Form)
 
         async def parsed_once(request: Request) -> Any:
+            if not (reads_json and reads_as_json(request.headers.get("content-type"))):
+                request.scope.pop(PARSED_BODY, None)
             return await handler(_ParsedBodyRequest(request.scope, request.receive))
 
         return parsed_once
