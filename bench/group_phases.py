@@ -51,7 +51,7 @@ def timed_send(self: WriteBatch) -> None:
     """`WriteBatch.send`, one statement at a time, each timed (COPY by table, others by their start)."""
     from engine.store import bulk
 
-    raw = bulk._raw(self.session)
+    raw = bulk.raw_connection(self.session)
     with raw.cursor() as cursor:
         for sql, params in self.statements:
             started = time.perf_counter()

@@ -33,7 +33,9 @@ def _is_pg(session: Session) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-def _raw(session: Session) -> psycopg.Connection[tuple[Any, ...]]:
+def raw_connection(session: Session) -> psycopg.Connection[tuple[Any, ...]]:
+    """The psycopg connection of `session`'s transaction (PostgreSQL), for statements sent
+    without SQLAlchemy's compilation and flush."""
     return psycopg_connection(session.connection())
 
 
@@ -199,7 +201,7 @@ class ReadBatch:
                 read.rows = [tuple(r) for sql, params in read.sqlite for r in connection.exec_driver_sql(sql, params)]
             return
         if reads or settings or closings:  # nothing to send: not even the connection
-            found = pipelined(_raw(self.session), [r.pg for r in reads], settings, closings)  # type: ignore[misc]
+            found = pipelined(raw_connection(self.session), [r.pg for r in reads], settings, closings)  # type: ignore[misc]
             for read, rows in zip(reads, found):
                 read.rows = rows
 
@@ -252,7 +254,7 @@ def stream(session: Session, sql: str, chunk_rows: int = 50_000) -> Iterator[Seq
     without any ORM row processing, which is most of the cost at a million rows.
     """
     if _is_pg(session):
-        raw = _raw(session)
+        raw = raw_connection(session)
         with raw.cursor(name="setapay_stream") as cursor:
             cursor.itersize = chunk_rows
             cursor.execute(sql)
@@ -429,7 +431,7 @@ class WriteBatch:
     def send(self) -> None:
         if not self.statements:
             return
-        raw = _raw(self.session)
+        raw = raw_connection(self.session)
         with raw.cursor() as cursor:
             pending: list[tuple[str, Any]] = []  # the statements since the last COPY
 

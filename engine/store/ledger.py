@@ -273,17 +273,6 @@ _HEAD_SQL = (
 )
 
 
-def _head_of(row: LedgerHead) -> Head:
-    return (
-        row.last_posting_sequence,
-        row.last_hash,
-        row.last_payment_sequence,
-        row.last_payment_hash,
-        row.catalog_version,
-        row.lock_version,
-    )
-
-
 def _locked_head(session: Session) -> LedgerHead:
     stmt = select(LedgerHead).where(LedgerHead.id == 1)
     if session.get_bind().dialect.name == "postgresql":
@@ -297,19 +286,29 @@ class RowWriter(Protocol):
     def write(self, base: Head, end: Head, statements: list[tuple[str, Any]]) -> bool: ...
 
 
+# The head moved from `base` to `end` in one statement: the row lock is the sequencer lock (as
+# `_locked_head`'s FOR UPDATE), and a head that is not `base` (re-read once a writer holding the
+# lock commits) matches no row. The catalog version stays (a group never moves it).
+_MOVE_HEAD_SQL = (
+    "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
+    " last_payment_hash = %s, lock_version = %s WHERE id = 1 AND last_posting_sequence = %s AND last_hash = %s"
+    " AND last_payment_sequence = %s AND last_payment_hash = %s AND catalog_version = %s AND lock_version = %s"
+    " RETURNING id"
+)
+
+
 def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[str, Any]]) -> bool:
-    """In `session`'s transaction: take the sequencer lock and, if the head is `base`, send a
-    decided group's statements (`bulk.WriteBatch.statements`) and move the head to `end`; False,
-    with nothing written, if the head is another. The caller commits."""
-    head = _locked_head(session)
-    if _head_of(head) != base:
+    """In `session`'s transaction (PostgreSQL): take the sequencer lock and, if the head is `base`,
+    move it to `end` and send a decided group's statements (`bulk.WriteBatch.statements`); False,
+    with nothing written, if the head is another. The caller commits. One statement locks,
+    checks and moves the head (`_MOVE_HEAD_SQL`), on the driver's connection: no ORM flush."""
+    assert end[4] == base[4], "a group decided ahead never moves the catalog version"
+    moved = bulk.raw_connection(session).execute(_MOVE_HEAD_SQL, (*end[:4], end[5], *base)).fetchone()
+    if moved is None:
         return False
     batch = bulk.WriteBatch(session)
     batch.statements = list(statements)
     batch.send()
-    head.last_posting_sequence, head.last_hash = end[0], end[1]
-    head.last_payment_sequence, head.last_payment_hash = end[2], end[3]
-    head.lock_version = end[5]
     return True
 
 

@@ -18,12 +18,13 @@ from concurrent.futures import Future
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from engine.model import Purchase, Refund
 from engine.receipts import Receipt
 from engine.store import db, queries, rerate
 from engine.store.importer import import_history
-from engine.store.ledger import DecidedGroup, Ledger, Result, Submission
+from engine.store.ledger import DecidedGroup, Ledger, Result, Submission, write_rows
 from engine.store.pipeline import SWITCH_INTERVAL_S, PostingPipeline, open_pipelines
 from engine.timeutil import TOKYO, to_us
 from tests.lifecycle.support import Books, campaign
@@ -398,6 +399,44 @@ def test_a_group_that_cannot_be_written_stops_the_import_with_nothing_written_af
         with books.engine.connect() as c:
             assert c.execute(text("SELECT count(*) FROM payment WHERE receipt_jti = 'P40'")).scalar() == 1
         assert queries.ledger_check(books.engine)["ok"]
+    finally:
+        books.close()
+
+
+_HEAD_SQL = (
+    "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version"
+    " FROM ledger_head"
+)
+
+
+def test_a_decided_group_is_written_only_over_the_exact_head_it_was_chained_after(postgres_url) -> None:
+    """`write_rows` writes nothing and leaves the head as it is when any one of the head's six
+    fields differs from the group's base; over its base it writes the group and moves the head
+    to exactly the group's end."""
+    books = setup(postgres_url)
+    try:
+        group = traffic(seed=7, n=20)[0]
+        decided = books.ledger.decide_ahead([fresh(s) for s in group], accepted_at_us=accepted_at(group))
+        assert decided is not None and decided.batch.statements
+        with books.engine.connect() as c:
+            head = tuple(c.execute(text(_HEAD_SQL)).one())
+            payments = c.execute(text("SELECT count(*) FROM payment")).scalar()
+        assert head == decided.base
+        for field in range(6):
+            other = list(decided.base)
+            other[field] = other[field] + 1 if isinstance(other[field], int) else "0" * 64
+            end = (*decided.end[:4], other[4], decided.end[5])  # a group keeps its base's catalog version
+            with Session(books.engine) as session, session.begin():
+                assert not write_rows(session, tuple(other), end, decided.batch.statements), field
+            with books.engine.connect() as c:
+                assert tuple(c.execute(text(_HEAD_SQL)).one()) == head, field
+                assert c.execute(text("SELECT count(*) FROM payment")).scalar() == payments, field
+        with Session(books.engine) as session, session.begin():
+            assert write_rows(session, decided.base, decided.end, decided.batch.statements)
+        with books.engine.connect() as c:
+            assert tuple(c.execute(text(_HEAD_SQL)).one()) == decided.end
+            assert c.execute(text("SELECT count(*) FROM payment")).scalar() > payments
+        assert_checks(books)
     finally:
         books.close()
 
