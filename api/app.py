@@ -44,9 +44,10 @@ from engine.settings import Settings
 from engine.store import lifecycle
 from engine.store.answer_cache import AnswerCache
 from engine.store.apps import Apps
+from engine.store.committer_process import CommitterProcess
 from engine.store.config import Config
-from engine.store.db import make_engine, upgrade
-from engine.store.group_commit import GroupCommitter
+from engine.store.db import is_sqlite, make_engine, upgrade
+from engine.store.group_commit import Committer, GroupCommitter
 from engine.store.keys import Keys
 from engine.store.ledger import Ledger
 from engine.store.nonces import nonce_store
@@ -179,18 +180,29 @@ def _build_services(settings: Settings, clock: Clock) -> Services:
         config=config,
         apps=Apps(engine, settings, clock),
         keys=keys,
-        committer=GroupCommitter(
-            ledger,
-            settings.group_commit_wait_ms,
-            settings.group_commit_size_max,
-            settings.group_commit_ahead,
-            settings.group_commit_writer_process,
-        ),
+        committer=_committer(ledger, settings, clock),
         answers=AnswerCache(settings.redis_url) if settings.redis_url else None,
         signatures=signatures,
         auth=Auth(keys, settings, clock, signatures),
         in_flight=InFlight(),
         webhooks=Webhooks(engine, settings, clock),
+    )
+
+
+def _committer(ledger: Ledger, settings: Settings, clock: Clock) -> Committer:
+    """The group committer: in this process, or (PostgreSQL, deciding ahead) in a child of its own."""
+    if settings.group_commit_process and settings.group_commit_ahead and not is_sqlite(ledger.engine):
+        if not isinstance(clock, SystemClock):
+            raise ValueError("SETAPAY_GROUP_COMMIT_PROCESS needs the system clock (a child keeps a copy of it)")
+        return CommitterProcess(
+            settings.database_url, clock, settings.group_commit_size_max, settings.group_commit_writer_process
+        )
+    return GroupCommitter(
+        ledger,
+        settings.group_commit_wait_ms,
+        settings.group_commit_size_max,
+        settings.group_commit_ahead,
+        settings.group_commit_writer_process,
     )
 
 

@@ -29,7 +29,7 @@ from engine.settings import Settings
 from engine.store.answer_cache import AnswerCache
 from engine.store.apps import Apps
 from engine.store.config import Config, Principal
-from engine.store.group_commit import GroupCommitter
+from engine.store.group_commit import Committer
 from engine.store.keys import Keys
 from engine.store.ledger import Ledger
 from engine.store.webhooks import Webhooks
@@ -50,7 +50,7 @@ class Services:
     config: Config
     apps: Apps
     keys: Keys
-    committer: GroupCommitter
+    committer: Committer
     answers: AnswerCache | None  # remembered answers in Redis, when SETAPAY_REDIS_URL is set
     signatures: TerminalSignatures
     auth: Auth

@@ -31,7 +31,7 @@ holds the median of each figure over the rounds: on a host whose speed drifts fr
 minute a ratio is taken within a round, and one slow minute does not decide it.
 
     .venv/bin/python bench/ingest.py [--seconds 10] [--warmup 1] [--clients 64] [--workers 1] [--rounds 1]
-        [--no-writer-process]
+        [--no-writer-process] [--no-committer-process]
 """
 
 from __future__ import annotations
@@ -383,6 +383,11 @@ def main() -> int:
         "--no-writer-process", action="store_true", help="ours writes its groups from a thread, not a child process"
     )
     parser.add_argument(
+        "--no-committer-process",
+        action="store_true",
+        help="ours decides its groups in the API process, not in a committer child",
+    )
+    parser.add_argument(
         "--rounds", type=int, default=1, help="run everything this many times; the last line holds the medians"
     )
     args = parser.parse_args()
@@ -434,6 +439,8 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
         "SETAPAY_RATE_LIMIT_PER_KEY": "1000000/second",
         # As production runs it (docker-compose.yml): decided groups written by a child process.
         "SETAPAY_GROUP_COMMIT_WRITER_PROCESS": "false" if args.no_writer_process else "true",
+        # As production runs it too: groups decided and written by a committer child.
+        "SETAPAY_GROUP_COMMIT_PROCESS": "false" if args.no_committer_process else "true",
     }
     server = start_server("api.main:app", port, args.workers, env)
     try:

@@ -32,6 +32,10 @@ class Settings(BaseSettings):
     # With `group_commit_ahead`: the decided groups written by a child process of each API
     # process (engine/store/write_process.py), not by a thread sharing its interpreter lock.
     group_commit_writer_process: bool = False
+    # PostgreSQL, with `group_commit_ahead`: the group committer itself (deciding and writing) in a
+    # child process of each API process, handed whole groups (engine/store/committer_process.py);
+    # with `group_commit_writer_process` too, that child writes through a child of its own.
+    group_commit_process: bool = False
     # In-process scheduler of crediting and expiry runs; 0 leaves them to `setapay credit|expire`.
     lifecycle_interval_s: float = Field(default=0, ge=0)
     # Shifts the engine's clock; for demos and end-to-end tests, never for the ward.

@@ -20,14 +20,22 @@ from sqlalchemy.pool import ConnectionPoolEntry
 if TYPE_CHECKING:
     from alembic.config import Config
 
+
+class Unreachable(RuntimeError):
+    """The database could not be reached through a process of ours: a committer child
+    (`engine.store.committer_process`) reported it, or was lost before it answered. The message is
+    an error's class name only."""
+
+
 # A database that cannot be reached, or a connection that broke: SQLAlchemy's errors, and
 # psycopg's own for what runs on the driver connection (pipelines, COPY), which SQLAlchemy
-# does not wrap. The API answers them 503 `service_unavailable`, which a client may retry.
+# does not wrap, and ours. The API answers them 503 `service_unavailable`, which a client may retry.
 UNREACHABLE: tuple[type[Exception], ...] = (
     OperationalError,
     InterfaceError,
     psycopg.OperationalError,
     psycopg.InterfaceError,
+    Unreachable,
 )
 
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: how long a new connection may take before it fails (libpq's minimum is 2)

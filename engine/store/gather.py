@@ -34,8 +34,12 @@ class Gatherer(Generic[T, R]):
         size_max: int,
         name: str,
         size_of: Callable[[T], int] | None = None,
+        ready: Callable[[], None] | None = None,
     ) -> None:
         self.handle = handle
+        # Called once the first item of a batch is taken, before company is gathered: it may wait
+        # until `handle` can take the batch, so the batch holds everything queued meanwhile.
+        self.ready = ready
         self.wait_s = wait_ms / 1000
         self.size_max = size_max
         # How much of `size_max` an item takes (1 each by default). A batch ends once it holds
@@ -53,6 +57,8 @@ class Gatherer(Generic[T, R]):
 
     def _gather(self) -> list[tuple[T, Future[R]]]:
         batch = [self._queue.get()]
+        if self.ready is not None:
+            self.ready()
         size_of = self.size_of
         size = size_of(batch[0][0]) if size_of else 1
         deadline = time.monotonic() + self.wait_s

@@ -58,7 +58,30 @@ Parcel = tuple[list[Submission], bool]
 Group = list[tuple[Parcel, "Future[Any]"]]
 
 
-class GroupCommitter:
+class Committer:
+    """What request threads see of a group committer: parcels queued, futures resolved once
+    their group is committed. `_gatherer` gathers the groups; `close` ends what it started."""
+
+    _gatherer: Gatherer[Parcel, Any]
+
+    def submit(self, submission: Submission, timeout_s: float = 60.0) -> Result:
+        result: Result = self.enqueue(submission).result(timeout=timeout_s)
+        return result
+
+    def enqueue(self, submission: Submission) -> Future[Result]:
+        """Queue a submission; the future resolves after its group committed."""
+        return self._gatherer.enqueue(([submission], False))
+
+    def enqueue_many(self, submissions: list[Submission]) -> Future[list[Result]]:
+        """Queue a batch's submissions, posted in order in one group; the future resolves to their
+        results after that group committed."""
+        return self._gatherer.enqueue((submissions, True))
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class GroupCommitter(Committer):
     def __init__(
         self,
         ledger: Ledger,
@@ -85,27 +108,20 @@ class GroupCommitter:
         self._flight: list[tuple[DecidedGroup, Future[None]]] = []  # written, or being written, in order
         self._flight_lock = threading.Lock()
         self._gatherer: Gatherer[Parcel, Any] = Gatherer(
-            self._commit, wait_ms=wait_ms, size_max=size_max, name="group-commit", size_of=_size
+            self._commit, wait_ms=wait_ms, size_max=size_max, name="group-commit", size_of=size_of_parcel
         )
-
-    def submit(self, submission: Submission, timeout_s: float = 60.0) -> Result:
-        result: Result = self.enqueue(submission).result(timeout=timeout_s)
-        return result
-
-    def enqueue(self, submission: Submission) -> Future[Result]:
-        """Queue a submission; the future resolves after its group committed."""
-        return self._gatherer.enqueue(([submission], False))
-
-    def enqueue_many(self, submissions: list[Submission]) -> Future[list[Result]]:
-        """Queue a batch's submissions, posted in order in one group; the future resolves to their
-        results after that group committed."""
-        return self._gatherer.enqueue((submissions, True))
 
     def close(self) -> None:
         """End the writer child, if any (the process's shutdown). A group decided ahead after this
         finds no child (`WriterLost`) and is posted under the lock, in this process."""
         if self.writer_process is not None:
             self.writer_process.close()
+
+    def post(self, group: Group) -> None:
+        """Post a group gathered elsewhere (`engine.store.committer_process`), as the committer
+        thread posts the groups it gathers: its futures resolve once it is committed, and this
+        returns once the next group can be decided."""
+        self._commit(group)
 
     # -- the committer thread ------------------------------------------------
 
@@ -224,7 +240,7 @@ class GroupCommitter:
         return True
 
 
-def _size(parcel: Parcel) -> int:
+def size_of_parcel(parcel: Parcel) -> int:
     return len(parcel[0])
 
 

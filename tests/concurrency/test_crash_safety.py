@@ -6,8 +6,9 @@ whole, refunds, reused keys; then purchases until every budget is spent) runs
 while a chaos thread, every second or two, kills one server's whole process
 group with SIGKILL (server A has two uvicorn workers) and starts it again on the
 same port, alternating between the servers (A's workers write through writer
-child processes, `engine/store/write_process.py`, which die with them), and once, instead, ends every
-database connection of both servers with `pg_terminate_backend`: the processes
+child processes, `engine/store/write_process.py`; B hands its groups to a committer child,
+`engine/store/committer_process.py`, which writes through one of its own: all die with them),
+and once, instead, ends every database connection of both servers with `pg_terminate_backend`: the processes
 live on and only their connection pools must start over.
 
 Clients behave like terminals: a transport error or a 5xx is retried with the
@@ -84,9 +85,17 @@ def test_sigkill_and_a_dropped_pool_lose_nothing_and_double_nothing(postgres_url
             server.start()
             done.append(f"killed and restarted {server.name}")
 
-    # Server A's workers write their groups through a writer child each (engine/store/write_process.py),
-    # B's through a thread: a SIGKILL of A's process group kills the children too, mid-write or not.
-    journal = exercise(postgres_url, tmp_path, chaos, env_a={"SETAPAY_GROUP_COMMIT_WRITER_PROCESS": "true"})
+    # Server A's workers write their groups through a writer child each (engine/store/write_process.py);
+    # B hands its groups to a committer child, which writes through a writer child of its own
+    # (engine/store/committer_process.py). A SIGKILL of a server's process group kills the
+    # children too, mid-decision, mid-write or not.
+    journal = exercise(
+        postgres_url,
+        tmp_path,
+        chaos,
+        env_a={"SETAPAY_GROUP_COMMIT_WRITER_PROCESS": "true"},
+        env_b={"SETAPAY_GROUP_COMMIT_PROCESS": "true", "SETAPAY_GROUP_COMMIT_WRITER_PROCESS": "true"},
+    )
     assert len(done) == KILLS + 1, done
     print("\n" + "; ".join(done))
 

@@ -620,13 +620,14 @@ def exercise(
     tmp_path,
     chaos: Callable[[list[ServerProcess], threading.Event], None] | None = None,
     env_a: dict[str, str] | None = None,
+    env_b: dict[str, str] | None = None,
 ):
     """Start the servers, configure the ward, run the clients, verify everything; returns the
     journal. With `chaos`, it runs in a thread of its own while the clients post, given the
-    servers and an event to set when it is over. `env_a`: settings of server A only."""
+    servers and an event to set when it is over. `env_a`, `env_b`: settings of server A, B only."""
     started = time.monotonic()
     server_a = ServerProcess(postgres_url, tmp_path, workers=2, name="A", log_tail=3000, env=env_a)
-    server_b = ServerProcess(postgres_url, tmp_path, workers=1, name="B", log_tail=3000)
+    server_b = ServerProcess(postgres_url, tmp_path, workers=1, name="B", log_tail=3000, env=env_b)
     servers = [server_a, server_b]
     db = make_engine(postgres_url)
     try:

@@ -1,0 +1,308 @@
+"""The group committer in a child process of its own (issue 11, item 4), on PostgreSQL.
+
+An API process that commits its own groups runs the HTTP front end (the event loop: parsing,
+authentication, receipts, validation, answers) and the sequenced ledger (deciding groups, writing
+them) under one interpreter lock: measured, that process held the lock about 90% of the time while
+the machine's second core sat half idle (`docs/BENCHMARKS.md`). A `CommitterProcess` keeps the
+front end in the API process and moves the ledger into a child: the API process gathers the
+submissions its requests queue into groups (`engine.store.gather.Gatherer`, the same parcels as
+`GroupCommitter`) and sends each whole group over a pipe, pickled; the child runs an ordinary
+`GroupCommitter` (deciding ahead, its decided groups written by a thread or, with
+`writer_process`, by a child of its own: `engine.store.write_process`) and answers each group's
+results, in order. The child also says when it can take the next group (once it has decided the
+last one and handed it to its writer), and only then does the API process gather the next: so a
+group holds every request that came in meanwhile, and at most one group waits in the pipe.
+
+Every future is resolved only from the child's answer, sent after the group's commit returned (a
+`GroupCommitter` resolves its futures only then), so nothing is acknowledged before it is durable.
+
+A child that dies, or has not answered a group within `ANSWER_TIMEOUT_S` (then it is killed), fails
+every group it had not answered with `db.Unreachable("CommitterLost")`: the API answers 503
+`service_unavailable`, and the terminal's retry with the same key is a replay if that group was
+committed, a first post if it was not (a child's transaction is committed whole or rolled back
+whole). The next group starts a new child, unless one was started less than `RESPAWN_MIN_S` ago:
+then that group fails the same way, so a child that cannot start costs one spawn a second. Errors
+the child answers carry their class name only (an error's text can quote parameters): a database
+that cannot be reached stays a 503 (`db.Unreachable`), anything else a `CommitterFailed` (500).
+
+The child runs with its own copy of the API's clock (a `SystemClock`: the same system time, the
+same offset). Its metrics (group sizes and times, declines) are its own process's: they add up in
+`/metrics` in Prometheus' multiprocess mode, as `setapay serve` runs. It ignores SIGINT and
+SIGTERM, which are its parent's to act on, and ends when its pipe closes (the API process closed
+it, exited or was killed), after the groups it holds. It is not a daemon, so that it may start its
+own writer child; `close` ends it, and runs at the API process's exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing
+import pickle
+import queue
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from multiprocessing.connection import Connection
+from typing import Any
+
+from engine.clock import SystemClock
+from engine.store import db
+from engine.store.gather import Gatherer
+from engine.store.group_commit import Committer, Group, Parcel, size_of_parcel
+from engine.store.write_process import error_name
+
+log = logging.getLogger(__name__)
+
+ANSWER_TIMEOUT_S = 60.0  # a group unanswered this long: the child is killed, its groups fail (503)
+CLOSE_WAIT_S = 5.0  # how long `close` lets the groups in the child finish before it kills the child
+RESPAWN_MIN_S = 1.0  # at most one child started a second
+READY = "ready"  # the child's message: it can take the next group
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+class CommitterFailed(RuntimeError):
+    """The child's committer failed a parcel with an error other than an unreachable database;
+    the message is the error's class name."""
+
+
+class CommitterProcess(Committer):
+    """A `Committer` whose groups are decided and written by a child process."""
+
+    def __init__(
+        self, database_url: str, clock: SystemClock, size_max: int = 1000, writer_process: bool = False
+    ) -> None:
+        if not isinstance(clock, SystemClock):
+            raise ValueError("a committer process keeps time with a copy of the clock: it must be a SystemClock")
+        self.database_url = database_url
+        self.clock = clock
+        self.writer_process = writer_process
+        self.started = 0  # children started, the first one included
+        self._changed = threading.Condition()
+        self._pipe: Connection | None = None
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._ready = True  # the child may take the next group
+        self._pending: dict[int, tuple[Group, float]] = {}  # sent, not answered: (group, sent at)
+        self._next = 0
+        self._started_at = -RESPAWN_MIN_S
+        self._closed = False
+        with self._changed:
+            self._start()  # now: the child loads while the first group gathers
+        atexit.register(self.close)
+        # No wait for company: the child's readiness gathers it (see the module's docstring).
+        self._gatherer: Gatherer[Parcel, Any] = Gatherer(
+            self._send,
+            wait_ms=0,
+            size_max=size_max,
+            name="committer-send",
+            size_of=size_of_parcel,
+            ready=self._await_ready,
+        )
+
+    @property
+    def pid(self) -> int | None:
+        process = self._process
+        return process.pid if process is not None else None
+
+    def close(self) -> None:
+        """End the child once the groups it holds are answered (for up to `CLOSE_WAIT_S`, then it
+        is killed and they fail); a group queued after this fails (503)."""
+        atexit.unregister(self.close)
+        deadline = time.monotonic() + CLOSE_WAIT_S
+        with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+            while self._pending and self._changed.wait(max(0.0, deadline - time.monotonic())):
+                pass
+            pipe, process = self._pipe, self._process
+            self._pipe = self._process = None  # its receiver, seeing the pipe closed, leaves it to this
+            unanswered = [group for group, _ in self._pending.values()]
+            self._pending.clear()
+        for group in unanswered:
+            _fail(group, db.Unreachable("CommitterClosed"))
+        if pipe is not None:
+            pipe.close()  # the child's `recv` ends: it finishes what it holds and exits
+        if process is not None:
+            process.join(timeout=CLOSE_WAIT_S)
+            if process.is_alive():
+                process.kill()
+                process.join()
+
+    # -- the sending thread (the gatherer's) -----------------------------------
+
+    def _await_ready(self) -> None:
+        with self._changed:
+            while not self._ready and not self._closed:
+                self._changed.wait()
+
+    def _send(self, group: Group) -> None:
+        with self._changed:
+            if self._closed:
+                _fail(group, db.Unreachable("CommitterClosed"))
+                return
+            if self._pipe is None:
+                if time.monotonic() - self._started_at < RESPAWN_MIN_S:
+                    _fail(group, db.Unreachable("CommitterLost"))
+                    return
+                self._start()
+            pipe = self._pipe
+            assert pipe is not None
+            number = self._next
+            self._next += 1
+            self._pending[number] = (group, time.monotonic())
+            self._ready = False
+        try:
+            pipe.send_bytes(pickle.dumps((number, [parcel for parcel, _ in group]), protocol=PROTOCOL))
+        except (OSError, ValueError):  # the child is gone: its receiver fails what it held, this group too
+            self._lost(pipe)
+
+    def _start(self) -> None:
+        """Start a child (the caller holds `_changed`)."""
+        # Spawned, not forked: the API process runs threads (a fork would copy their locks held).
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        process = context.Process(
+            target=serve,
+            args=(self.database_url, self.clock, self.writer_process, theirs),
+            name="setapay-committer",
+            daemon=False,
+        )
+        process.start()
+        theirs.close()
+        self._pipe, self._process = ours, process
+        self._ready = True
+        self._started_at = time.monotonic()
+        self.started += 1
+        threading.Thread(target=self._receive, args=(ours,), name="committer-receive", daemon=True).start()
+
+    # -- the receiving thread (one per child) ----------------------------------
+
+    def _receive(self, pipe: Connection) -> None:
+        try:
+            while True:
+                if not pipe.poll(1.0):
+                    if self._overdue():
+                        log.warning("the committer child answered no group in %.0f s: killed", ANSWER_TIMEOUT_S)
+                        break
+                    continue
+                message = pickle.loads(pipe.recv_bytes())
+                if message == READY:
+                    with self._changed:
+                        if self._pipe is pipe:
+                            self._ready = True
+                            self._changed.notify_all()
+                    continue
+                number, outcomes = message
+                with self._changed:
+                    group, _ = self._pending.pop(number)
+                    self._changed.notify_all()
+                _resolve(group, outcomes)
+        except (EOFError, OSError):
+            pass
+        self._lost(pipe)
+
+    def _overdue(self) -> bool:
+        with self._changed:
+            oldest = min((sent for _, sent in self._pending.values()), default=None)
+        return oldest is not None and time.monotonic() - oldest > ANSWER_TIMEOUT_S
+
+    def _lost(self, pipe: Connection) -> None:
+        """The child of `pipe` is gone, or must go: every group it had not answered fails."""
+        with self._changed:
+            if self._pipe is not pipe:
+                return  # handled already
+            process = self._process
+            failed = [group for group, _ in self._pending.values()]
+            self._pending.clear()
+            self._pipe = self._process = None
+            self._ready = True
+            self._changed.notify_all()
+        pipe.close()
+        if process is not None:
+            if process.is_alive():
+                process.kill()
+            process.join(timeout=5)
+        if failed:
+            log.warning("the committer child was lost with %d groups unanswered", len(failed))
+        for group in failed:
+            _fail(group, db.Unreachable("CommitterLost"))
+
+
+def _fail(group: Group, error: BaseException) -> None:
+    for _, future in group:
+        if not future.done():
+            future.set_exception(error)
+
+
+def _resolve(group: Group, outcomes: list[tuple[Any, ...]]) -> None:
+    for (_, future), outcome in zip(group, outcomes):
+        if outcome[0] == "ok":
+            future.set_result(outcome[1])
+        else:
+            _, name, unreachable = outcome
+            future.set_exception(db.Unreachable(name) if unreachable else CommitterFailed(name))
+
+
+def _outcome(future: Future[Any]) -> tuple[Any, ...]:
+    try:
+        return ("ok", future.result())
+    except BaseException as failure:  # noqa: BLE001 - answered to the parent, by class name
+        return ("error", error_name(failure), isinstance(failure, db.UNREACHABLE))
+
+
+def serve(database_url: str, clock: SystemClock, writer_process: bool, pipe: Connection) -> None:
+    """The child: post each group it is handed with a `GroupCommitter`, say READY once it can take
+    the next, and answer each group's outcomes in order, until its pipe closes."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    from engine import collector
+    from engine.store.group_commit import GroupCommitter
+    from engine.store.ledger import Ledger
+
+    engine = db.make_engine(database_url)
+    collector.tune()
+    committer = GroupCommitter(Ledger(engine, clock), ahead=True, writer_process=writer_process)
+    sending = threading.Lock()
+    held: queue.Queue[tuple[int, list[Future[Any]]] | None] = queue.Queue()
+
+    def send(message: object) -> None:
+        data = pickle.dumps(message, protocol=PROTOCOL)
+        with sending:
+            pipe.send_bytes(data)
+
+    def answer() -> None:
+        while (item := held.get()) is not None:
+            number, futures = item
+            outcomes = [_outcome(future) for future in futures]  # in order: each waits for its commit
+            try:
+                send((number, outcomes))
+            except OSError:
+                return
+
+    answering = threading.Thread(target=answer, name="committer-answer")
+    answering.start()
+    try:
+        while True:
+            try:
+                number, parcels = pickle.loads(pipe.recv_bytes())
+            except (EOFError, OSError):
+                return
+            group: Group = [(parcel, Future()) for parcel in parcels]
+            for _, future in group:
+                future.set_running_or_notify_cancel()
+            held.put((number, [future for _, future in group]))
+            try:
+                committer.post(group)
+            except BaseException as failure:  # noqa: BLE001 - every parcel gets an answer
+                log.exception("committer child: a group of %d failed", len(group))
+                _fail(group, failure)
+            try:
+                send(READY)
+            except OSError:
+                return
+    finally:
+        held.put(None)
+        answering.join()
+        committer.close()
+        engine.dispose()

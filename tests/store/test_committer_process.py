@@ -1,0 +1,169 @@
+"""The group committer in a child process (engine/store/committer_process.py), on PostgreSQL.
+
+The same traffic through a `CommitterProcess` (its child writing by a thread, or by a writer child
+of its own) and through a committer in this process deciding under the lock gets the same answers
+and leaves ledgers that check. A child killed (SIGKILL) while groups are in it fails just those
+(503 at the API); retried with the same keys, as terminals do, each answer is the one decided
+under the lock and every payment is stored once. A child that stops answering is killed after
+`ANSWER_TIMEOUT_S`; a database that cannot be reached is answered as such; `close` answers what
+the child holds and refuses what comes after. Real PostgreSQL and real child processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import text
+
+from engine.clock import ManualClock, SystemClock
+from engine.store import db
+from engine.store.committer_process import CommitterProcess
+from engine.store.group_commit import GroupCommitter
+from engine.store.ledger import Ledger, Result
+from tests.store.test_group_commit_ahead import answer
+from tests.store.test_pipeline import assert_checks, fresh, setup, traffic
+
+
+@pytest.fixture
+def made() -> Iterator[list[CommitterProcess]]:
+    """Committer processes a test makes; their children are ended when it ends, passed or failed."""
+    processes: list[CommitterProcess] = []
+    yield processes
+    for process in processes:
+        process.close()
+
+
+def reference_answers(books, groups) -> list[Result]:
+    """The groups posted one by one under the lock, in this process, on the system clock."""
+    reference = GroupCommitter(Ledger(books.engine, SystemClock()), wait_ms=0, size_max=1, ahead=False)
+    futures = [reference.enqueue_many([fresh(s) for s in g]) for g in groups]
+    return [r for f in futures for r in f.result(timeout=120)]
+
+
+def stored_ids(books) -> list[str]:
+    with books.engine.connect() as c:
+        return list(c.execute(text("SELECT id FROM payment")).scalars())
+
+
+@pytest.mark.parametrize("writer_process", [False, True], ids=["thread-writer", "writer-child"])
+def test_groups_posted_by_the_child_get_the_answers_of_groups_posted_in_process(two, made, writer_process) -> None:
+    groups = traffic(seed=7, n=300)
+    committer = CommitterProcess(two[0].url, SystemClock(), size_max=1, writer_process=writer_process)
+    made.append(committer)
+    futures = [committer.enqueue_many([fresh(s) for s in g]) for g in groups]
+    got = [r for f in futures for r in f.result(timeout=120)]
+    want = reference_answers(two[1], groups)
+    assert [answer(r) for r in got] == [answer(r) for r in want]
+    assert committer.started == 1
+    assert sorted(stored_ids(two[0])) == sorted({r.body["id"] for r in got if r.status == 201})
+    assert_checks(two[0])
+    # A single post is answered alone, as a Result, the one the committer in process gives.
+    one = traffic(seed=8, n=1)[0][0]
+    single = committer.enqueue(fresh(one)).result(timeout=60)
+    in_process = GroupCommitter(Ledger(two[1].engine, SystemClock()), wait_ms=0, ahead=False)
+    assert isinstance(single, Result) and answer(single) == answer(in_process.submit(fresh(one)))
+
+
+def test_a_child_killed_under_load_fails_only_its_groups_and_their_retries_lose_and_double_nothing(two, made) -> None:
+    groups = traffic(seed=13, n=400)
+    committer = CommitterProcess(two[0].url, SystemClock(), size_max=1)
+    made.append(committer)
+    kill_at = {10, 25, 40}  # groups the child is killed under, a moment after they are sent
+    killed: list[int] = []
+    got: list[Result] = []
+    lost = 0
+    # Like a terminal: each batch sent until it is answered, the same keys every time.
+    for i, g in enumerate(groups):
+        attempt = 0
+        while True:
+            future = committer.enqueue_many([fresh(s) for s in g])
+            if i in kill_at and attempt == 0:
+                time.sleep(0.003 * (i % 4))
+                pid = committer.pid
+                assert pid is not None
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            try:
+                got.extend(future.result(timeout=60))
+                break
+            except db.Unreachable:
+                lost += 1
+                attempt += 1
+                time.sleep(0.2)
+    assert len(set(killed)) == 3 and committer.started == 4 and lost >= 1
+    want = reference_answers(two[1], groups)
+    # A retried group that was committed before its child died is answered as replays.
+    assert [answer(r)[0::2] for r in got] == [answer(r)[0::2] for r in want]
+    accepted = {r.body["id"] for r in got if r.status == 201}
+    stored = stored_ids(two[0])
+    assert sorted(stored) == sorted(accepted) and len(stored) == len(set(stored))
+    assert_checks(two[0])
+
+
+def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, made, monkeypatch) -> None:
+    from engine.store import committer_process
+
+    books = setup(postgres_url)
+    groups = traffic(seed=9, n=40)
+    try:
+        committer = CommitterProcess(postgres_url, SystemClock(), size_max=1)
+        made.append(committer)
+        first = committer.enqueue_many([fresh(s) for s in groups[0]]).result(timeout=60)
+        assert committer.pid is not None
+        os.kill(committer.pid, signal.SIGSTOP)
+        monkeypatch.setattr(committer_process, "ANSWER_TIMEOUT_S", 1.0)
+        started = time.monotonic()
+        with pytest.raises(db.Unreachable, match="CommitterLost"):
+            committer.enqueue_many([fresh(s) for s in groups[1]]).result(timeout=60)
+        assert 1.0 <= time.monotonic() - started < 30
+        # The stopped child was killed holding the group: nothing of it was written.
+        assert len(stored_ids(books)) == sum(1 for r in first if r.status == 201 and not r.replayed)
+        time.sleep(committer_process.RESPAWN_MIN_S)
+        second = committer.enqueue_many([fresh(s) for s in groups[1]]).result(timeout=60)
+        assert committer.started == 2 and not any(r.replayed for r in second)
+        assert_checks(books)
+    finally:
+        books.close()
+
+
+def test_a_database_that_cannot_be_reached_is_answered_unreachable(made) -> None:
+    committer = CommitterProcess("postgresql+psycopg://postgres@127.0.0.1:1/none", SystemClock())
+    made.append(committer)
+    one = traffic(seed=8, n=1)[0][0]
+    with pytest.raises(db.Unreachable, match="OperationalError"):
+        committer.enqueue(fresh(one)).result(timeout=60)
+
+
+def test_close_answers_what_the_child_holds_and_refuses_what_comes_after(postgres_url, made) -> None:
+    books = setup(postgres_url)
+    groups = traffic(seed=11, n=60)
+    try:
+        committer = CommitterProcess(postgres_url, SystemClock(), size_max=1)
+        made.append(committer)
+        futures = [committer.enqueue_many([fresh(s) for s in g]) for g in groups[:4]]
+        first = futures[0].result(timeout=60)  # the child is up and posting
+        pid = committer.pid
+        committer.close()
+        answered = [f for f in futures if f.exception(timeout=10) is None]
+        refused = [f for f in futures if f.exception(timeout=10) is not None]
+        assert answered and futures[0] in answered
+        assert all(isinstance(f.exception(), db.Unreachable) for f in refused)
+        with pytest.raises(db.Unreachable, match="CommitterClosed"):
+            committer.enqueue_many([fresh(s) for s in groups[5]]).result(timeout=10)
+        assert committer.pid is None and pid is not None
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+        accepted = {r.body["id"] for f in answered for r in f.result() if r.status == 201}
+        assert first and set(stored_ids(books)) == accepted
+        assert_checks(books)
+    finally:
+        books.close()
+
+
+def test_a_manual_clock_is_refused() -> None:
+    with pytest.raises(ValueError, match="SystemClock"):
+        CommitterProcess("postgresql+psycopg://postgres@127.0.0.1:5432/none", ManualClock(0))  # type: ignore[arg-type]
