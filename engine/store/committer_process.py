@@ -36,8 +36,11 @@ own writer child; `close` ends it, and runs at the API process's exit.
 from __future__ import annotations
 
 import atexit
+import contextlib
+import io
 import logging
 import multiprocessing
+import os
 import pickle
 import queue
 import signal
@@ -55,7 +58,9 @@ from engine.store.write_process import error_name
 
 log = logging.getLogger(__name__)
 
-ANSWER_TIMEOUT_S = 60.0  # a group unanswered this long: the child is killed, its groups fail (503)
+# A group unanswered this long: the child is killed, its groups fail (503). Longer than the child's
+# own wait for its writer (`write_process.WRITE_TIMEOUT_S`), so that the child settles a hung write first.
+ANSWER_TIMEOUT_S = 90.0
 CLOSE_WAIT_S = 5.0  # how long `close` lets the groups in the child finish before it kills the child
 RESPAWN_MIN_S = 1.0  # at most one child started a second
 READY = "ready"  # the child's message: it can take the next group
@@ -80,6 +85,7 @@ class CommitterProcess(Committer):
         self.writer_process = writer_process
         self.started = 0  # children started, the first one included
         self._changed = threading.Condition()
+        self._sending = threading.Lock()  # one message on the pipe at a time (a group, or `close`'s stop)
         self._pipe: Connection | None = None
         self._process: multiprocessing.process.BaseProcess | None = None
         self._ready = True  # the child may take the next group
@@ -106,8 +112,10 @@ class CommitterProcess(Committer):
         return process.pid if process is not None else None
 
     def close(self) -> None:
-        """End the child once the groups it holds are answered (for up to `CLOSE_WAIT_S`, then it
-        is killed and they fail); a group queued after this fails (503)."""
+        """End the child: the groups it holds are answered first, for up to `CLOSE_WAIT_S`; then it
+        is told to stop, given `CLOSE_WAIT_S` more to finish, and killed. A group still unanswered
+        then fails (503), though the child may have committed it (as any group whose child is lost);
+        a group queued after this fails (503)."""
         atexit.unregister(self.close)
         deadline = time.monotonic() + CLOSE_WAIT_S
         with self._changed:
@@ -116,18 +124,16 @@ class CommitterProcess(Committer):
             while self._pending and self._changed.wait(max(0.0, deadline - time.monotonic())):
                 pass
             pipe, process = self._pipe, self._process
-            self._pipe = self._process = None  # its receiver, seeing the pipe closed, leaves it to this
-            unanswered = [group for group, _ in self._pending.values()]
-            self._pending.clear()
-        for group in unanswered:
-            _fail(group, db.Unreachable("CommitterClosed"))
         if pipe is not None:
-            pipe.close()  # the child's `recv` ends: it finishes what it holds and exits
+            try:
+                with self._sending:
+                    pipe.send_bytes(pickle.dumps(None, protocol=PROTOCOL))  # stop, once what you hold is answered
+            except (OSError, ValueError):
+                pass  # gone already
         if process is not None:
             process.join(timeout=CLOSE_WAIT_S)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        if pipe is not None:
+            self._lost(pipe, "CommitterClosed")  # kills it if it still runs; fails what is unanswered
 
     # -- the sending thread (the gatherer's) -----------------------------------
 
@@ -137,6 +143,12 @@ class CommitterProcess(Committer):
                 self._changed.wait()
 
     def _send(self, group: Group) -> None:
+        try:
+            payload = pickle.dumps([parcel for parcel, _ in group], protocol=PROTOCOL)
+        except Exception as failure:  # noqa: BLE001 - this group only; nothing was sent
+            log.exception("committer: a group of %d could not be sent", len(group))
+            _fail(group, CommitterFailed(type(failure).__name__))
+            return
         with self._changed:
             if self._closed:
                 _fail(group, db.Unreachable("CommitterClosed"))
@@ -145,7 +157,12 @@ class CommitterProcess(Committer):
                 if time.monotonic() - self._started_at < RESPAWN_MIN_S:
                     _fail(group, db.Unreachable("CommitterLost"))
                     return
-                self._start()
+                try:
+                    self._start()
+                except Exception as failure:  # noqa: BLE001 - no child: this group is answered 503
+                    log.exception("committer: a child could not be started")
+                    _fail(group, db.Unreachable(type(failure).__name__))
+                    return
             pipe = self._pipe
             assert pipe is not None
             number = self._next
@@ -153,38 +170,44 @@ class CommitterProcess(Committer):
             self._pending[number] = (group, time.monotonic())
             self._ready = False
         try:
-            pipe.send_bytes(pickle.dumps((number, [parcel for parcel, _ in group]), protocol=PROTOCOL))
-        except (OSError, ValueError):  # the child is gone: its receiver fails what it held, this group too
-            self._lost(pipe)
+            with self._sending:
+                pipe.send_bytes(pickle.dumps(number, protocol=PROTOCOL) + payload)
+        except (OSError, ValueError):  # the child is gone: what it held fails, this group too
+            self._lost(pipe, "CommitterLost")
 
     def _start(self) -> None:
         """Start a child (the caller holds `_changed`)."""
+        self._started_at = time.monotonic()  # a failed start counts: at most one attempt a second
         # Spawned, not forked: the API process runs threads (a fork would copy their locks held).
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
-        process = context.Process(
-            target=serve,
-            args=(self.database_url, self.clock, self.writer_process, theirs),
-            name="setapay-committer",
-            daemon=False,
-        )
-        process.start()
-        theirs.close()
+        try:
+            process = context.Process(
+                target=serve,
+                args=(self.database_url, self.clock, self.writer_process, theirs),
+                name="setapay-committer",
+                daemon=False,
+            )
+            process.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
         self._pipe, self._process = ours, process
         self._ready = True
-        self._started_at = time.monotonic()
         self.started += 1
         threading.Thread(target=self._receive, args=(ours,), name="committer-receive", daemon=True).start()
 
-    # -- the receiving thread (one per child) ----------------------------------
+    # -- the receiving thread (one per child; the only one that closes its pipe) --
 
     def _receive(self, pipe: Connection) -> None:
         try:
             while True:
+                if self._overdue(pipe):
+                    log.warning("the committer child answered no group in %.0f s: killed", ANSWER_TIMEOUT_S)
+                    return
                 if not pipe.poll(1.0):
-                    if self._overdue():
-                        log.warning("the committer child answered no group in %.0f s: killed", ANSWER_TIMEOUT_S)
-                        break
                     continue
                 message = pickle.loads(pipe.recv_bytes())
                 if message == READY:
@@ -195,20 +218,28 @@ class CommitterProcess(Committer):
                     continue
                 number, outcomes = message
                 with self._changed:
-                    group, _ = self._pending.pop(number)
+                    held = self._pending.pop(number, None) if self._pipe is pipe else None
                     self._changed.notify_all()
-                _resolve(group, outcomes)
+                if held is not None:
+                    _resolve(held[0], outcomes)
         except (EOFError, OSError):
-            pass
-        self._lost(pipe)
+            pass  # the child ended, or was killed
+        except Exception:  # noqa: BLE001 - a garbled answer: the child is not trusted further
+            log.exception("committer: the child's answer could not be read")
+        finally:
+            self._lost(pipe, "CommitterLost")
+            pipe.close()
 
-    def _overdue(self) -> bool:
+    def _overdue(self, pipe: Connection) -> bool:
         with self._changed:
-            oldest = min((sent for _, sent in self._pending.values()), default=None)
-        return oldest is not None and time.monotonic() - oldest > ANSWER_TIMEOUT_S
+            if self._pipe is not pipe or not self._pending:
+                return False
+            oldest = min(sent for _, sent in self._pending.values())
+        return time.monotonic() - oldest > ANSWER_TIMEOUT_S
 
-    def _lost(self, pipe: Connection) -> None:
-        """The child of `pipe` is gone, or must go: every group it had not answered fails."""
+    def _lost(self, pipe: Connection, why: str) -> None:
+        """The child of `pipe` is gone, or must go: it is killed (with any child of its own) and
+        every group it had not answered fails with `db.Unreachable(why)`."""
         with self._changed:
             if self._pipe is not pipe:
                 return  # handled already
@@ -218,15 +249,34 @@ class CommitterProcess(Committer):
             self._pipe = self._process = None
             self._ready = True
             self._changed.notify_all()
-        pipe.close()
         if process is not None:
             if process.is_alive():
-                process.kill()
+                _kill_with_children(process)
             process.join(timeout=5)
         if failed:
-            log.warning("the committer child was lost with %d groups unanswered", len(failed))
+            log.warning("committer: the child was lost with %d groups unanswered", len(failed))
         for group in failed:
-            _fail(group, db.Unreachable("CommitterLost"))
+            _fail(group, db.Unreachable(why))
+
+
+def _kill_with_children(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGKILL a child and the processes it started (its writer child, which may hold the
+    sequencer lock in a transaction of its own), found in /proc (Linux; elsewhere, the child only)."""
+    pid = process.pid
+    children = []
+    if pid is not None and os.path.isdir("/proc"):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                            children.append(int(entry))
+                except (OSError, ValueError, IndexError):
+                    continue
+    process.kill()
+    for child in children:
+        with contextlib.suppress(OSError):
+            os.kill(child, signal.SIGKILL)
 
 
 def _fail(group: Group, error: BaseException) -> None:
@@ -252,8 +302,9 @@ def _outcome(future: Future[Any]) -> tuple[Any, ...]:
 
 
 def serve(database_url: str, clock: SystemClock, writer_process: bool, pipe: Connection) -> None:
-    """The child: post each group it is handed with a `GroupCommitter`, say READY once it can take
-    the next, and answer each group's outcomes in order, until its pipe closes."""
+    """The child: post each group it is handed (its number, then its parcels: two pickles in one
+    message) with a `GroupCommitter`, say READY once it can take the next, and answer each group's
+    outcomes in order, until its pipe closes or it is told to stop (the number None)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     from engine import collector
@@ -266,8 +317,7 @@ def serve(database_url: str, clock: SystemClock, writer_process: bool, pipe: Con
     sending = threading.Lock()
     held: queue.Queue[tuple[int, list[Future[Any]]] | None] = queue.Queue()
 
-    def send(message: object) -> None:
-        data = pickle.dumps(message, protocol=PROTOCOL)
+    def send(data: bytes) -> None:
         with sending:
             pipe.send_bytes(data)
 
@@ -276,19 +326,28 @@ def serve(database_url: str, clock: SystemClock, writer_process: bool, pipe: Con
             number, futures = item
             outcomes = [_outcome(future) for future in futures]  # in order: each waits for its commit
             try:
-                send((number, outcomes))
+                data = pickle.dumps((number, outcomes), protocol=PROTOCOL)
+            except Exception as failure:  # noqa: BLE001 - an answer that does not pickle fails its group
+                log.exception("committer child: the answers of a group could not be sent")
+                data = pickle.dumps((number, [("error", type(failure).__name__, False)] * len(futures)))
+            try:
+                send(data)
             except OSError:
                 return
 
     answering = threading.Thread(target=answer, name="committer-answer")
     answering.start()
+    ready = pickle.dumps(READY, protocol=PROTOCOL)
     try:
         while True:
             try:
-                number, parcels = pickle.loads(pipe.recv_bytes())
+                message = io.BytesIO(pipe.recv_bytes())
             except (EOFError, OSError):
                 return
-            group: Group = [(parcel, Future()) for parcel in parcels]
+            number = pickle.load(message)
+            if number is None:
+                return  # `close`: stop once what is held is answered
+            group: Group = [(parcel, Future()) for parcel in pickle.load(message)]
             for _, future in group:
                 future.set_running_or_notify_cancel()
             held.put((number, [future for _, future in group]))
@@ -298,7 +357,7 @@ def serve(database_url: str, clock: SystemClock, writer_process: bool, pipe: Con
                 log.exception("committer child: a group of %d failed", len(group))
                 _fail(group, failure)
             try:
-                send(READY)
+                send(ready)
             except OSError:
                 return
     finally:

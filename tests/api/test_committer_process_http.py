@@ -2,21 +2,24 @@
 
 A real `setapay serve` process: its posts, single and batched, are decided and written by a child
 process (engine/store/committer_process.py), which writes through a writer child of its own. The
-child killed (SIGKILL), the server lives on: a request whose group the child held is answered 503
-`service_unavailable`, the terminal's retry with the same key gets its answer, and a new child
-posts from then on; nothing is stored twice.
+child killed (SIGKILL) while its group commits, the server lives on: the request is answered 503
+`service_unavailable`, the terminal's retry with the same key gets the committed answer, replayed,
+from a new child; nothing is stored twice.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
+import httpx
 from sqlalchemy import text
 
-from engine.store.db import make_engine
+from tests.lifecycle.support import Books
 from tests.server import ServerProcess
+from tests.store.test_committer_process import committing, slow_commits
 from tests.ward import purchase
 
 MERCHANT = {"id": "M1", "name": "店", "merchant_class": "small"}
@@ -51,14 +54,15 @@ def committer_child(server: ServerProcess) -> int:
         time.sleep(0.1)
 
 
-def test_posts_go_through_the_committer_child_and_a_lost_child_costs_a_retry(databases, tmp_path) -> None:
+def test_posts_go_through_the_committer_child_and_a_group_lost_with_it_costs_a_retry(databases, tmp_path) -> None:
     url = databases.create("postgresql")
     env = {"SETAPAY_GROUP_COMMIT_PROCESS": "true", "SETAPAY_GROUP_COMMIT_WRITER_PROCESS": "true"}
     with ServerProcess(url, tmp_path, env=env) as server:
         keys = server.configure([MERCHANT], [], {"T1": "M1"})
         with server.terminal_client(keys["T1"]) as c:
-            one = purchase("T1", "W1", 1000, merchant_id="M1")
-            first = c.post("/v1/transactions", json=one, headers={"Idempotency-Key": "k1"})
+            first = c.post(
+                "/v1/transactions", json=purchase("T1", "W1", 1000, merchant_id="M1"), headers={"Idempotency-Key": "k1"}
+            )
             assert first.status_code == 201, first.text
             batch = c.post(
                 "/v1/transactions/batch",
@@ -71,27 +75,34 @@ def test_posts_go_through_the_committer_child_and_a_lost_child_costs_a_retry(dat
             )
             assert batch.status_code == 200 and [r["status"] for r in batch.json()["results"]] == [201] * 5
             child = committer_child(server)
-            os.kill(child, signal.SIGKILL)
-            body = purchase("T1", "W9", 2000, merchant_id="M1")
-            statuses = []
-            deadline = time.monotonic() + 30
-            while True:
-                r = c.post("/v1/transactions", json=body, headers={"Idempotency-Key": "k2"})
-                statuses.append(r.status_code)
-                if r.status_code != 503:
-                    break
-                assert r.json()["code"] == "service_unavailable"
-                assert time.monotonic() < deadline, statuses
-                time.sleep(0.2)
-            assert r.status_code == 201, r.text
-            assert committer_child(server) != child
-            replay = c.post("/v1/transactions", json=one, headers={"Idempotency-Key": "k1"})
-    engine = make_engine(url)
-    try:
-        with engine.connect() as connection:
-            stored = connection.execute(text("SELECT count(*), count(DISTINCT id) FROM payment")).one()
-    finally:
-        engine.dispose()
-    assert tuple(stored) == (7, 7)
-    assert replay.status_code == 201 and replay.headers["Idempotent-Replayed"] == "true"
-    assert replay.json() == first.json()
+            # The next group's COMMIT is slow; the committer child is killed while its writer child
+            # waits in it, and the commit goes through: the request is answered 503, its retry
+            # (same key, same body) gets the committed answer, replayed.
+            books = Books(url, migrate=False)
+            try:
+                slow_commits(books)
+                body = purchase("T1", "W9", 2000, merchant_id="M1")
+                answered: list[httpx.Response] = []
+                sender = threading.Thread(
+                    target=lambda: answered.append(
+                        c.post("/v1/transactions", json=body, headers={"Idempotency-Key": "k2"})
+                    )
+                )
+                sender.start()
+                committing(books.engine)
+                os.kill(child, signal.SIGKILL)
+                sender.join(timeout=60)
+                assert answered[0].status_code == 503 and answered[0].json()["code"] == "service_unavailable"
+                deadline = time.monotonic() + 30
+                while (
+                    retry := c.post("/v1/transactions", json=body, headers={"Idempotency-Key": "k2"})
+                ).status_code == 503:
+                    assert time.monotonic() < deadline, retry.text
+                    time.sleep(0.2)
+                assert retry.status_code == 201 and retry.headers.get("Idempotent-Replayed") == "true", retry.text
+                assert committer_child(server) != child
+                with books.engine.connect() as connection:
+                    stored = connection.execute(text("SELECT count(*), count(DISTINCT id) FROM payment")).one()
+                assert tuple(stored) == (7, 7)
+            finally:
+                books.close()

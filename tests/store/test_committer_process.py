@@ -138,28 +138,137 @@ def test_a_database_that_cannot_be_reached_is_answered_unreachable(made) -> None
         committer.enqueue(fresh(one)).result(timeout=60)
 
 
-def test_close_answers_what_the_child_holds_and_refuses_what_comes_after(postgres_url, made) -> None:
+def held_by_the_child(committer: CommitterProcess) -> None:
+    """Wait until the committer has sent a group its child has not answered."""
+    deadline = time.monotonic() + 30
+    while not committer._pending:
+        assert time.monotonic() < deadline, "no group was sent to the child"
+        time.sleep(0.005)
+
+
+def slow_commits(books) -> None:
+    """From now on each COMMIT that moved the head takes a second (a slow disk, a sync standby)."""
+    with books.engine.begin() as c:
+        c.execute(
+            text(
+                "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
+                "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$"
+            )
+        )
+        c.execute(
+            text(
+                "CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON ledger_head "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
+            )
+        )
+
+
+def committing(engine) -> None:
+    """Wait until a session of the database sleeps in a slowed COMMIT."""
+    deadline = time.monotonic() + 30
+    with engine.connect() as c:
+        while not c.execute(
+            text("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'PgSleep' AND datname = current_database()")
+        ).scalar_one():
+            assert time.monotonic() < deadline, "no write reached its COMMIT"
+            time.sleep(0.005)
+            c.rollback()
+
+
+def test_a_group_lost_with_its_child_before_it_was_posted_is_posted_by_its_retry(postgres_url, made) -> None:
+    books = setup(postgres_url)
+    groups = traffic(seed=9, n=60)
+    try:
+        committer = CommitterProcess(postgres_url, SystemClock(), size_max=1)
+        made.append(committer)
+        first = committer.enqueue_many([fresh(s) for s in groups[0]]).result(timeout=60)
+        pid = committer.pid
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)  # the group waits in the pipe, unread
+        future = committer.enqueue_many([fresh(s) for s in groups[1]])
+        held_by_the_child(committer)
+        os.kill(pid, signal.SIGKILL)
+        with pytest.raises(db.Unreachable, match="CommitterLost"):
+            future.result(timeout=60)
+        accepted = {r.body["id"] for r in first if r.status == 201}
+        assert set(stored_ids(books)) == accepted
+        time.sleep(1.0)  # RESPAWN_MIN_S: the next group starts a new child
+        retried = committer.enqueue_many([fresh(s) for s in groups[1]]).result(timeout=60)
+        assert committer.started == 2 and not any(r.replayed for r in retried)
+        assert set(stored_ids(books)) == accepted | {r.body["id"] for r in retried if r.status == 201}
+        assert_checks(books)
+    finally:
+        books.close()
+
+
+def test_a_group_committed_as_its_child_died_is_answered_to_its_retry_as_replays(postgres_url, made) -> None:
+    """Killed in the group's COMMIT: its database session still commits. The group fails (503, as
+    the child answered nothing); its retry, the same keys, replays the committed answers."""
+    books = setup(postgres_url)
+    groups = traffic(seed=7, n=60)
+    try:
+        committer = CommitterProcess(postgres_url, SystemClock(), size_max=1)
+        made.append(committer)
+        for g in groups[:3]:
+            committer.enqueue_many([fresh(s) for s in g]).result(timeout=60)
+        before = set(stored_ids(books))
+        slow_commits(books)
+        purchases = next(g for g in groups[3:] if all(s.body.type == "purchase" for s in g))
+        future = committer.enqueue_many([fresh(s) for s in purchases])
+        committing(books.engine)
+        assert committer.pid is not None
+        os.kill(committer.pid, signal.SIGKILL)
+        with pytest.raises(db.Unreachable, match="CommitterLost"):
+            future.result(timeout=60)
+        time.sleep(1.0)  # RESPAWN_MIN_S
+        retried = committer.enqueue_many([fresh(s) for s in purchases]).result(timeout=60)
+        assert all(r.replayed for r in retried) and any(r.status == 201 for r in retried)
+        accepted = {r.body["id"] for r in retried if r.status == 201}
+        stored = stored_ids(books)
+        assert set(stored) == before | accepted and len(stored) == len(set(stored))
+        assert_checks(books)
+    finally:
+        books.close()
+
+
+def test_close_answers_what_the_child_holds_and_refuses_what_comes_after(postgres_url, made, monkeypatch) -> None:
+    from engine.store import committer_process
+
     books = setup(postgres_url)
     groups = traffic(seed=11, n=60)
     try:
         committer = CommitterProcess(postgres_url, SystemClock(), size_max=1)
         made.append(committer)
-        futures = [committer.enqueue_many([fresh(s) for s in g]) for g in groups[:4]]
-        first = futures[0].result(timeout=60)  # the child is up and posting
+        first = committer.enqueue_many([fresh(s) for s in groups[0]]).result(timeout=60)
+        # A child that answers: closing waits for the group it holds.
+        held = committer.enqueue_many([fresh(s) for s in groups[1]])
+        held_by_the_child(committer)
         pid = committer.pid
+        assert pid is not None
         committer.close()
-        answered = [f for f in futures if f.exception(timeout=10) is None]
-        refused = [f for f in futures if f.exception(timeout=10) is not None]
-        assert answered and futures[0] in answered
-        assert all(isinstance(f.exception(), db.Unreachable) for f in refused)
+        answered = first + held.result(timeout=1)
         with pytest.raises(db.Unreachable, match="CommitterClosed"):
-            committer.enqueue_many([fresh(s) for s in groups[5]]).result(timeout=10)
-        assert committer.pid is None and pid is not None
+            committer.enqueue_many([fresh(s) for s in groups[2]]).result(timeout=10)
+        assert committer.pid is None
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-        accepted = {r.body["id"] for f in answered for r in f.result() if r.status == 201}
-        assert first and set(stored_ids(books)) == accepted
+        assert set(stored_ids(books)) == {r.body["id"] for r in answered if r.status == 201}
         assert_checks(books)
+        # A child that stopped answering: closing gives up after its waits and kills it.
+        monkeypatch.setattr(committer_process, "CLOSE_WAIT_S", 0.5)
+        stuck = CommitterProcess(postgres_url, SystemClock(), size_max=1)
+        made.append(stuck)
+        stuck.enqueue_many([fresh(s) for s in groups[2]]).result(timeout=60)
+        assert stuck.pid is not None
+        os.kill(stuck.pid, signal.SIGSTOP)
+        lost = stuck.enqueue_many([fresh(s) for s in groups[3]])
+        held_by_the_child(stuck)
+        started = time.monotonic()
+        stuck.close()
+        assert time.monotonic() - started < 5
+        with pytest.raises(db.Unreachable):
+            lost.result(timeout=1)
+        assert stuck.pid is None
     finally:
         books.close()
 
