@@ -21,6 +21,7 @@ from sqlalchemy import text
 
 from engine.store.group_commit import GroupCommitter
 from engine.store.write_process import WriteFailed, WriterLost, WriterProcess
+from tests.store.test_committer_process import committing, slow_commits
 from tests.store.test_group_commit_ahead import Slowed, answer, both_ways, post
 from tests.store.test_pipeline import assert_checks, fresh, setup, traffic
 
@@ -115,32 +116,10 @@ def test_a_child_killed_while_its_commit_finishes_has_the_group_recognised_as_wr
     try:
         for g in groups[:3]:
             committer.enqueue_many([fresh(s) for s in g]).result(timeout=60)
-        with books.engine.begin() as c:  # from now on each COMMIT takes a second (a slow disk, a sync standby)
-            c.execute(
-                text(
-                    "CREATE FUNCTION slow_commit() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN PERFORM pg_sleep(1); RETURN NULL; END $$"
-                )
-            )
-            c.execute(
-                text(
-                    "CREATE CONSTRAINT TRIGGER slow_commit AFTER UPDATE ON ledger_head "
-                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION slow_commit()"
-                )
-            )
+        slow_commits(books)
         purchases = next(g for g in groups[3:] if all(s.body.type == "purchase" for s in g))
         future = committer.enqueue_many([fresh(s) for s in purchases])
-        with books.engine.connect() as c:
-            deadline = time.monotonic() + 30
-            while not c.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity "
-                    "WHERE wait_event = 'PgSleep' AND datname = current_database()"
-                )
-            ).scalar_one():
-                assert time.monotonic() < deadline, "the write never reached its COMMIT"
-                time.sleep(0.005)
-                c.rollback()
+        committing(books.engine)
         assert committer.writer_process is not None and committer.writer_process.pid is not None
         os.kill(committer.writer_process.pid, signal.SIGKILL)
         results = future.result(timeout=60)
