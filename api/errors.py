@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from engine import metrics
+from engine import metrics, sealing
 from engine.errors import EngineError, decline
 from engine.store import db
 
@@ -97,6 +97,20 @@ async def _unreachable(request: Request, exc: Exception) -> JSONResponse:
     return await _engine_error(request, EngineError("service_unavailable", type(exc).__name__))
 
 
+async def _sealed_elsewhere(request: Request, exc: Exception) -> JSONResponse:
+    """A secret in the database (a payment app's receipt secret, say) that this server's data key
+    does not open: the server is configured with another key than the one that sealed it. Not the
+    client's doing: a 503 it may retry once the operator has fixed the key, and one log line that
+    says so (never the key, the secret or the blob)."""
+    logging.getLogger("setapay.api").error(
+        "a sealed secret does not open with this server's data key (SETAPAY_DATA_KEY_B64 or "
+        "setapay-keys/data.key): is it the key that sealed it? (%s %s)",
+        request.method,
+        request.url.path,
+    )
+    return await _engine_error(request, EngineError("service_unavailable", type(exc).__name__))
+
+
 async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:  # pragma: no cover - a bug if reached
     logging.getLogger("setapay.api").error("unexpected %s", type(exc).__name__, exc_info=exc)
     return problem_response(*decline("internal_error"))
@@ -109,4 +123,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     for unreachable in db.UNREACHABLE:
         app.add_exception_handler(unreachable, _unreachable)
+    app.add_exception_handler(sealing.SealingError, _sealed_elsewhere)
     app.add_exception_handler(Exception, _unexpected)
