@@ -104,7 +104,7 @@ async def _sealed_elsewhere(request: Request, exc: Exception) -> JSONResponse:
     says so (never the key, the secret or the blob)."""
     logging.getLogger("setapay.api").error(
         "a sealed secret does not open with this server's data key (SETAPAY_DATA_KEY_B64 or "
-        "setapay-keys/data.key): is it the key that sealed it? (%s %s)",
+        "setapay-keys/data.key): is it the key that sealed it, or was the row altered? (%s %s)",
         request.method,
         request.url.path,
     )

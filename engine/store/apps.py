@@ -219,13 +219,14 @@ class Apps:
             if cached is not None and cached[1]:
                 return cached[0]  # read by the request that held the lock before this one
             if time.monotonic() - self._failed_at < FAILED_READ_HOLD_S:
-                # The read just failed (the database away): the requests queued behind it answer
+                # The read just failed (the database away, a secret the data key does not open):
+                # the requests queued behind it answer
                 # 503 at once rather than each waiting out its own connection attempt in turn.
                 raise EngineError("service_unavailable", "the payment apps' secrets could not be read")
             stamp = self._cache.stamp()  # a change here while it reads keeps its result out
             try:
                 opened = self._read()
-            except db.UNREACHABLE:
+            except db.UNREACHABLE + (sealing.SealingError,):  # the database away, or another data key
                 self._failed_at = time.monotonic()
                 raise
             self._cache.put(_EVERY_APP, opened, stamp)

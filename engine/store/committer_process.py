@@ -43,6 +43,7 @@ import multiprocessing
 import os
 import pickle
 import queue
+import select
 import signal
 import threading
 import time
@@ -63,6 +64,7 @@ log = logging.getLogger(__name__)
 ANSWER_TIMEOUT_S = 90.0
 CLOSE_WAIT_S = 5.0  # how long `close` lets the groups in the child finish before it kills the child
 RESPAWN_MIN_S = 1.0  # at most one child started a second
+WATCH_EVERY_S = 1.0  # how often the watchdog looks for a group unanswered too long
 READY = "ready"  # the child's message: it can take the next group
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -95,6 +97,7 @@ class CommitterProcess(Committer):
         self._closed = False
         with self._changed:
             self._start()  # now: the child loads while the first group gathers
+        threading.Thread(target=self._watch, name="committer-watch", daemon=True).start()
         atexit.register(self.close)
         # No wait for company: the child's readiness gathers it (see the module's docstring).
         self._gatherer: Gatherer[Parcel, Any] = Gatherer(
@@ -125,14 +128,21 @@ class CommitterProcess(Committer):
                 pass
             pipe, process = self._pipe, self._process
         if pipe is not None:
-            try:
-                with self._sending:
-                    pipe.send_bytes(pickle.dumps(None, protocol=PROTOCOL))  # stop, once what you hold is answered
-            except (OSError, ValueError):
-                pass  # gone already
-        if process is not None:
-            process.join(timeout=CLOSE_WAIT_S)
-        if pipe is not None:
+            # Stop, once what you hold is answered: unless a send to a child that does not read
+            # holds the pipe, or the pipe takes nothing more, past the wait; then it is killed now.
+            if self._sending.acquire(timeout=CLOSE_WAIT_S):
+                try:
+                    if select.select([], [pipe.fileno()], [], CLOSE_WAIT_S)[1]:
+                        pipe.send_bytes(pickle.dumps(None, protocol=PROTOCOL))
+                        stopping = True
+                    else:
+                        stopping = False
+                except (OSError, ValueError):
+                    stopping = False  # gone already
+                finally:
+                    self._sending.release()
+                if stopping and process is not None:
+                    process.join(timeout=CLOSE_WAIT_S)
             self._lost(pipe, "CommitterClosed")  # kills it if it still runs; fails what is unanswered
 
     # -- the sending thread (the gatherer's) -----------------------------------
@@ -204,11 +214,6 @@ class CommitterProcess(Committer):
     def _receive(self, pipe: Connection) -> None:
         try:
             while True:
-                if self._overdue(pipe):
-                    log.warning("the committer child answered no group in %.0f s: killed", ANSWER_TIMEOUT_S)
-                    return
-                if not pipe.poll(1.0):
-                    continue
                 message = pickle.loads(pipe.recv_bytes())
                 if message == READY:
                     with self._changed:
@@ -228,7 +233,19 @@ class CommitterProcess(Committer):
             log.exception("committer: the child's answer could not be read")
         finally:
             self._lost(pipe, "CommitterLost")
-            pipe.close()
+            with self._sending:  # no send can be under way on its descriptor as it is freed
+                pipe.close()
+
+    def _watch(self) -> None:
+        """Kill a child that has not answered a group for `ANSWER_TIMEOUT_S` (its receiver may be
+        blocked in the middle of a message): its receiver then reads the end of the pipe."""
+        while not self._closed:
+            time.sleep(WATCH_EVERY_S)
+            with self._changed:
+                pipe = self._pipe
+            if pipe is not None and self._overdue(pipe):
+                log.warning("the committer child answered no group in %.0f s: killed", ANSWER_TIMEOUT_S)
+                self._lost(pipe, "CommitterLost")
 
     def _overdue(self, pipe: Connection) -> bool:
         with self._changed:
