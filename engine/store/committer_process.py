@@ -16,21 +16,24 @@ group holds every request that came in meanwhile, and at most one group waits in
 Every future is resolved only from the child's answer, sent after the group's commit returned (a
 `GroupCommitter` resolves its futures only then), so nothing is acknowledged before it is durable.
 
-A child that dies, or has not answered a group within `ANSWER_TIMEOUT_S` (then it is killed), fails
-every group it had not answered with `db.Unreachable("CommitterLost")`: the API answers 503
-`service_unavailable`, and the terminal's retry with the same key is a replay if that group was
-committed, a first post if it was not (a child's transaction is committed whole or rolled back
-whole). The next group starts a new child, unless one was started less than `RESPAWN_MIN_S` ago:
-then that group fails the same way, so a child that cannot start costs one spawn a second. Errors
-the child answers carry their class name only (an error's text can quote parameters): a database
-that cannot be reached stays a 503 (`db.Unreachable`), anything else a `CommitterFailed` (500).
+A child that dies, or has not answered a group within `ANSWER_TIMEOUT_S` (then a watchdog thread
+kills it, with the writer child it started), fails every group it had not answered with
+`db.Unreachable("CommitterLost")`: the API answers 503 `service_unavailable`, and the terminal's
+retry with the same key is a replay if that group was committed, a first post if it was not (a
+child's transaction is committed whole or rolled back whole). The next group starts a new child,
+unless one was started less than `RESPAWN_MIN_S` ago: then that group fails the same way, so a
+child that cannot start costs one spawn a second. Errors the child answers carry their class name
+only (an error's text can quote parameters): a database that cannot be reached stays a 503
+(`db.Unreachable`), anything else a `CommitterFailed` (500).
 
 The child runs with its own copy of the API's clock (a `SystemClock`: the same system time, the
 same offset). Its metrics (group sizes and times, declines) are its own process's: they add up in
 `/metrics` in Prometheus' multiprocess mode, as `setapay serve` runs. It ignores SIGINT and
-SIGTERM, which are its parent's to act on, and ends when its pipe closes (the API process closed
-it, exited or was killed), after the groups it holds. It is not a daemon, so that it may start its
-own writer child; `close` ends it, and runs at the API process's exit.
+SIGTERM, which are its parent's to act on, and ends after the groups it holds when told to stop
+(`close`) or when its pipe closes (the API process exited or was killed). It is not a daemon, so
+that it may start its own writer child; `close` runs at the API process's exit too. Left open: a
+child that dies by itself while its writer child hangs inside a write leaves that writer to
+finish (or fail) its transaction alone; the next child's writes wait for the sequencer lock.
 """
 
 from __future__ import annotations
