@@ -281,10 +281,16 @@ class CommitterProcess(Committer):
 
 def _kill_with_children(process: multiprocessing.process.BaseProcess) -> None:
     """SIGKILL a child and the processes it started (its writer child, which may hold the
-    sequencer lock in a transaction of its own), found in /proc (Linux; elsewhere, the child only)."""
+    sequencer lock in a transaction of its own), found in /proc (Linux; elsewhere, the child only).
+    The child is stopped first: its children cannot exit unreaped under a stopped parent, so no
+    pid listed can be reused by an unrelated process before it is killed."""
     pid = process.pid
+    if pid is None:
+        return
     children = []
-    if pid is not None and os.path.isdir("/proc"):
+    if os.path.isdir("/proc"):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGSTOP)
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
@@ -293,10 +299,10 @@ def _kill_with_children(process: multiprocessing.process.BaseProcess) -> None:
                             children.append(int(entry))
                 except (OSError, ValueError, IndexError):
                     continue
-    process.kill()
     for child in children:
         with contextlib.suppress(OSError):
             os.kill(child, signal.SIGKILL)
+    process.kill()
 
 
 def _fail(group: Group, error: BaseException) -> None:

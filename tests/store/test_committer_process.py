@@ -11,6 +11,7 @@ the child holds and refuses what comes after. Real PostgreSQL and real child pro
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -42,6 +43,29 @@ def reference_answers(books, groups) -> list[Result]:
     reference = GroupCommitter(Ledger(books.engine, SystemClock()), wait_ms=0, size_max=1, ahead=False)
     futures = [reference.enqueue_many([fresh(s) for s in g]) for g in groups]
     return [r for f in futures for r in f.result(timeout=120)]
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a process that has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def stored_ids(books) -> list[str]:
@@ -109,17 +133,27 @@ def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, 
 
     books = setup(postgres_url)
     groups = traffic(seed=9, n=40)
+    writers: list[int] = []
     try:
-        committer = CommitterProcess(postgres_url, SystemClock(), size_max=1)
+        committer = CommitterProcess(postgres_url, SystemClock(), size_max=1, writer_process=True)
         made.append(committer)
         first = committer.enqueue_many([fresh(s) for s in groups[0]]).result(timeout=60)
         assert committer.pid is not None
+        writers = children_of(committer.pid)
+        assert len(writers) == 1  # its writer child
+        # Both stopped: a stopped writer cannot end by itself when its parent goes, only be killed.
+        os.kill(writers[0], signal.SIGSTOP)
         os.kill(committer.pid, signal.SIGSTOP)
         monkeypatch.setattr(committer_process, "ANSWER_TIMEOUT_S", 1.0)
         started = time.monotonic()
         with pytest.raises(db.Unreachable, match="CommitterLost"):
             committer.enqueue_many([fresh(s) for s in groups[1]]).result(timeout=60)
         assert 1.0 <= time.monotonic() - started < 30
+        # Killed with the child: the writer child, which could have held the sequencer lock.
+        deadline = time.monotonic() + 10
+        while running(writers[0]):
+            assert time.monotonic() < deadline, "the writer child outlived its committer child"
+            time.sleep(0.05)
         # The stopped child was killed holding the group: nothing of it was written.
         assert len(stored_ids(books)) == sum(1 for r in first if r.status == 201 and not r.replayed)
         time.sleep(committer_process.RESPAWN_MIN_S)
@@ -127,6 +161,9 @@ def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, 
         assert committer.started == 2 and not any(r.replayed for r in second)
         assert_checks(books)
     finally:
+        for pid in writers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         books.close()
 
 
