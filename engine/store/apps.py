@@ -219,9 +219,8 @@ class Apps:
             if cached is not None and cached[1]:
                 return cached[0]  # read by the request that held the lock before this one
             if time.monotonic() - self._failed_at < FAILED_READ_HOLD_S:
-                # The read just failed (the database away, a secret the data key does not open):
-                # the requests queued behind it answer
-                # 503 at once rather than each waiting out its own connection attempt in turn.
+                # The read just failed (the database away, a secret the data key does not open): the
+                # requests queued behind it answer 503 at once rather than each trying again in turn.
                 raise EngineError("service_unavailable", "the payment apps' secrets could not be read")
             stamp = self._cache.stamp()  # a change here while it reads keeps its result out
             try:

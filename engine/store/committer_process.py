@@ -54,7 +54,7 @@ from concurrent.futures import Future
 from multiprocessing.connection import Connection
 from typing import Any
 
-from engine.clock import SystemClock
+from engine.clock import Clock, SystemClock
 from engine.store import db
 from engine.store.gather import Gatherer
 from engine.store.group_commit import Committer, Group, Parcel, size_of_parcel
@@ -80,9 +80,7 @@ class CommitterFailed(RuntimeError):
 class CommitterProcess(Committer):
     """A `Committer` whose groups are decided and written by a child process."""
 
-    def __init__(
-        self, database_url: str, clock: SystemClock, size_max: int = 1000, writer_process: bool = False
-    ) -> None:
+    def __init__(self, database_url: str, clock: Clock, size_max: int = 1000, writer_process: bool = False) -> None:
         if not isinstance(clock, SystemClock):
             raise ValueError("a committer process keeps time with a copy of the clock: it must be a SystemClock")
         self.database_url = database_url
@@ -279,27 +277,32 @@ class CommitterProcess(Committer):
             _fail(group, db.Unreachable(why))
 
 
-def _kill_with_children(process: multiprocessing.process.BaseProcess) -> None:
-    """SIGKILL a child and the processes it started (its writer child, which may hold the
-    sequencer lock in a transaction of its own), found in /proc (Linux; elsewhere, the child only).
-    The child is stopped first: its children cannot exit unreaped under a stopped parent, so no
-    pid listed can be reused by an unrelated process before it is killed."""
-    pid = process.pid
-    if pid is None:
-        return
-    children = []
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid`, from /proc (Linux; elsewhere, none)."""
+    found = []
     if os.path.isdir("/proc"):
-        with contextlib.suppress(OSError):
-            os.kill(pid, signal.SIGSTOP)
         for entry in os.listdir("/proc"):
             if entry.isdigit():
                 try:
                     with open(f"/proc/{entry}/stat") as f:
                         if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                            children.append(int(entry))
+                            found.append(int(entry))
                 except (OSError, ValueError, IndexError):
                     continue
-    for child in children:
+    return found
+
+
+def _kill_with_children(process: multiprocessing.process.BaseProcess) -> None:
+    """SIGKILL a child and the processes it started (its writer child, which may hold the
+    sequencer lock in a transaction of its own). The child is stopped first: its children cannot
+    exit and be reaped under a stopped parent, so no pid listed is reused by another process before
+    it is killed."""
+    pid = process.pid
+    if pid is None:
+        return
+    with contextlib.suppress(OSError):
+        os.kill(pid, signal.SIGSTOP)
+    for child in child_pids(pid):
         with contextlib.suppress(OSError):
             os.kill(child, signal.SIGKILL)
     process.kill()

@@ -17,6 +17,7 @@ import time
 import httpx
 from sqlalchemy import text
 
+from engine.store.committer_process import child_pids
 from tests.lifecycle.support import Books
 from tests.server import ServerProcess
 from tests.store.test_committer_process import committing, slow_commits
@@ -28,18 +29,13 @@ MERCHANT = {"id": "M1", "name": "店", "merchant_class": "small"}
 def spawned_children(pid: int) -> list[int]:
     """The processes `pid` spawned through multiprocessing (their command line says so)."""
     found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for child in child_pids(pid):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                parent = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                command = f.read()
+            with open(f"/proc/{child}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    found.append(child)
         except OSError:
             continue
-        if parent == pid and b"spawn_main" in command:
-            found.append(int(entry))
     return found
 
 

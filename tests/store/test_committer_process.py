@@ -22,7 +22,7 @@ from sqlalchemy import text
 
 from engine.clock import ManualClock, SystemClock
 from engine.store import db
-from engine.store.committer_process import CommitterProcess
+from engine.store.committer_process import CommitterProcess, child_pids
 from engine.store.group_commit import GroupCommitter
 from engine.store.ledger import Ledger, Result
 from tests.store.test_group_commit_ahead import answer
@@ -43,20 +43,6 @@ def reference_answers(books, groups) -> list[Result]:
     reference = GroupCommitter(Ledger(books.engine, SystemClock()), wait_ms=0, size_max=1, ahead=False)
     futures = [reference.enqueue_many([fresh(s) for s in g]) for g in groups]
     return [r for f in futures for r in f.result(timeout=120)]
-
-
-def children_of(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except OSError:
-                continue
-    return found
 
 
 def running(pid: int) -> bool:
@@ -139,7 +125,7 @@ def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, 
         made.append(committer)
         first = committer.enqueue_many([fresh(s) for s in groups[0]]).result(timeout=60)
         assert committer.pid is not None
-        writers = children_of(committer.pid)
+        writers = child_pids(committer.pid)
         assert len(writers) == 1  # its writer child
         # Both stopped: a stopped writer cannot end by itself when its parent goes, only be killed.
         os.kill(writers[0], signal.SIGSTOP)
@@ -312,4 +298,4 @@ def test_close_answers_what_the_child_holds_and_refuses_what_comes_after(postgre
 
 def test_a_manual_clock_is_refused() -> None:
     with pytest.raises(ValueError, match="SystemClock"):
-        CommitterProcess("postgresql+psycopg://postgres@127.0.0.1:5432/none", ManualClock(0))  # type: ignore[arg-type]
+        CommitterProcess("postgresql+psycopg://postgres@127.0.0.1:5432/none", ManualClock(0))
