@@ -1,11 +1,11 @@
 """Idempotency fast path in Redis: remembered answers served without the database.
 
-The database is the record of every remembered answer (`idempotency_key`,
-kept 30 days and more). Redis only holds recent answers for a day, written
-after the commit that made them durable, so a terminal retrying in a storm
-gets its replay without waiting for the sequencer lock. A miss, an evicted
-key or Redis being down simply falls through to the database path: correctness
-never depends on Redis.
+The database is the record of every remembered answer (an accepted payment's on
+its `payment` row, a decline's in `idempotency_key`, kept 30 days and more).
+Redis only holds recent answers for a day, written after the commit that made
+them durable, so a terminal retrying in a storm gets its replay without waiting
+for the sequencer lock. A miss, an evicted key or Redis being down simply falls
+through to the database path: correctness never depends on Redis.
 """
 
 from __future__ import annotations

@@ -176,10 +176,14 @@ class UnitOfWork:
     def last_hash(self) -> str:
         return self._chain.posting_hash
 
-    def writer(self, at_us: int, books: dict[str, WalletBook] | None = None) -> PostingWriter:
+    def writer(
+        self, at_us: int, books: dict[str, WalletBook] | None = None, remember_keys: bool = True
+    ) -> PostingWriter:
         """A writer whose postings are stamped `at_us`; `books` are the wallet books
-        (`engine.store.books.load_books`) of every wallet whose points it moves."""
-        writer = PostingWriter(self, at_us, {} if books is None else books)
+        (`engine.store.books.load_books`) of every wallet whose points it moves. With
+        `remember_keys`, each payment row carries its idempotency key and request hash, which
+        remembers its answer; without, they are NULL (the import remembers no key)."""
+        writer = PostingWriter(self, at_us, {} if books is None else books, remember_keys)
         self._writers.append(writer)
         return writer
 
@@ -251,11 +255,24 @@ class GroupEffects:
 
 
 @dataclasses.dataclass
+class _Remembered:
+    """The answers remembered under a group's keys (`Ledger._queue_remembered`): `rows` of
+    (terminal, key, request hash, status, answer JSON) once the batch ran."""
+
+    payments: bulk.Read
+    declines: bulk.Read
+
+    @property
+    def rows(self) -> list[tuple[Any, ...]]:
+        return [(t, k, h, 201, answer) for t, k, h, answer in self.payments.rows] + self.declines.rows
+
+
+@dataclasses.dataclass
 class _GroupReads:
     """A group's reads queued on one `ReadBatch` (`Ledger._queue_group_reads`), rows once it ran."""
 
     batch: bulk.ReadBatch
-    remembered: bulk.Read
+    remembered: _Remembered
     originals: Callable[[], dict[str, Row]]
     original_ids: set[str]
     receipts: bulk.Read
@@ -725,7 +742,7 @@ class Ledger:
             }
             with metrics.KERNEL_SECONDS.time():
                 outcomes = rate(catalog, events, state)
-            writer = unit.writer(accepted_at, books)
+            writer = unit.writer(accepted_at, books, remember_answers)
             by_payment = dict(zip((pid for pid, _ in events), outcomes))
             # Runs of plain purchases (no points spent, no debt) post as columns; anything
             # else posts alone, after the run before it, so the chains keep acceptance order.
@@ -783,21 +800,26 @@ class Ledger:
             if done is not None:
                 base = submissions[first]
                 results[i] = replay_answer(base.request_hash, done.status, json.dumps(done.body), s.request_hash)
+        # An accepted payment's answer is remembered on its payment row (`PostingWriter._payment_row`,
+        # serialised once there); a decline's in an `idempotency_key` row.
         remember = []
         for key, i in first_in_group.items():
             r = results[i]
             if r is None or not r.remember or not remember_answers:
                 continue
-            # An accepted payment's answer was serialised once already, for its payment row.
-            stored = answer_json.get(r.body["id"]) if r.status == 201 else None
+            if r.status == 201:
+                if keep_effects:
+                    stored = answer_json[r.body["id"]]
+                    effects.remembered[key] = (*key, submissions[i].request_hash, 201, stored)
+                continue
             remember.append(
                 dict(
                     terminal_id=key[0],
                     key=key[1],
                     request_hash=submissions[i].request_hash,
                     response_status=r.status,
-                    response_json=stored if stored is not None else orjson.dumps(r.body).decode(),
-                    payment_id=r.body.get("id") if r.status == 201 else None,
+                    response_json=orjson.dumps(r.body).decode(),
+                    payment_id=None,
                     created_at_us=accepted_at,
                 )
             )
@@ -961,13 +983,24 @@ class Ledger:
         return {(row[0], row[1]): row for row in read.rows}
 
     @staticmethod
-    def _queue_remembered(reads: bulk.ReadBatch, keys: set[tuple[str, str]]) -> bulk.Read:
-        """Queue the look-up of the answers remembered under these (terminal, key)."""
-        return reads.where_tuples(
-            IdempotencyRow.__table__,
-            ["terminal_id", "key", "request_hash", "response_status", "response_json"],
-            ["terminal_id", "key"],
-            sorted(keys),
+    def _queue_remembered(reads: bulk.ReadBatch, keys: set[tuple[str, str]]) -> _Remembered:
+        """Queue the look-up of the answers remembered under these (terminal, key): on the
+        payments accepted under them, and in `idempotency_key` (declines, and payments accepted
+        before their rows carried their keys)."""
+        tuples = sorted(keys)
+        return _Remembered(
+            reads.where_tuples(
+                PaymentRow.__table__,
+                ["terminal_id", "idempotency_key", "request_hash", "response_json"],
+                ["terminal_id", "idempotency_key"],
+                tuples,
+            ),
+            reads.where_tuples(
+                IdempotencyRow.__table__,
+                ["terminal_id", "key", "request_hash", "response_status", "response_json"],
+                ["terminal_id", "key"],
+                tuples,
+            ),
         )
 
     def remembered_answer(self, terminal_id: str, key: str, request_hash: str) -> Result | None:
@@ -1161,9 +1194,10 @@ class PostingWriter:
     - `flush()`: queue everything and send it; once, before the unit of work ends.
     """
 
-    def __init__(self, unit: UnitOfWork, at_us: int, books: dict[str, WalletBook]) -> None:
+    def __init__(self, unit: UnitOfWork, at_us: int, books: dict[str, WalletBook], remember_keys: bool = True) -> None:
         self.at_us = at_us  # the instant every posting, payment and lot of this writer carries
         self.books = books  # wallet -> its lots and debt, kept current in acceptance order
+        self.remember_keys = remember_keys  # payment rows carry their idempotency key (`UnitOfWork.writer`)
         self.flushed = False
         # Not the unit itself: it keeps its writers, and the cycle would keep a group's books
         # and rows alive until the cyclic collector walks them.
@@ -1488,6 +1522,8 @@ class PostingWriter:
             "has_items": getattr(body, "items", None) is not None,
             "receipt_app_id": receipt.app_id if receipt is not None else None,
             "receipt_jti": receipt.jti if receipt is not None else None,
+            "idempotency_key": s.idempotency_key if self.remember_keys else None,
+            "request_hash": s.request_hash if self.remember_keys else None,
         }
         row["hash"] = self._chain.payment_hash = rules.payment_hash(self._chain.payment_hash, row)
         return row

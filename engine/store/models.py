@@ -165,8 +165,23 @@ class PaymentRow(Base):
     # The payment app's receipt (SPEC §9.1): its app and id, accepted once per app.
     receipt_app_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     receipt_jti: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The idempotency key the terminal sent it under, and that request's hash: an accepted
+    # payment's answer is remembered on its own row (`response_json`), not copied into
+    # `idempotency_key` (migration `20261209_payment_keys`). NULL for payments accepted
+    # without a remembered key (the history import) and for those accepted before.
+    idempotency_key: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
     __table_args__ = (
         UniqueConstraint("receipt_app_id", "receipt_jti", name="uq_payment_receipt"),
+        # A terminal's keys, one payment each; partial, so the import's payments cost no entry.
+        Index(
+            "uq_payment_terminal_key",
+            "terminal_id",
+            "idempotency_key",
+            unique=True,
+            postgresql_where=text("idempotency_key IS NOT NULL"),
+            sqlite_where=text("idempotency_key IS NOT NULL"),
+        ),
         CheckConstraint("amount > 0", name="amount_positive"),
         CheckConstraint("points_used >= 0 AND points_used <= amount", name="points_used_within_amount"),
         CheckConstraint("refunded_amount >= 0 AND refunded_amount <= amount", name="refund_within_amount"),
@@ -275,9 +290,12 @@ class PostingRow(Base):
 
 
 class IdempotencyRow(Base):
-    """A remembered answer, scoped to the terminal that sent the key (or to the finance key of a
-    grant). Only an answer: an accepted payment's request and answer are also in its own `payment`
-    row, so purging this row after the retention loses nothing of the ledger."""
+    """A remembered answer that is not an accepted payment's: a business decline, scoped to the
+    terminal that sent the key, or a grant, scoped to the finance key. An accepted payment's answer
+    is remembered on its own `payment` row (its `idempotency_key`, `request_hash` and
+    `response_json`), for as long as the ledger keeps it; rows here from before that
+    (migration `20261209_payment_keys`) still answer until the purge. Purging these rows after the
+    retention loses nothing of the ledger."""
 
     __tablename__ = "idempotency_key"
     terminal_id: Mapped[str] = mapped_column(String(64), primary_key=True)

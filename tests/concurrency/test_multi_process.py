@@ -745,11 +745,16 @@ def _verify(db, journal: Journal) -> None:
             scope.request["amount"],
         )
         assert json.loads(row.response_json) == body, f"{pid}: stored answer differs from the acknowledged one"
-    assert set(remembered) == set(journal.scopes), "remembered keys differ from the keys that were answered"
+    # An accepted payment remembers its answer under its key on its own row; a decline in `idempotency_key`.
+    on_payments = {(p.terminal_id, p.idempotency_key): p for p in payments}
+    assert len(on_payments) == len(payments) and not set(on_payments) & set(remembered)
+    assert set(remembered) | set(on_payments) == set(journal.scopes), "remembered keys differ from the answered ones"
     for scope_key, scope in journal.scopes.items():
-        row, first = remembered[scope_key], scope.answers[0]
-        assert row.response_status == first.status
-        assert row.payment_id == (first.body["id"] if first.status == 201 else None)
+        first = scope.answers[0]
+        if first.status == 201:
+            assert on_payments[scope_key].id == first.body["id"]
+        else:
+            assert (remembered[scope_key].response_status, remembered[scope_key].payment_id) == (first.status, None)
 
     # -- postings, awards and payments agree; nothing half-written ------------------------
     postings_of: dict[str, list[PostingRow]] = defaultdict(list)

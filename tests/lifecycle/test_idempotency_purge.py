@@ -1,10 +1,13 @@
 """Remembered answers are purged after the retention (at least 30 days, SPEC §6), and nothing else is.
 
 `lifecycle.purge_remembered_answers` deletes `idempotency_key` rows older than the retention by
-the engine's clock. The ledger keeps everything: payments (with their own request and answer),
-awards, postings, grants. Over HTTP a purchase sent again under its purged key is declined
-`receipt_already_used`, so the purge never lets a sale be posted twice; the in-process scheduler
-runs the purge once a day. On SQLite and on PostgreSQL.
+the engine's clock: the answers of declines and grants. The ledger keeps everything: payments,
+awards, postings, grants. An accepted payment remembers its answer on its own row, under its
+key, for as long as the ledger keeps it (keys are kept *at least* 30 days): its retry replays
+before and after the purge, so the purge never lets a sale be posted twice. A purged decline's
+key is new again; a payment accepted before payments carried their keys (its answer in an
+`idempotency_key` row) sent again under its purged key is declined `receipt_already_used`. The
+in-process scheduler runs the purge once a day. On SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -66,19 +69,44 @@ def test_answers_past_the_retention_go_and_the_ledger_stays(books: Books) -> Non
     declined = books.purchase("T1", "W2", 1000, T0, points_used=5, key="k-old-decline")
     assert declined.body["code"] == "insufficient_points"  # a remembered decline
     assert books.grant("W3", "C1", 50, key="g-old").status == 201
+    with books.engine.begin() as c:  # an answer remembered before payments carried their keys
+        c.execute(
+            IdempotencyRow.__table__.insert().values(
+                terminal_id="T1",
+                key="k-old-row",
+                request_hash="0" * 64,
+                response_status=201,
+                response_json="{}",
+                created_at_us=to_us(T0),
+            )
+        )
     books.at(T0 + 20 * DAY)
     assert books.purchase("T1", "W1", 2000, T0 + 20 * DAY, key="k-young").status == 201
+    assert books.purchase("T1", "W4", 10, T0 + 20 * DAY, points_used=1, key="k-young-decline").status == 422
     books.at(T0 + 29 * DAY + 23 * dt.timedelta(hours=1))
     assert books.purchase("T1", "W1", 500, T0 + 29 * DAY, key="k-almost").status == 201
+    assert books.purchase("T1", "W4", 10, T0 + 29 * DAY, points_used=1, key="k-almost-decline").status == 422
     payments, postings, grants = (_count(books.engine, m) for m in (PaymentRow, PostingRow, GrantRow))
-    assert _keys(books.engine) == {"k-old", "k-old-decline", "g-old", "k-young", "k-almost"}
+    # Accepted payments are remembered on their rows; declines and grants in `idempotency_key`.
+    assert _keys(books.engine) == {"k-old-decline", "g-old", "k-old-row", "k-young-decline", "k-almost-decline"}
+    with books.engine.connect() as c:
+        on_payments = set(c.execute(select(PaymentRow.idempotency_key)).scalars())
+    assert on_payments == {"k-old", "k-young", "k-almost"}
 
     # 29 days after the first ones: nothing is old enough yet.
     assert lifecycle.purge_remembered_answers(books.ledger, 30)["answers_purged"] == 0
     books.at(T0 + 30 * DAY + dt.timedelta(minutes=1))
     done = lifecycle.purge_remembered_answers(books.ledger, 30, chunk=2)  # chunks of 2: two rounds
     assert done["answers_purged"] == 3
-    assert _keys(books.engine) == {"k-young", "k-almost"}
+    assert _keys(books.engine) == {"k-young-decline", "k-almost-decline"}
+    # An accepted payment's key outlives the purge: its retry replays, it posts nothing twice.
+    retry = books.purchase("T1", "W1", 1000, T0 - dt.timedelta(minutes=1), key="k-old")
+    assert retry.replayed and retry.body == first.body
+    assert books.purchase("T1", "W1", 999, T0, key="k-old").body["code"] == "idempotency_key_reused"
+    # A purged decline's key is new: the same request is decided again (declined again, remembered again).
+    again = books.purchase("T1", "W2", 1000, T0, points_used=5, key="k-old-decline")
+    assert again.body["code"] == "insufficient_points" and not again.replayed
+    assert _keys(books.engine) == {"k-young-decline", "k-almost-decline", "k-old-decline"}
     # The ledger is untouched: every payment (with its own answer), posting and grant, and it checks.
     assert (_count(books.engine, PaymentRow), _count(books.engine, PostingRow), _count(books.engine, GrantRow)) == (
         payments,
@@ -98,8 +126,9 @@ def test_answers_past_the_retention_go_and_the_ledger_stays(books: Books) -> Non
     assert lifecycle.purge_remembered_answers(books.ledger, 30)["answers_purged"] == 0
     books.at(T0 + 60 * DAY + dt.timedelta(hours=1))
     assert lifecycle.purge_remembered_answers(books.ledger, 60)["answers_purged"] == 0
-    assert lifecycle.purge_remembered_answers(books.ledger, 30)["answers_purged"] == 2
+    assert lifecycle.purge_remembered_answers(books.ledger, 30)["answers_purged"] == 3
     assert _keys(books.engine) == set()
+    assert books.purchase("T1", "W1", 2000, T0 + 20 * DAY, key="k-young").replayed
     books.check()
 
 
@@ -112,7 +141,7 @@ def test_a_retention_under_30_days_is_refused(books: Books) -> None:
     assert Settings().idempotency_retention_days == 30
 
 
-def test_the_scheduler_purges_and_a_purged_key_cannot_post_a_sale_twice(database_url) -> None:
+def test_the_scheduler_purges_and_a_sale_is_never_posted_twice(database_url) -> None:
     clock = ManualClock(to_us(T0))
     settings = Settings(
         database_url=database_url,
@@ -150,6 +179,11 @@ def test_the_scheduler_purges_and_a_purged_key_cannot_post_a_sale_twice(database
         assert first.status_code == 201, first.text
         replay = client.post("/v1/transactions", headers=terminal, json=body)
         assert replay.headers.get("idempotent-replayed") == "true"
+        # The same sale under a second key: its receipt is spent, a decline remembered under that key.
+        other_key = {**terminal, "Idempotency-Key": "k2"}
+        spent = client.post("/v1/transactions", headers=other_key, json=body)
+        assert (spent.status_code, spent.json()["code"]) == (409, "receipt_already_used")
+        assert _keys(app.state.engine) == {"k2"}
 
         clock.set(to_us(T0 + 30 * DAY + dt.timedelta(hours=1)))  # a new day: the scheduler purges
         deadline = time.monotonic() + 10
@@ -157,13 +191,17 @@ def test_the_scheduler_purges_and_a_purged_key_cannot_post_a_sale_twice(database
             time.sleep(0.05)
         assert _keys(app.state.engine) == set()
 
-        # The same request under the purged key is new to the engine, and its receipt is spent.
+        # The sale's own key is kept with its payment: the retry still replays the answer.
         again = client.post("/v1/transactions", headers=terminal, json=body)
-        assert (again.status_code, again.json()["code"]) == (409, "receipt_already_used")
-        assert "idempotent-replayed" not in again.headers
+        assert again.status_code == 201 and again.headers.get("idempotent-replayed") == "true"
+        assert again.json() == first.json()
+        # The purged decline's key is new to the engine, and the receipt is still spent.
+        declined = client.post("/v1/transactions", headers=other_key, json=body)
+        assert (declined.status_code, declined.json()["code"]) == (409, "receipt_already_used")
+        assert "idempotent-replayed" not in declined.headers
         assert _count(app.state.engine, PaymentRow) == 1
         # That decline is remembered afresh, as every decline is.
-        assert client.post("/v1/transactions", headers=terminal, json=body).headers["idempotent-replayed"] == "true"
+        assert client.post("/v1/transactions", headers=other_key, json=body).headers["idempotent-replayed"] == "true"
     app.state.engine.dispose()
 
 
@@ -171,7 +209,8 @@ def test_the_command_line_purges(database_url) -> None:
     """`setapay purge-answers`, as a daily cron job runs it: on the system clock, the configured retention."""
     books = Books(database_url)  # the system clock: answers remembered now
     books.setup({"M1": ["T1"]}, [campaign("C1")])
-    assert books.purchase("T1", "W1", 1000, dt.datetime.now(TOKYO), key="k-now").status == 201
+    now = dt.datetime.now(TOKYO)
+    assert books.purchase("T1", "W1", 1000, now, points_used=5, key="k-now").body["code"] == "insufficient_points"
     with books.engine.begin() as c:  # one answer remembered 31 days ago
         c.execute(
             IdempotencyRow.__table__.insert().values(

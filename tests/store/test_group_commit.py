@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -69,10 +70,12 @@ def test_one_submission_is_answered_after_its_commit(books: Books) -> None:
     committer = GroupCommitter(books.ledger, wait_ms=0)
     result = committer.submit(submission("W1", 1000, key="k1"))
     assert result.status == 201 and result.body["points_awarded"] == 100
-    # Answered means durable: another connection sees the payment and the remembered answer.
+    # Answered means durable: another connection sees the payment, which remembers its answer
+    # under its key itself (no second copy in `idempotency_key`).
     with books.engine.connect() as c:
-        assert c.execute(select(PaymentRow.id)).scalars().all() == [result.body["id"]]
-        assert c.execute(select(IdempotencyRow.key)).scalars().all() == ["k1"]
+        stored = c.execute(select(PaymentRow.id, PaymentRow.idempotency_key, PaymentRow.response_json)).one()
+        assert stored[:2] == (result.body["id"], "k1") and json.loads(stored[2]) == result.body
+        assert c.execute(select(IdempotencyRow.key)).scalars().all() == []
     again = committer.submit(submission("W1", 1000, key="k1"))
     assert again.replayed and again.body == result.body
     books.check()
