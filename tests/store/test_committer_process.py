@@ -128,6 +128,7 @@ def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, 
         writers = child_pids(committer.pid)
         assert len(writers) == 1  # its writer child
         # Both stopped: a stopped writer cannot end by itself when its parent goes, only be killed.
+        ready_for_the_next(committer)
         os.kill(writers[0], signal.SIGSTOP)
         os.kill(committer.pid, signal.SIGSTOP)
         monkeypatch.setattr(committer_process, "ANSWER_TIMEOUT_S", 1.0)
@@ -159,6 +160,15 @@ def test_a_database_that_cannot_be_reached_is_answered_unreachable(made) -> None
     one = traffic(seed=8, n=1)[0][0]
     with pytest.raises(db.Unreachable, match="OperationalError"):
         committer.enqueue(fresh(one)).result(timeout=60)
+
+
+def ready_for_the_next(committer: CommitterProcess) -> None:
+    """Wait until the child has said it can take the next group: its READY for the last group may
+    come after that group's answer (the child's answering thread can send first)."""
+    deadline = time.monotonic() + 30
+    while not committer._ready:
+        assert time.monotonic() < deadline, "the child never said it can take the next group"
+        time.sleep(0.005)
 
 
 def held_by_the_child(committer: CommitterProcess) -> None:
@@ -207,6 +217,7 @@ def test_a_group_lost_with_its_child_before_it_was_posted_is_posted_by_its_retry
         first = committer.enqueue_many([fresh(s) for s in groups[0]]).result(timeout=60)
         pid = committer.pid
         assert pid is not None
+        ready_for_the_next(committer)
         os.kill(pid, signal.SIGSTOP)  # the group waits in the pipe, unread
         future = committer.enqueue_many([fresh(s) for s in groups[1]])
         held_by_the_child(committer)
@@ -283,6 +294,7 @@ def test_close_answers_what_the_child_holds_and_refuses_what_comes_after(postgre
         made.append(stuck)
         stuck.enqueue_many([fresh(s) for s in groups[2]]).result(timeout=60)
         assert stuck.pid is not None
+        ready_for_the_next(stuck)
         os.kill(stuck.pid, signal.SIGSTOP)
         lost = stuck.enqueue_many([fresh(s) for s in groups[3]])
         held_by_the_child(stuck)
