@@ -47,6 +47,21 @@ def _keys(engine) -> set[str]:
         return {row[0] for row in c.execute(select(IdempotencyRow.key))}
 
 
+def _remembered_row(engine, key: str, status: int, created_at_us: int) -> None:
+    """An `idempotency_key` row of terminal T1, written as the engine writes one."""
+    with engine.begin() as c:
+        c.execute(
+            IdempotencyRow.__table__.insert().values(
+                terminal_id="T1",
+                key=key,
+                request_hash="0" * 64,
+                response_status=status,
+                response_json="{}",
+                created_at_us=created_at_us,
+            )
+        )
+
+
 def _count(engine, model) -> int:
     with engine.connect() as c:
         return c.execute(select(func.count()).select_from(model)).scalar_one()
@@ -69,17 +84,7 @@ def test_answers_past_the_retention_go_and_the_ledger_stays(books: Books) -> Non
     declined = books.purchase("T1", "W2", 1000, T0, points_used=5, key="k-old-decline")
     assert declined.body["code"] == "insufficient_points"  # a remembered decline
     assert books.grant("W3", "C1", 50, key="g-old").status == 201
-    with books.engine.begin() as c:  # an answer remembered before payments carried their keys
-        c.execute(
-            IdempotencyRow.__table__.insert().values(
-                terminal_id="T1",
-                key="k-old-row",
-                request_hash="0" * 64,
-                response_status=201,
-                response_json="{}",
-                created_at_us=to_us(T0),
-            )
-        )
+    _remembered_row(books.engine, "k-old-row", 201, to_us(T0))  # as before payments carried their keys
     books.at(T0 + 20 * DAY)
     assert books.purchase("T1", "W1", 2000, T0 + 20 * DAY, key="k-young").status == 201
     assert books.purchase("T1", "W4", 10, T0 + 20 * DAY, points_used=1, key="k-young-decline").status == 422
@@ -211,17 +216,7 @@ def test_the_command_line_purges(database_url) -> None:
     books.setup({"M1": ["T1"]}, [campaign("C1")])
     now = dt.datetime.now(TOKYO)
     assert books.purchase("T1", "W1", 1000, now, points_used=5, key="k-now").body["code"] == "insufficient_points"
-    with books.engine.begin() as c:  # one answer remembered 31 days ago
-        c.execute(
-            IdempotencyRow.__table__.insert().values(
-                terminal_id="T1",
-                key="k-31-days",
-                request_hash="0" * 64,
-                response_status=422,
-                response_json="{}",
-                created_at_us=to_us(dt.datetime.now(TOKYO) - 31 * DAY),
-            )
-        )
+    _remembered_row(books.engine, "k-31-days", 422, to_us(now - 31 * DAY))  # one answer remembered 31 days ago
     done = cli(database_url, "purge-answers")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["answers_purged"] == 1
