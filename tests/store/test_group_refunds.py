@@ -77,20 +77,11 @@ def _story(url: str, together: bool) -> tuple[list[dict], dict]:
     return answers, {k: wallet[k] for k in ("pending", "available", "debt")}
 
 
-def test_two_refunds_in_one_group_equal_two_groups(database_url, tmp_path):
+def test_two_refunds_in_one_group_equal_two_groups(database_url_pair):
+    # A second, fresh database (dropped after the test, as the first) for the same story with
+    # both refunds in one group.
+    database_url, other = database_url_pair
     apart, wallet_apart = _story(database_url, together=False)
-    # A second, fresh database for the same story with both refunds in one group.
-    if database_url.startswith("sqlite"):
-        other = f"sqlite+pysqlite:///{tmp_path}/together.db"
-    else:
-        import psycopg
-
-        name = database_url.rsplit("/", 1)[1] + "_together"
-        admin = "postgresql://postgres@127.0.0.1:5432/postgres"
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{name}"')
-        other = database_url.rsplit("/", 1)[0] + "/" + name
     together, wallet_together = _story(other, together=True)
     assert together == apart
     assert wallet_together == wallet_apart
