@@ -160,14 +160,24 @@ class ReadBatch:
         ]
         return self._add(Read(None, statements))
 
-    def where_tuples(self, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]) -> Read:
+    def where_tuples(
+        self,
+        table: Table,
+        columns: list[str],
+        key: list[str],
+        tuples: Sequence[tuple[Any, ...]],
+    ) -> Read:
         """Rows of `table` whose `key` columns equal one of `tuples`. `key` is the primary key
-        or a unique one: at most one row per tuple.
+        or a unique one (a partial one too: the key's equality implies its `IS NOT NULL`): at
+        most one row per tuple (`tuples` distinct).
 
         On PostgreSQL one index probe per tuple (a LATERAL subquery with LIMIT 1), so the
         look-up costs the same however large the table grows; as a plain join the planner
         hashes the whole table once it guesses that cheaper, which it does for tables of tens
-        of thousands of rows and a thousand keys (30 ms against 7 ms, and growing with it)."""
+        of thousands of rows and a thousand keys (30 ms against 7 ms, and growing with it). On
+        SQLite a join of the tuples (a VALUES list) to the table, which SQLite serves by one
+        index search per tuple; `(key) IN (VALUES …)` of two tuples or more it served by reading
+        the whole table (or index): 4.5 ms against 0.08 ms at 50,000 rows."""
         if not tuples:
             return Read(None, [])
         if self.pg:
@@ -180,10 +190,11 @@ class ReadBatch:
             )
             return self._add(Read((sql, [value for _, value in arrays]), []))
         row = "(" + ", ".join("?" * len(key)) + ")"
+        on = " AND ".join(f"t.{k} = v.column{i + 1}" for i, k in enumerate(key))
         statements = [
             (
-                f"SELECT {', '.join(columns)} FROM {table.name} "
-                f"WHERE ({', '.join(key)}) IN (VALUES {', '.join([row] * len(chunk))})",
+                f"SELECT {', '.join('t.' + c for c in columns)} "
+                f"FROM (VALUES {', '.join([row] * len(chunk))}) AS v JOIN {table.name} AS t ON {on}",
                 tuple(v for t in chunk for v in t),
             )
             for chunk in _chunks(list(tuples), SQLITE_VARIABLES_MAX // len(key))

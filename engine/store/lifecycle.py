@@ -302,13 +302,15 @@ def purge_remembered_answers(ledger: Ledger, retention_days: int, chunk: int = C
     """Forget remembered answers (`idempotency_key` rows) older than `retention_days` by the
     engine's clock; SPEC §6 keeps them at least 30 days, so a shorter retention is refused.
 
-    Only the answer goes. An accepted payment keeps its own row (request, answer, chain hash),
-    its awards and postings; a grant keeps its `point_grant` row. A key used again after the
-    purge is a new request: a purchase or refund sent again is then declined
-    `receipt_already_used` (its receipt's jti is unique per app in `payment`), so a sale is
-    still never posted twice. Chunked, each chunk its own short transaction, without the
-    sequencer lock: a retry racing the purge is either replayed or, once its row is gone,
-    decided afresh as above.
+    Those rows are the answers of declines and grants, and of payments accepted before payments
+    carried their keys (migration `20261209_payment_keys`). An accepted payment's own answer is
+    on its `payment` row, under its key, and is never purged: its retry replays at any age. Only
+    answers go: payments, awards, postings and `point_grant` rows stay. A purged key used again
+    is a new request: a declined request is decided afresh, and a payment whose answer was in a
+    purged row, sent again, is declined `receipt_already_used` (its receipt's jti is unique per
+    app in `payment`), so a sale is still never posted twice. Chunked, each chunk its own short
+    transaction, without the sequencer lock: a retry racing the purge is either replayed or,
+    once its row is gone, decided afresh as above.
     """
     if retention_days < limits.IDEMPOTENCY_RETENTION_DAYS_MIN:
         raise ValueError(f"remembered answers are kept at least {limits.IDEMPOTENCY_RETENTION_DAYS_MIN} days")

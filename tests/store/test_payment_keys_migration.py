@@ -12,8 +12,10 @@ from __future__ import annotations
 import datetime as dt
 
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
-from engine.store import db
+from engine.store import bulk, db
+from engine.store.ledger import Ledger
 from engine.timeutil import TOKYO
 from tests.lifecycle.support import Books, campaign
 
@@ -53,5 +55,33 @@ def test_answers_survive_the_upgrade_and_go_back_on_the_downgrade(database_url) 
         assert retry.replayed and retry.body == accepted.body
         assert books.purchase("T1", "W1", 999, T0, key="k-new").body["code"] == "idempotency_key_reused"
         books.check()
+    finally:
+        books.close()
+
+
+def test_a_remembered_answer_is_found_by_the_payments_key_index(database_url) -> None:
+    """The look-up of keys on `payment` is served by `uq_payment_terminal_key` on both databases
+    (SQLite does not infer a partial index's predicate from the key's equality to a row of
+    values: without the predicate in the query, it read the whole table for each group)."""
+    books = Books(database_url, start=T0)
+    books.setup({"M1": ["T1"]}, [campaign("C1")])
+    try:
+        for n in range(30):
+            assert books.purchase("T1", f"W{n}", 1000 + n, T0, key=f"k{n}").status == 201
+        with Session(books.engine) as session:
+            reads = bulk.ReadBatch(session)
+            remembered = Ledger._queue_remembered(reads, {("T1", "k3"), ("T1", "none")})
+            if remembered.payments.pg is not None:
+                sql, params = remembered.payments.pg
+                connection = session.connection().connection.driver_connection
+                plan = "\n".join(r[0] for r in connection.execute("EXPLAIN " + sql, params).fetchall())
+                assert "Index Scan using uq_payment_terminal_key on payment" in plan, plan
+            else:
+                sql, values = remembered.payments.sqlite[0]
+                explained = session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + sql, values)
+                plan = "\n".join(str(r) for r in explained)
+                assert "SEARCH t USING INDEX uq_payment_terminal_key" in plan, plan
+            reads.run()
+            assert [row[:2] for row in remembered.rows] == [("T1", "k3")]
     finally:
         books.close()
