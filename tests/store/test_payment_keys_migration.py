@@ -15,7 +15,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from engine.store import bulk, db
-from engine.store.ledger import Ledger
+from engine.store.models import PaymentRow
 from engine.timeutil import TOKYO
 from tests.lifecycle.support import Books, campaign
 
@@ -60,28 +60,39 @@ def test_answers_survive_the_upgrade_and_go_back_on_the_downgrade(database_url) 
 
 
 def test_a_remembered_answer_is_found_by_the_payments_key_index(database_url) -> None:
-    """The look-up of keys on `payment` is served by `uq_payment_terminal_key` on both databases
-    (SQLite does not infer a partial index's predicate from the key's equality to a row of
-    values: without the predicate in the query, it read the whole table for each group)."""
+    """The keyed read the ledger makes of `payment` by (terminal, key) is served by
+    `uq_payment_terminal_key` on both databases, one index search per key (on SQLite,
+    `(key) IN (VALUES …)` of two keys or more read the whole table instead)."""
     books = Books(database_url, start=T0)
     books.setup({"M1": ["T1"]}, [campaign("C1")])
     try:
-        for n in range(30):
-            assert books.purchase("T1", f"W{n}", 1000 + n, T0, key=f"k{n}").status == 201
+        answers = [books.purchase("T1", f"W{n}", 1000 + n, T0, key=f"k{n}") for n in range(30)]
+        assert all(a.status == 201 for a in answers)
         with Session(books.engine) as session:
             reads = bulk.ReadBatch(session)
-            remembered = Ledger._queue_remembered(reads, {("T1", "k3"), ("T1", "none")})
-            if remembered.payments.pg is not None:
-                sql, params = remembered.payments.pg
+            read = reads.where_tuples(
+                PaymentRow.__table__,
+                ["terminal_id", "idempotency_key", "response_json"],
+                ["terminal_id", "idempotency_key"],
+                [("T1", "k3"), ("T1", "none")],
+            )
+            if read.pg is not None:
+                sql, params = read.pg
                 connection = session.connection().connection.driver_connection
                 plan = "\n".join(r[0] for r in connection.execute("EXPLAIN " + sql, params).fetchall())
                 assert "Index Scan using uq_payment_terminal_key on payment" in plan, plan
             else:
-                sql, values = remembered.payments.sqlite[0]
+                sql, values = read.sqlite[0]
                 explained = session.connection().exec_driver_sql("EXPLAIN QUERY PLAN " + sql, values)
                 plan = "\n".join(str(r) for r in explained)
                 assert "SEARCH t USING INDEX uq_payment_terminal_key" in plan, plan
             reads.run()
-            assert [row[:2] for row in remembered.rows] == [("T1", "k3")]
+            assert [row[:2] for row in read.rows] == [("T1", "k3")]
+        # The ledger's own look-up finds the answer there.
+        with books.engine.connect() as c:
+            request_hash = c.execute(text("SELECT request_hash FROM payment WHERE idempotency_key = 'k3'")).scalar_one()
+        again = books.ledger.remembered_answer("T1", "k3", request_hash)
+        assert again is not None and again.replayed and again.body == answers[3].body
+        assert books.ledger.remembered_answer("T1", "k3", "0" * 64) is None  # another request under the key
     finally:
         books.close()
