@@ -160,13 +160,7 @@ class ReadBatch:
         ]
         return self._add(Read(None, statements))
 
-    def where_tuples(
-        self,
-        table: Table,
-        columns: list[str],
-        key: list[str],
-        tuples: Sequence[tuple[Any, ...]],
-    ) -> Read:
+    def where_tuples(self, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]) -> Read:
         """Rows of `table` whose `key` columns equal one of `tuples`. `key` is the primary key
         or a unique one (a partial one too: the key's equality implies its `IS NOT NULL`): at
         most one row per tuple (`tuples` distinct).

@@ -257,14 +257,15 @@ class GroupEffects:
 @dataclasses.dataclass
 class _Remembered:
     """The answers remembered under a group's keys (`Ledger._queue_remembered`): `rows` of
-    (terminal, key, request hash, status, answer JSON) once the batch ran."""
+    (terminal, key, request hash, status, answer JSON) once the batch ran. A key has one or the
+    other; were it in both, the payment's row comes last, so that a mapping of them keeps it."""
 
     payments: bulk.Read
     declines: bulk.Read
 
     @property
     def rows(self) -> list[tuple[Any, ...]]:
-        return [(t, k, h, 201, answer) for t, k, h, answer in self.payments.rows] + self.declines.rows
+        return self.declines.rows + [(t, k, h, 201, answer) for t, k, h, answer in self.payments.rows]
 
 
 @dataclasses.dataclass
