@@ -7,7 +7,8 @@ two more index entries and the answer's text written again for every purchase. F
 revision a payment accepted under a key carries the key and its request's hash, unique per
 terminal (a partial index: the history import's payments, accepted without a key, cost no
 entry), and only declines and grants are remembered in `idempotency_key`. Answers remembered
-there before this revision still replay until the purge forgets them; nothing is moved.
+there before this revision still replay until the purge forgets them; nothing is moved. On
+PostgreSQL the index is built CONCURRENTLY, so terminals keep posting while it is made.
 
 Revision ID: 20261209_payment_keys
 Revises: 20261208_lock_version
@@ -21,19 +22,24 @@ branch_labels = None
 depends_on = None
 
 
+def _create_index(**kw: object) -> None:
+    where = sa.text('idempotency_key IS NOT NULL')
+    op.create_index('uq_payment_terminal_key', 'payment', ['terminal_id', 'idempotency_key'], unique=True,
+                    postgresql_where=where, sqlite_where=where, **kw)
+
+
 def upgrade() -> None:
     # Plain ALTER TABLE, on SQLite too: a batch would rebuild `payment` under the award triggers
-    # that name it (`20261207_award_references`).
+    # that name it (`20261207_award_references`). A nullable column without a default: no rewrite.
     op.add_column('payment', sa.Column('idempotency_key', sa.String(length=255), nullable=True))
     op.add_column('payment', sa.Column('request_hash', sa.String(length=64), nullable=True))
-    op.create_index(
-        'uq_payment_terminal_key',
-        'payment',
-        ['terminal_id', 'idempotency_key'],
-        unique=True,
-        postgresql_where=sa.text('idempotency_key IS NOT NULL'),
-        sqlite_where=sa.text('idempotency_key IS NOT NULL'),
-    )
+    # The index reads the whole of `payment` (to find no key in it): on PostgreSQL CONCURRENTLY,
+    # so that terminals keep posting while a large ledger is read.
+    if op.get_bind().dialect.name == "postgresql":
+        with op.get_context().autocommit_block():
+            _create_index(postgresql_concurrently=True)
+    else:
+        _create_index()
 
 
 def downgrade() -> None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import datetime as dt
 
-from sqlalchemy import text
+from sqlalchemy import event, text
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine.store import bulk, db
@@ -96,3 +97,36 @@ def test_a_remembered_answer_is_found_by_the_payments_key_index(database_url) ->
         assert books.ledger.remembered_answer("T1", "k3", "0" * 64) is None  # another request under the key
     finally:
         books.close()
+
+
+def test_the_keys_index_is_built_concurrently_on_postgresql(postgres_url) -> None:
+    """On PostgreSQL the index reads the whole of `payment` CONCURRENTLY, outside the migration's
+    transaction (PostgreSQL refuses CONCURRENTLY inside one), so terminals keep posting while a
+    large ledger is read; the index comes out valid, unique and partial."""
+    db.upgrade(postgres_url, "20261208_lock_version")
+    statements: list[str] = []
+
+    def seen(conn, cursor, statement, parameters, context, executemany) -> None:  # noqa: ANN001
+        statements.append(" ".join(statement.split()))
+
+    event.listen(Engine, "before_cursor_execute", seen)
+    try:
+        db.upgrade(postgres_url, "20261209_payment_keys")
+    finally:
+        event.remove(Engine, "before_cursor_execute", seen)
+    assert [s for s in statements if "uq_payment_terminal_key" in s] == [
+        "CREATE UNIQUE INDEX CONCURRENTLY uq_payment_terminal_key ON payment (terminal_id, idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL"
+    ]
+    engine = db.make_engine(postgres_url)
+    try:
+        with engine.connect() as c:
+            valid, unique, partial = c.execute(
+                text(
+                    "SELECT i.indisvalid, i.indisunique, i.indpred IS NOT NULL FROM pg_index i"
+                    " JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'uq_payment_terminal_key'"
+                )
+            ).one()
+        assert (valid, unique, partial) == (True, True, True)
+    finally:
+        engine.dispose()
