@@ -59,9 +59,9 @@ class BatchRequest(Record):
     transactions: Annotated[list[Any], Field(min_length=1, max_length=limits.BATCH_TRANSACTIONS_MAX)]
 
 
-def _check_instant(services: Services, occurred_at: dt.datetime) -> None:
+def _check_instant(services: Services, occurred_at: dt.datetime, now: int) -> None:
     settings = services.settings
-    at, now = to_us(occurred_at), services.clock.now_us()
+    at = to_us(occurred_at)
     if (
         at > now + settings.occurred_at_max_future_s * 1_000_000
         or at < now - settings.occurred_at_max_past_days * 86_400_000_000
@@ -86,20 +86,26 @@ def _canonical(body: Purchase | Refund) -> tuple[str, str]:
 
 
 def _checked(
-    services: Services, p: Principal, body: Purchase | Refund, opened_secrets: OpenedSecrets | None = None
+    services: Services,
+    p: Principal,
+    body: Purchase | Refund,
+    opened_secrets: OpenedSecrets | None = None,
+    now_us: int | None = None,
 ) -> Receipt:
     """The checks made before the ledger (else an `EngineError`); the verified receipt.
-    `opened_secrets`: the apps' secrets when the caller holds them (`Apps.current`, `Apps.load`)."""
+    `opened_secrets`: the apps' secrets when the caller holds them (`Apps.current`, `Apps.load`);
+    `now_us`: the engine's clock when the request came (a batch's items are checked at one instant)."""
+    now = services.clock.now_us() if now_us is None else now_us
     # The terminal's merchant is checked by the ledger under its lock, against the catalog.
     if body.type == "purchase" and body.terminal_id != p.terminal_id:
         raise EngineError("forbidden", "a terminal key posts only for its own terminal")
-    _check_instant(services, body.occurred_at)
+    _check_instant(services, body.occurred_at, now)
     # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
     return receipts.verify(
         body.receipt,
         body,
-        lambda app_id: services.apps.secrets_for(app_id, opened_secrets),
-        services.clock.now_us(),
+        lambda app_id: services.apps.secrets_for(app_id, opened_secrets, now),
+        now,
     )
 
 
@@ -114,11 +120,13 @@ def _replay(services: Services, p: Principal, key: str, request_hash: str, refus
     return replay
 
 
-def _submission(services: Services, p: Principal, key: str, body: Purchase | Refund) -> Submission | Result:
+def _submission(
+    services: Services, p: Principal, key: str, body: Purchase | Refund, opened: OpenedSecrets | None, now_us: int
+) -> Submission | Result:
     """The checked submission, or the remembered answer of a retry that no longer passes the checks."""
     canonical, request_hash = _canonical(body)
     try:
-        receipt = _checked(services, p, body)
+        receipt = _checked(services, p, body, opened, now_us)
     except EngineError as refused:
         return _replay(services, p, key, request_hash, refused)
     return Submission(_terminal_of(p), key, request_hash, body, canonical, receipt=receipt)
@@ -311,9 +319,13 @@ def post_batch(body: Annotated[BatchRequest, Body()], p: Terminal, services: Ser
     except ValidationError:
         records = [None] * len(checked)
     indexed: list[tuple[int, Submission]] = []
+    # Every item is checked at the instant the batch came, against the apps' secrets as the cache
+    # holds them then (when it holds none fresh, each item's check reads them, as a single post's).
+    now = services.clock.now_us()
+    opened = services.apps.current()
     for (i, key, fields), record in zip(checked, records):
         try:
-            submission = _submission(services, p, key, record or _transaction.validate_python(fields))
+            submission = _submission(services, p, key, record or _transaction.validate_python(fields), opened, now)
             if isinstance(submission, Result):
                 answers[i] = submission
             else:

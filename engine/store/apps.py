@@ -198,13 +198,15 @@ class Apps:
 
     # -- the API's look-up -------------------------------------------------------
 
-    def secrets_for(self, app_id: str, opened: OpenedSecrets | None = None) -> builtins.list[bytes]:
-        """The raw secrets of `app_id` valid now (none for an unknown or revoked app): from
-        `opened` when the caller holds them (`current`, `load`), else from the cache, read again
-        if stale."""
+    def secrets_for(
+        self, app_id: str, opened: OpenedSecrets | None = None, now_us: int | None = None
+    ) -> builtins.list[bytes]:
+        """The raw secrets of `app_id` valid now (none for an unknown or revoked app), or at
+        `now_us`: from `opened` when the caller holds them (`current`, `load`), else from the
+        cache, read again if stale."""
         if opened is None:
             opened = self.current() or self.load()
-        now = self.clock.now_us()
+        now = self.clock.now_us() if now_us is None else now_us
         return [raw for raw, until in opened.get(app_id, ()) if until is None or until > now]
 
     def current(self) -> OpenedSecrets | None:
