@@ -353,6 +353,50 @@ def purchase(terminal_id: str, merchant_id: str, n: int, i: int, occurred_at: st
     }
 
 
+def single_requests(terminals: Sequence[Terminal], payment_app: PaymentApp, occurred_at: str) -> RequestMaker:
+    """Client n's i-th single post: a purchase of terminal n with its receipt, under key s-n-i."""
+
+    def single(n: int, i: int) -> Request:
+        terminal_id, merchant_id, key = terminals[n]
+        body = json.dumps(
+            payment_app.sign_purchase(purchase(terminal_id, merchant_id, n, i, occurred_at), jti=f"pay_s_{n}_{i}")
+        ).encode()
+        return (
+            "POST",
+            "/v1/transactions",
+            body,
+            {"Authorization": f"Bearer {key}", "Idempotency-Key": f"s-{n}-{i}"},
+            1,
+        )
+
+    return single
+
+
+def batch_requests(terminals: Sequence[Terminal], payment_app: PaymentApp, occurred_at: str) -> RequestMaker:
+    """Client n's i-th batch: 1,000 purchases of terminal n with their receipts, keys b-n-i-j."""
+
+    def batch(n: int, i: int) -> Request:
+        terminal_id, merchant_id, key = terminals[n]
+        items = [
+            dict(
+                payment_app.sign_purchase(
+                    purchase(terminal_id, merchant_id, n, i * 1000 + j, occurred_at), jti=f"pay_b_{n}_{i}_{j}"
+                ),
+                idempotency_key=f"b-{n}-{i}-{j}",
+            )
+            for j in range(1000)
+        ]
+        return (
+            "POST",
+            "/v1/transactions/batch",
+            json.dumps({"transactions": items}).encode(),
+            {"Authorization": f"Bearer {key}"},
+            1000,
+        )
+
+    return batch
+
+
 def submissions(terminals: Sequence[Terminal], round_: int, size: int, occurred_at: str) -> list[Submission]:
     """`size` purchases of `round_` as the front end hands them to the ledger (validated, canonical
     JSON and its hash, key `r<round>-<i>`), spread over `terminals` (`seed_ward`'s)."""
@@ -444,19 +488,7 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
     }
     server = start_server("api.main:app", port, args.workers, env)
     try:
-
-        def single(n: int, i: int) -> Request:
-            terminal_id, merchant_id, key = terminals[n]
-            body = json.dumps(
-                payment_app.sign_purchase(purchase(terminal_id, merchant_id, n, i, occurred_at), jti=f"pay_s_{n}_{i}")
-            ).encode()
-            return (
-                "POST",
-                "/v1/transactions",
-                body,
-                {"Authorization": f"Bearer {key}", "Idempotency-Key": f"s-{n}-{i}"},
-                1,
-            )
+        single = single_requests(terminals, payment_app, occurred_at)
 
         measured_s = args.seconds + args.warmup
         per_client = int(PREBUILT_SINGLE_PER_S * measured_s / args.clients) + 1
@@ -490,24 +522,7 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
         unregister_terminal_keys(url, terminals)
         time.sleep(SIGNATURE_KEY_CACHE_S)
 
-        def batch(n: int, i: int) -> Request:
-            terminal_id, merchant_id, key = terminals[n]
-            items = [
-                dict(
-                    payment_app.sign_purchase(
-                        purchase(terminal_id, merchant_id, n, i * 1000 + j, occurred_at), jti=f"pay_b_{n}_{i}_{j}"
-                    ),
-                    idempotency_key=f"b-{n}-{i}-{j}",
-                )
-                for j in range(1000)
-            ]
-            return (
-                "POST",
-                "/v1/transactions/batch",
-                json.dumps({"transactions": items}).encode(),
-                {"Authorization": f"Bearer {key}"},
-                1000,
-            )
+        batch = batch_requests(terminals, payment_app, occurred_at)
 
         per_batch_client = int(PREBUILT_BATCH_TX_PER_S * measured_s / 1000 / args.batch_clients) + 1
         results["ours_batch"] = asyncio.run(
