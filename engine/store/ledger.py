@@ -101,31 +101,6 @@ class Submission:
     def receipt_key(self) -> tuple[str, str] | None:
         return (self.receipt.app_id, self.receipt.jti) if self.receipt is not None else None
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        """Pickled with its body as the body's JSON, validated again as its own model when
-        unpickled: how the API process hands submissions to its committer child
-        (`engine.store.committer_process`), cheaper there than a pydantic model's own pickling
-        (docs/BENCHMARKS.md). The body that comes out equals the one that went in, field for
-        field (`tests/store/test_wire_pickling.py`)."""
-        fields = (self.request_json, self.merchant_id, self.receipt, self.payment_id)
-        return (
-            _submission_of_json,
-            (self.terminal_id, self.idempotency_key, self.request_hash, type(self.body), self.body.model_dump_json())
-            + fields,
-        )
-
-
-def _submission_of_json(
-    terminal_id: str,
-    idempotency_key: str,
-    request_hash: str,
-    model: type[Purchase] | type[Refund],
-    body_json: str,
-    *fields: Any,
-) -> Submission:
-    # Validated as its own model: a discriminated union validates JSON at half the speed.
-    return Submission(terminal_id, idempotency_key, request_hash, model.model_validate_json(body_json), *fields)
-
 
 @dataclasses.dataclass(slots=True)
 class Result:

@@ -31,15 +31,21 @@ def _create_index(**kw: object) -> None:
 def upgrade() -> None:
     # Plain ALTER TABLE, on SQLite too: a batch would rebuild `payment` under the award triggers
     # that name it (`20261207_award_references`). A nullable column without a default: no rewrite.
-    op.add_column('payment', sa.Column('idempotency_key', sa.String(length=255), nullable=True))
-    op.add_column('payment', sa.Column('request_hash', sa.String(length=64), nullable=True))
-    # The index reads the whole of `payment` (to find no key in it): on PostgreSQL CONCURRENTLY,
-    # so that terminals keep posting while a large ledger is read.
-    if op.get_bind().dialect.name == "postgresql":
-        with op.get_context().autocommit_block():
-            _create_index(postgresql_concurrently=True)
-    else:
+    if op.get_bind().dialect.name != "postgresql":
+        op.add_column('payment', sa.Column('idempotency_key', sa.String(length=255), nullable=True))
+        op.add_column('payment', sa.Column('request_hash', sa.String(length=64), nullable=True))
         _create_index()
+        return
+    # The index reads the whole of `payment` (to find no key in it): on PostgreSQL CONCURRENTLY,
+    # so that terminals keep posting while a large ledger is read. The autocommit block commits
+    # the columns first; a build that fails or is interrupted leaves them committed, the revision
+    # not stamped and the index invalid, so upgrading again takes the columns as they are and
+    # builds the index anew.
+    op.execute("ALTER TABLE payment ADD COLUMN IF NOT EXISTS idempotency_key VARCHAR(255),"
+               " ADD COLUMN IF NOT EXISTS request_hash VARCHAR(64)")
+    with op.get_context().autocommit_block():
+        op.execute("DROP INDEX CONCURRENTLY IF EXISTS uq_payment_terminal_key")
+        _create_index(postgresql_concurrently=True)
 
 
 def downgrade() -> None:

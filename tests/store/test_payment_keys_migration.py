@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -23,6 +24,10 @@ from tests.lifecycle.support import Books, campaign
 T0 = dt.datetime(2026, 12, 1, 10, tzinfo=TOKYO)
 
 REMEMBERED = "SELECT terminal_id, key, response_status, payment_id FROM idempotency_key ORDER BY key"
+VALIDITY = (  # the keys index on PostgreSQL: valid, unique, partial
+    "SELECT i.indisvalid, i.indisunique, i.indpred IS NOT NULL FROM pg_index i"
+    " JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'uq_payment_terminal_key'"
+)
 
 
 def test_answers_survive_the_upgrade_and_go_back_on_the_downgrade(database_url) -> None:
@@ -115,18 +120,51 @@ def test_the_keys_index_is_built_concurrently_on_postgresql(postgres_url) -> Non
     finally:
         event.remove(Engine, "before_cursor_execute", seen)
     assert [s for s in statements if "uq_payment_terminal_key" in s] == [
+        "DROP INDEX CONCURRENTLY IF EXISTS uq_payment_terminal_key",  # one an interrupted build left
         "CREATE UNIQUE INDEX CONCURRENTLY uq_payment_terminal_key ON payment (terminal_id, idempotency_key)"
-        " WHERE idempotency_key IS NOT NULL"
+        " WHERE idempotency_key IS NOT NULL",
     ]
     engine = db.make_engine(postgres_url)
     try:
         with engine.connect() as c:
-            valid, unique, partial = c.execute(
-                text(
-                    "SELECT i.indisvalid, i.indisunique, i.indpred IS NOT NULL FROM pg_index i"
-                    " JOIN pg_class c ON c.oid = i.indexrelid WHERE c.relname = 'uq_payment_terminal_key'"
-                )
-            ).one()
+            valid, unique, partial = c.execute(text(VALIDITY)).one()
         assert (valid, unique, partial) == (True, True, True)
     finally:
         engine.dispose()
+
+
+def test_an_interrupted_index_build_is_taken_up_by_the_next_upgrade(postgres_url) -> None:
+    """CONCURRENTLY commits the columns before the index is built: a build that fails (here two
+    payments under one key; in a deploy a cancel, a timeout, a lost connection) leaves them
+    committed, the revision unstamped and the index invalid. The next upgrade goes on from there."""
+    books = Books(postgres_url, start=T0)
+    books.setup({"M1": ["T1"]}, [campaign("C1")])
+    try:
+        first = books.purchase("T1", "W1", 1000, T0, key="k1")
+        second = books.purchase("T1", "W2", 1000, T0, key="k2")
+        assert first.status == second.status == 201
+        books.engine.dispose()
+        db.downgrade(postgres_url, "20261208_lock_version")
+        with books.engine.connect() as c:  # the first upgrade's columns, committed; a key twice
+            c.execute(
+                text("ALTER TABLE payment ADD COLUMN idempotency_key VARCHAR(255), ADD COLUMN request_hash VARCHAR(64)")
+            )
+            c.execute(text("UPDATE payment SET idempotency_key = 'twice'"))
+            c.commit()
+        books.engine.dispose()
+        with pytest.raises(Exception, match="uq_payment_terminal_key"):
+            db.upgrade(postgres_url)
+        with books.engine.connect() as c:
+            assert c.execute(text(VALIDITY)).one() == (False, True, True)  # left behind, invalid
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "20261208_lock_version"
+            c.execute(text("UPDATE payment SET idempotency_key = NULL WHERE id = :id"), {"id": second.body["id"]})
+            c.commit()
+        books.engine.dispose()
+
+        db.upgrade(postgres_url)
+        with books.engine.connect() as c:
+            assert c.execute(text(VALIDITY)).one() == (True, True, True)
+            assert c.execute(text("SELECT version_num FROM alembic_version")).scalar() == "20261209_payment_keys"
+        books.engine.dispose()
+    finally:
+        books.close()
