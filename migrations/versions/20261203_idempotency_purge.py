@@ -21,6 +21,8 @@ INDEX = 'ix_idempotency_key_created_at_us'
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
+            # One an interrupted build left behind, invalid and unstamped, is built anew.
+            op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {INDEX}")
             op.create_index(INDEX, 'idempotency_key', ['created_at_us'], unique=False,
                             postgresql_concurrently=True)
     else:

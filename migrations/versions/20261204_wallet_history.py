@@ -30,6 +30,8 @@ def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
             for side in SIDES:
+                # One an interrupted build left behind, invalid and unstamped, is built anew.
+                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS ix_posting_{side}_wallet")
                 _create(side, postgresql_concurrently=True)
     else:
         for side in SIDES:

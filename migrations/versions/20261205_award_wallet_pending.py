@@ -23,6 +23,8 @@ WHERE = sa.text("pending > 0")
 def upgrade() -> None:
     if op.get_bind().dialect.name == "postgresql":
         with op.get_context().autocommit_block():
+            # One an interrupted build left behind, invalid and unstamped, is built anew.
+            op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_award_wallet_pending")
             op.create_index('ix_award_wallet_pending', 'award', ['wallet_id', 'credit_at_us'],
                             postgresql_where=WHERE, postgresql_concurrently=True)
     else:
