@@ -23,9 +23,9 @@ router = APIRouter()
 
 @router.get("/healthz", responses={200: {"model": responses.Health}, **problems(COMMON)})
 async def healthz() -> dict[str, Any]:
-    """Answered on the event loop, not in a worker thread: a liveness probe answers while every
-    worker thread waits (on the database, say), and costs ~150 us of CPU, not ~350
-    (docs/BENCHMARKS.md)."""
+    # Answered on the event loop, not in a worker thread: a liveness probe answers while every
+    # worker thread waits (on the database, say), and costs ~150 us of CPU, not ~350
+    # (docs/BENCHMARKS.md).
     return {"status": "ok"}
 
 
