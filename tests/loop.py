@@ -7,9 +7,26 @@ import time
 from collections.abc import Callable
 
 import httpx
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 
 from engine.store.db import make_engine
+
+
+def wait_for_waiters(locker: Connection, table: str, at_least: int, timeout_s: float) -> None:
+    """Wait until `at_least` sessions of this database wait for `table`'s lock, which `locker` holds."""
+    deadline = time.monotonic() + timeout_s
+    while (
+        locker.execute(
+            text(
+                "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"
+                " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            ),
+            {"t": table},
+        ).scalar_one()
+        < at_least
+    ):
+        assert time.monotonic() < deadline, f"the requests never reached their read of {table}"
+        time.sleep(0.02)
 
 
 def answered_while_waiting(base_url: str, database_url: str, table: str, request: Callable[[], httpx.Response]):
@@ -23,13 +40,7 @@ def answered_while_waiting(base_url: str, database_url: str, table: str, request
             locker.execute(text(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE"))
             waiting = threading.Thread(target=lambda: answered.append(request()), daemon=True)
             waiting.start()
-            deadline = time.monotonic() + 10
-            while not locker.execute(
-                text("SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = CAST(:t AS regclass)"),
-                {"t": table},
-            ).scalar_one():
-                assert time.monotonic() < deadline, f"the request never reached its read of {table}"
-                time.sleep(0.02)
+            wait_for_waiters(locker, table, 1, timeout_s=10)
             started = time.monotonic()
             health = httpx.get(base_url + "/healthz", timeout=10)
             assert health.status_code == 200 and time.monotonic() - started < 1.0

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 
 from engine.store.db import make_engine
+from tests.loop import wait_for_waiters
 from tests.ward import Ward
 
 WAITING = 48  # more than anyio's 40 worker threads
@@ -41,18 +42,7 @@ def test_the_liveness_probe_is_answered_while_every_worker_thread_waits(ward: Wa
             readers = [threading.Thread(target=read, daemon=True) for _ in range(WAITING)]
             for r in readers:
                 r.start()
-            deadline = time.monotonic() + 20
-            while (
-                locker.execute(
-                    text(
-                        "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = CAST('payment' AS regclass)"
-                        " AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
-                    )
-                ).scalar_one()
-                < 10
-            ):
-                assert time.monotonic() < deadline, "the reads never reached the lock"
-                time.sleep(0.05)
+            wait_for_waiters(locker, "payment", 10, timeout_s=20)
             time.sleep(0.5)  # the rest take the remaining worker threads, waiting for connections
             started = time.monotonic()
             health = httpx.get(base + "/healthz", timeout=5, trust_env=False)
