@@ -19,9 +19,9 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import random
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
@@ -37,14 +37,19 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
-    """The caller's request id when usable, else a new one (32 hex digits)."""
+    """The caller's request id when usable, else a new one (32 hex digits).
+
+    A new id is 128 bits of the process's `random` generator (seeded from the operating system,
+    again in a forked child), not `uuid.uuid4`: that reads the operating system's random source,
+    letting go of the interpreter lock, and on the event loop taking it back can wait for another
+    thread's switch interval. A request id correlates lines; it is no secret and guards nothing."""
     for name, value in headers:
         if name == REQUEST_ID_HEADER.encode():
             text = value.decode("latin-1")
             if _USABLE_ID.fullmatch(text):
                 return text
             break
-    return uuid.uuid4().hex
+    return f"{random.getrandbits(128):032x}"
 
 
 class AccessLog:

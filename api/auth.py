@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Literal, overload
 
 import anyio
 from fastapi import Request
+from limits.storage import MemoryStorage
 from redis.exceptions import RedisError
 
 from engine.errors import EngineError
@@ -68,6 +69,7 @@ SECRET_LENGTH_MAX = 256
 PRINCIPAL_CACHE_SIZE_MAX = 10_000
 LAST_USED_FLUSH_INTERVAL_S = 1.0
 REDIS_RETRY_AFTER_FAILURE_S = 5.0
+SWEEP_EVERY_S = 1.0  # how often the in-memory rate-limit counts drop keys whose window ended
 
 
 class RateLimited(EngineError):
@@ -78,18 +80,43 @@ class RateLimited(EngineError):
         self.headers = {"Retry-After": str(retry_after_s)}
 
 
+class SweptMemoryStorage(MemoryStorage):
+    """`limits`' in-memory storage with its expired keys swept on the caller's thread, at most once
+    every `SWEEP_EVERY_S`, instead of by a timer thread.
+
+    `MemoryStorage` starts a `threading.Timer` thread on every count after the last one ended
+    (every 10 ms under load), and the event loop that counts waits for each new thread to start:
+    measured under single posts, ~10% of the loop's time (docs/BENCHMARKS.md). A fixed window's
+    count is expired when it is read (`get`, which `incr` calls first), so the timer only freed
+    the keys no one counts again (an address that failed once); the sweep frees those. This
+    replaces the library's private hook (`__schedule_expiry`, name-mangled);
+    `tests/api/test_rate_limit_storage.py` fails if the library no longer has it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.timer.cancel()  # the one the constructor started
+        self._sweep_at = time.monotonic() + SWEEP_EVERY_S
+
+    def _MemoryStorage__schedule_expiry(self) -> None:  # noqa: N802 - the library's private name
+        now = time.monotonic()
+        if now < self._sweep_at:
+            return
+        self._sweep_at = now + SWEEP_EVERY_S
+        for key in list(self.expirations):
+            self.get(key)  # drops the key once its window has ended
+
+
 class Limit:
     """One rate limit ("50/second") over fixed windows, in Redis when configured, else in memory."""
 
     def __init__(self, spec: str, redis_url: str | None, namespace: str) -> None:
         from limits import parse
-        from limits.storage import MemoryStorage
         from limits.strategies import FixedWindowRateLimiter
 
         self.item = None if spec == "off" else parse(spec)
         self.namespace = namespace
         self.redis_url = redis_url
-        self._memory = FixedWindowRateLimiter(MemoryStorage())
+        self._memory = FixedWindowRateLimiter(SweptMemoryStorage())
         self._per_loop: dict[int, tuple[asyncio.AbstractEventLoop, AsyncFixedWindowRateLimiter]] = {}
         self._redis_down_until = 0.0
 

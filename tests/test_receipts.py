@@ -187,3 +187,20 @@ def test_mutated_tokens_answer_as_joserfc_does() -> None:
         answers.add(expected if isinstance(expected, str) else "accepted")
     # The mutations reach every answer, not one refusal throughout.
     assert {"receipt_invalid", "receipt_mismatch", "accepted"} <= answers
+
+
+@pytest.mark.parametrize("length", [0, 1, 63, 64, 65, 300, 2047, 2048, 4096, 10_000])
+def test_mac_is_hmac_sha256(length: int) -> None:
+    """`_mac` (a copy of a keyed object, kept per secret) gives `hmac.digest`'s HMAC-SHA256 for
+    every secret and message length, across hashlib's 2,048-byte threshold; a copy leaves the
+    keyed object as it was, so the next check under that secret starts clean."""
+    import hmac
+
+    rng = random.Random(length)
+    message = bytes(rng.getrandbits(8) for _ in range(length))
+    for secret in (SECRET, OTHER, receipts.new_secret()):
+        raw = receipts.decode_secret(secret)
+        expected = hmac.digest(raw, message, "sha256")
+        assert receipts._mac(raw, message) == expected
+        assert receipts._mac(raw, message) == expected  # again: the kept object was not fed
+    assert receipts._mac(b"k" * 100, message) != receipts._mac(b"k" * 99, message)

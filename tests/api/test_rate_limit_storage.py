@@ -1,0 +1,74 @@
+"""The in-memory rate-limit counts (`api.auth.SweptMemoryStorage`): `limits`' fixed windows, with
+expired keys swept on the counting thread instead of by a timer thread started every 10 ms."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+from limits import parse
+from limits.storage import MemoryStorage
+from limits.strategies import FixedWindowRateLimiter
+
+from api import auth
+
+
+def test_the_library_still_has_the_hook_it_replaces() -> None:
+    """The class replaces `MemoryStorage.__schedule_expiry` by its mangled name: should a release
+    of `limits` rename it, the override would silently stop working (each count would start timer
+    threads again)."""
+    assert callable(getattr(MemoryStorage, "_MemoryStorage__schedule_expiry", None))
+    assert "_MemoryStorage__schedule_expiry" in vars(auth.SweptMemoryStorage)
+
+
+def _timers_started(storage: MemoryStorage, counts: int) -> int:
+    """How many timer threads came alive around `counts` counts 15 ms apart (after the one the
+    library's constructor starts has ended)."""
+    limiter = FixedWindowRateLimiter(storage)
+    item = parse("1000/second")
+    time.sleep(0.05)
+    before = {id(thread) for thread in threading.enumerate() if isinstance(thread, threading.Timer)}
+    seen: set[int] = set()
+    for i in range(counts):
+        limiter.hit(item, "test", f"key-{i % 3}")
+        seen |= {id(thread) for thread in threading.enumerate() if isinstance(thread, threading.Timer)}
+        time.sleep(0.015)
+    return len(seen - before)
+
+
+def test_counting_starts_no_thread() -> None:
+    assert _timers_started(auth.SweptMemoryStorage(), 8) == 0
+    # The library's own storage starts them (what the class is for): the check can fail.
+    assert _timers_started(MemoryStorage(), 8) >= 2
+
+
+def test_windows_count_and_end_as_the_library_s() -> None:
+    ours, theirs = FixedWindowRateLimiter(auth.SweptMemoryStorage()), FixedWindowRateLimiter(MemoryStorage())
+    item = parse("3/second")
+    for limiter in (ours, theirs):
+        assert [limiter.hit(item, "ns", "a") for _ in range(5)] == [True, True, True, False, False]
+        assert limiter.hit(item, "ns", "b") is True  # another identifier, its own window
+        assert limiter.test(item, "ns", "a") is False
+        assert limiter.get_window_stats(item, "ns", "a").remaining == 0
+    time.sleep(1.05)
+    for limiter in (ours, theirs):
+        assert limiter.test(item, "ns", "a") is True  # the window ended
+        assert limiter.hit(item, "ns", "a") is True
+        assert limiter.get_window_stats(item, "ns", "a").remaining == 2
+
+
+def test_keys_no_one_counts_again_are_swept(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(auth, "SWEEP_EVERY_S", 0.0)
+    storage = auth.SweptMemoryStorage()
+    limiter = FixedWindowRateLimiter(storage)
+    short, long_ = parse("5/second"), parse("5/hour")
+    for i in range(200):
+        limiter.hit(short, "failures", f"address-{i}")
+    limiter.hit(long_, "keys", "kept")
+    assert len(storage.expirations) == 201
+    time.sleep(1.05)
+    limiter.hit(long_, "keys", "kept")  # a count sweeps: the ended windows go, the live one stays
+    assert set(storage.expirations) == {long_.key_for("keys", "kept")}
+    assert set(storage.storage) == {long_.key_for("keys", "kept")}
+    assert storage.get(long_.key_for("keys", "kept")) == 2
