@@ -23,16 +23,24 @@ def test_the_library_still_has_the_hook_it_replaces() -> None:
 
 
 def _timers_started(storage: MemoryStorage, counts: int) -> int:
-    """How many timer threads came alive around `counts` counts 15 ms apart (after the one the
-    library's constructor starts has ended)."""
+    """How many timer threads of `storage` came alive around `counts` counts 15 ms apart (after the
+    one the library's constructor starts has ended)."""
     limiter = FixedWindowRateLimiter(storage)
     item = parse("1000/second")
+
+    def timers() -> set[int]:
+        return {
+            id(thread)
+            for thread in threading.enumerate()
+            if isinstance(thread, threading.Timer) and getattr(thread.function, "__self__", None) is storage
+        }
+
     time.sleep(0.05)
-    before = {id(thread) for thread in threading.enumerate() if isinstance(thread, threading.Timer)}
+    before = timers()
     seen: set[int] = set()
     for i in range(counts):
         limiter.hit(item, "test", f"key-{i % 3}")
-        seen |= {id(thread) for thread in threading.enumerate() if isinstance(thread, threading.Timer)}
+        seen |= timers()
         time.sleep(0.015)
     return len(seen - before)
 
