@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import random
 import re
 import time
@@ -32,6 +33,8 @@ from engine import metrics
 ACCESS = logging.getLogger("setapay.access")
 REQUEST_ID_HEADER = "x-request-id"
 _USABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_IDS = random.Random()  # made request ids (`request_id_from`)
+os.register_at_fork(after_in_child=_IDS.seed)
 PRINCIPAL_STATE = "setapay_principal"  # the request-state key api.deps.principal fills
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "other"
 
@@ -39,17 +42,18 @@ _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
     """The caller's request id when usable, else a new one (32 hex digits).
 
-    A new id is 128 bits of the process's `random` generator (seeded from the operating system,
-    again in a forked child), not `uuid.uuid4`: that reads the operating system's random source,
-    letting go of the interpreter lock, and on the event loop taking it back can wait for another
-    thread's switch interval. A request id correlates lines; it is no secret and guards nothing."""
+    A new id is 128 bits of a generator of its own (`_IDS`, seeded from the operating system, again
+    in a forked child; no caller's `random.seed` repeats it), not `uuid.uuid4`: that reads the
+    operating system's random source, letting go of the interpreter lock, and on the event loop
+    taking it back can wait for another thread's switch interval. A request id correlates lines; it
+    is no secret and guards nothing (a caller may send any id of its own)."""
     for name, value in headers:
         if name == REQUEST_ID_HEADER.encode():
             text = value.decode("latin-1")
             if _USABLE_ID.fullmatch(text):
                 return text
             break
-    return f"{random.getrandbits(128):032x}"
+    return f"{_IDS.getrandbits(128):032x}"
 
 
 class AccessLog:

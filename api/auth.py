@@ -70,6 +70,7 @@ PRINCIPAL_CACHE_SIZE_MAX = 10_000
 LAST_USED_FLUSH_INTERVAL_S = 1.0
 REDIS_RETRY_AFTER_FAILURE_S = 5.0
 SWEEP_EVERY_S = 1.0  # how often the in-memory rate-limit counts drop keys whose window ended
+SWEEP_KEYS_MAX = 2_000  # keys dropped by one sweep at most (the next count goes on)
 
 
 class RateLimited(EngineError):
@@ -101,9 +102,21 @@ class SweptMemoryStorage(MemoryStorage):
         now = time.monotonic()
         if now < self._sweep_at:
             return
-        self._sweep_at = now + SWEEP_EVERY_S
-        for key in list(self.expirations):
-            self.get(key)  # drops the key once its window has ended
+        # A storage counts one limit, so one window length: windows end in the order they started
+        # (`incr` sets a key's expiry when its window starts, after `get` dropped the ended one),
+        # which is the order of `expirations`. The sweep reads up to the first window still open
+        # and drops at most SWEEP_KEYS_MAX at a time (the rest at the next count): a flood of
+        # addresses never holds the loop for long.
+        ended: list[str] = []
+        wall = time.time()
+        for key, expiry in self.expirations.items():
+            if expiry > wall or len(ended) == SWEEP_KEYS_MAX:
+                break
+            ended.append(key)
+        if len(ended) < SWEEP_KEYS_MAX:
+            self._sweep_at = now + SWEEP_EVERY_S
+        for key in ended:
+            self.get(key)  # drops the key: its window has ended
 
 
 class Limit:

@@ -28,16 +28,16 @@ def _timers_started(storage: MemoryStorage, counts: int) -> int:
     limiter = FixedWindowRateLimiter(storage)
     item = parse("1000/second")
 
-    def timers() -> set[int]:
+    def timers() -> set[threading.Thread]:  # the threads themselves: an id could be reused
         return {
-            id(thread)
+            thread
             for thread in threading.enumerate()
             if isinstance(thread, threading.Timer) and getattr(thread.function, "__self__", None) is storage
         }
 
     time.sleep(0.05)
     before = timers()
-    seen: set[int] = set()
+    seen: set[threading.Thread] = set()
     for i in range(counts):
         limiter.hit(item, "test", f"key-{i % 3}")
         seen |= timers()
@@ -80,3 +80,30 @@ def test_keys_no_one_counts_again_are_swept(monkeypatch: pytest.MonkeyPatch) -> 
     assert set(storage.expirations) == {long_.key_for("keys", "kept")}
     assert set(storage.storage) == {long_.key_for("keys", "kept")}
     assert storage.get(long_.key_for("keys", "kept")) == 2
+
+
+def test_a_sweep_reads_only_ended_windows_and_drops_a_bounded_number(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Windows end in the order they started: a sweep stops at the first one still open, and drops at
+    most `SWEEP_KEYS_MAX` at a time, the rest at the next count (a flood of addresses never holds the
+    loop for long)."""
+    monkeypatch.setattr(auth, "SWEEP_EVERY_S", 3600.0)
+    monkeypatch.setattr(auth, "SWEEP_KEYS_MAX", 100)
+    storage = auth.SweptMemoryStorage()
+    limiter = FixedWindowRateLimiter(storage)
+    item = parse("5/second")
+    for i in range(250):
+        limiter.hit(item, "failures", f"address-{i}")
+    time.sleep(1.05)
+    live = [f"live-{i}" for i in range(50)]
+    for address in live:
+        limiter.hit(item, "failures", address)  # the sweep is an hour away: nothing dropped yet
+    assert len(storage.expirations) == 300
+    storage._sweep_at = 0.0
+    limiter.hit(item, "failures", live[0])  # the first sweep: 100 of the 250 ended
+    assert len(storage.expirations) == 200
+    limiter.hit(item, "failures", live[0])  # capped: the next count sweeps again at once
+    limiter.hit(item, "failures", live[0])
+    assert set(storage.expirations) == {item.key_for("failures", address) for address in live}
+    assert storage._sweep_at > time.monotonic() + 3000  # the ended ones gone: the next an hour away
+    limiter.hit(item, "failures", live[0])
+    assert len(storage.expirations) == 50
