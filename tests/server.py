@@ -7,8 +7,8 @@ SIGKILL after 15 s, to the whole group) also stops the uvicorn workers it
 forked. Its output goes to a log file whose tail goes into failure messages.
 
 The environment of the server and of the CLI is the test process's without any
-`SETAPAY_*` variable, except `SETAPAY_PURE_PYTHON` (the suite runs once with the
-pure-Python kernel forced, and the server follows it), plus the database URL,
+`SETAPAY_*` variable, except `SETAPAY_PURE_PYTHON` (`make test`'s second pass forces
+the pure-Python kernel, and a server follows it), plus the database URL,
 the §9.4 rate limits turned off, and whatever a test adds.
 """
 
