@@ -131,6 +131,7 @@ def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, 
         ready_for_the_next(committer)
         os.kill(writers[0], signal.SIGSTOP)
         os.kill(committer.pid, signal.SIGSTOP)
+        answer_timeout_s = committer_process.ANSWER_TIMEOUT_S
         monkeypatch.setattr(committer_process, "ANSWER_TIMEOUT_S", 1.0)
         started = time.monotonic()
         with pytest.raises(db.Unreachable, match="CommitterLost"):
@@ -144,6 +145,8 @@ def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, 
         # The stopped child was killed holding the group: nothing of it was written.
         assert len(stored_ids(books)) == sum(1 for r in first if r.status == 201 and not r.replayed)
         time.sleep(committer_process.RESPAWN_MIN_S)
+        # The next group waits for a new child to start (seconds on a slow machine): the usual timeout.
+        monkeypatch.setattr(committer_process, "ANSWER_TIMEOUT_S", answer_timeout_s)
         second = committer.enqueue_many([fresh(s) for s in groups[1]]).result(timeout=60)
         assert committer.started == 2 and not any(r.replayed for r in second)
         assert_checks(books)
