@@ -12,10 +12,19 @@ caller sent a usable one (1–128 of `A-Z a-z 0-9 . _ : -`) or makes one, return
 fields are written: never a header, a query string or a body, so keys, receipt tokens,
 signatures and bank numbers cannot reach the log. The caller's key id and role come from
 `api.deps.principal`, which notes the authenticated principal in the request state.
+
+Lines are gathered (`_Lines`) and handed to the logger together: at most `FLUSH_S` after the
+first of them, at once when `FLUSH_LINES` are waiting, and when the process exits. One record, one
+write a flush, instead of one a request: under a launch rush a write per request cost the event
+loop ~15% of its single posts (the logging call and, after the write let go of the interpreter
+lock, the wait to take it back behind the committer's threads; `docs/BENCHMARKS.md`). A process
+killed outright (SIGKILL) loses at most the last `FLUSH_S` of lines; the ledger is not the log.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import functools
 import json
 import logging
@@ -25,6 +34,7 @@ import re
 import time
 from typing import Any
 
+import orjson
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -37,6 +47,35 @@ _IDS = random.Random()  # made request ids (`request_id_from`)
 os.register_at_fork(after_in_child=_IDS.seed)
 PRINCIPAL_STATE = "setapay_principal"  # the request-state key api.deps.principal fills
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})  # others: "other"
+FLUSH_S = 0.1  # a gathered line waits at most this long for the logger
+FLUSH_LINES = 256  # so many waiting lines go at once
+
+
+class _Lines:
+    """Access lines waiting for the logger, handed to it as one record (lines joined by newlines,
+    which `JsonLines` writes as they are). Used on the event loop; `flush` may run anywhere."""
+
+    def __init__(self) -> None:
+        self.waiting: list[str] = []
+
+    def add(self, line: str) -> None:
+        self.waiting.append(line)
+        if len(self.waiting) >= FLUSH_LINES:
+            self.flush()
+        elif len(self.waiting) == 1:
+            try:
+                asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
+            except RuntimeError:  # no loop running (a direct call): written at once
+                self.flush()
+
+    def flush(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        if waiting:
+            ACCESS.info("\n".join(waiting))
+
+
+_LINES = _Lines()
+atexit.register(_LINES.flush)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:
@@ -82,7 +121,7 @@ class AccessLog:
             line = _line(scope, request_id, answer, started)
             _count(line)
             if ACCESS.isEnabledFor(logging.INFO):
-                ACCESS.info(json.dumps(line, ensure_ascii=False))
+                _LINES.add(orjson.dumps(line).decode())
 
 
 def _line(scope: Scope, request_id: str, answer: dict[str, Any], started: float) -> dict[str, Any]:

@@ -8,7 +8,6 @@ no longer passes the checks gets the remembered answer (SPEC §6). The batch rou
 answers each item for itself, in order.
 """
 
-import asyncio
 import datetime as dt
 import hashlib
 from typing import Annotated, Any
@@ -34,6 +33,7 @@ from api.deps import (
     terminal_only,
 )
 from api.errors import guarded, json_safe
+from api.futures import awaited
 from api.idempotency import check_idempotency_key, render
 from api.middleware import replayed
 from api.openapi import IDEMPOTENCY, TERMINAL, problems, remembered, terminal_headers
@@ -239,7 +239,7 @@ async def post_transaction(
         if not fresh:
             raise EngineError("request_in_progress")
         try:
-            result = await asyncio.wait_for(asyncio.wrap_future(services.committer.enqueue(submission)), COMMIT_WAIT_S)
+            result = await awaited(services.committer.enqueue(submission), COMMIT_WAIT_S)
         except db.UNREACHABLE + (TimeoutError,) as exc:
             raise EngineError("service_unavailable", type(exc).__name__) from None
     # Cache the key's own answer (accepted or declined), never a refusal of a reused key.

@@ -1,0 +1,86 @@
+"""The access lines are gathered and handed to the logger together (`api.access_log._Lines`): one
+record a flush, at most `FLUSH_S` after the first line, at once at `FLUSH_LINES`, and whatever
+waits when the process exits; every line intact, in order."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+
+import pytest
+
+from api import access_log
+
+
+class _Kept(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def records() -> Iterator[list[logging.LogRecord]]:
+    logger = logging.getLogger("setapay.access")
+    level, kept = logger.level, _Kept()
+    logger.setLevel(logging.INFO)
+    logger.addHandler(kept)
+    yield kept.records
+    logger.removeHandler(kept)
+    logger.setLevel(level)
+
+
+def _lines(records: list[logging.LogRecord]) -> list[dict]:
+    return [json.loads(line) for r in records if r.name == "setapay.access" for line in r.getMessage().split("\n")]
+
+
+def test_lines_of_a_burst_go_as_one_record_within_the_flush_interval(records):
+    lines = access_log._Lines()
+
+    async def main() -> tuple[int, int]:
+        for i in range(10):
+            lines.add(json.dumps({"event": "request", "n": i}))
+        before = len(records)
+        await asyncio.sleep(access_log.FLUSH_S * 3)
+        return before, len(records)
+
+    before, after = asyncio.run(main())
+    assert before == 0 and after == 1
+    assert [line["n"] for line in _lines(records)] == list(range(10))
+
+
+def test_a_full_buffer_goes_at_once(records):
+    lines = access_log._Lines()
+
+    async def main() -> int:
+        for i in range(access_log.FLUSH_LINES):
+            lines.add(json.dumps({"n": i}))
+        return len(records)  # no await: nothing else ran
+
+    assert asyncio.run(main()) == 1
+    assert [line["n"] for line in _lines(records)] == list(range(access_log.FLUSH_LINES))
+
+
+def test_outside_a_loop_a_line_is_written_at_once(records):
+    access_log._Lines().add(json.dumps({"n": 1}))
+    assert _lines(records) == [{"n": 1}]
+
+
+def test_lines_waiting_at_exit_are_written():
+    program = (
+        "import asyncio, json\n"
+        "from api import access_log\n"
+        "access_log.configure('info')\n"
+        "async def main():\n"
+        "    for i in range(3): access_log._LINES.add(json.dumps({'n': i}))\n"
+        "asyncio.run(main())\n"  # the loop ends before the flush was due
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["n"] for line in done.stderr.splitlines()] == [0, 1, 2]
