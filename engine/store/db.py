@@ -7,7 +7,10 @@ upgrade halfway through. PostgreSQL runs through psycopg 3.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
@@ -15,6 +18,7 @@ import psycopg
 from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
 if TYPE_CHECKING:
@@ -51,6 +55,55 @@ def psycopg_connection(connection: Connection) -> psycopg.Connection[tuple[Any, 
     """The psycopg connection under a PostgreSQL `connection` (the caller checked the dialect),
     for what SQLAlchemy does not expose: COPY, binary array parameters, pipelines."""
     return cast("psycopg.Connection[tuple[Any, ...]]", connection.connection.dbapi_connection)
+
+
+class HeldConnection:
+    """One connection of `engine` kept open for a thread that opens a short session again and
+    again (the committer's snapshots, `Ledger.decide_ahead`; the writer child's writes,
+    `engine.store.write_process`): no pool checkout, ping, reset and check-in a group, which cost
+    a group of single posts about a quarter of its deciding (`docs/BENCHMARKS.md`).
+
+    A session that raises anything discards the connection (invalidated: closed, and a
+    transaction it held rolled back by the server), and the next session connects anew: a
+    connection broken while held (the database restarted) fails one session, whose caller
+    recovers as from any failed session (a group is then posted under the lock). While one
+    thread holds the connection, another one's session comes from the pool as before."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._connection: Connection | None = None
+        self._lock = threading.Lock()
+        self.connects = 0  # connections made (the first one included)
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[Session]:
+        if not self._lock.acquire(blocking=False):
+            with Session(self.engine) as pooled:
+                yield pooled
+            return
+        try:
+            connection = self._connection
+            if connection is None or connection.closed or connection.invalidated:
+                connection = self._connection = self.engine.connect()
+                self.connects += 1
+            try:
+                with Session(bind=connection) as session:
+                    yield session
+            except BaseException:
+                self._connection = None
+                with contextlib.suppress(Exception):
+                    connection.invalidate()
+                    connection.close()
+                raise
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._connection is not None:
+                with contextlib.suppress(Exception):
+                    self._connection.close()
+                self._connection = None
 
 
 READ_ONLY_OPTION = "setapay_read_only"

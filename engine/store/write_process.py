@@ -153,13 +153,12 @@ def serve(database_url: str, pipe: Connection) -> None:
     parent's to act on: the child ends when the parent closes the pipe, or exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    from sqlalchemy.orm import Session
-
     from engine import collector
     from engine.store import db
     from engine.store.ledger import write_rows
 
     engine = db.make_engine(database_url)
+    held = db.HeldConnection(engine)  # one connection for every write: no pool checkout and ping a group
     collector.tune()
     try:
         while True:
@@ -168,7 +167,7 @@ def serve(database_url: str, pipe: Connection) -> None:
             except (EOFError, OSError):
                 return
             try:
-                with Session(engine) as session, session.begin():
+                with held.session() as session, session.begin():
                     written = write_rows(session, base, end, statements)
             except Exception as failure:  # noqa: BLE001 - answered (and logged) by the parent
                 answer: tuple[str, Any] = ("error", error_name(failure))
@@ -179,4 +178,5 @@ def serve(database_url: str, pipe: Connection) -> None:
             except OSError:
                 return
     finally:
+        held.close()
         engine.dispose()
