@@ -49,6 +49,8 @@ def test_a_request_is_found_by_its_id(ward):
     assert line["role"] == "finance" and line["key_id"] and line["key_id"] in ward.finance_key
     assert line["replayed"] is False
     assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
+    # The README's grep finds it: the line's own format, `json.dumps`' separators.
+    assert '"request_id": "till-7:run.42"' in ward.server.log_path.read_text(errors="replace")
 
 
 @pytest.mark.parametrize("sent", [None, "", "has space", "x" * 129, "semi;colon", "日本語"])
