@@ -19,6 +19,8 @@ write a flush, instead of one a request: under a launch rush a write per request
 loop ~15% of its single posts (the logging call and, after the write let go of the interpreter
 lock, the wait to take it back behind the committer's threads; `docs/BENCHMARKS.md`). A process
 killed outright (SIGKILL) loses at most the last `FLUSH_S` of lines; the ledger is not the log.
+A handler of its own that an operator adds to `setapay.access` receives such a record: several
+lines, one a request.
 """
 
 from __future__ import annotations
@@ -53,29 +55,45 @@ FLUSH_LINES = 256  # so many waiting lines go at once
 
 class _Lines:
     """Access lines waiting for the logger, handed to it as one record (lines joined by newlines,
-    which `JsonLines` writes as they are). Used on the event loop; `flush` may run anywhere."""
+    which `JsonLines` writes as they are). Added on an event loop; `flush` may run anywhere."""
 
     def __init__(self) -> None:
         self.waiting: list[str] = []
+        self._due_on: asyncio.AbstractEventLoop | None = None  # the loop a flush is scheduled on
 
     def add(self, line: str) -> None:
         self.waiting.append(line)
         if len(self.waiting) >= FLUSH_LINES:
             self.flush()
-        elif len(self.waiting) == 1:
-            try:
-                asyncio.get_running_loop().call_later(FLUSH_S, self.flush)
-            except RuntimeError:  # no loop running (a direct call): written at once
-                self.flush()
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # no loop running (a direct call): written at once
+            self.flush()
+            return
+        # One flush scheduled a loop; a loop that ended before its flush came leaves none behind
+        # for the next (its lines go with that one's).
+        if self._due_on is not loop:
+            self._due_on = loop
+            loop.call_later(FLUSH_S, self._due)
+
+    def _due(self) -> None:
+        self._due_on = None
+        self.flush()
 
     def flush(self) -> None:
         waiting, self.waiting = self.waiting, []
         if waiting:
             ACCESS.info("\n".join(waiting))
 
+    def forget(self) -> None:
+        """In a forked child: the parent's lines are the parent's to write."""
+        self.waiting, self._due_on = [], None
+
 
 _LINES = _Lines()
 atexit.register(_LINES.flush)
+os.register_at_fork(after_in_child=_LINES.forget)
 
 
 def request_id_from(headers: list[tuple[bytes, bytes]]) -> str:

@@ -56,17 +56,22 @@ class LoopFutures:
         for future, waiter in done:
             if waiter.done():  # cancelled meanwhile
                 continue
-            if future.cancelled():
-                waiter.cancel()
-                continue
-            failure = future.exception()
-            if failure is not None:
-                waiter.set_exception(failure)
-            else:
-                waiter.set_result(future.result())
+            try:
+                if future.cancelled():
+                    waiter.cancel()
+                    continue
+                failure = future.exception()
+                if failure is not None:
+                    waiter.set_exception(failure)
+                else:
+                    waiter.set_result(future.result())
+            except BaseException as unusable:  # noqa: BLE001 - one waiter's trouble strands no other
+                if not waiter.done():
+                    waiter.set_exception(RuntimeError(type(unusable).__name__))
 
 
-_BY_LOOP: dict[asyncio.AbstractEventLoop, LoopFutures] = {}
+_BY_LOOP: dict[asyncio.AbstractEventLoop, LoopFutures] = {}  # closed loops' are dropped as new ones come
+_BY_LOOP_LOCK = threading.Lock()  # loops of several threads (tests' portals) register at once
 
 
 def loop_futures() -> LoopFutures:
@@ -74,9 +79,10 @@ def loop_futures() -> LoopFutures:
     loop = asyncio.get_running_loop()
     found = _BY_LOOP.get(loop)
     if found is None:
-        for closed in [other for other in _BY_LOOP if other.is_closed()]:
-            del _BY_LOOP[closed]
-        found = _BY_LOOP[loop] = LoopFutures(loop)
+        with _BY_LOOP_LOCK:
+            for closed in [other for other in _BY_LOOP if other.is_closed()]:
+                del _BY_LOOP[closed]
+            found = _BY_LOOP.setdefault(loop, LoopFutures(loop))
     return found
 
 

@@ -93,6 +93,7 @@ class HeldConnection:
                 self._connection = None
                 with contextlib.suppress(Exception):
                     connection.invalidate()
+                with contextlib.suppress(Exception):
                     connection.close()
                 raise
         finally:

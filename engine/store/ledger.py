@@ -401,6 +401,10 @@ class Ledger:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # quotes on PostgreSQL
         self._snapshots = db.HeldConnection(self._autocommit)  # groups decided ahead (`decide_ahead`)
 
+    def close(self) -> None:
+        """Close the connection kept for groups decided ahead (the process's shutdown)."""
+        self._snapshots.close()
+
     # -- units of work -----------------------------------------------------
 
     @contextlib.contextmanager

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -84,3 +85,31 @@ def test_lines_waiting_at_exit_are_written():
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["n"] for line in done.stderr.splitlines()] == [0, 1, 2]
+
+
+def test_a_loop_that_ends_before_its_flush_leaves_none_behind(records):
+    lines = access_log._Lines()
+
+    async def first() -> None:
+        lines.add(json.dumps({"n": 1}))  # its flush was due after this loop ended
+
+    async def second() -> None:
+        lines.add(json.dumps({"n": 2}))
+        await asyncio.sleep(access_log.FLUSH_S * 3)
+
+    asyncio.run(first())
+    assert records == []
+    asyncio.run(second())
+    assert [line["n"] for line in _lines(records)] == [1, 2]
+
+
+def test_a_forked_child_does_not_write_its_parents_lines():
+    access_log._LINES.waiting.append(json.dumps({"n": "parent's"}))
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: nothing of the parent's waits
+            os._exit(0 if access_log._LINES.waiting == [] else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        access_log._LINES.waiting.clear()

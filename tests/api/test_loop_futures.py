@@ -97,3 +97,24 @@ def test_one_loop_futures_a_loop():
     assert first is again
     other, _ = asyncio.run(main())
     assert other is not first and other.loop is not first.loop
+
+
+def test_a_result_the_loop_cannot_take_strands_no_other_waiter_of_its_burst():
+    async def main() -> list[object]:
+        futures: list[Future[int]] = [Future() for _ in range(3)]
+        waiting = [asyncio.ensure_future(awaited(f, 5)) for f in futures]
+        await asyncio.sleep(0)
+
+        def resolve() -> None:
+            futures[0].set_result(0)
+            futures[1].set_exception(StopIteration())  # an asyncio future refuses this one
+            futures[2].set_result(2)
+
+        thread = threading.Thread(target=resolve)
+        thread.start()
+        thread.join()
+        return await asyncio.gather(*waiting, return_exceptions=True)
+
+    first, second, third = asyncio.run(main())
+    assert first == 0 and third == 2
+    assert isinstance(second, RuntimeError)
