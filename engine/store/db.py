@@ -60,8 +60,8 @@ def psycopg_connection(connection: Connection) -> psycopg.Connection[tuple[Any, 
 class HeldConnection:
     """One connection of `engine` kept open for a thread that opens a short session again and
     again (the committer's snapshots, `Ledger.decide_ahead`; the writer child's writes,
-    `engine.store.write_process`): no pool checkout, ping, reset and check-in a group, which cost
-    a group of single posts about a quarter of its deciding (`docs/BENCHMARKS.md`).
+    `engine.store.write_process`): no pool checkout, ping, reset and check-in a group (measured: a
+    group of one ~0.3–0.5 ms less CPU in all, in the writer child and PostgreSQL; `docs/BENCHMARKS.md`).
 
     A session that raises anything discards the connection (invalidated: closed, and a
     transaction it held rolled back by the server), and the next session connects anew: a
