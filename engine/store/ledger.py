@@ -399,11 +399,11 @@ class Ledger:
         self._validity: dict[tuple[str, int], int] = {}  # (campaign, version) -> validity_months
         self._reader = db.reader(engine)  # transactions that only read (SQLite: DEFERRED, no writer lock)
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")  # quotes on PostgreSQL
-        self._snapshots = db.HeldConnection(self._autocommit)  # groups decided ahead (`decide_ahead`)
+        self.snapshots = db.HeldConnection(self._autocommit)  # groups decided ahead (`decide_ahead`)
 
     def close(self) -> None:
         """Close the connection kept for groups decided ahead (the process's shutdown)."""
-        self._snapshots.close()
+        self.snapshots.close()
 
     # -- units of work -----------------------------------------------------
 
@@ -894,7 +894,7 @@ class Ledger:
         # The snapshot opened, its head and the group's reads in one pipeline (one round trip),
         # the driver in autocommit; and for a group whose state is read with them (no refunds,
         # a catalog to read it against), the snapshot ended in it too.
-        with self._snapshots.session() as session:
+        with self.snapshots.session() as session:
             batch = bulk.ReadBatch(session)
             batch.setting("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             head = batch.query(_HEAD_SQL)

@@ -94,7 +94,7 @@ def test_the_committer_answers_every_group_when_its_snapshot_connection_is_kille
         committer = GroupCommitter(books.ledger, wait_ms=0)
         try:
             results = [committer.enqueue_many([fresh(s) for s in g]).result(timeout=60) for g in groups[:3]]
-            snapshots = books.ledger._snapshots
+            snapshots = books.ledger.snapshots
             assert snapshots.connects == 1
             if kill:  # between groups: the next snapshot finds it broken, that group goes under the lock
                 with snapshots.session() as session:
