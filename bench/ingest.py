@@ -7,9 +7,10 @@
     request signed by its terminal (RFC 9421, SPEC §9.2);
 (c) our POST /v1/transactions/batch with 1,000 transactions per request;
 (d) a retry storm (requests already answered) without and with Redis;
-(e) the peer ledger pgledger on the same PostgreSQL, after ours, through
-    ../shared/peers/peer_pgledger.py (one transfer per call at the same client
-    count, and 1,000 transfers per call), unless --no-peer.
+(e) the peer ledger pgledger on the same PostgreSQL, right after our single and
+    batch phases (our server stopped, then started again for the signed and
+    retry phases), through ../shared/peers/peer_pgledger.py (one transfer per
+    call at the same client count, and 1,000 transfers per call), unless --no-peer.
 
 Every server runs as a real uvicorn process on 127.0.0.1; the load generator
 is a small asyncio HTTP/1.1 client with keep-alive (cheaper than a general
@@ -496,6 +497,22 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
             drive(port, args.clients, args.seconds, single, warmup_s=args.warmup, prebuilt=per_client)
         )
 
+        batch = batch_requests(terminals, payment_app, occurred_at)
+
+        per_batch_client = int(PREBUILT_BATCH_TX_PER_S * measured_s / 1000 / args.batch_clients) + 1
+        results["ours_batch"] = asyncio.run(
+            drive(port, args.batch_clients, args.seconds, batch, warmup_s=args.warmup, prebuilt=per_batch_client)
+        )
+    finally:
+        server.terminate()
+        server.wait()
+
+    # (e) the peer right after the two phases it is compared with: on a host whose speed drifts,
+    # the minutes between them would weigh in each ratio (one benchmark at a time: ours stopped).
+    peer = run_peer(args.clients, args.seconds) if not args.no_peer else None
+
+    server = start_server("api.main:app", port, args.workers, env)
+    try:
         # (b') the same with every terminal signing its requests (SPEC §9.2): RFC 9421 Ed25519 plus
         # a content digest, verified by the server, nonces in the database (no Redis here). The
         # load generator signs on the same two cores (about 50 us a request).
@@ -521,13 +538,6 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
         )
         unregister_terminal_keys(url, terminals)
         time.sleep(SIGNATURE_KEY_CACHE_S)
-
-        batch = batch_requests(terminals, payment_app, occurred_at)
-
-        per_batch_client = int(PREBUILT_BATCH_TX_PER_S * measured_s / 1000 / args.batch_clients) + 1
-        results["ours_batch"] = asyncio.run(
-            drive(port, args.batch_clients, args.seconds, batch, warmup_s=args.warmup, prebuilt=per_batch_client)
-        )
 
         # (d) a retry storm: terminals re-sending requests already answered, database path.
         def replay(n: int, i: int) -> Request:
@@ -601,8 +611,7 @@ def one_round(args: argparse.Namespace) -> dict[str, float]:
         "batch_ratio": batch_ratio,
         "single_p99_ms": results["ours_single"]["p99_ms"],
     }
-    if not args.no_peer:
-        peer = run_peer(args.clients, args.seconds)
+    if peer is not None:
         print(
             f"pgledger_single_tps={peer['pgledger_single_tps']:.0f} pgledger_batch_tps={peer['pgledger_batch_tps']:.0f}"
         )
