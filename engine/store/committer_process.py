@@ -393,5 +393,4 @@ def serve(database_url: str, clock: SystemClock, writer_process: bool, pipe: Con
         held.put(None)
         answering.join()
         committer.close()
-        committer.ledger.close()
         engine.dispose()

@@ -112,10 +112,12 @@ class GroupCommitter(Committer):
         )
 
     def close(self) -> None:
-        """End the writer child, if any (the process's shutdown). A group decided ahead after this
-        finds no child (`WriterLost`) and is posted under the lock, in this process."""
+        """End the writer child, if any, and close the ledger's snapshot connection (the process's
+        shutdown). A group decided ahead after this finds no child (`WriterLost`) and is posted
+        under the lock, in this process; its snapshot connects anew."""
         if self.writer_process is not None:
             self.writer_process.close()
+        self.ledger.close()
 
     def post(self, group: Group) -> None:
         """Post a group gathered elsewhere (`engine.store.committer_process`), as the committer
