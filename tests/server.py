@@ -49,6 +49,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def reserved_port() -> tuple[socket.socket, int]:
+    """A free port and a socket that holds it: bound (SO_REUSEADDR), never listening, so the
+    kernel hands the port to no other bind(port 0), `free_port()` in another thread included,
+    while the server's own listener (SO_REUSEADDR, as asyncio and uvicorn bind) still binds it.
+    A port `free_port()` returns is free again at once: two servers starting together could be
+    given the same one, and the one that lost the bind would take the winner's /healthz as its own."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
 def setapay_env(database_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment `setapay serve` and `setapay <command>` run under, on `database_url`."""
     with _IN_PROCESS_CLI_LOCK:
@@ -166,7 +178,8 @@ class ServerProcess:
         self.log_tail = log_tail
         self.env = setapay_env(database_url, env)
         self.log_path = log_dir / f"server_{name or uuid.uuid4().hex[:8]}.log"
-        self.port = free_port()
+        # Held for the object's life, restarts included (`launch()` again on the same port).
+        self._port_reservation, self.port = reserved_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self._payment_app = None
@@ -225,6 +238,7 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+        self._port_reservation.close()  # done with: its port may go to another server
 
     def log(self) -> str:
         try:
