@@ -119,8 +119,40 @@ CalendarDate = Annotated[dt.date, BeforeValidator(_iso_date_string), AfterValida
 _FUNDING_PATTERN = r"^(ward_general|national_grant|climate_fund|merchant:[A-Za-z0-9_-]{1,64})$"
 
 
+_set_slot = object.__setattr__
+
+
+def _record_of(
+    cls: type[Record], values: dict[str, object], fields_set: set[str], extra: object, private: object
+) -> Record:
+    """A record as `Record.__reduce__` pickled it: its slots set again, as pydantic's own
+    `__setstate__` sets them, with no validation (what was pickled was valid)."""
+    record = cls.__new__(cls)
+    _set_slot(record, "__dict__", values)
+    _set_slot(record, "__pydantic_fields_set__", fields_set)
+    _set_slot(record, "__pydantic_extra__", extra)
+    _set_slot(record, "__pydantic_private__", private)
+    return record
+
+
 class Record(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def __reduce__(self) -> tuple[object, ...]:
+        """Pickled as its four slots, what pydantic's `__getstate__` and `__setstate__` carry,
+        without their Python-level calls: the API process pickles every purchase it hands the
+        committer child (issue 11, docs/BENCHMARKS.md). `tests/test_model_pickle.py` holds the
+        two ways equal."""
+        return (
+            _record_of,
+            (
+                type(self),
+                self.__dict__,
+                self.__pydantic_fields_set__,
+                self.__pydantic_extra__,
+                self.__pydantic_private__,
+            ),
+        )
 
 
 class Certification(Record):

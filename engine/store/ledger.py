@@ -101,6 +101,43 @@ class Submission:
     def receipt_key(self) -> tuple[str, str] | None:
         return (self.receipt.app_id, self.receipt.jti) if self.receipt is not None else None
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as its fields, the receipt's among them: how the API process hands each
+        submission to the committer child, ~2.5 us cheaper a submission than the way of a
+        dataclass with slots and a named tuple (docs/BENCHMARKS.md)."""
+        receipt = self.receipt
+        return (
+            _submission_of,
+            (
+                self.terminal_id,
+                self.idempotency_key,
+                self.request_hash,
+                self.body,
+                self.request_json,
+                self.merchant_id,
+                None if receipt is None else receipt.app_id,
+                None if receipt is None else receipt.jti,
+                None if receipt is None else receipt.original_jti,
+                self.payment_id,
+            ),
+        )
+
+
+def _submission_of(
+    terminal_id: str,
+    idempotency_key: str,
+    request_hash: str,
+    body: Purchase | Refund,
+    request_json: str,
+    merchant_id: str | None,
+    app_id: str | None,
+    jti: str | None,
+    original_jti: str | None,
+    payment_id: str | None,
+) -> Submission:
+    receipt = None if app_id is None or jti is None else Receipt(app_id, jti, original_jti)
+    return Submission(terminal_id, idempotency_key, request_hash, body, request_json, merchant_id, receipt, payment_id)
+
 
 @dataclasses.dataclass(slots=True)
 class Result:
