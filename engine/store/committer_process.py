@@ -31,9 +31,9 @@ same offset). Its metrics (group sizes and times, declines) are its own process'
 `/metrics` in Prometheus' multiprocess mode, as `setapay serve` runs. It ignores SIGINT and
 SIGTERM, which are its parent's to act on, and ends after the groups it holds when told to stop
 (`close`) or when its pipe closes (the API process exited or was killed). It is not a daemon, so
-that it may start its own writer child; `close` runs at the API process's exit too. Left open: a
-child that dies by itself while its writer child hangs inside a write leaves that writer to
-finish (or fail) its transaction alone; the next child's writes wait for the sequencer lock.
+that it may start its own writer child; `close` runs at the API process's exit too. A child that
+dies by itself (nobody kills its writer child with it) leaves a writer child that ends on its own
+within `write_process.PARENT_WATCH_S`, a write it was waiting in rolled back.
 """
 
 from __future__ import annotations

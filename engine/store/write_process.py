@@ -24,15 +24,20 @@ within `WRITE_TIMEOUT_S` is killed and its write settled the same way. A lost ch
 again for the next group (after a lost write the committer decides under the lock for a second,
 so at most about one spawn a second). The child ends when its pipe closes: when the API
 process exits, or is killed, after the group it is writing (one transaction: committed whole or
-rolled back whole).
+rolled back whole), or within `PARENT_WATCH_S` of its parent's death, whichever comes first: a
+write cut short is rolled back whole with its connection. So a child whose parent died by itself
+(a committer child: nobody killed the writer with it) does not wait inside a write (on a lock, on
+the database) to commit alone, later, a group whose requests were already answered 503.
 """
 
 from __future__ import annotations
 
 import marshal
 import multiprocessing
+import os
 import signal
 import threading
+import time
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -49,6 +54,7 @@ class WriterLost(WriteFailed):
 
 WRITE_TIMEOUT_S = 60.0  # a child that has not answered by then is killed, its write uncertain
 CLOSE_WAIT_S = 5.0  # how long `close` lets a write in flight finish before it kills the child
+PARENT_WATCH_S = 0.5  # how often the child looks whether its parent is still there
 
 
 class WriterProcess:
@@ -120,7 +126,9 @@ class WriterProcess:
         # Spawned, not forked: the API process runs threads (a fork would copy their locks held).
         context = multiprocessing.get_context("spawn")
         ours, theirs = context.Pipe()
-        process = context.Process(target=serve, args=(self.database_url, theirs), name="setapay-writer", daemon=True)
+        process = context.Process(
+            target=serve, args=(self.database_url, theirs, os.getpid()), name="setapay-writer", daemon=True
+        )
         process.start()
         theirs.close()
         self._pipe, self._process = ours, process
@@ -147,12 +155,13 @@ def error_name(error: BaseException) -> str:
     return type(error).__name__ + (f"/{type(original).__name__}" if original is not None else "")
 
 
-def serve(database_url: str, pipe: Connection) -> None:
+def serve(database_url: str, pipe: Connection, parent: int) -> None:
     """The child: write each group it is handed, answer ("ok", written) or ("error", class name),
     until its pipe closes. Interrupts and terminations sent to the API's process group are its
     parent's to act on: the child ends when the parent closes the pipe, or exits."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    threading.Thread(target=_end_with_parent, args=(parent,), name="writer-parent", daemon=True).start()
     from engine import collector
     from engine.store import db
     from engine.store.ledger import write_rows
@@ -180,3 +189,14 @@ def serve(database_url: str, pipe: Connection) -> None:
     finally:
         held.close()
         engine.dispose()
+
+
+def _end_with_parent(parent: int) -> None:
+    """End the child at once when `parent`, the process that started it, is no longer its parent
+    (it died, before this look or since; the child was handed to another): a write it holds is
+    rolled back with its connection, and nobody waits for its answer. Looked at every
+    `PARENT_WATCH_S` (Linux gives no portable signal for it). The look is no write of ours, so it
+    runs while the write waits on the database (psycopg lets go of the interpreter lock as it waits)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_WATCH_S)
+    os._exit(1)

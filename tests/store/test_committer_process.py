@@ -16,6 +16,7 @@ import os
 import signal
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from sqlalchemy import text
@@ -114,19 +115,45 @@ def test_a_child_killed_under_load_fails_only_its_groups_and_their_retries_lose_
     assert_checks(two[0])
 
 
-def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, made, monkeypatch) -> None:
-    from engine.store import committer_process
-
-    books = setup(postgres_url)
+@contextlib.contextmanager
+def writer_child_running(url: str, made) -> Iterator[tuple[Any, list, CommitterProcess, list[Result], list[int]]]:
+    """A committer process writing through a writer child, with a first group posted: the books,
+    the traffic, the committer, the first group's answers and the child's writer child (one),
+    killed at the end should it still run."""
+    books = setup(url)
     groups = traffic(seed=9, n=40)
     writers: list[int] = []
     try:
-        committer = CommitterProcess(postgres_url, SystemClock(), size_max=1, writer_process=True)
+        committer = CommitterProcess(url, SystemClock(), size_max=1, writer_process=True)
         made.append(committer)
         first = committer.enqueue_many([fresh(s) for s in groups[0]]).result(timeout=60)
         assert committer.pid is not None
         writers = child_pids(committer.pid)
         assert len(writers) == 1  # its writer child
+        yield books, groups, committer, first, writers
+    finally:
+        for pid in writers:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        books.close()
+
+
+def lost_then_posted_anew(committer: CommitterProcess, books, first: list[Result], group) -> None:
+    """Nothing of `group`, lost with the first child, was written (the ledger holds `first`'s
+    payments only); posted again on a new child, it is posted as new, and the ledger checks."""
+    from engine.store import committer_process
+
+    assert len(stored_ids(books)) == sum(1 for r in first if r.status == 201 and not r.replayed)
+    time.sleep(committer_process.RESPAWN_MIN_S)
+    second = committer.enqueue_many([fresh(s) for s in group]).result(timeout=60)
+    assert committer.started == 2 and not any(r.replayed for r in second)
+    assert_checks(books)
+
+
+def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, made, monkeypatch) -> None:
+    from engine.store import committer_process
+
+    with writer_child_running(postgres_url, made) as (books, groups, committer, first, writers):
         # Both stopped: a stopped writer cannot end by itself when its parent goes, only be killed.
         ready_for_the_next(committer)
         os.kill(writers[0], signal.SIGSTOP)
@@ -142,19 +169,43 @@ def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, 
         while running(writers[0]):
             assert time.monotonic() < deadline, "the writer child outlived its committer child"
             time.sleep(0.05)
-        # The stopped child was killed holding the group: nothing of it was written.
-        assert len(stored_ids(books)) == sum(1 for r in first if r.status == 201 and not r.replayed)
-        time.sleep(committer_process.RESPAWN_MIN_S)
         # The next group waits for a new child to start (seconds on a slow machine): the usual timeout.
         monkeypatch.setattr(committer_process, "ANSWER_TIMEOUT_S", answer_timeout_s)
-        second = committer.enqueue_many([fresh(s) for s in groups[1]]).result(timeout=60)
-        assert committer.started == 2 and not any(r.replayed for r in second)
-        assert_checks(books)
-    finally:
-        for pid in writers:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
-        books.close()
+        # The stopped child was killed holding the group: nothing of it was written.
+        lost_then_posted_anew(committer, books, first, groups[1])
+
+
+def test_a_writer_child_ends_when_its_committer_child_dies_by_itself(postgres_url, made) -> None:
+    """A committer child that dies by itself (SIGKILL from outside; not the watchdog's kill, which
+    takes the writer with it) while its writer child waits inside a write: the writer ends within
+    `PARENT_WATCH_S` with its transaction rolled back, instead of committing alone, once the lock
+    it waits for is let go, a group whose request was answered 503."""
+    from engine.store import write_process
+
+    with writer_child_running(postgres_url, made) as (books, groups, committer, first, writers):
+        ready_for_the_next(committer)
+        with books.engine.connect() as holder:
+            holder.execute(text("SELECT 1 FROM ledger_head FOR UPDATE"))  # the sequencer lock, held here
+            pending = committer.enqueue_many([fresh(s) for s in groups[1]])
+            deadline = time.monotonic() + 30
+            while not holder.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
+                )
+            ).scalar_one():
+                assert time.monotonic() < deadline, "the writer child never waited for the lock"
+                time.sleep(0.02)
+            os.kill(committer.pid, signal.SIGKILL)
+            with pytest.raises(db.Unreachable, match="CommitterLost"):
+                pending.result(timeout=60)
+            deadline = time.monotonic() + write_process.PARENT_WATCH_S + 5
+            while running(writers[0]):
+                assert time.monotonic() < deadline, "the writer child outlived its committer child"
+                time.sleep(0.02)
+            holder.rollback()  # the lock let go: nothing may be left waiting to commit
+        time.sleep(0.5)
+        lost_then_posted_anew(committer, books, first, groups[1])
 
 
 def test_a_database_that_cannot_be_reached_is_answered_unreachable(made) -> None:
