@@ -359,6 +359,14 @@ class RowWriter(Protocol):
 # The head moved from `base` to `end` in one statement: the row lock is the sequencer lock (as
 # `_locked_head`'s FOR UPDATE), and a head that is not `base` (re-read once a writer holding the
 # lock commits) matches no row. The catalog version stays (a group never moves it).
+# The group path's statements (probes by key over `unnest` of array parameters, writes from
+# `unnest`) have one good plan whatever their arrays hold, but PostgreSQL plans the probes anew
+# at every execution: a generic plan of an `unnest` of unknown length is costed at 100 rows, more
+# than the custom plans of a group's few, so the prepared statement keeps planning (~40-60 us
+# each, ~0.2 ms a group; `docs/BENCHMARKS.md`). In the transactions of groups decided ahead and
+# of their writes, prepared statements take their generic plan; for that transaction only.
+GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
+
 _MOVE_HEAD_SQL = (
     "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
     " last_payment_hash = %s, lock_version = %s WHERE id = 1 AND last_posting_sequence = %s AND last_hash = %s"
@@ -377,7 +385,7 @@ def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[s
     if moved is None:
         return False
     batch = bulk.WriteBatch(session)
-    batch.statements = list(statements)
+    batch.statements = [(GENERIC_PLANS_SQL, None), *statements]
     batch.send()
     return True
 
@@ -934,6 +942,7 @@ class Ledger:
         with self.snapshots.session() as session:
             batch = bulk.ReadBatch(session)
             batch.setting("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            batch.setting(GENERIC_PLANS_SQL)
             head = batch.query(_HEAD_SQL)
             known = catalog or self._catalog
             reads = self._queue_group_reads(batch, known, submissions, keys, remember_answers, not receipts_unused)

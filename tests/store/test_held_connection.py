@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from engine.store import db
 from engine.store.group_commit import GroupCommitter
+from engine.store.ledger import write_rows
 from tests.store.test_group_commit_ahead import answer
 from tests.store.test_pipeline import assert_checks, fresh, traffic
 
@@ -107,3 +108,40 @@ def test_the_committer_answers_every_group_when_its_snapshot_connection_is_kille
             committer.close()
     assert answered[0] == answered[1]
     assert any(status == 201 for status, _, _ in answered[0])
+
+
+def _plans(session) -> dict[str, tuple[int, int]]:
+    """The prepared statements of `session`'s connection: (generic plans, custom plans) each."""
+    rows = session.execute(text("SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements"))
+    return {statement: (generic, custom) for statement, generic, custom in rows}
+
+
+def test_groups_decided_ahead_and_their_writes_are_planned_once(two):
+    """A prepared probe over `unnest` of an array is costed generic at 100 rows, so PostgreSQL
+    would plan it anew at every group (custom plans); in the snapshots of groups decided ahead and
+    in their writes, every prepared statement takes its generic plan (`GENERIC_PLANS_SQL`)."""
+    books = two[0]
+    ledger = books.ledger
+    writes = db.HeldConnection(books.engine)
+    try:
+        # Groups of purchases only: the same statements again and again, prepared by the driver
+        # from their fifth execution (psycopg's `prepare_threshold`).
+        plain = [g for g in traffic(seed=5, n=400) if all(s.body.type == "purchase" for s in g)]
+        assert len(plain) >= 12
+        for group in plain:
+            decided = ledger.decide_ahead([fresh(s) for s in group], accepted_at_us=None)
+            assert decided is not None
+            with writes.session() as session, session.begin():
+                assert write_rows(session, decided.base, decided.end, decided.batch.statements)
+        with ledger.snapshots.session() as session:
+            read = _plans(session)
+        with writes.session() as session:
+            written = _plans(session)
+    finally:
+        writes.close()
+    probes = {s: plans for s, plans in read.items() if "CROSS JOIN LATERAL" in s}
+    assert probes and all(generic > 0 and custom == 0 for generic, custom in probes.values()), probes
+    updates = {s: plans for s, plans in written.items() if s.startswith("UPDATE campaign")}
+    assert updates and all(generic > 0 and custom == 0 for generic, custom in updates.values()), updates
+    # Every statement after the setting (the head's move comes before it, in its own round trip).
+    assert all(custom == 0 for s, (_, custom) in written.items() if not s.startswith("UPDATE ledger_head")), written
