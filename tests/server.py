@@ -43,18 +43,13 @@ LOG_TAIL_CHARS = 4000
 _IN_PROCESS_CLI_LOCK = threading.Lock()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def reserved_port() -> tuple[socket.socket, int]:
     """A free port and a socket that holds it: bound (SO_REUSEADDR), never listening, so the
-    kernel hands the port to no other bind(port 0), `free_port()` in another thread included,
-    while the server's own listener (SO_REUSEADDR, as asyncio and uvicorn bind) still binds it.
-    A port `free_port()` returns is free again at once: two servers starting together could be
-    given the same one, and the one that lost the bind would take the winner's /healthz as its own."""
+    kernel hands the port to no other bind(port 0) while the server's own listener (SO_REUSEADDR,
+    as asyncio and uvicorn bind) still binds it. A port picked by binding and closing at once is
+    free again at once: two servers starting together could be given the same one, and the one
+    that lost the bind would take the winner's /healthz as its own (a 401 from the other server's
+    database, seen once in CI). Close the socket when the server is done with the port."""
     s = socket.socket()
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("127.0.0.1", 0))

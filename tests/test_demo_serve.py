@@ -11,14 +11,14 @@ from pathlib import Path
 
 import httpx
 
-from tests.server import free_port, setapay_env
+from tests.server import reserved_port, setapay_env
 
 REPO = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 300
 
 
 def test_demo_serve_keeps_the_ledger_up_and_prints_keys_that_sign_in(tmp_path) -> None:
-    port = free_port()
+    reservation, port = reserved_port()  # held until the demo's server binds it (tests/server.py)
     env = setapay_env(f"sqlite+pysqlite:///{tmp_path}/unused.db")  # the demo makes its own database
     env["PYTHONPATH"] = str(REPO)
     args = ["demo", "--transactions", "400", "--ledger-transactions", "150", "--serve", "--port", str(port)]
@@ -73,3 +73,4 @@ def test_demo_serve_keeps_the_ledger_up_and_prints_keys_that_sign_in(tmp_path) -
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+        reservation.close()

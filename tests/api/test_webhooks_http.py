@@ -18,7 +18,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.responses import CreatedWebhook, DeliveryPage, EventPage, WebhookView, WebhookViews
-from tests.server import free_port, run_cli
+from tests.server import run_cli
 from tests.ward import CAMPAIGN_WINDOW, Plan, Ward
 
 FAST_WEBHOOKS_ENV = {
@@ -93,7 +93,7 @@ class Receiver:
             def log_message(self, *args) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)  # the kernel picks the port, bound at once
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}/setapay"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
