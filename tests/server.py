@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import uuid
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -175,6 +176,7 @@ class ServerProcess:
         self.log_path = log_dir / f"server_{name or uuid.uuid4().hex[:8]}.log"
         # Held for the object's life, restarts included (`launch()` again on the same port).
         self._port_reservation, self.port = reserved_port()
+        weakref.finalize(self, self._port_reservation.close)  # a server never entered as a context lets it go too
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self._payment_app = None

@@ -87,6 +87,8 @@ def test_a_submission_comes_back_whole(receipt):
     submission = Submission(
         "T1", "key-1", "a" * 64, body, body.model_dump_json(), merchant_id="M1", receipt=receipt, payment_id="tx_9"
     )
+    reducer = submission.__reduce_ex__(pickle.HIGHEST_PROTOCOL)[0]  # the short way: the ledger's own
+    assert reducer is not copyreg.__newobj__ and reducer.__module__ == "engine.store.ledger"
     back = pickle.loads(pickle.dumps(submission, protocol=pickle.HIGHEST_PROTOCOL))
     assert back == submission
     assert type(back.receipt) is type(receipt)

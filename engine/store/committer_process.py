@@ -33,7 +33,7 @@ SIGTERM, which are its parent's to act on, and ends after the groups it holds wh
 (`close`) or when its pipe closes (the API process exited or was killed). It is not a daemon, so
 that it may start its own writer child; `close` runs at the API process's exit too. A child that
 dies by itself (nobody kills its writer child with it) leaves a writer child that ends on its own
-within `write_process.PARENT_WATCH_S`, a write it was waiting in rolled back.
+within `write_process.PARENT_WATCH_S`, a write it was waiting in (its COMMIT not yet sent) rolled back.
 """
 
 from __future__ import annotations

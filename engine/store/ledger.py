@@ -362,8 +362,8 @@ class RowWriter(Protocol):
 # The group path's statements (probes by key over `unnest` of array parameters, writes from
 # `unnest`) have one good plan whatever their arrays hold, but PostgreSQL plans the probes anew
 # at every execution: a generic plan of an `unnest` of unknown length is costed at 100 rows, more
-# than the custom plans of a group's few, so the prepared statement keeps planning (~40-60 us
-# each, ~0.2 ms a group; `docs/BENCHMARKS.md`). In the transactions of groups decided ahead and
+# than the custom plans of a group's few, so the prepared statement keeps planning (~20-60 us
+# each, ~0.2 ms a group of one; `docs/BENCHMARKS.md`). In the transactions of groups decided ahead and
 # of their writes, prepared statements take their generic plan; for that transaction only.
 GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
 
@@ -379,13 +379,17 @@ def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[s
     """In `session`'s transaction (PostgreSQL): take the sequencer lock and, if the head is `base`,
     move it to `end` and send a decided group's statements (`bulk.WriteBatch.statements`); False,
     with nothing written, if the head is another. The caller commits. One statement locks,
-    checks and moves the head (`_MOVE_HEAD_SQL`), on the driver's connection: no ORM flush."""
+    checks and moves the head (`_MOVE_HEAD_SQL`), on the driver's connection: no ORM flush; the
+    transaction's `GENERIC_PLANS_SQL` goes in the same round trip."""
     assert end[4] == base[4], "a group decided ahead never moves the catalog version"
-    moved = bulk.raw_connection(session).execute(_MOVE_HEAD_SQL, (*end[:4], end[5], *base)).fetchone()
-    if moved is None:
+    raw = bulk.raw_connection(session)
+    with raw.pipeline():  # the setting goes with the head's move: one round trip
+        raw.execute(GENERIC_PLANS_SQL)
+        moving = raw.execute(_MOVE_HEAD_SQL, (*end[:4], end[5], *base))
+    if moving.fetchone() is None:
         return False
     batch = bulk.WriteBatch(session)
-    batch.statements = [(GENERIC_PLANS_SQL, None), *statements]
+    batch.statements = list(statements)
     batch.send()
     return True
 

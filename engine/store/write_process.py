@@ -25,7 +25,8 @@ again for the next group (after a lost write the committer decides under the loc
 so at most about one spawn a second). The child ends when its pipe closes: when the API
 process exits, or is killed, after the group it is writing (one transaction: committed whole or
 rolled back whole), or within `PARENT_WATCH_S` of its parent's death, whichever comes first: a
-write cut short is rolled back whole with its connection. So a child whose parent died by itself
+write cut short before its COMMIT was sent is rolled back whole with its connection (one whose
+COMMIT was sent commits whole, as any). So a child whose parent died by itself
 (a committer child: nobody killed the writer with it) does not wait inside a write (on a lock, on
 the database) to commit alone, later, a group whose requests were already answered 503.
 """
@@ -194,7 +195,8 @@ def serve(database_url: str, pipe: Connection, parent: int) -> None:
 def _end_with_parent(parent: int) -> None:
     """End the child at once when `parent`, the process that started it, is no longer its parent
     (it died, before this look or since; the child was handed to another): a write it holds is
-    rolled back with its connection, and nobody waits for its answer. Looked at every
+    rolled back with its connection (unless its COMMIT was sent: then it commits whole), and
+    nobody waits for its answer. Looked at every
     `PARENT_WATCH_S` (Linux gives no portable signal for it). The look is no write of ours, so it
     runs while the write waits on the database (psycopg lets go of the interpreter lock as it waits)."""
     while os.getppid() == parent:

@@ -175,6 +175,15 @@ def test_a_hung_child_is_killed_and_the_next_group_gets_a_new_one(postgres_url, 
         lost_then_posted_anew(committer, books, first, groups[1])
 
 
+def waiting_for_a_lock(connection) -> int:
+    """How many backends of this database wait for a lock now (the activity read anew: a
+    transaction keeps what it first read of it)."""
+    connection.execute(text("SELECT pg_stat_clear_snapshot()"))
+    return connection.execute(
+        text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND datname = current_database()")
+    ).scalar_one()
+
+
 def test_a_writer_child_ends_when_its_committer_child_dies_by_itself(postgres_url, made) -> None:
     """A committer child that dies by itself (SIGKILL from outside; not the watchdog's kill, which
     takes the writer with it) while its writer child waits inside a write: the writer ends within
@@ -188,12 +197,7 @@ def test_a_writer_child_ends_when_its_committer_child_dies_by_itself(postgres_ur
             holder.execute(text("SELECT 1 FROM ledger_head FOR UPDATE"))  # the sequencer lock, held here
             pending = committer.enqueue_many([fresh(s) for s in groups[1]])
             deadline = time.monotonic() + 30
-            while not holder.execute(
-                text(
-                    "SELECT count(*) FROM pg_stat_activity"
-                    " WHERE wait_event_type = 'Lock' AND datname = current_database()"
-                )
-            ).scalar_one():
+            while not waiting_for_a_lock(holder):
                 assert time.monotonic() < deadline, "the writer child never waited for the lock"
                 time.sleep(0.02)
             os.kill(committer.pid, signal.SIGKILL)
