@@ -174,9 +174,10 @@ class ServerProcess:
         self.log_tail = log_tail
         self.env = setapay_env(database_url, env)
         self.log_path = log_dir / f"server_{name or uuid.uuid4().hex[:8]}.log"
-        # Held for the object's life, restarts included (`launch()` again on the same port).
-        self._port_reservation, self.port = reserved_port()
-        weakref.finalize(self, self._port_reservation.close)  # a server never entered as a context lets it go too
+        # Held for the object's life, restarts included (`launch()` again on the same port): let go
+        # at `__exit__`, or when the object goes (a server never entered as a context).
+        reservation, self.port = reserved_port()
+        self._release_port = weakref.finalize(self, reservation.close)
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen | None = None
         self._payment_app = None
@@ -235,7 +236,7 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
-        self._port_reservation.close()  # done with: its port may go to another server
+        self._release_port()  # done with: its port may go to another server
 
     def log(self) -> str:
         try:

@@ -18,7 +18,7 @@ START_TIMEOUT_S = 300
 
 
 def test_demo_serve_keeps_the_ledger_up_and_prints_keys_that_sign_in(tmp_path) -> None:
-    reservation, port = reserved_port()  # held until the demo's server binds it (tests/server.py)
+    reservation, port = reserved_port()  # held through the test: no other server is handed it
     env = setapay_env(f"sqlite+pysqlite:///{tmp_path}/unused.db")  # the demo makes its own database
     env["PYTHONPATH"] = str(REPO)
     args = ["demo", "--transactions", "400", "--ledger-transactions", "150", "--serve", "--port", str(port)]

@@ -103,8 +103,9 @@ class Submission:
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled as its fields, the receipt's among them: how the API process hands each
-        submission to the committer child, ~2.5 us cheaper a submission than the way of a
-        dataclass with slots and a named tuple (docs/BENCHMARKS.md)."""
+        submission to the committer child. With `Record.__reduce__`, 5.0 against 8.6 us a
+        submission to pickle and unpickle, the ways of pydantic, of a dataclass with slots and of
+        a named tuple (docs/BENCHMARKS.md)."""
         receipt = self.receipt
         return (
             _submission_of,
@@ -356,17 +357,18 @@ class RowWriter(Protocol):
     def write(self, base: Head, end: Head, statements: list[tuple[str, Any]]) -> bool: ...
 
 
+# The group path's statements (probes by key over arrays, writes from `unnest`) have one good plan
+# whatever their arrays hold, but for a group of a few PostgreSQL plans them anew at every
+# execution: a generic plan of an array of unknown length is costed at 100 elements, more than the
+# custom plan of a few, so the prepared statement keeps planning (~20-60 us each, ~0.2 ms a group of
+# one; at ~25 a group and in batches it takes the generic plan itself; `docs/BENCHMARKS.md`). In
+# the transactions of groups decided ahead and of their writes, prepared statements take their
+# generic plan; for that transaction only.
+GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
+
 # The head moved from `base` to `end` in one statement: the row lock is the sequencer lock (as
 # `_locked_head`'s FOR UPDATE), and a head that is not `base` (re-read once a writer holding the
 # lock commits) matches no row. The catalog version stays (a group never moves it).
-# The group path's statements (probes by key over `unnest` of array parameters, writes from
-# `unnest`) have one good plan whatever their arrays hold, but PostgreSQL plans the probes anew
-# at every execution: a generic plan of an `unnest` of unknown length is costed at 100 rows, more
-# than the custom plans of a group's few, so the prepared statement keeps planning (~20-60 us
-# each, ~0.2 ms a group of one; `docs/BENCHMARKS.md`). In the transactions of groups decided ahead and
-# of their writes, prepared statements take their generic plan; for that transaction only.
-GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
-
 _MOVE_HEAD_SQL = (
     "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
     " last_payment_hash = %s, lock_version = %s WHERE id = 1 AND last_posting_sequence = %s AND last_hash = %s"

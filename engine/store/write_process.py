@@ -26,9 +26,9 @@ so at most about one spawn a second). The child ends when its pipe closes: when 
 process exits, or is killed, after the group it is writing (one transaction: committed whole or
 rolled back whole), or within `PARENT_WATCH_S` of its parent's death, whichever comes first: a
 write cut short before its COMMIT was sent is rolled back whole with its connection (one whose
-COMMIT was sent commits whole, as any). So a child whose parent died by itself
-(a committer child: nobody killed the writer with it) does not wait inside a write (on a lock, on
-the database) to commit alone, later, a group whose requests were already answered 503.
+COMMIT was sent commits whole, as any). So a child whose parent died by itself (a committer
+child: nobody killed the writer with it) does not wait inside a write (on a lock, on the
+database) to commit alone, later, a group whose requests were already answered 503.
 """
 
 from __future__ import annotations
@@ -196,9 +196,9 @@ def _end_with_parent(parent: int) -> None:
     """End the child at once when `parent`, the process that started it, is no longer its parent
     (it died, before this look or since; the child was handed to another): a write it holds is
     rolled back with its connection (unless its COMMIT was sent: then it commits whole), and
-    nobody waits for its answer. Looked at every
-    `PARENT_WATCH_S` (Linux gives no portable signal for it). The look is no write of ours, so it
-    runs while the write waits on the database (psycopg lets go of the interpreter lock as it waits)."""
+    nobody waits for its answer. Looked at every `PARENT_WATCH_S` (Linux gives no portable signal
+    for a parent's death that a thread of it could not set off); the look runs while the write
+    waits on the database (psycopg lets go of the interpreter lock as it waits)."""
     while os.getppid() == parent:
         time.sleep(PARENT_WATCH_S)
     os._exit(1)
