@@ -81,7 +81,7 @@ Row = dict[str, Any]  # one row to write, or one answer's JSON body
 # Runs of plain purchases post as columns (`engine.posting_columns`); off, every purchase
 # posts through `PostingWriter.purchase`, the reference the columns are tested against.
 COLUMNAR_PURCHASES = True
-PAYMENT_ID_BYTES = 12  # a payment id's random part: "tx_" and 24 hex digits
+PAYMENT_ID_BYTES = 10  # a payment id's random part: 20 hex digits after its millisecond's 12
 
 
 @dataclasses.dataclass(slots=True)
@@ -599,14 +599,21 @@ class Ledger:
     # -- the money path ----------------------------------------------------
 
     @staticmethod
-    def new_payment_ids(n: int) -> list[str]:
-        """`n` new payment ids: random, so ids tell nothing of volumes or order (96 bits each,
-        as `secrets.token_hex(12)` draws them), drawn from the operating system in one call
-        for a whole group: a call per payment released the interpreter lock a thousand times
-        a group, and in a busy server each release waited for the lock to come back."""
+    def new_payment_ids(n: int, accepted_at_us: int) -> list[str]:
+        """`n` new payment ids for payments accepted at `accepted_at_us`: `tx_`, the acceptance
+        millisecond in 12 hex digits, then 80 random bits (as in a UUIDv7, RFC 9562 §5.7).
+
+        Time-ordered so that the payment's, its awards' and its lots' primary keys grow at their
+        indexes' right edge instead of landing on a random page of an ever larger index
+        (docs/BENCHMARKS.md, issue 11). An id tells its holder nothing the answer does not: the
+        millisecond is the answer's `accepted_at`, and the random part says nothing of volumes
+        (the answer's `sequence` is what counts). The random parts are drawn from the operating
+        system in one call for a whole group: a call per payment released the interpreter lock
+        a thousand times a group, and in a busy server each release waited for it to come back."""
         drawn = os.urandom(PAYMENT_ID_BYTES * n).hex()
         width = 2 * PAYMENT_ID_BYTES
-        return ["tx_" + drawn[k : k + width] for k in range(0, width * n, width)]
+        stamp = f"tx_{accepted_at_us // 1000:012x}"
+        return [stamp + drawn[k : k + width] for k in range(0, width * n, width)]
 
     def submit(
         self,
@@ -764,7 +771,8 @@ class Ledger:
         deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
         events: list[Event] = []
         payment_ids: dict[int, str] = {}
-        new_ids = iter(self.new_payment_ids(sum(submissions[i].payment_id is None for i in fresh)))
+        accepted_at = self.clock.now_us() if accepted_at_us is None else accepted_at_us
+        new_ids = iter(self.new_payment_ids(sum(submissions[i].payment_id is None for i in fresh), accepted_at))
         for i in fresh:
             s = submissions[i]
             s.merchant_id = terminals.get(s.terminal_id)
@@ -800,7 +808,6 @@ class Ledger:
             payment_ids[i] = s.payment_id if s.payment_id is not None else next(new_ids)
             events.append((payment_ids[i], s.body))
 
-        accepted_at = self.clock.now_us() if accepted_at_us is None else accepted_at_us
         answer_json: dict[str, str]  # payment id -> its answer, serialised once for its payment row
         effects = GroupEffects()
         if events:

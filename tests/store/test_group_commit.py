@@ -26,7 +26,7 @@ from engine.store.db import make_engine
 from engine.store.group_commit import GroupCommitter
 from engine.store.ledger import Ledger, Submission
 from engine.store.models import IdempotencyRow, PaymentRow
-from engine.timeutil import TOKYO
+from engine.timeutil import TOKYO, to_us
 from tests.lifecycle.support import Books, campaign
 
 NOW = dt.datetime(2026, 12, 1, 10, tzinfo=TOKYO)
@@ -163,20 +163,26 @@ def test_an_unreachable_database_fails_the_group_at_once(unreachable: str, caplo
     assert records[0].exc_info is None
 
 
-def test_a_group_draws_a_distinct_random_id_for_each_payment(books: Books) -> None:
-    """The ids of a group come from one draw (`Ledger.new_payment_ids`): each `tx_` and 24 hex
-    digits (96 random bits), no two alike within the group or across groups."""
+def test_a_group_draws_distinct_time_ordered_ids(books: Books) -> None:
+    """The ids of a group come from one draw (`Ledger.new_payment_ids`): each `tx_`, the
+    acceptance millisecond in 12 hex digits and 20 random ones; no two alike within the group
+    or across groups, and a later group's ids sort after an earlier one's."""
     first = books.ledger.submit([submission(f"W{i}", 1000 + i) for i in range(300)])
+    books.at(books.clock.now_us() + 1_000)
     second = books.ledger.submit([submission(f"W{i}", 2000 + i) for i in range(300)])
     ids = [r.body["id"] for r in first + second]
     assert all(r.status == 201 for r in first + second)
-    assert all(re.fullmatch(r"tx_[0-9a-f]{24}", i) for i in ids)
+    assert all(re.fullmatch(r"tx_[0-9a-f]{32}", i) for i in ids)
     assert len(set(ids)) == len(ids) == 600
+    for r in first + second:  # the stamp is the answer's acceptance millisecond
+        assert int(r.body["id"][3:15], 16) == to_us(dt.datetime.fromisoformat(r.body["accepted_at"])) // 1000
+    assert max(ids[:300]) < min(ids[300:])
     with books.engine.connect() as c:
         assert set(c.execute(select(PaymentRow.id)).scalars()) == set(ids)
-    assert Ledger.new_payment_ids(0) == []
-    drawn = Ledger.new_payment_ids(10_000)
+    assert Ledger.new_payment_ids(0, 0) == []
+    drawn = Ledger.new_payment_ids(10_000, 1_796_500_000_123_456)
     assert len(set(drawn)) == 10_000
-    # Random, not counted: the hex digits are spread evenly over the whole draw.
-    digits = Counter("".join(i[3:] for i in drawn))
+    assert {i[:15] for i in drawn} == {"tx_" + format(1_796_500_000_123, "012x")}
+    # Random, not counted: the digits after the stamp are spread evenly over the whole draw.
+    digits = Counter("".join(i[15:] for i in drawn))
     assert set(digits) == set("0123456789abcdef") and max(digits.values()) < 1.1 * min(digits.values())

@@ -69,7 +69,7 @@ def _ledger(url: str) -> Ledger:
     clock.set(to_us(START))
     ids = itertools.count(1)
     ledger_ = Ledger(engine, clock)
-    ledger_.new_payment_ids = lambda n: [f"tx_{next(ids):024d}" for _ in range(n)]  # type: ignore[method-assign]
+    ledger_.new_payment_ids = lambda n, at: [f"tx_{next(ids):032d}" for _ in range(n)]  # type: ignore[method-assign]
     return ledger_
 
 
