@@ -88,8 +88,9 @@ class LineError:
 def imported_payment_id(source: str, app_payment_id: str) -> str:
     """The ledger's id of the payment the app knows as `app_payment_id` (imported from `source`):
     derived, not drawn, so the importer knows a purchase's id before its group commits (a refund
-    of it in the next group refers to it) and a group decided again gets the same ids. Shaped as
-    the ledger's random ids ("tx_" and 24 hex digits) and, being a hash, as telling of volumes."""
+    of it in the next group refers to it) and a group decided again gets the same ids: "tx_" and 24
+    hex digits, shorter than the ids the ledger draws (32: a millisecond and 80 random bits), so
+    the two never meet; being a hash, it tells nothing of volumes either."""
     return "tx_" + hashlib.sha256(f"{source}\x00{app_payment_id}".encode()).hexdigest()[:24]
 
 
