@@ -7,19 +7,18 @@
 - `InFlight` claims (caller, key) scopes while a request with them is being posted, so a
   concurrent retry in this process is 409 `request_in_progress` rather than a second post.
 - `render` answers a ledger `Result`, marked `Idempotent-Replayed: true` when it is the
-  remembered answer of an earlier request. Its body is serialised by orjson, as the batch
-  route's is: the same JSON as Starlette's `JSONResponse` for these bodies (strings,
+  remembered answer of an earlier request. Its body is written as the result holds it
+  (`Result.body_json`): the JSON the committer child sent, else serialised by orjson, as the
+  batch route's is: the same JSON as Starlette's `JSONResponse` for these bodies (strings,
   integers, lists, objects), in a tenth of the time; a body orjson refuses (an integer past
   64 bits) falls back to `json.dumps`, as before.
 """
 
 import contextlib
-import json
 import re
 import threading
 from collections.abc import Iterator
 
-import orjson
 from fastapi.responses import Response
 
 from api.errors import PROBLEM_JSON
@@ -63,8 +62,4 @@ class InFlight:
 def render(result: Result) -> Response:
     headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
     media = "application/json" if result.status < 400 else PROBLEM_JSON
-    try:
-        content = orjson.dumps(result.body)
-    except orjson.JSONEncodeError:  # not for an answer the ledger gives (an int past 64 bits, say)
-        content = json.dumps(result.body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
-    return Response(content, status_code=result.status, headers=headers, media_type=media)
+    return Response(result.body_json, status_code=result.status, headers=headers, media_type=media)

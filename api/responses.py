@@ -71,7 +71,7 @@ class PurchaseAnswer(_TransactionBase):
         json_schema_extra={
             "examples": [
                 {
-                    "id": "tx_3f1c9a0d5e7b2c4a6e8f0a1b",
+                    "id": "tx_01a25de4b7fb3f1c9a0d5e7b2c4a6e8f",
                     "sequence": 1,
                     "type": "purchase",
                     "wallet_id": "W1",
@@ -112,10 +112,10 @@ class RefundAnswer(_TransactionBase):
         json_schema_extra={
             "examples": [
                 {
-                    "id": "tx_9b2d4f6a8c0e1a3b5c7d9e0f",
+                    "id": "tx_01a29164520e9b2d4f6a8c0e1a3b5c7d",
                     "sequence": 2,
                     "type": "refund",
-                    "original_id": "tx_3f1c9a0d5e7b2c4a6e8f0a1b",
+                    "original_id": "tx_01a25de4b7fb3f1c9a0d5e7b2c4a6e8f",
                     "wallet_id": "W1",
                     "merchant_id": "M_SHOTEN",
                     "terminal_id": "T_M_SHOTEN",

@@ -243,8 +243,12 @@ async def post_transaction(
         except db.UNREACHABLE + (TimeoutError,) as exc:
             raise EngineError("service_unavailable", type(exc).__name__) from None
     # Cache the key's own answer (accepted or declined), never a refusal of a reused key.
-    if answers is not None and result.remember and result.body.get("code") != "idempotency_key_reused":
-        await answers.put(terminal_id, key, submission.request_hash, result.status, result.body)
+    if (
+        answers is not None
+        and result.remember
+        and (result.status < 400 or result.body.get("code") != "idempotency_key_reused")
+    ):
+        await answers.put(terminal_id, key, submission.request_hash, result.status, result.body_json)
     return render(result)
 
 
@@ -351,7 +355,7 @@ def post_batch(body: Annotated[BatchRequest, Body()], p: Terminal, services: Ser
     results = []
     for r in answers:
         assert r is not None, "every item is answered: checked out, in progress, or posted"
-        results.append({"status": r.status, "replayed": r.replayed, "body": r.body})
+        results.append({"status": r.status, "replayed": r.replayed, "body": r.json_value()})
     # Serialised here, once: a dict returned to FastAPI goes through `jsonable_encoder` first,
     # 43 ms for 1,000 answers against 0.3 ms for orjson (docs/BENCHMARKS.md, issue 11).
     return Response(orjson.dumps({"results": results}), media_type="application/json")

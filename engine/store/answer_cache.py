@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from engine.store.redis_loop import LoopClients
 
@@ -51,12 +52,14 @@ class AnswerCache:
         return entry["hash"], entry["status"], entry["body"]
 
     async def put(
-        self, terminal_id: str, idempotency_key: str, request_hash: str, status: int, body: Mapping[str, Any]
+        self, terminal_id: str, idempotency_key: str, request_hash: str, status: int, body_json: bytes
     ) -> None:
+        """Remember an answer whose body is `body_json` (JSON of an object, written into the entry
+        as it is: the API process holds an answer as the committer child sent it)."""
         try:
             await self.client.set(
                 self._key(terminal_id, idempotency_key),
-                json.dumps({"hash": request_hash, "status": status, "body": body}),
+                orjson.dumps({"hash": request_hash, "status": status, "body": orjson.Fragment(body_json)}),
                 ex=TTL_S,
             )
         except Exception:

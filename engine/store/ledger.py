@@ -140,27 +140,85 @@ def _submission_of(
     return Submission(terminal_id, idempotency_key, request_hash, body, request_json, merchant_id, receipt, payment_id)
 
 
-@dataclasses.dataclass(slots=True)
 class Result:
-    status: int
-    body: Row
-    replayed: bool = False
-    remember: bool = True  # scope failures are not business outcomes and are not remembered
+    """A submission's outcome: its HTTP status and answer body, whether it replays a remembered
+    answer, and whether it is remembered at all (scope failures are not business outcomes).
+
+    Across the committer child's pipe the body travels as its JSON (orjson; `__reduce__`) and
+    stays JSON on the other side until something reads `body`: the API process writes most
+    answers out as they came (`body_json`, `json_value`), ~3 us a purchase it no longer spends
+    parsing an answer to serialise it again (docs/BENCHMARKS.md, issue 11)."""
+
+    __slots__ = ("status", "_body", "_json", "replayed", "remember")
+
+    def __init__(self, status: int, body: Row | None, replayed: bool = False, remember: bool = True) -> None:
+        self.status = status
+        self._body = body
+        self._json: bytes | None = None
+        self.replayed = replayed
+        self.remember = remember
+
+    @classmethod
+    def of_json(cls, status: int, body_json: bytes, replayed: bool = False, remember: bool = True) -> Result:
+        """A result whose body is `body_json` (an object's JSON, as orjson writes it)."""
+        result = cls(status, None, replayed, remember)
+        result._json = body_json
+        return result
+
+    @property
+    def body(self) -> Row:
+        """The body as objects, parsed from its JSON at the first read. From then on the objects
+        are the body (a caller may change them): its JSON is let go."""
+        if self._body is None:
+            assert self._json is not None, "a result has a body or its JSON"
+            self._body = orjson.loads(self._json)
+            self._json = None
+        return self._body
+
+    @property
+    def body_json(self) -> bytes:
+        """The body as JSON bytes: as it came, else written now (orjson's; the standard library's
+        for a body orjson refuses)."""
+        if self._json is not None:
+            return self._json
+        try:
+            return orjson.dumps(self._body)
+        except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, say
+            return json.dumps(self._body, ensure_ascii=False, allow_nan=False, separators=(",", ":")).encode()
+
+    def json_value(self) -> Any:
+        """The body to place inside a larger answer written by orjson: its JSON as it is when
+        the body came as JSON (an `orjson.Fragment`), else the body."""
+        return orjson.Fragment(self._json) if self._json is not None else self._body
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return (self.status, self.body, self.replayed, self.remember) == (
+            other.status,
+            other.body,
+            other.replayed,
+            other.remember,
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as the dataclass it replaces
+
+    def __repr__(self) -> str:
+        fields = f"status={self.status!r}, body={self.body!r}, replayed={self.replayed!r}, remember={self.remember!r}"
+        return f"Result({fields})"
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled with its body as JSON (orjson): how the committer child answers the API process,
         ~3 us a result cheaper than pickling the body's dicts (docs/BENCHMARKS.md). The body comes
         out as the API renders it anyway (orjson, `api.idempotency`): tuples as lists. A body
         orjson refuses (an integer beyond 64 bits) is pickled as it is."""
-        try:
-            body = orjson.dumps(self.body)
-        except TypeError:  # orjson.JSONEncodeError
-            return (Result, (self.status, self.body, self.replayed, self.remember))
-        return (_result_of_json, (self.status, body, self.replayed, self.remember))
-
-
-def _result_of_json(status: int, body_json: bytes, replayed: bool, remember: bool) -> Result:
-    return Result(status, orjson.loads(body_json), replayed, remember)
+        body_json = self._json
+        if body_json is None:
+            try:
+                body_json = orjson.dumps(self._body)
+            except TypeError:  # orjson.JSONEncodeError
+                return (Result, (self.status, self._body, self.replayed, self.remember))
+        return (Result.of_json, (self.status, body_json, self.replayed, self.remember))
 
 
 def replay_answer(remembered_hash: str, status: int, response_json: str, request_hash: str) -> Result:
@@ -605,9 +663,9 @@ class Ledger:
 
         Time-ordered so that the payment's, its awards' and its lots' primary keys grow at their
         indexes' right edge instead of landing on a random page of an ever larger index
-        (docs/BENCHMARKS.md, issue 11). An id tells its holder nothing the answer does not: the
-        millisecond is the answer's `accepted_at`, and the random part says nothing of volumes
-        (the answer's `sequence` is what counts). The random parts are drawn from the operating
+        (docs/BENCHMARKS.md, issue 11). The stamp is the answer's `accepted_at` (what it tells
+        whoever holds an id: docs/ARCHITECTURE.md, *The unit of work*); the random part says
+        nothing of volumes (the answer's `sequence` does). The random parts are drawn from the operating
         system in one call for a whole group: a call per payment released the interpreter lock
         a thousand times a group, and in a busy server each release waited for it to come back."""
         drawn = os.urandom(PAYMENT_ID_BYTES * n).hex()

@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
+from engine.clock import ManualClock
 from engine.model import Purchase
 from engine.store.db import make_engine
 from engine.store.group_commit import GroupCommitter
@@ -186,3 +187,30 @@ def test_a_group_draws_distinct_time_ordered_ids(books: Books) -> None:
     # Random, not counted: the digits after the stamp are spread evenly over the whole draw.
     digits = Counter("".join(i[15:] for i in drawn))
     assert set(digits) == set("0123456789abcdef") and max(digits.values()) < 1.1 * min(digits.values())
+
+
+class SteppingClock(ManualClock):
+    """A clock a millisecond further on at every reading: a second reading of it for one group
+    (the id's stamp apart from `accepted_at`) could not go unseen."""
+
+    def now_us(self) -> int:
+        self.set(super().now_us() + 999)
+        return super().now_us() - 1
+
+
+def test_an_id_is_stamped_with_its_payment_acceptance_on_both_paths(books: Books) -> None:
+    """Under the lock (`submit`) and decided ahead (`decide_ahead`, PostgreSQL), each id's stamp is
+    the millisecond of the `accepted_at` its answer gives and its payment row stores."""
+    ledger = Ledger(books.engine, clock=SteppingClock(books.clock.now_us()))
+    results = ledger.submit([submission(f"W{i}", 1000 + i) for i in range(5)])
+    if books.engine.dialect.name == "postgresql":
+        decided = ledger.decide_ahead([submission(f"V{i}", 1000 + i) for i in range(5)], accepted_at_us=None)
+        assert decided is not None and ledger.write_decided(decided)
+        results += decided.results
+    assert len(results) == (10 if books.engine.dialect.name == "postgresql" else 5)
+    with books.engine.connect() as c:
+        stored = dict(c.execute(select(PaymentRow.id, PaymentRow.accepted_at_us)).all())
+    for r in results:
+        assert r.status == 201
+        accepted = to_us(dt.datetime.fromisoformat(r.body["accepted_at"]))
+        assert int(r.body["id"][3:15], 16) == accepted // 1000 == stored[r.body["id"]] // 1000

@@ -85,3 +85,26 @@ def test_a_result_orjson_refuses_crosses_pickled_as_it_is() -> None:
 def test_tuples_in_a_body_come_out_as_the_lists_json_renders() -> None:
     back = pickle.loads(pickle.dumps(Result(422, {"loc": ("body", 0)}), protocol=PROTOCOL))
     assert back.body == {"loc": ["body", 0]}
+
+
+def test_a_result_that_crossed_is_written_out_as_its_json_until_its_body_is_read() -> None:
+    """The API process writes an answer that crossed the pipe as the JSON it came as (no parse,
+    no second serialisation); once something reads the body as objects, those are the body."""
+    sent = Result(201, {"id": "tx_1", "sequence": 7, "awards": [{"points": 10, "capped_by": None}]})
+    payload = pickle.dumps(sent, protocol=PROTOCOL)
+    back = pickle.loads(payload)
+    assert isinstance(back.json_value(), orjson.Fragment)
+    assert back.body_json == orjson.dumps(sent.body) and back.body_json in payload
+    assert orjson.loads(orjson.dumps({"results": [{"body": back.json_value()}]})) == {"results": [{"body": sent.body}]}
+    # Read as objects (and changed by whoever read it): the objects are the body from then on.
+    back.body["sequence"] = 8
+    assert back.json_value() == {**sent.body, "sequence": 8}
+    assert orjson.loads(back.body_json)["sequence"] == 8
+    assert back != sent and pickle.loads(pickle.dumps(back, protocol=PROTOCOL)) == back
+    # A result made here holds its objects: nothing to write until asked.
+    assert sent.json_value() is sent.body and sent.body_json == orjson.dumps(sent.body)
+
+
+def test_a_body_orjson_refuses_is_written_by_the_standard_library() -> None:
+    big = Result(422, {"code": "invalid_request", "errors": [{"input": 2**70}]})
+    assert big.body_json == b'{"code":"invalid_request","errors":[{"input":1180591620717411303424}]}'
