@@ -168,19 +168,23 @@ class Result:
     @property
     def body(self) -> Row:
         """The body as objects, parsed from its JSON at the first read. From then on the objects
-        are the body (a caller may change them): its JSON is let go."""
-        if self._body is None:
-            assert self._json is not None, "a result has a body or its JSON"
-            self._body = orjson.loads(self._json)
+        are the body (a caller may change them): its JSON is let go. A result is read by one
+        thread at a time (the request's), as every result is."""
+        body = self._body
+        if body is None:
+            body_json = self._json
+            assert body_json is not None, "a result has a body or its JSON"
+            body = self._body = orjson.loads(body_json)
             self._json = None
-        return self._body
+        return body
 
     @property
     def body_json(self) -> bytes:
         """The body as JSON bytes: as it came, else written now (orjson's; the standard library's
         for a body orjson refuses)."""
-        if self._json is not None:
-            return self._json
+        body_json = self._json
+        if body_json is not None:
+            return body_json
         try:
             return orjson.dumps(self._body)
         except TypeError:  # orjson.JSONEncodeError: an integer beyond 64 bits, say
@@ -189,7 +193,8 @@ class Result:
     def json_value(self) -> Any:
         """The body to place inside a larger answer written by orjson: its JSON as it is when
         the body came as JSON (an `orjson.Fragment`), else the body."""
-        return orjson.Fragment(self._json) if self._json is not None else self._body
+        body_json = self._json
+        return orjson.Fragment(body_json) if body_json is not None else self.body
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Result):

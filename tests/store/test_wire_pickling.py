@@ -93,6 +93,7 @@ def test_a_result_that_crossed_is_written_out_as_its_json_until_its_body_is_read
     sent = Result(201, {"id": "tx_1", "sequence": 7, "awards": [{"points": 10, "capped_by": None}]})
     payload = pickle.dumps(sent, protocol=PROTOCOL)
     back = pickle.loads(payload)
+    assert pickle.dumps(back, protocol=PROTOCOL) == payload  # passed on unread: the same JSON
     assert isinstance(back.json_value(), orjson.Fragment)
     assert back.body_json == orjson.dumps(sent.body) and back.body_json in payload
     assert orjson.loads(orjson.dumps({"results": [{"body": back.json_value()}]})) == {"results": [{"body": sent.body}]}
