@@ -42,7 +42,7 @@ import psycopg
 import pytest
 
 from tests.concurrency.test_multi_process import exercise
-from tests.server import ServerProcess, run_cli
+from tests.server import ServerProcess, run_cli, setapay_env
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("SETAPAY_PURE_PYTHON") == "1",
@@ -100,7 +100,7 @@ def test_sigkill_and_a_dropped_pool_lose_nothing_and_double_nothing(postgres_url
     print("\n" + "; ".join(done))
 
     # Every invariant of SPEC §5 and §7 and a full re-rate, as an operator runs it.
-    reconciled = run_cli(ServerProcess(postgres_url, tmp_path, name="cli").env, "reconcile", "--json")
+    reconciled = run_cli(setapay_env(postgres_url), "reconcile", "--json")
     assert reconciled.returncode == 0, reconciled.stdout[-3000:] + reconciled.stderr[-3000:]
     report = json.loads(reconciled.stdout)
     assert report["ok"], report
