@@ -90,7 +90,7 @@ class PurchaseAnswer(_TransactionBase):
                             "capped_by": None,
                             "status": "credited",
                             "credit_at": "2026-12-10T12:00:00.123456+09:00",
-                            "expires_at": "2027-06-10T12:00:00.123456+09:00",
+                            "expires_at": "2027-07-01T00:00:00+09:00",
                         }
                     ],
                 }

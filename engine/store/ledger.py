@@ -95,7 +95,7 @@ class Submission:
     request_json: str
     merchant_id: str | None = None  # the terminal's merchant, resolved under the lock
     receipt: Receipt | None = None  # the payment app's verified receipt (the API requires one)
-    payment_id: str | None = None  # the id it gets if accepted (the import's are derived); else a new random one
+    payment_id: str | None = None  # the id it gets if accepted (the import's are derived); else a new time-ordered one
 
     @property
     def receipt_key(self) -> tuple[str, str] | None:
@@ -151,9 +151,9 @@ class Result:
 
     __slots__ = ("status", "_body", "_json", "replayed", "remember")
 
-    def __init__(self, status: int, body: Row | None, replayed: bool = False, remember: bool = True) -> None:
+    def __init__(self, status: int, body: Row, replayed: bool = False, remember: bool = True) -> None:
         self.status = status
-        self._body = body
+        self._body: Row | None = body
         self._json: bytes | None = None
         self.replayed = replayed
         self.remember = remember
@@ -161,8 +161,9 @@ class Result:
     @classmethod
     def of_json(cls, status: int, body_json: bytes, replayed: bool = False, remember: bool = True) -> Result:
         """A result whose body is `body_json` (an object's JSON, as orjson writes it)."""
-        result = cls(status, None, replayed, remember)
-        result._json = body_json
+        result = cls.__new__(cls)
+        result.status, result._body, result._json = status, None, body_json
+        result.replayed, result.remember = replayed, remember
         return result
 
     @property
@@ -173,7 +174,8 @@ class Result:
         body = self._body
         if body is None:
             body_json = self._json
-            assert body_json is not None, "a result has a body or its JSON"
+            if body_json is None:  # another reader parsed it meanwhile (set before its JSON went)
+                return self._body  # type: ignore[return-value]
             body = self._body = orjson.loads(body_json)
             self._json = None
         return body
@@ -664,7 +666,8 @@ class Ledger:
     @staticmethod
     def new_payment_ids(n: int, accepted_at_us: int) -> list[str]:
         """`n` new payment ids for payments accepted at `accepted_at_us`: `tx_`, the acceptance
-        millisecond in 12 hex digits, then 80 random bits (as in a UUIDv7, RFC 9562 §5.7).
+        millisecond in 12 hex digits, then 80 random bits (a UUIDv7's 48-bit millisecond first,
+        RFC 9562 §5.7).
 
         Time-ordered so that the payment's, its awards' and its lots' primary keys grow at their
         indexes' right edge instead of landing on a random page of an ever larger index

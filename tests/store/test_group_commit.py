@@ -202,11 +202,14 @@ def test_an_id_is_stamped_with_its_payment_acceptance_on_both_paths(books: Books
     """Under the lock (`submit`) and decided ahead (`decide_ahead`, PostgreSQL), each id's stamp is
     the millisecond of the `accepted_at` its answer gives and its payment row stores."""
     ledger = Ledger(books.engine, clock=SteppingClock(books.clock.now_us()))
-    results = ledger.submit([submission(f"W{i}", 1000 + i) for i in range(5)])
-    if books.engine.dialect.name == "postgresql":
-        decided = ledger.decide_ahead([submission(f"V{i}", 1000 + i) for i in range(5)], accepted_at_us=None)
-        assert decided is not None and ledger.write_decided(decided)
-        results += decided.results
+    try:
+        results = ledger.submit([submission(f"W{i}", 1000 + i) for i in range(5)])
+        if books.engine.dialect.name == "postgresql":
+            decided = ledger.decide_ahead([submission(f"V{i}", 1000 + i) for i in range(5)], accepted_at_us=None)
+            assert decided is not None and ledger.write_decided(decided)
+            results += decided.results
+    finally:
+        ledger.close()
     assert len(results) == (10 if books.engine.dialect.name == "postgresql" else 5)
     with books.engine.connect() as c:
         stored = dict(c.execute(select(PaymentRow.id, PaymentRow.accepted_at_us)).all())
