@@ -228,11 +228,15 @@ class Result:
         return (Result.of_json, (self.status, body_json, self.replayed, self.remember))
 
 
-def replay_answer(remembered_hash: str, status: int, response_json: str, request_hash: str) -> Result:
+def replay_answer(remembered_hash: str, status: int, response_json: str | bytes, request_hash: str) -> Result:
     """The answer remembered under an idempotency key, for a request hashing to `request_hash`:
-    the stored status and body, replayed, for the same request; `idempotency_key_reused` else."""
+    the stored status and body, replayed, for the same request; `idempotency_key_reused` else.
+    `response_json`: as stored (text, parsed: older rows were written by the standard library),
+    or as a result holds it now (`Result.body_json`, kept as it is)."""
     if remembered_hash != request_hash:
         return Result(*decline("idempotency_key_reused"))
+    if isinstance(response_json, bytes):
+        return Result.of_json(status, response_json, replayed=True)
     return Result(status, json.loads(response_json), replayed=True)
 
 
@@ -673,9 +677,10 @@ class Ledger:
         indexes' right edge instead of landing on a random page of an ever larger index
         (docs/BENCHMARKS.md, issue 11). The stamp is the answer's `accepted_at` (what it tells
         whoever holds an id: docs/ARCHITECTURE.md, *The unit of work*); the random part says
-        nothing of volumes (the answer's `sequence` does). The random parts are drawn from the operating
-        system in one call for a whole group: a call per payment released the interpreter lock
-        a thousand times a group, and in a busy server each release waited for it to come back."""
+        nothing of volumes (the answer's `sequence` does). The random parts are drawn from the
+        operating system in one call for a whole group: a call per payment released the
+        interpreter lock a thousand times a group, and in a busy server each release waited for
+        it to come back."""
         drawn = os.urandom(PAYMENT_ID_BYTES * n).hex()
         width = 2 * PAYMENT_ID_BYTES
         stamp = f"tx_{accepted_at_us // 1000:012x}"
@@ -944,7 +949,7 @@ class Ledger:
             done = results[first]
             if done is not None:
                 base = submissions[first]
-                results[i] = replay_answer(base.request_hash, done.status, json.dumps(done.body), s.request_hash)
+                results[i] = replay_answer(base.request_hash, done.status, done.body_json, s.request_hash)
         # An accepted payment's answer is remembered on its payment row (`PostingWriter._payment_row`,
         # serialised once there); a decline's in an `idempotency_key` row.
         remember = []
