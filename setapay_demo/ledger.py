@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict
 
 import httpx
 
+from engine import collector
 from engine import demo as ward_demo
 from engine.clock import ManualClock
 from engine.model import BankAccount, Credit, Purchase, Refund
@@ -135,6 +136,7 @@ async def _run_ledger_demo(
 
         posted: dict[str, tuple[str, str]] = {}  # event key -> (transaction id, terminal)
         spendable: collections.Counter[str] = collections.Counter()  # what each wallet has earned so far
+        collector.settle()  # the application and the ward, built to stay: out of later collections
         advance = progress(len(events)) if progress else None
         samples: list[tuple[int, str]] = []  # (day index, wallet) of purchases with pending and credited points
         counts_by_merchant: collections.Counter[str] = collections.Counter()

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -39,6 +39,10 @@ if TYPE_CHECKING:
     from engine.settings import Settings
 
 ROLES = ("admin", "finance", "merchant", "terminal", "app")
+# Terminals' signing keys, looked up for requests: built once (as `engine.store.keys._LOOKUP`).
+_PUBLIC_KEYS = select(TerminalRow.id, TerminalRow.public_key).where(
+    TerminalRow.id.in_(bindparam("terminal_ids", expanding=True))
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -429,10 +433,8 @@ class Config:
     def terminal_public_keys(self, terminal_ids: Sequence[str]) -> dict[str, str | None]:
         """The registered signing key (base64, or None: bearer-only) of each terminal that exists
         among `terminal_ids`, in one query."""
-        with Session(self._reader) as session:
-            rows = session.execute(
-                select(TerminalRow.id, TerminalRow.public_key).where(TerminalRow.id.in_(terminal_ids))
-            ).all()
+        with self._reader.connect() as connection:
+            rows = connection.execute(_PUBLIC_KEYS, {"terminal_ids": list(terminal_ids)}).all()
         return {terminal_id: public_key for terminal_id, public_key in rows}
 
     # -- keys (engine/store/keys.py) ----------------------------------------

@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, and_, or_, select, update
+from sqlalchemy import CursorResult, bindparam, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -67,6 +67,33 @@ def _listing(row: ApiKeyRow, merchant_id: str | None) -> dict[str, Any]:
         "revoked_at": _instant(row.revoked_at_us),
         "last_used_at": _instant(row.last_used_at_us),
     }
+
+
+# The two statements every request's key may need, built once: building a select of eight columns
+# and a join for each look-up was most of its cost (~0.8 ms of CPU a look-up through an ORM
+# session on SQLite, ~0.24 through a connection with this one; docs/BENCHMARKS.md).
+_LOOKUP = (
+    select(
+        ApiKeyRow.key_hash,
+        ApiKeyRow.id,
+        ApiKeyRow.role,
+        ApiKeyRow.merchant_id,
+        ApiKeyRow.terminal_id,
+        ApiKeyRow.expires_at_us,
+        ApiKeyRow.revoked_at_us,
+        TerminalRow.merchant_id,
+    )
+    .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
+    .where(ApiKeyRow.key_hash.in_(bindparam("digests", expanding=True)))
+)
+_TOUCH = (
+    update(ApiKeyRow)
+    .where(
+        ApiKeyRow.id == bindparam("key_id"),
+        or_(ApiKeyRow.last_used_at_us.is_(None), ApiKeyRow.last_used_at_us <= bindparam("horizon_us")),
+    )
+    .values(last_used_at_us=bindparam("at_us"))
+)
 
 
 class Keys:
@@ -169,21 +196,8 @@ class Keys:
 
     def lookup_many(self, digests: Sequence[str]) -> dict[str, KeyLookup]:
         """`lookup` of each digest in one query: the keys found, neither unknown nor revoked."""
-        with Session(self._reader) as session:
-            rows = session.execute(
-                select(
-                    ApiKeyRow.key_hash,
-                    ApiKeyRow.id,
-                    ApiKeyRow.role,
-                    ApiKeyRow.merchant_id,
-                    ApiKeyRow.terminal_id,
-                    ApiKeyRow.expires_at_us,
-                    ApiKeyRow.revoked_at_us,
-                    TerminalRow.merchant_id,
-                )
-                .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
-                .where(ApiKeyRow.key_hash.in_(digests))
-            ).all()
+        with self._reader.connect() as connection:
+            rows = connection.execute(_LOOKUP, {"digests": list(digests)}).all()
         found = {}
         for digest, key_id, role, merchant_id, terminal_id, expires_at_us, revoked_at_us, terminal_merchant in rows:
             if revoked_at_us is not None:
@@ -198,16 +212,11 @@ class Keys:
         use less than a minute before (so a row is rewritten at most once a minute)."""
         if not used:
             return
-        with Session(self.engine) as session, session.begin():
-            for key_id, at_us in sorted(used.items()):
-                session.execute(
-                    update(ApiKeyRow)
-                    .where(
-                        ApiKeyRow.id == key_id,
-                        or_(
-                            ApiKeyRow.last_used_at_us.is_(None),
-                            and_(ApiKeyRow.last_used_at_us <= at_us - LAST_USED_RESOLUTION_US),
-                        ),
-                    )
-                    .values(last_used_at_us=at_us)
-                )
+        with self.engine.begin() as connection:
+            connection.execute(
+                _TOUCH,
+                [
+                    {"key_id": key_id, "at_us": at_us, "horizon_us": at_us - LAST_USED_RESOLUTION_US}
+                    for key_id, at_us in sorted(used.items())
+                ],
+            )

@@ -87,6 +87,30 @@ def test_last_used_is_rewritten_at_most_once_a_minute(store) -> None:
     keys.touch({"no-such-key": START_US})  # a deleted key: nothing to write, no error
 
 
+def test_one_touch_writes_each_key_by_its_own_instant(store) -> None:
+    """Several keys in one `touch` (one statement, many parameter sets): each row is held to its
+    own instant and its own last write; a key unknown among them changes nothing."""
+    keys, _, _ = store
+    ids = [keys.create("finance")[1]["id"] for _ in range(3)]
+    keys.touch({ids[0]: START_US, ids[1]: START_US})
+
+    def last_used() -> list[int | None]:
+        with keys.engine.connect() as c:
+            found = dict(c.execute(select(ApiKeyRow.id, ApiKeyRow.last_used_at_us).where(ApiKeyRow.id.in_(ids))).all())
+        return [found[i] for i in ids]
+
+    assert last_used() == [START_US, START_US, None]
+    keys.touch(
+        {
+            ids[0]: START_US + MINUTE_US - 1,  # too soon after its last write: kept
+            ids[1]: START_US + MINUTE_US,  # a minute on: rewritten
+            "no-such-key": START_US + MINUTE_US,
+            ids[2]: START_US + 5,  # never written: written
+        }
+    )
+    assert last_used() == [START_US, START_US + MINUTE_US, START_US + 5]
+
+
 def test_migration_down_and_up_keeps_keys(database_url) -> None:
     db.upgrade(database_url)
     engine = db.make_engine(database_url)
