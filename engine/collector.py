@@ -41,9 +41,20 @@ def tune() -> None:
 
 
 def settle() -> None:
-    """In a process that called `tune`: freeze also what it has built since and will keep (the
-    demo's application, configured before its day is posted), as `tune` froze start-up's. No-op
-    in a process that never tuned (tests running the demo in-process)."""
+    """In a process that called `tune`: freeze also what it has built since and will keep for a
+    while (the demo's application, configured before its day is posted), as `tune` froze
+    start-up's. Frozen objects are never collected: once they are let go, `release`. No-op in a
+    process that never tuned (tests running the demo in-process)."""
     if _tuned:
+        gc.collect()
+        gc.freeze()
+
+
+def release() -> None:
+    """After what `settle` froze is let go (the demo over, its application dropped): everything
+    frozen goes back under collection, the garbage among it is collected (the application's
+    reference cycles), and what is still alive is frozen again. No-op unless tuned."""
+    if _tuned:
+        gc.unfreeze()
         gc.collect()
         gc.freeze()

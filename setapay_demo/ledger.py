@@ -78,7 +78,10 @@ def run_ledger_demo(
     progress: Callable[[int], Callable[[int], None]] | None = None,
     out_dir: str | None = None,
 ) -> LedgerSummary:
-    return asyncio.run(_run_ledger_demo(transactions, seed, database_url, progress, out_dir))
+    try:
+        return asyncio.run(_run_ledger_demo(transactions, seed, database_url, progress, out_dir))
+    finally:
+        collector.release()  # what `settle` froze of this run's application, collectable again
 
 
 async def _run_ledger_demo(

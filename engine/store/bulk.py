@@ -5,9 +5,9 @@ parameters (`unnest`, `= ANY`), and a unit of work's writes go out as one
 pipeline, so a group of 1,000 transactions costs a handful of round trips
 and no per-row statement parsing. On SQLite the same calls are plain SQL
 text run on the driver's own connection of the session's transaction
-(`sqlite_run`: executemany for writes, row values for keyed reads), so no
-statement goes through SQLAlchemy's compiler or result machinery on the money
-path.
+(`sqlite_run`: executemany for writes; for keyed reads `IN` lists and a
+`VALUES` list joined to the table), so the group's row reads and writes go
+through neither SQLAlchemy's compiler nor its result machinery.
 """
 
 from __future__ import annotations
@@ -48,11 +48,14 @@ def sqlite_run(session: Session, sql: str, params: Any = (), many: bool = False)
     return its rows. SQLAlchemy's `exec_driver_sql` costs ~15 us more a write and ~30 a read (its
     result's metadata), ~14 statements a group; a failure is raised as SQLAlchemy would raise it
     (`DBAPIError.instance`: an `OperationalError` stays a 503, `db.UNREACHABLE`)."""
-    raw = cast("sqlite3.Connection", session.connection().connection.driver_connection)
+    connection = session.connection()
+    raw = cast("sqlite3.Connection", connection.connection.driver_connection)
     try:
         return (raw.executemany(sql, params) if many else raw.execute(sql, params)).fetchall()
     except sqlite3.Error as failure:
-        raise DBAPIError.instance(sql, params, failure, sqlite3.Error) from failure
+        raise DBAPIError.instance(
+            sql, params, failure, sqlite3.Error, hide_parameters=connection.engine.hide_parameters, ismulti=many
+        ) from failure
 
 
 def select_where_tuples(

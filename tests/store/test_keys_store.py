@@ -3,6 +3,8 @@ expiry as data, `last_used_at_us` at most once a minute, and the migration both 
 
 from __future__ import annotations
 
+import concurrent.futures
+
 import pytest
 from sqlalchemy import select
 
@@ -109,6 +111,24 @@ def test_one_touch_writes_each_key_by_its_own_instant(store) -> None:
         }
     )
     assert last_used() == [START_US, START_US + MINUTE_US, START_US + 5]
+
+
+def test_look_ups_do_not_wait_for_the_ledgers_writer_on_sqlite(store) -> None:
+    """A request's key and signing-key look-ups read a snapshot (SQLite: a DEFERRED transaction,
+    `db.reader`): with another connection holding the write lock, as the group committer does
+    while it writes, they answer at once instead of waiting on SQLite's 30 s busy timeout."""
+    keys, config, _ = store
+    if not db.is_sqlite(keys.engine):
+        pytest.skip("PostgreSQL's reads never wait for a writer")
+    secret, record = keys.create("terminal", terminal_id="T1")
+    with keys.engine.connect() as writer:
+        writer.exec_driver_sql("SELECT 1")  # BEGIN IMMEDIATE (`db.make_engine`): the write lock held
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            found = pool.submit(keys.lookup, hash_key(secret)).result(timeout=5)
+            signing = pool.submit(config.terminal_public_keys, ["T1"]).result(timeout=5)
+        writer.rollback()
+    assert found is not None and found.principal.key_id == record["id"]
+    assert signing == {"T1": None}
 
 
 def test_migration_down_and_up_keeps_keys(database_url) -> None:
