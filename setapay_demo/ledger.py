@@ -140,7 +140,7 @@ async def _run_ledger_demo(
 
         posted: dict[str, tuple[str, str]] = {}  # event key -> (transaction id, terminal)
         spendable: collections.Counter[str] = collections.Counter()  # what each wallet has earned so far
-        collector.settle()  # the application and the ward, built to stay: out of later collections
+        collector.settle()  # the application and the ward, kept for the day: out of collections until `release`
         advance = progress(len(events)) if progress else None
         samples: list[tuple[int, str]] = []  # (day index, wallet) of purchases with pending and credited points
         counts_by_merchant: collections.Counter[str] = collections.Counter()
