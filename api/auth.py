@@ -283,14 +283,20 @@ class Auth:
 
     async def _lookup(self, digest: str) -> KeyLookup | None:
         stamp = self.cache.stamp()  # a revocation here while it runs keeps its answer out of the cache
+        signatures = self.signatures
+        signing_stamp = signatures.stamp() if signatures is not None else None
         try:
             found = await anyio.to_thread.run_sync(self.keys.lookup, digest)
         except db.UNREACHABLE as exc:
             raise EngineError("service_unavailable", type(exc).__name__) from None
         if found is None:
             self.cache.discard(digest)
-        else:
-            self.cache.put(digest, found, stamp)
+            return None
+        self.cache.put(digest, found, stamp)
+        terminal_id = found.principal.terminal_id
+        if signatures is not None and signing_stamp is not None and terminal_id is not None:
+            # A terminal's signing key came with its key (one read): its request checks it next.
+            signatures.found(terminal_id, found.terminal_public_key, signing_stamp)
         return found
 
     async def _first_lookup(self, digest: str, address: str) -> KeyLookup:

@@ -57,7 +57,7 @@ from engine.http_signing import (
     covered_components,
 )
 from engine.store import db
-from engine.store.caches import RefreshingCache
+from engine.store.caches import RefreshingCache, Stamp
 from engine.store.config import Config
 from engine.store.nonces import DatabaseNonces, RedisNonces
 
@@ -132,6 +132,21 @@ class TerminalSignatures:
             except ValueError:  # a stored key that does not parse: left out (its requests look it up)
                 continue
         return found
+
+    def stamp(self) -> Stamp:
+        """Taken before a look-up that may bring a terminal's key to `found` (the key's look-up)."""
+        return self._keys.stamp()
+
+    def found(self, terminal_id: str, encoded: str | None, stamp: Stamp) -> None:
+        """A terminal's key as another look-up read it, begun at `stamp` (`api.auth`: a terminal's
+        API key is read with its terminal's signing key): cached as `public_key` would cache it,
+        so the request's own look-up finds it. A stored key that does not parse is not cached
+        (`public_key` looks it up and refuses it)."""
+        try:
+            key = _parse(encoded)
+        except ValueError:
+            return
+        self._keys.put(terminal_id, key, stamp)
 
     async def public_key(self, terminal_id: str) -> Ed25519PublicKey | None:
         cached = self._keys.get(terminal_id)

@@ -45,10 +45,13 @@ def hash_key(secret: str) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class KeyLookup:
-    """What authenticating a key needs: who it is and until when (None: no expiry)."""
+    """What authenticating a key needs: who it is and until when (None: no expiry). A terminal's
+    key also brings the terminal's registered signing key as the same read found it (base64; None:
+    bearer-only), which a request needs next (`api.signatures`, SPEC §9.2): one look-up, not two."""
 
     principal: Principal
     expires_at_us: int | None
+    terminal_public_key: str | None = None
 
 
 def _instant(us: int | None) -> str | None:
@@ -69,7 +72,7 @@ def _listing(row: ApiKeyRow, merchant_id: str | None) -> dict[str, Any]:
     }
 
 
-# The two statements every request's key may need, built once: building a select of eight columns
+# The two statements every request's key may need, built once: building a select of nine columns
 # and a join for each look-up was most of its cost (~0.8 ms of CPU a look-up through an ORM
 # session on SQLite, ~0.24 through a connection with this one; docs/BENCHMARKS.md).
 _LOOKUP = (
@@ -82,6 +85,7 @@ _LOOKUP = (
         ApiKeyRow.expires_at_us,
         ApiKeyRow.revoked_at_us,
         TerminalRow.merchant_id,
+        TerminalRow.public_key,
     )
     .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
     .where(ApiKeyRow.key_hash.in_(bindparam("digests", expanding=True)))
@@ -199,12 +203,14 @@ class Keys:
         with self._reader.connect() as connection:
             rows = connection.execute(_LOOKUP, {"digests": list(digests)}).all()
         found = {}
-        for digest, key_id, role, merchant_id, terminal_id, expires_at_us, revoked_at_us, terminal_merchant in rows:
-            if revoked_at_us is not None:
+        for digest, key_id, role, merchant_id, terminal_id, expires_at, revoked, terminal_merchant, public_key in rows:
+            if revoked is not None:
                 continue
             if role == "terminal":
                 merchant_id = terminal_merchant  # the terminal's merchant now, not when the key was made
-            found[digest] = KeyLookup(Principal(key_id, role, merchant_id, terminal_id), expires_at_us)
+            else:
+                public_key = None
+            found[digest] = KeyLookup(Principal(key_id, role, merchant_id, terminal_id), expires_at, public_key)
         return found
 
     def touch(self, used: dict[str, int]) -> None:

@@ -252,6 +252,38 @@ def test_busy_keys_stay_fresh_without_a_look_up_of_their_own(ward, database_url)
         auth.close()
 
 
+def test_a_terminal_keys_first_look_up_brings_its_signing_key(ward, database_url) -> None:
+    """A terminal key's first request reads the key and its terminal's signing key in one query:
+    the signature check that follows finds the signing key (or that the terminal is bearer-only)
+    cached, fresh, and reads nothing. Other roles bring no terminal's key."""
+    engine, config, keys = ward
+    auth = _auth(engine, keys, config, database_url)
+    signatures = auth.signatures
+    assert signatures is not None
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda _c, _cur, statement, *_: statements.append(statement))
+    reads = lambda: [s for s in statements if s.lstrip().upper().startswith("SELECT")]  # noqa: E731
+    try:
+        private = Ed25519PrivateKey.generate()
+        config.update_terminal("T1", {"public_key": http_signing.public_key_b64(private)})
+        signed, _ = keys.create("terminal", terminal_id="T1")
+        bearer, _ = keys.create("terminal", terminal_id="T2")
+        admin, _ = keys.create("admin")
+        statements.clear()
+        assert asyncio.run(auth.authenticate(signed, "10.0.0.1")).terminal_id == "T1"
+        assert asyncio.run(auth.authenticate(bearer, "10.0.0.1")).terminal_id == "T2"
+        assert asyncio.run(auth.authenticate(admin, "10.0.0.1")).role == "admin"
+        assert len(reads()) == 3  # one read a key
+        t1, t2 = signatures._keys.get("T1"), signatures._keys.get("T2")
+        assert t1 is not None and t1[1] and t2 == (None, True)
+        assert t1[0].public_bytes_raw() == private.public_key().public_bytes_raw()
+        assert asyncio.run(signatures.public_key("T1")).public_bytes_raw() == private.public_key().public_bytes_raw()
+        assert asyncio.run(signatures.public_key("T2")) is None
+        assert len(reads()) == 3  # the signature checks read nothing
+    finally:
+        auth.close()
+
+
 def _apps(engine, ttl_s: float) -> Apps:
     settings = Settings(data_key_b64=_DATA_KEY)
     return Apps(engine, settings, SystemClock(), cache_ttl_s=ttl_s)
