@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import pytest
 from joserfc import jws
 from joserfc.errors import JoseError
+from joserfc.jwk import OctKey
 
 from engine import receipts
 from engine.errors import EngineError
@@ -72,7 +73,7 @@ def reference(
 
     def verifies(raw: bytes) -> bool:
         try:
-            return jws.verify_compact(signed, hs256, receipts._key(raw))
+            return jws.verify_compact(signed, hs256, OctKey.import_key(raw))
         except (JoseError, ValueError):
             return False
 
@@ -204,3 +205,44 @@ def test_mac_is_hmac_sha256(length: int) -> None:
         assert receipts._mac(raw, message) == expected
         assert receipts._mac(raw, message) == expected  # again: the kept object was not fed
     assert receipts._mac(b"k" * 100, message) != receipts._mac(b"k" * 99, message)
+
+
+def test_receipts_are_signed_byte_for_byte_as_joserfc_signs_them() -> None:
+    """`sign` builds the compact JWS itself; joserfc's `serialize_compact` of the same header and
+    claims gives the same token, for purchase and refund claims, app ids of every length the id
+    pattern allows, every secret, and claims in every script (the payload is UTF-8, not escaped)."""
+    rng = random.Random(5)
+    words = ["pay_1", "世田谷", "ｶﾌｪ", "e\u0301", "\u2028", "😀", 'a"b\\c', "", "x" * 200]
+    for i in range(2_000):
+        app_id = rng.choice([APP, "A", "app-" + "x" * rng.randint(0, 50), f"SETAGAYA_PAY_{i}"])
+        secret = rng.choice([SECRET, OTHER, receipts.new_secret()])
+        claims = receipts.purchase_claims(
+            {"wallet_id": rng.choice(words), "merchant_id": f"M{i}", "amount": rng.randint(1, 10**12)},
+            rng.choice(words),
+            rng.randint(0, 2**40),
+        )
+        if i % 2:
+            claims = receipts.refund_claims({"amount": rng.randint(1, 10**9)}, f"ref_{i}", rng.choice(words), i)
+        payload = json.dumps(claims, separators=(",", ":"), ensure_ascii=False).encode()
+        key = OctKey.import_key(receipts.decode_secret(secret))
+        assert receipts.sign(app_id, secret, claims) == jws.serialize_compact(
+            {"alg": "HS256", "kid": app_id}, payload, key
+        )
+
+
+def test_the_payment_app_notes_the_jti_of_each_receipt_the_engine_accepted() -> None:
+    """`PaymentApp.accepted` reads the jti back from the receipt it signed; a refund of that
+    purchase then names it as `original_jti`, and a refund of a purchase it never saw accepted
+    names none of its receipts."""
+    app = receipts.PaymentApp(APP, SECRET, now_s=lambda: NOW_US // 1_000_000)
+    body = app.sign_purchase(BODY.model_dump(mode="json"), jti="pay_demo_1")
+    other = app.sign_purchase(BODY.model_dump(mode="json"))
+    app.accepted(body, {"id": "tx_1"})
+    app.accepted(other, {"code": "declined"})  # no id: not accepted
+    assert app.jti_of == {"tx_1": "pay_demo_1"}
+    refund = app.sign_refund({"original_id": "tx_1", "amount": 1})
+    claims = json.loads(base64.urlsafe_b64decode(refund["receipt"].split(".")[1] + "=="))
+    assert claims["original_jti"] == "pay_demo_1"
+    refund_body = {"type": "refund", "original_id": "tx_1", "occurred_at": "2026-12-04T10:00:00+09:00", "amount": 1}
+    verified = receipts.verify(refund["receipt"], Refund.model_validate(refund_body), secrets_for, NOW_US)
+    assert verified.original_jti == "pay_demo_1"
