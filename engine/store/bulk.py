@@ -58,6 +58,23 @@ def sqlite_run(session: Session, sql: str, params: Any = (), many: bool = False)
         ) from failure
 
 
+def driver_run(session: Session, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+    """Run one statement written with `%s` placeholders on the driver connection of `session`'s
+    transaction and return its rows (none for a statement that returns none): psycopg's on
+    PostgreSQL (as `raw_connection`), sqlite3's on SQLite (`sqlite_run`, `?` placeholders).
+    For the few small statements every unit of work sends, past the ORM and SQLAlchemy's
+    compiler."""
+    if _is_pg(session):
+        cursor = raw_connection(session).execute(sql, params)
+        return cursor.fetchall() if cursor.description is not None else []
+    return sqlite_run(session, _qmark(sql), tuple(params))
+
+
+@functools.lru_cache(maxsize=64)
+def _qmark(sql: str) -> str:
+    return sql.replace("%s", "?")
+
+
 def select_where_tuples(
     session: Session, table: Table, columns: list[str], key: list[str], tuples: Sequence[tuple[Any, ...]]
 ) -> list[tuple[Any, ...]]:

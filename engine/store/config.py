@@ -54,7 +54,7 @@ class Principal(Actor):
 
 
 def _bump(session: Session) -> None:
-    lock_sequencer(session).catalog_version += 1
+    lock_sequencer(session, catalog_changed=True)
 
 
 def _dump(record: BaseModel) -> str:

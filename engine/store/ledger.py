@@ -65,7 +65,6 @@ from engine.store.models import (
     CampaignRow,
     CampaignVersionRow,
     IdempotencyRow,
-    LedgerHead,
     MerchantRow,
     PaymentRow,
     PostingRow,
@@ -273,7 +272,7 @@ class UnitOfWork:
     the lock: a settlement run relies on every later posting carrying a later stamp.
     """
 
-    def __init__(self, session: Session, head: LedgerHead, ledger: Ledger) -> None:
+    def __init__(self, session: Session, head: SequencerHead, ledger: Ledger) -> None:
         self.session = session
         self._head = head
         # The chains' heads as plain values while the unit posts; written to the row once, at its end.
@@ -316,10 +315,20 @@ class UnitOfWork:
             assert not writer.pending, "a PostingWriter posted but was never flushed"
 
     def _write_head(self) -> None:
-        chain, head = self._chain, self._head
-        if (chain.posting_sequence, chain.payment_sequence) != (head.last_posting_sequence, head.last_payment_sequence):
-            head.last_posting_sequence, head.last_hash = chain.posting_sequence, chain.posting_hash
-            head.last_payment_sequence, head.last_payment_hash = chain.payment_sequence, chain.payment_hash
+        """The head row as the unit leaves it, in one statement: the chains' heads, and one more
+        unit of work counted under the lock (`lock_version`)."""
+        chain = self._chain
+        bulk.driver_run(
+            self.session,
+            _WRITE_HEAD_SQL,
+            (
+                chain.posting_sequence,
+                chain.posting_hash,
+                chain.payment_sequence,
+                chain.payment_hash,
+                self._head.lock_version + 1,
+            ),
+        )
 
 
 @dataclasses.dataclass
@@ -407,17 +416,48 @@ class _GroupReads:
 
 # Posting sequence and hash, payment sequence and hash, catalog version, lock version.
 Head = tuple[int, str, int, str, int, int]
-_HEAD_SQL = (
-    "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version"
-    " FROM ledger_head WHERE id = 1"
+_HEAD_COLUMNS = (
+    "last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version"
 )
+_HEAD_SQL = f"SELECT {_HEAD_COLUMNS} FROM ledger_head WHERE id = 1"
 
 
-def _locked_head(session: Session) -> LedgerHead:
-    stmt = select(LedgerHead).where(LedgerHead.id == 1)
-    if session.get_bind().dialect.name == "postgresql":
-        stmt = stmt.with_for_update()
-    return session.execute(stmt).scalar_one()
+@dataclasses.dataclass(slots=True)
+class SequencerHead:
+    """The `ledger_head` row as a transaction under the sequencer lock read it: plain values, read
+    and written by plain statements on the driver's connection (`bulk.driver_run`), not an ORM
+    object (its select and the flush that wrote it back were a third of a small group's fixed
+    cost on SQLite; docs/BENCHMARKS.md). Fields in `Head`'s order."""
+
+    last_posting_sequence: int
+    last_hash: str
+    last_payment_sequence: int
+    last_payment_hash: str
+    catalog_version: int
+    lock_version: int
+
+
+_HEAD_FOR_UPDATE_SQL = _HEAD_SQL + " FOR UPDATE"
+# A unit of work's end (`UnitOfWork._write_head`): the chains' heads and the count of units.
+_WRITE_HEAD_SQL = (
+    "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
+    " last_payment_hash = %s, lock_version = %s WHERE id = 1"
+)
+# `lock_sequencer`: lock, count the unit and read the head in one statement (a row UPDATE locks it
+# as FOR UPDATE does), with or without a new catalog version.
+_LOCK_SQL = {
+    changed: "UPDATE ledger_head SET lock_version = lock_version + 1"
+    + (", catalog_version = catalog_version + 1" if changed else "")
+    + f" WHERE id = 1 RETURNING {_HEAD_COLUMNS}"
+    for changed in (False, True)
+}
+
+
+def _locked_head(session: Session) -> SequencerHead:
+    """The head, read under the sequencer lock: PostgreSQL locks its row (FOR UPDATE); on SQLite
+    the transaction's `BEGIN IMMEDIATE` already holds the database's one writer lock."""
+    sql = _HEAD_FOR_UPDATE_SQL if session.get_bind().dialect.name == "postgresql" else _HEAD_SQL
+    return SequencerHead(*bulk.driver_run(session, sql)[0])
 
 
 class RowWriter(Protocol):
@@ -465,15 +505,15 @@ def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[s
     return True
 
 
-def lock_sequencer(session: Session) -> LedgerHead:
-    """Take the sequencer lock for `session`'s transaction (PostgreSQL: the head row FOR UPDATE;
-    SQLite: its `BEGIN IMMEDIATE` already is the lock) and count the transaction as one more
-    unit of work under it (`lock_version`), whatever else it changes: a group decided ahead of
-    its write (`Ledger.decide_ahead`) is written only if no unit came in between. Every writer
-    that takes the lock takes it here."""
-    head = _locked_head(session)
-    head.lock_version += 1
-    return head
+def lock_sequencer(session: Session, catalog_changed: bool = False) -> SequencerHead:
+    """Take the sequencer lock for `session`'s transaction (PostgreSQL: an UPDATE of the head row
+    locks it; SQLite: its `BEGIN IMMEDIATE` already is the lock) and count the transaction as one
+    more unit of work under it (`lock_version`), whatever else it changes: a group decided ahead
+    of its write (`Ledger.decide_ahead`) is written only if no unit came in between. With
+    `catalog_changed`, the catalog's version moves too (`engine.store.config`). One statement;
+    the head as it now stands. Every writer takes the lock here or in `Ledger.unit_of_work`
+    (which reads the head at its start and counts itself at its end, with the chains' heads)."""
+    return SequencerHead(*bulk.driver_run(session, _LOCK_SQL[catalog_changed])[0])
 
 
 @dataclasses.dataclass(eq=False)
@@ -561,7 +601,7 @@ class Ledger:
 
     @contextlib.contextmanager
     def _locked(self, session: Session, catalog: CatalogSnapshot | None = None) -> Iterator[UnitOfWork]:
-        unit = UnitOfWork(session, lock_sequencer(session), self)
+        unit = UnitOfWork(session, _locked_head(session), self)
         if catalog is not None:
             unit._catalog = catalog
         yield unit
@@ -569,7 +609,7 @@ class Ledger:
         unit._write_head()
 
     def _read_view(self, session: Session) -> ReadView:
-        head = session.execute(select(LedgerHead).where(LedgerHead.id == 1)).scalar_one()
+        head = SequencerHead(*bulk.driver_run(session, _HEAD_SQL)[0])  # read, not locked
         return ReadView(session, self._catalog_snapshot(session, head.catalog_version))
 
     def quote(self, purchase: Purchase, wallet_state: bool = True) -> tuple[Outcome, CatalogSnapshot]:
@@ -1048,16 +1088,7 @@ class Ledger:
                     return None
                 if reads.state is not None and catalog is None and base[4] != known.version:  # type: ignore[union-attr]
                     return None  # the catalog changed: read in a snapshot already ended; under the lock
-                provisional = LedgerHead(
-                    id=1,
-                    last_posting_sequence=base[0],
-                    last_hash=base[1],
-                    last_payment_sequence=base[2],
-                    last_payment_hash=base[3],
-                    catalog_version=base[4],
-                    lock_version=base[5],
-                )
-                unit = UnitOfWork(session, provisional, self)
+                unit = UnitOfWork(session, SequencerHead(*base), self)
                 unit._catalog = catalog if catalog is not None else known if reads.state is not None else None
                 results, batch_out, effects = self._decide_group(
                     unit,

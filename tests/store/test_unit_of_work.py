@@ -6,7 +6,7 @@ import dataclasses
 import datetime as dt
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from engine import ledger_rules as rules
 from engine.clock import ManualClock
@@ -101,3 +101,47 @@ def test_readers_take_no_sequencer_lock(postgres_url: str) -> None:
     ledger = Ledger(db.make_engine(postgres_url))
     with ledger.unit_of_work() as unit, ledger.read_view() as view:
         assert view.catalog.version == unit.catalog.version
+
+
+def _head(ledger: Ledger) -> tuple[int, str, int, str, int, int]:
+    with ledger.engine.connect() as c:
+        row = c.execute(
+            text(
+                "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version,"
+                " lock_version FROM ledger_head"
+            )
+        ).one()
+    return tuple(row)  # type: ignore[return-value]
+
+
+def test_every_writer_moves_the_head_row_as_it_leaves_it(ledger: Ledger) -> None:
+    """The head row (`ledger_head`, read and written by plain statements): each unit of work under
+    the lock counts one (`lock_version`) and leaves the chains' heads where its postings left them;
+    a unit that posts nothing leaves them as they were; a rolled-back unit changes nothing; a
+    change of the catalog (a merchant, a terminal) moves its version by one and counts one."""
+    config = Config(ledger.engine, clock=ledger.clock)
+    seq, hash_, pay_seq, pay_hash, catalog, units = _head(ledger)
+    with ledger.unit_of_work() as unit:
+        writer = unit.writer(ledger.clock.now_us())
+        writer.post(_fee(30))
+        writer.flush()
+        posted_hash = unit.last_hash
+    assert _head(ledger) == (seq + 1, posted_hash, pay_seq, pay_hash, catalog, units + 1)
+    with ledger.unit_of_work():
+        pass
+    assert _head(ledger) == (seq + 1, posted_hash, pay_seq, pay_hash, catalog, units + 2)
+    with pytest.raises(RuntimeError), ledger.unit_of_work() as unit:
+        writer = unit.writer(ledger.clock.now_us())
+        writer.post(_fee(5))
+        writer.flush()
+        raise RuntimeError("rolled back")
+    assert _head(ledger) == (seq + 1, posted_hash, pay_seq, pay_hash, catalog, units + 2)
+    config.update_merchant("M1", {"name": "八百屋 本店"})
+    assert _head(ledger) == (seq + 1, posted_hash, pay_seq, pay_hash, catalog + 1, units + 3)
+    config.create_terminal("T2", "M1")
+    assert _head(ledger) == (seq + 1, posted_hash, pay_seq, pay_hash, catalog + 2, units + 4)
+    with ledger.unit_of_work() as unit:
+        assert unit.catalog.version == catalog + 2  # the unit's catalog is the head's
+        assert unit.catalog.merchant_by_terminal["T2"] == "M1"
+    report = queries.ledger_check(ledger.engine)
+    assert report["checks"]["hash_chain_intact"] and report["checks"]["posting_sequence_gapless"]
