@@ -332,8 +332,11 @@ def test_close_answers_what_the_child_holds_and_refuses_what_comes_after(postgre
         committer = CommitterProcess(postgres_url, SystemClock(), size_max=1)
         made.append(committer)
         first = committer.enqueue_many([fresh(s) for s in groups[0]]).result(timeout=60)
-        # A child that answers: closing waits for the group it holds.
-        held = committer.enqueue_many([fresh(s) for s in groups[1]])
+        # A child that answers: closing waits for the group it holds. Its commit takes a second, so
+        # that it is still held when looked for (a group of one is answered in a few milliseconds).
+        slow_commits(books)
+        purchases = next(g for g in groups[4:] if all(s.body.type == "purchase" for s in g))
+        held = committer.enqueue_many([fresh(s) for s in purchases])
         held_by_the_child(committer)
         pid = committer.pid
         assert pid is not None
