@@ -294,7 +294,7 @@ class Auth:
             return None
         self.cache.put(digest, found, stamp)
         terminal_id = found.principal.terminal_id
-        if signatures is not None and signing_stamp is not None and terminal_id is not None:
+        if signatures is not None and signing_stamp is not None and found.principal.role == "terminal" and terminal_id:
             # A terminal's signing key came with its key (one read): its request checks it next.
             signatures.found(terminal_id, found.terminal_public_key, signing_stamp)
         return found

@@ -321,13 +321,7 @@ class UnitOfWork:
         bulk.driver_run(
             self.session,
             _WRITE_HEAD_SQL,
-            (
-                chain.posting_sequence,
-                chain.posting_hash,
-                chain.payment_sequence,
-                chain.payment_hash,
-                self._head.lock_version + 1,
-            ),
+            (chain.posting_sequence, chain.posting_hash, chain.payment_sequence, chain.payment_hash),
         )
 
 
@@ -441,7 +435,7 @@ _HEAD_FOR_UPDATE_SQL = _HEAD_SQL + " FOR UPDATE"
 # A unit of work's end (`UnitOfWork._write_head`): the chains' heads and the count of units.
 _WRITE_HEAD_SQL = (
     "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
-    " last_payment_hash = %s, lock_version = %s WHERE id = 1"
+    " last_payment_hash = %s, lock_version = lock_version + 1 WHERE id = 1"
 )
 # `lock_sequencer`: lock, count the unit and read the head in one statement (a row UPDATE locks it
 # as FOR UPDATE does), with or without a new catalog version.

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import event
+from sqlalchemy import event, text
 
 from api.auth import Auth
 from api.signatures import TerminalSignatures
@@ -280,6 +280,12 @@ def test_a_terminal_keys_first_look_up_brings_its_signing_key(ward, database_url
         assert asyncio.run(signatures.public_key("T1")).public_bytes_raw() == private.public_key().public_bytes_raw()
         assert asyncio.run(signatures.public_key("T2")) is None
         assert len(reads()) == 3  # the signature checks read nothing
+        # A key of another role naming a terminal (no API makes one) brings nothing for it.
+        other, record = keys.create("finance")
+        with engine.begin() as c:
+            c.execute(text("UPDATE api_key SET terminal_id = 'T3' WHERE id = :id"), {"id": record["id"]})
+        assert asyncio.run(auth.authenticate(other, "10.0.0.1")).role == "finance"
+        assert signatures._keys.get("T3") is None
     finally:
         auth.close()
 
