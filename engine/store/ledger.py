@@ -414,6 +414,7 @@ _HEAD_COLUMNS = (
     "last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version"
 )
 _HEAD_SQL = f"SELECT {_HEAD_COLUMNS} FROM ledger_head WHERE id = 1"
+_CATALOG_VERSION_SQL = "SELECT catalog_version FROM ledger_head WHERE id = 1"  # readers: which catalog
 
 
 @dataclasses.dataclass(slots=True)
@@ -603,8 +604,8 @@ class Ledger:
         unit._write_head()
 
     def _read_view(self, session: Session) -> ReadView:
-        head = SequencerHead(*bulk.driver_run(session, _HEAD_SQL)[0])  # read, not locked
-        return ReadView(session, self._catalog_snapshot(session, head.catalog_version))
+        (version,) = bulk.driver_run(session, _CATALOG_VERSION_SQL)[0]  # read, not locked
+        return ReadView(session, self._catalog_snapshot(session, version))
 
     def quote(self, purchase: Purchase, wallet_state: bool = True) -> tuple[Outcome, CatalogSnapshot]:
         """Rate `purchase` as `submit` would rate it now, alone, against the committed state: the
@@ -647,7 +648,7 @@ class Ledger:
             reads = bulk.ReadBatch(session)
             reads.setting("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             reads.closing("ROLLBACK")
-            head = reads.query("SELECT catalog_version FROM ledger_head WHERE id = 1")
+            head = reads.query(_CATALOG_VERSION_SQL)
             state, _ = self._load_state(session, catalog.rating, events, {}, reads)
             session.rollback()
         if head.rows[0][0] != catalog.version:
