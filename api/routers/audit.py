@@ -3,20 +3,23 @@
 `GET /v1/audit?from=&to=&target=&cursor=&limit=` (admin, finance) lists entries in
 sequence order, keyset-paginated: `next_cursor` is set while more may follow.
 `POST /v1/merchants/{id}/bank-account/confirm` (admin, finance) releases a held
-payout account change; the key that made the change may not confirm it.
+payout account change, the one its body names by the `set_at` the merchant's
+`bank_account_masked` shows; the key that made the change may not confirm it, and a change
+made since the confirming key read the merchant is not released by it (409
+`bank_change_superseded`).
 """
 
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Body, Depends, Query
 
 from api import strict
 from api.deps import ConfigDep, DatabaseDep, role
 from api.openapi import AUTHENTICATED, problems
 from api.responses import AuditPage, MerchantView
 from api.strict import Cursor, PageLimit, PathId
-from engine.model import Instant
+from engine.model import Instant, Record
 from engine.store import audit
 from engine.store.config import Principal
 from engine.timeutil import to_us
@@ -27,6 +30,13 @@ TARGET_PATTERN = r"^[A-Za-z0-9_:.\-]{1,200}$"
 _CURSOR_PREFIX = "aud"
 
 Reader = Annotated[Principal, Depends(role("admin", "finance"))]
+
+
+class BankChangeConfirmation(Record):
+    """The change confirmed: the `set_at` of the merchant's `bank_account_masked` as the
+    confirming key read it, so a change made after that read is never released unseen."""
+
+    set_at: Instant
 
 
 def encode_cursor(sequence: int) -> str:
@@ -63,9 +73,18 @@ def audit_log(
     "/v1/merchants/{merchant_id}/bank-account/confirm",
     responses={
         200: {"model": MerchantView},
-        **problems(AUTHENTICATED, "invalid_request", "not_found", "bank_change_not_pending", "bank_change_same_key"),
+        **problems(
+            AUTHENTICATED,
+            "invalid_request",
+            "not_found",
+            "bank_change_not_pending",
+            "bank_change_same_key",
+            "bank_change_superseded",
+        ),
     },
     response_model=None,
 )
-def confirm_bank_account(merchant_id: PathId, p: Reader, config: ConfigDep) -> dict[str, Any]:
-    return config.confirm_bank_account(merchant_id, actor=p)
+def confirm_bank_account(
+    merchant_id: PathId, body: Annotated[BankChangeConfirmation, Body()], p: Reader, config: ConfigDep
+) -> dict[str, Any]:
+    return config.confirm_bank_account(merchant_id, to_us(body.set_at), actor=p)

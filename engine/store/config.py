@@ -9,6 +9,7 @@ it rates the next group and no group is rated against a stale catalog.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,13 @@ def _bump(session: Session) -> None:
 
 def _dump(record: BaseModel) -> str:
     return record.model_dump_json()
+
+
+def _set_at_us(masked: Mapping[str, Any] | None) -> int:
+    """When the masked account on a merchant record was set (-1 when none is)."""
+    if masked is None or "set_at" not in masked:
+        return -1
+    return to_us(dt.datetime.fromisoformat(masked["set_at"]))
 
 
 def _lock(session: Session) -> None:
@@ -162,9 +170,12 @@ class Config:
             changed = merchant.bank_account is not None and merchant.bank_account != self.bank_account(
                 merchant_id, session
             )
-            self._store_record(row, merchant, now if changed else None, masked_before)
+            # A change's `set_at` names it to the key that confirms it: strictly later than the
+            # account it replaces, so no two of a merchant's changes share one.
+            set_at = max(now, _set_at_us(masked_before) + 1) if changed else None
+            self._store_record(row, merchant, set_at, masked_before)
             if changed:
-                row.bank_change_by, row.bank_change_at_us = actor.key_id, now
+                row.bank_change_by, row.bank_change_at_us = actor.key_id, set_at
             row.updated_at_us = now
             self._add_version(session, row, row.updated_at_us)
             after = self.public_record(row)
@@ -181,8 +192,10 @@ class Config:
                 )
             return after
 
-    def confirm_bank_account(self, merchant_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
-        """Release a held payout account change; only a key other than the one that made it may."""
+    def confirm_bank_account(self, merchant_id: str, set_at_us: int, actor: Actor = OPERATOR) -> dict[str, Any]:
+        """Release the held payout account change set at `set_at_us` (the `set_at` of the record's
+        masked account, as the confirming key read it); only a key other than the one that made
+        it may. A later change supersedes it: confirming the earlier one releases nothing."""
         with Session(self.engine) as session, session.begin():
             _lock(session)
             row = session.get(MerchantRow, merchant_id)
@@ -206,6 +219,12 @@ class Config:
                 raise EngineError(
                     "bank_change_same_key",
                     "a bank account change must be confirmed by another key that existed before it",
+                )
+            if set_at_us != changed_at:
+                raise EngineError(
+                    "bank_change_superseded",
+                    f"the bank account change awaiting confirmation was set at {format_instant(changed_at)}, "
+                    "not at the instant named: read the merchant and confirm the change it shows",
                 )
             masked = json.loads(row.record_json).get(MASKED_ACCOUNT)
             before = {

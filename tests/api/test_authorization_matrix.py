@@ -391,7 +391,7 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "PATCH /v1/merchants/{merchant_id}": lambda c: (f"/v1/merchants/{OWN_MERCHANT}", {"json": {"name": "三茶八百屋"}}),
     "POST /v1/merchants/{merchant_id}/bank-account/confirm": lambda c: (
         f"/v1/merchants/{OWN_MERCHANT}/bank-account/confirm",
-        {},
+        {"json": {"set_at": "2026-12-01T00:00:00+09:00"}},
     ),  # nothing pending: 409 when allowed
     "POST /v1/campaigns": lambda c: ("/v1/campaigns", {"json": _matrix_campaign("C_MATRIX_" + uuid.uuid4().hex[:8])}),
     "GET /v1/campaigns": lambda c: ("/v1/campaigns", {}),

@@ -205,7 +205,7 @@ class FuzzWard:
             "admin", "PATCH", f"/v1/terminals/{TERMINAL}", {"public_key": http_signing.public_key_b64(self.private_key)}
         )
         # A payout account change waiting for a second key's confirmation (SPEC §9.6).
-        self._ok("admin", "PATCH", "/v1/merchants/M_LARGE", {"bank_account": BANK_ACCOUNT})
+        changed = self._ok("admin", "PATCH", "/v1/merchants/M_LARGE", {"bank_account": BANK_ACCOUNT})
 
         bought = self._post_transaction("terminal", purchase(TERMINAL, WALLET, 9_000_000))
         refunded = self._post_transaction(
@@ -237,6 +237,7 @@ class FuzzWard:
             "webhooks": [webhook["id"]],
             "urls": [WEBHOOK_URL],
             "instants": [now_tokyo(-60)],
+            "bank_changes": [changed["bank_account_masked"]["set_at"]],  # the change the confirmation names
             "past": [now_tokyo(-86_400)],
             "starts": ["2027-01-01T00:00:00+09:00"],
             "ends": ["2028-01-01T00:00:00+09:00"],
@@ -367,6 +368,7 @@ BODY_DICTIONARIES = {
     "campaign_id": "campaigns",
     "original_id": "purchases",
     "occurred_at": "instants",
+    "set_at": "bank_changes",
     "points_used": "zero",
     "business_date": "dates",
     "period": "periods",

@@ -6,6 +6,7 @@ funding charged by the campaign version that issued the points."""
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import threading
 
@@ -25,6 +26,27 @@ from tests.tokyo import jst
 def key_id(headers: dict) -> str:
     """An API key's id, from the key itself (`sp_<role>_<id>_<secret>`)."""
     return headers["Authorization"].split(" ", 1)[1].split("_")[2]
+
+
+def pending_set_at(ward: Ward, merchant_id: str = "M1") -> str:
+    """The `set_at` naming the merchant's latest payout account change, as a finance key reads it:
+    from the audit log's `merchant.bank_account.change` entry (or the record's, before any change)."""
+    changes = [
+        e for e in entries(ward, target=f"merchant:{merchant_id}") if e["action"] == "merchant.bank_account.change"
+    ]
+    if changes:
+        return changes[-1]["after"]["bank_account"]["set_at"]
+    r = ward.client.get(f"/v1/merchants/{merchant_id}", headers=ward.admin)
+    assert r.status_code == 200, r.text
+    return r.json()["bank_account_masked"]["set_at"]
+
+
+def confirm(ward: Ward, headers: dict, merchant_id: str = "M1", set_at: str | None = None):
+    """POST the confirmation of the change the merchant's record shows now (or of `set_at`)."""
+    named = set_at or (pending_set_at(ward, merchant_id) if merchant_id == "M1" else "2027-01-01T00:00:00+09:00")
+    return ward.client.post(
+        f"/v1/merchants/{merchant_id}/bank-account/confirm", json={"set_at": named}, headers=headers
+    )
 
 
 def entries(ward: Ward, headers: dict | None = None, **params) -> list[dict]:
@@ -185,7 +207,7 @@ def test_bank_accounts_are_masked_in_the_log_and_in_answers(ward: Ward):
     assert r.json()["bank_account_pending_confirmation"] is True
     answers.append(ward.client.get("/v1/merchants/M1", headers=ward.admin).text)
     answers.append(ward.client.get("/v1/merchants", headers=ward.admin).text)
-    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    r = confirm(ward, ward.finance)
     assert r.status_code == 200, r.text
     answers.append(r.text)
     answers.append(ward.client.get("/v1/audit", headers=ward.finance).text)
@@ -422,24 +444,22 @@ def test_a_bank_account_change_holds_payouts_until_another_key_confirms(ward: Wa
     assert bank_account(3)["account_number"].encode() in zengin
 
     # The key that made the change cannot confirm it; another can, once.
-    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.admin)
+    r = confirm(ward, ward.admin)
     assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
-    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.terminal_keys["TM1"])
+    r = confirm(ward, ward.terminal_keys["TM1"])
     assert r.status_code == 403 and r.json()["code"] == "forbidden"
     # Nor can a key made after the change (the changer could make a second key and confirm with it).
     ward.at("2027-02-01T09:00")
     made = ward.client.post("/v1/keys", json={"role": "admin"}, headers=ward.admin)
     assert made.status_code == 201, made.text
-    r = ward.client.post(
-        "/v1/merchants/M1/bank-account/confirm", headers={"Authorization": f"Bearer {made.json()['key']}"}
-    )
+    r = confirm(ward, {"Authorization": f"Bearer {made.json()['key']}"})
     assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
     ward.at("2027-02-02T09:00")
-    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    r = confirm(ward, ward.finance)
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
-    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    r = confirm(ward, ward.finance)
     assert r.status_code == 409 and r.json()["code"] == "bank_change_not_pending"
-    r = ward.client.post("/v1/merchants/M9/bank-account/confirm", headers=ward.finance)
+    r = confirm(ward, ward.finance, "M9")
     assert r.status_code == 404
     confirmed = [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]
     assert confirmed[0]["actor"] == {"key_id": key_id(ward.finance), "role": "finance"}
@@ -461,8 +481,52 @@ def test_the_same_account_again_is_no_change(ward: Ward):
     ward.merchant("M1", bank=1)
     r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(1)}, headers=ward.admin)
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False
-    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    r = confirm(ward, ward.finance)
     assert r.status_code == 409 and r.json()["code"] == "bank_change_not_pending"
+
+
+def test_a_confirmation_releases_only_the_change_it_names(ward: Ward):
+    """Finance reads a change and confirms it; a change made after that read (by the same admin,
+    at the same clock instant) is not released by that confirmation, stays held at settlement, and
+    is released only when named itself."""
+    ward.merchant("M1", bank=1)
+    ward.at("2027-01-05T09:00")
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(2)}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    read = pending_set_at(ward)  # what the confirming officer checked: account ...4502
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(3)}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+    shown = r.json()["bank_account_masked"]
+    assert shown["account_number_last4"] == "4503"
+    assert dt.datetime.fromisoformat(shown["set_at"]) > dt.datetime.fromisoformat(
+        read
+    )  # same clock instant, yet a different change
+    assert ward.client.patch("/v1/merchants/M1", json={"name": "八百屋 改"}, headers=ward.admin).status_code == 200
+
+    r = confirm(ward, ward.finance, set_at=read)
+    assert r.status_code == 409 and r.json()["code"] == "bank_change_superseded", r.text
+    assert shown["set_at"] in r.json()["detail"]
+    for named in ("2027-01-05T09:00:00+09:00", "2030-01-01T00:00:00+09:00"):
+        r = confirm(ward, ward.finance, set_at=named)
+        assert r.status_code == 409 and r.json()["code"] == "bank_change_superseded", r.text
+    for body in ({}, {"set_at": "yesterday"}, {"set_at": read, "extra": 1}, {"set_at": 1}):
+        r = ward.client.post("/v1/merchants/M1/bank-account/confirm", json=body, headers=ward.finance)
+        assert r.status_code == 422 and r.json()["code"] == "invalid_request", (body, r.text)
+    assert not [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]
+
+    ward.purchase("M1", "W1", "2027-01-10T10:00", 4_000)
+    ward.at("2027-02-01T00:30")
+    statuses = {p["merchant_id"]: p["payout_status"] for p in ward.settle("2027-01")["payouts"]}
+    assert statuses["M1"] == "held_bank_change"
+
+    r = confirm(ward, ward.finance, set_at=shown["set_at"])
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
+    confirmed = [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]
+    assert len(confirmed) == 1
+    assert confirmed[0]["before"]["bank_account"]["account_number_last4"] == "4503"
+    assert confirmed[0]["before"]["bank_account"]["set_at"] == shown["set_at"]
+    r = confirm(ward, ward.finance, set_at=shown["set_at"])
+    assert r.status_code == 409 and r.json()["code"] == "bank_change_not_pending", r.text
 
 
 # -- §9.6: merchant funding follows the campaign version that issued the points ----------------------
@@ -494,7 +558,7 @@ def test_a_first_account_added_later_is_held_too(ward: Ward):
     ward.merchant("M1")  # no account at creation
     r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(4)}, headers=ward.admin)
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
-    r = ward.client.post("/v1/merchants/M1/bank-account/confirm", headers=ward.finance)
+    r = confirm(ward, ward.finance)
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
 
 
