@@ -3,10 +3,10 @@
 `GET /v1/audit?from=&to=&target=&cursor=&limit=` (admin, finance) lists entries in
 sequence order, keyset-paginated: `next_cursor` is set while more may follow.
 `POST /v1/merchants/{id}/bank-account/confirm` (admin, finance) releases a held
-payout account change, the one its body names by the `set_at` the merchant's
-`bank_account_masked` shows; the key that made the change may not confirm it, and a change
-made since the confirming key read the merchant is not released by it (409
-`bank_change_superseded`).
+payout account change, the one its body names by the new account's `set_at` (in the audit
+entry `merchant.bank_account.change`; an admin also sees it on the merchant); the key that made
+the change may not confirm it, and a change made since the confirming key read it is not
+released by it (409 `bank_change_superseded`).
 """
 
 import datetime as dt
@@ -33,8 +33,9 @@ Reader = Annotated[Principal, Depends(role("admin", "finance"))]
 
 
 class BankChangeConfirmation(Record):
-    """The change confirmed: the `set_at` of the merchant's `bank_account_masked` as the
-    confirming key read it, so a change made after that read is never released unseen."""
+    """The change confirmed: the new account's `set_at` as the confirming key read it (the audit
+    entry `merchant.bank_account.change`, `after.bank_account.set_at`), so a change made after
+    that read is never released unseen."""
 
     set_at: Instant
 

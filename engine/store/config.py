@@ -175,7 +175,7 @@ class Config:
             set_at = max(now, _set_at_us(masked_before) + 1) if changed else None
             self._store_record(row, merchant, set_at, masked_before)
             if changed:
-                row.bank_change_by, row.bank_change_at_us = actor.key_id, set_at
+                row.bank_change_by, row.bank_change_at_us = actor.key_id, now  # when, for the keys' ages
             row.updated_at_us = now
             self._add_version(session, row, row.updated_at_us)
             after = self.public_record(row)
@@ -220,13 +220,15 @@ class Config:
                     "bank_change_same_key",
                     "a bank account change must be confirmed by another key that existed before it",
                 )
-            if set_at_us != changed_at:
+            masked = json.loads(row.record_json).get(MASKED_ACCOUNT)
+            if set_at_us != _set_at_us(masked):
+                # The change named is not the one pending (a later change superseded it). Which
+                # one is pending is not said here: the confirming key reads it again and checks it.
                 raise EngineError(
                     "bank_change_superseded",
-                    f"the bank account change awaiting confirmation was set at {format_instant(changed_at)}, "
-                    "not at the instant named: read the merchant and confirm the change it shows",
+                    "the bank account change named is not the one awaiting confirmation: "
+                    "read the pending change again and confirm that one",
                 )
-            masked = json.loads(row.record_json).get(MASKED_ACCOUNT)
             before = {
                 "bank_account": masked,
                 "changed_by": row.bank_change_by,

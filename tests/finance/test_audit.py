@@ -20,7 +20,7 @@ from engine.store.config import Config
 from engine.store.db import make_engine
 from engine.store.models import AuditLogRow, MerchantVersionRow
 from tests.finance.support import Ward, bank_account, lines_by_merchant, tamper
-from tests.tokyo import jst
+from tests.tokyo import jst, us
 
 
 def key_id(headers: dict) -> str:
@@ -486,9 +486,9 @@ def test_the_same_account_again_is_no_change(ward: Ward):
 
 
 def test_a_confirmation_releases_only_the_change_it_names(ward: Ward):
-    """Finance reads a change and confirms it; a change made after that read (by the same admin,
-    at the same clock instant) is not released by that confirmation, stays held at settlement, and
-    is released only when named itself."""
+    """Finance reads a change and confirms it; a change made after that read (by the same admin)
+    is not released by that confirmation, stays held at settlement, and is released only when
+    named itself."""
     ward.merchant("M1", bank=1)
     ward.at("2027-01-05T09:00")
     r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(2)}, headers=ward.admin)
@@ -497,15 +497,12 @@ def test_a_confirmation_releases_only_the_change_it_names(ward: Ward):
     r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(3)}, headers=ward.admin)
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
     shown = r.json()["bank_account_masked"]
-    assert shown["account_number_last4"] == "4503"
-    assert dt.datetime.fromisoformat(shown["set_at"]) > dt.datetime.fromisoformat(
-        read
-    )  # same clock instant, yet a different change
+    assert shown["account_number_last4"] == "4503" and shown["set_at"] != read
     assert ward.client.patch("/v1/merchants/M1", json={"name": "八百屋 改"}, headers=ward.admin).status_code == 200
 
     r = confirm(ward, ward.finance, set_at=read)
     assert r.status_code == 409 and r.json()["code"] == "bank_change_superseded", r.text
-    assert shown["set_at"] in r.json()["detail"]
+    assert shown["set_at"] not in r.text  # the refusal does not hand out the change to confirm instead
     for named in ("2027-01-05T09:00:00+09:00", "2030-01-01T00:00:00+09:00"):
         r = confirm(ward, ward.finance, set_at=named)
         assert r.status_code == 409 and r.json()["code"] == "bank_change_superseded", r.text
@@ -527,6 +524,38 @@ def test_a_confirmation_releases_only_the_change_it_names(ward: Ward):
     assert confirmed[0]["before"]["bank_account"]["set_at"] == shown["set_at"]
     r = confirm(ward, ward.finance, set_at=shown["set_at"])
     assert r.status_code == 409 and r.json()["code"] == "bank_change_not_pending", r.text
+
+
+def test_changes_at_one_clock_instant_differ_and_keys_are_aged_by_the_clock(ward: Ward, monkeypatch):
+    """A clock that stands still or lags (a wall clock stepped back, another host's) still gives
+    each change its own `set_at`, later than the account it replaces; a key is aged against when
+    the change was made by the clock, not against that `set_at`: the changer's new key cannot
+    confirm."""
+    ward.at("2027-02-01T09:00")
+    ward.merchant("M1", bank=1)
+    created = pending_set_at(ward)
+    lagging = us("2027-01-01T09:00")
+    monkeypatch.setattr(ward.clock, "now_us", lambda: lagging)
+    shown = []
+    for n in (2, 3):
+        r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(n)}, headers=ward.admin)
+        assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+        shown.append(r.json()["bank_account_masked"]["set_at"])
+    instants = [dt.datetime.fromisoformat(t) for t in (created, *shown)]
+    assert instants[0] < instants[1] < instants[2], instants  # one clock instant, three changes
+
+    lagging = us("2027-01-20T09:00")  # after the change by the clock, before its set_at
+    made = ward.client.post("/v1/keys", json={"role": "admin"}, headers=ward.admin)
+    assert made.status_code == 201, made.text
+    r = confirm(ward, {"Authorization": f"Bearer {made.json()['key']}"}, set_at=shown[1])
+    assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
+    r = confirm(ward, ward.finance, set_at=shown[0])
+    assert r.status_code == 409 and r.json()["code"] == "bank_change_superseded", r.text
+    r = confirm(ward, ward.finance, set_at=shown[1])
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
+    confirmed = [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]
+    assert confirmed[0]["before"]["changed_at"] == "2027-01-01T09:00:00+09:00"  # when, by the clock
+    assert confirmed[0]["before"]["bank_account"]["set_at"] == shown[1]
 
 
 # -- §9.6: merchant funding follows the campaign version that issued the points ----------------------
