@@ -157,7 +157,7 @@ def patch_merchant(
     status_code=201,
     responses={
         201: {"model": Campaign},
-        **problems(AUTHENTICATED, "invalid_request", "already_exists", "too_many_active_campaigns"),
+        **problems(AUTHENTICATED, "invalid_request", "already_exists", "too_many_active_campaigns", "unknown_merchant"),
     },
 )
 def create_campaign(body: Campaign, p: Admin, config: ConfigDep) -> Any:
@@ -186,7 +186,14 @@ def get_campaign(
     "/v1/campaigns/{campaign_id}",
     responses={
         200: {"model": Campaign},
-        **problems(AUTHENTICATED, "invalid_request", "not_found", "campaign_started", "too_many_active_campaigns"),
+        **problems(
+            AUTHENTICATED,
+            "invalid_request",
+            "not_found",
+            "campaign_started",
+            "too_many_active_campaigns",
+            "unknown_merchant",
+        ),
     },
 )
 def patch_campaign(

@@ -285,12 +285,21 @@ class Config:
                 f"{active} campaigns are running or scheduled (at most {limits.CAMPAIGNS_ACTIVE_MAX}); end one first",
             )
 
+    @staticmethod
+    def _check_funding(session: Session, campaign: Campaign) -> None:
+        """A merchant-funded campaign names a known merchant: settlement charges its points to
+        that merchant's payable (SPEC §9.6), which must be a real merchant's."""
+        kind, _, merchant_id = campaign.funding_source.partition(":")
+        if kind == "merchant" and session.get(MerchantRow, merchant_id) is None:
+            raise EngineError("unknown_merchant", f"funding_source names merchant {merchant_id}, which is not known")
+
     def create_campaign(self, campaign: Campaign, actor: Actor = OPERATOR) -> Campaign:
         campaign = campaign.model_copy(update={"version": 1})
         with Session(self.engine) as session, session.begin():
             _bump(session)
             if session.get(CampaignRow, campaign.id) is not None:
                 raise EngineError("already_exists", f"campaign {campaign.id} exists")
+            self._check_funding(session, campaign)
             now = self.clock.now_us()
             if to_us(campaign.ends_at) > now:
                 self._check_active_limit(session, campaign.id, now)
@@ -336,6 +345,7 @@ class Config:
                     raise EngineError("campaign_started", "a campaign cannot end before now")
             if updated.budget is not None and updated.budget < row.issued_net:
                 raise EngineError("campaign_started", f"budget below the {row.issued_net} points already issued")
+            self._check_funding(session, updated)
             if to_us(current.ends_at) <= now < to_us(updated.ends_at):  # an ended campaign runs again
                 self._check_active_limit(session, campaign_id, now)
             row.current_version = updated.version

@@ -583,6 +583,35 @@ def test_merchant_funding_is_charged_by_the_issuing_campaign_version(ward: Ward)
     assert ward.reconcile()["ok"] is True
 
 
+def test_a_campaign_is_funded_only_by_a_known_merchant(ward: Ward):
+    """A merchant-funded campaign naming no known merchant is refused on create and on update,
+    writing nothing: settlement would otherwise charge its points to a payable nobody owns."""
+    ward.merchant("M1", bank=1)
+    ward.campaign("C1", 1000)
+    before = _base(ward)
+    body = {
+        "id": "C_PHANTOM",
+        "name": "誰も払わない",
+        "funding_source": "merchant:NOPE",
+        "starts_at": "2026-12-01T00:00:00+09:00",
+        "ends_at": "2027-12-01T00:00:00+09:00",
+        "tiers": [{"match": {}, "rate_bp": 100}],
+    }
+    r = ward.client.post("/v1/campaigns", json=body, headers=ward.admin)
+    assert r.status_code == 422 and r.json()["code"] == "unknown_merchant", r.text
+    assert ward.client.get("/v1/campaigns/C_PHANTOM", headers=ward.admin).status_code == 404
+    r = ward.client.patch("/v1/campaigns/C1", json={"funding_source": "merchant:NOPE"}, headers=ward.admin)
+    assert r.status_code == 422 and r.json()["code"] == "unknown_merchant", r.text
+    current = ward.client.get("/v1/campaigns/C1", headers=ward.admin).json()
+    assert current["version"] == 1 and current["funding_source"] == "ward_general"
+    assert _base(ward) == before  # nothing audited: nothing changed
+
+    r = ward.client.post("/v1/campaigns", json={**body, "funding_source": "merchant:M1"}, headers=ward.admin)
+    assert r.status_code == 201, r.text
+    r = ward.client.patch("/v1/campaigns/C1", json={"funding_source": "merchant:M1"}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["version"] == 2, r.text
+
+
 def test_a_first_account_added_later_is_held_too(ward: Ward):
     ward.merchant("M1")  # no account at creation
     r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(4)}, headers=ward.admin)
