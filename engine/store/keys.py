@@ -121,6 +121,12 @@ class Keys:
             isinstance(expires_in_days, int) and 1 <= expires_in_days <= EXPIRES_IN_DAYS_MAX
         ):
             raise EngineError("invalid_request", f"expires_in_days must be 1 to {EXPIRES_IN_DAYS_MAX}")
+        # A scope the role does not take is refused, not dropped: an admin key asked for "for
+        # merchant M" would otherwise be an unscoped admin key handed out as if it were M's.
+        if role not in ("terminal", "merchant") and (merchant_id is not None or terminal_id is not None):
+            raise EngineError("invalid_request", f"a {role} key takes no merchant_id or terminal_id")
+        if role == "merchant" and terminal_id is not None:
+            raise EngineError("invalid_request", "a merchant key takes no terminal_id (a terminal key does)")
         with Session(self.engine) as session, session.begin():
             if role == "terminal":
                 if terminal_id is None:
@@ -128,13 +134,15 @@ class Keys:
                 terminal = session.get(TerminalRow, terminal_id)
                 if terminal is None:
                     raise EngineError("unknown_terminal", f"terminal {terminal_id} is not known")
+                if merchant_id is not None and merchant_id != terminal.merchant_id:
+                    raise EngineError(
+                        "invalid_request",
+                        f"terminal {terminal_id} is at merchant {terminal.merchant_id}, not {merchant_id}",
+                    )
                 merchant_id = terminal.merchant_id
             elif role == "merchant":
                 if merchant_id is None or session.get(MerchantRow, merchant_id) is None:
                     raise EngineError("unknown_merchant", f"merchant {merchant_id} is not known")
-                terminal_id = None
-            else:
-                merchant_id = terminal_id = None
             key_id = secrets.token_hex(8)
             secret = f"sp_{role}_{key_id}_{secrets.token_urlsafe(32)}"
             now = self.clock.now_us()

@@ -276,14 +276,43 @@ def test_terminal_of_an_unknown_merchant_is_refused(ward: Ward) -> None:
         (("--role", "terminal", "--terminal", "T_NOPE"), "unknown_terminal"),
         (("--role", "merchant", "--merchant", "M_NOPE"), "unknown_merchant"),
         (("--role", "terminal"), "invalid_request"),
+        (("--role", "admin", "--merchant", "M_SHOTEN"), "invalid_request"),
+        (("--role", "merchant", "--merchant", "M_SHOTEN", "--terminal", "T_SHOTEN_1"), "invalid_request"),
+        (("--role", "terminal", "--terminal", "T_SHOTEN_1", "--merchant", "M_CONV"), "invalid_request"),
     ],
-    ids=["unknown_terminal", "unknown_merchant", "terminal_without_id"],
+    ids=[
+        "unknown_terminal",
+        "unknown_merchant",
+        "terminal_without_id",
+        "admin_with_merchant",
+        "merchant_with_terminal",
+        "terminal_at_another_merchant",
+    ],
 )
 def test_cli_refuses_keys_for_unknown_scopes(ward: Ward, args: tuple[str, ...], code: str) -> None:
     done = ward.server.cli("keys", "create", *args)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stdout == ""
     assert code in done.stderr
+
+
+def test_a_key_is_never_made_with_a_scope_its_role_drops(ward: Ward) -> None:
+    """A scope the role does not take is refused, never silently dropped: an admin key asked for a
+    merchant would be an unscoped admin key handed out as that merchant's. Nothing is made."""
+    with ward.server.client(ward.server.admin_key) as admin:
+        before = admin.get("/v1/keys").json()
+        for body in (
+            {"role": "admin", "merchant_id": "M_SHOTEN"},
+            {"role": "finance", "terminal_id": "T_SHOTEN_1"},
+            {"role": "app", "merchant_id": "M_SHOTEN"},
+            {"role": "merchant", "merchant_id": "M_SHOTEN", "terminal_id": "T_SHOTEN_1"},
+            {"role": "terminal", "terminal_id": "T_SHOTEN_1", "merchant_id": "M_CONV"},
+        ):
+            r = admin.post("/v1/keys", json=body)
+            assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), (body, r.text)
+        assert admin.get("/v1/keys").json() == before
+        made = admin.post("/v1/keys", json={"role": "terminal", "terminal_id": "T_SHOTEN_1", "merchant_id": "M_SHOTEN"})
+        assert made.status_code == 201 and made.json()["merchant_id"] == "M_SHOTEN", made.text
 
 
 def test_refund_at_another_merchant_is_refused(ward: Ward) -> None:
