@@ -140,9 +140,8 @@ class Keys:
                         f"terminal {terminal_id} is at merchant {terminal.merchant_id}, not {merchant_id}",
                     )
                 merchant_id = terminal.merchant_id
-            elif role == "merchant":
-                if merchant_id is None or session.get(MerchantRow, merchant_id) is None:
-                    raise EngineError("unknown_merchant", f"merchant {merchant_id} is not known")
+            elif role == "merchant" and (merchant_id is None or session.get(MerchantRow, merchant_id) is None):
+                raise EngineError("unknown_merchant", f"merchant {merchant_id} is not known")
             key_id = secrets.token_hex(8)
             secret = f"sp_{role}_{key_id}_{secrets.token_urlsafe(32)}"
             now = self.clock.now_us()
