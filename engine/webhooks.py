@@ -49,11 +49,28 @@ def url_problem(url: str, allow_http: bool) -> str | None:
     host = parts.hostname
     if not host or parts.username is not None or parts.password is not None or parts.fragment:
         return "a webhook URL has a host and no user, password or fragment"
+    if not host.isascii():
+        # Unicode folding (IDNA 2003 maps "ⓛocalhost" to "localhost") is not ours to guess:
+        # an internationalized name is given in its xn-- form.
+        return "a webhook URL's host is ASCII (an internationalized name in its xn-- form)"
     if port == 0 or any(c.isspace() for c in url):
         return "the URL is not valid"
+    last_label = host.rstrip(".").rsplit(".", 1)[-1].lower()
+    if ":" not in host and (last_label.isdigit() or last_label.startswith("0x")) and not _is_address(host):
+        # No top-level domain is numeric: `2130706433`, `0x7f.1` or `0177.0.0.1` are IPv4 addresses
+        # in forms resolvers read differently, never names.
+        return "a webhook URL's host is a name or an IP address in its standard form"
     if not allow_http and address_is_local(host):
         return "a webhook URL may not name a local, private or reserved address"
     return None
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def address_is_local(host: str) -> bool:
@@ -64,9 +81,28 @@ def address_is_local(host: str) -> bool:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False  # a name: checked again, resolved, at delivery
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return not address.is_global or address.is_multicast
+    if not address.is_global or address.is_multicast:
+        return True
+    embedded = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
+    return embedded is not None and (not embedded.is_global or embedded.is_multicast)
+
+
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+
+
+def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries to (mapped, 6to4, Teredo's client, NAT64 or the
+    old IPv4-compatible form), which routing may reach: checked like the address itself."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address.teredo is not None:
+        return address.teredo[1]
+    if address in _IPV4_COMPATIBLE or any(address in network for network in _NAT64):
+        return ipaddress.IPv4Address(address.packed[-4:])
+    return None
 
 
 def new_secret() -> str:

@@ -55,6 +55,16 @@ def test_expiring_windows_do_not_overlap() -> None:
         "https://hooks.example.org/#frag",
         "javascript:alert(1)",
         "https://" + "a" * 2048 + ".example/",
+        # IPv6 forms that carry a local IPv4 address: IPv4-compatible, NAT64, 6to4, Teredo
+        "https://[::127.0.0.1]/",
+        "https://[64:ff9b::a00:1]/",
+        "https://[2002:a00:1::]/",
+        "https://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/",
+        # IPv4 in the forms resolvers read differently, and Unicode that folds to a local name
+        "https://2130706433/",
+        "https://0x7f.1/",
+        "https://0177.0.0.1/hook",
+        "https://ⓛocalhost/",
     ],
 )
 def test_urls_refused_in_production(url: str) -> None:
@@ -64,6 +74,10 @@ def test_urls_refused_in_production(url: str) -> None:
 def test_urls_accepted() -> None:
     assert webhooks.url_problem("https://hooks.example.org/setapay?x=1", allow_http=False) is None
     assert webhooks.url_problem("https://8.8.8.8/", allow_http=False) is None
+    assert webhooks.url_problem("https://[64:ff9b::808:808]/", allow_http=False) is None  # 8.8.8.8 by NAT64
+    assert webhooks.url_problem("https://[2606:4700::1111]/", allow_http=False) is None
+    assert webhooks.url_problem("https://xn--n3h.example/hook", allow_http=False) is None
+    assert webhooks.url_problem("https://hooks.example.org./in", allow_http=False) is None
     assert webhooks.url_problem("http://127.0.0.1:8080/hook", allow_http=True) is None
     assert webhooks.url_problem("ftp://127.0.0.1/", allow_http=True) is not None
 

@@ -78,6 +78,15 @@ class Claimed:
     body: str
 
 
+def _sendable(url: str) -> bool:
+    """Whether the HTTP client can parse `url` (some URLs `urlsplit` takes, it cannot)."""
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, ValueError):
+        return False
+    return True
+
+
 class Webhooks:
     def __init__(self, engine: Engine, settings: Settings, clock: Clock | None = None) -> None:
         self.engine = engine
@@ -95,6 +104,8 @@ class Webhooks:
     def create(self, url: str, event_types: Sequence[str], actor: Actor = OPERATOR) -> tuple[str, dict[str, Any]]:
         """A new endpoint; its signing secret, returned this once, and its public view."""
         problem = rules.url_problem(url, self.settings.webhooks_allow_http)
+        if problem is None and not _sendable(url):
+            problem = "the URL is not valid"  # one the HTTP client could never send to
         if problem is not None:
             raise EngineError("webhook_url_not_allowed", problem)
         unknown = sorted(set(event_types) - set(events.TYPES))
@@ -349,7 +360,10 @@ class Webhooks:
         headers = rules.signed_headers(delivery.secret, delivery.message_id, self.clock.now_us(), delivery.body)
         extensions: dict[str, Any] = {}
         if not self.settings.webhooks_allow_http:
-            url = httpx.URL(delivery.url)
+            try:
+                url = httpx.URL(delivery.url)
+            except (httpx.InvalidURL, ValueError) as exc:  # registered before the URL rule refused it
+                return None, f"{type(exc).__name__}: the URL is not valid"
             try:
                 resolved = [
                     info[4][0] for info in socket.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM)
@@ -363,7 +377,7 @@ class Webhooks:
             extensions["sni_hostname"] = url.host
         try:
             response = client.post(target, content=delivery.body.encode(), headers=headers, extensions=extensions)
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
             return None, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS_MAX]
         if 200 <= response.status_code < 300:
             return response.status_code, None
@@ -413,7 +427,12 @@ class Webhooks:
             return 0
         claimed = self.claim()
         for delivery in claimed:
-            self.finish(delivery, *self.attempt(client, delivery))
+            try:
+                outcome = self.attempt(client, delivery)
+            except Exception as exc:  # one endpoint's failure is its own: the others are still sent
+                log.exception("webhook delivery %s failed unexpectedly", delivery.id)
+                outcome = None, f"{type(exc).__name__}"
+            self.finish(delivery, *outcome)
         return len(claimed)
 
     def client(self) -> httpx.Client:

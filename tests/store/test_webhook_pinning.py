@@ -16,6 +16,7 @@ import socket
 import httpx
 import pytest
 
+from engine.errors import EngineError
 from engine.settings import Settings
 from engine.store import webhooks
 from engine.store.webhooks import Claimed, Webhooks
@@ -82,3 +83,42 @@ def test_a_name_with_a_local_address_among_its_answers_gets_no_post(store, monke
     status, error = store.attempt(capture(requests), delivery("https://hooks.example.com/in"))
     assert status is None and error == "the host resolves to a local, private or reserved address"
     assert requests == []
+
+
+def test_an_endpoint_the_client_cannot_send_to_holds_up_no_other(tmp_path, monkeypatch) -> None:
+    """An endpoint whose URL the HTTP client cannot parse (registered before the URL rule refused
+    it: `https://[v1.x]/`, which `urlsplit` takes and httpx does not) fails its own attempt; the
+    other endpoints' deliveries of the same round are still sent. Before, its exception ended the
+    round and every delivery claimed with it stayed leased, round after round."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from engine import events, sealing
+    from engine.store import db
+    from engine.store import events as outbox
+
+    url = f"sqlite:///{tmp_path}/hooks.db"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    try:
+        hooks = Webhooks(engine, Settings(database_url=url, data_key_b64=sealing.generate_key_b64()))
+        for refused in ("https://[v1.x]/", "https://0177.0.0.1/hook"):  # now refused when registered
+            with pytest.raises(EngineError) as caught:
+                hooks.create(refused, ["budget_threshold"])
+            assert caught.value.code == "webhook_url_not_allowed"
+        bad = hooks.create("https://bad.example.org/hook", ["budget_threshold"])[1]["id"]
+        good = hooks.create("https://hooks.example.com/in", ["budget_threshold"])[1]["id"]
+        with Session(engine) as session, session.begin():
+            session.execute(text("UPDATE webhook_endpoint SET url = 'https://[v1.x]/' WHERE id = :id"), {"id": bad})
+            outbox.record(session, events.budget_crossings({"C1": 700}, {"C1": 800}, {"C1": 1000}, 1), 1)
+        monkeypatch.setattr(webhooks.socket, "getaddrinfo", Rebinding(["93.184.215.14"]))
+        requests: list[httpx.Request] = []
+        assert hooks.deliver_once(capture(requests)) == 2
+        assert [r.headers["host"] for r in requests] == ["hooks.example.com"]
+        with Session(engine) as session:
+            rows = dict(
+                session.execute(text("SELECT endpoint_id, status || ' ' || attempts FROM webhook_delivery")).all()
+            )
+        assert rows == {good: "delivered 1", bad: "pending 1"}
+    finally:
+        engine.dispose()
