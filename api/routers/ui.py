@@ -31,7 +31,7 @@ from typing import Any
 import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData
 
 from api import ui
@@ -42,7 +42,7 @@ from api.routers.finance import GrantRequest
 from api.strict import PathId, decode_cursor, encode_cursor
 from engine import keyring
 from engine.errors import EngineError
-from engine.model import Campaign
+from engine.model import CalendarDate, Campaign
 from engine.settlement import signing, statement
 from engine.store import audit, finance, lifecycle, queries, settlement, simulate
 from engine.store.config import Principal
@@ -478,6 +478,9 @@ def _draft_fields(campaign: Campaign, today: dt.date) -> dict[str, str]:
     return fields
 
 
+_calendar_date: TypeAdapter[dt.date] = TypeAdapter(CalendarDate)
+
+
 def _draft(campaign: Campaign, fields: Mapping[str, str]) -> tuple[Campaign, int, int]:
     """The live campaign with the form's rates, caps and budget, and the window; `ValueError` or
     pydantic's `ValidationError` naming what is wrong."""
@@ -488,8 +491,10 @@ def _draft(campaign: Campaign, fields: Mapping[str, str]) -> tuple[Campaign, int
         text = fields.get(name, "").strip()
         record[name] = int(text) if text else None
     draft = Campaign.model_validate(record)
-    start = _tokyo_midnight(dt.date.fromisoformat(fields.get("from", "")))
-    end = _tokyo_midnight(dt.date.fromisoformat(fields.get("to", "")))
+    # Dates as the JSON routes take them: YYYY-MM-DD within the calendar's years (a date beyond
+    # them has no instant to show).
+    start = _tokyo_midnight(_calendar_date.validate_python(fields.get("from", "")))
+    end = _tokyo_midnight(_calendar_date.validate_python(fields.get("to", "")))
     if end <= start:
         raise ValueError("to must be after from")
     return draft, start, end

@@ -1,0 +1,42 @@
+"""The pages' forms refuse what the JSON routes refuse, with the page's own 422 and never a 500
+(SPEC §2: no input yields a 500)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.ward import Ward
+
+
+def _form(page: str) -> dict[str, str]:
+    """The named inputs of a page's form, with their values (the CSRF token among them)."""
+    return dict(re.findall(r'<input[^>]*name="([^"]+)"[^>]*value="([^"]*)"', page))
+
+
+@pytest.mark.parametrize(
+    "window",
+    [
+        ("0001-01-01", "0001-01-02"),
+        ("2026-12-01", "9999-12-31"),
+        ("0001-01-01", "9999-12-31"),
+        ("2026-13-01", "2026-12-31"),
+        ("20261201", "2026-12-31"),
+        ("", ""),
+    ],
+)
+def test_the_what_if_page_refuses_a_window_outside_the_calendar(ward: Ward, window: tuple[str, str]) -> None:
+    client = ward.pages(ward.finance_key)
+    try:
+        page = client.get("/ui/campaigns/C_POINTBACK/simulate")
+        assert page.status_code == 200, page.text
+        fields = _form(page.text)
+        assert "csrf" in fields and "tier_0" in fields, fields
+        answer = client.post("/ui/campaigns/C_POINTBACK/simulate", data={**fields, "from": window[0], "to": window[1]})
+        assert answer.status_code == 422, answer.text
+        assert "text/html" in answer.headers["content-type"]
+        fine = client.post("/ui/campaigns/C_POINTBACK/simulate", data={**fields})
+        assert fine.status_code == 200, fine.text
+    finally:
+        client.close()
