@@ -21,18 +21,23 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import email.message
 import functools
 import json
 import re
 from collections.abc import MutableMapping
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Path, Query, Request, params
 from fastapi.routing import APIRoute
 
 from engine import limits
 from engine.errors import EngineError
+from engine.timeutil import to_us
+
+if TYPE_CHECKING:
+    from engine.settings import Settings
 
 SINGLE_HEADERS = (b"authorization", b"idempotency-key", b"content-type")
 
@@ -162,3 +167,18 @@ def decode_cursor(prefix: str, cursor: str | None) -> int:
         return int(number)
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
         raise EngineError("invalid_request", "cursor is not valid") from None
+
+
+def check_occurred_at(settings: Settings, occurred_at: dt.datetime, now: int) -> None:
+    """A purchase's or refund's `occurred_at` lies within the settings' window around the engine's
+    clock `now` (posted, and quoted: a quote declines as posting would), else 422."""
+    at = to_us(occurred_at)
+    if (
+        at > now + settings.occurred_at_max_future_s * 1_000_000
+        or at < now - settings.occurred_at_max_past_days * 86_400_000_000
+    ):
+        raise EngineError(
+            "occurred_at_out_of_range",
+            f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
+            f"{settings.occurred_at_max_past_days} days behind the engine's clock",
+        )

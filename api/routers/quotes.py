@@ -11,7 +11,7 @@ from pydantic.config import JsonDict
 from pydantic.json_schema import SkipJsonSchema
 from starlette.concurrency import run_in_threadpool
 
-from api import responses_app
+from api import responses_app, strict
 from api.deps import ServicesDep, role
 from api.openapi import TERMINAL, problems, terminal_headers
 from engine.errors import EngineError
@@ -55,7 +55,14 @@ class QuoteRequest(Purchase):
     openapi_extra=terminal_headers(),  # a terminal whose key is registered signs its quotes too (SPEC §9.2)
     responses={
         200: {"model": responses_app.Quote},
-        **problems(TERMINAL, "invalid_request", "unknown_merchant", "unknown_terminal", "insufficient_points"),
+        **problems(
+            TERMINAL,
+            "invalid_request",
+            "occurred_at_out_of_range",
+            "unknown_merchant",
+            "unknown_terminal",
+            "insufficient_points",
+        ),
     },
     response_model=None,
 )
@@ -79,6 +86,7 @@ async def post_quote(
         if body.points_used:
             raise EngineError("forbidden", "a terminal quotes earning only (points_used 0); the app quotes redemptions")
     now = services.clock.now_us()
+    strict.check_occurred_at(services.settings, body.occurred_at, now)
     outcome, catalog = await run_in_threadpool(services.ledger.quote, body, wallet_state)
     terminal_merchant = catalog.merchant_by_terminal.get(body.terminal_id)
     if terminal_merchant != body.merchant_id:

@@ -8,7 +8,6 @@ no longer passes the checks gets the remembered answer (SPEC §6). The batch rou
 answers each item for itself, in order.
 """
 
-import datetime as dt
 import hashlib
 from typing import Annotated, Any
 
@@ -19,7 +18,7 @@ from fastapi.responses import Response
 from pydantic import Field, TypeAdapter, ValidationError
 from starlette.types import Receive, Scope, Send
 
-from api import responses
+from api import responses, strict
 from api.deps import (
     ConfigDep,
     DatabaseDep,
@@ -46,7 +45,6 @@ from engine.store import db, queries
 from engine.store.apps import OpenedSecrets
 from engine.store.config import Principal
 from engine.store.ledger import Result, Submission
-from engine.timeutil import to_us
 
 router = APIRouter()
 
@@ -57,20 +55,6 @@ _transactions = TypeAdapter(list[Transaction])
 class BatchRequest(Record):
     # Items are checked one by one in post_batch: a bad item answers for itself (SPEC §2).
     transactions: Annotated[list[Any], Field(min_length=1, max_length=limits.BATCH_TRANSACTIONS_MAX)]
-
-
-def _check_instant(services: Services, occurred_at: dt.datetime, now: int) -> None:
-    settings = services.settings
-    at = to_us(occurred_at)
-    if (
-        at > now + settings.occurred_at_max_future_s * 1_000_000
-        or at < now - settings.occurred_at_max_past_days * 86_400_000_000
-    ):
-        raise EngineError(
-            "occurred_at_out_of_range",
-            f"occurred_at must be within {settings.occurred_at_max_future_s} s ahead and "
-            f"{settings.occurred_at_max_past_days} days behind the engine's clock",
-        )
 
 
 def _terminal_of(p: Principal) -> str:
@@ -99,7 +83,7 @@ def _checked(
     # The terminal's merchant is checked by the ledger under its lock, against the catalog.
     if body.type == "purchase" and body.terminal_id != p.terminal_id:
         raise EngineError("forbidden", "a terminal key posts only for its own terminal")
-    _check_instant(services, body.occurred_at, now)
+    strict.check_occurred_at(services.settings, body.occurred_at, now)
     # The payment app's receipt vouches for wallet, merchant, amount and points (SPEC §9.1).
     return receipts.verify(
         body.receipt,

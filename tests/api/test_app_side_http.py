@@ -187,6 +187,23 @@ def test_quote_declines_and_scope(app_ward: Ward) -> None:
     assert r.status_code == 422, "a quote carries no receipt"
 
 
+def test_a_quote_declines_an_occurred_at_outside_the_window_as_posting_does(app_ward: Ward) -> None:
+    """An `occurred_at` too far ahead of the engine's clock or too far behind it is 422
+    `occurred_at_out_of_range` for a quote as for the post itself (a quote declines as posting
+    would); one inside the window is quoted."""
+    w = "W_QWHEN_" + uuid.uuid4().hex[:8]
+    now = dt.datetime.now(TOKYO)
+    for when in (now + dt.timedelta(hours=1), now - dt.timedelta(days=400)):
+        body = purchase("T_SHOTEN_1", w, 1000, occurred_at=when.isoformat(timespec="seconds"))
+        for client in (app_ward.app_client, app_ward.terminal("T_SHOTEN_1")):
+            r = _quote(client, body)
+            assert r.status_code == 422 and r.json()["code"] == "occurred_at_out_of_range", r.text
+        posted = app_ward.post("T_SHOTEN_1", body)
+        assert posted.status_code == 422 and posted.json()["code"] == "occurred_at_out_of_range", posted.text
+    inside = purchase("T_SHOTEN_1", w, 1000, occurred_at=(now - dt.timedelta(days=1)).isoformat(timespec="seconds"))
+    assert _quote(app_ward.app_client, inside).status_code == 200
+
+
 def test_a_terminal_that_signs_signs_its_quotes(app_ward: Ward) -> None:
     """SPEC §9.2: every request of a terminal with a registered key is signed, quotes included."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
