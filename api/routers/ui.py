@@ -141,6 +141,7 @@ def _signed_in(request: Request, s: Services, *roles: str) -> Principal:
     if (
         found is None
         or (found.expires_at_us is not None and found.expires_at_us <= s.clock.now_us())
+        or (found.sessions_ended_at_us is not None and session.signed_in_at_us <= found.sessions_ended_at_us)
         or found.principal.role not in ui.UI_ROLES
     ):
         raise _Refused(_to_sign_in())
@@ -234,16 +235,22 @@ async def ui_login(request: Request, s: ServicesDep) -> Response:
         if who.role not in ui.UI_ROLES:
             return _page(request, "login.html", {"failed": True}, status=403)
         response = RedirectResponse(ui.home_path(who), status_code=303)
-        _set_cookie(response, ui.SESSION_COOKIE, _signer(request).session_cookie(hash_key(secret)))
+        cookie = _signer(request).session_cookie(hash_key(secret), s.clock.now_us())
+        _set_cookie(response, ui.SESSION_COOKIE, cookie)
         return response
 
     return await _in_thread(request, build)
 
 
 @router.post("/ui/logout", **_HTML)  # type: ignore[arg-type]
-async def ui_logout(request: Request) -> Response:
+async def ui_logout(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
         _checked_form(request)
+        # Every session of the key made until now ends, in every process (a copy of the cookie
+        # too), not only this browser's cookie.
+        session = _signer(request).session(request.cookies.get(ui.SESSION_COOKIE))
+        if session is not None:
+            s.keys.end_sessions(session.digest, s.clock.now_us())
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(ui.SESSION_COOKIE, path="/ui")
         return response

@@ -139,9 +139,11 @@ def mask_account(number: str | None) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Session:
-    """Who signed in: the key's SHA-256 (looked up again on every page)."""
+    """Who signed in: the key's SHA-256 (looked up again on every page), and when (the engine's
+    clock; a session made at or before the key's last sign-out is over)."""
 
     digest: str
+    signed_in_at_us: int
 
 
 class Signer:
@@ -152,23 +154,30 @@ class Signer:
         # server of several workers needs SETAPAY_UI_SESSION_SECRET set.
         self._serializer = URLSafeTimedSerializer(secret or secrets.token_urlsafe(32), salt="setapay-ui")
 
-    def session_cookie(self, digest: str) -> str:
-        return self._serializer.dumps({"d": digest})
+    def session_cookie(self, digest: str, signed_in_at_us: int) -> str:
+        return self._serializer.dumps({"d": digest, "at": signed_in_at_us})
 
-    def _field(self, cookie: str | None, field: str) -> str | None:
-        """The string `field` of a signed cookie of ours still within its age, else None."""
+    def _data(self, cookie: str | None) -> dict[str, Any]:
+        """A signed cookie of ours still within its age, else {}."""
         if not cookie:
-            return None
+            return {}
         try:
             data = self._serializer.loads(cookie, max_age=SESSION_MAX_AGE_S)
         except BadSignature:
-            return None
-        value = data.get(field) if isinstance(data, dict) else None
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _field(self, cookie: str | None, field: str) -> str | None:
+        """The string `field` of a signed cookie of ours still within its age, else None."""
+        value = self._data(cookie).get(field)
         return value if isinstance(value, str) else None
 
     def session(self, cookie: str | None) -> Session | None:
-        digest = self._field(cookie, "d")
-        return None if digest is None else Session(digest)
+        data = self._data(cookie)
+        digest, at = data.get("d"), data.get("at")
+        if not isinstance(digest, str) or type(at) is not int:
+            return None  # a cookie made before sessions carried their instant signs in again
+        return Session(digest, at)
 
     def csrf_cookie(self) -> tuple[str, str]:
         """A fresh CSRF token and the signed cookie that carries it."""

@@ -21,7 +21,7 @@ import secrets
 from collections.abc import Sequence
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, bindparam, or_, select, update
+from sqlalchemy import CursorResult, bindparam, case, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -52,6 +52,7 @@ class KeyLookup:
     principal: Principal
     expires_at_us: int | None
     terminal_public_key: str | None = None
+    sessions_ended_at_us: int | None = None  # the pages' last sign-out (`Keys.end_sessions`)
 
 
 def _instant(us: int | None) -> str | None:
@@ -86,6 +87,7 @@ _LOOKUP = (
         ApiKeyRow.revoked_at_us,
         TerminalRow.merchant_id,
         TerminalRow.public_key,
+        ApiKeyRow.sessions_ended_at_us,
     )
     .outerjoin(TerminalRow, TerminalRow.id == ApiKeyRow.terminal_id)
     .where(ApiKeyRow.key_hash.in_(bindparam("digests", expanding=True)))
@@ -210,15 +212,31 @@ class Keys:
         with self._reader.connect() as connection:
             rows = connection.execute(_LOOKUP, {"digests": list(digests)}).all()
         found = {}
-        for digest, key_id, role, merchant_id, terminal_id, expires_at, revoked, terminal_merchant, public_key in rows:
+        for row in rows:
+            digest, key_id, role, merchant_id, terminal_id, expires_at, revoked, terminal_merchant, public_key = row[:9]
             if revoked is not None:
                 continue
             if role == "terminal":
                 merchant_id = terminal_merchant  # the terminal's merchant now, not when the key was made
             else:
                 public_key = None
-            found[digest] = KeyLookup(Principal(key_id, role, merchant_id, terminal_id), expires_at, public_key)
+            principal = Principal(key_id, role, merchant_id, terminal_id)
+            found[digest] = KeyLookup(principal, expires_at, public_key, sessions_ended_at_us=row[9])
         return found
+
+    def end_sessions(self, digest: str, at_us: int) -> None:
+        """Sign the key with this SHA-256 out of the pages: its sessions made at or before `at_us`
+        are refused from now on (`api/routers/ui.py`). An unknown key changes nothing."""
+        with Session(self.engine) as session, session.begin():
+            session.execute(
+                update(ApiKeyRow)
+                .where(ApiKeyRow.key_hash == digest)
+                .values(  # never back: a sign-out on a lagging clock does not revive sessions
+                    sessions_ended_at_us=case(
+                        (ApiKeyRow.sessions_ended_at_us > at_us, ApiKeyRow.sessions_ended_at_us), else_=at_us
+                    )
+                )
+            )
 
     def touch(self, used: dict[str, int]) -> None:
         """Note `last_used_at_us` for keys used at the given instants, unless a process noted a

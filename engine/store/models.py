@@ -135,6 +135,8 @@ class ApiKeyRow(Base):
     revoked_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     last_used_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at_us: Mapped[int] = mapped_column(BigInteger)
+    # The pages' sign-out: every page session of the key made at or before it is over.
+    sessions_ended_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     __table_args__ = (
         CheckConstraint("role IN ('admin', 'finance', 'merchant', 'terminal', 'app')", name="role_known"),
     )
