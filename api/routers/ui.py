@@ -191,11 +191,24 @@ async def _in_thread(request: Request, build: Callable[[], Response]) -> Respons
     return await anyio.to_thread.run_sync(_guarded, request, build, limiter=_PAGE_LIMITER)
 
 
+# Every page, redirect and download of the pages: kept by no cache (they carry a signed-in
+# key's data), framed by no other page (clickjacking), its type never sniffed, and the page's
+# address not sent to another site.
+PAGE_HEADERS = {
+    "Cache-Control": "no-store",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": "frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+}
+
+
 def _guarded(request: Request, build: Callable[[], Any]) -> Response:
     try:
         answer: Response = build()
     except _Refused as refused:
-        return refused.response
+        answer = refused.response
+    answer.headers.update(PAGE_HEADERS)
     return answer
 
 

@@ -1,7 +1,7 @@
 """Signing out of the pages ends the key's sessions everywhere: a copy of the session cookie (or
 another browser signed in with the same key) is refused from then on, in every process, since
 each page load looks the key up and compares the session's instant with the key's last sign-out.
-Signing in again works at once."""
+Signing in again works at once. And the pages' answers are neither cached nor framed."""
 
 from __future__ import annotations
 
@@ -40,3 +40,23 @@ def test_signing_out_ends_every_copy_of_the_session(ward: Ward) -> None:
     finally:
         for client in (browser, other_browser, copy):
             client.close()
+
+
+def test_pages_and_downloads_are_neither_cached_nor_framed(ward: Ward) -> None:
+    """Every answer of the pages (a page, a refusal's redirect, a form's 422) carries the headers
+    that keep it out of caches and other sites' frames."""
+    from api.routers.ui import PAGE_HEADERS
+
+    browser = ward.pages(ward.finance_key)
+    try:
+        answers = [
+            browser.get("/ui/campaigns"),
+            httpx.get(ward.server.base_url + "/ui/campaigns", follow_redirects=False),  # to sign-in
+            browser.post("/ui/campaigns/C_POINTBACK/simulate", data={"csrf": _csrf(browser.get("/ui/campaigns").text)}),
+        ]
+    finally:
+        browser.close()
+    assert [a.status_code for a in answers] == [200, 303, 422]
+    for answer in answers:
+        for name, value in PAGE_HEADERS.items():
+            assert answer.headers.get(name) == value, (answer.request.url, name, answer.headers)
