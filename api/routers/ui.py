@@ -71,8 +71,20 @@ def _language(request: Request) -> str:
     return wanted if wanted in ui.LANGUAGES else ui.DEFAULT_LANGUAGE
 
 
-def _set_cookie(response: Response, name: str, value: str, max_age: int | None = ui.SESSION_MAX_AGE_S) -> None:
-    response.set_cookie(name, value, max_age=max_age, path="/ui", httponly=True, samesite="strict")
+def _set_cookie(
+    request: Request, response: Response, name: str, value: str, max_age: int | None = ui.SESSION_MAX_AGE_S
+) -> None:
+    """A cookie of the pages: HttpOnly, SameSite=Strict, path /ui, and Secure when the page came
+    over https (as uvicorn sees it: behind a TLS proxy, with its forwarded headers trusted)."""
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/ui",
+        httponly=True,
+        samesite="strict",
+        secure=request.url.scheme == "https",
+    )
 
 
 def _page(
@@ -108,9 +120,9 @@ def _rendered(
 
     def set_cookies(response: Response) -> None:
         if fresh_cookie is not None:
-            _set_cookie(response, ui.CSRF_COOKIE, fresh_cookie)
+            _set_cookie(request, response, ui.CSRF_COOKIE, fresh_cookie)
         if request.query_params.get("lang") in ui.LANGUAGES:
-            _set_cookie(response, ui.LANGUAGE_COOKIE, language, max_age=365 * 86_400)
+            _set_cookie(request, response, ui.LANGUAGE_COOKIE, language, max_age=365 * 86_400)
 
     return html, set_cookies
 
@@ -249,7 +261,7 @@ async def ui_login(request: Request, s: ServicesDep) -> Response:
             return _page(request, "login.html", {"failed": True}, status=403)
         response = RedirectResponse(ui.home_path(who), status_code=303)
         cookie = _signer(request).session_cookie(hash_key(secret), s.clock.now_us())
-        _set_cookie(response, ui.SESSION_COOKIE, cookie)
+        _set_cookie(request, response, ui.SESSION_COOKIE, cookie)
         return response
 
     return await _in_thread(request, build)
