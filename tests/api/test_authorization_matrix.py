@@ -234,10 +234,19 @@ class Context:
         assert token is not None, form.text
         if sign_in:
             c.post("/ui/login", data={"csrf": token.group(1), "key": self.keys[principal] or ""})
-            self.pages[principal] = (c, token.group(1))
+            self.pages[principal] = (c, _session_token(c))
         else:
             self.clients[f"{principal} (signing in)"] = c
-        return c, token.group(1)
+        return self.pages[principal] if sign_in else (c, token.group(1))
+
+
+def _session_token(c: httpx.Client) -> str:
+    """The CSRF token of the session `c` holds now (a token is bound to the session it was made
+    for: the sign-in form's is not the signed-in pages')."""
+    page = c.get("/ui/login")
+    token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+    assert token is not None, page.text
+    return token.group(1)
 
 
 def _key_id(secret: str) -> str:
@@ -486,10 +495,12 @@ def _ask(ctx: Context, route: str, principal: str) -> httpx.Response:
     if route == "POST /ui/login":  # the sign-in itself, from a client with no session
         c, token = ctx.page_client(principal, sign_in=False)
         return c.post(path, data={"csrf": token, "key": ctx.keys[principal] or ""})
-    if route == "POST /ui/logout":  # a client of its own, so the others keep their sessions
+    if route == "POST /ui/logout":  # a client of its own; signing out ends every session of the key
         c, token = ctx.page_client(principal, sign_in=False)
         c.post("/ui/login", data={"csrf": token, "key": ctx.keys[principal] or ""})
-        return c.post(path, data={"csrf": token})
+        answer = c.post(path, data={"csrf": _session_token(c)})
+        ctx.pages.pop(principal, None)  # the principal's shared session ended too: it signs in anew
+        return answer
     c, token = ctx.page_client(principal)
     if method == "POST":
         kwargs = {**kwargs, "data": {**kwargs.get("data", {}), "csrf": token}}
