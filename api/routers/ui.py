@@ -108,10 +108,11 @@ def _rendered(
     CSRF cookie, the language chosen) on the response that carries it."""
     language = _language(request)
     signer = _signer(request)
-    token = signer.csrf_token(request.cookies.get(ui.CSRF_COOKIE))
+    bound = _csrf_binding(request)
+    token = signer.csrf_token(request.cookies.get(ui.CSRF_COOKIE), bound)
     fresh_cookie = None
     if token is None:
-        token, fresh_cookie = signer.csrf_cookie()
+        token, fresh_cookie = signer.csrf_cookie(bound)
     html = ui.render(
         language,
         template,
@@ -175,6 +176,12 @@ def _merchant_scope(request: Request, who: Principal, merchant_id: str) -> None:
         raise _Refused(_error(request, who, 403, "forbidden_merchant"))
 
 
+def _csrf_binding(request: Request) -> str:
+    """The session the caller's CSRF token must have been made for ("" when signed out)."""
+    session = _signer(request).session(request.cookies.get(ui.SESSION_COOKIE))
+    return "" if session is None else session.binding
+
+
 def _checked_form(request: Request) -> dict[str, str]:
     """The posted form, once its CSRF token equals the one of the caller's CSRF cookie."""
 
@@ -183,7 +190,7 @@ def _checked_form(request: Request) -> dict[str, str]:
 
     form = anyio.from_thread.run(read)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    expected = _signer(request).csrf_token(request.cookies.get(ui.CSRF_COOKIE))
+    expected = _signer(request).csrf_token(request.cookies.get(ui.CSRF_COOKIE), _csrf_binding(request))
     if expected is None or fields.get("csrf") != expected:
         raise _Refused(_error(request, None, 403, "csrf"))
     return fields

@@ -145,6 +145,11 @@ class Session:
     digest: str
     signed_in_at_us: int
 
+    @property
+    def binding(self) -> str:
+        """What the session's CSRF cookie is bound to: this sign-in of this key."""
+        return f"{self.digest}:{self.signed_in_at_us}"
+
 
 class Signer:
     """Signs the session and CSRF cookies with the application's UI secret."""
@@ -179,13 +184,18 @@ class Signer:
             return None  # a cookie made before sessions carried their instant signs in again
         return Session(digest, at)
 
-    def csrf_cookie(self) -> tuple[str, str]:
-        """A fresh CSRF token and the signed cookie that carries it."""
+    def csrf_cookie(self, bound: str) -> tuple[str, str]:
+        """A fresh CSRF token and the signed cookie that carries it, bound to the session it is
+        for (`Session.binding`; "" before sign-in)."""
         token = secrets.token_urlsafe(24)
-        return token, self._serializer.dumps({"t": token})
+        return token, self._serializer.dumps({"t": token, "b": bound})
 
-    def csrf_token(self, cookie: str | None) -> str | None:
-        return self._field(cookie, "t")
+    def csrf_token(self, cookie: str | None, bound: str) -> str | None:
+        """The cookie's token if it was made for this session: a token and cookie pair made for
+        another session (or none), planted in the browser, is no token."""
+        data = self._data(cookie)
+        token = data.get("t")
+        return token if isinstance(token, str) and data.get("b") == bound else None
 
 
 def home_path(p: Principal) -> str:

@@ -60,3 +60,35 @@ def test_pages_and_downloads_are_neither_cached_nor_framed(ward: Ward) -> None:
     for answer in answers:
         for name, value in PAGE_HEADERS.items():
             assert answer.headers.get(name) == value, (answer.request.url, name, answer.headers)
+
+
+def test_a_csrf_pair_made_for_another_session_is_refused(ward: Ward) -> None:
+    """A CSRF cookie and its token are bound to the session they were made for: a pair taken from
+    a signed-out visit (or another sign-in) and planted in a signed-in browser is refused, so
+    writing a cookie into the victim's browser is not enough to forge its forms."""
+    with httpx.Client(base_url=ward.server.base_url, follow_redirects=False) as stranger:
+        login = stranger.get("/ui/login")
+        planted = {"cookie": stranger.cookies["setapay_ui_csrf"], "token": _csrf(login.text)}
+    browser = ward.pages(ward.finance_key)
+    other = ward.pages(ward.finance_key)  # another sign-in of the same key: its own pair
+    try:
+        token = _csrf(other.get("/ui/campaigns").text)  # the page makes the sign-in's own pair
+        theirs = {"cookie": other.cookies["setapay_ui_csrf"], "token": token}
+        for pair in (planted, theirs):
+            forged = httpx.Client(
+                base_url=ward.server.base_url,
+                follow_redirects=False,
+                cookies={
+                    "setapay_ui_session": browser.cookies["setapay_ui_session"],
+                    "setapay_ui_csrf": pair["cookie"],
+                },
+            )
+            with forged:
+                answer = forged.post("/ui/logout", data={"csrf": pair["token"]})
+            assert answer.status_code == 403, answer.text
+        assert browser.get("/ui/campaigns").status_code == 200  # still signed in: nothing was posted
+        own = browser.post("/ui/logout", data={"csrf": _csrf(browser.get("/ui/campaigns").text)})
+        assert own.status_code == 303
+    finally:
+        browser.close()
+        other.close()

@@ -473,6 +473,11 @@ def test_forms_need_their_csrf_token(ward: Ward) -> None:
         signed_in = c.post("/ui/login", data={"key": ward.finance_key, "csrf": token.group(1)})
         assert signed_in.status_code == 303 and signed_in.headers["location"] == "/ui/campaigns"
         assert c.post("/ui/settlement-runs", data={"period": ""}).status_code == 403
-        assert c.get("/ui/campaigns").status_code == 200
-        assert c.post("/ui/logout", data={"csrf": token.group(1)}).status_code == 303
+        # The sign-in form's token was made before the session: the session's pages carry their own.
+        assert c.post("/ui/logout", data={"csrf": token.group(1)}).status_code == 403
+        page = c.get("/ui/campaigns")
+        assert page.status_code == 200
+        session_token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert session_token is not None and session_token.group(1) != token.group(1)
+        assert c.post("/ui/logout", data={"csrf": session_token.group(1)}).status_code == 303
         assert c.get("/ui/campaigns").status_code == 303
