@@ -232,7 +232,7 @@ def _guarded(request: Request, build: Callable[[], Any]) -> Response:
 
 
 def _store_error(request: Request, who: Principal, error: EngineError) -> HTMLResponse:
-    status = 404 if error.code == "not_found" else 409 if error.code.startswith(("period_", "payout_")) else 422
+    status = error.status  # the catalog's, as the JSON routes answer the same refusal
     return _page(request, "error.html", {"status": status, "message": error.code, "detail": error.detail}, who, status)
 
 

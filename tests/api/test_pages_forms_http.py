@@ -40,3 +40,23 @@ def test_the_what_if_page_refuses_a_window_outside_the_calendar(ward: Ward, wind
         assert fine.status_code == 200, fine.text
     finally:
         client.close()
+
+
+def test_a_page_refuses_with_the_status_the_api_gives(ward: Ward) -> None:
+    """A settlement of the open period is refused by the page with the API's own status and code."""
+    import datetime as dt
+
+    from engine.timeutil import TOKYO
+
+    month = dt.datetime.now(TOKYO).strftime("%Y-%m")
+    api = ward.server.client(ward.finance_key)
+    client = ward.pages(ward.finance_key)
+    try:
+        by_api = api.post("/v1/settlement-runs", json={"period": month})
+        csrf = _form(client.get("/ui/settlement-runs").text)["csrf"]
+        by_page = client.post("/ui/settlement-runs", data={"period": month, "csrf": csrf})
+    finally:
+        client.close()
+        api.close()
+    assert (by_api.status_code, by_api.json()["code"]) == (422, "period_open"), by_api.text
+    assert by_page.status_code == 422 and 'role="alert"' in by_page.text, by_page.text
