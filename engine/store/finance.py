@@ -167,6 +167,11 @@ def closeout(
     """Store a terminal's end-of-day count and net total and compare them with the ledger."""
     with Session(ledger.engine) as session, session.begin():
         now = ledger.clock.now_us()
+        today = from_us(now).astimezone(TOKYO).date().isoformat()
+        if business_date > today:  # ISO dates order as text
+            raise EngineError(
+                "invalid_request", f"business_date {business_date} has not begun (today is {today} in Tokyo)"
+            )
         row = session.get(CloseoutRow, (terminal_id, business_date))
         before = None
         if row is None:

@@ -463,9 +463,12 @@ def test_closeout_dates_are_bounded(ward: Ward, business_date) -> None:
 
 
 def test_a_closeout_at_the_last_calendar_day_is_answered(ward: Ward) -> None:
+    """The calendar's last day is a day that has not begun: refused as any future day (422, never a
+    500 at the calendar's edge)."""
     raw = json.dumps({"business_date": f"{limits.CALENDAR_YEAR_MAX}-12-31", "count": 0, "total": 0}).encode()
     r = _raw_post(ward, "T_SHOTEN_1", "/v1/terminals/T_SHOTEN_1/closeouts", raw)
-    assert r.status_code == 201 and r.json()["matches"] is True, r.text
+    _assert_code(r, 422, "invalid_request")
+    assert "has not begun" in r.json()["detail"]
 
 
 @pytest.mark.parametrize("period", ["9999-12", "0001-01", "9999-12-H2", "1969-12", 202612, "2026-13", "2026-12\n"])

@@ -68,7 +68,8 @@ def test_a_mismatch_lists_the_ledgers_transactions_of_that_terminal_and_day(ward
     # A corrected count replaces it.
     assert _closeout(ward, "TM001", "2026-12-05", 4, total)["matches"] is True
     assert ward.reconcile()["checks"]["closeouts_match_ledger"]["pass"] is True
-    # A day without transactions closes out at zero.
+    # A day without transactions closes out at zero (once it has begun).
+    ward.at("2026-12-08T21:00")
     assert _closeout(ward, "TM001", "2026-12-07", 0, 0)["matches"] is True
     empty = _closeout(ward, "TM001", "2026-12-08", 1, 100)
     assert empty["matches"] is False and empty["transactions"] == [] and empty["ledger"] == {"count": 0, "total": 0}
@@ -92,3 +93,17 @@ def test_only_the_terminals_own_key_closes_it_out(ward: Ward):
         assert r.status_code == 422, (bad, r.text)
     # Nothing was stored by the refused requests.
     assert ward.reconcile()["checks"]["closeouts_match_ledger"] == {"pass": True, "rows": []}
+
+
+def test_a_day_that_has_not_begun_cannot_be_closed_out(ward: Ward):
+    """A closeout is of a day that has begun (today, by the engine's clock in Tokyo, or before):
+    one for tomorrow is refused and stores nothing, so no terminal can leave a mismatch waiting in
+    reconciliation for a day still to come."""
+    _day(ward)  # the clock is past 2026-12-06T00:00 (Tokyo) now
+    ward.at("2026-12-06T23:59")
+    problem = _closeout(ward, "TM001", "2026-12-07", 0, 0, expect=422)
+    assert problem["code"] == "invalid_request" and "has not begun" in problem["detail"]
+    assert ward.reconcile()["checks"]["closeouts_match_ledger"] == {"pass": True, "rows": []}
+    assert _closeout(ward, "TM001", "2026-12-06", 1, 444)["matches"] is True  # today's, before it ends
+    ward.at("2026-12-07T00:01")
+    assert _closeout(ward, "TM001", "2026-12-07", 0, 0)["matches"] is True
