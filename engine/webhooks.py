@@ -81,26 +81,33 @@ def address_is_local(host: str) -> bool:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False  # a name: checked again, resolved, at delivery
-    if not address.is_global or address.is_multicast:
+    if not address.is_global or address.is_multicast or address in _LOCAL_NAT64:
         return True
     embedded = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
     return embedded is not None and (not embedded.is_global or embedded.is_multicast)
 
 
-_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
-_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")
+# RFC 8215's local-use NAT64 prefix is not globally reachable (Python 3.11 calls it global); its
+# IPv4 address may sit at several places (RFC 6052), so the whole prefix is refused.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+# IPv6 forms whose last 32 bits are an IPv4 address routing may reach: the old IPv4-compatible
+# form, IPv4-translated (RFC 2765) and the well-known NAT64 prefix (RFC 6052).
+_LAST_32_BITS = (
+    ipaddress.IPv6Network("::/96"),
+    ipaddress.IPv6Network("::ffff:0:0:0/96"),
+    ipaddress.IPv6Network("64:ff9b::/96"),
+)
 
 
 def _embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address carries to (mapped, 6to4, Teredo's client, NAT64 or the
-    old IPv4-compatible form), which routing may reach: checked like the address itself."""
+    """The IPv4 address an IPv6 address carries (mapped, 6to4, IPv4-compatible or -translated,
+    NAT64's well-known prefix), which routing may reach: checked like the address itself.
+    (Teredo's 2001::/32 is not global to begin with.)"""
     if address.ipv4_mapped is not None:
         return address.ipv4_mapped
     if address.sixtofour is not None:
         return address.sixtofour
-    if address.teredo is not None:
-        return address.teredo[1]
-    if address in _IPV4_COMPATIBLE or any(address in network for network in _NAT64):
+    if any(address in network for network in _LAST_32_BITS):
         return ipaddress.IPv4Address(address.packed[-4:])
     return None
 

@@ -55,11 +55,14 @@ def test_expiring_windows_do_not_overlap() -> None:
         "https://hooks.example.org/#frag",
         "javascript:alert(1)",
         "https://" + "a" * 2048 + ".example/",
-        # IPv6 forms that carry a local IPv4 address: IPv4-compatible, NAT64, 6to4, Teredo
+        # IPv6 forms that carry a local IPv4 address: IPv4-compatible, IPv4-translated, NAT64's
+        # well-known prefix, 6to4; and the local-use NAT64 prefix whatever it carries
         "https://[::127.0.0.1]/",
+        "https://[::ffff:0:7f00:1]/",
         "https://[64:ff9b::a00:1]/",
         "https://[2002:a00:1::]/",
-        "https://[2001:0:4136:e378:8000:63bf:f5ff:fffe]/",
+        "https://[64:ff9b:1:7f00:0:100:808:808]/",
+        "https://[64:ff9b:1::808:808]/",
         # IPv4 in the forms resolvers read differently, and Unicode that folds to a local name
         "https://2130706433/",
         "https://0x7f.1/",

@@ -20,6 +20,7 @@ API's authentication, whose rate limits are async) is called back onto it with
 """
 
 import datetime as dt
+import hmac
 import json
 import logging
 import queue
@@ -96,7 +97,7 @@ def _page(
 ) -> HTMLResponse:
     """The page rendered in the caller's language, with the CSRF token its forms carry."""
     html, set_cookies = _rendered(request, template, context, who)
-    response = HTMLResponse(html, status_code=status)
+    response = HTMLResponse(html, status_code=status, headers=PAGE_HEADERS)
     set_cookies(response)
     return response
 
@@ -108,11 +109,14 @@ def _rendered(
     CSRF cookie, the language chosen) on the response that carries it."""
     language = _language(request)
     signer = _signer(request)
-    bound = _csrf_binding(request)
-    token = signer.csrf_token(request.cookies.get(ui.CSRF_COOKIE), bound)
+    session = signer.session(request.cookies.get(ui.SESSION_COOKIE))
     fresh_cookie = None
-    if token is None:
-        token, fresh_cookie = signer.csrf_cookie(bound)
+    if session is not None:
+        token = signer.session_csrf(session)
+    else:
+        token = signer.csrf_token(request.cookies.get(ui.CSRF_COOKIE)) or ""
+        if not token:
+            token, fresh_cookie = signer.csrf_cookie()
     html = ui.render(
         language,
         template,
@@ -176,22 +180,25 @@ def _merchant_scope(request: Request, who: Principal, merchant_id: str) -> None:
         raise _Refused(_error(request, who, 403, "forbidden_merchant"))
 
 
-def _csrf_binding(request: Request) -> str:
-    """The session the caller's CSRF token must have been made for ("" when signed out)."""
-    session = _signer(request).session(request.cookies.get(ui.SESSION_COOKIE))
-    return "" if session is None else session.binding
-
-
-def _checked_form(request: Request) -> dict[str, str]:
-    """The posted form, once its CSRF token equals the one of the caller's CSRF cookie."""
+def _checked_form(request: Request, before_sign_in: bool = False) -> dict[str, str]:
+    """The posted form, once its CSRF token is the session's (`Signer.session_csrf`), or, with no
+    session (or on the sign-in form, `before_sign_in`), the one of the caller's CSRF cookie."""
 
     async def read() -> FormData:
         return await request.form()  # parsed by `_in_thread` already: no body is read here
 
     form = anyio.from_thread.run(read)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    expected = _signer(request).csrf_token(request.cookies.get(ui.CSRF_COOKIE), _csrf_binding(request))
-    if expected is None or fields.get("csrf") != expected:
+    given = fields.get("csrf", "")
+    signer = _signer(request)
+    session = signer.session(request.cookies.get(ui.SESSION_COOKIE))
+    accepted = session is not None and hmac.compare_digest(given, signer.session_csrf(session))
+    if not accepted and (session is None or before_sign_in):
+        # A sign-in form may have been shown without the session cookie (reached from another
+        # site: SameSite=Strict) while the sign-in post carries it.
+        expected = signer.csrf_token(request.cookies.get(ui.CSRF_COOKIE))
+        accepted = expected is not None and hmac.compare_digest(given, expected)
+    if not accepted:
         raise _Refused(_error(request, None, 403, "csrf"))
     return fields
 
@@ -256,7 +263,7 @@ async def ui_login_form(request: Request) -> Response:
 @router.post("/ui/login", **_HTML)  # type: ignore[arg-type]
 async def ui_login(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
-        fields = _checked_form(request)
+        fields = _checked_form(request, before_sign_in=True)
         secret = fields.get("key", "").strip()
         address = request.client.host if request.client else "unknown"
         try:
@@ -267,7 +274,11 @@ async def ui_login(request: Request, s: ServicesDep) -> Response:
         if who.role not in ui.UI_ROLES:
             return _page(request, "login.html", {"failed": True}, status=403)
         response = RedirectResponse(ui.home_path(who), status_code=303)
-        cookie = _signer(request).session_cookie(hash_key(secret), s.clock.now_us())
+        digest = hash_key(secret)
+        # After the key's last sign-out even on a clock behind the one that recorded it.
+        found = s.keys.lookup(digest)
+        ended = found.sessions_ended_at_us if found is not None and found.sessions_ended_at_us is not None else -1
+        cookie = _signer(request).session_cookie(digest, max(s.clock.now_us(), ended + 1))
         _set_cookie(request, response, ui.SESSION_COOKIE, cookie)
         return response
 
@@ -281,8 +292,13 @@ async def ui_logout(request: Request, s: ServicesDep) -> Response:
         # Every session of the key made until now ends, in every process (a copy of the cookie
         # too), not only this browser's cookie.
         session = _signer(request).session(request.cookies.get(ui.SESSION_COOKIE))
-        if session is not None:
-            s.keys.end_sessions(session.digest, s.clock.now_us())
+        found = None if session is None else s.keys.lookup(session.digest)
+        if (
+            session is not None
+            and found is not None
+            and (found.sessions_ended_at_us is None or session.signed_in_at_us > found.sessions_ended_at_us)
+        ):  # only a live session signs out: an ended one (a stale tab, an old copy) ends nothing
+            s.keys.end_sessions(session.digest, max(s.clock.now_us(), session.signed_in_at_us))
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(ui.SESSION_COOKIE, path="/ui")
         return response

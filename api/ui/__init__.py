@@ -8,13 +8,17 @@ the repository or needs a build step); amounts are yen (¥1,234) and dates long 
 page's language (2026年12月1日).
 
 A session is a signed, expiring cookie (HttpOnly, SameSite=Strict) holding the SHA-256 of the
-key that signed in: every page looks the key up again (`Keys.lookup`, no cache) and checks its
-expiry, so a revoked or expired key ends its sessions at once. Forms carry a CSRF token that
-must equal the one in a signed cookie of its own.
+key that signed in and the instant it did: every page looks the key up again (`Keys.lookup`, no
+cache) and checks its expiry and last sign-out, so a revoked or expired key, or a sign-out, ends
+its sessions at once. A signed-in session's forms carry a CSRF token derived from that session
+(`Signer.session_csrf`); the sign-in form's equals the one in a signed cookie of its own.
 """
 
+import base64
 import dataclasses
 import datetime as dt
+import hashlib
+import hmac
 import io
 import secrets
 from collections.abc import Mapping
@@ -145,11 +149,6 @@ class Session:
     digest: str
     signed_in_at_us: int
 
-    @property
-    def binding(self) -> str:
-        """What the session's CSRF cookie is bound to: this sign-in of this key."""
-        return f"{self.digest}:{self.signed_in_at_us}"
-
 
 class Signer:
     """Signs the session and CSRF cookies with the application's UI secret."""
@@ -157,7 +156,9 @@ class Signer:
     def __init__(self, secret: str | None) -> None:
         # Unset, a secret of this process: sessions then last as long as the process, and a
         # server of several workers needs SETAPAY_UI_SESSION_SECRET set.
-        self._serializer = URLSafeTimedSerializer(secret or secrets.token_urlsafe(32), salt="setapay-ui")
+        key = secret or secrets.token_urlsafe(32)
+        self._serializer = URLSafeTimedSerializer(key, salt="setapay-ui")
+        self._csrf_key = hashlib.sha256(b"setapay-ui-csrf\x00" + key.encode()).digest()
 
     def session_cookie(self, digest: str, signed_in_at_us: int) -> str:
         return self._serializer.dumps({"d": digest, "at": signed_in_at_us})
@@ -184,18 +185,21 @@ class Signer:
             return None  # a cookie made before sessions carried their instant signs in again
         return Session(digest, at)
 
-    def csrf_cookie(self, bound: str) -> tuple[str, str]:
-        """A fresh CSRF token and the signed cookie that carries it, bound to the session it is
-        for (`Session.binding`; "" before sign-in)."""
+    def csrf_cookie(self) -> tuple[str, str]:
+        """A fresh CSRF token and the signed cookie that carries it, for a caller not signed in
+        (the sign-in form: double submit)."""
         token = secrets.token_urlsafe(24)
-        return token, self._serializer.dumps({"t": token, "b": bound})
+        return token, self._serializer.dumps({"t": token})
 
-    def csrf_token(self, cookie: str | None, bound: str) -> str | None:
-        """The cookie's token if it was made for this session: a token and cookie pair made for
-        another session (or none), planted in the browser, is no token."""
-        data = self._data(cookie)
-        token = data.get("t")
-        return token if isinstance(token, str) and data.get("b") == bound else None
+    def csrf_token(self, cookie: str | None) -> str | None:
+        return self._field(cookie, "t")
+
+    def session_csrf(self, session: Session) -> str:
+        """The CSRF token of a session's forms: an HMAC of that sign-in (its key's SHA-256 and
+        instant) under the UI secret. No cookie can plant it, every page of the session shows
+        the same one, and another sign-in's is another."""
+        mac = hmac.new(self._csrf_key, f"{session.digest}:{session.signed_in_at_us}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()).decode().rstrip("=")
 
 
 def home_path(p: Principal) -> str:

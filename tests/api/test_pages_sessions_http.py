@@ -50,13 +50,14 @@ def test_pages_and_downloads_are_neither_cached_nor_framed(ward: Ward) -> None:
     browser = ward.pages(ward.finance_key)
     try:
         answers = [
+            httpx.get(ward.server.base_url + "/ui/login"),  # the sign-in form, answered outside `_guarded`
             browser.get("/ui/campaigns"),
             httpx.get(ward.server.base_url + "/ui/campaigns", follow_redirects=False),  # to sign-in
             browser.post("/ui/campaigns/C_POINTBACK/simulate", data={"csrf": _csrf(browser.get("/ui/campaigns").text)}),
         ]
     finally:
         browser.close()
-    assert [a.status_code for a in answers] == [200, 303, 422]
+    assert [a.status_code for a in answers] == [200, 200, 303, 422]
     for answer in answers:
         for name, value in PAGE_HEADERS.items():
             assert answer.headers.get(name) == value, (answer.request.url, name, answer.headers)
@@ -92,3 +93,40 @@ def test_a_csrf_pair_made_for_another_session_is_refused(ward: Ward) -> None:
     finally:
         browser.close()
         other.close()
+
+
+def test_an_ended_session_signs_nobody_out(ward: Ward) -> None:
+    """A session already ended (a copy kept by someone, a stale tab) cannot end the sessions made
+    after it: its sign-out is answered and ends nothing."""
+    key = ward.finance_key
+    browser = ward.pages(key)
+    copy = httpx.Client(base_url=ward.server.base_url, follow_redirects=False, cookies=dict(browser.cookies))
+    try:
+        assert browser.post("/ui/logout", data={"csrf": _csrf(browser.get("/ui/campaigns").text)}).status_code == 303
+        again = ward.pages(key)
+        try:
+            assert copy.get("/ui/campaigns").status_code == 303  # the copy is out
+            stale_token = _csrf(copy.get("/ui/login").text)  # the form the old session is still shown
+            assert copy.post("/ui/logout", data={"csrf": stale_token}).status_code == 303
+            assert again.get("/ui/campaigns").status_code == 200, "an ended session signed a new one out"
+        finally:
+            again.close()
+    finally:
+        browser.close()
+        copy.close()
+
+
+def test_signing_in_from_a_form_shown_without_the_session_works(ward: Ward) -> None:
+    """A sign-in form reached from another site is shown without the session cookie (SameSite=
+    Strict), while the sign-in post, same-site, carries it: the form's own token is accepted."""
+    browser = ward.pages(ward.finance_key)
+    try:
+        with httpx.Client(base_url=ward.server.base_url, follow_redirects=False) as elsewhere:
+            form = elsewhere.get("/ui/login")
+            token, cookie = _csrf(form.text), elsewhere.cookies["setapay_ui_csrf"]
+        browser.cookies.set("setapay_ui_csrf", cookie, path="/ui")
+        signed_in = browser.post("/ui/login", data={"key": ward.finance_key, "csrf": token})
+        assert signed_in.status_code == 303, signed_in.text
+        assert browser.get("/ui/campaigns").status_code == 200
+    finally:
+        browser.close()

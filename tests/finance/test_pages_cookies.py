@@ -27,3 +27,24 @@ def test_the_pages_cookies_are_secure_when_the_pages_come_over_https(ward: Ward)
             for cookie in cookies:
                 assert ("; secure" in cookie.lower()) is secure, cookie
                 assert "httponly" in cookie.lower() and "samesite=strict" in cookie.lower(), cookie
+
+
+def test_a_sign_in_on_a_lagging_clock_comes_after_the_last_sign_out(ward: Ward, monkeypatch):
+    """A sign-in handled on a clock behind the one that recorded the key's last sign-out (another
+    host, a clock stepped back) still makes a session after it, not one refused at once."""
+    finance_key = ward.finance["Authorization"].removeprefix("Bearer ")
+    with TestClient(ward.app, follow_redirects=False) as browser:
+        token = re.search(r'name="csrf" value="([^"]+)"', browser.get("/ui/login").text)
+        assert token is not None
+        assert browser.post("/ui/login", data={"key": finance_key, "csrf": token.group(1)}).status_code == 303
+        page = browser.get("/ui/campaigns")
+        assert page.status_code == 200
+        session_token = re.search(r'name="csrf" value="([^"]+)"', page.text)
+        assert session_token is not None
+        assert browser.post("/ui/logout", data={"csrf": session_token.group(1)}).status_code == 303
+        lagging = ward.now_us() - 60_000_000  # a minute behind the sign-out
+        monkeypatch.setattr(ward.clock, "now_us", lambda: lagging)
+        token = re.search(r'name="csrf" value="([^"]+)"', browser.get("/ui/login").text)
+        assert token is not None
+        assert browser.post("/ui/login", data={"key": finance_key, "csrf": token.group(1)}).status_code == 303
+        assert browser.get("/ui/campaigns").status_code == 200
