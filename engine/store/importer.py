@@ -92,6 +92,7 @@ from engine.store.models import (
     PointLotRow,
     PostingRow,
     RedemptionLegRow,
+    SettlementRunRow,
     TerminalRow,
     WalletDebtRow,
     WalletWindowUsageRow,
@@ -166,14 +167,18 @@ class _Importer:
                 select(PaymentRow.accepted_at_us).order_by(PaymentRow.sequence.desc()).limit(1)
             ).scalar()
             last_posting = session.execute(select(func.max(PostingRow.posted_at_us))).scalar()
+            # A settled period is closed (SPEC §7) even when its run wrote no posting (nothing
+            # paid, a held or failed payout, no fee): nothing is stamped inside it afterwards.
+            settled_until = session.execute(select(func.max(SettlementRunRow.period_end_us))).scalar()
             # A payment imported before was accepted at its group's latest instant, so no line
             # after the latest acceptance of an earlier import from `source` can be in the ledger:
             # only lines up to it are looked up (none at all on a first import).
             self.stored_until_us: int | None = session.execute(
                 select(func.max(PaymentRow.accepted_at_us)).where(PaymentRow.receipt_app_id == source)
             ).scalar()
-        # Nothing may be stamped before what the ledger stamped last (settlement relies on it).
-        self.floor_us = max(last_payment or _EARLIEST, last_posting or _EARLIEST)
+        # Nothing may be stamped before what the ledger stamped last, nor inside a settled period
+        # (settlement relies on it).
+        self.floor_us = max(last_payment or _EARLIEST, last_posting or _EARLIEST, settled_until or _EARLIEST)
         # Rows older than what the ledger held before, or than rows already posted, are out of order.
         self.rows_floor_us = self.floor_us
         self.now_us = ledger.clock.now_us()
@@ -294,7 +299,8 @@ class _Importer:
                     x.line,
                     x.payment_id,
                     "out_of_order",
-                    f"earlier than the ledger's last payment or posting ({format_instant(self.rows_floor_us)})",
+                    "earlier than the ledger's last payment or posting, or inside a settled period "
+                    f"({format_instant(self.rows_floor_us)})",
                 )
                 continue
             body = x.body

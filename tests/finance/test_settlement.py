@@ -278,3 +278,33 @@ def test_an_unknown_or_malformed_period_is_refused(ward: Ward):
     r = ward.client.post("/v1/settlement-runs", json={"period": "2026-12"}, headers=ward.admin)
     assert r.status_code == 403
     assert ward.get("/v1/settlement-runs/st_nope", expect=404).json()["code"] == "not_found"
+
+
+def test_an_import_never_stamps_a_payment_inside_a_settled_period(ward: Ward):
+    """A settled period is closed even when its run wrote no posting (here: no bank account, so
+    the line failed, and no fee): a history line that falls inside it is refused as out of
+    order, the signed statement still matches the ledger, and nothing is written."""
+    import io
+
+    from engine.store.importer import import_history
+
+    ward.merchant("M1")  # no payout account: the run writes no payout posting, and no fee
+    ward.campaign("A", 1000)
+    ward.at("2026-11-30T12:00")
+    ward.purchase("M1", "W1", "2026-11-30T11:00", 1_000)
+    ward.at("2026-12-01T09:00")
+    november = ward.settle("2026-11")
+    assert lines_by_merchant(november)["M1"]["payout_status"] == "failed"
+    with ward.engine.connect() as c:
+        postings = c.execute(select(func.count()).select_from(PostingRow)).scalar_one()
+    history = (
+        "payment_id,type,wallet_id,merchant_id,terminal_id,occurred_at,amount,points_used,items,original_payment_id\n"
+        "H1,purchase,W2,M1,TM1,2026-11-30T20:00:00+09:00,5000,0,,\n"
+    )
+    errors = io.StringIO()
+    report = import_history(ward.ledger, io.StringIO(history), errors, pipelined=False)
+    assert (report.imported, report.errors) == (0, 1), report.summary()
+    assert "out_of_order" in errors.getvalue() and "settled period" in errors.getvalue()
+    with ward.engine.connect() as c:
+        assert c.execute(select(func.count()).select_from(PostingRow)).scalar_one() == postings
+    assert ward.reconcile()["ok"] is True
