@@ -165,11 +165,6 @@ class Config:
             masked_before = current.pop(MASKED_ACCOUNT, None)
             if "id" in patch and patch["id"] != merchant_id:
                 raise EngineError("invalid_request", "id cannot change")
-            if "bank_account" in patch and patch["bank_account"] is None and row.bank_account_sealed is not None:
-                # Kept, it would be a silent no-op; dropped, the merchant's payouts would go nowhere.
-                raise EngineError(
-                    "invalid_request", "a payout account on file is replaced by another, never removed by null"
-                )
             merchant = Merchant.model_validate({**current, **patch})
             now = self.clock.now_us()
             changed = merchant.bank_account is not None and merchant.bank_account != self.bank_account(

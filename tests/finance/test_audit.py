@@ -612,21 +612,6 @@ def test_a_campaign_is_funded_only_by_a_known_merchant(ward: Ward):
     assert r.status_code == 200 and r.json()["version"] == 2, r.text
 
 
-def test_a_payout_account_is_never_removed_by_null(ward: Ward):
-    """`{"bank_account": null}` on a merchant with an account on file is refused and changes
-    nothing (it was a silent no-op answered 200); on a merchant without one it is no change."""
-    ward.merchant("M1", bank=1)
-    ward.merchant("M2")
-    before = _base(ward)
-    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": None}, headers=ward.admin)
-    assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
-    assert _base(ward) == before
-    shown = ward.client.get("/v1/merchants/M1", headers=ward.admin).json()
-    assert shown["bank_account_on_file"] is True and shown["bank_account_masked"]["account_number_last4"] == "4501"
-    r = ward.client.patch("/v1/merchants/M2", json={"bank_account": None}, headers=ward.admin)
-    assert r.status_code == 200 and r.json()["bank_account_on_file"] is False, r.text
-
-
 def test_a_first_account_added_later_is_held_too(ward: Ward):
     ward.merchant("M1")  # no account at creation
     r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(4)}, headers=ward.admin)
