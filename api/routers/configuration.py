@@ -91,8 +91,8 @@ MerchantPatch = _partial(
     "The merchant's fields to change; an absent field keeps its stored value, and the merged record "
     "must still be a valid merchant (422 `invalid_request` naming the field otherwise). `null` clears "
     "`shotengai_id`; `bank_account` sets a new payout account, held until a different admin or "
-    "finance key confirms it (SPEC §9.6); `null` is 422 `invalid_request` while an account is on "
-    "file (an account is replaced, never removed) and no change when none is. The id "
+    "finance key confirms it (SPEC §9.6), and `null` leaves the account on file as it is (a client "
+    "that sends every field, unset ones as null, changes nothing it did not mean to). The id "
     "cannot change: an `id` other than the path's is 422 `invalid_request`.",
 )
 CampaignPatch = _partial(
