@@ -189,15 +189,15 @@ def _checked_form(request: Request, before_sign_in: bool = False) -> dict[str, s
 
     form = anyio.from_thread.run(read)
     fields = {k: v for k, v in form.items() if isinstance(v, str)}
-    given = fields.get("csrf", "")
+    given = fields.get("csrf", "").encode()  # bytes: `compare_digest` refuses non-ASCII text
     signer = _signer(request)
     session = signer.session(request.cookies.get(ui.SESSION_COOKIE))
-    accepted = session is not None and hmac.compare_digest(given, signer.session_csrf(session))
+    accepted = session is not None and hmac.compare_digest(given, signer.session_csrf(session).encode())
     if not accepted and (session is None or before_sign_in):
         # A sign-in form may have been shown without the session cookie (reached from another
         # site: SameSite=Strict) while the sign-in post carries it.
         expected = signer.csrf_token(request.cookies.get(ui.CSRF_COOKIE))
-        accepted = expected is not None and hmac.compare_digest(given, expected)
+        accepted = expected is not None and hmac.compare_digest(given, expected.encode())
     if not accepted:
         raise _Refused(_error(request, None, 403, "csrf"))
     return fields

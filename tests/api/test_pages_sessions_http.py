@@ -130,3 +130,18 @@ def test_signing_in_from_a_form_shown_without_the_session_works(ward: Ward) -> N
         assert browser.get("/ui/campaigns").status_code == 200
     finally:
         browser.close()
+
+
+def test_a_csrf_token_of_any_text_is_a_403_never_a_500(ward: Ward) -> None:
+    """Tokens are compared in constant time as bytes: non-ASCII text, signed in or not, is refused."""
+    browser = ward.pages(ward.finance_key)
+    try:
+        with httpx.Client(base_url=ward.server.base_url, follow_redirects=False) as stranger:
+            stranger.get("/ui/login")
+            for token in ("é", "証", "\u0000", "a" * 5000):
+                assert stranger.post("/ui/login", data={"key": "x", "csrf": token}).status_code == 403
+                assert browser.post("/ui/logout", data={"csrf": token}).status_code == 403
+                assert browser.post("/ui/login", data={"key": "x", "csrf": token}).status_code == 403
+        assert browser.get("/ui/campaigns").status_code == 200
+    finally:
+        browser.close()
