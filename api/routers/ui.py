@@ -47,7 +47,7 @@ from engine.model import CalendarDate, Campaign
 from engine.settlement import signing, statement
 from engine.store import audit, finance, lifecycle, queries, settlement, simulate
 from engine.store.config import Principal
-from engine.store.keys import hash_key
+from engine.store.keys import KeyLookup, hash_key
 from engine.timeutil import TOKYO, to_us
 
 router = APIRouter()
@@ -149,6 +149,11 @@ def _to_sign_in() -> RedirectResponse:
     return response
 
 
+def _session_over(session: ui.Session, found: KeyLookup) -> bool:
+    """Whether the session was made at or before its key's last sign-out."""
+    return found.sessions_ended_at_us is not None and session.signed_in_at_us <= found.sessions_ended_at_us
+
+
 def _signed_in(request: Request, s: Services, *roles: str) -> Principal:
     """The session's key as the key store says now; a redirect to sign-in or a 403 page otherwise."""
     session = _signer(request).session(request.cookies.get(ui.SESSION_COOKIE))
@@ -158,7 +163,7 @@ def _signed_in(request: Request, s: Services, *roles: str) -> Principal:
     if (
         found is None
         or (found.expires_at_us is not None and found.expires_at_us <= s.clock.now_us())
-        or (found.sessions_ended_at_us is not None and session.signed_in_at_us <= found.sessions_ended_at_us)
+        or _session_over(session, found)
         or found.principal.role not in ui.UI_ROLES
     ):
         raise _Refused(_to_sign_in())
@@ -293,11 +298,8 @@ async def ui_logout(request: Request, s: ServicesDep) -> Response:
         # too), not only this browser's cookie.
         session = _signer(request).session(request.cookies.get(ui.SESSION_COOKIE))
         found = None if session is None else s.keys.lookup(session.digest)
-        if (
-            session is not None
-            and found is not None
-            and (found.sessions_ended_at_us is None or session.signed_in_at_us > found.sessions_ended_at_us)
-        ):  # only a live session signs out: an ended one (a stale tab, an old copy) ends nothing
+        if session is not None and found is not None and not _session_over(session, found):
+            # Only a live session signs out: an ended one (a stale tab, an old copy) ends nothing.
             s.keys.end_sessions(session.digest, max(s.clock.now_us(), session.signed_in_at_us))
         response = RedirectResponse("/ui/login", status_code=303)
         response.delete_cookie(ui.SESSION_COOKIE, path="/ui")

@@ -291,7 +291,11 @@ class Config:
         that merchant's payable (SPEC §9.6), which must be a real merchant's."""
         kind, _, merchant_id = campaign.funding_source.partition(":")
         if kind == "merchant" and session.get(MerchantRow, merchant_id) is None:
-            raise EngineError("unknown_merchant", f"funding_source names merchant {merchant_id}, which is not known")
+            raise EngineError(
+                "unknown_merchant",
+                f"funding_source names merchant {merchant_id}, which is not known: name a known merchant or a "
+                "ward fund (an update of a campaign funded so may correct funding_source in the same patch)",
+            )
 
     def create_campaign(self, campaign: Campaign, actor: Actor = OPERATOR) -> Campaign:
         campaign = campaign.model_copy(update={"version": 1})

@@ -213,7 +213,18 @@ class Keys:
             rows = connection.execute(_LOOKUP, {"digests": list(digests)}).all()
         found = {}
         for row in rows:
-            digest, key_id, role, merchant_id, terminal_id, expires_at, revoked, terminal_merchant, public_key = row[:9]
+            (
+                digest,
+                key_id,
+                role,
+                merchant_id,
+                terminal_id,
+                expires_at,
+                revoked,
+                terminal_merchant,
+                public_key,
+                ended,
+            ) = row
             if revoked is not None:
                 continue
             if role == "terminal":
@@ -221,7 +232,7 @@ class Keys:
             else:
                 public_key = None
             principal = Principal(key_id, role, merchant_id, terminal_id)
-            found[digest] = KeyLookup(principal, expires_at, public_key, sessions_ended_at_us=row[9])
+            found[digest] = KeyLookup(principal, expires_at, public_key, ended)
         return found
 
     def end_sessions(self, digest: str, at_us: int) -> None:
