@@ -156,13 +156,17 @@ def encode_cursor(prefix: str, sequence: int) -> str:
 
 
 def decode_cursor(prefix: str, cursor: str | None) -> int:
-    """The sequence a cursor carries (0 without one); 422 unless it is ours and at most SEQUENCE_MAX."""
+    """The sequence a cursor carries (0 without one); 422 unless it is ours (spelled as
+    `encode_cursor` spells it: no leading zero, no padding, no other base64 for the same text)
+    and at most SEQUENCE_MAX."""
     if cursor is None:
         return 0
     try:
         text_value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
         found, _, number = text_value.partition(":")
         if found != prefix or not _SEQUENCE.fullmatch(number) or int(number) > limits.SEQUENCE_MAX:
+            raise ValueError(cursor)
+        if encode_cursor(prefix, int(number)) != cursor:
             raise ValueError(cursor)
         return int(number)
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors

@@ -49,7 +49,12 @@ SEQUENCE_MAX = 2**63 - 1
 VERSION_MAX = 2**31 - 1
 CURSOR_CHARS_MAX = 64
 PAGE_LIMIT_MAX = 500
-# Free text kept in a column as is (a grant's reason): no control characters (PostgreSQL text
-# cannot hold NUL), at most this many characters.
+# Free text kept as is (a grant's reason, a merchant's or a campaign's name, a certification's
+# scheme): at most this many characters, at least one of them visible, and none that is a control
+# character (C0, DEL, C1: PostgreSQL text cannot hold NUL, a line break splits a CSV line or a log
+# line), a line or paragraph separator, or a bidirectional embedding, override or isolate (they
+# reorder what a statement or a page shows after them: "Trojan Source").
 LABEL_CHARS_MAX = 200
-LABEL_PATTERN = r"^[^\x00-\x1f\x7f]+$"
+SCHEME_CHARS_MAX = 64
+LABEL_REFUSED = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+LABEL_PATTERN = rf"^[^{LABEL_REFUSED}]*[^{LABEL_REFUSED}\s][^{LABEL_REFUSED}]*$"

@@ -56,6 +56,9 @@ MerchantClass = Literal["small", "semi_large", "large"]
 Label = Annotated[
     str, StringConstraints(strict=True, min_length=1, max_length=limits.LABEL_CHARS_MAX, pattern=limits.LABEL_PATTERN)
 ]
+SchemeLabel = Annotated[
+    str, StringConstraints(strict=True, min_length=1, max_length=limits.SCHEME_CHARS_MAX, pattern=limits.LABEL_PATTERN)
+]
 
 # -- instants and dates (SPEC §2 "Strict input") ------------------------------------------
 
@@ -156,7 +159,7 @@ class Record(BaseModel):
 
 
 class Certification(Record):
-    scheme: Annotated[str, StringConstraints(min_length=1, max_length=64)]
+    scheme: SchemeLabel
     valid_from: Instant
     valid_until: Instant
 
@@ -182,7 +185,7 @@ class BankAccount(Record):
 
 class Merchant(Record):
     id: Id
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Label
     merchant_class: MerchantClass
     shotengai_id: Id | None = None
     ward_local: StrictBool = False
@@ -249,7 +252,7 @@ class Credit(Record):
 
 class Campaign(Record):
     id: Id
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
+    name: Label
     funding_source: Annotated[str, StringConstraints(pattern=_FUNDING_PATTERN)] = "ward_general"
     starts_at: Instant
     ends_at: Instant

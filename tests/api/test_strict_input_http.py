@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import json
+import string
 import uuid
 from urllib.parse import quote
 
@@ -22,7 +23,14 @@ import httpx
 import pytest
 
 from engine import limits
-from engine.store.models import ApiKeyRow, GrantRow, SettlementRunRow
+from engine.store.models import (
+    ApiKeyRow,
+    CampaignVersionRow,
+    GrantRow,
+    MerchantRow,
+    MerchantVersionRow,
+    SettlementRunRow,
+)
 from tests.api.test_bad_input_http import PROBLEM_JSON, assert_refused
 from tests.ward import Ward, now_tokyo, purchase, refund
 
@@ -59,6 +67,9 @@ def _code(r: httpx.Response) -> tuple[int, str | None]:
 def _assert_code(r: httpx.Response, status: int, code: str) -> None:
     assert _code(r) == (status, code), r.text
     assert r.headers["content-type"] == PROBLEM_JSON, r.headers
+
+
+BASE64URL = string.ascii_uppercase + string.ascii_lowercase + string.digits + "-_"
 
 
 def _cursor(prefix: str, number: str) -> str:
@@ -424,6 +435,29 @@ def test_cursors_are_bounded_by_sequence_max(ward: Ward, prefix: str, path: str)
         assert r.status_code == 200, r.text
 
 
+@pytest.mark.parametrize(
+    "prefix, path, role",
+    [
+        ("seq", "/v1/merchants/M_SHOTEN/transactions", "finance"),
+        ("aud", "/v1/audit", "finance"),
+        ("hist", "/v1/wallets/W_CURSOR/history", "app"),
+    ],
+)
+def test_a_cursor_is_taken_only_as_the_server_spells_it(ward: Ward, prefix: str, path: str, role: str) -> None:
+    """Another spelling of a cursor's sequence (a leading zero, base64 padding, other unused bits
+    in the last base64 character) is a cursor the server never made: 422, as any other."""
+    number = "5" if (len(prefix) + 2) % 3 else "15"  # a text whose base64 has unused bits at its end
+    spelled = _cursor(prefix, number)
+    other_bits = spelled[:-1] + BASE64URL[BASE64URL.index(spelled[-1]) ^ 1]
+    padded = "=" * (-len(spelled) % 4)
+    assert base64.urlsafe_b64decode(other_bits + padded) == base64.urlsafe_b64decode(spelled + padded)
+    with ward.server.client(_key_for(ward, role)) as c:
+        assert c.get(path, params={"cursor": spelled}).status_code == 200
+        for cursor in (_cursor(prefix, "0" + number), _cursor(prefix, "00"), spelled + "=", other_bits):
+            assert cursor != spelled
+            _assert_code(c.get(path, params={"cursor": cursor}), 422, "invalid_request")
+
+
 def test_campaign_versions_are_bounded(ward: Ward) -> None:
     with ward.server.client(ward.finance_key) as finance:
         for version in (str(2**63), str(2**64), str(limits.VERSION_MAX + 1), "0", "-1", "1.5", "1e3", "x"):
@@ -479,11 +513,24 @@ def test_settlement_periods_are_bounded(ward: Ward, period) -> None:
     assert (ward.server.count(SettlementRunRow), ward.server.postings()) == (runs, postings)
 
 
-@pytest.mark.parametrize(
-    "reason",
-    ["a\x00b", "\x00", "line\nbreak", "", "r" * (limits.LABEL_CHARS_MAX + 1), 5],
-    ids=["nul_inside", "nul_only", "newline", "empty", "too_long", "number"],
-)
+REFUSED_LABELS = {
+    "nul": "M\x00",
+    "newline": "二子玉川\n商店",
+    "tab": "a\tb",
+    "delete": "a\x7f",
+    "c1_next_line": "a\x85b",
+    "line_separator": "a\u2028b",
+    "paragraph_separator": "a\u2029b",
+    "right_to_left_override": "ラーメン\u202etxt.exe",
+    "left_to_right_isolate": "a\u2066b\u2069",
+    "blank": " ",
+    "ideographic_space": "\u3000\u3000",
+    "empty": "",
+    "too_long": "名" * (limits.LABEL_CHARS_MAX + 1),
+}
+
+
+@pytest.mark.parametrize("reason", [*REFUSED_LABELS.values(), "\x00", 5], ids=[*REFUSED_LABELS, "nul_only", "number"])
 def test_grant_reasons_are_labels(ward: Ward, reason) -> None:
     grants, postings = ward.server.count(GrantRow), ward.server.postings()
     key = "grant-" + uuid.uuid4().hex
@@ -496,6 +543,47 @@ def test_grant_reasons_are_labels(ward: Ward, reason) -> None:
             "/v1/grants", json={**body, "reason": "r" * limits.LABEL_CHARS_MAX}, headers={"Idempotency-Key": key}
         )
         assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize("name", list(REFUSED_LABELS.values()), ids=list(REFUSED_LABELS))
+def test_names_and_schemes_are_labels(ward: Ward, name: str) -> None:
+    """A merchant's or a campaign's name and a certification's scheme are `Label`s: a control
+    character, a line or paragraph separator, a bidirectional control, nothing visible, or too
+    many characters is 422 on create and on update, and nothing is written."""
+    tables = (MerchantRow, MerchantVersionRow, CampaignVersionRow)
+    before = [ward.server.count(t) for t in tables]
+    certification = {"valid_from": "2026-01-01T00:00:00+09:00", "valid_until": "2036-01-01T00:00:00+09:00"}
+    merchant = {"id": "M_LABEL", "name": "ラベル商店", "merchant_class": "small"}
+    campaign = {
+        "id": "C_LABEL",
+        "name": "ラベル",
+        "starts_at": "2026-01-01T00:00:00+09:00",
+        "ends_at": "2036-01-01T00:00:00+09:00",
+        "tiers": [{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}],
+    }
+    scheme = name[: limits.SCHEME_CHARS_MAX] if name != REFUSED_LABELS["too_long"] else "s" * 65
+    with ward.server.client(ward.server.admin_key) as admin:
+        for method, path, body in [
+            ("POST", "/v1/merchants", {**merchant, "name": name}),
+            ("POST", "/v1/merchants", {**merchant, "ethical_certifications": [{**certification, "scheme": scheme}]}),
+            ("POST", "/v1/campaigns", {**campaign, "name": name}),
+            ("PATCH", "/v1/merchants/M_SHOTEN", {"name": name}),
+            ("PATCH", "/v1/merchants/M_SHOTEN", {"ethical_certifications": [{**certification, "scheme": scheme}]}),
+            ("PATCH", "/v1/campaigns/C_POINTBACK", {"name": name}),
+        ]:
+            _assert_code(admin.request(method, path, json=body), 422, "invalid_request")
+    assert [ward.server.count(t) for t in tables] == before
+
+
+def test_names_take_any_visible_text(ward: Ward) -> None:
+    """What a name may hold: Japanese with spaces of either width between words, emoji joined
+    by a zero-width joiner, the longest name; read back as given."""
+    names = ["世田谷 ベーカリー\u3000三軒茶屋店", "🧑\u200d🍳 kitchen", "名" * limits.LABEL_CHARS_MAX]
+    with ward.server.client(ward.server.admin_key) as admin:
+        for n, name in enumerate(names):
+            merchant = {"id": f"M_NAMED_{n}", "name": name, "merchant_class": "small"}
+            assert admin.post("/v1/merchants", json=merchant).status_code == 201
+            assert admin.get(f"/v1/merchants/M_NAMED_{n}").json()["name"] == name
 
 
 # -- 6. a bad batch item answers for itself; the rest proceed ------------------------------
