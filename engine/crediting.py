@@ -17,7 +17,7 @@ import functools
 from holidays import HolidayBase
 from holidays.countries.japan import Japan
 
-from engine.timeutil import TOKYO, from_us, to_us
+from engine.timeutil import TOKYO, from_us, to_us, tokyo_date
 
 
 @functools.lru_cache(maxsize=64)
@@ -61,7 +61,7 @@ def credit_at_us(schedule: str, delay_business_days: int, occurred_at_us: int, a
     if schedule == "immediate":
         return accepted_at_us
     # A late (backdated) purchase whose crediting day has passed is credited on acceptance.
-    local_day = from_us(occurred_at_us).astimezone(TOKYO).date()
+    local_day = tokyo_date(occurred_at_us)
     return max(_dekad_credit_us(local_day, delay_business_days), accepted_at_us)
 
 

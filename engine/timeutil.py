@@ -37,6 +37,11 @@ def from_us(us: int) -> dt.datetime:
     return _EPOCH + dt.timedelta(microseconds=us)
 
 
+def tokyo_date(us: int) -> dt.date:
+    """The Asia/Tokyo calendar day containing `us`."""
+    return from_us(us).astimezone(TOKYO).date()
+
+
 def tokyo_day_key(us: int) -> int:
     """Days since 1970-01-01 of the Asia/Tokyo calendar day containing `us`."""
     return (us // US_PER_S + TOKYO_OFFSET_S) // S_PER_DAY

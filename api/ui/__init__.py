@@ -33,7 +33,7 @@ from babel.support import Translations
 from itsdangerous import BadSignature, URLSafeTimedSerializer
 
 from engine.store.config import Principal
-from engine.timeutil import TOKYO, from_us
+from engine.timeutil import TOKYO, tokyo_date
 
 LANGUAGES = ("ja", "en")
 DEFAULT_LANGUAGE = "ja"
@@ -74,7 +74,7 @@ def long_date(day: dt.date | None, language: str) -> str:
 
 
 def date_of_us(us: int, language: str) -> str:
-    return long_date(from_us(us).astimezone(TOKYO).date(), language)
+    return long_date(tokyo_date(us), language)
 
 
 def date_of_instant(instant: str | None, language: str) -> str:

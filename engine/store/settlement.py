@@ -39,7 +39,7 @@ from engine.store.models import (
     SettlementLineRow,
     SettlementRunRow,
 )
-from engine.timeutil import TOKYO, format_instant, from_us
+from engine.timeutil import format_instant, from_us, tokyo_date
 
 if TYPE_CHECKING:
     from engine.settings import Settings
@@ -357,7 +357,7 @@ def _customer_code(merchant_id: str) -> str:
 
 
 def _zengin(settings: Settings, transfers: list[zengin.Transfer], now: int) -> bytes:
-    transfer_day = add_business_days(from_us(now).astimezone(TOKYO).date() + dt.timedelta(days=1), 0)
+    transfer_day = add_business_days(tokyo_date(now) + dt.timedelta(days=1), 0)
     header = zengin.Header(
         requester_code=settings.payout_requester_code,
         requester_name=settings.payout_requester_name,
