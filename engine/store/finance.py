@@ -29,7 +29,7 @@ from engine.store.models import (
     SettlementRunRow,
     TerminalRow,
 )
-from engine.timeutil import TOKYO, format_instant, from_us, to_us
+from engine.timeutil import TOKYO, format_instant, to_us, tokyo_date
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -166,8 +166,12 @@ def closeout(
 ) -> dict[str, Any]:
     """Store a terminal's end-of-day count and net total and compare them with the ledger."""
     with Session(ledger.engine) as session, session.begin():
+        # The terminal's row locked first (PostgreSQL; SQLite's writer is alone already): closeouts of
+        # one terminal, in any process, take turns, so a first one is inserted once (two at once
+        # were a primary key violation: a 500) and each correction's `before` is the one it replaced.
+        terminal = session.get(TerminalRow, terminal_id, with_for_update=True)
         now = ledger.clock.now_us()
-        today = from_us(now).astimezone(TOKYO).date().isoformat()
+        today = tokyo_date(now).isoformat()
         if business_date > today:  # ISO dates order as text
             raise EngineError(
                 "invalid_request", f"business_date {business_date} has not begun (today is {today} in Tokyo)"
@@ -185,7 +189,6 @@ def closeout(
             row.count, row.total, row.submitted_at_us = count, total, now
         # The terminal's day at its merchant now: a terminal moved from another merchant is not
         # shown that merchant's sales.
-        terminal = session.get(TerminalRow, terminal_id)
         held = ledger_day(session, terminal_id, business_date, terminal.merchant_id if terminal else "")
         matches = held["count"] == count and held["total"] == total
         audit.record(
@@ -217,7 +220,7 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
     with it the audit log's head at that instant, so a rewritten audit chain (re-hashed by someone
     who can drop its triggers) no longer matches what the ward's key signed."""
     as_of = as_of or ledger.clock.now_us()
-    today = from_us(as_of).astimezone(TOKYO).date()
+    today = tokyo_date(as_of)
     key = keyring.signing_key(settings)
     signed_days = []
     with Session(ledger.engine) as session, session.begin():
@@ -225,7 +228,7 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
         if first is None:
             return []
         done = {r[0] for r in session.execute(select(ChainHeadRow.business_date))}
-        day = from_us(first).astimezone(TOKYO).date()
+        day = tokyo_date(first)
         while day < today:
             name = day.isoformat()
             if name not in done:

@@ -3,6 +3,13 @@ transactions of that terminal and Asia/Tokyo day."""
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+from sqlalchemy.orm import Session
+
+from engine.store import audit, finance
+from engine.store.models import CloseoutRow
 from tests.finance.support import Ward
 
 
@@ -107,3 +114,30 @@ def test_a_day_that_has_not_begun_cannot_be_closed_out(ward: Ward):
     assert _closeout(ward, "TM001", "2026-12-06", 1, 444)["matches"] is True  # today's, before it ends
     ward.at("2026-12-07T00:01")
     assert _closeout(ward, "TM001", "2026-12-07", 0, 0)["matches"] is True
+
+
+def test_closeouts_of_one_terminal_at_once_take_turns(ward: Ward):
+    """Eight closeouts of one terminal and day submitted at once, each on its own connection: each
+    is stored (the first inserted once; before, two first ones at once broke the primary key, a
+    500), and the audit log's entries chain: each `before` is the `after` it replaced."""
+    _day(ward)
+    ward.at("2026-12-06T12:00")
+    start = threading.Barrier(8)
+
+    def submit(n: int) -> dict:
+        start.wait()
+        return finance.closeout(ward.ledger, "TM001", "2026-12-05", n, 100 * n)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        reports = list(pool.map(submit, range(1, 9)))
+    assert sorted(r["submitted"]["count"] for r in reports) == list(range(1, 9))
+    page, _ = audit.entries(ward.engine, target="terminal:TM001")
+    entries = [e for e in page if e["action"] == "closeout.submit"]
+    assert len(entries) == 8 and entries[0]["before"] is None
+    for earlier, later in zip(entries, entries[1:]):
+        after = {k: earlier["after"][k] for k in ("business_date", "count", "total")}
+        assert later["before"] == after
+    last = entries[-1]["after"]
+    with Session(ward.engine) as session:
+        stored = session.get(CloseoutRow, ("TM001", "2026-12-05"))
+        assert stored is not None and (stored.count, stored.total) == (last["count"], last["total"])
