@@ -53,6 +53,7 @@ from engine.store import db
 from engine.store.caches import RefreshingCache
 from engine.store.config import Principal
 from engine.store.keys import LAST_USED_RESOLUTION_US, KeyLookup, Keys, hash_key
+from engine.store.redis_loop import blocking_pool
 
 if TYPE_CHECKING:
     from limits.aio.strategies import FixedWindowRateLimiter as AsyncFixedWindowRateLimiter
@@ -69,6 +70,8 @@ SECRET_LENGTH_MAX = 256
 PRINCIPAL_CACHE_SIZE_MAX = 10_000
 LAST_USED_FLUSH_INTERVAL_S = 1.0
 REDIS_RETRY_AFTER_FAILURE_S = 5.0
+# The rate limit's Redis: connecting, answering, and waiting for a pooled connection in a rush.
+RATE_LIMIT_REDIS_TIMEOUT_S = 0.5
 SWEEP_EVERY_S = 1.0  # how often the in-memory rate-limit counts drop keys whose window ended
 SWEEP_KEYS_MAX = 2_000  # keys dropped by one sweep at most (the next count goes on)
 
@@ -151,8 +154,9 @@ class Limit:
                 "async+" + redis_url,
                 implementation="redispy",
                 key_prefix="setapay:limits",
-                socket_timeout=0.5,
-                socket_connect_timeout=0.5,
+                # The redispy bridge takes a pool of its own (`RedispyBridge.use_basic`); the
+                # options' annotation names only scalars.
+                connection_pool=blocking_pool(redis_url, RATE_LIMIT_REDIS_TIMEOUT_S),  # type: ignore[arg-type]
             )
             found = (loop, FixedWindowRateLimiter(storage))
             self._per_loop[id(loop)] = found

@@ -107,3 +107,21 @@ def test_a_sweep_reads_only_ended_windows_and_drops_a_bounded_number(monkeypatch
     assert storage._sweep_at > time.monotonic() + 3000  # the ended ones gone: the next an hour away
     limiter.hit(item, "failures", live[0])
     assert len(storage.expirations) == 50
+
+
+def test_a_rush_of_counts_on_one_event_loop_stays_in_redis(redis_url) -> None:
+    """300 counts at once on one event loop (a rush of requests under one key): each is counted in
+    Redis, shared by every process, the others waiting for a pooled connection. (redis-py's default
+    pool raised `MaxConnectionsError` past 100 in use, and the limit fell back to counting in each
+    process for 5 s: the workers together let through their number times the limit.)"""
+    import asyncio
+
+    limit = auth.Limit("1000/minute", redis_url, "rush")
+
+    async def rush() -> list[bool]:
+        return list(await asyncio.gather(*(limit.hit("key-1") for _ in range(300))))
+
+    assert asyncio.run(rush()) == [True] * 300
+    assert limit._redis_down_until == 0.0  # never fell back to this process's counts
+    stats = asyncio.run(limit._call("get_window_stats", "key-1"))  # read back from Redis, on another loop
+    assert stats.remaining == 700 and limit._redis_down_until == 0.0

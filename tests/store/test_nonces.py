@@ -9,6 +9,7 @@ from engine.errors import EngineError
 from engine.store import db
 from engine.store.models import SignatureNonceRow
 from engine.store.nonces import DatabaseNonces, RedisNonces
+from engine.store.redis_loop import POOL_CONNECTIONS_MAX
 
 S = 1_000_000
 T0 = 1_800_000_000 * S
@@ -144,3 +145,21 @@ def test_an_unreachable_redis_refuses_rather_than_lets_a_replay_through():
     with pytest.raises(EngineError) as caught:
         asyncio.run(nonces.claim("T1", "n" * 16, T0))
     assert caught.value.status == 503 and caught.value.code == "service_unavailable"
+
+
+def test_a_rush_of_claims_on_one_event_loop_waits_for_connections(redis_url):
+    """400 claims at once on one event loop (a rush of signed requests): each is answered, the pool
+    holding at most `POOL_CONNECTIONS_MAX` connections while the others wait for one. (redis-py's
+    default pool raised `MaxConnectionsError` past 100 in use: 503s for valid signatures.)"""
+    nonces = RedisNonces(redis_url)
+
+    async def rush() -> tuple[list[bool], int]:
+        claimed = await asyncio.gather(*(nonces.claim("T1", f"nonce-{n:04d}-rush", T0) for n in range(400)))
+        pool = nonces.client.connection_pool
+        opened = len(pool._available_connections) + len(pool._in_use_connections)
+        await nonces.client.aclose()
+        return list(claimed), opened
+
+    claimed, opened = asyncio.run(rush())
+    assert claimed == [True] * 400
+    assert opened <= POOL_CONNECTIONS_MAX
