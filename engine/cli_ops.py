@@ -155,23 +155,40 @@ def _cmd_lifecycle(args: argparse.Namespace) -> int:
     import datetime as dt
     import json
 
+    from engine.clock import SystemClock
     from engine.store import db, lifecycle
     from engine.store.ledger import Ledger
-    from engine.timeutil import now_us, to_us
+    from engine.timeutil import format_instant, to_us
 
     settings = _settings()
-    db.upgrade(settings.database_url)
+    clock = SystemClock(settings.clock_offset_s)  # the engine's clock, as every process reads it
+    now = clock.now_us()
+    as_of = now
     if args.as_of:
-        instant = dt.datetime.fromisoformat(args.as_of)
-        if instant.tzinfo is None:
-            print("--as-of needs an offset, e.g. 2027-01-08T00:00:00+09:00", file=sys.stderr)
+        try:
+            instant = dt.datetime.fromisoformat(args.as_of)
+        except ValueError:
+            instant = None
+        if instant is None or instant.tzinfo is None:
+            print("--as-of is an instant with an offset, e.g. 2027-01-08T00:00:00+09:00", file=sys.stderr)
             return 2
         as_of = to_us(instant)
-    else:
-        as_of = now_us()
-    ledger = Ledger(db.make_engine(settings.database_url))
-    run = lifecycle.credit_due if args.command == "credit" else lifecycle.expire_due
-    print(json.dumps(run(ledger, as_of), ensure_ascii=False))
+        # Points credited or expired ahead of time cannot be taken back: a run is of what is due by
+        # now, or by an instant before (a run that was missed), never of what is still to come.
+        if as_of > now:
+            print(
+                f"--as-of {args.as_of} is after the engine's clock ({format_instant(now)}): "
+                f"nothing is {'credited' if args.command == 'credit' else 'expired'} ahead of time",
+                file=sys.stderr,
+            )
+            return 2
+    db.upgrade(settings.database_url)
+    engine = db.make_engine(settings.database_url)
+    try:
+        run = lifecycle.credit_due if args.command == "credit" else lifecycle.expire_due
+        print(json.dumps(run(Ledger(engine, clock), as_of), ensure_ascii=False))
+    finally:
+        engine.dispose()
     return 0
 
 
@@ -506,7 +523,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
         ("expire", "expire points whose validity ended by --as-of (idempotent)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--as-of", help="RFC 3339 instant with offset (default: now)")
+        p.add_argument("--as-of", help="RFC 3339 instant with offset, not after the engine's clock (default: now)")
         p.set_defaults(func=_cmd_lifecycle)
 
     p = sub.add_parser(

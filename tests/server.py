@@ -75,6 +75,21 @@ def setapay_env(database_url: str, extra: dict[str, str] | None = None) -> dict[
 # -- the CLI ---------------------------------------------------------------------------
 
 
+def clock_at(env: dict[str, str], instant: str) -> dict[str, str]:
+    """`env` with the engine's clock (`SETAPAY_CLOCK_OFFSET_S`) moved on to just past `instant` when
+    it is not there yet: `setapay credit` and `expire` refuse an `--as-of` still to come, so a test
+    that runs them for a later day runs them on a clock that has reached it."""
+    import datetime as dt
+
+    from engine.timeutil import now_us, to_us
+
+    offset_s = int(env.get("SETAPAY_CLOCK_OFFSET_S", "0"))
+    ahead_us = to_us(dt.datetime.fromisoformat(instant)) - (now_us() + offset_s * 1_000_000)
+    if ahead_us < 0:
+        return env
+    return {**env, "SETAPAY_CLOCK_OFFSET_S": str(offset_s + ahead_us // 1_000_000 + 2)}
+
+
 def run_cli(env: dict[str, str], *args: str, in_process: bool = False) -> subprocess.CompletedProcess:
     """`setapay <args>` under `env`: in a process of its own, as an operator or a cron job runs it,
     or (`in_process`) through the same entry point in this interpreter."""
@@ -246,8 +261,9 @@ class ServerProcess:
 
     # -- the CLI under the server's environment, and HTTP --
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return run_cli(self.env, *args, in_process=self.cli_in_process)
+    def cli(self, *args: str, at: str | None = None) -> subprocess.CompletedProcess:
+        """`setapay <args>` on this server's database; `at`: on a clock that has reached that instant."""
+        return run_cli(self.env if at is None else clock_at(self.env, at), *args, in_process=self.cli_in_process)
 
     def create_key(self, role: str, merchant_id: str | None = None, terminal_id: str | None = None) -> str:
         return create_key(self.env, role, merchant_id, terminal_id, in_process=self.cli_in_process)

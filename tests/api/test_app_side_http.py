@@ -365,7 +365,7 @@ def test_history_shows_credits_and_expiries_of_the_lifecycle_runs(app_ward: Ward
     w = "W_LIFE_" + uuid.uuid4().hex[:8]
     conv = app_ward.buy("T_CONV", w, 1000)
     dekad = next(a for a in conv["awards"] if a["campaign_id"] == "C_DEKAD_APP")
-    done = server.cli("credit", "--as-of", dekad["credit_at"])
+    done = server.cli("credit", "--as-of", dekad["credit_at"], at=dekad["credit_at"])
     assert done.returncode == 0, done.stderr
     events = _history(app_ward, w)["events"]
     credited = next(e for e in events if e["type"] == "credited")
@@ -377,7 +377,7 @@ def test_history_shows_credits_and_expiries_of_the_lifecycle_runs(app_ward: Ward
     assert credited["expires_at"] == dekad["expires_at"]
     earned = next(e for e in events if e["type"] == "earned" and e["campaign_id"] == "C_DEKAD_APP")
     assert earned["status"] == "credited", "the earned event shows the award's status now"
-    done = server.cli("expire", "--as-of", "2035-01-01T00:00:00+09:00")
+    done = server.cli("expire", "--as-of", "2035-01-01T00:00:00+09:00", at="2035-01-01T00:00:00+09:00")
     assert done.returncode == 0, done.stderr
     events = _history(app_ward, w)["events"]
     expired = [e for e in events if e["type"] == "expired"]

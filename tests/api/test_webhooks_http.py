@@ -18,7 +18,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from api.responses import CreatedWebhook, DeliveryPage, EventPage, WebhookView, WebhookViews
-from tests.server import run_cli
+from tests.server import clock_at, run_cli
 from tests.ward import CAMPAIGN_WINDOW, Plan, Ward
 
 FAST_WEBHOOKS_ENV = {
@@ -123,7 +123,7 @@ def _register(ward: Ward, receiver: Receiver, types: list[str]) -> dict:
 
 
 def _credit(ward: Ward) -> dict:
-    done = run_cli(ward.server.env, "credit", "--as-of", CREDIT_ALL)
+    done = run_cli(clock_at(ward.server.env, CREDIT_ALL), "credit", "--as-of", CREDIT_ALL)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 

@@ -28,7 +28,7 @@ from engine.store.config import Config
 from engine.store.ledger import Ledger, Result, Submission
 from engine.store.models import AwardRow, PointLotRow, PostingRow
 from engine.timeutil import to_us
-from tests.server import run_cli, setapay_env
+from tests.server import clock_at, run_cli, setapay_env
 
 
 def iso(instant: dt.datetime) -> str:
@@ -189,6 +189,8 @@ def wallet_sums(postings, wallet_id: str) -> tuple[int, int]:
 # -- the CLI ---------------------------------------------------------------------
 
 
-def cli(database_url: str, *args: str) -> subprocess.CompletedProcess:
-    """`setapay <args>` in a process of its own, as an operator or a cron job runs it."""
-    return run_cli(setapay_env(database_url), *args)
+def cli(database_url: str, *args: str, at: str | None = None) -> subprocess.CompletedProcess:
+    """`setapay <args>` in a process of its own, as an operator or a cron job runs it; `at`: on a
+    clock that has reached that instant."""
+    env = setapay_env(database_url)
+    return run_cli(env if at is None else clock_at(env, at), *args)

@@ -14,7 +14,11 @@ import datetime as dt
 import json
 
 import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from engine.store.models import LifecycleRunRow
+from engine.timeutil import format_instant, now_us
 from tests.lifecycle.support import Books, account_sums, campaign, cli, wallet_sums
 from tests.server import ServerProcess
 from tests.tokyo import JST, jst
@@ -159,11 +163,11 @@ def test_dekad_awards_credit_on_the_calendar_dates_across_new_year(books, databa
         assert consistent(books, "W_TIME")["available"] == available
         if day == "2026-12-25":
             # This one through the command, as the operator's cron job runs it; twice.
-            first = cli(database_url, "credit", "--as-of", stamp(due))
+            first = cli(database_url, "credit", "--as-of", stamp(due), at=stamp(due))
             assert first.returncode == 0, first.stderr
             assert json.loads(first.stdout.strip().splitlines()[-1])["awards_credited"] == 1
             assert json.loads(first.stdout.strip().splitlines()[-1])["points"] == points
-            again = cli(database_url, "credit", "--as-of", stamp(due))
+            again = cli(database_url, "credit", "--as-of", stamp(due), at=stamp(due))
             assert again.returncode == 0, again.stderr
             assert json.loads(again.stdout.strip().splitlines()[-1]) == {
                 "kind": "credit",
@@ -181,6 +185,11 @@ def test_dekad_awards_credit_on_the_calendar_dates_across_new_year(books, databa
     credits = [p for p in books.postings() if p.reason == "credit"]
     assert sorted(p.amount for p in credits) == [1000, 2000, 3000, 4000]
     assert len({p.payment_id for p in credits}) == 4
+
+
+def _lifecycle_runs(books: Books) -> int:
+    with Session(books.engine) as session:
+        return session.execute(select(func.count()).select_from(LifecycleRunRow)).scalar_one()
 
 
 def test_january_credits_expire_at_the_end_of_july(books, database_url):
@@ -203,8 +212,16 @@ def test_january_credits_expire_at_the_end_of_july(books, database_url):
     # The points credited in January are still there at the last second of July ...
     assert books.expire(jst("2027-07-31T23:59:59"))["lots_expired"] == 0
     assert books.expiring("W_EXP") == {end_of_july: 7000}
+    # The command refuses an instant the engine's clock has not reached: points are never expired
+    # (nor credited) ahead of time, which could not be taken back; nothing is written.
+    tomorrow = format_instant(now_us() + 86_400 * 1_000_000)
+    runs = _lifecycle_runs(books)
+    for command in ("expire", "credit"):
+        early = cli(database_url, command, "--as-of", tomorrow)
+        assert early.returncode == 2 and "ahead of time" in early.stderr, early.stderr
+    assert _lifecycle_runs(books) == runs and books.expiring("W_EXP") == {end_of_july: 7000}
     # ... and leave at 00:00 JST on 1 August (through the command, twice).
-    first = cli(database_url, "expire", "--as-of", "2027-08-01T00:00:00+09:00")
+    first = cli(database_url, "expire", "--as-of", "2027-08-01T00:00:00+09:00", at="2027-08-01T00:00:00+09:00")
     assert first.returncode == 0, first.stderr
     assert json.loads(first.stdout.strip().splitlines()[-1]) == {
         "kind": "expiry",
@@ -212,7 +229,7 @@ def test_january_credits_expire_at_the_end_of_july(books, database_url):
         "lots_expired": 2,
         "points": 7000,
     }
-    again = cli(database_url, "expire", "--as-of", "2027-08-01T00:00:00+09:00")
+    again = cli(database_url, "expire", "--as-of", "2027-08-01T00:00:00+09:00", at="2027-08-01T00:00:00+09:00")
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout.strip().splitlines()[-1])["points"] == 0
     detail = consistent(books, "W_EXP")
