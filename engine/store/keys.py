@@ -196,7 +196,7 @@ class Keys:
                     actor,
                     "key.revoke",
                     f"key:{key_id}",
-                    {**listing, "revoked_at_us": None},
+                    {**listing, "revoked_at": None},
                     listing,
                     at_us=row.revoked_at_us,
                 )

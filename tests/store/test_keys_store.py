@@ -12,7 +12,7 @@ from engine.audit import Actor
 from engine.clock import ManualClock
 from engine.errors import EngineError
 from engine.model import Merchant
-from engine.store import db
+from engine.store import audit, db
 from engine.store.config import Config
 from engine.store.keys import DAY_US, Keys, hash_key
 from engine.store.models import ApiKeyRow
@@ -56,6 +56,12 @@ def test_revoke_is_idempotent_and_unknown_is_404(store) -> None:
     with pytest.raises(EngineError) as raised:
         keys.revoke("0123456789abcdef")
     assert raised.value.status == 404
+    # One audit entry, by the revoking key, of the key's listing before (not revoked) and after.
+    page, _ = audit.entries(keys.engine, target=f"key:{record['id']}")
+    revocations = [e for e in page if e["action"] == "key.revoke"]
+    assert len(revocations) == 1 and revocations[0]["actor"] == {"key_id": "k_admin", "role": "admin"}
+    assert revocations[0]["after"] == first
+    assert revocations[0]["before"] == {**first, "revoked_at": None}
 
 
 def test_expiry_is_stored_and_checked_by_authenticate(store) -> None:
