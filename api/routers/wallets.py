@@ -37,7 +37,9 @@ def wallet_history(
     wallet_id: PathId, p: WalletReader, database: DatabaseDep, cursor: Cursor = None, limit: PageLimit = 50
 ) -> Response:
     """Every event of the wallet, newest first, keyset-paginated: a page never shifts as new events arrive."""
-    events, older_than = history.wallet_history(database, wallet_id, decode_cursor(_HISTORY_CURSOR, cursor), limit)
+    # A cursor names the posting sequence the next page lies below (`hist:0`, below the first: none).
+    before = None if cursor is None else decode_cursor(_HISTORY_CURSOR, cursor)
+    events, older_than = history.wallet_history(database, wallet_id, before, limit)
     body = {
         "wallet_id": wallet_id,
         "events": events,

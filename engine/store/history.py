@@ -203,10 +203,12 @@ def _events(
         before = chunk[-1].sequence
 
 
-def wallet_history(engine: Engine, wallet_id: str, before: int, limit: int) -> tuple[list[dict[str, Any]], int | None]:
-    """One page of the wallet's events below posting sequence `before` (0: from the newest), and
+def wallet_history(
+    engine: Engine, wallet_id: str, before: int | None, limit: int
+) -> tuple[list[dict[str, Any]], int | None]:
+    """One page of the wallet's events below posting sequence `before` (None: from the newest), and
     the next page's `before`, or None at the end."""
-    before = before or limits.SEQUENCE_MAX
+    before = limits.SEQUENCE_MAX if before is None else before
     if engine.dialect.name == "postgresql":
         # Autocommit: no BEGIN nor ROLLBACK round trip. Under READ COMMITTED each statement read
         # its own snapshot inside a transaction too, so the page is the same.

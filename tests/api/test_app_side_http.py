@@ -3,6 +3,7 @@ wallet history, quotes and the directory."""
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 import time
@@ -106,6 +107,9 @@ def test_history_pages_are_stable_while_new_events_arrive(app_ward: Ward) -> Non
     newest = _history(app_ward, w, limit=100)["events"]
     assert len(newest) > len(whole) and newest[-len(whole) :] == whole
     assert _all_pages(app_ward, w, 1) == newest, "pages of one event each: the same list"
+    # The page below the first posting holds nothing (it was the first page again).
+    below_all = base64.urlsafe_b64encode(b"hist:0").decode().rstrip("=")
+    assert _history(app_ward, w, cursor=below_all) == {"wallet_id": w, "events": [], "next_cursor": None}
 
 
 def test_history_refuses_a_cursor_it_did_not_make(app_ward: Ward) -> None:

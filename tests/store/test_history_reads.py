@@ -36,7 +36,7 @@ def granted(database_url: str):
 
 
 def test_pages_newest_first_with_a_cursor(granted) -> None:
-    first, cursor = history.wallet_history(granted, "W1", 0, 2)
+    first, cursor = history.wallet_history(granted, "W1", None, 2)
     assert [(e["type"], e["points"], e["reason"]) for e in first] == [
         ("granted", 3, "reason 3"),
         ("granted", 2, "reason 2"),
@@ -45,18 +45,18 @@ def test_pages_newest_first_with_a_cursor(granted) -> None:
     assert cursor == first[-1]["sequence"]
     rest, end = history.wallet_history(granted, "W1", cursor, 2)
     assert [(e["points"], e["reason"]) for e in rest] == [(1, "reason 1")] and end is None
-    assert history.wallet_history(granted, "W_NONE", 0, 50) == ([], None)
+    assert history.wallet_history(granted, "W_NONE", None, 50) == ([], None)
 
 
 def test_a_page_on_postgresql_is_two_round_trips_and_leaves_the_connection_transactional(granted) -> None:
     if granted.dialect.name != "postgresql":
         pytest.skip("PostgreSQL's round trips")
-    history.wallet_history(granted, "W1", 0, 50)  # the pool's one connection, warmed
+    history.wallet_history(granted, "W1", None, 50)  # the pool's one connection, warmed
     with granted.connect() as connection:
         raw = db.psycopg_connection(connection)
     with tempfile.TemporaryFile("w+") as trace:
         raw.pgconn.trace(trace.fileno())
-        page, _ = history.wallet_history(granted, "W1", 0, 50)
+        page, _ = history.wallet_history(granted, "W1", None, 50)
         raw.pgconn.untrace()
         trace.seek(0)
         answers = [line for line in trace if "\tB\t" in line and "ReadyForQuery" in line]
