@@ -179,8 +179,11 @@ class BankAccount(Record):
     account_type: Literal["ordinary", "checking", "savings"]
     account_number: Annotated[str, StringConstraints(pattern=r"^[0-9]{7}$")]
     # Zengin files carry the holder in half-width katakana, digits, upper-case
-    # letters and a few symbols; anything else could not be transmitted.
-    holder_kana: Annotated[str, StringConstraints(pattern=r"^[ｦ-ﾟ0-9A-Z ().,\-/]{1,30}$")]
+    # letters and a few symbols; anything else could not be transmitted. At least one
+    # of them is not a space: a blank name cannot be written (a settlement would fail).
+    holder_kana: Annotated[
+        str, StringConstraints(max_length=30, pattern=r"^[ｦ-ﾟ0-9A-Z ().,\-/]*[ｦ-ﾟ0-9A-Z().,\-/][ｦ-ﾟ0-9A-Z ().,\-/]*$")
+    ]
 
 
 class Merchant(Record):

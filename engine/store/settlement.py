@@ -17,6 +17,7 @@ import secrets
 from collections import defaultdict
 from typing import TYPE_CHECKING, Any
 
+from pydantic import ValidationError
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
@@ -197,6 +198,7 @@ def run(
         writer = unit.writer(now)
         lines: list[dict[str, Any]] = []
         transfers: list[zengin.Transfer] = []
+        failed_reasons: dict[str, str] = {}  # merchant -> why its payout could not be sent
         for activity in activities:
             line = statement.line_for(activity)
             m = line.merchant_id
@@ -230,11 +232,12 @@ def run(
                     )
             status = "nothing_due"
             if line.net_payout > 0:
-                account = config.bank_account(m, session)
+                transfer, unpaid_reason = _transfer(config, session, m, line.net_payout)
                 if m in held:
                     status = "held_bank_change"  # stays payable until another key confirms the new account
-                elif account is None:
+                elif transfer is None:
                     status = "failed"  # nothing can be sent; the amount stays payable and carries over
+                    failed_reasons[m] = unpaid_reason
                 else:
                     status = "pending"
                     writer.post(
@@ -242,9 +245,7 @@ def run(
                             rules.PAYOUT, rules.payable_account(m), rules.payout_account(m), line.net_payout, run_id
                         )
                     )
-                    transfers.append(
-                        zengin.transfer_from_account(account, line.net_payout, customer_code_1=_customer_code(m))
-                    )
+                    transfers.append(transfer)
             lines.append({**line.as_dict(), "name": merchants.get(m, {}).get("name", ""), "payout_status": status})
         writer.flush()
         period_view = {
@@ -340,7 +341,9 @@ def run(
             [
                 events.settlement_completed(run_id, period_view, totals, now),
                 *(
-                    events.payout_failed(run_id, line["merchant_id"], line["net_payout"], "no_bank_account", now)
+                    events.payout_failed(
+                        run_id, line["merchant_id"], line["net_payout"], failed_reasons[line["merchant_id"]], now
+                    )
                     for line in lines
                     if line["payout_status"] == "failed"
                 ),
@@ -348,6 +351,20 @@ def run(
             now,
         )
         return True, view(session, row)
+
+
+def _transfer(config: Config, session: Session, merchant_id: str, amount: int) -> tuple[zengin.Transfer | None, str]:
+    """The transfer paying `amount` into the merchant's payout account, or None and why not:
+    `no_bank_account`, or `bank_account_unusable` for an account on file that no Zengin record
+    can carry (a holder name with nothing a bank could read, kept before the model refused it).
+    One merchant's account never stops the ward's run: its line fails and carries over."""
+    try:
+        account = config.bank_account(merchant_id, session)
+        if account is None:
+            return None, "no_bank_account"
+        return zengin.transfer_from_account(account, amount, customer_code_1=_customer_code(merchant_id)), ""
+    except (zengin.ZenginError, ValidationError):
+        return None, "bank_account_unusable"
 
 
 def _customer_code(merchant_id: str) -> str:

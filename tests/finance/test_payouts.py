@@ -6,10 +6,12 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine import sealing
+from engine.model import BankAccount
 from engine.settlement import zengin
 from engine.store import queries
-from engine.store.models import AccountRow, PostingRow
-from tests.finance.support import Sale, Ward, expected_line, lines_by_merchant, pick, record
+from engine.store.models import AccountRow, MerchantRow, PostingRow
+from tests.finance.support import Sale, Ward, bank_account, expected_line, lines_by_merchant, pick, record
 
 
 def _balances(ward: Ward) -> dict[str, int]:
@@ -125,3 +127,46 @@ def test_payout_results_are_for_finance_and_validated(ward: Ward):
     for bad in ({"results": []}, {"results": [{"merchant_id": "M001", "status": "returned"}]}, {}):
         assert ward.client.post(url, json=bad, headers=ward.finance).status_code == 422, bad
     assert ward.get(f"/v1/settlement-runs/{run['id']}").json()["payouts"][0]["payout_status"] == "pending"
+
+
+def test_a_blank_holder_name_is_refused(ward: Ward):
+    """A payout account's holder name must hold something a bank can read: all spaces is 422 on
+    create and on update, and nothing is written."""
+    blank = {**bank_account(1), "holder_kana": "   "}
+    body = {"id": "M_BLANK", "name": "空白", "merchant_class": "small", "bank_account": blank}
+    r = ward.client.post("/v1/merchants", json=body, headers=ward.admin)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
+    ward.merchant("M001", bank=1)
+    r = ward.client.patch("/v1/merchants/M001", json={"bank_account": blank}, headers=ward.admin)
+    assert r.status_code == 422 and r.json()["code"] == "invalid_request", r.text
+    assert ward.config.bank_account("M001") == BankAccount(**bank_account(1))
+
+
+def test_an_unusable_account_fails_its_own_line_and_the_others_are_paid(ward: Ward):
+    """A payout account on file that no Zengin record can carry (a blank holder name, kept before
+    the model refused one) fails that merchant's line, which carries over, with the reason
+    `bank_account_unusable`; the run goes on and pays everyone else (it answered 500 for the
+    whole ward)."""
+    ward.merchant("M001", bank=1)
+    ward.merchant("M002", bank=2)
+    ward.campaign("PB", 100)
+    ward.purchase("M001", "W1", "2026-12-05T12:00", 5_000)
+    ward.purchase("M002", "W2", "2026-12-06T12:00", 3_000)
+    blank = BankAccount.model_construct(**{**bank_account(2), "holder_kana": "   "})
+    with Session(ward.engine) as s, s.begin():
+        row = s.get(MerchantRow, "M002")
+        assert row is not None
+        row.bank_account_sealed = sealing.seal_bank_account(ward.config._data_key(), "M002", blank)
+    ward.at("2027-01-01T00:05")
+    run = ward.settle("2026-12")
+    assert {p["merchant_id"]: (p["net_payout"], p["payout_status"]) for p in run["payouts"]} == {
+        "M001": (5_000, "pending"),
+        "M002": (3_000, "failed"),
+    }
+    transfers = zengin.parse(ward.get(f"/v1/settlement-runs/{run['id']}/zengin").content).transfers
+    assert [(t.account_number, t.amount_yen) for t in transfers] == [(bank_account(1)["account_number"], 5_000)]
+    r = ward.client.get("/v1/events", headers=ward.finance, params={"types": "payout_failed"})
+    assert [(e["data"]["merchant_id"], e["data"]["reason"]) for e in r.json()["events"]] == [
+        ("M002", "bank_account_unusable")
+    ]
+    assert ward.reconcile()["ok"]
