@@ -62,7 +62,7 @@ CATALOG: dict[str, ErrorCode] = {
     "too_many_active_campaigns": ErrorCode(422, "As many campaigns as allowed are running or scheduled already"),
     "period_open": ErrorCode(422, "The settlement period has not ended yet"),
     "period_overlaps": ErrorCode(409, "The period overlaps a settled one"),
-    "period_out_of_order": ErrorCode(409, "Periods settle in order and a later one is settled already"),
+    "period_out_of_order": ErrorCode(409, "Periods settle in order, each right after the last settled one"),
     "payout_already_settled": ErrorCode(409, "The payout has a different result already"),
     "bank_change_not_pending": ErrorCode(409, "No bank account change awaits confirmation"),
     "bank_change_same_key": ErrorCode(403, "A bank account change must be confirmed by a different key"),

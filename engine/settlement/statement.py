@@ -17,6 +17,7 @@ from __future__ import annotations
 import calendar
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -86,12 +87,19 @@ class Period:
         return to_us(self.end)
 
 
+_PERIOD_NAME = re.compile(r"[0-9]{4}-[0-9]{2}(-[^-]*)?")
+
+
 def parse_period(name: str) -> Period:
     """A period by its name; bounds are Asia/Tokyo midnights, end exclusive."""
     parts = name.split("-")
     try:
+        # ASCII digits only: `int` also reads full-width digits, a sign and spaces ("２０２６-１０",
+        # "2027-+2", "2027- 2"), names a statement would then carry.
+        if not _PERIOD_NAME.fullmatch(name):
+            raise ValueError(name)
         year, month = int(parts[0]), int(parts[1])
-        if len(parts[0]) != 4 or len(parts[1]) != 2 or not 1 <= month <= 12 or len(parts) > 3:
+        if not 1 <= month <= 12:
             raise ValueError(name)
         if not limits.CALENDAR_YEAR_MIN <= year <= limits.CALENDAR_YEAR_MAX:  # its end must be an instant
             raise ValueError(name)

@@ -184,6 +184,16 @@ def run(
         ).first()
         if later:
             raise EngineError("period_out_of_order", f"a later period is settled already ({later[0]})")
+        # ... one after another: a period left out between two runs would have its sales carried
+        # into the next run's `carried_in`, never charged a fee nor its merchant-funded points.
+        # (The first run may start anywhere: what came before it is carried in.)
+        last_end = session.execute(select(func.max(SettlementRunRow.period_end_us))).scalar()
+        if last_end is not None and period.start_us != last_end:
+            raise EngineError(
+                "period_out_of_order",
+                f"the last settled period ended at {format_instant(last_end)}: the next run is of the period "
+                f"that starts then, not {period.name}",
+            )
         now = ledger.clock.now_us()
         if now < period.end_us:
             raise EngineError("period_open", f"{period.name} ends at {format_instant(period.end_us)}")

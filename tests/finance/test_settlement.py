@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine.settlement import statement
 from engine.store import queries
 from engine.store.models import PostingRow, SettlementLineRow, SettlementRunRow
 from tests.finance.support import Sale, Ward, expected_line, lines_by_merchant, pick, record
@@ -270,6 +272,37 @@ def test_catching_up_two_months_pays_each_sale_once(ward: Ward):
     assert pick(lines_by_merchant(january)["M001"]) == expected_line(jan, 100)
 
 
+def _count(ward: Ward, model) -> int:
+    with Session(ward.engine) as s:
+        return s.execute(select(func.count()).select_from(model)).scalar_one()
+
+
+def test_no_period_is_left_out_between_two_runs(ward: Ward):
+    """After a run, the next is of the period that starts where it ended: skipping one (settling
+    February with January left out) is 409 `period_out_of_order` and writes nothing, so January's
+    sales are charged their fee in January's own statement instead of arriving in February's
+    `carried_in`, fee-free (as they did)."""
+    ward.merchant("M001", fee_bp=150, bank=1)
+    dec, jan = Sale(), Sale()
+    record({"M": dec}, "M", ward.purchase("M001", "W1", "2026-12-10T10:00", 10_000))
+    record({"M": jan}, "M", ward.purchase("M001", "W1", "2027-01-10T10:00", 888))
+    ward.at("2027-01-01T00:05")
+    ward.settle("2026-12")
+    ward.at("2027-03-01T00:05")
+    runs, postings = _count(ward, SettlementRunRow), _count(ward, PostingRow)
+    for skipping in ("2027-02", "2027-02-H1"):
+        problem = ward.settle(skipping, expect=409)
+        assert problem["code"] == "period_out_of_order" and "2027-01-01T00:00:00+09:00" in problem["detail"]
+    r = ward.client.post("/v1/settlement-runs", json={}, headers=ward.finance)  # the last closed: February
+    assert r.status_code == 409 and r.json()["code"] == "period_out_of_order", r.text
+    assert (_count(ward, SettlementRunRow), _count(ward, PostingRow)) == (runs, postings)
+    january = ward.settle("2027-01")
+    assert pick(lines_by_merchant(january)["M001"]) == expected_line(jan, 150)
+    assert lines_by_merchant(january)["M001"]["fee"] == 888 * 150 // 10_000 == 13
+    assert ward.settle("2027-02")["period"]["start"] == "2027-02-01T00:00:00+09:00"
+    assert ward.reconcile()["ok"]
+
+
 def test_an_unknown_or_malformed_period_is_refused(ward: Ward):
     ward.at("2027-01-02T09:00")
     for period in ("2026-13", "2026-12-H3", "26-12", "2026-12-01"):
@@ -278,6 +311,18 @@ def test_an_unknown_or_malformed_period_is_refused(ward: Ward):
     r = ward.client.post("/v1/settlement-runs", json={"period": "2026-12"}, headers=ward.admin)
     assert r.status_code == 403
     assert ward.get("/v1/settlement-runs/st_nope", expect=404).json()["code"] == "not_found"
+
+
+@pytest.mark.parametrize(
+    "name", ["２０２６-１２", "2026-１２", "2027-+2", "2027- 2", " 2026-12", "2026-12\n", "2026-12-h1"]
+)
+def test_period_names_are_written_in_ascii_digits(name: str):
+    """The one reading of a period's name, for the API, the pages and `setapay settle`: the
+    API's pattern (ASCII digits) refused what `int` reads (full-width digits, a sign, spaces),
+    which the command and the pages took, and a statement then carried as its period's name."""
+    with pytest.raises(ValueError):
+        statement.parse_period(name)
+    assert statement.parse_period("2026-12").name == "2026-12"
 
 
 def test_an_import_never_stamps_a_payment_inside_a_settled_period(ward: Ward):
