@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from engine import sealing
 from engine.settings import Settings
@@ -46,3 +46,17 @@ def signing_key(settings: Settings) -> Ed25519PrivateKey:
         "signing.key", lambda: signing.private_key_b64(signing.generate_private_key())
     )
     return signing.load_private_key(b64)
+
+
+def signing_public_key(settings: Settings) -> Ed25519PublicKey | None:
+    """The public half of the signing key to check signatures with: the configured key, else the
+    local file's; None when there is neither. Never creates one: a check made with a key made
+    for it would call every genuine signature invalid (a restored backup checked away from its
+    key directory did)."""
+    if settings.signing_key_b64:
+        return signing.load_private_key(settings.signing_key_b64).public_key()
+    path = KEY_DIR / "signing.key"
+    return signing.load_private_key(path.read_text().strip()).public_key() if path.exists() else None
+
+
+NO_SIGNING_KEY = "no signing key to check with: set SETAPAY_SIGNING_KEY_B64, or run where setapay-keys/signing.key is"

@@ -688,7 +688,8 @@ async def ui_settlement_run(request: Request, run_id: PathId, s: ServicesDep) ->
 
 def _verified(s: Services, statement: dict[str, Any]) -> bool:
     """Whether a run's signed statement verifies with the ward's signing key (as reconciliation checks)."""
-    return signing.verify_document(keyring.signing_key(s.settings).public_key(), statement)
+    public_key = keyring.signing_public_key(s.settings)
+    return public_key is not None and signing.verify_document(public_key, statement)
 
 
 @router.post("/ui/settlement-runs/{run_id}/payout-results", **_HTML)  # type: ignore[arg-type]

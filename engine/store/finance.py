@@ -267,13 +267,15 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
     return signed_days
 
 
-def _check_chain_heads(session: Session, public_key: Ed25519PublicKey) -> list[dict[str, Any]]:
+def _check_chain_heads(session: Session, public_key: Ed25519PublicKey | None) -> list[dict[str, Any]]:
     bad = []
     for head in session.execute(select(ChainHeadRow).order_by(ChainHeadRow.business_date)).scalars():
         signed = json.loads(head.signed_json)
         posting = session.get(PostingRow, head.last_sequence)
         document = signed.get("document", {})
-        if not signing.verify_document(public_key, signed):
+        if public_key is None:
+            bad.append({"business_date": head.business_date, "problem": keyring.NO_SIGNING_KEY})
+        elif not signing.verify_document(public_key, signed):
             bad.append({"business_date": head.business_date, "problem": "signature does not verify"})
         elif {k: document.get(k) for k in ("business_date", "last_sequence", "hash")} != {
             "business_date": head.business_date,
@@ -299,14 +301,15 @@ def _check_chain_heads(session: Session, public_key: Ed25519PublicKey) -> list[d
 # -- reconciliation ------------------------------------------------------------------
 
 
-def _check_statements(session: Session, public_key: Ed25519PublicKey) -> list[dict[str, Any]]:
+def _check_statements(session: Session, public_key: Ed25519PublicKey | None) -> list[dict[str, Any]]:
     bad = []
     merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
     funded_by = settlement._funded_by(session)
     for run in session.execute(select(SettlementRunRow).order_by(SettlementRunRow.period_start_us)).scalars():
         signed = json.loads(run.statement_json)
-        if not signing.verify_document(public_key, signed):
-            bad.append({"run_id": run.id, "problem": "statement signature does not verify"})
+        if public_key is None or not signing.verify_document(public_key, signed):
+            problem = keyring.NO_SIGNING_KEY if public_key is None else "statement signature does not verify"
+            bad.append({"run_id": run.id, "problem": problem})
             continue
         signed_lines = {line["merchant_id"]: line for line in signed["document"]["lines"]}
         # Recompute with the fee rates the run used: a later fee change does not reopen a closed period.
@@ -385,7 +388,7 @@ def payment_count(ledger: Ledger) -> int:
 
 def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
     """Every invariant, each pass or fail with the offending rows."""
-    public_key = keyring.signing_key(settings).public_key()
+    public_key = keyring.signing_public_key(settings)
     ledger_report = queries.ledger_check(ledger.engine)
     with Session(ledger.engine) as session:
         budgets = _check_budgets(ledger, session)

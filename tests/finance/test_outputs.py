@@ -100,11 +100,12 @@ def test_signed_statement_verifies_and_any_changed_number_fails(ward: Ward):
     assert not signing.verify_document(other, signed)
 
 
-def _verify_cli(path: Path, *args: str) -> subprocess.CompletedProcess:
+def _verify_cli(path: Path, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SETAPAY_")}
+    env["PYTHONPATH"] = str(REPO)
     return subprocess.run(
         [sys.executable, "-m", "engine.cli", "verify-statement", str(path), *args],
-        cwd=REPO,
+        cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
@@ -131,6 +132,25 @@ def test_verify_statement_cli_exit_codes(ward: Ward, tmp_path):
     assert _verify_cli(good, "--public-key", signing.public_key_pem(ward.public_key)).returncode == 0
     other = signing.public_key_b64(signing.generate_private_key())
     assert _verify_cli(good, "--public-key", other).returncode == 1
+    # A second value for a signed field, put before it: a reader may take the first; INVALID.
+    text = good.read_text()
+    line = run["statement"]["document"]["lines"][0]
+    doubled = tmp_path / "doubled.json"
+    doubled.write_text(text.replace('"net_payout"', '"net_payout": 99999, "net_payout"', 1))
+    assert json.loads(doubled.read_text())["document"]["lines"][0]["net_payout"] == line["net_payout"]
+    # Bytes that are not a statement at all (not JSON, not UTF-8): INVALID, never a traceback.
+    broken = tmp_path / "broken.json"
+    for content in (b"X" + good.read_bytes()[1:], b"\xff" + good.read_bytes()):
+        for path in (doubled, broken):
+            if path is broken:
+                path.write_bytes(content)
+            refused = _verify_cli(path, "--public-key", public)
+            assert refused.returncode == 1 and refused.stdout.startswith("INVALID"), refused.stdout + refused.stderr
+            assert "Traceback" not in refused.stderr
+    # No key given and none here: refused (2), and no key is made to check with.
+    lost = _verify_cli(good, cwd=tmp_path)
+    assert lost.returncode == 2 and "--public-key" in lost.stderr, lost.stdout + lost.stderr
+    assert not (tmp_path / "setapay-keys").exists()
 
 
 def test_settle_cli_writes_statement_csv_and_zengin(database_url, tmp_path, monkeypatch, capsys):
