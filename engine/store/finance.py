@@ -4,6 +4,7 @@ heads, and the reconciliation report that gathers every invariant of SPEC §5 an
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,7 @@ from engine import keyring, limits, metrics
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
-from engine.settlement import signing, statement
+from engine.settlement import signing, statement, zengin
 from engine.store import audit, queries, rerate, settlement
 from engine.store.ledger import Ledger
 from engine.store.models import (
@@ -348,7 +349,65 @@ def _check_statements(session: Session, public_key: Ed25519PublicKey | None) -> 
                 bad.append(
                     {"run_id": run.id, "merchant_id": merchant_id, "problem": "statement line differs from the ledger"}
                 )
+        bad.extend({"run_id": run.id, **problem} for problem in _run_outputs_problems(session, run, signed, stored))
     return bad
+
+
+def _run_outputs_problems(
+    session: Session, run: SettlementRunRow, signed: dict[str, Any], lines: dict[str, SettlementLineRow]
+) -> list[dict[str, Any]]:
+    """What of a run's stored outputs the signed statement and the ledger do not vouch for: the
+    CSV (made from the signed lines), the Zengin file (its hash, when the statement carries one;
+    each transfer against the run's payout postings, in order), and each line's payout status
+    (against the run's payout postings and the status the statement signed)."""
+    problems: list[dict[str, Any]] = []
+    document = signed["document"]
+    if statement.to_csv(document["lines"]) != run.csv_text:
+        problems.append({"problem": "the stored CSV differs from the signed statement"})
+    signed_hash = document.get("zengin_sha256")  # statements signed before it was added carry none
+    if "zengin_sha256" in document and signed_hash != (
+        hashlib.sha256(run.zengin_file).hexdigest() if run.zengin_file else None
+    ):
+        problems.append({"problem": "the stored Zengin file is not the one the statement signed"})
+    postings = list(
+        session.execute(
+            select(PostingRow.reason, PostingRow.debit_account_id, PostingRow.credit_account_id, PostingRow.amount)
+            .where(
+                PostingRow.payment_id == run.id,
+                PostingRow.reason.in_((rules.PAYOUT, rules.PAYOUT_PAID, rules.PAYOUT_FAILED)),
+            )
+            .order_by(PostingRow.sequence)
+        )
+    )
+    merchant_of = {rules.payout_account(m): m for m in lines}
+    payouts = [(merchant_of.get(p.credit_account_id), p.amount) for p in postings if p.reason == rules.PAYOUT]
+    try:
+        transfers = zengin.parse(run.zengin_file).transfers if run.zengin_file else []
+    except zengin.ZenginError as exc:
+        problems.append({"problem": f"the stored Zengin file does not parse ({exc})"})
+        transfers = None
+    if transfers is not None and [(t.customer_code_1, t.amount_yen) for t in transfers] != [
+        (settlement.customer_code(m or ""), amount) for m, amount in payouts
+    ]:
+        problems.append({"problem": "the stored Zengin file's transfers differ from the run's payout postings"})
+    answered = {
+        merchant_of.get(p.debit_account_id): ("paid" if p.reason == rules.PAYOUT_PAID else "failed")
+        for p in postings
+        if p.reason != rules.PAYOUT
+    }
+    sent = {m for m, _ in payouts}
+    signed_status = {line["merchant_id"]: line.get("payout_status") for line in document["lines"]}
+    for merchant_id, line in sorted(lines.items()):
+        at_run = signed_status.get(merchant_id)
+        expected = answered.get(merchant_id, "pending") if merchant_id in sent else at_run
+        if (merchant_id in sent and at_run != "pending") or line.payout_status != expected:
+            problems.append(
+                {
+                    "merchant_id": merchant_id,
+                    "problem": f"payout status {line.payout_status} is not what the ledger holds ({expected})",
+                }
+            )
+    return problems
 
 
 def _check_closeouts(session: Session) -> list[dict[str, Any]]:

@@ -258,6 +258,7 @@ def run(
                     transfers.append(transfer)
             lines.append({**line.as_dict(), "name": merchants.get(m, {}).get("name", ""), "payout_status": status})
         writer.flush()
+        zengin_file = _zengin(settings, transfers, now) if transfers else b""
         period_view = {
             "name": period.name,
             "kind": period.kind,
@@ -288,9 +289,11 @@ def run(
             },
             "lines": lines,
             "totals": totals,
+            # The payout file this statement pays by, bound by the signature: its every byte
+            # (the accounts included) is checked by reconciliation against this.
+            "zengin_sha256": hashlib.sha256(zengin_file).hexdigest() if zengin_file else None,
         }
         signed = signing.sign_document(keyring.signing_key(settings), document)
-        zengin_file = _zengin(settings, transfers, now) if transfers else b""
         row = SettlementRunRow(
             id=run_id,
             period_start_us=period.start_us,
@@ -372,12 +375,12 @@ def _transfer(config: Config, session: Session, merchant_id: str, amount: int) -
         account = config.bank_account(merchant_id, session)
         if account is None:
             return None, "no_bank_account"
-        return zengin.transfer_from_account(account, amount, customer_code_1=_customer_code(merchant_id)), ""
+        return zengin.transfer_from_account(account, amount, customer_code_1=customer_code(merchant_id)), ""
     except (zengin.ZenginError, ValidationError):
         return None, "bank_account_unusable"
 
 
-def _customer_code(merchant_id: str) -> str:
+def customer_code(merchant_id: str) -> str:
     # 顧客コード1 is ten digits: the merchant id's digits, zero-filled, as the ward's own reference.
     digits = "".join(ch for ch in merchant_id if ch.isdigit())[-10:]
     return digits.zfill(10) if digits else ""

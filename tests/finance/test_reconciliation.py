@@ -3,13 +3,18 @@ tampering directly in the database fails its check and names the offending row."
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 
+import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from engine.store.models import PaymentRow, PostingRow
-from tests.finance.support import Ward, tamper
+from engine.settlement import zengin
+from engine.store import finance
+from engine.store.models import PaymentRow, PostingRow, SettlementLineRow, SettlementRunRow
+from tests.finance.support import Ward, bank_account, tamper
 
 CHECKS = {
     "trial_balance_zero",
@@ -208,3 +213,77 @@ def test_a_fee_change_after_settlement_leaves_the_closed_statement_reconciled(wa
     assert ward.get(f"/v1/settlement-runs/{tx['run']['id']}").json() == tx["run"]
     report = ward.reconcile()
     assert report["ok"] is True, _failing(report)
+
+
+def _run_row(ward: Ward, run_id: str) -> SettlementRunRow:
+    with Session(ward.engine) as s:
+        row = s.get(SettlementRunRow, run_id)
+        assert row is not None
+        s.expunge(row)
+        return row
+
+
+@pytest.mark.parametrize(
+    "column, change, problem",
+    [
+        ("zengin_file", lambda f: f.replace(bank_account(1)["account_number"].encode(), b"7777777"), "Zengin file"),
+        ("csv_text", lambda c: c.replace("M001", "M009", 1), "stored CSV"),
+    ],
+    ids=["zengin_account", "csv"],
+)
+def test_a_run_s_altered_outputs_are_named(ward: Ward, column: str, change, problem: str):
+    """A run's Zengin file (its every byte: the statement signs its SHA-256) and CSV (made from the
+    signed lines) are held to the signed statement: another account for a payout, another merchant
+    in the CSV, each named; undone, the ledger passes again. (Both passed reconciliation before.)"""
+    tx = _history(ward)
+    run_id = tx["run"]["id"]
+    original = getattr(_run_row(ward, run_id), column)
+    assert (
+        tx["run"]["statement"]["document"]["zengin_sha256"]
+        == hashlib.sha256(_run_row(ward, run_id).zengin_file).hexdigest()
+    )
+    assert change(original) != original
+    sql = f"UPDATE settlement_run SET {column} = :v WHERE id = :r"
+    _tamper(ward, sql, v=change(original), r=run_id)
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"statements_match_ledger"}, failing
+    assert [(r["run_id"], problem in r["problem"]) for r in failing["statements_match_ledger"]] == [(run_id, True)]
+    _tamper(ward, sql, v=original, r=run_id)
+    assert ward.reconcile()["ok"]
+
+
+def test_a_payout_status_the_ledger_does_not_hold_is_named(ward: Ward):
+    """A line marked paid with no paid posting in the ledger (the bank's answer never came) is named."""
+    tx = _history(ward)
+    run_id = tx["run"]["id"]
+    _tamper(
+        ward, "UPDATE settlement_line SET payout_status = 'paid' WHERE run_id = :r AND merchant_id = 'M001'", r=run_id
+    )
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"statements_match_ledger"}, failing
+    assert [(r["run_id"], r.get("merchant_id"), r["problem"]) for r in failing["statements_match_ledger"]] == [
+        (run_id, "M001", "payout status paid is not what the ledger holds (pending)")
+    ]
+
+
+def test_transfers_are_held_to_the_payout_postings_without_a_signed_hash(ward: Ward):
+    """A statement signed before it carried the file's hash: each transfer of the stored file is
+    held to the run's payout postings, in order (merchant and amount)."""
+    tx = _history(ward)
+    run = _run_row(ward, tx["run"]["id"])
+    signed = json.loads(run.statement_json)
+    del signed["document"]["zengin_sha256"]
+    with Session(ward.engine) as s:
+        lines = {
+            line.merchant_id: line
+            for line in s.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run.id)).scalars()
+        }
+        assert finance._run_outputs_problems(s, run, signed, lines) == []
+        parsed = zengin.parse(run.zengin_file)
+        more = [
+            dataclasses.replace(t, amount_yen=t.amount_yen + 1) if i == 0 else t for i, t in enumerate(parsed.transfers)
+        ]
+        run.zengin_file = zengin.write(parsed.header, more)
+        assert finance._run_outputs_problems(s, run, signed, lines) == [
+            {"problem": "the stored Zengin file's transfers differ from the run's payout postings"}
+        ]
