@@ -177,20 +177,26 @@ def closeout(
             raise EngineError(
                 "invalid_request", f"business_date {business_date} has not begun (today is {today} in Tokyo)"
             )
+        # The terminal's day at its merchant now: a terminal moved from another merchant is not
+        # shown that merchant's sales (and reconciliation compares with the same day).
+        merchant_id = terminal.merchant_id if terminal else ""
         row = session.get(CloseoutRow, (terminal_id, business_date))
         before = None
         if row is None:
             session.add(
                 CloseoutRow(
-                    terminal_id=terminal_id, business_date=business_date, count=count, total=total, submitted_at_us=now
+                    terminal_id=terminal_id,
+                    business_date=business_date,
+                    count=count,
+                    total=total,
+                    submitted_at_us=now,
+                    merchant_id=merchant_id,
                 )
             )
         else:  # a corrected count replaces the earlier one; the comparison is always against the ledger
             before = {"business_date": business_date, "count": row.count, "total": row.total}
-            row.count, row.total, row.submitted_at_us = count, total, now
-        # The terminal's day at its merchant now: a terminal moved from another merchant is not
-        # shown that merchant's sales.
-        held = ledger_day(session, terminal_id, business_date, terminal.merchant_id if terminal else "")
+            row.count, row.total, row.submitted_at_us, row.merchant_id = count, total, now, merchant_id
+        held = ledger_day(session, terminal_id, business_date, merchant_id)
         matches = held["count"] == count and held["total"] == total
         audit.record(
             session,
@@ -413,7 +419,7 @@ def _run_outputs_problems(
 def _check_closeouts(session: Session) -> list[dict[str, Any]]:
     bad = []
     for c in session.execute(select(CloseoutRow)).scalars():
-        held = ledger_day(session, c.terminal_id, c.business_date)
+        held = ledger_day(session, c.terminal_id, c.business_date, c.merchant_id)
         if (held["count"], held["total"]) != (c.count, c.total):
             bad.append(
                 {

@@ -422,6 +422,10 @@ class CloseoutRow(Base):
     count: Mapped[int] = mapped_column(BigInteger)
     total: Mapped[int] = mapped_column(BigInteger)
     submitted_at_us: Mapped[int] = mapped_column(BigInteger)
+    # The terminal's merchant when the closeout was submitted: its day is that merchant's sales
+    # at the terminal (a terminal moved since sold elsewhere before). Null: closed out before it
+    # was kept, compared with every sale of the terminal that day.
+    merchant_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class ChainHeadRow(Base):

@@ -141,3 +141,19 @@ def test_closeouts_of_one_terminal_at_once_take_turns(ward: Ward):
     with Session(ward.engine) as session:
         stored = session.get(CloseoutRow, ("TM001", "2026-12-05"))
         assert stored is not None and (stored.count, stored.total) == (last["count"], last["total"])
+
+
+def test_reconciliation_compares_a_closeout_with_the_day_it_was_compared_with(ward: Ward):
+    """A terminal moved to another shop closes out a day it began at its old shop: the closeout
+    is compared with its sales at the new shop (none), and so is it by reconciliation, which
+    counted every sale of the terminal that day (the closeout matched, reconciliation failed)."""
+    _day(ward)  # TM001 sold at M001 on the 5th
+    r = ward.client.patch("/v1/terminals/TM001", json={"merchant_id": "M002"}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    assert _closeout(ward, "TM001", "2026-12-05", 0, 0)["matches"] is True
+    assert ward.reconcile()["checks"]["closeouts_match_ledger"] == {"pass": True, "rows": []}
+    # Its sales at the old shop are still there, and a closeout claiming them is a mismatch.
+    report = _closeout(ward, "TM001", "2026-12-05", 4, 3_300)
+    assert report["matches"] is False
+    check = ward.reconcile()["checks"]["closeouts_match_ledger"]
+    assert check["pass"] is False and [r["ledger"] for r in check["rows"]] == [{"count": 0, "total": 0}]
