@@ -370,8 +370,8 @@ def _run_outputs_problems(
     document = signed["document"]
     if statement.to_csv(document["lines"]) != run.csv_text:
         problems.append({"problem": "the stored CSV differs from the signed statement"})
-    signed_hash = document.get("zengin_sha256")  # statements signed before it was added carry none
-    if "zengin_sha256" in document and signed_hash != (
+    payout_file = document.get("payout_file")  # statements signed before it was added carry none
+    if payout_file is not None and payout_file.get("sha256") != (
         hashlib.sha256(run.zengin_file).hexdigest() if run.zengin_file else None
     ):
         problems.append({"problem": "the stored Zengin file is not the one the statement signed"})

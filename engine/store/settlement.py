@@ -289,9 +289,14 @@ def run(
             },
             "lines": lines,
             "totals": totals,
-            # The payout file this statement pays by, bound by the signature: its every byte
-            # (the accounts included) is checked by reconciliation against this.
-            "zengin_sha256": hashlib.sha256(zengin_file).hexdigest() if zengin_file else None,
+            # The payout file this statement pays by, bound by the signature (its every byte, the
+            # accounts included, is checked by reconciliation against `sha256`): what goes to the
+            # bank, which `totals.net_payout` is not (it also counts held, failed and negative lines).
+            "payout_file": {
+                "sha256": hashlib.sha256(zengin_file).hexdigest() if zengin_file else None,
+                "transfers": len(transfers),
+                "total_yen": sum(t.amount_yen for t in transfers),
+            },
         }
         signed = signing.sign_document(keyring.signing_key(settings), document)
         row = SettlementRunRow(

@@ -3,6 +3,8 @@ carried into the next period; a re-import changes nothing, a contradiction is 40
 
 from __future__ import annotations
 
+import hashlib
+
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -163,8 +165,17 @@ def test_an_unusable_account_fails_its_own_line_and_the_others_are_paid(ward: Wa
         "M001": (5_000, "pending"),
         "M002": (3_000, "failed"),
     }
-    transfers = zengin.parse(ward.get(f"/v1/settlement-runs/{run['id']}/zengin").content).transfers
+    zengin_file = ward.get(f"/v1/settlement-runs/{run['id']}/zengin").content
+    transfers = zengin.parse(zengin_file).transfers
     assert [(t.account_number, t.amount_yen) for t in transfers] == [(bank_account(1)["account_number"], 5_000)]
+    # The statement says what goes to the bank, beside the lines' total (which counts the failed one).
+    document = run["statement"]["document"]
+    assert document["payout_file"] == {
+        "sha256": hashlib.sha256(zengin_file).hexdigest(),
+        "transfers": 1,
+        "total_yen": 5_000,
+    }
+    assert document["totals"]["net_payout"] == 8_000
     r = ward.client.get("/v1/events", headers=ward.finance, params={"types": "payout_failed"})
     assert [(e["data"]["merchant_id"], e["data"]["reason"]) for e in r.json()["events"]] == [
         ("M002", "bank_account_unusable")

@@ -239,7 +239,7 @@ def test_a_run_s_altered_outputs_are_named(ward: Ward, column: str, change, prob
     run_id = tx["run"]["id"]
     original = getattr(_run_row(ward, run_id), column)
     assert (
-        tx["run"]["statement"]["document"]["zengin_sha256"]
+        tx["run"]["statement"]["document"]["payout_file"]["sha256"]
         == hashlib.sha256(_run_row(ward, run_id).zengin_file).hexdigest()
     )
     assert change(original) != original
@@ -272,7 +272,7 @@ def test_transfers_are_held_to_the_payout_postings_without_a_signed_hash(ward: W
     tx = _history(ward)
     run = _run_row(ward, tx["run"]["id"])
     signed = json.loads(run.statement_json)
-    del signed["document"]["zengin_sha256"]
+    del signed["document"]["payout_file"]
     with Session(ward.engine) as s:
         lines = {
             line.merchant_id: line
