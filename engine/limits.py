@@ -52,9 +52,13 @@ PAGE_LIMIT_MAX = 500
 # Free text kept as is (a grant's reason, a merchant's or a campaign's name, a certification's
 # scheme): at most this many characters, at least one of them visible, and none that is a control
 # character (C0, DEL, C1: PostgreSQL text cannot hold NUL, a line break splits a CSV line or a log
-# line), a line or paragraph separator, or a bidirectional embedding, override or isolate (they
-# reorder what a statement or a page shows after them: "Trojan Source").
+# line), a line or paragraph separator, a bidirectional control (embeddings, overrides, isolates
+# and the LRM, RLM and ALM marks reorder what a statement or a page shows after them: "Trojan
+# Source"), or an invisible format character (zero-width space, word joiner, invisible
+# operators, byte-order mark). Zero-width (non-)joiners stay (emoji sequences, scripts that need
+# them), as do soft hyphens and Hangul fillers, but none of those, nor a space, is the visible one.
 LABEL_CHARS_MAX = 200
 SCHEME_CHARS_MAX = 64
-LABEL_REFUSED = r"\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069"
-LABEL_PATTERN = rf"^[^{LABEL_REFUSED}]*[^{LABEL_REFUSED}\s][^{LABEL_REFUSED}]*$"
+LABEL_REFUSED = r"\x00-\x1f\x7f-\x9f\u061c\u200b\u200e\u200f\u2028-\u202e\u2060-\u2064\u2066-\u2069\ufeff"
+LABEL_UNSEEN = r"\s\xad\u115f\u1160\u200c\u200d\u3164\uffa0"
+LABEL_PATTERN = rf"^[^{LABEL_REFUSED}]*[^{LABEL_REFUSED}{LABEL_UNSEEN}][^{LABEL_REFUSED}]*$"

@@ -3,7 +3,9 @@ entries back, and verify the chain.
 
 To record a change, call `record` in the same transaction as the change, after
 any `ledger_head` lock that transaction takes (every writer locks `ledger_head`
-before `audit_head`, never the other way round, so they cannot deadlock)::
+before `audit_head`, never the other way round, so they cannot deadlock; a row a
+writer locks besides, as a closeout locks its terminal's, comes after `ledger_head`
+and before `audit_head` too)::
 
     from engine import audit as audit_core
     from engine.store import audit

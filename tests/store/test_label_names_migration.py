@@ -43,6 +43,8 @@ def _campaign(name: str, version: int) -> str:
 STORED_MERCHANTS = {
     "M_BAD": (_merchant("M_BAD", "M\x00x\u202egnp.exe", scheme="setagaya\nethical"), "M\ufffdx\ufffdgnp.exe"),
     "M_BLANK": (_merchant("M_BLANK", " \t\u3000"), "M_BLANK"),
+    "M_UNSEEN": (_merchant("M_UNSEEN", "\u200b\u200d\xad"), "M_UNSEEN"),
+    "M_MARKED": (_merchant("M_MARKED", "a\u200fb\ufeff"), "a\ufffdb\ufffd"),
     "M_GOOD": (_merchant("M_GOOD", "良い店 🧑\u200d🍳", scheme="setagaya_ethical"), "良い店 🧑\u200d🍳"),
 }
 
