@@ -302,8 +302,10 @@ def _cmd_settle(args: argparse.Namespace) -> int:
     row = settlement.get(ledger, view["id"])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / f"statement-{args.period}.json").write_text(json.dumps(view["statement"], ensure_ascii=False, indent=1))
-    (out / f"statement-{args.period}.csv").write_text(row.csv_text)
+    (out / f"statement-{args.period}.json").write_text(
+        json.dumps(view["statement"], ensure_ascii=False, indent=1), encoding="utf-8"
+    )
+    (out / f"statement-{args.period}.csv").write_text(row.csv_text, encoding="utf-8")
     if row.zengin_file:
         (out / f"payout-{args.period}.zengin.txt").write_bytes(row.zengin_file)
     print(

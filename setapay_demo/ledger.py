@@ -261,9 +261,12 @@ async def _run_ledger_demo(
         out_path.mkdir(exist_ok=True)
         zengin_path = out_path / f"payout-{period}.zengin.txt"
         zengin_path.write_bytes((await client.get(f"/v1/settlement-runs/{run['id']}/zengin", headers=finance)).content)
-        (out_path / f"statement-{period}.json").write_text(json.dumps(run["statement"], ensure_ascii=False, indent=1))
+        (out_path / f"statement-{period}.json").write_text(
+            json.dumps(run["statement"], ensure_ascii=False, indent=1), encoding="utf-8"
+        )
         (out_path / f"statement-{period}.csv").write_text(
-            (await client.get(f"/v1/settlement-runs/{run['id']}/statement.csv", headers=finance)).text
+            (await client.get(f"/v1/settlement-runs/{run['id']}/statement.csv", headers=finance)).text,
+            encoding="utf-8",
         )
         await client.post("/v1/chain-heads", headers=finance)
         reconciliation = (await client.get("/v1/reconciliation", headers=finance)).json()

@@ -14,7 +14,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from sqlalchemy import bindparam, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
@@ -126,6 +126,15 @@ class Config:
             return None
         return sealing.open_bank_account(self._data_key(), merchant_id, row.bank_account_sealed)
 
+    def _account_on_file(self, merchant_id: str, session: Session) -> BankAccount | None:
+        """The account on file to compare a new one with; None also for one kept before the rules
+        refused it (a blank holder name), which any valid account then replaces (held for
+        confirmation as every change), rather than the merchant's update failing on it for good."""
+        try:
+            return self.bank_account(merchant_id, session)
+        except ValidationError:
+            return None
+
     @staticmethod
     def public_record(row: MerchantRow) -> dict[str, Any]:
         record: dict[str, Any] = json.loads(row.record_json)
@@ -167,7 +176,7 @@ class Config:
                 raise EngineError("invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
             now = self.clock.now_us()
-            changed = merchant.bank_account is not None and merchant.bank_account != self.bank_account(
+            changed = merchant.bank_account is not None and merchant.bank_account != self._account_on_file(
                 merchant_id, session
             )
             # A change's `set_at` names it to the key that confirms it: strictly later than the

@@ -181,3 +181,18 @@ def test_an_unusable_account_fails_its_own_line_and_the_others_are_paid(ward: Wa
         ("M002", "bank_account_unusable")
     ]
     assert ward.reconcile()["ok"]
+    # The admin puts a valid account on file (it was refused as the stored one could not be read
+    # back): a change like any other, held until another key confirms it, then paid what was carried.
+    r = ward.client.patch("/v1/merchants/M002", json={"bank_account": bank_account(3)}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    set_at = r.json()["bank_account_masked"]["set_at"]
+    ward.at("2027-01-02T09:00")
+    r = ward.client.post("/v1/merchants/M002/bank-account/confirm", json={"set_at": set_at}, headers=ward.finance)
+    assert r.status_code == 200, r.text
+    ward.at("2027-02-01T00:05")
+    january = ward.settle("2027-01")
+    assert {p["merchant_id"]: (p["net_payout"], p["payout_status"]) for p in january["payouts"]}["M002"] == (
+        3_000,
+        "pending",
+    )
+    assert ward.reconcile()["ok"]
