@@ -15,23 +15,29 @@ psycopg connection in autocommit (no BEGIN, no ROLLBACK): the postings, whose st
 finds the wallet's accounts itself and scans each under a LATERAL join, so the statement is
 the same for any wallet and psycopg prepares it after a few uses of a connection (one UNION
 subquery per account planned in 6.4 ms, several times what it runs in); then the rows
-around them, every kind at once in one pipeline, the redeemed legs joined to their lots.
+around them, every kind at once in one pipeline, the redeemed legs joined to their lots (and,
+the first time a page holds points pending under a campaign version, that version's validity,
+which says when they will expire: kept per database from then on).
 SQLite, in process, reads the accounts first and the rows around one kind after the other.
 """
 
 from __future__ import annotations
 
+import contextlib
+import weakref
 from collections import defaultdict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from engine import limits
+from engine import crediting, limits
 from engine.store import bulk, db
 from engine.store.db import psycopg_connection
+from engine.store.ledger import validity_of_versions
 from engine.store.models import AccountRow, AwardRow, GrantRow, PaymentRow, PointLotRow, RedemptionLegRow
 from engine.timeutil import format_instant
 from engine.wallet_book import lot_id
@@ -215,17 +221,40 @@ def wallet_history(
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             reads: _Postgres | _Sqlite = _Postgres(psycopg_connection(connection), wallet_id)
             events, more = _events(reads.postings, before, limit)
-            page = _describe(events, reads.around(_keys(events)))
+            around = reads.around(_keys(events))
+            page = _describe(events, around, _pending_validity(engine, lambda: Session(bind=connection), around))
     else:
         with Session(db.reader(engine)) as session:  # a read: DEFERRED, no writer lock
             reads = _Sqlite(session, wallet_id)
             events, more = _events(reads.postings, before, limit)
-            page = _describe(events, reads.around(_keys(events)))
+            around = reads.around(_keys(events))
+            page = _describe(events, around, _pending_validity(engine, lambda: contextlib.nullcontext(session), around))
     return page, (events[-1].first_sequence if more and events else None)
 
 
-def _describe(events: list[HistoryEvent], around: _Around) -> list[dict[str, Any]]:
-    """Each event with its campaign terms, transaction and dates, from the rows around the postings."""
+# Per database: (campaign, version) -> validity_months; a stored version never changes.
+_VALIDITY: weakref.WeakKeyDictionary[Engine, dict[tuple[str, int], int]] = weakref.WeakKeyDictionary()
+
+
+def _pending_validity(
+    engine: Engine, session: Callable[[], AbstractContextManager[Session]], around: _Around
+) -> dict[tuple[str, int], int]:
+    """The validity of the versions that awarded the page's pending points, read (in `session()`)
+    only the first time a version of `engine`'s database is met: their lots do not exist yet, and
+    expire when the purchase's answer said (`crediting`)."""
+    versions = {(cid, row[0]) for (_, cid), row in around.awards.items() if row[2] > 0}
+    known = _VALIDITY.setdefault(engine, {})
+    if versions - known.keys():
+        with session() as opened:
+            validity_of_versions(opened, versions, known)
+    return {v: known[v] for v in versions if v in known}
+
+
+def _describe(
+    events: list[HistoryEvent], around: _Around, validity: dict[tuple[str, int], int]
+) -> list[dict[str, Any]]:
+    """Each event with its campaign terms, transaction and dates, from the rows around the postings;
+    `validity`: of the versions that awarded pending points."""
     out = []
     for e in events:
         payment = around.payments.get(e.source_id) if e.source_id else None
@@ -253,6 +282,11 @@ def _describe(events: list[HistoryEvent], around: _Around) -> list[dict[str, Any
             )
         if e.type in ("earned", "credited", "expired", "granted") and e.source_id and e.campaign_id:
             expires = around.expiry.get(lot_id(e.source_id, e.campaign_id))
+            if expires is None and e.type == "earned":
+                # Pending: no lot yet; it will expire when the purchase's answer said.
+                version, _, pending, _, _, credit_at_us = around.awards[(e.source_id, e.campaign_id)]
+                months = validity.get((e.campaign_id, version)) if pending > 0 else None
+                expires = crediting.expires_at_us(credit_at_us, months) if months is not None else None
             item["expires_at"] = format_instant(expires) if expires is not None else None
         if e.type == "granted":
             item["grant_id"] = e.source_id

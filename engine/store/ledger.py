@@ -448,6 +448,25 @@ _LOCK_SQL = {
 }
 
 
+def validity_of_versions(
+    session: Session, versions: set[tuple[str, int]], known: dict[tuple[str, int], int]
+) -> dict[tuple[str, int], int]:
+    """The `validity_months` of each (campaign, version) stored (every writer of versions stores
+    each; one missing is left out), kept in `known`: a stored version never changes, so each is
+    read once per `known`."""
+    missing = sorted(versions - known.keys())
+    if missing:
+        for row in bulk.select_where_tuples(
+            session,
+            CampaignVersionRow.__table__,
+            ["campaign_id", "version", "record_json"],
+            ["campaign_id", "version"],
+            missing,
+        ):
+            known[(row[0], row[1])] = Campaign.model_validate_json(row[2]).validity_months
+    return {v: known[v] for v in versions if v in known}
+
+
 def _locked_head(session: Session) -> SequencerHead:
     """The head, read under the sequencer lock: PostgreSQL locks its row (FOR UPDATE); on SQLite
     the transaction's `BEGIN IMMEDIATE` already holds the database's one writer lock."""
@@ -685,20 +704,8 @@ class Ledger:
         return catalog
 
     def validity_of_versions(self, session: Session, versions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
-        """The `validity_months` of each (campaign, version) stored (every writer of versions
-        stores each; one missing is left out). A stored version never changes, so each is read
-        once per process."""
-        missing = sorted(versions - self._validity.keys())
-        if missing:
-            for row in bulk.select_where_tuples(
-                session,
-                CampaignVersionRow.__table__,
-                ["campaign_id", "version", "record_json"],
-                ["campaign_id", "version"],
-                missing,
-            ):
-                self._validity[(row[0], row[1])] = Campaign.model_validate_json(row[2]).validity_months
-        return {v: self._validity[v] for v in versions if v in self._validity}
+        """The `validity_months` of each (campaign, version) stored (`validity_of_versions`)."""
+        return validity_of_versions(session, versions, self._validity)
 
     # -- the money path ----------------------------------------------------
 

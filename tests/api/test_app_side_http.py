@@ -369,6 +369,10 @@ def test_history_shows_credits_and_expiries_of_the_lifecycle_runs(app_ward: Ward
     w = "W_LIFE_" + uuid.uuid4().hex[:8]
     conv = app_ward.buy("T_CONV", w, 1000)
     dekad = next(a for a in conv["awards"] if a["campaign_id"] == "C_DEKAD_APP")
+    # Pending: no lot yet, and the history says when its points will expire, as the answer did.
+    pending = next(e for e in _history(app_ward, w)["events"] if e["campaign_id"] == "C_DEKAD_APP")
+    assert (pending["type"], pending["status"]) == ("earned", "pending")
+    assert pending["expires_at"] == dekad["expires_at"] is not None
     done = server.cli("credit", "--as-of", dekad["credit_at"], at=dekad["credit_at"])
     assert done.returncode == 0, done.stderr
     events = _history(app_ward, w)["events"]
