@@ -15,7 +15,10 @@ threshold) carries a `dedupe_key` the outbox keeps unique.
 | `clawback` | yes | an accepted refund took back awarded points |
 | `budget_threshold` | no | a campaign's meter reached 80 % (then 100 %) of its budget |
 | `settlement_completed` | no | a settlement run closed a period |
-| `payout_failed` | no | a merchant's payout failed (no account, or the bank's answer) |
+| `payout_failed` | no | a merchant's payout failed (`reason` below) |
+
+A failed payout's `reason`: `no_bank_account`; `bank_account_unusable` (an account on file that
+no Zengin record can carry); `bank_rejected` (the bank's answer).
 """
 
 from __future__ import annotations
