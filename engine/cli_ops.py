@@ -307,7 +307,7 @@ def _cmd_settle(args: argparse.Namespace) -> int:
     )
     (out / f"statement-{args.period}.csv").write_text(row.csv_text, encoding="utf-8")
     if row.zengin_file:
-        (out / f"payout-{args.period}.zengin.txt").write_bytes(row.zengin_file)
+        (out / f"payout-{args.period}.zengin.txt").write_bytes(settlement.payout_file(settings, row))
     print(
         json.dumps(
             {

@@ -158,6 +158,16 @@ def merchant_bank_account_associated(merchant_id: str) -> bytes:
     return b"setapay:merchant-bank-account:" + merchant_id.encode("utf-8")
 
 
+def payout_file_associated(run_id: str) -> bytes:
+    """Associated data binding a sealed payout (Zengin) file to its settlement run."""
+    if not isinstance(run_id, str) or not run_id:
+        raise ValueError("run_id must be a non-empty string")
+    return b"setapay:payout-file:" + run_id.encode("utf-8")
+
+
+SEALED_OVERHEAD = 1 + NONCE_BYTES + TAG_BYTES  # a sealed blob's length beyond its plaintext's
+
+
 def seal_bank_account(key: DataKey | bytes, merchant_id: str, account: BankAccount) -> bytes:
     """A merchant's payout account, sealed as its JSON and bound to the merchant id."""
     return seal(key, account.model_dump_json().encode("utf-8"), merchant_bank_account_associated(merchant_id))

@@ -149,12 +149,12 @@ def settlement_csv(run_id: PathId, _: Finance, ledger: LedgerDep) -> Response:
         **problems(AUTHENTICATED, "invalid_request", "not_found"),
     },
 )
-def settlement_zengin(run_id: PathId, _: Finance, ledger: LedgerDep) -> Response:
+def settlement_zengin(run_id: PathId, _: Finance, ledger: LedgerDep, settings: SettingsDep) -> Response:
     row = settlement.get(ledger, run_id)
     if not row.zengin_file:
         raise EngineError("not_found", "this run pays nobody, so it has no payout file")
     return Response(
-        row.zengin_file,
+        settlement.payout_file(settings, row),
         media_type="application/octet-stream",
         headers={"Content-Disposition": f'attachment; filename="{run_id}.zengin.txt"'},
     )

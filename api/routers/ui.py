@@ -739,8 +739,8 @@ async def ui_settlement_download(request: Request, run_id: PathId, download: str
         except EngineError as error:
             return _store_error(request, who, error)
         body: str | bytes = {"statement.csv": row.csv_text, "statement.json": row.statement_json}.get(
-            download, row.zengin_file
-        )
+            download, b""
+        ) or (settlement.payout_file(s.settings, row) if download == "zengin" else b"")
         if not body:
             return _error(request, who, 404, "not_found")  # a run that pays nobody has no payout file
         name = f"{run_id}.zengin.txt" if download == "zengin" else f"{run_id}.{download}"

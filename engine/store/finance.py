@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine import keyring, limits, metrics
+from engine import keyring, limits, metrics, sealing
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
@@ -308,7 +308,9 @@ def _check_chain_heads(session: Session, public_key: Ed25519PublicKey | None) ->
 # -- reconciliation ------------------------------------------------------------------
 
 
-def _check_statements(session: Session, public_key: Ed25519PublicKey | None) -> list[dict[str, Any]]:
+def _check_statements(
+    session: Session, public_key: Ed25519PublicKey | None, settings: Settings
+) -> list[dict[str, Any]]:
     bad = []
     merchants = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
     funded_by = settlement._funded_by(session)
@@ -355,12 +357,18 @@ def _check_statements(session: Session, public_key: Ed25519PublicKey | None) -> 
                 bad.append(
                     {"run_id": run.id, "merchant_id": merchant_id, "problem": "statement line differs from the ledger"}
                 )
-        bad.extend({"run_id": run.id, **problem} for problem in _run_outputs_problems(session, run, signed, stored))
+        bad.extend(
+            {"run_id": run.id, **problem} for problem in _run_outputs_problems(session, settings, run, signed, stored)
+        )
     return bad
 
 
 def _run_outputs_problems(
-    session: Session, run: SettlementRunRow, signed: dict[str, Any], lines: dict[str, SettlementLineRow]
+    session: Session,
+    settings: Settings,
+    run: SettlementRunRow,
+    signed: dict[str, Any],
+    lines: dict[str, SettlementLineRow],
 ) -> list[dict[str, Any]]:
     """What of a run's stored outputs the signed statement and the ledger do not vouch for: the
     CSV (made from the signed lines), the Zengin file (its hash, when the statement carries one;
@@ -370,9 +378,16 @@ def _run_outputs_problems(
     document = signed["document"]
     if statement.to_csv(document["lines"]) != run.csv_text:
         problems.append({"problem": "the stored CSV differs from the signed statement"})
+    try:
+        zengin_file: bytes | None = settlement.payout_file(settings, run)
+    except sealing.SealingError as exc:
+        problems.append({"problem": f"the stored Zengin file does not open ({exc})"})
+        zengin_file = None
     payout_file = document.get("payout_file")  # statements signed before it was added carry none
-    if payout_file is not None and payout_file.get("sha256") != (
-        hashlib.sha256(run.zengin_file).hexdigest() if run.zengin_file else None
+    if (
+        zengin_file is not None
+        and payout_file is not None
+        and payout_file.get("sha256") != (hashlib.sha256(zengin_file).hexdigest() if zengin_file else None)
     ):
         problems.append({"problem": "the stored Zengin file is not the one the statement signed"})
     postings = list(
@@ -387,11 +402,12 @@ def _run_outputs_problems(
     )
     merchant_of = {rules.payout_account(m): m for m in lines}
     payouts = [(merchant_of.get(p.credit_account_id), p.amount) for p in postings if p.reason == rules.PAYOUT]
+    transfers = None
     try:
-        transfers = zengin.parse(run.zengin_file).transfers if run.zengin_file else []
+        if zengin_file is not None:
+            transfers = zengin.parse(zengin_file).transfers if zengin_file else ()
     except zengin.ZenginError as exc:
         problems.append({"problem": f"the stored Zengin file does not parse ({exc})"})
-        transfers = None
     if transfers is not None and [(t.customer_code_1, t.amount_yen) for t in transfers] != [
         (settlement.customer_code(m or ""), amount) for m, amount in payouts
     ]:
@@ -458,7 +474,7 @@ def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = No
     with Session(ledger.engine) as session:
         budgets = _check_budgets(ledger, session)
         heads = _check_chain_heads(session, public_key)
-        statements = _check_statements(session, public_key)
+        statements = _check_statements(session, public_key, settings)
         closeouts = _check_closeouts(session)
         audit_report = audit.check(session)
     rerated = rerate.rerate_check(ledger.engine, progress)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
-from engine import events, keyring, metrics
+from engine import events, keyring, metrics, sealing
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.crediting import add_business_days
@@ -308,7 +308,11 @@ def run(
             last_posting_sequence=settled_until,
             statement_json=json.dumps(signed, ensure_ascii=False),
             csv_text=statement.to_csv(lines),
-            zengin_file=zengin_file,
+            # Sealed with the data key, as the accounts it carries are (SPEC §3: bank details are
+            # encrypted at rest); `payout_file` opens it.
+            zengin_file=sealing.seal(keyring.data_key(settings), zengin_file, sealing.payout_file_associated(run_id))
+            if zengin_file
+            else b"",
         )
         session.add(row)
         session.flush()
@@ -385,6 +389,21 @@ def _transfer(config: Config, session: Session, merchant_id: str, amount: int) -
         return None, "bank_account_unusable"
 
 
+def payout_file(settings: Settings, row: SettlementRunRow) -> bytes:
+    """A run's Zengin file as the bank gets it: stored sealed with the data key and bound to the
+    run (SealingError when it does not open: another key, or altered); a run stored before files
+    were sealed holds it as it is (a Zengin file's first byte is its header record's "1", never a
+    sealed blob's version byte)."""
+    stored = bytes(row.zengin_file)
+    if not stored or stored[:1] == b"1":
+        return stored
+    return sealing.open_sealed(keyring.data_key(settings), stored, sealing.payout_file_associated(row.id))
+
+
+def _payout_file_length(stored: bytes) -> int:
+    return len(stored) - sealing.SEALED_OVERHEAD if stored and stored[:1] != b"1" else len(stored)
+
+
 def customer_code(merchant_id: str) -> str:
     # 顧客コード1 is ten digits: the merchant id's digits, zero-filled, as the ward's own reference.
     digits = "".join(ch for ch in merchant_id if ch.isdigit())[-10:]
@@ -422,7 +441,7 @@ def view(session: Session, row: SettlementRunRow) -> dict[str, Any]:
             {"merchant_id": line.merchant_id, "net_payout": line.net_payout, "payout_status": line.payout_status}
             for line in lines
         ],
-        "zengin_bytes": len(row.zengin_file),
+        "zengin_bytes": _payout_file_length(row.zengin_file),
     }
 
 

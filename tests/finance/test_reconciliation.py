@@ -6,13 +6,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
+from engine import sealing
 from engine.settlement import zengin
-from engine.store import finance
+from engine.store import finance, settlement
 from engine.store.models import PaymentRow, PostingRow, SettlementLineRow, SettlementRunRow
 from tests.finance.support import Ward, bank_account, tamper
 
@@ -223,28 +225,51 @@ def _run_row(ward: Ward, run_id: str) -> SettlementRunRow:
         return row
 
 
+def _resealed(ward: Ward, run_id: str, change) -> Callable[[bytes], bytes]:
+    """A change to the run's Zengin file made by one who holds the data key: opened, changed, sealed again."""
+
+    def apply(stored: bytes) -> bytes:
+        plain = sealing.open_sealed(ward.config._data_key(), stored, sealing.payout_file_associated(run_id))
+        return sealing.seal(ward.config._data_key(), change(plain), sealing.payout_file_associated(run_id))
+
+    return apply
+
+
+ACCOUNT = bank_account(1)["account_number"].encode()
+
+
 @pytest.mark.parametrize(
     "column, change, problem",
     [
-        ("zengin_file", lambda f: f.replace(bank_account(1)["account_number"].encode(), b"7777777"), "Zengin file"),
-        ("csv_text", lambda c: c.replace("M001", "M009", 1), "stored CSV"),
+        ("zengin_file", lambda w, r: _resealed(w, r, lambda f: f.replace(ACCOUNT, b"7777777")), "not the one"),
+        ("zengin_file", lambda w, r: lambda f: f[:-1] + bytes([f[-1] ^ 1]), "does not open"),
+        ("zengin_file", lambda w, r: lambda f: f, ""),  # placeholder replaced below: the file as plain text
+        ("csv_text", lambda w, r: lambda c: c.replace("M001", "M009", 1), "stored CSV"),
     ],
-    ids=["zengin_account", "csv"],
+    ids=["zengin_account_resealed", "zengin_altered", "zengin_plain_altered", "csv"],
 )
 def test_a_run_s_altered_outputs_are_named(ward: Ward, column: str, change, problem: str):
-    """A run's Zengin file (its every byte: the statement signs its SHA-256) and CSV (made from the
-    signed lines) are held to the signed statement: another account for a payout, another merchant
-    in the CSV, each named; undone, the ledger passes again. (Both passed reconciliation before.)"""
+    """A run's Zengin file (sealed with the data key, and its every byte signed by its SHA-256) and
+    CSV (made from the signed lines) are held to the signed statement: another account for a payout
+    (sealed again by one holding the key, or in a file stored as plain text), altered sealed bytes,
+    another merchant in the CSV, each named; undone, the ledger passes again."""
     tx = _history(ward)
     run_id = tx["run"]["id"]
-    original = getattr(_run_row(ward, run_id), column)
-    assert (
-        tx["run"]["statement"]["document"]["payout_file"]["sha256"]
-        == hashlib.sha256(_run_row(ward, run_id).zengin_file).hexdigest()
-    )
-    assert change(original) != original
+    row = _run_row(ward, run_id)
+    original = getattr(row, column)
+    plain = settlement.payout_file(ward.settings, row)
+    assert ACCOUNT in plain and ACCOUNT not in row.zengin_file  # sealed at rest (SPEC §3)
+    assert tx["run"]["statement"]["document"]["payout_file"]["sha256"] == hashlib.sha256(plain).hexdigest()
     sql = f"UPDATE settlement_run SET {column} = :v WHERE id = :r"
-    _tamper(ward, sql, v=change(original), r=run_id)
+    if problem == "":  # a run stored before files were sealed: plain text, read as it is
+        _tamper(ward, sql, v=plain, r=run_id)
+        assert ward.reconcile()["ok"]
+        assert ward.get(f"/v1/settlement-runs/{run_id}/zengin").content == plain
+        changed, problem = plain.replace(ACCOUNT, b"7777777"), "not the one"
+    else:
+        changed = change(ward, run_id)(original)
+    assert changed != original
+    _tamper(ward, sql, v=changed, r=run_id)
     failing = _failing(ward.reconcile())
     assert set(failing) == {"statements_match_ledger"}, failing
     assert [(r["run_id"], problem in r["problem"]) for r in failing["statements_match_ledger"]] == [(run_id, True)]
@@ -278,12 +303,12 @@ def test_transfers_are_held_to_the_payout_postings_without_a_signed_hash(ward: W
             line.merchant_id: line
             for line in s.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run.id)).scalars()
         }
-        assert finance._run_outputs_problems(s, run, signed, lines) == []
-        parsed = zengin.parse(run.zengin_file)
+        assert finance._run_outputs_problems(s, ward.settings, run, signed, lines) == []
+        parsed = zengin.parse(settlement.payout_file(ward.settings, run))
         more = [
             dataclasses.replace(t, amount_yen=t.amount_yen + 1) if i == 0 else t for i, t in enumerate(parsed.transfers)
         ]
-        run.zengin_file = zengin.write(parsed.header, more)
-        assert finance._run_outputs_problems(s, run, signed, lines) == [
+        run.zengin_file = zengin.write(parsed.header, more)  # stored as plain text, as before sealing
+        assert finance._run_outputs_problems(s, ward.settings, run, signed, lines) == [
             {"problem": "the stored Zengin file's transfers differ from the run's payout postings"}
         ]
