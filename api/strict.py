@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Path, Query, Request, params
 from fastapi.routing import APIRoute
 
-from engine import limits
+from engine import limits, strict_json
 from engine.errors import EngineError
 from engine.timeutil import to_us
 
@@ -80,17 +80,6 @@ def reads_as_json(content_type: str | None) -> bool:
     return message.get_content_maintype() == "application" and (subtype == "json" or subtype.endswith("+json"))
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        raise _DuplicateKey
-    return found
-
-
 NOT_JSON = object()  # `parse_unique`'s answer for a body that is not JSON
 DUPLICATE_KEY = object()  # `parse_unique`'s answer for JSON with an object holding a key twice
 # Scope key: (the body, `parse_unique`'s answer for it), taken out as the route's handler starts:
@@ -103,8 +92,8 @@ def parse_unique(body: bytes) -> Any:
     """`body` read as JSON by `json.loads` (the same value), else `DUPLICATE_KEY` when an object
     has a key twice (compared after unescaping), else `NOT_JSON` (not this check's business)."""
     try:
-        return json.loads(body, object_pairs_hook=_unique)
-    except _DuplicateKey:
+        return strict_json.loads(body)
+    except strict_json.DuplicateKey:  # first: it is a ValueError too
         return DUPLICATE_KEY
     except (ValueError, RecursionError):  # not JSON (UnicodeDecodeError is a ValueError)
         return NOT_JSON

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from engine.audit import OPERATOR
 
@@ -323,10 +323,9 @@ def _cmd_settle(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify_statement(args: argparse.Namespace) -> int:
-    import json
     from pathlib import Path
 
-    from engine import keyring
+    from engine import keyring, strict_json
     from engine.settlement import signing
 
     key = signing.load_public_key(args.public_key) if args.public_key else keyring.signing_public_key(_settings())
@@ -336,20 +335,13 @@ def _cmd_verify_statement(args: argparse.Namespace) -> int:
     try:
         # Read as the API reads a body: UTF-8, and an object holding a key twice is no statement
         # (a reader may take the first of two values where the signature covered the last).
-        signed = json.loads(Path(args.file).read_bytes().decode("utf-8"), object_pairs_hook=_unique_keys)
+        signed = strict_json.loads(Path(args.file).read_bytes().decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError included
         print(f"INVALID: not a signed statement ({exc})")
         return 1
     ok = signing.verify_document(key, signed)
     print("valid" if ok else "INVALID: the statement or its signature was altered, or another key signed it")
     return 0 if ok else 1
-
-
-def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    found = dict(pairs)
-    if len(found) != len(pairs):
-        raise ValueError("an object holds a key twice")
-    return found
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:

@@ -23,10 +23,16 @@ from engine.settlement import signing
 KEY_DIR = Path("setapay-keys")
 
 
-def _local(name: str, make: Callable[[], str]) -> str:
+def _existing(name: str) -> str | None:
     path = KEY_DIR / name
-    if path.exists():
-        return path.read_text().strip()
+    return path.read_text().strip() if path.exists() else None
+
+
+def _local(name: str, make: Callable[[], str]) -> str:
+    found = _existing(name)
+    if found is not None:
+        return found
+    path = KEY_DIR / name
     KEY_DIR.mkdir(mode=0o700, exist_ok=True)
     value = make()
     # Create with 0600 from the start so the key is never readable by others.
@@ -53,10 +59,8 @@ def signing_public_key(settings: Settings) -> Ed25519PublicKey | None:
     local file's; None when there is neither. Never creates one: a check made with a key made
     for it would call every genuine signature invalid (a restored backup checked away from its
     key directory did)."""
-    if settings.signing_key_b64:
-        return signing.load_private_key(settings.signing_key_b64).public_key()
-    path = KEY_DIR / "signing.key"
-    return signing.load_private_key(path.read_text().strip()).public_key() if path.exists() else None
+    b64 = settings.signing_key_b64 or _existing("signing.key")
+    return signing.load_private_key(b64).public_key() if b64 else None
 
 
 NO_SIGNING_KEY = "no signing key to check with: set SETAPAY_SIGNING_KEY_B64, or run where setapay-keys/signing.key is"

@@ -395,13 +395,18 @@ def payout_file(settings: Settings, row: SettlementRunRow) -> bytes:
     were sealed holds it as it is (a Zengin file's first byte is its header record's "1", never a
     sealed blob's version byte)."""
     stored = bytes(row.zengin_file)
-    if not stored or stored[:1] == b"1":
+    if not _sealed(stored):
         return stored
     return sealing.open_sealed(keyring.data_key(settings), stored, sealing.payout_file_associated(row.id))
 
 
+def _sealed(stored: bytes) -> bool:
+    """Whether a stored payout file is sealed (else empty, or plain text from before)."""
+    return bool(stored) and stored[:1] != b"1"
+
+
 def _payout_file_length(stored: bytes) -> int:
-    return len(stored) - sealing.SEALED_OVERHEAD if stored and stored[:1] != b"1" else len(stored)
+    return len(stored) - sealing.SEALED_OVERHEAD if _sealed(stored) else len(stored)
 
 
 def customer_code(merchant_id: str) -> str:
