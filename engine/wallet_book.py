@@ -1,8 +1,9 @@
 """A wallet's available points as lots, debt, and the postings that move them (SPEC §4).
 
 Credited points live in *lots*: one per credited award or grant, each with
-the instant it expires. The wallet's per-campaign available accounts always
-equal its lots' remaining points minus its debt, campaign by campaign:
+the instant it expires (an award's lot is stored on the award's own row).
+The wallet's per-campaign available accounts always equal its lots'
+remaining points minus its debt, campaign by campaign:
 
     available(w, c) = sum(lot.remaining for lots of c) - debt(w, c)
 
@@ -50,6 +51,7 @@ class Lot:
     expired: int = 0
     new: bool = False
     dirty: bool = False
+    on_award: bool = False  # kept on its award's row (`award.lot_*`), not a `point_lot` row
 
     def order(self) -> tuple[int, str]:
         """Earliest-expiring first; ties by id so the order is total."""

@@ -36,9 +36,10 @@ from sqlalchemy.orm import Session
 
 from engine import crediting, limits
 from engine.store import bulk, db
+from engine.store.books import lot_expiry
 from engine.store.db import psycopg_connection
 from engine.store.ledger import validity_of_versions
-from engine.store.models import AccountRow, AwardRow, GrantRow, PaymentRow, PointLotRow, RedemptionLegRow
+from engine.store.models import AccountRow, AwardRow, GrantRow, PaymentRow, RedemptionLegRow
 from engine.timeutil import format_instant
 from engine.wallet_book import lot_id
 from engine.wallet_history import HistoryEvent, WalletPosting, award_status, group_events
@@ -68,6 +69,14 @@ _PG_POSTINGS = (
     + ") AS u ORDER BY sequence DESC LIMIT %(n)s"
 )
 
+# A lot by its id, wherever it is kept (`engine.store.books`): a `point_lot` row by its key, an
+# award's lot by its award's key, the id's two parts (ids hold no ':', `limits.ID_PATTERN`).
+_LOT_JOINS = (
+    "LEFT JOIN point_lot AS l ON l.id = {id} LEFT JOIN award AS a "
+    "ON a.payment_id = split_part({id}, ':', 1) AND a.campaign_id = split_part({id}, ':', 2)"
+)
+_LOT_EXPIRY = "coalesce(l.expires_at_us, a.lot_expires_at_us)"
+
 # The rows around a page's postings on PostgreSQL, by kind; the one parameter: the keys, an array.
 _PG_AROUND = {
     "payments": "SELECT id, merchant_id, original_id FROM payment WHERE id = ANY(%b::text[])",
@@ -78,11 +87,14 @@ _PG_AROUND = {
     "grants": "SELECT id, reason FROM point_grant WHERE id = ANY(%b::text[])",
     # A leg's lot by a join, rather than a second round trip once the legs are known.
     "legs": (
-        "SELECT r.payment_id, r.lot_id, r.campaign_id, r.points, l.expires_at_us FROM redemption_leg AS r "
-        "LEFT JOIN point_lot AS l ON l.id = r.lot_id WHERE r.payment_id = ANY(%b::text[]) "
+        f"SELECT r.payment_id, r.lot_id, r.campaign_id, r.points, {_LOT_EXPIRY} FROM redemption_leg AS r "
+        f"{_LOT_JOINS.format(id='r.lot_id')} WHERE r.payment_id = ANY(%b::text[]) "
         "ORDER BY r.payment_id, r.position"
     ),
-    "lots": "SELECT id, expires_at_us FROM point_lot WHERE id = ANY(%b::text[])",
+    "lots": (
+        f"SELECT k.id, {_LOT_EXPIRY} FROM unnest(%b::text[]) AS k(id) {_LOT_JOINS.format(id='k.id')} "
+        f"WHERE {_LOT_EXPIRY} IS NOT NULL"
+    ),
 }
 
 
@@ -175,11 +187,10 @@ class _Sqlite:
         return list(self.session.execute(select(*columns).where(key.in_(sorted(values))).order_by(*order)))
 
     def around(self, keys: dict[str, set[str]]) -> _Around:
-        pay, a, g, r, lot = PaymentRow, AwardRow, GrantRow, RedemptionLegRow, PointLotRow
+        pay, a, g, r = PaymentRow, AwardRow, GrantRow, RedemptionLegRow
         leg_columns = [r.payment_id, r.lot_id, r.campaign_id, r.points]
         legs = self._where_in(leg_columns, r.payment_id, keys["legs"], r.payment_id, r.position)
-        lots = self._where_in([lot.id, lot.expires_at_us], lot.id, keys["lots"] | {leg.lot_id for leg in legs})
-        expiry = {row.id: row.expires_at_us for row in lots}
+        expiry = lot_expiry(self.session, keys["lots"] | {leg.lot_id for leg in legs})
         award_columns = [a.campaign_version, a.points, a.pending, a.clawed_back, a.capped_by, a.credit_at_us]
         return _arrange(
             {
@@ -187,7 +198,7 @@ class _Sqlite:
                 "awards": self._where_in([a.payment_id, a.campaign_id, *award_columns], a.payment_id, keys["awards"]),
                 "grants": self._where_in([g.id, g.reason], g.id, keys["grants"]),
                 "legs": [(*leg, expiry.get(leg.lot_id)) for leg in legs],
-                "lots": lots,
+                "lots": list(expiry.items()),
             }
         )
 

@@ -58,7 +58,7 @@ from engine.rating.columns import Event
 from engine.receipts import Receipt
 from engine.store import bulk, db
 from engine.store import events as outbox
-from engine.store.books import queue_books, save_books
+from engine.store.books import AWARD_LOT_COLUMNS, LOT_ON_AWARD, lot_values, queue_books, save_books
 from engine.store.models import (
     AccountRow,
     AwardRow,
@@ -1424,12 +1424,19 @@ class PostingWriter:
         book.postings.clear()
 
     def new_lot(
-        self, source_id: str, wallet_id: str, campaign_id: str, credit_at_us: int, validity_months: int | None = None
+        self,
+        source_id: str,
+        wallet_id: str,
+        campaign_id: str,
+        credit_at_us: int,
+        validity_months: int | None = None,
+        on_award: bool = False,
     ) -> Lot:
         """A new, empty lot of `source_id`'s points of `campaign_id`, credited at `credit_at_us`
         and expiring after `validity_months` (by default the current campaign version's:
         crediting passes the validity of the version that awarded the points, the one the
-        purchase's answer promised); `credit_points` fills it."""
+        purchase's answer promised); `credit_points` fills it. An award's lot (`on_award`, its
+        source a payment) is stored on the award's row."""
         campaign = self.campaigns.get(campaign_id)
         validity = validity_months if validity_months is not None else campaign.validity_months if campaign else 6
         return Lot(
@@ -1442,6 +1449,7 @@ class PostingWriter:
             0,
             0,
             new=True,
+            on_award=on_award,
         )
 
     def credit_points(self, book: WalletBook, lot: Lot, points: int, payment_id: str | None) -> None:
@@ -1504,7 +1512,7 @@ class PostingWriter:
                 )
             )
             if immediate:
-                lot = self.new_lot(pid, body.wallet_id, award.campaign_id, credit_at)
+                lot = self.new_lot(pid, body.wallet_id, award.campaign_id, credit_at, on_award=True)
                 self.credit_points(book, lot, award.points, pid)
             self._awards.append(
                 (
@@ -1566,7 +1574,7 @@ class PostingWriter:
             self._deltas[account] += delta
         for row in posted.lots:
             lot = Lot(*row)
-            lot.new = True
+            lot.new = lot.on_award = True
             book = self.books[lot.wallet_id]
             book.lots[lot.id] = lot
             book.touch(lot)
@@ -1782,10 +1790,22 @@ class PostingWriter:
                     state.balance[wallet_id],
                 )
         batch = self._batch
-        save_books(batch, self.books)
+        award_lots = save_books(batch, self.books)
         batch.insert(RedemptionLegRow.__table__, self._redemption_legs)
         batch.insert(PaymentRow.__table__, self._payments)
-        batch.insert_tuples(AwardRow.__table__, posting_columns.AWARD_COLUMNS, self._awards)
+        # The awards written here carry their lots as the books hold them now (spent or clawed
+        # back since, in this group, as the case may be); those of awards written before
+        # (credited by a crediting run) are set on their rows.
+        awards = [(*a, *lot_values(award_lots.pop((a[0], a[1]), None))) for a in self._awards]
+        batch.insert_tuples(AwardRow.__table__, AWARD_LOT_COLUMNS, awards)
+        batch.update(
+            AwardRow.__table__,
+            ["payment_id", "campaign_id"],
+            [
+                dict(zip(("payment_id", "campaign_id", *LOT_ON_AWARD), (pid, cid, *lot_values(lot))))
+                for (pid, cid), lot in award_lots.items()
+            ],
+        )
         # Two refunds of one purchase in a group touch its awards twice: fold them into one update.
         award_updates: dict[tuple[str, str], Row] = {}
         for u in self._award_updates:

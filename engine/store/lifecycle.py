@@ -25,17 +25,18 @@ from engine.store import events as outbox
 from engine.store.books import load_books
 from engine.store.ledger import CatalogSnapshot, Ledger, Result, replay_answer
 from engine.store.models import (
+    WALLET_LOT,
     AwardRow,
     CampaignRow,
     EventRow,
     GrantRow,
     IdempotencyRow,
     LifecycleRunRow,
-    PointLotRow,
 )
 from engine.timeutil import format_instant
 
 CHUNK_MAX = 2_000
+LOT = WALLET_LOT.c  # every lot, wherever it is kept (`engine.store.books`)
 DAY_US = 86_400_000_000
 
 
@@ -90,6 +91,7 @@ def credit_due(
                     award.campaign_id,
                     award.credit_at_us,
                     validity.get((award.campaign_id, award.campaign_version)),
+                    on_award=True,
                 )
                 writer.credit_points(books[award.wallet_id], lot, amount, award.payment_id)
                 award.pending = 0
@@ -124,10 +126,10 @@ def expire_due(
             wallets = [
                 r[0]
                 for r in session.execute(
-                    select(PointLotRow.wallet_id)
-                    .where(PointLotRow.remaining > 0, PointLotRow.expires_at_us <= as_of_us)
-                    .group_by(PointLotRow.wallet_id)
-                    .order_by(PointLotRow.wallet_id)
+                    select(LOT.wallet_id)
+                    .where(LOT.remaining > 0, LOT.expires_at_us <= as_of_us)
+                    .group_by(LOT.wallet_id)
+                    .order_by(LOT.wallet_id)
                     .limit(chunk)
                 )
             ]
@@ -175,19 +177,19 @@ def warn_expiring(ledger: Ledger, as_of_us: int, chunk: int = CHUNK_MAX) -> int:
         while True:
             with ledger.unit_of_work() as unit:
                 session = unit.session
-                said_already = select(EventRow.id).where(EventRow.dedupe_key == literal(prefix) + PointLotRow.id)
+                said_already = select(EventRow.id).where(EventRow.dedupe_key == literal(prefix) + LOT.id)
                 lots = list(
                     session.execute(
-                        select(PointLotRow)
+                        select(WALLET_LOT)
                         .where(
-                            PointLotRow.remaining > 0,
-                            PointLotRow.expires_at_us > lower,
-                            PointLotRow.expires_at_us <= upper,
+                            LOT.remaining > 0,
+                            LOT.expires_at_us > lower,
+                            LOT.expires_at_us <= upper,
                             ~said_already.exists(),
                         )
-                        .order_by(PointLotRow.expires_at_us, PointLotRow.id)
+                        .order_by(LOT.expires_at_us, LOT.id)
                         .limit(chunk)
-                    ).scalars()
+                    )
                 )
                 found = [
                     events.points_expiring(

@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     ForeignKey,
     Index,
     Integer,
@@ -28,6 +29,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from engine.wallet_book import LOT_COLUMNS
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -202,7 +205,13 @@ class PaymentRow(Base):
 class AwardRow(Base):
     """Points one payment earned from one campaign. The payment and the campaign it names exist:
     enforced by triggers checking each statement's new rows at once (migration
-    `20261207_award_references`), not by foreign keys, which PostgreSQL checks row by row."""
+    `20261207_award_references`), not by foreign keys, which PostgreSQL checks row by row.
+
+    Once credited, the award's points are a lot (`engine.wallet_book.Lot`) kept on the award
+    row itself (`lot_*`, migration `20261213_award_lots`): its id `<payment_id>:<campaign_id>`,
+    its source the payment, its points the award's, credited at `credit_at_us`. NULL while the
+    points are pending, when they all went to repay debt, and for awards credited before that
+    revision, whose lots are rows of `point_lot`. `WALLET_LOT` reads both as one."""
 
     __tablename__ = "award"
     payment_id: Mapped[str] = mapped_column(String(40), primary_key=True)
@@ -215,10 +224,32 @@ class AwardRow(Base):
     capped_by: Mapped[str | None] = mapped_column(String(16), nullable=True)
     window_key: Mapped[int] = mapped_column(BigInteger)
     credit_at_us: Mapped[int] = mapped_column(BigInteger)
+    lot_expires_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    lot_remaining: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    lot_expired: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     __table_args__ = (
         CheckConstraint("points > 0", name="points_positive"),
         CheckConstraint("pending >= 0 AND pending <= points", name="pending_within_points"),
         CheckConstraint("clawed_back >= 0 AND clawed_back <= points", name="clawed_back_within_points"),
+        CheckConstraint(
+            "(lot_expires_at_us IS NULL AND lot_remaining IS NULL AND lot_expired IS NULL)"
+            " OR (lot_expires_at_us IS NOT NULL AND lot_remaining >= 0 AND lot_expired >= 0)",
+            name="lot_whole",
+        ),
+        # A wallet's spendable lots kept on awards, and the lots coming to expiry; partial, so an
+        # award's lot costs index entries only while it holds points.
+        Index(
+            "ix_award_lot_wallet",
+            "wallet_id",
+            postgresql_where=text("lot_remaining > 0"),
+            sqlite_where=text("lot_remaining > 0"),
+        ),
+        Index(
+            "ix_award_lot_expires_at_us",
+            "lot_expires_at_us",
+            postgresql_where=text("lot_remaining > 0"),
+            sqlite_where=text("lot_remaining > 0"),
+        ),
         # A wallet's pending points by crediting date (GET /v1/wallets/{id}/points); partial,
         # so credited awards cost no index entry.
         Index(
@@ -330,6 +361,21 @@ class PointLotRow(Base):
         Index("ix_point_lot_wallet_remaining", "wallet_id", "remaining"),
         Index("ix_point_lot_expires_at_us", "expires_at_us"),
     )
+
+
+# Every lot, as one relation: `point_lot`'s rows and the lots kept on awards (a view, migration
+# `20261213_award_lots`; not in `Base.metadata`, so no table is made of it), with `point_lot`'s
+# columns. Reads only: a lot is written where it lives (`engine.store.books`). Its filters on
+# wallet, remaining points and expiry reach both sides' indexes; its id is computed on the
+# awards' side, so a look-up by id goes to each table by its own key (`books.lot_expiry`).
+WALLET_LOT = Table(
+    "wallet_lot",
+    MetaData(),
+    *(
+        Column(name, String(120) if name == "id" else String(64) if name.endswith("_id") else BigInteger)
+        for name in LOT_COLUMNS
+    ),
+)
 
 
 class RedemptionLegRow(Base):

@@ -15,12 +15,12 @@ from engine import ledger_rules as rules
 from engine.errors import EngineError
 from engine.store import bulk
 from engine.store.models import (
+    WALLET_LOT,
     AccountRow,
     AwardRow,
     CampaignRow,
     LedgerHead,
     PaymentRow,
-    PointLotRow,
     PostingRow,
     WalletDebtRow,
 )
@@ -152,8 +152,8 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
                 available[(a.wallet_id, a.campaign_id)] += a.balance
         in_lots: dict[tuple[str, str], int] = defaultdict(int)
         for wallet_id, campaign_id, remaining in session.execute(
-            select(PointLotRow.wallet_id, PointLotRow.campaign_id, PointLotRow.remaining).where(
-                PointLotRow.remaining > 0
+            select(WALLET_LOT.c.wallet_id, WALLET_LOT.c.campaign_id, WALLET_LOT.c.remaining).where(
+                WALLET_LOT.c.remaining > 0
             )
         ):
             in_lots[(wallet_id, campaign_id)] += remaining
@@ -262,8 +262,8 @@ def wallet_detail(engine: Engine, wallet_id: str) -> dict[str, Any]:
             pending[(award.campaign_id, award.credit_at_us)] += award.pending
         expiring: dict[int, int] = defaultdict(int)
         for lot in session.execute(
-            select(PointLotRow).where(PointLotRow.wallet_id == wallet_id, PointLotRow.remaining > 0)
-        ).scalars():
+            select(WALLET_LOT).where(WALLET_LOT.c.wallet_id == wallet_id, WALLET_LOT.c.remaining > 0)
+        ):
             expiring[lot.expires_at_us] += lot.remaining
     base["pending_by_credit_date"] = [
         {"campaign_id": c, "credit_at": format_instant(at), "points": p}

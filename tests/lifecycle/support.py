@@ -26,7 +26,7 @@ from engine.model import Campaign, Merchant, Purchase, Refund
 from engine.store import db, lifecycle, queries
 from engine.store.config import Config
 from engine.store.ledger import Ledger, Result, Submission
-from engine.store.models import AwardRow, PointLotRow, PostingRow
+from engine.store.models import WALLET_LOT, AwardRow, PostingRow
 from engine.timeutil import to_us
 from tests.server import clock_at, run_cli, setapay_env
 
@@ -161,7 +161,7 @@ class Books:
 
     def lots(self) -> list:
         with self.engine.connect() as c:
-            return list(c.execute(select(PointLotRow.__table__)))
+            return list(c.execute(select(WALLET_LOT)))  # every lot, wherever it is kept
 
 
 def account_sums(postings) -> dict[str, int]:

@@ -340,7 +340,9 @@ def test_the_history_is_credited_and_expired_day_by_day_as_it_was(database_url) 
         }, errors
         assert summary["imported"] == 4
         with b.engine.connect() as c:
-            expired = c.execute(text("SELECT COALESCE(SUM(expired), 0) FROM point_lot WHERE wallet_id = 'W2'")).scalar()
+            expired = c.execute(
+                text("SELECT COALESCE(SUM(expired), 0) FROM wallet_lot WHERE wallet_id = 'W2'")
+            ).scalar()
             runs = c.execute(text("SELECT kind, COUNT(*) FROM lifecycle_run GROUP BY kind")).all()
         assert expired == 100
         assert dict(runs)["credit"] >= 4 and dict(runs)["expiry"] >= 4
@@ -368,7 +370,7 @@ def test_the_history_credits_lots_with_the_validity_in_force_then(database_url) 
         with b.engine.connect() as c:
             answer = json.loads(c.execute(text("SELECT response_json FROM payment WHERE receipt_jti = 'P1'")).scalar())
             (lot_expires,) = c.execute(
-                text("SELECT expires_at_us FROM point_lot WHERE source_id = :p"), {"p": answer["id"]}
+                text("SELECT expires_at_us FROM wallet_lot WHERE source_id = :p"), {"p": answer["id"]}
             ).one()
         promised = answer["awards"][0]["expires_at"]
         assert lot_expires == to_us(dt.datetime.fromisoformat(promised))

@@ -44,6 +44,7 @@ TABLES = {
     "posting": "sequence",
     "award": "payment_id, campaign_id",
     "point_lot": "id",
+    "wallet_lot": "id",  # every lot, kept on its award or in point_lot
     "redemption_leg": "payment_id, position",
     "wallet_debt": "wallet_id, campaign_id",
     "account": "id",

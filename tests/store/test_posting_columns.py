@@ -27,6 +27,7 @@ TABLES = {
     "award": "payment_id, campaign_id",
     "posting": "sequence",
     "point_lot": "id",
+    "wallet_lot": "id",  # every lot, kept on its award or in point_lot
     "redemption_leg": "payment_id, position",
     "account": "id",
     "wallet_window_usage": "campaign_id, wallet_id, window_key",

@@ -1,0 +1,193 @@
+"""An award's lot kept on the award row (migration `20261213_award_lots`), on SQLite and PostgreSQL.
+
+A purchase that earns points at once writes no `point_lot` row: its award carries the lot
+(`lot_expires_at_us`, `lot_remaining`, `lot_expired`), which redemptions spend, refunds return
+into, clawbacks take from and expiry empties, exactly as a `point_lot` row; an award credited
+later gets its lot on its row when credited; a grant's lot stays a `point_lot` row. Lots written
+before the revision stay `point_lot` rows and are spent and expired as before, and a downgrade
+moves the awards' lots back into `point_lot`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import text
+
+from engine.store import db
+from engine.timeutil import TOKYO, to_us
+from tests.lifecycle.support import Books, campaign
+
+START = dt.datetime(2026, 12, 10, 12, tzinfo=TOKYO)
+BEFORE = "20261212_closeout_merchant"
+
+
+def _ward(url: str, migrate: bool = True) -> Books:
+    books = Books(url, migrate=migrate, start=START)
+    books.setup(
+        {"M1": ["T1"]},
+        [
+            campaign("C_NOW", validity_months=6),
+            campaign("C_LATER", credit={"schedule": "dekad", "delay_business_days": 0}),
+        ],
+    )
+    return books
+
+
+def _rows(books: Books, sql: str, **params) -> list[tuple]:
+    with books.engine.connect() as c:
+        return [tuple(r) for r in c.execute(text(sql), params)]
+
+
+def _award_lot(books: Books, payment_id: str, campaign_id: str) -> tuple:
+    (row,) = _rows(
+        books,
+        "SELECT lot_expires_at_us, lot_remaining, lot_expired FROM award WHERE payment_id = :p AND campaign_id = :c",
+        p=payment_id,
+        c=campaign_id,
+    )
+    return row
+
+
+def _lots(books: Books, wallet_id: str) -> list[tuple]:
+    return _rows(
+        books,
+        "SELECT id, source_id, campaign_id, points, remaining, expired FROM wallet_lot"
+        " WHERE wallet_id = :w ORDER BY id",
+        w=wallet_id,
+    )
+
+
+def _answer_award(answer: dict, campaign_id: str) -> dict:
+    return next(a for a in answer["awards"] if a["campaign_id"] == campaign_id)
+
+
+def test_an_awards_lot_lives_on_its_row_through_spending_refunds_crediting_and_expiry(database_url) -> None:
+    books = _ward(database_url)
+    try:
+        at = START
+        books.at(at + dt.timedelta(minutes=1))
+        earned = books.purchase("T1", "W1", 10_000, at)
+        assert earned.status == 201, earned.body
+        pid = earned.body["id"]
+        now = _answer_award(earned.body, "C_NOW")
+        assert now["points"] == 1_000 and now["status"] == "credited"
+        # No point_lot row: the lot is the award's, with the expiry the answer promised.
+        assert _rows(books, "SELECT id FROM point_lot") == []
+        expires_at_us, remaining, expired = _award_lot(books, pid, "C_NOW")
+        assert (remaining, expired) == (1_000, 0)
+        assert expires_at_us == to_us(dt.datetime.fromisoformat(now["expires_at"]))
+        # An award credited later has no lot yet.
+        assert _award_lot(books, pid, "C_LATER") == (None, None, None)
+        assert _lots(books, "W1") == [(f"{pid}:C_NOW", pid, "C_NOW", 1_000, 1_000, 0)]
+        books.check()
+
+        # Spent: the award's lot gives the points, and the leg names it.
+        books.at(at + dt.timedelta(minutes=3))
+        spent = books.purchase("T1", "W1", 800, at + dt.timedelta(minutes=2), points_used=300)
+        assert spent.status == 201, spent.body
+        assert _award_lot(books, pid, "C_NOW")[1:] == (700, 0)
+        assert _rows(books, "SELECT lot_id, points FROM redemption_leg WHERE payment_id = :p", p=spent.body["id"]) == [
+            (f"{pid}:C_NOW", 300)
+        ]
+        books.check()
+
+        # Refunded: the points return into the lot they came from.
+        books.at(at + dt.timedelta(minutes=5))
+        refund = books.refund("T1", spent.body["id"], 800, at + dt.timedelta(minutes=4))
+        assert refund.status == 201, refund.body
+        assert _award_lot(books, pid, "C_NOW")[1:] == (1_000, 0)
+        books.check()
+
+        # Clawed back: refunding half the first purchase takes half its award from its own lot.
+        books.at(at + dt.timedelta(minutes=7))
+        clawed = books.refund("T1", pid, 5_000, at + dt.timedelta(minutes=6))
+        assert clawed.status == 201, clawed.body
+        assert _award_lot(books, pid, "C_NOW")[1:] == (500, 0)
+        books.check()
+
+        # Credited later: the award's lot is set on its row by the crediting run.
+        (pending,) = _rows(
+            books, "SELECT pending, credit_at_us FROM award WHERE payment_id = :p AND campaign_id = 'C_LATER'", p=pid
+        )
+        assert pending[0] > 0
+        books.at(pending[1] + 1)
+        assert books.credit(pending[1])["points"] == pending[0]
+        later_expires, later_remaining, later_expired = _award_lot(books, pid, "C_LATER")
+        assert (later_remaining, later_expired) == (pending[0], 0) and later_expires > pending[1]
+        assert _rows(books, "SELECT id FROM point_lot") == []
+        books.check()
+
+        # A grant's lot is a point_lot row.
+        granted = books.grant("W1", "C_NOW", 50)
+        assert granted.status == 201, granted.body
+        assert [r[1:] for r in _rows(books, "SELECT id, wallet_id, remaining FROM point_lot")] == [("W1", 50)]
+
+        # Expired: the award's lot empties on its row, and leaves the partial indexes.
+        due = _rows(
+            books,
+            "SELECT count(*), sum(remaining) FROM wallet_lot WHERE remaining > 0 AND expires_at_us <= :at",
+            at=expires_at_us,
+        )
+        books.at(expires_at_us + 1)
+        expired_run = books.expire(expires_at_us)
+        assert [(expired_run["lots_expired"], expired_run["points"])] == due and due[0][0] >= 1
+        assert _award_lot(books, pid, "C_NOW")[1:] == (0, 500)
+        assert all(to_us_iso(instant) > expires_at_us for instant in books.expiring("W1"))
+        books.check()
+    finally:
+        books.close()
+
+
+def to_us_iso(instant: str) -> int:
+    return to_us(dt.datetime.fromisoformat(instant))
+
+
+def test_lots_kept_in_point_lot_before_the_revision_are_spent_as_before(database_url) -> None:
+    books = _ward(database_url)
+    try:
+        at = START
+        books.at(at + dt.timedelta(minutes=1))
+        first = books.purchase("T1", "W1", 10_000, at).body["id"]
+        books.at(at + dt.timedelta(minutes=3))
+        second = books.purchase("T1", "W2", 4_000, at + dt.timedelta(minutes=2)).body["id"]
+        lots_before = sorted(_lots(books, "W1") + _lots(books, "W2"))
+        on_awards = _rows(
+            books,
+            "SELECT payment_id || ':' || campaign_id, lot_expires_at_us, lot_remaining FROM award"
+            " WHERE lot_expires_at_us IS NOT NULL ORDER BY 1",
+        )
+        assert [r[0] for r in on_awards] == sorted([f"{first}:C_NOW", f"{second}:C_NOW"])
+        books.close()
+
+        # Down: the awards' lots become point_lot rows, as the revision before keeps them.
+        db.downgrade(database_url, BEFORE)
+        books = Books(database_url, migrate=False, start=START)
+        assert _rows(books, "SELECT id, expires_at_us, remaining FROM point_lot ORDER BY id") == on_awards
+        books.close()
+
+        # Up again: they stay point_lot rows (nothing is moved), and are spent, clawed back and
+        # expired there; new awards keep their lots on their rows.
+        db.upgrade(database_url)
+        books = Books(database_url, migrate=False, start=START)
+        books.terminals["T1"] = "M1"
+        books.at(at + dt.timedelta(minutes=5))
+        assert sorted(_lots(books, "W1") + _lots(books, "W2")) == lots_before
+        assert _rows(books, "SELECT count(*) FROM award WHERE lot_expires_at_us IS NOT NULL") == [(0,)]
+        spent = books.purchase("T1", "W1", 500, at + dt.timedelta(minutes=4), points_used=400)
+        assert spent.status == 201, spent.body
+        assert _rows(books, "SELECT remaining FROM point_lot WHERE id = :i", i=f"{first}:C_NOW") == [(600,)]
+        books.at(at + dt.timedelta(minutes=7))
+        clawed = books.refund("T1", second, 4_000, at + dt.timedelta(minutes=6))
+        assert clawed.status == 201, clawed.body
+        assert _rows(books, "SELECT remaining FROM point_lot WHERE id = :i", i=f"{second}:C_NOW") == [(0,)]
+        (spent_award,) = [a for a in spent.body["awards"] if a["campaign_id"] == "C_NOW"]
+        assert _award_lot(books, spent.body["id"], "C_NOW")[1:] == (spent_award["points"], 0)
+        books.check()
+        (expiry,) = _rows(books, "SELECT expires_at_us FROM point_lot WHERE id = :i", i=f"{first}:C_NOW")
+        books.at(expiry[0] + 1)
+        books.expire(expiry[0])
+        assert _rows(books, "SELECT remaining, expired FROM point_lot WHERE id = :i", i=f"{first}:C_NOW") == [(0, 600)]
+        books.check()
+    finally:
+        books.close()
