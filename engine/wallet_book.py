@@ -186,4 +186,7 @@ class WalletBook:
 
 
 def lot_id(source_id: str, campaign_id: str) -> str:
+    """A lot's id: its source's (a payment's or a grant's) and its campaign's, neither of which
+    holds a ':' (`limits.ID_PATTERN`; `tx_`/`gr_` and hex), so the id splits back into both
+    (`engine.store.books.lot_keys`: an award's lot is found by its award's key)."""
     return f"{source_id}:{campaign_id}"

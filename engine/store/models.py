@@ -209,7 +209,8 @@ class AwardRow(Base):
 
     Once credited, the award's points are a lot (`engine.wallet_book.Lot`) kept on the award
     row itself (`lot_*`, migration `20261213_award_lots`): its id `<payment_id>:<campaign_id>`,
-    its source the payment, its points the award's, credited at `credit_at_us`. NULL while the
+    its source the payment, its points the award's (one credited after part of the award was
+    clawed back while pending starts with fewer remaining), credited at `credit_at_us`. NULL while the
     points are pending, when they all went to repay debt, and for awards credited before that
     revision, whose lots are rows of `point_lot`. `WALLET_LOT` reads both as one."""
 
@@ -233,7 +234,8 @@ class AwardRow(Base):
         CheckConstraint("clawed_back >= 0 AND clawed_back <= points", name="clawed_back_within_points"),
         CheckConstraint(
             "(lot_expires_at_us IS NULL AND lot_remaining IS NULL AND lot_expired IS NULL)"
-            " OR (lot_expires_at_us IS NOT NULL AND lot_remaining >= 0 AND lot_expired >= 0)",
+            " OR (lot_expires_at_us IS NOT NULL AND lot_remaining IS NOT NULL AND lot_expired IS NOT NULL"
+            " AND lot_remaining >= 0 AND lot_expired >= 0)",
             name="lot_whole",
         ),
         # A wallet's spendable lots kept on awards, and the lots coming to expiry; partial, so an
@@ -342,7 +344,8 @@ class IdempotencyRow(Base):
 
 
 class PointLotRow(Base):
-    """Credited points of one award or grant, spent earliest-expiring first."""
+    """Credited points of one grant (or of an award credited before migration
+    `20261213_award_lots`; an award's lot is now kept on its row), spent earliest-expiring first."""
 
     __tablename__ = "point_lot"
     id: Mapped[str] = mapped_column(String(120), primary_key=True)

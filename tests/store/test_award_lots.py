@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import datetime as dt
 
+import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from engine.store import db
 from engine.timeutil import TOKYO, to_us
@@ -189,5 +191,35 @@ def test_lots_kept_in_point_lot_before_the_revision_are_spent_as_before(database
         books.expire(expiry[0])
         assert _rows(books, "SELECT remaining, expired FROM point_lot WHERE id = :i", i=f"{first}:C_NOW") == [(0, 600)]
         books.check()
+    finally:
+        books.close()
+
+
+def test_the_database_refuses_a_lot_half_kept_or_below_zero(database_url) -> None:
+    books = _ward(database_url)
+    try:
+        books.at(START + dt.timedelta(minutes=1))
+        pid = books.purchase("T1", "W1", 10_000, START).body["id"]
+        for setting in (
+            "lot_remaining = NULL",
+            "lot_expired = NULL",
+            "lot_expires_at_us = NULL",
+            "lot_remaining = -1",
+            "lot_expired = -1",
+        ):
+            with pytest.raises(IntegrityError), books.engine.begin() as c:
+                c.execute(
+                    text(f"UPDATE award SET {setting} WHERE payment_id = :p AND campaign_id = 'C_NOW'"), {"p": pid}
+                )
+        # A pending award holds no lot at all, and may be given a whole one.
+        with books.engine.begin() as c:
+            c.execute(
+                text(
+                    "UPDATE award SET lot_expires_at_us = 1, lot_remaining = 0, lot_expired = 0"
+                    " WHERE payment_id = :p AND campaign_id = 'C_LATER'"
+                ),
+                {"p": pid},
+            )
+        assert _award_lot(books, pid, "C_NOW")[1:] == (1_000, 0)
     finally:
         books.close()

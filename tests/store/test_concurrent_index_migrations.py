@@ -36,6 +36,14 @@ CASES = [
             "ix_award_wallet_pending": ("award", "wallet_id, credit_at_us", True),
         },
     ),
+    (
+        "20261213_award_lots",
+        "20261212_closeout_merchant",
+        {
+            # (The other, of the lot's expiry, indexes a column this revision adds.)
+            "ix_award_lot_wallet": ("award", "wallet_id", True),
+        },
+    ),
 ]
 
 
