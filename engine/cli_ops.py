@@ -410,6 +410,67 @@ def _cmd_sign_heads(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_seal_payout_files(args: argparse.Namespace) -> int:
+    """`setapay seal-payout-files`: seal with the data key every stored payout file still in plain
+    text (runs stored before files were sealed), once; idempotent. Only with the data key the
+    engine seals with: the configured one, else ./setapay-keys/data.key; none is made here, and
+    one that does not open what is sealed already is refused. Never prints a file or the key."""
+    import json
+
+    from engine import keyring, sealing
+    from engine.store import settlement
+
+    try:
+        found = keyring.existing_data_key(_settings())
+    except sealing.DataKeyError as exc:  # its message never holds the key
+        print(f"setapay seal-payout-files: {exc}; nothing was sealed", file=sys.stderr)
+        return 2
+    if found is None:
+        print(f"setapay seal-payout-files: {keyring.NO_DATA_KEY}; nothing was sealed", file=sys.stderr)
+        return 2
+    key, key_from = found
+    _, ledger, _ = _finance_context()
+    try:
+        report = settlement.seal_payout_files(ledger, key, key_from)
+    except sealing.SealingError as exc:
+        print(
+            f"setapay seal-payout-files: the data key from {key_from} is not the one this database is sealed "
+            f"with ({exc}); nothing was sealed",
+            file=sys.stderr,
+        )
+        return 2
+    finally:
+        ledger.engine.dispose()
+    sealed, already = report["sealed"], report["already_sealed"]
+    print(
+        json.dumps(
+            {
+                "sealed": len(sealed),
+                "already_sealed": already,
+                "without_payout_file": report["without_payout_file"],
+                "sealed_runs": sealed,
+                "data_key_from": key_from,
+                "data_key_checked_against": report["key_checked_against"],
+            }
+        )
+    )
+    if not report["key_checked_against"]:
+        print(
+            "setapay seal-payout-files: nothing in the database was sealed before to check the data key against: "
+            f"make sure {key_from} holds the key the API seals with",
+            file=sys.stderr,
+        )
+    if sealed:
+        print(
+            f"sealed {len(sealed)} payout file(s) stored in plain text with the data key from {key_from}; "
+            f"{already} sealed already",
+            file=sys.stderr,
+        )
+    else:
+        print(f"nothing to seal: every stored payout file is sealed already ({already})", file=sys.stderr)
+    return 0
+
+
 def _cmd_audit(args: argparse.Namespace) -> int:
     """Print the audit log as JSON lines, oldest first, filtered by instant and target."""
     import datetime as dt
@@ -568,6 +629,12 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("sign-heads", help="sign the posting chain head of every finished business day")
     p.set_defaults(func=_cmd_sign_heads)
+
+    p = sub.add_parser(
+        "seal-payout-files",
+        help="seal with the data key the payout files of runs stored before files were sealed (once; idempotent)",
+    )
+    p.set_defaults(func=_cmd_seal_payout_files)
 
     p = sub.add_parser("backup", help="write a consistent copy of the database to OUT (safe under load)")
     p.add_argument("out", metavar="OUT")

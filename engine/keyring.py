@@ -47,6 +47,17 @@ def data_key(settings: Settings) -> sealing.DataKey:
     return sealing.load_key(b64)
 
 
+def existing_data_key(settings: Settings) -> tuple[sealing.DataKey, str] | None:
+    """The data key things are already sealed with, and where it was found (the setting's name
+    or the local file's path, never the key): the configured key, else the local file's; None
+    when there is neither (DataKeyError when the setting is malformed). Never creates one: what
+    is sealed with a key made for the purpose opens nowhere else (the API, a restored backup)."""
+    if settings.data_key_b64:
+        return sealing.load_key(settings.data_key_b64), sealing.SETTING_NAME
+    b64 = _existing("data.key")
+    return (sealing.load_key(b64), str((KEY_DIR / "data.key").resolve())) if b64 is not None else None
+
+
 def signing_key(settings: Settings) -> Ed25519PrivateKey:
     b64 = settings.signing_key_b64 or _local(
         "signing.key", lambda: signing.private_key_b64(signing.generate_private_key())
@@ -64,3 +75,6 @@ def signing_public_key(settings: Settings) -> Ed25519PublicKey | None:
 
 
 NO_SIGNING_KEY = "no signing key to check with: set SETAPAY_SIGNING_KEY_B64, or run where setapay-keys/signing.key is"
+NO_DATA_KEY = (
+    "no data key: set SETAPAY_DATA_KEY_B64 to the key the API seals with, or run where setapay-keys/data.key is"
+)

@@ -41,6 +41,8 @@ __all__ = [
     "Purchase",
     "Refund",
     "Item",
+    "StoredPurchase",
+    "StoredTransaction",
     "Match",
     "Tier",
     "ValidationError",
@@ -317,14 +319,17 @@ class Purchase(Record):
     occurred_at: Instant
     amount: AmountYen
     points_used: Annotated[StrictInt, Field(ge=0, le=limits.AMOUNT_YEN_MAX)] = 0
-    items: Annotated[tuple[Item, ...], Field(max_length=limits.ITEMS_PER_TRANSACTION_MAX)] | None = None
+    # Items, when given, are at least one and sum to the amount (SPEC §4): an empty list is
+    # refused (`StoredPurchase` reads the ones an older build accepted).
+    items: Annotated[tuple[Item, ...], Field(min_length=1, max_length=limits.ITEMS_PER_TRANSACTION_MAX)] | None = None
     receipt: Receipt | None = None  # the payment app's JWS (SPEC §9.1), checked by the API before rating
 
     @model_validator(mode="after")
     def _consistent(self) -> Purchase:
         if self.points_used > self.amount:
             raise ValueError("points_used must not exceed amount")
-        if self.items is not None and self.items and sum(i.amount for i in self.items) != self.amount:
+        # Empty only in a `StoredPurchase`: no items to sum, rated as a purchase without items.
+        if self.items and sum(i.amount for i in self.items) != self.amount:
             raise ValueError("item amounts must sum to amount")
         return self
 
@@ -344,3 +349,18 @@ class Refund(Record):
 
 
 Transaction = Annotated[Purchase | Refund, Field(discriminator="type")]
+
+
+class StoredPurchase(Purchase):
+    """A purchase as the ledger stored it (`payment.request_json`), read back by reconciliation.
+
+    Builds before the empty item list was refused accepted `"items": []`, and a database may hold
+    such a purchase, its request covered by the payment's hash: it stays readable as it is, and
+    it is rated as a purchase without items (its tagged base is 0 either way, SPEC §4). Never the
+    model of new input: requests and import lines are `Purchase`s."""
+
+    items: Annotated[tuple[Item, ...], Field(max_length=limits.ITEMS_PER_TRANSACTION_MAX)] | None = None
+
+
+# A stored request: what `Transaction` accepts, and what older builds accepted (`StoredPurchase`).
+StoredTransaction = Annotated[StoredPurchase | Refund, Field(discriminator="type")]

@@ -13,7 +13,7 @@ import json
 
 import pytest
 
-from engine.model import Campaign, Merchant, Purchase, Refund, ValidationError
+from engine.model import Campaign, Merchant, Purchase, Refund, StoredPurchase, ValidationError
 
 MERCHANT = {
     "id": "M_SANCHA_01",
@@ -220,6 +220,18 @@ def test_the_spec_purchase_example_is_valid():
 )
 def test_purchase_errors_name_the_field(path, value, named):
     assert named in error_text(Purchase, with_change(PURCHASE, path, value))
+
+
+def test_an_empty_item_list_is_refused_and_read_back_when_stored():
+    """SPEC §4: items, when given, sum to the amount, so an empty list is refused, naming `items`;
+    a stored request an older build accepted with one is read as it was (`StoredPurchase`), and
+    its other rules still hold."""
+    empty = with_change(PURCHASE, ("items",), [])
+    assert "items: Tuple should have at least 1 item" in error_text(Purchase, empty)
+    stored = StoredPurchase.model_validate(empty)
+    assert stored.items == () and json.loads(stored.model_dump_json())["items"] == []
+    assert "must sum to amount" in error_text(StoredPurchase, with_change(PURCHASE, ("items", 0, "amount"), 1000))
+    assert "must not exceed amount" in error_text(StoredPurchase, with_change(empty, ("points_used",), 3301))
 
 
 def test_refund_needs_its_original():

@@ -37,7 +37,7 @@ from pydantic import TypeAdapter, ValidationError
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
-from engine.model import Campaign, Merchant, Transaction, campaign_order
+from engine.model import Campaign, Merchant, StoredTransaction, campaign_order
 from engine.rating import ENGINES, build_catalog, rate_columns
 from engine.rating import _kernel_py as k
 from engine.rating.columns import CAPPED_BY, STATUS_CODES, Catalog
@@ -45,7 +45,8 @@ from engine.rating.vectorized import Batch, Opening, assemble, purchase_windows,
 from engine.store.db import psycopg_connection
 from engine.timeutil import to_us
 
-_transaction = TypeAdapter(Transaction)
+# Stored requests as they were accepted, those of older builds included (`StoredPurchase`).
+_transaction = TypeAdapter(StoredTransaction)
 I64 = np.int64
 MISMATCH_ROWS_MAX = 100
 CAPPED_CODE = {name: code for code, name in CAPPED_BY.items()}

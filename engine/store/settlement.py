@@ -31,7 +31,7 @@ from engine.settlement import signing, statement, zengin
 from engine.store import audit
 from engine.store import events as outbox
 from engine.store.config import Config
-from engine.store.ledger import Ledger
+from engine.store.ledger import Ledger, lock_sequencer
 from engine.store.models import (
     CampaignRow,
     CampaignVersionRow,
@@ -403,6 +403,95 @@ def payout_file(settings: Settings, row: SettlementRunRow) -> bytes:
 def _sealed(stored: bytes) -> bool:
     """Whether a stored payout file is sealed (else empty, or plain text from before)."""
     return bool(stored) and stored[:1] != b"1"
+
+
+def seal_payout_files(ledger: Ledger, key: sealing.DataKey, key_from: str, actor: Actor = OPERATOR) -> dict[str, Any]:
+    """Seal with `key` every stored payout file still in plain text (runs stored before files
+    were sealed; no migration can seal them, it has no data key), each bound to its run as
+    `run` seals one, so `payout_file` opens exactly the bytes that were stored. Idempotent: a
+    sealed file is left as it is. `key_from` says where the key came from (for the audit log).
+
+    The key is first held to what the database holds sealed already (the newest sealed payout
+    file and a merchant's bank account): SealingError when it does not open them, and nothing
+    is sealed, since a file sealed with another key than the engine's would open nowhere.
+
+    One transaction per run, in the order of the lock-order rule (`engine/store/audit.py`): the
+    sequencer lock (the one a settlement run holds while it writes its run), then the run's row,
+    then the audit head; the row is read again under them, so a file sealed meanwhile is left."""
+    with Session(ledger.engine) as session:
+        first_bytes = session.execute(
+            select(SettlementRunRow.id, func.substr(SettlementRunRow.zengin_file, 1, 1)).order_by(
+                SettlementRunRow.period_start_us
+            )
+        ).all()
+        kinds = {
+            run_id: ("none" if not first else "sealed" if _sealed(bytes(first)) else "plain")
+            for run_id, first in first_bytes
+        }
+        checked = _held_to_what_is_sealed(session, key, [r for r, kind in kinds.items() if kind == "sealed"])
+    sealed: list[str] = []
+    already = sum(kind == "sealed" for kind in kinds.values())
+    for run_id in (r for r, kind in kinds.items() if kind == "plain"):
+        with Session(ledger.engine) as session, session.begin():
+            lock_sequencer(session)
+            row = session.get(SettlementRunRow, run_id, with_for_update=True)
+            assert row is not None, run_id  # runs are never deleted
+            plain = bytes(row.zengin_file)
+            if _sealed(plain):  # sealed meanwhile (another operator's run of this)
+                already += 1
+                continue
+            if not plain:  # never: a run's stored file does not change but here
+                continue
+            associated = sealing.payout_file_associated(run_id)
+            row.zengin_file = sealing.seal(key, plain, associated)
+            if sealing.open_sealed(key, row.zengin_file, associated) != plain:  # never: AES-GCM round trip
+                raise sealing.SealingError(f"run {run_id}'s payout file does not open to what was stored")
+            file = {"sha256": hashlib.sha256(plain).hexdigest(), "bytes": len(plain)}
+            audit.record(
+                session,
+                actor,
+                "settlement.payout_file.seal",
+                f"settlement_run:{run_id}",
+                {"payout_file": {"stored": "plain", **file}},
+                {"payout_file": {"stored": "sealed", "sealed_with": key_from, **file}},
+                at_us=ledger.clock.now_us(),
+            )
+            sealed.append(run_id)
+    return {
+        "sealed": sealed,
+        "already_sealed": already,
+        "without_payout_file": sum(kind == "none" for kind in kinds.values()),
+        "key_checked_against": checked,
+    }
+
+
+def _held_to_what_is_sealed(session: Session, key: sealing.DataKey, sealed_runs: list[str]) -> list[str]:
+    """What `key` was checked against (the newest sealed payout file, a merchant's sealed bank
+    account), or SealingError naming the one it does not open."""
+    checked: list[str] = []
+    if sealed_runs:
+        run_id = sealed_runs[-1]
+        stored = session.execute(select(SettlementRunRow.zengin_file).where(SettlementRunRow.id == run_id)).scalar_one()
+        try:
+            sealing.open_sealed(key, bytes(stored), sealing.payout_file_associated(run_id))
+        except sealing.SealingError:
+            raise sealing.SealingError(f"it does not open run {run_id}'s sealed payout file") from None
+        checked.append(f"settlement_run:{run_id}")
+    account = session.execute(
+        select(MerchantRow.id, MerchantRow.bank_account_sealed)
+        .where(MerchantRow.bank_account_sealed.is_not(None))
+        .order_by(MerchantRow.id)
+        .limit(1)
+    ).first()
+    if account is not None:
+        merchant_id, sealed_account = account
+        assert sealed_account is not None  # the query selects sealed accounts only
+        try:
+            sealing.open_sealed(key, bytes(sealed_account), sealing.merchant_bank_account_associated(merchant_id))
+        except sealing.SealingError:
+            raise sealing.SealingError(f"it does not open merchant {merchant_id}'s sealed bank account") from None
+        checked.append(f"merchant:{merchant_id}")
+    return checked
 
 
 def _payout_file_length(stored: bytes) -> int:

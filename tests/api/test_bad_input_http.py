@@ -9,6 +9,7 @@ number of postings in the database is what it was before. No input yields a 500.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 
 import httpx
@@ -107,6 +108,29 @@ def test_wrong_shapes_and_types_are_422(ward: Ward, body) -> None:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     r = assert_refused(ward, lambda: ward.post("T_SHOTEN_1", raw), 422, "invalid_request")
     assert r.json()["errors"], r.text
+
+
+def test_an_empty_item_list_is_refused_and_writes_nothing(ward: Ward) -> None:
+    """SPEC §4: items, when given, sum to the amount; `"items": []` lists none, and is 422
+    `invalid_request` naming `items` for a single post, a batch item (the other items proceed)
+    and a quote alike, writing nothing. One item is accepted."""
+    body = purchase("T_SHOTEN_1", "W_NO_ITEMS", 1000, items=[])
+    r = assert_refused(ward, lambda: ward.post("T_SHOTEN_1", body), 422, "invalid_request")
+    assert [(e["loc"][-1], e["type"]) for e in r.json()["errors"]] == [("items", "too_short")], r.text
+
+    one = purchase("T_SHOTEN_1", "W_NO_ITEMS", 1000, items=[{"amount": 1000, "tags": []}])
+    payments, postings = ward.server.payments(), ward.server.postings()
+    batch = [{**b, "idempotency_key": uuid.uuid4().hex} for b in (body, one)]
+    r = ward.terminal("T_SHOTEN_1").post("/v1/transactions/batch", json={"transactions": batch})
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert [(x["status"], x["body"].get("code")) for x in results] == [(422, "invalid_request"), (201, None)]
+    assert [e["loc"][-1] for e in results[0]["body"]["errors"]] == ["items"], results[0]
+    assert ward.server.payments() == payments + 1 and ward.server.postings() > postings
+
+    for client in (ward.app_client, ward.terminal("T_SHOTEN_1")):
+        assert_refused(ward, lambda client=client: client.post("/v1/quotes", json=body), 422, "invalid_request")
+        assert client.post("/v1/quotes", json=one).status_code == 200
 
 
 # -- each limit at its maximum and one past it ----------------------------------------

@@ -17,6 +17,7 @@ from __future__ import annotations
 import pytest
 from fastapi.routing import APIRoute
 
+from engine import limits
 from engine.errors import CATALOG
 
 PUBLIC = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
@@ -185,6 +186,16 @@ def test_request_bodies_say_what_the_server_requires(document) -> None:
     # POST /v1/keys takes one of the five roles (422 otherwise): the document lists them.
     role = document["components"]["schemas"]["KeyRequest"]["properties"]["role"]
     assert set(role["enum"]) == {"admin", "finance", "merchant", "terminal", "app"}
+
+
+def test_a_purchase_lists_at_least_one_item_when_it_lists_any(document) -> None:
+    """SPEC §4: items, when given, sum to the amount; the server answers `"items": []` 422
+    `invalid_request`, and the document says so for posts and quotes alike."""
+    for name in ("Purchase", "QuoteRequest"):
+        items = document["components"]["schemas"][name]["properties"]["items"]
+        assert {"type": "null"} in items["anyOf"], name  # no items at all: still a purchase
+        (array,) = (s for s in items["anyOf"] if s.get("type") == "array")
+        assert (array["minItems"], array["maxItems"]) == (1, limits.ITEMS_PER_TRANSACTION_MAX), name
 
 
 PATCHES = {

@@ -13,10 +13,14 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from engine import sealing
+from engine.model import Purchase
+from engine.receipts import Receipt
 from engine.settlement import zengin
-from engine.store import finance, settlement
+from engine.store import finance, rerate, settlement
+from engine.store.ledger import Submission
 from engine.store.models import PaymentRow, PostingRow, SettlementLineRow, SettlementRunRow
 from tests.finance.support import Ward, bank_account, tamper
+from tests.tokyo import jst
 
 CHECKS = {
     "trial_balance_zero",
@@ -147,6 +151,49 @@ def test_an_altered_stored_request_is_named(ward: Ward):
     assert {r["payment_id"] for r in failing["rerate_matches_ledger"]} == {tx["d"]["id"]}
     row = next(r for r in failing["rerate_matches_ledger"] if r["problem"] == "awards differ")
     assert row["rerated"]["PB"][0] == 877 and row["ledger"]["PB"][0] == 777
+
+
+def test_a_purchase_stored_with_an_empty_item_list_is_reconciled_as_before(ward: Ward):
+    """Builds before the empty item list was refused (SPEC §4) accepted `"items": []`. Such a
+    purchase, stored as they stored it (its request in the payment's hash), is read back as it was:
+    rated as a purchase without items, refunded, re-rated and reconciled without a mismatch, on
+    the Python check of stored requests too (what runs wherever PostgreSQL cannot compare them)."""
+    ward.merchant("M001")
+    ward.campaign("PB", 1000)
+    ward.campaign("TAGGED", 2000, item_tags=["local_produce"])
+    plain = ward.purchase("M001", "W1", "2026-12-01T10:00", 5_000)
+    request = ward.payment_app.sign_purchase(
+        {
+            "type": "purchase",
+            "wallet_id": "W2",
+            "merchant_id": "M001",
+            "terminal_id": "TM001",
+            "occurred_at": jst("2026-12-01T10:05").isoformat(),
+            "amount": 5_000,
+            "points_used": 0,
+        },
+        jti="pay_legacy",
+    )
+    # What an older build's validation let through, handed to the ledger as its API did.
+    body = Purchase.model_validate(request).model_copy(update={"items": ()})
+    receipt = Receipt(ward.payment_app.app_id, "pay_legacy")
+    submission = Submission("TM001", "legacy", "legacy", body, body.model_dump_json(), receipt=receipt)
+    ward.at("2026-12-01T10:05:02")
+    (legacy,) = ward.ledger.submit([submission])
+    assert legacy.status == 201, legacy.body
+    ward.payment_app.accepted(request, legacy.body)
+    with Session(ward.engine) as s:
+        stored = s.get(PaymentRow, legacy.body["id"])
+        assert json.loads(stored.request_json)["items"] == [] and stored.has_items is True
+    earned = [[(a["campaign_id"], a["points"]) for a in answer["awards"]] for answer in (legacy.body, plain)]
+    assert earned == [[("PB", 500)]] * 2  # as without items: no tagged base for TAGGED
+    ward.refund(legacy.body, "2026-12-01T11:00", 2_000)
+
+    report = ward.reconcile()
+    assert report["ok"] is True, _failing(report)
+    assert report["checks"]["rerate_matches_ledger"]["checked"] == 3
+    with ward.engine.connect() as c:
+        assert rerate.check_requests(c, rerate.load_history(c), None) == ([], {})
 
 
 def test_a_campaign_version_changed_after_the_fact_is_named(ward: Ward):

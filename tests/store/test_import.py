@@ -79,6 +79,7 @@ ROWS = [
     row("P10", "purchase", "W3", "M2", "T1", at(12, 2), 1000),  # line 15: forbidden (T1 is M1's)
     row("R3", "refund", "", "", "T2", at(13, 2), 1000, "", "", "P7"),  # line 16: full refund of P7
     row("P11", "purchase", "W1", "M1", "T1", at(14, 2), 1000, 0, '[{"amount": 999}]'),  # line 17: bad_field
+    row("P13", "purchase", "W1", "M1", "T1", at(14, 2), 1000, 0, "[]"),  # line 18: bad_field (no items listed)
 ]
 RAW = {6: "P12,purchase,W1,M1"}
 IMPORTED = {"P1", "P2", "R1", "P6", "P7", "R3"}
@@ -93,6 +94,7 @@ ERRORS = {
     14: "refund_merchant_mismatch",
     15: "forbidden",
     17: "bad_field",
+    18: "bad_field",
 }
 
 
@@ -124,6 +126,7 @@ def test_import_rates_under_the_versions_in_force_and_reports_bad_lines(books: B
     summary, errors = run_import(books, csv_text(ROWS, RAW), group=3)
     assert {int(e["line"]): e["code"] for e in errors} == ERRORS, errors
     assert all(e["message"] for e in errors)
+    assert next(e["message"] for e in errors if e["line"] == "18").startswith("items: "), errors
     assert summary["imported"] == len(IMPORTED) and summary["errors"] == len(ERRORS)
     assert summary["rows"] == len(ROWS)
 
