@@ -223,3 +223,40 @@ def test_the_database_refuses_a_lot_half_kept_or_below_zero(database_url) -> Non
         assert _award_lot(books, pid, "C_NOW")[1:] == (1_000, 0)
     finally:
         books.close()
+
+
+@pytest.mark.parametrize(("spent", "lot_left"), [(1_500, 500), (2_000, None)])
+def test_points_credited_into_a_wallet_in_debt_repay_it_before_the_award_keeps_a_lot(
+    database_url, spent, lot_left
+) -> None:
+    """Two purchases earn 1,000 at once (C_NOW) and 1,000 later (C_LATER) each; `spent` points are
+    spent, then the first purchase is refunded: its C_NOW award is clawed back from what lots are
+    left, the rest becomes debt (500, or all 1,000). Crediting the second purchase's C_LATER repays
+    the debt first: the award keeps a lot of what is left, or none when nothing is."""
+    books = _ward(database_url)
+    try:
+        at = START
+        ids = []
+        for minute in (0, 2):
+            books.at(at + dt.timedelta(minutes=minute + 1))
+            ids.append(books.purchase("T1", "W1", 10_000, at + dt.timedelta(minutes=minute)).body["id"])
+        books.at(at + dt.timedelta(minutes=5))
+        assert books.purchase("T1", "W1", spent, at + dt.timedelta(minutes=4), points_used=spent).status == 201
+        books.at(at + dt.timedelta(minutes=7))
+        assert books.refund("T1", ids[0], 10_000, at + dt.timedelta(minutes=6)).status == 201
+        debt = _rows(books, "SELECT campaign_id, points FROM wallet_debt WHERE wallet_id = 'W1' AND points > 0")
+        assert debt == [("C_NOW", spent - 1_000)]
+        books.check()
+        (credit_at,) = _rows(
+            books, "SELECT credit_at_us FROM award WHERE payment_id = :p AND campaign_id = 'C_LATER'", p=ids[1]
+        )
+        books.at(credit_at[0] + 1)
+        assert books.credit(credit_at[0])["points"] == 1_000
+        assert _rows(books, "SELECT points FROM wallet_debt WHERE wallet_id = 'W1' AND points > 0") == []
+        lot = _award_lot(books, ids[1], "C_LATER")
+        assert lot[1:] == ((lot_left, 0) if lot_left else (None, None))
+        # C_NOW's lots were emptied by the spending and the clawback: the wallet holds the new lot only.
+        assert sum(r[4] for r in _lots(books, "W1")) == (lot_left or 0)
+        books.check()
+    finally:
+        books.close()
