@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from engine.posting_columns import AWARD_COLUMNS
 from engine.store import bulk
 from engine.store.models import AwardRow, PointLotRow, WalletDebtRow
-from engine.wallet_book import LOT_COLUMNS, Lot, WalletBook
+from engine.wallet_book import LOT_COLUMNS, Lot, WalletBook, lot_id
 
 # An award's lot on its row: the columns `LOT_COLUMNS` does not share with the award.
 LOT_ON_AWARD = ("lot_expires_at_us", "lot_remaining", "lot_expired")
@@ -44,7 +44,7 @@ def lot_values(lot: Lot | None) -> tuple[Any, ...]:
 def _award_lot(row: tuple[Any, ...]) -> Lot:
     payment_id, campaign_id, wallet_id, credited_at, expires_at, points, remaining, expired = row
     return Lot(
-        f"{payment_id}:{campaign_id}",
+        lot_id(payment_id, campaign_id),
         wallet_id,
         campaign_id,
         payment_id,
@@ -92,7 +92,7 @@ def lot_expiry(session: Session, lot_ids: AbstractSet[str]) -> dict[str, int]:
         lot_keys(sorted(lot_ids)),
     )
     reads.run()
-    found = {f"{pid}:{cid}": expires_at for pid, cid, expires_at in on_awards.rows if expires_at is not None}
+    found = {lot_id(pid, cid): expires_at for pid, cid, expires_at in on_awards.rows if expires_at is not None}
     found.update(in_rows.rows)
     return found
 

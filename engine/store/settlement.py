@@ -440,8 +440,6 @@ def seal_payout_files(ledger: Ledger, key: sealing.DataKey, key_from: str, actor
             if _sealed(plain):  # sealed meanwhile (another operator's run of this)
                 already += 1
                 continue
-            if not plain:  # never: a run's stored file does not change but here
-                continue
             associated = sealing.payout_file_associated(run_id)
             row.zengin_file = sealing.seal(key, plain, associated)
             if sealing.open_sealed(key, row.zengin_file, associated) != plain:  # never: AES-GCM round trip

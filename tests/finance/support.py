@@ -266,6 +266,19 @@ def pick(line: dict) -> dict:
     }
 
 
+def run_row(ward: Ward, run_id: str):
+    """A settlement run's stored row (its Zengin file as stored), detached from its session."""
+    from sqlalchemy.orm import Session
+
+    from engine.store.models import SettlementRunRow
+
+    with Session(ward.engine) as s:
+        row = s.get(SettlementRunRow, run_id)
+        assert row is not None
+        s.expunge(row)
+        return row
+
+
 def tamper(engine, table: str, sql: str, **params) -> None:
     """Run `sql` behind the engine's back, past the append-only triggers of `table` (postings,
     the audit log): on PostgreSQL disabled for the statement (the tests connect as a superuser),

@@ -18,8 +18,8 @@ from engine.receipts import Receipt
 from engine.settlement import zengin
 from engine.store import finance, rerate, settlement
 from engine.store.ledger import Submission
-from engine.store.models import PaymentRow, PostingRow, SettlementLineRow, SettlementRunRow
-from tests.finance.support import Ward, bank_account, tamper
+from engine.store.models import PaymentRow, PostingRow, SettlementLineRow
+from tests.finance.support import Ward, bank_account, run_row, tamper
 from tests.tokyo import jst
 
 CHECKS = {
@@ -264,14 +264,6 @@ def test_a_fee_change_after_settlement_leaves_the_closed_statement_reconciled(wa
     assert report["ok"] is True, _failing(report)
 
 
-def _run_row(ward: Ward, run_id: str) -> SettlementRunRow:
-    with Session(ward.engine) as s:
-        row = s.get(SettlementRunRow, run_id)
-        assert row is not None
-        s.expunge(row)
-        return row
-
-
 def _resealed(ward: Ward, run_id: str, change) -> Callable[[bytes], bytes]:
     """A change to the run's Zengin file made by one who holds the data key: opened, changed, sealed again."""
 
@@ -302,7 +294,7 @@ def test_a_run_s_altered_outputs_are_named(ward: Ward, column: str, change, prob
     another merchant in the CSV, each named; undone, the ledger passes again."""
     tx = _history(ward)
     run_id = tx["run"]["id"]
-    row = _run_row(ward, run_id)
+    row = run_row(ward, run_id)
     original = getattr(row, column)
     plain = settlement.payout_file(ward.settings, row)
     assert ACCOUNT in plain and ACCOUNT not in row.zengin_file  # sealed at rest (SPEC §3)
@@ -342,7 +334,7 @@ def test_transfers_are_held_to_the_payout_postings_without_a_signed_hash(ward: W
     """A statement signed before it carried the file's hash: each transfer of the stored file is
     held to the run's payout postings, in order (merchant and amount)."""
     tx = _history(ward)
-    run = _run_row(ward, tx["run"]["id"])
+    run = run_row(ward, tx["run"]["id"])
     signed = json.loads(run.statement_json)
     del signed["document"]["payout_file"]
     with Session(ward.engine) as s:

@@ -12,22 +12,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.orm import Session
 
 from engine import cli, sealing
 from engine.store import audit, settlement
-from engine.store.models import SettlementRunRow
-from tests.finance.support import Ward, bank_account
+from tests.finance.support import Ward, bank_account, run_row
 
 ACCOUNTS = [bank_account(n)["account_number"] for n in (1, 2)]
-
-
-def _row(ward: Ward, run_id: str) -> SettlementRunRow:
-    with Session(ward.engine) as s:
-        row = s.get(SettlementRunRow, run_id)
-        assert row is not None
-        s.expunge(row)
-        return row
 
 
 def _stored(ward: Ward) -> dict[str, bytes]:
@@ -48,7 +38,7 @@ def _three_runs(ward: Ward) -> tuple[str, str, str]:
     ward.purchase("M001", "W1", "2027-01-05T10:00", 3_000)
     ward.at("2027-02-01T09:00")
     january = ward.settle("2027-01")["id"]
-    plain = settlement.payout_file(ward.settings, _row(ward, december))
+    plain = settlement.payout_file(ward.settings, run_row(ward, december))
     with ward.engine.begin() as c:  # what a build from before sealing wrote
         c.execute(text("UPDATE settlement_run SET zengin_file = :f WHERE id = :r"), {"f": plain, "r": december})
     return november, december, january
@@ -108,7 +98,7 @@ def test_a_legacy_plain_payout_file_is_sealed_once_and_opens_to_the_same_bytes(
     assert after[december] != plain and after[december][:1] == bytes([sealing.VERSION])
     assert len(after[december]) == len(plain) + sealing.SEALED_OVERHEAD
     assert not any(number.encode() in after[december] for number in ACCOUNTS)  # sealed at rest
-    assert settlement.payout_file(ward.settings, _row(ward, december)) == plain
+    assert settlement.payout_file(ward.settings, run_row(ward, december)) == plain
     # Bound to its run: the same bytes on another run's row do not open.
     with pytest.raises(sealing.SealingError):
         sealing.open_sealed(ward.config._data_key(), after[december], sealing.payout_file_associated(january))
@@ -169,4 +159,4 @@ def test_it_refuses_without_the_engine_s_data_key(ward: Ward, tmp_path, monkeypa
     assert json.loads(out)["data_key_from"] == str((keys / "data.key").resolve())
     _no_secret_printed(ward, out, err)
     assert _stored(ward)[december] != before[december]
-    assert settlement.payout_file(ward.settings, _row(ward, december)) == before[december]
+    assert settlement.payout_file(ward.settings, run_row(ward, december)) == before[december]
