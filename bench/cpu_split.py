@@ -72,15 +72,15 @@ def server_tree(pid: int) -> dict[str, list[int]]:
     return {"api": [pid], "committer": committer, "writer": [g for c in committer for g in children(c)]}
 
 
-def postgres() -> dict[str, list[int]]:
-    """PostgreSQL's processes: those serving DATABASE's connections, and the others."""
+def postgres(database: str = DATABASE) -> dict[str, list[int]]:
+    """PostgreSQL's processes: those serving `database`'s connections, and the others."""
     out: dict[str, list[int]] = {"pg_backends": [], "pg_other": []}
     for pid in (int(p) for p in subprocess.run(["pgrep", "postgres"], capture_output=True, text=True).stdout.split()):
         try:
             command = Path(f"/proc/{pid}/cmdline").read_text()
         except FileNotFoundError:
             continue
-        out["pg_backends" if f" {DATABASE} " in command else "pg_other"].append(pid)
+        out["pg_backends" if f" {database} " in command else "pg_other"].append(pid)
     return out
 
 

@@ -147,12 +147,15 @@ def queue_books(
 _lot_values = operator.attrgetter(*LOT_COLUMNS)  # a lot's stored columns, as a tuple in that order
 
 
-def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> dict[tuple[str, str], Lot]:
-    """Queue the books' changes on `batch`: new and changed lots, and debts. Returns the new
-    lots of awards, by (payment, campaign), for the caller to set on their award rows."""
+def save_books(
+    batch: bulk.WriteBatch, books: dict[str, WalletBook]
+) -> tuple[dict[tuple[str, str], Lot], dict[tuple[str, str], dict[str, Any]]]:
+    """Queue the books' changes on `batch`: new and changed `point_lot` lots, and debts. Returns
+    the lots kept on award rows, by (payment, campaign), for the caller to write with the rest of
+    each award's changes (one update a row): the new ones, and the columns of those changed."""
     new, changed, debts = [], [], []
     new_on_awards: dict[tuple[str, str], Lot] = {}
-    changed_on_awards = []
+    changed_on_awards: dict[tuple[str, str], dict[str, Any]] = {}
     for book in books.values():
         for lot in book.touched.values():
             if lot.new:
@@ -163,14 +166,10 @@ def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> dict[tup
                 lot.new = lot.dirty = False
             elif lot.dirty:
                 if lot.on_award:
-                    changed_on_awards.append(
-                        {
-                            "payment_id": lot.source_id,
-                            "campaign_id": lot.campaign_id,
-                            "lot_remaining": lot.remaining,
-                            "lot_expired": lot.expired,
-                        }
-                    )
+                    changed_on_awards[(lot.source_id, lot.campaign_id)] = {
+                        "lot_remaining": lot.remaining,
+                        "lot_expired": lot.expired,
+                    }
                 else:
                     changed.append({"id": lot.id, "remaining": lot.remaining, "expired": lot.expired})
                 lot.dirty = False
@@ -180,6 +179,5 @@ def save_books(batch: bulk.WriteBatch, books: dict[str, WalletBook]) -> dict[tup
         book.touched.clear()
     batch.insert_tuples(PointLotRow.__table__, LOT_COLUMNS, new)
     batch.update(PointLotRow.__table__, ["id"], changed)
-    batch.update(AwardRow.__table__, ["payment_id", "campaign_id"], changed_on_awards)
     batch.upsert(WalletDebtRow.__table__, debts, key=["wallet_id", "campaign_id"], replace="points")
-    return new_on_awards
+    return new_on_awards, changed_on_awards

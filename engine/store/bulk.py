@@ -403,7 +403,8 @@ class WriteBatch:
     def upsert(
         self, table: Table, rows: Sequence[Values], key: list[str], add: str | None = None, replace: str | None = None
     ) -> None:
-        """Insert rows; on a key conflict add to column `add`, or replace column `replace`."""
+        """Insert rows; on a key conflict add to column `add`, or replace column `replace`; with
+        neither, a row whose key is taken is left out (`DO NOTHING`)."""
         if not rows:
             return
         columns = list(rows[0])
@@ -422,10 +423,12 @@ class WriteBatch:
         if not values or not values[0]:
             return
         column = add or replace
-        assert column is not None, "upsert needs add= or replace="
         columns = list(columns)
-        sql_value = f"{table.name}.{column} + EXCLUDED.{column}" if add else f"EXCLUDED.{column}"
-        conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {sql_value}"
+        if column is None:
+            conflict = f"ON CONFLICT ({', '.join(key)}) DO NOTHING"
+        else:
+            sql_value = f"{table.name}.{column} + EXCLUDED.{column}" if add else f"EXCLUDED.{column}"
+            conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {column} = {sql_value}"
         if not self.pg:
             sql = f"INSERT INTO {table.name} ({', '.join(columns)}) VALUES ({_marks(columns)}) {conflict}"
             sqlite_run(self.session, sql, list(zip(*values)), True)
@@ -438,12 +441,20 @@ class WriteBatch:
     def update(self, table: Table, key: list[str], rows: Sequence[Values], add: tuple[str, ...] = ()) -> None:
         """Set (or, for columns in `add`, increase) columns of the rows matching `key`.
 
-        Rows must be unique by key: one statement updates a row at most once.
+        Rows must be unique by key: each is updated once. Rows that set different columns go in
+        one statement per set of columns, in the order each set first appears.
         """
         if not rows:
             return
-        columns = list(rows[0])
         assert len({tuple(r[k] for k in key) for r in rows}) == len(rows), "update rows must be unique by key"
+        by_columns: dict[tuple[str, ...], list[Values]] = {}
+        for row in rows:
+            by_columns.setdefault(tuple(sorted(row)), []).append(row)
+        for same in by_columns.values():
+            self._update(table, key, same, add)
+
+    def _update(self, table: Table, key: list[str], rows: Sequence[Values], add: tuple[str, ...]) -> None:
+        columns = list(rows[0])
         setters = [c for c in columns if c not in key]
         if not self.pg:
             assignments = ", ".join(f"{c} = {c} + ?" if c in add else f"{c} = ?" for c in setters)

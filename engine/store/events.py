@@ -21,7 +21,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -106,9 +105,9 @@ def record(session: Session, found: Sequence[events.Event], at_us: int) -> None:
     skipped (ON CONFLICT DO NOTHING), so a run repeated or raced says each such event once."""
     if not found:
         return
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    stmt = dialect.insert(EventRow.__table__).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    session.execute(stmt, [_row(e, at_us) for e in found])
+    batch = bulk.WriteBatch(session)
+    batch.upsert(EventRow.__table__, [_row(e, at_us) for e in found], key=["dedupe_key"])
+    batch.send()
 
 
 def view(event_id: int, type_: str, wallet_id: str | None, data_json: str, created_at_us: int) -> dict[str, Any]:

@@ -1458,6 +1458,11 @@ class PostingWriter:
         book.inflow(lot, points, payment_id)
         self.drain(book)
 
+    def award_credited(self, payment_id: str, campaign_id: str) -> None:
+        """A crediting run moved the award's pending points to available (its lot set by
+        `new_lot` and `credit_points`): no points of it are pending any more."""
+        self._award_updates.append(dict(p_id=payment_id, c_id=campaign_id, pending=0, clawed=0))
+
     def _next_sequence(self) -> int:
         self._chain.payment_sequence += 1
         return self._chain.payment_sequence
@@ -1790,34 +1795,31 @@ class PostingWriter:
                     state.balance[wallet_id],
                 )
         batch = self._batch
-        award_lots = save_books(batch, self.books)
+        award_lots, award_lots_changed = save_books(batch, self.books)
         batch.insert(RedemptionLegRow.__table__, self._redemption_legs)
         batch.insert(PaymentRow.__table__, self._payments)
         # The awards written here carry their lots as the books hold them now (spent or clawed
-        # back since, in this group, as the case may be); those of awards written before
-        # (credited by a crediting run) are set on their rows.
+        # back since, in this group, as the case may be).
         awards = [(*a, *lot_values(award_lots.pop((a[0], a[1]), None))) for a in self._awards]
         batch.insert_tuples(AwardRow.__table__, AWARD_LOT_COLUMNS, awards)
+        # Every award row this unit changes is updated once, whatever changed on it: a lot set
+        # (credited by a crediting run), spent, clawed back or expired; pending and clawed-back
+        # points (a refund's clawback, a crediting run).
+        changes: dict[tuple[str, str], Row] = {
+            key: dict(zip(LOT_ON_AWARD, lot_values(lot))) for key, lot in award_lots.items()
+        }
+        for key, values in award_lots_changed.items():
+            changes.setdefault(key, {}).update(values)
+        for u in self._award_updates:  # in order: two refunds of one purchase sum their clawbacks
+            change = changes.setdefault((u["p_id"], u["c_id"]), {})
+            change["pending"] = u["pending"]
+            if u["clawed"]:
+                change["clawed_back"] = change.get("clawed_back", 0) + u["clawed"]
         batch.update(
             AwardRow.__table__,
             ["payment_id", "campaign_id"],
-            [
-                dict(zip(("payment_id", "campaign_id", *LOT_ON_AWARD), (pid, cid, *lot_values(lot))))
-                for (pid, cid), lot in award_lots.items()
-            ],
-        )
-        # Two refunds of one purchase in a group touch its awards twice: fold them into one update.
-        award_updates: dict[tuple[str, str], Row] = {}
-        for u in self._award_updates:
-            previous = award_updates.get((u["p_id"], u["c_id"]))
-            award_updates[(u["p_id"], u["c_id"])] = dict(
-                payment_id=u["p_id"],
-                campaign_id=u["c_id"],
-                pending=u["pending"],
-                clawed_back=u["clawed"] + (previous["clawed_back"] if previous else 0),
-            )
-        batch.update(
-            AwardRow.__table__, ["payment_id", "campaign_id"], list(award_updates.values()), add=("clawed_back",)
+            [{"payment_id": pid, "campaign_id": cid, **values} for (pid, cid), values in changes.items()],
+            add=("clawed_back",),
         )
         batch.update(
             PaymentRow.__table__, ["id"], [dict(id=oid, refunded_amount=r) for oid, r in self._refunded_updates.items()]

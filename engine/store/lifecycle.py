@@ -51,14 +51,19 @@ def credit_due(
     while True:
         with ledger.unit_of_work(catalog) as unit:
             session = unit.session
-            due = list(
-                session.execute(
-                    select(AwardRow)
-                    .where(AwardRow.pending > 0, AwardRow.credit_at_us <= as_of_us)
-                    .order_by(AwardRow.credit_at_us, AwardRow.payment_id, AwardRow.campaign_id)
-                    .limit(chunk)
-                ).scalars()
-            )
+            due = session.execute(
+                select(
+                    AwardRow.payment_id,
+                    AwardRow.campaign_id,
+                    AwardRow.campaign_version,
+                    AwardRow.wallet_id,
+                    AwardRow.pending,
+                    AwardRow.credit_at_us,
+                )
+                .where(AwardRow.pending > 0, AwardRow.credit_at_us <= as_of_us)
+                .order_by(AwardRow.credit_at_us, AwardRow.payment_id, AwardRow.campaign_id)
+                .limit(chunk)
+            ).all()
             if not due:
                 session.add(
                     LifecycleRunRow(
@@ -94,7 +99,7 @@ def credit_due(
                     on_award=True,
                 )
                 writer.credit_points(books[award.wallet_id], lot, amount, award.payment_id)
-                award.pending = 0
+                writer.award_credited(award.payment_id, award.campaign_id)
                 credited += 1
                 points += amount
                 said.append(

@@ -260,3 +260,69 @@ def test_points_credited_into_a_wallet_in_debt_repay_it_before_the_award_keeps_a
         books.check()
     finally:
         books.close()
+
+
+_COUNT_AWARD_WRITES = {
+    "sqlite": [
+        "CREATE TABLE award_write (payment_id TEXT, campaign_id TEXT)",
+        "CREATE TRIGGER award_write_counted AFTER UPDATE ON award BEGIN"
+        " INSERT INTO award_write VALUES (NEW.payment_id, NEW.campaign_id); END",
+    ],
+    "postgresql": [
+        "CREATE TABLE award_write (payment_id TEXT, campaign_id TEXT)",
+        "CREATE FUNCTION award_write_counted() RETURNS trigger LANGUAGE plpgsql AS"
+        " $$ BEGIN INSERT INTO award_write VALUES (NEW.payment_id, NEW.campaign_id); RETURN NEW; END $$",
+        "CREATE TRIGGER award_write_counted AFTER UPDATE ON award FOR EACH ROW EXECUTE FUNCTION award_write_counted()",
+    ],
+}
+
+
+def test_a_unit_of_work_writes_each_award_row_once(database_url) -> None:
+    """A crediting run sets an award's lot and its pending points in one update of its row, and
+    a refund's clawback its lot and its clawed-back points in one (each was two: two dead row
+    versions where one will do). Counted by a trigger the test adds: one row per update."""
+    books = _ward(database_url)
+    try:
+        with books.engine.begin() as c:
+            for sql in _COUNT_AWARD_WRITES[books.engine.dialect.name]:
+                c.execute(text(sql))
+
+        def writes() -> list[tuple]:
+            found = _rows(books, "SELECT payment_id, campaign_id FROM award_write ORDER BY 1, 2")
+            with books.engine.begin() as c:
+                c.execute(text("DELETE FROM award_write"))
+            return found
+
+        books.at(START + dt.timedelta(minutes=1))
+        pids = []
+        for wallet in ("W1", "W2"):
+            earned = books.purchase("T1", wallet, 10_000, START)
+            assert earned.status == 201, earned.body
+            pids.append(earned.body["id"])
+        assert writes() == []
+
+        ((pending, credit_at),) = _rows(
+            books,
+            "SELECT pending, credit_at_us FROM award WHERE payment_id = :p AND campaign_id = 'C_LATER'",
+            p=pids[0],
+        )
+        books.at(credit_at + 1)
+        assert books.credit(credit_at)["awards_credited"] == 2
+        assert writes() == sorted((pid, "C_LATER") for pid in pids)
+        assert (
+            _rows(books, "SELECT pending, lot_remaining FROM award WHERE campaign_id = 'C_LATER'") == [(0, pending)] * 2
+        )
+
+        # Half of W1's purchase refunded: both awards clawed back from their lots, once each.
+        books.at(credit_at + 3_000_000)
+        refund = books.refund("T1", pids[0], 5_000, dt.datetime.fromtimestamp(credit_at // 1_000_000 + 1, TOKYO))
+        assert refund.status == 201, refund.body
+        assert writes() == [(pids[0], "C_LATER"), (pids[0], "C_NOW")]
+        assert _rows(
+            books,
+            "SELECT campaign_id, pending, clawed_back, lot_remaining FROM award WHERE payment_id = :p ORDER BY 1",
+            p=pids[0],
+        ) == [("C_LATER", 0, pending // 2, pending - pending // 2), ("C_NOW", 0, 500, 500)]
+        books.check()
+    finally:
+        books.close()

@@ -43,3 +43,22 @@ def test_a_threshold_said_already_is_not_said_again(database_url: str, read_with
         assert keys == ["budget_threshold:C1:1000:80", "budget_threshold:C1:1000:100"]
     finally:
         engine.dispose()
+
+
+def test_record_leaves_out_events_said_already(database_url: str) -> None:
+    """`record` (the lifecycle runs' and settlement's events) writes a run's events by one
+    statement and leaves out those whose dedupe key is taken: a run repeated, or raced, says
+    each event once; the rest of its events are written."""
+    db.upgrade(database_url)
+    engine = db.make_engine(database_url)
+    try:
+        first = events.budget_crossings({"C1": 700}, {"C1": 800}, {"C1": 1000}, AT)
+        both = events.budget_crossings({"C1": 700}, {"C1": 1000}, {"C1": 1000}, AT)
+        with Session(engine) as session, session.begin():
+            outbox.record(session, first, AT)
+        with Session(engine) as session, session.begin():
+            outbox.record(session, both, AT + 1)
+            rows = [tuple(r) for r in session.execute(text("SELECT dedupe_key, created_at_us FROM event ORDER BY id"))]
+        assert rows == [("budget_threshold:C1:1000:80", AT), ("budget_threshold:C1:1000:100", AT + 1)]
+    finally:
+        engine.dispose()
