@@ -9,14 +9,17 @@ award. Then, timed:
 - `setapay credit`'s run (`lifecycle.credit_due`) as of the last award's credit instant: every
   pending award moved to available points, as a lot on its award row;
 - `--refunds` full refunds of credited purchases through `Ledger.submit` in groups of 1,000:
-  each claws its points back from that lot.
+  each claws its points back from that lot;
+- `setapay expire`'s run (`lifecycle.expire_due`) as of the last lot's expiry: every lot with
+  points left expired (its wallet's points posted out), then the expiry warnings' pass.
 
 Each phase prints its wall time, this process's CPU and PostgreSQL's (the backends of this
 database, from /proc; Linux only), per item.
 
     .venv/bin/python bench/lifecycle.py [--purchases 100000] [--refunds 20000]
 
-Last line: `lifecycle credit_per_s=<n> credit_pg_us=<n> refund_per_s=<n> refund_pg_us=<n>`.
+Last line: `lifecycle credit_per_s=<n> credit_pg_us=<n> refund_per_s=<n> refund_pg_us=<n>
+expire_per_s=<n> expire_pg_us=<n>`.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ def main() -> int:
     parser.add_argument("--refunds", type=int, default=20_000)
     args = parser.parse_args()
 
-    from sqlalchemy import func, select
+    from sqlalchemy import func, select, text
 
     from engine import collector
     from engine.model import Campaign, Credit, Refund, Tier
@@ -127,10 +130,17 @@ def main() -> int:
             assert all(a.status == 201 for a in answers), [a.body for a in answers if a.status != 201][:3]
 
     refund_rate, refund_pg = measured("refunds", len(originals), refunds)
+
+    with engine.connect() as conn:
+        lots = conn.execute(text("SELECT count(*), max(expires_at_us) FROM wallet_lot WHERE remaining > 0")).one()
+    expired: dict[str, int | str] = {}
+    expire_rate, expire_pg = measured("expiry", lots[0], lambda: expired.update(lifecycle.expire_due(ledger, lots[1])))
+    assert expired["lots_expired"] == lots[0], (expired, lots)
     engine.dispose()
     print(
         f"lifecycle credit_per_s={credit_rate:.0f} credit_pg_us={credit_pg:.1f} "
-        f"refund_per_s={refund_rate:.0f} refund_pg_us={refund_pg:.1f}"
+        f"refund_per_s={refund_rate:.0f} refund_pg_us={refund_pg:.1f} "
+        f"expire_per_s={expire_rate:.0f} expire_pg_us={expire_pg:.1f}"
     )
     return 0
 
