@@ -279,7 +279,7 @@ class Auth:
             await self.failures.retry_after_s(address), "too many failed authentications from this address"
         )
 
-    async def _failed(self, address: str) -> EngineError:
+    async def failed(self, address: str) -> EngineError:
         """Count a failed authentication: 401, or 429 once the address is over its limit."""
         if not await self.failures.hit(address):
             return await self._over_failure_limit(address)
@@ -324,7 +324,7 @@ class Auth:
                 except RateLimited:
                     continue  # the leader's address was over its limit; this request's may not be
                 if found is None:
-                    raise await self._failed(address)
+                    raise await self.failed(address)
                 return found
             try:
                 if not await self.failures.test(address):
@@ -338,31 +338,39 @@ class Auth:
                 with self._in_flight_lock:
                     self._in_flight.pop(digest, None)
             if found is None:
-                raise await self._failed(address)
+                raise await self.failed(address)
             return found
         raise await self._over_failure_limit(address)
 
     async def principal(self, request: Request) -> Principal:
         """The caller of `request`, else a 401, 429 or 503 `EngineError` (`api.deps.principal` is the
         dependency that calls this and documents the bearer scheme in the OpenAPI)."""
-        authorization = request.headers.get("authorization")
+        scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
         address = request.client.host if request.client else "unknown"
-        secret = (
-            authorization[len("Bearer ") :].strip() if authorization and authorization.startswith("Bearer ") else ""
-        )
-        p = await self.authenticate(secret, address)
+        secret = credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 9110: the scheme's case is free
+        p = await self.authenticate(secret, address, counted=False)
         if p.role == "terminal" and self.signatures is not None:
             # Every route a terminal key can call: its request signature, if the terminal has a key.
+            # Checked before the key's rate is counted: a stolen bearer key alone, refused here,
+            # cannot spend a signing terminal's rate and lock the terminal out with 429s.
             assert p.terminal_id is not None, "a terminal key names its terminal"
             await self.signatures.verify(request, p.terminal_id)
+        await self.count(p)
         self.last_used.note(p.key_id)
         return p
 
-    async def authenticate(self, secret: str, address: str) -> Principal:
+    async def count(self, p: Principal) -> None:
+        """Count a request of `p`'s key against its rate, else a 429 `RateLimited`."""
+        if not await self.per_key.hit(p.key_id):
+            raise RateLimited(await self.per_key.retry_after_s(p.key_id), "this key is over its request rate")
+
+    async def authenticate(self, secret: str, address: str, counted: bool = True) -> Principal:
         """The key `secret` sent from `address` (steps 2 to 4 above), else a 401 or 429 `EngineError`;
-        also the check of a key entered on the pages' sign-in form (api/routers/ui.py)."""
+        also the check of a key entered on the pages' sign-in form (api/routers/ui.py). With
+        `counted`, the request is counted against the key's rate (`principal` counts it itself,
+        once the request's signature is checked)."""
         if not secret or len(secret) > SECRET_LENGTH_MAX:
-            raise await self._failed(address)
+            raise await self.failed(address)
         digest = hash_key(secret)
         cached = self.cache.get(digest)
         if cached is None:
@@ -372,11 +380,11 @@ class Auth:
         else:
             looked_up = await self._lookup(digest)  # known here: not held back by its address's failures
             if looked_up is None:
-                raise await self._failed(address)
+                raise await self.failed(address)
             found = looked_up
         if found.expires_at_us is not None and found.expires_at_us <= self.clock.now_us():
-            raise await self._failed(address)
+            raise await self.failed(address)
         p = found.principal
-        if not await self.per_key.hit(p.key_id):
-            raise RateLimited(await self.per_key.retry_after_s(p.key_id), "this key is over its request rate")
+        if counted:
+            await self.count(p)
         return p

@@ -272,12 +272,16 @@ async def ui_login(request: Request, s: ServicesDep) -> Response:
         secret = fields.get("key", "").strip()
         address = request.client.host if request.client else "unknown"
         try:
-            who = anyio.from_thread.run(s.auth.authenticate, secret, address)
+            who = anyio.from_thread.run(s.auth.authenticate, secret, address, False)
+            if who.role not in ui.UI_ROLES:
+                # A terminal's or an app's key is answered as a made-up one: the form tells no
+                # one whether a key is real, and a key not counted here (a signing terminal's
+                # rate is counted once its request signature holds: `Auth.principal`).
+                raise anyio.from_thread.run(s.auth.failed, address)
+            anyio.from_thread.run(s.auth.count, who)
         except EngineError as refused:
             status = 429 if refused.code == "rate_limited" else 401
             return _page(request, "login.html", {"failed": True}, status=status)
-        if who.role not in ui.UI_ROLES:
-            return _page(request, "login.html", {"failed": True}, status=403)
         response = RedirectResponse(ui.home_path(who), status_code=303)
         digest = hash_key(secret)
         # After the key's last sign-out even on a clock behind the one that recorded it.

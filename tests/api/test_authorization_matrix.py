@@ -13,7 +13,7 @@ principal, and in each cell what the SPEC says that principal gets:
 The pages under `/ui/` (api/routers/ui.py) take no `Authorization` header but a
 session cookie: for them each principal's client first signs in with its key on
 the sign-in form (`POST /ui/login`, which admits merchant, finance and admin keys
-only) and then asks with the cookie it was given, if any; a form it posts carries
+only, and answers any other key as a made-up one: 401) and then asks with the cookie it was given, if any; a form it posts carries
 the CSRF token of its cookie. The row of `POST /ui/login` itself is the sign-in
 of that principal's key (no key for `none`).
 
@@ -126,7 +126,7 @@ DELETE /v1/webhooks/{webhook_id}                   | 401  401  401     401    | 
 GET    /v1/webhook-deliveries                      | 401  401  401     401    | OK    OK      403 | 403          403            | 403          403
 GET    /ui/                                        | 303  303  303     303    | 303   303     303 | 303          303            | 303          303
 GET    /ui/login                                   | 200  200  200     200    | 200   200     200 | 200          200            | 200          200
-POST   /ui/login                                   | 401  401  401     401    | 303   303     403 | 303          303            | 403          403
+POST   /ui/login                                   | 401  401  401     401    | 303   303     401 | 303          303            | 401          401
 POST   /ui/logout                                  | 303  303  303     303    | 303   303     303 | 303          303            | 303          303
 GET    /ui/merchants/{merchant_id}                 | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303
 GET    /ui/merchants/{merchant_id}/transactions    | 303  303  303     303    | OK    OK      303 | OK           403            | 303          303

@@ -145,3 +145,17 @@ def test_a_csrf_token_of_any_text_is_a_403_never_a_500(ward: Ward) -> None:
         assert browser.get("/ui/campaigns").status_code == 200
     finally:
         browser.close()
+
+
+def test_the_sign_in_form_tells_no_one_whether_a_key_is_real(ward: Ward) -> None:
+    """A terminal's or the app's real key cannot sign in to the pages and is answered exactly as a
+    made-up key (401, the same page), so the form is no oracle for a stolen key."""
+    with httpx.Client(base_url=ward.server.base_url, follow_redirects=False) as browser:
+        token = _csrf(browser.get("/ui/login").text)
+        answers = [
+            browser.post("/ui/login", data={"key": key, "csrf": token})
+            for key in (ward.terminal_key("T_SHOTEN_1"), ward.key("app"), "sk_made_up_" + "x" * 30)
+        ]
+        assert [a.status_code for a in answers] == [401, 401, 401]
+        assert len({a.text for a in answers}) == 1
+        assert browser.post("/ui/login", data={"key": ward.finance_key, "csrf": token}).status_code == 303

@@ -362,3 +362,42 @@ def test_replay_to_a_second_process_redis_nonces(start_server, tmp_path, redis_u
         assert 300 < client.ttl(keys[0]) <= 600
     finally:
         client.close()
+
+
+# -- a stolen bearer key alone ---------------------------------------------------------
+
+
+def test_unsigned_requests_do_not_spend_a_signing_terminals_rate(start_server):
+    """A signing terminal's key without the terminal's private key gets 401 `signature_required`
+    however often it is sent, and the terminal's signed requests keep their whole rate: the key's
+    rate is counted once the signature holds, not before."""
+    limit = 60
+    ward = Ward(start_server("sqlite", env={"SETAPAY_RATE_LIMIT_PER_KEY": f"{limit}/minute"}))
+    try:
+        private = Ed25519PrivateKey.generate()
+        register(ward, SIGNED, private)
+        thief = ward.terminal(SIGNED)
+        for _ in range(limit + 5):
+            assert_problem(thief.get("/v1/transactions/tx_unknown"), "signature_required")
+        for i in range(3):
+            r = ward.post_signed(SIGNED, private, purchase(SIGNED, "W_OWNER", 1100 + i))
+            assert r.status_code == 201, r.text
+        # The limit is real: a bearer-only terminal's key is over it past `limit` requests.
+        bearer = ward.terminal(BEARER)
+        answers = [bearer.get("/v1/transactions/tx_unknown").status_code for _ in range(limit + 1)]
+        assert answers[:limit] == [404] * limit and answers[limit] == 429
+    finally:
+        ward.close()
+
+
+def test_the_bearer_schemes_case_is_free(ward):
+    """RFC 9110 §11.1: an authentication scheme is case-insensitive."""
+    key = ward.terminal_key(BEARER)
+    for scheme in ("Bearer", "bearer", "BEARER"):
+        with ward.server.client(None) as c:
+            r = c.get("/v1/transactions/tx_unknown", headers={"Authorization": f"{scheme} {key}"})
+        assert_problem(r, "not_found", 404)  # authenticated: the transaction is looked up
+    with ward.server.client(None) as c:
+        assert_problem(
+            c.get("/v1/transactions/tx_unknown", headers={"Authorization": f"Basic {key}"}), "unauthenticated"
+        )
