@@ -7,7 +7,10 @@ collector tuned as a serving process tunes it. Each phase of the group path is t
 wrapping its function (the wrappers cost a few microseconds a call) and each statement
 `WriteBatch.send` sends is timed on its own; both are printed in milliseconds per group.
 
-    .venv/bin/python bench/group_phases.py [--group 1000] [--groups 10]
+With `--ended-campaigns N`, the ward has also run N monthly campaigns before (from 2022, each
+with a monthly wallet cap, ended long ago), as a ward does after a few years.
+
+    .venv/bin/python bench/group_phases.py [--group 1000] [--groups 10] [--ended-campaigns 0]
 
 Last line: `group_phases tx_per_s=<n> ms_per_group=<n>`.
 """
@@ -67,10 +70,38 @@ def timed_send(self: WriteBatch) -> None:
     self.statements.clear()
 
 
+def add_ended_campaigns(url: str, n: int) -> None:
+    """`n` monthly point-back campaigns of past months (from January 2022), long ended."""
+    import datetime as dt
+
+    from engine.model import Campaign, Tier
+    from engine.store import db
+    from engine.store.config import Config
+    from engine.timeutil import TOKYO
+
+    config = Config(db.make_engine(url))
+    for k in range(n):
+        starts = dt.datetime(2022 + k // 12, k % 12 + 1, 1, tzinfo=TOKYO)
+        ends = dt.datetime(2022 + (k + 1) // 12, (k + 1) % 12 + 1, 1, tzinfo=TOKYO)
+        config.create_campaign(
+            Campaign(
+                id=f"PB_OLD_{k}",
+                name=f"past point-back {k}",
+                starts_at=starts,
+                ends_at=ends,
+                tiers=(Tier(rate_bp=1000),),
+                per_wallet_cap=5_000,
+                per_wallet_cap_period="month",
+            )
+        )
+    config.engine.dispose()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--group", type=int, default=1000)
     parser.add_argument("--groups", type=int, default=10)
+    parser.add_argument("--ended-campaigns", type=int, default=0)
     args = parser.parse_args()
 
     from engine import collector, rating
@@ -79,6 +110,8 @@ def main() -> int:
 
     url = fresh_database("setapay_bench_group_phases")
     terminals, _ = seed_ward(url, 8)
+    if args.ended_campaigns:
+        add_ended_campaigns(url, args.ended_campaigns)
     book = ledger.Ledger(db.make_engine(url.replace("postgresql+psycopg://", "postgresql://")))
     occurred_at = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
 

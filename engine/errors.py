@@ -56,10 +56,16 @@ CATALOG: dict[str, ErrorCode] = {
     "receipt_invalid": ErrorCode(422, "The payment receipt is not valid"),
     "receipt_mismatch": ErrorCode(422, "The payment receipt does not match the transaction"),
     "receipt_already_used": ErrorCode(409, "The payment receipt was used by an accepted transaction"),
+    "receipt_in_use": ErrorCode(
+        409, "Other transactions carrying this payment receipt were being decided with this one: retry it"
+    ),
     "app_revoked": ErrorCode(409, "The payment app is revoked"),
     # -- configuration, settlement (SPEC §7, §9.6) ------------------------------------
     "campaign_started": ErrorCode(422, "A started campaign can only end earlier or raise its budget"),
     "too_many_active_campaigns": ErrorCode(422, "As many campaigns as allowed are running or scheduled already"),
+    "too_many_item_tags": ErrorCode(
+        422, "The campaigns whose windows meet this one's would name more than 64 item tags together"
+    ),
     "period_open": ErrorCode(422, "The settlement period has not ended yet"),
     "period_overlaps": ErrorCode(409, "The period overlaps a settled one"),
     "period_out_of_order": ErrorCode(409, "Periods settle in order, each right after the last settled one"),

@@ -103,7 +103,9 @@ CampaignPatch = _partial(
     "`null` clears a nullable one, and the merged record must still be a valid campaign (422 "
     "`invalid_request` naming the field otherwise). A started campaign keeps its `starts_at`, may not "
     "end before now nor have a budget below the points it issued (422 `campaign_started`); an ended "
-    "campaign made to run again counts towards the active campaigns (422 `too_many_active_campaigns`). The id "
+    "campaign made to run again counts towards the active campaigns (422 `too_many_active_campaigns`); the "
+    "campaigns whose windows come within `occurred_at`'s bounds of its own name at most 64 item tags together "
+    "(422 `too_many_item_tags`). The id "
     "cannot change (an `id` other than the path's is 422 `invalid_request`) and the server numbers "
     "versions (a `version` sent is ignored).",
 )
@@ -158,7 +160,14 @@ def patch_merchant(
     status_code=201,
     responses={
         201: {"model": Campaign},
-        **problems(AUTHENTICATED, "invalid_request", "already_exists", "too_many_active_campaigns", "unknown_merchant"),
+        **problems(
+            AUTHENTICATED,
+            "invalid_request",
+            "already_exists",
+            "too_many_active_campaigns",
+            "too_many_item_tags",
+            "unknown_merchant",
+        ),
     },
 )
 def create_campaign(body: Campaign, p: Admin, config: ConfigDep) -> Any:
@@ -193,6 +202,7 @@ def get_campaign(
             "not_found",
             "campaign_started",
             "too_many_active_campaigns",
+            "too_many_item_tags",
             "unknown_merchant",
         ),
     },

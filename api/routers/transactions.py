@@ -268,6 +268,7 @@ router.add_api_route(
                 "receipt_required",
                 "receipt_invalid",
                 "receipt_mismatch",
+                "receipt_in_use",
                 *_DECLINES,
             ),
             *_DECLINES,

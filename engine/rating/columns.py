@@ -116,13 +116,18 @@ class Catalog:
     merchant_index: dict[str, int]
     tag_bits: dict[str, int]
     arrays: dict[str, np.ndarray]
+    # Every campaign of the ward in evaluation order (`campaign_order`), those not rated here
+    # too: a catalog built for some campaigns only still orders any campaign's awards the same.
+    rank: dict[str, int] = dataclasses.field(default_factory=dict)
 
     @property
     def campaign_ids(self) -> list[str]:
         return [c.id for c in self.campaigns]
 
 
-def build_catalog(merchants: list[Merchant], campaigns: list[Campaign]) -> Catalog:
+def build_catalog(merchants: list[Merchant], campaigns: list[Campaign], rank: dict[str, int] | None = None) -> Catalog:
+    """The kernel's catalog of `campaigns`; `rank`: every campaign of the ward in evaluation
+    order, when `campaigns` are some of them (by default, they are all)."""
     campaigns = sorted(campaigns, key=campaign_order)
     assert len({c.id for c in campaigns}) == len(campaigns), "one version per campaign in a batch"
     tag_bits: dict[str, int] = {}
@@ -173,7 +178,13 @@ def build_catalog(merchants: list[Merchant], campaigns: list[Campaign]) -> Catal
         cert_from=_a(cert_from),
         cert_until=_a(cert_until),
     )
-    return Catalog(campaigns, {m.id: i for i, m in enumerate(merchants)}, tag_bits, arrays)
+    return Catalog(
+        campaigns,
+        {m.id: i for i, m in enumerate(merchants)},
+        tag_bits,
+        arrays,
+        rank if rank is not None else {c.id: i for i, c in enumerate(campaigns)},
+    )
 
 
 def catalog_columns(catalog: Catalog, extra: int = 0) -> dict[str, np.ndarray]:

@@ -294,6 +294,38 @@ class Config:
                 f"{active} campaigns are running or scheduled (at most {limits.CAMPAIGNS_ACTIVE_MAX}); end one first",
             )
 
+    def _check_tags_together(self, session: Session, campaign: Campaign) -> None:
+        """Refuse a campaign whose item tags and those of the campaigns whose windows come within
+        a group's span of its own would name more than CAMPAIGN_TAGS_DISTINCT_MAX tags together:
+        the kernel holds the tags of the campaigns it rates a group against as bits of one
+        integer (`CatalogSnapshot.rating_for`: those whose window holds an instant between the
+        group's first and last purchase, whose `occurred_at` the API keeps within
+        `occurred_at_max_past_days` behind and `occurred_at_max_future_s` ahead of its clock;
+        reconciliation's re-rate rates a day of acceptance at a time, one day more)."""
+        settings = self.settings
+        past_days = settings.occurred_at_max_past_days if settings else limits.OCCURRED_AT_MAX_PAST_DAYS
+        future_s = settings.occurred_at_max_future_s if settings else limits.OCCURRED_AT_MAX_FUTURE_S
+        span = ((past_days + 1) * 86_400 + future_s) * 1_000_000
+        tags = set(campaign.item_tags or ())
+        if not tags:
+            return
+        starts, ends = to_us(campaign.starts_at) - span, to_us(campaign.ends_at) + span
+        records = session.execute(
+            select(CampaignVersionRow.record_json)
+            .join(CampaignRow, CampaignRow.id == CampaignVersionRow.campaign_id)
+            .where(CampaignVersionRow.version == CampaignRow.current_version, CampaignRow.id != campaign.id)
+        ).scalars()
+        for record in records:
+            other = Campaign.model_validate_json(record)
+            if other.item_tags and to_us(other.starts_at) < ends and starts < to_us(other.ends_at):
+                tags.update(other.item_tags)
+        if len(tags) > limits.CAMPAIGN_TAGS_DISTINCT_MAX:
+            raise EngineError(
+                "too_many_item_tags",
+                f"with the campaigns whose windows come within {past_days + 1} days of this one's, the item tags "
+                f"would number {len(tags)} (at most {limits.CAMPAIGN_TAGS_DISTINCT_MAX})",
+            )
+
     @staticmethod
     def _check_funding(session: Session, campaign: Campaign) -> None:
         """A merchant-funded campaign names a known merchant: settlement charges its points to
@@ -313,6 +345,7 @@ class Config:
             if session.get(CampaignRow, campaign.id) is not None:
                 raise EngineError("already_exists", f"campaign {campaign.id} exists")
             self._check_funding(session, campaign)
+            self._check_tags_together(session, campaign)
             now = self.clock.now_us()
             if to_us(campaign.ends_at) > now:
                 self._check_active_limit(session, campaign.id, now)
@@ -359,6 +392,7 @@ class Config:
             if updated.budget is not None and updated.budget < row.issued_net:
                 raise EngineError("campaign_started", f"budget below the {row.issued_net} points already issued")
             self._check_funding(session, updated)
+            self._check_tags_together(session, updated)
             if to_us(current.ends_at) <= now < to_us(updated.ends_at):  # an ended campaign runs again
                 self._check_active_limit(session, campaign_id, now)
             row.current_version = updated.version

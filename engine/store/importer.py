@@ -82,7 +82,6 @@ from sqlalchemy.orm import Session
 from engine.clock import ManualClock
 from engine.importing import Line, LineError, Reader, imported_payment_id
 from engine.model import Refund
-from engine.rating import build_catalog
 from engine.receipts import Receipt
 from engine.store import bulk, lifecycle
 from engine.store.ledger import CatalogSnapshot, Ledger, Result, Submission
@@ -230,7 +229,6 @@ class _Importer:
             campaigns, merchants = self.versions.in_force(self.changes[era] if era >= 0 else _EARLIEST)
             self.catalogs[era] = CatalogSnapshot(
                 version=-1,  # never the head's: a past instant's catalog, used by this import only
-                rating=build_catalog(merchants, campaigns),
                 campaigns={c.id: c for c in campaigns},
                 merchants={m.id: m for m in merchants},
                 merchant_by_terminal=self.terminals,

@@ -28,7 +28,7 @@ import json
 import os
 import weakref
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from typing import Any, Protocol
 
@@ -41,7 +41,7 @@ from engine import crediting, metrics, posting_columns
 from engine import ledger_rules as rules
 from engine.clock import Clock, SystemClock
 from engine.errors import decline
-from engine.model import Campaign, Merchant, Purchase, Refund
+from engine.model import Campaign, Merchant, Purchase, Refund, campaign_order
 from engine.quotes import award_answer
 from engine.rating import (
     AwardState,
@@ -250,10 +250,46 @@ class CatalogSnapshot:
     """
 
     version: int  # the ledger_head.catalog_version it was loaded for
-    rating: Catalog  # merchants and campaigns in the rating kernel's form
     campaigns: Mapping[str, Campaign]  # campaign id -> its current version
-    merchants: Mapping[str, Merchant]  # merchant id -> merchant
+    merchants: Mapping[str, Merchant]  # merchant id -> merchant, in id order
     merchant_by_terminal: Mapping[str, str]  # terminal id -> the merchant it posts for
+    # The kernel's catalogs built so far, by the campaigns they hold (`rating_for`).
+    _ratings: dict[tuple[str, ...], Catalog] = dataclasses.field(default_factory=dict, repr=False)
+
+    @functools.cached_property
+    def _windows(self) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
+        ordered = sorted(self.campaigns.values(), key=campaign_order)
+        return {c.id: i for i, c in enumerate(ordered)}, [(c.id, to_us(c.starts_at), to_us(c.ends_at)) for c in ordered]
+
+    def rating_for(self, bodies: Iterable[Purchase | Refund]) -> Catalog:
+        """The rating kernel's catalog for a group of `bodies`: the campaigns whose window
+        (`[starts_at, ends_at)`) holds an instant between its first and last purchase's
+        `occurred_at`. No other campaign can award any of its purchases (the kernel skips a
+        campaign outside its window), and a refund takes back its original's awards whatever
+        campaigns the catalog holds, so the outcomes are those of a catalog of every campaign;
+        but a group is rated, and its state read, for the few campaigns that can apply, not
+        for every campaign the ward ever ran (nor against their item tags together). Built
+        once per set of campaigns."""
+        times = [to_us(b.occurred_at) for b in bodies if b.type == "purchase"]
+        rank, windows = self._windows
+        if times:
+            first, last = min(times), max(times)
+            ids = tuple(cid for cid, starts, ends in windows if starts <= last and first < ends)
+        else:
+            ids = ()
+        catalog = self._ratings.get(ids)
+        if catalog is None:
+            if len(self._ratings) >= _RATINGS_KEPT:
+                self._ratings.clear()
+            catalog = self._ratings[ids] = build_catalog(
+                list(self.merchants.values()), [self.campaigns[cid] for cid in ids], rank
+            )
+        return catalog
+
+
+# Transactions `Ledger.submit` takes for one group whose receipts' earlier uses were declined.
+RECEIPT_ROUNDS_MAX = 4
+_RATINGS_KEPT = 64  # kernel catalogs a CatalogSnapshot keeps (groups near a campaign's edge make a few)
 
 
 class UnitOfWork:
@@ -406,6 +442,8 @@ class _GroupReads:
     state: Callable[[GroupEffects | None], tuple[RatingState, dict[str, WalletBook]]] | None
     # The budget-threshold events the outbox holds (`outbox.queue_said`); None: looked up if crossed.
     said: outbox.Said | None = None
+    # The kernel's catalog `state` was queued for (`CatalogSnapshot.rating_for` the group).
+    rating: Catalog | None = None
 
 
 # Posting sequence and hash, payment sequence and hash, catalog version, lock version.
@@ -655,9 +693,10 @@ class Ledger:
             reads.setting("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             reads.run()
             catalog = self._read_view(session).catalog
-            state, _ = self._load_state(session, catalog.rating, events, {})
+            rating = catalog.rating_for([purchase])
+            state, _ = self._load_state(session, rating, events, {})
             session.rollback()
-        return rate(catalog.rating, events, state)[0], catalog
+        return rate(rating, events, state)[0], catalog
 
     def _quote_against(self, catalog: CatalogSnapshot, events: list[Event]) -> Outcome | None:
         """The quote against `catalog`; None when the head names another catalog version."""
@@ -668,11 +707,12 @@ class Ledger:
             reads.setting("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
             reads.closing("ROLLBACK")
             head = reads.query(_CATALOG_VERSION_SQL)
-            state, _ = self._load_state(session, catalog.rating, events, {}, reads)
+            rating = catalog.rating_for([body for _, body in events])
+            state, _ = self._load_state(session, rating, events, {}, reads)
             session.rollback()
         if head.rows[0][0] != catalog.version:
             return None
-        return rate(catalog.rating, events, state)[0]
+        return rate(rating, events, state)[0]
 
     # -- the sequencer -----------------------------------------------------
 
@@ -695,7 +735,6 @@ class Ledger:
             terminals = {r.id: r.merchant_id for r in session.execute(select(TerminalRow.id, TerminalRow.merchant_id))}
             catalog = CatalogSnapshot(
                 version=version,
-                rating=build_catalog(merchants, campaigns),
                 campaigns={c.id: c for c in campaigns},
                 merchants={m.id: m for m in merchants},
                 merchant_by_terminal=terminals,
@@ -750,10 +789,19 @@ class Ledger:
         on whether the earlier one is accepted. When it is, the later use is declined in
         the same transaction; when the earlier one is declined, the later use is rated in
         a next transaction (a loop, each round deciding at least its first submission).
+        After `RECEIPT_ROUNDS_MAX` rounds the uses still waiting answer 409 `receipt_in_use`,
+        not remembered (a retry is decided then): one request repeating a receipt the ledger
+        declines cannot make the ledger take a round per use, each re-reading the rest.
         """
         results: list[Result | None] = [None] * len(submissions)
         todo = list(range(len(submissions)))
+        rounds = 0
         while todo:
+            if rounds == RECEIPT_ROUNDS_MAX:
+                for i in todo:
+                    results[i] = Result(*decline("receipt_in_use"), remember=False)
+                break
+            rounds += 1
             group = [submissions[i] for i in todo]
             for i, result in zip(todo, self._submit_one(group, accepted_at_us, catalog, remember_answers)):
                 results[i] = result
@@ -820,7 +868,9 @@ class Ledger:
         if catalog is not None:
             reads.said = outbox.queue_said(batch, catalog.campaigns)
             if not original_ids:
-                reads.state = self._queue_state(batch, catalog.rating, [s.body for s in submissions], {})
+                bodies = [s.body for s in submissions]
+                reads.rating = catalog.rating_for(bodies)
+                reads.state = self._queue_state(batch, reads.rating, bodies, {})
         return reads
 
     def _decide_group(
@@ -844,7 +894,6 @@ class Ledger:
         the group before it yet: `overlay` is that group's effects, laid over what is read.
         `reads`: the group's reads (`_queue_group_reads`), run already; else they are run here."""
         session = unit.session
-        catalog = unit.catalog.rating
         terminals = unit.catalog.merchant_by_terminal
         results: list[Result | None] = [None] * len(submissions)
 
@@ -924,9 +973,14 @@ class Ledger:
         answer_json: dict[str, str]  # payment id -> its answer, serialised once for its payment row
         effects = GroupEffects()
         if events:
+            # Rated against the catalog of the campaigns the whole group can meet: the one its
+            # state was read for, so every window usage the kernel can consult was read.
             if reads.state is not None:
+                assert reads.rating is not None
+                catalog = reads.rating
                 state, books = reads.state(overlay)
             else:
+                catalog = unit.catalog.rating_for(s.body for s in submissions)
                 state, books = self._load_state(session, catalog, events, originals, overlay=overlay)
             usage_before, spend_before = dict(state.usage), dict(state.spend)
             pending_before = {
@@ -1140,21 +1194,42 @@ class Ledger:
 
     def wrote(self, decided: DecidedGroup) -> bool:
         """Whether a group decided ahead whose write raised was committed all the same: its
-        first accepted payment is stored with the answer decided (one commit wrote all of it).
-        A group that accepted none cannot tell, and is taken as not written.
+        first accepted payment is stored with the answer decided, or, in a group that accepted
+        none, its first remembered decline is (one commit wrote all of it). A group that wrote
+        neither cannot tell, and is taken as not written.
 
         It waits for the sequencer lock first (and writes nothing under it): a write whose
         client died after sending COMMIT may still be committing, holding that lock, and a
         read before it ends would take the group as not written and have it posted again,
         every first answer coming back as a replay."""
-        accepted = next((r.body for r in decided.results if r.status == 201 and not r.replayed), None)
-        if accepted is None:
+        fresh = [(s, r) for s, r in zip(decided.submissions, decided.results) if not r.replayed]
+        accepted = next((r.body for _, r in fresh if r.status == 201), None)
+        # Without an accepted payment, every decline the group remembered must be stored as
+        # decided (a key's row could also come from another process's request with that key).
+        declined = {
+            (s.terminal_id, s.idempotency_key): (s.request_hash, r.body)
+            for s, r in fresh
+            if r.status >= 400 and r.remember
+        }
+        if accepted is None and (not declined or not decided.options.get("remember_answers", True)):
             return False
         with Session(self.engine) as session, session.begin():
             _locked_head(session)
-            stored = session.execute(select(PaymentRow.response_json).where(PaymentRow.id == accepted["id"])).scalar()
-        if stored is None or json.loads(stored) != accepted:
-            return False
+            if accepted is not None:
+                stored = session.execute(
+                    select(PaymentRow.response_json).where(PaymentRow.id == accepted["id"])
+                ).scalar()
+                if stored is None or json.loads(stored) != accepted:
+                    return False
+            else:
+                remembered = self._remembered(session, set(declined))
+                if any(
+                    (row := remembered.get(key)) is None
+                    or len(row) < 5  # a payment's row: accepted, not this decline
+                    or (row[2], json.loads(row[4])) != expected
+                    for key, expected in declined.items()
+                ):
+                    return False
         decided.written = True
         self.count_declines(decided.results)
         return True
@@ -1349,8 +1424,8 @@ class Ledger:
 
 
 def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:
-    ids = catalog.campaign_ids
-    return (ids.index(campaign_id), "") if campaign_id in ids else (len(ids), campaign_id)
+    rank = catalog.rank
+    return (rank[campaign_id], "") if campaign_id in rank else (len(rank), campaign_id)
 
 
 _RECEIPT = ("receipt_app_id", "receipt_jti")  # a payment's receipt: unique among payments

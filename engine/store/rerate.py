@@ -349,9 +349,12 @@ class Rated:
     returned: np.ndarray  # [N]
     spend: np.ndarray  # [G]
     eras: int
-    era: np.ndarray  # [N] index into `catalogs` of the era each payment was rated in
-    catalogs: dict[int, EraCatalog]  # era -> (Catalog, campaigns in force, merchants in force)
+    era: np.ndarray  # [N] index into `catalogs` of the rating unit (in its era) each payment was rated in
+    catalogs: dict[int, EraCatalog]  # rating unit -> (Catalog, campaigns in force, merchants in force)
     timings_s: dict[str, float]  # "encode" (catalogs, slots, columns, folding back) and "rate" (the kernel calls)
+
+
+RATING_UNIT_US = 86_400_000_000  # the most acceptance time `rate_history` rates against one catalog
 
 
 def _segments(history: History, changes: np.ndarray) -> list[tuple[int, int, int]]:
@@ -382,13 +385,40 @@ def rate_history(
     started = time.perf_counter()
     kernel_s = 0.0
     changes = versions.changes()
-    segments = _segments(history, changes)
     in_force = override or versions.in_force
+    # Rated in units of one era of configuration and at most a day (Asia/Tokyo or not, a
+    # calendar day of microseconds) of acceptance, each against the campaigns in force whose
+    # window holds an instant between the unit's first and last purchase's `occurred_at` (as
+    # `CatalogSnapshot.rating_for` does a group): no other can award any of them, and the rest
+    # are absent columns, never active, below. A unit's purchases so span at most a day and
+    # `occurred_at`'s bounds, within which `Config` keeps the campaigns' item tags to 64
+    # (`Config._check_tags_together`), and campaigns long ended cost it nothing.
+    segments: list[tuple[int, int, int]] = []  # (start, end, unit) runs of acceptance order
+    unit_era: list[int] = []
+    units: dict[tuple[int, tuple[str, ...]], int] = {}
     catalogs: dict[int, EraCatalog] = {}
-    for _, _, era in segments:
-        if era not in catalogs:
+    eras: dict[int, tuple[list[Campaign], list[Merchant], list[tuple[str, int, int]]]] = {}  # + their windows
+    days = history.accepted_at_us // RATING_UNIT_US
+    for a, b, era in _segments(history, changes):
+        if era not in eras:
             campaigns, merchants = in_force(int(changes[era]) if era >= 0 else -(1 << 62))
-            catalogs[era] = (build_catalog(merchants, campaigns), campaigns, merchants)
+            eras[era] = (campaigns, merchants, [(c.id, to_us(c.starts_at), to_us(c.ends_at)) for c in campaigns])
+        campaigns, merchants, campaign_windows = eras[era]
+        cuts = (a + np.flatnonzero(np.diff(days[a:b])) + 1).tolist()
+        for ca, cb in zip([a, *cuts], [*cuts, b]):
+            at = history.occurred_at_us[ca:cb][history.kind[ca:cb] == k.KIND_PURCHASE]
+            first, last = (int(at.min()), int(at.max())) if at.size else (1, 0)  # no purchase: no campaign
+            met = tuple(cid for cid, starts, ends in campaign_windows if starts <= last and first < ends)
+            unit = units.get((era, met))
+            if unit is None:
+                unit = units[(era, met)] = len(unit_era)
+                unit_era.append(era)
+                rated = [c for c in campaigns if c.id in met]
+                catalogs[unit] = (build_catalog(merchants, rated), campaigns, merchants)
+            if segments and segments[-1][2] == unit and segments[-1][1] == ca:
+                segments[-1] = (segments[-1][0], cb, unit)
+            else:
+                segments.append((ca, cb, unit))
     campaign_ids = sorted({c.id for cat, *_ in catalogs.values() for c in cat.campaigns} | set(versions.campaigns))
     G = len(campaign_ids)
     gindex = {cid: g for g, cid in enumerate(campaign_ids)}
@@ -399,12 +429,12 @@ def rate_history(
     purchase_position = np.flatnonzero(is_purchase)
     W = max(len(history.wallet_names), 1)
 
-    # Column order of each era: its campaigns in evaluation order, then the absent ones (never active).
+    # Column order of each unit: its campaigns in evaluation order, then the absent ones (never active).
     perms: dict[int, np.ndarray] = {}
-    for era, (cat, *_) in catalogs.items():
+    for unit, (cat, *_) in catalogs.items():
         present = [gindex[c.id] for c in cat.campaigns]
         absent = sorted(set(range(G)) - set(present))
-        perms[era] = np.array(present + absent, I64)
+        perms[unit] = np.array(present + absent, I64)
 
     # Item masks over one global tag vocabulary, remapped to each era's catalog bits.
     item_start = np.zeros(N + 1, np.int64)
@@ -421,8 +451,8 @@ def rate_history(
 
     # Slots: every (purchase, campaign in force) is keyed by its global campaign, wallet and window.
     keys = np.full((P, G), -1, I64)
-    for a, b, era in segments:
-        cat = catalogs[era][0]
+    for a, b, unit in segments:
+        cat = catalogs[unit][0]
         p = np.flatnonzero(is_purchase[a:b]) + a
         if not p.size or not cat.campaigns:
             continue
@@ -447,9 +477,10 @@ def rate_history(
     grant_list = versions.grants if grants else []
     granted = 0
 
-    for a, b, era in segments:
-        cat = catalogs[era][0]
-        perm = perms[era]
+    for a, b, unit in segments:
+        cat = catalogs[unit][0]
+        perm = perms[unit]
+        era = unit_era[unit]
         instant = int(changes[era]) if era >= 0 else -(1 << 62)
         while granted < len(grant_list) and grant_list[granted][0] <= instant:
             _, cid, points = grant_list[granted]
@@ -521,9 +552,9 @@ def rate_history(
         if progress:
             progress(b - a)
     version[award == 0] = 0
-    era_of = np.zeros(N, I64)
-    for a, b, era in segments:
-        era_of[a:b] = era
+    era_of = np.zeros(N, I64)  # each transaction's rating unit (its era's configuration)
+    for a, b, unit in segments:
+        era_of[a:b] = unit
     return Rated(
         campaign_ids,
         status,

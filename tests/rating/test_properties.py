@@ -294,3 +294,43 @@ def test_budgets_caps_and_full_refunds(scenario) -> None:
             assert purchase.refunded < purchase.amount
             for cid, points in clawed.get(key, {}).items():
                 assert points <= purchase.awards[cid].points
+
+
+def _changed(values: dict, before: dict) -> dict:
+    return {key: value for key, value in values.items() if value != before.get(key, 0)}
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
+def test_the_campaigns_a_batch_can_meet_rate_it_as_every_campaign_does(scenario) -> None:
+    """The ledger rates a group against `CatalogSnapshot.rating_for` it: only the campaigns whose
+    window holds an instant between its first and last purchase. Outcomes, purchases and every
+    meter that moved are those of a catalog of every campaign, batch after batch (a refund in the
+    second batch meets awards of campaigns its own catalog does not hold)."""
+    from engine.store.ledger import CatalogSnapshot
+
+    merchant_list, campaign_list, events, balance, split = scenario
+    merchant_list = sorted(merchant_list, key=lambda m: m.id)
+    snapshot = CatalogSnapshot(
+        version=1,
+        campaigns={c.id: c for c in campaign_list},
+        merchants={m.id: m for m in merchant_list},
+        merchant_by_terminal={},
+    )
+    full = rating.build_catalog(merchant_list, campaign_list)
+    results = []
+    for catalog_of in (lambda batch: full, lambda batch: snapshot.rating_for(body for _, body in batch)):
+        state = rating.RatingState(balance=None if balance is None else dict(balance))
+        outcomes = []
+        for batch in (events[:split], events[split:]):
+            outcomes += rating.rate(catalog_of(batch), batch, state)
+        results.append((outcomes, state))
+    (every, every_state), (met, met_state) = results
+    assert met == every
+    assert met_state.purchases == every_state.purchases
+    assert [list(p.awards) for p in met_state.purchases.values()] == [
+        list(p.awards) for p in every_state.purchases.values()
+    ]
+    assert _changed(met_state.usage, {}) == _changed(every_state.usage, {})
+    assert _changed(met_state.spend, {}) == _changed(every_state.spend, {})
+    assert met_state.balance == every_state.balance

@@ -458,6 +458,50 @@ def test_a_group_is_known_written_by_its_stored_answers(postgres_url) -> None:
         books.close()
 
 
+def _purchase_at_jan_6(key: str, wallet_id: str, amount: int, points_used: int) -> Submission:
+    """T1's purchase of 2026-01-06 10:00 JST under `key`, as the front end hands it over."""
+    body = Purchase(
+        type="purchase",
+        wallet_id=wallet_id,
+        merchant_id="M1",
+        terminal_id="T1",
+        occurred_at="2026-01-06T10:00:00+09:00",
+        amount=amount,
+        points_used=points_used,
+    )
+    canonical = body.model_dump_json()
+    return Submission("T1", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+
+
+def test_a_group_of_declines_only_is_known_written_by_its_remembered_declines(postgres_url) -> None:
+    """A group that accepted nothing is known written once every decline it remembered is stored
+    as decided: a write that raised after its COMMIT went through is not posted again (its first
+    answers would come back marked as replays); a decision never written, or a key's decline
+    stored for another decision, is not taken as written."""
+    books = setup(postgres_url)
+    try:
+
+        def declined(key: str, amount: int) -> Submission:
+            return _purchase_at_jan_6(key, "W_EMPTY", amount, points_used=amount)
+
+        at = to_us(dt.datetime(2026, 1, 6, 10, tzinfo=TOKYO))
+        group = [declined("d-1", 500), declined("d-2", 700)]
+        decided = books.ledger.decide_ahead(group, accepted_at_us=at)
+        assert decided is not None
+        assert [r.body["code"] for r in decided.results] == ["insufficient_points"] * 2
+        assert not books.ledger.wrote(decided)
+        # One of its keys remembered by another decision (the same request posted elsewhere): not enough.
+        assert books.ledger.submit([declined("d-1", 500)], accepted_at_us=at)[0].status == 422
+        assert not books.ledger.wrote(decided)
+        assert books.ledger.submit([declined("d-2", 700)], accepted_at_us=at)[0].status == 422
+        assert books.ledger.wrote(decided)
+        # Another decision under a key whose stored decline is of another request: not written.
+        other = books.ledger.decide_ahead([declined("d-1", 900)], accepted_at_us=at)
+        assert other is not None and not books.ledger.wrote(other)
+    finally:
+        books.close()
+
+
 def test_a_group_of_declines_only_is_laid_over_the_next_one(postgres_url) -> None:
     """A group that declines everything moves no head, so a snapshot looks the same whether it
     was written or not; its remembered answers must still reach the next group decided."""
@@ -465,17 +509,7 @@ def test_a_group_of_declines_only_is_laid_over_the_next_one(postgres_url) -> Non
     try:
 
         def submission(key: str, amount: int, points_used: int) -> Submission:
-            body = Purchase(
-                type="purchase",
-                wallet_id="W0",
-                merchant_id="M1",
-                terminal_id="T1",
-                occurred_at="2026-01-06T10:00:00+09:00",
-                amount=amount,
-                points_used=points_used,
-            )
-            canonical = body.model_dump_json()
-            return Submission("T1", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+            return _purchase_at_jan_6(key, "W0", amount, points_used)
 
         at = to_us(dt.datetime(2026, 1, 6, 10, tzinfo=TOKYO))
         with Lagging(books.ledger) as pipeline:

@@ -89,7 +89,7 @@ def test_the_catalog_snapshot_is_named_and_frozen(ledger: Ledger) -> None:
         assert view.catalog == catalog and hash(view.catalog) == hash(catalog)
     assert isinstance(catalog, CatalogSnapshot)
     assert set(catalog.merchants) == {"M1"} and catalog.merchant_by_terminal == {"T1": "M1"}
-    assert catalog.campaigns == {} and catalog.rating.campaign_ids == []
+    assert catalog.campaigns == {} and catalog.rating_for([]).campaign_ids == []
     with pytest.raises(dataclasses.FrozenInstanceError):
         catalog.version = catalog.version + 1  # type: ignore[misc]
 
