@@ -349,13 +349,29 @@ class Auth:
         address = request.client.host if request.client else "unknown"
         secret = credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 9110: the scheme's case is free
         p = await self.authenticate(secret, address, counted=False)
+        counted = False
+
+        async def admitted() -> None:
+            nonlocal counted
+            counted = True
+            await self.count(p)
+
         if p.role == "terminal" and self.signatures is not None:
             # Every route a terminal key can call: its request signature, if the terminal has a key.
-            # Checked before the key's rate is counted: a stolen bearer key alone, refused here,
-            # cannot spend a signing terminal's rate and lock the terminal out with 429s.
+            # The key's rate is counted once the signature holds, before its nonce is claimed: a
+            # stolen bearer key alone cannot spend a signing terminal's rate (and lock it out with
+            # 429s), and a request refused for the rate may be sent again as it is. A signature
+            # refused is a failed authentication of the address (SPEC §9.4), so bad or replayed
+            # signatures are limited even though they spend no key's rate.
             assert p.terminal_id is not None, "a terminal key names its terminal"
-            await self.signatures.verify(request, p.terminal_id)
-        await self.count(p)
+            try:
+                await self.signatures.verify(request, p.terminal_id, admitted)
+            except EngineError as refused:
+                if refused.status == 401 and not await self.failures.hit(address):
+                    raise await self._over_failure_limit(address) from None
+                raise
+        if not counted:
+            await self.count(p)
         self.last_used.note(p.key_id)
         return p
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import http_sf
@@ -168,8 +168,13 @@ class TerminalSignatures:
     def close(self) -> None:
         self._keys.close()
 
-    async def verify(self, request: Request, terminal_id: str) -> None:
-        """Raise 401 unless the request is signed as SPEC §9.2 says (no-op for a bearer-only terminal)."""
+    async def verify(
+        self, request: Request, terminal_id: str, admitted: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        """Raise 401 unless the request is signed as SPEC §9.2 says (no-op for a bearer-only terminal).
+        `admitted`, awaited once the signature holds and before its nonce is claimed, may refuse
+        the request (the key's rate: a request refused there leaves its nonce unused, so the
+        terminal may send it again as it is)."""
         key = await self.public_key(terminal_id)
         if key is None:
             return
@@ -185,6 +190,8 @@ class TerminalSignatures:
         # (created ± 300 s), so a nonce kept 600 s from its first use outlives every valid replay.
         if abs(created * 1_000_000 - self.clock.now_us()) > CREATED_SKEW_S * 1_000_000:
             raise EngineError("signature_expired", f"created must be within {CREATED_SKEW_S} s of the engine's clock")
+        if admitted is not None:
+            await admitted()
         if not await self.nonces.claim(terminal_id, nonce, self.clock.now_us()):
             raise EngineError("signature_replayed", "this terminal used the nonce within the last 600 s")
 

@@ -294,20 +294,32 @@ class Config:
                 f"{active} campaigns are running or scheduled (at most {limits.CAMPAIGNS_ACTIVE_MAX}); end one first",
             )
 
-    def _check_tags_together(self, session: Session, campaign: Campaign) -> None:
+    def _check_tags_together(self, session: Session, campaign: Campaign, before: Campaign | None = None) -> None:
         """Refuse a campaign whose item tags and those of the campaigns whose windows come within
         a group's span of its own would name more than CAMPAIGN_TAGS_DISTINCT_MAX tags together:
         the kernel holds the tags of the campaigns it rates a group against as bits of one
         integer (`CatalogSnapshot.rating_for`: those whose window holds an instant between the
         group's first and last purchase, whose `occurred_at` the API keeps within
         `occurred_at_max_past_days` behind and `occurred_at_max_future_s` ahead of its clock;
-        reconciliation's re-rate rates a day of acceptance at a time, one day more)."""
+        reconciliation's re-rate rates a day of acceptance at a time, one day more, and an hour
+        for a request accepted a while after its `occurred_at` was checked).
+
+        `before`: the version an update replaces. Only an update that names a tag the campaign
+        did not, or widens its window, is checked: one that ends a campaign early or changes
+        its budget always passes, whatever campaigns were made before this check."""
         settings = self.settings
         past_days = settings.occurred_at_max_past_days if settings else limits.OCCURRED_AT_MAX_PAST_DAYS
         future_s = settings.occurred_at_max_future_s if settings else limits.OCCURRED_AT_MAX_FUTURE_S
-        span = ((past_days + 1) * 86_400 + future_s) * 1_000_000
+        span = ((past_days + 1) * 86_400 + future_s + 3_600) * 1_000_000
         tags = set(campaign.item_tags or ())
         if not tags:
+            return
+        if (
+            before is not None
+            and tags <= set(before.item_tags or ())
+            and to_us(before.starts_at) <= to_us(campaign.starts_at)
+            and to_us(campaign.ends_at) <= to_us(before.ends_at)
+        ):
             return
         starts, ends = to_us(campaign.starts_at) - span, to_us(campaign.ends_at) + span
         records = session.execute(
@@ -392,7 +404,7 @@ class Config:
             if updated.budget is not None and updated.budget < row.issued_net:
                 raise EngineError("campaign_started", f"budget below the {row.issued_net} points already issued")
             self._check_funding(session, updated)
-            self._check_tags_together(session, updated)
+            self._check_tags_together(session, updated, current)
             if to_us(current.ends_at) <= now < to_us(updated.ends_at):  # an ended campaign runs again
                 self._check_active_limit(session, campaign_id, now)
             row.current_version = updated.version

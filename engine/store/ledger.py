@@ -1194,9 +1194,11 @@ class Ledger:
 
     def wrote(self, decided: DecidedGroup) -> bool:
         """Whether a group decided ahead whose write raised was committed all the same: its
-        first accepted payment is stored with the answer decided, or, in a group that accepted
-        none, its first remembered decline is (one commit wrote all of it). A group that wrote
-        neither cannot tell, and is taken as not written.
+        first accepted payment is stored with the answer decided (one commit wrote all of it),
+        or, in a group that accepted none, every decline it remembered is stored as decided (all
+        a group of declines writes: should another request with the same key and body have
+        stored one, its answer is the one this group gives). A group that remembered nothing
+        cannot tell, and is taken as not written.
 
         It waits for the sequencer lock first (and writes nothing under it): a write whose
         client died after sending COMMIT may still be committing, holding that lock, and a
@@ -1207,7 +1209,7 @@ class Ledger:
         # Without an accepted payment, every decline the group remembered must be stored as
         # decided (a key's row could also come from another process's request with that key).
         declined = {
-            (s.terminal_id, s.idempotency_key): (s.request_hash, r.body)
+            (s.terminal_id, s.idempotency_key): (s.request_hash, r.status, r.body)
             for s, r in fresh
             if r.status >= 400 and r.remember
         }
@@ -1224,9 +1226,7 @@ class Ledger:
             else:
                 remembered = self._remembered(session, set(declined))
                 if any(
-                    (row := remembered.get(key)) is None
-                    or len(row) < 5  # a payment's row: accepted, not this decline
-                    or (row[2], json.loads(row[4])) != expected
+                    (row := remembered.get(key)) is None or (row[2], row[3], json.loads(row[4])) != expected
                     for key, expected in declined.items()
                 ):
                     return False

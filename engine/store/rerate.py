@@ -348,7 +348,7 @@ class Rated:
     clawback: np.ndarray  # [N, G] (refunds)
     returned: np.ndarray  # [N]
     spend: np.ndarray  # [G]
-    eras: int
+    eras: int  # eras of configuration rated (each in one or more rating units)
     era: np.ndarray  # [N] index into `catalogs` of the rating unit (in its era) each payment was rated in
     catalogs: dict[int, EraCatalog]  # rating unit -> (Catalog, campaigns in force, merchants in force)
     timings_s: dict[str, float]  # "encode" (catalogs, slots, columns, folding back) and "rate" (the kernel calls)
@@ -565,7 +565,7 @@ def rate_history(
         clawback,
         returned,
         spend,
-        len(catalogs),
+        len(eras),
         era_of,
         catalogs,
         {"encode": time.perf_counter() - started - kernel_s, "rate": kernel_s},

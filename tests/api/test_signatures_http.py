@@ -390,6 +390,39 @@ def test_unsigned_requests_do_not_spend_a_signing_terminals_rate(start_server):
         ward.close()
 
 
+def test_a_request_refused_for_the_rate_keeps_its_nonce_and_bad_signatures_count_per_address(start_server):
+    """A signed request over the key's rate is refused (429) before its nonce is claimed, so the
+    terminal may send it again as it is once the window turns; requests whose signature is
+    refused count as failed authentications of their address (SPEC §9.4), so a stolen key alone
+    is limited although it spends no key's rate."""
+    ward = Ward(
+        start_server(
+            "sqlite",
+            env={"SETAPAY_RATE_LIMIT_PER_KEY": "20/3 seconds", "SETAPAY_AUTH_FAILURES_PER_IP": "5/minute"},
+        )
+    )
+    try:
+        private = Ed25519PrivateKey.generate()
+        register(ward, SIGNED, private)
+        target = "/v1/transactions/tx_unknown"
+        for _ in range(100):
+            headers = http_signing.sign_request(private, SIGNED, "GET", target)
+            r = ward.terminal(SIGNED).get(target, headers=headers)
+            if r.status_code == 429:
+                break
+            assert_problem(r, "not_found", 404)
+        assert_problem(r, "rate_limited", 429)
+        time.sleep(3.2)  # the next window
+        assert_problem(ward.terminal(SIGNED).get(target, headers=headers), "not_found", 404)
+        # Five refused signatures from this address, then its failures are over their limit.
+        thief = ward.terminal(SIGNED)
+        for _ in range(5):
+            assert_problem(thief.get(target), "signature_required")
+        assert_problem(thief.get(target), "rate_limited", 429)
+    finally:
+        ward.close()
+
+
 def test_the_bearer_schemes_case_is_free(ward):
     """RFC 9110 §11.1: an authentication scheme is case-insensitive."""
     key = ward.terminal_key(BEARER)

@@ -144,3 +144,33 @@ def test_campaigns_meeting_may_not_name_more_than_64_tags_together(database_url)
         assert books.config.get_campaign("SHARED").version == 1
     finally:
         books.close()
+
+
+def test_campaigns_over_the_tag_limit_already_can_still_be_ended_or_rebudgeted(database_url) -> None:
+    """Campaigns made while `occurred_at_max_past_days` was 0 may stand 3 days apart with 80 tags;
+    at the default 7 days they meet. Ending one early or changing its budget passes; a new tag or
+    a wider window is refused."""
+    from engine.settings import Settings
+    from engine.store.config import Config
+
+    books = Books(database_url, start=T0 - DAY)
+    try:
+        narrow = Config(books.engine, Settings(occurred_at_max_past_days=0), clock=books.clock)
+        narrow.create_campaign(
+            campaign("A", item_tags=_tags("a"), starts_at=T0.isoformat(), ends_at=(T0 + 10 * DAY).isoformat())
+        )
+        narrow.create_campaign(
+            campaign(
+                "B", item_tags=_tags("b"), starts_at=(T0 + 13 * DAY).isoformat(), ends_at=(T0 + 30 * DAY).isoformat()
+            )
+        )
+        books.config.update_campaign("A", {"ends_at": (T0 + 9 * DAY).isoformat(), "budget": 50_000})
+        with pytest.raises(EngineError) as tagged:
+            books.config.update_campaign("A", {"item_tags": [*_tags("a"), "new_tag"]})
+        assert tagged.value.code == "too_many_item_tags"
+        with pytest.raises(EngineError) as widened:
+            books.config.update_campaign("B", {"ends_at": (T0 + 31 * DAY).isoformat()})
+        assert widened.value.code == "too_many_item_tags"
+        assert [books.config.get_campaign(c).version for c in ("A", "B")] == [2, 1]
+    finally:
+        books.close()
