@@ -22,7 +22,7 @@ R purchase rows, S wallet-window slots); matrices are flattened row-major:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -123,6 +123,13 @@ class Catalog:
     @property
     def campaign_ids(self) -> list[str]:
         return [c.id for c in self.campaigns]
+
+
+def campaigns_met(windows: Iterable[tuple[str, int, int]], first_us: int, last_us: int) -> tuple[str, ...]:
+    """The ids of the campaigns, of (id, starts_at_us, ends_at_us) `windows`, whose half-open
+    window holds an instant between `first_us` and `last_us`: the only ones that can award a
+    purchase of that span (the kernel skips a campaign outside its window)."""
+    return tuple(cid for cid, starts, ends in windows if starts <= last_us and first_us < ends)
 
 
 def build_catalog(merchants: list[Merchant], campaigns: list[Campaign], rank: dict[str, int] | None = None) -> Catalog:

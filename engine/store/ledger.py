@@ -54,7 +54,7 @@ from engine.rating import (
     window_key,
 )
 from engine.rating._kernel_py import share_target
-from engine.rating.columns import Event
+from engine.rating.columns import Event, campaigns_met
 from engine.receipts import Receipt
 from engine.store import bulk, db
 from engine.store import events as outbox
@@ -257,7 +257,8 @@ class CatalogSnapshot:
     _ratings: dict[tuple[str, ...], Catalog] = dataclasses.field(default_factory=dict, repr=False)
 
     @functools.cached_property
-    def _windows(self) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
+    def _ordered(self) -> tuple[dict[str, int], list[tuple[str, int, int]]]:
+        """Every campaign's rank in evaluation order, and their windows in that order."""
         ordered = sorted(self.campaigns.values(), key=campaign_order)
         return {c.id: i for i, c in enumerate(ordered)}, [(c.id, to_us(c.starts_at), to_us(c.ends_at)) for c in ordered]
 
@@ -271,12 +272,8 @@ class CatalogSnapshot:
         for every campaign the ward ever ran (nor against their item tags together). Built
         once per set of campaigns."""
         times = [to_us(b.occurred_at) for b in bodies if b.type == "purchase"]
-        rank, windows = self._windows
-        if times:
-            first, last = min(times), max(times)
-            ids = tuple(cid for cid, starts, ends in windows if starts <= last and first < ends)
-        else:
-            ids = ()
+        rank, windows = self._ordered
+        ids = campaigns_met(windows, min(times), max(times)) if times else ()
         catalog = self._ratings.get(ids)
         if catalog is None:
             if len(self._ratings) >= _RATINGS_KEPT:

@@ -40,7 +40,7 @@ from sqlalchemy.engine import Connection, Engine
 from engine.model import Campaign, Merchant, StoredTransaction, campaign_order
 from engine.rating import ENGINES, build_catalog, rate_columns
 from engine.rating import _kernel_py as k
-from engine.rating.columns import CAPPED_BY, STATUS_CODES, Catalog
+from engine.rating.columns import CAPPED_BY, STATUS_CODES, Catalog, campaigns_met
 from engine.rating.vectorized import Batch, Opening, assemble, purchase_windows, slot_keys
 from engine.store.db import psycopg_connection
 from engine.timeutil import to_us
@@ -408,7 +408,7 @@ def rate_history(
         for ca, cb in zip([a, *cuts], [*cuts, b]):
             at = history.occurred_at_us[ca:cb][history.kind[ca:cb] == k.KIND_PURCHASE]
             first, last = (int(at.min()), int(at.max())) if at.size else (1, 0)  # no purchase: no campaign
-            met = tuple(cid for cid, starts, ends in campaign_windows if starts <= last and first < ends)
+            met = campaigns_met(campaign_windows, first, last)
             unit = units.get((era, met))
             if unit is None:
                 unit = units[(era, met)] = len(unit_era)
