@@ -113,7 +113,7 @@ def _submission(
         receipt = _checked(services, p, body, opened, now_us)
     except EngineError as refused:
         return _replay(services, p, key, request_hash, refused)
-    return Submission(_terminal_of(p), key, request_hash, body, canonical, receipt=receipt)
+    return Submission(_terminal_of(p), key, request_hash, body, canonical, receipt=receipt, key_id=p.key_id)
 
 
 class SinglePostRoute(ParsedBodyRoute):
@@ -210,7 +210,7 @@ async def post_transaction(
         # Refused requests may come fast (a bad receipt resent): their look-up of a remembered
         # answer must not hold the event loop, and every other terminal's request with it.
         return render(await anyio.to_thread.run_sync(_replay, services, p, key, request_hash, refused))
-    submission = Submission(terminal_id, key, request_hash, body, canonical, receipt=receipt)
+    submission = Submission(terminal_id, key, request_hash, body, canonical, receipt=receipt, key_id=p.key_id)
     answers = services.answers
     if answers is not None:
         cached = await answers.get(terminal_id, key)

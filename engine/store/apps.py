@@ -33,6 +33,7 @@ from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
 from engine.store import audit, db
 from engine.store.caches import RefreshingCache
+from engine.store.ledger import lock_sequencer
 from engine.store.models import AppSecretRow, PaymentAppRow
 
 if TYPE_CHECKING:
@@ -150,6 +151,10 @@ class Apps:
             if row is None:
                 raise EngineError("not_found", f"app {app_id} is not known")
             if row.revoked_at_us is None:
+                # Receipts checked before now may wait to be posted still: none is posted from
+                # now on (`CatalogSnapshot.revoked_apps`; the catalog's version moves under the
+                # sequencer lock, so a group decided before is decided again).
+                lock_sequencer(session, catalog_changed=True)
                 before = self._public(session, row)
                 row.revoked_at_us = self.clock.now_us()
                 audit.record(

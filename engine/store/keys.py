@@ -30,6 +30,7 @@ from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
 from engine.store import audit, db
 from engine.store.config import ROLES, Principal
+from engine.store.ledger import lock_sequencer
 from engine.store.models import ApiKeyRow, MerchantRow, TerminalRow
 from engine.timeutil import format_instant
 
@@ -158,6 +159,8 @@ class Keys:
             )
             session.add(row)
             session.flush()
+            if role == "terminal" and row.expires_at_us is not None:
+                lock_sequencer(session, catalog_changed=True)  # its expiry is checked when posting
             listing = _listing(row, merchant_id)
             audit.record(session, actor, "key.create", f"key:{key_id}", None, listing, at_us=now)
             return secret, listing
@@ -190,6 +193,11 @@ class Keys:
                 raise EngineError("not_found", f"key {key_id} is not known")
             row, terminal_merchant = found
             listing = _listing(row, terminal_merchant or row.merchant_id)
+            if revoked and row.role == "terminal":
+                # Requests this key sent may wait to be posted still: no group decided from now
+                # on posts them (`CatalogSnapshot.key_ends`), nor one decided before (its head
+                # moved); a revocation the answer confirms is in force for the money path.
+                lock_sequencer(session, catalog_changed=True)
             if revoked:
                 audit.record(
                     session,

@@ -61,11 +61,13 @@ from engine.store import events as outbox
 from engine.store.books import AWARD_LOT_COLUMNS, LOT_ON_AWARD, lot_values, queue_books, save_books
 from engine.store.models import (
     AccountRow,
+    ApiKeyRow,
     AwardRow,
     CampaignRow,
     CampaignVersionRow,
     IdempotencyRow,
     MerchantRow,
+    PaymentAppRow,
     PaymentRow,
     PostingRow,
     RedemptionLegRow,
@@ -95,6 +97,9 @@ class Submission:
     merchant_id: str | None = None  # the terminal's merchant, resolved under the lock
     receipt: Receipt | None = None  # the payment app's verified receipt (the API requires one)
     payment_id: str | None = None  # the id it gets if accepted (the import's are derived); else a new time-ordered one
+    # The API key that sent it (None: the import's), checked again when it is posted: a key
+    # revoked, or expired, after the request was authenticated posts nothing more.
+    key_id: str | None = None
 
     @property
     def receipt_key(self) -> tuple[str, str] | None:
@@ -119,6 +124,7 @@ class Submission:
                 None if receipt is None else receipt.jti,
                 None if receipt is None else receipt.original_jti,
                 self.payment_id,
+                self.key_id,
             ),
         )
 
@@ -134,9 +140,12 @@ def _submission_of(
     jti: str | None,
     original_jti: str | None,
     payment_id: str | None,
+    key_id: str | None,
 ) -> Submission:
     receipt = None if app_id is None or jti is None else Receipt(app_id, jti, original_jti)
-    return Submission(terminal_id, idempotency_key, request_hash, body, request_json, merchant_id, receipt, payment_id)
+    return Submission(
+        terminal_id, idempotency_key, request_hash, body, request_json, merchant_id, receipt, payment_id, key_id
+    )
 
 
 class Result:
@@ -253,6 +262,11 @@ class CatalogSnapshot:
     campaigns: Mapping[str, Campaign]  # campaign id -> its current version
     merchants: Mapping[str, Merchant]  # merchant id -> merchant, in id order
     merchant_by_terminal: Mapping[str, str]  # terminal id -> the merchant it posts for
+    # Terminal keys that post nothing from some instant on: key id -> that instant, its expiry,
+    # or 0 for a revoked key (a revocation a group's catalog holds was committed before the
+    # group's decision: `Keys.revoke` moves the catalog's version under the sequencer lock).
+    key_ends: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    revoked_apps: frozenset[str] = frozenset()  # payment apps whose receipts post nothing (`Apps.revoke`)
     # The kernel's catalogs built so far, by the campaigns they hold (`rating_for`).
     _ratings: dict[tuple[str, ...], Catalog] = dataclasses.field(default_factory=dict, repr=False)
 
@@ -283,6 +297,11 @@ class CatalogSnapshot:
             )
         return catalog
 
+
+# Refusals of a request that passed its checks on arrival but whose key or receipt's app ended
+# before it was posted (not remembered: the terminal sees what a new request would get).
+KEY_ENDED = "the API key was revoked or expired before the request was posted"
+APP_REVOKED = "the receipt's payment app was revoked before the request was posted"
 
 # Transactions `Ledger.submit` takes for one group whose receipts' earlier uses were declined.
 RECEIPT_ROUNDS_MAX = 4
@@ -730,11 +749,20 @@ class Ledger:
                 for row in session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
             ]
             terminals = {r.id: r.merchant_id for r in session.execute(select(TerminalRow.id, TerminalRow.merchant_id))}
+            ending_keys = session.execute(
+                select(ApiKeyRow.id, ApiKeyRow.revoked_at_us, ApiKeyRow.expires_at_us).where(
+                    ApiKeyRow.role == "terminal",
+                    ApiKeyRow.revoked_at_us.is_not(None) | ApiKeyRow.expires_at_us.is_not(None),
+                )
+            )
+            revoked_apps = session.execute(select(PaymentAppRow.id).where(PaymentAppRow.revoked_at_us.is_not(None)))
             catalog = CatalogSnapshot(
                 version=version,
                 campaigns={c.id: c for c in campaigns},
                 merchants={m.id: m for m in merchants},
                 merchant_by_terminal=terminals,
+                key_ends={r.id: 0 if r.revoked_at_us is not None else r.expires_at_us for r in ending_keys},
+                revoked_apps=frozenset(revoked_apps.scalars()),
             )
             self._catalog = catalog
         return catalog
@@ -932,11 +960,18 @@ class Ledger:
         payment_ids: dict[int, str] = {}
         accepted_at = self.clock.now_us() if accepted_at_us is None else accepted_at_us
         new_ids = iter(self.new_payment_ids(sum(submissions[i].payment_id is None for i in fresh), accepted_at))
+        key_ends, revoked_apps = unit.catalog.key_ends, unit.catalog.revoked_apps
         for i in fresh:
             s = submissions[i]
             s.merchant_id = terminals.get(s.terminal_id)
             if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
                 results[i] = Result(*decline("forbidden", "a terminal posts only for its own merchant"), remember=False)
+                continue
+            if s.key_id is not None and key_ends.get(s.key_id, accepted_at + 1) <= accepted_at:
+                results[i] = Result(*decline("unauthenticated", KEY_ENDED), remember=False)
+                continue
+            if s.receipt is not None and s.receipt.app_id in revoked_apps:
+                results[i] = Result(*decline("receipt_invalid", APP_REVOKED), remember=False)
                 continue
             if s.body.type == "refund":
                 original = originals.get(s.body.original_id)

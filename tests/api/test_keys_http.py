@@ -275,6 +275,37 @@ def test_revocation_reaches_another_process_within_5_s(servers, ward, address: s
     assert a.cli("keys", "revoke", "0123456789abcdef").returncode == 2
 
 
+def test_a_terminal_key_another_process_still_trusts_posts_nothing_once_revoked(servers, ward) -> None:
+    """B trusts its look-up of a key for up to its TTL (SPEC §9.3's 5 s): requests B lets in with a
+    key A has just revoked reach the ledger, which refuses them all the same (401, not remembered)."""
+    from engine.store.ledger import KEY_ENDED
+
+    a, b = servers
+    with a.client(a.admin_key) as admin:
+        made = admin.post("/v1/keys", json={"role": "terminal", "terminal_id": "T_CONV"}).json()
+        sale = purchase("T_CONV", "W_ENDED", 800)
+        items = [{**purchase("T_CONV", f"W_ENDED_{i}", 800), "idempotency_key": f"ended-{i}"} for i in range(2)]
+        with b.terminal_client(made["key"], a.payment_app) as terminal:  # the module's app is A's
+            looked_up = time.monotonic()
+            assert terminal.get(f"/v1/transactions/{uuid.uuid4().hex}").status_code == 404  # B looks it up
+            assert admin.post(f"/v1/keys/{made['id']}/revoke").status_code == 200
+            single = terminal.post("/v1/transactions", json=sale, headers={"Idempotency-Key": "ended-single"})
+            batch = terminal.post("/v1/transactions/batch", json={"transactions": items})
+            # B's look-up is refreshed once half its TTL old: until then B lets the key in.
+            trusted = time.monotonic() - looked_up < Settings.model_fields["key_cache_ttl_s"].default / 2
+    assert single.status_code == 401, single.text
+    if trusted:  # else B refused the key itself (its answer, too, is a 401)
+        assert single.json()["detail"] == KEY_ENDED
+        assert batch.status_code == 200, batch.text
+        assert [(r["status"], r["body"]["detail"]) for r in batch.json()["results"]] == [(401, KEY_ENDED)] * 2
+    else:
+        assert batch.status_code == 401
+    # Nothing was posted or remembered: the terminal's good key posts the same keys anew.
+    with a.terminal_client(ward.terminal_key("T_CONV")) as terminal:
+        again = terminal.post("/v1/transactions", json=sale, headers={"Idempotency-Key": "ended-single"})
+        assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") != "true", again.text
+
+
 def test_deleted_key_row_stops_working_within_5_s(servers, ward, address: str) -> None:
     a, b = servers
     key, key_id = cli_key(a, "--role", "finance")
