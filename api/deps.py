@@ -115,9 +115,12 @@ async def principal(
 def role(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
     """A dependency admitting a key of one of `roles`, 403 `forbidden` for any other."""
 
+    needed = " or ".join(roles)
+    needed = f"{'an' if needed[0] in 'aeiou' else 'a'} {needed} key"
+
     async def check(p: Annotated[Principal, Depends(principal)]) -> Principal:
         if p.role not in roles:
-            raise EngineError("forbidden", f"this endpoint needs a {' or '.join(roles)} key")
+            raise EngineError("forbidden", f"this endpoint needs {needed}")
         return p
 
     return check

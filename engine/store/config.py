@@ -28,6 +28,7 @@ from engine.store import audit, db
 from engine.store.ledger import lock_sequencer
 from engine.store.models import (
     ApiKeyRow,
+    AuditLogRow,
     CampaignRow,
     CampaignVersionRow,
     MerchantRow,
@@ -67,6 +68,28 @@ def _set_at_us(masked: Mapping[str, Any] | None) -> int:
     if masked is None or "set_at" not in masked:
         return -1
     return to_us(dt.datetime.fromisoformat(masked["set_at"]))
+
+
+KEY_CHAIN_MAX = 64  # makers looked up above a key (a chain is finite: a key is made by an older one)
+
+
+def _key_and_makers(session: Session, key_id: str) -> set[str]:
+    """`key_id` and every API key above it in the audit log's `key.create` records: the key that
+    made it, the key that made that one, and so on, up to a key the operator made at the command
+    line (or one made before the audit log), which ends the chain. Whoever made a key was shown
+    its secret."""
+    chain = {key_id}
+    for _ in range(KEY_CHAIN_MAX):
+        made_by = session.execute(
+            select(AuditLogRow.actor_key_id, AuditLogRow.actor_role).where(
+                AuditLogRow.target == f"key:{key_id}", AuditLogRow.action == "key.create"
+            )
+        ).first()
+        if made_by is None or made_by.actor_role not in ROLES or made_by.actor_key_id in chain:
+            break
+        key_id = made_by.actor_key_id
+        chain.add(key_id)
+    return chain
 
 
 def _lock(session: Session) -> None:
@@ -228,6 +251,15 @@ class Config:
                 raise EngineError(
                     "bank_change_same_key",
                     "a bank account change must be confirmed by another key that existed before it",
+                )
+            # Nor can a key that shares a maker with it (SPEC §9.6's different key is another
+            # holder): the changing key's own key made beforehand, the key that made the changing
+            # one, or another key made by the same key, whose maker saw both secrets.
+            if _key_and_makers(session, row.bank_change_by) & _key_and_makers(session, actor.key_id):
+                raise EngineError(
+                    "bank_change_same_key",
+                    "a bank account change must be confirmed by a key that shares no maker with the key"
+                    " that made it: make confirming keys with `setapay keys create`",
                 )
             masked = json.loads(row.record_json).get(MASKED_ACCOUNT)
             if set_at_us != _set_at_us(masked):

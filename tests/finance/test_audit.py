@@ -647,3 +647,37 @@ def test_a_truncated_audit_chain_is_caught_by_the_signed_chain_heads(ward: Ward)
     assert heads["rows"] == [
         {"business_date": "2026-11-30", "audit_sequence": last, "problem": "audit chain no longer ends there"}
     ]
+
+
+def test_a_key_that_shares_a_maker_with_the_changing_key_cannot_confirm_its_change(ward: Ward):
+    """SPEC §9.6's different key is another holder. Whoever makes a key is shown its secret, so an
+    admin could make a finance key for itself beforehand, change the account, and confirm with it
+    (found by an attacker's probe): a key made by the changing key, the key that made the changing
+    key, or another key made by the same key (at any depth) cannot confirm; a key the operator
+    made (`setapay keys create`) can."""
+    ward.merchant("M1", bank=1)
+
+    def made_by(maker: dict, role: str) -> dict:
+        r = ward.client.post("/v1/keys", json={"role": role}, headers=maker)
+        assert r.status_code == 201, r.text
+        return {"Authorization": f"Bearer {r.json()['key']}"}
+
+    ward.at("2027-01-10T09:00")
+    own_finance = made_by(ward.admin, "finance")  # the changer's own, made beforehand
+    deputy = made_by(ward.admin, "admin")
+    deputys_finance = made_by(deputy, "finance")  # two makers down
+    changer = made_by(deputy, "admin")  # makes the change below
+    sibling = made_by(deputy, "finance")
+    changers_own = made_by(changer, "finance")
+    ward.at("2027-01-11T09:00")
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(2)}, headers=changer)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+    ward.at("2027-01-12T09:00")
+    for holder in (changers_own, sibling, deputy, deputys_finance, ward.admin, own_finance):
+        r = confirm(ward, holder)
+        assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", (key_id(holder), r.text)
+    still = ward.client.get("/v1/merchants/M1", headers=ward.admin)
+    assert still.status_code == 200 and still.json()["bank_account_pending_confirmation"] is True, still.text
+    # A key of its own lineage: ward.finance, made by the operator.
+    r = confirm(ward, ward.finance)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
