@@ -49,6 +49,7 @@ CATALOG: dict[str, ErrorCode] = {
     "refund_merchant_mismatch": ErrorCode(422, "The original purchase was made at another merchant"),
     "refund_exceeds_original": ErrorCode(422, "Refunds would exceed the original amount"),
     "budget_exceeded": ErrorCode(422, "The campaign's budget does not cover this"),
+    "campaign_merchant_funded": ErrorCode(422, "Points are not granted against a merchant-funded campaign"),
     "insufficient_points": ErrorCode(422, "The wallet does not have enough available points"),
     "occurred_at_out_of_range": ErrorCode(422, "occurred_at is too far in the future or the past"),
     # -- receipts (SPEC §9.1) ----------------------------------------------------

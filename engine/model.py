@@ -286,6 +286,12 @@ class Campaign(Record):
     def exclusive(self) -> bool:
         return self.stacking == "exclusive"
 
+    @property
+    def funding_merchant(self) -> str | None:
+        """The merchant whose payout funds the campaign's points (`merchant:<id>`); None: a ward fund."""
+        kind, _, merchant_id = self.funding_source.partition(":")
+        return merchant_id if kind == "merchant" else None
+
     def active_at(self, instant: dt.datetime) -> bool:
         return self.starts_at <= instant < self.ends_at
 

@@ -65,6 +65,7 @@ class CloseoutRequest(Record):
                 "idempotency_key_reused",
                 "invalid_request",
                 "not_found",
+                "campaign_merchant_funded",
                 "budget_exceeded",
             ),
             "budget_exceeded",

@@ -854,7 +854,8 @@ async def ui_grant_form(request: Request, s: ServicesDep) -> Response:
 def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, Any] | None) -> dict[str, Any]:
     # A fresh idempotency key with every form: sending the same form twice grants once.
     return {
-        "campaigns": s.config.list_campaigns(),
+        # Points are granted against the ward's funds only, not a merchant's (`lifecycle.grant`).
+        "campaigns": [c for c in s.config.list_campaigns() if c.funding_merchant is None],
         "fields": fields,
         "outcome": outcome,
         "idempotency_key": uuid.uuid4().hex,

@@ -374,8 +374,8 @@ class Config:
     def _check_funding(session: Session, campaign: Campaign) -> None:
         """A merchant-funded campaign names a known merchant: settlement charges its points to
         that merchant's payable (SPEC §9.6), which must be a real merchant's."""
-        kind, _, merchant_id = campaign.funding_source.partition(":")
-        if kind == "merchant" and session.get(MerchantRow, merchant_id) is None:
+        merchant_id = campaign.funding_merchant
+        if merchant_id is not None and session.get(MerchantRow, merchant_id) is None:
             raise EngineError(
                 "unknown_merchant",
                 f"funding_source names merchant {merchant_id}, which is not known: name a known merchant or a "

@@ -234,6 +234,13 @@ def grant(
         if meter is None:
             return Result(*decline("not_found", f"campaign {campaign_id} is not known"), remember=False)
         campaign = campaigns[campaign_id]
+        if campaign.funding_merchant is not None:
+            # A merchant funds its campaign's points on its own purchases; points granted against it
+            # would be charged to the merchant's payout at settlement without the merchant.
+            return Result(
+                *decline("campaign_merchant_funded", f"campaign {campaign_id} is funded by a merchant"),
+                remember=False,
+            )
         now = ledger.clock.now_us()
         if campaign.budget is not None and meter.issued_net + points > campaign.budget:
             result = Result(

@@ -138,11 +138,11 @@ def _funded_by(session: Session) -> dict[tuple[str, int | None], str]:
     for campaign_id, version, record_json in session.execute(
         select(CampaignVersionRow.campaign_id, CampaignVersionRow.version, CampaignVersionRow.record_json)
     ):
-        source = Campaign.model_validate_json(record_json).funding_source
-        if source.startswith("merchant:"):
-            out[(campaign_id, version)] = source.split(":", 1)[1]
+        merchant_id = Campaign.model_validate_json(record_json).funding_merchant
+        if merchant_id is not None:
+            out[(campaign_id, version)] = merchant_id
             if current.get(campaign_id) == version:
-                out[(campaign_id, None)] = source.split(":", 1)[1]
+                out[(campaign_id, None)] = merchant_id
     return out
 
 

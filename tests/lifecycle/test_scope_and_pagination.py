@@ -29,6 +29,12 @@ CAMPAIGNS = [
         priority=5,
     ),
     campaign("C_ENERGY", tiers=[{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}], budget=BUDGET_GRANTS),
+    # Funded by a merchant's payout (on nobody's purchases here): not a campaign to grant against.
+    campaign(
+        "C_SHOP",
+        tiers=[{"match": {"merchant_ids": ["M_NOBODY"]}, "rate_bp": 100}],
+        funding_source="merchant:M_SANCHA",
+    ),
 ]
 
 
@@ -313,6 +319,17 @@ def test_grants_are_idempotent_and_obey_the_budget_exactly(ward, books):
     assert exact.status_code == 201, exact.text
     assert (grant(ward, "W_G2", 1).json()["code"]) == "budget_exceeded"
     assert grant(ward, "W_G", 10, campaign_id="C_UNKNOWN").status_code == 404
+
+    # Against a merchant-funded campaign: refused, not remembered, nothing granted; the same key
+    # is free for the grant once the campaign is the ward's.
+    shop_key = uuid.uuid4().hex
+    refused = grant(ward, "W_G3", 50, key=shop_key, campaign_id="C_SHOP")
+    assert (refused.status_code, refused.json()["code"]) == (422, "campaign_merchant_funded"), refused.text
+    assert books.wallet("W_G3")["available"] == 0
+    patched = ward["admin"].patch("/v1/campaigns/C_SHOP", json={"funding_source": "ward_general"})
+    assert patched.status_code == 200, patched.text
+    granted = grant(ward, "W_G3", 50, key=shop_key, campaign_id="C_SHOP")
+    assert granted.status_code == 201 and granted.headers.get("idempotent-replayed") is None, granted.text
 
     points = ward["app"].get("/v1/wallets/W_G2/points").json()
     assert (points["available"], points["debt"], points["pending"]) == (BUDGET_GRANTS - 400, 0, 0)
