@@ -22,8 +22,10 @@ R purchase rows, S wallet-window slots); matrices are flattened row-major:
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
@@ -32,7 +34,7 @@ from engine.model import Campaign, Merchant, Purchase, Refund, campaign_order
 from engine.timeutil import S_PER_DAY, TOKYO_OFFSET_S, US_PER_S, to_us
 
 from . import _kernel_py as k
-from .state import AwardState, PurchaseState, RatingState, window_key
+from .state import AwardState, PurchaseState, RatingState
 
 if TYPE_CHECKING:
     from . import Outcome
@@ -232,6 +234,18 @@ def window_keys_us(occurred_at_us: np.ndarray, period: str) -> np.ndarray:
     return np.zeros_like(occurred_at_us)
 
 
+def purchase_windows(catalog: Catalog, occurred_at_us: np.ndarray) -> np.ndarray:
+    """[R, len(catalog.campaigns)] window key of each purchase for each campaign's wallet-cap period."""
+    out = np.empty((len(occurred_at_us), len(catalog.campaigns)), I64)
+    by_period: dict[str, np.ndarray] = {}
+    for ci, c in enumerate(catalog.campaigns):
+        period = c.per_wallet_cap_period
+        if period not in by_period:
+            by_period[period] = window_keys_us(occurred_at_us, period)
+        out[:, ci] = by_period[period]
+    return out
+
+
 @dataclasses.dataclass
 class _Context:
     keys: list[str]
@@ -241,122 +255,157 @@ class _Context:
     prior_rows: int
     wallet_ids: list[str]
     slot_keys: list[tuple[str, str, int]]
+    # The batch's purchases: their indices among the events (their rows follow the prior rows
+    # in this order), and each one's window key for each catalog campaign's wallet-cap period.
+    purchases: np.ndarray
+    purchase_keys: list[str]
+    purchase_events: list[Purchase]
+    windows: np.ndarray
+
+
+_occurred_at = operator.attrgetter("occurred_at")
+_amount = operator.attrgetter("amount")
+_points_used = operator.attrgetter("points_used")
+_wallet_id = operator.attrgetter("wallet_id")
+_merchant_id = operator.attrgetter("merchant_id")
 
 
 def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tuple[Columns, _Context]:
-    """Columns for `events` (a list of (key, Purchase | Refund)) against `state`."""
+    """Columns for `events` (a list of (key, Purchase | Refund)) against `state`.
+
+    Columnar: a group's purchases are read attribute by attribute, and their (campaign, wallet,
+    window) slots are numbered by one `np.unique` over packed integer keys, in order of first
+    sight (earlier rows' awards, then each purchase's campaigns), not by a dict lookup per
+    purchase and campaign (tests/rating/reference_codec.py is the record-at-a-time form the
+    tests hold this one equal to)."""
     campaigns = catalog.campaigns
     campaign_ids = list(catalog.campaign_ids)
-    campaign_index = {cid: i for i, cid in enumerate(campaign_ids)}
-    batch_purchases = {key for key, ev in events if isinstance(ev, Purchase)}
+    keys = [key for key, _ in events]
+    evs = [ev for _, ev in events]
+    N, Cc = len(evs), len(campaigns)
+    types = [ev.type for ev in evs]
+    refunds = [i for i, t in enumerate(types) if t == "refund"] if "refund" in types else []
+    if refunds:
+        purchases = np.array([i for i, t in enumerate(types) if t == "purchase"], np.intp)
+        p_events = cast(list[Purchase], [evs[i] for i in purchases.tolist()])
+        p_keys = [keys[i] for i in purchases.tolist()]
+    else:
+        purchases = np.arange(N)
+        p_events, p_keys = cast(list[Purchase], evs), keys
 
     # Purchase rows: earlier purchases that refunds here refer to, then this batch's.
-    row_keys: list[str] = []
-    row_index: dict[str, int] = {}
-    for _, ev in events:
-        if (
-            ev.type == "refund"
-            and ev.original_id not in batch_purchases
-            and ev.original_id in state.purchases
-            and ev.original_id not in row_index
-        ):
-            row_index[ev.original_id] = len(row_keys)
-            row_keys.append(ev.original_id)
-            for cid in state.purchases[ev.original_id].awards:
-                if cid not in campaign_index:  # an award of a campaign no longer in the catalog
-                    campaign_index[cid] = len(campaign_ids)
-                    campaign_ids.append(cid)
-    prior_rows = len(row_keys)
-    for key, ev in events:
-        if isinstance(ev, Purchase):
-            assert key not in row_index and key not in state.purchases, f"duplicate purchase key {key}"
-            row_index[key] = len(row_keys)
-            row_keys.append(key)
+    prior: dict[str, PurchaseState] = {}
+    if refunds:
+        batch_purchases = set(p_keys)
+        for i in refunds:
+            original_id = cast(Refund, evs[i]).original_id
+            if original_id not in batch_purchases and original_id not in prior and original_id in state.purchases:
+                prior[original_id] = state.purchases[original_id]
+    campaign_index = {cid: i for i, cid in enumerate(campaign_ids)}
+    for p in prior.values():
+        for cid in p.awards:
+            if cid not in campaign_index:  # an award of a campaign no longer in the catalog
+                campaign_index[cid] = len(campaign_ids)
+                campaign_ids.append(cid)
+    assert len(set(p_keys)) == len(p_keys) and state.purchases.keys().isdisjoint(p_keys), (
+        f"duplicate purchase key {_duplicate(p_keys, state.purchases.keys())}"
+    )
+    prior_rows, P = len(prior), len(p_keys)
+    row_keys = [*prior, *p_keys]
+    C, R = len(campaign_ids), prior_rows + P
 
-    C, R, N = len(campaign_ids), len(row_keys), len(events)
-    extra = C - len(campaigns)
-    wallet_index: dict[str, int] = {}
-    slot_index: dict[tuple[str, str, int], int] = {}
-    # A wallet's and a (campaign, wallet, window) slot's index, given in order of first sight:
-    # `new_wallet(wid, len(wallet_index))`, `new_slot(key, len(slot_index))`.
-    new_wallet, new_slot = wallet_index.setdefault, slot_index.setdefault
-
-    r_wallet = np.zeros(R, np.int32)
-    r_amount = np.zeros(R, I64)
-    r_points_used = np.zeros(R, I64)
+    # Wallets in order of first sight over the rows.
+    row_wallets = [p.wallet_id for p in prior.values()] + list(map(_wallet_id, p_events))
+    wallet_ids = list(dict.fromkeys(row_wallets))
+    wallet_index = dict(zip(wallet_ids, range(len(wallet_ids))))
+    r_wallet = np.fromiter(map(wallet_index.__getitem__, row_wallets), np.int32, R)
+    x_amount = np.fromiter(map(_amount, evs), I64, N)
+    x_points_used = np.zeros(N, I64)
+    x_points_used[purchases] = np.fromiter(map(_points_used, p_events), I64, P)
+    r_amount = np.concatenate([np.array([p.amount for p in prior.values()], I64), x_amount[purchases]])
+    r_points_used = np.concatenate([np.array([p.points_used for p in prior.values()], I64), x_points_used[purchases]])
     r_refunded = np.zeros(R, I64)
     r_valid = np.zeros(R, np.int8)
     r_award = np.zeros(R * C, I64)
     r_pending = np.zeros(R * C, I64)
-    r_slot = np.full(R * C, -1, np.int32)
-    for row, key in enumerate(row_keys[:prior_rows]):
-        p = state.purchases[key]
-        r_wallet[row] = new_wallet(p.wallet_id, len(wallet_index))
-        r_amount[row], r_points_used[row], r_refunded[row], r_valid[row] = p.amount, p.points_used, p.refunded, 1
-        for cid, award in p.awards.items():
-            ci = campaign_index[cid]
-            r_award[row * C + ci] = award.points
-            r_pending[row * C + ci] = award.pending
-            r_slot[row * C + ci] = new_slot((cid, p.wallet_id, award.window_key), len(slot_index))
+    # The slot of each earlier row's award, in the order of its awards: (position, campaign, window).
+    old_slots: list[tuple[int, int, int]] = []
+    if prior:
+        r_refunded[:prior_rows] = [p.refunded for p in prior.values()]
+        r_valid[:prior_rows] = 1
+        held: list[int] = []  # positions of their awards in r_award and r_pending
+        for row, p in enumerate(prior.values()):
+            for cid, award in p.awards.items():
+                held.append(row * C + campaign_index[cid])
+                old_slots.append((row * C + campaign_index[cid], campaign_index[cid], award.window_key))
+        r_award[held] = [a.points for p in prior.values() for a in p.awards.values()]
+        r_pending[held] = [a.pending for p in prior.values() for a in p.awards.values()]
 
-    # Built as lists, turned into arrays once: an array's item assignment costs more.
-    x_kind = [0] * N
-    x_merchant = [-1] * N
-    x_occurred_at = [0] * N
-    x_amount = [0] * N
-    x_points_used = [0] * N
-    x_row = [-1] * N
-    x_item_start = [0] * (N + 1)
-    slots = r_slot.tolist()
-    rows_wallet = r_wallet.tolist()
-    rows_amount = r_amount.tolist()
-    rows_points_used = r_points_used.tolist()
+    x_occurred_at = np.fromiter(map(to_us, map(_occurred_at, evs)), I64, N)
+    windows = purchase_windows(catalog, x_occurred_at[purchases])
+
+    # Slots: usage is counted for every catalog campaign of a new row, capped or not, so a
+    # later version that adds a wallet cap still sees what was awarded; an earlier row's where
+    # it holds an award. Each slot is numbered at its first sight, earlier rows first.
+    if old_slots:
+        old_position, old_campaign, old_window = (np.array(v, I64) for v in zip(*old_slots))
+    else:
+        old_position = old_campaign = old_window = np.zeros(0, I64)
+    new_rows = np.arange(prior_rows, R, dtype=I64)
+    columns = np.arange(Cc, dtype=I64)
+    position = np.concatenate([old_position, (new_rows[:, None] * C + columns).ravel()])
+    campaign = np.concatenate([old_campaign, np.tile(columns, P)])
+    wallet = r_wallet.astype(I64)[position // C] if C else np.zeros(0, I64)
+    window = np.concatenate([old_window, windows.ravel()])
+    slot, seen = _first_sight(_pack(campaign, wallet, window, len(wallet_ids)))
+    r_slot = np.full(R * C, -1, np.int32)
+    r_slot[position] = slot
+    slot_keys = list(
+        zip(
+            np.array(campaign_ids, object)[campaign[seen]].tolist(),
+            np.array(wallet_ids, object)[wallet[seen]].tolist(),
+            window[seen].tolist(),
+        )
+    )
+
+    x_kind = np.zeros(N, np.int8)
+    x_merchant = np.full(N, -1, np.int32)
+    x_row = np.empty(N, np.int32)
+    x_merchant[purchases] = np.fromiter(
+        map(catalog.merchant_index.get, map(_merchant_id, p_events), itertools.repeat(-1)), np.int32, P
+    )
+    x_row[purchases] = new_rows
+    if refunds:
+        row_index = dict(zip(row_keys, range(R)))
+        x_kind[refunds] = k.KIND_REFUND
+        x_row[refunds] = [row_index.get(cast(Refund, evs[i]).original_id, -1) for i in refunds]
+
+    # Items, of the purchases that list them.
+    item_count = np.zeros(N + 1, np.int32)
     item_amount: list[int] = []
     item_mask: list[int] = []
-    merchant_index, tag_bits = catalog.merchant_index, catalog.tag_bits
-    cap_periods = [(ci, c.id, c.per_wallet_cap_period) for ci, c in enumerate(campaigns)]
+    tag_bits = catalog.tag_bits
     tag_masks: dict[tuple[str, ...], int] = {}  # an item's tags -> the catalog's bits of them
-    for i, (key, ev) in enumerate(events):
-        at = to_us(ev.occurred_at)
-        x_occurred_at[i], x_amount[i] = at, ev.amount
-        if ev.type == "purchase":
-            row = row_index[key]
-            x_row[i] = row
-            x_merchant[i] = merchant_index.get(ev.merchant_id, -1)
-            x_points_used[i] = ev.points_used
-            wid = ev.wallet_id
-            rows_wallet[row] = new_wallet(wid, len(wallet_index))
-            rows_amount[row], rows_points_used[row] = ev.amount, ev.points_used
-            # Usage is counted for every campaign, capped or not, so a later
-            # version that adds a wallet cap still sees what was awarded.
-            base = row * C
-            for ci, cid, period in cap_periods:
-                slots[base + ci] = new_slot((cid, wid, window_key(period, at)), len(slot_index))
-            for item in ev.items or ():
+    for i, ev in zip(purchases.tolist(), p_events):
+        if ev.items:
+            item_count[i + 1] = len(ev.items)
+            for item in ev.items:
                 item_amount.append(item.amount)
                 mask = tag_masks.get(item.tags)  # a batch's items carry a few tag lists, over and over
                 if mask is None:
                     mask = tag_masks[item.tags] = sum(1 << tag_bits[t] for t in set(item.tags) if t in tag_bits)
                 item_mask.append(mask)
-        else:
-            x_kind[i] = k.KIND_REFUND
-            x_row[i] = row_index.get(ev.original_id, -1)
-        x_item_start[i + 1] = len(item_amount)
-    r_slot = np.array(slots, np.int32)
-    r_wallet = np.array(rows_wallet, np.int32)
-    r_amount = np.array(rows_amount, I64)
-    r_points_used = np.array(rows_points_used, I64)
 
-    wallet_ids = list(wallet_index)
+    balance = state.balance or {}
     cols = Columns(
-        **catalog_columns(catalog, extra),
-        x_kind=np.array(x_kind, np.int8),
-        x_merchant=np.array(x_merchant, np.int32),
-        x_occurred_at=np.array(x_occurred_at, I64),
-        x_amount=np.array(x_amount, I64),
-        x_points_used=np.array(x_points_used, I64),
-        x_row=np.array(x_row, np.int32),
-        x_item_start=np.array(x_item_start, np.int32),
+        **catalog_columns(catalog, C - Cc),
+        x_kind=x_kind,
+        x_merchant=x_merchant,
+        x_occurred_at=x_occurred_at,
+        x_amount=x_amount,
+        x_points_used=x_points_used,
+        x_row=x_row,
+        x_item_start=np.cumsum(item_count, dtype=np.int32),
         item_amount=_a(item_amount),
         item_mask=_a(item_mask, np.uint64),
         r_wallet=r_wallet,
@@ -367,108 +416,149 @@ def encode(catalog: Catalog, events: Sequence[Event], state: RatingState) -> tup
         r_award=r_award,
         r_pending=r_pending,
         r_slot=r_slot,
-        usage=_a([state.usage.get(s, 0) for s in slot_index]),
+        usage=np.fromiter(map(state.usage.get, slot_keys, itertools.repeat(0)), I64, len(slot_keys)),
         spend=_a([state.spend.get(cid, 0) for cid in campaign_ids]),
-        balance=_a([(state.balance or {}).get(w, 0) for w in wallet_ids]),
+        balance=np.fromiter(map(balance.get, wallet_ids, itertools.repeat(0)), I64, len(wallet_ids)),
         check_balance=int(state.balance is not None),
         out_status=np.zeros(N, np.int8),
         out_capped=np.zeros(N * C, np.int8),
         out_clawback=np.zeros(N * C, I64),
         out_returned=np.zeros(N, I64),
     )
-    ctx = _Context(
-        [key for key, _ in events],
-        [ev for _, ev in events],
-        campaign_ids,
-        row_keys,
-        prior_rows,
-        wallet_ids,
-        list(slot_index),
+    return cols, _Context(
+        keys, evs, campaign_ids, row_keys, prior_rows, wallet_ids, slot_keys, purchases, p_keys, p_events, windows
     )
-    return cols, ctx
+
+
+def _pack(campaign: np.ndarray, wallet: np.ndarray, window: np.ndarray, wallets: int) -> np.ndarray:
+    """One int64 key per (campaign column, wallet index < `wallets`, window key) triple, equal
+    for equal triples only."""
+    if not window.size:
+        return np.zeros(0, I64)
+    low = int(window.min())
+    span = int(window.max()) - low + 1
+    if (int(campaign.max()) + 1) * wallets * span < 1 << 62:
+        offset = window - low
+    else:  # windows too far apart to pack as they are (never those of `window_key`): by rank
+        distinct, inverse = np.unique(window, return_inverse=True)
+        offset, span = inverse.reshape(-1).astype(I64), distinct.size
+    packed: np.ndarray = (campaign * wallets + wallet) * span + offset
+    return packed
+
+
+def _first_sight(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct `keys` numbered in order of first sight: each key's number (int32) and where each
+    number is first seen. What numbering them with `dict.setdefault(key, len(dict))` gives."""
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # the distinct keys by first sight
+    number = np.empty(order.size, np.int32)
+    number[order] = np.arange(order.size, dtype=np.int32)
+    return number[inverse.reshape(-1)], first[order]
+
+
+def _duplicate(keys: list[str], earlier: Iterable[str]) -> str | None:
+    seen = set(earlier)
+    for key in keys:
+        if key in seen:
+            return key
+        seen.add(key)
+    return None
 
 
 def decode(catalog: Catalog, cols: Columns, ctx: _Context, state: RatingState) -> list[Outcome]:
-    """Outcomes of a rated batch, folding the batch's effects into `state`."""
+    """Outcomes of a rated batch, folding the batch's effects into `state`.
+
+    Columnar too: every award of the batch's purchases is read at once (row by row, in campaign
+    order), its records made by `map`, and each purchase's state and outcome from its run of them."""
     from . import Award, Clawback, Outcome
 
-    C = len(ctx.campaign_ids)
-    versions = {c.id: c.version for c in catalog.campaigns}
-    periods = {c.id: c.per_wallet_cap_period for c in catalog.campaigns}
+    C, N = len(ctx.campaign_ids), len(ctx.keys)
+    R0, P = ctx.prior_rows, len(ctx.purchases)
+    campaign_index = {cid: i for i, cid in enumerate(ctx.campaign_ids)}
     status = cols.out_status.tolist()
-    capped = cols.out_capped.tolist()
-    clawback = cols.out_clawback.tolist()
-    returned = cols.out_returned.tolist()
-    r_award = cols.r_award.tolist()
-    r_pending = cols.r_pending.tolist()
 
     # Earlier purchases a refund touched: their refunded amount and pending points.
-    for row, key in enumerate(ctx.row_keys[: ctx.prior_rows]):
-        p = state.purchases[key]
-        p.refunded = int(cols.r_refunded[row])
-        for cid, award in p.awards.items():
-            award.pending = r_pending[row * C + ctx.campaign_ids.index(cid)]
+    if R0:
+        r_refunded = cols.r_refunded.tolist()
+        r_pending = cols.r_pending[: R0 * C].tolist()
+        for row, key in enumerate(ctx.row_keys[:R0]):
+            p = state.purchases[key]
+            p.refunded = r_refunded[row]
+            for cid, award in p.awards.items():
+                award.pending = r_pending[row * C + campaign_index[cid]]
 
-    outcomes: list[Outcome] = []
-    x_row = cols.x_row.tolist()
-    x_occurred_at = cols.x_occurred_at.tolist()
-    campaign_ids = ctx.campaign_ids
-    for i, (key, ev) in enumerate(zip(ctx.keys, ctx.events)):
-        code = STATUS_CODES[status[i]]
-        if code is not None:
-            outcomes.append(Outcome(key, ev.type, code))
-            continue
-        row = x_row[i]
-        if ev.type == "purchase":
-            at = x_occurred_at[i]
-            purchase = PurchaseState(ev.wallet_id, ev.merchant_id, ev.amount, ev.points_used)
-            awards = []
-            base, out = row * C, i * C
-            for ci in range(C):
-                points = r_award[base + ci]
-                if points:
-                    cid = campaign_ids[ci]
-                    awards.append(Award(cid, versions[cid], points, CAPPED_BY[capped[out + ci]]))
-                    purchase.awards[cid] = AwardState(cid, versions[cid], points, points, window_key(periods[cid], at))
-            state.purchases[key] = purchase
-            outcomes.append(Outcome(key, "purchase", None, awards=awards))
-        else:
-            purchase = state.purchases[ctx.row_keys[row]]
-            clawbacks = []
-            for ci in range(C):
-                if clawback[i * C + ci]:
-                    clawbacks.append(Clawback(ctx.campaign_ids[ci], clawback[i * C + ci]))
-            # Keep clawbacks in the order of the original's awards (evaluation order).
-            order = list(purchase.awards)
-            clawbacks.sort(key=lambda cb: order.index(cb.campaign_id))
-            outcomes.append(
-                Outcome(
-                    key,
-                    "refund",
-                    None,
-                    clawbacks=clawbacks,
-                    points_returned=returned[i],
-                    original_key=ctx.row_keys[row],
-                )
-            )
+    # The batch's purchases. A declined one holds no award; an accepted one's pending points and
+    # refunded amount are the batch's last (a refund later in the batch may have taken some).
+    award_rows, award_columns = np.nonzero(cols.r_award[R0 * C :].reshape(P, C))
+    points = cols.r_award[R0 * C :].reshape(P, C)[award_rows, award_columns].tolist()
+    pending = cols.r_pending[R0 * C :].reshape(P, C)[award_rows, award_columns].tolist()
+    capped = cols.out_capped.reshape(N, C)[ctx.purchases[award_rows], award_columns]
+    campaign_ids = np.array(ctx.campaign_ids, object)[award_columns].tolist()
+    versions = np.array([c.version for c in catalog.campaigns], object)[award_columns].tolist()
+    windows = ctx.windows[award_rows, award_columns].tolist()
+    capped_by = np.array(_CAPPED_NAMES, object)[capped].tolist()
+    # Award is a NamedTuple: tuple.__new__ is what its own __new__ calls, without the Python frame.
+    awards: list[Award] = list(
+        map(tuple.__new__, itertools.repeat(Award), zip(campaign_ids, versions, points, capped_by))
+    )
+    award_states = list(map(AwardState, campaign_ids, versions, points, pending, windows))
+    row_states: list[dict[str, AwardState]] = [{} for _ in range(P)]
+    row_awards: list[list[Award]] = [[] for _ in range(P)]
+    for row, cid, new_state, new_award in zip(award_rows.tolist(), campaign_ids, award_states, awards):
+        row_states[row][cid] = new_state
+        row_awards[row].append(new_award)
+    p_events = ctx.purchase_events
+    purchase_states = list(
+        map(
+            PurchaseState,
+            map(_wallet_id, p_events),
+            map(_merchant_id, p_events),
+            map(_amount, p_events),
+            map(_points_used, p_events),
+            cols.r_refunded[R0:].tolist(),
+            row_states,
+        )
+    )
+    p_keys = ctx.purchase_keys
+    p_outcomes = list(map(Outcome, p_keys, itertools.repeat("purchase"), itertools.repeat(None), row_awards))
+    p_status = cols.out_status[ctx.purchases]
+    if p_status.any():
+        for j in np.flatnonzero(p_status).tolist():
+            p_outcomes[j] = Outcome(p_keys[j], "purchase", STATUS_CODES[int(p_status[j])])
+        accepted = np.flatnonzero(p_status == k.STATUS_ACCEPTED).tolist()
+        state.purchases.update((p_keys[j], purchase_states[j]) for j in accepted)
+    else:
+        state.purchases.update(zip(p_keys, purchase_states))
+    if P == N:
+        outcomes = p_outcomes
+    else:
+        # Refunds, their originals' states all in place now.
+        slots: list[Outcome | None] = [None] * N
+        for i, outcome in zip(ctx.purchases.tolist(), p_outcomes):
+            slots[i] = outcome
+        x_row = cols.x_row.tolist()
+        clawback = cols.out_clawback.reshape(N, C)
+        returned = cols.out_returned.tolist()
+        for i in np.flatnonzero(cols.x_kind == k.KIND_REFUND).tolist():
+            key = ctx.keys[i]
+            code = STATUS_CODES[status[i]]
+            if code is not None:
+                slots[i] = Outcome(key, "refund", code)
+                continue
+            original_key = ctx.row_keys[x_row[i]]
+            clawed = clawback[i].tolist()
+            clawbacks = [  # in the order of the original's awards (evaluation order)
+                Clawback(cid, clawed[campaign_index[cid]])
+                for cid in state.purchases[original_key].awards
+                if clawed[campaign_index[cid]]
+            ]
+            slots[i] = Outcome(key, "refund", None, [], clawbacks, returned[i], original_key)
+        outcomes = cast(list["Outcome"], slots)
 
-    # New rows were decoded above in order; refresh pending of new rows a later refund in the batch touched.
-    for row in range(ctx.prior_rows, len(ctx.row_keys)):
-        key = ctx.row_keys[row]
-        new = state.purchases.get(key)
-        if new is None:
-            continue
-        new.refunded = int(cols.r_refunded[row])
-        for cid, award in new.awards.items():
-            award.pending = r_pending[row * C + ctx.campaign_ids.index(cid)]
-
-    for s, value in zip(ctx.slot_keys, cols.usage.tolist()):
-        state.usage[s] = value
-    for cid, value in zip(ctx.campaign_ids, cols.spend.tolist()):
-        state.spend[cid] = value
+    state.usage.update(zip(ctx.slot_keys, cols.usage.tolist()))
+    state.spend.update(zip(ctx.campaign_ids, cols.spend.tolist()))
     if state.balance is not None:
-        for w, value in zip(ctx.wallet_ids, cols.balance.tolist()):
-            state.balance[w] = value
+        state.balance.update(zip(ctx.wallet_ids, cols.balance.tolist()))
     return outcomes
 
 
@@ -485,3 +575,4 @@ CAPPED_BY = {
     k.CAPPED_WALLET: "wallet_cap",
     k.CAPPED_BUDGET: "budget",
 }
+_CAPPED_NAMES = [CAPPED_BY[code] for code in range(len(CAPPED_BY))]  # indexed by the kernel's code

@@ -25,7 +25,7 @@ import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import _kernel_py as k
-from .columns import Catalog, Columns, catalog_columns, window_keys_us
+from .columns import Catalog, Columns, catalog_columns, purchase_windows
 
 I64 = np.int64
 
@@ -102,18 +102,6 @@ class Opening:
     def empty(cls, campaigns: int) -> Opening:
         z = np.zeros(0, I64)
         return cls(z, z, z, z, z, z, z, z, z, z, z, np.zeros(campaigns, I64))
-
-
-def purchase_windows(catalog: Catalog, occurred_at_us: np.ndarray) -> np.ndarray:
-    """[R, len(catalog.campaigns)] window key of each purchase for each campaign's wallet-cap period."""
-    out = np.empty((len(occurred_at_us), len(catalog.campaigns)), I64)
-    by_period: dict[str, np.ndarray] = {}
-    for ci, c in enumerate(catalog.campaigns):
-        period = c.per_wallet_cap_period
-        if period not in by_period:
-            by_period[period] = window_keys_us(occurred_at_us, period)
-        out[:, ci] = by_period[period]
-    return out
 
 
 def build_columns(

@@ -40,8 +40,8 @@ from sqlalchemy.engine import Connection, Engine
 from engine.model import Campaign, Merchant, StoredTransaction, campaign_order
 from engine.rating import ENGINES, build_catalog, rate_columns
 from engine.rating import _kernel_py as k
-from engine.rating.columns import CAPPED_BY, STATUS_CODES, Catalog, campaigns_met
-from engine.rating.vectorized import Batch, Opening, assemble, purchase_windows, slot_keys
+from engine.rating.columns import CAPPED_BY, STATUS_CODES, Catalog, campaigns_met, purchase_windows
+from engine.rating.vectorized import Batch, Opening, assemble, slot_keys
 from engine.store.db import psycopg_connection
 from engine.timeutil import to_us
 
