@@ -1,8 +1,9 @@
 """Vectorized encoder: `Columns` for a whole batch built from numpy arrays.
 
-`columns.encode` walks pydantic records one by one, which is right for a
-group of up to 1,000 requests at ingestion but dominates the time of a
-re-rate or a simulation over a million stored transactions. `build_columns`
+`columns.encode` reads pydantic records and the state's dicts (a tuple key
+per wallet-window slot), which is right for a group of up to 1,000 requests
+at ingestion but dominates the time of a re-rate or a simulation over a
+million stored transactions. `build_columns`
 takes the same batch as plain arrays (already in acceptance order) and
 produces the identical columnar form with numpy operations only: the
 wallet-window slot of every (purchase, campaign) is one int64 key numbered
