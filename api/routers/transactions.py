@@ -104,6 +104,23 @@ def _replay(services: Services, p: Principal, key: str, request_hash: str, refus
     return replay
 
 
+def _sent(
+    p: Principal, key: str, request_hash: str, body: Purchase | Refund, canonical: str, receipt: Receipt | None
+) -> Submission:
+    """What the ledger posts of a checked request: with the key that sent it and the key's expiry,
+    checked again when it is posted (a key revoked or expired meanwhile posts nothing)."""
+    return Submission(
+        _terminal_of(p),
+        key,
+        request_hash,
+        body,
+        canonical,
+        receipt=receipt,
+        key_id=p.key_id,
+        key_expires_at_us=p.expires_at_us,
+    )
+
+
 def _submission(
     services: Services, p: Principal, key: str, body: Purchase | Refund, opened: OpenedSecrets | None, now_us: int
 ) -> Submission | Result:
@@ -113,7 +130,7 @@ def _submission(
         receipt = _checked(services, p, body, opened, now_us)
     except EngineError as refused:
         return _replay(services, p, key, request_hash, refused)
-    return Submission(_terminal_of(p), key, request_hash, body, canonical, receipt=receipt, key_id=p.key_id)
+    return _sent(p, key, request_hash, body, canonical, receipt)
 
 
 class SinglePostRoute(ParsedBodyRoute):
@@ -210,7 +227,7 @@ async def post_transaction(
         # Refused requests may come fast (a bad receipt resent): their look-up of a remembered
         # answer must not hold the event loop, and every other terminal's request with it.
         return render(await anyio.to_thread.run_sync(_replay, services, p, key, request_hash, refused))
-    submission = Submission(terminal_id, key, request_hash, body, canonical, receipt=receipt, key_id=p.key_id)
+    submission = _sent(p, key, request_hash, body, canonical, receipt)
     answers = services.answers
     if answers is not None:
         cached = await answers.get(terminal_id, key)

@@ -147,14 +147,15 @@ class Apps:
     def revoke(self, app_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
         """End every secret of the app at once; revoking twice keeps the first instant."""
         with Session(self.engine) as session, session.begin():
+            # Receipts checked before now may wait to be posted still: none is posted from now on
+            # (`CatalogSnapshot.revoked_apps`; the catalog's version moves under the sequencer
+            # lock, so a group decided before is decided again). Taken first: two revocations at
+            # once read the app one after the other, and the first instant stays.
+            lock_sequencer(session, catalog_changed=True)
             row = session.get(PaymentAppRow, app_id)
             if row is None:
                 raise EngineError("not_found", f"app {app_id} is not known")
             if row.revoked_at_us is None:
-                # Receipts checked before now may wait to be posted still: none is posted from
-                # now on (`CatalogSnapshot.revoked_apps`; the catalog's version moves under the
-                # sequencer lock, so a group decided before is decided again).
-                lock_sequencer(session, catalog_changed=True)
                 before = self._public(session, row)
                 row.revoked_at_us = self.clock.now_us()
                 audit.record(

@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ValidationError
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import bindparam, func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -28,7 +28,6 @@ from engine.store import audit, db
 from engine.store.ledger import lock_sequencer
 from engine.store.models import (
     ApiKeyRow,
-    AuditLogRow,
     CampaignRow,
     CampaignVersionRow,
     MerchantRow,
@@ -53,6 +52,7 @@ class Principal(Actor):
 
     merchant_id: str | None
     terminal_id: str | None
+    expires_at_us: int | None = None  # when the key expires (None: never), checked again when posting
 
 
 def _bump(session: Session) -> None:
@@ -70,26 +70,23 @@ def _set_at_us(masked: Mapping[str, Any] | None) -> int:
     return to_us(dt.datetime.fromisoformat(masked["set_at"]))
 
 
-KEY_CHAIN_MAX = 64  # makers looked up above a key (a chain is finite: a key is made by an older one)
+# A key and the keys above it in the audit log's `key.create` records, in one statement (UNION, not
+# UNION ALL: a key seen twice ends its branch), each step one probe of the (target, sequence) index.
+_KEY_AND_MAKERS_SQL = text(
+    "WITH RECURSIVE chain(key_id) AS (SELECT CAST(:key_id AS TEXT) UNION SELECT CAST(a.actor_key_id AS TEXT)"
+    " FROM audit_log a"
+    " JOIN chain c ON a.target = 'key:' || c.key_id"
+    f" WHERE a.action = 'key.create' AND a.actor_role IN ({', '.join(repr(r) for r in ROLES)}))"
+    " SELECT key_id FROM chain"
+)
 
 
 def _key_and_makers(session: Session, key_id: str) -> set[str]:
     """`key_id` and every API key above it in the audit log's `key.create` records: the key that
-    made it, the key that made that one, and so on, up to a key the operator made at the command
-    line (or one made before the audit log), which ends the chain. Whoever made a key was shown
-    its secret."""
-    chain = {key_id}
-    for _ in range(KEY_CHAIN_MAX):
-        made_by = session.execute(
-            select(AuditLogRow.actor_key_id, AuditLogRow.actor_role).where(
-                AuditLogRow.target == f"key:{key_id}", AuditLogRow.action == "key.create"
-            )
-        ).first()
-        if made_by is None or made_by.actor_role not in ROLES or made_by.actor_key_id in chain:
-            break
-        key_id = made_by.actor_key_id
-        chain.add(key_id)
-    return chain
+    made it, the key that made that one, and so on, however deep, up to a key the operator made at
+    the command line (or one made before the audit log), which ends the chain. Whoever made a key
+    was shown its secret."""
+    return set(session.execute(_KEY_AND_MAKERS_SQL, {"key_id": key_id}).scalars())
 
 
 def _lock(session: Session) -> None:

@@ -159,8 +159,6 @@ class Keys:
             )
             session.add(row)
             session.flush()
-            if role == "terminal" and row.expires_at_us is not None:
-                lock_sequencer(session, catalog_changed=True)  # its expiry is checked when posting
             listing = _listing(row, merchant_id)
             audit.record(session, actor, "key.create", f"key:{key_id}", None, listing, at_us=now)
             return secret, listing
@@ -177,6 +175,15 @@ class Keys:
     def revoke(self, key_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
         """Revoke a key; revoking it again changes nothing and keeps the first instant. Unknown: 404."""
         with Session(self.engine) as session, session.begin():
+            key = session.execute(
+                select(ApiKeyRow.role, ApiKeyRow.revoked_at_us).where(ApiKeyRow.id == key_id)
+            ).one_or_none()
+            if key is not None and key.role == "terminal" and key.revoked_at_us is None:
+                # Requests this key sent may wait to be posted still: no group decided from now
+                # on posts them (`CatalogSnapshot.revoked_keys`), nor one decided before (its
+                # head moves here); a revocation the answer confirms is in force for the money
+                # path. The sequencer lock first, then the key's row, as every writer takes them.
+                lock_sequencer(session, catalog_changed=True)
             result = session.execute(
                 update(ApiKeyRow)
                 .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at_us.is_(None))
@@ -193,11 +200,6 @@ class Keys:
                 raise EngineError("not_found", f"key {key_id} is not known")
             row, terminal_merchant = found
             listing = _listing(row, terminal_merchant or row.merchant_id)
-            if revoked and row.role == "terminal":
-                # Requests this key sent may wait to be posted still: no group decided from now
-                # on posts them (`CatalogSnapshot.key_ends`), nor one decided before (its head
-                # moved); a revocation the answer confirms is in force for the money path.
-                lock_sequencer(session, catalog_changed=True)
             if revoked:
                 audit.record(
                     session,
@@ -239,7 +241,7 @@ class Keys:
                 merchant_id = terminal_merchant  # the terminal's merchant now, not when the key was made
             else:
                 public_key = None
-            principal = Principal(key_id, role, merchant_id, terminal_id)
+            principal = Principal(key_id, role, merchant_id, terminal_id, expires_at)
             found[digest] = KeyLookup(principal, expires_at, public_key, ended)
         return found
 

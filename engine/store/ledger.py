@@ -97,9 +97,10 @@ class Submission:
     merchant_id: str | None = None  # the terminal's merchant, resolved under the lock
     receipt: Receipt | None = None  # the payment app's verified receipt (the API requires one)
     payment_id: str | None = None  # the id it gets if accepted (the import's are derived); else a new time-ordered one
-    # The API key that sent it (None: the import's), checked again when it is posted: a key
-    # revoked, or expired, after the request was authenticated posts nothing more.
+    # The API key that sent it (None: the import's) and the key's expiry (None: never), checked
+    # again when it is posted: a key revoked, or expired, after the request was let in posts nothing.
     key_id: str | None = None
+    key_expires_at_us: int | None = None
 
     @property
     def receipt_key(self) -> tuple[str, str] | None:
@@ -125,6 +126,7 @@ class Submission:
                 None if receipt is None else receipt.original_jti,
                 self.payment_id,
                 self.key_id,
+                self.key_expires_at_us,
             ),
         )
 
@@ -141,10 +143,20 @@ def _submission_of(
     original_jti: str | None,
     payment_id: str | None,
     key_id: str | None,
+    key_expires_at_us: int | None,
 ) -> Submission:
     receipt = None if app_id is None or jti is None else Receipt(app_id, jti, original_jti)
     return Submission(
-        terminal_id, idempotency_key, request_hash, body, request_json, merchant_id, receipt, payment_id, key_id
+        terminal_id,
+        idempotency_key,
+        request_hash,
+        body,
+        request_json,
+        merchant_id,
+        receipt,
+        payment_id,
+        key_id,
+        key_expires_at_us,
     )
 
 
@@ -262,10 +274,10 @@ class CatalogSnapshot:
     campaigns: Mapping[str, Campaign]  # campaign id -> its current version
     merchants: Mapping[str, Merchant]  # merchant id -> merchant, in id order
     merchant_by_terminal: Mapping[str, str]  # terminal id -> the merchant it posts for
-    # Terminal keys that post nothing from some instant on: key id -> that instant, its expiry,
-    # or 0 for a revoked key (a revocation a group's catalog holds was committed before the
-    # group's decision: `Keys.revoke` moves the catalog's version under the sequencer lock).
-    key_ends: Mapping[str, int] = dataclasses.field(default_factory=dict)
+    # Revoked terminal keys: their requests post nothing (a revocation a group's catalog holds was
+    # committed before the group's decision: `Keys.revoke` moves the catalog's version under the
+    # sequencer lock). A key's expiry comes with each request (`Submission.key_expires_at_us`).
+    revoked_keys: frozenset[str] = frozenset()
     revoked_apps: frozenset[str] = frozenset()  # payment apps whose receipts post nothing (`Apps.revoke`)
     # The kernel's catalogs built so far, by the campaigns they hold (`rating_for`).
     _ratings: dict[tuple[str, ...], Catalog] = dataclasses.field(default_factory=dict, repr=False)
@@ -749,11 +761,8 @@ class Ledger:
                 for row in session.execute(select(MerchantRow).order_by(MerchantRow.id)).scalars()
             ]
             terminals = {r.id: r.merchant_id for r in session.execute(select(TerminalRow.id, TerminalRow.merchant_id))}
-            ending_keys = session.execute(
-                select(ApiKeyRow.id, ApiKeyRow.revoked_at_us, ApiKeyRow.expires_at_us).where(
-                    ApiKeyRow.role == "terminal",
-                    ApiKeyRow.revoked_at_us.is_not(None) | ApiKeyRow.expires_at_us.is_not(None),
-                )
+            revoked_keys = session.execute(
+                select(ApiKeyRow.id).where(ApiKeyRow.role == "terminal", ApiKeyRow.revoked_at_us.is_not(None))
             )
             revoked_apps = session.execute(select(PaymentAppRow.id).where(PaymentAppRow.revoked_at_us.is_not(None)))
             catalog = CatalogSnapshot(
@@ -761,7 +770,7 @@ class Ledger:
                 campaigns={c.id: c for c in campaigns},
                 merchants={m.id: m for m in merchants},
                 merchant_by_terminal=terminals,
-                key_ends={r.id: 0 if r.revoked_at_us is not None else r.expires_at_us for r in ending_keys},
+                revoked_keys=frozenset(revoked_keys.scalars()),
                 revoked_apps=frozenset(revoked_apps.scalars()),
             )
             self._catalog = catalog
@@ -960,14 +969,16 @@ class Ledger:
         payment_ids: dict[int, str] = {}
         accepted_at = self.clock.now_us() if accepted_at_us is None else accepted_at_us
         new_ids = iter(self.new_payment_ids(sum(submissions[i].payment_id is None for i in fresh), accepted_at))
-        key_ends, revoked_apps = unit.catalog.key_ends, unit.catalog.revoked_apps
+        revoked_keys, revoked_apps = unit.catalog.revoked_keys, unit.catalog.revoked_apps
         for i in fresh:
             s = submissions[i]
             s.merchant_id = terminals.get(s.terminal_id)
             if s.merchant_id is None or (s.body.type == "purchase" and s.body.merchant_id != s.merchant_id):
                 results[i] = Result(*decline("forbidden", "a terminal posts only for its own merchant"), remember=False)
                 continue
-            if s.key_id is not None and key_ends.get(s.key_id, accepted_at + 1) <= accepted_at:
+            if s.key_id is not None and (
+                s.key_id in revoked_keys or (s.key_expires_at_us is not None and s.key_expires_at_us <= accepted_at)
+            ):
                 results[i] = Result(*decline("unauthenticated", KEY_ENDED), remember=False)
                 continue
             if s.receipt is not None and s.receipt.app_id in revoked_apps:

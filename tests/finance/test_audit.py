@@ -100,18 +100,19 @@ def test_every_covered_change_is_recorded_with_actor_before_and_after(ward: Ward
         "/v1/merchants/M1", json={"ethical_certifications": [cert], "fee_bp": 100}, headers=ward.admin
     )
     assert r.status_code == 200, r.text
-    r = ward.client.patch("/v1/campaigns/C1", json={"funding_source": "merchant:M1"}, headers=ward.admin)
-    assert r.status_code == 200, r.text
-    r = ward.client.patch("/v1/terminals/TM1", json={"merchant_id": "M2"}, headers=ward.admin)
-    assert r.status_code == 200, r.text
-    r = ward.client.patch("/v1/terminals/TM1", json={"merchant_id": "M1"}, headers=ward.admin)
-    assert r.status_code == 200, r.text
+    # Granted while C1 is the ward's: no grant is made against a merchant-funded campaign.
     r = ward.client.post(
         "/v1/grants",
         json={"wallet_id": "W1", "campaign_id": "C1", "points": 300, "reason": "energy saving"},
         headers={**ward.finance, "Idempotency-Key": "g1"},
     )
     assert r.status_code == 201, r.text
+    r = ward.client.patch("/v1/campaigns/C1", json={"funding_source": "merchant:M1"}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    r = ward.client.patch("/v1/terminals/TM1", json={"merchant_id": "M2"}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    r = ward.client.patch("/v1/terminals/TM1", json={"merchant_id": "M1"}, headers=ward.admin)
+    assert r.status_code == 200, r.text
     ward.purchase("M1", "W1", "2026-12-05T10:00", 5_000)
     r = ward.client.post(
         "/v1/terminals/TM1/closeouts",
@@ -681,3 +682,21 @@ def test_a_key_that_shares_a_maker_with_the_changing_key_cannot_confirm_its_chan
     # A key of its own lineage: ward.finance, made by the operator.
     r = confirm(ward, ward.finance)
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
+
+
+def test_a_maker_however_far_up_still_shares_it(ward: Ward):
+    """The changer's own finance key made 80 keys down (found by review: a chain read to a fixed
+    depth took the changer for another holder past it) cannot confirm its change."""
+    ward.merchant("M1", bank=1)
+    ward.at("2027-01-10T09:00")
+    maker = ward.admin
+    for depth in range(80):
+        r = ward.client.post("/v1/keys", json={"role": "admin" if depth < 79 else "finance"}, headers=maker)
+        assert r.status_code == 201, r.text
+        maker = {"Authorization": f"Bearer {r.json()['key']}"}
+    ward.at("2027-01-11T09:00")
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(2)}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+    ward.at("2027-01-12T09:00")
+    r = confirm(ward, maker)
+    assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text

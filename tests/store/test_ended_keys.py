@@ -39,8 +39,11 @@ def setup(url: str) -> Books:
     return books
 
 
-def sale(key: str, key_id: str | None, app: str = "app", wallet: str = "W1") -> Submission:
-    """T1's purchase of 1,200 yen under idempotency key `key`, sent with API key `key_id`."""
+def sale(
+    key: str, key_id: str | None, app: str = "app", wallet: str = "W1", expires_at_us: int | None = None
+) -> Submission:
+    """T1's purchase of 1,200 yen under idempotency key `key`, sent with API key `key_id` (which
+    expires at `expires_at_us`, as the API read it)."""
     body = Purchase(
         type="purchase",
         wallet_id=wallet,
@@ -52,7 +55,16 @@ def sale(key: str, key_id: str | None, app: str = "app", wallet: str = "W1") -> 
     )
     canonical = body.model_dump_json()
     digest = hashlib.sha256(canonical.encode()).hexdigest()
-    return Submission("T1", key, digest, body, canonical, receipt=Receipt(app, f"j-{key}"), key_id=key_id)
+    return Submission(
+        "T1",
+        key,
+        digest,
+        body,
+        canonical,
+        receipt=Receipt(app, f"j-{key}"),
+        key_id=key_id,
+        key_expires_at_us=expires_at_us,
+    )
 
 
 def stored(books: Books) -> tuple[int, int]:
@@ -94,10 +106,13 @@ def test_a_terminal_key_that_expired_before_its_request_is_posted_posts_nothing(
         _, made = keys.create("terminal", terminal_id="T1", expires_in_days=1)
         expiry = to_us(dt.datetime.fromisoformat(made["expires_at"]))
         assert expiry - to_us(START) - DAY_US in range(100)  # a day from its creation
-        books.at(expiry - 1000)  # the manual clock moves a microsecond a read
-        assert books.ledger.submit([sale("before", made["id"])])[0].status == 201
         books.at(expiry)
-        late = books.ledger.submit([sale("after", made["id"], wallet="W2")])[0]
+        before = books.ledger.submit([sale("before", made["id"], expires_at_us=expiry)], accepted_at_us=expiry - 1)
+        assert before[0].status == 201
+        # Posted at its expiry's instant: expired (SPEC §9.3, as the API's `expires_at_us <= now`).
+        late = books.ledger.submit(
+            [sale("after", made["id"], wallet="W2", expires_at_us=expiry)], accepted_at_us=expiry
+        )[0]
         assert (late.status, late.body["code"], late.remember) == (401, "unauthenticated", False)
         assert stored(books) == (1, 0)
     finally:
@@ -110,6 +125,8 @@ def test_a_receipt_of_an_app_revoked_after_it_was_checked_posts_nothing(database
         apps = Apps(books.engine, Settings(data_key_b64=sealing.generate_key_b64()), books.clock)
         apps.add("app_gone")
         apps.add("app_kept")
+        # The ledger holds its catalog already (the revocation must move it, found by review).
+        assert books.ledger.submit([sale("warm", None, app="app_gone", wallet="W9")])[0].status == 201
         apps.revoke("app_gone")
         gone, kept = books.ledger.submit(
             [sale("a", None, app="app_gone"), sale("b", None, app="app_kept", wallet="W2")]
@@ -121,7 +138,7 @@ def test_a_receipt_of_an_app_revoked_after_it_was_checked_posts_nothing(database
             False,
         )
         assert kept.status == 201
-        assert stored(books) == (1, 0)
+        assert stored(books) == (2, 0)
     finally:
         books.close()
 
@@ -183,12 +200,14 @@ def test_revoking_a_key_of_another_role_moves_no_catalog_and_a_submission_keeps_
         _, finance = keys.create("finance", expires_in_days=3)
         keys.revoke(finance["id"])
         assert catalog_version() == before
-        _, terminal = keys.create("terminal", terminal_id="T1")
-        assert catalog_version() == before  # no expiry: nothing to check later
+        # A terminal key's expiry comes with its requests (`Submission.key_expires_at_us`).
+        _, terminal = keys.create("terminal", terminal_id="T1", expires_in_days=3)
+        assert catalog_version() == before
         keys.revoke(terminal["id"])
         keys.revoke(terminal["id"])  # again: changes nothing
         assert catalog_version() == before + 1
         # How the API process hands a submission to the committer child.
-        assert pickle.loads(pickle.dumps(sale("a", terminal["id"]))).key_id == terminal["id"]
+        handed = pickle.loads(pickle.dumps(sale("a", terminal["id"], expires_at_us=123)))
+        assert (handed.key_id, handed.key_expires_at_us) == (terminal["id"], 123)
     finally:
         books.close()

@@ -67,7 +67,10 @@ def test_revoke_is_idempotent_and_unknown_is_404(store) -> None:
 def test_expiry_is_stored_and_checked_by_authenticate(store) -> None:
     keys, config, clock = store
     secret, _ = keys.create("merchant", merchant_id="M1", expires_in_days=2)
-    assert keys.lookup(hash_key(secret)).expires_at_us is not None
+    found = keys.lookup(hash_key(secret))
+    assert found.expires_at_us is not None
+    # The principal carries it too: a terminal's requests take it to the ledger, checked when posted.
+    assert found.principal.expires_at_us == found.expires_at_us
     assert config.authenticate(secret).merchant_id == "M1"
     clock.set(START_US + 2 * DAY_US + 1_000_000)
     assert config.authenticate(secret) is None
