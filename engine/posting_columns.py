@@ -21,14 +21,14 @@ Rows come out as tuples in the order of `POSTING_COLUMNS`, `AWARD_COLUMNS` and
 from __future__ import annotations
 
 import dataclasses
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
+import datetime as dt
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from engine import crediting
 from engine import ledger_rules as rules
 from engine.model import Campaign, Purchase
-from engine.quotes import award_answer
+from engine.quotes import award_answer_of, award_status
 from engine.rating import Award, window_key
 from engine.timeutil import format_instant, to_us
 from engine.wallet_book import lot_id
@@ -81,15 +81,43 @@ class PostedRun:
     posting_hash: str
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, slots=True)
 class _Terms:
-    """What posting needs of a campaign version."""
+    """What posting needs of a campaign version, and what is the same for every award of it in a
+    run: its funding account and, credited at acceptance, its awards' instants."""
 
     immediate: bool
     schedule: str
     delay: int
     validity: int
     period: str
+    status: str  # an award's status in the answer
+    funding: str  # the account each award debits
+    account: Callable[[str, str], str]  # (wallet, campaign) -> the account each award credits
+    # Credited at acceptance (`immediate`): every award's credit and expiry instants and their
+    # texts, the run's acceptance and what follows from it. None: they depend on the purchase.
+    credited: tuple[int, int, str, str] | None
+
+
+def _terms(campaign: Campaign, at_us: int) -> _Terms:
+    schedule, delay = campaign.credit.schedule, campaign.credit.delay_business_days
+    immediate = schedule == "immediate"
+    credited = None
+    if immediate:  # credited at acceptance, whatever the purchase's instant
+        credit_at = crediting.credit_at_us(schedule, delay, at_us, at_us)
+        expires_at = crediting.expires_at_us(credit_at, campaign.validity_months)
+        credited = (credit_at, expires_at, format_instant(credit_at), format_instant(expires_at))
+    return _Terms(
+        immediate,
+        schedule,
+        delay,
+        campaign.validity_months,
+        campaign.per_wallet_cap_period,
+        award_status(immediate),
+        rules.funding_account(campaign.id),
+        rules.available_account if immediate else rules.pending_account,
+        credited,
+    )
 
 
 def plain_purchases(
@@ -103,63 +131,70 @@ def plain_purchases(
     """Post `run`, plain purchases in acceptance order accepted at `at_us`, after payment
     sequence `payment_sequence` and posting sequence `posting_sequence` whose hash is
     `posting_hash`."""
-    terms = {
-        cid: _Terms(
-            c.credit.schedule == "immediate",
-            c.credit.schedule,
-            c.credit.delay_business_days,
-            c.validity_months,
-            c.per_wallet_cap_period,
-        )
-        for cid, c in campaigns.items()
-    }
     accepted_at = format_instant(at_us)
+    terms: dict[str, _Terms] = {}  # campaign -> its terms, as its first award of the run meets it
+    payables: dict[str, str] = {}  # merchant -> its payable account
+    # (instant, UTC offset) -> the instant's text: a run's purchases share a few instants, and
+    # the two fix the text (its wall clock is the instant plus the offset).
+    texts: dict[tuple[int, dt.timedelta | None], str] = {}
+    # Locals, not module attributes: read for every posting.
+    chain_hash_of = rules.chain_hash_of
+    coin_sale, award_reason, clearing = rules.COIN_SALE, rules.AWARD, rules.COIN_CLEARING
 
-    # The columns of every posting, in chain order: per purchase its coin sale, then its awards.
-    reasons: list[str] = []
-    payment_ids: list[str] = []
-    campaign_ids: list[str | None] = []
-    versions: list[int | None] = []
-    debits: list[str] = []
-    credits: list[str] = []
-    amounts: list[int] = []
+    # Every posting in chain order (per purchase its coin sale, then its awards), each chained
+    # to the one before it as it is made.
+    postings: list[tuple[Any, ...]] = []
     awards: list[tuple[Any, ...]] = []
     lots: list[tuple[Any, ...]] = []
     answers: list[dict[str, Any]] = []
-    for i, p in enumerate(run):
-        body, pid, at = p.body, p.payment_id, to_us(p.body.occurred_at)
-        wallet = body.wallet_id
-        coin = body.amount - body.points_used
+    deltas: dict[str, int] = {}
+    sequence, digest = posting_sequence, posting_hash
+    for payment, (pid, body, run_awards) in enumerate(run, payment_sequence + 1):
+        wallet, merchant = body.wallet_id, body.merchant_id
         assert body.points_used == 0, "a plain purchase spends no points"
-        reasons.append(rules.COIN_SALE)
-        payment_ids.append(pid)
-        campaign_ids.append(None)
-        versions.append(None)
-        debits.append(rules.COIN_CLEARING)
-        credits.append(rules.payable_account(body.merchant_id))
-        amounts.append(coin)
+        coin = body.amount - body.points_used
+        payable = payables.get(merchant)
+        if payable is None:
+            payable = payables[merchant] = rules.payable_account(merchant)
+        sequence += 1
+        digest = chain_hash_of(digest, sequence, pid, None, None, coin_sale, clearing, payable, coin, at_us)
+        postings.append((sequence, pid, None, None, coin_sale, clearing, payable, coin, at_us, digest))
+        deltas[clearing] = deltas.get(clearing, 0) - coin
+        deltas[payable] = deltas.get(payable, 0) + coin
         answer_awards = []
         awarded = 0
-        for award in p.awards:
-            cid, t = award.campaign_id, terms[award.campaign_id]
-            credit_at = crediting.credit_at_us(t.schedule, t.delay, at, at_us)
-            expires_at = crediting.expires_at_us(credit_at, t.validity)
-            reasons.append(rules.AWARD)
-            payment_ids.append(pid)
-            campaign_ids.append(cid)
-            versions.append(award.campaign_version)
-            debits.append(rules.funding_account(cid))
-            credits.append((rules.available_account if t.immediate else rules.pending_account)(wallet, cid))
-            amounts.append(award.points)
-            awarded += award.points
+        occurred_at = body.occurred_at
+        at = to_us(occurred_at)
+        text_key = (at, occurred_at.utcoffset())
+        occurred_text = texts.get(text_key)
+        if occurred_text is None:
+            occurred_text = texts[text_key] = occurred_at.isoformat()
+        for award in run_awards:
+            cid, version, points = award.campaign_id, award.campaign_version, award.points
+            t = terms.get(cid)
+            if t is None:
+                t = terms[cid] = _terms(campaigns[cid], at_us)
+            if t.credited is not None:
+                credit_at, expires_at, credit_text, expires_text = t.credited
+            else:
+                credit_at = crediting.credit_at_us(t.schedule, t.delay, at, at_us)
+                expires_at = crediting.expires_at_us(credit_at, t.validity)
+                credit_text, expires_text = format_instant(credit_at), format_instant(expires_at)
+            funding, credit = t.funding, t.account(wallet, cid)
+            sequence += 1
+            digest = chain_hash_of(digest, sequence, pid, cid, version, award_reason, funding, credit, points, at_us)
+            postings.append((sequence, pid, cid, version, award_reason, funding, credit, points, at_us, digest))
+            deltas[funding] = deltas.get(funding, 0) - points
+            deltas[credit] = deltas.get(credit, 0) + points
+            awarded += points
             awards.append(
                 (
                     pid,
                     cid,
-                    award.campaign_version,
+                    version,
                     wallet,
-                    award.points,
-                    0 if t.immediate else award.points,
+                    points,
+                    0 if t.immediate else points,
                     0,
                     award.capped_by,
                     window_key(t.period, at),
@@ -167,17 +202,17 @@ def plain_purchases(
                 )
             )
             if t.immediate:
-                lots.append((lot_id(pid, cid), wallet, cid, pid, credit_at, expires_at, award.points, award.points, 0))
-            answer_awards.append(award_answer(award, t.immediate, credit_at, expires_at))
+                lots.append((lot_id(pid, cid), wallet, cid, pid, credit_at, expires_at, points, points, 0))
+            answer_awards.append(award_answer_of(award, t.status, credit_text, expires_text))
         answers.append(
             {
                 "id": pid,
-                "sequence": payment_sequence + i + 1,
+                "sequence": payment,
                 "type": "purchase",
                 "wallet_id": wallet,
-                "merchant_id": body.merchant_id,
+                "merchant_id": merchant,
                 "terminal_id": body.terminal_id,
-                "occurred_at": body.occurred_at.isoformat(),
+                "occurred_at": occurred_text,
                 "accepted_at": accepted_at,
                 "amount": body.amount,
                 "points_used": body.points_used,
@@ -185,29 +220,4 @@ def plain_purchases(
                 "awards": answer_awards,
             }
         )
-
-    # Sequences and the chain over the columns (each hash needs the one before it).
-    m = len(amounts)
-    sequences = range(posting_sequence + 1, posting_sequence + m + 1)
-    hashes: list[str] = []
-    digest = posting_hash
-    for sequence, pid, cid, version, reason, debit, credit, amount in zip(
-        sequences, payment_ids, campaign_ids, versions, reasons, debits, credits, amounts
-    ):
-        digest = rules.chain_hash_of(digest, sequence, pid, cid, version, reason, debit, credit, amount, at_us)
-        hashes.append(digest)
-    postings = list(
-        zip(sequences, payment_ids, campaign_ids, versions, reasons, debits, credits, amounts, [at_us] * m, hashes)
-    )
-    return PostedRun(
-        postings, awards, lots, balance_deltas(debits, credits, amounts), answers, posting_sequence + m, digest
-    )
-
-
-def balance_deltas(debits: Sequence[str], credits: Sequence[str], amounts: Sequence[int]) -> dict[str, int]:
-    """Each account's balance change from postings given as columns: debits go down, credits up."""
-    deltas: dict[str, int] = defaultdict(int)
-    for debit, credit, amount in zip(debits, credits, amounts):
-        deltas[debit] -= amount
-        deltas[credit] += amount
-    return dict(deltas)
+    return PostedRun(postings, awards, lots, deltas, answers, sequence, digest)

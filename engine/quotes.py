@@ -36,12 +36,23 @@ def quote_awards(
 
 def award_answer(award: Award, immediate: bool, credit_at_us: int, expires_at_us: int) -> dict[str, Any]:
     """One award as a purchase's answer (and a quote) shows it: cap, status, credit and expiry."""
+    return award_answer_of(award, award_status(immediate), format_instant(credit_at_us), format_instant(expires_at_us))
+
+
+def award_status(immediate: bool) -> str:
+    """An award's status in an answer: credited at once, or pending until its crediting day."""
+    return "credited" if immediate else "pending"
+
+
+def award_answer_of(award: Award, status: str, credit_at: str, expires_at: str) -> dict[str, Any]:
+    """`award_answer` with its status (`award_status`) and instants already as texts
+    (`format_instant`): what a run of purchases posted as columns computes once per campaign."""
     return {
         "campaign_id": award.campaign_id,
         "campaign_version": award.campaign_version,
         "points": award.points,
         "capped_by": award.capped_by,
-        "status": "credited" if immediate else "pending",
-        "credit_at": format_instant(credit_at_us),
-        "expires_at": format_instant(expires_at_us),
+        "status": status,
+        "credit_at": credit_at,
+        "expires_at": expires_at,
     }
