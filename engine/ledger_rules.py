@@ -213,6 +213,30 @@ def payment_hash(previous_hash: str, payment: Mapping[str, object]) -> str:
 
 
 def payment_hash_of(previous_hash: str, values: Sequence[object]) -> str:
-    """`payment_hash` over the values of PAYMENT_HASHED_FIELDS, in that order."""
-    body = "\x1f".join(["" if v is None else str(v) for v in values])
-    return hashlib.sha256((previous_hash + body).encode()).hexdigest()
+    """`payment_hash` over the values of PAYMENT_HASHED_FIELDS, in that order: unit-separated,
+    None as an empty field (one f-string, as `chain_hash_of`: every payment is hashed here)."""
+    (
+        sequence,
+        payment_id,
+        kind,
+        terminal_id,
+        merchant_id,
+        wallet_id,
+        occurred_at_us,
+        accepted_at_us,
+        amount,
+        points_used,
+        original_id,
+        request_json,
+        response_json,
+    ) = values
+    return _sha256(
+        f"{previous_hash}{'' if sequence is None else sequence}"
+        f"\x1f{'' if payment_id is None else payment_id}\x1f{'' if kind is None else kind}"
+        f"\x1f{'' if terminal_id is None else terminal_id}\x1f{'' if merchant_id is None else merchant_id}"
+        f"\x1f{'' if wallet_id is None else wallet_id}\x1f{'' if occurred_at_us is None else occurred_at_us}"
+        f"\x1f{'' if accepted_at_us is None else accepted_at_us}\x1f{'' if amount is None else amount}"
+        f"\x1f{'' if points_used is None else points_used}\x1f{'' if original_id is None else original_id}"
+        f"\x1f{'' if request_json is None else request_json}"
+        f"\x1f{'' if response_json is None else response_json}".encode()
+    ).hexdigest()
