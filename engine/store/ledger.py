@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import functools
 import json
+import operator
 import os
 import weakref
 from collections import defaultdict
@@ -78,6 +79,23 @@ from engine.timeutil import format_instant, to_us
 from engine.wallet_book import Lot, WalletBook, lot_id
 
 Row = dict[str, Any]  # one row to write, or one answer's JSON body
+
+# A payment row's columns, as `PostingWriter` keeps and writes its rows (tuples): the hashed ones
+# first, in the order the payment hash takes them, so a row's first values are what it hashes.
+PAYMENT_COLUMNS = (
+    *rules.PAYMENT_HASHED_FIELDS,
+    "refunded_amount",
+    "has_items",
+    "receipt_app_id",
+    "receipt_jti",
+    "idempotency_key",
+    "request_hash",
+    "hash",
+)
+_payment_values = operator.itemgetter(
+    *(PAYMENT_COLUMNS.index(c) for c in ("id", "type", "merchant_id", "wallet_id", "amount", "points_used"))
+)
+_payment_receipt = operator.itemgetter(PAYMENT_COLUMNS.index("receipt_app_id"), PAYMENT_COLUMNS.index("receipt_jti"))
 
 # Runs of plain purchases post as columns (`engine.posting_columns`); off, every purchase
 # posts through `PostingWriter.purchase`, the reference the columns are tested against.
@@ -1507,7 +1525,7 @@ class PostingWriter:
         self._chain = unit._chain
         self._batch = bulk.WriteBatch(unit.session)
         self._redemption_legs: list[Row] = []
-        self._payments: list[Row] = []
+        self._payments: list[tuple[Any, ...]] = []  # PAYMENT_COLUMNS
         self.answers_json: dict[str, str] = {}  # payment id -> its answer as stored on its payment row
         self._awards: list[tuple[Any, ...]] = []  # posting_columns.AWARD_COLUMNS
         self._award_updates: list[Row] = []
@@ -1701,11 +1719,13 @@ class PostingWriter:
             book = self.books[lot.wallet_id]
             book.lots[lot.id] = lot
             book.touch(lot)
-        for (pid, s, _), answer in zip(run, posted.answers):
-            sequence = self._next_sequence()
-            assert sequence == answer["sequence"], (sequence, answer["sequence"])
-            at = to_us(s.body.occurred_at)
-            self._payments.append(self._payment_row(pid, sequence, s, answer["wallet_id"], at, None, answer))
+        payments, payment_row = self._payments, self._payment_row
+        for (pid, s, _), answer, at in zip(run, posted.answers, posted.occurred_at_us):
+            # Numbered by the run, after the payment chain's head (`_next_sequence`, once a run).
+            sequence = answer["sequence"]
+            payments.append(payment_row(pid, sequence, s, answer["wallet_id"], at, None, answer))
+        assert sequence == chain.payment_sequence + len(run), (sequence, chain.payment_sequence, len(run))
+        chain.payment_sequence = sequence
         return posted.answers
 
     def refund(
@@ -1817,31 +1837,37 @@ class PostingWriter:
 
     def _payment_row(
         self, pid: str, sequence: int, s: Submission, wallet_id: str, at: int, original_id: str | None, response: Row
-    ) -> Row:
-        body, receipt = s.body, s.receipt
-        row = {  # a literal, not dict(...): made once per payment
-            "id": pid,
-            "sequence": sequence,
-            "type": body.type,
-            "terminal_id": s.terminal_id,
-            "merchant_id": s.merchant_id,
-            "wallet_id": wallet_id,
-            "occurred_at_us": at,
-            "accepted_at_us": self.at_us,
-            "amount": body.amount,
-            "points_used": getattr(body, "points_used", 0),
-            "original_id": original_id,
-            "refunded_amount": 0,
-            "request_json": s.request_json,
-            "response_json": self._answer_json(pid, response),
-            "has_items": getattr(body, "items", None) is not None,
-            "receipt_app_id": receipt.app_id if receipt is not None else None,
-            "receipt_jti": receipt.jti if receipt is not None else None,
-            "idempotency_key": s.idempotency_key if self.remember_keys else None,
-            "request_hash": s.request_hash if self.remember_keys else None,
-        }
-        row["hash"] = self._chain.payment_hash = rules.payment_hash(self._chain.payment_hash, row)
-        return row
+    ) -> tuple[Any, ...]:
+        """The payment row (`PAYMENT_COLUMNS`) of `pid`, answered `response`, chained to the
+        payment chain's head."""
+        body, receipt, chain = s.body, s.receipt, self._chain
+        self.answers_json[pid] = answer_text = orjson.dumps(response).decode()
+        hashed = (  # rules.PAYMENT_HASHED_FIELDS
+            sequence,
+            pid,
+            body.type,
+            s.terminal_id,
+            s.merchant_id,
+            wallet_id,
+            at,
+            self.at_us,
+            body.amount,
+            getattr(body, "points_used", 0),
+            original_id,
+            s.request_json,
+            answer_text,
+        )
+        chain.payment_hash = digest = rules.payment_hash_of(chain.payment_hash, hashed)
+        remember = self.remember_keys
+        return hashed + (
+            0,
+            getattr(body, "items", None) is not None,
+            None if receipt is None else receipt.app_id,
+            None if receipt is None else receipt.jti,
+            s.idempotency_key if remember else None,
+            s.request_hash if remember else None,
+            digest,
+        )
 
     def as_originals(self, refunded: Mapping[str, Row], wanted: AbstractSet[str]) -> dict[str, Row]:
         """Of the purchases this writer posted and the originals (`refunded`, as read before) it
@@ -1851,15 +1877,17 @@ class PostingWriter:
         if not wanted:
             return out
         for row in self._payments:
-            if row["type"] == "purchase" and row["id"] in wanted:
-                out[row["id"]] = dict(
-                    merchant_id=row["merchant_id"],
-                    wallet_id=row["wallet_id"],
-                    amount=row["amount"],
-                    points_used=row["points_used"],
+            pid, kind, merchant_id, wallet_id, amount, points_used = _payment_values(row)
+            if kind == "purchase" and pid in wanted:
+                receipt_app_id, receipt_jti = _payment_receipt(row)
+                out[pid] = dict(
+                    merchant_id=merchant_id,
+                    wallet_id=wallet_id,
+                    amount=amount,
+                    points_used=points_used,
                     refunded=0,
-                    receipt_app_id=row["receipt_app_id"],
-                    receipt_jti=row["receipt_jti"],
+                    receipt_app_id=receipt_app_id,
+                    receipt_jti=receipt_jti,
                     awards={},
                     redemption_legs=[],
                 )
@@ -1884,10 +1912,6 @@ class PostingWriter:
             awards = out[u["p_id"]]["awards"]
             awards[u["c_id"]] = dataclasses.replace(awards[u["c_id"]], pending=u["pending"])
         return out
-
-    def _answer_json(self, pid: str, response: Row) -> str:
-        self.answers_json[pid] = answer_text = orjson.dumps(response).decode()
-        return answer_text
 
     def flush(
         self,
@@ -1915,7 +1939,7 @@ class PostingWriter:
         batch = self._batch
         award_lots, award_lots_changed = save_books(batch, self.books)
         batch.insert(RedemptionLegRow.__table__, self._redemption_legs)
-        batch.insert(PaymentRow.__table__, self._payments)
+        batch.insert_tuples(PaymentRow.__table__, PAYMENT_COLUMNS, self._payments)
         # The awards written here carry their lots as the books hold them now (spent or clawed
         # back since, in this group, as the case may be).
         awards = [(*a, *lot_values(award_lots.pop((a[0], a[1]), None))) for a in self._awards]
