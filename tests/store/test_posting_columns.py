@@ -21,6 +21,7 @@ from engine.timeutil import TOKYO, to_us
 
 START = dt.datetime(2026, 12, 10, 12, tzinfo=TOKYO)
 WALLETS = [f"W{i}" for i in range(6)]
+SHARED_MINUTES = (7, 61)  # minutes before START of instants many purchases share
 # Every table a purchase or refund writes, ordered by a key that does not depend on insertion order.
 TABLES = {
     "payment": "sequence",
@@ -74,6 +75,14 @@ def _ledger(url: str) -> Ledger:
     return ledger_
 
 
+def _instant_text(rng: random.Random) -> str:
+    """A purchase's instant as a terminal writes it: often one a few other purchases of the group
+    share, in Tokyo's offset or in UTC (the answer shows it as it came: same instant, other text)."""
+    minutes = rng.choice(SHARED_MINUTES) if rng.random() < 0.4 else rng.randrange(0, 3000)
+    instant = START - dt.timedelta(minutes=minutes)
+    return instant.isoformat() if rng.random() < 0.5 else instant.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+
+
 def _purchase(rng: random.Random, key: str, points_used: int = 0) -> Submission:
     terminal, merchant = rng.choice((("T1", "M1"), ("T2", "M2")))
     amount = rng.randrange(max(points_used, 1), 12_000)
@@ -86,7 +95,7 @@ def _purchase(rng: random.Random, key: str, points_used: int = 0) -> Submission:
             wallet_id=rng.choice(WALLETS[:2] if rng.random() < 0.5 else WALLETS),
             merchant_id=merchant,
             terminal_id=terminal,
-            occurred_at=(START - dt.timedelta(minutes=rng.randrange(0, 3000))).isoformat(),
+            occurred_at=_instant_text(rng),
             amount=amount,
             points_used=points_used,
             items=items,
@@ -171,3 +180,7 @@ def test_columns_store_what_the_reference_stores(database_url_pair, seed):
     assert any(body.get("points_used") for _, body in answers)
     assert len(rows["posting"]) > len(rows["payment"])
     assert rows["wallet_debt"], "no wallet went into debt: the story misses purchases of indebted wallets"
+    # Purchases of one instant were written with two offsets, and answered as written.
+    shared = START - dt.timedelta(minutes=SHARED_MINUTES[0])
+    texts = {body["occurred_at"] for status, body in answers if status == 201 and body["type"] == "purchase"}
+    assert {shared.isoformat(), shared.astimezone(dt.UTC).isoformat()} <= texts
