@@ -173,9 +173,12 @@ def save_books(
                 else:
                     changed.append({"id": lot.id, "remaining": lot.remaining, "expired": lot.expired})
                 lot.dirty = False
-        for campaign_id in sorted(book.dirty_debts):
-            debts.append(dict(wallet_id=book.wallet_id, campaign_id=campaign_id, points=book.debts.get(campaign_id, 0)))
-        book.dirty_debts.clear()
+        if book.dirty_debts:  # (few books: most of a group's only earn)
+            for campaign_id in sorted(book.dirty_debts):
+                debts.append(
+                    dict(wallet_id=book.wallet_id, campaign_id=campaign_id, points=book.debts.get(campaign_id, 0))
+                )
+            book.dirty_debts.clear()
         book.touched.clear()
     batch.insert_tuples(PointLotRow.__table__, LOT_COLUMNS, new)
     batch.update(PointLotRow.__table__, ["id"], changed)

@@ -329,10 +329,12 @@ _SPLITTABLE = ("text", "bigint", "integer")
 def _array(pg_type: str, values: Sequence[Any]) -> tuple[str, Any]:
     """The SQL of an array parameter of `pg_type` holding `values`, and the parameter."""
     if pg_type in _SPLITTABLE and values:
+        # Every value's type exactly str (non-empty) or int, checked by the set of their types (no
+        # Python-level call a value).
         if pg_type == "text":
-            joined = _SEPARATOR.join(values) if all(type(v) is str and v for v in values) else None
+            joined = _SEPARATOR.join(values) if set(map(type, values)) == {str} and "" not in values else None
         else:
-            joined = _SEPARATOR.join(map(str, values)) if all(type(v) is int for v in values) else None
+            joined = _SEPARATOR.join(map(str, values)) if set(map(type, values)) == {int} else None
         if joined is not None and joined.count(_SEPARATOR) == len(values) - 1:
             return f"string_to_array(%s, E'\\x1f')::{pg_type}[]", joined
     return f"%b::{pg_type}[]", list(values)

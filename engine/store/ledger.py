@@ -1942,7 +1942,7 @@ class PostingWriter:
         batch.insert_tuples(PaymentRow.__table__, PAYMENT_COLUMNS, self._payments)
         # The awards written here carry their lots as the books hold them now (spent or clawed
         # back since, in this group, as the case may be).
-        awards = [(*a, *lot_values(award_lots.pop((a[0], a[1]), None))) for a in self._awards]
+        awards = [a + lot_values(award_lots.pop((a[0], a[1]), None)) for a in self._awards]
         batch.insert_tuples(AwardRow.__table__, AWARD_LOT_COLUMNS, awards)
         # Every award row this unit changes is updated once, whatever changed on it: a lot set
         # (credited by a crediting run), spent, clawed back or expired; pending and clawed-back
