@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from engine import crediting
 from engine import ledger_rules as rules
@@ -59,13 +59,9 @@ AWARD_COLUMNS = (
 )
 
 
-class PlainPurchase(NamedTuple):
-    """One accepted purchase of a run: its payment id, the record and the kernel's awards (in
-    evaluation order)."""
-
-    payment_id: str
-    body: Purchase
-    awards: Sequence[Award]
+# One accepted purchase of a run: its payment id, the record and the kernel's awards (in
+# evaluation order). A plain tuple: the writer makes one a purchase.
+PlainPurchase = tuple[str, Purchase, Sequence[Award]]
 
 
 @dataclasses.dataclass

@@ -1701,7 +1701,7 @@ class PostingWriter:
             return []
         chain = self._chain
         posted = posting_columns.plain_purchases(
-            [posting_columns.PlainPurchase(pid, s.body, outcome.awards) for pid, s, outcome in run],  # type: ignore[arg-type]
+            [(pid, s.body, outcome.awards) for pid, s, outcome in run],  # type: ignore[misc]  # is_plain: purchases
             self.campaigns,
             self.at_us,
             chain.payment_sequence,
