@@ -1713,10 +1713,11 @@ class PostingWriter:
         self._awards += posted.awards
         for account, delta in posted.deltas.items():
             self._deltas[account] += delta
+        books = self.books
         for row in posted.lots:
             lot = Lot(*row)
             lot.new = lot.on_award = True
-            book = self.books[lot.wallet_id]
+            book = books[lot.wallet_id]
             book.lots[lot.id] = lot
             book.touch(lot)
         payments, payment_row = self._payments, self._payment_row
@@ -1981,7 +1982,9 @@ class PostingWriter:
         if state is not None:
             assert usage_before is not None and spend_before is not None
             # Changed ones only, before sorting: most of a group's keys earned nothing.
-            changed = sorted((key, v) for key, v in state.usage.items() if v != usage_before.get(key, 0))
+            before = usage_before.get
+            changed = [(key, v) for key, v in state.usage.items() if v != before(key, 0)]
+            changed.sort()
             if changed:
                 keys, points = zip(*changed)
                 batch.upsert_columns(
