@@ -172,12 +172,13 @@ class FuzzWard:
         return answer
 
     def _seed(self) -> None:
-        # The ward's admin key came from `setapay keys create`; the others from POST /v1/keys.
-        self.keys = {"admin": self.server.admin_key}
+        # The ward's admin and finance keys came from `setapay keys create` (the finance key
+        # confirms the admin's bank account change: a key the admin made could not, SPEC §9.6);
+        # the others from POST /v1/keys.
+        self.keys = {"admin": self.server.admin_key, "finance": self.server.create_key("finance")}
         made = {
             name: self._ok("admin", "POST", "/v1/keys", request)
             for name, request in {
-                "finance": {"role": "finance"},
                 "app": {"role": "app"},
                 "merchant": {"role": "merchant", "merchant_id": MERCHANT},
                 "terminal": {"role": "terminal", "terminal_id": TERMINAL},
