@@ -17,7 +17,7 @@ from api import responses
 from api.deps import Admin, ConfigDep, ServicesDep, role
 from api.errors import validated
 from api.openapi import AUTHENTICATED, problems
-from api.strict import PathId
+from api.strict import PathId, QueryInt
 from engine import limits
 from engine.http_signing import parse_public_key
 from engine.model import Campaign, Id, Merchant, Record
@@ -187,7 +187,7 @@ def get_campaign(
     campaign_id: PathId,
     _: CampaignReader,
     config: ConfigDep,
-    version: Annotated[int | None, Query(ge=1, le=limits.VERSION_MAX)] = None,
+    version: Annotated[QueryInt | None, Query(ge=1, le=limits.VERSION_MAX)] = None,
 ) -> Any:
     return config.get_campaign(campaign_id, version).model_dump(mode="json")
 

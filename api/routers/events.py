@@ -18,7 +18,7 @@ from pydantic import Field
 from api import responses
 from api.deps import Admin, DatabaseDep, ServicesDep, role
 from api.openapi import AUTHENTICATED, problems
-from api.strict import PageLimit, PathId
+from api.strict import PageLimit, PathId, QueryInt
 from engine import events, limits
 from engine.errors import EngineError
 from engine.events import EventType
@@ -29,7 +29,7 @@ from engine.webhooks import URL_CHARS_MAX
 
 router = APIRouter()
 
-After = Annotated[int, Query(ge=0, le=limits.SEQUENCE_MAX, description="List what comes after this id")]
+After = Annotated[QueryInt, Query(ge=0, le=limits.SEQUENCE_MAX, description="List what comes after this id")]
 TYPES_PATTERN = r"^[a-z_]{1,32}(,[a-z_]{1,32}){0,15}$"
 
 

@@ -25,6 +25,7 @@ import json
 import logging
 import queue
 import threading
+import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -40,7 +41,7 @@ from api.access_log import PRINCIPAL_STATE
 from api.deps import Services, ServicesDep
 from api.idempotency import check_idempotency_key
 from api.routers.finance import GrantRequest
-from api.strict import PathId, decode_cursor, encode_cursor
+from api.strict import PathId, decimal_digits, decode_cursor, encode_cursor
 from engine import keyring
 from engine.errors import EngineError
 from engine.model import CalendarDate, Campaign
@@ -862,6 +863,14 @@ def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, An
     }
 
 
+def _points_typed(typed: str) -> int:
+    """Points as typed into a form: full-width digits (a Japanese input method's) read as their
+    ASCII forms (NFKC) and surrounding spaces left out; then decimal digits only, as a query's
+    numbers (`api.strict.decimal_digits`): '1_000', '+5', '2.0' and other scripts' digits are
+    refused (`ValueError`: the page's 422), not read as Python's `int` reads them."""
+    return int(decimal_digits(unicodedata.normalize("NFKC", typed).strip()))
+
+
 @router.post("/ui/grants", **_HTML)  # type: ignore[arg-type]
 async def ui_grant(request: Request, s: ServicesDep) -> Response:
     """Points granted to a wallet against a campaign's budget, as `POST /v1/grants` does (the form
@@ -875,7 +884,7 @@ async def ui_grant(request: Request, s: ServicesDep) -> Response:
                 {
                     "wallet_id": fields.get("wallet_id", ""),
                     "campaign_id": fields.get("campaign_id", ""),
-                    "points": int(fields.get("points", "")),
+                    "points": _points_typed(fields.get("points", "")),
                     "reason": fields.get("reason", ""),
                 }
             )

@@ -60,3 +60,41 @@ def test_a_page_refuses_with_the_status_the_api_gives(ward: Ward) -> None:
         api.close()
     assert (by_api.status_code, by_api.json()["code"]) == (422, "period_open"), by_api.text
     assert by_page.status_code == 422 and 'role="alert"' in by_page.text, by_page.text
+
+
+def test_the_grant_form_takes_points_in_digits_only(ward: Ward) -> None:
+    """Full-width digits (as a Japanese input method types them) are the same digits; what Python's
+    `int` would also read ('1_0' as 10, '+5', other scripts' digits, '2.0') is refused, and grants
+    nothing."""
+    client = ward.pages(ward.finance_key)
+    try:
+        for typed in ("1_0", "+5", "\u0661\u0662", "2.0", "1e1", ""):
+            fields = _form(client.get("/ui/grants").text)
+            before = ward.server.postings()
+            answer = client.post(
+                "/ui/grants",
+                data={
+                    **fields,
+                    "wallet_id": "W_FORM_DIGITS",
+                    "campaign_id": "C_POINTBACK",
+                    "points": typed,
+                    "reason": "x",
+                },
+            )
+            assert answer.status_code == 422 and 'role="alert"' in answer.text, (typed, answer.text)
+            assert ward.server.postings() == before, typed
+        fields = _form(client.get("/ui/grants").text)
+        answer = client.post(
+            "/ui/grants",
+            data={
+                **fields,
+                "wallet_id": "W_FORM_DIGITS",
+                "campaign_id": "C_POINTBACK",
+                "points": " \uff12\uff15 ",
+                "reason": "x",
+            },
+        )
+        assert answer.status_code == 201, answer.text
+        assert 'data-field="granted">25<' in answer.text.replace(" ", ""), answer.text
+    finally:
+        client.close()

@@ -476,6 +476,33 @@ def test_page_limits_are_bounded(ward: Ward, path: str) -> None:
         assert finance.get(path, params={"limit": str(limits.PAGE_LIMIT_MAX)}).status_code == 200
 
 
+# Numbers a query string carries are decimal digits as written: pydantic's lax integer read each
+# of these as a number (`1_0` as 10), Python's `int` the other scripts' digits.
+NOT_DIGITS = [" 1", "1 ", "+1", "1.0", "1_0", "\u0661", "1\n", "0x1"]
+
+
+@pytest.mark.parametrize(
+    ("path", "name"),
+    [
+        ("/v1/events", "after"),
+        ("/v1/events", "limit"),
+        ("/v1/webhook-deliveries", "after"),
+        ("/v1/webhook-deliveries", "limit"),
+        ("/v1/audit", "limit"),
+        ("/v1/merchants/M_SHOTEN/transactions", "limit"),
+        ("/v1/campaigns/C_POINTBACK", "version"),
+    ],
+)
+def test_query_integers_are_decimal_digits(ward: Ward, path: str, name: str) -> None:
+    with ward.server.client(ward.finance_key) as finance:
+        for value in NOT_DIGITS:
+            r = finance.get(path, params={name: value})
+            _assert_code(r, 422, "invalid_request")
+            assert r.json()["errors"][0]["loc"] == ["query", name], r.text
+        assert finance.get(path, params={name: "1"}).status_code == 200
+        assert finance.get(path, params={name: "01"}).status_code == 200  # digits, whatever their count
+
+
 @pytest.mark.parametrize(
     "business_date",
     [
