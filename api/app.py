@@ -106,6 +106,10 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock: Cl
         # FastAPI's own OpenTelemetry hooks: we export Prometheus metrics and JSON access lines
         # (api/access_log.py) instead, and left on they read the environment on every request.
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        # A path with a slash too many (or one too few) is 404 `not_found`, not a 307 to the same
+        # path spelled the other way: Starlette builds that Location from the Host header the client
+        # sent (any host, always http), and a client following it sends its POST body again.
+        redirect_slashes=False,
     )
     openapi.install(app)
     app.state.services = services

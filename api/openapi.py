@@ -64,8 +64,10 @@ class Problem(BaseModel):
 
 # What the middleware (api/middleware.py BodyLimit, api/strict.py) answers on any route.
 COMMON = ("header_duplicated", "malformed_json", "body_too_large")
-# ... and what authentication and authorization answer on every route behind a key.
-AUTHENTICATED = (*COMMON, "unauthenticated", "forbidden", "rate_limited", "service_unavailable")
+# ... and what authentication and authorization answer on every route behind a key (every `/v1/`
+# route), with the refusal of a query parameter it does not declare or that is given twice
+# (`api.strict.ParsedBodyRoute.check_query`).
+AUTHENTICATED = (*COMMON, "unauthenticated", "forbidden", "rate_limited", "service_unavailable", "invalid_request")
 # ... and a terminal key's request signature (SPEC §9.2).
 TERMINAL = (*AUTHENTICATED, "signature_required", "signature_invalid", "signature_expired", "signature_replayed")
 IDEMPOTENCY = ("idempotency_key_missing", "idempotency_key_invalid", "idempotency_key_reused", "request_in_progress")

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from api import responses_app
 from api.deps import ServicesDep, principal
 from api.openapi import AUTHENTICATED, BEARER, problems
-from api.strict import PageLimit
+from api.strict import PageLimit, QueryBool
 from engine import directory, limits
 from engine.errors import EngineError
 from engine.model import MerchantClass
@@ -74,7 +74,8 @@ def _decode(cursor: str | None) -> str:
     except ValueError:
         text = ""
     merchant_id = text.removeprefix(_CURSOR_PREFIX)
-    if not text.startswith(_CURSOR_PREFIX) or not _ID.fullmatch(merchant_id):
+    # Taken only as `_encode` spells it: no padding, no stray characters (which the decoder drops).
+    if not text.startswith(_CURSOR_PREFIX) or not _ID.fullmatch(merchant_id) or _encode(merchant_id) != cursor:
         raise EngineError("invalid_request", "cursor is not valid")
     return merchant_id
 
@@ -109,7 +110,7 @@ async def directory_merchants(
     p: Reader,
     services: ServicesDep,
     shotengai: Annotated[str | None, Query(pattern=limits.ID_PATTERN)] = None,
-    certified: bool | None = None,
+    certified: QueryBool | None = None,
     class_: Annotated[MerchantClass | None, Query(alias="class")] = None,
     cursor: Annotated[str | None, Query(max_length=limits.CURSOR_CHARS_MAX)] = None,
     limit: PageLimit = 100,

@@ -140,7 +140,8 @@ class SinglePostRoute(ParsedBodyRoute):
     `AsyncExitStack`s and a second exception layer) much of the rest, docs/BENCHMARKS.md).
 
     Once the router has matched the route (its path and its method: the router hands a route
-    requests of other methods too, FastAPI's 405), `handle` takes a request whose body FastAPI
+    requests of other methods too, FastAPI's 405) and its query is checked as every `/v1/`
+    route's (`ParsedBodyRoute.check_query`: none is declared), `handle` takes a request whose body FastAPI
     would read as JSON (by its Content-Type, the same test) and which parses (the same
     `json.loads`) and validates as a `Transaction`: it is authenticated (`api.deps.principal`), refused
     unless it is a terminal's (`api.deps.terminal_only`) and handed to `post_transaction`:
@@ -162,6 +163,8 @@ class SinglePostRoute(ParsedBodyRoute):
         assert not self.dependencies, "SinglePostRoute takes no route dependencies"
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] in (self.methods or ()):
+            self.check_query(scope)  # as `ParsedBodyRoute.handle`: before anything is done
         if (
             not SHORT_WAY
             or scope["method"] not in (self.methods or ())  # the router's partial match: FastAPI's 405

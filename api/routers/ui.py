@@ -25,7 +25,6 @@ import json
 import logging
 import queue
 import threading
-import unicodedata
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -41,7 +40,7 @@ from api.access_log import PRINCIPAL_STATE
 from api.deps import Services, ServicesDep
 from api.idempotency import check_idempotency_key
 from api.routers.finance import GrantRequest
-from api.strict import PathId, decimal_digits, decode_cursor, encode_cursor
+from api.strict import PathId, calendar_date, decimal_digits, decode_cursor, encode_cursor
 from engine import keyring
 from engine.errors import EngineError
 from engine.model import CalendarDate, Campaign
@@ -252,6 +251,15 @@ def _store_error(request: Request, who: Principal, error: EngineError) -> HTMLRe
 # -- sign-in ---------------------------------------------------------------------------
 
 
+@router.get("/ui", include_in_schema=False)
+async def ui_root_unslashed(request: Request) -> Response:
+    """`/ui` is `/ui/`: the one path the application redirects to its slashed form, by a relative
+    Location, its query kept (`?lang=en`). Starlette's own slash redirects, turned off in
+    `api.app`, built theirs from the Host header a client sends."""
+    query = request.url.query
+    return RedirectResponse(f"/ui/?{query}" if query else "/ui/", status_code=308)
+
+
 @router.get("/ui/", **_HTML)  # type: ignore[arg-type]
 async def ui_root(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
@@ -367,7 +375,7 @@ async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: Ser
         dates = {name: query.get(name) or "" for name in ("from", "until")}
         try:
             after = decode_cursor(_CURSOR_PREFIX, cursor)
-            bounds = [_tokyo_midnight(dt.date.fromisoformat(d)) if d else None for d in dates.values()]
+            bounds = [_tokyo_midnight(calendar_date(d)) if d else None for d in dates.values()]
         except (EngineError, ValueError):
             return _error(request, who, 422, "invalid_request")
         page, last = queries.merchant_transactions(s.engine, merchant_id, bounds[0], bounds[1], after, _PAGE_SIZE)
@@ -863,12 +871,16 @@ def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, An
     }
 
 
+# Full-width digits and the ideographic space, as a Japanese input method types them, to ASCII.
+_FULL_WIDTH = str.maketrans("０１２３４５６７８９\u3000", "0123456789 ")
+
+
 def _points_typed(typed: str) -> int:
-    """Points as typed into a form: full-width digits (a Japanese input method's) read as their
-    ASCII forms (NFKC) and surrounding spaces left out; then decimal digits only, as a query's
-    numbers (`api.strict.decimal_digits`): '1_000', '+5', '2.0' and other scripts' digits are
-    refused (`ValueError`: the page's 422), not read as Python's `int` reads them."""
-    return int(decimal_digits(unicodedata.normalize("NFKC", typed).strip()))
+    """Points as typed into a form: full-width digits read as their ASCII forms and surrounding
+    spaces (the ideographic one too) left out; then decimal digits only, as a query's numbers
+    (`api.strict.decimal_digits`): '1_000', '+5', '2.0', '10²', '①⓪⓪' and other scripts' digits
+    are refused (`ValueError`: the page's 422), not read as Python's `int` or NFKC would read them."""
+    return int(decimal_digits(typed.translate(_FULL_WIDTH).strip()))
 
 
 @router.post("/ui/grants", **_HTML)  # type: ignore[arg-type]

@@ -287,6 +287,16 @@ def test_directory_filters_pages_and_hides_what_is_not_public(app_ward: Ward) ->
     campaigns = app.get("/v1/directory/campaigns").json()["campaigns"]
     assert not {"funding_source", "version", "budget", "priority"} & set(campaigns[0])
     assert app.get("/v1/directory/merchants", params={"cursor": "bm9wZQ"}).status_code == 422
+    # A cursor is taken only as the server spells it: not padded, nothing the decoder would drop.
+    spelled = app.get("/v1/directory/merchants", params={"limit": 1}).json()["next_cursor"]
+    assert app.get("/v1/directory/merchants", params={"cursor": spelled}).status_code == 200
+    for cursor in (spelled + "==", "!!" + spelled, spelled + "\n", spelled + "="):
+        r = app.get("/v1/directory/merchants", params={"cursor": cursor})
+        assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), (cursor, r.text)
+    # `certified` is true or false as JSON spells them, not 'yes', '1' or 'on'.
+    for loose in ("yes", "1", "on", "t", "True", "no", "0", "off"):
+        r = app.get("/v1/directory/merchants", params={"certified": loose})
+        assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), (loose, r.text)
 
 
 def test_directory_budget_share_is_rounded_down(app_ward: Ward) -> None:

@@ -8,7 +8,8 @@ principal, and in each cell what the SPEC says that principal gets:
 - `OK`: allowed, i.e. neither 401 nor 403, and below 500 (an allowed request
   may still be a 404, 409 or 422 for reasons of its own: nothing pending, no
   payout file, a period already settled);
-- `303`: the pages' redirect to their sign-in form (`/ui/login`): no session.
+- `303`: the pages' redirect to their sign-in form (`/ui/login`): no session;
+- `308`: `/ui`'s redirect to `/ui/`, for anyone.
 
 The pages under `/ui/` (api/routers/ui.py) take no `Authorization` header but a
 session cookie: for them each principal's client first signs in with its key on
@@ -124,6 +125,7 @@ POST   /v1/webhooks                                | 401  401  401     401    | 
 GET    /v1/webhooks                                | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
 DELETE /v1/webhooks/{webhook_id}                   | 401  401  401     401    | OK    403     403 | 403          403            | 403          403
 GET    /v1/webhook-deliveries                      | 401  401  401     401    | OK    OK      403 | 403          403            | 403          403
+GET    /ui                                         | 308  308  308     308    | 308   308     308 | 308          308            | 308          308
 GET    /ui/                                        | 303  303  303     303    | 303   303     303 | 303          303            | 303          303
 GET    /ui/login                                   | 200  200  200     200    | 200   200     200 | 200          200            | 200          200
 POST   /ui/login                                   | 401  401  401     401    | 303   303     401 | 303          303            | 401          401
@@ -161,7 +163,7 @@ def parse_matrix(text: str) -> dict[str, dict[str, str]]:
         route = f"{method} {path}"
         assert route not in table, f"{route} appears twice in the matrix"
         assert len(cells) == len(PRINCIPALS), f"{route}: {len(cells)} cells for {len(PRINCIPALS)} principals"
-        assert all(c in ("OK", "200", "303", "401", "403") for c in cells), (route, cells)
+        assert all(c in ("OK", "200", "303", "308", "401", "403") for c in cells), (route, cells)
         table[route] = dict(zip(PRINCIPALS, cells))
     return table
 
@@ -450,6 +452,7 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "DELETE /v1/webhooks/{webhook_id}": lambda c: (f"/v1/webhooks/{c.webhook_id}", {}),
     "GET /v1/webhook-deliveries": lambda c: ("/v1/webhook-deliveries", {"params": {"status": "failed"}}),
     # The pages: the form fields besides the CSRF token (and the key, for the sign-in), which `_ask` adds.
+    "GET /ui": lambda c: ("/ui", {}),
     "GET /ui/": lambda c: ("/ui/", {}),
     "GET /ui/login": lambda c: ("/ui/login", {}),
     "POST /ui/login": lambda c: ("/ui/login", {}),

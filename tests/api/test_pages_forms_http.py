@@ -68,7 +68,7 @@ def test_the_grant_form_takes_points_in_digits_only(ward: Ward) -> None:
     nothing."""
     client = ward.pages(ward.finance_key)
     try:
-        for typed in ("1_0", "+5", "\u0661\u0662", "2.0", "1e1", ""):
+        for typed in ("1_0", "+5", "\u0661\u0662", "2.0", "1e1", "", "10\u00b2", "\u2460\u24ea", "\u00b9\u2070"):
             fields = _form(client.get("/ui/grants").text)
             before = ward.server.postings()
             answer = client.post(
@@ -90,7 +90,7 @@ def test_the_grant_form_takes_points_in_digits_only(ward: Ward) -> None:
                 **fields,
                 "wallet_id": "W_FORM_DIGITS",
                 "campaign_id": "C_POINTBACK",
-                "points": " \uff12\uff15 ",
+                "points": "\u3000\uff12\uff15 ",
                 "reason": "x",
             },
         )

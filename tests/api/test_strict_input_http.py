@@ -504,6 +504,100 @@ def test_query_integers_are_decimal_digits(ward: Ward, path: str, name: str) -> 
 
 
 @pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/v1/audit", "limit=1&limit=2"),
+        ("/v1/merchants/M_SHOTEN/transactions", "from=2026-01-01T00:00:00Z&from=2020-01-01T00:00:00Z"),
+        ("/v1/events", "types=clawback&types=points_credited"),
+        ("/v1/webhook-deliveries", "status=failed&status=failed"),
+    ],
+)
+def test_a_query_parameter_given_twice_is_refused(ward: Ward, path: str, query: str) -> None:
+    """Starlette would keep the last value, where a proxy or a log reading the first sees another
+    request."""
+    with ward.server.client(ward.finance_key) as finance:
+        r = finance.get(f"{path}?{query}")
+        _assert_code(r, 422, "invalid_request")
+        name = query.split("=", 1)[0]
+        assert r.json()["errors"] == [{"loc": ["query", name], "msg": "given more than once", "type": "duplicated"}]
+        assert finance.get(f"{path}?{query.split('&', 1)[0]}").status_code == 200
+        # Only the `/v1/` routes' queries: the method, a route's absence, /metrics' own parameters
+        # (a Prometheus scrape's `name[]`) and the pages come first or are their own.
+        assert finance.delete(f"{path}?{query}").status_code == 405
+        _assert_code(finance.get(f"/v1/nowhere?{query}"), 404, "not_found")
+        assert finance.get("/metrics?name[]=a&name[]=b").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "query"),
+    [
+        ("/v1/merchants/M_SHOTEN/transactions", "until=2020-01-01T00:00:00Z"),  # the page's name for `to`
+        ("/v1/merchants/M_SHOTEN/transactions", "To=2020-01-01T00:00:00Z"),
+        ("/v1/audit", "Limit=1"),
+        ("/v1/campaigns", "class=small"),
+        ("/v1/events", "after=0&before=9"),
+    ],
+)
+def test_a_query_parameter_the_route_does_not_take_is_refused(ward: Ward, path: str, query: str) -> None:
+    """FastAPI ignores it: a misspelt filter answered everything, unfiltered."""
+    unknown = query.split("&")[-1].split("=", 1)[0]
+    with ward.server.client(ward.finance_key) as finance:
+        r = finance.get(f"{path}?{query}")
+        _assert_code(r, 422, "invalid_request")
+        assert r.json()["errors"] == [
+            {"loc": ["query", unknown], "msg": "not a parameter of this route", "type": "unknown"}
+        ]
+
+
+def test_a_post_with_a_query_parameter_it_does_not_take_does_nothing(ward: Ward) -> None:
+    sale = purchase("T_SHOTEN_1", "W_QUERY", 1000)
+    before = (ward.server.postings(), ward.server.payments())
+    with ward.server.client(ward.terminal_key("T_SHOTEN_1")) as terminal:
+        single = terminal.post("/v1/transactions?dry_run=true", json=sale, headers={"Idempotency-Key": "query-1"})
+        _assert_code(single, 422, "invalid_request")
+        batch = terminal.post(
+            "/v1/transactions/batch?dry_run=1", json={"transactions": [{**sale, "idempotency_key": "q2"}]}
+        )
+        _assert_code(batch, 422, "invalid_request")
+        assert terminal.delete("/v1/transactions?dry_run=true").status_code == 405  # the method first
+    with ward.server.client(ward.finance_key) as finance:
+        _assert_code(finance.post("/v1/chain-heads?dry_run=true"), 422, "invalid_request")
+    assert (ward.server.postings(), ward.server.payments()) == before
+    assert ward.post("T_SHOTEN_1", sale).status_code == 201  # the same sale, without the parameter
+
+
+def test_a_path_spelled_with_another_slash_is_not_found_not_redirected(ward: Ward) -> None:
+    """Starlette's slash redirect built its Location from the Host header the client sent; a client
+    following it would send its POST body again."""
+    sale = purchase("T_SHOTEN_1", "W_SLASH", 1000)
+    before = (ward.server.postings(), ward.server.payments())
+    with ward.server.client(ward.terminal_key("T_SHOTEN_1")) as terminal:
+        for path in ("/v1/transactions/", "/v1/transactions/batch/"):
+            r = terminal.post(path, json=sale, headers={"Idempotency-Key": "slash", "Host": "evil.example"})
+            _assert_code(r, 404, "not_found")
+            assert "location" not in r.headers
+    assert (ward.server.postings(), ward.server.payments()) == before
+    with ward.server.client(ward.finance_key) as finance:
+        _assert_code(finance.get("/v1/campaigns/"), 404, "not_found")
+        # The pages' root, typed without its slash, is the one redirect: relative, whatever the Host.
+        r = finance.get("/ui", headers={"Host": "evil.example"})
+        assert (r.status_code, r.headers["location"]) == (308, "/ui/")
+        assert finance.get("/ui?lang=en").headers["location"] == "/ui/?lang=en"  # its query kept
+
+
+def test_the_transactions_page_takes_dates_as_yyyy_mm_dd(ward: Ward) -> None:
+    client = ward.pages(ward.finance_key)
+    try:
+        path = "/ui/merchants/M_SHOTEN/transactions"
+        assert client.get(path, params={"from": "2026-12-07"}).status_code == 200
+        for date in ("20261207", "2026-W50-1", "2026-341", " 2026-12-07"):
+            r = client.get(path, params={"from": date})
+            assert r.status_code == 422 and "text/html" in r.headers["content-type"], (date, r.text)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
     "business_date",
     [
         "9999-12-31",
