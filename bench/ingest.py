@@ -334,7 +334,7 @@ def receipt_verify_us(app: PaymentApp, samples: int = 20_000) -> float:
     body = purchase("T_BENCH_0", "M0001", 0, 0, time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime()))
     signed = app.sign_purchase(body, jti="pay_bench")
     parsed = Purchase.model_validate(signed)
-    raw = [receipts.decode_secret(app.secret)]
+    raw = [(receipts.decode_secret(app.secret), None)]
     now = int(time.time() * 1_000_000)
     started = time.perf_counter()
     for _ in range(samples):

@@ -57,6 +57,9 @@ class Receipt(NamedTuple):
     app_id: str
     jti: str
     original_jti: str | None = None  # refunds: the purchase receipt's jti
+    # The end of the secret that signed it, when that secret was rotated out (None: a current
+    # secret's): checked again when the request is posted, as a key's expiry is.
+    secret_until_us: int | None = None
 
 
 def new_secret() -> str:
@@ -164,12 +167,16 @@ def _mismatch(claim: str) -> EngineError:
 
 
 def verify(
-    token: str | None, body: Purchase | Refund, secrets_for: Callable[[str], Sequence[bytes]], now_us: int
+    token: str | None,
+    body: Purchase | Refund,
+    secrets_for: Callable[[str], Sequence[tuple[bytes, int | None]]],
+    now_us: int,
 ) -> Receipt:
     """The receipt of `body`, checked: signed by a live secret of its app, claims equal to the body.
 
     `secrets_for(app_id)` gives the app's secrets valid now (none for an unknown or
-    revoked app). Raises `EngineError` with the codes of SPEC §9.1.
+    revoked app), each with its end (None: not rotated out), which the receipt carries
+    (`Receipt.secret_until_us`). Raises `EngineError` with the codes of SPEC §9.1.
     """
     if token is None:
         raise EngineError("receipt_required")
@@ -186,7 +193,12 @@ def verify(
     except ValueError:  # binascii.Error included
         raise _invalid("the receipt is not a compact JWS") from None
     signing_input = header + b"." + payload
-    if not any(hmac.compare_digest(_mac(raw, signing_input), mac) for raw in secrets_for(app_id)):
+    until: int | None = None  # the signing secret's end
+    for raw, ends in secrets_for(app_id):
+        if hmac.compare_digest(_mac(raw, signing_input), mac):
+            until = ends
+            break
+    else:
         raise _invalid("the receipt's signature does not verify under a live secret of its app")
     try:
         # orjson: 0.4 us against json's 2.3 a receipt, and only a token the app's own secret signed
@@ -196,7 +208,7 @@ def verify(
         claims = orjson.loads(claims_json)
     except (ValueError, UnicodeError, RecursionError):
         raise _invalid("the receipt's claims are not JSON") from None
-    return _claims(app_id, claims, body, now_us)
+    return _claims(app_id, claims, body, now_us, until)
 
 
 @functools.lru_cache(maxsize=256)
@@ -245,7 +257,9 @@ def _int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _claims(app_id: str, claims: object, body: Purchase | Refund, now_us: int) -> Receipt:
+def _claims(
+    app_id: str, claims: object, body: Purchase | Refund, now_us: int, secret_until_us: int | None = None
+) -> Receipt:
     if not isinstance(claims, dict):
         raise _invalid("the receipt's claims are not an object")
     expected = _PURCHASE_CLAIMS if claims.get("typ") == "purchase" else _REFUND_CLAIMS
@@ -270,4 +284,4 @@ def _claims(app_id: str, claims: object, body: Purchase | Refund, now_us: int) -
         original_jti = claims["original_jti"]
         if not isinstance(original_jti, str) or not _ID.fullmatch(original_jti):
             raise _invalid("the receipt's original_jti is not a valid id")
-    return Receipt(app_id, jti, original_jti)
+    return Receipt(app_id, jti, original_jti, secret_until_us)

@@ -42,8 +42,16 @@ BODY = Purchase.model_validate(
 CLAIMS = receipts.purchase_claims(BODY.model_dump(), "pay_1", NOW_US // 1_000_000)
 
 
+ROTATED_UNTIL_US = NOW_US + 1_000_000  # OTHER: rotated out, valid a second more
+
+
 def secrets_for(app_id: str) -> Sequence[bytes]:
     return [receipts.decode_secret(OTHER), receipts.decode_secret(SECRET)] if app_id == APP else []
+
+
+def live_secrets(app_id: str) -> Sequence[tuple[bytes, int | None]]:
+    """`secrets_for`'s, with their ends, as `verify` takes them (`Apps.live_secrets`)."""
+    return [(raw, ROTATED_UNTIL_US if n == 0 else None) for n, raw in enumerate(secrets_for(app_id))]
 
 
 def reference(
@@ -88,6 +96,8 @@ def reference(
 
 def outcome(check: Callable[..., receipts.Receipt], token: object) -> object:
     try:
+        if check is receipts.verify:
+            return receipts.verify(token, BODY, live_secrets, NOW_US)._replace(secret_until_us=None)
         return check(token, BODY, secrets_for, NOW_US)
     except EngineError as refused:
         return refused.code
@@ -160,6 +170,14 @@ def test_crafted_tokens_answer_as_joserfc_does(case: str) -> None:
         assert expected == receipts.Receipt(APP, "pay_1")
     elif case != "none":
         assert isinstance(expected, str) and expected.startswith("receipt_")
+
+
+def test_a_receipt_carries_the_end_of_the_secret_that_signed_it() -> None:
+    """Checked again when the request is posted (`Submission`, the ledger): a rotated-out secret's
+    receipt let in just before the secret's end posts nothing after it."""
+    assert receipts.verify(VALID, BODY, live_secrets, NOW_US).secret_until_us is None
+    older = receipts.verify(CRAFTED["older secret"], BODY, live_secrets, NOW_US)
+    assert older == receipts.Receipt(APP, "pay_1", None, ROTATED_UNTIL_US)
 
 
 def test_mutated_tokens_answer_as_joserfc_does() -> None:
@@ -244,5 +262,5 @@ def test_the_payment_app_notes_the_jti_of_each_receipt_the_engine_accepted() -> 
     claims = json.loads(base64.urlsafe_b64decode(refund["receipt"].split(".")[1] + "=="))
     assert claims["original_jti"] == "pay_demo_1"
     refund_body = {"type": "refund", "original_id": "tx_1", "occurred_at": "2026-12-04T10:00:00+09:00", "amount": 1}
-    verified = receipts.verify(refund["receipt"], Refund.model_validate(refund_body), secrets_for, NOW_US)
+    verified = receipts.verify(refund["receipt"], Refund.model_validate(refund_body), live_secrets, NOW_US)
     assert verified.original_jti == "pay_demo_1"

@@ -88,7 +88,7 @@ def _checked(
     return receipts.verify(
         body.receipt,
         body,
-        lambda app_id: services.apps.secrets_for(app_id, opened_secrets, now),
+        lambda app_id: services.apps.live_secrets(app_id, opened_secrets, now),
         now,
     )
 

@@ -204,16 +204,17 @@ class Apps:
 
     # -- the API's look-up -------------------------------------------------------
 
-    def secrets_for(
+    def live_secrets(
         self, app_id: str, opened: OpenedSecrets | None = None, now_us: int | None = None
-    ) -> builtins.list[bytes]:
+    ) -> builtins.list[tuple[bytes, int | None]]:
         """The raw secrets of `app_id` valid now (none for an unknown or revoked app), or at
-        `now_us`: from `opened` when the caller holds them (`current`, `load`), else from the
-        cache, read again if stale."""
+        `now_us`, each with its end (None: not rotated out), as `receipts.verify` takes them: from
+        `opened` when the caller holds them (`current`, `load`), else from the cache, read again if
+        stale."""
         if opened is None:
             opened = self.current() or self.load()
         now = self.clock.now_us() if now_us is None else now_us
-        return [raw for raw, until in opened.get(app_id, ()) if until is None or until > now]
+        return [(raw, until) for raw, until in opened.get(app_id, ()) if until is None or until > now]
 
     def current(self) -> OpenedSecrets | None:
         """Every app's opened secrets if the cache holds them fresh, else None (then `load`)."""
@@ -221,7 +222,7 @@ class Apps:
         return cached[0] if cached is not None and cached[1] else None
 
     def load(self) -> OpenedSecrets:
-        """Read every app's secrets now unless another caller just did; what `secrets_for` uses."""
+        """Read every app's secrets now unless another caller just did; what `live_secrets` uses."""
         with self._lock:
             cached = self._cache.get(_EVERY_APP)
             if cached is not None and cached[1]:

@@ -142,6 +142,7 @@ class Submission:
                 None if receipt is None else receipt.app_id,
                 None if receipt is None else receipt.jti,
                 None if receipt is None else receipt.original_jti,
+                None if receipt is None else receipt.secret_until_us,
                 self.payment_id,
                 self.key_id,
                 self.key_expires_at_us,
@@ -159,11 +160,12 @@ def _submission_of(
     app_id: str | None,
     jti: str | None,
     original_jti: str | None,
+    secret_until_us: int | None,
     payment_id: str | None,
     key_id: str | None,
     key_expires_at_us: int | None,
 ) -> Submission:
-    receipt = None if app_id is None or jti is None else Receipt(app_id, jti, original_jti)
+    receipt = None if app_id is None or jti is None else Receipt(app_id, jti, original_jti, secret_until_us)
     return Submission(
         terminal_id,
         idempotency_key,
@@ -332,6 +334,7 @@ class CatalogSnapshot:
 # before it was posted (not remembered: the terminal sees what a new request would get).
 KEY_ENDED = "the API key was revoked or expired before the request was posted"
 APP_REVOKED = "the receipt's payment app was revoked before the request was posted"
+SECRET_ENDED = "the secret that signed the receipt was rotated out and ended before the request was posted"
 
 # Transactions `Ledger.submit` takes for one group whose receipts' earlier uses were declined.
 RECEIPT_ROUNDS_MAX = 4
@@ -999,9 +1002,14 @@ class Ledger:
             ):
                 results[i] = Result(*decline("unauthenticated", KEY_ENDED), remember=False)
                 continue
-            if s.receipt is not None and s.receipt.app_id in revoked_apps:
-                results[i] = Result(*decline("receipt_invalid", APP_REVOKED), remember=False)
-                continue
+            if s.receipt is not None:
+                if s.receipt.app_id in revoked_apps:
+                    results[i] = Result(*decline("receipt_invalid", APP_REVOKED), remember=False)
+                    continue
+                ends = s.receipt.secret_until_us  # valid while `until > now`, as `Apps.live_secrets`
+                if ends is not None and ends <= accepted_at:
+                    results[i] = Result(*decline("receipt_invalid", SECRET_ENDED), remember=False)
+                    continue
             if s.body.type == "refund":
                 original = originals.get(s.body.original_id)
                 if original is None:

@@ -20,7 +20,7 @@ from engine.errors import EngineError
 from engine.model import Merchant
 from engine.settings import Settings
 from engine.store import caches, db
-from engine.store.apps import FAILED_READ_HOLD_S, Apps
+from engine.store.apps import FAILED_READ_HOLD_S, ROTATION_GRACE_US, Apps
 from engine.store.caches import RefreshingCache
 from engine.store.config import Config
 from engine.store.keys import Keys, hash_key
@@ -54,6 +54,11 @@ class _Source:
         if self.fail:
             raise ConnectionError("the database went away")
         return {k: self.values[k] for k in keys if k in self.values}
+
+
+def _raw(apps: Apps, app_id: str) -> list[bytes]:
+    """The raw secrets `apps` lets a receipt of `app_id` be checked against now."""
+    return [raw for raw, _ in apps.live_secrets(app_id)]
 
 
 def _cache(source: _Source, now: _Now) -> RefreshingCache[str, int]:
@@ -306,23 +311,28 @@ def test_receipt_secrets_change_here_at_once_and_elsewhere_through_the_refresher
     ttl_s = 0.8
     here, elsewhere = _apps(engine, ttl_s), _apps(engine, ttl_s)
     try:
-        assert here.secrets_for("app-a") == []
+        assert _raw(here, "app-a") == []
         first = receipts.decode_secret(here.add("app-a"))
-        assert here.secrets_for("app-a") == [first]  # added here: not hidden by the cached absence
+        assert _raw(here, "app-a") == [first]  # added here: not hidden by the cached absence
+        rotated_at = here.clock.now_us()
         second = receipts.decode_secret(here.rotate("app-a"))
-        assert sorted(here.secrets_for("app-a")) == sorted([first, second])
+        assert sorted(_raw(here, "app-a")) == sorted([first, second])
+        # The rotated-out secret comes with its end, which its receipts carry to the ledger.
+        ends = dict(here.live_secrets("app-a"))
+        assert ends[second] is None and ends[first] is not None
+        assert ends[first] - rotated_at - ROTATION_GRACE_US in range(0, 5_000_000)
         here.revoke("app-a")
-        assert here.secrets_for("app-a") == []  # revoked here: refused at once
+        assert _raw(here, "app-a") == []  # revoked here: refused at once
         third = receipts.decode_secret(elsewhere.add("app-b"))
         started = time.monotonic()
-        while here.secrets_for("app-b") != [third]:  # another process's new app: within the TTL
+        while _raw(here, "app-b") != [third]:  # another process's new app: within the TTL
             assert time.monotonic() - started < 2 * ttl_s
             time.sleep(0.02)
         elsewhere.revoke("app-b")
         started, fresh_throughout, gone_after = time.monotonic(), True, None
         while time.monotonic() - started < 2.5 * ttl_s:
             fresh_throughout &= here.current() is not None  # what a request checks before using them
-            if gone_after is None and here.secrets_for("app-b") == []:
+            if gone_after is None and _raw(here, "app-b") == []:
                 gone_after = time.monotonic() - started
             time.sleep(0.02)
         assert fresh_throughout  # kept fresh by the cache's thread: no request had to read them
@@ -340,13 +350,13 @@ def test_a_request_reads_the_secrets_itself_when_the_cache_is_stale(ward, databa
     here, elsewhere = _apps(engine, ttl_s), _apps(engine, ttl_s)
     try:
         secret = receipts.decode_secret(elsewhere.add("app-c"))
-        assert here.secrets_for("app-c") == [secret]
+        assert _raw(here, "app-c") == [secret]
         here._cache.close()  # no refreshes from here on
         elsewhere.revoke("app-c")
-        assert (here.current() is not None) and here.secrets_for("app-c") == [secret]  # within the TTL
+        assert (here.current() is not None) and _raw(here, "app-c") == [secret]  # within the TTL
         time.sleep(ttl_s + 0.05)
         assert not (here.current() is not None)
-        assert here.secrets_for("app-c") == []  # read again by the request
+        assert _raw(here, "app-c") == []  # read again by the request
         assert here.current() is not None
     finally:
         here.close()

@@ -25,7 +25,7 @@ from engine.settings import Settings
 from engine.store import queries
 from engine.store.apps import Apps
 from engine.store.keys import DAY_US, Keys
-from engine.store.ledger import APP_REVOKED, KEY_ENDED, Submission
+from engine.store.ledger import APP_REVOKED, KEY_ENDED, SECRET_ENDED, Submission
 from engine.store.pipeline import PostingPipeline
 from engine.timeutil import TOKYO, to_us
 from tests.lifecycle.support import Books, campaign
@@ -40,10 +40,16 @@ def setup(url: str) -> Books:
 
 
 def sale(
-    key: str, key_id: str | None, app: str = "app", wallet: str = "W1", expires_at_us: int | None = None
+    key: str,
+    key_id: str | None,
+    app: str = "app",
+    wallet: str = "W1",
+    expires_at_us: int | None = None,
+    secret_until_us: int | None = None,
 ) -> Submission:
     """T1's purchase of 1,200 yen under idempotency key `key`, sent with API key `key_id` (which
-    expires at `expires_at_us`, as the API read it)."""
+    expires at `expires_at_us`, as the API read it), its receipt signed by a secret of `app` that
+    ends at `secret_until_us` (None: a current secret)."""
     body = Purchase(
         type="purchase",
         wallet_id=wallet,
@@ -61,7 +67,7 @@ def sale(
         digest,
         body,
         canonical,
-        receipt=Receipt(app, f"j-{key}"),
+        receipt=Receipt(app, f"j-{key}", None, secret_until_us),
         key_id=key_id,
         key_expires_at_us=expires_at_us,
     )
@@ -139,6 +145,35 @@ def test_a_receipt_of_an_app_revoked_after_it_was_checked_posts_nothing(database
         )
         assert kept.status == 201
         assert stored(books) == (2, 0)
+    finally:
+        books.close()
+
+
+def test_a_receipt_of_a_secret_that_ended_before_it_is_posted_posts_nothing(database_url) -> None:
+    """A rotated-out secret stays valid 24 h (`apps.ROTATION_GRACE_US`); a receipt it signed, let in
+    just before its end, is refused when posted after it (the API's `until > now`, as posting's)."""
+    books = setup(database_url)
+    try:
+        ends = books.clock.now_us() + 1_000_000
+        before = books.ledger.submit([sale("before", None, secret_until_us=ends)], accepted_at_us=ends - 1)[0]
+        assert before.status == 201
+        late, current = books.ledger.submit(
+            [sale("late", None, wallet="W2", secret_until_us=ends), sale("current", None, wallet="W3")],
+            accepted_at_us=ends,
+        )
+        assert (late.status, late.body["code"], late.body["detail"], late.remember) == (
+            422,
+            "receipt_invalid",
+            SECRET_ENDED,
+            False,
+        )
+        assert current.status == 201  # a current secret's receipt: no end
+        assert stored(books) == (2, 0)  # nothing of the refused one, not even its answer
+        # The payment app signs it again with its current secret: the same key posts it.
+        assert books.ledger.submit([sale("late", None, wallet="W2")], accepted_at_us=ends)[0].status == 201
+        # The end crosses the committer child's pipe with the receipt.
+        crossed = pickle.loads(pickle.dumps(sale("x", None, secret_until_us=ends)))
+        assert crossed.receipt is not None and crossed.receipt.secret_until_us == ends
     finally:
         books.close()
 
