@@ -85,6 +85,17 @@ def true_or_false(value: _T) -> _T:
 QueryBool = Annotated[bool, BeforeValidator(true_or_false)]
 
 
+def window(from_: dt.datetime | None, to: dt.datetime | None) -> tuple[int | None, int | None]:
+    """A query's `from` (included) and `to` (not) as microseconds, either open (None). A `to` not
+    after `from` is 422 `invalid_request`, as a simulation's window is: swapped bounds would
+    answer an empty page, which a client summing it reads as nothing there."""
+    start, end = (None if at is None else to_us(at) for at in (from_, to))
+    if start is not None and end is not None and end <= start:
+        error = {"loc": ["query", "to"], "msg": "must be after from", "type": "value_error"}
+        raise EngineError("invalid_request", "to must be after from", errors=[error])
+    return start, end
+
+
 def calendar_date(text: str) -> dt.date:
     """A date as a page's form or link carries it: `YYYY-MM-DD` only (`date.fromisoformat` also
     reads `20261208` and the week date `2026-W50-1`). `ValueError` otherwise."""

@@ -9,7 +9,6 @@ the change may not confirm it, and a change made since the confirming key read i
 released by it (409 `bank_change_superseded`).
 """
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
@@ -18,7 +17,7 @@ from api import strict
 from api.deps import ConfigDep, DatabaseDep, role
 from api.openapi import AUTHENTICATED, problems
 from api.responses import AuditPage, MerchantView
-from api.strict import Cursor, PageLimit, PathId
+from api.strict import Cursor, PageLimit, PathId, window
 from engine.model import Instant, Record
 from engine.store import audit
 from engine.store.config import Principal
@@ -48,10 +47,6 @@ def decode_cursor(cursor: str | None) -> int:
     return strict.decode_cursor(_CURSOR_PREFIX, cursor)
 
 
-def _us(instant: dt.datetime | None) -> int | None:
-    return None if instant is None else to_us(instant)
-
-
 @router.get(
     "/v1/audit",
     responses={200: {"model": AuditPage}, **problems(AUTHENTICATED, "invalid_request")},
@@ -66,7 +61,7 @@ def audit_log(
     cursor: Cursor = None,
     limit: PageLimit = 100,
 ) -> dict[str, Any]:
-    page, last = audit.entries(database, _us(from_), _us(to), target, decode_cursor(cursor), limit)
+    page, last = audit.entries(database, *window(from_, to), target, decode_cursor(cursor), limit)
     return {"entries": page, "next_cursor": encode_cursor(last) if last is not None else None}
 
 

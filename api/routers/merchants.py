@@ -4,7 +4,6 @@ A merchant key reads only its own merchant; a finance key reads any. The merchan
 records themselves are admin configuration (api/routers/configuration.py).
 """
 
-import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
@@ -12,21 +11,16 @@ from fastapi import APIRouter, Depends, Query
 from api import responses
 from api.deps import DatabaseDep, merchant_scope, role
 from api.openapi import AUTHENTICATED, problems
-from api.strict import Cursor, PageLimit, PathId, decode_cursor, encode_cursor
+from api.strict import Cursor, PageLimit, PathId, decode_cursor, encode_cursor, window
 from engine.model import Instant
 from engine.store import queries
 from engine.store.config import Principal
-from engine.timeutil import to_us
 
 router = APIRouter()
 
 _CURSOR_PREFIX = "seq"  # a merchant's transactions, by payment sequence
 
 MerchantReader = Annotated[Principal, Depends(role("merchant", "finance"))]
-
-
-def _opt_us(instant: dt.datetime | None) -> int | None:
-    return None if instant is None else to_us(instant)
 
 
 @router.get(
@@ -45,7 +39,7 @@ def merchant_rewards(
     to: Annotated[Instant | None, Query()] = None,
 ) -> dict[str, Any]:
     merchant_scope(p, merchant_id)
-    return queries.merchant_rewards(database, merchant_id, _opt_us(from_), _opt_us(to))
+    return queries.merchant_rewards(database, merchant_id, *window(from_, to))
 
 
 @router.get(
@@ -67,6 +61,6 @@ def merchant_transactions(
 ) -> dict[str, Any]:
     merchant_scope(p, merchant_id)
     page, last = queries.merchant_transactions(
-        database, merchant_id, _opt_us(from_), _opt_us(to), decode_cursor(_CURSOR_PREFIX, cursor), limit
+        database, merchant_id, *window(from_, to), decode_cursor(_CURSOR_PREFIX, cursor), limit
     )
     return {"transactions": page, "next_cursor": encode_cursor(_CURSOR_PREFIX, last) if last is not None else None}

@@ -376,6 +376,8 @@ async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: Ser
         try:
             after = decode_cursor(_CURSOR_PREFIX, cursor)
             bounds = [_tokyo_midnight(calendar_date(d)) if d else None for d in dates.values()]
+            if bounds[0] is not None and bounds[1] is not None and bounds[1] <= bounds[0]:
+                raise ValueError("until must be after from")  # as the JSON route's `to`
         except (EngineError, ValueError):
             return _error(request, who, 422, "invalid_request")
         page, last = queries.merchant_transactions(s.engine, merchant_id, bounds[0], bounds[1], after, _PAGE_SIZE)

@@ -585,6 +585,20 @@ def test_a_path_spelled_with_another_slash_is_not_found_not_redirected(ward: War
         assert finance.get("/ui?lang=en").headers["location"] == "/ui/?lang=en"  # its query kept
 
 
+@pytest.mark.parametrize("path", ["/v1/audit", "/v1/merchants/M_SHOTEN/transactions", "/v1/merchants/M_SHOTEN/rewards"])
+def test_a_window_whose_end_is_not_after_its_start_is_refused(ward: Ward, path: str) -> None:
+    """Swapped bounds answered an empty page, which a client summing it reads as nothing there; a
+    simulation's window was refused already."""
+    with ward.server.client(ward.finance_key) as finance:
+        for start, end in (("2026-12-02T00:00:00Z", "2026-12-01T00:00:00Z"), ("2026-12-01T09:00:00+09:00",) * 2):
+            r = finance.get(path, params={"from": start, "to": end})
+            _assert_code(r, 422, "invalid_request")
+            assert r.json()["errors"] == [{"loc": ["query", "to"], "msg": "must be after from", "type": "value_error"}]
+        # The same instant in another offset, a microsecond later: a window.
+        fine = {"from": "2026-12-01T00:00:00Z", "to": "2026-12-01T09:00:00.000001+09:00"}
+        assert finance.get(path, params=fine).status_code == 200
+
+
 def test_the_transactions_page_takes_dates_as_yyyy_mm_dd(ward: Ward) -> None:
     client = ward.pages(ward.finance_key)
     try:
@@ -593,6 +607,10 @@ def test_the_transactions_page_takes_dates_as_yyyy_mm_dd(ward: Ward) -> None:
         for date in ("20261207", "2026-W50-1", "2026-341", " 2026-12-07"):
             r = client.get(path, params={"from": date})
             assert r.status_code == 422 and "text/html" in r.headers["content-type"], (date, r.text)
+        for until in ("2026-12-07", "2026-12-06"):  # not after `from`: refused, as the JSON route's
+            r = client.get(path, params={"from": "2026-12-07", "until": until})
+            assert r.status_code == 422 and "text/html" in r.headers["content-type"], (until, r.text)
+        assert client.get(path, params={"from": "2026-12-07", "until": "2026-12-08"}).status_code == 200
     finally:
         client.close()
 
