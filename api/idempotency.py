@@ -6,6 +6,9 @@
   dependency), so a body that fails validation is still answered 422 first.
 - `InFlight` claims (caller, key) scopes while a request with them is being posted, so a
   concurrent retry in this process is 409 `request_in_progress` rather than a second post.
+- `created_once` makes what an admin asks (a key, a webhook endpoint) once per `Idempotency-Key`
+  when the request carries one (`engine.store.remembered`): a retry gets the same answer, its
+  secret included, marked replayed.
 - `render` answers a ledger `Result`, marked `Idempotent-Replayed: true` when it is the
   remembered answer of an earlier request. Its body is written as the result holds it
   (`Result.body_json`): the JSON the committer child sent, else serialised by orjson, as the
@@ -15,15 +18,21 @@
 """
 
 import contextlib
+import hashlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from fastapi.responses import Response
+from sqlalchemy.engine import Engine
 
 from api.errors import PROBLEM_JSON
-from engine import limits
+from engine import keyring, limits
 from engine.errors import EngineError
+from engine.model import Record
+from engine.settings import Settings
+from engine.store import remembered
 from engine.store.ledger import Result
 
 _PRINTABLE_ASCII = re.compile(rf"^[\x20-\x7e]{{1,{limits.IDEMPOTENCY_KEY_LENGTH_MAX}}}$")
@@ -63,3 +72,40 @@ def render(result: Result) -> Response:
     headers = {"Idempotent-Replayed": "true"} if result.replayed else {}
     media = "application/json" if result.status < 400 else PROBLEM_JSON
     return Response(result.body_json, status_code=result.status, headers=headers, media_type=media)
+
+
+def created_once(
+    settings: Settings,
+    engine: Engine,
+    scope: str,
+    header: str | None,
+    route: str,
+    body: Record,
+    secret_field: str,
+    create: Callable[[remembered.Once | None], tuple[str, dict[str, Any]]],
+) -> Response:
+    """Answer a creation (201) whose answer shows a secret once, made at most once per
+    `Idempotency-Key` of `scope` when `header` carries one: the remembered answer replayed for the
+    same route and body, 422 `idempotency_key_reused` for another; without the header, made anew
+    each time. `create(once)` makes it (`Keys.create`, `Webhooks.create`)."""
+    once = None
+    if header is not None:
+        canonical = f"{route}\n{body.model_dump_json()}"
+        once = remembered.Once(
+            scope,
+            check_idempotency_key(header),
+            hashlib.sha256(canonical.encode()).hexdigest(),
+            secret_field,
+            keyring.data_key(settings),
+        )
+        replayed = once.replay(engine)
+        if replayed is not None:
+            return render(replayed)
+    try:
+        secret, record = create(once)
+    except remembered.Duplicate:
+        assert once is not None, "only a creation with a key can meet another's"
+        replayed = once.replay(engine)
+        assert replayed is not None, "Duplicate is raised once the other answer is remembered"
+        return render(replayed)
+    return render(Result(201, remembered.answer_of(record, secret_field, secret)))

@@ -135,13 +135,17 @@ def remembered(responses: dict[int | str, dict[str, Any]], *codes: str) -> dict[
 
 
 def idempotency_key(required: bool = True) -> dict[str, Any]:
+    missing = (
+        "Missing: 400 `idempotency_key_missing`."
+        if required
+        else "Optional: without it, every request makes another (its secret shown once, to that answer)."
+    )
     return {
         "name": "Idempotency-Key",
         "in": "header",
         "required": required,
         "description": "The request's idempotency key, scoped to the caller; a retry with the same key and "
-        "body gets the original answer with `Idempotent-Replayed: true` (SPEC §6). Missing: "
-        "400 `idempotency_key_missing`.",
+        f"body gets the original answer with `Idempotent-Replayed: true` (SPEC §6). {missing}",
         "schema": {
             "type": "string",
             "minLength": 1,
@@ -184,9 +188,9 @@ def terminal_headers(idempotency: bool = False) -> dict[str, Any]:
     return {"parameters": ([idempotency_key()] if idempotency else []) + [dict(p) for p in SIGNATURE_HEADERS]}
 
 
-def idempotent() -> dict[str, Any]:
-    """`openapi_extra` of a non-terminal route that requires an Idempotency-Key."""
-    return {"parameters": [idempotency_key()]}
+def idempotent(required: bool = True) -> dict[str, Any]:
+    """`openapi_extra` of a non-terminal route that takes an Idempotency-Key (required, or not)."""
+    return {"parameters": [idempotency_key(required)]}
 
 
 def install(app: FastAPI) -> None:

@@ -12,12 +12,13 @@
 
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Header, Query, Response
 from pydantic import Field
 
 from api import responses
 from api.deps import Admin, DatabaseDep, ServicesDep, role
-from api.openapi import AUTHENTICATED, problems
+from api.idempotency import created_once
+from api.openapi import AUTHENTICATED, idempotent, problems
 from api.strict import PageLimit, PathId, QueryInt
 from engine import events, limits
 from engine.errors import EngineError
@@ -63,16 +64,37 @@ def event_feed(
 @router.post(
     "/v1/webhooks",
     status_code=201,
+    openapi_extra=idempotent(required=False),
     responses={
-        201: {"model": responses.CreatedWebhook},
-        **problems(AUTHENTICATED, "invalid_request", "webhook_url_not_allowed"),
+        201: {"model": responses.CreatedWebhook, "headers": responses.REPLAYED_HEADER},
+        **problems(
+            AUTHENTICATED,
+            "invalid_request",
+            "webhook_url_not_allowed",
+            "idempotency_key_invalid",
+            "idempotency_key_reused",
+        ),
     },
     response_model=None,
 )
-def create_webhook(body: WebhookRequest, p: Admin, services: ServicesDep) -> dict[str, Any]:
-    """A new endpoint; `secret` signs its deliveries (Standard Webhooks) and is shown this once."""
-    secret, record = services.webhooks.create(body.url, body.event_types, actor=p)
-    return {**record, "secret": secret}
+def create_webhook(
+    body: WebhookRequest,
+    p: Admin,
+    services: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
+) -> Response:
+    """A new endpoint; `secret` signs its deliveries (Standard Webhooks) and is shown this once. With an
+    `Idempotency-Key`, made once: a retry gets the same endpoint and secret."""
+    return created_once(
+        services.settings,
+        services.engine,
+        f"admin:{p.key_id}",
+        idempotency_key,
+        "POST /v1/webhooks",
+        body,
+        "secret",
+        lambda once: services.webhooks.create(body.url, body.event_types, actor=p, once=once),
+    )
 
 
 @router.get(

@@ -7,12 +7,13 @@ accepting it within `SETAPAY_KEY_CACHE_TTL_S` (≤ 5 s).
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header, Response
 from pydantic import Field
 
 from api.deps import Admin, KeysDep, ServicesDep
-from api.openapi import AUTHENTICATED, problems
-from api.responses import CreatedKey, KeyListing, KeyListings
+from api.idempotency import created_once
+from api.openapi import AUTHENTICATED, idempotent, problems
+from api.responses import REPLAYED_HEADER, CreatedKey, KeyListing, KeyListings
 from api.strict import PathId
 from engine.model import Id, Record
 from engine.store.config import ROLES
@@ -38,15 +39,40 @@ def list_keys(_: Admin, keys: KeysDep) -> Any:
 @router.post(
     "/v1/keys",
     status_code=201,
+    openapi_extra=idempotent(required=False),
     responses={
-        201: {"model": CreatedKey},
-        **problems(AUTHENTICATED, "invalid_request", "unknown_terminal", "unknown_merchant"),
+        201: {"model": CreatedKey, "headers": REPLAYED_HEADER},
+        **problems(
+            AUTHENTICATED,
+            "invalid_request",
+            "unknown_terminal",
+            "unknown_merchant",
+            "idempotency_key_invalid",
+            "idempotency_key_reused",
+        ),
     },
+    response_model=None,
 )
-def create_key(body: KeyRequest, p: Admin, keys: KeysDep) -> Any:
-    """A new key; `key` is the secret, shown this once."""
-    secret, record = keys.create(body.role, body.merchant_id, body.terminal_id, body.expires_in_days, actor=p)
-    return {**record, "key": secret}
+def create_key(
+    body: KeyRequest,
+    p: Admin,
+    services: ServicesDep,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", include_in_schema=False)] = None,
+) -> Response:
+    """A new key; `key` is the secret, shown this once. With an `Idempotency-Key`, made once: a retry
+    gets the same key (the answer kept sealed meanwhile)."""
+    return created_once(
+        services.settings,
+        services.engine,
+        f"admin:{p.key_id}",
+        idempotency_key,
+        "POST /v1/keys",
+        body,
+        "key",
+        lambda once: services.keys.create(
+            body.role, body.merchant_id, body.terminal_id, body.expires_in_days, actor=p, once=once
+        ),
+    )
 
 
 @router.post(

@@ -28,10 +28,11 @@ from sqlalchemy.orm import Session
 from engine.audit import OPERATOR, Actor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
-from engine.store import audit, db
+from engine.store import audit, db, remembered
 from engine.store.config import ROLES, Principal
 from engine.store.ledger import lock_sequencer
 from engine.store.models import ApiKeyRow, MerchantRow, TerminalRow
+from engine.store.remembered import Once
 from engine.timeutil import format_instant
 
 DAY_US = 86_400_000_000
@@ -116,8 +117,11 @@ class Keys:
         terminal_id: str | None = None,
         expires_in_days: int | None = None,
         actor: Actor = OPERATOR,
+        once: Once | None = None,
     ) -> tuple[str, dict[str, Any]]:
-        """A new key: (the secret, returned this once; its listing). Only the SHA-256 is stored."""
+        """A new key: (the secret, returned this once; its listing). Only the SHA-256 is stored.
+        With `once`, its answer is remembered in the same transaction (`engine.store.remembered`):
+        `Duplicate` when another request under the same idempotency key remembered one first."""
         if role not in ROLES:
             raise EngineError("invalid_request", f"role must be one of {', '.join(ROLES)}")
         if expires_in_days is not None and not (
@@ -130,7 +134,7 @@ class Keys:
             raise EngineError("invalid_request", f"a {role} key takes no merchant_id or terminal_id")
         if role == "merchant" and terminal_id is not None:
             raise EngineError("invalid_request", "a merchant key takes no terminal_id (a terminal key does)")
-        with Session(self.engine) as session, session.begin():
+        with remembered.made_once(self.engine, once), Session(self.engine) as session, session.begin():
             if role == "terminal":
                 if terminal_id is None:
                     raise EngineError("invalid_request", "a terminal key needs a terminal")
@@ -161,6 +165,8 @@ class Keys:
             session.flush()
             listing = _listing(row, merchant_id)
             audit.record(session, actor, "key.create", f"key:{key_id}", None, listing, at_us=now)
+            if once is not None:
+                once.remember(session, listing, secret, now)
             return secret, listing
 
     def list(self) -> list[dict[str, Any]]:

@@ -326,8 +326,9 @@ class PostingRow(Base):
 
 class IdempotencyRow(Base):
     """A remembered answer that is not an accepted payment's: a business decline, scoped to the
-    terminal that sent the key, or a grant, scoped to the finance key. An accepted payment's answer
-    is remembered on its own `payment` row (its `idempotency_key`, `request_hash` and
+    terminal that sent the key, a grant, scoped to the finance key, or an admin's creation (a key, a
+    webhook endpoint), scoped to the admin key, its secret sealed (`engine.store.remembered`). An
+    accepted payment's answer is remembered on its own `payment` row (its `idempotency_key`, `request_hash` and
     `response_json`), for as long as the ledger keeps it; rows here from before that
     (migration `20261209_payment_keys`) still answer until the purge. Purging these rows after the
     retention loses nothing of the ledger."""

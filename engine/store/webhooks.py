@@ -44,9 +44,10 @@ from engine import webhooks as rules
 from engine.audit import OPERATOR, Actor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
-from engine.store import audit, db
+from engine.store import audit, db, remembered
 from engine.store import events as outbox
 from engine.store.models import EventRow, WebhookDeliveryRow, WebhookEndpointRow
+from engine.store.remembered import Once
 from engine.timeutil import format_instant
 
 if TYPE_CHECKING:
@@ -101,8 +102,12 @@ class Webhooks:
 
     # -- what an admin does ------------------------------------------------------
 
-    def create(self, url: str, event_types: Sequence[str], actor: Actor = OPERATOR) -> tuple[str, dict[str, Any]]:
-        """A new endpoint; its signing secret, returned this once, and its public view."""
+    def create(
+        self, url: str, event_types: Sequence[str], actor: Actor = OPERATOR, once: Once | None = None
+    ) -> tuple[str, dict[str, Any]]:
+        """A new endpoint; its signing secret, returned this once, and its public view. With `once`,
+        its answer is remembered in the same transaction (`engine.store.remembered`): `Duplicate`
+        when another request under the same idempotency key remembered one first."""
         problem = rules.url_problem(url, self.settings.webhooks_allow_http)
         if problem is None and not _sendable(url):
             problem = "the URL is not valid"  # one the HTTP client could never send to
@@ -113,7 +118,7 @@ class Webhooks:
             raise EngineError("invalid_request", "event_types lists one or more of " + ", ".join(events.TYPES))
         endpoint_id = "wh_" + secrets.token_hex(12)
         secret = rules.new_secret()
-        with Session(self.engine) as session, session.begin():
+        with remembered.made_once(self.engine, once), Session(self.engine) as session, session.begin():
             now = self.clock.now_us()
             row = WebhookEndpointRow(
                 id=endpoint_id,
@@ -128,6 +133,8 @@ class Webhooks:
             session.flush()
             public = self._public(session, row)
             audit.record(session, actor, "webhook.create", f"webhook:{endpoint_id}", None, public, at_us=now)
+            if once is not None:
+                once.remember(session, public, secret, now)
             return secret, public
 
     def list(self) -> builtins.list[dict[str, Any]]:

@@ -29,6 +29,8 @@ TERMINAL_ROUTES = {
     ("post", "/v1/quotes"),
 }
 IDEMPOTENT = {("post", "/v1/transactions"), ("post", "/v1/grants")}
+# Routes that take an Idempotency-Key without requiring it: an admin's creations shown a secret once.
+IDEMPOTENT_IF_SENT = {("post", "/v1/keys"), ("post", "/v1/webhooks")}
 SIGNATURE_HEADERS = {"Signature", "Signature-Input", "Content-Digest"}
 
 
@@ -102,12 +104,16 @@ def test_problem_responses_are_problem_json(document) -> None:
     assert "HTTPValidationError" not in document["components"]["schemas"]
 
 
-def test_idempotency_key_is_required_where_the_spec_requires_it(document) -> None:
+def test_idempotency_key_is_required_where_the_spec_requires_it_and_taken_where_it_is_optional(document) -> None:
     for method, path, operation in operations(document):
         found = [p for p in operation.get("parameters", []) if p["name"].lower() == "idempotency-key"]
         if (method, path) in IDEMPOTENT:
             assert len(found) == 1 and found[0]["in"] == "header" and found[0]["required"] is True, (method, path)
             assert "idempotency_key_missing" in operation["responses"]["400"]["description"]
+        elif (method, path) in IDEMPOTENT_IF_SENT:
+            assert len(found) == 1 and found[0]["in"] == "header" and found[0]["required"] is False, (method, path)
+            assert "idempotency_key_reused" in operation["responses"]["422"]["description"]
+            assert "Idempotent-Replayed" in operation["responses"]["201"]["headers"]
         else:
             assert not found, (method, path)
 
