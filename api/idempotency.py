@@ -77,6 +77,7 @@ def render(result: Result) -> Response:
 def created_once(
     settings: Settings,
     engine: Engine,
+    now_us: int,
     scope: str,
     header: str | None,
     route: str,
@@ -97,15 +98,13 @@ def created_once(
             hashlib.sha256(canonical.encode()).hexdigest(),
             secret_field,
             keyring.data_key(settings),
+            now_us,
         )
         replayed = once.replay(engine)
         if replayed is not None:
             return render(replayed)
     try:
         secret, record = create(once)
-    except remembered.Duplicate:
-        assert once is not None, "only a creation with a key can meet another's"
-        replayed = once.replay(engine)
-        assert replayed is not None, "Duplicate is raised once the other answer is remembered"
-        return render(replayed)
+    except remembered.Duplicate as first:
+        return render(first.answer)
     return render(Result(201, remembered.answer_of(record, secret_field, secret)))

@@ -493,6 +493,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             print(f"{name} needs an offset, e.g. 2026-12-01T00:00:00+09:00", file=sys.stderr)
             return 2
         bounds.append(to_us(instant))
+    if bounds[0] is not None and bounds[1] is not None and bounds[1] <= bounds[0]:
+        print("--to must be after --from", file=sys.stderr)  # as the API's window (api.strict.window)
+        return 2
     _, ledger, _ = _finance_context()
     after = 0
     while True:

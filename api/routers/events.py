@@ -25,6 +25,7 @@ from engine.errors import EngineError
 from engine.events import EventType
 from engine.model import Record
 from engine.store import events as outbox
+from engine.store import remembered
 from engine.store.config import Principal
 from engine.webhooks import URL_CHARS_MAX
 
@@ -88,7 +89,8 @@ def create_webhook(
     return created_once(
         services.settings,
         services.engine,
-        f"admin:{p.key_id}",
+        services.clock.now_us(),
+        remembered.scope_of(p.key_id),
         idempotency_key,
         "POST /v1/webhooks",
         body,

@@ -16,6 +16,7 @@ from api.openapi import AUTHENTICATED, idempotent, problems
 from api.responses import REPLAYED_HEADER, CreatedKey, KeyListing, KeyListings
 from api.strict import PathId
 from engine.model import Id, Record
+from engine.store import remembered
 from engine.store.config import ROLES
 from engine.store.keys import EXPIRES_IN_DAYS_MAX
 
@@ -64,7 +65,8 @@ def create_key(
     return created_once(
         services.settings,
         services.engine,
-        f"admin:{p.key_id}",
+        services.clock.now_us(),
+        remembered.scope_of(p.key_id),
         idempotency_key,
         "POST /v1/keys",
         body,

@@ -1,7 +1,9 @@
 """API keys (SPEC §9.3): create, list, revoke, look up, and note when a key was last used.
 
 A key is `sp_<role>_<id>_<random>`; only its SHA-256 is stored (`api_key.key_hash`),
-so a secret is shown once, when it is made, and never again. A key may expire
+so a secret is shown once, when it is made, and never again, except to a retry of the request
+that made it under the same `Idempotency-Key` within a day (`engine.store.remembered`: the answer
+kept sealed with the data key meanwhile, then dropped). A key may expire
 (`expires_at_us`) and may be revoked (`revoked_at_us`, the first revocation's
 instant, kept on later ones). `last_used_at_us` is written at most once a minute
 per key, by `touch`, off the request path.
@@ -166,7 +168,7 @@ class Keys:
             listing = _listing(row, merchant_id)
             audit.record(session, actor, "key.create", f"key:{key_id}", None, listing, at_us=now)
             if once is not None:
-                once.remember(session, listing, secret, now)
+                once.remember(session, listing, secret)
             return secret, listing
 
     def list(self) -> list[dict[str, Any]]:

@@ -20,7 +20,7 @@ from engine import events, limits, metrics
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import decline
-from engine.store import audit
+from engine.store import audit, remembered
 from engine.store import events as outbox
 from engine.store.books import load_books
 from engine.store.ledger import CatalogSnapshot, Ledger, Result, replay_answer
@@ -317,7 +317,9 @@ def purge_remembered_answers(ledger: Ledger, retention_days: int, chunk: int = C
     engine's clock; SPEC §6 keeps them at least 30 days, so a shorter retention is refused.
 
     Those rows are the answers of declines and grants, and of payments accepted before payments
-    carried their keys (migration `20261209_payment_keys`). An accepted payment's own answer is
+    carried their keys (migration `20261209_payment_keys`); an admin's creations' answers, whose
+    secrets are kept sealed (`engine.store.remembered`), go once `remembered.SECRET_KEPT_US` old,
+    whatever the retention. An accepted payment's own answer is
     on its `payment` row, under its key, and is never purged: its retry replays at any age. Only
     answers go: payments, awards, postings and `point_grant` rows stay. A purged key used again
     is a new request: a declined request is decided afresh, and a payment whose answer was in a
@@ -350,6 +352,14 @@ def purge_remembered_answers(ledger: Ledger, retention_days: int, chunk: int = C
                 )
                 purged += cast("CursorResult[Any]", done).rowcount  # a DML statement's result is a cursor's
             if len(keys) < chunk:
+                # An admin's creations: a day's keeping of their sealed secrets, not the retention's.
+                created = session.execute(
+                    delete(IdempotencyRow).where(
+                        IdempotencyRow.terminal_id.startswith(remembered.SCOPE_PREFIX, autoescape=True),
+                        IdempotencyRow.created_at_us <= started - remembered.SECRET_KEPT_US,
+                    )
+                )
+                purged += cast("CursorResult[Any]", created).rowcount
                 # `as_of_us`: answers remembered before this instant were purged.
                 session.add(
                     LifecycleRunRow(kind="idempotency", as_of_us=cutoff, started_at_us=started, items=purged, points=0)

@@ -6,11 +6,14 @@ the same key or endpoint with the same secret; another body under the key is 422
 `idempotency_key_reused`.
 
 The answer shows a secret once (the API key, the endpoint's signing secret): it is kept sealed
-with the data key, bound to the scope and the idempotency key (as bank details and webhook
-secrets are), never in the clear, and goes with the row at the purge of remembered answers
-(`lifecycle.purge_remembered_answers`). Two requests with the same key at once: both may make
-one, but only one transaction can add the remembered row (its primary key); the other rolls back
-whole, what it made included (`Duplicate`), and is answered with the first one's answer.
+with the data key, bound to the scope, the idempotency key, the request and the rest of the
+answer (as bank details and webhook secrets are sealed), never in the clear, and for
+`SECRET_KEPT_US` only (a day, as Stripe keeps its keys): a retry after that is a new request,
+which makes another (the row it finds is replaced), and the purge of remembered answers drops
+these rows once that old (`lifecycle.purge_remembered_answers`), whatever the retention of the
+others. Two requests with the same key at once: both may make one, but only one transaction can
+add the remembered row (its primary key); the other rolls back whole, what it made included
+(`Duplicate`), and is answered with the first one's answer.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import json
 from collections.abc import Iterator
 from typing import Any
 
+from sqlalchemy import delete
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -32,10 +36,22 @@ from engine.store import db
 from engine.store.ledger import Result
 from engine.store.models import IdempotencyRow
 
+SCOPE_PREFIX = "admin:"  # the scopes of these rows (`scope_of`), apart from terminals' and grants'
+SECRET_KEPT_US = 24 * 3600 * 1_000_000
+
+
+def scope_of(key_id: str) -> str:
+    """The scope an admin key's creations are remembered under."""
+    return SCOPE_PREFIX + key_id
+
 
 class Duplicate(Exception):
     """Another request with the same scope and key added the remembered row first: this one's
-    transaction rolled back whole, and its answer is that request's (`Once.replay`)."""
+    transaction rolled back whole, and its answer is that request's, `answer`."""
+
+    def __init__(self, answer: Result) -> None:
+        super().__init__("a request with the same idempotency key made it first")
+        self.answer = answer
 
 
 def answer_of(record: dict[str, Any], secret_field: str, secret: str | None) -> dict[str, Any]:
@@ -53,31 +69,45 @@ class Once:
     request_hash: str
     secret_field: str
     data_key: sealing.DataKey
+    now_us: int  # the request's instant: a remembered answer older than SECRET_KEPT_US is gone
 
-    def _associated(self) -> bytes:
-        return b"setapay:remembered-secret:" + self.scope.encode() + b"\x00" + self.key.encode()
+    def _associated(self, answer_json: str) -> bytes:
+        # Bound to where and for what it was kept, and to the answer it completes: a sealed secret
+        # moved to another row, or a row whose answer was altered, does not open.
+        parts = (self.scope, self.key, self.request_hash, answer_json)
+        return b"setapay:remembered-secret:" + b"\x00".join(part.encode() for part in parts)
 
     def replay(self, engine: Engine) -> Result | None:
         """The remembered answer of this key, its secret opened; `idempotency_key_reused` for
-        another request under it; None when nothing is remembered."""
+        another request under it; None when nothing is remembered (or no longer: past
+        SECRET_KEPT_US)."""
         with Session(db.reader(engine)) as session:
             row = session.get(IdempotencyRow, (self.scope, self.key))
-            if row is None:
+            if row is None or row.created_at_us <= self.now_us - SECRET_KEPT_US:
                 return None
             stored_hash, status, stored = row.request_hash, row.response_status, row.response_json
         if stored_hash != self.request_hash:
             return Result(*decline("idempotency_key_reused"))
         kept = json.loads(stored)
-        answer: dict[str, Any] = kept["answer"]
+        answer: dict[str, Any] = json.loads(kept["answer"])
         sealed = base64.b64decode(kept["sealed"])
-        answer[self.secret_field] = sealing.open_sealed(self.data_key, sealed, self._associated()).decode()
+        secret = sealing.open_sealed(self.data_key, sealed, self._associated(kept["answer"]))
+        answer[self.secret_field] = secret.decode()
         return Result(status, answer, replayed=True)
 
-    def remember(self, session: Session, record: dict[str, Any], secret: str, now_us: int) -> None:
+    def remember(self, session: Session, record: dict[str, Any], secret: str) -> None:
         """Remember the answer of what `session`'s transaction made (201, `answer_of`), its secret
-        sealed, in that transaction."""
-        sealed = sealing.seal(self.data_key, secret.encode(), self._associated())
-        kept = {"answer": answer_of(record, self.secret_field, None), "sealed": base64.b64encode(sealed).decode()}
+        sealed, in that transaction; a row of the same key past SECRET_KEPT_US is replaced."""
+        answer_json = json.dumps(answer_of(record, self.secret_field, None))
+        sealed = sealing.seal(self.data_key, secret.encode(), self._associated(answer_json))
+        kept = {"answer": answer_json, "sealed": base64.b64encode(sealed).decode()}
+        session.execute(
+            delete(IdempotencyRow).where(
+                IdempotencyRow.terminal_id == self.scope,
+                IdempotencyRow.key == self.key,
+                IdempotencyRow.created_at_us <= self.now_us - SECRET_KEPT_US,
+            )
+        )
         session.add(
             IdempotencyRow(
                 terminal_id=self.scope,
@@ -86,7 +116,7 @@ class Once:
                 response_status=201,
                 response_json=json.dumps(kept),
                 payment_id=None,
-                created_at_us=now_us,
+                created_at_us=self.now_us,
             )
         )
 
@@ -99,6 +129,7 @@ def made_once(engine: Engine, once: Once | None) -> Iterator[None]:
     try:
         yield
     except IntegrityError:
-        if once is not None and once.replay(engine) is not None:
-            raise Duplicate from None
+        answer = once.replay(engine) if once is not None else None
+        if answer is not None:
+            raise Duplicate(answer) from None
         raise

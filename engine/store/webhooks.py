@@ -134,7 +134,7 @@ class Webhooks:
             public = self._public(session, row)
             audit.record(session, actor, "webhook.create", f"webhook:{endpoint_id}", None, public, at_us=now)
             if once is not None:
-                once.remember(session, public, secret, now)
+                once.remember(session, public, secret)
             return secret, public
 
     def list(self) -> builtins.list[dict[str, Any]]:

@@ -88,6 +88,9 @@ def test_bank_change_confirmation_and_the_audit_log_over_http(server):
     done_all = server.cli("audit", "--from", "2000-01-01T00:00:00+09:00")
     assert done_all.returncode == 0 and len(done_all.stdout.splitlines()) >= len(log)
     assert server.cli("audit", "--from", "yesterday").returncode == 2
+    # A window whose end is not after its start, as the API's `to` (422): refused, not an empty list.
+    swapped = server.cli("audit", "--from", "2026-12-02T00:00:00+09:00", "--to", "2026-12-01T00:00:00+09:00")
+    assert swapped.returncode == 2 and "--to must be after --from" in swapped.stderr and not swapped.stdout
 
     server_output = server.log_path.read_text(errors="replace")
     for secret in SECRETS:
