@@ -117,12 +117,45 @@ def test_signed_batch_post(ward, key):
 
 
 def test_signed_get_with_a_query(ward, key):
+    """No terminal route takes a query: one is refused (422) before the signature is looked at, its
+    nonce left unused; without it the same read passes, "@query" not covered."""
     posted = ward.post_signed(SIGNED, key, purchase(SIGNED, "W_SIG3", 2200)).json()
-    r = ward.send_signed(SIGNED, key, "GET", f"/v1/transactions/{posted['id']}?view=full&n=1")
-    assert r.status_code == 200, r.text
-    assert r.json()["id"] == posted["id"]
-    # Without a query, "@query" is not covered.
-    assert ward.send_signed(SIGNED, key, "GET", f"/v1/transactions/{posted['id']}").status_code == 200
+    nonce = http_signing.new_nonce()
+    r = ward.send_signed(SIGNED, key, "GET", f"/v1/transactions/{posted['id']}?view=full&n=1", nonce=nonce)
+    assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), r.text
+    assert r.json()["errors"][0]["loc"] == ["query", "view"]
+    again = ward.send_signed(SIGNED, key, "GET", f"/v1/transactions/{posted['id']}", nonce=nonce)
+    assert again.status_code == 200 and again.json()["id"] == posted["id"], again.text
+
+
+def test_a_signature_covers_the_query_as_sent() -> None:
+    """The verifier (`TerminalSignatures.check`) over a request with a query, as a route taking one
+    would meet it: "@query" covered, exactly as sent; left out or changed, the signature fails."""
+    from starlette.requests import Request
+
+    from api.signatures import TerminalSignatures
+    from engine.errors import EngineError
+
+    private = Ed25519PrivateKey.generate()
+
+    def checked(signed_target: str, sent_query: bytes) -> tuple[int, str]:
+        headers = http_signing.sign_request(private, "T1", "GET", signed_target)
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/v1/things",
+            "raw_path": b"/v1/things",
+            "query_string": sent_query,
+            "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        }
+        return TerminalSignatures.check(Request(scope), b"", "T1", private.public_key())
+
+    created, nonce = checked("/v1/things?a=1&b=2", b"a=1&b=2")
+    assert abs(created - time.time()) < 60 and nonce
+    for signed, sent in (("/v1/things", b"a=1"), ("/v1/things?a=1&b=2", b"b=2&a=1"), ("/v1/things?a=1", b"")):
+        with pytest.raises(EngineError) as refused:
+            checked(signed, sent)
+        assert refused.value.code == "signature_invalid", (signed, sent)
 
 
 def test_signed_closeout(ward, key):
