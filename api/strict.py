@@ -175,6 +175,9 @@ class _ParsedBodyRequest(Request):
         return self._parsed
 
 
+QUERY_NAME_SHOWN = 64  # the longest unknown query parameter name an answer quotes whole
+
+
 class ParsedBodyRoute(APIRoute):
     """A route whose FastAPI handler reads a JSON body as the middleware parsed it, not parsing
     it a second time: FastAPI's documented way, a `Request` subclass handed to the handler.
@@ -209,8 +212,11 @@ class ParsedBodyRoute(APIRoute):
         seen: set[str] = set()
         for name, _ in parse_qsl(query_string.decode("latin-1"), keep_blank_values=True):
             if name not in names:
-                error = {"loc": ["query", name], "msg": "not a parameter of this route", "type": "unknown"}
-                raise EngineError("invalid_request", f"{name} is not a query parameter of this route", errors=[error])
+                # Named back at most `QUERY_NAME_SHOWN` characters long: this answer comes before
+                # authentication, and should not echo a client's 60,000-character name twice.
+                shown = name if len(name) <= QUERY_NAME_SHOWN else name[:QUERY_NAME_SHOWN] + "…"
+                error = {"loc": ["query", shown], "msg": "not a parameter of this route", "type": "unknown"}
+                raise EngineError("invalid_request", f"{shown} is not a query parameter of this route", errors=[error])
             if name in seen:
                 error = {"loc": ["query", name], "msg": "given more than once", "type": "duplicated"}
                 raise EngineError("invalid_request", f"query parameter {name} was given more than once", errors=[error])

@@ -93,7 +93,9 @@ def create_webhook(
         remembered.scope_of(p.key_id),
         idempotency_key,
         "POST /v1/webhooks",
-        body,
+        # The types as the endpoint keeps them (sorted, once each): a retry listing them in another
+        # order is the same request.
+        body.model_copy(update={"event_types": sorted(set(body.event_types))}),
         "secret",
         lambda once: services.webhooks.create(body.url, body.event_types, actor=p, once=once),
     )

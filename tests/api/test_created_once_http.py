@@ -69,6 +69,11 @@ def test_a_webhook_endpoint_retried_under_its_idempotency_key_is_made_once(ward:
         assert ward.server.count(WebhookEndpointRow) == before + 1
         listed = [w for w in admin.get("/v1/webhooks").json() if w["id"] == first.json()["id"]]
         assert len(listed) == 1 and "secret" not in listed[0]
+        # The types in another order, or one twice: the same endpoint asked for, so the same answer.
+        reordered = {**body, "event_types": ["budget_threshold", "clawback", "clawback"]}
+        same = admin.post("/v1/webhooks", json=reordered, headers={"Idempotency-Key": key})
+        assert same.status_code == 201 and same.json() == first.json(), same.text
+        assert ward.server.count(WebhookEndpointRow) == before + 1
 
 
 def test_requests_at_once_under_one_idempotency_key_make_one_key(ward: Ward) -> None:

@@ -549,6 +549,14 @@ def test_a_query_parameter_the_route_does_not_take_is_refused(ward: Ward, path: 
         ]
 
 
+def test_an_unknown_query_parameter_is_named_back_shortened(ward: Ward) -> None:
+    """The refusal comes before authentication: a long name is not echoed whole (twice)."""
+    with httpx.Client(base_url=ward.server.base_url) as anyone:
+        r = anyone.get("/v1/events", params={"a" * 60_000: "1"})
+    _assert_code(r, 422, "invalid_request")
+    assert r.json()["errors"][0]["loc"] == ["query", "a" * 64 + "…"] and len(r.content) < 1_000
+
+
 def test_a_post_with_a_query_parameter_it_does_not_take_does_nothing(ward: Ward) -> None:
     sale = purchase("T_SHOTEN_1", "W_QUERY", 1000)
     before = (ward.server.postings(), ward.server.payments())
