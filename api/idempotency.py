@@ -17,23 +17,27 @@
   64 bits) falls back to `json.dumps`, as before.
 """
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import re
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import Response
-from sqlalchemy.engine import Engine
 
 from api.errors import PROBLEM_JSON
 from engine import keyring, limits
 from engine.errors import EngineError
 from engine.model import Record
-from engine.settings import Settings
 from engine.store import remembered
+from engine.store.config import Principal
 from engine.store.ledger import Result
+
+if TYPE_CHECKING:
+    from api.deps import Services
 
 _PRINTABLE_ASCII = re.compile(rf"^[\x20-\x7e]{{1,{limits.IDEMPOTENCY_KEY_LENGTH_MAX}}}$")
 
@@ -75,10 +79,8 @@ def render(result: Result) -> Response:
 
 
 def created_once(
-    settings: Settings,
-    engine: Engine,
-    now_us: int,
-    scope: str,
+    services: Services,
+    admin: Principal,
     header: str | None,
     route: str,
     body: Record,
@@ -86,21 +88,21 @@ def created_once(
     create: Callable[[remembered.Once | None], tuple[str, dict[str, Any]]],
 ) -> Response:
     """Answer a creation (201) whose answer shows a secret once, made at most once per
-    `Idempotency-Key` of `scope` when `header` carries one: the remembered answer replayed for the
-    same route and body, 422 `idempotency_key_reused` for another; without the header, made anew
-    each time. `create(once)` makes it (`Keys.create`, `Webhooks.create`)."""
+    `Idempotency-Key` of the `admin` key (`remembered.scope_of`) when `header` carries one: the
+    remembered answer replayed for the same route and body, 422 `idempotency_key_reused` for
+    another; without the header, made anew each time. `create(once)` makes it (`Keys.create`, `Webhooks.create`)."""
     once = None
     if header is not None:
         canonical = f"{route}\n{body.model_dump_json()}"
         once = remembered.Once(
-            scope,
+            remembered.scope_of(admin.key_id),
             check_idempotency_key(header),
             hashlib.sha256(canonical.encode()).hexdigest(),
             secret_field,
-            keyring.data_key(settings),
-            now_us,
+            keyring.data_key(services.settings),
+            services.clock.now_us(),
         )
-        replayed = once.replay(engine)
+        replayed = once.replay(services.engine)
         if replayed is not None:
             return render(replayed)
     try:

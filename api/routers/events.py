@@ -25,7 +25,6 @@ from engine.errors import EngineError
 from engine.events import EventType
 from engine.model import Record
 from engine.store import events as outbox
-from engine.store import remembered
 from engine.store.config import Principal
 from engine.webhooks import URL_CHARS_MAX
 
@@ -87,10 +86,8 @@ def create_webhook(
     """A new endpoint; `secret` signs its deliveries (Standard Webhooks) and is shown this once. With an
     `Idempotency-Key`, made once: a retry gets the same endpoint and secret."""
     return created_once(
-        services.settings,
-        services.engine,
-        services.clock.now_us(),
-        remembered.scope_of(p.key_id),
+        services,
+        p,
         idempotency_key,
         "POST /v1/webhooks",
         # The types as the endpoint keeps them (sorted, once each): a retry listing them in another

@@ -16,7 +16,6 @@ from api.openapi import AUTHENTICATED, idempotent, problems
 from api.responses import REPLAYED_HEADER, CreatedKey, KeyListing, KeyListings
 from api.strict import PathId
 from engine.model import Id, Record
-from engine.store import remembered
 from engine.store.config import ROLES
 from engine.store.keys import EXPIRES_IN_DAYS_MAX
 
@@ -63,10 +62,8 @@ def create_key(
     """A new key; `key` is the secret, shown this once. With an `Idempotency-Key`, made once: a retry
     gets the same key (the answer kept sealed meanwhile)."""
     return created_once(
-        services.settings,
-        services.engine,
-        services.clock.now_us(),
-        remembered.scope_of(p.key_id),
+        services,
+        p,
         idempotency_key,
         "POST /v1/keys",
         body,
