@@ -373,31 +373,25 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     """Rate a historical window under a draft campaign (a JSON file), writing nothing."""
-    import datetime as dt
     import json
     from pathlib import Path
 
     from pydantic import ValidationError
 
-    from engine.model import Campaign
+    from engine.model import Campaign, window_bound_us
     from engine.store import simulate
-    from engine.timeutil import to_us
 
     try:
         draft = Campaign.model_validate_json(Path(args.campaign).read_text())
-        window = [dt.datetime.fromisoformat(v) for v in (args.from_, args.to)]
+        window = [window_bound_us(v) for v in (args.from_, args.to)]
     except (OSError, ValueError, ValidationError) as error:
         print(f"invalid draft or window: {error}")
         return 2
-    if any(w.tzinfo is None for w in window) or window[0] >= window[1]:
-        print("--from and --to need offsets, and --to must be after --from")
+    if window[0] >= window[1]:
+        print("--to must be after --from")
         return 2
     settings, ledger, _ = _finance_context()
-    print(
-        json.dumps(
-            simulate.simulate(ledger.engine, draft, to_us(window[0]), to_us(window[1])), ensure_ascii=False, indent=1
-        )
-    )
+    print(json.dumps(simulate.simulate(ledger.engine, draft, window[0], window[1]), ensure_ascii=False, indent=1))
     return 0
 
 
@@ -473,11 +467,10 @@ def _cmd_seal_payout_files(args: argparse.Namespace) -> int:
 
 def _cmd_audit(args: argparse.Namespace) -> int:
     """Print the audit log as JSON lines, oldest first, filtered by instant and target."""
-    import datetime as dt
     import json
 
+    from engine.model import window_bound_us
     from engine.store import audit
-    from engine.timeutil import to_us
 
     bounds: list[int | None] = []
     for name, value in (("--from", args.from_), ("--to", args.to)):
@@ -485,14 +478,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
             bounds.append(None)
             continue
         try:
-            instant = dt.datetime.fromisoformat(value)
-        except ValueError:
-            print(f"{name} is not an RFC 3339 instant", file=sys.stderr)
+            bounds.append(window_bound_us(value))
+        except ValueError as error:
+            print(f"{name}: {error}", file=sys.stderr)
             return 2
-        if instant.tzinfo is None:
-            print(f"{name} needs an offset, e.g. 2026-12-01T00:00:00+09:00", file=sys.stderr)
-            return 2
-        bounds.append(to_us(instant))
     if bounds[0] is not None and bounds[1] is not None and bounds[1] <= bounds[0]:
         print("--to must be after --from", file=sys.stderr)  # as the API's window (api.strict.window)
         return 2

@@ -22,6 +22,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     StringConstraints,
+    TypeAdapter,
     ValidationError,
     model_validator,
 )
@@ -35,6 +36,8 @@ __all__ = [
     "Campaign",
     "Certification",
     "Instant",
+    "WindowBound",
+    "window_bound_us",
     "Label",
     "Credit",
     "Merchant",
@@ -93,15 +96,53 @@ _INSTANT_FIRST_US, _INSTANT_END_US = to_us(_INSTANT_FIRST), to_us(_INSTANT_END)
 
 def _instant_in_range(value: dt.datetime) -> dt.datetime:
     if not _INSTANT_FIRST_US <= to_us(value) < _INSTANT_END_US:
-        raise ValueError(
-            f"an instant must lie in the years {limits.INSTANT_YEAR_MIN} to "
-            f"{limits.INSTANT_YEAR_MAX}, in UTC and in Asia/Tokyo"
-        )
+        raise ValueError(_OUT_OF_RANGE)
     return value
 
 
-# The one instant type of every record and every query parameter (`from`, `to`).
+_OUT_OF_RANGE = (
+    f"an instant must lie in the years {limits.INSTANT_YEAR_MIN} to {limits.INSTANT_YEAR_MAX}, in UTC and in Asia/Tokyo"
+)
+
+
+# The instant type of every record. The engine keeps instants to the microsecond: digits past
+# the sixth are dropped (ROUNDING: a record's instant floors to its microsecond, as pydantic
+# reads it), so a terminal writing nanoseconds (Go's RFC3339Nano) is read, not refused.
 Instant = Annotated[AwareDatetime, BeforeValidator(_rfc3339_string), AfterValidator(_instant_in_range)]
+
+_INSTANT_READ: TypeAdapter[dt.datetime] = TypeAdapter(AwareDatetime)
+
+
+def _window_bound(value: object) -> object:
+    """A window's bound read up to the microsecond: ROUNDING, a bound (`from`, included, or `to`,
+    not) finer than a microsecond rounds up to the next one. Every instant the ledger holds is a
+    whole microsecond `t`, and `t >= b` (or `t < b`) for a bound `b` between two microseconds holds
+    exactly when it does for `b` rounded up; floored, a `from` a nanosecond past `t` took `t` in."""
+    text = _rfc3339_string(value)
+    if not isinstance(text, str):
+        return text
+    fraction = _RFC3339.fullmatch(text).group(1)  # type: ignore[union-attr]  # matched above
+    if fraction is None or not fraction[7:].strip("0"):
+        return text
+    floored = _INSTANT_READ.validate_python(text)  # pydantic drops the digits past the sixth
+    try:
+        return floored + dt.timedelta(microseconds=1)
+    except OverflowError:  # the last microsecond of year 9999: outside the instants' range anyway
+        raise ValueError(_OUT_OF_RANGE) from None
+
+
+# A window's bound: `from` and `to` of queries and of a simulation's window.
+WindowBound = Annotated[AwareDatetime, BeforeValidator(_window_bound), AfterValidator(_instant_in_range)]
+_WINDOW_BOUND: TypeAdapter[dt.datetime] = TypeAdapter(WindowBound)
+
+
+def window_bound_us(text: str) -> int:
+    """`text` read as a window's bound (`WindowBound`: the CLI's `--from` and `--to`), in
+    microseconds; ValueError saying why when it is not one."""
+    try:
+        return to_us(_WINDOW_BOUND.validate_python(text))
+    except ValidationError as error:
+        raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
 
 
 def _iso_date_string(value: object) -> object:

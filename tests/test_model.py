@@ -13,7 +13,8 @@ import json
 
 import pytest
 
-from engine.model import Campaign, Merchant, Purchase, Refund, StoredPurchase, ValidationError
+from engine.model import Campaign, Merchant, Purchase, Refund, StoredPurchase, ValidationError, window_bound_us
+from engine.timeutil import to_us
 
 MERCHANT = {
     "id": "M_SANCHA_01",
@@ -310,3 +311,28 @@ def test_instants_built_in_python_are_accepted_when_aware():
 def test_ids_with_a_trailing_newline_are_refused(field):
     assert field in error_text(Purchase, with_change(PURCHASE, (field,), PURCHASE[field] + "\n"))
     assert field in error_text(Purchase, with_change(PURCHASE, (field,), PURCHASE[field] + "\x00"))
+
+
+@pytest.mark.parametrize(
+    ("text", "floored", "rounded_up"),
+    [
+        ("2026-12-01T10:15:00+09:00", 0, 0),
+        ("2026-12-01T10:15:00.5+09:00", 500_000, 500_000),
+        ("2026-12-01T10:15:00.123456000+09:00", 123_456, 123_456),  # zeros past the microsecond: as it is
+        ("2026-12-01T10:15:00.123456001+09:00", 123_456, 123_457),  # a nanosecond past it
+        ("2026-12-01T10:15:00.0000009+09:00", 0, 1),
+        ("2026-12-01T10:15:00.999999999+09:00", 999_999, 1_000_000),  # into the next second
+    ],
+)
+def test_a_window_bound_rounds_up_to_the_microsecond_a_record_floors(text, floored, rounded_up):
+    """ROUNDING: a window's bound finer than a microsecond rounds up (`WindowBound`); a record's
+    instant floors (pydantic drops the digits past the sixth)."""
+    second_us = window_bound_us("2026-12-01T10:15:00+09:00")
+    assert window_bound_us(text) - second_us == rounded_up
+    assert to_us(Purchase.model_validate({**PURCHASE, "occurred_at": text}).occurred_at) - second_us == floored
+
+
+def test_a_window_bound_is_an_instant_within_the_named_years():
+    for text in ("yesterday", "2026-12-01", "2026-12-01T10:15+09:00", "9999-12-31T23:59:59.9999991Z", "1764600000"):
+        with pytest.raises(ValueError):
+            window_bound_us(text)

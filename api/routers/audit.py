@@ -18,7 +18,7 @@ from api.deps import ConfigDep, DatabaseDep, role
 from api.openapi import AUTHENTICATED, problems
 from api.responses import AuditPage, MerchantView
 from api.strict import Cursor, PageLimit, PathId, window
-from engine.model import Instant, Record
+from engine.model import Instant, Record, WindowBound
 from engine.store import audit
 from engine.store.config import Principal
 from engine.timeutil import to_us
@@ -55,8 +55,8 @@ def decode_cursor(cursor: str | None) -> int:
 def audit_log(
     _: Reader,
     database: DatabaseDep,
-    from_: Annotated[Instant | None, Query(alias="from")] = None,
-    to: Annotated[Instant | None, Query()] = None,
+    from_: Annotated[WindowBound | None, Query(alias="from")] = None,
+    to: Annotated[WindowBound | None, Query()] = None,
     target: Annotated[str | None, Query(max_length=200, pattern=TARGET_PATTERN)] = None,
     cursor: Cursor = None,
     limit: PageLimit = 100,

@@ -12,7 +12,7 @@ from api import responses
 from api.deps import DatabaseDep, merchant_scope, role
 from api.openapi import AUTHENTICATED, problems
 from api.strict import Cursor, PageLimit, PathId, decode_cursor, encode_cursor, window
-from engine.model import Instant
+from engine.model import WindowBound
 from engine.store import queries
 from engine.store.config import Principal
 
@@ -35,8 +35,8 @@ def merchant_rewards(
     merchant_id: PathId,
     p: MerchantReader,
     database: DatabaseDep,
-    from_: Annotated[Instant | None, Query(alias="from")] = None,
-    to: Annotated[Instant | None, Query()] = None,
+    from_: Annotated[WindowBound | None, Query(alias="from")] = None,
+    to: Annotated[WindowBound | None, Query()] = None,
 ) -> dict[str, Any]:
     merchant_scope(p, merchant_id)
     return queries.merchant_rewards(database, merchant_id, *window(from_, to))
@@ -54,8 +54,8 @@ def merchant_transactions(
     merchant_id: PathId,
     p: MerchantReader,
     database: DatabaseDep,
-    from_: Annotated[Instant | None, Query(alias="from")] = None,
-    to: Annotated[Instant | None, Query()] = None,
+    from_: Annotated[WindowBound | None, Query(alias="from")] = None,
+    to: Annotated[WindowBound | None, Query()] = None,
     cursor: Cursor = None,
     limit: PageLimit = 100,
 ) -> dict[str, Any]:

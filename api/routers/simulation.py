@@ -17,7 +17,7 @@ from api.openapi import AUTHENTICATED, problems
 from api.responses import Simulation
 from api.strict import PathId
 from engine.errors import EngineError
-from engine.model import Campaign, Instant, Record
+from engine.model import Campaign, Record, WindowBound
 from engine.store import simulate
 from engine.store.config import Principal
 from engine.timeutil import to_us
@@ -29,8 +29,8 @@ Planner = Annotated[Principal, Depends(role("admin", "finance"))]
 
 class SimulateRequest(Record):
     campaign: Campaign
-    from_: Annotated[Instant, Field(alias="from")]
-    to: Instant
+    from_: Annotated[WindowBound, Field(alias="from")]
+    to: WindowBound
 
 
 @router.post(

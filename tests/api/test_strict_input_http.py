@@ -938,3 +938,33 @@ def test_hostile_inputs_at_every_route_never_yield_a_5xx(ward: Ward) -> None:
                         )
     assert not failures, f"{len(failures)} of {sent} hostile requests:\n" + "\n".join(failures[:40])
     assert (ward.server.postings(), ward.server.payments(), ward.server.count(ApiKeyRow)) == (postings, payments, keys)
+
+
+def test_a_bound_finer_than_a_microsecond_rounds_up_to_it(ward: Ward) -> None:
+    """The ledger holds instants to the microsecond: a record's nanoseconds are dropped (ROUNDING:
+    floored, so a terminal writing Go's RFC3339Nano is read), and a window's bound between two
+    microseconds is rounded up to the next (`engine.model.WindowBound`), which takes in exactly the
+    rows the bound itself does. Floored, a `from` a nanosecond after a row took the row in and a
+    `to` a nanosecond after it left the row out."""
+    second = now_tokyo(-60)  # YYYY-MM-DDTHH:MM:SS+09:00
+    at = lambda fraction: f"{second[:19]}.{fraction}{second[19:]}"  # noqa: E731
+    answer = ward.post("T_SHOTEN_1", purchase("T_SHOTEN_1", "W_NANO", 1000, occurred_at=at("123456999")))
+    assert answer.status_code == 201, answer.text
+    payment = answer.json()
+    assert payment["occurred_at"].endswith(f".123456{second[19:]}")  # floored to its microsecond
+
+    def listed(**window: str) -> bool:
+        with ward.server.client(ward.finance_key) as finance:
+            r = finance.get("/v1/merchants/M_SHOTEN/transactions", params=window)
+        assert r.status_code == 200, r.text
+        return payment["id"] in {t["id"] for t in r.json()["transactions"]}
+
+    assert listed(**{"from": at("123456")}) and listed(**{"from": at("123455001")})
+    assert not listed(**{"from": at("123456001")})  # a nanosecond after the row: out (it was in)
+    assert listed(to=at("123456001")) and listed(to=at("123457"))  # a nanosecond after it: in (it was out)
+    assert not listed(to=at("123456")) and not listed(to=at("123455999"))
+    # Zeros past the sixth digit change nothing; the last microsecond of year 9999 has no next one.
+    assert listed(**{"from": at("123456000"), "to": at("123457000")})
+    with ward.server.client(ward.finance_key) as finance:
+        r = finance.get("/v1/audit", params={"from": "9999-12-31T23:59:59.9999991Z"})
+    _assert_code(r, 422, "invalid_request")
