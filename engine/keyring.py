@@ -10,6 +10,7 @@ the ward: settings always win.
 
 from __future__ import annotations
 
+import base64
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,10 +36,22 @@ def _local(name: str, make: Callable[[], str]) -> str:
     path = KEY_DIR / name
     KEY_DIR.mkdir(mode=0o700, exist_ok=True)
     value = make()
-    # Create with 0600 from the start so the key is never readable by others.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(value + "\n")
+    # Written whole under another name, then linked into place unless a process starting beside
+    # this one (a server's other worker) made it first: then its key is everyone's. Created 0600
+    # from the start, so the key is never readable by others.
+    partial = KEY_DIR / f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(value + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            return path.read_text().strip()
+    finally:
+        partial.unlink(missing_ok=True)
     return value
 
 
@@ -56,6 +69,15 @@ def existing_data_key(settings: Settings) -> tuple[sealing.DataKey, str] | None:
         return sealing.load_key(settings.data_key_b64), sealing.SETTING_NAME
     b64 = _existing("data.key")
     return (sealing.load_key(b64), str((KEY_DIR / "data.key").resolve())) if b64 is not None else None
+
+
+def ui_session_secret(settings: Settings) -> str:
+    """What signs the pages' session and CSRF cookies: `SETAPAY_UI_SESSION_SECRET` when set, else a
+    key derived from the data key, which every worker of a server (and every restart) holds alike,
+    so a cookie one worker signed is good at the others."""
+    if settings.ui_session_secret:
+        return settings.ui_session_secret
+    return base64.urlsafe_b64encode(data_key(settings).derive("ui-session")).decode("ascii")
 
 
 def signing_key(settings: Settings) -> Ed25519PrivateKey:

@@ -27,7 +27,9 @@ import os
 from typing import NoReturn
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from engine.model import BankAccount
 
@@ -87,6 +89,14 @@ class DataKey:
     def __reduce__(self) -> NoReturn:
         # Pickling would write the key to wherever the pickle goes (a cache, a queue).
         raise TypeError("a DataKey cannot be pickled")
+
+    def derive(self, purpose: str) -> bytes:
+        """A 32-byte key for `purpose` alone, derived from this one (HKDF-SHA256 with the purpose as
+        its info): every process holding the data key derives the same, and the derived key tells
+        nothing of the data key or of another purpose's key."""
+        return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=b"setapay:" + purpose.encode()).derive(
+            self._secret
+        )
 
 
 def _key(key: DataKey | bytes) -> DataKey:

@@ -170,3 +170,54 @@ def test_key_never_shows_in_repr_str_or_pickle():
 def test_associated_data_must_be_bytes():
     with pytest.raises(TypeError):
         sealing.seal(KEY, SECRET, "M001")  # type: ignore[arg-type]
+
+
+def test_a_derived_key_is_the_same_for_every_holder_and_one_per_purpose():
+    """HKDF-SHA256 (RFC 5869) of the data key, its info the purpose: what the pages' cookies are
+    signed with when SETAPAY_UI_SESSION_SECRET is unset (`keyring.ui_session_secret`)."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import hmac as crypto_hmac
+
+    raw = bytes(range(32))
+    derived = DataKey(raw).derive("ui-session")
+    assert derived == DataKey(bytes(raw)).derive("ui-session") and len(derived) == 32
+    assert derived not in (raw, DataKey(raw).derive("ui-session2"), DataKey(bytes(32)).derive("ui-session"))
+    # RFC 5869 by hand: extract with a zero salt, then one block of expand.
+    extract = crypto_hmac.HMAC(bytes(32), hashes.SHA256())
+    extract.update(raw)
+    expand = crypto_hmac.HMAC(extract.finalize(), hashes.SHA256())
+    expand.update(b"setapay:ui-session\x01")
+    assert derived == expand.finalize()
+
+
+def test_the_pages_secret_is_the_setting_else_derived_from_the_data_key(tmp_path, monkeypatch):
+    from engine import keyring
+    from engine.settings import Settings
+
+    key_b64 = base64.b64encode(bytes(range(32))).decode()
+    derived = keyring.ui_session_secret(Settings(data_key_b64=key_b64))
+    assert derived == keyring.ui_session_secret(Settings(data_key_b64=key_b64))
+    assert derived != keyring.ui_session_secret(Settings(data_key_b64=base64.b64encode(bytes(32)).decode()))
+    assert base64.urlsafe_b64decode(derived) == DataKey(bytes(range(32))).derive("ui-session")
+    assert keyring.ui_session_secret(Settings(data_key_b64=key_b64, ui_session_secret="set")) == "set"
+    # With no key set, the local key file's (made once, the same for each process after).
+    monkeypatch.chdir(tmp_path)
+    first = keyring.ui_session_secret(Settings())
+    assert first == keyring.ui_session_secret(Settings()) and (tmp_path / "setapay-keys" / "data.key").exists()
+
+
+def test_processes_making_the_local_key_at_once_all_get_the_one_kept(tmp_path, monkeypatch):
+    """Two workers starting on a new machine both found no key file; the one whose O_EXCL create
+    came second failed. Now each writes its own, links it into place, and takes the file's."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine import keyring
+
+    monkeypatch.chdir(tmp_path)
+    made = [sealing.generate_key_b64() for _ in range(16)]
+    with ThreadPoolExecutor(8) as pool:
+        got = set(pool.map(lambda i: keyring._local("data.key", lambda: made[i]), range(16)))
+    kept = (tmp_path / "setapay-keys" / "data.key").read_text().strip()
+    assert got == {kept}
+    assert sorted(p.name for p in (tmp_path / "setapay-keys").iterdir()) == ["data.key"]  # no partial left
+    assert (tmp_path / "setapay-keys" / "data.key").stat().st_mode & 0o777 == 0o600

@@ -62,7 +62,7 @@ _HTML = {"response_class": HTMLResponse, "include_in_schema": False}
 def _signer(request: Request) -> ui.Signer:
     signer: ui.Signer | None = getattr(request.app.state, "ui_signer", None)
     if signer is None:
-        signer = ui.Signer(request.app.state.services.settings.ui_session_secret)
+        signer = ui.Signer(keyring.ui_session_secret(request.app.state.services.settings))
         request.app.state.ui_signer = signer
     return signer
 

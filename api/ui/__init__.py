@@ -153,10 +153,8 @@ class Session:
 class Signer:
     """Signs the session and CSRF cookies with the application's UI secret."""
 
-    def __init__(self, secret: str | None) -> None:
-        # Unset, a secret of this process: sessions then last as long as the process, and a
-        # server of several workers needs SETAPAY_UI_SESSION_SECRET set.
-        key = secret or secrets.token_urlsafe(32)
+    def __init__(self, secret: str) -> None:
+        key = secret  # `keyring.ui_session_secret`: the setting, else derived from the data key
         self._serializer = URLSafeTimedSerializer(key, salt="setapay-ui")
         self._csrf_key = hashlib.sha256(b"setapay-ui-csrf\x00" + key.encode()).digest()
 

@@ -159,3 +159,20 @@ def test_the_sign_in_form_tells_no_one_whether_a_key_is_real(ward: Ward) -> None
         assert [a.status_code for a in answers] == [401, 401, 401]
         assert len({a.text for a in answers}) == 1
         assert browser.post("/ui/login", data={"key": ward.finance_key, "csrf": token}).status_code == 303
+
+
+def test_every_worker_of_a_server_takes_the_cookies_another_signed(start_server) -> None:
+    """With no SETAPAY_UI_SESSION_SECRET (as docker-compose.yml runs two workers), each worker signed
+    the pages' cookies with a secret of its own: a sign-in whose form another worker served was
+    403, and a session bounced to the sign-in form whenever a page reached the other worker. The
+    secret is now derived from the data key, which every worker holds alike. Each request here
+    opens a connection of its own, so the workers share them out."""
+    ward = Ward(start_server("sqlite", workers=2))
+    no_keep_alive = httpx.Limits(max_keepalive_connections=0)
+    for _ in range(8):
+        with httpx.Client(base_url=ward.server.base_url, follow_redirects=False, limits=no_keep_alive) as browser:
+            form = browser.get("/ui/login")
+            assert form.status_code == 200
+            signed_in = browser.post("/ui/login", data={"key": ward.finance_key, "csrf": _csrf(form.text)})
+            assert signed_in.status_code == 303 and signed_in.headers["location"] != "/ui/login", signed_in.text
+            assert [browser.get("/ui/campaigns").status_code for _ in range(4)] == [200] * 4
