@@ -77,9 +77,29 @@ class BodyLimit:
                 return await response(scope, receive, send)
             if parsed is not NOT_JSON:
                 scope[PARSED_BODY] = (body, parsed)  # the route's JSON (`strict.parsed_body`), not parsed again
+        if scope["path"].startswith("/v1/"):
+            send = _not_stored(send)
         return await self.app(
             scope, replayed([{"type": "http.request", "body": body, "more_body": False}], receive), send
         )
+
+
+_NO_STORE = (b"cache-control", b"no-store")
+
+
+def _not_stored(send: Send) -> Send:
+    """`send` with `Cache-Control: no-store` on the answer's head, unless the route set its own:
+    every `/v1/` answer is for the key that asked (a wallet's history, a Zengin file's account
+    numbers, a key listing), and no browser, proxy or app cache keeps it (the pages set theirs)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            headers = message.get("headers", [])
+            if not any(name.lower() == b"cache-control" for name, _ in headers):
+                message["headers"] = [*headers, _NO_STORE]
+        await send(message)
+
+    return sending
 
 
 def replayed(messages: list[Message], then: Receive | None = None) -> Receive:

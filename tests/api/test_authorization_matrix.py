@@ -533,6 +533,11 @@ def test_route_authorization(ctx: Context, route: str) -> None:
         got, expected = _status(route, response), EXPECTED[route][principal]
         if not _agrees(expected, got):
             disagreements.append(f"  {principal:<15} got {got}, expected {expected}: {response.text[:200]}")
+        # Every API answer is for the key that asked: kept by no cache, unless the route says how
+        # long it may be reused (the merchant directory's 200s, `api/routers/directory.py`).
+        cache = response.headers.get("cache-control")
+        if path.startswith("/v1/") and cache != "no-store" and not (path.startswith("/v1/directory") and got == 200):
+            disagreements.append(f"  {principal:<15} got Cache-Control {cache!r}, expected 'no-store'")
     assert not disagreements, f"{route} ({method} {path}) disagrees with the matrix:\n" + "\n".join(disagreements)
 
 
