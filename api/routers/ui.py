@@ -53,6 +53,11 @@ from engine.timeutil import TOKYO, to_us
 router = APIRouter()
 _LOG = logging.getLogger(__name__)
 
+# The pages show each role what the API gives it (SPEC §6): a merchant's transactions, rewards
+# and statements to the merchant (its own) and finance, a campaign's budget to finance; never to
+# an admin, who configures merchants and campaigns without reading their money.
+MERCHANT_READERS = ("merchant", "finance")
+BUDGET_READERS = ("finance",)
 _CURSOR_PREFIX = "seq"  # as the JSON route's cursor: a merchant's transactions by payment sequence
 _AUDIT_CURSOR_PREFIX = "aud"  # as GET /v1/audit's
 _PAGE_SIZE = 25
@@ -331,7 +336,7 @@ def _tokyo_midnight(day: dt.date) -> int:
 @router.get("/ui/merchants/{merchant_id}", **_HTML)  # type: ignore[arg-type]
 async def ui_merchant_home(request: Request, merchant_id: PathId, s: ServicesDep) -> Response:
     def build() -> Response:
-        who = _signed_in(request, s, "merchant", "finance", "admin")
+        who = _signed_in(request, s, *MERCHANT_READERS)
         _merchant_scope(request, who, merchant_id)
         try:
             merchant = s.config.get_merchant(merchant_id)
@@ -368,7 +373,7 @@ async def ui_merchant_transactions(request: Request, merchant_id: PathId, s: Ser
     (`from` included, `until` not; Asia/Tokyo), by the JSON route's query and cursor."""
 
     def build() -> Response:
-        who = _signed_in(request, s, "merchant", "finance", "admin")
+        who = _signed_in(request, s, *MERCHANT_READERS)
         _merchant_scope(request, who, merchant_id)
         query = request.query_params
         cursor = query.get("cursor") or None
@@ -402,7 +407,7 @@ async def ui_merchant_statements(request: Request, merchant_id: PathId, s: Servi
     verifies; never another merchant's line."""
 
     def build() -> Response:
-        who = _signed_in(request, s, "merchant", "finance", "admin")
+        who = _signed_in(request, s, *MERCHANT_READERS)
         _merchant_scope(request, who, merchant_id)
         rows = []
         for run in settlement.list_runs(s.ledger):
@@ -443,7 +448,7 @@ async def ui_merchant_statement_download(
     merchant's line (403), never a bank account."""
 
     def build() -> Response:
-        who = _signed_in(request, s, "merchant", "finance", "admin")
+        who = _signed_in(request, s, *MERCHANT_READERS)
         _merchant_scope(request, who, merchant_id)
         if download not in _MERCHANT_DOWNLOADS:
             return _error(request, who, 404, "not_found")
@@ -471,10 +476,13 @@ async def ui_merchant_statement_download(
 async def ui_campaigns(request: Request, s: ServicesDep) -> Response:
     def build() -> Response:
         who = _signed_in(request, s, "finance", "admin")
+        # An admin configures campaigns and simulates them; their budgets' burn is finance's
+        # (SPEC §6: GET /v1/campaigns/{id}/budget), so the admin's list has none.
+        budgets = who.role in BUDGET_READERS
         rows = []
         for campaign in s.config.list_campaigns():
-            rows.append({"campaign": campaign, "budget": finance.budget(s.ledger, campaign.id)})
-        return _page(request, "campaigns.html", {"rows": rows}, who)
+            rows.append({"campaign": campaign, "budget": finance.budget(s.ledger, campaign.id) if budgets else None})
+        return _page(request, "campaigns.html", {"rows": rows, "budgets": budgets}, who)
 
     return await _in_thread(request, build)
 
@@ -482,7 +490,7 @@ async def ui_campaigns(request: Request, s: ServicesDep) -> Response:
 @router.get("/ui/campaigns/{campaign_id}", **_HTML)  # type: ignore[arg-type]
 async def ui_campaign(request: Request, campaign_id: PathId, s: ServicesDep) -> Response:
     def build() -> Response:
-        who = _signed_in(request, s, "finance", "admin")
+        who = _signed_in(request, s, *BUDGET_READERS)
         try:
             campaign = s.config.get_campaign(campaign_id)
             budget = finance.budget(s.ledger, campaign_id)

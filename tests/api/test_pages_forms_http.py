@@ -98,3 +98,25 @@ def test_the_grant_form_takes_points_in_digits_only(ward: Ward) -> None:
         assert 'data-field="granted">25<' in answer.text.replace(" ", ""), answer.text
     finally:
         client.close()
+
+
+def test_an_admin_sees_campaigns_to_simulate_not_their_budgets(ward: Ward) -> None:
+    """The pages give each role what the API does (SPEC §6): a campaign's budget and burn are
+    finance's (`GET /v1/campaigns/{id}/budget`), a merchant's transactions and statements its
+    own and finance's. An admin's campaign list links each campaign to its what-if page, with
+    no figure; the budget page and the merchant pages are 403 to it (they were 200)."""
+    admin, finance = ward.pages(ward.server.admin_key), ward.pages(ward.finance_key)
+    try:
+        listed = admin.get("/ui/campaigns")
+        assert listed.status_code == 200, listed.text
+        assert 'href="/ui/campaigns/C_POINTBACK/simulate"' in listed.text
+        assert 'data-field="' not in listed.text and 'href="/ui/campaigns/C_POINTBACK"' not in listed.text
+        assert admin.get("/ui/campaigns/C_POINTBACK/simulate").status_code == 200
+        for path in ("/ui/campaigns/C_POINTBACK", "/ui/merchants/M_SHOTEN", "/ui/merchants/M_SHOTEN/transactions"):
+            assert admin.get(path).status_code == 403, path
+            assert finance.get(path).status_code == 200, path
+        figures = finance.get("/ui/campaigns").text
+        assert 'data-field="issued"' in figures and 'href="/ui/campaigns/C_POINTBACK"' in figures
+    finally:
+        admin.close()
+        finance.close()
