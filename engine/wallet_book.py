@@ -21,6 +21,7 @@ lots in memory; the storage layer persists both.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from engine import ledger_rules as rules
 
@@ -183,6 +184,31 @@ class WalletBook:
                 from_campaign,
             )
         )
+
+
+def expire_due(books: Mapping[str, WalletBook], at_us: int) -> list[tuple[str, Lot, int]]:
+    """Expire the lots of `books` whose expiry has come by `at_us` (`WalletBook.expire`): what a
+    posting accepted at `at_us` does before it spends or claws back anything, as the expiry run
+    would have had it run at that instant (SPEC §4: points past their expiry are not available;
+    the run only sweeps the wallets no posting touched). Each as (wallet, lot, points expired),
+    for `expiry_posting`."""
+    out: list[tuple[str, Lot, int]] = []
+    for wallet_id, book in books.items():
+        if book.lots:  # most books a group reads hold none: wallets only earning
+            out.extend((wallet_id, lot, points) for lot, points in book.expire(at_us))
+    return out
+
+
+def expiry_posting(wallet_id: str, lot: Lot, points: int) -> rules.Posting:
+    """The posting that takes a lot's expired points out of its wallet."""
+    return rules.Posting(
+        rules.EXPIRY,
+        rules.available_account(wallet_id, lot.campaign_id),
+        rules.expired_account(lot.campaign_id),
+        points,
+        lot.source_id,
+        lot.campaign_id,
+    )
 
 
 def lot_id(source_id: str, campaign_id: str) -> str:

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from engine import ledger_rules as rules
-from engine.wallet_book import Lot, WalletBook, lot_id
+from engine.wallet_book import Lot, WalletBook, expire_due, expiry_posting, lot_id
 
 W = "W1"
 DAY_US = 86_400_000_000
@@ -125,6 +125,21 @@ def test_expiry_takes_what_is_left_of_every_lot_whose_time_has_come() -> None:
     assert (gone.remaining, gone.expired, today.expired, later.remaining) == (0, 7, 3, 9)
     assert book.expire(20 * DAY_US) == []
     assert book.postings == []
+
+
+def test_a_posting_expires_the_due_lots_of_every_book_it_read_before_spending() -> None:
+    """`expire_due`: what a unit accepted at an instant takes out first (SPEC §4), book by book;
+    a book without lots (a wallet only earning) is left alone; each with its expiry posting."""
+    due, valid = lot("a", "C1", 10, 7), lot("b", "C2", 30, 5)
+    spender, earner = WalletBook(W, [due, valid], {}), WalletBook("W2", [], {"C1": 4})
+    assert spender.spendable() == 12
+    expired = expire_due({W: spender, "W2": earner}, 20 * DAY_US)
+    assert [(w, x.id, points) for w, x, points in expired] == [(W, "a:C1", 7)]
+    assert spender.spendable() == 5 and spender.touched == {"a:C1": due} and earner.debts == {"C1": 4}
+    assert expiry_posting(W, due, 7) == rules.Posting(
+        rules.EXPIRY, rules.available_account(W, "C1"), rules.expired_account("C1"), 7, "a", "C1"
+    )
+    assert expire_due({W: spender}, 20 * DAY_US) == []
 
 
 # -- the invariant, under any sequence of moves ---------------------------------------------------

@@ -6,7 +6,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Response
 
 from api import responses, responses_app
-from api.deps import DatabaseDep, role
+from api.deps import DatabaseDep, ServicesDep, role
 from api.openapi import AUTHENTICATED, problems
 from api.strict import Cursor, PageLimit, PathId, decode_cursor, encode_cursor
 from engine.store import history, queries
@@ -24,8 +24,8 @@ WalletReader = Annotated[Principal, Depends(role("app", "finance"))]
     responses={200: {"model": responses.WalletPoints}, **problems(AUTHENTICATED, "invalid_request", "not_found")},
     response_model=None,
 )
-def wallet_points(wallet_id: PathId, p: WalletReader, database: DatabaseDep) -> dict[str, Any]:
-    return queries.wallet_detail(database, wallet_id)
+def wallet_points(wallet_id: PathId, p: WalletReader, services: ServicesDep) -> dict[str, Any]:
+    return queries.wallet_detail(services.engine, wallet_id, services.clock.now_us())
 
 
 @router.get(

@@ -76,16 +76,18 @@ def queue_group(
     campaigns: Mapping[str, Campaign],
     at_us: int,
     said: Said | None = None,
+    expired: Sequence[events.Event] = (),
 ) -> None:
-    """The events of one rated group of `Ledger.submit`, queued into its write batch: a
-    `clawback` per accepted refund that took points back (from the answers), a
-    `budget_threshold` per campaign meter that crossed 80 % or 100 % of its budget. A threshold
+    """The events of one rated group of `Ledger.submit`, queued into its write batch: the
+    `points_expired` of the lots it expired before spending (`expired`), a `clawback` per
+    accepted refund that took points back (from the answers), a `budget_threshold` per campaign
+    meter that crossed 80 % or 100 % of its budget. A threshold
     crossed again after clawbacks lowered the meter is not said twice: `said` tells the threshold
     keys the outbox held when the group's reads ran (`queue_said`); a key it did not ask about (a
     budget changed since) is looked up in `batch`'s session, as all are without `said`, only when
     a crossing happened (rare)."""
     answers = [r.body for r in results if r is not None and r.status == 201 and not r.replayed]
-    found = events.clawbacks(answers)
+    found = [*expired, *events.clawbacks(answers)]
     crossings = events.budget_crossings(
         spend_before, spend_after, {cid: c.budget for cid, c in campaigns.items()}, at_us
     )

@@ -42,6 +42,7 @@ from engine import crediting, metrics, posting_columns
 from engine import ledger_rules as rules
 from engine.clock import Clock, SystemClock
 from engine.errors import decline
+from engine.events import points_expired
 from engine.model import Campaign, Merchant, Purchase, Refund, campaign_order
 from engine.quotes import award_answer
 from engine.rating import (
@@ -76,7 +77,7 @@ from engine.store.models import (
     WalletWindowUsageRow,
 )
 from engine.timeutil import format_instant, to_us
-from engine.wallet_book import Lot, WalletBook, lot_id
+from engine.wallet_book import Lot, WalletBook, expire_due, expiry_posting, lot_id
 
 Row = dict[str, Any]  # one row to write, or one answer's JSON body
 
@@ -743,8 +744,9 @@ class Ledger:
             reads.run()
             catalog = self._read_view(session).catalog
             rating = catalog.rating_for([purchase])
-            state, _ = self._load_state(session, rating, events, {})
+            state, books = self._load_state(session, rating, events, {})
             session.rollback()
+        _expire_due(state, books, self.clock.now_us())
         return rate(rating, events, state)[0], catalog
 
     def _quote_against(self, catalog: CatalogSnapshot, events: list[Event]) -> Outcome | None:
@@ -757,10 +759,11 @@ class Ledger:
             reads.closing("ROLLBACK")
             head = reads.query(_CATALOG_VERSION_SQL)
             rating = catalog.rating_for([body for _, body in events])
-            state, _ = self._load_state(session, rating, events, {}, reads)
+            state, books = self._load_state(session, rating, events, {}, reads)
             session.rollback()
         if head.rows[0][0] != catalog.version:
             return None
+        _expire_due(state, books, self.clock.now_us())  # in memory: a quote writes nothing
         return rate(rating, events, state)[0]
 
     # -- the sequencer -----------------------------------------------------
@@ -1051,6 +1054,7 @@ class Ledger:
             else:
                 catalog = unit.catalog.rating_for(s.body for s in submissions)
                 state, books = self._load_state(session, catalog, events, originals, overlay=overlay)
+            expired = _expire_due(state, books, accepted_at)
             usage_before, spend_before = dict(state.usage), dict(state.spend)
             pending_before = {
                 (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
@@ -1058,6 +1062,8 @@ class Ledger:
             with metrics.KERNEL_SECONDS.time():
                 outcomes = rate(catalog, events, state)
             writer = unit.writer(accepted_at, books, remember_answers)
+            for wallet_id, lot, points in expired:  # first: they left before anything was spent
+                writer.post(expiry_posting(wallet_id, lot, points))
             by_payment = dict(zip((pid for pid, _ in events), outcomes))
             # Runs of plain purchases (no points spent, no debt) post as columns; anything
             # else posts alone, after the run before it, so the chains keep acceptance order.
@@ -1092,7 +1098,14 @@ class Ledger:
             batch = writer.flush(state, usage_before, spend_before, send=False)
             answer_json = writer.answers_json
             outbox.queue_group(
-                batch, results, spend_before, state.spend, unit.catalog.campaigns, accepted_at, reads.said
+                batch,
+                results,
+                spend_before,
+                state.spend,
+                unit.catalog.campaigns,
+                accepted_at,
+                reads.said,
+                [points_expired(w, lot.id, lot.campaign_id, points, accepted_at) for w, lot, points in expired],
             )
             if keep_effects:
                 effects.usage, effects.spend, effects.books = state.usage, state.spend, writer.books
@@ -1490,6 +1503,18 @@ class Ledger:
             return state, books
 
         return build
+
+
+def _expire_due(state: RatingState, books: Mapping[str, WalletBook], at_us: int) -> list[tuple[str, Lot, int]]:
+    """Expire the lots of `books` due by `at_us` (`wallet_book.expire_due`), so the kernel checks
+    redemptions against the points still valid then: the lots, as (wallet, lot, points), whose
+    expiry a posting at `at_us` posts first (a quote, which writes nothing, leaves them)."""
+    expired = expire_due(books, at_us)
+    if expired and state.balance is not None:
+        for wallet_id in {wallet_id for wallet_id, _, _ in expired}:
+            if wallet_id in state.balance:
+                state.balance[wallet_id] = books[wallet_id].spendable()
+    return expired
 
 
 def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:

@@ -34,6 +34,7 @@ from engine.store.models import (
     LifecycleRunRow,
 )
 from engine.timeutil import format_instant
+from engine.wallet_book import expiry_posting
 
 CHUNK_MAX = 2_000
 LOT = WALLET_LOT.c  # every lot, wherever it is kept (`engine.store.books`)
@@ -150,16 +151,7 @@ def expire_due(
             said = []
             for wallet_id in wallets:
                 for lot, amount in books[wallet_id].expire(as_of_us):
-                    writer.post(
-                        rules.Posting(
-                            rules.EXPIRY,
-                            rules.available_account(wallet_id, lot.campaign_id),
-                            rules.expired_account(lot.campaign_id),
-                            amount,
-                            lot.source_id,
-                            lot.campaign_id,
-                        )
-                    )
+                    writer.post(expiry_posting(wallet_id, lot, amount))
                     expired_lots += 1
                     points += amount
                     said.append(events.points_expired(wallet_id, lot.id, lot.campaign_id, amount, writer.at_us))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func, select
@@ -61,7 +62,9 @@ def payment_scope(engine: Engine, payment_id: str) -> tuple[str, str] | None:
         return (row.merchant_id, row.terminal_id) if row else None
 
 
-def wallet_points(engine: Engine, wallet_id: str) -> dict[str, Any]:
+def wallet_points(engine: Engine, wallet_id: str, expired: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """A wallet's points by its accounts, less `expired` (campaign -> points of lots past their
+    expiry the expiry run has not taken out yet: no longer available, SPEC §4)."""
     with Session(engine) as session:
         pending = available = 0
         by_campaign: dict[str, dict[str, int]] = defaultdict(lambda: {"pending": 0, "available": 0})
@@ -72,8 +75,9 @@ def wallet_points(engine: Engine, wallet_id: str) -> dict[str, Any]:
                 pending += row.balance
                 by_campaign[row.campaign_id]["pending"] += row.balance
             else:
-                available += row.balance
-                by_campaign[row.campaign_id]["available"] += row.balance
+                balance = row.balance - (expired or {}).get(row.campaign_id, 0)
+                available += balance
+                by_campaign[row.campaign_id]["available"] += balance
         return {
             "wallet_id": wallet_id,
             "pending": pending,
@@ -251,9 +255,10 @@ _CATEGORY = {
 }
 
 
-def wallet_detail(engine: Engine, wallet_id: str) -> dict[str, Any]:
-    """Pending points with when they will be credited, available, debt, and expiring amounts by date."""
-    base = wallet_points(engine, wallet_id)
+def wallet_detail(engine: Engine, wallet_id: str, now_us: int) -> dict[str, Any]:
+    """Pending points with when they will be credited, available, debt, and expiring amounts by
+    date, as of `now_us`: a lot past its expiry is neither available nor expiring, whether or not
+    the expiry run has taken its points out yet (the ledger takes them out before a spend)."""
     with Session(engine) as session:
         pending: dict[tuple[str, int], int] = defaultdict(int)
         for award in session.execute(
@@ -261,10 +266,15 @@ def wallet_detail(engine: Engine, wallet_id: str) -> dict[str, Any]:
         ).scalars():
             pending[(award.campaign_id, award.credit_at_us)] += award.pending
         expiring: dict[int, int] = defaultdict(int)
+        expired: dict[str, int] = defaultdict(int)
         for lot in session.execute(
             select(WALLET_LOT).where(WALLET_LOT.c.wallet_id == wallet_id, WALLET_LOT.c.remaining > 0)
         ):
-            expiring[lot.expires_at_us] += lot.remaining
+            if lot.expires_at_us <= now_us:  # due, as `WalletBook.expire`
+                expired[lot.campaign_id] += lot.remaining
+            else:
+                expiring[lot.expires_at_us] += lot.remaining
+    base = wallet_points(engine, wallet_id, expired)
     base["pending_by_credit_date"] = [
         {"campaign_id": c, "credit_at": format_instant(at), "points": p}
         for (c, at), p in sorted(pending.items(), key=lambda kv: kv[0][1])

@@ -141,7 +141,8 @@ class Books:
     # -- reads --
 
     def wallet(self, wallet_id: str) -> dict:
-        return queries.wallet_detail(self.engine, wallet_id)
+        """The wallet as the API shows it now: as of the ledger's clock."""
+        return queries.wallet_detail(self.engine, wallet_id, self.ledger.clock.now_us())
 
     def expiring(self, wallet_id: str) -> dict[str, int]:
         return {e["expires_at"]: e["points"] for e in self.wallet(wallet_id)["expiring"]}
@@ -184,6 +185,16 @@ def wallet_sums(postings, wallet_id: str) -> tuple[int, int]:
             elif account.endswith(":available"):
                 available += balance
     return pending, available
+
+
+def due_points(lots, wallet_id: str, now_us: int) -> int:
+    """A wallet's points in lots past their expiry by `now_us` the expiry run has not taken out:
+    no longer available (SPEC §4); a unit that spends from the wallet expires them first."""
+    return sum(
+        lot.remaining
+        for lot in lots
+        if lot.wallet_id == wallet_id and lot.remaining > 0 and lot.expires_at_us <= now_us
+    )
 
 
 # -- the CLI ---------------------------------------------------------------------

@@ -37,7 +37,7 @@ from sqlalchemy.engine import make_url
 from engine.store.models import PaymentRow, RedemptionLegRow
 from engine.timeutil import to_us
 from tests.conftest import CONNECT_TIMEOUT_S, PG_HOST, PG_PORT, PG_USER
-from tests.lifecycle.support import Books, account_sums, campaign, wallet_sums
+from tests.lifecycle.support import Books, account_sums, campaign, due_points, wallet_sums
 from tests.tokyo import jst
 
 HOUR_US = 3_600_000_000
@@ -174,7 +174,16 @@ def campaign_meters(postings) -> dict[str, int]:
     return meter
 
 
-def check_invariants(books: Books) -> None:
+def assert_only_expired(new_postings, due: int) -> None:
+    """A declined purchase or refund writes no posting but the expiry of its wallet's due lots
+    (what the expiry run would have posted, taken out before the kernel looked at the wallet)."""
+    assert all(p.reason == "expiry" for p in new_postings), [(p.reason, p.amount) for p in new_postings]
+    assert sum(p.amount for p in new_postings) == due, ([p.amount for p in new_postings], due)
+    if new_postings:
+        event("a declined transaction expired its wallet's due lots first")
+
+
+def check_invariants(books: Books, now_us: int) -> None:
     books.check()
     postings = books.postings()
     awards = books.awards()
@@ -229,6 +238,7 @@ def check_invariants(books: Books) -> None:
     for wallet in WALLETS:
         detail = books.wallet(wallet)
         pending, net_available = wallet_sums(postings, wallet)
+        net_available -= due_points(lots, wallet, now_us)  # past their expiry: not available, nor expiring
         assert detail["pending"] == pending, (wallet, detail, pending)
         assert detail["available"] - detail["debt"] == net_available, (wallet, detail, net_available)
         assert detail["available"] >= 0 and detail["debt"] >= 0 and not (detail["available"] and detail["debt"])
@@ -259,14 +269,17 @@ class Run:
         self.now += op[-1] * HOUR_US
         self.books.at(self.now)
         getattr(self, "do_" + op[0])(*op[1:-1])
-        check_invariants(self.books)
+        check_invariants(self.books, self.now)
 
     def _postings(self):
         return self.books.postings()
 
     def do_buy(self, wallet, terminal, amount, mode, percent, backdate_h) -> None:
         before = self._postings()
-        available = max(wallet_sums(before, wallet)[1], 0)
+        due = due_points(self.books.lots(), wallet, self.now)
+        if due:
+            event("a wallet with points past their expiry buys")
+        available = max(wallet_sums(before, wallet)[1] - due, 0)
         points_used = {
             "none": 0,
             "some": available * percent // 100,
@@ -276,16 +289,18 @@ class Run:
         amount = max(amount, points_used)
         occurred = self.now - backdate_h * HOUR_US - 60_000_000
         result = self.books.purchase(terminal, wallet, amount, _instant(occurred), points_used)
-        if points_used > wallet_sums(before, wallet)[1] and points_used > 0:
+        if points_used > wallet_sums(before, wallet)[1] - due and points_used > 0:
             assert (result.status, result.body.get("code")) == (422, "insufficient_points"), result.body
-            assert len(self._postings()) == len(before), "a declined purchase wrote postings"
+            assert_only_expired(self._postings()[len(before) :], due)
             event("purchase declined: insufficient_points")
             return
         assert result.status == 201, (points_used, available, result.body)
         event("purchase redeeming points" if points_used else "purchase")
         if any(a["capped_by"] for a in result.body["awards"]):
             event("award capped")
-        self.purchases.append({"id": result.body["id"], "terminal": terminal, "amount": amount, "refunded": 0})
+        self.purchases.append(
+            {"id": result.body["id"], "terminal": terminal, "wallet": wallet, "amount": amount, "refunded": 0}
+        )
 
     def do_refund(self, index, kind, percent) -> None:
         if not self.purchases:
@@ -294,10 +309,11 @@ class Run:
         left = original["amount"] - original["refunded"]
         amount = {"part": max(1, left * percent // 100), "rest": max(left, 1), "over": left + percent}[kind]
         before = len(self._postings())
+        due = due_points(self.books.lots(), original["wallet"], self.now)
         result = self.books.refund(original["terminal"], original["id"], amount, _instant(self.now - 60_000_000))
         if amount > left:
             assert (result.status, result.body.get("code")) == (422, "refund_exceeds_original"), result.body
-            assert len(self._postings()) == before
+            assert_only_expired(self._postings()[before:], due)
             event("refund declined: refund_exceeds_original")
             return
         assert result.status == 201, (amount, left, result.body)

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine.store.models import LifecycleRunRow
-from engine.timeutil import format_instant, now_us
-from tests.lifecycle.support import Books, account_sums, campaign, cli, wallet_sums
+from engine.store.models import EventRow, LifecycleRunRow
+from engine.timeutil import format_instant, now_us, to_us
+from tests.lifecycle.support import Books, account_sums, campaign, cli, due_points, wallet_sums
 from tests.server import ServerProcess
 from tests.tokyo import JST, jst
 
@@ -123,6 +123,7 @@ def consistent(books: Books, wallet: str) -> dict:
     books.check()
     detail = books.wallet(wallet)
     pending, net_available = wallet_sums(books.postings(), wallet)
+    net_available -= due_points(books.lots(), wallet, books.ledger.clock.now_us())  # past their expiry
     assert (detail["pending"], detail["available"] - detail["debt"]) == (pending, net_available), detail
     assert sum(p["points"] for p in detail["pending_by_credit_date"]) == detail["pending"]
     assert sum(e["points"] for e in detail["expiring"]) == detail["available"]
@@ -385,7 +386,7 @@ def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_at_t
     buy(books, wallet, 30_000, "2026-12-25T10:00")  # 3000, credited 01-08, expires end of July
     assert books.credit(jst("2027-01-08T00:00"))["points"] == 4000
     redeem = buy(books, wallet, 1500, "2027-02-26T10:00", points_used=1500)  # 1000 of June's, 500 of July's
-    june, july = "2027-07-01T00:00:00+09:00", "2027-08-01T00:00:00+09:00"
+    july = "2027-08-01T00:00:00+09:00"
     assert books.expiring(wallet) == {july: 2500}
     assert books.expire(jst("2027-07-01T00:00"))["points"] == 0  # June's lot is empty by then
 
@@ -395,8 +396,10 @@ def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_at_t
     back = books.refund(TERMINAL, redeem["id"], 1500, jst("2027-07-15T10:00"))
     assert back.status == 201, back.body
     assert back.body["points_returned"] == 1500
-    assert books.expiring(wallet) == {june: 1000, july: 3000}
-    consistent(books, wallet)
+    # June's 1000 are past their end: neither available nor expiring, though no run took them out.
+    assert books.expiring(wallet) == {july: 3000}
+    assert due_points(books.lots(), wallet, books.ledger.clock.now_us()) == 1000
+    assert consistent(books, wallet)["available"] == 3000
     # The next run takes June's returned points out; July's stay until 1 August.
     assert books.expire(jst("2027-07-15T11:00")) == {
         "kind": "expiry",
@@ -408,3 +411,34 @@ def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_at_t
     assert books.expiring(wallet) == {july: 3000}
     detail = consistent(books, wallet)
     assert detail["available"] == 3000
+
+
+def test_points_past_their_expiry_are_not_spent_before_the_expiry_run(books):
+    """The expiry run sweeps every few minutes; a purchase in between spent points already past
+    their end (helper-77's probe: 176 points a minute after midnight at the end of the month).
+    A unit that reads a wallet's lots to spend or claw back expires the due ones first, posting
+    what the run would have posted, so the kernel checks the points still valid then."""
+    wallet = "W_MIDNIGHT"
+    buy(books, wallet, 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
+    buy(books, wallet, 30_000, "2026-12-25T10:00")  # 3000, credited 01-08, expires end of July
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 4000
+    july = "2027-08-01T00:00:00+09:00"
+    # A minute past June's end, before any run: 3000 available, June's 1000 neither available nor expiring.
+    books.at(jst("2027-07-01T00:01"))
+    assert consistent(books, wallet)["available"] == 3000 and books.expiring(wallet) == {july: 3000}
+    postings_before = len(books.postings())
+    # The whole 4000 is refused; June's lot expires in the same unit, as the run would have it.
+    too_much = books.purchase(TERMINAL, wallet, 5000, jst("2027-07-01T00:00:30"), points_used=4000)
+    assert (too_much.status, too_much.body["code"]) == (422, "insufficient_points"), too_much.body
+    expired = books.postings()[postings_before:]
+    assert [(p.reason, p.amount) for p in expired] == [("expiry", 1000)]
+    assert expired[0].posted_at_us >= to_us(jst("2027-07-01T00:01"))  # at the unit's instant, past June's end
+    assert due_points(books.lots(), wallet, books.ledger.clock.now_us()) == 0
+    # The 3000 still valid are spent; the run finds nothing left of June's.
+    spent = books.purchase(TERMINAL, wallet, 5000, jst("2027-07-01T00:00:40"), points_used=3000)
+    assert spent.status == 201, spent.body
+    assert books.expire(jst("2027-07-01T00:05"))["points"] == 0
+    assert consistent(books, wallet)["available"] == 0 and books.expiring(wallet) == {}
+    with Session(books.engine) as session:
+        said = session.execute(select(EventRow.data_json).where(EventRow.type == "points_expired")).scalars().all()
+    assert [json.loads(d)["points"] for d in said] == [1000], said
