@@ -53,7 +53,12 @@ def is_sqlite(engine: Engine) -> bool:
 
 def psycopg_connection(connection: Connection) -> psycopg.Connection[tuple[Any, ...]]:
     """The psycopg connection under a PostgreSQL `connection` (the caller checked the dialect),
-    for what SQLAlchemy does not expose: COPY, binary array parameters, pipelines."""
+    for what SQLAlchemy does not expose: COPY, binary array parameters, pipelines. Its transaction
+    is begun first, as SQLAlchemy begins one (its "begin" event, which `one_snapshot`'s connections
+    import their snapshot in), so what is sent on it raw is in that transaction, not one psycopg
+    began by itself."""
+    if not connection.in_transaction():
+        connection.begin()
     return cast("psycopg.Connection[tuple[Any, ...]]", connection.connection.dbapi_connection)
 
 
@@ -111,15 +116,52 @@ READ_ONLY_OPTION = "setapay_read_only"
 
 
 def reader(engine: Engine) -> Engine:
-    """`engine` for transactions that only read (same pool): on SQLite they begin DEFERRED
-    instead of IMMEDIATE, so a per-request read (a key, a terminal's signing key) never
-    queues behind the ledger's writer; on PostgreSQL nothing changes."""
+    """`engine` for transactions that only read (same pool), each of them one snapshot: on SQLite
+    they begin DEFERRED instead of IMMEDIATE (under WAL a snapshot, taken at the first read), so a
+    per-request read (a key, a terminal's signing key) never queues behind the ledger's writer; on
+    PostgreSQL they are `REPEATABLE READ, READ ONLY`, so the statements of one read (a budget's
+    meter and its postings, a wallet's accounts and its lots) agree with each other while groups
+    commit between them (READ COMMITTED gave each statement its own snapshot: helper-77's probe
+    saw issued − clawed back differ from the meter under load)."""
+    if engine.dialect.name == "postgresql":
+        return engine.execution_options(
+            **{READ_ONLY_OPTION: True}, isolation_level="REPEATABLE READ", postgresql_readonly=True
+        )
     return engine.execution_options(**{READ_ONLY_OPTION: True})
+
+
+@contextlib.contextmanager
+def one_snapshot(engine: Engine) -> Iterator[Engine]:
+    """`engine` whose every transaction, on every connection, reads the one snapshot taken on
+    entry, for a reader that spans many statements and connections (the reconciliation: postings
+    streamed, then counted; payments, then the head; the re-rate's own connections). On PostgreSQL a
+    `REPEATABLE READ, READ ONLY` transaction is held open for the block and its snapshot exported;
+    each connection's transaction imports it (`SET TRANSACTION SNAPSHOT`) before its first query.
+    On SQLite, `reader(engine)`: each transaction is a snapshot of its own."""
+    if engine.dialect.name != "postgresql":
+        yield reader(engine)
+        return
+    follower = reader(engine)
+    with reader(engine).connect() as leader:
+        snapshot = leader.exec_driver_sql("SELECT pg_export_snapshot()").scalar_one()
+
+        def _import(connection: Connection) -> None:
+            connection.exec_driver_sql(f"SET TRANSACTION SNAPSHOT '{snapshot}'")
+
+        event.listen(follower, "begin", _import)
+        yield follower
+
+
+# A statement that fails is logged and raised without its parameters: they may be a sealed bank
+# account, a key's hash or a stored request (helper-77 found them in the logs of chain-head errors).
+HIDE_PARAMETERS = True
 
 
 def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(
+            url, connect_args={"timeout": 30, "check_same_thread": False}, hide_parameters=HIDE_PARAMETERS
+        )
 
         @event.listens_for(engine, "connect")
         def _connect(dbapi_connection: sqlite3.Connection, _record: ConnectionPoolEntry) -> None:
@@ -151,7 +193,14 @@ def make_engine(url: str) -> Engine:
     # connection whose server hangs mid-session is not covered.) A URL that sets its own
     # `connect_timeout` keeps it; this setting takes precedence over PGCONNECT_TIMEOUT.
     connect_args = {} if "connect_timeout" in make_url(url).query else {"connect_timeout": CONNECT_TIMEOUT_S}
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, connect_args=connect_args)
+    return create_engine(
+        url,
+        pool_size=10,
+        max_overflow=20,
+        pool_pre_ping=True,
+        connect_args=connect_args,
+        hide_parameters=HIDE_PARAMETERS,
+    )
 
 
 def alembic_config(url: str) -> Config:

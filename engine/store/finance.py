@@ -8,7 +8,7 @@ import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from engine import keyring, limits, metrics, sealing
@@ -16,7 +16,7 @@ from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
 from engine.settlement import signing, statement, zengin
-from engine.store import audit, queries, rerate, settlement
+from engine.store import audit, db, queries, rerate, settlement
 from engine.store.ledger import Ledger
 from engine.store.models import (
     AuditLogRow,
@@ -222,6 +222,9 @@ def closeout(
 # -- signed chain heads ------------------------------------------------------------
 
 
+CHAIN_HEADS_LOCK = 0x5E7A_C4A1  # pg_advisory_xact_lock's key for signing chain heads
+
+
 def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = None) -> list[str]:
     """Sign the posting chain head at the end of every finished business day not yet signed, and
     with it the audit log's head at that instant, so a rewritten audit chain (re-hashed by someone
@@ -231,6 +234,11 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
     key = keyring.signing_key(settings)
     signed_days = []
     with Session(ledger.engine) as session, session.begin():
+        # One signer at a time (a cron job and a finance officer's click at once): the second
+        # waits, then finds the days signed. Not the sequencer lock: postings go on meanwhile.
+        # (SQLite's writers are one at a time already: BEGIN IMMEDIATE.)
+        if session.bind is not None and session.bind.dialect.name == "postgresql":
+            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_HEADS_LOCK})
         first = session.execute(select(func.min(PostingRow.posted_at_us))).scalar_one()
         if first is None:
             return []
@@ -470,14 +478,17 @@ def payment_count(ledger: Ledger) -> int:
 def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
     """Every invariant, each pass or fail with the offending rows."""
     public_key = keyring.signing_public_key(settings)
-    ledger_report = queries.ledger_check(ledger.engine)
-    with Session(ledger.engine) as session:
-        budgets = _check_budgets(ledger, session)
-        heads = _check_chain_heads(session, public_key)
-        statements = _check_statements(session, public_key, settings)
-        closeouts = _check_closeouts(session)
-        audit_report = audit.check(session)
-    rerated = rerate.rerate_check(ledger.engine, progress)
+    # Every check reads the one snapshot (PostgreSQL): a group committed between two of their
+    # statements made the chain, the balances and the identities look broken under load.
+    with db.one_snapshot(ledger.engine) as engine:
+        ledger_report = queries.ledger_check(engine)
+        with Session(engine) as session:
+            budgets = _check_budgets(ledger, session)
+            heads = _check_chain_heads(session, public_key)
+            statements = _check_statements(session, public_key, settings)
+            closeouts = _check_closeouts(session)
+            audit_report = audit.check(session)
+        rerated = rerate.rerate_check(engine, progress)
     checks = {name: {"pass": ok} for name, ok in ledger_report["checks"].items()}
     details = {
         "cached_balances_match": ledger_report["mismatched_accounts"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from collections import defaultdict
@@ -14,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
 from engine.errors import EngineError
-from engine.store import bulk
+from engine.store import bulk, db
 from engine.store.models import (
     WALLET_LOT,
     AccountRow,
@@ -62,10 +63,13 @@ def payment_scope(engine: Engine, payment_id: str) -> tuple[str, str] | None:
         return (row.merchant_id, row.terminal_id) if row else None
 
 
-def wallet_points(engine: Engine, wallet_id: str, expired: Mapping[str, int] | None = None) -> dict[str, Any]:
+def wallet_points(
+    engine: Engine, wallet_id: str, expired: Mapping[str, int] | None = None, session: Session | None = None
+) -> dict[str, Any]:
     """A wallet's points by its accounts, less `expired` (campaign -> points of lots past their
-    expiry the expiry run has not taken out yet: no longer available, SPEC §4)."""
-    with Session(engine) as session:
+    expiry the expiry run has not taken out yet: no longer available, SPEC §4); in `session` when
+    given (the caller's snapshot)."""
+    with contextlib.nullcontext(session) if session is not None else Session(engine) as session:
         pending = available = 0
         by_campaign: dict[str, dict[str, int]] = defaultdict(lambda: {"pending": 0, "available": 0})
         for row in session.execute(
@@ -258,8 +262,9 @@ _CATEGORY = {
 def wallet_detail(engine: Engine, wallet_id: str, now_us: int) -> dict[str, Any]:
     """Pending points with when they will be credited, available, debt, and expiring amounts by
     date, as of `now_us`: a lot past its expiry is neither available nor expiring, whether or not
-    the expiry run has taken its points out yet (the ledger takes them out before a spend)."""
-    with Session(engine) as session:
+    the expiry run has taken its points out yet (the ledger takes them out before a spend). Read
+    in one snapshot (`db.reader`): the accounts agree with the lots and the pending awards."""
+    with Session(db.reader(engine)) as session:
         pending: dict[tuple[str, int], int] = defaultdict(int)
         for award in session.execute(
             select(AwardRow).where(AwardRow.wallet_id == wallet_id, AwardRow.pending > 0)
@@ -274,7 +279,7 @@ def wallet_detail(engine: Engine, wallet_id: str, now_us: int) -> dict[str, Any]
                 expired[lot.campaign_id] += lot.remaining
             else:
                 expiring[lot.expires_at_us] += lot.remaining
-    base = wallet_points(engine, wallet_id, expired)
+        base = wallet_points(engine, wallet_id, expired, session)
     base["pending_by_credit_date"] = [
         {"campaign_id": c, "credit_at": format_instant(at), "points": p}
         for (c, at), p in sorted(pending.items(), key=lambda kv: kv[0][1])

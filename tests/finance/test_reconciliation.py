@@ -19,6 +19,7 @@ from engine.settlement import zengin
 from engine.store import finance, rerate, settlement
 from engine.store.ledger import Submission
 from engine.store.models import PaymentRow, PostingRow, SettlementLineRow
+from engine.timeutil import format_instant
 from tests.finance.support import Ward, bank_account, run_row, tamper
 from tests.tokyo import jst
 
@@ -351,3 +352,70 @@ def test_transfers_are_held_to_the_payout_postings_without_a_signed_hash(ward: W
         assert finance._run_outputs_problems(s, ward.settings, run, signed, lines) == [
             {"problem": "the stored Zengin file's transfers differ from the run's payout postings"}
         ]
+
+
+def test_every_check_passes_while_groups_commit_between_its_reads(ward: Ward):
+    """The checks read many statements over several connections (postings streamed, then counted;
+    payments, then the head; the re-rate's own). Each one reading the database as it stood then
+    reported a broken hash chain, balances and identities whenever groups committed in between
+    (helper-77's probe: 30 of 36 reports under load). They now read one snapshot."""
+    import threading
+
+    _history(ward)
+    occurred_at = format_instant(ward.now_us() - 60_000_000)
+    engine_fast_enough = []
+    stop = threading.Event()
+
+    def post() -> None:
+        n = 0
+        while not stop.is_set():
+            group = []
+            for _ in range(20):
+                n += 1
+                body = Purchase.model_validate(
+                    {
+                        "type": "purchase",
+                        "wallet_id": f"W_LOAD_{n % 7}",
+                        "merchant_id": "M002",
+                        "terminal_id": "TM002",  # no closeout: its count is not checked
+                        "occurred_at": occurred_at,
+                        "amount": 1_000 + n,
+                        "points_used": 0,
+                    }
+                )
+                canonical = body.model_dump_json()
+                group.append(
+                    Submission("TM002", f"load-{n}", hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+                )
+            assert all(r.status == 201 for r in ward.ledger.submit(group))
+            engine_fast_enough.append(len(group))
+
+    poster = threading.Thread(target=post)
+    poster.start()
+    try:
+        reports = []
+        while len(reports) < 3 or sum(engine_fast_enough) < 200:
+            reports.append(finance.reconcile(ward.ledger, ward.settings))
+    finally:
+        stop.set()
+        poster.join()
+    failed = [sorted(n for n, c in r["checks"].items() if not c["pass"]) for r in reports if not r["ok"]]
+    assert not failed, failed
+    assert finance.reconcile(ward.ledger, ward.settings)["ok"]
+
+
+def test_chain_heads_signed_at_once_are_each_signed_once(ward: Ward):
+    """A cron job and a finance officer signing at once: each found the days unsigned and the
+    second insert failed on the primary key (helper-77's probe: nine 500s out of ten). The
+    signers now take turns; each day is signed by one of them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ward.merchant("M001")
+    ward.campaign("PB", 1000)
+    for day in ("01", "02", "03"):
+        ward.purchase("M001", "W1", f"2026-12-{day}T10:00", 1_000)
+    ward.at("2026-12-05T09:00")
+    with ThreadPoolExecutor(8) as pool:
+        signed = list(pool.map(lambda _: finance.sign_chain_heads(ward.ledger, ward.settings), range(8)))
+    assert sorted(day for days in signed for day in days) == [f"2026-12-0{d}" for d in range(1, 5)], signed
+    assert ward.reconcile()["checks"]["signed_chain_heads_valid"]["pass"]
