@@ -186,14 +186,22 @@ def run(
             raise EngineError("period_out_of_order", f"a later period is settled already ({later[0]})")
         # ... one after another: a period left out between two runs would have its sales carried
         # into the next run's `carried_in`, never charged a fee nor its merchant-funded points.
+        # A stretch in which nothing at all was posted may be left out: it has nothing to carry
+        # (a first run mistyped years too early, 1999-01, then needs no empty runs to catch up).
         # (The first run may start anywhere: what came before it is carried in.)
         last_end = session.execute(select(func.max(SettlementRunRow.period_end_us))).scalar()
         if last_end is not None and period.start_us != last_end:
-            raise EngineError(
-                "period_out_of_order",
-                f"the last settled period ended at {format_instant(last_end)}: the next run is of the period "
-                f"that starts then, not {period.name}",
-            )
+            posted_between = session.execute(
+                select(PostingRow.sequence)
+                .where(PostingRow.posted_at_us >= last_end, PostingRow.posted_at_us < period.start_us)
+                .limit(1)
+            ).first()
+            if period.start_us < last_end or posted_between is not None:
+                raise EngineError(
+                    "period_out_of_order",
+                    f"the last settled period ended at {format_instant(last_end)}: the next run is of the period "
+                    f"that starts then, not {period.name} (a later one only when nothing was posted in between)",
+                )
         now = ledger.clock.now_us()
         if now < period.end_us:
             raise EngineError("period_open", f"{period.name} ends at {format_instant(period.end_us)}")

@@ -303,6 +303,28 @@ def test_no_period_is_left_out_between_two_runs(ward: Ward):
     assert ward.reconcile()["ok"]
 
 
+def test_a_stretch_in_which_nothing_was_posted_may_be_left_out(ward: Ward):
+    """A first run mistyped years too early (1999-01) settled nothing and, as every later run had
+    to follow the last one, took 331 empty runs to reach the month the ward meant (helper-78's
+    probe). A stretch with no posting at all has nothing to carry, so the next run may skip it;
+    one with any posting (a sale, a payout result) may not."""
+    ward.merchant("M001", fee_bp=150, bank=1)
+    nov, dec = Sale(), Sale()
+    record({"M": nov}, "M", ward.purchase("M001", "W1", "2026-11-30T10:00", 5_000))
+    record({"M": dec}, "M", ward.purchase("M001", "W1", "2026-12-10T10:00", 10_000))
+    ward.at("2027-02-01T00:05")
+    first = ward.settle("1999-01")  # the mistyped first run: nothing in it
+    assert lines_by_merchant(first) == {} or lines_by_merchant(first)["M001"]["gross"] == 0
+    runs = _count(ward, SettlementRunRow)
+    problem = ward.settle("2026-12", expect=409)  # November's sale lies between: not skipped
+    assert problem["code"] == "period_out_of_order" and "1999-02-01T00:00:00+09:00" in problem["detail"], problem
+    assert _count(ward, SettlementRunRow) == runs
+    november = ward.settle("2026-11")  # 1999-02 .. 2026-10 held nothing: skipped
+    assert pick(lines_by_merchant(november)["M001"]) == expected_line(nov, 150)
+    assert pick(lines_by_merchant(ward.settle("2026-12"))["M001"]) == expected_line(dec, 150)
+    assert ward.reconcile()["ok"]
+
+
 def test_an_unknown_or_malformed_period_is_refused(ward: Ward):
     ward.at("2027-01-02T09:00")
     for period in ("2026-13", "2026-12-H3", "26-12", "2026-12-01"):
