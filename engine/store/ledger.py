@@ -989,6 +989,7 @@ class Ledger:
             used_receipts |= receipt_keys & overlay.receipts
         claimed: dict[tuple[str, str], int] = {}  # receipt -> its first fresh use in this group
         deferred: dict[int, int] = {}  # a later use of a receipt -> that first use
+        next_round: set[int] = set()  # decided in a next round (`_after_due_returns`)
         events: list[Event] = []
         payment_ids: dict[int, str] = {}
         accepted_at = self.clock.now_us() if accepted_at_us is None else accepted_at_us
@@ -1055,6 +1056,13 @@ class Ledger:
                 catalog = unit.catalog.rating_for(s.body for s in submissions)
                 state, books = self._load_state(session, catalog, events, originals, overlay=overlay)
             expired = _expire_due(state, books, accepted_at)
+            if reads.original_ids:
+                # A purchase spending points after a refund of its wallet returned some into a lot
+                # already past its end: decided in the next round, once they have left.
+                waiting = _after_due_returns(events, originals, books, accepted_at)
+                if waiting:
+                    next_round = {i for i, pid in payment_ids.items() if pid in waiting}
+                    events = [event for event in events if event[0] not in waiting]
             usage_before, spend_before = dict(state.usage), dict(state.spend)
             pending_before = {
                 (pid, cid): a.pending for pid, p in state.purchases.items() for cid, a in p.awards.items()
@@ -1076,7 +1084,7 @@ class Ledger:
                 run.clear()
 
             for i in fresh:
-                if results[i] is not None or i in deferred:
+                if results[i] is not None or i in deferred or i in next_round:
                     continue
                 s = submissions[i]
                 outcome = by_payment[payment_ids[i]]
@@ -1515,6 +1523,30 @@ def _expire_due(state: RatingState, books: Mapping[str, WalletBook], at_us: int)
             if wallet_id in state.balance:
                 state.balance[wallet_id] = books[wallet_id].spendable()
     return expired
+
+
+def _after_due_returns(
+    events: list[Event], originals: Mapping[str, Row], books: Mapping[str, WalletBook], at_us: int
+) -> set[str]:
+    """The purchases of `events` that spend points after a refund, earlier in the group, of their
+    wallet returned points into a lot already past its end at `at_us`: the kernel's balance (one
+    number a wallet) would count those points as spendable, and they expire at once; such a
+    purchase is decided in the next round (`Ledger.submit`), where its wallet's due lots expire
+    first. Their keys (payment ids)."""
+    returning: set[str] = set()
+    waiting: set[str] = set()
+    for key, body in events:
+        if body.type == "refund":
+            original = originals[body.original_id]
+            lots = books[original["wallet_id"]].lots
+            if any(
+                (lot := lots.get(leg)) is not None and lot.expires_at_us <= at_us
+                for leg, _ in original["redemption_legs"]
+            ):
+                returning.add(original["wallet_id"])
+        elif body.points_used and body.wallet_id in returning:
+            waiting.add(key)
+    return waiting
 
 
 def _order(catalog: Catalog, campaign_id: str) -> tuple[int, str]:

@@ -11,15 +11,18 @@ of the 6th month after the crediting month, as the exclusive instant
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from engine.model import Purchase, Refund
+from engine.store.ledger import Submission
 from engine.store.models import EventRow, LifecycleRunRow
 from engine.timeutil import format_instant, now_us, to_us
-from tests.lifecycle.support import Books, account_sums, campaign, cli, due_points, wallet_sums
+from tests.lifecycle.support import Books, account_sums, campaign, cli, due_points, iso, wallet_sums
 from tests.server import ServerProcess
 from tests.tokyo import JST, jst
 
@@ -442,3 +445,40 @@ def test_points_past_their_expiry_are_not_spent_before_the_expiry_run(books):
     with Session(books.engine) as session:
         said = session.execute(select(EventRow.data_json).where(EventRow.type == "points_expired")).scalars().all()
     assert [json.loads(d)["points"] for d in said] == [1000], said
+
+
+def test_points_a_refund_returns_past_their_end_are_not_spent_later_in_its_group(books):
+    """In one group, a refund returned points into a lot already past its end and a later
+    purchase of the same wallet could spend them: the kernel's balance is one number a wallet.
+    That purchase is now decided in the next round, after those points have expired."""
+    wallet = "W_SAME_GROUP"
+    buy(books, wallet, 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
+    buy(books, wallet, 30_000, "2026-12-25T10:00")  # 3000, credited 01-08, expires end of July
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 4000
+    redeem = buy(books, wallet, 1500, "2027-02-26T10:00", points_used=1500)  # 1000 of June's, 500 of July's
+    books.at(jst("2027-07-01T00:01"))  # June's lot is past its end; no run yet
+    occurred = iso(jst("2027-07-01T00:00:30"))
+    bodies = [
+        Refund.model_validate({"type": "refund", "original_id": redeem["id"], "amount": 1500, "occurred_at": occurred}),
+        Purchase.model_validate(
+            {
+                "type": "purchase",
+                "wallet_id": wallet,
+                "merchant_id": "M_SANCHA",
+                "terminal_id": TERMINAL,
+                "occurred_at": occurred,
+                "amount": 5000,
+                "points_used": 3500,  # July's 3000 are valid; June's returned 1000 are not
+            }
+        ),
+    ]
+    group = []
+    for n, body in enumerate(bodies):
+        canonical = body.model_dump_json()
+        group.append(Submission(TERMINAL, f"same-{n}", hashlib.sha256(canonical.encode()).hexdigest(), body, canonical))
+    refunded, spent = books.ledger.submit(group)
+    assert refunded.status == 201 and refunded.body["points_returned"] == 1500, refunded.body
+    assert (spent.status, spent.body["code"]) == (422, "insufficient_points"), spent.body
+    expiries = [p.amount for p in books.postings() if p.reason == "expiry"]
+    assert expiries == [1000], expiries  # June's returned points, expired before the purchase was decided
+    assert consistent(books, wallet)["available"] == 3000
