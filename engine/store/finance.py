@@ -19,6 +19,7 @@ from engine.settlement import signing, statement, zengin
 from engine.store import audit, db, queries, rerate, settlement
 from engine.store.ledger import Ledger
 from engine.store.models import (
+    WALLET_LOT,
     AuditLogRow,
     CampaignRow,
     ChainHeadRow,
@@ -26,6 +27,7 @@ from engine.store.models import (
     MerchantRow,
     PaymentRow,
     PostingRow,
+    RedemptionLegRow,
     SettlementLineRow,
     SettlementRunRow,
     TerminalRow,
@@ -457,6 +459,25 @@ def _check_closeouts(session: Session) -> list[dict[str, Any]]:
     return bad
 
 
+def _check_spent_before_expiry(session: Session) -> list[dict[str, Any]]:
+    """Redemption legs that took points from a lot already past its end when their purchase was
+    accepted (SPEC §4: expired points are not available; before 9b58300 a purchase between a
+    lot's end and the next expiry run could spend them)."""
+    lot = WALLET_LOT.c
+    rows = session.execute(
+        select(RedemptionLegRow.payment_id, RedemptionLegRow.lot_id, RedemptionLegRow.points, lot.expires_at_us)
+        .join(PaymentRow, PaymentRow.id == RedemptionLegRow.payment_id)
+        .join(WALLET_LOT, lot.id == RedemptionLegRow.lot_id)
+        .where(lot.expires_at_us <= PaymentRow.accepted_at_us)
+        .order_by(PaymentRow.sequence, RedemptionLegRow.position)
+        .limit(rerate.MISMATCH_ROWS_MAX)
+    )
+    return [
+        {"payment_id": pid, "lot_id": lot_id, "points": points, "lot_expired_at": format_instant(expired_at)}
+        for pid, lot_id, points, expired_at in rows
+    ]
+
+
 def _check_budgets(ledger: Ledger, session: Session) -> list[dict[str, Any]]:
     with ledger.read_view(session) as view:
         campaigns = view.catalog.campaigns
@@ -487,6 +508,7 @@ def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = No
             heads = _check_chain_heads(session, public_key)
             statements = _check_statements(session, public_key, settings)
             closeouts = _check_closeouts(session)
+            spent_expired = _check_spent_before_expiry(session)
             audit_report = audit.check(session)
         rerated = rerate.rerate_check(engine, progress)
     checks = {name: {"pass": ok} for name, ok in ledger_report["checks"].items()}
@@ -510,6 +532,7 @@ def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = No
     checks["signed_chain_heads_valid"] = {"pass": not heads, "rows": heads}
     checks["statements_match_ledger"] = {"pass": not statements, "rows": statements}
     checks["closeouts_match_ledger"] = {"pass": not closeouts, "rows": closeouts}
+    checks["no_points_spent_past_expiry"] = {"pass": not spent_expired, "rows": spent_expired}
     checks["audit_chain_intact"] = {"pass": not audit_report["breaks"], "rows": audit_report["breaks"]}
     checks["audit_sequence_gapless"] = {"pass": not audit_report["gaps"], "rows": audit_report["gaps"]}
     checks["rerate_matches_ledger"] = {

@@ -38,6 +38,7 @@ CHECKS = {
     "signed_chain_heads_valid",
     "statements_match_ledger",
     "closeouts_match_ledger",
+    "no_points_spent_past_expiry",
     "rerate_matches_ledger",
     "audit_chain_intact",
     "audit_sequence_gapless",
@@ -419,3 +420,32 @@ def test_chain_heads_signed_at_once_are_each_signed_once(ward: Ward):
         signed = list(pool.map(lambda _: finance.sign_chain_heads(ward.ledger, ward.settings), range(8)))
     assert sorted(day for days in signed for day in days) == [f"2026-12-0{d}" for d in range(1, 5)], signed
     assert ward.reconcile()["checks"]["signed_chain_heads_valid"]["pass"]
+
+
+def test_points_spent_from_a_lot_past_its_end_are_named(ward: Ward):
+    """A redemption leg from a lot that had ended when its purchase was accepted (what a purchase
+    between a month's end and the expiry run could do before 9b58300) fails its check, naming the
+    payment and the lot: a ledger written before that change shows what it spent."""
+    tx = _history(ward)
+    assert ward.reconcile()["checks"]["no_points_spent_past_expiry"] == {"pass": True, "rows": []}
+    with Session(ward.engine) as s:
+        (lot_id,) = s.execute(
+            text("SELECT lot_id FROM redemption_leg WHERE payment_id = :p"), {"p": tx["c"]["id"]}
+        ).one()
+        accepted = s.execute(select(PaymentRow.accepted_at_us).where(PaymentRow.id == tx["c"]["id"])).scalar_one()
+    source, campaign_id = lot_id.rsplit(":", 1)
+    with ward.engine.begin() as c:  # the lot's end moved to the instant the purchase was accepted
+        moved = (
+            c.execute(
+                text("UPDATE award SET lot_expires_at_us = :t WHERE payment_id = :p AND campaign_id = :c"),
+                {"t": accepted, "p": source, "c": campaign_id},
+            ).rowcount
+            + c.execute(
+                text("UPDATE point_lot SET expires_at_us = :t WHERE id = :i"), {"t": accepted, "i": lot_id}
+            ).rowcount
+        )
+    assert moved == 1
+    check = ward.reconcile()["checks"]["no_points_spent_past_expiry"]
+    assert not check["pass"] and [(r["payment_id"], r["lot_id"], r["points"]) for r in check["rows"]] == [
+        (tx["c"]["id"], lot_id, 200)
+    ], check
