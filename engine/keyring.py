@@ -50,6 +50,13 @@ def _local(name: str, make: Callable[[], str]) -> str:
             os.link(partial, path)
         except FileExistsError:
             return path.read_text().strip()
+        except OSError:  # a file system without hard links: created in place, first one kept
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return path.read_text().strip()
+            with os.fdopen(fd, "w") as f:
+                f.write(value + "\n")
     finally:
         partial.unlink(missing_ok=True)
     return value

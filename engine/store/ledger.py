@@ -797,7 +797,11 @@ class Ledger:
                 revoked_keys=frozenset(revoked_keys.scalars()),
                 revoked_apps=frozenset(revoked_apps.scalars()),
             )
-            self._catalog = catalog
+            published = self._catalog
+            # Versions only grow: a reader's snapshot taken before a change (the reconciliation's)
+            # reads an older catalog, which must not replace the newer one everyone decides against.
+            if published is None or published.version < version:
+                self._catalog = catalog
         return catalog
 
     def validity_of_versions(self, session: Session, versions: set[tuple[str, int]]) -> dict[tuple[str, int], int]:
@@ -1528,22 +1532,24 @@ def _expire_due(state: RatingState, books: Mapping[str, WalletBook], at_us: int)
 def _after_due_returns(
     events: list[Event], originals: Mapping[str, Row], books: Mapping[str, WalletBook], at_us: int
 ) -> set[str]:
-    """The purchases of `events` that spend points after a refund, earlier in the group, of their
-    wallet returned points into a lot already past its end at `at_us`: the kernel's balance (one
-    number a wallet) would count those points as spendable, and they expire at once; such a
-    purchase is decided in the next round (`Ledger.submit`), where its wallet's due lots expire
-    first. Their keys (payment ids)."""
+    """The purchases of `events` that spend points, and the refunds (whose clawbacks take lots
+    earliest-expiring first), after a refund, earlier in the group, of their wallet returned points
+    into a lot already past its end at `at_us`: the kernel's balance (one number a wallet) would
+    count those points as spendable, and they expire at once; such a transaction is decided in
+    the next round (`Ledger.submit`), where its wallet's due lots expire first. Their keys
+    (payment ids)."""
     returning: set[str] = set()
     waiting: set[str] = set()
     for key, body in events:
         if body.type == "refund":
-            original = originals[body.original_id]
-            lots = books[original["wallet_id"]].lots
-            if any(
-                (lot := lots.get(leg)) is not None and lot.expires_at_us <= at_us
-                for leg, _ in original["redemption_legs"]
-            ):
-                returning.add(original["wallet_id"])
+            wallet_id = originals[body.original_id]["wallet_id"]
+            if wallet_id in returning:  # its clawback would take those points before valid ones
+                waiting.add(key)
+                continue
+            lots = books[wallet_id].lots
+            legs = originals[body.original_id]["redemption_legs"]
+            if any((lot := lots.get(leg)) is not None and lot.expires_at_us <= at_us for leg, _ in legs):
+                returning.add(wallet_id)
         elif body.points_used and body.wallet_id in returning:
             waiting.add(key)
     return waiting

@@ -472,13 +472,50 @@ def test_points_a_refund_returns_past_their_end_are_not_spent_later_in_its_group
             }
         ),
     ]
-    group = []
-    for n, body in enumerate(bodies):
-        canonical = body.model_dump_json()
-        group.append(Submission(TERMINAL, f"same-{n}", hashlib.sha256(canonical.encode()).hexdigest(), body, canonical))
-    refunded, spent = books.ledger.submit(group)
+    refunded, spent = books.ledger.submit(_group(bodies, "same"))
     assert refunded.status == 201 and refunded.body["points_returned"] == 1500, refunded.body
     assert (spent.status, spent.body["code"]) == (422, "insufficient_points"), spent.body
     expiries = [p.amount for p in books.postings() if p.reason == "expiry"]
     assert expiries == [1000], expiries  # June's returned points, expired before the purchase was decided
     assert consistent(books, wallet)["available"] == 3000
+
+
+def _group(bodies: list, prefix: str) -> list[Submission]:
+    """`bodies` as one group's submissions from the terminal, keys `<prefix>-<n>`."""
+    group = []
+    for n, body in enumerate(bodies):
+        canonical = body.model_dump_json()
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        group.append(Submission(TERMINAL, f"{prefix}-{n}", digest, body, canonical))
+    return group
+
+
+def test_a_clawback_after_such_a_return_in_its_group_takes_valid_points_not_expired_ones(books):
+    """A later refund's clawback takes lots earliest-expiring first: in the same group it took the
+    returned points past their end (which were leaving anyway) instead of valid ones. It is
+    decided in the next round too."""
+    wallet = "W_CLAW_GROUP"
+    buy(books, wallet, 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
+    earned = buy(books, wallet, 30_000, "2026-12-25T10:00")  # 3000, credited 01-08, expires end of July
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 4000
+    redeem = buy(books, wallet, 1500, "2027-02-26T10:00", points_used=1500)  # 1000 of June's, 500 of July's
+    books.at(jst("2027-07-01T00:01"))
+    occurred = iso(jst("2027-07-01T00:00:30"))
+    returned, clawed = books.ledger.submit(
+        _group(
+            [
+                Refund.model_validate(
+                    {"type": "refund", "original_id": redeem["id"], "amount": 1500, "occurred_at": occurred}
+                ),
+                Refund.model_validate(
+                    {"type": "refund", "original_id": earned["id"], "amount": 10_000, "occurred_at": occurred}
+                ),
+            ],
+            "claw",
+        )
+    )
+    assert returned.status == 201 and returned.body["points_returned"] == 1500, returned.body
+    assert clawed.status == 201 and clawed.body["points_clawed_back"] == 1000, clawed.body
+    assert [p.amount for p in books.postings() if p.reason == "expiry"] == [1000]  # June's returned points
+    # July's 3000: 500 spent in February and returned now, 1000 clawed back.
+    assert consistent(books, wallet)["available"] == 2000
