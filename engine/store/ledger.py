@@ -437,6 +437,11 @@ class GroupEffects:
     # Of the purchases it posted and the originals it refunded, those asked for, as
     # `Ledger._queue_originals` reads them: built on demand (a group refunds few of them).
     originals: Callable[[AbstractSet[str]], dict[str, Row]] = lambda wanted: {}
+    # Whether a submission was left to the next round for a receipt's first use here (not
+    # accepted): only such rounds count against `RECEIPT_ROUNDS_MAX`. A round that left only
+    # transactions waiting for returned points past their end to expire (`_after_due_returns`)
+    # does not (each round decides at least its first submission).
+    receipt_waiting: bool = False
 
     def lay_over(
         self,
@@ -863,10 +868,11 @@ class Ledger:
                 for i in todo:
                     results[i] = Result(*decline("receipt_in_use"), remember=False)
                 break
-            rounds += 1
             group = [submissions[i] for i in todo]
-            for i, result in zip(todo, self._submit_one(group, accepted_at_us, catalog, remember_answers)):
+            decided, receipt_waiting = self._submit_one(group, accepted_at_us, catalog, remember_answers)
+            for i, result in zip(todo, decided):
                 results[i] = result
+            rounds += receipt_waiting  # `GroupEffects.receipt_waiting`
             todo = [i for i in todo if results[i] is None]
         self.count_declines(results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]
@@ -883,9 +889,11 @@ class Ledger:
         accepted_at_us: int | None = None,
         catalog: CatalogSnapshot | None = None,
         remember_answers: bool = True,
-    ) -> list[Result | None]:
+    ) -> tuple[list[Result | None], bool]:
         """Accept, decline or replay each submission in order, in one transaction; None for
-        a submission left to the next round (its receipt's earlier use here was not accepted)."""
+        a submission left to the next round (its receipt's earlier use here was not accepted, or
+        it waits for points a refund returned past their end to expire); and whether any waits
+        for a receipt (`GroupEffects.receipt_waiting`)."""
         keys = {(s.terminal_id, s.idempotency_key) for s in submissions}
         with self._transaction() as session:
             if remember_answers and session.get_bind().dialect.name == "postgresql":
@@ -893,11 +901,11 @@ class Ledger:
                 remembered = self._remembered(session, keys)
                 if len(remembered) == len(keys):
                     rows = [remembered[(s.terminal_id, s.idempotency_key)] for s in submissions]
-                    return [replay_answer(r[2], r[3], r[4], s.request_hash) for r, s in zip(rows, submissions)]
+                    return [replay_answer(r[2], r[3], r[4], s.request_hash) for r, s in zip(rows, submissions)], False
             with self._locked(session, catalog) as unit:
-                results, batch, _ = self._decide_group(unit, submissions, keys, accepted_at_us, remember_answers)
+                results, batch, effects = self._decide_group(unit, submissions, keys, accepted_at_us, remember_answers)
                 batch.send()
-                return results
+                return results, effects.receipt_waiting
 
     def _queue_group_reads(
         self,
@@ -1132,6 +1140,8 @@ class Ledger:
             first_result = results[first_use]
             if first_result is not None and first_result.status == 201:
                 results[i] = self._decline("receipt_already_used", submissions[i])
+            elif first_result is not None:
+                effects.receipt_waiting = True  # its first use was declined: decided next round
         for i, s in enumerate(submissions):
             first = first_in_group.get((s.terminal_id, s.idempotency_key))
             if results[i] is not None or first is None or first == i:
