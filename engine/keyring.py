@@ -37,29 +37,30 @@ def _local(name: str, make: Callable[[], str]) -> str:
     KEY_DIR.mkdir(mode=0o700, exist_ok=True)
     value = make()
     # Written whole under another name, then linked into place unless a process starting beside
-    # this one (a server's other worker) made it first: then its key is everyone's. Created 0600
-    # from the start, so the key is never readable by others.
+    # this one (a server's other worker) made it first: then its key is everyone's.
     partial = KEY_DIR / f".{name}.{os.getpid()}.{os.urandom(4).hex()}"
-    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    _write_private(partial, value, os.O_TRUNC)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(value + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        os.link(partial, path)
+    except FileExistsError:
+        return path.read_text().strip()
+    except OSError:  # a file system without hard links: created in place, the first one kept
         try:
-            os.link(partial, path)
+            _write_private(path, value, os.O_EXCL)
         except FileExistsError:
             return path.read_text().strip()
-        except OSError:  # a file system without hard links: created in place, first one kept
-            try:
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            except FileExistsError:
-                return path.read_text().strip()
-            with os.fdopen(fd, "w") as f:
-                f.write(value + "\n")
     finally:
         partial.unlink(missing_ok=True)
     return value
+
+
+def _write_private(path: Path, value: str, flag: int) -> None:
+    """`value` and a newline into `path`, created 0600 from the start (never readable by others)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | flag, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(value + "\n")
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def data_key(settings: Settings) -> sealing.DataKey:
