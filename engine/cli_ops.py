@@ -360,7 +360,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
         TextColumn("re-rating"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=Console(stderr=True)
     ) as bar:
         task = bar.add_task("re-rating", total=total)
-        report = finance.reconcile(ledger, settings, progress=lambda n: bar.advance(task, n))
+        report = finance.reconcile(ledger, settings, progress=lambda n: bar.advance(task, n), wait=True)
     if args.json:
         print(json.dumps(report, ensure_ascii=False, indent=1))
     else:

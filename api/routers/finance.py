@@ -183,8 +183,14 @@ def sign_chain_heads(_: Finance, ledger: LedgerDep, settings: SettingsDep) -> di
     return {"signed": finance.sign_chain_heads(ledger, settings)}
 
 
-@router.get("/v1/reconciliation", responses={200: {"model": responses.Reconciliation}, **problems(AUTHENTICATED)})
+@router.get(
+    "/v1/reconciliation",
+    responses={200: {"model": responses.Reconciliation}, **problems(AUTHENTICATED, "reconciliation_in_progress")},
+)
 def reconciliation(_: Finance, ledger: LedgerDep, settings: SettingsDep) -> JSONResponse:
+    """Every ledger and settlement invariant, with a full re-rate. One runs at a time per database:
+    while another runs (in any API process, or `setapay reconcile`) the answer is 409
+    `reconciliation_in_progress`."""
     report = finance.reconcile(ledger, settings)
     return JSONResponse(report, status_code=200)
 

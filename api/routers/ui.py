@@ -19,6 +19,7 @@ API's authentication, whose rate limits are async) is called back onto it with
 `anyio.from_thread.run`.
 """
 
+import contextlib
 import datetime as dt
 import hmac
 import json
@@ -790,8 +791,21 @@ async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
         html, set_cookies = _rendered(request, "reconciliation.html", {"running": True}, who)
         head, rest = html.split(_PROGRESS_MARK, 1)
         middle, tail = rest.split(_REPORT_MARK, 1)
-        total = finance.payment_count(s.ledger)  # before the first byte: a failure here is a plain error
-        chunks = _reconciliation_chunks(s, _language(request), total, (head, middle, tail))
+        # Before the first byte, so a failure here is a plain error page: the database's one
+        # reconciliation slot (another run's 409 `reconciliation_in_progress`), held by the run's
+        # thread from here until it ends, whether or not the browser stays.
+        slot = contextlib.ExitStack()
+        try:
+            slot.enter_context(finance.reconciliation_slot(s.ledger, wait=False))
+        except EngineError as error:
+            return _store_error(request, who, error)
+        try:
+            total = finance.payment_count(s.ledger)
+            updates = _start_reconciliation(s, total, slot)
+        except BaseException:
+            slot.close()
+            raise
+        chunks = _reconciliation_chunks(_language(request), total, updates, (head, middle, tail))
         response = StreamingResponse(chunks, media_type="text/html; charset=utf-8")
         set_cookies(response)
         return response
@@ -799,11 +813,9 @@ async def ui_reconciliation(request: Request, s: ServicesDep) -> Response:
     return await _in_thread(request, build)
 
 
-def _reconciliation_chunks(s: Services, language: str, total: int, page: tuple[str, str, str]) -> Iterator[str]:
-    """The streamed page: `finance.reconcile` runs in a thread of its own, its progress (of `total`
-    payments) and then its report passed back through a queue (Starlette reads this iterator in a
-    worker thread)."""
-    head, middle, tail = page
+def _start_reconciliation(s: Services, total: int, slot: contextlib.ExitStack) -> queue.Queue[tuple[str, Any]]:
+    """Run `finance.reconcile` in a thread of its own, in the `slot` the caller took (let go when
+    it ends); its progress (of `total` payments) and then its report come through the queue."""
     every = max(1, total // _PROGRESS_STEPS)
     updates: queue.Queue[tuple[str, Any]] = queue.Queue()
     counted = {"done": 0, "shown": 0}
@@ -815,16 +827,28 @@ def _reconciliation_chunks(s: Services, language: str, total: int, page: tuple[s
             updates.put(("progress", counted["done"]))
 
     def work() -> None:
-        try:
-            updates.put(("report", finance.reconcile(s.ledger, s.settings, progress=progress)))
-        except Exception:  # the page says it stopped; the log has why
-            _LOG.exception("the reconciliation of /ui/reconciliation stopped")
-            updates.put(("report", None))
+        with slot:
+            try:
+                report = finance.reconcile(s.ledger, s.settings, progress=progress, slot_held=True)
+            except Exception:  # the page says it stopped; the log has why
+                _LOG.exception("the reconciliation of /ui/reconciliation stopped")
+                report = None
+        updates.put(("report", report))
+
+    threading.Thread(target=work, name="ui-reconciliation", daemon=True).start()
+    return updates
+
+
+def _reconciliation_chunks(
+    language: str, total: int, updates: queue.Queue[tuple[str, Any]], page: tuple[str, str, str]
+) -> Iterator[str]:
+    """The streamed page: its head, a progress line per update, then the report (Starlette reads
+    this iterator in a worker thread)."""
+    head, middle, tail = page
 
     def step(done: int) -> str:
         return ui.render(language, "_reconciliation_progress.html", {"done": min(done, total), "total": total})
 
-    threading.Thread(target=work, name="ui-reconciliation", daemon=True).start()
     yield head
     yield step(0)
     while True:

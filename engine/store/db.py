@@ -8,6 +8,7 @@ upgrade halfway through. PostgreSQL runs through psycopg 3.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -150,6 +151,56 @@ def one_snapshot(engine: Engine) -> Iterator[Engine]:
 
         event.listen(follower, "begin", _import)
         yield follower
+
+
+class Busy(RuntimeError):
+    """`alone(..., wait=False)` found the work running already, in this process or another."""
+
+
+_MEMORY_LOCKS: dict[tuple[str, int], threading.Lock] = {}
+_MEMORY_LOCKS_GUARD = threading.Lock()
+
+
+@contextlib.contextmanager
+def alone(engine: Engine, key: int, *, wait: bool) -> Iterator[None]:
+    """Run the block as the only holder of `key` on `engine`'s database, across every process that
+    uses it: a PostgreSQL session advisory lock on a connection of its own (autocommit: no
+    transaction is held open for the block); on SQLite an exclusive `flock` of a file beside the
+    database file (`<file>.lock-<key>`), or a process lock for an in-memory database. Either is let go
+    when the holder's connection or process ends, however it ends. `wait=False` raises `Busy` at
+    once instead of waiting for the holder."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            if wait:
+                connection.exec_driver_sql(f"SELECT pg_advisory_lock({key:d})")
+            elif not connection.exec_driver_sql(f"SELECT pg_try_advisory_lock({key:d})").scalar_one():
+                raise Busy(f"{key:#x}")
+            try:
+                yield
+            finally:
+                # The pool keeps the connection: a session lock would outlive the block.
+                try:
+                    connection.exec_driver_sql(f"SELECT pg_advisory_unlock({key:d})")
+                except UNREACHABLE:
+                    connection.invalidate()  # the lock ended with the session
+        return
+    database = engine.url.database
+    if not database or database == ":memory:" or database.startswith("file::memory:"):
+        with _MEMORY_LOCKS_GUARD:
+            lock = _MEMORY_LOCKS.setdefault((str(engine.url), key), threading.Lock())
+        if not lock.acquire(blocking=wait):
+            raise Busy(f"{key:#x}")
+        try:
+            yield
+        finally:
+            lock.release()
+        return
+    with open(f"{database}.lock-{key:x}", "a") as held:
+        try:
+            fcntl.flock(held.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(f"{key:#x}") from None
+        yield  # closing the file lets the lock go
 
 
 # A statement that fails is logged and raised without its parameters: they may be a sealed bank

@@ -3,9 +3,11 @@ heads, and the reconciliation report that gathers every invariant of SPEC §5 an
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select, text
@@ -496,8 +498,36 @@ def payment_count(ledger: Ledger) -> int:
         return int(session.execute(select(func.count()).select_from(PaymentRow)).scalar_one())
 
 
-def reconcile(ledger: Ledger, settings: Settings, progress: Progress | None = None) -> dict[str, Any]:
-    """Every invariant, each pass or fail with the offending rows."""
+RECONCILIATION_LOCK = 0x5E7A_0EC0  # `db.alone`'s key: one reconciliation at a time per database
+
+
+@contextlib.contextmanager
+def reconciliation_slot(ledger: Ledger, *, wait: bool) -> Iterator[None]:
+    """Hold the database's one reconciliation slot for the block. Each run holds a snapshot and a
+    few connections for as long as its re-rate takes, so many at once (reloads of the page, a
+    script calling `GET /v1/reconciliation` in a loop) would take the pool from the money path.
+    `wait=False` (the API, the page) answers 409 `reconciliation_in_progress` while another runs, in
+    any process; `wait=True` (`setapay reconcile`) queues behind it."""
+    try:
+        with db.alone(ledger.engine, RECONCILIATION_LOCK, wait=wait):
+            yield
+    except db.Busy:
+        raise EngineError("reconciliation_in_progress") from None
+
+
+def reconcile(
+    ledger: Ledger,
+    settings: Settings,
+    progress: Progress | None = None,
+    *,
+    wait: bool = False,
+    slot_held: bool = False,
+) -> dict[str, Any]:
+    """Every invariant, each pass or fail with the offending rows; in the database's reconciliation
+    slot (`reconciliation_slot`), unless the caller holds it already (`slot_held`)."""
+    if not slot_held:
+        with reconciliation_slot(ledger, wait=wait):
+            return reconcile(ledger, settings, progress, slot_held=True)
     public_key = keyring.signing_public_key(settings)
     # Every check reads the one snapshot (PostgreSQL): a group committed between two of their
     # statements made the chain, the balances and the identities look broken under load.

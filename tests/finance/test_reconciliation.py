@@ -449,3 +449,56 @@ def test_points_spent_from_a_lot_past_its_end_are_named(ward: Ward):
     assert not check["pass"] and [(r["payment_id"], r["lot_id"], r["points"]) for r in check["rows"]] == [
         (tx["c"]["id"], lot_id, 200)
     ], check
+
+
+# Holds the database's reconciliation slot from another process until it is killed.
+_HOLD_SLOT = """
+import sys, time
+from engine.store import db, finance
+engine = db.make_engine(sys.argv[1])
+with db.alone(engine, finance.RECONCILIATION_LOCK, wait=False):
+    print("held", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_reconciliation_runs_at_a_time_across_processes(ward: Ward):
+    """Each run holds a snapshot and connections for its whole re-rate: while one runs in any
+    process, `GET /v1/reconciliation` answers 409 `reconciliation_in_progress` (nothing else
+    changes) and `setapay reconcile` (`wait=True`) queues; the slot is let go when its holder
+    ends, however it ends (here SIGKILL)."""
+    import subprocess
+    import sys
+    import threading
+
+    from engine.errors import EngineError
+
+    ward.merchant("M001")
+    ward.campaign("PB", 1000)
+    ward.purchase("M001", "W1", "2026-12-01T10:00", 5_000)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_SLOT, str(ward.engine.url.render_as_string(hide_password=False))],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        refused = ward.client.get("/v1/reconciliation", headers=ward.finance)
+        assert refused.status_code == 409 and refused.json()["code"] == "reconciliation_in_progress", refused.text
+        assert refused.headers["cache-control"] == "no-store"
+        with pytest.raises(EngineError) as raised:
+            finance.reconcile(ward.ledger, ward.settings)
+        assert raised.value.code == "reconciliation_in_progress"
+        queued: list[dict] = []
+        waiter = threading.Thread(
+            target=lambda: queued.append(finance.reconcile(ward.ledger, ward.settings, wait=True))
+        )
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and not queued, "a second reconciliation ran beside the first"
+    finally:
+        holder.kill()
+        holder.wait()
+    waiter.join(60)
+    assert not waiter.is_alive() and queued[0]["ok"], queued
+    answered = ward.client.get("/v1/reconciliation", headers=ward.finance)
+    assert answered.status_code == 200 and answered.json()["ok"], answered.text

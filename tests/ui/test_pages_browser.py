@@ -481,3 +481,28 @@ def test_forms_need_their_csrf_token(ward: Ward) -> None:
         assert session_token is not None and session_token.group(1) != token.group(1)
         assert c.post("/ui/logout", data={"csrf": session_token.group(1)}).status_code == 303
         assert c.get("/ui/campaigns").status_code == 303
+
+
+def test_the_reconciliation_page_waits_for_a_run_elsewhere(ward: Ward) -> None:
+    """While another process holds the database's one reconciliation slot, the page's run is a
+    plain 409 page saying so (nothing streamed, no thread started), as `GET /v1/reconciliation`
+    answers 409; once it is let go, the page runs."""
+    from engine.store import db, finance
+
+    engine = db.make_engine(ward.server.database_url)
+    with httpx.Client(base_url=ward.server.base_url, follow_redirects=False, timeout=60) as c:
+        token = re.search(r'name="csrf" value="([^"]+)"', c.get("/ui/login").text)
+        assert token is not None
+        signed_in = c.post("/ui/login", data={"key": ward.finance_key, "csrf": token.group(1)})
+        assert signed_in.status_code == 303
+        try:
+            with db.alone(engine, finance.RECONCILIATION_LOCK, wait=False):
+                refused = c.get("/ui/reconciliation?run=1")
+                assert refused.status_code == 409, refused.text
+                assert "照合はすでに実行中です" in refused.text and "data-check" not in refused.text
+                api = c.get("/v1/reconciliation", headers={"Authorization": f"Bearer {ward.finance_key}"})
+                assert api.status_code == 409 and api.json()["code"] == "reconciliation_in_progress"
+            ran = c.get("/ui/reconciliation?run=1")
+            assert ran.status_code == 200 and ran.text.count('data-check="') >= 10, ran.text[-500:]
+        finally:
+            engine.dispose()
