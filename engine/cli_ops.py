@@ -326,22 +326,36 @@ def _cmd_verify_statement(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from engine import keyring, strict_json
-    from engine.settlement import signing
+    from engine.settlement import signing, statement
 
-    key = signing.load_public_key(args.public_key) if args.public_key else keyring.signing_public_key(_settings())
+    try:
+        key = signing.load_public_key(args.public_key) if args.public_key else keyring.signing_public_key(_settings())
+    except ValueError as exc:
+        print(f"setapay verify-statement: --public-key is not an Ed25519 public key ({exc})", file=sys.stderr)
+        return 2
     if key is None:
         print(f"{keyring.NO_SIGNING_KEY}; or pass --public-key", file=sys.stderr)
         return 2
     try:
+        raw = Path(args.file).read_bytes()
+    except OSError as exc:
+        print(f"setapay verify-statement: {exc}", file=sys.stderr)
+        return 2
+    try:
         # Read as the API reads a body: UTF-8, and an object holding a key twice is no statement
         # (a reader may take the first of two values where the signature covered the last).
-        signed = strict_json.loads(Path(args.file).read_bytes().decode("utf-8"))
+        signed = strict_json.loads(raw.decode("utf-8"))
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError and JSONDecodeError included
         print(f"INVALID: not a signed statement ({exc})")
         return 1
-    ok = signing.verify_document(key, signed)
-    print("valid" if ok else "INVALID: the statement or its signature was altered, or another key signed it")
-    return 0 if ok else 1
+    if not signing.verify_document(key, signed):
+        print("INVALID: the statement or its signature was altered, or another key signed it")
+        return 1
+    if statement.kind_of(signed["document"]) is None:  # the ward's key signs chain heads too
+        print("INVALID: signed by this key, but not a settlement statement (a run's or a merchant's)")
+        return 1
+    print("valid")
+    return 0
 
 
 def _cmd_reconcile(args: argparse.Namespace) -> int:
@@ -509,6 +523,8 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from engine import limits
     from engine.importing import HeaderError
     from engine.store import importer
+    from engine.store.ledger import StampBehindFloor
+    from engine.timeutil import format_instant
 
     path = Path(args.file)
     if not re.fullmatch(limits.ID_PATTERN, args.source):
@@ -555,6 +571,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
         except UnicodeDecodeError as error:
             print(f"setapay import: the file is not UTF-8 ({error})", file=sys.stderr)
             return 2
+        except StampBehindFloor as error:
+            print(
+                f"setapay import: stopped: {format_instant(error.at_us)} was closed while this import ran "
+                f"(a settlement run or signed chain heads; nothing may be stamped before "
+                f"{format_instant(error.floor_us)} now). The groups committed before stay; a re-run skips them "
+                "and reports the lines left as out_of_order.",
+                file=sys.stderr,
+            )
+            return 1
     summary = report.summary()
     summary["errors_file"] = str(errors_path)
     print(json.dumps(summary, ensure_ascii=False))

@@ -18,7 +18,9 @@ threshold) carries a `dedupe_key` the outbox keeps unique.
 | `payout_failed` | no | a merchant's payout failed (`reason` below) |
 
 A failed payout's `reason`: `no_bank_account`; `bank_account_unusable` (an account on file that
-no Zengin record can carry); `bank_rejected` (the bank's answer).
+no Zengin record can carry); `amount_over_transfer_limit` (more than one Zengin record's 10 digits
+of yen); `payout_file_full` (the run's file held its 12 digits of yen or 6 of records already: paid
+by a later run); `bank_rejected` (the bank's answer).
 """
 
 from __future__ import annotations

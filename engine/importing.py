@@ -132,6 +132,8 @@ def parse_fields(fields: list[str]) -> tuple[str, Purchase | Refund]:
                 record["items"] = json.loads(items)
             except ValueError as error:
                 raise _FieldError(f"items is not JSON: {error}") from None
+            except RecursionError:  # nested deeper than the parser goes: one bad line, not the import
+                raise _FieldError("items is nested too deeply") from None
         if original != "":
             raise _FieldError("a purchase has no original_payment_id")
         return terminal_id, Purchase.model_validate(record)

@@ -157,3 +157,17 @@ def to_csv(rows: Iterable[Mapping[str, Any]]) -> str:
     for row in rows:
         writer.writerow(row)
     return out.getvalue()
+
+
+def kind_of(document: Any) -> str | None:
+    """Which statement a signed `document` is: `"run_statement"` (a settlement run's: its period,
+    lines and totals), `"merchant_statement"` (one merchant's line of a run), or None for anything
+    else the ward's key signs (a daily chain head): the signature alone does not say what it
+    signed."""
+    if not isinstance(document, dict):
+        return None
+    if document.get("kind") == "merchant_statement":
+        return "merchant_statement"
+    if "kind" not in document and {"period", "lines", "totals", "ledger"} <= document.keys():
+        return "run_statement"
+    return None

@@ -27,17 +27,21 @@ TTL_S = 24 * 3600
 
 
 class AnswerCache:
-    def __init__(self, url: str) -> None:
+    """Answers of the ledger `ledger_id` names (`ledger_head.ledger_id`): another database, or this
+    one restored from a backup (a new id), never meets them, even on the same Redis. Without the id,
+    a restored ledger replayed the answer of a sale it no longer held (helper-82's probe)."""
+
+    def __init__(self, url: str, ledger_id: str) -> None:
         self.url = url
+        self.ledger_id = ledger_id
         self._redis = LoopClients(url)
 
     @property
     def client(self) -> redis.asyncio.Redis:
         return self._redis.client
 
-    @staticmethod
-    def _key(terminal_id: str, idempotency_key: str) -> str:
-        return f"setapay:answer:{terminal_id}:{idempotency_key}"
+    def _key(self, terminal_id: str, idempotency_key: str) -> str:
+        return f"setapay:answer:{self.ledger_id}:{terminal_id}:{idempotency_key}"
 
     async def get(self, terminal_id: str, idempotency_key: str) -> tuple[str, int, dict[str, Any]] | None:
         """(request hash, status, body) of a remembered answer, or None."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -151,6 +152,16 @@ def one_snapshot(engine: Engine) -> Iterator[Engine]:
 
         event.listen(follower, "begin", _import)
         yield follower
+
+
+def ledger_id(engine: Engine) -> str:
+    """This database's ledger incarnation (`ledger_head.ledger_id`; a restore makes a new one)."""
+    with engine.connect() as connection:
+        return str(connection.exec_driver_sql("SELECT ledger_id FROM ledger_head WHERE id = 1").scalar_one())
+
+
+def new_ledger_id() -> str:
+    return secrets.token_hex(16)
 
 
 class Busy(RuntimeError):

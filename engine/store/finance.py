@@ -10,7 +10,7 @@ import json
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from engine import keyring, limits, metrics, sealing
@@ -226,9 +226,6 @@ def closeout(
 # -- signed chain heads ------------------------------------------------------------
 
 
-CHAIN_HEADS_LOCK = 0x5E7A_C4A1  # pg_advisory_xact_lock's key for signing chain heads
-
-
 def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = None) -> list[str]:
     """Sign the posting chain head at the end of every finished business day not yet signed, and
     with it the audit log's head at that instant, so a rewritten audit chain (re-hashed by someone
@@ -237,12 +234,13 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
     today = tokyo_date(as_of)
     key = keyring.signing_key(settings)
     signed_days = []
-    with Session(ledger.engine) as session, session.begin():
-        # One signer at a time (a cron job and a finance officer's click at once): the second
-        # waits, then finds the days signed. Not the sequencer lock: postings go on meanwhile.
-        # (SQLite's writers are one at a time already: BEGIN IMMEDIATE.)
-        if session.bind is not None and session.bind.dialect.name == "postgresql":
-            session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CHAIN_HEADS_LOCK})
+    # Under the sequencer lock: one signer at a time (a cron job and a finance officer's click
+    # at once: the second waits, then finds the days signed), no posting of a day in flight while
+    # its head is read, and none stamped inside a signed day afterwards (the head's stamp floor
+    # moves to its end; a process whose clock is behind the signer's stamps after it all the
+    # same). Signing a day is a query and a signature: postings wait a few milliseconds.
+    with ledger.unit_of_work() as unit:
+        session = unit.session
         first = session.execute(select(func.min(PostingRow.posted_at_us))).scalar_one()
         if first is None:
             return []
@@ -282,6 +280,7 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
                     )
                 )
                 signed_days.append(name)
+                unit.raise_floor(end)
             day += dt.timedelta(days=1)
     return signed_days
 

@@ -87,6 +87,7 @@ from engine.store import bulk, lifecycle
 from engine.store.ledger import CatalogSnapshot, Ledger, Result, Submission
 from engine.store.models import (
     AwardRow,
+    LedgerHead,
     PaymentRow,
     PointLotRow,
     PostingRow,
@@ -169,6 +170,8 @@ class _Importer:
             # A settled period is closed (SPEC §7) even when its run wrote no posting (nothing
             # paid, a held or failed payout, no fee): nothing is stamped inside it afterwards.
             settled_until = session.execute(select(func.max(SettlementRunRow.period_end_us))).scalar()
+            # ... nor before what the head says no unit may stamp before (a signed day's end too).
+            head_floor = session.execute(select(LedgerHead.stamp_floor_us)).scalar()
             # A payment imported before was accepted at its group's latest instant, so no line
             # after the latest acceptance of an earlier import from `source` can be in the ledger:
             # only lines up to it are looked up (none at all on a first import).
@@ -177,7 +180,9 @@ class _Importer:
             ).scalar()
         # Nothing may be stamped before what the ledger stamped last, nor inside a settled period
         # (settlement relies on it).
-        self.floor_us = max(last_payment or _EARLIEST, last_posting or _EARLIEST, settled_until or _EARLIEST)
+        self.floor_us = max(
+            last_payment or _EARLIEST, last_posting or _EARLIEST, settled_until or _EARLIEST, head_floor or _EARLIEST
+        )
         # Rows older than what the ledger held before, or than rows already posted, are out of order.
         self.rows_floor_us = self.floor_us
         self.now_us = ledger.clock.now_us()

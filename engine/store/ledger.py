@@ -339,6 +339,19 @@ SECRET_ENDED = "the secret that signed the receipt was rotated out and ended bef
 
 # Transactions `Ledger.submit` takes for one group whose receipts' earlier uses were declined.
 RECEIPT_ROUNDS_MAX = 4
+
+
+class StampBehindFloor(RuntimeError):
+    """A unit of work was to stamp an instant before the head's `stamp_floor_us` (only the history
+    import names its instants: a settlement run or signed chain heads closed its lines' instants
+    while it ran). Nothing of the unit is written."""
+
+    def __init__(self, at_us: int, floor_us: int) -> None:
+        super().__init__(f"stamp {at_us} is before the ledger's floor {floor_us}")
+        self.at_us = at_us
+        self.floor_us = floor_us
+
+
 _RATINGS_KEPT = 64  # kernel catalogs a CatalogSnapshot keeps (groups near a campaign's edge make a few)
 
 
@@ -354,8 +367,12 @@ class UnitOfWork:
     - `last_posting_sequence`, `last_hash`: the posting chain's head as it stands,
       including what a writer has posted so far.
 
-    Every instant a unit of work stamps must be read from the clock inside it, after
-    the lock: a settlement run relies on every later posting carrying a later stamp.
+    Every instant a unit of work stamps comes from `now_us()` (or, for the history import's
+    past instants, `stamp_at`), inside it, after the lock: a settlement run relies on every
+    later posting carrying a later stamp. `now_us()` is the clock's instant, but never before
+    the head's `stamp_floor_us`, the end of what is closed: the last settled period's end, the
+    last signed day's end. So a process whose clock is behind the one that settled or signed
+    (another host, a cron job) still stamps after what that one closed.
     """
 
     def __init__(self, session: Session, head: SequencerHead, ledger: Ledger) -> None:
@@ -368,6 +385,27 @@ class UnitOfWork:
         self._ledger = ledger
         self._catalog: CatalogSnapshot | None = None
         self._writers: list[PostingWriter] = []
+        self._floor = head.stamp_floor_us  # written back when the unit ends (`_write_head`)
+
+    def now_us(self) -> int:
+        """The instant this unit stamps: the clock's now, or the head's stamp floor if the clock
+        is behind it (see the class)."""
+        return max(self._ledger.clock.now_us(), self._floor)
+
+    def stamp_at(self, at_us: int) -> int:
+        """`at_us` (the history import's past instant), unless it is before the head's floor (a
+        period settled or a day signed up to there): `StampBehindFloor`."""
+        if at_us < self._floor:
+            raise StampBehindFloor(at_us, self._floor)
+        return at_us
+
+    def raise_floor(self, at_us: int) -> None:
+        """No stamp before `at_us` from now on: a settled period's end, a signed day's end."""
+        self._floor = max(self._floor, at_us)
+
+    @property
+    def stamp_floor_us(self) -> int:
+        return self._floor
 
     @property
     def catalog(self) -> CatalogSnapshot:
@@ -390,6 +428,7 @@ class UnitOfWork:
         (`engine.store.books.load_books`) of every wallet whose points it moves. With
         `remember_keys`, each payment row carries its idempotency key and request hash, which
         remembers its answer; without, they are NULL (the import remembers no key)."""
+        self.stamp_at(at_us)
         writer = PostingWriter(self, at_us, {} if books is None else books, remember_keys)
         self._writers.append(writer)
         return writer
@@ -407,7 +446,7 @@ class UnitOfWork:
         bulk.driver_run(
             self.session,
             _WRITE_HEAD_SQL,
-            (chain.posting_sequence, chain.posting_hash, chain.payment_sequence, chain.payment_hash),
+            (chain.posting_sequence, chain.posting_hash, chain.payment_sequence, chain.payment_hash, self._floor),
         )
 
 
@@ -501,10 +540,11 @@ class _GroupReads:
     rating: Catalog | None = None
 
 
-# Posting sequence and hash, payment sequence and hash, catalog version, lock version.
-Head = tuple[int, str, int, str, int, int]
+# Posting sequence and hash, payment sequence and hash, catalog version, lock version, stamp floor.
+Head = tuple[int, str, int, str, int, int, int]
 _HEAD_COLUMNS = (
-    "last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version"
+    "last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version,"
+    " stamp_floor_us"
 )
 _HEAD_SQL = f"SELECT {_HEAD_COLUMNS} FROM ledger_head WHERE id = 1"
 _CATALOG_VERSION_SQL = "SELECT catalog_version FROM ledger_head WHERE id = 1"  # readers: which catalog
@@ -523,13 +563,14 @@ class SequencerHead:
     last_payment_hash: str
     catalog_version: int
     lock_version: int
+    stamp_floor_us: int
 
 
 _HEAD_FOR_UPDATE_SQL = _HEAD_SQL + " FOR UPDATE"
 # A unit of work's end (`UnitOfWork._write_head`): the chains' heads and the count of units.
 _WRITE_HEAD_SQL = (
     "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
-    " last_payment_hash = %s, lock_version = lock_version + 1 WHERE id = 1"
+    " last_payment_hash = %s, lock_version = lock_version + 1, stamp_floor_us = %s WHERE id = 1"
 )
 # `lock_sequencer`: lock, count the unit and read the head in one statement (a row UPDATE locks it
 # as FOR UPDATE does), with or without a new catalog version.
@@ -587,9 +628,9 @@ GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
 # lock commits) matches no row. The catalog version stays (a group never moves it).
 _MOVE_HEAD_SQL = (
     "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
-    " last_payment_hash = %s, lock_version = %s WHERE id = 1 AND last_posting_sequence = %s AND last_hash = %s"
-    " AND last_payment_sequence = %s AND last_payment_hash = %s AND catalog_version = %s AND lock_version = %s"
-    " RETURNING id"
+    " last_payment_hash = %s, lock_version = %s, stamp_floor_us = %s WHERE id = 1 AND last_posting_sequence = %s"
+    " AND last_hash = %s AND last_payment_sequence = %s AND last_payment_hash = %s AND catalog_version = %s"
+    " AND lock_version = %s AND stamp_floor_us = %s RETURNING id"
 )
 
 
@@ -603,7 +644,7 @@ def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[s
     raw = bulk.raw_connection(session)
     with raw.pipeline():  # the setting goes with the head's move: one round trip
         raw.execute(GENERIC_PLANS_SQL)
-        moving = raw.execute(_MOVE_HEAD_SQL, (*end[:4], end[5], *base))
+        moving = raw.execute(_MOVE_HEAD_SQL, (*end[:4], end[5], end[6], *base))
     if moving.fetchone() is None:
         return False
     batch = bulk.WriteBatch(session)
@@ -1004,7 +1045,7 @@ class Ledger:
         next_round: set[int] = set()  # decided in a next round (`_after_due_returns`)
         events: list[Event] = []
         payment_ids: dict[int, str] = {}
-        accepted_at = self.clock.now_us() if accepted_at_us is None else accepted_at_us
+        accepted_at = unit.now_us() if accepted_at_us is None else unit.stamp_at(accepted_at_us)
         new_ids = iter(self.new_payment_ids(sum(submissions[i].payment_id is None for i in fresh), accepted_at))
         revoked_keys, revoked_apps = unit.catalog.revoked_keys, unit.catalog.revoked_apps
         for i in fresh:
@@ -1274,6 +1315,7 @@ class Ledger:
             chain.payment_hash,
             base[4],
             base[5] + 1,  # its write is a unit of work under the lock
+            unit.stamp_floor_us,
         )
         return DecidedGroup(submissions, options, results, batch_out, base, end, effects, after)  # type: ignore[arg-type]
 

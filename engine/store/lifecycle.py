@@ -76,7 +76,7 @@ def credit_due(
             # The lot expires after the validity of the version that awarded the points (what
             # the purchase's answer promised), whatever version is current when they are credited.
             validity = ledger.validity_of_versions(session, {(a.campaign_id, a.campaign_version) for a in due})
-            writer = unit.writer(ledger.clock.now_us(), books)
+            writer = unit.writer(unit.now_us(), books)
             said: list[events.Event] = []
             for award in due:
                 amount = award.pending
@@ -147,7 +147,7 @@ def expire_due(
                 )
                 break
             books = load_books(session, set(wallets))
-            writer = unit.writer(ledger.clock.now_us(), books)
+            writer = unit.writer(unit.now_us(), books)
             said = []
             for wallet_id in wallets:
                 for lot, amount in books[wallet_id].expire(as_of_us):
@@ -233,7 +233,7 @@ def grant(
                 *decline("campaign_merchant_funded", f"campaign {campaign_id} is funded by a merchant"),
                 remember=False,
             )
-        now = ledger.clock.now_us()
+        now = unit.now_us()
         if campaign.budget is not None and meter.issued_net + points > campaign.budget:
             result = Result(
                 *decline("budget_exceeded", f"{campaign.budget - meter.issued_net} points left in the budget")

@@ -69,6 +69,14 @@ class LedgerHead(Base):
     # decided ahead of its write is written only if no other unit came in between (see
     # `engine.store.pipeline`).
     lock_version: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # No unit of work stamps an instant before this, the end of what is closed: the last settled
+    # period's end, the last signed day's end (`UnitOfWork.now_us`, `stamp_at`). A process whose
+    # clock is behind another's stamps after what that one closed; the import cannot post into it.
+    stamp_floor_us: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # This ledger's incarnation, random: made by migration `20261215_ledger_id` and made anew by
+    # every `setapay restore`. What is kept beside the database (the answers cached in Redis) is
+    # kept under it, so a restored copy never replays an answer for a sale it does not hold.
+    ledger_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
 
 
 class MerchantRow(Base):

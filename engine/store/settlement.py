@@ -3,7 +3,10 @@ payouts, and keep the signed statement, its CSV and the Zengin payout file.
 
 A run takes the sequencer lock, so no posting can land in the period while
 it is read: every group stamps its postings with the instant it took the
-lock, and a period is settled only once that instant has passed its end.
+lock, and a period is settled only once that instant has passed its end. The
+run raises the ledger head's stamp floor to the period's end, so a process whose
+clock is behind the run's (another host, a cron job) stamps after it all the same
+(`UnitOfWork.now_us`), and the history import cannot post into it (`StampBehindFloor`).
 A run is idempotent per period (a second request returns the first run) and
 a settled period never changes: its lines, statement and files are stored.
 """
@@ -202,9 +205,11 @@ def run(
                     f"the last settled period ended at {format_instant(last_end)}: the next run is of the period "
                     f"that starts then, not {period.name} (a later one only when nothing was posted in between)",
                 )
-        now = ledger.clock.now_us()
+        now = unit.now_us()
         if now < period.end_us:
             raise EngineError("period_open", f"{period.name} ends at {format_instant(period.end_us)}")
+        # Closed from here on, whatever another process's clock says: no unit stamps before it.
+        unit.raise_floor(period.end_us)
         merchant_rows = list(session.execute(select(MerchantRow)).scalars())
         merchants = {r.id: json.loads(r.record_json) for r in merchant_rows}
         held = {r.id for r in merchant_rows if r.bank_change_by is not None}
@@ -251,6 +256,13 @@ def run(
             status = "nothing_due"
             if line.net_payout > 0:
                 transfer, unpaid_reason = _transfer(config, session, m, line.net_payout)
+                if transfer is not None and (
+                    len(transfers) == zengin.RECORD_COUNT_MAX
+                    or sum(t.amount_yen for t in transfers) + transfer.amount_yen > zengin.TOTAL_AMOUNT_YEN_MAX
+                ):
+                    # The file's trailer holds at most 12 digits of yen and 6 of records: what would
+                    # not fit waits for the next run (it answered 500 and stopped every later run).
+                    transfer, unpaid_reason = None, "payout_file_full"
                 if m in held:
                     status = "held_bank_change"  # stays payable until another key confirms the new account
                 elif transfer is None:
@@ -387,7 +399,11 @@ def _transfer(config: Config, session: Session, merchant_id: str, amount: int) -
     """The transfer paying `amount` into the merchant's payout account, or None and why not:
     `no_bank_account`, or `bank_account_unusable` for an account on file that no Zengin record
     can carry (a holder name with nothing a bank could read, kept before the model refused it).
-    One merchant's account never stops the ward's run: its line fails and carries over."""
+    One merchant's account never stops the ward's run: its line fails and carries over. An amount
+    over what one Zengin record carries (10 digits of yen) is `amount_over_transfer_limit`: the
+    account is fine, finance pays it by other means (the amount stays payable)."""
+    if amount > zengin.AMOUNT_YEN_MAX:
+        return None, "amount_over_transfer_limit"
     try:
         account = config.bank_account(merchant_id, session)
         if account is None:
@@ -641,7 +657,7 @@ def import_payout_results(
             line.merchant_id: line
             for line in session.execute(select(SettlementLineRow).where(SettlementLineRow.run_id == run_id)).scalars()
         }
-        now = ledger.clock.now_us()
+        now = unit.now_us()
         writer = unit.writer(now)
         before = {m: line.payout_status for m, line in sorted(lines.items())}
         applied = unchanged = 0

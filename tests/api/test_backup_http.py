@@ -115,3 +115,57 @@ def test_restore_refuses_what_is_not_a_backup(backend, databases, tmp_path):
     done = run_cli(env, "restore", str(bogus))
     assert done.returncode == 2 and "is not" in done.stderr
     assert run_cli(env, "restore", str(tmp_path / "missing")).returncode == 2
+
+
+def _ledger_head(database_url: str, column: str):
+    engine = make_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return connection.exec_driver_sql(f"SELECT {column} FROM ledger_head").scalar_one()
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_restore_is_a_new_incarnation_and_refuses_a_newer_schema(backend, databases, tmp_path):
+    """The restored ledger gets a new `ledger_id` (answers cached beside the old one are not its
+    own); a backup whose schema this release does not know (a newer release's) is refused before
+    anything is written (helper-82: it restored, then every command failed with a traceback); a
+    truncated SQLite backup is refused cleanly, leaving no empty database file behind."""
+    source = databases.create(backend)
+    env = setapay_env(source)
+    assert run_cli(env, "db", "upgrade").returncode == 0
+    good = tmp_path / "good.backup"
+    assert run_cli(env, "backup", str(good)).returncode == 0
+    copy = databases.create(backend)
+    copy_env = setapay_env(copy)
+    restored = run_cli(copy_env, "restore", str(good))
+    assert restored.returncode == 0, restored.stderr
+    assert len(_ledger_head(copy, "ledger_id")) == 32
+    assert _ledger_head(copy, "ledger_id") != _ledger_head(source, "ledger_id")
+
+    engine = make_engine(source)
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("UPDATE alembic_version SET version_num = '29991231_future'")
+    finally:
+        engine.dispose()
+    newer = tmp_path / "newer.backup"
+    assert run_cli(env, "backup", str(newer)).returncode == 0
+    target = databases.create(backend)
+    refused = run_cli(setapay_env(target), "restore", str(newer))
+    assert refused.returncode == 2 and "29991231_future" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+    engine = make_engine(target)
+    try:
+        with engine.connect() as connection:
+            assert not connection.dialect.get_table_names(connection), "a refused restore wrote tables"
+    finally:
+        engine.dispose()
+    if backend == "sqlite":
+        truncated = tmp_path / "truncated.backup"
+        truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+        fresh = tmp_path / "fresh.db"
+        done = run_cli(setapay_env(f"sqlite+pysqlite:///{fresh}"), "restore", str(truncated))
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+        assert not fresh.exists(), "a refused restore left a database file behind"

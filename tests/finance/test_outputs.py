@@ -12,8 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from engine import cli
 from engine.settlement import signing, statement, zengin
+from engine.store.models import ChainHeadRow
 from tests.finance.support import Ward, bank_account, lines_by_merchant
 
 REPO = Path(__file__).resolve().parents[2]
@@ -147,6 +151,19 @@ def test_verify_statement_cli_exit_codes(ward: Ward, tmp_path):
             refused = _verify_cli(path, "--public-key", public)
             assert refused.returncode == 1 and refused.stdout.startswith("INVALID"), refused.stdout + refused.stderr
             assert "Traceback" not in refused.stderr
+    # Another document the ward's key signed (a daily chain head) is no statement: INVALID (helper-81).
+    ward.at("2027-01-05T09:00")
+    assert ward.client.post("/v1/chain-heads", headers=ward.finance).status_code == 201
+    with Session(ward.engine) as s:
+        head = s.execute(select(ChainHeadRow.signed_json).limit(1)).scalar_one()
+    chain_head = tmp_path / "chain-head.json"
+    chain_head.write_text(head)
+    refused = _verify_cli(chain_head, "--public-key", public)
+    assert refused.returncode == 1 and "not a settlement statement" in refused.stdout, refused.stdout
+    # A key that is none, a file that is not there: a clean refusal (2), never a traceback.
+    for args in ((good, "--public-key", "notakey"), (tmp_path / "missing.json", "--public-key", public)):
+        refused = _verify_cli(*args)
+        assert refused.returncode == 2 and "Traceback" not in refused.stderr and refused.stderr, refused.stderr
     # No key given and none here: refused (2), and no key is made to check with.
     lost = _verify_cli(good, cwd=tmp_path)
     assert lost.returncode == 2 and "--public-key" in lost.stderr, lost.stdout + lost.stderr

@@ -144,6 +144,40 @@ def test_a_blank_holder_name_is_refused(ward: Ward):
     assert ward.config.bank_account("M001") == BankAccount(**bank_account(1))
 
 
+def test_payouts_past_the_zengin_file_s_limits_wait_and_the_run_goes_on(ward: Ward, monkeypatch):
+    """A payout over one Zengin record's 10 digits of yen fails its line with
+    `amount_over_transfer_limit` (it said `bank_account_unusable`, of a good account), and a payout
+    that would take the file past its trailer's 12 digits fails with `payout_file_full` and is paid
+    by a later run; the run answered 500 then, and every later period stayed unsettled (helper-81).
+    The limits are lowered here: the ward's real ones take ¥10 billion to reach."""
+    monkeypatch.setattr(zengin, "AMOUNT_YEN_MAX", 6_000)
+    monkeypatch.setattr(zengin, "TOTAL_AMOUNT_YEN_MAX", 9_000)
+    for n in (1, 2, 3):
+        ward.merchant(f"M00{n}", bank=n)
+    ward.campaign("PB", 100)
+    ward.purchase("M001", "W1", "2026-12-05T12:00", 7_000)  # over one record
+    ward.purchase("M002", "W2", "2026-12-06T12:00", 5_000)
+    ward.purchase("M003", "W3", "2026-12-07T12:00", 4_500)  # 9,500 with M002's: over the file
+    ward.at("2027-01-01T00:05")
+    run = ward.settle("2026-12")
+    assert {p["merchant_id"]: (p["net_payout"], p["payout_status"]) for p in run["payouts"]} == {
+        "M001": (7_000, "failed"),
+        "M002": (5_000, "pending"),
+        "M003": (4_500, "failed"),
+    }
+    transfers = zengin.parse(ward.get(f"/v1/settlement-runs/{run['id']}/zengin").content).transfers
+    assert [t.amount_yen for t in transfers] == [5_000]
+    r = ward.client.get("/v1/events", headers=ward.finance, params={"types": "payout_failed"})
+    assert sorted((e["data"]["merchant_id"], e["data"]["reason"]) for e in r.json()["events"]) == [
+        ("M001", "amount_over_transfer_limit"),
+        ("M003", "payout_file_full"),
+    ]
+    assert ward.reconcile()["ok"]
+    ward.at("2027-02-01T00:05")
+    january = ward.settle("2027-01")  # carried: M003 now fits
+    assert {p["merchant_id"]: p["payout_status"] for p in january["payouts"]}["M003"] == "pending"
+
+
 def test_an_unusable_account_fails_its_own_line_and_the_others_are_paid(ward: Ward):
     """A payout account on file that no Zengin record can carry (a blank holder name, kept before
     the model refused one) fails that merchant's line, which carries over, with the reason

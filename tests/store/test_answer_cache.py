@@ -18,15 +18,17 @@ VECTORS = Path(
 )
 
 
-def _app(database_url: str, redis_url: str | None):
-    app = create_app(
-        Settings(
-            database_url=database_url,
-            redis_url=redis_url,
-            occurred_at_max_future_s=10**9,
-            occurred_at_max_past_days=100_000,
-        )
+def _settings(database_url: str, redis_url: str | None) -> Settings:
+    return Settings(
+        database_url=database_url,
+        redis_url=redis_url,
+        occurred_at_max_future_s=10**9,
+        occurred_at_max_past_days=100_000,
     )
+
+
+def _app(database_url: str, redis_url: str | None):
+    app = create_app(_settings(database_url, redis_url))
     client = TestClient(app)
     config = app.state.config
     admin = {"Authorization": f"Bearer {config.create_key('admin')}"}
@@ -101,3 +103,30 @@ def test_concurrent_first_requests_apply_once_with_the_cache(postgres_url, redis
 
         assert connection.execute(text("SELECT count(*) FROM payment")).scalar_one() == 1
     app.state.engine.dispose()
+
+
+def test_a_restored_ledger_never_replays_an_answer_it_does_not_hold(
+    postgres_url, other_postgres_url, redis_url, tmp_path
+):
+    """A sale posted after the backup was taken is not in the restored copy: its retry must be
+    posted anew there, not answered from Redis as recorded (helper-82's probe: 201
+    `Idempotent-Replayed` with an id `GET /v1/transactions/{id}` did not know). Answers are kept
+    under the ledger's incarnation, which a restore makes anew."""
+    from engine.store import backup
+
+    app, client, key, body = _app(postgres_url, redis_url)
+    snapshot = tmp_path / "before-the-sale.backup"
+    backup.backup(postgres_url, snapshot)
+    headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "after-the-backup"}
+    first = client.post("/v1/transactions", json=body, headers=headers)
+    assert first.status_code == 201, first.text
+    app.state.engine.dispose()
+    backup.restore(snapshot, other_postgres_url)
+    restored = create_app(_settings(other_postgres_url, redis_url))
+    with TestClient(restored) as again:
+        retry = again.post("/v1/transactions", json=body, headers=headers)
+        assert retry.status_code == 201, retry.text
+        assert retry.headers.get("Idempotent-Replayed") != "true", "answered from the old ledger's cache"
+        found = again.get(f"/v1/transactions/{retry.json()['id']}", headers={"Authorization": f"Bearer {key}"})
+        assert found.status_code == 200, found.text
+    restored.state.engine.dispose()

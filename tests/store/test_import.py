@@ -212,14 +212,15 @@ def test_the_reader_checks_the_header_and_each_line() -> None:
             row("P6", "purchase", "W1", "M1", "T1", at(10), 1000, 0, "[1,"),
             row("P7", "purchase", "W1", "M1", "T1", at(10), 1000, 0, '[{"amount": 1000, "tags": ["a b"]}]'),
             row("P 8", "purchase", "W1", "M1", "T1", at(10), 1000),
+            row("P10", "purchase", "W1", "M1", "T1", at(10), 1000, 0, "[" * 5000 + "]" * 5000),  # RecursionError
             row("P9", "purchase", "W1", "M1", "T1", at(10), 1000, "", '[{"amount": 1000, "tags": ["eco"]}]'),
         ]
     )
     out = list(Reader().read(io.StringIO(text)))
-    assert [type(x).__name__ for x in out] == ["LineError"] * 8 + ["Line"]
-    assert all(isinstance(x, LineError) and x.code == "bad_field" for x in out[:8])
-    good = out[8]
-    assert isinstance(good, Line) and good.line == 10 and good.body.items is not None
+    assert [type(x).__name__ for x in out] == ["LineError"] * 9 + ["Line"]
+    assert all(isinstance(x, LineError) and x.code == "bad_field" for x in out[:9])
+    good = out[9]
+    assert isinstance(good, Line) and good.line == 11 and good.body.items is not None
     assert good.body.items[0].tags == ("eco",)
 
 

@@ -1,0 +1,127 @@
+"""The ledger head's stamp floor (SPEC §7: a closed period never changes): a process whose clock is
+behind the one that settled a period or signed a day stamps after it all the same, and the history
+import cannot post into a period settled, or a day signed, while it runs (helper-81's probe: a
+settle five seconds ahead of the API left 765 sales inside the settled month; an import racing a
+settlement wrote 28,100 sales into it, which the next run paid without their fee)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import func, select
+
+from engine.clock import ManualClock
+from engine.model import Purchase
+from engine.store import finance
+from engine.store.importer import import_history
+from engine.store.ledger import Ledger, StampBehindFloor, Submission
+from engine.store.models import LedgerHead, PostingRow
+from tests.finance.support import Ward
+from tests.tokyo import jst, us
+
+
+def _submission(key: str, occurred: str, amount: int = 1_000) -> Submission:
+    body = Purchase.model_validate(
+        {
+            "type": "purchase",
+            "wallet_id": "W9",
+            "merchant_id": "M001",
+            "terminal_id": "TM001",
+            "occurred_at": jst(occurred).isoformat(),
+            "amount": amount,
+            "points_used": 0,
+        }
+    )
+    canonical = body.model_dump_json()
+    return Submission("TM001", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+
+
+def _floor(ward: Ward) -> int:
+    with ward.engine.connect() as c:
+        return int(c.execute(select(LedgerHead.stamp_floor_us)).scalar_one())
+
+
+@pytest.fixture
+def settled(ward: Ward) -> Ward:
+    """December settled by a process whose clock reads 00:00:05 on January 1st."""
+    ward.merchant("M001", fee_bp=100, bank=1)
+    ward.campaign("PB", 1000)
+    ward.purchase("M001", "W1", "2026-12-31T23:00", 5_000)
+    ward.at("2027-01-01T00:00:05")
+    ward.settle("2026-12")
+    assert _floor(ward) >= us("2027-01-01T00:00")
+    return ward
+
+
+def test_a_process_whose_clock_is_behind_the_settler_s_stamps_after_the_period(settled: Ward) -> None:
+    lagging = Ledger(settled.engine, ManualClock(us("2026-12-31T23:59:58")))  # 7 s behind
+    answer = lagging.submit([_submission("late-1", "2026-12-31T23:59:50")])[0]
+    assert answer.status == 201, answer.body
+    assert us(answer.body["accepted_at"]) >= us("2027-01-01T00:00"), answer.body["accepted_at"]
+    report = settled.reconcile()
+    assert report["ok"], {n: c for n, c in report["checks"].items() if not c["pass"]}
+
+
+def test_a_group_decided_ahead_on_a_clock_behind_is_stamped_after_the_period(settled: Ward) -> None:
+    if settled.engine.dialect.name != "postgresql":
+        pytest.skip("groups are decided ahead of the lock on PostgreSQL only")
+    lagging = Ledger(settled.engine, ManualClock(us("2026-12-31T23:59:58")))
+    try:
+        decided = lagging.decide_ahead([_submission("late-2", "2026-12-31T23:59:50")], accepted_at_us=None)
+        assert decided is not None and lagging.write_decided(decided)
+    finally:
+        lagging.close()
+    assert us(decided.results[0].body["accepted_at"]) >= us("2027-01-01T00:00")
+    assert settled.reconcile()["ok"]
+
+
+def test_a_day_signed_by_a_clock_ahead_stays_the_day_signed(ward: Ward) -> None:
+    ward.merchant("M001")
+    ward.campaign("PB", 1000)
+    ward.purchase("M001", "W1", "2026-12-01T10:00", 1_000)
+    ward.at("2026-12-02T00:00:03")
+    assert finance.sign_chain_heads(ward.ledger, ward.settings) == ["2026-12-01"]
+    lagging = Ledger(ward.engine, ManualClock(us("2026-12-01T23:59:59")))
+    answer = lagging.submit([_submission("late-3", "2026-12-01T23:59:40")])[0]
+    assert answer.status == 201 and us(answer.body["accepted_at"]) >= us("2026-12-02T00:00"), answer.body
+    assert ward.reconcile()["checks"]["signed_chain_heads_valid"]["pass"]
+
+
+def _history(n: int, day: str) -> Iterator[str]:
+    yield "payment_id,type,wallet_id,merchant_id,terminal_id,occurred_at,amount,points_used,items,original_payment_id"
+    for i in range(n):
+        yield f"H{i},purchase,WH{i % 5},M001,TM001,{day}T10:{i // 60:02d}:{i % 60:02d}+09:00,1000,,,"
+
+
+def test_an_import_racing_a_settlement_stops_before_the_settled_period(ward: Ward) -> None:
+    """The import's floor was read once, at its start: lines read after finance settled their
+    month went in (stamped inside it). Now the group whose stamp the run passed is refused under the
+    lock, nothing of it written, and the import stops; the month stays as settled."""
+    ward.merchant("M001", fee_bp=100, bank=1)
+    ward.campaign("PB", 1000)
+    ward.at("2027-01-01T00:01")
+    settled: list[int] = []
+
+    def lines() -> Iterator[str]:
+        for n, line in enumerate(_history(200, "2026-12-15")):
+            if n == 101 and not settled:  # half the file read: finance settles December
+                ward.settle("2026-12")
+                with ward.engine.connect() as c:
+                    settled.append(int(c.execute(select(func.max(PostingRow.sequence))).scalar_one()))
+            yield line + "\n"
+
+    errors = io.StringIO()
+    with pytest.raises(StampBehindFloor):
+        import_history(ward.ledger, lines(), errors, source="OLDAPP", group=20)
+    with ward.engine.connect() as c:
+        late = c.execute(
+            select(func.count())
+            .select_from(PostingRow)
+            .where(PostingRow.sequence > settled[0], PostingRow.posted_at_us < us("2027-01-01T00:00"))
+        ).scalar_one()
+    assert late == 0, f"{late} postings went into the settled December"
+    report = ward.reconcile()
+    assert report["ok"], {n: c for n, c in report["checks"].items() if not c["pass"]}
