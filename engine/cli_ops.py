@@ -16,9 +16,19 @@ if TYPE_CHECKING:
 
 
 def _settings() -> Settings:
+    """The settings from the environment; a setting out of its range ends the command with its
+    name and rule (exit 2), not a traceback."""
+    from pydantic import ValidationError
+
     from engine.settings import Settings
 
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as error:
+        for problem in error.errors(include_url=False, include_input=False):
+            name = "SETAPAY_" + "_".join(str(part) for part in problem["loc"]).upper()
+            print(f"setapay: {name}: {problem['msg']}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
@@ -543,7 +553,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     _, ledger, _ = _finance_context()
     rate = TextColumn("{task.fields[rate]} rows/s")
     with (
-        path.open(encoding="utf-8", newline="") as lines,
+        path.open(encoding="utf-8-sig", newline="") as lines,  # "-sig": Excel's "CSV UTF-8" starts with a BOM
         errors_path.open("w", encoding="utf-8", newline="") as errors,
         Progress(
             TextColumn("importing"),

@@ -85,6 +85,19 @@ class LineError:
     message: str
 
 
+# A cell a spreadsheet would read as a formula when it starts with one of these (OWASP's CSV
+# injection list): the error report quotes the file's own text back, a payment id included.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: object) -> object:
+    """`cell` as a spreadsheet shows it as text: a string starting like a formula gets a leading
+    apostrophe (which spreadsheets hide); anything else as it is."""
+    if isinstance(cell, str) and cell.startswith(FORMULA_STARTS):
+        return "'" + cell
+    return cell
+
+
 def imported_payment_id(source: str, app_payment_id: str) -> str:
     """The ledger's id of the payment the app knows as `app_payment_id` (imported from `source`):
     derived, not drawn, so the importer knows a purchase's id before its group commits (a refund

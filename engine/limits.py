@@ -14,6 +14,9 @@ ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 # SPEC §6: idempotency keys are kept at least 30 days; the purge never forgets a younger answer.
 IDEMPOTENCY_RETENTION_DAYS_MIN = 30
+# ... and at most ten years (as long as accounting records are kept): a retention past what a date
+# can hold made the purge fail with OverflowError (helper-82).
+IDEMPOTENCY_RETENTION_DAYS_MAX = 3_650
 BATCH_TRANSACTIONS_MAX = 1_000
 BODY_BYTES_MAX = 1_048_576
 # A payment receipt (compact JWS over a handful of claims) is a few hundred characters.

@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     key_cache_ttl_s: float = Field(default=2.0, gt=0, le=5)
     # Remembered answers (idempotency keys) older than this are purged by the lifecycle runs.
     idempotency_retention_days: int = Field(
-        default=limits.IDEMPOTENCY_RETENTION_DAYS_MIN, ge=limits.IDEMPOTENCY_RETENTION_DAYS_MIN
+        default=limits.IDEMPOTENCY_RETENTION_DAYS_MIN,
+        ge=limits.IDEMPOTENCY_RETENTION_DAYS_MIN,
+        le=limits.IDEMPOTENCY_RETENTION_DAYS_MAX,
     )
     # The directory (GET /v1/directory/...) answers without a key when the ward publishes it.
     directory_public: bool = False

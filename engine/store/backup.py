@@ -65,7 +65,12 @@ def backup(database_url: str, out: Path) -> None:
     partial = out.with_name(out.name + ".partial")
     partial.unlink(missing_ok=True)
     if url.get_backend_name() == "sqlite":
-        source = sqlite3.connect(f"file:{_sqlite_path(url)}?mode=ro", uri=True)
+        path = _sqlite_path(url)
+        if not path.is_file():
+            raise BackupError(f"no database file at {path}")
+        if not out.parent.is_dir():
+            raise BackupError(f"no directory {out.parent} to write the backup in")
+        source = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         target = sqlite3.connect(partial)
         try:
             # One step: under WAL the copy reads one snapshot while the API goes on committing. In

@@ -80,7 +80,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from engine.clock import ManualClock
-from engine.importing import Line, LineError, Reader, imported_payment_id
+from engine.importing import Line, LineError, Reader, imported_payment_id, spreadsheet_safe
 from engine.model import Refund
 from engine.receipts import Receipt
 from engine.store import bulk, lifecycle
@@ -222,7 +222,7 @@ class _Importer:
         first_pending = self.pending[0][0] if self.pending else None  # the oldest group in flight
         bound = first_pending[0][0].line if first_pending else None
         while self.errors and (bound is None or self.errors[0][0] < bound):
-            self.writer.writerow(heapq.heappop(self.errors))
+            self.writer.writerow([spreadsheet_safe(cell) for cell in heapq.heappop(self.errors)])
 
     # -- configuration in force --
 

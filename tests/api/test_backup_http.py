@@ -115,6 +115,13 @@ def test_restore_refuses_what_is_not_a_backup(backend, databases, tmp_path):
     done = run_cli(env, "restore", str(bogus))
     assert done.returncode == 2 and "is not" in done.stderr
     assert run_cli(env, "restore", str(tmp_path / "missing")).returncode == 2
+    # Nothing to back up, or nowhere to write it: a refusal, not a traceback (helper-82).
+    missing = setapay_env(f"sqlite+pysqlite:///{tmp_path}/none.db") if backend == "sqlite" else env
+    for args in ((str(tmp_path / "no-dir" / "out.backup"),), (str(tmp_path / "out.backup"),)):
+        done = run_cli(missing, "backup", *args)
+        if backend == "postgresql" and args[0].endswith("/out.backup"):
+            continue  # an empty PostgreSQL database backs up fine
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
 
 
 def _ledger_head(database_url: str, column: str):

