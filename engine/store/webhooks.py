@@ -13,7 +13,9 @@ them, lists failed deliveries for finance, and runs the delivery worker's steps:
    wallet is still pending, so a wallet's events arrive in order. On PostgreSQL the candidates
    are locked `FOR UPDATE SKIP LOCKED`, so several processes claim disjoint rows; on SQLite
    every transaction is BEGIN IMMEDIATE (one process delivers at a time).
-3. `attempt()`: one signed POST with httpx and a short timeout; a 2xx delivers.
+3. `attempt()`: one signed POST with httpx, ended within the timeout as a whole (`Deadline`), its
+   answer's body never read; a 2xx delivers. A delivery whose lease ran out before its turn in the
+   round is not sent (it is claimed again).
 4. `finish()`: delivered, or retried after an exponential backoff with jitter, or `failed` once
    the retry window (24 h by default) since the event was fanned out has passed. Only the worker
    holding the lease may finish a delivery; a lease that ran out (a worker killed mid-send) makes
@@ -23,6 +25,7 @@ them, lists failed deliveries for finance, and runs the delivery worker's steps:
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import logging
 import random
@@ -59,6 +62,48 @@ LEASE_MARGIN_S = 30
 FAN_OUT_MAX = 1_000
 ERROR_CHARS_MAX = 200
 log = logging.getLogger(__name__)
+
+
+class Deadline:
+    """A whole HTTP attempt's time limit for a synchronous httpx client: its `trace` (the request's
+    `trace` extension) keeps the sockets the attempt connects, and once `seconds` have passed since
+    the block began they are shut down, which ends any read or write waiting on them."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        if event == "connection.connect_tcp.complete":
+            stream = info.get("return_value")
+            sock = stream.get_extra_info("socket") if stream is not None else None
+            if isinstance(sock, socket.socket):
+                with self._lock:
+                    self._sockets.append(sock)
+                    if self.expired:
+                        _shut(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut(sock)
+
+    def __enter__(self) -> Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+
+
+def _shut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # closed already
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def _associated(endpoint_id: str) -> bytes:
@@ -382,13 +427,28 @@ class Webhooks:
             target = url.copy_with(host=str(resolved[0]))
             headers.update({"Host": url.netloc.decode("ascii"), "Connection": "close"})
             extensions["sni_hostname"] = url.host
+        # The whole attempt, not each read, ends within the timeout: an endpoint trickling its
+        # answer a byte at a time held each attempt ~147 s (5 s between reads), and the worker's
+        # every other endpoint with it. Its socket is shut down when the time is up. The answer's
+        # body is never read: its status is all a delivery needs, and a huge body was read into
+        # the memory of the process that takes payments (helper-82's probe: 3.2 GB).
+        deadline = Deadline(self.settings.webhook_timeout_s)
+        extensions["trace"] = deadline.trace
         try:
-            response = client.post(target, content=delivery.body.encode(), headers=headers, extensions=extensions)
-        except (httpx.HTTPError, httpx.InvalidURL, ValueError) as exc:
+            with (
+                deadline,
+                client.stream(
+                    "POST", target, content=delivery.body.encode(), headers=headers, extensions=extensions
+                ) as response,
+            ):
+                status = response.status_code
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
+            if deadline.expired:
+                return None, f"no answer within {self.settings.webhook_timeout_s:g} s"
             return None, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS_MAX]
-        if 200 <= response.status_code < 300:
-            return response.status_code, None
-        return response.status_code, f"HTTP {response.status_code}"
+        if 200 <= status < 300:
+            return status, None
+        return status, f"HTTP {status}"
 
     def finish(self, delivery: Claimed, status_code: int | None, error: str | None) -> str:
         """Record an attempt's outcome; `delivered`, `retry` or `failed` (also the metric's label)."""
@@ -429,11 +489,15 @@ class Webhooks:
     def deliver_once(self, client: httpx.Client) -> int:
         """One round of the worker: fan out, claim, send, record; how many attempts were made.
         With no live endpoint nothing is pending (deleting one fails its pending deliveries), so
-        an idle engine's round is one small query."""
+        an idle engine's round is one small query. A delivery whose lease ran out (a round slowed
+        past it: a host name slow to resolve, a paused process) is not sent: another worker may
+        have claimed it since, and it is claimed again."""
         if not self.fan_out():
             return 0
         claimed = self.claim()
         for delivery in claimed:
+            if self.clock.now_us() >= delivery.lease_until_us:
+                continue
             try:
                 outcome = self.attempt(client, delivery)
             except Exception as exc:  # one endpoint's failure is its own: the others are still sent

@@ -122,3 +122,44 @@ def test_an_endpoint_the_client_cannot_send_to_holds_up_no_other(tmp_path, monke
         assert rows == {good: "delivered 1", bad: "pending 1"}
     finally:
         engine.dispose()
+
+
+def test_a_delivery_whose_lease_ran_out_in_the_round_is_not_sent(tmp_path, monkeypatch) -> None:
+    """A round slowed past its claim's lease (a name slow to resolve, a paused process) leaves the
+    rest unsent: another worker may have claimed them once the lease ran out, and sending them too
+    delivered an event twice at once (helper-82's probe). They are claimed again, and sent once."""
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from engine import events, sealing
+    from engine.clock import ManualClock
+    from engine.store import db
+    from engine.store import events as outbox
+
+    url = f"sqlite:///{tmp_path}/hooks.db"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    clock = ManualClock(1_000_000_000)
+    try:
+        hooks = Webhooks(engine, Settings(database_url=url, data_key_b64=sealing.generate_key_b64()), clock)
+        hooks.create("https://one.example.com/in", ["budget_threshold"])
+        hooks.create("https://two.example.com/in", ["budget_threshold"])
+        with Session(engine) as session, session.begin():
+            outbox.record(session, events.budget_crossings({"C1": 700}, {"C1": 800}, {"C1": 1000}, 1), 1)
+        monkeypatch.setattr(webhooks.socket, "getaddrinfo", lambda *a, **k: Rebinding(["93.184.215.14"])(*a, **k))
+        requests: list[httpx.Request] = []
+
+        def slow(request: httpx.Request) -> httpx.Response:
+            requests.append(request)
+            clock.set(clock.now_us() + 10 * 3600 * 1_000_000)  # the round outlives its lease
+            return httpx.Response(204)
+
+        assert hooks.deliver_once(httpx.Client(transport=httpx.MockTransport(slow))) == 2
+        assert len(requests) == 1, "a delivery was sent after its lease ran out"
+        assert hooks.deliver_once(capture(requests)) == 1  # claimed again, sent once
+        assert len(requests) == 2 and requests[0].headers["host"] != requests[1].headers["host"]
+        with Session(engine) as session:
+            done = session.execute(text("SELECT status, attempts FROM webhook_delivery")).all()
+        assert sorted(done) == [("delivered", 1), ("delivered", 1)]
+    finally:
+        engine.dispose()
