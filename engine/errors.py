@@ -75,6 +75,7 @@ CATALOG: dict[str, ErrorCode] = {
     "bank_change_not_pending": ErrorCode(409, "No bank account change awaits confirmation"),
     "bank_change_same_key": ErrorCode(403, "A bank account change must be confirmed by a different key"),
     "bank_change_superseded": ErrorCode(409, "The bank account change named is not the one awaiting confirmation"),
+    "bank_change_mismatch": ErrorCode(409, "The bank account given is not the one awaiting confirmation"),
     # -- events and webhooks (SPEC §10) -------------------------------------------------
     "webhook_url_not_allowed": ErrorCode(422, "The webhook URL is not allowed (https:// to a public address)"),
     # -- the service -------------------------------------------------------------

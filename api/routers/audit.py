@@ -18,7 +18,7 @@ from api.deps import ConfigDep, DatabaseDep, role
 from api.openapi import AUTHENTICATED, problems
 from api.responses import AuditPage, MerchantView
 from api.strict import Cursor, PageLimit, PathId, window
-from engine.model import Instant, Record, WindowBound
+from engine.model import BankAccount, Instant, Record, WindowBound
 from engine.store import audit
 from engine.store.config import Principal
 from engine.timeutil import to_us
@@ -34,9 +34,14 @@ Reader = Annotated[Principal, Depends(role("admin", "finance"))]
 class BankChangeConfirmation(Record):
     """The change confirmed: the new account's `set_at` as the confirming key read it (the audit
     entry `merchant.bank_account.change`, `after.bank_account.set_at`), so a change made after
-    that read is never released unseen."""
+    that read is never released unseen; and the whole account, as the merchant gave it to the
+    confirming person (its application, by another channel than the changer), which must be the
+    account awaiting confirmation (409 `bank_change_mismatch`). The engine only ever shows an account
+    masked (bank, branch, last four digits), so without it a change to another account of the same
+    branch and last digits looked the same as the one on file, and was confirmed blind."""
 
     set_at: Instant
+    bank_account: BankAccount
 
 
 def encode_cursor(sequence: int) -> str:
@@ -76,6 +81,7 @@ def audit_log(
             "bank_change_not_pending",
             "bank_change_same_key",
             "bank_change_superseded",
+            "bank_change_mismatch",
         ),
     },
     response_model=None,
@@ -83,4 +89,4 @@ def audit_log(
 def confirm_bank_account(
     merchant_id: PathId, body: Annotated[BankChangeConfirmation, Body()], p: Reader, config: ConfigDep
 ) -> dict[str, Any]:
-    return config.confirm_bank_account(merchant_id, to_us(body.set_at), actor=p)
+    return config.confirm_bank_account(merchant_id, to_us(body.set_at), body.bank_account, actor=p)

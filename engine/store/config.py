@@ -221,10 +221,14 @@ class Config:
                 )
             return after
 
-    def confirm_bank_account(self, merchant_id: str, set_at_us: int, actor: Actor = OPERATOR) -> dict[str, Any]:
+    def confirm_bank_account(
+        self, merchant_id: str, set_at_us: int, account: BankAccount, actor: Actor = OPERATOR
+    ) -> dict[str, Any]:
         """Release the held payout account change set at `set_at_us` (the `set_at` of the record's
-        masked account, as the confirming key read it); only a key other than the one that made
-        it may. A later change supersedes it: confirming the earlier one releases nothing."""
+        masked account, as the confirming key read it) to `account`, the whole account as the
+        confirming person has it from the merchant; only a key other than the one that made the
+        change may, and only when `account` is the one awaiting confirmation. A later change
+        supersedes it: confirming the earlier one releases nothing."""
         with Session(self.engine) as session, session.begin():
             _lock(session)
             row = session.get(MerchantRow, merchant_id)
@@ -266,6 +270,14 @@ class Config:
                     "bank_change_superseded",
                     "the bank account change named is not the one awaiting confirmation: "
                     "read the pending change again and confirm that one",
+                )
+            if self.bank_account(merchant_id, session) != account:
+                # Which field differs is not said: the account awaiting confirmation is shown to
+                # nobody whole, and this answer must not become a way to read it.
+                raise EngineError(
+                    "bank_change_mismatch",
+                    "the bank account given is not the one awaiting confirmation: confirm only the account "
+                    "the merchant gave you, and ask the merchant if they differ",
                 )
             before = {
                 "bank_account": masked,

@@ -55,7 +55,7 @@ def test_bank_change_confirmation_and_the_audit_log_over_http(server):
         r = c.patch("/v1/merchants/M1", json={"bank_account": ACCOUNT_2})
         assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
         answers.append(r.text)
-        change = {"set_at": r.json()["bank_account_masked"]["set_at"]}
+        change = {"set_at": r.json()["bank_account_masked"]["set_at"], "bank_account": ACCOUNT_2}
         r = c.post("/v1/merchants/M1/bank-account/confirm", json=change)
         assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
     with server.client(second) as c:

@@ -402,7 +402,18 @@ REQUESTS: dict[str, Callable[[Context], Request]] = {
     "PATCH /v1/merchants/{merchant_id}": lambda c: (f"/v1/merchants/{OWN_MERCHANT}", {"json": {"name": "三茶八百屋"}}),
     "POST /v1/merchants/{merchant_id}/bank-account/confirm": lambda c: (
         f"/v1/merchants/{OWN_MERCHANT}/bank-account/confirm",
-        {"json": {"set_at": "2026-12-01T00:00:00+09:00"}},
+        {
+            "json": {
+                "set_at": "2026-12-01T00:00:00+09:00",
+                "bank_account": {
+                    "bank_code": "0159",
+                    "branch_code": "101",
+                    "account_type": "ordinary",
+                    "account_number": "1234501",
+                    "holder_kana": "ｾﾀｶﾞﾔ",
+                },
+            }
+        },
     ),  # nothing pending: 409 when allowed
     "POST /v1/campaigns": lambda c: ("/v1/campaigns", {"json": _matrix_campaign("C_MATRIX_" + uuid.uuid4().hex[:8])}),
     "GET /v1/campaigns": lambda c: ("/v1/campaigns", {}),

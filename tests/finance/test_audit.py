@@ -41,11 +41,17 @@ def pending_set_at(ward: Ward, merchant_id: str = "M1") -> str:
     return r.json()["bank_account_masked"]["set_at"]
 
 
-def confirm(ward: Ward, headers: dict, merchant_id: str = "M1", set_at: str | None = None):
-    """POST the confirmation of the change the merchant's record shows now (or of `set_at`)."""
+def confirm(ward: Ward, headers: dict, merchant_id: str = "M1", set_at: str | None = None, account: dict | None = None):
+    """POST the confirmation of the change the merchant's record shows now (or of `set_at`), of
+    `account` (by default the one on file: the merchant's word is the test's own here)."""
     named = set_at or (pending_set_at(ward, merchant_id) if merchant_id == "M1" else "2027-01-01T00:00:00+09:00")
+    if account is None:
+        on_file = ward.config.bank_account(merchant_id)
+        account = on_file.model_dump() if on_file is not None else bank_account(1)
     return ward.client.post(
-        f"/v1/merchants/{merchant_id}/bank-account/confirm", json={"set_at": named}, headers=headers
+        f"/v1/merchants/{merchant_id}/bank-account/confirm",
+        json={"set_at": named, "bank_account": account},
+        headers=headers,
     )
 
 
@@ -486,6 +492,31 @@ def test_the_same_account_again_is_no_change(ward: Ward):
     assert r.status_code == 409 and r.json()["code"] == "bank_change_not_pending"
 
 
+def test_a_confirmation_names_the_whole_account_the_merchant_gave(ward: Ward):
+    """The engine shows an account only masked (bank, branch, last four digits). A change to another
+    account of the same branch and last digits looked like the one on file, and a colleague asked to
+    confirm it released the merchant's payouts to it (helper-81). The confirmation now carries the
+    whole account as the merchant gave it to the confirming person; another is refused (409
+    `bank_change_mismatch`, which does not say what differs), and nothing is released."""
+    ward.merchant("M1", bank=1)
+    merchant_s = bank_account(1)
+    disguised = {**merchant_s, "account_number": "999" + merchant_s["account_number"][-4:], "holder_kana": "ｱﾀｯｶｰ"}
+    ward.at("2027-01-05T09:00")
+    before = ward.client.get("/v1/merchants/M1", headers=ward.admin).json()["bank_account_masked"]
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": disguised}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+    after = r.json()["bank_account_masked"]
+    assert {k: v for k, v in after.items() if k != "set_at"} == {k: v for k, v in before.items() if k != "set_at"}
+    r = confirm(ward, ward.finance, account=merchant_s)
+    assert r.status_code == 409 and r.json()["code"] == "bank_change_mismatch", r.text
+    assert disguised["account_number"] not in r.text and "ｱﾀｯｶｰ" not in r.text
+    assert ward.client.get("/v1/merchants/M1", headers=ward.admin).json()["bank_account_pending_confirmation"]
+    assert not [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]
+    ward.purchase("M1", "W1", "2027-01-10T10:00", 4_000)
+    ward.at("2027-02-01T00:30")
+    assert {p["merchant_id"]: p["payout_status"] for p in ward.settle("2027-01")["payouts"]}["M1"] == "held_bank_change"
+
+
 def test_a_confirmation_releases_only_the_change_it_names(ward: Ward):
     """Finance reads a change and confirms it; a change made after that read (by the same admin)
     is not released by that confirmation, stays held at settlement, and is released only when
@@ -507,7 +538,14 @@ def test_a_confirmation_releases_only_the_change_it_names(ward: Ward):
     for named in ("2027-01-05T09:00:00+09:00", "2030-01-01T00:00:00+09:00"):
         r = confirm(ward, ward.finance, set_at=named)
         assert r.status_code == 409 and r.json()["code"] == "bank_change_superseded", r.text
-    for body in ({}, {"set_at": "yesterday"}, {"set_at": read, "extra": 1}, {"set_at": 1}):
+    for body in (
+        {},
+        {"set_at": "yesterday", "bank_account": bank_account(3)},
+        {"set_at": read, "bank_account": bank_account(3), "extra": 1},
+        {"set_at": 1, "bank_account": bank_account(3)},
+        {"set_at": read},  # the account is part of what is confirmed
+        {"set_at": read, "bank_account": {**bank_account(3), "account_number": "12345"}},
+    ):
         r = ward.client.post("/v1/merchants/M1/bank-account/confirm", json=body, headers=ward.finance)
         assert r.status_code == 422 and r.json()["code"] == "invalid_request", (body, r.text)
     assert not [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]

@@ -221,7 +221,11 @@ def test_an_unusable_account_fails_its_own_line_and_the_others_are_paid(ward: Wa
     assert r.status_code == 200, r.text
     set_at = r.json()["bank_account_masked"]["set_at"]
     ward.at("2027-01-02T09:00")
-    r = ward.client.post("/v1/merchants/M002/bank-account/confirm", json={"set_at": set_at}, headers=ward.finance)
+    r = ward.client.post(
+        "/v1/merchants/M002/bank-account/confirm",
+        json={"set_at": set_at, "bank_account": bank_account(3)},
+        headers=ward.finance,
+    )
     assert r.status_code == 200, r.text
     ward.at("2027-02-01T00:05")
     january = ward.settle("2027-01")

@@ -343,7 +343,7 @@ def _settled_this_month(ward: Ward, out: Path) -> str:
     assert changed.status_code == 200, changed.text
     if changed.json().get("bank_account_pending_confirmation"):
         with ward.server.client(confirmer) as c:
-            named = {"set_at": changed.json()["bank_account_masked"]["set_at"]}
+            named = {"set_at": changed.json()["bank_account_masked"]["set_at"], "bank_account": ACCOUNT}
             confirmed = c.post(f"/v1/merchants/{MERCHANT_A}/bank-account/confirm", json=named)
         assert confirmed.status_code == 200, confirmed.text
     month = dt.datetime.now(TOKYO).strftime("%Y-%m")
