@@ -172,7 +172,9 @@ class Config:
             if session.get(MerchantRow, merchant.id) is not None:
                 raise EngineError("already_exists", f"merchant {merchant.id} exists")
             now = self.clock.now_us()
-            row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now)
+            # Under the catalog's lock (`_bump`): no two merchants are given one number.
+            last_code = session.execute(select(func.max(MerchantRow.customer_code))).scalar()
+            row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now, customer_code=(last_code or 0) + 1)
             self._store_record(row, merchant, now)
             session.add(row)
             session.flush()

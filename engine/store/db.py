@@ -157,7 +157,7 @@ def one_snapshot(engine: Engine) -> Iterator[Engine]:
 def ledger_id(engine: Engine) -> str:
     """This database's ledger incarnation (`ledger_head.ledger_id`; a restore makes a new one)."""
     with engine.connect() as connection:
-        return str(connection.exec_driver_sql("SELECT ledger_id FROM ledger_head WHERE id = 1").scalar_one())
+        return str(connection.exec_driver_sql("SELECT ledger_id FROM ledger_head WHERE id = 1").scalar_one() or "")
 
 
 def new_ledger_id() -> str:

@@ -419,9 +419,17 @@ def _run_outputs_problems(
             transfers = zengin.parse(zengin_file).transfers if zengin_file else ()
     except zengin.ZenginError as exc:
         problems.append({"problem": f"the stored Zengin file does not parse ({exc})"})
-    if transfers is not None and [(t.customer_code_1, t.amount_yen) for t in transfers] != [
-        (settlement.customer_code(m or ""), amount) for m, amount in payouts
-    ]:
+    # A file's transfer names its merchant by the merchant's number, or (files written before
+    # migration `20261216_customer_code`) by the digits of its id.
+    if transfers is not None and (
+        len(transfers) != len(payouts)
+        or any(
+            t.amount_yen != amount
+            or t.customer_code_1
+            not in {settlement.customer_code(session, m or ""), settlement.legacy_customer_code(m or "")}
+            for t, (m, amount) in zip(transfers, payouts)
+        )
+    ):
         problems.append({"problem": "the stored Zengin file's transfers differ from the run's payout postings"})
     answered = {
         merchant_of.get(p.debit_account_id): ("paid" if p.reason == rules.PAYOUT_PAID else "failed")

@@ -76,7 +76,7 @@ class LedgerHead(Base):
     # This ledger's incarnation, random: made by migration `20261215_ledger_id` and made anew by
     # every `setapay restore`. What is kept beside the database (the answers cached in Redis) is
     # kept under it, so a restored copy never replays an answer for a sale it does not hold.
-    ledger_id: Mapped[str] = mapped_column(String(32), default="", server_default="")
+    ledger_id: Mapped[str | None] = mapped_column(String(32), nullable=True)
 
 
 class MerchantRow(Base):
@@ -90,6 +90,11 @@ class MerchantRow(Base):
     # that made the change and when; payouts are held while it is set.
     bank_change_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
     bank_change_at_us: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    # The merchant's number in the ward's payout files (顧客コード1, ten digits), one more than the
+    # last merchant's, given at creation and never changed (migration `20261216_customer_code`).
+    customer_code: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+
+    __table_args__ = (Index("uq_merchant_customer_code", "customer_code", unique=True),)
 
 
 class CampaignRow(Base):

@@ -408,7 +408,7 @@ def _transfer(config: Config, session: Session, merchant_id: str, amount: int) -
         account = config.bank_account(merchant_id, session)
         if account is None:
             return None, "no_bank_account"
-        return zengin.transfer_from_account(account, amount, customer_code_1=customer_code(merchant_id)), ""
+        return zengin.transfer_from_account(account, amount, customer_code_1=customer_code(session, merchant_id)), ""
     except (zengin.ZenginError, ValidationError):
         return None, "bank_account_unusable"
 
@@ -520,8 +520,17 @@ def _payout_file_length(stored: bytes) -> int:
     return len(stored) - sealing.SEALED_OVERHEAD if _sealed(stored) else len(stored)
 
 
-def customer_code(merchant_id: str) -> str:
-    # 顧客コード1 is ten digits: the merchant id's digits, zero-filled, as the ward's own reference.
+def customer_code(session: Session, merchant_id: str) -> str:
+    """顧客コード1, the ward's own reference of a transfer (a bank's notice of a failed one names
+    it): the merchant's number, ten digits. It was the id's digits (`legacy_customer_code`), and
+    `M4` and `MB004` were both `0000000004` in one file (helper-81)."""
+    code = session.execute(select(MerchantRow.customer_code).where(MerchantRow.id == merchant_id)).scalar()
+    return f"{code:010d}" if code is not None else ""
+
+
+def legacy_customer_code(merchant_id: str) -> str:
+    """The code files written before migration `20261216_customer_code` carry: the id's digits,
+    zero-filled (what reconciliation holds those files to)."""
     digits = "".join(ch for ch in merchant_id if ch.isdigit())[-10:]
     return digits.zfill(10) if digits else ""
 

@@ -21,7 +21,7 @@ depends_on = None
 
 def upgrade() -> None:
     with op.batch_alter_table('ledger_head', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('ledger_id', sa.String(length=32), server_default='', nullable=False))
+        batch_op.add_column(sa.Column('ledger_id', sa.String(length=32), nullable=True))
     op.get_bind().execute(sa.text("UPDATE ledger_head SET ledger_id = :id"), {"id": secrets.token_hex(16)})
 
 

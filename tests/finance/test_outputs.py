@@ -293,3 +293,19 @@ def test_settlement_outputs_are_for_finance_only(ward: Ward):
         for headers in (ward.admin, ward.terminal_keys["TM001"], {}):
             r = ward.client.get(f"/v1/settlement-runs/{run['id']}{path}", headers=headers)
             assert r.status_code in (401, 403), (path, r.status_code)
+
+
+def test_each_merchant_has_its_own_customer_code_in_the_payout_file(ward: Ward):
+    """顧客コード1 was the merchant id's digits: `M4` and `MB004` were both 0000000004 in one file,
+    and a bank's notice of a failed transfer could not tell them apart (helper-81). Each merchant
+    now has its own number, given at creation in order."""
+    ward.merchant("M4", bank=1)
+    ward.merchant("MB004", bank=2)
+    ward.campaign("PB", 100)
+    ward.purchase("M4", "W1", "2026-12-05T12:00", 1_000)
+    ward.purchase("MB004", "W2", "2026-12-06T12:00", 2_000)
+    ward.at("2027-01-01T00:05")
+    run = ward.settle("2026-12")
+    transfers = zengin.parse(ward.get(f"/v1/settlement-runs/{run['id']}/zengin").content).transfers
+    assert [(t.customer_code_1, t.amount_yen) for t in transfers] == [("0000000001", 1_000), ("0000000002", 2_000)]
+    assert ward.reconcile()["checks"]["statements_match_ledger"]["pass"]
