@@ -72,6 +72,7 @@ HEAD = SimpleNamespace(
     last_payment_sequence=0,
     last_payment_hash=rules.GENESIS_HASH,
     catalog_version=1,
+    stamp_floor_us=0,
 )
 
 

@@ -25,7 +25,7 @@ from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
 from engine.model import BankAccount, Campaign, Merchant
 from engine.store import audit, db
-from engine.store.ledger import lock_sequencer
+from engine.store.ledger import SequencerHead, date_catalog_change, lock_sequencer
 from engine.store.models import (
     ApiKeyRow,
     CampaignRow,
@@ -55,8 +55,16 @@ class Principal(Actor):
     expires_at_us: int | None = None  # when the key expires (None: never), checked again when posting
 
 
-def _bump(session: Session) -> None:
-    lock_sequencer(session, catalog_changed=True)
+def _bump(session: Session) -> SequencerHead:
+    """The sequencer lock and a new catalog version; the head as it stands (`_dated` dates the
+    change by it)."""
+    return lock_sequencer(session, catalog_changed=True)
+
+
+def _dated(session: Session, head: SequencerHead, clock_us: int) -> int:
+    """The instant the change is dated: after every payment stamped before it
+    (`ledger.date_catalog_change`)."""
+    return date_catalog_change(session, head, clock_us)
 
 
 def _dump(record: BaseModel) -> str:
@@ -168,10 +176,10 @@ class Config:
     def create_merchant(self, merchant: Merchant, actor: Actor = OPERATOR) -> dict[str, Any]:
         """A new merchant; its first payout account, set here, needs no confirmation."""
         with Session(self.engine) as session, session.begin():
-            _bump(session)
+            head = _bump(session)
             if session.get(MerchantRow, merchant.id) is not None:
                 raise EngineError("already_exists", f"merchant {merchant.id} exists")
-            now = self.clock.now_us()
+            now = _dated(session, head, self.clock.now_us())
             # Under the catalog's lock (`_bump`): no two merchants are given one number.
             last_code = session.execute(select(func.max(MerchantRow.customer_code))).scalar()
             row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now, customer_code=(last_code or 0) + 1)
@@ -187,7 +195,7 @@ class Config:
         """A new merchant version. A new payout account (SPEC §9.6) holds the merchant's
         payouts until a different admin or finance key confirms it."""
         with Session(self.engine) as session, session.begin():
-            _bump(session)
+            head = _bump(session)
             row = session.get(MerchantRow, merchant_id)
             if row is None:
                 raise EngineError("not_found", f"merchant {merchant_id} is not known")
@@ -197,7 +205,7 @@ class Config:
             if "id" in patch and patch["id"] != merchant_id:
                 raise EngineError("invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
-            now = self.clock.now_us()
+            now = _dated(session, head, self.clock.now_us())
             changed = merchant.bank_account is not None and merchant.bank_account != self._account_on_file(
                 merchant_id, session
             )
@@ -396,12 +404,12 @@ class Config:
     def create_campaign(self, campaign: Campaign, actor: Actor = OPERATOR) -> Campaign:
         campaign = campaign.model_copy(update={"version": 1})
         with Session(self.engine) as session, session.begin():
-            _bump(session)
+            head = _bump(session)
             if session.get(CampaignRow, campaign.id) is not None:
                 raise EngineError("already_exists", f"campaign {campaign.id} exists")
             self._check_funding(session, campaign)
             self._check_tags_together(session, campaign)
-            now = self.clock.now_us()
+            now = _dated(session, head, self.clock.now_us())
             if to_us(campaign.ends_at) > now:
                 self._check_active_limit(session, campaign.id, now)
             session.add(
@@ -425,7 +433,7 @@ class Config:
     def update_campaign(self, campaign_id: str, patch: Mapping[str, Any], actor: Actor = OPERATOR) -> Campaign:
         """A new version; a started campaign may not end before now nor budget below what it issued."""
         with Session(self.engine) as session, session.begin():
-            _bump(session)
+            head = _bump(session)
             row = session.get(CampaignRow, campaign_id)
             if row is None:
                 raise EngineError("not_found", f"campaign {campaign_id} is not known")
@@ -438,7 +446,7 @@ class Config:
             updated = Campaign.model_validate(
                 {**json.loads(current_row.record_json), **patch, "version": row.current_version + 1}
             )
-            now = self.clock.now_us()
+            now = _dated(session, head, self.clock.now_us())
             if to_us(current.starts_at) <= now:
                 if to_us(updated.starts_at) != to_us(current.starts_at):
                     raise EngineError("campaign_started", "starts_at of a started campaign cannot change")
@@ -492,12 +500,12 @@ class Config:
 
     def create_terminal(self, terminal_id: str, merchant_id: str, actor: Actor = OPERATOR) -> dict[str, Any]:
         with Session(self.engine) as session, session.begin():
-            _bump(session)
+            head = _bump(session)
             if session.get(MerchantRow, merchant_id) is None:
                 raise EngineError("unknown_merchant", f"merchant {merchant_id} is not known")
             if session.get(TerminalRow, terminal_id) is not None:
                 raise EngineError("already_exists", f"terminal {terminal_id} exists")
-            now = self.clock.now_us()
+            now = _dated(session, head, self.clock.now_us())
             session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=now))
             audit.record(
                 session,

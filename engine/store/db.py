@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import secrets
 import sqlite3
 import threading
@@ -206,12 +207,17 @@ def alone(engine: Engine, key: int, *, wait: bool) -> Iterator[None]:
         finally:
             lock.release()
         return
-    with open(f"{database}.lock-{key:x}", "a") as held:
+    # Read-only (flock needs no more): a lock file another user made first (an operator's
+    # `setapay reconcile` as root) still opens for the API's user, who may read it.
+    held = os.open(f"{database}.lock-{key:x}", os.O_RDONLY | os.O_CREAT, 0o644)
+    try:
         try:
-            fcntl.flock(held.fileno(), fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(held, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
             raise Busy(f"{key:#x}") from None
-        yield  # closing the file lets the lock go
+        yield
+    finally:
+        os.close(held)  # lets the lock go
 
 
 # A statement that fails is logged and raised without its parameters: they may be a sealed bank

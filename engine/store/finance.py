@@ -37,7 +37,7 @@ from engine.store.models import (
 from engine.timeutil import TOKYO, format_instant, to_us, tokyo_date
 
 if TYPE_CHECKING:
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
     from engine.settings import Settings
     from engine.store.rerate import Progress
@@ -233,12 +233,26 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
     as_of = as_of or ledger.clock.now_us()
     today = tokyo_date(as_of)
     key = keyring.signing_key(settings)
-    signed_days = []
-    # Under the sequencer lock: one signer at a time (a cron job and a finance officer's click
-    # at once: the second waits, then finds the days signed), no posting of a day in flight while
-    # its head is read, and none stamped inside a signed day afterwards (the head's stamp floor
-    # moves to its end; a process whose clock is behind the signer's stamps after it all the
-    # same). Signing a day is a query and a signature: postings wait a few milliseconds.
+    signed_days: list[str] = []
+    while True:
+        signed = _sign_days(ledger, key, today, SIGN_DAYS_PER_UNIT)
+        signed_days += signed
+        if len(signed) < SIGN_DAYS_PER_UNIT:
+            return signed_days
+
+
+# Days signed per unit of work: the days of a long history (after an import) are signed a few at a
+# time, each few under the lock, so postings never wait for more than a few days' queries.
+SIGN_DAYS_PER_UNIT = 5
+
+
+def _sign_days(ledger: Ledger, key: Ed25519PrivateKey, today: dt.date, most: int) -> list[str]:
+    """Sign the chain heads of up to `most` finished days not signed yet, oldest first, in one unit
+    of work. Under the sequencer lock: one signer at a time (a cron job and a finance officer's
+    click at once: the second waits, then finds the days signed), no posting of a day in flight
+    while its head is read, and none stamped inside a signed day afterwards (the head's stamp floor
+    moves to its end; a process whose clock is behind the signer's stamps after it all the same)."""
+    signed_days: list[str] = []
     with ledger.unit_of_work() as unit:
         session = unit.session
         first = session.execute(select(func.min(PostingRow.posted_at_us))).scalar_one()
@@ -246,7 +260,7 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
             return []
         done = {r[0] for r in session.execute(select(ChainHeadRow.business_date))}
         day = tokyo_date(first)
-        while day < today:
+        while day < today and len(signed_days) < most:
             name = day.isoformat()
             if name not in done:
                 _, end = _day_bounds(name)

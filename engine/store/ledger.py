@@ -371,8 +371,9 @@ class UnitOfWork:
     past instants, `stamp_at`), inside it, after the lock: a settlement run relies on every
     later posting carrying a later stamp. `now_us()` is the clock's instant, but never before
     the head's `stamp_floor_us`, the end of what is closed: the last settled period's end, the
-    last signed day's end. So a process whose clock is behind the one that settled or signed
-    (another host, a cron job) still stamps after what that one closed.
+    last signed day's end (and a catalog change dated past it: `date_catalog_change`). So a
+    process whose clock is behind the one that settled or signed (another host, a cron job) still
+    stamps after what that one closed.
     """
 
     def __init__(self, session: Session, head: SequencerHead, ledger: Ledger) -> None:
@@ -651,6 +652,25 @@ def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[s
     batch.statements = list(statements)
     batch.send()
     return True
+
+
+_DATE_CHANGE_SQL = "UPDATE ledger_head SET stamp_floor_us = %s WHERE id = 1"
+
+
+def date_catalog_change(session: Session, head: SequencerHead, clock_us: int) -> int:
+    """Under the sequencer lock (`head` as `lock_sequencer` returned it): the instant a catalog
+    change is dated. The clock's, unless it is not past the head's stamp floor: then one
+    microsecond past the floor, and the floor moves there. On a host whose clock is behind the
+    floor, payments are stamped at the floor; the re-rate takes the campaign and merchant versions
+    in force at a payment's acceptance, so a change dated by that clock (before them) re-rated
+    those payments under the new version, and the payments after it, stamped at the floor too,
+    under the old one (helper-83). Dated past the floor, with the floor moved to it, the payments
+    before it stay before it and those after it are stamped at or after it."""
+    if clock_us > head.stamp_floor_us:
+        return clock_us
+    dated = head.stamp_floor_us + 1
+    bulk.driver_run(session, _DATE_CHANGE_SQL, (dated,))
+    return dated
 
 
 def lock_sequencer(session: Session, catalog_changed: bool = False) -> SequencerHead:

@@ -59,6 +59,8 @@ if TYPE_CHECKING:
 CLAIM_MAX = 50
 # A claim's lease outlasts every attempt of the claim timing out, so it runs out only when its worker died.
 LEASE_MARGIN_S = 30
+# What an attempt may take beyond its timeout (the host name's resolution, recording it).
+ATTEMPT_MARGIN_S = 5
 FAN_OUT_MAX = 1_000
 ERROR_CHARS_MAX = 200
 log = logging.getLogger(__name__)
@@ -495,8 +497,10 @@ class Webhooks:
         if not self.fan_out():
             return 0
         claimed = self.claim()
+        # An attempt may take the whole timeout: one that could outlast its lease is not begun.
+        attempt_us = int((self.settings.webhook_timeout_s + ATTEMPT_MARGIN_S) * 1_000_000)
         for delivery in claimed:
-            if self.clock.now_us() >= delivery.lease_until_us:
+            if self.clock.now_us() + attempt_us >= delivery.lease_until_us:
                 continue
             try:
                 outcome = self.attempt(client, delivery)

@@ -1,7 +1,8 @@
 """`ledger_head.stamp_floor_us`: no unit of work stamps an instant before it.
 
 The end of what is closed: a settlement run moves it to its period's end, signing chain heads to
-the last signed day's end. Every unit of work stamps `max(its clock, the floor)`, and the history
+the last signed day's end (and a catalog change made on a clock not past it is dated just past it,
+and moves it there). Every unit of work stamps `max(its clock, the floor)`, and the history
 import's past instants before it are refused. So a process whose clock is behind the one that
 settled a period or signed a day (another host, a cron job) stamps after it all the same, and an
 import running while finance settles cannot post into the settled period (helper-81's probe did

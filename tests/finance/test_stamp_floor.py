@@ -125,3 +125,37 @@ def test_an_import_racing_a_settlement_stops_before_the_settled_period(ward: War
     assert late == 0, f"{late} postings went into the settled December"
     report = ward.reconcile()
     assert report["ok"], {n: c for n, c in report["checks"].items() if not c["pass"]}
+
+
+def test_a_campaign_changed_on_a_clock_behind_is_dated_after_the_payments_before_it(settled: Ward) -> None:
+    """On a host whose clock is behind the floor a payment is stamped at the floor; a campaign
+    change made there a moment later was dated by that clock, before the payment, and the re-rate
+    then rated the payment under the new version (helper-83). Catalog changes are dated no earlier
+    than the floor too."""
+    from engine.store.config import Config
+
+    clock = ManualClock(us("2026-12-31T23:59:50"))
+    lagging, config = Ledger(settled.engine, clock), Config(settled.engine, settled.settings, clock)
+    answer = lagging.submit([_submission("late-4", "2026-12-31T23:59:40")])[0]
+    assert answer.status == 201, answer.body
+    clock.set(us("2026-12-31T23:59:51"))
+    config.update_campaign("PB", {"tiers": [{"match": {}, "rate_bp": 500}]})
+    report = settled.reconcile()
+    assert report["ok"], {n: c for n, c in report["checks"].items() if not c["pass"]}
+
+
+def test_a_long_history_is_signed_a_few_days_per_unit_of_work(ward: Ward) -> None:
+    """Each day's head is a query under the sequencer lock: twelve days are signed five at a time
+    (three units), so postings wait for a few days' queries, not a year's (helper-83)."""
+    ward.merchant("M001")
+    ward.campaign("PB", 1000)
+    for day in range(1, 13):
+        ward.purchase("M001", "W1", f"2026-12-{day:02d}T10:00", 1_000)
+    ward.at("2026-12-13T09:00")
+    with ward.engine.connect() as c:
+        units = c.execute(select(LedgerHead.lock_version)).scalar_one()
+    assert finance.sign_chain_heads(ward.ledger, ward.settings) == [f"2026-12-{d:02d}" for d in range(1, 13)]
+    with ward.engine.connect() as c:
+        assert c.execute(select(LedgerHead.lock_version)).scalar_one() - units == 3
+    assert _floor(ward) == us("2026-12-13T00:00")
+    assert ward.reconcile()["checks"]["signed_chain_heads_valid"]["pass"]

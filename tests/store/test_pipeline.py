@@ -179,13 +179,14 @@ def accepted_at(group: list[Submission]) -> int:
 
 def dump(books: Books) -> dict[str, list[tuple]]:
     """Every table a group writes, row for row; of the head, all but how many units of work took
-    the lock (a group of replays only takes it in the pipeline's write, not in `Ledger.submit`)."""
+    the lock (a group of replays only takes it in the pipeline's write, not in `Ledger.submit`) and
+    the ledger's incarnation (random, one per database)."""
     with books.engine.connect() as c:
         tables = {
             t: [r._asdict() for r in c.execute(text(f"SELECT * FROM {t} ORDER BY {o}"))] for t, o in TABLES.items()
         }
     for row in tables["ledger_head"]:
-        del row["lock_version"]
+        del row["lock_version"], row["ledger_id"]
     return {t: [tuple(r.values()) for r in rows] for t, rows in tables.items()}
 
 
