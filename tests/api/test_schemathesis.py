@@ -239,6 +239,7 @@ class FuzzWard:
             "urls": [WEBHOOK_URL],
             "instants": [now_tokyo(-60)],
             "bank_changes": [changed["bank_account_masked"]["set_at"]],  # the change the confirmation names
+            **{f"account_{field}": [value] for field, value in BANK_ACCOUNT.items()},
             "past": [now_tokyo(-86_400)],
             "starts": ["2027-01-01T00:00:00+09:00"],
             "ends": ["2028-01-01T00:00:00+09:00"],
@@ -376,6 +377,8 @@ BODY_DICTIONARIES = {
     "original_id": "purchases",
     "occurred_at": "instants",
     "set_at": "bank_changes",
+    # The confirmation names the whole account awaiting it (dictionaries hold scalars only).
+    **{f"bank_account.{field}": f"account_{field}" for field in BANK_ACCOUNT},
     "points_used": "zero",
     "business_date": "dates",
     "period": "periods",
