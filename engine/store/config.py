@@ -56,15 +56,9 @@ class Principal(Actor):
 
 
 def _bump(session: Session) -> SequencerHead:
-    """The sequencer lock and a new catalog version; the head as it stands (`_dated` dates the
-    change by it)."""
+    """The sequencer lock and a new catalog version; the head as it stands (the change is dated by
+    it: `ledger.date_catalog_change`)."""
     return lock_sequencer(session, catalog_changed=True)
-
-
-def _dated(session: Session, head: SequencerHead, clock_us: int) -> int:
-    """The instant the change is dated: after every payment stamped before it
-    (`ledger.date_catalog_change`)."""
-    return date_catalog_change(session, head, clock_us)
 
 
 def _dump(record: BaseModel) -> str:
@@ -179,7 +173,7 @@ class Config:
             head = _bump(session)
             if session.get(MerchantRow, merchant.id) is not None:
                 raise EngineError("already_exists", f"merchant {merchant.id} exists")
-            now = _dated(session, head, self.clock.now_us())
+            now = date_catalog_change(session, head, self.clock.now_us())
             # Under the catalog's lock (`_bump`): no two merchants are given one number.
             last_code = session.execute(select(func.max(MerchantRow.customer_code))).scalar()
             row = MerchantRow(id=merchant.id, created_at_us=now, updated_at_us=now, customer_code=(last_code or 0) + 1)
@@ -205,7 +199,7 @@ class Config:
             if "id" in patch and patch["id"] != merchant_id:
                 raise EngineError("invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
-            now = _dated(session, head, self.clock.now_us())
+            now = date_catalog_change(session, head, self.clock.now_us())
             changed = merchant.bank_account is not None and merchant.bank_account != self._account_on_file(
                 merchant_id, session
             )
@@ -409,7 +403,7 @@ class Config:
                 raise EngineError("already_exists", f"campaign {campaign.id} exists")
             self._check_funding(session, campaign)
             self._check_tags_together(session, campaign)
-            now = _dated(session, head, self.clock.now_us())
+            now = date_catalog_change(session, head, self.clock.now_us())
             if to_us(campaign.ends_at) > now:
                 self._check_active_limit(session, campaign.id, now)
             session.add(
@@ -446,7 +440,7 @@ class Config:
             updated = Campaign.model_validate(
                 {**json.loads(current_row.record_json), **patch, "version": row.current_version + 1}
             )
-            now = _dated(session, head, self.clock.now_us())
+            now = date_catalog_change(session, head, self.clock.now_us())
             if to_us(current.starts_at) <= now:
                 if to_us(updated.starts_at) != to_us(current.starts_at):
                     raise EngineError("campaign_started", "starts_at of a started campaign cannot change")
@@ -505,7 +499,7 @@ class Config:
                 raise EngineError("unknown_merchant", f"merchant {merchant_id} is not known")
             if session.get(TerminalRow, terminal_id) is not None:
                 raise EngineError("already_exists", f"terminal {terminal_id} exists")
-            now = _dated(session, head, self.clock.now_us())
+            now = date_catalog_change(session, head, self.clock.now_us())
             session.add(TerminalRow(id=terminal_id, merchant_id=merchant_id, created_at_us=now))
             audit.record(
                 session,

@@ -524,8 +524,8 @@ def customer_code(session: Session, merchant_id: str) -> str:
     """顧客コード1, the ward's own reference of a transfer (a bank's notice of a failed one names
     it): the merchant's number, ten digits. It was the id's digits (`legacy_customer_code`), and
     `M4` and `MB004` were both `0000000004` in one file (helper-81)."""
-    code = session.execute(select(MerchantRow.customer_code).where(MerchantRow.id == merchant_id)).scalar()
-    return f"{code:010d}" if code is not None else ""
+    row = session.get(MerchantRow, merchant_id)  # the session's own row when loaded: no query
+    return f"{row.customer_code:010d}" if row is not None and row.customer_code is not None else ""
 
 
 def legacy_customer_code(merchant_id: str) -> str:
