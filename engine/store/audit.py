@@ -28,13 +28,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import audit as core
 from engine.audit import Actor
-from engine.store.models import AuditHeadRow, AuditLogRow
+from engine.store.models import AuditHeadRow, AuditLogRow, LedgerHead
 from engine.timeutil import format_instant, now_us
 
 TARGET_MAX = 200
@@ -48,6 +48,31 @@ def _lock_head(session: Session) -> AuditHeadRow:
     return session.execute(stmt).scalar_one()
 
 
+def last_before(session: Session, end_us: int) -> tuple[int, str | None]:
+    """The sequence and hash of the last entry dated before `end_us` (0 and None if none), read
+    with the head locked: an entry appended meanwhile in another transaction is committed first
+    (and so counted here if dated before `end_us`), or is appended after this transaction ends
+    and dated past the stamp floor it moved (`record`). Chain-head signing calls it under the
+    sequencer lock, which comes before the audit head's."""
+    _lock_head(session)
+    last = session.execute(
+        select(AuditLogRow.sequence, AuditLogRow.hash)
+        .where(AuditLogRow.at_us < end_us)
+        .order_by(AuditLogRow.sequence.desc())
+        .limit(1)
+    ).first()
+    return (last.sequence, last.hash) if last else (0, None)
+
+
+def latest(session: Session, action: str, target: str) -> int | None:
+    """The sequence of the latest entry recording `action` on `target`, if any (by the index on
+    target and sequence). Sequences order changes by their commits, whatever the clocks of the
+    hosts that made them said."""
+    return session.execute(
+        select(func.max(AuditLogRow.sequence)).where(AuditLogRow.target == target, AuditLogRow.action == action)
+    ).scalar()
+
+
 def record(
     session: Session,
     actor: Actor,
@@ -57,14 +82,21 @@ def record(
     after: Any = None,
     at_us: int | None = None,
 ) -> int:
-    """Append one masked entry to the chain in `session`'s transaction; returns its sequence."""
+    """Append one masked entry to the chain in `session`'s transaction; returns its sequence.
+
+    The entry is dated `at_us` (the clock's instant by default), or at the ledger head's stamp
+    floor if that is later: a day whose heads were signed (the floor moved to its end) takes no
+    entry dated inside it afterwards, whatever the recording host's clock says. The floor is read
+    once the audit head is locked: a signer holds that lock from its read of the day's last entry
+    to its commit (`last_before`), so the floor read here is the one it left."""
     if not action or len(action) > ACTION_MAX or not target or len(target) > TARGET_MAX:
         raise ValueError(f"audit action and target must be 1..{ACTION_MAX} and 1..{TARGET_MAX} characters")
-    at_us = now_us() if at_us is None else at_us
     key_id, role = str(actor.key_id), str(actor.role)
     before_json = core.canonical_json(core.mask(before))
     after_json = core.canonical_json(core.mask(after))
     head = _lock_head(session)
+    floor = session.execute(select(LedgerHead.stamp_floor_us).where(LedgerHead.id == 1)).scalar()
+    at_us = max(now_us() if at_us is None else at_us, floor or 0)
     sequence = head.last_sequence + 1
     digest = core.chain_hash(head.last_hash, sequence, at_us, key_id, role, action, target, before_json, after_json)
     session.add(

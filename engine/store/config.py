@@ -83,6 +83,20 @@ _KEY_AND_MAKERS_SQL = text(
 )
 
 
+# Refusals of a confirmation that name a change awaiting it: recorded in the audit log.
+CONFIRM_REFUSALS_AUDITED = frozenset({"bank_change_mismatch", "bank_change_same_key", "bank_change_superseded"})
+
+
+def _made_after_the_change(session: Session, key_id: str, merchant_id: str) -> bool:
+    """Whether the key's creation was recorded after the merchant's pending bank account change
+    (their audit entries' sequences, the order of their commits): a key made on a host whose clock
+    is behind the one that made the change carries an earlier `created_at`, but not an earlier
+    entry. A key made before the audit log has no entry and is older than any change it records."""
+    created = audit.latest(session, "key.create", f"key:{key_id}")
+    changed = audit.latest(session, "merchant.bank_account.change", f"merchant:{merchant_id}")
+    return created is not None and changed is not None and created > changed
+
+
 def _key_and_makers(session: Session, key_id: str) -> set[str]:
     """`key_id` and every API key above it in the audit log's `key.create` records: the key that
     made it, the key that made that one, and so on, however deep, up to a key the operator made at
@@ -232,7 +246,31 @@ class Config:
         masked account, as the confirming key read it) to `account`, the whole account as the
         confirming person has it from the merchant; only a key other than the one that made the
         change may, and only when `account` is the one awaiting confirmation. A later change
-        supersedes it: confirming the earlier one releases nothing."""
+        supersedes it: confirming the earlier one releases nothing.
+
+        A refused attempt on a pending change (another account, a key that may not confirm it, a
+        change superseded) releases nothing and is recorded in the audit log on its own, as
+        `merchant.bank_account.confirm_refused` with the refusal's code: repeated wrong accounts
+        or a changer's attempts on its own change leave a trace for the ward to read."""
+        try:
+            return self._confirm_bank_account(merchant_id, set_at_us, account, actor)
+        except EngineError as refusal:
+            if refusal.code in CONFIRM_REFUSALS_AUDITED:
+                with Session(self.engine) as session, session.begin():
+                    audit.record(
+                        session,
+                        actor,
+                        "merchant.bank_account.confirm_refused",
+                        f"merchant:{merchant_id}",
+                        None,
+                        {"code": refusal.code, "set_at": format_instant(set_at_us)},
+                        at_us=self.clock.now_us(),
+                    )
+            raise
+
+    def _confirm_bank_account(
+        self, merchant_id: str, set_at_us: int, account: BankAccount, actor: Actor
+    ) -> dict[str, Any]:
         with Session(self.engine) as session, session.begin():
             _lock(session)
             row = session.get(MerchantRow, merchant_id)
@@ -252,7 +290,11 @@ class Config:
             changed_at = row.bank_change_at_us
             assert changed_at is not None, merchant_id  # set and cleared with bank_change_by
             confirming = session.get(ApiKeyRow, actor.key_id)
-            if confirming is None or confirming.created_at_us >= changed_at:
+            if (
+                confirming is None
+                or confirming.created_at_us >= changed_at
+                or _made_after_the_change(session, actor.key_id, merchant_id)
+            ):
                 raise EngineError(
                     "bank_change_same_key",
                     "a bank account change must be confirmed by another key that existed before it",

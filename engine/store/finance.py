@@ -272,18 +272,13 @@ def _sign_days(ledger: Ledger, key: Ed25519PrivateKey, today: dt.date, most: int
                 ).first()
                 # The first posting was made before the end of its own day, so every day from it on has a last one.
                 assert last is not None
-                audit_last = session.execute(
-                    select(AuditLogRow.sequence, AuditLogRow.hash)
-                    .where(AuditLogRow.at_us < end)
-                    .order_by(AuditLogRow.sequence.desc())
-                    .limit(1)
-                ).first()
+                audit_sequence, audit_hash = audit.last_before(session, end)
                 document = {
                     "business_date": name,
                     "last_sequence": last.sequence,
                     "hash": last.hash,
-                    "audit_last_sequence": audit_last.sequence if audit_last else 0,
-                    "audit_hash": audit_last.hash if audit_last else None,
+                    "audit_last_sequence": audit_sequence,
+                    "audit_hash": audit_hash,
                 }
                 session.add(
                     ChainHeadRow(

@@ -78,6 +78,7 @@ def test_bank_change_confirmation_and_the_audit_log_over_http(server):
         ("merchant.create", _key_id(first)),
         ("merchant.update", _key_id(first)),
         ("merchant.bank_account.change", _key_id(first)),
+        ("merchant.bank_account.confirm_refused", _key_id(first)),  # the changer's own attempt
         ("merchant.bank_account.confirm", _key_id(second)),
     ]
 

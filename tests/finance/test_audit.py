@@ -512,6 +512,19 @@ def test_a_confirmation_names_the_whole_account_the_merchant_gave(ward: Ward):
     assert disguised["account_number"] not in r.text and "ｱﾀｯｶｰ" not in r.text
     assert ward.client.get("/v1/merchants/M1", headers=ward.admin).json()["bank_account_pending_confirmation"]
     assert not [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]
+    # The refused attempt is on record, with its code and the change it named, not the account.
+    refused = [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm_refused"]
+    assert [(e["target"], e["actor"]["key_id"], e["after"]) for e in refused] == [
+        ("merchant:M1", key_id(ward.finance), {"code": "bank_change_mismatch", "set_at": after["set_at"]})
+    ]
+    for secret in (*_secrets_of(1), disguised["account_number"], "ｱﾀｯｶｰ"):
+        assert secret not in _raw_audit(ward)
+    r = confirm(ward, ward.admin, account=disguised)  # the changer itself
+    assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
+    refused = [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm_refused"]
+    assert [(e["actor"]["key_id"], e["after"]["code"]) for e in refused[1:]] == [
+        (key_id(ward.admin), "bank_change_same_key")
+    ]
     ward.purchase("M1", "W1", "2027-01-10T10:00", 4_000)
     ward.at("2027-02-01T00:30")
     assert {p["merchant_id"]: p["payout_status"] for p in ward.settle("2027-01")["payouts"]}["M1"] == "held_bank_change"
@@ -595,6 +608,24 @@ def test_changes_at_one_clock_instant_differ_and_keys_are_aged_by_the_clock(ward
     confirmed = [e for e in entries(ward) if e["action"] == "merchant.bank_account.confirm"]
     assert confirmed[0]["before"]["changed_at"] == "2027-01-01T09:00:00+09:00"  # when, by the clock
     assert confirmed[0]["before"]["bank_account"]["set_at"] == shown[1]
+
+
+def test_a_key_made_after_the_change_on_a_clock_behind_cannot_confirm_it(ward: Ward, monkeypatch):
+    """A key is aged against a change by the order of their audit entries too: one made after the
+    change on a host whose clock is a day behind carried an earlier `created_at` than the change,
+    counted as made before it, and confirmed it (helper-84)."""
+    ward.merchant("M1", bank=1)
+    ward.at("2027-01-11T09:00")
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(2)}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+    with monkeypatch.context() as lagging:
+        lagging.setattr(ward.clock, "now_us", lambda: us("2027-01-10T09:00"))  # another host, a day behind
+        late = {"Authorization": f"Bearer {ward.config.create_key('finance')}"}  # the operator's: no maker shared
+    r = confirm(ward, late)
+    assert r.status_code == 403 and r.json()["code"] == "bank_change_same_key", r.text
+    ward.at("2027-01-12T09:00")
+    r = confirm(ward, ward.finance)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
 
 
 # -- §9.6: merchant funding follows the campaign version that issued the points ----------------------

@@ -8,17 +8,21 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import threading
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
+from engine.audit import OPERATOR
 from engine.clock import ManualClock
 from engine.model import Purchase
-from engine.store import finance
+from engine.store import audit, finance
 from engine.store.importer import import_history
 from engine.store.ledger import Ledger, StampBehindFloor, Submission
-from engine.store.models import LedgerHead, PostingRow
+from engine.store.models import AuditLogRow, ChainHeadRow, LedgerHead, PostingRow
 from tests.finance.support import Ward
 from tests.tokyo import jst, us
 
@@ -158,4 +162,50 @@ def test_a_long_history_is_signed_a_few_days_per_unit_of_work(ward: Ward) -> Non
     with ward.engine.connect() as c:
         assert c.execute(select(LedgerHead.lock_version)).scalar_one() - units == 3
     assert _floor(ward) == us("2026-12-13T00:00")
+    assert ward.reconcile()["checks"]["signed_chain_heads_valid"]["pass"]
+
+
+def _audit_entries(ward: Ward) -> list[tuple[int, int]]:
+    with ward.engine.connect() as c:
+        return [tuple(r) for r in c.execute(select(AuditLogRow.sequence, AuditLogRow.at_us).order_by("sequence"))]
+
+
+def test_an_audit_entry_made_on_a_clock_behind_a_signed_day_is_dated_after_it(ward: Ward, monkeypatch) -> None:
+    """An entry recorded on a host whose clock is behind a day already signed was dated inside
+    that day, after its head was signed (helper-84). It is dated at the floor now."""
+    ward.merchant("M001")
+    ward.campaign("PB", 1000)
+    ward.purchase("M001", "W1", "2026-12-01T10:00", 1_000)
+    ward.at("2026-12-02T00:00:03")
+    assert finance.sign_chain_heads(ward.ledger, ward.settings) == ["2026-12-01"]
+    monkeypatch.setattr(ward.clock, "now_us", lambda: us("2026-12-01T23:59"))  # another host, a minute behind
+    r = ward.client.post("/v1/keys", json={"role": "finance"}, headers=ward.admin)
+    assert r.status_code == 201, r.text
+    sequence, at_us = _audit_entries(ward)[-1]
+    assert at_us >= us("2026-12-02T00:00"), (sequence, at_us)
+    assert ward.reconcile()["checks"]["signed_chain_heads_valid"]["pass"]
+
+
+def test_a_day_is_signed_after_the_entries_being_recorded_in_it(ward: Ward) -> None:
+    """Signing read a day's last audit entry without the audit head's lock: an entry dated inside
+    the day, recorded in a transaction not yet committed, was left out of the signed head and then
+    committed inside the signed day. The signer now waits for it and signs it in."""
+    if ward.engine.dialect.name != "postgresql":
+        pytest.skip("on SQLite every writer is alone (BEGIN IMMEDIATE)")
+    ward.merchant("M001")
+    ward.campaign("PB", 1000)
+    ward.purchase("M001", "W1", "2026-12-01T10:00", 1_000)
+    ward.at("2026-12-02T00:00:03")
+    signed: list[list[str]] = []
+    with Session(ward.engine) as session, session.begin():
+        recording = audit.record(session, OPERATOR, "key.revoke", "key:probe", None, None, at_us=us("2026-12-01T23:59"))
+        signer = threading.Thread(target=lambda: signed.append(finance.sign_chain_heads(ward.ledger, ward.settings)))
+        signer.start()
+        signer.join(0.5)
+        assert signer.is_alive(), "the signer read the day while an entry dated in it was being recorded"
+    signer.join(30)
+    assert signed == [["2026-12-01"]]
+    with ward.engine.connect() as c:
+        document = json.loads(c.execute(select(ChainHeadRow.signed_json)).scalar_one())["document"]
+    assert document["audit_last_sequence"] == recording
     assert ward.reconcile()["checks"]["signed_chain_heads_valid"]["pass"]
