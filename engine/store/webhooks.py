@@ -32,7 +32,10 @@ import random
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as ResolveTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -101,6 +104,22 @@ class Deadline:
 
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
+
+
+# Host names are resolved on these threads, so an attempt waits for the operating system's resolver
+# no longer than its timeout (getaddrinfo itself takes no timeout; a resolver that never answers
+# keeps its thread, and at most this many are kept so).
+_RESOLVERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-resolve")
+
+
+def _resolve(host: str, port: int, seconds: float) -> list[str]:
+    """The addresses `host` resolves to, waited for at most `seconds` (`ResolveTimeout` then)."""
+    asked = _RESOLVERS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
+    try:
+        return [str(info[4][0]) for info in asked.result(timeout=seconds)]
+    except ResolveTimeout:
+        asked.cancel()  # still queued behind resolvers that hang: never asked
+        raise
 
 
 def _shut(sock: socket.socket) -> None:
@@ -409,7 +428,9 @@ class Webhooks:
         checked (the URL's host kept in the Host header and as the TLS server name the
         certificate is verified against), on a connection not kept for another request: a
         name whose DNS answer changes between the check and the connection (DNS rebinding)
-        cannot lead the engine into the ward's network."""
+        cannot lead the engine into the ward's network. The resolution and the POST together
+        take at most `webhook_timeout_s`: the resolver is waited for on a thread of its own."""
+        started, timeout = time.monotonic(), self.settings.webhook_timeout_s
         target: httpx.URL | str = delivery.url
         headers = rules.signed_headers(delivery.secret, delivery.message_id, self.clock.now_us(), delivery.body)
         extensions: dict[str, Any] = {}
@@ -419,9 +440,9 @@ class Webhooks:
             except (httpx.InvalidURL, ValueError) as exc:  # registered before the URL rule refused it
                 return None, f"{type(exc).__name__}: the URL is not valid"
             try:
-                resolved = [
-                    info[4][0] for info in socket.getaddrinfo(url.host, url.port or 443, type=socket.SOCK_STREAM)
-                ]
+                resolved = _resolve(url.host, url.port or 443, timeout)
+            except ResolveTimeout:
+                return None, f"resolve: no answer within {timeout:g} s"
             except (OSError, UnicodeError) as exc:
                 return None, f"resolve: {type(exc).__name__}"
             if not resolved or any(rules.address_is_local(str(address)) for address in resolved):
@@ -434,7 +455,7 @@ class Webhooks:
         # every other endpoint with it. Its socket is shut down when the time is up. The answer's
         # body is never read: its status is all a delivery needs, and a huge body was read into
         # the memory of the process that takes payments (helper-82's probe: 3.2 GB).
-        deadline = Deadline(self.settings.webhook_timeout_s)
+        deadline = Deadline(max(timeout - (time.monotonic() - started), 0.001))
         extensions["trace"] = deadline.trace
         try:
             with (
@@ -446,7 +467,7 @@ class Webhooks:
                 status = response.status_code
         except (httpx.HTTPError, httpx.InvalidURL, ValueError, OSError) as exc:
             if deadline.expired:
-                return None, f"no answer within {self.settings.webhook_timeout_s:g} s"
+                return None, f"no answer within {timeout:g} s"
             return None, f"{type(exc).__name__}: {exc}"[:ERROR_CHARS_MAX]
         if 200 <= status < 300:
             return status, None

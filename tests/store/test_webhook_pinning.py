@@ -12,6 +12,8 @@ by one that rebinds; the POST is captured by httpx's own mock transport.
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import httpx
 import pytest
@@ -163,3 +165,27 @@ def test_a_delivery_whose_lease_ran_out_in_the_round_is_not_sent(tmp_path, monke
         assert sorted(done) == [("delivered", 1), ("delivered", 1)]
     finally:
         engine.dispose()
+
+
+def test_a_resolver_that_does_not_answer_holds_the_attempt_no_longer_than_its_timeout(tmp_path, monkeypatch) -> None:
+    """getaddrinfo takes no timeout: a name whose DNS server never answered held the attempt (and
+    every other endpoint's deliveries behind it) as long as the operating system's resolver waited.
+    The resolution and the POST together now end within the timeout."""
+    released = threading.Event()
+
+    def silent(host, port, *args, **kwargs):
+        released.wait(30)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", silent)
+    store = Webhooks(None, Settings(database_url=f"sqlite:///{tmp_path}/w.db", webhook_timeout_s=0.5))  # type: ignore[arg-type]
+    requests: list[httpx.Request] = []
+    try:
+        started = time.monotonic()
+        status, error = store.attempt(capture(requests), delivery("https://hooks.example.com/in"))
+        took = time.monotonic() - started
+    finally:
+        released.set()
+    assert (status, error) == (None, "resolve: no answer within 0.5 s")
+    assert took < 2, took
+    assert requests == []
