@@ -46,7 +46,7 @@ from engine.store.answer_cache import AnswerCache
 from engine.store.apps import Apps
 from engine.store.committer_process import CommitterProcess
 from engine.store.config import Config
-from engine.store.db import is_sqlite, ledger_id, make_engine, upgrade
+from engine.store.db import is_sqlite, ledger_id, make_engine, reader, upgrade
 from engine.store.group_commit import Committer, GroupCommitter
 from engine.store.keys import Keys
 from engine.store.ledger import Ledger
@@ -185,7 +185,7 @@ def _build_services(settings: Settings, clock: Clock) -> Services:
         apps=Apps(engine, settings, clock),
         keys=keys,
         committer=_committer(ledger, settings, clock),
-        answers=AnswerCache(settings.redis_url, ledger_id(engine)) if settings.redis_url else None,
+        answers=AnswerCache(settings.redis_url, lambda: ledger_id(reader(engine))) if settings.redis_url else None,
         signatures=signatures,
         auth=Auth(keys, settings, clock, signatures),
         in_flight=InFlight(),

@@ -1,4 +1,4 @@
-"""Idempotency fast path in Redis: remembered answers served without the database.
+"""Idempotency fast path in Redis: remembered answers served without the committer or the lock.
 
 The database is the record of every remembered answer (an accepted payment's on
 its `payment` row, a decline's in `idempotency_key`, kept 30 days and more).
@@ -10,8 +10,10 @@ through to the database path: correctness never depends on Redis.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -29,11 +31,18 @@ TTL_S = 24 * 3600
 class AnswerCache:
     """Answers of the ledger `ledger_id` names (`ledger_head.ledger_id`): another database, or this
     one restored from a backup (a new id), never meets them, even on the same Redis. Without the id,
-    a restored ledger replayed the answer of a sale it no longer held (helper-82's probe)."""
+    a restored ledger replayed the answer of a sale it no longer held (helper-82's probe).
 
-    def __init__(self, url: str, ledger_id: str) -> None:
+    `current` reads the database's ledger id now. It is read at start-up, and again before a
+    remembered answer is replayed (one read of the head row, no lock waited for): a process left
+    running while its database was emptied and restored from a backup (helper-84) no longer
+    replays the answers of the ledger it served before, and keeps its answers under the new id
+    from then on."""
+
+    def __init__(self, url: str, current: Callable[[], str]) -> None:
         self.url = url
-        self.ledger_id = ledger_id
+        self._current = current
+        self.ledger_id = current()
         self._redis = LoopClients(url)
 
     @property
@@ -52,8 +61,25 @@ class AnswerCache:
             return None
         if raw is None:
             return None
+        if not await self._still_current():
+            return None
         entry = json.loads(raw)
         return entry["hash"], entry["status"], entry["body"]
+
+    async def _still_current(self) -> bool:
+        """Whether the database still holds the ledger this process's answers are kept under; if
+        not, they are kept under the one it holds now. A database that cannot be read replays
+        nothing: the database path answers, or fails, instead."""
+        try:
+            now = await asyncio.to_thread(self._current)
+        except Exception:
+            log.warning("ledger id unreadable; no answer replayed from the cache", exc_info=True)
+            return False
+        if now == self.ledger_id:
+            return True
+        log.warning("the database holds another ledger (restored?): answers cached for the last one are not replayed")
+        self.ledger_id = now
+        return False
 
     async def put(
         self, terminal_id: str, idempotency_key: str, request_hash: str, status: int, body_json: bytes

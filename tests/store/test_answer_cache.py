@@ -105,13 +105,8 @@ def test_concurrent_first_requests_apply_once_with_the_cache(postgres_url, redis
     app.state.engine.dispose()
 
 
-def test_a_restored_ledger_never_replays_an_answer_it_does_not_hold(
-    postgres_url, other_postgres_url, redis_url, tmp_path
-):
-    """A sale posted after the backup was taken is not in the restored copy: its retry must be
-    posted anew there, not answered from Redis as recorded (helper-82's probe: 201
-    `Idempotent-Replayed` with an id `GET /v1/transactions/{id}` did not know). Answers are kept
-    under the ledger's incarnation, which a restore makes anew."""
+def _a_sale_after_a_backup(postgres_url, redis_url, tmp_path):
+    """A ward served with Redis, backed up, then a sale: (app, client, key, body, headers, backup)."""
     from engine.store import backup
 
     app, client, key, body = _app(postgres_url, redis_url)
@@ -120,7 +115,20 @@ def test_a_restored_ledger_never_replays_an_answer_it_does_not_hold(
     headers = {"Authorization": f"Bearer {key}", "Idempotency-Key": "after-the-backup"}
     first = client.post("/v1/transactions", json=body, headers=headers)
     assert first.status_code == 201, first.text
+    return app, client, key, body, headers, snapshot
+
+
+def test_a_restored_ledger_never_replays_an_answer_it_does_not_hold(
+    postgres_url, other_postgres_url, redis_url, tmp_path
+):
+    """A sale posted after the backup was taken is not in the restored copy: its retry must be
+    posted anew there, not answered from Redis as recorded (helper-82's probe: 201
+    `Idempotent-Replayed` with an id `GET /v1/transactions/{id}` did not know). Answers are kept
+    under the ledger's incarnation, which a restore makes anew."""
+    app, client, key, body, headers, snapshot = _a_sale_after_a_backup(postgres_url, redis_url, tmp_path)
     app.state.engine.dispose()
+    from engine.store import backup
+
     backup.restore(snapshot, other_postgres_url)
     restored = create_app(_settings(other_postgres_url, redis_url))
     with TestClient(restored) as again:
@@ -130,3 +138,40 @@ def test_a_restored_ledger_never_replays_an_answer_it_does_not_hold(
         found = again.get(f"/v1/transactions/{retry.json()['id']}", headers={"Authorization": f"Bearer {key}"})
         assert found.status_code == 200, found.text
     restored.state.engine.dispose()
+
+
+def test_a_process_left_running_across_a_restore_replays_no_answer_of_the_ledger_before(
+    postgres_url, redis_url, tmp_path
+):
+    """The operator empties the database and restores a backup into it while an API process keeps
+    running (helper-84): that process read the ledger's id at start-up and went on replaying, from
+    Redis, the answer of a sale made after the backup, which the restored ledger does not hold. The
+    id is read again before a replay: the retry is posted anew."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    from engine.store import backup
+
+    app, client, key, body, headers, snapshot = _a_sale_after_a_backup(postgres_url, redis_url, tmp_path)
+    cached = client.post("/v1/transactions", json=body, headers=headers)
+    assert cached.headers.get("Idempotent-Replayed") == "true"  # from Redis, before the restore
+
+    name = make_url(postgres_url).database
+    with psycopg.connect("host=127.0.0.1 user=postgres dbname=postgres", autocommit=True) as admin:
+        admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')  # the process's connections end
+        admin.execute(f'CREATE DATABASE "{name}"')
+    backup.restore(snapshot, postgres_url)
+
+    answers = []
+    for _ in range(3):  # a terminal retries an unavailable service
+        answers.append(client.post("/v1/transactions", json=body, headers=headers))
+        if answers[-1].status_code != 503:
+            break
+    retry = answers[-1]
+    assert all(a.headers.get("Idempotent-Replayed") != "true" for a in answers), "replayed the old ledger's answer"
+    assert retry.status_code == 201, retry.text
+    found = client.get(f"/v1/transactions/{retry.json()['id']}", headers={"Authorization": f"Bearer {key}"})
+    assert found.status_code == 200, found.text
+    again = client.post("/v1/transactions", json=body, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json() == retry.json()
+    app.state.engine.dispose()
