@@ -92,6 +92,8 @@ async def post_quote(
     if terminal_merchant != body.merchant_id:
         if p.role == "terminal":
             raise EngineError("forbidden", "a terminal key quotes only for its own merchant")
+        if body.merchant_id not in catalog.merchants:
+            raise EngineError("unknown_merchant", f"merchant {body.merchant_id} is not known")
         raise EngineError("unknown_terminal", f"terminal {body.terminal_id} is not at merchant {body.merchant_id}")
     if outcome.declined is not None:
         raise EngineError(outcome.declined, "posting this purchase now would be declined")

@@ -187,6 +187,8 @@ def test_quote_declines_and_scope(app_ward: Ward) -> None:
     assert _quote(app_ward.terminal("T_SHOTEN_1"), purchase("T_SHOTEN_1", w, 1000)).status_code == 200
     r = _quote(app_ward.app_client, purchase("T_SHOTEN_1", w, 1000, merchant_id="M_CONV"))
     assert r.status_code == 422 and r.json()["code"] == "unknown_terminal"
+    r = _quote(app_ward.app_client, purchase("T_SHOTEN_1", w, 1000, merchant_id="M_NOWHERE"))
+    assert r.status_code == 422 and r.json()["code"] == "unknown_merchant", r.text  # helper-85
     r = _quote(app_ward.app_client, {**purchase("T_SHOTEN_1", w, 1000), "receipt": "a.b.c"})
     assert r.status_code == 422, "a quote carries no receipt"
 
