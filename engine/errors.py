@@ -60,6 +60,7 @@ CATALOG: dict[str, ErrorCode] = {
     "receipt_in_use": ErrorCode(
         409, "Other transactions carrying this payment receipt were being decided with this one: retry it"
     ),
+    "wallet_in_use": ErrorCode(409, "Other transactions of this wallet were being decided with this one: retry it"),
     "app_revoked": ErrorCode(409, "The payment app is revoked"),
     # -- configuration, settlement (SPEC §7, §9.6) ------------------------------------
     "campaign_started": ErrorCode(422, "A started campaign can only end earlier or raise its budget"),

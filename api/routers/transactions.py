@@ -289,6 +289,7 @@ router.add_api_route(
                 "receipt_invalid",
                 "receipt_mismatch",
                 "receipt_in_use",
+                "wallet_in_use",
                 *_DECLINES,
             ),
             *_DECLINES,

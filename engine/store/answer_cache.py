@@ -10,7 +10,6 @@ through to the database path: correctness never depends on Redis.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from engine.store import bounded
 from engine.store.redis_loop import LoopClients
 
 if TYPE_CHECKING:
@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TTL_S = 24 * 3600
+# How long a replay waits for the ledger id's read, and how many reads may be waiting at once.
+CHECK_TIMEOUT_S = 1.0
+_CHECKS: bounded.Calls[str] = bounded.Calls("ledger-id", 8)
 
 
 class AnswerCache:
@@ -49,36 +52,40 @@ class AnswerCache:
     def client(self) -> redis.asyncio.Redis:
         return self._redis.client
 
-    def _key(self, terminal_id: str, idempotency_key: str) -> str:
-        return f"setapay:answer:{self.ledger_id}:{terminal_id}:{idempotency_key}"
+    @staticmethod
+    def _key(ledger_id: str, terminal_id: str, idempotency_key: str) -> str:
+        return f"setapay:answer:{ledger_id}:{terminal_id}:{idempotency_key}"
 
     async def get(self, terminal_id: str, idempotency_key: str) -> tuple[str, int, dict[str, Any]] | None:
         """(request hash, status, body) of a remembered answer, or None."""
+        kept_under = self.ledger_id  # the id the answer is read under is the one checked after
         try:
-            raw = await self.client.get(self._key(terminal_id, idempotency_key))
+            raw = await self.client.get(self._key(kept_under, terminal_id, idempotency_key))
         except Exception:  # Redis is an optimisation; the database path answers instead
             log.warning("answer cache unavailable", exc_info=True)
             return None
         if raw is None:
             return None
-        if not await self._still_current():
+        if not await self._still_current(kept_under):
             return None
         entry = json.loads(raw)
         return entry["hash"], entry["status"], entry["body"]
 
-    async def _still_current(self) -> bool:
-        """Whether the database still holds the ledger this process's answers are kept under; if
-        not, they are kept under the one it holds now. A database that cannot be read replays
-        nothing: the database path answers, or fails, instead."""
+    async def _still_current(self, kept_under: str) -> bool:
+        """Whether the database still holds the ledger `kept_under` names; if not, this process's
+        answers are kept under the one it holds now. The read waits at most CHECK_TIMEOUT_S on a
+        thread of its own (`bounded.Calls`, none of the event loop's executor): a database that
+        cannot be read in time replays nothing, and the database path answers, or fails, instead."""
         try:
-            now = await asyncio.to_thread(self._current)
-        except Exception:
-            log.warning("ledger id unreadable; no answer replayed from the cache", exc_info=True)
+            now = await _CHECKS.call_async(self._current, CHECK_TIMEOUT_S)
+        except Exception as exc:
+            log.warning("ledger id not read (%s); no answer replayed from the cache", type(exc).__name__)
             return False
-        if now == self.ledger_id:
+        if now == kept_under:
             return True
-        log.warning("the database holds another ledger (restored?): answers cached for the last one are not replayed")
-        self.ledger_id = now
+        if now != self.ledger_id:
+            log.warning("the database holds another ledger (restored?): the last one's answers are not replayed")
+            self.ledger_id = now
         return False
 
     async def put(
@@ -88,7 +95,7 @@ class AnswerCache:
         as it is: the API process holds an answer as the committer child sent it)."""
         try:
             await self.client.set(
-                self._key(terminal_id, idempotency_key),
+                self._key(self.ledger_id, terminal_id, idempotency_key),
                 orjson.dumps({"hash": request_hash, "status": status, "body": orjson.Fragment(body_json)}),
                 ex=TTL_S,
             )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -83,18 +84,23 @@ _KEY_AND_MAKERS_SQL = text(
 )
 
 
+log = logging.getLogger(__name__)
+
 # Refusals of a confirmation that name a change awaiting it: recorded in the audit log.
 CONFIRM_REFUSALS_AUDITED = frozenset({"bank_change_mismatch", "bank_change_same_key", "bank_change_superseded"})
 
 
-def _made_after_the_change(session: Session, key_id: str, merchant_id: str) -> bool:
-    """Whether the key's creation was recorded after the merchant's pending bank account change
-    (their audit entries' sequences, the order of their commits): a key made on a host whose clock
-    is behind the one that made the change carries an earlier `created_at`, but not an earlier
-    entry. A key made before the audit log has no entry and is older than any change it records."""
+def _made_after_the_change(session: Session, key_id: str, merchant_id: str, by_the_clocks: bool) -> bool:
+    """Whether the key was made after the merchant's pending bank account change: by their audit
+    entries' sequences (the order of their commits, whatever the clocks of the hosts that made
+    them said: a key made on a host whose clock lags carries an earlier `created_at`, a key made
+    beforehand on a host whose clock runs ahead a later one), or, when either has no entry (a key
+    made before the audit log), `by_the_clocks` (its `created_at` is not before the change's)."""
     created = audit.latest(session, "key.create", f"key:{key_id}")
     changed = audit.latest(session, "merchant.bank_account.change", f"merchant:{merchant_id}")
-    return created is not None and changed is not None and created > changed
+    if created is None or changed is None:
+        return by_the_clocks
+    return created > changed
 
 
 def _key_and_makers(session: Session, key_id: str) -> set[str]:
@@ -256,16 +262,19 @@ class Config:
             return self._confirm_bank_account(merchant_id, set_at_us, account, actor)
         except EngineError as refusal:
             if refusal.code in CONFIRM_REFUSALS_AUDITED:
-                with Session(self.engine) as session, session.begin():
-                    audit.record(
-                        session,
-                        actor,
-                        "merchant.bank_account.confirm_refused",
-                        f"merchant:{merchant_id}",
-                        None,
-                        {"code": refusal.code, "set_at": format_instant(set_at_us)},
-                        at_us=self.clock.now_us(),
-                    )
+                try:
+                    with Session(self.engine) as session, session.begin():
+                        audit.record(
+                            session,
+                            actor,
+                            "merchant.bank_account.confirm_refused",
+                            f"merchant:{merchant_id}",
+                            None,
+                            {"code": refusal.code, "set_at": format_instant(set_at_us)},
+                            at_us=self.clock.now_us(),
+                        )
+                except Exception:  # the refusal stands, whatever became of its record
+                    log.exception("the refused confirmation of merchant %s was not recorded", merchant_id)
             raise
 
     def _confirm_bank_account(
@@ -290,10 +299,8 @@ class Config:
             changed_at = row.bank_change_at_us
             assert changed_at is not None, merchant_id  # set and cleared with bank_change_by
             confirming = session.get(ApiKeyRow, actor.key_id)
-            if (
-                confirming is None
-                or confirming.created_at_us >= changed_at
-                or _made_after_the_change(session, actor.key_id, merchant_id)
+            if confirming is None or _made_after_the_change(
+                session, actor.key_id, merchant_id, confirming.created_at_us >= changed_at
             ):
                 raise EngineError(
                     "bank_change_same_key",

@@ -339,6 +339,9 @@ SECRET_ENDED = "the secret that signed the receipt was rotated out and ended bef
 
 # Transactions `Ledger.submit` takes for one group whose receipts' earlier uses were declined.
 RECEIPT_ROUNDS_MAX = 4
+# Transactions `Ledger.submit` takes for one group at most, whatever leaves some of it to the next
+# round (refunds returning points past their end too: one such refund of a wallet a round).
+ROUNDS_MAX = 16
 
 
 class StampBehindFloor(RuntimeError):
@@ -919,21 +922,30 @@ class Ledger:
         a next transaction (a loop, each round deciding at least its first submission).
         After `RECEIPT_ROUNDS_MAX` rounds the uses still waiting answer 409 `receipt_in_use`,
         not remembered (a retry is decided then): one request repeating a receipt the ledger
-        declines cannot make the ledger take a round per use, each re-reading the rest.
+        declines cannot make the ledger take a round per use, each re-reading the rest. Nor can
+        anything else make it take more than `ROUNDS_MAX`: a wallet's refunds returning points
+        into a lot past its end are decided one a round (`_after_due_returns`), and a thousand
+        refunds of one purchase took a thousand transactions under the lock (helper-89's probe:
+        57 s, every request of the process waiting); those still waiting then answer 409
+        `wallet_in_use`, not remembered. (The history import, which remembers no answer, is not
+        held to it: its file is the operator's, posted with the API stopped, and a line refused
+        so could not be imported again.)
         """
         results: list[Result | None] = [None] * len(submissions)
         todo = list(range(len(submissions)))
-        rounds = 0
+        receipt_rounds = rounds = 0
         while todo:
-            if rounds == RECEIPT_ROUNDS_MAX:
+            if receipt_rounds == RECEIPT_ROUNDS_MAX or (remember_answers and rounds == ROUNDS_MAX):
+                code = "receipt_in_use" if receipt_rounds == RECEIPT_ROUNDS_MAX else "wallet_in_use"
                 for i in todo:
-                    results[i] = Result(*decline("receipt_in_use"), remember=False)
+                    results[i] = Result(*decline(code), remember=False)
                 break
             group = [submissions[i] for i in todo]
             decided, receipt_waiting = self._submit_one(group, accepted_at_us, catalog, remember_answers)
             for i, result in zip(todo, decided):
                 results[i] = result
-            rounds += receipt_waiting  # `GroupEffects.receipt_waiting`
+            receipt_rounds += receipt_waiting  # `GroupEffects.receipt_waiting`
+            rounds += 1
             todo = [i for i in todo if results[i] is None]
         self.count_declines(results)  # type: ignore[arg-type]
         return results  # type: ignore[return-value]

@@ -39,6 +39,7 @@ from engine.store.models import (
     CampaignRow,
     CampaignVersionRow,
     MerchantRow,
+    PaymentRow,
     PostingRow,
     SettlementLineRow,
     SettlementRunRow,
@@ -191,9 +192,28 @@ def run(
         # into the next run's `carried_in`, never charged a fee nor its merchant-funded points.
         # A stretch in which nothing at all was posted may be left out: it has nothing to carry
         # (a first run mistyped years too early, 1999-01, then needs no empty runs to catch up).
-        # (The first run may start anywhere: what came before it is carried in.)
+        # The first run may start at any period from the ledger's first payment back: one that
+        # starts after a payment would carry that payment's month into its `carried_in`, never
+        # charged its fee or its merchant-funded points, and that month could never be settled
+        # after (helper-88's probe: November's sales carried fee-free into a first run of
+        # December). Postings of grants and lifecycle runs touch no merchant and may come before.
         last_end = session.execute(select(func.max(SettlementRunRow.period_end_us))).scalar()
-        if last_end is not None and period.start_us != last_end:
+        if last_end is None:
+            first_paid = session.execute(
+                select(PostingRow.posted_at_us)
+                .join(PaymentRow, PaymentRow.id == PostingRow.payment_id)
+                .where(PostingRow.posted_at_us < period.start_us)
+                .order_by(PostingRow.posted_at_us)
+                .limit(1)
+            ).scalar()
+            if first_paid is not None:
+                raise EngineError(
+                    "period_out_of_order",
+                    f"nothing is settled yet and the ledger's first payment was posted at "
+                    f"{format_instant(first_paid)}: the first run is of the period holding it (or an earlier "
+                    f"one), not {period.name}",
+                )
+        elif period.start_us != last_end:
             posted_between = session.execute(
                 select(PostingRow.sequence)
                 .where(PostingRow.posted_at_us >= last_end, PostingRow.posted_at_us < period.start_us)

@@ -34,8 +34,6 @@ import socket
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as ResolveTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -50,7 +48,7 @@ from engine import webhooks as rules
 from engine.audit import OPERATOR, Actor
 from engine.clock import Clock, SystemClock
 from engine.errors import EngineError
-from engine.store import audit, db, remembered
+from engine.store import audit, bounded, db, remembered
 from engine.store import events as outbox
 from engine.store.models import EventRow, WebhookDeliveryRow, WebhookEndpointRow
 from engine.store.remembered import Once
@@ -106,20 +104,20 @@ class Deadline:
         self._timer.cancel()
 
 
-# Host names are resolved on these threads, so an attempt waits for the operating system's resolver
-# no longer than its timeout (getaddrinfo itself takes no timeout; a resolver that never answers
-# keeps its thread, and at most this many are kept so).
-_RESOLVERS = ThreadPoolExecutor(max_workers=4, thread_name_prefix="webhook-resolve")
+# Host names are resolved on threads of their own and waited for within an attempt's timeout
+# (getaddrinfo takes none): a name whose resolver never answers keeps one thread, shared by every
+# attempt for that name meanwhile, and at most RESOLVING_MAX are kept so.
+RESOLVING_MAX = 16
+_RESOLVING: bounded.Calls[list[Any]] = bounded.Calls("webhook-resolve", RESOLVING_MAX)
 
 
 def _resolve(host: str, port: int, seconds: float) -> list[str]:
-    """The addresses `host` resolves to, waited for at most `seconds` (`ResolveTimeout` then)."""
-    asked = _RESOLVERS.submit(socket.getaddrinfo, host, port, type=socket.SOCK_STREAM)
-    try:
-        return [str(info[4][0]) for info in asked.result(timeout=seconds)]
-    except ResolveTimeout:
-        asked.cancel()  # still queued behind resolvers that hang: never asked
-        raise
+    """The addresses `host` resolves to, waited for at most `seconds` (`TimeoutError` then, and
+    `bounded.Busy` when RESOLVING_MAX names are being resolved already)."""
+    answers = _RESOLVING.call(
+        lambda: socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), seconds, key=(host, port)
+    )
+    return [str(info[4][0]) for info in answers]
 
 
 def _shut(sock: socket.socket) -> None:
@@ -441,8 +439,10 @@ class Webhooks:
                 return None, f"{type(exc).__name__}: the URL is not valid"
             try:
                 resolved = _resolve(url.host, url.port or 443, timeout)
-            except ResolveTimeout:
+            except TimeoutError:
                 return None, f"resolve: no answer within {timeout:g} s"
+            except bounded.Busy:
+                return None, f"resolve: {RESOLVING_MAX} host names without an answer yet"
             except (OSError, UnicodeError) as exc:
                 return None, f"resolve: {type(exc).__name__}"
             if not resolved or any(rules.address_is_local(str(address)) for address in resolved):

@@ -628,6 +628,22 @@ def test_a_key_made_after_the_change_on_a_clock_behind_cannot_confirm_it(ward: W
     assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
 
 
+def test_a_key_made_before_the_change_on_a_clock_ahead_can_confirm_it(ward: Ward, monkeypatch):
+    """The other way round (helper-87): a key made before the change on a host whose clock runs a
+    day ahead carries a later `created_at` than the change; its audit entry comes first, and it
+    may confirm."""
+    ward.merchant("M1", bank=1)
+    ward.at("2027-01-10T09:00")
+    with monkeypatch.context() as ahead:
+        ahead.setattr(ward.clock, "now_us", lambda: us("2027-01-12T09:00"))
+        early = {"Authorization": f"Bearer {ward.config.create_key('finance')}"}
+    ward.at("2027-01-11T09:00")
+    r = ward.client.patch("/v1/merchants/M1", json={"bank_account": bank_account(2)}, headers=ward.admin)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is True, r.text
+    r = confirm(ward, early)
+    assert r.status_code == 200 and r.json()["bank_account_pending_confirmation"] is False, r.text
+
+
 # -- §9.6: merchant funding follows the campaign version that issued the points ----------------------
 
 

@@ -79,6 +79,9 @@ def _december(ward: Ward) -> dict[str, Sale]:
 def test_monthly_lines_by_posting_time_computed_independently(ward: Ward):
     book = _december(ward)
     ward.at("2027-01-01T00:05")
+    # November's sale (accepted on the 30th) is November's: its month is settled first.
+    november = lines_by_merchant(ward.settle("2026-11"))
+    assert pick(november["M002"])["coin_sales"] == 7777 and november["M002"]["net_payout"] == 7777
     run = ward.settle("2026-12")
     assert run["period"] == {
         "kind": "monthly",
@@ -88,8 +91,7 @@ def test_monthly_lines_by_posting_time_computed_independently(ward: Ward):
     lines = lines_by_merchant(run)
     fees = {"M001": 250, "M002": 0, "M003": 333}
     assert sorted(lines) == ["M001", "M002", "M003"]
-    # November was never settled: M002's November sale is carried into December, not counted as its activity.
-    carried = {"M001": 0, "M002": 7777, "M003": 0}
+    carried = {"M001": 0, "M002": 0, "M003": 0}  # November's payout was handed to the bank
     for m, sale in book.items():
         assert pick(lines[m]) == expected_line(sale, fees[m], carried[m]), m
     # The figures, spelled out once: coin 5000 + 1134 - 567, points 100 - 50; fee 5617 * 2.5% = 140.425 -> 140.
@@ -322,6 +324,31 @@ def test_a_stretch_in_which_nothing_was_posted_may_be_left_out(ward: Ward):
     november = ward.settle("2026-11")  # 1999-02 .. 2026-10 held nothing: skipped
     assert pick(lines_by_merchant(november)["M001"]) == expected_line(nov, 150)
     assert pick(lines_by_merchant(ward.settle("2026-12"))["M001"]) == expected_line(dec, 150)
+    assert ward.reconcile()["ok"]
+
+
+def test_a_first_run_after_a_month_with_payments_is_refused(ward: Ward):
+    """A first run could start anywhere: one of December carried November's sales in, fee-free and
+    without their merchant-funded points, and November could never be settled after it (helper-88's
+    probe). A first run starts no later than the month of the ledger's first payment (a grant
+    before it, no merchant's money, holds no month back: `test_audit`'s ward grants on 30 November
+    and settles December first)."""
+    ward.merchant("M001", fee_bp=300, bank=1)
+    ward.merchant("M002", bank=2)
+    ward.campaign("CM", 500, funding_source="merchant:M002")  # 5% everywhere, M002 pays
+    nov1, nov2 = Sale(), Sale()
+    record({"M": nov1}, "M", ward.purchase("M001", "W1", "2026-11-30T10:00", 10_000))
+    record({"M": nov2}, "M", ward.purchase("M002", "W2", "2026-11-30T11:00", 20_000))
+    ward.purchase("M001", "W1", "2026-12-10T10:00", 5_000)
+    ward.at("2027-01-01T00:05")
+    runs, postings = _count(ward, SettlementRunRow), _count(ward, PostingRow)
+    problem = ward.settle("2026-12", expect=409)
+    assert problem["code"] == "period_out_of_order" and "2026-11-30T10:00" in problem["detail"], problem
+    assert (_count(ward, SettlementRunRow), _count(ward, PostingRow)) == (runs, postings)
+    november = lines_by_merchant(ward.settle("2026-11"))
+    # M002 pays for the points of both sales: 500 + 1,000.
+    assert november["M001"]["fee"] == 300 and november["M002"]["merchant_funded_points"] == 1500, november
+    assert ward.settle("2026-12")["period"]["start"] == "2026-12-01T00:00:00+09:00"
     assert ward.reconcile()["ok"]
 
 

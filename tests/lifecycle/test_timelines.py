@@ -553,3 +553,29 @@ def test_alternating_returns_and_spends_are_all_decided_not_refused_as_receipts_
     # June's 200 left, and the 4 × 200 returned, all expired; the spends took July's points.
     assert sum(p.amount for p in books.postings() if p.reason == "expiry") == 1000
     assert consistent(books, wallet)["available"] == 3000 - 4 * 10
+
+
+def test_a_wallet_s_returns_past_their_end_take_a_bounded_number_of_rounds(books):
+    """Each refund returning points into a lot past its end holds the wallet's next refund back a
+    round: forty refunds of one purchase in one group took forty transactions under the lock, each
+    re-reading the rest (helper-89's probe: a thousand took 57 s, every request of the process
+    waiting). A group takes `ROUNDS_MAX` rounds at most; the refunds still waiting answer 409
+    `wallet_in_use`, remember nothing, and are accepted when retried."""
+    from engine.store.ledger import ROUNDS_MAX
+
+    wallet = "W_MANY_RETURNS"
+    buy(books, wallet, 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 1000
+    redeem = buy(books, wallet, 4_000, "2027-02-26T10:00", points_used=400)
+    books.at(jst("2027-07-01T00:01"))
+    occurred = iso(jst("2027-07-01T00:00:30"))
+    refund = Refund.model_validate(
+        {"type": "refund", "original_id": redeem["id"], "amount": 100, "occurred_at": occurred}
+    )
+    group = _group([refund] * 40, "many")
+    results = books.ledger.submit(group)
+    statuses = [(r.status, r.body.get("code")) for r in results]
+    assert statuses == [(201, None)] * ROUNDS_MAX + [(409, "wallet_in_use")] * (40 - ROUNDS_MAX), statuses
+    retried = books.ledger.submit(group[ROUNDS_MAX:])
+    assert sum(r.status == 201 for r in retried) == ROUNDS_MAX  # the next request's share
+    assert all(r.status == 201 and r.replayed for r in books.ledger.submit(group[:ROUNDS_MAX]))

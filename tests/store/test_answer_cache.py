@@ -175,3 +175,71 @@ def test_a_process_left_running_across_a_restore_replays_no_answer_of_the_ledger
     again = client.post("/v1/transactions", json=body, headers=headers)
     assert again.headers.get("Idempotent-Replayed") == "true" and again.json() == retry.json()
     app.state.engine.dispose()
+
+
+class _Ledgers:
+    """The database's ledger id as a test sets it; a read may be held until the test lets it go."""
+
+    def __init__(self, first: str) -> None:
+        self.now = first
+        self.hold = threading.Event()
+        self.hold.set()
+        self.reads = 0
+
+    def __call__(self) -> str:
+        self.reads += 1
+        assert self.hold.wait(30)
+        return self.now
+
+
+def test_a_replay_is_checked_against_the_ledger_it_was_read_under(redis_url) -> None:
+    """Two retries right after a restore (helper-87): the first read its answer under the old id
+    and waited for the database; the second found the new id and switched the cache to it; the
+    first then compared the new id with the cache's, now equal, and replayed the old ledger's
+    answer. Each replay is held to the id its answer was read under."""
+    import asyncio
+
+    from engine.store.answer_cache import AnswerCache
+
+    ledgers = _Ledgers("L1")
+    cache = AnswerCache(redis_url, ledgers)
+
+    async def run() -> tuple:
+        await cache.put("T1", "k1", "h1", 201, b'{"id":"old-ledger-sale"}')
+        ledgers.now = "L2"  # restored meanwhile
+        ledgers.hold.clear()
+        first = asyncio.create_task(cache.get("T1", "k1"))
+        while ledgers.reads < 2:  # the start-up read and the first retry's
+            await asyncio.sleep(0.01)
+        ledgers.hold.set()
+        second = await cache.get("T1", "k1")
+        return await first, second
+
+    first, second = asyncio.run(run())
+    assert (first, second) == (None, None), "replayed the old ledger's answer"
+    assert cache.ledger_id == "L2"
+
+
+def test_a_database_that_does_not_answer_holds_a_replay_no_longer_than_a_second(redis_url) -> None:
+    """The check reads the database: one that hangs (a pooled connection nobody answers on) made
+    every replay wait as long, each on a thread of the event loop's executor (helper-87). It is
+    waited for a second on a thread of its own, then the request goes the database's way."""
+    import asyncio
+
+    from engine.store.answer_cache import AnswerCache
+
+    ledgers = _Ledgers("L1")
+    cache = AnswerCache(redis_url, ledgers)
+
+    async def run():
+        await cache.put("T1", "k1", "h1", 201, b'{"id":"sale"}')
+        ledgers.hold.clear()
+        started = time.monotonic()
+        got = await cache.get("T1", "k1")
+        return got, time.monotonic() - started
+
+    try:
+        got, took = asyncio.run(run())
+    finally:
+        ledgers.hold.set()
+    assert got is None and took < 3, took

@@ -189,3 +189,31 @@ def test_a_resolver_that_does_not_answer_holds_the_attempt_no_longer_than_its_ti
     assert (status, error) == (None, "resolve: no answer within 0.5 s")
     assert took < 2, took
     assert requests == []
+
+
+def test_a_name_that_resolves_slowly_holds_up_no_other_name(tmp_path, monkeypatch) -> None:
+    """Lookups ran on a shared pool of four threads: a name whose resolver answers late took all
+    four, one attempt after another, and every other endpoint's name then timed out waiting in the
+    queue (helper-87). Attempts for one name now share one lookup; other names go on."""
+    released = threading.Event()
+
+    def resolver(host, port, *args, **kwargs):
+        if host == "slow.example.com":
+            released.wait(30)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.215.14", port))]
+
+    monkeypatch.setattr(webhooks.socket, "getaddrinfo", resolver)
+    store = Webhooks(None, Settings(database_url=f"sqlite:///{tmp_path}/w.db", webhook_timeout_s=0.3))  # type: ignore[arg-type]
+    requests: list[httpx.Request] = []
+    try:
+        for _ in range(6):
+            assert store.attempt(capture(requests), delivery("https://slow.example.com/in")) == (
+                None,
+                "resolve: no answer within 0.3 s",
+            )
+        assert store.attempt(capture(requests), delivery("https://good.example.com/in")) == (204, None)
+        lookups = [t for t in threading.enumerate() if t.name == "webhook-resolve"]
+        assert len(lookups) == 1 and lookups[0].daemon  # the slow name's one lookup; exit never waits on it
+    finally:
+        released.set()
+    assert [r.headers["host"] for r in requests] == ["good.example.com"]
