@@ -72,6 +72,7 @@ CATALOG: dict[str, ErrorCode] = {
     "period_overlaps": ErrorCode(409, "The period overlaps a settled one"),
     "period_out_of_order": ErrorCode(409, "Periods settle in order, each right after the last settled one"),
     "payout_already_settled": ErrorCode(409, "The payout has a different result already"),
+    "payout_amount_mismatch": ErrorCode(409, "The result's amount is not the run's payout to that merchant"),
     "reconciliation_in_progress": ErrorCode(409, "A reconciliation is running already; retry when it has ended"),
     "bank_change_not_pending": ErrorCode(409, "No bank account change awaits confirmation"),
     "bank_change_same_key": ErrorCode(403, "A bank account change must be confirmed by a different key"),

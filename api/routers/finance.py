@@ -35,8 +35,14 @@ class SettlementRequest(Record):
 
 
 class PayoutResult(Record):
+    """One transfer's result as the bank answered it. `amount`, when given (the bank's result
+    record carries it), must be the run's payout to that merchant: a result for another run's
+    transfer (the next month's file imported against this run) is refused, 409
+    `payout_amount_mismatch`, and nothing of the request is applied."""
+
     merchant_id: Id
     status: Literal["paid", "failed"]
+    amount: Annotated[int, Field(strict=True, ge=1, le=limits.AMOUNT_YEN_MAX * 10_000_000)] | None = None
 
 
 class PayoutResults(Record):
@@ -165,12 +171,13 @@ def settlement_zengin(run_id: PathId, _: Finance, ledger: LedgerDep, settings: S
     "/v1/settlement-runs/{run_id}/payout-results",
     responses={
         200: {"model": responses.PayoutResultsAnswer},
-        **problems(AUTHENTICATED, "invalid_request", "not_found", "payout_already_settled"),
+        **problems(AUTHENTICATED, "invalid_request", "not_found", "payout_already_settled", "payout_amount_mismatch"),
     },
     response_model=None,
 )
 def payout_results(run_id: PathId, body: PayoutResults, p: Finance, ledger: LedgerDep) -> dict[str, Any]:
-    return settlement.import_payout_results(ledger, run_id, [r.model_dump() for r in body.results], actor=p)
+    results = [r.model_dump(exclude_none=True) for r in body.results]
+    return settlement.import_payout_results(ledger, run_id, results, actor=p)
 
 
 @router.post(

@@ -718,8 +718,9 @@ def _verified(s: Services, statement: dict[str, Any]) -> bool:
 
 @router.post("/ui/settlement-runs/{run_id}/payout-results", **_HTML)  # type: ignore[arg-type]
 async def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) -> Response:
-    """The bank's answer for a run's transfers, one `MERCHANT_ID paid|failed` a line, imported as
-    `POST /v1/settlement-runs/{id}/payout-results` does."""
+    """The bank's answer for a run's transfers, one `MERCHANT_ID paid|failed [AMOUNT]` a line,
+    imported as `POST /v1/settlement-runs/{id}/payout-results` does (the amount, when given, must
+    be the run's payout to that merchant)."""
 
     def build() -> Response:
         who = _signed_in(request, s, "finance")
@@ -729,9 +730,14 @@ async def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) ->
             words = line.replace(",", " ").split()
             if not words:
                 continue
-            if len(words) != 2 or words[1] not in ("paid", "failed"):
+            if len(words) not in (2, 3) or words[1] not in ("paid", "failed"):
                 return _error(request, who, 422, "invalid_request")
-            results.append({"merchant_id": words[0], "status": words[1]})
+            result: dict[str, Any] = {"merchant_id": words[0], "status": words[1]}
+            if len(words) == 3:
+                if not (words[2].isascii() and words[2].isdigit() and len(words[2]) <= 15):
+                    return _error(request, who, 422, "invalid_request")
+                result["amount"] = int(words[2])
+            results.append(result)
         if not results:
             return _error(request, who, 422, "invalid_request")
         try:

@@ -677,7 +677,9 @@ def import_payout_results(
     ledger: Ledger, run_id: str, results: list[dict[str, Any]], actor: Actor = OPERATOR
 ) -> dict[str, Any]:
     """The bank's answer per merchant: paid payouts close, failed ones return to payable
-    and so are carried into the next period. Re-importing the same answer changes nothing."""
+    and so are carried into the next period. Re-importing the same answer changes nothing. A
+    result's `amount`, when given, must be the line's payout (409 `payout_amount_mismatch`,
+    nothing applied)."""
     with ledger.unit_of_work() as unit:
         session = unit.session
         if session.get(SettlementRunRow, run_id) is None:
@@ -695,6 +697,14 @@ def import_payout_results(
             line = lines.get(result["merchant_id"])
             if line is None:
                 raise EngineError("invalid_request", f"merchant {result['merchant_id']} has no line in {run_id}")
+            if result.get("amount") is not None and result["amount"] != line.net_payout:
+                # Another run's transfer (helper-88: January's answer imported against December's
+                # run failed December's payout, paid again in February, and left January's pending).
+                raise EngineError(
+                    "payout_amount_mismatch",
+                    f"{run_id} pays {line.merchant_id} {line.net_payout}, not {result['amount']}: is the result "
+                    "another run's?",
+                )
             if line.payout_status == result["status"]:
                 unchanged += 1
                 continue

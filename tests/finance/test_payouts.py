@@ -131,6 +131,48 @@ def test_payout_results_are_for_finance_and_validated(ward: Ward):
     assert ward.get(f"/v1/settlement-runs/{run['id']}").json()["payouts"][0]["payout_status"] == "pending"
 
 
+def test_a_result_whose_amount_is_another_run_s_is_refused(ward: Ward):
+    """January's bank answer imported against December's run (the same merchants, both pending)
+    failed December's transfer, which February paid again, and left January's pending for good
+    (helper-88). A result may carry the amount the bank reports; one that is not the run's payout
+    to that merchant is 409 `payout_amount_mismatch`, and nothing of the request is applied."""
+    ward.merchant("M001", bank=1)
+    ward.merchant("M002", bank=2)
+    ward.purchase("M001", "W1", "2026-12-01T10:00", 5_000)
+    ward.purchase("M002", "W1", "2026-12-02T10:00", 7_000)
+    ward.at("2027-01-02T09:00")
+    december = ward.settle("2026-12")
+    ward.purchase("M001", "W1", "2027-01-05T10:00", 100)
+    ward.purchase("M002", "W1", "2027-01-06T10:00", 200)
+    ward.at("2027-02-02T09:00")
+    january = ward.settle("2027-01")
+    url = f"/v1/settlement-runs/{december['id']}/payout-results"
+    postings = _postings(ward)
+    january_s = {
+        "results": [
+            {"merchant_id": "M001", "status": "paid", "amount": 100},
+            {"merchant_id": "M002", "status": "failed", "amount": 200},
+        ]
+    }
+    r = ward.client.post(url, json=january_s, headers=ward.finance)
+    assert r.status_code == 409 and r.json()["code"] == "payout_amount_mismatch", r.text
+    assert _postings(ward) == postings
+    assert {p["payout_status"] for p in ward.get(f"/v1/settlement-runs/{december['id']}").json()["payouts"]} == {
+        "pending"
+    }
+    r = ward.client.post(f"/v1/settlement-runs/{january['id']}/payout-results", json=january_s, headers=ward.finance)
+    assert r.status_code == 200 and r.json()["applied"] == 2, r.text
+    december_s = {
+        "results": [
+            {"merchant_id": "M001", "status": "paid", "amount": 5_000},
+            {"merchant_id": "M002", "status": "paid"},
+        ]
+    }
+    r = ward.client.post(url, json=december_s, headers=ward.finance)
+    assert r.status_code == 200 and r.json()["applied"] == 2, r.text
+    assert ward.reconcile()["ok"]
+
+
 def test_a_blank_holder_name_is_refused(ward: Ward):
     """A payout account's holder name must hold something a bank can read: all spaces is 422 on
     create and on update, and nothing is written."""

@@ -432,6 +432,18 @@ def test_a_merchant_downloads_its_own_signed_statement(ward: Ward, browser, tmp_
         assert answer.status == 200 and answer.json() == json.loads(json_path.read_text(encoding="utf-8"))
         other = context.request.get(f"{base}/ui/merchants/{MERCHANT_B}/statements/{run_id}/statement.csv")
         assert other.status == 200 and f"\r\n{MERCHANT_B}," in other.text()
+        # The bank's results, typed in: an amount that is not this run's payout is refused, nothing applied.
+        page.goto(f"{base}/ui/settlement-runs/{run_id}")
+        page.fill("#results", f"{MERCHANT_A} paid {line['net_payout'] + 1}")
+        page.click("form[action$='/payout-results'] button[type=submit]")
+        assert "payout_amount_mismatch" in page.content()
+        assert _api(ward, finance_key, f"/v1/settlement-runs/{run_id}")["payouts"] == run["payouts"]
+        page.goto(f"{base}/ui/settlement-runs/{run_id}")
+        page.fill("#results", f"{MERCHANT_A} paid {line['net_payout']}")
+        page.click("form[action$='/payout-results'] button[type=submit]")
+        page.wait_for_url(re.compile(rf".*/ui/settlement-runs/{run_id}$"))
+        paid = _api(ward, finance_key, f"/v1/settlement-runs/{run_id}")["payouts"]
+        assert {p["merchant_id"]: p["payout_status"] for p in paid}[MERCHANT_A] == "paid"
     finally:
         context.close()
 
