@@ -6,7 +6,7 @@ import contextlib
 import functools
 import json
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -40,18 +40,29 @@ def get_payment(engine: Engine, payment_id: str) -> dict[str, Any]:
         row = session.get(PaymentRow, payment_id)
         if row is None:
             raise EngineError("not_found", f"transaction {payment_id} is not known")
+        return _payment_views(session, [row])[0]
+
+
+def _payment_views(session: Session, rows: Sequence[PaymentRow]) -> list[dict[str, Any]]:
+    """Each payment's answer as `GET /v1/transactions/{id}` shows it (its awards' status now, a
+    purchase's refunded amount), the awards of all of them read in one query."""
+    awards: dict[tuple[str, str], AwardRow] = {}
+    ids = [row.id for row in rows if row.type == "purchase"]
+    for chunk_start in range(0, len(ids), 1000):
+        chunk = ids[chunk_start : chunk_start + 1000]
+        for a in session.execute(select(AwardRow).where(AwardRow.payment_id.in_(chunk))).scalars():
+            awards[(a.payment_id, a.campaign_id)] = a
+    views = []
+    for row in rows:
         body: dict[str, Any] = json.loads(row.response_json)
-        awards = {
-            a.campaign_id: a
-            for a in session.execute(select(AwardRow).where(AwardRow.payment_id == payment_id)).scalars()
-        }
         for award in body.get("awards", []):
-            a = awards[award["campaign_id"]]
+            a = awards[(row.id, award["campaign_id"])]
             award["status"] = award_status(a)
             award["points_clawed_back"] = a.clawed_back
         if row.type == "purchase":
             body["refunded_amount"] = row.refunded_amount
-        return body
+        views.append(body)
+    return views
 
 
 def payment_scope(engine: Engine, payment_id: str) -> tuple[str, str] | None:
@@ -289,38 +300,52 @@ def wallet_detail(engine: Engine, wallet_id: str, now_us: int) -> dict[str, Any]
 
 
 def merchant_rewards(engine: Engine, merchant_id: str, from_us: int | None, to_us: int | None) -> dict[str, Any]:
-    """Counts, coin sales, points redeemed, and customers' points per campaign by status."""
+    """Counts, coin sales, points redeemed, and customers' points per campaign by status.
+
+    Summed by the database: the purchases' figures and their awards' by campaign in two
+    aggregates, only the refunds' answers read (a refund's coin and points are in its answer, not
+    its columns). Every payment of the merchant was loaded whole, its request and answer texts
+    included, for each call: 2.2 s of CPU and 300 MB at 53,000 payments (helper-89)."""
     with Session(engine) as session:
         where = [PaymentRow.merchant_id == merchant_id]
         if from_us is not None:
             where.append(PaymentRow.occurred_at_us >= from_us)
         if to_us is not None:
             where.append(PaymentRow.occurred_at_us < to_us)
+        purchases = [*where, PaymentRow.type == "purchase"]
+        count, coin, redeemed = session.execute(
+            select(
+                func.count(),
+                func.coalesce(func.sum(PaymentRow.amount - PaymentRow.points_used), 0),
+                func.coalesce(func.sum(PaymentRow.points_used), 0),
+            ).where(*purchases)
+        ).one()
         totals: dict[str, int] = defaultdict(int)
-        ids: list[str] = []
-        for p in session.execute(select(PaymentRow).where(*where)).scalars():
-            if p.type == "purchase":
-                ids.append(p.id)
-                totals["purchases"] += 1
-                totals["coin_sales"] += p.amount - p.points_used
-                totals["points_redeemed"] += p.points_used
-            else:
-                body = json.loads(p.response_json)
-                totals["refunds"] += 1
-                totals["coin_refunded"] += body["coin_refunded"]
-                totals["points_returned"] += body["points_returned"]
-        campaigns: dict[str, dict[str, int]] = defaultdict(
-            lambda: {"awarded": 0, "pending": 0, "credited": 0, "clawed_back": 0}
-        )
-        for chunk_start in range(0, len(ids), 1000):
-            for a in session.execute(
-                select(AwardRow).where(AwardRow.payment_id.in_(ids[chunk_start : chunk_start + 1000]))
-            ).scalars():
-                c = campaigns[a.campaign_id]
-                c["awarded"] += a.points
-                c["pending"] += a.pending
-                c["clawed_back"] += a.clawed_back
-                c["credited"] += a.points - a.pending - a.clawed_back
+        totals.update(purchases=int(count), coin_sales=int(coin), points_redeemed=int(redeemed))
+        for (answer,) in session.execute(select(PaymentRow.response_json).where(*where, PaymentRow.type == "refund")):
+            body = json.loads(answer)
+            totals["refunds"] += 1
+            totals["coin_refunded"] += body["coin_refunded"]
+            totals["points_returned"] += body["points_returned"]
+        campaigns: dict[str, dict[str, int]] = {}
+        for campaign_id, awarded, pending, clawed_back in session.execute(
+            select(
+                AwardRow.campaign_id,
+                func.sum(AwardRow.points),
+                func.sum(AwardRow.pending),
+                func.sum(AwardRow.clawed_back),
+            )
+            .join(PaymentRow, PaymentRow.id == AwardRow.payment_id)
+            .where(*purchases)
+            .group_by(AwardRow.campaign_id)
+        ):
+            awarded, pending, clawed_back = int(awarded), int(pending), int(clawed_back)
+            campaigns[campaign_id] = {
+                "awarded": awarded,
+                "pending": pending,
+                "credited": awarded - pending - clawed_back,
+                "clawed_back": clawed_back,
+            }
     return {
         "merchant_id": merchant_id,
         "from": format_instant(from_us) if from_us is not None else None,
@@ -350,11 +375,9 @@ def merchant_transactions(
         if to_us is not None:
             where.append(PaymentRow.occurred_at_us < to_us)
         rows = list(
-            session.execute(
-                select(PaymentRow.id, PaymentRow.sequence).where(*where).order_by(PaymentRow.sequence).limit(limit + 1)
-            )
+            session.execute(select(PaymentRow).where(*where).order_by(PaymentRow.sequence).limit(limit + 1)).scalars()
         )
-    page = [get_payment(engine, r.id) for r in rows[:limit]]
+        page = _payment_views(session, rows[:limit])  # one session, two queries (helper-89: one a row)
     return page, (rows[limit - 1].sequence if len(rows) > limit else None)
 
 
