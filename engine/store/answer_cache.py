@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -47,6 +49,10 @@ class AnswerCache:
         self._current = current
         self.ledger_id = current()
         self._redis = LoopClients(url)
+        # The last read of the ledger id: when it began, and its result to come. A replay whose
+        # answer was read from Redis before that read began waits for it rather than reading
+        # again: a storm of retries reads the head row a few times, not once a retry.
+        self._latest: tuple[float, Future[str]] | None = None
 
     @property
     def client(self) -> redis.asyncio.Redis:
@@ -59,6 +65,7 @@ class AnswerCache:
     async def get(self, terminal_id: str, idempotency_key: str) -> tuple[str, int, dict[str, Any]] | None:
         """(request hash, status, body) of a remembered answer, or None."""
         kept_under = self.ledger_id  # the id the answer is read under is the one checked after
+        asked_at = time.monotonic()
         try:
             raw = await self.client.get(self._key(kept_under, terminal_id, idempotency_key))
         except Exception:  # Redis is an optimisation; the database path answers instead
@@ -66,18 +73,24 @@ class AnswerCache:
             return None
         if raw is None:
             return None
-        if not await self._still_current(kept_under):
+        if not await self._still_current(kept_under, asked_at):
             return None
         entry = json.loads(raw)
         return entry["hash"], entry["status"], entry["body"]
 
-    async def _still_current(self, kept_under: str) -> bool:
-        """Whether the database still holds the ledger `kept_under` names; if not, this process's
-        answers are kept under the one it holds now. The read waits at most CHECK_TIMEOUT_S on a
-        thread of its own (`bounded.Calls`, none of the event loop's executor): a database that
-        cannot be read in time replays nothing, and the database path answers, or fails, instead."""
+    async def _still_current(self, kept_under: str, asked_at: float) -> bool:
+        """Whether the database still holds the ledger `kept_under` names, read after `asked_at`
+        (the replay's look-up in Redis: a read begun before it may have seen the database before a
+        restore the answer came after); if not, this process's answers are kept under the one it
+        holds now. The read waits at most CHECK_TIMEOUT_S on a thread of its own (`bounded.Calls`,
+        none of the event loop's executor): a database that cannot be read in time replays
+        nothing, and the database path answers, or fails, instead."""
         try:
-            now = await _CHECKS.call_async(self._current, CHECK_TIMEOUT_S)
+            latest = self._latest
+            if latest is None or latest[0] < asked_at:
+                latest = (time.monotonic(), _CHECKS.start(self._current))
+                self._latest = latest
+            now = await bounded.wait_async(latest[1], CHECK_TIMEOUT_S)
         except Exception as exc:
             log.warning("ledger id not read (%s); no answer replayed from the cache", type(exc).__name__)
             return False

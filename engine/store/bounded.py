@@ -66,4 +66,10 @@ class Calls(Generic[T]):
 
     async def call_async(self, fn: Callable[[], T], seconds: float, key: Hashable | None = None) -> T:
         """`call` for a coroutine: the event loop waits, no thread of its executor does."""
-        return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(self.start(fn, key))), seconds)
+        return await wait_async(self.start(fn, key), seconds)
+
+
+async def wait_async(future: Future[T], seconds: float) -> T:
+    """`future`'s result, the event loop waiting at most `seconds` (`TimeoutError`); giving up
+    leaves the call running for whoever else waits on it."""
+    return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), seconds)

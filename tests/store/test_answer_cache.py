@@ -243,3 +243,27 @@ def test_a_database_that_does_not_answer_holds_a_replay_no_longer_than_a_second(
     finally:
         ledgers.hold.set()
     assert got is None and took < 3, took
+
+
+def test_a_storm_of_replays_reads_the_ledger_id_once_not_once_each(redis_url) -> None:
+    """Fifty retries of one sale at once: each read the head row, at most eight at a time, and the
+    rest went the database's way (to wait for the sequencer lock the fast path is there to avoid).
+    A replay whose answer came from Redis before a read began waits for that read."""
+    import asyncio
+
+    from engine.store.answer_cache import AnswerCache
+
+    ledgers = _Ledgers("L1")
+    cache = AnswerCache(redis_url, ledgers)
+
+    async def run() -> list:
+        await cache.put("T1", "k1", "h1", 201, b'{"id":"sale"}')
+        ledgers.hold.clear()
+        retries = [asyncio.create_task(cache.get("T1", "k1")) for _ in range(50)]
+        await asyncio.sleep(0.3)  # every look-up in Redis done, waiting on the read
+        ledgers.hold.set()
+        return await asyncio.gather(*retries)
+
+    answers = asyncio.run(run())
+    assert all(a == ("h1", 201, {"id": "sale"}) for a in answers), answers
+    assert ledgers.reads - 1 <= 3, ledgers.reads  # the start-up read, then a few
