@@ -239,6 +239,7 @@ async def post_transaction(
             if cached_hash != request_hash:
                 return render(Result(*decline("idempotency_key_reused")))
             return render(Result(status, answer, replayed=True))
+    posted_under = answers.ledger_id if answers is not None else None  # before the commit: `AnswerCache.put`
     with services.in_flight.claimed([(terminal_id, key)]) as fresh:
         if not fresh:
             raise EngineError("request_in_progress")
@@ -252,7 +253,7 @@ async def post_transaction(
         and result.remember
         and (result.status < 400 or result.body.get("code") != "idempotency_key_reused")
     ):
-        await answers.put(terminal_id, key, submission.request_hash, result.status, result.body_json)
+        await answers.put(terminal_id, key, submission.request_hash, result.status, result.body_json, posted_under)
     return render(result)
 
 

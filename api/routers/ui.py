@@ -734,7 +734,7 @@ async def ui_payout_results(request: Request, run_id: PathId, s: ServicesDep) ->
                 return _error(request, who, 422, "invalid_request")
             result: dict[str, Any] = {"merchant_id": words[0], "status": words[1]}
             if len(words) == 3:
-                if not (words[2].isascii() and words[2].isdigit() and len(words[2]) <= 15):
+                if not (words[2].isascii() and words[2].isdigit() and len(words[2]) <= 15 and int(words[2]) > 0):
                     return _error(request, who, 422, "invalid_request")
                 result["amount"] = int(words[2])
             results.append(result)

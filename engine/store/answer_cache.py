@@ -87,7 +87,7 @@ class AnswerCache:
         nothing, and the database path answers, or fails, instead."""
         try:
             latest = self._latest
-            if latest is None or latest[0] < asked_at:
+            if latest is None or latest[0] <= asked_at:
                 latest = (time.monotonic(), _CHECKS.start(self._current))
                 self._latest = latest
             now = await bounded.wait_async(latest[1], CHECK_TIMEOUT_S)
@@ -102,13 +102,23 @@ class AnswerCache:
         return False
 
     async def put(
-        self, terminal_id: str, idempotency_key: str, request_hash: str, status: int, body_json: bytes
+        self,
+        terminal_id: str,
+        idempotency_key: str,
+        request_hash: str,
+        status: int,
+        body_json: bytes,
+        ledger_id: str | None = None,
     ) -> None:
         """Remember an answer whose body is `body_json` (JSON of an object, written into the entry
-        as it is: the API process holds an answer as the committer child sent it)."""
+        as it is: the API process holds an answer as the committer child sent it), under
+        `ledger_id`: the id as it stood before the request was posted (the caller reads
+        `self.ledger_id` then). A restore that another replay found between the commit and this
+        write moved `self.ledger_id` to the new ledger, which may not hold the sale (helper-90); an
+        id older than the ledger that took the sale only loses the entry."""
         try:
             await self.client.set(
-                self._key(self.ledger_id, terminal_id, idempotency_key),
+                self._key(self.ledger_id if ledger_id is None else ledger_id, terminal_id, idempotency_key),
                 orjson.dumps({"hash": request_hash, "status": status, "body": orjson.Fragment(body_json)}),
                 ex=TTL_S,
             )

@@ -43,7 +43,12 @@ class Calls(Generic[T]):
             future: Future[T] = Future()
             future.set_running_or_notify_cancel()  # running: a waiter giving up cannot cancel it
             self._flying[slot] = future
-        threading.Thread(target=self._run, args=(fn, slot, future), name=self.name, daemon=True).start()
+        try:
+            threading.Thread(target=self._run, args=(fn, slot, future), name=self.name, daemon=True).start()
+        except BaseException as exc:  # no thread (the process's limit, or shutting down): no slot kept
+            self._done(slot)
+            future.set_exception(exc)
+            raise
         return future
 
     def _run(self, fn: Callable[[], T], slot: Hashable, future: Future[T]) -> None:
@@ -72,4 +77,8 @@ class Calls(Generic[T]):
 async def wait_async(future: Future[T], seconds: float) -> T:
     """`future`'s result, the event loop waiting at most `seconds` (`TimeoutError`); giving up
     leaves the call running for whoever else waits on it."""
-    return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), seconds)
+    wrapped = asyncio.wrap_future(future)
+    # Retrieved whatever happens: a waiter that gave up leaves nobody to read a failure that comes
+    # after, which asyncio would log as never retrieved, once a waiter (helper-90).
+    wrapped.add_done_callback(lambda done: done.cancelled() or done.exception())
+    return await asyncio.wait_for(asyncio.shield(wrapped), seconds)
