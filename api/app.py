@@ -11,6 +11,7 @@ problem+json with a stable `code`.
 """
 
 import contextlib
+import functools
 import logging
 import threading
 from collections.abc import AsyncIterator
@@ -185,7 +186,9 @@ def _build_services(settings: Settings, clock: Clock) -> Services:
         apps=Apps(engine, settings, clock),
         keys=keys,
         committer=_committer(ledger, settings, clock),
-        answers=AnswerCache(settings.redis_url, lambda: ledger_id(reader(engine))) if settings.redis_url else None,
+        answers=AnswerCache(settings.redis_url, functools.partial(ledger_id, reader(engine)))
+        if settings.redis_url
+        else None,
         signatures=signatures,
         auth=Auth(keys, settings, clock, signatures),
         in_flight=InFlight(),

@@ -69,14 +69,11 @@ class Calls(Generic[T]):
         """`fn()`'s result, waited for at most `seconds` (`TimeoutError`), or its exception."""
         return self.start(fn, key).result(timeout=seconds)
 
-    async def call_async(self, fn: Callable[[], T], seconds: float, key: Hashable | None = None) -> T:
-        """`call` for a coroutine: the event loop waits, no thread of its executor does."""
-        return await wait_async(self.start(fn, key), seconds)
-
 
 async def wait_async(future: Future[T], seconds: float) -> T:
-    """`future`'s result, the event loop waiting at most `seconds` (`TimeoutError`); giving up
-    leaves the call running for whoever else waits on it."""
+    """`future`'s result (of `Calls.start`), the event loop waiting at most `seconds`
+    (`TimeoutError`), no thread of its executor; giving up leaves the call running for whoever
+    else waits on it."""
     wrapped = asyncio.wrap_future(future)
     # Retrieved whatever happens: a waiter that gave up leaves nobody to read a failure that comes
     # after, which asyncio would log as never retrieved, once a waiter (helper-90).
