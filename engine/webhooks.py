@@ -81,10 +81,19 @@ def address_is_local(host: str) -> bool:
         address = ipaddress.ip_address(host.strip("[]"))
     except ValueError:
         return False  # a name: checked again, resolved, at delivery
-    if not address.is_global or address.is_multicast or address in _LOCAL_NAT64:
+    if _not_routable(address) or address in _LOCAL_NAT64:
         return True
     embedded = _embedded_ipv4(address) if isinstance(address, ipaddress.IPv6Address) else None
-    return embedded is not None and (not embedded.is_global or embedded.is_multicast)
+    return embedded is not None and _not_routable(embedded)
+
+
+def _not_routable(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    return not address.is_global or address.is_multicast or address in _IETF_PROTOCOL
+
+
+# RFC 6890's IETF protocol assignments are not globally reachable as a block; Python 3.11 calls
+# some of them global (192.0.0.8, RFC 7600's dummy address, helper-91). None is a webhook's.
+_IETF_PROTOCOL = ipaddress.IPv4Network("192.0.0.0/24")
 
 
 # RFC 8215's local-use NAT64 prefix is not globally reachable (Python 3.11 calls it global); its

@@ -49,6 +49,9 @@ def test_expiring_windows_do_not_overlap() -> None:
         "https://[::ffff:127.0.0.1]/",
         "https://[fd00::1]/",
         "https://0.0.0.0/",
+        "https://192.0.0.8/",  # RFC 7600's dummy address: Python 3.11 calls it global
+        "https://192.0.0.9/",
+        "https://[::ffff:192.0.0.8]/",
         "https://u:p@hooks.example.org/",
         "https:///nohost",
         "https://hooks.example.org:99999/",
