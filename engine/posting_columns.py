@@ -220,3 +220,39 @@ def plain_purchases(
             }
         )
     return PostedRun(postings, awards, lots, deltas, answers, instants, sequence, digest)
+
+
+# -- the budget's burn by hour -------------------------------------------------------------------
+
+BURN_HOUR_US = 3_600_000_000  # a bucket: one hour of posting time, from a whole UTC (and Tokyo) hour
+_BURNS = {rules.AWARD: 0, rules.GRANT: 0, rules.CLAWBACK: 1}  # issued, or clawed back
+BURN_REASONS = frozenset(_BURNS)
+_CAMPAIGN, _REASON, _AMOUNT, _AT = map(POSTING_COLUMNS.index, ("campaign_id", "reason", "amount", "posted_at_us"))
+
+
+def burn_hour(posted_at_us: int) -> int:
+    """The start of the hour bucket holding a posting made at `posted_at_us`."""
+    return posted_at_us - posted_at_us % BURN_HOUR_US
+
+
+def campaign_burn(
+    postings: Sequence[Sequence[Any]], burn: dict[tuple[str, int], list[int]] | None = None
+) -> dict[tuple[str, int], list[int]]:
+    """Points each campaign issued (its awards and grants) and clawed back, by the hour they
+    were posted: `(campaign id, hour start) -> [issued, clawed back]`, from postings in
+    `POSTING_COLUMNS` order. The store adds them to its `campaign_burn` meters in the same
+    transaction as the postings, so a budget's burn is read from at most one row an hour of
+    the campaign's life, not from every posting it made. Added into `burn` if given."""
+    burn = {} if burn is None else burn
+    burns = _BURNS.get
+    for posting in postings:
+        side = burns(posting[_REASON])
+        if side is None:
+            continue
+        at = posting[_AT]
+        key = (posting[_CAMPAIGN], at - at % BURN_HOUR_US)
+        meter = burn.get(key)
+        if meter is None:
+            meter = burn[key] = [0, 0]
+        meter[side] += posting[_AMOUNT]
+    return burn

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from engine import keyring, limits, metrics, sealing
+from engine import keyring, limits, metrics, posting_columns, sealing
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
@@ -23,6 +23,7 @@ from engine.store.ledger import Ledger
 from engine.store.models import (
     WALLET_LOT,
     AuditLogRow,
+    CampaignBurnRow,
     CampaignRow,
     ChainHeadRow,
     CloseoutRow,
@@ -60,26 +61,9 @@ def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict[str
             raise EngineError("not_found", f"campaign {campaign_id} is not known")
         campaign = campaigns[campaign_id]
 
-        def net_since(since: int | None) -> tuple[int, int]:
-            issued = clawed = 0
-            where = [
-                PostingRow.campaign_id == campaign_id,
-                PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]),
-            ]
-            if since is not None:
-                where.append(PostingRow.posted_at_us >= since)
-            for reason, total in session.execute(
-                select(PostingRow.reason, func.sum(PostingRow.amount)).where(*where).group_by(PostingRow.reason)
-            ):
-                if reason == rules.CLAWBACK:
-                    clawed += int(total)
-                else:
-                    issued += int(total)
-            return issued, clawed
-
-        issued, clawed = net_since(None)
-        hour_issued, hour_clawed = net_since(now - HOUR_US)
-        day_issued, day_clawed = net_since(now - DAY_US)
+        issued, clawed = _burn_since(session, campaign_id, None)
+        hour_issued, hour_clawed = _burn_since(session, campaign_id, now - HOUR_US)
+        day_issued, day_clawed = _burn_since(session, campaign_id, now - DAY_US)
     remaining = None if campaign.budget is None else campaign.budget - meter.issued_net
     burn_hour, burn_day = hour_issued - hour_clawed, day_issued - day_clawed
     forecast = None
@@ -107,30 +91,60 @@ def budget(ledger: Ledger, campaign_id: str, now: int | None = None) -> dict[str
     }
 
 
-def burn_by_day(ledger: Ledger, campaign_id: str) -> list[dict[str, Any]]:
-    """Points the campaign issued and clawed back per day (Asia/Tokyo), the days with postings in order:
-    the same postings `budget` sums (awards and grants issue, clawbacks take back)."""
-    offset = 9 * HOUR_US  # Asia/Tokyo has no daylight saving time
-    day = ((PostingRow.posted_at_us + offset) // DAY_US).label("day")
-    totals: dict[int, dict[str, int]] = {}
-    with Session(ledger.engine) as session:
-        for day_number, reason, total in session.execute(
-            select(day, PostingRow.reason, func.sum(PostingRow.amount))
+def _burn_since(session: Session, campaign_id: str, since: int | None) -> tuple[int, int]:
+    """Points the campaign issued (awards, grants) and clawed back at or after `since` (ever, with
+    None): its hour meters (`campaign_burn`) from the first whole hour at or after `since`, and
+    the postings of the part of an hour before it (found by `posted_at_us`, an hour of the
+    ledger's postings at most)."""
+    where = [CampaignBurnRow.campaign_id == campaign_id]
+    edge = None if since is None else posting_columns.burn_hour(since + posting_columns.BURN_HOUR_US - 1)
+    if edge is not None:
+        where.append(CampaignBurnRow.hour_us >= edge)
+    issued, clawed = session.execute(
+        select(
+            func.coalesce(func.sum(CampaignBurnRow.issued), 0), func.coalesce(func.sum(CampaignBurnRow.clawed_back), 0)
+        ).where(*where)
+    ).one()
+    issued, clawed = int(issued), int(clawed)
+    if since is not None and edge is not None and since < edge:
+        for reason, total in session.execute(
+            select(PostingRow.reason, func.sum(PostingRow.amount))
             .where(
+                PostingRow.posted_at_us >= since,
+                PostingRow.posted_at_us < edge,
                 PostingRow.campaign_id == campaign_id,
                 PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]),
             )
-            .group_by(day, PostingRow.reason)
+            .group_by(PostingRow.reason)
         ):
-            entry = totals.setdefault(int(day_number), {"issued": 0, "clawed_back": 0})
-            entry["clawed_back" if reason == rules.CLAWBACK else "issued"] += int(total)
+            if reason == rules.CLAWBACK:
+                clawed += int(total)
+            else:
+                issued += int(total)
+    return issued, clawed
+
+
+def burn_by_day(ledger: Ledger, campaign_id: str) -> list[dict[str, Any]]:
+    """Points the campaign issued and clawed back per day (Asia/Tokyo), the days with postings in order:
+    the same postings `budget` sums (awards and grants issue, clawbacks take back), from their
+    hour meters (a Tokyo day is 24 whole UTC hours)."""
+    offset = 9 * HOUR_US  # Asia/Tokyo has no daylight saving time
+    day = ((CampaignBurnRow.hour_us + offset) // DAY_US).label("day")
+    with Session(ledger.engine) as session:
+        totals = session.execute(
+            select(day, func.sum(CampaignBurnRow.issued), func.sum(CampaignBurnRow.clawed_back))
+            .where(CampaignBurnRow.campaign_id == campaign_id)
+            .group_by(day)
+            .order_by(day)
+        ).all()
     return [
         {
-            "day": (dt.date(1970, 1, 1) + dt.timedelta(days=n)).isoformat(),
-            **entry,
-            "net": entry["issued"] - entry["clawed_back"],
+            "day": (dt.date(1970, 1, 1) + dt.timedelta(days=int(n))).isoformat(),
+            "issued": int(issued),
+            "clawed_back": int(clawed),
+            "net": int(issued) - int(clawed),
         }
-        for n, entry in sorted(totals.items())
+        for n, issued, clawed in totals
     ]
 
 
@@ -565,6 +579,7 @@ def reconcile(
         "payment_chain_intact": ledger_report["payment_chain_breaks"],
         "lots_match_balances": ledger_report["lots_mismatched"],
         "liability_identity_per_wallet": ledger_report["wallets_broken"],
+        "burn_meters_match": ledger_report["burn_mismatched"],
         "liability_identity_per_campaign": [
             {"campaign_id": c, **v} for c, v in ledger_report["campaigns"].items() if not v["identity_holds"]
         ],

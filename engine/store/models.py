@@ -113,6 +113,23 @@ class CampaignRow(Base):
     )
 
 
+class CampaignBurnRow(Base):
+    """Points a campaign issued (awards and grants) and clawed back in one hour of posting time
+    (`hour_us`, the hour's start): written with the postings (`engine.posting_columns.campaign_burn`),
+    so the budget's totals and burn read one row an hour, not every posting. Reconciliation
+    holds each row equal to the postings of its hour."""
+
+    __tablename__ = "campaign_burn"
+    campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    hour_us: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    issued: Mapped[int] = mapped_column(BigInteger)
+    clawed_back: Mapped[int] = mapped_column(BigInteger)
+    __table_args__ = (
+        CheckConstraint("issued >= 0", name="issued_nonnegative"),
+        CheckConstraint("clawed_back >= 0", name="clawed_back_nonnegative"),
+    )
+
+
 class CampaignVersionRow(Base):
     __tablename__ = "campaign_version"
     campaign_id: Mapped[str] = mapped_column(ForeignKey("campaign.id"), primary_key=True)

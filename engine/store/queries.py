@@ -14,12 +14,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from engine import ledger_rules as rules
+from engine import posting_columns
 from engine.errors import EngineError
 from engine.store import bulk, db
 from engine.store.models import (
     WALLET_LOT,
     AccountRow,
     AwardRow,
+    CampaignBurnRow,
     CampaignRow,
     LedgerHead,
     PaymentRow,
@@ -115,6 +117,7 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
         expected_sequence = 1
         gaps: list[int] = []
         count = 0
+        burn: dict[tuple[str, int], list[int]] = {}  # the budgets' hour meters, as the postings make them
         parts = functools.lru_cache(maxsize=None)(rules.account_parts)
         rows = bulk.stream(
             session,
@@ -124,8 +127,11 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
             ),
         )
         # Plain tuples, not ORM objects: this walks every posting ever made.
-        for sequence, payment_id, campaign_id, version, reason, debit_id, credit_id, amount, posted_at, digest in rows:
+        for row in rows:
+            sequence, payment_id, campaign_id, version, reason, debit_id, credit_id, amount, posted_at, digest = row
             count += 1
+            if reason in posting_columns.BURN_REASONS:
+                posting_columns.campaign_burn((row,), burn)
             if sequence != expected_sequence:
                 gaps.append(expected_sequence)
             expected_sequence = sequence + 1
@@ -184,6 +190,22 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
             f"{w}:{c}" for w, c in set(available) | set(in_lots) if available.get((w, c), 0) != in_lots.get((w, c), 0)
         )
         meters = {r.id: r.issued_net for r in session.execute(select(CampaignRow)).scalars()}
+        burn_stored = {
+            (c, h): [issued, clawed]
+            for c, h, issued, clawed in session.execute(
+                select(
+                    CampaignBurnRow.campaign_id,
+                    CampaignBurnRow.hour_us,
+                    CampaignBurnRow.issued,
+                    CampaignBurnRow.clawed_back,
+                )
+            )
+        }
+        burn_mismatched = sorted(
+            f"{c}@{format_instant(h)}"
+            for c, h in set(burn) | set(burn_stored)
+            if burn.get((c, h)) != burn_stored.get((c, h))
+        )
         campaigns: dict[str, dict[str, Any]] = {}
         for cid in sorted(set(flows) | set(outstanding) | set(meters)):
             f = flows[cid]
@@ -220,6 +242,7 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
             "liability_identity_per_wallet": not wallets_broken,
             "liability_identity_total": total_lhs == total_outstanding,
             "budget_meters_match": all(v["meter_matches"] for v in campaigns.values()),
+            "burn_meters_match": not burn_mismatched,
         }
         return {
             "ok": all(checks.values()),
@@ -232,6 +255,7 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
             "payment_chain_breaks": payment_breaks[:50],
             "lots_mismatched": lots_mismatched[:50],
             "wallets_broken": wallets_broken[:50],
+            "burn_mismatched": burn_mismatched[:50],
             "campaigns": campaigns,
             "total": {"issued_net_of_clawbacks_redemptions_expiry": total_lhs, "outstanding": total_outstanding},
         }

@@ -20,7 +20,7 @@ from engine.store import finance, rerate, settlement
 from engine.store.ledger import Submission
 from engine.store.models import PaymentRow, PostingRow, SettlementLineRow
 from engine.timeutil import format_instant
-from tests.finance.support import Ward, bank_account, run_row, tamper
+from tests.finance.support import HOUR_US, Ward, bank_account, run_row, tamper
 from tests.tokyo import jst
 
 CHECKS = {
@@ -34,6 +34,7 @@ CHECKS = {
     "liability_identity_per_wallet",
     "liability_identity_total",
     "budget_meters_match",
+    "burn_meters_match",
     "budget_never_exceeded",
     "signed_chain_heads_valid",
     "statements_match_ledger",
@@ -124,6 +125,22 @@ def test_a_changed_posting_amount_is_named(ward: Ward):
     assert sale.sequence in failing["hash_chain_intact"]
     assert {sale.debit_account_id, sale.credit_account_id} <= set(failing["cached_balances_match"])
     assert {(r["run_id"], r["merchant_id"]) for r in failing["statements_match_ledger"]} == {(tx["run"]["id"], "M001")}
+
+
+def test_a_changed_burn_meter_is_named(ward: Ward):
+    """The budgets' hour meters (`campaign_burn`) are held to the postings of their hour."""
+    tx = _history(ward)
+    award = _posting(ward, tx["d"]["id"], "award")
+    hour = award.posted_at_us - award.posted_at_us % HOUR_US
+    with ward.engine.begin() as c:
+        changed = c.execute(
+            text("UPDATE campaign_burn SET issued = issued + 1 WHERE campaign_id = :c AND hour_us = :h"),
+            {"c": award.campaign_id, "h": hour},
+        ).rowcount
+    assert changed == 1
+    report = ward.reconcile()
+    assert report["ok"] is False
+    assert _failing(report) == {"burn_meters_match": [f"{award.campaign_id}@{format_instant(hour)}"]}
 
 
 def test_a_deleted_posting_is_named(ward: Ward):
