@@ -1198,7 +1198,10 @@ class Ledger:
                 unit.catalog.campaigns,
                 accepted_at,
                 reads.said,
-                [points_expired(w, lot.id, lot.campaign_id, points, accepted_at) for w, lot, points in expired],
+                [
+                    points_expired(w, lot.id, lot.campaign_id, points, accepted_at)
+                    for w, lot, points in (*expired, *writer.expired_on_return)
+                ],
             )
             if keep_effects:
                 effects.usage, effects.spend, effects.books = state.usage, state.spend, writer.books
@@ -1687,6 +1690,9 @@ class PostingWriter:
         self._refunded_updates: dict[str, int] = {}
         self._postings: list[tuple[Any, ...]] = []  # posting_columns.POSTING_COLUMNS
         self._deltas: dict[str, int] = defaultdict(int)
+        # Points a refund returned into a lot already past its end, expired by the refund itself
+        # (`refund`): (wallet, lot, points), for their `points_expired` events.
+        self.expired_on_return: list[tuple[str, Lot, int]] = []
 
     @property
     def pending(self) -> bool:
@@ -1913,6 +1919,7 @@ class PostingWriter:
                 )
             )
         if outcome.points_returned:
+            past_end = False
             used = original["points_used"]
             returned_before = share_target(used, refunded_before, original["amount"])
             # Returned points go back to the lots they were taken from, with their expiry.
@@ -1931,6 +1938,9 @@ class PostingWriter:
                     )
                 )
                 self.credit_points(book, lot, amount, pid)
+                past_end = past_end or lot.expires_at_us <= self.at_us
+            if past_end:
+                self._expire_returned(book, state)
         for clawback in outcome.clawbacks:
             cid = clawback.campaign_id
             award_state = purchase_state.awards[cid]
@@ -2024,6 +2034,19 @@ class PostingWriter:
             s.request_hash if remember else None,
             digest,
         )
+
+    def _expire_returned(self, book: WalletBook, state: RatingState) -> None:
+        """Expire, at once, the points a refund just returned into lots already past their end
+        (SPEC §4: returned with their original expiry; points past it are not available), before
+        the refund's clawbacks take anything: a clawback took them first, and the wallet owed
+        nothing for points that were leaving anyway (helper-92). The kernel, which rated the
+        round before this, counted them in the wallet's balance; it is lowered by as much (the
+        wallet's later spends and refunds of the round wait for the next: `_after_due_returns`)."""
+        for lot, points in book.expire(self.at_us):
+            self.post(expiry_posting(book.wallet_id, lot, points))
+            self.expired_on_return.append((book.wallet_id, lot, points))
+            if state.balance is not None and book.wallet_id in state.balance:
+                state.balance[book.wallet_id] -= points
 
     def as_originals(self, refunded: Mapping[str, Row], wanted: AbstractSet[str]) -> dict[str, Row]:
         """Of the purchases this writer posted and the originals (`refunded`, as read before) it

@@ -383,7 +383,7 @@ def test_refund_before_crediting_cancels_pending_points_first(books):
     assert (detail["pending"], detail["available"], detail["debt"], detail["expiring"]) == (0, 0, 0, [])
 
 
-def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_at_the_next_run(books):
+def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_with_the_refund(books):
     wallet = "W_LATE"
     buy(books, wallet, 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
     buy(books, wallet, 30_000, "2026-12-25T10:00")  # 3000, credited 01-08, expires end of July
@@ -396,24 +396,52 @@ def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_at_t
     # The purchase is refunded in mid-July (a refund may come late): 1000 of the points
     # go back to June's lot, whose end has passed, and 500 to July's.
     books.at(jst("2027-07-15T10:01"))
+    postings_before = len(books.postings())
     back = books.refund(TERMINAL, redeem["id"], 1500, jst("2027-07-15T10:00"))
     assert back.status == 201, back.body
     assert back.body["points_returned"] == 1500
-    # June's 1000 are past their end: neither available nor expiring, though no run took them out.
+    # June's 1000 are past their end: the refund returns them with that expiry and expires them
+    # at once, as a run at its instant would have.
+    assert [(p.reason, p.amount) for p in books.postings()[postings_before:]] == [
+        ("points_return", 1000),
+        ("points_return", 500),
+        ("expiry", 1000),
+    ]
     assert books.expiring(wallet) == {july: 3000}
-    assert due_points(books.lots(), wallet, books.ledger.clock.now_us()) == 1000
+    assert due_points(books.lots(), wallet, books.ledger.clock.now_us()) == 0
     assert consistent(books, wallet)["available"] == 3000
-    # The next run takes June's returned points out; July's stay until 1 August.
-    assert books.expire(jst("2027-07-15T11:00")) == {
-        "kind": "expiry",
-        "as_of": "2027-07-15T11:00:00+09:00",
-        "lots_expired": 1,
-        "points": 1000,
-    }
+    with Session(books.engine) as session:
+        said = session.execute(select(EventRow.data_json).where(EventRow.type == "points_expired")).scalars().all()
+    assert [json.loads(d)["points"] for d in said] == [1000], said
+    # The next run finds nothing of June's; July's stay until 1 August.
     assert books.expire(jst("2027-07-15T11:00"))["points"] == 0
     assert books.expiring(wallet) == {july: 3000}
+    assert consistent(books, wallet)["available"] == 3000
+
+
+def test_a_refund_s_clawback_takes_none_of_the_expired_points_it_returned(books):
+    """A refund returned points into their lot, past its end, and its clawback took them: the
+    wallet owed nothing for an award it had spent, and the next run expired what was left
+    (helper-92: returned 1000, clawed back 200, 800 expired, no debt). The returned points expire
+    with the refund, and the clawback becomes debt (SPEC §4: past their expiry, points are not
+    available; a balance may go negative)."""
+    wallet = "W_RETURN_CLAW"
+    buy(books, wallet, 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 1000
+    spend = buy(books, wallet, 10_000, "2027-02-26T10:00", points_used=1000)  # June's 1000; earns on 9000 coin
+    assert books.credit(jst("2027-03-18T00:00"))["points"] == spend["points_awarded"] > 0
+    earned = spend["points_awarded"]
+    redeem_all = buy(books, wallet, earned, "2027-03-20T10:00", points_used=earned)  # the award spent too
+    assert redeem_all["points_used"] == earned and consistent(books, wallet)["available"] == 0
+    books.at(jst("2027-07-15T10:01"))  # June's lot past its end
+    back = books.refund(TERMINAL, spend["id"], 10_000, jst("2027-07-15T10:00"))
+    assert back.status == 201, back.body
+    assert (back.body["points_returned"], back.body["points_clawed_back"]) == (1000, earned), back.body
     detail = consistent(books, wallet)
-    assert detail["available"] == 3000
+    assert (detail["available"], detail["debt"]) == (0, earned), detail
+    assert sum(p.amount for p in books.postings() if p.reason == "expiry") == 1000
+    assert books.expire(jst("2027-07-15T11:00"))["points"] == 0
+    assert books.check()["ok"]
 
 
 def test_points_past_their_expiry_are_not_spent_before_the_expiry_run(books):
