@@ -39,6 +39,7 @@ from engine.store.models import (
     CampaignRow,
     CampaignVersionRow,
     MerchantRow,
+    MerchantVersionRow,
     PaymentRow,
     PostingRow,
     SettlementLineRow,
@@ -131,6 +132,22 @@ def aggregate(
         for m, v in sorted(values.items())
     ]
     return activities, funded
+
+
+def _records_at(session: Session, end_us: int) -> dict[str, dict[str, Any]]:
+    """Each merchant's record as it stood when a period ended (its last version made before
+    `end_us`; the current record for a merchant with none, made later or before versions were
+    kept): the fee rate a period is charged at. A fee changed after a period ended, before it
+    was settled, reached back over the whole period (helper-94: 5,000 bp set on 1 December
+    charged November's sales at it)."""
+    records = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
+    for merchant_id, record_json in session.execute(
+        select(MerchantVersionRow.merchant_id, MerchantVersionRow.record_json)
+        .where(MerchantVersionRow.created_at_us < end_us)
+        .order_by(MerchantVersionRow.merchant_id, MerchantVersionRow.version)
+    ):
+        records[merchant_id] = json.loads(record_json)  # in version order: the last one stands
+    return records
 
 
 def _funded_by(session: Session) -> dict[tuple[str, int | None], str]:
@@ -235,7 +252,12 @@ def run(
         held = {r.id for r in merchant_rows if r.bank_change_by is not None}
         settled_until = unit.last_posting_sequence
         activities, funded = aggregate(
-            session, period.start_us, period.end_us, merchants, _funded_by(session), settled_until
+            session,
+            period.start_us,
+            period.end_us,
+            _records_at(session, period.end_us),
+            _funded_by(session),
+            settled_until,
         )
         run_id = "st_" + secrets.token_hex(12)
         writer = unit.writer(now)

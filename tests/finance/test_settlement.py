@@ -352,6 +352,31 @@ def test_a_first_run_after_a_month_with_payments_is_refused(ward: Ward):
     assert ward.reconcile()["ok"]
 
 
+def test_a_period_is_charged_the_fee_in_force_when_it_ended(ward: Ward):
+    """A fee changed after a period ended, before it was settled, reached back over the whole
+    period (helper-94: 5,000 bp set at 00:30 on 1 December charged November's sales at it). A
+    period is charged the rate of the merchant's record as it stood at the period's end: a change
+    within the period is that period's rate, a change after it the next one's."""
+    ward.merchant("M001", fee_bp=300, bank=1)
+    ward.merchant("M002", fee_bp=300, bank=2)
+    ward.purchase("M001", "W1", "2026-11-30T10:00", 10_000)
+    ward.purchase("M002", "W2", "2026-11-30T11:00", 10_000)
+    ward.at("2026-11-30T12:00")
+    r = ward.client.patch("/v1/merchants/M002", json={"fee_bp": 100}, headers=ward.admin)  # within November
+    assert r.status_code == 200, r.text
+    ward.at("2026-12-01T00:30")
+    r = ward.client.patch("/v1/merchants/M001", json={"fee_bp": 5000}, headers=ward.admin)  # after November
+    assert r.status_code == 200, r.text
+    ward.purchase("M001", "W1", "2026-12-10T10:00", 10_000)
+    november = lines_by_merchant(ward.settle("2026-11"))
+    assert (november["M001"]["fee_bp"], november["M001"]["fee"]) == (300, 300), november["M001"]
+    assert (november["M002"]["fee_bp"], november["M002"]["fee"]) == (100, 100), november["M002"]
+    ward.at("2027-01-01T00:05")
+    december = lines_by_merchant(ward.settle("2026-12"))
+    assert (december["M001"]["fee_bp"], december["M001"]["fee"]) == (5000, 5000), december["M001"]
+    assert ward.reconcile()["ok"]
+
+
 def test_an_unknown_or_malformed_period_is_refused(ward: Ward):
     ward.at("2027-01-02T09:00")
     for period in ("2026-13", "2026-12-H3", "26-12", "2026-12-01"):
