@@ -240,14 +240,14 @@ def campaign_burn(
 ) -> dict[tuple[str, int], list[int]]:
     """Points each campaign issued (its awards and grants) and clawed back, by the hour they
     were posted: `(campaign id, hour start) -> [issued, clawed back]`, from postings in
-    `POSTING_COLUMNS` order. The store adds them to its `campaign_burn` meters in the same
-    transaction as the postings, so a budget's burn is read from at most one row an hour of
-    the campaign's life, not from every posting it made. Added into `burn` if given."""
+    `POSTING_COLUMNS` order (a posting without a campaign counts nowhere). The rule the
+    database's `campaign_burn` meters follow (its trigger `posting_burn` adds each posting as it
+    is inserted); reconciliation holds the meters to it. Added into `burn` if given."""
     burn = {} if burn is None else burn
     burns = _BURNS.get
     for posting in postings:
         side = burns(posting[_REASON])
-        if side is None:
+        if side is None or posting[_CAMPAIGN] is None:
             continue
         at = posting[_AT]
         key = (posting[_CAMPAIGN], at - at % BURN_HOUR_US)

@@ -1919,7 +1919,6 @@ class PostingWriter:
                 )
             )
         if outcome.points_returned:
-            past_end = False
             used = original["points_used"]
             returned_before = share_target(used, refunded_before, original["amount"])
             # Returned points go back to the lots they were taken from, with their expiry.
@@ -1937,10 +1936,10 @@ class PostingWriter:
                         lot.campaign_id,
                     )
                 )
-                self.credit_points(book, lot, amount, pid)
-                past_end = past_end or lot.expires_at_us <= self.at_us
-            if past_end:
-                self._expire_returned(book, state)
+                if lot.expires_at_us <= self.at_us:
+                    self._expire_returned(book, lot, amount, state)
+                else:
+                    self.credit_points(book, lot, amount, pid)
         for clawback in outcome.clawbacks:
             cid = clawback.campaign_id
             award_state = purchase_state.awards[cid]
@@ -2035,18 +2034,20 @@ class PostingWriter:
             digest,
         )
 
-    def _expire_returned(self, book: WalletBook, state: RatingState) -> None:
-        """Expire, at once, the points a refund just returned into lots already past their end
-        (SPEC §4: returned with their original expiry; points past it are not available), before
-        the refund's clawbacks take anything: a clawback took them first, and the wallet owed
-        nothing for points that were leaving anyway (helper-92). The kernel, which rated the
-        round before this, counted them in the wallet's balance; it is lowered by as much (the
-        wallet's later spends and refunds of the round wait for the next: `_after_due_returns`)."""
-        for lot, points in book.expire(self.at_us):
-            self.post(expiry_posting(book.wallet_id, lot, points))
-            self.expired_on_return.append((book.wallet_id, lot, points))
-            if state.balance is not None and book.wallet_id in state.balance:
-                state.balance[book.wallet_id] -= points
+    def _expire_returned(self, book: WalletBook, lot: Lot, points: int, state: RatingState) -> None:
+        """`points` a refund just returned into `lot`, already past its end: returned with that
+        expiry (SPEC §4) and expired at once, before the refund's clawbacks; they repay no debt
+        and no clawback takes them (points past their expiry are not available). A clawback took
+        them first (helper-92), and they repaid a wallet's earlier debt (helper-96): either way a
+        wallet owed less for points that were leaving. The kernel, which rated the round before
+        this, counted them in the wallet's balance; it is lowered by as much (the wallet's later
+        spends and refunds of the round wait for the next: `_after_due_returns`)."""
+        self.post(expiry_posting(book.wallet_id, lot, points))
+        lot.expired += points
+        book.touch(lot)
+        self.expired_on_return.append((book.wallet_id, lot, points))
+        if state.balance is not None and book.wallet_id in state.balance:
+            state.balance[book.wallet_id] -= points
 
     def as_originals(self, refunded: Mapping[str, Row], wanted: AbstractSet[str]) -> dict[str, Row]:
         """Of the purchases this writer posted and the originals (`refunded`, as read before) it

@@ -115,9 +115,11 @@ class CampaignRow(Base):
 
 class CampaignBurnRow(Base):
     """Points a campaign issued (awards and grants) and clawed back in one hour of posting time
-    (`hour_us`, the hour's start): written with the postings (`engine.posting_columns.campaign_burn`),
-    so the budget's totals and burn read one row an hour, not every posting. Reconciliation
-    holds each row equal to the postings of its hour."""
+    (`hour_us`, the hour's start), so the budget's totals and burn read one row an hour, not every
+    posting. Written by the database alone: the trigger `posting_burn` on `posting` (migration
+    `20261217_campaign_burn`) adds each award, grant and clawback as it is inserted; no Python
+    writes it. Reconciliation recomputes each row from the postings of its hour
+    (`engine.posting_columns.campaign_burn`)."""
 
     __tablename__ = "campaign_burn"
     campaign_id: Mapped[str] = mapped_column(String(64), primary_key=True)

@@ -118,6 +118,8 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
         gaps: list[int] = []
         count = 0
         burn: dict[tuple[str, int], list[int]] = {}  # the budgets' hour meters, as the postings make them
+        burning: list[Sequence[Any]] = []  # their postings not summed yet
+        burn_reasons = posting_columns.BURN_REASONS
         parts = functools.lru_cache(maxsize=None)(rules.account_parts)
         rows = bulk.stream(
             session,
@@ -130,8 +132,11 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
         for row in rows:
             sequence, payment_id, campaign_id, version, reason, debit_id, credit_id, amount, posted_at, digest = row
             count += 1
-            if reason in posting_columns.BURN_REASONS:
-                posting_columns.campaign_burn((row,), burn)
+            if reason in burn_reasons:
+                burning.append(row)
+                if len(burning) == 10_000:  # summed a chunk at a time: one call, not one a posting
+                    posting_columns.campaign_burn(burning, burn)
+                    burning.clear()
             if sequence != expected_sequence:
                 gaps.append(expected_sequence)
             expected_sequence = sequence + 1
@@ -158,6 +163,7 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
                 assert wallet is not None, sequence  # every categorised posting moves a wallet's points
                 sign = 1 if category in ("issued", "returned") else -1
                 wallet_flows[wallet] += sign * amount
+        posting_columns.campaign_burn(burning, burn)
         payment_breaks = verify_payment_chain(session)
         accounts = list(
             session.execute(

@@ -404,8 +404,8 @@ def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_with
     # at once, as a run at its instant would have.
     assert [(p.reason, p.amount) for p in books.postings()[postings_before:]] == [
         ("points_return", 1000),
-        ("points_return", 500),
         ("expiry", 1000),
+        ("points_return", 500),
     ]
     assert books.expiring(wallet) == {july: 3000}
     assert due_points(books.lots(), wallet, books.ledger.clock.now_us()) == 0
@@ -442,6 +442,25 @@ def test_a_refund_s_clawback_takes_none_of_the_expired_points_it_returned(books)
     assert sum(p.amount for p in books.postings() if p.reason == "expiry") == 1000
     assert books.expire(jst("2027-07-15T11:00"))["points"] == 0
     assert books.check()["ok"]
+
+
+def test_expired_points_a_refund_returns_repay_no_debt(books):
+    """Points a refund returned into a lot past its end repaid the wallet's earlier debt before
+    what was left expired: the same two refunds gave a debt of 1,000 in one order and none in
+    the other (helper-96). They now expire whole, and the debt stays what it was."""
+    wallet = "W_RETURN_DEBT"
+    earned = buy(books, wallet, 10_000, "2026-12-05T10:00")  # 1000, credited 12-17, expires end of June
+    assert books.credit(jst("2027-01-08T00:00"))["points"] == 1000
+    spend = buy(books, wallet, 1500, "2027-02-26T10:00", points_used=1000)  # June's 1000
+    back = give_back(books, earned["id"], 10_000, "2027-04-01T10:00")  # its 1000 were spent: debt
+    assert back["points_clawed_back"] == 1000 and consistent(books, wallet)["debt"] == 1000
+    books.at(jst("2027-07-15T10:01"))  # June's lot past its end
+    returned = books.refund(TERMINAL, spend["id"], 1500, jst("2027-07-15T10:00"))
+    assert returned.status == 201 and returned.body["points_returned"] == 1000, returned.body
+    detail = consistent(books, wallet)
+    assert (detail["available"], detail["debt"]) == (0, 1000), detail
+    assert sum(p.amount for p in books.postings() if p.reason == "expiry") == 1000
+    assert books.expire(jst("2027-07-15T11:00"))["points"] == 0
 
 
 def test_points_past_their_expiry_are_not_spent_before_the_expiry_run(books):
