@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 from engine.audit import OPERATOR
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from engine.settings import Settings
     from engine.store.config import Config
     from engine.store.keys import Keys
@@ -53,6 +55,15 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     # up this run's workers only.
     metrics_dir = Path(os.environ.get("SETAPAY_METRICS_DIR") or tempfile.mkdtemp(prefix="setapay-metrics-"))
     metrics_dir.mkdir(parents=True, exist_ok=True)
+    if not _hold_metrics_dir(metrics_dir):
+        # A second server given the same directory emptied it under the running one, whose
+        # counters were gone until it restarted, even when the second could not start (helper-93).
+        print(
+            f"setapay serve: the metrics directory {metrics_dir} is in use by another running server "
+            "(SETAPAY_METRICS_DIR); give this one its own; nothing was removed",
+            file=sys.stderr,
+        )
+        return 3
     for stale in metrics_dir.glob("*.db"):
         stale.unlink()
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
@@ -75,6 +86,31 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         forwarded_allow_ips=trusted or None,
     )
     return 0
+
+
+_METRICS_DIR_LOCK: list[object] = []  # the open lock file of the metrics directory this server holds
+
+
+def _hold_metrics_dir(metrics_dir: Path) -> bool:
+    """Whether this process now holds `metrics_dir` (an exclusive lock on a file in it, held
+    until the process ends): False when another running server holds it."""
+    import fcntl
+
+    handle = open(metrics_dir / ".setapay-serve.lock", "a")  # noqa: SIM115 (held for the process's life)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return False
+    _METRICS_DIR_LOCK.append(handle)
+    return True
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"a TCP port is 1 to 65535, not {port}")
+    return port
 
 
 def _keys_store() -> Keys:
@@ -139,6 +175,7 @@ def _cmd_apps(args: argparse.Namespace) -> int:
     """`setapay apps add|rotate|revoke|list`: payment apps and their receipt secrets (SPEC §9.1)."""
     import json
 
+    from engine import sealing
     from engine.errors import EngineError
     from engine.store import db
     from engine.store.apps import Apps
@@ -157,6 +194,12 @@ def _cmd_apps(args: argparse.Namespace) -> int:
             print(apps.add(args.app_id) if args.apps_command == "add" else apps.rotate(args.app_id))
     except EngineError as exc:
         print(f"error: {exc.code}: {exc.detail}", file=sys.stderr)
+        return 2
+    except sealing.SealingError as exc:  # its message never holds a key or a secret
+        print(
+            f"setapay apps: {exc}: give the key the API seals with (SETAPAY_DATA_KEY_B64); nothing was changed",
+            file=sys.stderr,
+        )
         return 2
     return 0
 
@@ -611,7 +654,7 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("serve", help="run the HTTP API with uvicorn")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--log-level", default="warning")
     p.set_defaults(func=_cmd_serve)

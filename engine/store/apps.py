@@ -18,6 +18,7 @@ in a worker thread (`load`), never on the event loop.
 from __future__ import annotations
 
 import builtins
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 ROTATION_GRACE_US = 24 * 3600 * 1_000_000
 CACHE_TTL_S = 2.0
 FAILED_READ_HOLD_S = 1.0  # after a failed read, how long `load` answers 503 without trying again
+_log = logging.getLogger(__name__)
 _EVERY_APP = ""  # the cache's one entry: the opened secrets of every app not revoked
 
 OpenedSecrets = dict[str, list[tuple[bytes, int | None]]]  # app id -> (raw secret, valid until or None)
@@ -82,6 +84,8 @@ class Apps:
             raise EngineError("invalid_request", "an app id matches " + limits.ID_PATTERN)
 
     def _add_secret(self, session: Session, app_id: str, now: int) -> str:
+        key = self._data_key()
+        self._check_data_key(session, key)
         secret = receipts.new_secret()
         position = (
             session.execute(
@@ -95,10 +99,30 @@ class Apps:
                 position=position,
                 created_at_us=now,
                 valid_until_us=None,
-                secret_sealed=sealing.seal(self._data_key(), secret.encode(), _associated(app_id)),
+                secret_sealed=sealing.seal(key, secret.encode(), _associated(app_id)),
             )
         )
         return secret
+
+    @staticmethod
+    def _check_data_key(session: Session, key: sealing.DataKey) -> None:
+        """SealingError unless `key` opens a secret sealed already (the newest that it opens, of any
+        app), when there is one: a secret sealed with another key than the API's (`setapay apps
+        rotate` run without the API's `SETAPAY_DATA_KEY_B64`, which makes a local key) opens in no
+        API process, and the app's receipts were all refused from then on (helper-93)."""
+        sealed = session.execute(
+            select(AppSecretRow.app_id, AppSecretRow.secret_sealed).order_by(
+                AppSecretRow.created_at_us.desc(), AppSecretRow.app_id, AppSecretRow.position.desc()
+            )
+        ).all()
+        for app_id, secret_sealed in sealed:
+            try:
+                sealing.open_sealed(key, secret_sealed, _associated(app_id))
+            except sealing.SealingError:
+                continue
+            return
+        if sealed:
+            raise sealing.SealingError("the data key opens none of the payment apps' secrets sealed already")
 
     def add(self, app_id: str, actor: Actor = OPERATOR) -> str:
         """A new app; its first secret, returned once."""
@@ -256,7 +280,18 @@ class Apps:
                 .join(PaymentAppRow, PaymentAppRow.id == AppSecretRow.app_id)
                 .where(PaymentAppRow.revoked_at_us.is_(None))
             ).all()
+        unopened: builtins.list[str] = []
         for app_id, sealed, until in rows:
-            secret = sealing.open_sealed(key, sealed, _associated(app_id)).decode()
+            try:
+                secret = sealing.open_sealed(key, sealed, _associated(app_id)).decode()
+            except sealing.SealingError:
+                unopened.append(app_id)
+                continue
             opened.setdefault(app_id, []).append((receipts.decode_secret(secret), until))
+        if unopened and not opened:  # none opens: this process has another data key than the one they were sealed with
+            raise sealing.SealingError("the data key opens none of the payment apps' secrets")
+        if unopened:
+            # One secret sealed with another key (an operator's mistake) is left out, not every app's:
+            # the app's other secrets still verify its receipts (helper-93). Never the secret itself.
+            _log.error("payment apps' secrets the data key does not open, left out: apps %s", sorted(set(unopened)))
         return opened

@@ -92,3 +92,30 @@ def test_two_workers_add_up(ward):
             assert remaining.get(label) == budget["remaining"]  # none for a campaign without a budget
     # Ids never become labels: the path of a transaction is counted under its route's template.
     assert "tx_" not in text and "WM1" not in text
+
+
+def test_a_second_server_on_the_same_metrics_directory_is_refused_and_removes_nothing(ward):
+    """A second `setapay serve` given the running server's SETAPAY_METRICS_DIR emptied it, and
+    the running server's counters were gone until it restarted, even when the second could not
+    start at all (helper-93: its port was taken). It is refused now, and nothing is removed."""
+    from tests.server import reserved_port, run_cli
+
+    before = sorted(p.name for p in ward.metrics_dir.glob("*.db"))
+    assert before
+    scrape = httpx.get(f"{ward.server.base_url}/metrics")
+    counted = _samples(scrape.text, "setapay_http_requests_total")
+    assert counted
+    reservation, port = reserved_port()
+    reservation.close()
+    second = run_cli(ward.server.env, "serve", "--port", str(port))
+    assert second.returncode == 3 and "in use by another running server" in second.stderr, second.stderr
+    assert sorted(p.name for p in ward.metrics_dir.glob("*.db")) == before
+    after = _samples(httpx.get(f"{ward.server.base_url}/metrics").text, "setapay_http_requests_total")
+    assert all(after.get(labels, 0) >= n for labels, n in counted.items()), (counted, after)
+
+
+def test_a_port_outside_the_tcp_range_is_refused_at_once(ward):
+    from tests.server import run_cli
+
+    refused = run_cli(ward.server.env, "serve", "--port", "99999")
+    assert refused.returncode == 2 and "1 to 65535" in refused.stderr, refused.stderr

@@ -21,7 +21,7 @@ from joserfc import jws
 from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 
-from engine import receipts
+from engine import receipts, sealing
 from engine.receipts import PaymentApp
 from engine.store.apps import CACHE_TTL_S
 from engine.store.db import make_engine
@@ -281,6 +281,56 @@ def test_rotation_keeps_the_old_secret_and_revocation_ends_every_secret(ward: Wa
         time.sleep(0.2)
     assert _code(r) == (422, "receipt_invalid")
     assert old.secret not in ward.server.log() and new.secret not in ward.server.log()
+
+
+def test_a_secret_sealed_with_another_data_key_is_refused_and_would_not_stop_the_others(
+    ward: Ward, app: PaymentApp
+) -> None:
+    """`setapay apps rotate` run with another data key than the API's (or none, which makes a
+    local one) sealed a secret no API process could open, and every app's receipts were answered
+    503 from then on, whatever was rotated after (helper-93). The CLI now refuses a key that opens
+    none of the secrets sealed already, changing nothing; and a secret that does not open (one
+    sealed so before) is left out, the app's other secrets and the other apps still verifying."""
+    from tests.server import run_cli
+
+    env, in_process = ward.server.env, ward.server.cli_in_process
+    keyed = register_payment_app(env, "KEYED_APP", in_process=in_process)
+    other_key = sealing.generate_key_b64()
+    for command in (("apps", "rotate", "KEYED_APP"), ("apps", "add", "STRAY_APP")):
+        refused = run_cli({**env, "SETAPAY_DATA_KEY_B64": other_key}, *command, in_process=in_process)
+        assert refused.returncode == 2 and "data key" in refused.stderr, refused.stderr
+        assert refused.stdout == ""  # no secret printed
+    listing = run_cli(env, "apps", "list", in_process=in_process).stdout
+    assert "STRAY_APP" not in listing
+    assert {"secrets": 1, "live_secrets": 1}.items() <= json.loads(
+        next(line for line in listing.splitlines() if "KEYED_APP" in line)
+    ).items()
+
+    # A secret sealed with another key before the CLI checked: in the database behind its back.
+    engine = make_engine(env["SETAPAY_DATABASE_URL"])
+    try:
+        with engine.begin() as c:
+            c.execute(
+                text(
+                    "INSERT INTO app_secret (app_id, position, secret_sealed, created_at_us, valid_until_us)"
+                    " VALUES ('KEYED_APP', 2, :sealed, 0, NULL)"
+                ),
+                {
+                    "sealed": sealing.seal(
+                        sealing.load_key(other_key),
+                        receipts.new_secret().encode(),
+                        b"setapay:app-receipt-secret:KEYED_APP",
+                    )
+                },
+            )
+    finally:
+        engine.dispose()
+    time.sleep(CACHE_TTL_S + 0.5)
+    for signer, wallet in ((keyed, "W_KEYED"), (app, "W_OTHER_APP")):
+        r = _post(ward, "T_SHOTEN_1", signer.sign_purchase(purchase("T_SHOTEN_1", wallet, 300)))
+        assert r.status_code == 201, r.text
+    assert "KEYED_APP" in ward.server.log()  # the secret left out is named, by its app
+    assert run_cli(env, "apps", "revoke", "KEYED_APP", in_process=in_process).returncode == 0
 
 
 def test_the_database_accepts_a_receipt_once_per_app(ward: Ward, app: PaymentApp) -> None:
