@@ -1921,7 +1921,9 @@ class PostingWriter:
         if outcome.points_returned:
             used = original["points_used"]
             returned_before = share_target(used, refunded_before, original["amount"])
-            # Returned points go back to the lots they were taken from, with their expiry.
+            # Returned points go back to the lots they were taken from, with their expiry; those
+            # returned into a lot already past its end expire once all are back.
+            past_end: list[tuple[Lot, int]] = []
             for returned_lot_id, amount in rules.split_in_order(
                 original["redemption_legs"], returned_before, outcome.points_returned
             ):
@@ -1937,9 +1939,11 @@ class PostingWriter:
                     )
                 )
                 if lot.expires_at_us <= self.at_us:
-                    self._expire_returned(book, lot, amount, state)
+                    past_end.append((lot, amount))
                 else:
                     self.credit_points(book, lot, amount, pid)
+            for lot, amount in past_end:
+                self._expire_returned(book, lot, amount, state)
         for clawback in outcome.clawbacks:
             cid = clawback.campaign_id
             award_state = purchase_state.awards[cid]
@@ -2036,7 +2040,8 @@ class PostingWriter:
 
     def _expire_returned(self, book: WalletBook, lot: Lot, points: int, state: RatingState) -> None:
         """`points` a refund just returned into `lot`, already past its end: returned with that
-        expiry (SPEC §4) and expired at once, before the refund's clawbacks; they repay no debt
+        expiry (SPEC §4) and expired at once, after its other returns (a wallet's history shows
+        one return, then the expiry) and before its clawbacks; they repay no debt
         and no clawback takes them (points past their expiry are not available). A clawback took
         them first (helper-92), and they repaid a wallet's earlier debt (helper-96): either way a
         wallet owed less for points that were leaving. The kernel, which rated the round before

@@ -404,8 +404,8 @@ def test_points_returned_after_their_lot_expired_keep_that_expiry_and_leave_with
     # at once, as a run at its instant would have.
     assert [(p.reason, p.amount) for p in books.postings()[postings_before:]] == [
         ("points_return", 1000),
-        ("expiry", 1000),
         ("points_return", 500),
+        ("expiry", 1000),
     ]
     assert books.expiring(wallet) == {july: 3000}
     assert due_points(books.lots(), wallet, books.ledger.clock.now_us()) == 0
