@@ -42,7 +42,7 @@ from api.signatures import TerminalSignatures
 from api.strict import ParsedBodyRoute
 from engine.clock import Clock, SystemClock
 from engine.settings import Settings
-from engine.store import lifecycle
+from engine.store import lifecycle, lock_watch
 from engine.store.answer_cache import AnswerCache
 from engine.store.apps import Apps
 from engine.store.committer_process import CommitterProcess
@@ -86,6 +86,7 @@ def create_app(settings: Settings | None = None, migrate: bool = True, clock: Cl
             _start_lifecycle_scheduler(
                 services.ledger, settings.lifecycle_interval_s, stop, settings.idempotency_retention_days
             )
+        lock_watch.start(services.engine, stop)  # PostgreSQL: a sequencer lock whose holder stopped is let go
         if settings.webhook_delivery_interval_s > 0:
             threading.Thread(
                 target=services.webhooks.run,
