@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import datetime as dt
 import functools
 import json
 import logging
@@ -147,6 +148,7 @@ def _line(scope: Scope, request_id: str, answer: dict[str, Any], started: float)
     principal = scope.get("state", {}).get(PRINCIPAL_STATE)
     return {
         "event": "request",
+        "time": _now(),
         "request_id": request_id,
         "method": scope.get("method"),
         "route": getattr(route, "path", None),
@@ -183,16 +185,32 @@ def _series(method: str, route: str, status: int) -> tuple[Any, Any]:
     )
 
 
+def _utc_text(seconds: float) -> str:
+    """An instant as RFC 3339 UTC to the millisecond: each line says when it was written, so an
+    operator places it in time from the log alone (helper-93: "child killed" could not be)."""
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _now() -> str:
+    return _utc_text(time.time())
+
+
 class JsonLines(logging.Formatter):
     """A record whose message is already a JSON object is written as is; any other record becomes
-    `{"event": "log", "level", "logger", "message"}`, with `error` and `traceback` (escaped, so
-    still one line) when it carries an exception."""
+    `{"event": "log", "time", "level", "logger", "message"}`, with `error` and `traceback`
+    (escaped, so still one line) when it carries an exception."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
         if message.startswith("{"):
             return message
-        line = {"event": "log", "level": record.levelname.lower(), "logger": record.name, "message": message}
+        line = {
+            "event": "log",
+            "time": _utc_text(record.created),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+        }
         if record.exc_info and record.exc_info[1] is not None:
             line["error"] = type(record.exc_info[1]).__name__
             line["traceback"] = self.formatException(record.exc_info)  # escaped: still one line
@@ -208,3 +226,8 @@ def configure(level: str = "info") -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(level.upper())
         logger.propagate = False
+    # Libraries' warnings and errors too (psycopg's "error ignored terminating <Pipeline>" were
+    # plain text among the JSON lines: helper-93).
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)

@@ -4,6 +4,7 @@ no key, receipt or signature ever reaches the log."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import time
@@ -49,6 +50,9 @@ def test_a_request_is_found_by_its_id(ward):
     assert line["role"] == "finance" and line["key_id"] and line["key_id"] in ward.finance_key
     assert line["replayed"] is False
     assert isinstance(line["latency_ms"], float) and line["latency_ms"] >= 0
+    # When it was written, UTC to the millisecond: a line is placed in time from the log alone.
+    written = dt.datetime.fromisoformat(line["time"])
+    assert line["time"].endswith("Z") and abs((dt.datetime.now(dt.UTC) - written).total_seconds()) < 60
     # The README's grep finds it: the line's own format, `json.dumps`' separators.
     assert '"request_id": "till-7:run.42"' in ward.server.log_path.read_text(errors="replace")
 

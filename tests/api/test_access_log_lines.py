@@ -87,6 +87,27 @@ def test_lines_waiting_at_exit_are_written():
     assert [json.loads(line)["n"] for line in done.stderr.splitlines()] == [0, 1, 2]
 
 
+def test_every_logger_writes_json_lines_with_their_time():
+    """A library's warning (psycopg's "error ignored terminating <Pipeline>") was a plain text line
+    among the JSON ones, and no line said when it was written (helper-93)."""
+    program = (
+        "import logging\n"
+        "from api import access_log\n"
+        "access_log.configure('info')\n"
+        "logging.getLogger('psycopg').warning('error ignored terminating %s', '<Pipeline>')\n"
+        "logging.getLogger('engine.store').error('child killed')\n"
+        "logging.getLogger('psycopg').info('below the libraries level')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stderr.splitlines()]
+    assert [(line["logger"], line["level"], line["message"]) for line in lines] == [
+        ("psycopg", "warning", "error ignored terminating <Pipeline>"),
+        ("engine.store", "error", "child killed"),
+    ]
+    assert all(line["event"] == "log" and line["time"].endswith("Z") for line in lines)
+
+
 def test_a_loop_that_ends_before_its_flush_leaves_none_behind(records):
     lines = access_log._Lines()
 
