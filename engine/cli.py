@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from collections.abc import Callable
 
@@ -127,7 +128,37 @@ def main(argv: list[str] | None = None) -> int:
     args = _with_operations(build_parser()).parse_args(argv)
     if argv is None:  # the console command, a process of its own (not a test calling main)
         collector.tune()
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except Exception as exc:
+        problem = operator_problem(exc)
+        if problem is None:
+            raise
+        print(f"setapay: {problem}", file=sys.stderr)
+        return 2
+
+
+def operator_problem(exc: Exception) -> str | None:
+    """What an operator can mend, said in a line, for a failure an operator causes (the database
+    away or misnamed, a file or directory that is not there, a malformed key setting); None for
+    any other, whose traceback stays. Never a password or a key: a database URL is not repeated,
+    and the key settings' errors never hold the key (helper-93: tracebacks for each)."""
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+    from engine import sealing
+    from engine.settlement import signing
+
+    if isinstance(exc, (ArgumentError, NoSuchModuleError)):
+        return "SETAPAY_DATABASE_URL is not a database URL this engine reads (sqlite:///… or postgresql+psycopg://…)"
+    if isinstance(exc, OperationalError):
+        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
+        reason = re.sub(r"://[^@/\s]*@", "://***@", reason)
+        return f"the database cannot be reached or refused the connection ({reason}); check SETAPAY_DATABASE_URL"
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
+    if isinstance(exc, (sealing.DataKeyError, signing.SigningKeyError)):
+        return str(exc)
+    return None
 
 
 if __name__ == "__main__":

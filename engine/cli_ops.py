@@ -34,13 +34,19 @@ def _settings() -> Settings:
 
 
 def _cmd_db(args: argparse.Namespace) -> int:
+    from alembic.util import CommandError
+
     from engine.store import db
 
     settings = _settings()
-    if args.action == "upgrade":
-        db.upgrade(settings.database_url)
-    else:
-        db.downgrade(settings.database_url, args.revision or "base")
+    try:
+        if args.action == "upgrade":
+            db.upgrade(settings.database_url, args.revision or "head")  # a revision named was ignored
+        else:
+            db.downgrade(settings.database_url, args.revision or "base")
+    except CommandError as exc:  # a revision this release does not know
+        print(f"setapay db {args.action}: {exc}; nothing was changed", file=sys.stderr)
+        return 2
     print(f"database {args.action}d: {_redacted(settings.database_url)}", file=sys.stderr)
     return 0
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, cast
 import psycopg
 from sqlalchemy import create_engine, event, make_url
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session
 from sqlalchemy.pool import ConnectionPoolEntry
 
@@ -255,6 +255,8 @@ def make_engine(url: str) -> Engine:
         return engine
     if url.startswith("postgresql://") or url.startswith("postgres://"):
         url = "postgresql+psycopg://" + url.split("://", 1)[1]
+    if not url.startswith("postgresql+psycopg://"):  # another database or driver: not one this engine runs on
+        raise ArgumentError("the engine runs on SQLite (sqlite:///PATH) or PostgreSQL (postgresql+psycopg://…)")
     # A server that accepts the connection and never answers (hung, or a half-dead network path)
     # fails a new connection after CONNECT_TIMEOUT_S, a 503 the client retries, instead of holding
     # its request, and the worker thread it runs in, for as long as the OS waits. (A pooled

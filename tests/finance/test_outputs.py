@@ -196,6 +196,11 @@ def test_settle_cli_writes_statement_csv_and_zengin(database_url, tmp_path, monk
     assert [(r["merchant_id"], r["net_payout"]) for r in rows] == [("M001", "7801")]
     parsed = zengin.parse((out / "payout-2026-10.zengin.txt").read_bytes())
     assert [(t.account_number, t.amount_yen) for t in parsed.transfers] == [(bank_account(1)["account_number"], 7801)]
+    # An output directory that cannot be made is one line, not a traceback (helper-93); the run
+    # itself is stored, and asked again it is the same run, written where it can be.
+    capsys.readouterr()
+    assert cli.main(["settle", "--period", "2026-10", "--out", "/proc/nope/out"]) == 2
+    assert "/proc/nope" in capsys.readouterr().err
     # Idempotent from the CLI too.
     assert cli.main(["settle", "--period", "2026-10", "--out", str(out)]) == 0
     again = json.loads(capsys.readouterr().out)
