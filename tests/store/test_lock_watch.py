@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 
+import pytest
 from sqlalchemy import func, select
 
 from engine import ledger_rules as rules
@@ -22,19 +23,29 @@ from engine.store.models import PostingRow
 
 AT_US = 1_796_000_000_000_000
 
-# Another process: takes the lock, posts a fee, and stops (sleeps) before its commit.
+# Another process: takes the lock, posts a fee, and stops before its commit: after its rows were
+# sent (a pipeline, synced), inside a pipeline before its Sync, or inside a COPY.
 _STOPPED = """
 import sys, time
 from engine import ledger_rules as rules
 from engine.clock import ManualClock
-from engine.store import db
+from engine.store import bulk, db
 from engine.store.ledger import Ledger
 ledger = Ledger(db.make_engine(sys.argv[1]), ManualClock(int(sys.argv[2])))
+how = sys.argv[4]
 try:
     with ledger.unit_of_work() as unit:
         writer = unit.writer(ledger.clock.now_us())
         writer.post(rules.Posting(rules.SETTLEMENT_FEE, rules.payable_account("M1"), rules.WARD_FEES, 7, "st_x"))
-        writer.flush()  # its rows sent (a pipeline), then stopped
+        writer.flush()
+        raw = bulk.raw_connection(unit.session)
+        if how == "in_pipeline":
+            raw.pgconn.send_query_params(b"SELECT 1", None)  # no Sync after it
+            raw.pgconn.flush()
+        elif how == "in_copy":
+            raw.execute("CREATE TEMP TABLE stopped_copy (n int)")
+            copying = raw.cursor().copy("COPY stopped_copy (n) FROM STDIN")  # kept: collected, it ends the COPY
+            copying.__enter__().write_row((1,))  # the COPY begun, its rows not all sent
         print("holding", flush=True)
         time.sleep(float(sys.argv[3]))
     print("committed", flush=True)
@@ -43,9 +54,9 @@ except Exception as exc:
 """
 
 
-def _stopped(url: str, seconds: float) -> subprocess.Popen[str]:
+def _stopped(url: str, seconds: float, how: str = "after_send") -> subprocess.Popen[str]:
     process = subprocess.Popen(
-        [sys.executable, "-c", _STOPPED, url, str(AT_US), str(seconds)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _STOPPED, url, str(AT_US), str(seconds), how], stdout=subprocess.PIPE, text=True
     )
     assert process.stdout is not None and process.stdout.readline().strip() == "holding"
     return process
@@ -64,11 +75,12 @@ def _post(ledger: Ledger, amount: int, done: list[float], started: float) -> Non
     done.append(time.monotonic() - started)
 
 
-def test_a_stopped_holder_is_ended_and_the_waiting_writer_goes_on(postgres_url: str) -> None:
+@pytest.mark.parametrize("how", ["after_send", "in_pipeline", "in_copy"])
+def test_a_stopped_holder_is_ended_and_the_waiting_writer_goes_on(postgres_url: str, how: str) -> None:
     db.upgrade(postgres_url)
     engine = db.make_engine(postgres_url)
     ledger = Ledger(engine, ManualClock(AT_US))
-    stopped = _stopped(postgres_url, 60)
+    stopped = _stopped(postgres_url, 60, how)
     try:
         done: list[float] = []
         waiter = threading.Thread(target=_post, args=(ledger, 11, done, time.monotonic()))
