@@ -66,6 +66,7 @@ class Apps:
         self.clock: Clock = clock or SystemClock()
         self._lock = threading.Lock()  # one request reads the secrets at a time
         self._failed_at = float("-inf")  # when a request's read last failed (monotonic)
+        self._unopened: set[str] = set()  # apps with a secret the last read could not open
         self._cache: RefreshingCache[str, OpenedSecrets] = RefreshingCache(
             cache_ttl_s, self._read_every, size_max=1, name="app-secrets"
         )
@@ -84,8 +85,7 @@ class Apps:
             raise EngineError("invalid_request", "an app id matches " + limits.ID_PATTERN)
 
     def _add_secret(self, session: Session, app_id: str, now: int) -> str:
-        key = self._data_key()
-        self._check_data_key(session, key)
+        key = self._sealing_key(session, now)
         secret = receipts.new_secret()
         position = (
             session.execute(
@@ -104,25 +104,43 @@ class Apps:
         )
         return secret
 
-    @staticmethod
-    def _check_data_key(session: Session, key: sealing.DataKey) -> None:
-        """SealingError unless `key` opens a secret sealed already (the newest that it opens, of any
-        app), when there is one: a secret sealed with another key than the API's (`setapay apps
-        rotate` run without the API's `SETAPAY_DATA_KEY_B64`, which makes a local key) opens in no
-        API process, and the app's receipts were all refused from then on (helper-93)."""
-        sealed = session.execute(
-            select(AppSecretRow.app_id, AppSecretRow.secret_sealed).order_by(
-                AppSecretRow.created_at_us.desc(), AppSecretRow.app_id, AppSecretRow.position.desc()
+    def _sealing_key(self, session: Session, now: int) -> sealing.DataKey:
+        """The data key a new secret is sealed with: the configured one, else the local file's;
+        SealingError if it opens none of the live secrets of the apps not revoked, when there are
+        some (a secret sealed with another key than the API's opens in no API process, and the
+        app's receipts were all refused from then on: helper-93), or if there is no key at all
+        while there are (a key made here would be another: helper-98). A first app on a fresh
+        ledger, with no key anywhere, gets the local key made for it, as the API would. The first
+        secret sealed with a wrong key cannot be told from a right one here."""
+        from engine import keyring
+        from engine.settings import Settings
+
+        live = session.execute(
+            select(AppSecretRow.app_id, AppSecretRow.secret_sealed)
+            .join(PaymentAppRow, PaymentAppRow.id == AppSecretRow.app_id)
+            .where(
+                PaymentAppRow.revoked_at_us.is_(None),
+                AppSecretRow.valid_until_us.is_(None) | (AppSecretRow.valid_until_us > now),
             )
+            .order_by(AppSecretRow.created_at_us.desc(), AppSecretRow.app_id, AppSecretRow.position.desc())
         ).all()
-        for app_id, secret_sealed in sealed:
+        found = keyring.existing_data_key(self.settings or Settings())
+        if found is None:
+            if live:
+                raise sealing.SealingError(keyring.NO_DATA_KEY)
+            return self._data_key()
+        key = found[0]
+        for app_id, secret_sealed in live:
             try:
                 sealing.open_sealed(key, secret_sealed, _associated(app_id))
             except sealing.SealingError:
                 continue
-            return
-        if sealed:
-            raise sealing.SealingError("the data key opens none of the payment apps' secrets sealed already")
+            return key
+        if live:
+            raise sealing.SealingError(
+                f"the data key from {found[1]} opens none of the payment apps' live secrets sealed already"
+            )
+        return key
 
     def add(self, app_id: str, actor: Actor = OPERATOR) -> str:
         """A new app; its first secret, returned once."""
@@ -238,7 +256,12 @@ class Apps:
         if opened is None:
             opened = self.current() or self.load()
         now = self.clock.now_us() if now_us is None else now_us
-        return [(raw, until) for raw, until in opened.get(app_id, ()) if until is None or until > now]
+        live = [(raw, until) for raw, until in opened.get(app_id, ()) if until is None or until > now]
+        if not live and app_id in self._unopened:
+            # Its secrets are there but this process cannot open them: a retry may find them
+            # opened (the data key put right), where a 422 would be the payment app's final answer.
+            raise EngineError("service_unavailable", f"app {app_id}'s receipt secrets cannot be opened here")
+        return live
 
     def current(self) -> OpenedSecrets | None:
         """Every app's opened secrets if the cache holds them fresh, else None (then `load`)."""
@@ -280,18 +303,21 @@ class Apps:
                 .join(PaymentAppRow, PaymentAppRow.id == AppSecretRow.app_id)
                 .where(PaymentAppRow.revoked_at_us.is_(None))
             ).all()
-        unopened: builtins.list[str] = []
+        unopened: set[str] = set()
         for app_id, sealed, until in rows:
             try:
                 secret = sealing.open_sealed(key, sealed, _associated(app_id)).decode()
             except sealing.SealingError:
-                unopened.append(app_id)
+                unopened.add(app_id)
                 continue
             opened.setdefault(app_id, []).append((receipts.decode_secret(secret), until))
         if unopened and not opened:  # none opens: this process has another data key than the one they were sealed with
             raise sealing.SealingError("the data key opens none of the payment apps' secrets")
-        if unopened:
+        if unopened != self._unopened:
             # One secret sealed with another key (an operator's mistake) is left out, not every app's:
-            # the app's other secrets still verify its receipts (helper-93). Never the secret itself.
-            _log.error("payment apps' secrets the data key does not open, left out: apps %s", sorted(set(unopened)))
+            # the app's other secrets still verify its receipts, and an app left with none answers
+            # 503 (`live_secrets`), not a final 422 (helper-93, helper-98). Said once a change.
+            if unopened:
+                _log.error("payment apps' secrets the data key does not open, left out: apps %s", sorted(unopened))
+            self._unopened = unopened
         return opened
