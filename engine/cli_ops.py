@@ -627,8 +627,16 @@ def _cmd_import(args: argparse.Namespace) -> int:
         except HeaderError as error:
             print(f"setapay import: {error}", file=sys.stderr)
             return 2
+        except importer.ImportBusy as error:
+            print(f"setapay import: {error}; nothing was imported", file=sys.stderr)
+            return 2
         except UnicodeDecodeError as error:
-            print(f"setapay import: the file is not UTF-8 ({error})", file=sys.stderr)
+            byte = error.object[error.start]
+            print(
+                f"setapay import: stopped: the file is not UTF-8 ({error.reason}: byte {byte:#04x} in the block read "
+                "after the last group committed); the groups committed before stay, and a re-run skips them",
+                file=sys.stderr,
+            )
             return 2
         except StampBehindFloor as error:
             print(

@@ -180,7 +180,14 @@ class Reader:
     def read(self, text_lines: Iterable[str]) -> Iterator[Line | LineError]:
         """`text_lines`: the file's lines (an open text file). `HeaderError` when the first line
         is not the header."""
-        records = csv.reader(text_lines, strict=True)
+        ended = [True]  # whether the last physical line read so far had its line ending
+
+        def watched(lines: Iterable[str]) -> Iterator[str]:
+            for line in lines:
+                ended[0] = line.endswith(("\n", "\r"))
+                yield line
+
+        records = csv.reader(watched(text_lines), strict=True)
         try:
             header = next(records)
         except StopIteration:
@@ -196,11 +203,32 @@ class Reader:
             except StopIteration:
                 return
             except csv.Error as error:
-                yield LineError(start, "", "bad_csv", f"not a CSV record: {error}")
+                span = f"lines {start}–{records.line_num}" if records.line_num > start else f"line {start}"
+                yield LineError(start, "", "bad_csv", f"not a CSV record ({span}, none imported): {error}")
                 continue
             if not fields:
                 continue  # a blank line
-            yield self.check(start, fields)
+            if not ended[0]:
+                # Only the file's last line can lack its line ending: a file cut short mid-line
+                # ends so, and its cut last field read as another value (helper-99: a refund of P12
+                # cut to P1 refunded P1). Reported, not imported; a whole line gets its newline back.
+                yield LineError(
+                    start,
+                    fields[0],
+                    "incomplete_line",
+                    "the file's last line has no line ending: it may have been cut short; if it is whole, "
+                    "end it with a newline and run the import again",
+                )
+                continue
+            checked = self.check(start, fields)
+            if isinstance(checked, LineError) and checked.code == "bad_csv" and records.line_num > start:
+                # A stray quote joins the lines after it into this record: each is named (helper-99:
+                # valid lines vanished from the report).
+                checked = dataclasses.replace(
+                    checked,
+                    message=f"{checked.message} (lines {start}–{records.line_num}, joined by a quote; none imported)",
+                )
+            yield checked
 
     def check(self, number: int, fields: list[str]) -> Line | LineError:
         payment_id = fields[0] if fields else ""

@@ -83,7 +83,7 @@ from engine.clock import ManualClock
 from engine.importing import Line, LineError, Reader, imported_payment_id, spreadsheet_safe
 from engine.model import Refund
 from engine.receipts import Receipt
-from engine.store import bulk, lifecycle
+from engine.store import bulk, db, lifecycle
 from engine.store.ledger import CatalogSnapshot, Ledger, Result, Submission
 from engine.store.models import (
     AwardRow,
@@ -433,5 +433,19 @@ def import_history(
     (line, payment_id, code, message). Raises `engine.importing.HeaderError` on a bad header.
 
     Run it before the ledger takes live traffic from the same period (or with the API
-    stopped): imported payments are stamped at their own instants."""
-    return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)
+    stopped): imported payments are stamped at their own instants. One import at a time a
+    database (`ImportBusy` at once otherwise): two at once each read the ledger's last stamp
+    once, then interleaved their groups, stamps going back and a redemption spending points
+    earned later in the history (helper-99)."""
+    try:
+        with db.alone(ledger.engine, IMPORT_LOCK, wait=False):
+            return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)
+    except db.Busy:
+        raise ImportBusy("another import is running on this database; run one at a time") from None
+
+
+class ImportBusy(Exception):
+    """Another history import holds the database's import slot."""
+
+
+IMPORT_LOCK = 0x5E7A_1A90  # `db.alone`'s key: one history import at a time a database

@@ -197,6 +197,59 @@ def test_a_payment_id_imported_before_on_a_later_line_is_already_imported(books:
     assert queries.ledger_check(books.engine)["ok"] and rerate.rerate_check(books.engine)["ok"]
 
 
+def test_one_import_at_a_time(books: Books) -> None:
+    """Two imports at once each read the ledger's last stamp once and interleaved their groups:
+    stamps went back, and a redemption spent points earned later in the history (helper-99). A
+    second import is refused at once and writes nothing."""
+    from engine.store import db
+    from engine.store.importer import IMPORT_LOCK, ImportBusy
+
+    with db.alone(books.engine, IMPORT_LOCK, wait=False), pytest.raises(ImportBusy):  # another import is running
+        run_import(books, csv_text(ROWS[:2]))
+    assert imported(books) == {}
+    summary, _ = run_import(books, csv_text(ROWS[:2]))
+    assert summary["imported"] == 2
+
+
+def test_a_last_line_cut_short_is_reported_not_imported(books: Books) -> None:
+    """A file cut inside its last line's last field imported what was left of it: a refund of P12
+    cut to `P1` refunded P1, and the re-run of the whole file skipped it by its id (helper-99).
+    A last line without its line ending is reported; once the file is whole it is imported."""
+    whole = csv_text(
+        [
+            row("P1", "purchase", "W1", "M1", "T1", at(10), 5000),
+            row("P12", "purchase", "W2", "M1", "T1", at(11), 8000),
+            row("R5", "refund", "", "", "T1", at(12), 4000, "", "", "P12"),
+        ]
+    )
+    cut = whole[: whole.rindex("P12")] + "P1"  # the last line cut two bytes short, no newline
+    summary, errors = run_import(books, cut)
+    assert [(e["line"], e["payment_id"], e["code"]) for e in errors] == [("4", "R5", "incomplete_line")]
+    assert summary["imported"] == 2 and "R5" not in imported(books)
+    summary, errors = run_import(books, whole)
+    assert (summary["imported"], summary["already_imported"], errors) == (1, 2, [])
+    payments = imported(books)
+    assert payments["R5"].original_id == payments["P12"].id
+
+
+def test_a_stray_quote_names_the_lines_it_took(books: Books) -> None:
+    text = (
+        csv_text(
+            [row("P1", "purchase", "W1", "M1", "T1", at(10), 1000)],
+            raw={0: "P1,purchase,W1,M1,T1," + at(10) + ',1000,,"[oops,'},
+        )
+        + "P2,purchase,W1,M1,T1,"
+        + at(11)
+        + ",1000,,,\n"
+        + "P3,purchase,W1,M1,T1,"
+        + at(12)
+        + ',1000,,,"\n'
+    )
+    _, errors = run_import(books, text)
+    assert [(e["code"], e["line"]) for e in errors][:1] == [("bad_csv", "2")], errors
+    assert "lines 2–" in errors[0]["message"], errors
+
+
 def test_the_reader_checks_the_header_and_each_line() -> None:
     with pytest.raises(HeaderError):
         list(Reader().read(io.StringIO("payment_id,type\nP1,purchase\n")))
