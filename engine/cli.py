@@ -7,6 +7,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from typing import Any
 
 from engine import collector
 
@@ -141,24 +142,61 @@ def main(argv: list[str] | None = None) -> int:
 def operator_problem(exc: Exception) -> str | None:
     """What an operator can mend, said in a line, for a failure an operator causes (the database
     away or misnamed, a file or directory that is not there, a malformed key setting); None for
-    any other, whose traceback stays. Never a password or a key: a database URL is not repeated,
-    and the key settings' errors never hold the key (helper-93: tracebacks for each)."""
+    any other, whose traceback stays (a deadlock, a missing table, a statement the code got wrong
+    are not the operator's: helper-100). Never a password or a key: a database URL is not
+    repeated, its password is cut out of the driver's text, and the key settings' errors never
+    hold the key (helper-93: tracebacks for each)."""
+    import sqlite3
+
+    import psycopg
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
 
     from engine import sealing
     from engine.settlement import signing
 
-    if isinstance(exc, (ArgumentError, NoSuchModuleError)):
+    if type(exc) in (ArgumentError, NoSuchModuleError):  # not their subclasses: the code's own mistakes
         return "SETAPAY_DATABASE_URL is not a database URL this engine reads (sqlite:///… or postgresql+psycopg://…)"
-    if isinstance(exc, OperationalError):
-        reason = str(exc.orig if exc.orig is not None else exc).strip().splitlines()[0]
-        reason = re.sub(r"://[^@/\s]*@", "://***@", reason)
+    if isinstance(exc, OperationalError) and _connection_failed(exc.orig, psycopg, sqlite3):
+        reason = _without_password(str(exc.orig))
         return f"the database cannot be reached or refused the connection ({reason}); check SETAPAY_DATABASE_URL"
     if isinstance(exc, OSError) and exc.filename is not None:
         return f"{exc.strerror or type(exc).__name__}: {exc.filename}"
     if isinstance(exc, (sealing.DataKeyError, signing.SigningKeyError)):
         return str(exc)
     return None
+
+
+def _connection_failed(orig: BaseException | None, psycopg: Any, sqlite3: Any) -> bool:
+    """Whether the driver failed to connect: psycopg's `OperationalError` itself (its subclasses
+    are a statement's failures: deadlock, cancel, lock), or SQLite unable to open the file."""
+    if type(orig) is psycopg.OperationalError:
+        return True
+    return isinstance(orig, sqlite3.OperationalError) and "unable to open database file" in str(orig)
+
+
+def _without_password(text: str) -> str:
+    """The driver's first line, with the configured URL's password (and anything after a `:` in
+    a URL's user part) cut out: a password holding `@` is read as part of the host, which the
+    driver names (helper-100)."""
+    import os
+
+    from sqlalchemy import make_url
+
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    line = re.sub(r"://[^/\s]*@", "://***@", line)
+    configured = os.environ.get("SETAPAY_DATABASE_URL", "")
+    if "://" in configured and "@" in configured.split("://", 1)[1]:
+        credentials = configured.split("://", 1)[1].rsplit("@", 1)[0]
+        secret = credentials.split(":", 1)[1] if ":" in credentials else ""
+        for piece in {secret, *secret.split("@")} - {""}:
+            line = line.replace(piece, "***")
+        try:
+            password = make_url(configured).password
+        except Exception:  # noqa: BLE001 - a URL that does not parse has nothing more to cut
+            password = None
+        if password:
+            line = line.replace(str(password), "***")
+    return line
 
 
 if __name__ == "__main__":

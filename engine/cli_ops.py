@@ -572,6 +572,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     """`setapay import FILE.csv`: the program's past transactions (docs/IMPORT.md), in groups that
     each commit alone (a killed run re-run continues), bad lines to a per-line error report."""
+    import contextlib
     import json
     import re
     from pathlib import Path
@@ -601,7 +602,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
         return 2
     _, ledger, _ = _finance_context()
     rate = TextColumn("{task.fields[rate]} rows/s")
+    held = contextlib.ExitStack()
+    try:
+        # Before the error report is opened: a refused run truncated the running one's (helper-100).
+        held.enter_context(importer.import_slot(ledger))
+    except importer.ImportBusy as error:
+        print(f"setapay import: {error}; nothing was imported", file=sys.stderr)
+        return 2
     with (
+        held,
         path.open(encoding="utf-8-sig", newline="") as lines,  # "-sig": Excel's "CSV UTF-8" starts with a BOM
         errors_path.open("w", encoding="utf-8", newline="") as errors,
         Progress(
@@ -622,13 +631,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
         try:
             report = importer.import_history(
-                ledger, lines, errors, source=args.source, group=args.group, progress=progress
+                ledger, lines, errors, source=args.source, group=args.group, progress=progress, slot_held=True
             )
         except HeaderError as error:
             print(f"setapay import: {error}", file=sys.stderr)
-            return 2
-        except importer.ImportBusy as error:
-            print(f"setapay import: {error}; nothing was imported", file=sys.stderr)
             return 2
         except UnicodeDecodeError as error:
             byte = error.object[error.start]
@@ -654,9 +660,10 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _redacted(url: str) -> str:
+    """`url` without its user and password (the last `@` ends them: a password may hold one)."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
     return url
 
 

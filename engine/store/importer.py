@@ -65,6 +65,7 @@ forbidden for a terminal of another merchant, ...).
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import dataclasses
 import hashlib
@@ -72,7 +73,7 @@ import heapq
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TextIO
 
@@ -428,19 +429,34 @@ def import_history(
     group: int = DEFAULT_GROUP,
     progress: Callable[[int], object] | None = None,
     pipelined: bool = True,
+    slot_held: bool = False,
 ) -> ImportReport:
     """Import the lines of a history file (header first); bad lines go to `errors` as CSV
     (line, payment_id, code, message). Raises `engine.importing.HeaderError` on a bad header.
 
     Run it before the ledger takes live traffic from the same period (or with the API
-    stopped): imported payments are stamped at their own instants. One import at a time a
-    database (`ImportBusy` at once otherwise): two at once each read the ledger's last stamp
-    once, then interleaved their groups, stamps going back and a redemption spending points
-    earned later in the history (helper-99)."""
+    stopped): imported payments are stamped at their own instants. In the database's import
+    slot (`import_slot`; taken here unless the caller holds it, `slot_held`)."""
+    if slot_held:
+        return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)
+    with import_slot(ledger):
+        return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)
+
+
+@contextlib.contextmanager
+def import_slot(ledger: Ledger) -> Iterator[None]:
+    """Hold the database's one import slot for the block, or `ImportBusy` at once: two imports at
+    once each read the ledger's last stamp once, then interleaved their groups, stamps going back
+    and a redemption spending points earned later in the history (helper-99). Take it before
+    anything of the run is written (the command's error report: helper-100)."""
+    held = False
     try:
         with db.alone(ledger.engine, IMPORT_LOCK, wait=False):
-            return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)
+            held = True
+            yield
     except db.Busy:
+        if held:  # not the slot's: raised by the block
+            raise
         raise ImportBusy("another import is running on this database; run one at a time") from None
 
 

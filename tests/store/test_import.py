@@ -370,6 +370,18 @@ def test_the_command_reports_bad_lines_and_refuses_a_file_without_the_header(sql
         assert with_bom.returncode == 1 and "header" not in with_bom.stderr, with_bom.stderr
         report = list(csv.DictReader((tmp_path / "bom.csv").open(encoding="utf-8")))
         assert [(r["payment_id"], r["code"]) for r in report] == [("'" + formula, "bad_field")]
+
+        # A second import while one runs is refused before it opens anything: it truncated the
+        # running import's error report, whose refused lines then appeared nowhere (helper-100).
+        from engine.store import db
+        from engine.store.importer import IMPORT_LOCK
+
+        with db.alone(books.engine, IMPORT_LOCK, wait=False):  # the running one (any process)
+            busy = run_cli(env, "import", str(path), "--errors", str(tmp_path / "bom.csv"))
+        assert busy.returncode == 2 and "another import is running" in busy.stderr, busy.stderr
+        assert [(r["payment_id"], r["code"]) for r in csv.DictReader((tmp_path / "bom.csv").open())] == [
+            ("'" + formula, "bad_field")
+        ]
     finally:
         books.close()
 
