@@ -98,7 +98,7 @@ def _burn_since(session: Session, campaign_id: str, since: int | None) -> tuple[
     ledger's postings at most)."""
     where = [CampaignBurnRow.campaign_id == campaign_id]
     edge = None if since is None else posting_columns.burn_hour(since + posting_columns.BURN_HOUR_US - 1)
-    if edge is not None:
+    if edge is not None:  # from the first whole hour at or after `since`
         where.append(CampaignBurnRow.hour_us >= edge)
     issued, clawed = session.execute(
         select(
@@ -106,14 +106,14 @@ def _burn_since(session: Session, campaign_id: str, since: int | None) -> tuple[
         ).where(*where)
     ).one()
     issued, clawed = int(issued), int(clawed)
-    if since is not None and edge is not None and since < edge:
+    if since is not None and edge is not None and since < edge:  # the part hour before it
         for reason, total in session.execute(
             select(PostingRow.reason, func.sum(PostingRow.amount))
             .where(
                 PostingRow.posted_at_us >= since,
                 PostingRow.posted_at_us < edge,
                 PostingRow.campaign_id == campaign_id,
-                PostingRow.reason.in_([rules.AWARD, rules.GRANT, rules.CLAWBACK]),
+                PostingRow.reason.in_(sorted(posting_columns.BURN_REASONS)),
             )
             .group_by(PostingRow.reason)
         ):

@@ -18,6 +18,7 @@ import hashlib
 import json
 import secrets
 from collections import defaultdict
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
@@ -134,13 +135,13 @@ def aggregate(
     return activities, funded
 
 
-def _records_at(session: Session, end_us: int) -> dict[str, dict[str, Any]]:
+def _records_at(session: Session, end_us: int, current: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Each merchant's record as it stood when a period ended (its last version made before
-    `end_us`; the current record for a merchant with none, made later or before versions were
+    `end_us`; its `current` record when it has none, made later or before versions were
     kept): the fee rate a period is charged at. A fee changed after a period ended, before it
     was settled, reached back over the whole period (helper-94: 5,000 bp set on 1 December
     charged November's sales at it)."""
-    records = {r.id: json.loads(r.record_json) for r in session.execute(select(MerchantRow)).scalars()}
+    records = dict(current)
     for merchant_id, record_json in session.execute(
         select(MerchantVersionRow.merchant_id, MerchantVersionRow.record_json)
         .where(MerchantVersionRow.created_at_us < end_us)
@@ -255,7 +256,7 @@ def run(
             session,
             period.start_us,
             period.end_us,
-            _records_at(session, period.end_us),
+            _records_at(session, period.end_us, merchants),
             _funded_by(session),
             settled_until,
         )
