@@ -583,7 +583,7 @@ def _cmd_import(args: argparse.Namespace) -> int:
     from engine import limits
     from engine.importing import HeaderError
     from engine.store import importer
-    from engine.store.ledger import StampBehindFloor
+    from engine.store.ledger import StampBehindFloor, StampBehindLedger
     from engine.timeutil import format_instant
 
     path = Path(args.file)
@@ -644,6 +644,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        except StampBehindLedger as error:
+            print(
+                f"setapay import: stopped: a payment was accepted at {format_instant(error.floor_us)} while this "
+                "import ran (an API taking payments?): history posted after it would interleave with it. Stop "
+                "every API process; the groups committed before stay, and a re-run skips them and reports the "
+                "lines before that payment as out_of_order.",
+                file=sys.stderr,
+            )
+            return 1
         except StampBehindFloor as error:
             print(
                 f"setapay import: stopped: {format_instant(error.at_us)} was closed while this import ran "

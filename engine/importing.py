@@ -69,6 +69,10 @@ class Line(NamedTuple):
     terminal_id: str
     body: Purchase | Refund  # a refund's original_id is the app's id of the purchase here
     occurred_at_us: int
+    # A refund's wallet_id and merchant_id as the file gives them ("" where empty): the layout
+    # leaves them empty, and given, they must be its original's (checked here against a purchase
+    # earlier in the file, by the store against one imported before).
+    stated: tuple[str, str] = ("", "")
 
     @property
     def original_payment_id(self) -> str | None:
@@ -127,6 +131,18 @@ def _validation_message(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def stated_mismatch(stated: tuple[str, str], original_app_id: str, original: tuple[str, str]) -> str | None:
+    """Why a refund's stated (wallet_id, merchant_id) are not those of its original purchase
+    (`original`), or None: an empty field states nothing."""
+    for name, given, actual in zip(("wallet_id", "merchant_id"), stated, original, strict=True):
+        if given != "" and given != actual:
+            return (
+                f"{name} {given!r} is not that of the purchase it refunds ({original_app_id!r}: {actual!r}); "
+                "leave it empty or give the original's"
+            )
+    return None
+
+
 def parse_fields(fields: list[str]) -> tuple[str, Purchase | Refund]:
     """(terminal_id, body) of one record's fields, or `_FieldError` / `ValidationError`."""
     payment_id, kind, wallet_id, merchant_id, terminal_id, occurred_at, amount, points_used, items, original = fields
@@ -170,11 +186,15 @@ class Reader:
     """The lines of one import file in order, each a `Line` or a `LineError`.
 
     Keeps what a line is checked against in the file itself: the payment ids seen
-    (`duplicate_in_file`) and the last good line's instant (`out_of_order`)."""
+    (`duplicate_in_file`), each purchase's wallet and merchant (a refund's stated ones), and
+    the last good line's instant (`out_of_order`)."""
 
     def __init__(self, now_us: int | None = None) -> None:
         self.now_us = now_us  # the engine's clock: a line after it is `in_future`
-        self.seen: set[str] = set()
+        # payment id -> a purchase's (wallet_id, merchant_id), None for a refund; the pairs are
+        # shared through `_pairs` (a wallet buys many times), so a line costs about a set's entry.
+        self.seen: dict[str, tuple[str, str] | None] = {}
+        self._pairs: dict[tuple[str, str], tuple[str, str]] = {}
         self.last_us: int | None = None
 
     def read(self, text_lines: Iterable[str]) -> Iterator[Line | LineError]:
@@ -206,8 +226,8 @@ class Reader:
                 span = f"lines {start}–{records.line_num}" if records.line_num > start else f"line {start}"
                 yield LineError(start, "", "bad_csv", f"not a CSV record ({span}, none imported): {error}")
                 continue
-            if not fields:
-                continue  # a blank line
+            if not fields or (len(fields) == 1 and not fields[0].strip()):
+                continue  # a blank line (or only spaces: no payment id starts with one; helper-100)
             if not ended[0]:
                 # Only the file's last line can lack its line ending: a file cut short mid-line
                 # ends so, and its cut last field read as another value (helper-99: a refund of P12
@@ -244,11 +264,21 @@ class Reader:
             return LineError(number, payment_id, "bad_field", _validation_message(error))
         if payment_id in self.seen:
             return LineError(number, payment_id, "duplicate_in_file", "this payment id is on an earlier line")
+        stated = ("", "")
+        if isinstance(body, Refund):
+            stated = (fields[2], fields[3])
+            original = self.seen.get(body.original_id)
+            if original is not None and (why := stated_mismatch(stated, body.original_id, original)) is not None:
+                return LineError(number, payment_id, "bad_field", why)
         at = to_us(body.occurred_at)
         if self.now_us is not None and at > self.now_us:
             return LineError(number, payment_id, "in_future", "occurred_at is after the engine's clock")
         if self.last_us is not None and at < self.last_us:
             return LineError(number, payment_id, "out_of_order", "earlier than the line before it")
-        self.seen.add(payment_id)
+        if isinstance(body, Refund):
+            self.seen[payment_id] = None
+        else:
+            pair = (body.wallet_id, body.merchant_id)
+            self.seen[payment_id] = self._pairs.setdefault(pair, pair)
         self.last_us = at
-        return Line(number, payment_id, terminal_id, body, at)
+        return Line(number, payment_id, terminal_id, body, at, stated)

@@ -81,7 +81,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from engine.clock import ManualClock
-from engine.importing import Line, LineError, Reader, imported_payment_id, spreadsheet_safe
+from engine.importing import Line, LineError, Reader, imported_payment_id, spreadsheet_safe, stated_mismatch
 from engine.model import Refund
 from engine.receipts import Receipt
 from engine.store import bulk, db, lifecycle
@@ -262,17 +262,18 @@ class _Importer:
         self.report.seconds = time.perf_counter() - started
         return self.report
 
-    def _stored(self, app_ids: set[str]) -> dict[str, tuple[str, str]]:
-        """app payment id -> (payment id, type) of those already in the ledger under `source`."""
+    def _stored(self, app_ids: set[str]) -> dict[str, tuple[str, str, tuple[str, str]]]:
+        """app payment id -> (payment id, type, (wallet_id, merchant_id)) of those already in the
+        ledger under `source`."""
         with Session(self.ledger.engine) as session:
             rows = bulk.select_where_tuples(
                 session,
                 PaymentRow.__table__,
-                ["receipt_jti", "id", "type"],
+                ["receipt_jti", "id", "type", "wallet_id", "merchant_id"],
                 ["receipt_app_id", "receipt_jti"],
                 sorted((self.source, a) for a in app_ids),
             )
-        return {jti: (pid, kind) for jti, pid, kind in rows}
+        return {jti: (pid, kind, (wallet, merchant)) for jti, pid, kind, wallet, merchant in rows}
 
     def chunk(self, items: list[Line | LineError]) -> None:
         """Up to one group's worth of lines: look up what of them is in the ledger, then post
@@ -316,6 +317,13 @@ class _Importer:
                 # Imported before (its id as stored), else by this run if its line was accepted: the
                 # ledger finds no such purchase otherwise (reported as `unknown_original`).
                 found = stored.get(original_app_id)
+                if (
+                    found is not None
+                    and found[1] == "purchase"
+                    and (why := stated_mismatch(x.stated, original_app_id, found[2])) is not None
+                ):
+                    self.error(x.line, x.payment_id, "bad_field", why)
+                    continue
                 assert isinstance(body, Refund)
                 body = body.model_copy(
                     update={

@@ -355,6 +355,18 @@ class StampBehindFloor(RuntimeError):
         self.floor_us = floor_us
 
 
+class StampBehindLedger(StampBehindFloor):
+    """The history import was to stamp a group before the ledger's last payment, which another
+    writer (an API taking payments during the import) accepted after the import's previous group:
+    history posted after it would interleave with it. Nothing of the unit is written."""
+
+
+# The acceptance instant of the ledger's last payment, read with a history group's reads.
+_LAST_ACCEPTED_SQL = (
+    "SELECT p.accepted_at_us FROM payment p JOIN ledger_head h ON p.sequence = h.last_payment_sequence WHERE h.id = 1"
+)
+
+
 _RATINGS_KEPT = 64  # kernel catalogs a CatalogSnapshot keeps (groups near a campaign's edge make a few)
 
 
@@ -542,6 +554,8 @@ class _GroupReads:
     said: outbox.Said | None = None
     # The kernel's catalog `state` was queued for (`CatalogSnapshot.rating_for` the group).
     rating: Catalog | None = None
+    # A history group's (`accepted_at_us` given): the acceptance of the ledger's last payment.
+    last_accepted: bulk.Read | None = None
 
 
 # Posting sequence and hash, payment sequence and hash, catalog version, lock version, stamp floor.
@@ -988,6 +1002,7 @@ class Ledger:
         keys: set[tuple[str, str]],
         remember_answers: bool,
         look_up_receipts: bool = True,
+        stamped: bool = False,
     ) -> _GroupReads:
         """Queue on `batch` every read deciding `submissions` needs, to go in one round trip on
         PostgreSQL: remembered answers, receipts used, the originals of refunds and, for a
@@ -996,7 +1011,8 @@ class Ledger:
         second round trip) against `catalog` (None: not known yet, the state is read later), and
         the budget-threshold events said already (`outbox.queue_said`: nothing is read after the
         pipeline that ends a snapshot). A group with refunds reads its state once its originals,
-        whose wallets it needs, are read."""
+        whose wallets it needs, are read. A group `stamped` at a past instant (the history
+        import's) reads the ledger's last payment's acceptance too."""
         original_ids = {s.body.original_id for s in submissions if isinstance(s.body, Refund)}
         receipt_keys = {receipt for s in submissions if look_up_receipts and (receipt := s.receipt_key) is not None}
         reads = _GroupReads(
@@ -1008,6 +1024,8 @@ class Ledger:
             self._queue_used_receipts(batch, receipt_keys),
             None,
         )
+        if stamped:
+            reads.last_accepted = batch.query(_LAST_ACCEPTED_SQL)
         if catalog is not None:
             reads.said = outbox.queue_said(batch, catalog.campaigns)
             if not original_ids:
@@ -1042,7 +1060,13 @@ class Ledger:
 
         if reads is None:
             reads = self._queue_group_reads(
-                bulk.ReadBatch(session), unit.catalog, submissions, keys, remember_answers, look_up_receipts
+                bulk.ReadBatch(session),
+                unit.catalog,
+                submissions,
+                keys,
+                remember_answers,
+                look_up_receipts,
+                accepted_at_us is not None,
             )
             reads.batch.run()
 
@@ -1078,6 +1102,10 @@ class Ledger:
         events: list[Event] = []
         payment_ids: dict[int, str] = {}
         accepted_at = unit.now_us() if accepted_at_us is None else unit.stamp_at(accepted_at_us)
+        if reads.last_accepted is not None and reads.last_accepted.rows:
+            last = reads.last_accepted.rows[0][0]
+            if accepted_at < last:  # a payment accepted since the import's last group: not the import's
+                raise StampBehindLedger(accepted_at, last)
         new_ids = iter(self.new_payment_ids(sum(submissions[i].payment_id is None for i in fresh), accepted_at))
         revoked_keys, revoked_apps = unit.catalog.revoked_keys, unit.catalog.revoked_apps
         for i in fresh:
@@ -1305,7 +1333,9 @@ class Ledger:
             batch.setting(GENERIC_PLANS_SQL)
             head = batch.query(_HEAD_SQL)
             known = catalog or self._catalog
-            reads = self._queue_group_reads(batch, known, submissions, keys, remember_answers, not receipts_unused)
+            reads = self._queue_group_reads(
+                batch, known, submissions, keys, remember_answers, not receipts_unused, accepted_at_us is not None
+            )
             if reads.state is not None:
                 batch.closing("ROLLBACK")
             try:

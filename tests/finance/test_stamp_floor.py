@@ -21,8 +21,8 @@ from engine.clock import ManualClock
 from engine.model import Purchase
 from engine.store import audit, finance
 from engine.store.importer import import_history
-from engine.store.ledger import Ledger, StampBehindFloor, Submission
-from engine.store.models import AuditLogRow, ChainHeadRow, LedgerHead, PostingRow
+from engine.store.ledger import Ledger, StampBehindFloor, StampBehindLedger, Submission
+from engine.store.models import AuditLogRow, ChainHeadRow, LedgerHead, PaymentRow, PostingRow
 from tests.finance.support import Ward
 from tests.tokyo import jst, us
 
@@ -127,6 +127,41 @@ def test_an_import_racing_a_settlement_stops_before_the_settled_period(ward: War
             .where(PostingRow.sequence > settled[0], PostingRow.posted_at_us < us("2027-01-01T00:00"))
         ).scalar_one()
     assert late == 0, f"{late} postings went into the settled December"
+    report = ward.reconcile()
+    assert report["ok"], {n: c for n, c in report["checks"].items() if not c["pass"]}
+
+
+@pytest.mark.parametrize("pipelined", [True, False])
+def test_an_import_stops_at_a_payment_the_api_accepted_while_it_ran(ward: Ward, pipelined: bool) -> None:
+    """IMPORT.md says to stop the API during an import, and nothing enforced it: history posted
+    after a live payment interleaved with it. The import now stops at the first group to be
+    stamped before the ledger's last payment, nothing of that group written."""
+    ward.merchant("M001", fee_bp=100, bank=1)
+    ward.campaign("PB", 1000)
+    ward.at("2027-01-10T12:00")
+    live: list[int] = []
+
+    def lines() -> Iterator[str]:
+        for n, line in enumerate(_history(200, "2026-12-15")):
+            if n == 101 and not live:  # half the file read: the API takes a payment
+                answer = ward.ledger.submit([_submission("live-1", "2027-01-10T11:59:50")])[0]
+                assert answer.status == 201, answer.body
+                with ward.engine.connect() as c:
+                    live.append(int(c.execute(select(func.max(PaymentRow.sequence))).scalar_one()))
+            yield line + "\n"
+
+    with pytest.raises(StampBehindLedger) as stopped:
+        import_history(ward.ledger, lines(), io.StringIO(), source="OLDAPP", group=20, pipelined=pipelined)
+    assert stopped.value.floor_us >= us("2027-01-10T12:00")
+    with ward.engine.connect() as c:
+        after = c.execute(
+            select(func.count()).select_from(PaymentRow).where(PaymentRow.sequence > live[0])
+        ).scalar_one()
+        imported = c.execute(
+            select(func.count()).select_from(PaymentRow).where(PaymentRow.receipt_app_id == "OLDAPP")
+        ).scalar_one()
+    assert after == 0, f"{after} history payments went in after the live one"
+    assert 0 < imported < 200
     report = ward.reconcile()
     assert report["ok"], {n: c for n, c in report["checks"].items() if not c["pass"]}
 

@@ -197,6 +197,34 @@ def test_a_payment_id_imported_before_on_a_later_line_is_already_imported(books:
     assert queries.ledger_check(books.engine)["ok"] and rerate.rerate_check(books.engine)["ok"]
 
 
+def test_a_refund_naming_another_wallet_or_merchant_than_its_original_is_refused(books: Books) -> None:
+    """The layout leaves a refund's wallet_id and merchant_id empty (its original's). Given, they
+    were ignored: a refund the file says is W2's clawed back from W1's purchase. Given, they must
+    be the original's, whether it is earlier in the file or was imported by an earlier run."""
+    run_import(books, csv_text([row("P1", "purchase", "W1", "M1", "T1", at(10), 5000)]))
+    lines = [
+        row("P2", "purchase", "W2", "M1", "T1", at(11), 8000),
+        row("R1", "refund", "W1", "", "T1", at(12), 100, "", "", "P2"),  # line 3: P2 is W2's
+        row("R2", "refund", "", "M2", "T1", at(12), 100, "", "", "P2"),  # line 4: P2 is M1's
+        row("R3", "refund", "W2", "M1", "T1", at(12), 100, "", "", "P2"),  # line 5: its original's
+        row("R4", "refund", "W2", "", "T1", at(13), 100, "", "", "P1"),  # line 6: P1 (earlier run) is W1's
+        row("R5", "refund", "W1", "M1", "T1", at(13), 100, "", "", "P1"),  # line 7: its original's
+        ["  "],  # line 8: only spaces, a blank line
+    ]
+    summary, errors = run_import(books, csv_text(lines) + "   ")  # and a last line of spaces
+    assert [(e["line"], e["payment_id"], e["code"]) for e in errors] == [
+        ("3", "R1", "bad_field"),
+        ("4", "R2", "bad_field"),
+        ("6", "R4", "bad_field"),
+    ]
+    assert "'W1' is not that of the purchase it refunds ('P2': 'W2')" in errors[0]["message"].replace("wallet_id ", "")
+    assert summary["imported"] == 3
+    payments = imported(books)
+    assert {"R1", "R2", "R4"}.isdisjoint(payments)
+    assert payments["R3"].original_id == payments["P2"].id and payments["R5"].original_id == payments["P1"].id
+    assert queries.ledger_check(books.engine)["ok"]
+
+
 def test_one_import_at_a_time(books: Books) -> None:
     """Two imports at once each read the ledger's last stamp once and interleaved their groups:
     stamps went back, and a redemption spent points earned later in the history (helper-99). A

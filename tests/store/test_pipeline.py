@@ -20,6 +20,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
+from engine.clock import ManualClock
 from engine.model import Purchase, Refund
 from engine.receipts import Receipt
 from engine.store import db, queries, rerate
@@ -241,9 +242,27 @@ def test_a_group_whose_head_moved_before_its_write_is_decided_again(postgres_url
         with Lagging(books.ledger) as pipeline:
             first = pipeline.submit([fresh(s) for s in groups[0]], accepted_at_us=accepted_at(groups[0]))
             second = pipeline.submit([fresh(s) for s in groups[1]], accepted_at_us=accepted_at(groups[1]))
-            # Another writer posts between the second group's decision and its write.
-            other = books.purchase("T1", "W0", 5000, dt.datetime(2026, 1, 6, 23, tzinfo=TOKYO))
-            assert other.status == 201
+            # Another writer posts between the second group's decision and its write, on a clock
+            # at the second group's instant (one stamped later stops the import: test_stamp_floor).
+            lagging = Ledger(books.engine, ManualClock(accepted_at(groups[1]) - 5))
+            try:
+                body = Purchase.model_validate(
+                    {
+                        "type": "purchase",
+                        "wallet_id": "W0",
+                        "merchant_id": "M1",
+                        "terminal_id": "T1",
+                        "occurred_at": dt.datetime(2026, 1, 6, 23, tzinfo=TOKYO).isoformat(),
+                        "amount": 5000,
+                        "points_used": 0,
+                    }
+                )
+                canonical = body.model_dump_json()
+                digest = hashlib.sha256(canonical.encode()).hexdigest()
+                other = lagging.submit([Submission("T1", "other-1", digest, body, canonical)])[0]
+            finally:
+                lagging.close()
+            assert other.status == 201, other.body
         assert first.result() and second.result()
         assert pipeline.redecided == 1  # the second one; the first was written before the other post
         assert all(r.status in (201, 400, 402, 404, 409, 422) for r in second.result())
