@@ -13,6 +13,11 @@ check `api.deps.role(...)`. For each request it:
    terminal reaches every API process within the TTL. A key in use is looked up
    again ahead of its TTL by the cache's own thread, many keys in one query
    (`engine.store.caches.RefreshingCache`), so its requests do not wait for look-ups;
+   A request that may change something (any method but GET, HEAD and OPTIONS) of a key that is
+   not a terminal's looks its key up again whatever the cache holds: an admin or finance key
+   revoked in one process made keys and grants in another until its TTL ran out (helper-103),
+   and the keys it made outlived it. A terminal's payments are checked against revocations
+   again under the ledger's lock (`CatalogSnapshot.revoked_keys`), so its posts keep the cache;
 3. checks the expiry against the engine's clock on every request (never cached);
 4. counts the request against the key's limit (`SETAPAY_RATE_LIMIT_PER_KEY`);
 5. notes the use, written to `api_key.last_used_at_us` by a background thread
@@ -68,6 +73,8 @@ __all__ = ["Auth", "Principal", "RateLimited"]
 
 SECRET_LENGTH_MAX = 256
 PRINCIPAL_CACHE_SIZE_MAX = 10_000
+# Methods that change nothing: a cached key answers them (`Auth.authenticate`'s `fresh`).
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 LAST_USED_FLUSH_INTERVAL_S = 1.0
 REDIS_RETRY_AFTER_FAILURE_S = 5.0
 # The rate limit's Redis: connecting, answering, and waiting for a pooled connection in a rush.
@@ -348,7 +355,7 @@ class Auth:
         scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
         address = request.client.host if request.client else "unknown"
         secret = credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 9110: the scheme's case is free
-        p = await self.authenticate(secret, address, counted=False)
+        p = await self.authenticate(secret, address, counted=False, fresh=request.method not in SAFE_METHODS)
         counted = False
 
         async def admitted() -> None:
@@ -380,18 +387,19 @@ class Auth:
         if not await self.per_key.hit(p.key_id):
             raise RateLimited(await self.per_key.retry_after_s(p.key_id), "this key is over its request rate")
 
-    async def authenticate(self, secret: str, address: str, counted: bool = True) -> Principal:
+    async def authenticate(self, secret: str, address: str, counted: bool = True, fresh: bool = False) -> Principal:
         """The key `secret` sent from `address` (steps 2 to 4 above), else a 401 or 429 `EngineError`;
         also the check of a key entered on the pages' sign-in form (api/routers/ui.py). With
         `counted`, the request is counted against the key's rate (`principal` counts it itself,
-        once the request's signature is checked)."""
+        once the request's signature is checked). With `fresh` (a request that may change
+        something), a key other than a terminal's is looked up again even when cached."""
         if not secret or len(secret) > SECRET_LENGTH_MAX:
             raise await self.failed(address)
         digest = hash_key(secret)
         cached = self.cache.get(digest)
         if cached is None:
             found = await self._first_lookup(digest, address)
-        elif cached[1]:
+        elif cached[1] and not (fresh and cached[0].principal.role != "terminal"):
             found = cached[0]
         else:
             looked_up = await self._lookup(digest)  # known here: not held back by its address's failures

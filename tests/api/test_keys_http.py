@@ -306,6 +306,30 @@ def test_a_terminal_key_another_process_still_trusts_posts_nothing_once_revoked(
         assert again.status_code == 201 and again.headers.get("Idempotent-Replayed") != "true", again.text
 
 
+def test_a_revoked_admin_or_finance_key_another_process_still_trusts_changes_nothing(servers, ward, address) -> None:
+    """B trusted its look-up of an admin key revoked through A for up to its TTL, and the key made
+    keys there (which outlived it) and a finance key granted points (helper-103). A request that
+    may change something looks a key other than a terminal's up again: refused at once."""
+    a, b = servers
+    for role, method, path, body in (
+        ("admin", "post", "/v1/keys", {"role": "merchant", "merchant_id": "M_SHOTEN"}),
+        (
+            "finance",
+            "post",
+            "/v1/grants",
+            {"wallet_id": "W_REVOKED", "campaign_id": "C_POINTBACK", "points": 5, "reason": "test"},
+        ),
+    ):
+        key, key_id = cli_key(a, "--role", role)
+        with client(b, key, address) as c:
+            assert c.get("/v1/campaigns").status_code == 200  # B caches it
+            with a.client(a.admin_key) as admin:
+                assert admin.post(f"/v1/keys/{key_id}/revoke").status_code == 200
+            answer = getattr(c, method)(path, json=body, headers={"Idempotency-Key": uuid.uuid4().hex})
+            assert answer.status_code == 401, (role, answer.status_code, answer.text)
+            assert c.get("/v1/campaigns").status_code in (200, 401)  # reads: the TTL
+
+
 def test_deleted_key_row_stops_working_within_5_s(servers, ward, address: str) -> None:
     a, b = servers
     key, key_id = cli_key(a, "--role", "finance")
