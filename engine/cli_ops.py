@@ -88,6 +88,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         log_level=args.log_level,
         access_log=False,  # ours is api/access_log.py: one JSON line per request, with its id
+        http="api.http_protocol:BoundedHttpToolsProtocol",  # a bounded head (431), problem+json 400s
         proxy_headers=bool(trusted),
         forwarded_allow_ips=trusted or None,
     )

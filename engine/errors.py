@@ -25,6 +25,8 @@ CATALOG: dict[str, ErrorCode] = {
     "malformed_json": ErrorCode(400, "The body is not valid JSON"),
     "body_too_large": ErrorCode(413, "The body is larger than allowed"),
     "header_duplicated": ErrorCode(400, "A header that must appear once was sent more than once"),
+    "headers_too_large": ErrorCode(431, "The request line and headers are larger than allowed"),
+    "malformed_request": ErrorCode(400, "The request is not valid HTTP"),
     "batch_too_large": ErrorCode(422, "The batch holds more transactions than allowed"),
     # -- who asks (SPEC §6, §9.2, §9.4) --------------------------------------
     "unauthenticated": ErrorCode(401, "A valid API key is required"),
