@@ -13,11 +13,12 @@ check `api.deps.role(...)`. For each request it:
    terminal reaches every API process within the TTL. A key in use is looked up
    again ahead of its TTL by the cache's own thread, many keys in one query
    (`engine.store.caches.RefreshingCache`), so its requests do not wait for look-ups;
-   A request that may change something (any method but GET, HEAD and OPTIONS) of a key that is
-   not a terminal's looks its key up again whatever the cache holds: an admin or finance key
-   revoked in one process made keys and grants in another until its TTL ran out (helper-103),
-   and the keys it made outlived it. A terminal's payments are checked against revocations
-   again under the ledger's lock (`CatalogSnapshot.revoked_keys`), so its posts keep the cache;
+   A request that may change something (any method but GET, HEAD and OPTIONS) of an admin or
+   finance key looks its key up again whatever the cache holds: an admin or finance key revoked
+   in one process made keys and grants in another until its TTL ran out (helper-103), and the
+   keys it made outlived it. A terminal's payments are checked against revocations again under
+   the ledger's lock (`CatalogSnapshot.revoked_keys`), so its posts keep the cache, as do an
+   app's quotes;
 3. checks the expiry against the engine's clock on every request (never cached);
 4. counts the request against the key's limit (`SETAPAY_RATE_LIMIT_PER_KEY`);
 5. notes the use, written to `api_key.last_used_at_us` by a background thread
@@ -75,6 +76,10 @@ SECRET_LENGTH_MAX = 256
 PRINCIPAL_CACHE_SIZE_MAX = 10_000
 # Methods that change nothing: a cached key answers them (`Auth.authenticate`'s `fresh`).
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# The roles whose other requests look their key up again: those that make keys, grant points,
+# settle and configure. A terminal's payments are checked under the ledger's lock; an app's and a
+# merchant's requests (quotes: the app's hot path) change no one's rights or money.
+FRESH_ROLES = frozenset({"admin", "finance"})
 LAST_USED_FLUSH_INTERVAL_S = 1.0
 REDIS_RETRY_AFTER_FAILURE_S = 5.0
 # The rate limit's Redis: connecting, answering, and waiting for a pooled connection in a rush.
@@ -392,14 +397,14 @@ class Auth:
         also the check of a key entered on the pages' sign-in form (api/routers/ui.py). With
         `counted`, the request is counted against the key's rate (`principal` counts it itself,
         once the request's signature is checked). With `fresh` (a request that may change
-        something), a key other than a terminal's is looked up again even when cached."""
+        something), an admin's or finance key is looked up again even when cached."""
         if not secret or len(secret) > SECRET_LENGTH_MAX:
             raise await self.failed(address)
         digest = hash_key(secret)
         cached = self.cache.get(digest)
         if cached is None:
             found = await self._first_lookup(digest, address)
-        elif cached[1] and not (fresh and cached[0].principal.role != "terminal"):
+        elif cached[1] and not (fresh and cached[0].principal.role in FRESH_ROLES):
             found = cached[0]
         else:
             looked_up = await self._lookup(digest)  # known here: not held back by its address's failures

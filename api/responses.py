@@ -299,6 +299,9 @@ class Check(_Answer):
     pass_: bool = Field(alias="pass")
     rows: list[Any] | SkipJsonSchema[None] = Field(None, description="The offending rows, empty when the check passes")
     checked: int | SkipJsonSchema[None] = Field(None, description="rerate_matches_ledger: the transactions re-rated")
+    problem: str | SkipJsonSchema[None] = Field(
+        None, description="Why the check failed without naming rows: a row it reads is malformed"
+    )
 
 
 class Reconciliation(_Answer):

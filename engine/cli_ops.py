@@ -440,6 +440,8 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     else:
         for name, check in report["checks"].items():
             print(f"{'PASS' if check['pass'] else 'FAIL'} {name}")
+            if check.get("problem"):  # a check that could not read its rows says why
+                print(f"     {check['problem']}")
             for row in (check.get("rows") or [])[:10]:
                 print(f"     {json.dumps(row, ensure_ascii=False)}")
     return 0 if report["ok"] else 1

@@ -180,6 +180,8 @@ def check(session: Session) -> dict[str, list[dict[str, Any]]]:
             breaks.append({"sequence": row.sequence, "problem": "entry altered: its hash does not match its contents"})
         previous_hash, expected = row.hash, row.sequence + 1
     head = session.get(AuditHeadRow, 1)
-    if head is not None and (head.last_sequence != expected - 1 or head.last_hash != previous_hash):
+    if head is None and expected > 1:  # entries, and no head: the tail and the head deleted (helper-101)
+        breaks.append({"sequence": expected - 1, "problem": "the audit head is missing"})
+    elif head is not None and (head.last_sequence != expected - 1 or head.last_hash != previous_hash):
         breaks.append({"sequence": head.last_sequence, "problem": "the audit head does not match the last entry"})
     return {"breaks": breaks, "gaps": gaps}

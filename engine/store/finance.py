@@ -7,24 +7,28 @@ import contextlib
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
-from engine import keyring, limits, metrics, posting_columns, sealing
+from engine import crediting, keyring, limits, metrics, posting_columns, sealing
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
 from engine.errors import EngineError
+from engine.model import Campaign
 from engine.settlement import signing, statement, zengin
-from engine.store import audit, db, queries, rerate, settlement
+from engine.store import audit, bulk, db, queries, rerate, settlement
 from engine.store.ledger import Ledger
 from engine.store.models import (
     WALLET_LOT,
     AuditLogRow,
     CampaignBurnRow,
     CampaignRow,
+    CampaignVersionRow,
     ChainHeadRow,
     CloseoutRow,
     MerchantRow,
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from engine.settings import Settings
     from engine.store.rerate import Progress
 
+log = logging.getLogger(__name__)
 HOUR_US = 3_600_000_000
 DAY_US = 24 * HOUR_US
 
@@ -272,44 +277,57 @@ def _sign_days(ledger: Ledger, key: Ed25519PrivateKey, today: dt.date, most: int
         first = session.execute(select(func.min(PostingRow.posted_at_us))).scalar_one()
         if first is None:
             return []
-        done = {r[0] for r in session.execute(select(ChainHeadRow.business_date))}
-        day = tokyo_date(first)
+        # From the day after the last signed one: a day missing before it is a head deleted, which
+        # reconciliation names (`_check_chain_heads`); signed again here, it would sign whatever the
+        # chain was made to say meanwhile (helper-101).
+        last_signed = session.execute(select(func.max(ChainHeadRow.business_date))).scalar_one()
+        day = tokyo_date(first) if last_signed is None else dt.date.fromisoformat(last_signed) + dt.timedelta(days=1)
         while day < today and len(signed_days) < most:
             name = day.isoformat()
-            if name not in done:
-                _, end = _day_bounds(name)
-                last = session.execute(
-                    select(PostingRow.sequence, PostingRow.hash)
-                    .where(PostingRow.posted_at_us < end)
-                    .order_by(PostingRow.sequence.desc())
-                    .limit(1)
-                ).first()
-                # The first posting was made before the end of its own day, so every day from it on has a last one.
-                assert last is not None
-                audit_sequence, audit_hash = audit.last_before(session, end)
-                document = {
-                    "business_date": name,
-                    "last_sequence": last.sequence,
-                    "hash": last.hash,
-                    "audit_last_sequence": audit_sequence,
-                    "audit_hash": audit_hash,
-                }
-                session.add(
-                    ChainHeadRow(
-                        business_date=name,
-                        last_sequence=last.sequence,
-                        hash=last.hash,
-                        signed_json=json.dumps(signing.sign_document(key, document)),
-                    )
+            _, end = _day_bounds(name)
+            last = session.execute(
+                select(PostingRow.sequence, PostingRow.hash)
+                .where(PostingRow.posted_at_us < end)
+                .order_by(PostingRow.sequence.desc())
+                .limit(1)
+            ).first()
+            # The first posting was made before the end of its own day, so every day from it on has a last one.
+            assert last is not None
+            audit_sequence, audit_hash = audit.last_before(session, end)
+            document = {
+                "business_date": name,
+                "last_sequence": last.sequence,
+                "hash": last.hash,
+                "audit_last_sequence": audit_sequence,
+                "audit_hash": audit_hash,
+            }
+            session.add(
+                ChainHeadRow(
+                    business_date=name,
+                    last_sequence=last.sequence,
+                    hash=last.hash,
+                    signed_json=json.dumps(signing.sign_document(key, document)),
                 )
-                signed_days.append(name)
-                unit.raise_floor(end)
+            )
+            signed_days.append(name)
+            unit.raise_floor(end)
             day += dt.timedelta(days=1)
     return signed_days
 
 
 def _check_chain_heads(session: Session, public_key: Ed25519PublicKey | None) -> list[dict[str, Any]]:
-    bad = []
+    """Each signed head against its signature, the posting chain and the audit log; and every day
+    from the first posting's to the last signed one has its head (signing leaves none out: one
+    missing was deleted)."""
+    bad: list[dict[str, Any]] = []
+    days = [r[0] for r in session.execute(select(ChainHeadRow.business_date).order_by(ChainHeadRow.business_date))]
+    first = session.execute(select(func.min(PostingRow.posted_at_us))).scalar_one()
+    if days and first is not None:
+        signed, day, last = set(days), tokyo_date(first), dt.date.fromisoformat(days[-1])
+        while day < last and len(bad) < rerate.MISMATCH_ROWS_MAX:
+            if day.isoformat() not in signed:
+                bad.append({"business_date": day.isoformat(), "problem": "no signed head: it was deleted"})
+            day += dt.timedelta(days=1)
     for head in session.execute(select(ChainHeadRow).order_by(ChainHeadRow.business_date)).scalars():
         signed = json.loads(head.signed_json)
         posting = session.get(PostingRow, head.last_sequence)
@@ -510,6 +528,107 @@ def _check_spent_before_expiry(session: Session) -> list[dict[str, Any]]:
     ]
 
 
+_AWARD_DATES_SQL = (
+    "SELECT a.payment_id, a.campaign_id, a.campaign_version, a.credit_at_us, a.lot_expires_at_us, "
+    "p.occurred_at_us, p.accepted_at_us FROM award a JOIN payment p ON p.id = a.payment_id"
+)
+# Calendar days past a dekad's close within which its crediting day falls, beyond twice the delay
+# in business days: a week of holidays (New Year, Golden Week) and the dekad's own weekend.
+_DEKAD_SLACK_DAYS = 10
+
+
+def _credit_bounds(
+    schedule: str, delay_business_days: int, occurred_at_us: int, accepted_at_us: int
+) -> tuple[int, int]:
+    """The instants an award's credit may be at under its version's schedule: its acceptance for an
+    immediate award; for a dekad award from the day after its dekad's close to that close plus
+    twice the delay and `_DEKAD_SLACK_DAYS` (never before its acceptance). Not the exact business
+    day (`crediting.credit_at_us`): that follows the installed holiday calendar, and a release that
+    adds a holiday would make a credit instant answered and stored before it look moved."""
+    if schedule == "immediate":
+        return accepted_at_us, accepted_at_us
+    close = crediting.dekad_close(tokyo_date(occurred_at_us))
+    start = to_us(dt.datetime.combine(close + dt.timedelta(days=1), dt.time(), TOKYO))
+    end = start + (2 * max(delay_business_days, 1) + _DEKAD_SLACK_DAYS) * DAY_US
+    return max(start, accepted_at_us), max(end, accepted_at_us)
+
+
+# A lot of `point_lot` with its source: a grant's, or an award's credited before migration
+# `20261213_award_lots` (its award row keeps the credit instant and version).
+_POINT_LOT_DATES_SQL = (
+    "SELECT l.id, l.credited_at_us, l.expires_at_us, g.granted_at_us, g.campaign_id, g.campaign_version, "
+    "a.credit_at_us, a.campaign_id, a.campaign_version FROM point_lot l "
+    "LEFT JOIN point_grant g ON g.id = l.source_id "
+    "LEFT JOIN award a ON a.payment_id = l.source_id AND a.campaign_id = l.campaign_id ORDER BY l.id"
+)
+
+
+def _check_lot_dates(session: Session) -> list[dict[str, Any]]:
+    """Awards and lots whose credit instant or expiry is not the one their campaign version gives
+    (`engine.crediting`): an award's credit instant from its purchase's instants and the version's
+    credit schedule, a lot's end from its credit instant and the version's validity. A lot's end
+    moved later kept its points from expiring, and nothing checked it (helper-101)."""
+    versions = {
+        (cid, int(version)): Campaign.model_validate_json(record)
+        for cid, version, record in session.execute(
+            select(CampaignVersionRow.campaign_id, CampaignVersionRow.version, CampaignVersionRow.record_json)
+        )
+    }
+    bad: list[dict[str, Any]] = []
+
+    def wrong(**row: Any) -> bool:
+        bad.append(row)
+        return len(bad) >= rerate.MISMATCH_ROWS_MAX
+
+    for pid, cid, version, credit_at, expires_at, occurred_at, accepted_at in bulk.stream(session, _AWARD_DATES_SQL):
+        campaign = versions.get((cid, int(version)))
+        if campaign is None:
+            if wrong(payment_id=pid, campaign_id=cid, problem=f"no version {version} of the campaign"):
+                return bad
+            continue
+        credit = campaign.credit
+        earliest, latest = _credit_bounds(credit.schedule, credit.delay_business_days, occurred_at, accepted_at)
+        if not earliest <= credit_at <= latest:
+            problem = f"credited at {format_instant(credit_at)}, outside what its version's schedule allows"
+        elif expires_at is not None and expires_at != crediting.expires_at_us(credit_at, campaign.validity_months):
+            problem = f"its lot ends at {format_instant(expires_at)}, not at the end its version gives"
+        else:
+            continue
+        if wrong(payment_id=pid, campaign_id=cid, problem=problem):
+            return bad
+    for lot_id, credited_at, expires_at, granted_at, g_cid, g_version, a_credit_at, a_cid, a_version in bulk.stream(
+        session, _POINT_LOT_DATES_SQL
+    ):
+        source = (
+            (granted_at, g_cid, g_version)
+            if granted_at is not None
+            else (a_credit_at, a_cid, a_version)
+            if a_credit_at is not None
+            else None
+        )
+        campaign = None if source is None else versions.get((source[1], int(source[2])))
+        # An award's lot kept here (credited before migration `20261213_award_lots`) took the
+        # validity of the version in force at its crediting, which may be a later one.
+        validities = (
+            set()
+            if campaign is None
+            else {campaign.validity_months}
+            if granted_at is not None
+            else {c.validity_months for (cid, _), c in versions.items() if cid == campaign.id}
+        )
+        if source is None or campaign is None:
+            problem = "its grant or award (and its campaign version) is not in the ledger"
+        elif credited_at != source[0]:
+            problem = f"credited at {format_instant(credited_at)}, its source at {format_instant(source[0])}"
+        elif all(expires_at != crediting.expires_at_us(credited_at, v) for v in validities):
+            problem = f"it ends at {format_instant(expires_at)}, not at the end its version gives"
+        else:
+            continue
+        if wrong(lot_id=lot_id, problem=problem):
+            return bad
+    return bad
+
+
 def _check_budgets(ledger: Ledger, session: Session) -> list[dict[str, Any]]:
     with ledger.read_view(session) as view:
         campaigns = view.catalog.campaigns
@@ -545,6 +664,21 @@ def reconciliation_slot(ledger: Ledger, *, wait: bool) -> Iterator[None]:
         raise EngineError("reconciliation_in_progress") from None
 
 
+# What a check raises reading a row not of its kind (a tampered or corrupt ledger): a failed
+# assertion, JSON or a record that does not parse (pydantic's errors are ValueErrors), a field of
+# the wrong type. Not the database's errors: a lost connection is not a finding.
+UNREADABLE = (
+    AssertionError,
+    ValueError,
+    TypeError,
+    KeyError,
+    AttributeError,
+    IndexError,
+    ArithmeticError,
+    NoResultFound,  # a row every ledger has (the head) deleted
+)
+
+
 def reconcile(
     ledger: Ledger,
     settings: Settings,
@@ -559,18 +693,44 @@ def reconcile(
         with reconciliation_slot(ledger, wait=wait):
             return reconcile(ledger, settings, progress, slot_held=True)
     public_key = keyring.signing_public_key(settings)
+    unreadable: dict[str, str] = {}  # a check that could not read its rows -> why
+
+    def guarded(name: str, check: Callable[[], Any], failed: Any) -> Any:
+        """`check()`, or `failed` when a row it reads is not of its kind (a tampered or corrupt
+        ledger): reported as that check's failure, never a traceback or a 500 (helper-101)."""
+        try:
+            return check()
+        except UNREADABLE as error:
+            # With its traceback in the log: a bug of the check's own reads the same way.
+            log.warning("reconciliation: %s could not read the ledger", name, exc_info=True)
+            unreadable[name] = f"a row it reads is malformed: {type(error).__name__}: {str(error)[:200]}"
+            return failed
+
     # Every check reads the one snapshot (PostgreSQL): a group committed between two of their
     # statements made the chain, the balances and the identities look broken under load.
     with db.one_snapshot(ledger.engine) as engine:
-        ledger_report = queries.ledger_check(engine)
+        ledger_report = guarded("ledger", lambda: queries.ledger_check(engine), None)
         with Session(engine) as session:
-            budgets = _check_budgets(ledger, session)
-            heads = _check_chain_heads(session, public_key)
-            statements = _check_statements(session, public_key, settings)
-            closeouts = _check_closeouts(session)
-            spent_expired = _check_spent_before_expiry(session)
-            audit_report = audit.check(session)
-        rerated = rerate.rerate_check(engine, progress)
+            budgets = guarded("budget_never_exceeded", lambda: _check_budgets(ledger, session), [])
+            heads = guarded("signed_chain_heads_valid", lambda: _check_chain_heads(session, public_key), [])
+            statements = guarded(
+                "statements_match_ledger", lambda: _check_statements(session, public_key, settings), []
+            )
+            closeouts = guarded("closeouts_match_ledger", lambda: _check_closeouts(session), [])
+            spent_expired = guarded("no_points_spent_past_expiry", lambda: _check_spent_before_expiry(session), [])
+            lot_dates = guarded("lot_dates_match_campaigns", lambda: _check_lot_dates(session), [])
+            audit_report = guarded("audit", lambda: audit.check(session), {"breaks": [], "gaps": []})
+        rerated = guarded(
+            "rerate_matches_ledger",
+            lambda: rerate.rerate_check(engine, progress),
+            {"ok": False, "mismatches": [], "checked": 0},
+        )
+    if ledger_report is None:
+        report = unreadable.pop("ledger")
+        ledger_report = queries.unread_ledger_report()
+        unreadable.update((name, report) for name in ledger_report["checks"])
+    if "audit" in unreadable:
+        unreadable["audit_chain_intact"] = unreadable["audit_sequence_gapless"] = unreadable.pop("audit")
     checks = {name: {"pass": ok} for name, ok in ledger_report["checks"].items()}
     details = {
         "cached_balances_match": ledger_report["mismatched_accounts"],
@@ -580,6 +740,16 @@ def reconcile(
         "lots_match_balances": ledger_report["lots_mismatched"],
         "liability_identity_per_wallet": ledger_report["wallets_broken"],
         "burn_meters_match": ledger_report["burn_mismatched"],
+        "postings_of_their_kind": ledger_report["malformed_postings"],
+        "postings_match_payments": [
+            {"source": kind, "id": i}
+            for kind in ("coin_sale", "redemption", "refund")
+            for i in ledger_report["sources_mismatched"][kind]
+        ],
+        "postings_match_awards_and_grants": [
+            {"source": kind, "id": i} for kind in ("award", "grant") for i in ledger_report["sources_mismatched"][kind]
+        ],
+        "cap_usage_matches_awards": ledger_report["sources_mismatched"]["usage"],
         "liability_identity_per_campaign": [
             {"campaign_id": c, **v} for c, v in ledger_report["campaigns"].items() if not v["identity_holds"]
         ],
@@ -594,6 +764,7 @@ def reconcile(
     checks["statements_match_ledger"] = {"pass": not statements, "rows": statements}
     checks["closeouts_match_ledger"] = {"pass": not closeouts, "rows": closeouts}
     checks["no_points_spent_past_expiry"] = {"pass": not spent_expired, "rows": spent_expired}
+    checks["lot_dates_match_campaigns"] = {"pass": not lot_dates, "rows": lot_dates}
     checks["audit_chain_intact"] = {"pass": not audit_report["breaks"], "rows": audit_report["breaks"]}
     checks["audit_sequence_gapless"] = {"pass": not audit_report["gaps"], "rows": audit_report["gaps"]}
     checks["rerate_matches_ledger"] = {
@@ -601,6 +772,9 @@ def reconcile(
         "rows": rerated["mismatches"],
         "checked": rerated["checked"],
     }
+    for name, why in unreadable.items():
+        checks[name]["pass"] = False
+        checks[name]["problem"] = why
     return {
         "ok": all(c["pass"] for c in checks.values()),
         "as_of": format_instant(ledger.clock.now_us()),

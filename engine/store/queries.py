@@ -9,7 +9,7 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -104,6 +104,25 @@ def wallet_points(
         }
 
 
+LEDGER_CHECKS = (
+    "trial_balance_zero",
+    "cached_balances_match",
+    "hash_chain_intact",
+    "posting_sequence_gapless",
+    "payment_chain_intact",
+    "lots_match_balances",
+    "liability_identity_per_campaign",
+    "liability_identity_per_wallet",
+    "liability_identity_total",
+    "budget_meters_match",
+    "burn_meters_match",
+    "postings_of_their_kind",
+    "postings_match_payments",
+    "postings_match_awards_and_grants",
+    "cap_usage_matches_awards",
+)
+
+
 def ledger_check(engine: Engine) -> dict[str, Any]:
     """Trial balance, cached balances against postings, the hash chain, lots against
     balances, and the liability identity per campaign, per wallet and in total:
@@ -113,9 +132,10 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
         flows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))  # campaign -> category -> points
         wallet_flows: dict[str, int] = defaultdict(int)  # wallet -> issued - clawed - redeemed - expired
         previous = rules.GENESIS_HASH
-        chain_breaks: list[int] = []
+        chain_breaks: list[int | str] = []
         expected_sequence = 1
         gaps: list[int] = []
+        malformed: list[int] = []  # postings whose accounts are not of their reason's kind
         count = 0
         burn: dict[tuple[str, int], list[int]] = {}  # the budgets' hour meters, as the postings make them
         burning: list[Sequence[Any]] = []  # their postings not summed yet
@@ -154,16 +174,23 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
             if reason == rules.DEBT_SETTLEMENT:
                 # Between two wallet accounts, each of a campaign.
                 settled_from, settled_to = parts(debit_id)["campaign_id"], parts(credit_id)["campaign_id"]
-                assert settled_from is not None and settled_to is not None, sequence
+                if settled_from is None or settled_to is None:
+                    malformed.append(sequence)  # reported, not an assertion: a tampered row is a finding
+                    continue
                 flows[settled_from]["settled_out"] += amount
                 flows[settled_to]["settled_in"] += amount
             elif category:
                 flows[campaign_id][category] += amount
                 wallet = parts(debit_id)["wallet_id"] or parts(credit_id)["wallet_id"]
-                assert wallet is not None, sequence  # every categorised posting moves a wallet's points
+                if wallet is None:  # every categorised posting moves a wallet's points
+                    malformed.append(sequence)
+                    continue
                 sign = 1 if category in ("issued", "returned") else -1
                 wallet_flows[wallet] += sign * amount
         posting_columns.campaign_burn(burning, burn)
+        head = session.execute(select(LedgerHead.last_posting_sequence, LedgerHead.last_hash)).one()
+        if tuple(head) != (expected_sequence - 1, previous):  # the chain's tail cut, or the head moved
+            chain_breaks.append("ledger_head")
         payment_breaks = verify_payment_chain(session)
         accounts = list(
             session.execute(
@@ -233,6 +260,7 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
             for w in set(wallet_flows) | set(wallet_outstanding)
             if wallet_flows.get(w, 0) != wallet_outstanding.get(w, 0)
         )
+        sources = sources_check(session)
         total_lhs = sum(wallet_flows.values())
         total_outstanding = sum(outstanding.values())
         trial_balance = sum(computed.values())
@@ -249,7 +277,12 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
             "liability_identity_total": total_lhs == total_outstanding,
             "budget_meters_match": all(v["meter_matches"] for v in campaigns.values()),
             "burn_meters_match": not burn_mismatched,
+            "postings_of_their_kind": not malformed,
+            "postings_match_payments": not (sources["coin_sale"] or sources["redemption"] or sources["refund"]),
+            "postings_match_awards_and_grants": not (sources["award"] or sources["grant"]),
+            "cap_usage_matches_awards": not sources["usage"],
         }
+        assert tuple(checks) == LEDGER_CHECKS
         return {
             "ok": all(checks.values()),
             "checks": checks,
@@ -262,9 +295,27 @@ def ledger_check(engine: Engine) -> dict[str, Any]:
             "lots_mismatched": lots_mismatched[:50],
             "wallets_broken": wallets_broken[:50],
             "burn_mismatched": burn_mismatched[:50],
+            "malformed_postings": malformed[:50],
+            "sources_mismatched": sources,
             "campaigns": campaigns,
             "total": {"issued_net_of_clawbacks_redemptions_expiry": total_lhs, "outstanding": total_outstanding},
         }
+
+
+def unread_ledger_report() -> dict[str, Any]:
+    """`ledger_check`'s report when it could not read the ledger: every check failed, no rows."""
+    lists = (
+        "mismatched_accounts chain_breaks sequence_gaps payment_chain_breaks lots_mismatched wallets_broken "
+        "burn_mismatched malformed_postings"
+    )
+    return {
+        "ok": False,
+        "checks": dict.fromkeys(LEDGER_CHECKS, False),
+        "postings": 0,  # not counted: the walk stopped
+        "campaigns": {},
+        "sources_mismatched": {kind: [] for kind in _SOURCE_CHECKS},
+        **{name: [] for name in lists.split()},
+    }
 
 
 def verify_payment_chain(session: Session) -> list[str]:
@@ -420,3 +471,148 @@ def merchant_next_crediting(engine: Engine, merchant_id: str) -> str | None:
             .where(PaymentRow.merchant_id == merchant_id, AwardRow.pending > 0)
         ).scalar_one_or_none()
     return None if at is None else format_instant(at)
+
+
+# -- postings against the rows they come from (helper-101) ------------------------------------
+#
+# The chains and balances prove that no posting changed after it was written, unless whoever
+# changed it also wrote every later hash again (the chains are not keyed: the signed chain heads
+# anchor them, day by day). These prove each posting is the one its payment, award or grant
+# makes: a sale moved to another merchant's payable, a coin sale or an award posting enlarged,
+# or a grant posted with no grant behind it, fails here whatever was hashed again.
+
+_PAYABLE = "'merchant:' || p.merchant_id || ':payable'"
+_WALLET_PREFIX = "'wallet:' || p.wallet_id || ':'"
+
+
+def _in_wallet(column: str) -> str:
+    """SQL: `column` is one of payment p's wallet's accounts of `kind` (both databases)."""
+    return f"substr({column}, 1, length({_WALLET_PREFIX})) = {_WALLET_PREFIX}"
+
+
+_SOURCE_CHECKS: dict[str, str] = {
+    # A purchase's coin part: one coin sale of amount - points_used, coin:clearing to its payable.
+    "coin_sale": f"""
+        WITH s AS (
+            SELECT payment_id, sum(amount) AS total, min(debit_account_id) AS d1, max(debit_account_id) AS d2,
+                   min(credit_account_id) AS c1, max(credit_account_id) AS c2
+            FROM posting WHERE reason = 'coin_sale' GROUP BY payment_id)
+        SELECT p.id FROM payment p LEFT JOIN s ON s.payment_id = p.id
+        WHERE p.type = 'purchase' AND (coalesce(s.total, 0) <> p.amount - p.points_used
+            OR (s.total IS NOT NULL AND (s.d1 <> 'coin:clearing' OR s.d2 <> 'coin:clearing'
+                OR s.c1 <> {_PAYABLE} OR s.c2 <> s.c1)))
+        UNION ALL
+        SELECT s.payment_id FROM s LEFT JOIN payment p ON p.id = s.payment_id
+        WHERE p.id IS NULL OR p.type <> 'purchase'""",
+    # Its points part: redemptions of points_used in all, from its wallet to its payable.
+    "redemption": f"""
+        WITH s AS (SELECT payment_id, sum(amount) AS total FROM posting WHERE reason = 'redemption' GROUP BY payment_id)
+        SELECT p.id FROM payment p LEFT JOIN s ON s.payment_id = p.id
+        WHERE p.type = 'purchase' AND coalesce(s.total, 0) <> p.points_used
+        UNION ALL
+        SELECT p.id FROM posting x LEFT JOIN payment p ON p.id = x.payment_id
+        WHERE x.reason = 'redemption' AND (p.id IS NULL OR p.type <> 'purchase' OR x.credit_account_id <> {_PAYABLE}
+            OR NOT {_in_wallet("x.debit_account_id")} OR x.debit_account_id NOT LIKE '%:available')""",
+    # A refund: its coin part and the points it returns make its amount, from its original's
+    # merchant's payable to coin:clearing and its original's wallet; it is of its original's
+    # wallet and merchant; and a purchase's refunded amount is its refunds' sum.
+    "refund": f"""
+        WITH s AS (
+            SELECT payment_id, sum(amount) AS total FROM posting
+            WHERE reason IN ('coin_refund', 'points_return') GROUP BY payment_id)
+        SELECT p.id FROM payment p LEFT JOIN s ON s.payment_id = p.id LEFT JOIN payment o ON o.id = p.original_id
+        WHERE p.type = 'refund' AND (coalesce(s.total, 0) <> p.amount OR o.id IS NULL OR o.type <> 'purchase'
+            OR o.wallet_id <> p.wallet_id OR o.merchant_id <> p.merchant_id)
+        UNION ALL
+        SELECT coalesce(p.id, x.payment_id) FROM posting x LEFT JOIN payment p ON p.id = x.payment_id
+        WHERE x.reason IN ('coin_refund', 'points_return') AND (p.id IS NULL OR p.type <> 'refund'
+            OR x.debit_account_id <> {_PAYABLE}
+            OR (x.reason = 'coin_refund' AND x.credit_account_id <> 'coin:clearing')
+            OR (x.reason = 'points_return' AND (NOT {_in_wallet("x.credit_account_id")}
+                OR x.credit_account_id NOT LIKE '%:available')))
+        UNION ALL
+        SELECT p.id FROM payment p
+        LEFT JOIN (SELECT original_id, sum(amount) AS total FROM payment WHERE type = 'refund' GROUP BY original_id) r
+            ON r.original_id = p.id
+        WHERE p.type = 'purchase' AND p.refunded_amount <> coalesce(r.total, 0)""",
+    # An award: its postings make its points, from its campaign's funding to its payment's
+    # wallet, pending or available; its clawbacks (posted by refunds of its payment) its
+    # clawed_back; and no award posting is without its award row.
+    "award": """
+        WITH s AS (
+            SELECT payment_id, campaign_id, sum(amount) AS total FROM posting WHERE reason = 'award'
+            GROUP BY payment_id, campaign_id),
+        c AS (
+            SELECT r.original_id AS payment_id, x.campaign_id, sum(x.amount) AS total
+            FROM posting x JOIN payment r ON r.id = x.payment_id
+            WHERE x.reason = 'clawback' GROUP BY r.original_id, x.campaign_id)
+        SELECT a.payment_id || '/' || a.campaign_id FROM award a
+        JOIN payment p ON p.id = a.payment_id
+        LEFT JOIN s ON s.payment_id = a.payment_id AND s.campaign_id = a.campaign_id
+        LEFT JOIN c ON c.payment_id = a.payment_id AND c.campaign_id = a.campaign_id
+        WHERE coalesce(s.total, 0) <> a.points OR coalesce(c.total, 0) <> a.clawed_back
+            OR p.wallet_id <> a.wallet_id OR p.type <> 'purchase'
+        UNION ALL
+        SELECT a.payment_id || '/' || a.campaign_id FROM award a LEFT JOIN payment p ON p.id = a.payment_id
+        WHERE p.id IS NULL
+        UNION ALL
+        SELECT x.payment_id || '/' || coalesce(x.campaign_id, '') FROM posting x
+        LEFT JOIN award a ON a.payment_id = x.payment_id AND a.campaign_id = x.campaign_id
+        WHERE x.reason = 'award' AND (a.payment_id IS NULL
+            OR x.debit_account_id <> 'campaign:' || a.campaign_id || ':funding'
+            OR (x.credit_account_id <> 'wallet:' || a.wallet_id || ':' || a.campaign_id || ':pending'
+                AND x.credit_account_id <> 'wallet:' || a.wallet_id || ':' || a.campaign_id || ':available'))
+        UNION ALL
+        SELECT coalesce(r.original_id, x.payment_id) || '/' || coalesce(x.campaign_id, '') FROM posting x
+        LEFT JOIN payment r ON r.id = x.payment_id
+        LEFT JOIN award a ON a.payment_id = r.original_id AND a.campaign_id = x.campaign_id
+        WHERE x.reason = 'clawback' AND (a.payment_id IS NULL OR r.type <> 'refund'
+            OR x.credit_account_id <> 'campaign:' || a.campaign_id || ':funding'
+            OR (x.debit_account_id <> 'wallet:' || a.wallet_id || ':' || a.campaign_id || ':pending'
+                AND x.debit_account_id <> 'wallet:' || a.wallet_id || ':' || a.campaign_id || ':available'))""",
+    # A grant: one posting of its points, from its campaign's funding to its wallet's available;
+    # and no grant posting is without its grant row.
+    "grant": """
+        WITH s AS (
+            SELECT payment_id, sum(amount) AS total, min(debit_account_id) AS d1, max(debit_account_id) AS d2,
+                   min(credit_account_id) AS c1, max(credit_account_id) AS c2, min(campaign_id) AS k1,
+                   max(campaign_id) AS k2
+            FROM posting WHERE reason = 'grant' GROUP BY payment_id)
+        SELECT g.id FROM point_grant g LEFT JOIN s ON s.payment_id = g.id
+        WHERE coalesce(s.total, 0) <> g.points OR s.d1 <> 'campaign:' || g.campaign_id || ':funding' OR s.d2 <> s.d1
+            OR s.c1 <> 'wallet:' || g.wallet_id || ':' || g.campaign_id || ':available' OR s.c2 <> s.c1
+            OR s.k1 <> g.campaign_id OR s.k2 <> s.k1
+        UNION ALL
+        SELECT s.payment_id FROM s LEFT JOIN point_grant g ON g.id = s.payment_id WHERE g.id IS NULL""",
+    # A wallet's cap usage in a window: its awards' points there net of their clawbacks (the
+    # kernel's `usage`). Zeroed, the wallet would earn past its cap until a re-rate caught the
+    # awards after they were paid (helper-101).
+    "usage": """
+        SELECT u.wallet_id || '/' || u.campaign_id || '/' || u.window_key FROM wallet_window_usage u
+        LEFT JOIN (
+            SELECT wallet_id, campaign_id, window_key, sum(points - clawed_back) AS total FROM award
+            GROUP BY wallet_id, campaign_id, window_key) a
+            ON a.wallet_id = u.wallet_id AND a.campaign_id = u.campaign_id AND a.window_key = u.window_key
+        WHERE u.points <> coalesce(a.total, 0)
+        UNION
+        SELECT a.wallet_id || '/' || a.campaign_id || '/' || a.window_key FROM award a
+        LEFT JOIN wallet_window_usage u
+            ON u.wallet_id = a.wallet_id AND u.campaign_id = a.campaign_id AND u.window_key = a.window_key
+        WHERE u.wallet_id IS NULL
+        GROUP BY a.wallet_id, a.campaign_id, a.window_key HAVING sum(a.points - a.clawed_back) <> 0""",
+}
+
+
+SOURCE_ROWS_MAX = 50  # ids named a kind of source
+
+
+def sources_check(session: Session) -> dict[str, list[str]]:
+    """For each kind of source row (`_SOURCE_CHECKS`), the ids whose postings are not the ones it
+    makes (at most `SOURCE_ROWS_MAX` a kind, sorted); empty lists when every posting is."""
+    found: dict[str, list[str]] = {}
+    for kind, sql in _SOURCE_CHECKS.items():
+        # UNION, not UNION ALL: an id once, the first few only, however many are found.
+        limited = sql.replace("UNION ALL", "UNION") + f" ORDER BY 1 LIMIT {SOURCE_ROWS_MAX}"
+        rows = session.execute(text(limited.replace(":", "\\:")))  # colons are text, not binds
+        found[kind] = [str(row[0]) for row in rows]
+    return found

@@ -60,3 +60,17 @@ def test_a_request_the_parser_refuses_is_a_problem_400(ward: Ward) -> None:
     ):
         status, body = _problem(_exchange(ward, [raw]))
         assert (status, body["code"]) == (400, "malformed_request"), (raw, body)
+
+
+def test_a_chunked_body_s_trailers_past_the_bound_are_refused(ward: Ward) -> None:
+    """Trailers (header fields after a chunked body's last chunk) are parsed and kept like headers:
+    they are bounded the same way (helper-105), and chunks' own framing is not counted against it."""
+    head = (
+        b"POST /v1/grants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    answer = _exchange(ward, [head, b"2\r\n{}\r\n0\r\nX-Trailer: "] + [b"a" * 65536] * 320 + [b"\r\n\r\n"])
+    assert b'"code":"headers_too_large"' in answer.replace(b" ", b""), answer[-400:]
+    # A body in many one-byte chunks (five times more framing than body) reaches the app: 401, no key.
+    tiny = b"".join(b"1\r\n%s\r\n" % bytes([c]) for c in b'{"reason": "' + b"x" * 20_000 + b'"}')
+    answer = _exchange(ward, [head, tiny[: len(tiny) // 2], tiny[len(tiny) // 2 :], b"0\r\n\r\n"])
+    assert answer.startswith(b"HTTP/1.1 401"), answer[:300]

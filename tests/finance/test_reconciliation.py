@@ -35,11 +35,16 @@ CHECKS = {
     "liability_identity_total",
     "budget_meters_match",
     "burn_meters_match",
+    "postings_of_their_kind",
+    "postings_match_payments",
+    "postings_match_awards_and_grants",
+    "cap_usage_matches_awards",
     "budget_never_exceeded",
     "signed_chain_heads_valid",
     "statements_match_ledger",
     "closeouts_match_ledger",
     "no_points_spent_past_expiry",
+    "lot_dates_match_campaigns",
     "rerate_matches_ledger",
     "audit_chain_intact",
     "audit_sequence_gapless",
@@ -519,3 +524,161 @@ def test_one_reconciliation_runs_at_a_time_across_processes(ward: Ward):
     assert not waiter.is_alive() and queued[0]["ok"], queued
     answered = ward.client.get("/v1/reconciliation", headers=ward.finance)
     assert answered.status_code == 200 and answered.json()["ok"], answered.text
+
+
+def _forge(ward: Ward, sql: str, **params) -> None:
+    """`sql`, then what a forger who knows the chain's rule writes after it: every posting's hash
+    again from the genesis, the head's, and each account's balance as its postings sum."""
+    from engine import ledger_rules as rules
+
+    _tamper(ward, sql, **params)
+    with ward.engine.begin() as c:
+        rows = c.execute(
+            text(
+                "SELECT sequence, payment_id, campaign_id, campaign_version, reason, debit_account_id, "
+                "credit_account_id, amount, posted_at_us FROM posting ORDER BY sequence"
+            )
+        ).all()
+    previous, hashes, balances = rules.GENESIS_HASH, {}, {}
+    for r in rows:
+        previous = hashes[r[0]] = rules.chain_hash_of(previous, *r)
+        balances[r.debit_account_id] = balances.get(r.debit_account_id, 0) - r.amount
+        balances[r.credit_account_id] = balances.get(r.credit_account_id, 0) + r.amount
+    for sequence, digest in hashes.items():
+        _tamper(ward, "UPDATE posting SET hash = :h WHERE sequence = :s", h=digest, s=sequence)
+    with ward.engine.begin() as c:
+        c.execute(text("UPDATE ledger_head SET last_hash = :h"), {"h": previous})
+        c.execute(text("UPDATE account SET balance = 0"))
+        for account, balance in balances.items():
+            c.execute(text("UPDATE account SET balance = :b WHERE id = :a"), {"b": balance, "a": account})
+
+
+def _open_day(ward: Ward) -> dict:
+    """Purchases, a refund and a grant of a day nobody signed or settled."""
+    ward.merchant("M001", bank=1)
+    ward.merchant("M002", bank=2)
+    ward.campaign("PB", 1000, per_wallet_cap=3_000, per_wallet_cap_period="month")
+    tx = {
+        "a": ward.purchase("M001", "W1", "2026-12-01T10:00", 5_000),
+        "b": ward.purchase("M002", "W2", "2026-12-01T11:00", 3_000),
+    }
+    tx["c"] = ward.refund(tx["b"], "2026-12-01T12:00", 1_000)
+    r = ward.client.post(
+        "/v1/grants",
+        headers={**ward.finance, "Idempotency-Key": "g-1"},
+        json={"wallet_id": "W3", "campaign_id": "PB", "points": 700, "reason": "省エネ還元"},
+    )
+    assert r.status_code == 201, r.text
+    tx["grant"] = r.json()
+    ward.at("2026-12-01T13:00")
+    assert ward.reconcile()["ok"]
+    return tx
+
+
+def test_a_sale_moved_to_another_merchant_with_its_chain_hashed_again_is_named(ward: Ward):
+    """The chains are not keyed: a forger who hashes them again passes them, and in a day not
+    signed yet nothing else tied a posting to its payment (helper-101: a sale moved to another
+    merchant's payable, or a coin sale enlarged, passed every check and went into the payout)."""
+    tx = _open_day(ward)
+    _forge(
+        ward,
+        "UPDATE posting SET credit_account_id = 'merchant:M002:payable' WHERE payment_id = :p AND reason = 'coin_sale'",
+        p=tx["a"]["id"],
+    )
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"postings_match_payments"}, failing
+    assert failing["postings_match_payments"] == [{"source": "coin_sale", "id": tx["a"]["id"]}]
+
+
+def test_an_enlarged_award_posting_and_a_grant_without_its_row_are_named(ward: Ward):
+    tx = _open_day(ward)
+    _tamper(ward, "UPDATE posting SET amount = amount + 10 WHERE payment_id = :p AND reason = 'award'", p=tx["a"]["id"])
+    with ward.engine.begin() as c:
+        c.execute(text("DELETE FROM point_grant WHERE id = :g"), {"g": tx["grant"]["id"]})
+    rows = _failing(ward.reconcile())["postings_match_awards_and_grants"]
+    assert {"source": "award", "id": f"{tx['a']['id']}/PB"} in rows
+    assert {"source": "grant", "id": tx["grant"]["id"]} in rows
+
+
+def test_rows_a_check_cannot_read_fail_that_check_and_nothing_raises(ward: Ward):
+    """A tampered row a check could not parse ended reconciliation with a traceback (the API: a
+    500) instead of a report (helper-101). Each now fails its own check, saying why."""
+    _history(ward)
+    _tamper(ward, "UPDATE posting SET reason = 'debt_settlement' WHERE sequence = 1")
+    with ward.engine.begin() as c:
+        c.execute(text("UPDATE chain_head SET signed_json = 'not json' WHERE business_date = '2026-12-01'"))
+    report = ward.get("/v1/reconciliation").json()  # 200
+    assert report["ok"] is False
+    assert report["checks"]["postings_of_their_kind"] == {"pass": False, "rows": [1]}
+    heads = report["checks"]["signed_chain_heads_valid"]
+    assert heads["pass"] is False and "JSONDecodeError" in heads["problem"], heads
+
+
+def test_a_lot_s_end_moved_or_an_award_s_credit_moved_is_named(ward: Ward):
+    """A lot's end moved a year later kept its points from the next expiry run, and every check
+    passed (helper-101): the end, and an award's credit instant, are what its version gives."""
+    tx = _open_day(ward)
+    with ward.engine.begin() as c:
+        c.execute(
+            text("UPDATE award SET lot_expires_at_us = lot_expires_at_us + :y WHERE payment_id = :p"),
+            {"y": 365 * 24 * HOUR_US, "p": tx["a"]["id"]},
+        )
+        c.execute(text("UPDATE point_lot SET expires_at_us = expires_at_us + :y"), {"y": 365 * 24 * HOUR_US})
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"lot_dates_match_campaigns"}, failing
+    named = {(r.get("payment_id"), r.get("lot_id")) for r in failing["lot_dates_match_campaigns"]}
+    assert (tx["a"]["id"], None) in named and any(lot for _, lot in named), failing
+
+
+def test_a_deleted_signed_head_is_named_and_not_signed_again(ward: Ward):
+    """Only the heads there were checked: deleting one (or all) left nothing to check the chain
+    against, and the next signing signed again whatever the chain said by then (helper-101)."""
+    _history(ward)
+    with ward.engine.begin() as c:
+        c.execute(text("DELETE FROM chain_head WHERE business_date IN ('2026-12-02', '2026-12-10')"))
+    assert ward.client.post("/v1/chain-heads", headers=ward.finance).json() == {"signed": []}
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"signed_chain_heads_valid"}, failing
+    assert [r["business_date"] for r in failing["signed_chain_heads_valid"]] == ["2026-12-02", "2026-12-10"]
+    ward.at("2027-01-02T00:30")
+    assert ward.client.post("/v1/chain-heads", headers=ward.finance).json() == {"signed": ["2027-01-01"]}
+    with ward.engine.connect() as c:
+        assert c.execute(text("SELECT count(*) FROM chain_head WHERE business_date = '2026-12-10'")).scalar_one() == 0
+
+
+def test_a_cut_posting_tail_with_the_head_left_and_a_deleted_audit_head_are_named(ward: Ward):
+    _open_day(ward)
+    with ward.engine.begin() as c:
+        c.execute(text("DELETE FROM audit_head"))
+    _tamper(ward, "UPDATE ledger_head SET last_posting_sequence = last_posting_sequence + 1")
+    failing = _failing(ward.reconcile())
+    assert "ledger_head" in failing["hash_chain_intact"], failing
+    assert any(r["problem"] == "the audit head is missing" for r in failing["audit_chain_intact"]), failing
+
+
+def test_a_wallet_s_cap_usage_zeroed_is_named(ward: Ward):
+    tx = _open_day(ward)
+    with ward.engine.begin() as c:
+        usage = c.execute(text("SELECT wallet_id, campaign_id, window_key FROM wallet_window_usage")).all()
+        c.execute(text("UPDATE wallet_window_usage SET points = 0 WHERE wallet_id = 'W1'"))
+    assert usage, "the campaign has a cap: its awards keep usage"
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"cap_usage_matches_awards"}, failing
+    assert [r.split("/")[0] for r in failing["cap_usage_matches_awards"]] == ["W1"]
+    assert tx
+
+
+def test_a_deleted_usage_row_and_a_clawback_from_another_wallet_are_named(ward: Ward):
+    """A usage row deleted reads as zero like one zeroed; a clawback's accounts were not checked,
+    only its sum, so one taken from another wallet passed (helper-105)."""
+    tx = _open_day(ward)
+    with ward.engine.begin() as c:
+        c.execute(text("DELETE FROM wallet_window_usage WHERE wallet_id = 'W1'"))
+    _tamper(
+        ward,
+        "UPDATE posting SET debit_account_id = 'wallet:W1:PB:available' WHERE payment_id = :r AND reason = 'clawback'",
+        r=tx["c"]["id"],
+    )
+    failing = _failing(ward.reconcile())
+    assert [r.split("/")[0] for r in failing["cap_usage_matches_awards"]] == ["W1"], failing
+    assert {"source": "award", "id": f"{tx['b']['id']}/PB"} in failing["postings_match_awards_and_grants"], failing
