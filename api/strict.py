@@ -16,8 +16,9 @@
 - A query parameter a `/v1/` route does not declare, or one given more than once: 422
   `invalid_request` (`ParsedBodyRoute.check_query`), before anything is done: FastAPI would
   ignore the first, Starlette keep the last value of the second.
-- Path ids are `PathId` (the id pattern of SPEC §2, matched whole), cursors decode
-  to at most `limits.SEQUENCE_MAX`; integer query parameters are `QueryInt` (decimal digits
+- Path ids are `PathId` (the id pattern of SPEC §2, matched whole); cursors are at most
+  `limits.CURSOR_CHARS_MAX` characters (the longest the API makes) and decode to a sequence of
+  at most `limits.SEQUENCE_MAX` or to an id; integer query parameters are `QueryInt` (decimal digits
   only: `decimal_digits`), booleans `QueryBool` (`true` or `false`); the other query
   parameters are typed where the route declares them (`engine.model.Instant`,
   `limits.VERSION_MAX`, `limits.PAGE_LIMIT_MAX`).
@@ -55,6 +56,7 @@ PathId = Annotated[str, Path(pattern=limits.ID_PATTERN)]
 Cursor = Annotated[str | None, Query(max_length=limits.CURSOR_CHARS_MAX)]
 
 _SEQUENCE = re.compile(r"[0-9]{1,19}")
+_ID = re.compile(limits.ID_PATTERN)
 _DIGITS = re.compile(r"[0-9]+")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _T = TypeVar("_T")
@@ -244,8 +246,20 @@ class ParsedBodyRoute(APIRoute):
         return parsed_once
 
 
-def encode_cursor(prefix: str, sequence: int) -> str:
-    return base64.urlsafe_b64encode(f"{prefix}:{sequence}".encode()).decode().rstrip("=")
+def encode_cursor(prefix: str, position: int | str) -> str:
+    """A page cursor: unpadded base64url of `prefix:position`, the position a sequence or an id.
+    The longest one can be is `limits.CURSOR_CHARS_MAX` characters, what `Cursor` accepts."""
+    assert len(prefix) + 1 <= limits.CURSOR_PREFIX_CHARS_MAX, prefix
+    return base64.urlsafe_b64encode(f"{prefix}:{position}".encode()).decode().rstrip("=")
+
+
+def _position(prefix: str, cursor: str) -> str:
+    """The text after `prefix:` in `cursor`; `ValueError` unless the cursor is base64 of that."""
+    text_value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
+    found, colon, position = text_value.partition(":")
+    if found != prefix or not colon:
+        raise ValueError(cursor)
+    return position
 
 
 def decode_cursor(prefix: str, cursor: str | None) -> int:
@@ -255,14 +269,27 @@ def decode_cursor(prefix: str, cursor: str | None) -> int:
     if cursor is None:
         return 0
     try:
-        text_value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-        found, _, number = text_value.partition(":")
-        if found != prefix or not _SEQUENCE.fullmatch(number) or int(number) > limits.SEQUENCE_MAX:
+        number = _position(prefix, cursor)
+        if not _SEQUENCE.fullmatch(number) or int(number) > limits.SEQUENCE_MAX:
             raise ValueError(cursor)
         if encode_cursor(prefix, int(number)) != cursor:
             raise ValueError(cursor)
         return int(number)
     except ValueError:  # binascii.Error and UnicodeDecodeError are ValueErrors
+        raise EngineError("invalid_request", "cursor is not valid") from None
+
+
+def decode_id_cursor(prefix: str, cursor: str | None) -> str:
+    """The id a cursor carries ("" without one, before every id); 422 unless it is ours (an id of
+    the id pattern, spelled as `encode_cursor` spells it: no padding, nothing the decoder drops)."""
+    if cursor is None:
+        return ""
+    try:
+        found = _position(prefix, cursor)
+        if not _ID.fullmatch(found) or encode_cursor(prefix, found) != cursor:
+            raise ValueError(cursor)
+        return found
+    except ValueError:
         raise EngineError("invalid_request", "cursor is not valid") from None
 
 

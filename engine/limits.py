@@ -10,7 +10,8 @@ AMOUNT_YEN_MAX = 10_000_000
 ITEMS_PER_TRANSACTION_MAX = 100
 TAGS_PER_ITEM_MAX = 8
 TAG_PATTERN = r"^[a-z0-9_]{1,32}$"
-ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+ID_CHARS_MAX = 64
+ID_PATTERN = rf"^[A-Za-z0-9_-]{{1,{ID_CHARS_MAX}}}$"
 IDEMPOTENCY_KEY_LENGTH_MAX = 255
 # SPEC §6: idempotency keys are kept at least 30 days; the purge never forgets a younger answer.
 IDEMPOTENCY_RETENTION_DAYS_MIN = 30
@@ -50,7 +51,13 @@ CALENDAR_YEAR_MAX = 9998
 SEQUENCE_MAX = 2**63 - 1
 # Campaign and merchant versions: INTEGER columns.
 VERSION_MAX = 2**31 - 1
-CURSOR_CHARS_MAX = 64
+# A page cursor is unpadded base64url of a prefix naming its kind with a colon ("hist:", "dir:",
+# at most CURSOR_PREFIX_CHARS_MAX characters) and where the next page starts: a sequence (at most
+# SEQUENCE_MAX, 19 digits) or an id (at most ID_CHARS_MAX characters). The limit is the longest
+# cursor that can make: a fixed 64 refused the directory's own cursor after a 64-character
+# merchant id (91 characters), and its paging stopped there (helper-104).
+CURSOR_PREFIX_CHARS_MAX = 5
+CURSOR_CHARS_MAX = -(-4 * (CURSOR_PREFIX_CHARS_MAX + max(len(str(SEQUENCE_MAX)), ID_CHARS_MAX)) // 3)
 PAGE_LIMIT_MAX = 500
 # Free text kept as is (a grant's reason, a merchant's or a campaign's name, a certification's
 # scheme): at most this many characters, at least one of them visible, and none that is a control

@@ -5,11 +5,9 @@ it (`SETAPAY_DIRECTORY_PUBLIC=1`). Cacheable: a strong ETag over the body (If-No
 and Cache-Control, private unless published.
 """
 
-import base64
 import datetime as dt
 import hashlib
 import json
-import re
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response, Security
@@ -19,7 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from api import responses_app
 from api.deps import ServicesDep, principal
 from api.openapi import AUTHENTICATED, BEARER, problems
-from api.strict import PageLimit, QueryBool
+from api.strict import Cursor, PageLimit, QueryBool, decode_id_cursor, encode_cursor
 from engine import directory, limits
 from engine.errors import EngineError
 from engine.model import MerchantClass
@@ -30,8 +28,7 @@ from engine.timeutil import from_us
 router = APIRouter()
 
 CACHE_MAX_AGE_S = 60
-_CURSOR_PREFIX = "dir:"
-_ID = re.compile(limits.ID_PATTERN)
+_CURSOR_PREFIX = "dir"  # merchants in id order, after the id a cursor names
 
 
 async def directory_reader(
@@ -66,24 +63,6 @@ def _cached(request: Request, body: dict[str, Any], public: bool) -> Response:
     return Response(content, media_type="application/json", headers=headers)
 
 
-def _decode(cursor: str | None) -> str:
-    if cursor is None:
-        return ""
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode("ascii")
-    except ValueError:
-        text = ""
-    merchant_id = text.removeprefix(_CURSOR_PREFIX)
-    # Taken only as `_encode` spells it: no padding, no stray characters (which the decoder drops).
-    if not text.startswith(_CURSOR_PREFIX) or not _ID.fullmatch(merchant_id) or _encode(merchant_id) != cursor:
-        raise EngineError("invalid_request", "cursor is not valid")
-    return merchant_id
-
-
-def _encode(merchant_id: str) -> str:
-    return base64.urlsafe_b64encode((_CURSOR_PREFIX + merchant_id).encode()).decode().rstrip("=")
-
-
 _CACHE_HEADERS: dict[str, Any] = {
     "ETag": {
         "description": "Strong validator of the body; send it back as If-None-Match",
@@ -112,11 +91,11 @@ async def directory_merchants(
     shotengai: Annotated[str | None, Query(pattern=limits.ID_PATTERN)] = None,
     certified: QueryBool | None = None,
     class_: Annotated[MerchantClass | None, Query(alias="class")] = None,
-    cursor: Annotated[str | None, Query(max_length=limits.CURSOR_CHARS_MAX)] = None,
+    cursor: Cursor = None,
     limit: PageLimit = 100,
 ) -> Response:
     """Merchants in id order, filtered by 商店街, certification valid now and class."""
-    after = _decode(cursor)
+    after = decode_id_cursor(_CURSOR_PREFIX, cursor)
     merchants, campaigns, _ = await run_in_threadpool(directory_state, services.ledger)
     page, last = directory.merchant_page(
         merchants,
@@ -128,7 +107,7 @@ async def directory_merchants(
         after_id=after,
         limit=limit,
     )
-    body = {"merchants": page, "next_cursor": _encode(last) if last is not None else None}
+    body = {"merchants": page, "next_cursor": encode_cursor(_CURSOR_PREFIX, last) if last is not None else None}
     return _cached(request, body, services.settings.directory_public)
 
 

@@ -435,6 +435,53 @@ def test_cursors_are_bounded_by_sequence_max(ward: Ward, prefix: str, path: str)
         assert r.status_code == 200, r.text
 
 
+def _pages(client: httpx.Client, path: str, listed: str, key: str, **params) -> list:
+    """Every entry of a keyset-paged list, one a page: each page's `next_cursor` must be taken."""
+    seen, cursor = [], None
+    while True:
+        r = client.get(path, params={"limit": 1, **params, **({"cursor": cursor} if cursor else {})})
+        assert r.status_code == 200, (cursor, r.text)
+        seen += [entry[key] for entry in r.json()[listed]]
+        cursor = r.json()["next_cursor"]
+        if cursor is None:
+            return seen
+
+
+def test_every_cursor_the_api_makes_is_taken_back_with_the_longest_ids(ward: Ward) -> None:
+    """Ids of 64 characters (the id pattern's most) in every list that pages: each cursor the
+    server hands out is one its `cursor` parameter takes (the directory's, 91 characters after a
+    64-character merchant id, was refused by a limit of 64, and its paging stopped there)."""
+    tail = uuid.uuid4().hex[:8]
+    merchants = [("z" * 55 + tail + letter) for letter in "ab"]
+    terminal_id, wallet_id = "T" * 56 + tail, "W" * 56 + tail
+    for merchant_id in merchants:
+        assert len(merchant_id) == 64
+        ward.server.admin_post("/v1/merchants", {**ward.plan.merchants[0], "id": merchant_id})
+    ward.server.admin_post("/v1/terminals", {"id": terminal_id, "merchant_id": merchants[0]})
+    ward.merchant_of[terminal_id] = merchants[0]
+    bought = [ward.buy(terminal_id, wallet_id, amount)["id"] for amount in (500, 600)]
+
+    listed = _pages(ward.app_client, "/v1/directory/merchants", "merchants", "merchant_id")
+    assert listed[-2:] == merchants, listed[-3:]
+    history = _pages(ward.app_client, f"/v1/wallets/{wallet_id}/history", "events", "transaction_id")
+    assert set(history) == set(bought)
+    with ward.server.client(ward.finance_key) as finance:
+        path = f"/v1/merchants/{merchants[0]}/transactions"
+        assert _pages(finance, path, "transactions", "id") == bought
+        assert len(_pages(finance, "/v1/audit", "entries", "sequence", target=f"merchant:{merchants[0]}")) == 1
+
+
+def test_the_cursor_limit_holds_the_longest_cursor_of_every_kind() -> None:
+    from api.routers import audit, directory, merchants, ui, wallets
+    from api.strict import decode_cursor, decode_id_cursor, encode_cursor
+
+    for prefix in (audit._CURSOR_PREFIX, merchants._CURSOR_PREFIX, wallets._HISTORY_CURSOR, ui._AUDIT_CURSOR_PREFIX):
+        longest = encode_cursor(prefix, limits.SEQUENCE_MAX)
+        assert len(longest) <= limits.CURSOR_CHARS_MAX and decode_cursor(prefix, longest) == limits.SEQUENCE_MAX
+    longest = encode_cursor(directory._CURSOR_PREFIX, "z" * limits.ID_CHARS_MAX)
+    assert len(longest) <= limits.CURSOR_CHARS_MAX and decode_id_cursor(directory._CURSOR_PREFIX, longest) == "z" * 64
+
+
 @pytest.mark.parametrize(
     "prefix, path, role",
     [
