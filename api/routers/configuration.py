@@ -2,7 +2,8 @@
 
 Every change is audited with the admin's key (engine/store/config.py). A PATCH
 merges into the stored record and validates the result, so a bad field is 422
-`invalid_request` naming it. A terminal's public key (SPEC §9.2) is set or
+`invalid_request` naming it, and a field no patch changes (an id, a campaign's version) too; a
+PATCH that changes nothing writes nothing. A terminal's public key (SPEC §9.2) is set or
 removed here; the change reaches this process's signature checks at once.
 """
 
@@ -11,14 +12,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Depends, Query
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, create_model, field_validator
 from pydantic.json_schema import JsonSchemaValue
-from pydantic_core import CoreSchema
+from pydantic_core import CoreSchema, ErrorDetails
 
 from api import responses
 from api.deps import Admin, ConfigDep, ServicesDep, role
-from api.errors import validated
+from api.errors import json_safe, validated
 from api.openapi import AUTHENTICATED, problems
 from api.strict import PathId, QueryInt
 from engine import limits
+from engine.errors import EngineError
 from engine.http_signing import parse_public_key
 from engine.model import Campaign, Id, Merchant, Record
 from engine.store.config import Principal
@@ -74,6 +76,21 @@ def _partial(model: type[BaseModel], name: str, immutable: tuple[str, ...], doc:
     )
 
 
+def patch_fields(model: type[BaseModel], patch: dict[str, Any]) -> dict[str, Any]:
+    """`patch` when it names only fields of `model` (the record's partial model), else 422
+    `invalid_request` naming the others, as FastAPI refuses an `id` in PATCH /v1/terminals' body:
+    the id, a campaign's version (the server numbers versions) and unknown names alike."""
+    extra = [name for name in patch if name not in model.model_fields]
+    if extra:
+        errors = [
+            ErrorDetails(type="extra_forbidden", loc=("body", name), msg="Extra inputs are not permitted", input=None)
+            for name in extra
+        ]
+        shown = json_safe(errors[:1])[0]["loc"][-1]
+        raise EngineError("invalid_request", f"{shown} is not a field a patch may change", errors=json_safe(errors))
+    return patch
+
+
 class Documented:
     """Documents a body as `model` while it is still validated as the annotated type."""
 
@@ -93,7 +110,8 @@ MerchantPatch = _partial(
     "`shotengai_id`; `bank_account` sets a new payout account, held until a different admin or "
     "finance key confirms it (SPEC §9.6), and `null` leaves the account on file as it is (a client "
     "that sends every field, unset ones as null, changes nothing it did not mean to). The id "
-    "cannot change: an `id` other than the path's is 422 `invalid_request`.",
+    "cannot change: an `id`, or any field not listed here, is 422 `invalid_request` naming it. A "
+    "patch that changes nothing (`{}` too) makes no version and no audit entry: 200 with the record as it is.",
 )
 CampaignPatch = _partial(
     Campaign,
@@ -105,9 +123,9 @@ CampaignPatch = _partial(
     "end before now nor have a budget below the points it issued (422 `campaign_started`); an ended "
     "campaign made to run again counts towards the active campaigns (422 `too_many_active_campaigns`); the "
     "campaigns whose windows come within `occurred_at`'s bounds of its own name at most 64 item tags together "
-    "(422 `too_many_item_tags`). The id "
-    "cannot change (an `id` other than the path's is 422 `invalid_request`) and the server numbers "
-    "versions (a `version` sent is ignored).",
+    "(422 `too_many_item_tags`). The id cannot change and the server numbers versions: an `id`, a "
+    "`version`, or any field not listed here, is 422 `invalid_request` naming it. A patch that changes "
+    "nothing (`{}` too) makes no version and no audit entry: 200 with the campaign as it is.",
 )
 
 
@@ -149,7 +167,7 @@ def patch_merchant(
     p: Admin,
     config: ConfigDep,
 ) -> Any:
-    return validated(lambda: config.update_merchant(merchant_id, patch, actor=p))
+    return validated(lambda: config.update_merchant(merchant_id, patch_fields(MerchantPatch, patch), actor=p))
 
 
 # -- campaigns -------------------------------------------------------------
@@ -213,7 +231,8 @@ def patch_campaign(
     p: Admin,
     config: ConfigDep,
 ) -> Any:
-    return validated(lambda: config.update_campaign(campaign_id, patch, actor=p)).model_dump(mode="json")
+    changed = validated(lambda: config.update_campaign(campaign_id, patch_fields(CampaignPatch, patch), actor=p))
+    return changed.model_dump(mode="json")
 
 
 # -- terminals -------------------------------------------------------------

@@ -13,7 +13,7 @@ import datetime as dt
 import json
 import logging
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from sqlalchemy import bindparam, func, select, text
@@ -64,6 +64,22 @@ def _bump(session: Session) -> SequencerHead:
 
 def _dump(record: BaseModel) -> str:
     return record.model_dump_json()
+
+
+T = TypeVar("T")
+
+
+def _stored(record: BaseModel) -> Any:
+    """`record` as its stored JSON reads back: what a patch is compared with to see that it
+    changes nothing."""
+    return json.loads(_dump(record))
+
+
+def _unchanged(session: Session, record: T) -> T:
+    """A patch that changes nothing: its transaction rolled back, so no version, no audit entry
+    and no catalog change (`_bump`'s) is written, and `record`, as it stands, is the answer."""
+    session.rollback()
+    return record
 
 
 def _set_at_us(masked: Mapping[str, Any] | None) -> int:
@@ -219,10 +235,12 @@ class Config:
             if "id" in patch and patch["id"] != merchant_id:
                 raise EngineError("invalid_request", "id cannot change")
             merchant = Merchant.model_validate({**current, **patch})
-            now = date_catalog_change(session, head, self.clock.now_us())
             changed = merchant.bank_account is not None and merchant.bank_account != self._account_on_file(
                 merchant_id, session
             )
+            if not changed and _stored(merchant.model_copy(update={"bank_account": None})) == current:
+                return _unchanged(session, before)
+            now = date_catalog_change(session, head, self.clock.now_us())
             # A change's `set_at` names it to the key that confirms it: strictly later than the
             # account it replaces, so no two of a merchant's changes share one.
             set_at = max(now, _set_at_us(masked_before) + 1) if changed else None
@@ -489,6 +507,8 @@ class Config:
             updated = Campaign.model_validate(
                 {**json.loads(current_row.record_json), **patch, "version": row.current_version + 1}
             )
+            if _stored(updated.model_copy(update={"version": current.version})) == json.loads(current_row.record_json):
+                return _unchanged(session, current)
             now = date_catalog_change(session, head, self.clock.now_us())
             if to_us(current.starts_at) <= now:
                 if to_us(updated.starts_at) != to_us(current.starts_at):
@@ -589,13 +609,9 @@ class Config:
             if "public_key" in patch:
                 row.public_key = patch["public_key"]
             after = self.terminal_record(row)
-            action = (
-                "terminal.move"
-                if before["merchant_id"] != after["merchant_id"]
-                else "terminal.public_key"
-                if before["public_key"] != after["public_key"]
-                else "terminal.update"
-            )
+            if after == before:
+                return _unchanged(session, before)
+            action = "terminal.move" if before["merchant_id"] != after["merchant_id"] else "terminal.public_key"
             audit.record(session, actor, action, f"terminal:{terminal_id}", before, after, at_us=self.clock.now_us())
             return after
 

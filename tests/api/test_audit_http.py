@@ -7,9 +7,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from sqlalchemy import text
 
 from engine.sealing import generate_key_b64
 from engine.settlement import signing
+from engine.store.models import AuditLogRow, CampaignVersionRow, MerchantVersionRow
 
 ACCOUNT_1 = {
     "bank_code": "0159",
@@ -99,3 +101,77 @@ def test_bank_change_confirmation_and_the_audit_log_over_http(server):
         assert secret not in done.stdout + done.stderr + done_all.stdout
         for answer in answers:
             assert secret not in answer
+
+
+def _written(server) -> tuple:
+    """What a configuration change writes: versions, audit entries and the catalog's version."""
+    with server.db.connect() as connection:
+        catalog = connection.execute(text("SELECT catalog_version FROM ledger_head")).scalar_one()
+    return tuple(server.count(row) for row in (MerchantVersionRow, CampaignVersionRow, AuditLogRow)) + (catalog,)
+
+
+def test_a_patch_names_only_fields_it_may_change_and_one_changing_nothing_writes_nothing(server):
+    """An `id`, a campaign's `version` (any value) or an unknown field in a PATCH is 422
+    `invalid_request` naming it, as PATCH /v1/terminals refuses `id`, and writes nothing (a
+    `version` was ignored and an `id` equal to the path's taken, each making a new version and an
+    audit entry); a patch that changes nothing (`{}`, a field sent as it is) answers 200 with the
+    record as it is and writes no version, no audit entry and no catalog change."""
+    campaign = {
+        "id": "C_SAME",
+        "name": "同じ",
+        "funding_source": "ward_general",
+        "starts_at": "2026-01-01T00:00:00+09:00",
+        "ends_at": "2036-01-01T00:00:00+09:00",
+        "tiers": [{"match": {}, "rate_bp": 100}],
+    }
+    merchant = {"id": "M_SAME", "name": "同じ店", "merchant_class": "small", "bank_account": ACCOUNT_1}
+    with server.client(server.admin_key) as c:
+        assert c.post("/v1/merchants", json=merchant).status_code == 201
+        assert c.post("/v1/campaigns", json=campaign).status_code == 201
+        assert c.post("/v1/terminals", json={"id": "T_SAME", "merchant_id": "M_SAME"}).status_code == 201
+        stored = {path: c.get(path).json() for path in ("/v1/merchants/M_SAME", "/v1/campaigns/C_SAME")}
+        stored["/v1/terminals/T_SAME"] = c.get("/v1/terminals/T_SAME").json()
+        written = _written(server)
+
+        refused = [
+            ("/v1/campaigns/C_SAME", {"version": "garbage"}, "version"),
+            ("/v1/campaigns/C_SAME", {"version": {"a": 1}}, "version"),
+            ("/v1/campaigns/C_SAME", {"version": 1}, "version"),
+            ("/v1/campaigns/C_SAME", {"id": "C_SAME"}, "id"),
+            ("/v1/campaigns/C_SAME", {"name": "新", "id": "C_SAME"}, "id"),
+            ("/v1/campaigns/C_SAME", {"colour": "red"}, "colour"),
+            ("/v1/merchants/M_SAME", {"id": "M_SAME"}, "id"),
+            ("/v1/merchants/M_SAME", {"name": "新", "id": "M_SAME"}, "id"),
+            ("/v1/terminals/T_SAME", {"id": "T_SAME"}, "id"),
+        ]
+        for path, body, field in refused:
+            r = c.patch(path, json=body)
+            assert (r.status_code, r.json()["code"]) == (422, "invalid_request"), (path, body, r.text)
+            assert ["body", field] in [e["loc"] for e in r.json()["errors"]], (path, body, r.text)
+        assert _written(server) == written
+
+        unchanged = [
+            ("/v1/campaigns/C_SAME", {}),
+            ("/v1/campaigns/C_SAME", {"name": "同じ", "tiers": campaign["tiers"], "budget": None}),
+            ("/v1/campaigns/C_SAME", {"ends_at": campaign["ends_at"]}),
+            ("/v1/merchants/M_SAME", {}),
+            ("/v1/merchants/M_SAME", {"name": "同じ店", "shotengai_id": None}),
+            ("/v1/merchants/M_SAME", {"bank_account": ACCOUNT_1}),  # the account on file
+            ("/v1/merchants/M_SAME", {"bank_account": None}),  # leaves it as it is
+            ("/v1/terminals/T_SAME", {}),
+            ("/v1/terminals/T_SAME", {"merchant_id": "M_SAME", "public_key": None}),
+        ]
+        for path, body in unchanged:
+            r = c.patch(path, json=body)
+            assert r.status_code == 200 and r.json() == stored[path], (path, body, r.text)
+            assert c.get(path).json() == stored[path]
+        assert _written(server) == written
+
+        # A patch that does change something still makes its version and its audit entry.
+        r = c.patch("/v1/campaigns/C_SAME", json={"name": "違う"})
+        assert r.status_code == 200 and r.json()["version"] == 2, r.text
+        r = c.patch("/v1/merchants/M_SAME", json={"name": "違う店"})
+        assert r.status_code == 200 and r.json()["name"] == "違う店", r.text
+        versions, campaigns, entries, catalog = _written(server)
+        assert (versions, campaigns, entries) == (written[0] + 1, written[1] + 1, written[2] + 2)
+        assert catalog > written[3]

@@ -313,7 +313,7 @@ def test_appends_from_several_processes_stay_gapless_and_linear(database_url):
             config = Config(engines[i])
             for n in range(8):
                 config.create_merchant(Merchant(id=f"M{i}_{n}", name="x", merchant_class="small"))
-                config.update_merchant(f"M{i}_{n}", {"fee_bp": n})
+                config.update_merchant(f"M{i}_{n}", {"fee_bp": n + 1})  # a change: {"fee_bp": 0} is none
         except Exception as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
