@@ -18,10 +18,10 @@
   ignore the first, Starlette keep the last value of the second.
 - Path ids are `PathId` (the id pattern of SPEC §2, matched whole); cursors are at most
   `limits.CURSOR_CHARS_MAX` characters (the longest the API makes) and decode to a sequence of
-  at most `limits.SEQUENCE_MAX` or to an id; integer query parameters are `QueryInt` (decimal digits
-  only: `decimal_digits`), booleans `QueryBool` (`true` or `false`); the other query
-  parameters are typed where the route declares them (`engine.model.Instant`,
-  `limits.VERSION_MAX`, `limits.PAGE_LIMIT_MAX`).
+  at most `limits.SEQUENCE_MAX` or to an id; integer query parameters are `PageLimit`, `QueryVersion` and
+  `QuerySequence` (decimal digits only: `decimal_digits`; bounded by `limits.PAGE_LIMIT_MAX`,
+  `limits.VERSION_MAX` and `limits.SEQUENCE_MAX`), booleans `QueryBool` (`true` or `false`);
+  the other query parameters are typed where the route declares them (`engine.model.Instant`).
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ from collections.abc import MutableMapping
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
+from annotated_types import Ge, Le
 from fastapi import Path, Query, Request, params
 from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
@@ -72,8 +73,13 @@ def decimal_digits(value: _T) -> _T:
     return value
 
 
-# An integer query parameter: decimal digits, bounded by the `Query` the route adds.
-QueryInt = Annotated[int, BeforeValidator(decimal_digits)]
+# Integer query parameters: decimal digits, within bounds. The bounds come before the digits
+# check, so they constrain the integer itself and the document states them as JSON Schema's
+# `minimum` and `maximum`; given after it (`Query(ge=, le=)`), pydantic wrote them as `ge` and
+# `le`, words JSON Schema does not know, and a client generated from the document had no bounds.
+PageLimit = Annotated[int, Ge(1), Le(limits.PAGE_LIMIT_MAX), BeforeValidator(decimal_digits)]
+QueryVersion = Annotated[int, Ge(1), Le(limits.VERSION_MAX), BeforeValidator(decimal_digits)]
+QuerySequence = Annotated[int, Ge(0), Le(limits.SEQUENCE_MAX), BeforeValidator(decimal_digits)]
 
 
 def true_or_false(value: _T) -> _T:
@@ -104,9 +110,6 @@ def calendar_date(text: str) -> dt.date:
     if not _DATE.fullmatch(text):
         raise ValueError("a date is YYYY-MM-DD")
     return dt.date.fromisoformat(text)
-
-
-PageLimit = Annotated[QueryInt, Query(ge=1, le=limits.PAGE_LIMIT_MAX)]
 
 
 def duplicated_header(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -9,7 +9,7 @@ removed here; the change reaches this process's signature checks at once.
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Depends, Query
+from fastapi import APIRouter, Body, Depends
 from pydantic import BaseModel, ConfigDict, Field, GetJsonSchemaHandler, create_model, field_validator
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import CoreSchema, ErrorDetails
@@ -18,8 +18,7 @@ from api import responses
 from api.deps import Admin, ConfigDep, ServicesDep, role
 from api.errors import json_safe, validated
 from api.openapi import AUTHENTICATED, problems
-from api.strict import PathId, QueryInt
-from engine import limits
+from api.strict import PathId, QueryVersion
 from engine.errors import EngineError
 from engine.http_signing import parse_public_key
 from engine.model import Campaign, Id, Merchant, Record
@@ -205,7 +204,7 @@ def get_campaign(
     campaign_id: PathId,
     _: CampaignReader,
     config: ConfigDep,
-    version: Annotated[QueryInt | None, Query(ge=1, le=limits.VERSION_MAX)] = None,
+    version: QueryVersion | None = None,
 ) -> Any:
     return config.get_campaign(campaign_id, version).model_dump(mode="json")
 

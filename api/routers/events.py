@@ -19,8 +19,8 @@ from api import responses
 from api.deps import Admin, DatabaseDep, ServicesDep, role
 from api.idempotency import created_once
 from api.openapi import AUTHENTICATED, idempotent, problems
-from api.strict import PageLimit, PathId, QueryInt
-from engine import events, limits
+from api.strict import PageLimit, PathId, QuerySequence
+from engine import events
 from engine.errors import EngineError
 from engine.events import EventType
 from engine.model import Record
@@ -30,7 +30,7 @@ from engine.webhooks import URL_CHARS_MAX
 
 router = APIRouter()
 
-After = Annotated[QueryInt, Query(ge=0, le=limits.SEQUENCE_MAX, description="List what comes after this id")]
+After = Annotated[QuerySequence, Query(description="List what comes after this id")]
 TYPES_PATTERN = r"^[a-z_]{1,32}(,[a-z_]{1,32}){0,15}$"
 
 

@@ -204,6 +204,35 @@ def test_a_purchase_lists_at_least_one_item_when_it_lists_any(document) -> None:
         assert (array["minItems"], array["maxItems"]) == (1, limits.ITEMS_PER_TRANSACTION_MAX), name
 
 
+# Keywords pydantic knows and JSON Schema does not: a bound written so is no bound to a client.
+NOT_JSON_SCHEMA = {"ge", "le", "gt", "lt"}
+
+
+def _keys(schema) -> set[str]:
+    if isinstance(schema, dict):
+        return set(schema) | {k for v in schema.values() for k in _keys(v)}
+    if isinstance(schema, list):
+        return {k for v in schema for k in _keys(v)}
+    return set()
+
+
+def test_parameters_state_their_bounds_in_json_schema(document) -> None:
+    """Integer query parameters are bounded as JSON Schema bounds them (`minimum`, `maximum`), not
+    by pydantic's `ge` and `le`, which a client or a fuzzer reading the document ignores."""
+    bounded = {}
+    for method, path, operation in operations(document):
+        for parameter in operation.get("parameters", []):
+            schema = parameter.get("schema", {})
+            assert not _keys(schema) & NOT_JSON_SCHEMA, (method, path, parameter["name"], schema)
+            bounded[(path, parameter["name"])] = schema
+    limit = bounded[("/v1/audit", "limit")]
+    assert (limit["minimum"], limit["maximum"]) == (1, limits.PAGE_LIMIT_MAX)
+    (version,) = (s for s in bounded[("/v1/campaigns/{campaign_id}", "version")]["anyOf"] if "minimum" in s)
+    assert (version["minimum"], version["maximum"]) == (1, limits.VERSION_MAX)
+    after = bounded[("/v1/events", "after")]
+    assert (after["minimum"], after["maximum"]) == (0, limits.SEQUENCE_MAX)
+
+
 PATCHES = {
     # path: (the full model, the fields a PATCH may not carry)
     "/v1/merchants/{merchant_id}": ("Merchant", {"id"}),
