@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match, Route
 
 from engine import metrics, sealing
 from engine.errors import EngineError, decline
@@ -87,16 +88,34 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return problem_response(*decline("invalid_request", errors=json_safe(errors)))
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    """Starlette's own refusals as problem+json, with the headers it gave them (a 405's `Allow`)."""
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
     if exc.status_code == 400:  # FastAPI could not read the body (not UTF-8, nested too deep): not JSON
-        return problem_response(*decline("malformed_json"))
+        return problem_response(*decline("malformed_json"), headers)
     if exc.status_code == 404:
-        return problem_response(*decline("not_found"))
+        return problem_response(*decline("not_found"), headers)
+    if exc.status_code == 405:
+        headers["Allow"] = allowed_methods(request)
     return problem_response(
         exc.status_code,
         {"type": "about:blank", "title": str(exc.detail), "status": exc.status_code, "code": "http_error"},
+        headers,
     )
+
+
+def allowed_methods(request: Request) -> str:
+    """A 405's `Allow` (RFC 9110 §15.5.6): the methods of every route of the path, not only those
+    of the route Starlette tried first (GET and POST /v1/merchants are two routes), with HEAD
+    wherever GET is (api/middleware.py `HeadAsGet`)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if isinstance(route, Route) and route.methods and route.matches(request.scope)[0] is not Match.NONE:
+            methods |= route.methods
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods))
 
 
 async def _unreachable(request: Request, exc: Exception) -> JSONResponse:

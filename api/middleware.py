@@ -116,8 +116,33 @@ def replayed(messages: list[Message], then: Receive | None = None) -> Receive:
     return receive
 
 
+class HeadAsGet:
+    """HEAD answered as GET is, without the body (RFC 9110 §9.3.2): FastAPI's routes take only
+    the methods they declare, so `curl -I /healthz` (a load balancer's probe) was 405. The routes
+    see GET; the answer keeps GET's status and headers (Content-Length too) and sends no body. A
+    path without GET answers HEAD as it answers GET: 405 with its `Allow`, or 404."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            return await self.app(scope, receive, send)
+
+        async def headless(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                if message.get("more_body", False):
+                    return
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headless)
+
+
 def install(app: FastAPI) -> None:
-    """Put `BodyLimit` in front of every route of `app`, and `AccessLog` in front of everything
-    (added last, so outermost: it sees every answer, `BodyLimit`'s refusals included)."""
+    """Put `BodyLimit` in front of every route of `app` (and `HeadAsGet` behind it), and
+    `AccessLog` in front of everything (added last, so outermost: it sees every answer,
+    `BodyLimit`'s refusals included, and a HEAD as the client sent it)."""
+    app.add_middleware(HeadAsGet)
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
     app.add_middleware(AccessLog)
