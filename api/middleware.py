@@ -36,7 +36,8 @@ class BodyLimit:
 
     Strict input (SPEC §2, api/strict.py) is checked here too, for every route: first a
     once-only header sent twice (400 `header_duplicated`), then, once the body is whole,
-    a JSON body with a duplicate key at any depth (400 `malformed_json`).
+    a body sent as JSON that is not JSON, or one sent as JSON or with no Content-Type that has a
+    duplicate key at any depth (400 `malformed_json`), whether the route reads a body or not.
     """
 
     def __init__(self, app: ASGIApp, limit_bytes: int) -> None:
@@ -70,10 +71,17 @@ class BodyLimit:
                 response = problem_response(413, BodyTooLarge().problem())
                 return await response(scope, receive, send)
         body = b"".join(chunks)
-        if body and is_json(headers.get(b"content-type")):
+        content_type = headers.get(b"content-type")
+        if body and is_json(content_type):
             parsed = parse_unique(body)
             if parsed is DUPLICATE_KEY:
                 response = problem_response(*decline("malformed_json", "an object in the body has a key twice"))
+                return await response(scope, receive, send)
+            if parsed is NOT_JSON and content_type is not None:
+                # Sent as JSON, whatever the route: one that reads no body acted on `[[[[`, while
+                # `{"a":1,"a":2}` was refused here. (A body without a Content-Type is no route's
+                # JSON: `ParsedBodyRoute` answers it 415 where a JSON body is read.)
+                response = problem_response(*decline("malformed_json"))
                 return await response(scope, receive, send)
             if parsed is not NOT_JSON:
                 scope[PARSED_BODY] = (body, parsed)  # the route's JSON (`strict.parsed_body`), not parsed again

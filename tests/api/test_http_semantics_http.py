@@ -2,6 +2,9 @@
 
 - HEAD is answered as GET is, without the body, on every route that has GET (a load balancer's
   `curl -I /healthz` was 405); a 405 says in `Allow` which methods the path has.
+- A body sent as JSON that is not JSON is 400 `malformed_json` on every route, one that reads
+  no body included (POST /v1/keys/{id}/revoke revoked the key), and writes
+  nothing.
 """
 
 from __future__ import annotations
@@ -12,24 +15,46 @@ import time
 import httpx
 import pytest
 from fastapi.routing import APIRoute
+from sqlalchemy import func, select, text
 
+from engine.store.models import Base
 from tests.ward import Ward
 
 PROBLEM_JSON = "application/problem+json"
 
 
-def _get_paths() -> list[str]:
-    """Every GET route of the application, its path parameters filled with an id of the ward
-    (or one it does not have: the answer is whatever GET's is, HEAD must give the same)."""
+FILLED = {"merchant_id": "M_SHOTEN", "campaign_id": "C_POINTBACK", "terminal_id": "T_SHOTEN_1"}
+
+
+def _routes(*methods: str) -> list[tuple[str, str]]:
+    """(method, path) of every route of the application with one of `methods`, its path
+    parameters filled with an id of the ward (or one it does not have)."""
     from api.app import ROUTERS
 
-    filled = {"merchant_id": "M_SHOTEN", "campaign_id": "C_POINTBACK", "download": "statement.csv"}
-    paths = []
+    found = set()
     for module in ROUTERS:
         for route in module.router.routes:
-            if isinstance(route, APIRoute) and "GET" in route.methods:
-                paths.append(re.sub(r"{(\w+)}", lambda m: filled.get(m.group(1), "X1"), route.path))
-    return sorted(set(paths))
+            for method in set(methods) & (route.methods if isinstance(route, APIRoute) else set()):
+                found.add((method, re.sub(r"{(\w+)}", lambda m: FILLED.get(m.group(1), "X1"), route.path)))
+    return sorted(found)
+
+
+def _get_paths() -> list[str]:
+    """Every GET route's path: the answer is whatever GET's is, HEAD must give the same."""
+    return [path for _, path in _routes("GET")]
+
+
+def _written(server) -> dict[str, int]:
+    """The rows of every table, and the keys revoked: what a refused request must leave as it was."""
+    with server.db.connect() as connection:
+        counts = {
+            t.name: connection.execute(select(func.count()).select_from(t)).scalar_one()
+            for t in Base.metadata.sorted_tables
+        }
+        counts["revoked"] = connection.execute(
+            text("SELECT count(*) FROM api_key WHERE revoked_at_us IS NOT NULL")
+        ).scalar_one()
+    return counts
 
 
 def test_head_of_healthz_is_its_get_without_a_body(ward: Ward) -> None:
@@ -71,3 +96,36 @@ def test_a_405_says_which_methods_the_path_has(ward: Ward, method: str, path: st
     assert r.headers["content-type"] == PROBLEM_JSON
     if method != "HEAD":
         assert r.json()["code"] == "http_error"
+
+
+NOT_JSON = {"brackets": b"[[[[", "cut": b'{"a":', "not_utf8": b'{"a": "\xff"}', "text": b"hello"}
+WRITES = _routes("POST", "PUT", "PATCH", "DELETE")
+
+
+@pytest.mark.parametrize(
+    "content_type", ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"]
+)
+def test_a_body_sent_as_json_that_is_not_json_is_400_on_every_route(ward: Ward, content_type: str) -> None:
+    headers = {"Content-Type": content_type}
+    before = _written(ward.server)
+    with ward.server.client(ward.server.admin_key) as admin:
+        for method, path in WRITES:
+            for name, raw in NOT_JSON.items():
+                r = admin.request(method, path, content=raw, headers=headers)
+                assert (r.status_code, r.headers["content-type"]) == (400, PROBLEM_JSON), (method, path, name, r.text)
+                assert r.json()["code"] == "malformed_json", (method, path, name, r.text)
+    assert _written(ward.server) == before
+
+
+def test_a_route_that_reads_no_body_does_not_act_on_one_that_is_not_json(ward: Ward) -> None:
+    """POST /v1/keys/{id}/revoke revoked the key whatever its body; sent `[[[[` as JSON, it is
+    refused and the key still works."""
+    finance_key = ward.server.create_key("finance")
+    key_id = finance_key.split("_")[2]
+    with ward.server.client(ward.server.admin_key) as admin:
+        r = admin.post(f"/v1/keys/{key_id}/revoke", content=b"[[[[", headers={"Content-Type": "application/json"})
+        assert (r.status_code, r.json()["code"]) == (400, "malformed_json"), r.text
+    with ward.server.client(finance_key) as finance:
+        assert finance.get("/v1/campaigns").status_code == 200
+    with ward.server.client(ward.server.admin_key) as admin:
+        assert admin.post(f"/v1/keys/{key_id}/revoke").status_code == 200  # without a body, as ever
