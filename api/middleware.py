@@ -11,9 +11,11 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.access_log import AccessLog
 from api.errors import problem_response
 from api.strict import (
+    BODY_SENT,
     DUPLICATE_KEY,
     NOT_JSON,
     PARSED_BODY,
+    content_coding,
     duplicated_header,
     is_json,
     parse_unique,
@@ -35,7 +37,9 @@ class BodyLimit:
     handler ever sees (let alone posts) an oversized request.
 
     Strict input (SPEC §2, api/strict.py) is checked here too, for every route: first a
-    once-only header sent twice (400 `header_duplicated`), then, once the body is whole,
+    once-only header sent twice (400 `header_duplicated`), and a Content-Encoding other than
+    identity (415 `unsupported_media_type`: no route decodes one, and a gzipped JSON body was
+    taken as it came, so it read as something else), then, once the body is whole,
     a body sent as JSON that is not JSON, or one sent as JSON or with no Content-Type that has a
     duplicate key at any depth (400 `malformed_json`), whether the route reads a body or not.
     """
@@ -52,6 +56,13 @@ class BodyLimit:
             response = problem_response(*decline("header_duplicated", f"{duplicated} was sent more than once"))
             return await response(scope, receive, send)
         headers = dict(scope["headers"])
+        coding = content_coding(scope["headers"])
+        if coding is not None:
+            response = problem_response(
+                *decline("unsupported_media_type", f"the body is sent {coding}: send it as it is (identity)"),
+                {"Accept-Encoding": "identity"},
+            )
+            return await response(scope, receive, send)
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit_bytes):
             response = problem_response(413, BodyTooLarge().problem())
@@ -71,6 +82,7 @@ class BodyLimit:
                 response = problem_response(413, BodyTooLarge().problem())
                 return await response(scope, receive, send)
         body = b"".join(chunks)
+        scope[BODY_SENT] = bool(body)
         content_type = headers.get(b"content-type")
         if body and is_json(content_type):
             parsed = parse_unique(body)

@@ -62,8 +62,10 @@ class Problem(BaseModel):
     )
 
 
-# What the middleware (api/middleware.py BodyLimit, api/strict.py) answers on any route.
-COMMON = ("header_duplicated", "malformed_json", "body_too_large")
+# What the middleware (api/middleware.py BodyLimit, api/strict.py) answers on any route: a body
+# with a content coding is `unsupported_media_type` there, as is one not sent as JSON to a route
+# that reads JSON (`api.strict.ParsedBodyRoute`).
+COMMON = ("header_duplicated", "malformed_json", "body_too_large", "unsupported_media_type")
 # ... and what authentication and authorization answer on every route behind a key (every `/v1/`
 # route), with the refusal of a query parameter it does not declare or that is given twice
 # (`api.strict.ParsedBodyRoute.check_query`).
@@ -79,6 +81,7 @@ _DESCRIPTIONS = {
     404: "Not found",
     409: "Conflict",
     413: "Body too large",
+    415: "Unsupported media type",
     422: "Unprocessable",
     429: "Too many requests",
     503: "Service unavailable",

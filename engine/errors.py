@@ -27,6 +27,9 @@ CATALOG: dict[str, ErrorCode] = {
     "header_duplicated": ErrorCode(400, "A header that must appear once was sent more than once"),
     "headers_too_large": ErrorCode(431, "The request line and headers are larger than allowed"),
     "malformed_request": ErrorCode(400, "The request is not valid HTTP"),
+    "unsupported_media_type": ErrorCode(
+        415, "The body's media type or content coding is not one this route takes (JSON, not encoded)"
+    ),
     "batch_too_large": ErrorCode(422, "The batch holds more transactions than allowed"),
     # -- who asks (SPEC §6, §9.2, §9.4) --------------------------------------
     "unauthenticated": ErrorCode(401, "A valid API key is required"),

@@ -130,6 +130,14 @@ def _requests(c):
         ("header_duplicated", lambda: c.get("/v1/merchants", headers=[("authorization", "Bearer x")] * 2)),
         ("body_too_large", lambda: c.post("/v1/merchants", content=b" " * 10_000_000, headers=c.admin)),
         (
+            "unsupported_media_type",
+            lambda: c.post("/v1/merchants", content=b"{}", headers={**as_json, "Content-Encoding": "gzip"}),
+        ),
+        (
+            "unsupported_media_type",
+            lambda: c.post("/v1/merchants", content=b"{}", headers={**c.admin, "Content-Type": "text/plain"}),
+        ),
+        (
             "idempotency_key_missing",
             lambda: c.post(
                 "/v1/grants",

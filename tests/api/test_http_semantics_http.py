@@ -5,12 +5,19 @@
 - A body sent as JSON that is not JSON is 400 `malformed_json` on every route, one that reads
   no body included (POST /v1/keys/{id}/revoke revoked the key), and writes
   nothing.
+- A body with a content coding (`Content-Encoding: gzip`: a grant was taken as plain JSON), or one
+  not sent as JSON to a route that reads JSON (text/plain, a form, multipart, no Content-Type:
+  422 about fields it never had), is 415 `unsupported_media_type` and writes nothing; the pages'
+  forms are still read.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import re
 import time
+import uuid
 
 import httpx
 import pytest
@@ -129,3 +136,70 @@ def test_a_route_that_reads_no_body_does_not_act_on_one_that_is_not_json(ward: W
         assert finance.get("/v1/campaigns").status_code == 200
     with ward.server.client(ward.server.admin_key) as admin:
         assert admin.post(f"/v1/keys/{key_id}/revoke").status_code == 200  # without a body, as ever
+
+
+GRANT = {"wallet_id": "W_MEDIA", "campaign_id": "C_POINTBACK", "points": 5, "reason": "省エネ家電の買い替え"}
+
+
+def _keys_made(ward: Ward) -> Ward:
+    """The ward with the keys these tests use made already (made later, they are rows written)."""
+    ward["finance"], ward.server.admin_key  # noqa: B018 - made when first asked for
+    return ward
+
+
+def _grant(ward: Ward, content: bytes, **headers: str) -> httpx.Response:
+    return ward["finance"].post("/v1/grants", content=content, headers={"Idempotency-Key": uuid.uuid4().hex, **headers})
+
+
+def _refused_415(r: httpx.Response) -> None:
+    assert (r.status_code, r.headers["content-type"]) == (415, PROBLEM_JSON), r.text
+    assert r.json()["code"] == "unsupported_media_type", r.text
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate", "identity, gzip", "GZIP", "x-custom"])
+def test_a_body_with_a_content_coding_is_415(ward: Ward, coding: str) -> None:
+    plain = json.dumps(GRANT).encode()
+    before = _written(_keys_made(ward).server)
+    for content in (plain, gzip.compress(plain)):
+        r = _grant(ward, content, **{"Content-Type": "application/json", "Content-Encoding": coding})
+        _refused_415(r)
+        assert r.headers["accept-encoding"] == "identity"
+    with ward.server.client(ward.server.admin_key) as admin:  # any route, one that reads no body too
+        _refused_415(admin.post("/v1/keys/X1/revoke", headers={"Content-Encoding": coding}))
+    assert _written(ward.server) == before
+
+
+def test_a_body_sent_as_it_is_is_taken(ward: Ward) -> None:
+    plain = json.dumps(GRANT).encode()
+    for coding in ("identity", None):
+        headers = {"Content-Type": "application/json", **({"Content-Encoding": coding} if coding else {})}
+        assert _grant(ward, plain, **headers).status_code == 201
+
+
+NOT_SENT_AS_JSON = {
+    "text": {"Content-Type": "text/plain"},
+    "form": {"Content-Type": "application/x-www-form-urlencoded"},
+    "multipart": {"Content-Type": "multipart/form-data; boundary=x"},
+    "xml": {"Content-Type": "application/xml"},
+    "none": {},
+}
+
+
+@pytest.mark.parametrize("headers", NOT_SENT_AS_JSON.values(), ids=NOT_SENT_AS_JSON.keys())
+def test_a_body_not_sent_as_json_to_a_json_route_is_415(ward: Ward, headers: dict[str, str]) -> None:
+    before = _written(_keys_made(ward).server)
+    _refused_415(_grant(ward, json.dumps(GRANT).encode(), **headers))
+    with ward.server.client(ward.server.admin_key) as admin:
+        merchant = {"id": "M_MEDIA", "name": "店", "merchant_class": "small"}
+        _refused_415(admin.post("/v1/merchants", content=json.dumps(merchant).encode(), headers=headers))
+        _refused_415(admin.patch("/v1/merchants/M_SHOTEN", content=b'{"fee_bp": 7}', headers=headers))
+    assert _written(ward.server) == before
+
+
+def test_the_pages_forms_are_still_read(ward: Ward) -> None:
+    page = ward.pages(ward.finance_key)  # the sign-in form, posted as a browser does
+    try:
+        r = page.get("/ui/", follow_redirects=True)
+        assert r.status_code == 200 and "text/html" in r.headers["content-type"], r.text
+    finally:
+        page.close()

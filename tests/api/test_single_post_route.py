@@ -133,9 +133,10 @@ def test_bodies_fastapi_must_read_go_its_way_with_its_answers(setup, monkeypatch
         (_json(_purchase(s, amount=-1)), {**JSON, **auth}, 422, "invalid_request"),
         (_json(_purchase(s, amount=10**30)), {**JSON, **auth}, 422, "invalid_request"),  # past 64 bits
         (_json(["a list"]), {**JSON, **auth}, 422, "invalid_request"),
-        (valid, auth, 422, "invalid_request"),  # no Content-Type: FastAPI does not read it as JSON
-        (valid, {"Content-Type": "text/plain", **auth}, 422, "invalid_request"),
-        (valid, {"Content-Type": "application/x-www-form-urlencoded", **auth}, 422, "invalid_request"),
+        (valid, auth, 415, "unsupported_media_type"),  # no Content-Type: FastAPI does not read it as JSON
+        (valid, {"Content-Type": "text/plain", **auth}, 415, "unsupported_media_type"),
+        (valid, {"Content-Type": "application/x-www-form-urlencoded", **auth}, 415, "unsupported_media_type"),
+        (valid, {"Content-Type": "text/plain"}, 415, "unsupported_media_type"),  # the media type before the key
         (_json(_purchase(s, amount=-1)), JSON, 401, "unauthenticated"),  # unauthenticated before invalid
     ]
     for content, headers, status, code in cases:
