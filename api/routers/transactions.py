@@ -53,8 +53,11 @@ _transactions = TypeAdapter(list[Transaction])
 
 
 class BatchRequest(Record):
-    # Items are checked one by one in post_batch: a bad item answers for itself (SPEC §2).
-    transactions: Annotated[list[Any], Field(min_length=1, max_length=limits.BATCH_TRANSACTIONS_MAX)]
+    # Items are checked one by one in post_batch: a bad item answers for itself (SPEC §2). Their
+    # number too, there: past the limit is 422 `batch_too_large`, not a generic `invalid_request`.
+    transactions: Annotated[
+        list[Any], Field(min_length=1, json_schema_extra={"maxItems": limits.BATCH_TRANSACTIONS_MAX})
+    ]
 
 
 def _terminal_of(p: Principal) -> str:
@@ -303,11 +306,19 @@ router.add_api_route(
     "/v1/transactions/batch",
     status_code=200,
     openapi_extra=terminal_headers(),
-    responses={200: {"model": responses.BatchAnswer}, **problems(TERMINAL, "invalid_request")},
+    responses={200: {"model": responses.BatchAnswer}, **problems(TERMINAL, "invalid_request", "batch_too_large")},
     response_model=None,
 )
 def post_batch(body: Annotated[BatchRequest, Body()], p: Terminal, services: ServicesDep) -> Response:
-    """Up to 1,000 transactions, each with its own `idempotency_key`, answered in order."""
+    """Up to 1,000 transactions, each with its own `idempotency_key`, answered in order; more is
+    422 `batch_too_large`, and none of them is posted."""
+    if len(body.transactions) > limits.BATCH_TRANSACTIONS_MAX:
+        error = {"loc": ["body", "transactions"], "msg": "too many transactions", "type": "too_long"}
+        raise EngineError(
+            "batch_too_large",
+            f"a batch holds at most {limits.BATCH_TRANSACTIONS_MAX} transactions, not {len(body.transactions)}",
+            errors=[error],
+        )
     terminal_id = _terminal_of(p)
     answers: list[Result | None] = [None] * len(body.transactions)
     checked: list[tuple[int, str, dict[str, Any]]] = []  # objects with a well-formed key

@@ -146,6 +146,24 @@ def test_an_empty_item_list_is_refused_and_writes_nothing(ward: Ward) -> None:
 
 # -- each limit at its maximum and one past it ----------------------------------------
 
+
+def test_a_batch_at_its_limit_is_answered_and_one_past_it_is_batch_too_large(ward: Ward) -> None:
+    """1,000 items are answered item by item (here each refused for itself: none has a key, so
+    nothing is posted); 1,001 are 422 `batch_too_large`, the catalog's code for it (it was the
+    generic `invalid_request`), and none of them is looked at."""
+    terminal = ward.terminal("T_SHOTEN_1")
+    item = purchase("T_SHOTEN_1", "W_BATCH_MAX", 1000)
+    at_max = [item] * limits.BATCH_TRANSACTIONS_MAX
+    r = terminal.post("/v1/transactions/batch", json={"transactions": at_max})
+    assert r.status_code == 200, r.text
+    assert {x["body"]["code"] for x in r.json()["results"]} == {"idempotency_key_missing"}
+    assert len(r.json()["results"]) == limits.BATCH_TRANSACTIONS_MAX
+    past = [{**item, "idempotency_key": uuid.uuid4().hex} for _ in range(limits.BATCH_TRANSACTIONS_MAX + 1)]
+    send = lambda: terminal.post("/v1/transactions/batch", json={"transactions": past})  # noqa: E731
+    r = assert_refused(ward, send, 422, "batch_too_large")
+    assert [e["loc"] for e in r.json()["errors"]] == [["body", "transactions"]]
+
+
 AT_MAX = {
     "amount_min": _with(amount=limits.AMOUNT_YEN_MIN),
     "amount_max": _with(amount=limits.AMOUNT_YEN_MAX),
