@@ -35,6 +35,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from pydantic import TypeAdapter, ValidationError
 from starlette.datastructures import FormData
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import ui
 from api.access_log import PRINCIPAL_STATE
@@ -222,9 +223,14 @@ _PAGE_LIMITER = anyio.CapacityLimiter(PAGE_THREADS)
 
 async def _in_thread(request: Request, build: Callable[[], Response]) -> Response:
     """`build` the page in one of the pages' worker threads. A posted form is read first, here on
-    the event loop (a slow client holds no thread; `_checked_form` then finds it parsed)."""
+    the event loop (a slow client holds no thread; `_checked_form` then finds it parsed); one that
+    cannot be read (more than 1,000 fields, multipart without its boundary: Starlette's 400) is a
+    page saying so, not the JSON API's problem document about a body that is not JSON."""
     if request.method == "POST":
-        await request.form()
+        try:
+            await request.form()
+        except StarletteHTTPException as unread:
+            return _error(request, None, unread.status_code, "form_unreadable")
     return await anyio.to_thread.run_sync(_guarded, request, build, limiter=_PAGE_LIMITER)
 
 
@@ -562,15 +568,23 @@ def _draft_fields(campaign: Campaign, today: dt.date) -> dict[str, str]:
 _calendar_date: TypeAdapter[dt.date] = TypeAdapter(CalendarDate)
 
 
+def _number_field(fields: Mapping[str, str], name: str) -> int:
+    """The form's field `name` read as the grant form reads points (`_number_typed`): Python's
+    `int` took '1_0' as 10 and other scripts' digits; `ValueError` naming the field otherwise."""
+    try:
+        return _number_typed(fields.get(name, ""))
+    except ValueError:
+        raise ValueError(f"{name}: a number written in digits") from None
+
+
 def _draft(campaign: Campaign, fields: Mapping[str, str]) -> tuple[Campaign, int, int]:
     """The live campaign with the form's rates, caps and budget, and the window; `ValueError` or
     pydantic's `ValidationError` naming what is wrong."""
     record = campaign.model_dump(mode="json")
     for i, tier in enumerate(record["tiers"]):
-        tier["rate_bp"] = int(fields.get(f"tier_{i}", ""))
+        tier["rate_bp"] = _number_field(fields, f"tier_{i}")
     for name in ("per_tx_cap", "per_wallet_cap", "budget"):
-        text = fields.get(name, "").strip()
-        record[name] = int(text) if text else None
+        record[name] = _number_field(fields, name) if fields.get(name, "").strip() else None
     draft = Campaign.model_validate(record)
     # Dates as the JSON routes take them: YYYY-MM-DD within the calendar's years (a date beyond
     # them has no instant to show).
@@ -915,9 +929,9 @@ def _grant_context(s: Services, fields: Mapping[str, str], outcome: dict[str, An
 _FULL_WIDTH = str.maketrans("０１２３４５６７８９\u3000", "0123456789 ")
 
 
-def _points_typed(typed: str) -> int:
-    """Points as typed into a form: full-width digits read as their ASCII forms and surrounding
-    spaces (the ideographic one too) left out; then decimal digits only, as a query's numbers
+def _number_typed(typed: str) -> int:
+    """A number (points, a rate, a cap) as typed into a form: full-width digits read as their ASCII
+    forms and surrounding spaces (the ideographic one too) left out; then decimal digits only, as a query's numbers
     (`api.strict.decimal_digits`): '1_000', '+5', '2.0', '10²', '①⓪⓪' and other scripts' digits
     are refused (`ValueError`: the page's 422), not read as Python's `int` or NFKC would read them."""
     return int(decimal_digits(typed.translate(_FULL_WIDTH).strip()))
@@ -936,7 +950,7 @@ async def ui_grant(request: Request, s: ServicesDep) -> Response:
                 {
                     "wallet_id": fields.get("wallet_id", ""),
                     "campaign_id": fields.get("campaign_id", ""),
-                    "points": _points_typed(fields.get("points", "")),
+                    "points": _number_typed(fields.get("points", "")),
                     "reason": fields.get("reason", ""),
                 }
             )

@@ -120,3 +120,52 @@ def test_an_admin_sees_campaigns_to_simulate_not_their_budgets(ward: Ward) -> No
     finally:
         admin.close()
         finance.close()
+
+
+def test_the_what_if_form_takes_rates_and_caps_in_digits_only(ward: Ward) -> None:
+    """The what-if form reads its rates, caps and budget as the grant form reads points: Python's
+    `int` took '1_0' as 10, and Arabic-Indic and other scripts' digits; they are the page's 422
+    naming the field. Full-width digits are the same digits, as on the grant form."""
+    client = ward.pages(ward.finance_key)
+    try:
+        fields = _form(client.get("/ui/campaigns/C_POINTBACK/simulate").text)
+        for name in ("tier_0", "per_wallet_cap", "budget"):
+            for typed in ("1_0", "+5", "\u0661\u0662", "2.0", "10\u00b2", "\u2460\u24ea", "-1"):
+                answer = client.post("/ui/campaigns/C_POINTBACK/simulate", data={**fields, name: typed})
+                assert answer.status_code == 422 and 'role="alert"' in answer.text, (name, typed, answer.text)
+                assert name in answer.text, (name, typed)
+        typed = {"tier_0": "\uff11\uff10\uff10", "per_wallet_cap": "\u3000\uff15\uff10\uff10 ", "budget": ""}
+        answer = client.post("/ui/campaigns/C_POINTBACK/simulate", data={**fields, **typed})
+        assert answer.status_code == 200, answer.text
+    finally:
+        client.close()
+
+
+def test_a_form_that_cannot_be_read_is_a_page_saying_so(ward: Ward) -> None:
+    """More than 1,000 fields, or multipart without its boundary: Starlette cannot read the form,
+    and a page client gets an HTML 400 page saying so (it got the JSON API's problem document,
+    `malformed_json`, "The body is not valid JSON"); nothing is granted."""
+    client = ward.pages(ward.finance_key)
+    try:
+        fields = _form(client.get("/ui/grants").text)
+        many = {**fields, **{f"extra_{i}": "1" for i in range(1_001)}}
+        unreadable = [
+            (
+                "/ui/grants",
+                {"content": "&".join(f"{k}={v}" for k, v in many.items()).encode()},
+                "application/x-www-form-urlencoded",
+            ),
+            ("/ui/grants", {"content": b"points=5"}, "multipart/form-data"),
+            ("/ui/login", {"content": b"key=x"}, "multipart/form-data"),
+        ]
+        for path, body, content_type in unreadable:
+            before = ward.server.postings()
+            answer = client.post(path, headers={"Content-Type": content_type}, **body)
+            assert answer.status_code == 400, (path, content_type, answer.text)
+            assert answer.headers["content-type"].startswith("text/html"), answer.headers
+            assert 'role="alert"' in answer.text and "フォームを読み取れませんでした" in answer.text, answer.text
+            assert ward.server.postings() == before
+        english = client.post("/ui/grants?lang=en", headers={"Content-Type": "multipart/form-data"}, content=b"x")
+        assert english.status_code == 400 and "The form could not be read" in english.text, english.text
+    finally:
+        client.close()
