@@ -14,6 +14,7 @@ from fastapi import FastAPI, Form, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
+from api import errors
 from api.app import create_app
 from api.idempotency import render
 from api.middleware import BodyLimit
@@ -122,6 +123,7 @@ def test_a_route_that_reads_no_json_drops_the_parse_before_it_works() -> None:
     app = FastAPI()
     app.router.route_class = ParsedBodyRoute
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
+    errors.install(app)
 
     @app.get("/page")
     def page(request: Request) -> dict[str, bool]:
@@ -144,7 +146,7 @@ def test_a_route_that_reads_no_json_drops_the_parse_before_it_works() -> None:
         assert client.request("GET", "/page", content=body, headers=as_json).status_code == 200
         assert client.post("/form", content=body, headers=as_json).status_code == 200
         assert client.post("/json", content=body, headers=as_json).json() == {"n": 100_000}
-        assert client.post("/json", content=body).status_code == 422  # no Content-Type: not read as JSON
+        assert client.post("/json", content=body).status_code == 415  # no Content-Type: not read as JSON
     assert seen == {"page": False, "form": False, "json": False}
 
 
