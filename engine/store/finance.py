@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import json
 import logging
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -574,6 +575,9 @@ def _check_lot_dates(session: Session) -> list[dict[str, Any]]:
             select(CampaignVersionRow.campaign_id, CampaignVersionRow.version, CampaignVersionRow.record_json)
         )
     }
+    any_validity: dict[str, set[int]] = defaultdict(set)  # campaign -> the validities of its versions
+    for (cid, _), version in versions.items():
+        any_validity[cid].add(version.validity_months)
     bad: list[dict[str, Any]] = []
 
     def wrong(**row: Any) -> bool:
@@ -614,7 +618,7 @@ def _check_lot_dates(session: Session) -> list[dict[str, Any]]:
             if campaign is None
             else {campaign.validity_months}
             if granted_at is not None
-            else {c.validity_months for (cid, _), c in versions.items() if cid == campaign.id}
+            else any_validity[campaign.id]
         )
         if source is None or campaign is None:
             problem = "its grant or award (and its campaign version) is not in the ledger"
