@@ -299,8 +299,15 @@ class Check(_Answer):
     pass_: bool = Field(alias="pass")
     rows: list[Any] | SkipJsonSchema[None] = Field(None, description="The offending rows, empty when the check passes")
     checked: int | SkipJsonSchema[None] = Field(None, description="rerate_matches_ledger: the transactions re-rated")
+    copies_compared: int | SkipJsonSchema[None] = Field(
+        None,
+        description="signed_chain_heads_valid, with SETAPAY_HEADS_DIR set: the copies of the signed heads kept outside "
+        "the database that were compared with its heads",
+    )
     problem: str | SkipJsonSchema[None] = Field(
-        None, description="Why the check failed without naming rows: a row it reads is malformed"
+        None,
+        description="Why the check failed without naming rows: a row it reads is malformed, or the heads' copies "
+        "could not be read",
     )
 
 

@@ -426,6 +426,8 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     from engine.store import finance
 
     settings, ledger, _ = _finance_context()
+    if args.heads is not None:
+        settings = settings.model_copy(update={"heads_dir": args.heads})
     total = finance.payment_count(ledger)
     from rich.console import Console
 
@@ -442,6 +444,8 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
             print(f"{'PASS' if check['pass'] else 'FAIL'} {name}")
             if check.get("problem"):  # a check that could not read its rows says why
                 print(f"     {check['problem']}")
+            if "copies_compared" in check:
+                print(f"     {check['copies_compared']} copies of the signed heads compared")
             for row in (check.get("rows") or [])[:10]:
                 print(f"     {json.dumps(row, ensure_ascii=False)}")
     return 0 if report["ok"] else 1
@@ -472,11 +476,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sign_heads(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from engine.store import finance
 
     settings, ledger, _ = _finance_context()
+    if args.out is not None:
+        settings = settings.model_copy(update={"heads_dir": args.out})
     for day in finance.sign_chain_heads(ledger, settings):
         print(f"signed the chain head of {day}")
+    if settings.heads_dir is not None:
+        try:  # what the signing could not copy, once more, so a failure is this command's
+            finance.keep_head_copies(ledger, Path(settings.heads_dir))
+        except OSError as error:
+            print(f"setapay sign-heads: copies not kept in {settings.heads_dir}: {error.strerror}", file=sys.stderr)
+            return 1
+        print(f"every signed head has its copy in {settings.heads_dir}")
     return 0
 
 
@@ -722,6 +737,9 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
 
     p = sub.add_parser("reconcile", help="every ledger and settlement invariant, with a full re-rate")
     p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--heads", help="compare the signed heads with their copies in this directory (default: SETAPAY_HEADS_DIR)"
+    )
     p.set_defaults(func=_cmd_reconcile)
 
     p = sub.add_parser("simulate", help="rate a historical window under a draft campaign, writing nothing")
@@ -731,6 +749,10 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> No
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("sign-heads", help="sign the posting chain head of every finished business day")
+    p.add_argument(
+        "--out",
+        help="copy each signed head into this directory, kept outside the database (default: SETAPAY_HEADS_DIR)",
+    )
     p.set_defaults(func=_cmd_sign_heads)
 
     p = sub.add_parser(

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     data_key_b64: str | None = None
     # Ed25519 private key (raw 32-byte seed, base64, or PKCS#8 PEM) that signs statements and chain heads.
     signing_key_b64: str | None = None
+    # Where each signed chain head is copied when signed (`chain-head-<date>.json`; a directory the
+    # ward keeps outside the database: another host, write-once storage), and reconciliation
+    # compares the database's heads with those copies. Unset: no copies are kept or compared.
+    heads_dir: str | None = None
     # Signs the pages' session and CSRF cookies (api/ui): unset, a secret of each process, so
     # sessions end when it stops, and a server of several workers needs it set.
     ui_session_secret: str | None = None

@@ -8,8 +8,12 @@ import datetime as dt
 import hashlib
 import json
 import logging
+import os
+import re
+import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
@@ -258,7 +262,15 @@ def sign_chain_heads(ledger: Ledger, settings: Settings, as_of: int | None = Non
         signed = _sign_days(ledger, key, today, SIGN_DAYS_PER_UNIT)
         signed_days += signed
         if len(signed) < SIGN_DAYS_PER_UNIT:
-            return signed_days
+            break
+    if settings.heads_dir is not None:
+        try:
+            keep_head_copies(ledger, Path(settings.heads_dir))
+        except OSError as error:  # signed all the same; the next signing copies what is missing
+            log.error(
+                "chain heads: copies not kept in %s: %s", settings.heads_dir, error.strerror or type(error).__name__
+            )
+    return signed_days
 
 
 # Days signed per unit of work: the days of a long history (after an import) are signed a few at a
@@ -316,10 +328,14 @@ def _sign_days(ledger: Ledger, key: Ed25519PrivateKey, today: dt.date, most: int
     return signed_days
 
 
-def _check_chain_heads(session: Session, public_key: Ed25519PublicKey | None) -> list[dict[str, Any]]:
+def _check_chain_heads(
+    session: Session, public_key: Ed25519PublicKey | None, copies: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     """Each signed head against its signature, the posting chain and the audit log; and every day
     from the first posting's to the last signed one has its head (signing leaves none out: one
-    missing was deleted)."""
+    missing was deleted). With `copies` (the heads the ward keeps outside the database, by business
+    date: `read_head_copies`), each copy too, and the database's heads and the copies must be the
+    same: a head deleted or rewritten in the database, the last days' included, is named by its copy."""
     bad: list[dict[str, Any]] = []
     days = [r[0] for r in session.execute(select(ChainHeadRow.business_date).order_by(ChainHeadRow.business_date))]
     first = session.execute(select(func.min(PostingRow.posted_at_us))).scalar_one()
@@ -329,33 +345,113 @@ def _check_chain_heads(session: Session, public_key: Ed25519PublicKey | None) ->
             if day.isoformat() not in signed:
                 bad.append({"business_date": day.isoformat(), "problem": "no signed head: it was deleted"})
             day += dt.timedelta(days=1)
+    stored: dict[str, Any] = {}
     for head in session.execute(select(ChainHeadRow).order_by(ChainHeadRow.business_date)).scalars():
-        signed = json.loads(head.signed_json)
-        posting = session.get(PostingRow, head.last_sequence)
+        signed = stored[head.business_date] = json.loads(head.signed_json)
         document = signed.get("document", {})
-        if public_key is None:
-            bad.append({"business_date": head.business_date, "problem": keyring.NO_SIGNING_KEY})
-        elif not signing.verify_document(public_key, signed):
-            bad.append({"business_date": head.business_date, "problem": "signature does not verify"})
-        elif {k: document.get(k) for k in ("business_date", "last_sequence", "hash")} != {
+        if public_key is not None and {k: document.get(k) for k in ("business_date", "last_sequence", "hash")} != {
             "business_date": head.business_date,
             "last_sequence": head.last_sequence,
             "hash": head.hash,
         }:
-            bad.append({"business_date": head.business_date, "problem": "row differs from the signed document"})
-        elif posting is None or posting.hash != head.hash:
-            bad.append({"business_date": head.business_date, "problem": "posting chain no longer ends there"})
-        elif document.get("audit_last_sequence"):  # heads signed before the audit log carry none
-            entry = session.get(AuditLogRow, document["audit_last_sequence"])
-            if entry is None or entry.hash != document.get("audit_hash"):
-                bad.append(
-                    {
-                        "business_date": head.business_date,
-                        "audit_sequence": document["audit_last_sequence"],
-                        "problem": "audit chain no longer ends there",
-                    }
-                )
+            problem: dict[str, Any] | None = {"problem": "row differs from the signed document"}
+        else:
+            problem = _head_problem(session, public_key, signed)
+        if problem is not None:
+            bad.append({"business_date": head.business_date, **problem})
+    for day_name, text in sorted((copies or {}).items()):
+        try:
+            copy = json.loads(text)
+            if not isinstance(copy, dict) or not isinstance(copy.get("document"), dict):
+                raise ValueError("not a signed document")
+        except ValueError as error:
+            bad.append({"business_date": day_name, "copy": True, "problem": f"copy unreadable: {type(error).__name__}"})
+            continue
+        if copy["document"].get("business_date") != day_name:
+            problem = {"problem": "copy signs another day"}
+        elif day_name not in stored:
+            problem = _head_problem(session, public_key, copy) or {"problem": "signed head deleted from the database"}
+        elif stored[day_name] != copy:
+            problem = {"problem": "database's head differs from the copy kept outside it"}
+        else:
+            continue  # checked above as the database's own
+        bad.append({"business_date": day_name, "copy": True, **problem})
+    if copies is not None:
+        bad += [
+            {"business_date": d, "problem": "no copy kept outside the database"}
+            for d in sorted(set(stored) - set(copies))
+        ]
     return bad
+
+
+def _head_problem(
+    session: Session, public_key: Ed25519PublicKey | None, signed: dict[str, Any]
+) -> dict[str, Any] | None:
+    """What is wrong with one signed head (its signature, where the posting chain and the audit
+    log end by it), as a row's fields; None when nothing is."""
+    document = signed.get("document", {})
+    if public_key is None:
+        return {"problem": keyring.NO_SIGNING_KEY}
+    if not signing.verify_document(public_key, signed):
+        return {"problem": "signature does not verify"}
+    posting = session.get(PostingRow, document.get("last_sequence"))
+    if posting is None or posting.hash != document.get("hash"):
+        return {"problem": "posting chain no longer ends there"}
+    if document.get("audit_last_sequence"):  # heads signed before the audit log carry none
+        entry = session.get(AuditLogRow, document["audit_last_sequence"])
+        if entry is None or entry.hash != document.get("audit_hash"):
+            return {"audit_sequence": document["audit_last_sequence"], "problem": "audit chain no longer ends there"}
+    return None
+
+
+# -- the copies of the signed heads kept outside the database ------------------------------------
+
+HEAD_COPY = "chain-head-{}.json"
+_HEAD_COPY_NAME = re.compile(r"chain-head-(\d{4}-\d{2}-\d{2})\.json")
+
+
+def keep_head_copies(ledger: Ledger, directory: Path) -> list[str]:
+    """Write into `directory` a copy of every signed head it does not hold yet (`chain-head-<business
+    date>.json`, the signed document as stored), oldest first; never replaces a file. The ward
+    keeps the directory outside the database (another host, write-once storage), so that a head
+    deleted or rewritten in the database, the latest included, is named by reconciliation
+    (`read_head_copies`). Returns the business dates copied; an OSError (a full disk) leaves the
+    rest for the next signing, and reconciliation names each head without its copy meanwhile."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with Session(ledger.engine) as session:
+        heads = session.execute(
+            select(ChainHeadRow.business_date, ChainHeadRow.signed_json).order_by(ChainHeadRow.business_date)
+        ).all()
+    copied: list[str] = []
+    for business_date, signed_json in heads:
+        path = directory / HEAD_COPY.format(business_date)
+        if path.exists():
+            continue
+        descriptor, partial = tempfile.mkstemp(dir=directory, prefix=".chain-head-", suffix=".partial")
+        try:
+            with os.fdopen(descriptor, "w", encoding="utf-8") as out:
+                out.write(signed_json)
+                out.flush()
+                os.fsync(out.fileno())
+            os.link(partial, path)  # whole or not at all, and never over a file another signer wrote
+            copied.append(business_date)
+        except FileExistsError:
+            pass  # another signer copied it meanwhile
+        finally:
+            os.unlink(partial)
+    return copied
+
+
+def read_head_copies(directory: Path) -> dict[str, str]:
+    """The copies `keep_head_copies` wrote, by business date (a directory not there holds none)."""
+    if not directory.is_dir():
+        return {}
+    found: dict[str, str] = {}
+    for path in sorted(directory.iterdir()):
+        named = _HEAD_COPY_NAME.fullmatch(path.name)
+        if named is not None:
+            found[named.group(1)] = path.read_text(encoding="utf-8", errors="replace")
+    return found
 
 
 # -- reconciliation ------------------------------------------------------------------
@@ -716,7 +812,14 @@ def reconcile(
         ledger_report = guarded("ledger", lambda: queries.ledger_check(engine), None)
         with Session(engine) as session:
             budgets = guarded("budget_never_exceeded", lambda: _check_budgets(ledger, session), [])
-            heads = guarded("signed_chain_heads_valid", lambda: _check_chain_heads(session, public_key), [])
+            copies = None
+            if settings.heads_dir is not None:
+                try:
+                    copies = read_head_copies(Path(settings.heads_dir))
+                except OSError as error:  # every head then lacks its copy, and the check says why
+                    unreadable["signed_chain_heads_valid"] = f"the copies could not be read: {error.strerror}"
+                    copies = {}
+            heads = guarded("signed_chain_heads_valid", lambda: _check_chain_heads(session, public_key, copies), [])
             statements = guarded(
                 "statements_match_ledger", lambda: _check_statements(session, public_key, settings), []
             )
@@ -765,6 +868,8 @@ def reconcile(
         checks[name]["rows"] = rows
     checks["budget_never_exceeded"] = {"pass": not budgets, "rows": budgets}
     checks["signed_chain_heads_valid"] = {"pass": not heads, "rows": heads}
+    if copies is not None:
+        checks["signed_chain_heads_valid"]["copies_compared"] = len(copies)
     checks["statements_match_ledger"] = {"pass": not statements, "rows": statements}
     checks["closeouts_match_ledger"] = {"pass": not closeouts, "rows": closeouts}
     checks["no_points_spent_past_expiry"] = {"pass": not spent_expired, "rows": spent_expired}

@@ -682,3 +682,111 @@ def test_a_deleted_usage_row_and_a_clawback_from_another_wallet_are_named(ward: 
     failing = _failing(ward.reconcile())
     assert [r.split("/")[0] for r in failing["cap_usage_matches_awards"]] == ["W1"], failing
     assert {"source": "award", "id": f"{tx['b']['id']}/PB"} in failing["postings_match_awards_and_grants"], failing
+
+
+@pytest.fixture
+def kept(database_url, tmp_path):
+    """A ward whose signed heads are copied into a directory outside its database (`heads_dir`)."""
+    w = Ward(database_url, heads_dir=str(tmp_path / "heads"))
+    try:
+        yield w, tmp_path / "heads"
+    finally:
+        w.close()
+
+
+def _copies(directory) -> dict[str, str]:
+    return {p.name: p.read_text() for p in sorted(directory.iterdir())}
+
+
+def test_heads_copied_outside_the_database_name_the_latest_heads_deleted_and_the_audit_log_deleted_whole(kept):
+    """Two open edges: the latest signed heads, deleted before the next signing, were signed again
+    over whatever the chain then said; and the audit log deleted whole with its head passed once no
+    signed head was left to name its position. With `heads_dir`, each head is copied as it is
+    signed, and reconciliation compares the database's heads with the copies."""
+    ward, heads = kept
+    tx = _history(ward)
+    with ward.engine.connect() as c:
+        stored = dict(c.execute(text("SELECT business_date, signed_json FROM chain_head")).all())
+    assert sorted(stored) == tx["signed"] and len(stored) == 31
+    assert _copies(heads) == {f"chain-head-{d}.json": signed for d, signed in stored.items()}
+    report = ward.reconcile()
+    assert report["ok"], _failing(report)
+    assert report["checks"]["signed_chain_heads_valid"]["copies_compared"] == 31
+
+    # The last two days' heads deleted: named by their copies. Signed again over the same chain,
+    # they are the same documents (Ed25519 signs deterministically), and no copy is replaced.
+    with ward.engine.begin() as c:
+        c.execute(text("DELETE FROM chain_head WHERE business_date >= '2026-12-30'"))
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"signed_chain_heads_valid"}, failing
+    assert failing["signed_chain_heads_valid"] == [
+        {"business_date": d, "copy": True, "problem": "signed head deleted from the database"}
+        for d in ("2026-12-30", "2026-12-31")
+    ]
+    before = {p.name: p.stat().st_mtime_ns for p in heads.iterdir()}
+    assert ward.client.post("/v1/chain-heads", headers=ward.finance).json() == {"signed": ["2026-12-30", "2026-12-31"]}
+    assert {p.name: p.stat().st_mtime_ns for p in heads.iterdir()} == before
+    assert ward.reconcile()["ok"]
+
+    # Every head deleted, then the audit log with its head: the database alone has nothing left
+    # to check the audit log against; each copy names where it ended.
+    with ward.engine.begin() as c:
+        c.execute(text("DELETE FROM chain_head"))
+        c.execute(text("DELETE FROM audit_head"))
+    tamper(ward.engine, "audit_log", "DELETE FROM audit_log")
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"signed_chain_heads_valid"}, failing
+    rows = failing["signed_chain_heads_valid"]
+    assert [r["business_date"] for r in rows] == tx["signed"]
+    assert {(r["copy"], r["problem"]) for r in rows} == {(True, "audit chain no longer ends there")}
+
+
+def test_a_copy_missing_edited_or_unreadable_is_named_and_the_rest_still_checked(kept):
+    ward, heads = kept
+    _history(ward)
+    (heads / "chain-head-2026-12-05.json").unlink()
+    edited = json.loads((heads / "chain-head-2026-12-06.json").read_text())
+    edited["document"]["last_sequence"] += 1
+    (heads / "chain-head-2026-12-06.json").write_text(json.dumps(edited))
+    (heads / "chain-head-2026-12-07.json").write_text("{not json")
+    (heads / "notes.txt").write_text("not a copy: ignored")
+    report = ward.reconcile()
+    failing = _failing(report)
+    assert set(failing) == {"signed_chain_heads_valid"}, failing
+    assert sorted((r["business_date"], r["problem"]) for r in failing["signed_chain_heads_valid"]) == [
+        ("2026-12-05", "no copy kept outside the database"),
+        ("2026-12-06", "database's head differs from the copy kept outside it"),
+        ("2026-12-07", "copy unreadable: JSONDecodeError"),
+    ]
+    assert report["checks"]["signed_chain_heads_valid"]["copies_compared"] == 30
+    # The next signing copies the missing head again and leaves the others as they are.
+    assert ward.client.post("/v1/chain-heads", headers=ward.finance).json() == {"signed": []}
+    assert (heads / "chain-head-2026-12-05.json").exists()
+    assert (heads / "chain-head-2026-12-07.json").read_text() == "{not json"
+
+
+def test_setapay_sign_heads_out_and_reconcile_heads(ward: Ward, tmp_path, monkeypatch, capsys):
+    """`setapay sign-heads --out DIR` copies every signed head there (those signed before too);
+    `setapay reconcile --heads DIR` compares; a directory that cannot be made is exit 1, said."""
+    from engine import cli
+
+    _history(ward)
+    monkeypatch.setenv("SETAPAY_DATABASE_URL", ward.settings.database_url)
+    monkeypatch.setenv("SETAPAY_SIGNING_KEY_B64", ward.signing_key_b64)
+    monkeypatch.setenv("SETAPAY_DATA_KEY_B64", ward.data_key_b64)
+    monkeypatch.delenv("SETAPAY_HEADS_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+    heads = tmp_path / "kept"
+    assert cli.main(["sign-heads", "--out", str(heads)]) == 0
+    assert f"every signed head has its copy in {heads}" in capsys.readouterr().out
+    assert len(list(heads.iterdir())) == 31
+    assert cli.main(["reconcile", "--json", "--heads", str(heads)]) == 0
+    assert json.loads(capsys.readouterr().out)["checks"]["signed_chain_heads_valid"]["copies_compared"] == 31
+    (heads / "chain-head-2026-12-31.json").unlink()
+    assert cli.main(["reconcile", "--heads", str(heads)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL signed_chain_heads_valid" in out and "no copy kept outside the database" in out, out
+
+    (tmp_path / "a-file").write_text("")
+    assert cli.main(["sign-heads", "--out", str(tmp_path / "a-file" / "heads")]) == 1
+    assert "copies not kept in" in capsys.readouterr().err
