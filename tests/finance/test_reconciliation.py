@@ -759,10 +759,20 @@ def test_a_copy_missing_edited_or_unreadable_is_named_and_the_rest_still_checked
         ("2026-12-07", "copy unreadable: JSONDecodeError"),
     ]
     assert report["checks"]["signed_chain_heads_valid"]["copies_compared"] == 30
-    # The next signing copies the missing head again and leaves the others as they are.
+    # The next signing copies the missing head again and leaves the others as they are; a head
+    # row whose date names a path (written behind the engine's back) is not copied anywhere.
+    with ward.engine.begin() as c:
+        c.execute(
+            text(
+                "INSERT INTO chain_head (business_date, last_sequence, hash, signed_json)"
+                " SELECT '../../esc', last_sequence, hash, signed_json FROM chain_head"
+                " WHERE business_date = '2026-12-08'"
+            )
+        )
     assert ward.client.post("/v1/chain-heads", headers=ward.finance).json() == {"signed": []}
     assert (heads / "chain-head-2026-12-05.json").exists()
     assert (heads / "chain-head-2026-12-07.json").read_text() == "{not json"
+    assert not list(heads.parent.parent.glob("**/*esc*")) and len(list(heads.iterdir())) == 32
 
 
 def test_setapay_sign_heads_out_and_reconcile_heads(ward: Ward, tmp_path, monkeypatch, capsys):
