@@ -231,3 +231,8 @@ def configure(level: str = "info") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    # uvicorn's own loggers keep uvicorn's plain-text handlers unless given ours (its warnings,
+    # "Invalid HTTP request received." among them, were plain lines: helper-106).
+    for name in ("uvicorn", "uvicorn.error"):
+        logging.getLogger(name).handlers[:] = [handler]
+        logging.getLogger(name).propagate = False

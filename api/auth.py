@@ -80,6 +80,10 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # settle and configure. A terminal's payments are checked under the ledger's lock; an app's and a
 # merchant's requests (quotes: the app's hot path) change no one's rights or money.
 FRESH_ROLES = frozenset({"admin", "finance"})
+# A terminal's closeouts are written straight, not under the ledger's lock where its payments are
+# checked again: a terminal key revoked through one process posted them on another until its
+# cache there expired (helper-105, helper-106). They look the key up again too.
+FRESH_TERMINAL_PATH_SUFFIX = "/closeouts"
 LAST_USED_FLUSH_INTERVAL_S = 1.0
 REDIS_RETRY_AFTER_FAILURE_S = 5.0
 # The rate limit's Redis: connecting, answering, and waiting for a pooled connection in a rush.
@@ -360,7 +364,10 @@ class Auth:
         scheme, _, credentials = (request.headers.get("authorization") or "").partition(" ")
         address = request.client.host if request.client else "unknown"
         secret = credentials.strip() if scheme.lower() == "bearer" else ""  # RFC 9110: the scheme's case is free
-        p = await self.authenticate(secret, address, counted=False, fresh=request.method not in SAFE_METHODS)
+        fresh = frozenset() if request.method in SAFE_METHODS else FRESH_ROLES
+        if fresh and request.url.path.endswith(FRESH_TERMINAL_PATH_SUFFIX):
+            fresh |= {"terminal"}
+        p = await self.authenticate(secret, address, counted=False, fresh=fresh)
         counted = False
 
         async def admitted() -> None:
@@ -392,19 +399,21 @@ class Auth:
         if not await self.per_key.hit(p.key_id):
             raise RateLimited(await self.per_key.retry_after_s(p.key_id), "this key is over its request rate")
 
-    async def authenticate(self, secret: str, address: str, counted: bool = True, fresh: bool = False) -> Principal:
+    async def authenticate(
+        self, secret: str, address: str, counted: bool = True, fresh: frozenset[str] = frozenset()
+    ) -> Principal:
         """The key `secret` sent from `address` (steps 2 to 4 above), else a 401 or 429 `EngineError`;
         also the check of a key entered on the pages' sign-in form (api/routers/ui.py). With
         `counted`, the request is counted against the key's rate (`principal` counts it itself,
-        once the request's signature is checked). With `fresh` (a request that may change
-        something), an admin's or finance key is looked up again even when cached."""
+        once the request's signature is checked). A key of a role in `fresh` (for a request that
+        may change something: `FRESH_ROLES`) is looked up again even when cached."""
         if not secret or len(secret) > SECRET_LENGTH_MAX:
             raise await self.failed(address)
         digest = hash_key(secret)
         cached = self.cache.get(digest)
         if cached is None:
             found = await self._first_lookup(digest, address)
-        elif cached[1] and not (fresh and cached[0].principal.role in FRESH_ROLES):
+        elif cached[1] and cached[0].principal.role not in fresh:
             found = cached[0]
         else:
             looked_up = await self._lookup(digest)  # known here: not held back by its address's failures

@@ -74,10 +74,18 @@ def validated(action: Callable[[], T]) -> T:
 
 
 # Starlette types every handler as taking any Exception; each is installed for one class only.
+# A 503's `Retry-After` (RFC 9110 §10.2.3): a lost committer child is started again, and a
+# database or cache away is tried again, within about a second (helper-108: none was sent).
+UNAVAILABLE_RETRY_AFTER_S = 1
+
+
 async def _engine_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, EngineError)
     metrics.refused(exc.code)
-    return problem_response(exc.status, exc.problem(), getattr(exc, "headers", None))
+    headers = getattr(exc, "headers", None)
+    if exc.status == 503 and not headers:
+        headers = {"Retry-After": str(UNAVAILABLE_RETRY_AFTER_S)}
+    return problem_response(exc.status, exc.problem(), headers)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

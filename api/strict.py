@@ -185,7 +185,7 @@ def parsed_body(scope: MutableMapping[str, Any], body: bytes) -> Any:
     kept = scope.pop(PARSED_BODY, None)  # taken once: the request holds no second copy after
     if kept is not None and kept[0] == body and kept[1] is not NOT_JSON and kept[1] is not DUPLICATE_KEY:
         return kept[1]
-    return json.loads(body)
+    return json.loads(body.decode("utf-8"))  # UTF-8 only, as `strict_json.loads` reads it
 
 
 class _ParsedBodyRequest(Request):

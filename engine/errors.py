@@ -27,6 +27,8 @@ CATALOG: dict[str, ErrorCode] = {
     "header_duplicated": ErrorCode(400, "A header that must appear once was sent more than once"),
     "headers_too_large": ErrorCode(431, "The request line and headers are larger than allowed"),
     "malformed_request": ErrorCode(400, "The request is not valid HTTP"),
+    "request_timeout": ErrorCode(408, "The request did not arrive whole in time"),
+    "too_many_pipelined": ErrorCode(429, "More requests wait on this connection than allowed"),
     "unsupported_media_type": ErrorCode(
         415, "The body's media type or content coding is not one this route takes (JSON, not encoded)"
     ),

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     # disables one (for importing history or a demo day, never for the ward's terminals).
     rate_limit_per_key: str = Field(default="50/second", pattern=_RATE)
     auth_failures_per_ip: str = Field(default="10/minute", pattern=_RATE)
+    # `setapay serve`: a request must arrive whole within this many seconds of its first byte (or of
+    # the connection's opening), else 408 and the connection closes (api/http_protocol.py).
+    request_read_timeout_s: float = Field(default=30.0, gt=0, le=600)
     # How long an API process trusts a key it looked up (revocation reaches every process within it).
     key_cache_ttl_s: float = Field(default=2.0, gt=0, le=5)
     # Remembered answers (idempotency keys) older than this are purged by the lifecycle runs.

@@ -22,5 +22,10 @@ def unique_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def loads(text: str | bytes) -> Any:
-    """`json.loads(text)` with every object's keys distinct; `DuplicateKey` (a ValueError) else."""
+    """`json.loads(text)` with every object's keys distinct; `DuplicateKey` (a ValueError) else.
+    Bytes are UTF-8 without a byte order mark (RFC 8259 §8.1): `json.loads` also took UTF-16 and
+    UTF-32 and a leading BOM (helper-106); a `UnicodeDecodeError` or `JSONDecodeError` (both
+    ValueErrors) here."""
+    if isinstance(text, (bytes, bytearray)):
+        text = text.decode("utf-8")  # a BOM stays U+FEFF, which JSON refuses
     return json.loads(text, object_pairs_hook=unique_object)

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
+from engine import audit as core_audit
 from engine import crediting, keyring, limits, metrics, posting_columns, sealing
 from engine import ledger_rules as rules
 from engine.audit import OPERATOR, Actor
@@ -37,6 +38,7 @@ from engine.store.models import (
     ChainHeadRow,
     CloseoutRow,
     MerchantRow,
+    MerchantVersionRow,
     PaymentRow,
     PostingRow,
     RedemptionLegRow,
@@ -593,6 +595,100 @@ def _run_outputs_problems(
     return problems
 
 
+# Fields of a merchant's audited record (`Config.public_record`) its version does not hold: they
+# say whether an account is on file and awaits confirmation, which the sealed account tells.
+_PUBLIC_ONLY = ("bank_account_on_file", "bank_account_pending_confirmation")
+
+
+def _check_versions_audited(session: Session) -> list[dict[str, Any]]:
+    """Each merchant and campaign version made since the audit log began is the record its audit
+    entry (`<kind>.create` / `<kind>.update`, in order) holds, one entry a version: a version's
+    record edited behind the engine's back (a fee, a rate, a funding source) with the current
+    record no longer passes unless the audit chain is rewritten too, which the signed heads name.
+    Versions dated before the log's first entry were made before it existed, and are not checked."""
+    first = session.execute(select(func.min(AuditLogRow.at_us))).scalar()
+    if first is None:
+        return []
+    bad: list[dict[str, Any]] = []
+    for kind, table, key in (
+        ("merchant", MerchantVersionRow, MerchantVersionRow.merchant_id),
+        ("campaign", CampaignVersionRow, CampaignVersionRow.campaign_id),
+    ):
+        versions: dict[str, list[tuple[int, str]]] = defaultdict(list)
+        for owner, version, record_json in session.execute(
+            select(key, table.version, table.record_json)
+            .where(table.created_at_us >= first)
+            .order_by(key, table.version)
+        ):
+            versions[f"{kind}:{owner}"].append((version, record_json))
+        entries: dict[str, list[tuple[int, str | None]]] = defaultdict(list)
+        for target, sequence, after_json in session.execute(
+            select(AuditLogRow.target, AuditLogRow.sequence, AuditLogRow.after_json)
+            .where(AuditLogRow.action.in_((f"{kind}.create", f"{kind}.update")))
+            .order_by(AuditLogRow.sequence)
+        ):
+            entries[target].append((sequence, after_json))
+        for target in sorted(set(versions) | set(entries)):
+            made, logged = versions.get(target, []), entries.get(target, [])
+            for i in range(max(len(made), len(logged))):
+                if i >= len(made) or i >= len(logged):
+                    row: dict[str, Any] = {"target": target}
+                    row.update({"audit_sequence": logged[i][0]} if i < len(logged) else {"version": made[i][0]})
+                    bad.append({**row, "problem": "a version without its audit entry, or an entry without its version"})
+                    continue
+                (version, record_json), (sequence, after_json) = made[i], logged[i]
+                record = json.loads(record_json)
+                logged_record = json.loads(after_json or "null")
+                if kind == "merchant":
+                    record.pop("bank_account", None)
+                    if isinstance(logged_record, dict):
+                        for name in _PUBLIC_ONLY:
+                            logged_record.pop(name, None)
+                record = json.loads(core_audit.canonical_json(core_audit.mask(record)) or "null")
+                if record != logged_record and not _names_mended(record, logged_record):
+                    bad.append(
+                        {
+                            "target": target,
+                            "version": version,
+                            "audit_sequence": sequence,
+                            "problem": "the version is not the record its audit entry holds",
+                        }
+                    )
+                if len(bad) >= rerate.MISMATCH_ROWS_MAX:
+                    return bad
+    return bad
+
+
+def _names_mended(record: dict[str, Any], logged: Any) -> bool:
+    """Whether `record` is the `logged` one but for its name and certification schemes mended by
+    migration `20261211_label_names` (each refused character one U+FFFD; a name with nothing
+    visible the record's id, a scheme U+FFFD), which changed stored versions without an entry."""
+
+    def mended(mine: Any, theirs: Any, fallback: str) -> bool:
+        if mine in (theirs, fallback):
+            return True
+        return (
+            isinstance(mine, str)
+            and isinstance(theirs, str)
+            and len(mine) == len(theirs)
+            and all(a == b or a == "\ufffd" for a, b in zip(mine, theirs, strict=True))
+        )
+
+    if not isinstance(logged, dict) or not mended(record.get("name"), logged.get("name"), str(record.get("id"))):
+        return False
+    mine, theirs = record.get("ethical_certifications"), logged.get("ethical_certifications")
+    if isinstance(mine, list) and isinstance(theirs, list) and len(mine) == len(theirs):
+        if not all(
+            isinstance(m, dict) and isinstance(t, dict) and mended(m.get("scheme"), t.get("scheme"), "\ufffd")
+            for m, t in zip(mine, theirs, strict=True)
+        ):
+            return False
+        logged = {**logged, "ethical_certifications": [{**t, "scheme": m.get("scheme")} for m, t in zip(mine, theirs)]}
+    if "name" in record:
+        logged = {**logged, "name": record["name"]}
+    return bool(logged == record)
+
+
 def _check_closeouts(session: Session) -> list[dict[str, Any]]:
     bad = []
     for c in session.execute(select(CloseoutRow)).scalars():
@@ -828,6 +924,7 @@ def reconcile(
                 "statements_match_ledger", lambda: _check_statements(session, public_key, settings), []
             )
             closeouts = guarded("closeouts_match_ledger", lambda: _check_closeouts(session), [])
+            versions = guarded("versions_match_audit", lambda: _check_versions_audited(session), [])
             spent_expired = guarded("no_points_spent_past_expiry", lambda: _check_spent_before_expiry(session), [])
             lot_dates = guarded("lot_dates_match_campaigns", lambda: _check_lot_dates(session), [])
             audit_report = guarded("audit", lambda: audit.check(session), {"breaks": [], "gaps": []})
@@ -876,6 +973,7 @@ def reconcile(
         checks["signed_chain_heads_valid"]["copies_compared"] = len(copies)
     checks["statements_match_ledger"] = {"pass": not statements, "rows": statements}
     checks["closeouts_match_ledger"] = {"pass": not closeouts, "rows": closeouts}
+    checks["versions_match_audit"] = {"pass": not versions, "rows": versions}
     checks["no_points_spent_past_expiry"] = {"pass": not spent_expired, "rows": spent_expired}
     checks["lot_dates_match_campaigns"] = {"pass": not lot_dates, "rows": lot_dates}
     checks["audit_chain_intact"] = {"pass": not audit_report["breaks"], "rows": audit_report["breaks"]}

@@ -89,6 +89,7 @@ def test_posts_go_through_the_committer_child_and_a_group_lost_with_it_costs_a_r
                 os.kill(child, signal.SIGKILL)
                 sender.join(timeout=60)
                 assert answered[0].status_code == 503 and answered[0].json()["code"] == "service_unavailable"
+                assert answered[0].headers["Retry-After"] == "1"  # when to retry (helper-108: none was said)
                 deadline = time.monotonic() + 30
                 while (
                     retry := c.post("/v1/transactions", json=body, headers={"Idempotency-Key": "k2"})

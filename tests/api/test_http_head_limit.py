@@ -5,29 +5,23 @@ before it fills the worker's memory (helper-102: a 20 MB header line was read wh
 from __future__ import annotations
 
 import json
-import socket
 
 import httpx
 
 from api.http_protocol import HEAD_BYTES_MAX
+from tests.api.raw_http import connect, read_all
 from tests.ward import Ward
 
 
 def _exchange(ward: Ward, chunks: list[bytes]) -> bytes:
     """Send `chunks` on one connection (stopping where the server closes it) and read the answer."""
-    with socket.create_connection(("127.0.0.1", ward.server.port), timeout=30) as s:
+    with connect(ward.server.port) as s:
         try:
             for chunk in chunks:
                 s.sendall(chunk)
         except (BrokenPipeError, ConnectionResetError):
             pass  # refused before the rest was sent
-        answer = b""
-        try:
-            while part := s.recv(65536):
-                answer += part
-        except ConnectionResetError:
-            pass
-    return answer
+        return read_all(s)
 
 
 def _problem(answer: bytes) -> tuple[int, dict]:

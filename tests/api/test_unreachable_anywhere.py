@@ -31,3 +31,4 @@ def test_a_connection_lost_outside_a_guarded_call_is_a_503(postgres_url: str) ->
     engine.dispose()
     assert answer.status_code == 503, answer.text
     assert answer.json()["code"] == "service_unavailable"
+    assert answer.headers["Retry-After"] == "1"  # none was sent (helper-108)

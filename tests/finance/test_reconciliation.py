@@ -43,6 +43,7 @@ CHECKS = {
     "signed_chain_heads_valid",
     "statements_match_ledger",
     "closeouts_match_ledger",
+    "versions_match_audit",
     "no_points_spent_past_expiry",
     "lot_dates_match_campaigns",
     "rerate_matches_ledger",
@@ -237,7 +238,15 @@ def test_a_campaign_version_changed_after_the_fact_is_named(ward: Ward):
     report = ward.reconcile()
     failing = _failing(report)
     assert report["ok"] is False
-    assert set(failing) == {"rerate_matches_ledger"}, failing
+    assert set(failing) == {"rerate_matches_ledger", "versions_match_audit"}, failing
+    assert failing["versions_match_audit"] == [
+        {
+            "target": "campaign:PB",
+            "version": 1,
+            "audit_sequence": failing["versions_match_audit"][0]["audit_sequence"],
+            "problem": "the version is not the record its audit entry holds",
+        }
+    ]
     named = {r["payment_id"] for r in failing["rerate_matches_ledger"]}
     # Every purchase PB awarded, and the refunds that clawed PB back.
     assert named == {tx[k]["id"] for k in "abcdef"}
@@ -765,14 +774,14 @@ def test_a_copy_missing_edited_or_unreadable_is_named_and_the_rest_still_checked
         c.execute(
             text(
                 "INSERT INTO chain_head (business_date, last_sequence, hash, signed_json)"
-                " SELECT '../../esc', last_sequence, hash, signed_json FROM chain_head"
+                " SELECT '../../q7Z', last_sequence, hash, signed_json FROM chain_head"
                 " WHERE business_date = '2026-12-08'"
             )
         )
     assert ward.client.post("/v1/chain-heads", headers=ward.finance).json() == {"signed": []}
     assert (heads / "chain-head-2026-12-05.json").exists()
     assert (heads / "chain-head-2026-12-07.json").read_text() == "{not json"
-    assert not list(heads.parent.parent.glob("**/*esc*")) and len(list(heads.iterdir())) == 32
+    assert not list(heads.parent.parent.glob("**/*q7Z*")) and len(list(heads.iterdir())) == 32
 
 
 def test_setapay_sign_heads_out_and_reconcile_heads(ward: Ward, tmp_path, monkeypatch, capsys):
@@ -800,3 +809,54 @@ def test_setapay_sign_heads_out_and_reconcile_heads(ward: Ward, tmp_path, monkey
     (tmp_path / "a-file").write_text("")
     assert cli.main(["sign-heads", "--out", str(tmp_path / "a-file" / "heads")]) == 1
     assert "copies not kept in" in capsys.readouterr().err
+
+
+def test_a_merchant_s_fee_edited_in_its_record_and_its_version_is_named_by_its_audit_entry(ward: Ward):
+    """A fee edited in both the merchant's record and its version passed every check: settlement
+    charges the version's fee and the re-rate does not read fees (ARCHITECTURE's open edge).
+    Each version is now the record its audit entry holds; a version, or an entry, deleted on its
+    own is named too. Versions made before the audit log began are not checked."""
+    _history(ward)
+    ward.merchant("M003", fee_bp=100, bank=3)
+    r = ward.client.patch("/v1/merchants/M003", json={"fee_bp": 250}, headers=ward.admin)
+    assert r.status_code == 200, r.text
+    assert ward.reconcile()["ok"]
+    for table, where in (("merchant", "id = 'M003'"), ("merchant_version", "merchant_id = 'M003' AND version = 2")):
+        with ward.engine.connect() as c:
+            record = json.loads(c.execute(text(f"SELECT record_json FROM {table} WHERE {where}")).scalar_one())
+        record["fee_bp"] = 10
+        with ward.engine.begin() as c:
+            c.execute(text(f"UPDATE {table} SET record_json = :r WHERE {where}"), {"r": json.dumps(record)})
+    failing = _failing(ward.reconcile())
+    assert set(failing) == {"versions_match_audit"}, failing
+    (row,) = failing["versions_match_audit"]
+    assert row["target"] == "merchant:M003" and row["version"] == 2, row
+    with ward.engine.begin() as c:
+        c.execute(text("DELETE FROM merchant_version WHERE merchant_id = 'M003' AND version = 2"))
+    rows = _failing(ward.reconcile())["versions_match_audit"]
+    assert [(r["target"], r["problem"]) for r in rows] == [
+        ("merchant:M003", "a version without its audit entry, or an entry without its version")
+    ], rows
+
+
+def test_names_mended_by_the_label_migration_are_not_a_version_edited():
+    """Migration `20261211_label_names` mended stored names and schemes with no audit entry; a
+    version it mended is still the record its entry holds, and nothing else may differ."""
+    logged = {
+        "id": "M_BAD",
+        "name": "M\x00x\u202egnp.exe",
+        "fee_bp": 100,
+        "ethical_certifications": [{"scheme": "setagaya\nethical", "valid_from": "2026-01-01T00:00:00+09:00"}],
+    }
+    mended = {
+        **logged,
+        "name": "M\ufffdx\ufffdgnp.exe",
+        "ethical_certifications": [{"scheme": "setagaya\ufffdethical", "valid_from": "2026-01-01T00:00:00+09:00"}],
+    }
+    assert finance._names_mended(mended, logged)
+    assert finance._names_mended({**logged, "name": "M_BAD"}, {**logged, "name": " \t\u3000"})
+    assert not finance._names_mended({**mended, "fee_bp": 10}, logged)
+    assert not finance._names_mended({**logged, "name": "Another shop"}, logged)
+    assert not finance._names_mended({**logged, "name": "M\ufffdx"}, logged)  # not one U+FFFD a character
+    scheme_changed = [{"scheme": "other", "valid_from": "2026-01-01T00:00:00+09:00"}]
+    assert not finance._names_mended({**logged, "ethical_certifications": scheme_changed}, logged)
