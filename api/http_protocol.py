@@ -5,9 +5,10 @@ uvicorn bounds nothing of a request's head with httptools (only its h11 protocol
 nothing of how long a request may take to arrive or how many pipelined requests may wait (helper-102,
 helper-106). Here, before the app sees a request:
 
-- **Head.** A request line and headers (or a chunked body's trailers) past `HEAD_BYTES_MAX` are
-  431 `headers_too_large`, counted as the parser gives them and across reads, so one read holding a
-  whole oversized head is refused too. Trailers are never added to the request's headers (RFC 9110
+- **Head.** A request line and headers (or a chunked body's trailers) past `HEAD_BYTES_MAX`, or
+  more than `HEADER_FIELDS_MAX` fields, are 431 `headers_too_large`, counted as the parser gives
+  them and across the slices (`FEED_BYTES_MAX`) it is fed, so one read holding a whole oversized
+  head is refused too. Trailers are never added to the request's headers (RFC 9110
   §6.5.1): uvicorn appended them, so a trailer could carry an `Authorization`, an
   `X-Forwarded-For` past the per-address limit, or a `Content-Encoding` past the 415.
 - **Pipelining.** At most `PIPELINE_MAX` requests wait behind the one being answered on a
@@ -15,11 +16,13 @@ helper-106). Here, before the app sees a request:
   connection made ~7,500 requests of one read, and the worker kept ~450 MB after it ended.
 - **Time.** A request must arrive whole within `SETAPAY_REQUEST_READ_TIMEOUT_S` (30 s: a batch of
   1,000, 1 MiB over a 64 KiB/s mobile link, takes 16) of its first byte (or of the connection's
-  opening): else 408 `request_timeout`, and a connection idle, or sending a head
-  or a body a byte at a time, is closed. uvicorn times out only the wait between requests.
+  opening; a pipelined request's, of its turn): else 408 `request_timeout`, and a connection
+  idle, or sending a head or a body a byte at a time, is closed. uvicorn times out only the wait
+  between requests; a stray CRLF between requests (RFC 9112 §2.2) starts nothing.
 - **Order.** A refusal is sent after the answers to the requests before it on the connection
   (RFC 9112 §9.3), never in their place: a purchase pipelined before a malformed request was
-  posted and its client was answered 400. Nothing after a refused request is read.
+  posted and its client was answered 400. Nothing after a refused request is read, and a request
+  refused while its body was arriving reaches no route (`api.middleware.BodyLimit`).
 - **Unread bodies.** A request answered before its body arrived (413, 415, 401 with
   `Expect: 100-continue`) closes the connection: uvicorn read the rest of a 1 TB
   `Content-Length` to throw it away, and took the next request for part of the body.
@@ -38,7 +41,8 @@ import json
 import logging
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from engine.errors import problem
 
@@ -49,9 +53,15 @@ log = logging.getLogger(__name__)  # a JSON line like the app's (not uvicorn's p
 HEAD_BYTES_MAX = 64 * 1024
 # A chunk's size line and the line end after its data: a few hex digits and two CRLFs.
 CHUNK_FRAMING_BYTES_MAX = 32
+# Header fields of one head (Apache's default): ten thousand empty ones fit in 64 KiB and cost
+# the worker ~1 MB of objects each head (helper-109).
+HEADER_FIELDS_MAX = 100
 # Requests waiting on one connection behind the one being answered. A terminal or the payment
 # app sends one request at a time on a connection; browsers do not pipeline.
-PIPELINE_MAX = 32
+PIPELINE_MAX = 16
+# The parser is fed at most this much at a time, so a head is counted within a slice of where it
+# passes its bound, not a whole read (256 KiB) later (helper-109).
+FEED_BYTES_MAX = 16 * 1024
 HTTP_VERSIONS = frozenset({"1.0", "1.1"})
 
 
@@ -87,7 +97,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _fed_body = 0  # body bytes the parser gave in the read being parsed
     _framing = 0  # bytes of the message after its head that are not its body
     _chunks = 0  # chunks of the message so far
-    _refusal: bytes | None = None  # the answer owed once the answers before it are sent
+    _fields = 0  # header fields of the current head
+    _refusal: bytes | None = None  # the answer owed once the answers before it are sent (b"": none)
     _deadline: asyncio.TimerHandle | None = None
 
     # -- the connection --------------------------------------------------------------
@@ -102,19 +113,30 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def data_received(self, data: bytes) -> None:
         if self._refusal is not None or self.parser is None:
-            return  # nothing after a refused request is read
-        self._unset_keepalive_if_required()
-        if self._deadline is None:
-            self._arm()
+            # Nothing after a refused request is read (uvicorn's `receive` resumes reading).
+            self.flow.pause_reading()
+            return
+        for start in range(0, len(data), FEED_BYTES_MAX):
+            self._feed(data[start : start + FEED_BYTES_MAX])
+            if self._refusal is not None or self.transport.is_closing() or self.parser is None:
+                return
+
+    def _feed(self, data: bytes) -> None:
+        """Parse one slice of a read, counting the head and the trailers across slices."""
         self._began, self._fed_body = False, 0
-        continuing = self._in_message  # the read starts inside a message's body
+        continuing = self._in_message  # the slice starts inside a message's body
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            # An upgrade without a body, answered as a plain request (`on_headers_complete`
-            # refused one with a body); what follows it on the connection is not read.
+            # An upgrade without a body (`on_headers_complete` refused one with a body), answered
+            # as a plain request: the parser stops at its head without ending the message, so it
+            # is ended here. What follows it on the connection is not read.
+            self._in_message = False
+            self._disarm()
             if self.cycle is not None:
-                self.cycle.keep_alive = False
+                self.cycle.keep_alive, self.cycle.more_body = False, False
+                self.cycle.message_event.set()
+            self._refusal = b""  # nothing more is parsed; nothing is owed
             self.flow.pause_reading()
             return
         except httptools.HttpParserError as error:
@@ -125,8 +147,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or self._refusal is not None:
             return
         if self._in_head:
-            # A head that started in this read was counted by its callbacks (it may hold a
-            # pipelined request's body before it); from the next read on, every byte counts.
+            # A head that started in this slice was counted by its callbacks (the slice may hold a
+            # pipelined request's body before it); from the next slice on, every byte counts.
             self._head_bytes = 0 if self._began else self._head_bytes + len(data)
             if self._head_bytes > HEAD_BYTES_MAX:
                 self._refuse(431, "headers_too_large", f"the request line and headers are over {HEAD_BYTES_MAX} bytes")
@@ -141,8 +163,12 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # -- parser callbacks --------------------------------------------------------------
 
     def on_message_begin(self) -> None:
+        # The keep-alive wait and the read deadline go with a request's first byte, not with any
+        # byte: a stray CRLF between requests (RFC 9112 §2.2) is ignored, and the idle
+        # connection closes at the keep-alive's end without an unasked-for 408 (helper-109).
+        self._unset_keepalive_if_required()
         super().on_message_begin()
-        self._in_head, self._began, self._head_bytes, self._head_parsed = True, True, 0, 0
+        self._in_head, self._began, self._head_bytes, self._head_parsed, self._fields = True, True, 0, 0, 0
         self._arm()
 
     def on_url(self, url: bytes) -> None:
@@ -154,6 +180,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self._count_head(len(name) + len(value) + 4, "the body's trailers")
             return
         self._count_head(len(name) + len(value) + 4, "the request line and headers")
+        self._fields += 1
+        if self._fields > HEADER_FIELDS_MAX:
+            raise _Refused(431, "headers_too_large", f"a request has at most {HEADER_FIELDS_MAX} header fields")
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
@@ -168,7 +197,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if codings and codings != [b"chunked"]:
             raise _malformed("the only transfer coding served is chunked")
         if self.parser.should_upgrade() and (codings or any(n == b"content-length" for n in names)):
-            raise _malformed("an upgrade request carries no body here: no protocol upgrade is served")
+            raise _malformed(
+                "no protocol upgrade is served, and a request offering one may carry no body: send it without"
+                " Upgrade (curl: --http1.1)"
+            )
         if len(self.pipeline) >= PIPELINE_MAX:
             raise _Refused(
                 429,
@@ -176,6 +208,14 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 f"at most {PIPELINE_MAX} requests may wait on one connection; send fewer at once",
             )
         super().on_headers_complete()
+        if self.pipeline and self.pipeline[0][0] is self.cycle:
+            # Queued behind an answer, with reading paused: its time starts when its turn does.
+            self._disarm()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        if cycle is self.cycle and cycle.more_body and self._deadline is None:
+            self._arm()  # a queued request's turn: the rest of its body has its time from now
+        super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:
         self._fed_body += len(body)
@@ -254,7 +294,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _send_refusal(self) -> None:
         assert self._refusal is not None
-        self.transport.write(self._refusal)
+        if self._refusal:
+            self.transport.write(self._refusal)
         self.transport.close()
 
     # -- the read deadline -------------------------------------------------------------

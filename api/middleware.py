@@ -74,7 +74,9 @@ class BodyLimit:
         while more:
             message = await receive()
             if message["type"] != "http.request":
-                return await self.app(scope, replayed([message]), send)
+                # The client left, or its request was refused, before the body was whole: no
+                # route acts on it (one that reads no body ran, a key revoked under a 408: helper-109).
+                return None
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
             more = message.get("more_body", False)

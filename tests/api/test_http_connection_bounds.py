@@ -216,3 +216,64 @@ def test_refusals_before_the_app_log_json_lines_only(ward: Ward) -> None:
     assert not plain, plain[:5]
     refused = [json.loads(line) for line in lines if "refused a request before the app" in line]
     assert refused and all(r["level"] == "warning" for r in refused), refused
+
+
+def test_a_request_refused_while_its_route_runs_is_not_acted_on(ward: Ward) -> None:
+    """A key revoke with a chunked body refused mid-body (400, or 408 when the rest never came)
+    revoked the key all the same: the route reads no body and ran on the client's leaving
+    (helper-109). A route runs only on a whole request."""
+    made = httpx.post(
+        ward.server.base_url + "/v1/keys",
+        json={"role": "finance"},
+        headers={"Authorization": f"Bearer {ward.server.admin_key}"},
+        trust_env=False,
+    ).json()
+    head = (
+        b"POST /v1/keys/%s/revoke HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+        b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}"
+        % (made["id"].encode(), ward.server.admin_key.encode())
+    )
+    for rest, status in ((b"\r\nZZ\r\n", 400), (b"", 408)):
+        with _connect(ward) as s:
+            s.sendall(head)
+            time.sleep(0.3)  # the route starts, waiting for the rest of the body
+            s.sendall(rest)
+            answer = read_all(s)
+        assert statuses(answer) == [status], answer[:300]
+    listed = httpx.get(
+        ward.server.base_url + "/v1/keys", headers={"Authorization": f"Bearer {ward.server.admin_key}"}, trust_env=False
+    ).json()
+    (key,) = [k for k in listed if k["id"] == made["id"]]
+    assert key["revoked_at"] is None, key
+    assert (
+        httpx.get(
+            ward.server.base_url + "/v1/campaigns", headers={"Authorization": f"Bearer {made['key']}"}
+        ).status_code
+        == 200
+    )
+
+
+def test_a_stray_crlf_between_requests_is_ignored(ward: Ward) -> None:
+    """A CRLF after a request armed the read deadline: the idle connection got an unasked-for 408,
+    which a client reusing the connection would read as its next answer (helper-109)."""
+    with _connect(ward) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.5)  # answered
+        s.sendall(b"\r\n")
+        answer = read_all(s)  # closed by the keep-alive wait (5 s), with nothing more said
+    assert statuses(answer) == [200], answer[-300:]
+
+
+def test_many_header_fields_and_a_head_past_the_bound_within_one_read_are_refused_at_once(ward: Ward) -> None:
+    """Ten thousand empty header fields fit in 64 KiB (~1 MB of the worker's objects each head),
+    and a head that began in a read was counted only from the next read: 100 KB of an unfinished
+    header line in one write waited for the read deadline (helper-109)."""
+    many = b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"".join(b"h%d: \r\n" % i for i in range(200)) + b"\r\n"
+    unfinished = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000
+    for raw in (many, unfinished):
+        started = time.monotonic()
+        with _connect(ward) as s:
+            s.sendall(raw)
+            answer = read_all(s)
+        assert statuses(answer) == [431] and last_problem(answer)["code"] == "headers_too_large", answer[:300]
+        assert time.monotonic() - started < READ_TIMEOUT_S, "refused at the deadline, not at the bound"
