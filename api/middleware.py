@@ -75,8 +75,13 @@ class BodyLimit:
             message = await receive()
             if message["type"] != "http.request":
                 # The client left, or its request was refused, before the body was whole: no
-                # route acts on it (one that reads no body ran, a key revoked under a 408: helper-109).
-                return None
+                # route acts on it (one that reads no body ran, a key revoked under a 408:
+                # helper-109). Answered all the same, as an ASGI server expects (a gone client's
+                # answer is dropped).
+                response = problem_response(
+                    *decline("malformed_request", "the body did not arrive whole: the client left")
+                )
+                return await response(scope, receive, send)
             chunks.append(message.get("body", b""))
             received += len(chunks[-1])
             more = message.get("more_body", False)
