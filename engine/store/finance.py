@@ -426,11 +426,12 @@ def keep_head_copies(ledger: Ledger, directory: Path) -> list[str]:
         ).all()
     copied: list[str] = []
     for business_date, signed_json in heads:
-        if _HEAD_COPY_NAME.fullmatch(HEAD_COPY.format(business_date)) is None:
+        name = HEAD_COPY.format(business_date)
+        if _HEAD_COPY_NAME.fullmatch(name) is None:
             # Not a date: a row written behind the engine's back must not name a path elsewhere.
             log.warning("chain heads: a head's business date is not a date; not copied")
             continue
-        path = directory / HEAD_COPY.format(business_date)
+        path = directory / name
         if path.exists():
             continue
         descriptor, partial = tempfile.mkstemp(dir=directory, prefix=".chain-head-", suffix=".partial")
