@@ -26,6 +26,12 @@ helper-106). Here, before the app sees a request:
 - **Unread bodies.** A request answered before its body arrived (413, 415, 401 with
   `Expect: 100-continue`) closes the connection: uvicorn read the rest of a 1 TB
   `Content-Length` to throw it away, and took the next request for part of the body.
+- **Closing.** A connection the server closes while the client may still be sending (an answer
+  before the body was whole, a refusal, `Connection: close`) is closed in stages (RFC 9112 §9.6):
+  the answer, then the server's end of the stream, then what still arrives is read and thrown
+  away, up to `LINGER_BYTES_MAX` or `LINGER_S`, until the client closes. Closed at once, unread
+  bytes made the kernel reset the connection, and the client lost the answer it had been sent
+  (a chunked body one byte over the limit: "Server disconnected without sending a response").
 - **What HTTP/1.1 refuses** (RFC 9112): a version other than 1.0 and 1.1, an HTTP/1.1 request
   without exactly one `Host`, a transfer coding other than `chunked`, and an upgrade request with
   a body (uvicorn dropped the body and every request after it) are 400 `malformed_request`, as
@@ -63,6 +69,11 @@ PIPELINE_MAX = 16
 # passes its bound, not a whole read (256 KiB) later (helper-109).
 FEED_BYTES_MAX = 16 * 1024
 HTTP_VERSIONS = frozenset({"1.0", "1.1"})
+# A closing connection reads and throws away at most this much, for at most this long (nginx:
+# `lingering_time` 30 s, `lingering_timeout` 5 s): enough for a body in flight when its answer
+# left (four times `BODY_BYTES_MAX`), and not a 1 TB `Content-Length`'s worth.
+LINGER_BYTES_MAX = 4 * 1024 * 1024
+LINGER_S = 2.0
 
 
 @functools.cache
@@ -100,6 +111,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _fields = 0  # header fields of the current head
     _refusal: bytes | None = None  # the answer owed once the answers before it are sent (b"": none)
     _deadline: asyncio.TimerHandle | None = None
+    _lingering: int | None = None  # bytes thrown away since the server's end closed (None: open)
+    _linger_end: asyncio.TimerHandle | None = None
 
     # -- the connection --------------------------------------------------------------
 
@@ -109,9 +122,16 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self._linger_end is not None:
+            self._linger_end.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:  # closing: read only to be thrown away
+            self._lingering += len(data)
+            if self._lingering > LINGER_BYTES_MAX:
+                self.transport.close()
+            return
         if self._refusal is not None or self.parser is None:
             # Nothing after a refused request is read (uvicorn's `receive` resumes reading).
             self.flow.pause_reading()
@@ -208,6 +228,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
                 f"at most {PIPELINE_MAX} requests may wait on one connection; send fewer at once",
             )
         super().on_headers_complete()
+        self.cycle.transport = _ClosingInStages(self.transport, self)  # type: ignore[assignment]
         if self.pipeline and self.pipeline[0][0] is self.cycle:
             # Queued behind an answer, with reading paused: its time starts when its turn does.
             self._disarm()
@@ -237,6 +258,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     # -- answers -----------------------------------------------------------------------
 
     def on_response_complete(self) -> None:
+        if self._lingering is not None:  # the answer said `Connection: close`
+            self.server_state.total_requests += 1
+            return
         if self._refusal is not None:
             self.server_state.total_requests += 1
             if self.transport.is_closing():
@@ -251,7 +275,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if cycle is not None and cycle.response_complete and cycle.more_body and not self.pipeline:
             # Answered before its body arrived: the rest is not read, and the connection closes.
             self.server_state.total_requests += 1
-            self.transport.close()
+            self.close_in_stages()
             return
         super().on_response_complete()
 
@@ -296,7 +320,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         assert self._refusal is not None
         if self._refusal:
             self.transport.write(self._refusal)
-        self.transport.close()
+        self.close_in_stages()
+
+    def close_in_stages(self) -> None:
+        """Close the connection after what was written to it, so the client reads it all (RFC 9112
+        §9.6): the server's end of the stream is closed once it is sent, and what the client still
+        sends is thrown away until it closes its end, `LINGER_BYTES_MAX` arrive or `LINGER_S` pass."""
+        if self.transport.is_closing() or self._lingering is not None:
+            return
+        self._disarm()
+        self._unset_keepalive_if_required()
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self._lingering = 0
+        self.transport.write_eof()  # after what is buffered; the client's read then ends
+        self._linger_end = self.loop.call_later(LINGER_S, self.transport.close)
+        self.flow.resume_reading()
 
     # -- the read deadline -------------------------------------------------------------
 
@@ -312,3 +352,23 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _deadline_passed(self) -> None:
         self._deadline = None
         self._refuse(408, "request_timeout", f"the request did not arrive whole within {read_timeout_s():g} s")
+
+
+class _ClosingInStages:
+    """The transport a request's cycle writes its answer to: uvicorn closes it after an answer
+    that says `Connection: close`; here it is closed in stages (`close_in_stages`)."""
+
+    def __init__(self, transport: asyncio.Transport, protocol: BoundedHttpToolsProtocol) -> None:
+        self._transport, self._protocol = transport, protocol
+
+    def close(self) -> None:
+        self._protocol.close_in_stages()
+
+    def write(self, data: bytes) -> None:
+        self._transport.write(data)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing() or self._protocol._lingering is not None
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return self._transport.get_extra_info(name, default)

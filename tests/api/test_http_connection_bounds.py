@@ -5,6 +5,7 @@ HTTP/1.1 refuses (helper-106). The protocol is the same on both databases: SQLit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -12,7 +13,8 @@ import uuid
 import httpx
 import pytest
 
-from api.http_protocol import PIPELINE_MAX
+from api.http_protocol import LINGER_BYTES_MAX, LINGER_S, PIPELINE_MAX
+from engine import limits
 from tests.api.raw_http import connect, last_problem, read_all, statuses
 from tests.ward import Ward
 
@@ -147,6 +149,62 @@ def test_a_request_answered_before_its_body_arrived_closes_the_connection(ward: 
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         answer = read_all(s)
     assert statuses(answer) == [415], answer[:400]
+
+
+def _sent_until_refused(s, data: bytes) -> None:
+    """Send `data`, as much of it as the server takes before it closes."""
+    with contextlib.suppress(OSError):
+        s.sendall(data)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"POST /v1/grants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + b"%x\r\n" % (limits.BODY_BYTES_MAX + 1)
+        + b" " * (limits.BODY_BYTES_MAX + 1),
+        b"POST /v1/grants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 999999999\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 150_000 + b"\r\n\r\n",
+    ],
+    ids=["chunked-over-the-limit", "content-length-over-the-limit", "head-over-the-bound"],
+)
+def test_an_answer_sent_while_the_client_is_still_sending_reaches_it(ward: Ward, raw: bytes) -> None:
+    """Closed at once with the client's bytes unread, the connection was reset, and the client lost
+    the answer already sent it (CI: a chunked body one byte over the limit, "Server disconnected
+    without sending a response"). It is closed in stages: the client reads its answer, then the
+    end of the stream, and what it sends meanwhile is thrown away."""
+    with _connect(ward) as s:
+        _sent_until_refused(s, raw)
+        time.sleep(0.3)  # answered, and the server's end closed, while the client still sends
+        _sent_until_refused(s, b"\r\n10\r\n" + b" " * 16)
+        time.sleep(0.3)
+        answer = read_all(s)
+        assert statuses(answer) in ([413], [431]), answer[:300]
+        assert last_problem(answer)["code"] in ("body_too_large", "headers_too_large")
+        s.sendall(b" " * 1000)  # within the linger: taken and thrown away
+        time.sleep(LINGER_S + 0.5)
+        with pytest.raises(OSError):  # then the server's end is gone: reset
+            for _ in range(3):
+                s.sendall(b" ")
+                time.sleep(0.2)
+    _healthy(ward)
+
+
+def test_a_closing_connection_throws_away_a_bounded_amount(ward: Ward) -> None:
+    """After a 413 for a 1 TB Content-Length, the body still arriving is read and thrown away up to
+    `LINGER_BYTES_MAX`, then the connection is reset."""
+    with _connect(ward) as s:
+        s.sendall(
+            b"POST /v1/grants HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 999999999999\r\n\r\n"
+        )
+        sent, started = 0, time.monotonic()
+        with pytest.raises(OSError):
+            while sent < 16 * LINGER_BYTES_MAX:
+                s.sendall(b" " * 0x10000)
+                sent += 0x10000
+        assert time.monotonic() - started < LINGER_S + 1
+    _healthy(ward)
 
 
 @pytest.mark.parametrize(
