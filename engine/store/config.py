@@ -240,13 +240,16 @@ class Config:
             )
             if not changed and _stored(merchant.model_copy(update={"bank_account": None})) == current:
                 return _unchanged(session, before)
-            now = date_catalog_change(session, head, self.clock.now_us())
+            clock_us = self.clock.now_us()
+            now = date_catalog_change(session, head, clock_us)
             # A change's `set_at` names it to the key that confirms it: strictly later than the
             # account it replaces, so no two of a merchant's changes share one.
             set_at = max(now, _set_at_us(masked_before) + 1) if changed else None
             self._store_record(row, merchant, set_at, masked_before)
             if changed:
-                row.bank_change_by, row.bank_change_at_us = actor.key_id, now  # when, for the keys' ages
+                # When, by the clock keys are made by, for their ages (the version is dated past the
+                # ledger's last payment and change: `date_catalog_change`).
+                row.bank_change_by, row.bank_change_at_us = actor.key_id, clock_us
             row.updated_at_us = now
             self._add_version(session, row, row.updated_at_us)
             after = self.public_record(row)

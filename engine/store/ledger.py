@@ -404,9 +404,14 @@ class UnitOfWork:
         self._floor = head.stamp_floor_us  # written back when the unit ends (`_write_head`)
 
     def now_us(self) -> int:
-        """The instant this unit stamps: the clock's now, or the head's stamp floor if the clock
-        is behind it (see the class)."""
-        return max(self._ledger.clock.now_us(), self._floor)
+        """The instant this unit stamps: the clock's now, or the head's stamp floor or change
+        floor (`date_catalog_change`) if the clock is behind it (see the class)."""
+        return max(self._ledger.clock.now_us(), self._floor, self._head.change_floor_us)
+
+    def date_change(self) -> int:
+        """The instant a grant made in this unit is dated: past the ledger's last payment, and
+        no later payment stamped before it (`date_catalog_change`)."""
+        return date_catalog_change(self.session, self._head, self.now_us(), self._chain.payment_sequence)
 
     def stamp_at(self, at_us: int) -> int:
         """`at_us` (the history import's past instant), unless it is before the head's floor (a
@@ -558,11 +563,12 @@ class _GroupReads:
     last_accepted: bulk.Read | None = None
 
 
-# Posting sequence and hash, payment sequence and hash, catalog version, lock version, stamp floor.
-Head = tuple[int, str, int, str, int, int, int]
+# Posting sequence and hash, payment sequence and hash, catalog version, lock version, stamp floor,
+# change floor.
+Head = tuple[int, str, int, str, int, int, int, int]
 _HEAD_COLUMNS = (
     "last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version,"
-    " stamp_floor_us"
+    " stamp_floor_us, change_floor_us"
 )
 _HEAD_SQL = f"SELECT {_HEAD_COLUMNS} FROM ledger_head WHERE id = 1"
 _CATALOG_VERSION_SQL = "SELECT catalog_version FROM ledger_head WHERE id = 1"  # readers: which catalog
@@ -582,6 +588,7 @@ class SequencerHead:
     catalog_version: int
     lock_version: int
     stamp_floor_us: int
+    change_floor_us: int
 
 
 _HEAD_FOR_UPDATE_SQL = _HEAD_SQL + " FOR UPDATE"
@@ -648,7 +655,7 @@ _MOVE_HEAD_SQL = (
     "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
     " last_payment_hash = %s, lock_version = %s, stamp_floor_us = %s WHERE id = 1 AND last_posting_sequence = %s"
     " AND last_hash = %s AND last_payment_sequence = %s AND last_payment_hash = %s AND catalog_version = %s"
-    " AND lock_version = %s AND stamp_floor_us = %s RETURNING id"
+    " AND lock_version = %s AND stamp_floor_us = %s AND change_floor_us = %s RETURNING id"
 )
 
 
@@ -671,22 +678,34 @@ def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[s
     return True
 
 
-_DATE_CHANGE_SQL = "UPDATE ledger_head SET stamp_floor_us = %s WHERE id = 1"
+_DATE_CHANGE_SQL = "UPDATE ledger_head SET change_floor_us = %s WHERE id = 1"
+_ACCEPTED_AT_SQL = "SELECT accepted_at_us FROM payment WHERE sequence = %s"
 
 
-def date_catalog_change(session: Session, head: SequencerHead, clock_us: int) -> int:
+def date_catalog_change(
+    session: Session, head: SequencerHead, clock_us: int, last_payment_sequence: int | None = None
+) -> int:
     """Under the sequencer lock (`head` as `lock_sequencer` returned it): the instant a catalog
-    change is dated. The clock's, unless it is not past the head's stamp floor: then one
-    microsecond past the floor, and the floor moves there. On a host whose clock is behind the
-    floor, payments are stamped at the floor; the re-rate takes the campaign and merchant versions
-    in force at a payment's acceptance, so a change dated by that clock (before them) re-rated
-    those payments under the new version, and the payments after it, stamped at the floor too,
-    under the old one (helper-83). Dated past the floor, with the floor moved to it, the payments
-    before it stay before it and those after it are stamped at or after it."""
-    if clock_us > head.stamp_floor_us:
-        return clock_us
-    dated = head.stamp_floor_us + 1
-    bulk.driver_run(session, _DATE_CHANGE_SQL, (dated,))
+    change (or a grant: `UnitOfWork.date_change`) is dated, and the head's change floor moved to it.
+
+    The re-rate takes the campaign and merchant versions, and the grants, in force at a payment's
+    acceptance instant; live, a payment is rated under what was in force when its group was
+    decided, in acceptance order. The two agree only if every change is dated after every payment
+    before it and before every payment after it, whichever host's clock stamps them. So a change
+    is dated at the clock's instant, but never at or before the ledger's last payment
+    (`last_payment_sequence`, by default the head's) or the stamp floor (payments stamped at the
+    floor by a clock behind it, helper-83), nor before the last change; and every live stamp after
+    it is at least the change floor (`UnitOfWork.now_us`). Two hosts whose clocks differ by a
+    second dated a change before a payment the other stamped earlier in the chain, or after one it
+    stamped later, and the re-rate named payments whose live award was right (helper-107). The
+    history import's named past instants are not held to the change floor: it enters the
+    program's versions with its clock set back first, then the payments between them."""
+    sequence = head.last_payment_sequence if last_payment_sequence is None else last_payment_sequence
+    last = bulk.driver_run(session, _ACCEPTED_AT_SQL, (sequence,)) if sequence else []
+    dated = max(clock_us, head.stamp_floor_us + 1, head.change_floor_us, int(last[0][0]) + 1 if last else 0)
+    if dated != head.change_floor_us:
+        bulk.driver_run(session, _DATE_CHANGE_SQL, (dated,))
+        head.change_floor_us = dated
     return dated
 
 
@@ -1381,6 +1400,7 @@ class Ledger:
             base[4],
             base[5] + 1,  # its write is a unit of work under the lock
             unit.stamp_floor_us,
+            base[7],  # a group moves no change floor
         )
         return DecidedGroup(submissions, options, results, batch_out, base, end, effects, after)  # type: ignore[arg-type]
 

@@ -233,7 +233,7 @@ def grant(
                 *decline("campaign_merchant_funded", f"campaign {campaign_id} is funded by a merchant"),
                 remember=False,
             )
-        now = unit.now_us()
+        now = unit.date_change()
         if campaign.budget is not None and meter.issued_net + points > campaign.budget:
             result = Result(
                 *decline("budget_exceeded", f"{campaign.budget - meter.issued_net} points left in the budget")

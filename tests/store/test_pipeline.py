@@ -426,12 +426,12 @@ def test_a_group_that_cannot_be_written_stops_the_import_with_nothing_written_af
 
 _HEAD_SQL = (
     "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version,"
-    " stamp_floor_us FROM ledger_head"
+    " stamp_floor_us, change_floor_us FROM ledger_head"
 )
 
 
 def test_a_decided_group_is_written_only_over_the_exact_head_it_was_chained_after(postgres_url) -> None:
-    """`write_rows` writes nothing and leaves the head as it is when any one of the head's seven
+    """`write_rows` writes nothing and leaves the head as it is when any one of the head's eight
     fields differs from the group's base; over its base it writes the group and moves the head
     to exactly the group's end."""
     books = setup(postgres_url)
@@ -443,7 +443,7 @@ def test_a_decided_group_is_written_only_over_the_exact_head_it_was_chained_afte
             head = tuple(c.execute(text(_HEAD_SQL)).one())
             payments = c.execute(text("SELECT count(*) FROM payment")).scalar()
         assert head == decided.base
-        for field in range(7):
+        for field in range(8):
             other = list(decided.base)
             other[field] = other[field] + 1 if isinstance(other[field], int) else "0" * 64
             end = (*decided.end[:4], other[4], *decided.end[5:])  # a group keeps its base's catalog version

@@ -198,11 +198,11 @@ def test_a_write_the_database_refuses_names_the_error_and_writes_nothing(postgre
                 c.execute(
                     text(
                         "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, "
-                        "catalog_version, lock_version, stamp_floor_us FROM ledger_head"
+                        "catalog_version, lock_version, stamp_floor_us, change_floor_us FROM ledger_head"
                     )
                 ).one()
             )
-        end = (head[0], head[1], head[2], head[3], head[4], head[5] + 1, head[6])
+        end = (head[0], head[1], head[2], head[3], head[4], head[5] + 1, head[6], head[7])
         secret = "T1-secret-value"
         refused = [
             ("INSERT INTO terminal (id, merchant_id, created_at_us) VALUES (%s, %s, 0)", [secret, "NO_SUCH_MERCHANT"])
