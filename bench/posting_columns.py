@@ -73,7 +73,7 @@ HEAD = SimpleNamespace(
     last_payment_hash=rules.GENESIS_HASH,
     catalog_version=1,
     stamp_floor_us=0,
-    change_floor_us=0,
+    order_floor_us=0,
 )
 
 

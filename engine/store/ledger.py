@@ -406,12 +406,21 @@ class UnitOfWork:
     def now_us(self) -> int:
         """The instant this unit stamps: the clock's now, or the head's stamp floor or change
         floor (`date_catalog_change`) if the clock is behind it (see the class)."""
-        return max(self._ledger.clock.now_us(), self._floor, self._head.change_floor_us)
+        return max(self._ledger.clock.now_us(), self._floor, self._head.order_floor_us)
 
     def date_change(self) -> int:
-        """The instant a grant made in this unit is dated: past the ledger's last payment, and
-        no later payment stamped before it (`date_catalog_change`)."""
-        return date_catalog_change(self.session, self._head, self.now_us(), self._chain.payment_sequence)
+        """The instant a grant made in this unit is dated: past every payment before it, and no
+        payment after it stamped before it (`date_catalog_change`)."""
+        self._head.order_floor_us = self._order_floor()
+        return date_catalog_change(self.session, self._head, self.now_us())
+
+    def _order_floor(self) -> int:
+        """The head's order floor as this unit leaves it: at least the instant of the payments it
+        accepted (`date_catalog_change`). A unit that accepted none leaves it as it was."""
+        floor = self._head.order_floor_us
+        if self._chain.payment_sequence != self._head.last_payment_sequence:
+            floor = max(floor, *(writer.at_us for writer in self._writers))
+        return floor
 
     def stamp_at(self, at_us: int) -> int:
         """`at_us` (the history import's past instant), unless it is before the head's floor (a
@@ -467,7 +476,14 @@ class UnitOfWork:
         bulk.driver_run(
             self.session,
             _WRITE_HEAD_SQL,
-            (chain.posting_sequence, chain.posting_hash, chain.payment_sequence, chain.payment_hash, self._floor),
+            (
+                chain.posting_sequence,
+                chain.posting_hash,
+                chain.payment_sequence,
+                chain.payment_hash,
+                self._floor,
+                self._order_floor(),
+            ),
         )
 
 
@@ -564,11 +580,11 @@ class _GroupReads:
 
 
 # Posting sequence and hash, payment sequence and hash, catalog version, lock version, stamp floor,
-# change floor.
+# order floor.
 Head = tuple[int, str, int, str, int, int, int, int]
 _HEAD_COLUMNS = (
     "last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version,"
-    " stamp_floor_us, change_floor_us"
+    " stamp_floor_us, order_floor_us"
 )
 _HEAD_SQL = f"SELECT {_HEAD_COLUMNS} FROM ledger_head WHERE id = 1"
 _CATALOG_VERSION_SQL = "SELECT catalog_version FROM ledger_head WHERE id = 1"  # readers: which catalog
@@ -588,14 +604,14 @@ class SequencerHead:
     catalog_version: int
     lock_version: int
     stamp_floor_us: int
-    change_floor_us: int
+    order_floor_us: int
 
 
 _HEAD_FOR_UPDATE_SQL = _HEAD_SQL + " FOR UPDATE"
 # A unit of work's end (`UnitOfWork._write_head`): the chains' heads and the count of units.
 _WRITE_HEAD_SQL = (
     "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
-    " last_payment_hash = %s, lock_version = lock_version + 1, stamp_floor_us = %s WHERE id = 1"
+    " last_payment_hash = %s, lock_version = lock_version + 1, stamp_floor_us = %s, order_floor_us = %s WHERE id = 1"
 )
 # `lock_sequencer`: lock, count the unit and read the head in one statement (a row UPDATE locks it
 # as FOR UPDATE does), with or without a new catalog version.
@@ -653,9 +669,10 @@ GENERIC_PLANS_SQL = "SET LOCAL plan_cache_mode = force_generic_plan"
 # lock commits) matches no row. The catalog version stays (a group never moves it).
 _MOVE_HEAD_SQL = (
     "UPDATE ledger_head SET last_posting_sequence = %s, last_hash = %s, last_payment_sequence = %s,"
-    " last_payment_hash = %s, lock_version = %s, stamp_floor_us = %s WHERE id = 1 AND last_posting_sequence = %s"
+    " last_payment_hash = %s, lock_version = %s, stamp_floor_us = %s, order_floor_us = %s WHERE id = 1"
+    " AND last_posting_sequence = %s"
     " AND last_hash = %s AND last_payment_sequence = %s AND last_payment_hash = %s AND catalog_version = %s"
-    " AND lock_version = %s AND stamp_floor_us = %s AND change_floor_us = %s RETURNING id"
+    " AND lock_version = %s AND stamp_floor_us = %s AND order_floor_us = %s RETURNING id"
 )
 
 
@@ -669,7 +686,7 @@ def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[s
     raw = bulk.raw_connection(session)
     with raw.pipeline():  # the setting goes with the head's move: one round trip
         raw.execute(GENERIC_PLANS_SQL)
-        moving = raw.execute(_MOVE_HEAD_SQL, (*end[:4], end[5], end[6], *base))
+        moving = raw.execute(_MOVE_HEAD_SQL, (*end[:4], end[5], end[6], end[7], *base))
     if moving.fetchone() is None:
         return False
     batch = bulk.WriteBatch(session)
@@ -678,34 +695,30 @@ def write_rows(session: Session, base: Head, end: Head, statements: list[tuple[s
     return True
 
 
-_DATE_CHANGE_SQL = "UPDATE ledger_head SET change_floor_us = %s WHERE id = 1"
-_ACCEPTED_AT_SQL = "SELECT accepted_at_us FROM payment WHERE sequence = %s"
+_DATE_CHANGE_SQL = "UPDATE ledger_head SET order_floor_us = %s WHERE id = 1"
 
 
-def date_catalog_change(
-    session: Session, head: SequencerHead, clock_us: int, last_payment_sequence: int | None = None
-) -> int:
+def date_catalog_change(session: Session, head: SequencerHead, clock_us: int) -> int:
     """Under the sequencer lock (`head` as `lock_sequencer` returned it): the instant a catalog
-    change (or a grant: `UnitOfWork.date_change`) is dated, and the head's change floor moved to it.
+    change (or a grant: `UnitOfWork.date_change`) is dated, and the head's order floor moved to it.
 
     The re-rate takes the campaign and merchant versions, and the grants, in force at a payment's
     acceptance instant; live, a payment is rated under what was in force when its group was
     decided, in acceptance order. The two agree only if every change is dated after every payment
-    before it and before every payment after it, whichever host's clock stamps them. So a change
-    is dated at the clock's instant, but never at or before the ledger's last payment
-    (`last_payment_sequence`, by default the head's) or the stamp floor (payments stamped at the
-    floor by a clock behind it, helper-83), nor before the last change; and every live stamp after
-    it is at least the change floor (`UnitOfWork.now_us`). Two hosts whose clocks differ by a
-    second dated a change before a payment the other stamped earlier in the chain, or after one it
-    stamped later, and the re-rate named payments whose live award was right (helper-107). The
-    history import's named past instants are not held to the change floor: it enters the
-    program's versions with its clock set back first, then the payments between them."""
-    sequence = head.last_payment_sequence if last_payment_sequence is None else last_payment_sequence
-    last = bulk.driver_run(session, _ACCEPTED_AT_SQL, (sequence,)) if sequence else []
-    dated = max(clock_us, head.stamp_floor_us + 1, head.change_floor_us, int(last[0][0]) + 1 if last else 0)
-    if dated != head.change_floor_us:
-        bulk.driver_run(session, _DATE_CHANGE_SQL, (dated,))
-        head.change_floor_us = dated
+    before it and before every payment after it, whichever host's clock stamps them. The order
+    floor (`ledger_head.order_floor_us`) is the latest instant a payment was accepted at or a
+    change was dated at; every live stamp is at least it (`UnitOfWork.now_us`), so acceptance
+    instants never go back along the chain, and a change is dated at the clock's instant but past
+    the order floor and the stamp floor (payments stamped at the floor by a clock behind it,
+    helper-83). Two hosts whose clocks differ by a second dated a change before a payment the other
+    stamped earlier in the chain, or stamped a payment rated under a change before the change's
+    instant, and the re-rate named payments whose live award was right (helper-107; dated past
+    only the last payment, a change still came before an earlier payment stamped by the host
+    ahead, helper-110). The history import's named past instants are not held to the order floor:
+    it enters the program's versions with its clock set back first, then the payments between them."""
+    dated = max(clock_us, head.stamp_floor_us + 1, head.order_floor_us + 1)
+    bulk.driver_run(session, _DATE_CHANGE_SQL, (dated,))
+    head.order_floor_us = dated
     return dated
 
 
@@ -1400,7 +1413,7 @@ class Ledger:
             base[4],
             base[5] + 1,  # its write is a unit of work under the lock
             unit.stamp_floor_us,
-            base[7],  # a group moves no change floor
+            unit._order_floor(),
         )
         return DecidedGroup(submissions, options, results, batch_out, base, end, effects, after)  # type: ignore[arg-type]
 

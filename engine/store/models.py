@@ -73,10 +73,10 @@ class LedgerHead(Base):
     # period's end, the last signed day's end (`UnitOfWork.now_us`, `stamp_at`). A process whose
     # clock is behind another's stamps after what that one closed; the import cannot post into it.
     stamp_floor_us: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
-    # No live unit of work stamps an instant before this: the instant of the last catalog change or
-    # grant, each dated past the ledger's last payment (`ledger.date_catalog_change`), so acceptance
-    # order and acceptance instants agree on what was in force across hosts whose clocks differ.
-    change_floor_us: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # No live unit of work stamps an instant before this: the latest instant a payment was accepted
+    # at or a catalog change or grant dated at (each dated past it: `ledger.date_catalog_change`),
+    # so acceptance order and instants agree on what was in force across hosts whose clocks differ.
+    order_floor_us: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # This ledger's incarnation, random: made by migration `20261215_ledger_id` and made anew by
     # every `setapay restore`. What is kept beside the database (the answers cached in Redis) is
     # kept under it, so a restored copy never replays an answer for a sale it does not hold.

@@ -14,3 +14,14 @@ def ward(database_url):
         yield w
     finally:
         w.close()
+
+
+@pytest.fixture
+def early(database_url):
+    """A ward whose clock starts when the program did, its configuration entered as of then (the
+    history import's procedure, docs/IMPORT.md)."""
+    w = Ward(database_url, start="2026-11-10T00:00")
+    try:
+        yield w
+    finally:
+        w.close()

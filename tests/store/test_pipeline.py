@@ -426,7 +426,7 @@ def test_a_group_that_cannot_be_written_stops_the_import_with_nothing_written_af
 
 _HEAD_SQL = (
     "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, catalog_version, lock_version,"
-    " stamp_floor_us, change_floor_us FROM ledger_head"
+    " stamp_floor_us, order_floor_us FROM ledger_head"
 )
 
 

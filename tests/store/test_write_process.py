@@ -198,7 +198,7 @@ def test_a_write_the_database_refuses_names_the_error_and_writes_nothing(postgre
                 c.execute(
                     text(
                         "SELECT last_posting_sequence, last_hash, last_payment_sequence, last_payment_hash, "
-                        "catalog_version, lock_version, stamp_floor_us, change_floor_us FROM ledger_head"
+                        "catalog_version, lock_version, stamp_floor_us, order_floor_us FROM ledger_head"
                     )
                 ).one()
             )

@@ -4,7 +4,7 @@ under what was in force when its group was decided, in acceptance order. A chang
 clock behind a payment another host stamped earlier in the chain, or a payment stamped by a clock
 behind a change made earlier in the chain, made reconciliation name payments whose live award was
 right. Now each change and grant is dated past the ledger's last payment and every live stamp after
-it is at least its instant (`ledger.date_catalog_change`, `ledger_head.change_floor_us`)."""
+it is at least its instant (`ledger.date_catalog_change`, `ledger_head.order_floor_us`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import func, select
 
 from engine.clock import ManualClock
-from engine.model import Purchase
+from engine.model import Purchase, Refund
 from engine.store import lifecycle
 from engine.store.config import Config
 from engine.store.importer import import_history
@@ -37,6 +37,19 @@ def _submission(key: str, occurred: str, amount: int = 10_000, wallet: str = "W1
             "occurred_at": jst(occurred).isoformat(),
             "amount": amount,
             "points_used": 0,
+        }
+    )
+    canonical = body.model_dump_json()
+    return Submission("TM001", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+
+
+def _refund(key: str, original_id: str, amount: int) -> Submission:
+    body = Refund.model_validate(
+        {
+            "type": "refund",
+            "original_id": original_id,
+            "amount": amount,
+            "occurred_at": jst("2026-12-01T09:59").isoformat(),
         }
     )
     canonical = body.model_dump_json()
@@ -96,6 +109,35 @@ def test_a_change_on_a_clock_behind_is_dated_after_the_payment_before_it(ward: W
         ahead.close(), behind.close()
 
 
+def test_a_change_on_a_clock_behind_comes_after_every_payment_before_it(ward: Ward) -> None:
+    """Dated past only the ledger's last payment, a change on the host behind still came before an
+    earlier payment of the host ahead (helper-110: a purchase on A, one on B, a PATCH on B, a
+    purchase on B; the re-rate gave A's purchase the new rate). Acceptance instants no longer go
+    back along the chain, so the last payment's is the latest."""
+    ahead, behind = _hosts(ward)
+    try:
+        first = _purchase(ahead.ledger, "a-1", "2026-12-01T09:59")
+        behind.tick()
+        second = _purchase(behind.ledger, "b-1", "2026-12-01T09:59")
+        assert us(second["accepted_at"]) >= us(first["accepted_at"])  # at the order floor, not its clock
+        behind.tick()
+        behind.config.update_campaign("PB", {"tiers": [{"match": {}, "rate_bp": 500}]})
+        behind.tick()
+        third = _purchase(behind.ledger, "b-2", "2026-12-01T09:59")
+        assert [_award(a) for a in (first, second, third)] == [100, 100, 500]
+        # A grant on the host behind after a refund there of the host ahead's purchase.
+        big = _purchase(ahead.ledger, "a-2", "2026-12-01T09:59", 100_000, wallet="W4")
+        behind.tick()
+        refund = behind.ledger.submit([_refund("b-r", big["id"], 100_000)])[0]
+        assert refund.status == 201, refund.body
+        granted = lifecycle.grant(behind.ledger, "admin", "g-1", "W2", "PB", 9_000, "welcome")
+        assert granted.status == 201, granted.body
+        assert us(granted.body["granted_at"]) > us(big["accepted_at"])
+        _assert_reconciles(ward)
+    finally:
+        ahead.close(), behind.close()
+
+
 def test_a_payment_on_a_clock_behind_a_change_is_stamped_at_or_after_it(ward: Ward) -> None:
     ahead, behind = _hosts(ward)
     try:
@@ -105,7 +147,7 @@ def test_a_payment_on_a_clock_behind_a_change_is_stamped_at_or_after_it(ward: Wa
         after = _purchase(behind.ledger, "b-2", "2026-12-01T09:59")
         assert (_award(before), _award(after)) == (100, 500)
         with ward.engine.connect() as c:
-            floor = c.execute(select(LedgerHead.change_floor_us)).scalar_one()
+            floor = c.execute(select(LedgerHead.order_floor_us)).scalar_one()
         assert us(after["accepted_at"]) >= floor >= us(before["accepted_at"]) + SKEW_US  # the change's instant
         # A merchant made on the host ahead and a payment there on the host behind, too.
         ahead.config.update_merchant("M001", {"fee_bp": 250})
@@ -140,20 +182,10 @@ def test_grants_on_either_host_are_dated_between_the_payments_around_them(ward: 
         ahead.close(), behind.close()
 
 
-@pytest.fixture
-def early(database_url):
-    """A ward whose clock starts when the program did (the configuration entered as of then)."""
-    w = Ward(database_url, start="2026-11-10T00:00")
-    try:
-        yield w
-    finally:
-        w.close()
-
-
 def test_the_history_import_still_enters_versions_with_its_clock_set_back(early: Ward) -> None:
     """The import's procedure (docs/IMPORT.md): every version entered first, each with the clock
     set back to its instant, then the payments between them, each rated under the version in force
-    at its instant. The change floor holds live stamps only: the import's own instants are not held
+    at its instant. The order floor holds live stamps only: the import's own instants are not held
     to it (they would all be refused behind the last version's)."""
     early.merchant("M001")
     early.campaign("PB", 100)
@@ -191,7 +223,7 @@ def test_a_group_decided_ahead_on_a_clock_behind_a_change_is_stamped_at_or_after
         answer = decided.results[0].body
         assert _award(answer) == 500, answer
         with ward.engine.connect() as c:
-            assert us(answer["accepted_at"]) >= c.execute(select(LedgerHead.change_floor_us)).scalar_one()
+            assert us(answer["accepted_at"]) >= c.execute(select(LedgerHead.order_floor_us)).scalar_one()
         _assert_reconciles(ward)
     finally:
         ahead.close(), behind.close()
