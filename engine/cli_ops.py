@@ -662,6 +662,12 @@ def _cmd_import(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 2
+        except importer.BudgetLoweredLater as error:
+            print(
+                f"setapay import: stopped: {error}. The groups committed before stay; a re-run skips them.",
+                file=sys.stderr,
+            )
+            return 1
         except StampBehindLedger as error:
             print(
                 f"setapay import: stopped: a payment was accepted at {format_instant(error.floor_us)} while this "

@@ -445,10 +445,18 @@ def import_history(
     Run it before the ledger takes live traffic from the same period (or with the API
     stopped): imported payments are stamped at their own instants. In the database's import
     slot (`import_slot`; taken here unless the caller holds it, `slot_held`)."""
-    if slot_held:
-        return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)
-    with import_slot(ledger):
-        return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)
+    with contextlib.ExitStack() as held:
+        if not slot_held:
+            held.enter_context(import_slot(ledger))
+        try:
+            return _Importer(ledger, source, group, errors, progress, pipelined).run(lines)
+        except Exception as error:
+            # The meter row's budget is the campaign's latest; the group was rated under the
+            # version in force at its instant, whose budget was higher (the database's check
+            # `issued_within_budget` refused the write, a traceback: helper-110).
+            if "issued_within_budget" in str(error):
+                raise BudgetLoweredLater() from error
+            raise
 
 
 @contextlib.contextmanager
@@ -470,6 +478,20 @@ def import_slot(ledger: Ledger) -> Iterator[None]:
 
 class ImportBusy(Exception):
     """Another history import holds the database's import slot."""
+
+
+class BudgetLoweredLater(Exception):
+    """A group issued more points than a campaign's latest budget allows, under an earlier version
+    with a higher budget: a budget lowered later in the history, after refunds brought what was
+    issued under it. The database keeps every campaign within its latest budget; nothing of the
+    group is written."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "a group of lines issued more points than a campaign's latest budget, which a version entered "
+            "for a later instant lowered: enter that version only once the lines before its instant are "
+            "imported (docs/IMPORT.md)"
+        )
 
 
 IMPORT_LOCK = 0x5E7A_1A90  # `db.alone`'s key: one history import at a time a database
