@@ -31,7 +31,11 @@ helper-106). Here, before the app sees a request:
   the answer, then the server's end of the stream, then what still arrives is read and thrown
   away, up to `LINGER_BYTES_MAX`, until the client closes or `LINGER_S` pass once the answer has
   left (a client taking its answer slowly is not cut off, one that takes none of it for
-  `LINGER_S` is). Closed at once, unread
+  `LINGER_S` is).
+- **Answers not taken.** A client that takes none of what is written to it for
+  `SETAPAY_REQUEST_READ_TIMEOUT_S` while the transport's buffer is full (pipelined answers never
+  read, a long answer read a byte a second) is disconnected: uvicorn has no write timeout, and
+  such a connection held its answers, and a graceful shutdown, indefinitely (helper-111). Closed at once, unread
   bytes made the kernel reset the connection, and the client lost the answer it had been sent
   (a chunked body one byte over the limit: "Server disconnected without sending a response").
 - **What HTTP/1.1 refuses** (RFC 9112): a version other than 1.0 and 1.1, an HTTP/1.1 request
@@ -49,6 +53,7 @@ import fcntl
 import functools
 import json
 import logging
+import socket
 import struct
 import termios
 import weakref
@@ -120,6 +125,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _deadline: asyncio.TimerHandle | None = None
     _lingering: int | None = None  # bytes thrown away since the server's end closed (None: open)
     _linger_end: asyncio.TimerHandle | None = None
+    _stalled: asyncio.TimerHandle | None = None  # armed while the transport's buffer is full
+    _answering: RequestResponseCycle | None = None  # the request whose app runs (pipelined: not `cycle`)
 
     # -- the connection --------------------------------------------------------------
 
@@ -129,9 +136,36 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._linger_end is not None:
-            self._linger_end.cancel()
+        for timer in (self._linger_end, self._stalled):
+            if timer is not None:
+                timer.cancel()
+        # uvicorn tells only the last request read that the client left; the one being answered,
+        # pipelined before it, went on writing to the closed connection.
+        for cycle in (self._answering, *(queued for queued, _ in self.pipeline)):
+            if cycle is not None and not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._stalled is None:
+            self._stalled = self.loop.call_later(read_timeout_s(), self._write_stalled)
+
+    def resume_writing(self) -> None:
+        if self._stalled is not None:
+            self._stalled.cancel()
+            self._stalled = None
+        super().resume_writing()
+
+    def _write_stalled(self) -> None:
+        self._stalled = None
+        log.warning("disconnected a client that left its answers unread for %g s", read_timeout_s())
+        sock = self.transport.get_extra_info("socket")
+        if sock is not None:  # reset: the kernel drops what it still holds for the client too
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._lingering is not None:  # closing: read only to be thrown away
@@ -243,6 +277,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         if cycle is self.cycle and cycle.more_body and self._deadline is None:
             self._arm()  # a queued request's turn: the rest of its body has its time from now
+        self._answering = cycle
         super()._start_asgi_task(cycle, app)
 
     def on_body(self, body: bytes) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import logging
+import os
 import socket
 import threading
 import time
@@ -16,7 +18,7 @@ from collections.abc import Iterator
 import pytest
 import uvicorn
 
-from api.http_protocol import LINGER_S, BoundedHttpToolsProtocol
+from api.http_protocol import LINGER_S, BoundedHttpToolsProtocol, read_timeout_s
 from tests.api.raw_http import read_all, statuses
 
 LONG_ANSWER = b"x" * 6_000_000  # more than the sockets' buffers hold
@@ -37,8 +39,13 @@ async def _app(scope, receive, send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+READ_TIMEOUT_S = 2
+
+
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
+    os.environ["SETAPAY_REQUEST_READ_TIMEOUT_S"] = str(READ_TIMEOUT_S)
+    read_timeout_s.cache_clear()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         free = s.getsockname()[1]
@@ -51,6 +58,8 @@ def port() -> Iterator[int]:
     yield free
     server.should_exit = True
     thread.join(10)
+    del os.environ["SETAPAY_REQUEST_READ_TIMEOUT_S"]
+    read_timeout_s.cache_clear()
 
 
 def _protocols() -> int:
@@ -101,3 +110,20 @@ def test_a_client_reading_a_long_answer_slowly_gets_all_of_it(port: int) -> None
             time.sleep(0.01)  # ~1.6 MB/s at most: the answer takes longer than the linger
         assert sent_late
         assert received.endswith(LONG_ANSWER), len(received)
+
+
+def test_a_client_that_leaves_its_answers_unread_is_disconnected(port: int, caplog) -> None:
+    """uvicorn has no write timeout: pipelined answers never read held their connection (and a
+    graceful shutdown) indefinitely (helper-111). Left unread for the read timeout, the connection
+    is reset: the worker and the kernel let go of what they held for it."""
+    with (
+        caplog.at_level(logging.WARNING, logger="api.http_protocol"),
+        socket.create_connection(("127.0.0.1", port), timeout=30) as s,
+    ):
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /long HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        time.sleep(READ_TIMEOUT_S + 1.5)
+        started = time.monotonic()
+        received = read_all(s)  # what the client's kernel took, then the reset
+        assert time.monotonic() - started < 5 and len(received) < len(LONG_ANSWER), len(received)
+    assert any("left its answers unread" in r.getMessage() for r in caplog.records)
