@@ -248,7 +248,7 @@ class Config:
             self._store_record(row, merchant, set_at, masked_before)
             if changed:
                 # When, by the clock keys are made by, for their ages (the version is dated past the
-                # ledger's last payment and change: `date_catalog_change`).
+                # order floor: `date_catalog_change`).
                 row.bank_change_by, row.bank_change_at_us = actor.key_id, clock_us
             row.updated_at_us = now
             self._add_version(session, row, row.updated_at_us)

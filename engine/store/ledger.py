@@ -404,7 +404,7 @@ class UnitOfWork:
         self._floor = head.stamp_floor_us  # written back when the unit ends (`_write_head`)
 
     def now_us(self) -> int:
-        """The instant this unit stamps: the clock's now, or the head's stamp floor or change
+        """The instant this unit stamps: the clock's now, or the head's stamp floor or order
         floor (`date_catalog_change`) if the clock is behind it (see the class)."""
         return max(self._ledger.clock.now_us(), self._floor, self._head.order_floor_us)
 
