@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
 import time
 import uuid
 
@@ -335,3 +336,24 @@ def test_many_header_fields_and_a_head_past_the_bound_within_one_read_are_refuse
             answer = read_all(s)
         assert statuses(answer) == [431] and last_problem(answer)["code"] == "headers_too_large", answer[:300]
         assert time.monotonic() - started < READ_TIMEOUT_S, "refused at the deadline, not at the bound"
+
+
+def test_a_client_gone_with_pipelined_answers_unread_logs_no_exception(ward: Ward) -> None:
+    """uvicorn tells only the last request read that the client left: the one being answered,
+    pipelined before it, went on writing to the closed connection and was logged as an
+    `Exception in ASGI application` (helper-111)."""
+    log = ward.server.log_path
+    start = len(log.read_bytes())
+    sockets = []
+    for _ in range(3):
+        s = _connect(ward)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.sendall(b"GET /openapi.json HTTP/1.1\r\nHost: x\r\n\r\n" * PIPELINE_MAX + b"BAD\r\n\r\n")
+        sockets.append(s)
+    time.sleep(1)  # the answers are blocked on clients that never read
+    for s in sockets:
+        s.close()
+    time.sleep(1)
+    written = log.read_bytes()[start:].decode(errors="replace")
+    assert "Exception in ASGI application" not in written and "Traceback" not in written, written[:2000]
+    _healthy(ward)
