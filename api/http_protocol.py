@@ -31,13 +31,14 @@ helper-106). Here, before the app sees a request:
   the answer, then the server's end of the stream, then what still arrives is read and thrown
   away, up to `LINGER_BYTES_MAX`, until the client closes or `LINGER_S` pass once the answer has
   left (a client taking its answer slowly is not cut off, one that takes none of it for
-  `LINGER_S` is).
+  `LINGER_S` is). Closed at once, unread bytes made the kernel reset the connection, and the
+  client lost the answer it had been sent (a chunked body one byte over the limit: "Server
+  disconnected without sending a response").
 - **Answers not taken.** A client that takes none of what is written to it for
   `SETAPAY_REQUEST_READ_TIMEOUT_S` while the transport's buffer is full (pipelined answers never
-  read, a long answer read a byte a second) is disconnected: uvicorn has no write timeout, and
-  such a connection held its answers, and a graceful shutdown, indefinitely (helper-111). Closed at once, unread
-  bytes made the kernel reset the connection, and the client lost the answer it had been sent
-  (a chunked body one byte over the limit: "Server disconnected without sending a response").
+  read, a long answer read a byte a second) is reset: uvicorn has no write timeout, and such a
+  connection held its answers, and a graceful shutdown, indefinitely (helper-111). When a client
+  goes, the request being answered is told, not only the last one read (uvicorn's rule).
 - **What HTTP/1.1 refuses** (RFC 9112): a version other than 1.0 and 1.1, an HTTP/1.1 request
   without exactly one `Host`, a transfer coding other than `chunked`, and an upgrade request with
   a body (uvicorn dropped the body and every request after it) are 400 `malformed_request`, as

@@ -15,13 +15,16 @@ expected figure from what they posted.
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 
 from engine.clock import ManualClock
+from engine.model import Purchase, Refund
 from engine.sealing import generate_key_b64
 from engine.settings import Settings
 from engine.settlement import signing
+from engine.store.ledger import Submission
 from tests.receipts import register_in_process
 from tests.tokyo import jst, us
 
@@ -294,3 +297,11 @@ def tamper(engine, table: str, sql: str, **params) -> None:
         c.execute(text(sql), params)
         if c.dialect.name == "postgresql":
             c.execute(text(f"ALTER TABLE {table} ENABLE TRIGGER USER"))
+
+
+def submission(key: str, body: dict, terminal_id: str = "TM001") -> Submission:
+    """What the API hands the ledger for `body` (a purchase or a refund) posted by `terminal_id`
+    under idempotency key `key`: for tests that drive a `Ledger` of their own (another host's)."""
+    record = (Purchase if body["type"] == "purchase" else Refund).model_validate(body)
+    canonical = record.model_dump_json()
+    return Submission(terminal_id, key, hashlib.sha256(canonical.encode()).hexdigest(), record, canonical)

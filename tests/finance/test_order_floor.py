@@ -8,27 +8,26 @@ it is at least its instant (`ledger.date_catalog_change`, `ledger_head.order_flo
 
 from __future__ import annotations
 
-import hashlib
 import io
 
 import pytest
 from sqlalchemy import func, select
 
 from engine.clock import ManualClock
-from engine.model import Purchase, Refund
 from engine.store import lifecycle
 from engine.store.config import Config
 from engine.store.importer import import_history
 from engine.store.ledger import Ledger, Submission
 from engine.store.models import LedgerHead, PostingRow
-from tests.finance.support import Ward
+from tests.finance.support import Ward, submission
 from tests.tokyo import jst, us
 
 SKEW_US = 1_000_000  # one second, as helper-107's two hosts
 
 
 def _submission(key: str, occurred: str, amount: int = 10_000, wallet: str = "W1") -> Submission:
-    body = Purchase.model_validate(
+    return submission(
+        key,
         {
             "type": "purchase",
             "wallet_id": wallet,
@@ -37,23 +36,13 @@ def _submission(key: str, occurred: str, amount: int = 10_000, wallet: str = "W1
             "occurred_at": jst(occurred).isoformat(),
             "amount": amount,
             "points_used": 0,
-        }
+        },
     )
-    canonical = body.model_dump_json()
-    return Submission("TM001", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
 
 
 def _refund(key: str, original_id: str, amount: int) -> Submission:
-    body = Refund.model_validate(
-        {
-            "type": "refund",
-            "original_id": original_id,
-            "amount": amount,
-            "occurred_at": jst("2026-12-01T09:59").isoformat(),
-        }
-    )
-    canonical = body.model_dump_json()
-    return Submission("TM001", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
+    occurred = jst("2026-12-01T09:59").isoformat()
+    return submission(key, {"type": "refund", "original_id": original_id, "amount": amount, "occurred_at": occurred})
 
 
 def _purchase(ledger: Ledger, key: str, occurred: str, amount: int = 10_000, wallet: str = "W1") -> dict:

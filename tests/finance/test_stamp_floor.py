@@ -6,7 +6,6 @@ settlement wrote 28,100 sales into it, which the next run paid without their fee
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import threading
@@ -18,17 +17,17 @@ from sqlalchemy.orm import Session
 
 from engine.audit import OPERATOR
 from engine.clock import ManualClock
-from engine.model import Purchase
 from engine.store import audit, finance
 from engine.store.importer import import_history
 from engine.store.ledger import Ledger, StampBehindFloor, StampBehindLedger, Submission
 from engine.store.models import AuditLogRow, ChainHeadRow, LedgerHead, PaymentRow, PostingRow
-from tests.finance.support import Ward
+from tests.finance.support import Ward, submission
 from tests.tokyo import jst, us
 
 
 def _submission(key: str, occurred: str, amount: int = 1_000) -> Submission:
-    body = Purchase.model_validate(
+    return submission(
+        key,
         {
             "type": "purchase",
             "wallet_id": "W9",
@@ -37,10 +36,8 @@ def _submission(key: str, occurred: str, amount: int = 1_000) -> Submission:
             "occurred_at": jst(occurred).isoformat(),
             "amount": amount,
             "points_used": 0,
-        }
+        },
     )
-    canonical = body.model_dump_json()
-    return Submission("TM001", key, hashlib.sha256(canonical.encode()).hexdigest(), body, canonical)
 
 
 def _floor(ward: Ward) -> int:
