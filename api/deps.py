@@ -106,7 +106,11 @@ async def principal(
 ) -> Principal:
     """The authenticated caller (api/auth.py). `BEARER` only documents the scheme in the
     OpenAPI (auto_error=False: it never answers); `Auth.principal` reads and checks the
-    header, so every failure stays our own 401/429 problem+json."""
+    header, so every failure stays our own 401/429 problem+json. Once per request: a route that
+    authenticated its caller before parsing the body (`strict.ParsedBodyRoute`) has it kept."""
+    known: Principal | None = getattr(request.state, PRINCIPAL_STATE, None)
+    if known is not None:
+        return known
     caller = await request_services(request).auth.principal(request)
     setattr(request.state, PRINCIPAL_STATE, caller)  # for the access log's key id and role
     return caller

@@ -39,6 +39,11 @@ helper-106). Here, before the app sees a request:
   read, a long answer read a byte a second) is reset: uvicorn has no write timeout, and such a
   connection held its answers, and a graceful shutdown, indefinitely (helper-111). When a client
   goes, the request being answered is told, not only the last one read (uvicorn's rule).
+- **Connections.** A worker holds at most `SETAPAY_CONNECTIONS_MAX` connections at once (each
+  may hold a 1 MiB body for its read time): the request head of one past them is answered 503
+  `service_unavailable` with `Retry-After`, and one that sends no head within `LINGER_S` is
+  closed. uvicorn's own bound (`limit_concurrency`) answers plain text and holds a silent
+  connection for the whole read time.
 - **What HTTP/1.1 refuses** (RFC 9112): a version other than 1.0 and 1.1, an HTTP/1.1 request
   without exactly one `Host`, a transfer coding other than `chunked`, and an upgrade request with
   a body (uvicorn dropped the body and every request after it) are 400 `malformed_request`, as
@@ -97,13 +102,24 @@ def read_timeout_s() -> float:
     return Settings().request_read_timeout_s
 
 
+@functools.cache
+def connections_max() -> int:
+    """`SETAPAY_CONNECTIONS_MAX`, read once a process."""
+    from engine.settings import Settings
+
+    return Settings().connections_max
+
+
+RETRY_AFTER_S = 1  # what a request refused for the connections at once is told to wait
+
+
 class _Refused(Exception):
     """Raised in a parser callback: the request is refused (`status`, `code`, `detail`) and the
     parser stops there."""
 
-    def __init__(self, status: int, code: str, detail: str) -> None:
+    def __init__(self, status: int, code: str, detail: str, headers: bytes = b"") -> None:
         super().__init__(code)
-        self.status, self.code, self.detail = status, code, detail
+        self.status, self.code, self.detail, self.headers = status, code, detail, headers
 
 
 def _malformed(detail: str) -> _Refused:
@@ -128,11 +144,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _linger_end: asyncio.TimerHandle | None = None
     _stalled: asyncio.TimerHandle | None = None  # armed while the transport's buffer is full
     _answering: RequestResponseCycle | None = None  # the request whose app runs (pipelined: not `cycle`)
+    _over_limit = False  # opened while the worker held `connections_max()` others: its request is 503
 
     # -- the connection --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self._over_limit = len(self.connections) > connections_max()  # this one included
         self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -204,7 +222,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         except httptools.HttpParserError as error:
             refused = error.__context__ if isinstance(error.__context__, _Refused) else None
             refused = refused or _malformed("the request is not valid HTTP/1.1")
-            self._refuse(refused.status, refused.code, refused.detail)
+            self._refuse(refused.status, refused.code, refused.detail, refused.headers)
             return
         if self.transport.is_closing() or self._refusal is not None:
             return
@@ -249,6 +267,13 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._in_message, self._framing, self._chunks, self._head_parsed = False, True, 0, 0, 0
+        if self._over_limit:
+            raise _Refused(
+                503,
+                "service_unavailable",
+                "this server holds as many connections as it takes at once; retry shortly",
+                b"retry-after: %d\r\n" % RETRY_AFTER_S,
+            )
         version = self.parser.get_http_version()
         if version not in HTTP_VERSIONS:
             raise _malformed("only HTTP/1.1 and HTTP/1.0 are served")
@@ -325,9 +350,10 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed_request", "the request is not valid HTTP/1.1")
 
-    def _refuse(self, status: int, code: str, detail: str) -> None:
+    def _refuse(self, status: int, code: str, detail: str, headers: bytes = b"") -> None:
         """Refuse the request being read: nothing more is read, and the refusal is sent once
-        the requests before it on the connection are answered, then the connection closes."""
+        the requests before it on the connection are answered, then the connection closes.
+        `headers`: more header lines of the answer, each ending in CRLF."""
         if self._refusal is not None or self.transport.is_closing() or self._lingering is not None:
             return
         self._disarm()
@@ -340,7 +366,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             head
             + b"content-type: application/problem+json\r\ncontent-length: "
             + str(len(body)).encode()
-            + b"\r\nconnection: close\r\n\r\n"
+            + b"\r\nconnection: close\r\n"
+            + headers
+            + b"\r\n"
             + body
         )
         self.flow.pause_reading()
@@ -410,7 +438,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _arm(self) -> None:
         self._disarm()
-        self._deadline = self.loop.call_later(read_timeout_s(), self._deadline_passed)
+        seconds = LINGER_S if self._over_limit else read_timeout_s()  # over the limit: its head, soon
+        self._deadline = self.loop.call_later(seconds, self._deadline_passed)
 
     def _disarm(self) -> None:
         if self._deadline is not None:
@@ -419,6 +448,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def _deadline_passed(self) -> None:
         self._deadline = None
+        if self._over_limit and self._in_head:  # no head within its time: closed, nothing is owed
+            self.transport.close()
+            return
         self._refuse(408, "request_timeout", f"the request did not arrive whole within {read_timeout_s():g} s")
 
 

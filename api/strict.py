@@ -5,14 +5,17 @@
   Content-Types would let the duplicate-key check below read one and FastAPI the other.
 - A JSON body holding an object with a duplicate key, at any depth (`{"amount": 1,
   "amount": 9999999}`): 400 `malformed_json` (`parse_unique`). Python's `json`
-  keeps the last value silently; so would FastAPI. Both checks run in the `BodyLimit`
-  middleware of api/middleware.py, which holds the whole body already, so every route is
-  covered, including those added later. The body is parsed there with an
-  `object_pairs_hook` (`parse_unique`); a body sent as JSON that is not JSON at all is 400
-  `malformed_json` there too, on every route, one that reads no body included. The middleware
-  keeps what it parsed in the request's scope (`PARSED_BODY`), and routes take it instead of parsing the body again
-  (`parsed_body`): the single post's short way, and FastAPI's handler of every route through
-  `ParsedBodyRoute` (a batch of 1,000 is ~700 KB, ~5 ms a parse).
+  keeps the last value silently; so would FastAPI. A body sent as JSON that is not JSON at all
+  is 400 `malformed_json` too, on every route that authenticates its caller, one that reads no
+  body included. Both are checked by `ParsedBodyRoute` (every route of the application is one,
+  including those added later), once the caller is authenticated (`strict_body`): a body is
+  parsed for a key, never for anyone. Unauthenticated, a 1 MiB body of nested arrays cost the
+  worker 75–220 ms a parse, also from an address over its failure limit (helper-106). The
+  parse is kept in the request's scope (`PARSED_BODY`), and FastAPI's handler takes it instead
+  of parsing the body again (`parsed_body`; a batch of 1,000 is ~700 KB, ~5 ms a parse); the
+  single post's short way does the same in the same order. A route that authenticates no one
+  (probes, the directory, the pages, which read forms) parses no JSON: a body sent as JSON is
+  415 `unsupported_media_type`, unparsed.
 - A request Content-Encoding other than identity (`content_coding`, in the middleware, every
   route), or a body not sent as JSON to a route that reads a JSON body (`ParsedBodyRoute`): 415
   `unsupported_media_type`, before authentication (it was taken as plain JSON, or answered 422
@@ -44,7 +47,7 @@ from annotated_types import Ge, Le
 from fastapi import Path, Query, Request, params
 from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from engine import limits, strict_json
 from engine.errors import EngineError
@@ -161,7 +164,7 @@ NOT_JSON = object()  # `parse_unique`'s answer for a body that is not JSON
 DUPLICATE_KEY = object()  # `parse_unique`'s answer for JSON with an object holding a key twice
 # Scope key: whether the request came with a body (the middleware read it whole).
 BODY_SENT = "setapay.body_sent"
-# Scope key: (the body, `parse_unique`'s answer for it), taken out as the route's handler starts:
+# Scope key: (the body, its JSON), kept by `strict_body` and taken out as the route's handler starts:
 # by FastAPI's reading of a JSON body (`parsed_body`), else dropped (`ParsedBodyRoute`), so a
 # request holds no parse (up to ~24 MiB of objects for a 1 MiB body) while its route works.
 PARSED_BODY = "setapay.parsed_body"
@@ -178,18 +181,51 @@ def parse_unique(body: bytes) -> Any:
         return NOT_JSON
 
 
+def strict_body(scope: MutableMapping[str, Any], body: bytes, content_type: str | None) -> Any:
+    """The JSON of `body`, a request's body sent as JSON (`content_type`, None when it named none),
+    parsed by `parse_unique` once and kept in the scope (`PARSED_BODY`) for the route's handler;
+    `NOT_JSON` for a body that is not JSON and named no Content-Type (no route reads it as
+    JSON). 400 `malformed_json` for an object with a key twice, or a body sent as JSON that is
+    not JSON. Called once the caller is authenticated (`ParsedBodyRoute`, the single post's short
+    way)."""
+    kept = scope.get(PARSED_BODY)
+    parsed = kept[1] if kept is not None and kept[0] == body else parse_unique(body)
+    if parsed is DUPLICATE_KEY:
+        raise EngineError("malformed_json", "an object in the body has a key twice")
+    if parsed is NOT_JSON:
+        if content_type is not None:
+            raise EngineError("malformed_json")
+        return NOT_JSON
+    scope[PARSED_BODY] = (body, parsed)
+    return parsed
+
+
+def replayed_body(body: bytes, then: Receive) -> Receive:
+    """A `receive` that hands out `body`, whole, then defers to `then` (a disconnect, say): the
+    body a middleware or a route read, for the application behind it to read again."""
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
+
+    async def receive() -> Message:
+        return pending.pop() if pending else await then()
+
+    return receive
+
+
 def parsed_body(scope: MutableMapping[str, Any], body: bytes) -> Any:
-    """`json.loads(body)`, from what the strict-input middleware parsed when it was this very body
-    (an object's keys all distinct, so the same value), which it takes out of the scope; raises
-    `ValueError` for a body that is not JSON, as `json.loads` does."""
+    """`json.loads(body)`, from what `strict_body` parsed when it was this very body (an object's
+    keys all distinct, so the same value), which it takes out of the scope; else parsed here by
+    `strict_body` (400 `malformed_json` for a key twice), and `ValueError` for a body that is not
+    JSON, as `json.loads` raises it."""
     kept = scope.pop(PARSED_BODY, None)  # taken once: the request holds no second copy after
     if kept is not None and kept[0] == body and kept[1] is not NOT_JSON and kept[1] is not DUPLICATE_KEY:
         return kept[1]
-    return json.loads(body.decode("utf-8"))  # UTF-8 only, as `strict_json.loads` reads it
+    if strict_body(scope, body, None) is NOT_JSON:
+        return json.loads(body.decode("utf-8"))  # raises as FastAPI expects of a body that is not JSON
+    return scope.pop(PARSED_BODY)[1]
 
 
 class _ParsedBodyRequest(Request):
-    """A request whose JSON is the strict-input middleware's parse of its body (`parsed_body`)."""
+    """A request whose JSON is `strict_body`'s parse of its body (`parsed_body`)."""
 
     async def json(self) -> Any:
         if not hasattr(self, "_parsed"):
@@ -201,9 +237,24 @@ QUERY_NAME_SHOWN = 64  # the longest unknown query parameter name an answer quot
 
 
 class ParsedBodyRoute(APIRoute):
-    """A route whose FastAPI handler reads a JSON body as the middleware parsed it, not parsing
-    it a second time: FastAPI's documented way, a `Request` subclass handed to the handler.
-    `api.app._include` builds every route of the application as one (or a subclass)."""
+    """A route whose body sent as JSON is parsed once its caller is authenticated, strictly
+    (`strict_body`), and read by FastAPI's handler as parsed, not a second time: FastAPI's
+    documented way, a `Request` subclass handed to the handler. `api.app._include` builds every
+    route of the application as one (or a subclass)."""
+
+    @functools.cached_property
+    def authenticates(self) -> bool:
+        """Whether the route authenticates its caller by key (`api.deps.principal` among its
+        dependencies): its body sent as JSON is parsed once the key holds."""
+        from api.deps import principal  # api.deps builds on the modules that build on this one
+
+        pending = [self.dependant]
+        while pending:
+            dependant = pending.pop()
+            if dependant.call is principal:
+                return True
+            pending.extend(dependant.dependencies)
+        return False
 
     @functools.cached_property
     def query_names(self) -> frozenset[str] | None:
@@ -259,13 +310,28 @@ class ParsedBodyRoute(APIRoute):
         reads_json = body is not None and not isinstance(body.field_info, params.Form)
 
         async def parsed_once(request: Request) -> Any:
-            if not (reads_json and reads_as_json(request.headers.get("content-type"))):
-                request.scope.pop(PARSED_BODY, None)
-                if reads_json and request.scope.get(BODY_SENT):
-                    # A body the route would not read as JSON (text/plain, a form, none named): not
-                    # a 422 about its fields, which it never had, but the media type it takes.
-                    raise EngineError("unsupported_media_type", "this route takes a body sent as application/json")
-            return await handler(_ParsedBodyRequest(request.scope, request.receive))
+            content_type = request.headers.get("content-type")
+            sent = request.scope.get(BODY_SENT)
+            if reads_json and sent and not reads_as_json(content_type):
+                # A body the route would not read as JSON (text/plain, a form, none named): not
+                # a 422 about its fields, which it never had, but the media type it takes.
+                raise EngineError("unsupported_media_type", "this route takes a body sent as application/json")
+            receive = request.receive
+            if sent and (content_type is None or reads_as_json(content_type)):
+                if self.authenticates:
+                    from api.deps import principal
+
+                    await principal(request)  # 401 or 429 before the body is parsed (kept for the route)
+                elif not reads_json:
+                    if content_type is not None:  # no one's key: no parse for anyone
+                        raise EngineError("unsupported_media_type", "this route reads no JSON body")
+                    return await handler(_ParsedBodyRequest(request.scope, receive))
+                raw = await request.body()
+                strict_body(request.scope, raw, content_type)  # 400 `malformed_json`, on every such route
+                receive = replayed_body(raw, request.receive)
+                if not (reads_json and reads_as_json(content_type)):
+                    request.scope.pop(PARSED_BODY, None)  # not read: not held while the route works
+            return await handler(_ParsedBodyRequest(request.scope, receive))
 
         return parsed_once
 

@@ -34,9 +34,8 @@ from api.deps import (
 from api.errors import guarded, json_safe
 from api.futures import awaited
 from api.idempotency import check_idempotency_key, render
-from api.middleware import replayed
 from api.openapi import IDEMPOTENCY, TERMINAL, problems, remembered, terminal_headers
-from api.strict import ParsedBodyRoute, PathId, parsed_body, reads_as_json
+from api.strict import ParsedBodyRoute, PathId, reads_as_json
 from engine import limits, receipts
 from engine.errors import EngineError, decline
 from engine.model import Purchase, Record, Refund, Transaction
@@ -143,21 +142,22 @@ class SinglePostRoute(ParsedBodyRoute):
     `AsyncExitStack`s and a second exception layer) much of the rest, docs/BENCHMARKS.md).
 
     Once the router has matched the route (its path and its method: the router hands a route
-    requests of other methods too, FastAPI's 405) and its query is checked as every `/v1/`
-    route's (`ParsedBodyRoute.check_query`: none is declared), `handle` takes a request whose body FastAPI
-    would read as JSON (by its Content-Type, the same test) and which parses (the same
-    `json.loads`) and validates as a `Transaction`: it is authenticated (`api.deps.principal`), refused
-    unless it is a terminal's (`api.deps.terminal_only`) and handed to `post_transaction`:
-    what FastAPI's own handler does with it, in the same order, without resolving the
-    dependencies per request. A refusal raised on the way is answered by the application's
-    exception handlers, as FastAPI's route would have it answered. Any other request (no JSON
-    Content-Type, an empty, unparsable or invalid body, a body the client never finished
-    sending) goes to FastAPI's handler with its body as it came, before anything was counted
-    or looked up, so its answers (FastAPI's validation details, a 401 before a 400) are
-    FastAPI's own. So do all requests while the application's `dependency_overrides` hold
-    anything, and the route may declare no dependencies of its own (asserted), which the short
-    way would not run; nor may it be included with dependencies (`api.app._include` adds each
-    route to the application itself, as declared). `tests/api/test_single_post_route.py` holds the two ways equal
+    requests of other methods too, FastAPI's 405) and its query is checked as every `/v1/` route's
+    (`ParsedBodyRoute.check_query`: none is declared), `handle` takes a request whose body FastAPI
+    would read as JSON (by its Content-Type, the same test): it is authenticated
+    (`api.deps.principal`; a body is parsed for a key only, `strict.ParsedBodyRoute`), and once it
+    parses (`strict.strict_body`) and validates as a `Transaction`, refused unless it is a
+    terminal's (`api.deps.terminal_only`) and handed to `post_transaction`: what FastAPI's own
+    handler does with it, in the same order, without resolving the dependencies per request. A
+    refusal raised on the way is answered by the application's exception handlers, as FastAPI's
+    route would have it answered. Any other request goes to FastAPI's handler with its body as it
+    came: one with no JSON Content-Type or an empty body before anything was counted or looked up,
+    one whose body does not validate with its caller authenticated and its body parsed (both kept
+    for the handler), so its answers (FastAPI's validation details, a 401 before a 422) are
+    FastAPI's own. So do all requests while the application's `dependency_overrides` hold anything,
+    and the route may declare no dependencies of its own (asserted), which the short way would not
+    run; nor may it be included with dependencies (`api.app._include` adds each route to the
+    application itself, as declared). `tests/api/test_single_post_route.py` holds the two ways equal
     (`SHORT_WAY = False` sends everything through FastAPI's handler)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -175,41 +175,41 @@ class SinglePostRoute(ParsedBodyRoute):
         ):
             return await super().handle(scope, receive, send)
         request = Request(scope, receive, send)
-        body = await _well_formed(request)
-        if body is None:
-            return await super().handle(scope, await _unread(request, receive), send)
-        p = await terminal_only(await principal(request))
-        key = request.headers.get("idempotency-key")
-        response = await post_transaction(body, p, request_services(request), key)
-        await response(scope, receive, send)
-
-
-async def _unread(request: Request, receive: Receive) -> Receive:
-    """`receive` as it was before `request` read the body: the body read, then what follows;
-    `receive` itself when the read failed (the client gone), so FastAPI's handler fails alike."""
-    try:
-        raw = await request.body()  # read already: Starlette kept it
-    except Exception:  # noqa: BLE001 - FastAPI's handler meets the same failure and answers it
-        return receive
-    return replayed([{"type": "http.request", "body": raw, "more_body": False}], receive)
+        content_type = request.headers.get("content-type")
+        if not reads_as_json(content_type):
+            return await super().handle(scope, receive, send)
+        try:
+            raw = await request.body()
+        except Exception:  # noqa: BLE001 - the client gone: FastAPI's handler meets the same failure and answers it
+            return await super().handle(scope, receive, send)
+        if raw:
+            p = await principal(request)  # 401 or 429 before the body is parsed: `strict.ParsedBodyRoute`
+            body = _well_formed(scope, raw, content_type)  # 400 `malformed_json` when it is not JSON
+            if body is not None:
+                p = await terminal_only(p)
+                key = request.headers.get("idempotency-key")
+                response = await post_transaction(body, p, request_services(request), key)
+                return await response(scope, receive, send)
+        # FastAPI's handler, with the caller known (`api.deps.principal` keeps it) and the body parsed
+        return await super().handle(scope, strict.replayed_body(raw, receive), send)
 
 
 SHORT_WAY = True  # see SinglePostRoute
 COMMIT_WAIT_S = 60  # a request's wait for its group's commit; then 503, and the terminal's retry is a replay
 
 
-async def _well_formed(request: Request) -> Transaction | None:
-    """The body as FastAPI would validate it for `post_transaction`, when it reads it as JSON (its
-    own test, `reads_as_json`; parsed by the same `json.loads`, once: `strict.parsed_body`) and
-    that validates; else None (FastAPI's handler answers it, a body that could not be read
-    included)."""
-    if not reads_as_json(request.headers.get("content-type")):
-        return None
+def _well_formed(scope: Scope, raw: bytes, content_type: str | None) -> Transaction | None:
+    """The body `raw`, which FastAPI reads as JSON (its own test, `reads_as_json`), as FastAPI would
+    validate it for `post_transaction` (parsed once, strictly: `strict.strict_body`), when it
+    validates; else None, its parse kept for FastAPI's handler, which answers it with its own
+    details. 400 `malformed_json` for a body that is not JSON or has a key twice."""
+    parsed = strict.strict_body(scope, raw, content_type)
     try:
-        raw = await request.body()
-        return _transaction.validate_python(parsed_body(request.scope, raw), from_attributes=True) if raw else None
+        body = _transaction.validate_python(parsed, from_attributes=True)
     except Exception:  # noqa: BLE001 - not well-formed: FastAPI's handler answers it, with its own details
         return None
+    scope.pop(strict.PARSED_BODY, None)  # read: not held while the route works
+    return body
 
 
 async def post_transaction(

@@ -5,21 +5,17 @@ a long answer is not cut off by the linger's time (helper-111)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import gc
 import logging
-import os
 import socket
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
-import uvicorn
 
-from api.http_protocol import LINGER_S, BoundedHttpToolsProtocol, read_timeout_s
-from tests.api.raw_http import read_all, statuses
+from api.http_protocol import LINGER_S, BoundedHttpToolsProtocol
+from tests.api.raw_http import protocol_server, read_all, statuses
 
 LONG_ANSWER = b"x" * 6_000_000  # more than the sockets' buffers hold
 
@@ -44,22 +40,8 @@ READ_TIMEOUT_S = 2
 
 @pytest.fixture(scope="module")
 def port() -> Iterator[int]:
-    os.environ["SETAPAY_REQUEST_READ_TIMEOUT_S"] = str(READ_TIMEOUT_S)
-    read_timeout_s.cache_clear()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        free = s.getsockname()[1]
-    config = uvicorn.Config(_app, host="127.0.0.1", port=free, http=BoundedHttpToolsProtocol, log_level="warning")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=lambda: asyncio.run(server.serve()), daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.01)
-    yield free
-    server.should_exit = True
-    thread.join(10)
-    del os.environ["SETAPAY_REQUEST_READ_TIMEOUT_S"]
-    read_timeout_s.cache_clear()
+    with protocol_server(_app, {"SETAPAY_REQUEST_READ_TIMEOUT_S": str(READ_TIMEOUT_S)}) as free:
+        yield free
 
 
 def _protocols() -> int:

@@ -1,7 +1,7 @@
-"""The strict-input middleware parses a JSON body once (`api.strict.parse_unique`), and the routes
-take that value instead of parsing the body again (`api.strict.parsed_body`: the single post's
-short way, FastAPI's handler through `ParsedBodyRoute`): the same value `json.loads` gives, and
-only for the very body the middleware read."""
+"""A JSON body is parsed once (`api.strict.parse_unique`), by its route once the caller is
+authenticated (`api.strict.strict_body`: `ParsedBodyRoute`, the single post's short way), never
+for no one; FastAPI's handler takes that value instead of parsing the body again
+(`api.strict.parsed_body`): the same value `json.loads` gives, and only for that very body."""
 
 from __future__ import annotations
 
@@ -10,15 +10,17 @@ import json
 from typing import Any
 
 import pytest
-from fastapi import FastAPI, Form, Request
+from fastapi import Depends, FastAPI, Form, Request
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from api import errors
+from api import errors, strict
+from api.access_log import PRINCIPAL_STATE
 from api.app import create_app
 from api.idempotency import render
 from api.middleware import BodyLimit
 from api.strict import (
+    BODY_SENT,
     DUPLICATE_KEY,
     NOT_JSON,
     PARSED_BODY,
@@ -26,9 +28,12 @@ from api.strict import (
     parse_unique,
     parsed_body,
     reads_as_json,
+    strict_body,
 )
 from engine import limits
+from engine.errors import EngineError
 from engine.settings import Settings
+from engine.store.config import Principal
 from engine.store.ledger import Result
 from tests.receipts import register_in_process
 from tests.ward import now_tokyo
@@ -91,13 +96,28 @@ def _middleware_scope(body: bytes) -> dict[str, Any]:
     return seen
 
 
-def test_the_middleware_keeps_the_parse_of_json_bodies_up_to_the_limit() -> None:
-    small = json.dumps({"a": "x" * 1000}).encode()
-    assert _middleware_scope(small)[PARSED_BODY] == (small, {"a": "x" * 1000})
-    large = json.dumps({"a": "x" * (limits.BODY_BYTES_MAX - 20)}).encode()
-    assert _middleware_scope(large)[PARSED_BODY] == (large, {"a": "x" * (limits.BODY_BYTES_MAX - 20)})
-    with pytest.raises(AssertionError, match="'status': 400"):  # not JSON: refused, whatever the route
-        _middleware_scope(b"{not json")
+def test_the_middleware_hands_a_body_on_unparsed() -> None:
+    """The middleware reads a body whole and parses none: it does not know who sent it."""
+    for body in (b'{"a": 1}', b"{not json", b'{"a": 1, "a": 2}'):
+        scope = _middleware_scope(body)
+        assert scope[BODY_SENT] is True and PARSED_BODY not in scope
+
+
+def test_strict_body_keeps_the_parse_of_json_bodies_up_to_the_limit() -> None:
+    for text in ("x" * 1000, "x" * (limits.BODY_BYTES_MAX - 20)):
+        body = json.dumps({"a": text}).encode()
+        scope: dict[str, Any] = {}
+        assert strict_body(scope, body, "application/json") == {"a": text}
+        assert scope[PARSED_BODY] == (body, {"a": text})
+    for bad in (b"{not json", b'{"a": 1, "a": 2}', b"[" * 100_000):
+        with pytest.raises(EngineError) as refused:
+            strict_body({}, bad, "application/json")
+        assert refused.value.code == "malformed_json"
+    # With no Content-Type, no route reads a body as JSON: not refused for not being JSON, but a
+    # key twice is refused all the same (a route that reads no body must not act on it).
+    assert strict_body({}, b"{not json", None) is NOT_JSON
+    with pytest.raises(EngineError):
+        strict_body({}, b'{"a": 1, "a": 2}', None)
 
 
 def test_every_route_of_the_application_takes_the_middlewares_parse(sqlite_url: str) -> None:
@@ -116,29 +136,43 @@ class _Numbers(BaseModel):
 
 
 def test_a_route_that_reads_no_json_drops_the_parse_before_it_works() -> None:
-    """The middleware's parse of a 1 MiB body is up to ~24 MiB of objects: a route that will not
-    read it (no JSON body declared, a form, a request FastAPI does not read as JSON) must not
-    hold it while it works; one that reads it takes it."""
+    """The parse of a 1 MiB body is up to ~24 MiB of objects: a route that will not read it (no
+    JSON body declared, a form, a request FastAPI does not read as JSON) must not hold it while it
+    works; one that reads it takes it. A route that authenticates no one parses no JSON body at
+    all: 415. (The caller is marked known here as `api.deps.principal` keeps it for a request.)"""
+    from api.deps import principal
+
     seen: dict[str, bool] = {}
     app = FastAPI()
     app.router.route_class = ParsedBodyRoute
     app.add_middleware(BodyLimit, limit_bytes=limits.BODY_BYTES_MAX)
     errors.install(app)
+    caller = Principal(key_id="k1", role="admin", merchant_id=None, terminal_id=None)
 
-    @app.get("/page")
+    @app.middleware("http")
+    async def known(request: Request, call_next: Any) -> Any:
+        setattr(request.state, PRINCIPAL_STATE, caller)
+        return await call_next(request)
+
+    @app.get("/page", dependencies=[Depends(principal)])
     def page(request: Request) -> dict[str, bool]:
         seen["page"] = PARSED_BODY in request.scope
         return {}
 
-    @app.post("/form")
+    @app.post("/form", dependencies=[Depends(principal)])
     def form(request: Request, name: str = Form("x")) -> dict[str, bool]:
         seen["form"] = PARSED_BODY in request.scope
         return {}
 
-    @app.post("/json")
+    @app.post("/json", dependencies=[Depends(principal)])
     def json_route(request: Request, body: _Numbers) -> dict[str, int]:
         seen["json"] = PARSED_BODY in request.scope
         return {"n": len(body.a)}
+
+    @app.get("/open")
+    def open_route(request: Request) -> dict[str, bool]:
+        seen["open"] = True
+        return {}
 
     body = json.dumps({"a": list(range(100_000))}).encode()
     as_json = {"Content-Type": "application/json"}
@@ -147,7 +181,49 @@ def test_a_route_that_reads_no_json_drops_the_parse_before_it_works() -> None:
         assert client.post("/form", content=body, headers=as_json).status_code == 200
         assert client.post("/json", content=body, headers=as_json).json() == {"n": 100_000}
         assert client.post("/json", content=body).status_code == 415  # no Content-Type: not read as JSON
-    assert seen == {"page": False, "form": False, "json": False}
+        refused = client.request("GET", "/open", content=body, headers=as_json)
+        assert (refused.status_code, refused.json()["code"]) == (415, "unsupported_media_type")
+        assert client.request("GET", "/open", content=body).status_code == 200  # not sent as JSON: not read
+    assert seen == {"page": False, "form": False, "json": False, "open": True}
+
+
+def test_no_body_is_parsed_before_its_caller_is_authenticated(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An unauthenticated client looping 1 MiB bodies of nested arrays cost the worker 75–220 ms a
+    body, also once its address was over its failure limit (helper-106): the body was parsed
+    before the key was looked at. Now no route parses a body before its caller's key holds: no key,
+    a bad one, an address over its limit, and the routes that authenticate no one (probes, the
+    directory, the pages) leave the body unparsed; a good key's malformed body is still 400."""
+    app = create_app(Settings(database_url=sqlite_url, rate_limit_per_key="off", auth_failures_per_ip="3/minute"))
+    parsed: list[int] = []
+    parse = strict.parse_unique
+
+    def counted(body: bytes) -> Any:
+        parsed.append(len(body))
+        return parse(body)
+
+    monkeypatch.setattr(strict, "parse_unique", counted)
+    nested = b"[" * (limits.BODY_BYTES_MAX // 2 - 1) + b"]" * (limits.BODY_BYTES_MAX // 2 - 1)
+    as_json = {"Content-Type": "application/json"}
+    try:
+        with TestClient(app) as client:
+            admin = {**as_json, "Authorization": f"Bearer {app.state.config.create_key('admin')}"}
+            r = client.post("/v1/merchants", content=nested, headers=admin)
+            assert (r.status_code, r.json()["code"]) == (400, "malformed_json")
+            assert parsed == [len(nested)]
+            parsed.clear()
+            answers = []
+            for path in ("/v1/transactions", "/v1/transactions/batch", "/v1/grants", "/v1/merchants"):
+                for headers in (as_json, {**as_json, "Authorization": "Bearer sp_terminal_nope_nope"}):
+                    r = client.post(path, content=nested, headers={**headers, "Idempotency-Key": "k1"})
+                    answers.append((r.status_code, r.json()["code"]))
+            assert set(answers) == {(401, "unauthenticated"), (429, "rate_limited")}, answers
+            assert answers[-1] == (429, "rate_limited"), "over the address's failure limit"
+            for method, path in (("GET", "/healthz"), ("GET", "/v1/directory/merchants"), ("POST", "/ui/login")):
+                r = client.request(method, path, content=nested, headers=as_json)
+                assert (r.status_code, r.json()["code"]) == (415, "unsupported_media_type"), (path, r.text)
+            assert parsed == [], "a body was parsed for no one"
+    finally:
+        app.state.engine.dispose()
 
 
 def test_a_batch_is_parsed_once_and_answered_as_before(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
