@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import func, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.exc import NoResultFound
 from sqlalchemy.orm import Session
 
@@ -726,6 +727,37 @@ def _check_spent_before_expiry(session: Session) -> list[dict[str, Any]]:
     ]
 
 
+# Payments from the head's `ordered_from_sequence` on whose acceptance instant is before the one
+# before them in the chain; a window over the sequence's index, one pass.
+_ACCEPTANCE_ORDER_SQL = (
+    "SELECT id, accepted_at_us, before_id, before_us FROM (SELECT p.id, p.sequence, p.accepted_at_us, "
+    "LAG(p.id) OVER (ORDER BY p.sequence) AS before_id, "
+    "LAG(p.accepted_at_us) OVER (ORDER BY p.sequence) AS before_us FROM payment p "
+    "WHERE p.sequence >= (SELECT h.ordered_from_sequence FROM ledger_head h WHERE h.id = 1)) t "
+    "WHERE accepted_at_us < before_us ORDER BY sequence LIMIT :rows"
+)
+
+
+def _check_acceptance_order(session: Session) -> list[dict[str, Any]]:
+    """Payments accepted before the payment before them in the chain, from the head's
+    `ordered_from_sequence` on, each with the one before it. Live stamps never go back (the order
+    floor) and the history import refuses to (`StampBehindLedger`), so each payment's instant lies
+    between its neighbours': one moved past either (to fall under other campaign versions in the
+    re-rate), with the chains hashed again, makes an inversion. Ledgers written before the order
+    floor hold inversions by design: the check starts where migration `20261219_ordered_from`
+    found the chain's end."""
+    rows = session.execute(sql_text(_ACCEPTANCE_ORDER_SQL), {"rows": rerate.MISMATCH_ROWS_MAX})
+    return [
+        {
+            "payment_id": pid,
+            "accepted_at": format_instant(at),
+            "payment_before_id": before_id,
+            "payment_before_accepted_at": format_instant(before),
+        }
+        for pid, at, before_id, before in rows
+    ]
+
+
 _AWARD_DATES_SQL = (
     "SELECT a.payment_id, a.campaign_id, a.campaign_version, a.credit_at_us, a.lot_expires_at_us, "
     "p.occurred_at_us, p.accepted_at_us FROM award a JOIN payment p ON p.id = a.payment_id"
@@ -928,6 +960,7 @@ def reconcile(
             versions = guarded("versions_match_audit", lambda: _check_versions_audited(session), [])
             spent_expired = guarded("no_points_spent_past_expiry", lambda: _check_spent_before_expiry(session), [])
             lot_dates = guarded("lot_dates_match_campaigns", lambda: _check_lot_dates(session), [])
+            in_order = guarded("payments_accepted_in_order", lambda: _check_acceptance_order(session), [])
             audit_report = guarded("audit", lambda: audit.check(session), {"breaks": [], "gaps": []})
         rerated = guarded(
             "rerate_matches_ledger",
@@ -977,6 +1010,7 @@ def reconcile(
     checks["versions_match_audit"] = {"pass": not versions, "rows": versions}
     checks["no_points_spent_past_expiry"] = {"pass": not spent_expired, "rows": spent_expired}
     checks["lot_dates_match_campaigns"] = {"pass": not lot_dates, "rows": lot_dates}
+    checks["payments_accepted_in_order"] = {"pass": not in_order, "rows": in_order}
     checks["audit_chain_intact"] = {"pass": not audit_report["breaks"], "rows": audit_report["breaks"]}
     checks["audit_sequence_gapless"] = {"pass": not audit_report["gaps"], "rows": audit_report["gaps"]}
     checks["rerate_matches_ledger"] = {

@@ -77,6 +77,10 @@ class LedgerHead(Base):
     # at or a catalog change or grant dated at (each dated past it: `ledger.date_catalog_change`),
     # so acceptance order and instants agree on what was in force across hosts whose clocks differ.
     order_floor_us: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # The payment from which acceptance instants never go back along the chain (the last payment
+    # when migration `20261219_ordered_from` ran, 0 for a ledger made since): reconciliation's
+    # `payments_accepted_in_order` checks the chain from it.
+    ordered_from_sequence: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     # This ledger's incarnation, random: made by migration `20261215_ledger_id` and made anew by
     # every `setapay restore`. What is kept beside the database (the answers cached in Redis) is
     # kept under it, so a restored copy never replays an answer for a sale it does not hold.

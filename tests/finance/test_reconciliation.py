@@ -16,7 +16,7 @@ from engine import sealing
 from engine.model import Purchase
 from engine.receipts import Receipt
 from engine.settlement import zengin
-from engine.store import finance, rerate, settlement
+from engine.store import db, finance, rerate, settlement
 from engine.store.ledger import Submission
 from engine.store.models import PaymentRow, PostingRow, SettlementLineRow
 from engine.timeutil import format_instant
@@ -46,6 +46,7 @@ CHECKS = {
     "versions_match_audit",
     "no_points_spent_past_expiry",
     "lot_dates_match_campaigns",
+    "payments_accepted_in_order",
     "rerate_matches_ledger",
     "audit_chain_intact",
     "audit_sequence_gapless",
@@ -597,6 +598,65 @@ def test_a_sale_moved_to_another_merchant_with_its_chain_hashed_again_is_named(w
     failing = _failing(ward.reconcile())
     assert set(failing) == {"postings_match_payments"}, failing
     assert failing["postings_match_payments"] == [{"source": "coin_sale", "id": tx["a"]["id"]}]
+
+
+def _forge_payments(ward: Ward, sql: str, **params) -> None:
+    """`sql` on the payment table behind the engine's back, then the payment chain hashed again from
+    the genesis, and the head's: what someone who can write the database and knows the rules does."""
+    from engine import ledger_rules as rules
+
+    tamper(ward.engine, "payment", sql, **params)
+    with ward.engine.begin() as c:
+        rows = c.execute(text(f"SELECT {', '.join(rules.PAYMENT_HASHED_FIELDS)} FROM payment ORDER BY sequence")).all()
+        previous = rules.GENESIS_HASH
+        for values in rows:
+            previous = rules.payment_hash_of(previous, values)
+            c.execute(text("UPDATE payment SET hash = :h WHERE sequence = :s"), {"h": previous, "s": values[0]})
+        c.execute(text("UPDATE ledger_head SET last_payment_hash = :h"), {"h": previous})
+
+
+def _accepted_at(ward: Ward, payment_id: str) -> int:
+    with Session(ward.engine) as s:
+        return s.execute(select(PaymentRow.accepted_at_us).where(PaymentRow.id == payment_id)).scalar_one()
+
+
+def test_a_payment_s_acceptance_moved_before_the_one_before_it_is_named(ward: Ward):
+    """The re-rate takes the versions in force at a payment's acceptance instant, and the payment
+    chain, hashed again, passes whatever instant is written. Live stamps never go back along the
+    chain (the order floor): a payment's instant moved before its predecessor's is named, with it."""
+    tx = _open_day(ward)
+    assert ward.reconcile()["checks"]["payments_accepted_in_order"] == {"pass": True, "rows": []}
+    earlier = _accepted_at(ward, tx["a"]["id"]) - HOUR_US
+    _forge_payments(ward, "UPDATE payment SET accepted_at_us = :t WHERE id = :p", t=earlier, p=tx["b"]["id"])
+    report = ward.reconcile()
+    assert report["checks"]["payment_chain_intact"]["pass"], "the forger hashed the chain again"
+    assert _failing(report)["payments_accepted_in_order"] == [
+        {
+            "payment_id": tx["b"]["id"],
+            "accepted_at": format_instant(earlier),
+            "payment_before_id": tx["a"]["id"],
+            "payment_before_accepted_at": format_instant(_accepted_at(ward, tx["a"]["id"])),
+        }
+    ]
+
+
+def test_inversions_written_before_the_order_floor_are_not_named(ward: Ward):
+    """A ledger written before the order floor may hold inversions (hosts a second apart, by design
+    then): migration `20261219_ordered_from` starts the check at the chain's end it finds, and
+    payments after it are checked."""
+    tx = _open_day(ward)
+    earlier = _accepted_at(ward, tx["a"]["id"]) - HOUR_US
+    _forge_payments(ward, "UPDATE payment SET accepted_at_us = :t WHERE id = :p", t=earlier, p=tx["b"]["id"])
+    assert not ward.reconcile()["checks"]["payments_accepted_in_order"]["pass"]
+    ward.engine.dispose()
+    db.downgrade(ward.settings.database_url, "20261218_order_floor")
+    db.upgrade(ward.settings.database_url)
+    assert ward.reconcile()["checks"]["payments_accepted_in_order"] == {"pass": True, "rows": []}
+    ward.at("2026-12-01T14:00")
+    after = ward.purchase("M001", "W1", "2026-12-01T14:00", 2_000)
+    _forge_payments(ward, "UPDATE payment SET accepted_at_us = :t WHERE id = :p", t=earlier, p=after["id"])
+    rows = _failing(ward.reconcile())["payments_accepted_in_order"]
+    assert [(r["payment_id"], r["payment_before_id"]) for r in rows] == [(after["id"], tx["c"]["id"])]
 
 
 def test_an_enlarged_award_posting_and_a_grant_without_its_row_are_named(ward: Ward):
