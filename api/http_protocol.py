@@ -40,10 +40,15 @@ helper-106). Here, before the app sees a request:
   connection held its answers, and a graceful shutdown, indefinitely (helper-111). When a client
   goes, the request being answered is told, not only the last one read (uvicorn's rule).
 - **Connections.** A worker holds at most `SETAPAY_CONNECTIONS_MAX` connections at once (each
-  may hold a 1 MiB body for its read time): the request head of one past them is answered 503
-  `service_unavailable` with `Retry-After`, and one that sends no head within `LINGER_S` is
-  closed. uvicorn's own bound (`limit_concurrency`) answers plain text and holds a silent
-  connection for the whole read time.
+  may hold a 1 MiB body for its read time). A connection past them makes room by closing the one
+  idle longest: silent since it opened, kept alive between requests, or with a request head still
+  incomplete `LINGER_S` after its first byte (a head is a few hundred bytes). Refusing the new one
+  instead let anyone lock a worker out with a thousand silent sockets for the read time, for no
+  bytes sent (helper-113). Only when every connection has a request going is the new one's
+  request 503 `too_many_connections` with `Retry-After`, and it is closed if it sends no head
+  within `LINGER_S`. uvicorn's own bound (`limit_concurrency`) answers plain text and holds a
+  silent connection for the whole read time. Refusals and connections shed are counted in
+  `/metrics` (`setapay_protocol_refusals`, `setapay_connections_shed`).
 - **What HTTP/1.1 refuses** (RFC 9112): a version other than 1.0 and 1.1, an HTTP/1.1 request
   without exactly one `Host`, a transfer coding other than `chunked`, and an upgrade request with
   a body (uvicorn dropped the body and every request after it) are 400 `malformed_request`, as
@@ -68,6 +73,7 @@ import httptools
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
+from engine import metrics
 from engine.errors import problem
 
 log = logging.getLogger(__name__)  # a JSON line like the app's (not uvicorn's plain-text logger)
@@ -145,13 +151,49 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _stalled: asyncio.TimerHandle | None = None  # armed while the transport's buffer is full
     _answering: RequestResponseCycle | None = None  # the request whose app runs (pipelined: not `cycle`)
     _over_limit = False  # opened while the worker held `connections_max()` others: its request is 503
+    _idle_at = 0.0  # when it last held no request: opened, or its last answer sent
+    _message_open = False  # a request's first byte came and its last has not
+    _head_began_at = 0.0  # when the request head being read began
 
     # -- the connection --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._over_limit = len(self.connections) > connections_max()  # this one included
+        self._idle_at = self.loop.time()
+        if len(self.connections) > connections_max():  # this one included
+            # Full: the connection idle longest (silent since it opened, or kept alive between
+            # requests) is closed to make room; 503 only when every connection has a request going.
+            now = self.loop.time()
+            idle = min(
+                (
+                    c
+                    for c in self.connections
+                    if c is not self and isinstance(c, BoundedHttpToolsProtocol) and c._sheddable(now)
+                ),
+                key=lambda c: c._idle_at if not c._message_open else c._head_began_at,
+                default=None,
+            )
+            if idle is None:
+                self._over_limit = True
+            else:
+                metrics.CONNECTIONS_SHED.inc()
+                idle.transport.close()
         self._arm()
+
+    def _sheddable(self, now: float) -> bool:
+        """Holding a slot with no request (nothing of one read, none answered or waiting), or with
+        a request head still incomplete `LINGER_S` after its first byte (a head is a few hundred
+        bytes: one that trickles is a slowloris, not a mobile link)."""
+        cycle = self.cycle
+        slow_head = self._message_open and self._in_head and now - self._head_began_at > LINGER_S
+        return (
+            (not self._message_open or slow_head)
+            and not self.pipeline
+            and (cycle is None or cycle.response_complete)
+            and self._lingering is None
+            and self._refusal is None
+            and not self.transport.is_closing()
+        )
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -247,6 +289,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # byte: a stray CRLF between requests (RFC 9112 §2.2) is ignored, and the idle
         # connection closes at the keep-alive's end without an unasked-for 408 (helper-109).
         self._unset_keepalive_if_required()
+        self._message_open, self._head_began_at = True, self.loop.time()
         super().on_message_begin()
         self._in_head, self._began, self._head_bytes, self._head_parsed, self._fields = True, True, 0, 0, 0
         self._arm()
@@ -270,8 +313,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         if self._over_limit:
             raise _Refused(
                 503,
-                "service_unavailable",
-                "this server holds as many connections as it takes at once; retry shortly",
+                "too_many_connections",
+                "every connection this server holds at once has a request going; retry shortly",
                 b"retry-after: %d\r\n" % RETRY_AFTER_S,
             )
         version = self.parser.get_http_version()
@@ -314,7 +357,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._chunks += 1
 
     def on_message_complete(self) -> None:
-        self._in_message = False
+        self._in_message = self._message_open = False
         self._disarm()
         super().on_message_complete()
 
@@ -345,6 +388,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.server_state.total_requests += 1
             self.close_in_stages()
             return
+        self._idle_at = self.loop.time()
         super().on_response_complete()
 
     def send_400_response(self, msg: str) -> None:
@@ -359,6 +403,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         body = json.dumps(problem(status, code, detail)).encode()
         log.warning("refused a request before the app: %s", code)
+        metrics.PROTOCOL_REFUSALS.labels(code).inc()
         head = STATUS_LINE[status] + b"".join(
             name + b": " + value + b"\r\n" for name, value in self.server_state.default_headers
         )

@@ -8,14 +8,16 @@
   keeps the last value silently; so would FastAPI. A body sent as JSON that is not JSON at all
   is 400 `malformed_json` too, on every route that authenticates its caller, one that reads no
   body included. Both are checked by `ParsedBodyRoute` (every route of the application is one,
-  including those added later), once the caller is authenticated (`strict_body`): a body is
-  parsed for a key, never for anyone. Unauthenticated, a 1 MiB body of nested arrays cost the
+  including those added later), once the caller is authenticated and its role is the route's
+  (`strict_body`): a body is parsed for a key allowed there, never for anyone (a merchant key's
+  1 MiB body on an admin route cost 28–68 ms a 403, helper-113). Unauthenticated, a 1 MiB body of nested arrays cost the
   worker 75–220 ms a parse, also from an address over its failure limit (helper-106). The
   parse is kept in the request's scope (`PARSED_BODY`), and FastAPI's handler takes it instead
   of parsing the body again (`parsed_body`; a batch of 1,000 is ~700 KB, ~5 ms a parse); the
-  single post's short way does the same in the same order. A route that authenticates no one
-  (probes, the directory, the pages, which read forms) parses no JSON: a body sent as JSON is
-  415 `unsupported_media_type`, unparsed.
+  single post's short way does the same in the same order. A route that does not declare the
+  key's authentication (`api.deps.principal`: probes, the directory, whose dependency may
+  authenticate inside, the pages, which read forms) parses no JSON: a body sent as JSON is 415
+  `unsupported_media_type`, unparsed, so a route added without it cannot parse for anyone.
 - A request Content-Encoding other than identity (`content_coding`, in the middleware, every
   route), or a body not sent as JSON to a route that reads a JSON body (`ParsedBodyRoute`): 415
   `unsupported_media_type`, before authentication (it was taken as plain JSON, or answered 422
@@ -257,6 +259,18 @@ class ParsedBodyRoute(APIRoute):
         return False
 
     @functools.cached_property
+    def role_check(self) -> Any:
+        """The route's role check (`api.deps.role`), if it has one: run before its body is parsed,
+        so a key of another role (a shop's merchant key on an admin route) has no body parsed."""
+        pending = [self.dependant]
+        while pending:
+            dependant = pending.pop()
+            if getattr(dependant.call, "roles", None) is not None:
+                return dependant.call
+            pending.extend(dependant.dependencies)
+        return None
+
+    @functools.cached_property
     def query_names(self) -> frozenset[str] | None:
         """The query parameters the route declares (its dependencies' included, by their aliases),
         None for a route outside `/v1/` (the pages read theirs from the request, probes and
@@ -321,9 +335,11 @@ class ParsedBodyRoute(APIRoute):
                 if self.authenticates:
                     from api.deps import principal
 
-                    await principal(request)  # 401 or 429 before the body is parsed (kept for the route)
-                elif not reads_json:
-                    if content_type is not None:  # no one's key: no parse for anyone
+                    caller = await principal(request)  # 401 or 429 before the body is parsed (kept for the route)
+                    if self.role_check is not None:
+                        await self.role_check(caller)  # 403 before the body is parsed
+                else:  # no one's key (or one this route checks itself): no parse for anyone
+                    if content_type is not None:
                         raise EngineError("unsupported_media_type", "this route reads no JSON body")
                     return await handler(_ParsedBodyRequest(request.scope, receive))
                 raw = await request.body()

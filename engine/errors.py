@@ -89,6 +89,7 @@ CATALOG: dict[str, ErrorCode] = {
     "webhook_url_not_allowed": ErrorCode(422, "The webhook URL is not allowed (https:// to a public address)"),
     # -- the service -------------------------------------------------------------
     "service_unavailable": ErrorCode(503, "The ledger is not reachable; retry with the same Idempotency-Key"),
+    "too_many_connections": ErrorCode(503, "The server holds as many connections as it serves at once; retry shortly"),
     "internal_error": ErrorCode(500, "Internal error"),
     # Starlette's own refusals the API does not map to a code of its own: a method the path
     # does not have (its body's title is Starlette's text, "Method Not Allowed").

@@ -49,6 +49,17 @@ JOB_SECONDS = Histogram(
 )
 
 
+# Refused before the application by `setapay serve`'s HTTP protocol (api/http_protocol.py): 431, 408,
+# 429 `too_many_pipelined`, 503 `too_many_connections`, 400 `malformed_request`; the access log and
+# `setapay_http_requests` never see them.
+PROTOCOL_REFUSALS = Counter(
+    "setapay_protocol_refusals", "Requests refused by the HTTP protocol before the application, by code", ["code"]
+)
+CONNECTIONS_SHED = Counter(
+    "setapay_connections_shed", "Idle connections closed to make room for a new one (SETAPAY_CONNECTIONS_MAX)"
+)
+
+
 WEBHOOK_ATTEMPTS = Counter(
     "setapay_webhook_delivery_attempts",
     "Webhook delivery attempts by outcome: delivered, retry (to be tried again), failed (retry window over)",

@@ -183,10 +183,9 @@ class SinglePostRoute(ParsedBodyRoute):
         except Exception:  # noqa: BLE001 - the client gone: FastAPI's handler meets the same failure and answers it
             return await super().handle(scope, receive, send)
         if raw:
-            p = await principal(request)  # 401 or 429 before the body is parsed: `strict.ParsedBodyRoute`
+            p = await terminal_only(await principal(request))  # 401, 429, 403 before the body is parsed
             body = _well_formed(scope, raw, content_type)  # 400 `malformed_json` when it is not JSON
             if body is not None:
-                p = await terminal_only(p)
                 key = request.headers.get("idempotency-key")
                 response = await post_transaction(body, p, request_services(request), key)
                 return await response(scope, receive, send)

@@ -564,9 +564,9 @@ def test_authorization_is_decided_before_the_body_is_validated(ctx: Context) -> 
 
     Not asserted, as the SPEC does not order them: a 403 of *scope* (a terminal key for another
     terminal, checked in the handler against the validated body or path) comes after body
-    validation, so another merchant's terminal sending an invalid body gets 422, not 403; and a
-    body that is not JSON at all (or not UTF-8) is parsed by FastAPI before any dependency runs,
-    so it is answered 400 `malformed_json` even with no key or a bad one."""
+    validation, so another merchant's terminal sending an invalid body gets 422, not 403. A body
+    that is not JSON at all (or not UTF-8) is parsed only once the key holds and its role is the
+    route's (`api.strict.ParsedBodyRoute`): with no key, a bad one or another role's, 401 or 403."""
     disagreements = []
     for route, expected in EXPECTED.items():
         method = route.split(" ", 1)[0]

@@ -1,7 +1,10 @@
 """The connections one worker holds at once (`SETAPAY_CONNECTIONS_MAX`, api/http_protocol.py), on an
-in-process uvicorn server running the protocol `setapay serve` runs: a request on a connection past
-them is 503 problem+json with `Retry-After` and the connection closes; one that sends nothing is
-closed soon; a connection freed makes room again."""
+in-process uvicorn server running the protocol `setapay serve` runs. A new connection past them
+makes room by closing the one idle longest (kept alive between requests, silent, or with a head
+still incomplete `LINGER_S` after its first byte): a thousand silent sockets locked a worker out for
+the read time when the new one was refused instead (helper-113). Only when every connection has a
+request going is a request 503 `too_many_connections` with `Retry-After`, and the connection
+closes; a silent one then closes soon."""
 
 from __future__ import annotations
 
@@ -12,17 +15,27 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import REGISTRY
 
 from api.http_protocol import LINGER_S
 from tests.api.raw_http import protocol_server, read_all, statuses
 
 CONNECTIONS_MAX = 3
 GET = b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n"
+# A POST whose body is half sent: its request is going (the app waits for the rest).
+HALF_POST = b"POST /x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n12345"
 
 
 async def _app(scope, receive, send) -> None:
+    """Reads the whole body, then answers 200 `{}`."""
     if scope["type"] != "http":
         return
+    more = True
+    while more:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        more = message.get("more_body", False)
     headers = [(b"content-type", b"application/json"), (b"content-length", b"2")]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": b"{}"})
@@ -44,14 +57,58 @@ def _answer(s: socket.socket) -> bytes:
     return got
 
 
-def test_a_request_past_the_connections_at_once_is_503_and_room_comes_back(port: int) -> None:
+def _connect(held: contextlib.ExitStack, port: int, first: bytes = b"") -> socket.socket:
+    s = held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
+    if first:
+        s.sendall(first)
+    return s
+
+
+def _closed(s: socket.socket) -> bool:
+    """Whether the server closed `s` (nothing more to read)."""
+    try:
+        return s.recv(65536) == b""
+    except ConnectionResetError:
+        return True
+
+
+def _counted(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_a_new_connection_past_the_limit_closes_the_one_idle_longest(port: int) -> None:
+    shed = _counted("setapay_connections_shed_total")
     with contextlib.ExitStack() as held:
         kept = []
         for _ in range(CONNECTIONS_MAX):
-            s = held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
-            s.sendall(GET)
+            s = _connect(held, port, GET)
             assert statuses(_answer(s)) == [200]
             kept.append(s)
+        kept[0].sendall(GET)  # the first is used again: the second is now idle longest
+        assert statuses(_answer(kept[0])) == [200]
+        new = _connect(held, port, GET)
+        assert statuses(_answer(new)) == [200]
+        assert _closed(kept[1])
+        for s in (kept[0], kept[2], new):  # the others are served as before
+            s.sendall(GET)
+            assert statuses(_answer(s)) == [200]
+    assert _counted("setapay_connections_shed_total") == shed + 1
+
+
+def test_a_head_still_incomplete_after_its_time_is_shed_for_a_new_connection(port: int) -> None:
+    with contextlib.ExitStack() as held:
+        trickling = [_connect(held, port, b"GET /x HTTP/1.1\r\n") for _ in range(CONNECTIONS_MAX)]
+        time.sleep(LINGER_S + 0.5)
+        new = _connect(held, port, GET)
+        assert statuses(_answer(new)) == [200]
+        assert sum(_closed(s) for s in trickling[:1]) == 1, "the head begun first is shed"
+
+
+def test_a_request_past_connections_each_with_a_request_going_is_503(port: int) -> None:
+    refused = _counted("setapay_protocol_refusals_total", code="too_many_connections")
+    with contextlib.ExitStack() as held:
+        going = [_connect(held, port, HALF_POST) for _ in range(CONNECTIONS_MAX)]
+        time.sleep(0.2)  # the server has read their heads
         with socket.create_connection(("127.0.0.1", port), timeout=10) as over:
             over.sendall(GET)
             answer = read_all(over)  # the server closes it
@@ -59,29 +116,14 @@ def test_a_request_past_the_connections_at_once_is_503_and_room_comes_back(port:
         head, _, body = answer.partition(b"\r\n\r\n")
         lines = head.lower().split(b"\r\n")
         assert {b"retry-after: 1", b"connection: close", b"content-type: application/problem+json"} <= set(lines)
-        assert json.loads(body)["code"] == "service_unavailable"
-        for s in kept:  # the connections held are served as before
-            s.sendall(GET)
-            assert statuses(_answer(s)) == [200]
-        kept.pop().close()
-        deadline = time.monotonic() + 10
-        while True:  # the server sees the close a moment later
-            with socket.create_connection(("127.0.0.1", port), timeout=10) as again:
-                again.sendall(GET + b"GET /x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                got = statuses(read_all(again))
-            if got == [200, 200] or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        assert got == [200, 200]
-
-
-def test_a_connection_past_the_limit_that_sends_nothing_is_closed_soon(port: int) -> None:
-    with contextlib.ExitStack() as held:
-        for _ in range(CONNECTIONS_MAX):
-            s = held.enter_context(socket.create_connection(("127.0.0.1", port), timeout=10))
-            s.sendall(GET)
-            assert statuses(_answer(s)) == [200]
+        assert json.loads(body)["code"] == "too_many_connections"
         with socket.create_connection(("127.0.0.1", port), timeout=LINGER_S * 5) as silent:
             opened = time.monotonic()
             assert read_all(silent) == b"", "closed with nothing owed"
             assert time.monotonic() - opened < LINGER_S * 4, "not held for the whole read time (30 s)"
+        for s in going:  # the requests going are answered as before
+            s.sendall(b"67890")
+            assert statuses(_answer(s)) == [200]
+        new = _connect(held, port, GET)  # they are idle now: one makes room
+        assert statuses(_answer(new)) == [200]
+    assert _counted("setapay_protocol_refusals_total", code="too_many_connections") == refused + 1

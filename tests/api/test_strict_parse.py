@@ -191,8 +191,9 @@ def test_no_body_is_parsed_before_its_caller_is_authenticated(sqlite_url: str, m
     """An unauthenticated client looping 1 MiB bodies of nested arrays cost the worker 75–220 ms a
     body, also once its address was over its failure limit (helper-106): the body was parsed
     before the key was looked at. Now no route parses a body before its caller's key holds: no key,
-    a bad one, an address over its limit, and the routes that authenticate no one (probes, the
-    directory, the pages) leave the body unparsed; a good key's malformed body is still 400."""
+    a bad one, an address over its limit, a key of another role, and the routes that authenticate no
+    one (probes, the directory, the pages) leave the body unparsed; a good key's malformed body is
+    still 400."""
     app = create_app(Settings(database_url=sqlite_url, rate_limit_per_key="off", auth_failures_per_ip="3/minute"))
     parsed: list[int] = []
     parse = strict.parse_unique
@@ -211,6 +212,11 @@ def test_no_body_is_parsed_before_its_caller_is_authenticated(sqlite_url: str, m
             assert (r.status_code, r.json()["code"]) == (400, "malformed_json")
             assert parsed == [len(nested)]
             parsed.clear()
+            # A key that holds but is not of the route's role: 403, its body not parsed (helper-113).
+            finance = {**as_json, "Authorization": f"Bearer {app.state.config.create_key('finance')}"}
+            for path in ("/v1/merchants", "/v1/transactions", "/v1/transactions/batch"):
+                r = client.post(path, content=nested, headers={**finance, "Idempotency-Key": "k2"})
+                assert (r.status_code, r.json()["code"]) == (403, "forbidden"), (path, r.text)
             answers = []
             for path in ("/v1/transactions", "/v1/transactions/batch", "/v1/grants", "/v1/merchants"):
                 for headers in (as_json, {**as_json, "Authorization": "Bearer sp_terminal_nope_nope"}):
