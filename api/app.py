@@ -135,7 +135,7 @@ def _include(app: FastAPI, router: APIRouter) -> None:
     `include_router` did before FastAPI 0.137 (which keeps an included router as one node of a
     tree instead): so `app.routes` lists every `APIRoute`, as the authorization matrix and the
     OpenAPI tests read it, and each route is the app's own, as if declared on it. Each is a
-    `strict.ParsedBodyRoute` (its JSON body parsed once, by the strict-input middleware), or keeps
+    `strict.ParsedBodyRoute` (its JSON body parsed once, after its key and role), or keeps
     a subclass of its own (`SinglePostRoute`)."""
     for route in router.routes:
         assert isinstance(route, APIRoute), f"{route!r}: a router here holds API routes only"

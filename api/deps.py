@@ -99,6 +99,10 @@ KeysDep = Annotated[Keys, Depends(_keys)]
 
 # -- the caller ------------------------------------------------------------
 
+# Scope key: the caller `principal` authenticated by key for this request, set by it alone (the
+# pages' session sets the access log's `PRINCIPAL_STATE`, never this: a cookie is not a key).
+AUTHENTICATED = "setapay.authenticated"
+
 
 async def principal(
     request: Request,
@@ -108,10 +112,11 @@ async def principal(
     OpenAPI (auto_error=False: it never answers); `Auth.principal` reads and checks the
     header, so every failure stays our own 401/429 problem+json. Once per request: a route that
     authenticated its caller before parsing the body (`strict.ParsedBodyRoute`) has it kept."""
-    known: Principal | None = getattr(request.state, PRINCIPAL_STATE, None)
+    known: Principal | None = request.scope.get(AUTHENTICATED)
     if known is not None:
         return known
     caller = await request_services(request).auth.principal(request)
+    request.scope[AUTHENTICATED] = caller
     setattr(request.state, PRINCIPAL_STATE, caller)  # for the access log's key id and role
     return caller
 

@@ -151,43 +151,33 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
     _stalled: asyncio.TimerHandle | None = None  # armed while the transport's buffer is full
     _answering: RequestResponseCycle | None = None  # the request whose app runs (pipelined: not `cycle`)
     _over_limit = False  # opened while the worker held `connections_max()` others: its request is 503
-    _idle_at = 0.0  # when it last held no request: opened, or its last answer sent
     _message_open = False  # a request's first byte came and its last has not
-    _head_began_at = 0.0  # when the request head being read began
+    _room: _Room  # the server's connections that may be shed (`connection_made`)
 
     # -- the connection --------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._idle_at = self.loop.time()
-        if len(self.connections) > connections_max():  # this one included
-            # Full: the connection idle longest (silent since it opened, or kept alive between
-            # requests) is closed to make room; 503 only when every connection has a request going.
-            now = self.loop.time()
-            idle = min(
-                (
-                    c
-                    for c in self.connections
-                    if c is not self and isinstance(c, BoundedHttpToolsProtocol) and c._sheddable(now)
-                ),
-                key=lambda c: c._idle_at if not c._message_open else c._head_began_at,
-                default=None,
-            )
-            if idle is None:
+        self._room = _room_of(self.server_state)
+        if len(self.connections) - self._room.over > connections_max():  # this one included
+            # Full: the connection idle longest is closed to make room; 503 only when every
+            # connection has a request going. One over the limit is never shed, nor counted.
+            shed = self._room.shed(self.loop.time())
+            if shed is None:
                 self._over_limit = True
+                self._room.over += 1
             else:
                 metrics.CONNECTIONS_SHED.inc()
-                idle.transport.close()
+                shed.transport.close()
+        if not self._over_limit:
+            self._room.idle[self] = None
         self._arm()
 
-    def _sheddable(self, now: float) -> bool:
-        """Holding a slot with no request (nothing of one read, none answered or waiting), or with
-        a request head still incomplete `LINGER_S` after its first byte (a head is a few hundred
-        bytes: one that trickles is a slowloris, not a mobile link)."""
+    def sheddable(self) -> bool:
+        """Holding a slot with no request going (none answered, waiting or refused), not closing."""
         cycle = self.cycle
-        slow_head = self._message_open and self._in_head and now - self._head_began_at > LINGER_S
         return (
-            (not self._message_open or slow_head)
+            not self._over_limit
             and not self.pipeline
             and (cycle is None or cycle.response_complete)
             and self._lingering is None
@@ -196,6 +186,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         )
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._room.forget(self)
         self._disarm()
         for timer in (self._linger_end, self._stalled):
             if timer is not None:
@@ -289,7 +280,8 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
         # byte: a stray CRLF between requests (RFC 9112 §2.2) is ignored, and the idle
         # connection closes at the keep-alive's end without an unasked-for 408 (helper-109).
         self._unset_keepalive_if_required()
-        self._message_open, self._head_began_at = True, self.loop.time()
+        self._message_open = True
+        self._room.head_begun(self, self.loop.time())
         super().on_message_begin()
         self._in_head, self._began, self._head_bytes, self._head_parsed, self._fields = True, True, 0, 0, 0
         self._arm()
@@ -310,6 +302,7 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self._in_head, self._in_message, self._framing, self._chunks, self._head_parsed = False, True, 0, 0, 0
+        self._room.heads.pop(self, None)  # a request going: not shed
         if self._over_limit:
             raise _Refused(
                 503,
@@ -388,8 +381,9 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.server_state.total_requests += 1
             self.close_in_stages()
             return
-        self._idle_at = self.loop.time()
         super().on_response_complete()
+        if not self._message_open and not self.pipeline and not self._over_limit:
+            self._room.idle[self] = None  # kept alive, waiting for its next request
 
     def send_400_response(self, msg: str) -> None:
         self._refuse(400, "malformed_request", "the request is not valid HTTP/1.1")
@@ -497,6 +491,60 @@ class BoundedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         self._refuse(408, "request_timeout", f"the request did not arrive whole within {read_timeout_s():g} s")
+
+
+class _Room:
+    """The connections of one server that may be shed for a new one past `connections_max()`, each in
+    the order it became so: `idle` (silent since it opened, or kept alive between requests) and
+    `heads` (a request head begun, by when). A pick looks at the first few, not at every
+    connection: a flood of connects to a full worker costs no scan of a thousand (helper-114)."""
+
+    def __init__(self) -> None:
+        self.idle: dict[BoundedHttpToolsProtocol, None] = {}
+        self.heads: dict[BoundedHttpToolsProtocol, float] = {}
+        self.over = 0  # connections over the limit, not counted against it
+
+    def head_begun(self, protocol: BoundedHttpToolsProtocol, now: float) -> None:
+        self.idle.pop(protocol, None)
+        if not protocol._over_limit:
+            self.heads[protocol] = now
+
+    def forget(self, protocol: BoundedHttpToolsProtocol) -> None:
+        self.idle.pop(protocol, None)
+        self.heads.pop(protocol, None)
+        if protocol._over_limit:
+            protocol._over_limit = False
+            self.over -= 1
+
+    def shed(self, now: float) -> BoundedHttpToolsProtocol | None:
+        """The connection to close for a new one: the one idle longest, else the one whose request
+        head began first if still incomplete `LINGER_S` after (a head is a few hundred bytes: one
+        that trickles is a slowloris, not a mobile link); taken out of the room. None when every
+        connection has a request going."""
+        while self.idle:
+            protocol = next(iter(self.idle))
+            del self.idle[protocol]
+            if protocol.sheddable():
+                return protocol
+        while self.heads:
+            protocol, began = next(iter(self.heads.items()))
+            if now - began <= LINGER_S:
+                break
+            del self.heads[protocol]
+            if protocol.sheddable():
+                return protocol
+        return None
+
+
+_ROOMS: weakref.WeakKeyDictionary[object, _Room] = weakref.WeakKeyDictionary()
+
+
+def _room_of(server_state: object) -> _Room:
+    """The room of the server whose state `server_state` is (uvicorn's, one a server)."""
+    room = _ROOMS.get(server_state)
+    if room is None:
+        room = _ROOMS[server_state] = _Room()
+    return room
 
 
 class _ClosingInStages:

@@ -144,11 +144,6 @@ def content_coding(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def is_json(content_type: bytes | None) -> bool:
-    """Whether FastAPI would read a body of this Content-Type as JSON (or might: none given)."""
-    return content_type is None or reads_as_json(content_type.decode("latin-1"))
-
-
 @functools.lru_cache(maxsize=256)  # a handful of distinct values in practice; parsing one costs ~20 µs
 def reads_as_json(content_type: str | None) -> bool:
     """Whether FastAPI's handler reads a body of this Content-Type as JSON: its own test (the
@@ -259,16 +254,17 @@ class ParsedBodyRoute(APIRoute):
         return False
 
     @functools.cached_property
-    def role_check(self) -> Any:
-        """The route's role check (`api.deps.role`), if it has one: run before its body is parsed,
-        so a key of another role (a shop's merchant key on an admin route) has no body parsed."""
-        pending = [self.dependant]
+    def role_checks(self) -> tuple[Any, ...]:
+        """The route's role checks (`api.deps.role`, one a route today): run before its body is
+        parsed, so a key of another role (a shop's merchant key on an admin route) has no body
+        parsed."""
+        found, pending = [], [self.dependant]
         while pending:
             dependant = pending.pop()
             if getattr(dependant.call, "roles", None) is not None:
-                return dependant.call
+                found.append(dependant.call)
             pending.extend(dependant.dependencies)
-        return None
+        return tuple(found)
 
     @functools.cached_property
     def query_names(self) -> frozenset[str] | None:
@@ -318,26 +314,28 @@ class ParsedBodyRoute(APIRoute):
         handler = super().get_route_handler()
         # FastAPI reads a body as JSON when the route declares one that is not a form, and the
         # request's Content-Type says JSON (`reads_as_json`, its own test); any other request
-        # lets the middleware's parse go before the route's work (a page waiting for a thread,
-        # a download streaming), not after its answer.
+        # lets its parse go before the route's work (a page waiting for a thread, a download
+        # streaming), not after its answer.
         body = self.body_field
         reads_json = body is not None and not isinstance(body.field_info, params.Form)
 
         async def parsed_once(request: Request) -> Any:
             content_type = request.headers.get("content-type")
-            sent = request.scope.get(BODY_SENT)
+            sent, receive = request.scope.get(BODY_SENT), request.receive
+            if sent is None:  # no `api.middleware.BodyLimit` in front (an app mounted elsewhere)
+                raw = await request.body()  # still parsed only after the key and its role
+                sent, receive = bool(raw), replayed_body(raw, request.receive)
             if reads_json and sent and not reads_as_json(content_type):
                 # A body the route would not read as JSON (text/plain, a form, none named): not
                 # a 422 about its fields, which it never had, but the media type it takes.
                 raise EngineError("unsupported_media_type", "this route takes a body sent as application/json")
-            receive = request.receive
             if sent and (content_type is None or reads_as_json(content_type)):
                 if self.authenticates:
                     from api.deps import principal
 
                     caller = await principal(request)  # 401 or 429 before the body is parsed (kept for the route)
-                    if self.role_check is not None:
-                        await self.role_check(caller)  # 403 before the body is parsed
+                    for role_check in self.role_checks:
+                        await role_check(caller)  # 403 before the body is parsed
                 else:  # no one's key (or one this route checks itself): no parse for anyone
                     if content_type is not None:
                         raise EngineError("unsupported_media_type", "this route reads no JSON body")

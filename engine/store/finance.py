@@ -38,6 +38,7 @@ from engine.store.models import (
     CampaignVersionRow,
     ChainHeadRow,
     CloseoutRow,
+    LedgerHead,
     MerchantRow,
     MerchantVersionRow,
     PaymentRow,
@@ -738,16 +739,19 @@ _ACCEPTANCE_ORDER_SQL = (
 )
 
 
-def _check_acceptance_order(session: Session) -> list[dict[str, Any]]:
+def _check_acceptance_order(session: Session) -> tuple[int, list[dict[str, Any]]]:
     """Payments accepted before the payment before them in the chain, from the head's
     `ordered_from_sequence` on, each with the one before it. Live stamps never go back (the order
     floor) and the history import refuses to (`StampBehindLedger`), so each payment's instant lies
     between its neighbours': one moved past either (to fall under other campaign versions in the
     re-rate), with the chains hashed again, makes an inversion. Ledgers written before the order
     floor hold inversions by design: the check starts where migration `20261219_ordered_from`
-    found the chain's end."""
+    found the chain's end. With the rows, that start (`ordered_from_sequence`), for the report: a
+    column someone who can write the database can move too, so a report showing it moved between
+    runs is the sign (it is not signed; ARCHITECTURE's open edges)."""
+    start = session.execute(select(LedgerHead.ordered_from_sequence).where(LedgerHead.id == 1)).scalar() or 0
     rows = session.execute(sql_text(_ACCEPTANCE_ORDER_SQL), {"rows": rerate.MISMATCH_ROWS_MAX})
-    return [
+    return start, [
         {
             "payment_id": pid,
             "accepted_at": format_instant(at),
@@ -960,7 +964,9 @@ def reconcile(
             versions = guarded("versions_match_audit", lambda: _check_versions_audited(session), [])
             spent_expired = guarded("no_points_spent_past_expiry", lambda: _check_spent_before_expiry(session), [])
             lot_dates = guarded("lot_dates_match_campaigns", lambda: _check_lot_dates(session), [])
-            in_order = guarded("payments_accepted_in_order", lambda: _check_acceptance_order(session), [])
+            ordered_from, in_order = guarded(
+                "payments_accepted_in_order", lambda: _check_acceptance_order(session), (None, [])
+            )
             audit_report = guarded("audit", lambda: audit.check(session), {"breaks": [], "gaps": []})
         rerated = guarded(
             "rerate_matches_ledger",
@@ -1010,7 +1016,7 @@ def reconcile(
     checks["versions_match_audit"] = {"pass": not versions, "rows": versions}
     checks["no_points_spent_past_expiry"] = {"pass": not spent_expired, "rows": spent_expired}
     checks["lot_dates_match_campaigns"] = {"pass": not lot_dates, "rows": lot_dates}
-    checks["payments_accepted_in_order"] = {"pass": not in_order, "rows": in_order}
+    checks["payments_accepted_in_order"] = {"pass": not in_order, "rows": in_order, "from_sequence": ordered_from}
     checks["audit_chain_intact"] = {"pass": not audit_report["breaks"], "rows": audit_report["breaks"]}
     checks["audit_sequence_gapless"] = {"pass": not audit_report["gaps"], "rows": audit_report["gaps"]}
     checks["rerate_matches_ledger"] = {

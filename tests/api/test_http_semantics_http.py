@@ -109,8 +109,9 @@ NOT_JSON = {"brackets": b"[[[[", "cut": b'{"a":', "not_utf8": b'{"a": "\xff"}', 
 WRITES = _routes("POST", "PUT", "PATCH", "DELETE")
 
 
-def _admits_admin(method: str, path: str) -> bool:
-    """Whether the route of `method` and `path` (filled) lets an admin key through its role check."""
+def _roles(method: str, path: str) -> frozenset[str] | None:
+    """The roles the route of `method` and `path` (filled) admits (`api.deps.role`), None when it
+    checks no role."""
     from api.app import ROUTERS
 
     for module in ROUTERS:
@@ -122,9 +123,9 @@ def _admits_admin(method: str, path: str) -> bool:
                     dependant = pending.pop()
                     roles = getattr(dependant.call, "roles", None)
                     if roles is not None:
-                        return "admin" in roles
+                        return roles
                     pending.extend(dependant.dependencies)
-                return True
+                return None
     raise AssertionError(f"no route {method} {path}")
 
 
@@ -132,25 +133,34 @@ def _admits_admin(method: str, path: str) -> bool:
     "content_type", ["application/json", "application/json; charset=utf-8", "application/merge-patch+json"]
 )
 def test_a_body_sent_as_json_that_is_not_json_is_400_on_every_route(ward: Ward, content_type: str) -> None:
-    """Parsed once the key holds and its role is the route's: an admin key on another role's route
-    is 403 with the body never parsed."""
+    """Parsed once the key holds and its role is the route's: each route is sent it with a key of
+    a role it admits (admin or finance, the roles whose routes these are beside the terminals'),
+    and with a key of another role, 403 with the body never parsed."""
     headers = {"Content-Type": content_type}
+    keys = {role: ward.key(role) for role in ("admin", "finance")}
     before = _written(ward.server)
-    with ward.server.client(ward.server.admin_key) as admin:
-        for method, path in WRITES:
-            for name, raw in NOT_JSON.items():
-                r = admin.request(method, path, content=raw, headers=headers)
-                # The pages read forms and authenticate no key: a body sent as JSON is not parsed there.
-                status, code = (415, "unsupported_media_type") if path.startswith("/ui/") else (400, "malformed_json")
-                if status == 400 and not _admits_admin(method, path):
-                    status, code = 403, "forbidden"
-                assert (r.status_code, r.headers["content-type"]) == (status, PROBLEM_JSON), (
-                    method,
-                    path,
-                    name,
-                    r.text,
-                )
-                assert r.json()["code"] == code, (method, path, name, r.text)
+    for method, path in WRITES:
+        roles = _roles(method, path)
+        allowed = next((role for role in keys if roles is None or role in roles), None)
+        other = next((role for role in keys if roles is not None and role not in roles), None)
+        sent = [(allowed, 400, "malformed_json")] if allowed else []
+        if other is not None:
+            sent.append((other, 403, "forbidden"))
+        if path.startswith("/ui/"):  # the pages read forms and authenticate no key: not parsed there
+            sent = [("admin", 415, "unsupported_media_type")]
+        assert sent, (method, path)
+        for role, status, code in sent:
+            with ward.server.client(keys[role]) as client:
+                for name, raw in NOT_JSON.items():
+                    r = client.request(method, path, content=raw, headers=headers)
+                    assert (r.status_code, r.headers["content-type"]) == (status, PROBLEM_JSON), (
+                        method,
+                        path,
+                        role,
+                        name,
+                        r.text,
+                    )
+                    assert r.json()["code"] == code, (method, path, role, name, r.text)
     assert _written(ward.server) == before
 
 

@@ -15,8 +15,8 @@ from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
 from api import errors, strict
-from api.access_log import PRINCIPAL_STATE
 from api.app import create_app
+from api.deps import AUTHENTICATED
 from api.idempotency import render
 from api.middleware import BodyLimit
 from api.strict import (
@@ -120,7 +120,7 @@ def test_strict_body_keeps_the_parse_of_json_bodies_up_to_the_limit() -> None:
         strict_body({}, b'{"a": 1, "a": 2}', None)
 
 
-def test_every_route_of_the_application_takes_the_middlewares_parse(sqlite_url: str) -> None:
+def test_every_route_of_the_application_parses_its_body_once_after_its_key(sqlite_url: str) -> None:
     from fastapi.routing import APIRoute
 
     app = create_app(Settings(database_url=sqlite_url, rate_limit_per_key="off"))
@@ -151,7 +151,7 @@ def test_a_route_that_reads_no_json_drops_the_parse_before_it_works() -> None:
 
     @app.middleware("http")
     async def known(request: Request, call_next: Any) -> Any:
-        setattr(request.state, PRINCIPAL_STATE, caller)
+        request.scope[AUTHENTICATED] = caller
         return await call_next(request)
 
     @app.get("/page", dependencies=[Depends(principal)])
@@ -233,7 +233,7 @@ def test_no_body_is_parsed_before_its_caller_is_authenticated(sqlite_url: str, m
 
 
 def test_a_batch_is_parsed_once_and_answered_as_before(sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """FastAPI's handler of the batch route takes the middleware's parse: `json.loads` reads the
+    """FastAPI's handler of the batch route takes the route's own parse: `json.loads` reads the
     700 KB body once, not twice; a body that is not JSON is still answered 400 `malformed_json`."""
     app = create_app(Settings(database_url=sqlite_url, rate_limit_per_key="off"))
     config = app.state.config
@@ -277,7 +277,7 @@ def test_a_batch_is_parsed_once_and_answered_as_before(sqlite_url: str, monkeypa
             r = client.post("/v1/transactions/batch", content=body, headers=headers)
             assert r.status_code == 200
             assert [x["status"] for x in r.json()["results"]] == [201] * len(items)
-            assert len(parsed) == 1, "the middleware's parse only"
+            assert len(parsed) == 1, "the route's parse only"
             bad = client.post("/v1/transactions/batch", content=b'{"transactions": [', headers=headers)
             assert (bad.status_code, bad.json()["code"]) == (400, "malformed_json")
     finally:

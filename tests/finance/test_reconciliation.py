@@ -625,7 +625,7 @@ def test_a_payment_s_acceptance_moved_before_the_one_before_it_is_named(ward: Wa
     chain, hashed again, passes whatever instant is written. Live stamps never go back along the
     chain (the order floor): a payment's instant moved before its predecessor's is named, with it."""
     tx = _open_day(ward)
-    assert ward.reconcile()["checks"]["payments_accepted_in_order"] == {"pass": True, "rows": []}
+    assert ward.reconcile()["checks"]["payments_accepted_in_order"] == {"pass": True, "rows": [], "from_sequence": 0}
     earlier = _accepted_at(ward, tx["a"]["id"]) - HOUR_US
     _forge_payments(ward, "UPDATE payment SET accepted_at_us = :t WHERE id = :p", t=earlier, p=tx["b"]["id"])
     report = ward.reconcile()
@@ -651,7 +651,10 @@ def test_inversions_written_before_the_order_floor_are_not_named(ward: Ward):
     ward.engine.dispose()
     db.downgrade(ward.settings.database_url, "20261218_order_floor")
     db.upgrade(ward.settings.database_url)
-    assert ward.reconcile()["checks"]["payments_accepted_in_order"] == {"pass": True, "rows": []}
+    check = ward.reconcile()["checks"]["payments_accepted_in_order"]
+    with Session(ward.engine) as s:
+        last = s.execute(select(PaymentRow.sequence).where(PaymentRow.id == tx["c"]["id"])).scalar_one()
+    assert check == {"pass": True, "rows": [], "from_sequence": last}, "shown: a start moved is seen"
     ward.at("2026-12-01T14:00")
     after = ward.purchase("M001", "W1", "2026-12-01T14:00", 2_000)
     _forge_payments(ward, "UPDATE payment SET accepted_at_us = :t WHERE id = :p", t=earlier, p=after["id"])
