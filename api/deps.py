@@ -132,7 +132,7 @@ def role(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
             raise EngineError("forbidden", f"this endpoint needs {needed}")
         return p
 
-    check.roles = frozenset(roles)  # type: ignore[attr-defined]  # `strict.ParsedBodyRoute.role_check`: before a body is parsed
+    check.roles = frozenset(roles)  # type: ignore[attr-defined]  # `strict.roles_of`: checked before a body is parsed
     return check
 
 

@@ -10,8 +10,9 @@
   body included. Both are checked by `ParsedBodyRoute` (every route of the application is one,
   including those added later), once the caller is authenticated and its role is the route's
   (`strict_body`): a body is parsed for a key allowed there, never for anyone (a merchant key's
-  1 MiB body on an admin route cost 28–68 ms a 403, helper-113). Unauthenticated, a 1 MiB body of nested arrays cost the
-  worker 75–220 ms a parse, also from an address over its failure limit (helper-106). The
+  1 MiB body on an admin route cost 28–68 ms a 403, helper-113). Unauthenticated, a 1 MiB body
+  of nested arrays cost the worker 75–220 ms a parse, also from an address over its failure
+  limit (helper-106). The
   parse is kept in the request's scope (`PARSED_BODY`), and FastAPI's handler takes it instead
   of parsing the body again (`parsed_body`; a batch of 1,000 is ~700 KB, ~5 ms a parse); the
   single post's short way does the same in the same order. A route that does not declare the
@@ -41,12 +42,13 @@ import email.message
 import functools
 import json
 import re
-from collections.abc import MutableMapping
+from collections.abc import Iterator, MutableMapping
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 from urllib.parse import parse_qsl
 
 from annotated_types import Ge, Le
 from fastapi import Path, Query, Request, params
+from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from pydantic import BeforeValidator
 from starlette.types import Message, Receive, Scope, Send
@@ -221,6 +223,20 @@ def parsed_body(scope: MutableMapping[str, Any], body: bytes) -> Any:
     return scope.pop(PARSED_BODY)[1]
 
 
+def dependants(root: Dependant) -> Iterator[Dependant]:
+    """`root` and every dependency under it, at any depth (FastAPI's tree of a route)."""
+    pending = [root]
+    while pending:
+        dependant = pending.pop()
+        yield dependant
+        pending.extend(dependant.dependencies)
+
+
+def roles_of(check: Any) -> frozenset[str] | None:
+    """The roles a dependency admits when it is a role check (`api.deps.role` marks them), else None."""
+    return getattr(check, "roles", None)
+
+
 class _ParsedBodyRequest(Request):
     """A request whose JSON is `strict_body`'s parse of its body (`parsed_body`)."""
 
@@ -245,26 +261,14 @@ class ParsedBodyRoute(APIRoute):
         dependencies): its body sent as JSON is parsed once the key holds."""
         from api.deps import principal  # api.deps builds on the modules that build on this one
 
-        pending = [self.dependant]
-        while pending:
-            dependant = pending.pop()
-            if dependant.call is principal:
-                return True
-            pending.extend(dependant.dependencies)
-        return False
+        return any(d.call is principal for d in dependants(self.dependant))
 
     @functools.cached_property
     def role_checks(self) -> tuple[Any, ...]:
         """The route's role checks (`api.deps.role`, one a route today): run before its body is
         parsed, so a key of another role (a shop's merchant key on an admin route) has no body
         parsed."""
-        found, pending = [], [self.dependant]
-        while pending:
-            dependant = pending.pop()
-            if getattr(dependant.call, "roles", None) is not None:
-                found.append(dependant.call)
-            pending.extend(dependant.dependencies)
-        return tuple(found)
+        return tuple(d.call for d in dependants(self.dependant) if roles_of(d.call) is not None)
 
     @functools.cached_property
     def query_names(self) -> frozenset[str] | None:
@@ -273,13 +277,7 @@ class ParsedBodyRoute(APIRoute):
         `/metrics` take what their clients add)."""
         if not self.path.startswith("/v1/"):
             return None
-        names: set[str] = set()
-        pending = [self.dependant]
-        while pending:
-            dependant = pending.pop()
-            names.update(field.alias for field in dependant.query_params)
-            pending.extend(dependant.dependencies)
-        return frozenset(names)
+        return frozenset(field.alias for d in dependants(self.dependant) for field in d.query_params)
 
     def check_query(self, scope: Scope) -> None:
         """Refuse (422 `invalid_request`), before anything is done, authentication included, a

@@ -47,8 +47,8 @@ class Settings(BaseSettings):
     # `setapay serve`: a request must arrive whole within this many seconds of its first byte (or of
     # the connection's opening), else 408 and the connection closes (api/http_protocol.py).
     request_read_timeout_s: float = Field(default=30.0, gt=0, le=600)
-    # `setapay serve`: connections one API process holds at once; a request on one past them is
-    # 503 and the connection closes (api/http_protocol.py). Each may hold a 1 MiB body.
+    # `setapay serve`: connections one API process holds at once; one past them closes the one idle
+    # longest, else its request is 503 and it closes (api/http_protocol.py). Each may hold 1 MiB.
     connections_max: int = Field(default=1024, ge=1, le=65_536)
     # How long an API process trusts a key it looked up (revocation reaches every process within it).
     key_cache_ttl_s: float = Field(default=2.0, gt=0, le=5)

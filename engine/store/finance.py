@@ -734,7 +734,7 @@ _ACCEPTANCE_ORDER_SQL = (
     "SELECT id, accepted_at_us, before_id, before_us FROM (SELECT p.id, p.sequence, p.accepted_at_us, "
     "LAG(p.id) OVER (ORDER BY p.sequence) AS before_id, "
     "LAG(p.accepted_at_us) OVER (ORDER BY p.sequence) AS before_us FROM payment p "
-    "WHERE p.sequence >= (SELECT h.ordered_from_sequence FROM ledger_head h WHERE h.id = 1)) t "
+    "WHERE p.sequence >= :start) t "
     "WHERE accepted_at_us < before_us ORDER BY sequence LIMIT :rows"
 )
 
@@ -750,7 +750,7 @@ def _check_acceptance_order(session: Session) -> tuple[int, list[dict[str, Any]]
     column someone who can write the database can move too, so a report showing it moved between
     runs is the sign (it is not signed; ARCHITECTURE's open edges)."""
     start = session.execute(select(LedgerHead.ordered_from_sequence).where(LedgerHead.id == 1)).scalar() or 0
-    rows = session.execute(sql_text(_ACCEPTANCE_ORDER_SQL), {"rows": rerate.MISMATCH_ROWS_MAX})
+    rows = session.execute(sql_text(_ACCEPTANCE_ORDER_SQL), {"start": start, "rows": rerate.MISMATCH_ROWS_MAX})
     return start, [
         {
             "payment_id": pid,

@@ -24,6 +24,7 @@ import pytest
 from fastapi.routing import APIRoute
 from sqlalchemy import func, select, text
 
+from api.strict import dependants, roles_of
 from engine.store.models import Base
 from tests.ward import Ward
 
@@ -118,14 +119,7 @@ def _roles(method: str, path: str) -> frozenset[str] | None:
         for route in module.router.routes:
             pattern = re.sub(r"{(\w+)}", lambda m: re.escape(FILLED.get(m.group(1), "X1")), route.path)
             if isinstance(route, APIRoute) and method in route.methods and re.fullmatch(pattern, path):
-                pending = [route.dependant]
-                while pending:
-                    dependant = pending.pop()
-                    roles = getattr(dependant.call, "roles", None)
-                    if roles is not None:
-                        return roles
-                    pending.extend(dependant.dependencies)
-                return None
+                return next((r for d in dependants(route.dependant) if (r := roles_of(d.call))), None)
     raise AssertionError(f"no route {method} {path}")
 
 
